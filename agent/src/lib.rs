@@ -1,0 +1,1 @@
+//! hyphae agent (data plane arrives with the data-plane issue).

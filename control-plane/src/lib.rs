@@ -1,0 +1,1 @@
+//! hyphae control plane.

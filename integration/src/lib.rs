@@ -1,0 +1,1 @@
+//! Shared helpers for hyphae multi-process tests.

@@ -1,0 +1,227 @@
+//! `AgentConfig`: the agent's own local file — who this node is, where it listens, what it
+//! hosts, and what it may call without a control plane. `metadata.name` is the node name.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{Duration, Protocol};
+
+/// Spec of an `AgentConfig`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct AgentConfigSpec {
+    /// Site (data centre, region, edge location) this node is in; drives locality. Default
+    /// `default`.
+    pub site: String,
+    /// Control-plane addresses (`host:port`); empty runs from `staticServices` only.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub control_plane: Vec<String>,
+    /// Where the agent keeps its state (last applied snapshot, certificates). Default
+    /// `/var/lib/hyphae`.
+    pub data_dir: PathBuf,
+    /// Listening addresses.
+    pub listeners: Listeners,
+    /// Services this host runs, which peers reach through this agent.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<LocalService>,
+    /// Local ports that lead to a mesh service, for apps that cannot use the mesh DNS.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub upstreams: Vec<Upstream>,
+    /// Resource limits.
+    pub limits: AgentLimits,
+    /// Services and endpoints known without a control plane (a lone edge box, tests).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub static_services: Vec<StaticService>,
+}
+
+impl Default for AgentConfigSpec {
+    fn default() -> Self {
+        AgentConfigSpec {
+            site: "default".to_string(),
+            control_plane: Vec::new(),
+            data_dir: PathBuf::from("/var/lib/hyphae"),
+            listeners: Listeners::default(),
+            services: Vec::new(),
+            upstreams: Vec::new(),
+            limits: AgentLimits::default(),
+            static_services: Vec::new(),
+        }
+    }
+}
+
+/// Where the agent listens.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct Listeners {
+    /// Admin endpoint (`/metrics`, `/ready`, `/config`...). Default `127.0.0.1:4191`.
+    pub admin: SocketAddr,
+    /// Where peer agents deliver calls for this host's services. Default `0.0.0.0:4143`.
+    pub inbound: SocketAddr,
+    /// HTTP proxy port for `HTTP_PROXY` clients; unset turns it off. Default `127.0.0.1:4140`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_proxy: Option<SocketAddr>,
+    /// DNS server for the mesh zone; unset turns it off. Default `127.0.0.1:5353`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<SocketAddr>,
+}
+
+impl Default for Listeners {
+    fn default() -> Self {
+        let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        Listeners {
+            admin: SocketAddr::new(localhost, 4191),
+            inbound: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 4143),
+            http_proxy: Some(SocketAddr::new(localhost, 4140)),
+            dns: Some(SocketAddr::new(localhost, 5353)),
+        }
+    }
+}
+
+/// A service instance running on this host.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LocalService {
+    /// Service name (lower-case DNS label).
+    pub name: String,
+    /// Port the instance listens on.
+    pub port: u16,
+    /// Address the instance listens on. Default `127.0.0.1`.
+    #[serde(default = "localhost")]
+    pub address: IpAddr,
+    /// Protocol it speaks. Default `http`.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Tags routes can select subsets by (`version: v2`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    /// Local health check; none means always healthy while the agent is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<HealthCheck>,
+}
+
+fn localhost() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::LOCALHOST)
+}
+
+/// A health check: exactly one of `http` (a path, 2xx is healthy) or `tcp: true` (a connect).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct HealthCheck {
+    /// Path to GET, e.g. `/healthz`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+    /// Check by opening a TCP connection.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub tcp: bool,
+    /// Time between checks. Default `5s`.
+    pub interval: Duration,
+    /// Longest a check may take. Default `1s`.
+    pub timeout: Duration,
+    /// Passes in a row that make an unhealthy instance healthy. Default 2.
+    pub rise: u32,
+    /// Failures in a row that make a healthy instance unhealthy. Default 3.
+    pub fall: u32,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            http: None,
+            tcp: false,
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+        }
+    }
+}
+
+/// A local port that leads to a mesh service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Upstream {
+    /// Address the agent listens on for this upstream, e.g. `127.0.0.1:9001`.
+    pub listen: SocketAddr,
+    /// Service reached through it.
+    pub service: String,
+    /// The service's port, when it has several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+/// Named resource limits of the agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct AgentLimits {
+    /// Largest request or response head (start line + headers). Default 65536.
+    pub max_header_bytes: u32,
+    /// Largest body kept for replay on retry; bigger bodies are never retried. Default 65536.
+    pub retry_buffer_bytes: u32,
+    /// Most connections accepted at once, all listeners together. Default 10000.
+    pub max_connections: u32,
+    /// HTTP/2 streams per connection. Default 256.
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 streams a client may reset before being accepted (rapid-reset protection).
+    /// Default 20.
+    pub max_pending_accept_reset_streams: u32,
+    /// Longest a client may take to send a request head. Default `10s`.
+    pub header_read_timeout: Duration,
+    /// Longest SIGTERM waits for in-flight calls. Default `30s`.
+    pub drain_timeout: Duration,
+}
+
+impl Default for AgentLimits {
+    fn default() -> Self {
+        AgentLimits {
+            max_header_bytes: 65_536,
+            retry_buffer_bytes: 65_536,
+            max_connections: 10_000,
+            max_concurrent_streams: 256,
+            max_pending_accept_reset_streams: 20,
+            header_read_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A service known without a control plane.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StaticService {
+    /// Service name.
+    pub name: String,
+    /// Protocol. Default `http`.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Where it runs.
+    pub endpoints: Vec<StaticEndpoint>,
+}
+
+/// One endpoint of a static service: a peer agent's inbound address (or the instance itself).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StaticEndpoint {
+    /// Address to connect to.
+    pub address: SocketAddr,
+    /// Node the endpoint is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Site the endpoint is in; unset means the agent's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    /// Tags for subsets.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+}

@@ -1,0 +1,53 @@
+//! hyphae's policy language: the YAML documents operators write, and the checks that tell them
+//! exactly where and why a document is wrong before it reaches a running system.
+//!
+//! Data flows through the crate like this:
+//! - [`load`] reads files (bounded by [`limits`]) and splits them into documents;
+//! - [`tree`] parses each document into nodes that remember their line and column;
+//! - [`tree_de`] turns nodes into typed objects ([`object`] and one module per kind),
+//!   tracking the field path of every type error;
+//! - [`validate`] applies the rules types cannot express, per object and across the set;
+//! - [`diagnostic`] ties each problem to `file:line:col` and renders it compiler-style.
+//!
+//! [`schema`] generates JSON Schema from the same types; [`duration`] and [`suggest`] are
+//! small helpers.
+
+pub mod access_policy;
+pub mod agent_config;
+pub mod diagnostic;
+pub mod duration;
+pub mod external_service;
+pub mod limits;
+pub mod load;
+pub mod object;
+pub mod protocol;
+pub mod route;
+pub mod schema;
+pub mod service_policy;
+pub mod suggest;
+pub mod tree;
+pub mod tree_de;
+pub mod validate;
+
+pub use access_policy::{AccessPolicySpec, AccessRule, Action, Identity};
+pub use agent_config::{
+    AgentConfigSpec, AgentLimits, HealthCheck, Listeners, LocalService, StaticEndpoint,
+    StaticService, Upstream,
+};
+pub use diagnostic::{Diagnostic, FieldPath, Issue, Severity};
+pub use duration::Duration;
+pub use external_service::{ExternalPort, ExternalServiceSpec};
+pub use limits::ParseLimits;
+pub use load::{LoadOptions, LoadedObject, Loader, Report, load_paths, load_str};
+pub use object::{Kind, Metadata, Object, Policy};
+pub use protocol::Protocol;
+pub use route::{
+    Backend, HeaderMatch, HeaderRewrite, HttpMatch, PathMatch, RouteRule, RouteSpec,
+    RouteTimeouts,
+};
+pub use service_policy::{
+    Backoff, BalancePolicy, CircuitBreaker, FailureRate, GrpcCode, LoadBalancer, Locality,
+    MAX_RETRY_ATTEMPTS, OutlierDetection, RetryBudget, RetryOn, RetryPolicy, ServicePolicySpec,
+    Timeouts,
+};
+pub use validate::Completeness;
