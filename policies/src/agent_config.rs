@@ -60,14 +60,16 @@ impl Default for AgentConfigSpec {
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct Listeners {
     /// Admin endpoint (`/metrics`, `/ready`, `/config`...). Default `127.0.0.1:4191`.
+    #[cfg_attr(test, proptest(strategy = "crate::roundtrip_tests::socket_addr()"))]
     pub admin: SocketAddr,
     /// Where peer agents deliver calls for this host's services. Default `0.0.0.0:4143`.
+    #[cfg_attr(test, proptest(strategy = "crate::roundtrip_tests::socket_addr()"))]
     pub inbound: SocketAddr,
-    /// HTTP proxy port for `HTTP_PROXY` clients; unset turns it off. Default `127.0.0.1:4140`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// HTTP proxy port for `HTTP_PROXY` clients; `null` turns it off. Default `127.0.0.1:4140`.
+    #[cfg_attr(test, proptest(strategy = "crate::roundtrip_tests::optional_socket_addr()"))]
     pub http_proxy: Option<SocketAddr>,
-    /// DNS server for the mesh zone; unset turns it off. Default `127.0.0.1:5353`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// DNS server for the mesh zone; `null` turns it off. Default `127.0.0.1:5353`.
+    #[cfg_attr(test, proptest(strategy = "crate::roundtrip_tests::optional_socket_addr()"))]
     pub dns: Option<SocketAddr>,
 }
 
@@ -150,6 +152,7 @@ impl Default for HealthCheck {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Upstream {
     /// Address the agent listens on for this upstream, e.g. `127.0.0.1:9001`.
+    #[cfg_attr(test, proptest(strategy = "crate::roundtrip_tests::socket_addr()"))]
     pub listen: SocketAddr,
     /// Service reached through it.
     pub service: String,
@@ -214,6 +217,7 @@ pub struct StaticService {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct StaticEndpoint {
     /// Address to connect to.
+    #[cfg_attr(test, proptest(strategy = "crate::roundtrip_tests::socket_addr()"))]
     pub address: SocketAddr,
     /// Node the endpoint is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]

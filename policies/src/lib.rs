@@ -29,6 +29,9 @@ pub mod tree;
 pub mod tree_de;
 pub mod validate;
 
+#[cfg(test)]
+mod roundtrip_tests;
+
 pub use access_policy::{AccessPolicySpec, AccessRule, Action, Identity};
 pub use agent_config::{
     AgentConfigSpec, AgentLimits, HealthCheck, Listeners, LocalService, StaticEndpoint,

@@ -20,8 +20,9 @@ pub struct ParseLimits {
 
 /// Default for [`ParseLimits::max_file_bytes`]: 4 MiB.
 pub const DEFAULT_MAX_FILE_BYTES: usize = 4 * 1024 * 1024;
-/// Default for [`ParseLimits::max_depth`].
-pub const DEFAULT_MAX_DEPTH: usize = 64;
+/// Default for [`ParseLimits::max_depth`]. The deepest policy field sits 8 levels down; each
+/// level costs tens of KiB of stack in a debug build, so 24 keeps parsing safe on a 2 MiB stack.
+pub const DEFAULT_MAX_DEPTH: usize = 24;
 /// Default for [`ParseLimits::max_nodes`].
 pub const DEFAULT_MAX_NODES: usize = 250_000;
 /// Default for [`ParseLimits::max_aliases`].

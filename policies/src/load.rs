@@ -306,9 +306,19 @@ struct Envelope<S> {
     spec: S,
 }
 
-/// Decodes one document into a policy and the issues found; the policy is returned only when
-/// it has no errors.
+/// Decodes and checks one document; the policy is returned only when it has no errors.
 fn decode_document(document: &Node) -> (Option<Policy>, Vec<Issue>) {
+    let (policy, mut issues) = parse_document(document);
+    if let Some(policy) = &policy {
+        issues.extend(validate::check_object(policy));
+    }
+    let clean = !issues.iter().any(|i| i.severity == crate::Severity::Error);
+    (policy.filter(|_| clean), issues)
+}
+
+/// Decodes one document into its typed object without the semantic checks; the object comes
+/// back even when fields were unknown, so callers can see every problem at once.
+pub fn parse_document(document: &Node) -> (Option<Policy>, Vec<Issue>) {
     let root = FieldPath::root();
     if !matches!(document.value, Value::Map(_)) {
         let issue = Issue::error(
@@ -357,18 +367,13 @@ fn decode_document(document: &Node) -> (Option<Policy>, Vec<Issue>) {
         Kind::AgentConfig => decode(document, &issues).map(Policy::AgentConfig),
     };
     let mut issues = issues.into_inner();
-    let policy = match decoded {
-        Ok(policy) => Some(policy),
+    match decoded {
+        Ok(policy) => (Some(policy), issues),
         Err(error) => {
             issues.push(error.into_issue());
-            None
+            (None, issues)
         }
-    };
-    if let Some(policy) = &policy {
-        issues.extend(validate::check_object(policy));
     }
-    let clean = !issues.iter().any(|i| i.severity == crate::Severity::Error);
-    (policy.filter(|_| clean), issues)
 }
 
 fn decode<S: DeserializeOwned>(

@@ -273,6 +273,26 @@ mod tests {
     }
 
     #[test]
+    fn nesting_is_refused_past_the_limit_without_exhausting_the_stack() {
+        let limits = ParseLimits::default();
+        let nested = |depth: usize| -> String {
+            (0..depth).map(|i| format!("{}k:\n", " ".repeat(i))).collect()
+        };
+        // Runs on a thread with the 2 MiB stack tokio and test threads get.
+        let handle = std::thread::Builder::new()
+            .stack_size(2 * 1024 * 1024)
+            .spawn(move || {
+                let at_limit = parse_documents(&nested(limits.max_depth - 1), &limits);
+                let past_limit = parse_documents(&nested(500), &limits);
+                let flow = "[".repeat(10_000) + &"]".repeat(10_000);
+                let past_flow = parse_documents(&flow, &limits);
+                (at_limit.is_ok(), past_limit.is_err(), past_flow.is_err())
+            })
+            .unwrap();
+        assert_eq!(handle.join().unwrap(), (true, true, true));
+    }
+
+    #[test]
     fn alias_bombs_are_refused() {
         let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
         for i in 1..12 {
