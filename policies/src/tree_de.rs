@@ -412,7 +412,12 @@ impl<'de, 'a, I: Iterator<Item = (usize, &'a Node)>> SeqAccess<'de> for Items<'_
         match self.items.next() {
             Some((index, node)) => {
                 let path = self.parent.path.index(index);
-                seed.deserialize(self.parent.child(node, path)).map(Some)
+                // Locate here too: a value's own `Deserialize` may fail after our deserializer
+                // returned (a bad duration), and that error must still point at the value.
+                let located = |e: DeError| e.located(node.pos, &path);
+                seed.deserialize(self.parent.child(node, path.clone()))
+                    .map(Some)
+                    .map_err(located)
             }
             None => Ok(None),
         }
@@ -450,7 +455,9 @@ impl<'de, 'a, I: Iterator<Item = &'a (Node, Node)>> MapAccess<'de> for Entries<'
             .value
             .take()
             .ok_or_else(|| DeError::custom("a map value was asked for before its key"))?;
-        seed.deserialize(self.parent.child(node, path))
+        let located = |e: DeError| e.located(node.pos, &path);
+        seed.deserialize(self.parent.child(node, path.clone()))
+            .map_err(located)
     }
 }
 

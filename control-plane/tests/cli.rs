@@ -1,0 +1,121 @@
+//! The `hyphae` binary as operators run it: real process, real files, exit codes and output.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn hyphae(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hyphae"))
+        .args(args)
+        .output()
+        .expect("run hyphae")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A scratch directory of this test's own, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("hyphae-cli-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create scratch dir");
+        Scratch(dir)
+    }
+
+    fn write(&self, name: &str, text: &str) -> String {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).expect("write file");
+        path.display().to_string()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn examples() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../policies/examples")
+        .display()
+        .to_string()
+}
+
+#[test]
+fn validate_accepts_the_examples_as_a_complete_set() {
+    let output = hyphae(&["validate", "--complete", &examples()]);
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+    assert!(stdout(&output).starts_with("ok: 12 objects in 7 files"), "{}", stdout(&output));
+}
+
+#[test]
+fn validate_reports_every_error_in_every_file_and_exits_1() {
+    let scratch = Scratch::new("errors");
+    let first = scratch.write(
+        "a.yaml",
+        "kind: ServicePolicy\nmetadata:\n  name: payments\nspec:\n  retries:\n    perTryTimeout: 5 sec\n",
+    );
+    let second = scratch.write(
+        "b.yaml",
+        "kind: Route\nmetadata: {name: r}\nspec:\n  service: payments\n  rules:\n    - backends: [{service: payments, wieght: 2}]\n",
+    );
+    let output = hyphae(&["validate", &scratch.0.display().to_string()]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!("{first}:6:20: error: spec.retries.perTryTimeout: invalid duration `5 sec`")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{second}:6:38: error: spec.rules[0].backends[0].wieght: unknown field `wieght`")),
+        "{text}"
+    );
+    assert!(text.contains("= help: did you mean `weight`?"), "{text}");
+    assert!(text.ends_with("invalid: 2 errors, 0 warnings in 2 files\n"), "{text}");
+}
+
+#[test]
+fn validate_speaks_json_for_machines() {
+    let scratch = Scratch::new("json");
+    let file = scratch.write("x.yaml", "kind: ServicePolicy\nmetadata: {name: x}\nspec:\n  retries: {attempts: 12}\n");
+    let output = hyphae(&["validate", "--format", "json", &file]);
+    assert_eq!(output.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json output");
+    assert_eq!(json["valid"], false);
+    let diagnostic = &json["diagnostics"][0];
+    assert_eq!(diagnostic["path"], "spec.retries.attempts");
+    assert_eq!((diagnostic["line"].as_u64(), diagnostic["column"].as_u64()), (Some(4), Some(23)));
+    assert_eq!(diagnostic["severity"], "error");
+}
+
+#[test]
+fn unknown_references_are_warnings_unless_the_set_is_complete() {
+    let scratch = Scratch::new("refs");
+    let file = scratch.write(
+        "route.yaml",
+        "kind: Route\nmetadata: {name: r}\nspec:\n  service: catalog\n  rules:\n    - backends: [{service: catalog}]\n",
+    );
+    let partial = hyphae(&["validate", &file]);
+    assert_eq!(partial.status.code(), Some(0), "{}", stdout(&partial));
+    assert!(stdout(&partial).contains("warning: spec.service: service `catalog` is not defined"));
+    let complete = hyphae(&["validate", "--complete", &file]);
+    assert_eq!(complete.status.code(), Some(1), "{}", stdout(&complete));
+}
+
+#[test]
+fn schema_prints_json_schema_per_kind_and_refuses_unknown_kinds() {
+    let all = hyphae(&["schema"]);
+    assert_eq!(all.status.code(), Some(0));
+    let schema: serde_json::Value = serde_json::from_slice(&all.stdout).expect("schema json");
+    assert_eq!(schema["oneOf"].as_array().map(Vec::len), Some(5), "{schema}");
+    let route = hyphae(&["schema", "Route"]);
+    let schema: serde_json::Value = serde_json::from_slice(&route.stdout).expect("schema json");
+    assert_eq!(schema["properties"]["kind"]["const"], "Route");
+    let bad = hyphae(&["schema", "Rout"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("did you mean `Route`?"));
+}
