@@ -1,7 +1,6 @@
 //! Reads policy files and directories into checked objects plus located diagnostics.
 //! The one code path the CLI, the agent and the control plane all use: same input, same errors.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -358,33 +357,47 @@ pub fn parse_document(document: &Node) -> (Option<Policy>, Vec<Issue>) {
             }
         },
     };
-    let issues = RefCell::new(Vec::new());
-    let decoded = match kind {
-        Kind::ServicePolicy => decode(document, &issues).map(Policy::ServicePolicy),
-        Kind::Route => decode(document, &issues).map(Policy::Route),
-        Kind::AccessPolicy => decode(document, &issues).map(Policy::AccessPolicy),
-        Kind::ExternalService => decode(document, &issues).map(Policy::ExternalService),
-        Kind::AgentConfig => decode(document, &issues).map(Policy::AgentConfig),
-    };
-    let mut issues = issues.into_inner();
-    match decoded {
-        Ok(policy) => (Some(policy), issues),
-        Err(error) => {
-            issues.push(error.into_issue());
-            (None, issues)
-        }
+    match kind {
+        Kind::ServicePolicy => decode(document, Policy::ServicePolicy),
+        Kind::Route => decode(document, Policy::Route),
+        Kind::AccessPolicy => decode(document, Policy::AccessPolicy),
+        Kind::ExternalService => decode(document, Policy::ExternalService),
+        Kind::AgentConfig => decode(document, Policy::AgentConfig),
     }
 }
 
+/// Decodes a document of one kind. When some fields had errors, the object (with those fields
+/// at their defaults) is still checked, so one run reports type and semantic errors together;
+/// findings under a field that already had an error are dropped as consequences.
 fn decode<S: DeserializeOwned>(
     document: &Node,
-    issues: &RefCell<Vec<Issue>>,
-) -> Result<Object<S>, tree_de::DeError> {
-    let envelope: Envelope<S> = tree_de::from_node(document, FieldPath::root(), issues)?;
-    Ok(Object {
+    wrap: fn(Object<S>) -> Policy,
+) -> (Option<Policy>, Vec<Issue>) {
+    let decoded = tree_de::decode::<Envelope<S>>(document);
+    let mut issues = decoded.issues;
+    let Some(envelope) = decoded.value else {
+        return (None, issues);
+    };
+    let policy = wrap(Object {
         metadata: envelope.metadata,
         spec: envelope.spec,
-    })
+    });
+    if decoded.hidden.is_empty() {
+        return (Some(policy), issues);
+    }
+    // A finding is a consequence when it is about a hidden field, or about a sequence that
+    // lost a hidden element ("needs at least one backend" after the backend failed).
+    let under_hidden = |issue: &Issue| {
+        decoded.hidden.iter().any(|hidden| {
+            let segments = hidden.segments();
+            let lost_element = matches!(segments.last(), Some(crate::diagnostic::Segment::Index(_)))
+                && issue.path.segments() == &segments[..segments.len() - 1];
+            lost_element || issue.path.segments().starts_with(segments)
+        })
+    };
+    issues.extend(validate::check_object(&policy).into_iter().filter(|i| !under_hidden(i)));
+    // The object has errors; callers never see it.
+    (None, issues)
 }
 
 #[cfg(test)]
@@ -408,6 +421,30 @@ mod tests {
         let policies = report.into_policies().unwrap();
         let Policy::ServicePolicy(p) = &policies[0] else { panic!("wrong kind") };
         assert_eq!(p.spec.retries.attempts, 3);
+    }
+
+    #[test]
+    fn type_errors_do_not_hide_later_errors_or_invent_new_ones() {
+        // `backends` is required: its element fails, so the rule fails, but only the root
+        // cause is reported; `attempts` and `regex` errors further on are still found.
+        let text = "kind: Route\nmetadata: {name: r}\nspec:\n  service: s\n  rules:\n    - backends: [{service: 5}]\n    - backends: [{service: s}]\n      matches: [{path: {regex: \"(\"}}]\n      retries: {attempts: many}\n";
+        let report = load_str("t.yaml", text, LoadOptions::default());
+        let found: Vec<_> = report
+            .diagnostics
+            .iter()
+            .filter(|d| d.is_error())
+            .map(|d| (d.line, d.path.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                (6, "spec.rules[0].backends[0].service"),
+                (8, "spec.rules[1].matches[0].path.regex"),
+                (9, "spec.rules[1].retries.attempts"),
+            ],
+            "{:#?}",
+            report.diagnostics
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! type error names its field and position. Unknown fields are all collected, not just the first.
 
 use std::cell::RefCell;
+use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{
@@ -20,6 +21,10 @@ pub struct DeError {
     message: String,
     help: Option<String>,
     at: Option<(Pos, FieldPath)>,
+    /// The required field this error says is missing, if that is what it says.
+    missing: Option<&'static str>,
+    /// True when the error only follows from a field hidden after an earlier error.
+    consequence: bool,
 }
 
 impl DeError {
@@ -55,6 +60,8 @@ impl de::Error for DeError {
             message: msg.to_string(),
             help: None,
             at: None,
+            missing: None,
+            consequence: false,
         }
     }
 
@@ -87,7 +94,10 @@ impl de::Error for DeError {
     }
 
     fn missing_field(field: &'static str) -> Self {
-        Self::custom(format_args!("missing required field `{field}`"))
+        DeError {
+            missing: Some(field),
+            ..Self::custom(format_args!("missing required field `{field}`"))
+        }
     }
 
     fn duplicate_field(field: &'static str) -> Self {
@@ -106,25 +116,71 @@ fn quoted_list(items: &[&str]) -> String {
     items.iter().map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", ")
 }
 
-/// Deserializes `T` from `node`. Unknown fields are pushed to `issues` (all of them) and skipped;
-/// the first hard type error ends the document and is returned.
-pub fn from_node<T: de::DeserializeOwned>(
-    node: &Node,
-    path: FieldPath,
-    issues: &RefCell<Vec<Issue>>,
-) -> Result<T, DeError> {
-    T::deserialize(NodeDeserializer {
-        node,
-        path,
+/// Most errors recovered from in one document before giving up on it.
+pub const MAX_RECOVERED_ERRORS: usize = 50;
+
+/// The result of decoding one document.
+pub struct Decoded<T> {
+    /// The value, with every field that had an error left at its default; `None` when the
+    /// errors left nothing to build.
+    pub value: Option<T>,
+    /// Every problem found, unknown fields and type errors alike.
+    pub issues: Vec<Issue>,
+    /// Fields hidden after an error: findings under them are consequences, not news.
+    pub hidden: HashSet<FieldPath>,
+}
+
+/// Deserializes `T` from `node`, reporting every error rather than the first: a field that
+/// fails is hidden (as if absent, so its default applies) and decoding starts again, up to
+/// [`MAX_RECOVERED_ERRORS`] times. A required field that was hidden hides its parent in turn.
+pub fn decode<T: de::DeserializeOwned>(node: &Node) -> Decoded<T> {
+    let mut hidden: HashSet<FieldPath> = HashSet::new();
+    let mut issues = Vec::new();
+    for _ in 0..=MAX_RECOVERED_ERRORS {
+        let unknown = RefCell::new(Vec::new());
+        let attempt = T::deserialize(NodeDeserializer {
+            node,
+            path: FieldPath::root(),
+            unknown: &unknown,
+            hidden: &hidden,
+        });
+        let error = match attempt {
+            Ok(value) => {
+                issues.extend(unknown.into_inner());
+                return Decoded {
+                    value: Some(value),
+                    issues,
+                    hidden,
+                };
+            }
+            Err(error) => error,
+        };
+        let (_, path) = error.at.clone().unwrap_or((Pos::START, FieldPath::root()));
+        let follows_from_hidden = error.consequence
+            || error.missing.is_some_and(|field| hidden.contains(&path.key(field)));
+        if !follows_from_hidden {
+            issues.push(error.into_issue());
+        }
+        if path.is_root() || !hidden.insert(path) {
+            issues.extend(unknown.into_inner());
+            break;
+        }
+    }
+    Decoded {
+        value: None,
         issues,
-    })
+        hidden,
+    }
 }
 
 /// A serde `Deserializer` over one node.
 struct NodeDeserializer<'a> {
     node: &'a Node,
     path: FieldPath,
-    issues: &'a RefCell<Vec<Issue>>,
+    /// Where unknown fields are reported (all of them, without stopping).
+    unknown: &'a RefCell<Vec<Issue>>,
+    /// Fields treated as absent because they failed in an earlier attempt.
+    hidden: &'a HashSet<FieldPath>,
 }
 
 impl<'a> NodeDeserializer<'a> {
@@ -132,7 +188,8 @@ impl<'a> NodeDeserializer<'a> {
         NodeDeserializer {
             node,
             path,
-            issues: self.issues,
+            unknown: self.unknown,
+            hidden: self.hidden,
         }
     }
 
@@ -142,6 +199,14 @@ impl<'a> NodeDeserializer<'a> {
             describe(&self.node.value)
         ));
         error.located(self.node.pos, &self.path)
+    }
+
+    /// True when a mapping entry was hidden after an error in an earlier attempt.
+    fn is_hidden(&self, (key, _): &(Node, Node)) -> bool {
+        match &key.value {
+            Value::Str(name) => self.hidden.contains(&self.path.key(name)),
+            _ => false,
+        }
     }
 
     fn locate<T>(&self, result: Result<T, DeError>) -> Result<T, DeError> {
@@ -279,7 +344,10 @@ impl<'de> de::Deserializer<'de> for NodeDeserializer<'_> {
             Value::Seq(items) => {
                 let access = Items {
                     parent: &self,
-                    items: items.iter().enumerate(),
+                    items: items
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| !self.hidden.contains(&self.path.index(*i))),
                 };
                 self.locate(visitor.visit_seq(access))
             }
@@ -303,9 +371,10 @@ impl<'de> de::Deserializer<'de> for NodeDeserializer<'_> {
     fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
         match &self.node.value {
             Value::Map(entries) => {
+                let visible: Vec<_> = entries.iter().filter(|entry| !self.is_hidden(entry)).collect();
                 let access = Entries {
                     parent: &self,
-                    entries: entries.iter().collect::<Vec<_>>().into_iter(),
+                    entries: visible.into_iter(),
                     value: None,
                 };
                 self.locate(visitor.visit_map(access))
@@ -326,7 +395,7 @@ impl<'de> de::Deserializer<'de> for NodeDeserializer<'_> {
         // Report every unknown field now and hide them from the visitor, so one typo does not
         // mask the next.
         let mut known = Vec::with_capacity(entries.len());
-        for entry in entries {
+        for entry in entries.iter().filter(|entry| !self.is_hidden(entry)) {
             let (key, _) = entry;
             match &key.value {
                 Value::Str(name) if fields.contains(&name.as_str()) => known.push(entry),
@@ -334,14 +403,14 @@ impl<'de> de::Deserializer<'de> for NodeDeserializer<'_> {
                     let issue = <DeError as de::Error>::unknown_field(name, fields)
                         .located(key.pos, &self.path.key(name))
                         .into_issue();
-                    self.issues.borrow_mut().push(issue);
+                    self.unknown.borrow_mut().push(issue);
                 }
                 _ => {
                     let issue = self
                         .child(key, self.path.clone())
                         .type_error("a field name (string)")
                         .into_issue();
-                    self.issues.borrow_mut().push(issue);
+                    self.unknown.borrow_mut().push(issue);
                 }
             }
         }
@@ -366,6 +435,11 @@ impl<'de> de::Deserializer<'de> for NodeDeserializer<'_> {
                     value: None,
                 };
                 self.locate(visitor.visit_enum(access))
+            }
+            Value::Map(entries) if entries.len() == 1 && self.is_hidden(&entries[0]) => {
+                let mut error = DeError::custom("its only field had an error");
+                error.consequence = true;
+                Err(error.located(self.node.pos, &self.path))
             }
             Value::Map(entries) if entries.len() == 1 => {
                 let (key, value) = &entries[0];
