@@ -20,7 +20,12 @@ pub fn load(path: &Path) -> Result<AgentConfig, Vec<Diagnostic>> {
     let mut loader = Loader::new(LoadOptions::default());
     loader.add_path(path);
     let report = loader.finish();
-    let errors: Vec<Diagnostic> = report.diagnostics.iter().filter(|d| d.is_error()).cloned().collect();
+    let errors: Vec<Diagnostic> = report
+        .diagnostics
+        .iter()
+        .filter(|d| d.is_error())
+        .cloned()
+        .collect();
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -42,7 +47,12 @@ pub fn load(path: &Path) -> Result<AgentConfig, Vec<Diagnostic>> {
                     ),
                 );
                 let text = std::fs::read_to_string(path).unwrap_or_default();
-                return Err(vec![Diagnostic::from_issue(&name, &text, Some(&object.tree), issue)]);
+                return Err(vec![Diagnostic::from_issue(
+                    &name,
+                    &text,
+                    Some(&object.tree),
+                    issue,
+                )]);
             }
         }
     }
@@ -50,7 +60,8 @@ pub fn load(path: &Path) -> Result<AgentConfig, Vec<Diagnostic>> {
         1 => Ok(configs.remove(0)),
         count => {
             let message = format!("expected exactly one `AgentConfig` document, found {count}");
-            let issue = Issue::error(FieldPath::root(), message).at(hyphae_policies::tree::Pos::START);
+            let issue =
+                Issue::error(FieldPath::root(), message).at(hyphae_policies::tree::Pos::START);
             Err(vec![Diagnostic::from_issue(&name, "", None, issue)])
         }
     }

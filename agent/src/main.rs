@@ -10,7 +10,12 @@ use clap::Parser;
 #[command(name = "hyphae-agent", version, about = "The hyphae per-host agent")]
 struct Args {
     /// The agent's configuration file (one `AgentConfig` document).
-    #[arg(long, short, value_name = "FILE", default_value = "/etc/hyphae/agent.yaml")]
+    #[arg(
+        long,
+        short,
+        value_name = "FILE",
+        default_value = "/etc/hyphae/agent.yaml"
+    )]
     config: PathBuf,
     /// Check the configuration file, print a summary and exit (0 when valid, 1 otherwise).
     #[arg(long)]

@@ -19,7 +19,10 @@ fn example_agent_configs_pass_the_check() {
         let output = agent_check(&dir.join(name));
         let text = String::from_utf8_lossy(&output.stdout);
         assert_eq!(output.status.code(), Some(0), "{name}: {text}");
-        assert!(text.starts_with(&format!("ok: node `{}`", name.trim_end_matches(".yaml"))), "{text}");
+        assert!(
+            text.starts_with(&format!("ok: node `{}`", name.trim_end_matches(".yaml"))),
+            "{text}"
+        );
     }
 }
 
@@ -37,5 +40,8 @@ fn a_missing_file_is_a_clear_error() {
     let output = agent_check(Path::new("/nonexistent/agent.yaml"));
     let text = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1));
-    assert!(text.contains("/nonexistent/agent.yaml:1:1: error: cannot read the file"), "{text}");
+    assert!(
+        text.contains("/nonexistent/agent.yaml:1:1: error: cannot read the file"),
+        "{text}"
+    );
 }

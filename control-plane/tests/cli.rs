@@ -49,7 +49,11 @@ fn examples() -> String {
 fn validate_accepts_the_examples_as_a_complete_set() {
     let output = hyphae(&["validate", "--complete", &examples()]);
     assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
-    assert!(stdout(&output).starts_with("ok: 12 objects in 7 files"), "{}", stdout(&output));
+    assert!(
+        stdout(&output).starts_with("ok: 12 objects in 7 files"),
+        "{}",
+        stdout(&output)
+    );
 }
 
 #[test]
@@ -67,28 +71,41 @@ fn validate_reports_every_error_in_every_file_and_exits_1() {
     let text = stdout(&output);
     assert_eq!(output.status.code(), Some(1), "{text}");
     assert!(
-        text.contains(&format!("{first}:6:20: error: spec.retries.perTryTimeout: invalid duration `5 sec`")),
+        text.contains(&format!(
+            "{first}:6:20: error: spec.retries.perTryTimeout: invalid duration `5 sec`"
+        )),
         "{text}"
     );
     assert!(
-        text.contains(&format!("{second}:6:38: error: spec.rules[0].backends[0].wieght: unknown field `wieght`")),
+        text.contains(&format!(
+            "{second}:6:38: error: spec.rules[0].backends[0].wieght: unknown field `wieght`"
+        )),
         "{text}"
     );
     assert!(text.contains("= help: did you mean `weight`?"), "{text}");
-    assert!(text.ends_with("invalid: 2 errors, 0 warnings in 2 files\n"), "{text}");
+    assert!(
+        text.ends_with("invalid: 2 errors, 0 warnings in 2 files\n"),
+        "{text}"
+    );
 }
 
 #[test]
 fn validate_speaks_json_for_machines() {
     let scratch = Scratch::new("json");
-    let file = scratch.write("x.yaml", "kind: ServicePolicy\nmetadata: {name: x}\nspec:\n  retries: {attempts: 12}\n");
+    let file = scratch.write(
+        "x.yaml",
+        "kind: ServicePolicy\nmetadata: {name: x}\nspec:\n  retries: {attempts: 12}\n",
+    );
     let output = hyphae(&["validate", "--format", "json", &file]);
     assert_eq!(output.status.code(), Some(1));
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json output");
     assert_eq!(json["valid"], false);
     let diagnostic = &json["diagnostics"][0];
     assert_eq!(diagnostic["path"], "spec.retries.attempts");
-    assert_eq!((diagnostic["line"].as_u64(), diagnostic["column"].as_u64()), (Some(4), Some(23)));
+    assert_eq!(
+        (diagnostic["line"].as_u64(), diagnostic["column"].as_u64()),
+        (Some(4), Some(23))
+    );
     assert_eq!(diagnostic["severity"], "error");
 }
 
@@ -111,7 +128,11 @@ fn schema_prints_json_schema_per_kind_and_refuses_unknown_kinds() {
     let all = hyphae(&["schema"]);
     assert_eq!(all.status.code(), Some(0));
     let schema: serde_json::Value = serde_json::from_slice(&all.stdout).expect("schema json");
-    assert_eq!(schema["oneOf"].as_array().map(Vec::len), Some(5), "{schema}");
+    assert_eq!(
+        schema["oneOf"].as_array().map(Vec::len),
+        Some(5),
+        "{schema}"
+    );
     let route = hyphae(&["schema", "Route"]);
     let schema: serde_json::Value = serde_json::from_slice(&route.stdout).expect("schema json");
     assert_eq!(schema["properties"]["kind"]["const"], "Route");

@@ -66,10 +66,16 @@ pub struct Listeners {
     #[cfg_attr(test, proptest(strategy = "crate::roundtrip_tests::socket_addr()"))]
     pub inbound: SocketAddr,
     /// HTTP proxy port for `HTTP_PROXY` clients; `null` turns it off. Default `127.0.0.1:4140`.
-    #[cfg_attr(test, proptest(strategy = "crate::roundtrip_tests::optional_socket_addr()"))]
+    #[cfg_attr(
+        test,
+        proptest(strategy = "crate::roundtrip_tests::optional_socket_addr()")
+    )]
     pub http_proxy: Option<SocketAddr>,
     /// DNS server for the mesh zone; `null` turns it off. Default `127.0.0.1:5353`.
-    #[cfg_attr(test, proptest(strategy = "crate::roundtrip_tests::optional_socket_addr()"))]
+    #[cfg_attr(
+        test,
+        proptest(strategy = "crate::roundtrip_tests::optional_socket_addr()")
+    )]
     pub dns: Option<SocketAddr>,
 }
 

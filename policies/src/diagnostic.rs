@@ -212,7 +212,11 @@ fn source_line(source: &str, line: u64) -> Option<String> {
 impl fmt::Display for Diagnostic {
     /// `FILE:LINE:COL: error: PATH: MESSAGE`, then the source line with a caret under the fault.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}: ", self.file, self.line, self.column, self.severity)?;
+        write!(
+            f,
+            "{}:{}:{}: {}: ",
+            self.file, self.line, self.column, self.severity
+        )?;
         if !self.path.is_empty() {
             write!(f, "{}: ", self.path)?;
         }
@@ -240,9 +244,19 @@ impl fmt::Display for Diagnostic {
 fn visible_window(line: &str, column: u64) -> (String, usize) {
     let chars: Vec<char> = line
         .chars()
-        .map(|c| if c == '\t' { ' ' } else if c.is_control() { '?' } else { c })
+        .map(|c| {
+            if c == '\t' {
+                ' '
+            } else if c.is_control() {
+                '?'
+            } else {
+                c
+            }
+        })
         .collect();
-    let col = usize::try_from(column.saturating_sub(1)).unwrap_or(0).min(chars.len());
+    let col = usize::try_from(column.saturating_sub(1))
+        .unwrap_or(0)
+        .min(chars.len());
     let start = col.saturating_sub(MAX_SHOWN_LINE_CHARS / 2);
     let end = (start + MAX_SHOWN_LINE_CHARS).min(chars.len());
     let mut shown: String = chars[start..end].iter().collect();
@@ -263,9 +277,16 @@ mod tests {
 
     #[test]
     fn renders_compiler_style_with_a_caret() {
-        let issue = Issue::error(FieldPath::root().key("spec").key("retries").key("attempts"), "too many")
-            .at(Pos { line: 2, column: 13, len: 2 })
-            .with_help("use at most 10");
+        let issue = Issue::error(
+            FieldPath::root().key("spec").key("retries").key("attempts"),
+            "too many",
+        )
+        .at(Pos {
+            line: 2,
+            column: 13,
+            len: 2,
+        })
+        .with_help("use at most 10");
         let d = Diagnostic::from_issue("p.yaml", "kind: X\n  attempts: 12\n", None, issue);
         assert_eq!(
             d.to_string(),

@@ -13,7 +13,9 @@ pub struct Duration(std::time::Duration);
 
 /// Why a duration could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid duration `{text}`: {reason}; write a number and a unit (ms, s, m, h), e.g. `250ms`, `2s` or `1m30s`")]
+#[error(
+    "invalid duration `{text}`: {reason}; write a number and a unit (ms, s, m, h), e.g. `250ms`, `2s` or `1m30s`"
+)]
 pub struct DurationError {
     /// What was written.
     pub text: String,
@@ -65,13 +67,19 @@ impl FromStr for Duration {
         }
         let mut total_ms: u64 = 0;
         while !rest.is_empty() {
-            let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+            let digits = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
             if digits == 0 {
                 return Err(fail("expected a number"));
             }
-            let number: u64 = rest[..digits].parse().map_err(|_| fail("the number is too large"))?;
+            let number: u64 = rest[..digits]
+                .parse()
+                .map_err(|_| fail("the number is too large"))?;
             rest = &rest[digits..];
-            let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+            let unit_len = rest
+                .find(|c: char| c.is_ascii_digit())
+                .unwrap_or(rest.len());
             let unit = &rest[..unit_len];
             rest = &rest[unit_len..];
             let scale = match unit {
@@ -135,6 +143,17 @@ impl JsonSchema for Duration {
 }
 
 #[cfg(test)]
+impl proptest::arbitrary::Arbitrary for Duration {
+    type Parameters = ();
+    type Strategy = proptest::strategy::Map<std::ops::Range<u64>, fn(u64) -> Duration>;
+
+    fn arbitrary_with((): ()) -> Self::Strategy {
+        use proptest::strategy::Strategy;
+        (0..100_000_000u64).prop_map(Duration::from_millis)
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::Duration;
 
@@ -156,19 +175,16 @@ mod tests {
 
     #[test]
     fn refuses_bare_numbers_and_unknown_units() {
-        for text in ["30", "", "5 sec", "1.5s", "-1s", "ms", "99999999999999999999s"] {
+        for text in [
+            "30",
+            "",
+            "5 sec",
+            "1.5s",
+            "-1s",
+            "ms",
+            "99999999999999999999s",
+        ] {
             assert!(text.parse::<Duration>().is_err(), "{text}");
         }
-    }
-}
-
-#[cfg(test)]
-impl proptest::arbitrary::Arbitrary for Duration {
-    type Parameters = ();
-    type Strategy = proptest::strategy::Map<std::ops::Range<u64>, fn(u64) -> Duration>;
-
-    fn arbitrary_with((): ()) -> Self::Strategy {
-        use proptest::strategy::Strategy;
-        (0..100_000_000u64).prop_map(Duration::from_millis)
     }
 }

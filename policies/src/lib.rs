@@ -45,8 +45,7 @@ pub use load::{LoadOptions, LoadedObject, Loader, Report, load_paths, load_str};
 pub use object::{Kind, Metadata, Object, Policy};
 pub use protocol::Protocol;
 pub use route::{
-    Backend, HeaderMatch, HeaderRewrite, HttpMatch, PathMatch, RouteRule, RouteSpec,
-    RouteTimeouts,
+    Backend, HeaderMatch, HeaderRewrite, HttpMatch, PathMatch, RouteRule, RouteSpec, RouteTimeouts,
 };
 pub use service_policy::{
     Backoff, BalancePolicy, CircuitBreaker, FailureRate, GrpcCode, LoadBalancer, Locality,

@@ -94,7 +94,8 @@ impl Loader {
     pub fn add_path(&mut self, path: &Path) {
         if path.is_dir() {
             let mut files = Vec::new();
-            if let Err(error) = collect_yaml_files(path, &mut files, self.options.limits.max_files) {
+            if let Err(error) = collect_yaml_files(path, &mut files, self.options.limits.max_files)
+            {
                 self.file_error(&path.display().to_string(), error);
                 return;
             }
@@ -125,16 +126,20 @@ impl Loader {
 
     fn file_error(&mut self, name: &str, message: String) {
         self.report.files.push(name.to_string());
-        self.push(name, "", None, Issue::error(FieldPath::root(), message).at(Pos::START));
+        self.push(
+            name,
+            "",
+            None,
+            Issue::error(FieldPath::root(), message).at(Pos::START),
+        );
     }
 
     /// Adds in-memory content named `name` (an uploaded body, a test case).
     pub fn add_bytes(&mut self, name: &str, bytes: &[u8]) {
         let limit = self.options.limits.max_file_bytes;
         if bytes.len() > limit {
-            let message = format!(
-                "file is larger than the {limit}-byte limit for policy files; split it up"
-            );
+            let message =
+                format!("file is larger than the {limit}-byte limit for policy files; split it up");
             return self.file_error(name, message);
         }
         let text = match std::str::from_utf8(bytes) {
@@ -162,7 +167,8 @@ impl Loader {
         let documents = match tree::parse_documents(text, &self.options.limits) {
             Ok(documents) => documents,
             Err(error) => {
-                let issue = Issue::error(FieldPath::root(), yaml_message(&error.message)).at(error.pos);
+                let issue =
+                    Issue::error(FieldPath::root(), yaml_message(&error.message)).at(error.pos);
                 return self.push(name, text, None, issue);
             }
         };
@@ -201,7 +207,11 @@ impl Loader {
             .objects
             .iter()
             .map(|o| {
-                let pos = FieldPath::root().key("metadata").key("name").locate(&o.tree).pos;
+                let pos = FieldPath::root()
+                    .key("metadata")
+                    .key("name")
+                    .locate(&o.tree)
+                    .pos;
                 format!("{}:{}:{}", o.file, pos.line, pos.column)
             })
             .collect();
@@ -219,8 +229,17 @@ impl Loader {
         let mut located = Vec::with_capacity(set_issues.len());
         for (index, issue) in set_issues {
             let object = &self.report.objects[index];
-            let text = self.sources.get(&object.file).map(String::as_str).unwrap_or_default();
-            located.push(Diagnostic::from_issue(&object.file, text, Some(&object.tree), issue));
+            let text = self
+                .sources
+                .get(&object.file)
+                .map(String::as_str)
+                .unwrap_or_default();
+            located.push(Diagnostic::from_issue(
+                &object.file,
+                text,
+                Some(&object.tree),
+                issue,
+            ));
         }
         self.report.diagnostics.extend(located);
         let order: HashMap<&str, usize> = self
@@ -263,9 +282,14 @@ fn collect_yaml_files(dir: &Path, out: &mut Vec<PathBuf>, max_files: usize) -> R
     for entry in entries {
         if entry.is_dir() {
             collect_yaml_files(&entry, out, max_files)?;
-        } else if matches!(entry.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+        } else if matches!(
+            entry.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        ) {
             if out.len() >= max_files {
-                return Err(format!("more than {max_files} policy files; point at a smaller tree"));
+                return Err(format!(
+                    "more than {max_files} policy files; point at a smaller tree"
+                ));
             }
             out.push(entry);
         }
@@ -277,7 +301,11 @@ fn collect_yaml_files(dir: &Path, out: &mut Vec<PathBuf>, max_files: usize) -> R
 fn position_of_offset(prefix: &[u8]) -> Pos {
     let text = String::from_utf8_lossy(prefix);
     let line = text.matches('\n').count() + 1;
-    let column = text.rsplit('\n').next().map_or(0, |last| last.chars().count()) + 1;
+    let column = text
+        .rsplit('\n')
+        .next()
+        .map_or(0, |last| last.chars().count())
+        + 1;
     Pos {
         line: u64::try_from(line).unwrap_or(u64::MAX),
         column: u64::try_from(column).unwrap_or(u64::MAX),
@@ -333,7 +361,10 @@ pub fn parse_document(document: &Node) -> (Option<Policy>, Vec<Issue>) {
         None => {
             let issue = Issue::error(root, "missing required field `kind`")
                 .at(document.pos)
-                .with_help(format!("set `kind:` to one of {}", Kind::names().join(", ")));
+                .with_help(format!(
+                    "set `kind:` to one of {}",
+                    Kind::names().join(", ")
+                ));
             return (None, vec![issue]);
         }
         Some(node) => match node.as_str().map(|name| (name, Kind::from_name(name))) {
@@ -341,7 +372,10 @@ pub fn parse_document(document: &Node) -> (Option<Policy>, Vec<Issue>) {
             Some((name, None)) => {
                 let mut issue = Issue::error(
                     root.key("kind"),
-                    format!("unknown kind `{name}`, expected one of {}", Kind::names().join(", ")),
+                    format!(
+                        "unknown kind `{name}`, expected one of {}",
+                        Kind::names().join(", ")
+                    ),
                 );
                 if let Some(close) = suggest::closest(name, &Kind::names()) {
                     issue = issue.with_help(format!("did you mean `{close}`?"));
@@ -390,12 +424,17 @@ fn decode<S: DeserializeOwned>(
     let under_hidden = |issue: &Issue| {
         decoded.hidden.iter().any(|hidden| {
             let segments = hidden.segments();
-            let lost_element = matches!(segments.last(), Some(crate::diagnostic::Segment::Index(_)))
-                && issue.path.segments() == &segments[..segments.len() - 1];
+            let lost_element =
+                matches!(segments.last(), Some(crate::diagnostic::Segment::Index(_)))
+                    && issue.path.segments() == &segments[..segments.len() - 1];
             lost_element || issue.path.segments().starts_with(segments)
         })
     };
-    issues.extend(validate::check_object(&policy).into_iter().filter(|i| !under_hidden(i)));
+    issues.extend(
+        validate::check_object(&policy)
+            .into_iter()
+            .filter(|i| !under_hidden(i)),
+    );
     // The object has errors; callers never see it.
     (None, issues)
 }
@@ -406,7 +445,14 @@ mod tests {
 
     #[test]
     fn offsets_map_to_lines_and_columns() {
-        assert_eq!(position_of_offset(b"ab\ncd"), Pos { line: 2, column: 3, len: 1 });
+        assert_eq!(
+            position_of_offset(b"ab\ncd"),
+            Pos {
+                line: 2,
+                column: 3,
+                len: 1
+            }
+        );
         assert_eq!(position_of_offset(b""), Pos::START);
     }
 
@@ -419,7 +465,9 @@ mod tests {
         );
         assert!(report.diagnostics.is_empty(), "{:?}", report.diagnostics);
         let policies = report.into_policies().unwrap();
-        let Policy::ServicePolicy(p) = &policies[0] else { panic!("wrong kind") };
+        let Policy::ServicePolicy(p) = &policies[0] else {
+            panic!("wrong kind")
+        };
         assert_eq!(p.spec.retries.attempts, 3);
     }
 
@@ -459,7 +507,12 @@ mod tests {
         assert_eq!(
             found,
             vec![
-                (4, 14, "spec.timeouts.reqest", Some("did you mean `request`?")),
+                (
+                    4,
+                    14,
+                    "spec.timeouts.reqest",
+                    Some("did you mean `request`?")
+                ),
                 (5, 3, "spec.retires", Some("did you mean `retries`?")),
             ]
         );

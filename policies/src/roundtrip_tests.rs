@@ -3,10 +3,10 @@
 
 use proptest::prelude::*;
 
+use crate::Policy;
 use crate::limits::ParseLimits;
 use crate::load::parse_document;
 use crate::tree::parse_documents;
-use crate::Policy;
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
@@ -40,7 +40,8 @@ proptest! {
 /// Socket addresses as text can show: a V6 address's flow label is not written, so generated
 /// addresses leave it at zero.
 pub(crate) fn socket_addr() -> impl Strategy<Value = std::net::SocketAddr> {
-    (any::<std::net::IpAddr>(), any::<u16>()).prop_map(|(ip, port)| std::net::SocketAddr::new(ip, port))
+    (any::<std::net::IpAddr>(), any::<u16>())
+        .prop_map(|(ip, port)| std::net::SocketAddr::new(ip, port))
 }
 
 /// An optional [`socket_addr`].

@@ -142,7 +142,10 @@ pub fn parse_documents(text: &str, limits: &ParseLimits) -> Result<Vec<Node>, Sy
     options.alias_limits.max_total_replayed_events = limits.max_nodes;
     options.alias_limits.max_alias_expansions_per_anchor = limits.max_aliases;
     serde_saphyr::from_multiple_with_options::<Node>(text, options).map_err(|error| {
-        let pos = error.location().and_then(Pos::from_location).unwrap_or(Pos::START);
+        let pos = error
+            .location()
+            .and_then(Pos::from_location)
+            .unwrap_or(Pos::START);
         SyntaxError {
             message: clean_parser_message(&error.without_snippet().to_string()),
             pos,
@@ -276,7 +279,9 @@ mod tests {
     fn nesting_is_refused_past_the_limit_without_exhausting_the_stack() {
         let limits = ParseLimits::default();
         let nested = |depth: usize| -> String {
-            (0..depth).map(|i| format!("{}k:\n", " ".repeat(i))).collect()
+            (0..depth)
+                .map(|i| format!("{}k:\n", " ".repeat(i)))
+                .collect()
         };
         // Runs on a thread with the 2 MiB stack tokio and test threads get.
         let handle = std::thread::Builder::new()

@@ -6,9 +6,8 @@ use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{
-    Error as _,
-    self, DeserializeSeed, EnumAccess, IntoDeserializer, MapAccess, SeqAccess, VariantAccess,
-    Visitor,
+    self, DeserializeSeed, EnumAccess, Error as _, IntoDeserializer, MapAccess, SeqAccess,
+    VariantAccess, Visitor,
 };
 
 use crate::diagnostic::{FieldPath, Issue};
@@ -113,7 +112,11 @@ fn quoted_list(items: &[&str]) -> String {
     if items.is_empty() {
         return "nothing (this mapping takes no fields)".to_string();
     }
-    items.iter().map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", ")
+    items
+        .iter()
+        .map(|i| format!("`{i}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Most errors recovered from in one document before giving up on it.
@@ -157,7 +160,9 @@ pub fn decode<T: de::DeserializeOwned>(node: &Node) -> Decoded<T> {
         };
         let (_, path) = error.at.clone().unwrap_or((Pos::START, FieldPath::root()));
         let follows_from_hidden = error.consequence
-            || error.missing.is_some_and(|field| hidden.contains(&path.key(field)));
+            || error
+                .missing
+                .is_some_and(|field| hidden.contains(&path.key(field)));
         if !follows_from_hidden {
             issues.push(error.into_issue());
         }
@@ -266,8 +271,16 @@ impl<'de> de::Deserializer<'de> for NodeDeserializer<'_> {
     }
 
     forward_integers!(
-        deserialize_i8, deserialize_i16, deserialize_i32, deserialize_i64, deserialize_i128,
-        deserialize_u8, deserialize_u16, deserialize_u32, deserialize_u64, deserialize_u128
+        deserialize_i8,
+        deserialize_i16,
+        deserialize_i32,
+        deserialize_i64,
+        deserialize_i128,
+        deserialize_u8,
+        deserialize_u16,
+        deserialize_u32,
+        deserialize_u64,
+        deserialize_u128
     );
 
     fn deserialize_f32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
@@ -371,7 +384,10 @@ impl<'de> de::Deserializer<'de> for NodeDeserializer<'_> {
     fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
         match &self.node.value {
             Value::Map(entries) => {
-                let visible: Vec<_> = entries.iter().filter(|entry| !self.is_hidden(entry)).collect();
+                let visible: Vec<_> = entries
+                    .iter()
+                    .filter(|entry| !self.is_hidden(entry))
+                    .collect();
                 let access = Entries {
                     parent: &self,
                     entries: visible.into_iter(),
@@ -571,14 +587,18 @@ impl<'de> VariantAccess<'de> for Variant<'_, '_> {
     fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, seed: T) -> Result<T::Value, DeError> {
         match self.value {
             Some(value) => seed.deserialize(value),
-            None => Err(self.key.type_error("a mapping with one field and its value")),
+            None => Err(self
+                .key
+                .type_error("a mapping with one field and its value")),
         }
     }
 
     fn tuple_variant<V: Visitor<'de>>(self, _: usize, visitor: V) -> Result<V::Value, DeError> {
         match self.value {
             Some(value) => de::Deserializer::deserialize_seq(value, visitor),
-            None => Err(self.key.type_error("a mapping with one field and its value")),
+            None => Err(self
+                .key
+                .type_error("a mapping with one field and its value")),
         }
     }
 
@@ -589,7 +609,9 @@ impl<'de> VariantAccess<'de> for Variant<'_, '_> {
     ) -> Result<V::Value, DeError> {
         match self.value {
             Some(value) => de::Deserializer::deserialize_struct(value, "", fields, visitor),
-            None => Err(self.key.type_error("a mapping with one field and its value")),
+            None => Err(self
+                .key
+                .type_error("a mapping with one field and its value")),
         }
     }
 }

@@ -7,9 +7,8 @@ use std::net::SocketAddr;
 use crate::diagnostic::{FieldPath, Issue};
 use crate::suggest;
 use crate::{
-    AccessPolicySpec, AgentConfigSpec, Duration, ExternalServiceSpec, HealthCheck, Identity,
-    Kind, OutlierDetection, Policy, RetryPolicy, RouteSpec, ServicePolicySpec,
-    MAX_RETRY_ATTEMPTS,
+    AccessPolicySpec, AgentConfigSpec, Duration, ExternalServiceSpec, HealthCheck, Identity, Kind,
+    MAX_RETRY_ATTEMPTS, OutlierDetection, Policy, RetryPolicy, RouteSpec, ServicePolicySpec,
 };
 
 /// Longest name (`metadata.name`, service names, sites), as for a DNS label.
@@ -123,18 +122,41 @@ fn check_service_policy(c: &mut Checker, path: &FieldPath, spec: &ServicePolicyS
             ),
         );
     }
-    check_retries(c, &path.key("retries"), &spec.retries, Some(spec.timeouts.request));
+    check_retries(
+        c,
+        &path.key("retries"),
+        &spec.retries,
+        Some(spec.timeouts.request),
+    );
     let breaker = path.key("circuitBreaker");
-    c.at_least_one(breaker.key("maxConnections"), spec.circuit_breaker.max_connections);
-    c.at_least_one(breaker.key("maxRequests"), spec.circuit_breaker.max_requests);
-    check_outliers(c, &breaker.key("outlierDetection"), &spec.circuit_breaker.outlier_detection);
+    c.at_least_one(
+        breaker.key("maxConnections"),
+        spec.circuit_breaker.max_connections,
+    );
+    c.at_least_one(
+        breaker.key("maxRequests"),
+        spec.circuit_breaker.max_requests,
+    );
+    check_outliers(
+        c,
+        &breaker.key("outlierDetection"),
+        &spec.circuit_breaker.outlier_detection,
+    );
 }
 
-fn check_retries(c: &mut Checker, path: &FieldPath, retries: &RetryPolicy, request: Option<Duration>) {
+fn check_retries(
+    c: &mut Checker,
+    path: &FieldPath,
+    retries: &RetryPolicy,
+    request: Option<Duration>,
+) {
     if retries.attempts > MAX_RETRY_ATTEMPTS {
         c.error(
             path.key("attempts"),
-            format!("must be between 0 and {MAX_RETRY_ATTEMPTS}, got {}", retries.attempts),
+            format!(
+                "must be between 0 and {MAX_RETRY_ATTEMPTS}, got {}",
+                retries.attempts
+            ),
         );
     }
     if let Some(per_try) = retries.per_try_timeout {
@@ -149,9 +171,15 @@ fn check_retries(c: &mut Checker, path: &FieldPath, retries: &RetryPolicy, reque
     let mut seen = BTreeSet::new();
     for (i, status) in retries.statuses.iter().enumerate() {
         if !(100..=599).contains(status) {
-            c.error(path.key("statuses").index(i), format!("{status} is not an HTTP status (100-599)"));
+            c.error(
+                path.key("statuses").index(i),
+                format!("{status} is not an HTTP status (100-599)"),
+            );
         } else if !seen.insert(*status) {
-            c.warning(path.key("statuses").index(i), format!("status {status} is listed twice"));
+            c.warning(
+                path.key("statuses").index(i),
+                format!("status {status} is listed twice"),
+            );
         }
     }
     let budget = path.key("budget");
@@ -230,7 +258,10 @@ fn check_route(c: &mut Checker, path: &FieldPath, spec: &RouteSpec) {
                     .filter(|v| v.is_some())
                     .count();
                 if set > 1 {
-                    c.error(header_path.clone(), "set at most one of `exact`, `prefix`, `regex`");
+                    c.error(
+                        header_path.clone(),
+                        "set at most one of `exact`, `prefix`, `regex`",
+                    );
                 }
                 if let Some(regex) = &header.regex {
                     check_regex(c, header_path.key("regex"), regex);
@@ -238,14 +269,26 @@ fn check_route(c: &mut Checker, path: &FieldPath, spec: &RouteSpec) {
             }
         }
         if rule.backends.is_empty() {
-            c.error(rule_path.key("backends"), "a rule needs at least one backend");
+            c.error(
+                rule_path.key("backends"),
+                "a rule needs at least one backend",
+            );
         } else if rule.backends.iter().all(|b| b.weight == 0) {
-            c.error(rule_path.key("backends"), "every backend has weight 0, so no request could be sent");
+            c.error(
+                rule_path.key("backends"),
+                "every backend has weight 0, so no request could be sent",
+            );
         }
         for (b, backend) in rule.backends.iter().enumerate() {
-            c.name(rule_path.key("backends").index(b).key("service"), &backend.service);
+            c.name(
+                rule_path.key("backends").index(b).key("service"),
+                &backend.service,
+            );
         }
-        for (which, rewrite) in [("requestHeaders", &rule.request_headers), ("responseHeaders", &rule.response_headers)] {
+        for (which, rewrite) in [
+            ("requestHeaders", &rule.request_headers),
+            ("responseHeaders", &rule.response_headers),
+        ] {
             let rewrite_path = rule_path.key(which);
             for name in rewrite.set.keys() {
                 check_header_name(c, rewrite_path.key("set").key(name), name);
@@ -276,7 +319,11 @@ fn check_route(c: &mut Checker, path: &FieldPath, spec: &RouteSpec) {
 fn check_path_match(c: &mut Checker, path: &FieldPath, path_match: &crate::PathMatch) {
     match path_match {
         crate::PathMatch::Exact(p) | crate::PathMatch::Prefix(p) => {
-            let key = if matches!(path_match, crate::PathMatch::Exact(_)) { "exact" } else { "prefix" };
+            let key = if matches!(path_match, crate::PathMatch::Exact(_)) {
+                "exact"
+            } else {
+                "prefix"
+            };
             if !p.starts_with('/') {
                 c.error(path.key(key), format!("path `{p}` must start with `/`"));
             }
@@ -286,7 +333,10 @@ fn check_path_match(c: &mut Checker, path: &FieldPath, path_match: &crate::PathM
 }
 
 fn check_regex(c: &mut Checker, path: FieldPath, pattern: &str) {
-    if let Err(error) = regex::RegexBuilder::new(pattern).size_limit(MAX_REGEX_BYTES).build() {
+    if let Err(error) = regex::RegexBuilder::new(pattern)
+        .size_limit(MAX_REGEX_BYTES)
+        .build()
+    {
         let reason = match error {
             regex::Error::CompiledTooBig(limit) => {
                 format!("regular expression is too large (compiled size over {limit} bytes)")
@@ -302,9 +352,15 @@ fn check_regex(c: &mut Checker, path: FieldPath, pattern: &str) {
 }
 
 fn check_method(c: &mut Checker, path: FieldPath, method: &str) {
-    let token = !method.is_empty() && method.chars().all(|ch| ch.is_ascii_uppercase() || ch == '-');
+    let token = !method.is_empty()
+        && method
+            .chars()
+            .all(|ch| ch.is_ascii_uppercase() || ch == '-');
     if !token {
-        c.error(path, format!("`{method}` is not an HTTP method; write it in upper case, e.g. `GET`"));
+        c.error(
+            path,
+            format!("`{method}` is not an HTTP method; write it in upper case, e.g. `GET`"),
+        );
     }
 }
 
@@ -328,7 +384,9 @@ fn check_host(c: &mut Checker, path: FieldPath, host: &str) {
         && host.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= MAX_NAME_LEN
-                && label.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-')
+                && label
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         });
@@ -342,7 +400,10 @@ fn check_access_policy(c: &mut Checker, path: &FieldPath, spec: &AccessPolicySpe
     for (i, rule) in spec.rules.iter().enumerate() {
         let rule_path = path.key("rules").index(i);
         if rule.from.is_empty() {
-            c.error(rule_path.key("from"), "a rule needs at least one caller identity in `from`");
+            c.error(
+                rule_path.key("from"),
+                "a rule needs at least one caller identity in `from`",
+            );
         }
         for (f, identity) in rule.from.iter().enumerate() {
             let (key, name) = match identity {
@@ -355,7 +416,10 @@ fn check_access_policy(c: &mut Checker, path: &FieldPath, spec: &AccessPolicySpe
         }
         for (p, prefix) in rule.paths.iter().enumerate() {
             if !prefix.starts_with('/') {
-                c.error(rule_path.key("paths").index(p), format!("path `{prefix}` must start with `/`"));
+                c.error(
+                    rule_path.key("paths").index(p),
+                    format!("path `{prefix}` must start with `/`"),
+                );
             }
         }
         for (m, method) in rule.methods.iter().enumerate() {
@@ -366,13 +430,22 @@ fn check_access_policy(c: &mut Checker, path: &FieldPath, spec: &AccessPolicySpe
 
 fn check_external_service(c: &mut Checker, path: &FieldPath, spec: &ExternalServiceSpec) {
     match (&spec.host, spec.addresses.is_empty()) {
-        (Some(_), false) => c.error(path.key("addresses"), "set either `host` or `addresses`, not both"),
-        (None, true) => c.error(path.clone(), "set one of `host` (a DNS name) or `addresses`"),
+        (Some(_), false) => c.error(
+            path.key("addresses"),
+            "set either `host` or `addresses`, not both",
+        ),
+        (None, true) => c.error(
+            path.clone(),
+            "set one of `host` (a DNS name) or `addresses`",
+        ),
         (Some(host), true) => check_host(c, path.key("host"), host),
         (None, false) => {}
     }
     if spec.ports.is_empty() {
-        c.error(path.key("ports"), "an external service needs at least one port");
+        c.error(
+            path.key("ports"),
+            "an external service needs at least one port",
+        );
     }
     let mut seen = BTreeSet::new();
     for (i, port) in spec.ports.iter().enumerate() {
@@ -396,7 +469,10 @@ fn check_agent_config(c: &mut Checker, path: &FieldPath, spec: &AgentConfigSpec)
     let mut bound: BTreeMap<SocketAddr, FieldPath> = BTreeMap::new();
     let mut claim = |c: &mut Checker, at: FieldPath, address: SocketAddr| {
         if let Some(first) = bound.get(&address) {
-            c.error(at, format!("address {address} is already used by `{first}`"));
+            c.error(
+                at,
+                format!("address {address} is already used by `{first}`"),
+            );
         } else {
             bound.insert(address, at);
         }
@@ -411,7 +487,10 @@ fn check_agent_config(c: &mut Checker, path: &FieldPath, spec: &AgentConfigSpec)
         let service_path = path.key("services").index(i);
         c.name(service_path.key("name"), &service.name);
         if !names.insert(service.name.as_str()) {
-            c.error(service_path.key("name"), format!("service `{}` is listed twice", service.name));
+            c.error(
+                service_path.key("name"),
+                format!("service `{}` is listed twice", service.name),
+            );
         }
         if service.port == 0 {
             c.error(service_path.key("port"), "port must be between 1 and 65535");
@@ -424,32 +503,53 @@ fn check_agent_config(c: &mut Checker, path: &FieldPath, spec: &AgentConfigSpec)
         let upstream_path = path.key("upstreams").index(i);
         c.name(upstream_path.key("service"), &upstream.service);
         if upstream.listen.port() == 0 {
-            c.error(upstream_path.key("listen"), "an upstream needs a fixed port, not 0");
+            c.error(
+                upstream_path.key("listen"),
+                "an upstream needs a fixed port, not 0",
+            );
         }
         claim(c, upstream_path.key("listen"), upstream.listen);
         if upstream.port == Some(0) {
-            c.error(upstream_path.key("port"), "port must be between 1 and 65535");
+            c.error(
+                upstream_path.key("port"),
+                "port must be between 1 and 65535",
+            );
         }
     }
     let limits = path.key("limits");
     if spec.limits.max_header_bytes < MIN_HEADER_BYTES {
         c.error(
             limits.key("maxHeaderBytes"),
-            format!("must be at least {MIN_HEADER_BYTES}, got {}", spec.limits.max_header_bytes),
+            format!(
+                "must be at least {MIN_HEADER_BYTES}, got {}",
+                spec.limits.max_header_bytes
+            ),
         );
     }
     c.at_least_one(limits.key("maxConnections"), spec.limits.max_connections);
-    c.at_least_one(limits.key("maxConcurrentStreams"), spec.limits.max_concurrent_streams);
-    c.positive(limits.key("headerReadTimeout"), spec.limits.header_read_timeout);
+    c.at_least_one(
+        limits.key("maxConcurrentStreams"),
+        spec.limits.max_concurrent_streams,
+    );
+    c.positive(
+        limits.key("headerReadTimeout"),
+        spec.limits.header_read_timeout,
+    );
     let mut static_names = BTreeSet::new();
     for (i, service) in spec.static_services.iter().enumerate() {
         let service_path = path.key("staticServices").index(i);
         c.name(service_path.key("name"), &service.name);
         if !static_names.insert(service.name.as_str()) {
-            c.error(service_path.key("name"), format!("static service `{}` is listed twice", service.name));
+            c.error(
+                service_path.key("name"),
+                format!("static service `{}` is listed twice", service.name),
+            );
         }
         if service.endpoints.is_empty() {
-            c.error(service_path.key("endpoints"), "a static service needs at least one endpoint");
+            c.error(
+                service_path.key("endpoints"),
+                "a static service needs at least one endpoint",
+            );
         }
         for (e, endpoint) in service.endpoints.iter().enumerate() {
             let endpoint_path = service_path.key("endpoints").index(e);
@@ -468,7 +568,10 @@ fn check_health(c: &mut Checker, path: &FieldPath, check: &HealthCheck) {
         (Some(_), true) => c.error(path.key("tcp"), "set either `http` or `tcp`, not both"),
         (None, false) => c.error(path.clone(), "set one of `http: /path` or `tcp: true`"),
         (Some(http), false) if !http.starts_with('/') => {
-            c.error(path.key("http"), format!("path `{http}` must start with `/`"));
+            c.error(
+                path.key("http"),
+                format!("path `{http}` must start with `/`"),
+            );
         }
         _ => {}
     }
@@ -477,7 +580,10 @@ fn check_health(c: &mut Checker, path: &FieldPath, check: &HealthCheck) {
     if check.timeout > check.interval {
         c.error(
             path.key("timeout"),
-            format!("timeout {} is longer than the interval {}", check.timeout, check.interval),
+            format!(
+                "timeout {} is longer than the interval {}",
+                check.timeout, check.interval
+            ),
         );
     }
     c.at_least_one(path.key("rise"), check.rise);
@@ -612,7 +718,12 @@ fn service_references(policy: &Policy) -> Vec<(FieldPath, &str)> {
             refs.push((spec.key("service"), o.spec.service.as_str()));
             for (r, rule) in o.spec.rules.iter().enumerate() {
                 for (b, backend) in rule.backends.iter().enumerate() {
-                    let path = spec.key("rules").index(r).key("backends").index(b).key("service");
+                    let path = spec
+                        .key("rules")
+                        .index(r)
+                        .key("backends")
+                        .index(b)
+                        .key("service");
                     refs.push((path, backend.service.as_str()));
                 }
             }
@@ -621,18 +732,26 @@ fn service_references(policy: &Policy) -> Vec<(FieldPath, &str)> {
             refs.push((spec.key("service"), o.spec.service.as_str()));
             for (r, rule) in o.spec.rules.iter().enumerate() {
                 for (f, identity) in rule.from.iter().enumerate() {
-                    if let Identity::Service(name) = identity {
-                        if name != "*" {
-                            let path = spec.key("rules").index(r).key("from").index(f).key("service");
-                            refs.push((path, name.as_str()));
-                        }
+                    if let Identity::Service(name) = identity
+                        && name != "*"
+                    {
+                        let path = spec
+                            .key("rules")
+                            .index(r)
+                            .key("from")
+                            .index(f)
+                            .key("service");
+                        refs.push((path, name.as_str()));
                     }
                 }
             }
         }
         Policy::AgentConfig(o) => {
             for (u, upstream) in o.spec.upstreams.iter().enumerate() {
-                refs.push((spec.key("upstreams").index(u).key("service"), upstream.service.as_str()));
+                refs.push((
+                    spec.key("upstreams").index(u).key("service"),
+                    upstream.service.as_str(),
+                ));
             }
         }
         Policy::ServicePolicy(_) | Policy::ExternalService(_) => {}

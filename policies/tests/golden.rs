@@ -28,9 +28,17 @@ fn check_golden(expected_path: &Path, actual: &str) {
         return;
     }
     let expected = std::fs::read_to_string(expected_path).unwrap_or_else(|_| {
-        panic!("{} is missing; run with HYPHAE_BLESS=1 to create it", expected_path.display())
+        panic!(
+            "{} is missing; run with HYPHAE_BLESS=1 to create it",
+            expected_path.display()
+        )
     });
-    assert_eq!(actual, expected, "diagnostics for {} changed", expected_path.display());
+    assert_eq!(
+        actual,
+        expected,
+        "diagnostics for {} changed",
+        expected_path.display()
+    );
 }
 
 fn bad_dir() -> PathBuf {
@@ -47,7 +55,12 @@ fn every_bad_file_is_rejected_with_its_golden_diagnostics() {
     files.sort();
     assert!(files.len() >= 25, "only {} bad files", files.len());
     for file in files {
-        let name = format!("bad/{}", file.file_name().and_then(|n| n.to_str()).expect("utf-8 name"));
+        let name = format!(
+            "bad/{}",
+            file.file_name()
+                .and_then(|n| n.to_str())
+                .expect("utf-8 name")
+        );
         let bytes = std::fs::read(&file).expect("read bad file");
         // A file whose name says `partial` is checked as part of a larger set.
         let completeness = if name.contains("partial") {
@@ -99,7 +112,9 @@ fn hostile_inputs_never_panic_and_stay_bounded() {
     let mut laughs = String::from("a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
     for i in 1..20 {
         let p = i - 1;
-        laughs.push_str(&format!("a{i}: &a{i} [*a{p},*a{p},*a{p},*a{p},*a{p},*a{p},*a{p},*a{p},*a{p}]\n"));
+        laughs.push_str(&format!(
+            "a{i}: &a{i} [*a{p},*a{p},*a{p},*a{p},*a{p},*a{p},*a{p},*a{p},*a{p}]\n"
+        ));
     }
     let many_docs = "---\nkind: Route\n".repeat(5_000);
     for (name, text) in [
@@ -110,7 +125,11 @@ fn hostile_inputs_never_panic_and_stay_bounded() {
     ] {
         let (out, has_errors) = render(name, text.as_bytes(), Completeness::Complete);
         assert!(has_errors, "{name} accepted");
-        assert!(out.len() < 1_000_000, "{name} produced {} bytes of diagnostics", out.len());
+        assert!(
+            out.len() < 1_000_000,
+            "{name} produced {} bytes of diagnostics",
+            out.len()
+        );
     }
 }
 
@@ -126,8 +145,13 @@ fn the_examples_are_a_valid_complete_set() {
     );
     let text: String = report.diagnostics.iter().map(ToString::to_string).collect();
     assert!(report.diagnostics.is_empty(), "{text}");
-    let kinds: std::collections::BTreeSet<_> = report.objects.iter().map(|o| o.policy.kind()).collect();
-    assert_eq!(kinds.len(), hyphae_policies::Kind::ALL.len(), "every kind has an example");
+    let kinds: std::collections::BTreeSet<_> =
+        report.objects.iter().map(|o| o.policy.kind()).collect();
+    assert_eq!(
+        kinds.len(),
+        hyphae_policies::Kind::ALL.len(),
+        "every kind has an example"
+    );
 }
 
 #[test]

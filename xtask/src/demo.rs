@@ -20,17 +20,33 @@ pub fn run(_args: &[String]) -> Result<()> {
     std::fs::create_dir_all(&scratch).context("create target/demo")?;
 
     stage("1. Validate the example fleet: frontend -> catalog -> payments over two sites");
-    let output = show(Command::new(&hyphae).arg("validate").arg("--complete").arg(&examples))?;
+    let output = show(
+        Command::new(&hyphae)
+            .arg("validate")
+            .arg("--complete")
+            .arg(&examples),
+    )?;
     ensure!(output.status.success(), "the examples should be valid");
 
     stage("2. A broken policy is stopped before it reaches the mesh");
     let broken = scratch.join("catalog-broken.yaml");
     std::fs::write(&broken, broken_policy()).context("write the broken example")?;
-    let output = show(Command::new(&hyphae).current_dir(&root).arg("validate").arg(relative(&root, &broken)))?;
-    ensure!(output.status.code() == Some(1), "a broken policy must exit 1");
+    let output = show(
+        Command::new(&hyphae)
+            .current_dir(&root)
+            .arg("validate")
+            .arg(relative(&root, &broken)),
+    )?;
+    ensure!(
+        output.status.code() == Some(1),
+        "a broken policy must exit 1"
+    );
     let text = String::from_utf8_lossy(&output.stdout);
     for expected in ["reqest", "p2c-ewmaa", "perTryTimeout", "1.5"] {
-        ensure!(text.contains(expected), "the report should mention `{expected}`");
+        ensure!(
+            text.contains(expected),
+            "the report should mention `{expected}`"
+        );
     }
 
     stage("3. The same errors, as JSON for scripts and editors");
@@ -47,7 +63,12 @@ pub fn run(_args: &[String]) -> Result<()> {
     stage("4. Each host's agent checks its own configuration file");
     for name in ["web-1", "app-1", "app-2"] {
         let file = examples.join(format!("agents/{name}.yaml"));
-        let output = show(Command::new(&agent).arg("--check").arg("--config").arg(&file))?;
+        let output = show(
+            Command::new(&agent)
+                .arg("--check")
+                .arg("--config")
+                .arg(&file),
+        )?;
         ensure!(output.status.success(), "{name}'s config should be valid");
     }
 
@@ -76,7 +97,10 @@ fn stage(title: &str) {
 
 /// Runs a command, prints what it printed, and returns its output.
 fn show(command: &mut Command) -> Result<std::process::Output> {
-    println!("$ {}", util::describe(command).replace(&util::root().display().to_string(), "."));
+    println!(
+        "$ {}",
+        util::describe(command).replace(&util::root().display().to_string(), ".")
+    );
     let output = util::capture(command)?;
     print!("{}", String::from_utf8_lossy(&output.stdout));
     eprint!("{}", String::from_utf8_lossy(&output.stderr));
@@ -87,7 +111,10 @@ fn show(command: &mut Command) -> Result<std::process::Output> {
 }
 
 fn relative(root: &Path, path: &Path) -> String {
-    path.strip_prefix(root).unwrap_or(path).display().to_string()
+    path.strip_prefix(root)
+        .unwrap_or(path)
+        .display()
+        .to_string()
 }
 
 /// The catalog policy from the examples, with four typical mistakes.

@@ -8,7 +8,11 @@ use crate::util;
 /// Runs every test of the workspace.
 pub fn run(args: &[String]) -> Result<()> {
     install_test_tools()?;
-    util::run(util::cargo().args(["test", "--workspace", "--locked"]).args(args))
+    util::run(
+        util::cargo()
+            .args(["test", "--workspace", "--locked"])
+            .args(args),
+    )
 }
 
 /// Tests today need only the Rust toolchain. Tools from apt (curl, h2load, haproxy) get

@@ -21,7 +21,9 @@ pub fn cargo() -> Command {
 /// Runs `command`, streaming its output; fails when it fails.
 pub fn run(command: &mut Command) -> Result<()> {
     eprintln!("$ {}", describe(command));
-    let status = command.status().with_context(|| format!("cannot start {}", describe(command)))?;
+    let status = command
+        .status()
+        .with_context(|| format!("cannot start {}", describe(command)))?;
     if !status.success() {
         bail!("{} failed with {status}", describe(command));
     }
@@ -30,7 +32,9 @@ pub fn run(command: &mut Command) -> Result<()> {
 
 /// Runs `command` and captures its output, whatever its exit status.
 pub fn capture(command: &mut Command) -> Result<Output> {
-    command.output().with_context(|| format!("cannot start {}", describe(command)))
+    command
+        .output()
+        .with_context(|| format!("cannot start {}", describe(command)))
 }
 
 /// A shell-like rendering of a command for logs.

@@ -19,7 +19,10 @@ fn parse_kind(name: &str) -> Result<Kind, String> {
         let hint = hyphae_policies::suggest::closest(name, &Kind::names())
             .map(|k| format!(" (did you mean `{k}`?)"))
             .unwrap_or_default();
-        format!("unknown kind `{name}`{hint}; kinds are {}", Kind::names().join(", "))
+        format!(
+            "unknown kind `{name}`{hint}; kinds are {}",
+            Kind::names().join(", ")
+        )
     })
 }
 
