@@ -123,8 +123,54 @@ impl Serialize for Duration {
 
 impl<'de> Deserialize<'de> for Duration {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
+        // Any value, not just strings, so `timeout: 30` is told its unit is missing rather
+        // than that it is not a string.
+        deserializer.deserialize_any(DurationVisitor)
+    }
+}
+
+/// Reads a [`Duration`] from text, and explains what is wrong with anything else.
+struct DurationVisitor;
+
+impl DurationVisitor {
+    fn bare_number<E: serde::de::Error>(text: String, reason: &'static str) -> E {
+        E::custom(DurationError { text, reason })
+    }
+}
+
+impl serde::de::Visitor<'_> for DurationVisitor {
+    type Value = Duration;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a duration with a unit, e.g. `2s`")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Duration, E> {
+        text.parse().map_err(E::custom)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, number: u64) -> Result<Duration, E> {
+        Err(Self::bare_number(number.to_string(), "the unit is missing"))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, number: i64) -> Result<Duration, E> {
+        let reason = if number < 0 {
+            "a duration cannot be negative"
+        } else {
+            "the unit is missing"
+        };
+        Err(Self::bare_number(number.to_string(), reason))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, number: f64) -> Result<Duration, E> {
+        let reason = "the unit is missing, and fractions are not supported";
+        Err(Self::bare_number(number.to_string(), reason))
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Duration, E> {
+        Err(E::custom(
+            "expected a duration with a unit, e.g. `2s`, found null",
+        ))
     }
 }
 

@@ -79,6 +79,9 @@ pub struct Loader {
     options: LoadOptions,
     report: Report,
     sources: HashMap<String, String>,
+    /// Objects that had errors: kept out of the set, but the services they define still
+    /// count as defined, so one mistake is not reported again at every reference.
+    rejected: Vec<Policy>,
 }
 
 impl Loader {
@@ -167,8 +170,7 @@ impl Loader {
         let documents = match tree::parse_documents(text, &self.options.limits) {
             Ok(documents) => documents,
             Err(error) => {
-                let issue =
-                    Issue::error(FieldPath::root(), yaml_message(&error.message)).at(error.pos);
+                let issue = syntax_issue(text, &error);
                 return self.push(name, text, None, issue);
             }
         };
@@ -179,11 +181,14 @@ impl Loader {
             return self.push(name, text, None, issue);
         }
         for (index, document) in documents.into_iter().enumerate() {
-            let (policy, issues) = decode_document(&document);
+            let (policy, issues, clean) = decode_document(&document);
             for issue in issues {
                 self.push(name, text, Some(&document), issue);
             }
-            if let Some(policy) = policy {
+            if let Some(policy) = policy.as_ref().filter(|_| !clean) {
+                self.rejected.push(policy.clone());
+            }
+            if let Some(policy) = policy.filter(|_| clean) {
                 self.report.objects.push(LoadedObject {
                     policy,
                     file: name.to_string(),
@@ -225,7 +230,8 @@ impl Loader {
                 origin,
             })
             .collect();
-        let set_issues = validate::check_set(&members, self.options.completeness);
+        let rejected: Vec<&Policy> = self.rejected.iter().collect();
+        let set_issues = validate::check_set(&members, &rejected, self.options.completeness);
         let mut located = Vec::with_capacity(set_issues.len());
         for (index, issue) in set_issues {
             let object = &self.report.objects[index];
@@ -313,14 +319,57 @@ fn position_of_offset(prefix: &[u8]) -> Pos {
     }
 }
 
-/// The parser's words, with a hint for the mistakes people actually make.
-fn yaml_message(message: &str) -> String {
-    let lower = message.to_lowercase();
-    if lower.contains("tab") {
-        format!("YAML syntax error: {message} (YAML indents with spaces, never tabs)")
-    } else {
-        format!("YAML syntax error: {message}")
+/// The issue for text the parser refused: a breached limit in its own words, a syntax error
+/// with a hint for the mistakes people actually make.
+fn syntax_issue(text: &str, error: &tree::SyntaxError) -> Issue {
+    if error.limit {
+        return Issue::error(FieldPath::root(), error.message.clone()).at(error.pos);
     }
+    let about_tabs = error
+        .message
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .any(|word| word.eq_ignore_ascii_case("tab") || word.eq_ignore_ascii_case("tabs"));
+    if about_tabs {
+        let message = format!(
+            "YAML syntax error: {} (YAML indents with spaces, never tabs)",
+            error.message
+        );
+        // The parser points near the tab (after it, or at the scalar before it); point at it.
+        let pos = indenting_tab(text, error.pos.line).unwrap_or(error.pos);
+        return Issue::error(FieldPath::root(), message).at(pos);
+    }
+    let issue = Issue::error(
+        FieldPath::root(),
+        format!("YAML syntax error: {}", error.message),
+    )
+    .at(error.pos);
+    let indentation = [
+        "did not find expected key",
+        "mapping values are not allowed",
+    ];
+    if indentation.iter().any(|hint| error.message.contains(hint)) {
+        issue.with_help("check the indentation of this line against the lines above it")
+    } else {
+        issue
+    }
+}
+
+/// The first tab in the indentation of line `line` or the line after it.
+fn indenting_tab(text: &str, line: u64) -> Option<Pos> {
+    let index = usize::try_from(line.checked_sub(1)?).ok()?;
+    text.lines()
+        .enumerate()
+        .skip(index)
+        .take(2)
+        .find_map(|(number, content)| {
+            let indent = content.len() - content.trim_start_matches([' ', '\t']).len();
+            let column = content[..indent].find('\t')?;
+            Some(Pos {
+                line: u64::try_from(number + 1).ok()?,
+                column: u64::try_from(column + 1).ok()?,
+                len: 1,
+            })
+        })
 }
 
 /// How a document is read before it is known to be valid: `kind` is checked separately.
@@ -333,19 +382,50 @@ struct Envelope<S> {
     spec: S,
 }
 
-/// Decodes and checks one document; the policy is returned only when it has no errors.
-fn decode_document(document: &Node) -> (Option<Policy>, Vec<Issue>) {
-    let (policy, mut issues) = parse_document(document);
-    if let Some(policy) = &policy {
+/// A document decoded as far as it would go.
+struct Reading {
+    /// The object, with any field that failed left at its default; `None` when nothing could
+    /// be built.
+    policy: Option<Policy>,
+    /// Problems found so far.
+    issues: Vec<Issue>,
+    /// True when fields failed: the object is incomplete and has already been checked.
+    failed: bool,
+}
+
+impl Reading {
+    fn refused(issue: Issue) -> Self {
+        Reading {
+            policy: None,
+            issues: vec![issue],
+            failed: true,
+        }
+    }
+}
+
+/// Decodes and checks one document. The object comes back whenever it could be built, with
+/// whether it is clean (no errors): only clean objects join the set.
+fn decode_document(document: &Node) -> (Option<Policy>, Vec<Issue>, bool) {
+    let Reading {
+        policy,
+        mut issues,
+        failed,
+    } = read_document(document);
+    if let Some(policy) = policy.as_ref().filter(|_| !failed) {
         issues.extend(validate::check_object(policy));
     }
-    let clean = !issues.iter().any(|i| i.severity == crate::Severity::Error);
-    (policy.filter(|_| clean), issues)
+    let clean = !failed && !issues.iter().any(|i| i.severity == crate::Severity::Error);
+    (policy, issues, clean)
 }
 
 /// Decodes one document into its typed object without the semantic checks; the object comes
 /// back even when fields were unknown, so callers can see every problem at once.
 pub fn parse_document(document: &Node) -> (Option<Policy>, Vec<Issue>) {
+    let reading = read_document(document);
+    (reading.policy.filter(|_| !reading.failed), reading.issues)
+}
+
+fn read_document(document: &Node) -> Reading {
     let root = FieldPath::root();
     if !matches!(document.value, Value::Map(_)) {
         let issue = Issue::error(
@@ -355,7 +435,7 @@ pub fn parse_document(document: &Node) -> (Option<Policy>, Vec<Issue>) {
                 document.value.kind_name()
             ),
         );
-        return (None, vec![issue]);
+        return Reading::refused(issue);
     }
     let kind = match document.get("kind") {
         None => {
@@ -365,7 +445,7 @@ pub fn parse_document(document: &Node) -> (Option<Policy>, Vec<Issue>) {
                     "set `kind:` to one of {}",
                     Kind::names().join(", ")
                 ));
-            return (None, vec![issue]);
+            return Reading::refused(issue);
         }
         Some(node) => match node.as_str().map(|name| (name, Kind::from_name(name))) {
             Some((_, Some(kind))) => kind,
@@ -380,14 +460,14 @@ pub fn parse_document(document: &Node) -> (Option<Policy>, Vec<Issue>) {
                 if let Some(close) = suggest::closest(name, &Kind::names()) {
                     issue = issue.with_help(format!("did you mean `{close}`?"));
                 }
-                return (None, vec![issue]);
+                return Reading::refused(issue);
             }
             None => {
                 let issue = Issue::error(
                     root.key("kind"),
                     format!("expected a kind name, found {}", node.value.kind_name()),
                 );
-                return (None, vec![issue]);
+                return Reading::refused(issue);
             }
         },
     };
@@ -403,21 +483,26 @@ pub fn parse_document(document: &Node) -> (Option<Policy>, Vec<Issue>) {
 /// Decodes a document of one kind. When some fields had errors, the object (with those fields
 /// at their defaults) is still checked, so one run reports type and semantic errors together;
 /// findings under a field that already had an error are dropped as consequences.
-fn decode<S: DeserializeOwned>(
-    document: &Node,
-    wrap: fn(Object<S>) -> Policy,
-) -> (Option<Policy>, Vec<Issue>) {
+fn decode<S: DeserializeOwned>(document: &Node, wrap: fn(Object<S>) -> Policy) -> Reading {
     let decoded = tree_de::decode::<Envelope<S>>(document);
     let mut issues = decoded.issues;
     let Some(envelope) = decoded.value else {
-        return (None, issues);
+        return Reading {
+            policy: None,
+            issues,
+            failed: true,
+        };
     };
     let policy = wrap(Object {
         metadata: envelope.metadata,
         spec: envelope.spec,
     });
     if decoded.hidden.is_empty() {
-        return (Some(policy), issues);
+        return Reading {
+            policy: Some(policy),
+            issues,
+            failed: false,
+        };
     }
     // A finding is a consequence when it is about a hidden field, or about a sequence that
     // lost a hidden element ("needs at least one backend" after the backend failed).
@@ -435,8 +520,12 @@ fn decode<S: DeserializeOwned>(
             .into_iter()
             .filter(|i| !under_hidden(i)),
     );
-    // The object has errors; callers never see it.
-    (None, issues)
+    // The object has errors: it never joins the set, but still says which services exist.
+    Reading {
+        policy: Some(policy),
+        issues,
+        failed: true,
+    }
 }
 
 #[cfg(test)]

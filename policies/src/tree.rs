@@ -119,10 +119,13 @@ impl Node {
 /// A YAML syntax or budget error, with the position the parser reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyntaxError {
-    /// What the parser said, without its own snippet rendering.
+    /// What went wrong: the parser's words for a syntax error (without its own snippet and
+    /// position), ours for a duplicate key or a breached [`ParseLimits`] bound.
     pub message: String,
     /// Where, when the parser knew.
     pub pos: Pos,
+    /// True when the text broke one of the [`ParseLimits`] rather than YAML's grammar.
+    pub limit: bool,
 }
 
 /// Parses every document of a YAML stream into spanned trees, within `limits`.
@@ -146,11 +149,72 @@ pub fn parse_documents(text: &str, limits: &ParseLimits) -> Result<Vec<Node>, Sy
             .location()
             .and_then(Pos::from_location)
             .unwrap_or(Pos::START);
+        let (message, limit) = describe_parser_error(&error, limits);
         SyntaxError {
-            message: clean_parser_message(&error.without_snippet().to_string()),
+            message,
             pos,
+            limit,
         }
     })
+}
+
+/// The message for a parser error, and whether it is a breached limit. Limits and duplicate
+/// keys get our own words: the parser's name its internal counters and its own options.
+fn describe_parser_error(error: &serde_saphyr::Error, limits: &ParseLimits) -> (String, bool) {
+    use serde_saphyr::Error;
+    use serde_saphyr::budget::BudgetBreach;
+
+    // An error met while expanding an alias comes wrapped with the alias's locations.
+    let mut inner = error.without_snippet();
+    while let Error::AliasError { error, .. } = inner {
+        inner = error.without_snippet();
+    }
+    let limit = |message: String| (message, true);
+    match inner {
+        Error::Budget { breach, .. } => match breach {
+            BudgetBreach::Depth { .. } => limit(format!(
+                "nesting is deeper than the limit of {} levels; policy documents never nest \
+                 this deeply",
+                limits.max_depth
+            )),
+            BudgetBreach::Nodes { .. } | BudgetBreach::Events { .. } => limit(format!(
+                "the file has more than the limit of {} YAML nodes; split it up",
+                limits.max_nodes
+            )),
+            BudgetBreach::Aliases { .. } | BudgetBreach::Anchors { .. } => limit(format!(
+                "the file uses more than the limit of {} anchors or aliases",
+                limits.max_aliases
+            )),
+            BudgetBreach::Documents { .. } => limit(format!(
+                "the file has more than the limit of {} documents; split it up",
+                limits.max_documents
+            )),
+            BudgetBreach::ScalarBytes { .. } => limit(format!(
+                "the file's text is larger than the limit of {} bytes",
+                limits.max_file_bytes
+            )),
+            other => limit(format!("the file breaks a parser limit ({other:?})")),
+        },
+        Error::AliasReplayLimitExceeded { .. }
+        | Error::AliasExpansionLimitExceeded { .. }
+        | Error::AliasReplayStackDepthExceeded { .. } => limit(format!(
+            "aliases expand to more than the limit of {} YAML nodes (an alias bomb?); \
+             write the repeated values out instead",
+            limits.max_nodes
+        )),
+        Error::DuplicateMappingKey { key: Some(key), .. } => (
+            format!(
+                "duplicate key `{}`: a key may appear only once in a mapping; merge the two",
+                key.escape_debug()
+            ),
+            false,
+        ),
+        Error::DuplicateMappingKey { key: None, .. } => (
+            "duplicate key: a key may appear only once in a mapping; merge the two".to_string(),
+            false,
+        ),
+        other => (clean_parser_message(&other.to_string()), false),
+    }
 }
 
 /// The parser appends its own "at line X column Y"; we print positions ourselves.
@@ -272,7 +336,17 @@ mod tests {
     fn duplicate_keys_are_syntax_errors_with_a_position() {
         let error = parse("a: 1\nb: 2\na: 3\n").unwrap_err();
         assert_eq!(error.pos.line, 3, "{error:?}");
-        assert!(error.message.contains("duplicate"), "{error:?}");
+        assert!(error.message.contains("duplicate key `a`"), "{error:?}");
+        assert!(!error.message.contains("DuplicateKeyPolicy"), "{error:?}");
+        assert!(!error.limit);
+    }
+
+    #[test]
+    fn breached_limits_are_flagged_and_named_in_our_words() {
+        let error = parse(&("[".repeat(100) + &"]".repeat(100))).unwrap_err();
+        assert!(error.limit);
+        assert!(error.message.contains("24 levels"), "{error:?}");
+        assert!(!error.message.contains("Depth {"), "{error:?}");
     }
 
     #[test]

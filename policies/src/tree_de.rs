@@ -233,12 +233,23 @@ fn describe(value: &Value) -> String {
     }
 }
 
+/// Integers are range-checked here, so the message gives the range in numbers rather than
+/// serde's Rust type name ("expected u16").
 macro_rules! forward_integers {
-    ($($method:ident),*) => {$(
+    ($($method:ident => $ty:ty),*) => {$(
         fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+            let fits = match &self.node.value {
+                Value::UInt(u) => <$ty>::try_from(*u).is_ok(),
+                Value::Int(i) => <$ty>::try_from(*i).is_ok(),
+                _ => return Err(self.type_error("an integer")),
+            };
+            if !fits {
+                let range = format!("an integer from {} to {}", <$ty>::MIN, <$ty>::MAX);
+                return Err(self.type_error(&range));
+            }
             let result = match &self.node.value {
-                Value::UInt(u) => visitor.visit_u64(*u),
                 Value::Int(i) => visitor.visit_i64(*i),
+                Value::UInt(u) => visitor.visit_u64(*u),
                 _ => return Err(self.type_error("an integer")),
             };
             self.locate(result)
@@ -271,16 +282,16 @@ impl<'de> de::Deserializer<'de> for NodeDeserializer<'_> {
     }
 
     forward_integers!(
-        deserialize_i8,
-        deserialize_i16,
-        deserialize_i32,
-        deserialize_i64,
-        deserialize_i128,
-        deserialize_u8,
-        deserialize_u16,
-        deserialize_u32,
-        deserialize_u64,
-        deserialize_u128
+        deserialize_i8 => i8,
+        deserialize_i16 => i16,
+        deserialize_i32 => i32,
+        deserialize_i64 => i64,
+        deserialize_i128 => i128,
+        deserialize_u8 => u8,
+        deserialize_u16 => u16,
+        deserialize_u32 => u32,
+        deserialize_u64 => u64,
+        deserialize_u128 => u128
     );
 
     fn deserialize_f32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {

@@ -15,6 +15,12 @@ use crate::{
 pub const MAX_NAME_LEN: usize = 63;
 /// Largest compiled size of a route regex; bigger patterns are refused.
 pub const MAX_REGEX_BYTES: usize = 1 << 20;
+/// Shortest and longest retry-budget windows.
+pub const RETRY_BUDGET_WINDOW: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(60));
+/// Largest `retries.budget.minPerSecond`.
+pub const MAX_RETRY_FLOOR_PER_SECOND: u32 = 1_000_000;
+
 /// Smallest `limits.maxHeaderBytes` that still fits ordinary requests.
 pub const MIN_HEADER_BYTES: u32 = 1024;
 
@@ -184,7 +190,25 @@ fn check_retries(
     }
     let budget = path.key("budget");
     c.share(budget.key("ratio"), retries.budget.ratio);
-    c.positive(budget.key("window"), retries.budget.window);
+    let (shortest, longest) = RETRY_BUDGET_WINDOW;
+    if !(shortest..=longest).contains(&retries.budget.window) {
+        c.error(
+            budget.key("window"),
+            format!(
+                "must be between {shortest} and {longest}, got {}",
+                retries.budget.window
+            ),
+        );
+    }
+    if retries.budget.min_per_second > MAX_RETRY_FLOOR_PER_SECOND {
+        c.error(
+            budget.key("minPerSecond"),
+            format!(
+                "must be at most {MAX_RETRY_FLOOR_PER_SECOND}, got {}",
+                retries.budget.min_per_second
+            ),
+        );
+    }
     let backoff = path.key("backoff");
     if retries.backoff.base > retries.backoff.max {
         c.error(
@@ -343,8 +367,10 @@ fn check_regex(c: &mut Checker, path: FieldPath, pattern: &str) {
             }
             other => {
                 let detail = other.to_string();
-                let last = detail.lines().last().unwrap_or("").trim().to_string();
-                format!("invalid regular expression: {last}")
+                // The last line is "error: <what>"; the lines above repeat the pattern.
+                let last = detail.lines().last().unwrap_or("").trim();
+                let what = last.strip_prefix("error:").unwrap_or(last).trim();
+                format!("invalid regular expression: {what}")
             }
         };
         c.error(path, reason);
@@ -466,21 +492,47 @@ fn check_agent_config(c: &mut Checker, path: &FieldPath, spec: &AgentConfigSpec)
         }
     }
     let listeners = path.key("listeners");
-    let mut bound: BTreeMap<SocketAddr, FieldPath> = BTreeMap::new();
-    let mut claim = |c: &mut Checker, at: FieldPath, address: SocketAddr| {
-        if let Some(first) = bound.get(&address) {
-            c.error(
-                at,
-                format!("address {address} is already used by `{first}`"),
-            );
-        } else {
-            bound.insert(address, at);
-        }
-    };
-    claim(c, listeners.key("admin"), spec.listeners.admin);
-    claim(c, listeners.key("inbound"), spec.listeners.inbound);
+    // Each address with the field that took it first, and whether that is the field's default
+    // (then the user may never have written it, and the message says where it comes from).
+    let defaults = crate::Listeners::default();
+    let mut bound: BTreeMap<SocketAddr, (FieldPath, bool)> = BTreeMap::new();
+    let mut claim =
+        |c: &mut Checker, at: FieldPath, address: SocketAddr, default: Option<SocketAddr>| {
+            let is_default = default == Some(address);
+            if let Some((first, first_is_default)) = bound.get(&address) {
+                let mut issue = Issue::error(
+                    at.clone(),
+                    format!("address {address} is already used by `{first}`"),
+                );
+                let defaulted = match (*first_is_default, is_default) {
+                    (true, _) => Some(first),
+                    (false, true) => Some(&at),
+                    (false, false) => None,
+                };
+                if let Some(field) = defaulted {
+                    issue = issue.with_help(format!(
+                        "`{field}` defaults to {address}; give one of them another address"
+                    ));
+                }
+                c.issues.push(issue);
+            } else {
+                bound.insert(address, (at, is_default));
+            }
+        };
+    claim(
+        c,
+        listeners.key("admin"),
+        spec.listeners.admin,
+        Some(defaults.admin),
+    );
+    claim(
+        c,
+        listeners.key("inbound"),
+        spec.listeners.inbound,
+        Some(defaults.inbound),
+    );
     if let Some(proxy) = spec.listeners.http_proxy {
-        claim(c, listeners.key("httpProxy"), proxy);
+        claim(c, listeners.key("httpProxy"), proxy, defaults.http_proxy);
     }
     let mut names = BTreeSet::new();
     for (i, service) in spec.services.iter().enumerate() {
@@ -508,7 +560,7 @@ fn check_agent_config(c: &mut Checker, path: &FieldPath, spec: &AgentConfigSpec)
                 "an upstream needs a fixed port, not 0",
             );
         }
-        claim(c, upstream_path.key("listen"), upstream.listen);
+        claim(c, upstream_path.key("listen"), upstream.listen, None);
         if upstream.port == Some(0) {
             c.error(
                 upstream_path.key("port"),
@@ -615,8 +667,14 @@ pub struct SetMember<'a> {
 }
 
 /// Problems between objects of a set: duplicates, conflicts and references to unknown services.
-/// Each issue comes with the index of the object it belongs to.
-pub fn check_set(members: &[SetMember<'_>], completeness: Completeness) -> Vec<(usize, Issue)> {
+/// Each issue comes with the index of the object it belongs to. `rejected` are objects that
+/// failed their own checks: they are not checked here, but the services they define count as
+/// defined, so an error in a `ServicePolicy` is not also reported at every reference to it.
+pub fn check_set(
+    members: &[SetMember<'_>],
+    rejected: &[&Policy],
+    completeness: Completeness,
+) -> Vec<(usize, Issue)> {
     let mut issues = Vec::new();
     let name_path = FieldPath::root().key("metadata").key("name");
     let service_path = FieldPath::root().key("spec").key("service");
@@ -666,7 +724,12 @@ pub fn check_set(members: &[SetMember<'_>], completeness: Completeness) -> Vec<(
         }
     }
 
-    let known = known_services(members);
+    let known = known_services(
+        members
+            .iter()
+            .map(|m| m.policy)
+            .chain(rejected.iter().copied()),
+    );
     let known_list: Vec<&str> = known.iter().copied().collect();
     for (i, member) in members.iter().enumerate() {
         for (path, service) in service_references(member.policy) {
@@ -688,11 +751,11 @@ pub fn check_set(members: &[SetMember<'_>], completeness: Completeness) -> Vec<(
     issues
 }
 
-/// Services an object of the set defines.
-fn known_services<'a>(members: &[SetMember<'a>]) -> BTreeSet<&'a str> {
+/// Services the objects define.
+fn known_services<'a>(policies: impl Iterator<Item = &'a Policy>) -> BTreeSet<&'a str> {
     let mut known = BTreeSet::new();
-    for member in members {
-        match member.policy {
+    for policy in policies {
+        match policy {
             Policy::ServicePolicy(o) => {
                 known.insert(o.metadata.name.as_str());
             }
