@@ -1,6 +1,31 @@
 //! hyphae-agent: the per-host half of the mesh.
 //!
-//! Today the crate reads and checks the agent's own configuration ([`config`]); the data path
-//! (outbound listeners → route → balancer → endpoint → peer agent) is built on top of it next.
+//! A call from a local app takes this path through the crate:
+//! - [`proxy::outbound`] accepts it on an upstream port or the HTTP proxy port;
+//! - [`proxy::call`] picks the destination with [`route`], enforces the per-service limit
+//!   ([`circuit`]), chooses an endpoint with [`balance`] and sends tries over [`tunnel`] (one
+//!   HTTP/2 connection per peer agent), retrying as [`retry`] allows with the body kept by
+//!   [`replay`];
+//! - on the peer host, [`proxy::inbound`] delivers it to the local instance.
+//!
+//! [`model`] is the immutable snapshot the path serves (built from [`config`] today),
+//! [`state`] the live load and health that outlive snapshots, [`error`] the table of failures
+//! and their answers. [`daemon`] binds listeners and drains them ([`listener`]); [`admin`] and
+//! [`metrics`] show what is going on.
 
+pub mod admin;
+pub mod balance;
+pub mod body;
+pub mod circuit;
 pub mod config;
+pub mod daemon;
+pub mod error;
+pub mod listener;
+pub mod metrics;
+pub mod model;
+pub mod proxy;
+pub mod replay;
+pub mod retry;
+pub mod route;
+pub mod state;
+pub mod tunnel;

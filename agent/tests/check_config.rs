@@ -27,12 +27,17 @@ fn example_agent_configs_pass_the_check() {
 }
 
 #[test]
-fn a_policy_file_is_not_an_agent_config() {
-    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/examples/routes.yaml");
+fn a_file_without_an_agent_config_is_refused() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/examples/services.yaml");
     let output = agent_check(&file);
     let text = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1));
-    assert!(text.contains(":3:7: error: kind: an agent's configuration file holds one `AgentConfig`, not a `Route`"), "{text}");
+    assert!(
+        text.contains(
+            "services.yaml:1:1: error: kind: expected exactly one `AgentConfig` document, found 0"
+        ),
+        "{text}"
+    );
 }
 
 #[test]

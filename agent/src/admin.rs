@@ -1,0 +1,180 @@
+//! The admin endpoint: liveness, readiness, what is being served, endpoint state and metrics.
+//! Read-only; it never changes what the data path does.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::body::{self, Body};
+use crate::proxy::Proxy;
+
+/// What the admin endpoint reads.
+pub struct Admin {
+    /// The data path's shared state.
+    pub proxy: Arc<Proxy>,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+    /// False once draining: load balancers should stop sending.
+    pub ready: AtomicBool,
+}
+
+/// Serves one admin connection (HTTP/1.1).
+pub async fn serve(
+    admin: Arc<Admin>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let service = service_fn(move |request: Request<Incoming>| {
+        let admin = Arc::clone(&admin);
+        async move { Ok::<_, Infallible>(route(&admin, &request)) }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(ADMIN_HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%peer, %error, "admin connection ended with an error");
+    }
+}
+
+/// Header read timeout on the admin port.
+const ADMIN_HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn route(admin: &Admin, request: &Request<Incoming>) -> Response<Body> {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "the admin endpoint is read-only\n",
+        );
+    }
+    match request.uri().path() {
+        "/live" => text(StatusCode::OK, "live\n"),
+        "/ready" => ready(admin),
+        "/config" => json(StatusCode::OK, &**admin.proxy.snapshot.load()),
+        "/endpoints" => json(StatusCode::OK, &endpoints(admin)),
+        "/metrics" => {
+            let mut response = text(StatusCode::OK, &admin.metrics.render());
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            response
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "unknown admin path; try /live, /ready, /config, /endpoints, /metrics\n",
+        ),
+    }
+}
+
+#[derive(Serialize)]
+struct Readiness<'a> {
+    ready: bool,
+    source: crate::model::Source,
+    revision: u64,
+    node: &'a str,
+}
+
+fn ready(admin: &Admin) -> Response<Body> {
+    let snapshot = admin.proxy.snapshot.load();
+    let ready = admin.ready.load(Ordering::Acquire);
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json(
+        status,
+        &Readiness {
+            ready,
+            source: snapshot.source,
+            revision: snapshot.revision,
+            node: &snapshot.node,
+        },
+    )
+}
+
+#[derive(Serialize)]
+struct EndpointView {
+    service: String,
+    address: SocketAddr,
+    node: Option<String>,
+    site: String,
+    state: &'static str,
+    ejected_for_ms: Option<u128>,
+    ewma_ms: f64,
+    in_flight: u32,
+}
+
+fn endpoints(admin: &Admin) -> Vec<EndpointView> {
+    let snapshot = admin.proxy.snapshot.load();
+    let now = Instant::now();
+    let mut views = Vec::new();
+    for service in snapshot.services.values() {
+        let state = admin.proxy.runtime.existing(&service.name);
+        for endpoint in &service.endpoints {
+            let live = state.as_ref().map(|s| s.endpoint(endpoint.address));
+            let ejected_until = live
+                .as_ref()
+                .and_then(|l| l.outlier.lock().ok().and_then(|o| o.ejected_until(now)));
+            views.push(EndpointView {
+                service: service.name.clone(),
+                address: endpoint.address,
+                node: endpoint.node.clone(),
+                site: endpoint.site.clone(),
+                state: if ejected_until.is_some() {
+                    "ejected"
+                } else {
+                    "active"
+                },
+                ejected_for_ms: ejected_until.map(|u| u.saturating_duration_since(now).as_millis()),
+                ewma_ms: live
+                    .as_ref()
+                    .and_then(|l| l.load.ewma.lock().ok().map(|e| e.cost_ns() / 1e6))
+                    .unwrap_or(crate::balance::DEFAULT_RTT.as_secs_f64() * 1e3),
+                in_flight: live
+                    .as_ref()
+                    .map_or(0, |l| l.load.in_flight.load(Ordering::Relaxed)),
+            });
+        }
+    }
+    views
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    let mut response = Response::new(body::full(body.to_string()));
+    *response.status_mut() = status;
+    response
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    let mut text_body =
+        serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    text_body.push('\n');
+    let mut response = text(status, &text_body);
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}

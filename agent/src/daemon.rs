@@ -1,0 +1,229 @@
+//! The running agent: binds every listener from the configuration, serves until shutdown,
+//! swaps in new snapshots on reload, and drains in-flight calls before it stops.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::{self, Admin};
+use crate::config::AgentConfig;
+use crate::listener::{ConnectionLimit, Listener};
+use crate::model::Snapshot;
+use crate::proxy::Proxy;
+use crate::proxy::inbound::{self, LocalClients};
+use crate::proxy::outbound::{self, Target};
+use crate::tunnel::{
+    DEFAULT_KEEP_ALIVE_INTERVAL, DEFAULT_KEEP_ALIVE_TIMEOUT, TunnelSettings, Tunnels,
+};
+
+/// Addresses the agent actually listens on (port 0 in the config becomes a real port).
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BoundAddresses {
+    /// Admin endpoint.
+    pub admin: SocketAddr,
+    /// Inbound (peer agents).
+    pub inbound: SocketAddr,
+    /// HTTP proxy port, when enabled.
+    pub http_proxy: Option<SocketAddr>,
+    /// Upstream ports, by service.
+    pub upstreams: Vec<(String, SocketAddr)>,
+}
+
+/// A running agent.
+pub struct Daemon {
+    /// The data path's shared state.
+    pub proxy: Arc<Proxy>,
+    /// Where it listens.
+    pub addresses: BoundAddresses,
+    admin: Arc<Admin>,
+    revision: AtomicU64,
+    accepting: TaskTracker,
+    connections: TaskTracker,
+    admin_connections: TaskTracker,
+    stop_accepting: CancellationToken,
+    stop_admin: CancellationToken,
+}
+
+impl Daemon {
+    /// Binds every listener of `config` and starts serving.
+    pub async fn start(config: &AgentConfig, metrics: PrometheusHandle) -> anyhow::Result<Daemon> {
+        let snapshot = Snapshot::from_config(config, 1);
+        let limits = snapshot.limits.clone();
+        let tunnels = Tunnels::new(TunnelSettings {
+            keep_alive_interval: DEFAULT_KEEP_ALIVE_INTERVAL,
+            keep_alive_timeout: DEFAULT_KEEP_ALIVE_TIMEOUT,
+            max_header_list_size: limits.max_header_bytes,
+        });
+        let proxy = Proxy::new(snapshot, tunnels);
+        crate::metrics::revision(1);
+        let admin = Arc::new(Admin {
+            proxy: Arc::clone(&proxy),
+            metrics,
+            ready: AtomicBool::new(false),
+        });
+        let listeners = &config.spec.listeners;
+        let bind = |name: &'static str, address: SocketAddr| async move {
+            Listener::bind(name, address)
+                .await
+                .with_context(|| format!("cannot listen on {address} ({name})"))
+        };
+        let admin_listener = bind("admin", listeners.admin).await?;
+        let inbound_listener = bind("inbound", listeners.inbound).await?;
+        let proxy_listener = match listeners.http_proxy {
+            Some(address) => Some(bind("http-proxy", address).await?),
+            None => None,
+        };
+        let mut upstream_listeners = Vec::new();
+        for upstream in &config.spec.upstreams {
+            upstream_listeners.push((
+                upstream.service.clone(),
+                bind("upstream", upstream.listen).await?,
+            ));
+        }
+        let addresses = BoundAddresses {
+            admin: admin_listener.local_addr()?,
+            inbound: inbound_listener.local_addr()?,
+            http_proxy: proxy_listener
+                .as_ref()
+                .map(Listener::local_addr)
+                .transpose()?,
+            upstreams: upstream_listeners
+                .iter()
+                .map(|(service, l)| Ok((service.clone(), l.local_addr()?)))
+                .collect::<std::io::Result<_>>()?,
+        };
+
+        let daemon = Daemon {
+            proxy: Arc::clone(&proxy),
+            addresses,
+            admin: Arc::clone(&admin),
+            revision: AtomicU64::new(1),
+            accepting: TaskTracker::new(),
+            connections: TaskTracker::new(),
+            admin_connections: TaskTracker::new(),
+            stop_accepting: CancellationToken::new(),
+            stop_admin: CancellationToken::new(),
+        };
+        let limit = ConnectionLimit::new(limits.max_connections);
+        // The admin port keeps answering while the data path drains, so health checkers
+        // can see `/ready` turn 503; it stops with the connections.
+        daemon.spawn_accept(
+            admin_listener,
+            limit.clone(),
+            daemon.stop_admin.clone(),
+            daemon.admin_connections.clone(),
+            {
+                let admin = Arc::clone(&admin);
+                move |stream, peer, shutdown| {
+                    admin::serve(Arc::clone(&admin), stream, peer, shutdown)
+                }
+            },
+        );
+        let clients = Arc::new(LocalClients::new());
+        daemon.spawn_accept(
+            inbound_listener,
+            limit.clone(),
+            daemon.stop_accepting.clone(),
+            daemon.connections.clone(),
+            {
+                let proxy = Arc::clone(&proxy);
+                move |stream, peer, shutdown| {
+                    inbound::serve(
+                        Arc::clone(&proxy),
+                        Arc::clone(&clients),
+                        stream,
+                        peer,
+                        shutdown,
+                    )
+                }
+            },
+        );
+        if let Some(listener) = proxy_listener {
+            daemon.spawn_outbound(listener, Target::ByHost, limit.clone());
+        }
+        for (service, listener) in upstream_listeners {
+            daemon.spawn_outbound(listener, Target::Service(service), limit.clone());
+        }
+        admin.ready.store(true, Ordering::Release);
+        Ok(daemon)
+    }
+
+    fn spawn_outbound(&self, listener: Listener, target: Target, limit: ConnectionLimit) {
+        let proxy = Arc::clone(&self.proxy);
+        self.spawn_accept(
+            listener,
+            limit,
+            self.stop_accepting.clone(),
+            self.connections.clone(),
+            move |stream, peer, shutdown| {
+                outbound::serve(Arc::clone(&proxy), target.clone(), stream, peer, shutdown)
+            },
+        );
+    }
+
+    fn spawn_accept<F, Fut>(
+        &self,
+        listener: Listener,
+        limit: ConnectionLimit,
+        stop: CancellationToken,
+        connections: TaskTracker,
+        serve: F,
+    ) where
+        F: Fn(tokio::net::TcpStream, SocketAddr, CancellationToken) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.accepting
+            .spawn(listener.run(limit, stop, connections, serve));
+    }
+
+    /// Applies a new configuration's services and policies. Listener changes need a restart;
+    /// they are reported, not applied.
+    pub fn reload(&self, config: &AgentConfig) {
+        let revision = self.revision.fetch_add(1, Ordering::AcqRel) + 1;
+        let snapshot = Snapshot::from_config(config, revision);
+        let current = self.proxy.snapshot.load();
+        if snapshot.upstreams != current.upstreams {
+            tracing::warn!(
+                "upstream listeners changed; restart the agent to apply listener changes"
+            );
+        }
+        self.proxy.snapshot.store(Arc::new(snapshot));
+        crate::metrics::revision(revision);
+        tracing::info!(revision, "configuration reloaded");
+    }
+
+    /// Stops accepting, lets in-flight calls finish for up to `deadline`, then stops the admin
+    /// port too. `/ready` answers 503 during the drain so health checkers stop sending.
+    /// Returns true when every call finished in time; the caller exits either way, which
+    /// closes what is left.
+    pub async fn drain(self, deadline: Duration) -> bool {
+        self.admin.ready.store(false, Ordering::Release);
+        // Data listeners stop accepting; their connections were handed the same token and
+        // now finish their in-flight requests and close gracefully.
+        self.stop_accepting.cancel();
+        self.connections.close();
+        let finished = tokio::time::timeout(deadline, self.connections.wait())
+            .await
+            .is_ok();
+        self.stop_admin.cancel();
+        self.admin_connections.close();
+        self.accepting.close();
+        let _ = tokio::time::timeout(ADMIN_CLOSE_GRACE, async {
+            self.accepting.wait().await;
+            self.admin_connections.wait().await;
+        })
+        .await;
+        finished
+    }
+}
+
+/// How long open admin connections get to close once the data path has drained.
+const ADMIN_CLOSE_GRACE: Duration = Duration::from_secs(1);

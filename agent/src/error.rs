@@ -1,0 +1,149 @@
+//! Every failure the agent creates, classified by who is at fault and whether a retry is safe,
+//! and mapped in one table to a status code and a `hyphae-error` reason. Errors are answers:
+//! the caller always gets one of these, never a hang.
+
+use http::StatusCode;
+
+/// The header that tells a caller why the agent (not the application) answered.
+pub const ERROR_HEADER: &str = "hyphae-error";
+
+/// Who caused a failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The caller sent something we cannot proxy.
+    Caller,
+    /// The destination (peer agent or instance) failed.
+    Upstream,
+    /// This agent's own limits or configuration.
+    Agent,
+}
+
+/// A failure on the data path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyError {
+    /// No service is known by the name the caller used.
+    #[error("no service named `{0}` is known to this agent")]
+    UnknownService(String),
+    /// The route matched nothing.
+    #[error("no route rule of service `{0}` matches the request")]
+    NoRoute(String),
+    /// The service has no endpoints (or none left after ejection and subsets).
+    #[error("service `{0}` has no available endpoints")]
+    NoEndpoints(String),
+    /// The connection to an endpoint could not be made.
+    #[error("cannot connect to {address}: {reason}")]
+    ConnectFailed {
+        /// The endpoint.
+        address: String,
+        /// The OS or protocol error.
+        reason: String,
+    },
+    /// Connecting took longer than the connect timeout.
+    #[error("connecting to {0} timed out")]
+    ConnectTimeout(String),
+    /// The stream or connection was reset before a response arrived.
+    #[error("the upstream reset the request: {0}")]
+    Reset(String),
+    /// One try took longer than the per-try timeout.
+    #[error("the try timed out after {0:?}")]
+    PerTryTimeout(std::time::Duration),
+    /// The whole request took longer than the request timeout.
+    #[error("the request timed out after {0:?}")]
+    RequestTimeout(std::time::Duration),
+    /// A per-service limit is full.
+    #[error("service `{service}` is at its {limit} limit")]
+    Overloaded {
+        /// The service.
+        service: String,
+        /// Which limit (`max-requests`, `max-pending`, `max-connections`).
+        limit: &'static str,
+    },
+    /// The caller's request cannot be proxied.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The peer agent has no local instance of the requested service.
+    #[error("service `{0}` has no instance on this host")]
+    NoLocalInstance(String),
+}
+
+impl ProxyError {
+    /// The status the caller receives.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::UnknownService(_) | ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NoEndpoints(_)
+            | ProxyError::Overloaded { .. }
+            | ProxyError::NoLocalInstance(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::ConnectFailed { .. } | ProxyError::Reset(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::ConnectTimeout(_)
+            | ProxyError::PerTryTimeout(_)
+            | ProxyError::RequestTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The `hyphae-error` reason: short, stable, machine-readable.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProxyError::UnknownService(_) => "unknown-service",
+            ProxyError::NoRoute(_) => "no-route",
+            ProxyError::NoEndpoints(_) => "no-endpoints",
+            ProxyError::ConnectFailed { .. } => "connect-failed",
+            ProxyError::ConnectTimeout(_) => "connect-timeout",
+            ProxyError::Reset(_) => "upstream-reset",
+            ProxyError::PerTryTimeout(_) => "per-try-timeout",
+            ProxyError::RequestTimeout(_) => "request-timeout",
+            ProxyError::Overloaded { limit, .. } => limit,
+            ProxyError::BadRequest(_) => "bad-request",
+            ProxyError::NoLocalInstance(_) => "no-local-instance",
+        }
+    }
+
+    /// Who is at fault.
+    pub fn side(&self) -> Side {
+        match self {
+            ProxyError::UnknownService(_) | ProxyError::NoRoute(_) | ProxyError::BadRequest(_) => {
+                Side::Caller
+            }
+            ProxyError::NoEndpoints(_) | ProxyError::Overloaded { .. } => Side::Agent,
+            ProxyError::ConnectFailed { .. }
+            | ProxyError::ConnectTimeout(_)
+            | ProxyError::Reset(_)
+            | ProxyError::PerTryTimeout(_)
+            | ProxyError::RequestTimeout(_)
+            | ProxyError::NoLocalInstance(_) => Side::Upstream,
+        }
+    }
+
+    /// True when the request never reached an application, so even a non-idempotent request
+    /// may be sent again.
+    pub fn never_reached_upstream(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::ConnectFailed { .. } | ProxyError::ConnectTimeout(_)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_maps_to_a_5xx_or_4xx_and_a_reason() {
+        let errors = [
+            ProxyError::UnknownService("x".into()),
+            ProxyError::NoEndpoints("x".into()),
+            ProxyError::ConnectTimeout("a".into()),
+            ProxyError::Overloaded {
+                service: "x".into(),
+                limit: "max-requests",
+            },
+            ProxyError::BadRequest("x".into()),
+        ];
+        for error in errors {
+            assert!(error.status().is_client_error() || error.status().is_server_error());
+            assert!(!error.reason().is_empty());
+        }
+    }
+}

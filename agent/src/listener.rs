@@ -1,0 +1,100 @@
+//! The accept loop every listener shares: a connection limit across all listeners, one task per
+//! connection owned by a tracker, and a shutdown signal that stops accepting at once and lets
+//! each connection finish gracefully.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::circuit::Limit;
+use crate::metrics;
+
+/// Connections open across every listener, against `limits.maxConnections`.
+#[derive(Clone)]
+pub struct ConnectionLimit {
+    open: Arc<Limit>,
+    max: u32,
+}
+
+impl ConnectionLimit {
+    /// A limit of `max` open connections.
+    pub fn new(max: u32) -> Self {
+        ConnectionLimit {
+            open: Arc::new(Limit::default()),
+            max,
+        }
+    }
+}
+
+/// A bound listener and what to do with each connection.
+pub struct Listener {
+    name: &'static str,
+    listener: TcpListener,
+}
+
+impl Listener {
+    /// Binds `address`; `name` labels logs and metrics (`outbound`, `inbound`, `admin`...).
+    pub async fn bind(name: &'static str, address: SocketAddr) -> std::io::Result<Listener> {
+        let listener = TcpListener::bind(address).await?;
+        Ok(Listener { name, listener })
+    }
+
+    /// The address actually bound (port 0 becomes a real port).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts until `shutdown`, handing each connection to `serve` in a tracked task. `serve`
+    /// gets the shutdown token so it can finish in-flight work and close gracefully.
+    pub async fn run<F, Fut>(
+        self,
+        limit: ConnectionLimit,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+        serve: F,
+    ) where
+        F: Fn(TcpStream, SocketAddr, CancellationToken) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let name = self.name;
+        loop {
+            let accepted = tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = self.listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: log, back off briefly, keep serving.
+                    tracing::warn!(listener = name, %error, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    continue;
+                }
+            };
+            let Some(permit) = limit.open.try_acquire(limit.max) else {
+                metrics::connection_refused(name);
+                tracing::warn!(listener = name, %peer, max = limit.max, "connection limit reached; closing new connection");
+                drop(stream);
+                continue;
+            };
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::debug!(listener = name, %error, "cannot set TCP_NODELAY");
+            }
+            let connection = serve(stream, peer, shutdown.clone());
+            tracker.spawn(async move {
+                metrics::connection_opened(name);
+                connection.await;
+                metrics::connection_closed(name);
+                drop(permit);
+            });
+        }
+        tracing::debug!(listener = name, "stopped accepting");
+    }
+}
+
+/// Pause after a failed accept, so a persistent error does not spin a core.
+const ACCEPT_ERROR_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);

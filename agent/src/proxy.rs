@@ -1,0 +1,64 @@
+//! The data path: outbound listeners take calls from local apps, `call` makes each one
+//! resilient (route → limit → retries → balancer → tunnel), and the inbound listener delivers
+//! calls from peer agents to this host's instances.
+
+pub mod call;
+pub mod headers;
+pub mod inbound;
+pub mod outbound;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::{HeaderValue, Response};
+
+use crate::body::{self, Body};
+use crate::error::{ERROR_HEADER, ProxyError};
+use crate::model::Snapshot;
+use crate::state::RuntimeState;
+use crate::tunnel::Tunnels;
+
+/// Mesh DNS zone: `payments.mesh` names the service `payments`.
+pub const DEFAULT_ZONE: &str = "mesh";
+
+/// Everything the data path shares: the served snapshot (swapped atomically on reload), peer
+/// connections and live per-service state.
+pub struct Proxy {
+    /// What is being served.
+    pub snapshot: ArcSwap<Snapshot>,
+    /// Connections to peer agents.
+    pub tunnels: Tunnels,
+    /// Budgets, limits, endpoint load and health.
+    pub runtime: RuntimeState,
+    /// The mesh DNS zone.
+    pub zone: String,
+}
+
+impl Proxy {
+    /// A proxy serving `snapshot`.
+    pub fn new(snapshot: Snapshot, tunnels: Tunnels) -> Arc<Self> {
+        Arc::new(Proxy {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            tunnels,
+            runtime: RuntimeState::default(),
+            zone: DEFAULT_ZONE.to_string(),
+        })
+    }
+}
+
+/// The answer for a failure the agent created: its status, `hyphae-error: <reason>`, a one-line
+/// body, a counter and one log line.
+pub fn error_response(error: &ProxyError) -> Response<Body> {
+    crate::metrics::error(error.reason());
+    tracing::warn!(reason = error.reason(), side = ?error.side(), "{error}");
+    let mut response = Response::new(body::full(format!("{error}\n")));
+    *response.status_mut() = error.status();
+    response
+        .headers_mut()
+        .insert(ERROR_HEADER, HeaderValue::from_static(error.reason()));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

@@ -1,0 +1,367 @@
+//! One call to a service, made resilient: route, per-service request limit, then tries — each
+//! to an endpoint chosen by the balancer, over the peer tunnel, under a per-try timeout —
+//! retried within the budget, all under the request timeout. Always ends in a response.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+use http::request::Parts;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, Uri, Version};
+use hyphae_policies::{HeaderRewrite, RetryPolicy};
+use tokio::time::Instant;
+
+use super::headers::{DESTINATION, strip_hop_by_hop};
+use super::{Proxy, error_response};
+use crate::balance::{self, Candidate};
+use crate::body::{self, Body};
+use crate::circuit::{self, Outcome};
+use crate::error::{ERROR_HEADER, ProxyError};
+use crate::metrics;
+use crate::model::{Endpoint, Service, Snapshot};
+use crate::replay::ReplayBody;
+use crate::retry::{self, TryResult};
+use crate::route::{self, Destination};
+use crate::state::ServiceState;
+
+/// Makes a call to `service` and returns the answer: the upstream's response or the agent's
+/// own error response.
+pub async fn call(proxy: &Proxy, service: &str, request: Request<Body>) -> Response<Body> {
+    let started = Instant::now();
+    let snapshot = proxy.snapshot.load_full();
+    let response = match call_service(proxy, &snapshot, service, request).await {
+        Ok(response) => response,
+        Err(error) => error_response(&error),
+    };
+    metrics::request(service, response.status(), started.elapsed());
+    response
+}
+
+async fn call_service(
+    proxy: &Proxy,
+    snapshot: &Snapshot,
+    name: &str,
+    request: Request<Body>,
+) -> Result<Response<Body>, ProxyError> {
+    let service = snapshot
+        .services
+        .get(name)
+        .ok_or_else(|| ProxyError::UnknownService(name.to_string()))?;
+    let (parts, body) = request.into_parts();
+    let mut dice = |n: u64| rand::random_range(0..n.max(1));
+    let destination = route::choose(&service.name, service.route.as_ref(), &parts, &mut dice)
+        .ok_or_else(|| ProxyError::NoRoute(name.to_string()))?;
+    let target = snapshot
+        .services
+        .get(destination.service)
+        .ok_or_else(|| ProxyError::UnknownService(destination.service.to_string()))?;
+    let rule = destination.rule;
+    let retries = rule
+        .and_then(|r| r.retries.as_ref())
+        .unwrap_or(&target.policy.retries);
+    let request_timeout = rule
+        .and_then(|r| r.timeouts.as_ref())
+        .and_then(|t| t.request)
+        .unwrap_or(target.policy.timeouts.request)
+        .get();
+    let state = proxy.runtime.service(&target.name, retries);
+    let max_requests = target.policy.circuit_breaker.max_requests;
+    let _permit =
+        state
+            .requests
+            .try_acquire(max_requests)
+            .ok_or_else(|| ProxyError::Overloaded {
+                service: target.name.clone(),
+                limit: "max-requests",
+            })?;
+    state.budget.deposit();
+    let body = ReplayBody::new(body, snapshot.limits.retry_buffer_bytes as usize);
+    let call = Call {
+        proxy,
+        snapshot,
+        target,
+        destination: &destination,
+        retries,
+        state: &state,
+        parts: &parts,
+        body: &body,
+    };
+    match tokio::time::timeout(request_timeout, call.run()).await {
+        Ok(result) => result,
+        Err(_) => Err(ProxyError::RequestTimeout(request_timeout)),
+    }
+}
+
+/// Everything one call needs, borrowed for its lifetime.
+struct Call<'a> {
+    proxy: &'a Proxy,
+    snapshot: &'a Snapshot,
+    target: &'a Service,
+    destination: &'a Destination<'a>,
+    retries: &'a RetryPolicy,
+    state: &'a ServiceState,
+    parts: &'a Parts,
+    body: &'a ReplayBody,
+}
+
+impl Call<'_> {
+    async fn run(&self) -> Result<Response<Body>, ProxyError> {
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut retries_done = 0;
+        loop {
+            let endpoint = self.pick(&tried)?;
+            tried.push(endpoint.address);
+            let result = self.try_once(endpoint).await;
+            let try_result = match &result {
+                Ok(response) => TryResult::Response(response.status(), response.headers()),
+                Err(error) => TryResult::Error(error),
+            };
+            let wanted = retries_done < self.retries.attempts
+                && self.body.can_replay()
+                && retry::is_retryable(self.retries, &self.parts.method, &try_result);
+            if wanted {
+                if self.state.budget.withdraw() {
+                    retries_done += 1;
+                    metrics::retry(&self.target.name);
+                    let wait = retry::backoff(self.retries, retries_done, rand::random::<f64>());
+                    tracing::debug!(service = %self.target.name, retry = retries_done, ?wait, "retrying");
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                metrics::budget_exhausted(&self.target.name);
+                tracing::info!(service = %self.target.name, "retry budget exhausted; answering with the last result");
+            }
+            return result.map(|response| self.finish(response));
+        }
+    }
+
+    /// Chooses an endpoint of the destination's subset.
+    fn pick(&self, tried: &[SocketAddr]) -> Result<&Endpoint, ProxyError> {
+        let now = Instant::now();
+        let endpoints: Vec<&Endpoint> = self
+            .target
+            .endpoints
+            .iter()
+            .filter(|e| {
+                self.destination
+                    .subset
+                    .is_none_or(|subset| subset.iter().all(|(k, v)| e.tags.get(k) == Some(v)))
+            })
+            .collect();
+        let states: Vec<_> = endpoints
+            .iter()
+            .map(|e| self.state.endpoint(e.address))
+            .collect();
+        let candidates: Vec<Candidate<'_>> = endpoints
+            .iter()
+            .zip(&states)
+            .enumerate()
+            .map(|(index, (endpoint, state))| Candidate {
+                index,
+                local_site: endpoint.site == self.snapshot.site,
+                ejected: state
+                    .outlier
+                    .lock()
+                    .map(|o| o.is_ejected(now))
+                    .unwrap_or(false),
+                tried: tried.contains(&endpoint.address),
+                load: &state.load,
+            })
+            .collect();
+        let lb = &self.target.policy.load_balancer;
+        let mut dice = |n: usize| rand::random_range(0..n.max(1));
+        balance::pick(
+            &candidates,
+            lb.policy,
+            lb.locality,
+            &self.state.round_robin,
+            &mut dice,
+        )
+        .and_then(|index| endpoints.get(index).copied())
+        .ok_or_else(|| ProxyError::NoEndpoints(self.target.name.clone()))
+    }
+
+    /// One try against `endpoint`, with its bookkeeping: load, latency and outlier state.
+    async fn try_once(
+        &self,
+        endpoint: &Endpoint,
+    ) -> Result<Response<hyper::body::Incoming>, ProxyError> {
+        let endpoint_state = self.state.endpoint(endpoint.address);
+        let request = self.forward_request(self.body.next_try())?;
+        let connect_timeout = self.target.policy.timeouts.connect.get();
+        let send = self
+            .proxy
+            .tunnels
+            .send(endpoint.address, connect_timeout, request);
+        endpoint_state
+            .load
+            .in_flight
+            .fetch_add(1, Ordering::Relaxed);
+        let sent_at = Instant::now();
+        let result = match self.retries.per_try_timeout.map(|d| d.get()) {
+            Some(limit) => tokio::time::timeout(limit, send)
+                .await
+                .unwrap_or(Err(ProxyError::PerTryTimeout(limit))),
+            None => send.await,
+        };
+        endpoint_state
+            .load
+            .in_flight
+            .fetch_sub(1, Ordering::Relaxed);
+        let result = result.and_then(|response| peer_failure(endpoint.address, response));
+        let now = Instant::now();
+        let outcome = match &result {
+            Ok(response) if !response.status().is_server_error() => Outcome::Success,
+            _ => Outcome::Failure,
+        };
+        if let Ok(mut ewma) = endpoint_state.load.ewma.lock() {
+            ewma.observe(now.saturating_duration_since(sent_at), now);
+        }
+        self.record_outcome(endpoint, &endpoint_state, outcome, now);
+        result
+    }
+
+    fn record_outcome(
+        &self,
+        endpoint: &Endpoint,
+        endpoint_state: &crate::state::EndpointState,
+        outcome: Outcome,
+        now: Instant,
+    ) {
+        let detection = &self.target.policy.circuit_breaker.outlier_detection;
+        let ejected_now = self
+            .target
+            .endpoints
+            .iter()
+            .filter(|e| {
+                self.state
+                    .endpoint(e.address)
+                    .outlier
+                    .lock()
+                    .map(|o| o.is_ejected(now))
+                    .unwrap_or(false)
+            })
+            .count();
+        let may_eject = circuit::may_eject(
+            ejected_now,
+            self.target.endpoints.len(),
+            detection.max_ejected_share,
+        );
+        let ejected_for = endpoint_state
+            .outlier
+            .lock()
+            .ok()
+            .and_then(|mut o| o.record(outcome, now, detection, may_eject));
+        if let Some(duration) = ejected_for {
+            metrics::ejection(&self.target.name);
+            metrics::ejected(&self.target.name, ejected_now + 1);
+            tracing::warn!(
+                service = %self.target.name,
+                endpoint = %endpoint.address,
+                ?duration,
+                "endpoint ejected by outlier detection"
+            );
+        }
+    }
+
+    /// The request as sent to the peer agent: HTTP/2, original authority, no hop-by-hop
+    /// headers, the destination service in a header, the rule's header rewrites applied.
+    fn forward_request(&self, body: crate::replay::TryBody) -> Result<Request<Body>, ProxyError> {
+        let parts = self.parts;
+        let authority = parts
+            .uri
+            .authority()
+            .cloned()
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(http::header::HOST)
+                    .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+            })
+            .or_else(|| Authority::try_from(self.target.name.as_str()).ok())
+            .ok_or_else(|| ProxyError::BadRequest("the request names no host".into()))?;
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(authority)
+            .path_and_query(path)
+            .build()
+            .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        let mut request = Request::new(body::boxed(body));
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = uri;
+        *request.version_mut() = Version::HTTP_2;
+        let headers = request.headers_mut();
+        headers.clone_from(&parts.headers);
+        strip_hop_by_hop(headers);
+        headers.remove(http::header::HOST);
+        let destination = HeaderValue::from_str(&self.target.name)
+            .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        headers.insert(DESTINATION, destination);
+        if let Some(rule) = self.destination.rule {
+            rewrite(headers, &rule.request_headers);
+        }
+        Ok(request)
+    }
+
+    /// The upstream response as the caller receives it.
+    fn finish(&self, response: Response<hyper::body::Incoming>) -> Response<Body> {
+        let mut response = response.map(body::boxed);
+        strip_hop_by_hop(response.headers_mut());
+        if let Some(rule) = self.destination.rule {
+            rewrite(response.headers_mut(), &rule.response_headers);
+        }
+        response
+    }
+}
+
+/// A peer agent's own error that means the request never reached an instance: treated like a
+/// failed connect, so it is retried whatever the method.
+fn peer_failure(
+    peer: SocketAddr,
+    response: Response<hyper::body::Incoming>,
+) -> Result<Response<hyper::body::Incoming>, ProxyError> {
+    let reason = response
+        .headers()
+        .get(ERROR_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if matches!(
+        reason,
+        "connect-failed" | "connect-timeout" | "no-local-instance"
+    ) {
+        return Err(ProxyError::ConnectFailed {
+            address: peer.to_string(),
+            reason: format!("the peer agent could not reach the instance ({reason})"),
+        });
+    }
+    Ok(response)
+}
+
+/// Applies a header rewrite; names and values were validated with the policy, and any that
+/// still fail to convert are skipped.
+fn rewrite(headers: &mut http::HeaderMap, rewrite: &HeaderRewrite) {
+    for name in &rewrite.remove {
+        headers.remove(name.as_str());
+    }
+    for (name, value) in &rewrite.set {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(name, value);
+        }
+    }
+    for (name, value) in &rewrite.add {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.append(name, value);
+        }
+    }
+}

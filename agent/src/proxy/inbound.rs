@@ -1,0 +1,165 @@
+//! The inbound listener: where peer agents deliver calls for this host's instances, over
+//! HTTP/2. The destination service travels in a header; the call goes to the local instance
+//! over HTTP/1.1 (or HTTP/2 for `http2` and `grpc` services).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyphae_policies::Protocol;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::headers::{DESTINATION, strip_hop_by_hop};
+use super::{Proxy, error_response};
+use crate::body::{self, Body};
+use crate::error::ProxyError;
+use crate::tunnel::error_chain;
+
+/// Longest the agent waits to connect to a local instance: it is on this host, so a slow
+/// connect means it is not listening.
+pub const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Connection pools to local instances.
+pub struct LocalClients {
+    http1: Client<HttpConnector, Body>,
+    http2: Client<HttpConnector, Body>,
+}
+
+impl LocalClients {
+    /// Fresh pools.
+    pub fn new() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(LOCAL_CONNECT_TIMEOUT));
+        connector.set_nodelay(true);
+        LocalClients {
+            http1: Client::builder(TokioExecutor::new()).build(connector.clone()),
+            http2: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .timer(TokioTimer::new())
+                .build(connector),
+        }
+    }
+}
+
+impl Default for LocalClients {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Serves one connection from a peer agent.
+pub async fn serve(
+    proxy: Arc<Proxy>,
+    clients: Arc<LocalClients>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let limits = proxy.snapshot.load().limits.clone();
+    let service = service_fn(move |request: Request<Incoming>| {
+        let proxy = Arc::clone(&proxy);
+        let clients = Arc::clone(&clients);
+        async move { Ok::<_, Infallible>(deliver(&proxy, &clients, request).await) }
+    });
+    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_pending_accept_reset_streams(limits.max_pending_accept_reset_streams as usize)
+        .max_header_list_size(limits.max_header_bytes)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%peer, error = %error_chain(&error), "inbound connection ended with an error");
+    }
+}
+
+async fn deliver(
+    proxy: &Proxy,
+    clients: &LocalClients,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    match forward_to_instance(proxy, clients, request).await {
+        Ok(response) => response,
+        Err(error) => error_response(&error),
+    }
+}
+
+async fn forward_to_instance(
+    proxy: &Proxy,
+    clients: &LocalClients,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
+    let (mut parts, body) = request.into_parts();
+    let service = parts
+        .headers
+        .remove(DESTINATION)
+        .and_then(|v| v.to_str().ok().map(str::to_string))
+        .ok_or_else(|| ProxyError::BadRequest(format!("missing `{DESTINATION}` header")))?;
+    let snapshot = proxy.snapshot.load();
+    let instance = snapshot
+        .local
+        .get(&service)
+        .ok_or_else(|| ProxyError::NoLocalInstance(service.clone()))?;
+    let instance_addr = SocketAddr::new(instance.address, instance.port);
+    if !parts.headers.contains_key(http::header::HOST)
+        && let Some(authority) = parts.uri.authority()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        parts.headers.insert(http::header::HOST, host);
+    }
+    strip_hop_by_hop(&mut parts.headers);
+    let authority = Authority::try_from(instance_addr.to_string())
+        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    parts.uri = Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(authority)
+        .path_and_query(
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        )
+        .build()
+        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    let client = match instance.protocol {
+        Protocol::Http2 | Protocol::Grpc => {
+            parts.version = http::Version::HTTP_2;
+            &clients.http2
+        }
+        Protocol::Http | Protocol::Tcp | Protocol::Tls => {
+            parts.version = http::Version::HTTP_11;
+            &clients.http1
+        }
+    };
+    let request = Request::from_parts(parts, body::boxed(body));
+    let response = client.request(request).await.map_err(|error| {
+        if error.is_connect() {
+            ProxyError::ConnectFailed {
+                address: instance_addr.to_string(),
+                reason: error_chain(&error),
+            }
+        } else {
+            ProxyError::Reset(error_chain(&error))
+        }
+    })?;
+    let mut response = response.map(body::boxed);
+    strip_hop_by_hop(response.headers_mut());
+    Ok(response)
+}

@@ -1,0 +1,220 @@
+//! A request body that can be sent again: the first try streams it through unchanged while a
+//! copy of up to a bounded number of bytes is kept, so a retry can replay it. A body larger
+//! than the bound is never buffered whole and never retried.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+
+use crate::body::{Body, BoxError};
+
+struct Shared {
+    /// The original body, read by whichever try gets there first.
+    inner: Body,
+    /// Data read so far, while it fits the bound.
+    chunks: Vec<Bytes>,
+    /// Bytes read so far.
+    read: usize,
+    /// More than the bound was read: the copy is gone and no retry is possible.
+    overflowed: bool,
+    /// The original body has ended (its trailers, if any, are kept).
+    ended: bool,
+    trailers: Option<HeaderMap>,
+    /// Only the newest try may read; older tries' bodies go quiet.
+    generation: u64,
+}
+
+/// Hands out one body per try.
+pub struct ReplayBody {
+    shared: Arc<Mutex<Shared>>,
+    limit: usize,
+    hint: SizeHint,
+    empty: bool,
+}
+
+/// The body of one try.
+pub struct TryBody {
+    shared: Arc<Mutex<Shared>>,
+    limit: usize,
+    generation: u64,
+    next_chunk: usize,
+    trailers_sent: bool,
+    hint: SizeHint,
+    empty: bool,
+}
+
+impl ReplayBody {
+    /// Wraps `body`, keeping a copy of at most `limit` bytes.
+    pub fn new(body: Body, limit: usize) -> Self {
+        let hint = body.size_hint();
+        let empty = body.is_end_stream();
+        ReplayBody {
+            shared: Arc::new(Mutex::new(Shared {
+                inner: body,
+                chunks: Vec::new(),
+                read: 0,
+                overflowed: false,
+                ended: empty,
+                trailers: None,
+                generation: 0,
+            })),
+            limit,
+            hint,
+            empty,
+        }
+    }
+
+    /// True while a new try could send the whole body again.
+    pub fn can_replay(&self) -> bool {
+        let shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        !shared.overflowed
+    }
+
+    /// The body for the next try; bodies of earlier tries stop yielding data.
+    pub fn next_try(&self) -> TryBody {
+        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        shared.generation += 1;
+        TryBody {
+            shared: Arc::clone(&self.shared),
+            limit: self.limit,
+            generation: shared.generation,
+            next_chunk: 0,
+            trailers_sent: false,
+            hint: self.hint,
+            empty: self.empty,
+        }
+    }
+}
+
+/// Raised when an old try's body is polled after a newer try started.
+#[derive(Debug, thiserror::Error)]
+#[error("request body was handed to a newer try")]
+pub struct Superseded;
+
+impl HttpBody for TryBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let mut shared = this.shared.lock().unwrap_or_else(|p| p.into_inner());
+        if shared.generation != this.generation {
+            return Poll::Ready(Some(Err(Box::new(Superseded))));
+        }
+        if let Some(chunk) = shared.chunks.get(this.next_chunk) {
+            this.next_chunk += 1;
+            return Poll::Ready(Some(Ok(Frame::data(chunk.clone()))));
+        }
+        if shared.ended {
+            if !this.trailers_sent
+                && let Some(trailers) = shared.trailers.clone()
+            {
+                this.trailers_sent = true;
+                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+            }
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut shared.inner).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                shared.ended = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error))),
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    shared.read += data.len();
+                    if shared.read > this.limit {
+                        shared.overflowed = true;
+                        shared.chunks.clear();
+                    } else if !shared.overflowed {
+                        shared.chunks.push(data.clone());
+                        this.next_chunk = shared.chunks.len();
+                    }
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    shared.trailers = Some(trailers.clone());
+                    shared.ended = true;
+                    this.trailers_sent = true;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.empty
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn a_small_body_replays_in_full() {
+        let replay = ReplayBody::new(crate::body::full("hello world"), 64);
+        let first = replay.next_try().collect().await.unwrap().to_bytes();
+        assert!(replay.can_replay());
+        let second = replay.next_try().collect().await.unwrap().to_bytes();
+        assert_eq!(first, second);
+        assert_eq!(&second[..], b"hello world");
+    }
+
+    #[tokio::test]
+    async fn a_body_past_the_limit_streams_once_and_cannot_replay() {
+        let replay = ReplayBody::new(crate::body::full(vec![7u8; 1000]), 64);
+        let first = replay.next_try().collect().await.unwrap().to_bytes();
+        assert_eq!(first.len(), 1000);
+        assert!(!replay.can_replay());
+    }
+
+    #[tokio::test]
+    async fn a_retry_continues_a_body_the_first_try_left_half_read() {
+        let chunks = futures_chunks(&["ab", "cd", "ef"]);
+        let replay = ReplayBody::new(chunks, 64);
+        let mut first = replay.next_try();
+        let frame = first.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "ab");
+        let second = replay.next_try().collect().await.unwrap().to_bytes();
+        assert_eq!(&second[..], b"abcdef");
+        assert!(
+            first.frame().await.unwrap().is_err(),
+            "the old try is superseded"
+        );
+    }
+
+    fn futures_chunks(parts: &[&'static str]) -> Body {
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = parts
+            .iter()
+            .map(|p| Ok(Frame::data(Bytes::from_static(p.as_bytes()))))
+            .collect();
+        crate::body::boxed(http_body_util::StreamBody::new(tokio_stream_iter(frames)))
+    }
+
+    fn tokio_stream_iter(
+        frames: Vec<Result<Frame<Bytes>, BoxError>>,
+    ) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, BoxError>> + Send + Sync {
+        StreamIter(frames.into_iter())
+    }
+
+    struct StreamIter<I>(I);
+
+    impl<I: Iterator + Unpin> futures_core::Stream for StreamIter<I> {
+        type Item = I::Item;
+        fn poll_next(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<I::Item>> {
+            Poll::Ready(self.0.next())
+        }
+    }
+}

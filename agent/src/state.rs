@@ -1,0 +1,90 @@
+//! Runtime state that outlives snapshots: per-service retry budgets and request limits, and
+//! per-endpoint load and outlier state. A new snapshot keeps what it still names.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
+
+use hyphae_policies::RetryBudget as BudgetPolicy;
+use tokio::time::Instant;
+
+use crate::balance::EndpointLoad;
+use crate::circuit::{Limit, OutlierState};
+use crate::retry::RetryBudget;
+
+/// Live state of one endpoint.
+#[derive(Debug)]
+pub struct EndpointState {
+    /// Latency and requests in flight.
+    pub load: EndpointLoad,
+    /// Passive health.
+    pub outlier: Mutex<OutlierState>,
+}
+
+/// Live state of one service.
+pub struct ServiceState {
+    budget_policy: BudgetPolicy,
+    /// Retries left to spend.
+    pub budget: RetryBudget,
+    /// Requests in flight, against `circuitBreaker.maxRequests`.
+    pub requests: Limit,
+    /// Round-robin position.
+    pub round_robin: AtomicUsize,
+    endpoints: Arc<Mutex<HashMap<SocketAddr, Arc<EndpointState>>>>,
+}
+
+impl ServiceState {
+    /// The state of the endpoint at `address`, created on first use.
+    pub fn endpoint(&self, address: SocketAddr) -> Arc<EndpointState> {
+        let mut endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(endpoints.entry(address).or_insert_with(|| {
+            Arc::new(EndpointState {
+                load: EndpointLoad::new(Instant::now()),
+                outlier: Mutex::new(OutlierState::default()),
+            })
+        }))
+    }
+}
+
+/// Every service's live state.
+#[derive(Default)]
+pub struct RuntimeState {
+    services: Mutex<HashMap<String, Arc<ServiceState>>>,
+}
+
+impl RuntimeState {
+    /// The state of `service`; a changed budget policy starts a fresh budget but keeps the
+    /// endpoints' load and health.
+    pub fn service(
+        &self,
+        service: &str,
+        retries: &hyphae_policies::RetryPolicy,
+    ) -> Arc<ServiceState> {
+        let mut services = self.services.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = services.get(service)
+            && existing.budget_policy == retries.budget
+        {
+            return Arc::clone(existing);
+        }
+        let endpoints = services
+            .get(service)
+            .map(|s| Arc::clone(&s.endpoints))
+            .unwrap_or_default();
+        let state = Arc::new(ServiceState {
+            budget_policy: retries.budget.clone(),
+            budget: RetryBudget::new(retries),
+            requests: Limit::default(),
+            round_robin: AtomicUsize::new(0),
+            endpoints,
+        });
+        services.insert(service.to_string(), Arc::clone(&state));
+        state
+    }
+
+    /// The state of `service`, if it has been used.
+    pub fn existing(&self, service: &str) -> Option<Arc<ServiceState>> {
+        let services = self.services.lock().unwrap_or_else(|p| p.into_inner());
+        services.get(service).cloned()
+    }
+}

@@ -1,0 +1,130 @@
+//! Agent-to-agent transport: one pooled, multiplexed HTTP/2 connection per peer agent, opened on
+//! first use and replaced when it dies. Never opens a second connection while one is opening.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::body::Body;
+use crate::error::ProxyError;
+
+/// Settings of peer connections.
+#[derive(Clone, Debug)]
+pub struct TunnelSettings {
+    /// HTTP/2 keep-alive ping interval, so a dead peer is noticed without traffic.
+    pub keep_alive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is closed.
+    pub keep_alive_timeout: Duration,
+    /// Largest header list accepted from the peer.
+    pub max_header_list_size: u32,
+}
+
+/// Default ping interval for peer connections.
+pub const DEFAULT_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Default ping timeout for peer connections.
+pub const DEFAULT_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A slot per peer; the async lock is held only while a connection is being opened, so
+/// concurrent first requests share one handshake.
+#[derive(Default)]
+struct PeerSlot {
+    sender: tokio::sync::Mutex<Option<SendRequest<Body>>>,
+}
+
+/// The pool of peer connections.
+pub struct Tunnels {
+    settings: TunnelSettings,
+    peers: Mutex<HashMap<SocketAddr, Arc<PeerSlot>>>,
+}
+
+impl Tunnels {
+    /// An empty pool.
+    pub fn new(settings: TunnelSettings) -> Self {
+        Tunnels {
+            settings,
+            peers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Sends `request` to the peer agent at `peer`, connecting first if needed.
+    pub async fn send(
+        &self,
+        peer: SocketAddr,
+        connect_timeout: Duration,
+        request: Request<Body>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let mut sender = self.sender(peer, connect_timeout).await?;
+        sender
+            .send_request(request)
+            .await
+            .map_err(|e| ProxyError::Reset(error_chain(&e)))
+    }
+
+    async fn sender(
+        &self,
+        peer: SocketAddr,
+        connect_timeout: Duration,
+    ) -> Result<SendRequest<Body>, ProxyError> {
+        let slot = {
+            let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(peers.entry(peer).or_default())
+        };
+        let mut current = slot.sender.lock().await;
+        if let Some(sender) = current.as_ref().filter(|s| !s.is_closed()) {
+            return Ok(sender.clone());
+        }
+        let sender = tokio::time::timeout(connect_timeout, self.connect(peer))
+            .await
+            .map_err(|_| ProxyError::ConnectTimeout(peer.to_string()))??;
+        *current = Some(sender.clone());
+        Ok(sender)
+    }
+
+    async fn connect(&self, peer: SocketAddr) -> Result<SendRequest<Body>, ProxyError> {
+        let failed = |reason: String| ProxyError::ConnectFailed {
+            address: peer.to_string(),
+            reason,
+        };
+        let stream = TcpStream::connect(peer)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| failed(e.to_string()))?;
+        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(self.settings.keep_alive_interval)
+            .keep_alive_timeout(self.settings.keep_alive_timeout)
+            .keep_alive_while_idle(true)
+            .max_header_list_size(self.settings.max_header_list_size)
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| failed(error_chain(&e)))?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::info!(%peer, error = %error_chain(&error), "peer connection closed");
+            }
+        });
+        tracing::debug!(%peer, "connected to peer agent");
+        Ok(sender)
+    }
+}
+
+/// An error and its causes on one line, for logs and `hyphae-error` details.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
