@@ -499,6 +499,10 @@ fn check_agent_config(c: &mut Checker, path: &FieldPath, spec: &AgentConfigSpec)
     let mut claim =
         |c: &mut Checker, at: FieldPath, address: SocketAddr, default: Option<SocketAddr>| {
             let is_default = default == Some(address);
+            // Port 0 asks the system for a free port: two such listeners never clash.
+            if address.port() == 0 {
+                return;
+            }
             if let Some((first, first_is_default)) = bound.get(&address) {
                 let mut issue = Issue::error(
                     at.clone(),

@@ -1,0 +1,485 @@
+//! The data path end to end on loopback: a caller agent, one host agent per backend, real
+//! processes and sockets. Each test builds the smallest mesh that shows one behaviour.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+fn url(agent: &Agent, service: &str, path: &str) -> String {
+    format!("http://{}{path}", agent.upstream(service))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_and_http2_calls_cross_two_agents_by_port_and_by_proxy() {
+    let backend = TestBackend::start("b1").await;
+    let host = host_agent("host", "svc", &backend);
+    let caller = caller_agent("svc", &[endpoint(&host, "one")], "");
+
+    let answer = get(&http1_client(), &url(&caller, "svc", "/hello")).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(&answer.body[..], b"b1");
+
+    let answer = get(&http2_client(), &url(&caller, "svc", "/hello")).await;
+    assert_eq!(answer.status, 200, "HTTP/2 prior knowledge");
+
+    // Through the HTTP proxy port, naming the service by host; the host reaches the app.
+    let proxy = caller.http_proxy.expect("proxy port");
+    let answer = get(&http1_client(), &format!("http://{proxy}/x")).await;
+    assert_eq!(answer.status, 404, "no host means no service");
+    let client = http1_client();
+    let request = http::Request::get(format!("http://{proxy}/x"))
+        .header("host", "svc.mesh:8080")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-seen-host"], "svc.mesh:8080");
+
+    let answer = get(&http1_client(), &format!("http://{}/metrics", caller.admin)).await;
+    let text = String::from_utf8_lossy(&answer.body);
+    assert!(
+        text.contains("hyphae_requests_total{service=\"svc\",status_class=\"2xx\"} 3"),
+        "{text}"
+    );
+    assert_eq!(backend.requests(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_services_and_dead_endpoints_get_an_answer_not_a_hang() {
+    let caller = caller_agent(
+        "svc",
+        &[format!("{{address: \"127.0.0.1:{}\"}}", free_port())],
+        "",
+    );
+    let proxy = caller.http_proxy.expect("proxy port");
+    let answer = get(&http1_client(), &format!("http://{proxy}/")).await;
+    assert_eq!(answer.status, 404);
+    let client = http1_client();
+    let request = http::Request::get(format!("http://{proxy}/"))
+        .header("host", "nothing.mesh")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), 404);
+    assert_eq!(response.headers()["hyphae-error"], "unknown-service");
+
+    let answer = get(&http1_client(), &url(&caller, "svc", "/")).await;
+    assert_eq!(answer.status, 502);
+    assert_eq!(answer.header("hyphae-error"), Some("connect-failed"));
+    assert!(metric(&caller, "hyphae_errors_total", "reason=\"connect-failed\"").await >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_503_is_retried_on_the_other_endpoint() {
+    let failing = TestBackend::start("failing").await;
+    failing.set(Behaviour {
+        status: Some(503),
+        ..Behaviour::default()
+    });
+    let healthy = TestBackend::start("healthy").await;
+    let a = host_agent("a", "svc", &failing);
+    let b = host_agent("b", "svc", &healthy);
+    let caller = caller_agent("svc", &[endpoint(&a, "one"), endpoint(&b, "one")], "");
+    let client = http1_client();
+    for _ in 0..20 {
+        let answer = get(&client, &url(&caller, "svc", "/")).await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(&answer.body[..], b"healthy");
+    }
+    assert!(failing.requests() >= 1, "the failing endpoint was tried");
+    assert!(metric(&caller, "hyphae_retries_total", "service=\"svc\"").await >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_is_not_retried_unless_the_policy_says_so() {
+    let backend = TestBackend::start("b").await;
+    backend.set(Behaviour {
+        status: Some(503),
+        ..Behaviour::default()
+    });
+    let host = host_agent("host", "svc", &backend);
+    let caller = caller_agent("svc", &[endpoint(&host, "one")], "");
+    let answer = send(
+        &http1_client(),
+        "POST",
+        &url(&caller, "svc", "/charge"),
+        "card=1",
+    )
+    .await;
+    assert_eq!(answer.status, 503);
+    assert_eq!(backend.requests(), 1, "a POST reached the app once");
+    let answer = get(&http1_client(), &url(&caller, "svc", "/")).await;
+    assert_eq!(answer.status, 503);
+    assert_eq!(backend.requests(), 1 + 3, "a GET is tried 1 + 2 times");
+
+    let allowing = caller_agent(
+        "svc",
+        &[endpoint(&host, "one")],
+        "---\nkind: ServicePolicy\nmetadata: {name: svc}\nspec:\n  retries: {nonIdempotent: true, attempts: 1}\n",
+    );
+    let before = backend.requests();
+    send(
+        &http1_client(),
+        "POST",
+        &url(&allowing, "svc", "/charge"),
+        "card=1",
+    )
+    .await;
+    assert_eq!(
+        backend.requests() - before,
+        2,
+        "the policy allows one retry of a POST"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_budget_holds_under_a_total_outage() {
+    let backend = TestBackend::start("down").await;
+    backend.set(Behaviour {
+        status: Some(503),
+        ..Behaviour::default()
+    });
+    let host = host_agent("host", "svc", &backend);
+    let policy = "---\nkind: ServicePolicy\nmetadata: {name: svc}\nspec:\n  retries:\n    attempts: 3\n    backoff: {base: 1ms, max: 1ms}\n    budget: {ratio: 0.2, minPerSecond: 1, window: 1s}\n  circuitBreaker:\n    outlierDetection: {consecutiveFailures: 0}\n";
+    let caller = caller_agent("svc", &[endpoint(&host, "one")], policy);
+    let client = http1_client();
+    let requests = 200;
+    let started = std::time::Instant::now();
+    for _ in 0..requests {
+        assert_eq!(get(&client, &url(&caller, "svc", "/")).await.status, 503);
+    }
+    let seconds = started.elapsed().as_secs_f64().ceil();
+    let attempts = backend.requests() as f64;
+    // Every request is tried once; retries are 20% of requests plus 1 per second elapsed.
+    let bound = requests as f64 * 1.2 + seconds + 1.0;
+    assert!(
+        attempts <= bound,
+        "{attempts} attempts for {requests} requests (bound {bound})"
+    );
+    assert!(attempts > requests as f64, "some retries were made");
+    assert!(
+        metric(
+            &caller,
+            "hyphae_retry_budget_exhausted_total",
+            "service=\"svc\""
+        )
+        .await
+            > 0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_try_timeout_moves_the_call_to_another_endpoint() {
+    let slow = TestBackend::start("slow").await;
+    slow.set(Behaviour {
+        delay: Duration::from_secs(5),
+        ..Behaviour::default()
+    });
+    let fast = TestBackend::start("fast").await;
+    let a = host_agent("a", "svc", &slow);
+    let b = host_agent("b", "svc", &fast);
+    // Round robin makes every other call start on the slow endpoint.
+    let policy = "---\nkind: ServicePolicy\nmetadata: {name: svc}\nspec:\n  loadBalancer: {policy: round-robin}\n  retries: {perTryTimeout: 200ms, on: [timeout]}\n  circuitBreaker: {outlierDetection: {consecutiveFailures: 0}}\n";
+    let caller = caller_agent("svc", &[endpoint(&a, "one"), endpoint(&b, "one")], policy);
+    let client = http1_client();
+    for _ in 0..5 {
+        let answer = get(&client, &url(&caller, "svc", "/")).await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(&answer.body[..], b"fast");
+    }
+    assert!(
+        slow.requests() >= 2,
+        "the slow endpoint was tried and timed out"
+    );
+    assert!(metric(&caller, "hyphae_retries_total", "service=\"svc\"").await >= 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ejected_endpoint_gets_no_traffic_until_its_ejection_ends() {
+    let bad = TestBackend::start("bad").await;
+    bad.set(Behaviour {
+        status: Some(500),
+        ..Behaviour::default()
+    });
+    let good = TestBackend::start("good").await;
+    let a = host_agent("a", "svc", &bad);
+    let b = host_agent("b", "svc", &good);
+    let policy = "---\nkind: ServicePolicy\nmetadata: {name: svc}\nspec:\n  loadBalancer: {policy: round-robin}\n  circuitBreaker:\n    outlierDetection: {consecutiveFailures: 3, baseEjectionTime: 1s, maxEjectedShare: 0.5}\n";
+    let caller = caller_agent("svc", &[endpoint(&a, "one"), endpoint(&b, "one")], policy);
+    let client = http1_client();
+    // Round robin alternates, so six calls give the bad endpoint its three failures.
+    for _ in 0..6 {
+        get(&client, &url(&caller, "svc", "/")).await;
+    }
+    assert_eq!(bad.requests(), 3);
+    assert_eq!(
+        metric(&caller, "hyphae_outlier_ejections_total", "service=\"svc\"").await,
+        1.0
+    );
+    let ejected = get(&client, &format!("http://{}/endpoints", caller.admin)).await;
+    assert!(String::from_utf8_lossy(&ejected.body).contains("\"ejected\""));
+    for _ in 0..10 {
+        assert_eq!(get(&client, &url(&caller, "svc", "/")).await.status, 200);
+    }
+    assert_eq!(bad.requests(), 3, "no traffic while ejected");
+    // After the ejection ends the endpoint gets traffic again.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while bad.requests() == 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the endpoint never came back"
+        );
+        get(&client, &url(&caller, "svc", "/")).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_limit_answers_a_fast_503() {
+    let backend = TestBackend::start("slow").await;
+    backend.set(Behaviour {
+        delay: Duration::from_secs(3),
+        ..Behaviour::default()
+    });
+    let host = host_agent("host", "svc", &backend);
+    let policy = "---\nkind: ServicePolicy\nmetadata: {name: svc}\nspec:\n  circuitBreaker: {maxRequests: 2}\n";
+    let caller = caller_agent("svc", &[endpoint(&host, "one")], policy);
+    let target = url(&caller, "svc", "/");
+    let hanging: Vec<_> = (0..2)
+        .map(|_| {
+            let target = target.clone();
+            tokio::spawn(async move { get(&http1_client(), &target).await.status })
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while backend.requests() < 2 {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let answer = get(&http1_client(), &target).await;
+    assert_eq!(answer.status, 503);
+    assert_eq!(answer.header("hyphae-error"), Some("max-requests"));
+    assert_eq!(
+        backend.requests(),
+        2,
+        "the third call never reached the app"
+    );
+    for call in hanging {
+        assert_eq!(call.await.unwrap(), 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2c_sends_most_traffic_to_the_faster_endpoint() {
+    let slow = TestBackend::start("slow").await;
+    slow.set(Behaviour {
+        delay: Duration::from_millis(50),
+        ..Behaviour::default()
+    });
+    let fast = TestBackend::start("fast").await;
+    fast.set(Behaviour {
+        delay: Duration::from_millis(5),
+        ..Behaviour::default()
+    });
+    let a = host_agent("a", "svc", &slow);
+    let b = host_agent("b", "svc", &fast);
+    let caller = caller_agent("svc", &[endpoint(&a, "one"), endpoint(&b, "one")], "");
+    let client = http1_client();
+    for _ in 0..100 {
+        assert_eq!(get(&client, &url(&caller, "svc", "/")).await.status, 200);
+    }
+    let share = fast.requests() as f64 / (fast.requests() + slow.requests()) as f64;
+    assert!(
+        share >= 0.8,
+        "fast endpoint got {:.0}% of traffic",
+        share * 100.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_stay_in_the_site_and_spill_over_only_when_it_fails() {
+    let near = TestBackend::start("near").await;
+    let far = TestBackend::start("far").await;
+    let a = host_agent("a", "svc", &near);
+    let b = host_agent("b", "svc", &far);
+    let policy = "---\nkind: ServicePolicy\nmetadata: {name: svc}\nspec:\n  circuitBreaker:\n    outlierDetection: {consecutiveFailures: 2, maxEjectedShare: 0.5}\n";
+    let caller = caller_agent("svc", &[endpoint(&a, "one"), endpoint(&b, "two")], policy);
+    let client = http1_client();
+    for _ in 0..20 {
+        assert_eq!(
+            &get(&client, &url(&caller, "svc", "/")).await.body[..],
+            b"near"
+        );
+    }
+    assert_eq!(
+        far.requests(),
+        0,
+        "the other site gets nothing while the local one is healthy"
+    );
+    near.set(Behaviour {
+        status: Some(503),
+        ..Behaviour::default()
+    });
+    let mut spilled = 0;
+    for _ in 0..20 {
+        let answer = get(&client, &url(&caller, "svc", "/")).await;
+        if &answer.body[..] == b"far" {
+            spilled += 1;
+        }
+    }
+    assert!(
+        spilled >= 15,
+        "only {spilled} of 20 calls spilled to the other site"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_megabytes_stream_up_and_down() {
+    let backend = TestBackend::start("big").await;
+    let host = host_agent("host", "svc", &backend);
+    let caller = caller_agent("svc", &[endpoint(&host, "one")], "");
+    let upload = vec![b'u'; 10 * 1024 * 1024];
+    let answer = send(
+        &http1_client(),
+        "POST",
+        &url(&caller, "svc", "/echo"),
+        upload.clone(),
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body.len(), upload.len());
+    assert!(answer.body.iter().all(|&b| b == b'u'));
+    let answer = get(&http2_client(), &url(&caller, "svc", "/bytes/10485760")).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body.len(), 10 * 1024 * 1024);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_calls_then_exits_0() {
+    let backend = TestBackend::start("slow").await;
+    backend.set(Behaviour {
+        delay: Duration::from_millis(800),
+        ..Behaviour::default()
+    });
+    let host = host_agent("host", "svc", &backend);
+    let mut caller = caller_agent("svc", &[endpoint(&host, "one")], "");
+    let target = url(&caller, "svc", "/");
+    let in_flight = tokio::spawn(async move { get(&http1_client(), &target).await });
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while backend.requests() == 0 {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    caller.signal("TERM");
+    let answer = in_flight.await.unwrap();
+    assert_eq!(answer.status, 200, "the in-flight call finished");
+    assert_eq!(caller.wait_exit(), Some(0));
+    let refused = tokio::net::TcpStream::connect(caller.upstream("svc")).await;
+    assert!(refused.is_err(), "the listener is closed after the drain");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_with_a_bad_file_keeps_serving_the_old_config() {
+    let one = TestBackend::start("one").await;
+    let two = TestBackend::start("two").await;
+    let a = host_agent("a", "svc", &one);
+    let b = host_agent("b", "svc", &two);
+    let port = free_port();
+    let caller = Agent::start(
+        "caller",
+        &caller_config("svc", &[endpoint(&a, "one")], port, ""),
+    );
+    let client = http1_client();
+    assert_eq!(
+        &get(&client, &url(&caller, "svc", "/")).await.body[..],
+        b"one"
+    );
+
+    std::fs::write(
+        &caller.config,
+        "kind: AgentConfig\nmetadata: {name: caller}\nspec:\n  site: [broken\n",
+    )
+    .unwrap();
+    caller.signal("HUP");
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while metric(
+        &caller,
+        "hyphae_config_reloads_total",
+        "result=\"rejected\"",
+    )
+    .await
+        < 1.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reload was never attempted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        &get(&client, &url(&caller, "svc", "/")).await.body[..],
+        b"one",
+        "old config still served"
+    );
+
+    std::fs::write(
+        &caller.config,
+        caller_config("svc", &[endpoint(&b, "one")], port, ""),
+    )
+    .unwrap();
+    caller.signal("HUP");
+    while metric(&caller, "hyphae_config_reloads_total", "result=\"applied\"").await < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the good file was never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        &get(&client, &url(&caller, "svc", "/")).await.body[..],
+        b"two",
+        "new config served"
+    );
+    assert_eq!(metric(&caller, "hyphae_config_revision", "").await, 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_split_by_weight_and_match_headers() {
+    let v1 = TestBackend::start("v1").await;
+    let v2 = TestBackend::start("v2").await;
+    let a = host_agent("a", "svc", &v1);
+    let b = host_agent("b", "svc", &v2);
+    let endpoints = [
+        format!(
+            "{{address: \"{}\", site: one, tags: {{version: v1}}}}",
+            a.inbound
+        ),
+        format!(
+            "{{address: \"{}\", site: one, tags: {{version: v2}}}}",
+            b.inbound
+        ),
+    ];
+    let route = "---\nkind: Route\nmetadata: {name: canary}\nspec:\n  service: svc\n  rules:\n    - matches: [{headers: [{name: x-canary, exact: always}]}]\n      backends: [{service: svc, subset: {version: v2}}]\n      responseHeaders: {set: {x-rule: canary}}\n    - backends:\n        - {service: svc, subset: {version: v1}, weight: 80}\n        - {service: svc, subset: {version: v2}, weight: 20}\n";
+    let caller = caller_agent("svc", &endpoints, route);
+    let client = http1_client();
+    for _ in 0..5 {
+        let request = http::Request::get(url(&caller, "svc", "/"))
+            .header("x-canary", "always")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        assert_eq!(response.headers()["x-backend"], "v2");
+        assert_eq!(response.headers()["x-rule"], "canary");
+    }
+    let before = v2.requests();
+    for _ in 0..200 {
+        get(&client, &url(&caller, "svc", "/")).await;
+    }
+    let to_v2 = v2.requests() - before;
+    assert!(
+        (20..=70).contains(&to_v2),
+        "{to_v2} of 200 went to the 20% canary"
+    );
+}
