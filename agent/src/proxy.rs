@@ -3,9 +3,12 @@
 //! calls from peer agents to this host's instances.
 
 pub mod call;
+pub mod detect;
 pub mod headers;
 pub mod inbound;
 pub mod outbound;
+pub mod pipe;
+pub mod stream;
 
 use std::sync::Arc;
 

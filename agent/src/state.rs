@@ -29,6 +29,8 @@ pub struct ServiceState {
     pub budget: RetryBudget,
     /// Requests in flight, against `circuitBreaker.maxRequests`.
     pub requests: Limit,
+    /// Open byte streams (TCP, upgrades), against `circuitBreaker.maxConnections`.
+    pub streams: Limit,
     /// Round-robin position.
     pub round_robin: AtomicUsize,
     endpoints: Arc<Mutex<HashMap<SocketAddr, Arc<EndpointState>>>>,
@@ -75,6 +77,7 @@ impl RuntimeState {
             budget_policy: retries.budget.clone(),
             budget: RetryBudget::new(retries),
             requests: Limit::default(),
+            streams: Limit::default(),
             round_robin: AtomicUsize::new(0),
             endpoints,
         });

@@ -2,6 +2,7 @@
 //! to an endpoint chosen by the balancer, over the peer tunnel, under a per-try timeout —
 //! retried within the budget, all under the request timeout. Always ends in a response.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
@@ -135,50 +136,14 @@ impl Call<'_> {
         }
     }
 
-    /// Chooses an endpoint of the destination's subset.
     fn pick(&self, tried: &[SocketAddr]) -> Result<&Endpoint, ProxyError> {
-        let now = Instant::now();
-        let endpoints: Vec<&Endpoint> = self
-            .target
-            .endpoints
-            .iter()
-            .filter(|e| {
-                self.destination
-                    .subset
-                    .is_none_or(|subset| subset.iter().all(|(k, v)| e.tags.get(k) == Some(v)))
-            })
-            .collect();
-        let states: Vec<_> = endpoints
-            .iter()
-            .map(|e| self.state.endpoint(e.address))
-            .collect();
-        let candidates: Vec<Candidate<'_>> = endpoints
-            .iter()
-            .zip(&states)
-            .enumerate()
-            .map(|(index, (endpoint, state))| Candidate {
-                index,
-                local_site: endpoint.site == self.snapshot.site,
-                ejected: state
-                    .outlier
-                    .lock()
-                    .map(|o| o.is_ejected(now))
-                    .unwrap_or(false),
-                tried: tried.contains(&endpoint.address),
-                load: &state.load,
-            })
-            .collect();
-        let lb = &self.target.policy.load_balancer;
-        let mut dice = |n: usize| rand::random_range(0..n.max(1));
-        balance::pick(
-            &candidates,
-            lb.policy,
-            lb.locality,
-            &self.state.round_robin,
-            &mut dice,
+        choose_endpoint(
+            self.snapshot,
+            self.target,
+            self.destination.subset,
+            self.state,
+            tried,
         )
-        .and_then(|index| endpoints.get(index).copied())
-        .ok_or_else(|| ProxyError::NoEndpoints(self.target.name.clone()))
     }
 
     /// One try against `endpoint`, with its bookkeeping: load, latency and outlier state.
@@ -217,51 +182,15 @@ impl Call<'_> {
         if let Ok(mut ewma) = endpoint_state.load.ewma.lock() {
             ewma.observe(now.saturating_duration_since(sent_at), now);
         }
-        self.record_outcome(endpoint, &endpoint_state, outcome, now);
-        result
-    }
-
-    fn record_outcome(
-        &self,
-        endpoint: &Endpoint,
-        endpoint_state: &crate::state::EndpointState,
-        outcome: Outcome,
-        now: Instant,
-    ) {
-        let detection = &self.target.policy.circuit_breaker.outlier_detection;
-        let ejected_now = self
-            .target
-            .endpoints
-            .iter()
-            .filter(|e| {
-                self.state
-                    .endpoint(e.address)
-                    .outlier
-                    .lock()
-                    .map(|o| o.is_ejected(now))
-                    .unwrap_or(false)
-            })
-            .count();
-        let may_eject = circuit::may_eject(
-            ejected_now,
-            self.target.endpoints.len(),
-            detection.max_ejected_share,
+        record_outcome(
+            self.target,
+            self.state,
+            endpoint,
+            &endpoint_state,
+            outcome,
+            now,
         );
-        let ejected_for = endpoint_state
-            .outlier
-            .lock()
-            .ok()
-            .and_then(|mut o| o.record(outcome, now, detection, may_eject));
-        if let Some(duration) = ejected_for {
-            metrics::ejection(&self.target.name);
-            metrics::ejected(&self.target.name, ejected_now + 1);
-            tracing::warn!(
-                service = %self.target.name,
-                endpoint = %endpoint.address,
-                ?duration,
-                "endpoint ejected by outlier detection"
-            );
-        }
+        result
     }
 
     /// The request as sent to the peer agent: HTTP/2, original authority, no hop-by-hop
@@ -319,9 +248,104 @@ impl Call<'_> {
     }
 }
 
+/// Chooses an endpoint of `target` (restricted to `subset`) for a new try or stream:
+/// the balancer's choice among endpoints not ejected, in the caller's site when it can be.
+pub fn choose_endpoint<'s>(
+    snapshot: &Snapshot,
+    target: &'s Service,
+    subset: Option<&BTreeMap<String, String>>,
+    state: &ServiceState,
+    tried: &[SocketAddr],
+) -> Result<&'s Endpoint, ProxyError> {
+    let now = Instant::now();
+    let endpoints: Vec<&Endpoint> = target
+        .endpoints
+        .iter()
+        .filter(|e| {
+            subset.is_none_or(|subset| subset.iter().all(|(k, v)| e.tags.get(k) == Some(v)))
+        })
+        .collect();
+    let states: Vec<_> = endpoints
+        .iter()
+        .map(|e| state.endpoint(e.address))
+        .collect();
+    let candidates: Vec<Candidate<'_>> = endpoints
+        .iter()
+        .zip(&states)
+        .enumerate()
+        .map(|(index, (endpoint, endpoint_state))| Candidate {
+            index,
+            local_site: endpoint.site == snapshot.site,
+            ejected: endpoint_state
+                .outlier
+                .lock()
+                .map(|o| o.is_ejected(now))
+                .unwrap_or(false),
+            tried: tried.contains(&endpoint.address),
+            load: &endpoint_state.load,
+        })
+        .collect();
+    let lb = &target.policy.load_balancer;
+    let mut dice = |n: usize| rand::random_range(0..n.max(1));
+    balance::pick(
+        &candidates,
+        lb.policy,
+        lb.locality,
+        &state.round_robin,
+        &mut dice,
+    )
+    .and_then(|index| endpoints.get(index).copied())
+    .ok_or_else(|| ProxyError::NoEndpoints(target.name.clone()))
+}
+
+/// Feeds one outcome to outlier detection, ejecting the endpoint when it has failed enough
+/// and the service's ejected share allows it.
+pub fn record_outcome(
+    target: &Service,
+    state: &ServiceState,
+    endpoint: &Endpoint,
+    endpoint_state: &crate::state::EndpointState,
+    outcome: Outcome,
+    now: Instant,
+) {
+    let detection = &target.policy.circuit_breaker.outlier_detection;
+    let ejected_now = target
+        .endpoints
+        .iter()
+        .filter(|e| {
+            state
+                .endpoint(e.address)
+                .outlier
+                .lock()
+                .map(|o| o.is_ejected(now))
+                .unwrap_or(false)
+        })
+        .count();
+    let may_eject = circuit::may_eject(
+        ejected_now,
+        target.endpoints.len(),
+        detection.max_ejected_share,
+    );
+    let ejected_for = endpoint_state
+        .outlier
+        .lock()
+        .ok()
+        .and_then(|mut o| o.record(outcome, now, detection, may_eject));
+    if let Some(duration) = ejected_for {
+        metrics::ejection(&target.name);
+        metrics::ejected(&target.name, ejected_now + 1);
+        tracing::warn!(
+            service = %target.name,
+            endpoint = %endpoint.address,
+            ?duration,
+            "endpoint ejected by outlier detection"
+        );
+    }
+}
+
 /// A peer agent's own error that means the request never reached an instance: treated like a
 /// failed connect, so it is retried whatever the method.
-fn peer_failure(
+pub fn peer_failure(
     peer: SocketAddr,
     response: Response<hyper::body::Incoming>,
 ) -> Result<Response<hyper::body::Incoming>, ProxyError> {

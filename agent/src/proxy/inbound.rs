@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderValue, Request, Response, Uri};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::headers::{DESTINATION, strip_hop_by_hop};
-use super::{Proxy, error_response};
+use super::{Proxy, error_response, pipe, stream};
 use crate::body::{self, Body};
 use crate::error::ProxyError;
 use crate::tunnel::error_chain;
@@ -94,20 +94,23 @@ async fn deliver(
     clients: &LocalClients,
     request: Request<Incoming>,
 ) -> Response<Body> {
-    match forward_to_instance(proxy, clients, request).await {
+    let result = if request.method() == Method::CONNECT {
+        open_local_stream(proxy, clients, request).await
+    } else {
+        forward_to_instance(proxy, clients, request).await
+    };
+    match result {
         Ok(response) => response,
         Err(error) => error_response(&error),
     }
 }
 
-async fn forward_to_instance(
+/// The local instance a peer's request is for, by the destination header.
+fn local_instance(
     proxy: &Proxy,
-    clients: &LocalClients,
-    request: Request<Incoming>,
-) -> Result<Response<Body>, ProxyError> {
-    let (mut parts, body) = request.into_parts();
-    let service = parts
-        .headers
+    headers: &mut http::HeaderMap,
+) -> Result<(String, SocketAddr, Protocol), ProxyError> {
+    let service = headers
         .remove(DESTINATION)
         .and_then(|v| v.to_str().ok().map(str::to_string))
         .ok_or_else(|| ProxyError::BadRequest(format!("missing `{DESTINATION}` header")))?;
@@ -116,7 +119,136 @@ async fn forward_to_instance(
         .local
         .get(&service)
         .ok_or_else(|| ProxyError::NoLocalInstance(service.clone()))?;
-    let instance_addr = SocketAddr::new(instance.address, instance.port);
+    Ok((
+        service,
+        SocketAddr::new(instance.address, instance.port),
+        instance.protocol,
+    ))
+}
+
+/// A CONNECT stream from a peer: opaque TCP to the instance, or (with `hyphae-upgrade`) an
+/// HTTP/1.1 upgrade request whose 101 turns the stream into the upgraded connection.
+async fn open_local_stream(
+    proxy: &Proxy,
+    clients: &LocalClients,
+    mut request: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
+    let (service, instance_addr, _) = local_instance(proxy, request.headers_mut())?;
+    let peer_side = hyper::upgrade::on(&mut request);
+    if let Some(protocol) = request.headers_mut().remove(stream::UPGRADE) {
+        return upgrade_instance(
+            clients,
+            request,
+            peer_side,
+            instance_addr,
+            protocol,
+            service,
+        )
+        .await;
+    }
+    let connection = tokio::time::timeout(LOCAL_CONNECT_TIMEOUT, TcpStream::connect(instance_addr))
+        .await
+        .map_err(|_| ProxyError::ConnectTimeout(instance_addr.to_string()))?
+        .map_err(|e| ProxyError::ConnectFailed {
+            address: instance_addr.to_string(),
+            reason: e.to_string(),
+        })?;
+    tokio::spawn(async move {
+        match peer_side.await {
+            Ok(peer) => {
+                if let Err(error) =
+                    pipe::pipe(TokioIo::new(peer), connection, STREAM_IDLE_TIMEOUT).await
+                {
+                    tracing::info!(%service, %error, "inbound TCP stream ended");
+                }
+            }
+            Err(error) => tracing::warn!(%service, %error, "inbound stream failed to open"),
+        }
+    });
+    Ok(Response::new(body::empty()))
+}
+
+/// Sends the upgrade request to the instance; on its 101, answers the peer 200 with the 101's
+/// headers and splices the two upgraded connections. Any other answer goes back unchanged.
+async fn upgrade_instance(
+    clients: &LocalClients,
+    request: Request<Incoming>,
+    peer_side: hyper::upgrade::OnUpgrade,
+    instance_addr: SocketAddr,
+    protocol: HeaderValue,
+    service: String,
+) -> Result<Response<Body>, ProxyError> {
+    let (mut parts, _) = request.into_parts();
+    let path = parts
+        .headers
+        .remove(stream::UPGRADE_PATH)
+        .and_then(|p| PathAndQuery::try_from(p.as_bytes()).ok())
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut upgrade = Request::new(body::empty());
+    *upgrade.uri_mut() = Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(instance_addr.to_string().as_str())
+        .path_and_query(path)
+        .build()
+        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    let headers = upgrade.headers_mut();
+    headers.clone_from(&parts.headers);
+    if let Ok(host) = HeaderValue::from_str(parts.uri.authority().map_or("", |a| a.as_str())) {
+        headers.insert(http::header::HOST, host);
+    }
+    headers.insert(
+        http::header::CONNECTION,
+        HeaderValue::from_static("upgrade"),
+    );
+    headers.insert(http::header::UPGRADE, protocol);
+    let response = clients.http1.request(upgrade).await.map_err(|error| {
+        if error.is_connect() {
+            ProxyError::ConnectFailed {
+                address: instance_addr.to_string(),
+                reason: error_chain(&error),
+            }
+        } else {
+            ProxyError::Reset(error_chain(&error))
+        }
+    })?;
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let mut response = response.map(body::boxed);
+        strip_hop_by_hop(response.headers_mut());
+        return Ok(response);
+    }
+    let mut answer = Response::new(body::empty());
+    answer.headers_mut().clone_from(response.headers());
+    strip_hop_by_hop(answer.headers_mut());
+    tokio::spawn(async move {
+        match tokio::try_join!(peer_side, hyper::upgrade::on(response)) {
+            Ok((peer, instance)) => {
+                let result = pipe::pipe(
+                    TokioIo::new(peer),
+                    TokioIo::new(instance),
+                    STREAM_IDLE_TIMEOUT,
+                )
+                .await;
+                if let Err(error) = result {
+                    tracing::info!(%service, %error, "inbound upgraded stream ended");
+                }
+            }
+            Err(error) => tracing::warn!(%service, %error, "inbound upgrade failed"),
+        }
+    });
+    Ok(answer)
+}
+
+/// Idle timeout for streams on the inbound side. The calling agent enforces the service's
+/// own idle timeout; this only reaps streams whose caller vanished.
+pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+async fn forward_to_instance(
+    proxy: &Proxy,
+    clients: &LocalClients,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
+    let (mut parts, body) = request.into_parts();
+    let (_, instance_addr, protocol) = local_instance(proxy, &mut parts.headers)?;
     if !parts.headers.contains_key(http::header::HOST)
         && let Some(authority) = parts.uri.authority()
         && let Ok(host) = HeaderValue::from_str(authority.as_str())
@@ -138,7 +270,7 @@ async fn forward_to_instance(
         )
         .build()
         .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
-    let client = match instance.protocol {
+    let client = match protocol {
         Protocol::Http2 | Protocol::Grpc => {
             parts.version = http::Version::HTTP_2;
             &clients.http2

@@ -6,15 +6,20 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{Request, Response};
+use std::time::Duration;
+
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use hyphae_policies::Protocol;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use super::{Proxy, call, error_response};
+use super::detect::{self, Detected};
+use super::headers::strip_hop_by_hop;
+use super::{Proxy, call, error_response, pipe, stream};
 use crate::body::{self, Body};
 use crate::error::ProxyError;
 use crate::model::Snapshot;
@@ -40,6 +45,11 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let limits = proxy.snapshot.load().limits.clone();
+    if let Target::Service(service) = &target
+        && speaks_tcp(&proxy, service, &stream).await
+    {
+        return serve_tcp(&proxy, service, stream, peer).await;
+    }
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -71,7 +81,66 @@ pub async fn serve(
     }
 }
 
+/// Longest the agent waits for a client's first bytes before treating the connection as
+/// opaque TCP (server-first protocols send nothing).
+pub const DETECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// True when the connection should be carried as bytes: the service is declared `tcp`/`tls`,
+/// or the client's first bytes are not HTTP.
+async fn speaks_tcp(proxy: &Proxy, service: &str, stream: &TcpStream) -> bool {
+    let declared_opaque = proxy
+        .snapshot
+        .load()
+        .services
+        .get(service)
+        .is_some_and(|s| matches!(s.protocol, Protocol::Tcp | Protocol::Tls));
+    declared_opaque || detect::detect(stream, DETECT_TIMEOUT).await == Detected::Tcp
+}
+
+/// Carries an opaque TCP connection to `service` over a CONNECT stream.
+async fn serve_tcp(proxy: &Proxy, service: &str, stream: TcpStream, peer: SocketAddr) {
+    let snapshot = proxy.snapshot.load_full();
+    let open = match stream::open(proxy, &snapshot, service, None, http::HeaderMap::new()).await {
+        Ok(open) => open,
+        Err(error) => {
+            crate::metrics::error(error.reason());
+            tracing::warn!(%peer, %service, reason = error.reason(), "TCP connection closed: {error}");
+            return;
+        }
+    };
+    if open.response.status() != StatusCode::OK {
+        tracing::warn!(%peer, %service, status = %open.response.status(), "peer refused the TCP stream");
+        return;
+    }
+    let idle = open.idle;
+    let _permit = open.permit;
+    match hyper::upgrade::on(open.response).await {
+        Ok(upstream) => {
+            if let Err(error) = pipe::pipe(stream, TokioIo::new(upstream), idle).await {
+                tracing::info!(%peer, %service, %error, "TCP connection ended");
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%peer, %service, %error, "peer stream failed before it opened")
+        }
+    }
+}
+
 async fn handle(proxy: &Proxy, target: &Target, request: Request<Incoming>) -> Response<Body> {
+    if request.method() == Method::CONNECT {
+        return match target {
+            Target::ByHost => connect_through_proxy(proxy, request).await,
+            Target::Service(_) => error_response(&ProxyError::BadRequest(
+                "CONNECT is served on the HTTP proxy port".into(),
+            )),
+        };
+    }
+    if is_upgrade(&request) {
+        return match resolve(proxy, target, &request) {
+            Ok(service) => upgrade(proxy, &service, request).await,
+            Err(error) => error_response(&error),
+        };
+    }
     let request = request.map(body::boxed);
     let service = match target {
         Target::Service(name) => name.clone(),
@@ -86,11 +155,122 @@ async fn handle(proxy: &Proxy, target: &Target, request: Request<Incoming>) -> R
     call::call(proxy, &service, request).await
 }
 
+/// The service a request is for.
+fn resolve<B>(proxy: &Proxy, target: &Target, request: &Request<B>) -> Result<String, ProxyError> {
+    match target {
+        Target::Service(name) => Ok(name.clone()),
+        Target::ByHost => service_by_host(&proxy.snapshot.load(), &proxy.zone, request),
+    }
+}
+
+/// True for an HTTP/1.1 request asking to switch protocols (WebSocket and the like).
+fn is_upgrade<B>(request: &Request<B>) -> bool {
+    request.version() == http::Version::HTTP_11
+        && request.headers().contains_key(http::header::UPGRADE)
+        && request
+            .headers()
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+/// Carries an HTTP upgrade to the instance over a CONNECT stream: the instance's 101 (its
+/// headers carried back in the peer's 200) becomes ours, then bytes flow both ways.
+async fn upgrade(proxy: &Proxy, service: &str, mut request: Request<Incoming>) -> Response<Body> {
+    let protocol = request
+        .headers()
+        .get(http::header::UPGRADE)
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_static("websocket"));
+    let client_side = hyper::upgrade::on(&mut request);
+    let host = request
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string);
+    let mut headers = request.headers().clone();
+    strip_hop_by_hop(&mut headers);
+    headers.remove(http::header::HOST);
+    headers.insert(stream::UPGRADE, protocol.clone());
+    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    match HeaderValue::from_str(path) {
+        Ok(path) => headers.insert(stream::UPGRADE_PATH, path),
+        Err(_) => return error_response(&ProxyError::BadRequest("unusable request path".into())),
+    };
+    let snapshot = proxy.snapshot.load_full();
+    let open = match stream::open(proxy, &snapshot, service, host.as_deref(), headers).await {
+        Ok(open) => open,
+        Err(error) => return error_response(&error),
+    };
+    if open.response.status() != StatusCode::OK {
+        // The instance refused the upgrade: its answer goes back as it is.
+        let mut response = open.response.map(body::boxed);
+        strip_hop_by_hop(response.headers_mut());
+        return response;
+    }
+    let mut response = Response::new(body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.clone_from(open.response.headers());
+    strip_hop_by_hop(headers);
+    headers.insert(
+        http::header::CONNECTION,
+        HeaderValue::from_static("upgrade"),
+    );
+    headers.insert(http::header::UPGRADE, protocol);
+    splice(service.to_string(), client_side, open);
+    response
+}
+
+/// `CONNECT host:port` on the HTTP proxy port: a TCP tunnel to the service the host names.
+async fn connect_through_proxy(proxy: &Proxy, mut request: Request<Incoming>) -> Response<Body> {
+    let service = match service_by_host(&proxy.snapshot.load(), &proxy.zone, &request) {
+        Ok(service) => service,
+        Err(error) => return error_response(&error),
+    };
+    let client_side = hyper::upgrade::on(&mut request);
+    let snapshot = proxy.snapshot.load_full();
+    let open = match stream::open(proxy, &snapshot, &service, None, http::HeaderMap::new()).await {
+        Ok(open) => open,
+        Err(error) => return error_response(&error),
+    };
+    if open.response.status() != StatusCode::OK {
+        return error_response(&ProxyError::Reset(format!(
+            "the peer refused the stream with {}",
+            open.response.status()
+        )));
+    }
+    splice(service, client_side, open);
+    Response::new(body::empty())
+}
+
+/// Once the caller's side upgrades, pipes it to the open stream, holding the stream's slot.
+fn splice(service: String, client_side: hyper::upgrade::OnUpgrade, open: stream::OpenStream) {
+    let (idle, permit, peer_response) = (open.idle, open.permit, open.response);
+    tokio::spawn(async move {
+        let _permit = permit;
+        match tokio::try_join!(client_side, hyper::upgrade::on(peer_response)) {
+            Ok((client, upstream)) => {
+                if let Err(error) =
+                    pipe::pipe(TokioIo::new(client), TokioIo::new(upstream), idle).await
+                {
+                    tracing::info!(%service, %error, "upgraded connection ended");
+                }
+            }
+            Err(error) => tracing::warn!(%service, %error, "upgrade failed after it was accepted"),
+        }
+    });
+}
+
 /// The service a proxied request names by its absolute URI or `Host` header.
-fn service_by_host(
+fn service_by_host<B>(
     snapshot: &Snapshot,
     zone: &str,
-    request: &Request<Body>,
+    request: &Request<B>,
 ) -> Result<String, ProxyError> {
     let host = request
         .uri()

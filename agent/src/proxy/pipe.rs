@@ -1,0 +1,90 @@
+//! Byte pipes between two streams (opaque TCP, upgraded connections), with half-close and an
+//! idle timeout so an abandoned connection never lives forever.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Size of each direction's copy buffer.
+const PIPE_BUFFER: usize = 16 * 1024;
+
+/// Copies both ways until both sides have closed, or nothing has moved for `idle`.
+/// Returns bytes copied a→b and b→a.
+pub async fn pipe<A, B>(a: A, b: B, idle: Duration) -> std::io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut a_read, mut a_write) = tokio::io::split(a);
+    let (mut b_read, mut b_write) = tokio::io::split(b);
+    let mut a_buf = vec![0u8; PIPE_BUFFER];
+    let mut b_buf = vec![0u8; PIPE_BUFFER];
+    let (mut a_open, mut b_open) = (true, true);
+    let (mut a_to_b, mut b_to_a) = (0u64, 0u64);
+    while a_open || b_open {
+        tokio::select! {
+            read = a_read.read(&mut a_buf), if a_open => {
+                let n = read?;
+                if n == 0 {
+                    a_open = false;
+                    b_write.shutdown().await?;
+                } else {
+                    b_write.write_all(&a_buf[..n]).await?;
+                    b_write.flush().await?;
+                    a_to_b += n as u64;
+                }
+            }
+            read = b_read.read(&mut b_buf), if b_open => {
+                let n = read?;
+                if n == 0 {
+                    b_open = false;
+                    a_write.shutdown().await?;
+                } else {
+                    a_write.write_all(&b_buf[..n]).await?;
+                    a_write.flush().await?;
+                    b_to_a += n as u64;
+                }
+            }
+            () = tokio::time::sleep(idle) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no bytes moved for {idle:?}"),
+                ));
+            }
+        }
+    }
+    Ok((a_to_b, b_to_a))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn copies_both_ways_and_propagates_close() {
+        let (client, proxy_a) = tokio::io::duplex(64);
+        let (proxy_b, server) = tokio::io::duplex(64);
+        let piping = tokio::spawn(pipe(proxy_a, proxy_b, Duration::from_secs(5)));
+        let (mut client, mut server) = (client, server);
+        client.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ping");
+        server.write_all(b"pong").await.unwrap();
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"pong");
+        drop(client);
+        let mut rest = Vec::new();
+        server.read_to_end(&mut rest).await.unwrap();
+        drop(server);
+        assert_eq!(piping.await.unwrap().unwrap(), (4, 4));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_pipe_times_out() {
+        let (_client, proxy_a) = tokio::io::duplex(64);
+        let (proxy_b, _server) = tokio::io::duplex(64);
+        let result = pipe(proxy_a, proxy_b, Duration::from_secs(1)).await;
+        assert_eq!(result.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
+    }
+}

@@ -1,0 +1,121 @@
+//! Byte streams to a service through a peer agent: opaque TCP connections and HTTP upgrades
+//! (WebSocket) each ride one HTTP/2 CONNECT stream on the pooled peer connection. Only the
+//! connect is retried, and only when the stream never reached an instance.
+
+use std::net::SocketAddr;
+
+use http::uri::Authority;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::Proxy;
+use super::call::{choose_endpoint, peer_failure, record_outcome};
+use super::headers::DESTINATION;
+use crate::body;
+use crate::circuit::{Outcome, Permit};
+use crate::error::ProxyError;
+use crate::model::{Service, Snapshot};
+
+/// The protocol a CONNECT stream upgrades to at the instance (`websocket`); absent for TCP.
+pub const UPGRADE: &str = "hyphae-upgrade";
+/// The path and query of the upgrade request.
+pub const UPGRADE_PATH: &str = "hyphae-upgrade-path";
+
+/// An open stream: the peer's answer (upgrade it to get the bytes) and the slot it holds in
+/// the service's stream limit.
+pub struct OpenStream {
+    /// The peer agent's response to CONNECT: 200 when the instance is on the line.
+    pub response: Response<Incoming>,
+    /// Held for as long as the stream lives.
+    pub permit: Permit,
+    /// The service's idle timeout for streams.
+    pub idle: std::time::Duration,
+}
+
+/// Opens a stream to `service`. `authority` becomes the CONNECT target (the caller's host, for
+/// upgrades); `headers` carry the upgrade request's headers.
+pub async fn open(
+    proxy: &Proxy,
+    snapshot: &Snapshot,
+    service: &str,
+    authority: Option<&str>,
+    headers: HeaderMap,
+) -> Result<OpenStream, ProxyError> {
+    let target: &Service = snapshot
+        .services
+        .get(service)
+        .ok_or_else(|| ProxyError::UnknownService(service.to_string()))?;
+    let retries = &target.policy.retries;
+    let state = proxy.runtime.service(&target.name, retries);
+    let permit = state
+        .streams
+        .try_acquire(target.policy.circuit_breaker.max_connections)
+        .ok_or_else(|| ProxyError::Overloaded {
+            service: target.name.clone(),
+            limit: "max-connections",
+        })?;
+    let authority = authority
+        .map(|a| {
+            if a.contains(':') {
+                a.to_string()
+            } else {
+                format!("{a}:80")
+            }
+        })
+        .unwrap_or_else(|| format!("{}:0", target.name));
+    let authority =
+        Authority::try_from(authority).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    loop {
+        let endpoint = choose_endpoint(snapshot, target, None, &state, &tried)?;
+        tried.push(endpoint.address);
+        let mut request = Request::new(body::empty());
+        *request.method_mut() = Method::CONNECT;
+        *request.uri_mut() = Uri::from(authority.clone());
+        *request.headers_mut() = headers.clone();
+        let destination = HeaderValue::from_str(&target.name)
+            .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        request.headers_mut().insert(DESTINATION, destination);
+        let endpoint_state = state.endpoint(endpoint.address);
+        let result = proxy
+            .tunnels
+            .send(
+                endpoint.address,
+                target.policy.timeouts.connect.get(),
+                request,
+            )
+            .await
+            .and_then(|response| peer_failure(endpoint.address, response));
+        let outcome = if result.is_ok() {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        };
+        record_outcome(
+            target,
+            &state,
+            endpoint,
+            &endpoint_state,
+            outcome,
+            Instant::now(),
+        );
+        match result {
+            Ok(response) => {
+                return Ok(OpenStream {
+                    response,
+                    permit,
+                    idle: target.policy.timeouts.idle.get(),
+                });
+            }
+            Err(error)
+                if error.never_reached_upstream()
+                    && (tried.len() as u32) <= retries.attempts
+                    && tried.len() < target.endpoints.len() =>
+            {
+                tracing::debug!(service = %target.name, %error, "stream connect failed; trying another endpoint");
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}

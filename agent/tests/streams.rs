@@ -1,0 +1,175 @@
+//! Byte streams across agents: opaque TCP (declared and detected), WebSocket upgrades and
+//! HTTP CONNECT through the proxy port, each over real processes and sockets.
+
+mod support;
+
+use futures_util::{SinkExt, StreamExt};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+
+/// A TCP echo server; returns its address.
+async fn tcp_echo() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut read, mut write) = stream.split();
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+            });
+        }
+    });
+    address
+}
+
+/// A WebSocket echo server; returns its address.
+async fn websocket_echo() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut socket) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(message)) = socket.next().await {
+                    if message.is_close() || socket.send(message).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    address
+}
+
+fn host_for(name: &str, service: &str, port: u16, protocol: &str) -> Agent {
+    Agent::start(
+        name,
+        &format!(
+            "kind: AgentConfig\nmetadata: {{name: {name}}}\nspec:\n  listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: null, dns: null}}\n  services:\n    - {{name: {service}, port: {port}, protocol: {protocol}}}\n"
+        ),
+    )
+}
+
+fn caller_for(service: &str, protocol: &str, host: &Agent) -> Agent {
+    Agent::start(
+        "caller",
+        &format!(
+            "kind: AgentConfig\nmetadata: {{name: caller}}\nspec:\n  listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: 127.0.0.1:0, dns: null}}\n  upstreams:\n    - {{listen: 127.0.0.1:{}, service: {service}}}\n  staticServices:\n    - name: {service}\n      protocol: {protocol}\n      endpoints: [{{address: \"{}\"}}]\n",
+            free_port(),
+            host.inbound
+        ),
+    )
+}
+
+async fn echo_round_trip(stream: &mut TcpStream, payload: &[u8]) -> Vec<u8> {
+    stream.write_all(payload).await.unwrap();
+    let mut got = vec![0u8; payload.len()];
+    tokio::time::timeout(DEADLINE, stream.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opaque_tcp_echoes_across_two_agents() {
+    let echo = tcp_echo().await;
+    let host = host_for("host", "echo", echo.port(), "tcp");
+    let caller = caller_for("echo", "tcp", &host);
+    let mut stream = TcpStream::connect(caller.upstream("echo")).await.unwrap();
+    assert_eq!(
+        echo_round_trip(&mut stream, b"hello over the mesh").await,
+        b"hello over the mesh"
+    );
+    let big: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(echo_round_trip(&mut stream, &big).await, big);
+    // Half-close reaches the server, whose echo then ends the stream.
+    stream.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(rest.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_speak_http_is_detected_as_tcp() {
+    let echo = tcp_echo().await;
+    let host = host_for("host", "echo", echo.port(), "tcp");
+    // The caller believes the service speaks HTTP; the client's first bytes say otherwise.
+    let caller = caller_for("echo", "http", &host);
+    let mut stream = TcpStream::connect(caller.upstream("echo")).await.unwrap();
+    assert_eq!(
+        echo_round_trip(&mut stream, b"\x00\x01binary protocol").await,
+        b"\x00\x01binary protocol"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_echoes_across_two_agents() {
+    let server = websocket_echo().await;
+    let host = host_for("host", "chat", server.port(), "http");
+    let caller = caller_for("chat", "http", &host);
+    let stream = TcpStream::connect(caller.upstream("chat")).await.unwrap();
+    let (mut socket, response) = tokio_tungstenite::client_async("ws://chat.mesh/room", stream)
+        .await
+        .expect("websocket handshake through the mesh");
+    assert_eq!(response.status(), 101);
+    for text in ["one", "two", "three"] {
+        socket.send(Message::text(text)).await.unwrap();
+        let reply = tokio::time::timeout(DEADLINE, socket.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(reply.into_text().unwrap().as_str(), text);
+    }
+    socket
+        .send(Message::binary(vec![7u8; 100_000]))
+        .await
+        .unwrap();
+    let reply = tokio::time::timeout(DEADLINE, socket.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply.into_data().len(), 100_000);
+    socket.close(None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_connect_on_the_proxy_port_tunnels_to_the_named_service() {
+    let echo = tcp_echo().await;
+    let host = host_for("host", "echo", echo.port(), "tcp");
+    let caller = caller_for("echo", "tcp", &host);
+    let mut stream = TcpStream::connect(caller.http_proxy.unwrap())
+        .await
+        .unwrap();
+    stream
+        .write_all(b"CONNECT echo.mesh:443 HTTP/1.1\r\nHost: echo.mesh:443\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tokio::time::timeout(DEADLINE, stream.read_exact(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    assert_eq!(
+        echo_round_trip(&mut stream, b"tunnelled").await,
+        b"tunnelled"
+    );
+}
