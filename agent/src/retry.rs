@@ -49,14 +49,13 @@ pub fn is_retryable(policy: &RetryPolicy, method: &Method, result: &TryResult<'_
             method_ok && policy.on.contains(&condition)
         }
         TryResult::Response(status, headers) => {
-            if !(policy.non_idempotent || is_idempotent(method)) {
-                return false;
+            // gRPC calls are all POSTs, so the method says nothing about idempotency; listing
+            // a gRPC status in the policy is the operator's statement that it is safe.
+            if let Some(code) = grpc_status(headers) {
+                return policy.grpc_statuses.iter().any(|c| c.code() == code);
             }
-            if policy.statuses.contains(&status.as_u16()) {
-                return true;
-            }
-            grpc_status(headers)
-                .is_some_and(|code| policy.grpc_statuses.iter().any(|c| c.code() == code))
+            (policy.non_idempotent || is_idempotent(method))
+                && policy.statuses.contains(&status.as_u16())
         }
     }
 }
@@ -162,22 +161,12 @@ mod tests {
         ));
         let mut grpc = HeaderMap::new();
         grpc.insert("grpc-status", "14".parse().unwrap());
-        assert!(
-            is_retryable(
-                &policy,
-                &Method::POST,
-                &TryResult::Response(StatusCode::OK, &grpc)
-            ) == policy.non_idempotent
-        );
-        let grpc_policy = RetryPolicy {
-            non_idempotent: true,
-            ..RetryPolicy::default()
-        };
-        assert!(is_retryable(
-            &grpc_policy,
-            &Method::POST,
-            &TryResult::Response(StatusCode::OK, &grpc)
-        ));
+        let unavailable = TryResult::Response(StatusCode::OK, &grpc);
+        assert!(is_retryable(&policy, &Method::POST, &unavailable));
+        let mut invalid = HeaderMap::new();
+        invalid.insert("grpc-status", "3".parse().unwrap());
+        let invalid = TryResult::Response(StatusCode::OK, &invalid);
+        assert!(!is_retryable(&policy, &Method::POST, &invalid));
     }
 
     #[test]

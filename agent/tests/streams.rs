@@ -1,6 +1,9 @@
 //! Byte streams across agents: opaque TCP (declared and detected), WebSocket upgrades and
 //! HTTP CONNECT through the proxy port, each over real processes and sockets.
 
+// Helpers outside `#[test]` functions set up fixtures; a failed setup should fail the test.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use futures_util::{SinkExt, StreamExt};

@@ -1,9 +1,15 @@
 //! `cargo xtask test`: the README's test command. Installs what tests need on a fresh machine,
 //! then runs every test. CI calls exactly this.
 
-use anyhow::Result;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
 
 use crate::util;
+
+/// Python packages the tests use as real peers: grpcio is the gRPC client and server in the
+/// agent's gRPC test.
+const PYTHON_PACKAGES: [(&str, &str); 1] = [("grpc", "grpcio")];
 
 /// Runs every test of the workspace.
 pub fn run(args: &[String]) -> Result<()> {
@@ -15,8 +21,33 @@ pub fn run(args: &[String]) -> Result<()> {
     )
 }
 
-/// Tests today need only the Rust toolchain. Tools from apt (curl, h2load, haproxy) get
-/// installed here, idempotently, when tests start to need them.
+/// Installs missing test peers, idempotently.
 fn install_test_tools() -> Result<()> {
+    for (module, package) in PYTHON_PACKAGES {
+        let present = Command::new("python3")
+            .args(["-c", &format!("import {module}")])
+            .output()
+            .context("python3 is needed by the tests")?
+            .status
+            .success();
+        if present {
+            continue;
+        }
+        eprintln!("xtask: installing {package} for the tests");
+        let status = Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                package,
+            ])
+            .status()
+            .context("cannot run pip")?;
+        if !status.success() {
+            bail!("pip install {package} failed");
+        }
+    }
     Ok(())
 }
