@@ -24,6 +24,8 @@ pub const ERRORS: &str = "hyphae_errors_total";
 pub const CONNECTIONS: &str = "hyphae_connections_open";
 /// Connections refused at the connection limit.
 pub const CONNECTIONS_REFUSED: &str = "hyphae_connections_refused_total";
+/// Bytes carried by TCP and upgraded streams, by service and direction.
+pub const STREAM_BYTES: &str = "hyphae_stream_bytes_total";
 /// Configuration reloads, by result.
 pub const RELOADS: &str = "hyphae_config_reloads_total";
 /// Revision of the snapshot being served.
@@ -63,6 +65,11 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     describe_counter!(
         CONNECTIONS_REFUSED,
         "Connections closed at once because the connection limit was reached."
+    );
+    describe_counter!(
+        STREAM_BYTES,
+        metrics::Unit::Bytes,
+        "Bytes carried by TCP and upgraded streams, by service and direction (sent is towards the service)."
     );
     describe_counter!(RELOADS, "Configuration reloads, by result.");
     describe_gauge!(
@@ -123,6 +130,13 @@ pub fn connection_closed(listener: &'static str) {
 /// Records a connection refused at the limit.
 pub fn connection_refused(listener: &'static str) {
     counter!(CONNECTIONS_REFUSED, "listener" => listener).increment(1);
+}
+
+/// Records the bytes a finished stream carried.
+pub fn stream_bytes(service: &str, sent: u64, received: u64) {
+    counter!(STREAM_BYTES, "service" => service.to_string(), "direction" => "sent").increment(sent);
+    counter!(STREAM_BYTES, "service" => service.to_string(), "direction" => "received")
+        .increment(received);
 }
 
 /// Records a reload attempt.

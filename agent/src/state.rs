@@ -29,6 +29,8 @@ pub struct ServiceState {
     pub budget: RetryBudget,
     /// Requests in flight, against `circuitBreaker.maxRequests`.
     pub requests: Limit,
+    /// Requests waiting for a peer connection or stream, against `circuitBreaker.maxPending`.
+    pub pending: Limit,
     /// Open byte streams (TCP, upgrades), against `circuitBreaker.maxConnections`.
     pub streams: Limit,
     /// Round-robin position.
@@ -78,6 +80,7 @@ impl RuntimeState {
             budget: RetryBudget::new(retries),
             requests: Limit::default(),
             streams: Limit::default(),
+            pending: Limit::default(),
             round_robin: AtomicUsize::new(0),
             endpoints,
         });

@@ -13,6 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use crate::body::Body;
+use crate::circuit::Limit;
 use crate::error::ProxyError;
 
 /// Settings of peer connections.
@@ -30,6 +31,16 @@ pub struct TunnelSettings {
 pub const DEFAULT_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// Default ping timeout for peer connections.
 pub const DEFAULT_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The pending-request limit of the service a request is for.
+pub struct Pending<'a> {
+    /// Requests of the service waiting now.
+    pub limit: &'a Limit,
+    /// `circuitBreaker.maxPending`.
+    pub max: u32,
+    /// The service, for the error.
+    pub service: &'a str,
+}
 
 /// A slot per peer; the async lock is held only while a connection is being opened, so
 /// concurrent first requests share one handshake.
@@ -53,14 +64,30 @@ impl Tunnels {
         }
     }
 
-    /// Sends `request` to the peer agent at `peer`, connecting first if needed.
+    /// Sends `request` to the peer agent at `peer`, connecting first if needed. While the
+    /// request waits for a connection or a free stream it holds a slot of `pending`; when
+    /// none is free it is refused at once.
     pub async fn send(
         &self,
         peer: SocketAddr,
         connect_timeout: Duration,
         request: Request<Body>,
+        pending: Pending<'_>,
     ) -> Result<Response<Incoming>, ProxyError> {
+        let waiting =
+            pending
+                .limit
+                .try_acquire(pending.max)
+                .ok_or_else(|| ProxyError::Overloaded {
+                    service: pending.service.to_string(),
+                    limit: "max-pending",
+                })?;
         let mut sender = self.sender(peer, connect_timeout).await?;
+        sender
+            .ready()
+            .await
+            .map_err(|e| ProxyError::Reset(error_chain(&e)))?;
+        drop(waiting);
         sender
             .send_request(request)
             .await

@@ -24,6 +24,7 @@ use crate::replay::ReplayBody;
 use crate::retry::{self, TryResult};
 use crate::route::{self, Destination};
 use crate::state::ServiceState;
+use crate::tunnel::Pending;
 
 /// Makes a call to `service` and returns the answer: the upstream's response or the agent's
 /// own error response.
@@ -154,10 +155,15 @@ impl Call<'_> {
         let endpoint_state = self.state.endpoint(endpoint.address);
         let request = self.forward_request(self.body.next_try())?;
         let connect_timeout = self.target.policy.timeouts.connect.get();
+        let pending = Pending {
+            limit: &self.state.pending,
+            max: self.target.policy.circuit_breaker.max_pending,
+            service: &self.target.name,
+        };
         let send = self
             .proxy
             .tunnels
-            .send(endpoint.address, connect_timeout, request);
+            .send(endpoint.address, connect_timeout, request, pending);
         endpoint_state
             .load
             .in_flight
@@ -285,6 +291,10 @@ pub fn choose_endpoint<'s>(
             load: &endpoint_state.load,
         })
         .collect();
+    metrics::ejected(
+        &target.name,
+        candidates.iter().filter(|c| c.ejected).count(),
+    );
     let lb = &target.policy.load_balancer;
     let mut dice = |n: usize| rand::random_range(0..n.max(1));
     balance::pick(

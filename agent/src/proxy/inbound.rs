@@ -156,9 +156,8 @@ async fn open_local_stream(
     tokio::spawn(async move {
         match peer_side.await {
             Ok(peer) => {
-                if let Err(error) =
-                    pipe::pipe(TokioIo::new(peer), connection, STREAM_IDLE_TIMEOUT).await
-                {
+                let piped = pipe::pipe(TokioIo::new(peer), connection, STREAM_IDLE_TIMEOUT).await;
+                if let Some(error) = piped.error {
                     tracing::info!(%service, %error, "inbound TCP stream ended");
                 }
             }
@@ -222,13 +221,13 @@ async fn upgrade_instance(
     tokio::spawn(async move {
         match tokio::try_join!(peer_side, hyper::upgrade::on(response)) {
             Ok((peer, instance)) => {
-                let result = pipe::pipe(
+                let piped = pipe::pipe(
                     TokioIo::new(peer),
                     TokioIo::new(instance),
                     STREAM_IDLE_TIMEOUT,
                 )
                 .await;
-                if let Err(error) = result {
+                if let Some(error) = piped.error {
                     tracing::info!(%service, %error, "inbound upgraded stream ended");
                 }
             }

@@ -116,7 +116,9 @@ async fn serve_tcp(proxy: &Proxy, service: &str, stream: TcpStream, peer: Socket
     let _permit = open.permit;
     match hyper::upgrade::on(open.response).await {
         Ok(upstream) => {
-            if let Err(error) = pipe::pipe(stream, TokioIo::new(upstream), idle).await {
+            let piped = pipe::pipe(stream, TokioIo::new(upstream), idle).await;
+            crate::metrics::stream_bytes(service, piped.a_to_b, piped.b_to_a);
+            if let Some(error) = piped.error {
                 tracing::info!(%peer, %service, %error, "TCP connection ended");
             }
         }
@@ -255,9 +257,9 @@ fn splice(service: String, client_side: hyper::upgrade::OnUpgrade, open: stream:
         let _permit = permit;
         match tokio::try_join!(client_side, hyper::upgrade::on(peer_response)) {
             Ok((client, upstream)) => {
-                if let Err(error) =
-                    pipe::pipe(TokioIo::new(client), TokioIo::new(upstream), idle).await
-                {
+                let piped = pipe::pipe(TokioIo::new(client), TokioIo::new(upstream), idle).await;
+                crate::metrics::stream_bytes(&service, piped.a_to_b, piped.b_to_a);
+                if let Some(error) = piped.error {
                     tracing::info!(%service, %error, "upgraded connection ended");
                 }
             }

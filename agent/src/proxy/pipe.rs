@@ -8,9 +8,42 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// Size of each direction's copy buffer.
 const PIPE_BUFFER: usize = 16 * 1024;
 
-/// Copies both ways until both sides have closed, or nothing has moved for `idle`.
-/// Returns bytes copied a→b and b→a.
-pub async fn pipe<A, B>(a: A, b: B, idle: Duration) -> std::io::Result<(u64, u64)>
+/// What a finished pipe carried, and why it ended if not by both sides closing.
+#[derive(Debug)]
+pub struct Piped {
+    /// Bytes copied from `a` to `b`.
+    pub a_to_b: u64,
+    /// Bytes copied from `b` to `a`.
+    pub b_to_a: u64,
+    /// The error or idle timeout that ended it, if any.
+    pub error: Option<std::io::Error>,
+}
+
+/// Copies both ways until both sides have closed, an error, or nothing has moved for `idle`.
+pub async fn pipe<A, B>(a: A, b: B, idle: Duration) -> Piped
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut a_to_b = 0;
+    let mut b_to_a = 0;
+    let error = copy_both_ways(a, b, idle, &mut a_to_b, &mut b_to_a)
+        .await
+        .err();
+    Piped {
+        a_to_b,
+        b_to_a,
+        error,
+    }
+}
+
+async fn copy_both_ways<A, B>(
+    a: A,
+    b: B,
+    idle: Duration,
+    a_to_b: &mut u64,
+    b_to_a: &mut u64,
+) -> std::io::Result<()>
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -20,7 +53,6 @@ where
     let mut a_buf = vec![0u8; PIPE_BUFFER];
     let mut b_buf = vec![0u8; PIPE_BUFFER];
     let (mut a_open, mut b_open) = (true, true);
-    let (mut a_to_b, mut b_to_a) = (0u64, 0u64);
     while a_open || b_open {
         tokio::select! {
             read = a_read.read(&mut a_buf), if a_open => {
@@ -31,7 +63,7 @@ where
                 } else {
                     b_write.write_all(&a_buf[..n]).await?;
                     b_write.flush().await?;
-                    a_to_b += n as u64;
+                    *a_to_b += n as u64;
                 }
             }
             read = b_read.read(&mut b_buf), if b_open => {
@@ -42,7 +74,7 @@ where
                 } else {
                     a_write.write_all(&b_buf[..n]).await?;
                     a_write.flush().await?;
-                    b_to_a += n as u64;
+                    *b_to_a += n as u64;
                 }
             }
             () = tokio::time::sleep(idle) => {
@@ -53,7 +85,7 @@ where
             }
         }
     }
-    Ok((a_to_b, b_to_a))
+    Ok(())
 }
 
 #[cfg(test)]
@@ -77,14 +109,19 @@ mod tests {
         let mut rest = Vec::new();
         server.read_to_end(&mut rest).await.unwrap();
         drop(server);
-        assert_eq!(piping.await.unwrap().unwrap(), (4, 4));
+        let piped = piping.await.unwrap();
+        assert!(piped.error.is_none(), "{:?}", piped.error);
+        assert_eq!((piped.a_to_b, piped.b_to_a), (4, 4));
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_idle_pipe_times_out() {
         let (_client, proxy_a) = tokio::io::duplex(64);
         let (proxy_b, _server) = tokio::io::duplex(64);
-        let result = pipe(proxy_a, proxy_b, Duration::from_secs(1)).await;
-        assert_eq!(result.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
+        let piped = pipe(proxy_a, proxy_b, Duration::from_secs(1)).await;
+        assert_eq!(
+            piped.error.map(|e| e.kind()),
+            Some(std::io::ErrorKind::TimedOut)
+        );
     }
 }

@@ -16,6 +16,7 @@ use crate::body;
 use crate::circuit::{Outcome, Permit};
 use crate::error::ProxyError;
 use crate::model::{Service, Snapshot};
+use crate::tunnel::Pending;
 
 /// The protocol a CONNECT stream upgrades to at the instance (`websocket`); absent for TCP.
 pub const UPGRADE: &str = "hyphae-upgrade";
@@ -84,6 +85,11 @@ pub async fn open(
                 endpoint.address,
                 target.policy.timeouts.connect.get(),
                 request,
+                Pending {
+                    limit: &state.pending,
+                    max: target.policy.circuit_breaker.max_pending,
+                    service: &target.name,
+                },
             )
             .await
             .and_then(|response| peer_failure(endpoint.address, response));
