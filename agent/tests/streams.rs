@@ -179,7 +179,10 @@ async fn http_connect_on_the_proxy_port_tunnels_to_the_named_service() {
     drop(stream);
     let deadline = std::time::Instant::now() + DEADLINE;
     while metric(&caller, "hyphae_stream_bytes_total", "direction=\"sent\"").await < 9.0 {
-        assert!(std::time::Instant::now() < deadline, "stream bytes were never counted");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stream bytes were never counted"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
