@@ -1,7 +1,9 @@
 //! `cargo xtask`: project automation in Rust, so the only tool a fresh machine needs is cargo.
 //! One module per subcommand; this file only dispatches.
 
+mod check_systemd;
 mod demo;
+mod fleet;
 mod test;
 mod util;
 
@@ -10,14 +12,16 @@ use std::process::ExitCode;
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  demo    build everything and walk through what hyphae does today, on this machine
-  test    install what the tests need, then run every test of the workspace";
+  demo            build everything and walk through what hyphae does today, on this machine
+  test            install what the tests need, then run every test of the workspace
+  check-systemd   verify the unit files under systemd/ with systemd-analyze";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("demo") => demo::run(&args[1..]),
         Some("test") => test::run(&args[1..]),
+        Some("check-systemd") => check_systemd::run(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
