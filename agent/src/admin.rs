@@ -44,14 +44,10 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(ADMIN_HEADER_READ_TIMEOUT)
         .serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        () = shutdown.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
+    let result = crate::listener::serve_until_shutdown(connection, &shutdown, |c| {
+        c.graceful_shutdown();
+    })
+    .await;
     if let Err(error) = result {
         tracing::debug!(%peer, %error, "admin connection ended with an error");
     }

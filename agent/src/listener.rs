@@ -98,3 +98,23 @@ impl Listener {
 
 /// Pause after a failed accept, so a persistent error does not spin a core.
 const ACCEPT_ERROR_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Drives a served connection to its end; when `shutdown` fires first, asks it to finish
+/// gracefully (`graceful`: stop taking new requests, complete in-flight ones) and waits.
+pub async fn serve_until_shutdown<C, T>(
+    connection: C,
+    shutdown: &CancellationToken,
+    graceful: fn(std::pin::Pin<&mut C>),
+) -> T
+where
+    C: Future<Output = T>,
+{
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => result,
+        () = shutdown.cancelled() => {
+            graceful(connection.as_mut());
+            connection.await
+        }
+    }
+}

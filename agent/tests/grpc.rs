@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
 use support::*;
@@ -30,16 +29,7 @@ fn grpc_server() -> (Peer, u16) {
         .stdout(Stdio::piped())
         .spawn()
         .expect("python3 runs (cargo xtask test installs grpcio)");
-    let stdout = child.stdout.take().expect("server stdout");
-    let (sender, receiver) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = sender.send(line);
-    });
-    let line = receiver
-        .recv_timeout(DEADLINE)
-        .expect("gRPC server started");
+    let line = first_line(&mut child);
     let port = line.trim().parse().unwrap_or_else(|_| {
         panic!("gRPC server did not start: {line:?} (is grpcio installed? run `cargo xtask test`)")
     });

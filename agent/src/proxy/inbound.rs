@@ -76,14 +76,10 @@ pub async fn serve(
         .max_pending_accept_reset_streams(limits.max_pending_accept_reset_streams as usize)
         .max_header_list_size(limits.max_header_bytes)
         .serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        () = shutdown.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
+    let result = crate::listener::serve_until_shutdown(connection, &shutdown, |c| {
+        c.graceful_shutdown();
+    })
+    .await;
     if let Err(error) = result {
         tracing::debug!(%peer, error = %error_chain(&error), "inbound connection ended with an error");
     }
@@ -200,16 +196,11 @@ async fn upgrade_instance(
         HeaderValue::from_static("upgrade"),
     );
     headers.insert(http::header::UPGRADE, protocol);
-    let response = clients.http1.request(upgrade).await.map_err(|error| {
-        if error.is_connect() {
-            ProxyError::ConnectFailed {
-                address: instance_addr.to_string(),
-                reason: error_chain(&error),
-            }
-        } else {
-            ProxyError::Reset(error_chain(&error))
-        }
-    })?;
+    let response = clients
+        .http1
+        .request(upgrade)
+        .await
+        .map_err(|error| instance_error(instance_addr, &error))?;
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         let mut response = response.map(body::boxed);
         strip_hop_by_hop(response.headers_mut());
@@ -280,17 +271,24 @@ async fn forward_to_instance(
         }
     };
     let request = Request::from_parts(parts, body::boxed(body));
-    let response = client.request(request).await.map_err(|error| {
-        if error.is_connect() {
-            ProxyError::ConnectFailed {
-                address: instance_addr.to_string(),
-                reason: error_chain(&error),
-            }
-        } else {
-            ProxyError::Reset(error_chain(&error))
-        }
-    })?;
+    let response = client
+        .request(request)
+        .await
+        .map_err(|error| instance_error(instance_addr, &error))?;
     let mut response = response.map(body::boxed);
     strip_hop_by_hop(response.headers_mut());
     Ok(response)
+}
+
+/// A failed call to the local instance: a failed connect means the request never reached it
+/// (the calling agent may then retry elsewhere); anything else is a reset.
+fn instance_error(instance: SocketAddr, error: &hyper_util::client::legacy::Error) -> ProxyError {
+    if error.is_connect() {
+        ProxyError::ConnectFailed {
+            address: instance.to_string(),
+            reason: error_chain(error),
+        }
+    } else {
+        ProxyError::Reset(error_chain(error))
+    }
 }

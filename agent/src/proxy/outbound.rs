@@ -68,14 +68,10 @@ pub async fn serve(
         async move { Ok::<_, Infallible>(handle(&proxy, &target, request).await) }
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        () = shutdown.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
+    let result = crate::listener::serve_until_shutdown(connection, &shutdown, |c| {
+        c.graceful_shutdown();
+    })
+    .await;
     if let Err(error) = result {
         tracing::debug!(%peer, error = %crate::tunnel::error_chain(&*error), "outbound connection ended with an error");
     }

@@ -198,6 +198,20 @@ impl Drop for Scratch {
     }
 }
 
+/// The first line a child prints on stdout, waiting at most [`DEADLINE`].
+pub fn first_line(child: &mut Child) -> String {
+    let stdout = child.stdout.take().expect("child stdout is piped");
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = sender.send(line);
+    });
+    receiver
+        .recv_timeout(DEADLINE)
+        .expect("the child printed its first line in time")
+}
+
 /// A running `hyphae-agent` process, killed when dropped.
 pub struct Agent {
     /// The process.
@@ -231,16 +245,7 @@ impl Agent {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start hyphae-agent");
-        let stdout = child.stdout.take().expect("agent stdout");
-        let (sender, receiver) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = sender.send(line);
-        });
-        let line = receiver
-            .recv_timeout(DEADLINE)
-            .expect("agent printed its ready line in time");
+        let line = first_line(&mut child);
         let ready: serde_json::Value = serde_json::from_str(&line)
             .unwrap_or_else(|e| panic!("agent {name} did not start ({e}): {line:?}"));
         let ready = &ready["ready"];
