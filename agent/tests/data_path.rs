@@ -483,3 +483,53 @@ async fn routes_split_by_weight_and_match_headers() {
         "{to_v2} of 200 went to the 20% canary"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_or_malformed_request_heads_get_closed_or_a_400() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = TestBackend::start("b").await;
+    let host = host_agent("host", "svc", &backend);
+    let policies = "  limits: {headerReadTimeout: 300ms}\n";
+    // The limit belongs to the caller's own AgentConfig: splice it into its spec.
+    let config = caller_config("svc", &[endpoint(&host, "one")], free_port(), "")
+        .replace("  staticServices:", &format!("{policies}  staticServices:"));
+    let caller = Agent::start("caller", &config);
+
+    // A client that starts a request head and never finishes it is cut off.
+    let mut slow = tokio::net::TcpStream::connect(caller.upstream("svc"))
+        .await
+        .unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: svc\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(DEADLINE, slow.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "the connection was not closed by the header read timeout"
+    );
+    assert_eq!(backend.requests(), 0);
+
+    // A malformed head gets a 400 from the agent, not a crash or a hang.
+    let mut bad = tokio::net::TcpStream::connect(caller.upstream("svc"))
+        .await
+        .unwrap();
+    bad.write_all(b"GET / HTTP/1.1\r\nHost: svc\r\nBad Header Line\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(DEADLINE, bad.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    // The agent still serves.
+    assert_eq!(
+        get(&http1_client(), &url(&caller, "svc", "/")).await.status,
+        200
+    );
+}
