@@ -81,14 +81,16 @@ async fn a_503_is_retried_on_the_other_endpoint() {
     let healthy = TestBackend::start("healthy").await;
     let a = host_agent("a", "svc", &failing);
     let b = host_agent("b", "svc", &healthy);
-    let caller = caller_agent("svc", &[endpoint(&a, "one"), endpoint(&b, "one")], "");
+    // Round robin starts every other call on the failing endpoint (P2C might never pick it).
+    let policy = "---\nkind: ServicePolicy\nmetadata: {name: svc}\nspec:\n  loadBalancer: {policy: round-robin}\n  circuitBreaker: {outlierDetection: {consecutiveFailures: 0}}\n";
+    let caller = caller_agent("svc", &[endpoint(&a, "one"), endpoint(&b, "one")], policy);
     let client = http1_client();
     for _ in 0..20 {
         let answer = get(&client, &url(&caller, "svc", "/")).await;
         assert_eq!(answer.status, 200);
         assert_eq!(&answer.body[..], b"healthy");
     }
-    assert!(failing.requests() >= 1, "the failing endpoint was tried");
+    assert!(failing.requests() >= 5, "the failing endpoint was tried");
     assert!(metric(&caller, "hyphae_retries_total", "service=\"svc\"").await >= 1.0);
 }
 
@@ -479,7 +481,7 @@ async fn routes_split_by_weight_and_match_headers() {
     }
     let to_v2 = v2.requests() - before;
     assert!(
-        (20..=70).contains(&to_v2),
+        (15..=75).contains(&to_v2),
         "{to_v2} of 200 went to the 20% canary"
     );
 }
