@@ -1,6 +1,7 @@
 //! `cargo xtask`: project automation in Rust, so the only tool a fresh machine needs is cargo.
 //! One module per subcommand; this file only dispatches.
 
+mod bench;
 mod check_systemd;
 mod demo;
 mod fleet;
@@ -14,11 +15,15 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   demo            build everything and walk through what hyphae does today, on this machine
   test            install what the tests need, then run every test of the workspace
-  check-systemd   verify the unit files under systemd/ with systemd-analyze";
+  check-systemd   verify the unit files under systemd/ with systemd-analyze
+  bench proxy [--duration SECS] [--connections N]
+                  measure the agent's data path against haproxy and nginx (a benchmark, not a
+                  test; installs them, wrk and h2load from apt when missing; target/bench/)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
+        Some("bench") => bench::run(&args[1..]),
         Some("demo") => demo::run(&args[1..]),
         Some("test") => test::run(&args[1..]),
         Some("check-systemd") => check_systemd::run(&args[1..]),
