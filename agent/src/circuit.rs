@@ -189,6 +189,41 @@ mod tests {
     }
 
     #[test]
+    fn a_failure_rate_over_the_window_ejects_once_enough_requests_are_seen() {
+        let policy = OutlierDetection {
+            consecutive_failures: 0,
+            failure_rate: Some(hyphae_policies::FailureRate {
+                threshold: 0.5,
+                window: PolicyDuration::from_secs(10),
+                min_requests: 10,
+            }),
+            ..policy()
+        };
+        let mut state = OutlierState::default();
+        let now = Instant::now();
+        // Alternating success and failure: 50% failures, never two in a row.
+        for i in 0..9 {
+            let outcome = if i % 2 == 0 {
+                Outcome::Failure
+            } else {
+                Outcome::Success
+            };
+            assert!(
+                state.record(outcome, now, &policy, true).is_none(),
+                "too few requests yet"
+            );
+        }
+        assert!(state.record(Outcome::Failure, now, &policy, true).is_some());
+        // A new window starts after the ejection: old failures do not count again.
+        let later = now + Duration::from_secs(60);
+        assert!(
+            state
+                .record(Outcome::Failure, later, &policy, true)
+                .is_none()
+        );
+    }
+
+    #[test]
     fn limits_refuse_past_the_ceiling_and_free_on_drop() {
         let limit = Limit::default();
         let a = limit.try_acquire(2);

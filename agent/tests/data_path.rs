@@ -535,3 +535,91 @@ async fn slow_or_malformed_request_heads_get_closed_or_a_400() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_http1_requests_are_answered_in_order() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = TestBackend::start("b").await;
+    let host = host_agent("host", "svc", &backend);
+    let caller = caller_agent("svc", &[endpoint(&host, "one")], "");
+    let mut stream = tokio::net::TcpStream::connect(caller.upstream("svc"))
+        .await
+        .unwrap();
+    // Three requests in one write; the third asks for the connection to close.
+    stream
+        .write_all(
+            b"GET /bytes/1 HTTP/1.1\r\nHost: svc\r\n\r\n\
+              GET /bytes/2 HTTP/1.1\r\nHost: svc\r\n\r\n\
+              GET /bytes/3 HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut answers = Vec::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut answers))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&answers);
+    let bodies: Vec<&str> = text
+        .split("HTTP/1.1 ")
+        .skip(1)
+        .map(|answer| answer.rsplit("\r\n\r\n").next().unwrap_or_default())
+        .collect();
+    assert_eq!(bodies, vec!["x", "xx", "xxx"], "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_waiting_for_a_peer_connection_are_capped_by_max_pending() {
+    // A peer whose accept queue is full: new connections hang in the handshake until the
+    // connect timeout, and the request that started one is pending all that time.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let full = socket.listen(1).unwrap();
+    let silent_address = full.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..3 {
+        if let Ok(Ok(stream)) = tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            tokio::net::TcpStream::connect(silent_address),
+        )
+        .await
+        {
+            fillers.push(stream);
+        }
+    }
+    let policy = "---\nkind: ServicePolicy\nmetadata: {name: svc}\nspec:\n  timeouts: {connect: 2s}\n  retries: {attempts: 0}\n  circuitBreaker: {maxPending: 1}\n";
+    let caller = caller_agent(
+        "svc",
+        &[format!("{{address: \"{silent_address}\"}}")],
+        policy,
+    );
+    let target = url(&caller, "svc", "/");
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let target = target.clone();
+            tokio::spawn(async move { get(&http1_client(), &target).await })
+        })
+        .collect();
+    let mut reasons = Vec::new();
+    for call in calls {
+        let answer = call.await.unwrap();
+        reasons.push((
+            answer.status.as_u16(),
+            answer
+                .header("hyphae-error")
+                .unwrap_or_default()
+                .to_string(),
+        ));
+    }
+    reasons.sort();
+    // One call waited for the connection and timed out; the others were refused at once.
+    assert_eq!(
+        reasons,
+        vec![
+            (503, "max-pending".to_string()),
+            (503, "max-pending".to_string()),
+            (504, "connect-timeout".to_string()),
+        ]
+    );
+    drop(fillers);
+}
