@@ -6,7 +6,9 @@ use std::time::Duration;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-/// Requests answered, by service and status class.
+/// Request and response body bytes of HTTP calls, by service and direction.
+pub const HTTP_BYTES: &str = "hyphae_http_body_bytes_total";
+/// Requests answered, by service, route and status class.
 pub const REQUESTS: &str = "hyphae_requests_total";
 /// Request duration, by service.
 pub const REQUEST_DURATION: &str = "hyphae_request_duration_seconds";
@@ -44,7 +46,15 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
             &DURATION_BUCKETS,
         )?
         .install_recorder()?;
-    describe_counter!(REQUESTS, "Requests answered, by service and status class.");
+    describe_counter!(
+        REQUESTS,
+        "Requests answered, by service, route and status class."
+    );
+    describe_counter!(
+        HTTP_BYTES,
+        metrics::Unit::Bytes,
+        "HTTP body bytes, by service and direction (sent is the request body, received the response body)."
+    );
     describe_histogram!(
         REQUEST_DURATION,
         metrics::Unit::Seconds,
@@ -79,8 +89,13 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     Ok(handle)
 }
 
-/// Records an answered request.
-pub fn request(service: &str, status: http::StatusCode, elapsed: Duration) {
+/// The counter of HTTP body bytes for `service` in `direction` (`sent` or `received`).
+pub fn http_bytes(service: &str, direction: &'static str) -> metrics::Counter {
+    counter!(HTTP_BYTES, "service" => service.to_string(), "direction" => direction)
+}
+
+/// Records an answered request; `route` is the service's Route, or `default` without one.
+pub fn request(service: &str, route: &str, status: http::StatusCode, elapsed: Duration) {
     let class = match status.as_u16() {
         100..=199 => "1xx",
         200..=299 => "2xx",
@@ -88,7 +103,13 @@ pub fn request(service: &str, status: http::StatusCode, elapsed: Duration) {
         400..=499 => "4xx",
         _ => "5xx",
     };
-    counter!(REQUESTS, "service" => service.to_string(), "status_class" => class).increment(1);
+    counter!(
+        REQUESTS,
+        "service" => service.to_string(),
+        "route" => route.to_string(),
+        "status_class" => class
+    )
+    .increment(1);
     histogram!(REQUEST_DURATION, "service" => service.to_string()).record(elapsed.as_secs_f64());
 }
 

@@ -86,7 +86,10 @@ impl Snapshot {
                     service_policies.insert(o.metadata.name.clone(), o.spec.clone());
                 }
                 Policy::Route(o) => {
-                    routes.insert(o.spec.service.clone(), o.spec.clone());
+                    routes.insert(
+                        o.spec.service.clone(),
+                        (o.metadata.name.clone(), o.spec.clone()),
+                    );
                 }
                 Policy::AccessPolicy(o) => {
                     access.insert(o.spec.service.clone(), o.spec.clone());
@@ -114,7 +117,9 @@ impl Snapshot {
                     name: s.name.clone(),
                     protocol: s.protocol,
                     policy: service_policies.get(&s.name).cloned().unwrap_or_default(),
-                    route: routes.get(&s.name).cloned().map(CompiledRoute::new),
+                    route: routes
+                        .get(&s.name)
+                        .map(|(name, spec)| CompiledRoute::new(name, spec.clone())),
                     access: access.get(&s.name).cloned(),
                     endpoints,
                 };

@@ -11,6 +11,8 @@ use serde::Serialize;
 /// A route with its regular expressions compiled once, when the snapshot is built.
 #[derive(Debug, Serialize)]
 pub struct CompiledRoute {
+    /// The Route's `metadata.name`, for metrics.
+    pub name: String,
     /// The route as written.
     pub spec: RouteSpec,
     #[serde(skip)]
@@ -20,7 +22,7 @@ pub struct CompiledRoute {
 impl CompiledRoute {
     /// Compiles every pattern of `spec`, anchored to match whole values. Patterns were
     /// validated when the policy was loaded; one that still fails matches nothing.
-    pub fn new(spec: RouteSpec) -> Self {
+    pub fn new(name: &str, spec: RouteSpec) -> Self {
         let mut regexes = HashMap::new();
         let patterns = spec
             .rules
@@ -39,7 +41,11 @@ impl CompiledRoute {
                 regexes.insert(pattern, re);
             }
         }
-        CompiledRoute { spec, regexes }
+        CompiledRoute {
+            name: name.to_string(),
+            spec,
+            regexes,
+        }
     }
 
     fn whole_match(&self, pattern: &str, text: &str) -> bool {
@@ -181,16 +187,19 @@ mod tests {
     #[test]
     fn prefix_matches_whole_segments() {
         let regex = PathMatch::Regex("/r/[0-9]+".into());
-        let route = CompiledRoute::new(RouteSpec {
-            service: "s".into(),
-            rules: vec![RouteRule {
-                matches: vec![HttpMatch {
-                    path: Some(regex.clone()),
-                    ..HttpMatch::default()
+        let route = CompiledRoute::new(
+            "r",
+            RouteSpec {
+                service: "s".into(),
+                rules: vec![RouteRule {
+                    matches: vec![HttpMatch {
+                        path: Some(regex.clone()),
+                        ..HttpMatch::default()
+                    }],
+                    ..RouteRule::default()
                 }],
-                ..RouteRule::default()
-            }],
-        });
+            },
+        );
         let prefix = PathMatch::Prefix("/api".into());
         assert!(path_matches(&route, &prefix, "/api"));
         assert!(path_matches(&route, &prefix, "/api/x"));
@@ -201,27 +210,30 @@ mod tests {
 
     #[test]
     fn first_matching_rule_wins_and_weights_split() {
-        let route = CompiledRoute::new(RouteSpec {
-            service: "catalog".into(),
-            rules: vec![
-                RouteRule {
-                    matches: vec![HttpMatch {
-                        headers: vec![HeaderMatch {
-                            name: "x-canary".into(),
-                            exact: Some("always".into()),
-                            ..HeaderMatch::default()
+        let route = CompiledRoute::new(
+            "r",
+            RouteSpec {
+                service: "catalog".into(),
+                rules: vec![
+                    RouteRule {
+                        matches: vec![HttpMatch {
+                            headers: vec![HeaderMatch {
+                                name: "x-canary".into(),
+                                exact: Some("always".into()),
+                                ..HeaderMatch::default()
+                            }],
+                            ..HttpMatch::default()
                         }],
-                        ..HttpMatch::default()
-                    }],
-                    backends: vec![backend("catalog", "v2", 1)],
-                    ..RouteRule::default()
-                },
-                RouteRule {
-                    backends: vec![backend("catalog", "v1", 90), backend("catalog", "v2", 10)],
-                    ..RouteRule::default()
-                },
-            ],
-        });
+                        backends: vec![backend("catalog", "v2", 1)],
+                        ..RouteRule::default()
+                    },
+                    RouteRule {
+                        backends: vec![backend("catalog", "v1", 90), backend("catalog", "v2", 10)],
+                        ..RouteRule::default()
+                    },
+                ],
+            },
+        );
         let canary = head("GET", "/", &[("x-canary", "always")]);
         let d = choose("catalog", Some(&route), &canary, &mut |_| 0).unwrap();
         assert_eq!(d.subset.unwrap()["version"], "v2");

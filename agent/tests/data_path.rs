@@ -37,11 +37,10 @@ async fn http1_and_http2_calls_cross_two_agents_by_port_and_by_proxy() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-seen-host"], "svc.mesh:8080");
 
-    let answer = get(&http1_client(), &format!("http://{}/metrics", caller.admin)).await;
-    let text = String::from_utf8_lossy(&answer.body);
-    assert!(
-        text.contains("hyphae_requests_total{service=\"svc\",status_class=\"2xx\"} 3"),
-        "{text}"
+    let answered = metric(&caller, "hyphae_requests_total", "route=\"default\"").await;
+    assert_eq!(
+        answered, 3.0,
+        "requests counted by service, route and status class"
     );
     assert_eq!(backend.requests(), 3);
 }
@@ -356,6 +355,20 @@ async fn ten_megabytes_stream_up_and_down() {
     let answer = get(&http2_client(), &url(&caller, "svc", "/bytes/10485760")).await;
     assert_eq!(answer.status, 200);
     assert_eq!(answer.body.len(), 10 * 1024 * 1024);
+    let sent = metric(
+        &caller,
+        "hyphae_http_body_bytes_total",
+        "direction=\"sent\"",
+    )
+    .await;
+    let received = metric(
+        &caller,
+        "hyphae_http_body_bytes_total",
+        "direction=\"received\"",
+    )
+    .await;
+    assert_eq!(sent, upload.len() as f64);
+    assert!(received >= 2.0 * upload.len() as f64, "{received}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -35,7 +35,12 @@ pub async fn call(proxy: &Proxy, service: &str, request: Request<Body>) -> Respo
         Ok(response) => response,
         Err(error) => error_response(&error),
     };
-    metrics::request(service, response.status(), started.elapsed());
+    let route = snapshot
+        .services
+        .get(service)
+        .and_then(|s| s.route.as_ref())
+        .map_or("default", |r| r.name.as_str());
+    metrics::request(service, route, response.status(), started.elapsed());
     response
 }
 
@@ -77,6 +82,7 @@ async fn call_service(
                 limit: "max-requests",
             })?;
     state.budget.deposit();
+    let body = body::counted(body, metrics::http_bytes(&target.name, "sent"));
     let body = ReplayBody::new(body, snapshot.limits.retry_buffer_bytes as usize);
     let call = Call {
         proxy,
@@ -245,7 +251,8 @@ impl Call<'_> {
 
     /// The upstream response as the caller receives it.
     fn finish(&self, response: Response<hyper::body::Incoming>) -> Response<Body> {
-        let mut response = response.map(body::boxed);
+        let received = metrics::http_bytes(&self.target.name, "received");
+        let mut response = response.map(|b| body::counted(body::boxed(b), received));
         strip_hop_by_hop(response.headers_mut());
         if let Some(rule) = self.destination.rule {
             rewrite(response.headers_mut(), &rule.response_headers);
