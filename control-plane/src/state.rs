@@ -1,0 +1,512 @@
+//! The replicated state of the control plane as plain data, and the commands that change it.
+//! Applying a command is a pure function of the state, the command and its log index: no I/O,
+//! no clock, no randomness, so every node that applies the same log reaches the same state.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// One policy document as an operator applied it: the YAML text of that single document, with
+/// the `kind` and `metadata.name` the API layer read from it when it validated the document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyDocument {
+    /// The document's `kind`, e.g. `ServicePolicy`.
+    pub kind: String,
+    /// The document's name, unique within its kind.
+    pub name: String,
+    /// The YAML text of this one document, exactly as applied.
+    pub source: String,
+}
+
+/// A policy as the replicated state holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredPolicy {
+    /// The document's `kind`.
+    pub kind: String,
+    /// The document's name, unique within its kind.
+    pub name: String,
+    /// The YAML text of this one document, exactly as applied.
+    pub source: String,
+    /// The Raft log index of the command that last wrote this policy.
+    pub revision: u64,
+}
+
+/// Identifies one policy: its kind and its name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PolicyKey {
+    /// The policy's `kind`.
+    pub kind: String,
+    /// The policy's name within its kind.
+    pub name: String,
+}
+
+/// A change to the replicated state: the application data of a Raft log entry.
+///
+/// Commands are persisted in the Raft log, so their serialized form is a storage format:
+/// add variants, never rename or reshape existing ones.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Command {
+    /// Create or replace every listed policy, all at once. Each gets the entry's log index as
+    /// its revision. A later document with the same kind and name wins over an earlier one.
+    ApplyPolicies {
+        /// The documents to store, already validated by the API layer.
+        policies: Vec<PolicyDocument>,
+    },
+    /// Remove one policy, if it exists.
+    DeletePolicy {
+        /// The policy's `kind`.
+        kind: String,
+        /// The policy's name.
+        name: String,
+    },
+}
+
+impl Command {
+    /// Every policy this command may create, replace or remove. The store writes exactly these
+    /// keys back to disk after applying the command.
+    pub fn policy_keys(&self) -> Vec<PolicyKey> {
+        match self {
+            Command::ApplyPolicies { policies } => policies
+                .iter()
+                .map(|doc| PolicyKey {
+                    kind: doc.kind.clone(),
+                    name: doc.name.clone(),
+                })
+                .collect(),
+            Command::DeletePolicy { kind, name } => vec![PolicyKey {
+                kind: kind.clone(),
+                name: name.clone(),
+            }],
+        }
+    }
+}
+
+/// What applying one log entry did, returned to the client that proposed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "response", rename_all = "snake_case")]
+pub enum CommandResponse {
+    /// The entry carried no command (a leader's blank entry or a membership change).
+    Noop {
+        /// The log index of the entry.
+        revision: u64,
+    },
+    /// [`Command::ApplyPolicies`] stored every document.
+    PoliciesApplied {
+        /// The log index of the entry, now the revision of every policy it wrote.
+        revision: u64,
+        /// How many of the policies did not exist before.
+        created: usize,
+        /// How many replaced an existing policy (even with identical text).
+        updated: usize,
+    },
+    /// [`Command::DeletePolicy`] ran.
+    PolicyDeleted {
+        /// The log index of the entry.
+        revision: u64,
+        /// Whether the policy existed (and so was removed).
+        existed: bool,
+    },
+}
+
+impl CommandResponse {
+    /// The log index of the entry that produced this response.
+    pub fn revision(&self) -> u64 {
+        match self {
+            CommandResponse::Noop { revision }
+            | CommandResponse::PoliciesApplied { revision, .. }
+            | CommandResponse::PolicyDeleted { revision, .. } => *revision,
+        }
+    }
+}
+
+/// The replicated state: what every control-plane node agrees on once it has applied the log up
+/// to [`State::revision`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct State {
+    /// Log index of the last entry applied, whether or not it changed anything.
+    revision: u64,
+    /// Policies by kind, then by name.
+    policies: BTreeMap<String, BTreeMap<String, StoredPolicy>>,
+}
+
+impl State {
+    /// An empty state, before any log entry was applied.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Rebuilds a state from its parts, as read back from disk or from a snapshot. A later
+    /// policy with the same kind and name replaces an earlier one.
+    pub fn restore(revision: u64, policies: impl IntoIterator<Item = StoredPolicy>) -> Self {
+        let mut state = State {
+            revision,
+            policies: BTreeMap::new(),
+        };
+        for policy in policies {
+            state.insert(policy);
+        }
+        state
+    }
+
+    /// The log index of the last entry applied (0 before the first one).
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// The policy with this kind and name, if any.
+    pub fn policy(&self, kind: &str, name: &str) -> Option<&StoredPolicy> {
+        self.policies.get(kind)?.get(name)
+    }
+
+    /// Every policy, ordered by kind then name.
+    pub fn policies(&self) -> impl Iterator<Item = &StoredPolicy> + '_ {
+        self.policies.values().flat_map(BTreeMap::values)
+    }
+
+    /// The policies of one kind, ordered by name.
+    pub fn policies_of_kind<'a>(&'a self, kind: &str) -> impl Iterator<Item = &'a StoredPolicy> {
+        self.policies
+            .get(kind)
+            .into_iter()
+            .flat_map(BTreeMap::values)
+    }
+
+    /// How many policies the state holds.
+    pub fn policy_count(&self) -> usize {
+        self.policies.values().map(BTreeMap::len).sum()
+    }
+
+    /// Applies `command`, carried by the log entry at `log_index`, and says what it did.
+    ///
+    /// The caller applies entries in log order; `log_index` becomes the state's revision.
+    pub fn apply(&mut self, command: Command, log_index: u64) -> CommandResponse {
+        self.revision = log_index;
+        match command {
+            Command::ApplyPolicies { policies } => {
+                let (mut created, mut updated) = (0, 0);
+                for doc in policies {
+                    let replaced = self.insert(StoredPolicy {
+                        kind: doc.kind,
+                        name: doc.name,
+                        source: doc.source,
+                        revision: log_index,
+                    });
+                    if replaced.is_some() {
+                        updated += 1;
+                    } else {
+                        created += 1;
+                    }
+                }
+                CommandResponse::PoliciesApplied {
+                    revision: log_index,
+                    created,
+                    updated,
+                }
+            }
+            Command::DeletePolicy { kind, name } => CommandResponse::PolicyDeleted {
+                revision: log_index,
+                existed: self.remove(&kind, &name).is_some(),
+            },
+        }
+    }
+
+    /// Records that the log entry at `log_index` carried no command (a blank or membership
+    /// entry): only the revision moves.
+    pub fn apply_noop(&mut self, log_index: u64) -> CommandResponse {
+        self.revision = log_index;
+        CommandResponse::Noop {
+            revision: log_index,
+        }
+    }
+
+    /// Stores `policy`, returning the one it replaced.
+    fn insert(&mut self, policy: StoredPolicy) -> Option<StoredPolicy> {
+        self.policies
+            .entry(policy.kind.clone())
+            .or_default()
+            .insert(policy.name.clone(), policy)
+    }
+
+    /// Removes a policy, dropping its kind's map once empty so equal states compare equal.
+    fn remove(&mut self, kind: &str, name: &str) -> Option<StoredPolicy> {
+        let by_name = self.policies.get_mut(kind)?;
+        let removed = by_name.remove(name);
+        if by_name.is_empty() {
+            self.policies.remove(kind);
+        }
+        removed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(kind: &str, name: &str, source: &str) -> PolicyDocument {
+        PolicyDocument {
+            kind: kind.to_owned(),
+            name: name.to_owned(),
+            source: source.to_owned(),
+        }
+    }
+
+    fn apply_policies(docs: Vec<PolicyDocument>) -> Command {
+        Command::ApplyPolicies { policies: docs }
+    }
+
+    fn delete(kind: &str, name: &str) -> Command {
+        Command::DeletePolicy {
+            kind: kind.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+
+    #[test]
+    fn empty_state_has_revision_zero_and_no_policies() {
+        let state = State::new();
+        assert_eq!(state.revision(), 0);
+        assert_eq!(state.policy_count(), 0);
+        assert!(state.policy("ServicePolicy", "payments").is_none());
+    }
+
+    #[test]
+    fn apply_policies_stores_every_document_with_the_entry_index() {
+        let mut state = State::new();
+        let response = state.apply(
+            apply_policies(vec![
+                doc("ServicePolicy", "payments", "kind: ServicePolicy\n"),
+                doc("AccessPolicy", "payments", "kind: AccessPolicy\n"),
+            ]),
+            7,
+        );
+        assert_eq!(
+            response,
+            CommandResponse::PoliciesApplied {
+                revision: 7,
+                created: 2,
+                updated: 0
+            }
+        );
+        assert_eq!(state.revision(), 7);
+        assert_eq!(state.policy_count(), 2);
+        let stored = state.policy("ServicePolicy", "payments").expect("stored");
+        assert_eq!(stored.source, "kind: ServicePolicy\n");
+        assert_eq!(stored.revision, 7);
+        // Same name, other kind: a separate policy.
+        assert_eq!(
+            state.policy("AccessPolicy", "payments").map(|p| p.revision),
+            Some(7)
+        );
+    }
+
+    #[test]
+    fn reapplying_updates_only_the_documents_it_names() {
+        let mut state = State::new();
+        state.apply(
+            apply_policies(vec![
+                doc("ServicePolicy", "payments", "v1"),
+                doc("ServicePolicy", "orders", "v1"),
+            ]),
+            3,
+        );
+        let response = state.apply(
+            apply_policies(vec![
+                doc("ServicePolicy", "payments", "v2"),
+                doc("ServicePolicy", "users", "v1"),
+            ]),
+            5,
+        );
+        assert_eq!(
+            response,
+            CommandResponse::PoliciesApplied {
+                revision: 5,
+                created: 1,
+                updated: 1
+            }
+        );
+        let payments = state.policy("ServicePolicy", "payments").expect("payments");
+        assert_eq!((payments.source.as_str(), payments.revision), ("v2", 5));
+        let orders = state.policy("ServicePolicy", "orders").expect("orders");
+        assert_eq!((orders.source.as_str(), orders.revision), ("v1", 3));
+        assert_eq!(state.revision(), 5);
+        let names: Vec<_> = state
+            .policies_of_kind("ServicePolicy")
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(names, ["orders", "payments", "users"]);
+    }
+
+    #[test]
+    fn identical_text_still_takes_the_new_revision() {
+        let mut state = State::new();
+        state.apply(apply_policies(vec![doc("ServicePolicy", "a", "same")]), 1);
+        let response = state.apply(apply_policies(vec![doc("ServicePolicy", "a", "same")]), 2);
+        assert_eq!(
+            response,
+            CommandResponse::PoliciesApplied {
+                revision: 2,
+                created: 0,
+                updated: 1
+            }
+        );
+        assert_eq!(
+            state.policy("ServicePolicy", "a").map(|p| p.revision),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn later_duplicate_in_one_command_wins() {
+        let mut state = State::new();
+        let response = state.apply(
+            apply_policies(vec![
+                doc("ServicePolicy", "a", "first"),
+                doc("ServicePolicy", "a", "second"),
+            ]),
+            4,
+        );
+        assert_eq!(
+            response,
+            CommandResponse::PoliciesApplied {
+                revision: 4,
+                created: 1,
+                updated: 1
+            }
+        );
+        assert_eq!(state.policy_count(), 1);
+        assert_eq!(
+            state
+                .policy("ServicePolicy", "a")
+                .map(|p| p.source.as_str()),
+            Some("second")
+        );
+    }
+
+    #[test]
+    fn delete_says_whether_the_policy_existed() {
+        let mut state = State::new();
+        state.apply(
+            apply_policies(vec![
+                doc("ServicePolicy", "a", "x"),
+                doc("ServicePolicy", "b", "y"),
+            ]),
+            1,
+        );
+        assert_eq!(
+            state.apply(delete("ServicePolicy", "a"), 2),
+            CommandResponse::PolicyDeleted {
+                revision: 2,
+                existed: true
+            }
+        );
+        assert!(state.policy("ServicePolicy", "a").is_none());
+        assert!(state.policy("ServicePolicy", "b").is_some());
+        assert_eq!(
+            state.apply(delete("ServicePolicy", "a"), 3),
+            CommandResponse::PolicyDeleted {
+                revision: 3,
+                existed: false
+            }
+        );
+        assert_eq!(
+            state.apply(delete("AccessPolicy", "b"), 4),
+            CommandResponse::PolicyDeleted {
+                revision: 4,
+                existed: false
+            }
+        );
+        assert_eq!(state.revision(), 4);
+        assert_eq!(state.policy_count(), 1);
+    }
+
+    #[test]
+    fn deleting_the_last_policy_of_a_kind_leaves_an_equal_empty_state() {
+        let mut state = State::new();
+        state.apply(apply_policies(vec![doc("ServicePolicy", "a", "x")]), 1);
+        state.apply(delete("ServicePolicy", "a"), 2);
+        assert_eq!(state, State::restore(2, []));
+    }
+
+    #[test]
+    fn noop_entries_move_only_the_revision() {
+        let mut state = State::new();
+        state.apply(apply_policies(vec![doc("ServicePolicy", "a", "x")]), 1);
+        assert_eq!(state.apply_noop(2), CommandResponse::Noop { revision: 2 });
+        assert_eq!(state.revision(), 2);
+        assert_eq!(
+            state.policy("ServicePolicy", "a").map(|p| p.revision),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn restore_rebuilds_an_equal_state() {
+        let mut state = State::new();
+        state.apply(
+            apply_policies(vec![
+                doc("ServicePolicy", "a", "x"),
+                doc("AccessPolicy", "b", "y"),
+            ]),
+            1,
+        );
+        state.apply(apply_policies(vec![doc("ServicePolicy", "c", "z")]), 2);
+        let restored = State::restore(state.revision(), state.policies().cloned());
+        assert_eq!(restored, state);
+    }
+
+    #[test]
+    fn policy_keys_cover_every_policy_a_command_changes() {
+        let commands = [
+            apply_policies(vec![
+                doc("ServicePolicy", "a", "x"),
+                doc("AccessPolicy", "a", "y"),
+                doc("ServicePolicy", "a", "z"),
+            ]),
+            delete("ServicePolicy", "a"),
+            delete("ServicePolicy", "missing"),
+        ];
+        let mut state = State::new();
+        for (index, command) in (1..).zip(commands) {
+            let keys = command.policy_keys();
+            let before = state.clone();
+            state.apply(command, index);
+            let changed: Vec<_> = before
+                .policies()
+                .chain(state.policies())
+                .filter(|p| before.policy(&p.kind, &p.name) != state.policy(&p.kind, &p.name))
+                .map(|p| PolicyKey {
+                    kind: p.kind.clone(),
+                    name: p.name.clone(),
+                })
+                .collect();
+            for key in changed {
+                assert!(
+                    keys.contains(&key),
+                    "{key:?} changed but is not in {keys:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn commands_and_responses_round_trip_through_json() {
+        let command = apply_policies(vec![doc("ServicePolicy", "a", "kind: ServicePolicy\n")]);
+        let json = serde_json::to_string(&command).expect("serialize");
+        assert!(json.contains(r#""command":"apply_policies""#), "{json}");
+        assert_eq!(
+            serde_json::from_str::<Command>(&json).expect("deserialize"),
+            command
+        );
+        let response = CommandResponse::PolicyDeleted {
+            revision: 9,
+            existed: true,
+        };
+        let json = serde_json::to_string(&response).expect("serialize");
+        assert_eq!(
+            serde_json::from_str::<CommandResponse>(&json).expect("deserialize"),
+            response
+        );
+        assert_eq!(response.revision(), 9);
+    }
+}

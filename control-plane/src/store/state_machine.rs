@@ -1,0 +1,444 @@
+//! The Raft state machine: applies committed entries to [`State`] in memory and to redb in the
+//! same step, builds snapshots from it and installs received ones into it.
+//! The decisions are [`State::apply`]'s; this file only carries entries in and state out.
+
+use std::collections::BTreeSet;
+use std::io::Cursor;
+use std::sync::Arc;
+
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+use tokio::sync::RwLock;
+
+use super::{DiskError, decode, encode, read_value, run_blocking};
+use crate::raft::{
+    Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
+use crate::state::{CommandResponse, PolicyKey, State, StoredPolicy};
+
+/// Policies by (kind, name), each the JSON of a [`StoredPolicy`].
+const POLICIES: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("sm_policies");
+/// Single values about the state machine, by name, each as JSON.
+const SM_META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("sm_meta");
+/// [`SM_META`] key of the [`LogId`] of the last applied entry.
+const LAST_APPLIED: &str = "last_applied";
+/// [`SM_META`] key of the last applied [`StoredMembership`].
+const LAST_MEMBERSHIP: &str = "last_membership";
+/// The current snapshot, by name: its metadata, its data, and a counter for snapshot ids.
+const SNAPSHOT: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("sm_snapshot");
+/// [`SNAPSHOT`] key of the current snapshot's [`SnapshotMeta`].
+const SNAPSHOT_META: &str = "meta";
+/// [`SNAPSHOT`] key of the current snapshot's data (a [`SnapshotData`] as JSON).
+const SNAPSHOT_DATA: &str = "data";
+/// [`SNAPSHOT`] key of the number of snapshots this node has built, for unique snapshot ids.
+const SNAPSHOT_SEQ: &str = "seq";
+
+/// The snapshot data format this build writes and reads.
+const SNAPSHOT_FORMAT: u32 = 1;
+
+/// Creates the state machine's tables inside `txn`.
+pub(super) fn create_tables(txn: &WriteTransaction) -> Result<(), DiskError> {
+    txn.open_table(POLICIES)?;
+    txn.open_table(SM_META)?;
+    txn.open_table(SNAPSHOT)?;
+    Ok(())
+}
+
+/// What the state machine has applied: the state and the two log pointers openraft asks for.
+#[derive(Debug, Default)]
+struct Applied {
+    state: State,
+    last_applied: Option<LogId>,
+    last_membership: StoredMembership,
+}
+
+/// Snapshot data as written: the whole state, borrowed.
+#[derive(Serialize)]
+struct SnapshotDataRef<'a> {
+    format: u32,
+    revision: u64,
+    policies: Vec<&'a StoredPolicy>,
+}
+
+/// Snapshot data as read back.
+#[derive(Deserialize)]
+struct SnapshotData {
+    format: u32,
+    revision: u64,
+    policies: Vec<StoredPolicy>,
+}
+
+impl SnapshotData {
+    /// Decodes snapshot bytes into a state, refusing formats this build does not know.
+    fn decode_state(bytes: &[u8]) -> Result<State, DiskError> {
+        let data: SnapshotData = decode(bytes)?;
+        if data.format != SNAPSHOT_FORMAT {
+            return Err(DiskError::SnapshotFormat {
+                found: data.format,
+                supported: SNAPSHOT_FORMAT,
+            });
+        }
+        Ok(State::restore(data.revision, data.policies))
+    }
+}
+
+/// openraft's state machine on redb, with the applied [`State`] kept in memory for reads.
+///
+/// Each batch of entries is applied to memory and written to redb in one durable transaction
+/// under the state's write lock. If that write fails, openraft stops the node; memory may then
+/// be ahead of disk, and a restart rebuilds it from disk and the log.
+#[derive(Debug)]
+pub struct StateMachineStore {
+    db: Arc<Database>,
+    applied: Arc<RwLock<Applied>>,
+}
+
+impl StateMachineStore {
+    /// Loads the applied state from an opened database whose tables exist.
+    pub(super) fn load(db: Arc<Database>) -> Result<Self, DiskError> {
+        let txn = db.begin_read()?;
+        let meta = txn.open_table(SM_META)?;
+        // Stored as JSON of an `Option`, so a snapshot of an empty log (`null`) reads back too.
+        let last_applied = read_value::<Option<LogId>, _>(&meta, LAST_APPLIED)?.flatten();
+        let last_membership: StoredMembership =
+            read_value(&meta, LAST_MEMBERSHIP)?.unwrap_or_default();
+        let mut policies = Vec::new();
+        for item in txn.open_table(POLICIES)?.iter()? {
+            let (_key, bytes) = item?;
+            policies.push(decode::<StoredPolicy>(bytes.value())?);
+        }
+        let revision = last_applied.map_or(0, |log_id| log_id.index);
+        let applied = Applied {
+            state: State::restore(revision, policies),
+            last_applied,
+            last_membership,
+        };
+        Ok(Self {
+            db,
+            applied: Arc::new(RwLock::new(applied)),
+        })
+    }
+
+    /// A handle that reads the applied state; it stays valid after this store is handed to
+    /// openraft.
+    pub fn reader(&self) -> StateReader {
+        StateReader {
+            applied: Arc::clone(&self.applied),
+        }
+    }
+}
+
+/// Reads the state machine's applied [`State`] from outside Raft (API handlers, watch streams).
+#[derive(Debug, Clone)]
+pub struct StateReader {
+    applied: Arc<RwLock<Applied>>,
+}
+
+impl StateReader {
+    /// Runs `read` on the applied state. Keep `read` short: applying the next batch waits for it.
+    pub async fn read<T>(&self, read: impl FnOnce(&State) -> T) -> T {
+        read(&self.applied.read().await.state)
+    }
+}
+
+/// Builds snapshots of the applied state; openraft runs it beside the state machine.
+#[derive(Debug, Clone)]
+pub struct StateSnapshotBuilder {
+    db: Arc<Database>,
+    applied: Arc<RwLock<Applied>>,
+}
+
+/// Writes the state machine's log pointers inside `txn`.
+fn write_pointers(txn: &WriteTransaction, applied: &Applied) -> Result<(), DiskError> {
+    let mut meta = txn.open_table(SM_META)?;
+    meta.insert(LAST_APPLIED, encode(&applied.last_applied)?.as_slice())?;
+    meta.insert(
+        LAST_MEMBERSHIP,
+        encode(&applied.last_membership)?.as_slice(),
+    )?;
+    Ok(())
+}
+
+/// Stores `meta` and `data` as the current snapshot inside `txn`, unless the stored one already
+/// covers more of the log (a build that raced with an install must not roll it back).
+fn write_snapshot(
+    txn: &WriteTransaction,
+    meta: &SnapshotMeta,
+    data: &[u8],
+) -> Result<(), DiskError> {
+    let mut snapshot = txn.open_table(SNAPSHOT)?;
+    let current: Option<SnapshotMeta> = read_value(&snapshot, SNAPSHOT_META)?;
+    if current.is_some_and(|current| current.last_log_id > meta.last_log_id) {
+        return Ok(());
+    }
+    snapshot.insert(SNAPSHOT_META, encode(meta)?.as_slice())?;
+    snapshot.insert(SNAPSHOT_DATA, data)?;
+    Ok(())
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateSnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let applied = Arc::clone(&self.applied);
+        let subject = ErrorSubject::Snapshot(None);
+        run_blocking(&self.db, subject, ErrorVerb::Write, move |db| {
+            build_snapshot(db, &applied)
+        })
+        .await
+    }
+}
+
+/// Serializes the applied state and stores it as the current snapshot (blocking).
+fn build_snapshot(db: &Database, applied: &RwLock<Applied>) -> Result<Snapshot, DiskError> {
+    // Hold the read lock only while encoding, so the next apply waits as little as possible.
+    let (last_log_id, last_membership, data) = {
+        let applied = applied.blocking_read();
+        let data = encode(&SnapshotDataRef {
+            format: SNAPSHOT_FORMAT,
+            revision: applied.state.revision(),
+            policies: applied.state.policies().collect(),
+        })?;
+        (applied.last_applied, applied.last_membership.clone(), data)
+    };
+    let txn = db.begin_write()?;
+    let seq = {
+        let mut snapshot = txn.open_table(SNAPSHOT)?;
+        let seq = read_value::<u64, _>(&snapshot, SNAPSHOT_SEQ)?.unwrap_or(0) + 1;
+        snapshot.insert(SNAPSHOT_SEQ, encode(&seq)?.as_slice())?;
+        seq
+    };
+    let meta = SnapshotMeta {
+        last_log_id,
+        last_membership,
+        snapshot_id: snapshot_id(last_log_id, seq),
+    };
+    write_snapshot(&txn, &meta, &data)?;
+    txn.commit()?;
+    Ok(Snapshot {
+        meta,
+        snapshot: Box::new(Cursor::new(data)),
+    })
+}
+
+/// A snapshot id that says what the snapshot covers and stays unique on this node:
+/// `<term>-<leader node>-<index>-<seq>`, or `none-<seq>` before the first entry.
+fn snapshot_id(last_log_id: Option<LogId>, seq: u64) -> String {
+    match last_log_id {
+        Some(id) => format!(
+            "{}-{}-{}-{seq}",
+            id.leader_id.term, id.leader_id.node_id, id.index
+        ),
+        None => format!("none-{seq}"),
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = StateSnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let applied = self.applied.read().await;
+        Ok((applied.last_applied, applied.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResponse>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let Some(last) = entries.last() else {
+            return Ok(Vec::new());
+        };
+        let subject = ErrorSubject::Apply(last.log_id);
+        let applied = Arc::clone(&self.applied);
+        run_blocking(&self.db, subject, ErrorVerb::Write, move |db| {
+            let mut applied = applied.blocking_write();
+            let mut touched = BTreeSet::new();
+            let mut responses = Vec::with_capacity(entries.len());
+            for entry in entries {
+                let index = entry.log_id.index;
+                applied.last_applied = Some(entry.log_id);
+                let response = match entry.payload {
+                    EntryPayload::Blank => applied.state.apply_noop(index),
+                    EntryPayload::Membership(membership) => {
+                        applied.last_membership =
+                            StoredMembership::new(Some(entry.log_id), membership);
+                        applied.state.apply_noop(index)
+                    }
+                    EntryPayload::Normal(command) => {
+                        touched.extend(command.policy_keys());
+                        applied.state.apply(command, index)
+                    }
+                };
+                responses.push(response);
+            }
+            let txn = db.begin_write()?;
+            write_policies(&txn, &applied.state, &touched)?;
+            write_pointers(&txn, &applied)?;
+            txn.commit()?;
+            Ok(responses)
+        })
+        .await
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        StateSnapshotBuilder {
+            db: Arc::clone(&self.db),
+            applied: Arc::clone(&self.applied),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let subject = ErrorSubject::Snapshot(Some(meta.signature()));
+        let meta = meta.clone();
+        let data = snapshot.into_inner();
+        let applied = Arc::clone(&self.applied);
+        run_blocking(&self.db, subject, ErrorVerb::Write, move |db| {
+            let state = SnapshotData::decode_state(&data)?;
+            let installed = Applied {
+                state,
+                last_applied: meta.last_log_id,
+                last_membership: meta.last_membership.clone(),
+            };
+            let mut applied = applied.blocking_write();
+            let txn = db.begin_write()?;
+            {
+                let mut policies = txn.open_table(POLICIES)?;
+                policies.retain(|_, _| false)?;
+                for policy in installed.state.policies() {
+                    let key = (policy.kind.as_str(), policy.name.as_str());
+                    policies.insert(key, encode(policy)?.as_slice())?;
+                }
+            }
+            write_pointers(&txn, &installed)?;
+            write_snapshot(&txn, &meta, &data)?;
+            txn.commit()?;
+            *applied = installed;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        run_blocking(
+            &self.db,
+            ErrorSubject::Snapshot(None),
+            ErrorVerb::Read,
+            |db| {
+                let txn = db.begin_read()?;
+                let snapshot = txn.open_table(SNAPSHOT)?;
+                let Some(meta) = read_value::<SnapshotMeta, _>(&snapshot, SNAPSHOT_META)? else {
+                    return Ok(None);
+                };
+                let Some(data) = snapshot.get(SNAPSHOT_DATA)? else {
+                    return Err(DiskError::Missing {
+                        present: "snapshot metadata",
+                        missing: "snapshot data",
+                    });
+                };
+                let data = data.value().to_vec();
+                Ok(Some(Snapshot {
+                    meta,
+                    snapshot: Box::new(Cursor::new(data)),
+                }))
+            },
+        )
+        .await
+    }
+}
+
+/// Writes back every policy in `touched`: its current value, or its removal.
+fn write_policies(
+    txn: &WriteTransaction,
+    state: &State,
+    touched: &BTreeSet<PolicyKey>,
+) -> Result<(), DiskError> {
+    let mut policies = txn.open_table(POLICIES)?;
+    for PolicyKey { kind, name } in touched {
+        let key = (kind.as_str(), name.as_str());
+        match state.policy(kind, name) {
+            Some(policy) => {
+                policies.insert(key, encode(policy)?.as_slice())?;
+            }
+            None => {
+                policies.remove(key)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::testing::log_id;
+
+    use super::*;
+
+    fn meta(index: u64, snapshot_id: &str) -> SnapshotMeta {
+        SnapshotMeta {
+            last_log_id: Some(log_id(1, 1, index)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: snapshot_id.to_owned(),
+        }
+    }
+
+    fn current(db: &Database) -> (Option<SnapshotMeta>, Option<Vec<u8>>) {
+        let txn = db.begin_read().unwrap();
+        let snapshot = txn.open_table(SNAPSHOT).unwrap();
+        let meta = read_value(&snapshot, SNAPSHOT_META).unwrap();
+        let data = snapshot
+            .get(SNAPSHOT_DATA)
+            .unwrap()
+            .map(|d| d.value().to_vec());
+        (meta, data)
+    }
+
+    #[test]
+    fn an_older_snapshot_never_replaces_a_newer_one() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let db = Database::create(dir.path().join("sm.redb")).unwrap();
+        let write = |meta: &SnapshotMeta, data: &[u8]| {
+            let txn = db.begin_write().unwrap();
+            create_tables(&txn).unwrap();
+            write_snapshot(&txn, meta, data).unwrap();
+            txn.commit().unwrap();
+        };
+        write(&meta(10, "ten"), b"ten");
+        write(&meta(5, "five"), b"five");
+        assert_eq!(current(&db), (Some(meta(10, "ten")), Some(b"ten".to_vec())));
+        write(&meta(10, "ten-again"), b"ten-again");
+        write(&meta(12, "twelve"), b"twelve");
+        assert_eq!(
+            current(&db),
+            (Some(meta(12, "twelve")), Some(b"twelve".to_vec()))
+        );
+    }
+
+    #[test]
+    fn snapshot_data_of_an_unknown_format_is_refused() {
+        let bytes = br#"{"format":2,"revision":3,"policies":[]}"#;
+        let error = SnapshotData::decode_state(bytes).expect_err("refused");
+        assert!(
+            matches!(
+                error,
+                DiskError::SnapshotFormat {
+                    found: 2,
+                    supported: 1
+                }
+            ),
+            "{error}"
+        );
+        let state = SnapshotData::decode_state(br#"{"format":1,"revision":3,"policies":[]}"#)
+            .expect("format 1 decodes");
+        assert_eq!(state, State::restore(3, []));
+    }
+}
