@@ -50,7 +50,7 @@ fn validate_accepts_the_examples_as_a_complete_set() {
     let output = hyphae(&["validate", "--complete", &examples()]);
     assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
     assert!(
-        stdout(&output).starts_with("ok: 12 objects in 7 files"),
+        stdout(&output).starts_with("ok: 13 objects in 8 files"),
         "{}",
         stdout(&output)
     );
@@ -130,7 +130,7 @@ fn schema_prints_json_schema_per_kind_and_refuses_unknown_kinds() {
     let schema: serde_json::Value = serde_json::from_slice(&all.stdout).expect("schema json");
     assert_eq!(
         schema["oneOf"].as_array().map(Vec::len),
-        Some(5),
+        Some(6),
         "{schema}"
     );
     let route = hyphae(&["schema", "Route"]);

@@ -14,6 +14,7 @@
 
 pub mod access_policy;
 pub mod agent_config;
+pub mod control_plane_config;
 pub mod diagnostic;
 pub mod duration;
 pub mod external_service;
@@ -37,6 +38,7 @@ pub use agent_config::{
     AgentConfigSpec, AgentLimits, HealthCheck, Listeners, LocalService, StaticEndpoint,
     StaticService, Upstream,
 };
+pub use control_plane_config::{ControlPlaneConfigSpec, Member};
 pub use diagnostic::{Diagnostic, FieldPath, Issue, Severity};
 pub use duration::Duration;
 pub use external_service::{ExternalPort, ExternalServiceSpec};

@@ -477,6 +477,7 @@ fn read_document(document: &Node) -> Reading {
         Kind::AccessPolicy => decode(document, Policy::AccessPolicy),
         Kind::ExternalService => decode(document, Policy::ExternalService),
         Kind::AgentConfig => decode(document, Policy::AgentConfig),
+        Kind::ControlPlaneConfig => decode(document, Policy::ControlPlaneConfig),
     }
 }
 

@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{AccessPolicySpec, AgentConfigSpec, ExternalServiceSpec, RouteSpec, ServicePolicySpec};
+use crate::{
+    AccessPolicySpec, AgentConfigSpec, ControlPlaneConfigSpec, ExternalServiceSpec, RouteSpec,
+    ServicePolicySpec,
+};
 
 /// Identifies an object within its kind.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -47,6 +50,8 @@ pub enum Policy {
     ExternalService(Object<ExternalServiceSpec>),
     /// An agent's own local configuration file.
     AgentConfig(Object<AgentConfigSpec>),
+    /// A control-plane node's own local configuration file.
+    ControlPlaneConfig(Object<ControlPlaneConfigSpec>),
 }
 
 /// The kinds, by the name written in `kind:`.
@@ -62,16 +67,19 @@ pub enum Kind {
     ExternalService,
     /// `AgentConfig`
     AgentConfig,
+    /// `ControlPlaneConfig`
+    ControlPlaneConfig,
 }
 
 impl Kind {
     /// Every kind, in documentation order.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::ServicePolicy,
         Kind::Route,
         Kind::AccessPolicy,
         Kind::ExternalService,
         Kind::AgentConfig,
+        Kind::ControlPlaneConfig,
     ];
 
     /// The name written in `kind:`.
@@ -82,6 +90,7 @@ impl Kind {
             Kind::AccessPolicy => "AccessPolicy",
             Kind::ExternalService => "ExternalService",
             Kind::AgentConfig => "AgentConfig",
+            Kind::ControlPlaneConfig => "ControlPlaneConfig",
         }
     }
 
@@ -91,7 +100,7 @@ impl Kind {
     }
 
     /// Every kind's name, for "expected one of" messages.
-    pub fn names() -> [&'static str; 5] {
+    pub fn names() -> [&'static str; 6] {
         Kind::ALL.map(Kind::name)
     }
 }
@@ -111,6 +120,7 @@ impl Policy {
             Policy::AccessPolicy(_) => Kind::AccessPolicy,
             Policy::ExternalService(_) => Kind::ExternalService,
             Policy::AgentConfig(_) => Kind::AgentConfig,
+            Policy::ControlPlaneConfig(_) => Kind::ControlPlaneConfig,
         }
     }
 
@@ -122,6 +132,7 @@ impl Policy {
             Policy::AccessPolicy(o) => &o.metadata,
             Policy::ExternalService(o) => &o.metadata,
             Policy::AgentConfig(o) => &o.metadata,
+            Policy::ControlPlaneConfig(o) => &o.metadata,
         }
     }
 

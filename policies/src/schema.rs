@@ -5,8 +5,8 @@ use schemars::{JsonSchema, schema_for};
 use serde_json::{Value, json};
 
 use crate::{
-    AccessPolicySpec, AgentConfigSpec, ExternalServiceSpec, Kind, Object, Policy, RouteSpec,
-    ServicePolicySpec,
+    AccessPolicySpec, AgentConfigSpec, ControlPlaneConfigSpec, ExternalServiceSpec, Kind, Object,
+    Policy, RouteSpec, ServicePolicySpec,
 };
 
 /// The schema of any policy document (`kind` chooses the shape).
@@ -26,6 +26,7 @@ pub fn kind_schema(kind: Kind) -> Value {
         Kind::AccessPolicy => with_kind::<AccessPolicySpec>(kind),
         Kind::ExternalService => with_kind::<ExternalServiceSpec>(kind),
         Kind::AgentConfig => with_kind::<AgentConfigSpec>(kind),
+        Kind::ControlPlaneConfig => with_kind::<ControlPlaneConfigSpec>(kind),
     }
 }
 

@@ -110,6 +110,7 @@ pub fn check_object(policy: &Policy) -> Vec<Issue> {
         Policy::AccessPolicy(o) => check_access_policy(&mut c, &spec, &o.spec),
         Policy::ExternalService(o) => check_external_service(&mut c, &spec, &o.spec),
         Policy::AgentConfig(o) => check_agent_config(&mut c, &spec, &o.spec),
+        Policy::ControlPlaneConfig(o) => check_control_plane_config(&mut c, &spec, &o.spec),
     }
     c.issues
 }
@@ -646,6 +647,71 @@ fn check_health(c: &mut Checker, path: &FieldPath, check: &HealthCheck) {
     c.at_least_one(path.key("fall"), check.fall);
 }
 
+fn check_control_plane_config(
+    c: &mut Checker,
+    path: &FieldPath,
+    spec: &crate::ControlPlaneConfigSpec,
+) {
+    if spec.id == 0 {
+        c.error(path.key("id"), "node ids start at 1");
+    }
+    if let Some(advertise) = &spec.advertise
+        && let Err(reason) = check_host_port(advertise)
+    {
+        c.error(path.key("advertise"), reason);
+    }
+    let mut ids = BTreeSet::new();
+    let mut addresses = BTreeSet::new();
+    for (i, member) in spec.members.iter().enumerate() {
+        let member_path = path.key("members").index(i);
+        if member.id == 0 {
+            c.error(member_path.key("id"), "node ids start at 1");
+        } else if !ids.insert(member.id) {
+            c.error(
+                member_path.key("id"),
+                format!("node id {} is listed twice", member.id),
+            );
+        }
+        if let Err(reason) = check_host_port(&member.address) {
+            c.error(member_path.key("address"), reason);
+        } else if !addresses.insert(member.address.as_str()) {
+            c.error(
+                member_path.key("address"),
+                format!("address {} is listed twice", member.address),
+            );
+        }
+    }
+    if !spec.members.is_empty() && !ids.contains(&spec.id) {
+        c.error(
+            path.key("members"),
+            format!(
+                "this node (id {}) must be one of the members it starts a cluster with",
+                spec.id
+            ),
+        );
+    }
+    c.positive(path.key("heartbeatInterval"), spec.heartbeat_interval);
+    c.positive(path.key("writeTimeout"), spec.write_timeout);
+    if spec.election_timeout_min >= spec.election_timeout_max {
+        c.error(
+            path.key("electionTimeoutMax"),
+            format!(
+                "must be longer than electionTimeoutMin ({})",
+                spec.election_timeout_min
+            ),
+        );
+    }
+    if spec.heartbeat_interval >= spec.election_timeout_min {
+        c.error(
+            path.key("heartbeatInterval"),
+            format!(
+                "must be shorter than electionTimeoutMin ({}), or followers start elections while the leader is healthy",
+                spec.election_timeout_min
+            ),
+        );
+    }
+}
+
 /// Checks `host:port` (a DNS name or IP, then a port), as used for control-plane addresses.
 fn check_host_port(address: &str) -> Result<(), String> {
     if address.parse::<SocketAddr>().is_ok() {
@@ -770,7 +836,7 @@ fn known_services<'a>(policies: impl Iterator<Item = &'a Policy>) -> BTreeSet<&'
                 known.extend(o.spec.services.iter().map(|s| s.name.as_str()));
                 known.extend(o.spec.static_services.iter().map(|s| s.name.as_str()));
             }
-            Policy::Route(_) | Policy::AccessPolicy(_) => {}
+            Policy::Route(_) | Policy::AccessPolicy(_) | Policy::ControlPlaneConfig(_) => {}
         }
     }
     known
@@ -821,7 +887,7 @@ fn service_references(policy: &Policy) -> Vec<(FieldPath, &str)> {
                 ));
             }
         }
-        Policy::ServicePolicy(_) | Policy::ExternalService(_) => {}
+        Policy::ServicePolicy(_) | Policy::ExternalService(_) | Policy::ControlPlaneConfig(_) => {}
     }
     refs
 }
