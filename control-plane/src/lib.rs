@@ -10,10 +10,28 @@
 //!
 //! A write will travel: admin API → `Raft::client_write(Command)` → [`store::LogStore`] on a
 //! quorum → [`store::StateMachineStore::apply`](openraft::storage::RaftStateMachine::apply) →
-//! [`state::State::apply`] → the response and the new revision. The Raft network, admin API and
-//! watch streams land here next.
+//! [`state::State::apply`] → the response and the new revision.
+//! - [`config`] reads a node's `ControlPlaneConfig`; [`node`] starts Raft on the store;
+//!   [`network`] carries Raft RPCs over HTTP/2; [`api`] serves peers and the admin API
+//!   (`/v1/policies`, `/v1/cluster`). Agent registration and watch streams land here next.
 
+pub mod api;
 pub mod cli;
+pub mod config;
+pub mod network;
+pub mod node;
 pub mod raft;
 pub mod state;
 pub mod store;
+
+/// An error and its causes on one line, for logs and API messages.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -38,3 +38,6 @@ pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, BasicNode>;
 pub type Snapshot = openraft::Snapshot<TypeConfig>;
 /// The error a storage operation reports to openraft, which stops the node on it.
 pub type StorageError = openraft::StorageError<NodeId>;
+
+/// A running Raft node of this cluster.
+pub type Raft = openraft::Raft<TypeConfig>;

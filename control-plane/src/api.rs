@@ -1,0 +1,448 @@
+//! The node's HTTP surface: Raft RPCs from peers and the admin API (`/v1/...`, JSON; policies
+//! also accept YAML). Writes go through Raft and answer after commit; followers forward writes
+//! and linearizable reads to the leader; no quorum is a 503 within the write timeout.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyphae_policies::{Completeness, Diagnostic, LoadOptions, load_str};
+use openraft::BasicNode;
+use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use serde::Serialize;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::network::serve_rpc;
+use crate::node::Node;
+use crate::raft::NodeId;
+use crate::state::{Command, CommandResponse, PolicyDocument, StoredPolicy};
+
+/// Largest request body: a policy file's limit plus room for JSON envelopes.
+pub const MAX_BODY_BYTES: usize = hyphae_policies::limits::DEFAULT_MAX_FILE_BYTES + 64 * 1024;
+
+/// An API failure: a status and a stable machine-readable code.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    diagnostics: Vec<Diagnostic>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            diagnostics: Vec::new(),
+        }
+    }
+
+    fn into_response(self) -> Response<Full<Bytes>> {
+        let mut body = json!({ "code": self.code, "message": self.message });
+        if !self.diagnostics.is_empty() {
+            body["diagnostics"] = serde_json::to_value(&self.diagnostics).unwrap_or_default();
+        }
+        json_response(self.status, &body)
+    }
+}
+
+/// Serves the node's HTTP port until `shutdown`.
+pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: CancellationToken) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let node = Arc::clone(&node);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let node = Arc::clone(&node);
+                async move { Ok::<_, Infallible>(handle(&node, request).await) }
+            });
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                () = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = result {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Handles one request.
+pub async fn handle(node: &Node, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (parts, body) = request.into_parts();
+    let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) => {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                error.to_string(),
+            )
+            .into_response();
+        }
+    };
+    let path = parts.uri.path().to_string();
+    let query = parts.uri.query().unwrap_or_default().to_string();
+    if parts.method == Method::POST
+        && let Some(answer) = serve_rpc(&node.raft, &path, &body).await
+    {
+        return match answer {
+            Ok(json) => bytes_response(StatusCode::OK, json, "application/json"),
+            Err(message) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "bad-rpc", message).into_response()
+            }
+        };
+    }
+    let request = ApiRequest {
+        method: parts.method,
+        path,
+        query,
+        body,
+    };
+    match route(node, &request).await {
+        Ok(response) => response,
+        Err(Routed::Error(error)) => error.into_response(),
+        Err(Routed::Forward(leader)) => forward(node, &request, &leader).await,
+    }
+}
+
+/// A buffered admin request, kept whole so it can be forwarded to the leader.
+struct ApiRequest {
+    method: Method,
+    path: String,
+    query: String,
+    body: Bytes,
+}
+
+impl ApiRequest {
+    fn flag(&self, name: &str) -> bool {
+        self.query
+            .split('&')
+            .any(|pair| pair == name || pair == format!("{name}=true"))
+    }
+
+    fn param(&self, name: &str) -> Option<&str> {
+        self.query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+    }
+}
+
+/// Why a request was not answered here.
+enum Routed {
+    Error(ApiError),
+    /// Only the leader can answer: forward to this address.
+    Forward(String),
+}
+
+impl From<ApiError> for Routed {
+    fn from(error: ApiError) -> Self {
+        Routed::Error(error)
+    }
+}
+
+async fn route(node: &Node, request: &ApiRequest) -> Result<Response<Full<Bytes>>, Routed> {
+    let segments: Vec<&str> = request.path.trim_matches('/').split('/').collect();
+    match (&request.method, segments.as_slice()) {
+        (&Method::GET, ["v1", "cluster"]) => Ok(cluster(node).await),
+        (&Method::POST | &Method::PUT, ["v1", "policies"]) => apply(node, request).await,
+        (&Method::GET, ["v1", "policies"]) => {
+            read_barrier(node, request).await?;
+            let kind = request.param("kind");
+            let policies: Vec<StoredPolicy> = node
+                .state
+                .read(|state| {
+                    state
+                        .policies()
+                        .filter(|p| kind.is_none_or(|k| p.kind == k))
+                        .cloned()
+                        .collect()
+                })
+                .await;
+            Ok(json_response(StatusCode::OK, &policies))
+        }
+        (&Method::GET, ["v1", "policies", kind, name]) => {
+            read_barrier(node, request).await?;
+            let found = node
+                .state
+                .read(|state| state.policy(kind, name).cloned())
+                .await;
+            match found {
+                Some(policy) => Ok(json_response(StatusCode::OK, &policy)),
+                None => Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not-found",
+                    format!("no {kind} named `{name}`"),
+                )
+                .into()),
+            }
+        }
+        (&Method::DELETE, ["v1", "policies", kind, name]) => {
+            let command = Command::DeletePolicy {
+                kind: (*kind).to_string(),
+                name: (*name).to_string(),
+            };
+            let response = write(node, command).await?;
+            Ok(json_response(StatusCode::OK, &response))
+        }
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown-path",
+            format!("no API at {} {}", request.method, request.path),
+        )
+        .into()),
+    }
+}
+
+/// `POST /v1/policies`: validates the YAML (or JSON) with the same loader as `hyphae
+/// validate`, then writes every object in one Raft entry. `?dryRun=true` stops after checking.
+async fn apply(node: &Node, request: &ApiRequest) -> Result<Response<Full<Bytes>>, Routed> {
+    let text = std::str::from_utf8(&request.body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "not-utf8",
+            format!("the body is not UTF-8: {e}"),
+        )
+    })?;
+    let report = load_str(
+        "request",
+        text,
+        LoadOptions {
+            completeness: Completeness::Partial,
+            ..LoadOptions::default()
+        },
+    );
+    if report.has_errors() {
+        let mut error = ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-policy",
+            format!(
+                "{} error(s) in the policies; nothing was applied",
+                report.error_count()
+            ),
+        );
+        error.diagnostics = report.diagnostics;
+        return Err(error.into());
+    }
+    let mut documents = Vec::new();
+    for object in &report.objects {
+        let source = serde_saphyr::to_string(&object.policy).map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "encode", e.to_string())
+        })?;
+        documents.push(PolicyDocument {
+            kind: object.policy.kind().name().to_string(),
+            name: object.policy.name().to_string(),
+            source,
+        });
+    }
+    if documents.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "empty",
+            "no policy documents in the body",
+        )
+        .into());
+    }
+    if request.flag("dryRun") {
+        let names: Vec<_> = documents
+            .iter()
+            .map(|d| json!({"kind": d.kind, "name": d.name}))
+            .collect();
+        return Ok(json_response(
+            StatusCode::OK,
+            &json!({ "dryRun": true, "valid": true, "objects": names, "warnings": report.diagnostics }),
+        ));
+    }
+    let response = write(
+        node,
+        Command::ApplyPolicies {
+            policies: documents,
+        },
+    )
+    .await?;
+    Ok(json_response(StatusCode::OK, &response))
+}
+
+/// Writes `command` through Raft and waits for it to be applied.
+async fn write(node: &Node, command: Command) -> Result<CommandResponse, Routed> {
+    let timeout = node.config.spec.write_timeout.get();
+    match tokio::time::timeout(timeout, node.raft.client_write(command)).await {
+        Err(_) => Err(no_quorum(timeout).into()),
+        Ok(Ok(written)) => Ok(written.data),
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
+            Err(leader_or_unavailable(&forward))
+        }
+        Ok(Err(error)) => {
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "raft", error.to_string()).into())
+        }
+    }
+}
+
+/// Linearizable reads (the default) confirm leadership with a quorum first; followers forward
+/// them to the leader. `?stale=true` reads this node's applied state as it is.
+async fn read_barrier(node: &Node, request: &ApiRequest) -> Result<(), Routed> {
+    if request.flag("stale") {
+        return Ok(());
+    }
+    let timeout = node.config.spec.write_timeout.get();
+    match tokio::time::timeout(timeout, node.raft.ensure_linearizable()).await {
+        Err(_) => Err(no_quorum(timeout).into()),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
+            Err(leader_or_unavailable(&forward))
+        }
+        Ok(Err(error)) => {
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "raft", error.to_string()).into())
+        }
+    }
+}
+
+fn no_quorum(timeout: std::time::Duration) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no-quorum",
+        format!("no quorum answered within {timeout:?}; is a majority of the cluster up?"),
+    )
+}
+
+fn leader_or_unavailable(forward: &ForwardToLeader<NodeId, BasicNode>) -> Routed {
+    match &forward.leader_node {
+        Some(leader) => Routed::Forward(leader.addr.clone()),
+        None => Routed::Error(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no-leader",
+            "the cluster has no leader right now; try again shortly",
+        )),
+    }
+}
+
+/// Sends the request on to the leader and relays its answer.
+async fn forward(node: &Node, request: &ApiRequest, leader: &str) -> Response<Full<Bytes>> {
+    let query = if request.query.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", request.query)
+    };
+    let upstream = Request::builder()
+        .method(request.method.clone())
+        .uri(format!("http://{leader}{}{query}", request.path))
+        .header("hyphae-forwarded", "1")
+        .body(Full::new(request.body.clone()));
+    let upstream = match upstream {
+        Ok(upstream) => upstream,
+        Err(e) => {
+            return ApiError::new(StatusCode::BAD_GATEWAY, "forward", e.to_string()).into_response();
+        }
+    };
+    let timeout = node.config.spec.write_timeout.get();
+    let exchange = async {
+        let response = node
+            .peers
+            .request(upstream)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (parts, body) = response.into_parts();
+        let bytes = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok::<_, String>(Response::from_parts(parts, Full::new(bytes)))
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(reason)) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "leader-unreachable",
+            format!("cannot reach the leader at {leader}: {reason}"),
+        )
+        .into_response(),
+        Err(_) => no_quorum(timeout).into_response(),
+    }
+}
+
+#[derive(Serialize)]
+struct Member {
+    id: NodeId,
+    address: String,
+}
+
+/// `GET /v1/cluster`: this node's view — its role, the leader, term, indexes, members.
+async fn cluster(node: &Node) -> Response<Full<Bytes>> {
+    let metrics = node.raft.metrics().borrow().clone();
+    let members: Vec<Member> = metrics
+        .membership_config
+        .nodes()
+        .map(|(id, n)| Member {
+            id: *id,
+            address: n.addr.clone(),
+        })
+        .collect();
+    let voters: Vec<NodeId> = metrics.membership_config.membership().voter_ids().collect();
+    let revision = node.state.read(|state| state.revision()).await;
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "id": metrics.id,
+            "name": node.config.name,
+            "state": format!("{:?}", metrics.state),
+            "leader": metrics.current_leader,
+            "term": metrics.current_term,
+            "lastLogIndex": metrics.last_log_index,
+            "lastApplied": metrics.last_applied.map(|l| l.index),
+            "revision": revision,
+            "members": members,
+            "voters": voters,
+        }),
+    )
+}
+
+fn json_response<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
+    let mut body = serde_json::to_vec_pretty(value)
+        .unwrap_or_else(|e| format!("{{\"code\":\"encode\",\"message\":\"{e}\"}}").into_bytes());
+    body.push(b'\n');
+    bytes_response(status, body, "application/json")
+}
+
+fn bytes_response(
+    status: StatusCode,
+    body: Vec<u8>,
+    content_type: &'static str,
+) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    response
+}
+
+/// The address a listener actually bound, for the ready line.
+pub fn bound(listener: &TcpListener) -> std::io::Result<SocketAddr> {
+    listener.local_addr()
+}

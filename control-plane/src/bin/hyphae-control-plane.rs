@@ -1,0 +1,122 @@
+//! `hyphae-control-plane`: arguments, logging, runtime and signals; the node itself is in the
+//! library.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use hyphae_control_plane::{api, config, node::Node};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+/// A hyphae control-plane node.
+#[derive(Debug, Parser)]
+#[command(
+    name = "hyphae-control-plane",
+    version,
+    about = "A hyphae control-plane node (Raft)"
+)]
+struct Args {
+    /// The node's configuration: one `ControlPlaneConfig` document.
+    #[arg(
+        long,
+        short,
+        value_name = "FILE",
+        default_value = "/etc/hyphae/control-plane.yaml"
+    )]
+    config: PathBuf,
+    /// Start a new cluster with the configured members, if this node is not in one yet. Run it
+    /// on one node, once.
+    #[arg(long)]
+    init: bool,
+    /// Check the configuration and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match config::load(&args.config) {
+        Ok(config) => config,
+        Err(diagnostics) => {
+            for diagnostic in diagnostics {
+                eprint!("{diagnostic}");
+            }
+            return ExitCode::from(1);
+        }
+    };
+    if args.check {
+        println!(
+            "ok: node `{}` (id {}) listening on {}, {} initial member(s)",
+            config.name,
+            config.spec.id,
+            config.spec.listen,
+            config.spec.members.len()
+        );
+        return ExitCode::SUCCESS;
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HYPHAE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    if std::io::stderr().is_terminal() {
+        logs.init();
+    } else {
+        logs.json().init();
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("hyphae-control-plane: cannot start the runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(config, args.init)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("hyphae-control-plane: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(config: config::NodeConfig, init: bool) -> anyhow::Result<()> {
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let listen = config.spec.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    let address = api::bound(&listener)?;
+    let node = Arc::new(Node::start(config).await?);
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(api::serve(Arc::clone(&node), listener, shutdown.clone()));
+    if init && node.initialize().await? {
+        tracing::info!("initialized a new cluster");
+    }
+    println!(
+        "{}",
+        serde_json::json!({ "ready": { "listen": address, "id": node.config.spec.id } })
+    );
+    tracing::info!(%address, id = node.config.spec.id, "control-plane node ready");
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
+    let _ = server.await;
+    node.raft
+        .shutdown()
+        .await
+        .map_err(|e| anyhow::anyhow!("Raft did not shut down cleanly: {e}"))?;
+    Ok(())
+}

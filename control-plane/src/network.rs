@@ -1,0 +1,211 @@
+//! Raft RPCs between control-plane nodes over HTTP/2: the client side openraft calls
+//! ([`HttpNetwork`]) and the server side that feeds requests to the local Raft
+//! ([`serve_rpc`]). Bodies are JSON; the transport is one module so mTLS can wrap it later.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use openraft::BasicNode;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::raft::{NodeId, Raft, TypeConfig};
+
+/// Path of the AppendEntries RPC.
+pub const APPEND_PATH: &str = "/raft/append";
+/// Path of the Vote RPC.
+pub const VOTE_PATH: &str = "/raft/vote";
+/// Path of the InstallSnapshot RPC.
+pub const SNAPSHOT_PATH: &str = "/raft/snapshot";
+
+/// Longest a peer may take to accept a connection.
+pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// An HTTP/2 (prior knowledge) client for talking to other nodes: Raft RPCs and forwarded
+/// admin requests.
+pub type PeerClient = Client<HttpConnector, Full<Bytes>>;
+
+/// A fresh peer client.
+pub fn peer_client() -> PeerClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(PEER_CONNECT_TIMEOUT));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .timer(TokioTimer::new())
+        .build(connector)
+}
+
+/// Builds a [`PeerNetwork`] per target, all sharing one client (one connection per peer).
+#[derive(Clone)]
+pub struct HttpNetwork {
+    client: PeerClient,
+}
+
+impl HttpNetwork {
+    /// A network using `client`.
+    pub fn new(client: PeerClient) -> Self {
+        HttpNetwork { client }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
+    type Network = PeerNetwork;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerNetwork {
+        PeerNetwork {
+            client: self.client.clone(),
+            target,
+            address: node.addr.clone(),
+        }
+    }
+}
+
+/// The RPC client for one peer.
+pub struct PeerNetwork {
+    client: PeerClient,
+    target: NodeId,
+    address: String,
+}
+
+/// Why a call to a peer failed before it answered.
+#[derive(Debug, thiserror::Error)]
+enum TransportError {
+    #[error("cannot reach node {target} at {address}: {reason}")]
+    Unreachable {
+        target: NodeId,
+        address: String,
+        reason: String,
+    },
+    #[error("node {target} at {address} failed the request: {reason}")]
+    Failed {
+        target: NodeId,
+        address: String,
+        reason: String,
+    },
+}
+
+impl PeerNetwork {
+    /// POSTs `body` as JSON to `path` and decodes the peer's `Result<Resp, RaftError<E>>`.
+    async fn call<Req, Resp, E>(
+        &self,
+        path: &str,
+        body: &Req,
+        ttl: Duration,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let failed = |reason: String| TransportError::Failed {
+            target: self.target,
+            address: self.address.clone(),
+            reason,
+        };
+        let json = serde_json::to_vec(body)
+            .map_err(|e| RPCError::Network(NetworkError::new(&failed(e.to_string()))))?;
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("http://{}{path}", self.address))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(json)))
+            .map_err(|e| RPCError::Network(NetworkError::new(&failed(e.to_string()))))?;
+        let exchange = async {
+            let response = self.client.request(request).await.map_err(|e| {
+                let error = TransportError::Unreachable {
+                    target: self.target,
+                    address: self.address.clone(),
+                    reason: crate::error_chain(&e),
+                };
+                RPCError::Unreachable(Unreachable::new(&error))
+            })?;
+            let status = response.status();
+            let bytes = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| RPCError::Network(NetworkError::new(&failed(e.to_string()))))?
+                .to_bytes();
+            if status != StatusCode::OK {
+                let text = String::from_utf8_lossy(&bytes).into_owned();
+                return Err(RPCError::Network(NetworkError::new(&failed(format!(
+                    "{status}: {text}"
+                )))));
+            }
+            let decoded: Result<Resp, RaftError<NodeId, E>> = serde_json::from_slice(&bytes)
+                .map_err(|e| RPCError::Network(NetworkError::new(&failed(e.to_string()))))?;
+            decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        };
+        match tokio::time::timeout(ttl, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(RPCError::Network(NetworkError::new(&failed(format!(
+                "no answer within {ttl:?}"
+            ))))),
+        }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerNetwork {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(APPEND_PATH, &rpc, option.hard_ttl()).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call(SNAPSHOT_PATH, &rpc, option.hard_ttl()).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(VOTE_PATH, &rpc, option.hard_ttl()).await
+    }
+}
+
+/// Answers one Raft RPC addressed to this node: `path` names it, `body` is its JSON. Returns
+/// the JSON of `Result<Response, RaftError>`, or `None` when the path is not a Raft RPC, or an
+/// error message when the body is not a valid request.
+pub async fn serve_rpc(raft: &Raft, path: &str, body: &[u8]) -> Option<Result<Vec<u8>, String>> {
+    let answer = match path {
+        APPEND_PATH => match serde_json::from_slice::<AppendEntriesRequest<TypeConfig>>(body) {
+            Ok(request) => serde_json::to_vec(&raft.append_entries(request).await),
+            Err(e) => return Some(Err(e.to_string())),
+        },
+        VOTE_PATH => match serde_json::from_slice::<VoteRequest<NodeId>>(body) {
+            Ok(request) => serde_json::to_vec(&raft.vote(request).await),
+            Err(e) => return Some(Err(e.to_string())),
+        },
+        SNAPSHOT_PATH => match serde_json::from_slice::<InstallSnapshotRequest<TypeConfig>>(body) {
+            Ok(request) => serde_json::to_vec(&raft.install_snapshot(request).await),
+            Err(e) => return Some(Err(e.to_string())),
+        },
+        _ => return None,
+    };
+    Some(answer.map_err(|e| e.to_string()))
+}

@@ -1,0 +1,97 @@
+//! A control-plane node: opens its Raft store, starts Raft with the HTTP/2 network, and
+//! initializes a new cluster when asked to, once.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::Context;
+use openraft::{BasicNode, SnapshotPolicy};
+
+use crate::config::NodeConfig;
+use crate::network::{HttpNetwork, PeerClient, peer_client};
+use crate::raft::{NodeId, Raft};
+use crate::store::{self, StateReader};
+
+/// Name of the Raft store file in the data directory.
+pub const STORE_FILE: &str = "raft.redb";
+/// Log entries after which a snapshot is built and older entries may be purged.
+pub const SNAPSHOT_EVERY_ENTRIES: u64 = 5_000;
+/// Entries kept behind the snapshot, so slightly lagging followers catch up from the log.
+pub const LOG_KEPT_BEHIND_SNAPSHOT: u64 = 1_000;
+
+/// A started node.
+pub struct Node {
+    /// Its configuration.
+    pub config: NodeConfig,
+    /// The Raft handle.
+    pub raft: Raft,
+    /// Read access to the applied state.
+    pub state: StateReader,
+    /// Client for peers (Raft RPCs and forwarded writes).
+    pub peers: PeerClient,
+}
+
+impl Node {
+    /// Opens the store in the data directory and starts Raft.
+    pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
+        let data_dir = &config.spec.data_dir;
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+        let (log, state_machine) = store::open(data_dir.join(STORE_FILE)).await?;
+        let state = state_machine.reader();
+        let raft_config = openraft::Config {
+            cluster_name: "hyphae".to_string(),
+            heartbeat_interval: millis(config.spec.heartbeat_interval),
+            election_timeout_min: millis(config.spec.election_timeout_min),
+            election_timeout_max: millis(config.spec.election_timeout_max),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY_ENTRIES),
+            max_in_snapshot_log_to_keep: LOG_KEPT_BEHIND_SNAPSHOT,
+            ..openraft::Config::default()
+        }
+        .validate()
+        .context("invalid Raft timings")?;
+        let peers = peer_client();
+        let raft = Raft::new(
+            config.spec.id,
+            Arc::new(raft_config),
+            HttpNetwork::new(peers.clone()),
+            log,
+            state_machine,
+        )
+        .await
+        .context("cannot start Raft")?;
+        Ok(Node {
+            config,
+            raft,
+            state,
+            peers,
+        })
+    }
+
+    /// Starts a new cluster with the configured members (or this node alone), unless this
+    /// node already belongs to one. Returns whether it initialized.
+    pub async fn initialize(&self) -> anyhow::Result<bool> {
+        if self.raft.is_initialized().await? {
+            return Ok(false);
+        }
+        let mut members: BTreeMap<NodeId, BasicNode> = self
+            .config
+            .spec
+            .members
+            .iter()
+            .map(|m| (m.id, BasicNode::new(&m.address)))
+            .collect();
+        members
+            .entry(self.config.spec.id)
+            .or_insert_with(|| BasicNode::new(self.config.advertised()));
+        self.raft
+            .initialize(members)
+            .await
+            .context("cannot initialize the cluster")?;
+        Ok(true)
+    }
+}
+
+fn millis(duration: hyphae_policies::Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
