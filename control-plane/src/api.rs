@@ -252,6 +252,23 @@ async fn apply(node: &Node, request: &ApiRequest) -> Result<Response<Full<Bytes>
         error.diagnostics = report.diagnostics;
         return Err(error.into());
     }
+    let local: Vec<String> = report
+        .objects
+        .iter()
+        .filter(|o| o.policy.kind().is_local_config())
+        .map(|o| format!("{} `{}`", o.policy.kind(), o.policy.name()))
+        .collect();
+    if !local.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "local-config",
+            format!(
+                "{} belong(s) on the node it configures, not in the control plane; nothing was applied",
+                local.join(", ")
+            ),
+        )
+        .into());
+    }
     let mut documents = Vec::new();
     for object in &report.objects {
         let source = serde_saphyr::to_string(&object.policy).map_err(|e| {
@@ -359,7 +376,8 @@ async fn forward(node: &Node, request: &ApiRequest, leader: &str) -> Response<Fu
     let upstream = match upstream {
         Ok(upstream) => upstream,
         Err(e) => {
-            return ApiError::new(StatusCode::BAD_GATEWAY, "forward", e.to_string()).into_response();
+            return ApiError::new(StatusCode::BAD_GATEWAY, "forward", e.to_string())
+                .into_response();
         }
     };
     let timeout = node.config.spec.write_timeout.get();

@@ -1,10 +1,15 @@
 //! The `hyphae` command line: argument types and one module per subcommand.
 //! `main` only parses arguments and maps the outcome to an exit code.
 
+pub mod apply;
+pub mod client;
+pub mod cluster;
+pub mod diff;
+pub mod get;
 pub mod schema;
 pub mod validate;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 /// hyphae operator CLI.
 #[derive(Debug, Parser)]
@@ -22,6 +27,29 @@ pub enum Command {
     Validate(validate::ValidateArgs),
     /// Print the JSON Schema of policy documents, for editor completion.
     Schema(schema::SchemaArgs),
+    /// Validate policy files and write them to the control plane in one atomic change.
+    Apply(apply::ApplyArgs),
+    /// Read stored policies.
+    Get(get::GetArgs),
+    /// Delete a stored policy.
+    Delete(get::DeleteArgs),
+    /// Inspect the control-plane cluster.
+    Cluster(cluster::ClusterArgs),
+}
+
+/// Where the control plane is, for commands that talk to it.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// A control-plane node's `host:port` (any node: followers forward to the leader).
+    #[arg(long, env = client::SERVER_ENV, default_value = client::DEFAULT_SERVER)]
+    pub server: String,
+}
+
+impl ServerArgs {
+    /// The node to talk to.
+    pub fn address(&self) -> String {
+        self.server.clone()
+    }
 }
 
 /// How a command ended, as the process exit status.
@@ -38,5 +66,9 @@ pub fn run(cli: Cli, out: &mut dyn std::io::Write) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Validate(args) => validate::run(&args, out),
         Command::Schema(args) => schema::run(&args, out),
+        Command::Apply(args) => apply::run(&args, out),
+        Command::Get(args) => get::run_get(&args, out),
+        Command::Delete(args) => get::run_delete(&args, out),
+        Command::Cluster(args) => cluster::run(&args, out),
     }
 }

@@ -297,3 +297,119 @@ async fn a_three_node_cluster_replicates_survives_its_leader_and_refuses_without
     })
     .await;
 }
+
+fn hyphae(server: SocketAddr, args: &[&str]) -> (Option<i32>, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_hyphae"))
+        .args(args)
+        .env("HYPHAE_SERVER", server.to_string())
+        .output()
+        .expect("run hyphae");
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    (output.status.code(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_applies_diffs_gets_and_deletes_against_a_single_node() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let config = dir.path().join("solo.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "kind: ControlPlaneConfig\nmetadata: {{name: solo}}\nspec:\n  id: 1\n  listen: 127.0.0.1:{port}\n  dataDir: {}\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .expect("write config");
+    let mut node = ControlPlane {
+        id: 1,
+        config,
+        address: SocketAddr::from(([127, 0, 0, 1], port)),
+        child: None,
+    };
+    node.start(true);
+    eventually("the node to lead", || async {
+        leader_seen_by(&node).await == Some(1)
+    })
+    .await;
+    let server = node.address;
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/examples");
+
+    let (code, text) = hyphae(server, &["apply", "-f", examples]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.starts_with("applied 9 object(s) at revision"),
+        "{text}"
+    );
+
+    let (code, text) = hyphae(server, &["get"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("Route") && text.contains("catalog-canary"),
+        "{text}"
+    );
+
+    // A changed file shows its diff and applies nothing.
+    let changed = dir.path().join("changed.yaml");
+    let services =
+        std::fs::read_to_string(format!("{examples}/services.yaml")).expect("read example");
+    std::fs::write(&changed, services.replace("attempts: 3", "attempts: 4")).expect("write");
+    let (code, text) = hyphae(
+        server,
+        &["apply", "-f", &changed.display().to_string(), "--dry-run"],
+    );
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("ServicePolicy/catalog: would change"),
+        "{text}"
+    );
+    assert!(
+        text.contains("-     attempts: 3") && text.contains("+     attempts: 4"),
+        "{text}"
+    );
+    assert!(text.contains("ServicePolicy/frontend: unchanged"), "{text}");
+    let (_, yaml) = hyphae(server, &["get", "ServicePolicy", "catalog", "-o", "yaml"]);
+    assert!(
+        yaml.contains("attempts: 3"),
+        "the dry run changed nothing: {yaml}"
+    );
+
+    // A bad file is stopped locally, with its own path and position.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "kind: ServicePolicy\nmetadata: {name: catalog}\nspec:\n  retries: {attempts: 40}\n",
+    )
+    .expect("write");
+    let (code, text) = hyphae(server, &["apply", "-f", &bad.display().to_string()]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains(&format!(
+            "{}:4:23: error: spec.retries.attempts",
+            bad.display()
+        )),
+        "{text}"
+    );
+
+    let (code, text) = hyphae(server, &["delete", "Route", "payments"]);
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text) = hyphae(server, &["get", "Route", "payments"]);
+    assert_ne!(code, Some(0));
+    assert!(text.contains("no Route named `payments`"), "{text}");
+
+    let (code, text) = hyphae(server, &["cluster", "status"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("Leader"), "{text}");
+    node.signal("TERM");
+    let deadline = Instant::now() + DEADLINE;
+    let child = node.child.as_mut().expect("running");
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert_eq!(status.code(), Some(0), "SIGTERM exits cleanly");
+            break;
+        }
+        assert!(Instant::now() < deadline, "node did not stop on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

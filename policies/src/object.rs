@@ -99,6 +99,12 @@ impl Kind {
         Kind::ALL.into_iter().find(|k| k.name() == name)
     }
 
+    /// True for a node's own configuration file (`AgentConfig`, `ControlPlaneConfig`): read
+    /// from local disk by that node, never stored in or applied to the control plane.
+    pub fn is_local_config(self) -> bool {
+        matches!(self, Kind::AgentConfig | Kind::ControlPlaneConfig)
+    }
+
     /// Every kind's name, for "expected one of" messages.
     pub fn names() -> [&'static str; 6] {
         Kind::ALL.map(Kind::name)

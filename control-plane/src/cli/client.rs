@@ -1,0 +1,101 @@
+//! The CLI's connection to a control-plane node's admin API: one request, one JSON answer,
+//! API errors turned into readable messages.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+/// Environment variable naming the control-plane node to talk to.
+pub const SERVER_ENV: &str = "HYPHAE_SERVER";
+/// Node used when neither `--server` nor `HYPHAE_SERVER` says otherwise.
+pub const DEFAULT_SERVER: &str = "127.0.0.1:7400";
+/// Longest the CLI waits for an answer.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A control-plane node's admin API.
+pub struct ApiClient {
+    server: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+    runtime: tokio::runtime::Runtime,
+}
+
+/// An answer: status and JSON body.
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// The JSON body (`null` when empty or not JSON).
+    pub body: Value,
+}
+
+impl ApiClient {
+    /// A client for `server` (`host:port`, or a URL prefix).
+    pub fn new(server: &str) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the client runtime")?;
+        let server = server.trim_end_matches('/');
+        let server = if server.starts_with("http://") {
+            server.to_string()
+        } else {
+            format!("http://{server}")
+        };
+        Ok(ApiClient {
+            server,
+            client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+            runtime,
+        })
+    }
+
+    /// Sends a request; fails only when the node cannot be reached.
+    pub fn send(&self, method: &str, path: &str, body: &str) -> Result<Answer> {
+        let request = http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.server))
+            .body(Full::new(Bytes::from(body.to_string())))
+            .context("build the request")?;
+        let server = self.server.clone();
+        self.runtime.block_on(async {
+            let exchange = async {
+                let response = self.client.request(request).await.with_context(|| {
+                    format!(
+                        "cannot reach the control plane at {server} (set --server or {SERVER_ENV})"
+                    )
+                })?;
+                let status = response.status().as_u16();
+                let bytes = response
+                    .into_body()
+                    .collect()
+                    .await
+                    .context("read the answer")?
+                    .to_bytes();
+                Ok::<_, anyhow::Error>(Answer {
+                    status,
+                    body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+                })
+            };
+            tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+                .await
+                .with_context(|| format!("no answer from {server} within {REQUEST_TIMEOUT:?}"))?
+        })
+    }
+
+    /// Sends a request and returns the body of a 2xx answer; other answers become errors.
+    pub fn expect_ok(&self, method: &str, path: &str, body: &str) -> Result<Value> {
+        let answer = self.send(method, path, body)?;
+        if (200..300).contains(&answer.status) {
+            return Ok(answer.body);
+        }
+        let code = answer.body["code"].as_str().unwrap_or("error");
+        let message = answer.body["message"]
+            .as_str()
+            .unwrap_or("the control plane refused the request");
+        bail!("{message} ({code}, HTTP {})", answer.status)
+    }
+}

@@ -1,0 +1,64 @@
+//! `hyphae cluster status`: the cluster as the node you ask sees it.
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+
+use super::client::ApiClient;
+use super::get::Output;
+use super::{Outcome, ServerArgs};
+
+/// Arguments of `hyphae cluster`.
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: ClusterCommand,
+}
+
+/// `hyphae cluster` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Leader, term, indexes and members.
+    Status {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        /// Where the control plane is.
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+/// Runs `hyphae cluster ...`.
+pub fn run(args: &ClusterArgs, out: &mut dyn std::io::Write) -> Result<Outcome> {
+    let ClusterCommand::Status { output, server } = &args.command;
+    let status = ApiClient::new(&server.address())?.expect_ok("GET", "/v1/cluster", "")?;
+    if *output != Output::Table {
+        writeln!(out, "{}", serde_json::to_string_pretty(&status)?)?;
+        return Ok(Outcome::Success);
+    }
+    writeln!(
+        out,
+        "node {} ({}): {}; leader {}; term {}; last log {}; applied {}",
+        status["id"],
+        status["name"].as_str().unwrap_or_default(),
+        status["state"].as_str().unwrap_or_default(),
+        status["leader"],
+        status["term"],
+        status["lastLogIndex"],
+        status["lastApplied"]
+    )?;
+    writeln!(out, "{:<6} {:<28} ROLE", "ID", "ADDRESS")?;
+    let leader = status["leader"].as_u64();
+    for member in status["members"].as_array().into_iter().flatten() {
+        let id = member["id"].as_u64();
+        let role = if id == leader { "leader" } else { "voter" };
+        writeln!(
+            out,
+            "{:<6} {:<28} {role}",
+            id.unwrap_or_default(),
+            member["address"].as_str().unwrap_or_default()
+        )?;
+    }
+    Ok(Outcome::Success)
+}

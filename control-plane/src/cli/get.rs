@@ -1,0 +1,114 @@
+//! `hyphae get|delete`: read stored policies (a table, JSON or their YAML) and delete them.
+
+use anyhow::{Result, bail};
+use clap::{Args, ValueEnum};
+use serde_json::Value;
+
+use super::client::ApiClient;
+use super::{Outcome, ServerArgs};
+
+/// How to print what was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Columns for people.
+    Table,
+    /// The API's JSON.
+    Json,
+    /// The stored YAML documents.
+    Yaml,
+}
+
+/// Arguments of `hyphae get`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// A kind (`ServicePolicy`, `Route`...); without it, every policy.
+    pub kind: Option<String>,
+    /// A name within the kind.
+    pub name: Option<String>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// Read from the node you talk to without a quorum round (may be slightly behind).
+    #[arg(long)]
+    pub stale: bool,
+    /// Where the control plane is.
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// Arguments of `hyphae delete`.
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// The kind.
+    pub kind: String,
+    /// The name.
+    pub name: String,
+    /// Where the control plane is.
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// Runs `hyphae get`.
+pub fn run_get(args: &GetArgs, out: &mut dyn std::io::Write) -> Result<Outcome> {
+    let client = ApiClient::new(&args.server.address())?;
+    let stale = if args.stale { "stale=true" } else { "" };
+    let policies: Vec<Value> = match (&args.kind, &args.name) {
+        (Some(kind), Some(name)) => {
+            vec![client.expect_ok("GET", &format!("/v1/policies/{kind}/{name}?{stale}"), "")?]
+        }
+        (Some(kind), None) => {
+            list(&client.expect_ok("GET", &format!("/v1/policies?kind={kind}&{stale}"), "")?)?
+        }
+        (None, _) => list(&client.expect_ok("GET", &format!("/v1/policies?{stale}"), "")?)?,
+    };
+    match args.output {
+        Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(&policies)?)?,
+        Output::Yaml => {
+            for policy in &policies {
+                writeln!(out, "---")?;
+                write!(out, "{}", policy["source"].as_str().unwrap_or_default())?;
+            }
+        }
+        Output::Table => {
+            writeln!(out, "{:<18} {:<32} {:>8}", "KIND", "NAME", "REVISION")?;
+            for policy in &policies {
+                writeln!(
+                    out,
+                    "{:<18} {:<32} {:>8}",
+                    policy["kind"].as_str().unwrap_or_default(),
+                    policy["name"].as_str().unwrap_or_default(),
+                    policy["revision"]
+                )?;
+            }
+        }
+    }
+    Ok(Outcome::Success)
+}
+
+fn list(value: &Value) -> Result<Vec<Value>> {
+    match value.as_array() {
+        Some(items) => Ok(items.clone()),
+        None => bail!("the control plane answered with something other than a list"),
+    }
+}
+
+/// Runs `hyphae delete`.
+pub fn run_delete(args: &DeleteArgs, out: &mut dyn std::io::Write) -> Result<Outcome> {
+    let client = ApiClient::new(&args.server.address())?;
+    let answer = client.expect_ok(
+        "DELETE",
+        &format!("/v1/policies/{}/{}", args.kind, args.name),
+        "",
+    )?;
+    if answer["existed"].as_bool() == Some(true) {
+        writeln!(
+            out,
+            "deleted {}/{} at revision {}",
+            args.kind, args.name, answer["revision"]
+        )?;
+        Ok(Outcome::Success)
+    } else {
+        writeln!(out, "no {} named `{}`", args.kind, args.name)?;
+        Ok(Outcome::Invalid)
+    }
+}
