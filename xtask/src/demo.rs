@@ -84,14 +84,19 @@ pub fn run(_args: &[String]) -> Result<()> {
     );
 
     stage(
-        "6. A fleet on this machine: three agents, a sample service in two sites, traffic, a crash healed",
+        "6. A control-plane cluster: three Raft nodes, policies applied with the CLI, a leader killed",
+    );
+    crate::cluster::run(&bin, &scratch, &examples)?;
+
+    stage(
+        "7. A fleet on this machine: three agents, a sample service in two sites, traffic, a crash healed",
     );
     crate::fleet::run(&agent, &scratch)?;
 
     stage("Done");
     println!(
-        "Every step above ran the real hyphae binaries. The Raft control plane, which will feed \
-         the agents instead of their static configuration, is next on the roadmap (see README.md)."
+        "Every step above ran the real hyphae binaries. Next on the roadmap: agents registering \
+         with the control plane and receiving its changes over watch streams (see README.md)."
     );
     Ok(())
 }

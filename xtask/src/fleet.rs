@@ -5,10 +5,12 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+
+use crate::util::{Processes, free_port};
 
 /// Requests sent in each traffic round.
 const ROUND: usize = 20;
@@ -16,33 +18,6 @@ const ROUND: usize = 20;
 const PATIENCE: Duration = Duration::from_secs(30);
 /// The catalog's ejection time in the demo policy, short so the healing is visible.
 const EJECTION: &str = "3s";
-
-/// Child processes, killed on drop.
-#[derive(Default)]
-struct Processes(Vec<(String, Child)>);
-
-impl Processes {
-    fn add(&mut self, name: &str, child: Child) {
-        self.0.push((name.to_string(), child));
-    }
-
-    fn stop(&mut self, name: &str) {
-        if let Some(index) = self.0.iter().position(|(n, _)| n == name) {
-            let (_, mut child) = self.0.remove(index);
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 /// Runs the fleet scenario with the agent binary at `agent`, keeping files under `scratch`.
 pub fn run(agent: &Path, scratch: &Path) -> Result<()> {
@@ -339,11 +314,4 @@ fn http_get(address: SocketAddr, path: &str) -> Result<(u16, String)> {
         bail!("no HTTP response from {address}");
     }
     Ok((status, body.to_string()))
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .context("find a free port")?
-        .port())
 }

@@ -3,6 +3,7 @@
 
 mod bench;
 mod check_systemd;
+mod cluster;
 mod demo;
 mod fleet;
 mod test;

@@ -1,7 +1,7 @@
 //! Small helpers shared by subcommands: locating the workspace and running commands loudly.
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
 
 use anyhow::{Context, Result, bail};
 
@@ -45,4 +45,41 @@ pub fn describe(command: &Command) -> String {
         text.push_str(&arg.to_string_lossy());
     }
     text
+}
+
+/// Child processes, killed on drop.
+#[derive(Default)]
+pub struct Processes(Vec<(String, Child)>);
+
+impl Processes {
+    /// Adopts a child under `name`.
+    pub fn add(&mut self, name: &str, child: Child) {
+        self.0.push((name.to_string(), child));
+    }
+
+    /// Kills and reaps the child called `name`.
+    pub fn stop(&mut self, name: &str) {
+        if let Some(index) = self.0.iter().position(|(n, _)| n == name) {
+            let (_, mut child) = self.0.remove(index);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("find a free port")?
+        .port())
 }
