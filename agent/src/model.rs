@@ -94,7 +94,9 @@ impl Snapshot {
                 Policy::AccessPolicy(o) => {
                     access.insert(o.spec.service.clone(), o.spec.clone());
                 }
-                Policy::ExternalService(_) | Policy::AgentConfig(_) | Policy::ControlPlaneConfig(_) => {}
+                Policy::ExternalService(_)
+                | Policy::AgentConfig(_)
+                | Policy::ControlPlaneConfig(_) => {}
             }
         }
         let site = config.spec.site.clone();
