@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -25,6 +26,9 @@ use crate::network::serve_rpc;
 use crate::node::Node;
 use crate::raft::NodeId;
 use crate::state::{Command, CommandResponse, PolicyDocument, StoredPolicy};
+
+/// Every response body: whole JSON answers and long-lived watch streams alike.
+pub type ApiBody = BoxBody<Bytes, Infallible>;
 
 /// Largest request body: a policy file's limit plus room for JSON envelopes.
 pub const MAX_BODY_BYTES: usize = hyphae_policies::limits::DEFAULT_MAX_FILE_BYTES + 64 * 1024;
@@ -96,7 +100,21 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: Cancellatio
 }
 
 /// Handles one request.
-pub async fn handle(node: &Node, request: Request<Incoming>) -> Response<Full<Bytes>> {
+pub async fn handle(node: &Node, request: Request<Incoming>) -> Response<ApiBody> {
+    if request.method() == Method::GET && request.uri().path() == hyphae_policies::watch::WATCH_PATH
+    {
+        let mut response = Response::new(crate::watch::start(node.state.clone()).boxed());
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/x-ndjson"),
+        );
+        return response;
+    }
+    handle_buffered(node, request).await.map(BodyExt::boxed)
+}
+
+/// Handles a request whose body and answer are read whole.
+async fn handle_buffered(node: &Node, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let (parts, body) = request.into_parts();
     let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
         Ok(collected) => collected.to_bytes(),

@@ -23,6 +23,7 @@ pub mod node;
 pub mod raft;
 pub mod state;
 pub mod store;
+pub mod watch;
 
 /// An error and its causes on one line, for logs and API messages.
 pub fn error_chain(error: &dyn std::error::Error) -> String {

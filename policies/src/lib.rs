@@ -29,6 +29,7 @@ pub mod suggest;
 pub mod tree;
 pub mod tree_de;
 pub mod validate;
+pub mod watch;
 
 #[cfg(test)]
 mod roundtrip_tests;

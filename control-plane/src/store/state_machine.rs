@@ -10,7 +10,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
-use tokio::sync::RwLock;
+use tokio::sync::{RwLock, watch};
 
 use super::{DiskError, decode, encode, read_value, run_blocking};
 use crate::raft::{
@@ -93,6 +93,8 @@ impl SnapshotData {
 pub struct StateMachineStore {
     db: Arc<Database>,
     applied: Arc<RwLock<Applied>>,
+    /// The last applied revision, announced to watch streams after every durable apply.
+    revision: Arc<watch::Sender<u64>>,
 }
 
 impl StateMachineStore {
@@ -115,9 +117,11 @@ impl StateMachineStore {
             last_applied,
             last_membership,
         };
+        let (revision_sender, _) = watch::channel(revision);
         Ok(Self {
             db,
             applied: Arc::new(RwLock::new(applied)),
+            revision: Arc::new(revision_sender),
         })
     }
 
@@ -126,6 +130,7 @@ impl StateMachineStore {
     pub fn reader(&self) -> StateReader {
         StateReader {
             applied: Arc::clone(&self.applied),
+            revision: Arc::clone(&self.revision),
         }
     }
 }
@@ -134,12 +139,18 @@ impl StateMachineStore {
 #[derive(Debug, Clone)]
 pub struct StateReader {
     applied: Arc<RwLock<Applied>>,
+    revision: Arc<watch::Sender<u64>>,
 }
 
 impl StateReader {
     /// Runs `read` on the applied state. Keep `read` short: applying the next batch waits for it.
     pub async fn read<T>(&self, read: impl FnOnce(&State) -> T) -> T {
         read(&self.applied.read().await.state)
+    }
+
+    /// A receiver that wakes whenever a new revision has been applied and made durable.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.revision.subscribe()
     }
 }
 
@@ -277,9 +288,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             write_policies(&txn, &applied.state, &touched)?;
             write_pointers(&txn, &applied)?;
             txn.commit()?;
-            Ok(responses)
+            Ok((responses, applied.state.revision()))
         })
         .await
+        .map(|(responses, revision)| {
+            self.revision.send_replace(revision);
+            responses
+        })
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -322,10 +337,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             write_pointers(&txn, &installed)?;
             write_snapshot(&txn, &meta, &data)?;
             txn.commit()?;
+            let revision = installed.state.revision();
             *applied = installed;
-            Ok(())
+            Ok(revision)
         })
         .await
+        .map(|revision| {
+            self.revision.send_replace(revision);
+        })
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {

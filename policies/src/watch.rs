@@ -1,0 +1,59 @@
+//! The wire form of the control plane's watch stream (`GET /v1/agent/watch`): newline-delimited
+//! JSON events that carry stored policies to agents. Shared by the control plane, which writes
+//! them, and the agent, which reads them.
+
+use serde::{Deserialize, Serialize};
+
+/// A stored policy as it travels: its identity, canonical YAML and revision.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRecord {
+    /// `kind`.
+    pub kind: String,
+    /// `metadata.name`.
+    pub name: String,
+    /// The canonical YAML of the one document.
+    pub source: String,
+    /// The Raft log index that last wrote it.
+    pub revision: u64,
+}
+
+/// One line of the watch stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum WatchEvent {
+    /// Everything, as of `revision`: replaces whatever the reader had.
+    Snapshot {
+        /// Revision of the state sent.
+        revision: u64,
+        /// Every stored policy.
+        policies: Vec<PolicyRecord>,
+    },
+    /// What changed since the previous event, bringing the reader to `revision`.
+    Delta {
+        /// Revision after the change.
+        revision: u64,
+        /// Policies created or changed.
+        upserts: Vec<PolicyRecord>,
+        /// Policies deleted, as (kind, name).
+        deletes: Vec<(String, String)>,
+    },
+    /// Nothing changed; the stream and the node are alive.
+    Heartbeat {
+        /// The node's current revision.
+        revision: u64,
+    },
+}
+
+impl WatchEvent {
+    /// The revision the event brings the reader to.
+    pub fn revision(&self) -> u64 {
+        match self {
+            WatchEvent::Snapshot { revision, .. }
+            | WatchEvent::Delta { revision, .. }
+            | WatchEvent::Heartbeat { revision } => *revision,
+        }
+    }
+}
+
+/// Path of the watch stream on a control-plane node.
+pub const WATCH_PATH: &str = "/v1/agent/watch";
