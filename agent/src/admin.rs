@@ -27,6 +27,10 @@ pub struct Admin {
     pub metrics: PrometheusHandle,
     /// False once draining: load balancers should stop sending.
     pub ready: AtomicBool,
+    /// The control-plane watch's state.
+    pub watch: Arc<crate::watch::WatchStatus>,
+    /// Whether the configuration names control-plane nodes at all.
+    pub control_plane_configured: bool,
 }
 
 /// Serves one admin connection (HTTP/1.1).
@@ -89,6 +93,17 @@ struct Readiness<'a> {
     source: crate::model::Source,
     revision: u64,
     node: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    control_plane: Option<ControlPlaneView>,
+}
+
+/// What `/ready` says about the control plane: live or serving a saved copy, and how stale.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ControlPlaneView {
+    connected: bool,
+    revision: u64,
+    seconds_since_contact: Option<u64>,
 }
 
 fn ready(admin: &Admin) -> Response<Body> {
@@ -106,8 +121,23 @@ fn ready(admin: &Admin) -> Response<Body> {
             source: snapshot.source,
             revision: snapshot.revision,
             node: &snapshot.node,
+            control_plane: admin
+                .control_plane_configured
+                .then(|| control_plane_view(admin)),
         },
     )
+}
+
+fn control_plane_view(admin: &Admin) -> ControlPlaneView {
+    let last = admin.watch.last_contact_unix_ms.load(Ordering::Acquire);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    ControlPlaneView {
+        connected: admin.watch.connected.load(Ordering::Acquire),
+        revision: admin.watch.revision.load(Ordering::Acquire),
+        seconds_since_contact: (last > 0).then(|| now.saturating_sub(last) / 1000),
+    }
 }
 
 #[derive(Serialize)]

@@ -107,31 +107,27 @@ pub fn pick(
     round_robin: &AtomicUsize,
     dice: &mut dyn FnMut(usize) -> usize,
 ) -> Option<usize> {
-    let usable: Vec<&Candidate<'_>> = {
-        let healthy: Vec<_> = candidates.iter().filter(|c| !c.ejected).collect();
-        if healthy.is_empty() {
-            candidates.iter().collect()
-        } else {
-            healthy
-        }
-    };
-    let in_site: Vec<_> = match locality {
-        Locality::PreferSite => usable.iter().copied().filter(|c| c.local_site).collect(),
-        Locality::Any => Vec::new(),
-    };
-    let pool = if in_site.is_empty() { usable } else { in_site };
-    let fresh: Vec<_> = pool.iter().copied().filter(|c| !c.tried).collect();
-    let pool = if fresh.is_empty() { pool } else { fresh };
-    match pool.len() {
+    // Each step narrows the pool only when something is left after it. The pool is a
+    // predicate over `candidates`, not a list, so a pick allocates nothing.
+    let any_healthy = candidates.iter().any(|c| !c.ejected);
+    let usable = |c: &Candidate<'_>| !any_healthy || !c.ejected;
+    let site_only =
+        locality == Locality::PreferSite && candidates.iter().any(|c| usable(c) && c.local_site);
+    let in_site = |c: &Candidate<'_>| usable(c) && (!site_only || c.local_site);
+    let fresh_only = candidates.iter().any(|c| in_site(c) && !c.tried);
+    let in_pool = |c: &&Candidate<'_>| in_site(c) && (!fresh_only || !c.tried);
+    let pool = || candidates.iter().filter(in_pool);
+    let nth = |i: usize| pool().nth(i);
+    match pool().count() {
         0 => None,
-        1 => Some(pool[0].index),
+        1 => nth(0).map(|c| c.index),
         n if policy == BalancePolicy::RoundRobin => {
-            Some(pool[round_robin.fetch_add(1, Ordering::Relaxed) % n].index)
+            nth(round_robin.fetch_add(1, Ordering::Relaxed) % n).map(|c| c.index)
         }
         n => {
             let a = dice(n);
             let b = (a + 1 + dice(n - 1)) % n;
-            let (first, second) = (pool[a], pool[b]);
+            let (first, second) = (nth(a)?, nth(b)?);
             if first.load.score(policy) <= second.load.score(policy) {
                 Some(first.index)
             } else {
@@ -222,6 +218,107 @@ mod tests {
             choose(&[Candidate { ..local }, Candidate { ..remote }], &mut dice),
             Some(1)
         );
+    }
+
+    /// The pick written as lists, step by step, as the documentation states it.
+    fn pick_by_lists(
+        candidates: &[Candidate<'_>],
+        policy: BalancePolicy,
+        locality: Locality,
+        round_robin: &AtomicUsize,
+        dice: &mut dyn FnMut(usize) -> usize,
+    ) -> Option<usize> {
+        fn narrow<'c, 'l>(
+            pool: Vec<&'c Candidate<'l>>,
+            keep: impl Fn(&Candidate<'l>) -> bool,
+        ) -> Vec<&'c Candidate<'l>> {
+            let narrowed: Vec<_> = pool.iter().copied().filter(|c| keep(c)).collect();
+            if narrowed.is_empty() { pool } else { narrowed }
+        }
+        let pool = narrow(candidates.iter().collect(), |c| !c.ejected);
+        let pool = match locality {
+            Locality::PreferSite => narrow(pool, |c| c.local_site),
+            Locality::Any => pool,
+        };
+        let pool = narrow(pool, |c| !c.tried);
+        match pool.len() {
+            0 => None,
+            1 => Some(pool[0].index),
+            n if policy == BalancePolicy::RoundRobin => {
+                Some(pool[round_robin.fetch_add(1, Ordering::Relaxed) % n].index)
+            }
+            n => {
+                let a = dice(n);
+                let b = (a + 1 + dice(n - 1)) % n;
+                let (first, second) = (pool[a], pool[b]);
+                if first.load.score(policy) <= second.load.score(policy) {
+                    Some(first.index)
+                } else {
+                    Some(second.index)
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_pick_narrows_the_pool_as_documented_for_every_small_case() {
+        let now = Instant::now();
+        let loads: Vec<EndpointLoad> = (0..3u32)
+            .map(|i| {
+                let load = EndpointLoad::new(now);
+                load.in_flight.store(i % 2, Ordering::Relaxed);
+                load.ewma
+                    .lock()
+                    .unwrap()
+                    .observe(Duration::from_millis(u64::from(10 + 7 * i)), now);
+                load
+            })
+            .collect();
+        for count in 0..=loads.len() {
+            // Three flags per candidate: ejected, local site, tried.
+            for flags in 0..(1u32 << (3 * count)) {
+                let candidates: Vec<Candidate<'_>> = (0..count)
+                    .map(|i| {
+                        let bits = flags >> (3 * i);
+                        Candidate {
+                            index: i,
+                            ejected: bits & 1 != 0,
+                            local_site: bits & 2 != 0,
+                            tried: bits & 4 != 0,
+                            load: &loads[i],
+                        }
+                    })
+                    .collect();
+                for policy in [
+                    BalancePolicy::P2cEwma,
+                    BalancePolicy::LeastRequest,
+                    BalancePolicy::RoundRobin,
+                ] {
+                    for locality in [Locality::PreferSite, Locality::Any] {
+                        for rolls in 0..9usize {
+                            let dice_from = |mut rolls: usize| {
+                                move |n: usize| {
+                                    let roll = rolls % 3 % n.max(1);
+                                    rolls /= 3;
+                                    roll
+                                }
+                            };
+                            let (rr_a, rr_b) = (AtomicUsize::new(rolls), AtomicUsize::new(rolls));
+                            let picked =
+                                pick(&candidates, policy, locality, &rr_a, &mut dice_from(rolls));
+                            let expected = pick_by_lists(
+                                &candidates,
+                                policy,
+                                locality,
+                                &rr_b,
+                                &mut dice_from(rolls),
+                            );
+                            assert_eq!(picked, expected, "{flags:b} {policy:?} {locality:?}");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

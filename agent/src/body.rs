@@ -28,17 +28,85 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed()
 }
 
-/// Any hyper-compatible body, boxed.
+/// Any hyper-compatible body, boxed. A body that has already ended (a GET's, say) is replaced
+/// by a fresh one that ended the same way, which boxes without allocating.
 pub fn boxed<B>(body: B) -> Body
 where
     B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
     B::Error: Into<BoxError>,
 {
-    body.map_err(Into::into).boxed()
+    match Ended::of(&body) {
+        Some(ended) => ended.body(),
+        None => body.map_err(Into::into).boxed(),
+    }
+}
+
+/// How a body that has already ended described its length. The two descriptions a body with
+/// nothing in it normally gives are kept apart because they are forwarded differently: hyper
+/// sends `content-length: 0` for an exact zero on methods with a payload, and nothing for an
+/// unknown length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// Ended, and said its length is exactly zero.
+    ZeroLength,
+    /// Ended, and gave no length.
+    UnknownLength,
+}
+
+impl Ended {
+    /// How `body` ended; `None` while it may still yield frames, or when it claims some other
+    /// length.
+    pub fn of<B: http_body::Body>(body: &B) -> Option<Ended> {
+        if !body.is_end_stream() {
+            return None;
+        }
+        let hint = body.size_hint();
+        match (hint.lower(), hint.upper()) {
+            (0, Some(0)) => Some(Ended::ZeroLength),
+            (0, None) => Some(Ended::UnknownLength),
+            _ => None,
+        }
+    }
+
+    /// A fresh body that has ended the same way. It has no size, so boxing it allocates
+    /// nothing.
+    pub fn body(self) -> Body {
+        match self {
+            Ended::ZeroLength => empty(),
+            Ended::UnknownLength => BoxBody::new(EndedWithoutLength),
+        }
+    }
+}
+
+/// A body that has ended without saying how long it was.
+struct EndedWithoutLength;
+
+impl http_body::Body for EndedWithoutLength {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Poll::Ready(None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        true
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
 }
 
 /// Wraps `body` so every data frame adds its length to `counter` as it passes.
-pub fn counted(body: Body, counter: metrics::Counter) -> Body {
+pub fn counted<B>(body: B, counter: metrics::Counter) -> Body
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
     Counted {
         inner: body,
         counter,
@@ -47,12 +115,16 @@ pub fn counted(body: Body, counter: metrics::Counter) -> Body {
 }
 
 /// A body that counts the bytes flowing through it.
-struct Counted {
-    inner: Body,
+struct Counted<B> {
+    inner: B,
     counter: metrics::Counter,
 }
 
-impl http_body::Body for Counted {
+impl<B> http_body::Body for Counted<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -66,7 +138,7 @@ impl http_body::Body for Counted {
         {
             self.counter.increment(data.len() as u64);
         }
-        polled
+        polled.map(|frame| frame.map(|result| result.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -75,5 +147,28 @@ impl http_body::Body for Counted {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body::Body as _;
+
+    #[test]
+    fn an_ended_body_is_replaced_by_one_that_says_the_same_about_its_length() {
+        let zero = Empty::<Bytes>::new();
+        assert_eq!(Ended::of(&zero), Some(Ended::ZeroLength));
+        let unknown = EndedWithoutLength;
+        assert_eq!(Ended::of(&unknown), Some(Ended::UnknownLength));
+        assert_eq!(Ended::of(&Full::new(Bytes::from_static(b"x"))), None);
+        for ended in [Ended::ZeroLength, Ended::UnknownLength] {
+            let body = ended.body();
+            assert!(body.is_end_stream());
+            assert_eq!(Ended::of(&body), Some(ended));
+        }
+        let boxed = boxed(Full::new(Bytes::from_static(b"abc")));
+        assert_eq!(boxed.size_hint().exact(), Some(3));
+        assert!(!boxed.is_end_stream());
     }
 }

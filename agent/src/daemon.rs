@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -19,9 +19,11 @@ use crate::model::Snapshot;
 use crate::proxy::Proxy;
 use crate::proxy::inbound::{self, LocalClients};
 use crate::proxy::outbound::{self, Target};
+use crate::sources::Sources;
 use crate::tunnel::{
     DEFAULT_KEEP_ALIVE_INTERVAL, DEFAULT_KEEP_ALIVE_TIMEOUT, TunnelSettings, Tunnels,
 };
+use crate::watch::{Remote, WatchStatus, Watcher};
 
 /// Addresses the agent actually listens on (port 0 in the config becomes a real port).
 #[derive(Clone, Debug, Serialize)]
@@ -44,7 +46,8 @@ pub struct Daemon {
     /// Where it listens.
     pub addresses: BoundAddresses,
     admin: Arc<Admin>,
-    revision: AtomicU64,
+    /// The local file and the control plane, merged into the snapshot.
+    sources: Arc<Sources>,
     accepting: TaskTracker,
     connections: TaskTracker,
     admin_connections: TaskTracker,
@@ -64,10 +67,14 @@ impl Daemon {
         });
         let proxy = Proxy::new(snapshot, tunnels);
         crate::metrics::revision(1);
+        let sources = Sources::new(Arc::clone(&proxy), config.clone());
+        let watch_status = Arc::new(WatchStatus::default());
         let admin = Arc::new(Admin {
             proxy: Arc::clone(&proxy),
             metrics,
             ready: AtomicBool::new(false),
+            watch: Arc::clone(&watch_status),
+            control_plane_configured: !config.spec.control_plane.is_empty(),
         });
         let listeners = &config.spec.listeners;
         let bind = |name: &'static str, address: SocketAddr| async move {
@@ -105,7 +112,7 @@ impl Daemon {
             proxy: Arc::clone(&proxy),
             addresses,
             admin: Arc::clone(&admin),
-            revision: AtomicU64::new(1),
+            sources,
             accepting: TaskTracker::new(),
             connections: TaskTracker::new(),
             admin_connections: TaskTracker::new(),
@@ -150,8 +157,27 @@ impl Daemon {
             daemon.spawn_outbound(listener, Target::ByHost, limit.clone());
         }
         for (service, listener) in upstream_listeners {
-            daemon.spawn_outbound(listener, Target::Service(service), limit.clone());
+            daemon.spawn_outbound(listener, Target::Service(service.into()), limit.clone());
         }
+        let watcher = Watcher {
+            servers: config.spec.control_plane.clone(),
+            data_dir: config.spec.data_dir.clone(),
+            apply: {
+                let sources = Arc::clone(&daemon.sources);
+                Arc::new(move |remote: &Remote| {
+                    let generation = sources.set_remote(remote);
+                    tracing::info!(
+                        revision = remote.revision,
+                        generation,
+                        "applied the control plane's state"
+                    );
+                })
+            },
+            status: watch_status,
+        };
+        daemon
+            .accepting
+            .spawn(watcher.run(daemon.stop_admin.clone()));
         admin.ready.store(true, Ordering::Release);
         Ok(daemon)
     }
@@ -187,16 +213,13 @@ impl Daemon {
     /// Applies a new configuration's services and policies. Listener changes need a restart;
     /// they are reported, not applied.
     pub fn reload(&self, config: &AgentConfig) {
-        let revision = self.revision.fetch_add(1, Ordering::AcqRel) + 1;
-        let snapshot = Snapshot::from_config(config, revision);
-        let current = self.proxy.snapshot.load();
-        if snapshot.upstreams != current.upstreams {
+        let current = self.proxy.snapshot.load_full();
+        if config.spec.upstreams != current.upstreams {
             tracing::warn!(
                 "upstream listeners changed; restart the agent to apply listener changes"
             );
         }
-        self.proxy.snapshot.store(Arc::new(snapshot));
-        crate::metrics::revision(revision);
+        let revision = self.sources.set_local(config.clone());
         tracing::info!(revision, "configuration reloaded");
     }
 

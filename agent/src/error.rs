@@ -3,9 +3,10 @@
 //! the caller always gets one of these, never a hang.
 
 use http::StatusCode;
+use http::header::HeaderName;
 
 /// The header that tells a caller why the agent (not the application) answered.
-pub const ERROR_HEADER: &str = "hyphae-error";
+pub const ERROR_HEADER: HeaderName = HeaderName::from_static("hyphae-error");
 
 /// Who caused a failure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

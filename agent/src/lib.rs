@@ -8,7 +8,8 @@
 //!   [`replay`];
 //! - on the peer host, [`proxy::inbound`] delivers it to the local instance.
 //!
-//! [`model`] is the immutable snapshot the path serves (built from [`config`] today),
+//! [`model`] is the immutable snapshot the path serves, merged by [`sources`] from the local
+//! [`config`] and the control plane ([`watch`], saved to disk by [`persist`]),
 //! [`state`] the live load and health that outlive snapshots, [`error`] the table of failures
 //! and their answers. [`daemon`] binds listeners and drains them ([`listener`]); [`admin`] and
 //! [`metrics`] show what is going on.
@@ -23,9 +24,12 @@ pub mod error;
 pub mod listener;
 pub mod metrics;
 pub mod model;
+pub mod persist;
 pub mod proxy;
 pub mod replay;
 pub mod retry;
 pub mod route;
+pub mod sources;
 pub mod state;
 pub mod tunnel;
+pub mod watch;

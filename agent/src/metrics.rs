@@ -1,9 +1,13 @@
 //! The agent's Prometheus metrics: names, help texts and the recording helpers the data path
 //! calls. Labels are bounded sets (service, status class, reason, listener), never raw paths.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics::{
+    Counter, Gauge, Histogram, counter, describe_counter, describe_gauge, describe_histogram,
+    gauge, histogram,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Request and response body bytes of HTTP calls, by service and direction.
@@ -90,47 +94,131 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
 }
 
 /// The counter of HTTP body bytes for `service` in `direction` (`sent` or `received`).
-pub fn http_bytes(service: &str, direction: &'static str) -> metrics::Counter {
+pub fn http_bytes(service: &str, direction: &'static str) -> Counter {
     counter!(HTTP_BYTES, "service" => service.to_string(), "direction" => direction)
 }
 
-/// Records an answered request; `route` is the service's Route, or `default` without one.
-pub fn request(service: &str, route: &str, status: http::StatusCode, elapsed: Duration) {
-    let class = match status.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    };
+/// Status classes, the `status_class` label of [`REQUESTS`].
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Index of `status`'s class in [`STATUS_CLASSES`]; anything outside 1xx–4xx counts as 5xx.
+fn status_class(status: http::StatusCode) -> usize {
+    match status.as_u16() {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    }
+}
+
+fn requests_counter(service: &str, route: &str, class: usize) -> Counter {
     counter!(
         REQUESTS,
         "service" => service.to_string(),
         "route" => route.to_string(),
-        "status_class" => class
+        "status_class" => STATUS_CLASSES[class]
     )
-    .increment(1);
-    histogram!(REQUEST_DURATION, "service" => service.to_string()).record(elapsed.as_secs_f64());
 }
 
-/// Records a retry.
-pub fn retry(service: &str) {
-    counter!(RETRIES, "service" => service.to_string()).increment(1);
+fn duration_histogram(service: &str) -> Histogram {
+    histogram!(REQUEST_DURATION, "service" => service.to_string())
 }
 
-/// Records a retry refused by the budget.
-pub fn budget_exhausted(service: &str) {
-    counter!(RETRY_BUDGET_EXHAUSTED, "service" => service.to_string()).increment(1);
+/// Records an answered request; `route` is the service's Route, or `default` without one.
+/// For a service the snapshot knows, [`ServiceMetrics::request`] does the same without
+/// looking the series up.
+pub fn request(service: &str, route: &str, status: http::StatusCode, elapsed: Duration) {
+    requests_counter(service, route, status_class(status)).increment(1);
+    duration_histogram(service).record(elapsed.as_secs_f64());
 }
 
-/// Records an ejection.
-pub fn ejection(service: &str) {
-    counter!(EJECTIONS, "service" => service.to_string()).increment(1);
+/// One service's series, each registered on first use and kept: the data path records through
+/// these handles instead of building label sets and looking them up in the registry on every
+/// request. A series still appears in `/metrics` only once something was recorded in it.
+/// Lives in the snapshot's service, so a reload (which may rename the route) starts afresh.
+#[derive(Debug)]
+pub struct ServiceMetrics {
+    service: String,
+    route: String,
+    requests: [OnceLock<Counter>; STATUS_CLASSES.len()],
+    duration: OnceLock<Histogram>,
+    bytes_sent: OnceLock<Counter>,
+    bytes_received: OnceLock<Counter>,
+    retries: OnceLock<Counter>,
+    budget_exhausted: OnceLock<Counter>,
+    ejections: OnceLock<Counter>,
+    ejected: OnceLock<Gauge>,
 }
 
-/// Sets the number of ejected endpoints of a service.
-pub fn ejected(service: &str, count: usize) {
-    gauge!(EJECTED, "service" => service.to_string()).set(count as f64);
+impl ServiceMetrics {
+    /// Handles for `service`, whose requests are labelled with `route` (`default` without a
+    /// Route).
+    pub fn new(service: &str, route: &str) -> Self {
+        ServiceMetrics {
+            service: service.to_string(),
+            route: route.to_string(),
+            requests: Default::default(),
+            duration: OnceLock::new(),
+            bytes_sent: OnceLock::new(),
+            bytes_received: OnceLock::new(),
+            retries: OnceLock::new(),
+            budget_exhausted: OnceLock::new(),
+            ejections: OnceLock::new(),
+            ejected: OnceLock::new(),
+        }
+    }
+
+    /// Records an answered request, as [`request`] does for this service and its route.
+    pub fn request(&self, status: http::StatusCode, elapsed: Duration) {
+        let class = status_class(status);
+        self.requests[class]
+            .get_or_init(|| requests_counter(&self.service, &self.route, class))
+            .increment(1);
+        self.duration
+            .get_or_init(|| duration_histogram(&self.service))
+            .record(elapsed.as_secs_f64());
+    }
+
+    /// The counter of this service's request body bytes ([`http_bytes`], `sent`).
+    pub fn bytes_sent(&self) -> &Counter {
+        self.bytes_sent
+            .get_or_init(|| http_bytes(&self.service, "sent"))
+    }
+
+    /// The counter of this service's response body bytes ([`http_bytes`], `received`).
+    pub fn bytes_received(&self) -> &Counter {
+        self.bytes_received
+            .get_or_init(|| http_bytes(&self.service, "received"))
+    }
+
+    /// Records a retry.
+    pub fn retry(&self) {
+        self.retries
+            .get_or_init(|| counter!(RETRIES, "service" => self.service.clone()))
+            .increment(1);
+    }
+
+    /// Records a retry refused by the budget.
+    pub fn budget_exhausted(&self) {
+        self.budget_exhausted
+            .get_or_init(|| counter!(RETRY_BUDGET_EXHAUSTED, "service" => self.service.clone()))
+            .increment(1);
+    }
+
+    /// Records an ejection by outlier detection.
+    pub fn ejection(&self) {
+        self.ejections
+            .get_or_init(|| counter!(EJECTIONS, "service" => self.service.clone()))
+            .increment(1);
+    }
+
+    /// Sets the number of the service's endpoints ejected now.
+    pub fn ejected(&self, count: usize) {
+        self.ejected
+            .get_or_init(|| gauge!(EJECTED, "service" => self.service.clone()))
+            .set(count as f64);
+    }
 }
 
 /// Records a failure the agent answered.
@@ -168,4 +256,49 @@ pub fn reload(ok: bool) {
 /// Records the revision being served.
 pub fn revision(revision: u64) {
     gauge!(REVISION).set(revision as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_handles_record_the_same_series_as_the_free_functions_and_only_once_used() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let rendered = metrics::with_local_recorder(&recorder, || {
+            let service = ServiceMetrics::new("payments", "canary");
+            service.ejected(0);
+            let _ = service.bytes_sent();
+            for status in [200, 200, 503] {
+                let status = http::StatusCode::from_u16(status).unwrap();
+                service.request(status, Duration::from_millis(3));
+            }
+            service.retry();
+            request(
+                "gone",
+                "default",
+                http::StatusCode::NOT_FOUND,
+                Duration::ZERO,
+            );
+            recorder.handle().render()
+        });
+        for line in [
+            r#"hyphae_requests_total{service="payments",route="canary",status_class="2xx"} 2"#,
+            r#"hyphae_requests_total{service="payments",route="canary",status_class="5xx"} 1"#,
+            r#"hyphae_requests_total{service="gone",route="default",status_class="4xx"} 1"#,
+            r#"hyphae_http_body_bytes_total{service="payments",direction="sent"} 0"#,
+            r#"hyphae_retries_total{service="payments"} 1"#,
+            r#"hyphae_endpoints_ejected{service="payments"} 0"#,
+            r#"hyphae_request_duration_seconds_count{service="payments"} 3"#,
+        ] {
+            assert!(rendered.contains(line), "{line} missing from\n{rendered}");
+        }
+        for unused in [
+            "received",
+            "hyphae_outlier_ejections_total",
+            "budget_exhausted",
+        ] {
+            assert!(!rendered.contains(unused), "{unused} in\n{rendered}");
+        }
+    }
 }

@@ -6,13 +6,20 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use http::HeaderValue;
+use http::uri::Authority;
 use hyphae_policies::{
     AccessPolicySpec, AgentLimits, LocalService, Policy, Protocol, ServicePolicySpec, Upstream,
 };
 use serde::Serialize;
 
 use crate::config::AgentConfig;
+use crate::error::ProxyError;
+use crate::metrics::ServiceMetrics;
 use crate::route::CompiledRoute;
+
+/// The `route` label of requests to a service without a Route.
+pub const DEFAULT_ROUTE: &str = "default";
 
 /// Where a snapshot came from, shown on `/config` and `/ready`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -20,6 +27,11 @@ use crate::route::CompiledRoute;
 pub enum Source {
     /// The agent's local configuration file.
     LocalFile,
+    /// The local file plus the control plane's policies, live.
+    ControlPlane,
+    /// The local file plus the control plane's policies as last saved on disk (no control
+    /// plane reachable since the agent started).
+    Disk,
 }
 
 /// Everything the data path needs, immutable once built.
@@ -33,10 +45,15 @@ pub struct Snapshot {
     pub revision: u64,
     /// Where it came from.
     pub source: Source,
+    /// The control plane's revision included, if any.
+    pub control_plane_revision: Option<u64>,
     /// Services this agent can call, by name.
     pub services: BTreeMap<String, Arc<Service>>,
     /// Instances on this host that peers reach through the inbound listener, by service name.
     pub local: BTreeMap<String, LocalService>,
+    /// The same instances as the inbound path addresses them, by service name.
+    #[serde(skip)]
+    pub instances: BTreeMap<String, LocalInstance>,
     /// Local ports that lead to services.
     pub upstreams: Vec<Upstream>,
     /// Resource limits.
@@ -58,6 +75,53 @@ pub struct Service {
     pub access: Option<AccessPolicySpec>,
     /// Where it runs.
     pub endpoints: Vec<Endpoint>,
+    /// Its name as the `hyphae-destination` header value, made once; `None` if the name cannot
+    /// be one (validated names always can).
+    #[serde(skip)]
+    destination: Option<HeaderValue>,
+    /// Handles to its metrics.
+    #[serde(skip)]
+    pub metrics: ServiceMetrics,
+}
+
+impl Service {
+    /// Its name as the value of the `hyphae-destination` header that tells the peer agent
+    /// which service a call is for.
+    pub fn destination_header(&self) -> Result<HeaderValue, ProxyError> {
+        self.destination.clone().ok_or_else(|| {
+            ProxyError::BadRequest(format!(
+                "service name `{}` is not a valid header value",
+                self.name
+            ))
+        })
+    }
+}
+
+/// A local instance as the inbound path addresses it, worked out once per snapshot.
+#[derive(Clone, Debug)]
+pub struct LocalInstance {
+    /// The service it is an instance of.
+    pub service: Arc<str>,
+    /// Where it listens.
+    pub address: SocketAddr,
+    /// `address` as a URI authority.
+    pub authority: Authority,
+    /// The protocol it speaks.
+    pub protocol: Protocol,
+}
+
+impl LocalInstance {
+    /// The instance of a `services:` entry.
+    pub fn new(service: &LocalService) -> Self {
+        let address = SocketAddr::new(service.address, service.port);
+        LocalInstance {
+            service: service.name.as_str().into(),
+            address,
+            authority: Authority::try_from(address.to_string())
+                .expect("a socket address is a valid URI authority"),
+            protocol: service.protocol,
+        }
+    }
 }
 
 /// One place a service runs: the inbound address of the agent in front of an instance.
@@ -115,15 +179,22 @@ impl Snapshot {
                         tags: e.tags.clone(),
                     })
                     .collect();
+                let route = routes
+                    .get(&s.name)
+                    .map(|(name, spec)| CompiledRoute::new(name, spec.clone()));
+                let metrics = ServiceMetrics::new(
+                    &s.name,
+                    route.as_ref().map_or(DEFAULT_ROUTE, |r| r.name.as_str()),
+                );
                 let service = Service {
                     name: s.name.clone(),
                     protocol: s.protocol,
                     policy: service_policies.get(&s.name).cloned().unwrap_or_default(),
-                    route: routes
-                        .get(&s.name)
-                        .map(|(name, spec)| CompiledRoute::new(name, spec.clone())),
+                    route,
                     access: access.get(&s.name).cloned(),
                     endpoints,
+                    destination: HeaderValue::from_str(&s.name).ok(),
+                    metrics,
                 };
                 (s.name.clone(), Arc::new(service))
             })
@@ -133,12 +204,19 @@ impl Snapshot {
             site,
             revision,
             source: Source::LocalFile,
+            control_plane_revision: None,
             services,
             local: config
                 .spec
                 .services
                 .iter()
                 .map(|s| (s.name.clone(), s.clone()))
+                .collect(),
+            instances: config
+                .spec
+                .services
+                .iter()
+                .map(|s| (s.name.clone(), LocalInstance::new(s)))
                 .collect(),
             upstreams: config.spec.upstreams.clone(),
             limits: config.spec.limits.clone(),
@@ -170,6 +248,29 @@ fn host_without_port(host: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_instances_are_addressed_by_their_socket_address() {
+        for (address, authority) in [
+            ("127.0.0.1", "127.0.0.1:8080"),
+            ("::1", "[::1]:8080"),
+            ("fe80::1", "[fe80::1]:8080"),
+        ] {
+            let service = LocalService {
+                name: "payments".into(),
+                port: 8080,
+                address: address.parse().unwrap(),
+                protocol: Protocol::Grpc,
+                tags: BTreeMap::new(),
+                check: None,
+            };
+            let instance = LocalInstance::new(&service);
+            assert_eq!(instance.authority.as_str(), authority);
+            assert_eq!(instance.address.to_string(), authority);
+            assert_eq!(&*instance.service, "payments");
+            assert_eq!(instance.protocol, Protocol::Grpc);
+        }
+    }
 
     #[test]
     fn hosts_name_services_with_or_without_zone_and_port() {

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
-use crate::body::{Body, BoxError};
+use crate::body::{self, Body, BoxError, Ended};
 
 struct Shared {
     /// The original body, read by whichever try gets there first.
@@ -30,15 +30,26 @@ struct Shared {
 
 /// Hands out one body per try.
 pub struct ReplayBody {
-    shared: Arc<Mutex<Shared>>,
+    source: Source,
     limit: usize,
     hint: SizeHint,
     empty: bool,
 }
 
+/// Where the tries' bodies come from.
+enum Source {
+    /// The body had ended before the first try (a GET's): every try gets a fresh body that
+    /// ended the same way, and nothing is shared or kept. The original is held until the call
+    /// is over, as a streamed one is.
+    Ended { ended: Ended, _original: Body },
+    /// The body is read once, by whichever try gets there first, and copied while it fits.
+    Streamed(Arc<Mutex<Shared>>),
+}
+
 /// The body of one try.
 pub struct TryBody {
-    shared: Arc<Mutex<Shared>>,
+    /// `None` when the original body had ended before the first try.
+    shared: Option<Arc<Mutex<Shared>>>,
     limit: usize,
     generation: u64,
     next_chunk: usize,
@@ -52,8 +63,12 @@ impl ReplayBody {
     pub fn new(body: Body, limit: usize) -> Self {
         let hint = body.size_hint();
         let empty = body.is_end_stream();
-        ReplayBody {
-            shared: Arc::new(Mutex::new(Shared {
+        let source = match Ended::of(&body) {
+            Some(ended) => Source::Ended {
+                ended,
+                _original: body,
+            },
+            None => Source::Streamed(Arc::new(Mutex::new(Shared {
                 inner: body,
                 chunks: Vec::new(),
                 read: 0,
@@ -61,7 +76,10 @@ impl ReplayBody {
                 ended: empty,
                 trailers: None,
                 generation: 0,
-            })),
+            }))),
+        };
+        ReplayBody {
+            source,
             limit,
             hint,
             empty,
@@ -70,22 +88,41 @@ impl ReplayBody {
 
     /// True while a new try could send the whole body again.
     pub fn can_replay(&self) -> bool {
-        let shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        !shared.overflowed
+        match &self.source {
+            Source::Ended { .. } => true,
+            Source::Streamed(shared) => {
+                let shared = shared.lock().unwrap_or_else(|p| p.into_inner());
+                !shared.overflowed
+            }
+        }
     }
 
     /// The body for the next try; bodies of earlier tries stop yielding data.
     pub fn next_try(&self) -> TryBody {
-        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        shared.generation += 1;
+        let (shared, generation) = match &self.source {
+            Source::Ended { .. } => (None, 0),
+            Source::Streamed(shared) => {
+                let mut locked = shared.lock().unwrap_or_else(|p| p.into_inner());
+                locked.generation += 1;
+                (Some(Arc::clone(shared)), locked.generation)
+            }
+        };
         TryBody {
-            shared: Arc::clone(&self.shared),
+            shared,
             limit: self.limit,
-            generation: shared.generation,
+            generation,
             next_chunk: 0,
             trailers_sent: false,
             hint: self.hint,
             empty: self.empty,
+        }
+    }
+
+    /// [`ReplayBody::next_try`], boxed. For a body that had ended this allocates nothing.
+    pub fn next_try_body(&self) -> Body {
+        match &self.source {
+            Source::Ended { ended, .. } => ended.body(),
+            Source::Streamed(_) => body::boxed(self.next_try()),
         }
     }
 }
@@ -104,7 +141,10 @@ impl HttpBody for TryBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let mut shared = this.shared.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(shared) = &this.shared else {
+            return Poll::Ready(None);
+        };
+        let mut shared = shared.lock().unwrap_or_else(|p| p.into_inner());
         if shared.generation != this.generation {
             return Poll::Ready(Some(Err(Box::new(Superseded))));
         }
@@ -193,6 +233,26 @@ mod tests {
             first.frame().await.unwrap().is_err(),
             "the old try is superseded"
         );
+    }
+
+    #[tokio::test]
+    async fn an_ended_body_is_sent_again_as_it_was_without_a_copy() {
+        for original in [crate::body::empty(), Ended::UnknownLength.body()] {
+            let (ended, hint) = (Ended::of(&original), original.size_hint());
+            let replay = ReplayBody::new(original, 64);
+            assert!(
+                matches!(replay.source, Source::Ended { .. }),
+                "nothing is kept for an ended body"
+            );
+            for _ in 0..2 {
+                assert!(replay.can_replay());
+                let body = replay.next_try_body();
+                assert_eq!(Ended::of(&body), ended);
+                assert_eq!(body.size_hint().exact(), hint.exact());
+                assert!(body.collect().await.unwrap().to_bytes().is_empty());
+                assert!(replay.next_try().frame().await.is_none());
+            }
+        }
     }
 
     fn futures_chunks(parts: &[&'static str]) -> Body {

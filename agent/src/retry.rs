@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use http::header::HeaderName;
 use http::{HeaderMap, Method, StatusCode};
 use hyphae_policies::{RetryOn, RetryPolicy};
 use tower::retry::budget::{Budget, TpsBudget};
@@ -60,9 +61,12 @@ pub fn is_retryable(policy: &RetryPolicy, method: &Method, result: &TryResult<'_
     }
 }
 
+/// The header of a gRPC status.
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
 /// The `grpc-status` of a trailers-only gRPC response.
 pub fn grpc_status(headers: &HeaderMap) -> Option<u8> {
-    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+    headers.get(GRPC_STATUS)?.to_str().ok()?.parse().ok()
 }
 
 /// Wait before retry number `retry` (1 for the first retry): exponential from `base`, capped at

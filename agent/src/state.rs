@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use crate::balance::EndpointLoad;
 use crate::circuit::{Limit, OutlierState};
+use crate::model::Endpoint;
 use crate::retry::RetryBudget;
 
 /// Live state of one endpoint.
@@ -41,14 +42,35 @@ pub struct ServiceState {
 impl ServiceState {
     /// The state of the endpoint at `address`, created on first use.
     pub fn endpoint(&self, address: SocketAddr) -> Arc<EndpointState> {
-        let mut endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(endpoints.entry(address).or_insert_with(|| {
-            Arc::new(EndpointState {
-                load: EndpointLoad::new(Instant::now()),
-                outlier: Mutex::new(OutlierState::default()),
-            })
-        }))
+        let mut states = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        state_of(&mut states, address)
     }
+
+    /// The states of `endpoints`, each paired with its endpoint and created on first use, all
+    /// under one lock.
+    pub fn endpoints<'e>(
+        &self,
+        endpoints: impl IntoIterator<Item = &'e Endpoint>,
+    ) -> Vec<(&'e Endpoint, Arc<EndpointState>)> {
+        let mut states = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        endpoints
+            .into_iter()
+            .map(|endpoint| (endpoint, state_of(&mut states, endpoint.address)))
+            .collect()
+    }
+}
+
+/// The entry for `address`, created fresh if missing.
+fn state_of(
+    states: &mut HashMap<SocketAddr, Arc<EndpointState>>,
+    address: SocketAddr,
+) -> Arc<EndpointState> {
+    Arc::clone(states.entry(address).or_insert_with(|| {
+        Arc::new(EndpointState {
+            load: EndpointLoad::new(Instant::now()),
+            outlier: Mutex::new(OutlierState::default()),
+        })
+    }))
 }
 
 /// Every service's live state.

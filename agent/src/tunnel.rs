@@ -42,11 +42,21 @@ pub struct Pending<'a> {
     pub service: &'a str,
 }
 
-/// A slot per peer; the async lock is held only while a connection is being opened, so
-/// concurrent first requests share one handshake.
+/// A slot per peer. A request finds the open connection under a plain lock, never held across
+/// an await; the async lock is taken only to open a connection, so concurrent first requests
+/// share one handshake.
 #[derive(Default)]
 struct PeerSlot {
-    sender: tokio::sync::Mutex<Option<SendRequest<Body>>>,
+    sender: Mutex<Option<SendRequest<Body>>>,
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl PeerSlot {
+    /// The connection, while it is open.
+    fn open(&self) -> Option<SendRequest<Body>> {
+        let sender = self.sender.lock().unwrap_or_else(|p| p.into_inner());
+        sender.as_ref().filter(|s| !s.is_closed()).cloned()
+    }
 }
 
 /// The pool of peer connections.
@@ -103,14 +113,20 @@ impl Tunnels {
             let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
             Arc::clone(peers.entry(peer).or_default())
         };
-        let mut current = slot.sender.lock().await;
-        if let Some(sender) = current.as_ref().filter(|s| !s.is_closed()) {
-            return Ok(sender.clone());
+        if let Some(sender) = slot.open() {
+            return Ok(sender);
         }
-        let sender = tokio::time::timeout(connect_timeout, self.connect(peer))
+        let _connecting = slot.connecting.lock().await;
+        // Another request may have connected while this one waited.
+        if let Some(sender) = slot.open() {
+            return Ok(sender);
+        }
+        // Boxed: the handshake's state is large and needed once per connection, so it should
+        // not make every request's future larger.
+        let sender = tokio::time::timeout(connect_timeout, Box::pin(self.connect(peer)))
             .await
             .map_err(|_| ProxyError::ConnectTimeout(peer.to_string()))??;
-        *current = Some(sender.clone());
+        *slot.sender.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender.clone());
         Ok(sender)
     }
 

@@ -14,6 +14,8 @@ const PYTHON_PACKAGES: [(&str, &str); 1] = [("grpc", "grpcio")];
 /// Runs every test of the workspace.
 pub fn run(args: &[String]) -> Result<()> {
     install_test_tools()?;
+    // Tests in integration/ run the other crates' binaries: build them all first.
+    util::run(util::cargo().args(["build", "--workspace", "--bins", "--locked"]))?;
     util::run(
         util::cargo()
             .args(["test", "--workspace", "--locked"])

@@ -4,11 +4,13 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri, Version};
+use http_body::Body as _;
 use hyphae_policies::{HeaderRewrite, RetryPolicy};
 use tokio::time::Instant;
 
@@ -19,11 +21,11 @@ use crate::body::{self, Body};
 use crate::circuit::{self, Outcome};
 use crate::error::{ERROR_HEADER, ProxyError};
 use crate::metrics;
-use crate::model::{Endpoint, Service, Snapshot};
+use crate::model::{DEFAULT_ROUTE, Endpoint, Service, Snapshot};
 use crate::replay::ReplayBody;
 use crate::retry::{self, TryResult};
 use crate::route::{self, Destination};
-use crate::state::ServiceState;
+use crate::state::{EndpointState, ServiceState};
 use crate::tunnel::Pending;
 
 /// Makes a call to `service` and returns the answer: the upstream's response or the agent's
@@ -31,37 +33,37 @@ use crate::tunnel::Pending;
 pub async fn call(proxy: &Proxy, service: &str, request: Request<Body>) -> Response<Body> {
     let started = Instant::now();
     let snapshot = proxy.snapshot.load_full();
-    let response = match call_service(proxy, &snapshot, service, request).await {
+    let Some(known) = snapshot.services.get(service) else {
+        let response = error_response(&ProxyError::UnknownService(service.to_string()));
+        metrics::request(service, DEFAULT_ROUTE, response.status(), started.elapsed());
+        return response;
+    };
+    let response = match call_service(proxy, &snapshot, known, request).await {
         Ok(response) => response,
         Err(error) => error_response(&error),
     };
-    let route = snapshot
-        .services
-        .get(service)
-        .and_then(|s| s.route.as_ref())
-        .map_or("default", |r| r.name.as_str());
-    metrics::request(service, route, response.status(), started.elapsed());
+    known.metrics.request(response.status(), started.elapsed());
     response
 }
 
 async fn call_service(
     proxy: &Proxy,
     snapshot: &Snapshot,
-    name: &str,
+    service: &Service,
     request: Request<Body>,
 ) -> Result<Response<Body>, ProxyError> {
-    let service = snapshot
-        .services
-        .get(name)
-        .ok_or_else(|| ProxyError::UnknownService(name.to_string()))?;
     let (parts, body) = request.into_parts();
     let mut dice = |n: u64| rand::random_range(0..n.max(1));
     let destination = route::choose(&service.name, service.route.as_ref(), &parts, &mut dice)
-        .ok_or_else(|| ProxyError::NoRoute(name.to_string()))?;
-    let target = snapshot
-        .services
-        .get(destination.service)
-        .ok_or_else(|| ProxyError::UnknownService(destination.service.to_string()))?;
+        .ok_or_else(|| ProxyError::NoRoute(service.name.clone()))?;
+    let target = if destination.service == service.name {
+        service
+    } else {
+        snapshot
+            .services
+            .get(destination.service)
+            .ok_or_else(|| ProxyError::UnknownService(destination.service.to_string()))?
+    };
     let rule = destination.rule;
     let retries = rule
         .and_then(|r| r.retries.as_ref())
@@ -82,7 +84,13 @@ async fn call_service(
                 limit: "max-requests",
             })?;
     state.budget.deposit();
-    let body = body::counted(body, metrics::http_bytes(&target.name, "sent"));
+    let sent = target.metrics.bytes_sent();
+    // A body that has already ended has no bytes to count.
+    let body = if body.is_end_stream() {
+        body
+    } else {
+        body::counted(body, sent.clone())
+    };
     let body = ReplayBody::new(body, snapshot.limits.retry_buffer_bytes as usize);
     let call = Call {
         proxy,
@@ -114,12 +122,13 @@ struct Call<'a> {
 
 impl Call<'_> {
     async fn run(&self) -> Result<Response<Body>, ProxyError> {
+        // Endpoints of earlier tries; filled only when there is a retry, so a call that needs
+        // one try allocates nothing for it.
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut retries_done = 0;
         loop {
-            let endpoint = self.pick(&tried)?;
-            tried.push(endpoint.address);
-            let result = self.try_once(endpoint).await;
+            let (endpoint, endpoint_state) = self.pick(&tried)?;
+            let result = self.try_once(endpoint, &endpoint_state).await;
             let try_result = match &result {
                 Ok(response) => TryResult::Response(response.status(), response.headers()),
                 Err(error) => TryResult::Error(error),
@@ -130,20 +139,21 @@ impl Call<'_> {
             if wanted {
                 if self.state.budget.withdraw() {
                     retries_done += 1;
-                    metrics::retry(&self.target.name);
+                    tried.push(endpoint.address);
+                    self.target.metrics.retry();
                     let wait = retry::backoff(self.retries, retries_done, rand::random::<f64>());
                     tracing::debug!(service = %self.target.name, retry = retries_done, ?wait, "retrying");
                     tokio::time::sleep(wait).await;
                     continue;
                 }
-                metrics::budget_exhausted(&self.target.name);
+                self.target.metrics.budget_exhausted();
                 tracing::info!(service = %self.target.name, "retry budget exhausted; answering with the last result");
             }
             return result.map(|response| self.finish(response));
         }
     }
 
-    fn pick(&self, tried: &[SocketAddr]) -> Result<&Endpoint, ProxyError> {
+    fn pick(&self, tried: &[SocketAddr]) -> Result<(&Endpoint, Arc<EndpointState>), ProxyError> {
         choose_endpoint(
             self.snapshot,
             self.target,
@@ -157,9 +167,9 @@ impl Call<'_> {
     async fn try_once(
         &self,
         endpoint: &Endpoint,
+        endpoint_state: &EndpointState,
     ) -> Result<Response<hyper::body::Incoming>, ProxyError> {
-        let endpoint_state = self.state.endpoint(endpoint.address);
-        let request = self.forward_request(self.body.next_try())?;
+        let request = self.forward_request(self.body.next_try_body())?;
         let connect_timeout = self.target.policy.timeouts.connect.get();
         let pending = Pending {
             limit: &self.state.pending,
@@ -198,7 +208,7 @@ impl Call<'_> {
             self.target,
             self.state,
             endpoint,
-            &endpoint_state,
+            endpoint_state,
             outcome,
             now,
         );
@@ -207,7 +217,7 @@ impl Call<'_> {
 
     /// The request as sent to the peer agent: HTTP/2, original authority, no hop-by-hop
     /// headers, the destination service in a header, the rule's header rewrites applied.
-    fn forward_request(&self, body: crate::replay::TryBody) -> Result<Request<Body>, ProxyError> {
+    fn forward_request(&self, body: Body) -> Result<Request<Body>, ProxyError> {
         let parts = self.parts;
         let authority = parts
             .uri
@@ -232,7 +242,7 @@ impl Call<'_> {
             .path_and_query(path)
             .build()
             .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
-        let mut request = Request::new(body::boxed(body));
+        let mut request = Request::new(body);
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = uri;
         *request.version_mut() = Version::HTTP_2;
@@ -240,8 +250,7 @@ impl Call<'_> {
         headers.clone_from(&parts.headers);
         strip_hop_by_hop(headers);
         headers.remove(http::header::HOST);
-        let destination = HeaderValue::from_str(&self.target.name)
-            .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        let destination = self.target.destination_header()?;
         headers.insert(DESTINATION, destination);
         if let Some(rule) = self.destination.rule {
             rewrite(headers, &rule.request_headers);
@@ -251,8 +260,8 @@ impl Call<'_> {
 
     /// The upstream response as the caller receives it.
     fn finish(&self, response: Response<hyper::body::Incoming>) -> Response<Body> {
-        let received = metrics::http_bytes(&self.target.name, "received");
-        let mut response = response.map(|b| body::counted(body::boxed(b), received));
+        let received = self.target.metrics.bytes_received();
+        let mut response = response.map(|b| body::counted(b, received.clone()));
         strip_hop_by_hop(response.headers_mut());
         if let Some(rule) = self.destination.rule {
             rewrite(response.headers_mut(), &rule.response_headers);
@@ -263,56 +272,54 @@ impl Call<'_> {
 
 /// Chooses an endpoint of `target` (restricted to `subset`) for a new try or stream:
 /// the balancer's choice among endpoints not ejected, in the caller's site when it can be.
+/// Returns the endpoint with its live state.
 pub fn choose_endpoint<'s>(
     snapshot: &Snapshot,
     target: &'s Service,
     subset: Option<&BTreeMap<String, String>>,
     state: &ServiceState,
     tried: &[SocketAddr],
-) -> Result<&'s Endpoint, ProxyError> {
+) -> Result<(&'s Endpoint, Arc<EndpointState>), ProxyError> {
     let now = Instant::now();
-    let endpoints: Vec<&Endpoint> = target
-        .endpoints
-        .iter()
-        .filter(|e| {
-            subset.is_none_or(|subset| subset.iter().all(|(k, v)| e.tags.get(k) == Some(v)))
-        })
-        .collect();
-    let states: Vec<_> = endpoints
-        .iter()
-        .map(|e| state.endpoint(e.address))
-        .collect();
+    let mut endpoints = state.endpoints(target.endpoints.iter().filter(|e| {
+        subset.is_none_or(|subset| subset.iter().all(|(k, v)| e.tags.get(k) == Some(v)))
+    }));
     let candidates: Vec<Candidate<'_>> = endpoints
         .iter()
-        .zip(&states)
         .enumerate()
         .map(|(index, (endpoint, endpoint_state))| Candidate {
             index,
             local_site: endpoint.site == snapshot.site,
-            ejected: endpoint_state
-                .outlier
-                .lock()
-                .map(|o| o.is_ejected(now))
-                .unwrap_or(false),
+            ejected: is_ejected(endpoint_state, now),
             tried: tried.contains(&endpoint.address),
             load: &endpoint_state.load,
         })
         .collect();
-    metrics::ejected(
-        &target.name,
-        candidates.iter().filter(|c| c.ejected).count(),
-    );
+    target
+        .metrics
+        .ejected(candidates.iter().filter(|c| c.ejected).count());
     let lb = &target.policy.load_balancer;
     let mut dice = |n: usize| rand::random_range(0..n.max(1));
-    balance::pick(
+    let picked = balance::pick(
         &candidates,
         lb.policy,
         lb.locality,
         &state.round_robin,
         &mut dice,
-    )
-    .and_then(|index| endpoints.get(index).copied())
-    .ok_or_else(|| ProxyError::NoEndpoints(target.name.clone()))
+    );
+    picked
+        .filter(|&index| index < endpoints.len())
+        .map(|index| endpoints.swap_remove(index))
+        .ok_or_else(|| ProxyError::NoEndpoints(target.name.clone()))
+}
+
+/// Whether outlier detection has the endpoint ejected at `now`.
+fn is_ejected(endpoint_state: &EndpointState, now: Instant) -> bool {
+    endpoint_state
+        .outlier
+        .lock()
+        .map(|o| o.is_ejected(now))
+        .unwrap_or(false)
 }
 
 /// Feeds one outcome to outlier detection, ejecting the endpoint when it has failed enough
@@ -321,23 +328,20 @@ pub fn record_outcome(
     target: &Service,
     state: &ServiceState,
     endpoint: &Endpoint,
-    endpoint_state: &crate::state::EndpointState,
+    endpoint_state: &EndpointState,
     outcome: Outcome,
     now: Instant,
 ) {
     let detection = &target.policy.circuit_breaker.outlier_detection;
-    let ejected_now = target
-        .endpoints
-        .iter()
-        .filter(|e| {
-            state
-                .endpoint(e.address)
-                .outlier
-                .lock()
-                .map(|o| o.is_ejected(now))
-                .unwrap_or(false)
-        })
-        .count();
+    // Only a failure can eject, so only a failure needs the service's ejected count.
+    let ejected_now = match outcome {
+        Outcome::Success => 0,
+        Outcome::Failure => state
+            .endpoints(&target.endpoints)
+            .iter()
+            .filter(|(_, s)| is_ejected(s, now))
+            .count(),
+    };
     let may_eject = circuit::may_eject(
         ejected_now,
         target.endpoints.len(),
@@ -349,8 +353,8 @@ pub fn record_outcome(
         .ok()
         .and_then(|mut o| o.record(outcome, now, detection, may_eject));
     if let Some(duration) = ejected_for {
-        metrics::ejection(&target.name);
-        metrics::ejected(&target.name, ejected_now + 1);
+        target.metrics.ejection();
+        target.metrics.ejected(ejected_now + 1);
         tracing::warn!(
             service = %target.name,
             endpoint = %endpoint.address,

@@ -1,49 +1,70 @@
 //! Header rules at hop boundaries: what must not cross a hop, and the header that carries the
 //! destination service between agents.
 
-use http::HeaderMap;
-use http::header::{CONNECTION, HeaderName};
+use http::header::{
+    CONNECTION, Entry, HeaderName, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRANSFER_ENCODING,
+    UPGRADE,
+};
+use http::{HeaderMap, HeaderValue};
 
 /// Carries the destination service (`name` or `name:port`) from the calling agent to the peer.
-pub const DESTINATION: &str = "hyphae-destination";
+pub const DESTINATION: HeaderName = HeaderName::from_static("hyphae-destination");
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1) plus the non-standard ones proxies also drop.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "transfer-encoding",
-    "upgrade",
-    "te",
+/// How many names [`HOP_BY_HOP`] holds.
+const HOP_BY_HOP_COUNT: usize = 8;
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) plus the non-standard ones proxies also drop. Parsed
+/// names, so removing them does not parse them again on every request.
+static HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION,
+    TRANSFER_ENCODING,
+    UPGRADE,
+    TE,
 ];
 
 /// Removes hop-by-hop headers, including those named in `Connection`. `te: trailers` is kept:
 /// gRPC needs it end to end and HTTP/2 allows it.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
+    // One pass over the names finds which hop-by-hop headers are there (usually none or
+    // `connection`), so only those are looked up and removed.
+    let mut present = [false; HOP_BY_HOP_COUNT];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present[i] = true;
+        }
+    }
+    if !present.contains(&true) {
+        return;
+    }
     let keeps_trailers = headers
-        .get("te")
+        .get(TE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| {
             v.split(',')
                 .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
         });
-    for name in named {
-        headers.remove(name);
+    let listed: Vec<HeaderValue> = match headers.entry(CONNECTION) {
+        Entry::Occupied(connection) => connection.remove_entry_mult().1.collect(),
+        Entry::Vacant(_) => Vec::new(),
+    };
+    for name in listed
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+    {
+        headers.remove(name.trim());
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    for (name, present) in HOP_BY_HOP.iter().zip(present) {
+        if present {
+            headers.remove(name);
+        }
     }
     if keeps_trailers {
-        headers.insert("te", http::HeaderValue::from_static("trailers"));
+        headers.insert(TE, HeaderValue::from_static("trailers"));
     }
 }
 
@@ -64,5 +85,25 @@ mod tests {
         assert_eq!(names.len(), 2, "{names:?}");
         assert_eq!(headers["te"], "trailers");
         assert_eq!(headers["x-kept"], "yes");
+    }
+
+    #[test]
+    fn every_value_of_connection_names_headers_to_drop_in_any_case() {
+        let mut headers = HeaderMap::new();
+        headers.append("connection", "X-One".parse().unwrap());
+        headers.append("connection", " x-two , , keep-alive".parse().unwrap());
+        for name in ["x-one", "x-two", "keep-alive", "upgrade", "x-kept"] {
+            headers.insert(name, "v".parse().unwrap());
+        }
+        headers.insert("te", "gzip".parse().unwrap());
+        strip_hop_by_hop(&mut headers);
+        let names: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+        let mut untouched = HeaderMap::new();
+        untouched.insert("host", "a".parse().unwrap());
+        untouched.insert("x-kept", "yes".parse().unwrap());
+        let before = untouched.clone();
+        strip_hop_by_hop(&mut untouched);
+        assert_eq!(untouched, before);
     }
 }

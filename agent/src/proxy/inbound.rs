@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -22,6 +22,7 @@ use super::headers::{DESTINATION, strip_hop_by_hop};
 use super::{Proxy, error_response, pipe, stream};
 use crate::body::{self, Body};
 use crate::error::ProxyError;
+use crate::model::LocalInstance;
 use crate::tunnel::error_chain;
 
 /// Longest the agent waits to connect to a local instance: it is on this host, so a slow
@@ -91,7 +92,9 @@ async fn deliver(
     request: Request<Incoming>,
 ) -> Response<Body> {
     let result = if request.method() == Method::CONNECT {
-        open_local_stream(proxy, clients, request).await
+        // Boxed: a stream's future is large and rare, and every request's future (moved as
+        // hyper spawns it) would otherwise be as large.
+        Box::pin(open_local_stream(proxy, clients, request)).await
     } else {
         forward_to_instance(proxy, clients, request).await
     };
@@ -101,25 +104,21 @@ async fn deliver(
     }
 }
 
-/// The local instance a peer's request is for, by the destination header.
+/// The local instance a peer's request is for, by the destination header (removed).
 fn local_instance(
     proxy: &Proxy,
     headers: &mut http::HeaderMap,
-) -> Result<(String, SocketAddr, Protocol), ProxyError> {
-    let service = headers
-        .remove(DESTINATION)
-        .and_then(|v| v.to_str().ok().map(str::to_string))
-        .ok_or_else(|| ProxyError::BadRequest(format!("missing `{DESTINATION}` header")))?;
-    let snapshot = proxy.snapshot.load();
-    let instance = snapshot
-        .local
-        .get(&service)
-        .ok_or_else(|| ProxyError::NoLocalInstance(service.clone()))?;
-    Ok((
-        service,
-        SocketAddr::new(instance.address, instance.port),
-        instance.protocol,
-    ))
+) -> Result<LocalInstance, ProxyError> {
+    let missing = || ProxyError::BadRequest(format!("missing `{DESTINATION}` header"));
+    let value = headers.remove(DESTINATION).ok_or_else(missing)?;
+    let service = value.to_str().map_err(|_| missing())?;
+    proxy
+        .snapshot
+        .load()
+        .instances
+        .get(service)
+        .cloned()
+        .ok_or_else(|| ProxyError::NoLocalInstance(service.to_string()))
 }
 
 /// A CONNECT stream from a peer: opaque TCP to the instance, or (with `hyphae-upgrade`) an
@@ -129,7 +128,8 @@ async fn open_local_stream(
     clients: &LocalClients,
     mut request: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
-    let (service, instance_addr, _) = local_instance(proxy, request.headers_mut())?;
+    let instance = local_instance(proxy, request.headers_mut())?;
+    let (service, instance_addr) = (instance.service, instance.address);
     let peer_side = hyper::upgrade::on(&mut request);
     if let Some(protocol) = request.headers_mut().remove(stream::UPGRADE) {
         return upgrade_instance(
@@ -171,7 +171,7 @@ async fn upgrade_instance(
     peer_side: hyper::upgrade::OnUpgrade,
     instance_addr: SocketAddr,
     protocol: HeaderValue,
-    service: String,
+    service: Arc<str>,
 ) -> Result<Response<Body>, ProxyError> {
     let (mut parts, _) = request.into_parts();
     let path = parts
@@ -238,7 +238,7 @@ async fn forward_to_instance(
     request: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
     let (mut parts, body) = request.into_parts();
-    let (_, instance_addr, protocol) = local_instance(proxy, &mut parts.headers)?;
+    let instance = local_instance(proxy, &mut parts.headers)?;
     if !parts.headers.contains_key(http::header::HOST)
         && let Some(authority) = parts.uri.authority()
         && let Ok(host) = HeaderValue::from_str(authority.as_str())
@@ -246,11 +246,9 @@ async fn forward_to_instance(
         parts.headers.insert(http::header::HOST, host);
     }
     strip_hop_by_hop(&mut parts.headers);
-    let authority = Authority::try_from(instance_addr.to_string())
-        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     parts.uri = Uri::builder()
         .scheme(Scheme::HTTP)
-        .authority(authority)
+        .authority(instance.authority)
         .path_and_query(
             parts
                 .uri
@@ -260,7 +258,7 @@ async fn forward_to_instance(
         )
         .build()
         .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
-    let client = match protocol {
+    let client = match instance.protocol {
         Protocol::Http2 | Protocol::Grpc => {
             parts.version = http::Version::HTTP_2;
             &clients.http2
@@ -274,7 +272,7 @@ async fn forward_to_instance(
     let response = client
         .request(request)
         .await
-        .map_err(|error| instance_error(instance_addr, &error))?;
+        .map_err(|error| instance_error(instance.address, &error))?;
     let mut response = response.map(body::boxed);
     strip_hop_by_hop(response.headers_mut());
     Ok(response)

@@ -27,8 +27,9 @@ use crate::model::Snapshot;
 /// Where an outbound listener sends its calls.
 #[derive(Clone, Debug)]
 pub enum Target {
-    /// Every call goes to this service (an `upstreams:` port).
-    Service(String),
+    /// Every call goes to this service (an `upstreams:` port). Shared, as every request on
+    /// the port carries a copy.
+    Service(Arc<str>),
     /// The service is named by the request's host (the HTTP proxy port).
     ByHost,
 }
@@ -125,9 +126,11 @@ async fn serve_tcp(proxy: &Proxy, service: &str, stream: TcpStream, peer: Socket
 }
 
 async fn handle(proxy: &Proxy, target: &Target, request: Request<Incoming>) -> Response<Body> {
+    // Tunnels and upgrades are boxed: their futures are large and rare, and every request's
+    // future (moved as hyper stores or spawns it) would otherwise be as large.
     if request.method() == Method::CONNECT {
         return match target {
-            Target::ByHost => connect_through_proxy(proxy, request).await,
+            Target::ByHost => Box::pin(connect_through_proxy(proxy, request)).await,
             Target::Service(_) => error_response(&ProxyError::BadRequest(
                 "CONNECT is served on the HTTP proxy port".into(),
             )),
@@ -135,28 +138,30 @@ async fn handle(proxy: &Proxy, target: &Target, request: Request<Incoming>) -> R
     }
     if is_upgrade(&request) {
         return match resolve(proxy, target, &request) {
-            Ok(service) => upgrade(proxy, &service, request).await,
+            Ok(service) => Box::pin(upgrade(proxy, &service, request)).await,
             Err(error) => error_response(&error),
         };
     }
     let request = request.map(body::boxed);
+    let by_host;
     let service = match target {
-        Target::Service(name) => name.clone(),
+        Target::Service(name) => name,
         Target::ByHost => {
             let snapshot = proxy.snapshot.load();
-            match service_by_host(&snapshot, &proxy.zone, &request) {
+            by_host = match service_by_host(&snapshot, &proxy.zone, &request) {
                 Ok(name) => name,
                 Err(error) => return error_response(&error),
-            }
+            };
+            by_host.as_str()
         }
     };
-    call::call(proxy, &service, request).await
+    call::call(proxy, service, request).await
 }
 
 /// The service a request is for.
 fn resolve<B>(proxy: &Proxy, target: &Target, request: &Request<B>) -> Result<String, ProxyError> {
     match target {
-        Target::Service(name) => Ok(name.clone()),
+        Target::Service(name) => Ok(name.to_string()),
         Target::ByHost => service_by_host(&proxy.snapshot.load(), &proxy.zone, request),
     }
 }

@@ -4,8 +4,9 @@
 
 use std::net::SocketAddr;
 
+use http::header::HeaderName;
 use http::uri::Authority;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
+use http::{HeaderMap, Method, Request, Response, Uri};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -19,9 +20,9 @@ use crate::model::{Service, Snapshot};
 use crate::tunnel::Pending;
 
 /// The protocol a CONNECT stream upgrades to at the instance (`websocket`); absent for TCP.
-pub const UPGRADE: &str = "hyphae-upgrade";
+pub const UPGRADE: HeaderName = HeaderName::from_static("hyphae-upgrade");
 /// The path and query of the upgrade request.
-pub const UPGRADE_PATH: &str = "hyphae-upgrade-path";
+pub const UPGRADE_PATH: HeaderName = HeaderName::from_static("hyphae-upgrade-path");
 
 /// An open stream: the peer's answer (upgrade it to get the bytes) and the slot it holds in
 /// the service's stream limit.
@@ -69,16 +70,14 @@ pub async fn open(
         Authority::try_from(authority).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     let mut tried: Vec<SocketAddr> = Vec::new();
     loop {
-        let endpoint = choose_endpoint(snapshot, target, None, &state, &tried)?;
+        let (endpoint, endpoint_state) = choose_endpoint(snapshot, target, None, &state, &tried)?;
         tried.push(endpoint.address);
         let mut request = Request::new(body::empty());
         *request.method_mut() = Method::CONNECT;
         *request.uri_mut() = Uri::from(authority.clone());
         *request.headers_mut() = headers.clone();
-        let destination = HeaderValue::from_str(&target.name)
-            .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        let destination = target.destination_header()?;
         request.headers_mut().insert(DESTINATION, destination);
-        let endpoint_state = state.endpoint(endpoint.address);
         let result = proxy
             .tunnels
             .send(

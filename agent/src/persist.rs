@@ -1,0 +1,88 @@
+//! The last state received from the control plane, kept on disk so an agent that starts (or
+//! runs) without a reachable control plane keeps serving what it was last told. Written as a
+//! temp file, fsynced, then renamed over the old one: a crash leaves the old or the new file,
+//! never half of one.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use hyphae_policies::watch::PolicyRecord;
+use serde::{Deserialize, Serialize};
+
+/// File name of the saved state in the agent's data directory.
+pub const SNAPSHOT_FILE: &str = "control-plane-snapshot.json";
+
+/// What is saved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Saved {
+    /// The control-plane revision it reflects.
+    pub revision: u64,
+    /// Every policy at that revision.
+    pub policies: Vec<PolicyRecord>,
+}
+
+fn path(data_dir: &Path) -> PathBuf {
+    data_dir.join(SNAPSHOT_FILE)
+}
+
+/// Saves `saved` durably. Errors are returned for the caller to log and retry on the next
+/// change; serving never depends on the disk.
+pub fn save(data_dir: &Path, saved: &Saved) -> std::io::Result<()> {
+    std::fs::create_dir_all(data_dir)?;
+    let final_path = path(data_dir);
+    let temp_path = final_path.with_extension("json.tmp");
+    let json = serde_json::to_vec(saved).map_err(std::io::Error::other)?;
+    {
+        let mut file = std::fs::File::create(&temp_path)?;
+        file.write_all(&json)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&temp_path, &final_path)?;
+    // Make the rename itself durable.
+    std::fs::File::open(data_dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Loads the saved state, if there is a readable one.
+pub fn load(data_dir: &Path) -> Result<Option<Saved>, String> {
+    let bytes = match std::fs::read(path(data_dir)) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(format!("cannot read {}: {error}", path(data_dir).display())),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| format!("{} is not a saved snapshot: {e}", path(data_dir).display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saves_and_loads_and_replaces() {
+        let dir = std::env::temp_dir().join(format!("hyphae-persist-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(load(&dir).unwrap(), None);
+        let first = Saved {
+            revision: 3,
+            policies: vec![PolicyRecord {
+                kind: "Route".into(),
+                name: "r".into(),
+                source: "kind: Route\n".into(),
+                revision: 3,
+            }],
+        };
+        save(&dir, &first).unwrap();
+        assert_eq!(load(&dir).unwrap(), Some(first));
+        let second = Saved {
+            revision: 4,
+            policies: vec![],
+        };
+        save(&dir, &second).unwrap();
+        assert_eq!(load(&dir).unwrap(), Some(second));
+        std::fs::write(dir.join(SNAPSHOT_FILE), b"{garbage").unwrap();
+        assert!(load(&dir).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
