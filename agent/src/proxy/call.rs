@@ -84,8 +84,9 @@ async fn call_service(
                 limit: "max-requests",
             })?;
     state.budget.deposit();
+    // The series is registered for every call, so `/metrics` shows it as soon as a call was
+    // made; a body that has already ended has no bytes to count and is not wrapped.
     let sent = target.metrics.bytes_sent();
-    // A body that has already ended has no bytes to count.
     let body = if body.is_end_stream() {
         body
     } else {
