@@ -191,6 +191,10 @@ async fn route(node: &Node, request: &ApiRequest) -> Result<Response<Full<Bytes>
     let segments: Vec<&str> = request.path.trim_matches('/').split('/').collect();
     match (&request.method, segments.as_slice()) {
         (&Method::GET, ["v1", "cluster"]) => Ok(cluster(node).await),
+        (&Method::POST, ["v1", "cluster", "members"]) => change_members(node, request, None).await,
+        (&Method::DELETE, ["v1", "cluster", "members", id]) => {
+            change_members(node, request, Some(id)).await
+        }
         (&Method::POST | &Method::PUT, ["v1", "policies"]) => apply(node, request).await,
         (&Method::GET, ["v1", "policies"]) => {
             read_barrier(node, request).await?;
@@ -328,17 +332,77 @@ async fn apply(node: &Node, request: &ApiRequest) -> Result<Response<Full<Bytes>
 
 /// Writes `command` through Raft and waits for it to be applied.
 async fn write(node: &Node, command: Command) -> Result<CommandResponse, Routed> {
+    committed(node, node.raft.client_write(command))
+        .await
+        .map(|written| written.data)
+}
+
+/// What a Raft write (a command or a membership change) resolves to.
+type WriteResult = Result<
+    openraft::raft::ClientWriteResponse<crate::raft::TypeConfig>,
+    RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
+>;
+
+/// Waits for a Raft write to commit, within the write timeout; a follower's refusal becomes a
+/// forward to the leader.
+async fn committed(
+    node: &Node,
+    write: impl std::future::Future<Output = WriteResult>,
+) -> Result<openraft::raft::ClientWriteResponse<crate::raft::TypeConfig>, Routed> {
     let timeout = node.config.spec.write_timeout.get();
-    match tokio::time::timeout(timeout, node.raft.client_write(command)).await {
+    match tokio::time::timeout(timeout, write).await {
         Err(_) => Err(no_quorum(timeout).into()),
-        Ok(Ok(written)) => Ok(written.data),
+        Ok(Ok(written)) => Ok(written),
         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
             Err(leader_or_unavailable(&forward))
+        }
+        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(error)))) => {
+            Err(ApiError::new(StatusCode::CONFLICT, "membership", error.to_string()).into())
         }
         Ok(Err(error)) => {
             Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "raft", error.to_string()).into())
         }
     }
+}
+
+/// A member to add, as `POST /v1/cluster/members` takes it.
+#[derive(serde::Deserialize)]
+struct NewMember {
+    id: NodeId,
+    address: String,
+}
+
+/// `POST /v1/cluster/members` adds a node as a learner, lets it catch up, then makes it a voter;
+/// `DELETE /v1/cluster/members/{id}` removes a voter. Both answer with the new cluster view.
+async fn change_members(
+    node: &Node,
+    request: &ApiRequest,
+    remove: Option<&str>,
+) -> Result<Response<Full<Bytes>>, Routed> {
+    if let Some(id) = remove {
+        let id: NodeId = id.parse().map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad-id",
+                format!("`{id}` is not a node id"),
+            )
+        })?;
+        let change = openraft::ChangeMembers::RemoveVoters([id].into());
+        committed(node, node.raft.change_membership(change, false)).await?;
+        return Ok(cluster(node).await);
+    }
+    let member: NewMember = serde_json::from_slice(&request.body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad-member",
+            format!("expected {{\"id\": N, \"address\": \"host:port\"}}: {e}"),
+        )
+    })?;
+    let learner = BasicNode::new(&member.address);
+    committed(node, node.raft.add_learner(member.id, learner, true)).await?;
+    let change = openraft::ChangeMembers::AddVoterIds([member.id].into());
+    committed(node, node.raft.change_membership(change, false)).await?;
+    Ok(cluster(node).await)
 }
 
 /// Linearizable reads (the default) confirm leadership with a quorum first; followers forward

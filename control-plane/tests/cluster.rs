@@ -413,3 +413,87 @@ async fn the_cli_applies_diffs_gets_and_deletes_against_a_single_node() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_join_as_learners_become_voters_and_leave() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut nodes: Vec<ControlPlane> = (1..=2)
+        .map(|id| {
+            let port = free_port();
+            let config = dir.path().join(format!("n{id}.yaml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "kind: ControlPlaneConfig\nmetadata: {{name: n{id}}}\nspec:\n  id: {id}\n  listen: 127.0.0.1:{port}\n  dataDir: {}\n  heartbeatInterval: 100ms\n  electionTimeoutMin: 500ms\n  electionTimeoutMax: 1s\n",
+                    dir.path().join(format!("data{id}")).display()
+                ),
+            )
+            .expect("write config");
+            ControlPlane {
+                id,
+                config,
+                address: SocketAddr::from(([127, 0, 0, 1], port)),
+                child: None,
+            }
+        })
+        .collect();
+    nodes[0].start(true);
+    nodes[1].start(false);
+    let (first, second) = (nodes[0].address, nodes[1].address);
+    eventually("the first node to lead", || async {
+        leader_seen_by(&nodes[0]).await == Some(1)
+    })
+    .await;
+    let (code, text) = hyphae(
+        first,
+        &[
+            "apply",
+            "-f",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../policies/examples/services.yaml"
+            ),
+        ],
+    );
+    assert_eq!(code, Some(0), "{text}");
+
+    // The second node joins: it catches up on what was written before it came.
+    let (code, text) = hyphae(first, &["cluster", "add", "2", &second.to_string()]);
+    assert_eq!(code, Some(0), "{text}");
+    let (_, status) = call("GET", first, "/v1/cluster", "").await;
+    assert_eq!(status["voters"], serde_json::json!([1, 2]), "{status}");
+    eventually("the new voter to hold the earlier writes", || async {
+        call(
+            "GET",
+            second,
+            "/v1/policies/ServicePolicy/catalog?stale=true",
+            "",
+        )
+        .await
+        .0 == 200
+    })
+    .await;
+
+    // It leaves again.
+    let (code, text) = hyphae(second, &["cluster", "remove", "2"]);
+    assert_eq!(code, Some(0), "{text}");
+    let (_, status) = call("GET", first, "/v1/cluster", "").await;
+    assert_eq!(status["voters"], serde_json::json!([1]), "{status}");
+    nodes[1].kill();
+    let (code, text) = hyphae(
+        first,
+        &[
+            "apply",
+            "-f",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../policies/examples/routes.yaml"
+            ),
+        ],
+    );
+    assert_eq!(
+        code,
+        Some(0),
+        "a one-node cluster writes alone again: {text}"
+    );
+}

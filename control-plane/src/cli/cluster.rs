@@ -27,13 +27,56 @@ pub enum ClusterCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Add a node (started without --init) as a voter: it joins as a learner, catches up, then
+    /// votes.
+    Add {
+        /// Its node id (`spec.id` in its configuration).
+        id: u64,
+        /// Its `host:port`.
+        address: String,
+        /// Where the control plane is.
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Remove a node from the voters.
+    Remove {
+        /// Its node id.
+        id: u64,
+        /// Where the control plane is.
+        #[command(flatten)]
+        server: ServerArgs,
+    },
 }
 
 /// Runs `hyphae cluster ...`.
 pub fn run(args: &ClusterArgs, out: &mut dyn std::io::Write) -> Result<Outcome> {
-    let ClusterCommand::Status { output, server } = &args.command;
-    let status = ApiClient::new(&server.address())?.expect_ok("GET", "/v1/cluster", "")?;
-    if *output != Output::Table {
+    let (status, output) = match &args.command {
+        ClusterCommand::Status { output, server } => (
+            ApiClient::new(&server.address())?.expect_ok("GET", "/v1/cluster", "")?,
+            *output,
+        ),
+        ClusterCommand::Add {
+            id,
+            address,
+            server,
+        } => {
+            let body = serde_json::json!({ "id": id, "address": address }).to_string();
+            let status = ApiClient::new(&server.address())?.expect_ok(
+                "POST",
+                "/v1/cluster/members",
+                &body,
+            )?;
+            writeln!(out, "node {id} ({address}) is a voter")?;
+            (status, Output::Table)
+        }
+        ClusterCommand::Remove { id, server } => {
+            let path = format!("/v1/cluster/members/{id}");
+            let status = ApiClient::new(&server.address())?.expect_ok("DELETE", &path, "")?;
+            writeln!(out, "node {id} removed")?;
+            (status, Output::Table)
+        }
+    };
+    if output != Output::Table {
         writeln!(out, "{}", serde_json::to_string_pretty(&status)?)?;
         return Ok(Outcome::Success);
     }
