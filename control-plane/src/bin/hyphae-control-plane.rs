@@ -107,11 +107,13 @@ async fn run(config: config::NodeConfig, init: bool) -> anyhow::Result<()> {
         serde_json::json!({ "ready": { "listen": address, "id": node.config.spec.id } })
     );
     tracing::info!(%address, id = node.config.spec.id, "control-plane node ready");
+    notify(&[sd_notify::NotifyState::Ready]);
     tokio::select! {
         _ = terminate.recv() => {}
         _ = interrupt.recv() => {}
     }
     tracing::info!("shutting down");
+    notify(&[sd_notify::NotifyState::Stopping]);
     shutdown.cancel();
     let _ = server.await;
     node.raft
@@ -119,4 +121,11 @@ async fn run(config: config::NodeConfig, init: bool) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("Raft did not shut down cleanly: {e}"))?;
     Ok(())
+}
+
+/// Tells systemd about a state change when it is watching (`NOTIFY_SOCKET` set).
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(error) = sd_notify::notify(states) {
+        tracing::warn!(%error, "cannot notify systemd");
+    }
 }
