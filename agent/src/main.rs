@@ -155,7 +155,12 @@ async fn run(path: &Path, config: AgentConfig) -> anyhow::Result<()> {
                     Ok(now) => notify(&[NotifyState::Reloading, now]),
                     Err(_) => notify(&[NotifyState::Reloading]),
                 }
-                reload(path, &daemon);
+                // Reading and checking the file is blocking work: off the runtime threads.
+                let file = path.to_path_buf();
+                match tokio::task::spawn_blocking(move || config::load(&file)).await {
+                    Ok(loaded) => reload(loaded, &daemon),
+                    Err(error) => tracing::error!(%error, "configuration reload did not finish"),
+                }
                 notify(&[NotifyState::Ready]);
             }
             _ = terminate.recv() => break,
@@ -176,9 +181,15 @@ async fn run(path: &Path, config: AgentConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGHUP: re-read the configuration; a bad file is refused and the running one stays.
-fn reload(path: &Path, daemon: &Daemon) {
-    match config::load(path) {
+/// SIGHUP: apply the re-read configuration; a bad file is refused and the running one stays.
+fn reload(
+    loaded: Result<
+        (AgentConfig, Vec<hyphae_policies::Diagnostic>),
+        Vec<hyphae_policies::Diagnostic>,
+    >,
+    daemon: &Daemon,
+) {
+    match loaded {
         Ok((config, warnings)) => {
             for warning in warnings {
                 tracing::warn!("{}", warning.to_string().trim_end());

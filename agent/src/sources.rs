@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use hyphae_policies::watch::PolicyRecord;
 use hyphae_policies::{LoadOptions, Policy, load_str};
 
 use crate::config::AgentConfig;
@@ -13,11 +14,16 @@ use crate::model::Snapshot;
 use crate::proxy::Proxy;
 use crate::watch::{Origin, Remote};
 
+/// A control-plane document as read: the revision it was read at and its objects.
+type ParsedDocument = (u64, Vec<Policy>);
+
 /// Merges the local file and the control plane into the proxy's snapshot.
 pub struct Sources {
     proxy: Arc<Proxy>,
     local: Mutex<AgentConfig>,
     remote: Mutex<Option<(Vec<Policy>, u64, Origin)>>,
+    /// Each control-plane document as last read, with the revision it was read at.
+    parsed: Mutex<BTreeMap<(String, String), ParsedDocument>>,
     generation: AtomicU64,
 }
 
@@ -28,6 +34,7 @@ impl Sources {
             proxy,
             local: Mutex::new(local),
             remote: Mutex::new(None),
+            parsed: Mutex::new(BTreeMap::new()),
             generation: AtomicU64::new(1),
         })
     }
@@ -39,21 +46,24 @@ impl Sources {
     }
 
     /// A new state from the control plane. Each stored document is read with the policy
-    /// loader; one that fails (it never should: the control plane validated it) is skipped
-    /// and logged.
+    /// loader once per revision: a delta re-reads only what it changed. One that fails (it
+    /// never should: the control plane validated it) is skipped and logged.
     pub fn set_remote(&self, remote: &Remote) -> u64 {
-        let mut policies = Vec::with_capacity(remote.policies.len());
-        for record in remote.policies.values() {
-            let name = format!("control-plane:{}/{}", record.kind, record.name);
-            match load_str(&name, &record.source, LoadOptions::default()).into_policies() {
-                Ok(parsed) => policies.extend(parsed),
-                Err(diagnostics) => {
-                    for diagnostic in diagnostics {
-                        tracing::error!("{}", diagnostic.to_string().trim_end());
-                    }
-                }
-            }
+        let mut parsed = self.parsed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut fresh = BTreeMap::new();
+        for (key, record) in &remote.policies {
+            let cached = parsed
+                .remove(key)
+                .filter(|(revision, _)| *revision == record.revision);
+            let policies = cached.map_or_else(|| parse(record), |(_, policies)| policies);
+            fresh.insert(key.clone(), (record.revision, policies));
         }
+        let policies: Vec<Policy> = fresh
+            .values()
+            .flat_map(|(_, p)| p.iter().cloned())
+            .collect();
+        *parsed = fresh;
+        drop(parsed);
         *self.remote.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((policies, remote.revision, remote.origin));
         self.rebuild()
@@ -92,5 +102,20 @@ impl Sources {
         self.proxy.snapshot.store(Arc::new(snapshot));
         crate::metrics::revision(generation);
         generation
+    }
+}
+
+/// Reads one stored document; a document that does not read (the control plane validated it,
+/// so this means a version mismatch) is logged and yields nothing.
+fn parse(record: &PolicyRecord) -> Vec<Policy> {
+    let name = format!("control-plane:{}/{}", record.kind, record.name);
+    match load_str(&name, &record.source, LoadOptions::default()).into_policies() {
+        Ok(parsed) => parsed,
+        Err(diagnostics) => {
+            for diagnostic in diagnostics {
+                tracing::error!("{}", diagnostic.to_string().trim_end());
+            }
+            Vec::new()
+        }
     }
 }

@@ -128,7 +128,11 @@ impl Watcher {
             policies: BTreeMap::new(),
             origin: Origin::Disk,
         };
-        match persist::load(&self.data_dir) {
+        let dir = self.data_dir.clone();
+        let loaded = tokio::task::spawn_blocking(move || persist::load(&dir))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+        match loaded {
             Ok(Some(saved)) => {
                 remote.revision = saved.revision;
                 remote.policies = saved
@@ -179,6 +183,19 @@ impl Watcher {
                 () = tokio::time::sleep(wait) => {}
             }
         }
+    }
+
+    /// Saves `saved` on the blocking pool (it fsyncs); a failure is logged and the next change
+    /// tries again.
+    async fn save(&self, saved: Saved) {
+        let dir = self.data_dir.clone();
+        let result = tokio::task::spawn_blocking(move || persist::save(&dir, &saved)).await;
+        let error = match result {
+            Ok(Ok(())) => return,
+            Ok(Err(error)) => error.to_string(),
+            Err(error) => error.to_string(),
+        };
+        tracing::warn!(%error, dir = %self.data_dir.display(), "cannot save the control-plane state; will retry on the next change");
     }
 
     /// Reads one watch stream until it ends or fails; Ok when it ended after a snapshot.
@@ -239,9 +256,7 @@ impl Watcher {
                         .revision
                         .store(remote.revision, Ordering::Release);
                     (self.apply)(remote);
-                    if let Err(error) = persist::save(&self.data_dir, &remote.saved()) {
-                        tracing::warn!(%error, dir = %self.data_dir.display(), "cannot save the control-plane state; will retry on the next change");
-                    }
+                    self.save(remote.saved()).await;
                 }
             }
         }
