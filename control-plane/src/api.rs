@@ -3,7 +3,6 @@
 //! and linearizable reads to the leader; no quorum is a 503 within the write timeout.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -540,9 +539,4 @@ fn bytes_response(
         http::HeaderValue::from_static(content_type),
     );
     response
-}
-
-/// The address a listener actually bound, for the ready line.
-pub fn bound(listener: &TcpListener) -> std::io::Result<SocketAddr> {
-    listener.local_addr()
 }

@@ -240,10 +240,11 @@ impl State {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn doc(kind: &str, name: &str, source: &str) -> PolicyDocument {
+    /// A document to apply (shared with the store's tests).
+    pub(crate) fn doc(kind: &str, name: &str, source: &str) -> PolicyDocument {
         PolicyDocument {
             kind: kind.to_owned(),
             name: name.to_owned(),
@@ -251,11 +252,13 @@ mod tests {
         }
     }
 
-    fn apply_policies(docs: Vec<PolicyDocument>) -> Command {
+    /// An apply command.
+    pub(crate) fn apply_policies(docs: Vec<PolicyDocument>) -> Command {
         Command::ApplyPolicies { policies: docs }
     }
 
-    fn delete(kind: &str, name: &str) -> Command {
+    /// A delete command.
+    pub(crate) fn delete(kind: &str, name: &str) -> Command {
         Command::DeletePolicy {
             kind: kind.to_owned(),
             name: name.to_owned(),

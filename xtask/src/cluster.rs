@@ -130,31 +130,25 @@ fn start_node(
     Ok(())
 }
 
-/// Polls `hyphae cluster status -o json` on `servers` until one names a leader among them.
+/// Polls `hyphae cluster status -o json` on `servers` until one of them names a leader that is
+/// itself among `servers` (a dead leader can still be named for a moment after it died).
 fn wait_for_leader(hyphae: &Path, servers: &[String]) -> Result<usize> {
     let deadline = Instant::now() + PATIENCE;
     loop {
-        for server in servers {
-            let Ok(output) = run_hyphae(hyphae, server, &["cluster", "status", "-o", "json"])
-            else {
-                continue;
-            };
-            let Ok(status) = serde_json::from_str::<serde_json::Value>(&output) else {
-                continue;
-            };
-            if let Some(leader) = status["leader"].as_u64() {
-                let leader = usize::try_from(leader).context("leader id")?;
-                let alive = servers.iter().any(|s| {
-                    run_hyphae(hyphae, s, &["cluster", "status", "-o", "json"])
-                        .ok()
-                        .and_then(|o| serde_json::from_str::<serde_json::Value>(&o).ok())
-                        .and_then(|v| v["id"].as_u64())
-                        == Some(leader as u64)
-                });
-                if alive {
-                    return Ok(leader);
-                }
-            }
+        let statuses: Vec<serde_json::Value> = servers
+            .iter()
+            .filter_map(|server| {
+                run_hyphae(hyphae, server, &["cluster", "status", "-o", "json"]).ok()
+            })
+            .filter_map(|output| serde_json::from_str(&output).ok())
+            .collect();
+        let alive = |id: u64| statuses.iter().any(|s| s["id"].as_u64() == Some(id));
+        if let Some(leader) = statuses
+            .iter()
+            .filter_map(|s| s["leader"].as_u64())
+            .find(|&id| alive(id))
+        {
+            return usize::try_from(leader).context("leader id");
         }
         ensure!(Instant::now() < deadline, "no leader was elected");
         std::thread::sleep(Duration::from_millis(200));

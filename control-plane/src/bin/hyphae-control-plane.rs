@@ -95,7 +95,7 @@ async fn run(config: config::NodeConfig, init: bool) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-    let address = api::bound(&listener)?;
+    let address = listener.local_addr()?;
     let node = Arc::new(Node::start(config).await?);
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(api::serve(Arc::clone(&node), listener, shutdown.clone()));

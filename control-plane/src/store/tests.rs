@@ -24,7 +24,7 @@ use tempfile::TempDir;
 
 use super::{LogStore, OpenError, StateMachineStore, open};
 use crate::raft::{Entry, LogId, NodeId, StorageError, StoredMembership, TypeConfig, Vote};
-use crate::state::{Command, CommandResponse, PolicyDocument};
+use crate::state::{Command, CommandResponse};
 
 /// The file name the tests give the store inside their temp dir.
 const STORE_FILE: &str = "raft.redb";
@@ -55,24 +55,7 @@ fn openraft_storage_suite() {
     }
 }
 
-fn policy(kind: &str, name: &str, source: &str) -> PolicyDocument {
-    PolicyDocument {
-        kind: kind.to_owned(),
-        name: name.to_owned(),
-        source: source.to_owned(),
-    }
-}
-
-fn apply_policies(docs: Vec<PolicyDocument>) -> Command {
-    Command::ApplyPolicies { policies: docs }
-}
-
-fn delete_policy(kind: &str, name: &str) -> Command {
-    Command::DeletePolicy {
-        kind: kind.to_owned(),
-        name: name.to_owned(),
-    }
-}
+use crate::state::tests::{apply_policies, delete as delete_policy, doc as policy};
 
 fn id(index: u64) -> LogId {
     log_id(1, 1, index)
