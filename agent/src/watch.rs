@@ -65,7 +65,9 @@ impl Remote {
 pub fn apply_event(remote: &mut Remote, event: WatchEvent) -> bool {
     match event {
         WatchEvent::Heartbeat { .. } => false,
-        WatchEvent::Snapshot { revision, policies } => {
+        WatchEvent::Snapshot {
+            revision, policies, ..
+        } => {
             let policies: BTreeMap<_, _> = policies
                 .into_iter()
                 .map(|p| ((p.kind.clone(), p.name.clone()), p))
@@ -81,6 +83,7 @@ pub fn apply_event(remote: &mut Remote, event: WatchEvent) -> bool {
             revision,
             upserts,
             deletes,
+            ..
         } => {
             for policy in upserts {
                 remote
@@ -294,7 +297,8 @@ mod tests {
             &mut remote,
             WatchEvent::Snapshot {
                 revision: 2,
-                policies: vec![record("a", 2)]
+                policies: vec![record("a", 2)],
+                nodes: vec![]
             }
         ));
         assert_eq!(remote.origin, Origin::ControlPlane);
@@ -303,7 +307,9 @@ mod tests {
             WatchEvent::Delta {
                 revision: 3,
                 upserts: vec![record("b", 3)],
-                deletes: vec![("Route".into(), "a".into())]
+                deletes: vec![("Route".into(), "a".into())],
+                node_upserts: vec![],
+                node_deletes: vec![]
             }
         ));
         assert_eq!(
@@ -320,7 +326,9 @@ mod tests {
             WatchEvent::Delta {
                 revision: 3,
                 upserts: vec![record("c", 3)],
-                deletes: vec![]
+                deletes: vec![],
+                node_upserts: vec![],
+                node_deletes: vec![]
             }
         ));
         assert!(!apply_event(
@@ -332,7 +340,8 @@ mod tests {
             &mut remote,
             WatchEvent::Snapshot {
                 revision: 3,
-                policies: vec![record("b", 3)]
+                policies: vec![record("b", 3)],
+                nodes: vec![]
             }
         ));
         assert_eq!(remote.revision, 3);

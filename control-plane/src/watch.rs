@@ -66,6 +66,7 @@ pub fn start(reader: StateReader) -> ChannelBody {
                 let snapshot = WatchEvent::Snapshot {
                     revision: state.revision(),
                     policies: state.policies().map(record).collect(),
+                    nodes: Vec::new(),
                 };
                 (state.revision(), keys(state), snapshot)
             })
@@ -99,6 +100,8 @@ pub fn start(reader: StateReader) -> ChannelBody {
                         revision,
                         upserts,
                         deletes,
+                        node_upserts: Vec::new(),
+                        node_deletes: Vec::new(),
                     }
                 }
             };

@@ -22,6 +22,7 @@ pub mod limits;
 pub mod load;
 pub mod object;
 pub mod protocol;
+pub mod registry;
 pub mod route;
 pub mod schema;
 pub mod service_policy;

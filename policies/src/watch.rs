@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::registry::NodeRecord;
+
 /// A stored policy as it travels: its identity, canonical YAML and revision.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyRecord {
@@ -19,7 +21,11 @@ pub struct PolicyRecord {
 
 /// One line of the watch stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
+#[serde(
+    tag = "type",
+    rename_all = "lowercase",
+    rename_all_fields = "camelCase"
+)]
 pub enum WatchEvent {
     /// Everything, as of `revision`: replaces whatever the reader had.
     Snapshot {
@@ -27,6 +33,9 @@ pub enum WatchEvent {
         revision: u64,
         /// Every stored policy.
         policies: Vec<PolicyRecord>,
+        /// Every registered node, with its instances.
+        #[serde(default)]
+        nodes: Vec<NodeRecord>,
     },
     /// What changed since the previous event, bringing the reader to `revision`.
     Delta {
@@ -36,6 +45,12 @@ pub enum WatchEvent {
         upserts: Vec<PolicyRecord>,
         /// Policies deleted, as (kind, name).
         deletes: Vec<(String, String)>,
+        /// Nodes registered or changed (instances, health).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        node_upserts: Vec<NodeRecord>,
+        /// Nodes gone (deregistered or expired), by name.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        node_deletes: Vec<String>,
     },
     /// Nothing changed; the stream and the node are alive.
     Heartbeat {
