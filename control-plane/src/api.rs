@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::network::serve_rpc;
 use crate::node::Node;
 use crate::raft::NodeId;
+use crate::registry;
 use crate::state::{Command, CommandResponse, PolicyDocument, StoredPolicy};
 
 /// Every response body: whole JSON answers and long-lived watch streams alike.
@@ -34,7 +35,7 @@ pub const MAX_BODY_BYTES: usize = hyphae_policies::limits::DEFAULT_MAX_FILE_BYTE
 
 /// An API failure: a status and a stable machine-readable code.
 #[derive(Debug)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
@@ -42,7 +43,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
@@ -102,7 +103,13 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: Cancellatio
 pub async fn handle(node: &Node, request: Request<Incoming>) -> Response<ApiBody> {
     if request.method() == Method::GET && request.uri().path() == hyphae_policies::watch::WATCH_PATH
     {
-        let mut response = Response::new(crate::watch::start(node.state.clone()).boxed());
+        let since = request
+            .uri()
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("since=")?.parse::<u64>().ok());
+        let mut response = Response::new(crate::watch::start(node.state.clone(), since).boxed());
         response.headers_mut().insert(
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("application/x-ndjson"),
@@ -152,11 +159,11 @@ async fn handle_buffered(node: &Node, request: Request<Incoming>) -> Response<Fu
 }
 
 /// A buffered admin request, kept whole so it can be forwarded to the leader.
-struct ApiRequest {
+pub(crate) struct ApiRequest {
     method: Method,
     path: String,
     query: String,
-    body: Bytes,
+    pub(crate) body: Bytes,
 }
 
 impl ApiRequest {
@@ -174,7 +181,7 @@ impl ApiRequest {
 }
 
 /// Why a request was not answered here.
-enum Routed {
+pub(crate) enum Routed {
     Error(ApiError),
     /// Only the leader can answer: forward to this address.
     Forward(String),
@@ -195,6 +202,16 @@ async fn route(node: &Node, request: &ApiRequest) -> Result<Response<Full<Bytes>
             change_members(node, request, Some(id)).await
         }
         (&Method::POST | &Method::PUT, ["v1", "policies"]) => apply(node, request).await,
+        (&Method::POST, ["v1", "agent", "register"]) => registry::register(node, request).await,
+        (&Method::POST, ["v1", "agent", "heartbeat"]) => registry::heartbeat(node, request).await,
+        (&Method::POST, ["v1", "agent", "health"]) => registry::health(node, request).await,
+        (&Method::POST, ["v1", "agent", "deregister"]) => registry::deregister(node, request).await,
+        (&Method::GET, ["v1", "nodes"]) => registry::nodes(node, request, None).await,
+        (&Method::GET, ["v1", "nodes", name]) => registry::nodes(node, request, Some(name)).await,
+        (&Method::GET, ["v1", "services"]) => registry::services(node, request, None).await,
+        (&Method::GET, ["v1", "services", name]) => {
+            registry::services(node, request, Some(name)).await
+        }
         (&Method::GET, ["v1", "policies"]) => {
             read_barrier(node, request).await?;
             let kind = request.param("kind");
@@ -330,7 +347,7 @@ async fn apply(node: &Node, request: &ApiRequest) -> Result<Response<Full<Bytes>
 }
 
 /// Writes `command` through Raft and waits for it to be applied.
-async fn write(node: &Node, command: Command) -> Result<CommandResponse, Routed> {
+pub(crate) async fn write(node: &Node, command: Command) -> Result<CommandResponse, Routed> {
     committed(node, node.raft.client_write(command))
         .await
         .map(|written| written.data)
@@ -406,7 +423,7 @@ async fn change_members(
 
 /// Linearizable reads (the default) confirm leadership with a quorum first; followers forward
 /// them to the leader. `?stale=true` reads this node's applied state as it is.
-async fn read_barrier(node: &Node, request: &ApiRequest) -> Result<(), Routed> {
+pub(crate) async fn read_barrier(node: &Node, request: &ApiRequest) -> Result<(), Routed> {
     if request.flag("stale") {
         return Ok(());
     }
@@ -520,7 +537,10 @@ async fn cluster(node: &Node) -> Response<Full<Bytes>> {
     )
 }
 
-fn json_response<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
+pub(crate) fn json_response<T: Serialize + ?Sized>(
+    status: StatusCode,
+    value: &T,
+) -> Response<Full<Bytes>> {
     let mut body = serde_json::to_vec_pretty(value)
         .unwrap_or_else(|e| format!("{{\"code\":\"encode\",\"message\":\"{e}\"}}").into_bytes());
     body.push(b'\n');

@@ -16,11 +16,14 @@
 //!   (`/v1/policies`, `/v1/cluster`). Agent registration and watch streams land here next.
 
 pub mod api;
+pub mod changes;
 pub mod cli;
 pub mod config;
+pub mod lease;
 pub mod network;
 pub mod node;
 pub mod raft;
+pub mod registry;
 pub mod state;
 pub mod store;
 pub mod watch;

@@ -2,12 +2,16 @@
 //! initializes a new cluster when asked to, once.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
 use openraft::{BasicNode, SnapshotPolicy};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::NodeConfig;
+use crate::lease::{self, Leases};
 use crate::network::{HttpNetwork, PeerClient, peer_client};
 use crate::raft::{NodeId, Raft};
 use crate::store::{self, StateReader};
@@ -29,6 +33,8 @@ pub struct Node {
     pub state: StateReader,
     /// Client for peers (Raft RPCs and forwarded writes).
     pub peers: PeerClient,
+    /// Agents' leases (kept while this node leads).
+    pub leases: Leases,
 }
 
 impl Node {
@@ -37,7 +43,8 @@ impl Node {
         let data_dir = &config.spec.data_dir;
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
-        let (log, state_machine) = store::open(data_dir.join(STORE_FILE)).await?;
+        let history = usize::try_from(config.spec.watch_history).unwrap_or(usize::MAX);
+        let (log, state_machine) = store::open(data_dir.join(STORE_FILE), history).await?;
         let state = state_machine.reader();
         let raft_config = openraft::Config {
             cluster_name: "hyphae".to_string(),
@@ -61,6 +68,7 @@ impl Node {
         .await
         .context("cannot start Raft")?;
         Ok(Node {
+            leases: Leases::new(config.spec.lease_ttl.get()),
             config,
             raft,
             state,
@@ -94,4 +102,59 @@ impl Node {
 
 fn millis(duration: hyphae_policies::Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A node serving its port, with its lease keeper running: what `hyphae-control-plane` runs,
+/// and what `hyphae-agent --dev` embeds.
+pub struct RunningNode {
+    /// The node.
+    pub node: Arc<Node>,
+    /// The address its port is bound to.
+    pub address: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningNode {
+    /// Binds `config.spec.listen`, starts Raft, serves the port and keeps leases;
+    /// initializes a new cluster when `init` and this node belongs to none.
+    pub async fn start(config: NodeConfig, init: bool) -> anyhow::Result<RunningNode> {
+        let listen = config.spec.listen;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let address = listener.local_addr()?;
+        let node = Arc::new(Node::start(config).await?);
+        let shutdown = CancellationToken::new();
+        let tasks = vec![
+            tokio::spawn(crate::api::serve(
+                Arc::clone(&node),
+                listener,
+                shutdown.clone(),
+            )),
+            tokio::spawn(lease::keep(Arc::clone(&node), shutdown.clone())),
+        ];
+        if init && node.initialize().await? {
+            tracing::info!("initialized a new cluster");
+        }
+        Ok(RunningNode {
+            node,
+            address,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Stops serving, then shuts Raft down.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.node
+            .raft
+            .shutdown()
+            .await
+            .map_err(|e| anyhow::anyhow!("Raft did not shut down cleanly: {e}"))
+    }
 }

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use hyphae_policies::registry::{HealthChange, NodeRecord};
 use serde::{Deserialize, Serialize};
 
 /// One policy document as an operator applied it: the YAML text of that single document, with
@@ -40,6 +41,26 @@ pub struct PolicyKey {
     pub name: String,
 }
 
+/// Identifies one object of the state a command can change: a policy or a node. Watch streams
+/// and the store's disk writes both work from these keys.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum StateKey {
+    /// A policy.
+    Policy(PolicyKey),
+    /// A registered node (with its instances), by name.
+    Node(String),
+}
+
+/// A node the leader found with a lapsed lease, with the revision of its record when it looked:
+/// a node that registered again since then keeps its new registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LapsedNode {
+    /// The node's name.
+    pub name: String,
+    /// Its record's revision when the lease was found lapsed.
+    pub revision: u64,
+}
+
 /// A change to the replicated state: the application data of a Raft log entry.
 ///
 /// Commands are persisted in the Raft log, so their serialized form is a storage format:
@@ -60,24 +81,56 @@ pub enum Command {
         /// The policy's name.
         name: String,
     },
+    /// Create or replace a node's registration (the agent started, or its services changed).
+    RegisterNode {
+        /// The node as its agent describes it; its revision becomes the entry's index.
+        node: NodeRecord,
+    },
+    /// Health changes an agent observed on its instances. Unknown instances are ignored.
+    ReportHealth {
+        /// The node's name.
+        node: String,
+        /// The changes, in order.
+        changes: Vec<HealthChange>,
+    },
+    /// Remove nodes whose lease lapsed (the leader's lease keeper proposes this).
+    ExpireNodes {
+        /// The nodes, each with the revision the leader saw.
+        nodes: Vec<LapsedNode>,
+    },
+    /// Remove a node that left on purpose (its agent stopped).
+    DeregisterNode {
+        /// The node's name.
+        node: String,
+    },
 }
 
 impl Command {
-    /// Every policy this command may create, replace or remove. The store writes exactly these
-    /// keys back to disk after applying the command.
-    pub fn policy_keys(&self) -> Vec<PolicyKey> {
+    /// Every object this command may create, replace or remove. The store writes exactly these
+    /// keys back to disk after applying the command, and watch streams send exactly these.
+    pub fn keys(&self) -> Vec<StateKey> {
         match self {
             Command::ApplyPolicies { policies } => policies
                 .iter()
-                .map(|doc| PolicyKey {
-                    kind: doc.kind.clone(),
-                    name: doc.name.clone(),
+                .map(|doc| {
+                    StateKey::Policy(PolicyKey {
+                        kind: doc.kind.clone(),
+                        name: doc.name.clone(),
+                    })
                 })
                 .collect(),
-            Command::DeletePolicy { kind, name } => vec![PolicyKey {
+            Command::DeletePolicy { kind, name } => vec![StateKey::Policy(PolicyKey {
                 kind: kind.clone(),
                 name: name.clone(),
-            }],
+            })],
+            Command::RegisterNode { node } => vec![StateKey::Node(node.name.clone())],
+            Command::ReportHealth { node, .. } | Command::DeregisterNode { node } => {
+                vec![StateKey::Node(node.clone())]
+            }
+            Command::ExpireNodes { nodes } => nodes
+                .iter()
+                .map(|n| StateKey::Node(n.name.clone()))
+                .collect(),
         }
     }
 }
@@ -107,6 +160,34 @@ pub enum CommandResponse {
         /// Whether the policy existed (and so was removed).
         existed: bool,
     },
+    /// [`Command::RegisterNode`] stored the node.
+    NodeRegistered {
+        /// The log index of the entry, now the node's revision.
+        revision: u64,
+    },
+    /// [`Command::ReportHealth`] ran.
+    HealthReported {
+        /// The log index of the entry.
+        revision: u64,
+        /// Whether the node is registered (if not, its agent must register again).
+        known: bool,
+        /// How many instances changed health.
+        changed: usize,
+    },
+    /// [`Command::ExpireNodes`] ran.
+    NodesExpired {
+        /// The log index of the entry.
+        revision: u64,
+        /// The nodes removed (those that had not registered again meanwhile).
+        expired: Vec<String>,
+    },
+    /// [`Command::DeregisterNode`] ran.
+    NodeDeregistered {
+        /// The log index of the entry.
+        revision: u64,
+        /// Whether the node was registered.
+        existed: bool,
+    },
 }
 
 impl CommandResponse {
@@ -115,7 +196,11 @@ impl CommandResponse {
         match self {
             CommandResponse::Noop { revision }
             | CommandResponse::PoliciesApplied { revision, .. }
-            | CommandResponse::PolicyDeleted { revision, .. } => *revision,
+            | CommandResponse::PolicyDeleted { revision, .. }
+            | CommandResponse::NodeRegistered { revision }
+            | CommandResponse::HealthReported { revision, .. }
+            | CommandResponse::NodesExpired { revision, .. }
+            | CommandResponse::NodeDeregistered { revision, .. } => *revision,
         }
     }
 }
@@ -128,6 +213,8 @@ pub struct State {
     revision: u64,
     /// Policies by kind, then by name.
     policies: BTreeMap<String, BTreeMap<String, StoredPolicy>>,
+    /// Registered nodes by name.
+    nodes: BTreeMap<String, NodeRecord>,
 }
 
 impl State {
@@ -141,12 +228,30 @@ impl State {
     pub fn restore(revision: u64, policies: impl IntoIterator<Item = StoredPolicy>) -> Self {
         let mut state = State {
             revision,
-            policies: BTreeMap::new(),
+            ..State::default()
         };
         for policy in policies {
             state.insert(policy);
         }
         state
+    }
+
+    /// Adds nodes read back from disk or from a snapshot to a restored state.
+    pub fn with_nodes(mut self, nodes: impl IntoIterator<Item = NodeRecord>) -> Self {
+        for node in nodes {
+            self.nodes.insert(node.name.clone(), node);
+        }
+        self
+    }
+
+    /// The registered node with this name, if any.
+    pub fn node(&self, name: &str) -> Option<&NodeRecord> {
+        self.nodes.get(name)
+    }
+
+    /// Every registered node, ordered by name.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeRecord> + '_ {
+        self.nodes.values()
     }
 
     /// The log index of the last entry applied (0 before the first one).
@@ -208,6 +313,64 @@ impl State {
                 revision: log_index,
                 existed: self.remove(&kind, &name).is_some(),
             },
+            Command::RegisterNode { mut node } => {
+                node.revision = log_index;
+                self.nodes.insert(node.name.clone(), node);
+                CommandResponse::NodeRegistered {
+                    revision: log_index,
+                }
+            }
+            Command::ReportHealth { node, changes } => {
+                let Some(record) = self.nodes.get_mut(&node) else {
+                    return CommandResponse::HealthReported {
+                        revision: log_index,
+                        known: false,
+                        changed: 0,
+                    };
+                };
+                let mut changed = 0;
+                for change in changes {
+                    let instance = record
+                        .instances
+                        .iter_mut()
+                        .find(|i| i.service == change.service && i.port == change.port);
+                    if let Some(instance) = instance
+                        && instance.health != change.health
+                    {
+                        instance.health = change.health;
+                        changed += 1;
+                    }
+                }
+                if changed > 0 {
+                    record.revision = log_index;
+                }
+                CommandResponse::HealthReported {
+                    revision: log_index,
+                    known: true,
+                    changed,
+                }
+            }
+            Command::ExpireNodes { nodes } => {
+                let mut expired = Vec::new();
+                for lapsed in nodes {
+                    if self
+                        .nodes
+                        .get(&lapsed.name)
+                        .is_some_and(|n| n.revision == lapsed.revision)
+                    {
+                        self.nodes.remove(&lapsed.name);
+                        expired.push(lapsed.name);
+                    }
+                }
+                CommandResponse::NodesExpired {
+                    revision: log_index,
+                    expired,
+                }
+            }
+            Command::DeregisterNode { node } => CommandResponse::NodeDeregistered {
+                revision: log_index,
+                existed: self.nodes.remove(&node).is_some(),
+            },
         }
     }
 
@@ -241,6 +404,8 @@ impl State {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use hyphae_policies::registry::{Health, InstanceRecord};
+
     use super::*;
 
     /// A document to apply (shared with the store's tests).
@@ -458,8 +623,118 @@ pub(crate) mod tests {
         assert_eq!(restored, state);
     }
 
+    fn instance(service: &str, port: u16, health: Health) -> InstanceRecord {
+        InstanceRecord {
+            service: service.into(),
+            port,
+            protocol: hyphae_policies::Protocol::Http,
+            tags: BTreeMap::new(),
+            health,
+        }
+    }
+
+    /// A registration of `name` with one `web` instance on port 80.
+    pub(crate) fn node(name: &str, health: Health) -> NodeRecord {
+        NodeRecord {
+            name: name.into(),
+            site: "a".into(),
+            address: "127.0.0.1:4143".parse().expect("address"),
+            agent_version: "test".into(),
+            instances: vec![instance("web", 80, health)],
+            revision: 0,
+        }
+    }
+
+    /// A registration command.
+    pub(crate) fn register(node: NodeRecord) -> Command {
+        Command::RegisterNode { node }
+    }
+
+    fn health(node: &str, health: Health) -> Command {
+        Command::ReportHealth {
+            node: node.into(),
+            changes: vec![HealthChange {
+                service: "web".into(),
+                port: 80,
+                health,
+            }],
+        }
+    }
+
     #[test]
-    fn policy_keys_cover_every_policy_a_command_changes() {
+    fn nodes_register_report_health_and_take_each_change_as_their_revision() {
+        let mut state = State::new();
+        state.apply(register(node("web-1", Health::Critical)), 3);
+        assert_eq!(state.node("web-1").map(|n| n.revision), Some(3));
+        assert_eq!(
+            state.apply(health("web-1", Health::Passing), 4),
+            CommandResponse::HealthReported {
+                revision: 4,
+                known: true,
+                changed: 1
+            }
+        );
+        let web = state.node("web-1").expect("registered");
+        assert_eq!(
+            (web.revision, web.instances[0].health),
+            (4, Health::Passing)
+        );
+        // The same health again changes nothing, not even the record's revision.
+        state.apply(health("web-1", Health::Passing), 5);
+        assert_eq!(state.node("web-1").map(|n| n.revision), Some(4));
+        assert_eq!(
+            state.apply(health("ghost", Health::Passing), 6),
+            CommandResponse::HealthReported {
+                revision: 6,
+                known: false,
+                changed: 0
+            }
+        );
+        assert_eq!(
+            state.apply(
+                Command::DeregisterNode {
+                    node: "web-1".into()
+                },
+                7
+            ),
+            CommandResponse::NodeDeregistered {
+                revision: 7,
+                existed: true
+            }
+        );
+        assert_eq!(state.nodes().count(), 0);
+    }
+
+    #[test]
+    fn expiry_spares_a_node_that_registered_again_after_its_lease_was_found_lapsed() {
+        let mut state = State::new();
+        state.apply(register(node("a", Health::Passing)), 1);
+        state.apply(register(node("b", Health::Passing)), 2);
+        // The leader saw both lapse at these revisions; then `b` registered again.
+        let lapsed = vec![
+            LapsedNode {
+                name: "a".into(),
+                revision: 1,
+            },
+            LapsedNode {
+                name: "b".into(),
+                revision: 2,
+            },
+        ];
+        state.apply(register(node("b", Health::Passing)), 3);
+        assert_eq!(
+            state.apply(Command::ExpireNodes { nodes: lapsed }, 4),
+            CommandResponse::NodesExpired {
+                revision: 4,
+                expired: vec!["a".into()]
+            }
+        );
+        let names: Vec<_> = state.nodes().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["b"]);
+    }
+
+    #[test]
+    fn keys_cover_every_object_a_command_changes() {
         let commands = [
             apply_policies(vec![
                 doc("ServicePolicy", "a", "x"),
@@ -468,21 +743,36 @@ pub(crate) mod tests {
             ]),
             delete("ServicePolicy", "a"),
             delete("ServicePolicy", "missing"),
+            register(node("n", Health::Critical)),
+            health("n", Health::Passing),
+            Command::ExpireNodes {
+                nodes: vec![LapsedNode {
+                    name: "n".into(),
+                    revision: 5,
+                }],
+            },
         ];
         let mut state = State::new();
         for (index, command) in (1..).zip(commands) {
-            let keys = command.policy_keys();
+            let keys = command.keys();
             let before = state.clone();
             state.apply(command, index);
-            let changed: Vec<_> = before
+            let changed_policies = before
                 .policies()
                 .chain(state.policies())
                 .filter(|p| before.policy(&p.kind, &p.name) != state.policy(&p.kind, &p.name))
-                .map(|p| PolicyKey {
-                    kind: p.kind.clone(),
-                    name: p.name.clone(),
-                })
-                .collect();
+                .map(|p| {
+                    StateKey::Policy(PolicyKey {
+                        kind: p.kind.clone(),
+                        name: p.name.clone(),
+                    })
+                });
+            let changed_nodes = before
+                .nodes()
+                .chain(state.nodes())
+                .filter(|n| before.node(&n.name) != state.node(&n.name))
+                .map(|n| StateKey::Node(n.name.clone()));
+            let changed: Vec<_> = changed_policies.chain(changed_nodes).collect();
             for key in changed {
                 assert!(
                     keys.contains(&key),

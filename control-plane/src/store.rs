@@ -66,16 +66,23 @@ pub enum OpenError {
 ///
 /// Hand both to `openraft::Raft::new`. Opening may repair the file after a crash, which can take
 /// a while on a large file; it runs on the blocking pool.
-pub async fn open(path: impl AsRef<Path>) -> Result<(LogStore, StateMachineStore), OpenError> {
+/// `watch_history` is how many revisions' changes the state machine remembers for watches.
+pub async fn open(
+    path: impl AsRef<Path>,
+    watch_history: usize,
+) -> Result<(LogStore, StateMachineStore), OpenError> {
     let path = path.as_ref().to_path_buf();
     let task_path = path.clone();
-    tokio::task::spawn_blocking(move || open_blocking(task_path))
+    tokio::task::spawn_blocking(move || open_blocking(task_path, watch_history))
         .await
         .map_err(|source| OpenError::Task { path, source })?
 }
 
 /// The body of [`open`], run on the blocking pool.
-fn open_blocking(path: PathBuf) -> Result<(LogStore, StateMachineStore), OpenError> {
+fn open_blocking(
+    path: PathBuf,
+    watch_history: usize,
+) -> Result<(LogStore, StateMachineStore), OpenError> {
     let db = match Database::create(&path) {
         Ok(db) => Arc::new(db),
         Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
@@ -83,7 +90,8 @@ fn open_blocking(path: PathBuf) -> Result<(LogStore, StateMachineStore), OpenErr
         }
         Err(source) => return Err(OpenError::Open { path, source }),
     };
-    let loaded = create_tables(&db).and_then(|()| StateMachineStore::load(Arc::clone(&db)));
+    let loaded =
+        create_tables(&db).and_then(|()| StateMachineStore::load(Arc::clone(&db), watch_history));
     match loaded {
         Ok(state_machine) => Ok((LogStore::new(db), state_machine)),
         Err(source) => Err(OpenError::Read { path, source }),

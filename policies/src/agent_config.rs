@@ -21,6 +21,15 @@ pub struct AgentConfigSpec {
     /// Control-plane addresses (`host:port`); empty runs from `staticServices` only.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub control_plane: Vec<String>,
+    /// Where peer agents reach this node's inbound listener, as registered with the control
+    /// plane; unset means `listeners.inbound`, or when that is a wildcard address, this host's
+    /// address on the route to the control plane.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        test,
+        proptest(strategy = "crate::roundtrip_tests::optional_socket_addr()")
+    )]
+    pub advertise: Option<SocketAddr>,
     /// Where the agent keeps its state (last applied snapshot, certificates). Default
     /// `/var/lib/hyphae`.
     pub data_dir: PathBuf,
@@ -44,6 +53,7 @@ impl Default for AgentConfigSpec {
         AgentConfigSpec {
             site: "default".to_string(),
             control_plane: Vec::new(),
+            advertise: None,
             data_dir: PathBuf::from("/var/lib/hyphae"),
             listeners: Listeners::default(),
             services: Vec::new(),

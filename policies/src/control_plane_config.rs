@@ -37,6 +37,12 @@ pub struct ControlPlaneConfigSpec {
     pub election_timeout_max: Duration,
     /// Longest a write waits for a quorum before the API answers 503. Default `5s`.
     pub write_timeout: Duration,
+    /// How long an agent stays registered without a heartbeat; agents heartbeat three times
+    /// per lease. A new leader grants every node a full lease first. Default `15s`.
+    pub lease_ttl: Duration,
+    /// Revisions whose changes each node remembers, so a watch that reconnects with
+    /// `?since=REV` gets only what changed; an older REV gets a full snapshot. Default 10000.
+    pub watch_history: u32,
 }
 
 impl Default for ControlPlaneConfigSpec {
@@ -51,6 +57,8 @@ impl Default for ControlPlaneConfigSpec {
             election_timeout_min: Duration::from_secs(1),
             election_timeout_max: Duration::from_secs(2),
             write_timeout: Duration::from_secs(5),
+            lease_ttl: Duration::from_secs(15),
+            watch_history: 10_000,
         }
     }
 }

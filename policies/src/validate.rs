@@ -692,6 +692,16 @@ fn check_control_plane_config(
     }
     c.positive(path.key("heartbeatInterval"), spec.heartbeat_interval);
     c.positive(path.key("writeTimeout"), spec.write_timeout);
+    c.at_least_one(path.key("watchHistory"), spec.watch_history);
+    if spec.lease_ttl < spec.election_timeout_max {
+        c.error(
+            path.key("leaseTtl"),
+            format!(
+                "must be at least electionTimeoutMax ({}), or an election alone could outlast every lease",
+                spec.election_timeout_max
+            ),
+        );
+    }
     if spec.election_timeout_min >= spec.election_timeout_max {
         c.error(
             path.key("electionTimeoutMax"),

@@ -4,12 +4,10 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::Parser;
-use hyphae_control_plane::{api, config, node::Node};
+use hyphae_control_plane::{config, node::RunningNode};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio_util::sync::CancellationToken;
 
 /// A hyphae control-plane node.
 #[derive(Debug, Parser)]
@@ -91,22 +89,13 @@ fn main() -> ExitCode {
 async fn run(config: config::NodeConfig, init: bool) -> anyhow::Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    let listen = config.spec.listen;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-    let address = listener.local_addr()?;
-    let node = Arc::new(Node::start(config).await?);
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(api::serve(Arc::clone(&node), listener, shutdown.clone()));
-    if init && node.initialize().await? {
-        tracing::info!("initialized a new cluster");
-    }
+    let running = RunningNode::start(config, init).await?;
+    let (address, id) = (running.address, running.node.config.spec.id);
     println!(
         "{}",
-        serde_json::json!({ "ready": { "listen": address, "id": node.config.spec.id } })
+        serde_json::json!({ "ready": { "listen": address, "id": id } })
     );
-    tracing::info!(%address, id = node.config.spec.id, "control-plane node ready");
+    tracing::info!(%address, id, "control-plane node ready");
     notify(&[sd_notify::NotifyState::Ready]);
     tokio::select! {
         _ = terminate.recv() => {}
@@ -114,13 +103,7 @@ async fn run(config: config::NodeConfig, init: bool) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down");
     notify(&[sd_notify::NotifyState::Stopping]);
-    shutdown.cancel();
-    let _ = server.await;
-    node.raft
-        .shutdown()
-        .await
-        .map_err(|e| anyhow::anyhow!("Raft did not shut down cleanly: {e}"))?;
-    Ok(())
+    running.stop().await
 }
 
 /// Tells systemd about a state change when it is watching (`NOTIFY_SOCKET` set).

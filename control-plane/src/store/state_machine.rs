@@ -13,13 +13,18 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{RwLock, watch};
 
 use super::{DiskError, decode, encode, read_value, run_blocking};
+use hyphae_policies::registry::NodeRecord;
+
+use crate::changes::ChangeLog;
 use crate::raft::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
-use crate::state::{CommandResponse, PolicyKey, State, StoredPolicy};
+use crate::state::{CommandResponse, PolicyKey, State, StateKey, StoredPolicy};
 
 /// Policies by (kind, name), each the JSON of a [`StoredPolicy`].
 const POLICIES: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("sm_policies");
+/// Registered nodes by name, each the JSON of a [`NodeRecord`].
+const NODES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("sm_nodes");
 /// Single values about the state machine, by name, each as JSON.
 const SM_META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("sm_meta");
 /// [`SM_META`] key of the [`LogId`] of the last applied entry.
@@ -41,17 +46,20 @@ const SNAPSHOT_FORMAT: u32 = 1;
 /// Creates the state machine's tables inside `txn`.
 pub(super) fn create_tables(txn: &WriteTransaction) -> Result<(), DiskError> {
     txn.open_table(POLICIES)?;
+    txn.open_table(NODES)?;
     txn.open_table(SM_META)?;
     txn.open_table(SNAPSHOT)?;
     Ok(())
 }
 
-/// What the state machine has applied: the state and the two log pointers openraft asks for.
-#[derive(Debug, Default)]
+/// What the state machine has applied: the state, the two log pointers openraft asks for, and
+/// what recent revisions changed (for watch streams).
+#[derive(Debug)]
 struct Applied {
     state: State,
     last_applied: Option<LogId>,
     last_membership: StoredMembership,
+    changes: ChangeLog,
 }
 
 /// Snapshot data as written: the whole state, borrowed.
@@ -60,6 +68,7 @@ struct SnapshotDataRef<'a> {
     format: u32,
     revision: u64,
     policies: Vec<&'a StoredPolicy>,
+    nodes: Vec<&'a NodeRecord>,
 }
 
 /// Snapshot data as read back.
@@ -68,6 +77,9 @@ struct SnapshotData {
     format: u32,
     revision: u64,
     policies: Vec<StoredPolicy>,
+    /// Absent in snapshots written before nodes were registered.
+    #[serde(default)]
+    nodes: Vec<NodeRecord>,
 }
 
 impl SnapshotData {
@@ -80,7 +92,7 @@ impl SnapshotData {
                 supported: SNAPSHOT_FORMAT,
             });
         }
-        Ok(State::restore(data.revision, data.policies))
+        Ok(State::restore(data.revision, data.policies).with_nodes(data.nodes))
     }
 }
 
@@ -99,7 +111,7 @@ pub struct StateMachineStore {
 
 impl StateMachineStore {
     /// Loads the applied state from an opened database whose tables exist.
-    pub(super) fn load(db: Arc<Database>) -> Result<Self, DiskError> {
+    pub(super) fn load(db: Arc<Database>, watch_history: usize) -> Result<Self, DiskError> {
         let txn = db.begin_read()?;
         let meta = txn.open_table(SM_META)?;
         // Stored as JSON of an `Option`, so a snapshot of an empty log (`null`) reads back too.
@@ -111,11 +123,17 @@ impl StateMachineStore {
             let (_key, bytes) = item?;
             policies.push(decode::<StoredPolicy>(bytes.value())?);
         }
+        let mut nodes = Vec::new();
+        for item in txn.open_table(NODES)?.iter()? {
+            let (_key, bytes) = item?;
+            nodes.push(decode::<NodeRecord>(bytes.value())?);
+        }
         let revision = last_applied.map_or(0, |log_id| log_id.index);
         let applied = Applied {
-            state: State::restore(revision, policies),
+            state: State::restore(revision, policies).with_nodes(nodes),
             last_applied,
             last_membership,
+            changes: ChangeLog::new(revision, watch_history),
         };
         let (revision_sender, _) = watch::channel(revision);
         Ok(Self {
@@ -146,6 +164,13 @@ impl StateReader {
     /// Runs `read` on the applied state. Keep `read` short: applying the next batch waits for it.
     pub async fn read<T>(&self, read: impl FnOnce(&State) -> T) -> T {
         read(&self.applied.read().await.state)
+    }
+
+    /// Runs `read` on the applied state and the log of what its recent revisions changed, seen
+    /// together in one consistent moment.
+    pub async fn read_with_changes<T>(&self, read: impl FnOnce(&State, &ChangeLog) -> T) -> T {
+        let applied = self.applied.read().await;
+        read(&applied.state, &applied.changes)
     }
 
     /// A receiver that wakes whenever a new revision has been applied and made durable.
@@ -209,6 +234,7 @@ fn build_snapshot(db: &Database, applied: &RwLock<Applied>) -> Result<Snapshot, 
             format: SNAPSHOT_FORMAT,
             revision: applied.state.revision(),
             policies: applied.state.policies().collect(),
+            nodes: applied.state.nodes().collect(),
         })?;
         (applied.last_applied, applied.last_membership.clone(), data)
     };
@@ -278,14 +304,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         applied.state.apply_noop(index)
                     }
                     EntryPayload::Normal(command) => {
-                        touched.extend(command.policy_keys());
-                        applied.state.apply(command, index)
+                        let keys = command.keys();
+                        touched.extend(keys.iter().cloned());
+                        let response = applied.state.apply(command, index);
+                        applied.changes.record(index, keys);
+                        response
                     }
                 };
                 responses.push(response);
             }
             let txn = db.begin_write()?;
-            write_policies(&txn, &applied.state, &touched)?;
+            write_touched(&txn, &applied.state, &touched)?;
             write_pointers(&txn, &applied)?;
             txn.commit()?;
             Ok((responses, applied.state.revision()))
@@ -319,12 +348,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let applied = Arc::clone(&self.applied);
         run_blocking(&self.db, subject, ErrorVerb::Write, move |db| {
             let state = SnapshotData::decode_state(&data)?;
+            let mut applied = applied.blocking_write();
+            let mut changes = std::mem::replace(&mut applied.changes, ChangeLog::new(0, 1));
+            changes.reset(state.revision());
             let installed = Applied {
                 state,
                 last_applied: meta.last_log_id,
                 last_membership: meta.last_membership.clone(),
+                changes,
             };
-            let mut applied = applied.blocking_write();
             let txn = db.begin_write()?;
             {
                 let mut policies = txn.open_table(POLICIES)?;
@@ -332,6 +364,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 for policy in installed.state.policies() {
                     let key = (policy.kind.as_str(), policy.name.as_str());
                     policies.insert(key, encode(policy)?.as_slice())?;
+                }
+                let mut nodes = txn.open_table(NODES)?;
+                nodes.retain(|_, _| false)?;
+                for node in installed.state.nodes() {
+                    nodes.insert(node.name.as_str(), encode(node)?.as_slice())?;
                 }
             }
             write_pointers(&txn, &installed)?;
@@ -375,21 +412,28 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 }
 
-/// Writes back every policy in `touched`: its current value, or its removal.
-fn write_policies(
+/// Writes back every object in `touched`: its current value, or its removal.
+fn write_touched(
     txn: &WriteTransaction,
     state: &State,
-    touched: &BTreeSet<PolicyKey>,
+    touched: &BTreeSet<StateKey>,
 ) -> Result<(), DiskError> {
     let mut policies = txn.open_table(POLICIES)?;
-    for PolicyKey { kind, name } in touched {
-        let key = (kind.as_str(), name.as_str());
-        match state.policy(kind, name) {
-            Some(policy) => {
-                policies.insert(key, encode(policy)?.as_slice())?;
+    let mut nodes = txn.open_table(NODES)?;
+    for key in touched {
+        match key {
+            StateKey::Policy(PolicyKey { kind, name }) => {
+                let key = (kind.as_str(), name.as_str());
+                match state.policy(kind, name) {
+                    Some(policy) => policies.insert(key, encode(policy)?.as_slice())?,
+                    None => policies.remove(key)?,
+                };
             }
-            None => {
-                policies.remove(key)?;
+            StateKey::Node(name) => {
+                match state.node(name) {
+                    Some(node) => nodes.insert(name.as_str(), encode(node)?.as_slice())?,
+                    None => nodes.remove(name.as_str())?,
+                };
             }
         }
     }

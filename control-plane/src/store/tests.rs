@@ -39,7 +39,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for TempStor
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError> {
         let dir = TempDir::new()
             .map_err(|e| StorageError::from_io_error(ErrorSubject::Store, ErrorVerb::Write, e))?;
-        let (log, state_machine) = open(dir.path().join(STORE_FILE))
+        let (log, state_machine) = open(dir.path().join(STORE_FILE), 100)
             .await
             .map_err(|e| StorageIOError::new(ErrorSubject::Store, ErrorVerb::Read, &e))?;
         Ok((dir, log, state_machine))
@@ -107,7 +107,7 @@ async fn stored(
 }
 
 async fn open_store(path: &Path) -> (LogStore, StateMachineStore) {
-    open(path).await.expect("store opens")
+    open(path, 100).await.expect("store opens")
 }
 
 #[tokio::test]
@@ -337,7 +337,7 @@ async fn a_store_cannot_be_opened_twice() {
     let dir = TempDir::new().unwrap();
     let path = dir.path().join(STORE_FILE);
     let _open = open_store(&path).await;
-    let error = open(&path).await.expect_err("second open fails");
+    let error = open(&path, 100).await.expect_err("second open fails");
     assert!(matches!(error, OpenError::AlreadyOpen { .. }), "{error}");
     assert!(error.to_string().contains("already open"), "{error}");
 }
@@ -393,7 +393,7 @@ impl RaftNetwork<TypeConfig> for NoPeers {
 async fn open_after_shutdown(path: &Path) -> (LogStore, StateMachineStore) {
     let deadline = tokio::time::Instant::now() + RAFT_WAIT;
     loop {
-        match open(path).await {
+        match open(path, 100).await {
             Ok(store) => return store,
             Err(OpenError::AlreadyOpen { .. }) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(10)).await;

@@ -1,0 +1,190 @@
+//! Agent leases, kept by the leader alone and in memory: heartbeats renew them without touching
+//! Raft, and only an expiry is a Raft write. A node that becomes leader knows no heartbeat
+//! history, so it starts every registered node on a full lease — an election never expires a
+//! healthy agent.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::node::Node;
+use crate::state::{Command, CommandResponse, LapsedNode};
+
+/// Longest pause between two checks for lapsed leases; shorter leases are checked more often.
+pub const MAX_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The leader's lease table.
+#[derive(Debug)]
+pub struct Leases {
+    ttl: Duration,
+    inner: Mutex<Table>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    /// The term this table belongs to; another term (or not leading) starts it afresh.
+    term: Option<u64>,
+    /// When each node's lease ends.
+    deadlines: HashMap<String, Instant>,
+}
+
+impl Leases {
+    /// A table granting leases of `ttl`.
+    pub fn new(ttl: Duration) -> Self {
+        Leases {
+            ttl,
+            inner: Mutex::new(Table::default()),
+        }
+    }
+
+    /// How long a lease runs.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// How often the leader looks for lapsed leases: a tenth of the lease, at most
+    /// [`MAX_CHECK_INTERVAL`].
+    pub fn check_interval(&self) -> Duration {
+        (self.ttl / 10).clamp(Duration::from_millis(50), MAX_CHECK_INTERVAL)
+    }
+
+    /// Starts a full lease for `node` now (it registered or heartbeated).
+    pub fn renew(&self, node: &str) {
+        self.renew_at(node, Instant::now());
+    }
+
+    fn renew_at(&self, node: &str, now: Instant) {
+        self.table()
+            .deadlines
+            .insert(node.to_string(), now + self.ttl);
+    }
+
+    /// Forgets `node` (it deregistered).
+    pub fn forget(&self, node: &str) {
+        self.table().deadlines.remove(node);
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The registered nodes whose lease ended before `now`, given the registry and the term
+    /// this node leads in (`None`: it does not lead, and keeps no table). Nodes seen for the
+    /// first time in a term get a full lease from `now`.
+    fn lapsed(
+        &self,
+        leading_term: Option<u64>,
+        registered: &[(String, u64)],
+        now: Instant,
+    ) -> Vec<LapsedNode> {
+        let mut table = self.table();
+        if table.term != leading_term {
+            table.term = leading_term;
+            table.deadlines.clear();
+        }
+        if leading_term.is_none() {
+            return Vec::new();
+        }
+        table
+            .deadlines
+            .retain(|name, _| registered.iter().any(|(n, _)| n == name));
+        let mut lapsed = Vec::new();
+        for (name, revision) in registered {
+            let deadline = *table
+                .deadlines
+                .entry(name.clone())
+                .or_insert(now + self.ttl);
+            if deadline < now {
+                lapsed.push(LapsedNode {
+                    name: name.clone(),
+                    revision: *revision,
+                });
+            }
+        }
+        lapsed
+    }
+}
+
+/// Runs the lease keeper of `node` until `shutdown`: while the node leads, nodes whose lease
+/// lapsed are removed through Raft; a failed write is logged and tried again next round.
+pub async fn keep(node: Arc<Node>, shutdown: CancellationToken) {
+    let interval = node.leases.check_interval();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        let metrics = node.raft.metrics().borrow().clone();
+        let leading = (metrics.current_leader == Some(metrics.id)).then_some(metrics.current_term);
+        let registered: Vec<(String, u64)> = node
+            .state
+            .read(|state| {
+                state
+                    .nodes()
+                    .map(|n| (n.name.clone(), n.revision))
+                    .collect()
+            })
+            .await;
+        let lapsed = node.leases.lapsed(leading, &registered, Instant::now());
+        if lapsed.is_empty() {
+            continue;
+        }
+        let names: Vec<&str> = lapsed.iter().map(|n| n.name.as_str()).collect();
+        tracing::info!(nodes = ?names, ttl = ?node.leases.ttl(), "leases lapsed; expiring the nodes");
+        let write = node
+            .raft
+            .client_write(Command::ExpireNodes { nodes: lapsed });
+        match tokio::time::timeout(node.config.spec.write_timeout.get(), write).await {
+            Ok(Ok(written)) => {
+                if let CommandResponse::NodesExpired { expired, .. } = written.data {
+                    for name in &expired {
+                        node.leases.forget(name);
+                    }
+                }
+            }
+            Ok(Err(error)) => tracing::warn!(%error, "cannot expire nodes; will retry"),
+            Err(_) => tracing::warn!("expiring nodes timed out; will retry"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registered(names: &[&str]) -> Vec<(String, u64)> {
+        names.iter().map(|n| ((*n).to_string(), 1)).collect()
+    }
+
+    fn names(lapsed: &[LapsedNode]) -> Vec<&str> {
+        lapsed.iter().map(|n| n.name.as_str()).collect()
+    }
+
+    #[test]
+    fn only_nodes_that_stopped_heartbeating_lapse() {
+        let leases = Leases::new(Duration::from_secs(10));
+        let start = Instant::now();
+        let nodes = registered(&["a", "b"]);
+        assert!(leases.lapsed(Some(1), &nodes, start).is_empty());
+        leases.renew_at("a", start + Duration::from_secs(5));
+        let later = start + Duration::from_secs(11);
+        assert_eq!(names(&leases.lapsed(Some(1), &nodes, later)), ["b"]);
+    }
+
+    #[test]
+    fn a_new_term_grants_every_node_a_full_lease() {
+        let leases = Leases::new(Duration::from_secs(10));
+        let start = Instant::now();
+        let nodes = registered(&["a"]);
+        leases.lapsed(Some(1), &nodes, start);
+        // Leadership moves away and comes back in a later term, long after `a` last spoke.
+        assert!(leases.lapsed(None, &nodes, start).is_empty());
+        let much_later = start + Duration::from_secs(60);
+        assert!(leases.lapsed(Some(3), &nodes, much_later).is_empty());
+        let after_grace = much_later + Duration::from_secs(11);
+        assert_eq!(names(&leases.lapsed(Some(3), &nodes, after_grace)), ["a"]);
+    }
+}

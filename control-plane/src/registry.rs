@@ -1,0 +1,265 @@
+//! The registry's HTTP handlers: agents register, heartbeat, report health changes and leave;
+//! operators read nodes and services. Registrations, health changes and departures are Raft
+//! writes; heartbeats are not — they renew a lease in the leader's memory ([`crate::lease`]).
+
+use std::collections::BTreeSet;
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use hyphae_policies::registry::{self, HealthReport, Heartbeat, Lease, NodeRecord, UNKNOWN_NODE};
+use hyphae_policies::validate::check_name;
+use serde::de::DeserializeOwned;
+
+use crate::api::{ApiError, ApiRequest, Routed, json_response, read_barrier, write};
+use crate::node::Node;
+use crate::state::{Command, CommandResponse};
+
+/// `POST /v1/agent/register`: stores the node and its instances and starts its lease.
+pub(crate) async fn register(
+    node: &Node,
+    request: &ApiRequest,
+) -> Result<Response<Full<Bytes>>, Routed> {
+    let record: NodeRecord = body(request, "a node registration")?;
+    check_registration(&record).map_err(|message| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-registration",
+            message,
+        )
+    })?;
+    let name = record.name.clone();
+    let written = write(node, Command::RegisterNode { node: record }).await?;
+    node.leases.renew(&name);
+    Ok(lease(node, written.revision()))
+}
+
+/// `POST /v1/agent/heartbeat`: renews a registered node's lease. Only the leader keeps
+/// leases; other nodes send the heartbeat on to it.
+pub(crate) async fn heartbeat(
+    node: &Node,
+    request: &ApiRequest,
+) -> Result<Response<Full<Bytes>>, Routed> {
+    let heartbeat: Heartbeat = body(request, "a heartbeat")?;
+    leader_only(node)?;
+    let revision = node
+        .state
+        .read(|state| state.node(&heartbeat.node).map(|n| n.revision))
+        .await
+        .ok_or_else(|| unknown(&heartbeat.node))?;
+    node.leases.renew(&heartbeat.node);
+    Ok(lease(node, revision))
+}
+
+/// `POST /v1/agent/health`: records an agent's health changes; a report also shows the node is
+/// alive, so it renews the lease.
+pub(crate) async fn health(
+    node: &Node,
+    request: &ApiRequest,
+) -> Result<Response<Full<Bytes>>, Routed> {
+    let report: HealthReport = body(request, "a health report")?;
+    let name = report.node.clone();
+    let written = write(
+        node,
+        Command::ReportHealth {
+            node: report.node,
+            changes: report.changes,
+        },
+    )
+    .await?;
+    if let CommandResponse::HealthReported { known: false, .. } = written {
+        return Err(unknown(&name).into());
+    }
+    node.leases.renew(&name);
+    Ok(json_response(StatusCode::OK, &written))
+}
+
+/// `POST /v1/agent/deregister`: removes a node whose agent is stopping, at once rather than
+/// after its lease.
+pub(crate) async fn deregister(
+    node: &Node,
+    request: &ApiRequest,
+) -> Result<Response<Full<Bytes>>, Routed> {
+    let leaving: Heartbeat = body(request, "a deregistration")?;
+    let name = leaving.node.clone();
+    let written = write(node, Command::DeregisterNode { node: leaving.node }).await?;
+    node.leases.forget(&name);
+    Ok(json_response(StatusCode::OK, &written))
+}
+
+/// `GET /v1/nodes` and `GET /v1/nodes/{name}`.
+pub(crate) async fn nodes(
+    node: &Node,
+    request: &ApiRequest,
+    name: Option<&str>,
+) -> Result<Response<Full<Bytes>>, Routed> {
+    read_barrier(node, request).await?;
+    let nodes: Vec<NodeRecord> = node
+        .state
+        .read(|state| {
+            state
+                .nodes()
+                .filter(|n| name.is_none_or(|name| n.name == name))
+                .cloned()
+                .collect()
+        })
+        .await;
+    match name {
+        None => Ok(json_response(StatusCode::OK, &nodes)),
+        Some(name) => match nodes.first() {
+            Some(found) => Ok(json_response(StatusCode::OK, found)),
+            None => Err(not_found("node", name)),
+        },
+    }
+}
+
+/// `GET /v1/services` and `GET /v1/services/{name}`: instances grouped by service.
+pub(crate) async fn services(
+    node: &Node,
+    request: &ApiRequest,
+    name: Option<&str>,
+) -> Result<Response<Full<Bytes>>, Routed> {
+    read_barrier(node, request).await?;
+    let nodes: Vec<NodeRecord> = node
+        .state
+        .read(|state| state.nodes().cloned().collect())
+        .await;
+    let mut services = registry::services(&nodes);
+    match name {
+        None => Ok(json_response(StatusCode::OK, &services)),
+        Some(name) => {
+            services.retain(|s| s.name == name);
+            match services.first() {
+                Some(found) => Ok(json_response(StatusCode::OK, found)),
+                None => Err(not_found("service", name)),
+            }
+        }
+    }
+}
+
+/// What a registration or heartbeat answers: the lease and the node's revision.
+fn lease(node: &Node, revision: u64) -> Response<Full<Bytes>> {
+    let ttl_ms = u64::try_from(node.leases.ttl().as_millis()).unwrap_or(u64::MAX);
+    json_response(StatusCode::OK, &Lease { ttl_ms, revision })
+}
+
+/// Answers here only on the leader; elsewhere the request goes on to the leader.
+fn leader_only(node: &Node) -> Result<(), Routed> {
+    let metrics = node.raft.metrics().borrow().clone();
+    match metrics.current_leader {
+        Some(leader) if leader == metrics.id => Ok(()),
+        Some(leader) => match metrics.membership_config.membership().get_node(&leader) {
+            Some(found) => Err(Routed::Forward(found.addr.clone())),
+            None => Err(no_leader()),
+        },
+        None => Err(no_leader()),
+    }
+}
+
+fn no_leader() -> Routed {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no-leader",
+        "the cluster has no leader right now; try again shortly",
+    )
+    .into()
+}
+
+fn unknown(name: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        UNKNOWN_NODE,
+        format!("node `{name}` is not registered (its lease may have lapsed); register again"),
+    )
+}
+
+fn not_found(what: &str, name: &str) -> Routed {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not-found",
+        format!("no {what} named `{name}`"),
+    )
+    .into()
+}
+
+/// Reads a JSON body, or a 400 that says what was expected.
+fn body<T: DeserializeOwned>(request: &ApiRequest, what: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(&request.body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad-body",
+            format!("expected {what} as JSON: {e}"),
+        )
+    })
+}
+
+/// The rules a registration must follow, with the reason it breaks one.
+fn check_registration(record: &NodeRecord) -> Result<(), String> {
+    check_name(&record.name).map_err(|e| format!("name `{}`: {e}", record.name))?;
+    if record.site.is_empty() {
+        return Err("site must not be empty".into());
+    }
+    if record.address.port() == 0 || record.address.ip().is_unspecified() {
+        return Err(format!(
+            "address {} is not one peers can connect to",
+            record.address
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for instance in &record.instances {
+        check_name(&instance.service)
+            .map_err(|e| format!("service `{}`: {e}", instance.service))?;
+        if instance.port == 0 {
+            return Err(format!("service `{}`: port 0", instance.service));
+        }
+        if !seen.insert((&instance.service, instance.port)) {
+            return Err(format!(
+                "service `{}` port {} is listed twice",
+                instance.service, instance.port
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use hyphae_policies::registry::InstanceRecord;
+
+    use super::*;
+
+    fn record() -> NodeRecord {
+        NodeRecord {
+            name: "web-1".into(),
+            site: "a".into(),
+            address: "10.0.0.1:4143".parse().unwrap(),
+            agent_version: "1".into(),
+            instances: vec![InstanceRecord {
+                service: "web".into(),
+                port: 8080,
+                protocol: hyphae_policies::Protocol::Http,
+                tags: Default::default(),
+                health: Default::default(),
+            }],
+            revision: 0,
+        }
+    }
+
+    #[test]
+    fn registrations_are_checked() {
+        assert_eq!(check_registration(&record()), Ok(()));
+        let mut bad = record();
+        bad.name = "Web_1".into();
+        assert!(check_registration(&bad).is_err());
+        let mut bad = record();
+        bad.address = "0.0.0.0:4143".parse().unwrap();
+        assert!(
+            check_registration(&bad)
+                .unwrap_err()
+                .contains("not one peers can connect to")
+        );
+        let mut bad = record();
+        bad.instances.push(bad.instances[0].clone());
+        assert!(check_registration(&bad).unwrap_err().contains("twice"));
+    }
+}
