@@ -29,6 +29,8 @@ pub struct Admin {
     pub ready: AtomicBool,
     /// The control-plane watch's state.
     pub watch: Arc<crate::watch::WatchStatus>,
+    /// The registration's state.
+    pub registration: Arc<crate::register::RegistrationStatus>,
     /// Whether the configuration names control-plane nodes at all.
     pub control_plane_configured: bool,
 }
@@ -73,6 +75,15 @@ fn route(admin: &Admin, request: &Request<Incoming>) -> Response<Body> {
         "/config" => json(StatusCode::OK, &**admin.proxy.snapshot.load()),
         "/endpoints" => json(StatusCode::OK, &endpoints(admin)),
         "/metrics" => {
+            if admin.control_plane_configured {
+                let view = control_plane_view(admin);
+                crate::metrics::control_plane(
+                    view.connected,
+                    view.registered,
+                    view.revision,
+                    view.millis_since_contact.map(|ms| ms as f64 / 1000.0),
+                );
+            }
             let mut response = text(StatusCode::OK, &admin.metrics.render());
             response.headers_mut().insert(
                 http::header::CONTENT_TYPE,
@@ -102,8 +113,11 @@ struct Readiness<'a> {
 #[serde(rename_all = "camelCase")]
 struct ControlPlaneView {
     connected: bool,
+    registered: bool,
     revision: u64,
     seconds_since_contact: Option<u64>,
+    #[serde(skip)]
+    millis_since_contact: Option<u64>,
 }
 
 fn ready(admin: &Admin) -> Response<Body> {
@@ -135,8 +149,10 @@ fn control_plane_view(admin: &Admin) -> ControlPlaneView {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     ControlPlaneView {
         connected: admin.watch.connected.load(Ordering::Acquire),
+        registered: admin.registration.registered.load(Ordering::Acquire),
         revision: admin.watch.revision.load(Ordering::Acquire),
         seconds_since_contact: (last > 0).then(|| now.saturating_sub(last) / 1000),
+        millis_since_contact: (last > 0).then(|| now.saturating_sub(last)),
     }
 }
 

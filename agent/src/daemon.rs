@@ -2,8 +2,8 @@
 //! swaps in new snapshots on reload, and drains in-flight calls before it stops.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -14,11 +14,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Admin};
 use crate::config::AgentConfig;
+use crate::health::{self, HealthTable};
 use crate::listener::{ConnectionLimit, Listener};
 use crate::model::Snapshot;
 use crate::proxy::Proxy;
 use crate::proxy::inbound::{self, LocalClients};
 use crate::proxy::outbound::{self, Target};
+use crate::register::{Registrar, Registration, RegistrationStatus};
 use crate::sources::Sources;
 use crate::tunnel::{
     DEFAULT_KEEP_ALIVE_INTERVAL, DEFAULT_KEEP_ALIVE_TIMEOUT, TunnelSettings, Tunnels,
@@ -53,7 +55,19 @@ pub struct Daemon {
     admin_connections: TaskTracker,
     stop_accepting: CancellationToken,
     stop_admin: CancellationToken,
+    /// Local instances' health, fed by the checks.
+    health: Arc<HealthTable>,
+    /// Stops the checks of the current configuration.
+    checks: Mutex<CancellationToken>,
+    /// What the agent registers; a change registers again.
+    registration: tokio::sync::watch::Sender<Registration>,
+    /// The registration client (it deregisters when this is cancelled).
+    registrar: TaskTracker,
+    stop_registrar: CancellationToken,
 }
+
+/// Longest a stopping agent waits to deregister before it drains anyway.
+pub const DEREGISTER_WAIT: Duration = Duration::from_secs(3);
 
 impl Daemon {
     /// Binds every listener of `config` and starts serving.
@@ -69,11 +83,13 @@ impl Daemon {
         crate::metrics::revision(1);
         let sources = Sources::new(Arc::clone(&proxy), config.clone());
         let watch_status = Arc::new(WatchStatus::default());
+        let registration_status = Arc::new(RegistrationStatus::default());
         let admin = Arc::new(Admin {
             proxy: Arc::clone(&proxy),
             metrics,
             ready: AtomicBool::new(false),
             watch: Arc::clone(&watch_status),
+            registration: Arc::clone(&registration_status),
             control_plane_configured: !config.spec.control_plane.is_empty(),
         });
         let listeners = &config.spec.listeners;
@@ -108,6 +124,8 @@ impl Daemon {
                 .collect::<std::io::Result<_>>()?,
         };
 
+        let (registration, registration_changes) =
+            tokio::sync::watch::channel(registration_of(config, addresses.inbound));
         let daemon = Daemon {
             proxy: Arc::clone(&proxy),
             addresses,
@@ -118,7 +136,22 @@ impl Daemon {
             admin_connections: TaskTracker::new(),
             stop_accepting: CancellationToken::new(),
             stop_admin: CancellationToken::new(),
+            health: Arc::new(HealthTable::default()),
+            checks: Mutex::new(CancellationToken::new()),
+            registration,
+            registrar: TaskTracker::new(),
+            stop_registrar: CancellationToken::new(),
         };
+        daemon.start_checks(config);
+        let registrar = Registrar {
+            servers: config.spec.control_plane.clone(),
+            local: registration_changes,
+            health: Arc::clone(&daemon.health),
+            status: registration_status,
+        };
+        daemon
+            .registrar
+            .spawn(registrar.run(daemon.stop_registrar.clone()));
         let limit = ConnectionLimit::new(limits.max_connections);
         // The admin port keeps answering while the data path drains, so health checkers
         // can see `/ready` turn 503; it stops with the connections.
@@ -210,9 +243,27 @@ impl Daemon {
             .spawn(listener.run(limit, stop, connections, serve));
     }
 
+    /// Runs the health checks of `config`'s local services, stopping those of the previous one.
+    fn start_checks(&self, config: &AgentConfig) {
+        let stop = CancellationToken::new();
+        let previous = std::mem::replace(
+            &mut *self.checks.lock().unwrap_or_else(|p| p.into_inner()),
+            stop.clone(),
+        );
+        previous.cancel();
+        health::spawn_checks(&config.spec.services, &self.health, stop);
+    }
+
     /// Applies a new configuration's services and policies. Listener changes need a restart;
     /// they are reported, not applied.
     pub fn reload(&self, config: &AgentConfig) {
+        self.start_checks(config);
+        let registration = registration_of(config, self.addresses.inbound);
+        self.registration.send_if_modified(|current| {
+            let changed = *current != registration;
+            *current = registration;
+            changed
+        });
         let current = self.proxy.snapshot.load_full();
         if config.spec.upstreams != current.upstreams {
             tracing::warn!(
@@ -229,6 +280,14 @@ impl Daemon {
     /// closes what is left.
     pub async fn drain(self, deadline: Duration) -> bool {
         self.admin.ready.store(false, Ordering::Release);
+        // Leave the registry first, so callers stop choosing this node while it drains.
+        self.stop_registrar.cancel();
+        self.registrar.close();
+        let _ = tokio::time::timeout(DEREGISTER_WAIT, self.registrar.wait()).await;
+        self.checks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .cancel();
         // Data listeners stop accepting; their connections were handed the same token and
         // now finish their in-flight requests and close gracefully.
         self.stop_accepting.cancel();
@@ -245,6 +304,17 @@ impl Daemon {
         })
         .await;
         finished
+    }
+}
+
+/// What `config` registers, with the inbound listener bound at `inbound`.
+fn registration_of(config: &AgentConfig, inbound: SocketAddr) -> Registration {
+    Registration {
+        node: config.node.clone(),
+        site: config.spec.site.clone(),
+        advertise: config.spec.advertise,
+        inbound,
+        services: config.spec.services.clone(),
     }
 }
 

@@ -36,6 +36,14 @@ pub const STREAM_BYTES: &str = "hyphae_stream_bytes_total";
 pub const RELOADS: &str = "hyphae_config_reloads_total";
 /// Revision of the snapshot being served.
 pub const REVISION: &str = "hyphae_config_revision";
+/// 1 while a control-plane watch stream is open, else 0.
+pub const CONTROL_PLANE_CONNECTED: &str = "hyphae_control_plane_connected";
+/// 1 while the control plane holds this node's registration, else 0.
+pub const CONTROL_PLANE_REGISTERED: &str = "hyphae_control_plane_registered";
+/// Control-plane revision being served (0: none).
+pub const CONTROL_PLANE_REVISION: &str = "hyphae_control_plane_revision";
+/// Seconds since the control plane last said anything (heartbeats included).
+pub const CONTROL_PLANE_STALENESS: &str = "hyphae_control_plane_staleness_seconds";
 
 /// Histogram buckets for request durations, in seconds.
 const DURATION_BUCKETS: [f64; 14] = [
@@ -89,6 +97,23 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     describe_gauge!(
         REVISION,
         "Revision of the configuration snapshot being served."
+    );
+    describe_gauge!(
+        CONTROL_PLANE_CONNECTED,
+        "1 while a control-plane watch stream is open."
+    );
+    describe_gauge!(
+        CONTROL_PLANE_REGISTERED,
+        "1 while the control plane holds this node's registration."
+    );
+    describe_gauge!(
+        CONTROL_PLANE_REVISION,
+        "Control-plane revision being served (live or from disk)."
+    );
+    describe_gauge!(
+        CONTROL_PLANE_STALENESS,
+        metrics::Unit::Seconds,
+        "Seconds since the control plane last said anything; absent before first contact."
     );
     Ok(handle)
 }
@@ -256,6 +281,16 @@ pub fn reload(ok: bool) {
 /// Records the revision being served.
 pub fn revision(revision: u64) {
     gauge!(REVISION).set(revision as f64);
+}
+
+/// Records the control plane's view as of a `/metrics` scrape.
+pub fn control_plane(connected: bool, registered: bool, revision: u64, staleness: Option<f64>) {
+    gauge!(CONTROL_PLANE_CONNECTED).set(f64::from(u8::from(connected)));
+    gauge!(CONTROL_PLANE_REGISTERED).set(f64::from(u8::from(registered)));
+    gauge!(CONTROL_PLANE_REVISION).set(revision as f64);
+    if let Some(seconds) = staleness {
+        gauge!(CONTROL_PLANE_STALENESS).set(seconds);
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use hyphae_policies::registry::NodeRecord;
 use hyphae_policies::watch::PolicyRecord;
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +20,9 @@ pub struct Saved {
     pub revision: u64,
     /// Every policy at that revision.
     pub policies: Vec<PolicyRecord>,
+    /// Every registered node at that revision (absent in files saved before registration).
+    #[serde(default)]
+    pub nodes: Vec<NodeRecord>,
 }
 
 fn path(data_dir: &Path) -> PathBuf {
@@ -72,12 +76,21 @@ mod tests {
                 source: "kind: Route\n".into(),
                 revision: 3,
             }],
+            nodes: vec![],
         };
         save(&dir, &first).unwrap();
         assert_eq!(load(&dir).unwrap(), Some(first));
         let second = Saved {
             revision: 4,
             policies: vec![],
+            nodes: vec![NodeRecord {
+                name: "web-1".into(),
+                site: "a".into(),
+                address: "127.0.0.1:4143".parse().unwrap(),
+                agent_version: "1".into(),
+                instances: vec![],
+                revision: 4,
+            }],
         };
         save(&dir, &second).unwrap();
         assert_eq!(load(&dir).unwrap(), Some(second));

@@ -1,13 +1,15 @@
 //! The two sources of what an agent serves — its local configuration file and the control
 //! plane — merged into one snapshot whenever either changes. A control-plane policy replaces a
-//! local one of the same kind and name.
+//! local one of the same kind and name; the registry's passing instances join the endpoints of
+//! the static services of the same name (or make new services).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use hyphae_policies::registry::{self, Health, NodeRecord};
 use hyphae_policies::watch::PolicyRecord;
-use hyphae_policies::{LoadOptions, Policy, load_str};
+use hyphae_policies::{LoadOptions, Policy, StaticEndpoint, StaticService, load_str};
 
 use crate::config::AgentConfig;
 use crate::model::Snapshot;
@@ -17,11 +19,20 @@ use crate::watch::{Origin, Remote};
 /// A control-plane document as read: the revision it was read at and its objects.
 type ParsedDocument = (u64, Vec<Policy>);
 
+/// The control plane's half, ready to merge.
+#[derive(Clone)]
+struct RemoteHalf {
+    policies: Vec<Policy>,
+    services: Vec<StaticService>,
+    revision: u64,
+    origin: Origin,
+}
+
 /// Merges the local file and the control plane into the proxy's snapshot.
 pub struct Sources {
     proxy: Arc<Proxy>,
     local: Mutex<AgentConfig>,
-    remote: Mutex<Option<(Vec<Policy>, u64, Origin)>>,
+    remote: Mutex<Option<RemoteHalf>>,
     /// Each control-plane document as last read, with the revision it was read at.
     parsed: Mutex<BTreeMap<(String, String), ParsedDocument>>,
     generation: AtomicU64,
@@ -64,8 +75,13 @@ impl Sources {
             .collect();
         *parsed = fresh;
         drop(parsed);
-        *self.remote.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((policies, remote.revision, remote.origin));
+        let nodes: Vec<NodeRecord> = remote.nodes.values().cloned().collect();
+        *self.remote.lock().unwrap_or_else(|p| p.into_inner()) = Some(RemoteHalf {
+            policies,
+            services: registry_services(&nodes),
+            revision: remote.revision,
+            origin: remote.origin,
+        });
         self.rebuild()
     }
 
@@ -77,7 +93,11 @@ impl Sources {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        if let Some((policies, _, _)) = &remote {
+        if let Some(RemoteHalf {
+            policies, services, ..
+        }) = &remote
+        {
+            merge_services(&mut config.spec.static_services, services);
             let mut merged: BTreeMap<(String, String), Policy> = config
                 .policies
                 .drain(..)
@@ -92,9 +112,9 @@ impl Sources {
             config.policies = merged.into_values().collect();
         }
         let mut snapshot = Snapshot::from_config(&config, generation);
-        if let Some((_, revision, origin)) = remote {
-            snapshot.control_plane_revision = Some(revision);
-            snapshot.source = match origin {
+        if let Some(remote) = remote {
+            snapshot.control_plane_revision = Some(remote.revision);
+            snapshot.source = match remote.origin {
                 Origin::ControlPlane => crate::model::Source::ControlPlane,
                 Origin::Disk => crate::model::Source::Disk,
             };
@@ -117,5 +137,109 @@ fn parse(record: &PolicyRecord) -> Vec<Policy> {
             }
             Vec::new()
         }
+    }
+}
+
+/// The registry's services as the agent calls them: each service's passing instances, reached
+/// through the inbound listener of the node that hosts them. A service with no passing
+/// instance has no endpoints (callers get a fast 503), as in Consul and Linkerd.
+fn registry_services(nodes: &[NodeRecord]) -> Vec<StaticService> {
+    registry::services(nodes)
+        .into_iter()
+        .map(|service| StaticService {
+            name: service.name,
+            protocol: service.protocol,
+            endpoints: service
+                .instances
+                .into_iter()
+                .filter(|i| i.health == Health::Passing)
+                .map(|i| StaticEndpoint {
+                    address: i.address,
+                    node: Some(i.node),
+                    site: Some(i.site),
+                    tags: i.tags,
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// Adds the registry's services to the local file's static ones: endpoints of a service both
+/// know are joined (an address listed twice is kept once); the rest is appended.
+fn merge_services(local: &mut Vec<StaticService>, registered: &[StaticService]) {
+    for service in registered {
+        match local.iter_mut().find(|s| s.name == service.name) {
+            Some(existing) => {
+                for endpoint in &service.endpoints {
+                    if !existing
+                        .endpoints
+                        .iter()
+                        .any(|e| e.address == endpoint.address)
+                    {
+                        existing.endpoints.push(endpoint.clone());
+                    }
+                }
+            }
+            None => local.push(service.clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hyphae_policies::Protocol;
+    use hyphae_policies::registry::InstanceRecord;
+
+    use super::*;
+
+    fn node(name: &str, address: &str, health: Health) -> NodeRecord {
+        NodeRecord {
+            name: name.into(),
+            site: "b".into(),
+            address: address.parse().unwrap(),
+            agent_version: String::new(),
+            instances: vec![InstanceRecord {
+                service: "web".into(),
+                port: 8080,
+                protocol: Protocol::Http,
+                tags: Default::default(),
+                health,
+            }],
+            revision: 1,
+        }
+    }
+
+    #[test]
+    fn passing_registry_instances_join_static_endpoints() {
+        let nodes = [
+            node("web-1", "10.0.0.1:4143", Health::Passing),
+            node("web-2", "10.0.0.2:4143", Health::Critical),
+            node("web-3", "10.0.0.3:4143", Health::Passing),
+        ];
+        let mut local = vec![StaticService {
+            name: "web".into(),
+            protocol: Protocol::Http,
+            endpoints: vec![StaticEndpoint {
+                address: "10.0.0.3:4143".parse().unwrap(),
+                node: None,
+                site: None,
+                tags: Default::default(),
+            }],
+        }];
+        merge_services(&mut local, &registry_services(&nodes));
+        let addresses: Vec<String> = local[0]
+            .endpoints
+            .iter()
+            .map(|e| e.address.to_string())
+            .collect();
+        assert_eq!(addresses, ["10.0.0.3:4143", "10.0.0.1:4143"]);
+        assert_eq!(local[0].endpoints[1].site.as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn a_service_without_passing_instances_has_no_endpoints() {
+        let services = registry_services(&[node("web-2", "10.0.0.2:4143", Health::Critical)]);
+        assert_eq!(services.len(), 1);
+        assert!(services[0].endpoints.is_empty());
     }
 }

@@ -13,6 +13,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use hyphae_policies::registry::NodeRecord;
 use hyphae_policies::watch::{PolicyRecord, WATCH_PATH, WatchEvent};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -47,6 +48,8 @@ pub struct Remote {
     pub revision: u64,
     /// Stored policies by (kind, name).
     pub policies: BTreeMap<(String, String), PolicyRecord>,
+    /// Registered nodes by name.
+    pub nodes: BTreeMap<String, NodeRecord>,
     /// Where it came from.
     pub origin: Origin,
 }
@@ -56,6 +59,7 @@ impl Remote {
         Saved {
             revision: self.revision,
             policies: self.policies.values().cloned().collect(),
+            nodes: self.nodes.values().cloned().collect(),
         }
     }
 }
@@ -66,15 +70,20 @@ pub fn apply_event(remote: &mut Remote, event: WatchEvent) -> bool {
     match event {
         WatchEvent::Heartbeat { .. } => false,
         WatchEvent::Snapshot {
-            revision, policies, ..
+            revision,
+            policies,
+            nodes,
         } => {
             let policies: BTreeMap<_, _> = policies
                 .into_iter()
                 .map(|p| ((p.kind.clone(), p.name.clone()), p))
                 .collect();
-            let changed = policies != remote.policies || revision != remote.revision;
+            let nodes: BTreeMap<_, _> = nodes.into_iter().map(|n| (n.name.clone(), n)).collect();
+            let changed =
+                policies != remote.policies || nodes != remote.nodes || revision != remote.revision;
             remote.revision = revision;
             remote.policies = policies;
+            remote.nodes = nodes;
             remote.origin = Origin::ControlPlane;
             changed
         }
@@ -83,7 +92,8 @@ pub fn apply_event(remote: &mut Remote, event: WatchEvent) -> bool {
             revision,
             upserts,
             deletes,
-            ..
+            node_upserts,
+            node_deletes,
         } => {
             for policy in upserts {
                 remote
@@ -92,6 +102,12 @@ pub fn apply_event(remote: &mut Remote, event: WatchEvent) -> bool {
             }
             for key in deletes {
                 remote.policies.remove(&key);
+            }
+            for node in node_upserts {
+                remote.nodes.insert(node.name.clone(), node);
+            }
+            for name in node_deletes {
+                remote.nodes.remove(&name);
             }
             remote.revision = revision;
             remote.origin = Origin::ControlPlane;
@@ -129,6 +145,7 @@ impl Watcher {
         let mut remote = Remote {
             revision: 0,
             policies: BTreeMap::new(),
+            nodes: BTreeMap::new(),
             origin: Origin::Disk,
         };
         let dir = self.data_dir.clone();
@@ -142,6 +159,11 @@ impl Watcher {
                     .policies
                     .into_iter()
                     .map(|p| ((p.kind.clone(), p.name.clone()), p))
+                    .collect();
+                remote.nodes = saved
+                    .nodes
+                    .into_iter()
+                    .map(|n| (n.name.clone(), n))
                     .collect();
                 tracing::info!(
                     revision = remote.revision,
@@ -291,6 +313,7 @@ mod tests {
         let mut remote = Remote {
             revision: 0,
             policies: BTreeMap::new(),
+            nodes: BTreeMap::new(),
             origin: Origin::Disk,
         };
         assert!(apply_event(

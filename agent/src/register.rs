@@ -1,0 +1,422 @@
+//! The agent's place in the fleet's registry: it registers its node and local instances with
+//! any control-plane node, heartbeats three times per lease (heartbeats are cheap and not Raft
+//! writes), reports only health changes, registers again when the control plane forgot it or
+//! the local services changed, and deregisters when it stops so callers move away at once.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use hyphae_policies::LocalService;
+use hyphae_policies::registry::{
+    DEREGISTER_PATH, HEALTH_PATH, HEARTBEAT_PATH, Health, HealthChange, HealthReport, Heartbeat,
+    InstanceRecord, Lease, NodeRecord, REGISTER_PATH, UNKNOWN_NODE,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::health::{HealthTable, InstanceKey};
+use crate::watch::{BACKOFF_MAX, BACKOFF_MIN, CONNECT_TIMEOUT};
+
+/// Longest one registry request may take before the agent tries another node.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// Shortest pause between heartbeats, whatever the lease.
+pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// What the agent registers, as its local configuration says now.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Registration {
+    /// Node name.
+    pub node: String,
+    /// Site.
+    pub site: String,
+    /// The configured address for peers, if any.
+    pub advertise: Option<SocketAddr>,
+    /// The inbound listener's bound address.
+    pub inbound: SocketAddr,
+    /// The local instances.
+    pub services: Vec<LocalService>,
+}
+
+/// Whether the agent is registered now, for `/ready`.
+#[derive(Debug, Default)]
+pub struct RegistrationStatus {
+    /// The last registration or heartbeat was accepted.
+    pub registered: AtomicBool,
+}
+
+/// Why a registry request failed.
+#[derive(Debug)]
+enum RequestError {
+    /// The control plane does not hold this node: register again.
+    UnknownNode,
+    /// Anything else: try another node.
+    Other(String),
+}
+
+/// The registration client of one agent.
+pub struct Registrar {
+    /// Control-plane nodes, `host:port`.
+    pub servers: Vec<String>,
+    /// The current registration; a change registers again.
+    pub local: watch::Receiver<Registration>,
+    /// Local instances' health.
+    pub health: Arc<HealthTable>,
+    /// Shared status.
+    pub status: Arc<RegistrationStatus>,
+}
+
+impl Registrar {
+    /// Registers and keeps the registration alive until `shutdown`, then deregisters.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        if self.servers.is_empty() {
+            return;
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let mut session = Session {
+            client,
+            servers: self.servers.clone(),
+            next: rand::random_range(0..self.servers.len()),
+        };
+        let mut health_changes = self.health.subscribe();
+        let mut backoff = BACKOFF_MIN;
+        let mut node = String::new();
+        'register: loop {
+            self.status.registered.store(false, Ordering::Release);
+            let local = self.local.borrow_and_update().clone();
+            node.clone_from(&local.node);
+            health_changes.borrow_and_update();
+            let mut reported = self.health.current();
+            let registered = match advertised(&local, &self.servers).await {
+                Ok(address) => {
+                    let record = record(&local, address, &reported);
+                    session
+                        .post::<_, Lease>(REGISTER_PATH, &record)
+                        .await
+                        .map(|lease| (lease, address))
+                }
+                Err(error) => Err(RequestError::Other(error)),
+            };
+            let lease = match registered {
+                Ok((lease, address)) => {
+                    tracing::info!(%address, ttl_ms = lease.ttl_ms, revision = lease.revision, "registered with the control plane");
+                    backoff = BACKOFF_MIN;
+                    lease
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        server = session.server(),
+                        "cannot register: {error:?}; trying the next node"
+                    );
+                    session.rotate();
+                    if !pause(&shutdown, &mut backoff).await {
+                        return;
+                    }
+                    continue 'register;
+                }
+            };
+            self.status.registered.store(true, Ordering::Release);
+            let every = Duration::from_millis(lease.ttl_ms / 3).max(MIN_HEARTBEAT_INTERVAL);
+            let mut next_beat = Instant::now() + every;
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => {
+                        session.deregister(&node).await;
+                        return;
+                    }
+                    changed = self.local.changed() => {
+                        if changed.is_err() {
+                            session.deregister(&node).await;
+                            return;
+                        }
+                        continue 'register;
+                    }
+                    _ = health_changes.changed() => {}
+                    () = tokio::time::sleep_until(next_beat) => {
+                        let beat = Heartbeat { node: node.clone() };
+                        match session.post::<_, Lease>(HEARTBEAT_PATH, &beat).await {
+                            Ok(_) => {
+                                self.status.registered.store(true, Ordering::Release);
+                                next_beat = Instant::now() + every;
+                            }
+                            Err(RequestError::UnknownNode) => continue 'register,
+                            Err(RequestError::Other(error)) => {
+                                tracing::warn!(server = session.server(), "heartbeat failed: {error}; trying the next node");
+                                session.rotate();
+                                next_beat = Instant::now() + BACKOFF_MIN;
+                            }
+                        }
+                    }
+                }
+                // Report whatever health changed since the last report (also after a failed
+                // report, on the next heartbeat tick).
+                let now = self.health.current();
+                let changes = changes(&reported, &now);
+                if changes.is_empty() {
+                    continue;
+                }
+                let report = HealthReport {
+                    node: node.clone(),
+                    changes,
+                };
+                match session
+                    .post::<_, serde_json::Value>(HEALTH_PATH, &report)
+                    .await
+                {
+                    Ok(_) => reported = now,
+                    Err(RequestError::UnknownNode) => continue 'register,
+                    Err(RequestError::Other(error)) => {
+                        tracing::warn!(
+                            server = session.server(),
+                            "health report failed: {error}; will retry"
+                        );
+                        session.rotate();
+                        next_beat = Instant::now() + BACKOFF_MIN;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The HTTP side: one client and the node it talks to now.
+struct Session {
+    client: Client<HttpConnector, Full<Bytes>>,
+    servers: Vec<String>,
+    next: usize,
+}
+
+impl Session {
+    fn server(&self) -> &str {
+        &self.servers[self.next % self.servers.len()]
+    }
+
+    fn rotate(&mut self) {
+        self.next += 1;
+    }
+
+    /// POSTs `body` as JSON and reads the JSON answer.
+    async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, RequestError> {
+        let other = |e: &dyn std::fmt::Display| RequestError::Other(e.to_string());
+        let json = serde_json::to_vec(body).map_err(|e| other(&e))?;
+        let request = http::Request::post(format!("http://{}{path}", self.server()))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(json)))
+            .map_err(|e| other(&e))?;
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| RequestError::Other(crate::tunnel::error_chain(&e)))?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| other(&e))?
+                .to_bytes();
+            if status.is_success() {
+                return serde_json::from_slice(&body).map_err(|e| other(&e));
+            }
+            let code = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("code")?.as_str().map(str::to_owned));
+            if code.as_deref() == Some(UNKNOWN_NODE) {
+                return Err(RequestError::UnknownNode);
+            }
+            Err(RequestError::Other(format!(
+                "{status}: {}",
+                String::from_utf8_lossy(&body).trim()
+            )))
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .unwrap_or_else(|_| {
+                Err(RequestError::Other(format!(
+                    "no answer in {REQUEST_TIMEOUT:?}"
+                )))
+            })
+    }
+
+    /// Leaves the registry, trying each node once; a failure only means callers notice when
+    /// the lease lapses.
+    async fn deregister(&mut self, node: &str) {
+        let leaving = Heartbeat {
+            node: node.to_string(),
+        };
+        for _ in 0..self.servers.len() {
+            match self
+                .post::<_, serde_json::Value>(DEREGISTER_PATH, &leaving)
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!("deregistered from the control plane");
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(server = self.server(), "cannot deregister: {error:?}");
+                    self.rotate();
+                }
+            }
+        }
+    }
+}
+
+/// Waits the current backoff (jittered) and doubles it; false on shutdown.
+async fn pause(shutdown: &CancellationToken, backoff: &mut Duration) -> bool {
+    let wait = backoff.mul_f64(rand::random_range(0.5..1.5));
+    *backoff = (*backoff * 2).min(BACKOFF_MAX);
+    tokio::select! {
+        () = shutdown.cancelled() => false,
+        () = tokio::time::sleep(wait) => true,
+    }
+}
+
+/// The node record to register.
+fn record(
+    local: &Registration,
+    address: SocketAddr,
+    health: &BTreeMap<InstanceKey, Health>,
+) -> NodeRecord {
+    NodeRecord {
+        name: local.node.clone(),
+        site: local.site.clone(),
+        address,
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        instances: local
+            .services
+            .iter()
+            .map(|s| InstanceRecord {
+                service: s.name.clone(),
+                port: s.port,
+                protocol: s.protocol,
+                tags: s.tags.clone(),
+                health: health
+                    .get(&(s.name.clone(), s.port))
+                    .copied()
+                    .unwrap_or_default(),
+            })
+            .collect(),
+        revision: 0,
+    }
+}
+
+/// The instances whose health differs between `reported` and `now`.
+fn changes(
+    reported: &BTreeMap<InstanceKey, Health>,
+    now: &BTreeMap<InstanceKey, Health>,
+) -> Vec<HealthChange> {
+    now.iter()
+        .filter(|(key, health)| reported.get(*key) != Some(*health))
+        .map(|((service, port), health)| HealthChange {
+            service: service.clone(),
+            port: *port,
+            health: *health,
+        })
+        .collect()
+}
+
+/// Where peers reach this node: the configured `advertise`, else the inbound listener's
+/// address, else (it listens on a wildcard) the local address this host uses towards the
+/// control plane, with the inbound port.
+async fn advertised(local: &Registration, servers: &[String]) -> Result<SocketAddr, String> {
+    if let Some(address) = local.advertise {
+        return Ok(address);
+    }
+    if !local.inbound.ip().is_unspecified() {
+        return Ok(local.inbound);
+    }
+    for server in servers {
+        let Ok(mut targets) = tokio::net::lookup_host(server.as_str()).await else {
+            continue;
+        };
+        let Some(target) = targets.next() else {
+            continue;
+        };
+        let any = if target.is_ipv4() {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        };
+        // A connected UDP socket sends nothing; it only asks the kernel for the route.
+        let Ok(socket) = tokio::net::UdpSocket::bind(SocketAddr::new(any, 0)).await else {
+            continue;
+        };
+        if socket.connect(target).await.is_ok()
+            && let Ok(address) = socket.local_addr()
+        {
+            return Ok(SocketAddr::new(address.ip(), local.inbound.port()));
+        }
+    }
+    Err("cannot work out this node's address for peers; set `advertise` in the AgentConfig".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_changed_instances_are_reported() {
+        let key = |s: &str| (s.to_string(), 80);
+        let reported = BTreeMap::from([(key("a"), Health::Passing), (key("b"), Health::Passing)]);
+        let now = BTreeMap::from([
+            (key("a"), Health::Passing),
+            (key("b"), Health::Critical),
+            (key("c"), Health::Passing),
+        ]);
+        let names: Vec<_> = changes(&reported, &now)
+            .into_iter()
+            .map(|c| (c.service, c.health))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("b".to_string(), Health::Critical),
+                ("c".to_string(), Health::Passing)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_advertised_address_falls_back_to_the_route_towards_the_control_plane() {
+        let mut local = Registration {
+            node: "n".into(),
+            site: "s".into(),
+            advertise: None,
+            inbound: "0.0.0.0:4143".parse().unwrap(),
+            services: vec![],
+        };
+        let address = advertised(&local, &["127.0.0.1:7400".into()])
+            .await
+            .unwrap();
+        assert_eq!(address, "127.0.0.1:4143".parse().unwrap());
+        local.inbound = "127.0.0.2:4143".parse().unwrap();
+        assert_eq!(
+            advertised(&local, &[]).await.unwrap(),
+            "127.0.0.2:4143".parse().unwrap()
+        );
+        local.advertise = Some("10.200.0.9:4143".parse().unwrap());
+        assert_eq!(
+            advertised(&local, &[]).await.unwrap(),
+            "10.200.0.9:4143".parse().unwrap()
+        );
+    }
+}

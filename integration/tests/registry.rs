@@ -1,0 +1,260 @@
+//! The fleet's registry with real processes: agents register their services with the control
+//! plane, callers reach them by name with no static endpoints, failing health checks and dead
+//! agents take instances out of rotation, and a leader election expires nobody who is alive.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use support::{
+    Process, binary, checked_backend, control_plane, eventually, free_port, get_json, leader,
+    signal, start, who_answers,
+};
+
+/// Lease of the single-node tests: short, so expiry is quick to see.
+const LEASE: Duration = Duration::from_secs(2);
+
+/// An agent hosting `web` on `port`, checked at `/healthz` five times a second.
+fn host(dir: &Path, name: &str, port: u16, control_plane: &[String]) -> Process {
+    let config = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &config,
+        format!(
+            "kind: AgentConfig\nmetadata: {{name: {name}}}\nspec:\n  controlPlane: {control_plane:?}\n  dataDir: {}\n  listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: null, dns: null}}\n  services:\n    - name: web\n      port: {port}\n      check: {{http: /healthz, interval: 200ms, timeout: 150ms, rise: 1, fall: 1}}\n",
+            dir.join(format!("{name}-data")).display()
+        ),
+    )
+    .expect("write config");
+    let config = config.display().to_string();
+    start(&binary("hyphae-agent"), &["--config", &config]).0
+}
+
+/// A calling agent with an upstream port for `web`, and no endpoints of its own.
+fn caller(dir: &Path, control_plane: &[String]) -> (Process, SocketAddr, String) {
+    let upstream = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let config = dir.join("caller.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "kind: AgentConfig\nmetadata: {{name: caller}}\nspec:\n  controlPlane: {control_plane:?}\n  dataDir: {}\n  listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: null, dns: null}}\n  upstreams:\n    - {{listen: \"{upstream}\", service: web}}\n---\nkind: ServicePolicy\nmetadata: {{name: web}}\nspec:\n  loadBalancer: {{policy: round-robin}}\n",
+            dir.join("caller-data").display()
+        ),
+    )
+    .expect("write config");
+    let config = config.display().to_string();
+    let (process, ready) = start(&binary("hyphae-agent"), &["--config", &config]);
+    let admin = ready["ready"]["admin"]
+        .as_str()
+        .expect("admin address")
+        .to_string();
+    (process, upstream, admin)
+}
+
+/// The health of each instance of `web`, by node, as the control plane lists it.
+async fn web_instances(server: &str) -> Vec<(String, String)> {
+    let Some(web) = get_json(server, "/v1/services/web?stale=true").await else {
+        return Vec::new();
+    };
+    web["instances"]
+        .as_array()
+        .map(|instances| {
+            instances
+                .iter()
+                .map(|i| {
+                    (
+                        i["node"].as_str().unwrap_or_default().to_string(),
+                        i["health"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The names of the registered nodes.
+async fn node_names(server: &str) -> Option<BTreeSet<String>> {
+    let nodes = get_json(server, "/v1/nodes?stale=true").await?;
+    Some(
+        nodes
+            .as_array()?
+            .iter()
+            .filter_map(|n| Some(n["name"].as_str()?.to_string()))
+            .collect(),
+    )
+}
+
+/// Whether the next `calls` calls through `upstream` all reach `backend`.
+async fn all_reach(upstream: SocketAddr, backend: &str, calls: usize) -> bool {
+    for _ in 0..calls {
+        if who_answers(upstream).await != backend {
+            return false;
+        }
+    }
+    true
+}
+
+fn strings(items: &[(&str, &str)]) -> Vec<(String, String)> {
+    items
+        .iter()
+        .map(|(a, b)| ((*a).to_string(), (*b).to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_reach_registered_services_by_name_and_follow_health_and_leases() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let nodes = control_plane(
+        dir.path(),
+        1,
+        &format!("  leaseTtl: {}ms\n", LEASE.as_millis()),
+    );
+    let server = nodes[0].address.clone();
+    let servers = vec![server.clone()];
+    let b_healthy = Arc::new(AtomicBool::new(true));
+    let b = checked_backend("b", Arc::clone(&b_healthy)).await;
+    let c = checked_backend("c", Arc::new(AtomicBool::new(true))).await;
+    let host_b = host(dir.path(), "host-b", b.port(), &servers);
+    let host_c = host(dir.path(), "host-c", c.port(), &servers);
+    let (_caller, upstream, admin) = caller(dir.path(), &servers);
+
+    eventually("both instances of web to register and pass", || async {
+        web_instances(&server).await == strings(&[("host-b", "passing"), ("host-c", "passing")])
+    })
+    .await;
+    eventually("calls by name to reach both hosts", || async {
+        let mut seen = BTreeSet::new();
+        for _ in 0..6 {
+            seen.insert(who_answers(upstream).await);
+        }
+        seen == BTreeSet::from(["b".to_string(), "c".to_string()])
+    })
+    .await;
+
+    // host-b's check fails: the control plane hears of it and callers stop sending it calls.
+    b_healthy.store(false, Ordering::Release);
+    eventually("host-b to be reported critical", || async {
+        web_instances(&server).await == strings(&[("host-b", "critical"), ("host-c", "passing")])
+    })
+    .await;
+    eventually("every call to go to host-c", || all_reach(upstream, "c", 8)).await;
+    b_healthy.store(true, Ordering::Release);
+    eventually("host-b to pass again", || async {
+        web_instances(&server).await == strings(&[("host-b", "passing"), ("host-c", "passing")])
+    })
+    .await;
+
+    // host-c dies without a word: its lease lapses and it leaves the registry.
+    signal(&host_c, "KILL");
+    let killed = Instant::now();
+    eventually("host-c to expire", || async {
+        node_names(&server)
+            .await
+            .is_some_and(|names| !names.contains("host-c"))
+    })
+    .await;
+    let expired_after = killed.elapsed();
+    assert!(
+        expired_after >= LEASE / 2,
+        "host-c went after {expired_after:?}, before its lease ({LEASE:?}) could lapse"
+    );
+    eventually("every call to go to host-b", || all_reach(upstream, "b", 8)).await;
+
+    // The caller's admin endpoint says it is live on the control plane and registered.
+    let metrics = admin_text(&admin, "/metrics").await;
+    for line in [
+        "hyphae_control_plane_connected 1",
+        "hyphae_control_plane_registered 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
+    assert!(metrics.contains("hyphae_control_plane_staleness_seconds"));
+
+    // host-b stops cleanly: it deregisters on its way out and exits 0.
+    signal(&host_b, "TERM");
+    eventually("host-b to deregister", || async {
+        node_names(&server)
+            .await
+            .is_some_and(|names| !names.contains("host-b"))
+    })
+    .await;
+    let mut host_b = host_b;
+    let status = host_b.0.wait().expect("host-b exits");
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_election_expires_no_live_agent() {
+    let lease = Duration::from_secs(3);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut nodes = control_plane(
+        dir.path(),
+        3,
+        &format!("  leaseTtl: {}ms\n", lease.as_millis()),
+    );
+    let servers: Vec<String> = nodes.iter().map(|n| n.address.clone()).collect();
+    let web = checked_backend("web", Arc::new(AtomicBool::new(true))).await;
+    let _alive = host(dir.path(), "alive", web.port(), &servers);
+    let doomed = host(dir.path(), "doomed", web.port(), &servers);
+    eventually("both agents to register", || async {
+        node_names(&servers[0]).await.is_some_and(|names| {
+            names == BTreeSet::from(["alive".to_string(), "doomed".to_string()])
+        })
+    })
+    .await;
+
+    // The leader and one agent die together.
+    let old = leader(&nodes).await;
+    let index = usize::try_from(old - 1).expect("index");
+    nodes[index].process = None;
+    signal(&doomed, "KILL");
+    drop(doomed);
+    let deadline = Instant::now() + support::DEADLINE;
+    while leader(&nodes).await == old {
+        assert!(Instant::now() < deadline, "no new leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let survivor = nodes
+        .iter()
+        .find(|n| n.process.is_some())
+        .map(|n| n.address.clone())
+        .expect("a survivor");
+
+    // For two leases after the election, the live agent is registered at every look, and the
+    // dead one goes once its lease (granted afresh by the new leader) lapses.
+    let watch_until = Instant::now() + lease * 2;
+    let mut doomed_gone = false;
+    while Instant::now() < watch_until || !doomed_gone {
+        // An unanswered read (the survivor may be mid-election too) tells nothing.
+        if let Some(names) = node_names(&survivor).await {
+            assert!(names.contains("alive"), "the live agent expired: {names:?}");
+            doomed_gone |= !names.contains("doomed");
+        }
+        assert!(
+            watch_until.elapsed() < support::DEADLINE,
+            "the dead agent never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// GETs `path` from an agent's admin port as text.
+async fn admin_text(admin: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(admin)
+        .await
+        .expect("admin connects");
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("request");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.expect("answer");
+    String::from_utf8_lossy(&answer).into_owned()
+}
