@@ -4,6 +4,7 @@
 pub mod apply;
 pub mod client;
 pub mod cluster;
+pub mod completions;
 pub mod diff;
 pub mod get;
 pub mod schema;
@@ -35,6 +36,8 @@ pub enum Command {
     Delete(get::DeleteArgs),
     /// Inspect the control-plane cluster.
     Cluster(cluster::ClusterArgs),
+    /// Print a shell completion script (bash, zsh or fish).
+    Completions(completions::CompletionsArgs),
 }
 
 /// Where the control plane is, for commands that talk to it.
@@ -70,5 +73,6 @@ pub fn run(cli: Cli, out: &mut dyn std::io::Write) -> anyhow::Result<Outcome> {
         Command::Get(args) => get::run_get(&args, out),
         Command::Delete(args) => get::run_delete(&args, out),
         Command::Cluster(args) => cluster::run(&args, out),
+        Command::Completions(args) => completions::run(&args, out),
     }
 }

@@ -140,3 +140,48 @@ fn schema_prints_json_schema_per_kind_and_refuses_unknown_kinds() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("did you mean `Route`?"));
 }
+
+/// True when `program` can be run from `PATH`.
+fn installed(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn completions_name_every_subcommand_in_each_shell_and_bash_parses_them() {
+    use clap::CommandFactory;
+    let command = hyphae_control_plane::cli::Cli::command();
+    let subcommands: Vec<String> = command
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .collect();
+    assert!(subcommands.len() >= 7, "{subcommands:?}");
+    for shell in ["bash", "zsh", "fish"] {
+        let output = hyphae(&["completions", shell]);
+        assert_eq!(output.status.code(), Some(0), "{shell}");
+        let script = stdout(&output);
+        for name in &subcommands {
+            assert!(
+                script.contains(name.as_str()),
+                "{shell} completions do not name `{name}`"
+            );
+        }
+        if shell == "bash" && installed("bash") {
+            let scratch = Scratch::new("completions");
+            let file = scratch.write("hyphae.bash", &script);
+            let check = Command::new("bash")
+                .args(["-n", &file])
+                .output()
+                .expect("run bash -n");
+            assert!(
+                check.status.success(),
+                "bash -n: {}",
+                String::from_utf8_lossy(&check.stderr)
+            );
+        }
+    }
+    let bad = hyphae(&["completions", "tcsh"]);
+    assert_eq!(bad.status.code(), Some(2));
+}
