@@ -5,9 +5,11 @@ pub mod apply;
 pub mod client;
 pub mod cluster;
 pub mod completions;
+pub mod describe;
 pub mod diff;
 pub mod get;
 pub mod schema;
+pub mod table;
 pub mod validate;
 
 use clap::{Args, Parser, Subcommand};
@@ -34,6 +36,8 @@ pub enum Command {
     Get(get::GetArgs),
     /// Delete a stored policy.
     Delete(get::DeleteArgs),
+    /// Show one stored policy, its YAML, and the policies it refers to and is referred to by.
+    Describe(describe::DescribeArgs),
     /// Inspect the control-plane cluster.
     Cluster(cluster::ClusterArgs),
     /// Print a shell completion script (bash, zsh or fish).
@@ -72,6 +76,7 @@ pub fn run(cli: Cli, out: &mut dyn std::io::Write) -> anyhow::Result<Outcome> {
         Command::Apply(args) => apply::run(&args, out),
         Command::Get(args) => get::run_get(&args, out),
         Command::Delete(args) => get::run_delete(&args, out),
+        Command::Describe(args) => describe::run(&args, out),
         Command::Cluster(args) => cluster::run(&args, out),
         Command::Completions(args) => completions::run(&args, out),
     }
