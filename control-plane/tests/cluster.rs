@@ -477,6 +477,20 @@ async fn describe_shows_a_policy_its_yaml_and_what_refers_to_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_serves_its_openapi_document() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = single_node(dir.path()).await;
+    let (status, document) = call("GET", node.address, "/v1/openapi.json", "").await;
+    assert_eq!(status, 200, "{document}");
+    assert_eq!(
+        &document,
+        hyphae_control_plane::openapi::document(),
+        "the served document is the one the library builds"
+    );
+    assert!(document["paths"]["/v1/policies"]["post"].is_object());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_join_as_learners_become_voters_and_leave() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut nodes: Vec<ControlPlane> = (1..=2)
