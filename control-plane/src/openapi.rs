@@ -131,15 +131,10 @@ fn json_content(schema: Value) -> Value {
     json!({ "application/json": { "schema": schema } })
 }
 
-/// An operation's responses: `200` with `ok` (a schema, or `Null` for no body) and, for
-/// anything else, the error body.
+/// An operation's responses: `200` with `ok`'s schema and, for anything else, the error body.
 fn responses(description: &str, ok: Value, error: &Value) -> Value {
-    let mut success = json!({ "description": description });
-    if !ok.is_null() {
-        success["content"] = json_content(ok);
-    }
     json!({
-        "200": success,
+        "200": { "description": description, "content": json_content(ok) },
         "default": {
             "description": "The request failed; `code` says why.",
             "content": json_content(error.clone()),
@@ -278,6 +273,26 @@ fn build() -> Value {
             "responses": responses("The services, by name.", array(schema::<ServiceSummary>(g)), &error),
         }}),
     );
+    let service = schema::<ServiceSummary>(g);
+    paths.insert(
+        "/v1/services/{name}".into(),
+        json!({ "get": {
+            "operationId": "getService",
+            "summary": "One registered service with its instances",
+            "parameters": [path_param("name", "The service's name.", string.clone()), stale()],
+            "responses": responses("The service.", service, &error),
+        }}),
+    );
+    let node_record = schema::<NodeRecord>(g);
+    paths.insert(
+        "/v1/nodes/{name}".into(),
+        json!({ "get": {
+            "operationId": "getNode",
+            "summary": "One registered node with its instances",
+            "parameters": [path_param("name", "The node's name.", string.clone()), stale()],
+            "responses": responses("The node.", node_record, &error),
+        }}),
+    );
     paths.insert(
         "/v1/nodes".into(),
         json!({ "get": {
@@ -310,16 +325,16 @@ fn build() -> Value {
             "reportHealth",
             "An agent reports instances' health changes (404 `unknown-node`: register again)",
             schema::<HealthReport>(g),
-            "Recorded.",
-            Value::Null,
+            "Recorded; `changed` counts instances whose health changed.",
+            command.clone(),
         ),
         (
             DEREGISTER_PATH,
             "deregisterAgent",
             "An agent leaves the registry as it stops",
             heartbeat,
-            "Removed.",
-            Value::Null,
+            "Removed; `existed` says whether it was registered.",
+            command.clone(),
         ),
     ] {
         paths.insert(
@@ -379,7 +394,7 @@ mod tests {
     use super::*;
 
     /// Every path and method the API serves.
-    const OPERATIONS: [(&str, &str); 16] = [
+    const OPERATIONS: [(&str, &str); 18] = [
         ("/v1/policies", "post"),
         ("/v1/policies", "get"),
         ("/v1/policies/{kind}/{name}", "get"),
@@ -390,6 +405,8 @@ mod tests {
         ("/v1/cluster/transfer-leader", "post"),
         ("/v1/services", "get"),
         ("/v1/nodes", "get"),
+        ("/v1/services/{name}", "get"),
+        ("/v1/nodes/{name}", "get"),
         ("/v1/agent/register", "post"),
         ("/v1/agent/heartbeat", "post"),
         ("/v1/agent/health", "post"),
@@ -430,7 +447,7 @@ mod tests {
             assert!(operation["responses"]["200"].is_object(), "{method} {path}");
         }
         let listed = parsed["paths"].as_object().unwrap().len();
-        assert_eq!(listed, 14, "a path the test does not know of");
+        assert_eq!(listed, 16, "a path the test does not know of");
     }
 
     #[test]

@@ -477,6 +477,44 @@ async fn describe_shows_a_policy_its_yaml_and_what_refers_to_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_and_nodes_list_what_agents_registered() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = single_node(dir.path()).await;
+    let server = node.address;
+    for (name, site, health) in [
+        ("app-1", "eu-west", "passing"),
+        ("app-2", "us-east", "critical"),
+    ] {
+        let registration = format!(
+            r#"{{"name":"{name}","site":"{site}","address":"127.0.0.1:4143","agentVersion":"0.1.0","instances":[{{"service":"catalog","port":9000,"protocol":"grpc","health":"{health}"}}]}}"#
+        );
+        let (status, answer) = call("POST", server, "/v1/agent/register", &registration).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+
+    let (code, text) = hyphae(server, &["services"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(
+        squeeze(&text),
+        "NAME PROTOCOL INSTANCES NODES\ncatalog grpc 1/2 app-1,app-2\n"
+    );
+    let (code, text) = hyphae(server, &["nodes", "--stale"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.starts_with("NAME "), "{text}");
+    assert!(
+        squeeze(&text).contains("\napp-2 us-east 127.0.0.1:4143 0.1.0 1 "),
+        "{text}"
+    );
+    let (code, text) = hyphae(server, &["nodes", "-o", "json"]);
+    assert_eq!(code, Some(0), "{text}");
+    let nodes: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(nodes[1]["instances"][0]["health"], "critical", "{nodes}");
+    let (code, text) = hyphae(server, &["services", "-o", "yaml"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("name: catalog"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_serves_its_openapi_document() {
     let dir = tempfile::tempdir().expect("temp dir");
     let node = single_node(dir.path()).await;
