@@ -197,6 +197,9 @@ async fn route(node: &Node, request: &ApiRequest) -> Result<Response<Full<Bytes>
     let segments: Vec<&str> = request.path.trim_matches('/').split('/').collect();
     match (&request.method, segments.as_slice()) {
         (&Method::GET, ["v1", "cluster"]) => Ok(cluster(node).await),
+        (&Method::GET, ["v1", "openapi.json"]) => {
+            Ok(json_response(StatusCode::OK, crate::openapi::document()))
+        }
         (&Method::POST, ["v1", "cluster", "members"]) => change_members(node, request, None).await,
         (&Method::DELETE, ["v1", "cluster", "members", id]) => {
             change_members(node, request, Some(id)).await

@@ -4,9 +4,13 @@
 pub mod apply;
 pub mod client;
 pub mod cluster;
+pub mod completions;
+pub mod describe;
 pub mod diff;
 pub mod get;
+pub mod registry;
 pub mod schema;
+pub mod table;
 pub mod validate;
 
 use clap::{Args, Parser, Subcommand};
@@ -33,8 +37,16 @@ pub enum Command {
     Get(get::GetArgs),
     /// Delete a stored policy.
     Delete(get::DeleteArgs),
+    /// Show one stored policy, its YAML, and the policies it refers to and is referred to by.
+    Describe(describe::DescribeArgs),
+    /// List registered services: protocol, instances passing/total, the nodes hosting them.
+    Services(registry::RegistryArgs),
+    /// List registered nodes: site, address, agent version, instances, revision.
+    Nodes(registry::RegistryArgs),
     /// Inspect the control-plane cluster.
     Cluster(cluster::ClusterArgs),
+    /// Print a shell completion script (bash, zsh or fish).
+    Completions(completions::CompletionsArgs),
 }
 
 /// Where the control plane is, for commands that talk to it.
@@ -69,6 +81,10 @@ pub fn run(cli: Cli, out: &mut dyn std::io::Write) -> anyhow::Result<Outcome> {
         Command::Apply(args) => apply::run(&args, out),
         Command::Get(args) => get::run_get(&args, out),
         Command::Delete(args) => get::run_delete(&args, out),
+        Command::Describe(args) => describe::run(&args, out),
+        Command::Services(args) => registry::run_services(&args, out),
+        Command::Nodes(args) => registry::run_nodes(&args, out),
         Command::Cluster(args) => cluster::run(&args, out),
+        Command::Completions(args) => completions::run(&args, out),
     }
 }

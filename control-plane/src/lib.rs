@@ -13,7 +13,8 @@
 //! [`state::State::apply`] → the response and the new revision.
 //! - [`config`] reads a node's `ControlPlaneConfig`; [`node`] starts Raft on the store;
 //!   [`network`] carries Raft RPCs over HTTP/2; [`api`] serves peers and the admin API
-//!   (`/v1/policies`, `/v1/cluster`). Agent registration and watch streams land here next.
+//!   (`/v1/policies`, `/v1/cluster`), described by [`openapi`] at `/v1/openapi.json`. Agent
+//!   registration and watch streams land here next.
 
 pub mod api;
 pub mod changes;
@@ -22,6 +23,7 @@ pub mod config;
 pub mod lease;
 pub mod network;
 pub mod node;
+pub mod openapi;
 pub mod raft;
 pub mod registry;
 pub mod state;

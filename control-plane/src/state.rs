@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use hyphae_policies::registry::{HealthChange, NodeRecord};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// One policy document as an operator applied it: the YAML text of that single document, with
@@ -20,7 +21,7 @@ pub struct PolicyDocument {
 }
 
 /// A policy as the replicated state holds it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StoredPolicy {
     /// The document's `kind`.
     pub kind: String,
@@ -136,7 +137,7 @@ impl Command {
 }
 
 /// What applying one log entry did, returned to the client that proposed it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "response", rename_all = "snake_case")]
 pub enum CommandResponse {
     /// The entry carried no command (a leader's blank entry or a membership change).

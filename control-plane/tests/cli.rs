@@ -1,4 +1,5 @@
-//! The `hyphae` binary as operators run it: real process, real files, exit codes and output.
+//! The `hyphae` binary as operators run it: real process, real files, exit codes and output;
+//! a canned HTTP server on a real socket stands in for control planes the registry commands meet.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -139,4 +140,138 @@ fn schema_prints_json_schema_per_kind_and_refuses_unknown_kinds() {
     let bad = hyphae(&["schema", "Rout"]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("did you mean `Route`?"));
+}
+
+/// True when `program` can be run from `PATH`.
+fn installed(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn completions_name_every_subcommand_in_each_shell_and_bash_parses_them() {
+    use clap::CommandFactory;
+    let command = hyphae_control_plane::cli::Cli::command();
+    let subcommands: Vec<String> = command
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .collect();
+    assert!(subcommands.len() >= 7, "{subcommands:?}");
+    for shell in ["bash", "zsh", "fish"] {
+        let output = hyphae(&["completions", shell]);
+        assert_eq!(output.status.code(), Some(0), "{shell}");
+        let script = stdout(&output);
+        for name in &subcommands {
+            assert!(
+                script.contains(name.as_str()),
+                "{shell} completions do not name `{name}`"
+            );
+        }
+        if shell == "bash" && installed("bash") {
+            let scratch = Scratch::new("completions");
+            let file = scratch.write("hyphae.bash", &script);
+            let check = Command::new("bash")
+                .args(["-n", &file])
+                .output()
+                .expect("run bash -n");
+            assert!(
+                check.status.success(),
+                "bash -n: {}",
+                String::from_utf8_lossy(&check.stderr)
+            );
+        }
+    }
+    let bad = hyphae(&["completions", "tcsh"]);
+    assert_eq!(bad.status.code(), Some(2));
+}
+
+/// A stand-in control plane on a real socket that answers every request with `status` and
+/// `body` and reports each request line. It stops with the test's runtime.
+async fn canned_server(
+    status: &'static str,
+    body: &'static str,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let (requests, seen) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let mut stream = BufReader::new(stream);
+            let mut line = String::new();
+            let mut request_line = None;
+            while stream.read_line(&mut line).await.is_ok_and(|n| n > 0) && line != "\r\n" {
+                request_line.get_or_insert_with(|| line.trim_end().to_string());
+                line.clear();
+            }
+            let _ = requests.send(request_line.unwrap_or_default());
+            let answer = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.get_mut().write_all(answer.as_bytes()).await;
+        }
+    });
+    (address, seen)
+}
+
+async fn hyphae_at(server: std::net::SocketAddr, args: &[&str]) -> Output {
+    let mut args: Vec<String> = args.iter().map(|a| (*a).to_string()).collect();
+    args.extend(["--server".to_string(), server.to_string()]);
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        hyphae(&args)
+    })
+    .await
+    .expect("run hyphae")
+}
+
+#[tokio::test]
+async fn services_and_nodes_say_when_the_control_plane_is_too_old_to_list_them() {
+    let (server, _) = canned_server(
+        "404 Not Found",
+        r#"{"code":"unknown-path","message":"no API at GET /v1/services"}"#,
+    )
+    .await;
+    for (command, path) in [("services", "/v1/services"), ("nodes", "/v1/nodes")] {
+        let output = hyphae_at(server, &[command]).await;
+        let error = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{error}");
+        assert!(
+            error.contains(&format!(
+                "does not serve GET {path}: it is older than this hyphae CLI"
+            )),
+            "{error}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn nodes_reads_the_registry_as_a_table_or_json_with_stale_reads_passed_on() {
+    const NODES: &str = r#"[{"name":"app-1","site":"us-east","address":"10.0.0.2:4143","agentVersion":"0.1.0","instances":[{"service":"catalog","port":9000,"protocol":"grpc","health":"critical"}],"revision":17}]"#;
+    let (server, mut requests) = canned_server("200 OK", NODES).await;
+    let output = hyphae_at(server, &["nodes", "--stale"]).await;
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert_eq!(
+        stdout(&output),
+        "NAME   SITE     ADDRESS        VERSION  INSTANCES  REVISION\napp-1  us-east  10.0.0.2:4143  0.1.0    1          17\n"
+    );
+    assert_eq!(
+        requests.recv().await.as_deref(),
+        Some("GET /v1/nodes?stale=true HTTP/1.1")
+    );
+    let output = hyphae_at(server, &["nodes", "-o", "json"]).await;
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(json[0]["instances"][0]["health"], "critical");
+    assert_eq!(
+        requests.recv().await.as_deref(),
+        Some("GET /v1/nodes HTTP/1.1")
+    );
 }

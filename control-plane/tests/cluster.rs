@@ -309,16 +309,15 @@ fn hyphae(server: SocketAddr, args: &[&str]) -> (Option<i32>, String) {
     (output.status.code(), text)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cli_applies_diffs_gets_and_deletes_against_a_single_node() {
-    let dir = tempfile::tempdir().expect("temp dir");
+/// A one-node cluster in `dir`, started, initialized and leading.
+async fn single_node(dir: &std::path::Path) -> ControlPlane {
     let port = free_port();
-    let config = dir.path().join("solo.yaml");
+    let config = dir.join("solo.yaml");
     std::fs::write(
         &config,
         format!(
             "kind: ControlPlaneConfig\nmetadata: {{name: solo}}\nspec:\n  id: 1\n  listen: 127.0.0.1:{port}\n  dataDir: {}\n",
-            dir.path().join("data").display()
+            dir.join("data").display()
         ),
     )
     .expect("write config");
@@ -333,6 +332,13 @@ async fn the_cli_applies_diffs_gets_and_deletes_against_a_single_node() {
         leader_seen_by(&node).await == Some(1)
     })
     .await;
+    node
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_applies_diffs_gets_and_deletes_against_a_single_node() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut node = single_node(dir.path()).await;
     let server = node.address;
     let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/examples");
 
@@ -412,6 +418,114 @@ async fn the_cli_applies_diffs_gets_and_deletes_against_a_single_node() {
         assert!(Instant::now() < deadline, "node did not stop on SIGTERM");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// `text` with each run of spaces made one, so assertions do not depend on column widths.
+fn squeeze(text: &str) -> String {
+    let words: Vec<&str> = text.split(' ').filter(|w| !w.is_empty()).collect();
+    words.join(" ")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_shows_a_policy_its_yaml_and_what_refers_to_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = single_node(dir.path()).await;
+    let server = node.address;
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/examples");
+    let (code, text) = hyphae(server, &["apply", "-f", examples]);
+    assert_eq!(code, Some(0), "{text}");
+    let (_, stored) = call("GET", server, "/v1/policies/Route/catalog-canary", "").await;
+
+    let (code, text) = hyphae(server, &["describe", "Route", "catalog-canary"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.starts_with(&format!(
+            "Kind:      Route\nName:      catalog-canary\nRevision:  {}\n",
+            stored["revision"]
+        )),
+        "{text}"
+    );
+    assert!(
+        squeeze(&text).contains(
+            "spec.rules[1].backends[0] backend catalog [version=v1], weight 90 ServicePolicy/catalog"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("Other policies of the same service:\n  AccessPolicy/catalog\n"),
+        "{text}"
+    );
+    let source = stored["source"].as_str().expect("source");
+    assert!(text.ends_with(&format!("---\n{source}")), "{text}");
+
+    let (code, text) = hyphae(server, &["describe", "ServicePolicy", "catalog", "--stale"]);
+    assert_eq!(code, Some(0), "{text}");
+    for referrer in [
+        "Route/catalog-canary spec.service routes calls to catalog",
+        "AccessPolicy/catalog spec.service who may call catalog",
+        "AccessPolicy/payments spec.rules[0].from[0] allows catalog",
+    ] {
+        assert!(squeeze(&text).contains(referrer), "{referrer}: {text}");
+    }
+
+    let (code, text) = hyphae(server, &["describe", "Route", "nothing"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("no Route named `nothing`"), "{text}");
+    let (code, text) = hyphae(server, &["describe", "Rout", "catalog-canary"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("did you mean `Route`?"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_and_nodes_list_what_agents_registered() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = single_node(dir.path()).await;
+    let server = node.address;
+    for (name, site, health) in [
+        ("app-1", "eu-west", "passing"),
+        ("app-2", "us-east", "critical"),
+    ] {
+        let registration = format!(
+            r#"{{"name":"{name}","site":"{site}","address":"127.0.0.1:4143","agentVersion":"0.1.0","instances":[{{"service":"catalog","port":9000,"protocol":"grpc","health":"{health}"}}]}}"#
+        );
+        let (status, answer) = call("POST", server, "/v1/agent/register", &registration).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+
+    let (code, text) = hyphae(server, &["services"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(
+        squeeze(&text),
+        "NAME PROTOCOL INSTANCES NODES\ncatalog grpc 1/2 app-1,app-2\n"
+    );
+    let (code, text) = hyphae(server, &["nodes", "--stale"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.starts_with("NAME "), "{text}");
+    assert!(
+        squeeze(&text).contains("\napp-2 us-east 127.0.0.1:4143 0.1.0 1 "),
+        "{text}"
+    );
+    let (code, text) = hyphae(server, &["nodes", "-o", "json"]);
+    assert_eq!(code, Some(0), "{text}");
+    let nodes: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(nodes[1]["instances"][0]["health"], "critical", "{nodes}");
+    let (code, text) = hyphae(server, &["services", "-o", "yaml"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("name: catalog"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_serves_its_openapi_document() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = single_node(dir.path()).await;
+    let (status, document) = call("GET", node.address, "/v1/openapi.json", "").await;
+    assert_eq!(status, 200, "{document}");
+    assert_eq!(
+        &document,
+        hyphae_control_plane::openapi::document(),
+        "the served document is the one the library builds"
+    );
+    assert!(document["paths"]["/v1/policies"]["post"].is_object());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,12 +3,13 @@
 
 use std::fmt;
 
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::tree::{Node, Pos, Value};
 
 /// How bad a finding is: errors reject the set, warnings do not.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     /// The set must not be applied.
@@ -150,7 +151,7 @@ impl Issue {
 }
 
 /// A located problem in a file: what `hyphae validate` prints and the admin API returns.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
 pub struct Diagnostic {
     /// Error or warning.
     pub severity: Severity,

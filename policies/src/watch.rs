@@ -2,12 +2,13 @@
 //! JSON events that carry stored policies to agents. Shared by the control plane, which writes
 //! them, and the agent, which reads them.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::registry::NodeRecord;
 
 /// A stored policy as it travels: its identity, canonical YAML and revision.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PolicyRecord {
     /// `kind`.
     pub kind: String,
@@ -20,7 +21,7 @@ pub struct PolicyRecord {
 }
 
 /// One line of the watch stream.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(
     tag = "type",
     rename_all = "lowercase",

@@ -9,6 +9,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 /// Environment variable naming the control-plane node to talk to.
@@ -88,14 +89,34 @@ impl ApiClient {
 
     /// Sends a request and returns the body of a 2xx answer; other answers become errors.
     pub fn expect_ok(&self, method: &str, path: &str, body: &str) -> Result<Value> {
-        let answer = self.send(method, path, body)?;
-        if (200..300).contains(&answer.status) {
-            return Ok(answer.body);
-        }
-        let code = answer.body["code"].as_str().unwrap_or("error");
-        let message = answer.body["message"]
-            .as_str()
-            .unwrap_or("the control plane refused the request");
-        bail!("{message} ({code}, HTTP {})", answer.status)
+        ok_body(self.send(method, path, body)?)
     }
+
+    /// `GET`s an endpoint that older control planes lack and decodes its JSON answer. A 404
+    /// there means "no such API", not "no such object", so the error says to upgrade the node.
+    pub fn get_newer<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let answer = self.send("GET", path, "")?;
+        if answer.status == 404 {
+            let endpoint = path.split('?').next().unwrap_or(path);
+            bail!(
+                "the control plane at {} does not serve GET {endpoint}: it is older than this \
+                 hyphae CLI; upgrade it (or ask a node that runs the newer version)",
+                self.server
+            );
+        }
+        serde_json::from_value(ok_body(answer)?)
+            .with_context(|| format!("the answer to GET {path} is not in the expected form"))
+    }
+}
+
+/// The body of a 2xx answer; any other answer becomes an error with the API's message and code.
+fn ok_body(answer: Answer) -> Result<Value> {
+    if (200..300).contains(&answer.status) {
+        return Ok(answer.body);
+    }
+    let code = answer.body["code"].as_str().unwrap_or("error");
+    let message = answer.body["message"]
+        .as_str()
+        .unwrap_or("the control plane refused the request");
+    bail!("{message} ({code}, HTTP {})", answer.status)
 }

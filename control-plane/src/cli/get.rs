@@ -14,7 +14,7 @@ pub enum Output {
     Table,
     /// The API's JSON.
     Json,
-    /// The stored YAML documents.
+    /// YAML: the stored documents themselves for policies, the records for the registry.
     Yaml,
 }
 

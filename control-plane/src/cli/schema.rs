@@ -14,7 +14,8 @@ pub struct SchemaArgs {
     pub kind: Option<Kind>,
 }
 
-fn parse_kind(name: &str) -> Result<Kind, String> {
+/// A kind by its exact name; an unknown name is refused with the closest kind and the list.
+pub fn parse_kind(name: &str) -> Result<Kind, String> {
     Kind::from_name(name).ok_or_else(|| {
         let hint = hyphae_policies::suggest::closest(name, &Kind::names())
             .map(|k| format!(" (did you mean `{k}`?)"))

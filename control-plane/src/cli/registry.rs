@@ -1,0 +1,238 @@
+//! `hyphae services` and `hyphae nodes`: the fleet's registry as the control plane holds it
+//! (`GET /v1/services`, `GET /v1/nodes`), as a table, JSON or YAML. Read-only.
+
+use std::collections::BTreeSet;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use hyphae_policies::registry::{Health, NodeRecord, ServiceSummary};
+use serde::Serialize;
+
+use super::client::ApiClient;
+use super::get::Output;
+use super::table::table;
+use super::{Outcome, ServerArgs};
+
+/// Path of the service list on a control-plane node.
+pub const SERVICES_PATH: &str = "/v1/services";
+/// Path of the node list on a control-plane node.
+pub const NODES_PATH: &str = "/v1/nodes";
+
+/// Arguments of `hyphae services` and `hyphae nodes`.
+#[derive(Debug, Args)]
+pub struct RegistryArgs {
+    /// Output format (`yaml` prints the records as YAML).
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// Read from the node you talk to without a quorum round (may be slightly behind).
+    #[arg(long)]
+    pub stale: bool,
+    /// Where the control plane is.
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+impl RegistryArgs {
+    fn read<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let query = if self.stale { "?stale=true" } else { "" };
+        ApiClient::new(&self.server.address())?.get_newer(&format!("{path}{query}"))
+    }
+}
+
+/// Runs `hyphae services`.
+pub fn run_services(args: &RegistryArgs, out: &mut dyn std::io::Write) -> Result<Outcome> {
+    let services: Vec<ServiceSummary> = args.read(SERVICES_PATH)?;
+    write(out, args.output, &services, services_table)
+}
+
+/// Runs `hyphae nodes`.
+pub fn run_nodes(args: &RegistryArgs, out: &mut dyn std::io::Write) -> Result<Outcome> {
+    let nodes: Vec<NodeRecord> = args.read(NODES_PATH)?;
+    write(out, args.output, &nodes, nodes_table)
+}
+
+fn write<T: Serialize>(
+    out: &mut dyn std::io::Write,
+    output: Output,
+    records: &[T],
+    table: fn(&[T]) -> String,
+) -> Result<Outcome> {
+    let text = match output {
+        Output::Table => table(records),
+        Output::Json => serde_json::to_string_pretty(records)? + "\n",
+        Output::Yaml => serde_saphyr::to_string(&records).context("encode as YAML")?,
+    };
+    out.write_all(text.as_bytes())?;
+    Ok(Outcome::Success)
+}
+
+/// Services as `NAME PROTOCOL INSTANCES NODES`, instances counted as `passing/total`.
+pub fn services_table(services: &[ServiceSummary]) -> String {
+    let rows = services
+        .iter()
+        .map(|service| {
+            let passing = service
+                .instances
+                .iter()
+                .filter(|i| i.health == Health::Passing)
+                .count();
+            let mut seen = BTreeSet::new();
+            let nodes: Vec<&str> = service
+                .instances
+                .iter()
+                .map(|i| i.node.as_str())
+                .filter(|node| seen.insert(*node))
+                .collect();
+            vec![
+                service.name.clone(),
+                wire_name(&service.protocol),
+                format!("{passing}/{}", service.instances.len()),
+                or_dash(nodes.join(",")),
+            ]
+        })
+        .collect();
+    table(&["NAME", "PROTOCOL", "INSTANCES", "NODES"], rows)
+}
+
+/// Nodes as `NAME SITE ADDRESS VERSION INSTANCES REVISION`.
+pub fn nodes_table(nodes: &[NodeRecord]) -> String {
+    let rows = nodes
+        .iter()
+        .map(|node| {
+            vec![
+                node.name.clone(),
+                node.site.clone(),
+                node.address.to_string(),
+                or_dash(node.agent_version.clone()),
+                node.instances.len().to_string(),
+                node.revision.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "SITE",
+            "ADDRESS",
+            "VERSION",
+            "INSTANCES",
+            "REVISION",
+        ],
+        rows,
+    )
+}
+
+/// A value as it is spelled on the wire (`http`, `grpc`...), so the table and the JSON agree.
+fn wire_name<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => name,
+        _ => "?".to_string(),
+    }
+}
+
+fn or_dash(text: String) -> String {
+    if text.is_empty() { "-".into() } else { text }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use hyphae_policies::Protocol;
+    use hyphae_policies::registry::{InstanceRecord, ServiceInstance};
+
+    use super::*;
+
+    fn instance(node: &str, port: u16, health: Health) -> ServiceInstance {
+        ServiceInstance {
+            node: node.into(),
+            site: "eu-west".into(),
+            address: "10.0.0.1:4143".parse().unwrap(),
+            port,
+            tags: BTreeMap::new(),
+            health,
+        }
+    }
+
+    #[test]
+    fn services_count_passing_instances_and_name_each_node_once() {
+        let services = [
+            ServiceSummary {
+                name: "catalog".into(),
+                protocol: Protocol::Grpc,
+                instances: vec![
+                    instance("app-1", 9000, Health::Passing),
+                    instance("app-1", 9001, Health::Critical),
+                    instance("app-2", 9000, Health::Passing),
+                ],
+            },
+            ServiceSummary {
+                name: "payments-long-name".into(),
+                protocol: Protocol::Http,
+                instances: vec![],
+            },
+        ];
+        assert_eq!(
+            services_table(&services),
+            "\
+NAME                PROTOCOL  INSTANCES  NODES
+catalog             grpc      2/3        app-1,app-2
+payments-long-name  http      0/0        -
+"
+        );
+    }
+
+    #[test]
+    fn nodes_show_site_address_version_instance_count_and_revision() {
+        let nodes = [NodeRecord {
+            name: "web-1".into(),
+            site: "eu-west".into(),
+            address: "10.0.0.7:4143".parse().unwrap(),
+            agent_version: "0.1.0".into(),
+            instances: vec![InstanceRecord {
+                service: "frontend".into(),
+                port: 8080,
+                protocol: Protocol::Http,
+                tags: BTreeMap::new(),
+                health: Health::Passing,
+            }],
+            revision: 42,
+        }];
+        assert_eq!(
+            nodes_table(&nodes),
+            "\
+NAME   SITE     ADDRESS        VERSION  INSTANCES  REVISION
+web-1  eu-west  10.0.0.7:4143  0.1.0    1          42
+"
+        );
+        let unversioned = NodeRecord {
+            agent_version: String::new(),
+            instances: vec![],
+            ..nodes[0].clone()
+        };
+        assert!(nodes_table(&[unversioned]).contains("  -  "));
+    }
+
+    #[test]
+    fn json_and_yaml_carry_the_records_as_the_api_sends_them() {
+        let nodes = vec![NodeRecord {
+            name: "web-1".into(),
+            site: "eu-west".into(),
+            address: "10.0.0.7:4143".parse().unwrap(),
+            agent_version: String::new(),
+            instances: vec![],
+            revision: 3,
+        }];
+        let mut json = Vec::new();
+        write(&mut json, Output::Json, &nodes, nodes_table).unwrap();
+        let back: Vec<NodeRecord> = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back, nodes);
+        let mut yaml = Vec::new();
+        write(&mut yaml, Output::Yaml, &nodes, nodes_table).unwrap();
+        let yaml = String::from_utf8(yaml).unwrap();
+        assert!(
+            yaml.contains("name: web-1") && yaml.contains("revision: 3"),
+            "{yaml}"
+        );
+    }
+}

@@ -1,0 +1,494 @@
+//! The OpenAPI 3.1 description of a node's HTTP API, served at `GET /v1/openapi.json`. Its
+//! schemas are generated from the very types the API and the agent (de)serialize, so the
+//! document cannot drift from the wire; only paths, parameters and prose are written here.
+
+use std::sync::OnceLock;
+
+use hyphae_policies::registry::{
+    DEREGISTER_PATH, HEALTH_PATH, HEARTBEAT_PATH, HealthReport, Heartbeat, Lease, NodeRecord,
+    REGISTER_PATH, ServiceSummary,
+};
+use hyphae_policies::watch::{WATCH_PATH, WatchEvent};
+use hyphae_policies::{Diagnostic, Policy};
+use schemars::generate::SchemaSettings;
+use schemars::{JsonSchema, SchemaGenerator};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::raft::NodeId;
+use crate::state::{CommandResponse, StoredPolicy};
+
+/// Where the document is served.
+pub const OPENAPI_PATH: &str = "/v1/openapi.json";
+
+/// The OpenAPI version the document follows: 3.1 schemas are JSON Schema 2020-12, which is
+/// what schemars generates, so they need no translation.
+pub const OPENAPI_VERSION: &str = "3.1.0";
+
+/// Every failure's body. The API builds it in `api.rs`; declared here so the document can
+/// describe it.
+#[derive(Serialize, JsonSchema)]
+pub struct ErrorBody {
+    /// A stable machine-readable reason (`not-found`, `invalid-policy`, `no-quorum`...).
+    pub code: String,
+    /// What happened and what to do, for people.
+    pub message: String,
+    /// For rejected policies: every problem, with file, line, column and field path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// A cluster member in `GET /v1/cluster`.
+#[derive(Serialize, JsonSchema)]
+pub struct ClusterMember {
+    /// Its Raft node id.
+    pub id: NodeId,
+    /// Its `host:port`.
+    pub address: String,
+}
+
+/// `GET /v1/cluster`: the answering node's view of the cluster.
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterStatus {
+    /// The answering node's id.
+    pub id: NodeId,
+    /// The answering node's name.
+    pub name: String,
+    /// Its Raft role (`Leader`, `Follower`, `Candidate`, `Learner`).
+    pub state: String,
+    /// The leader it knows of, if any.
+    pub leader: Option<NodeId>,
+    /// Its current term.
+    pub term: u64,
+    /// Index of the last entry in its log.
+    pub last_log_index: Option<u64>,
+    /// Index of the last entry it applied.
+    pub last_applied: Option<u64>,
+    /// Its state's revision (equal to the last applied index).
+    pub revision: u64,
+    /// Every member, voters and learners.
+    pub members: Vec<ClusterMember>,
+    /// The voters' ids.
+    pub voters: Vec<NodeId>,
+}
+
+/// `POST /v1/cluster/members`: the node to add.
+#[derive(Serialize, JsonSchema)]
+pub struct NewMember {
+    /// Its node id (`spec.id` in its configuration).
+    pub id: NodeId,
+    /// Its `host:port`.
+    pub address: String,
+}
+
+/// `POST /v1/cluster/transfer-leader`: the voter that should lead.
+#[derive(Serialize, JsonSchema)]
+pub struct TransferLeader {
+    /// The voter's node id.
+    pub id: NodeId,
+}
+
+/// An object a dry run would write.
+#[derive(Serialize, JsonSchema)]
+pub struct PolicyId {
+    /// `kind`.
+    pub kind: String,
+    /// `metadata.name`.
+    pub name: String,
+}
+
+/// `POST /v1/policies?dryRun=true`: what would be written, and the warnings.
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DryRun {
+    /// Always true: nothing was written.
+    pub dry_run: bool,
+    /// Always true: an invalid body is a 422 instead.
+    pub valid: bool,
+    /// The objects the body holds.
+    pub objects: Vec<PolicyId>,
+    /// Findings that do not block the write.
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// The document, built once per process.
+pub fn document() -> &'static Value {
+    static DOCUMENT: OnceLock<Value> = OnceLock::new();
+    DOCUMENT.get_or_init(build)
+}
+
+/// The `$ref` schema of `T`, registering `T` (and what it uses) as components.
+fn schema<T: JsonSchema>(generator: &mut SchemaGenerator) -> Value {
+    generator.subschema_for::<T>().to_value()
+}
+
+fn array(items: Value) -> Value {
+    json!({ "type": "array", "items": items })
+}
+
+fn json_content(schema: Value) -> Value {
+    json!({ "application/json": { "schema": schema } })
+}
+
+/// An operation's responses: `200` with `ok`'s schema and, for anything else, the error body.
+fn responses(description: &str, ok: Value, error: &Value) -> Value {
+    json!({
+        "200": { "description": description, "content": json_content(ok) },
+        "default": {
+            "description": "The request failed; `code` says why.",
+            "content": json_content(error.clone()),
+        },
+    })
+}
+
+fn query(name: &str, description: &str, schema: Value) -> Value {
+    json!({ "name": name, "in": "query", "required": false, "description": description, "schema": schema })
+}
+
+fn path_param(name: &str, description: &str, schema: Value) -> Value {
+    json!({ "name": name, "in": "path", "required": true, "description": description, "schema": schema })
+}
+
+fn stale() -> Value {
+    query(
+        "stale",
+        "Answer from this node's applied state without a quorum round (may be slightly behind).",
+        json!({ "type": "boolean" }),
+    )
+}
+
+fn build() -> Value {
+    let mut generator = SchemaSettings::draft2020_12()
+        .with(|s| {
+            s.definitions_path = "/components/schemas".into();
+            s.meta_schema = None;
+        })
+        .into_generator();
+    let g = &mut generator;
+    let error = schema::<ErrorBody>(g);
+    let stored = schema::<StoredPolicy>(g);
+    let command = schema::<CommandResponse>(g);
+    let cluster = schema::<ClusterStatus>(g);
+    let lease = schema::<Lease>(g);
+    let string = json!({ "type": "string" });
+
+    let mut paths = serde_json::Map::new();
+    paths.insert(
+        "/v1/policies".into(),
+        json!({
+            "get": {
+                "operationId": "listPolicies",
+                "summary": "Stored policies, with revision and canonical YAML",
+                "parameters": [
+                    query("kind", "Only this kind.", string.clone()),
+                    stale(),
+                ],
+                "responses": responses("The policies.", array(stored.clone()), &error),
+            },
+            "post": {
+                "operationId": "applyPolicies",
+                "summary": "Validate policy documents and write them all in one Raft entry",
+                "description": "The body is one or more YAML documents (`---` apart) or one JSON document. Errors answer 422 with `diagnostics` and nothing is written. `AgentConfig` and `ControlPlaneConfig` are refused: they belong on their node.",
+                "parameters": [query(
+                    "dryRun",
+                    "Only validate, and say what would be written.",
+                    json!({ "type": "boolean" }),
+                )],
+                "requestBody": {
+                    "required": true,
+                    "content": {
+                        "application/yaml": { "schema": string.clone() },
+                        "application/json": { "schema": schema::<Policy>(g) },
+                    },
+                },
+                "responses": responses(
+                    "Written (the revision is the Raft log index), or the dry run's findings.",
+                    json!({ "oneOf": [command.clone(), schema::<DryRun>(g)] }),
+                    &error,
+                ),
+            },
+        }),
+    );
+    let kind = path_param("kind", "The policy's kind.", string.clone());
+    let name = path_param("name", "The policy's name.", string.clone());
+    paths.insert(
+        "/v1/policies/{kind}/{name}".into(),
+        json!({
+            "get": {
+                "operationId": "getPolicy",
+                "summary": "One stored policy",
+                "parameters": [kind.clone(), name.clone(), stale()],
+                "responses": responses("The policy.", stored.clone(), &error),
+            },
+            "delete": {
+                "operationId": "deletePolicy",
+                "summary": "Delete one policy; the answer says whether it existed",
+                "parameters": [kind, name],
+                "responses": responses("Deleted, or there was nothing to delete.", command.clone(), &error),
+            },
+        }),
+    );
+    paths.insert(
+        "/v1/cluster".into(),
+        json!({ "get": {
+            "operationId": "clusterStatus",
+            "summary": "The answering node's view: role, leader, term, indexes, members",
+            "responses": responses("The view.", cluster.clone(), &error),
+        }}),
+    );
+    paths.insert(
+        "/v1/cluster/members".into(),
+        json!({ "post": {
+            "operationId": "addMember",
+            "summary": "Add a node as a learner, let it catch up, then make it a voter",
+            "requestBody": { "required": true, "content": json_content(schema::<NewMember>(g)) },
+            "responses": responses("The cluster after the change.", cluster.clone(), &error),
+        }}),
+    );
+    paths.insert(
+        "/v1/cluster/members/{id}".into(),
+        json!({ "delete": {
+            "operationId": "removeMember",
+            "summary": "Remove a voter",
+            "parameters": [path_param("id", "The node id.", json!({ "type": "integer", "minimum": 0 }))],
+            "responses": responses("The cluster after the change.", cluster.clone(), &error),
+        }}),
+    );
+    paths.insert(
+        "/v1/cluster/transfer-leader".into(),
+        json!({ "post": {
+            "operationId": "transferLeader",
+            "summary": "Hand leadership to another voter once it has caught up",
+            "requestBody": { "required": true, "content": json_content(schema::<TransferLeader>(g)) },
+            "responses": responses("The cluster after the change.", cluster, &error),
+        }}),
+    );
+    paths.insert(
+        "/v1/services".into(),
+        json!({ "get": {
+            "operationId": "listServices",
+            "summary": "Registered services with their instances, node, site and health",
+            "parameters": [stale()],
+            "responses": responses("The services, by name.", array(schema::<ServiceSummary>(g)), &error),
+        }}),
+    );
+    let service = schema::<ServiceSummary>(g);
+    paths.insert(
+        "/v1/services/{name}".into(),
+        json!({ "get": {
+            "operationId": "getService",
+            "summary": "One registered service with its instances",
+            "parameters": [path_param("name", "The service's name.", string.clone()), stale()],
+            "responses": responses("The service.", service, &error),
+        }}),
+    );
+    let node_record = schema::<NodeRecord>(g);
+    paths.insert(
+        "/v1/nodes/{name}".into(),
+        json!({ "get": {
+            "operationId": "getNode",
+            "summary": "One registered node with its instances",
+            "parameters": [path_param("name", "The node's name.", string.clone()), stale()],
+            "responses": responses("The node.", node_record, &error),
+        }}),
+    );
+    paths.insert(
+        "/v1/nodes".into(),
+        json!({ "get": {
+            "operationId": "listNodes",
+            "summary": "Registered nodes with their instances",
+            "parameters": [stale()],
+            "responses": responses("The nodes, by name.", array(schema::<NodeRecord>(g)), &error),
+        }}),
+    );
+    let heartbeat = schema::<Heartbeat>(g);
+    for (path, id, summary, body, ok, answer) in [
+        (
+            REGISTER_PATH,
+            "registerAgent",
+            "An agent registers its node and instances",
+            schema::<NodeRecord>(g),
+            "The node's lease.",
+            lease.clone(),
+        ),
+        (
+            HEARTBEAT_PATH,
+            "heartbeat",
+            "An agent renews its lease (404 `unknown-node`: register again)",
+            heartbeat.clone(),
+            "The renewed lease.",
+            lease,
+        ),
+        (
+            HEALTH_PATH,
+            "reportHealth",
+            "An agent reports instances' health changes (404 `unknown-node`: register again)",
+            schema::<HealthReport>(g),
+            "Recorded; `changed` counts instances whose health changed.",
+            command.clone(),
+        ),
+        (
+            DEREGISTER_PATH,
+            "deregisterAgent",
+            "An agent leaves the registry as it stops",
+            heartbeat,
+            "Removed; `existed` says whether it was registered.",
+            command.clone(),
+        ),
+    ] {
+        paths.insert(
+            path.into(),
+            json!({ "post": {
+                "operationId": id,
+                "summary": summary,
+                "requestBody": { "required": true, "content": json_content(body) },
+                "responses": responses(ok, answer, &error),
+            }}),
+        );
+    }
+    paths.insert(
+        WATCH_PATH.into(),
+        json!({ "get": {
+            "operationId": "watch",
+            "summary": "A long-lived stream of newline-delimited JSON events: a snapshot, then a delta per revision and heartbeats",
+            "parameters": [query(
+                "since",
+                "The revision the reader holds (the stream still opens with a snapshot).",
+                json!({ "type": "integer", "minimum": 0 }),
+            )],
+            "responses": {
+                "200": {
+                    "description": "One `WatchEvent` per line, for as long as the connection lasts.",
+                    "content": { "application/x-ndjson": { "schema": schema::<WatchEvent>(g) } },
+                },
+            },
+        }}),
+    );
+    paths.insert(
+        OPENAPI_PATH.into(),
+        json!({ "get": {
+            "operationId": "openapi",
+            "summary": "This document",
+            "responses": { "200": {
+                "description": "The OpenAPI 3.1 description of the API.",
+                "content": json_content(json!({ "type": "object" })),
+            }},
+        }}),
+    );
+
+    json!({
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "hyphae control plane",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Admin API (policies, registry, cluster) and agent API (registration, heartbeats, health, watch) of a hyphae control-plane node. Reads are linearizable unless `stale` is set; followers forward writes to the leader.",
+        },
+        "paths": paths,
+        "components": { "schemas": generator.take_definitions(true) },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every path and method the API serves.
+    const OPERATIONS: [(&str, &str); 18] = [
+        ("/v1/policies", "post"),
+        ("/v1/policies", "get"),
+        ("/v1/policies/{kind}/{name}", "get"),
+        ("/v1/policies/{kind}/{name}", "delete"),
+        ("/v1/cluster", "get"),
+        ("/v1/cluster/members", "post"),
+        ("/v1/cluster/members/{id}", "delete"),
+        ("/v1/cluster/transfer-leader", "post"),
+        ("/v1/services", "get"),
+        ("/v1/nodes", "get"),
+        ("/v1/services/{name}", "get"),
+        ("/v1/nodes/{name}", "get"),
+        ("/v1/agent/register", "post"),
+        ("/v1/agent/heartbeat", "post"),
+        ("/v1/agent/health", "post"),
+        ("/v1/agent/deregister", "post"),
+        ("/v1/agent/watch", "get"),
+        ("/v1/openapi.json", "get"),
+    ];
+
+    fn refs<'a>(value: &'a Value, found: &mut Vec<&'a str>) {
+        match value {
+            Value::Object(map) => {
+                for (key, value) in map {
+                    match (key.as_str(), value) {
+                        ("$ref", Value::String(target)) => found.push(target),
+                        _ => refs(value, found),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|v| refs(v, found)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_document_is_openapi_3_1_and_lists_every_operation() {
+        let text = serde_json::to_string(document()).unwrap();
+        let parsed: Value = serde_json::from_str(&text).unwrap();
+        assert!(
+            parsed["openapi"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("3.1.")),
+            "{}",
+            parsed["openapi"]
+        );
+        for (path, method) in OPERATIONS {
+            let operation = &parsed["paths"][path][method];
+            assert!(operation.is_object(), "{method} {path} is missing");
+            assert!(operation["responses"]["200"].is_object(), "{method} {path}");
+        }
+        let listed = parsed["paths"].as_object().unwrap().len();
+        assert_eq!(listed, 16, "a path the test does not know of");
+    }
+
+    #[test]
+    fn every_ref_resolves_to_a_component() {
+        let document = document();
+        let mut found = Vec::new();
+        refs(document, &mut found);
+        assert!(found.len() > 20, "only {} references", found.len());
+        for target in found {
+            let pointer = target
+                .strip_prefix("#/components/schemas/")
+                .map(|_| &target[1..]);
+            assert!(
+                pointer.is_some(),
+                "`{target}` points outside the components"
+            );
+            assert!(
+                pointer.and_then(|p| document.pointer(p)).is_some(),
+                "`{target}` does not resolve"
+            );
+        }
+        let schemas = document["components"]["schemas"].as_object().unwrap();
+        for name in [
+            "StoredPolicy",
+            "CommandResponse",
+            "ErrorBody",
+            "Diagnostic",
+            "NodeRecord",
+            "ServiceSummary",
+            "WatchEvent",
+            "PolicyRecord",
+            "Lease",
+        ] {
+            assert!(schemas.contains_key(name), "no component `{name}`");
+        }
+        for name in schemas.keys() {
+            assert!(
+                name.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
+                "`{name}` is not a valid OpenAPI component name"
+            );
+        }
+    }
+}
