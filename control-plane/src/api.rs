@@ -484,24 +484,39 @@ async fn forward(node: &Node, request: &ApiRequest, leader: &str) -> Response<Fu
     }
 }
 
+/// A member as `GET /v1/cluster` shows it.
 #[derive(Serialize)]
 struct Member {
     id: NodeId,
     address: String,
+    /// Whether it votes (otherwise it is a learner).
+    voter: bool,
+    /// Entries the leader has that it has not confirmed; only in the leader's view.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lag: Option<u64>,
 }
 
-/// `GET /v1/cluster`: this node's view — its role, the leader, term, indexes, members.
+/// `GET /v1/cluster`: this node's view — its role, the leader, term, indexes, the snapshot and
+/// compaction point, members (with their replication lag when this node leads).
 async fn cluster(node: &Node) -> Response<Full<Bytes>> {
     let metrics = node.raft.metrics().borrow().clone();
+    let membership = metrics.membership_config.membership();
     let members: Vec<Member> = metrics
         .membership_config
         .nodes()
         .map(|(id, n)| Member {
             id: *id,
             address: n.addr.clone(),
+            voter: membership.voter_ids().any(|v| v == *id),
+            lag: metrics.replication.as_ref().map(|replication| {
+                lag(
+                    metrics.last_log_index,
+                    replication.get(id).copied().flatten(),
+                )
+            }),
         })
         .collect();
-    let voters: Vec<NodeId> = metrics.membership_config.membership().voter_ids().collect();
+    let voters: Vec<NodeId> = membership.voter_ids().collect();
     let revision = node.state.read(|state| state.revision()).await;
     json_response(
         StatusCode::OK,
@@ -513,11 +528,23 @@ async fn cluster(node: &Node) -> Response<Full<Bytes>> {
             "term": metrics.current_term,
             "lastLogIndex": metrics.last_log_index,
             "lastApplied": metrics.last_applied.map(|l| l.index),
+            "snapshot": metrics.snapshot.map(|l| l.index),
+            "purged": metrics.purged.map(|l| l.index),
             "revision": revision,
             "members": members,
             "voters": voters,
         }),
     )
+}
+
+/// How many of the leader's entries a member has not confirmed: the leader's last log index
+/// minus the member's matched index (every entry when nothing matched yet; indexes start at 0).
+fn lag(last_log_index: Option<u64>, matched: Option<crate::raft::LogId>) -> u64 {
+    match (last_log_index, matched) {
+        (None, _) => 0,
+        (Some(last), Some(matched)) => last.saturating_sub(matched.index),
+        (Some(last), None) => last.saturating_add(1),
+    }
 }
 
 fn json_response<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {

@@ -37,6 +37,14 @@ pub struct ControlPlaneConfigSpec {
     pub election_timeout_max: Duration,
     /// Longest a write waits for a quorum before the API answers 503. Default `5s`.
     pub write_timeout: Duration,
+    /// Log entries applied since the last snapshot after which the node builds a new one, so
+    /// the log can be compacted and the disk does not grow without end; at least 1. Default
+    /// `5000`.
+    pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot when the log is compacted, so a follower that lags
+    /// by fewer than this catches up from the log instead of receiving the whole state.
+    /// Default `1000`.
+    pub logs_kept_after_snapshot: u64,
 }
 
 impl Default for ControlPlaneConfigSpec {
@@ -51,6 +59,8 @@ impl Default for ControlPlaneConfigSpec {
             election_timeout_min: Duration::from_secs(1),
             election_timeout_max: Duration::from_secs(2),
             write_timeout: Duration::from_secs(5),
+            snapshot_every: 5_000,
+            logs_kept_after_snapshot: 1_000,
         }
     }
 }

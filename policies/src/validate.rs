@@ -692,6 +692,9 @@ fn check_control_plane_config(
     }
     c.positive(path.key("heartbeatInterval"), spec.heartbeat_interval);
     c.positive(path.key("writeTimeout"), spec.write_timeout);
+    if spec.snapshot_every == 0 {
+        c.error(path.key("snapshotEvery"), "must be at least 1");
+    }
     if spec.election_timeout_min >= spec.election_timeout_max {
         c.error(
             path.key("electionTimeoutMax"),
