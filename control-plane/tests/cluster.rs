@@ -2,173 +2,14 @@
 //! writes through any node, reads everywhere, validation with positions, a leader killed and
 //! replaced, a restarted node catching up, and fast 503s without a quorum.
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use serde_json::Value;
-
-/// Every wait gives up after this long.
-const DEADLINE: Duration = Duration::from_secs(30);
-
-struct ControlPlane {
-    id: u64,
-    config: std::path::PathBuf,
-    address: SocketAddr,
-    child: Option<Child>,
-}
-
-impl ControlPlane {
-    fn start(&mut self, init: bool) {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_hyphae-control-plane"));
-        command
-            .arg("--config")
-            .arg(&self.config)
-            .env("HYPHAE_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        if init {
-            command.arg("--init");
-        }
-        let mut child = command.spawn().expect("start hyphae-control-plane");
-        let stdout = child.stdout.take().expect("stdout");
-        let (sender, receiver) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = sender.send(line);
-        });
-        let line = receiver.recv_timeout(DEADLINE).expect("ready line in time");
-        assert!(
-            line.contains("\"ready\""),
-            "node {} did not start: {line:?}",
-            self.id
-        );
-        self.child = Some(child);
-    }
-
-    fn signal(&self, signal: &str) {
-        let pid = self.child.as_ref().expect("running").id();
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.to_string())
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        if self.child.is_some() {
-            // A stopped process cannot die until it is continued.
-            let _ = Command::new("kill")
-                .arg("-CONT")
-                .arg(self.child.as_ref().map_or(0, |c| c.id()).to_string())
-                .status();
-        }
-        self.kill();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn cluster(dir: &std::path::Path) -> Vec<ControlPlane> {
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let members: String = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("    - {{id: {}, address: \"127.0.0.1:{p}\"}}\n", i + 1))
-        .collect();
-    ports
-        .iter()
-        .enumerate()
-        .map(|(i, port)| {
-            let id = i as u64 + 1;
-            let config = dir.join(format!("cp{id}.yaml"));
-            let data = dir.join(format!("data{id}"));
-            std::fs::write(
-                &config,
-                format!(
-                    "kind: ControlPlaneConfig\nmetadata: {{name: cp-{id}}}\nspec:\n  id: {id}\n  listen: 127.0.0.1:{port}\n  dataDir: {}\n  members:\n{members}  heartbeatInterval: 100ms\n  electionTimeoutMin: 500ms\n  electionTimeoutMax: 1s\n  writeTimeout: 2s\n",
-                    data.display()
-                ),
-            )
-            .expect("write config");
-            ControlPlane {
-                id,
-                config,
-                address: SocketAddr::from(([127, 0, 0, 1], *port)),
-                child: None,
-            }
-        })
-        .collect()
-}
-
-/// Sends a request and returns the status and JSON body.
-async fn call(method: &str, address: SocketAddr, path: &str, body: &str) -> (u16, Value) {
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-    let request = http::Request::builder()
-        .method(method)
-        .uri(format!("http://{address}{path}"))
-        .body(Full::new(Bytes::from(body.to_string())))
-        .expect("request");
-    let exchange = async {
-        let response = client.request(request).await.ok()?;
-        let status = response.status().as_u16();
-        let bytes = response.into_body().collect().await.ok()?.to_bytes();
-        Some((
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        ))
-    };
-    tokio::time::timeout(DEADLINE, exchange)
-        .await
-        .expect("answer in time")
-        .unwrap_or((0, Value::Null))
-}
-
-/// Polls until `check` holds, failing after [`DEADLINE`].
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + DEADLINE;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn leader_seen_by(node: &ControlPlane) -> Option<u64> {
-    call("GET", node.address, "/v1/cluster", "").await.1["leader"].as_u64()
-}
-
-fn policy(name: &str, attempts: u32) -> String {
-    format!(
-        "kind: ServicePolicy\nmetadata: {{name: {name}}}\nspec:\n  retries: {{attempts: {attempts}}}\n"
-    )
-}
+use support::{
+    ControlPlane, DEADLINE, call, cluster, eventually, free_port, hyphae, leader_seen_by, policy,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_three_node_cluster_replicates_survives_its_leader_and_refuses_without_quorum() {
@@ -296,17 +137,6 @@ async fn a_three_node_cluster_replicates_survives_its_leader_and_refuses_without
             == 200
     })
     .await;
-}
-
-fn hyphae(server: SocketAddr, args: &[&str]) -> (Option<i32>, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_hyphae"))
-        .args(args)
-        .env("HYPHAE_SERVER", server.to_string())
-        .output()
-        .expect("run hyphae");
-    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&output.stderr));
-    (output.status.code(), text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
