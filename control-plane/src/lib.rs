@@ -13,7 +13,8 @@
 //! [`state::State::apply`] → the response and the new revision.
 //! - [`config`] reads a node's `ControlPlaneConfig`; [`node`] starts Raft on the store;
 //!   [`network`] carries Raft RPCs over HTTP/2; [`api`] serves peers and the admin API
-//!   (`/v1/policies`, `/v1/cluster`). Agent registration and watch streams land here next.
+//!   (`/v1/policies`, `/v1/cluster`); [`transfer`] hands leadership to another voter.
+//!   Agent registration lands here next.
 
 pub mod api;
 pub mod cli;
@@ -23,6 +24,7 @@ pub mod node;
 pub mod raft;
 pub mod state;
 pub mod store;
+pub mod transfer;
 pub mod watch;
 
 /// An error and its causes on one line, for logs and API messages.

@@ -11,6 +11,7 @@ use crate::config::NodeConfig;
 use crate::network::{HttpNetwork, PeerClient, peer_client};
 use crate::raft::{NodeId, Raft};
 use crate::store::{self, StateReader};
+use crate::transfer::Transfers;
 
 /// Name of the Raft store file in the data directory.
 pub const STORE_FILE: &str = "raft.redb";
@@ -25,6 +26,9 @@ pub struct Node {
     pub state: StateReader,
     /// Client for peers (Raft RPCs and forwarded writes).
     pub peers: PeerClient,
+    /// Leadership transfers: the one this node runs as leader, and its elections paused by
+    /// another leader's.
+    pub transfers: Transfers,
 }
 
 impl Node {
@@ -61,6 +65,7 @@ impl Node {
             raft,
             state,
             peers,
+            transfers: Transfers::default(),
         })
     }
 

@@ -1,6 +1,7 @@
 //! A real three-node control-plane cluster of `hyphae-control-plane` processes on loopback:
 //! writes through any node, reads everywhere, validation with positions, a leader killed and
-//! replaced, a restarted node catching up, and fast 503s without a quorum.
+//! replaced, a restarted node catching up, fast 503s without a quorum, members joining and
+//! leaving, and leadership handed to another voter.
 
 mod support;
 
@@ -8,7 +9,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use support::{
-    ControlPlane, DEADLINE, call, cluster, eventually, free_port, hyphae, leader_seen_by, policy,
+    ControlPlane, DEADLINE, agreed_leader, call, cluster, eventually, free_port, hyphae,
+    leader_seen_by, policy, start_cluster,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,4 +328,58 @@ async fn nodes_join_as_learners_become_voters_and_leave() {
         Some(0),
         "a one-node cluster writes alone again: {text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_moves_to_a_chosen_voter_then_to_the_most_caught_up_one() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut nodes = cluster(dir.path());
+    let leader = start_cluster(&mut nodes).await;
+    let others: Vec<&ControlPlane> = nodes.iter().filter(|n| n.id != leader).collect();
+    let (target, bystander) = (others[0].id, others[1].address);
+
+    // Asked through a follower, which forwards to the leader.
+    let (code, text) = hyphae(
+        bystander,
+        &["cluster", "transfer-leader", &target.to_string()],
+    );
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains(&format!("node {target} leads now")), "{text}");
+    assert_eq!(agreed_leader(&nodes).await, target);
+    let (code, body) = call("POST", bystander, "/v1/policies", &policy("after", 1)).await;
+    assert_eq!(code, 200, "writes work under the new leader: {body}");
+
+    let (code, text) = hyphae(bystander, &["cluster", "members"]);
+    assert_eq!(code, Some(0), "{text}");
+    let target_row = text
+        .lines()
+        .find(|l| l.starts_with(&format!("{target} ")))
+        .expect("a row for the new leader");
+    assert!(
+        target_row.contains("voter") && target_row.contains('*'),
+        "{text}"
+    );
+    assert!(
+        !text.lines().skip(1).any(|l| l.ends_with('-')),
+        "the leader's view has every lag: {text}"
+    );
+
+    // Only voters can lead.
+    let (code, body) = call(
+        "POST",
+        bystander,
+        "/v1/cluster/transfer-leader",
+        r#"{"to": 99}"#,
+    )
+    .await;
+    assert_eq!((code, body["code"].as_str()), (409, Some("not-a-voter")));
+
+    // Without a target, leadership goes to another voter.
+    let (code, body) = call("POST", bystander, "/v1/cluster/transfer-leader", "").await;
+    assert_eq!(code, 200, "{body}");
+    let next = body["leader"].as_u64().expect("a leader");
+    assert_ne!(next, target, "{body}");
+    assert_eq!(agreed_leader(&nodes).await, next);
+    let (code, body) = call("POST", bystander, "/v1/policies", &policy("later", 1)).await;
+    assert_eq!(code, 200, "{body}");
 }

@@ -45,6 +45,11 @@ pub struct ControlPlaneConfigSpec {
     /// by fewer than this catches up from the log instead of receiving the whole state.
     /// Default `1000`.
     pub logs_kept_after_snapshot: u64,
+    /// Longest a leadership transfer may take: the target catching up, the voters' leader
+    /// lease running out, the election. Elections and heartbeats paused for a transfer resume
+    /// after this long even if the leader vanished. Longer than `electionTimeoutMax`. Default
+    /// `10s`.
+    pub transfer_timeout: Duration,
 }
 
 impl Default for ControlPlaneConfigSpec {
@@ -61,6 +66,7 @@ impl Default for ControlPlaneConfigSpec {
             write_timeout: Duration::from_secs(5),
             snapshot_every: 5_000,
             logs_kept_after_snapshot: 1_000,
+            transfer_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -704,6 +704,15 @@ fn check_control_plane_config(
             ),
         );
     }
+    if spec.transfer_timeout <= spec.election_timeout_max {
+        c.error(
+            path.key("transferTimeout"),
+            format!(
+                "must be longer than electionTimeoutMax ({}): a transfer waits for the leader lease to run out",
+                spec.election_timeout_max
+            ),
+        );
+    }
     if spec.heartbeat_interval >= spec.election_timeout_min {
         c.error(
             path.key("heartbeatInterval"),
