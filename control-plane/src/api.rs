@@ -26,6 +26,7 @@ use crate::node::Node;
 use crate::raft::NodeId;
 use crate::registry;
 use crate::state::{Command, CommandResponse, PolicyDocument, StoredPolicy};
+use crate::transfer;
 
 /// Every response body: whole JSON answers and long-lived watch streams alike.
 pub type ApiBody = BoxBody<Bytes, Infallible>;
@@ -136,7 +137,10 @@ async fn handle_buffered(node: &Node, request: Request<Incoming>) -> Response<Fu
     let path = parts.uri.path().to_string();
     let query = parts.uri.query().unwrap_or_default().to_string();
     if parts.method == Method::POST
-        && let Some(answer) = serve_rpc(&node.raft, &path, &body).await
+        && let Some(answer) = match serve_rpc(&node.raft, &path, &body).await {
+            Some(answer) => Some(answer),
+            None => transfer::serve_rpc(node, &path, &body).await,
+        }
     {
         return match answer {
             Ok(json) => bytes_response(StatusCode::OK, json, "application/json"),
@@ -203,6 +207,9 @@ async fn route(node: &Node, request: &ApiRequest) -> Result<Response<Full<Bytes>
         (&Method::POST, ["v1", "cluster", "members"]) => change_members(node, request, None).await,
         (&Method::DELETE, ["v1", "cluster", "members", id]) => {
             change_members(node, request, Some(id)).await
+        }
+        (&Method::POST, ["v1", "cluster", "transfer-leader"]) => {
+            transfer_leader(node, request).await
         }
         (&Method::POST | &Method::PUT, ["v1", "policies"]) => apply(node, request).await,
         (&Method::POST, ["v1", "agent", "register"]) => registry::register(node, request).await,
@@ -424,6 +431,57 @@ async fn change_members(
     Ok(cluster(node).await)
 }
 
+/// Path of the leadership transfer; it may take up to `transferTimeout`.
+pub const TRANSFER_PATH: &str = "/v1/cluster/transfer-leader";
+
+/// Body of `POST /v1/cluster/transfer-leader`: the voter to hand leadership to, or none for
+/// the most caught-up one.
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransferTo {
+    to: Option<NodeId>,
+}
+
+/// `POST /v1/cluster/transfer-leader`: the leader hands leadership over (see
+/// [`transfer::transfer`]); followers forward it. Answers with the new cluster view.
+async fn transfer_leader(
+    node: &Node,
+    request: &ApiRequest,
+) -> Result<Response<Full<Bytes>>, Routed> {
+    let body: TransferTo = if request.body.iter().all(u8::is_ascii_whitespace) {
+        TransferTo::default()
+    } else {
+        serde_json::from_slice(&request.body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad-transfer",
+                format!("expected {{\"to\": N}} or {{}}: {e}"),
+            )
+        })?
+    };
+    let metrics = node.raft.metrics().borrow().clone();
+    if metrics.state != openraft::ServerState::Leader {
+        let leader = metrics.current_leader.and_then(|id| {
+            metrics
+                .membership_config
+                .nodes()
+                .find(|(n, _)| **n == id)
+                .map(|(_, n)| n.clone())
+        });
+        return Err(leader_or_unavailable(&ForwardToLeader {
+            leader_id: metrics.current_leader,
+            leader_node: leader,
+        }));
+    }
+    match transfer::transfer(node, body.to).await {
+        Ok(_) => Ok(cluster(node).await),
+        Err(error) => {
+            let (status, code) = error.status();
+            Err(ApiError::new(status, code, error.to_string()).into())
+        }
+    }
+}
+
 /// Linearizable reads (the default) confirm leadership with a quorum first; followers forward
 /// them to the leader. `?stale=true` reads this node's applied state as it is.
 pub(crate) async fn read_barrier(node: &Node, request: &ApiRequest) -> Result<(), Routed> {
@@ -481,7 +539,11 @@ async fn forward(node: &Node, request: &ApiRequest, leader: &str) -> Response<Fu
                 .into_response();
         }
     };
-    let timeout = node.config.spec.write_timeout.get();
+    let timeout = if request.path == TRANSFER_PATH {
+        node.config.spec.transfer_timeout.get() + transfer::ANSWER_SLACK
+    } else {
+        node.config.spec.write_timeout.get()
+    };
     let exchange = async {
         let response = node
             .peers
@@ -504,24 +566,39 @@ async fn forward(node: &Node, request: &ApiRequest, leader: &str) -> Response<Fu
     }
 }
 
+/// A member as `GET /v1/cluster` shows it.
 #[derive(Serialize)]
 struct Member {
     id: NodeId,
     address: String,
+    /// Whether it votes (otherwise it is a learner).
+    voter: bool,
+    /// Entries the leader has that it has not confirmed; only in the leader's view.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lag: Option<u64>,
 }
 
-/// `GET /v1/cluster`: this node's view — its role, the leader, term, indexes, members.
+/// `GET /v1/cluster`: this node's view — its role, the leader, term, indexes, the snapshot and
+/// compaction point, members (with their replication lag when this node leads).
 async fn cluster(node: &Node) -> Response<Full<Bytes>> {
     let metrics = node.raft.metrics().borrow().clone();
+    let membership = metrics.membership_config.membership();
     let members: Vec<Member> = metrics
         .membership_config
         .nodes()
         .map(|(id, n)| Member {
             id: *id,
             address: n.addr.clone(),
+            voter: membership.voter_ids().any(|v| v == *id),
+            lag: metrics.replication.as_ref().map(|replication| {
+                lag(
+                    metrics.last_log_index,
+                    replication.get(id).copied().flatten(),
+                )
+            }),
         })
         .collect();
-    let voters: Vec<NodeId> = metrics.membership_config.membership().voter_ids().collect();
+    let voters: Vec<NodeId> = membership.voter_ids().collect();
     let revision = node.state.read(|state| state.revision()).await;
     json_response(
         StatusCode::OK,
@@ -533,11 +610,23 @@ async fn cluster(node: &Node) -> Response<Full<Bytes>> {
             "term": metrics.current_term,
             "lastLogIndex": metrics.last_log_index,
             "lastApplied": metrics.last_applied.map(|l| l.index),
+            "snapshot": metrics.snapshot.map(|l| l.index),
+            "purged": metrics.purged.map(|l| l.index),
             "revision": revision,
             "members": members,
             "voters": voters,
         }),
     )
+}
+
+/// How many of the leader's entries a member has not confirmed: the leader's last log index
+/// minus the member's matched index (every entry when nothing matched yet; indexes start at 0).
+pub(crate) fn lag(last_log_index: Option<u64>, matched: Option<crate::raft::LogId>) -> u64 {
+    match (last_log_index, matched) {
+        (None, _) => 0,
+        (Some(last), Some(matched)) => last.saturating_sub(matched.index),
+        (Some(last), None) => last.saturating_add(1),
+    }
 }
 
 pub(crate) fn json_response<T: Serialize + ?Sized>(
@@ -562,4 +651,26 @@ fn bytes_response(
         http::HeaderValue::from_static(content_type),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lag;
+    use crate::raft::LogId;
+
+    fn matched(index: u64) -> Option<LogId> {
+        Some(openraft::LogId::new(
+            openraft::CommittedLeaderId::new(1, 1),
+            index,
+        ))
+    }
+
+    #[test]
+    fn lag_counts_the_entries_a_member_has_not_matched() {
+        assert_eq!(lag(Some(10), matched(10)), 0);
+        assert_eq!(lag(Some(10), matched(7)), 3);
+        assert_eq!(lag(Some(10), None), 11, "indexes start at 0");
+        assert_eq!(lag(None, None), 0, "an empty log lacks nothing");
+        assert_eq!(lag(Some(3), matched(5)), 0, "never negative");
+    }
 }

@@ -13,8 +13,8 @@
 //! [`state::State::apply`] → the response and the new revision.
 //! - [`config`] reads a node's `ControlPlaneConfig`; [`node`] starts Raft on the store;
 //!   [`network`] carries Raft RPCs over HTTP/2; [`api`] serves peers and the admin API
-//!   (`/v1/policies`, `/v1/cluster`), described by [`openapi`] at `/v1/openapi.json`. Agent
-//!   registration and watch streams land here next.
+//!   (`/v1/policies`, `/v1/cluster`), described by [`openapi`] at `/v1/openapi.json`;
+//!   [`transfer`] hands leadership to another voter.
 
 pub mod api;
 pub mod changes;
@@ -28,6 +28,7 @@ pub mod raft;
 pub mod registry;
 pub mod state;
 pub mod store;
+pub mod transfer;
 pub mod watch;
 
 /// An error and its causes on one line, for logs and API messages.

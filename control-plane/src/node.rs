@@ -15,13 +15,10 @@ use crate::lease::{self, Leases};
 use crate::network::{HttpNetwork, PeerClient, peer_client};
 use crate::raft::{NodeId, Raft};
 use crate::store::{self, StateReader};
+use crate::transfer::Transfers;
 
 /// Name of the Raft store file in the data directory.
 pub const STORE_FILE: &str = "raft.redb";
-/// Log entries after which a snapshot is built and older entries may be purged.
-pub const SNAPSHOT_EVERY_ENTRIES: u64 = 5_000;
-/// Entries kept behind the snapshot, so slightly lagging followers catch up from the log.
-pub const LOG_KEPT_BEHIND_SNAPSHOT: u64 = 1_000;
 
 /// A started node.
 pub struct Node {
@@ -35,6 +32,9 @@ pub struct Node {
     pub peers: PeerClient,
     /// Agents' leases (kept while this node leads).
     pub leases: Leases,
+    /// Leadership transfers: the one this node runs as leader, and its elections paused by
+    /// another leader's.
+    pub transfers: Transfers,
 }
 
 impl Node {
@@ -51,8 +51,8 @@ impl Node {
             heartbeat_interval: millis(config.spec.heartbeat_interval),
             election_timeout_min: millis(config.spec.election_timeout_min),
             election_timeout_max: millis(config.spec.election_timeout_max),
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY_ENTRIES),
-            max_in_snapshot_log_to_keep: LOG_KEPT_BEHIND_SNAPSHOT,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.spec.snapshot_every),
+            max_in_snapshot_log_to_keep: config.spec.logs_kept_after_snapshot,
             ..openraft::Config::default()
         }
         .validate()
@@ -73,6 +73,7 @@ impl Node {
             raft,
             state,
             peers,
+            transfers: Transfers::default(),
         })
     }
 

@@ -1,174 +1,18 @@
 //! A real three-node control-plane cluster of `hyphae-control-plane` processes on loopback:
 //! writes through any node, reads everywhere, validation with positions, a leader killed and
-//! replaced, a restarted node catching up, and fast 503s without a quorum.
+//! replaced, a restarted node catching up, fast 503s without a quorum, members joining and
+//! leaving, and leadership handed to another voter.
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
-
-/// Every wait gives up after this long.
-const DEADLINE: Duration = Duration::from_secs(30);
-
-struct ControlPlane {
-    id: u64,
-    config: std::path::PathBuf,
-    address: SocketAddr,
-    child: Option<Child>,
-}
-
-impl ControlPlane {
-    fn start(&mut self, init: bool) {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_hyphae-control-plane"));
-        command
-            .arg("--config")
-            .arg(&self.config)
-            .env("HYPHAE_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        if init {
-            command.arg("--init");
-        }
-        let mut child = command.spawn().expect("start hyphae-control-plane");
-        let stdout = child.stdout.take().expect("stdout");
-        let (sender, receiver) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = sender.send(line);
-        });
-        let line = receiver.recv_timeout(DEADLINE).expect("ready line in time");
-        assert!(
-            line.contains("\"ready\""),
-            "node {} did not start: {line:?}",
-            self.id
-        );
-        self.child = Some(child);
-    }
-
-    fn signal(&self, signal: &str) {
-        let pid = self.child.as_ref().expect("running").id();
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.to_string())
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        if self.child.is_some() {
-            // A stopped process cannot die until it is continued.
-            let _ = Command::new("kill")
-                .arg("-CONT")
-                .arg(self.child.as_ref().map_or(0, |c| c.id()).to_string())
-                .status();
-        }
-        self.kill();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn cluster(dir: &std::path::Path) -> Vec<ControlPlane> {
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let members: String = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("    - {{id: {}, address: \"127.0.0.1:{p}\"}}\n", i + 1))
-        .collect();
-    ports
-        .iter()
-        .enumerate()
-        .map(|(i, port)| {
-            let id = i as u64 + 1;
-            let config = dir.join(format!("cp{id}.yaml"));
-            let data = dir.join(format!("data{id}"));
-            std::fs::write(
-                &config,
-                format!(
-                    "kind: ControlPlaneConfig\nmetadata: {{name: cp-{id}}}\nspec:\n  id: {id}\n  listen: 127.0.0.1:{port}\n  dataDir: {}\n  members:\n{members}  heartbeatInterval: 100ms\n  electionTimeoutMin: 500ms\n  electionTimeoutMax: 1s\n  writeTimeout: 2s\n",
-                    data.display()
-                ),
-            )
-            .expect("write config");
-            ControlPlane {
-                id,
-                config,
-                address: SocketAddr::from(([127, 0, 0, 1], *port)),
-                child: None,
-            }
-        })
-        .collect()
-}
-
-/// Sends a request and returns the status and JSON body.
-async fn call(method: &str, address: SocketAddr, path: &str, body: &str) -> (u16, Value) {
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-    let request = http::Request::builder()
-        .method(method)
-        .uri(format!("http://{address}{path}"))
-        .body(Full::new(Bytes::from(body.to_string())))
-        .expect("request");
-    let exchange = async {
-        let response = client.request(request).await.ok()?;
-        let status = response.status().as_u16();
-        let bytes = response.into_body().collect().await.ok()?.to_bytes();
-        Some((
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        ))
-    };
-    tokio::time::timeout(DEADLINE, exchange)
-        .await
-        .expect("answer in time")
-        .unwrap_or((0, Value::Null))
-}
-
-/// Polls until `check` holds, failing after [`DEADLINE`].
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + DEADLINE;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn leader_seen_by(node: &ControlPlane) -> Option<u64> {
-    call("GET", node.address, "/v1/cluster", "").await.1["leader"].as_u64()
-}
-
-fn policy(name: &str, attempts: u32) -> String {
-    format!(
-        "kind: ServicePolicy\nmetadata: {{name: {name}}}\nspec:\n  retries: {{attempts: {attempts}}}\n"
-    )
-}
+use support::{
+    ControlPlane, DEADLINE, agreed_leader, call, cluster, eventually, free_port, hyphae,
+    leader_seen_by, policy, single_node, start_cluster,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_three_node_cluster_replicates_survives_its_leader_and_refuses_without_quorum() {
@@ -298,43 +142,6 @@ async fn a_three_node_cluster_replicates_survives_its_leader_and_refuses_without
     .await;
 }
 
-fn hyphae(server: SocketAddr, args: &[&str]) -> (Option<i32>, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_hyphae"))
-        .args(args)
-        .env("HYPHAE_SERVER", server.to_string())
-        .output()
-        .expect("run hyphae");
-    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&output.stderr));
-    (output.status.code(), text)
-}
-
-/// A one-node cluster in `dir`, started, initialized and leading.
-async fn single_node(dir: &std::path::Path) -> ControlPlane {
-    let port = free_port();
-    let config = dir.join("solo.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "kind: ControlPlaneConfig\nmetadata: {{name: solo}}\nspec:\n  id: 1\n  listen: 127.0.0.1:{port}\n  dataDir: {}\n",
-            dir.join("data").display()
-        ),
-    )
-    .expect("write config");
-    let mut node = ControlPlane {
-        id: 1,
-        config,
-        address: SocketAddr::from(([127, 0, 0, 1], port)),
-        child: None,
-    };
-    node.start(true);
-    eventually("the node to lead", || async {
-        leader_seen_by(&node).await == Some(1)
-    })
-    .await;
-    node
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_applies_diffs_gets_and_deletes_against_a_single_node() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -418,6 +225,144 @@ async fn the_cli_applies_diffs_gets_and_deletes_against_a_single_node() {
         assert!(Instant::now() < deadline, "node did not stop on SIGTERM");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_join_as_learners_become_voters_and_leave() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut nodes: Vec<ControlPlane> = (1..=2)
+        .map(|id| {
+            let port = free_port();
+            let config = dir.path().join(format!("n{id}.yaml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "kind: ControlPlaneConfig\nmetadata: {{name: n{id}}}\nspec:\n  id: {id}\n  listen: 127.0.0.1:{port}\n  dataDir: {}\n  heartbeatInterval: 100ms\n  electionTimeoutMin: 500ms\n  electionTimeoutMax: 1s\n",
+                    dir.path().join(format!("data{id}")).display()
+                ),
+            )
+            .expect("write config");
+            ControlPlane {
+                id,
+                config,
+                address: SocketAddr::from(([127, 0, 0, 1], port)),
+                child: None,
+            }
+        })
+        .collect();
+    nodes[0].start(true);
+    nodes[1].start(false);
+    let (first, second) = (nodes[0].address, nodes[1].address);
+    eventually("the first node to lead", || async {
+        leader_seen_by(&nodes[0]).await == Some(1)
+    })
+    .await;
+    let (code, text) = hyphae(
+        first,
+        &[
+            "apply",
+            "-f",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../policies/examples/services.yaml"
+            ),
+        ],
+    );
+    assert_eq!(code, Some(0), "{text}");
+
+    // The second node joins: it catches up on what was written before it came.
+    let (code, text) = hyphae(first, &["cluster", "add", "2", &second.to_string()]);
+    assert_eq!(code, Some(0), "{text}");
+    let (_, status) = call("GET", first, "/v1/cluster", "").await;
+    assert_eq!(status["voters"], serde_json::json!([1, 2]), "{status}");
+    eventually("the new voter to hold the earlier writes", || async {
+        call(
+            "GET",
+            second,
+            "/v1/policies/ServicePolicy/catalog?stale=true",
+            "",
+        )
+        .await
+        .0 == 200
+    })
+    .await;
+
+    // It leaves again.
+    let (code, text) = hyphae(second, &["cluster", "remove", "2"]);
+    assert_eq!(code, Some(0), "{text}");
+    let (_, status) = call("GET", first, "/v1/cluster", "").await;
+    assert_eq!(status["voters"], serde_json::json!([1]), "{status}");
+    nodes[1].kill();
+    let (code, text) = hyphae(
+        first,
+        &[
+            "apply",
+            "-f",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../policies/examples/routes.yaml"
+            ),
+        ],
+    );
+    assert_eq!(
+        code,
+        Some(0),
+        "a one-node cluster writes alone again: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_moves_to_a_chosen_voter_then_to_the_most_caught_up_one() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut nodes = cluster(dir.path());
+    let leader = start_cluster(&mut nodes).await;
+    let others: Vec<&ControlPlane> = nodes.iter().filter(|n| n.id != leader).collect();
+    let (target, bystander) = (others[0].id, others[1].address);
+
+    // Asked through a follower, which forwards to the leader.
+    let (code, text) = hyphae(
+        bystander,
+        &["cluster", "transfer-leader", &target.to_string()],
+    );
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains(&format!("node {target} leads now")), "{text}");
+    assert_eq!(agreed_leader(&nodes).await, target);
+    let (code, body) = call("POST", bystander, "/v1/policies", &policy("after", 1)).await;
+    assert_eq!(code, 200, "writes work under the new leader: {body}");
+
+    let (code, text) = hyphae(bystander, &["cluster", "members"]);
+    assert_eq!(code, Some(0), "{text}");
+    let target_row = text
+        .lines()
+        .find(|l| l.starts_with(&format!("{target} ")))
+        .expect("a row for the new leader");
+    assert!(
+        target_row.contains("voter") && target_row.contains('*'),
+        "{text}"
+    );
+    assert!(
+        !text.lines().skip(1).any(|l| l.ends_with('-')),
+        "the leader's view has every lag: {text}"
+    );
+
+    // Only voters can lead.
+    let (code, body) = call(
+        "POST",
+        bystander,
+        "/v1/cluster/transfer-leader",
+        r#"{"to": 99}"#,
+    )
+    .await;
+    assert_eq!((code, body["code"].as_str()), (409, Some("not-a-voter")));
+
+    // Without a target, leadership goes to another voter.
+    let (code, body) = call("POST", bystander, "/v1/cluster/transfer-leader", "").await;
+    assert_eq!(code, 200, "{body}");
+    let next = body["leader"].as_u64().expect("a leader");
+    assert_ne!(next, target, "{body}");
+    assert_eq!(agreed_leader(&nodes).await, next);
+    let (code, body) = call("POST", bystander, "/v1/policies", &policy("later", 1)).await;
+    assert_eq!(code, 200, "{body}");
 }
 
 /// `text` with each run of spaces made one, so assertions do not depend on column widths.
@@ -526,88 +471,4 @@ async fn a_node_serves_its_openapi_document() {
         "the served document is the one the library builds"
     );
     assert!(document["paths"]["/v1/policies"]["post"].is_object());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nodes_join_as_learners_become_voters_and_leave() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut nodes: Vec<ControlPlane> = (1..=2)
-        .map(|id| {
-            let port = free_port();
-            let config = dir.path().join(format!("n{id}.yaml"));
-            std::fs::write(
-                &config,
-                format!(
-                    "kind: ControlPlaneConfig\nmetadata: {{name: n{id}}}\nspec:\n  id: {id}\n  listen: 127.0.0.1:{port}\n  dataDir: {}\n  heartbeatInterval: 100ms\n  electionTimeoutMin: 500ms\n  electionTimeoutMax: 1s\n",
-                    dir.path().join(format!("data{id}")).display()
-                ),
-            )
-            .expect("write config");
-            ControlPlane {
-                id,
-                config,
-                address: SocketAddr::from(([127, 0, 0, 1], port)),
-                child: None,
-            }
-        })
-        .collect();
-    nodes[0].start(true);
-    nodes[1].start(false);
-    let (first, second) = (nodes[0].address, nodes[1].address);
-    eventually("the first node to lead", || async {
-        leader_seen_by(&nodes[0]).await == Some(1)
-    })
-    .await;
-    let (code, text) = hyphae(
-        first,
-        &[
-            "apply",
-            "-f",
-            concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../policies/examples/services.yaml"
-            ),
-        ],
-    );
-    assert_eq!(code, Some(0), "{text}");
-
-    // The second node joins: it catches up on what was written before it came.
-    let (code, text) = hyphae(first, &["cluster", "add", "2", &second.to_string()]);
-    assert_eq!(code, Some(0), "{text}");
-    let (_, status) = call("GET", first, "/v1/cluster", "").await;
-    assert_eq!(status["voters"], serde_json::json!([1, 2]), "{status}");
-    eventually("the new voter to hold the earlier writes", || async {
-        call(
-            "GET",
-            second,
-            "/v1/policies/ServicePolicy/catalog?stale=true",
-            "",
-        )
-        .await
-        .0 == 200
-    })
-    .await;
-
-    // It leaves again.
-    let (code, text) = hyphae(second, &["cluster", "remove", "2"]);
-    assert_eq!(code, Some(0), "{text}");
-    let (_, status) = call("GET", first, "/v1/cluster", "").await;
-    assert_eq!(status["voters"], serde_json::json!([1]), "{status}");
-    nodes[1].kill();
-    let (code, text) = hyphae(
-        first,
-        &[
-            "apply",
-            "-f",
-            concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../policies/examples/routes.yaml"
-            ),
-        ],
-    );
-    assert_eq!(
-        code,
-        Some(0),
-        "a one-node cluster writes alone again: {text}"
-    );
 }

@@ -43,6 +43,19 @@ pub struct ControlPlaneConfigSpec {
     /// Revisions whose changes each node remembers, so a watch that reconnects with
     /// `?since=REV` gets only what changed; an older REV gets a full snapshot. Default 10000.
     pub watch_history: u32,
+    /// Log entries applied since the last snapshot after which the node builds a new one, so
+    /// the log can be compacted and the disk does not grow without end; at least 1. Default
+    /// `5000`.
+    pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot when the log is compacted, so a follower that lags
+    /// by fewer than this catches up from the log instead of receiving the whole state.
+    /// Default `1000`.
+    pub logs_kept_after_snapshot: u64,
+    /// Longest a leadership transfer may take: the target catching up, the voters' leader
+    /// lease running out, the election. Elections and heartbeats paused for a transfer resume
+    /// after this long even if the leader vanished. Longer than `electionTimeoutMax`. Default
+    /// `10s`.
+    pub transfer_timeout: Duration,
 }
 
 impl Default for ControlPlaneConfigSpec {
@@ -59,6 +72,9 @@ impl Default for ControlPlaneConfigSpec {
             write_timeout: Duration::from_secs(5),
             lease_ttl: Duration::from_secs(15),
             watch_history: 10_000,
+            snapshot_every: 5_000,
+            logs_kept_after_snapshot: 1_000,
+            transfer_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -702,12 +702,24 @@ fn check_control_plane_config(
             ),
         );
     }
+    if spec.snapshot_every == 0 {
+        c.error(path.key("snapshotEvery"), "must be at least 1");
+    }
     if spec.election_timeout_min >= spec.election_timeout_max {
         c.error(
             path.key("electionTimeoutMax"),
             format!(
                 "must be longer than electionTimeoutMin ({})",
                 spec.election_timeout_min
+            ),
+        );
+    }
+    if spec.transfer_timeout <= spec.election_timeout_max {
+        c.error(
+            path.key("transferTimeout"),
+            format!(
+                "must be longer than electionTimeoutMax ({}): a transfer waits for the leader lease to run out",
+                spec.election_timeout_max
             ),
         );
     }

@@ -1,4 +1,5 @@
-//! `hyphae cluster status`: the cluster as the node you ask sees it.
+//! `hyphae cluster status|members|add|remove|transfer-leader`: the cluster as the node you ask
+//! sees it, and changes to its members and leader.
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
@@ -46,6 +47,21 @@ pub enum ClusterCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Members with their address, role and replication lag (as the leader sees it).
+    Members {
+        /// Where the control plane is.
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Hand leadership to a voter (default: the most caught-up one), e.g. before restarting
+    /// the leader's host.
+    TransferLeader {
+        /// The voter to lead next.
+        id: Option<u64>,
+        /// Where the control plane is.
+        #[command(flatten)]
+        server: ServerArgs,
+    },
 }
 
 /// Runs `hyphae cluster ...`.
@@ -75,6 +91,19 @@ pub fn run(args: &ClusterArgs, out: &mut dyn std::io::Write) -> Result<Outcome> 
             writeln!(out, "node {id} removed")?;
             (status, Output::Table)
         }
+        ClusterCommand::Members { server } => {
+            return members(&server.address(), out);
+        }
+        ClusterCommand::TransferLeader { id, server } => {
+            let body = serde_json::json!({ "to": id }).to_string();
+            let status = ApiClient::new(&server.address())?.expect_ok(
+                "POST",
+                "/v1/cluster/transfer-leader",
+                &body,
+            )?;
+            writeln!(out, "node {} leads now", status["leader"])?;
+            (status, Output::Table)
+        }
     };
     if output != Output::Table {
         writeln!(out, "{}", serde_json::to_string_pretty(&status)?)?;
@@ -95,12 +124,63 @@ pub fn run(args: &ClusterArgs, out: &mut dyn std::io::Write) -> Result<Outcome> 
     let leader = status["leader"].as_u64();
     for member in status["members"].as_array().into_iter().flatten() {
         let id = member["id"].as_u64();
-        let role = if id == leader { "leader" } else { "voter" };
+        let role = if id == leader { "leader" } else { role(member) };
         writeln!(
             out,
             "{:<6} {:<28} {role}",
             id.unwrap_or_default(),
             member["address"].as_str().unwrap_or_default()
+        )?;
+    }
+    Ok(Outcome::Success)
+}
+
+fn role(member: &serde_json::Value) -> &'static str {
+    if member["voter"].as_bool() == Some(false) {
+        "learner"
+    } else {
+        "voter"
+    }
+}
+
+/// `hyphae cluster members`: the table comes from the leader, which alone knows each member's
+/// lag; when the leader cannot be reached, the node asked answers without lag.
+fn members(server: &str, out: &mut dyn std::io::Write) -> Result<Outcome> {
+    let mut status = ApiClient::new(server)?.expect_ok("GET", "/v1/cluster", "")?;
+    let leader = status["leader"].as_u64();
+    if status["state"] != "Leader"
+        && let Some(address) = status["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["id"].as_u64() == leader && leader.is_some())
+            .and_then(|m| m["address"].as_str())
+        && let Ok(from_leader) =
+            ApiClient::new(address).and_then(|c| c.expect_ok("GET", "/v1/cluster", ""))
+    {
+        status = from_leader;
+    }
+    writeln!(
+        out,
+        "{:<6} {:<28} {:<8} {:<7} LAG",
+        "ID", "ADDRESS", "ROLE", "LEADER"
+    )?;
+    for member in status["members"].as_array().into_iter().flatten() {
+        let id = member["id"].as_u64();
+        let lag = member["lag"]
+            .as_u64()
+            .map_or_else(|| "-".to_string(), |l| l.to_string());
+        writeln!(
+            out,
+            "{:<6} {:<28} {:<8} {:<7} {lag}",
+            id.unwrap_or_default(),
+            member["address"].as_str().unwrap_or_default(),
+            role(member),
+            if id.is_some() && id == leader {
+                "*"
+            } else {
+                ""
+            },
         )?;
     }
     Ok(Outcome::Success)
