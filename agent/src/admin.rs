@@ -99,6 +99,7 @@ fn route(admin: &Admin, request: &Request<Incoming>) -> Response<Body> {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct Readiness<'a> {
     ready: bool,
     source: crate::model::Source,

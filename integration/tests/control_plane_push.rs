@@ -7,7 +7,7 @@ mod support;
 use std::net::SocketAddr;
 use std::process::Command;
 
-use support::{backend, binary, eventually, free_port, start, who_answers};
+use support::{backend, binary, eventually, free_port, get_json, start, who_answers};
 
 fn host_config(name: &str, port: u16, version: &str) -> String {
     format!(
@@ -63,7 +63,11 @@ async fn policies_pushed_by_the_control_plane_steer_an_agent_and_survive_its_los
             h2["ready"]["inbound"],
         ),
     );
-    let (caller, _) = start(&agent_bin, &["--config", &caller_config]);
+    let (caller, caller_ready) = start(&agent_bin, &["--config", &caller_config]);
+    let caller_admin = caller_ready["ready"]["admin"]
+        .as_str()
+        .expect("admin address")
+        .to_string();
 
     // Without a route, round robin alternates between v1 and v2.
     let answers = [who_answers(upstream).await, who_answers(upstream).await];
@@ -104,7 +108,23 @@ async fn policies_pushed_by_the_control_plane_steer_an_agent_and_survive_its_los
         assert_eq!(who_answers(upstream).await, "v1");
     }
 
-    // The agent restarts with no control plane: it serves the route saved on disk.
+    // The agent restarts with no control plane: it serves the route saved on disk. The save
+    // is asynchronous (it fsyncs, which can take a while on a busy disk): wait until the file
+    // holds the revision being served before killing the agent.
+    let saved = dir
+        .path()
+        .join("caller-data")
+        .join("control-plane-snapshot.json");
+    eventually("the served state to be saved on disk", || async {
+        let served = get_json(&caller_admin, "/ready").await;
+        let served = served.and_then(|r| r["controlPlane"]["revision"].as_u64());
+        let on_disk = std::fs::read(&saved)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["revision"].as_u64());
+        served.is_some() && served == on_disk
+    })
+    .await;
     drop(caller);
     let (_caller, _) = start(&agent_bin, &["--config", &caller_config]);
     eventually("the restarted agent to serve the saved route", || async {
