@@ -247,3 +247,26 @@ pub async fn leader(nodes: &[ControlPlaneNode]) -> u64 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// POSTs `body` to `path` on `server` and reads the JSON answer with its status; `None` when
+/// no answer came.
+pub async fn post_json(server: &str, path: &str, body: &str) -> Option<(u16, serde_json::Value)> {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(server).await.ok()?;
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {server}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.ok()?;
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let status = head.get(9..12)?.parse().ok()?;
+        Some((status, serde_json::from_str(body).unwrap_or_default()))
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .ok()
+        .flatten()
+}

@@ -1,0 +1,184 @@
+//! A watch stream across the death of the node serving it, with real processes: the reader
+//! reconnects to another node with `?since=REV` and, over the whole run, sees one snapshot and
+//! then every acknowledged write exactly once, in revision order, with no gap and no repeat.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use support::{control_plane, eventually, leader, post_json};
+
+/// Writes attempted, one distinct policy each.
+const WRITES: usize = 60;
+/// Acknowledged writes after which the watcher's node is killed.
+const KILL_AFTER: usize = 20;
+
+/// What the reader has seen.
+#[derive(Default)]
+struct Seen {
+    /// Every event but heartbeats, in arrival order.
+    events: Vec<Value>,
+    /// The revision the reader holds.
+    revision: u64,
+    /// The node it reads from now.
+    connected_to: Option<usize>,
+    /// Streams opened.
+    streams: usize,
+}
+
+/// Reads one stream from `server` until it ends or fails.
+async fn follow(server: &str, index: usize, seen: &Mutex<Seen>) -> Result<(), String> {
+    let since = seen.lock().expect("lock").revision;
+    let stream = tokio::net::TcpStream::connect(server)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let path = if since > 0 {
+        format!("/v1/agent/watch?since={since}")
+    } else {
+        "/v1/agent/watch".to_string()
+    };
+    let request = http::Request::get(path)
+        .header(http::header::HOST, server)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("status {}", response.status()));
+    }
+    {
+        let mut seen = seen.lock().expect("lock");
+        seen.connected_to = Some(index);
+        seen.streams += 1;
+    }
+    let mut body = response.into_body();
+    let mut buffer = Vec::new();
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(15), body.frame())
+            .await
+            .map_err(|_| "silent stream".to_string())?;
+        let Some(frame) = frame else {
+            return Ok(());
+        };
+        let frame = frame.map_err(|e| e.to_string())?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        buffer.extend_from_slice(&data);
+        while let Some(end) = buffer.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buffer.drain(..=end).collect();
+            let event: Value = serde_json::from_slice(&line).map_err(|e| e.to_string())?;
+            if event["type"] == "heartbeat" {
+                continue;
+            }
+            let mut seen = seen.lock().expect("lock");
+            seen.revision = event["revision"].as_u64().unwrap_or(0);
+            seen.events.push(event);
+        }
+    }
+}
+
+/// Follows the cluster's watch stream forever, moving to the next node whenever one fails.
+async fn reader(servers: Vec<String>, seen: Arc<Mutex<Seen>>) {
+    let mut index = 1;
+    loop {
+        let _ = follow(&servers[index], index, &seen).await;
+        index = (index + 1) % servers.len();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_sees_every_write_once_in_order_while_its_node_is_killed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut nodes = control_plane(dir.path(), 3, "");
+    let servers: Vec<String> = nodes.iter().map(|n| n.address.clone()).collect();
+    leader(&nodes).await;
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let reading = tokio::spawn(reader(servers.clone(), Arc::clone(&seen)));
+    eventually("the first snapshot", || async {
+        !seen.lock().expect("lock").events.is_empty()
+    })
+    .await;
+
+    let mut acked: Vec<(String, u64)> = Vec::new();
+    let mut killed = None;
+    for i in 0..WRITES {
+        if acked.len() == KILL_AFTER && killed.is_none() {
+            let index = seen.lock().expect("lock").connected_to.expect("connected");
+            nodes[index].process = None;
+            killed = Some(index);
+        }
+        // One attempt per name: a write that failed may still commit, so it is never retried
+        // under the same name (that would make a legitimate second upsert).
+        let live: Vec<&String> = (0..servers.len())
+            .filter(|n| Some(*n) != killed)
+            .map(|n| &servers[n])
+            .collect();
+        let name = format!("svc-{i:03}");
+        let body = format!("kind: ServicePolicy\nmetadata: {{name: {name}}}\nspec: {{}}\n");
+        if let Some((200, answer)) = post_json(live[i % live.len()], "/v1/policies", &body).await {
+            let revision = answer["revision"].as_u64().expect("revision");
+            acked.push((name, revision));
+        }
+    }
+    assert!(
+        killed.is_some(),
+        "only {} writes were acknowledged",
+        acked.len()
+    );
+    assert!(
+        acked.len() > KILL_AFTER,
+        "no write was acknowledged after the kill"
+    );
+    let last = acked.iter().map(|(_, r)| *r).max().expect("acked writes");
+    eventually("the reader to catch up with the last write", || async {
+        seen.lock().expect("lock").revision >= last
+    })
+    .await;
+    reading.abort();
+
+    let seen = seen.lock().expect("lock");
+    assert!(seen.streams >= 2, "the reader never moved to another node");
+    assert_eq!(seen.events[0]["type"], "snapshot");
+    let mut previous = seen.events[0]["revision"].as_u64().expect("revision");
+    let mut upserts: BTreeMap<String, usize> = BTreeMap::new();
+    for event in &seen.events[1..] {
+        assert_eq!(
+            event["type"], "delta",
+            "a reconnect with ?since must not start over: a {} at revision {}",
+            event["type"], event["revision"]
+        );
+        let revision = event["revision"].as_u64().expect("revision");
+        assert!(
+            revision > previous,
+            "revision {revision} after {previous}: out of order or repeated"
+        );
+        previous = revision;
+        for policy in event["upserts"].as_array().expect("upserts") {
+            let name = policy["name"].as_str().expect("name").to_string();
+            *upserts.entry(name).or_default() += 1;
+        }
+    }
+    for (name, count) in &upserts {
+        assert_eq!(*count, 1, "{name} arrived {count} times");
+    }
+    for (name, _) in &acked {
+        assert!(
+            upserts.contains_key(name),
+            "acknowledged {name} never arrived"
+        );
+    }
+}
