@@ -20,6 +20,7 @@ pub mod body;
 pub mod circuit;
 pub mod config;
 pub mod daemon;
+pub mod dev;
 pub mod error;
 pub mod health;
 pub mod listener;

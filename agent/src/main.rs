@@ -1,12 +1,14 @@
 //! `hyphae-agent`: arguments, logging, the runtime and signals. The work is in the library.
 
 use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
 use hyphae_agent::config::{self, AgentConfig};
 use hyphae_agent::daemon::Daemon;
+use hyphae_agent::dev::{self, DevControlPlane};
 use sd_notify::NotifyState;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -16,13 +18,9 @@ use tokio::signal::unix::{SignalKind, signal};
 struct Args {
     /// The agent's configuration: a file or directory holding one `AgentConfig` document and,
     /// optionally, the policies to apply to its static services.
-    #[arg(
-        long,
-        short,
-        value_name = "PATH",
-        default_value = "/etc/hyphae/agent.yaml"
-    )]
-    config: PathBuf,
+    /// Default `/etc/hyphae/agent.yaml`; with `--dev` and no such file, built-in defaults.
+    #[arg(long, short, value_name = "PATH")]
+    config: Option<PathBuf>,
     /// Check the configuration, print a summary and exit (0 when valid, 1 otherwise).
     #[arg(long)]
     check: bool,
@@ -32,6 +30,26 @@ struct Args {
     /// Runtime worker threads.
     #[arg(long, default_value_t = DEFAULT_WORKER_THREADS)]
     worker_threads: usize,
+    /// Also run a single-node control plane in this process and follow it: one command for a
+    /// working mesh on a laptop or a lone edge box.
+    #[arg(long)]
+    dev: bool,
+    /// Where the `--dev` control plane listens (the `hyphae` CLI's default server).
+    #[arg(long, value_name = "ADDR", default_value_t = dev::DEFAULT_LISTEN, requires = "dev")]
+    dev_listen: SocketAddr,
+    /// Where the `--dev` control plane keeps its data; unset means a temporary directory,
+    /// removed at exit.
+    #[arg(long, value_name = "DIR", requires = "dev")]
+    dev_data_dir: Option<PathBuf>,
+}
+
+/// Where the configuration is read from when `--config` is not given.
+const DEFAULT_CONFIG: &str = "/etc/hyphae/agent.yaml";
+
+/// The `--dev` settings.
+struct DevSettings {
+    listen: SocketAddr,
+    data_dir: Option<PathBuf>,
 }
 
 /// Worker threads by default: an agent shares its host with the services it serves.
@@ -46,11 +64,22 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let (config, warnings) = match load(&args.config) {
-        Some(loaded) => loaded,
-        None => return ExitCode::from(1),
+    let path = args
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    // `--dev` runs without a file when none was named and the default one does not exist.
+    let file = (args.config.is_some() || !args.dev || args.check || path.exists()).then_some(path);
+    let (config, warnings) = match &file {
+        Some(path) => match load(path) {
+            Some((config, warnings)) => (Some(config), warnings),
+            None => return ExitCode::from(1),
+        },
+        None => (None, Vec::new()),
     };
-    if args.check {
+    if args.check
+        && let Some(config) = &config
+    {
         for warning in &warnings {
             eprint!("{warning}");
         }
@@ -86,7 +115,11 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(&args.config, config)) {
+    let dev = args.dev.then(|| DevSettings {
+        listen: args.dev_listen,
+        data_dir: args.dev_data_dir.clone(),
+    });
+    match runtime.block_on(run(file.as_deref(), config, dev)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");
@@ -110,7 +143,7 @@ fn load(path: &Path) -> Option<(AgentConfig, Vec<hyphae_policies::Diagnostic>)> 
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("HYPHAE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=error"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -127,11 +160,27 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn run(path: &Path, config: AgentConfig) -> anyhow::Result<()> {
+async fn run(
+    path: Option<&Path>,
+    config: Option<AgentConfig>,
+    dev: Option<DevSettings>,
+) -> anyhow::Result<()> {
     let metrics = hyphae_agent::metrics::install()?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut hangup = signal(SignalKind::hangup())?;
+    let dev = match dev {
+        Some(settings) => Some(DevControlPlane::start(settings.listen, settings.data_dir).await?),
+        None => None,
+    };
+    let mut config = match (config, &dev) {
+        (Some(config), _) => config,
+        (None, Some(dev)) => dev::default_config(dev.data_dir().join("agent")),
+        (None, None) => anyhow::bail!("no configuration file"),
+    };
+    if let Some(dev) = &dev {
+        dev.adopt(&mut config);
+    }
     let drain_timeout = config.spec.limits.drain_timeout.get();
     let daemon = Daemon::start(&config, metrics).await?;
     // One line on stdout with the bound addresses, for scripts and tests (ports may be 0 in
@@ -156,10 +205,15 @@ async fn run(path: &Path, config: AgentConfig) -> anyhow::Result<()> {
                     Err(_) => notify(&[NotifyState::Reloading]),
                 }
                 // Reading and checking the file is blocking work: off the runtime threads.
-                let file = path.to_path_buf();
-                match tokio::task::spawn_blocking(move || config::load(&file)).await {
-                    Ok(loaded) => reload(loaded, &daemon),
-                    Err(error) => tracing::error!(%error, "configuration reload did not finish"),
+                match path {
+                    Some(path) => {
+                        let file = path.to_path_buf();
+                        match tokio::task::spawn_blocking(move || config::load(&file)).await {
+                            Ok(loaded) => reload(loaded, &daemon, dev.as_ref()),
+                            Err(error) => tracing::error!(%error, "configuration reload did not finish"),
+                        }
+                    }
+                    None => tracing::warn!("running on --dev defaults: there is no file to reload"),
                 }
                 notify(&[NotifyState::Ready]);
             }
@@ -178,6 +232,9 @@ async fn run(path: &Path, config: AgentConfig) -> anyhow::Result<()> {
     } else {
         tracing::warn!("drain deadline passed with calls still in flight; closing them");
     }
+    if let Some(dev) = dev {
+        dev.stop().await?;
+    }
     Ok(())
 }
 
@@ -188,9 +245,13 @@ fn reload(
         Vec<hyphae_policies::Diagnostic>,
     >,
     daemon: &Daemon,
+    dev: Option<&DevControlPlane>,
 ) {
     match loaded {
-        Ok((config, warnings)) => {
+        Ok((mut config, warnings)) => {
+            if let Some(dev) = dev {
+                dev.adopt(&mut config);
+            }
             for warning in warnings {
                 tracing::warn!("{}", warning.to_string().trim_end());
             }

@@ -160,14 +160,5 @@ impl Tunnels {
     }
 }
 
-/// An error and its causes on one line, for logs and `hyphae-error` details.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+/// An error and its causes on one line (shared with the control plane).
+pub use hyphae_control_plane::error_chain;

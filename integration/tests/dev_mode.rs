@@ -1,0 +1,80 @@
+//! `hyphae-agent --dev`: one process is a whole mesh. Its embedded control plane takes CLI
+//! writes, the agent registers its own services there, and calls by name reach them through
+//! the registry alone.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::Command;
+
+use support::{backend, binary, eventually, free_port, get_json, start, who_answers};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_dev_agent_is_a_working_mesh() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let web = backend("web").await;
+    let upstream = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let config = dir.path().join("agent.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "kind: AgentConfig\nmetadata: {{name: laptop}}\nspec:\n  dataDir: {}\n  listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: null, dns: null}}\n  services:\n    - {{name: web, port: {}}}\n  upstreams:\n    - {{listen: \"{upstream}\", service: web}}\n",
+            dir.path().join("agent-data").display(),
+            web.port()
+        ),
+    )
+    .expect("write config");
+    let server = format!("127.0.0.1:{}", free_port());
+    let (_agent, _) = start(
+        &binary("hyphae-agent"),
+        &[
+            "--dev",
+            "--dev-listen",
+            &server,
+            "--config",
+            &config.display().to_string(),
+        ],
+    );
+
+    eventually("the agent to register its service", || async {
+        get_json(&server, "/v1/services/web")
+            .await
+            .is_some_and(|web| web["instances"][0]["node"] == "laptop")
+    })
+    .await;
+    eventually("a call by name to reach the service", || async {
+        who_answers(upstream).await == "web"
+    })
+    .await;
+
+    let policy = dir.path().join("web.yaml");
+    std::fs::write(
+        &policy,
+        "kind: ServicePolicy\nmetadata: {name: web}\nspec:\n  timeouts: {request: 3s}\n",
+    )
+    .expect("write policy");
+    let output = Command::new(binary("hyphae"))
+        .args([
+            "apply",
+            "-f",
+            &policy.display().to_string(),
+            "--server",
+            &server,
+        ])
+        .output()
+        .expect("run hyphae apply");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stored = get_json(&server, "/v1/policies/ServicePolicy/web")
+        .await
+        .expect("stored");
+    assert!(
+        stored["source"]
+            .as_str()
+            .is_some_and(|s| s.contains("request: 3s")),
+        "{stored}"
+    );
+}
