@@ -1,4 +1,5 @@
-//! The control-plane node speaks systemd's notify protocol: READY=1 once it serves, STOPPING=1
+//! The control-plane node speaks systemd's notify protocol: READY=1 once it serves, WATCHDOG=1
+//! while Raft runs, STOPPING=1
 //! on SIGTERM, then a clean exit. A test socket stands in for systemd.
 
 use std::os::unix::net::UnixDatagram;
@@ -24,7 +25,7 @@ fn expect(socket: &UnixDatagram, wanted: &str) {
 }
 
 #[test]
-fn ready_and_stopping_reach_the_notify_socket() {
+fn ready_watchdog_and_stopping_reach_the_notify_socket() {
     let dir = tempfile::tempdir().expect("temp dir");
     let socket_path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).expect("bind notify socket");
@@ -49,12 +50,14 @@ fn ready_and_stopping_reach_the_notify_socket() {
         .arg(&config)
         .arg("--init")
         .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "200000")
         .env("HYPHAE_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("start node");
     expect(&socket, "READY=1");
+    expect(&socket, "WATCHDOG=1");
     let killed = Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())

@@ -97,12 +97,31 @@ async fn run(config: config::NodeConfig, init: bool) -> anyhow::Result<()> {
     );
     tracing::info!(%address, id, "control-plane node ready");
     notify(&[sd_notify::NotifyState::Ready]);
+    // Pinged only while Raft runs: a node whose Raft core stopped (a storage failure is fatal
+    // to it) stops pinging, and systemd restarts it.
+    let watchdog = sd_notify::watchdog_enabled().map(|interval| {
+        let mut metrics = running.node.raft.metrics();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(interval / 2);
+            loop {
+                ticks.tick().await;
+                if let Err(error) = &metrics.borrow_and_update().running_state {
+                    tracing::error!(%error, "Raft has stopped; no more watchdog pings");
+                    return;
+                }
+                notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+        })
+    });
     tokio::select! {
         _ = terminate.recv() => {}
         _ = interrupt.recv() => {}
     }
     tracing::info!("shutting down");
     notify(&[sd_notify::NotifyState::Stopping]);
+    if let Some(watchdog) = watchdog {
+        watchdog.abort();
+    }
     running.stop().await
 }
 
