@@ -1,6 +1,6 @@
 //! The control-plane node speaks systemd's notify protocol: READY=1 once it serves, WATCHDOG=1
-//! while Raft runs, STOPPING=1
-//! on SIGTERM, then a clean exit. A test socket stands in for systemd.
+//! while Raft runs, STOPPING=1 on SIGTERM, then a clean exit. A test socket stands in for
+//! systemd.
 
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
