@@ -89,14 +89,14 @@ pub fn run(_args: &[String]) -> Result<()> {
     crate::cluster::run(&bin, &scratch, &examples)?;
 
     stage(
-        "7. A fleet on this machine: three agents, a sample service in two sites, traffic, a crash healed",
+        "7. A fleet on this machine: agents register with the control plane, calls by name, a crash healed, a lease lapsed",
     );
-    crate::fleet::run(&agent, &scratch)?;
+    crate::fleet::run(&bin, &scratch)?;
 
     stage("Done");
     println!(
-        "Every step above ran the real hyphae binaries. Next on the roadmap: agents registering \
-         with the control plane and receiving its changes over watch streams (see README.md)."
+        "Every step above ran the real hyphae binaries. Next on the roadmap: mutual TLS between \
+         agents, identities and access-policy enforcement (see README.md)."
     );
     Ok(())
 }

@@ -1,5 +1,7 @@
-//! The demo fleet: three agents on this machine (web-1 in eu-west calling the catalog; app-1 in
-//! eu-west and app-2 in us-east hosting it), sample services, traffic, and a failure healed.
+//! The demo fleet: a control-plane node and three agents on this machine (web-1 in eu-west
+//! calling the catalog; app-1 in eu-west and app-2 in us-east hosting it). The agents register
+//! their services and health, so web-1 finds the catalog by name; then traffic, a crash that
+//! retries, ejection and health checks hide and heal, and an agent whose lease lapses.
 //! Every process it starts is stopped when it returns, even on error.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -18,13 +20,18 @@ const ROUND: usize = 20;
 const PATIENCE: Duration = Duration::from_secs(30);
 /// The catalog's ejection time in the demo policy, short so the healing is visible.
 const EJECTION: &str = "3s";
+/// The demo control plane's lease, short so an expiry is quick to see.
+const LEASE: &str = "3s";
 
-/// Runs the fleet scenario with the agent binary at `agent`, keeping files under `scratch`.
-pub fn run(agent: &Path, scratch: &Path) -> Result<()> {
+/// Runs the fleet scenario with the binaries in `bin`, keeping files under `scratch`.
+pub fn run(bin: &Path, scratch: &Path) -> Result<()> {
+    let agent = &bin.join("hyphae-agent");
     let dir = scratch.join("fleet");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).context("create the fleet directory")?;
     let mut processes = Processes::default();
+    let control_plane = start_control_plane(&mut processes, bin, &dir)?;
+    println!("control plane: one node at {control_plane} (leaseTtl {LEASE})");
 
     let (app1_port, app2_port) = (free_port()?, free_port()?);
     start_catalog(
@@ -46,14 +53,14 @@ pub fn run(agent: &Path, scratch: &Path) -> Result<()> {
         agent,
         &dir,
         "app-1",
-        &host_config("app-1", "eu-west", app1_port, "v1"),
+        &host_config(&dir, control_plane, "app-1", "eu-west", app1_port, "v1"),
     )?;
     let app2 = start_agent(
         &mut processes,
         agent,
         &dir,
         "app-2",
-        &host_config("app-2", "us-east", app2_port, "v2"),
+        &host_config(&dir, control_plane, "app-2", "us-east", app2_port, "v2"),
     )?;
     let upstream = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let web = start_agent(
@@ -61,12 +68,24 @@ pub fn run(agent: &Path, scratch: &Path) -> Result<()> {
         agent,
         &dir,
         "web-1",
-        &web_config(upstream, app1.inbound, app2.inbound),
+        &web_config(&dir, control_plane, upstream),
     )?;
     println!(
-        "agents: web-1 (eu-west, admin {}), app-1 (eu-west), app-2 (us-east); the frontend on web-1 calls http://{upstream} for the catalog",
-        web.admin
+        "agents: web-1 (eu-west, admin {}), app-1 (eu-west, inbound {}), app-2 (us-east, inbound {}); the frontend on web-1 calls http://{upstream} for the catalog",
+        web.admin, app1.inbound, app2.inbound
     );
+    println!(
+        "no endpoint lists anywhere: the hosts register the catalog and web-1 follows the registry"
+    );
+    wait_for(
+        "both catalog instances to register and pass their checks",
+        || Ok(passing(control_plane)? == 2),
+    )?;
+    wait_for("web-1 to receive both from the control plane", || {
+        let (_, endpoints) = http_get(web.admin, "/endpoints")?;
+        Ok(endpoints.matches("\"catalog\"").count() == 2)
+    })?;
+    print_registry(control_plane)?;
 
     println!("\n-- traffic: {ROUND} calls from web-1 to the catalog");
     let tally = traffic(upstream)?;
@@ -91,6 +110,11 @@ pub fn run(agent: &Path, scratch: &Path) -> Result<()> {
     );
     println!("web-1's view of the endpoints:");
     print!("{}", http_get(web.admin, "/endpoints")?.1);
+    wait_for("app-1's health check to report the crash", || {
+        Ok(passing(control_plane)? == 1)
+    })?;
+    println!("app-1's check failed; the control plane pushed it out of every caller's endpoints:");
+    print_registry(control_plane)?;
 
     println!(
         "\n-- healing: app-1's catalog restarts; after its {EJECTION} ejection it gets its traffic back"
@@ -115,6 +139,26 @@ pub fn run(agent: &Path, scratch: &Path) -> Result<()> {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+
+    print_registry(control_plane)?;
+
+    println!(
+        "\n-- an agent dies: app-2's agent is killed; its lease ({LEASE}) lapses and it leaves the registry"
+    );
+    processes.stop("app-2");
+    let killed = Instant::now();
+    wait_for("app-2 to expire", || {
+        let (_, nodes) = http_get(control_plane, "/v1/nodes?stale=true")?;
+        Ok(!nodes.contains("\"app-2\""))
+    })?;
+    println!(
+        "app-2 expired {:.1}s after it died",
+        killed.elapsed().as_secs_f64()
+    );
+    print_registry(control_plane)?;
+    let tally = traffic(upstream)?;
+    print_tally(&tally);
+    ensure!(tally.failed == 0, "every call should still succeed");
 
     let metrics = http_get(web.admin, "/metrics")?.1;
     println!("\nweb-1's metrics for the catalog:");
@@ -210,33 +254,117 @@ fn start_agent(
     })
 }
 
-fn host_config(node: &str, site: &str, port: u16, version: &str) -> String {
+/// Starts a one-node control plane with a short lease; returns its address once it leads.
+fn start_control_plane(processes: &mut Processes, bin: &Path, dir: &Path) -> Result<SocketAddr> {
+    let address = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let config = dir.join("control-plane.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "kind: ControlPlaneConfig
+metadata: {{name: cp}}
+spec:
+  id: 1
+  listen: \"{address}\"
+  dataDir: {}
+  heartbeatInterval: 100ms
+  electionTimeoutMin: 500ms
+  electionTimeoutMax: 1s
+  leaseTtl: {LEASE}
+",
+            dir.join("control-plane-data").display()
+        ),
+    )
+    .context("write the control plane's config")?;
+    let child = Command::new(bin.join("hyphae-control-plane"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--init")
+        .env("HYPHAE_LOG", "error")
+        .stdout(Stdio::null())
+        .spawn()
+        .context("start hyphae-control-plane")?;
+    processes.add("control-plane", child);
+    wait_for("the control plane to lead", || {
+        Ok(http_get(address, "/v1/cluster")
+            .map(|(_, body)| body.contains("\"leader\": 1"))
+            .unwrap_or(false))
+    })?;
+    Ok(address)
+}
+
+/// Polls `check` every 100 ms until it holds, for up to [`PATIENCE`].
+fn wait_for(what: &str, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if check().unwrap_or(false) {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// How many catalog instances the control plane lists as passing.
+fn passing(control_plane: SocketAddr) -> Result<usize> {
+    let (_, body) = http_get(control_plane, "/v1/services/catalog?stale=true")?;
+    Ok(body.matches("\"passing\"").count())
+}
+
+/// Prints the registry's view of the catalog, one line per instance.
+fn print_registry(control_plane: SocketAddr) -> Result<()> {
+    let (_, body) = http_get(control_plane, "/v1/services/catalog?stale=true")?;
+    let catalog: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    println!("registry (GET /v1/services/catalog):");
+    for instance in catalog["instances"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<6} {:<8} {:<16} {}",
+            instance["node"].as_str().unwrap_or_default(),
+            instance["site"].as_str().unwrap_or_default(),
+            instance["address"].as_str().unwrap_or_default(),
+            instance["health"].as_str().unwrap_or_default(),
+        );
+    }
+    Ok(())
+}
+
+fn host_config(
+    dir: &Path,
+    control_plane: SocketAddr,
+    node: &str,
+    site: &str,
+    port: u16,
+    version: &str,
+) -> String {
     format!(
         "kind: AgentConfig
 metadata: {{name: {node}}}
 spec:
   site: {site}
+  controlPlane: [\"{control_plane}\"]
+  dataDir: {}
   listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: null, dns: null}}
   services:
-    - {{name: catalog, port: {port}, tags: {{version: {version}}}}}
-"
+    - name: catalog
+      port: {port}
+      tags: {{version: {version}}}
+      check: {{http: /whoami, interval: 300ms, timeout: 250ms, rise: 1, fall: 1}}
+",
+        dir.join(format!("{node}-data")).display()
     )
 }
 
-fn web_config(upstream: SocketAddr, app1: SocketAddr, app2: SocketAddr) -> String {
+fn web_config(dir: &Path, control_plane: SocketAddr, upstream: SocketAddr) -> String {
     format!(
         "kind: AgentConfig
 metadata: {{name: web-1}}
 spec:
   site: eu-west
+  controlPlane: [\"{control_plane}\"]
+  dataDir: {}
   listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: 127.0.0.1:0, dns: null}}
   upstreams:
     - {{listen: \"{upstream}\", service: catalog}}
-  staticServices:
-    - name: catalog
-      endpoints:
-        - {{address: \"{app1}\", node: app-1, site: eu-west, tags: {{version: v1}}}}
-        - {{address: \"{app2}\", node: app-2, site: us-east, tags: {{version: v2}}}}
 ---
 kind: ServicePolicy
 metadata: {{name: catalog}}
@@ -246,7 +374,8 @@ spec:
   circuitBreaker:
     outlierDetection: {{consecutiveFailures: 2, baseEjectionTime: {EJECTION}, maxEjectedShare: 0.5}}
   loadBalancer: {{locality: prefer-site}}
-"
+",
+        dir.join("web-1-data").display()
     )
 }
 
