@@ -85,7 +85,9 @@ impl Registrar {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let client = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build(connector);
         let mut session = Session {
             client,
             servers: self.servers.clone(),

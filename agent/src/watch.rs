@@ -1,6 +1,7 @@
-//! The agent's side of the control plane: a watch stream to any configured control-plane node,
-//! failing over to the others with jittered backoff, applying each snapshot and delta, and
-//! saving the result to disk so the agent keeps serving it when no control plane answers.
+//! The agent's side of the control plane: a watch stream (HTTP/2) to any configured
+//! control-plane node, failing over to the others with jittered backoff, applying each snapshot
+//! and delta, and saving the result to disk so the agent keeps serving it when no control plane
+//! answers.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -183,8 +184,9 @@ impl Watcher {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.set_nodelay(true);
-        let client: Client<HttpConnector, Empty<Bytes>> =
-            Client::builder(TokioExecutor::new()).build(connector);
+        let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build(connector);
         let mut next = rand::random_range(0..self.servers.len());
         let mut backoff = BACKOFF_MIN;
         loop {
