@@ -17,7 +17,6 @@ use hyphae_policies::{Completeness, Diagnostic, LoadOptions, load_str};
 use openraft::BasicNode;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use serde::Serialize;
-use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +26,9 @@ use crate::raft::NodeId;
 use crate::registry;
 use crate::state::{Command, CommandResponse, PolicyDocument, StoredPolicy};
 use crate::transfer;
+use crate::wire::{
+    ClusterMember, ClusterStatus, DryRun, ErrorBody, NewMember, PolicyId, TransferTo,
+};
 
 /// Every response body: whole JSON answers and long-lived watch streams alike.
 pub type ApiBody = BoxBody<Bytes, Infallible>;
@@ -54,10 +56,11 @@ impl ApiError {
     }
 
     fn into_response(self) -> Response<Full<Bytes>> {
-        let mut body = json!({ "code": self.code, "message": self.message });
-        if !self.diagnostics.is_empty() {
-            body["diagnostics"] = serde_json::to_value(&self.diagnostics).unwrap_or_default();
-        }
+        let body = ErrorBody {
+            code: self.code.to_string(),
+            message: self.message,
+            diagnostics: self.diagnostics,
+        };
         json_response(self.status, &body)
     }
 }
@@ -337,14 +340,20 @@ async fn apply(node: &Node, request: &ApiRequest) -> Result<Response<Full<Bytes>
         .into());
     }
     if request.flag("dryRun") {
-        let names: Vec<_> = documents
+        let objects = documents
             .iter()
-            .map(|d| json!({"kind": d.kind, "name": d.name}))
+            .map(|d| PolicyId {
+                kind: d.kind.clone(),
+                name: d.name.clone(),
+            })
             .collect();
-        return Ok(json_response(
-            StatusCode::OK,
-            &json!({ "dryRun": true, "valid": true, "objects": names, "warnings": report.diagnostics }),
-        ));
+        let dry_run = DryRun {
+            dry_run: true,
+            valid: true,
+            objects,
+            warnings: report.diagnostics,
+        };
+        return Ok(json_response(StatusCode::OK, &dry_run));
     }
     let response = write(
         node,
@@ -391,13 +400,6 @@ async fn committed(
     }
 }
 
-/// A member to add, as `POST /v1/cluster/members` takes it.
-#[derive(serde::Deserialize)]
-struct NewMember {
-    id: NodeId,
-    address: String,
-}
-
 /// `POST /v1/cluster/members` adds a node as a learner, lets it catch up, then makes it a voter;
 /// `DELETE /v1/cluster/members/{id}` removes a voter. Both answer with the new cluster view.
 async fn change_members(
@@ -433,14 +435,6 @@ async fn change_members(
 
 /// Path of the leadership transfer; it may take up to `transferTimeout`.
 pub const TRANSFER_PATH: &str = "/v1/cluster/transfer-leader";
-
-/// Body of `POST /v1/cluster/transfer-leader`: the voter to hand leadership to, or none for
-/// the most caught-up one.
-#[derive(Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TransferTo {
-    to: Option<NodeId>,
-}
 
 /// `POST /v1/cluster/transfer-leader`: the leader hands leadership over (see
 /// [`transfer::transfer`]); followers forward it. Answers with the new cluster view.
@@ -567,26 +561,15 @@ async fn forward(node: &Node, request: &ApiRequest, leader: &str) -> Response<Fu
 }
 
 /// A member as `GET /v1/cluster` shows it.
-#[derive(Serialize)]
-struct Member {
-    id: NodeId,
-    address: String,
-    /// Whether it votes (otherwise it is a learner).
-    voter: bool,
-    /// Entries the leader has that it has not confirmed; only in the leader's view.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    lag: Option<u64>,
-}
-
 /// `GET /v1/cluster`: this node's view — its role, the leader, term, indexes, the snapshot and
 /// compaction point, members (with their replication lag when this node leads).
 async fn cluster(node: &Node) -> Response<Full<Bytes>> {
     let metrics = node.raft.metrics().borrow().clone();
     let membership = metrics.membership_config.membership();
-    let members: Vec<Member> = metrics
+    let members: Vec<ClusterMember> = metrics
         .membership_config
         .nodes()
-        .map(|(id, n)| Member {
+        .map(|(id, n)| ClusterMember {
             id: *id,
             address: n.addr.clone(),
             voter: membership.voter_ids().any(|v| v == *id),
@@ -600,23 +583,21 @@ async fn cluster(node: &Node) -> Response<Full<Bytes>> {
         .collect();
     let voters: Vec<NodeId> = membership.voter_ids().collect();
     let revision = node.state.read(|state| state.revision()).await;
-    json_response(
-        StatusCode::OK,
-        &json!({
-            "id": metrics.id,
-            "name": node.config.name,
-            "state": format!("{:?}", metrics.state),
-            "leader": metrics.current_leader,
-            "term": metrics.current_term,
-            "lastLogIndex": metrics.last_log_index,
-            "lastApplied": metrics.last_applied.map(|l| l.index),
-            "snapshot": metrics.snapshot.map(|l| l.index),
-            "purged": metrics.purged.map(|l| l.index),
-            "revision": revision,
-            "members": members,
-            "voters": voters,
-        }),
-    )
+    let status = ClusterStatus {
+        id: metrics.id,
+        name: node.config.name.clone(),
+        state: format!("{:?}", metrics.state),
+        leader: metrics.current_leader,
+        term: metrics.current_term,
+        last_log_index: metrics.last_log_index,
+        last_applied: metrics.last_applied.map(|l| l.index),
+        snapshot: metrics.snapshot.map(|l| l.index),
+        purged: metrics.purged.map(|l| l.index),
+        revision,
+        members,
+        voters,
+    };
+    json_response(StatusCode::OK, &status)
 }
 
 /// How many of the leader's entries a member has not confirmed: the leader's last log index

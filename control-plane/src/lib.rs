@@ -30,6 +30,7 @@ pub mod state;
 pub mod store;
 pub mod transfer;
 pub mod watch;
+pub mod wire;
 
 /// An error and its causes on one line, for logs and API messages.
 pub fn error_chain(error: &dyn std::error::Error) -> String {

@@ -4,19 +4,18 @@
 
 use std::sync::OnceLock;
 
+use hyphae_policies::Policy;
 use hyphae_policies::registry::{
     DEREGISTER_PATH, HEALTH_PATH, HEARTBEAT_PATH, HealthReport, Heartbeat, Lease, NodeRecord,
     REGISTER_PATH, ServiceSummary,
 };
 use hyphae_policies::watch::{WATCH_PATH, WatchEvent};
-use hyphae_policies::{Diagnostic, Policy};
 use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, SchemaGenerator};
-use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::raft::NodeId;
 use crate::state::{CommandResponse, StoredPolicy};
+use crate::wire::{ClusterStatus, DryRun, ErrorBody, NewMember, TransferTo};
 
 /// Where the document is served.
 pub const OPENAPI_PATH: &str = "/v1/openapi.json";
@@ -24,93 +23,6 @@ pub const OPENAPI_PATH: &str = "/v1/openapi.json";
 /// The OpenAPI version the document follows: 3.1 schemas are JSON Schema 2020-12, which is
 /// what schemars generates, so they need no translation.
 pub const OPENAPI_VERSION: &str = "3.1.0";
-
-/// Every failure's body. The API builds it in `api.rs`; declared here so the document can
-/// describe it.
-#[derive(Serialize, JsonSchema)]
-pub struct ErrorBody {
-    /// A stable machine-readable reason (`not-found`, `invalid-policy`, `no-quorum`...).
-    pub code: String,
-    /// What happened and what to do, for people.
-    pub message: String,
-    /// For rejected policies: every problem, with file, line, column and field path.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub diagnostics: Vec<Diagnostic>,
-}
-
-/// A cluster member in `GET /v1/cluster`.
-#[derive(Serialize, JsonSchema)]
-pub struct ClusterMember {
-    /// Its Raft node id.
-    pub id: NodeId,
-    /// Its `host:port`.
-    pub address: String,
-}
-
-/// `GET /v1/cluster`: the answering node's view of the cluster.
-#[derive(Serialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ClusterStatus {
-    /// The answering node's id.
-    pub id: NodeId,
-    /// The answering node's name.
-    pub name: String,
-    /// Its Raft role (`Leader`, `Follower`, `Candidate`, `Learner`).
-    pub state: String,
-    /// The leader it knows of, if any.
-    pub leader: Option<NodeId>,
-    /// Its current term.
-    pub term: u64,
-    /// Index of the last entry in its log.
-    pub last_log_index: Option<u64>,
-    /// Index of the last entry it applied.
-    pub last_applied: Option<u64>,
-    /// Its state's revision (equal to the last applied index).
-    pub revision: u64,
-    /// Every member, voters and learners.
-    pub members: Vec<ClusterMember>,
-    /// The voters' ids.
-    pub voters: Vec<NodeId>,
-}
-
-/// `POST /v1/cluster/members`: the node to add.
-#[derive(Serialize, JsonSchema)]
-pub struct NewMember {
-    /// Its node id (`spec.id` in its configuration).
-    pub id: NodeId,
-    /// Its `host:port`.
-    pub address: String,
-}
-
-/// `POST /v1/cluster/transfer-leader`: the voter that should lead.
-#[derive(Serialize, JsonSchema)]
-pub struct TransferLeader {
-    /// The voter's node id.
-    pub id: NodeId,
-}
-
-/// An object a dry run would write.
-#[derive(Serialize, JsonSchema)]
-pub struct PolicyId {
-    /// `kind`.
-    pub kind: String,
-    /// `metadata.name`.
-    pub name: String,
-}
-
-/// `POST /v1/policies?dryRun=true`: what would be written, and the warnings.
-#[derive(Serialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct DryRun {
-    /// Always true: nothing was written.
-    pub dry_run: bool,
-    /// Always true: an invalid body is a 422 instead.
-    pub valid: bool,
-    /// The objects the body holds.
-    pub objects: Vec<PolicyId>,
-    /// Findings that do not block the write.
-    pub warnings: Vec<Diagnostic>,
-}
 
 /// The document, built once per process.
 pub fn document() -> &'static Value {
@@ -259,8 +171,8 @@ fn build() -> Value {
         "/v1/cluster/transfer-leader".into(),
         json!({ "post": {
             "operationId": "transferLeader",
-            "summary": "Hand leadership to another voter once it has caught up",
-            "requestBody": { "required": true, "content": json_content(schema::<TransferLeader>(g)) },
+            "summary": "Hand leadership to a voter (`to`), or to the most caught-up one, once it has caught up",
+            "requestBody": { "required": false, "content": json_content(schema::<TransferTo>(g)) },
             "responses": responses("The cluster after the change.", cluster, &error),
         }}),
     );

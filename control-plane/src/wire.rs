@@ -1,0 +1,107 @@
+//! The bodies of the admin API that are not stored state: errors, the cluster view, membership
+//! and transfer requests, dry runs. One definition serves both the handlers in [`crate::api`]
+//! and the document in [`crate::openapi`], so the two cannot drift apart.
+
+use hyphae_policies::Diagnostic;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::raft::NodeId;
+
+/// Every failure's body.
+#[derive(Serialize, JsonSchema)]
+pub struct ErrorBody {
+    /// A stable machine-readable reason (`not-found`, `invalid-policy`, `no-quorum`...).
+    pub code: String,
+    /// What happened and what to do, for people.
+    pub message: String,
+    /// For rejected policies: every problem, with file, line, column and field path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// A cluster member in `GET /v1/cluster`.
+#[derive(Serialize, JsonSchema)]
+pub struct ClusterMember {
+    /// Its Raft node id.
+    pub id: NodeId,
+    /// Its `host:port`.
+    pub address: String,
+    /// Whether it votes (otherwise it is a learner).
+    pub voter: bool,
+    /// Entries the leader has that it has not confirmed; only in the leader's view.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lag: Option<u64>,
+}
+
+/// `GET /v1/cluster`: the answering node's view of the cluster.
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterStatus {
+    /// The answering node's id.
+    pub id: NodeId,
+    /// The answering node's name.
+    pub name: String,
+    /// Its Raft role (`Leader`, `Follower`, `Candidate`, `Learner`).
+    pub state: String,
+    /// The leader it knows of, if any.
+    pub leader: Option<NodeId>,
+    /// Its current term.
+    pub term: u64,
+    /// Index of the last entry in its log.
+    pub last_log_index: Option<u64>,
+    /// Index of the last entry it applied.
+    pub last_applied: Option<u64>,
+    /// Last log index its current snapshot covers.
+    pub snapshot: Option<u64>,
+    /// Last log index compacted away (entries up to it live only in the snapshot).
+    pub purged: Option<u64>,
+    /// Its state's revision (equal to the last applied index).
+    pub revision: u64,
+    /// Every member, voters and learners.
+    pub members: Vec<ClusterMember>,
+    /// The voters' ids.
+    pub voters: Vec<NodeId>,
+}
+
+/// `POST /v1/cluster/members`: the node to add.
+#[derive(Deserialize, JsonSchema)]
+pub struct NewMember {
+    /// Its node id (`spec.id` in its configuration).
+    pub id: NodeId,
+    /// Its `host:port`.
+    pub address: String,
+}
+
+/// `POST /v1/cluster/transfer-leader`: the voter that should lead, or none for the most
+/// caught-up one.
+#[derive(Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferTo {
+    /// The voter's node id.
+    #[serde(default)]
+    pub to: Option<NodeId>,
+}
+
+/// An object a dry run would write.
+#[derive(Serialize, JsonSchema)]
+pub struct PolicyId {
+    /// `kind`.
+    pub kind: String,
+    /// `metadata.name`.
+    pub name: String,
+}
+
+/// `POST /v1/policies?dryRun=true`: what would be written, and the warnings.
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DryRun {
+    /// Always true: nothing was written.
+    pub dry_run: bool,
+    /// Always true: an invalid body is a 422 instead.
+    pub valid: bool,
+    /// The objects the body holds.
+    pub objects: Vec<PolicyId>,
+    /// Findings that do not block the write.
+    pub warnings: Vec<Diagnostic>,
+}
