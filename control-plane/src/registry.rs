@@ -93,24 +93,8 @@ pub(crate) async fn nodes(
     request: &ApiRequest,
     name: Option<&str>,
 ) -> Result<Response<Full<Bytes>>, Routed> {
-    read_barrier(node, request).await?;
-    let nodes: Vec<NodeRecord> = node
-        .state
-        .read(|state| {
-            state
-                .nodes()
-                .filter(|n| name.is_none_or(|name| n.name == name))
-                .cloned()
-                .collect()
-        })
-        .await;
-    match name {
-        None => Ok(json_response(StatusCode::OK, &nodes)),
-        Some(name) => match nodes.first() {
-            Some(found) => Ok(json_response(StatusCode::OK, found)),
-            None => Err(not_found("node", name)),
-        },
-    }
+    let nodes = registered(node, request).await?;
+    list_or_one(nodes, name, "node", |n| &n.name)
 }
 
 /// `GET /v1/services` and `GET /v1/services/{name}`: instances grouped by service.
@@ -119,21 +103,32 @@ pub(crate) async fn services(
     request: &ApiRequest,
     name: Option<&str>,
 ) -> Result<Response<Full<Bytes>>, Routed> {
+    let nodes = registered(node, request).await?;
+    list_or_one(registry::services(&nodes), name, "service", |s| &s.name)
+}
+
+/// Every registered node, read as the request asks (linearizable unless `?stale=true`).
+async fn registered(node: &Node, request: &ApiRequest) -> Result<Vec<NodeRecord>, Routed> {
     read_barrier(node, request).await?;
-    let nodes: Vec<NodeRecord> = node
+    Ok(node
         .state
         .read(|state| state.nodes().cloned().collect())
-        .await;
-    let mut services = registry::services(&nodes);
-    match name {
-        None => Ok(json_response(StatusCode::OK, &services)),
-        Some(name) => {
-            services.retain(|s| s.name == name);
-            match services.first() {
-                Some(found) => Ok(json_response(StatusCode::OK, found)),
-                None => Err(not_found("service", name)),
-            }
-        }
+        .await)
+}
+
+/// The whole list, or with `name` the one item of that name (404 when there is none).
+fn list_or_one<T: serde::Serialize>(
+    items: Vec<T>,
+    name: Option<&str>,
+    what: &str,
+    name_of: impl Fn(&T) -> &str,
+) -> Result<Response<Full<Bytes>>, Routed> {
+    let Some(name) = name else {
+        return Ok(json_response(StatusCode::OK, &items));
+    };
+    match items.iter().find(|item| name_of(item) == name) {
+        Some(found) => Ok(json_response(StatusCode::OK, found)),
+        None => Err(not_found(what, name)),
     }
 }
 
