@@ -133,6 +133,9 @@ impl Registrar {
             self.status.registered.store(true, Ordering::Release);
             let every = Duration::from_millis(lease.ttl_ms / 3).max(MIN_HEARTBEAT_INTERVAL);
             let mut next_beat = Instant::now() + every;
+            // After a failed heartbeat or report: how soon to try again (another node), growing
+            // up to the heartbeat interval while the control plane stays unreachable.
+            let mut retry = BACKOFF_MIN;
             loop {
                 tokio::select! {
                     () = shutdown.cancelled() => {
@@ -153,12 +156,13 @@ impl Registrar {
                             Ok(_) => {
                                 self.status.registered.store(true, Ordering::Release);
                                 next_beat = Instant::now() + every;
+                                retry = BACKOFF_MIN;
                             }
                             Err(RequestError::UnknownNode) => continue 'register,
                             Err(RequestError::Other(error)) => {
                                 tracing::warn!(server = session.server(), "heartbeat failed: {error}; trying the next node");
                                 session.rotate();
-                                next_beat = Instant::now() + BACKOFF_MIN;
+                                next_beat = Instant::now() + jittered(&mut retry, every);
                             }
                         }
                     }
@@ -186,7 +190,7 @@ impl Registrar {
                             "health report failed: {error}; will retry"
                         );
                         session.rotate();
-                        next_beat = Instant::now() + BACKOFF_MIN;
+                        next_beat = Instant::now() + jittered(&mut retry, every);
                     }
                 }
             }
@@ -282,10 +286,16 @@ impl Session {
     }
 }
 
+/// The current retry delay, jittered, doubling it up to `cap` for next time.
+fn jittered(retry: &mut Duration, cap: Duration) -> Duration {
+    let wait = retry.mul_f64(rand::random_range(0.5..1.5));
+    *retry = (*retry * 2).min(cap);
+    wait
+}
+
 /// Waits the current backoff (jittered) and doubles it; false on shutdown.
 async fn pause(shutdown: &CancellationToken, backoff: &mut Duration) -> bool {
-    let wait = backoff.mul_f64(rand::random_range(0.5..1.5));
-    *backoff = (*backoff * 2).min(BACKOFF_MAX);
+    let wait = jittered(backoff, BACKOFF_MAX);
     tokio::select! {
         () = shutdown.cancelled() => false,
         () = tokio::time::sleep(wait) => true,
