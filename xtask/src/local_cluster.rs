@@ -83,6 +83,11 @@ impl LocalCluster {
         &self.servers[id - 1]
     }
 
+    /// The process id of node `id`, when it runs.
+    pub fn pid(&self, id: usize) -> Option<u32> {
+        self.pids.get(id - 1).copied().flatten()
+    }
+
     /// The `hyphae` CLI.
     pub fn hyphae(&self) -> PathBuf {
         self.bin.join("hyphae")
