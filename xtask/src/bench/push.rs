@@ -457,10 +457,10 @@ impl Bench {
                     .step_by(nodes.len())
                     .copied()
                     .collect();
-                node_latencies.extend(latencies(&watching, acked).0);
+                node_latencies.extend(latencies_since(&watching, acked).0);
             }
-            from_send.extend(latencies(&arrivals, sent).0);
-            let (mut latencies, missed, before_ack) = latencies(&arrivals, acked);
+            from_send.extend(latencies_since(&arrivals, sent).0);
+            let (mut latencies, missed, before_ack) = latencies_since(&arrivals, acked);
             all_latencies.extend_from_slice(&latencies);
             rounds.push(Round {
                 revision,
@@ -627,21 +627,22 @@ struct Node {
     pid: u32,
 }
 
-/// For each agent, the first arrival at or after the revision, against the write's answer at
-/// `acked`: (latencies, agents without an arrival, arrivals before `acked`, which count as 0).
-fn latencies(arrivals: &[Option<Instant>], acked: Instant) -> (Vec<Duration>, usize, usize) {
+/// Each agent's first arrival of a revision (from [`Shared::arrivals_of`]) measured from
+/// `since` (the write's answer, or its sending): (latencies, agents without an arrival,
+/// arrivals before `since`, which count as 0).
+fn latencies_since(arrivals: &[Option<Instant>], since: Instant) -> (Vec<Duration>, usize, usize) {
     let mut latencies = Vec::with_capacity(arrivals.len());
-    let (mut missed, mut before_ack) = (0, 0);
+    let (mut missed, mut before) = (0, 0);
     for arrival in arrivals {
         match arrival {
             None => missed += 1,
             Some(at) => {
-                before_ack += usize::from(*at < acked);
-                latencies.push(at.saturating_duration_since(acked));
+                before += usize::from(*at < since);
+                latencies.push(at.saturating_duration_since(since));
             }
         }
     }
-    (latencies, missed, before_ack)
+    (latencies, missed, before)
 }
 
 /// What the agents share with the coordinator. Each agent writes only its own slots.
@@ -659,6 +660,7 @@ struct Shared {
 }
 
 impl Shared {
+    /// Slots for `agents` agents, none of which holds anything yet.
     fn new(agents: usize) -> Shared {
         Shared {
             holds: (0..agents).map(|_| AtomicU64::new(0)).collect(),
@@ -1003,7 +1005,7 @@ mod tests {
             acked.checked_sub(Duration::from_millis(1)),
             Some(acked + Duration::from_millis(10)),
         ];
-        let (mut latencies, missed, before_ack) = latencies(&arrivals, acked);
+        let (mut latencies, missed, before_ack) = latencies_since(&arrivals, acked);
         assert_eq!((missed, before_ack), (1, 1));
         let summary = Summary::of(&mut latencies).unwrap();
         assert_eq!(summary.samples, 3);
