@@ -17,6 +17,8 @@ use serde_json::{Value, json};
 
 use crate::util;
 
+mod push;
+
 /// Where generated configs, logs, raw load-generator output and `proxy.json` go, under the
 /// workspace root.
 const BENCH_DIR: &str = "target/bench";
@@ -94,12 +96,13 @@ options:
 pub fn run(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("proxy") => proxy(&args[1..]),
+        Some("push") => push::run(&args[1..]),
         Some("-h" | "--help" | "help") => {
-            println!("{USAGE}");
+            println!("{USAGE}\n\n{}", push::USAGE);
             Ok(())
         }
-        Some(other) => bail!("unknown benchmark `{other}`\n\n{USAGE}"),
-        None => bail!("which benchmark?\n\n{USAGE}"),
+        Some(other) => bail!("unknown benchmark `{other}`: `proxy` or `push`"),
+        None => bail!("which benchmark? `proxy` or `push`"),
     }
 }
 
@@ -1039,13 +1042,16 @@ fn parse_h2load(text: &str, latency_log: &str) -> Result<Load> {
         .collect();
     ensure!(!micros.is_empty(), "h2load logged no request");
     micros.sort_unstable();
-    let percentile_ms = |p: f64| {
-        let rank = ((p / 100.0) * micros.len() as f64).ceil() as usize;
-        micros[rank.clamp(1, micros.len()) - 1] as f64 / 1000.0
-    };
+    let percentile_ms = |p: f64| percentile(&micros, p).map_or(0.0, |us| us as f64 / 1000.0);
     load.p50_ms = percentile_ms(50.0);
     load.p99_ms = percentile_ms(99.0);
     Ok(load)
+}
+
+/// The nearest-rank `p`th percentile of `sorted` (ascending); `None` when it is empty.
+fn percentile<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted.get(rank.clamp(1, sorted.len().max(1)) - 1).copied()
 }
 
 /// Decimal places of ratios in `proxy.json`.
@@ -1549,6 +1555,16 @@ status codes: 43560 2xx, 0 3xx, 0 4xx, 7 5xx
             parse_h2load(H2LOAD, "").is_err(),
             "an empty log is an error"
         );
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let values: Vec<u32> = (1..=200).collect();
+        assert_eq!(percentile(&values, 50.0), Some(100));
+        assert_eq!(percentile(&values, 99.0), Some(198));
+        assert_eq!(percentile(&values, 100.0), Some(200));
+        assert_eq!(percentile(&values[..1], 99.0), Some(1));
+        assert_eq!(percentile::<u32>(&[], 50.0), None);
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod check_systemd;
 mod cluster;
 mod demo;
 mod fleet;
+mod local_cluster;
 mod test;
 mod util;
 
@@ -19,7 +20,10 @@ commands:
   check-systemd   verify the unit files under systemd/ with systemd-analyze
   bench proxy [--duration SECS] [--connections N]
                   measure the agent's data path against haproxy and nginx (a benchmark, not a
-                  test; installs them, wrk and h2load from apt when missing; target/bench/)";
+                  test; installs them, wrk and h2load from apt when missing; target/bench/)
+  bench push [--agents N ...] [--rounds K]
+                  time a policy change from a three-node control plane to N simulated agents'
+                  watch streams (default 1000, then 5000 agents; target/bench/push.json)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

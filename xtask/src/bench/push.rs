@@ -1,0 +1,1063 @@
+//! `cargo xtask bench push`: how long a policy change takes to reach every agent. A three-node
+//! control plane, N simulated agents in this process (one HTTP/2 watch stream each, spread
+//! round-robin over the nodes), K policy writes to the leader; for each write, the time from its
+//! answer until each agent holds the new revision. Prints a table and writes
+//! `target/bench/push.json`. Fails only when something is broken, never because it is slow.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use bytes::{Bytes, BytesMut};
+use http::{Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyphae_policies::watch::{WATCH_PATH, WatchEvent};
+use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::task::JoinSet;
+
+use super::{
+    BENCH_DIR, SECONDS_DECIMALS, clock_ticks, commit, cpu_seconds, first_line, memory_kib,
+    percentile, relative, rounded,
+};
+use crate::local_cluster::{LocalCluster, NODES};
+use crate::util;
+
+/// Population sizes measured unless `--agents` says otherwise, in order.
+const DEFAULT_AGENTS: [usize; 2] = [1000, 5000];
+/// Most `--agents` accepted: each agent is a connection, and so a file descriptor, here and on
+/// a node.
+const MAX_AGENTS: usize = 50_000;
+/// Policy writes per population size unless `--rounds` says otherwise.
+const DEFAULT_ROUNDS: u32 = 10;
+/// Most `--rounds` accepted.
+const MAX_ROUNDS: u32 = 1000;
+/// Runtime worker threads for the simulated agents: one, so the three nodes keep most of the
+/// machine (the coordinating code runs on the main thread beside it).
+const AGENT_THREADS: usize = 1;
+/// Agents connecting at once (from connect until their snapshot), so the nodes' accept
+/// backlogs never overflow into SYN retries.
+const CONNECT_CONCURRENCY: usize = 128;
+/// Longest the whole population may take to connect and receive its snapshots.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest a round waits for every agent to hold the revision it wrote; agents still behind
+/// then count as missed.
+const ROUND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a policy write may take to be answered.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Quiet time before each write, so every round starts from idle streams.
+const ROUND_GAP: Duration = Duration::from_millis(200);
+/// How often the coordinator checks how many agents are behind (the agents timestamp their
+/// own arrivals, so this does not affect the figures).
+const PROGRESS_POLL: Duration = Duration::from_millis(5);
+/// Pause before an agent whose stream failed connects again.
+const RECONNECT_DELAY: Duration = Duration::from_millis(200);
+/// File descriptors the bench needs beside one per agent: the nodes' pipes, the runtime, the
+/// write connection, logs.
+const SPARE_FDS: u64 = 256;
+/// The example policies stored before the agents connect (one write), so snapshots and the
+/// nodes' per-revision work have a realistic size. Under `policies/examples/`.
+const SEED_FILES: [&str; 4] = [
+    "services.yaml",
+    "routes.yaml",
+    "access.yaml",
+    "external.yaml",
+];
+/// The `ServicePolicy` each round rewrites.
+const CHANGED_POLICY: &str = "bench-push";
+/// Decimal places of milliseconds in `push.json`.
+const MILLIS_DECIMALS: i32 = 3;
+
+/// `cargo xtask bench push --help`.
+pub const USAGE: &str = "usage: cargo xtask bench push [--agents N ...] [--rounds K]
+
+Starts a three-node control plane (release build), opens N simulated agents in this process
+(one HTTP/2 watch stream each, round-robin over the nodes), waits for every snapshot, then
+writes one small ServicePolicy to the leader K times. For each write it measures the time from
+the write's answer until each agent holds its revision, and prints p50, p99 and max over all
+agents and rounds, with each node's CPU and RSS and this process's CPU. Writes
+target/bench/push.json; node logs go to target/bench/push-cluster/.
+
+options:
+  --agents N     agents to simulate; repeat or separate with commas (default 1000 then 5000)
+  --rounds K     policy writes per population size (default 10)
+
+Every agent holds a file descriptor here and on a node: the bench raises its soft open-file
+limit to the hard limit, and asks for `ulimit -n` when even that is too low.";
+
+/// What the command line asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Options {
+    /// Population sizes, measured in this order, each on a fresh cluster.
+    agents: Vec<usize>,
+    /// Policy writes per population size.
+    rounds: u32,
+}
+
+impl Options {
+    /// Parses `--agents N[,N...]` (repeatable) and `--rounds K`; `None` for `--help`.
+    fn parse(args: &[String]) -> Result<Option<Options>> {
+        let mut agents = Vec::new();
+        let mut rounds = DEFAULT_ROUNDS;
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            let mut value = |name: &str| {
+                args.next()
+                    .with_context(|| format!("{name} needs a value\n\n{USAGE}"))
+            };
+            match arg.as_str() {
+                "--agents" => {
+                    for text in value("--agents")?.split(',') {
+                        let count: usize = text
+                            .trim()
+                            .parse()
+                            .with_context(|| format!("--agents `{text}` is not a number"))?;
+                        ensure!(
+                            (1..=MAX_AGENTS).contains(&count),
+                            "--agents must be between 1 and {MAX_AGENTS}"
+                        );
+                        agents.push(count);
+                    }
+                }
+                "--rounds" => {
+                    let text = value("--rounds")?;
+                    rounds = text
+                        .parse()
+                        .with_context(|| format!("--rounds `{text}` is not a number"))?;
+                    ensure!(
+                        (1..=MAX_ROUNDS).contains(&rounds),
+                        "--rounds must be between 1 and {MAX_ROUNDS}"
+                    );
+                }
+                "-h" | "--help" => {
+                    println!("{USAGE}");
+                    return Ok(None);
+                }
+                other => bail!("unknown option `{other}`\n\n{USAGE}"),
+            }
+        }
+        if agents.is_empty() {
+            agents = DEFAULT_AGENTS.to_vec();
+        }
+        Ok(Some(Options { agents, rounds }))
+    }
+}
+
+/// `cargo xtask bench push`.
+pub fn run(args: &[String]) -> Result<()> {
+    let Some(options) = Options::parse(args)? else {
+        return Ok(());
+    };
+    util::run(util::cargo().args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "hyphae-control-plane",
+        "-p",
+        "xtask",
+    ]))?;
+    let root = util::root();
+    let bin = root.join("target/release");
+    if cfg!(debug_assertions) {
+        // The agents parse every event and drive thousands of HTTP/2 connections; in a debug
+        // build this process would be slower than the nodes it measures, and its own delays
+        // would count as push latency. So the measuring is done by the release build.
+        return util::run(
+            Command::new(bin.join("xtask"))
+                .args(["bench", "push"])
+                .args(args),
+        );
+    }
+    let largest = options.agents.iter().copied().max().unwrap_or(0);
+    let fd_limit = raise_fd_limit(largest)?;
+    let dir = root.join(BENCH_DIR);
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let bench = Bench {
+        runtime: tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(AGENT_THREADS)
+            .enable_all()
+            .build()
+            .context("start the agents' runtime")?,
+        seed: seed_policies(&root.join("policies/examples"))?,
+        ticks_per_second: clock_ticks()?,
+        cluster_dir: dir.join("push-cluster"),
+        bin,
+        rounds: options.rounds,
+    };
+    let mut results = Vec::new();
+    for &agents in &options.agents {
+        results.push(bench.measure(agents)?);
+    }
+
+    print!("{}", report(&bench, &results));
+    let json_file = dir.join("push.json");
+    let text = serde_json::to_string_pretty(&bench.json(&results, fd_limit))
+        .context("encode push.json")?;
+    std::fs::write(&json_file, text + "\n")
+        .with_context(|| format!("write {}", json_file.display()))?;
+    println!("\nwrote {}", relative(&json_file));
+    Ok(())
+}
+
+/// Makes sure `agents` connections fit under the open-file limit, raising the soft limit to
+/// the hard one when needed (no privilege needed; the nodes inherit it). Returns the limit.
+fn raise_fd_limit(agents: usize) -> Result<u64> {
+    let need = agents as u64 + SPARE_FDS;
+    let limit = getrlimit(Resource::Nofile);
+    // `None` is "unlimited".
+    let soft = limit.current.unwrap_or(u64::MAX);
+    if soft >= need {
+        return Ok(soft);
+    }
+    let hard = limit.maximum.unwrap_or(u64::MAX);
+    ensure!(
+        hard >= need,
+        "{agents} agents need about {need} open files, but the hard limit is {hard}: raise it \
+         (as root: `ulimit -Hn {need}; ulimit -n {need}` in the shell that runs the bench) or \
+         pass fewer --agents"
+    );
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        },
+    )
+    .with_context(|| {
+        format!("raise the open-file limit from {soft} to {hard}; run `ulimit -n {need}` first")
+    })?;
+    eprintln!("xtask: raised the open-file limit from {soft} to {hard}");
+    Ok(hard)
+}
+
+/// The example policies as one YAML stream.
+fn seed_policies(examples: &Path) -> Result<String> {
+    let mut yaml = String::new();
+    for file in SEED_FILES {
+        let path = examples.join(file);
+        let text =
+            std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+        yaml.push_str("---\n");
+        yaml.push_str(&text);
+        yaml.push('\n');
+    }
+    Ok(yaml)
+}
+
+/// The policy a round writes: a small `ServicePolicy` whose request timeout changes each round.
+fn change(round: u32) -> String {
+    format!(
+        "kind: ServicePolicy\nmetadata: {{name: {CHANGED_POLICY}}}\nspec:\n  timeouts: {{request: {}s}}\n",
+        round + 1
+    )
+}
+
+/// Settings and tools shared by every population size.
+struct Bench {
+    /// Runs the agents and the writes.
+    runtime: tokio::runtime::Runtime,
+    /// The policies stored before the agents connect.
+    seed: String,
+    /// Unit of the CPU times in `/proc/PID/stat`.
+    ticks_per_second: f64,
+    /// Where each size's cluster keeps configs, data and logs (emptied per size).
+    cluster_dir: PathBuf,
+    /// The release binaries.
+    bin: PathBuf,
+    /// Policy writes per size.
+    rounds: u32,
+}
+
+/// What one population size measured.
+struct Measured {
+    /// Simulated agents.
+    agents: usize,
+    /// Agents that held their snapshot before the rounds began.
+    connected: usize,
+    /// From the first connect until every agent held its snapshot (or the connect timeout).
+    connect: Duration,
+    /// Each round, in order.
+    rounds: Vec<Round>,
+    /// Latencies over every agent and round.
+    overall: Option<Summary>,
+    /// The same, counted from sending each write instead of from its answer: the write's own
+    /// Raft round trip included.
+    from_send: Option<Summary>,
+    /// Streams that failed or ended (each is followed by a reconnect), over the whole run.
+    stream_errors: u64,
+    /// The first such failure, for the report.
+    first_error: Option<String>,
+    /// Each node, node 1 first.
+    nodes: Vec<NodeCost>,
+    /// User plus system CPU seconds of this process during the rounds.
+    bench_cpu_seconds: f64,
+    /// CPU seconds the rest of the machine (neither the nodes nor this process) used during the
+    /// rounds: high values mean the figures are disturbed by other work.
+    others_cpu_seconds: f64,
+    /// Wall time of the rounds, gaps included.
+    rounds_wall: Duration,
+}
+
+/// One policy write and how it reached the agents.
+struct Round {
+    /// The revision the write produced.
+    revision: u64,
+    /// From sending the write until its answer was read (connect, Raft commit, apply).
+    write: Duration,
+    /// Latencies of the agents that received it in time.
+    summary: Option<Summary>,
+    /// Agents that did not hold the revision within the round timeout.
+    missed: usize,
+    /// Agents that held the revision before this process had read the write's answer
+    /// (counted as 0 ms).
+    before_ack: usize,
+}
+
+/// Percentiles of a set of latencies.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Summary {
+    /// How many latencies.
+    samples: usize,
+    /// Median.
+    p50: Duration,
+    /// 99th percentile.
+    p99: Duration,
+    /// Largest.
+    max: Duration,
+}
+
+impl Summary {
+    /// Sorts `latencies` and summarizes them; `None` when there are none.
+    fn of(latencies: &mut [Duration]) -> Option<Summary> {
+        latencies.sort_unstable();
+        Some(Summary {
+            samples: latencies.len(),
+            p50: percentile(latencies, 50.0)?,
+            p99: percentile(latencies, 99.0)?,
+            max: *latencies.last()?,
+        })
+    }
+}
+
+/// What one node did during the run.
+struct NodeCost {
+    /// Node id (1-based).
+    id: usize,
+    /// Whether it took the writes.
+    leader: bool,
+    /// Agents watching it.
+    watchers: usize,
+    /// Latencies of its watchers over every round.
+    latency: Option<Summary>,
+    /// User plus system CPU seconds during the rounds.
+    cpu_seconds: f64,
+    /// Resident memory with the seed policies stored, before any agent connected.
+    rss_idle_kib: u64,
+    /// Resident memory with every agent connected, before the rounds.
+    rss_connected_kib: u64,
+    /// Resident memory after the rounds.
+    rss_after_kib: u64,
+    /// Peak resident memory (`VmHWM`) after the rounds.
+    rss_peak_kib: u64,
+}
+
+impl Bench {
+    /// Starts a fresh cluster, measures `agents` agents against it and stops it.
+    fn measure(&self, agents: usize) -> Result<Measured> {
+        eprintln!(
+            "xtask: bench push with {agents} agents, {} rounds",
+            self.rounds
+        );
+        let cluster = LocalCluster::start(&self.bin, &self.cluster_dir)?;
+        let all: Vec<usize> = (1..=NODES).collect();
+        let leader = cluster.wait_for_leader(&all)?;
+        let mut nodes = Vec::new();
+        for id in all {
+            let address: SocketAddr = cluster
+                .server(id)
+                .parse()
+                .with_context(|| format!("node {id}'s address"))?;
+            let pid = cluster
+                .pid(id)
+                .with_context(|| format!("node {id} is not running"))?;
+            nodes.push(Node { id, address, pid });
+        }
+        let measured = self
+            .runtime
+            .block_on(self.drive(agents, &nodes, leader))
+            .with_context(|| format!("node logs are in {}", relative(&self.cluster_dir)));
+        // Stop the nodes before the next size starts.
+        drop(cluster);
+        measured
+    }
+
+    /// Seeds the policies, connects the agents, runs the rounds and gathers the figures.
+    async fn drive(&self, agents: usize, nodes: &[Node], leader: usize) -> Result<Measured> {
+        let leader_address = nodes[leader - 1].address;
+        let rss = |field: &str| -> Result<Vec<u64>> {
+            nodes.iter().map(|n| memory_kib(&[n.pid], field)).collect()
+        };
+        let cpu = |pids: &[u32]| -> Result<Vec<f64>> {
+            pids.iter()
+                .map(|&pid| cpu_seconds(&[pid], self.ticks_per_second))
+                .collect()
+        };
+        let (seeded, _) = apply(leader_address, self.seed.clone())
+            .await
+            .context("store the example policies")?;
+        let rss_idle = rss("VmRSS")?;
+
+        let shared = Arc::new(Shared::new(agents));
+        let mut watchers = JoinSet::new();
+        let connecting = Instant::now();
+        for agent in 0..agents {
+            let address = nodes[agent % nodes.len()].address;
+            watchers.spawn(watch(agent, address, Arc::clone(&shared)));
+        }
+        let behind = shared.wait_for(seeded, CONNECT_TIMEOUT).await;
+        let connect = connecting.elapsed();
+        if behind > 0 {
+            eprintln!(
+                "xtask: {behind} of {agents} agents had no snapshot after {CONNECT_TIMEOUT:?}; \
+                 they count as missed"
+            );
+        }
+        let rss_connected = rss("VmRSS")?;
+
+        let mut pids: Vec<u32> = nodes.iter().map(|n| n.pid).collect();
+        pids.push(std::process::id());
+        let cpu_before = cpu(&pids)?;
+        let machine_before = machine_busy_seconds(self.ticks_per_second)?;
+        let started = Instant::now();
+        let mut rounds = Vec::new();
+        let mut all_latencies = Vec::new();
+        let mut from_send = Vec::new();
+        let mut by_node = vec![Vec::new(); nodes.len()];
+        for round in 0..self.rounds {
+            tokio::time::sleep(ROUND_GAP).await;
+            let sent = Instant::now();
+            let (revision, acked) = apply(leader_address, change(round))
+                .await
+                .with_context(|| format!("round {}'s write", round + 1))?;
+            shared.wait_for(revision, ROUND_TIMEOUT).await;
+            let arrivals = shared.arrivals_of(revision);
+            for (index, node_latencies) in by_node.iter_mut().enumerate() {
+                let watching: Vec<Option<Instant>> = arrivals
+                    .iter()
+                    .skip(index)
+                    .step_by(nodes.len())
+                    .copied()
+                    .collect();
+                node_latencies.extend(latencies_since(&watching, acked).0);
+            }
+            from_send.extend(latencies_since(&arrivals, sent).0);
+            let (mut latencies, missed, before_ack) = latencies_since(&arrivals, acked);
+            all_latencies.extend_from_slice(&latencies);
+            rounds.push(Round {
+                revision,
+                write: acked - sent,
+                summary: Summary::of(&mut latencies),
+                missed,
+                before_ack,
+            });
+        }
+        let rounds_wall = started.elapsed();
+        let cpu_after = cpu(&pids)?;
+        let machine = machine_busy_seconds(self.ticks_per_second)? - machine_before;
+        let ours: f64 = cpu_after.iter().zip(&cpu_before).map(|(a, b)| a - b).sum();
+        let (rss_after, rss_peak) = (rss("VmRSS")?, rss("VmHWM")?);
+        watchers.shutdown().await;
+
+        let watchers_of = |index: usize| agents / NODES + usize::from(index < agents % NODES);
+        let node_costs = nodes
+            .iter()
+            .zip(&mut by_node)
+            .enumerate()
+            .map(|(i, (node, latencies))| NodeCost {
+                id: node.id,
+                leader: node.id == leader,
+                watchers: watchers_of(i),
+                latency: Summary::of(latencies),
+                cpu_seconds: cpu_after[i] - cpu_before[i],
+                rss_idle_kib: rss_idle[i],
+                rss_connected_kib: rss_connected[i],
+                rss_after_kib: rss_after[i],
+                rss_peak_kib: rss_peak[i],
+            })
+            .collect();
+        Ok(Measured {
+            agents,
+            connected: agents - behind,
+            connect,
+            rounds,
+            overall: Summary::of(&mut all_latencies),
+            from_send: Summary::of(&mut from_send),
+            stream_errors: shared.errors.load(Ordering::Relaxed),
+            first_error: shared
+                .first_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+            nodes: node_costs,
+            bench_cpu_seconds: cpu_after[nodes.len()] - cpu_before[nodes.len()],
+            others_cpu_seconds: (machine - ours).max(0.0),
+            rounds_wall,
+        })
+    }
+
+    /// The machine-readable report, in the shape of `proxy.json`.
+    fn json(&self, results: &[Measured], fd_limit: u64) -> Value {
+        let ms = |d: Duration| rounded(d.as_secs_f64() * 1000.0, MILLIS_DECIMALS);
+        let seconds = |s: f64| rounded(s, SECONDS_DECIMALS);
+        let summary = |s: &Option<Summary>| {
+            s.map(|s| {
+                json!({
+                    "samples": s.samples,
+                    "latencyP50Ms": ms(s.p50),
+                    "latencyP99Ms": ms(s.p99),
+                    "latencyMaxMs": ms(s.max),
+                })
+            })
+        };
+        let rows: Vec<Value> = results
+            .iter()
+            .map(|m| {
+                json!({
+                    "agents": m.agents,
+                    "connected": m.connected,
+                    "connectSeconds": seconds(m.connect.as_secs_f64()),
+                    "rounds": m.rounds.len(),
+                    "latency": summary(&m.overall),
+                    "latencyFromSend": summary(&m.from_send),
+                    "missed": m.rounds.iter().map(|r| r.missed).sum::<usize>(),
+                    "beforeAck": m.rounds.iter().map(|r| r.before_ack).sum::<usize>(),
+                    "streamErrors": m.stream_errors,
+                    "firstStreamError": m.first_error,
+                    "benchCpuSeconds": seconds(m.bench_cpu_seconds),
+                    "othersCpuSeconds": seconds(m.others_cpu_seconds),
+                    "roundsSeconds": seconds(m.rounds_wall.as_secs_f64()),
+                    "nodes": m.nodes.iter().map(|n| json!({
+                        "id": n.id,
+                        "role": if n.leader { "leader" } else { "follower" },
+                        "watchers": n.watchers,
+                        "latency": summary(&n.latency),
+                        "cpuSeconds": seconds(n.cpu_seconds),
+                        "rssIdleKib": n.rss_idle_kib,
+                        "rssConnectedKib": n.rss_connected_kib,
+                        "rssAfterKib": n.rss_after_kib,
+                        "rssPeakKib": n.rss_peak_kib,
+                    })).collect::<Vec<_>>(),
+                    "perRound": m.rounds.iter().map(|r| json!({
+                        "revision": r.revision,
+                        "writeMs": ms(r.write),
+                        "latency": summary(&r.summary),
+                        "missed": r.missed,
+                        "beforeAck": r.before_ack,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json!({
+            "benchmark": "push",
+            "commit": commit(),
+            "settings": {
+                "nodes": NODES,
+                "rounds": self.rounds,
+                "agentThreads": AGENT_THREADS,
+                "connectConcurrency": CONNECT_CONCURRENCY,
+                "roundGapMs": ROUND_GAP.as_millis(),
+                "roundTimeoutSeconds": ROUND_TIMEOUT.as_secs(),
+                "seedPolicies": SEED_FILES,
+                "openFileLimit": fd_limit,
+            },
+            "machine": {
+                "cpus": std::thread::available_parallelism().map(usize::from).ok(),
+                "kernel": first_line(Command::new("uname").arg("-r")),
+                "loadAverageAtEnd": std::fs::read_to_string("/proc/loadavg")
+                    .ok()
+                    .and_then(|l| l.split_whitespace().next().map(str::to_string)),
+            },
+            "versions": {
+                "hyphae-control-plane":
+                    first_line(Command::new(self.bin.join("hyphae-control-plane")).arg("--version")),
+            },
+            "rows": rows,
+        })
+    }
+}
+
+/// Fields of the `cpu` line of `/proc/stat` that count busy time: user, nice, system, (idle and
+/// iowait skipped), irq, softirq, steal.
+const BUSY_FIELDS: [usize; 6] = [0, 1, 2, 5, 6, 7];
+
+/// CPU seconds the whole machine has spent busy, all CPUs together (`/proc/stat`).
+fn machine_busy_seconds(ticks_per_second: f64) -> Result<f64> {
+    let text = std::fs::read_to_string("/proc/stat").context("read /proc/stat")?;
+    let fields: Vec<u64> = text
+        .lines()
+        .next()
+        .and_then(|line| line.strip_prefix("cpu "))
+        .context("no `cpu` line in /proc/stat")?
+        .split_whitespace()
+        .map(|field| field.parse().context("a /proc/stat figure is not a number"))
+        .collect::<Result<_>>()?;
+    let busy: u64 = BUSY_FIELDS
+        .iter()
+        .map(|&i| fields.get(i).copied().unwrap_or(0))
+        .sum();
+    Ok(busy as f64 / ticks_per_second)
+}
+
+/// A node as the bench reaches and measures it.
+struct Node {
+    /// Node id (1-based).
+    id: usize,
+    /// Its HTTP port.
+    address: SocketAddr,
+    /// Its process.
+    pid: u32,
+}
+
+/// Each agent's first arrival of a revision (from [`Shared::arrivals_of`]) measured from
+/// `since` (the write's answer, or its sending): (latencies, agents without an arrival,
+/// arrivals before `since`, which count as 0).
+fn latencies_since(arrivals: &[Option<Instant>], since: Instant) -> (Vec<Duration>, usize, usize) {
+    let mut latencies = Vec::with_capacity(arrivals.len());
+    let (mut missed, mut before) = (0, 0);
+    for arrival in arrivals {
+        match arrival {
+            None => missed += 1,
+            Some(at) => {
+                before += usize::from(*at < since);
+                latencies.push(at.saturating_duration_since(since));
+            }
+        }
+    }
+    (latencies, missed, before)
+}
+
+/// What the agents share with the coordinator. Each agent writes only its own slots.
+struct Shared {
+    /// Per agent, the newest revision it holds (0 before its first snapshot).
+    holds: Vec<AtomicU64>,
+    /// Per agent, each snapshot or delta received: (revision, when its frame arrived).
+    arrivals: Vec<Mutex<Vec<(u64, Instant)>>>,
+    /// Agents between connect and first event.
+    connecting: Semaphore,
+    /// Streams that failed or ended.
+    errors: AtomicU64,
+    /// The first of those failures.
+    first_error: Mutex<Option<String>>,
+}
+
+impl Shared {
+    /// Slots for `agents` agents, none of which holds anything yet.
+    fn new(agents: usize) -> Shared {
+        Shared {
+            holds: (0..agents).map(|_| AtomicU64::new(0)).collect(),
+            arrivals: (0..agents).map(|_| Mutex::new(Vec::new())).collect(),
+            connecting: Semaphore::new(CONNECT_CONCURRENCY),
+            errors: AtomicU64::new(0),
+            first_error: Mutex::new(None),
+        }
+    }
+
+    /// Records that `agent` received `revision` at `at`.
+    fn received(&self, agent: usize, revision: u64, at: Instant) {
+        self.arrivals[agent]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((revision, at));
+        self.holds[agent].fetch_max(revision, Ordering::Relaxed);
+    }
+
+    /// Counts a failed stream.
+    fn failed(&self, agent: usize, error: String) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.first_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert_with(|| format!("agent {agent}: {error}"));
+    }
+
+    /// Agents that do not hold `revision` yet.
+    fn behind(&self, revision: u64) -> usize {
+        self.holds
+            .iter()
+            .filter(|h| h.load(Ordering::Relaxed) < revision)
+            .count()
+    }
+
+    /// Waits until every agent holds `revision`, or `timeout`; returns how many do not.
+    async fn wait_for(&self, revision: u64, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let behind = self.behind(revision);
+            if behind == 0 || Instant::now() >= deadline {
+                return behind;
+            }
+            tokio::time::sleep(PROGRESS_POLL).await;
+        }
+    }
+
+    /// Per agent, when it first received `revision` or a later one.
+    fn arrivals_of(&self, revision: u64) -> Vec<Option<Instant>> {
+        self.arrivals
+            .iter()
+            .map(|log| {
+                log.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .iter()
+                    .find(|(r, _)| *r >= revision)
+                    .map(|(_, at)| *at)
+            })
+            .collect()
+    }
+}
+
+/// One simulated agent: watches `server` until aborted, reconnecting after each failure.
+async fn watch(agent: usize, server: SocketAddr, shared: Arc<Shared>) {
+    loop {
+        let permit = shared.connecting.acquire().await.ok();
+        let error = match stream(agent, server, &shared, permit).await {
+            Ok(()) => "the stream ended".to_string(),
+            Err(error) => format!("{error:#}"),
+        };
+        shared.failed(agent, error);
+        tokio::time::sleep(RECONNECT_DELAY).await;
+    }
+}
+
+/// One watch stream, from connect until it ends; `permit` is released at the first event.
+async fn stream(
+    agent: usize,
+    server: SocketAddr,
+    shared: &Shared,
+    mut permit: Option<SemaphorePermit<'_>>,
+) -> Result<()> {
+    let (mut sender, connection) = connect(server).await?;
+    let request = Request::get(format!("http://{server}{WATCH_PATH}"))
+        .body(Full::default())
+        .context("build the watch request")?;
+    let receive = async {
+        let response = sender
+            .send_request(request)
+            .await
+            .context("send the watch request")?;
+        ensure!(
+            response.status() == StatusCode::OK,
+            "the watch answered {}",
+            response.status()
+        );
+        let mut body = response.into_body();
+        let mut lines = Lines::default();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.context("read the watch stream")?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            let at = Instant::now();
+            for line in lines.push(&data) {
+                let event: WatchEvent =
+                    serde_json::from_slice(&line).context("decode a watch event")?;
+                if !matches!(event, WatchEvent::Heartbeat { .. }) {
+                    shared.received(agent, event.revision(), at);
+                    permit = None;
+                }
+            }
+        }
+        Ok(())
+    };
+    tokio::select! {
+        result = receive => result,
+        result = connection => {
+            result.context("the HTTP/2 connection failed")?;
+            bail!("the HTTP/2 connection closed")
+        }
+    }
+}
+
+/// A client HTTP/2 connection (prior knowledge) to `server`: the request handle and the
+/// connection, which the caller must poll.
+async fn connect(
+    server: SocketAddr,
+) -> Result<(
+    http2::SendRequest<Full<Bytes>>,
+    http2::Connection<TokioIo<TcpStream>, Full<Bytes>, TokioExecutor>,
+)> {
+    let stream = TcpStream::connect(server)
+        .await
+        .with_context(|| format!("connect to {server}"))?;
+    stream.set_nodelay(true).context("set TCP_NODELAY")?;
+    http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .with_context(|| format!("HTTP/2 handshake with {server}"))
+}
+
+/// `POST /v1/policies` of `yaml` to `server`: the revision written and when the answer was read.
+async fn apply(server: SocketAddr, yaml: String) -> Result<(u64, Instant)> {
+    let request = Request::post(format!("http://{server}/v1/policies"))
+        .header(header::CONTENT_TYPE, "application/yaml")
+        .body(Full::new(Bytes::from(yaml)))
+        .context("build the write")?;
+    let exchange = async {
+        let (mut sender, connection) = connect(server).await?;
+        let answer = async {
+            let response = sender.send_request(request).await?;
+            let status = response.status();
+            let body = response.into_body().collect().await?.to_bytes();
+            Ok::<_, hyper::Error>((status, body))
+        };
+        tokio::select! {
+            answer = answer => answer.context("POST /v1/policies"),
+            result = connection => {
+                result.context("the HTTP/2 connection failed")?;
+                bail!("the HTTP/2 connection closed before the answer")
+            }
+        }
+    };
+    let (status, body) = tokio::time::timeout(WRITE_TIMEOUT, exchange)
+        .await
+        .with_context(|| format!("POST /v1/policies got no answer within {WRITE_TIMEOUT:?}"))??;
+    let acked = Instant::now();
+    let text = String::from_utf8_lossy(&body);
+    ensure!(
+        status == StatusCode::OK,
+        "POST /v1/policies answered {status}: {text}"
+    );
+    let answer: Value = serde_json::from_slice(&body).context("decode the write's answer")?;
+    let revision = answer["revision"]
+        .as_u64()
+        .with_context(|| format!("the write's answer has no revision: {text}"))?;
+    Ok((revision, acked))
+}
+
+/// Splits a byte stream into lines, wherever the frames happen to break it.
+#[derive(Default)]
+struct Lines {
+    /// Bytes after the last newline seen.
+    partial: BytesMut,
+}
+
+impl Lines {
+    /// Adds `data` and returns the lines it completed, without their newlines; empty lines
+    /// are skipped.
+    fn push(&mut self, data: &[u8]) -> Vec<Bytes> {
+        // Only the new bytes can hold a newline.
+        let mut from = self.partial.len();
+        self.partial.extend_from_slice(data);
+        let mut lines = Vec::new();
+        while let Some(offset) = self.partial[from..].iter().position(|&b| b == b'\n') {
+            let line = self.partial.split_to(from + offset + 1).freeze();
+            if line.len() > 1 {
+                lines.push(line.slice(..line.len() - 1));
+            }
+            from = 0;
+        }
+        lines
+    }
+}
+
+/// The human-readable report.
+fn report(bench: &Bench, results: &[Measured]) -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1000.0);
+    let dash = || "-".to_string();
+    let mut out = format!(
+        "\npush benchmark: {NODES} control-plane nodes, {} policy writes per row, agents on \
+         {AGENT_THREADS} runtime thread, {cpus} CPUs\nlatency: from the write's answer until an \
+         agent holds its revision, over every agent and round (0 when the agent had it first); \
+         send p99: the same from sending the write\n\n",
+        bench.rounds
+    );
+    out.push_str(&format!(
+        "{:>7} {:>9} {:>8} {:>8} {:>8} {:>10} {:>7} {:>7} {:>10} {:>10} {:>11}\n",
+        "agents",
+        "connect",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "send p99",
+        "missed",
+        "errors",
+        "bench CPU",
+        "nodes CPU",
+        "others CPU"
+    ));
+    for m in results {
+        let summary = m.overall;
+        out.push_str(&format!(
+            "{:>7} {:>9} {:>8} {:>8} {:>8} {:>10} {:>7} {:>7} {:>10} {:>10} {:>11}\n",
+            m.agents,
+            format!("{:.1} s", m.connect.as_secs_f64()),
+            summary.map_or_else(dash, |s| ms(s.p50)),
+            summary.map_or_else(dash, |s| ms(s.p99)),
+            summary.map_or_else(dash, |s| ms(s.max)),
+            m.from_send.map_or_else(dash, |s| ms(s.p99)),
+            m.rounds.iter().map(|r| r.missed).sum::<usize>(),
+            m.stream_errors,
+            format!("{:.2} s", m.bench_cpu_seconds),
+            format!(
+                "{:.2} s",
+                m.nodes.iter().map(|n| n.cpu_seconds).sum::<f64>()
+            ),
+            format!("{:.2} s", m.others_cpu_seconds),
+        ));
+    }
+    let mib = |kib: u64| format!("{:.1}", kib as f64 / 1024.0);
+    out.push_str(&format!(
+        "\nper node during the rounds (CPU: user+system seconds; RSS in MiB)\n\
+         {:>7} {:>5} {:<9} {:>8} {:>8} {:>8} {:>7} {:>9} {:>12} {:>10} {:>9}\n",
+        "agents",
+        "node",
+        "role",
+        "watchers",
+        "p50 ms",
+        "p99 ms",
+        "CPU s",
+        "RSS idle",
+        "RSS watching",
+        "RSS after",
+        "RSS peak"
+    ));
+    for m in results {
+        for n in &m.nodes {
+            out.push_str(&format!(
+                "{:>7} {:>5} {:<9} {:>8} {:>8} {:>8} {:>7.2} {:>9} {:>12} {:>10} {:>9}\n",
+                m.agents,
+                n.id,
+                if n.leader { "leader" } else { "follower" },
+                n.watchers,
+                n.latency.map_or_else(dash, |s| ms(s.p50)),
+                n.latency.map_or_else(dash, |s| ms(s.p99)),
+                n.cpu_seconds,
+                mib(n.rss_idle_kib),
+                mib(n.rss_connected_kib),
+                mib(n.rss_after_kib),
+                mib(n.rss_peak_kib),
+            ));
+        }
+    }
+    out.push_str(
+        "(bench CPU: this process; nodes CPU: the three nodes; others CPU: the rest of the \
+         machine during the rounds, which disturbs the figures when high)\n",
+    );
+    out.push_str("\neach round: write ms (sent until answered) / p99 ms\n");
+    for m in results {
+        let rounds: Vec<String> = m
+            .rounds
+            .iter()
+            .map(|r| {
+                let p99 = r.summary.map_or_else(dash, |s| ms(s.p99));
+                format!("{}/{p99}", ms(r.write))
+            })
+            .collect();
+        out.push_str(&format!("{:>7}  {}\n", m.agents, rounds.join(" ")));
+    }
+    for m in results.iter().filter(|m| m.stream_errors > 0) {
+        out.push_str(&format!(
+            "\n{} agents: {} stream error(s), first: {}\n",
+            m.agents,
+            m.stream_errors,
+            m.first_error.as_deref().unwrap_or("?")
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_split_wherever_the_frames_break() {
+        let mut lines = Lines::default();
+        assert!(lines.push(b"{\"a\"").is_empty());
+        assert_eq!(
+            lines.push(b":1}\n\n{\"b\":2}\n{\"c"),
+            vec![
+                Bytes::from_static(b"{\"a\":1}"),
+                Bytes::from_static(b"{\"b\":2}")
+            ]
+        );
+        assert_eq!(
+            lines.push(b"\":3}\n"),
+            vec![Bytes::from_static(b"{\"c\":3}")]
+        );
+        assert!(lines.push(b"").is_empty());
+    }
+
+    #[test]
+    fn latencies_count_misses_and_early_arrivals() {
+        let acked = Instant::now();
+        let arrivals = [
+            Some(acked + Duration::from_millis(30)),
+            None,
+            acked.checked_sub(Duration::from_millis(1)),
+            Some(acked + Duration::from_millis(10)),
+        ];
+        let (mut latencies, missed, before_ack) = latencies_since(&arrivals, acked);
+        assert_eq!((missed, before_ack), (1, 1));
+        let summary = Summary::of(&mut latencies).unwrap();
+        assert_eq!(summary.samples, 3);
+        assert_eq!(summary.p50, Duration::from_millis(10));
+        assert_eq!(summary.max, Duration::from_millis(30));
+        assert_eq!(Summary::of(&mut []), None);
+    }
+
+    #[test]
+    fn arrivals_are_the_first_at_or_after_the_revision() {
+        let shared = Shared::new(2);
+        let start = Instant::now();
+        shared.received(0, 5, start);
+        shared.received(0, 7, start + Duration::from_millis(2));
+        shared.received(0, 9, start + Duration::from_millis(3));
+        assert_eq!(shared.behind(7), 1);
+        let arrivals = shared.arrivals_of(6);
+        assert_eq!(arrivals, vec![Some(start + Duration::from_millis(2)), None]);
+    }
+
+    #[test]
+    fn options_have_defaults_and_bounds() {
+        let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            Options::parse(&[]).unwrap().unwrap(),
+            Options {
+                agents: DEFAULT_AGENTS.to_vec(),
+                rounds: DEFAULT_ROUNDS
+            }
+        );
+        let options = Options::parse(&args(&[
+            "--agents", "10,20", "--agents", "30", "--rounds", "3",
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(options.agents, vec![10, 20, 30]);
+        assert_eq!(options.rounds, 3);
+        for bad in [
+            &["--agents", "0"][..],
+            &["--agents", "many"],
+            &["--agents", "100000"],
+            &["--rounds", "0"],
+            &["--rounds"],
+            &["--fast"],
+        ] {
+            assert!(Options::parse(&args(bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn every_round_writes_a_different_policy() {
+        assert_ne!(change(0), change(1));
+        assert!(change(0).contains(CHANGED_POLICY));
+    }
+}
