@@ -590,6 +590,7 @@ async fn cluster(node: &Node) -> Response<Full<Bytes>> {
         leader: metrics.current_leader,
         term: metrics.current_term,
         last_log_index: metrics.last_log_index,
+        commit_index: node.commit_index.get(),
         last_applied: metrics.last_applied.map(|l| l.index),
         snapshot: metrics.snapshot.map(|l| l.index),
         purged: metrics.purged.map(|l| l.index),

@@ -32,6 +32,8 @@ pub struct Node {
     pub peers: PeerClient,
     /// Agents' leases (kept while this node leads).
     pub leases: Leases,
+    /// The commit index as this node knows it.
+    pub commit_index: Arc<store::log::CommitIndex>,
     /// Leadership transfers: the one this node runs as leader, and its elections paused by
     /// another leader's.
     pub transfers: Transfers,
@@ -46,6 +48,7 @@ impl Node {
         let history = usize::try_from(config.spec.watch_history).unwrap_or(usize::MAX);
         let (log, state_machine) = store::open(data_dir.join(STORE_FILE), history).await?;
         let state = state_machine.reader();
+        let commit_index = log.commit_index();
         let raft_config = openraft::Config {
             cluster_name: "hyphae".to_string(),
             heartbeat_interval: millis(config.spec.heartbeat_interval),
@@ -69,6 +72,7 @@ impl Node {
         .context("cannot start Raft")?;
         Ok(Node {
             leases: Leases::new(config.spec.lease_ttl.get()),
+            commit_index,
             config,
             raft,
             state,

@@ -50,6 +50,8 @@ pub struct ClusterStatus {
     pub term: u64,
     /// Index of the last entry in its log.
     pub last_log_index: Option<u64>,
+    /// Index of the last entry it knows to be committed (replicated on a quorum).
+    pub commit_index: Option<u64>,
     /// Index of the last entry it applied.
     pub last_applied: Option<u64>,
     /// Last log index its current snapshot covers.

@@ -111,13 +111,14 @@ pub fn run(args: &ClusterArgs, out: &mut dyn std::io::Write) -> Result<Outcome> 
     }
     writeln!(
         out,
-        "node {} ({}): {}; leader {}; term {}; last log {}; applied {}",
+        "node {} ({}): {}; leader {}; term {}; last log {}; committed {}; applied {}",
         status["id"],
         status["name"].as_str().unwrap_or_default(),
         status["state"].as_str().unwrap_or_default(),
         status["leader"],
         status["term"],
         status["lastLogIndex"],
+        status["commitIndex"],
         status["lastApplied"]
     )?;
     writeln!(out, "{:<6} {:<28} ROLE", "ID", "ADDRESS")?;

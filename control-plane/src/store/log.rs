@@ -5,6 +5,7 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader};
@@ -39,12 +40,38 @@ pub(super) fn create_tables(txn: &WriteTransaction) -> Result<(), DiskError> {
 #[derive(Debug, Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    committed: Arc<CommitIndex>,
+}
+
+/// The commit index as this node last learned it, readable outside Raft for the cluster view
+/// (openraft's metrics do not carry it).
+#[derive(Debug, Default)]
+pub struct CommitIndex(AtomicU64);
+
+impl CommitIndex {
+    /// The last committed log index, `None` before this node learned of any commit.
+    pub fn get(&self) -> Option<u64> {
+        self.0.load(Ordering::Acquire).checked_sub(1)
+    }
+
+    fn set(&self, committed: Option<LogId>) {
+        let stored = committed.map_or(0, |id| id.index.saturating_add(1));
+        self.0.store(stored, Ordering::Release);
+    }
 }
 
 impl LogStore {
     /// A log store on an opened database whose tables exist.
     pub(super) fn new(db: Arc<Database>) -> Self {
-        Self { db }
+        Self {
+            db,
+            committed: Arc::default(),
+        }
+    }
+
+    /// A handle on the commit index that stays valid after this store is handed to openraft.
+    pub fn commit_index(&self) -> Arc<CommitIndex> {
+        Arc::clone(&self.committed)
     }
 
     /// Writes `entries` and returns once they are on disk. An entry replaces any entry already
@@ -194,6 +221,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// next durable write. Losing it in a crash is harmless, since openraft then re-applies from
     /// the state machine's own (durable) last applied log id.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        self.committed.set(committed);
         self.write_meta(COMMITTED, committed, Durability::None, ErrorSubject::Store)
             .await
     }
