@@ -66,8 +66,9 @@ pub struct Daemon {
     stop_registrar: CancellationToken,
 }
 
-/// Longest a stopping agent waits to deregister before it drains anyway.
-pub const DEREGISTER_WAIT: Duration = Duration::from_secs(3);
+/// Longest a stopping agent waits for the registration client to leave the registry before it
+/// drains anyway (its own budget, [`crate::register::DEREGISTER_WAIT`], plus a margin).
+pub const DEREGISTER_GRACE: Duration = Duration::from_secs(3);
 
 impl Daemon {
     /// Binds every listener of `config` and starts serving.
@@ -283,7 +284,7 @@ impl Daemon {
         // Leave the registry first, so callers stop choosing this node while it drains.
         self.stop_registrar.cancel();
         self.registrar.close();
-        let _ = tokio::time::timeout(DEREGISTER_WAIT, self.registrar.wait()).await;
+        let _ = tokio::time::timeout(DEREGISTER_GRACE, self.registrar.wait()).await;
         self.checks
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -48,20 +48,18 @@ impl HealthTable {
         self.changed.subscribe()
     }
 
-    /// Makes the table hold exactly `services`: new ones start critical when checked and
-    /// passing when not; ones still listed keep their state.
+    /// Makes the table hold exactly `services`: an unchecked one is passing; a checked one keeps
+    /// its state if it had one, and starts critical if new.
     fn reset(&self, services: &[LocalService]) {
         let mut states = self.lock();
         let fresh: BTreeMap<InstanceKey, Health> = services
             .iter()
             .map(|s| {
                 let key = (s.name.clone(), s.port);
-                let initial = if s.check.is_some() {
-                    Health::Critical
-                } else {
-                    Health::Passing
+                let health = match s.check {
+                    None => Health::Passing,
+                    Some(_) => states.get(&key).copied().unwrap_or(Health::Critical),
                 };
-                let health = states.get(&key).copied().unwrap_or(initial);
                 (key, health)
             })
             .collect();
@@ -153,7 +151,11 @@ pub fn spawn_checks(services: &[LocalService], table: &Arc<HealthTable>, stop: C
         tokio::spawn(async move {
             let mut thresholds = Thresholds::new(&check);
             loop {
-                let passed = probe(&client, &check, address).await;
+                // A reload may stop this check mid-probe: its result then belongs to nobody.
+                let passed = tokio::select! {
+                    () = stop.cancelled() => return,
+                    passed = probe(&client, &check, address) => passed,
+                };
                 table.set(&key, thresholds.observe(passed));
                 tokio::select! {
                     () = stop.cancelled() => return,
@@ -241,6 +243,10 @@ mod tests {
         table.set(&key("a"), Health::Passing);
         table.reset(&[service("a", true)]);
         assert_eq!(table.current().len(), 1);
+        assert_eq!(table.current()[&key("a")], Health::Passing);
+        // A check removed on reload: nothing checks it any more, so it passes.
+        table.set(&key("a"), Health::Critical);
+        table.reset(&[service("a", false)]);
         assert_eq!(table.current()[&key("a")], Health::Passing);
     }
 }

@@ -23,6 +23,9 @@ pub struct Saved {
     /// Every registered node at that revision (absent in files saved before registration).
     #[serde(default)]
     pub nodes: Vec<NodeRecord>,
+    /// The identity of the cluster it came from (absent in older files).
+    #[serde(default)]
+    pub cluster: Option<String>,
 }
 
 fn path(data_dir: &Path) -> PathBuf {
@@ -77,6 +80,7 @@ mod tests {
                 revision: 3,
             }],
             nodes: vec![],
+            cluster: None,
         };
         save(&dir, &first).unwrap();
         assert_eq!(load(&dir).unwrap(), Some(first));
@@ -91,6 +95,7 @@ mod tests {
                 instances: vec![],
                 revision: 4,
             }],
+            cluster: Some("c1".into()),
         };
         save(&dir, &second).unwrap();
         assert_eq!(load(&dir).unwrap(), Some(second));

@@ -30,6 +30,8 @@ use crate::watch::{BACKOFF_MAX, BACKOFF_MIN, CONNECT_TIMEOUT};
 
 /// Longest one registry request may take before the agent tries another node.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest a stopping agent spends leaving the registry, all nodes tried together.
+pub const DEREGISTER_WAIT: Duration = Duration::from_secs(2);
 /// Shortest pause between heartbeats, whatever the lease.
 pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -95,22 +97,31 @@ impl Registrar {
         };
         let mut health_changes = self.health.subscribe();
         let mut backoff = BACKOFF_MIN;
-        let mut node = String::new();
+        // The name the control plane holds this node under, if any.
+        let mut registered_as: Option<String> = None;
         'register: loop {
             self.status.registered.store(false, Ordering::Release);
             let local = self.local.borrow_and_update().clone();
-            node.clone_from(&local.node);
+            let node = local.node.clone();
+            if let Some(old) = registered_as.take().filter(|old| *old != node) {
+                // Renamed by a reload: the old name leaves now rather than after its lease.
+                session.deregister(&old).await;
+            }
             health_changes.borrow_and_update();
             let mut reported = self.health.current();
-            let registered = match advertised(&local, &self.servers).await {
-                Ok(address) => {
-                    let record = record(&local, address, &reported);
-                    session
-                        .post::<_, Lease>(REGISTER_PATH, &record)
-                        .await
-                        .map(|lease| (lease, address))
-                }
-                Err(error) => Err(RequestError::Other(error)),
+            let attempt = async {
+                let address = advertised(&local, &self.servers)
+                    .await
+                    .map_err(RequestError::Other)?;
+                let record = record(&local, address, &reported);
+                let lease = session
+                    .post::<_, Lease>(REGISTER_PATH, &record, REQUEST_TIMEOUT)
+                    .await?;
+                Ok::<_, RequestError>((lease, address))
+            };
+            let registered = tokio::select! {
+                () = shutdown.cancelled() => return,
+                registered = attempt => registered,
             };
             let lease = match registered {
                 Ok((lease, address)) => {
@@ -130,13 +141,19 @@ impl Registrar {
                     continue 'register;
                 }
             };
+            registered_as = Some(node.clone());
             self.status.registered.store(true, Ordering::Release);
-            let every = Duration::from_millis(lease.ttl_ms / 3).max(MIN_HEARTBEAT_INTERVAL);
-            let mut next_beat = Instant::now() + every;
-            // After a failed heartbeat or report: how soon to try again (another node), growing
-            // up to the heartbeat interval while the control plane stays unreachable.
-            let mut retry = BACKOFF_MIN;
+            let ttl = Duration::from_millis(lease.ttl_ms);
+            let every = (ttl / 3).max(MIN_HEARTBEAT_INTERVAL);
+            let mut last_renewal = Instant::now();
+            let mut next_beat = last_renewal + every;
+            // After a failed heartbeat or report: how soon to try again (another node), each
+            // growing up to the heartbeat interval while the control plane stays unreachable.
+            let mut beat_retry = BACKOFF_MIN;
+            let mut report_retry = BACKOFF_MIN;
+            let mut report_after = Instant::now();
             loop {
+                let pending = !changes(&reported, &self.health.current()).is_empty();
                 tokio::select! {
                     () = shutdown.cancelled() => {
                         session.deregister(&node).await;
@@ -150,25 +167,41 @@ impl Registrar {
                         continue 'register;
                     }
                     _ = health_changes.changed() => {}
+                    () = tokio::time::sleep_until(report_after), if pending => {}
                     () = tokio::time::sleep_until(next_beat) => {
                         let beat = Heartbeat { node: node.clone() };
-                        match session.post::<_, Lease>(HEARTBEAT_PATH, &beat).await {
+                        let answer = tokio::select! {
+                            () = shutdown.cancelled() => {
+                                session.deregister(&node).await;
+                                return;
+                            }
+                            answer = session.post::<_, Lease>(HEARTBEAT_PATH, &beat, REQUEST_TIMEOUT) => answer,
+                        };
+                        match answer {
                             Ok(_) => {
                                 self.status.registered.store(true, Ordering::Release);
-                                next_beat = Instant::now() + every;
-                                retry = BACKOFF_MIN;
+                                last_renewal = Instant::now();
+                                next_beat = last_renewal + every;
+                                beat_retry = BACKOFF_MIN;
                             }
                             Err(RequestError::UnknownNode) => continue 'register,
                             Err(RequestError::Other(error)) => {
                                 tracing::warn!(server = session.server(), "heartbeat failed: {error}; trying the next node");
                                 session.rotate();
-                                next_beat = Instant::now() + jittered(&mut retry, every);
+                                next_beat = Instant::now() + jittered(&mut beat_retry, every);
+                                if last_renewal.elapsed() >= ttl {
+                                    // The lease has run out by now: the registry has let go.
+                                    self.status.registered.store(false, Ordering::Release);
+                                }
                             }
                         }
                     }
                 }
-                // Report whatever health changed since the last report (also after a failed
-                // report, on the next heartbeat tick).
+                // Report whatever health changed since the last accepted report, unless a
+                // failed one asked to wait.
+                if Instant::now() < report_after {
+                    continue;
+                }
                 let now = self.health.current();
                 let changes = changes(&reported, &now);
                 if changes.is_empty() {
@@ -178,11 +211,18 @@ impl Registrar {
                     node: node.clone(),
                     changes,
                 };
-                match session
-                    .post::<_, serde_json::Value>(HEALTH_PATH, &report)
-                    .await
-                {
-                    Ok(_) => reported = now,
+                let answer = tokio::select! {
+                    () = shutdown.cancelled() => {
+                        session.deregister(&node).await;
+                        return;
+                    }
+                    answer = session.post::<_, serde_json::Value>(HEALTH_PATH, &report, REQUEST_TIMEOUT) => answer,
+                };
+                match answer {
+                    Ok(_) => {
+                        reported = now;
+                        report_retry = BACKOFF_MIN;
+                    }
                     Err(RequestError::UnknownNode) => continue 'register,
                     Err(RequestError::Other(error)) => {
                         tracing::warn!(
@@ -190,7 +230,7 @@ impl Registrar {
                             "health report failed: {error}; will retry"
                         );
                         session.rotate();
-                        next_beat = Instant::now() + jittered(&mut retry, every);
+                        report_after = Instant::now() + jittered(&mut report_retry, every);
                     }
                 }
             }
@@ -219,6 +259,7 @@ impl Session {
         &self,
         path: &str,
         body: &B,
+        timeout: Duration,
     ) -> Result<T, RequestError> {
         let other = |e: &dyn std::fmt::Display| RequestError::Other(e.to_string());
         let json = serde_json::to_vec(body).map_err(|e| other(&e))?;
@@ -253,24 +294,22 @@ impl Session {
                 String::from_utf8_lossy(&body).trim()
             )))
         };
-        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        tokio::time::timeout(timeout, exchange)
             .await
-            .unwrap_or_else(|_| {
-                Err(RequestError::Other(format!(
-                    "no answer in {REQUEST_TIMEOUT:?}"
-                )))
-            })
+            .unwrap_or_else(|_| Err(RequestError::Other(format!("no answer in {timeout:?}"))))
     }
 
-    /// Leaves the registry, trying each node once; a failure only means callers notice when
-    /// the lease lapses.
+    /// Leaves the registry, trying each node once within [`DEREGISTER_WAIT`] in all; a
+    /// failure only means callers notice when the lease lapses.
     async fn deregister(&mut self, node: &str) {
         let leaving = Heartbeat {
             node: node.to_string(),
         };
-        for _ in 0..self.servers.len() {
+        let attempts = u32::try_from(self.servers.len()).unwrap_or(u32::MAX).max(1);
+        let per_attempt = DEREGISTER_WAIT / attempts;
+        for _ in 0..attempts {
             match self
-                .post::<_, serde_json::Value>(DEREGISTER_PATH, &leaving)
+                .post::<_, serde_json::Value>(DEREGISTER_PATH, &leaving, per_attempt)
                 .await
             {
                 Ok(_) => {

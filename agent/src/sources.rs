@@ -142,24 +142,30 @@ fn parse(record: &PolicyRecord) -> Vec<Policy> {
 
 /// The registry's services as the agent calls them: each service's passing instances, reached
 /// through the inbound listener of the node that hosts them. A service with no passing
-/// instance has no endpoints (callers get a fast 503), as in Consul and Linkerd.
+/// instance has no endpoints (callers get a fast 503), as in Consul and Linkerd. A node hosting several instances of one service is one endpoint: its inbound listener.
 fn registry_services(nodes: &[NodeRecord]) -> Vec<StaticService> {
     registry::services(nodes)
         .into_iter()
-        .map(|service| StaticService {
-            name: service.name,
-            protocol: service.protocol,
-            endpoints: service
-                .instances
-                .into_iter()
-                .filter(|i| i.health == Health::Passing)
-                .map(|i| StaticEndpoint {
-                    address: i.address,
-                    node: Some(i.node),
-                    site: Some(i.site),
-                    tags: i.tags,
-                })
-                .collect(),
+        .map(|service| {
+            let mut endpoints: Vec<StaticEndpoint> = Vec::new();
+            for instance in service.instances {
+                if instance.health != Health::Passing
+                    || endpoints.iter().any(|e| e.address == instance.address)
+                {
+                    continue;
+                }
+                endpoints.push(StaticEndpoint {
+                    address: instance.address,
+                    node: Some(instance.node),
+                    site: Some(instance.site),
+                    tags: instance.tags,
+                });
+            }
+            StaticService {
+                name: service.name,
+                protocol: service.protocol,
+                endpoints,
+            }
         })
         .collect()
 }

@@ -51,6 +51,8 @@ pub struct Remote {
     pub policies: BTreeMap<(String, String), PolicyRecord>,
     /// Registered nodes by name.
     pub nodes: BTreeMap<String, NodeRecord>,
+    /// The identity of the cluster it came from, once known.
+    pub cluster: Option<String>,
     /// Where it came from.
     pub origin: Origin,
 }
@@ -61,6 +63,7 @@ impl Remote {
             revision: self.revision,
             policies: self.policies.values().cloned().collect(),
             nodes: self.nodes.values().cloned().collect(),
+            cluster: self.cluster.clone(),
         }
     }
 }
@@ -74,17 +77,21 @@ pub fn apply_event(remote: &mut Remote, event: WatchEvent) -> bool {
             revision,
             policies,
             nodes,
+            cluster,
         } => {
             let policies: BTreeMap<_, _> = policies
                 .into_iter()
                 .map(|p| ((p.kind.clone(), p.name.clone()), p))
                 .collect();
             let nodes: BTreeMap<_, _> = nodes.into_iter().map(|n| (n.name.clone(), n)).collect();
-            let changed =
-                policies != remote.policies || nodes != remote.nodes || revision != remote.revision;
+            let changed = policies != remote.policies
+                || nodes != remote.nodes
+                || revision != remote.revision
+                || cluster != remote.cluster;
             remote.revision = revision;
             remote.policies = policies;
             remote.nodes = nodes;
+            remote.cluster = cluster;
             remote.origin = Origin::ControlPlane;
             changed
         }
@@ -147,6 +154,7 @@ impl Watcher {
             revision: 0,
             policies: BTreeMap::new(),
             nodes: BTreeMap::new(),
+            cluster: None,
             origin: Origin::Disk,
         };
         let dir = self.data_dir.clone();
@@ -166,6 +174,7 @@ impl Watcher {
                     .into_iter()
                     .map(|n| (n.name.clone(), n))
                     .collect();
+                remote.cluster = saved.cluster;
                 tracing::info!(
                     revision = remote.revision,
                     "serving the control-plane state saved on disk until a control plane answers"
@@ -194,14 +203,11 @@ impl Watcher {
             next += 1;
             let result = tokio::select! {
                 () = shutdown.cancelled() => return,
-                result = self.stream(&client, server, &mut remote) => result,
+                result = self.stream(&client, server, &mut remote, &mut backoff) => result,
             };
             self.status.connected.store(false, Ordering::Release);
-            match result {
-                Ok(()) => backoff = BACKOFF_MIN,
-                Err(error) => {
-                    tracing::warn!(%server, "control-plane watch failed: {error}; trying the next node");
-                }
+            if let Err(error) = result {
+                tracing::warn!(%server, "control-plane watch failed: {error}; trying the next node");
             }
             let wait = backoff.mul_f64(rand::random_range(0.5..1.5));
             backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -225,35 +231,48 @@ impl Watcher {
         tracing::warn!(%error, dir = %self.data_dir.display(), "cannot save the control-plane state; will retry on the next change");
     }
 
-    /// Reads one watch stream until it ends or fails; Ok when it ended after a snapshot.
+    /// Reads one watch stream until it ends or fails; Ok when it ended after delivering
+    /// events. The first event resets `backoff`: the node served.
     async fn stream(
         &self,
         client: &Client<HttpConnector, Empty<Bytes>>,
         server: &str,
         remote: &mut Remote,
+        backoff: &mut Duration,
     ) -> Result<(), String> {
-        let request = http::Request::get(format!(
-            "http://{server}{WATCH_PATH}?since={}",
-            remote.revision
-        ))
-        .body(Empty::new())
-        .map_err(|e| e.to_string())?;
+        let mut uri = format!("http://{server}{WATCH_PATH}?since={}", remote.revision);
+        if let Some(cluster) = &remote.cluster {
+            uri.push_str("&cluster=");
+            uri.push_str(cluster);
+        }
+        let request = http::Request::get(uri)
+            .body(Empty::new())
+            .map_err(|e| e.to_string())?;
         let response = tokio::time::timeout(STREAM_IDLE_TIMEOUT, client.request(request))
             .await
             .map_err(|_| "no answer".to_string())?
             .map_err(|e| crate::tunnel::error_chain(&e))?;
         if !response.status().is_success() {
-            return Err(format!("the node answered {}", response.status()));
+            let status = response.status();
+            let detail = tokio::time::timeout(CONNECT_TIMEOUT, response.into_body().collect())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(|body| String::from_utf8_lossy(&body.to_bytes()).trim().to_string())
+                .unwrap_or_default();
+            return Err(format!("the node answered {status} {detail}"));
         }
         let mut body = response.into_body();
         let mut buffer = BytesMut::new();
-        let mut got_snapshot = false;
+        // Bytes of `buffer` already searched for a newline.
+        let mut scanned = 0;
+        let mut got_event = false;
         loop {
             let frame = tokio::time::timeout(STREAM_IDLE_TIMEOUT, body.frame())
                 .await
                 .map_err(|_| format!("nothing received for {STREAM_IDLE_TIMEOUT:?}"))?;
             let Some(frame) = frame else {
-                return if got_snapshot {
+                return if got_event {
                     Ok(())
                 } else {
                     Err("the stream ended".into())
@@ -267,13 +286,17 @@ impl Watcher {
             if buffer.len() > MAX_LINE_BYTES {
                 return Err(format!("a line longer than {MAX_LINE_BYTES} bytes"));
             }
-            while let Some(end) = buffer.iter().position(|&b| b == b'\n') {
-                let line: Bytes = buffer.split_to(end + 1).freeze();
-                let mut line = line;
+            while let Some(offset) = buffer[scanned..].iter().position(|&b| b == b'\n') {
+                let end = scanned + offset;
+                scanned = 0;
+                let mut line: Bytes = buffer.split_to(end + 1).freeze();
                 line.truncate(end);
                 let event: WatchEvent = serde_json::from_slice(line.chunk())
                     .map_err(|e| format!("unreadable event: {e}"))?;
-                got_snapshot |= matches!(event, WatchEvent::Snapshot { .. });
+                if !got_event {
+                    got_event = true;
+                    *backoff = BACKOFF_MIN;
+                }
                 self.status.connected.store(true, Ordering::Release);
                 self.status
                     .last_contact_unix_ms
@@ -286,6 +309,7 @@ impl Watcher {
                     self.save(remote.saved()).await;
                 }
             }
+            scanned = buffer.len();
         }
     }
 }
@@ -316,6 +340,7 @@ mod tests {
             revision: 0,
             policies: BTreeMap::new(),
             nodes: BTreeMap::new(),
+            cluster: None,
             origin: Origin::Disk,
         };
         assert!(apply_event(
@@ -323,7 +348,8 @@ mod tests {
             WatchEvent::Snapshot {
                 revision: 2,
                 policies: vec![record("a", 2)],
-                nodes: vec![]
+                nodes: vec![],
+                cluster: None
             }
         ));
         assert_eq!(remote.origin, Origin::ControlPlane);
@@ -366,7 +392,8 @@ mod tests {
             WatchEvent::Snapshot {
                 revision: 3,
                 policies: vec![record("b", 3)],
-                nodes: vec![]
+                nodes: vec![],
+                cluster: None
             }
         ));
         assert_eq!(remote.revision, 3);

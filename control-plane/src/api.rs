@@ -30,6 +30,9 @@ use crate::wire::{
     ClusterMember, ClusterStatus, DryRun, ErrorBody, NewMember, PolicyId, TransferTo,
 };
 
+/// Marks a request a follower sent on to the leader, so it is never forwarded twice.
+pub const FORWARDED_HEADER: &str = "hyphae-forwarded";
+
 /// Every response body: whole JSON answers and long-lived watch streams alike.
 pub type ApiBody = BoxBody<Bytes, Infallible>;
 
@@ -82,9 +85,11 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: Cancellatio
         let node = Arc::clone(&node);
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
+            let streams = shutdown.clone();
             let service = service_fn(move |request| {
                 let node = Arc::clone(&node);
-                async move { Ok::<_, Infallible>(handle(&node, request).await) }
+                let streams = streams.clone();
+                async move { Ok::<_, Infallible>(handle(&node, request, &streams).await) }
             });
             let builder = auto::Builder::new(TokioExecutor::new());
             let connection = builder.serve_connection(TokioIo::new(stream), service);
@@ -103,24 +108,56 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: Cancellatio
     }
 }
 
-/// Handles one request.
-pub async fn handle(node: &Node, request: Request<Incoming>) -> Response<ApiBody> {
+/// Handles one request; `shutdown` ends the long-lived ones (watch streams).
+pub async fn handle(
+    node: &Node,
+    request: Request<Incoming>,
+    shutdown: &CancellationToken,
+) -> Response<ApiBody> {
     if request.method() == Method::GET && request.uri().path() == hyphae_policies::watch::WATCH_PATH
     {
-        let since = request
+        return watch(node, &request, shutdown).await;
+    }
+    handle_buffered(node, request).await.map(BodyExt::boxed)
+}
+
+/// `GET /v1/agent/watch[?since=REV&cluster=ID]`: an NDJSON stream, or a 503 when this node
+/// cannot serve the reader without sending it back in time.
+async fn watch(
+    node: &Node,
+    request: &Request<Incoming>,
+    shutdown: &CancellationToken,
+) -> Response<ApiBody> {
+    let param = |name: &str| {
+        request
             .uri()
             .query()
             .unwrap_or_default()
             .split('&')
-            .find_map(|pair| pair.strip_prefix("since=")?.parse::<u64>().ok());
-        let mut response = Response::new(crate::watch::start(node.state.clone(), since).boxed());
-        response.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/x-ndjson"),
-        );
-        return response;
+            .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+            .map(str::to_owned)
+    };
+    let held = crate::watch::Held {
+        revision: param("since").and_then(|s| s.parse().ok()),
+        cluster: param("cluster"),
+    };
+    match crate::watch::open(node.state.clone(), held, shutdown.child_token()).await {
+        Ok(body) => {
+            let mut response = Response::new(body.boxed());
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/x-ndjson"),
+            );
+            response
+        }
+        Err(refusal) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            refusal.code,
+            refusal.message,
+        )
+        .into_response()
+        .map(BodyExt::boxed),
     }
-    handle_buffered(node, request).await.map(BodyExt::boxed)
 }
 
 /// Handles a request whose body and answer are read whole.
@@ -152,6 +189,7 @@ async fn handle_buffered(node: &Node, request: Request<Incoming>) -> Response<Fu
             }
         };
     }
+    let forwarded = parts.headers.contains_key(FORWARDED_HEADER);
     let request = ApiRequest {
         method: parts.method,
         path,
@@ -161,6 +199,14 @@ async fn handle_buffered(node: &Node, request: Request<Incoming>) -> Response<Fu
     match route(node, &request).await {
         Ok(response) => response,
         Err(Routed::Error(error)) => error.into_response(),
+        // A forwarded request that lands on a node that is not the leader either (leadership
+        // moved in between) is not sent on again: the client retries, so nothing loops.
+        Err(Routed::Forward(_)) if forwarded => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "leader-moved",
+            "leadership moved while the request was forwarded; try again",
+        )
+        .into_response(),
         Err(Routed::Forward(leader)) => forward(node, &request, &leader).await,
     }
 }
@@ -366,7 +412,18 @@ async fn apply(node: &Node, request: &ApiRequest) -> Result<Response<Full<Bytes>
 }
 
 /// Writes `command` through Raft and waits for it to be applied.
+///
+/// While this node hands its leadership over, writes are refused (503 `transfer-in-progress`,
+/// retryable): an entry the target has not got would make it unelectable.
 pub(crate) async fn write(node: &Node, command: Command) -> Result<CommandResponse, Routed> {
+    if node.transfers.in_progress() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "transfer-in-progress",
+            "leadership is moving to another node; retry in a moment",
+        )
+        .into());
+    }
     committed(node, node.raft.client_write(command))
         .await
         .map(|written| written.data)
@@ -524,7 +581,7 @@ async fn forward(node: &Node, request: &ApiRequest, leader: &str) -> Response<Fu
     let upstream = Request::builder()
         .method(request.method.clone())
         .uri(format!("http://{leader}{}{query}", request.path))
-        .header("hyphae-forwarded", "1")
+        .header(FORWARDED_HEADER, "1")
         .body(Full::new(request.body.clone()));
     let upstream = match upstream {
         Ok(upstream) => upstream,
@@ -560,7 +617,6 @@ async fn forward(node: &Node, request: &ApiRequest, leader: &str) -> Response<Fu
     }
 }
 
-/// A member as `GET /v1/cluster` shows it.
 /// `GET /v1/cluster`: this node's view — its role, the leader, term, indexes, the snapshot and
 /// compaction point, members (with their replication lag when this node leads).
 async fn cluster(node: &Node) -> Response<Full<Bytes>> {

@@ -28,6 +28,11 @@ impl ChangeLog {
         }
     }
 
+    /// How many revisions it remembers at most.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Records that `revision` changed `keys`; revisions must arrive in increasing order.
     pub fn record(&mut self, revision: u64, keys: Vec<StateKey>) {
         if keys.is_empty() {
@@ -39,13 +44,6 @@ impl ChangeLog {
             self.floor = dropped;
         }
         self.entries.push_back((revision, keys));
-    }
-
-    /// Forgets everything: the state was replaced wholesale (a snapshot was installed) at
-    /// `revision`.
-    pub fn reset(&mut self, revision: u64) {
-        self.entries.clear();
-        self.floor = revision;
     }
 
     /// Every key changed after `revision`, or `None` when changes that old are no longer
@@ -92,8 +90,8 @@ mod tests {
         log.record(3, vec![node("c")]);
         assert_eq!(log.since(0), None, "revision 1 was forgotten");
         assert_eq!(log.since(1), Some([node("b"), node("c")].into()));
-        log.reset(7);
-        assert_eq!(log.since(6), None);
-        assert_eq!(log.since(7), Some(BTreeSet::new()));
+        let fresh = ChangeLog::new(7, 2);
+        assert_eq!(fresh.since(6), None);
+        assert_eq!(fresh.since(7), Some(BTreeSet::new()));
     }
 }

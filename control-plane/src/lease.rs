@@ -21,6 +21,8 @@ pub const MAX_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 pub struct Leases {
     ttl: Duration,
     inner: Mutex<Table>,
+    /// When a quorum last confirmed this node's leadership (while it leads).
+    confirmed: Mutex<Option<Instant>>,
 }
 
 #[derive(Debug, Default)]
@@ -37,7 +39,20 @@ impl Leases {
         Leases {
             ttl,
             inner: Mutex::new(Table::default()),
+            confirmed: Mutex::new(None),
         }
+    }
+
+    /// Whether a quorum confirmed this node's leadership recently (within three checks): a
+    /// leader cut off from the others stops renewing leases it can no longer enforce, so its
+    /// agents move to a node that reaches the real leader.
+    pub fn leadership_confirmed(&self) -> bool {
+        let confirmed = *self.confirmed.lock().unwrap_or_else(|p| p.into_inner());
+        confirmed.is_some_and(|at| at.elapsed() <= self.check_interval() * 3)
+    }
+
+    fn set_confirmed(&self, at: Option<Instant>) {
+        *self.confirmed.lock().unwrap_or_else(|p| p.into_inner()) = at;
     }
 
     /// How long a lease runs.
@@ -119,6 +134,16 @@ pub async fn keep(node: Arc<Node>, shutdown: CancellationToken) {
         }
         let metrics = node.raft.metrics().borrow().clone();
         let leading = (metrics.current_leader == Some(metrics.id)).then_some(metrics.current_term);
+        if leading.is_some() && node.transfers.in_progress() {
+            // A confirmation round renews the voters' leader lease, which a transfer waits out.
+        } else if leading.is_some() {
+            let confirm = node.raft.ensure_linearizable();
+            if let Ok(Ok(_)) = tokio::time::timeout(interval, confirm).await {
+                node.leases.set_confirmed(Some(Instant::now()));
+            }
+        } else {
+            node.leases.set_confirmed(None);
+        }
         let registered: Vec<(String, u64)> = node
             .state
             .read(|state| {
@@ -129,7 +154,7 @@ pub async fn keep(node: Arc<Node>, shutdown: CancellationToken) {
             })
             .await;
         let lapsed = node.leases.lapsed(leading, &registered, Instant::now());
-        if lapsed.is_empty() {
+        if lapsed.is_empty() || node.transfers.in_progress() {
             continue;
         }
         let names: Vec<&str> = lapsed.iter().map(|n| n.name.as_str()).collect();

@@ -20,6 +20,7 @@ pub mod api;
 pub mod changes;
 pub mod cli;
 pub mod config;
+pub mod identity;
 pub mod lease;
 pub mod network;
 pub mod node;

@@ -138,6 +138,7 @@ impl RunningNode {
                 shutdown.clone(),
             )),
             tokio::spawn(lease::keep(Arc::clone(&node), shutdown.clone())),
+            tokio::spawn(crate::identity::keep(Arc::clone(&node), shutdown.clone())),
         ];
         if init && node.initialize().await? {
             tracing::info!("initialized a new cluster");

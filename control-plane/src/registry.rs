@@ -29,8 +29,9 @@ pub(crate) async fn register(
         )
     })?;
     let name = record.name.clone();
-    let written = write(node, Command::RegisterNode { node: record }).await?;
+    // Renewed first: the lease keeper must never pair the new record with an old deadline.
     node.leases.renew(&name);
+    let written = write(node, Command::RegisterNode { node: record }).await?;
     Ok(lease(node, written.revision()))
 }
 
@@ -138,11 +139,23 @@ fn lease(node: &Node, revision: u64) -> Response<Full<Bytes>> {
     json_response(StatusCode::OK, &Lease { ttl_ms, revision })
 }
 
-/// Answers here only on the leader; elsewhere the request goes on to the leader.
+/// Answers here only on a leader a quorum confirmed lately; elsewhere the request goes on to
+/// the leader.
 fn leader_only(node: &Node) -> Result<(), Routed> {
     let metrics = node.raft.metrics().borrow().clone();
     match metrics.current_leader {
-        Some(leader) if leader == metrics.id => Ok(()),
+        Some(leader) if leader == metrics.id => {
+            if node.leases.leadership_confirmed() {
+                Ok(())
+            } else {
+                Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "leadership-unconfirmed",
+                    "this node leads but no quorum confirmed it lately; try another node",
+                )
+                .into())
+            }
+        }
         Some(leader) => match metrics.membership_config.membership().get_node(&leader) {
             Some(found) => Err(Routed::Forward(found.addr.clone())),
             None => Err(no_leader()),

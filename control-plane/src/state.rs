@@ -50,6 +50,19 @@ pub enum StateKey {
     Policy(PolicyKey),
     /// A registered node (with its instances), by name.
     Node(String),
+    /// The cluster's identity.
+    Cluster,
+}
+
+/// The value a [`StateKey`] has in one state, to tell whether a command really changed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyValue {
+    /// A policy, or none.
+    Policy(Option<StoredPolicy>),
+    /// A node, or none.
+    Node(Option<NodeRecord>),
+    /// The cluster's identity, or none yet.
+    Cluster(Option<String>),
 }
 
 /// A node the leader found with a lapsed lease, with the revision of its record when it looked:
@@ -104,6 +117,12 @@ pub enum Command {
         /// The node's name.
         node: String,
     },
+    /// Give the cluster its identity, unless it has one: the first such entry applied wins.
+    /// Readers of watch streams tell a rebuilt cluster from a lagging node by it.
+    SetClusterId {
+        /// A random identifier.
+        id: String,
+    },
 }
 
 impl Command {
@@ -132,6 +151,7 @@ impl Command {
                 .iter()
                 .map(|n| StateKey::Node(n.name.clone()))
                 .collect(),
+            Command::SetClusterId { .. } => vec![StateKey::Cluster],
         }
     }
 }
@@ -189,6 +209,13 @@ pub enum CommandResponse {
         /// Whether the node was registered.
         existed: bool,
     },
+    /// [`Command::SetClusterId`] ran.
+    ClusterIdentified {
+        /// The log index of the entry.
+        revision: u64,
+        /// The identity in force (an earlier one, if there was).
+        id: String,
+    },
 }
 
 impl CommandResponse {
@@ -201,7 +228,8 @@ impl CommandResponse {
             | CommandResponse::NodeRegistered { revision }
             | CommandResponse::HealthReported { revision, .. }
             | CommandResponse::NodesExpired { revision, .. }
-            | CommandResponse::NodeDeregistered { revision, .. } => *revision,
+            | CommandResponse::NodeDeregistered { revision, .. }
+            | CommandResponse::ClusterIdentified { revision, .. } => *revision,
         }
     }
 }
@@ -216,6 +244,8 @@ pub struct State {
     policies: BTreeMap<String, BTreeMap<String, StoredPolicy>>,
     /// Registered nodes by name.
     nodes: BTreeMap<String, NodeRecord>,
+    /// The cluster's identity, once its first leader gave it one.
+    cluster_id: Option<String>,
 }
 
 impl State {
@@ -243,6 +273,53 @@ impl State {
             self.nodes.insert(node.name.clone(), node);
         }
         self
+    }
+
+    /// Sets the cluster's identity read back from disk or from a snapshot.
+    pub fn with_cluster_id(mut self, id: Option<String>) -> Self {
+        self.cluster_id = id;
+        self
+    }
+
+    /// The cluster's identity, once it has one.
+    pub fn cluster_id(&self) -> Option<&str> {
+        self.cluster_id.as_deref()
+    }
+
+    /// The current value of `key`.
+    pub fn value_of(&self, key: &StateKey) -> KeyValue {
+        match key {
+            StateKey::Policy(PolicyKey { kind, name }) => {
+                KeyValue::Policy(self.policy(kind, name).cloned())
+            }
+            StateKey::Node(name) => KeyValue::Node(self.node(name).cloned()),
+            StateKey::Cluster => KeyValue::Cluster(self.cluster_id.clone()),
+        }
+    }
+
+    /// Applies `command` like [`State::apply`] and also says which of its keys it really
+    /// changed (a repeated health state or a spared expiry changes nothing).
+    pub fn apply_tracked(
+        &mut self,
+        command: Command,
+        log_index: u64,
+    ) -> (CommandResponse, Vec<StateKey>) {
+        let before: Vec<(StateKey, KeyValue)> = command
+            .keys()
+            .into_iter()
+            .map(|key| {
+                let value = self.value_of(&key);
+                (key, value)
+            })
+            .collect();
+        let response = self.apply(command, log_index);
+        let mut changed: Vec<StateKey> = before
+            .into_iter()
+            .filter(|(key, value)| self.value_of(key) != *value)
+            .map(|(key, _)| key)
+            .collect();
+        changed.dedup();
+        (response, changed)
     }
 
     /// The registered node with this name, if any.
@@ -371,6 +448,10 @@ impl State {
             Command::DeregisterNode { node } => CommandResponse::NodeDeregistered {
                 revision: log_index,
                 existed: self.nodes.remove(&node).is_some(),
+            },
+            Command::SetClusterId { id } => CommandResponse::ClusterIdentified {
+                revision: log_index,
+                id: self.cluster_id.get_or_insert(id).clone(),
             },
         }
     }
@@ -732,6 +813,36 @@ pub(crate) mod tests {
         );
         let names: Vec<_> = state.nodes().map(|n| n.name.as_str()).collect();
         assert_eq!(names, ["b"]);
+    }
+
+    #[test]
+    fn the_first_cluster_id_wins_and_only_real_changes_are_tracked() {
+        let mut state = State::new();
+        let set = |id: &str| Command::SetClusterId { id: id.into() };
+        let (response, changed) = state.apply_tracked(set("a"), 1);
+        assert_eq!(
+            response,
+            CommandResponse::ClusterIdentified {
+                revision: 1,
+                id: "a".into()
+            }
+        );
+        assert_eq!(changed, [StateKey::Cluster]);
+        let (response, changed) = state.apply_tracked(set("b"), 2);
+        assert_eq!(
+            response,
+            CommandResponse::ClusterIdentified {
+                revision: 2,
+                id: "a".into()
+            }
+        );
+        assert!(changed.is_empty());
+        assert_eq!(state.cluster_id(), Some("a"));
+        state.apply(register(node("n", Health::Passing)), 3);
+        let (_, changed) = state.apply_tracked(health("n", Health::Passing), 4);
+        assert!(changed.is_empty(), "the same health again changes nothing");
+        let (_, changed) = state.apply_tracked(health("n", Health::Critical), 5);
+        assert_eq!(changed, [StateKey::Node("n".into())]);
     }
 
     #[test]

@@ -111,6 +111,12 @@ pub struct Transfers {
 }
 
 impl Transfers {
+    /// Whether this node is handing its leadership over right now (it must not send anything
+    /// that renews the voters' leader lease meanwhile).
+    pub fn in_progress(&self) -> bool {
+        self.running.try_lock().is_err()
+    }
+
     /// Stops elections for `duration` (nothing when it is zero), then resumes them.
     pub fn hold(&self, raft: &Raft, duration: Duration) {
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use http_body::Frame;
 use hyphae_policies::watch::{PolicyRecord, WatchEvent};
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::changes::ChangeLog;
 use crate::state::{PolicyKey, State, StateKey, StoredPolicy};
@@ -21,8 +22,8 @@ use crate::store::StateReader;
 
 /// How often an idle stream carries a heartbeat.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
-/// How long a node that is behind a reconnecting reader's `since` waits to catch up before it
-/// sends a full snapshot instead (the cluster may have been rebuilt with fewer revisions).
+/// How long a node that is behind a reconnecting reader's `since` (or has no cluster identity
+/// yet) waits to catch up before it refuses the watch, so the reader tries another node.
 pub const CATCH_UP_WAIT: Duration = Duration::from_secs(3);
 /// Events buffered per stream before the writer waits for the reader.
 const STREAM_BUFFER: usize = 16;
@@ -61,6 +62,7 @@ fn snapshot(state: &State) -> WatchEvent {
         revision: state.revision(),
         policies: state.policies().map(record).collect(),
         nodes: state.nodes().cloned().collect(),
+        cluster: state.cluster_id().map(str::to_owned),
     }
 }
 
@@ -79,6 +81,8 @@ fn delta(state: &State, keys: BTreeSet<StateKey>) -> WatchEvent {
                 Some(node) => node_upserts.push(node.clone()),
                 None => node_deletes.push(name),
             },
+            // Readers learn the identity from snapshots; it never changes once set.
+            StateKey::Cluster => {}
         }
     }
     WatchEvent::Delta {
@@ -93,9 +97,6 @@ fn delta(state: &State, keys: BTreeSet<StateKey>) -> WatchEvent {
 /// What to send a reader that holds `held`: a delta of what changed since, nothing when
 /// nothing did, or a snapshot when those changes are no longer remembered.
 fn catch_up(state: &State, changes: &ChangeLog, held: u64) -> Option<WatchEvent> {
-    if held > state.revision() {
-        return Some(snapshot(state));
-    }
     match changes.since(held) {
         None => Some(snapshot(state)),
         Some(keys) if keys.is_empty() => None,
@@ -103,35 +104,108 @@ fn catch_up(state: &State, changes: &ChangeLog, held: u64) -> Option<WatchEvent>
     }
 }
 
-/// Starts a stream for one watcher that holds revision `since` (`None` or 0: nothing); the
-/// task ends when the watcher goes away.
-pub fn start(reader: StateReader, since: Option<u64>) -> ChannelBody {
+/// What a reader says it holds when it (re)connects: `?since=REV&cluster=ID`.
+#[derive(Debug, Default)]
+pub struct Held {
+    /// The revision it holds (absent or 0: nothing).
+    pub revision: Option<u64>,
+    /// The identity of the cluster that revision came from, when the reader knows it.
+    pub cluster: Option<String>,
+}
+
+/// Why a node will not serve a watch now; the reader should try another node.
+#[derive(Debug)]
+pub struct Refusal {
+    /// A stable code: `not-ready` (no cluster identity yet: not initialized, or not caught up
+    /// with its first leader) or `behind` (older than what the reader holds).
+    pub code: &'static str,
+    /// What happened, for people.
+    pub message: String,
+}
+
+/// The first event for a reader that holds `held`, or why this node cannot serve it. Never
+/// sends a reader back in time: a node behind the reader's revision of the same cluster waits
+/// up to [`CATCH_UP_WAIT`], then refuses; a reader from another (rebuilt) cluster gets a
+/// snapshot.
+async fn first_event(
+    reader: &StateReader,
+    revisions: &mut watch::Receiver<u64>,
+    held: &Held,
+) -> Result<WatchEvent, Refusal> {
+    let since = held.revision.filter(|&since| since > 0);
+    let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
+    loop {
+        revisions.borrow_and_update();
+        let decided = reader
+            .read_with_changes(|state, changes| {
+                // No identity yet: not initialized, or not caught up with its first leader.
+                let cluster = state.cluster_id()?;
+                let Some(since) = since else {
+                    return Some(Ok(snapshot(state)));
+                };
+                if held.cluster.as_deref().is_some_and(|held| held != cluster) {
+                    return Some(Ok(snapshot(state)));
+                }
+                if state.revision() < since {
+                    return None;
+                }
+                let event = catch_up(state, changes, since);
+                Some(Ok(
+                    event.unwrap_or(WatchEvent::Heartbeat { revision: since })
+                ))
+            })
+            .await;
+        if let Some(decided) = decided {
+            return decided;
+        }
+        if tokio::time::timeout_at(deadline, revisions.changed())
+            .await
+            .is_err()
+        {
+            let (cluster, revision) = reader
+                .read(|state| (state.cluster_id().is_some(), state.revision()))
+                .await;
+            return Err(if cluster {
+                Refusal {
+                    code: "behind",
+                    message: format!(
+                        "this node is at revision {revision}, behind the {} you hold; try another node",
+                        since.unwrap_or_default()
+                    ),
+                }
+            } else {
+                Refusal {
+                    code: "not-ready",
+                    message:
+                        "this node has not joined an initialized cluster yet; try another node"
+                            .into(),
+                }
+            });
+        }
+    }
+}
+
+/// Opens a stream for one reader that holds `held`: its first event is decided before the
+/// answer starts (a refusal is an error status, not a stream), then a task feeds it until the
+/// reader goes away or `shutdown`.
+pub async fn open(
+    reader: StateReader,
+    held: Held,
+    shutdown: CancellationToken,
+) -> Result<ChannelBody, Refusal> {
+    let mut revisions = reader.subscribe();
+    let first = first_event(&reader, &mut revisions, &held).await?;
     let (sender, lines) = mpsc::channel(STREAM_BUFFER);
     tokio::spawn(async move {
-        let mut revisions = reader.subscribe();
-        let first = match since.filter(|&since| since > 0) {
-            None => reader.read(snapshot).await,
-            Some(since) => {
-                if !caught_up(&mut revisions, since).await {
-                    return;
-                }
-                let current = reader
-                    .read_with_changes(|state, changes| {
-                        catch_up(state, changes, since).map(|event| (event, state.revision()))
-                    })
-                    .await;
-                match current {
-                    Some((event, _)) => event,
-                    None => WatchEvent::Heartbeat { revision: since },
-                }
-            }
-        };
         let mut sent = first.revision();
         if !send(&sender, &first).await {
             return;
         }
         loop {
-            let changed = tokio::time::timeout(HEARTBEAT_INTERVAL, revisions.changed()).await;
+            let changed = tokio::select! {
+                () = shutdown.cancelled() => return,
+                changed = tokio::time::timeout(HEARTBEAT_INTERVAL, revisions.changed()) => changed,
+            };
             let event = match changed {
                 Err(_) => WatchEvent::Heartbeat { revision: sent },
                 Ok(Err(_)) => return,
@@ -145,7 +219,7 @@ pub fn start(reader: StateReader, since: Option<u64>) -> ChannelBody {
                         .await;
                     match next {
                         (Some(event), _) => event,
-                        // Only blank or membership entries: nothing to tell.
+                        // Only blank, membership or no-change entries: nothing to tell.
                         (None, revision) => {
                             sent = sent.max(revision);
                             continue;
@@ -159,21 +233,7 @@ pub fn start(reader: StateReader, since: Option<u64>) -> ChannelBody {
             }
         }
     });
-    ChannelBody { lines }
-}
-
-/// Waits (up to [`CATCH_UP_WAIT`]) until this node has applied `since`; false when the node
-/// is shutting down. A node still behind after the wait answers with what it has.
-async fn caught_up(revisions: &mut watch::Receiver<u64>, since: u64) -> bool {
-    let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
-    while *revisions.borrow_and_update() < since {
-        match tokio::time::timeout_at(deadline, revisions.changed()).await {
-            Err(_) => return true,
-            Ok(Err(_)) => return false,
-            Ok(Ok(())) => {}
-        }
-    }
-    true
+    Ok(ChannelBody { lines })
 }
 
 /// Writes one event as a JSON line; false when the watcher is gone.
@@ -227,13 +287,6 @@ mod tests {
         assert_eq!(upserts[0].name, "b");
         assert_eq!(node_upserts.len(), 1);
         assert_eq!(catch_up(&state, &changes, 3), None, "nothing new");
-        assert!(
-            matches!(
-                catch_up(&state, &changes, 9),
-                Some(WatchEvent::Snapshot { revision: 3, .. })
-            ),
-            "a reader ahead of this node gets what it has"
-        );
         let mut forgetful = ChangeLog::new(2, 10);
         forgetful.record(3, vec![policy_key("b")]);
         assert!(matches!(

@@ -1,6 +1,8 @@
-//! A watch stream across the death of the node serving it, with real processes: the reader
+//! Watch streams with real processes. Across the death of the node serving it, a reader
 //! reconnects to another node with `?since=REV` and, over the whole run, sees one snapshot and
 //! then every acknowledged write exactly once, in revision order, with no gap and no repeat.
+//! A node never sends a reader back in time: one behind the reader (or not in a cluster yet)
+//! refuses, and only a reader of another, rebuilt cluster starts over.
 
 mod support;
 
@@ -181,4 +183,91 @@ async fn a_watch_sees_every_write_once_in_order_while_its_node_is_killed() {
             "acknowledged {name} never arrived"
         );
     }
+}
+
+/// Opens a watch at `path` on `server`: the status, and the first event when it is a stream.
+async fn first_event(server: &str, path: &str) -> (u16, Option<Value>) {
+    let stream = tokio::net::TcpStream::connect(server)
+        .await
+        .expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(connection);
+    let request = http::Request::get(path)
+        .header(http::header::HOST, server)
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let response = sender.send_request(request).await.expect("response");
+    let status = response.status().as_u16();
+    if status != 200 {
+        let whole = response.into_body().collect().await.expect("error body");
+        return (status, serde_json::from_slice(&whole.to_bytes()).ok());
+    }
+    let mut body = response.into_body();
+    let mut buffer = Vec::new();
+    while !buffer.contains(&b'\n') {
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("a frame in time");
+        let Some(Ok(frame)) = frame else { break };
+        if let Ok(data) = frame.into_data() {
+            buffer.extend_from_slice(&data);
+        }
+    }
+    let line = buffer.split(|&b| b == b'\n').next().unwrap_or_default();
+    (status, serde_json::from_slice(line).ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_never_goes_back_in_time_but_follows_a_rebuilt_cluster() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let nodes = control_plane(dir.path(), 1, "");
+    let server = nodes[0].address.clone();
+    leader(&nodes).await;
+    let body = "kind: ServicePolicy\nmetadata: {name: web}\nspec: {}\n";
+    let (status, _) = post_json(&server, "/v1/policies", body)
+        .await
+        .expect("answer");
+    assert_eq!(status, 200);
+    let (status, snapshot) = first_event(&server, "/v1/agent/watch").await;
+    assert_eq!(status, 200);
+    let snapshot = snapshot.expect("a snapshot");
+    let cluster = snapshot["cluster"]
+        .as_str()
+        .expect("the cluster's identity");
+    let revision = snapshot["revision"].as_u64().expect("revision");
+
+    // A reader of this cluster that holds more than this node has: refused, never sent back.
+    let ahead = format!("/v1/agent/watch?since={}&cluster={cluster}", revision + 100);
+    let (status, refusal) = first_event(&server, &ahead).await;
+    assert_eq!(status, 503);
+    assert_eq!(refusal.expect("an error body")["code"], "behind");
+
+    // A reader of another (rebuilt) cluster starts over from a snapshot.
+    let other = format!("/v1/agent/watch?since={}&cluster=another", revision + 100);
+    let (status, event) = first_event(&server, &other).await;
+    assert_eq!(status, 200);
+    let event = event.expect("an event");
+    assert_eq!(event["type"], "snapshot");
+    assert_eq!(event["cluster"], cluster);
+
+    // A node that never joined a cluster serves nobody.
+    let lonely = support::free_port();
+    let config = dir.path().join("lonely.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "kind: ControlPlaneConfig\nmetadata: {{name: lonely}}\nspec:\n  id: 7\n  listen: 127.0.0.1:{lonely}\n  dataDir: {}\n",
+            dir.path().join("lonely-data").display()
+        ),
+    )
+    .expect("write config");
+    let (_lonely, _) = support::start(
+        &support::binary("hyphae-control-plane"),
+        &["--config", &config.display().to_string()],
+    );
+    let (status, refusal) = first_event(&format!("127.0.0.1:{lonely}"), "/v1/agent/watch").await;
+    assert_eq!(status, 503);
+    assert_eq!(refusal.expect("an error body")["code"], "not-ready");
 }

@@ -37,6 +37,10 @@ pub enum WatchEvent {
         /// Every registered node, with its instances.
         #[serde(default)]
         nodes: Vec<NodeRecord>,
+        /// The cluster's identity: a reader that reconnects sends it back (`?cluster=`), so a
+        /// rebuilt cluster is told from a lagging node.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cluster: Option<String>,
     },
     /// What changed since the previous event, bringing the reader to `revision`.
     Delta {

@@ -31,6 +31,8 @@ const SM_META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("sm_meta"
 const LAST_APPLIED: &str = "last_applied";
 /// [`SM_META`] key of the last applied [`StoredMembership`].
 const LAST_MEMBERSHIP: &str = "last_membership";
+/// [`SM_META`] key of the cluster's identity (absent until its first leader sets it).
+const CLUSTER_ID: &str = "cluster_id";
 /// The current snapshot, by name: its metadata, its data, and a counter for snapshot ids.
 const SNAPSHOT: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("sm_snapshot");
 /// [`SNAPSHOT`] key of the current snapshot's [`SnapshotMeta`].
@@ -69,6 +71,7 @@ struct SnapshotDataRef<'a> {
     revision: u64,
     policies: Vec<&'a StoredPolicy>,
     nodes: Vec<&'a NodeRecord>,
+    cluster: Option<&'a str>,
 }
 
 /// Snapshot data as read back.
@@ -80,6 +83,9 @@ struct SnapshotData {
     /// Absent in snapshots written before nodes were registered.
     #[serde(default)]
     nodes: Vec<NodeRecord>,
+    /// Absent in snapshots written before clusters had an identity.
+    #[serde(default)]
+    cluster: Option<String>,
 }
 
 impl SnapshotData {
@@ -92,7 +98,9 @@ impl SnapshotData {
                 supported: SNAPSHOT_FORMAT,
             });
         }
-        Ok(State::restore(data.revision, data.policies).with_nodes(data.nodes))
+        Ok(State::restore(data.revision, data.policies)
+            .with_nodes(data.nodes)
+            .with_cluster_id(data.cluster))
     }
 }
 
@@ -118,6 +126,7 @@ impl StateMachineStore {
         let last_applied = read_value::<Option<LogId>, _>(&meta, LAST_APPLIED)?.flatten();
         let last_membership: StoredMembership =
             read_value(&meta, LAST_MEMBERSHIP)?.unwrap_or_default();
+        let cluster_id: Option<String> = read_value(&meta, CLUSTER_ID)?;
         let mut policies = Vec::new();
         for item in txn.open_table(POLICIES)?.iter()? {
             let (_key, bytes) = item?;
@@ -130,7 +139,9 @@ impl StateMachineStore {
         }
         let revision = last_applied.map_or(0, |log_id| log_id.index);
         let applied = Applied {
-            state: State::restore(revision, policies).with_nodes(nodes),
+            state: State::restore(revision, policies)
+                .with_nodes(nodes)
+                .with_cluster_id(cluster_id),
             last_applied,
             last_membership,
             changes: ChangeLog::new(revision, watch_history),
@@ -235,6 +246,7 @@ fn build_snapshot(db: &Database, applied: &RwLock<Applied>) -> Result<Snapshot, 
             revision: applied.state.revision(),
             policies: applied.state.policies().collect(),
             nodes: applied.state.nodes().collect(),
+            cluster: applied.state.cluster_id(),
         })?;
         (applied.last_applied, applied.last_membership.clone(), data)
     };
@@ -304,10 +316,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         applied.state.apply_noop(index)
                     }
                     EntryPayload::Normal(command) => {
-                        let keys = command.keys();
-                        touched.extend(keys.iter().cloned());
-                        let response = applied.state.apply(command, index);
-                        applied.changes.record(index, keys);
+                        let (response, changed) = applied.state.apply_tracked(command, index);
+                        touched.extend(changed.iter().cloned());
+                        applied.changes.record(index, changed);
                         response
                     }
                 };
@@ -349,8 +360,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         run_blocking(&self.db, subject, ErrorVerb::Write, move |db| {
             let state = SnapshotData::decode_state(&data)?;
             let mut applied = applied.blocking_write();
-            let mut changes = std::mem::replace(&mut applied.changes, ChangeLog::new(0, 1));
-            changes.reset(state.revision());
+            // What changed before the snapshot is unknown: its change log starts empty. It
+            // replaces the old one only once the install is on disk.
+            let changes = ChangeLog::new(state.revision(), applied.changes.capacity());
             let installed = Applied {
                 state,
                 last_applied: meta.last_log_id,
@@ -371,6 +383,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     nodes.insert(node.name.as_str(), encode(node)?.as_slice())?;
                 }
             }
+            write_cluster_id(&txn, &installed.state)?;
             write_pointers(&txn, &installed)?;
             write_snapshot(&txn, &meta, &data)?;
             txn.commit()?;
@@ -435,8 +448,19 @@ fn write_touched(
                     None => nodes.remove(name.as_str())?,
                 };
             }
+            StateKey::Cluster => write_cluster_id(txn, state)?,
         }
     }
+    Ok(())
+}
+
+/// Writes the cluster's identity (or its absence) inside `txn`.
+fn write_cluster_id(txn: &WriteTransaction, state: &State) -> Result<(), DiskError> {
+    let mut meta = txn.open_table(SM_META)?;
+    match state.cluster_id() {
+        Some(id) => meta.insert(CLUSTER_ID, encode(&id)?.as_slice())?,
+        None => meta.remove(CLUSTER_ID)?,
+    };
     Ok(())
 }
 
