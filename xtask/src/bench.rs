@@ -9,7 +9,6 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -608,25 +607,8 @@ impl Bench {
             .stdout
             .take()
             .context("the agent's stdout is not piped")?;
-        let (sender, receiver) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            let read = reader.read_line(&mut line).map(|_| line);
-            // The receiver is gone only when the bench stopped waiting; it reports that itself.
-            let _ = sender.send(read);
-            // Keep reading so the agent never writes into a closed pipe; EOF when it exits.
-            let _ = std::io::copy(&mut reader, &mut std::io::sink());
-        });
-        let line = receiver
-            .recv_timeout(START_TIMEOUT)
-            .with_context(|| {
-                format!(
-                    "agent {name} printed no ready line within {START_TIMEOUT:?}; see {}",
-                    relative(&log)
-                )
-            })?
-            .with_context(|| format!("read agent {name}'s stdout"))?;
+        let line = util::ready_line(stdout, START_TIMEOUT)
+            .with_context(|| format!("agent {name} did not start; see {}", relative(&log)))?;
         let ready: Value = serde_json::from_str(&line).with_context(|| {
             format!(
                 "agent {name} did not start (stdout {line:?}); see {}",

@@ -4,7 +4,7 @@
 //! retries, ejection and health checks hide and heal, and an agent whose lease lapses.
 //! Every process it starts is stopped when it returns, even on error.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -236,10 +236,8 @@ fn start_agent(
         .with_context(|| format!("start the agent {name}"))?;
     let stdout = child.stdout.take().context("agent stdout")?;
     processes.add(name, child);
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .context("read the agent's ready line")?;
+    let line = crate::util::ready_line(stdout, PATIENCE)
+        .with_context(|| format!("agent {name} did not start"))?;
     let ready: serde_json::Value = serde_json::from_str(&line)
         .with_context(|| format!("agent {name} did not start: {line:?}"))?;
     let address = |key: &str| -> Result<SocketAddr> {

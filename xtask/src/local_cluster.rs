@@ -3,10 +3,8 @@
 //! dropping it stops every node.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
@@ -128,25 +126,8 @@ impl LocalCluster {
         let stdout = child.stdout.take().context("node stdout")?;
         self.pids[id - 1] = Some(child.id());
         self.processes.add(&format!("cp-{id}"), child);
-        let (sender, receiver) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            let read = reader.read_line(&mut line).map(|_| line);
-            // The receiver is gone only when the caller stopped waiting; it reports that.
-            let _ = sender.send(read);
-            // Keep reading so the node never writes into a closed pipe; EOF when it exits.
-            let _ = std::io::copy(&mut reader, &mut std::io::sink());
-        });
-        let line = receiver
-            .recv_timeout(PATIENCE)
-            .with_context(|| {
-                format!(
-                    "node {id} printed no ready line within {PATIENCE:?}; see {}",
-                    log_path.display()
-                )
-            })?
-            .context("read the node's ready line")?;
+        let line = crate::util::ready_line(stdout, PATIENCE)
+            .with_context(|| format!("node {id} did not start; see {}", log_path.display()))?;
         ensure!(
             line.contains("\"ready\""),
             "node {id} did not start: {line:?}; see {}",

@@ -1,7 +1,10 @@
 //! Small helpers shared by subcommands: locating the workspace and running commands loudly.
 
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output};
+use std::process::{Child, ChildStdout, Command, Output};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
@@ -82,4 +85,22 @@ pub fn free_port() -> Result<u16> {
         .and_then(|l| l.local_addr())
         .context("find a free port")?
         .port())
+}
+
+/// Reads a child's first line on stdout (its ready line) within `timeout`; a thread keeps
+/// draining the rest so the child never writes into a closed pipe.
+pub fn ready_line(stdout: ChildStdout, timeout: Duration) -> Result<String> {
+    let (sender, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let read = reader.read_line(&mut line).map(|_| line);
+        // The receiver is gone only when the caller stopped waiting; it reports that itself.
+        let _ = sender.send(read);
+        let _ = std::io::copy(&mut reader, &mut std::io::sink());
+    });
+    receiver
+        .recv_timeout(timeout)
+        .map_err(|_| anyhow::anyhow!("no ready line within {timeout:?}"))?
+        .context("read the ready line")
 }
