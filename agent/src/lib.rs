@@ -9,7 +9,9 @@
 //! - on the peer host, [`proxy::inbound`] delivers it to the local instance.
 //!
 //! [`model`] is the immutable snapshot the path serves, merged by [`sources`] from the local
-//! [`config`] and the control plane ([`watch`], saved to disk by [`persist`]),
+//! [`config`] and the control plane ([`watch`], saved to disk by [`persist`]); [`register`]
+//! keeps this node in the control plane's registry with the results of [`health`] checks, and
+//! [`dev`] embeds a one-node control plane for `--dev`;
 //! [`state`] the live load and health that outlive snapshots, [`error`] the table of failures
 //! and their answers. [`daemon`] binds listeners and drains them ([`listener`]); [`admin`] and
 //! [`metrics`] show what is going on.

@@ -2,7 +2,8 @@
 //!
 //! - [`cli`]: the CLI's offline commands (`validate`, `schema`), sharing the policy crate's
 //!   loader with every other part of hyphae.
-//! - [`state`]: the replicated state (policies with revisions) and the [`state::Command`]s that
+//! - [`state`]: the replicated state (policies, registered nodes with their instances and
+//!   health, the cluster's identity, all with revisions) and the [`state::Command`]s that
 //!   change it; applying a command is a pure function.
 //! - [`raft`]: the openraft type configuration built from those commands.
 //! - [`store`]: durable Raft storage on one redb file: [`store::LogStore`] (vote and log) and
@@ -15,6 +16,10 @@
 //!   [`network`] carries Raft RPCs over HTTP/2; [`api`] serves peers and the admin API
 //!   (`/v1/policies`, `/v1/cluster`), described by [`openapi`] at `/v1/openapi.json`;
 //!   [`transfer`] hands leadership to another voter.
+//! - [`registry`] serves agents' registrations, heartbeats and health reports; [`lease`] keeps
+//!   their leases on the leader; [`identity`] gives a new cluster its identity; [`watch`]
+//!   streams snapshots and deltas (from [`changes`]) to agents; [`wire`] holds the API's other
+//!   bodies.
 
 pub mod api;
 pub mod changes;
