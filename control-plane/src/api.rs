@@ -68,23 +68,30 @@ impl ApiError {
     }
 }
 
-/// Serves the node's HTTP port until `shutdown`.
+/// Longest a stopping node waits for its open connections to finish their requests.
+pub const CONNECTION_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+/// Pause after a failed accept (out of file descriptors, say) before trying again.
+const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Serves the node's HTTP port until `shutdown`, then lets open connections finish (watch
+/// streams end at once) for up to [`CONNECTION_DRAIN`].
 pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: CancellationToken) {
+    let connections = tokio_util::task::TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
                     tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(ACCEPT_RETRY).await;
                     continue;
                 }
             },
         };
         let node = Arc::clone(&node);
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let streams = shutdown.clone();
             let service = service_fn(move |request| {
                 let node = Arc::clone(&node);
@@ -105,6 +112,16 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: Cancellatio
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
         });
+    }
+    connections.close();
+    if tokio::time::timeout(CONNECTION_DRAIN, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = connections.len(),
+            "connections still open after {CONNECTION_DRAIN:?}; closing them"
+        );
     }
 }
 
