@@ -51,6 +51,18 @@ impl Leases {
         confirmed.is_some_and(|at| at.elapsed() <= self.check_interval() * 3)
     }
 
+    /// How long `node`'s lease still runs, when this node leads (confirmed by a quorum lately)
+    /// and has looked at the node since it took over.
+    pub fn remaining(&self, node: &str) -> Option<Duration> {
+        if !self.leadership_confirmed() {
+            return None;
+        }
+        let table = self.table();
+        table.term?;
+        let deadline = table.deadlines.get(node)?;
+        Some(deadline.saturating_duration_since(Instant::now()))
+    }
+
     fn set_confirmed(&self, at: Option<Instant>) {
         *self.confirmed.lock().unwrap_or_else(|p| p.into_inner()) = at;
     }

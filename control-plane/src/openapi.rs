@@ -15,7 +15,7 @@ use schemars::{JsonSchema, SchemaGenerator};
 use serde_json::{Value, json};
 
 use crate::state::{CommandResponse, StoredPolicy};
-use crate::wire::{ClusterStatus, DryRun, ErrorBody, NewMember, TransferTo};
+use crate::wire::{ClusterStatus, DryRun, ErrorBody, NewMember, NodeView, TransferTo};
 
 /// Where the document is served.
 pub const OPENAPI_PATH: &str = "/v1/openapi.json";
@@ -195,14 +195,14 @@ fn build() -> Value {
             "responses": responses("The service.", service, &error),
         }}),
     );
-    let node_record = schema::<NodeRecord>(g);
+    let node_view = schema::<NodeView>(g);
     paths.insert(
         "/v1/nodes/{name}".into(),
         json!({ "get": {
             "operationId": "getNode",
             "summary": "One registered node with its instances",
             "parameters": [path_param("name", "The node's name.", string.clone()), stale()],
-            "responses": responses("The node.", node_record, &error),
+            "responses": responses("The node.", node_view, &error),
         }}),
     );
     paths.insert(
@@ -211,7 +211,7 @@ fn build() -> Value {
             "operationId": "listNodes",
             "summary": "Registered nodes with their instances",
             "parameters": [stale()],
-            "responses": responses("The nodes, by name.", array(schema::<NodeRecord>(g)), &error),
+            "responses": responses("The nodes, by name.", array(schema::<NodeView>(g)), &error),
         }}),
     );
     let heartbeat = schema::<Heartbeat>(g);

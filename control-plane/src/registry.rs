@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use crate::api::{ApiError, ApiRequest, Routed, json_response, read_barrier, write};
 use crate::node::Node;
 use crate::state::{Command, CommandResponse};
+use crate::wire::NodeView;
 
 /// `POST /v1/agent/register`: stores the node and its instances and starts its lease.
 pub(crate) async fn register(
@@ -94,8 +95,18 @@ pub(crate) async fn nodes(
     request: &ApiRequest,
     name: Option<&str>,
 ) -> Result<Response<Full<Bytes>>, Routed> {
-    let nodes = registered(node, request).await?;
-    list_or_one(nodes, name, "node", |n| &n.name)
+    let views: Vec<NodeView> = registered(node, request)
+        .await?
+        .into_iter()
+        .map(|record| NodeView {
+            lease_remaining_ms: node
+                .leases
+                .remaining(&record.name)
+                .map(|left| u64::try_from(left.as_millis()).unwrap_or(u64::MAX)),
+            node: record,
+        })
+        .collect();
+    list_or_one(views, name, "node", |v| &v.node.name)
 }
 
 /// `GET /v1/services` and `GET /v1/services/{name}`: instances grouped by service.

@@ -3,6 +3,7 @@
 //! and the document in [`crate::openapi`], so the two cannot drift apart.
 
 use hyphae_policies::Diagnostic;
+use hyphae_policies::registry::NodeRecord;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -106,4 +107,18 @@ pub struct DryRun {
     pub objects: Vec<PolicyId>,
     /// Findings that do not block the write.
     pub warnings: Vec<Diagnostic>,
+}
+
+/// A node as `GET /v1/nodes` shows it: its registration, and on the leader how long its lease
+/// still runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeView {
+    /// The node as registered.
+    #[serde(flatten)]
+    pub node: NodeRecord,
+    /// Milliseconds until the node expires unless it heartbeats; only in a leader's answer (a
+    /// linearizable read), since only the leader keeps leases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_remaining_ms: Option<u64>,
 }

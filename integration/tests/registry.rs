@@ -126,6 +126,16 @@ async fn callers_reach_registered_services_by_name_and_follow_health_and_leases(
         web_instances(&server).await == strings(&[("host-b", "passing"), ("host-c", "passing")])
     })
     .await;
+    // The leader shows how long each lease still runs; never more than a whole lease.
+    eventually("the leader to show host-b's lease", || async {
+        let Some(node) = get_json(&server, "/v1/nodes/host-b").await else {
+            return false;
+        };
+        node["leaseRemainingMs"]
+            .as_u64()
+            .is_some_and(|left| left <= u64::try_from(LEASE.as_millis()).unwrap_or(u64::MAX))
+    })
+    .await;
     eventually("calls by name to reach both hosts", || async {
         let mut seen = BTreeSet::new();
         for _ in 0..6 {

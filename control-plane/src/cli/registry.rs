@@ -5,13 +5,14 @@ use std::collections::BTreeSet;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use hyphae_policies::registry::{Health, NodeRecord, ServiceSummary};
+use hyphae_policies::registry::{Health, ServiceSummary};
 use serde::Serialize;
 
 use super::client::ApiClient;
 use super::get::Output;
 use super::table::table;
 use super::{Outcome, ServerArgs};
+use crate::wire::NodeView;
 
 /// Path of the service list on a control-plane node.
 pub const SERVICES_PATH: &str = "/v1/services";
@@ -47,7 +48,7 @@ pub fn run_services(args: &RegistryArgs, out: &mut dyn std::io::Write) -> Result
 
 /// Runs `hyphae nodes`.
 pub fn run_nodes(args: &RegistryArgs, out: &mut dyn std::io::Write) -> Result<Outcome> {
-    let nodes: Vec<NodeRecord> = args.read(NODES_PATH)?;
+    let nodes: Vec<NodeView> = args.read(NODES_PATH)?;
     write(out, args.output, &nodes, nodes_table)
 }
 
@@ -94,11 +95,13 @@ pub fn services_table(services: &[ServiceSummary]) -> String {
     table(&["NAME", "PROTOCOL", "INSTANCES", "NODES"], rows)
 }
 
-/// Nodes as `NAME SITE ADDRESS VERSION INSTANCES REVISION`.
-pub fn nodes_table(nodes: &[NodeRecord]) -> String {
+/// Nodes as `NAME SITE ADDRESS VERSION INSTANCES REVISION LEASE` (the lease left, from the
+/// leader; `-` in a stale read).
+pub fn nodes_table(nodes: &[NodeView]) -> String {
     let rows = nodes
         .iter()
-        .map(|node| {
+        .map(|view| {
+            let node = &view.node;
             vec![
                 node.name.clone(),
                 node.site.clone(),
@@ -106,6 +109,10 @@ pub fn nodes_table(nodes: &[NodeRecord]) -> String {
                 or_dash(node.agent_version.clone()),
                 node.instances.len().to_string(),
                 node.revision.to_string(),
+                view.lease_remaining_ms.map_or_else(
+                    || "-".to_string(),
+                    |ms| format!("{:.1}s", ms as f64 / 1000.0),
+                ),
             ]
         })
         .collect();
@@ -117,6 +124,7 @@ pub fn nodes_table(nodes: &[NodeRecord]) -> String {
             "VERSION",
             "INSTANCES",
             "REVISION",
+            "LEASE",
         ],
         rows,
     )
@@ -139,7 +147,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use hyphae_policies::Protocol;
-    use hyphae_policies::registry::{InstanceRecord, ServiceInstance};
+    use hyphae_policies::registry::{InstanceRecord, NodeRecord, ServiceInstance};
 
     use super::*;
 
@@ -184,48 +192,57 @@ payments-long-name  http      0/0        -
 
     #[test]
     fn nodes_show_site_address_version_instance_count_and_revision() {
-        let nodes = [NodeRecord {
-            name: "web-1".into(),
-            site: "eu-west".into(),
-            address: "10.0.0.7:4143".parse().unwrap(),
-            agent_version: "0.1.0".into(),
-            instances: vec![InstanceRecord {
-                service: "frontend".into(),
-                port: 8080,
-                protocol: Protocol::Http,
-                tags: BTreeMap::new(),
-                health: Health::Passing,
-            }],
-            revision: 42,
+        let nodes = [NodeView {
+            node: NodeRecord {
+                name: "web-1".into(),
+                site: "eu-west".into(),
+                address: "10.0.0.7:4143".parse().unwrap(),
+                agent_version: "0.1.0".into(),
+                instances: vec![InstanceRecord {
+                    service: "frontend".into(),
+                    port: 8080,
+                    protocol: Protocol::Http,
+                    tags: BTreeMap::new(),
+                    health: Health::Passing,
+                }],
+                revision: 42,
+            },
+            lease_remaining_ms: Some(12_340),
         }];
         assert_eq!(
             nodes_table(&nodes),
             "\
-NAME   SITE     ADDRESS        VERSION  INSTANCES  REVISION
-web-1  eu-west  10.0.0.7:4143  0.1.0    1          42
+NAME   SITE     ADDRESS        VERSION  INSTANCES  REVISION  LEASE
+web-1  eu-west  10.0.0.7:4143  0.1.0    1          42        12.3s
 "
         );
-        let unversioned = NodeRecord {
-            agent_version: String::new(),
-            instances: vec![],
-            ..nodes[0].clone()
+        let unversioned = NodeView {
+            node: NodeRecord {
+                agent_version: String::new(),
+                instances: vec![],
+                ..nodes[0].node.clone()
+            },
+            lease_remaining_ms: None,
         };
         assert!(nodes_table(&[unversioned]).contains("  -  "));
     }
 
     #[test]
     fn json_and_yaml_carry_the_records_as_the_api_sends_them() {
-        let nodes = vec![NodeRecord {
-            name: "web-1".into(),
-            site: "eu-west".into(),
-            address: "10.0.0.7:4143".parse().unwrap(),
-            agent_version: String::new(),
-            instances: vec![],
-            revision: 3,
+        let nodes = vec![NodeView {
+            node: NodeRecord {
+                name: "web-1".into(),
+                site: "eu-west".into(),
+                address: "10.0.0.7:4143".parse().unwrap(),
+                agent_version: String::new(),
+                instances: vec![],
+                revision: 3,
+            },
+            lease_remaining_ms: None,
         }];
         let mut json = Vec::new();
         write(&mut json, Output::Json, &nodes, nodes_table).unwrap();
-        let back: Vec<NodeRecord> = serde_json::from_slice(&json).unwrap();
+        let back: Vec<NodeView> = serde_json::from_slice(&json).unwrap();
         assert_eq!(back, nodes);
         let mut yaml = Vec::new();
         write(&mut yaml, Output::Yaml, &nodes, nodes_table).unwrap();
