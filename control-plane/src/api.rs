@@ -237,10 +237,28 @@ pub(crate) struct ApiRequest {
 }
 
 impl ApiRequest {
-    fn flag(&self, name: &str) -> bool {
-        self.query
-            .split('&')
-            .any(|pair| pair == name || pair == format!("{name}=true"))
+    /// A boolean query flag: `name` or `name=true` is true, `name=false` or no flag is false,
+    /// and anything else is a 400 (a mistyped `dryRun=1` must not quietly write).
+    fn flag(&self, name: &str) -> Result<bool, ApiError> {
+        let mut value = false;
+        for pair in self.query.split('&') {
+            let (key, given) = pair.split_once('=').unwrap_or((pair, "true"));
+            if key != name {
+                continue;
+            }
+            value = match given {
+                "true" => true,
+                "false" => false,
+                other => {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad-flag",
+                        format!("`{name}={other}`: use `{name}=true` or `{name}=false`"),
+                    ));
+                }
+            };
+        }
+        Ok(value)
     }
 
     fn param(&self, name: &str) -> Option<&str> {
@@ -402,7 +420,7 @@ async fn apply(node: &Node, request: &ApiRequest) -> Result<Response<Full<Bytes>
         )
         .into());
     }
-    if request.flag("dryRun") {
+    if request.flag("dryRun")? {
         let objects = documents
             .iter()
             .map(|d| PolicyId {
@@ -553,8 +571,17 @@ async fn transfer_leader(
 /// Linearizable reads (the default) confirm leadership with a quorum first; followers forward
 /// them to the leader. `?stale=true` reads this node's applied state as it is.
 pub(crate) async fn read_barrier(node: &Node, request: &ApiRequest) -> Result<(), Routed> {
-    if request.flag("stale") {
+    if request.flag("stale")? {
         return Ok(());
+    }
+    if node.transfers.in_progress() {
+        // A read index round renews the voters' leader lease, which the transfer waits out.
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "transfer-in-progress",
+            "leadership is moving to another node; retry in a moment, or read with ?stale=true",
+        )
+        .into());
     }
     let timeout = node.config.spec.write_timeout.get();
     match tokio::time::timeout(timeout, node.raft.ensure_linearizable()).await {
@@ -608,7 +635,8 @@ async fn forward(node: &Node, request: &ApiRequest, leader: &str) -> Response<Fu
         }
     };
     let timeout = if request.path == TRANSFER_PATH {
-        node.config.spec.transfer_timeout.get() + transfer::ANSWER_SLACK
+        // The transfer itself, the target's late answer, then resuming the held voters.
+        node.config.spec.transfer_timeout.get() + transfer::ANSWER_SLACK * 3
     } else {
         node.config.spec.write_timeout.get()
     };

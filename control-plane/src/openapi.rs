@@ -122,6 +122,17 @@ fn build() -> Value {
             },
         }),
     );
+    // `PUT` is accepted as a synonym of `POST` (apply is idempotent).
+    if let Some(apply) = paths
+        .get("/v1/policies")
+        .and_then(|p| p.get("post"))
+        .cloned()
+        && let Some(Value::Object(entry)) = paths.get_mut("/v1/policies")
+    {
+        let mut put = apply;
+        put["operationId"] = json!("applyPoliciesPut");
+        entry.insert("put".into(), put);
+    }
     let kind = path_param("kind", "The policy's kind.", string.clone());
     let name = path_param("name", "The policy's name.", string.clone());
     paths.insert(
@@ -263,16 +274,27 @@ fn build() -> Value {
         WATCH_PATH.into(),
         json!({ "get": {
             "operationId": "watch",
-            "summary": "A long-lived stream of newline-delimited JSON events: a snapshot, then a delta per revision and heartbeats",
-            "parameters": [query(
-                "since",
-                "The revision the reader holds (the stream still opens with a snapshot).",
-                json!({ "type": "integer", "minimum": 0 }),
-            )],
+            "summary": "A long-lived stream of newline-delimited JSON events: a snapshot (or, with `since`, what changed after it), then a delta per revision and heartbeats",
+            "parameters": [
+                query(
+                    "since",
+                    "The revision the reader holds: the stream opens with only what changed after it (a delta, or a heartbeat when nothing did), or with a snapshot when those changes are no longer remembered.",
+                    json!({ "type": "integer", "minimum": 0 }),
+                ),
+                query(
+                    "cluster",
+                    "The identity of the cluster the reader's revision came from (a snapshot's `cluster`); a reader of another cluster gets a snapshot.",
+                    string.clone(),
+                ),
+            ],
             "responses": {
                 "200": {
                     "description": "One `WatchEvent` per line, for as long as the connection lasts.",
                     "content": { "application/x-ndjson": { "schema": schema::<WatchEvent>(g) } },
+                },
+                "503": {
+                    "description": "This node cannot serve the reader without sending it back in time: `behind` (older than `since`) or `not-ready` (not in an initialized cluster yet). Try another node.",
+                    "content": json_content(error.clone()),
                 },
             },
         }}),

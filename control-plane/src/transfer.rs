@@ -4,7 +4,7 @@
 //! pauses stays paused: every pause ends by itself after `transferTimeout`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -107,14 +107,31 @@ impl TransferError {
 #[derive(Default)]
 pub struct Transfers {
     generation: Arc<AtomicU64>,
-    running: tokio::sync::Mutex<()>,
+    running: AtomicBool,
+}
+
+/// The one transfer a leader runs; dropping it (however the transfer ends) lets the next one in.
+struct Running<'a>(&'a AtomicBool);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 impl Transfers {
     /// Whether this node is handing its leadership over right now (it must not send anything
     /// that renews the voters' leader lease meanwhile).
     pub fn in_progress(&self) -> bool {
-        self.running.try_lock().is_err()
+        self.running.load(Ordering::SeqCst)
+    }
+
+    /// Marks a transfer as running, unless one already is.
+    fn start(&self) -> Option<Running<'_>> {
+        self.running
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .ok()
+            .map(|_| Running(&self.running))
     }
 
     /// Stops elections for `duration` (nothing when it is zero), then resumes them.
@@ -160,11 +177,7 @@ type Metrics = RaftMetrics<NodeId, openraft::BasicNode>;
 /// Hands leadership from this node (the leader) to `to`, or to the most caught-up other voter.
 /// Returns the new leader.
 pub async fn transfer(node: &Node, to: Option<NodeId>) -> Result<NodeId, TransferError> {
-    let _running = node
-        .transfers
-        .running
-        .try_lock()
-        .map_err(|_| TransferError::InProgress)?;
+    let _running = node.transfers.start().ok_or(TransferError::InProgress)?;
     let me = node.config.spec.id;
     let timeout = node.config.spec.transfer_timeout.get();
     let started = Instant::now();
@@ -191,9 +204,11 @@ pub async fn transfer(node: &Node, to: Option<NodeId>) -> Result<NodeId, Transfe
         let hold = Millis {
             millis: millis(timeout),
         };
-        // A voter that cannot be told is most likely down, and then it cannot campaign either.
+        // A voter that cannot be told is most likely down, and then it cannot campaign either;
+        // one that does not answer gets no more than `ANSWER_SLACK` of the transfer's time.
+        let asked_by = deadline.min(Instant::now() + ANSWER_SLACK);
         let held: Result<serde_json::Value, String> =
-            call(node, voter, HOLD_ELECTIONS_PATH, &hold, deadline).await;
+            call(node, voter, HOLD_ELECTIONS_PATH, &hold, asked_by).await;
         if let Err(reason) = held {
             tracing::warn!(voter, %reason, "cannot hold a voter's elections for a transfer");
         }
@@ -232,10 +247,11 @@ pub async fn transfer(node: &Node, to: Option<NodeId>) -> Result<NodeId, Transfe
             waited: started.elapsed(),
         }),
         Ok(Campaign { elected: true }) => {
-            // Answer once this node knows too, so the cluster view it answers with is current.
+            // Answer once this node knows too, so the cluster view it answers with is current
+            // (the campaign may have ended after the transfer's own deadline).
             let mut metrics = node.raft.metrics();
-            let _ = tokio::time::timeout_at(
-                deadline,
+            let _ = tokio::time::timeout(
+                ANSWER_SLACK * 2,
                 metrics.wait_for(|m| m.current_leader == Some(target)),
             )
             .await;

@@ -261,7 +261,7 @@ async fn nodes_reads_the_registry_as_a_table_or_json_with_stale_reads_passed_on(
     assert_eq!(output.status.code(), Some(0), "{output:?}");
     assert_eq!(
         stdout(&output),
-        "NAME   SITE     ADDRESS        VERSION  INSTANCES  REVISION\napp-1  us-east  10.0.0.2:4143  0.1.0    1          17\n"
+        "NAME   SITE     ADDRESS        VERSION  INSTANCES  REVISION  LEASE\napp-1  us-east  10.0.0.2:4143  0.1.0    1          17        -\n"
     );
     assert_eq!(
         requests.recv().await.as_deref(),

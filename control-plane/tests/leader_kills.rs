@@ -9,7 +9,7 @@ mod support;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -113,8 +113,17 @@ async fn acknowledged_writes_survive_the_leader_being_killed_at_random_moments()
 
     // Linearizable reads through every node (followers forward them to the leader).
     for node in &nodes {
-        let (code, body) = call("GET", node.address, "/v1/policies?kind=ServicePolicy", "").await;
-        let held = policy_names(code, &body).expect("a linearizable read");
+        // Leadership may still move on a loaded machine: ask again until a read is answered.
+        let deadline = Instant::now() + DEADLINE;
+        let held = loop {
+            let (code, body) =
+                call("GET", node.address, "/v1/policies?kind=ServicePolicy", "").await;
+            if let Some(held) = policy_names(code, &body) {
+                break held;
+            }
+            assert!(Instant::now() < deadline, "no linearizable read answered");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         let missing: Vec<&String> = acknowledged.iter().filter(|n| !held.contains(*n)).collect();
         assert!(
             missing.is_empty(),

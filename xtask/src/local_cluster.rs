@@ -155,11 +155,17 @@ impl LocalCluster {
                 })
                 .filter_map(|output| serde_json::from_str(&output).ok())
                 .collect();
-            let alive = |id: u64| statuses.iter().any(|s| s["id"].as_u64() == Some(id));
+            // The named leader must itself answer, and say it leads (a deposed leader can still
+            // be named by a node for a moment).
+            let leads = |id: u64| {
+                statuses
+                    .iter()
+                    .any(|s| s["id"].as_u64() == Some(id) && s["state"] == "Leader")
+            };
             if let Some(leader) = statuses
                 .iter()
                 .filter_map(|s| s["leader"].as_u64())
-                .find(|&id| alive(id))
+                .find(|&id| leads(id))
             {
                 return usize::try_from(leader).context("leader id");
             }

@@ -1,7 +1,7 @@
 //! `hyphae cluster status|members|add|remove|transfer-leader`: the cluster as the node you ask
 //! sees it, and changes to its members and leader.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
 use super::client::ApiClient;
@@ -105,9 +105,17 @@ pub fn run(args: &ClusterArgs, out: &mut dyn std::io::Write) -> Result<Outcome> 
             (status, Output::Table)
         }
     };
-    if output != Output::Table {
-        writeln!(out, "{}", serde_json::to_string_pretty(&status)?)?;
-        return Ok(Outcome::Success);
+    match output {
+        Output::Table => {}
+        Output::Json => {
+            writeln!(out, "{}", serde_json::to_string_pretty(&status)?)?;
+            return Ok(Outcome::Success);
+        }
+        Output::Yaml => {
+            let yaml = serde_saphyr::to_string(&status).context("encode as YAML")?;
+            out.write_all(yaml.as_bytes())?;
+            return Ok(Outcome::Success);
+        }
     }
     writeln!(
         out,
