@@ -473,4 +473,26 @@ async fn a_node_serves_its_openapi_document() {
         "the served document is the one the library builds"
     );
     assert!(document["paths"]["/v1/policies"]["post"].is_object());
+
+    // A flag the API cannot read is refused, never guessed: `dryRun=1` must not write.
+    let (status, body) = call(
+        "POST",
+        node.address,
+        "/v1/policies?dryRun=1",
+        &policy("flagged", 1),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("bad-flag")),
+        "{body}"
+    );
+    let (status, _) = call(
+        "GET",
+        node.address,
+        "/v1/policies/ServicePolicy/flagged",
+        "",
+    )
+    .await;
+    assert_eq!(status, 404, "nothing was written");
 }
