@@ -158,7 +158,7 @@ async fn watch(
         revision: param("since").and_then(|s| s.parse().ok()),
         cluster: param("cluster"),
     };
-    match crate::watch::open(node.state.clone(), held, shutdown.child_token()).await {
+    match crate::watch::open(Arc::clone(&node.watch), held, shutdown.child_token()).await {
         Ok(body) => {
             let mut response = Response::new(body.boxed());
             response.headers_mut().insert(

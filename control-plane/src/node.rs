@@ -28,6 +28,8 @@ pub struct Node {
     pub raft: Raft,
     /// Read access to the applied state.
     pub state: StateReader,
+    /// What watch streams read, with the work they share.
+    pub watch: Arc<crate::watch::Feed>,
     /// Client for peers (Raft RPCs and forwarded writes).
     pub peers: PeerClient,
     /// Agents' leases (kept while this node leads).
@@ -71,6 +73,7 @@ impl Node {
         .await
         .context("cannot start Raft")?;
         Ok(Node {
+            watch: crate::watch::Feed::new(state.clone()),
             leases: Leases::new(config.spec.lease_ttl.get()),
             commit_index,
             config,

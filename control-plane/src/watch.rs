@@ -7,6 +7,7 @@
 use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -185,16 +186,70 @@ async fn first_event(
     }
 }
 
+/// The watch streams of one node: its applied state, and the last step worked out for a
+/// stream, shared by every stream that asks the same question. At each revision almost every
+/// stream holds the same revision, so the delta is read and encoded once, not once per stream.
+pub struct Feed {
+    reader: StateReader,
+    last: tokio::sync::Mutex<Option<Step>>,
+}
+
+/// What a stream holding `held` sends once the node has applied `latest`.
+#[derive(Clone)]
+struct Step {
+    held: u64,
+    latest: u64,
+    /// The revision the stream reaches, and the line to send (`None`: nothing changed).
+    outcome: (u64, Option<Bytes>),
+}
+
+impl Feed {
+    /// The feed of the state `reader` reads.
+    pub fn new(reader: StateReader) -> Arc<Feed> {
+        Arc::new(Feed {
+            reader,
+            last: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// The revision a stream holding `held` reaches now that `latest` is applied, with the
+    /// encoded event to send, if any; `None` if the event could not be encoded.
+    async fn next(&self, held: u64, latest: u64) -> Option<(u64, Option<Bytes>)> {
+        let mut last = self.last.lock().await;
+        if let Some(step) = last.as_ref()
+            && step.held == held
+            && step.latest == latest
+        {
+            return Some(step.outcome.clone());
+        }
+        let (event, revision) = self
+            .reader
+            .read_with_changes(|state, changes| (catch_up(state, changes, held), state.revision()))
+            .await;
+        let outcome = match event {
+            // Only blank, membership or no-change entries: nothing to tell.
+            None => (revision, None),
+            Some(event) => (event.revision(), Some(encode(&event)?)),
+        };
+        *last = Some(Step {
+            held,
+            latest,
+            outcome: outcome.clone(),
+        });
+        Some(outcome)
+    }
+}
+
 /// Opens a stream for one reader that holds `held`: its first event is decided before the
 /// answer starts (a refusal is an error status, not a stream), then a task feeds it until the
 /// reader goes away or `shutdown`.
 pub async fn open(
-    reader: StateReader,
+    feed: Arc<Feed>,
     held: Held,
     shutdown: CancellationToken,
 ) -> Result<ChannelBody, Refusal> {
-    let mut revisions = reader.subscribe();
-    let first = first_event(&reader, &mut revisions, &held).await?;
+    let mut revisions = feed.reader.subscribe();
+    let first = first_event(&feed.reader, &mut revisions, &held).await?;
     let (sender, lines) = mpsc::channel(STREAM_BUFFER);
     tokio::spawn(async move {
         let mut sent = first.revision();
@@ -206,43 +261,44 @@ pub async fn open(
                 () = shutdown.cancelled() => return,
                 changed = tokio::time::timeout(HEARTBEAT_INTERVAL, revisions.changed()) => changed,
             };
-            let event = match changed {
-                Err(_) => WatchEvent::Heartbeat { revision: sent },
-                Ok(Err(_)) => return,
-                Ok(Ok(())) => {
-                    revisions.borrow_and_update();
-                    let held = sent;
-                    let next = reader
-                        .read_with_changes(|state, changes| {
-                            (catch_up(state, changes, held), state.revision())
-                        })
-                        .await;
-                    match next {
-                        (Some(event), _) => event,
-                        // Only blank, membership or no-change entries: nothing to tell.
-                        (None, revision) => {
-                            sent = sent.max(revision);
-                            continue;
-                        }
+            match changed {
+                Err(_) => {
+                    if !send(&sender, &WatchEvent::Heartbeat { revision: sent }).await {
+                        return;
                     }
                 }
-            };
-            sent = event.revision();
-            if !send(&sender, &event).await {
-                return;
+                Ok(Err(_)) => return,
+                Ok(Ok(())) => {
+                    let latest = *revisions.borrow_and_update();
+                    let Some((revision, line)) = feed.next(sent, latest).await else {
+                        return;
+                    };
+                    sent = sent.max(revision);
+                    if let Some(line) = line
+                        && sender.send(line).await.is_err()
+                    {
+                        return;
+                    }
+                }
             }
         }
     });
     Ok(ChannelBody { lines })
 }
 
+/// One event as a JSON line.
+fn encode(event: &WatchEvent) -> Option<Bytes> {
+    let mut line = serde_json::to_vec(event).ok()?;
+    line.push(b'\n');
+    Some(Bytes::from(line))
+}
+
 /// Writes one event as a JSON line; false when the watcher is gone.
 async fn send(sender: &mpsc::Sender<Bytes>, event: &WatchEvent) -> bool {
-    let Ok(mut line) = serde_json::to_vec(event) else {
-        return false;
-    };
-    line.push(b'\n');
-    sender.send(Bytes::from(line)).await.is_ok()
+    match encode(event) {
+        Some(line) => sender.send(line).await.is_ok(),
+        None => false,
+    }
 }
 
 #[cfg(test)]
