@@ -474,6 +474,26 @@ async fn a_node_serves_its_openapi_document() {
     );
     assert!(document["paths"]["/v1/policies"]["post"].is_object());
 
+    // Every documented operation is served: none answers `unknown-path`. (The watch stream
+    // is left out: it would not end; the watch tests open it.)
+    let paths = document["paths"].as_object().expect("paths");
+    for (template, operations) in paths {
+        if template == hyphae_policies::watch::WATCH_PATH {
+            continue;
+        }
+        let path = template
+            .replace("{kind}", "ServicePolicy")
+            .replace("{name}", "missing")
+            .replace("{id}", "99");
+        for method in operations.as_object().expect("operations").keys() {
+            let (status, body) = call(&method.to_uppercase(), node.address, &path, "").await;
+            assert_ne!(
+                body["code"], "unknown-path",
+                "{method} {template} is documented but not served ({status})"
+            );
+        }
+    }
+
     // A flag the API cannot read is refused, never guessed: `dryRun=1` must not write.
     let (status, body) = call(
         "POST",
