@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::health::{HealthTable, InstanceKey};
-use crate::watch::{BACKOFF_MAX, BACKOFF_MIN, CONNECT_TIMEOUT};
+use crate::watch::{BACKOFF_MAX, BACKOFF_MIN, CONNECT_TIMEOUT, jittered};
 
 /// Longest one registry request may take before the agent tries another node.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
@@ -323,13 +323,6 @@ impl Session {
             }
         }
     }
-}
-
-/// The current retry delay, jittered, doubling it up to `cap` for next time.
-fn jittered(retry: &mut Duration, cap: Duration) -> Duration {
-    let wait = retry.mul_f64(rand::random_range(0.5..1.5));
-    *retry = (*retry * 2).min(cap);
-    wait
 }
 
 /// Waits the current backoff (jittered) and doubles it; false on shutdown.

@@ -209,8 +209,7 @@ impl Watcher {
             if let Err(error) = result {
                 tracing::warn!(%server, "control-plane watch failed: {error}; trying the next node");
             }
-            let wait = backoff.mul_f64(rand::random_range(0.5..1.5));
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            let wait = jittered(&mut backoff, BACKOFF_MAX);
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(wait) => {}
@@ -312,6 +311,13 @@ impl Watcher {
             scanned = buffer.len();
         }
     }
+}
+
+/// The current retry delay, jittered (×0.5–1.5), doubling it up to `cap` for next time.
+pub fn jittered(retry: &mut Duration, cap: Duration) -> Duration {
+    let wait = retry.mul_f64(rand::random_range(0.5..1.5));
+    *retry = (*retry * 2).min(cap);
+    wait
 }
 
 fn unix_ms() -> u64 {

@@ -547,17 +547,7 @@ async fn transfer_leader(
     };
     let metrics = node.raft.metrics().borrow().clone();
     if metrics.state != openraft::ServerState::Leader {
-        let leader = metrics.current_leader.and_then(|id| {
-            metrics
-                .membership_config
-                .nodes()
-                .find(|(n, _)| **n == id)
-                .map(|(_, n)| n.clone())
-        });
-        return Err(leader_or_unavailable(&ForwardToLeader {
-            leader_id: metrics.current_leader,
-            leader_node: leader,
-        }));
+        return Err(to_current_leader(&metrics));
     }
     match transfer::transfer(node, body.to).await {
         Ok(_) => Ok(cluster(node).await),
@@ -602,6 +592,22 @@ fn no_quorum(timeout: std::time::Duration) -> ApiError {
         "no-quorum",
         format!("no quorum answered within {timeout:?}; is a majority of the cluster up?"),
     )
+}
+
+/// Sends a request that only the leader answers on to the leader this node knows of, or
+/// answers 503 when it knows none.
+pub(crate) fn to_current_leader(metrics: &openraft::RaftMetrics<NodeId, BasicNode>) -> Routed {
+    let leader = metrics.current_leader.and_then(|id| {
+        metrics
+            .membership_config
+            .nodes()
+            .find(|(n, _)| **n == id)
+            .map(|(_, n)| n.clone())
+    });
+    leader_or_unavailable(&ForwardToLeader {
+        leader_id: metrics.current_leader,
+        leader_node: leader,
+    })
 }
 
 fn leader_or_unavailable(forward: &ForwardToLeader<NodeId, BasicNode>) -> Routed {

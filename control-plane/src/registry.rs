@@ -11,7 +11,9 @@ use hyphae_policies::registry::{self, HealthReport, Heartbeat, Lease, NodeRecord
 use hyphae_policies::validate::check_name;
 use serde::de::DeserializeOwned;
 
-use crate::api::{ApiError, ApiRequest, Routed, json_response, read_barrier, write};
+use crate::api::{
+    ApiError, ApiRequest, Routed, json_response, read_barrier, to_current_leader, write,
+};
 use crate::node::Node;
 use crate::state::{Command, CommandResponse};
 use crate::wire::NodeView;
@@ -167,21 +169,8 @@ fn leader_only(node: &Node) -> Result<(), Routed> {
                 .into())
             }
         }
-        Some(leader) => match metrics.membership_config.membership().get_node(&leader) {
-            Some(found) => Err(Routed::Forward(found.addr.clone())),
-            None => Err(no_leader()),
-        },
-        None => Err(no_leader()),
+        _ => Err(to_current_leader(&metrics)),
     }
-}
-
-fn no_leader() -> Routed {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "no-leader",
-        "the cluster has no leader right now; try again shortly",
-    )
-    .into()
 }
 
 fn unknown(name: &str) -> ApiError {
