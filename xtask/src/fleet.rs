@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 
+use crate::local_cluster::LocalCluster;
 use crate::util::{Processes, free_port};
 
 /// Requests sent in each traffic round.
@@ -30,7 +31,17 @@ pub fn run(bin: &Path, scratch: &Path) -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).context("create the fleet directory")?;
     let mut processes = Processes::default();
-    let control_plane = start_control_plane(&mut processes, bin, &dir)?;
+    let cluster = LocalCluster::start_sized(
+        bin,
+        &dir.join("control-plane"),
+        1,
+        &format!("  leaseTtl: {LEASE}\n"),
+    )?;
+    cluster.wait_for_leader(&[1])?;
+    let control_plane: SocketAddr = cluster
+        .server(1)
+        .parse()
+        .context("the control plane's address")?;
     println!("control plane: one node at {control_plane} (leaseTtl {LEASE})");
 
     let (app1_port, app2_port) = (free_port()?, free_port()?);
@@ -250,45 +261,6 @@ fn start_agent(
         admin: address("admin")?,
         inbound: address("inbound")?,
     })
-}
-
-/// Starts a one-node control plane with a short lease; returns its address once it leads.
-fn start_control_plane(processes: &mut Processes, bin: &Path, dir: &Path) -> Result<SocketAddr> {
-    let address = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    let config = dir.join("control-plane.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "kind: ControlPlaneConfig
-metadata: {{name: cp}}
-spec:
-  id: 1
-  listen: \"{address}\"
-  dataDir: {}
-  heartbeatInterval: 100ms
-  electionTimeoutMin: 500ms
-  electionTimeoutMax: 1s
-  leaseTtl: {LEASE}
-",
-            dir.join("control-plane-data").display()
-        ),
-    )
-    .context("write the control plane's config")?;
-    let child = Command::new(bin.join("hyphae-control-plane"))
-        .arg("--config")
-        .arg(&config)
-        .arg("--init")
-        .env("HYPHAE_LOG", "error")
-        .stdout(Stdio::null())
-        .spawn()
-        .context("start hyphae-control-plane")?;
-    processes.add("control-plane", child);
-    wait_for("the control plane to lead", || {
-        Ok(http_get(address, "/v1/cluster")
-            .map(|(_, body)| body.contains("\"leader\": 1"))
-            .unwrap_or(false))
-    })?;
-    Ok(address)
 }
 
 /// Polls `check` every 100 ms until it holds, for up to [`PATIENCE`].

@@ -30,20 +30,28 @@ pub struct LocalCluster {
     /// `127.0.0.1:PORT` of node 1, 2, 3 (index `id - 1`).
     servers: Vec<String>,
     /// Process ids of the running nodes, by index `id - 1`.
-    pids: [Option<u32>; NODES],
+    pids: Vec<Option<u32>>,
     /// The node processes, named `cp-<id>`.
     processes: Processes,
 }
 
 impl LocalCluster {
-    /// Empties `dir`, writes a config per node and starts the nodes with the binaries in `bin`;
-    /// node 1 initializes the cluster. Returns once every node printed its ready line.
+    /// Empties `dir`, writes a config per node and starts the [`NODES`] nodes with the binaries
+    /// in `bin`; node 1 initializes the cluster. Returns once every node printed its ready line.
     pub fn start(bin: &Path, dir: &Path) -> Result<LocalCluster> {
+        Self::start_sized(bin, dir, NODES, "")
+    }
+
+    /// Like [`LocalCluster::start`], with `size` nodes and `extra` (YAML lines indented by two
+    /// spaces) added to every node's `spec`.
+    pub fn start_sized(bin: &Path, dir: &Path, size: usize, extra: &str) -> Result<LocalCluster> {
         if dir.exists() {
             std::fs::remove_dir_all(dir).with_context(|| format!("empty {}", dir.display()))?;
         }
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-        let ports = [free_port()?, free_port()?, free_port()?];
+        let ports = (0..size)
+            .map(|_| free_port())
+            .collect::<Result<Vec<u16>>>()?;
         let members: String = ports
             .iter()
             .enumerate()
@@ -53,7 +61,7 @@ impl LocalCluster {
             bin: bin.to_path_buf(),
             dir: dir.to_path_buf(),
             servers: ports.iter().map(|p| format!("127.0.0.1:{p}")).collect(),
-            pids: [None; NODES],
+            pids: vec![None; size],
             processes: Processes::default(),
         };
         for (i, port) in ports.iter().enumerate() {
@@ -61,7 +69,7 @@ impl LocalCluster {
             std::fs::write(
                 dir.join(format!("cp-{id}.yaml")),
                 format!(
-                    "kind: ControlPlaneConfig\nmetadata: {{name: cp-{id}}}\nspec:\n  id: {id}\n  listen: 127.0.0.1:{port}\n  dataDir: {}\n  members:\n{members}{RAFT_TIMING}",
+                    "kind: ControlPlaneConfig\nmetadata: {{name: cp-{id}}}\nspec:\n  id: {id}\n  listen: 127.0.0.1:{port}\n  dataDir: {}\n  members:\n{members}{RAFT_TIMING}{extra}",
                     dir.join(format!("data-{id}")).display()
                 ),
             )
