@@ -1,17 +1,15 @@
 //! Agent leases, kept by the leader alone and in memory: heartbeats renew them without touching
 //! Raft, and only an expiry is a Raft write. A node that becomes leader knows no heartbeat
 //! history, so it starts every registered node on a full lease — an election never expires a
-//! healthy agent.
+//! healthy agent. This is the table; [`crate::keepers::lease_expiry`] runs it on the leader.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-use crate::node::Node;
-use crate::state::{Command, CommandResponse, LapsedNode};
+use crate::state::LapsedNode;
 
 /// Longest pause between two checks for lapsed leases; shorter leases are checked more often.
 pub const MAX_CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -63,7 +61,7 @@ impl Leases {
         Some(deadline.saturating_duration_since(Instant::now()))
     }
 
-    fn set_confirmed(&self, at: Option<Instant>) {
+    pub(crate) fn set_confirmed(&self, at: Option<Instant>) {
         *self.confirmed.lock().unwrap_or_else(|p| p.into_inner()) = at;
     }
 
@@ -101,7 +99,7 @@ impl Leases {
     /// The registered nodes whose lease ended before `now`, given the registry and the term
     /// this node leads in (`None`: it does not lead, and keeps no table). Nodes seen for the
     /// first time in a term get a full lease from `now`.
-    fn lapsed(
+    pub(crate) fn lapsed(
         &self,
         leading_term: Option<u64>,
         registered: &[(String, u64)],
@@ -132,59 +130,6 @@ impl Leases {
             }
         }
         lapsed
-    }
-}
-
-/// Runs the lease keeper of `node` until `shutdown`: while the node leads, nodes whose lease
-/// lapsed are removed through Raft; a failed write is logged and tried again next round.
-pub async fn keep(node: Arc<Node>, shutdown: CancellationToken) {
-    let interval = node.leases.check_interval();
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(interval) => {}
-        }
-        let metrics = node.raft.metrics().borrow().clone();
-        let leading = (metrics.current_leader == Some(metrics.id)).then_some(metrics.current_term);
-        if leading.is_some() && node.transfers.in_progress() {
-            // A confirmation round renews the voters' leader lease, which a transfer waits out.
-        } else if leading.is_some() {
-            let confirm = node.raft.ensure_linearizable();
-            if let Ok(Ok(_)) = tokio::time::timeout(interval, confirm).await {
-                node.leases.set_confirmed(Some(Instant::now()));
-            }
-        } else {
-            node.leases.set_confirmed(None);
-        }
-        let registered: Vec<(String, u64)> = node
-            .state
-            .read(|state| {
-                state
-                    .nodes()
-                    .map(|n| (n.name.clone(), n.revision))
-                    .collect()
-            })
-            .await;
-        let lapsed = node.leases.lapsed(leading, &registered, Instant::now());
-        if lapsed.is_empty() || node.transfers.in_progress() {
-            continue;
-        }
-        let names: Vec<&str> = lapsed.iter().map(|n| n.name.as_str()).collect();
-        tracing::info!(nodes = ?names, ttl = ?node.leases.ttl(), "leases lapsed; expiring the nodes");
-        let write = node
-            .raft
-            .client_write(Command::ExpireNodes { nodes: lapsed });
-        match tokio::time::timeout(node.config.spec.write_timeout.get(), write).await {
-            Ok(Ok(written)) => {
-                if let CommandResponse::NodesExpired { expired, .. } = written.data {
-                    for name in &expired {
-                        node.leases.forget(name);
-                    }
-                }
-            }
-            Ok(Err(error)) => tracing::warn!(%error, "cannot expire nodes; will retry"),
-            Err(_) => tracing::warn!("expiring nodes timed out; will retry"),
-        }
     }
 }
 

@@ -12,26 +12,32 @@
 //! A write will travel: admin API → `Raft::client_write(Command)` → [`store::LogStore`] on a
 //! quorum → [`store::StateMachineStore::apply`](openraft::storage::RaftStateMachine::apply) →
 //! [`state::State::apply`] → the response and the new revision.
-//! - [`config`] reads a node's `ControlPlaneConfig`; [`node`] starts Raft on the store;
-//!   [`network`] carries Raft RPCs over HTTP/2; [`api`] serves peers and the admin API
-//!   (`/v1/policies`, `/v1/cluster`), described by [`openapi`] at `/v1/openapi.json`;
-//!   [`transfer`] hands leadership to another voter.
-//! - [`registry`] serves agents' registrations, heartbeats and health reports; [`lease`] keeps
-//!   their leases on the leader; [`identity`] gives a new cluster its identity; [`watch`]
-//!   streams snapshots and deltas (from [`changes`]) to agents; [`wire`] holds the API's other
-//!   bodies.
+//!
+//! The modules stack one way, each importing only those above it in this list:
+//! - [`config`] reads a node's `ControlPlaneConfig`; [`wire`] holds the API's bodies and
+//!   [`openapi`] describes them at `/v1/openapi.json`; [`changes`] is the change log of recent
+//!   revisions; [`watch`] streams snapshots and deltas from it to agents.
+//! - [`network`] carries Raft RPCs over HTTP/2 (client and server side); [`leadership`] is a
+//!   node's transfer flag and paused elections; [`lease`] the leader's in-memory lease table.
+//! - [`node`] opens the store and starts Raft: the [`node::Node`] every part below shares.
+//! - [`transfer`] hands leadership to another voter; [`keepers`] run beside the port (lease
+//!   expiry, the cluster's identity).
+//! - [`api`] serves the port: peer RPCs and the admin and agent API, one file per resource;
+//!   every request enters through [`api::handle`].
+//! - [`daemon`] starts and stops it all: what the binary and `hyphae-agent --dev` run.
 
 pub mod api;
 pub mod changes;
 pub mod cli;
 pub mod config;
-pub mod identity;
+pub mod daemon;
+pub mod keepers;
+pub mod leadership;
 pub mod lease;
 pub mod network;
 pub mod node;
 pub mod openapi;
 pub mod raft;
-pub mod registry;
 pub mod state;
 pub mod store;
 pub mod transfer;

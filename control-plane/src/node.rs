@@ -1,21 +1,19 @@
 //! A control-plane node: opens its Raft store, starts Raft with the HTTP/2 network, and
-//! initializes a new cluster when asked to, once.
+//! initializes a new cluster when asked to, once. It holds the handles every part shares and
+//! runs no task of its own ([`crate::daemon`] starts the port and the keepers).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
 use openraft::{BasicNode, SnapshotPolicy};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::NodeConfig;
-use crate::lease::{self, Leases};
+use crate::leadership::Transfers;
+use crate::lease::Leases;
 use crate::network::{HttpNetwork, PeerClient, peer_client};
 use crate::raft::{NodeId, Raft};
 use crate::store::{self, StateReader};
-use crate::transfer::Transfers;
 
 /// Name of the Raft store file in the data directory.
 pub const STORE_FILE: &str = "raft.redb";
@@ -110,60 +108,4 @@ impl Node {
 
 fn millis(duration: hyphae_policies::Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// A node serving its port, with its lease keeper running: what `hyphae-control-plane` runs,
-/// and what `hyphae-agent --dev` embeds.
-pub struct RunningNode {
-    /// The node.
-    pub node: Arc<Node>,
-    /// The address its port is bound to.
-    pub address: SocketAddr,
-    shutdown: CancellationToken,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl RunningNode {
-    /// Binds `config.spec.listen`, starts Raft, serves the port and keeps leases;
-    /// initializes a new cluster when `init` and this node belongs to none.
-    pub async fn start(config: NodeConfig, init: bool) -> anyhow::Result<RunningNode> {
-        let listen = config.spec.listen;
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("cannot listen on {listen}"))?;
-        let address = listener.local_addr()?;
-        let node = Arc::new(Node::start(config).await?);
-        let shutdown = CancellationToken::new();
-        let tasks = vec![
-            tokio::spawn(crate::api::serve(
-                Arc::clone(&node),
-                listener,
-                shutdown.clone(),
-            )),
-            tokio::spawn(lease::keep(Arc::clone(&node), shutdown.clone())),
-            tokio::spawn(crate::identity::keep(Arc::clone(&node), shutdown.clone())),
-        ];
-        if init && node.initialize().await? {
-            tracing::info!("initialized a new cluster");
-        }
-        Ok(RunningNode {
-            node,
-            address,
-            shutdown,
-            tasks,
-        })
-    }
-
-    /// Stops serving, then shuts Raft down.
-    pub async fn stop(self) -> anyhow::Result<()> {
-        self.shutdown.cancel();
-        for task in self.tasks {
-            let _ = task.await;
-        }
-        self.node
-            .raft
-            .shutdown()
-            .await
-            .map_err(|e| anyhow::anyhow!("Raft did not shut down cleanly: {e}"))
-    }
 }

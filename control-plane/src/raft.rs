@@ -1,5 +1,6 @@
 //! The control plane's Raft type configuration and the openraft types it instantiates.
-//! Only names live here: storage is in [`crate::store`], the replicated data in [`crate::state`].
+//! Names, and the one sum over them ([`lag`]): storage is in [`crate::store`], the replicated
+//! data in [`crate::state`].
 
 use std::io::Cursor;
 
@@ -41,3 +42,34 @@ pub type StorageError = openraft::StorageError<NodeId>;
 
 /// A running Raft node of this cluster.
 pub type Raft = openraft::Raft<TypeConfig>;
+
+/// How many of the leader's entries a member has not confirmed: the leader's last log index
+/// minus the member's matched index (every entry when nothing matched yet; indexes start at 0).
+pub fn lag(last_log_index: Option<u64>, matched: Option<LogId>) -> u64 {
+    match (last_log_index, matched) {
+        (None, _) => 0,
+        (Some(last), Some(matched)) => last.saturating_sub(matched.index),
+        (Some(last), None) => last.saturating_add(1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{LogId, lag};
+
+    fn matched(index: u64) -> Option<LogId> {
+        Some(openraft::LogId::new(
+            openraft::CommittedLeaderId::new(1, 1),
+            index,
+        ))
+    }
+
+    #[test]
+    fn lag_counts_the_entries_a_member_has_not_matched() {
+        assert_eq!(lag(Some(10), matched(10)), 0);
+        assert_eq!(lag(Some(10), matched(7)), 3);
+        assert_eq!(lag(Some(10), None), 11, "indexes start at 0");
+        assert_eq!(lag(None, None), 0, "an empty log lacks nothing");
+        assert_eq!(lag(Some(3), matched(5)), 0, "never negative");
+    }
+}

@@ -3,8 +3,6 @@
 //! asks the target to campaign until the voters' leader lease runs out and it wins. Nothing it
 //! pauses stays paused: every pause ends by itself after `transferTimeout`.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,6 +14,9 @@ use tokio::time::Instant;
 
 use crate::node::Node;
 use crate::raft::{NodeId, Raft};
+
+/// Admin path of the leadership transfer; it may take up to `transferTimeout`.
+pub const TRANSFER_PATH: &str = "/v1/cluster/transfer-leader";
 
 /// Peer RPC: stop starting elections for `millis` (0 resumes them at once).
 pub const HOLD_ELECTIONS_PATH: &str = "/raft/hold-elections";
@@ -98,58 +99,6 @@ impl TransferError {
                 (StatusCode::SERVICE_UNAVAILABLE, "transfer-failed")
             }
         }
-    }
-}
-
-/// A node's part in transfers: as a voter, its elections paused at a leader's request (each
-/// hold resumes them by itself when it runs out, unless a newer hold or a release came since);
-/// as the leader, the one transfer it runs at a time.
-#[derive(Default)]
-pub struct Transfers {
-    generation: Arc<AtomicU64>,
-    running: AtomicBool,
-}
-
-/// The one transfer a leader runs; dropping it (however the transfer ends) lets the next one in.
-struct Running<'a>(&'a AtomicBool);
-
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::SeqCst);
-    }
-}
-
-impl Transfers {
-    /// Whether this node is handing its leadership over right now (it must not send anything
-    /// that renews the voters' leader lease meanwhile).
-    pub fn in_progress(&self) -> bool {
-        self.running.load(Ordering::SeqCst)
-    }
-
-    /// Marks a transfer as running, unless one already is.
-    fn start(&self) -> Option<Running<'_>> {
-        self.running
-            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
-            .ok()
-            .map(|_| Running(&self.running))
-    }
-
-    /// Stops elections for `duration` (nothing when it is zero), then resumes them.
-    pub fn hold(&self, raft: &Raft, duration: Duration) {
-        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        if duration.is_zero() {
-            raft.runtime_config().elect(true);
-            return;
-        }
-        raft.runtime_config().elect(false);
-        let current = Arc::clone(&self.generation);
-        let raft = raft.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(duration).await;
-            if current.load(Ordering::SeqCst) == generation {
-                raft.runtime_config().elect(true);
-            }
-        });
     }
 }
 
@@ -327,7 +276,7 @@ async fn caught_up(node: &Node, target: NodeId, deadline: Instant) -> Result<(),
     let started = Instant::now();
     let lag_of = |m: &Metrics| -> Option<u64> {
         let matched = m.replication.as_ref()?.get(&target).copied().flatten();
-        Some(crate::api::lag(m.last_log_index, matched))
+        Some(crate::raft::lag(m.last_log_index, matched))
     };
     let mut metrics = node.raft.metrics();
     // `let _` releases the borrowed metrics at once; the state is read again below.

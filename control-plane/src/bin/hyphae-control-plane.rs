@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use hyphae_control_plane::{config, node::RunningNode};
+use hyphae_control_plane::{config, daemon::RunningNode};
 use tokio::signal::unix::{SignalKind, signal};
 
 /// A hyphae control-plane node.

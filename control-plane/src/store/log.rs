@@ -15,7 +15,7 @@ use redb::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{DiskError, decode, encode, read_value, run_blocking};
+use super::disk::{DiskError, decode, encode, read_value, run_blocking};
 use crate::raft::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
 
 /// Log entries by index, each the JSON of an [`Entry`].

@@ -12,7 +12,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTran
 use serde::{Deserialize, Serialize};
 use tokio::sync::{RwLock, watch};
 
-use super::{DiskError, decode, encode, read_value, run_blocking};
+use super::disk::{DiskError, decode, encode, read_value, run_blocking};
 use hyphae_policies::registry::NodeRecord;
 
 use crate::changes::ChangeLog;

@@ -1,7 +1,7 @@
 //! The cluster's identity: a random id its first leader writes through Raft, once. Watch
 //! readers send it back when they reconnect, so a node can tell a reader of a rebuilt cluster
 //! (give it a snapshot) from one that is ahead of a lagging node (refuse; never send a reader
-//! back in time).
+//! back in time). This keeper writes it; it never writes while a leadership transfer runs.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -11,9 +11,8 @@ use hyphae_policies::registry::{self, HealthReport, Heartbeat, Lease, NodeRecord
 use hyphae_policies::validate::check_name;
 use serde::de::DeserializeOwned;
 
-use crate::api::{
-    ApiError, ApiRequest, Routed, json_response, read_barrier, to_current_leader, write,
-};
+use super::answer::{ApiError, ApiRequest, Routed, json_response};
+use super::leader::{read_barrier, to_current_leader, write};
 use crate::node::Node;
 use crate::state::{Command, CommandResponse};
 use crate::wire::NodeView;

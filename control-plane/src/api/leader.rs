@@ -1,0 +1,178 @@
+//! Answers that need the leader: writes through Raft (answered after commit), the read barrier
+//! of linearizable reads, and forwarding to the current leader. No quorum is a 503 within the
+//! write timeout, never a hang.
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use openraft::BasicNode;
+use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+
+use super::answer::{ApiError, ApiRequest, Routed};
+use crate::node::Node;
+use crate::raft::{NodeId, TypeConfig};
+use crate::state::{Command, CommandResponse};
+use crate::transfer;
+
+/// Marks a request a follower sent on to the leader, so it is never forwarded twice.
+pub const FORWARDED_HEADER: &str = "hyphae-forwarded";
+
+/// Writes `command` through Raft and waits for it to be applied.
+///
+/// While this node hands its leadership over, writes are refused (503 `transfer-in-progress`,
+/// retryable): an entry the target has not got would make it unelectable.
+pub(crate) async fn write(node: &Node, command: Command) -> Result<CommandResponse, Routed> {
+    if node.transfers.in_progress() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "transfer-in-progress",
+            "leadership is moving to another node; retry in a moment",
+        )
+        .into());
+    }
+    committed(node, node.raft.client_write(command))
+        .await
+        .map(|written| written.data)
+}
+
+/// What a Raft write (a command or a membership change) resolves to.
+type WriteResult = Result<
+    openraft::raft::ClientWriteResponse<TypeConfig>,
+    RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
+>;
+
+/// Waits for a Raft write to commit, within the write timeout; a follower's refusal becomes a
+/// forward to the leader.
+pub(crate) async fn committed(
+    node: &Node,
+    write: impl std::future::Future<Output = WriteResult>,
+) -> Result<openraft::raft::ClientWriteResponse<TypeConfig>, Routed> {
+    let timeout = node.config.spec.write_timeout.get();
+    match tokio::time::timeout(timeout, write).await {
+        Err(_) => Err(no_quorum(timeout).into()),
+        Ok(Ok(written)) => Ok(written),
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
+            Err(leader_or_unavailable(&forward))
+        }
+        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(error)))) => {
+            Err(ApiError::new(StatusCode::CONFLICT, "membership", error.to_string()).into())
+        }
+        Ok(Err(error)) => {
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "raft", error.to_string()).into())
+        }
+    }
+}
+
+/// Linearizable reads (the default) confirm leadership with a quorum first; followers forward
+/// them to the leader. `?stale=true` reads this node's applied state as it is.
+pub(crate) async fn read_barrier(node: &Node, request: &ApiRequest) -> Result<(), Routed> {
+    if request.flag("stale")? {
+        return Ok(());
+    }
+    if node.transfers.in_progress() {
+        // A read index round renews the voters' leader lease, which the transfer waits out.
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "transfer-in-progress",
+            "leadership is moving to another node; retry in a moment, or read with ?stale=true",
+        )
+        .into());
+    }
+    let timeout = node.config.spec.write_timeout.get();
+    match tokio::time::timeout(timeout, node.raft.ensure_linearizable()).await {
+        Err(_) => Err(no_quorum(timeout).into()),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
+            Err(leader_or_unavailable(&forward))
+        }
+        Ok(Err(error)) => {
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "raft", error.to_string()).into())
+        }
+    }
+}
+
+fn no_quorum(timeout: std::time::Duration) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no-quorum",
+        format!("no quorum answered within {timeout:?}; is a majority of the cluster up?"),
+    )
+}
+
+/// Sends a request that only the leader answers on to the leader this node knows of, or
+/// answers 503 when it knows none.
+pub(crate) fn to_current_leader(metrics: &openraft::RaftMetrics<NodeId, BasicNode>) -> Routed {
+    let leader = metrics.current_leader.and_then(|id| {
+        metrics
+            .membership_config
+            .nodes()
+            .find(|(n, _)| **n == id)
+            .map(|(_, n)| n.clone())
+    });
+    leader_or_unavailable(&ForwardToLeader {
+        leader_id: metrics.current_leader,
+        leader_node: leader,
+    })
+}
+
+fn leader_or_unavailable(forward: &ForwardToLeader<NodeId, BasicNode>) -> Routed {
+    match &forward.leader_node {
+        Some(leader) => Routed::Forward(leader.addr.clone()),
+        None => Routed::Error(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no-leader",
+            "the cluster has no leader right now; try again shortly",
+        )),
+    }
+}
+
+/// Sends the request on to the leader and relays its answer.
+pub(crate) async fn forward(
+    node: &Node,
+    request: &ApiRequest,
+    leader: &str,
+) -> Response<Full<Bytes>> {
+    let query = if request.query.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", request.query)
+    };
+    let upstream = Request::builder()
+        .method(request.method.clone())
+        .uri(format!("http://{leader}{}{query}", request.path))
+        .header(FORWARDED_HEADER, "1")
+        .body(Full::new(request.body.clone()));
+    let upstream = match upstream {
+        Ok(upstream) => upstream,
+        Err(e) => {
+            return ApiError::new(StatusCode::BAD_GATEWAY, "forward", e.to_string())
+                .into_response();
+        }
+    };
+    let timeout = if request.path == transfer::TRANSFER_PATH {
+        // The transfer itself, the target's late answer, then resuming the held voters.
+        node.config.spec.transfer_timeout.get() + transfer::ANSWER_SLACK * 3
+    } else {
+        node.config.spec.write_timeout.get()
+    };
+    let exchange = async {
+        let response = node
+            .peers
+            .request(upstream)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (parts, body) = response.into_parts();
+        let bytes = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok::<_, String>(Response::from_parts(parts, Full::new(bytes)))
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(reason)) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "leader-unreachable",
+            format!("cannot reach the leader at {leader}: {reason}"),
+        )
+        .into_response(),
+        Err(_) => no_quorum(timeout).into_response(),
+    }
+}

@@ -1,0 +1,24 @@
+//! Peer RPCs on the node's port: Raft's own (append, vote, snapshot; [`crate::network`]) and
+//! the leadership-transfer ones ([`crate::transfer`]). Answers `None` for any other path, so
+//! the admin API gets it.
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::Full;
+
+use super::answer::{ApiError, bytes_response};
+use crate::network;
+use crate::node::Node;
+use crate::transfer;
+
+/// Answers a peer RPC at `path`, or `None` when `path` is not one.
+pub(crate) async fn answer(node: &Node, path: &str, body: &[u8]) -> Option<Response<Full<Bytes>>> {
+    let answer = match network::serve_rpc(&node.raft, path, body).await {
+        Some(answer) => answer,
+        None => transfer::serve_rpc(node, path, body).await?,
+    };
+    Some(match answer {
+        Ok(json) => bytes_response(StatusCode::OK, json, "application/json"),
+        Err(message) => ApiError::new(StatusCode::BAD_REQUEST, "bad-rpc", message).into_response(),
+    })
+}
