@@ -56,6 +56,8 @@ pub struct ControlPlaneConfigSpec {
     /// after this long even if the leader vanished. Longer than `electionTimeoutMax`. Default
     /// `10s`.
     pub transfer_timeout: Duration,
+    /// What the node's port accepts: connections, streams, head and body sizes, timeouts.
+    pub limits: ControlPlaneLimits,
 }
 
 impl Default for ControlPlaneConfigSpec {
@@ -75,6 +77,58 @@ impl Default for ControlPlaneConfigSpec {
             snapshot_every: 5_000,
             logs_kept_after_snapshot: 1_000,
             transfer_timeout: Duration::from_secs(10),
+            limits: ControlPlaneLimits::default(),
+        }
+    }
+}
+
+/// Bounds on what a control-plane node's port accepts from anyone who can reach it, so slow,
+/// idle or oversized requests cannot hold its memory, connections or workers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct ControlPlaneLimits {
+    /// Most connections open at once (agents, peers and operators together); a connection
+    /// beyond it is closed at once. Each watching agent holds one. Default 16384.
+    pub max_connections: u32,
+    /// HTTP/2 streams one connection may have open at once. Default 256.
+    pub max_concurrent_streams: u32,
+    /// Largest request head (start line and headers). Default 65536.
+    pub max_header_bytes: u32,
+    /// Longest a client may take to send a request head, counted from the connection's
+    /// first byte, or the connection's first byte itself. Default `10s`.
+    pub header_read_timeout: Duration,
+    /// Longest a request body may take to arrive in full. Default `30s`.
+    pub body_read_timeout: Duration,
+    /// Largest body of an admin request (a policy apply: the policy file limit plus room for
+    /// envelopes). Default 4259840 (4 MiB + 64 KiB).
+    pub max_admin_body_bytes: u32,
+    /// Largest body of an agent's registration, heartbeat, health report or departure.
+    /// Default 1048576 (1 MiB).
+    pub max_agent_body_bytes: u32,
+    /// Largest Raft message from a peer (entries to append, a snapshot chunk, a vote).
+    /// Default 67108864 (64 MiB).
+    pub max_peer_body_bytes: u32,
+}
+
+/// A policy file at its size limit plus room for the JSON envelope around it.
+const ADMIN_BODY_DEFAULT: u32 = {
+    let bytes = crate::limits::DEFAULT_MAX_FILE_BYTES + 64 * 1024;
+    assert!(bytes <= u32::MAX as usize);
+    bytes as u32
+};
+
+impl Default for ControlPlaneLimits {
+    fn default() -> Self {
+        ControlPlaneLimits {
+            max_connections: 16_384,
+            max_concurrent_streams: 256,
+            max_header_bytes: 65_536,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            max_admin_body_bytes: ADMIN_BODY_DEFAULT,
+            max_agent_body_bytes: 1024 * 1024,
+            max_peer_body_bytes: 64 * 1024 * 1024,
         }
     }
 }

@@ -40,7 +40,7 @@ pub use agent_config::{
     AgentConfigSpec, AgentLimits, HealthCheck, Listeners, LocalService, StaticEndpoint,
     StaticService, Upstream,
 };
-pub use control_plane_config::{ControlPlaneConfigSpec, Member};
+pub use control_plane_config::{ControlPlaneConfigSpec, ControlPlaneLimits, Member};
 pub use diagnostic::{Diagnostic, FieldPath, Issue, Severity};
 pub use duration::Duration;
 pub use external_service::{ExternalPort, ExternalServiceSpec};
