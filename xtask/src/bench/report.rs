@@ -15,7 +15,7 @@ pub const SECONDS_DECIMALS: i32 = 2;
 /// Decimal places of milliseconds in the JSON reports: the tools measure whole microseconds.
 pub const MILLIS_DECIMALS: i32 = 3;
 
-/// `value` rounded to `decimals` places, so `proxy.json` holds no float noise such as
+/// `value` rounded to `decimals` places, so the JSON reports hold no float noise such as
 /// `0.48999999999999977` (CPU times are whole clock ticks to begin with).
 pub fn rounded(value: f64, decimals: i32) -> f64 {
     let scale = 10_f64.powi(decimals);

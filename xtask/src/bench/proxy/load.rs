@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 
-use super::super::parse::{Load, parse_h2load, parse_wrk};
-use super::super::report::{relative, write};
 use super::{Bench, H2_STREAMS_PER_CONNECTION, LOAD_THREADS};
+use crate::bench::parse::{Load, parse_h2load, parse_wrk};
+use crate::bench::report::{relative, write};
 use crate::util;
 
 /// Per-request timeout of wrk: a stalled request counts as an error instead of hanging.

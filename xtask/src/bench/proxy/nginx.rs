@@ -8,13 +8,11 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 
-use super::super::report::write;
-use super::super::tools::Tools;
 use super::processes::{Processes, Stdout, free_address, wait_until_ok};
-use super::{KEEPALIVE_REQUESTS, PROXY_IDLE_TIMEOUT, PROXY_MAX_CONNECTIONS};
+use super::{BACKEND_WORKERS, KEEPALIVE_REQUESTS, PROXY_IDLE_TIMEOUT, PROXY_MAX_CONNECTIONS};
+use crate::bench::report::write;
+use crate::bench::tools::Tools;
 
-/// Worker processes of the backend nginx.
-const BACKEND_WORKERS: u32 = 1;
 /// What the backend answers to every request.
 const BACKEND_BODY: &str = "hello from the bench backend";
 

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::super::procfs::with_descendants;
-use super::super::report::relative;
+use crate::bench::procfs::with_descendants;
+use crate::bench::report::relative;
 use crate::util;
 
 /// Longest a process may take to start answering.

@@ -5,11 +5,11 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
-use super::super::report::{self, MILLIS_DECIMALS, SECONDS_DECIMALS, first_line, rounded};
 use super::setup::Setup;
 use super::{
     BACKEND_WORKERS, Bench, H2_STREAMS_PER_CONNECTION, LOAD_THREADS, PROXY_THREADS, Row, WARMUP,
 };
+use crate::bench::report::{self, MILLIS_DECIMALS, SECONDS_DECIMALS, first_line, rounded};
 
 /// Decimal places of ratios in `proxy.json`.
 const RATIO_DECIMALS: i32 = 3;

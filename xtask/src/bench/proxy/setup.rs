@@ -8,7 +8,6 @@ use std::process::Command;
 use anyhow::{Context, Result};
 use serde_json::Value;
 
-use super::super::report::{relative, write};
 use super::load::Protocol;
 use super::nginx::NginxSite;
 use super::processes::{Processes, START_TIMEOUT, Stdout, free_address, wait_until_ok};
@@ -16,6 +15,7 @@ use super::{
     Bench, KEEPALIVE_REQUESTS, MAX_CONNECTIONS, PROXY_IDLE_TIMEOUT, PROXY_MAX_CONNECTIONS,
     PROXY_THREADS,
 };
+use crate::bench::report::{relative, write};
 use crate::util;
 
 /// Idle kept-alive connections nginx keeps to the backend.
