@@ -24,10 +24,12 @@ use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::task::JoinSet;
 
-use super::{
-    BENCH_DIR, SECONDS_DECIMALS, clock_ticks, commit, cpu_seconds, first_line, memory_kib,
-    percentile, relative, rounded,
+use super::percentile::percentile;
+use super::procfs::{clock_ticks, cpu_seconds, load_average, machine_busy_seconds, memory_kib};
+use super::report::{
+    self, MILLIS_DECIMALS, SECONDS_DECIMALS, commit, first_line, relative, rounded, write_json,
 };
+use super::{BENCH_DIR, parse_options};
 use crate::local_cluster::{LocalCluster, NODES};
 use crate::util;
 
@@ -73,8 +75,6 @@ const SEED_FILES: [&str; 4] = [
 ];
 /// The `ServicePolicy` each round rewrites.
 const CHANGED_POLICY: &str = "bench-push";
-/// Decimal places of milliseconds in `push.json`.
-const MILLIS_DECIMALS: i32 = 3;
 
 /// `cargo xtask bench push --help`.
 pub const USAGE: &str = "usage: cargo xtask bench push [--agents N ...] [--rounds K]
@@ -107,42 +107,33 @@ impl Options {
     fn parse(args: &[String]) -> Result<Option<Options>> {
         let mut agents = Vec::new();
         let mut rounds = DEFAULT_ROUNDS;
-        let mut args = args.iter();
-        while let Some(arg) = args.next() {
-            let mut value = |name: &str| {
-                args.next()
-                    .with_context(|| format!("{name} needs a value\n\n{USAGE}"))
-            };
-            match arg.as_str() {
-                "--agents" => {
-                    for text in value("--agents")?.split(',') {
-                        let count: usize = text
-                            .trim()
-                            .parse()
-                            .with_context(|| format!("--agents `{text}` is not a number"))?;
-                        ensure!(
-                            (1..=MAX_AGENTS).contains(&count),
-                            "--agents must be between 1 and {MAX_AGENTS}"
-                        );
-                        agents.push(count);
-                    }
-                }
-                "--rounds" => {
-                    let text = value("--rounds")?;
-                    rounds = text
+        let names = ["--agents", "--rounds"];
+        let run = parse_options(args, USAGE, &names, |name, text| {
+            if name == "--agents" {
+                for text in text.split(',') {
+                    let count: usize = text
+                        .trim()
                         .parse()
-                        .with_context(|| format!("--rounds `{text}` is not a number"))?;
+                        .with_context(|| format!("--agents `{text}` is not a number"))?;
                     ensure!(
-                        (1..=MAX_ROUNDS).contains(&rounds),
-                        "--rounds must be between 1 and {MAX_ROUNDS}"
+                        (1..=MAX_AGENTS).contains(&count),
+                        "--agents must be between 1 and {MAX_AGENTS}"
                     );
+                    agents.push(count);
                 }
-                "-h" | "--help" => {
-                    println!("{USAGE}");
-                    return Ok(None);
-                }
-                other => bail!("unknown option `{other}`\n\n{USAGE}"),
+            } else {
+                rounds = text
+                    .parse()
+                    .with_context(|| format!("--rounds `{text}` is not a number"))?;
+                ensure!(
+                    (1..=MAX_ROUNDS).contains(&rounds),
+                    "--rounds must be between 1 and {MAX_ROUNDS}"
+                );
             }
+            Ok(())
+        })?;
+        if !run {
+            return Ok(None);
         }
         if agents.is_empty() {
             agents = DEFAULT_AGENTS.to_vec();
@@ -199,13 +190,7 @@ pub fn run(args: &[String]) -> Result<()> {
     }
 
     print!("{}", report(&bench, &results));
-    let json_file = dir.join("push.json");
-    let text = serde_json::to_string_pretty(&bench.json(&results, fd_limit))
-        .context("encode push.json")?;
-    std::fs::write(&json_file, text + "\n")
-        .with_context(|| format!("write {}", json_file.display()))?;
-    println!("\nwrote {}", relative(&json_file));
-    Ok(())
+    write_json(&dir, "push.json", &bench.json(&results, fd_limit))
 }
 
 /// Makes sure `agents` connections fit under the open-file limit, raising the soft limit to
@@ -518,6 +503,8 @@ impl Bench {
     fn json(&self, results: &[Measured], fd_limit: u64) -> Value {
         let ms = |d: Duration| rounded(d.as_secs_f64() * 1000.0, MILLIS_DECIMALS);
         let seconds = |s: f64| rounded(s, SECONDS_DECIMALS);
+        let mut machine = report::machine();
+        machine["loadAverageAtEnd"] = json!(load_average());
         let summary = |s: &Option<Summary>| {
             s.map(|s| {
                 json!({
@@ -579,13 +566,7 @@ impl Bench {
                 "seedPolicies": SEED_FILES,
                 "openFileLimit": fd_limit,
             },
-            "machine": {
-                "cpus": std::thread::available_parallelism().map(usize::from).ok(),
-                "kernel": first_line(Command::new("uname").arg("-r")),
-                "loadAverageAtEnd": std::fs::read_to_string("/proc/loadavg")
-                    .ok()
-                    .and_then(|l| l.split_whitespace().next().map(str::to_string)),
-            },
+            "machine": machine,
             "versions": {
                 "hyphae-control-plane":
                     first_line(Command::new(self.bin.join("hyphae-control-plane")).arg("--version")),
@@ -593,28 +574,6 @@ impl Bench {
             "rows": rows,
         })
     }
-}
-
-/// Fields of the `cpu` line of `/proc/stat` that count busy time: user, nice, system, (idle and
-/// iowait skipped), irq, softirq, steal.
-const BUSY_FIELDS: [usize; 6] = [0, 1, 2, 5, 6, 7];
-
-/// CPU seconds the whole machine has spent busy, all CPUs together (`/proc/stat`).
-fn machine_busy_seconds(ticks_per_second: f64) -> Result<f64> {
-    let text = std::fs::read_to_string("/proc/stat").context("read /proc/stat")?;
-    let fields: Vec<u64> = text
-        .lines()
-        .next()
-        .and_then(|line| line.strip_prefix("cpu "))
-        .context("no `cpu` line in /proc/stat")?
-        .split_whitespace()
-        .map(|field| field.parse().context("a /proc/stat figure is not a number"))
-        .collect::<Result<_>>()?;
-    let busy: u64 = BUSY_FIELDS
-        .iter()
-        .map(|&i| fields.get(i).copied().unwrap_or(0))
-        .sum();
-    Ok(busy as f64 / ticks_per_second)
 }
 
 /// A node as the bench reaches and measures it.

@@ -1,0 +1,177 @@
+//! An `AgentConfig` on its own: site, control-plane addresses, listeners that must not share an
+//! address, local and static services with their health checks, upstreams and limits.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+
+use super::Checker;
+use super::host::check_host_port;
+use crate::diagnostic::{FieldPath, Issue};
+use crate::{AgentConfigSpec, HealthCheck, Listeners};
+
+/// Smallest `limits.maxHeaderBytes` that still fits ordinary requests.
+pub const MIN_HEADER_BYTES: u32 = 1024;
+
+/// Checks an `AgentConfig`'s spec.
+pub(super) fn check(c: &mut Checker, path: &FieldPath, spec: &AgentConfigSpec) {
+    c.name(path.key("site"), &spec.site);
+    for (i, address) in spec.control_plane.iter().enumerate() {
+        if let Err(reason) = check_host_port(address) {
+            c.error(path.key("controlPlane").index(i), reason);
+        }
+    }
+    let listeners = path.key("listeners");
+    let defaults = Listeners::default();
+    let mut bound = Bound::default();
+    bound.claim(
+        c,
+        listeners.key("admin"),
+        spec.listeners.admin,
+        Some(defaults.admin),
+    );
+    bound.claim(
+        c,
+        listeners.key("inbound"),
+        spec.listeners.inbound,
+        Some(defaults.inbound),
+    );
+    if let Some(proxy) = spec.listeners.http_proxy {
+        bound.claim(c, listeners.key("httpProxy"), proxy, defaults.http_proxy);
+    }
+    let mut names = BTreeSet::new();
+    for (i, service) in spec.services.iter().enumerate() {
+        let service_path = path.key("services").index(i);
+        c.unique_name(
+            service_path.key("name"),
+            &service.name,
+            &mut names,
+            "service",
+        );
+        c.port(service_path.key("port"), service.port);
+        if let Some(check) = &service.check {
+            check_health(c, &service_path.key("check"), check);
+        }
+    }
+    for (i, upstream) in spec.upstreams.iter().enumerate() {
+        let upstream_path = path.key("upstreams").index(i);
+        c.name(upstream_path.key("service"), &upstream.service);
+        if upstream.listen.port() == 0 {
+            c.error(
+                upstream_path.key("listen"),
+                "an upstream needs a fixed port, not 0",
+            );
+        }
+        bound.claim(c, upstream_path.key("listen"), upstream.listen, None);
+        if let Some(port) = upstream.port {
+            c.port(upstream_path.key("port"), port);
+        }
+    }
+    let limits = path.key("limits");
+    if spec.limits.max_header_bytes < MIN_HEADER_BYTES {
+        c.error(
+            limits.key("maxHeaderBytes"),
+            format!(
+                "must be at least {MIN_HEADER_BYTES}, got {}",
+                spec.limits.max_header_bytes
+            ),
+        );
+    }
+    c.at_least_one(limits.key("maxConnections"), spec.limits.max_connections);
+    c.at_least_one(
+        limits.key("maxConcurrentStreams"),
+        spec.limits.max_concurrent_streams,
+    );
+    c.positive(
+        limits.key("headerReadTimeout"),
+        spec.limits.header_read_timeout,
+    );
+    let mut static_names = BTreeSet::new();
+    for (i, service) in spec.static_services.iter().enumerate() {
+        let service_path = path.key("staticServices").index(i);
+        c.unique_name(
+            service_path.key("name"),
+            &service.name,
+            &mut static_names,
+            "static service",
+        );
+        if service.endpoints.is_empty() {
+            c.error(
+                service_path.key("endpoints"),
+                "a static service needs at least one endpoint",
+            );
+        }
+        for (e, endpoint) in service.endpoints.iter().enumerate() {
+            let endpoint_path = service_path.key("endpoints").index(e);
+            if let Some(site) = &endpoint.site {
+                c.name(endpoint_path.key("site"), site);
+            }
+            if let Some(node) = &endpoint.node {
+                c.name(endpoint_path.key("node"), node);
+            }
+        }
+    }
+}
+
+/// The addresses an agent's listeners and upstream ports bind, so two never share one.
+#[derive(Default)]
+struct Bound {
+    /// Each address with the field that took it first, and whether that is the field's default
+    /// (then the user may never have written it, and the message says where it comes from).
+    by_address: BTreeMap<SocketAddr, (FieldPath, bool)>,
+}
+
+impl Bound {
+    /// Records that the field `at` binds `address` (`default` is the field's default), or
+    /// reports the field that bound it first.
+    fn claim(
+        &mut self,
+        c: &mut Checker,
+        at: FieldPath,
+        address: SocketAddr,
+        default: Option<SocketAddr>,
+    ) {
+        let is_default = default == Some(address);
+        // Port 0 asks the system for a free port: two such listeners never clash.
+        if address.port() == 0 {
+            return;
+        }
+        let Some((first, first_is_default)) = self.by_address.get(&address) else {
+            self.by_address.insert(address, (at, is_default));
+            return;
+        };
+        let mut issue = Issue::error(
+            at.clone(),
+            format!("address {address} is already used by `{first}`"),
+        );
+        let defaulted = match (*first_is_default, is_default) {
+            (true, _) => Some(first),
+            (false, true) => Some(&at),
+            (false, false) => None,
+        };
+        if let Some(field) = defaulted {
+            issue = issue.with_help(format!(
+                "`{field}` defaults to {address}; give one of them another address"
+            ));
+        }
+        c.issues.push(issue);
+    }
+}
+
+/// Checks a local service's health check.
+fn check_health(c: &mut Checker, path: &FieldPath, check: &HealthCheck) {
+    match (&check.http, check.tcp) {
+        (Some(_), true) => c.error(path.key("tcp"), "set either `http` or `tcp`, not both"),
+        (None, false) => c.error(path.clone(), "set one of `http: /path` or `tcp: true`"),
+        (Some(http), false) => c.absolute_path(path.key("http"), http),
+        (None, true) => {}
+    }
+    c.positive(path.key("interval"), check.interval);
+    c.positive(path.key("timeout"), check.timeout);
+    c.not_longer(
+        path.key("timeout"),
+        ("timeout", check.timeout),
+        ("the interval", check.interval),
+    );
+    c.at_least_one(path.key("rise"), check.rise);
+    c.at_least_one(path.key("fall"), check.fall);
+}

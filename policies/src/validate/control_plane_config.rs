@@ -1,0 +1,90 @@
+//! A `ControlPlaneConfig` on its own: node id, members, and Raft timings that must fit together.
+
+use std::collections::BTreeSet;
+
+use super::Checker;
+use super::host::check_host_port;
+use crate::ControlPlaneConfigSpec;
+use crate::diagnostic::FieldPath;
+
+/// Checks a `ControlPlaneConfig`'s spec.
+pub(super) fn check(c: &mut Checker, path: &FieldPath, spec: &ControlPlaneConfigSpec) {
+    if spec.id == 0 {
+        c.error(path.key("id"), "node ids start at 1");
+    }
+    if let Some(advertise) = &spec.advertise
+        && let Err(reason) = check_host_port(advertise)
+    {
+        c.error(path.key("advertise"), reason);
+    }
+    let mut ids = BTreeSet::new();
+    let mut addresses = BTreeSet::new();
+    for (i, member) in spec.members.iter().enumerate() {
+        let member_path = path.key("members").index(i);
+        if member.id == 0 {
+            c.error(member_path.key("id"), "node ids start at 1");
+        } else if !ids.insert(member.id) {
+            c.error(
+                member_path.key("id"),
+                format!("node id {} is listed twice", member.id),
+            );
+        }
+        if let Err(reason) = check_host_port(&member.address) {
+            c.error(member_path.key("address"), reason);
+        } else if !addresses.insert(member.address.as_str()) {
+            c.error(
+                member_path.key("address"),
+                format!("address {} is listed twice", member.address),
+            );
+        }
+    }
+    if !spec.members.is_empty() && !ids.contains(&spec.id) {
+        c.error(
+            path.key("members"),
+            format!(
+                "this node (id {}) must be one of the members it starts a cluster with",
+                spec.id
+            ),
+        );
+    }
+    c.positive(path.key("heartbeatInterval"), spec.heartbeat_interval);
+    c.positive(path.key("writeTimeout"), spec.write_timeout);
+    c.at_least_one(path.key("watchHistory"), spec.watch_history);
+    if spec.lease_ttl < spec.election_timeout_max {
+        c.error(
+            path.key("leaseTtl"),
+            format!(
+                "must be at least electionTimeoutMax ({}), or an election alone could outlast every lease",
+                spec.election_timeout_max
+            ),
+        );
+    }
+    c.at_least_one(path.key("snapshotEvery"), spec.snapshot_every);
+    if spec.election_timeout_min >= spec.election_timeout_max {
+        c.error(
+            path.key("electionTimeoutMax"),
+            format!(
+                "must be longer than electionTimeoutMin ({})",
+                spec.election_timeout_min
+            ),
+        );
+    }
+    if spec.transfer_timeout <= spec.election_timeout_max {
+        c.error(
+            path.key("transferTimeout"),
+            format!(
+                "must be longer than electionTimeoutMax ({}): a transfer waits for the leader lease to run out",
+                spec.election_timeout_max
+            ),
+        );
+    }
+    if spec.heartbeat_interval >= spec.election_timeout_min {
+        c.error(
+            path.key("heartbeatInterval"),
+            format!(
+                "must be shorter than electionTimeoutMin ({}), or followers start elections while the leader is healthy",
+                spec.election_timeout_min
+            ),
+        );
+    }
+}

@@ -1,0 +1,264 @@
+//! `cargo xtask bench proxy`: the agent's data path against haproxy and nginx on this machine —
+//! same backend, same load generator, one thread each — printed as a table and written to
+//! `target/bench/proxy.json`. Fails only because something is broken, never because it is slow.
+
+use std::fs;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+
+use super::BENCH_DIR;
+use super::parse::Load;
+use super::procfs::{clock_ticks, cpu_seconds, memory_kib, with_descendants};
+use super::report::write_json;
+use super::tools::Tools;
+use crate::util;
+use load::Protocol;
+use nginx::Backend;
+use processes::Processes;
+use setup::Setup;
+
+mod load;
+mod nginx;
+mod processes;
+mod report;
+mod setup;
+
+/// Seconds of measured load per row unless `--duration` says otherwise.
+const DEFAULT_DURATION_SECS: u64 = 10;
+/// Concurrent client connections unless `--connections` says otherwise.
+const DEFAULT_CONNECTIONS: u32 = 50;
+/// Most `--connections` accepted: every proxy below is configured for several times this many.
+const MAX_CONNECTIONS: u32 = 1000;
+/// Load-generator threads: one, so the client takes the same share of the machine in every row.
+const LOAD_THREADS: u32 = 1;
+/// HTTP/2 streams per connection in the h2 rows: one, so as many requests are in flight as in
+/// the HTTP/1.1 rows.
+const H2_STREAMS_PER_CONNECTION: u32 = 1;
+/// Agent worker threads, haproxy threads, nginx worker processes: one each, so every proxy
+/// works with one core.
+const PROXY_THREADS: u32 = 1;
+/// Worker processes of the backend nginx.
+const BACKEND_WORKERS: u32 = 1;
+/// Unmeasured load before each row, so connections and pools are open and warm.
+const WARMUP: Duration = Duration::from_secs(1);
+/// Connections each haproxy and nginx process accepts (clients and backend together).
+const PROXY_MAX_CONNECTIONS: u32 = 4 * MAX_CONNECTIONS;
+/// Requests on one kept-alive connection before nginx closes it: effectively unlimited, as in
+/// haproxy and the agent, so no row pays for reconnects.
+const KEEPALIVE_REQUESTS: u32 = 1_000_000;
+/// haproxy's and nginx's idle timeout on client and backend connections.
+const PROXY_IDLE_TIMEOUT: &str = "60s";
+
+/// `cargo xtask bench proxy --help`.
+pub const USAGE: &str = "usage: cargo xtask bench proxy [--duration SECS] [--connections N]
+
+Starts a backend (nginx, `return 200`), the agent (release build, 1 worker thread), haproxy and
+nginx (1 thread / 1 worker each), drives every path with the same load (wrk for HTTP/1.1, h2load
+for HTTP/2), prints a table and writes target/bench/proxy.json. Configs and logs go to
+target/bench/.
+
+options:
+  --duration SECS    measured seconds per row (default 10)
+  --connections N    concurrent client connections (default 50, at most 1000)";
+/// What the command line asked for.
+#[derive(Clone, Copy, Debug)]
+struct Options {
+    /// Measured load per row.
+    duration: Duration,
+    /// Concurrent client connections.
+    connections: u32,
+}
+
+impl Options {
+    /// Parses `--duration SECS` and `--connections N`; `None` for `--help`.
+    fn parse(args: &[String]) -> Result<Option<Options>> {
+        let mut options = Options {
+            duration: Duration::from_secs(DEFAULT_DURATION_SECS),
+            connections: DEFAULT_CONNECTIONS,
+        };
+        let names = ["--duration", "--connections"];
+        let run = super::parse_options(args, USAGE, &names, |name, text| {
+            if name == "--duration" {
+                let secs: u64 = text
+                    .parse()
+                    .with_context(|| format!("--duration `{text}` is not whole seconds"))?;
+                ensure!(secs > 0, "--duration must be at least 1 second");
+                options.duration = Duration::from_secs(secs);
+            } else {
+                let connections: u32 = text
+                    .parse()
+                    .with_context(|| format!("--connections `{text}` is not a number"))?;
+                ensure!(
+                    (LOAD_THREADS..=MAX_CONNECTIONS).contains(&connections),
+                    "--connections must be between {LOAD_THREADS} and {MAX_CONNECTIONS}"
+                );
+                options.connections = connections;
+            }
+            Ok(())
+        })?;
+        Ok(run.then_some(options))
+    }
+}
+
+/// `cargo xtask bench proxy`.
+pub fn run(args: &[String]) -> Result<()> {
+    let Some(options) = Options::parse(args)? else {
+        return Ok(());
+    };
+    let tools = Tools::ensure()?;
+    util::run(util::cargo().args(["build", "--release", "--quiet", "-p", "hyphae-agent"]))?;
+    let root = util::root();
+    let dir = root.join(BENCH_DIR);
+    fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let mut backend_processes = Processes::default();
+    let backend = Backend::start(&tools, &dir, &mut backend_processes)?;
+    let bench = Bench {
+        options,
+        agent: root.join("target/release/hyphae-agent"),
+        tools,
+        ticks_per_second: clock_ticks()?,
+        backend,
+        dir,
+    };
+    let mut rows = Vec::new();
+    for protocol in Protocol::ALL {
+        for setup in Setup::ALL {
+            rows.push(bench.measure(setup, protocol)?);
+        }
+    }
+    drop(backend_processes);
+
+    print!("{}", bench.table(&rows));
+    write_json(&bench.dir, "proxy.json", &bench.json(&rows))
+}
+
+/// Everything a row needs: settings, programs, the shared backend, the output folder.
+struct Bench {
+    /// The command line.
+    options: Options,
+    /// haproxy, nginx and the load generators.
+    tools: Tools,
+    /// The release build of `hyphae-agent`.
+    agent: PathBuf,
+    /// Unit of the CPU times in `/proc/PID/stat`.
+    ticks_per_second: f64,
+    /// The backend, running for the whole bench.
+    backend: Backend,
+    /// `target/bench/`, absolute.
+    dir: PathBuf,
+}
+
+/// One line of the table.
+struct Row {
+    /// The way requests took.
+    setup: Setup,
+    /// The protocol the client spoke.
+    protocol: Protocol,
+    /// What the load generator measured.
+    load: Load,
+    /// What the proxies consumed; `None` for the direct row.
+    proxy: Option<ProxyCost>,
+    /// CPU the backend used during the measured run, to show whether it was the limit.
+    backend_cpu_seconds: f64,
+}
+
+/// What the proxy processes of a row consumed, summed over them.
+struct ProxyCost {
+    /// How many processes (two agents for the mesh; nginx master and worker).
+    processes: usize,
+    /// User plus system CPU seconds during the measured run.
+    cpu_seconds: f64,
+    /// Resident memory after start, before any load.
+    rss_idle_kib: u64,
+    /// Peak resident memory (`VmHWM`) at the end of the run.
+    rss_peak_kib: u64,
+}
+
+impl Row {
+    /// Requests completed per second of proxy CPU; `None` without a proxy.
+    fn requests_per_cpu_second(&self) -> Option<f64> {
+        let cost = self.proxy.as_ref()?;
+        (cost.cpu_seconds > 0.0).then(|| self.load.requests as f64 / cost.cpu_seconds)
+    }
+}
+
+impl Bench {
+    /// Starts `setup`, loads it over `protocol`, measures it and stops it.
+    fn measure(&self, setup: Setup, protocol: Protocol) -> Result<Row> {
+        eprintln!(
+            "xtask: bench {} over {} ({})",
+            setup.name(),
+            protocol.name(),
+            setup.path()
+        );
+        let mut target = self.start(setup)?;
+        let address = target.address(protocol);
+        let proxies = with_descendants(&target.proxies)?;
+        let backend = with_descendants(&[self.backend.pid])?;
+        let rss_idle_kib = memory_kib(&proxies, "VmRSS")?;
+
+        let label = format!("{}-{}", setup.slug(), protocol.name());
+        let warmup = self.load(protocol, address, WARMUP, &format!("{label}-warmup"))?;
+        ensure!(
+            warmup.requests > warmup.errors,
+            "{} over {} answered no request successfully while warming up; see {BENCH_DIR}/",
+            setup.name(),
+            protocol.name()
+        );
+
+        let proxy_cpu = cpu_seconds(&proxies, self.ticks_per_second)?;
+        let backend_cpu = cpu_seconds(&backend, self.ticks_per_second)?;
+        let load = self.load(protocol, address, self.options.duration, &label)?;
+        // A proxy that died under load has no figures worth reporting.
+        target.processes.ensure_running()?;
+        let proxy_cpu = cpu_seconds(&proxies, self.ticks_per_second)? - proxy_cpu;
+        let backend_cpu = cpu_seconds(&backend, self.ticks_per_second)? - backend_cpu;
+        let rss_peak_kib = memory_kib(&proxies, "VmHWM")?;
+        // Stop this row's processes before the next row starts.
+        drop(target.processes);
+
+        Ok(Row {
+            setup,
+            protocol,
+            load,
+            proxy: (!proxies.is_empty()).then_some(ProxyCost {
+                processes: proxies.len(),
+                cpu_seconds: proxy_cpu,
+                rss_idle_kib,
+                rss_peak_kib,
+            }),
+            backend_cpu_seconds: backend_cpu,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_have_defaults_and_bounds() {
+        let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let options = Options::parse(&[]).unwrap().unwrap();
+        assert_eq!(options.duration, Duration::from_secs(DEFAULT_DURATION_SECS));
+        assert_eq!(options.connections, DEFAULT_CONNECTIONS);
+        let options = Options::parse(&args(&["--duration", "3", "--connections", "8"]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (options.duration, options.connections),
+            (Duration::from_secs(3), 8)
+        );
+        for bad in [
+            &["--duration", "0"][..],
+            &["--connections", "0"],
+            &["--connections", "100000"],
+            &["--duration"],
+            &["--fast"],
+        ] {
+            assert!(Options::parse(&args(bad)).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! The programs the proxy bench drives (haproxy, nginx, wrk, h2load): found on this machine, or
+//! installed from apt first. Never installs anything the bench does not run.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+use crate::util;
+
+/// Programs the bench drives and the Debian packages that hold them.
+const TOOLS: [(&str, &str); 4] = [
+    ("haproxy", "haproxy"),
+    ("nginx", "nginx"),
+    ("wrk", "wrk"),
+    ("h2load", "nghttp2-client"),
+];
+/// Where root's programs live when `PATH` lacks them (haproxy and nginx are in `/usr/sbin`).
+const SYSTEM_BIN_DIRS: [&str; 2] = ["/usr/sbin", "/sbin"];
+
+/// The programs the bench runs, found on this machine.
+pub struct Tools {
+    /// haproxy, one of the two proxies the agent is compared with.
+    pub haproxy: PathBuf,
+    /// nginx: the backend, and the other proxy.
+    pub nginx: PathBuf,
+    /// The HTTP/1.1 load generator.
+    pub wrk: PathBuf,
+    /// The HTTP/2 load generator (from nghttp2).
+    pub h2load: PathBuf,
+}
+
+impl Tools {
+    /// Finds the tools, installing the missing ones from apt first (`apt-get update` once).
+    pub fn ensure() -> Result<Tools> {
+        let missing: Vec<&str> = TOOLS
+            .iter()
+            .filter(|(program, _)| find_program(program).is_none())
+            .map(|(_, package)| *package)
+            .collect();
+        if !missing.is_empty() {
+            eprintln!("xtask: installing {} for the bench", missing.join(" "));
+            let apt = || {
+                let mut command = Command::new("apt-get");
+                // Progress to stderr, so stdout holds only the report.
+                command
+                    .env("DEBIAN_FRONTEND", "noninteractive")
+                    .stdout(std::io::stderr());
+                command
+            };
+            util::run(apt().arg("update")).context("apt-get update (this needs root)")?;
+            util::run(apt().args(["install", "-y"]).args(&missing))
+                .context("apt-get install (this needs root)")?;
+        }
+        let require = |program: &str| {
+            find_program(program)
+                .with_context(|| format!("`{program}` is still not on PATH after installing it"))
+        };
+        Ok(Tools {
+            haproxy: require("haproxy")?,
+            nginx: require("nginx")?,
+            wrk: require("wrk")?,
+            h2load: require("h2load")?,
+        })
+    }
+}
+
+/// The executable `program` on `PATH` or in the system directories.
+fn find_program(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(SYSTEM_BIN_DIRS.iter().map(PathBuf::from))
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
