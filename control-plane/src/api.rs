@@ -24,13 +24,15 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use hyphae_policies::ControlPlaneLimits;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+pub use self::answer::ApiBody;
 use self::answer::{Answer, ApiError, ApiRequest, Routed, json_response};
-pub use self::answer::{ApiBody, MAX_BODY_BYTES};
 pub use self::leader::FORWARDED_HEADER;
 use crate::node::Node;
 
@@ -40,8 +42,13 @@ pub const CONNECTION_DRAIN: std::time::Duration = std::time::Duration::from_secs
 const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Serves the node's HTTP port until `shutdown`, then lets open connections finish (watch
-/// streams end at once) for up to [`CONNECTION_DRAIN`].
+/// streams end at once) for up to [`CONNECTION_DRAIN`]. Every connection is bounded by the
+/// node's `limits`: a cap on open connections (one beyond it is closed at once), its first
+/// byte and each request head within `headerReadTimeout`, HTTP/2 streams and head sizes.
 pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: CancellationToken) {
+    let limits = node.config.spec.limits.clone();
+    let open = Arc::new(Semaphore::new(limits.max_connections as usize));
+    let builder = Arc::new(connection_builder(&limits));
     let connections = tokio_util::task::TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -55,16 +62,34 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: Cancellatio
                 }
             },
         };
+        let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
+            tracing::warn!(%peer, max = limits.max_connections, "connection limit reached; closing the new connection");
+            drop(stream);
+            continue;
+        };
         let node = Arc::clone(&node);
+        let builder = Arc::clone(&builder);
         let shutdown = shutdown.clone();
+        let first_byte = limits.header_read_timeout.get();
         connections.spawn(async move {
+            let _permit = permit;
+            // Version detection waits for the first bytes; a silent client must not hold a
+            // connection (and its permit) forever.
+            let mut probe = [0u8; 1];
+            match tokio::time::timeout(first_byte, stream.peek(&mut probe)).await {
+                Ok(Ok(read)) if read > 0 => {}
+                Ok(Ok(_)) | Ok(Err(_)) => return,
+                Err(_) => {
+                    tracing::debug!(%peer, "no request within {first_byte:?}; closing");
+                    return;
+                }
+            }
             let streams = shutdown.clone();
             let service = service_fn(move |request| {
                 let node = Arc::clone(&node);
                 let streams = streams.clone();
                 async move { Ok::<_, Infallible>(handle(&node, request, &streams).await) }
             });
-            let builder = auto::Builder::new(TokioExecutor::new());
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
             let result = tokio::select! {
@@ -91,6 +116,25 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: Cancellatio
     }
 }
 
+/// HTTP/1.1 and HTTP/2 (detected per connection) with the node's head, stream and time limits.
+fn connection_builder(limits: &ControlPlaneLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout.get())
+        .max_buf_size((limits.max_header_bytes as usize).max(MIN_HTTP1_BUFFER));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(limits.max_header_bytes);
+    builder
+}
+
+/// hyper refuses an HTTP/1.1 read buffer smaller than this.
+const MIN_HTTP1_BUFFER: usize = 8192;
+
 /// Handles one request; `shutdown` ends the long-lived ones (watch streams). Every request of
 /// the port, peer or admin, passes here before it is routed.
 pub async fn handle(
@@ -108,18 +152,35 @@ pub async fn handle(
 /// Handles a request whose body and answer are read whole.
 async fn handle_buffered(node: &Node, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let (parts, body) = request.into_parts();
-    let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(error) => {
+    let path = parts.uri.path().to_string();
+    let limits = &node.config.spec.limits;
+    let (max, sender) = body_limit(limits, &path);
+    let read = tokio::time::timeout(
+        limits.body_read_timeout.get(),
+        Limited::new(body, max).collect(),
+    );
+    let body = match read.await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(error)) => {
             return ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body-too-large",
-                error.to_string(),
+                format!("{error}: {sender} bodies are limited to {max} bytes (limits)"),
+            )
+            .into_response();
+        }
+        Err(_) => {
+            return ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body-timeout",
+                format!(
+                    "the request body did not arrive within {} (limits.bodyReadTimeout)",
+                    limits.body_read_timeout
+                ),
             )
             .into_response();
         }
     };
-    let path = parts.uri.path().to_string();
     if parts.method == Method::POST
         && let Some(answer) = raft::answer(node, &path, &body).await
     {
@@ -146,6 +207,24 @@ async fn handle_buffered(node: &Node, request: Request<Incoming>) -> Response<Fu
         Err(Routed::Forward(leader)) => leader::forward(node, &request, &leader).await,
     }
 }
+
+/// The largest body a request to `path` may carry, and who sends such requests: Raft peers
+/// move log entries and snapshot chunks, agents small records, operators policy files.
+fn body_limit(limits: &ControlPlaneLimits, path: &str) -> (usize, &'static str) {
+    let (bytes, sender) = if path.starts_with(PEER_RPC_PREFIX) {
+        (limits.max_peer_body_bytes, "peer RPC (maxPeerBodyBytes)")
+    } else if path.starts_with(AGENT_PREFIX) {
+        (limits.max_agent_body_bytes, "agent (maxAgentBodyBytes)")
+    } else {
+        (limits.max_admin_body_bytes, "admin (maxAdminBodyBytes)")
+    };
+    (bytes as usize, sender)
+}
+
+/// Paths of peer RPCs (Raft's and leadership transfer's).
+const PEER_RPC_PREFIX: &str = "/raft/";
+/// Paths of the agent API (registration, heartbeats, health, watch).
+const AGENT_PREFIX: &str = "/v1/agent/";
 
 /// The admin and agent API, by method and path.
 async fn route(node: &Node, request: &ApiRequest) -> Answer {
@@ -188,5 +267,43 @@ async fn route(node: &Node, request: &ApiRequest) -> Answer {
             format!("no API at {} {}", request.method, request.path),
         )
         .into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_peer_rpc_gets_the_peer_body_limit_and_agents_theirs() {
+        let limits = ControlPlaneLimits {
+            max_admin_body_bytes: 1,
+            max_agent_body_bytes: 2,
+            max_peer_body_bytes: 3,
+            ..ControlPlaneLimits::default()
+        };
+        for path in [
+            crate::network::APPEND_PATH,
+            crate::network::VOTE_PATH,
+            crate::network::SNAPSHOT_PATH,
+            crate::transfer::HOLD_ELECTIONS_PATH,
+            crate::transfer::ELECT_PATH,
+        ] {
+            assert_eq!(body_limit(&limits, path).0, 3, "{path}");
+        }
+        for path in [
+            "/v1/agent/register",
+            "/v1/agent/heartbeat",
+            "/v1/agent/health",
+        ] {
+            assert_eq!(body_limit(&limits, path).0, 2, "{path}");
+        }
+        for path in [
+            "/v1/policies",
+            crate::transfer::TRANSFER_PATH,
+            "/v1/cluster/members",
+        ] {
+            assert_eq!(body_limit(&limits, path).0, 1, "{path}");
+        }
     }
 }

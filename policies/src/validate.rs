@@ -99,6 +99,16 @@ impl Checker {
         }
     }
 
+    /// A limit on request heads: below [`MIN_HEADER_BYTES`] no ordinary request fits.
+    fn header_bytes(&mut self, path: FieldPath, value: u32) {
+        if value < MIN_HEADER_BYTES {
+            self.error(
+                path,
+                format!("must be at least {MIN_HEADER_BYTES}, got {value}"),
+            );
+        }
+    }
+
     fn share(&mut self, path: FieldPath, value: f64) {
         if !(0.0..=1.0).contains(&value) {
             self.error(path, format!("must be between 0 and 1, got {value}"));

@@ -15,9 +15,6 @@ use crate::wire::ErrorBody;
 /// Every response body: whole JSON answers and long-lived watch streams alike.
 pub type ApiBody = BoxBody<Bytes, Infallible>;
 
-/// Largest request body: a policy file's limit plus room for JSON envelopes.
-pub const MAX_BODY_BYTES: usize = hyphae_policies::limits::DEFAULT_MAX_FILE_BYTES + 64 * 1024;
-
 /// An API failure: a status and a stable machine-readable code.
 #[derive(Debug)]
 pub(crate) struct ApiError {

@@ -2,7 +2,7 @@
 //! get and delete. Never stores an object the loader refused.
 
 use http::StatusCode;
-use hyphae_policies::{Completeness, LoadOptions, load_str};
+use hyphae_policies::{Completeness, Diagnostic, LoadOptions, load_str};
 
 use super::answer::{Answer, ApiError, ApiRequest, json_response};
 use super::leader::{read_barrier, write};
@@ -13,21 +13,62 @@ use crate::wire::{DryRun, PolicyId};
 /// `POST /v1/policies`: validates the YAML (or JSON) with the same loader as `hyphae
 /// validate`, then writes every object in one Raft entry. `?dryRun=true` stops after checking.
 pub(crate) async fn apply(node: &Node, request: &ApiRequest) -> Answer {
-    let text = std::str::from_utf8(&request.body).map_err(|e| {
+    let dry_run = request.flag("dryRun")?;
+    let body = request.body.clone();
+    let checked = tokio::task::spawn_blocking(move || check(&body))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "check-task",
+                format!("checking the policies did not finish: {e}"),
+            )
+        })??;
+    if dry_run {
+        let objects = checked
+            .documents
+            .iter()
+            .map(|d| PolicyId {
+                kind: d.kind.clone(),
+                name: d.name.clone(),
+            })
+            .collect();
+        let dry_run = DryRun {
+            dry_run: true,
+            valid: true,
+            objects,
+            warnings: checked.warnings,
+        };
+        return Ok(json_response(StatusCode::OK, &dry_run));
+    }
+    let command = Command::ApplyPolicies {
+        policies: checked.documents,
+    };
+    let response = write(node, command).await?;
+    Ok(json_response(StatusCode::OK, &response))
+}
+
+/// Policies ready to store, with the loader's warnings.
+struct Checked {
+    documents: Vec<PolicyDocument>,
+    warnings: Vec<Diagnostic>,
+}
+
+/// Parses, validates and encodes a policy body in canonical form. Runs on the blocking pool:
+/// a large file takes long enough to stall an async worker (and with it Raft's heartbeats).
+fn check(body: &[u8]) -> Result<Checked, ApiError> {
+    let text = std::str::from_utf8(body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "not-utf8",
             format!("the body is not UTF-8: {e}"),
         )
     })?;
-    let report = load_str(
-        "request",
-        text,
-        LoadOptions {
-            completeness: Completeness::Partial,
-            ..LoadOptions::default()
-        },
-    );
+    let options = LoadOptions {
+        completeness: Completeness::Partial,
+        ..LoadOptions::default()
+    };
+    let report = load_str("request", text, options);
     if report.has_errors() {
         let error = ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -37,7 +78,7 @@ pub(crate) async fn apply(node: &Node, request: &ApiRequest) -> Answer {
                 report.error_count()
             ),
         );
-        return Err(error.with_diagnostics(report.diagnostics).into());
+        return Err(error.with_diagnostics(report.diagnostics));
     }
     let local: Vec<String> = report
         .objects
@@ -53,8 +94,7 @@ pub(crate) async fn apply(node: &Node, request: &ApiRequest) -> Answer {
                 "{} belong(s) on the node it configures, not in the control plane; nothing was applied",
                 local.join(", ")
             ),
-        )
-        .into());
+        ));
     }
     let mut documents = Vec::new();
     for object in &report.objects {
@@ -72,33 +112,12 @@ pub(crate) async fn apply(node: &Node, request: &ApiRequest) -> Answer {
             StatusCode::BAD_REQUEST,
             "empty",
             "no policy documents in the body",
-        )
-        .into());
+        ));
     }
-    if request.flag("dryRun")? {
-        let objects = documents
-            .iter()
-            .map(|d| PolicyId {
-                kind: d.kind.clone(),
-                name: d.name.clone(),
-            })
-            .collect();
-        let dry_run = DryRun {
-            dry_run: true,
-            valid: true,
-            objects,
-            warnings: report.diagnostics,
-        };
-        return Ok(json_response(StatusCode::OK, &dry_run));
-    }
-    let response = write(
-        node,
-        Command::ApplyPolicies {
-            policies: documents,
-        },
-    )
-    .await?;
-    Ok(json_response(StatusCode::OK, &response))
+    Ok(Checked {
+        documents,
+        warnings: report.diagnostics,
+    })
 }
 
 /// `GET /v1/policies[?kind=K]`: every stored policy, or those of one kind.

@@ -67,15 +67,7 @@ pub(super) fn check(c: &mut Checker, path: &FieldPath, spec: &AgentConfigSpec) {
         }
     }
     let limits = path.key("limits");
-    if spec.limits.max_header_bytes < MIN_HEADER_BYTES {
-        c.error(
-            limits.key("maxHeaderBytes"),
-            format!(
-                "must be at least {MIN_HEADER_BYTES}, got {}",
-                spec.limits.max_header_bytes
-            ),
-        );
-    }
+    c.header_bytes(limits.key("maxHeaderBytes"), spec.limits.max_header_bytes);
     c.at_least_one(limits.key("maxConnections"), spec.limits.max_connections);
     c.at_least_one(
         limits.key("maxConcurrentStreams"),

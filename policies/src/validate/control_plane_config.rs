@@ -87,4 +87,21 @@ pub(super) fn check(c: &mut Checker, path: &FieldPath, spec: &ControlPlaneConfig
             ),
         );
     }
+    let limits = path.key("limits");
+    let given = &spec.limits;
+    c.at_least_one(limits.key("maxConnections"), given.max_connections);
+    c.at_least_one(
+        limits.key("maxConcurrentStreams"),
+        given.max_concurrent_streams,
+    );
+    c.header_bytes(limits.key("maxHeaderBytes"), given.max_header_bytes);
+    c.positive(limits.key("headerReadTimeout"), given.header_read_timeout);
+    c.positive(limits.key("bodyReadTimeout"), given.body_read_timeout);
+    for (field, bytes) in [
+        ("maxAdminBodyBytes", given.max_admin_body_bytes),
+        ("maxAgentBodyBytes", given.max_agent_body_bytes),
+        ("maxPeerBodyBytes", given.max_peer_body_bytes),
+    ] {
+        c.at_least_one(limits.key(field), bytes);
+    }
 }

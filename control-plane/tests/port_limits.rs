@@ -1,0 +1,196 @@
+//! The node's port bounds what anyone who reaches it can hold: silent and half-sent requests
+//! are cut off by `headerReadTimeout`, stalled bodies by `bodyReadTimeout`, bodies by the
+//! limit for their kind of caller, and connections by `maxConnections`. In-process: one node
+//! started with `RunningNode::start` on `127.0.0.1:0`, spoken to over raw TCP.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hyphae_control_plane::config::NodeConfig;
+use hyphae_control_plane::daemon::RunningNode;
+use hyphae_policies::{ControlPlaneConfigSpec, ControlPlaneLimits};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Longest any single expectation may take before the test fails (the limits are far shorter).
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A one-node cluster with `limits`, leading, and its data directory.
+async fn node(limits: ControlPlaneLimits) -> (RunningNode, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("create a data directory");
+    let config = NodeConfig {
+        name: "limits".to_string(),
+        spec: ControlPlaneConfigSpec {
+            id: 1,
+            listen: "127.0.0.1:0".parse().expect("an address"),
+            data_dir: dir.path().join("control-plane"),
+            limits,
+            ..ControlPlaneConfigSpec::default()
+        },
+    };
+    let running = RunningNode::start(config, true)
+        .await
+        .expect("start the node");
+    let mut metrics = running.node.raft.metrics();
+    tokio::time::timeout(
+        DEADLINE,
+        metrics.wait_for(|m| m.current_leader == Some(m.id)),
+    )
+    .await
+    .expect("the node elects itself in time")
+    .expect("metrics still flow");
+    (running, dir)
+}
+
+fn quick(limits: ControlPlaneLimits) -> ControlPlaneLimits {
+    ControlPlaneLimits {
+        header_read_timeout: hyphae_policies::Duration::from_millis(300),
+        body_read_timeout: hyphae_policies::Duration::from_millis(300),
+        ..limits
+    }
+}
+
+/// Reads until the peer closes (or `DEADLINE`, which fails the test); returns what it sent.
+async fn read_to_close(stream: &mut TcpStream) -> String {
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(DEADLINE, async {
+        let mut buffer = [0u8; 4096];
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => answer.extend_from_slice(&buffer[..n]),
+            }
+        }
+    });
+    read.await
+        .expect("the node closes the connection within the deadline");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// One HTTP/1.1 exchange on a fresh connection; the whole answer as text.
+async fn exchange(address: SocketAddr, request: &str) -> String {
+    let mut stream = TcpStream::connect(address).await.expect("connect");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("send the request");
+    read_to_close(&mut stream).await
+}
+
+fn get_cluster() -> &'static str {
+    "GET /v1/cluster HTTP/1.1\r\nhost: node\r\nconnection: close\r\n\r\n"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_half_sent_requests_are_cut_off_by_the_header_read_timeout() {
+    let (running, _dir) = node(quick(ControlPlaneLimits::default())).await;
+    let mut silent = TcpStream::connect(running.address).await.expect("connect");
+    assert_eq!(
+        read_to_close(&mut silent).await,
+        "",
+        "no answer, just a close"
+    );
+
+    let mut half = TcpStream::connect(running.address).await.expect("connect");
+    half.write_all(b"GET /v1/cluster HTTP/1.1\r\nhost: node\r\n")
+        .await
+        .expect("send half a head");
+    let answer = read_to_close(&mut half).await;
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "a half-sent head gets a close or a 408, got {answer:?}"
+    );
+
+    let answer = exchange(running.address, get_cluster()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    running.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_is_answered_408_and_bodies_are_bounded_per_kind_of_caller() {
+    let limits = ControlPlaneLimits {
+        max_agent_body_bytes: 2048,
+        ..ControlPlaneLimits::default()
+    };
+    let (running, _dir) = node(quick(limits)).await;
+
+    let stalled =
+        "POST /v1/policies HTTP/1.1\r\nhost: node\r\ncontent-length: 1000\r\n\r\nkind: Serv";
+    let answer = exchange(running.address, stalled).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("bodyReadTimeout"), "{answer}");
+
+    let record = format!("{{\"name\": \"{}\"}}", "a".repeat(4096));
+    let register = format!(
+        "POST /v1/agent/register HTTP/1.1\r\nhost: node\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{record}",
+        record.len()
+    );
+    let answer = exchange(running.address, &register).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("maxAgentBodyBytes"), "{answer}");
+
+    // The same size is fine for an admin request: it gets past the limit to the loader.
+    let policy = format!(
+        "kind: ServicePolicy\nmetadata: {{name: big}}\nspec: {{}}\n# {}\n",
+        "x".repeat(4096)
+    );
+    let apply = format!(
+        "POST /v1/policies HTTP/1.1\r\nhost: node\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{policy}",
+        policy.len()
+    );
+    let answer = exchange(running.address, &apply).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    running.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_are_closed_and_idle_ones_free_their_place() {
+    let limits = ControlPlaneLimits {
+        max_connections: 8,
+        header_read_timeout: hyphae_policies::Duration::from_secs(30),
+        ..ControlPlaneLimits::default()
+    };
+    let (running, _dir) = node(limits).await;
+    let mut idle = Vec::new();
+    for _ in 0..8 {
+        idle.push(TcpStream::connect(running.address).await.expect("connect"));
+    }
+    // The idle ones are accepted in order; a ninth request is closed unanswered.
+    let refused = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if exchange(running.address, get_cluster()).await.is_empty() {
+                return;
+            }
+        }
+    });
+    refused
+        .await
+        .expect("a connection beyond the cap is closed without an answer");
+    drop(idle);
+    let answered = tokio::time::timeout(DEADLINE, async {
+        loop {
+            let answer = exchange(running.address, get_cluster()).await;
+            if answer.starts_with("HTTP/1.1 200") {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    });
+    answered
+        .await
+        .expect("once the idle connections close, the API answers again");
+    running.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_idle_connections_do_not_stop_the_api_from_answering() {
+    let (running, _dir) = node(ControlPlaneLimits::default()).await;
+    let mut idle = Vec::new();
+    for _ in 0..400 {
+        idle.push(TcpStream::connect(running.address).await.expect("connect"));
+    }
+    let answer = exchange(running.address, get_cluster()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(idle);
+    running.stop().await.expect("stop");
+}
