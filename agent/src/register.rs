@@ -272,7 +272,7 @@ impl Session {
                 .client
                 .request(request)
                 .await
-                .map_err(|e| RequestError::Other(crate::tunnel::error_chain(&e)))?;
+                .map_err(|e| RequestError::Other(hyphae_policies::error_chain(&e)))?;
             let status = response.status();
             let body = response
                 .into_body()

@@ -10,6 +10,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyphae_policies::error_chain;
 use tokio::net::TcpStream;
 
 use crate::body::Body;
@@ -159,6 +160,3 @@ impl Tunnels {
         Ok(sender)
     }
 }
-
-/// An error and its causes on one line (shared with the control plane).
-pub use hyphae_control_plane::error_chain;

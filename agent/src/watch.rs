@@ -250,7 +250,7 @@ impl Watcher {
         let response = tokio::time::timeout(STREAM_IDLE_TIMEOUT, client.request(request))
             .await
             .map_err(|_| "no answer".to_string())?
-            .map_err(|e| crate::tunnel::error_chain(&e))?;
+            .map_err(|e| hyphae_policies::error_chain(&e))?;
         if !response.status().is_success() {
             let status = response.status();
             let detail = tokio::time::timeout(CONNECT_TIMEOUT, response.into_body().collect())

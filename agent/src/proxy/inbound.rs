@@ -14,7 +14,7 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyphae_policies::Protocol;
+use hyphae_policies::{Protocol, error_chain};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -23,7 +23,6 @@ use super::{Proxy, error_response, pipe, stream};
 use crate::body::{self, Body};
 use crate::error::ProxyError;
 use crate::model::LocalInstance;
-use crate::tunnel::error_chain;
 
 /// Longest the agent waits to connect to a local instance: it is on this host, so a slow
 /// connect means it is not listening.

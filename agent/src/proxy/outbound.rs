@@ -74,7 +74,7 @@ pub async fn serve(
     })
     .await;
     if let Err(error) = result {
-        tracing::debug!(%peer, error = %crate::tunnel::error_chain(&*error), "outbound connection ended with an error");
+        tracing::debug!(%peer, error = %hyphae_policies::error_chain(&*error), "outbound connection ended with an error");
     }
 }
 
