@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Admin};
 use crate::config::AgentConfig;
+use crate::control_plane_client::ControlPlaneClient;
 use crate::health::{self, HealthTable};
 use crate::listener::{ConnectionLimit, Listener};
 use crate::model::Snapshot;
@@ -144,8 +145,10 @@ impl Daemon {
             stop_registrar: CancellationToken::new(),
         };
         daemon.start_checks(config);
+        // One client for the control plane: registration and the watch share its connections.
+        let control_plane = ControlPlaneClient::new(config.spec.control_plane.clone());
         let registrar = Registrar {
-            servers: config.spec.control_plane.clone(),
+            control_plane: control_plane.clone(),
             local: registration_changes,
             health: Arc::clone(&daemon.health),
             status: registration_status,
@@ -194,7 +197,7 @@ impl Daemon {
             daemon.spawn_outbound(listener, Target::Service(service.into()), limit.clone());
         }
         let watcher = Watcher {
-            servers: config.spec.control_plane.clone(),
+            control_plane,
             data_dir: config.spec.data_dir.clone(),
             apply: {
                 let sources = Arc::clone(&daemon.sources);

@@ -21,6 +21,7 @@ pub mod balance;
 pub mod body;
 pub mod circuit;
 pub mod config;
+pub mod control_plane_client;
 pub mod daemon;
 pub mod dev;
 pub mod error;
