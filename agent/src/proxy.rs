@@ -1,9 +1,11 @@
 //! The data path: outbound listeners take calls from local apps, `call` makes each one
-//! resilient (route → limit → retries → balancer → tunnel), and the inbound listener delivers
-//! calls from peer agents to this host's instances.
+//! resilient (route → limit → retries → endpoint → tunnel) and `stream` opens byte streams;
+//! both go through `endpoint` to choose an endpoint, send to it and record the outcome. The
+//! inbound listener delivers calls from peer agents to this host's instances.
 
 pub mod call;
 pub mod detect;
+pub mod endpoint;
 pub mod headers;
 pub mod inbound;
 pub mod outbound;
