@@ -174,11 +174,9 @@ impl Watcher {
             origin: Origin::Disk,
         };
         let dir = self.data_dir.clone();
-        let loaded = tokio::task::spawn_blocking(move || persist::load(&dir))
-            .await
-            .unwrap_or_else(|e| Err(e.to_string()));
+        let loaded = tokio::task::spawn_blocking(move || persist::load(&dir)).await;
         match loaded {
-            Ok(Some(saved)) => {
+            Ok(Ok(Some(saved))) => {
                 remote.revision = saved.revision;
                 remote.policies = saved
                     .policies
@@ -200,8 +198,13 @@ impl Watcher {
                     .store(remote.revision, Ordering::Release);
                 (self.apply)(&remote);
             }
-            Ok(None) => {}
-            Err(error) => tracing::warn!("{error}; starting without it"),
+            Ok(Ok(None)) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(error = %ErrorChain(&error), "cannot use the saved control-plane state; starting without it");
+            }
+            Err(error) => {
+                tracing::warn!(error = %ErrorChain(&error), "loading the saved control-plane state did not finish; starting without it");
+            }
         }
         if self.control_plane.servers().is_empty() {
             return;
@@ -231,8 +234,8 @@ impl Watcher {
         let result = tokio::task::spawn_blocking(move || persist::save(&dir, &saved)).await;
         let error = match result {
             Ok(Ok(())) => return,
-            Ok(Err(error)) => error.to_string(),
-            Err(error) => error.to_string(),
+            Ok(Err(error)) => ErrorChain(&error).to_string(),
+            Err(error) => ErrorChain(&error).to_string(),
         };
         tracing::warn!(%error, dir = %self.data_dir.display(), "cannot save the control-plane state; will retry on the next change");
     }

@@ -16,7 +16,7 @@ use super::headers::{DESTINATION, strip_hop_by_hop};
 use super::{Proxy, error_response};
 use crate::body::{self, Body};
 use crate::circuit::Outcome;
-use crate::error::ProxyError;
+use crate::error::{Cause, ProxyError};
 use crate::metrics;
 use crate::model::{DEFAULT_ROUTE, Service, Snapshot};
 use crate::replay::ReplayBody;
@@ -209,7 +209,7 @@ impl Call<'_> {
             .authority(authority)
             .path_and_query(path)
             .build()
-            .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+            .map_err(|e| ProxyError::BadRequest(Cause::new(e)))?;
         let mut request = Request::new(body);
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = uri;

@@ -189,7 +189,7 @@ fn peer_failure(
     ) {
         return Err(ProxyError::ConnectFailed {
             address: peer.to_string(),
-            reason: format!("the peer agent could not reach the instance ({reason})"),
+            reason: format!("the peer agent could not reach the instance ({reason})").into(),
         });
     }
     Ok(response)

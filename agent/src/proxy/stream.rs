@@ -8,13 +8,14 @@ use http::header::HeaderName;
 use http::uri::Authority;
 use http::{HeaderMap, Method, Request, Response, Uri};
 use hyper::body::Incoming;
+use hyphae_policies::ErrorChain;
 use tokio::time::Instant;
 
 use super::headers::DESTINATION;
 use super::{Proxy, endpoint};
 use crate::body;
 use crate::circuit::{Outcome, Permit};
-use crate::error::ProxyError;
+use crate::error::{Cause, ProxyError};
 use crate::model::{Service, Snapshot};
 
 /// The protocol a CONNECT stream upgrades to at the instance (`websocket`); absent for TCP.
@@ -65,7 +66,7 @@ pub async fn open(
         })
         .unwrap_or_else(|| format!("{}:0", target.name));
     let authority =
-        Authority::try_from(authority).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        Authority::try_from(authority).map_err(|e| ProxyError::BadRequest(Cause::new(e)))?;
     let mut tried: Vec<SocketAddr> = Vec::new();
     loop {
         let chosen = endpoint::choose(snapshot, target, None, &state, &tried)?;
@@ -96,7 +97,7 @@ pub async fn open(
                     && (tried.len() as u32) <= retries.attempts
                     && tried.len() < target.endpoints.len() =>
             {
-                tracing::debug!(service = %target.name, %error, "stream connect failed; trying another endpoint");
+                tracing::debug!(service = %target.name, error = %ErrorChain(&error), "stream connect failed; trying another endpoint");
             }
             Err(error) => return Err(error),
         }
