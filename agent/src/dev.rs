@@ -1,7 +1,7 @@
 //! `hyphae-agent --dev`: a single-node control plane inside the agent's own process, so one
 //! command gives a working mesh on a laptop or a lone edge box. It is the same control plane as
 //! `hyphae-control-plane` (Raft, storage, admin API, registry, watch streams), just alone.
-//! Built only with the `dev` cargo feature ([`embedded`]); without it, [`not_built`] stands in
+//! Built only with the `dev` cargo feature (`embedded`); without it, `not_built` stands in
 //! and `--dev` fails with an error saying so. The data path never imports the control plane.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
