@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Admin};
 use crate::config::AgentConfig;
+use crate::control_plane_client::ControlPlaneClient;
 use crate::health::{self, HealthTable};
 use crate::listener::{ConnectionLimit, Listener};
 use crate::model::Snapshot;
@@ -59,6 +60,8 @@ pub struct Daemon {
     health: Arc<HealthTable>,
     /// Stops the checks of the current configuration.
     checks: Mutex<CancellationToken>,
+    /// Owns every health check task, of this configuration and of those it replaced.
+    check_tasks: TaskTracker,
     /// What the agent registers; a change registers again.
     registration: tokio::sync::watch::Sender<Registration>,
     /// The registration client (it deregisters when this is cancelled).
@@ -80,7 +83,9 @@ impl Daemon {
             keep_alive_timeout: DEFAULT_KEEP_ALIVE_TIMEOUT,
             max_header_list_size: limits.max_header_bytes,
         });
-        let proxy = Proxy::new(snapshot, tunnels);
+        // Connections and the byte streams they splice share one tracker: a drain waits for both.
+        let connections = TaskTracker::new();
+        let proxy = Proxy::new(snapshot, tunnels, connections.clone());
         crate::metrics::revision(1);
         let sources = Sources::new(Arc::clone(&proxy), config.clone());
         let watch_status = Arc::new(WatchStatus::default());
@@ -133,19 +138,22 @@ impl Daemon {
             admin: Arc::clone(&admin),
             sources,
             accepting: TaskTracker::new(),
-            connections: TaskTracker::new(),
+            connections,
             admin_connections: TaskTracker::new(),
             stop_accepting: CancellationToken::new(),
             stop_admin: CancellationToken::new(),
             health: Arc::new(HealthTable::default()),
             checks: Mutex::new(CancellationToken::new()),
+            check_tasks: TaskTracker::new(),
             registration,
             registrar: TaskTracker::new(),
             stop_registrar: CancellationToken::new(),
         };
         daemon.start_checks(config);
+        // One client for the control plane: registration and the watch share its connections.
+        let control_plane = ControlPlaneClient::new(config.spec.control_plane.clone());
         let registrar = Registrar {
-            servers: config.spec.control_plane.clone(),
+            control_plane: control_plane.clone(),
             local: registration_changes,
             health: Arc::clone(&daemon.health),
             status: registration_status,
@@ -194,7 +202,7 @@ impl Daemon {
             daemon.spawn_outbound(listener, Target::Service(service.into()), limit.clone());
         }
         let watcher = Watcher {
-            servers: config.spec.control_plane.clone(),
+            control_plane,
             data_dir: config.spec.data_dir.clone(),
             apply: {
                 let sources = Arc::clone(&daemon.sources);
@@ -252,7 +260,7 @@ impl Daemon {
             stop.clone(),
         );
         previous.cancel();
-        health::spawn_checks(&config.spec.services, &self.health, stop);
+        health::spawn_checks(&config.spec.services, &self.health, stop, &self.check_tasks);
     }
 
     /// Applies a new configuration's services and policies. Listener changes need a restart;
@@ -289,6 +297,7 @@ impl Daemon {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .cancel();
+        self.check_tasks.close();
         // Data listeners stop accepting; their connections were handed the same token and
         // now finish their in-flight requests and close gracefully.
         self.stop_accepting.cancel();
@@ -299,7 +308,10 @@ impl Daemon {
         self.stop_admin.cancel();
         self.admin_connections.close();
         self.accepting.close();
+        // The calls are done: the pooled peer connections have nothing left to carry.
         let _ = tokio::time::timeout(ADMIN_CLOSE_GRACE, async {
+            self.proxy.tunnels.close().await;
+            self.check_tasks.wait().await;
             self.accepting.wait().await;
             self.admin_connections.wait().await;
         })

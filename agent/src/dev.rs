@@ -1,91 +1,35 @@
 //! `hyphae-agent --dev`: a single-node control plane inside the agent's own process, so one
 //! command gives a working mesh on a laptop or a lone edge box. It is the same control plane as
 //! `hyphae-control-plane` (Raft, storage, admin API, registry, watch streams), just alone.
+//! Built only with the `dev` cargo feature (`embedded`); without it, `not_built` stands in
+//! and `--dev` fails with an error saying so. The data path never imports the control plane.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::time::Duration;
 
+<<<<<<< HEAD
 use anyhow::Context;
 use hyphae_control_plane::config::NodeConfig;
 use hyphae_control_plane::daemon::RunningNode;
 use hyphae_policies::{AgentConfigSpec, ControlPlaneConfigSpec, Listeners};
+=======
+use hyphae_policies::{AgentConfigSpec, Listeners};
+>>>>>>> s9-agent
 
 use crate::config::AgentConfig;
 
+#[cfg(feature = "dev")]
+pub mod embedded;
+#[cfg(not(feature = "dev"))]
+pub mod not_built;
+
+#[cfg(feature = "dev")]
+pub use embedded::DevControlPlane;
+#[cfg(not(feature = "dev"))]
+pub use not_built::DevControlPlane;
+
 /// Where the dev control plane listens by default: the `hyphae` CLI's default server.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7400);
-/// Longest the dev control plane may take to elect itself before the agent starts anyway.
-pub const LEADERSHIP_WAIT: Duration = Duration::from_secs(10);
-
-/// The embedded control plane, with the temporary directory it owns (if any).
-pub struct DevControlPlane {
-    running: RunningNode,
-    /// Removed when the control plane stops.
-    _temporary: Option<tempfile::TempDir>,
-    data_dir: PathBuf,
-}
-
-impl DevControlPlane {
-    /// Starts a one-node cluster on `listen`, keeping its data in `data_dir` (a temporary
-    /// directory, removed at exit, when `None`), and waits until it leads.
-    pub async fn start(listen: SocketAddr, data_dir: Option<PathBuf>) -> anyhow::Result<Self> {
-        let (temporary, data_dir) = match data_dir {
-            Some(dir) => (None, dir),
-            None => {
-                let dir = tempfile::Builder::new()
-                    .prefix("hyphae-dev-")
-                    .tempdir()
-                    .context("cannot create a temporary directory for the dev control plane")?;
-                let path = dir.path().to_path_buf();
-                (Some(dir), path)
-            }
-        };
-        let config = NodeConfig {
-            name: "dev".to_string(),
-            spec: ControlPlaneConfigSpec {
-                id: 1,
-                listen,
-                data_dir: data_dir.join("control-plane"),
-                ..ControlPlaneConfigSpec::default()
-            },
-        };
-        let running = RunningNode::start(config, true)
-            .await
-            .context("cannot start the dev control plane")?;
-        let mut metrics = running.node.raft.metrics();
-        let leads = metrics.wait_for(|m| m.current_leader == Some(m.id));
-        if tokio::time::timeout(LEADERSHIP_WAIT, leads).await.is_err() {
-            tracing::warn!("the dev control plane has not elected itself yet; starting anyway");
-        }
-        tracing::info!(address = %running.address, data = %data_dir.display(), "dev control plane ready");
-        Ok(DevControlPlane {
-            running,
-            _temporary: temporary,
-            data_dir,
-        })
-    }
-
-    /// The address agents and the CLI reach it at.
-    pub fn address(&self) -> SocketAddr {
-        self.running.address
-    }
-
-    /// The directory it (and, without a config file, the agent) keeps data in.
-    pub fn data_dir(&self) -> &std::path::Path {
-        &self.data_dir
-    }
-
-    /// Points `config` at this control plane (replacing any it named).
-    pub fn adopt(&self, config: &mut AgentConfig) {
-        config.spec.control_plane = vec![self.address().to_string()];
-    }
-
-    /// Stops serving and shuts Raft down.
-    pub async fn stop(self) -> anyhow::Result<()> {
-        self.running.stop().await
-    }
-}
 
 /// The agent's configuration under `--dev` when no file exists: a node called `dev` in site
 /// `default`, listening on loopback only, keeping its data next to the control plane's.

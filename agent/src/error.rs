@@ -2,6 +2,10 @@
 //! and mapped in one table to a status code and a `hyphae-error` reason. Errors are answers:
 //! the caller always gets one of these, never a hang.
 
+use std::error::Error;
+use std::fmt;
+use std::sync::Arc;
+
 use http::StatusCode;
 use http::header::HeaderName;
 
@@ -19,8 +23,44 @@ pub enum Side {
     Agent,
 }
 
-/// A failure on the data path.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// What lies under a failure: the OS, protocol or parse error it came from (kept whole, so a
+/// log line can show its `source()` chain), or a sentence when there is no error value.
+#[derive(Clone, Debug)]
+pub struct Cause(Arc<dyn Error + Send + Sync>);
+
+impl Cause {
+    /// The cause `error`, with its own chain.
+    pub fn new(error: impl Error + Send + Sync + 'static) -> Self {
+        Cause(Arc::new(error))
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl Error for Cause {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl From<&str> for Cause {
+    fn from(message: &str) -> Self {
+        Cause(Arc::from(Box::<dyn Error + Send + Sync>::from(message)))
+    }
+}
+
+impl From<String> for Cause {
+    fn from(message: String) -> Self {
+        Cause(Arc::from(Box::<dyn Error + Send + Sync>::from(message)))
+    }
+}
+
+/// A failure on the data path. Show it with its causes (`hyphae_policies::ErrorChain`).
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ProxyError {
     /// No service is known by the name the caller used.
     #[error("no service named `{0}` is known to this agent")]
@@ -32,19 +72,20 @@ pub enum ProxyError {
     #[error("service `{0}` has no available endpoints")]
     NoEndpoints(String),
     /// The connection to an endpoint could not be made.
-    #[error("cannot connect to {address}: {reason}")]
+    #[error("cannot connect to {address}")]
     ConnectFailed {
         /// The endpoint.
         address: String,
         /// The OS or protocol error.
-        reason: String,
+        #[source]
+        reason: Cause,
     },
     /// Connecting took longer than the connect timeout.
     #[error("connecting to {0} timed out")]
     ConnectTimeout(String),
     /// The stream or connection was reset before a response arrived.
-    #[error("the upstream reset the request: {0}")]
-    Reset(String),
+    #[error("the upstream reset the request")]
+    Reset(#[source] Cause),
     /// One try took longer than the per-try timeout.
     #[error("the try timed out after {0:?}")]
     PerTryTimeout(std::time::Duration),
@@ -60,8 +101,8 @@ pub enum ProxyError {
         limit: &'static str,
     },
     /// The caller's request cannot be proxied.
-    #[error("bad request: {0}")]
-    BadRequest(String),
+    #[error("bad request")]
+    BadRequest(#[source] Cause),
     /// The peer agent has no local instance of the requested service.
     #[error("service `{0}` has no instance on this host")]
     NoLocalInstance(String),

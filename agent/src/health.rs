@@ -17,6 +17,7 @@ use hyphae_policies::registry::Health;
 use hyphae_policies::{HealthCheck, LocalService};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Identifies a local instance: its service and port.
 pub type InstanceKey = (String, u16);
@@ -132,8 +133,13 @@ impl Thresholds {
 }
 
 /// Runs the checks of `services` until `stop`, writing results into `table` (which is first
-/// reset to exactly these services).
-pub fn spawn_checks(services: &[LocalService], table: &Arc<HealthTable>, stop: CancellationToken) {
+/// reset to exactly these services), in tasks `tasks` owns.
+pub fn spawn_checks(
+    services: &[LocalService],
+    table: &Arc<HealthTable>,
+    stop: CancellationToken,
+    tasks: &TaskTracker,
+) {
     table.reset(services);
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
@@ -148,7 +154,7 @@ pub fn spawn_checks(services: &[LocalService], table: &Arc<HealthTable>, stop: C
         let table = Arc::clone(table);
         let client = client.clone();
         let stop = stop.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let mut thresholds = Thresholds::new(&check);
             loop {
                 // A reload may stop this check mid-probe: its result then belongs to nobody.

@@ -3,24 +3,29 @@
 //! A call from a local app takes this path through the crate:
 //! - [`proxy::outbound`] accepts it on an upstream port or the HTTP proxy port;
 //! - [`proxy::call`] picks the destination with [`route`], enforces the per-service limit
-//!   ([`circuit`]), chooses an endpoint with [`balance`] and sends tries over [`tunnel`] (one
-//!   HTTP/2 connection per peer agent), retrying as [`retry`] allows with the body kept by
-//!   [`replay`];
+//!   ([`circuit`]) and makes tries, retrying as [`retry`] allows with the body kept by
+//!   [`replay`]; byte streams (TCP, upgrades, CONNECT) open through [`proxy::stream`] and are
+//!   spliced by [`proxy::pipe`];
+//! - for each try or stream, [`proxy::endpoint`] chooses an endpoint with [`balance`] (skipping
+//!   those [`circuit`] ejected), sends over [`tunnel`] (one HTTP/2 connection per peer agent)
+//!   and records the outcome;
 //! - on the peer host, [`proxy::inbound`] delivers it to the local instance.
 //!
 //! [`model`] is the immutable snapshot the path serves, merged by [`sources`] from the local
 //! [`config`] and the control plane ([`watch`], saved to disk by [`persist`]); [`register`]
-//! keeps this node in the control plane's registry with the results of [`health`] checks, and
-//! [`dev`] embeds a one-node control plane for `--dev`;
-//! [`state`] the live load and health that outlive snapshots, [`error`] the table of failures
-//! and their answers. [`daemon`] binds listeners and drains them ([`listener`]); [`admin`] and
-//! [`metrics`] show what is going on.
+//! keeps this node in the control plane's registry with the results of [`health`] checks; both
+//! reach the control plane through one [`control_plane_client`]. [`dev`] embeds a one-node
+//! control plane for `--dev` (cargo feature `dev`; the only module that links the control-plane
+//! crate). [`state`] holds the live load and health that outlive snapshots, [`error`] the table
+//! of failures and their answers. [`daemon`] binds listeners ([`listener`]), owns every task and
+//! drains them; [`admin`] and [`metrics`] show what is going on.
 
 pub mod admin;
 pub mod balance;
 pub mod body;
 pub mod circuit;
 pub mod config;
+pub mod control_plane_client;
 pub mod daemon;
 pub mod dev;
 pub mod error;

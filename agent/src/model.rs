@@ -89,10 +89,9 @@ impl Service {
     /// which service a call is for.
     pub fn destination_header(&self) -> Result<HeaderValue, ProxyError> {
         self.destination.clone().ok_or_else(|| {
-            ProxyError::BadRequest(format!(
-                "service name `{}` is not a valid header value",
-                self.name
-            ))
+            ProxyError::BadRequest(
+                format!("service name `{}` is not a valid header value", self.name).into(),
+            )
         })
     }
 }

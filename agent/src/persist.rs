@@ -50,16 +50,47 @@ pub fn save(data_dir: &Path, saved: &Saved) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Why the saved state cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file exists but cannot be read.
+    #[error("cannot read {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a saved snapshot (damaged, or from an incompatible agent).
+    #[error("{} is not a saved snapshot", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What serde_json said.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
 /// Loads the saved state, if there is a readable one.
-pub fn load(data_dir: &Path) -> Result<Option<Saved>, String> {
+pub fn load(data_dir: &Path) -> Result<Option<Saved>, LoadError> {
     let bytes = match std::fs::read(path(data_dir)) {
         Ok(bytes) => bytes,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => return Err(format!("cannot read {}: {error}", path(data_dir).display())),
+        Err(source) => {
+            return Err(LoadError::Read {
+                path: path(data_dir),
+                source,
+            });
+        }
     };
     serde_json::from_slice(&bytes)
         .map(Some)
-        .map_err(|e| format!("{} is not a saved snapshot: {e}", path(data_dir).display()))
+        .map_err(|source| LoadError::Corrupt {
+            path: path(data_dir),
+            source,
+        })
 }
 
 #[cfg(test)]

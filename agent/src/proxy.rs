@@ -1,9 +1,11 @@
 //! The data path: outbound listeners take calls from local apps, `call` makes each one
-//! resilient (route → limit → retries → balancer → tunnel), and the inbound listener delivers
-//! calls from peer agents to this host's instances.
+//! resilient (route → limit → retries → endpoint → tunnel) and `stream` opens byte streams;
+//! both go through `endpoint` to choose an endpoint, send to it and record the outcome. The
+//! inbound listener delivers calls from peer agents to this host's instances.
 
 pub mod call;
 pub mod detect;
+pub mod endpoint;
 pub mod headers;
 pub mod inbound;
 pub mod outbound;
@@ -14,6 +16,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use http::{HeaderValue, Response};
+use hyphae_policies::ErrorChain;
+use tokio_util::task::TaskTracker;
 
 use crate::body::{self, Body};
 use crate::error::{ERROR_HEADER, ProxyError};
@@ -35,16 +39,20 @@ pub struct Proxy {
     pub runtime: RuntimeState,
     /// The mesh DNS zone.
     pub zone: String,
+    /// Owns the byte streams spliced after an upgrade or CONNECT, which outlive the request
+    /// that opened them: the daemon's connection tracker, so a drain waits for them too.
+    pub tasks: TaskTracker,
 }
 
 impl Proxy {
-    /// A proxy serving `snapshot`.
-    pub fn new(snapshot: Snapshot, tunnels: Tunnels) -> Arc<Self> {
+    /// A proxy serving `snapshot`, spawning its streams on `tasks`.
+    pub fn new(snapshot: Snapshot, tunnels: Tunnels, tasks: TaskTracker) -> Arc<Self> {
         Arc::new(Proxy {
             snapshot: ArcSwap::from_pointee(snapshot),
             tunnels,
             runtime: RuntimeState::default(),
             zone: DEFAULT_ZONE.to_string(),
+            tasks,
         })
     }
 }
@@ -53,8 +61,9 @@ impl Proxy {
 /// body, a counter and one log line.
 pub fn error_response(error: &ProxyError) -> Response<Body> {
     crate::metrics::error(error.reason());
-    tracing::warn!(reason = error.reason(), side = ?error.side(), "{error}");
-    let mut response = Response::new(body::full(format!("{error}\n")));
+    let chain = ErrorChain(error);
+    tracing::warn!(reason = error.reason(), side = ?error.side(), "{chain}");
+    let mut response = Response::new(body::full(format!("{chain}\n")));
     *response.status_mut() = error.status();
     response
         .headers_mut()

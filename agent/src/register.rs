@@ -9,24 +9,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use hyphae_policies::LocalService;
 use hyphae_policies::registry::{
     DEREGISTER_PATH, HEALTH_PATH, HEARTBEAT_PATH, Health, HealthChange, HealthReport, Heartbeat,
     InstanceRecord, Lease, NodeRecord, REGISTER_PATH, UNKNOWN_NODE,
 };
-use serde::Serialize;
+use hyphae_policies::{ErrorChain, LocalService};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::control_plane_client::{BACKOFF_MIN, ControlPlaneClient, ControlPlaneError, jittered};
 use crate::health::{HealthTable, InstanceKey};
-use crate::watch::{BACKOFF_MAX, BACKOFF_MIN, CONNECT_TIMEOUT, jittered};
 
 /// Longest one registry request may take before the agent tries another node.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
@@ -58,18 +52,33 @@ pub struct RegistrationStatus {
 }
 
 /// Why a registry request failed.
-#[derive(Debug)]
-enum RequestError {
+#[derive(Debug, thiserror::Error)]
+enum RegistryError {
     /// The control plane does not hold this node: register again.
+    #[error("the control plane does not hold this node")]
     UnknownNode,
+    /// No address for peers could be worked out.
+    #[error("cannot work out this node's address for peers; set `advertise` in the AgentConfig")]
+    NoAddress,
     /// Anything else: try another node.
-    Other(String),
+    #[error("the control plane did not take the request")]
+    ControlPlane(#[source] ControlPlaneError),
+}
+
+impl From<ControlPlaneError> for RegistryError {
+    fn from(error: ControlPlaneError) -> Self {
+        if error.code() == Some(UNKNOWN_NODE) {
+            RegistryError::UnknownNode
+        } else {
+            RegistryError::ControlPlane(error)
+        }
+    }
 }
 
 /// The registration client of one agent.
 pub struct Registrar {
-    /// Control-plane nodes, `host:port`.
-    pub servers: Vec<String>,
+    /// The control-plane nodes and the way to them.
+    pub control_plane: ControlPlaneClient,
     /// The current registration; a change registers again.
     pub local: watch::Receiver<Registration>,
     /// Local instances' health.
@@ -81,22 +90,11 @@ pub struct Registrar {
 impl Registrar {
     /// Registers and keeps the registration alive until `shutdown`, then deregisters.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        if self.servers.is_empty() {
+        if self.control_plane.servers().is_empty() {
             return;
         }
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .build(connector);
-        let mut session = Session {
-            client,
-            servers: self.servers.clone(),
-            next: rand::random_range(0..self.servers.len()),
-        };
+        let mut session = self.control_plane.clone();
         let mut health_changes = self.health.subscribe();
-        let mut backoff = BACKOFF_MIN;
         // The name the control plane holds this node under, if any.
         let mut registered_as: Option<String> = None;
         'register: loop {
@@ -105,19 +103,17 @@ impl Registrar {
             let node = local.node.clone();
             if let Some(old) = registered_as.take().filter(|old| *old != node) {
                 // Renamed by a reload: the old name leaves now rather than after its lease.
-                session.deregister(&old).await;
+                deregister(&mut session, &old).await;
             }
             health_changes.borrow_and_update();
             let mut reported = self.health.current();
             let attempt = async {
-                let address = advertised(&local, &self.servers)
+                let address = advertised(&local, session.servers())
                     .await
-                    .map_err(RequestError::Other)?;
+                    .ok_or(RegistryError::NoAddress)?;
                 let record = record(&local, address, &reported);
-                let lease = session
-                    .post::<_, Lease>(REGISTER_PATH, &record, REQUEST_TIMEOUT)
-                    .await?;
-                Ok::<_, RequestError>((lease, address))
+                let lease = post::<_, Lease>(&session, REGISTER_PATH, &record).await?;
+                Ok::<_, RegistryError>((lease, address))
             };
             let registered = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -126,16 +122,17 @@ impl Registrar {
             let lease = match registered {
                 Ok((lease, address)) => {
                     tracing::info!(%address, ttl_ms = lease.ttl_ms, revision = lease.revision, "registered with the control plane");
-                    backoff = BACKOFF_MIN;
+                    session.served();
                     lease
                 }
                 Err(error) => {
                     tracing::warn!(
                         server = session.server(),
-                        "cannot register: {error:?}; trying the next node"
+                        error = %ErrorChain(&error),
+                        "cannot register; trying the next node"
                     );
-                    session.rotate();
-                    if !pause(&shutdown, &mut backoff).await {
+                    session.fail_over();
+                    if !session.back_off(&shutdown).await {
                         return;
                     }
                     continue 'register;
@@ -156,12 +153,12 @@ impl Registrar {
                 let pending = !changes(&reported, &self.health.current()).is_empty();
                 tokio::select! {
                     () = shutdown.cancelled() => {
-                        session.deregister(&node).await;
+                        deregister(&mut session, &node).await;
                         return;
                     }
                     changed = self.local.changed() => {
                         if changed.is_err() {
-                            session.deregister(&node).await;
+                            deregister(&mut session, &node).await;
                             return;
                         }
                         continue 'register;
@@ -172,10 +169,10 @@ impl Registrar {
                         let beat = Heartbeat { node: node.clone() };
                         let answer = tokio::select! {
                             () = shutdown.cancelled() => {
-                                session.deregister(&node).await;
+                                deregister(&mut session, &node).await;
                                 return;
                             }
-                            answer = session.post::<_, Lease>(HEARTBEAT_PATH, &beat, REQUEST_TIMEOUT) => answer,
+                            answer = post::<_, Lease>(&session, HEARTBEAT_PATH, &beat) => answer,
                         };
                         match answer {
                             Ok(_) => {
@@ -184,10 +181,10 @@ impl Registrar {
                                 next_beat = last_renewal + every;
                                 beat_retry = BACKOFF_MIN;
                             }
-                            Err(RequestError::UnknownNode) => continue 'register,
-                            Err(RequestError::Other(error)) => {
-                                tracing::warn!(server = session.server(), "heartbeat failed: {error}; trying the next node");
-                                session.rotate();
+                            Err(RegistryError::UnknownNode) => continue 'register,
+                            Err(error) => {
+                                tracing::warn!(server = session.server(), error = %ErrorChain(&error), "heartbeat failed; trying the next node");
+                                session.fail_over();
                                 next_beat = Instant::now() + jittered(&mut beat_retry, every);
                                 if last_renewal.elapsed() >= ttl {
                                     // The lease has run out by now: the registry has let go.
@@ -213,23 +210,24 @@ impl Registrar {
                 };
                 let answer = tokio::select! {
                     () = shutdown.cancelled() => {
-                        session.deregister(&node).await;
+                        deregister(&mut session, &node).await;
                         return;
                     }
-                    answer = session.post::<_, serde_json::Value>(HEALTH_PATH, &report, REQUEST_TIMEOUT) => answer,
+                    answer = post::<_, serde_json::Value>(&session, HEALTH_PATH, &report) => answer,
                 };
                 match answer {
                     Ok(_) => {
                         reported = now;
                         report_retry = BACKOFF_MIN;
                     }
-                    Err(RequestError::UnknownNode) => continue 'register,
-                    Err(RequestError::Other(error)) => {
+                    Err(RegistryError::UnknownNode) => continue 'register,
+                    Err(error) => {
                         tracing::warn!(
                             server = session.server(),
-                            "health report failed: {error}; will retry"
+                            error = %ErrorChain(&error),
+                            "health report failed; will retry"
                         );
-                        session.rotate();
+                        session.fail_over();
                         report_after = Instant::now() + jittered(&mut report_retry, every);
                     }
                 }
@@ -238,99 +236,39 @@ impl Registrar {
     }
 }
 
-/// The HTTP side: one client and the node it talks to now.
-struct Session {
-    client: Client<HttpConnector, Full<Bytes>>,
-    servers: Vec<String>,
-    next: usize,
+/// One registry request to the client's current node, within [`REQUEST_TIMEOUT`].
+async fn post<B: serde::Serialize, T: DeserializeOwned>(
+    session: &ControlPlaneClient,
+    path: &str,
+    body: &B,
+) -> Result<T, RegistryError> {
+    Ok(session.post_json(path, body, REQUEST_TIMEOUT).await?)
 }
 
-impl Session {
-    fn server(&self) -> &str {
-        &self.servers[self.next % self.servers.len()]
-    }
-
-    fn rotate(&mut self) {
-        self.next += 1;
-    }
-
-    /// POSTs `body` as JSON and reads the JSON answer.
-    async fn post<B: Serialize, T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-        timeout: Duration,
-    ) -> Result<T, RequestError> {
-        let other = |e: &dyn std::fmt::Display| RequestError::Other(e.to_string());
-        let json = serde_json::to_vec(body).map_err(|e| other(&e))?;
-        let request = http::Request::post(format!("http://{}{path}", self.server()))
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(json)))
-            .map_err(|e| other(&e))?;
-        let exchange = async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|e| RequestError::Other(crate::tunnel::error_chain(&e)))?;
-            let status = response.status();
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| other(&e))?
-                .to_bytes();
-            if status.is_success() {
-                return serde_json::from_slice(&body).map_err(|e| other(&e));
-            }
-            let code = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v.get("code")?.as_str().map(str::to_owned));
-            if code.as_deref() == Some(UNKNOWN_NODE) {
-                return Err(RequestError::UnknownNode);
-            }
-            Err(RequestError::Other(format!(
-                "{status}: {}",
-                String::from_utf8_lossy(&body).trim()
-            )))
-        };
-        tokio::time::timeout(timeout, exchange)
+/// Leaves the registry, trying each node once within [`DEREGISTER_WAIT`] in all; a failure
+/// only means callers notice when the lease lapses.
+async fn deregister(session: &mut ControlPlaneClient, node: &str) {
+    let leaving = Heartbeat {
+        node: node.to_string(),
+    };
+    let attempts = u32::try_from(session.servers().len())
+        .unwrap_or(u32::MAX)
+        .max(1);
+    let per_attempt = DEREGISTER_WAIT / attempts;
+    for _ in 0..attempts {
+        match session
+            .post_json::<_, serde_json::Value>(DEREGISTER_PATH, &leaving, per_attempt)
             .await
-            .unwrap_or_else(|_| Err(RequestError::Other(format!("no answer in {timeout:?}"))))
-    }
-
-    /// Leaves the registry, trying each node once within [`DEREGISTER_WAIT`] in all; a
-    /// failure only means callers notice when the lease lapses.
-    async fn deregister(&mut self, node: &str) {
-        let leaving = Heartbeat {
-            node: node.to_string(),
-        };
-        let attempts = u32::try_from(self.servers.len()).unwrap_or(u32::MAX).max(1);
-        let per_attempt = DEREGISTER_WAIT / attempts;
-        for _ in 0..attempts {
-            match self
-                .post::<_, serde_json::Value>(DEREGISTER_PATH, &leaving, per_attempt)
-                .await
-            {
-                Ok(_) => {
-                    tracing::info!("deregistered from the control plane");
-                    return;
-                }
-                Err(error) => {
-                    tracing::warn!(server = self.server(), "cannot deregister: {error:?}");
-                    self.rotate();
-                }
+        {
+            Ok(_) => {
+                tracing::info!("deregistered from the control plane");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(server = session.server(), error = %ErrorChain(&error), "cannot deregister");
+                session.fail_over();
             }
         }
-    }
-}
-
-/// Waits the current backoff (jittered) and doubles it; false on shutdown.
-async fn pause(shutdown: &CancellationToken, backoff: &mut Duration) -> bool {
-    let wait = jittered(backoff, BACKOFF_MAX);
-    tokio::select! {
-        () = shutdown.cancelled() => false,
-        () = tokio::time::sleep(wait) => true,
     }
 }
 
@@ -381,12 +319,12 @@ fn changes(
 /// Where peers reach this node: the configured `advertise`, else the inbound listener's
 /// address, else (it listens on a wildcard) the local address this host uses towards the
 /// control plane, with the inbound port.
-async fn advertised(local: &Registration, servers: &[String]) -> Result<SocketAddr, String> {
+async fn advertised(local: &Registration, servers: &[String]) -> Option<SocketAddr> {
     if let Some(address) = local.advertise {
-        return Ok(address);
+        return Some(address);
     }
     if !local.inbound.ip().is_unspecified() {
-        return Ok(local.inbound);
+        return Some(local.inbound);
     }
     for server in servers {
         let Ok(mut targets) = tokio::net::lookup_host(server.as_str()).await else {
@@ -407,10 +345,10 @@ async fn advertised(local: &Registration, servers: &[String]) -> Result<SocketAd
         if socket.connect(target).await.is_ok()
             && let Ok(address) = socket.local_addr()
         {
-            return Ok(SocketAddr::new(address.ip(), local.inbound.port()));
+            return Some(SocketAddr::new(address.ip(), local.inbound.port()));
         }
     }
-    Err("cannot work out this node's address for peers; set `advertise` in the AgentConfig".into())
+    None
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Agent-to-agent transport: one pooled, multiplexed HTTP/2 connection per peer agent, opened on
-//! first use and replaced when it dies. Never opens a second connection while one is opening.
+//! first use and replaced when it dies. Never opens a second connection while one is opening,
+//! and never leaves a connection running after [`Tunnels::close`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,11 +11,14 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyphae_policies::ErrorChain;
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::body::Body;
 use crate::circuit::Limit;
-use crate::error::ProxyError;
+use crate::error::{Cause, ProxyError};
 
 /// Settings of peer connections.
 #[derive(Clone, Debug)]
@@ -63,6 +67,10 @@ impl PeerSlot {
 pub struct Tunnels {
     settings: TunnelSettings,
     peers: Mutex<HashMap<SocketAddr, Arc<PeerSlot>>>,
+    /// Owns each connection's driver task.
+    connections: TaskTracker,
+    /// Ends every connection once the calls that used them have drained.
+    closing: CancellationToken,
 }
 
 impl Tunnels {
@@ -71,7 +79,18 @@ impl Tunnels {
         Tunnels {
             settings,
             peers: Mutex::new(HashMap::new()),
+            connections: TaskTracker::new(),
+            closing: CancellationToken::new(),
         }
+    }
+
+    /// Closes every peer connection and waits until their tasks have ended. Pooled
+    /// connections live as long as the agent, so the daemon calls this after the calls that
+    /// used them have drained.
+    pub async fn close(&self) {
+        self.closing.cancel();
+        self.connections.close();
+        self.connections.wait().await;
     }
 
     /// Sends `request` to the peer agent at `peer`, connecting first if needed. While the
@@ -96,12 +115,12 @@ impl Tunnels {
         sender
             .ready()
             .await
-            .map_err(|e| ProxyError::Reset(error_chain(&e)))?;
+            .map_err(|e| ProxyError::Reset(Cause::new(e)))?;
         drop(waiting);
         sender
             .send_request(request)
             .await
-            .map_err(|e| ProxyError::Reset(error_chain(&e)))
+            .map_err(|e| ProxyError::Reset(Cause::new(e)))
     }
 
     async fn sender(
@@ -131,16 +150,16 @@ impl Tunnels {
     }
 
     async fn connect(&self, peer: SocketAddr) -> Result<SendRequest<Body>, ProxyError> {
-        let failed = |reason: String| ProxyError::ConnectFailed {
+        let failed = |reason: Cause| ProxyError::ConnectFailed {
             address: peer.to_string(),
             reason,
         };
         let stream = TcpStream::connect(peer)
             .await
-            .map_err(|e| failed(e.to_string()))?;
+            .map_err(|e| failed(Cause::new(e)))?;
         stream
             .set_nodelay(true)
-            .map_err(|e| failed(e.to_string()))?;
+            .map_err(|e| failed(Cause::new(e)))?;
         let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(self.settings.keep_alive_interval)
@@ -149,16 +168,19 @@ impl Tunnels {
             .max_header_list_size(self.settings.max_header_list_size)
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| failed(error_chain(&e)))?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::info!(%peer, error = %error_chain(&error), "peer connection closed");
+            .map_err(|e| failed(Cause::new(e)))?;
+        let closing = self.closing.clone();
+        self.connections.spawn(async move {
+            tokio::select! {
+                result = connection => {
+                    if let Err(error) = result {
+                        tracing::info!(%peer, error = %ErrorChain(&error), "peer connection closed");
+                    }
+                }
+                () = closing.cancelled() => tracing::debug!(%peer, "peer connection closed at shutdown"),
             }
         });
         tracing::debug!(%peer, "connected to peer agent");
         Ok(sender)
     }
 }
-
-/// An error and its causes on one line (shared with the control plane).
-pub use hyphae_control_plane::error_chain;

@@ -10,27 +10,43 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::BodyExt;
+use hyphae_policies::ErrorChain;
 use hyphae_policies::registry::NodeRecord;
 use hyphae_policies::watch::{PolicyRecord, WATCH_PATH, WatchEvent};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::control_plane_client::{ControlPlaneClient, ControlPlaneError};
 use crate::persist::{self, Saved};
 
 /// A stream that carries nothing (not even a heartbeat) for this long is given up.
 pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
-/// First wait before reconnecting after a failure.
-pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
-/// Longest wait between reconnects.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// Longest a connect to a control-plane node may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest single line accepted from the stream.
 pub const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Why a watch stream ended before it was given up on purpose.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    /// The stream could not be opened.
+    #[error("cannot open the watch stream")]
+    Open(#[source] ControlPlaneError),
+    /// Nothing, not even a heartbeat, arrived for too long.
+    #[error("nothing received for {0:?}")]
+    Idle(Duration),
+    /// The node closed the stream before it sent any event.
+    #[error("the stream ended before its first event")]
+    EndedEarly,
+    /// The stream broke.
+    #[error("the stream broke")]
+    Broken(#[source] hyper::Error),
+    /// One line was longer than the agent accepts.
+    #[error("a line longer than {0} bytes")]
+    LineTooLong(usize),
+    /// A line was not a watch event.
+    #[error("unreadable event")]
+    Event(#[source] serde_json::Error),
+}
 
 /// Where the agent's control-plane state came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -137,8 +153,8 @@ pub struct WatchStatus {
 
 /// The watch client of one agent.
 pub struct Watcher {
-    /// Control-plane nodes, `host:port`.
-    pub servers: Vec<String>,
+    /// The control-plane nodes and the way to them.
+    pub control_plane: ControlPlaneClient,
     /// Where the last state is saved.
     pub data_dir: PathBuf,
     /// Receives every new state.
@@ -158,11 +174,9 @@ impl Watcher {
             origin: Origin::Disk,
         };
         let dir = self.data_dir.clone();
-        let loaded = tokio::task::spawn_blocking(move || persist::load(&dir))
-            .await
-            .unwrap_or_else(|e| Err(e.to_string()));
+        let loaded = tokio::task::spawn_blocking(move || persist::load(&dir)).await;
         match loaded {
-            Ok(Some(saved)) => {
+            Ok(Ok(Some(saved))) => {
                 remote.revision = saved.revision;
                 remote.policies = saved
                     .policies
@@ -184,35 +198,31 @@ impl Watcher {
                     .store(remote.revision, Ordering::Release);
                 (self.apply)(&remote);
             }
-            Ok(None) => {}
-            Err(error) => tracing::warn!("{error}; starting without it"),
+            Ok(Ok(None)) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(error = %ErrorChain(&error), "cannot use the saved control-plane state; starting without it");
+            }
+            Err(error) => {
+                tracing::warn!(error = %ErrorChain(&error), "loading the saved control-plane state did not finish; starting without it");
+            }
         }
-        if self.servers.is_empty() {
+        if self.control_plane.servers().is_empty() {
             return;
         }
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        connector.set_nodelay(true);
-        let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .build(connector);
-        let mut next = rand::random_range(0..self.servers.len());
-        let mut backoff = BACKOFF_MIN;
+        let mut client = self.control_plane.clone();
         loop {
-            let server = &self.servers[next % self.servers.len()];
-            next += 1;
+            let server = client.server().to_string();
             let result = tokio::select! {
                 () = shutdown.cancelled() => return,
-                result = self.stream(&client, server, &mut remote, &mut backoff) => result,
+                result = self.stream(&mut client, &mut remote) => result,
             };
+            client.fail_over();
             self.status.connected.store(false, Ordering::Release);
             if let Err(error) = result {
-                tracing::warn!(%server, "control-plane watch failed: {error}; trying the next node");
+                tracing::warn!(%server, error = %ErrorChain(&error), "control-plane watch failed; trying the next node");
             }
-            let wait = jittered(&mut backoff, BACKOFF_MAX);
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(wait) => {}
+            if !client.back_off(&shutdown).await {
+                return;
             }
         }
     }
@@ -224,44 +234,29 @@ impl Watcher {
         let result = tokio::task::spawn_blocking(move || persist::save(&dir, &saved)).await;
         let error = match result {
             Ok(Ok(())) => return,
-            Ok(Err(error)) => error.to_string(),
-            Err(error) => error.to_string(),
+            Ok(Err(error)) => ErrorChain(&error).to_string(),
+            Err(error) => ErrorChain(&error).to_string(),
         };
         tracing::warn!(%error, dir = %self.data_dir.display(), "cannot save the control-plane state; will retry on the next change");
     }
 
-    /// Reads one watch stream until it ends or fails; Ok when it ended after delivering
-    /// events. The first event resets `backoff`: the node served.
+    /// Reads one watch stream from the client's current node until it ends or fails; Ok
+    /// when it ended after delivering events. The first event resets the client's backoff:
+    /// the node served.
     async fn stream(
         &self,
-        client: &Client<HttpConnector, Empty<Bytes>>,
-        server: &str,
+        client: &mut ControlPlaneClient,
         remote: &mut Remote,
-        backoff: &mut Duration,
-    ) -> Result<(), String> {
-        let mut uri = format!("http://{server}{WATCH_PATH}?since={}", remote.revision);
+    ) -> Result<(), WatchError> {
+        let mut path = format!("{WATCH_PATH}?since={}", remote.revision);
         if let Some(cluster) = &remote.cluster {
-            uri.push_str("&cluster=");
-            uri.push_str(cluster);
+            path.push_str("&cluster=");
+            path.push_str(cluster);
         }
-        let request = http::Request::get(uri)
-            .body(Empty::new())
-            .map_err(|e| e.to_string())?;
-        let response = tokio::time::timeout(STREAM_IDLE_TIMEOUT, client.request(request))
+        let mut body = client
+            .get_stream(&path, STREAM_IDLE_TIMEOUT)
             .await
-            .map_err(|_| "no answer".to_string())?
-            .map_err(|e| crate::tunnel::error_chain(&e))?;
-        if !response.status().is_success() {
-            let status = response.status();
-            let detail = tokio::time::timeout(CONNECT_TIMEOUT, response.into_body().collect())
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .map(|body| String::from_utf8_lossy(&body.to_bytes()).trim().to_string())
-                .unwrap_or_default();
-            return Err(format!("the node answered {status} {detail}"));
-        }
-        let mut body = response.into_body();
+            .map_err(WatchError::Open)?;
         let mut buffer = BytesMut::new();
         // Bytes of `buffer` already searched for a newline.
         let mut scanned = 0;
@@ -269,32 +264,32 @@ impl Watcher {
         loop {
             let frame = tokio::time::timeout(STREAM_IDLE_TIMEOUT, body.frame())
                 .await
-                .map_err(|_| format!("nothing received for {STREAM_IDLE_TIMEOUT:?}"))?;
+                .map_err(|_| WatchError::Idle(STREAM_IDLE_TIMEOUT))?;
             let Some(frame) = frame else {
                 return if got_event {
                     Ok(())
                 } else {
-                    Err("the stream ended".into())
+                    Err(WatchError::EndedEarly)
                 };
             };
-            let frame = frame.map_err(|e| e.to_string())?;
+            let frame = frame.map_err(WatchError::Broken)?;
             let Ok(data) = frame.into_data() else {
                 continue;
             };
             buffer.extend_from_slice(&data);
             if buffer.len() > MAX_LINE_BYTES {
-                return Err(format!("a line longer than {MAX_LINE_BYTES} bytes"));
+                return Err(WatchError::LineTooLong(MAX_LINE_BYTES));
             }
             while let Some(offset) = buffer[scanned..].iter().position(|&b| b == b'\n') {
                 let end = scanned + offset;
                 scanned = 0;
                 let mut line: Bytes = buffer.split_to(end + 1).freeze();
                 line.truncate(end);
-                let event: WatchEvent = serde_json::from_slice(line.chunk())
-                    .map_err(|e| format!("unreadable event: {e}"))?;
+                let event: WatchEvent =
+                    serde_json::from_slice(line.chunk()).map_err(WatchError::Event)?;
                 if !got_event {
                     got_event = true;
-                    *backoff = BACKOFF_MIN;
+                    client.served();
                 }
                 self.status.connected.store(true, Ordering::Release);
                 self.status
@@ -311,13 +306,6 @@ impl Watcher {
             scanned = buffer.len();
         }
     }
-}
-
-/// The current retry delay, jittered (×0.5–1.5), doubling it up to `cap` for next time.
-pub fn jittered(retry: &mut Duration, cap: Duration) -> Duration {
-    let wait = retry.mul_f64(rand::random_range(0.5..1.5));
-    *retry = (*retry * 2).min(cap);
-    wait
 }
 
 fn unix_ms() -> u64 {

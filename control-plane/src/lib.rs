@@ -44,14 +44,6 @@ pub mod transfer;
 pub mod watch;
 pub mod wire;
 
-/// An error and its causes on one line, for logs and API messages.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+/// An error and its causes on one line, for logs and API messages: the shared helper of
+/// `hyphae-policies`, kept at this path for the control plane's modules.
+pub use hyphae_policies::error_chain;

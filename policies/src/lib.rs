@@ -10,13 +10,15 @@
 //! - [`diagnostic`] ties each problem to `file:line:col` and renders it compiler-style.
 //!
 //! [`schema`] generates JSON Schema from the same types; [`duration`] and [`suggest`] are
-//! small helpers.
+//! small helpers. [`error_chain`] is shared by every crate of the workspace: it shows an error
+//! with its causes on one line.
 
 pub mod access_policy;
 pub mod agent_config;
 pub mod control_plane_config;
 pub mod diagnostic;
 pub mod duration;
+pub mod error_chain;
 pub mod external_service;
 pub mod limits;
 pub mod load;
@@ -43,6 +45,7 @@ pub use agent_config::{
 pub use control_plane_config::{ControlPlaneConfigSpec, ControlPlaneLimits, Member};
 pub use diagnostic::{Diagnostic, FieldPath, Issue, Severity};
 pub use duration::Duration;
+pub use error_chain::{ErrorChain, error_chain};
 pub use external_service::{ExternalPort, ExternalServiceSpec};
 pub use limits::ParseLimits;
 pub use load::{LoadOptions, LoadedObject, Loader, Report, load_paths, load_str};

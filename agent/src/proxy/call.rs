@@ -2,10 +2,7 @@
 //! to an endpoint chosen by the balancer, over the peer tunnel, under a per-try timeout —
 //! retried within the budget, all under the request timeout. Always ends in a response.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -14,19 +11,18 @@ use http_body::Body as _;
 use hyphae_policies::{HeaderRewrite, RetryPolicy};
 use tokio::time::Instant;
 
+use super::endpoint::{self, Chosen};
 use super::headers::{DESTINATION, strip_hop_by_hop};
 use super::{Proxy, error_response};
-use crate::balance::{self, Candidate};
 use crate::body::{self, Body};
-use crate::circuit::{self, Outcome};
-use crate::error::{ERROR_HEADER, ProxyError};
+use crate::circuit::Outcome;
+use crate::error::{Cause, ProxyError};
 use crate::metrics;
-use crate::model::{DEFAULT_ROUTE, Endpoint, Service, Snapshot};
+use crate::model::{DEFAULT_ROUTE, Service, Snapshot};
 use crate::replay::ReplayBody;
 use crate::retry::{self, TryResult};
 use crate::route::{self, Destination};
-use crate::state::{EndpointState, ServiceState};
-use crate::tunnel::Pending;
+use crate::state::ServiceState;
 
 /// Makes a call to `service` and returns the answer: the upstream's response or the agent's
 /// own error response.
@@ -128,8 +124,14 @@ impl Call<'_> {
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut retries_done = 0;
         loop {
-            let (endpoint, endpoint_state) = self.pick(&tried)?;
-            let result = self.try_once(endpoint, &endpoint_state).await;
+            let chosen = endpoint::choose(
+                self.snapshot,
+                self.target,
+                self.destination.subset,
+                self.state,
+                &tried,
+            )?;
+            let result = self.try_once(&chosen).await;
             let try_result = match &result {
                 Ok(response) => TryResult::Response(response.status(), response.headers()),
                 Err(error) => TryResult::Error(error),
@@ -140,7 +142,7 @@ impl Call<'_> {
             if wanted {
                 if self.state.budget.withdraw() {
                     retries_done += 1;
-                    tried.push(endpoint.address);
+                    tried.push(chosen.endpoint.address);
                     self.target.metrics.retry();
                     let wait = retry::backoff(self.retries, retries_done, rand::random::<f64>());
                     tracing::debug!(service = %self.target.name, retry = retries_done, ?wait, "retrying");
@@ -154,37 +156,15 @@ impl Call<'_> {
         }
     }
 
-    fn pick(&self, tried: &[SocketAddr]) -> Result<(&Endpoint, Arc<EndpointState>), ProxyError> {
-        choose_endpoint(
-            self.snapshot,
-            self.target,
-            self.destination.subset,
-            self.state,
-            tried,
-        )
-    }
-
-    /// One try against `endpoint`, with its bookkeeping: load, latency and outlier state.
+    /// One try against the chosen endpoint, with its bookkeeping: load, latency and outlier
+    /// state.
     async fn try_once(
         &self,
-        endpoint: &Endpoint,
-        endpoint_state: &EndpointState,
+        chosen: &Chosen<'_>,
     ) -> Result<Response<hyper::body::Incoming>, ProxyError> {
         let request = self.forward_request(self.body.next_try_body())?;
-        let connect_timeout = self.target.policy.timeouts.connect.get();
-        let pending = Pending {
-            limit: &self.state.pending,
-            max: self.target.policy.circuit_breaker.max_pending,
-            service: &self.target.name,
-        };
-        let send = self
-            .proxy
-            .tunnels
-            .send(endpoint.address, connect_timeout, request, pending);
-        endpoint_state
-            .load
-            .in_flight
-            .fetch_add(1, Ordering::Relaxed);
+        let send = chosen.send(self.proxy, self.target, self.state, request);
+        let in_flight = chosen.in_flight();
         let sent_at = Instant::now();
         let result = match self.retries.per_try_timeout.map(|d| d.get()) {
             Some(limit) => tokio::time::timeout(limit, send)
@@ -192,27 +172,14 @@ impl Call<'_> {
                 .unwrap_or(Err(ProxyError::PerTryTimeout(limit))),
             None => send.await,
         };
-        endpoint_state
-            .load
-            .in_flight
-            .fetch_sub(1, Ordering::Relaxed);
-        let result = result.and_then(|response| peer_failure(endpoint.address, response));
+        drop(in_flight);
         let now = Instant::now();
         let outcome = match &result {
             Ok(response) if !response.status().is_server_error() => Outcome::Success,
             _ => Outcome::Failure,
         };
-        if let Ok(mut ewma) = endpoint_state.load.ewma.lock() {
-            ewma.observe(now.saturating_duration_since(sent_at), now);
-        }
-        record_outcome(
-            self.target,
-            self.state,
-            endpoint,
-            endpoint_state,
-            outcome,
-            now,
-        );
+        chosen.observe_latency(now.saturating_duration_since(sent_at), now);
+        chosen.record(self.target, self.state, outcome, now);
         result
     }
 
@@ -242,7 +209,7 @@ impl Call<'_> {
             .authority(authority)
             .path_and_query(path)
             .build()
-            .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+            .map_err(|e| ProxyError::BadRequest(Cause::new(e)))?;
         let mut request = Request::new(body);
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = uri;
@@ -269,123 +236,6 @@ impl Call<'_> {
         }
         response
     }
-}
-
-/// Chooses an endpoint of `target` (restricted to `subset`) for a new try or stream:
-/// the balancer's choice among endpoints not ejected, in the caller's site when it can be.
-/// Returns the endpoint with its live state.
-pub fn choose_endpoint<'s>(
-    snapshot: &Snapshot,
-    target: &'s Service,
-    subset: Option<&BTreeMap<String, String>>,
-    state: &ServiceState,
-    tried: &[SocketAddr],
-) -> Result<(&'s Endpoint, Arc<EndpointState>), ProxyError> {
-    let now = Instant::now();
-    let mut endpoints = state.endpoints(target.endpoints.iter().filter(|e| {
-        subset.is_none_or(|subset| subset.iter().all(|(k, v)| e.tags.get(k) == Some(v)))
-    }));
-    let candidates: Vec<Candidate<'_>> = endpoints
-        .iter()
-        .enumerate()
-        .map(|(index, (endpoint, endpoint_state))| Candidate {
-            index,
-            local_site: endpoint.site == snapshot.site,
-            ejected: is_ejected(endpoint_state, now),
-            tried: tried.contains(&endpoint.address),
-            load: &endpoint_state.load,
-        })
-        .collect();
-    target
-        .metrics
-        .ejected(candidates.iter().filter(|c| c.ejected).count());
-    let lb = &target.policy.load_balancer;
-    let mut dice = |n: usize| rand::random_range(0..n.max(1));
-    let picked = balance::pick(
-        &candidates,
-        lb.policy,
-        lb.locality,
-        &state.round_robin,
-        &mut dice,
-    );
-    picked
-        .filter(|&index| index < endpoints.len())
-        .map(|index| endpoints.swap_remove(index))
-        .ok_or_else(|| ProxyError::NoEndpoints(target.name.clone()))
-}
-
-/// Whether outlier detection has the endpoint ejected at `now`.
-fn is_ejected(endpoint_state: &EndpointState, now: Instant) -> bool {
-    endpoint_state
-        .outlier
-        .lock()
-        .map(|o| o.is_ejected(now))
-        .unwrap_or(false)
-}
-
-/// Feeds one outcome to outlier detection, ejecting the endpoint when it has failed enough
-/// and the service's ejected share allows it.
-pub fn record_outcome(
-    target: &Service,
-    state: &ServiceState,
-    endpoint: &Endpoint,
-    endpoint_state: &EndpointState,
-    outcome: Outcome,
-    now: Instant,
-) {
-    let detection = &target.policy.circuit_breaker.outlier_detection;
-    // Only a failure can eject, so only a failure needs the service's ejected count.
-    let ejected_now = match outcome {
-        Outcome::Success => 0,
-        Outcome::Failure => state
-            .endpoints(&target.endpoints)
-            .iter()
-            .filter(|(_, s)| is_ejected(s, now))
-            .count(),
-    };
-    let may_eject = circuit::may_eject(
-        ejected_now,
-        target.endpoints.len(),
-        detection.max_ejected_share,
-    );
-    let ejected_for = endpoint_state
-        .outlier
-        .lock()
-        .ok()
-        .and_then(|mut o| o.record(outcome, now, detection, may_eject));
-    if let Some(duration) = ejected_for {
-        target.metrics.ejection();
-        target.metrics.ejected(ejected_now + 1);
-        tracing::warn!(
-            service = %target.name,
-            endpoint = %endpoint.address,
-            ?duration,
-            "endpoint ejected by outlier detection"
-        );
-    }
-}
-
-/// A peer agent's own error that means the request never reached an instance: treated like a
-/// failed connect, so it is retried whatever the method.
-pub fn peer_failure(
-    peer: SocketAddr,
-    response: Response<hyper::body::Incoming>,
-) -> Result<Response<hyper::body::Incoming>, ProxyError> {
-    let reason = response
-        .headers()
-        .get(ERROR_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    if matches!(
-        reason,
-        "connect-failed" | "connect-timeout" | "no-local-instance"
-    ) {
-        return Err(ProxyError::ConnectFailed {
-            address: peer.to_string(),
-            reason: format!("the peer agent could not reach the instance ({reason})"),
-        });
-    }
-    Ok(response)
 }
 
 /// Applies a header rewrite; names and values were validated with the policy, and any that

@@ -14,16 +14,16 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyphae_policies::Protocol;
+use hyphae_policies::{ErrorChain, Protocol};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::headers::{DESTINATION, strip_hop_by_hop};
 use super::{Proxy, error_response, pipe, stream};
 use crate::body::{self, Body};
-use crate::error::ProxyError;
+use crate::error::{Cause, ProxyError};
 use crate::model::LocalInstance;
-use crate::tunnel::error_chain;
 
 /// Longest the agent waits to connect to a local instance: it is on this host, so a slow
 /// connect means it is not listening.
@@ -82,7 +82,7 @@ pub async fn serve(
     })
     .await;
     if let Err(error) = result {
-        tracing::debug!(%peer, error = %error_chain(&error), "inbound connection ended with an error");
+        tracing::debug!(%peer, error = %ErrorChain(&error), "inbound connection ended with an error");
     }
 }
 
@@ -109,7 +109,7 @@ fn local_instance(
     proxy: &Proxy,
     headers: &mut http::HeaderMap,
 ) -> Result<LocalInstance, ProxyError> {
-    let missing = || ProxyError::BadRequest(format!("missing `{DESTINATION}` header"));
+    let missing = || ProxyError::BadRequest(format!("missing `{DESTINATION}` header").into());
     let value = headers.remove(DESTINATION).ok_or_else(missing)?;
     let service = value.to_str().map_err(|_| missing())?;
     proxy
@@ -133,6 +133,7 @@ async fn open_local_stream(
     let peer_side = hyper::upgrade::on(&mut request);
     if let Some(protocol) = request.headers_mut().remove(stream::UPGRADE) {
         return upgrade_instance(
+            proxy,
             clients,
             request,
             peer_side,
@@ -147,25 +148,21 @@ async fn open_local_stream(
         .map_err(|_| ProxyError::ConnectTimeout(instance_addr.to_string()))?
         .map_err(|e| ProxyError::ConnectFailed {
             address: instance_addr.to_string(),
-            reason: e.to_string(),
+            reason: Cause::new(e),
         })?;
-    tokio::spawn(async move {
-        match peer_side.await {
-            Ok(peer) => {
-                let piped = pipe::pipe(TokioIo::new(peer), connection, STREAM_IDLE_TIMEOUT).await;
-                if let Some(error) = piped.error {
-                    tracing::info!(%service, %error, "inbound TCP stream ended");
-                }
-            }
-            Err(error) => tracing::warn!(%service, %error, "inbound stream failed to open"),
-        }
-    });
+    spawn_splice(
+        proxy,
+        service,
+        peer_side,
+        std::future::ready(Ok(connection)),
+    );
     Ok(Response::new(body::empty()))
 }
 
 /// Sends the upgrade request to the instance; on its 101, answers the peer 200 with the 101's
 /// headers and splices the two upgraded connections. Any other answer goes back unchanged.
 async fn upgrade_instance(
+    proxy: &Proxy,
     clients: &LocalClients,
     request: Request<Incoming>,
     peer_side: hyper::upgrade::OnUpgrade,
@@ -185,7 +182,7 @@ async fn upgrade_instance(
         .authority(instance_addr.to_string().as_str())
         .path_and_query(path)
         .build()
-        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        .map_err(|e| ProxyError::BadRequest(Cause::new(e)))?;
     let headers = upgrade.headers_mut();
     headers.clone_from(&parts.headers);
     if let Ok(host) = HeaderValue::from_str(parts.uri.authority().map_or("", |a| a.as_str())) {
@@ -200,7 +197,7 @@ async fn upgrade_instance(
         .http1
         .request(upgrade)
         .await
-        .map_err(|error| instance_error(instance_addr, &error))?;
+        .map_err(|error| instance_error(instance_addr, error))?;
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         let mut response = response.map(body::boxed);
         strip_hop_by_hop(response.headers_mut());
@@ -209,23 +206,34 @@ async fn upgrade_instance(
     let mut answer = Response::new(body::empty());
     answer.headers_mut().clone_from(response.headers());
     strip_hop_by_hop(answer.headers_mut());
-    tokio::spawn(async move {
-        match tokio::try_join!(peer_side, hyper::upgrade::on(response)) {
-            Ok((peer, instance)) => {
-                let piped = pipe::pipe(
-                    TokioIo::new(peer),
-                    TokioIo::new(instance),
-                    STREAM_IDLE_TIMEOUT,
-                )
-                .await;
+    let instance = pipe::upgraded(hyper::upgrade::on(response));
+    spawn_splice(proxy, service, peer_side, instance);
+    Ok(answer)
+}
+
+/// Once the peer's side has upgraded (after the answer that lets it), splices it to the
+/// instance in a task the proxy's tracker owns, so a drain waits for it.
+fn spawn_splice<I>(
+    proxy: &Proxy,
+    service: Arc<str>,
+    peer_side: hyper::upgrade::OnUpgrade,
+    instance: impl Future<Output = Result<I, hyper::Error>> + Send + 'static,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    proxy.tasks.spawn(async move {
+        let peer = pipe::upgraded(peer_side);
+        match pipe::splice(peer, instance, STREAM_IDLE_TIMEOUT).await {
+            Ok(piped) => {
                 if let Some(error) = piped.error {
-                    tracing::info!(%service, %error, "inbound upgraded stream ended");
+                    tracing::info!(%service, %error, "inbound stream ended");
                 }
             }
-            Err(error) => tracing::warn!(%service, %error, "inbound upgrade failed"),
+            Err(error) => {
+                tracing::warn!(%service, error = %ErrorChain(&error), "inbound stream failed to open")
+            }
         }
     });
-    Ok(answer)
 }
 
 /// Idle timeout for streams on the inbound side. The calling agent enforces the service's
@@ -257,7 +265,7 @@ async fn forward_to_instance(
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
         )
         .build()
-        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        .map_err(|e| ProxyError::BadRequest(Cause::new(e)))?;
     let client = match instance.protocol {
         Protocol::Http2 | Protocol::Grpc => {
             parts.version = http::Version::HTTP_2;
@@ -272,7 +280,7 @@ async fn forward_to_instance(
     let response = client
         .request(request)
         .await
-        .map_err(|error| instance_error(instance.address, &error))?;
+        .map_err(|error| instance_error(instance.address, error))?;
     let mut response = response.map(body::boxed);
     strip_hop_by_hop(response.headers_mut());
     Ok(response)
@@ -280,13 +288,13 @@ async fn forward_to_instance(
 
 /// A failed call to the local instance: a failed connect means the request never reached it
 /// (the calling agent may then retry elsewhere); anything else is a reset.
-fn instance_error(instance: SocketAddr, error: &hyper_util::client::legacy::Error) -> ProxyError {
+fn instance_error(instance: SocketAddr, error: hyper_util::client::legacy::Error) -> ProxyError {
     if error.is_connect() {
         ProxyError::ConnectFailed {
             address: instance.to_string(),
-            reason: error_chain(error),
+            reason: Cause::new(error),
         }
     } else {
-        ProxyError::Reset(error_chain(error))
+        ProxyError::Reset(Cause::new(error))
     }
 }

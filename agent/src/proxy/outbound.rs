@@ -13,9 +13,11 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyphae_policies::Protocol;
+use hyphae_policies::{ErrorChain, Protocol};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::detect::{self, Detected};
 use super::headers::strip_hop_by_hop;
@@ -74,7 +76,7 @@ pub async fn serve(
     })
     .await;
     if let Err(error) = result {
-        tracing::debug!(%peer, error = %crate::tunnel::error_chain(&*error), "outbound connection ended with an error");
+        tracing::debug!(%peer, error = %ErrorChain(&*error), "outbound connection ended with an error");
     }
 }
 
@@ -94,14 +96,15 @@ async fn speaks_tcp(proxy: &Proxy, service: &str, stream: &TcpStream) -> bool {
     declared_opaque || detect::detect(stream, DETECT_TIMEOUT).await == Detected::Tcp
 }
 
-/// Carries an opaque TCP connection to `service` over a CONNECT stream.
+/// Carries an opaque TCP connection to `service` over a CONNECT stream. The connection's own
+/// task (owned by the listener's tracker) carries it to the end.
 async fn serve_tcp(proxy: &Proxy, service: &str, stream: TcpStream, peer: SocketAddr) {
     let snapshot = proxy.snapshot.load_full();
     let open = match stream::open(proxy, &snapshot, service, None, http::HeaderMap::new()).await {
         Ok(open) => open,
         Err(error) => {
             crate::metrics::error(error.reason());
-            tracing::warn!(%peer, %service, reason = error.reason(), "TCP connection closed: {error}");
+            tracing::warn!(%peer, %service, reason = error.reason(), error = %ErrorChain(&error), "TCP connection closed");
             return;
         }
     };
@@ -109,20 +112,9 @@ async fn serve_tcp(proxy: &Proxy, service: &str, stream: TcpStream, peer: Socket
         tracing::warn!(%peer, %service, status = %open.response.status(), "peer refused the TCP stream");
         return;
     }
-    let idle = open.idle;
-    let _permit = open.permit;
-    match hyper::upgrade::on(open.response).await {
-        Ok(upstream) => {
-            let piped = pipe::pipe(stream, TokioIo::new(upstream), idle).await;
-            crate::metrics::stream_bytes(service, piped.a_to_b, piped.b_to_a);
-            if let Some(error) = piped.error {
-                tracing::info!(%peer, %service, %error, "TCP connection ended");
-            }
-        }
-        Err(error) => {
-            tracing::warn!(%peer, %service, %error, "peer stream failed before it opened")
-        }
-    }
+    splice(service, std::future::ready(Ok(stream)), open)
+        .instrument(tracing::info_span!("tcp", %peer))
+        .await;
 }
 
 async fn handle(proxy: &Proxy, target: &Target, request: Request<Incoming>) -> Response<Body> {
@@ -225,7 +217,7 @@ async fn upgrade(proxy: &Proxy, service: &str, mut request: Request<Incoming>) -
         HeaderValue::from_static("upgrade"),
     );
     headers.insert(http::header::UPGRADE, protocol);
-    splice(service.to_string(), client_side, open);
+    spawn_splice(proxy, service.to_string(), client_side, open);
     response
 }
 
@@ -242,31 +234,52 @@ async fn connect_through_proxy(proxy: &Proxy, mut request: Request<Incoming>) ->
         Err(error) => return error_response(&error),
     };
     if open.response.status() != StatusCode::OK {
-        return error_response(&ProxyError::Reset(format!(
-            "the peer refused the stream with {}",
-            open.response.status()
-        )));
+        return error_response(&ProxyError::Reset(
+            format!(
+                "the peer refused the stream with {}",
+                open.response.status()
+            )
+            .into(),
+        ));
     }
-    splice(service, client_side, open);
+    spawn_splice(proxy, service, client_side, open);
     Response::new(body::empty())
 }
 
-/// Once the caller's side upgrades, pipes it to the open stream, holding the stream's slot.
-fn splice(service: String, client_side: hyper::upgrade::OnUpgrade, open: stream::OpenStream) {
-    let (idle, permit, peer_response) = (open.idle, open.permit, open.response);
-    tokio::spawn(async move {
-        let _permit = permit;
-        match tokio::try_join!(client_side, hyper::upgrade::on(peer_response)) {
-            Ok((client, upstream)) => {
-                let piped = pipe::pipe(TokioIo::new(client), TokioIo::new(upstream), idle).await;
-                crate::metrics::stream_bytes(&service, piped.a_to_b, piped.b_to_a);
-                if let Some(error) = piped.error {
-                    tracing::info!(%service, %error, "upgraded connection ended");
-                }
-            }
-            Err(error) => tracing::warn!(%service, %error, "upgrade failed after it was accepted"),
-        }
+/// Once the caller's side has upgraded (after the answer that lets it), splices it to the
+/// open stream in a task the proxy's tracker owns, so a drain waits for it.
+fn spawn_splice(
+    proxy: &Proxy,
+    service: String,
+    client_side: hyper::upgrade::OnUpgrade,
+    open: stream::OpenStream,
+) {
+    proxy.tasks.spawn(async move {
+        splice(&service, pipe::upgraded(client_side), open).await;
     });
+}
+
+/// The one way an outbound byte stream is carried (opaque TCP, upgrades, CONNECT): once the
+/// caller's side is ready, pipes it to the open stream, holding the stream's slot in the
+/// service's limit, and counts the bytes.
+async fn splice<C, F>(service: &str, client_side: F, open: stream::OpenStream)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    F: Future<Output = Result<C, hyper::Error>>,
+{
+    let _permit = open.permit;
+    let upstream = pipe::upgraded(hyper::upgrade::on(open.response));
+    match pipe::splice(client_side, upstream, open.idle).await {
+        Ok(piped) => {
+            crate::metrics::stream_bytes(service, piped.a_to_b, piped.b_to_a);
+            if let Some(error) = piped.error {
+                tracing::info!(%service, %error, "stream ended");
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%service, error = %ErrorChain(&error), "stream failed before it opened")
+        }
+    }
 }
 
 /// The service a proxied request names by its absolute URI or `Host` header.

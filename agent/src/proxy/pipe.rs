@@ -1,8 +1,11 @@
 //! Byte pipes between two streams (opaque TCP, upgraded connections), with half-close and an
-//! idle timeout so an abandoned connection never lives forever.
+//! idle timeout so an abandoned connection never lives forever. Every byte stream of the data
+//! path, outbound and inbound, is spliced here; nothing here spawns or decides where bytes go.
 
 use std::time::Duration;
 
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Size of each direction's copy buffer.
@@ -17,6 +20,26 @@ pub struct Piped {
     pub b_to_a: u64,
     /// The error or idle timeout that ended it, if any.
     pub error: Option<std::io::Error>,
+}
+
+/// Waits until both sides are ready (an HTTP upgrade has completed; an open socket is ready at
+/// once), then pipes them as [`pipe`] does. An error means a side never became a stream.
+pub async fn splice<A, B>(
+    a: impl Future<Output = Result<A, hyper::Error>>,
+    b: impl Future<Output = Result<B, hyper::Error>>,
+    idle: Duration,
+) -> Result<Piped, hyper::Error>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (a, b) = tokio::try_join!(a, b)?;
+    Ok(pipe(a, b, idle).await)
+}
+
+/// The connection an HTTP upgrade hands over, as a tokio stream for [`splice`].
+pub async fn upgraded(upgrade: OnUpgrade) -> Result<TokioIo<Upgraded>, hyper::Error> {
+    upgrade.await.map(TokioIo::new)
 }
 
 /// Copies both ways until both sides have closed, an error, or nothing has moved for `idle`.

@@ -8,16 +8,15 @@ use http::header::HeaderName;
 use http::uri::Authority;
 use http::{HeaderMap, Method, Request, Response, Uri};
 use hyper::body::Incoming;
+use hyphae_policies::ErrorChain;
 use tokio::time::Instant;
 
-use super::Proxy;
-use super::call::{choose_endpoint, peer_failure, record_outcome};
 use super::headers::DESTINATION;
+use super::{Proxy, endpoint};
 use crate::body;
 use crate::circuit::{Outcome, Permit};
-use crate::error::ProxyError;
+use crate::error::{Cause, ProxyError};
 use crate::model::{Service, Snapshot};
-use crate::tunnel::Pending;
 
 /// The protocol a CONNECT stream upgrades to at the instance (`websocket`); absent for TCP.
 pub const UPGRADE: HeaderName = HeaderName::from_static("hyphae-upgrade");
@@ -67,44 +66,24 @@ pub async fn open(
         })
         .unwrap_or_else(|| format!("{}:0", target.name));
     let authority =
-        Authority::try_from(authority).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        Authority::try_from(authority).map_err(|e| ProxyError::BadRequest(Cause::new(e)))?;
     let mut tried: Vec<SocketAddr> = Vec::new();
     loop {
-        let (endpoint, endpoint_state) = choose_endpoint(snapshot, target, None, &state, &tried)?;
-        tried.push(endpoint.address);
+        let chosen = endpoint::choose(snapshot, target, None, &state, &tried)?;
+        tried.push(chosen.endpoint.address);
         let mut request = Request::new(body::empty());
         *request.method_mut() = Method::CONNECT;
         *request.uri_mut() = Uri::from(authority.clone());
         *request.headers_mut() = headers.clone();
         let destination = target.destination_header()?;
         request.headers_mut().insert(DESTINATION, destination);
-        let result = proxy
-            .tunnels
-            .send(
-                endpoint.address,
-                target.policy.timeouts.connect.get(),
-                request,
-                Pending {
-                    limit: &state.pending,
-                    max: target.policy.circuit_breaker.max_pending,
-                    service: &target.name,
-                },
-            )
-            .await
-            .and_then(|response| peer_failure(endpoint.address, response));
+        let result = chosen.send(proxy, target, &state, request).await;
         let outcome = if result.is_ok() {
             Outcome::Success
         } else {
             Outcome::Failure
         };
-        record_outcome(
-            target,
-            &state,
-            endpoint,
-            &endpoint_state,
-            outcome,
-            Instant::now(),
-        );
+        chosen.record(target, &state, outcome, Instant::now());
         match result {
             Ok(response) => {
                 return Ok(OpenStream {
@@ -118,7 +97,7 @@ pub async fn open(
                     && (tried.len() as u32) <= retries.attempts
                     && tried.len() < target.endpoints.len() =>
             {
-                tracing::debug!(service = %target.name, %error, "stream connect failed; trying another endpoint");
+                tracing::debug!(service = %target.name, error = %ErrorChain(&error), "stream connect failed; trying another endpoint");
             }
             Err(error) => return Err(error),
         }

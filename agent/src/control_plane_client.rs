@@ -1,0 +1,329 @@
+//! The agent's one HTTP client for the control plane: it knows the nodes' addresses, talks
+//! HTTP/2 to one node at a time, moves to the next after a failure with jittered backoff,
+//! bounds connects and requests with timeouts, and speaks JSON. Registration ([`crate::register`])
+//! and the watch stream ([`crate::watch`]) both use it; it must never know what their messages mean.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+/// Longest a connect to a control-plane node may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// First wait before trying again after a failure.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest wait between tries.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Longest the agent reads a refusal's body for its detail; the refusal stands without it.
+pub const REFUSAL_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a request to the control plane failed. Each carries the node it went to; transport
+/// and decoding failures keep their cause as `source()`.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlPlaneError {
+    /// The request body could not be encoded as JSON.
+    #[error("cannot encode the request to {path} as JSON")]
+    Encode {
+        /// The API path.
+        path: String,
+        /// What serde_json said.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The request could not be built (an unusable address or path).
+    #[error("cannot build a request for {uri}")]
+    Request {
+        /// The URI it would have gone to.
+        uri: String,
+        /// What http said.
+        #[source]
+        source: http::Error,
+    },
+    /// The node could not be reached, or the connection failed before an answer.
+    #[error("cannot reach control-plane node {server}")]
+    Unreachable {
+        /// The node, `host:port`.
+        server: String,
+        /// The connect or protocol error.
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    /// The node did not answer in time.
+    #[error("control-plane node {server} gave no answer in {after:?}")]
+    Timeout {
+        /// The node, `host:port`.
+        server: String,
+        /// The timeout it broke.
+        after: Duration,
+    },
+    /// The node answered with a status other than success.
+    #[error("control-plane node {server} answered {status}: {message}")]
+    Refused {
+        /// The node, `host:port`.
+        server: String,
+        /// The status.
+        status: StatusCode,
+        /// The API's machine-readable error code (`code` in the JSON body), if any.
+        code: Option<String>,
+        /// The body, as text.
+        message: String,
+    },
+    /// The answer's body could not be read.
+    #[error("cannot read the answer of control-plane node {server}")]
+    Body {
+        /// The node, `host:port`.
+        server: String,
+        /// What hyper said.
+        #[source]
+        source: hyper::Error,
+    },
+    /// The answer was not the JSON expected.
+    #[error("control-plane node {server} answered with unreadable JSON")]
+    Decode {
+        /// The node, `host:port`.
+        server: String,
+        /// What serde_json said.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl ControlPlaneError {
+    /// The API's error code of a refusal (`unknown-node`...), so a caller can react to it.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ControlPlaneError::Refused { code, .. } => code.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// A client for the configured control-plane nodes. Clones share connections; each keeps its
+/// own place in the list and its own backoff.
+#[derive(Clone)]
+pub struct ControlPlaneClient {
+    client: Client<HttpConnector, Full<Bytes>>,
+    servers: Arc<[String]>,
+    /// Index (modulo the list) of the node in use.
+    next: usize,
+    /// The wait before the next try after a failure.
+    backoff: Duration,
+}
+
+impl ControlPlaneClient {
+    /// A client for `servers` (`host:port`), starting at a random one so agents spread over
+    /// the nodes.
+    pub fn new(servers: Vec<String>) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build(connector);
+        let next = rand::random_range(0..servers.len().max(1));
+        ControlPlaneClient {
+            client,
+            servers: servers.into(),
+            next,
+            backoff: BACKOFF_MIN,
+        }
+    }
+
+    /// Every configured node; empty when the agent runs without a control plane.
+    pub fn servers(&self) -> &[String] {
+        &self.servers
+    }
+
+    /// The node in use now (empty when none is configured).
+    pub fn server(&self) -> &str {
+        self.next
+            .checked_rem(self.servers.len())
+            .and_then(|i| self.servers.get(i))
+            .map_or("", String::as_str)
+    }
+
+    /// Moves to the next node, after a failure or a stream that ended.
+    pub fn fail_over(&mut self) {
+        self.next = self.next.wrapping_add(1);
+    }
+
+    /// The node served: the next failure waits the shortest backoff again.
+    pub fn served(&mut self) {
+        self.backoff = BACKOFF_MIN;
+    }
+
+    /// Waits the current backoff (jittered) and doubles it up to [`BACKOFF_MAX`]; false when
+    /// `shutdown` came first.
+    pub async fn back_off(&mut self, shutdown: &CancellationToken) -> bool {
+        let wait = jittered(&mut self.backoff, BACKOFF_MAX);
+        tokio::select! {
+            () = shutdown.cancelled() => false,
+            () = tokio::time::sleep(wait) => true,
+        }
+    }
+
+    /// POSTs `body` as JSON to `path` on the node in use and reads the JSON answer, all
+    /// within `timeout`.
+    pub async fn post_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<T, ControlPlaneError> {
+        let server = self.server();
+        let json = serde_json::to_vec(body).map_err(|source| ControlPlaneError::Encode {
+            path: path.to_string(),
+            source,
+        })?;
+        let uri = format!("http://{server}{path}");
+        let request = http::Request::post(&uri)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(json)))
+            .map_err(|source| ControlPlaneError::Request { uri, source })?;
+        let exchange = async {
+            let response = self.send(request).await?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|source| ControlPlaneError::Body {
+                    server: server.to_string(),
+                    source,
+                })?
+                .to_bytes();
+            if !status.is_success() {
+                return Err(refused(server, status, &body));
+            }
+            serde_json::from_slice(&body).map_err(|source| ControlPlaneError::Decode {
+                server: server.to_string(),
+                source,
+            })
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .unwrap_or_else(|_| {
+                Err(ControlPlaneError::Timeout {
+                    server: server.to_string(),
+                    after: timeout,
+                })
+            })
+    }
+
+    /// GETs `path_and_query` from the node in use and returns the body to read as it streams;
+    /// the response head must arrive within `timeout`.
+    pub async fn get_stream(
+        &self,
+        path_and_query: &str,
+        timeout: Duration,
+    ) -> Result<Incoming, ControlPlaneError> {
+        let server = self.server();
+        let uri = format!("http://{server}{path_and_query}");
+        let request = http::Request::get(&uri)
+            .body(Full::new(Bytes::new()))
+            .map_err(|source| ControlPlaneError::Request { uri, source })?;
+        let response = tokio::time::timeout(timeout, self.send(request))
+            .await
+            .map_err(|_| ControlPlaneError::Timeout {
+                server: server.to_string(),
+                after: timeout,
+            })??;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response.into_body());
+        }
+        let body = tokio::time::timeout(REFUSAL_READ_TIMEOUT, response.into_body().collect())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(|body| body.to_bytes())
+            .unwrap_or_default();
+        Err(refused(server, status, &body))
+    }
+
+    async fn send(
+        &self,
+        request: http::Request<Full<Bytes>>,
+    ) -> Result<http::Response<Incoming>, ControlPlaneError> {
+        self.client
+            .request(request)
+            .await
+            .map_err(|source| ControlPlaneError::Unreachable {
+                server: self.server().to_string(),
+                source,
+            })
+    }
+}
+
+/// A refusal, with the API's error code when the body is the control plane's JSON error.
+fn refused(server: &str, status: StatusCode, body: &[u8]) -> ControlPlaneError {
+    let code = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("code")?.as_str().map(str::to_owned));
+    ControlPlaneError::Refused {
+        server: server.to_string(),
+        status,
+        code,
+        message: String::from_utf8_lossy(body).trim().to_string(),
+    }
+}
+
+/// The current retry delay, jittered (×0.5–1.5), doubling it up to `cap` for next time.
+pub fn jittered(retry: &mut Duration, cap: Duration) -> Duration {
+    let wait = retry.mul_f64(rand::random_range(0.5..1.5));
+    *retry = (*retry * 2).min(cap);
+    wait
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failing_over_cycles_through_every_node() {
+        let mut client = ControlPlaneClient::new(vec!["a:1".into(), "b:2".into(), "c:3".into()]);
+        let mut seen: Vec<String> = (0..3)
+            .map(|_| {
+                let server = client.server().to_string();
+                client.fail_over();
+                server
+            })
+            .collect();
+        seen.sort();
+        assert_eq!(seen, ["a:1", "b:2", "c:3"]);
+        assert_eq!(ControlPlaneClient::new(Vec::new()).server(), "");
+    }
+
+    #[test]
+    fn the_backoff_doubles_up_to_its_cap_and_stays_jittered() {
+        let mut retry = Duration::from_millis(100);
+        let wait = jittered(&mut retry, Duration::from_millis(300));
+        assert!((50..=150).contains(&wait.as_millis()), "{wait:?}");
+        assert_eq!(retry, Duration::from_millis(200));
+        jittered(&mut retry, Duration::from_millis(300));
+        assert_eq!(retry, Duration::from_millis(300));
+    }
+
+    #[test]
+    fn a_refusal_keeps_the_api_error_code() {
+        let error = refused(
+            "a:1",
+            StatusCode::NOT_FOUND,
+            br#"{"code":"unknown-node","message":"who?"}"#,
+        );
+        assert_eq!(error.code(), Some("unknown-node"));
+        assert_eq!(
+            refused("a:1", StatusCode::BAD_GATEWAY, b"down").code(),
+            None
+        );
+    }
+}

@@ -1,0 +1,196 @@
+//! The endpoint step, shared by HTTP calls ([`super::call`]) and byte streams ([`super::stream`]):
+//! choose an endpoint that is not ejected (the balancer decides), send to it over the peer
+//! tunnel, and record how it went (load, latency, outlier ejection). It never retries; the
+//! caller decides what a failure means.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::Proxy;
+use crate::balance::{self, Candidate, EndpointLoad};
+use crate::body::Body;
+use crate::circuit::{self, Outcome};
+use crate::error::{ERROR_HEADER, ProxyError};
+use crate::model::{Endpoint, Service, Snapshot};
+use crate::state::{EndpointState, ServiceState};
+use crate::tunnel::Pending;
+
+/// An endpoint chosen for one try or stream, with its live state.
+pub struct Chosen<'s> {
+    /// The endpoint.
+    pub endpoint: &'s Endpoint,
+    /// Its load and outlier state, shared with every other request to it.
+    pub state: Arc<EndpointState>,
+}
+
+/// Chooses an endpoint of `target` (restricted to `subset`) for a new try or stream: the
+/// balancer's choice among endpoints not ejected, in the caller's site when it can be, avoiding
+/// those already `tried` when there is another.
+pub fn choose<'s>(
+    snapshot: &Snapshot,
+    target: &'s Service,
+    subset: Option<&BTreeMap<String, String>>,
+    service: &ServiceState,
+    tried: &[SocketAddr],
+) -> Result<Chosen<'s>, ProxyError> {
+    let now = Instant::now();
+    let mut endpoints = service.endpoints(target.endpoints.iter().filter(|e| {
+        subset.is_none_or(|subset| subset.iter().all(|(k, v)| e.tags.get(k) == Some(v)))
+    }));
+    let candidates: Vec<Candidate<'_>> = endpoints
+        .iter()
+        .enumerate()
+        .map(|(index, (endpoint, endpoint_state))| Candidate {
+            index,
+            local_site: endpoint.site == snapshot.site,
+            ejected: is_ejected(endpoint_state, now),
+            tried: tried.contains(&endpoint.address),
+            load: &endpoint_state.load,
+        })
+        .collect();
+    target
+        .metrics
+        .ejected(candidates.iter().filter(|c| c.ejected).count());
+    let lb = &target.policy.load_balancer;
+    let mut dice = |n: usize| rand::random_range(0..n.max(1));
+    let picked = balance::pick(
+        &candidates,
+        lb.policy,
+        lb.locality,
+        &service.round_robin,
+        &mut dice,
+    );
+    picked
+        .filter(|&index| index < endpoints.len())
+        .map(|index| endpoints.swap_remove(index))
+        .map(|(endpoint, state)| Chosen { endpoint, state })
+        .ok_or_else(|| ProxyError::NoEndpoints(target.name.clone()))
+}
+
+impl Chosen<'_> {
+    /// Sends `request` to the endpoint's peer agent, connecting within the service's connect
+    /// timeout and holding a slot of its pending limit while it waits. A peer's own answer that
+    /// the request never reached an instance becomes [`ProxyError::ConnectFailed`].
+    pub async fn send(
+        &self,
+        proxy: &Proxy,
+        target: &Service,
+        service: &ServiceState,
+        request: Request<Body>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let pending = Pending {
+            limit: &service.pending,
+            max: target.policy.circuit_breaker.max_pending,
+            service: &target.name,
+        };
+        let address = self.endpoint.address;
+        let response = proxy
+            .tunnels
+            .send(
+                address,
+                target.policy.timeouts.connect.get(),
+                request,
+                pending,
+            )
+            .await?;
+        peer_failure(address, response)
+    }
+
+    /// Counts one request in flight to the endpoint (what the balancer weighs) until the
+    /// returned guard drops.
+    pub fn in_flight(&self) -> InFlight<'_> {
+        self.state.load.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(&self.state.load)
+    }
+
+    /// Feeds one round trip to the endpoint's latency estimate.
+    pub fn observe_latency(&self, rtt: Duration, now: Instant) {
+        if let Ok(mut ewma) = self.state.load.ewma.lock() {
+            ewma.observe(rtt, now);
+        }
+    }
+
+    /// Feeds one outcome to outlier detection, ejecting the endpoint when it has failed enough
+    /// and the service's ejected share allows it.
+    pub fn record(&self, target: &Service, service: &ServiceState, outcome: Outcome, now: Instant) {
+        let detection = &target.policy.circuit_breaker.outlier_detection;
+        // Only a failure can eject, so only a failure needs the service's ejected count.
+        let ejected_now = match outcome {
+            Outcome::Success => 0,
+            Outcome::Failure => service
+                .endpoints(&target.endpoints)
+                .iter()
+                .filter(|(_, s)| is_ejected(s, now))
+                .count(),
+        };
+        let may_eject = circuit::may_eject(
+            ejected_now,
+            target.endpoints.len(),
+            detection.max_ejected_share,
+        );
+        let ejected_for = self
+            .state
+            .outlier
+            .lock()
+            .ok()
+            .and_then(|mut o| o.record(outcome, now, detection, may_eject));
+        if let Some(duration) = ejected_for {
+            target.metrics.ejection();
+            target.metrics.ejected(ejected_now + 1);
+            tracing::warn!(
+                service = %target.name,
+                endpoint = %self.endpoint.address,
+                ?duration,
+                "endpoint ejected by outlier detection"
+            );
+        }
+    }
+}
+
+/// One request in flight to an endpoint; dropping it ends the count.
+pub struct InFlight<'a>(&'a EndpointLoad);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Whether outlier detection has the endpoint ejected at `now`.
+fn is_ejected(endpoint_state: &EndpointState, now: Instant) -> bool {
+    endpoint_state
+        .outlier
+        .lock()
+        .map(|o| o.is_ejected(now))
+        .unwrap_or(false)
+}
+
+/// A peer agent's own error that means the request never reached an instance: treated like a
+/// failed connect, so it is retried whatever the method.
+fn peer_failure(
+    peer: SocketAddr,
+    response: Response<Incoming>,
+) -> Result<Response<Incoming>, ProxyError> {
+    let reason = response
+        .headers()
+        .get(ERROR_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if matches!(
+        reason,
+        "connect-failed" | "connect-timeout" | "no-local-instance"
+    ) {
+        return Err(ProxyError::ConnectFailed {
+            address: peer.to_string(),
+            reason: format!("the peer agent could not reach the instance ({reason})").into(),
+        });
+    }
+    Ok(response)
+}
