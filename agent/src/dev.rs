@@ -7,14 +7,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
-<<<<<<< HEAD
-use anyhow::Context;
-use hyphae_control_plane::config::NodeConfig;
-use hyphae_control_plane::daemon::RunningNode;
-use hyphae_policies::{AgentConfigSpec, ControlPlaneConfigSpec, Listeners};
-=======
 use hyphae_policies::{AgentConfigSpec, Listeners};
->>>>>>> s9-agent
 
 use crate::config::AgentConfig;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use hyphae_control_plane::config::NodeConfig;
-use hyphae_control_plane::node::RunningNode;
+use hyphae_control_plane::daemon::RunningNode;
 use hyphae_policies::ControlPlaneConfigSpec;
 
 use crate::config::AgentConfig;
