@@ -18,7 +18,8 @@
 //!   [`openapi`] describes them at `/v1/openapi.json`; [`changes`] is the change log of recent
 //!   revisions; [`watch`] streams snapshots and deltas from it to agents.
 //! - [`network`] carries Raft RPCs over HTTP/2 (client and server side); [`leadership`] is a
-//!   node's transfer flag and paused elections; [`lease`] the leader's in-memory lease table.
+//!   node's transfer flag and paused elections; [`lease`] the leader's in-memory lease table;
+//!   [`snapshot_receipt`] checks that each snapshot chunk continues the one being received.
 //! - [`node`] opens the store and starts Raft: the [`node::Node`] every part below shares.
 //! - [`transfer`] hands leadership to another voter; [`keepers`] run beside the port (lease
 //!   expiry, the cluster's identity).
@@ -38,6 +39,7 @@ pub mod network;
 pub mod node;
 pub mod openapi;
 pub mod raft;
+pub mod snapshot_receipt;
 pub mod state;
 pub mod store;
 pub mod transfer;

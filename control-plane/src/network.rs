@@ -23,6 +23,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::raft::{NodeId, Raft, TypeConfig};
+use crate::snapshot_receipt::{Chunk, SnapshotReceipt};
 
 /// Path of the AppendEntries RPC.
 pub const APPEND_PATH: &str = "/raft/append";
@@ -190,8 +191,16 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
 
 /// Answers one Raft RPC addressed to this node: `path` names it, `body` is its JSON. Returns
 /// the JSON of `Result<Response, RaftError>`, or `None` when the path is not a Raft RPC, or an
-/// error message when the body is not a valid request.
-pub async fn serve_rpc(raft: &Raft, path: &str, body: &[u8]) -> Option<Result<Vec<u8>, String>> {
+/// error message when the body is not a valid request. Snapshot chunks pass `receipt` first:
+/// one that does not continue the snapshot, or would grow it past `max_snapshot_bytes`, is
+/// refused before Raft buffers it.
+pub async fn serve_rpc(
+    raft: &Raft,
+    receipt: &SnapshotReceipt,
+    max_snapshot_bytes: u64,
+    path: &str,
+    body: &[u8],
+) -> Option<Result<Vec<u8>, String>> {
     let answer = match path {
         APPEND_PATH => match serde_json::from_slice::<AppendEntriesRequest<TypeConfig>>(body) {
             Ok(request) => serde_json::to_vec(&raft.append_entries(request).await),
@@ -202,7 +211,24 @@ pub async fn serve_rpc(raft: &Raft, path: &str, body: &[u8]) -> Option<Result<Ve
             Err(e) => return Some(Err(e.to_string())),
         },
         SNAPSHOT_PATH => match serde_json::from_slice::<InstallSnapshotRequest<TypeConfig>>(body) {
-            Ok(request) => serde_json::to_vec(&raft.install_snapshot(request).await),
+            Ok(request) => {
+                let snapshot_id = request.meta.snapshot_id.clone();
+                let chunk = Chunk {
+                    snapshot_id: &snapshot_id,
+                    offset: request.offset,
+                    len: u64::try_from(request.data.len()).unwrap_or(u64::MAX),
+                    done: request.done,
+                };
+                if let Err(refused) = receipt.check(chunk, max_snapshot_bytes) {
+                    tracing::warn!(%refused, "refused a snapshot chunk");
+                    return Some(Err(refused.to_string()));
+                }
+                let installed = raft.install_snapshot(request).await;
+                if installed.is_ok() {
+                    receipt.accepted(chunk);
+                }
+                serde_json::to_vec(&installed)
+            }
             Err(e) => return Some(Err(e.to_string())),
         },
         _ => return None,

@@ -13,6 +13,7 @@ use crate::leadership::Transfers;
 use crate::lease::Leases;
 use crate::network::{HttpNetwork, PeerClient, peer_client};
 use crate::raft::{NodeId, Raft};
+use crate::snapshot_receipt::SnapshotReceipt;
 use crate::store::{self, StateReader};
 
 /// Name of the Raft store file in the data directory.
@@ -37,6 +38,8 @@ pub struct Node {
     /// Leadership transfers: the one this node runs as leader, and its elections paused by
     /// another leader's.
     pub transfers: Transfers,
+    /// The snapshot this node is receiving from its leader, chunk by chunk.
+    pub snapshots: SnapshotReceipt,
 }
 
 impl Node {
@@ -79,6 +82,7 @@ impl Node {
             state,
             peers,
             transfers: Transfers::default(),
+            snapshots: SnapshotReceipt::default(),
         })
     }
 

@@ -194,3 +194,54 @@ async fn hundreds_of_idle_connections_do_not_stop_the_api_from_answering() {
     drop(idle);
     running.stop().await.expect("stop");
 }
+
+/// A snapshot chunk for `/raft/snapshot`, as a leader at `term` would send it.
+fn snapshot_chunk(term: u64, offset: u64, data: Vec<u8>) -> String {
+    use hyphae_control_plane::raft::{LogId, SnapshotMeta, TypeConfig};
+    let request = openraft::raft::InstallSnapshotRequest::<TypeConfig> {
+        vote: openraft::Vote::new_committed(term, 2),
+        meta: SnapshotMeta {
+            last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(term, 2), 100)),
+            last_membership: openraft::StoredMembership::default(),
+            snapshot_id: "forged".to_string(),
+        },
+        offset,
+        data,
+        done: false,
+    };
+    let body = serde_json::to_string(&request).expect("encode a chunk");
+    format!(
+        "POST /raft/snapshot HTTP/1.1\r\nhost: node\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_chunk_that_does_not_continue_the_snapshot_is_refused_without_a_crash() {
+    let (running, _dir) = node(ControlPlaneLimits {
+        max_snapshot_bytes: 1024 * 1024,
+        ..ControlPlaneLimits::default()
+    })
+    .await;
+    let first = exchange(running.address, &snapshot_chunk(5, 0, vec![1, 2, 3])).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    // Once made the node allocate 2^62 bytes and abort.
+    let far = exchange(running.address, &snapshot_chunk(5, 1 << 62, vec![4])).await;
+    assert!(far.starts_with("HTTP/1.1 400"), "{far}");
+    for offset in [2, 4] {
+        let answer = exchange(running.address, &snapshot_chunk(5, offset, vec![4])).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(answer.contains("expected offset 3"), "{answer}");
+    }
+    let oversized = exchange(running.address, &snapshot_chunk(5, 3, vec![0; 1024 * 1024])).await;
+    assert!(oversized.starts_with("HTTP/1.1 400"), "{oversized}");
+    assert!(oversized.contains("maxSnapshotBytes"), "{oversized}");
+    let next = exchange(running.address, &snapshot_chunk(5, 3, vec![4])).await;
+    assert!(next.starts_with("HTTP/1.1 200"), "{next}");
+    let answer = exchange(running.address, get_cluster()).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "the node still serves: {answer}"
+    );
+    running.stop().await.expect("stop");
+}

@@ -109,6 +109,10 @@ pub struct ControlPlaneLimits {
     /// Largest Raft message from a peer (entries to append, a snapshot chunk, a vote).
     /// Default 67108864 (64 MiB).
     pub max_peer_body_bytes: u32,
+    /// Largest snapshot a node accepts from its leader, summed over its chunks; a chunk that
+    /// would go past it, or that does not continue the snapshot being received, is refused.
+    /// Default 1073741824 (1 GiB).
+    pub max_snapshot_bytes: u64,
 }
 
 /// A policy file at its size limit plus room for the JSON envelope around it.
@@ -129,6 +133,7 @@ impl Default for ControlPlaneLimits {
             max_admin_body_bytes: ADMIN_BODY_DEFAULT,
             max_agent_body_bytes: 1024 * 1024,
             max_peer_body_bytes: 64 * 1024 * 1024,
+            max_snapshot_bytes: 1024 * 1024 * 1024,
         }
     }
 }

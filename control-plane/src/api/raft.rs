@@ -13,7 +13,9 @@ use crate::transfer;
 
 /// Answers a peer RPC at `path`, or `None` when `path` is not one.
 pub(crate) async fn answer(node: &Node, path: &str, body: &[u8]) -> Option<Response<Full<Bytes>>> {
-    let answer = match network::serve_rpc(&node.raft, path, body).await {
+    let max_snapshot = node.config.spec.limits.max_snapshot_bytes;
+    let served = network::serve_rpc(&node.raft, &node.snapshots, max_snapshot, path, body);
+    let answer = match served.await {
         Some(answer) => answer,
         None => transfer::serve_rpc(node, path, body).await?,
     };

@@ -104,4 +104,5 @@ pub(super) fn check(c: &mut Checker, path: &FieldPath, spec: &ControlPlaneConfig
     ] {
         c.at_least_one(limits.key(field), bytes);
     }
+    c.at_least_one(limits.key("maxSnapshotBytes"), given.max_snapshot_bytes);
 }
