@@ -27,12 +27,17 @@ pub struct RunningNode {
 impl RunningNode {
     /// Binds `config.spec.listen`, starts Raft, serves the port and keeps leases;
     /// initializes a new cluster when `init` and this node belongs to none.
-    pub async fn start(config: NodeConfig, init: bool) -> anyhow::Result<RunningNode> {
+    /// A node told to listen on port 0 advertises the port it got, unless `advertise` says
+    /// otherwise.
+    pub async fn start(mut config: NodeConfig, init: bool) -> anyhow::Result<RunningNode> {
         let listen = config.spec.listen;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         let address = listener.local_addr()?;
+        if listen.port() == 0 && config.spec.advertise.is_none() {
+            config.spec.advertise = Some(address.to_string());
+        }
         let node = Arc::new(Node::start(config).await?);
         let shutdown = CancellationToken::new();
         let tasks = vec![

@@ -12,7 +12,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use openraft::BasicNode;
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -22,7 +23,7 @@ use openraft::raft::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::raft::{NodeId, Raft, TypeConfig};
+use crate::raft::{Entry, NodeId, Raft, TypeConfig, encoded_len};
 use crate::snapshot_receipt::{Chunk, SnapshotReceipt};
 
 /// Path of the AppendEntries RPC.
@@ -54,12 +55,17 @@ pub fn peer_client() -> PeerClient {
 #[derive(Clone)]
 pub struct HttpNetwork {
     client: PeerClient,
+    max_replication_bytes: usize,
 }
 
 impl HttpNetwork {
-    /// A network using `client`.
-    pub fn new(client: PeerClient) -> Self {
-        HttpNetwork { client }
+    /// A network using `client` whose replication messages carry at most
+    /// `max_replication_bytes` of entries (at least one entry each).
+    pub fn new(client: PeerClient, max_replication_bytes: u32) -> Self {
+        HttpNetwork {
+            client,
+            max_replication_bytes: max_replication_bytes as usize,
+        }
     }
 }
 
@@ -71,6 +77,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
             client: self.client.clone(),
             target,
             address: node.addr.clone(),
+            max_replication_bytes: self.max_replication_bytes,
         }
     }
 }
@@ -80,6 +87,7 @@ pub struct PeerNetwork {
     client: PeerClient,
     target: NodeId,
     address: String,
+    max_replication_bytes: usize,
 }
 
 /// Why a call to a peer failed before it answered.
@@ -100,12 +108,15 @@ enum TransportError {
 }
 
 impl PeerNetwork {
-    /// POSTs `body` as JSON to `path` and decodes the peer's `Result<Resp, RaftError<E>>`.
+    /// POSTs `body` as JSON to `path` and decodes the peer's `Result<Resp, RaftError<E>>`. A
+    /// 413 from the peer becomes `too_large` when given (openraft then sends fewer entries),
+    /// never a dead peer.
     async fn call<Req, Resp, E>(
         &self,
         path: &str,
         body: &Req,
         ttl: Duration,
+        too_large: Option<PayloadTooLarge>,
     ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
     where
         Req: Serialize,
@@ -141,6 +152,11 @@ impl PeerNetwork {
                 .await
                 .map_err(|e| RPCError::Network(NetworkError::new(&failed(e.to_string()))))?
                 .to_bytes();
+            if status == StatusCode::PAYLOAD_TOO_LARGE
+                && let Some(too_large) = too_large
+            {
+                return Err(RPCError::PayloadTooLarge(too_large));
+            }
             if status != StatusCode::OK {
                 let text = String::from_utf8_lossy(&bytes).into_owned();
                 return Err(RPCError::Network(NetworkError::new(&failed(format!(
@@ -161,12 +177,27 @@ impl PeerNetwork {
 }
 
 impl RaftNetwork<TypeConfig> for PeerNetwork {
+    /// Sends as many leading entries as fit in `maxReplicationBytes` (at least one); when
+    /// that is not all of them, a success is a partial one and openraft sends the rest next.
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(APPEND_PATH, &rpc, option.hard_ttl()).await
+        let sending = entries_within(&rpc.entries, self.max_replication_bytes);
+        let partial = sending < rpc.entries.len();
+        rpc.entries.truncate(sending);
+        let last = rpc.entries.last().map(|entry| entry.log_id);
+        let hint = PayloadTooLarge::new_entries_hint((sending as u64 / 2).max(1));
+        let answer = self
+            .call(APPEND_PATH, &rpc, option.hard_ttl(), Some(hint))
+            .await?;
+        Ok(match answer {
+            AppendEntriesResponse::Success if partial => {
+                AppendEntriesResponse::PartialSuccess(last)
+            }
+            answer => answer,
+        })
     }
 
     async fn install_snapshot(
@@ -177,7 +208,8 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call(SNAPSHOT_PATH, &rpc, option.hard_ttl()).await
+        self.call(SNAPSHOT_PATH, &rpc, option.hard_ttl(), None)
+            .await
     }
 
     async fn vote(
@@ -185,8 +217,22 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(VOTE_PATH, &rpc, option.hard_ttl()).await
+        self.call(VOTE_PATH, &rpc, option.hard_ttl(), None).await
     }
+}
+
+/// How many leading `entries` fit in `budget` bytes of JSON; always at least one, so an entry
+/// larger than the budget still travels (alone).
+fn entries_within(entries: &[Entry], budget: usize) -> usize {
+    let mut used = 0usize;
+    for (index, entry) in entries.iter().enumerate() {
+        // One byte for the comma between entries.
+        used = used.saturating_add(encoded_len(entry) + 1);
+        if used > budget && index > 0 {
+            return index;
+        }
+    }
+    entries.len()
 }
 
 /// Answers one Raft RPC addressed to this node: `path` names it, `body` is its JSON. Returns
@@ -234,4 +280,35 @@ pub async fn serve_rpc(
         _ => return None,
     };
     Some(answer.map_err(|e| e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64, bytes: usize) -> Entry {
+        let log_id = openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index);
+        let command = crate::state::Command::SetClusterId {
+            id: "x".repeat(bytes),
+        };
+        Entry {
+            log_id,
+            payload: openraft::EntryPayload::Normal(command),
+        }
+    }
+
+    #[test]
+    fn a_replication_message_carries_the_entries_that_fit_and_always_one() {
+        let entries: Vec<Entry> = (11..=20).map(|i| entry(i, 1000)).collect();
+        let one = encoded_len(&entries[0]) + 1;
+        assert_eq!(entries_within(&entries, one * 10), 10);
+        assert_eq!(entries_within(&entries, one * 3), 3);
+        assert_eq!(entries_within(&entries, one * 3 - 1), 2);
+        assert_eq!(
+            entries_within(&entries, 1),
+            1,
+            "an entry larger than the budget goes alone"
+        );
+        assert_eq!(entries_within(&[], 1), 0);
+    }
 }

@@ -59,6 +59,8 @@ impl Node {
             election_timeout_max: millis(config.spec.election_timeout_max),
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.spec.snapshot_every),
             max_in_snapshot_log_to_keep: config.spec.logs_kept_after_snapshot,
+            snapshot_max_chunk_size: snapshot_chunk_bytes(&config.spec.limits),
+            install_snapshot_timeout: millis(config.spec.write_timeout),
             ..openraft::Config::default()
         }
         .validate()
@@ -67,7 +69,7 @@ impl Node {
         let raft = Raft::new(
             config.spec.id,
             Arc::new(raft_config),
-            HttpNetwork::new(peers.clone()),
+            HttpNetwork::new(peers.clone(), config.spec.limits.max_replication_bytes),
             log,
             state_machine,
         )
@@ -108,6 +110,16 @@ impl Node {
             .context("cannot initialize the cluster")?;
         Ok(true)
     }
+}
+
+/// Snapshot chunks travel as JSON arrays of numbers, up to four bytes of JSON per byte
+/// (`255,`): a chunk must fit a peer's body limit that way. Never more than openraft's default.
+fn snapshot_chunk_bytes(limits: &hyphae_policies::ControlPlaneLimits) -> u64 {
+    const JSON_BYTES_PER_BYTE: u64 = 4;
+    const OPENRAFT_DEFAULT: u64 = 3 * 1024 * 1024;
+    let room = u64::from(limits.max_peer_body_bytes)
+        .saturating_sub(hyphae_policies::validate::PEER_ENVELOPE_BYTES);
+    (room / JSON_BYTES_PER_BYTE).clamp(1, OPENRAFT_DEFAULT)
 }
 
 fn millis(duration: hyphae_policies::Duration) -> u64 {

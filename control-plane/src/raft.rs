@@ -1,5 +1,5 @@
 //! The control plane's Raft type configuration and the openraft types it instantiates.
-//! Names, and the one sum over them ([`lag`]): storage is in [`crate::store`], the replicated
+//! Names, and the sums over them ([`lag`], [`encoded_len`]): storage is in [`crate::store`], the replicated
 //! data in [`crate::state`].
 
 use std::io::Cursor;
@@ -53,9 +53,36 @@ pub fn lag(last_log_index: Option<u64>, matched: Option<LogId>) -> u64 {
     }
 }
 
+/// How many bytes `value` takes as JSON, the form of log entries and peer messages, counted
+/// without building the encoding.
+pub fn encoded_len<T: serde::Serialize + ?Sized>(value: &T) -> usize {
+    /// A writer that only counts.
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // A value that does not encode is refused later by the encoder itself; count what got out.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{LogId, lag};
+    use super::{LogId, encoded_len, lag};
+
+    #[test]
+    fn encoded_len_is_the_length_of_the_json() {
+        let value = serde_json::json!({"a": [1, 2, "three\n"], "b": null});
+        let json = serde_json::to_vec(&value).expect("encode");
+        assert_eq!(encoded_len(&value), json.len());
+    }
 
     fn matched(index: u64) -> Option<LogId> {
         Some(openraft::LogId::new(

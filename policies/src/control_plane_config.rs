@@ -113,6 +113,14 @@ pub struct ControlPlaneLimits {
     /// would go past it, or that does not continue the snapshot being received, is refused.
     /// Default 1073741824 (1 GiB).
     pub max_snapshot_bytes: u64,
+    /// Largest single write, as the Raft entry it becomes (an apply with every object in
+    /// canonical form, a registration); a larger one is refused with 413 before it reaches the
+    /// log, so every entry replicates within a heartbeat. Default 1048576 (1 MiB).
+    pub max_write_bytes: u32,
+    /// Most entry bytes one replication message carries to a follower; the rest follow in the
+    /// next messages (an entry larger than this travels alone). At most `maxPeerBodyBytes`.
+    /// Default 4194304 (4 MiB).
+    pub max_replication_bytes: u32,
 }
 
 /// A policy file at its size limit plus room for the JSON envelope around it.
@@ -134,6 +142,8 @@ impl Default for ControlPlaneLimits {
             max_agent_body_bytes: 1024 * 1024,
             max_peer_body_bytes: 64 * 1024 * 1024,
             max_snapshot_bytes: 1024 * 1024 * 1024,
+            max_write_bytes: 1024 * 1024,
+            max_replication_bytes: 4 * 1024 * 1024,
         }
     }
 }

@@ -18,6 +18,7 @@ mod route;
 mod service_policy;
 
 pub use agent_config::MIN_HEADER_BYTES;
+pub use control_plane_config::PEER_ENVELOPE_BYTES;
 pub use retries::{MAX_RETRY_FLOOR_PER_SECOND, RETRY_BUDGET_WINDOW};
 pub use route::MAX_REGEX_BYTES;
 

@@ -10,7 +10,7 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, Raf
 
 use super::answer::{ApiError, ApiRequest, Routed};
 use crate::node::Node;
-use crate::raft::{NodeId, TypeConfig};
+use crate::raft::{NodeId, TypeConfig, encoded_len};
 use crate::state::{Command, CommandResponse};
 use crate::transfer;
 
@@ -30,9 +30,27 @@ pub(crate) async fn write(node: &Node, command: Command) -> Result<CommandRespon
         )
         .into());
     }
+    write_size_allowed(&command, node.config.spec.limits.max_write_bytes)?;
     committed(node, node.raft.client_write(command))
         .await
         .map(|written| written.data)
+}
+
+/// Refuses (413 `write-too-large`) a command whose Raft entry would exceed
+/// `limits.maxWriteBytes`: one entry must replicate within a heartbeat, and a peer must accept
+/// it. Nothing is written.
+pub(crate) fn write_size_allowed(command: &Command, limit: u32) -> Result<(), ApiError> {
+    let size = encoded_len(command);
+    if size > limit as usize {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "write-too-large",
+            format!(
+                "this write is {size} bytes as stored (objects in canonical form), over limits.maxWriteBytes ({limit}); nothing was written: split it into smaller writes"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// What a Raft write (a command or a membership change) resolves to.

@@ -5,7 +5,7 @@ use http::StatusCode;
 use hyphae_policies::{Completeness, Diagnostic, LoadOptions, load_str};
 
 use super::answer::{Answer, ApiError, ApiRequest, json_response};
-use super::leader::{read_barrier, write};
+use super::leader::{read_barrier, write, write_size_allowed};
 use crate::node::Node;
 use crate::state::{Command, PolicyDocument, StoredPolicy};
 use crate::wire::{DryRun, PolicyId};
@@ -15,7 +15,8 @@ use crate::wire::{DryRun, PolicyId};
 pub(crate) async fn apply(node: &Node, request: &ApiRequest) -> Answer {
     let dry_run = request.flag("dryRun")?;
     let body = request.body.clone();
-    let checked = tokio::task::spawn_blocking(move || check(&body))
+    let limit = node.config.spec.limits.max_write_bytes;
+    let checked = tokio::task::spawn_blocking(move || check(&body, limit))
         .await
         .map_err(|e| {
             ApiError::new(
@@ -26,7 +27,7 @@ pub(crate) async fn apply(node: &Node, request: &ApiRequest) -> Answer {
         })??;
     if dry_run {
         let objects = checked
-            .documents
+            .documents()
             .iter()
             .map(|d| PolicyId {
                 kind: d.kind.clone(),
@@ -41,22 +42,30 @@ pub(crate) async fn apply(node: &Node, request: &ApiRequest) -> Answer {
         };
         return Ok(json_response(StatusCode::OK, &dry_run));
     }
-    let command = Command::ApplyPolicies {
-        policies: checked.documents,
-    };
-    let response = write(node, command).await?;
+    let response = write(node, checked.command).await?;
     Ok(json_response(StatusCode::OK, &response))
 }
 
-/// Policies ready to store, with the loader's warnings.
+/// Policies ready to store, as the write that stores them, with the loader's warnings.
 struct Checked {
-    documents: Vec<PolicyDocument>,
+    command: Command,
     warnings: Vec<Diagnostic>,
 }
 
-/// Parses, validates and encodes a policy body in canonical form. Runs on the blocking pool:
-/// a large file takes long enough to stall an async worker (and with it Raft's heartbeats).
-fn check(body: &[u8]) -> Result<Checked, ApiError> {
+impl Checked {
+    fn documents(&self) -> &[PolicyDocument] {
+        match &self.command {
+            Command::ApplyPolicies { policies } => policies,
+            _ => &[],
+        }
+    }
+}
+
+/// Parses, validates and encodes a policy body in canonical form, and refuses it (413) when
+/// the write would exceed `max_write_bytes`, so a dry run says so too. Runs on the blocking
+/// pool: a large file takes long enough to stall an async worker (and with it Raft's
+/// heartbeats).
+fn check(body: &[u8], max_write_bytes: u32) -> Result<Checked, ApiError> {
     let text = std::str::from_utf8(body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -114,8 +123,12 @@ fn check(body: &[u8]) -> Result<Checked, ApiError> {
             "no policy documents in the body",
         ));
     }
+    let command = Command::ApplyPolicies {
+        policies: documents,
+    };
+    write_size_allowed(&command, max_write_bytes)?;
     Ok(Checked {
-        documents,
+        command,
         warnings: report.diagnostics,
     })
 }

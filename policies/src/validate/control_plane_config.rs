@@ -7,6 +7,9 @@ use super::host::check_host_port;
 use crate::ControlPlaneConfigSpec;
 use crate::diagnostic::FieldPath;
 
+/// Room a replication message needs beside its entries (vote, log ids, JSON framing).
+pub const PEER_ENVELOPE_BYTES: u64 = 64 * 1024;
+
 /// Checks a `ControlPlaneConfig`'s spec.
 pub(super) fn check(c: &mut Checker, path: &FieldPath, spec: &ControlPlaneConfigSpec) {
     if spec.id == 0 {
@@ -101,8 +104,26 @@ pub(super) fn check(c: &mut Checker, path: &FieldPath, spec: &ControlPlaneConfig
         ("maxAdminBodyBytes", given.max_admin_body_bytes),
         ("maxAgentBodyBytes", given.max_agent_body_bytes),
         ("maxPeerBodyBytes", given.max_peer_body_bytes),
+        ("maxWriteBytes", given.max_write_bytes),
+        ("maxReplicationBytes", given.max_replication_bytes),
     ] {
         c.at_least_one(limits.key(field), bytes);
     }
     c.at_least_one(limits.key("maxSnapshotBytes"), given.max_snapshot_bytes);
+    // A replication message carries at least one entry, whatever its size, plus its envelope.
+    let room = u64::from(given.max_peer_body_bytes).saturating_sub(PEER_ENVELOPE_BYTES);
+    for (field, bytes) in [
+        ("maxWriteBytes", given.max_write_bytes),
+        ("maxReplicationBytes", given.max_replication_bytes),
+    ] {
+        if u64::from(bytes) > room {
+            c.error(
+                limits.key(field),
+                format!(
+                    "{bytes} leaves no room in a peer message: at most maxPeerBodyBytes ({}) minus {PEER_ENVELOPE_BYTES}",
+                    given.max_peer_body_bytes
+                ),
+            );
+        }
+    }
 }

@@ -1,4 +1,4 @@
-//! The node's port bounds what anyone who reaches it can hold: silent and half-sent requests
+//! A node's limits, end to end. Its port bounds what anyone who reaches it can hold: silent and half-sent requests
 //! are cut off by `headerReadTimeout`, stalled bodies by `bodyReadTimeout`, bodies by the
 //! limit for their kind of caller, and connections by `maxConnections`. In-process: one node
 //! started with `RunningNode::start` on `127.0.0.1:0`, spoken to over raw TCP.
@@ -244,4 +244,139 @@ async fn a_snapshot_chunk_that_does_not_continue_the_snapshot_is_refused_without
         "the node still serves: {answer}"
     );
     running.stop().await.expect("stop");
+}
+
+/// The JSON body of an HTTP/1.1 answer.
+fn json_of(answer: &str) -> serde_json::Value {
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
+}
+
+fn post(path: &str, body: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nhost: node\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// A Route for `catalog` with `rules` rules: its stored form grows with each.
+fn route(name: &str, rules: usize) -> String {
+    let mut yaml =
+        format!("kind: Route\nmetadata: {{name: {name}}}\nspec:\n  service: catalog\n  rules:\n");
+    for rule in 0..rules {
+        yaml.push_str(&format!(
+            "    - matches: [{{path: {{prefix: /api/v{rule}}}}}]\n      backends: [{{service: catalog}}]\n"
+        ));
+    }
+    yaml
+}
+
+/// This node's applied revision.
+async fn revision(address: SocketAddr) -> Option<u64> {
+    json_of(&exchange(address, get_cluster()).await)["revision"].as_u64()
+}
+
+fn config(id: u64, dir: &std::path::Path, limits: &ControlPlaneLimits) -> NodeConfig {
+    NodeConfig {
+        name: format!("node-{id}"),
+        spec: ControlPlaneConfigSpec {
+            id,
+            listen: "127.0.0.1:0".parse().expect("an address"),
+            data_dir: dir.join(format!("node-{id}")),
+            limits: limits.clone(),
+            ..ControlPlaneConfigSpec::default()
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_up_to_the_size_limit_commit_larger_ones_get_413_and_a_lagging_follower_catches_up_in_byte_sized_batches()
+ {
+    // Small limits, so a few writes outgrow one replication message and one peer body.
+    let limits = ControlPlaneLimits {
+        max_write_bytes: 64 * 1024,
+        max_replication_bytes: 96 * 1024,
+        max_peer_body_bytes: 160 * 1024,
+        ..ControlPlaneLimits::default()
+    };
+    let dir = tempfile::tempdir().expect("a data directory");
+    let leader = RunningNode::start(config(1, dir.path(), &limits), true)
+        .await
+        .expect("start node 1");
+    let mut metrics = leader.node.raft.metrics();
+    tokio::time::timeout(DEADLINE, metrics.wait_for(|m| m.current_leader == Some(1)))
+        .await
+        .expect("node 1 leads in time")
+        .expect("metrics flow");
+    let mut followers = Vec::new();
+    for id in [2, 3] {
+        let follower = RunningNode::start(config(id, dir.path(), &limits), false)
+            .await
+            .expect("start a follower");
+        let member = format!("{{\"id\": {id}, \"address\": \"{}\"}}", follower.address);
+        let answer = exchange(leader.address, &post("/v1/cluster/members", &member)).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        followers.push(follower);
+    }
+
+    // The largest Route that fits, found with dry runs (which check the size too).
+    let fits = |rules: usize| {
+        let request = post("/v1/policies?dryRun=true", &route("big", rules));
+        async move { exchange(leader.address, &request).await }
+    };
+    let (mut small, mut large) = (1, 4096);
+    assert!(fits(large).await.starts_with("HTTP/1.1 413"));
+    while large - small > 1 {
+        let middle = (small + large) / 2;
+        let answer = fits(middle).await;
+        if answer.starts_with("HTTP/1.1 200") {
+            small = middle;
+        } else {
+            assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+            large = middle;
+        }
+    }
+    let too_big = exchange(leader.address, &post("/v1/policies", &route("big", large))).await;
+    assert!(too_big.starts_with("HTTP/1.1 413"), "{too_big}");
+    assert!(too_big.contains("maxWriteBytes"), "{too_big}");
+    let before = revision(leader.address).await;
+    let applied = exchange(leader.address, &post("/v1/policies", &route("big", small))).await;
+    assert!(applied.starts_with("HTTP/1.1 200"), "{applied}");
+    assert!(revision(leader.address).await > before);
+
+    // Node 3 misses several writes near the limit: together far more than one message or
+    // one peer body may carry, so it can only catch up in batches sized in bytes.
+    let lagging = followers.pop().expect("node 3");
+    let lagging_config = {
+        let mut config = config(3, dir.path(), &limits);
+        config.spec.listen = lagging.address;
+        config
+    };
+    lagging.stop().await.expect("stop node 3");
+    for write in 0..6 {
+        let answer = exchange(
+            leader.address,
+            &post("/v1/policies", &route(&format!("big-{write}"), small)),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    let target = revision(leader.address).await;
+    let restarted = RunningNode::start(lagging_config, false)
+        .await
+        .expect("restart node 3");
+    let caught_up = tokio::time::timeout(DEADLINE, async {
+        while revision(restarted.address).await != target {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    caught_up.await.expect("node 3 catches up with the leader");
+    let answer = exchange(leader.address, &post("/v1/policies", &route("small", 1))).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "the cluster keeps taking writes: {answer}"
+    );
+    for node in [restarted, leader].into_iter().chain(followers) {
+        node.stop().await.expect("stop");
+    }
 }
