@@ -7,8 +7,10 @@
 //!   its ready line (the first line on stdout, where binaries report their bound ports).
 //! - [`agent`] starts a `hyphae-agent` from a config; [`cluster`] starts N
 //!   `hyphae-control-plane` nodes and finds the leader they agree on.
-//! - [`backend`]: an in-process HTTP service with fault knobs for the agents to proxy to.
+//! - [`backend`]: an in-process HTTP service with fault knobs for the agents to proxy to;
+//!   [`mesh`]: the configs of the small meshes data-path tests build around it.
 //! - [`http`]: the small HTTP client tests talk to all of them with.
+//! - [`systemd`]: a stand-in notify socket for the systemd tests.
 //! - [`eventually`]: polling with a deadline (never a sleep to wait for a state).
 //! - [`ports`]: ports chosen ahead, only for addresses a config must name before any process
 //!   starts; everything else binds port 0 and reads the ready line.
@@ -21,8 +23,10 @@ pub mod cluster;
 pub mod error;
 pub mod eventually;
 pub mod http;
+pub mod mesh;
 pub mod ports;
 pub mod process;
+pub mod systemd;
 
 pub use error::Error;
 pub use eventually::{DEADLINE, eventually};
