@@ -10,6 +10,8 @@
 //! - [`backend`]: an in-process HTTP service with fault knobs for the agents to proxy to;
 //!   [`mesh`]: the configs of the small meshes data-path tests build around it.
 //! - [`http`]: the small HTTP client tests talk to all of them with.
+//! - [`cli`] runs the `hyphae` CLI against a node; [`policies`] holds the documents tests
+//!   write there and reads back what a node holds.
 //! - [`systemd`]: a stand-in notify socket for the systemd tests.
 //! - [`eventually`]: polling with a deadline (never a sleep to wait for a state).
 //! - [`ports`]: ports chosen ahead, only for addresses a config must name before any process
@@ -19,11 +21,13 @@
 pub mod agent;
 pub mod backend;
 pub mod binaries;
+pub mod cli;
 pub mod cluster;
 pub mod error;
 pub mod eventually;
 pub mod http;
 pub mod mesh;
+pub mod policies;
 pub mod ports;
 pub mod process;
 pub mod systemd;
