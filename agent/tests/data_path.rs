@@ -17,6 +17,20 @@ fn url(agent: &Agent, service: &str, path: &str) -> String {
     format!("http://{}{path}", agent.upstream(service))
 }
 
+/// Host agents `a` and `b` for `svc` in site `one`, in front of `first` and `second`, and a
+/// caller whose endpoints they are, with `policies` appended to its config.
+fn two_hosts(first: &TestBackend, second: &TestBackend, policies: &str) -> ([Agent; 2], Agent) {
+    let a = host_agent(AGENT, "a", "svc", first);
+    let b = host_agent(AGENT, "b", "svc", second);
+    let caller = caller_agent(
+        AGENT,
+        "svc",
+        &[endpoint(&a, "one"), endpoint(&b, "one")],
+        policies,
+    );
+    ([a, b], caller)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_and_http2_calls_cross_two_agents_by_port_and_by_proxy() {
     let backend = TestBackend::start("b1").await;
@@ -90,21 +104,11 @@ async fn unknown_services_and_dead_endpoints_get_an_answer_not_a_hang() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_503_is_retried_on_the_other_endpoint() {
     let failing = TestBackend::start("failing").await;
-    failing.set(Behaviour {
-        status: Some(503),
-        ..Behaviour::default()
-    });
+    failing.set(Behaviour::status(503));
     let healthy = TestBackend::start("healthy").await;
-    let a = host_agent(AGENT, "a", "svc", &failing);
-    let b = host_agent(AGENT, "b", "svc", &healthy);
     // Round robin starts every other call on the failing endpoint (P2C might never pick it).
     let policy = "---\nkind: ServicePolicy\nmetadata: {name: svc}\nspec:\n  loadBalancer: {policy: round-robin}\n  circuitBreaker: {outlierDetection: {consecutiveFailures: 0}}\n";
-    let caller = caller_agent(
-        AGENT,
-        "svc",
-        &[endpoint(&a, "one"), endpoint(&b, "one")],
-        policy,
-    );
+    let (_hosts, caller) = two_hosts(&failing, &healthy, policy);
     let client = http1_client();
     for _ in 0..20 {
         let answer = get(&client, &url(&caller, "svc", "/")).await;
@@ -123,10 +127,7 @@ async fn a_503_is_retried_on_the_other_endpoint() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_is_not_retried_unless_the_policy_says_so() {
     let backend = TestBackend::start("b").await;
-    backend.set(Behaviour {
-        status: Some(503),
-        ..Behaviour::default()
-    });
+    backend.set(Behaviour::status(503));
     let host = host_agent(AGENT, "host", "svc", &backend);
     let caller = caller_agent(AGENT, "svc", &[endpoint(&host, "one")], "");
     let answer = send(
@@ -166,10 +167,7 @@ async fn post_is_not_retried_unless_the_policy_says_so() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_retry_budget_holds_under_a_total_outage() {
     let backend = TestBackend::start("down").await;
-    backend.set(Behaviour {
-        status: Some(503),
-        ..Behaviour::default()
-    });
+    backend.set(Behaviour::status(503));
     let host = host_agent(AGENT, "host", "svc", &backend);
     let policy = "---\nkind: ServicePolicy\nmetadata: {name: svc}\nspec:\n  retries:\n    attempts: 3\n    backoff: {base: 1ms, max: 1ms}\n    budget: {ratio: 0.2, minPerSecond: 1, window: 1s}\n  circuitBreaker:\n    outlierDetection: {consecutiveFailures: 0}\n";
     let caller = caller_agent(AGENT, "svc", &[endpoint(&host, "one")], policy);
@@ -199,21 +197,11 @@ async fn the_retry_budget_holds_under_a_total_outage() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_per_try_timeout_moves_the_call_to_another_endpoint() {
     let slow = TestBackend::start("slow").await;
-    slow.set(Behaviour {
-        delay: Duration::from_secs(5),
-        ..Behaviour::default()
-    });
+    slow.set(Behaviour::delay(Duration::from_secs(5)));
     let fast = TestBackend::start("fast").await;
-    let a = host_agent(AGENT, "a", "svc", &slow);
-    let b = host_agent(AGENT, "b", "svc", &fast);
     // Round robin makes every other call start on the slow endpoint.
     let policy = "---\nkind: ServicePolicy\nmetadata: {name: svc}\nspec:\n  loadBalancer: {policy: round-robin}\n  retries: {perTryTimeout: 200ms, on: [timeout]}\n  circuitBreaker: {outlierDetection: {consecutiveFailures: 0}}\n";
-    let caller = caller_agent(
-        AGENT,
-        "svc",
-        &[endpoint(&a, "one"), endpoint(&b, "one")],
-        policy,
-    );
+    let (_hosts, caller) = two_hosts(&slow, &fast, policy);
     let client = http1_client();
     for _ in 0..5 {
         let answer = get(&client, &url(&caller, "svc", "/")).await;
@@ -235,20 +223,10 @@ async fn a_per_try_timeout_moves_the_call_to_another_endpoint() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ejected_endpoint_gets_no_traffic_until_its_ejection_ends() {
     let bad = TestBackend::start("bad").await;
-    bad.set(Behaviour {
-        status: Some(500),
-        ..Behaviour::default()
-    });
+    bad.set(Behaviour::status(500));
     let good = TestBackend::start("good").await;
-    let a = host_agent(AGENT, "a", "svc", &bad);
-    let b = host_agent(AGENT, "b", "svc", &good);
     let policy = "---\nkind: ServicePolicy\nmetadata: {name: svc}\nspec:\n  loadBalancer: {policy: round-robin}\n  circuitBreaker:\n    outlierDetection: {consecutiveFailures: 3, baseEjectionTime: 1s, maxEjectedShare: 0.5}\n";
-    let caller = caller_agent(
-        AGENT,
-        "svc",
-        &[endpoint(&a, "one"), endpoint(&b, "one")],
-        policy,
-    );
+    let (_hosts, caller) = two_hosts(&bad, &good, policy);
     let client = http1_client();
     // Round robin alternates, so six calls give the bad endpoint its three failures.
     for _ in 0..6 {
@@ -278,10 +256,7 @@ async fn an_ejected_endpoint_gets_no_traffic_until_its_ejection_ends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_request_limit_answers_a_fast_503() {
     let backend = TestBackend::start("slow").await;
-    backend.set(Behaviour {
-        delay: Duration::from_secs(3),
-        ..Behaviour::default()
-    });
+    backend.set(Behaviour::delay(Duration::from_secs(3)));
     let host = host_agent(AGENT, "host", "svc", &backend);
     let policy = "---\nkind: ServicePolicy\nmetadata: {name: svc}\nspec:\n  circuitBreaker: {maxRequests: 2}\n";
     let caller = caller_agent(AGENT, "svc", &[endpoint(&host, "one")], policy);
@@ -312,23 +287,10 @@ async fn the_request_limit_answers_a_fast_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p2c_sends_most_traffic_to_the_faster_endpoint() {
     let slow = TestBackend::start("slow").await;
-    slow.set(Behaviour {
-        delay: Duration::from_millis(50),
-        ..Behaviour::default()
-    });
+    slow.set(Behaviour::delay(Duration::from_millis(50)));
     let fast = TestBackend::start("fast").await;
-    fast.set(Behaviour {
-        delay: Duration::from_millis(5),
-        ..Behaviour::default()
-    });
-    let a = host_agent(AGENT, "a", "svc", &slow);
-    let b = host_agent(AGENT, "b", "svc", &fast);
-    let caller = caller_agent(
-        AGENT,
-        "svc",
-        &[endpoint(&a, "one"), endpoint(&b, "one")],
-        "",
-    );
+    fast.set(Behaviour::delay(Duration::from_millis(5)));
+    let (_hosts, caller) = two_hosts(&slow, &fast, "");
     let client = http1_client();
     for _ in 0..100 {
         assert_eq!(get(&client, &url(&caller, "svc", "/")).await.status, 200);
@@ -366,10 +328,7 @@ async fn calls_stay_in_the_site_and_spill_over_only_when_it_fails() {
         0,
         "the other site gets nothing while the local one is healthy"
     );
-    near.set(Behaviour {
-        status: Some(503),
-        ..Behaviour::default()
-    });
+    near.set(Behaviour::status(503));
     let mut spilled = 0;
     for _ in 0..20 {
         let answer = get(&client, &url(&caller, "svc", "/")).await;
@@ -415,10 +374,7 @@ async fn ten_megabytes_stream_up_and_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_calls_then_exits_0() {
     let backend = TestBackend::start("slow").await;
-    backend.set(Behaviour {
-        delay: Duration::from_millis(800),
-        ..Behaviour::default()
-    });
+    backend.set(Behaviour::delay(Duration::from_millis(800)));
     let host = host_agent(AGENT, "host", "svc", &backend);
     let mut caller = caller_agent(AGENT, "svc", &[endpoint(&host, "one")], "");
     let target = url(&caller, "svc", "/");
@@ -460,13 +416,9 @@ async fn sighup_with_a_bad_file_keeps_serving_the_old_config() {
     )
     .unwrap();
     caller.signal(Signal::HUP);
-    eventually("the reload to be attempted", || async {
-        caller
-            .metric("hyphae_config_reloads_total", "result=\"rejected\"")
-            .await
-            >= 1.0
-    })
-    .await;
+    caller
+        .metric_reaches("hyphae_config_reloads_total", "result=\"rejected\"", 1.0)
+        .await;
     assert_eq!(
         &get(&client, &url(&caller, "svc", "/")).await.body[..],
         b"one",
@@ -479,13 +431,9 @@ async fn sighup_with_a_bad_file_keeps_serving_the_old_config() {
     )
     .unwrap();
     caller.signal(Signal::HUP);
-    eventually("the good file to be applied", || async {
-        caller
-            .metric("hyphae_config_reloads_total", "result=\"applied\"")
-            .await
-            >= 1.0
-    })
-    .await;
+    caller
+        .metric_reaches("hyphae_config_reloads_total", "result=\"applied\"", 1.0)
+        .await;
     assert_eq!(
         &get(&client, &url(&caller, "svc", "/")).await.body[..],
         b"two",

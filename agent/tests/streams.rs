@@ -7,9 +7,9 @@
 use std::path::Path;
 
 use futures_util::{SinkExt, StreamExt};
+use hyphae_integration::DEADLINE;
 use hyphae_integration::agent::Agent;
 use hyphae_integration::mesh::upstream_port;
-use hyphae_integration::{DEADLINE, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
@@ -185,11 +185,7 @@ async fn http_connect_on_the_proxy_port_tunnels_to_the_named_service() {
     );
     // Closing the tunnel ends the stream, whose bytes are then counted.
     drop(stream);
-    eventually("the stream's bytes to be counted", || async {
-        caller
-            .metric("hyphae_stream_bytes_total", "direction=\"sent\"")
-            .await
-            >= 9.0
-    })
-    .await;
+    caller
+        .metric_reaches("hyphae_stream_bytes_total", "direction=\"sent\"", 9.0)
+        .await;
 }

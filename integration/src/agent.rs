@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::Error;
+use crate::eventually::eventually;
 use crate::http::{get_text, metric_in};
 use crate::process::{Process, READY_PATIENCE, Signal};
 
@@ -144,5 +145,15 @@ impl Agent {
     /// `labels`; 0 when absent.
     pub async fn metric(&self, name: &str, labels: &str) -> f64 {
         metric_in(&self.metrics().await, name, labels)
+    }
+
+    /// Polls [`Agent::metric`] until it reaches `at_least`; fails the test after
+    /// [`crate::DEADLINE`].
+    pub async fn metric_reaches(&self, name: &str, labels: &str, at_least: f64) {
+        let what = format!("{name}{{{labels}}} to reach {at_least}");
+        eventually(&what, || async {
+            self.metric(name, labels).await >= at_least
+        })
+        .await;
     }
 }

@@ -27,6 +27,24 @@ pub struct Behaviour {
     pub healthy: bool,
 }
 
+impl Behaviour {
+    /// Answers every request with `status`.
+    pub fn status(status: u16) -> Behaviour {
+        Behaviour {
+            status: Some(status),
+            ..Behaviour::default()
+        }
+    }
+
+    /// Answers every request after `delay`.
+    pub fn delay(delay: Duration) -> Behaviour {
+        Behaviour {
+            delay,
+            ..Behaviour::default()
+        }
+    }
+}
+
 impl Default for Behaviour {
     fn default() -> Self {
         Behaviour {

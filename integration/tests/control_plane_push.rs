@@ -2,6 +2,7 @@
 //! changes how the agent routes within moments; with the control plane gone the agent keeps
 //! serving what it was told, and after a restart it serves the copy saved on disk.
 
+use std::path::Path;
 use std::process::Command;
 
 use hyphae_integration::agent::Agent;
@@ -12,10 +13,14 @@ use hyphae_integration::eventually;
 use hyphae_integration::http::{get_json, get_text};
 use hyphae_integration::ports::free_ports;
 
-fn host_config(name: &str, port: u16, version: &str) -> String {
-    format!(
-        "kind: AgentConfig\nmetadata: {{name: {name}}}\nspec:\n  listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: null, dns: null}}\n  services:\n    - {{name: svc, port: {port}, tags: {{version: {version}}}}}\n"
-    )
+/// A host agent `name` in `dir` serving `backend` as version `version` of `svc`.
+fn host(dir: &Path, name: &str, backend: &TestBackend, version: &str) -> Agent {
+    let yaml = format!(
+        "kind: AgentConfig\nmetadata: {{name: {name}}}\nspec:\n  listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: null, dns: null}}\n  services:\n    - {{name: svc, port: {}, tags: {{version: {version}}}}}\n",
+        backend.port()
+    );
+    Agent::start_in(&workspace_binary("hyphae-agent"), dir, name, &yaml)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,20 +36,10 @@ async fn policies_pushed_by_the_control_plane_steer_an_agent_and_survive_its_los
         TestBackend::start("v1").await,
         TestBackend::start("v2").await,
     );
-    let h1 = Agent::start_in(
-        &agent_bin,
-        dir.path(),
-        "h1",
-        &host_config("h1", v1.port(), "v1"),
-    )
-    .expect("start h1");
-    let h2 = Agent::start_in(
-        &agent_bin,
-        dir.path(),
-        "h2",
-        &host_config("h2", v2.port(), "v2"),
-    )
-    .expect("start h2");
+    let (h1, h2) = (
+        host(dir.path(), "h1", &v1, "v1"),
+        host(dir.path(), "h2", &v2, "v2"),
+    );
 
     let control_plane = Cluster::start(
         &workspace_binary("hyphae-control-plane"),
