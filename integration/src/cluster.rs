@@ -23,7 +23,8 @@ const RAFT_TIMING: &str =
 pub const SHORT_WRITE_TIMEOUT: &str = "  writeTimeout: 2s\n";
 /// How often [`Cluster::leader`] asks the nodes again.
 const LEADER_POLL: Duration = Duration::from_millis(100);
-/// The log level of the nodes (their logs go to `cp-<id>.log`).
+/// The log level of the nodes unless [`Cluster::set_log_level`] says otherwise (their logs go
+/// to `cp-<id>.log`).
 const LOG_LEVEL: &str = "warn";
 
 /// One `hyphae-control-plane` process, or its place while it is stopped.
@@ -36,6 +37,7 @@ pub struct Node {
     pub address: SocketAddr,
     binary: PathBuf,
     log: PathBuf,
+    log_level: String,
     process: Option<Process>,
 }
 
@@ -50,6 +52,7 @@ impl Node {
             address,
             binary: binary.to_path_buf(),
             log,
+            log_level: LOG_LEVEL.to_string(),
             process: None,
         }
     }
@@ -68,7 +71,7 @@ impl Node {
         command
             .arg("--config")
             .arg(&self.config)
-            .env("HYPHAE_LOG", LOG_LEVEL)
+            .env("HYPHAE_LOG", &self.log_level)
             .stdin(Stdio::null())
             .stderr(log);
         if init {
@@ -108,6 +111,11 @@ impl Node {
             },
             other => other,
         }
+    }
+
+    /// Sets what its log keeps from the next start on (`HYPHAE_LOG`: `error`, `warn`...).
+    pub fn set_log_level(&mut self, level: &str) {
+        self.log_level = level.to_string();
     }
 
     /// Whether its process runs (started and not killed).
@@ -210,6 +218,13 @@ impl Cluster {
             node.start(node.id == 1)?;
         }
         Ok(())
+    }
+
+    /// Sets what every node's log keeps from its next start on (see [`Node::set_log_level`]).
+    pub fn set_log_level(&mut self, level: &str) {
+        for node in &mut self.nodes {
+            node.set_log_level(level);
+        }
     }
 
     /// Every node, node 1 first.

@@ -21,7 +21,9 @@ const POLL_INTERVAL: Duration = Duration::from_millis(200);
 pub async fn run(bin: &Path, scratch: &Path, examples: &Path) -> Result<()> {
     let dir = scratch.join("control-plane");
     crate::util::empty_dir(&dir)?;
-    let mut cluster = Cluster::start(&bin.join("hyphae-control-plane"), &dir, NODES, "")?;
+    let mut cluster = Cluster::configure(&bin.join("hyphae-control-plane"), &dir, NODES, "")?;
+    cluster.set_log_level("error");
+    cluster.start_all()?;
     let servers: Vec<String> = cluster
         .addresses()
         .iter()

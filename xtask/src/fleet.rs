@@ -37,12 +37,14 @@ pub async fn run(bin: &Path, scratch: &Path) -> Result<()> {
     let agent = &bin.join("hyphae-agent");
     let dir = scratch.join("fleet");
     crate::util::empty_dir(&dir)?;
-    let cluster = Cluster::start(
+    let mut cluster = Cluster::configure(
         &bin.join("hyphae-control-plane"),
         &dir.join("control-plane"),
         1,
         &format!("  leaseTtl: {LEASE}\n"),
     )?;
+    cluster.set_log_level("error");
+    cluster.start_all()?;
     cluster.leader().await?;
     let control_plane = cluster.node(1).address;
     println!("control plane: one node at {control_plane} (leaseTtl {LEASE})");

@@ -22,7 +22,10 @@ impl LocalCluster {
     /// initializes the cluster. Returns once every node printed its ready line.
     pub fn start(bin: &Path, dir: &Path) -> Result<LocalCluster> {
         crate::util::empty_dir(dir)?;
-        let cluster = Cluster::start(&bin.join("hyphae-control-plane"), dir, NODES, "")?;
+        let mut cluster = Cluster::configure(&bin.join("hyphae-control-plane"), dir, NODES, "")?;
+        // Errors only: the bench measures the nodes, and logging is work.
+        cluster.set_log_level("error");
+        cluster.start_all()?;
         let servers = cluster
             .addresses()
             .iter()
