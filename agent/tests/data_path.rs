@@ -1,21 +1,41 @@
 //! The data path end to end on loopback: a caller agent, one host agent per backend, real
 //! processes and sockets. Each test builds the smallest mesh that shows one behaviour.
 
-mod support;
-
+use std::path::Path;
 use std::time::Duration;
 
-use support::*;
+use hyphae_integration::agent::Agent;
+use hyphae_integration::backend::{Behaviour, TestBackend};
+use hyphae_integration::http::{get, http1_client, http2_client, send};
+use hyphae_integration::mesh::{caller_agent, caller_config, endpoint, host_agent, upstream_port};
+use hyphae_integration::ports::free_ports;
+use hyphae_integration::{DEADLINE, Signal, eventually};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_hyphae-agent");
 
 fn url(agent: &Agent, service: &str, path: &str) -> String {
     format!("http://{}{path}", agent.upstream(service))
 }
 
+/// Host agents `a` and `b` for `svc` in site `one`, in front of `first` and `second`, and a
+/// caller whose endpoints they are, with `policies` appended to its config.
+fn two_hosts(first: &TestBackend, second: &TestBackend, policies: &str) -> ([Agent; 2], Agent) {
+    let a = host_agent(AGENT, "a", "svc", first);
+    let b = host_agent(AGENT, "b", "svc", second);
+    let caller = caller_agent(
+        AGENT,
+        "svc",
+        &[endpoint(&a, "one"), endpoint(&b, "one")],
+        policies,
+    );
+    ([a, b], caller)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_and_http2_calls_cross_two_agents_by_port_and_by_proxy() {
     let backend = TestBackend::start("b1").await;
-    let host = host_agent("host", "svc", &backend);
-    let caller = caller_agent("svc", &[endpoint(&host, "one")], "");
+    let host = host_agent(AGENT, "host", "svc", &backend);
+    let caller = caller_agent(AGENT, "svc", &[endpoint(&host, "one")], "");
 
     let answer = get(&http1_client(), &url(&caller, "svc", "/hello")).await;
     assert_eq!(answer.status, 200);
@@ -37,7 +57,9 @@ async fn http1_and_http2_calls_cross_two_agents_by_port_and_by_proxy() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-seen-host"], "svc.mesh:8080");
 
-    let answered = metric(&caller, "hyphae_requests_total", "route=\"default\"").await;
+    let answered = caller
+        .metric("hyphae_requests_total", "route=\"default\"")
+        .await;
     assert_eq!(
         answered, 3.0,
         "requests counted by service, route and status class"
@@ -48,8 +70,12 @@ async fn http1_and_http2_calls_cross_two_agents_by_port_and_by_proxy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_services_and_dead_endpoints_get_an_answer_not_a_hang() {
     let caller = caller_agent(
+        AGENT,
         "svc",
-        &[format!("{{address: \"127.0.0.1:{}\"}}", free_port())],
+        &[format!(
+            "{{address: \"127.0.0.1:{}\"}}",
+            free_ports(1).expect("a port")[0]
+        )],
         "",
     );
     let proxy = caller.http_proxy.expect("proxy port");
@@ -67,22 +93,22 @@ async fn unknown_services_and_dead_endpoints_get_an_answer_not_a_hang() {
     let answer = get(&http1_client(), &url(&caller, "svc", "/")).await;
     assert_eq!(answer.status, 502);
     assert_eq!(answer.header("hyphae-error"), Some("connect-failed"));
-    assert!(metric(&caller, "hyphae_errors_total", "reason=\"connect-failed\"").await >= 1.0);
+    assert!(
+        caller
+            .metric("hyphae_errors_total", "reason=\"connect-failed\"")
+            .await
+            >= 1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_503_is_retried_on_the_other_endpoint() {
     let failing = TestBackend::start("failing").await;
-    failing.set(Behaviour {
-        status: Some(503),
-        ..Behaviour::default()
-    });
+    failing.set(Behaviour::status(503));
     let healthy = TestBackend::start("healthy").await;
-    let a = host_agent("a", "svc", &failing);
-    let b = host_agent("b", "svc", &healthy);
     // Round robin starts every other call on the failing endpoint (P2C might never pick it).
     let policy = "---\nkind: ServicePolicy\nmetadata: {name: svc}\nspec:\n  loadBalancer: {policy: round-robin}\n  circuitBreaker: {outlierDetection: {consecutiveFailures: 0}}\n";
-    let caller = caller_agent("svc", &[endpoint(&a, "one"), endpoint(&b, "one")], policy);
+    let (_hosts, caller) = two_hosts(&failing, &healthy, policy);
     let client = http1_client();
     for _ in 0..20 {
         let answer = get(&client, &url(&caller, "svc", "/")).await;
@@ -90,18 +116,20 @@ async fn a_503_is_retried_on_the_other_endpoint() {
         assert_eq!(&answer.body[..], b"healthy");
     }
     assert!(failing.requests() >= 5, "the failing endpoint was tried");
-    assert!(metric(&caller, "hyphae_retries_total", "service=\"svc\"").await >= 1.0);
+    assert!(
+        caller
+            .metric("hyphae_retries_total", "service=\"svc\"")
+            .await
+            >= 1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_is_not_retried_unless_the_policy_says_so() {
     let backend = TestBackend::start("b").await;
-    backend.set(Behaviour {
-        status: Some(503),
-        ..Behaviour::default()
-    });
-    let host = host_agent("host", "svc", &backend);
-    let caller = caller_agent("svc", &[endpoint(&host, "one")], "");
+    backend.set(Behaviour::status(503));
+    let host = host_agent(AGENT, "host", "svc", &backend);
+    let caller = caller_agent(AGENT, "svc", &[endpoint(&host, "one")], "");
     let answer = send(
         &http1_client(),
         "POST",
@@ -116,6 +144,7 @@ async fn post_is_not_retried_unless_the_policy_says_so() {
     assert_eq!(backend.requests(), 1 + 3, "a GET is tried 1 + 2 times");
 
     let allowing = caller_agent(
+        AGENT,
         "svc",
         &[endpoint(&host, "one")],
         "---\nkind: ServicePolicy\nmetadata: {name: svc}\nspec:\n  retries: {nonIdempotent: true, attempts: 1}\n",
@@ -138,13 +167,10 @@ async fn post_is_not_retried_unless_the_policy_says_so() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_retry_budget_holds_under_a_total_outage() {
     let backend = TestBackend::start("down").await;
-    backend.set(Behaviour {
-        status: Some(503),
-        ..Behaviour::default()
-    });
-    let host = host_agent("host", "svc", &backend);
+    backend.set(Behaviour::status(503));
+    let host = host_agent(AGENT, "host", "svc", &backend);
     let policy = "---\nkind: ServicePolicy\nmetadata: {name: svc}\nspec:\n  retries:\n    attempts: 3\n    backoff: {base: 1ms, max: 1ms}\n    budget: {ratio: 0.2, minPerSecond: 1, window: 1s}\n  circuitBreaker:\n    outlierDetection: {consecutiveFailures: 0}\n";
-    let caller = caller_agent("svc", &[endpoint(&host, "one")], policy);
+    let caller = caller_agent(AGENT, "svc", &[endpoint(&host, "one")], policy);
     let client = http1_client();
     let requests = 200;
     let started = std::time::Instant::now();
@@ -161,12 +187,9 @@ async fn the_retry_budget_holds_under_a_total_outage() {
     );
     assert!(attempts > requests as f64, "some retries were made");
     assert!(
-        metric(
-            &caller,
-            "hyphae_retry_budget_exhausted_total",
-            "service=\"svc\""
-        )
-        .await
+        caller
+            .metric("hyphae_retry_budget_exhausted_total", "service=\"svc\"")
+            .await
             > 0.0
     );
 }
@@ -174,16 +197,11 @@ async fn the_retry_budget_holds_under_a_total_outage() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_per_try_timeout_moves_the_call_to_another_endpoint() {
     let slow = TestBackend::start("slow").await;
-    slow.set(Behaviour {
-        delay: Duration::from_secs(5),
-        ..Behaviour::default()
-    });
+    slow.set(Behaviour::delay(Duration::from_secs(5)));
     let fast = TestBackend::start("fast").await;
-    let a = host_agent("a", "svc", &slow);
-    let b = host_agent("b", "svc", &fast);
     // Round robin makes every other call start on the slow endpoint.
     let policy = "---\nkind: ServicePolicy\nmetadata: {name: svc}\nspec:\n  loadBalancer: {policy: round-robin}\n  retries: {perTryTimeout: 200ms, on: [timeout]}\n  circuitBreaker: {outlierDetection: {consecutiveFailures: 0}}\n";
-    let caller = caller_agent("svc", &[endpoint(&a, "one"), endpoint(&b, "one")], policy);
+    let (_hosts, caller) = two_hosts(&slow, &fast, policy);
     let client = http1_client();
     for _ in 0..5 {
         let answer = get(&client, &url(&caller, "svc", "/")).await;
@@ -194,21 +212,21 @@ async fn a_per_try_timeout_moves_the_call_to_another_endpoint() {
         slow.requests() >= 2,
         "the slow endpoint was tried and timed out"
     );
-    assert!(metric(&caller, "hyphae_retries_total", "service=\"svc\"").await >= 2.0);
+    assert!(
+        caller
+            .metric("hyphae_retries_total", "service=\"svc\"")
+            .await
+            >= 2.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ejected_endpoint_gets_no_traffic_until_its_ejection_ends() {
     let bad = TestBackend::start("bad").await;
-    bad.set(Behaviour {
-        status: Some(500),
-        ..Behaviour::default()
-    });
+    bad.set(Behaviour::status(500));
     let good = TestBackend::start("good").await;
-    let a = host_agent("a", "svc", &bad);
-    let b = host_agent("b", "svc", &good);
     let policy = "---\nkind: ServicePolicy\nmetadata: {name: svc}\nspec:\n  loadBalancer: {policy: round-robin}\n  circuitBreaker:\n    outlierDetection: {consecutiveFailures: 3, baseEjectionTime: 1s, maxEjectedShare: 0.5}\n";
-    let caller = caller_agent("svc", &[endpoint(&a, "one"), endpoint(&b, "one")], policy);
+    let (_hosts, caller) = two_hosts(&bad, &good, policy);
     let client = http1_client();
     // Round robin alternates, so six calls give the bad endpoint its three failures.
     for _ in 0..6 {
@@ -216,7 +234,9 @@ async fn an_ejected_endpoint_gets_no_traffic_until_its_ejection_ends() {
     }
     assert_eq!(bad.requests(), 3);
     assert_eq!(
-        metric(&caller, "hyphae_outlier_ejections_total", "service=\"svc\"").await,
+        caller
+            .metric("hyphae_outlier_ejections_total", "service=\"svc\"")
+            .await,
         1.0
     );
     let ejected = get(&client, &format!("http://{}/endpoints", caller.admin)).await;
@@ -226,27 +246,20 @@ async fn an_ejected_endpoint_gets_no_traffic_until_its_ejection_ends() {
     }
     assert_eq!(bad.requests(), 3, "no traffic while ejected");
     // After the ejection ends the endpoint gets traffic again.
-    let deadline = std::time::Instant::now() + DEADLINE;
-    while bad.requests() == 3 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the endpoint never came back"
-        );
+    eventually("the endpoint to come back", || async {
         get(&client, &url(&caller, "svc", "/")).await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        bad.requests() > 3
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_request_limit_answers_a_fast_503() {
     let backend = TestBackend::start("slow").await;
-    backend.set(Behaviour {
-        delay: Duration::from_secs(3),
-        ..Behaviour::default()
-    });
-    let host = host_agent("host", "svc", &backend);
+    backend.set(Behaviour::delay(Duration::from_secs(3)));
+    let host = host_agent(AGENT, "host", "svc", &backend);
     let policy = "---\nkind: ServicePolicy\nmetadata: {name: svc}\nspec:\n  circuitBreaker: {maxRequests: 2}\n";
-    let caller = caller_agent("svc", &[endpoint(&host, "one")], policy);
+    let caller = caller_agent(AGENT, "svc", &[endpoint(&host, "one")], policy);
     let target = url(&caller, "svc", "/");
     let hanging: Vec<_> = (0..2)
         .map(|_| {
@@ -254,11 +267,10 @@ async fn the_request_limit_answers_a_fast_503() {
             tokio::spawn(async move { get(&http1_client(), &target).await.status })
         })
         .collect();
-    let deadline = std::time::Instant::now() + DEADLINE;
-    while backend.requests() < 2 {
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("both calls to reach the app", || async {
+        backend.requests() >= 2
+    })
+    .await;
     let answer = get(&http1_client(), &target).await;
     assert_eq!(answer.status, 503);
     assert_eq!(answer.header("hyphae-error"), Some("max-requests"));
@@ -275,18 +287,10 @@ async fn the_request_limit_answers_a_fast_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p2c_sends_most_traffic_to_the_faster_endpoint() {
     let slow = TestBackend::start("slow").await;
-    slow.set(Behaviour {
-        delay: Duration::from_millis(50),
-        ..Behaviour::default()
-    });
+    slow.set(Behaviour::delay(Duration::from_millis(50)));
     let fast = TestBackend::start("fast").await;
-    fast.set(Behaviour {
-        delay: Duration::from_millis(5),
-        ..Behaviour::default()
-    });
-    let a = host_agent("a", "svc", &slow);
-    let b = host_agent("b", "svc", &fast);
-    let caller = caller_agent("svc", &[endpoint(&a, "one"), endpoint(&b, "one")], "");
+    fast.set(Behaviour::delay(Duration::from_millis(5)));
+    let (_hosts, caller) = two_hosts(&slow, &fast, "");
     let client = http1_client();
     for _ in 0..100 {
         assert_eq!(get(&client, &url(&caller, "svc", "/")).await.status, 200);
@@ -303,10 +307,15 @@ async fn p2c_sends_most_traffic_to_the_faster_endpoint() {
 async fn calls_stay_in_the_site_and_spill_over_only_when_it_fails() {
     let near = TestBackend::start("near").await;
     let far = TestBackend::start("far").await;
-    let a = host_agent("a", "svc", &near);
-    let b = host_agent("b", "svc", &far);
+    let a = host_agent(AGENT, "a", "svc", &near);
+    let b = host_agent(AGENT, "b", "svc", &far);
     let policy = "---\nkind: ServicePolicy\nmetadata: {name: svc}\nspec:\n  circuitBreaker:\n    outlierDetection: {consecutiveFailures: 2, maxEjectedShare: 0.5}\n";
-    let caller = caller_agent("svc", &[endpoint(&a, "one"), endpoint(&b, "two")], policy);
+    let caller = caller_agent(
+        AGENT,
+        "svc",
+        &[endpoint(&a, "one"), endpoint(&b, "two")],
+        policy,
+    );
     let client = http1_client();
     for _ in 0..20 {
         assert_eq!(
@@ -319,10 +328,7 @@ async fn calls_stay_in_the_site_and_spill_over_only_when_it_fails() {
         0,
         "the other site gets nothing while the local one is healthy"
     );
-    near.set(Behaviour {
-        status: Some(503),
-        ..Behaviour::default()
-    });
+    near.set(Behaviour::status(503));
     let mut spilled = 0;
     for _ in 0..20 {
         let answer = get(&client, &url(&caller, "svc", "/")).await;
@@ -339,8 +345,8 @@ async fn calls_stay_in_the_site_and_spill_over_only_when_it_fails() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_megabytes_stream_up_and_down() {
     let backend = TestBackend::start("big").await;
-    let host = host_agent("host", "svc", &backend);
-    let caller = caller_agent("svc", &[endpoint(&host, "one")], "");
+    let host = host_agent(AGENT, "host", "svc", &backend);
+    let caller = caller_agent(AGENT, "svc", &[endpoint(&host, "one")], "");
     let upload = vec![b'u'; 10 * 1024 * 1024];
     let answer = send(
         &http1_client(),
@@ -355,18 +361,12 @@ async fn ten_megabytes_stream_up_and_down() {
     let answer = get(&http2_client(), &url(&caller, "svc", "/bytes/10485760")).await;
     assert_eq!(answer.status, 200);
     assert_eq!(answer.body.len(), 10 * 1024 * 1024);
-    let sent = metric(
-        &caller,
-        "hyphae_http_body_bytes_total",
-        "direction=\"sent\"",
-    )
-    .await;
-    let received = metric(
-        &caller,
-        "hyphae_http_body_bytes_total",
-        "direction=\"received\"",
-    )
-    .await;
+    let sent = caller
+        .metric("hyphae_http_body_bytes_total", "direction=\"sent\"")
+        .await;
+    let received = caller
+        .metric("hyphae_http_body_bytes_total", "direction=\"received\"")
+        .await;
     assert_eq!(sent, upload.len() as f64);
     assert!(received >= 2.0 * upload.len() as f64, "{received}");
 }
@@ -374,23 +374,19 @@ async fn ten_megabytes_stream_up_and_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_calls_then_exits_0() {
     let backend = TestBackend::start("slow").await;
-    backend.set(Behaviour {
-        delay: Duration::from_millis(800),
-        ..Behaviour::default()
-    });
-    let host = host_agent("host", "svc", &backend);
-    let mut caller = caller_agent("svc", &[endpoint(&host, "one")], "");
+    backend.set(Behaviour::delay(Duration::from_millis(800)));
+    let host = host_agent(AGENT, "host", "svc", &backend);
+    let mut caller = caller_agent(AGENT, "svc", &[endpoint(&host, "one")], "");
     let target = url(&caller, "svc", "/");
     let in_flight = tokio::spawn(async move { get(&http1_client(), &target).await });
-    let deadline = std::time::Instant::now() + DEADLINE;
-    while backend.requests() == 0 {
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    caller.signal("TERM");
+    eventually("the call to reach the app", || async {
+        backend.requests() > 0
+    })
+    .await;
+    caller.signal(Signal::TERM);
     let answer = in_flight.await.unwrap();
     assert_eq!(answer.status, 200, "the in-flight call finished");
-    assert_eq!(caller.wait_exit(), Some(0));
+    assert_eq!(caller.exit_code(DEADLINE).await, Some(0));
     let refused = tokio::net::TcpStream::connect(caller.upstream("svc")).await;
     assert!(refused.is_err(), "the listener is closed after the drain");
 }
@@ -399,13 +395,15 @@ async fn sigterm_drains_in_flight_calls_then_exits_0() {
 async fn sighup_with_a_bad_file_keeps_serving_the_old_config() {
     let one = TestBackend::start("one").await;
     let two = TestBackend::start("two").await;
-    let a = host_agent("a", "svc", &one);
-    let b = host_agent("b", "svc", &two);
-    let port = free_port();
-    let caller = Agent::start(
+    let a = host_agent(AGENT, "a", "svc", &one);
+    let b = host_agent(AGENT, "b", "svc", &two);
+    let port = upstream_port();
+    let caller = Agent::start_yaml(
+        Path::new(AGENT),
         "caller",
         &caller_config("svc", &[endpoint(&a, "one")], port, ""),
-    );
+    )
+    .expect("start caller");
     let client = http1_client();
     assert_eq!(
         &get(&client, &url(&caller, "svc", "/")).await.body[..],
@@ -417,22 +415,10 @@ async fn sighup_with_a_bad_file_keeps_serving_the_old_config() {
         "kind: AgentConfig\nmetadata: {name: caller}\nspec:\n  site: [broken\n",
     )
     .unwrap();
-    caller.signal("HUP");
-    let deadline = std::time::Instant::now() + DEADLINE;
-    while metric(
-        &caller,
-        "hyphae_config_reloads_total",
-        "result=\"rejected\"",
-    )
-    .await
-        < 1.0
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the reload was never attempted"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    caller.signal(Signal::HUP);
+    caller
+        .metric_reaches("hyphae_config_reloads_total", "result=\"rejected\"", 1.0)
+        .await;
     assert_eq!(
         &get(&client, &url(&caller, "svc", "/")).await.body[..],
         b"one",
@@ -444,28 +430,24 @@ async fn sighup_with_a_bad_file_keeps_serving_the_old_config() {
         caller_config("svc", &[endpoint(&b, "one")], port, ""),
     )
     .unwrap();
-    caller.signal("HUP");
-    while metric(&caller, "hyphae_config_reloads_total", "result=\"applied\"").await < 1.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the good file was never applied"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    caller.signal(Signal::HUP);
+    caller
+        .metric_reaches("hyphae_config_reloads_total", "result=\"applied\"", 1.0)
+        .await;
     assert_eq!(
         &get(&client, &url(&caller, "svc", "/")).await.body[..],
         b"two",
         "new config served"
     );
-    assert_eq!(metric(&caller, "hyphae_config_revision", "").await, 2.0);
+    assert_eq!(caller.metric("hyphae_config_revision", "").await, 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_split_by_weight_and_match_headers() {
     let v1 = TestBackend::start("v1").await;
     let v2 = TestBackend::start("v2").await;
-    let a = host_agent("a", "svc", &v1);
-    let b = host_agent("b", "svc", &v2);
+    let a = host_agent(AGENT, "a", "svc", &v1);
+    let b = host_agent(AGENT, "b", "svc", &v2);
     let endpoints = [
         format!(
             "{{address: \"{}\", site: one, tags: {{version: v1}}}}",
@@ -477,7 +459,7 @@ async fn routes_split_by_weight_and_match_headers() {
         ),
     ];
     let route = "---\nkind: Route\nmetadata: {name: canary}\nspec:\n  service: svc\n  rules:\n    - matches: [{headers: [{name: x-canary, exact: always}]}]\n      backends: [{service: svc, subset: {version: v2}}]\n      responseHeaders: {set: {x-rule: canary}}\n    - backends:\n        - {service: svc, subset: {version: v1}, weight: 80}\n        - {service: svc, subset: {version: v2}, weight: 20}\n";
-    let caller = caller_agent("svc", &endpoints, route);
+    let caller = caller_agent(AGENT, "svc", &endpoints, route);
     let client = http1_client();
     for _ in 0..5 {
         let request = http::Request::get(url(&caller, "svc", "/"))
@@ -503,12 +485,12 @@ async fn routes_split_by_weight_and_match_headers() {
 async fn slow_or_malformed_request_heads_get_closed_or_a_400() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let backend = TestBackend::start("b").await;
-    let host = host_agent("host", "svc", &backend);
+    let host = host_agent(AGENT, "host", "svc", &backend);
     let policies = "  limits: {headerReadTimeout: 300ms}\n";
     // The limit belongs to the caller's own AgentConfig: splice it into its spec.
-    let config = caller_config("svc", &[endpoint(&host, "one")], free_port(), "")
+    let config = caller_config("svc", &[endpoint(&host, "one")], upstream_port(), "")
         .replace("  staticServices:", &format!("{policies}  staticServices:"));
-    let caller = Agent::start("caller", &config);
+    let caller = Agent::start_yaml(Path::new(AGENT), "caller", &config).expect("start caller");
 
     // A client that starts a request head and never finishes it is cut off.
     let mut slow = tokio::net::TcpStream::connect(caller.upstream("svc"))
@@ -553,8 +535,8 @@ async fn slow_or_malformed_request_heads_get_closed_or_a_400() {
 async fn pipelined_http1_requests_are_answered_in_order() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let backend = TestBackend::start("b").await;
-    let host = host_agent("host", "svc", &backend);
-    let caller = caller_agent("svc", &[endpoint(&host, "one")], "");
+    let host = host_agent(AGENT, "host", "svc", &backend);
+    let caller = caller_agent(AGENT, "svc", &[endpoint(&host, "one")], "");
     let mut stream = tokio::net::TcpStream::connect(caller.upstream("svc"))
         .await
         .unwrap();
@@ -602,6 +584,7 @@ async fn requests_waiting_for_a_peer_connection_are_capped_by_max_pending() {
     }
     let policy = "---\nkind: ServicePolicy\nmetadata: {name: svc}\nspec:\n  timeouts: {connect: 2s}\n  retries: {attempts: 0}\n  circuitBreaker: {maxPending: 1}\n";
     let caller = caller_agent(
+        AGENT,
         "svc",
         &[format!("{{address: \"{silent_address}\"}}")],
         policy,

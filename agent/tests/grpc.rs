@@ -2,38 +2,32 @@
 //! `cargo xtask test`): unary, server streaming with trailers, error statuses, and retries
 //! driven by `grpc-status`.
 
-mod support;
+use std::path::Path;
+use std::process::Command;
 
-use std::process::{Child, Command, Stdio};
+use hyphae_integration::Process;
+use hyphae_integration::agent::Agent;
+use hyphae_integration::mesh::upstream_port;
+use hyphae_integration::process::READY_PATIENCE;
 
-use support::*;
-
-struct Peer(Child);
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+const AGENT: &str = env!("CARGO_BIN_EXE_hyphae-agent");
 
 fn script() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/grpc/peer.py")
 }
 
-/// Starts the Python gRPC server and returns it with its port.
-fn grpc_server() -> (Peer, u16) {
-    let mut child = Command::new("python3")
-        .arg(script())
-        .arg("server")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 runs (cargo xtask test installs grpcio)");
-    let line = first_line(&mut child);
+/// Starts the Python gRPC server (on port 0) and returns it with the port it printed.
+fn grpc_server() -> (Process, u16) {
+    let (server, line) = Process::spawn_ready(
+        "the gRPC server",
+        Command::new("python3").arg(script()).arg("server"),
+        READY_PATIENCE,
+    )
+    .unwrap_or_else(|e| panic!("{e} (is grpcio installed? run `cargo xtask test`)"));
     let port = line.trim().parse().unwrap_or_else(|_| {
         panic!("gRPC server did not start: {line:?} (is grpcio installed? run `cargo xtask test`)")
     });
-    (Peer(child), port)
+    (server, port)
 }
 
 fn grpc_client(target: std::net::SocketAddr) -> serde_json::Value {
@@ -54,20 +48,24 @@ fn grpc_client(target: std::net::SocketAddr) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_unary_streaming_trailers_and_retries_cross_two_agents() {
     let (_server, port) = grpc_server();
-    let host = Agent::start(
+    let host = Agent::start_yaml(
+        Path::new(AGENT),
         "host",
         &format!(
             "kind: AgentConfig\nmetadata: {{name: host}}\nspec:\n  listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: null, dns: null}}\n  services:\n    - {{name: echo, port: {port}, protocol: grpc}}\n"
         ),
-    );
-    let caller = Agent::start(
+    )
+    .expect("start host");
+    let caller = Agent::start_yaml(
+        Path::new(AGENT),
         "caller",
         &format!(
             "kind: AgentConfig\nmetadata: {{name: caller}}\nspec:\n  listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: null, dns: null}}\n  upstreams:\n    - {{listen: 127.0.0.1:{}, service: echo}}\n  staticServices:\n    - name: echo\n      protocol: grpc\n      endpoints: [{{address: \"{}\"}}]\n---\nkind: ServicePolicy\nmetadata: {{name: echo}}\nspec:\n  retries: {{attempts: 2, grpcStatuses: [unavailable]}}\n",
-            free_port(),
+            upstream_port(),
             host.inbound
         ),
-    );
+    )
+    .expect("start caller");
     let result = tokio::task::spawn_blocking({
         let target = caller.upstream("echo");
         move || grpc_client(target)
@@ -99,5 +97,10 @@ async fn grpc_unary_streaming_trailers_and_retries_cross_two_agents() {
         "non-retryable statuses pass through"
     );
     assert_eq!(result["broken_details"], "bad argument");
-    assert!(metric(&caller, "hyphae_retries_total", "service=\"echo\"").await >= 4.0);
+    assert!(
+        caller
+            .metric("hyphae_retries_total", "service=\"echo\"")
+            .await
+            >= 4.0
+    );
 }

@@ -4,10 +4,12 @@
 // Helpers outside `#[test]` functions set up fixtures; a failed setup should fail the test.
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use std::path::Path;
 
 use futures_util::{SinkExt, StreamExt};
-use support::*;
+use hyphae_integration::DEADLINE;
+use hyphae_integration::agent::Agent;
+use hyphae_integration::mesh::upstream_port;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
@@ -48,24 +50,30 @@ async fn websocket_echo() -> std::net::SocketAddr {
     address
 }
 
+const AGENT: &str = env!("CARGO_BIN_EXE_hyphae-agent");
+
 fn host_for(name: &str, service: &str, port: u16, protocol: &str) -> Agent {
-    Agent::start(
+    Agent::start_yaml(
+        Path::new(AGENT),
         name,
         &format!(
             "kind: AgentConfig\nmetadata: {{name: {name}}}\nspec:\n  listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: null, dns: null}}\n  services:\n    - {{name: {service}, port: {port}, protocol: {protocol}}}\n"
         ),
     )
+    .unwrap()
 }
 
 fn caller_for(service: &str, protocol: &str, host: &Agent) -> Agent {
-    Agent::start(
+    Agent::start_yaml(
+        Path::new(AGENT),
         "caller",
         &format!(
             "kind: AgentConfig\nmetadata: {{name: caller}}\nspec:\n  listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: 127.0.0.1:0, dns: null}}\n  upstreams:\n    - {{listen: 127.0.0.1:{}, service: {service}}}\n  staticServices:\n    - name: {service}\n      protocol: {protocol}\n      endpoints: [{{address: \"{}\"}}]\n",
-            free_port(),
+            upstream_port(),
             host.inbound
         ),
     )
+    .unwrap()
 }
 
 async fn echo_round_trip(stream: &mut TcpStream, payload: &[u8]) -> Vec<u8> {
@@ -177,12 +185,7 @@ async fn http_connect_on_the_proxy_port_tunnels_to_the_named_service() {
     );
     // Closing the tunnel ends the stream, whose bytes are then counted.
     drop(stream);
-    let deadline = std::time::Instant::now() + DEADLINE;
-    while metric(&caller, "hyphae_stream_bytes_total", "direction=\"sent\"").await < 9.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "stream bytes were never counted"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    caller
+        .metric_reaches("hyphae_stream_bytes_total", "direction=\"sent\"", 9.0)
+        .await;
 }

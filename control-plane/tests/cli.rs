@@ -1,7 +1,7 @@
 //! The `hyphae` binary as operators run it: real process, real files, exit codes and output;
 //! a canned HTTP server on a real socket stands in for control planes the registry commands meet.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 fn hyphae(args: &[&str]) -> Output {
@@ -15,28 +15,11 @@ fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// A scratch directory of this test's own, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("hyphae-cli-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create scratch dir");
-        Scratch(dir)
-    }
-
-    fn write(&self, name: &str, text: &str) -> String {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).expect("write file");
-        path.display().to_string()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// Writes `text` to `dir/name`, returning the path.
+fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).expect("write file");
+    path.display().to_string()
 }
 
 fn examples() -> String {
@@ -59,16 +42,18 @@ fn validate_accepts_the_examples_as_a_complete_set() {
 
 #[test]
 fn validate_reports_every_error_in_every_file_and_exits_1() {
-    let scratch = Scratch::new("errors");
-    let first = scratch.write(
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let first = write(
+        &scratch,
         "a.yaml",
         "kind: ServicePolicy\nmetadata:\n  name: payments\nspec:\n  retries:\n    perTryTimeout: 5 sec\n",
     );
-    let second = scratch.write(
+    let second = write(
+        &scratch,
         "b.yaml",
         "kind: Route\nmetadata: {name: r}\nspec:\n  service: payments\n  rules:\n    - backends: [{service: payments, wieght: 2}]\n",
     );
-    let output = hyphae(&["validate", &scratch.0.display().to_string()]);
+    let output = hyphae(&["validate", &scratch.path().display().to_string()]);
     let text = stdout(&output);
     assert_eq!(output.status.code(), Some(1), "{text}");
     assert!(
@@ -92,8 +77,9 @@ fn validate_reports_every_error_in_every_file_and_exits_1() {
 
 #[test]
 fn validate_speaks_json_for_machines() {
-    let scratch = Scratch::new("json");
-    let file = scratch.write(
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let file = write(
+        &scratch,
         "x.yaml",
         "kind: ServicePolicy\nmetadata: {name: x}\nspec:\n  retries: {attempts: 12}\n",
     );
@@ -112,8 +98,9 @@ fn validate_speaks_json_for_machines() {
 
 #[test]
 fn unknown_references_are_warnings_unless_the_set_is_complete() {
-    let scratch = Scratch::new("refs");
-    let file = scratch.write(
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let file = write(
+        &scratch,
         "route.yaml",
         "kind: Route\nmetadata: {name: r}\nspec:\n  service: catalog\n  rules:\n    - backends: [{service: catalog}]\n",
     );
@@ -170,8 +157,8 @@ fn completions_name_every_subcommand_in_each_shell_and_bash_parses_them() {
             );
         }
         if shell == "bash" && installed("bash") {
-            let scratch = Scratch::new("completions");
-            let file = scratch.write("hyphae.bash", &script);
+            let scratch = tempfile::tempdir().expect("temp dir");
+            let file = write(&scratch, "hyphae.bash", &script);
             let check = Command::new("bash")
                 .args(["-n", &file])
                 .output()

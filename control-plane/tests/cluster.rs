@@ -3,34 +3,59 @@
 //! replaced, a restarted node catching up, fast 503s without a quorum, members joining and
 //! leaving, and leadership handed to another voter.
 
-mod support;
-
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use hyphae_integration::cluster::{Cluster, Node, SHORT_WRITE_TIMEOUT};
+use hyphae_integration::http::call;
+use hyphae_integration::policies::policy;
+use hyphae_integration::ports::free_ports;
+use hyphae_integration::{DEADLINE, Signal, eventually};
 use serde_json::Value;
-use support::{
-    ControlPlane, DEADLINE, agreed_leader, call, cluster, eventually, free_port, hyphae,
-    leader_seen_by, policy, single_node, start_cluster,
-};
+
+const CONTROL_PLANE: &str = env!("CARGO_BIN_EXE_hyphae-control-plane");
+
+/// Three nodes configured in `dir` (short Raft timings), not started.
+fn cluster(dir: &Path) -> Cluster {
+    Cluster::configure(Path::new(CONTROL_PLANE), dir, 3, SHORT_WRITE_TIMEOUT)
+        .expect("configure the cluster")
+}
+
+/// A one-node cluster in `dir`, started, initialized and leading.
+async fn single_node(dir: &Path) -> Cluster {
+    let node = Cluster::start(Path::new(CONTROL_PLANE), dir, 1, "").expect("start the node");
+    eventually("the node to lead", || async {
+        node.node(1).leader_seen().await == Some(1)
+    })
+    .await;
+    node
+}
+
+/// Runs the `hyphae` CLI against `server`: exit code, and stdout followed by stderr.
+fn hyphae(server: SocketAddr, args: &[&str]) -> (Option<i32>, String) {
+    let output =
+        hyphae_integration::cli::hyphae(Path::new(env!("CARGO_BIN_EXE_hyphae")), server, args)
+            .expect("run hyphae");
+    (output.code, output.text)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_three_node_cluster_replicates_survives_its_leader_and_refuses_without_quorum() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut nodes = cluster(dir.path());
-    nodes[0].start(true);
-    nodes[1].start(false);
-    nodes[2].start(false);
-    for node in &nodes {
+    let mut cluster = cluster(dir.path());
+    cluster.start_all().expect("start the nodes");
+    for node in cluster.nodes() {
         eventually("a leader everyone agrees on", || async {
-            leader_seen_by(node).await.is_some()
+            node.leader_seen().await.is_some()
         })
         .await;
     }
 
     // A write sent to any node is applied once, and every node serves it.
-    let leader = leader_seen_by(&nodes[0]).await.expect("leader");
-    let follower = nodes
+    let leader = cluster.node(1).leader_seen().await.expect("leader");
+    let follower = cluster
+        .nodes()
         .iter()
         .find(|n| n.id != leader)
         .map(|n| n.address)
@@ -38,7 +63,7 @@ async fn a_three_node_cluster_replicates_survives_its_leader_and_refuses_without
     let (status, written) = call("POST", follower, "/v1/policies", &policy("payments", 3)).await;
     assert_eq!(status, 200, "{written}");
     let revision = written["revision"].as_u64().expect("revision");
-    for node in &nodes {
+    for node in cluster.nodes() {
         eventually("the policy on every node", || async {
             let (status, body) = call(
                 "GET",
@@ -55,7 +80,7 @@ async fn a_three_node_cluster_replicates_survives_its_leader_and_refuses_without
     // A bad policy is refused with its position, and nothing changes.
     let (status, refused) = call(
         "POST",
-        nodes[2].address,
+        cluster.node(3).address,
         "/v1/policies",
         &policy("payments", 30),
     )
@@ -72,7 +97,7 @@ async fn a_three_node_cluster_replicates_survives_its_leader_and_refuses_without
     );
     let (_, stored) = call(
         "GET",
-        nodes[0].address,
+        cluster.node(1).address,
         "/v1/policies/ServicePolicy/payments",
         "",
     )
@@ -84,15 +109,12 @@ async fn a_three_node_cluster_replicates_survives_its_leader_and_refuses_without
     );
 
     // Kill the leader: the others elect a new one and keep taking writes.
-    let old_leader = leader_seen_by(&nodes[0]).await.expect("leader");
-    let index = nodes
+    let old_leader = cluster.node(1).leader_seen().await.expect("leader");
+    cluster.node_mut(old_leader).kill();
+    let survivor = cluster
+        .nodes()
         .iter()
-        .position(|n| n.id == old_leader)
-        .expect("leader node");
-    nodes[index].kill();
-    let survivor = nodes
-        .iter()
-        .find(|n| n.child.is_some())
+        .find(|n| n.is_running())
         .map(|n| n.address)
         .expect("survivor");
     eventually("a write accepted by the new leader", || async {
@@ -104,8 +126,11 @@ async fn a_three_node_cluster_replicates_survives_its_leader_and_refuses_without
     .await;
 
     // The old leader restarts from disk and catches up.
-    nodes[index].start(false);
-    let restarted = nodes[index].address;
+    cluster
+        .node_mut(old_leader)
+        .start(false)
+        .expect("restart the old leader");
+    let restarted = cluster.node(old_leader).address;
     eventually("the restarted node to catch up", || async {
         call(
             "GET",
@@ -119,9 +144,9 @@ async fn a_three_node_cluster_replicates_survives_its_leader_and_refuses_without
     .await;
 
     // Without a quorum a write fails fast with 503, and succeeds again once it is back.
-    let stopped: Vec<usize> = (0..3).filter(|&i| i != index).collect();
-    for &i in &stopped {
-        nodes[i].signal("STOP");
+    let stopped: Vec<u64> = (1..=3).filter(|&id| id != old_leader).collect();
+    for &id in &stopped {
+        cluster.node(id).signal(Signal::STOP);
     }
     let started = Instant::now();
     let (status, answer) = call("POST", restarted, "/v1/policies", &policy("search", 1)).await;
@@ -130,8 +155,8 @@ async fn a_three_node_cluster_replicates_survives_its_leader_and_refuses_without
         started.elapsed() < Duration::from_secs(10),
         "refused within the write timeout"
     );
-    for &i in &stopped {
-        nodes[i].signal("CONT");
+    for &id in &stopped {
+        cluster.node(id).signal(Signal::CONT);
     }
     eventually("writes to succeed after the quorum returns", || async {
         call("POST", restarted, "/v1/policies", &policy("search", 1))
@@ -145,8 +170,8 @@ async fn a_three_node_cluster_replicates_survives_its_leader_and_refuses_without
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_applies_diffs_gets_and_deletes_against_a_single_node() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut node = single_node(dir.path()).await;
-    let server = node.address;
+    let mut cluster = single_node(dir.path()).await;
+    let server = cluster.node(1).address;
     let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/examples");
 
     let (code, text) = hyphae(server, &["apply", "-f", examples]);
@@ -214,25 +239,24 @@ async fn the_cli_applies_diffs_gets_and_deletes_against_a_single_node() {
     let (code, text) = hyphae(server, &["cluster", "status"]);
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("Leader"), "{text}");
-    node.signal("TERM");
-    let deadline = Instant::now() + DEADLINE;
-    let child = node.child.as_mut().expect("running");
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            assert_eq!(status.code(), Some(0), "SIGTERM exits cleanly");
-            break;
-        }
-        assert!(Instant::now() < deadline, "node did not stop on SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let node = cluster.node_mut(1);
+    node.signal(Signal::TERM);
+    assert_eq!(
+        node.exit_code(DEADLINE).await,
+        Some(0),
+        "SIGTERM exits cleanly"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_join_as_learners_become_voters_and_leave() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut nodes: Vec<ControlPlane> = (1..=2)
-        .map(|id| {
-            let port = free_port();
+    // Each node starts alone (no members), so both must know their own address before they
+    // start: the first initializes with it and the second forwards to it.
+    let ports = free_ports(2).expect("ports");
+    let mut nodes: Vec<Node> = (1..=2)
+        .zip(ports)
+        .map(|(id, port)| {
             let config = dir.path().join(format!("n{id}.yaml"));
             std::fs::write(
                 &config,
@@ -242,19 +266,20 @@ async fn nodes_join_as_learners_become_voters_and_leave() {
                 ),
             )
             .expect("write config");
-            ControlPlane {
+            Node::new(
+                Path::new(CONTROL_PLANE),
                 id,
                 config,
-                address: SocketAddr::from(([127, 0, 0, 1], port)),
-                child: None,
-            }
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                dir.path().join(format!("n{id}.log")),
+            )
         })
         .collect();
-    nodes[0].start(true);
-    nodes[1].start(false);
+    nodes[0].start(true).expect("start node 1");
+    nodes[1].start(false).expect("start node 2");
     let (first, second) = (nodes[0].address, nodes[1].address);
     eventually("the first node to lead", || async {
-        leader_seen_by(&nodes[0]).await == Some(1)
+        nodes[0].leader_seen().await == Some(1)
     })
     .await;
     let (code, text) = hyphae(
@@ -317,8 +342,9 @@ async fn nodes_join_as_learners_become_voters_and_leave() {
 async fn leadership_moves_to_a_chosen_voter_then_to_the_most_caught_up_one() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut nodes = cluster(dir.path());
-    let leader = start_cluster(&mut nodes).await;
-    let others: Vec<&ControlPlane> = nodes.iter().filter(|n| n.id != leader).collect();
+    nodes.start_all().expect("start the nodes");
+    let leader = nodes.leader().await.expect("a leader");
+    let others: Vec<&Node> = nodes.nodes().iter().filter(|n| n.id != leader).collect();
     let (target, bystander) = (others[0].id, others[1].address);
 
     // Asked through a follower, which forwards to the leader.
@@ -328,7 +354,7 @@ async fn leadership_moves_to_a_chosen_voter_then_to_the_most_caught_up_one() {
     );
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains(&format!("node {target} leads now")), "{text}");
-    assert_eq!(agreed_leader(&nodes).await, target);
+    assert_eq!(nodes.leader().await.expect("a leader"), target);
     let (code, body) = call("POST", bystander, "/v1/policies", &policy("after", 1)).await;
     assert_eq!(code, 200, "writes work under the new leader: {body}");
 
@@ -362,7 +388,7 @@ async fn leadership_moves_to_a_chosen_voter_then_to_the_most_caught_up_one() {
     assert_eq!(code, 200, "{body}");
     let next = body["leader"].as_u64().expect("a leader");
     assert_ne!(next, target, "{body}");
-    assert_eq!(agreed_leader(&nodes).await, next);
+    assert_eq!(nodes.leader().await.expect("a leader"), next);
     let (code, body) = call("POST", bystander, "/v1/policies", &policy("later", 1)).await;
     assert_eq!(code, 200, "{body}");
 }
@@ -377,7 +403,7 @@ fn squeeze(text: &str) -> String {
 async fn describe_shows_a_policy_its_yaml_and_what_refers_to_it() {
     let dir = tempfile::tempdir().expect("temp dir");
     let node = single_node(dir.path()).await;
-    let server = node.address;
+    let server = node.node(1).address;
     let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/examples");
     let (code, text) = hyphae(server, &["apply", "-f", examples]);
     assert_eq!(code, Some(0), "{text}");
@@ -427,7 +453,7 @@ async fn describe_shows_a_policy_its_yaml_and_what_refers_to_it() {
 async fn services_and_nodes_list_what_agents_registered() {
     let dir = tempfile::tempdir().expect("temp dir");
     let node = single_node(dir.path()).await;
-    let server = node.address;
+    let server = node.node(1).address;
     for (name, site, health) in [
         ("app-1", "eu-west", "passing"),
         ("app-2", "us-east", "critical"),
@@ -459,60 +485,4 @@ async fn services_and_nodes_list_what_agents_registered() {
     let (code, text) = hyphae(server, &["services", "-o", "yaml"]);
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("name: catalog"), "{text}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_serves_its_openapi_document() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let node = single_node(dir.path()).await;
-    let (status, document) = call("GET", node.address, "/v1/openapi.json", "").await;
-    assert_eq!(status, 200, "{document}");
-    assert_eq!(
-        &document,
-        hyphae_control_plane::openapi::document(),
-        "the served document is the one the library builds"
-    );
-    assert!(document["paths"]["/v1/policies"]["post"].is_object());
-
-    // Every documented operation is served: none answers `unknown-path`. (The watch stream
-    // is left out: it would not end; the watch tests open it.)
-    let paths = document["paths"].as_object().expect("paths");
-    for (template, operations) in paths {
-        if template == hyphae_policies::watch::WATCH_PATH {
-            continue;
-        }
-        let path = template
-            .replace("{kind}", "ServicePolicy")
-            .replace("{name}", "missing")
-            .replace("{id}", "99");
-        for method in operations.as_object().expect("operations").keys() {
-            let (status, body) = call(&method.to_uppercase(), node.address, &path, "").await;
-            assert_ne!(
-                body["code"], "unknown-path",
-                "{method} {template} is documented but not served ({status})"
-            );
-        }
-    }
-
-    // A flag the API cannot read is refused, never guessed: `dryRun=1` must not write.
-    let (status, body) = call(
-        "POST",
-        node.address,
-        "/v1/policies?dryRun=1",
-        &policy("flagged", 1),
-    )
-    .await;
-    assert_eq!(
-        (status, body["code"].as_str()),
-        (400, Some("bad-flag")),
-        "{body}"
-    );
-    let (status, _) = call(
-        "GET",
-        node.address,
-        "/v1/policies/ServicePolicy/flagged",
-        "",
-    )
-    .await;
-    assert_eq!(status, 404, "nothing was written");
 }

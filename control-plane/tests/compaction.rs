@@ -1,11 +1,12 @@
 //! Log compaction in a real three-node cluster: a follower that was down while the leader
 //! snapshotted and purged the entries it lacks catches up through install-snapshot.
 
-mod support;
+use std::path::Path;
 
-use support::{
-    by_id, call, cluster_with, eventually, policy, stale_policy_names, start_cluster, status,
-};
+use hyphae_integration::cluster::{Cluster, SHORT_WRITE_TIMEOUT, status};
+use hyphae_integration::eventually;
+use hyphae_integration::http::call;
+use hyphae_integration::policies::{policy, stale_policy_names};
 
 /// Policies written while the follower is down: several snapshots' worth.
 const WRITES: usize = 60;
@@ -13,18 +14,22 @@ const WRITES: usize = 60;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_restarted_after_compaction_catches_up_by_snapshot() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut nodes = cluster_with(
+    let mut nodes = Cluster::start(
+        Path::new(env!("CARGO_BIN_EXE_hyphae-control-plane")),
         dir.path(),
-        "  snapshotEvery: 20\n  logsKeptAfterSnapshot: 0\n",
-    );
-    let leader = start_cluster(&mut nodes).await;
-    let leader_address = by_id(&mut nodes, leader).address;
+        3,
+        &format!("{SHORT_WRITE_TIMEOUT}  snapshotEvery: 20\n  logsKeptAfterSnapshot: 0\n"),
+    )
+    .expect("start the cluster");
+    let leader = nodes.leader().await.expect("a leader");
+    let leader_address = nodes.node(leader).address;
     let follower_id = nodes
+        .nodes()
         .iter()
         .map(|n| n.id)
         .find(|&id| id != leader)
         .expect("a follower");
-    let follower = by_id(&mut nodes, follower_id);
+    let follower = nodes.node_mut(follower_id);
     let before = status(follower.address).await;
     assert!(
         before["snapshot"].is_null(),
@@ -63,7 +68,7 @@ async fn a_follower_restarted_after_compaction_catches_up_by_snapshot() {
     let purged = status(leader_address).await["purged"]
         .as_u64()
         .expect("purged index");
-    follower.start(false);
+    follower.start(false).expect("restart the follower");
     let follower_address = follower.address;
     eventually("the follower to hold every policy", || async {
         stale_policy_names(follower_address)

@@ -4,19 +4,19 @@
 //! the end. The seed is printed; rerun a failure with
 //! `HYPHAE_TEST_SEED=<seed>`.
 
-mod support;
-
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use hyphae_integration::cluster::{Cluster, SHORT_WRITE_TIMEOUT};
+use hyphae_integration::eventually::{INTERVAL, wait_for};
+use hyphae_integration::http::call;
+use hyphae_integration::policies::{policy, policy_names, stale_policy_names};
+use hyphae_integration::{DEADLINE, eventually};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use support::{
-    DEADLINE, agreed_leader, by_id, call, cluster, eventually, policy, policy_names,
-    stale_policy_names, start_cluster,
-};
 
 /// How many times the leader is killed.
 const KILL_CYCLES: usize = 20;
@@ -66,9 +66,15 @@ async fn acknowledged_writes_survive_the_leader_being_killed_at_random_moments()
     let mut rng = StdRng::seed_from_u64(seed);
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut nodes = cluster(dir.path());
-    start_cluster(&mut nodes).await;
-    let addresses: Vec<SocketAddr> = nodes.iter().map(|n| n.address).collect();
+    let mut nodes = Cluster::start(
+        Path::new(env!("CARGO_BIN_EXE_hyphae-control-plane")),
+        dir.path(),
+        3,
+        SHORT_WRITE_TIMEOUT,
+    )
+    .expect("start the cluster");
+    nodes.leader().await.expect("a leader");
+    let addresses: Vec<SocketAddr> = nodes.addresses();
     let writes = Arc::new(Writes {
         acknowledged: Mutex::new(Vec::new()),
         stop: AtomicBool::new(false),
@@ -81,26 +87,29 @@ async fn acknowledged_writes_survive_the_leader_being_killed_at_random_moments()
     ));
 
     for cycle in 0..KILL_CYCLES {
-        let leader = agreed_leader(&nodes).await;
+        let leader = nodes.leader().await.expect("a leader");
         let kill_at = *attempts_seen.borrow() + rng.random_range(1..=MAX_ATTEMPTS_BEFORE_KILL);
         tokio::time::timeout(DEADLINE, attempts_seen.wait_for(|&n| n >= kill_at))
             .await
             .expect("the writer keeps attempting")
             .expect("the writer is running");
-        by_id(&mut nodes, leader).kill();
+        nodes.node_mut(leader).kill();
         // A node restarted at once still holds its committed vote and leads again in the same
         // term; every other cycle the survivors elect a new leader first, so both paths run.
         let successor = if cycle % 2 == 0 {
-            Some(agreed_leader(&nodes).await)
+            Some(nodes.leader().await.expect("a new leader"))
         } else {
             None
         };
         println!(
             "cycle {cycle}: killed leader {leader} at attempt {kill_at}; new leader before restart: {successor:?}"
         );
-        by_id(&mut nodes, leader).start(false);
+        nodes
+            .node_mut(leader)
+            .start(false)
+            .expect("restart the old leader");
     }
-    agreed_leader(&nodes).await;
+    nodes.leader().await.expect("a leader");
     writes.stop.store(true, Ordering::SeqCst);
     writer.await.expect("writer");
     let acknowledged = writes.acknowledged.lock().expect("lock").clone();
@@ -112,18 +121,15 @@ async fn acknowledged_writes_survive_the_leader_being_killed_at_random_moments()
     );
 
     // Linearizable reads through every node (followers forward them to the leader).
-    for node in &nodes {
+    for node in nodes.nodes() {
         // Leadership may still move on a loaded machine: ask again until a read is answered.
-        let deadline = Instant::now() + DEADLINE;
-        let held = loop {
+        let held = wait_for("a linearizable read", DEADLINE, INTERVAL, || async {
             let (code, body) =
                 call("GET", node.address, "/v1/policies?kind=ServicePolicy", "").await;
-            if let Some(held) = policy_names(code, &body) {
-                break held;
-            }
-            assert!(Instant::now() < deadline, "no linearizable read answered");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+            policy_names(code, &body)
+        })
+        .await
+        .expect("a linearizable read answered");
         let missing: Vec<&String> = acknowledged.iter().filter(|n| !held.contains(*n)).collect();
         assert!(
             missing.is_empty(),
@@ -131,7 +137,7 @@ async fn acknowledged_writes_survive_the_leader_being_killed_at_random_moments()
         );
     }
     // Every node's own applied state, once it has caught up.
-    for node in &nodes {
+    for node in nodes.nodes() {
         eventually("every acknowledged write in every node's state", || async {
             stale_policy_names(node.address)
                 .await

@@ -1,3 +1,37 @@
-//! Multi-process and repository-wide tests of hyphae. `tests/tidy.rs` holds the style rules
-//! every file must follow; multi-host tests (network namespaces) join it as the control plane
-//! lands.
+//! hyphae's test-support library, shared by every crate's tests and by `cargo xtask`, and home
+//! of the multi-process tests (`tests/`). It never links the agent or the control plane: it
+//! runs their binaries, whose paths callers pass in (`env!("CARGO_BIN_EXE_…")` or
+//! [`binaries::workspace_binary`]).
+//!
+//! - [`process`]: a child in its own process group, signalled through rustix, killed on drop;
+//!   its ready line (the first line on stdout, where binaries report their bound ports).
+//! - [`agent`] starts a `hyphae-agent` from a config; [`cluster`] starts N
+//!   `hyphae-control-plane` nodes and finds the leader they agree on.
+//! - [`backend`]: an in-process HTTP service with fault knobs for the agents to proxy to;
+//!   [`mesh`]: the configs of the small meshes data-path tests build around it.
+//! - [`http`]: the small HTTP client tests talk to all of them with.
+//! - [`cli`] runs the `hyphae` CLI against a node; [`policies`] holds the documents tests
+//!   write there and reads back what a node holds.
+//! - [`systemd`]: a stand-in notify socket for the systemd tests.
+//! - [`eventually`]: polling with a deadline (never a sleep to wait for a state).
+//! - [`ports`]: ports chosen ahead, only for addresses a config must name before any process
+//!   starts; everything else binds port 0 and reads the ready line.
+//! - `tests/tidy.rs` holds the style rules every file follows.
+
+pub mod agent;
+pub mod backend;
+pub mod binaries;
+pub mod cli;
+pub mod cluster;
+pub mod error;
+pub mod eventually;
+pub mod http;
+pub mod mesh;
+pub mod policies;
+pub mod ports;
+pub mod process;
+pub mod systemd;
+
+pub use error::Error;
+pub use eventually::{DEADLINE, eventually};
+pub use process::{Process, Signal};

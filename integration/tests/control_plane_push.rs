@@ -2,17 +2,25 @@
 //! changes how the agent routes within moments; with the control plane gone the agent keeps
 //! serving what it was told, and after a restart it serves the copy saved on disk.
 
-mod support;
-
-use std::net::SocketAddr;
+use std::path::Path;
 use std::process::Command;
 
-use support::{backend, binary, eventually, free_port, get_json, start, who_answers};
+use hyphae_integration::agent::Agent;
+use hyphae_integration::backend::TestBackend;
+use hyphae_integration::binaries::workspace_binary;
+use hyphae_integration::cluster::Cluster;
+use hyphae_integration::eventually;
+use hyphae_integration::http::{get_json, get_text};
+use hyphae_integration::ports::free_ports;
 
-fn host_config(name: &str, port: u16, version: &str) -> String {
-    format!(
-        "kind: AgentConfig\nmetadata: {{name: {name}}}\nspec:\n  listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: null, dns: null}}\n  services:\n    - {{name: svc, port: {port}, tags: {{version: {version}}}}}\n"
-    )
+/// A host agent `name` in `dir` serving `backend` as version `version` of `svc`.
+fn host(dir: &Path, name: &str, backend: &TestBackend, version: &str) -> Agent {
+    let yaml = format!(
+        "kind: AgentConfig\nmetadata: {{name: {name}}}\nspec:\n  listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: null, dns: null}}\n  services:\n    - {{name: svc, port: {}, tags: {{version: {version}}}}}\n",
+        backend.port()
+    );
+    Agent::start_in(&workspace_binary("hyphae-agent"), dir, name, &yaml)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,62 +31,52 @@ async fn policies_pushed_by_the_control_plane_steer_an_agent_and_survive_its_los
         std::fs::write(&path, text).expect("write file");
         path.display().to_string()
     };
-    let agent_bin = binary("hyphae-agent");
-    let (v1, v2) = (backend("v1").await, backend("v2").await);
-    let (_h1, h1) = start(
-        &agent_bin,
-        &[
-            "--config",
-            &write("h1.yaml", &host_config("h1", v1.port(), "v1")),
-        ],
+    let agent_bin = workspace_binary("hyphae-agent");
+    let (v1, v2) = (
+        TestBackend::start("v1").await,
+        TestBackend::start("v2").await,
     );
-    let (_h2, h2) = start(
-        &agent_bin,
-        &[
-            "--config",
-            &write("h2.yaml", &host_config("h2", v2.port(), "v2")),
-        ],
+    let (h1, h2) = (
+        host(dir.path(), "h1", &v1, "v1"),
+        host(dir.path(), "h2", &v2, "v2"),
     );
 
-    let cp_port = free_port();
-    let cp_config = write(
-        "cp.yaml",
-        &format!(
-            "kind: ControlPlaneConfig\nmetadata: {{name: cp}}\nspec:\n  id: 1\n  listen: 127.0.0.1:{cp_port}\n  dataDir: {}\n",
-            dir.path().join("cp-data").display()
-        ),
-    );
-    let (control_plane, _) = start(
-        &binary("hyphae-control-plane"),
-        &["--config", &cp_config, "--init"],
-    );
+    let control_plane = Cluster::start(
+        &workspace_binary("hyphae-control-plane"),
+        &dir.path().join("cp"),
+        1,
+        "",
+    )
+    .expect("start the control plane");
+    let server = control_plane.node(1).address;
 
-    let upstream = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    // An upstream port is fixed by the config (port 0 is refused): chosen ahead.
+    let upstream = format!("127.0.0.1:{}", free_ports(1).expect("a port")[0]);
     let caller_config = write(
         "caller.yaml",
         &format!(
-            "kind: AgentConfig\nmetadata: {{name: caller}}\nspec:\n  controlPlane: [\"127.0.0.1:{cp_port}\"]\n  dataDir: {}\n  listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: null, dns: null}}\n  upstreams:\n    - {{listen: \"{upstream}\", service: svc}}\n  staticServices:\n    - name: svc\n      endpoints:\n        - {{address: {}, tags: {{version: v1}}}}\n        - {{address: {}, tags: {{version: v2}}}}\n---\nkind: ServicePolicy\nmetadata: {{name: svc}}\nspec:\n  loadBalancer: {{policy: round-robin}}\n",
+            "kind: AgentConfig\nmetadata: {{name: caller}}\nspec:\n  controlPlane: [\"{server}\"]\n  dataDir: {}\n  listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: null, dns: null}}\n  upstreams:\n    - {{listen: \"{upstream}\", service: svc}}\n  staticServices:\n    - name: svc\n      endpoints:\n        - {{address: \"{}\", tags: {{version: v1}}}}\n        - {{address: \"{}\", tags: {{version: v2}}}}\n---\nkind: ServicePolicy\nmetadata: {{name: svc}}\nspec:\n  loadBalancer: {{policy: round-robin}}\n",
             dir.path().join("caller-data").display(),
-            h1["ready"]["inbound"],
-            h2["ready"]["inbound"],
+            h1.inbound,
+            h2.inbound,
         ),
     );
-    let (caller, caller_ready) = start(&agent_bin, &["--config", &caller_config]);
-    let caller_admin = caller_ready["ready"]["admin"]
-        .as_str()
-        .expect("admin address")
-        .to_string();
+    let caller = Agent::start::<&str>(&agent_bin, "caller", caller_config.as_ref(), &[])
+        .expect("start caller");
 
     // Without a route, round robin alternates between v1 and v2.
-    let answers = [who_answers(upstream).await, who_answers(upstream).await];
+    let answers = [
+        get_text(&upstream, "/").await,
+        get_text(&upstream, "/").await,
+    ];
     assert!(
         answers.contains(&"v1".to_string()) && answers.contains(&"v2".to_string()),
         "{answers:?}"
     );
 
     // Push a route that sends everything to v2, then one that sends everything to v1.
-    let hyphae = binary("hyphae");
-    let server = format!("127.0.0.1:{cp_port}");
+    let hyphae = workspace_binary("hyphae");
+    let server = server.to_string();
     for version in ["v2", "v1"] {
         let route = write(
             &format!("route-{version}.yaml"),
@@ -93,7 +91,7 @@ async fn policies_pushed_by_the_control_plane_steer_an_agent_and_survive_its_los
         assert!(status.success());
         eventually(&format!("every call to go to {version}"), || async {
             for _ in 0..5 {
-                if who_answers(upstream).await != version {
+                if get_text(&upstream, "/").await != version {
                     return false;
                 }
             }
@@ -105,7 +103,7 @@ async fn policies_pushed_by_the_control_plane_steer_an_agent_and_survive_its_los
     // The control plane goes away: the agent keeps serving the last route.
     drop(control_plane);
     for _ in 0..10 {
-        assert_eq!(who_answers(upstream).await, "v1");
+        assert_eq!(get_text(&upstream, "/").await, "v1");
     }
 
     // The agent restarts with no control plane: it serves the route saved on disk. The save
@@ -116,7 +114,7 @@ async fn policies_pushed_by_the_control_plane_steer_an_agent_and_survive_its_los
         .join("caller-data")
         .join("control-plane-snapshot.json");
     eventually("the served state to be saved on disk", || async {
-        let served = get_json(&caller_admin, "/ready").await;
+        let served = get_json(caller.admin, "/ready").await;
         let served = served.and_then(|r| r["controlPlane"]["revision"].as_u64());
         let on_disk = std::fs::read(&saved)
             .ok()
@@ -126,14 +124,15 @@ async fn policies_pushed_by_the_control_plane_steer_an_agent_and_survive_its_los
     })
     .await;
     drop(caller);
-    let (_caller, _) = start(&agent_bin, &["--config", &caller_config]);
+    let _caller = Agent::start::<&str>(&agent_bin, "caller", caller_config.as_ref(), &[])
+        .expect("restart caller");
     eventually("the restarted agent to serve the saved route", || async {
-        who_answers(upstream).await == "v1"
+        get_text(&upstream, "/").await == "v1"
     })
     .await;
     for _ in 0..10 {
         assert_eq!(
-            who_answers(upstream).await,
+            get_text(&upstream, "/").await,
             "v1",
             "the saved route, not a random endpoint"
         );

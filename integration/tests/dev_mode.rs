@@ -2,18 +2,26 @@
 //! writes, the agent registers its own services there, and calls by name reach them through
 //! the registry alone.
 
-mod support;
-
-use std::net::SocketAddr;
 use std::process::Command;
 
-use support::{backend, binary, eventually, free_port, get_json, start, who_answers};
+use hyphae_integration::agent::Agent;
+use hyphae_integration::backend::TestBackend;
+use hyphae_integration::binaries::workspace_binary;
+use hyphae_integration::eventually;
+use hyphae_integration::http::{get_json, get_text};
+use hyphae_integration::ports::free_ports;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_dev_agent_is_a_working_mesh() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let web = backend("web").await;
-    let upstream = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let web = TestBackend::start("web").await;
+    // Neither an upstream (its port is fixed by the config) nor the embedded control plane
+    // (the ready line does not report it) can take port 0: their ports are chosen ahead.
+    let ports = free_ports(2).expect("ports");
+    let (upstream, server) = (
+        format!("127.0.0.1:{}", ports[0]),
+        format!("127.0.0.1:{}", ports[1]),
+    );
     let config = dir.path().join("agent.yaml");
     std::fs::write(
         &config,
@@ -24,17 +32,13 @@ async fn one_dev_agent_is_a_working_mesh() {
         ),
     )
     .expect("write config");
-    let server = format!("127.0.0.1:{}", free_port());
-    let (_agent, _) = start(
-        &binary("hyphae-agent"),
-        &[
-            "--dev",
-            "--dev-listen",
-            &server,
-            "--config",
-            &config.display().to_string(),
-        ],
-    );
+    let _agent = Agent::start(
+        &workspace_binary("hyphae-agent"),
+        "laptop",
+        &config,
+        &["--dev", "--dev-listen", &server],
+    )
+    .expect("start the dev agent");
 
     eventually("the agent to register its service", || async {
         get_json(&server, "/v1/services/web")
@@ -43,7 +47,7 @@ async fn one_dev_agent_is_a_working_mesh() {
     })
     .await;
     eventually("a call by name to reach the service", || async {
-        who_answers(upstream).await == "web"
+        get_text(&upstream, "/").await == "web"
     })
     .await;
 
@@ -53,7 +57,7 @@ async fn one_dev_agent_is_a_working_mesh() {
         "kind: ServicePolicy\nmetadata: {name: web}\nspec:\n  timeouts: {request: 3s}\n",
     )
     .expect("write policy");
-    let output = Command::new(binary("hyphae"))
+    let output = Command::new(workspace_binary("hyphae"))
         .args([
             "apply",
             "-f",

@@ -2,57 +2,50 @@
 //! plane, callers reach them by name with no static endpoints, failing health checks and dead
 //! agents take instances out of rotation, and a leader election expires nobody who is alive.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{
-    Process, binary, checked_backend, control_plane, eventually, free_port, get_json, leader,
-    signal, start, who_answers,
-};
+use hyphae_integration::agent::Agent;
+use hyphae_integration::backend::TestBackend;
+use hyphae_integration::binaries::workspace_binary;
+use hyphae_integration::cluster::{Cluster, SHORT_WRITE_TIMEOUT};
+use hyphae_integration::http::{get_json, get_text};
+use hyphae_integration::ports::free_ports;
+use hyphae_integration::{DEADLINE, Signal, eventually};
 
 /// Lease of the single-node tests: short, so expiry is quick to see.
 const LEASE: Duration = Duration::from_secs(2);
 
 /// An agent hosting `web` on `port`, checked at `/healthz` five times a second.
-fn host(dir: &Path, name: &str, port: u16, control_plane: &[String]) -> Process {
-    let config = dir.join(format!("{name}.yaml"));
-    std::fs::write(
-        &config,
-        format!(
+fn host(dir: &Path, name: &str, port: u16, control_plane: &[String]) -> Agent {
+    Agent::start_in(
+        &workspace_binary("hyphae-agent"),
+        dir,
+        name,
+        &format!(
             "kind: AgentConfig\nmetadata: {{name: {name}}}\nspec:\n  controlPlane: {control_plane:?}\n  dataDir: {}\n  listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: null, dns: null}}\n  services:\n    - name: web\n      port: {port}\n      check: {{http: /healthz, interval: 200ms, timeout: 150ms, rise: 1, fall: 1}}\n",
             dir.join(format!("{name}-data")).display()
         ),
     )
-    .expect("write config");
-    let config = config.display().to_string();
-    start(&binary("hyphae-agent"), &["--config", &config]).0
+    .expect("start a host agent")
 }
 
 /// A calling agent with an upstream port for `web`, and no endpoints of its own.
-fn caller(dir: &Path, control_plane: &[String]) -> (Process, SocketAddr, String) {
-    let upstream = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let config = dir.join("caller.yaml");
-    std::fs::write(
-        &config,
-        format!(
+fn caller(dir: &Path, control_plane: &[String]) -> Agent {
+    // An upstream port is fixed by the config (port 0 is refused): chosen ahead.
+    let upstream = format!("127.0.0.1:{}", free_ports(1).expect("a port")[0]);
+    Agent::start_in(
+        &workspace_binary("hyphae-agent"),
+        dir,
+        "caller",
+        &format!(
             "kind: AgentConfig\nmetadata: {{name: caller}}\nspec:\n  controlPlane: {control_plane:?}\n  dataDir: {}\n  listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: null, dns: null}}\n  upstreams:\n    - {{listen: \"{upstream}\", service: web}}\n---\nkind: ServicePolicy\nmetadata: {{name: web}}\nspec:\n  loadBalancer: {{policy: round-robin}}\n",
             dir.join("caller-data").display()
         ),
     )
-    .expect("write config");
-    let config = config.display().to_string();
-    let (process, ready) = start(&binary("hyphae-agent"), &["--config", &config]);
-    let admin = ready["ready"]["admin"]
-        .as_str()
-        .expect("admin address")
-        .to_string();
-    (process, upstream, admin)
+    .expect("start the caller agent")
 }
 
 /// The health of each instance of `web`, by node, as the control plane lists it.
@@ -91,7 +84,7 @@ async fn node_names(server: &str) -> Option<BTreeSet<String>> {
 /// Whether the next `calls` calls through `upstream` all reach `backend`.
 async fn all_reach(upstream: SocketAddr, backend: &str, calls: usize) -> bool {
     for _ in 0..calls {
-        if who_answers(upstream).await != backend {
+        if get_text(upstream, "/").await != backend {
             return false;
         }
     }
@@ -108,19 +101,21 @@ fn strings(items: &[(&str, &str)]) -> Vec<(String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callers_reach_registered_services_by_name_and_follow_health_and_leases() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let nodes = control_plane(
-        dir.path(),
+    let nodes = Cluster::start(
+        &workspace_binary("hyphae-control-plane"),
+        &dir.path().join("cp"),
         1,
-        &format!("  leaseTtl: {}ms\n", LEASE.as_millis()),
-    );
-    let server = nodes[0].address.clone();
+        &format!("{SHORT_WRITE_TIMEOUT}  leaseTtl: {}ms\n", LEASE.as_millis()),
+    )
+    .expect("start the control plane");
+    let server = nodes.node(1).address.to_string();
     let servers = vec![server.clone()];
-    let b_healthy = Arc::new(AtomicBool::new(true));
-    let b = checked_backend("b", Arc::clone(&b_healthy)).await;
-    let c = checked_backend("c", Arc::new(AtomicBool::new(true))).await;
-    let host_b = host(dir.path(), "host-b", b.port(), &servers);
+    let b = TestBackend::start("b").await;
+    let c = TestBackend::start("c").await;
+    let mut host_b = host(dir.path(), "host-b", b.port(), &servers);
     let host_c = host(dir.path(), "host-c", c.port(), &servers);
-    let (_caller, upstream, admin) = caller(dir.path(), &servers);
+    let caller = caller(dir.path(), &servers);
+    let upstream = caller.upstream("web");
 
     eventually("both instances of web to register and pass", || async {
         web_instances(&server).await == strings(&[("host-b", "passing"), ("host-c", "passing")])
@@ -139,27 +134,27 @@ async fn callers_reach_registered_services_by_name_and_follow_health_and_leases(
     eventually("calls by name to reach both hosts", || async {
         let mut seen = BTreeSet::new();
         for _ in 0..6 {
-            seen.insert(who_answers(upstream).await);
+            seen.insert(get_text(upstream, "/").await);
         }
         seen == BTreeSet::from(["b".to_string(), "c".to_string()])
     })
     .await;
 
     // host-b's check fails: the control plane hears of it and callers stop sending it calls.
-    b_healthy.store(false, Ordering::Release);
+    b.set_healthy(false);
     eventually("host-b to be reported critical", || async {
         web_instances(&server).await == strings(&[("host-b", "critical"), ("host-c", "passing")])
     })
     .await;
     eventually("every call to go to host-c", || all_reach(upstream, "c", 8)).await;
-    b_healthy.store(true, Ordering::Release);
+    b.set_healthy(true);
     eventually("host-b to pass again", || async {
         web_instances(&server).await == strings(&[("host-b", "passing"), ("host-c", "passing")])
     })
     .await;
 
     // host-c dies without a word: its lease lapses and it leaves the registry.
-    signal(&host_c, "KILL");
+    host_c.signal(Signal::KILL);
     let killed = Instant::now();
     eventually("host-c to expire", || async {
         node_names(&server)
@@ -175,7 +170,7 @@ async fn callers_reach_registered_services_by_name_and_follow_health_and_leases(
     eventually("every call to go to host-b", || all_reach(upstream, "b", 8)).await;
 
     // The caller's admin endpoint says it is live on the control plane and registered.
-    let metrics = admin_text(&admin, "/metrics").await;
+    let metrics = caller.metrics().await;
     for line in [
         "hyphae_control_plane_connected 1",
         "hyphae_control_plane_registered 1",
@@ -185,16 +180,14 @@ async fn callers_reach_registered_services_by_name_and_follow_health_and_leases(
     assert!(metrics.contains("hyphae_control_plane_staleness_seconds"));
 
     // host-b stops cleanly: it deregisters on its way out and exits 0.
-    signal(&host_b, "TERM");
+    host_b.signal(Signal::TERM);
     eventually("host-b to deregister", || async {
         node_names(&server)
             .await
             .is_some_and(|names| !names.contains("host-b"))
     })
     .await;
-    let mut host_b = host_b;
-    let status = host_b.0.wait().expect("host-b exits");
-    assert!(status.success(), "{status:?}");
+    assert_eq!(host_b.exit_code(DEADLINE).await, Some(0), "host-b exits 0");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,13 +195,15 @@ async fn a_leader_election_expires_no_live_agent() {
     // Long enough that a loaded CI machine never misses three heartbeats in a row.
     let lease = Duration::from_secs(4);
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut nodes = control_plane(
-        dir.path(),
+    let mut nodes = Cluster::start(
+        &workspace_binary("hyphae-control-plane"),
+        &dir.path().join("cp"),
         3,
-        &format!("  leaseTtl: {}ms\n", lease.as_millis()),
-    );
-    let servers: Vec<String> = nodes.iter().map(|n| n.address.clone()).collect();
-    let web = checked_backend("web", Arc::new(AtomicBool::new(true))).await;
+        &format!("{SHORT_WRITE_TIMEOUT}  leaseTtl: {}ms\n", lease.as_millis()),
+    )
+    .expect("start the control plane");
+    let servers: Vec<String> = nodes.addresses().iter().map(ToString::to_string).collect();
+    let web = TestBackend::start("web").await;
     let _alive = host(dir.path(), "alive", web.port(), &servers);
     let doomed = host(dir.path(), "doomed", web.port(), &servers);
     eventually("both agents to register", || async {
@@ -219,20 +214,18 @@ async fn a_leader_election_expires_no_live_agent() {
     .await;
 
     // The leader and one agent die together.
-    let old = leader(&nodes).await;
-    let index = usize::try_from(old - 1).expect("index");
-    nodes[index].process = None;
-    signal(&doomed, "KILL");
+    let old = nodes.leader().await.expect("a leader");
+    nodes.node_mut(old).kill();
+    doomed.signal(Signal::KILL);
     drop(doomed);
-    let deadline = Instant::now() + support::DEADLINE;
-    while leader(&nodes).await == old {
-        assert!(Instant::now() < deadline, "no new leader");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // A leader is only agreed on among running nodes, so this is a new one.
+    let new = nodes.leader().await.expect("a new leader");
+    assert_ne!(new, old);
     let survivor = nodes
+        .nodes()
         .iter()
-        .find(|n| n.process.is_some())
-        .map(|n| n.address.clone())
+        .find(|n| n.is_running())
+        .map(|n| n.address.to_string())
         .expect("a survivor");
 
     // For two leases after the election, the live agent is registered at every look, and the
@@ -246,26 +239,9 @@ async fn a_leader_election_expires_no_live_agent() {
             doomed_gone |= !names.contains("doomed");
         }
         assert!(
-            watch_until.elapsed() < support::DEADLINE,
+            watch_until.elapsed() < DEADLINE,
             "the dead agent never expired"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// GETs `path` from an agent's admin port as text.
-async fn admin_text(admin: &str, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(admin)
-        .await
-        .expect("admin connects");
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .expect("request");
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await.expect("answer");
-    String::from_utf8_lossy(&answer).into_owned()
 }

@@ -4,17 +4,38 @@
 //! A node never sends a reader back in time: one behind the reader (or not in a cluster yet)
 //! refuses, and only a reader of another, rebuilt cluster starts over.
 
-mod support;
-
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
+use hyphae_integration::binaries::workspace_binary;
+use hyphae_integration::cluster::{Cluster, Node, SHORT_WRITE_TIMEOUT};
+use hyphae_integration::eventually;
+use hyphae_integration::http::request;
 use serde_json::Value;
-use support::{control_plane, eventually, leader, post_json};
+
+/// A cluster of `size` nodes in `dir`, started.
+fn cluster(dir: &Path, size: usize) -> Cluster {
+    Cluster::start(
+        &workspace_binary("hyphae-control-plane"),
+        dir,
+        size,
+        SHORT_WRITE_TIMEOUT,
+    )
+    .expect("start the control plane")
+}
+
+/// POSTs `body` to `path` on `server`: the status and the JSON answer, `None` when nothing
+/// answered.
+async fn post_json(server: &str, path: &str, body: &str) -> Option<(u16, Value)> {
+    let answer = request("POST", server, path, body).await?;
+    Some((answer.status.as_u16(), answer.json()))
+}
 
 /// Writes attempted, one distinct policy each.
 const WRITES: usize = 60;
@@ -105,9 +126,9 @@ async fn reader(servers: Vec<String>, seen: Arc<Mutex<Seen>>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_sees_every_write_once_in_order_while_its_node_is_killed() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut nodes = control_plane(dir.path(), 3, "");
-    let servers: Vec<String> = nodes.iter().map(|n| n.address.clone()).collect();
-    leader(&nodes).await;
+    let mut nodes = cluster(dir.path(), 3);
+    let servers: Vec<String> = nodes.addresses().iter().map(ToString::to_string).collect();
+    nodes.leader().await.expect("a leader");
     let seen = Arc::new(Mutex::new(Seen::default()));
     let reading = tokio::spawn(reader(servers.clone(), Arc::clone(&seen)));
     eventually("the first snapshot", || async {
@@ -120,7 +141,7 @@ async fn a_watch_sees_every_write_once_in_order_while_its_node_is_killed() {
     for i in 0..WRITES {
         if acked.len() == KILL_AFTER && killed.is_none() {
             let index = seen.lock().expect("lock").connected_to.expect("connected");
-            nodes[index].process = None;
+            nodes.node_mut(index as u64 + 1).kill();
             killed = Some(index);
         }
         // One attempt per name: a write that failed may still commit, so it is never retried
@@ -222,9 +243,9 @@ async fn first_event(server: &str, path: &str) -> (u16, Option<Value>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_never_goes_back_in_time_but_follows_a_rebuilt_cluster() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let nodes = control_plane(dir.path(), 1, "");
-    let server = nodes[0].address.clone();
-    leader(&nodes).await;
+    let nodes = cluster(dir.path(), 1);
+    let server = nodes.node(1).address.to_string();
+    nodes.leader().await.expect("a leader");
     let body = "kind: ServicePolicy\nmetadata: {name: web}\nspec: {}\n";
     let (status, _) = post_json(&server, "/v1/policies", body)
         .await
@@ -253,21 +274,24 @@ async fn a_watch_never_goes_back_in_time_but_follows_a_rebuilt_cluster() {
     assert_eq!(event["cluster"], cluster);
 
     // A node that never joined a cluster serves nobody.
-    let lonely = support::free_port();
     let config = dir.path().join("lonely.yaml");
     std::fs::write(
         &config,
         format!(
-            "kind: ControlPlaneConfig\nmetadata: {{name: lonely}}\nspec:\n  id: 7\n  listen: 127.0.0.1:{lonely}\n  dataDir: {}\n",
+            "kind: ControlPlaneConfig\nmetadata: {{name: lonely}}\nspec:\n  id: 7\n  listen: 127.0.0.1:0\n  dataDir: {}\n",
             dir.path().join("lonely-data").display()
         ),
     )
     .expect("write config");
-    let (_lonely, _) = support::start(
-        &support::binary("hyphae-control-plane"),
-        &["--config", &config.display().to_string()],
+    let mut lonely = Node::new(
+        &workspace_binary("hyphae-control-plane"),
+        7,
+        config,
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        dir.path().join("lonely.log"),
     );
-    let (status, refusal) = first_event(&format!("127.0.0.1:{lonely}"), "/v1/agent/watch").await;
+    lonely.start(false).expect("start the lonely node");
+    let (status, refusal) = first_event(&lonely.address.to_string(), "/v1/agent/watch").await;
     assert_eq!(status, 503);
     assert_eq!(refusal.expect("an error body")["code"], "not-ready");
 }

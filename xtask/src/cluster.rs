@@ -3,19 +3,34 @@
 //! Every process it starts is stopped when it returns, even on error.
 
 use std::path::Path;
-use std::time::Instant;
+use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use hyphae_integration::cli::hyphae;
+use hyphae_integration::cluster::Cluster;
+use hyphae_integration::eventually::wait_for;
 
-use crate::local_cluster::{LocalCluster, NODES, PATIENCE, POLL_INTERVAL, run_hyphae};
+/// Nodes in the demo's cluster, with ids 1, 2, 3.
+const NODES: usize = 3;
+/// Longest the demo waits for the restarted node to catch up.
+const PATIENCE: Duration = Duration::from_secs(30);
+/// How often the catch-up wait asks again.
+const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Runs the scenario with the binaries in `bin`, keeping data under `scratch`.
-pub fn run(bin: &Path, scratch: &Path, examples: &Path) -> Result<()> {
-    let mut cluster = LocalCluster::start(bin, &scratch.join("control-plane"))?;
-    let all: Vec<usize> = (1..=NODES).collect();
-    let servers = cluster.servers().to_vec();
-    let hyphae = cluster.hyphae();
-    let leader = cluster.wait_for_leader(&all)?;
+pub async fn run(bin: &Path, scratch: &Path, examples: &Path) -> Result<()> {
+    let dir = scratch.join("control-plane");
+    crate::util::empty_dir(&dir)?;
+    let mut cluster = Cluster::configure(&bin.join("hyphae-control-plane"), &dir, NODES, "")?;
+    cluster.set_log_level("error");
+    cluster.start_all()?;
+    let servers: Vec<String> = cluster
+        .addresses()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let hyphae = bin.join("hyphae");
+    let leader = cluster.leader().await?;
     println!("three nodes up; node {leader} leads");
     show(&hyphae, &servers[0], &["cluster", "status"])?;
 
@@ -26,13 +41,17 @@ pub fn run(bin: &Path, scratch: &Path, examples: &Path) -> Result<()> {
     show(&hyphae, &servers[2], &["get", "--stale"])?;
 
     println!("\n-- kill the leader (node {leader}, SIGKILL); the others elect a new one");
-    cluster.kill(leader);
-    let survivors: Vec<usize> = all.iter().copied().filter(|&id| id != leader).collect();
-    let new_leader = cluster.wait_for_leader(&survivors)?;
+    cluster.node_mut(leader).kill();
+    // Only running nodes are asked, and the leader they agree on must itself run.
+    let new_leader = cluster.leader().await?;
     ensure!(new_leader != leader, "a new leader should take over");
     println!("node {new_leader} leads now");
-    let survivor = cluster.server(survivors[0]).to_string();
-    let change = scratch.join("control-plane").join("catalog-change.yaml");
+    let survivor = (1..)
+        .take(NODES)
+        .find(|&id| id != leader)
+        .map(|id| cluster.node(id).address.to_string())
+        .context("a surviving node")?;
+    let change = dir.join("catalog-change.yaml");
     std::fs::write(
         &change,
         "kind: ServicePolicy\nmetadata: {name: catalog}\nspec:\n  retries: {attempts: 1}\n",
@@ -47,23 +66,35 @@ pub fn run(bin: &Path, scratch: &Path, examples: &Path) -> Result<()> {
     );
 
     println!("\n-- restart node {leader}: it catches up from the others");
-    cluster.restart(leader)?;
-    let restarted = cluster.server(leader);
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let output = run_hyphae(
-            &hyphae,
-            restarted,
-            &["get", "ServicePolicy", "catalog", "--stale", "-o", "yaml"],
-        )?;
-        if output.contains("attempts: 1") {
-            break;
-        }
-        ensure!(Instant::now() < deadline, "node {leader} never caught up");
-        std::thread::sleep(POLL_INTERVAL);
-    }
-    show(&hyphae, restarted, &["cluster", "status"])?;
+    cluster.node_mut(leader).start(false)?;
+    let restarted = cluster.node(leader).address.to_string();
+    let args = ["get", "ServicePolicy", "catalog", "--stale", "-o", "yaml"];
+    wait_for(
+        &format!("node {leader} to catch up"),
+        PATIENCE,
+        POLL_INTERVAL,
+        || async {
+            run_hyphae(&hyphae, &restarted, &args)
+                .ok()
+                .filter(|output| output.contains("attempts: 1"))
+        },
+    )
+    .await?;
+    show(&hyphae, &restarted, &["cluster", "status"])?;
     Ok(())
+}
+
+/// Runs `hyphae args` against `server` and returns what it printed (stdout, then stderr);
+/// fails when it fails.
+fn run_hyphae(hyphae_bin: &Path, server: &str, args: &[&str]) -> Result<String> {
+    let output = hyphae(hyphae_bin, server, args).context("run hyphae")?;
+    ensure!(
+        output.success(),
+        "hyphae {} failed: {}",
+        args.join(" "),
+        output.text
+    );
+    Ok(output.text)
 }
 
 /// Runs `hyphae` against `server`, printing the command and its output.

@@ -83,15 +83,20 @@ pub fn run(_args: &[String]) -> Result<()> {
         output.stdout.len()
     );
 
+    // The clusters and fleets wait and call with the test-support library, which is async.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start a runtime")?;
     stage(
         "6. A control-plane cluster: three Raft nodes, policies applied with the CLI, a leader killed",
     );
-    crate::cluster::run(&bin, &scratch, &examples)?;
+    runtime.block_on(crate::cluster::run(&bin, &scratch, &examples))?;
 
     stage(
         "7. A fleet on this machine: agents register with the control plane, calls by name, a crash healed, a lease lapsed",
     );
-    crate::fleet::run(&bin, &scratch)?;
+    runtime.block_on(crate::fleet::run(&bin, &scratch))?;
 
     stage("Done");
     println!(

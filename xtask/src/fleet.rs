@@ -4,78 +4,76 @@
 //! retries, ejection and health checks hide and heal, and an agent whose lease lapses.
 //! Every process it starts is stopped when it returns, even on error.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-
-use crate::local_cluster::LocalCluster;
-use crate::util::{Processes, free_port};
+use hyphae_integration::Process;
+use hyphae_integration::agent::Agent;
+use hyphae_integration::cluster::Cluster;
+use hyphae_integration::eventually::wait_for;
+use hyphae_integration::http::request;
+use hyphae_integration::ports::free_ports;
+use hyphae_integration::process::READY_PATIENCE;
+use tokio::time::Instant;
 
 /// Requests sent in each traffic round.
 const ROUND: usize = 20;
 /// Longest the demo waits for anything (a process to start, an ejection to end).
 const PATIENCE: Duration = Duration::from_secs(30);
+/// How often a wait asks again.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How often the healing wait sends another round of traffic.
+const ROUND_INTERVAL: Duration = Duration::from_millis(500);
 /// The catalog's ejection time in the demo policy, short so the healing is visible.
 const EJECTION: &str = "3s";
 /// The demo control plane's lease, short so an expiry is quick to see.
 const LEASE: &str = "3s";
 
 /// Runs the fleet scenario with the binaries in `bin`, keeping files under `scratch`.
-pub fn run(bin: &Path, scratch: &Path) -> Result<()> {
+pub async fn run(bin: &Path, scratch: &Path) -> Result<()> {
     let agent = &bin.join("hyphae-agent");
     let dir = scratch.join("fleet");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).context("create the fleet directory")?;
-    let mut processes = Processes::default();
-    let cluster = LocalCluster::start_sized(
-        bin,
+    crate::util::empty_dir(&dir)?;
+    let mut cluster = Cluster::configure(
+        &bin.join("hyphae-control-plane"),
         &dir.join("control-plane"),
         1,
         &format!("  leaseTtl: {LEASE}\n"),
     )?;
-    cluster.wait_for_leader(&[1])?;
-    let control_plane: SocketAddr = cluster
-        .server(1)
-        .parse()
-        .context("the control plane's address")?;
+    cluster.set_log_level("error");
+    cluster.start_all()?;
+    cluster.leader().await?;
+    let control_plane = cluster.node(1).address;
     println!("control plane: one node at {control_plane} (leaseTtl {LEASE})");
 
-    let (app1_port, app2_port) = (free_port()?, free_port()?);
-    start_catalog(
-        &mut processes,
-        &dir,
-        "app-1",
-        "catalog v1 on app-1 (eu-west)",
-        app1_port,
-    )?;
-    start_catalog(
-        &mut processes,
-        &dir,
-        "app-2",
-        "catalog v2 on app-2 (us-east)",
-        app2_port,
-    )?;
+    let app1_catalog = Catalog::start(&dir, "app-1", "catalog v1 on app-1 (eu-west)", 0)?;
+    let app2_catalog = Catalog::start(&dir, "app-2", "catalog v2 on app-2 (us-east)", 0)?;
+    let app1_port = app1_catalog.port;
     let app1 = start_agent(
-        &mut processes,
         agent,
         &dir,
         "app-1",
         &host_config(&dir, control_plane, "app-1", "eu-west", app1_port, "v1"),
     )?;
     let app2 = start_agent(
-        &mut processes,
         agent,
         &dir,
         "app-2",
-        &host_config(&dir, control_plane, "app-2", "us-east", app2_port, "v2"),
+        &host_config(
+            &dir,
+            control_plane,
+            "app-2",
+            "us-east",
+            app2_catalog.port,
+            "v2",
+        ),
     )?;
-    let upstream = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    // An upstream's port is fixed by the config (the agent refuses port 0 there): chosen ahead.
+    let upstream = SocketAddr::from(([127, 0, 0, 1], free_ports(1)?[0]));
     let web = start_agent(
-        &mut processes,
         agent,
         &dir,
         "web-1",
@@ -88,18 +86,20 @@ pub fn run(bin: &Path, scratch: &Path) -> Result<()> {
     println!(
         "no endpoint lists anywhere: the hosts register the catalog and web-1 follows the registry"
     );
-    wait_for(
+    wait_until(
         "both catalog instances to register and pass their checks",
-        || Ok(passing(control_plane)? == 2),
-    )?;
-    wait_for("web-1 to receive both from the control plane", || {
-        let (_, endpoints) = http_get(web.admin, "/endpoints")?;
+        || async { Ok(passing(control_plane).await? == 2) },
+    )
+    .await?;
+    wait_until("web-1 to receive both from the control plane", || async {
+        let (_, endpoints) = http_get(web.admin, "/endpoints").await?;
         Ok(endpoints.matches("\"catalog\"").count() == 2)
-    })?;
-    print_registry(control_plane)?;
+    })
+    .await?;
+    print_registry(control_plane).await?;
 
     println!("\n-- traffic: {ROUND} calls from web-1 to the catalog");
-    let tally = traffic(upstream)?;
+    let tally = traffic(upstream).await;
     print_tally(&tally);
     ensure!(tally.failed == 0, "every call should succeed");
     ensure!(
@@ -108,8 +108,8 @@ pub fn run(bin: &Path, scratch: &Path) -> Result<()> {
     );
 
     println!("\n-- failure: the catalog on app-1 crashes");
-    processes.stop("catalog-app-1");
-    let tally = traffic(upstream)?;
+    drop(app1_catalog);
+    let tally = traffic(upstream).await;
     print_tally(&tally);
     ensure!(
         tally.failed == 0,
@@ -120,58 +120,53 @@ pub fn run(bin: &Path, scratch: &Path) -> Result<()> {
         "calls should spill over to the other site"
     );
     println!("web-1's view of the endpoints:");
-    print!("{}", http_get(web.admin, "/endpoints")?.1);
-    wait_for("app-1's health check to report the crash", || {
-        Ok(passing(control_plane)? == 1)
-    })?;
+    print!("{}", http_get(web.admin, "/endpoints").await?.1);
+    wait_until("app-1's health check to report the crash", || async {
+        Ok(passing(control_plane).await? == 1)
+    })
+    .await?;
     println!("app-1's check failed; the control plane pushed it out of every caller's endpoints:");
-    print_registry(control_plane)?;
+    print_registry(control_plane).await?;
 
     println!(
         "\n-- healing: app-1's catalog restarts; after its {EJECTION} ejection it gets its traffic back"
     );
-    start_catalog(
-        &mut processes,
-        &dir,
-        "app-1",
-        "catalog v1 on app-1 (eu-west)",
-        app1_port,
-    )?;
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let tally = traffic(upstream)?;
-        if tally.by_site("eu-west") == ROUND {
-            print_tally(&tally);
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "app-1 never got its traffic back"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    // On the port app-1's agent was configured with.
+    let _app1_catalog = Catalog::start(&dir, "app-1", "catalog v1 on app-1 (eu-west)", app1_port)?;
+    let tally = wait_for(
+        "app-1 to get its traffic back",
+        PATIENCE,
+        ROUND_INTERVAL,
+        || async {
+            let tally = traffic(upstream).await;
+            (tally.by_site("eu-west") == ROUND).then_some(tally)
+        },
+    )
+    .await?;
+    print_tally(&tally);
 
-    print_registry(control_plane)?;
+    print_registry(control_plane).await?;
 
     println!(
         "\n-- an agent dies: app-2's agent is killed; its lease ({LEASE}) lapses and it leaves the registry"
     );
-    processes.stop("app-2");
+    drop(app2);
     let killed = Instant::now();
-    wait_for("app-2 to expire", || {
-        let (_, nodes) = http_get(control_plane, "/v1/nodes?stale=true")?;
+    wait_until("app-2 to expire", || async {
+        let (_, nodes) = http_get(control_plane, "/v1/nodes?stale=true").await?;
         Ok(!nodes.contains("\"app-2\""))
-    })?;
+    })
+    .await?;
     println!(
         "app-2 expired {:.1}s after it died",
         killed.elapsed().as_secs_f64()
     );
-    print_registry(control_plane)?;
-    let tally = traffic(upstream)?;
+    print_registry(control_plane).await?;
+    let tally = traffic(upstream).await;
     print_tally(&tally);
     ensure!(tally.failed == 0, "every call should still succeed");
 
-    let metrics = http_get(web.admin, "/metrics")?.1;
+    let metrics = http_get(web.admin, "/metrics").await?.1;
     println!("\nweb-1's metrics for the catalog:");
     for line in metrics.lines().filter(|l| {
         !l.starts_with('#')
@@ -185,105 +180,80 @@ pub fn run(bin: &Path, scratch: &Path) -> Result<()> {
 }
 
 /// A sample service: Python's static file server answering `/whoami`.
-fn start_catalog(
-    processes: &mut Processes,
-    dir: &Path,
-    host: &str,
-    whoami: &str,
+struct Catalog {
+    /// Where it listens.
     port: u16,
-) -> Result<()> {
-    let root = dir.join(format!("catalog-{host}"));
-    std::fs::create_dir_all(&root).context("create the sample service's directory")?;
-    std::fs::write(root.join("whoami"), format!("{whoami}\n")).context("write whoami")?;
-    let child = Command::new("python3")
-        .args([
-            "-m",
-            "http.server",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--directory",
-        ])
-        .arg(&root)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
+    /// Stopped when dropped.
+    _process: Process,
+}
+
+impl Catalog {
+    /// Starts the sample service of `host` on `port` (0: a free one, read from the line it
+    /// prints once it listens).
+    fn start(dir: &Path, host: &str, whoami: &str, port: u16) -> Result<Catalog> {
+        let root = dir.join(format!("catalog-{host}"));
+        std::fs::create_dir_all(&root).context("create the sample service's directory")?;
+        std::fs::write(root.join("whoami"), format!("{whoami}\n")).context("write whoami")?;
+        // `-u`: its "Serving HTTP on 127.0.0.1 port N" line is not held in a buffer.
+        let (process, line) = Process::spawn_ready(
+            &format!("the sample service on {host}"),
+            Command::new("python3")
+                .args(["-u", "-m", "http.server", &port.to_string()])
+                .args(["--bind", "127.0.0.1", "--directory"])
+                .arg(&root)
+                .stderr(Stdio::null()),
+            READY_PATIENCE,
+        )
         .context("start python3 -m http.server (python3 is needed for the sample services)")?;
-    processes.add(&format!("catalog-{host}"), child);
-    let deadline = Instant::now() + PATIENCE;
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        ensure!(
-            Instant::now() < deadline,
-            "the sample service on {host} did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
+        let port = line
+            .split_whitespace()
+            .skip_while(|word| *word != "port")
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .with_context(|| format!("the sample service on {host} said {line:?}"))?;
+        Ok(Catalog {
+            port,
+            _process: process,
+        })
     }
+}
+
+/// Writes `config` to `dir/<name>.yaml` and starts the agent `name` on it, logging errors only.
+fn start_agent(agent: &Path, dir: &Path, name: &str, config: &str) -> Result<Agent> {
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, config).context("write an agent config")?;
+    let agent = Agent::spawn(
+        name,
+        Agent::command(agent, &path).env("HYPHAE_LOG", "error"),
+        &path,
+    )?;
+    Ok(agent)
+}
+
+/// Polls `check` every [`POLL_INTERVAL`] until it holds, for up to [`PATIENCE`]; a check that
+/// fails counts as not holding yet.
+async fn wait_until<F, Fut>(what: &str, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    wait_for(what, PATIENCE, POLL_INTERVAL, || {
+        let holds = check();
+        async move { holds.await.unwrap_or(false).then_some(()) }
+    })
+    .await?;
     Ok(())
 }
 
-/// Where a started agent listens.
-struct AgentAddresses {
-    admin: SocketAddr,
-    inbound: SocketAddr,
-}
-
-fn start_agent(
-    processes: &mut Processes,
-    agent: &Path,
-    dir: &Path,
-    name: &str,
-    config: &str,
-) -> Result<AgentAddresses> {
-    let path: PathBuf = dir.join(format!("{name}.yaml"));
-    std::fs::write(&path, config).context("write an agent config")?;
-    let mut child = Command::new(agent)
-        .arg("--config")
-        .arg(&path)
-        .arg("--log-format")
-        .arg("json")
-        .env("HYPHAE_LOG", "error")
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("start the agent {name}"))?;
-    let stdout = child.stdout.take().context("agent stdout")?;
-    processes.add(name, child);
-    let line = crate::util::ready_line(stdout, PATIENCE)
-        .with_context(|| format!("agent {name} did not start"))?;
-    let ready: serde_json::Value = serde_json::from_str(&line)
-        .with_context(|| format!("agent {name} did not start: {line:?}"))?;
-    let address = |key: &str| -> Result<SocketAddr> {
-        ready["ready"][key]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .with_context(|| format!("agent {name} reported no {key} address"))
-    };
-    Ok(AgentAddresses {
-        admin: address("admin")?,
-        inbound: address("inbound")?,
-    })
-}
-
-/// Polls `check` every 100 ms until it holds, for up to [`PATIENCE`].
-fn wait_for(what: &str, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if check().unwrap_or(false) {
-            return Ok(());
-        }
-        ensure!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// How many catalog instances the control plane lists as passing.
-fn passing(control_plane: SocketAddr) -> Result<usize> {
-    let (_, body) = http_get(control_plane, "/v1/services/catalog?stale=true")?;
+async fn passing(control_plane: SocketAddr) -> Result<usize> {
+    let (_, body) = http_get(control_plane, "/v1/services/catalog?stale=true").await?;
     Ok(body.matches("\"passing\"").count())
 }
 
 /// Prints the registry's view of the catalog, one line per instance.
-fn print_registry(control_plane: SocketAddr) -> Result<()> {
-    let (_, body) = http_get(control_plane, "/v1/services/catalog?stale=true")?;
+async fn print_registry(control_plane: SocketAddr) -> Result<()> {
+    let (_, body) = http_get(control_plane, "/v1/services/catalog?stale=true").await?;
     let catalog: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
     println!("registry (GET /v1/services/catalog):");
     for instance in catalog["instances"].as_array().into_iter().flatten() {
@@ -362,15 +332,15 @@ impl Tally {
     }
 }
 
-fn traffic(upstream: SocketAddr) -> Result<Tally> {
+async fn traffic(upstream: SocketAddr) -> Tally {
     let mut tally = Tally::default();
     for _ in 0..ROUND {
-        match http_get(upstream, "/whoami") {
+        match http_get(upstream, "/whoami").await {
             Ok((200, body)) => tally.answers.push(body.trim().to_string()),
             Ok(_) | Err(_) => tally.failed += 1,
         }
     }
-    Ok(tally)
+    tally
 }
 
 fn print_tally(tally: &Tally) {
@@ -389,28 +359,10 @@ fn print_tally(tally: &Tally) {
     }
 }
 
-/// A minimal HTTP/1.1 GET with `Connection: close`: status and body.
-fn http_get(address: SocketAddr, path: &str) -> Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&address, PATIENCE).context("connect")?;
-    stream
-        .set_read_timeout(Some(PATIENCE))
-        .context("set timeout")?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: catalog.mesh\r\nConnection: close\r\n\r\n"
-    )
-    .context("send")?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).context("read")?;
-    let text = String::from_utf8_lossy(&response);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_default();
-    if status == 0 {
-        bail!("no HTTP response from {address}");
+/// One GET: status and body.
+async fn http_get(address: SocketAddr, path: &str) -> Result<(u16, String)> {
+    match request("GET", address, path, "").await {
+        Some(answer) => Ok((answer.status.as_u16(), answer.text())),
+        None => bail!("no HTTP response from {address}"),
     }
-    Ok((status, body.to_string()))
 }

@@ -1,9 +1,7 @@
 //! Small helpers shared by subcommands: locating the workspace and running commands loudly.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, ChildStdout, Command, Output};
-use std::sync::mpsc;
+use std::path::{Path, PathBuf};
+use std::process::{ChildStdout, Command, Output};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -50,57 +48,17 @@ pub fn describe(command: &Command) -> String {
     text
 }
 
-/// Child processes, killed on drop.
-#[derive(Default)]
-pub struct Processes(Vec<(String, Child)>);
-
-impl Processes {
-    /// Adopts a child under `name`.
-    pub fn add(&mut self, name: &str, child: Child) {
-        self.0.push((name.to_string(), child));
+/// Removes `dir` with everything in it, if it exists, and creates it empty.
+pub fn empty_dir(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("empty {}", dir.display()))?;
     }
-
-    /// Kills and reaps the child called `name`.
-    pub fn stop(&mut self, name: &str) {
-        if let Some(index) = self.0.iter().position(|(n, _)| n == name) {
-            let (_, mut child) = self.0.remove(index);
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))
 }
 
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// A free TCP port on 127.0.0.1 (bound, then released).
-pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .context("find a free port")?
-        .port())
-}
-
-/// Reads a child's first line on stdout (its ready line) within `timeout`; a thread keeps
-/// draining the rest so the child never writes into a closed pipe.
+/// Reads a child's first line on stdout (its ready line) within `timeout`; the rest is drained.
+/// The test-support library's reader, under the name `bench` calls it by.
 pub fn ready_line(stdout: ChildStdout, timeout: Duration) -> Result<String> {
-    let (sender, receiver) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(stdout);
-        let mut line = String::new();
-        let read = reader.read_line(&mut line).map(|_| line);
-        // The receiver is gone only when the caller stopped waiting; it reports that itself.
-        let _ = sender.send(read);
-        let _ = std::io::copy(&mut reader, &mut std::io::sink());
-    });
-    receiver
-        .recv_timeout(timeout)
-        .map_err(|_| anyhow::anyhow!("no ready line within {timeout:?}"))?
-        .context("read the ready line")
+    hyphae_integration::process::first_line(stdout, timeout)
+        .with_context(|| format!("no ready line within {timeout:?}"))
 }

@@ -1,0 +1,36 @@
+//! Runs the `hyphae` operator CLI against a control-plane node, as an operator would: the exit
+//! code and everything it printed. It judges nothing; callers assert on the outcome.
+
+use std::fmt::Display;
+use std::path::Path;
+use std::process::Command;
+
+/// What one `hyphae` run did.
+#[derive(Debug)]
+pub struct CliOutput {
+    /// Its exit code (`None` when a signal ended it).
+    pub code: Option<i32>,
+    /// Its stdout followed by its stderr.
+    pub text: String,
+}
+
+impl CliOutput {
+    /// Whether it exited 0.
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+/// Runs `binary` (the `hyphae` CLI) with `args` against `server` (`HYPHAE_SERVER`).
+pub fn hyphae(binary: &Path, server: impl Display, args: &[&str]) -> std::io::Result<CliOutput> {
+    let output = Command::new(binary)
+        .args(args)
+        .env("HYPHAE_SERVER", server.to_string())
+        .output()?;
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    Ok(CliOutput {
+        code: output.status.code(),
+        text,
+    })
+}

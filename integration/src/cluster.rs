@@ -1,0 +1,293 @@
+//! Launches control-plane nodes from the `hyphae-control-plane` binary: a cluster of N members
+//! on loopback (configs, data and one log per node in one folder), single nodes, restarts,
+//! signals, and the leader every running node agrees on. Dropping it kills every node.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::Error;
+use crate::eventually::{DEADLINE, TimedOut, wait_for};
+use crate::http::call;
+use crate::ports::free_ports;
+use crate::process::{Process, READY_PATIENCE, Signal};
+
+/// Raft timing of every node: fast, since all nodes share one machine.
+const RAFT_TIMING: &str =
+    "  heartbeatInterval: 100ms\n  electionTimeoutMin: 500ms\n  electionTimeoutMax: 1s\n";
+/// Spec lines tests add so that a write without a quorum is refused after 2 s, not the
+/// default 5 s.
+pub const SHORT_WRITE_TIMEOUT: &str = "  writeTimeout: 2s\n";
+/// How often [`Cluster::leader`] asks the nodes again.
+const LEADER_POLL: Duration = Duration::from_millis(100);
+/// The log level of the nodes unless [`Cluster::set_log_level`] says otherwise (their logs go
+/// to `cp-<id>.log`).
+const LOG_LEVEL: &str = "warn";
+
+/// One `hyphae-control-plane` process, or its place while it is stopped.
+pub struct Node {
+    /// Its Raft node id.
+    pub id: u64,
+    /// Its configuration file.
+    pub config: PathBuf,
+    /// Where it listens (port 0 until a node configured with port 0 first started).
+    pub address: SocketAddr,
+    binary: PathBuf,
+    log: PathBuf,
+    log_level: String,
+    process: Option<Process>,
+}
+
+impl Node {
+    /// A node of `binary` configured by the file `config` (written by the caller), listening on
+    /// `address` (port 0: the port it reports when it first starts, kept for restarts), logging
+    /// to `log`. Starts nothing.
+    pub fn new(binary: &Path, id: u64, config: PathBuf, address: SocketAddr, log: PathBuf) -> Node {
+        Node {
+            id,
+            config,
+            address,
+            binary: binary.to_path_buf(),
+            log,
+            log_level: LOG_LEVEL.to_string(),
+            process: None,
+        }
+    }
+
+    /// Starts the process (with `--init` when `init`) and waits for its ready line. A node
+    /// configured with port 0 learns its port here and keeps it: its config is rewritten, so
+    /// a restart listens on the same address.
+    pub fn start(&mut self, init: bool) -> Result<(), Error> {
+        let name = format!("control-plane node {}", self.id);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(|source| write_error(&self.log, source))?;
+        let mut command = Command::new(&self.binary);
+        command
+            .arg("--config")
+            .arg(&self.config)
+            .env("HYPHAE_LOG", &self.log_level)
+            .stdin(Stdio::null())
+            .stderr(log);
+        if init {
+            command.arg("--init");
+        }
+        let (process, ready) = Process::spawn_ready_json(&name, &mut command, READY_PATIENCE)
+            .map_err(|error| self.pointing_at_log(error))?;
+        // Held before the checks below, so a node that started wrong is still killed.
+        self.process = Some(process);
+        let listen: SocketAddr = ready["listen"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| Error::BadReadyLine {
+                name: name.clone(),
+                line: ready.to_string(),
+                reason: "no listen address".to_string(),
+            })?;
+        if self.address.port() == 0 {
+            let text = std::fs::read_to_string(&self.config)
+                .map_err(|source| write_error(&self.config, source))?;
+            let pinned = text.replace(
+                &format!("listen: {}", self.address),
+                &format!("listen: {listen}"),
+            );
+            std::fs::write(&self.config, pinned)
+                .map_err(|source| write_error(&self.config, source))?;
+            self.address = listen;
+        }
+        Ok(())
+    }
+
+    fn pointing_at_log(&self, error: Error) -> Error {
+        match error {
+            Error::NoReadyLine { name, waited } => Error::NoReadyLine {
+                name: format!("{name} (log: {})", self.log.display()),
+                waited,
+            },
+            other => other,
+        }
+    }
+
+    /// Sets what its log keeps from the next start on (`HYPHAE_LOG`: `error`, `warn`...).
+    pub fn set_log_level(&mut self, level: &str) {
+        self.log_level = level.to_string();
+    }
+
+    /// Whether its process runs (started and not killed).
+    pub fn is_running(&self) -> bool {
+        self.process.is_some()
+    }
+
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Process::id)
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, `TERM`...) to the running process; fails the test when
+    /// it is not running.
+    pub fn signal(&self, signal: Signal) {
+        let process = self
+            .process
+            .as_ref()
+            .unwrap_or_else(|| panic!("node {} is not running", self.id));
+        if let Err(error) = process.signal(signal) {
+            panic!("cannot signal node {}: {error}", self.id);
+        }
+    }
+
+    /// SIGKILLs the process (no clean shutdown) and reaps it.
+    pub fn kill(&mut self) {
+        self.process = None;
+    }
+
+    /// Waits up to `patience` for the process to exit (after a SIGTERM); its exit code, `None`
+    /// when it still runs, was killed by a signal or was not running.
+    pub async fn exit_code(&mut self, patience: Duration) -> Option<i32> {
+        let status = self.process.as_mut()?.exited(patience).await?;
+        self.process = None;
+        status.code()
+    }
+
+    /// The leader this node knows of, if it answers and knows one.
+    pub async fn leader_seen(&self) -> Option<u64> {
+        status(self.address).await["leader"].as_u64()
+    }
+}
+
+/// Nodes of one cluster, ids 1 to N (node `id` at index `id - 1`).
+pub struct Cluster {
+    nodes: Vec<Node>,
+}
+
+impl Cluster {
+    /// Writes the configs of a new cluster of `size` members of `binary` in `dir`, each with
+    /// `spec` (YAML lines indented by two spaces) added to its `spec`; starts nothing. A
+    /// one-node cluster listens on port 0 and learns its port when it starts; a larger one
+    /// needs its members' addresses in every config, so their ports are chosen ahead.
+    pub fn configure(binary: &Path, dir: &Path, size: usize, spec: &str) -> Result<Cluster, Error> {
+        std::fs::create_dir_all(dir).map_err(|source| write_error(dir, source))?;
+        let ports = if size == 1 {
+            vec![0]
+        } else {
+            free_ports(size)?
+        };
+        let members: String = if size == 1 {
+            String::new()
+        } else {
+            let lines: String = ports
+                .iter()
+                .enumerate()
+                .map(|(i, p)| format!("    - {{id: {}, address: \"127.0.0.1:{p}\"}}\n", i + 1))
+                .collect();
+            format!("  members:\n{lines}")
+        };
+        let mut nodes = Vec::new();
+        for (id, port) in (1..).zip(ports) {
+            let config = dir.join(format!("cp-{id}.yaml"));
+            let address = SocketAddr::from(([127, 0, 0, 1], port));
+            std::fs::write(
+                &config,
+                format!(
+                    "kind: ControlPlaneConfig\nmetadata: {{name: cp-{id}}}\nspec:\n  id: {id}\n  listen: {address}\n  dataDir: {}\n{members}{RAFT_TIMING}{spec}",
+                    dir.join(format!("data-{id}")).display()
+                ),
+            )
+            .map_err(|source| write_error(&config, source))?;
+            let log = dir.join(format!("cp-{id}.log"));
+            nodes.push(Node::new(binary, id, config, address, log));
+        }
+        Ok(Cluster { nodes })
+    }
+
+    /// Configures a cluster (see [`Cluster::configure`]) and starts every node, node 1 with
+    /// `--init`; returns once each printed its ready line.
+    pub fn start(binary: &Path, dir: &Path, size: usize, spec: &str) -> Result<Cluster, Error> {
+        let mut cluster = Cluster::configure(binary, dir, size, spec)?;
+        cluster.start_all()?;
+        Ok(cluster)
+    }
+
+    /// Starts every node, node 1 with `--init`.
+    pub fn start_all(&mut self) -> Result<(), Error> {
+        for node in &mut self.nodes {
+            node.start(node.id == 1)?;
+        }
+        Ok(())
+    }
+
+    /// Sets what every node's log keeps from its next start on (see [`Node::set_log_level`]).
+    pub fn set_log_level(&mut self, level: &str) {
+        for node in &mut self.nodes {
+            node.set_log_level(level);
+        }
+    }
+
+    /// Every node, node 1 first.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// Node `id`; panics when there is none.
+    pub fn node(&self, id: u64) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .unwrap_or_else(|| panic!("the cluster has no node {id}"))
+    }
+
+    /// Node `id`, to start, stop or signal; panics when there is none.
+    pub fn node_mut(&mut self, id: u64) -> &mut Node {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .unwrap_or_else(|| panic!("the cluster has no node {id}"))
+    }
+
+    /// Every node's address, node 1 first.
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        self.nodes.iter().map(|n| n.address).collect()
+    }
+
+    /// Waits up to [`DEADLINE`] until every running node names the same leader, itself running
+    /// and saying it leads; returns its id.
+    pub async fn leader(&self) -> Result<u64, TimedOut> {
+        wait_for(
+            "a leader every running node agrees on",
+            DEADLINE,
+            LEADER_POLL,
+            || self.agreed_leader(),
+        )
+        .await
+    }
+
+    async fn agreed_leader(&self) -> Option<u64> {
+        let mut seen = Vec::new();
+        for node in self.nodes.iter().filter(|n| n.is_running()) {
+            seen.push(node.leader_seen().await);
+        }
+        let first = seen.first().copied().flatten()?;
+        let leader = self
+            .nodes
+            .iter()
+            .find(|n| n.id == first && n.is_running())?;
+        let leading = status(leader.address).await["state"] == "Leader";
+        (leading && seen.iter().all(|s| *s == Some(first))).then_some(first)
+    }
+}
+
+/// `GET /v1/cluster` on `address` (`null` when it does not answer).
+pub async fn status(address: SocketAddr) -> Value {
+    call("GET", address, "/v1/cluster", "").await.1
+}
+
+fn write_error(path: &Path, source: std::io::Error) -> Error {
+    Error::Write {
+        path: path.display().to_string(),
+        source,
+    }
+}

@@ -1,0 +1,54 @@
+//! Why starting a process (an agent, a node, a peer) failed. Every variant names the process
+//! and what to look at; nothing here panics, so xtask can report it.
+
+use std::time::Duration;
+
+/// A process that could not be started or did not report that it was ready.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The program could not be run at all.
+    #[error("cannot start {name}: {source}")]
+    Spawn {
+        /// The process, as the caller named it.
+        name: String,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// It printed no line on stdout in time (it failed to start, or hangs).
+    #[error("{name} printed no ready line within {waited:?} (it failed to start; see its log)")]
+    NoReadyLine {
+        /// The process.
+        name: String,
+        /// How long it was given.
+        waited: Duration,
+    },
+    /// It exited before it printed its ready line (a bad config, a port in use...).
+    #[error("{name} exited with {status} before it was ready (see its log or stderr)")]
+    Exited {
+        /// The process.
+        name: String,
+        /// How it ended.
+        status: std::process::ExitStatus,
+    },
+    /// Its first line is not the ready line expected.
+    #[error("{name} did not start: its first line is {line:?}, not a ready line ({reason})")]
+    BadReadyLine {
+        /// The process.
+        name: String,
+        /// What it printed.
+        line: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A file or directory the launch needs could not be written.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file or directory.
+        path: String,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// No port could be reserved.
+    #[error("cannot reserve a loopback port: {0}")]
+    Port(std::io::Error),
+}

@@ -1,0 +1,168 @@
+//! The small HTTP client tests (and the demo) talk to agents, nodes and backends with:
+//! HTTP/1.1 or HTTP/2 through hyper, every exchange bounded in time. It never retries: a
+//! caller that expects a failure must see it.
+
+use std::fmt::Display;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client as Legacy;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+/// Longest one exchange may take before it counts as unanswered.
+pub const ANSWER_PATIENCE: Duration = Duration::from_secs(20);
+
+/// A client that keeps connections open between requests.
+pub type Client = Legacy<HttpConnector, Full<Bytes>>;
+
+/// An HTTP/1.1 client.
+pub fn http1_client() -> Client {
+    Legacy::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// An HTTP/2 client (prior knowledge, no upgrade).
+pub fn http2_client() -> Client {
+    Legacy::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new())
+}
+
+/// A response with its whole body read.
+#[derive(Debug)]
+pub struct Answer {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+impl Answer {
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body as JSON (`null` when it is not JSON).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+/// Sends `request` on `client` and reads the whole answer; `None` when none came within
+/// [`ANSWER_PATIENCE`] or the connection failed.
+pub async fn exchange(client: &Client, request: Request<Full<Bytes>>) -> Option<Answer> {
+    let exchange = async {
+        let response = client.request(request).await.ok()?;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.ok()?.to_bytes();
+        Some(Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    };
+    tokio::time::timeout(ANSWER_PATIENCE, exchange)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Sends `method` to `url` with `body` on `client` and reads the whole answer; fails the test
+/// when none comes.
+pub async fn send(client: &Client, method: &str, url: &str, body: impl Into<Bytes>) -> Answer {
+    let request = Request::builder()
+        .method(method)
+        .uri(url)
+        .body(Full::new(body.into()))
+        .expect("a method and URL the test wrote");
+    exchange(client, request)
+        .await
+        .unwrap_or_else(|| panic!("no answer to {method} {url} within {ANSWER_PATIENCE:?}"))
+}
+
+/// GETs `url` on `client`; fails the test when no answer comes.
+pub async fn get(client: &Client, url: &str) -> Answer {
+    send(client, "GET", url, Bytes::new()).await
+}
+
+/// One request to `address` (`host:port`) on a fresh HTTP/1.1 connection; `None` when no
+/// answer came (refused, reset, or slower than [`ANSWER_PATIENCE`]).
+pub async fn request(
+    method: &str,
+    address: impl Display,
+    path: &str,
+    body: &str,
+) -> Option<Answer> {
+    let request = Request::builder()
+        .method(method)
+        .uri(format!("http://{address}{path}"))
+        .body(Full::new(Bytes::from(body.to_string())))
+        .ok()?;
+    exchange(&http1_client(), request).await
+}
+
+/// Like [`request`], as the status and the JSON body; status 0 and `null` when nothing
+/// answered (a stopped or hung node is an answer too).
+pub async fn call(method: &str, address: impl Display, path: &str, body: &str) -> (u16, Value) {
+    match request(method, address, path, body).await {
+        Some(answer) => (answer.status.as_u16(), answer.json()),
+        None => (0, Value::Null),
+    }
+}
+
+/// GETs `path` from `address` as JSON; `None` when nothing answered or the status is not 2xx.
+pub async fn get_json(address: impl Display, path: &str) -> Option<Value> {
+    let answer = request("GET", address, path, "").await?;
+    answer.status.is_success().then(|| answer.json())
+}
+
+/// GETs `path` from `address` as text; empty when nothing answered.
+pub async fn get_text(address: impl Display, path: &str) -> String {
+    request("GET", address, path, "")
+        .await
+        .map(|answer| answer.text())
+        .unwrap_or_default()
+}
+
+/// Reads a counter or gauge from a Prometheus text page (an agent's `/metrics`), summing every
+/// series of `name` whose labels contain `labels` (e.g. `service="svc"`); 0 when absent.
+pub fn metric_in(page: &str, name: &str, labels: &str) -> f64 {
+    page.lines()
+        .filter(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
+        .filter(|line| line.contains(labels))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_are_summed_over_matching_series_only() {
+        let page = "# HELP hyphae_retries_total Retries.\n\
+                    hyphae_retries_total{service=\"a\",route=\"x\"} 2\n\
+                    hyphae_retries_total{service=\"a\",route=\"y\"} 3\n\
+                    hyphae_retries_total{service=\"b\"} 7\n\
+                    hyphae_retries_total_other 100\n\
+                    hyphae_config_revision 4\n";
+        assert_eq!(
+            metric_in(page, "hyphae_retries_total", "service=\"a\""),
+            5.0
+        );
+        assert_eq!(metric_in(page, "hyphae_retries_total", ""), 12.0);
+        assert_eq!(metric_in(page, "hyphae_config_revision", ""), 4.0);
+        assert_eq!(metric_in(page, "hyphae_missing", ""), 0.0);
+    }
+}

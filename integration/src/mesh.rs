@@ -1,0 +1,76 @@
+//! The smallest meshes data-path tests build, as agent configs: a host agent in front of one
+//! backend, and a caller agent with one upstream port whose endpoints are those hosts. Only
+//! YAML and launches; what the mesh does with calls is for the tests to check.
+
+use std::path::Path;
+
+use crate::agent::Agent;
+use crate::backend::TestBackend;
+use crate::ports::free_ports;
+
+/// A host agent called `name` in front of `backend`, hosting it as `service`.
+pub fn host_agent(
+    binary: impl AsRef<Path>,
+    name: &str,
+    service: &str,
+    backend: &TestBackend,
+) -> Agent {
+    let yaml = format!(
+        "kind: AgentConfig
+metadata: {{name: {name}}}
+spec:
+  listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: null, dns: null}}
+  services:
+    - {{name: {service}, port: {port}}}
+",
+        port = backend.port()
+    );
+    Agent::start_yaml(binary.as_ref(), name, &yaml).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// An endpoint entry (for [`caller_config`]) naming `agent`'s inbound port in `site`.
+pub fn endpoint(agent: &Agent, site: &str) -> String {
+    format!("{{address: \"{}\", site: {site}}}", agent.inbound)
+}
+
+/// A caller agent in site `one` with one upstream port for `service`, whose endpoints are
+/// `endpoints` (from [`endpoint`]), with `policies` appended as more YAML documents.
+pub fn caller_agent(
+    binary: impl AsRef<Path>,
+    service: &str,
+    endpoints: &[String],
+    policies: &str,
+) -> Agent {
+    let yaml = caller_config(service, endpoints, upstream_port(), policies);
+    Agent::start_yaml(binary.as_ref(), "caller", &yaml).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A port for an upstream listener: the config must fix it (the agent refuses port 0 there),
+/// so it is chosen ahead.
+pub fn upstream_port() -> u16 {
+    free_ports(1).unwrap_or_else(|e| panic!("{e}"))[0]
+}
+
+/// The configuration text of a caller agent (see [`caller_agent`]), listening for `service` on
+/// `upstream_port`; rewrite it for reload tests.
+pub fn caller_config(
+    service: &str,
+    endpoints: &[String],
+    upstream_port: u16,
+    policies: &str,
+) -> String {
+    format!(
+        "kind: AgentConfig
+metadata: {{name: caller}}
+spec:
+  site: one
+  listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: 127.0.0.1:0, dns: null}}
+  upstreams:
+    - {{listen: 127.0.0.1:{upstream_port}, service: {service}}}
+  staticServices:
+    - name: {service}
+      endpoints: [{}]
+{policies}",
+        endpoints.join(", ")
+    )
+}
