@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use hyphae_control_plane::config::NodeConfig;
-use hyphae_control_plane::node::RunningNode;
+use hyphae_control_plane::daemon::RunningNode;
 use hyphae_integration::cluster::status;
 use hyphae_integration::eventually;
 use hyphae_integration::http::call;

@@ -192,5 +192,8 @@ fn http_status(address: SocketAddr) -> Result<u16> {
 
 /// A free address on 127.0.0.1 for a process to listen on.
 pub fn free_address() -> Result<SocketAddr> {
-    Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, util::free_port()?)))
+    let port = hyphae_integration::ports::free_ports(1)?
+        .pop()
+        .context("no free port")?;
+    Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
 }
