@@ -3,17 +3,21 @@
 //! [`handle`], the one place a check that applies to every route belongs. Handlers live one
 //! file per resource below; they never import this file.
 //!
+//! - [`access`]: what each route requires of its caller, and the token check.
 //! - [`answer`]: the buffered request, error answers with stable codes, JSON bodies, limits.
 //! - [`leader`]: writes through Raft, the linearizable-read barrier, forwarding to the leader.
 //! - [`raft`]: peer RPCs (Raft's own and leadership transfer).
-//! - [`policies`], [`cluster`], [`registry`], [`watch`]: the admin and agent resources.
+//! - [`policies`], [`cluster`], [`registry`], [`watch`], [`tokens`]: the admin and agent
+//!   resources.
 
+pub mod access;
 pub mod answer;
 pub mod cluster;
 pub mod leader;
 pub mod policies;
 pub mod raft;
 pub mod registry;
+pub mod tokens;
 pub mod watch;
 
 use std::convert::Infallible;
@@ -31,6 +35,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use self::access::{AGENT_PREFIX, Caller, PEER_RPC_PREFIX};
 pub use self::answer::ApiBody;
 use self::answer::{Answer, ApiError, ApiRequest, Routed, json_response};
 pub use self::leader::FORWARDED_HEADER;
@@ -153,6 +158,10 @@ pub async fn handle(
 async fn handle_buffered(node: &Node, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_string();
+    let caller = match access::check(node, &parts.method, &path, &parts.headers).await {
+        Ok(caller) => caller,
+        Err(refused) => return refused.into_response(),
+    };
     let limits = &node.config.spec.limits;
     let (max, sender) = body_limit(limits, &path);
     let read = tokio::time::timeout(
@@ -187,10 +196,17 @@ async fn handle_buffered(node: &Node, request: Request<Incoming>) -> Response<Fu
         return answer;
     }
     let forwarded = parts.headers.contains_key(FORWARDED_HEADER);
+    if let Caller::Token(name) = &caller
+        && parts.method != Method::GET
+        && parts.method != Method::HEAD
+    {
+        tracing::info!(token = %name, method = %parts.method, path, forwarded, "admin write");
+    }
     let request = ApiRequest {
         method: parts.method,
         path,
         query: parts.uri.query().unwrap_or_default().to_string(),
+        authorization: parts.headers.get(http::header::AUTHORIZATION).cloned(),
         body,
     };
     match route(node, &request).await {
@@ -221,11 +237,6 @@ fn body_limit(limits: &ControlPlaneLimits, path: &str) -> (usize, &'static str) 
     (bytes as usize, sender)
 }
 
-/// Paths of peer RPCs (Raft's and leadership transfer's).
-const PEER_RPC_PREFIX: &str = "/raft/";
-/// Paths of the agent API (registration, heartbeats, health, watch).
-const AGENT_PREFIX: &str = "/v1/agent/";
-
 /// The admin and agent API, by method and path.
 async fn route(node: &Node, request: &ApiRequest) -> Answer {
     let segments: Vec<&str> = request.path.trim_matches('/').split('/').collect();
@@ -251,6 +262,9 @@ async fn route(node: &Node, request: &ApiRequest) -> Answer {
         (&Method::DELETE, ["v1", "policies", kind, name]) => {
             policies::delete(node, kind, name).await
         }
+        (&Method::GET, ["v1", "acl", "tokens"]) => tokens::list(node, request).await,
+        (&Method::POST, ["v1", "acl", "tokens"]) => tokens::create(node, request).await,
+        (&Method::DELETE, ["v1", "acl", "tokens", name]) => tokens::revoke(node, name).await,
         (&Method::POST, ["v1", "agent", "register"]) => registry::register(node, request).await,
         (&Method::POST, ["v1", "agent", "heartbeat"]) => registry::heartbeat(node, request).await,
         (&Method::POST, ["v1", "agent", "health"]) => registry::health(node, request).await,

@@ -1,6 +1,7 @@
 //! The `hyphae` command line: argument types and one module per subcommand.
 //! `main` only parses arguments and maps the outcome to an exit code.
 
+pub mod acl;
 pub mod apply;
 pub mod client;
 pub mod cluster;
@@ -45,22 +46,43 @@ pub enum Command {
     Nodes(registry::RegistryArgs),
     /// Inspect the control-plane cluster.
     Cluster(cluster::ClusterArgs),
+    /// Manage access: the admin API's tokens.
+    Acl(acl::AclArgs),
     /// Print a shell completion script (bash, zsh or fish).
     Completions(completions::CompletionsArgs),
 }
 
-/// Where the control plane is, for commands that talk to it.
+/// Where the control plane is, and the token to show it, for commands that talk to it.
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
     /// A control-plane node's `host:port` (any node: followers forward to the leader).
     #[arg(long, env = client::SERVER_ENV, default_value = client::DEFAULT_SERVER)]
     pub server: String,
+    /// An owner-only file holding the admin API token's secret (the secret itself may be given
+    /// in the `HYPHAE_TOKEN` environment variable instead; never as an argument).
+    #[arg(long, value_name = "FILE", env = client::TOKEN_FILE_ENV)]
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 impl ServerArgs {
     /// The node to talk to.
     pub fn address(&self) -> String {
         self.server.clone()
+    }
+
+    /// A client for the node, carrying the token (`HYPHAE_TOKEN`, else `--token-file`).
+    pub fn client(&self) -> anyhow::Result<client::ApiClient> {
+        self.client_for(&self.server)
+    }
+
+    /// A client for another node of the same cluster, carrying the same token.
+    pub fn client_for(&self, server: &str) -> anyhow::Result<client::ApiClient> {
+        let token = match (std::env::var(client::TOKEN_ENV), &self.token_file) {
+            (Ok(secret), _) if !secret.trim().is_empty() => Some(secret.trim().to_string()),
+            (_, Some(path)) => Some(crate::secret_file::read(path)?),
+            _ => None,
+        };
+        Ok(client::ApiClient::new(server)?.with_token(token))
     }
 }
 
@@ -85,6 +107,7 @@ pub fn run(cli: Cli, out: &mut dyn std::io::Write) -> anyhow::Result<Outcome> {
         Command::Services(args) => registry::run_services(&args, out),
         Command::Nodes(args) => registry::run_nodes(&args, out),
         Command::Cluster(args) => cluster::run(&args, out),
+        Command::Acl(args) => acl::run(&args, out),
         Command::Completions(args) => completions::run(&args, out),
     }
 }

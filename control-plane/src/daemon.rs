@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::NodeConfig;
-use crate::keepers::{cluster_identity, lease_expiry};
+use crate::keepers::{bootstrap_token, cluster_identity, lease_expiry};
 use crate::node::Node;
 
 /// A node serving its port, with its lease keeper running: what `hyphae-control-plane` runs,
@@ -24,12 +24,25 @@ pub struct RunningNode {
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// How a starting node relates to a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// It belongs to a cluster already, or waits to be added to one.
+    Join,
+    /// It initializes a new cluster if it belongs to none, and stores the bootstrap admin
+    /// token with this secret (by its hash) unless the cluster has a token already.
+    Init {
+        /// The bootstrap admin token's secret.
+        bootstrap_secret: String,
+    },
+}
+
 impl RunningNode {
     /// Binds `config.spec.listen`, starts Raft, serves the port and keeps leases;
-    /// initializes a new cluster when `init` and this node belongs to none.
+    /// initializes a new cluster when told to and this node belongs to none.
     /// A node told to listen on port 0 advertises the port it got, unless `advertise` says
     /// otherwise.
-    pub async fn start(mut config: NodeConfig, init: bool) -> anyhow::Result<RunningNode> {
+    pub async fn start(mut config: NodeConfig, start: Start) -> anyhow::Result<RunningNode> {
         let listen = config.spec.listen;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -40,7 +53,7 @@ impl RunningNode {
         }
         let node = Arc::new(Node::start(config).await?);
         let shutdown = CancellationToken::new();
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(crate::api::serve(
                 Arc::clone(&node),
                 listener,
@@ -49,8 +62,17 @@ impl RunningNode {
             tokio::spawn(lease_expiry::keep(Arc::clone(&node), shutdown.clone())),
             tokio::spawn(cluster_identity::keep(Arc::clone(&node), shutdown.clone())),
         ];
-        if init && node.initialize().await? {
-            tracing::info!("initialized a new cluster");
+        if let Start::Init { bootstrap_secret } = start {
+            if node.initialize().await? {
+                tracing::info!("initialized a new cluster");
+            }
+            let token = bootstrap_token::token(crate::tokens::hash(&bootstrap_secret));
+            let _ = node.pending_bootstrap.set(token.clone());
+            tasks.push(tokio::spawn(bootstrap_token::keep(
+                Arc::clone(&node),
+                token,
+                shutdown.clone(),
+            )));
         }
         Ok(RunningNode {
             node,

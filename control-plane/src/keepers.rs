@@ -3,6 +3,55 @@
 //!
 //! - [`lease_expiry`]: expires agents whose lease lapsed, while this node leads.
 //! - [`cluster_identity`]: gives a new cluster its identity, once.
+//! - [`bootstrap_token`]: stores the initializing node's bootstrap admin token, once.
 
+pub mod bootstrap_token;
 pub mod cluster_identity;
 pub mod lease_expiry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::node::Node;
+use crate::state::{Command, State};
+
+/// How often a keeper that waits to lead looks again.
+pub const CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Writes `command()` through Raft whenever this node leads, until `done` holds for the applied
+/// state (or `shutdown`). Never writes while leadership is being handed over: a new entry could
+/// leave the target behind. A failed write is logged and tried again.
+pub async fn write_once_while_leading(
+    node: Arc<Node>,
+    shutdown: CancellationToken,
+    what: &'static str,
+    done: impl Fn(&State) -> bool + Send + Sync + 'static,
+    command: impl Fn() -> Command,
+) {
+    let done = Arc::new(done);
+    loop {
+        let check = Arc::clone(&done);
+        if node.state.read(move |state| check(state)).await {
+            return;
+        }
+        let leading = {
+            let metrics = node.raft.metrics();
+            let metrics = metrics.borrow();
+            metrics.current_leader == Some(metrics.id)
+        };
+        if leading && !node.transfers.in_progress() {
+            let write = node.raft.client_write(command());
+            match tokio::time::timeout(node.config.spec.write_timeout.get(), write).await {
+                Ok(Ok(_)) => continue,
+                Ok(Err(error)) => tracing::warn!(%error, "cannot write {what}; will retry"),
+                Err(_) => tracing::warn!("writing {what} timed out; will retry"),
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(CHECK_INTERVAL) => {}
+        }
+    }
+}

@@ -14,7 +14,9 @@
 //! [`state::State::apply`] → the response and the new revision.
 //!
 //! The modules stack one way, each importing only those above it in this list:
-//! - [`config`] reads a node's `ControlPlaneConfig`; [`wire`] holds the API's bodies and
+//! - [`tokens`] says what an admin token may do and checks a presented one ([`secret_file`]
+//!   keeps a secret in an owner-only file);
+//!   [`config`] reads a node's `ControlPlaneConfig`; [`wire`] holds the API's bodies and
 //!   [`openapi`] describes them at `/v1/openapi.json`; [`changes`] is the change log of recent
 //!   revisions; [`watch`] streams snapshots and deltas from it to agents.
 //! - [`network`] carries Raft RPCs over HTTP/2 (client and server side); [`leadership`] is a
@@ -39,9 +41,11 @@ pub mod network;
 pub mod node;
 pub mod openapi;
 pub mod raft;
+pub mod secret_file;
 pub mod snapshot_receipt;
 pub mod state;
 pub mod store;
+pub mod tokens;
 pub mod transfer;
 pub mod watch;
 pub mod wire;

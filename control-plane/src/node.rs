@@ -15,6 +15,7 @@ use crate::network::{HttpNetwork, PeerClient, peer_client};
 use crate::raft::{NodeId, Raft};
 use crate::snapshot_receipt::SnapshotReceipt;
 use crate::store::{self, StateReader};
+use crate::tokens::StoredToken;
 
 /// Name of the Raft store file in the data directory.
 pub const STORE_FILE: &str = "raft.redb";
@@ -40,6 +41,9 @@ pub struct Node {
     pub transfers: Transfers,
     /// The snapshot this node is receiving from its leader, chunk by chunk.
     pub snapshots: SnapshotReceipt,
+    /// On the node that initialized the cluster: the bootstrap admin token, honoured here
+    /// until the cluster has stored a token, so the operator is never locked out meanwhile.
+    pub pending_bootstrap: std::sync::OnceLock<StoredToken>,
 }
 
 impl Node {
@@ -85,6 +89,7 @@ impl Node {
             peers,
             transfers: Transfers::default(),
             snapshots: SnapshotReceipt::default(),
+            pending_bootstrap: std::sync::OnceLock::new(),
         })
     }
 

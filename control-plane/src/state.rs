@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 
 use hyphae_policies::registry::{HealthChange, NodeRecord};
+
+pub use crate::tokens::StoredToken;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +54,8 @@ pub enum StateKey {
     Node(String),
     /// The cluster's identity.
     Cluster,
+    /// The table of admin API tokens (never sent to agents).
+    Tokens,
 }
 
 /// The value a [`StateKey`] has in one state, to tell whether a command really changed it.
@@ -63,6 +67,8 @@ pub enum KeyValue {
     Node(Option<NodeRecord>),
     /// The cluster's identity, or none yet.
     Cluster(Option<String>),
+    /// Every admin API token.
+    Tokens(BTreeMap<String, StoredToken>),
 }
 
 /// A node the leader found with a lapsed lease, with the revision of its record when it looked:
@@ -123,6 +129,20 @@ pub enum Command {
         /// A random identifier.
         id: String,
     },
+    /// Store an admin API token (replacing one of the same name). With `only_if_none`, only
+    /// when the cluster has no token at all: how the initializing node stores the bootstrap
+    /// token, once.
+    CreateToken {
+        /// The token; its revision becomes the entry's index.
+        token: StoredToken,
+        /// Store it only into an empty table.
+        only_if_none: bool,
+    },
+    /// Remove an admin API token, if it exists.
+    RevokeToken {
+        /// The token's name.
+        name: String,
+    },
 }
 
 impl Command {
@@ -152,6 +172,7 @@ impl Command {
                 .map(|n| StateKey::Node(n.name.clone()))
                 .collect(),
             Command::SetClusterId { .. } => vec![StateKey::Cluster],
+            Command::CreateToken { .. } | Command::RevokeToken { .. } => vec![StateKey::Tokens],
         }
     }
 }
@@ -216,6 +237,20 @@ pub enum CommandResponse {
         /// The identity in force (an earlier one, if there was).
         id: String,
     },
+    /// [`Command::CreateToken`] ran.
+    TokenCreated {
+        /// The log index of the entry.
+        revision: u64,
+        /// Whether the token was stored (false: `only_if_none` and tokens exist).
+        stored: bool,
+    },
+    /// [`Command::RevokeToken`] ran.
+    TokenRevoked {
+        /// The log index of the entry.
+        revision: u64,
+        /// Whether the token existed.
+        existed: bool,
+    },
 }
 
 impl CommandResponse {
@@ -229,7 +264,9 @@ impl CommandResponse {
             | CommandResponse::HealthReported { revision, .. }
             | CommandResponse::NodesExpired { revision, .. }
             | CommandResponse::NodeDeregistered { revision, .. }
-            | CommandResponse::ClusterIdentified { revision, .. } => *revision,
+            | CommandResponse::ClusterIdentified { revision, .. }
+            | CommandResponse::TokenCreated { revision, .. }
+            | CommandResponse::TokenRevoked { revision, .. } => *revision,
         }
     }
 }
@@ -246,6 +283,8 @@ pub struct State {
     nodes: BTreeMap<String, NodeRecord>,
     /// The cluster's identity, once its first leader gave it one.
     cluster_id: Option<String>,
+    /// Admin API tokens by name (hashes only).
+    tokens: BTreeMap<String, StoredToken>,
 }
 
 impl State {
@@ -286,6 +325,17 @@ impl State {
         self.cluster_id.as_deref()
     }
 
+    /// Sets the token table read back from disk or from a snapshot.
+    pub fn with_tokens(mut self, tokens: impl IntoIterator<Item = StoredToken>) -> Self {
+        self.tokens = tokens.into_iter().map(|t| (t.name.clone(), t)).collect();
+        self
+    }
+
+    /// The admin API tokens, by name.
+    pub fn tokens(&self) -> &BTreeMap<String, StoredToken> {
+        &self.tokens
+    }
+
     /// The current value of `key`.
     pub fn value_of(&self, key: &StateKey) -> KeyValue {
         match key {
@@ -294,6 +344,7 @@ impl State {
             }
             StateKey::Node(name) => KeyValue::Node(self.node(name).cloned()),
             StateKey::Cluster => KeyValue::Cluster(self.cluster_id.clone()),
+            StateKey::Tokens => KeyValue::Tokens(self.tokens.clone()),
         }
     }
 
@@ -452,6 +503,24 @@ impl State {
             Command::SetClusterId { id } => CommandResponse::ClusterIdentified {
                 revision: log_index,
                 id: self.cluster_id.get_or_insert(id).clone(),
+            },
+            Command::CreateToken {
+                mut token,
+                only_if_none,
+            } => {
+                let stored = !only_if_none || self.tokens.is_empty();
+                if stored {
+                    token.revision = log_index;
+                    self.tokens.insert(token.name.clone(), token);
+                }
+                CommandResponse::TokenCreated {
+                    revision: log_index,
+                    stored,
+                }
+            }
+            Command::RevokeToken { name } => CommandResponse::TokenRevoked {
+                revision: log_index,
+                existed: self.tokens.remove(&name).is_some(),
             },
         }
     }

@@ -122,3 +122,27 @@ pub struct NodeView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_remaining_ms: Option<u64>,
 }
+
+/// `POST /v1/acl/tokens`: a new admin API token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NewToken {
+    /// Its name (a lower-case DNS label): who uses it, as the audit log shows.
+    pub name: String,
+    /// What it may do: `read`, `write` (policies) or `admin` (also membership and tokens).
+    pub role: crate::tokens::Role,
+    /// How long it works (`24h`, `30d` is written `720h`); forever when absent.
+    #[serde(default)]
+    pub ttl: Option<hyphae_policies::Duration>,
+}
+
+/// The answer to `POST /v1/acl/tokens`: the token and its secret, shown this once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreatedToken {
+    /// The token as listed from now on.
+    #[serde(flatten)]
+    pub token: crate::tokens::TokenView,
+    /// The secret to send as `Authorization: Bearer <secret>`; only its hash is stored.
+    pub secret: String,
+}

@@ -7,13 +7,40 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use hyphae_control_plane::config::NodeConfig;
-use hyphae_control_plane::daemon::RunningNode;
+use hyphae_control_plane::daemon::{RunningNode, Start};
+use hyphae_integration::credentials::{admin_token, bearer};
 use hyphae_policies::{ControlPlaneConfigSpec, ControlPlaneLimits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Longest any single expectation may take before the test fails (the limits are far shorter).
 const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Starting a new cluster with this process's admin token.
+fn init() -> Start {
+    Start::Init {
+        bootstrap_secret: admin_token().to_string(),
+    }
+}
+
+/// Waits until `running` leads and has stored its bootstrap token.
+async fn leads_with_a_token(running: &RunningNode) {
+    let mut metrics = running.node.raft.metrics();
+    tokio::time::timeout(
+        DEADLINE,
+        metrics.wait_for(|m| m.current_leader == Some(m.id)),
+    )
+    .await
+    .expect("the node elects itself in time")
+    .expect("metrics flow");
+    tokio::time::timeout(DEADLINE, async {
+        while running.node.state.read(|s| s.tokens().is_empty()).await {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the bootstrap token is stored in time");
+}
 
 /// A one-node cluster with `limits`, leading, and its data directory.
 async fn node(limits: ControlPlaneLimits) -> (RunningNode, tempfile::TempDir) {
@@ -28,17 +55,10 @@ async fn node(limits: ControlPlaneLimits) -> (RunningNode, tempfile::TempDir) {
             ..ControlPlaneConfigSpec::default()
         },
     };
-    let running = RunningNode::start(config, true)
+    let running = RunningNode::start(config, init())
         .await
         .expect("start the node");
-    let mut metrics = running.node.raft.metrics();
-    tokio::time::timeout(
-        DEADLINE,
-        metrics.wait_for(|m| m.current_leader == Some(m.id)),
-    )
-    .await
-    .expect("the node elects itself in time")
-    .expect("metrics still flow");
+    leads_with_a_token(&running).await;
     (running, dir)
 }
 
@@ -77,8 +97,11 @@ async fn exchange(address: SocketAddr, request: &str) -> String {
     read_to_close(&mut stream).await
 }
 
-fn get_cluster() -> &'static str {
-    "GET /v1/cluster HTTP/1.1\r\nhost: node\r\nconnection: close\r\n\r\n"
+fn get_cluster() -> String {
+    format!(
+        "GET /v1/cluster HTTP/1.1\r\nhost: node\r\nauthorization: {}\r\nconnection: close\r\n\r\n",
+        bearer()
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,7 +124,7 @@ async fn silent_and_half_sent_requests_are_cut_off_by_the_header_read_timeout() 
         "a half-sent head gets a close or a 408, got {answer:?}"
     );
 
-    let answer = exchange(running.address, get_cluster()).await;
+    let answer = exchange(running.address, &get_cluster()).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     running.stop().await.expect("stop");
 }
@@ -114,9 +137,11 @@ async fn a_stalled_body_is_answered_408_and_bodies_are_bounded_per_kind_of_calle
     };
     let (running, _dir) = node(quick(limits)).await;
 
-    let stalled =
-        "POST /v1/policies HTTP/1.1\r\nhost: node\r\ncontent-length: 1000\r\n\r\nkind: Serv";
-    let answer = exchange(running.address, stalled).await;
+    let stalled = format!(
+        "POST /v1/policies HTTP/1.1\r\nhost: node\r\nauthorization: {}\r\ncontent-length: 1000\r\n\r\nkind: Serv",
+        bearer()
+    );
+    let answer = exchange(running.address, &stalled).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("bodyReadTimeout"), "{answer}");
 
@@ -135,7 +160,8 @@ async fn a_stalled_body_is_answered_408_and_bodies_are_bounded_per_kind_of_calle
         "x".repeat(4096)
     );
     let apply = format!(
-        "POST /v1/policies HTTP/1.1\r\nhost: node\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{policy}",
+        "POST /v1/policies HTTP/1.1\r\nhost: node\r\nauthorization: {}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{policy}",
+        bearer(),
         policy.len()
     );
     let answer = exchange(running.address, &apply).await;
@@ -158,7 +184,7 @@ async fn connections_beyond_the_cap_are_closed_and_idle_ones_free_their_place() 
     // The idle ones are accepted in order; a ninth request is closed unanswered.
     let refused = tokio::time::timeout(DEADLINE, async {
         loop {
-            if exchange(running.address, get_cluster()).await.is_empty() {
+            if exchange(running.address, &get_cluster()).await.is_empty() {
                 return;
             }
         }
@@ -169,7 +195,7 @@ async fn connections_beyond_the_cap_are_closed_and_idle_ones_free_their_place() 
     drop(idle);
     let answered = tokio::time::timeout(DEADLINE, async {
         loop {
-            let answer = exchange(running.address, get_cluster()).await;
+            let answer = exchange(running.address, &get_cluster()).await;
             if answer.starts_with("HTTP/1.1 200") {
                 return;
             }
@@ -189,7 +215,7 @@ async fn hundreds_of_idle_connections_do_not_stop_the_api_from_answering() {
     for _ in 0..400 {
         idle.push(TcpStream::connect(running.address).await.expect("connect"));
     }
-    let answer = exchange(running.address, get_cluster()).await;
+    let answer = exchange(running.address, &get_cluster()).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     drop(idle);
     running.stop().await.expect("stop");
@@ -238,7 +264,7 @@ async fn a_snapshot_chunk_that_does_not_continue_the_snapshot_is_refused_without
     assert!(oversized.contains("maxSnapshotBytes"), "{oversized}");
     let next = exchange(running.address, &snapshot_chunk(5, 3, vec![4])).await;
     assert!(next.starts_with("HTTP/1.1 200"), "{next}");
-    let answer = exchange(running.address, get_cluster()).await;
+    let answer = exchange(running.address, &get_cluster()).await;
     assert!(
         answer.starts_with("HTTP/1.1 200"),
         "the node still serves: {answer}"
@@ -254,7 +280,8 @@ fn json_of(answer: &str) -> serde_json::Value {
 
 fn post(path: &str, body: &str) -> String {
     format!(
-        "POST {path} HTTP/1.1\r\nhost: node\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nhost: node\r\nauthorization: {}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        bearer(),
         body.len()
     )
 }
@@ -273,7 +300,7 @@ fn route(name: &str, rules: usize) -> String {
 
 /// This node's applied revision.
 async fn revision(address: SocketAddr) -> Option<u64> {
-    json_of(&exchange(address, get_cluster()).await)["revision"].as_u64()
+    json_of(&exchange(address, &get_cluster()).await)["revision"].as_u64()
 }
 
 fn config(id: u64, dir: &std::path::Path, limits: &ControlPlaneLimits) -> NodeConfig {
@@ -300,17 +327,13 @@ async fn writes_up_to_the_size_limit_commit_larger_ones_get_413_and_a_lagging_fo
         ..ControlPlaneLimits::default()
     };
     let dir = tempfile::tempdir().expect("a data directory");
-    let leader = RunningNode::start(config(1, dir.path(), &limits), true)
+    let leader = RunningNode::start(config(1, dir.path(), &limits), init())
         .await
         .expect("start node 1");
-    let mut metrics = leader.node.raft.metrics();
-    tokio::time::timeout(DEADLINE, metrics.wait_for(|m| m.current_leader == Some(1)))
-        .await
-        .expect("node 1 leads in time")
-        .expect("metrics flow");
+    leads_with_a_token(&leader).await;
     let mut followers = Vec::new();
     for id in [2, 3] {
-        let follower = RunningNode::start(config(id, dir.path(), &limits), false)
+        let follower = RunningNode::start(config(id, dir.path(), &limits), Start::Join)
             .await
             .expect("start a follower");
         let member = format!("{{\"id\": {id}, \"address\": \"{}\"}}", follower.address);
@@ -362,7 +385,7 @@ async fn writes_up_to_the_size_limit_commit_larger_ones_get_413_and_a_lagging_fo
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     }
     let target = revision(leader.address).await;
-    let restarted = RunningNode::start(lagging_config, false)
+    let restarted = RunningNode::start(lagging_config, Start::Join)
         .await
         .expect("restart node 3");
     let caught_up = tokio::time::timeout(DEADLINE, async {

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use hyphae_control_plane::config::NodeConfig;
-use hyphae_control_plane::daemon::RunningNode;
+use hyphae_control_plane::daemon::{RunningNode, Start};
 use hyphae_integration::cluster::status;
 use hyphae_integration::eventually;
 use hyphae_integration::http::call;
@@ -12,6 +12,12 @@ use hyphae_integration::policies::policy;
 use hyphae_policies::ControlPlaneConfigSpec;
 
 /// A one-node cluster in this process, on a port of its own under `dir`, once it leads.
+fn init() -> Start {
+    Start::Init {
+        bootstrap_secret: hyphae_integration::credentials::admin_token().to_string(),
+    }
+}
+
 async fn leading_node(dir: &Path) -> RunningNode {
     let config = NodeConfig {
         name: "solo".to_string(),
@@ -22,7 +28,7 @@ async fn leading_node(dir: &Path) -> RunningNode {
             ..ControlPlaneConfigSpec::default()
         },
     };
-    let node = RunningNode::start(config, true)
+    let node = RunningNode::start(config, init())
         .await
         .expect("start the node");
     let address = node.address;

@@ -21,11 +21,14 @@ impl CliOutput {
     }
 }
 
-/// Runs `binary` (the `hyphae` CLI) with `args` against `server` (`HYPHAE_SERVER`).
+/// Runs `binary` (the `hyphae` CLI) with `args` against `server` (`HYPHAE_SERVER`), with the
+/// admin token of the clusters this process starts (`HYPHAE_TOKEN`).
 pub fn hyphae(binary: &Path, server: impl Display, args: &[&str]) -> std::io::Result<CliOutput> {
     let output = Command::new(binary)
         .args(args)
         .env("HYPHAE_SERVER", server.to_string())
+        .env("HYPHAE_TOKEN", crate::credentials::admin_token())
+        .env_remove("HYPHAE_TOKEN_FILE")
         .output()?;
     let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&output.stderr));

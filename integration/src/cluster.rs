@@ -75,7 +75,15 @@ impl Node {
             .stdin(Stdio::null())
             .stderr(log);
         if init {
-            command.arg("--init");
+            let token_file = self
+                .config
+                .with_file_name(format!("cp-{}-admin-token", self.id));
+            crate::credentials::write_token_file(&token_file)
+                .map_err(|source| write_error(&token_file, source))?;
+            command
+                .arg("--init")
+                .arg("--bootstrap-token-file")
+                .arg(&token_file);
         }
         let (process, ready) = Process::spawn_ready_json(&name, &mut command, READY_PATIENCE)
             .map_err(|error| self.pointing_at_log(error))?;
@@ -101,6 +109,11 @@ impl Node {
             self.address = listen;
         }
         Ok(())
+    }
+
+    /// The file its stderr (its log) goes to.
+    pub fn log_path(&self) -> &Path {
+        &self.log
     }
 
     fn pointing_at_log(&self, error: Error) -> Error {

@@ -96,17 +96,40 @@ pub async fn get(client: &Client, url: &str) -> Answer {
     send(client, "GET", url, Bytes::new()).await
 }
 
-/// One request to `address` (`host:port`) on a fresh HTTP/1.1 connection; `None` when no
-/// answer came (refused, reset, or slower than [`ANSWER_PATIENCE`]).
+/// One request to `address` (`host:port`) on a fresh HTTP/1.1 connection, carrying the admin
+/// token of the clusters this process starts ([`crate::credentials`]); `None` when no answer
+/// came (refused, reset, or slower than [`ANSWER_PATIENCE`]).
 pub async fn request(
     method: &str,
     address: impl Display,
     path: &str,
     body: &str,
 ) -> Option<Answer> {
-    let request = Request::builder()
+    request_as(
+        Some(crate::credentials::admin_token()),
+        method,
+        address,
+        path,
+        body,
+    )
+    .await
+}
+
+/// Like [`request`], with the token `secret` (or none: what an anonymous caller gets).
+pub async fn request_as(
+    secret: Option<&str>,
+    method: &str,
+    address: impl Display,
+    path: &str,
+    body: &str,
+) -> Option<Answer> {
+    let mut request = Request::builder()
         .method(method)
-        .uri(format!("http://{address}{path}"))
+        .uri(format!("http://{address}{path}"));
+    if let Some(secret) = secret {
+        request = request.header(http::header::AUTHORIZATION, format!("Bearer {secret}"));
+    }
+    let request = request
         .body(Full::new(Bytes::from(body.to_string())))
         .ok()?;
     exchange(&http1_client(), request).await

@@ -10,6 +10,7 @@
 //! - [`backend`]: an in-process HTTP service with fault knobs for the agents to proxy to;
 //!   [`mesh`]: the configs of the small meshes data-path tests build around it.
 //! - [`http`]: the small HTTP client tests talk to all of them with.
+//! - [`credentials`]: the admin token clusters started here are bootstrapped with.
 //! - [`cli`] runs the `hyphae` CLI against a node; [`policies`] holds the documents tests
 //!   write there and reads back what a node holds.
 //! - [`systemd`]: a stand-in notify socket for the systemd tests.
@@ -23,6 +24,7 @@ pub mod backend;
 pub mod binaries;
 pub mod cli;
 pub mod cluster;
+pub mod credentials;
 pub mod error;
 pub mod eventually;
 pub mod http;

@@ -3,11 +3,11 @@
 //! serving what it was told, and after a restart it serves the copy saved on disk.
 
 use std::path::Path;
-use std::process::Command;
 
 use hyphae_integration::agent::Agent;
 use hyphae_integration::backend::TestBackend;
 use hyphae_integration::binaries::workspace_binary;
+use hyphae_integration::cli;
 use hyphae_integration::cluster::Cluster;
 use hyphae_integration::eventually;
 use hyphae_integration::http::{get_json, get_text};
@@ -84,11 +84,8 @@ async fn policies_pushed_by_the_control_plane_steer_an_agent_and_survive_its_los
                 "kind: Route\nmetadata: {{name: svc}}\nspec:\n  service: svc\n  rules:\n    - backends: [{{service: svc, subset: {{version: {version}}}}}]\n"
             ),
         );
-        let status = Command::new(&hyphae)
-            .args(["apply", "-f", &route, "--server", &server])
-            .status()
-            .expect("run hyphae apply");
-        assert!(status.success());
+        let applied = cli::hyphae(&hyphae, &server, &["apply", "-f", &route]).expect("run hyphae");
+        assert!(applied.success(), "{}", applied.text);
         eventually(&format!("every call to go to {version}"), || async {
             for _ in 0..5 {
                 if get_text(&upstream, "/").await != version {

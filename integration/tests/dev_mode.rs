@@ -7,6 +7,7 @@ use std::process::Command;
 use hyphae_integration::agent::Agent;
 use hyphae_integration::backend::TestBackend;
 use hyphae_integration::binaries::workspace_binary;
+use hyphae_integration::credentials::write_token_file;
 use hyphae_integration::eventually;
 use hyphae_integration::http::{get_json, get_text};
 use hyphae_integration::ports::free_ports;
@@ -32,11 +33,23 @@ async fn one_dev_agent_is_a_working_mesh() {
         ),
     )
     .expect("write config");
+    // The dev control plane keeps its admin token in its data directory; written first, it is
+    // the token this test's helpers send.
+    let dev_data = dir.path().join("dev");
+    let token_file = dev_data.join("admin-token");
+    write_token_file(&token_file).expect("write the admin token");
+    let dev_data = dev_data.display().to_string();
     let _agent = Agent::start(
         &workspace_binary("hyphae-agent"),
         "laptop",
         &config,
-        &["--dev", "--dev-listen", &server],
+        &[
+            "--dev",
+            "--dev-listen",
+            &server,
+            "--dev-data-dir",
+            &dev_data,
+        ],
     )
     .expect("start the dev agent");
 
@@ -57,16 +70,34 @@ async fn one_dev_agent_is_a_working_mesh() {
         "kind: ServicePolicy\nmetadata: {name: web}\nspec:\n  timeouts: {request: 3s}\n",
     )
     .expect("write policy");
-    let output = Command::new(workspace_binary("hyphae"))
-        .args([
-            "apply",
-            "-f",
-            &policy.display().to_string(),
-            "--server",
-            &server,
-        ])
-        .output()
-        .expect("run hyphae apply");
+    let apply = |token_file: Option<&std::path::Path>| {
+        let mut command = Command::new(workspace_binary("hyphae"));
+        command
+            .args([
+                "apply",
+                "-f",
+                &policy.display().to_string(),
+                "--server",
+                &server,
+            ])
+            .env_remove("HYPHAE_TOKEN")
+            .env_remove("HYPHAE_TOKEN_FILE");
+        if let Some(file) = token_file {
+            command.env("HYPHAE_TOKEN_FILE", file);
+        }
+        command.output().expect("run hyphae apply")
+    };
+    let anonymous = apply(None);
+    assert!(
+        !anonymous.status.success(),
+        "--dev refuses an anonymous write"
+    );
+    assert!(
+        String::from_utf8_lossy(&anonymous.stderr).contains("admin token"),
+        "{}",
+        String::from_utf8_lossy(&anonymous.stderr)
+    );
+    let output = apply(Some(&token_file));
     assert!(
         output.status.success(),
         "{}",

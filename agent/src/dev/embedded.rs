@@ -7,10 +7,15 @@ use std::time::Duration;
 
 use anyhow::Context;
 use hyphae_control_plane::config::NodeConfig;
-use hyphae_control_plane::daemon::RunningNode;
+use hyphae_control_plane::daemon::{RunningNode, Start};
+use hyphae_control_plane::secret_file;
 use hyphae_policies::ControlPlaneConfigSpec;
 
 use crate::config::AgentConfig;
+
+/// The file in the dev data directory that holds the admin token's secret (mode 0600): an
+/// existing one is kept, so a `--dev-data-dir` keeps its token across restarts.
+pub const BOOTSTRAP_TOKEN_FILE: &str = "admin-token";
 
 /// Longest the dev control plane may take to elect itself before the agent starts anyway.
 pub const LEADERSHIP_WAIT: Duration = Duration::from_secs(10);
@@ -47,7 +52,11 @@ impl DevControlPlane {
                 ..ControlPlaneConfigSpec::default()
             },
         };
-        let running = RunningNode::start(config, true)
+        let token_file = data_dir.join(BOOTSTRAP_TOKEN_FILE);
+        let (bootstrap_secret, _) = secret_file::read_or_create(&token_file)
+            .context("cannot keep the dev control plane's admin token")?;
+        let start = Start::Init { bootstrap_secret };
+        let running = RunningNode::start(config, start)
             .await
             .context("cannot start the dev control plane")?;
         let mut metrics = running.node.raft.metrics();
@@ -55,7 +64,12 @@ impl DevControlPlane {
         if tokio::time::timeout(LEADERSHIP_WAIT, leads).await.is_err() {
             tracing::warn!("the dev control plane has not elected itself yet; starting anyway");
         }
-        tracing::info!(address = %running.address, data = %data_dir.display(), "dev control plane ready");
+        tracing::info!(
+            address = %running.address,
+            data = %data_dir.display(),
+            admin_token_file = %token_file.display(),
+            "dev control plane ready; the CLI takes its admin token with HYPHAE_TOKEN_FILE=<admin_token_file>"
+        );
         Ok(DevControlPlane {
             running,
             _temporary: temporary,

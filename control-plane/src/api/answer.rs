@@ -55,6 +55,8 @@ pub(crate) struct ApiRequest {
     pub(crate) method: Method,
     pub(crate) path: String,
     pub(crate) query: String,
+    /// The caller's credential, passed on when the request is forwarded to the leader.
+    pub(crate) authorization: Option<http::HeaderValue>,
     pub(crate) body: Bytes,
 }
 

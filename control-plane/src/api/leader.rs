@@ -155,11 +155,14 @@ pub(crate) async fn forward(
     } else {
         format!("?{}", request.query)
     };
-    let upstream = Request::builder()
+    let mut upstream = Request::builder()
         .method(request.method.clone())
         .uri(format!("http://{leader}{}{query}", request.path))
-        .header(FORWARDED_HEADER, "1")
-        .body(Full::new(request.body.clone()));
+        .header(FORWARDED_HEADER, "1");
+    if let Some(authorization) = &request.authorization {
+        upstream = upstream.header(http::header::AUTHORIZATION, authorization);
+    }
+    let upstream = upstream.body(Full::new(request.body.clone()));
     let upstream = match upstream {
         Ok(upstream) => upstream,
         Err(e) => {

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use hyphae_control_plane::{config, daemon::RunningNode};
+use hyphae_control_plane::daemon::{RunningNode, Start};
+use hyphae_control_plane::{config, secret_file};
 use tokio::signal::unix::{SignalKind, signal};
 
 /// A hyphae control-plane node.
@@ -29,6 +30,11 @@ struct Args {
     /// on one node, once.
     #[arg(long)]
     init: bool,
+    /// With `--init`: the owner-only file holding the bootstrap admin token's secret. Created
+    /// with a new random secret when missing (default: `bootstrap-admin-token` in the data
+    /// directory); an existing file's secret is used as it is.
+    #[arg(long, value_name = "FILE", requires = "init")]
+    bootstrap_token_file: Option<PathBuf>,
     /// Check the configuration and exit.
     #[arg(long)]
     check: bool,
@@ -76,7 +82,21 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(config, args.init)) {
+    let start = if args.init {
+        let path = args
+            .bootstrap_token_file
+            .unwrap_or_else(|| config.spec.data_dir.join(BOOTSTRAP_TOKEN_FILE));
+        match bootstrap_secret(&path) {
+            Ok(bootstrap_secret) => Start::Init { bootstrap_secret },
+            Err(error) => {
+                eprintln!("hyphae-control-plane: {error}");
+                return ExitCode::from(1);
+            }
+        }
+    } else {
+        Start::Join
+    };
+    match runtime.block_on(run(config, start)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");
@@ -86,10 +106,30 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(config: config::NodeConfig, init: bool) -> anyhow::Result<()> {
+/// Default name of the bootstrap admin token's file, in the data directory.
+const BOOTSTRAP_TOKEN_FILE: &str = "bootstrap-admin-token";
+
+/// The bootstrap admin token's secret from `path`, or a new one written there. A new secret
+/// is shown on the terminal when there is one (never in the logs).
+fn bootstrap_secret(path: &std::path::Path) -> Result<String, secret_file::SecretFileError> {
+    let (secret, created) = secret_file::read_or_create(path)?;
+    if created {
+        eprintln!(
+            "hyphae-control-plane: the bootstrap admin token is in {} (mode 0600); use it with HYPHAE_TOKEN_FILE={}, create named tokens with `hyphae token create`, then revoke `bootstrap`",
+            path.display(),
+            path.display()
+        );
+        if std::io::stdout().is_terminal() {
+            println!("bootstrap admin token (shown once): {secret}");
+        }
+    }
+    Ok(secret)
+}
+
+async fn run(config: config::NodeConfig, start: Start) -> anyhow::Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    let running = RunningNode::start(config, init).await?;
+    let running = RunningNode::start(config, start).await?;
     let (address, id) = (running.address, running.node.config.spec.id);
     println!(
         "{}",

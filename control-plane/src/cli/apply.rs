@@ -7,7 +7,6 @@ use anyhow::Result;
 use clap::Args;
 use hyphae_policies::{Completeness, LoadOptions, load_paths};
 
-use super::client::ApiClient;
 use super::diff::line_diff;
 use super::{Outcome, ServerArgs};
 
@@ -70,7 +69,7 @@ pub fn run(args: &ApplyArgs, out: &mut dyn std::io::Write) -> Result<Outcome> {
         )?;
         return Ok(Outcome::Invalid);
     }
-    let client = ApiClient::new(&args.server.address())?;
+    let client = args.server.client()?;
     if args.dry_run {
         client.expect_ok("POST", "/v1/policies?dryRun=true", &body)?;
         for (kind, name, source) in &objects {

@@ -16,12 +16,17 @@ use serde_json::Value;
 pub const SERVER_ENV: &str = "HYPHAE_SERVER";
 /// Node used when neither `--server` nor `HYPHAE_SERVER` says otherwise.
 pub const DEFAULT_SERVER: &str = "127.0.0.1:7400";
+/// Environment variable holding the admin API token's secret.
+pub const TOKEN_ENV: &str = "HYPHAE_TOKEN";
+/// Environment variable naming an owner-only file that holds the token's secret.
+pub const TOKEN_FILE_ENV: &str = "HYPHAE_TOKEN_FILE";
 /// Longest the CLI waits for an answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A control-plane node's admin API.
 pub struct ApiClient {
     server: String,
+    token: Option<String>,
     client: Client<HttpConnector, Full<Bytes>>,
     runtime: tokio::runtime::Runtime,
 }
@@ -49,16 +54,27 @@ impl ApiClient {
         };
         Ok(ApiClient {
             server,
+            token: None,
             client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
             runtime,
         })
     }
 
+    /// The same client, sending `token` as `Authorization: Bearer` on every request.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
+    }
+
     /// Sends a request; fails only when the node cannot be reached.
     pub fn send(&self, method: &str, path: &str, body: &str) -> Result<Answer> {
-        let request = http::Request::builder()
+        let mut request = http::Request::builder()
             .method(method)
-            .uri(format!("{}{path}", self.server))
+            .uri(format!("{}{path}", self.server));
+        if let Some(token) = &self.token {
+            request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request
             .body(Full::new(Bytes::from(body.to_string())))
             .context("build the request")?;
         let server = self.server.clone();
@@ -115,6 +131,11 @@ fn ok_body(answer: Answer) -> Result<Value> {
         return Ok(answer.body);
     }
     let code = answer.body["code"].as_str().unwrap_or("error");
+    if answer.status == 401 {
+        bail!(
+            "the control plane wants a valid admin token (HTTP 401): set {TOKEN_ENV}, or {TOKEN_FILE_ENV} / --token-file to an owner-only file holding it"
+        );
+    }
     let message = answer.body["message"]
         .as_str()
         .unwrap_or("the control plane refused the request");

@@ -4,7 +4,6 @@
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
-use super::client::ApiClient;
 use super::get::Output;
 use super::{Outcome, ServerArgs};
 
@@ -68,7 +67,7 @@ pub enum ClusterCommand {
 pub fn run(args: &ClusterArgs, out: &mut dyn std::io::Write) -> Result<Outcome> {
     let (status, output) = match &args.command {
         ClusterCommand::Status { output, server } => (
-            ApiClient::new(&server.address())?.expect_ok("GET", "/v1/cluster", "")?,
+            server.client()?.expect_ok("GET", "/v1/cluster", "")?,
             *output,
         ),
         ClusterCommand::Add {
@@ -77,30 +76,27 @@ pub fn run(args: &ClusterArgs, out: &mut dyn std::io::Write) -> Result<Outcome> 
             server,
         } => {
             let body = serde_json::json!({ "id": id, "address": address }).to_string();
-            let status = ApiClient::new(&server.address())?.expect_ok(
-                "POST",
-                "/v1/cluster/members",
-                &body,
-            )?;
+            let status = server
+                .client()?
+                .expect_ok("POST", "/v1/cluster/members", &body)?;
             writeln!(out, "node {id} ({address}) is a voter")?;
             (status, Output::Table)
         }
         ClusterCommand::Remove { id, server } => {
             let path = format!("/v1/cluster/members/{id}");
-            let status = ApiClient::new(&server.address())?.expect_ok("DELETE", &path, "")?;
+            let status = server.client()?.expect_ok("DELETE", &path, "")?;
             writeln!(out, "node {id} removed")?;
             (status, Output::Table)
         }
         ClusterCommand::Members { server } => {
-            return members(&server.address(), out);
+            return members(server, out);
         }
         ClusterCommand::TransferLeader { id, server } => {
             let body = serde_json::json!({ "to": id }).to_string();
-            let status = ApiClient::new(&server.address())?.expect_ok(
-                "POST",
-                "/v1/cluster/transfer-leader",
-                &body,
-            )?;
+            let status =
+                server
+                    .client()?
+                    .expect_ok("POST", "/v1/cluster/transfer-leader", &body)?;
             writeln!(out, "node {} leads now", status["leader"])?;
             (status, Output::Table)
         }
@@ -154,8 +150,8 @@ fn role(member: &serde_json::Value) -> &'static str {
 
 /// `hyphae cluster members`: the table comes from the leader, which alone knows each member's
 /// lag; when the leader cannot be reached, the node asked answers without lag.
-fn members(server: &str, out: &mut dyn std::io::Write) -> Result<Outcome> {
-    let mut status = ApiClient::new(server)?.expect_ok("GET", "/v1/cluster", "")?;
+fn members(server: &ServerArgs, out: &mut dyn std::io::Write) -> Result<Outcome> {
+    let mut status = server.client()?.expect_ok("GET", "/v1/cluster", "")?;
     let leader = status["leader"].as_u64();
     if status["state"] != "Leader"
         && let Some(address) = status["members"]
@@ -164,8 +160,9 @@ fn members(server: &str, out: &mut dyn std::io::Write) -> Result<Outcome> {
             .flatten()
             .find(|m| m["id"].as_u64() == leader && leader.is_some())
             .and_then(|m| m["address"].as_str())
-        && let Ok(from_leader) =
-            ApiClient::new(address).and_then(|c| c.expect_ok("GET", "/v1/cluster", ""))
+        && let Ok(from_leader) = server
+            .client_for(address)
+            .and_then(|c| c.expect_ok("GET", "/v1/cluster", ""))
     {
         status = from_leader;
     }

@@ -9,7 +9,6 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use hyphae_policies::{Action, Completeness, Identity, Kind, LoadOptions, Policy, load_str};
 
-use super::client::ApiClient;
 use super::schema::parse_kind;
 use super::table::columns;
 use super::{Outcome, ServerArgs};
@@ -39,7 +38,7 @@ pub fn run(args: &DescribeArgs, out: &mut dyn std::io::Write) -> Result<Outcome>
             args.kind
         );
     }
-    let client = ApiClient::new(&args.server.address())?;
+    let client = args.server.client()?;
     let query = if args.stale { "?stale=true" } else { "" };
     let answer = client.expect_ok("GET", &format!("/v1/policies{query}"), "")?;
     let stored: Vec<StoredPolicy> = serde_json::from_value(answer)

@@ -4,7 +4,6 @@ use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 use serde_json::Value;
 
-use super::client::ApiClient;
 use super::{Outcome, ServerArgs};
 
 /// How to print what was read.
@@ -50,7 +49,7 @@ pub struct DeleteArgs {
 
 /// Runs `hyphae get`.
 pub fn run_get(args: &GetArgs, out: &mut dyn std::io::Write) -> Result<Outcome> {
-    let client = ApiClient::new(&args.server.address())?;
+    let client = args.server.client()?;
     let stale = if args.stale { "stale=true" } else { "" };
     let policies: Vec<Value> = match (&args.kind, &args.name) {
         (Some(kind), Some(name)) => {
@@ -94,7 +93,7 @@ fn list(value: &Value) -> Result<Vec<Value>> {
 
 /// Runs `hyphae delete`.
 pub fn run_delete(args: &DeleteArgs, out: &mut dyn std::io::Write) -> Result<Outcome> {
-    let client = ApiClient::new(&args.server.address())?;
+    let client = args.server.client()?;
     let answer = client.expect_ok(
         "DELETE",
         &format!("/v1/policies/{}/{}", args.kind, args.name),

@@ -8,7 +8,6 @@ use clap::Args;
 use hyphae_policies::registry::{Health, ServiceSummary};
 use serde::Serialize;
 
-use super::client::ApiClient;
 use super::get::Output;
 use super::table::table;
 use super::{Outcome, ServerArgs};
@@ -36,7 +35,7 @@ pub struct RegistryArgs {
 impl RegistryArgs {
     fn read<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
         let query = if self.stale { "?stale=true" } else { "" };
-        ApiClient::new(&self.server.address())?.get_newer(&format!("{path}{query}"))
+        self.server.client()?.get_newer(&format!("{path}{query}"))
     }
 }
 

@@ -19,7 +19,7 @@ use crate::changes::ChangeLog;
 use crate::raft::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
-use crate::state::{CommandResponse, PolicyKey, State, StateKey, StoredPolicy};
+use crate::state::{CommandResponse, PolicyKey, State, StateKey, StoredPolicy, StoredToken};
 
 /// Policies by (kind, name), each the JSON of a [`StoredPolicy`].
 const POLICIES: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("sm_policies");
@@ -33,6 +33,8 @@ const LAST_APPLIED: &str = "last_applied";
 const LAST_MEMBERSHIP: &str = "last_membership";
 /// [`SM_META`] key of the cluster's identity (absent until its first leader sets it).
 const CLUSTER_ID: &str = "cluster_id";
+/// [`SM_META`] key of the admin API tokens (a list of [`StoredToken`], hashes only).
+const TOKENS: &str = "tokens";
 /// The current snapshot, by name: its metadata, its data, and a counter for snapshot ids.
 const SNAPSHOT: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("sm_snapshot");
 /// [`SNAPSHOT`] key of the current snapshot's [`SnapshotMeta`].
@@ -72,6 +74,7 @@ struct SnapshotDataRef<'a> {
     policies: Vec<&'a StoredPolicy>,
     nodes: Vec<&'a NodeRecord>,
     cluster: Option<&'a str>,
+    tokens: Vec<&'a StoredToken>,
 }
 
 /// Snapshot data as read back.
@@ -86,6 +89,9 @@ struct SnapshotData {
     /// Absent in snapshots written before clusters had an identity.
     #[serde(default)]
     cluster: Option<String>,
+    /// Absent in snapshots written before the admin API had tokens.
+    #[serde(default)]
+    tokens: Vec<StoredToken>,
 }
 
 impl SnapshotData {
@@ -100,7 +106,8 @@ impl SnapshotData {
         }
         Ok(State::restore(data.revision, data.policies)
             .with_nodes(data.nodes)
-            .with_cluster_id(data.cluster))
+            .with_cluster_id(data.cluster)
+            .with_tokens(data.tokens))
     }
 }
 
@@ -127,6 +134,7 @@ impl StateMachineStore {
         let last_membership: StoredMembership =
             read_value(&meta, LAST_MEMBERSHIP)?.unwrap_or_default();
         let cluster_id: Option<String> = read_value(&meta, CLUSTER_ID)?;
+        let tokens: Vec<StoredToken> = read_value(&meta, TOKENS)?.unwrap_or_default();
         let mut policies = Vec::new();
         for item in txn.open_table(POLICIES)?.iter()? {
             let (_key, bytes) = item?;
@@ -141,7 +149,8 @@ impl StateMachineStore {
         let applied = Applied {
             state: State::restore(revision, policies)
                 .with_nodes(nodes)
-                .with_cluster_id(cluster_id),
+                .with_cluster_id(cluster_id)
+                .with_tokens(tokens),
             last_applied,
             last_membership,
             changes: ChangeLog::new(revision, watch_history),
@@ -247,6 +256,7 @@ fn build_snapshot(db: &Database, applied: &RwLock<Applied>) -> Result<Snapshot, 
             policies: applied.state.policies().collect(),
             nodes: applied.state.nodes().collect(),
             cluster: applied.state.cluster_id(),
+            tokens: applied.state.tokens().values().collect(),
         })?;
         (applied.last_applied, applied.last_membership.clone(), data)
     };
@@ -384,6 +394,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 }
             }
             write_cluster_id(&txn, &installed.state)?;
+            write_tokens(&txn, &installed.state)?;
             write_pointers(&txn, &installed)?;
             write_snapshot(&txn, &meta, &data)?;
             txn.commit()?;
@@ -449,6 +460,7 @@ fn write_touched(
                 };
             }
             StateKey::Cluster => write_cluster_id(txn, state)?,
+            StateKey::Tokens => write_tokens(txn, state)?,
         }
     }
     Ok(())
@@ -461,6 +473,14 @@ fn write_cluster_id(txn: &WriteTransaction, state: &State) -> Result<(), DiskErr
         Some(id) => meta.insert(CLUSTER_ID, encode(&id)?.as_slice())?,
         None => meta.remove(CLUSTER_ID)?,
     };
+    Ok(())
+}
+
+/// Writes the token table inside `txn`.
+fn write_tokens(txn: &WriteTransaction, state: &State) -> Result<(), DiskError> {
+    let tokens: Vec<&StoredToken> = state.tokens().values().collect();
+    txn.open_table(SM_META)?
+        .insert(TOKENS, encode(&tokens)?.as_slice())?;
     Ok(())
 }
 

@@ -1,0 +1,89 @@
+//! `/v1/acl/tokens`: list, create and revoke admin API tokens (admin only). A secret is shown once,
+//! in the answer that creates it; the cluster stores only its hash.
+
+use http::StatusCode;
+use hyphae_policies::validate::check_name;
+
+use super::answer::{Answer, ApiError, ApiRequest, json_response};
+use super::leader::{read_barrier, write};
+use crate::node::Node;
+use crate::state::{Command, CommandResponse};
+use crate::tokens::{self, StoredToken, TokenView};
+use crate::wire::{CreatedToken, NewToken};
+
+/// `GET /v1/acl/tokens`: every token, without hashes.
+pub(crate) async fn list(node: &Node, request: &ApiRequest) -> Answer {
+    read_barrier(node, request).await?;
+    let views: Vec<TokenView> = node
+        .state
+        .read(|state| state.tokens().values().map(TokenView::from).collect())
+        .await;
+    Ok(json_response(StatusCode::OK, &views))
+}
+
+/// `POST /v1/acl/tokens`: creates (or replaces) a token with a new random secret.
+pub(crate) async fn create(node: &Node, request: &ApiRequest) -> Answer {
+    let new: NewToken = serde_json::from_slice(&request.body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad-token",
+            format!("expected {{\"name\": \"ci\", \"role\": \"read|write|admin\", \"ttl\": \"24h\"}}: {e}"),
+        )
+    })?;
+    check_name(&new.name).map_err(|reason| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad-token-name",
+            format!("token name `{}`: {reason}", new.name),
+        )
+    })?;
+    let expires_at_ms = new.ttl.map(|ttl| {
+        let ttl = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        tokens::now_ms().saturating_add(ttl)
+    });
+    let secret = tokens::new_secret();
+    let token = StoredToken {
+        name: new.name,
+        role: new.role,
+        hash: tokens::hash(&secret),
+        expires_at_ms,
+        revision: 0,
+    };
+    let mut view = TokenView::from(&token);
+    let written = write(
+        node,
+        Command::CreateToken {
+            token,
+            only_if_none: false,
+        },
+    )
+    .await?;
+    view.revision = written.revision();
+    Ok(json_response(
+        StatusCode::OK,
+        &CreatedToken {
+            token: view,
+            secret,
+        },
+    ))
+}
+
+/// `DELETE /v1/acl/tokens/{name}`: revokes a token at once on every node.
+pub(crate) async fn revoke(node: &Node, name: &str) -> Answer {
+    let written = write(
+        node,
+        Command::RevokeToken {
+            name: name.to_string(),
+        },
+    )
+    .await?;
+    match written {
+        CommandResponse::TokenRevoked { existed: false, .. } => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("no token named `{name}`"),
+        )
+        .into()),
+        written => Ok(json_response(StatusCode::OK, &written)),
+    }
+}
