@@ -15,7 +15,10 @@ use schemars::{JsonSchema, SchemaGenerator};
 use serde_json::{Value, json};
 
 use crate::state::{CommandResponse, StoredPolicy};
-use crate::wire::{ClusterStatus, DryRun, ErrorBody, NewMember, NodeView, TransferTo};
+use crate::tokens::TokenView;
+use crate::wire::{
+    ClusterStatus, CreatedToken, DryRun, ErrorBody, NewMember, NewToken, NodeView, TransferTo,
+};
 
 /// Where the document is served.
 pub const OPENAPI_PATH: &str = "/v1/openapi.json";
@@ -299,6 +302,32 @@ fn build() -> Value {
             },
         }}),
     );
+    let token_view = schema::<TokenView>(g);
+    paths.insert(
+        "/v1/acl/tokens".into(),
+        json!({
+            "get": {
+                "operationId": "listTokens",
+                "summary": "Admin API tokens: name, role, expiry (never secrets or hashes); admin role",
+                "responses": responses("The tokens.", array(token_view), &error),
+            },
+            "post": {
+                "operationId": "createToken",
+                "summary": "Create (or replace) a token; the answer holds its secret, shown this once; admin role",
+                "requestBody": { "required": true, "content": json_content(schema::<NewToken>(g)) },
+                "responses": responses("The token and its secret.", schema::<CreatedToken>(g), &error),
+            },
+        }),
+    );
+    paths.insert(
+        "/v1/acl/tokens/{name}".into(),
+        json!({ "delete": {
+            "operationId": "revokeToken",
+            "summary": "Revoke a token on every node; admin role",
+            "parameters": [path_param("name", "The token's name.", string.clone())],
+            "responses": responses("Revoked.", command.clone(), &error),
+        }}),
+    );
     paths.insert(
         OPENAPI_PATH.into(),
         json!({ "get": {
@@ -316,10 +345,14 @@ fn build() -> Value {
         "info": {
             "title": "hyphae control plane",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Admin API (policies, registry, cluster) and agent API (registration, heartbeats, health, watch) of a hyphae control-plane node. Reads are linearizable unless `stale` is set; followers forward writes to the leader.",
+            "description": "Admin API (policies, registry, cluster, tokens) and agent API (registration, heartbeats, health, watch) of a hyphae control-plane node. Reads are linearizable unless `stale` is set; followers forward writes to the leader. Every admin operation needs `Authorization: Bearer <token>`: a `read` token reads, `write` also applies and deletes policies, `admin` also changes membership, leadership and tokens; without a valid token the answer is 401, with too low a role 403. The agent API and this document need no token.",
         },
         "paths": paths,
-        "components": { "schemas": generator.take_definitions(true) },
+        "security": [{ "bearer": [] }],
+        "components": {
+            "schemas": generator.take_definitions(true),
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+        },
     })
 }
 
@@ -346,6 +379,9 @@ mod tests {
         ("/v1/agent/health", "post"),
         ("/v1/agent/deregister", "post"),
         ("/v1/agent/watch", "get"),
+        ("/v1/acl/tokens", "get"),
+        ("/v1/acl/tokens", "post"),
+        ("/v1/acl/tokens/{name}", "delete"),
         ("/v1/openapi.json", "get"),
     ];
 
