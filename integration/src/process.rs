@@ -212,10 +212,10 @@ mod tests {
 
     #[tokio::test]
     async fn stop_ends_a_process_with_sigterm() {
-        let mut process = Process::spawn("sleeper", Command::new("sh").args(["-c", FOREVER]))
-            .expect("start sh");
+        let mut process =
+            Process::spawn("sleeper", Command::new("sh").args(["-c", FOREVER])).expect("start sh");
         let status = process.stop(PATIENCE).await;
-        assert_eq!(status.and_then(|s| s.signal()), Some(Signal::TERM as i32));
+        assert_eq!(status.and_then(|s| s.signal()), Some(Signal::TERM.as_raw()));
         assert_eq!(process.stop(PATIENCE).await, status, "stopping twice");
     }
 
@@ -229,10 +229,15 @@ mod tests {
         )
         .expect("start sh");
         assert_eq!(process.stop(Duration::from_millis(200)).await, None);
-        wait_for("its child to die with the group", PATIENCE, INTERVAL, || {
-            let gone = ended(&child);
-            async move { gone.then_some(()) }
-        })
+        wait_for(
+            "its child to die with the group",
+            PATIENCE,
+            INTERVAL,
+            || {
+                let gone = ended(&child);
+                async move { gone.then_some(()) }
+            },
+        )
         .await
         .expect("the group is killed");
     }
