@@ -3,8 +3,9 @@
 //! runs their binaries, whose paths callers pass in (`env!("CARGO_BIN_EXE_…")` or
 //! [`binaries::workspace_binary`]).
 //!
-//! - [`process`]: a child in its own process group, signalled through rustix, killed on drop;
-//!   its ready line (the first line on stdout, where binaries report their bound ports).
+//! - [`process`]: a child in its own process group, signalled through rustix, stopped
+//!   (SIGTERM, then SIGKILL) or killed on drop; its ready line (the first line on stdout, where
+//!   binaries report their bound ports).
 //! - [`agent`] starts a `hyphae-agent` from a config; [`cluster`] starts N
 //!   `hyphae-control-plane` nodes and finds the leader they agree on.
 //! - [`backend`]: an in-process HTTP service with fault knobs for the agents to proxy to;

@@ -3,7 +3,7 @@
 //! that can bind port 0 and report its address in its ready line must do that instead: a port
 //! chosen here is released before its user binds it, and another process may take it first.
 
-use std::net::TcpListener;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 
 use crate::Error;
 
@@ -19,6 +19,12 @@ pub fn free_ports(count: usize) -> Result<Vec<u16>, Error> {
         .map(|l| l.local_addr().map(|a| a.port()))
         .collect::<std::io::Result<Vec<_>>>()
         .map_err(Error::Port)
+}
+
+/// One free address on 127.0.0.1 (see [`free_ports`]).
+pub fn free_address() -> Result<SocketAddr, Error> {
+    let port = free_ports(1)?[0];
+    Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
 }
 
 #[cfg(test)]

@@ -133,6 +133,24 @@ impl Process {
         .ok()
     }
 
+    /// Stops the process the way a supervisor does: SIGTERM (a clean shutdown: a server drains,
+    /// nginx's master stops its workers), then, when it has not exited within `patience`,
+    /// SIGKILL to its whole group. Its exit status when it ended by itself (or had already
+    /// ended); `None` when it had to be killed.
+    pub async fn stop(&mut self, patience: Duration) -> Option<ExitStatus> {
+        if let Some(status) = self.try_exit() {
+            return Some(status);
+        }
+        // A process that cannot be signalled is left to the SIGKILL below.
+        if self.signal(Signal::TERM).is_ok()
+            && let Some(status) = self.exited(patience).await
+        {
+            return Some(status);
+        }
+        self.kill();
+        None
+    }
+
     /// SIGKILLs the process group (no clean shutdown; a stopped process dies too) and reaps
     /// the process.
     pub fn kill(&mut self) {
@@ -171,4 +189,56 @@ pub fn first_line(stdout: ChildStdout, patience: Duration) -> Option<String> {
         let _ = std::io::copy(&mut reader, &mut std::io::sink());
     });
     receiver.recv_timeout(patience).ok().flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+
+    use super::*;
+
+    /// Long enough to outlast any test; the processes are stopped long before.
+    const FOREVER: &str = "sleep 600";
+    /// How long a test gives a process to end.
+    const PATIENCE: Duration = Duration::from_secs(10);
+
+    /// Whether process `pid` has ended: gone, or a zombie its new parent has not reaped yet.
+    fn ended(pid: &str) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+    }
+
+    #[tokio::test]
+    async fn stop_ends_a_process_with_sigterm() {
+        let mut process =
+            Process::spawn("sleeper", Command::new("sh").args(["-c", FOREVER])).expect("start sh");
+        let status = process.stop(PATIENCE).await;
+        assert_eq!(status.and_then(|s| s.signal()), Some(Signal::TERM.as_raw()));
+        assert_eq!(process.stop(PATIENCE).await, status, "stopping twice");
+    }
+
+    #[tokio::test]
+    async fn stop_kills_the_group_of_a_process_that_ignores_sigterm() {
+        let script = format!("trap '' TERM; {FOREVER} & echo $!; wait");
+        let (mut process, child) = Process::spawn_ready(
+            "stubborn",
+            Command::new("sh").args(["-c", &script]),
+            READY_PATIENCE,
+        )
+        .expect("start sh");
+        assert_eq!(process.stop(Duration::from_millis(200)).await, None);
+        wait_for(
+            "its child to die with the group",
+            PATIENCE,
+            INTERVAL,
+            || {
+                let gone = ended(&child);
+                async move { gone.then_some(()) }
+            },
+        )
+        .await
+        .expect("the group is killed");
+    }
 }

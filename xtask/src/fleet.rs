@@ -15,7 +15,7 @@ use hyphae_integration::agent::Agent;
 use hyphae_integration::cluster::Cluster;
 use hyphae_integration::eventually::wait_for;
 use hyphae_integration::http::request;
-use hyphae_integration::ports::free_ports;
+use hyphae_integration::ports::free_address;
 use hyphae_integration::process::READY_PATIENCE;
 use tokio::time::Instant;
 
@@ -72,7 +72,7 @@ pub async fn run(bin: &Path, scratch: &Path) -> Result<()> {
         ),
     )?;
     // An upstream's port is fixed by the config (the agent refuses port 0 there): chosen ahead.
-    let upstream = SocketAddr::from(([127, 0, 0, 1], free_ports(1)?[0]));
+    let upstream = free_address()?;
     let web = start_agent(
         agent,
         &dir,

@@ -6,7 +6,6 @@ mod check_systemd;
 mod cluster;
 mod demo;
 mod fleet;
-mod local_cluster;
 mod test;
 mod util;
 

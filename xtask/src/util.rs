@@ -1,8 +1,7 @@
 //! Small helpers shared by subcommands: locating the workspace and running commands loudly.
 
 use std::path::{Path, PathBuf};
-use std::process::{ChildStdout, Command, Output};
-use std::time::Duration;
+use std::process::{Command, Output};
 
 use anyhow::{Context, Result, bail};
 
@@ -54,11 +53,4 @@ pub fn empty_dir(dir: &Path) -> Result<()> {
         std::fs::remove_dir_all(dir).with_context(|| format!("empty {}", dir.display()))?;
     }
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))
-}
-
-/// Reads a child's first line on stdout (its ready line) within `timeout`; the rest is drained.
-/// The test-support library's reader, under the name `bench` calls it by.
-pub fn ready_line(stdout: ChildStdout, timeout: Duration) -> Result<String> {
-    hyphae_integration::process::first_line(stdout, timeout)
-        .with_context(|| format!("no ready line within {timeout:?}"))
 }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use tokio::runtime::Runtime;
 
 use super::BENCH_DIR;
 use super::parse::Load;
@@ -16,7 +17,7 @@ use super::tools::Tools;
 use crate::util;
 use load::Protocol;
 use nginx::Backend;
-use processes::Processes;
+use processes::{ensure_running, stop};
 use setup::Setup;
 
 mod load;
@@ -112,9 +113,13 @@ pub fn run(args: &[String]) -> Result<()> {
     let root = util::root();
     let dir = root.join(BENCH_DIR);
     fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-    let mut backend_processes = Processes::default();
-    let backend = Backend::start(&tools, &dir, &mut backend_processes)?;
-    let bench = Bench {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start a runtime")?;
+    let backend = Backend::start(&tools, &dir, &runtime)?;
+    let mut bench = Bench {
+        runtime,
         options,
         agent: root.join("target/release/hyphae-agent"),
         tools,
@@ -128,7 +133,7 @@ pub fn run(args: &[String]) -> Result<()> {
             rows.push(bench.measure(setup, protocol)?);
         }
     }
-    drop(backend_processes);
+    bench.runtime.block_on(stop([&mut bench.backend.process]));
 
     print!("{}", bench.table(&rows));
     write_json(&bench.dir, "proxy.json", &bench.json(&rows))
@@ -136,6 +141,8 @@ pub fn run(args: &[String]) -> Result<()> {
 
 /// Everything a row needs: settings, programs, the shared backend, the output folder.
 struct Bench {
+    /// Runs the readiness checks and the stops.
+    runtime: Runtime,
     /// The command line.
     options: Options,
     /// haproxy, nginx and the load generators.
@@ -196,7 +203,7 @@ impl Bench {
         let mut target = self.start(setup)?;
         let address = target.address(protocol);
         let proxies = with_descendants(&target.proxies)?;
-        let backend = with_descendants(&[self.backend.pid])?;
+        let backend = with_descendants(&[self.backend.process.id()])?;
         let rss_idle_kib = memory_kib(&proxies, "VmRSS")?;
 
         let label = format!("{}-{}", setup.slug(), protocol.name());
@@ -212,12 +219,12 @@ impl Bench {
         let backend_cpu = cpu_seconds(&backend, self.ticks_per_second)?;
         let load = self.load(protocol, address, self.options.duration, &label)?;
         // A proxy that died under load has no figures worth reporting.
-        target.processes.ensure_running()?;
+        ensure_running(target.processes())?;
         let proxy_cpu = cpu_seconds(&proxies, self.ticks_per_second)? - proxy_cpu;
         let backend_cpu = cpu_seconds(&backend, self.ticks_per_second)? - backend_cpu;
         let rss_peak_kib = memory_kib(&proxies, "VmHWM")?;
-        // Stop this row's processes before the next row starts.
-        drop(target.processes);
+        // Stop this row's processes before the next row starts, the last started first.
+        self.runtime.block_on(stop(target.processes().rev()));
 
         Ok(Row {
             setup,

@@ -17,6 +17,7 @@ use http::{Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyphae_integration::cluster::Cluster;
 use hyphae_policies::watch::{WATCH_PATH, WatchEvent};
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 use serde_json::{Value, json};
@@ -30,9 +31,12 @@ use super::report::{
     self, MILLIS_DECIMALS, SECONDS_DECIMALS, commit, first_line, relative, rounded, write_json,
 };
 use super::{BENCH_DIR, parse_options};
-use crate::local_cluster::{LocalCluster, NODES};
 use crate::util;
 
+/// Nodes in the control plane, with ids 1, 2, 3.
+const NODES: usize = 3;
+/// What the nodes log: errors only, since the bench measures them and logging is work.
+const NODE_LOG_LEVEL: &str = "error";
 /// Population sizes measured unless `--agents` says otherwise, in order.
 const DEFAULT_AGENTS: [usize; 2] = [1000, 5000];
 /// Most `--agents` accepted: each agent is a connection, and so a file descriptor, here and on
@@ -336,7 +340,7 @@ impl Summary {
 /// What one node did during the run.
 struct NodeCost {
     /// Node id (1-based).
-    id: usize,
+    id: u64,
     /// Whether it took the writes.
     leader: bool,
     /// Agents watching it.
@@ -362,19 +366,26 @@ impl Bench {
             "xtask: bench push with {agents} agents, {} rounds",
             self.rounds
         );
-        let cluster = LocalCluster::start(&self.bin, &self.cluster_dir)?;
-        let all: Vec<usize> = (1..=NODES).collect();
-        let leader = cluster.wait_for_leader(&all)?;
+        util::empty_dir(&self.cluster_dir)?;
+        let mut cluster = Cluster::configure(
+            &self.bin.join("hyphae-control-plane"),
+            &self.cluster_dir,
+            NODES,
+            "",
+        )?;
+        cluster.set_log_level(NODE_LOG_LEVEL);
+        cluster.start_all()?;
+        let leader = self.runtime.block_on(cluster.leader())?;
         let mut nodes = Vec::new();
-        for id in all {
-            let address: SocketAddr = cluster
-                .server(id)
-                .parse()
-                .with_context(|| format!("node {id}'s address"))?;
-            let pid = cluster
-                .pid(id)
-                .with_context(|| format!("node {id} is not running"))?;
-            nodes.push(Node { id, address, pid });
+        for node in cluster.nodes() {
+            let pid = node
+                .pid()
+                .with_context(|| format!("node {} is not running", node.id))?;
+            nodes.push(Node {
+                id: node.id,
+                address: node.address,
+                pid,
+            });
         }
         let measured = self
             .runtime
@@ -386,8 +397,12 @@ impl Bench {
     }
 
     /// Seeds the policies, connects the agents, runs the rounds and gathers the figures.
-    async fn drive(&self, agents: usize, nodes: &[Node], leader: usize) -> Result<Measured> {
-        let leader_address = nodes[leader - 1].address;
+    async fn drive(&self, agents: usize, nodes: &[Node], leader: u64) -> Result<Measured> {
+        let leader_address = nodes
+            .iter()
+            .find(|n| n.id == leader)
+            .with_context(|| format!("the leader, node {leader}, is not in the cluster"))?
+            .address;
         let rss = |field: &str| -> Result<Vec<u64>> {
             nodes.iter().map(|n| memory_kib(&[n.pid], field)).collect()
         };
@@ -579,7 +594,7 @@ impl Bench {
 /// A node as the bench reaches and measures it.
 struct Node {
     /// Node id (1-based).
-    id: usize,
+    id: u64,
     /// Its HTTP port.
     address: SocketAddr,
     /// Its process.

@@ -7,8 +7,11 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result};
+use hyphae_integration::Process;
+use hyphae_integration::ports::free_address;
+use tokio::runtime::Runtime;
 
-use super::processes::{Processes, Stdout, free_address, wait_until_ok};
+use super::processes::{spawn, wait_until_ok};
 use super::{BACKEND_WORKERS, KEEPALIVE_REQUESTS, PROXY_IDLE_TIMEOUT, PROXY_MAX_CONNECTIONS};
 use crate::bench::report::write;
 use crate::bench::tools::Tools;
@@ -23,12 +26,12 @@ pub struct Backend {
     /// Its h2c listener, for the direct HTTP/2 row.
     pub http2: SocketAddr,
     /// The nginx master (its worker is found through `/proc`).
-    pub pid: u32,
+    pub process: Process,
 }
 
 impl Backend {
     /// Starts the backend nginx and waits until it answers.
-    pub fn start(tools: &Tools, dir: &Path, processes: &mut Processes) -> Result<Backend> {
+    pub fn start(tools: &Tools, dir: &Path, runtime: &Runtime) -> Result<Backend> {
         let (http1, http2) = (free_address()?, free_address()?);
         let location =
             format!("default_type text/plain;\n            return 200 \"{BACKEND_BODY}\\n\";");
@@ -40,8 +43,12 @@ impl Backend {
             http_extra: "",
             location: &location,
         };
-        let pid = site.start(tools, dir, processes)?;
-        Ok(Backend { http1, http2, pid })
+        let process = site.start(tools, dir, runtime)?;
+        Ok(Backend {
+            http1,
+            http2,
+            process,
+        })
     }
 }
 
@@ -63,9 +70,9 @@ pub struct NginxSite<'a> {
 
 impl NginxSite<'_> {
     /// Writes the configuration under `target/bench/nginx-<name>/`, starts nginx on it in the
-    /// foreground (a master and its workers) and waits until it answers; returns the master's
-    /// pid.
-    pub fn start(&self, tools: &Tools, dir: &Path, processes: &mut Processes) -> Result<u32> {
+    /// foreground (a master and its workers, one process group) and waits until it answers;
+    /// returns the master.
+    pub fn start(&self, tools: &Tools, dir: &Path, runtime: &Runtime) -> Result<Process> {
         let NginxSite {
             name,
             purpose,
@@ -120,15 +127,9 @@ http {{
             .arg(prefix.join("error.log"))
             .arg("-c")
             .arg(&config_file);
-        let pid = processes
-            .spawn(
-                &format!("nginx {name}"),
-                &mut command,
-                &prefix.join("stderr.log"),
-                Stdout::Log,
-            )?
-            .id();
-        wait_until_ok(http1, processes, &format!("nginx {name}"))?;
-        Ok(pid)
+        let name = format!("nginx {name}");
+        let mut nginx = spawn(&name, &mut command, &prefix.join("stderr.log"))?;
+        wait_until_ok(runtime, http1, &mut [&mut nginx], &name)?;
+        Ok(nginx)
     }
 }

@@ -1,22 +1,23 @@
 //! Each way from the client to the backend (direct, one agent, the mesh, haproxy, nginx): its
 //! generated configs and the processes that serve it. Measures nothing; the row does that.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result};
-use serde_json::Value;
+use hyphae_integration::Process;
+use hyphae_integration::agent::Agent;
+use hyphae_integration::ports::free_address;
 
 use super::load::Protocol;
 use super::nginx::NginxSite;
-use super::processes::{Processes, START_TIMEOUT, Stdout, free_address, wait_until_ok};
+use super::processes::{logged, named, spawn, wait_until_ok};
 use super::{
     Bench, KEEPALIVE_REQUESTS, MAX_CONNECTIONS, PROXY_IDLE_TIMEOUT, PROXY_MAX_CONNECTIONS,
     PROXY_THREADS,
 };
-use crate::bench::report::{relative, write};
-use crate::util;
+use crate::bench::report::write;
 
 /// Idle kept-alive connections nginx keeps to the backend.
 const NGINX_UPSTREAM_IDLE: u32 = MAX_CONNECTIONS;
@@ -30,6 +31,8 @@ const AGENT_LOG_LEVEL: &str = "warn";
 const AGENT_SITE: &str = "bench";
 /// The service name the agents give the backend.
 const SERVICE: &str = "backend";
+/// An inbound listener on a port the agent picks and reports in its ready line.
+const ANY_PORT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
 
 /// One way from the client to the backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,8 +94,10 @@ impl Setup {
 
 /// What a row drives load at: the processes in the way and their addresses.
 pub struct Target {
-    /// Everything the setup started; dropping it stops them.
-    pub processes: Processes,
+    /// The agents the setup started, in start order.
+    agents: Vec<Agent>,
+    /// The haproxy or nginx the setup started.
+    proxy: Option<Process>,
     /// The proxy processes (children such as nginx workers are found when measuring).
     pub proxies: Vec<u32>,
     /// Where HTTP/1.1 load goes.
@@ -109,19 +114,32 @@ impl Target {
             Protocol::Http2 => self.http2,
         }
     }
+
+    /// Every process the setup started, in start order.
+    pub fn processes(&mut self) -> impl DoubleEndedIterator<Item = &mut Process> {
+        self.agents
+            .iter_mut()
+            .map(Agent::process)
+            .chain(self.proxy.as_mut())
+    }
 }
 
 impl Bench {
     /// Starts the processes of `setup` and waits until a request through them succeeds.
     pub fn start(&self, setup: Setup) -> Result<Target> {
-        let mut processes = Processes::default();
         let backend_port = self.backend.http1.port();
-        let (proxies, http1, http2) = match setup {
-            Setup::Direct => (vec![], self.backend.http1, self.backend.http2),
+        let mut target = match setup {
+            Setup::Direct => Target {
+                agents: vec![],
+                proxy: None,
+                proxies: vec![],
+                http1: self.backend.http1,
+                http2: self.backend.http2,
+            },
             Setup::OneAgent => {
+                // The agent's own upstream calls its inbound: the address must be known ahead.
                 let inbound = free_address()?;
-                let agent = self.start_agent(
-                    &mut processes,
+                let mut agent = self.start_agent(
                     "one",
                     &agent_config(
                         &self.dir,
@@ -131,36 +149,38 @@ impl Bench {
                         Some((free_address()?, inbound)),
                     ),
                 )?;
-                let upstream = agent.upstream.context("the agent bound no upstream port")?;
-                (vec![agent.pid], upstream, upstream)
+                let upstream = first_upstream(&agent)?;
+                Target {
+                    proxies: vec![agent.process().id()],
+                    agents: vec![agent],
+                    proxy: None,
+                    http1: upstream,
+                    http2: upstream,
+                }
             }
             Setup::Mesh => {
-                let host = self.start_agent(
-                    &mut processes,
+                let mut host = self.start_agent(
                     "host",
-                    &agent_config(
-                        &self.dir,
-                        "bench-host",
-                        free_address()?,
-                        Some(backend_port),
-                        None,
-                    ),
+                    &agent_config(&self.dir, "bench-host", ANY_PORT, Some(backend_port), None),
                 )?;
-                let caller = self.start_agent(
-                    &mut processes,
+                let mut caller = self.start_agent(
                     "caller",
                     &agent_config(
                         &self.dir,
                         "bench-caller",
-                        free_address()?,
+                        ANY_PORT,
                         None,
                         Some((free_address()?, host.inbound)),
                     ),
                 )?;
-                let upstream = caller
-                    .upstream
-                    .context("the caller agent bound no upstream port")?;
-                (vec![caller.pid, host.pid], upstream, upstream)
+                let upstream = first_upstream(&caller)?;
+                Target {
+                    proxies: vec![caller.process().id(), host.process().id()],
+                    agents: vec![host, caller],
+                    proxy: None,
+                    http1: upstream,
+                    http2: upstream,
+                }
             }
             Setup::Haproxy => {
                 let (http1, http2) = (free_address()?, free_address()?);
@@ -168,15 +188,14 @@ impl Bench {
                 write(&config, &haproxy_config(http1, http2, self.backend.http1))?;
                 let mut command = Command::new(&self.tools.haproxy);
                 command.arg("-db").arg("-f").arg(&config);
-                let pid = processes
-                    .spawn(
-                        "haproxy",
-                        &mut command,
-                        &self.dir.join("haproxy.log"),
-                        Stdout::Log,
-                    )?
-                    .id();
-                (vec![pid], http1, http2)
+                let haproxy = spawn("haproxy", &mut command, &self.dir.join("haproxy.log"))?;
+                Target {
+                    agents: vec![],
+                    proxies: vec![haproxy.id()],
+                    proxy: Some(haproxy),
+                    http1,
+                    http2,
+                }
             }
             Setup::Nginx => {
                 let addresses = (free_address()?, free_address()?);
@@ -200,67 +219,47 @@ impl Bench {
                     http_extra: &upstream,
                     location,
                 };
-                let pid = site.start(&self.tools, &self.dir, &mut processes)?;
-                (vec![pid], addresses.0, addresses.1)
+                let nginx = site.start(&self.tools, &self.dir, &self.runtime)?;
+                Target {
+                    agents: vec![],
+                    proxies: vec![nginx.id()],
+                    proxy: Some(nginx),
+                    http1: addresses.0,
+                    http2: addresses.1,
+                }
             }
         };
-        wait_until_ok(http1, &mut processes, setup.name())?;
-        Ok(Target {
-            processes,
-            proxies,
-            http1,
-            http2,
-        })
+        let http1 = target.http1;
+        let mut processes: Vec<&mut Process> = target.processes().collect();
+        wait_until_ok(&self.runtime, http1, &mut processes, setup.name())?;
+        Ok(target)
     }
 
-    /// Starts an agent with `yaml` and reads its ready line.
-    fn start_agent(&self, processes: &mut Processes, name: &str, yaml: &str) -> Result<Agent> {
+    /// Starts agent `name` on the config `yaml` (one worker thread, its log in
+    /// `target/bench/agent-<name>.log`) and reads its ready line.
+    fn start_agent(&self, name: &str, yaml: &str) -> Result<Agent> {
         let config = self.dir.join(format!("agent-{name}.yaml"));
         write(&config, yaml)?;
         let log = self.dir.join(format!("agent-{name}.log"));
-        let mut command = Command::new(&self.agent);
+        let mut command = Agent::command(&self.agent, &config);
         command
-            .arg("--config")
-            .arg(&config)
-            .args(["--log-format", "human"])
             .args(["--worker-threads", &PROXY_THREADS.to_string()])
             .env("HYPHAE_LOG", AGENT_LOG_LEVEL);
-        let child = processes.spawn(&format!("agent {name}"), &mut command, &log, Stdout::Pipe)?;
-        let pid = child.id();
-        let stdout = child
-            .stdout
-            .take()
-            .context("the agent's stdout is not piped")?;
-        let line = util::ready_line(stdout, START_TIMEOUT)
-            .with_context(|| format!("agent {name} did not start; see {}", relative(&log)))?;
-        let ready: Value = serde_json::from_str(&line).with_context(|| {
-            format!(
-                "agent {name} did not start (stdout {line:?}); see {}",
-                relative(&log)
-            )
-        })?;
-        let ready = &ready["ready"];
-        let address = |value: &Value| value.as_str().and_then(|s| s.parse().ok());
-        Ok(Agent {
-            pid,
-            inbound: address(&ready["inbound"])
-                .with_context(|| format!("agent {name}'s ready line has no inbound: {line}"))?,
-            upstream: ready["upstreams"]
-                .as_array()
-                .and_then(|list| list.first())
-                .and_then(|pair| address(&pair[1])),
-        })
+        Ok(Agent::spawn(
+            &named(name, &log),
+            logged(&mut command, &log)?,
+            &config,
+        )?)
     }
 }
 
-/// A started agent.
-struct Agent {
-    /// Its process.
-    pid: u32,
-    /// Its inbound listener, for callers' static endpoints.
-    inbound: SocketAddr,
-    /// Its first upstream port, when it has one.
-    upstream: Option<SocketAddr>,
+/// Where an agent's load goes: its first upstream port.
+fn first_upstream(agent: &Agent) -> Result<SocketAddr> {
+    agent
+        .upstreams
+        .first()
+        .map(|(_, address)| *address)
+        .context("the agent bound no upstream port")
 }
 
 /// A bench agent's configuration. `service_port` hosts the backend behind the inbound
