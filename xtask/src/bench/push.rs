@@ -781,6 +781,10 @@ async fn connect(
 async fn apply(server: SocketAddr, yaml: String) -> Result<(u64, Instant)> {
     let request = Request::post(format!("http://{server}/v1/policies"))
         .header(header::CONTENT_TYPE, "application/yaml")
+        .header(
+            header::AUTHORIZATION,
+            hyphae_integration::credentials::bearer(),
+        )
         .body(Full::new(Bytes::from(yaml)))
         .context("build the write")?;
     let exchange = async {
