@@ -9,7 +9,7 @@ use std::process::Command;
 
 use hyphae_integration::Process;
 use hyphae_integration::agent::Agent;
-use hyphae_integration::http::{Answer, http1_client, http2_client, send};
+use hyphae_integration::http::{Answer, Client, http1_client, http2_client, send};
 use hyphae_integration::mesh::{caller_agent, endpoint, host_agent_for, one_agent};
 use hyphae_integration::process::READY_PATIENCE;
 
@@ -143,5 +143,76 @@ async fn a_16_kb_response_header_from_hypercorn_passes_as_it_does_directly() {
                 "{protocol} service, {name}"
             );
         }
+    }
+}
+
+/// POSTs to `url` `requests` times from `concurrency` tasks; the answers that were not 200.
+async fn post_loop(
+    client: &Client,
+    url: &str,
+    requests: usize,
+    concurrency: usize,
+) -> Vec<(u16, Option<String>)> {
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.to_string());
+            tokio::spawn(async move {
+                let mut failed = Vec::new();
+                for _ in 0..requests / concurrency {
+                    let answer = send(&client, "POST", &url, "hello").await;
+                    if answer.status != 200 || answer.text() != "POST /echo 5" {
+                        failed.push((
+                            answer.status.as_u16(),
+                            answer.header("hyphae-error").map(str::to_string),
+                        ));
+                    }
+                }
+                failed
+            })
+        })
+        .collect();
+    let mut failed = Vec::new();
+    for task in tasks {
+        failed.extend(task.await.expect("a POST loop"));
+    }
+    failed
+}
+
+/// No retries by policy: only the resend of requests the instance never processed saves them.
+const NO_RETRIES: &str =
+    "---\nkind: ServicePolicy\nmetadata: {name: app}\nspec:\n  retries: {attempts: 0}\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posts_an_http2_instance_refused_with_goaway_are_sent_again_and_none_is_lost() {
+    const REQUESTS: usize = 3000;
+    const PER_CONNECTION: &str = "100";
+    let (_server, port) = python_server("goaway.py", &[PER_CONNECTION]);
+    for path in both_paths(port, "http2", NO_RETRIES) {
+        let url = format!("http://{}/echo", path.entry);
+        let failed = post_loop(&http2_client(), &url, REQUESTS, 8).await;
+        assert!(
+            failed.is_empty(),
+            "{}: {} of {REQUESTS} POSTs failed: {:?}",
+            path.name,
+            failed.len(),
+            &failed[..failed.len().min(5)]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posts_to_an_http1_instance_that_closes_keep_alive_connections_are_not_lost() {
+    const REQUESTS: usize = 3000;
+    let (_server, port) = hypercorn(Some(100));
+    for path in both_paths(port, "http", NO_RETRIES) {
+        let url = format!("http://{}/echo", path.entry);
+        let failed = post_loop(&http1_client(), &url, REQUESTS, 8).await;
+        assert!(
+            failed.is_empty(),
+            "{}: {} of {REQUESTS} POSTs failed: {:?}",
+            path.name,
+            failed.len(),
+            &failed[..failed.len().min(5)]
+        );
     }
 }
