@@ -7,11 +7,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use hyphae_integration::Process;
 use hyphae_integration::agent::Agent;
 use hyphae_integration::http::{Answer, Client, http1_client, http2_client, send};
 use hyphae_integration::mesh::{caller_agent, endpoint, host_agent_for, one_agent};
 use hyphae_integration::process::READY_PATIENCE;
+use hyphae_integration::{DEADLINE, Process};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_hyphae-agent");
 
@@ -213,6 +213,77 @@ async fn posts_to_an_http1_instance_that_closes_keep_alive_connections_are_not_l
             path.name,
             failed.len(),
             &failed[..failed.len().min(5)]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agents_error_answers_to_head_arrive_as_answers_without_a_body() {
+    // An instance that is not listening: the agent itself answers.
+    let dead = hyphae_integration::ports::free_ports(1).expect("a port")[0];
+    for path in both_paths(dead, "http2", NO_RETRIES) {
+        let url = format!("http://{}/echo", path.entry);
+        let get = send(&http1_client(), "GET", &url, "").await;
+        assert_eq!(get.status, 502, "{}: {get:?}", path.name);
+        let reason = get.header("hyphae-error").expect("an agent's answer");
+        for (version, client) in [("HTTP/1.1", http1_client()), ("HTTP/2", http2_client())] {
+            let head = send(&client, "HEAD", &url, "").await;
+            assert_eq!(
+                head.status, get.status,
+                "{}, {version}: {head:?}",
+                path.name
+            );
+            assert_eq!(
+                head.header("hyphae-error"),
+                Some(reason),
+                "{}, {version}",
+                path.name
+            );
+            assert!(head.body.is_empty(), "{}, {version}", path.name);
+        }
+    }
+}
+
+/// Writes `raw` to `address` and reads the answer's status line.
+async fn raw_status_line(address: SocketAddr, raw: &[u8]) -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream.write_all(raw).await.unwrap();
+    let mut line = String::new();
+    tokio::time::timeout(DEADLINE, BufReader::new(stream).read_line(&mut line))
+        .await
+        .unwrap_or_else(|_| panic!("no answer to {:?}", String::from_utf8_lossy(raw)))
+        .unwrap();
+    line.trim_end().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_size_overflow_in_a_request_body_is_the_callers_fault_400() {
+    let (_server, port) = hypercorn(None);
+    let overflow = b"POST /echo HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n\
+                     FFFFFFFFFFFFFFFFFFFF\r\nabc\r\n0\r\n\r\n";
+    for path in both_paths(port, "http", "") {
+        let status = raw_status_line(path.entry, overflow).await;
+        assert!(
+            status.starts_with("HTTP/1.1 400"),
+            "{}: {status}",
+            path.name
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_two_host_headers_is_refused_400_as_hypercorn_does() {
+    let (_server, port) = hypercorn(None);
+    let two_hosts = b"GET /echo HTTP/1.1\r\nHost: app\r\nHost: other\r\n\r\n";
+    let direct = raw_status_line(SocketAddr::from(([127, 0, 0, 1], port)), two_hosts).await;
+    assert!(direct.starts_with("HTTP/1.1 400"), "hypercorn: {direct}");
+    for path in both_paths(port, "http", "") {
+        let status = raw_status_line(path.entry, two_hosts).await;
+        assert!(
+            status.starts_with("HTTP/1.1 400"),
+            "{}: {status}",
+            path.name
         );
     }
 }

@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::headers::{DESTINATION, strip_hop_by_hop};
-use super::{Proxy, error_response, pipe, stream};
+use super::{Proxy, error_response, pipe, stream, without_body_for_head};
 use crate::body::{self, Body};
 use crate::error::{Cause, ProxyError};
 use crate::model::LocalInstance;
@@ -94,7 +94,8 @@ async fn deliver(
     clients: &LocalClients,
     request: Request<Incoming>,
 ) -> Response<Body> {
-    let result = if request.method() == Method::CONNECT {
+    let method = request.method().clone();
+    let result = if method == Method::CONNECT {
         // Boxed: a stream's future is large and rare, and every request's future (moved as
         // hyper spawns it) would otherwise be as large.
         Box::pin(open_local_stream(proxy, clients, request)).await
@@ -103,7 +104,7 @@ async fn deliver(
     };
     match result {
         Ok(response) => response,
-        Err(error) => error_response(&error),
+        Err(error) => without_body_for_head(&method, error_response(&error)),
     }
 }
 
