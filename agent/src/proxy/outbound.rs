@@ -124,6 +124,19 @@ async fn handle(proxy: &Proxy, target: &Target, request: Request<Incoming>) -> R
 
 /// The answer to one request from a local app.
 async fn answer(proxy: &Proxy, target: &Target, request: Request<Incoming>) -> Response<Body> {
+    // RFC 9112 §3.2: a request with more than one Host is invalid; routing by either would
+    // let two hops disagree on where it goes.
+    if request
+        .headers()
+        .get_all(http::header::HOST)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return error_response(&ProxyError::BadRequest(
+            "the request has more than one Host header".into(),
+        ));
+    }
     // Tunnels and upgrades are boxed: their futures are large and rare, and every request's
     // future (moved as hyper stores or spawns it) would otherwise be as large.
     if request.method() == Method::CONNECT {
