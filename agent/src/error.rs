@@ -47,6 +47,12 @@ impl Error for Cause {
     }
 }
 
+impl From<Box<dyn Error + Send + Sync>> for Cause {
+    fn from(error: Box<dyn Error + Send + Sync>) -> Self {
+        Cause(Arc::from(error))
+    }
+}
+
 impl From<&str> for Cause {
     fn from(message: &str) -> Self {
         Cause(Arc::from(Box::<dyn Error + Send + Sync>::from(message)))
