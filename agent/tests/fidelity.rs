@@ -247,13 +247,15 @@ async fn the_agents_error_answers_to_head_arrive_as_answers_without_a_body() {
 /// Writes `raw` to `address` and reads the answer's status line.
 async fn raw_status_line(address: SocketAddr, raw: &[u8]) -> String {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    stream.write_all(raw).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect to the agent");
+    stream.write_all(raw).await.expect("write the request");
     let mut line = String::new();
     tokio::time::timeout(DEADLINE, BufReader::new(stream).read_line(&mut line))
         .await
         .unwrap_or_else(|_| panic!("no answer to {:?}", String::from_utf8_lossy(raw)))
-        .unwrap();
+        .expect("read the status line");
     line.trim_end().to_string()
 }
 
