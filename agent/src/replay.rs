@@ -225,24 +225,12 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt;
 
-    /// A body whose sender broke it: its first poll fails.
-    struct Broken;
-
-    impl HttpBody for Broken {
-        type Data = Bytes;
-        type Error = BoxError;
-
-        fn poll_frame(
-            self: Pin<&mut Self>,
-            _cx: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-            Poll::Ready(Some(Err("invalid chunk size".into())))
-        }
-    }
-
     #[tokio::test]
     async fn a_body_that_failed_says_why_and_is_not_replayed() {
-        let replay = ReplayBody::new(crate::body::boxed(Broken), 64);
+        // A body whose sender broke it: its first frame is an error.
+        let failure: Result<Frame<Bytes>, BoxError> = Err("invalid chunk size".into());
+        let broken = http_body_util::StreamBody::new(futures_util::stream::iter([failure]));
+        let replay = ReplayBody::new(crate::body::boxed(broken), 64);
         assert!(replay.failed().is_none());
         assert!(replay.next_try().collect().await.is_err());
         assert_eq!(
