@@ -158,7 +158,8 @@ impl Daemon {
         };
         daemon.start_checks(config);
         // One client for the control plane: registration and the watch share its connections.
-        let control_plane = ControlPlaneClient::new(config.spec.control_plane.clone());
+        let control_plane =
+            ControlPlaneClient::new(config.spec.control_plane.clone(), limits.max_header_bytes);
         let registrar = Registrar {
             control_plane: control_plane.clone(),
             local: registration_changes,

@@ -52,7 +52,7 @@ pub struct Pending<'a> {
 /// share one handshake.
 #[derive(Default)]
 struct PeerSlot {
-    sender: Mutex<Connection>,
+    connection: Mutex<Connection>,
     connecting: tokio::sync::Mutex<()>,
 }
 
@@ -67,7 +67,7 @@ struct Connection {
 impl PeerSlot {
     /// The connection and its number, while it is open.
     fn open(&self) -> Option<(SendRequest<Body>, u64)> {
-        let connection = self.sender.lock().unwrap_or_else(|p| p.into_inner());
+        let connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
         connection
             .sender
             .as_ref()
@@ -77,7 +77,7 @@ impl PeerSlot {
 
     /// Makes `sender` the slot's connection; its number.
     fn replace(&self, sender: SendRequest<Body>) -> u64 {
-        let mut connection = self.sender.lock().unwrap_or_else(|p| p.into_inner());
+        let mut connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
         connection.number += 1;
         connection.sender = Some(sender);
         connection.number
@@ -86,7 +86,7 @@ impl PeerSlot {
     /// Stops handing out connection `number` (its in-flight requests go on), so the next
     /// request opens a new one.
     fn retire(&self, number: u64) {
-        let mut connection = self.sender.lock().unwrap_or_else(|p| p.into_inner());
+        let mut connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
         if connection.number == number {
             connection.sender = None;
         }

@@ -37,14 +37,10 @@ fn python_server(name: &str, args: &[&str]) -> (Process, u16) {
 
 /// hypercorn serving `app.py`, closing each connection after `max_requests` when given.
 fn hypercorn(max_requests: Option<u32>) -> (Process, u16) {
-    let max = max_requests.map(|n| n.to_string());
-    python_server(
-        "app.py",
-        &max.as_slice()
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    )
+    match max_requests {
+        Some(max) => python_server("app.py", &[&max.to_string()]),
+        None => python_server("app.py", &[]),
+    }
 }
 
 /// A way to an instance through the mesh: its name, the agents it takes and where a client
