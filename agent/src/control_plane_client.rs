@@ -121,13 +121,14 @@ pub struct ControlPlaneClient {
 
 impl ControlPlaneClient {
     /// A client for `servers` (`host:port`), starting at a random one so agents spread over
-    /// the nodes.
-    pub fn new(servers: Vec<String>) -> Self {
+    /// the nodes; it accepts header lists up to `max_header_bytes` (`limits.maxHeaderBytes`).
+    pub fn new(servers: Vec<String>, max_header_bytes: u32) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
             .http2_only(true)
+            .http2_max_header_list_size(max_header_bytes)
             .build(connector);
         let next = rand::random_range(0..servers.len().max(1));
         ControlPlaneClient {
@@ -288,9 +289,17 @@ pub fn jittered(retry: &mut Duration, cap: Duration) -> Duration {
 mod tests {
     use super::*;
 
+    /// The default `limits.maxHeaderBytes`.
+    fn header_bytes() -> u32 {
+        hyphae_policies::AgentLimits::default().max_header_bytes
+    }
+
     #[test]
     fn failing_over_cycles_through_every_node() {
-        let mut client = ControlPlaneClient::new(vec!["a:1".into(), "b:2".into(), "c:3".into()]);
+        let mut client = ControlPlaneClient::new(
+            vec!["a:1".into(), "b:2".into(), "c:3".into()],
+            header_bytes(),
+        );
         let mut seen: Vec<String> = (0..3)
             .map(|_| {
                 let server = client.server().to_string();
@@ -300,7 +309,10 @@ mod tests {
             .collect();
         seen.sort();
         assert_eq!(seen, ["a:1", "b:2", "c:3"]);
-        assert_eq!(ControlPlaneClient::new(Vec::new()).server(), "");
+        assert_eq!(
+            ControlPlaneClient::new(Vec::new(), header_bytes()).server(),
+            ""
+        );
     }
 
     #[test]

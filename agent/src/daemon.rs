@@ -46,6 +46,8 @@ pub struct BoundAddresses {
 pub struct Daemon {
     /// The data path's shared state.
     pub proxy: Arc<Proxy>,
+    /// Connections to this host's instances.
+    clients: Arc<LocalClients>,
     /// Where it listens.
     pub addresses: BoundAddresses,
     admin: Arc<Admin>,
@@ -78,11 +80,15 @@ impl Daemon {
     pub async fn start(config: &AgentConfig, metrics: PrometheusHandle) -> anyhow::Result<Daemon> {
         let snapshot = Snapshot::from_config(config, 1);
         let limits = snapshot.limits.clone();
-        let tunnels = Tunnels::new(TunnelSettings {
+        // Peer agents and local HTTP/2 instances are reached with the same settings: every
+        // HTTP/2 client advertises `limits.maxHeaderBytes`.
+        let tunnel_settings = TunnelSettings {
             keep_alive_interval: DEFAULT_KEEP_ALIVE_INTERVAL,
             keep_alive_timeout: DEFAULT_KEEP_ALIVE_TIMEOUT,
             max_header_list_size: limits.max_header_bytes,
-        });
+        };
+        let tunnels = Tunnels::new(tunnel_settings.clone());
+        let clients = Arc::new(LocalClients::new(tunnel_settings));
         // Connections and the byte streams they splice share one tracker: a drain waits for both.
         let connections = TaskTracker::new();
         let proxy = Proxy::new(snapshot, tunnels, connections.clone());
@@ -134,6 +140,7 @@ impl Daemon {
             tokio::sync::watch::channel(registration_of(config, addresses.inbound));
         let daemon = Daemon {
             proxy: Arc::clone(&proxy),
+            clients: Arc::clone(&clients),
             addresses,
             admin: Arc::clone(&admin),
             sources,
@@ -151,7 +158,8 @@ impl Daemon {
         };
         daemon.start_checks(config);
         // One client for the control plane: registration and the watch share its connections.
-        let control_plane = ControlPlaneClient::new(config.spec.control_plane.clone());
+        let control_plane =
+            ControlPlaneClient::new(config.spec.control_plane.clone(), limits.max_header_bytes);
         let registrar = Registrar {
             control_plane: control_plane.clone(),
             local: registration_changes,
@@ -176,7 +184,6 @@ impl Daemon {
                 }
             },
         );
-        let clients = Arc::new(LocalClients::new());
         daemon.spawn_accept(
             inbound_listener,
             limit.clone(),
@@ -311,6 +318,7 @@ impl Daemon {
         // The calls are done: the pooled peer connections have nothing left to carry.
         let _ = tokio::time::timeout(ADMIN_CLOSE_GRACE, async {
             self.proxy.tunnels.close().await;
+            self.clients.close().await;
             self.check_tasks.wait().await;
             self.accepting.wait().await;
             self.admin_connections.wait().await;

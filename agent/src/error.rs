@@ -47,6 +47,12 @@ impl Error for Cause {
     }
 }
 
+impl From<Box<dyn Error + Send + Sync>> for Cause {
+    fn from(error: Box<dyn Error + Send + Sync>) -> Self {
+        Cause(Arc::from(error))
+    }
+}
+
 impl From<&str> for Cause {
     fn from(message: &str) -> Self {
         Cause(Arc::from(Box::<dyn Error + Send + Sync>::from(message)))
@@ -86,6 +92,11 @@ pub enum ProxyError {
     /// The stream or connection was reset before a response arrived.
     #[error("the upstream reset the request")]
     Reset(#[source] Cause),
+    /// The upstream refused the request before processing it: a GOAWAY whose last stream is
+    /// below the request's, `REFUSED_STREAM`, or a connection that closed before the request
+    /// was written. Safe to send again on a new connection whatever the method.
+    #[error("the upstream did not process the request")]
+    Unprocessed(#[source] Cause),
     /// One try took longer than the per-try timeout.
     #[error("the try timed out after {0:?}")]
     PerTryTimeout(std::time::Duration),
@@ -117,7 +128,9 @@ impl ProxyError {
             ProxyError::NoEndpoints(_)
             | ProxyError::Overloaded { .. }
             | ProxyError::NoLocalInstance(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::ConnectFailed { .. } | ProxyError::Reset(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::ConnectFailed { .. }
+            | ProxyError::Reset(_)
+            | ProxyError::Unprocessed(_) => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout(_)
             | ProxyError::PerTryTimeout(_)
             | ProxyError::RequestTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -133,6 +146,7 @@ impl ProxyError {
             ProxyError::ConnectFailed { .. } => "connect-failed",
             ProxyError::ConnectTimeout(_) => "connect-timeout",
             ProxyError::Reset(_) => "upstream-reset",
+            ProxyError::Unprocessed(_) => "upstream-unprocessed",
             ProxyError::PerTryTimeout(_) => "per-try-timeout",
             ProxyError::RequestTimeout(_) => "request-timeout",
             ProxyError::Overloaded { limit, .. } => limit,
@@ -151,6 +165,7 @@ impl ProxyError {
             ProxyError::ConnectFailed { .. }
             | ProxyError::ConnectTimeout(_)
             | ProxyError::Reset(_)
+            | ProxyError::Unprocessed(_)
             | ProxyError::PerTryTimeout(_)
             | ProxyError::RequestTimeout(_)
             | ProxyError::NoLocalInstance(_) => Side::Upstream,
@@ -162,7 +177,9 @@ impl ProxyError {
     pub fn never_reached_upstream(&self) -> bool {
         matches!(
             self,
-            ProxyError::ConnectFailed { .. } | ProxyError::ConnectTimeout(_)
+            ProxyError::ConnectFailed { .. }
+                | ProxyError::ConnectTimeout(_)
+                | ProxyError::Unprocessed(_)
         )
     }
 }

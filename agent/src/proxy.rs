@@ -15,7 +15,7 @@ pub mod stream;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use http::{HeaderValue, Response};
+use http::{HeaderValue, Method, Response};
 use hyphae_policies::ErrorChain;
 use tokio_util::task::TaskTracker;
 
@@ -73,4 +73,15 @@ pub fn error_response(error: &ProxyError) -> Response<Body> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+/// The answer as a HEAD request gets it: without a body (RFC 9110 §9.3.2). An instance's answer
+/// to a HEAD has none already; the agent's own error answers have a one-line body, which over
+/// HTTP/2 would reset the stream instead of answering.
+pub fn without_body_for_head(method: &Method, response: Response<Body>) -> Response<Body> {
+    if method == Method::HEAD {
+        response.map(|_| body::empty())
+    } else {
+        response
+    }
 }

@@ -11,6 +11,7 @@ use http::HeaderMap;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
 use crate::body::{self, Body, BoxError, Ended};
+use crate::error::Cause;
 
 struct Shared {
     /// The original body, read by whichever try gets there first.
@@ -21,6 +22,8 @@ struct Shared {
     read: usize,
     /// More than the bound was read: the copy is gone and no retry is possible.
     overflowed: bool,
+    /// The original body failed (malformed or cut off by its sender): no try can send it.
+    failed: Option<Cause>,
     /// The original body has ended (its trailers, if any, are kept).
     ended: bool,
     trailers: Option<HeaderMap>,
@@ -73,6 +76,7 @@ impl ReplayBody {
                 chunks: Vec::new(),
                 read: 0,
                 overflowed: false,
+                failed: None,
                 ended: empty,
                 trailers: None,
                 generation: 0,
@@ -92,7 +96,19 @@ impl ReplayBody {
             Source::Ended { .. } => true,
             Source::Streamed(shared) => {
                 let shared = shared.lock().unwrap_or_else(|p| p.into_inner());
-                !shared.overflowed
+                !shared.overflowed && shared.failed.is_none()
+            }
+        }
+    }
+
+    /// Why the original body failed, if it did: its sender's fault (a malformed chunk, a
+    /// connection cut mid-body), not the upstream's.
+    pub fn failed(&self) -> Option<Cause> {
+        match &self.source {
+            Source::Ended { .. } => None,
+            Source::Streamed(shared) => {
+                let shared = shared.lock().unwrap_or_else(|p| p.into_inner());
+                shared.failed.clone()
             }
         }
     }
@@ -152,6 +168,9 @@ impl HttpBody for TryBody {
             this.next_chunk += 1;
             return Poll::Ready(Some(Ok(Frame::data(chunk.clone()))));
         }
+        if let Some(cause) = &shared.failed {
+            return Poll::Ready(Some(Err(Box::new(cause.clone()))));
+        }
         if shared.ended {
             if !this.trailers_sent
                 && let Some(trailers) = shared.trailers.clone()
@@ -167,7 +186,11 @@ impl HttpBody for TryBody {
                 shared.ended = true;
                 Poll::Ready(None)
             }
-            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error))),
+            Poll::Ready(Some(Err(error))) => {
+                let cause = Cause::from(error);
+                shared.failed = Some(cause.clone());
+                Poll::Ready(Some(Err(Box::new(cause))))
+            }
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     shared.read += data.len();
@@ -201,6 +224,22 @@ impl HttpBody for TryBody {
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn a_body_that_failed_says_why_and_is_not_replayed() {
+        // A body whose sender broke it: its first frame is an error.
+        let failure: Result<Frame<Bytes>, BoxError> = Err("invalid chunk size".into());
+        let broken = http_body_util::StreamBody::new(futures_util::stream::iter([failure]));
+        let replay = ReplayBody::new(crate::body::boxed(broken), 64);
+        assert!(replay.failed().is_none());
+        assert!(replay.next_try().collect().await.is_err());
+        assert_eq!(
+            replay.failed().map(|c| c.to_string()).as_deref(),
+            Some("invalid chunk size")
+        );
+        assert!(!replay.can_replay());
+        assert!(replay.next_try().collect().await.is_err());
+    }
 
     #[tokio::test]
     async fn a_small_body_replays_in_full() {

@@ -1,6 +1,8 @@
 //! Retry decisions: which failures are retried, for which requests, how long to wait, and the
 //! budget that keeps retries from multiplying an outage. Pure functions plus tower's budget.
 
+use std::error::Error;
+use std::future::Future;
 use std::time::Duration;
 
 use http::header::HeaderName;
@@ -8,7 +10,9 @@ use http::{HeaderMap, Method, StatusCode};
 use hyphae_policies::{RetryOn, RetryPolicy};
 use tower::retry::budget::{Budget, TpsBudget};
 
+use crate::body::Body;
 use crate::error::ProxyError;
+use crate::replay::ReplayBody;
 
 /// Shortest and longest budget windows tower's budget accepts; policy windows are clamped.
 const BUDGET_WINDOW_RANGE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(60));
@@ -37,9 +41,9 @@ pub fn is_retryable(policy: &RetryPolicy, method: &Method, result: &TryResult<'_
     match result {
         TryResult::Error(error) => {
             let condition = match error {
-                ProxyError::ConnectFailed { .. } | ProxyError::ConnectTimeout(_) => {
-                    RetryOn::ConnectFailure
-                }
+                ProxyError::ConnectFailed { .. }
+                | ProxyError::ConnectTimeout(_)
+                | ProxyError::Unprocessed(_) => RetryOn::ConnectFailure,
                 ProxyError::Reset(_) => RetryOn::Reset,
                 ProxyError::PerTryTimeout(_) => RetryOn::Timeout,
                 _ => return false,
@@ -58,6 +62,46 @@ pub fn is_retryable(policy: &RetryPolicy, method: &Method, result: &TryResult<'_
             (policy.non_idempotent || is_idempotent(method))
                 && policy.statuses.contains(&status.as_u16())
         }
+    }
+}
+
+/// True when a failed exchange never reached the upstream's application (RFC 9113 §8.7): hyper
+/// cancelled it before it was written (the connection had closed), the stream was refused with
+/// `REFUSED_STREAM`, or the peer's GOAWAY named a last stream below it (the h2 crate gives a
+/// remote GOAWAY error only to those streams; streams at or below it that die with the
+/// connection get an I/O error instead).
+pub fn is_unprocessed(error: &(dyn Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if let Some(hyper) = error.downcast_ref::<hyper::Error>()
+            && hyper.is_canceled()
+        {
+            return true;
+        }
+        if let Some(h2) = error.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away() && h2.is_remote());
+        }
+        cause = error.source();
+    }
+    false
+}
+
+/// Sends a try's request with `send`, and once more when the upstream did not process it
+/// ([`ProxyError::Unprocessed`]) and the body can be sent again. Such a request never reached
+/// the application, so this resend is independent of the retry policy and budget; `send`
+/// must not reuse the connection that refused it.
+pub async fn resend_unprocessed<T, F, Fut>(body: &ReplayBody, mut send: F) -> Result<T, ProxyError>
+where
+    F: FnMut(Body) -> Fut,
+    Fut: Future<Output = Result<T, ProxyError>>,
+{
+    match send(body.next_try_body()).await {
+        Err(ProxyError::Unprocessed(cause)) if body.can_replay() => {
+            tracing::debug!(%cause, "the upstream did not process the request; sending it again");
+            send(body.next_try_body()).await
+        }
+        result => result,
     }
 }
 

@@ -1,6 +1,7 @@
 //! Agent-to-agent transport: one pooled, multiplexed HTTP/2 connection per peer agent, opened on
-//! first use and replaced when it dies. Never opens a second connection while one is opening,
-//! and never leaves a connection running after [`Tunnels::close`].
+//! first use and replaced when it dies or refuses a request unprocessed (GOAWAY). The inbound
+//! side uses the same pool toward local HTTP/2 instances. Never opens a second connection while
+//! one is opening, and never leaves a connection running after [`Tunnels::close`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -51,15 +52,44 @@ pub struct Pending<'a> {
 /// share one handshake.
 #[derive(Default)]
 struct PeerSlot {
-    sender: Mutex<Option<SendRequest<Body>>>,
+    connection: Mutex<Connection>,
     connecting: tokio::sync::Mutex<()>,
 }
 
+/// The slot's connection, numbered so a request can retire the one that refused it without
+/// retiring a newer one another request opened meanwhile.
+#[derive(Default)]
+struct Connection {
+    sender: Option<SendRequest<Body>>,
+    number: u64,
+}
+
 impl PeerSlot {
-    /// The connection, while it is open.
-    fn open(&self) -> Option<SendRequest<Body>> {
-        let sender = self.sender.lock().unwrap_or_else(|p| p.into_inner());
-        sender.as_ref().filter(|s| !s.is_closed()).cloned()
+    /// The connection and its number, while it is open.
+    fn open(&self) -> Option<(SendRequest<Body>, u64)> {
+        let connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+        connection
+            .sender
+            .as_ref()
+            .filter(|s| !s.is_closed())
+            .map(|s| (s.clone(), connection.number))
+    }
+
+    /// Makes `sender` the slot's connection; its number.
+    fn replace(&self, sender: SendRequest<Body>) -> u64 {
+        let mut connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+        connection.number += 1;
+        connection.sender = Some(sender);
+        connection.number
+    }
+
+    /// Stops handing out connection `number` (its in-flight requests go on), so the next
+    /// request opens a new one.
+    fn retire(&self, number: u64) {
+        let mut connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+        if connection.number == number {
+            connection.sender = None;
+        }
     }
 }
 
@@ -93,60 +123,75 @@ impl Tunnels {
         self.connections.wait().await;
     }
 
-    /// Sends `request` to the peer agent at `peer`, connecting first if needed. While the
-    /// request waits for a connection or a free stream it holds a slot of `pending`; when
-    /// none is free it is refused at once.
+    /// Sends `request` to `peer` (a peer agent, or a local HTTP/2 instance), connecting first
+    /// if needed. While the request waits for a connection or a free stream it holds a slot of
+    /// `pending` (when given); when none is free it is refused at once. A request the peer did
+    /// not process fails with [`ProxyError::Unprocessed`], and the connection that refused it
+    /// is not used again, so a resend goes on a new one.
     pub async fn send(
         &self,
         peer: SocketAddr,
         connect_timeout: Duration,
         request: Request<Body>,
-        pending: Pending<'_>,
+        pending: Option<Pending<'_>>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let waiting =
-            pending
-                .limit
-                .try_acquire(pending.max)
-                .ok_or_else(|| ProxyError::Overloaded {
+        let waiting = match pending {
+            Some(pending) => Some(pending.limit.try_acquire(pending.max).ok_or_else(|| {
+                ProxyError::Overloaded {
                     service: pending.service.to_string(),
                     limit: "max-pending",
-                })?;
-        let mut sender = self.sender(peer, connect_timeout).await?;
-        sender
-            .ready()
-            .await
-            .map_err(|e| ProxyError::Reset(Cause::new(e)))?;
-        drop(waiting);
-        sender
-            .send_request(request)
-            .await
-            .map_err(|e| ProxyError::Reset(Cause::new(e)))
+                }
+            })?),
+            None => None,
+        };
+        let (slot, mut sender, number) = self.sender(peer, connect_timeout).await?;
+        let result = match sender.ready().await {
+            // A connection that cannot take a request has closed: this one was never sent.
+            Err(error) => Err(ProxyError::Unprocessed(Cause::new(error))),
+            Ok(()) => {
+                drop(waiting);
+                sender.send_request(request).await.map_err(|error| {
+                    if crate::retry::is_unprocessed(&error) {
+                        ProxyError::Unprocessed(Cause::new(error))
+                    } else {
+                        ProxyError::Reset(Cause::new(error))
+                    }
+                })
+            }
+        };
+        if let Err(ProxyError::Unprocessed(_)) = &result {
+            slot.retire(number);
+        }
+        result
     }
 
+    /// The slot of `peer` with its open connection and that connection's number.
     async fn sender(
         &self,
         peer: SocketAddr,
         connect_timeout: Duration,
-    ) -> Result<SendRequest<Body>, ProxyError> {
+    ) -> Result<(Arc<PeerSlot>, SendRequest<Body>, u64), ProxyError> {
         let slot = {
             let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
             Arc::clone(peers.entry(peer).or_default())
         };
-        if let Some(sender) = slot.open() {
-            return Ok(sender);
+        if let Some((sender, number)) = slot.open() {
+            return Ok((slot, sender, number));
         }
-        let _connecting = slot.connecting.lock().await;
+        let connecting = slot.connecting.lock().await;
         // Another request may have connected while this one waited.
-        if let Some(sender) = slot.open() {
-            return Ok(sender);
+        if let Some((sender, number)) = slot.open() {
+            drop(connecting);
+            return Ok((slot, sender, number));
         }
         // Boxed: the handshake's state is large and needed once per connection, so it should
         // not make every request's future larger.
         let sender = tokio::time::timeout(connect_timeout, Box::pin(self.connect(peer)))
             .await
             .map_err(|_| ProxyError::ConnectTimeout(peer.to_string()))??;
-        *slot.sender.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender.clone());
-        Ok(sender)
+        let number = slot.replace(sender.clone());
+        drop(connecting);
+        Ok((slot, sender, number))
     }
 
     async fn connect(&self, peer: SocketAddr) -> Result<SendRequest<Body>, ProxyError> {

@@ -1,5 +1,6 @@
 //! The smallest meshes data-path tests build, as agent configs: a host agent in front of one
-//! backend, and a caller agent with one upstream port whose endpoints are those hosts. Only
+//! backend, a caller agent with one upstream port whose endpoints are those hosts, and one
+//! agent that is both. Only
 //! YAML and launches; what the mesh does with calls is for the tests to check.
 
 use std::path::Path;
@@ -15,17 +16,56 @@ pub fn host_agent(
     service: &str,
     backend: &TestBackend,
 ) -> Agent {
+    host_agent_for(binary, name, service, backend.port(), "http")
+}
+
+/// A host agent called `name` in front of the instance on local `port`, which speaks
+/// `protocol` (`http`, `http2`, `grpc`...), hosting it as `service`.
+pub fn host_agent_for(
+    binary: impl AsRef<Path>,
+    name: &str,
+    service: &str,
+    port: u16,
+    protocol: &str,
+) -> Agent {
     let yaml = format!(
         "kind: AgentConfig
 metadata: {{name: {name}}}
 spec:
   listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: null, dns: null}}
   services:
-    - {{name: {service}, port: {port}}}
-",
-        port = backend.port()
+    - {{name: {service}, port: {port}, protocol: {protocol}}}
+"
     );
     Agent::start_yaml(binary.as_ref(), name, &yaml).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// One agent that is caller and host at once (caller and instance on one host): the instance
+/// on local `port`, speaking `protocol`, is its `service`, and its upstream port for `service`
+/// leads through its own inbound listener to it; `policies` are appended as more YAML documents.
+pub fn one_agent(
+    binary: impl AsRef<Path>,
+    service: &str,
+    port: u16,
+    protocol: &str,
+    policies: &str,
+) -> Agent {
+    // The config names its own inbound address as the endpoint, so that port is chosen ahead
+    // too, together with the upstream port so the two differ.
+    let ports = free_ports(2).unwrap_or_else(|e| panic!("{e}"));
+    let (inbound, upstream) = (ports[0], ports[1]);
+    let yaml = caller_config(
+        service,
+        &[format!("{{address: \"127.0.0.1:{inbound}\", site: one}}")],
+        upstream,
+        policies,
+    )
+    .replace("inbound: 127.0.0.1:0", &format!("inbound: 127.0.0.1:{inbound}"))
+    .replace(
+        "  upstreams:",
+        &format!("  services:\n    - {{name: {service}, port: {port}, protocol: {protocol}}}\n  upstreams:"),
+    );
+    Agent::start_yaml(binary.as_ref(), "solo", &yaml).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// An endpoint entry (for [`caller_config`]) naming `agent`'s inbound port in `site`.

@@ -8,8 +8,9 @@ use anyhow::{Context, Result, bail};
 use crate::util;
 
 /// Python packages the tests use as real peers: grpcio is the gRPC client and server in the
-/// agent's gRPC test.
-const PYTHON_PACKAGES: [(&str, &str); 1] = [("grpc", "grpcio")];
+/// agent's gRPC test; hypercorn (with its `h2`) the strict HTTP/1.1 and h2c server of the
+/// agent's fidelity test.
+const PYTHON_PACKAGES: [(&str, &str); 2] = [("grpc", "grpcio"), ("hypercorn", "hypercorn")];
 
 /// Runs every test of the workspace.
 pub fn run(args: &[String]) -> Result<()> {

@@ -16,7 +16,7 @@ use super::headers::{DESTINATION, strip_hop_by_hop};
 use super::{Proxy, error_response};
 use crate::body::{self, Body};
 use crate::circuit::Outcome;
-use crate::error::{Cause, ProxyError};
+use crate::error::{Cause, ERROR_HEADER, ProxyError};
 use crate::metrics;
 use crate::model::{DEFAULT_ROUTE, Service, Snapshot};
 use crate::replay::ReplayBody;
@@ -131,7 +131,16 @@ impl Call<'_> {
                 self.state,
                 &tried,
             )?;
-            let result = self.try_once(&chosen).await;
+            let mut result = self.try_once(&chosen).await;
+            // A try that failed because the caller's own body did (a malformed chunk, say) is
+            // the caller's fault, whatever the peer made of the cut-off request.
+            let upstream_failed = match &result {
+                Ok(response) => response.headers().contains_key(ERROR_HEADER),
+                Err(_) => true,
+            };
+            if upstream_failed && let Some(cause) = self.body.failed() {
+                result = Err(ProxyError::BadRequest(cause));
+            }
             let try_result = match &result {
                 Ok(response) => TryResult::Response(response.status(), response.headers()),
                 Err(error) => TryResult::Error(error),
@@ -157,13 +166,18 @@ impl Call<'_> {
     }
 
     /// One try against the chosen endpoint, with its bookkeeping: load, latency and outlier
-    /// state.
+    /// state. A request the peer did not process goes once more on a new connection, outside
+    /// the retry policy: it never reached an application.
     async fn try_once(
         &self,
         chosen: &Chosen<'_>,
     ) -> Result<Response<hyper::body::Incoming>, ProxyError> {
-        let request = self.forward_request(self.body.next_try_body())?;
-        let send = chosen.send(self.proxy, self.target, self.state, request);
+        let send = retry::resend_unprocessed(self.body, |body| async {
+            let request = self.forward_request(body)?;
+            chosen
+                .send(self.proxy, self.target, self.state, request)
+                .await
+        });
         let in_flight = chosen.in_flight();
         let sent_at = Instant::now();
         let result = match self.retries.per_try_timeout.map(|d| d.get()) {

@@ -97,7 +97,7 @@ impl Chosen<'_> {
                 address,
                 target.policy.timeouts.connect.get(),
                 request,
-                pending,
+                Some(pending),
             )
             .await?;
         peer_failure(address, response)
@@ -185,7 +185,7 @@ fn peer_failure(
         .unwrap_or_default();
     if matches!(
         reason,
-        "connect-failed" | "connect-timeout" | "no-local-instance"
+        "connect-failed" | "connect-timeout" | "no-local-instance" | "upstream-unprocessed"
     ) {
         return Err(ProxyError::ConnectFailed {
             address: peer.to_string(),

@@ -1,13 +1,14 @@
 //! The inbound listener: where peer agents deliver calls for this host's instances, over
 //! HTTP/2. The destination service travels in a header; the call goes to the local instance
-//! over HTTP/1.1 (or HTTP/2 for `http2` and `grpc` services).
+//! over HTTP/1.1 (or HTTP/2 for `http2` and `grpc` services) with the caller's authority.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::uri::{PathAndQuery, Scheme};
+use http::request::Parts;
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -20,40 +21,42 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::headers::{DESTINATION, strip_hop_by_hop};
-use super::{Proxy, error_response, pipe, stream};
+use super::{Proxy, error_response, pipe, stream, without_body_for_head};
 use crate::body::{self, Body};
 use crate::error::{Cause, ProxyError};
 use crate::model::LocalInstance;
+use crate::replay::ReplayBody;
+use crate::retry::{is_unprocessed, resend_unprocessed};
+use crate::tunnel::{TunnelSettings, Tunnels};
 
 /// Longest the agent waits to connect to a local instance: it is on this host, so a slow
 /// connect means it is not listening.
 pub const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Connection pools to local instances.
+/// Connections to local instances: a pool of HTTP/1.1 connections, and one multiplexed HTTP/2
+/// connection per `http2` or `grpc` instance (the pool peer agents are reached through).
 pub struct LocalClients {
     http1: Client<HttpConnector, Body>,
-    http2: Client<HttpConnector, Body>,
+    http2: Tunnels,
 }
 
 impl LocalClients {
-    /// Fresh pools.
-    pub fn new() -> Self {
+    /// Fresh pools; HTTP/2 connections take `settings` (the header-list limit they advertise,
+    /// keep-alive).
+    pub fn new(settings: TunnelSettings) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(LOCAL_CONNECT_TIMEOUT));
         connector.set_nodelay(true);
         LocalClients {
-            http1: Client::builder(TokioExecutor::new()).build(connector.clone()),
-            http2: Client::builder(TokioExecutor::new())
-                .http2_only(true)
-                .timer(TokioTimer::new())
-                .build(connector),
+            http1: Client::builder(TokioExecutor::new()).build(connector),
+            http2: Tunnels::new(settings),
         }
     }
-}
 
-impl Default for LocalClients {
-    fn default() -> Self {
-        Self::new()
+    /// Closes the HTTP/2 connections and waits for their tasks; the daemon calls this once
+    /// the calls that used them have drained.
+    pub async fn close(&self) {
+        self.http2.close().await;
     }
 }
 
@@ -91,7 +94,8 @@ async fn deliver(
     clients: &LocalClients,
     request: Request<Incoming>,
 ) -> Response<Body> {
-    let result = if request.method() == Method::CONNECT {
+    let method = request.method().clone();
+    let result = if method == Method::CONNECT {
         // Boxed: a stream's future is large and rare, and every request's future (moved as
         // hyper spawns it) would otherwise be as large.
         Box::pin(open_local_stream(proxy, clients, request)).await
@@ -100,7 +104,7 @@ async fn deliver(
     };
     match result {
         Ok(response) => response,
-        Err(error) => error_response(&error),
+        Err(error) => without_body_for_head(&method, error_response(&error)),
     }
 }
 
@@ -240,6 +244,9 @@ fn spawn_splice<I>(
 /// own idle timeout; this only reaps streams whose caller vanished.
 pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
+/// Sends a peer's request to the local instance with the caller's authority (decision 29):
+/// HTTP/2 carries it as `:authority` and no `host` (RFC 9113 §8.3.1), HTTP/1.1 as `host`. A
+/// request the instance did not process goes once more on a new connection.
 async fn forward_to_instance(
     proxy: &Proxy,
     clients: &LocalClients,
@@ -247,53 +254,88 @@ async fn forward_to_instance(
 ) -> Result<Response<Body>, ProxyError> {
     let (mut parts, body) = request.into_parts();
     let instance = local_instance(proxy, &mut parts.headers)?;
-    if !parts.headers.contains_key(http::header::HOST)
-        && let Some(authority) = parts.uri.authority()
-        && let Ok(host) = HeaderValue::from_str(authority.as_str())
-    {
-        parts.headers.insert(http::header::HOST, host);
-    }
-    strip_hop_by_hop(&mut parts.headers);
-    parts.uri = Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(instance.authority)
-        .path_and_query(
+    let authority = parts
+        .uri
+        .authority()
+        .cloned()
+        .or_else(|| {
             parts
-                .uri
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        )
-        .build()
-        .map_err(|e| ProxyError::BadRequest(Cause::new(e)))?;
-    let client = match instance.protocol {
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+        })
+        .unwrap_or_else(|| instance.authority.clone());
+    strip_hop_by_hop(&mut parts.headers);
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let uri = |authority: Authority| {
+        Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(authority)
+            .path_and_query(path.clone())
+            .build()
+            .map_err(|e| ProxyError::BadRequest(Cause::new(e)))
+    };
+    let retry_buffer = proxy.snapshot.load().limits.retry_buffer_bytes as usize;
+    let body = ReplayBody::new(body::boxed(body), retry_buffer);
+    let response = match instance.protocol {
         Protocol::Http2 | Protocol::Grpc => {
-            parts.version = http::Version::HTTP_2;
-            &clients.http2
+            parts.headers.remove(http::header::HOST);
+            let uri = uri(authority)?;
+            resend_unprocessed(&body, |body| {
+                let request = to_instance(&parts, uri.clone(), http::Version::HTTP_2, body);
+                clients
+                    .http2
+                    .send(instance.address, LOCAL_CONNECT_TIMEOUT, request, None)
+            })
+            .await?
         }
         Protocol::Http | Protocol::Tcp | Protocol::Tls => {
-            parts.version = http::Version::HTTP_11;
-            &clients.http1
+            let host = HeaderValue::from_str(authority.as_str())
+                .map_err(|e| ProxyError::BadRequest(Cause::new(e)))?;
+            parts.headers.insert(http::header::HOST, host);
+            let uri = uri(instance.authority.clone())?;
+            resend_unprocessed(&body, |body| {
+                let request = to_instance(&parts, uri.clone(), http::Version::HTTP_11, body);
+                let response = clients.http1.request(request);
+                async move {
+                    response
+                        .await
+                        .map_err(|error| instance_error(instance.address, error))
+                }
+            })
+            .await?
         }
     };
-    let request = Request::from_parts(parts, body::boxed(body));
-    let response = client
-        .request(request)
-        .await
-        .map_err(|error| instance_error(instance.address, error))?;
     let mut response = response.map(body::boxed);
     strip_hop_by_hop(response.headers_mut());
     Ok(response)
 }
 
+/// One try's request to the instance: the peer's method and headers, `uri`, `version`, `body`.
+fn to_instance(parts: &Parts, uri: Uri, version: http::Version, body: Body) -> Request<Body> {
+    let mut request = Request::new(body);
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    request.headers_mut().clone_from(&parts.headers);
+    request
+}
+
 /// A failed call to the local instance: a failed connect means the request never reached it
-/// (the calling agent may then retry elsewhere); anything else is a reset.
+/// (the calling agent may then retry elsewhere), a request not written before the connection
+/// closed was not processed; anything else is a reset.
 fn instance_error(instance: SocketAddr, error: hyper_util::client::legacy::Error) -> ProxyError {
     if error.is_connect() {
         ProxyError::ConnectFailed {
             address: instance.to_string(),
             reason: Cause::new(error),
         }
+    } else if is_unprocessed(&error) {
+        ProxyError::Unprocessed(Cause::new(error))
     } else {
         ProxyError::Reset(Cause::new(error))
     }

@@ -21,7 +21,7 @@ use tracing::Instrument;
 
 use super::detect::{self, Detected};
 use super::headers::strip_hop_by_hop;
-use super::{Proxy, call, error_response, pipe, stream};
+use super::{Proxy, call, error_response, pipe, stream, without_body_for_head};
 use crate::body::{self, Body};
 use crate::error::ProxyError;
 use crate::model::Snapshot;
@@ -118,6 +118,25 @@ async fn serve_tcp(proxy: &Proxy, service: &str, stream: TcpStream, peer: Socket
 }
 
 async fn handle(proxy: &Proxy, target: &Target, request: Request<Incoming>) -> Response<Body> {
+    let method = request.method().clone();
+    without_body_for_head(&method, answer(proxy, target, request).await)
+}
+
+/// The answer to one request from a local app.
+async fn answer(proxy: &Proxy, target: &Target, request: Request<Incoming>) -> Response<Body> {
+    // RFC 9112 §3.2: a request with more than one Host is invalid; routing by either would
+    // let two hops disagree on where it goes.
+    if request
+        .headers()
+        .get_all(http::header::HOST)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return error_response(&ProxyError::BadRequest(
+            "the request has more than one Host header".into(),
+        ));
+    }
     // Tunnels and upgrades are boxed: their futures are large and rare, and every request's
     // future (moved as hyper stores or spawns it) would otherwise be as large.
     if request.method() == Method::CONNECT {

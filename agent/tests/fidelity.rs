@@ -1,0 +1,280 @@
+//! Fidelity with real, strict servers that are not hyper: hypercorn (HTTP/1.1 and h2c, installed
+//! by `cargo xtask test`) and a GOAWAY-after-N HTTP/2 server on Python's `h2`, behind one agent
+//! (caller and instance on one host) and behind the two-agent mesh path; each answer is compared
+//! with what the same client gets from the server directly. Malformed requests go over raw TCP.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use hyphae_integration::agent::Agent;
+use hyphae_integration::http::{Answer, Client, http1_client, http2_client, send};
+use hyphae_integration::mesh::{caller_agent, endpoint, host_agent_for, one_agent};
+use hyphae_integration::process::READY_PATIENCE;
+use hyphae_integration::{DEADLINE, Process};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_hyphae-agent");
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/strict")
+        .join(name)
+}
+
+/// Starts `script` (on port 0) with `args` and returns it with the port it printed.
+fn python_server(name: &str, args: &[&str]) -> (Process, u16) {
+    let (server, line) = Process::spawn_ready(
+        name,
+        Command::new("python3").arg(script(name)).args(args),
+        READY_PATIENCE,
+    )
+    .unwrap_or_else(|e| panic!("{e} (is hypercorn installed? run `cargo xtask test`)"));
+    let port = line.trim().parse().unwrap_or_else(|_| {
+        panic!("{name} did not start: {line:?} (is hypercorn installed? run `cargo xtask test`)")
+    });
+    (server, port)
+}
+
+/// hypercorn serving `app.py`, closing each connection after `max_requests` when given.
+fn hypercorn(max_requests: Option<u32>) -> (Process, u16) {
+    match max_requests {
+        Some(max) => python_server("app.py", &[&max.to_string()]),
+        None => python_server("app.py", &[]),
+    }
+}
+
+/// A way to an instance through the mesh: its name, the agents it takes and where a client
+/// enters it.
+struct MeshPath {
+    name: &'static str,
+    entry: SocketAddr,
+    _agents: Vec<Agent>,
+}
+
+/// The two ways to the instance on `port`, which speaks `protocol`, as service `app`: one agent
+/// (caller and instance on one host) and two agents (the mesh path), with `policies` in the
+/// caller's config.
+fn both_paths(port: u16, protocol: &str, policies: &str) -> [MeshPath; 2] {
+    let solo = one_agent(AGENT, "app", port, protocol, policies);
+    let host = host_agent_for(AGENT, "host", "app", port, protocol);
+    let caller = caller_agent(AGENT, "app", &[endpoint(&host, "one")], policies);
+    [
+        MeshPath {
+            name: "one agent",
+            entry: solo.upstream("app"),
+            _agents: vec![solo],
+        },
+        MeshPath {
+            name: "mesh path",
+            entry: caller.upstream("app"),
+            _agents: vec![host, caller],
+        },
+    ]
+}
+
+/// What an answer from `app.py` says, without what depends on the address the client used.
+fn gist(answer: &Answer) -> (u16, String, Option<String>) {
+    (
+        answer.status.as_u16(),
+        answer.text(),
+        answer.header("x-http-version").map(str::to_string),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_and_http1_services_on_hypercorn_answer_as_they_do_directly() {
+    let (_server, port) = hypercorn(None);
+    for protocol in ["http2", "http"] {
+        let direct_client = match protocol {
+            "http2" => http2_client(),
+            _ => http1_client(),
+        };
+        let direct = send(
+            &direct_client,
+            "POST",
+            &format!("http://127.0.0.1:{port}/echo"),
+            "hello",
+        )
+        .await;
+        assert_eq!(direct.text(), "POST /echo 5");
+        for path in both_paths(port, protocol, "") {
+            for client in [http1_client(), http2_client()] {
+                let url = format!("http://{}/echo", path.entry);
+                let answer = send(&client, "POST", &url, "hello").await;
+                assert_eq!(
+                    gist(&answer),
+                    gist(&direct),
+                    "{protocol} service, {}: {answer:?}",
+                    path.name
+                );
+                // One authority, the caller's: the instance sees the host the client used.
+                assert_eq!(
+                    answer.header("x-seen-host"),
+                    Some(path.entry.to_string().as_str()),
+                    "{protocol} service, {}",
+                    path.name
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_16_kb_response_header_from_hypercorn_passes_as_it_does_directly() {
+    const SIZE: usize = 16 * 1024;
+    let (_server, port) = hypercorn(None);
+    for protocol in ["http2", "http"] {
+        let paths = both_paths(port, protocol, "");
+        let entries = std::iter::once(("directly", SocketAddr::from(([127, 0, 0, 1], port))))
+            .chain(paths.iter().map(|p| (p.name, p.entry)));
+        for (name, entry) in entries {
+            let url = format!("http://{entry}/big-header?{SIZE}");
+            // HTTP/1.1 from the client: hyper's HTTP/2 client has a 16 KB header-list limit of
+            // its own; the hop under test is the agent's to the instance.
+            let answer = send(&http1_client(), "GET", &url, "").await;
+            assert_eq!(answer.status, 200, "{protocol} service, {name}: {answer:?}");
+            assert_eq!(
+                answer.header("x-big").map(str::len),
+                Some(SIZE),
+                "{protocol} service, {name}"
+            );
+        }
+    }
+}
+
+/// POSTs to `url` `requests` times from `concurrency` tasks; the answers that were not 200.
+async fn post_loop(
+    client: &Client,
+    url: &str,
+    requests: usize,
+    concurrency: usize,
+) -> Vec<(u16, Option<String>)> {
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.to_string());
+            tokio::spawn(async move {
+                let mut failed = Vec::new();
+                for _ in 0..requests / concurrency {
+                    let answer = send(&client, "POST", &url, "hello").await;
+                    if answer.status != 200 || answer.text() != "POST /echo 5" {
+                        failed.push((
+                            answer.status.as_u16(),
+                            answer.header("hyphae-error").map(str::to_string),
+                        ));
+                    }
+                }
+                failed
+            })
+        })
+        .collect();
+    let mut failed = Vec::new();
+    for task in tasks {
+        failed.extend(task.await.expect("a POST loop"));
+    }
+    failed
+}
+
+/// No retries by policy: only the resend of requests the instance never processed saves them.
+const NO_RETRIES: &str =
+    "---\nkind: ServicePolicy\nmetadata: {name: app}\nspec:\n  retries: {attempts: 0}\n";
+
+/// Sends 3,000 POSTs from 8 loops on `client` through each of `paths`; fails the test when
+/// one is not answered 200 by the instance.
+async fn no_post_is_lost(paths: [MeshPath; 2], client: Client) {
+    const REQUESTS: usize = 3000;
+    for path in paths {
+        let url = format!("http://{}/echo", path.entry);
+        let failed = post_loop(&client, &url, REQUESTS, 8).await;
+        assert!(
+            failed.is_empty(),
+            "{}: {} of {REQUESTS} POSTs failed: {:?}",
+            path.name,
+            failed.len(),
+            &failed[..failed.len().min(5)]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posts_an_http2_instance_refused_with_goaway_are_sent_again_and_none_is_lost() {
+    let (_server, port) = python_server("goaway.py", &["100"]);
+    no_post_is_lost(both_paths(port, "http2", NO_RETRIES), http2_client()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posts_to_an_http1_instance_that_closes_keep_alive_connections_are_not_lost() {
+    let (_server, port) = hypercorn(Some(100));
+    no_post_is_lost(both_paths(port, "http", NO_RETRIES), http1_client()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agents_error_answers_to_head_arrive_as_answers_without_a_body() {
+    // An instance that is not listening: the agent itself answers.
+    let dead = hyphae_integration::ports::free_ports(1).expect("a port")[0];
+    for path in both_paths(dead, "http2", NO_RETRIES) {
+        let url = format!("http://{}/echo", path.entry);
+        let get = send(&http1_client(), "GET", &url, "").await;
+        assert_eq!(get.status, 502, "{}: {get:?}", path.name);
+        let reason = get.header("hyphae-error").expect("an agent's answer");
+        for (version, client) in [("HTTP/1.1", http1_client()), ("HTTP/2", http2_client())] {
+            let head = send(&client, "HEAD", &url, "").await;
+            assert_eq!(
+                head.status, get.status,
+                "{}, {version}: {head:?}",
+                path.name
+            );
+            assert_eq!(
+                head.header("hyphae-error"),
+                Some(reason),
+                "{}, {version}",
+                path.name
+            );
+            assert!(head.body.is_empty(), "{}, {version}", path.name);
+        }
+    }
+}
+
+/// Writes `raw` to `address` and reads the answer's status line.
+async fn raw_status_line(address: SocketAddr, raw: &[u8]) -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect to the agent");
+    stream.write_all(raw).await.expect("write the request");
+    let mut line = String::new();
+    tokio::time::timeout(DEADLINE, BufReader::new(stream).read_line(&mut line))
+        .await
+        .unwrap_or_else(|_| panic!("no answer to {:?}", String::from_utf8_lossy(raw)))
+        .expect("read the status line");
+    line.trim_end().to_string()
+}
+
+/// Sends `raw` through one agent and through two to the HTTP/1.1 instance on `port`; fails the
+/// test unless each path answers 400.
+async fn refused_400_on_both_paths(port: u16, raw: &[u8]) {
+    for path in both_paths(port, "http", "") {
+        let status = raw_status_line(path.entry, raw).await;
+        assert!(
+            status.starts_with("HTTP/1.1 400"),
+            "{}: {status}",
+            path.name
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_size_overflow_in_a_request_body_is_the_callers_fault_400() {
+    let (_server, port) = hypercorn(None);
+    let overflow = b"POST /echo HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n\
+                     FFFFFFFFFFFFFFFFFFFF\r\nabc\r\n0\r\n\r\n";
+    refused_400_on_both_paths(port, overflow).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_two_host_headers_is_refused_400_as_hypercorn_does() {
+    let (_server, port) = hypercorn(None);
+    let two_hosts = b"GET /echo HTTP/1.1\r\nHost: app\r\nHost: other\r\n\r\n";
+    let direct = raw_status_line(SocketAddr::from(([127, 0, 0, 1], port)), two_hosts).await;
+    assert!(direct.starts_with("HTTP/1.1 400"), "hypercorn: {direct}");
+    refused_400_on_both_paths(port, two_hosts).await;
+}
