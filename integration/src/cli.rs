@@ -24,12 +24,31 @@ impl CliOutput {
 /// Runs `binary` (the `hyphae` CLI) with `args` against `server` (`HYPHAE_SERVER`), with the
 /// admin token of the clusters this process starts (`HYPHAE_TOKEN`).
 pub fn hyphae(binary: &Path, server: impl Display, args: &[&str]) -> std::io::Result<CliOutput> {
-    let output = Command::new(binary)
+    hyphae_as(
+        binary,
+        server,
+        Some(crate::credentials::admin_token()),
+        args,
+    )
+}
+
+/// Like [`hyphae`], with the token `secret` (or none: what an anonymous operator gets).
+pub fn hyphae_as(
+    binary: &Path,
+    server: impl Display,
+    secret: Option<&str>,
+    args: &[&str],
+) -> std::io::Result<CliOutput> {
+    let mut command = Command::new(binary);
+    command
         .args(args)
         .env("HYPHAE_SERVER", server.to_string())
-        .env("HYPHAE_TOKEN", crate::credentials::admin_token())
-        .env_remove("HYPHAE_TOKEN_FILE")
-        .output()?;
+        .env_remove("HYPHAE_TOKEN")
+        .env_remove("HYPHAE_TOKEN_FILE");
+    if let Some(secret) = secret {
+        command.env("HYPHAE_TOKEN", secret);
+    }
+    let output = command.output()?;
     let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&output.stderr));
     Ok(CliOutput {

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use hyphae_integration::cli::hyphae;
+use hyphae_integration::cli::{hyphae, hyphae_as};
 use hyphae_integration::cluster::Cluster;
 use hyphae_integration::eventually::wait_for;
 
@@ -34,11 +34,56 @@ pub async fn run(bin: &Path, scratch: &Path, examples: &Path) -> Result<()> {
     println!("three nodes up; node {leader} leads");
     show(&hyphae, &servers[0], &["cluster", "status"])?;
 
-    println!("\n-- apply the example policies through node 2 (a follower forwards to the leader)");
+    println!(
+        "\n-- the admin API needs a token: node 1 wrote the bootstrap admin token to an owner-only file at --init"
+    );
+    let refused = hyphae_as(&hyphae, &servers[0], None, &["get"]).context("run hyphae")?;
+    println!("$ HYPHAE_SERVER={} hyphae get   (no token)", servers[0]);
+    print!("{}", refused.text);
+    ensure!(!refused.success(), "an anonymous read must be refused");
+    println!(
+        "$ HYPHAE_SERVER={} hyphae acl token create ci --role write --ttl 24h",
+        servers[0]
+    );
+    let created = run_hyphae(
+        &hyphae,
+        &servers[0],
+        &[
+            "acl", "token", "create", "ci", "--role", "write", "--ttl", "24h",
+        ],
+    )?;
+    let ci = created
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    println!("(its secret, printed once; the cluster keeps only a hash)");
+    show(&hyphae, &servers[0], &["acl", "token", "list"])?;
+
+    println!(
+        "\n-- apply the example policies with the `ci` token through node 2 (a follower forwards to the leader)"
+    );
     let examples = examples.display().to_string();
-    let output = show(&hyphae, &servers[1], &["apply", "-f", &examples])?;
+    let output = show_as(&hyphae, &servers[1], &ci, &["apply", "-f", &examples])?;
     ensure!(output.contains("applied"), "apply should succeed");
     show(&hyphae, &servers[2], &["get", "--stale"])?;
+    let forbidden = hyphae_as(
+        &hyphae,
+        &servers[1],
+        Some(&ci),
+        &["cluster", "transfer-leader"],
+    )
+    .context("run hyphae")?;
+    println!(
+        "$ HYPHAE_SERVER={} hyphae cluster transfer-leader   (the `ci` token)",
+        servers[1]
+    );
+    print!("{}", forbidden.text);
+    ensure!(
+        !forbidden.success(),
+        "a write token must not move leadership"
+    );
 
     println!("\n-- kill the leader (node {leader}, SIGKILL); the others elect a new one");
     cluster.node_mut(leader).kill();
@@ -94,6 +139,23 @@ fn run_hyphae(hyphae_bin: &Path, server: &str, args: &[&str]) -> Result<String> 
         args.join(" "),
         output.text
     );
+    Ok(output.text)
+}
+
+/// Like [`show`], with the token `secret`.
+fn show_as(hyphae: &Path, server: &str, secret: &str, args: &[&str]) -> Result<String> {
+    println!(
+        "$ HYPHAE_SERVER={server} hyphae {}   (the `ci` token)",
+        args.join(" ").replace(&root_prefix(), "")
+    );
+    let output = hyphae_as(hyphae, server, Some(secret), args).context("run hyphae")?;
+    ensure!(
+        output.success(),
+        "hyphae {} failed: {}",
+        args.join(" "),
+        output.text
+    );
+    print!("{}", output.text);
     Ok(output.text)
 }
 
