@@ -133,6 +133,7 @@ fn connection_builder(limits: &ControlPlaneLimits) -> auto::Builder<TokioExecuto
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_pending_accept_reset_streams(limits.max_pending_accept_reset_streams as usize)
         .max_header_list_size(limits.max_header_bytes);
     builder
 }

@@ -80,7 +80,7 @@ impl Node {
         .await
         .context("cannot start Raft")?;
         Ok(Node {
-            watch: crate::watch::Feed::new(state.clone()),
+            watch: crate::watch::Feed::new(state.clone(), config.spec.limits.max_watch_streams),
             leases: Leases::new(config.spec.lease_ttl.get()),
             commit_index,
             config,

@@ -118,10 +118,35 @@ pub struct Held {
 #[derive(Debug)]
 pub struct Refusal {
     /// A stable code: `not-ready` (no cluster identity yet: not initialized, or not caught up
-    /// with its first leader) or `behind` (older than what the reader holds).
+    /// with its first leader), `behind` (older than what the reader holds) or
+    /// `too-many-watchers` (at `limits.maxWatchStreams`).
     pub code: &'static str,
     /// What happened, for people.
     pub message: String,
+}
+
+/// One open stream's place in a feed's count; given back when dropped.
+struct StreamSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl StreamSlot {
+    /// A place, unless `max` streams are open already (503 `too-many-watchers`).
+    fn take(open: &Arc<std::sync::atomic::AtomicUsize>, max: usize) -> Result<Self, Refusal> {
+        use std::sync::atomic::Ordering;
+        open.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
+            .map(|_| StreamSlot(Arc::clone(open)))
+            .map_err(|n| Refusal {
+                code: "too-many-watchers",
+                message: format!(
+                    "this node serves {n} watch streams, its limit (limits.maxWatchStreams); try another node"
+                ),
+            })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// The first event for a reader that holds `held`, or why this node cannot serve it. Never
@@ -192,6 +217,9 @@ async fn first_event(
 pub struct Feed {
     reader: StateReader,
     last: tokio::sync::Mutex<Option<Step>>,
+    /// Streams open now, against `max_streams`.
+    open_streams: Arc<std::sync::atomic::AtomicUsize>,
+    max_streams: usize,
 }
 
 /// What a stream holding `held` sends once the node has applied `latest`.
@@ -204,11 +232,13 @@ struct Step {
 }
 
 impl Feed {
-    /// The feed of the state `reader` reads.
-    pub fn new(reader: StateReader) -> Arc<Feed> {
+    /// The feed of the state `reader` reads, serving at most `max_streams` streams at once.
+    pub fn new(reader: StateReader, max_streams: u32) -> Arc<Feed> {
         Arc::new(Feed {
             reader,
             last: tokio::sync::Mutex::new(None),
+            open_streams: Arc::default(),
+            max_streams: max_streams as usize,
         })
     }
 
@@ -248,10 +278,12 @@ pub async fn open(
     held: Held,
     shutdown: CancellationToken,
 ) -> Result<ChannelBody, Refusal> {
+    let slot = StreamSlot::take(&feed.open_streams, feed.max_streams)?;
     let mut revisions = feed.reader.subscribe();
     let first = first_event(&feed.reader, &mut revisions, &held).await?;
     let (sender, lines) = mpsc::channel(STREAM_BUFFER);
     tokio::spawn(async move {
+        let _slot = slot;
         let mut sent = first.revision();
         if !send(&sender, &first).await {
             return;

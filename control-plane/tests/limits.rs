@@ -403,3 +403,74 @@ async fn writes_up_to_the_size_limit_commit_larger_ones_get_413_and_a_lagging_fo
         node.stop().await.expect("stop");
     }
 }
+
+fn registration(name: &str) -> String {
+    let record = format!(
+        "{{\"name\": \"{name}\", \"site\": \"a\", \"address\": \"10.0.0.1:4143\", \"instances\": []}}"
+    );
+    format!(
+        "POST /v1/agent/register HTTP/1.1\r\nhost: node\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{record}",
+        record.len()
+    )
+}
+
+/// Opens a watch stream and returns the connection with the status line of its answer.
+async fn watch(address: SocketAddr) -> (TcpStream, String) {
+    let mut stream = TcpStream::connect(address).await.expect("connect");
+    stream
+        .write_all(b"GET /v1/agent/watch HTTP/1.1\r\nhost: node\r\n\r\n")
+        .await
+        .expect("send the request");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n") {
+        match tokio::time::timeout(DEADLINE, stream.read(&mut byte)).await {
+            Ok(Ok(1)) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    (stream, String::from_utf8_lossy(&head).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_and_the_watch_streams_stay_within_their_caps() {
+    let (running, _dir) = node(ControlPlaneLimits {
+        max_nodes: 1,
+        max_watch_streams: 2,
+        ..ControlPlaneLimits::default()
+    })
+    .await;
+    let first = exchange(running.address, &registration("a")).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    let again = exchange(running.address, &registration("a")).await;
+    assert!(
+        again.starts_with("HTTP/1.1 200"),
+        "a known node registers again: {again}"
+    );
+    let second = exchange(running.address, &registration("b")).await;
+    assert!(second.starts_with("HTTP/1.1 422"), "{second}");
+    assert!(second.contains("maxNodes"), "{second}");
+
+    let mut open = Vec::new();
+    while open.len() < 2 {
+        let (stream, status) = watch(running.address).await;
+        if status.starts_with("HTTP/1.1 200") {
+            open.push(stream);
+        } else {
+            // `not-ready` until the cluster has its identity.
+            assert!(status.starts_with("HTTP/1.1 503"), "{status}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let (_refused, status) = watch(running.address).await;
+    assert!(status.starts_with("HTTP/1.1 503"), "{status}");
+    open.pop();
+    tokio::time::timeout(DEADLINE, async {
+        while !watch(running.address).await.1.starts_with("HTTP/1.1 200") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("a closed stream frees its place");
+    running.stop().await.expect("stop");
+}

@@ -93,6 +93,10 @@ pub struct ControlPlaneLimits {
     pub max_connections: u32,
     /// HTTP/2 streams one connection may have open at once. Default 256.
     pub max_concurrent_streams: u32,
+    /// HTTP/2 streams a client may reset before the node accepted them (rapid-reset
+    /// protection). Peers cancel Raft RPCs that time out during elections, so this sits above
+    /// the agent's 20. Default 200.
+    pub max_pending_accept_reset_streams: u32,
     /// Largest request head (start line and headers). Default 65536.
     pub max_header_bytes: u32,
     /// Longest a client may take to send a request head, counted from the connection's
@@ -121,6 +125,19 @@ pub struct ControlPlaneLimits {
     /// next messages (an entry larger than this travels alone). At most `maxPeerBodyBytes`.
     /// Default 4194304 (4 MiB).
     pub max_replication_bytes: u32,
+    /// Most nodes the registry holds; a registration of one more is refused (422
+    /// `over-limit`). Default 20000.
+    pub max_nodes: u32,
+    /// Most service instances one node may register. Default 256.
+    pub max_instances_per_node: u32,
+    /// Most tags one instance may carry. Default 32.
+    pub max_tags_per_instance: u32,
+    /// Longest site, agent version, tag key or tag value in a registration, in bytes.
+    /// Default 253 (a DNS name).
+    pub max_label_bytes: u32,
+    /// Most watch streams one node serves at once; an agent refused (503 `too-many-watchers`)
+    /// tries another node. Default 20000.
+    pub max_watch_streams: u32,
 }
 
 /// A policy file at its size limit plus room for the JSON envelope around it.
@@ -135,6 +152,7 @@ impl Default for ControlPlaneLimits {
         ControlPlaneLimits {
             max_connections: 16_384,
             max_concurrent_streams: 256,
+            max_pending_accept_reset_streams: 200,
             max_header_bytes: 65_536,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
@@ -144,6 +162,11 @@ impl Default for ControlPlaneLimits {
             max_snapshot_bytes: 1024 * 1024 * 1024,
             max_write_bytes: 1024 * 1024,
             max_replication_bytes: 4 * 1024 * 1024,
+            max_nodes: 20_000,
+            max_instances_per_node: 256,
+            max_tags_per_instance: 32,
+            max_label_bytes: 253,
+            max_watch_streams: 20_000,
         }
     }
 }

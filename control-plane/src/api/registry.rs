@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body_util::Full;
+use hyphae_policies::ControlPlaneLimits;
 use hyphae_policies::registry::{self, HealthReport, Heartbeat, Lease, NodeRecord, UNKNOWN_NODE};
 use hyphae_policies::validate::check_name;
 use serde::de::DeserializeOwned;
@@ -23,6 +24,7 @@ pub(crate) async fn register(
     request: &ApiRequest,
 ) -> Result<Response<Full<Bytes>>, Routed> {
     let record: NodeRecord = body(request, "a node registration")?;
+    let limits = &node.config.spec.limits;
     check_registration(&record).map_err(|message| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -30,6 +32,20 @@ pub(crate) async fn register(
             message,
         )
     })?;
+    let over =
+        |message: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "over-limit", message);
+    check_sizes(&record, limits).map_err(over)?;
+    let (known, count) = node
+        .state
+        .read(|state| (state.node(&record.name).is_some(), state.nodes().count()))
+        .await;
+    if !known && count >= limits.max_nodes as usize {
+        return Err(over(format!(
+            "the registry holds {count} nodes, its limit (limits.maxNodes); node `{}` was not added",
+            record.name
+        ))
+        .into());
+    }
     let name = record.name.clone();
     // Renewed first: the lease keeper must never pair the new record with an old deadline.
     node.leases.renew(&name);
@@ -229,6 +245,47 @@ fn check_registration(record: &NodeRecord) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a registration against the registry's caps: instances per node, tags per instance,
+/// label lengths. Each message names the limit.
+fn check_sizes(record: &NodeRecord, limits: &ControlPlaneLimits) -> Result<(), String> {
+    let label = |what: &str, text: &str| {
+        if text.len() > limits.max_label_bytes as usize {
+            Err(format!(
+                "{what} is {} bytes, over limits.maxLabelBytes ({})",
+                text.len(),
+                limits.max_label_bytes
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    label("site", &record.site)?;
+    label("agentVersion", &record.agent_version)?;
+    if record.instances.len() > limits.max_instances_per_node as usize {
+        return Err(format!(
+            "{} instances, over limits.maxInstancesPerNode ({})",
+            record.instances.len(),
+            limits.max_instances_per_node
+        ));
+    }
+    for instance in &record.instances {
+        if instance.tags.len() > limits.max_tags_per_instance as usize {
+            return Err(format!(
+                "service `{}` port {}: {} tags, over limits.maxTagsPerInstance ({})",
+                instance.service,
+                instance.port,
+                instance.tags.len(),
+                limits.max_tags_per_instance
+            ));
+        }
+        for (key, value) in &instance.tags {
+            label("a tag key", key)?;
+            label("a tag value", value)?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use hyphae_policies::registry::InstanceRecord;
@@ -268,5 +325,44 @@ mod tests {
         let mut bad = record();
         bad.instances.push(bad.instances[0].clone());
         assert!(check_registration(&bad).unwrap_err().contains("twice"));
+    }
+
+    #[test]
+    fn registrations_stay_within_the_registry_caps() {
+        let limits = ControlPlaneLimits {
+            max_instances_per_node: 2,
+            max_tags_per_instance: 1,
+            max_label_bytes: 8,
+            ..ControlPlaneLimits::default()
+        };
+        assert_eq!(check_sizes(&record(), &limits), Ok(()));
+        let mut many = record();
+        for port in [8081, 8082] {
+            let mut instance = many.instances[0].clone();
+            instance.port = port;
+            many.instances.push(instance);
+        }
+        assert!(
+            check_sizes(&many, &limits)
+                .unwrap_err()
+                .contains("maxInstancesPerNode")
+        );
+        let mut tagged = record();
+        tagged.instances[0].tags = [("a".into(), "1".into()), ("b".into(), "2".into())].into();
+        assert!(
+            check_sizes(&tagged, &limits)
+                .unwrap_err()
+                .contains("maxTagsPerInstance")
+        );
+        let mut long = record();
+        long.instances[0].tags = [("version".into(), "a".repeat(9))].into();
+        assert!(
+            check_sizes(&long, &limits)
+                .unwrap_err()
+                .contains("maxLabelBytes")
+        );
+        let mut site = record();
+        site.site = "far-away-site".into();
+        assert!(check_sizes(&site, &limits).unwrap_err().contains("site"));
     }
 }

@@ -110,6 +110,14 @@ pub(super) fn check(c: &mut Checker, path: &FieldPath, spec: &ControlPlaneConfig
         c.at_least_one(limits.key(field), bytes);
     }
     c.at_least_one(limits.key("maxSnapshotBytes"), given.max_snapshot_bytes);
+    for (field, value) in [
+        ("maxNodes", given.max_nodes),
+        ("maxInstancesPerNode", given.max_instances_per_node),
+        ("maxLabelBytes", given.max_label_bytes),
+        ("maxWatchStreams", given.max_watch_streams),
+    ] {
+        c.at_least_one(limits.key(field), value);
+    }
     // A replication message carries at least one entry, whatever its size, plus its envelope.
     let room = u64::from(given.max_peer_body_bytes).saturating_sub(PEER_ENVELOPE_BYTES);
     for (field, bytes) in [
