@@ -149,6 +149,14 @@ impl Drop for StreamSlot {
     }
 }
 
+/// How a stream opens: with the shared snapshot of the state, or with an event of its own.
+enum Opening {
+    /// The whole state ([`Feed::snapshot_line`]).
+    Snapshot,
+    /// What the reader lacks (a delta), or a heartbeat when it lacks nothing.
+    Event(WatchEvent),
+}
+
 /// The first event for a reader that holds `held`, or why this node cannot serve it. Never
 /// sends a reader back in time: a node behind the reader's revision of the same cluster waits
 /// up to [`CATCH_UP_WAIT`], then refuses; a reader from another (rebuilt) cluster gets a
@@ -157,7 +165,7 @@ async fn first_event(
     reader: &StateReader,
     revisions: &mut watch::Receiver<u64>,
     held: &Held,
-) -> Result<WatchEvent, Refusal> {
+) -> Result<Opening, Refusal> {
     let since = held.revision.filter(|&since| since > 0);
     let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
     loop {
@@ -167,18 +175,21 @@ async fn first_event(
                 // No identity yet: not initialized, or not caught up with its first leader.
                 let cluster = state.cluster_id()?;
                 let Some(since) = since else {
-                    return Some(Ok(snapshot(state)));
+                    return Some(Ok(Opening::Snapshot));
                 };
                 if held.cluster.as_deref().is_some_and(|held| held != cluster) {
-                    return Some(Ok(snapshot(state)));
+                    return Some(Ok(Opening::Snapshot));
                 }
                 if state.revision() < since {
                     return None;
                 }
-                let event = catch_up(state, changes, since);
-                Some(Ok(
-                    event.unwrap_or(WatchEvent::Heartbeat { revision: since })
-                ))
+                Some(Ok(match changes.since(since) {
+                    None => Opening::Snapshot,
+                    Some(keys) if keys.is_empty() => {
+                        Opening::Event(WatchEvent::Heartbeat { revision: since })
+                    }
+                    Some(keys) => Opening::Event(delta(state, keys)),
+                }))
             })
             .await;
         if let Some(decided) = decided {
@@ -217,6 +228,11 @@ async fn first_event(
 pub struct Feed {
     reader: StateReader,
     last: tokio::sync::Mutex<Option<Step>>,
+    /// The last snapshot line encoded, with its revision: thousands of agents reconnecting
+    /// after a restart cost one encode per revision, not one per stream.
+    snapshot: tokio::sync::Mutex<Option<(u64, Bytes)>>,
+    /// How many snapshot lines this feed encoded (for tests and metrics).
+    snapshot_encodes: std::sync::atomic::AtomicU64,
     /// Streams open now, against `max_streams`.
     open_streams: Arc<std::sync::atomic::AtomicUsize>,
     max_streams: usize,
@@ -237,9 +253,36 @@ impl Feed {
         Arc::new(Feed {
             reader,
             last: tokio::sync::Mutex::new(None),
+            snapshot: tokio::sync::Mutex::new(None),
+            snapshot_encodes: std::sync::atomic::AtomicU64::new(0),
             open_streams: Arc::default(),
             max_streams: max_streams as usize,
         })
+    }
+
+    /// The snapshot of the current state as an encoded line, with its revision: encoded once per
+    /// revision however many streams open meanwhile (they wait for the one encode and share
+    /// it). `None` if it could not be encoded.
+    async fn snapshot_line(&self) -> Option<(u64, Bytes)> {
+        let mut cached = self.snapshot.lock().await;
+        let current = self.reader.read(State::revision).await;
+        if let Some((revision, line)) = cached.as_ref()
+            && *revision == current
+        {
+            return Some((*revision, line.clone()));
+        }
+        let event = self.reader.read(snapshot).await;
+        let line = encode(&event)?;
+        self.snapshot_encodes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        *cached = Some((event.revision(), line.clone()));
+        Some((event.revision(), line))
+    }
+
+    /// How many snapshot lines this feed has encoded so far.
+    pub fn snapshot_encodes(&self) -> u64 {
+        self.snapshot_encodes
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The revision a stream holding `held` reaches now that `latest` is applied, with the
@@ -280,12 +323,18 @@ pub async fn open(
 ) -> Result<ChannelBody, Refusal> {
     let slot = StreamSlot::take(&feed.open_streams, feed.max_streams)?;
     let mut revisions = feed.reader.subscribe();
-    let first = first_event(&feed.reader, &mut revisions, &held).await?;
+    let (mut sent, first) = match first_event(&feed.reader, &mut revisions, &held).await? {
+        Opening::Snapshot => feed.snapshot_line().await,
+        Opening::Event(event) => encode(&event).map(|line| (event.revision(), line)),
+    }
+    .ok_or_else(|| Refusal {
+        code: "encode",
+        message: "this node could not encode the stream's first event; try another node".into(),
+    })?;
     let (sender, lines) = mpsc::channel(STREAM_BUFFER);
     tokio::spawn(async move {
         let _slot = slot;
-        let mut sent = first.revision();
-        if !send(&sender, &first).await {
+        if sender.send(first).await.is_err() {
             return;
         }
         loop {

@@ -474,3 +474,41 @@ async fn the_registry_and_the_watch_streams_stay_within_their_caps() {
     .expect("a closed stream frees its place");
     running.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_herd_of_reconnecting_agents_costs_one_snapshot_encode_per_revision() {
+    let (running, _dir) = node(ControlPlaneLimits::default()).await;
+    // The first stream waits for the cluster's identity; the state is settled after it.
+    loop {
+        let (_stream, status) = watch(running.address).await;
+        if status.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = running.node.watch.snapshot_encodes();
+    let mut herd = Vec::new();
+    for _ in 0..100 {
+        let (stream, status) = watch(running.address).await;
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        herd.push(stream);
+    }
+    assert_eq!(
+        running.node.watch.snapshot_encodes(),
+        before,
+        "a hundred snapshots of one revision, no new encode"
+    );
+    let applied = exchange(running.address, &post("/v1/policies", &route("r", 1))).await;
+    assert!(applied.starts_with("HTTP/1.1 200"), "{applied}");
+    for _ in 0..10 {
+        let (stream, status) = watch(running.address).await;
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        herd.push(stream);
+    }
+    assert_eq!(
+        running.node.watch.snapshot_encodes(),
+        before + 1,
+        "one encode for the new revision"
+    );
+    running.stop().await.expect("stop");
+}
