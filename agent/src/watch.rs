@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -149,6 +149,30 @@ pub struct WatchStatus {
     pub revision: AtomicU64,
     /// Unix time in milliseconds of the last event received (0: never).
     pub last_contact_unix_ms: AtomicU64,
+    /// Why the saved copy could not be used, from start until a control plane sends a fresh
+    /// state (`None`: it was used, or there was none).
+    saved_unreadable: Mutex<Option<String>>,
+}
+
+impl WatchStatus {
+    /// Why the saved copy could not be used, while that still matters: the agent started
+    /// without the state it was last told and no control plane has replaced it yet.
+    pub fn saved_unreadable(&self) -> Option<String> {
+        self.saved_unreadable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records whether the saved copy is unusable (`Some(why)`) or not, in `/ready` and in
+    /// [`crate::metrics::SAVED_SNAPSHOT_UNREADABLE`].
+    fn set_saved_unreadable(&self, why: Option<String>) {
+        crate::metrics::saved_snapshot_unreadable(why.is_some());
+        *self
+            .saved_unreadable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = why;
+    }
 }
 
 /// The watch client of one agent.
@@ -164,8 +188,10 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    /// Loads the saved state (if any), then watches until `shutdown`.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Loads the saved state, applies it when there is a usable one and returns it for
+    /// [`Watcher::run`]. An unreadable one is logged and recorded in the status (`/ready`
+    /// answers 503 until a control plane sends a fresh state): the agent starts without it.
+    pub async fn load(&self) -> Remote {
         let mut remote = Remote {
             revision: 0,
             policies: BTreeMap::new(),
@@ -197,15 +223,26 @@ impl Watcher {
                     .revision
                     .store(remote.revision, Ordering::Release);
                 (self.apply)(&remote);
+                self.status.set_saved_unreadable(None);
             }
-            Ok(Ok(None)) => {}
+            Ok(Ok(None)) => self.status.set_saved_unreadable(None),
             Ok(Err(error)) => {
-                tracing::warn!(error = %ErrorChain(&error), "cannot use the saved control-plane state; starting without it");
+                let why = ErrorChain(&error).to_string();
+                tracing::warn!(error = %why, "cannot use the saved control-plane state; starting without it, not ready until a control plane sends a fresh one");
+                self.status.set_saved_unreadable(Some(why));
             }
             Err(error) => {
-                tracing::warn!(error = %ErrorChain(&error), "loading the saved control-plane state did not finish; starting without it");
+                let why = ErrorChain(&error).to_string();
+                tracing::warn!(error = %why, "loading the saved control-plane state did not finish; starting without it, not ready until a control plane sends a fresh one");
+                self.status.set_saved_unreadable(Some(why));
             }
         }
+        remote
+    }
+
+    /// Watches the control plane from `remote` (what [`Watcher::load`] returned) until
+    /// `shutdown`.
+    pub async fn run(self, mut remote: Remote, shutdown: CancellationToken) {
         if self.control_plane.servers().is_empty() {
             return;
         }
@@ -301,6 +338,15 @@ impl Watcher {
                         .store(remote.revision, Ordering::Release);
                     (self.apply)(remote);
                     self.save(remote.saved()).await;
+                }
+                // Applied first, so `/ready` turns 200 only once the fresh state is served.
+                if remote.origin == Origin::ControlPlane && self.status.saved_unreadable().is_some()
+                {
+                    tracing::info!(
+                        revision = remote.revision,
+                        "a control plane sent a fresh state; the unreadable saved copy is replaced"
+                    );
+                    self.status.set_saved_unreadable(None);
                 }
             }
             scanned = buffer.len();

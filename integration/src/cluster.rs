@@ -170,12 +170,24 @@ impl Cluster {
     /// one-node cluster listens on port 0 and learns its port when it starts; a larger one
     /// needs its members' addresses in every config, so their ports are chosen ahead.
     pub fn configure(binary: &Path, dir: &Path, size: usize, spec: &str) -> Result<Cluster, Error> {
-        std::fs::create_dir_all(dir).map_err(|source| write_error(dir, source))?;
         let ports = if size == 1 {
             vec![0]
         } else {
             free_ports(size)?
         };
+        Cluster::configure_on(binary, dir, &ports, spec)
+    }
+
+    /// Like [`Cluster::configure`], one node per port of `ports`, for a test that must name a
+    /// node's address before it starts (an agent pointed at a control plane that comes later).
+    pub fn configure_on(
+        binary: &Path,
+        dir: &Path,
+        ports: &[u16],
+        spec: &str,
+    ) -> Result<Cluster, Error> {
+        std::fs::create_dir_all(dir).map_err(|source| write_error(dir, source))?;
+        let size = ports.len();
         let members: String = if size == 1 {
             String::new()
         } else {
@@ -187,7 +199,7 @@ impl Cluster {
             format!("  members:\n{lines}")
         };
         let mut nodes = Vec::new();
-        for (id, port) in (1..).zip(ports) {
+        for (id, &port) in (1..).zip(ports) {
             let config = dir.join(format!("cp-{id}.yaml"));
             let address = SocketAddr::from(([127, 0, 0, 1], port));
             std::fs::write(
