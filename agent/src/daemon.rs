@@ -216,6 +216,7 @@ impl Daemon {
                 })
             },
             status: watch_status,
+            save_interval: config.spec.limits.snapshot_save_interval.get(),
         };
         // The saved state is loaded before the agent says it is ready, so `/ready` tells
         // from the first answer whether it could be used.

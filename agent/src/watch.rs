@@ -185,6 +185,8 @@ pub struct Watcher {
     pub apply: Arc<dyn Fn(&Remote) + Send + Sync>,
     /// Shared status.
     pub status: Arc<WatchStatus>,
+    /// Least time between two saves to disk (`limits.snapshotSaveInterval`).
+    pub save_interval: Duration,
 }
 
 impl Watcher {
@@ -241,17 +243,35 @@ impl Watcher {
     }
 
     /// Watches the control plane from `remote` (what [`Watcher::load`] returned) until
-    /// `shutdown`.
-    pub async fn run(self, mut remote: Remote, shutdown: CancellationToken) {
+    /// `shutdown`, saving each new state to disk, at most once per `save_interval`; the last
+    /// one is saved before this returns.
+    pub async fn run(self, remote: Remote, shutdown: CancellationToken) {
         if self.control_plane.servers().is_empty() {
             return;
         }
+        let (saves, latest) = tokio::sync::watch::channel(remote.saved());
+        let dir = self.data_dir.clone();
+        let saving =
+            persist::write_coalesced(latest, self.save_interval, shutdown.clone(), move |saved| {
+                persist::save_off_runtime(dir.clone(), saved)
+            });
+        // `follow` owns the sender: when it returns, the writer saves what is pending and ends.
+        tokio::join!(self.follow(remote, saves, shutdown), saving);
+    }
+
+    /// Follows one node after another until `shutdown`, handing every new state to `saves`.
+    async fn follow(
+        &self,
+        mut remote: Remote,
+        saves: tokio::sync::watch::Sender<Saved>,
+        shutdown: CancellationToken,
+    ) {
         let mut client = self.control_plane.clone();
         loop {
             let server = client.server().to_string();
             let result = tokio::select! {
                 () = shutdown.cancelled() => return,
-                result = self.stream(&mut client, &mut remote) => result,
+                result = self.stream(&mut client, &mut remote, &saves) => result,
             };
             client.fail_over();
             self.status.connected.store(false, Ordering::Release);
@@ -264,19 +284,6 @@ impl Watcher {
         }
     }
 
-    /// Saves `saved` on the blocking pool (it fsyncs); a failure is logged and the next change
-    /// tries again.
-    async fn save(&self, saved: Saved) {
-        let dir = self.data_dir.clone();
-        let result = tokio::task::spawn_blocking(move || persist::save(&dir, &saved)).await;
-        let error = match result {
-            Ok(Ok(())) => return,
-            Ok(Err(error)) => ErrorChain(&error).to_string(),
-            Err(error) => ErrorChain(&error).to_string(),
-        };
-        tracing::warn!(%error, dir = %self.data_dir.display(), "cannot save the control-plane state; will retry on the next change");
-    }
-
     /// Reads one watch stream from the client's current node until it ends or fails; Ok
     /// when it ended after delivering events. The first event resets the client's backoff:
     /// the node served.
@@ -284,6 +291,7 @@ impl Watcher {
         &self,
         client: &mut ControlPlaneClient,
         remote: &mut Remote,
+        saves: &tokio::sync::watch::Sender<Saved>,
     ) -> Result<(), WatchError> {
         let mut path = format!("{WATCH_PATH}?since={}", remote.revision);
         if let Some(cluster) = &remote.cluster {
@@ -337,7 +345,7 @@ impl Watcher {
                         .revision
                         .store(remote.revision, Ordering::Release);
                     (self.apply)(remote);
-                    self.save(remote.saved()).await;
+                    saves.send_replace(remote.saved());
                 }
                 // Applied first, so `/ready` turns 200 only once the fresh state is served.
                 if remote.origin == Origin::ControlPlane && self.status.saved_unreadable().is_some()
