@@ -113,6 +113,11 @@ impl Node {
         }
     }
 
+    /// Its log file (the process's stderr).
+    pub fn log(&self) -> &Path {
+        &self.log
+    }
+
     /// Sets what its log keeps from the next start on (`HYPHAE_LOG`: `error`, `warn`...).
     pub fn set_log_level(&mut self, level: &str) {
         self.log_level = level.to_string();
@@ -206,7 +211,7 @@ impl Cluster {
                 &config,
                 format!(
                     "kind: ControlPlaneConfig\nmetadata: {{name: cp-{id}}}\nspec:\n  id: {id}\n  listen: {address}\n  dataDir: {}\n{members}{RAFT_TIMING}{spec}",
-                    dir.join(format!("data-{id}")).display()
+                    data_dir(dir, id).display()
                 ),
             )
             .map_err(|source| write_error(&config, source))?;
@@ -290,6 +295,11 @@ impl Cluster {
         let leading = status(leader.address).await["state"] == "Leader";
         (leading && seen.iter().all(|s| *s == Some(first))).then_some(first)
     }
+}
+
+/// Where [`Cluster::configure`] in `dir` puts node `id`'s data (the Raft store).
+pub fn data_dir(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("data-{id}"))
 }
 
 /// `GET /v1/cluster` on `address` (`null` when it does not answer).
