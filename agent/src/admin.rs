@@ -105,6 +105,9 @@ struct Readiness<'a> {
     source: crate::model::Source,
     revision: u64,
     node: &'a str,
+    /// Why it is not ready (absent when ready).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     control_plane: Option<ControlPlaneView>,
 }
@@ -123,7 +126,16 @@ struct ControlPlaneView {
 
 fn ready(admin: &Admin) -> Response<Body> {
     let snapshot = admin.proxy.snapshot.load();
-    let ready = admin.ready.load(Ordering::Acquire);
+    let reason = if !admin.ready.load(Ordering::Acquire) {
+        Some("starting or draining".to_string())
+    } else {
+        admin.watch.saved_unreadable().map(|why| {
+            format!(
+                "the saved control-plane state cannot be used ({why}); serving without it until a control plane sends a fresh one"
+            )
+        })
+    };
+    let ready = reason.is_none();
     let status = if ready {
         StatusCode::OK
     } else {
@@ -136,6 +148,7 @@ fn ready(admin: &Admin) -> Response<Body> {
             source: snapshot.source,
             revision: snapshot.revision,
             node: &snapshot.node,
+            reason,
             control_plane: admin
                 .control_plane_configured
                 .then(|| control_plane_view(admin)),

@@ -223,10 +223,14 @@ impl Daemon {
                 })
             },
             status: watch_status,
+            save_interval: config.spec.limits.snapshot_save_interval.get(),
         };
+        // The saved state is loaded before the agent says it is ready, so `/ready` tells
+        // from the first answer whether it could be used.
+        let remote = watcher.load().await;
         daemon
             .accepting
-            .spawn(watcher.run(daemon.stop_admin.clone()));
+            .spawn(watcher.run(remote, daemon.stop_admin.clone()));
         admin.ready.store(true, Ordering::Release);
         Ok(daemon)
     }

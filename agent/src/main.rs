@@ -197,6 +197,16 @@ async fn run(
             }
         })
     });
+    // The embedded control plane stopping by itself (its store failed) stops the agent too,
+    // with an error, so that it is restarted (decision 33).
+    let dev_failed = dev.as_ref().map(DevControlPlane::failed);
+    let mut dev_failed = std::pin::pin!(async move {
+        match dev_failed {
+            Some(failed) => failed.await,
+            None => std::future::pending().await,
+        }
+    });
+    let mut dev_failure = None;
     loop {
         tokio::select! {
             _ = hangup.recv() => {
@@ -219,6 +229,10 @@ async fn run(
             }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
+            why = &mut dev_failed => {
+                dev_failure = Some(why);
+                break;
+            }
         }
     }
     notify(&[NotifyState::Stopping]);
@@ -231,6 +245,9 @@ async fn run(
         tracing::info!("drained; exiting");
     } else {
         tracing::warn!("drain deadline passed with calls still in flight; closing them");
+    }
+    if let Some(why) = dev_failure {
+        anyhow::bail!("the --dev control plane's Raft has stopped ({why}); exiting");
     }
     if let Some(dev) = dev {
         dev.stop().await?;

@@ -44,6 +44,9 @@ pub const CONTROL_PLANE_REGISTERED: &str = "hyphae_control_plane_registered";
 pub const CONTROL_PLANE_REVISION: &str = "hyphae_control_plane_revision";
 /// Seconds since the control plane last said anything (heartbeats included).
 pub const CONTROL_PLANE_STALENESS: &str = "hyphae_control_plane_staleness_seconds";
+/// 1 while the saved control-plane state could not be used and no control plane has sent a
+/// fresh one, else 0.
+pub const SAVED_SNAPSHOT_UNREADABLE: &str = "hyphae_saved_snapshot_unreadable";
 
 /// Histogram buckets for request durations, in seconds.
 const DURATION_BUCKETS: [f64; 14] = [
@@ -114,6 +117,10 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         CONTROL_PLANE_STALENESS,
         metrics::Unit::Seconds,
         "Seconds since the control plane last said anything; absent before first contact."
+    );
+    describe_gauge!(
+        SAVED_SNAPSHOT_UNREADABLE,
+        "1 while the saved control-plane state is unreadable and no control plane has sent a fresh one."
     );
     Ok(handle)
 }
@@ -291,6 +298,11 @@ pub fn control_plane(connected: bool, registered: bool, revision: u64, staleness
     if let Some(seconds) = staleness {
         gauge!(CONTROL_PLANE_STALENESS).set(seconds);
     }
+}
+
+/// Records whether the saved control-plane state is unusable (see [`SAVED_SNAPSHOT_UNREADABLE`]).
+pub fn saved_snapshot_unreadable(unreadable: bool) {
+    gauge!(SAVED_SNAPSHOT_UNREADABLE).set(f64::from(u8::from(unreadable)));
 }
 
 #[cfg(test)]

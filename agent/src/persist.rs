@@ -1,14 +1,20 @@
 //! The last state received from the control plane, kept on disk so an agent that starts (or
 //! runs) without a reachable control plane keeps serving what it was last told. Written as a
 //! temp file, fsynced, then renamed over the old one: a crash leaves the old or the new file,
-//! never half of one.
+//! never half of one. Bursts of changes are coalesced ([`write_coalesced`]): at most one write
+//! per interval, always of the latest state, and never one lost at shutdown.
 
+use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use hyphae_policies::ErrorChain;
 use hyphae_policies::registry::NodeRecord;
 use hyphae_policies::watch::PolicyRecord;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// File name of the saved state in the agent's data directory.
 pub const SNAPSHOT_FILE: &str = "control-plane-snapshot.json";
@@ -48,6 +54,48 @@ pub fn save(data_dir: &Path, saved: &Saved) -> std::io::Result<()> {
     // Make the rename itself durable.
     std::fs::File::open(data_dir)?.sync_all()?;
     Ok(())
+}
+
+/// [`save`] on the blocking pool (it fsyncs); false, with one log line, when it failed.
+pub async fn save_off_runtime(data_dir: PathBuf, saved: Saved) -> bool {
+    let dir = data_dir.clone();
+    let result = tokio::task::spawn_blocking(move || save(&dir, &saved)).await;
+    let error = match result {
+        Ok(Ok(())) => return true,
+        Ok(Err(error)) => ErrorChain(&error).to_string(),
+        Err(error) => ErrorChain(&error).to_string(),
+    };
+    tracing::warn!(%error, dir = %data_dir.display(), "cannot save the control-plane state; will try again");
+    false
+}
+
+/// Writes the states sent on `latest` with `write`, at most once per `interval`: the first
+/// change after a quiet interval is written at once; changes during the interval that follows
+/// a write wait for its end, and only the newest of them is written. A failed write (`write`
+/// returned false) is tried again, with the newest state, an interval later. Once `shutdown`
+/// is cancelled nothing waits any more: what is pending is written at once, and so is every
+/// state sent until the sender is dropped, which ends this (so stop the sender's side first
+/// and the last state is never lost).
+pub async fn write_coalesced<T, W, F>(
+    mut latest: watch::Receiver<T>,
+    interval: Duration,
+    shutdown: CancellationToken,
+    mut write: W,
+) where
+    T: Clone,
+    W: FnMut(T) -> F,
+    F: Future<Output = bool>,
+{
+    while latest.changed().await.is_ok() {
+        let state = latest.borrow_and_update().clone();
+        if !write(state).await && !shutdown.is_cancelled() {
+            latest.mark_changed();
+        }
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = shutdown.cancelled() => {}
+        }
+    }
 }
 
 /// Why the saved state cannot be used.
@@ -95,7 +143,100 @@ pub fn load(data_dir: &Path) -> Result<Option<Saved>, LoadError> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tokio::sync::mpsc;
+    use tokio::time::Instant;
+
     use super::*;
+
+    const INTERVAL: Duration = Duration::from_secs(1);
+
+    /// A coalescing writer of numbers on paused time.
+    struct Writer {
+        /// Where states are sent.
+        states: watch::Sender<u32>,
+        shutdown: CancellationToken,
+        /// Each write: the state and the time since the start.
+        writes: mpsc::UnboundedReceiver<(u32, Duration)>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    /// Starts a [`Writer`] whose first `fail` writes fail.
+    fn writer(fail: usize) -> Writer {
+        let (states, latest) = watch::channel(0);
+        let (written, writes) = mpsc::unbounded_channel();
+        let shutdown = CancellationToken::new();
+        let started = Instant::now();
+        let failures = Arc::new(Mutex::new(fail));
+        let task = tokio::spawn(write_coalesced(
+            latest,
+            INTERVAL,
+            shutdown.clone(),
+            move |state| {
+                let mut left = failures.lock().unwrap();
+                let ok = *left == 0;
+                *left = left.saturating_sub(1);
+                let _ = written.send((state, started.elapsed()));
+                async move { ok }
+            },
+        ));
+        Writer {
+            states,
+            shutdown,
+            writes,
+            task,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_is_written_once_at_once_then_once_more_with_its_latest_state() {
+        let mut w = writer(0);
+        w.states.send_replace(1);
+        assert_eq!(w.writes.recv().await, Some((1, Duration::ZERO)));
+        for state in 2..=50 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            w.states.send_replace(state);
+        }
+        assert_eq!(w.writes.recv().await, Some((50, INTERVAL)));
+        // Quiet for longer than the interval: the next change is written at once.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        w.states.send_replace(51);
+        assert_eq!(w.writes.recv().await, Some((51, Duration::from_secs(6))));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(w.writes.try_recv().is_err(), "nothing new, nothing written");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_writes_the_pending_state_without_waiting_then_ends_with_the_sender() {
+        let mut w = writer(0);
+        w.states.send_replace(1);
+        assert_eq!(w.writes.recv().await, Some((1, Duration::ZERO)));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        w.states.send_replace(2);
+        w.shutdown.cancel();
+        assert_eq!(w.writes.recv().await, Some((2, Duration::from_millis(100))));
+        // The sender's side stops after the token; what it sends meanwhile is written too.
+        w.states.send_replace(3);
+        drop(w.states);
+        assert_eq!(w.writes.recv().await, Some((3, Duration::from_millis(100))));
+        w.task.await.unwrap();
+        assert_eq!(w.writes.recv().await, None, "the writer ended");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_write_is_tried_again_an_interval_later_with_the_latest_state() {
+        let mut w = writer(1);
+        w.states.send_replace(1);
+        assert_eq!(w.writes.recv().await, Some((1, Duration::ZERO)));
+        assert_eq!(w.writes.recv().await, Some((1, INTERVAL)));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        w.states.send_replace(2);
+        assert_eq!(
+            w.writes.recv().await,
+            Some((2, Duration::from_millis(2500)))
+        );
+    }
 
     #[test]
     fn saves_and_loads_and_replaces() {

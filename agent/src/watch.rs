@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -149,6 +149,30 @@ pub struct WatchStatus {
     pub revision: AtomicU64,
     /// Unix time in milliseconds of the last event received (0: never).
     pub last_contact_unix_ms: AtomicU64,
+    /// Why the saved copy could not be used, from start until a control plane sends a fresh
+    /// state (`None`: it was used, or there was none).
+    saved_unreadable: Mutex<Option<String>>,
+}
+
+impl WatchStatus {
+    /// Why the saved copy could not be used, while that still matters: the agent started
+    /// without the state it was last told and no control plane has replaced it yet.
+    pub fn saved_unreadable(&self) -> Option<String> {
+        self.saved_unreadable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records whether the saved copy is unusable (`Some(why)`) or not, in `/ready` and in
+    /// [`crate::metrics::SAVED_SNAPSHOT_UNREADABLE`].
+    fn set_saved_unreadable(&self, why: Option<String>) {
+        crate::metrics::saved_snapshot_unreadable(why.is_some());
+        *self
+            .saved_unreadable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = why;
+    }
 }
 
 /// The watch client of one agent.
@@ -161,11 +185,15 @@ pub struct Watcher {
     pub apply: Arc<dyn Fn(&Remote) + Send + Sync>,
     /// Shared status.
     pub status: Arc<WatchStatus>,
+    /// Least time between two saves to disk (`limits.snapshotSaveInterval`).
+    pub save_interval: Duration,
 }
 
 impl Watcher {
-    /// Loads the saved state (if any), then watches until `shutdown`.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Loads the saved state, applies it when there is a usable one and returns it for
+    /// [`Watcher::run`]. An unreadable one is logged and recorded in the status (`/ready`
+    /// answers 503 until a control plane sends a fresh state): the agent starts without it.
+    pub async fn load(&self) -> Remote {
         let mut remote = Remote {
             revision: 0,
             policies: BTreeMap::new(),
@@ -197,24 +225,53 @@ impl Watcher {
                     .revision
                     .store(remote.revision, Ordering::Release);
                 (self.apply)(&remote);
+                self.status.set_saved_unreadable(None);
             }
-            Ok(Ok(None)) => {}
+            Ok(Ok(None)) => self.status.set_saved_unreadable(None),
             Ok(Err(error)) => {
-                tracing::warn!(error = %ErrorChain(&error), "cannot use the saved control-plane state; starting without it");
+                let why = ErrorChain(&error).to_string();
+                tracing::warn!(error = %why, "cannot use the saved control-plane state; starting without it, not ready until a control plane sends a fresh one");
+                self.status.set_saved_unreadable(Some(why));
             }
             Err(error) => {
-                tracing::warn!(error = %ErrorChain(&error), "loading the saved control-plane state did not finish; starting without it");
+                let why = ErrorChain(&error).to_string();
+                tracing::warn!(error = %why, "loading the saved control-plane state did not finish; starting without it, not ready until a control plane sends a fresh one");
+                self.status.set_saved_unreadable(Some(why));
             }
         }
+        remote
+    }
+
+    /// Watches the control plane from `remote` (what [`Watcher::load`] returned) until
+    /// `shutdown`, saving each new state to disk, at most once per `save_interval`; the last
+    /// one is saved before this returns.
+    pub async fn run(self, remote: Remote, shutdown: CancellationToken) {
         if self.control_plane.servers().is_empty() {
             return;
         }
+        let (saves, latest) = tokio::sync::watch::channel(remote.saved());
+        let dir = self.data_dir.clone();
+        let saving =
+            persist::write_coalesced(latest, self.save_interval, shutdown.clone(), move |saved| {
+                persist::save_off_runtime(dir.clone(), saved)
+            });
+        // `follow` owns the sender: when it returns, the writer saves what is pending and ends.
+        tokio::join!(self.follow(remote, saves, shutdown), saving);
+    }
+
+    /// Follows one node after another until `shutdown`, handing every new state to `saves`.
+    async fn follow(
+        &self,
+        mut remote: Remote,
+        saves: tokio::sync::watch::Sender<Saved>,
+        shutdown: CancellationToken,
+    ) {
         let mut client = self.control_plane.clone();
         loop {
             let server = client.server().to_string();
             let result = tokio::select! {
                 () = shutdown.cancelled() => return,
-                result = self.stream(&mut client, &mut remote) => result,
+                result = self.stream(&mut client, &mut remote, &saves) => result,
             };
             client.fail_over();
             self.status.connected.store(false, Ordering::Release);
@@ -227,19 +284,6 @@ impl Watcher {
         }
     }
 
-    /// Saves `saved` on the blocking pool (it fsyncs); a failure is logged and the next change
-    /// tries again.
-    async fn save(&self, saved: Saved) {
-        let dir = self.data_dir.clone();
-        let result = tokio::task::spawn_blocking(move || persist::save(&dir, &saved)).await;
-        let error = match result {
-            Ok(Ok(())) => return,
-            Ok(Err(error)) => ErrorChain(&error).to_string(),
-            Err(error) => ErrorChain(&error).to_string(),
-        };
-        tracing::warn!(%error, dir = %self.data_dir.display(), "cannot save the control-plane state; will retry on the next change");
-    }
-
     /// Reads one watch stream from the client's current node until it ends or fails; Ok
     /// when it ended after delivering events. The first event resets the client's backoff:
     /// the node served.
@@ -247,6 +291,7 @@ impl Watcher {
         &self,
         client: &mut ControlPlaneClient,
         remote: &mut Remote,
+        saves: &tokio::sync::watch::Sender<Saved>,
     ) -> Result<(), WatchError> {
         let mut path = format!("{WATCH_PATH}?since={}", remote.revision);
         if let Some(cluster) = &remote.cluster {
@@ -300,7 +345,16 @@ impl Watcher {
                         .revision
                         .store(remote.revision, Ordering::Release);
                     (self.apply)(remote);
-                    self.save(remote.saved()).await;
+                    saves.send_replace(remote.saved());
+                }
+                // Applied first, so `/ready` turns 200 only once the fresh state is served.
+                if remote.origin == Origin::ControlPlane && self.status.saved_unreadable().is_some()
+                {
+                    tracing::info!(
+                        revision = remote.revision,
+                        "a control plane sent a fresh state; the unreadable saved copy is replaced"
+                    );
+                    self.status.set_saved_unreadable(None);
                 }
             }
             scanned = buffer.len();

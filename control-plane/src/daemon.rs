@@ -1,13 +1,19 @@
 //! A control-plane daemon: a started [`Node`] with its port served and its keepers running,
 //! stopped together. What `hyphae-control-plane` runs and `hyphae-agent --dev` embeds; the
-//! top of the crate, which nothing else imports.
+//! top of the crate, which nothing else imports. A node whose Raft core stops by itself (a
+//! storage failure is fatal to it) stops serving at once and reports it
+//! ([`RunningNode::failed`]): it never answers from a state that no longer advances.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+use crate::raft::Raft;
 
 use crate::config::NodeConfig;
 use crate::keepers::{bootstrap_token, cluster_identity, lease_expiry};
@@ -22,6 +28,8 @@ pub struct RunningNode {
     pub address: SocketAddr,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
+    /// Why Raft stopped by itself, once it has.
+    failure: watch::Receiver<Option<String>>,
 }
 
 /// How a starting node relates to a cluster.
@@ -53,7 +61,9 @@ impl RunningNode {
         }
         let node = Arc::new(Node::start(config).await?);
         let shutdown = CancellationToken::new();
+        let (failed, failure) = watch::channel(None);
         let mut tasks = vec![
+            tokio::spawn(watch_raft(node.raft.clone(), shutdown.clone(), failed)),
             tokio::spawn(crate::api::serve(
                 Arc::clone(&node),
                 listener,
@@ -79,7 +89,28 @@ impl RunningNode {
             address,
             shutdown,
             tasks,
+            failure,
         })
+    }
+
+    /// Resolves, with the reason, once Raft has stopped by itself (a storage failure is fatal
+    /// to it); the port has stopped serving by then. The owner should exit with an error so
+    /// the service manager restarts the node (decision 33). Never resolves after [`stop`].
+    /// The future borrows nothing, so an owner can hold it beside the node it later stops.
+    ///
+    /// [`stop`]: RunningNode::stop
+    pub fn failed(&self) -> impl Future<Output = String> + Send + 'static {
+        let mut failure = self.failure.clone();
+        async move {
+            let why = match failure.wait_for(Option::is_some).await {
+                Ok(why) => why.clone(),
+                Err(_) => None,
+            };
+            match why {
+                Some(why) => why,
+                None => std::future::pending().await,
+            }
+        }
     }
 
     /// Stops serving, then shuts Raft down.
@@ -94,4 +125,34 @@ impl RunningNode {
             .await
             .map_err(|e| anyhow::anyhow!("Raft did not shut down cleanly: {e}"))
     }
+}
+
+/// Watches Raft until `shutdown`. When its core stops by itself, says why on `failed` and
+/// cancels `shutdown`: the port and the keepers stop, so no read is answered from a state that
+/// no longer advances.
+async fn watch_raft(
+    raft: Raft,
+    shutdown: CancellationToken,
+    failed: watch::Sender<Option<String>>,
+) {
+    let mut metrics = raft.metrics();
+    let why = loop {
+        if let Err(error) = &metrics.borrow_and_update().running_state {
+            break error.to_string();
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = metrics.changed() => {
+                if changed.is_err() {
+                    break "Raft's core ended".to_string();
+                }
+            }
+        }
+    };
+    tracing::error!(
+        error = %why,
+        "Raft has stopped (a failed write to its store is fatal to it); this node stops serving and exits so that it is restarted"
+    );
+    failed.send_replace(Some(why));
+    shutdown.cancel();
 }

@@ -86,12 +86,23 @@ impl Agent {
 
     /// Writes `yaml` to `dir/<name>.yaml` and starts `binary` on it.
     pub fn start_in(binary: &Path, dir: &Path, name: &str, yaml: &str) -> Result<Agent, Error> {
+        Agent::start_in_with::<&str>(binary, dir, name, yaml, &[])
+    }
+
+    /// Like [`Agent::start_in`], with `args` after the config (`--dev`...).
+    pub fn start_in_with<S: AsRef<OsStr>>(
+        binary: &Path,
+        dir: &Path,
+        name: &str,
+        yaml: &str,
+        args: &[S],
+    ) -> Result<Agent, Error> {
         let config = dir.join(format!("{name}.yaml"));
         std::fs::write(&config, yaml).map_err(|source| Error::Write {
             path: config.display().to_string(),
             source,
         })?;
-        Agent::start::<&str>(binary, name, &config, &[])
+        Agent::start(binary, name, &config, args)
     }
 
     /// Writes `yaml` to a scratch directory of the agent's own (removed when it is dropped) and

@@ -126,6 +126,11 @@ impl Node {
         }
     }
 
+    /// Its log file (the process's stderr).
+    pub fn log(&self) -> &Path {
+        &self.log
+    }
+
     /// Sets what its log keeps from the next start on (`HYPHAE_LOG`: `error`, `warn`...).
     pub fn set_log_level(&mut self, level: &str) {
         self.log_level = level.to_string();
@@ -183,12 +188,24 @@ impl Cluster {
     /// one-node cluster listens on port 0 and learns its port when it starts; a larger one
     /// needs its members' addresses in every config, so their ports are chosen ahead.
     pub fn configure(binary: &Path, dir: &Path, size: usize, spec: &str) -> Result<Cluster, Error> {
-        std::fs::create_dir_all(dir).map_err(|source| write_error(dir, source))?;
         let ports = if size == 1 {
             vec![0]
         } else {
             free_ports(size)?
         };
+        Cluster::configure_on(binary, dir, &ports, spec)
+    }
+
+    /// Like [`Cluster::configure`], one node per port of `ports`, for a test that must name a
+    /// node's address before it starts (an agent pointed at a control plane that comes later).
+    pub fn configure_on(
+        binary: &Path,
+        dir: &Path,
+        ports: &[u16],
+        spec: &str,
+    ) -> Result<Cluster, Error> {
+        std::fs::create_dir_all(dir).map_err(|source| write_error(dir, source))?;
+        let size = ports.len();
         let members: String = if size == 1 {
             String::new()
         } else {
@@ -200,14 +217,14 @@ impl Cluster {
             format!("  members:\n{lines}")
         };
         let mut nodes = Vec::new();
-        for (id, port) in (1..).zip(ports) {
+        for (id, &port) in (1..).zip(ports) {
             let config = dir.join(format!("cp-{id}.yaml"));
             let address = SocketAddr::from(([127, 0, 0, 1], port));
             std::fs::write(
                 &config,
                 format!(
                     "kind: ControlPlaneConfig\nmetadata: {{name: cp-{id}}}\nspec:\n  id: {id}\n  listen: {address}\n  dataDir: {}\n{members}{RAFT_TIMING}{spec}",
-                    dir.join(format!("data-{id}")).display()
+                    data_dir(dir, id).display()
                 ),
             )
             .map_err(|source| write_error(&config, source))?;
@@ -291,6 +308,11 @@ impl Cluster {
         let leading = status(leader.address).await["state"] == "Leader";
         (leading && seen.iter().all(|s| *s == Some(first))).then_some(first)
     }
+}
+
+/// Where [`Cluster::configure`] in `dir` puts node `id`'s data (the Raft store).
+pub fn data_dir(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("data-{id}"))
 }
 
 /// `GET /v1/cluster` on `address` (`null` when it does not answer).

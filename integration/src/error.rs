@@ -1,5 +1,6 @@
-//! Why starting a process (an agent, a node, a peer) failed. Every variant names the process
-//! and what to look at; nothing here panics, so xtask can report it.
+//! Why starting a process (an agent, a node, a peer), or preparing what it needs, failed.
+//! Every variant names the process or path and what to look at; nothing here panics, so xtask
+//! can report it.
 
 use std::time::Duration;
 
@@ -47,6 +48,14 @@ pub enum Error {
         path: String,
         /// What the operating system said.
         source: std::io::Error,
+    },
+    /// A test file system could not be mounted.
+    #[error("cannot mount a tmpfs on {path}: {reason}")]
+    Mount {
+        /// The mount point.
+        path: String,
+        /// What failed.
+        reason: String,
     },
     /// No port could be reserved.
     #[error("cannot reserve a loopback port: {0}")]

@@ -14,7 +14,8 @@
 //! - [`credentials`]: the admin token clusters started here are bootstrapped with.
 //! - [`cli`] runs the `hyphae` CLI against a node; [`policies`] holds the documents tests
 //!   write there and reads back what a node holds.
-//! - [`systemd`]: a stand-in notify socket for the systemd tests.
+//! - [`systemd`]: a stand-in notify socket for the systemd tests; [`tmpfs`]: a small disk
+//!   that fills up, for tests of a failing store.
 //! - [`eventually`]: polling with a deadline (never a sleep to wait for a state).
 //! - [`ports`]: ports chosen ahead, only for addresses a config must name before any process
 //!   starts; everything else binds port 0 and reads the ready line.
@@ -34,6 +35,7 @@ pub mod policies;
 pub mod ports;
 pub mod process;
 pub mod systemd;
+pub mod tmpfs;
 
 pub use error::Error;
 pub use eventually::{DEADLINE, eventually};

@@ -1,6 +1,7 @@
 //! `hyphae-agent --dev`: one process is a whole mesh. Its embedded control plane takes CLI
 //! writes, the agent registers its own services there, and calls by name reach them through
-//! the registry alone.
+//! the registry alone. When the embedded control plane's store fails (its disk, a 2 MiB tmpfs
+//! that needs root to mount, fills up), the agent exits with an error instead of serving on.
 
 use std::process::Command;
 
@@ -8,9 +9,11 @@ use hyphae_integration::agent::Agent;
 use hyphae_integration::backend::TestBackend;
 use hyphae_integration::binaries::workspace_binary;
 use hyphae_integration::credentials::write_token_file;
-use hyphae_integration::eventually;
 use hyphae_integration::http::{get_json, get_text};
+use hyphae_integration::policies::{FILL_TRIES, apply_until_silent};
 use hyphae_integration::ports::free_ports;
+use hyphae_integration::tmpfs::{SMALL_DISK, Tmpfs};
+use hyphae_integration::{DEADLINE, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_dev_agent_is_a_working_mesh() {
@@ -112,4 +115,47 @@ async fn one_dev_agent_is_a_working_mesh() {
             .is_some_and(|s| s.contains("request: 3s")),
         "{stored}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dev_agent_whose_control_plane_store_fills_up_exits_with_an_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dev_data = dir.path().join("dev");
+    // `--dev-data-dir` keeps the control plane's store in `control-plane/` under it.
+    let Some(_disk) =
+        Tmpfs::mount(&dev_data.join("control-plane"), SMALL_DISK).expect("mount the small disk")
+    else {
+        eprintln!(
+            "SKIPPED a_dev_agent_whose_control_plane_store_fills_up_exits_with_an_error: mounting a tmpfs needs root (CI runs it as root)"
+        );
+        return;
+    };
+    let server = format!("127.0.0.1:{}", free_ports(1).expect("a port")[0]);
+    let yaml = format!(
+        "kind: AgentConfig\nmetadata: {{name: laptop}}\nspec:\n  dataDir: {}\n  listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: null, dns: null}}\n",
+        dir.path().join("agent-data").display()
+    );
+    write_token_file(&dev_data.join("admin-token")).expect("write the admin token");
+    let dev_data = dev_data.display().to_string();
+    let mut agent = Agent::start_in_with(
+        &workspace_binary("hyphae-agent"),
+        dir.path(),
+        "laptop",
+        &yaml,
+        &[
+            "--dev",
+            "--dev-listen",
+            &server,
+            "--dev-data-dir",
+            &dev_data,
+        ],
+    )
+    .expect("start the dev agent");
+
+    let applied = apply_until_silent(server.parse().expect("an address")).await;
+    assert!(
+        applied.committed > 0 && applied.answered < FILL_TRIES,
+        "{applied:?}: the disk holds a few writes, then the control plane stops answering"
+    );
+    assert_eq!(agent.exit_code(DEADLINE).await, Some(1));
 }

@@ -197,6 +197,11 @@ pub struct AgentLimits {
     pub header_read_timeout: Duration,
     /// Longest SIGTERM waits for in-flight calls. Default `30s`.
     pub drain_timeout: Duration,
+    /// Least time between two writes of the control plane's state to the data directory (each
+    /// one fsyncs): a burst of changes is written as its latest state once this has passed
+    /// since the previous write, and the latest state is always written before the agent
+    /// exits. Default `1s`.
+    pub snapshot_save_interval: Duration,
 }
 
 impl Default for AgentLimits {
@@ -209,6 +214,7 @@ impl Default for AgentLimits {
             max_pending_accept_reset_streams: 20,
             header_read_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
+            snapshot_save_interval: Duration::from_secs(1),
         }
     }
 }

@@ -92,6 +92,13 @@ impl DevControlPlane {
         config.spec.control_plane = vec![self.address().to_string()];
     }
 
+    /// Resolves, with the reason, once its Raft has stopped by itself (a storage failure);
+    /// its port has stopped serving by then, and the agent should exit with an error.
+    /// The future borrows nothing.
+    pub fn failed(&self) -> impl std::future::Future<Output = String> + Send + 'static {
+        self.running.failed()
+    }
+
     /// Stops serving and shuts Raft down.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.running.stop().await

@@ -40,6 +40,11 @@ impl DevControlPlane {
         match *self {}
     }
 
+    /// Resolves once its Raft has stopped by itself.
+    pub fn failed(&self) -> std::future::Pending<String> {
+        match *self {}
+    }
+
     /// Stops it.
     pub async fn stop(self) -> anyhow::Result<()> {
         match self {}

@@ -137,31 +137,31 @@ async fn run(config: config::NodeConfig, start: Start) -> anyhow::Result<()> {
     );
     tracing::info!(%address, id, "control-plane node ready");
     notify(&[sd_notify::NotifyState::Ready]);
-    // Pinged only while Raft runs: a node whose Raft core stopped (a storage failure is fatal
-    // to it) stops pinging, and systemd restarts it.
+    // A node whose Raft core stopped exits (below), so pinging while the process runs is
+    // enough: the pings prove the runtime is alive.
     let watchdog = sd_notify::watchdog_enabled().map(|interval| {
-        let mut metrics = running.node.raft.metrics();
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(interval / 2);
             loop {
                 ticks.tick().await;
-                if let Err(error) = &metrics.borrow_and_update().running_state {
-                    tracing::error!(%error, "Raft has stopped; no more watchdog pings");
-                    return;
-                }
                 notify(&[sd_notify::NotifyState::Watchdog]);
             }
         })
     });
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
-    }
-    tracing::info!("shutting down");
+    let failure = tokio::select! {
+        _ = terminate.recv() => None,
+        _ = interrupt.recv() => None,
+        why = running.failed() => Some(why),
+    };
     notify(&[sd_notify::NotifyState::Stopping]);
     if let Some(watchdog) = watchdog {
         watchdog.abort();
     }
+    if let Some(why) = failure {
+        // No clean shutdown: Raft is gone and the port already stopped serving (decision 33).
+        anyhow::bail!("Raft has stopped ({why}); exiting so that systemd restarts this node");
+    }
+    tracing::info!("shutting down");
     running.stop().await
 }
 

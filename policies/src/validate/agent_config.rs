@@ -77,6 +77,10 @@ pub(super) fn check(c: &mut Checker, path: &FieldPath, spec: &AgentConfigSpec) {
         limits.key("headerReadTimeout"),
         spec.limits.header_read_timeout,
     );
+    c.positive(
+        limits.key("snapshotSaveInterval"),
+        spec.limits.snapshot_save_interval,
+    );
     let mut static_names = BTreeSet::new();
     for (i, service) in spec.static_services.iter().enumerate() {
         let service_path = path.key("staticServices").index(i);

@@ -1,0 +1,72 @@
+//! An agent whose saved control-plane state is damaged, with real processes: it starts without
+//! it and says so (`/ready` 503 with the reason, `hyphae_saved_snapshot_unreadable` 1) while no
+//! control plane answers, and turns ready once one sends a fresh state, which it saves.
+
+use hyphae_integration::agent::Agent;
+use hyphae_integration::binaries::workspace_binary;
+use hyphae_integration::cluster::Cluster;
+use hyphae_integration::eventually;
+use hyphae_integration::http::request;
+use hyphae_integration::ports::free_ports;
+
+/// The saved state's file in the agent's data directory (`hyphae_agent::persist::SNAPSHOT_FILE`).
+const SNAPSHOT_FILE: &str = "control-plane-snapshot.json";
+const UNREADABLE: &str = "hyphae_saved_snapshot_unreadable";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_saved_state_keeps_the_agent_unready_until_a_control_plane_answers() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("agent-data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    std::fs::write(data.join(SNAPSHOT_FILE), b"{\"revision\": 7, \"polic").expect("garbage");
+    // The agent must name the control plane before it exists: its port is chosen ahead.
+    let port = free_ports(1).expect("a port")[0];
+    let yaml = format!(
+        "kind: AgentConfig\nmetadata: {{name: edge}}\nspec:\n  controlPlane: [\"127.0.0.1:{port}\"]\n  dataDir: {}\n  listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: null, dns: null}}\n",
+        data.display()
+    );
+    let agent = Agent::start_in(&workspace_binary("hyphae-agent"), dir.path(), "edge", &yaml)
+        .expect("start the agent");
+
+    // The saved state is read before the ready line: the first answer already tells.
+    let ready = request("GET", agent.admin, "/ready", "")
+        .await
+        .expect("/ready answers");
+    assert_eq!(ready.status.as_u16(), 503, "{}", ready.text());
+    let reason = ready.json()["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        reason.contains("saved control-plane state cannot be used")
+            && reason.contains("is not a saved snapshot"),
+        "{}",
+        ready.text()
+    );
+    let page = agent.metrics().await;
+    assert!(page.contains(&format!("{UNREADABLE} 1")), "{page}");
+
+    let mut control_plane = Cluster::configure_on(
+        &workspace_binary("hyphae-control-plane"),
+        &dir.path().join("cp"),
+        &[port],
+        "",
+    )
+    .expect("configure the control plane");
+    control_plane.start_all().expect("start the control plane");
+    eventually("/ready to answer 200", || async {
+        request("GET", agent.admin, "/ready", "")
+            .await
+            .is_some_and(|answer| answer.status.is_success())
+    })
+    .await;
+    let page = agent.metrics().await;
+    assert!(page.contains(&format!("{UNREADABLE} 0")), "{page}");
+    eventually("the fresh state to replace the damaged file", || async {
+        std::fs::read(data.join(SNAPSHOT_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|saved| saved["revision"].as_u64().is_some())
+    })
+    .await;
+}
