@@ -7,12 +7,13 @@
 //! - [`answer`]: the buffered request, error answers with stable codes, JSON bodies, limits.
 //! - [`leader`]: writes through Raft, the linearizable-read barrier, forwarding to the leader.
 //! - [`raft`]: peer RPCs (Raft's own and leadership transfer).
-//! - [`policies`], [`cluster`], [`registry`], [`watch`], [`tokens`]: the admin and agent
-//!   resources.
+//! - [`policies`], [`cluster`], [`registry`], [`watch`], [`tokens`], [`identity`]: the admin
+//!   and agent resources.
 
 pub mod access;
 pub mod answer;
 pub mod cluster;
+pub mod identity;
 pub mod leader;
 pub mod policies;
 pub mod raft;
@@ -263,6 +264,11 @@ async fn route(node: &Node, request: &ApiRequest) -> Answer {
         (&Method::DELETE, ["v1", "policies", kind, name]) => {
             policies::delete(node, kind, name).await
         }
+        (&Method::GET, ["v1", "ca"]) => identity::show(node).await,
+        (&Method::GET, ["v1", "join-tokens"]) => identity::list(node, request).await,
+        (&Method::POST, ["v1", "join-tokens"]) => identity::create(node, request).await,
+        (&Method::DELETE, ["v1", "join-tokens", name]) => identity::revoke(node, name).await,
+        (&Method::POST, ["v1", "agent", "join"]) => identity::join(node, request).await,
         (&Method::GET, ["v1", "acl", "tokens"]) => tokens::list(node, request).await,
         (&Method::POST, ["v1", "acl", "tokens"]) => tokens::create(node, request).await,
         (&Method::DELETE, ["v1", "acl", "tokens", name]) => tokens::revoke(node, name).await,

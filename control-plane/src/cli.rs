@@ -3,6 +3,7 @@
 
 pub mod acl;
 pub mod apply;
+pub mod ca;
 pub mod client;
 pub mod cluster;
 pub mod completions;
@@ -12,6 +13,7 @@ pub mod get;
 pub mod registry;
 pub mod schema;
 pub mod table;
+pub mod token;
 pub mod validate;
 
 use clap::{Args, Parser, Subcommand};
@@ -48,6 +50,10 @@ pub enum Command {
     Cluster(cluster::ClusterArgs),
     /// Manage access: the admin API's tokens.
     Acl(acl::AclArgs),
+    /// Join tokens, which let a new host get its node certificate.
+    Token(token::TokenArgs),
+    /// The cluster's root certificate fingerprint (or `--pem`), for hosts to pin.
+    Ca(ca::CaArgs),
     /// Print a shell completion script (bash, zsh or fish).
     Completions(completions::CompletionsArgs),
 }
@@ -108,6 +114,8 @@ pub fn run(cli: Cli, out: &mut dyn std::io::Write) -> anyhow::Result<Outcome> {
         Command::Nodes(args) => registry::run_nodes(&args, out),
         Command::Cluster(args) => cluster::run(&args, out),
         Command::Acl(args) => acl::run(&args, out),
+        Command::Token(args) => token::run(&args, out),
+        Command::Ca(args) => ca::run(&args, out),
         Command::Completions(args) => completions::run(&args, out),
     }
 }

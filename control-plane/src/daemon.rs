@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::raft::Raft;
 
 use crate::config::NodeConfig;
-use crate::keepers::{bootstrap_token, cluster_identity, lease_expiry};
+use crate::keepers::{bootstrap_token, certificate_authority, cluster_identity, lease_expiry};
 use crate::node::Node;
 
 /// A node serving its port, with its lease keeper running: what `hyphae-control-plane` runs,
@@ -71,6 +71,10 @@ impl RunningNode {
             )),
             tokio::spawn(lease_expiry::keep(Arc::clone(&node), shutdown.clone())),
             tokio::spawn(cluster_identity::keep(Arc::clone(&node), shutdown.clone())),
+            tokio::spawn(certificate_authority::keep(
+                Arc::clone(&node),
+                shutdown.clone(),
+            )),
         ];
         if let Start::Init { bootstrap_secret } = start {
             if node.initialize().await? {

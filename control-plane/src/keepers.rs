@@ -4,8 +4,10 @@
 //! - [`lease_expiry`]: expires agents whose lease lapsed, while this node leads.
 //! - [`cluster_identity`]: gives a new cluster its identity, once.
 //! - [`bootstrap_token`]: stores the initializing node's bootstrap admin token, once.
+//! - [`certificate_authority`]: makes the cluster's root certificate, once.
 
 pub mod bootstrap_token;
+pub mod certificate_authority;
 pub mod cluster_identity;
 pub mod lease_expiry;
 
@@ -21,14 +23,14 @@ use crate::state::{Command, State};
 pub const CHECK_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Writes `command()` through Raft whenever this node leads, until `done` holds for the applied
-/// state (or `shutdown`). Never writes while leadership is being handed over: a new entry could
+/// state (or `shutdown`); a `None` command is skipped this round. Never writes while leadership is being handed over: a new entry could
 /// leave the target behind. A failed write is logged and tried again.
 pub async fn write_once_while_leading(
     node: Arc<Node>,
     shutdown: CancellationToken,
     what: &'static str,
     done: impl Fn(&State) -> bool + Send + Sync + 'static,
-    command: impl Fn() -> Command,
+    command: impl Fn() -> Option<Command>,
 ) {
     let done = Arc::new(done);
     loop {
@@ -41,8 +43,11 @@ pub async fn write_once_while_leading(
             let metrics = metrics.borrow();
             metrics.current_leader == Some(metrics.id)
         };
-        if leading && !node.transfers.in_progress() {
-            let write = node.raft.client_write(command());
+        if leading
+            && !node.transfers.in_progress()
+            && let Some(command) = command()
+        {
+            let write = node.raft.client_write(command);
             match tokio::time::timeout(node.config.spec.write_timeout.get(), write).await {
                 Ok(Ok(_)) => continue,
                 Ok(Err(error)) => tracing::warn!(%error, "cannot write {what}; will retry"),

@@ -14,7 +14,9 @@
 //! [`state::State::apply`] → the response and the new revision.
 //!
 //! The modules stack one way, each importing only those above it in this list:
-//! - [`tokens`] says what an admin token may do and checks a presented one ([`secret_file`]
+//! - [`ca`] makes the cluster's root and signs node certificates from CSRs that hosts
+//!   present with a join token ([`join_tokens`]);
+//!   [`tokens`] says what an admin token may do and checks a presented one ([`secret_file`]
 //!   keeps a secret in an owner-only file);
 //!   [`config`] reads a node's `ControlPlaneConfig`; [`wire`] holds the API's bodies and
 //!   [`openapi`] describes them at `/v1/openapi.json`; [`changes`] is the change log of recent
@@ -30,10 +32,12 @@
 //! - [`daemon`] starts and stops it all: what the binary and `hyphae-agent --dev` run.
 
 pub mod api;
+pub mod ca;
 pub mod changes;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod join_tokens;
 pub mod keepers;
 pub mod leadership;
 pub mod lease;

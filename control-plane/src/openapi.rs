@@ -14,10 +14,12 @@ use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, SchemaGenerator};
 use serde_json::{Value, json};
 
+use crate::join_tokens::JoinTokenView;
 use crate::state::{CommandResponse, StoredPolicy};
 use crate::tokens::TokenView;
 use crate::wire::{
-    ClusterStatus, CreatedToken, DryRun, ErrorBody, NewMember, NewToken, NodeView, TransferTo,
+    CaView, ClusterStatus, CreatedJoinToken, CreatedToken, DryRun, ErrorBody, JoinRequest, Joined,
+    NewJoinToken, NewMember, NewToken, NodeView, TransferTo,
 };
 
 /// Where the document is served.
@@ -329,6 +331,48 @@ fn build() -> Value {
         }}),
     );
     paths.insert(
+        "/v1/ca".into(),
+        json!({ "get": {
+            "operationId": "getCa",
+            "summary": "The cluster's root certificate and its SHA-256 fingerprint (what joining hosts pin); no token needed",
+            "responses": responses("The root.", schema::<CaView>(g), &error),
+        }}),
+    );
+    paths.insert(
+        "/v1/join-tokens".into(),
+        json!({
+            "get": {
+                "operationId": "listJoinTokens",
+                "summary": "Join tokens: name, uses left, expiry, site (never secrets); admin role",
+                "responses": responses("The join tokens.", array(schema::<JoinTokenView>(g)), &error),
+            },
+            "post": {
+                "operationId": "createJoinToken",
+                "summary": "Create a join token (single use and 1 h unless said otherwise); the answer holds its secret, once; admin role",
+                "requestBody": { "required": false, "content": json_content(schema::<NewJoinToken>(g)) },
+                "responses": responses("The token and its secret.", schema::<CreatedJoinToken>(g), &error),
+            },
+        }),
+    );
+    paths.insert(
+        "/v1/join-tokens/{name}".into(),
+        json!({ "delete": {
+            "operationId": "revokeJoinToken",
+            "summary": "Revoke a join token; admin role",
+            "parameters": [path_param("name", "The token's name.", string.clone())],
+            "responses": responses("Revoked.", command.clone(), &error),
+        }}),
+    );
+    paths.insert(
+        "/v1/agent/join".into(),
+        json!({ "post": {
+            "operationId": "join",
+            "summary": "A host presents a join token and a CSR and gets its node certificate (SPIFFE IDs of the node and its services) and the root; 403 `join-refused` for a token that is unknown, used up, expired, revoked or for another site",
+            "requestBody": { "required": true, "content": json_content(schema::<JoinRequest>(g)) },
+            "responses": responses("The certificate.", schema::<Joined>(g), &error),
+        }}),
+    );
+    paths.insert(
         OPENAPI_PATH.into(),
         json!({ "get": {
             "operationId": "openapi",
@@ -361,7 +405,7 @@ mod tests {
     use super::*;
 
     /// Every path and method the API serves.
-    const OPERATIONS: [(&str, &str); 21] = [
+    const OPERATIONS: [(&str, &str); 26] = [
         ("/v1/policies", "post"),
         ("/v1/policies", "get"),
         ("/v1/policies/{kind}/{name}", "get"),
@@ -382,6 +426,11 @@ mod tests {
         ("/v1/acl/tokens", "get"),
         ("/v1/acl/tokens", "post"),
         ("/v1/acl/tokens/{name}", "delete"),
+        ("/v1/ca", "get"),
+        ("/v1/join-tokens", "get"),
+        ("/v1/join-tokens", "post"),
+        ("/v1/join-tokens/{name}", "delete"),
+        ("/v1/agent/join", "post"),
         ("/v1/openapi.json", "get"),
     ];
 
@@ -417,7 +466,7 @@ mod tests {
             assert!(operation["responses"]["200"].is_object(), "{method} {path}");
         }
         let listed = parsed["paths"].as_object().unwrap().len();
-        assert_eq!(listed, 18, "a path the test does not know of");
+        assert_eq!(listed, 22, "a path the test does not know of");
     }
 
     #[test]

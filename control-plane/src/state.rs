@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use hyphae_policies::registry::{HealthChange, NodeRecord};
 
+pub use crate::ca::StoredCa;
+pub use crate::join_tokens::{JoinRefused, JoinToken};
 pub use crate::tokens::StoredToken;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -56,6 +58,10 @@ pub enum StateKey {
     Cluster,
     /// The table of admin API tokens (never sent to agents).
     Tokens,
+    /// The cluster's certificate authority (never sent to agents).
+    Ca,
+    /// The table of join tokens (never sent to agents).
+    JoinTokens,
 }
 
 /// The value a [`StateKey`] has in one state, to tell whether a command really changed it.
@@ -69,6 +75,10 @@ pub enum KeyValue {
     Cluster(Option<String>),
     /// Every admin API token.
     Tokens(BTreeMap<String, StoredToken>),
+    /// The certificate authority, or none yet.
+    Ca(Option<StoredCa>),
+    /// Every join token.
+    JoinTokens(BTreeMap<String, JoinToken>),
 }
 
 /// A node the leader found with a lapsed lease, with the revision of its record when it looked:
@@ -143,6 +153,30 @@ pub enum Command {
         /// The token's name.
         name: String,
     },
+    /// Give the cluster its certificate authority, unless it has one: the first applied wins.
+    SetCa {
+        /// The root and its key.
+        ca: StoredCa,
+    },
+    /// Store a join token (replacing one of the same name).
+    CreateJoinToken {
+        /// The token; its revision becomes the entry's index.
+        token: JoinToken,
+    },
+    /// Remove a join token, if it exists.
+    RevokeJoinToken {
+        /// The token's name.
+        name: String,
+    },
+    /// Use a join token once for a host in `site`, as the leader's clock read `now_ms`.
+    UseJoinToken {
+        /// SHA-256 of the presented secret.
+        hash: String,
+        /// The site the joining host says it is in.
+        site: String,
+        /// The leader's clock when it proposed the entry (every node applies the same time).
+        now_ms: u64,
+    },
 }
 
 impl Command {
@@ -173,6 +207,10 @@ impl Command {
                 .collect(),
             Command::SetClusterId { .. } => vec![StateKey::Cluster],
             Command::CreateToken { .. } | Command::RevokeToken { .. } => vec![StateKey::Tokens],
+            Command::SetCa { .. } => vec![StateKey::Ca],
+            Command::CreateJoinToken { .. }
+            | Command::RevokeJoinToken { .. }
+            | Command::UseJoinToken { .. } => vec![StateKey::JoinTokens],
         }
     }
 }
@@ -251,6 +289,32 @@ pub enum CommandResponse {
         /// Whether the token existed.
         existed: bool,
     },
+    /// [`Command::SetCa`] ran.
+    CaSet {
+        /// The log index of the entry.
+        revision: u64,
+        /// The fingerprint of the root in force (an earlier one, if there was).
+        fingerprint: String,
+    },
+    /// [`Command::CreateJoinToken`] ran.
+    JoinTokenCreated {
+        /// The log index of the entry.
+        revision: u64,
+    },
+    /// [`Command::RevokeJoinToken`] ran.
+    JoinTokenRevoked {
+        /// The log index of the entry.
+        revision: u64,
+        /// Whether the token existed.
+        existed: bool,
+    },
+    /// [`Command::UseJoinToken`] ran.
+    JoinTokenUsed {
+        /// The log index of the entry.
+        revision: u64,
+        /// The token's name, or why it was refused.
+        outcome: Result<String, JoinRefused>,
+    },
 }
 
 impl CommandResponse {
@@ -266,7 +330,11 @@ impl CommandResponse {
             | CommandResponse::NodeDeregistered { revision, .. }
             | CommandResponse::ClusterIdentified { revision, .. }
             | CommandResponse::TokenCreated { revision, .. }
-            | CommandResponse::TokenRevoked { revision, .. } => *revision,
+            | CommandResponse::TokenRevoked { revision, .. }
+            | CommandResponse::CaSet { revision, .. }
+            | CommandResponse::JoinTokenCreated { revision }
+            | CommandResponse::JoinTokenRevoked { revision, .. }
+            | CommandResponse::JoinTokenUsed { revision, .. } => *revision,
         }
     }
 }
@@ -285,6 +353,10 @@ pub struct State {
     cluster_id: Option<String>,
     /// Admin API tokens by name (hashes only).
     tokens: BTreeMap<String, StoredToken>,
+    /// The certificate authority, once the first leader made it.
+    ca: Option<StoredCa>,
+    /// Join tokens by name (hashes only).
+    join_tokens: BTreeMap<String, JoinToken>,
 }
 
 impl State {
@@ -336,6 +408,30 @@ impl State {
         &self.tokens
     }
 
+    /// Sets the certificate authority and join tokens read back from disk or a snapshot.
+    pub fn with_identity(
+        mut self,
+        ca: Option<StoredCa>,
+        join_tokens: impl IntoIterator<Item = JoinToken>,
+    ) -> Self {
+        self.ca = ca;
+        self.join_tokens = join_tokens
+            .into_iter()
+            .map(|t| (t.name.clone(), t))
+            .collect();
+        self
+    }
+
+    /// The certificate authority, once it exists.
+    pub fn ca(&self) -> Option<&StoredCa> {
+        self.ca.as_ref()
+    }
+
+    /// The join tokens, by name.
+    pub fn join_tokens(&self) -> &BTreeMap<String, JoinToken> {
+        &self.join_tokens
+    }
+
     /// The current value of `key`.
     pub fn value_of(&self, key: &StateKey) -> KeyValue {
         match key {
@@ -345,6 +441,8 @@ impl State {
             StateKey::Node(name) => KeyValue::Node(self.node(name).cloned()),
             StateKey::Cluster => KeyValue::Cluster(self.cluster_id.clone()),
             StateKey::Tokens => KeyValue::Tokens(self.tokens.clone()),
+            StateKey::Ca => KeyValue::Ca(self.ca.clone()),
+            StateKey::JoinTokens => KeyValue::JoinTokens(self.join_tokens.clone()),
         }
     }
 
@@ -521,6 +619,25 @@ impl State {
             Command::RevokeToken { name } => CommandResponse::TokenRevoked {
                 revision: log_index,
                 existed: self.tokens.remove(&name).is_some(),
+            },
+            Command::SetCa { ca } => CommandResponse::CaSet {
+                revision: log_index,
+                fingerprint: self.ca.get_or_insert(ca).fingerprint.clone(),
+            },
+            Command::CreateJoinToken { mut token } => {
+                token.revision = log_index;
+                self.join_tokens.insert(token.name.clone(), token);
+                CommandResponse::JoinTokenCreated {
+                    revision: log_index,
+                }
+            }
+            Command::RevokeJoinToken { name } => CommandResponse::JoinTokenRevoked {
+                revision: log_index,
+                existed: self.join_tokens.remove(&name).is_some(),
+            },
+            Command::UseJoinToken { hash, site, now_ms } => CommandResponse::JoinTokenUsed {
+                revision: log_index,
+                outcome: crate::join_tokens::use_token(&mut self.join_tokens, &hash, &site, now_ms),
             },
         }
     }

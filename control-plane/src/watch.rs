@@ -83,7 +83,7 @@ fn delta(state: &State, keys: BTreeSet<StateKey>) -> WatchEvent {
                 None => node_deletes.push(name),
             },
             // Readers learn the identity from snapshots; it never changes once set.
-            StateKey::Cluster | StateKey::Tokens => {}
+            StateKey::Cluster | StateKey::Tokens | StateKey::Ca | StateKey::JoinTokens => {}
         }
     }
     WatchEvent::Delta {

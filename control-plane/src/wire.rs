@@ -146,3 +146,73 @@ pub struct CreatedToken {
     /// The secret to send as `Authorization: Bearer <secret>`; only its hash is stored.
     pub secret: String,
 }
+
+/// `GET /v1/ca`: the cluster's root certificate, for hosts to pin and trust.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CaView {
+    /// The root certificate, PEM.
+    pub cert_pem: String,
+    /// Lower-case hex SHA-256 of its DER: what `hyphae-agent --ca-fingerprint` pins.
+    pub fingerprint: String,
+}
+
+/// `POST /v1/join-tokens`: a new join token.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NewJoinToken {
+    /// Its name; a generated one when absent.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// How long it works. Default `1h`.
+    #[serde(default)]
+    pub ttl: Option<hyphae_policies::Duration>,
+    /// How many hosts may join with it. Default 1.
+    #[serde(default)]
+    pub uses: Option<u32>,
+    /// The only site it admits, if limited.
+    #[serde(default)]
+    pub site: Option<String>,
+}
+
+/// The answer to `POST /v1/join-tokens`: the token and its secret, shown this once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreatedJoinToken {
+    /// The token as listed from now on.
+    #[serde(flatten)]
+    pub token: crate::join_tokens::JoinTokenView,
+    /// The secret a joining host presents; only its hash is stored.
+    pub secret: String,
+}
+
+/// `POST /v1/agent/join`: a host asks for its node certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct JoinRequest {
+    /// The join token's secret.
+    pub token: String,
+    /// The node's name (its agent's `metadata.name`).
+    pub name: String,
+    /// The node's site.
+    pub site: String,
+    /// The services it hosts: each gets a service identity in the certificate.
+    #[serde(default)]
+    pub services: Vec<String>,
+    /// A PKCS#10 certificate signing request, PEM; the key stays on the host.
+    pub csr_pem: String,
+}
+
+/// The answer to a join: the node's certificate and the root to trust.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Joined {
+    /// The node certificate, PEM.
+    pub cert_pem: String,
+    /// The cluster's root, PEM.
+    pub ca_pem: String,
+    /// The SPIFFE IDs the certificate carries.
+    pub identities: Vec<String>,
+    /// When it expires (ms since the Unix epoch); renew at two thirds of its life.
+    pub expires_at_ms: u64,
+}

@@ -2,6 +2,7 @@
 //! where it keeps its data, and the initial members of the cluster. `metadata.name` is the
 //! node's name.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
@@ -58,6 +59,8 @@ pub struct ControlPlaneConfigSpec {
     pub transfer_timeout: Duration,
     /// What the node's port accepts: connections, streams, head and body sizes, timeouts.
     pub limits: ControlPlaneLimits,
+    /// The identities the cluster's certificate authority hands out.
+    pub certificates: CertificatesConfig,
 }
 
 impl Default for ControlPlaneConfigSpec {
@@ -78,7 +81,43 @@ impl Default for ControlPlaneConfigSpec {
             logs_kept_after_snapshot: 1_000,
             transfer_timeout: Duration::from_secs(10),
             limits: ControlPlaneLimits::default(),
+            certificates: CertificatesConfig::default(),
         }
+    }
+}
+
+/// The identities the cluster's certificate authority hands out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct CertificatesConfig {
+    /// The SPIFFE trust domain: identities read `spiffe://<trustDomain>/node/<name>` and
+    /// `.../service/<name>`. Default `hyphae.local`.
+    pub trust_domain: String,
+    /// How long a node certificate lasts; agents renew at two thirds of it. Default `24h`.
+    pub lifetime: Duration,
+    /// Longer (or shorter) lifetimes for sites that may be cut off from the control plane
+    /// for long, by site name.
+    pub site_lifetimes: BTreeMap<String, Duration>,
+}
+
+impl Default for CertificatesConfig {
+    fn default() -> Self {
+        CertificatesConfig {
+            trust_domain: "hyphae.local".to_string(),
+            lifetime: Duration::from_secs(24 * 3600),
+            site_lifetimes: BTreeMap::new(),
+        }
+    }
+}
+
+impl CertificatesConfig {
+    /// The lifetime of a certificate for a host in `site`.
+    pub fn lifetime_for(&self, site: &str) -> Duration {
+        self.site_lifetimes
+            .get(site)
+            .copied()
+            .unwrap_or(self.lifetime)
     }
 }
 

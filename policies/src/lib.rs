@@ -42,7 +42,9 @@ pub use agent_config::{
     AgentConfigSpec, AgentLimits, HealthCheck, Listeners, LocalService, StaticEndpoint,
     StaticService, Upstream,
 };
-pub use control_plane_config::{ControlPlaneConfigSpec, ControlPlaneLimits, Member};
+pub use control_plane_config::{
+    CertificatesConfig, ControlPlaneConfigSpec, ControlPlaneLimits, Member,
+};
 pub use diagnostic::{Diagnostic, FieldPath, Issue, Severity};
 pub use duration::Duration;
 pub use error_chain::{ErrorChain, error_chain};

@@ -31,11 +31,15 @@ pub(crate) fn required(method: &Method, path: &str) -> Access {
     if path.starts_with(AGENT_PREFIX) {
         return Access::Agent;
     }
-    if path == "/v1/openapi.json" {
+    if path == "/v1/openapi.json" || path == "/v1/ca" {
         return Access::Public;
     }
     let reads = *method == Method::GET || *method == Method::HEAD;
-    if path == ACL_PREFIX.trim_end_matches('/') || path.starts_with(ACL_PREFIX) {
+    if path == ACL_PREFIX.trim_end_matches('/')
+        || path.starts_with(ACL_PREFIX)
+        || path == JOIN_TOKENS
+        || path.starts_with(&format!("{JOIN_TOKENS}/"))
+    {
         // Tokens are the keys to the cluster: admin only, even to list them.
         return Access::Token(Role::Admin);
     }
@@ -52,6 +56,9 @@ pub(crate) const PEER_RPC_PREFIX: &str = "/raft/";
 pub(crate) const AGENT_PREFIX: &str = "/v1/agent/";
 /// Paths of the access-control API (tokens).
 const ACL_PREFIX: &str = "/v1/acl/";
+
+/// Path of the join-token API.
+const JOIN_TOKENS: &str = "/v1/join-tokens";
 
 /// Who a request came from, once its access was checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,6 +154,13 @@ mod tests {
             Access::Token(Role::Admin)
         );
         assert_eq!(get("/v1/acl"), Access::Token(Role::Admin));
+        assert_eq!(get("/v1/join-tokens"), Access::Token(Role::Admin));
+        assert_eq!(
+            required(&Method::DELETE, "/v1/join-tokens/j"),
+            Access::Token(Role::Admin)
+        );
+        assert_eq!(get("/v1/ca"), Access::Public);
+        assert_eq!(post("/v1/agent/join"), Access::Agent);
         assert_eq!(
             post("/v1/unknown"),
             Access::Token(Role::Write),

@@ -117,17 +117,22 @@ fn tokens_table(tokens: &[TokenView]) -> String {
             vec![
                 token.name.clone(),
                 token.role.name().to_string(),
-                match token.expires_at_ms {
-                    None => "never".to_string(),
-                    Some(at) if at <= now => "expired".to_string(),
-                    Some(at) => format!(
-                        "in {}",
-                        hyphae_policies::Duration::from_secs((at - now) / 1000)
-                    ),
-                },
+                expires(token.expires_at_ms, now),
                 token.revision.to_string(),
             ]
         })
         .collect();
     table(&["NAME", "ROLE", "EXPIRES", "REVISION"], rows)
+}
+
+/// An expiry for a table: `never`, `expired`, or the time left.
+pub fn expires(at_ms: Option<u64>, now_ms: u64) -> String {
+    match at_ms {
+        None => "never".to_string(),
+        Some(at) if at <= now_ms => "expired".to_string(),
+        Some(at) => format!(
+            "in {}",
+            hyphae_policies::Duration::from_secs((at - now_ms) / 1000)
+        ),
+    }
 }

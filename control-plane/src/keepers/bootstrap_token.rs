@@ -32,9 +32,11 @@ pub async fn keep(node: Arc<Node>, token: StoredToken, shutdown: CancellationTok
         shutdown,
         "the bootstrap admin token",
         |state| !state.tokens().is_empty(),
-        move || Command::CreateToken {
-            token: token.clone(),
-            only_if_none: true,
+        move || {
+            Some(Command::CreateToken {
+                token: token.clone(),
+                only_if_none: true,
+            })
         },
     )
     .await;

@@ -19,8 +19,10 @@ pub async fn keep(node: Arc<Node>, shutdown: CancellationToken) {
         shutdown,
         "the cluster's identity",
         |state| state.cluster_id().is_some(),
-        || Command::SetClusterId {
-            id: format!("{:032x}", rand::random::<u128>()),
+        || {
+            Some(Command::SetClusterId {
+                id: format!("{:032x}", rand::random::<u128>()),
+            })
         },
     )
     .await;

@@ -19,7 +19,9 @@ use crate::changes::ChangeLog;
 use crate::raft::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
-use crate::state::{CommandResponse, PolicyKey, State, StateKey, StoredPolicy, StoredToken};
+use crate::state::{
+    CommandResponse, JoinToken, PolicyKey, State, StateKey, StoredCa, StoredPolicy, StoredToken,
+};
 
 /// Policies by (kind, name), each the JSON of a [`StoredPolicy`].
 const POLICIES: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("sm_policies");
@@ -35,6 +37,10 @@ const LAST_MEMBERSHIP: &str = "last_membership";
 const CLUSTER_ID: &str = "cluster_id";
 /// [`SM_META`] key of the admin API tokens (a list of [`StoredToken`], hashes only).
 const TOKENS: &str = "tokens";
+/// [`SM_META`] key of the certificate authority (a [`StoredCa`]).
+const CA: &str = "ca";
+/// [`SM_META`] key of the join tokens (a list of [`JoinToken`], hashes only).
+const JOIN_TOKENS: &str = "join_tokens";
 /// The current snapshot, by name: its metadata, its data, and a counter for snapshot ids.
 const SNAPSHOT: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("sm_snapshot");
 /// [`SNAPSHOT`] key of the current snapshot's [`SnapshotMeta`].
@@ -75,6 +81,8 @@ struct SnapshotDataRef<'a> {
     nodes: Vec<&'a NodeRecord>,
     cluster: Option<&'a str>,
     tokens: Vec<&'a StoredToken>,
+    ca: Option<&'a StoredCa>,
+    join_tokens: Vec<&'a JoinToken>,
 }
 
 /// Snapshot data as read back.
@@ -92,6 +100,12 @@ struct SnapshotData {
     /// Absent in snapshots written before the admin API had tokens.
     #[serde(default)]
     tokens: Vec<StoredToken>,
+    /// Absent in snapshots written before the cluster had a certificate authority.
+    #[serde(default)]
+    ca: Option<StoredCa>,
+    /// Absent in snapshots written before join tokens.
+    #[serde(default)]
+    join_tokens: Vec<JoinToken>,
 }
 
 impl SnapshotData {
@@ -107,7 +121,8 @@ impl SnapshotData {
         Ok(State::restore(data.revision, data.policies)
             .with_nodes(data.nodes)
             .with_cluster_id(data.cluster)
-            .with_tokens(data.tokens))
+            .with_tokens(data.tokens)
+            .with_identity(data.ca, data.join_tokens))
     }
 }
 
@@ -135,6 +150,8 @@ impl StateMachineStore {
             read_value(&meta, LAST_MEMBERSHIP)?.unwrap_or_default();
         let cluster_id: Option<String> = read_value(&meta, CLUSTER_ID)?;
         let tokens: Vec<StoredToken> = read_value(&meta, TOKENS)?.unwrap_or_default();
+        let ca: Option<StoredCa> = read_value(&meta, CA)?;
+        let join_tokens: Vec<JoinToken> = read_value(&meta, JOIN_TOKENS)?.unwrap_or_default();
         let mut policies = Vec::new();
         for item in txn.open_table(POLICIES)?.iter()? {
             let (_key, bytes) = item?;
@@ -150,7 +167,8 @@ impl StateMachineStore {
             state: State::restore(revision, policies)
                 .with_nodes(nodes)
                 .with_cluster_id(cluster_id)
-                .with_tokens(tokens),
+                .with_tokens(tokens)
+                .with_identity(ca, join_tokens),
             last_applied,
             last_membership,
             changes: ChangeLog::new(revision, watch_history),
@@ -257,6 +275,8 @@ fn build_snapshot(db: &Database, applied: &RwLock<Applied>) -> Result<Snapshot, 
             nodes: applied.state.nodes().collect(),
             cluster: applied.state.cluster_id(),
             tokens: applied.state.tokens().values().collect(),
+            ca: applied.state.ca(),
+            join_tokens: applied.state.join_tokens().values().collect(),
         })?;
         (applied.last_applied, applied.last_membership.clone(), data)
     };
@@ -395,6 +415,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
             write_cluster_id(&txn, &installed.state)?;
             write_tokens(&txn, &installed.state)?;
+            write_identity(&txn, &installed.state)?;
             write_pointers(&txn, &installed)?;
             write_snapshot(&txn, &meta, &data)?;
             txn.commit()?;
@@ -461,6 +482,7 @@ fn write_touched(
             }
             StateKey::Cluster => write_cluster_id(txn, state)?,
             StateKey::Tokens => write_tokens(txn, state)?,
+            StateKey::Ca | StateKey::JoinTokens => write_identity(txn, state)?,
         }
     }
     Ok(())
@@ -481,6 +503,18 @@ fn write_tokens(txn: &WriteTransaction, state: &State) -> Result<(), DiskError> 
     let tokens: Vec<&StoredToken> = state.tokens().values().collect();
     txn.open_table(SM_META)?
         .insert(TOKENS, encode(&tokens)?.as_slice())?;
+    Ok(())
+}
+
+/// Writes the certificate authority and the join tokens inside `txn`.
+fn write_identity(txn: &WriteTransaction, state: &State) -> Result<(), DiskError> {
+    let mut meta = txn.open_table(SM_META)?;
+    match state.ca() {
+        Some(ca) => meta.insert(CA, encode(ca)?.as_slice())?,
+        None => meta.remove(CA)?,
+    };
+    let join_tokens: Vec<&JoinToken> = state.join_tokens().values().collect();
+    meta.insert(JOIN_TOKENS, encode(&join_tokens)?.as_slice())?;
     Ok(())
 }
 

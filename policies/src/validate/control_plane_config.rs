@@ -90,6 +90,20 @@ pub(super) fn check(c: &mut Checker, path: &FieldPath, spec: &ControlPlaneConfig
             ),
         );
     }
+    let certificates = path.key("certificates");
+    let trust_domain = &spec.certificates.trust_domain;
+    if trust_domain.chars().any(|ch| ch.is_ascii_uppercase()) {
+        c.error(
+            certificates.key("trustDomain"),
+            "a trust domain is lower case",
+        );
+    } else {
+        super::host::check_host(c, certificates.key("trustDomain"), trust_domain);
+    }
+    c.positive(certificates.key("lifetime"), spec.certificates.lifetime);
+    for (site, lifetime) in &spec.certificates.site_lifetimes {
+        c.positive(certificates.key("siteLifetimes").key(site), *lifetime);
+    }
     let limits = path.key("limits");
     let given = &spec.limits;
     c.at_least_one(limits.key("maxConnections"), given.max_connections);

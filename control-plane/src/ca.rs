@@ -1,0 +1,213 @@
+//! The cluster's certificate authority: a self-signed root made once, and node certificates
+//! signed from a certificate signing request (CSR), whose private key never leaves the host
+//! that made it. Each certificate carries SPIFFE IDs (`spiffe://<trust domain>/node/<name>`,
+//! `.../service/<name>`) chosen here, never copied from the request. No I/O.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// How long a new root is valid: rotate it well before, by adding a new root to the bundle.
+pub const ROOT_LIFETIME_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
+/// How far back a certificate's validity starts, so a host whose clock runs a little behind
+/// accepts it at once.
+pub const CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
+
+/// The root as the replicated state keeps it. The key is replicated with Raft to every
+/// control-plane node (in each node's store, which only the service user can read) so any
+/// leader can sign; it never goes to agents (watch streams do not carry it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredCa {
+    /// The root certificate, PEM.
+    pub cert_pem: String,
+    /// Its private key, PEM (PKCS#8).
+    pub key_pem: String,
+    /// Lower-case hex SHA-256 of the root certificate's DER: what joining hosts pin.
+    pub fingerprint: String,
+}
+
+/// What a CA operation could not do.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// The request is not a valid, self-signed CSR.
+    #[error("the certificate signing request is not valid: {0}")]
+    BadRequest(#[source] rcgen::Error),
+    /// A SPIFFE ID is not a valid URI for a certificate.
+    #[error("`{0}` cannot be a certificate URI")]
+    BadIdentity(String),
+    /// Building or signing failed.
+    #[error("cannot build the certificate: {0}")]
+    Build(#[source] rcgen::Error),
+    /// A time is outside what certificates can express.
+    #[error("{0} ms since the Unix epoch is not a certificate time")]
+    Time(u64),
+}
+
+/// The SPIFFE ID of node `name`.
+pub fn node_id(trust_domain: &str, name: &str) -> String {
+    format!("spiffe://{trust_domain}/node/{name}")
+}
+
+/// The SPIFFE ID of service `name`.
+pub fn service_id(trust_domain: &str, name: &str) -> String {
+    format!("spiffe://{trust_domain}/service/{name}")
+}
+
+/// Lower-case hex SHA-256 of `der`.
+pub fn fingerprint(der: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn at(ms: u64) -> Result<OffsetDateTime, CaError> {
+    let nanos = i128::from(ms) * 1_000_000;
+    OffsetDateTime::from_unix_timestamp_nanos(nanos).map_err(|_| CaError::Time(ms))
+}
+
+/// A new root for `trust_domain`, valid from `now_ms` for [`ROOT_LIFETIME_MS`].
+pub fn generate(trust_domain: &str, now_ms: u64) -> Result<StoredCa, CaError> {
+    let key = KeyPair::generate().map_err(CaError::Build)?;
+    let mut params = CertificateParams::default();
+    let mut name = DistinguishedName::new();
+    name.push(
+        DnType::CommonName,
+        format!("hyphae root CA ({trust_domain})"),
+    );
+    name.push(DnType::OrganizationName, "hyphae");
+    params.distinguished_name = name;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.not_before = at(now_ms.saturating_sub(CLOCK_SKEW_MS))?;
+    params.not_after = at(now_ms.saturating_add(ROOT_LIFETIME_MS))?;
+    params.serial_number = Some(serial());
+    let cert = params.self_signed(&key).map_err(CaError::Build)?;
+    Ok(StoredCa {
+        fingerprint: fingerprint(cert.der()),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+fn serial() -> SerialNumber {
+    let mut bytes: [u8; 16] = rand::random();
+    bytes[0] &= 0x7f; // positive
+    SerialNumber::from_slice(&bytes)
+}
+
+/// Signs the key in `csr_pem` into a certificate valid from `now_ms` for `lifetime_ms`,
+/// usable for TLS as client and server, naming exactly `identities` (SPIFFE URIs).
+pub fn sign(
+    ca: &StoredCa,
+    csr_pem: &str,
+    identities: &[String],
+    now_ms: u64,
+    lifetime_ms: u64,
+) -> Result<String, CaError> {
+    let request =
+        CertificateSigningRequestParams::from_pem(csr_pem).map_err(CaError::BadRequest)?;
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = identities
+        .iter()
+        .map(|id| {
+            id.clone()
+                .try_into()
+                .map(SanType::URI)
+                .map_err(|_| CaError::BadIdentity(id.clone()))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut name = DistinguishedName::new();
+    if let Some(first) = identities.first() {
+        name.push(DnType::CommonName, first.as_str());
+    }
+    params.distinguished_name = name;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.not_before = at(now_ms.saturating_sub(CLOCK_SKEW_MS))?;
+    params.not_after = at(now_ms.saturating_add(lifetime_ms))?;
+    params.serial_number = Some(serial());
+    params.use_authority_key_identifier_extension = true;
+    let key = KeyPair::from_pem(&ca.key_pem).map_err(CaError::Build)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, key).map_err(CaError::Build)?;
+    let cert = params
+        .signed_by(&request.public_key, &issuer)
+        .map_err(CaError::Build)?;
+    Ok(cert.pem())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signed_certificate_names_only_the_identities_given_and_chains_to_the_root() {
+        let now = 1_800_000_000_000;
+        let ca = generate("example.org", now).expect("a root");
+        let key = KeyPair::generate().expect("a key");
+        let mut asked = CertificateParams::new(vec!["evil.example".to_string()]).expect("params");
+        asked.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let csr = asked
+            .serialize_request(&key)
+            .expect("a CSR")
+            .pem()
+            .expect("PEM");
+        let ids = [
+            node_id("example.org", "web-1"),
+            service_id("example.org", "web"),
+        ];
+        let pem = sign(&ca, &csr, &ids, now, 24 * 3600 * 1000).expect("signed");
+
+        let (_, der) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).expect("PEM");
+        let cert = der.parse_x509().expect("a certificate");
+        let (_, root_der) = x509_parser::pem::parse_x509_pem(ca.cert_pem.as_bytes()).expect("PEM");
+        let root = root_der.parse_x509().expect("the root");
+        assert_eq!(fingerprint(&root_der.contents), ca.fingerprint);
+        cert.verify_signature(Some(root.public_key()))
+            .expect("signed by the root");
+        assert_eq!(cert.issuer(), root.subject());
+        assert!(!cert.is_ca(), "the CSR asked for a CA; it gets a leaf");
+        let uris: Vec<String> = cert
+            .subject_alternative_name()
+            .expect("SAN")
+            .expect("present")
+            .value
+            .general_names
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(
+            uris,
+            [
+                "URI(spiffe://example.org/node/web-1)",
+                "URI(spiffe://example.org/service/web)"
+            ]
+        );
+        let lifetime =
+            cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
+        assert_eq!(lifetime, (24 * 3600 * 1000 + CLOCK_SKEW_MS as i64) / 1000);
+    }
+
+    #[test]
+    fn a_request_that_is_not_a_csr_is_refused() {
+        let ca = generate("example.org", 1_800_000_000_000).expect("a root");
+        assert!(matches!(
+            sign(&ca, "not a csr", &[], 1_800_000_000_000, 1000),
+            Err(CaError::BadRequest(_))
+        ));
+    }
+}

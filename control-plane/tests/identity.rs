@@ -1,0 +1,202 @@
+//! Identities end to end: a cluster makes its root once and every node serves the same one; a
+//! host with a join token and a CSR gets a certificate for its node and services, signed by
+//! that root, with its site's lifetime; a join token is single use, site-bound, revocable and
+//! expires. Real `hyphae-control-plane` processes and the real `hyphae` CLI.
+
+use hyphae_integration::binaries::workspace_binary;
+use hyphae_integration::cli::hyphae;
+use hyphae_integration::cluster::Cluster;
+use hyphae_integration::eventually::{DEADLINE, INTERVAL, wait_for};
+use hyphae_integration::http::{call, request_as};
+use rcgen::{CertificateParams, KeyPair};
+
+/// A CSR for a fresh key (which stays here).
+fn csr() -> String {
+    let key = KeyPair::generate().expect("a key");
+    CertificateParams::new(Vec::<String>::new())
+        .expect("params")
+        .serialize_request(&key)
+        .expect("a CSR")
+        .pem()
+        .expect("PEM")
+}
+
+fn join_body(token: &str, name: &str, site: &str, csr: &str) -> String {
+    serde_json::json!({
+        "token": token, "name": name, "site": site, "services": ["web", "api"], "csrPem": csr,
+    })
+    .to_string()
+}
+
+fn create_token(cli: &std::path::Path, server: std::net::SocketAddr, args: &[&str]) -> String {
+    let mut all = vec!["token", "create"];
+    all.extend_from_slice(args);
+    let created = hyphae(cli, server, &all).expect("run hyphae");
+    assert!(created.success(), "{}", created.text);
+    created
+        .text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_with_a_join_token_gets_a_certificate_for_its_node_and_services() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cluster = Cluster::configure(
+        &workspace_binary("hyphae-control-plane"),
+        dir.path(),
+        3,
+        "  certificates: {trustDomain: mesh.example, siteLifetimes: {edge: 168h}}\n",
+    )
+    .expect("configure");
+    cluster.set_log_level("info");
+    cluster.start_all().expect("start");
+    let leader = cluster.leader().await.expect("a leader");
+    let follower = cluster
+        .nodes()
+        .iter()
+        .find(|n| n.id != leader)
+        .expect("a follower")
+        .address;
+    let leader = cluster.node(leader).address;
+    let cli = workspace_binary("hyphae");
+
+    // One root, made once, served by every node; the CLI prints what hosts pin.
+    let mut roots = Vec::new();
+    for node in cluster.addresses() {
+        let root = wait_for(
+            "the root to reach every node",
+            DEADLINE,
+            INTERVAL,
+            || async {
+                request_as(None, "GET", node, "/v1/ca", "")
+                    .await
+                    .filter(|a| a.status == 200)
+                    .map(|a| a.json())
+            },
+        )
+        .await
+        .expect("the root in time");
+        roots.push(root);
+    }
+    assert!(roots.windows(2).all(|w| w[0] == w[1]), "{roots:?}");
+    let fingerprint = roots[0]["fingerprint"].as_str().expect("a fingerprint");
+    let shown = hyphae(&cli, follower, &["ca"]).expect("run hyphae");
+    assert_eq!(shown.text.trim(), format!("sha256:{fingerprint}"));
+
+    // A join through a follower: the certificate names the node and its services, chains to
+    // the root, and lasts the site's lifetime.
+    let edge = create_token(&cli, leader, &["--site", "edge"]);
+    let (status, joined) = call(
+        "POST",
+        follower,
+        "/v1/agent/join",
+        &join_body(&edge, "gw-1", "edge", &csr()),
+    )
+    .await;
+    assert_eq!(status, 200, "{joined}");
+    let cert_pem = joined["certPem"].as_str().expect("a certificate");
+    let (_, der) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).expect("PEM");
+    let cert = der.parse_x509().expect("a certificate");
+    let root_pem = roots[0]["certPem"].as_str().expect("the root");
+    let (_, root_der) = x509_parser::pem::parse_x509_pem(root_pem.as_bytes()).expect("PEM");
+    let root = root_der.parse_x509().expect("the root");
+    cert.verify_signature(Some(root.public_key()))
+        .expect("signed by the cluster's root");
+    let names: Vec<String> = cert
+        .subject_alternative_name()
+        .expect("SAN")
+        .expect("present")
+        .value
+        .general_names
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "URI(spiffe://mesh.example/node/gw-1)",
+            "URI(spiffe://mesh.example/service/web)",
+            "URI(spiffe://mesh.example/service/api)",
+        ]
+    );
+    let validity = cert.validity();
+    let hours = (validity.not_after.timestamp() - validity.not_before.timestamp()) / 3600;
+    assert_eq!(
+        hours, 168,
+        "the edge site's lifetime (plus five minutes of skew)"
+    );
+
+    // Single use, site-bound, revocable, expiring; a bad CSR uses nothing; no anonymous lists.
+    let again = call(
+        "POST",
+        leader,
+        "/v1/agent/join",
+        &join_body(&edge, "gw-2", "edge", &csr()),
+    )
+    .await;
+    assert_eq!(
+        again.0, 403,
+        "a used token admits no second host: {}",
+        again.1
+    );
+    let core = create_token(&cli, leader, &["--site", "core", "--name", "core-1"]);
+    let elsewhere = call(
+        "POST",
+        leader,
+        "/v1/agent/join",
+        &join_body(&core, "gw-3", "edge", &csr()),
+    )
+    .await;
+    assert_eq!(elsewhere.0, 403, "{}", elsewhere.1);
+    let garbage = call(
+        "POST",
+        leader,
+        "/v1/agent/join",
+        &join_body(&core, "app-1", "core", "not a csr"),
+    )
+    .await;
+    assert_eq!(garbage.0, 422, "{}", garbage.1);
+    let revoked = hyphae(&cli, leader, &["token", "revoke", "core-1"]).expect("run hyphae");
+    assert!(revoked.success(), "{}", revoked.text);
+    let after = call(
+        "POST",
+        leader,
+        "/v1/agent/join",
+        &join_body(&core, "app-1", "core", &csr()),
+    )
+    .await;
+    assert_eq!(after.0, 403, "a revoked token: {}", after.1);
+    let brief = create_token(&cli, leader, &["--ttl", "1ms"]);
+    let late = call(
+        "POST",
+        leader,
+        "/v1/agent/join",
+        &join_body(&brief, "app-2", "core", &csr()),
+    )
+    .await;
+    assert_eq!(late.0, 403, "an expired token: {}", late.1);
+    let listed = hyphae(&cli, leader, &["token", "list"]).expect("run hyphae");
+    assert!(
+        listed.success() && listed.text.contains("NAME"),
+        "{}",
+        listed.text
+    );
+    let anonymous = request_as(None, "GET", leader, "/v1/join-tokens", "").await;
+    assert_eq!(anonymous.map(|a| a.status.as_u16()), Some(401));
+
+    let mut logs = String::new();
+    for node in cluster.nodes() {
+        logs.push_str(&std::fs::read_to_string(node.log_path()).unwrap_or_default());
+    }
+    assert!(logs.contains("a host joined"), "joins are logged");
+    for secret in [&edge, &core, &brief] {
+        assert!(
+            !logs.contains(secret.as_str()),
+            "a join token's secret reached a log"
+        );
+    }
+}
