@@ -62,6 +62,16 @@ async fn all_answered_by(caller: &Agent, calls: usize, by: &str) {
     }
 }
 
+/// Asserts that `agent` has counted at least `at_least` of the counter `name` in the series
+/// whose labels contain `labels`.
+async fn assert_counted(agent: &Agent, name: &str, labels: &str, at_least: f64) {
+    let counted = agent.metric(name, labels).await;
+    assert!(
+        counted >= at_least,
+        "{name} {{{labels}}} is {counted}, not at least {at_least}"
+    );
+}
+
 /// Writes `bytes` to `address` on a new connection and reads until the agent closes it.
 async fn raw_exchange(address: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -128,12 +138,13 @@ async fn unknown_services_and_dead_endpoints_get_an_answer_not_a_hang() {
     let answer = get(&http1_client(), &url(&caller, "svc", "/")).await;
     assert_eq!(answer.status, 502);
     assert_eq!(answer.header("hyphae-error"), Some("connect-failed"));
-    assert!(
-        caller
-            .metric("hyphae_errors_total", "reason=\"connect-failed\"")
-            .await
-            >= 1.0
-    );
+    assert_counted(
+        &caller,
+        "hyphae_errors_total",
+        "reason=\"connect-failed\"",
+        1.0,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,12 +157,7 @@ async fn a_503_is_retried_on_the_other_endpoint() {
     let (_hosts, caller) = two_hosts(&failing, &healthy, policy);
     all_answered_by(&caller, 20, "healthy").await;
     assert!(failing.requests() >= 5, "the failing endpoint was tried");
-    assert!(
-        caller
-            .metric("hyphae_retries_total", "service=\"svc\"")
-            .await
-            >= 1.0
-    );
+    assert_counted(&caller, "hyphae_retries_total", "service=\"svc\"", 1.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,12 +220,13 @@ async fn the_retry_budget_holds_under_a_total_outage() {
         "{attempts} attempts for {requests} requests (bound {bound})"
     );
     assert!(attempts > requests as f64, "some retries were made");
-    assert!(
-        caller
-            .metric("hyphae_retry_budget_exhausted_total", "service=\"svc\"")
-            .await
-            > 0.0
-    );
+    assert_counted(
+        &caller,
+        "hyphae_retry_budget_exhausted_total",
+        "service=\"svc\"",
+        1.0,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,12 +242,7 @@ async fn a_per_try_timeout_moves_the_call_to_another_endpoint() {
         slow.requests() >= 2,
         "the slow endpoint was tried and timed out"
     );
-    assert!(
-        caller
-            .metric("hyphae_retries_total", "service=\"svc\"")
-            .await
-            >= 2.0
-    );
+    assert_counted(&caller, "hyphae_retries_total", "service=\"svc\"", 2.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

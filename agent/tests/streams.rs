@@ -74,26 +74,24 @@ async fn echo_behind_agents(caller_protocol: &str) -> [Agent; 2] {
     [host, caller]
 }
 
-async fn echo_round_trip(stream: &mut TcpStream, payload: &[u8]) -> Vec<u8> {
+/// Writes `payload` to `stream` and asserts that the same bytes come back.
+async fn assert_echoed(stream: &mut TcpStream, payload: &[u8]) {
     stream.write_all(payload).await.unwrap();
     let mut got = vec![0u8; payload.len()];
     tokio::time::timeout(DEADLINE, stream.read_exact(&mut got))
         .await
         .unwrap()
         .unwrap();
-    got
+    assert_eq!(got, payload);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opaque_tcp_echoes_across_two_agents() {
     let [_host, caller] = echo_behind_agents("tcp").await;
     let mut stream = TcpStream::connect(caller.upstream("echo")).await.unwrap();
-    assert_eq!(
-        echo_round_trip(&mut stream, b"hello over the mesh").await,
-        b"hello over the mesh"
-    );
+    assert_echoed(&mut stream, b"hello over the mesh").await;
     let big: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
-    assert_eq!(echo_round_trip(&mut stream, &big).await, big);
+    assert_echoed(&mut stream, &big).await;
     // Half-close reaches the server, whose echo then ends the stream.
     stream.shutdown().await.unwrap();
     let mut rest = Vec::new();
@@ -109,10 +107,7 @@ async fn a_client_that_does_not_speak_http_is_detected_as_tcp() {
     // The caller believes the service speaks HTTP; the client's first bytes say otherwise.
     let [_host, caller] = echo_behind_agents("http").await;
     let mut stream = TcpStream::connect(caller.upstream("echo")).await.unwrap();
-    assert_eq!(
-        echo_round_trip(&mut stream, b"\x00\x01binary protocol").await,
-        b"\x00\x01binary protocol"
-    );
+    assert_echoed(&mut stream, b"\x00\x01binary protocol").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,10 +166,7 @@ async fn http_connect_on_the_proxy_port_tunnels_to_the_named_service() {
         "{}",
         String::from_utf8_lossy(&head)
     );
-    assert_eq!(
-        echo_round_trip(&mut stream, b"tunnelled").await,
-        b"tunnelled"
-    );
+    assert_echoed(&mut stream, b"tunnelled").await;
     // Closing the tunnel ends the stream, whose bytes are then counted.
     drop(stream);
     caller
