@@ -149,8 +149,7 @@ async fn unknown_services_and_dead_endpoints_get_an_answer_not_a_hang() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_503_is_retried_on_the_other_endpoint() {
-    let failing = TestBackend::start("failing").await;
-    failing.set(Behaviour::status(503));
+    let failing = TestBackend::start_as("failing", Behaviour::status(503)).await;
     let healthy = TestBackend::start("healthy").await;
     // Round robin starts every other call on the failing endpoint (P2C might never pick it).
     let policy = "---\nkind: ServicePolicy\nmetadata: {name: svc}\nspec:\n  loadBalancer: {policy: round-robin}\n  circuitBreaker: {outlierDetection: {consecutiveFailures: 0}}\n";
@@ -162,8 +161,7 @@ async fn a_503_is_retried_on_the_other_endpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_is_not_retried_unless_the_policy_says_so() {
-    let backend = TestBackend::start("b").await;
-    backend.set(Behaviour::status(503));
+    let backend = TestBackend::start_as("b", Behaviour::status(503)).await;
     let (host, caller) = one_host(&backend, "");
     let answer = send(
         &http1_client(),
@@ -201,8 +199,7 @@ async fn post_is_not_retried_unless_the_policy_says_so() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_retry_budget_holds_under_a_total_outage() {
-    let backend = TestBackend::start("down").await;
-    backend.set(Behaviour::status(503));
+    let backend = TestBackend::start_as("down", Behaviour::status(503)).await;
     let policy = "---\nkind: ServicePolicy\nmetadata: {name: svc}\nspec:\n  retries:\n    attempts: 3\n    backoff: {base: 1ms, max: 1ms}\n    budget: {ratio: 0.2, minPerSecond: 1, window: 1s}\n  circuitBreaker:\n    outlierDetection: {consecutiveFailures: 0}\n";
     let (_host, caller) = one_host(&backend, policy);
     let client = http1_client();
@@ -231,8 +228,7 @@ async fn the_retry_budget_holds_under_a_total_outage() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_per_try_timeout_moves_the_call_to_another_endpoint() {
-    let slow = TestBackend::start("slow").await;
-    slow.set(Behaviour::delay(Duration::from_secs(5)));
+    let slow = TestBackend::start_as("slow", Behaviour::delay(Duration::from_secs(5))).await;
     let fast = TestBackend::start("fast").await;
     // Round robin makes every other call start on the slow endpoint.
     let policy = "---\nkind: ServicePolicy\nmetadata: {name: svc}\nspec:\n  loadBalancer: {policy: round-robin}\n  retries: {perTryTimeout: 200ms, on: [timeout]}\n  circuitBreaker: {outlierDetection: {consecutiveFailures: 0}}\n";
@@ -247,8 +243,7 @@ async fn a_per_try_timeout_moves_the_call_to_another_endpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ejected_endpoint_gets_no_traffic_until_its_ejection_ends() {
-    let bad = TestBackend::start("bad").await;
-    bad.set(Behaviour::status(500));
+    let bad = TestBackend::start_as("bad", Behaviour::status(500)).await;
     let good = TestBackend::start("good").await;
     let policy = "---\nkind: ServicePolicy\nmetadata: {name: svc}\nspec:\n  loadBalancer: {policy: round-robin}\n  circuitBreaker:\n    outlierDetection: {consecutiveFailures: 3, baseEjectionTime: 1s, maxEjectedShare: 0.5}\n";
     let (_hosts, caller) = two_hosts(&bad, &good, policy);
@@ -280,8 +275,7 @@ async fn an_ejected_endpoint_gets_no_traffic_until_its_ejection_ends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_request_limit_answers_a_fast_503() {
-    let backend = TestBackend::start("slow").await;
-    backend.set(Behaviour::delay(Duration::from_secs(3)));
+    let backend = TestBackend::start_as("slow", Behaviour::delay(Duration::from_secs(3))).await;
     let policy = "---\nkind: ServicePolicy\nmetadata: {name: svc}\nspec:\n  circuitBreaker: {maxRequests: 2}\n";
     let (_host, caller) = one_host(&backend, policy);
     let target = url(&caller, "svc", "/");
@@ -310,10 +304,8 @@ async fn the_request_limit_answers_a_fast_503() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p2c_sends_most_traffic_to_the_faster_endpoint() {
-    let slow = TestBackend::start("slow").await;
-    slow.set(Behaviour::delay(Duration::from_millis(50)));
-    let fast = TestBackend::start("fast").await;
-    fast.set(Behaviour::delay(Duration::from_millis(5)));
+    let slow = TestBackend::start_as("slow", Behaviour::delay(Duration::from_millis(50))).await;
+    let fast = TestBackend::start_as("fast", Behaviour::delay(Duration::from_millis(5))).await;
     let (_hosts, caller) = two_hosts(&slow, &fast, "");
     let client = http1_client();
     for _ in 0..100 {
@@ -396,8 +388,7 @@ async fn ten_megabytes_stream_up_and_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_calls_then_exits_0() {
-    let backend = TestBackend::start("slow").await;
-    backend.set(Behaviour::delay(Duration::from_millis(800)));
+    let backend = TestBackend::start_as("slow", Behaviour::delay(Duration::from_millis(800))).await;
     let (_host, mut caller) = one_host(&backend, "");
     let target = url(&caller, "svc", "/");
     let in_flight = tokio::spawn(async move { get(&http1_client(), &target).await });
