@@ -72,6 +72,17 @@ async fn assert_counted(agent: &Agent, name: &str, labels: &str, at_least: f64) 
     );
 }
 
+/// Writes `yaml` over `agent`'s config file and sends it SIGHUP, then waits until it has
+/// counted a reload whose result is `result` (`applied` or `rejected`).
+async fn reload(agent: &Agent, yaml: &str, result: &str) {
+    std::fs::write(&agent.config, yaml).expect("write the agent's config file");
+    agent.signal(Signal::HUP);
+    let labels = format!("result=\"{result}\"");
+    agent
+        .metric_reaches("hyphae_config_reloads_total", &labels, 1.0)
+        .await;
+}
+
 /// Writes `bytes` to `address` on a new connection and reads until the agent closes it.
 async fn raw_exchange(address: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -423,30 +434,20 @@ async fn sighup_with_a_bad_file_keeps_serving_the_old_config() {
         b"one"
     );
 
-    std::fs::write(
-        &caller.config,
+    reload(
+        &caller,
         "kind: AgentConfig\nmetadata: {name: caller}\nspec:\n  site: [broken\n",
+        "rejected",
     )
-    .unwrap();
-    caller.signal(Signal::HUP);
-    caller
-        .metric_reaches("hyphae_config_reloads_total", "result=\"rejected\"", 1.0)
-        .await;
+    .await;
     assert_eq!(
         &get(&client, &url(&caller, "svc", "/")).await.body[..],
         b"one",
         "old config still served"
     );
 
-    std::fs::write(
-        &caller.config,
-        caller_config("svc", &[endpoint(&b, "one")], port, ""),
-    )
-    .unwrap();
-    caller.signal(Signal::HUP);
-    caller
-        .metric_reaches("hyphae_config_reloads_total", "result=\"applied\"", 1.0)
-        .await;
+    let new_config = caller_config("svc", &[endpoint(&b, "one")], port, "");
+    reload(&caller, &new_config, "applied").await;
     assert_eq!(
         &get(&client, &url(&caller, "svc", "/")).await.body[..],
         b"two",
