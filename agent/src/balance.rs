@@ -117,8 +117,19 @@ pub fn pick(
     let fresh_only = candidates.iter().any(|c| in_site(c) && !c.tried);
     let in_pool = |c: &&Candidate<'_>| in_site(c) && (!fresh_only || !c.tried);
     let pool = || candidates.iter().filter(in_pool);
-    let nth = |i: usize| pool().nth(i);
-    match pool().count() {
+    pick_in_pool(pool().count(), |i| pool().nth(i), policy, round_robin, dice)
+}
+
+/// The last step of [`pick`]: one of the `n` endpoints left in the pool, `nth(i)` being the
+/// i-th of them — by turn for round robin, else the lower score of two drawn at random.
+fn pick_in_pool<'c, 'l: 'c>(
+    n: usize,
+    nth: impl Fn(usize) -> Option<&'c Candidate<'l>>,
+    policy: BalancePolicy,
+    round_robin: &AtomicUsize,
+    dice: &mut dyn FnMut(usize) -> usize,
+) -> Option<usize> {
+    match n {
         0 => None,
         1 => nth(0).map(|c| c.index),
         n if policy == BalancePolicy::RoundRobin => {
@@ -220,7 +231,7 @@ mod tests {
         );
     }
 
-    /// The pick written as lists, step by step, as the documentation states it.
+    /// The pool narrowed as lists, step by step, as the documentation states it.
     fn pick_by_lists(
         candidates: &[Candidate<'_>],
         policy: BalancePolicy,
@@ -241,23 +252,14 @@ mod tests {
             Locality::Any => pool,
         };
         let pool = narrow(pool, |c| !c.tried);
-        match pool.len() {
-            0 => None,
-            1 => Some(pool[0].index),
-            n if policy == BalancePolicy::RoundRobin => {
-                Some(pool[round_robin.fetch_add(1, Ordering::Relaxed) % n].index)
-            }
-            n => {
-                let a = dice(n);
-                let b = (a + 1 + dice(n - 1)) % n;
-                let (first, second) = (pool[a], pool[b]);
-                if first.load.score(policy) <= second.load.score(policy) {
-                    Some(first.index)
-                } else {
-                    Some(second.index)
-                }
-            }
-        }
+        // The choice within the pool is not what this oracle restates: it shares it.
+        pick_in_pool(
+            pool.len(),
+            |i| pool.get(i).copied(),
+            policy,
+            round_robin,
+            dice,
+        )
     }
 
     #[test]

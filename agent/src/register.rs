@@ -126,12 +126,11 @@ impl Registrar {
                     lease
                 }
                 Err(error) => {
-                    tracing::warn!(
-                        server = session.server(),
-                        error = %ErrorChain(&error),
-                        "cannot register; trying the next node"
+                    fail_over(
+                        &mut session,
+                        &error,
+                        "cannot register; trying the next node",
                     );
-                    session.fail_over();
                     if !session.back_off(&shutdown).await {
                         return;
                     }
@@ -167,12 +166,16 @@ impl Registrar {
                     () = tokio::time::sleep_until(report_after), if pending => {}
                     () = tokio::time::sleep_until(next_beat) => {
                         let beat = Heartbeat { node: node.clone() };
-                        let answer = tokio::select! {
-                            () = shutdown.cancelled() => {
-                                deregister(&mut session, &node).await;
-                                return;
-                            }
-                            answer = post::<_, Lease>(&session, HEARTBEAT_PATH, &beat) => answer,
+                        let Some(answer) = post_or_leave::<_, Lease>(
+                            &mut session,
+                            &shutdown,
+                            &node,
+                            HEARTBEAT_PATH,
+                            &beat,
+                        )
+                        .await
+                        else {
+                            return;
                         };
                         match answer {
                             Ok(_) => {
@@ -183,8 +186,11 @@ impl Registrar {
                             }
                             Err(RegistryError::UnknownNode) => continue 'register,
                             Err(error) => {
-                                tracing::warn!(server = session.server(), error = %ErrorChain(&error), "heartbeat failed; trying the next node");
-                                session.fail_over();
+                                fail_over(
+                                    &mut session,
+                                    &error,
+                                    "heartbeat failed; trying the next node",
+                                );
                                 next_beat = Instant::now() + jittered(&mut beat_retry, every);
                                 if last_renewal.elapsed() >= ttl {
                                     // The lease has run out by now: the registry has let go.
@@ -208,12 +214,16 @@ impl Registrar {
                     node: node.clone(),
                     changes,
                 };
-                let answer = tokio::select! {
-                    () = shutdown.cancelled() => {
-                        deregister(&mut session, &node).await;
-                        return;
-                    }
-                    answer = post::<_, serde_json::Value>(&session, HEALTH_PATH, &report) => answer,
+                let Some(answer) = post_or_leave::<_, serde_json::Value>(
+                    &mut session,
+                    &shutdown,
+                    &node,
+                    HEALTH_PATH,
+                    &report,
+                )
+                .await
+                else {
+                    return;
                 };
                 match answer {
                     Ok(_) => {
@@ -222,12 +232,7 @@ impl Registrar {
                     }
                     Err(RegistryError::UnknownNode) => continue 'register,
                     Err(error) => {
-                        tracing::warn!(
-                            server = session.server(),
-                            error = %ErrorChain(&error),
-                            "health report failed; will retry"
-                        );
-                        session.fail_over();
+                        fail_over(&mut session, &error, "health report failed; will retry");
                         report_after = Instant::now() + jittered(&mut report_retry, every);
                     }
                 }
@@ -243,6 +248,31 @@ async fn post<B: serde::Serialize, T: DeserializeOwned>(
     body: &B,
 ) -> Result<T, RegistryError> {
     Ok(session.post_json(path, body, REQUEST_TIMEOUT).await?)
+}
+
+/// [`post`] for the registered `node`, unless `shutdown` comes first: then the node leaves
+/// the registry and `None` tells the registrar to stop.
+async fn post_or_leave<B: serde::Serialize, T: DeserializeOwned>(
+    session: &mut ControlPlaneClient,
+    shutdown: &CancellationToken,
+    node: &str,
+    path: &str,
+    body: &B,
+) -> Option<Result<T, RegistryError>> {
+    tokio::select! {
+        () = shutdown.cancelled() => {
+            deregister(session, node).await;
+            None
+        }
+        answer = post(session, path, body) => Some(answer),
+    }
+}
+
+/// Logs a registry request that failed (`what` says which, and what happens next) and moves
+/// `session` on to the next control-plane node.
+fn fail_over(session: &mut ControlPlaneClient, error: &dyn std::error::Error, what: &str) {
+    tracing::warn!(server = session.server(), error = %ErrorChain(error), "{what}");
+    session.fail_over();
 }
 
 /// Leaves the registry, trying each node once within [`DEREGISTER_WAIT`] in all; a failure
@@ -264,10 +294,7 @@ async fn deregister(session: &mut ControlPlaneClient, node: &str) {
                 tracing::info!("deregistered from the control plane");
                 return;
             }
-            Err(error) => {
-                tracing::warn!(server = session.server(), error = %ErrorChain(&error), "cannot deregister");
-                session.fail_over();
-            }
+            Err(error) => fail_over(session, &error, "cannot deregister"),
         }
     }
 }

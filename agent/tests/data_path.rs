@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use hyphae_integration::agent::Agent;
 use hyphae_integration::backend::{Behaviour, TestBackend};
-use hyphae_integration::http::{get, http1_client, http2_client, send};
+use hyphae_integration::http::{Answer, exchange, get, http1_client, http2_client, send};
 use hyphae_integration::mesh::{caller_agent, caller_config, endpoint, host_agent, upstream_port};
 use hyphae_integration::ports::free_ports;
 use hyphae_integration::{DEADLINE, Signal, eventually};
@@ -31,11 +31,77 @@ fn two_hosts(first: &TestBackend, second: &TestBackend, policies: &str) -> ([Age
     ([a, b], caller)
 }
 
+/// A host agent `host` for `svc` in front of `backend`, and a caller whose one endpoint (in
+/// site `one`) it is, with `policies` appended to its config: `(host, caller)`.
+fn one_host(backend: &TestBackend, policies: &str) -> (Agent, Agent) {
+    let host = host_agent(AGENT, "host", "svc", backend);
+    let caller = caller_agent(AGENT, "svc", &[endpoint(&host, "one")], policies);
+    (host, caller)
+}
+
+/// GETs `path` through `caller`'s HTTP proxy port with `host` as the `Host` header.
+async fn get_by_host(caller: &Agent, host: &str, path: &str) -> Answer {
+    let proxy = caller.http_proxy.expect("proxy port");
+    let request = http::Request::get(format!("http://{proxy}{path}"))
+        .header("host", host)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("a request with a valid host");
+    exchange(&http1_client(), request)
+        .await
+        .expect("an answer through the proxy port")
+}
+
+/// Makes `calls` GETs to `svc` through `caller`, each of which must be a 200 from the backend
+/// named `by`.
+async fn all_answered_by(caller: &Agent, calls: usize, by: &str) {
+    let client = http1_client();
+    for _ in 0..calls {
+        let answer = get(&client, &url(caller, "svc", "/")).await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(&answer.body[..], by.as_bytes());
+    }
+}
+
+/// Asserts that `agent` has counted at least `at_least` of the counter `name` in the series
+/// whose labels contain `labels`.
+async fn assert_counted(agent: &Agent, name: &str, labels: &str, at_least: f64) {
+    let counted = agent.metric(name, labels).await;
+    assert!(
+        counted >= at_least,
+        "{name} {{{labels}}} is {counted}, not at least {at_least}"
+    );
+}
+
+/// Writes `yaml` over `agent`'s config file and sends it SIGHUP, then waits until it has
+/// counted a reload whose result is `result` (`applied` or `rejected`).
+async fn reload(agent: &Agent, yaml: &str, result: &str) {
+    std::fs::write(&agent.config, yaml).expect("write the agent's config file");
+    agent.signal(Signal::HUP);
+    let labels = format!("result=\"{result}\"");
+    agent
+        .metric_reaches("hyphae_config_reloads_total", &labels, 1.0)
+        .await;
+}
+
+/// Writes `bytes` to `address` on a new connection and reads until the agent closes it.
+async fn raw_exchange(address: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect to the agent");
+    stream.write_all(bytes).await.expect("write to the agent");
+    let mut answer = Vec::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut answer))
+        .await
+        .expect("the agent closes the connection")
+        .expect("read from the agent");
+    answer
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_and_http2_calls_cross_two_agents_by_port_and_by_proxy() {
     let backend = TestBackend::start("b1").await;
-    let host = host_agent(AGENT, "host", "svc", &backend);
-    let caller = caller_agent(AGENT, "svc", &[endpoint(&host, "one")], "");
+    let (_host, caller) = one_host(&backend, "");
 
     let answer = get(&http1_client(), &url(&caller, "svc", "/hello")).await;
     assert_eq!(answer.status, 200);
@@ -48,14 +114,9 @@ async fn http1_and_http2_calls_cross_two_agents_by_port_and_by_proxy() {
     let proxy = caller.http_proxy.expect("proxy port");
     let answer = get(&http1_client(), &format!("http://{proxy}/x")).await;
     assert_eq!(answer.status, 404, "no host means no service");
-    let client = http1_client();
-    let request = http::Request::get(format!("http://{proxy}/x"))
-        .header("host", "svc.mesh:8080")
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap();
-    let response = client.request(request).await.unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["x-seen-host"], "svc.mesh:8080");
+    let answer = get_by_host(&caller, "svc.mesh:8080", "/x").await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("x-seen-host"), Some("svc.mesh:8080"));
 
     let answered = caller
         .metric("hyphae_requests_total", "route=\"default\"")
@@ -81,55 +142,38 @@ async fn unknown_services_and_dead_endpoints_get_an_answer_not_a_hang() {
     let proxy = caller.http_proxy.expect("proxy port");
     let answer = get(&http1_client(), &format!("http://{proxy}/")).await;
     assert_eq!(answer.status, 404);
-    let client = http1_client();
-    let request = http::Request::get(format!("http://{proxy}/"))
-        .header("host", "nothing.mesh")
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap();
-    let response = client.request(request).await.unwrap();
-    assert_eq!(response.status(), 404);
-    assert_eq!(response.headers()["hyphae-error"], "unknown-service");
+    let answer = get_by_host(&caller, "nothing.mesh", "/").await;
+    assert_eq!(answer.status, 404);
+    assert_eq!(answer.header("hyphae-error"), Some("unknown-service"));
 
     let answer = get(&http1_client(), &url(&caller, "svc", "/")).await;
     assert_eq!(answer.status, 502);
     assert_eq!(answer.header("hyphae-error"), Some("connect-failed"));
-    assert!(
-        caller
-            .metric("hyphae_errors_total", "reason=\"connect-failed\"")
-            .await
-            >= 1.0
-    );
+    assert_counted(
+        &caller,
+        "hyphae_errors_total",
+        "reason=\"connect-failed\"",
+        1.0,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_503_is_retried_on_the_other_endpoint() {
-    let failing = TestBackend::start("failing").await;
-    failing.set(Behaviour::status(503));
+    let failing = TestBackend::start_as("failing", Behaviour::status(503)).await;
     let healthy = TestBackend::start("healthy").await;
     // Round robin starts every other call on the failing endpoint (P2C might never pick it).
     let policy = "---\nkind: ServicePolicy\nmetadata: {name: svc}\nspec:\n  loadBalancer: {policy: round-robin}\n  circuitBreaker: {outlierDetection: {consecutiveFailures: 0}}\n";
     let (_hosts, caller) = two_hosts(&failing, &healthy, policy);
-    let client = http1_client();
-    for _ in 0..20 {
-        let answer = get(&client, &url(&caller, "svc", "/")).await;
-        assert_eq!(answer.status, 200);
-        assert_eq!(&answer.body[..], b"healthy");
-    }
+    all_answered_by(&caller, 20, "healthy").await;
     assert!(failing.requests() >= 5, "the failing endpoint was tried");
-    assert!(
-        caller
-            .metric("hyphae_retries_total", "service=\"svc\"")
-            .await
-            >= 1.0
-    );
+    assert_counted(&caller, "hyphae_retries_total", "service=\"svc\"", 1.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_is_not_retried_unless_the_policy_says_so() {
-    let backend = TestBackend::start("b").await;
-    backend.set(Behaviour::status(503));
-    let host = host_agent(AGENT, "host", "svc", &backend);
-    let caller = caller_agent(AGENT, "svc", &[endpoint(&host, "one")], "");
+    let backend = TestBackend::start_as("b", Behaviour::status(503)).await;
+    let (host, caller) = one_host(&backend, "");
     let answer = send(
         &http1_client(),
         "POST",
@@ -166,11 +210,9 @@ async fn post_is_not_retried_unless_the_policy_says_so() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_retry_budget_holds_under_a_total_outage() {
-    let backend = TestBackend::start("down").await;
-    backend.set(Behaviour::status(503));
-    let host = host_agent(AGENT, "host", "svc", &backend);
+    let backend = TestBackend::start_as("down", Behaviour::status(503)).await;
     let policy = "---\nkind: ServicePolicy\nmetadata: {name: svc}\nspec:\n  retries:\n    attempts: 3\n    backoff: {base: 1ms, max: 1ms}\n    budget: {ratio: 0.2, minPerSecond: 1, window: 1s}\n  circuitBreaker:\n    outlierDetection: {consecutiveFailures: 0}\n";
-    let caller = caller_agent(AGENT, "svc", &[endpoint(&host, "one")], policy);
+    let (_host, caller) = one_host(&backend, policy);
     let client = http1_client();
     let requests = 200;
     let started = std::time::Instant::now();
@@ -186,44 +228,33 @@ async fn the_retry_budget_holds_under_a_total_outage() {
         "{attempts} attempts for {requests} requests (bound {bound})"
     );
     assert!(attempts > requests as f64, "some retries were made");
-    assert!(
-        caller
-            .metric("hyphae_retry_budget_exhausted_total", "service=\"svc\"")
-            .await
-            > 0.0
-    );
+    assert_counted(
+        &caller,
+        "hyphae_retry_budget_exhausted_total",
+        "service=\"svc\"",
+        1.0,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_per_try_timeout_moves_the_call_to_another_endpoint() {
-    let slow = TestBackend::start("slow").await;
-    slow.set(Behaviour::delay(Duration::from_secs(5)));
+    let slow = TestBackend::start_as("slow", Behaviour::delay(Duration::from_secs(5))).await;
     let fast = TestBackend::start("fast").await;
     // Round robin makes every other call start on the slow endpoint.
     let policy = "---\nkind: ServicePolicy\nmetadata: {name: svc}\nspec:\n  loadBalancer: {policy: round-robin}\n  retries: {perTryTimeout: 200ms, on: [timeout]}\n  circuitBreaker: {outlierDetection: {consecutiveFailures: 0}}\n";
     let (_hosts, caller) = two_hosts(&slow, &fast, policy);
-    let client = http1_client();
-    for _ in 0..5 {
-        let answer = get(&client, &url(&caller, "svc", "/")).await;
-        assert_eq!(answer.status, 200);
-        assert_eq!(&answer.body[..], b"fast");
-    }
+    all_answered_by(&caller, 5, "fast").await;
     assert!(
         slow.requests() >= 2,
         "the slow endpoint was tried and timed out"
     );
-    assert!(
-        caller
-            .metric("hyphae_retries_total", "service=\"svc\"")
-            .await
-            >= 2.0
-    );
+    assert_counted(&caller, "hyphae_retries_total", "service=\"svc\"", 2.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ejected_endpoint_gets_no_traffic_until_its_ejection_ends() {
-    let bad = TestBackend::start("bad").await;
-    bad.set(Behaviour::status(500));
+    let bad = TestBackend::start_as("bad", Behaviour::status(500)).await;
     let good = TestBackend::start("good").await;
     let policy = "---\nkind: ServicePolicy\nmetadata: {name: svc}\nspec:\n  loadBalancer: {policy: round-robin}\n  circuitBreaker:\n    outlierDetection: {consecutiveFailures: 3, baseEjectionTime: 1s, maxEjectedShare: 0.5}\n";
     let (_hosts, caller) = two_hosts(&bad, &good, policy);
@@ -255,11 +286,9 @@ async fn an_ejected_endpoint_gets_no_traffic_until_its_ejection_ends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_request_limit_answers_a_fast_503() {
-    let backend = TestBackend::start("slow").await;
-    backend.set(Behaviour::delay(Duration::from_secs(3)));
-    let host = host_agent(AGENT, "host", "svc", &backend);
+    let backend = TestBackend::start_as("slow", Behaviour::delay(Duration::from_secs(3))).await;
     let policy = "---\nkind: ServicePolicy\nmetadata: {name: svc}\nspec:\n  circuitBreaker: {maxRequests: 2}\n";
-    let caller = caller_agent(AGENT, "svc", &[endpoint(&host, "one")], policy);
+    let (_host, caller) = one_host(&backend, policy);
     let target = url(&caller, "svc", "/");
     let hanging: Vec<_> = (0..2)
         .map(|_| {
@@ -286,10 +315,8 @@ async fn the_request_limit_answers_a_fast_503() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p2c_sends_most_traffic_to_the_faster_endpoint() {
-    let slow = TestBackend::start("slow").await;
-    slow.set(Behaviour::delay(Duration::from_millis(50)));
-    let fast = TestBackend::start("fast").await;
-    fast.set(Behaviour::delay(Duration::from_millis(5)));
+    let slow = TestBackend::start_as("slow", Behaviour::delay(Duration::from_millis(50))).await;
+    let fast = TestBackend::start_as("fast", Behaviour::delay(Duration::from_millis(5))).await;
     let (_hosts, caller) = two_hosts(&slow, &fast, "");
     let client = http1_client();
     for _ in 0..100 {
@@ -345,8 +372,7 @@ async fn calls_stay_in_the_site_and_spill_over_only_when_it_fails() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_megabytes_stream_up_and_down() {
     let backend = TestBackend::start("big").await;
-    let host = host_agent(AGENT, "host", "svc", &backend);
-    let caller = caller_agent(AGENT, "svc", &[endpoint(&host, "one")], "");
+    let (_host, caller) = one_host(&backend, "");
     let upload = vec![b'u'; 10 * 1024 * 1024];
     let answer = send(
         &http1_client(),
@@ -373,10 +399,8 @@ async fn ten_megabytes_stream_up_and_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_calls_then_exits_0() {
-    let backend = TestBackend::start("slow").await;
-    backend.set(Behaviour::delay(Duration::from_millis(800)));
-    let host = host_agent(AGENT, "host", "svc", &backend);
-    let mut caller = caller_agent(AGENT, "svc", &[endpoint(&host, "one")], "");
+    let backend = TestBackend::start_as("slow", Behaviour::delay(Duration::from_millis(800))).await;
+    let (_host, mut caller) = one_host(&backend, "");
     let target = url(&caller, "svc", "/");
     let in_flight = tokio::spawn(async move { get(&http1_client(), &target).await });
     eventually("the call to reach the app", || async {
@@ -410,30 +434,20 @@ async fn sighup_with_a_bad_file_keeps_serving_the_old_config() {
         b"one"
     );
 
-    std::fs::write(
-        &caller.config,
+    reload(
+        &caller,
         "kind: AgentConfig\nmetadata: {name: caller}\nspec:\n  site: [broken\n",
+        "rejected",
     )
-    .unwrap();
-    caller.signal(Signal::HUP);
-    caller
-        .metric_reaches("hyphae_config_reloads_total", "result=\"rejected\"", 1.0)
-        .await;
+    .await;
     assert_eq!(
         &get(&client, &url(&caller, "svc", "/")).await.body[..],
         b"one",
         "old config still served"
     );
 
-    std::fs::write(
-        &caller.config,
-        caller_config("svc", &[endpoint(&b, "one")], port, ""),
-    )
-    .unwrap();
-    caller.signal(Signal::HUP);
-    caller
-        .metric_reaches("hyphae_config_reloads_total", "result=\"applied\"", 1.0)
-        .await;
+    let new_config = caller_config("svc", &[endpoint(&b, "one")], port, "");
+    reload(&caller, &new_config, "applied").await;
     assert_eq!(
         &get(&client, &url(&caller, "svc", "/")).await.body[..],
         b"two",
@@ -508,17 +522,11 @@ async fn slow_or_malformed_request_heads_get_closed_or_a_400() {
     assert_eq!(backend.requests(), 0);
 
     // A malformed head gets a 400 from the agent, not a crash or a hang.
-    let mut bad = tokio::net::TcpStream::connect(caller.upstream("svc"))
-        .await
-        .unwrap();
-    bad.write_all(b"GET / HTTP/1.1\r\nHost: svc\r\nBad Header Line\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(DEADLINE, bad.read_to_end(&mut answer))
-        .await
-        .unwrap()
-        .unwrap();
+    let answer = raw_exchange(
+        caller.upstream("svc"),
+        b"GET / HTTP/1.1\r\nHost: svc\r\nBad Header Line\r\n\r\n",
+    )
+    .await;
     assert!(
         answer.starts_with(b"HTTP/1.1 400"),
         "{}",
@@ -533,27 +541,16 @@ async fn slow_or_malformed_request_heads_get_closed_or_a_400() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_http1_requests_are_answered_in_order() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let backend = TestBackend::start("b").await;
-    let host = host_agent(AGENT, "host", "svc", &backend);
-    let caller = caller_agent(AGENT, "svc", &[endpoint(&host, "one")], "");
-    let mut stream = tokio::net::TcpStream::connect(caller.upstream("svc"))
-        .await
-        .unwrap();
+    let (_host, caller) = one_host(&backend, "");
     // Three requests in one write; the third asks for the connection to close.
-    stream
-        .write_all(
-            b"GET /bytes/1 HTTP/1.1\r\nHost: svc\r\n\r\n\
-              GET /bytes/2 HTTP/1.1\r\nHost: svc\r\n\r\n\
-              GET /bytes/3 HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n",
-        )
-        .await
-        .unwrap();
-    let mut answers = Vec::new();
-    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut answers))
-        .await
-        .unwrap()
-        .unwrap();
+    let answers = raw_exchange(
+        caller.upstream("svc"),
+        b"GET /bytes/1 HTTP/1.1\r\nHost: svc\r\n\r\n\
+          GET /bytes/2 HTTP/1.1\r\nHost: svc\r\n\r\n\
+          GET /bytes/3 HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     let text = String::from_utf8_lossy(&answers);
     let bodies: Vec<&str> = text
         .split("HTTP/1.1 ")

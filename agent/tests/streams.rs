@@ -9,7 +9,7 @@ use std::path::Path;
 use futures_util::{SinkExt, StreamExt};
 use hyphae_integration::DEADLINE;
 use hyphae_integration::agent::Agent;
-use hyphae_integration::mesh::upstream_port;
+use hyphae_integration::mesh::{host_agent_for, upstream_port};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
@@ -52,17 +52,6 @@ async fn websocket_echo() -> std::net::SocketAddr {
 
 const AGENT: &str = env!("CARGO_BIN_EXE_hyphae-agent");
 
-fn host_for(name: &str, service: &str, port: u16, protocol: &str) -> Agent {
-    Agent::start_yaml(
-        Path::new(AGENT),
-        name,
-        &format!(
-            "kind: AgentConfig\nmetadata: {{name: {name}}}\nspec:\n  listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: null, dns: null}}\n  services:\n    - {{name: {service}, port: {port}, protocol: {protocol}}}\n"
-        ),
-    )
-    .unwrap()
-}
-
 fn caller_for(service: &str, protocol: &str, host: &Agent) -> Agent {
     Agent::start_yaml(
         Path::new(AGENT),
@@ -76,28 +65,33 @@ fn caller_for(service: &str, protocol: &str, host: &Agent) -> Agent {
     .unwrap()
 }
 
-async fn echo_round_trip(stream: &mut TcpStream, payload: &[u8]) -> Vec<u8> {
+/// A TCP echo server behind a host agent as the opaque TCP service `echo`, and a caller that
+/// believes `echo` speaks `caller_protocol`: `[host, caller]`.
+async fn echo_behind_agents(caller_protocol: &str) -> [Agent; 2] {
+    let echo = tcp_echo().await;
+    let host = host_agent_for(AGENT, "host", "echo", echo.port(), "tcp");
+    let caller = caller_for("echo", caller_protocol, &host);
+    [host, caller]
+}
+
+/// Writes `payload` to `stream` and asserts that the same bytes come back.
+async fn assert_echoed(stream: &mut TcpStream, payload: &[u8]) {
     stream.write_all(payload).await.unwrap();
     let mut got = vec![0u8; payload.len()];
     tokio::time::timeout(DEADLINE, stream.read_exact(&mut got))
         .await
         .unwrap()
         .unwrap();
-    got
+    assert_eq!(got, payload);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opaque_tcp_echoes_across_two_agents() {
-    let echo = tcp_echo().await;
-    let host = host_for("host", "echo", echo.port(), "tcp");
-    let caller = caller_for("echo", "tcp", &host);
+    let [_host, caller] = echo_behind_agents("tcp").await;
     let mut stream = TcpStream::connect(caller.upstream("echo")).await.unwrap();
-    assert_eq!(
-        echo_round_trip(&mut stream, b"hello over the mesh").await,
-        b"hello over the mesh"
-    );
+    assert_echoed(&mut stream, b"hello over the mesh").await;
     let big: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
-    assert_eq!(echo_round_trip(&mut stream, &big).await, big);
+    assert_echoed(&mut stream, &big).await;
     // Half-close reaches the server, whose echo then ends the stream.
     stream.shutdown().await.unwrap();
     let mut rest = Vec::new();
@@ -110,21 +104,16 @@ async fn opaque_tcp_echoes_across_two_agents() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_does_not_speak_http_is_detected_as_tcp() {
-    let echo = tcp_echo().await;
-    let host = host_for("host", "echo", echo.port(), "tcp");
     // The caller believes the service speaks HTTP; the client's first bytes say otherwise.
-    let caller = caller_for("echo", "http", &host);
+    let [_host, caller] = echo_behind_agents("http").await;
     let mut stream = TcpStream::connect(caller.upstream("echo")).await.unwrap();
-    assert_eq!(
-        echo_round_trip(&mut stream, b"\x00\x01binary protocol").await,
-        b"\x00\x01binary protocol"
-    );
+    assert_echoed(&mut stream, b"\x00\x01binary protocol").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_echoes_across_two_agents() {
     let server = websocket_echo().await;
-    let host = host_for("host", "chat", server.port(), "http");
+    let host = host_agent_for(AGENT, "host", "chat", server.port(), "http");
     let caller = caller_for("chat", "http", &host);
     let stream = TcpStream::connect(caller.upstream("chat")).await.unwrap();
     let (mut socket, response) = tokio_tungstenite::client_async("ws://chat.mesh/room", stream)
@@ -155,9 +144,7 @@ async fn websocket_echoes_across_two_agents() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_connect_on_the_proxy_port_tunnels_to_the_named_service() {
-    let echo = tcp_echo().await;
-    let host = host_for("host", "echo", echo.port(), "tcp");
-    let caller = caller_for("echo", "tcp", &host);
+    let [_host, caller] = echo_behind_agents("tcp").await;
     let mut stream = TcpStream::connect(caller.http_proxy.unwrap())
         .await
         .unwrap();
@@ -179,10 +166,7 @@ async fn http_connect_on_the_proxy_port_tunnels_to_the_named_service() {
         "{}",
         String::from_utf8_lossy(&head)
     );
-    assert_eq!(
-        echo_round_trip(&mut stream, b"tunnelled").await,
-        b"tunnelled"
-    );
+    assert_echoed(&mut stream, b"tunnelled").await;
     // Closing the tunnel ends the stream, whose bytes are then counted.
     drop(stream);
     caller

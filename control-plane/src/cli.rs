@@ -70,6 +70,29 @@ pub struct ServerArgs {
     pub token_file: Option<std::path::PathBuf>,
 }
 
+/// Where to read from, and whether a stale read will do, for commands that only read.
+#[derive(Debug, Clone, Args)]
+pub struct ReadArgs {
+    /// Read from the node you talk to without a quorum round (may be slightly behind).
+    #[arg(long)]
+    pub stale: bool,
+    /// Where the control plane is.
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+impl ReadArgs {
+    /// `path` (which may carry a query already) with `stale=true` added to its query when
+    /// `--stale` was given.
+    pub fn path(&self, path: &str) -> String {
+        if !self.stale {
+            return path.to_string();
+        }
+        let separator = if path.contains('?') { '&' } else { '?' };
+        format!("{path}{separator}stale=true")
+    }
+}
+
 impl ServerArgs {
     /// The node to talk to.
     pub fn address(&self) -> String {

@@ -16,6 +16,9 @@ use serde_json::Value;
 
 const CONTROL_PLANE: &str = env!("CARGO_BIN_EXE_hyphae-control-plane");
 
+/// The example policies shipped in the repository.
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/examples");
+
 /// Three nodes configured in `dir` (short Raft timings), not started.
 fn cluster(dir: &Path) -> Cluster {
     Cluster::configure(Path::new(CONTROL_PLANE), dir, 3, SHORT_WRITE_TIMEOUT)
@@ -172,9 +175,8 @@ async fn the_cli_applies_diffs_gets_and_deletes_against_a_single_node() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut cluster = single_node(dir.path()).await;
     let server = cluster.node(1).address;
-    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/examples");
 
-    let (code, text) = hyphae(server, &["apply", "-f", examples]);
+    let (code, text) = hyphae(server, &["apply", "-f", EXAMPLES]);
     assert_eq!(code, Some(0), "{text}");
     assert!(
         text.starts_with("applied 9 object(s) at revision"),
@@ -191,7 +193,7 @@ async fn the_cli_applies_diffs_gets_and_deletes_against_a_single_node() {
     // A changed file shows its diff and applies nothing.
     let changed = dir.path().join("changed.yaml");
     let services =
-        std::fs::read_to_string(format!("{examples}/services.yaml")).expect("read example");
+        std::fs::read_to_string(format!("{EXAMPLES}/services.yaml")).expect("read example");
     std::fs::write(&changed, services.replace("attempts: 3", "attempts: 4")).expect("write");
     let (code, text) = hyphae(
         server,
@@ -284,14 +286,7 @@ async fn nodes_join_as_learners_become_voters_and_leave() {
     .await;
     let (code, text) = hyphae(
         first,
-        &[
-            "apply",
-            "-f",
-            concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../policies/examples/services.yaml"
-            ),
-        ],
+        &["apply", "-f", &format!("{EXAMPLES}/services.yaml")],
     );
     assert_eq!(code, Some(0), "{text}");
 
@@ -320,17 +315,7 @@ async fn nodes_join_as_learners_become_voters_and_leave() {
     let (_, status) = call("GET", first, "/v1/cluster", "").await;
     assert_eq!(status["voters"], serde_json::json!([1]), "{status}");
     nodes[1].kill();
-    let (code, text) = hyphae(
-        first,
-        &[
-            "apply",
-            "-f",
-            concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../policies/examples/routes.yaml"
-            ),
-        ],
-    );
+    let (code, text) = hyphae(first, &["apply", "-f", &format!("{EXAMPLES}/routes.yaml")]);
     assert_eq!(
         code,
         Some(0),
@@ -404,8 +389,7 @@ async fn describe_shows_a_policy_its_yaml_and_what_refers_to_it() {
     let dir = tempfile::tempdir().expect("temp dir");
     let node = single_node(dir.path()).await;
     let server = node.node(1).address;
-    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/examples");
-    let (code, text) = hyphae(server, &["apply", "-f", examples]);
+    let (code, text) = hyphae(server, &["apply", "-f", EXAMPLES]);
     assert_eq!(code, Some(0), "{text}");
     let (_, stored) = call("GET", server, "/v1/policies/Route/catalog-canary", "").await;
 

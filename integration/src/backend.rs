@@ -112,6 +112,14 @@ impl TestBackend {
         }
     }
 
+    /// Starts a backend called `name` (see [`TestBackend::start`]) that answers as `behaviour`
+    /// says from its first request on.
+    pub async fn start_as(name: &str, behaviour: Behaviour) -> TestBackend {
+        let backend = TestBackend::start(name).await;
+        backend.set(behaviour);
+        backend
+    }
+
     /// Its port.
     pub fn port(&self) -> u16 {
         self.address.port()

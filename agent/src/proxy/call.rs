@@ -5,14 +5,14 @@
 use std::net::SocketAddr;
 
 use http::request::Parts;
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response, Uri, Version};
 use http_body::Body as _;
 use hyphae_policies::{HeaderRewrite, RetryPolicy};
 use tokio::time::Instant;
 
 use super::endpoint::{self, Chosen};
-use super::headers::{DESTINATION, strip_hop_by_hop};
+use super::headers::{DESTINATION, path_or_root, request_authority, strip_hop_by_hop};
 use super::{Proxy, error_response};
 use crate::body::{self, Body};
 use crate::circuit::Outcome;
@@ -201,23 +201,10 @@ impl Call<'_> {
     /// headers, the destination service in a header, the rule's header rewrites applied.
     fn forward_request(&self, body: Body) -> Result<Request<Body>, ProxyError> {
         let parts = self.parts;
-        let authority = parts
-            .uri
-            .authority()
-            .cloned()
-            .or_else(|| {
-                parts
-                    .headers
-                    .get(http::header::HOST)
-                    .and_then(|h| Authority::try_from(h.as_bytes()).ok())
-            })
+        let authority = request_authority(parts)
             .or_else(|| Authority::try_from(self.target.name.as_str()).ok())
             .ok_or_else(|| ProxyError::BadRequest("the request names no host".into()))?;
-        let path = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let path = path_or_root(parts);
         let uri = Uri::builder()
             .scheme(Scheme::HTTP)
             .authority(authority)

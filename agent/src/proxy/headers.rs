@@ -1,10 +1,12 @@
-//! Header rules at hop boundaries: what must not cross a hop, and the header that carries the
-//! destination service between agents.
+//! Header rules at hop boundaries: what must not cross a hop, the header that carries the
+//! destination service between agents, and where a request's authority and path are read from.
 
 use http::header::{
-    CONNECTION, Entry, HeaderName, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRANSFER_ENCODING,
-    UPGRADE,
+    CONNECTION, Entry, HOST, HeaderName, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
+    TRANSFER_ENCODING, UPGRADE,
 };
+use http::request::Parts;
+use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, HeaderValue};
 
 /// Carries the destination service (`name` or `name:port`) from the calling agent to the peer.
@@ -25,6 +27,26 @@ static HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     UPGRADE,
     TE,
 ];
+
+/// The authority the caller addressed: the URI's (HTTP/2 `:authority` or an absolute-form
+/// target), else the `Host` header's; `None` when neither holds a valid one.
+pub fn request_authority(parts: &Parts) -> Option<Authority> {
+    parts.uri.authority().cloned().or_else(|| {
+        parts
+            .headers
+            .get(HOST)
+            .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+    })
+}
+
+/// The request's path and query, `/` when the target has none (an authority-form request).
+pub fn path_or_root(parts: &Parts) -> PathAndQuery {
+    parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"))
+}
 
 /// Removes hop-by-hop headers, including those named in `Connection`. `te: trailers` is kept:
 /// gRPC needs it end to end and HTTP/2 allows it.

@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use super::headers::{DESTINATION, strip_hop_by_hop};
+use super::headers::{DESTINATION, path_or_root, request_authority, strip_hop_by_hop};
 use super::{Proxy, error_response, pipe, stream, without_body_for_head};
 use crate::body::{self, Body};
 use crate::error::{Cause, ProxyError};
@@ -254,23 +254,9 @@ async fn forward_to_instance(
 ) -> Result<Response<Body>, ProxyError> {
     let (mut parts, body) = request.into_parts();
     let instance = local_instance(proxy, &mut parts.headers)?;
-    let authority = parts
-        .uri
-        .authority()
-        .cloned()
-        .or_else(|| {
-            parts
-                .headers
-                .get(http::header::HOST)
-                .and_then(|h| Authority::try_from(h.as_bytes()).ok())
-        })
-        .unwrap_or_else(|| instance.authority.clone());
+    let authority = request_authority(&parts).unwrap_or_else(|| instance.authority.clone());
     strip_hop_by_hop(&mut parts.headers);
-    let path = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let path = path_or_root(&parts);
     let uri = |authority: Authority| {
         Uri::builder()
             .scheme(Scheme::HTTP)

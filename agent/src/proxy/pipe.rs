@@ -79,26 +79,10 @@ where
     while a_open || b_open {
         tokio::select! {
             read = a_read.read(&mut a_buf), if a_open => {
-                let n = read?;
-                if n == 0 {
-                    a_open = false;
-                    b_write.shutdown().await?;
-                } else {
-                    b_write.write_all(&a_buf[..n]).await?;
-                    b_write.flush().await?;
-                    *a_to_b += n as u64;
-                }
+                pass_on(read?, &a_buf, &mut b_write, &mut a_open, a_to_b).await?;
             }
             read = b_read.read(&mut b_buf), if b_open => {
-                let n = read?;
-                if n == 0 {
-                    b_open = false;
-                    a_write.shutdown().await?;
-                } else {
-                    a_write.write_all(&b_buf[..n]).await?;
-                    a_write.flush().await?;
-                    *b_to_a += n as u64;
-                }
+                pass_on(read?, &b_buf, &mut a_write, &mut b_open, b_to_a).await?;
             }
             () = tokio::time::sleep(idle) => {
                 return Err(std::io::Error::new(
@@ -109,6 +93,27 @@ where
         }
     }
     Ok(())
+}
+
+/// Passes on one read of `n` bytes from `buf` in one direction: the bytes to `to`, counted in
+/// `moved`; or, when the read found the end, the end as a write shutdown that closes the
+/// direction.
+async fn pass_on<W: AsyncWrite + Unpin>(
+    n: usize,
+    buf: &[u8],
+    to: &mut W,
+    open: &mut bool,
+    moved: &mut u64,
+) -> std::io::Result<()> {
+    if n == 0 {
+        *open = false;
+        to.shutdown().await
+    } else {
+        to.write_all(&buf[..n]).await?;
+        to.flush().await?;
+        *moved += n as u64;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use hyphae_policies::{Action, Completeness, Identity, Kind, LoadOptions, Policy,
 
 use super::schema::parse_kind;
 use super::table::columns;
-use super::{Outcome, ServerArgs};
+use super::{Outcome, ReadArgs};
 use crate::state::StoredPolicy;
 
 /// Arguments of `hyphae describe`.
@@ -22,12 +22,9 @@ pub struct DescribeArgs {
     pub kind: Kind,
     /// The name within the kind.
     pub name: String,
-    /// Read from the node you talk to without a quorum round (may be slightly behind).
-    #[arg(long)]
-    pub stale: bool,
-    /// Where the control plane is.
+    /// Where to read from, and whether a stale read will do.
     #[command(flatten)]
-    pub server: ServerArgs,
+    pub read: ReadArgs,
 }
 
 /// Runs `hyphae describe`.
@@ -38,9 +35,8 @@ pub fn run(args: &DescribeArgs, out: &mut dyn std::io::Write) -> Result<Outcome>
             args.kind
         );
     }
-    let client = args.server.client()?;
-    let query = if args.stale { "?stale=true" } else { "" };
-    let answer = client.expect_ok("GET", &format!("/v1/policies{query}"), "")?;
+    let client = args.read.server.client()?;
+    let answer = client.expect_ok("GET", &args.read.path("/v1/policies"), "")?;
     let stored: Vec<StoredPolicy> = serde_json::from_value(answer)
         .context("the control plane's list of policies is not in the expected form")?;
     let Some(index) = stored

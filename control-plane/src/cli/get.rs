@@ -4,7 +4,7 @@ use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 use serde_json::Value;
 
-use super::{Outcome, ServerArgs};
+use super::{Outcome, ReadArgs, ServerArgs};
 
 /// How to print what was read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -27,12 +27,9 @@ pub struct GetArgs {
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
-    /// Read from the node you talk to without a quorum round (may be slightly behind).
-    #[arg(long)]
-    pub stale: bool,
-    /// Where the control plane is.
+    /// Where to read from, and whether a stale read will do.
     #[command(flatten)]
-    pub server: ServerArgs,
+    pub read: ReadArgs,
 }
 
 /// Arguments of `hyphae delete`.
@@ -49,17 +46,15 @@ pub struct DeleteArgs {
 
 /// Runs `hyphae get`.
 pub fn run_get(args: &GetArgs, out: &mut dyn std::io::Write) -> Result<Outcome> {
-    let client = args.server.client()?;
-    let stale = if args.stale { "stale=true" } else { "" };
-    let policies: Vec<Value> = match (&args.kind, &args.name) {
-        (Some(kind), Some(name)) => {
-            vec![client.expect_ok("GET", &format!("/v1/policies/{kind}/{name}?{stale}"), "")?]
-        }
-        (Some(kind), None) => {
-            list(&client.expect_ok("GET", &format!("/v1/policies?kind={kind}&{stale}"), "")?)?
-        }
-        (None, _) => list(&client.expect_ok("GET", &format!("/v1/policies?{stale}"), "")?)?,
+    let client = args.read.server.client()?;
+    // A kind and a name read one policy; anything less, a list.
+    let (path, one) = match (&args.kind, &args.name) {
+        (Some(kind), Some(name)) => (format!("/v1/policies/{kind}/{name}"), true),
+        (Some(kind), None) => (format!("/v1/policies?kind={kind}"), false),
+        (None, _) => ("/v1/policies".to_string(), false),
     };
+    let answer = client.expect_ok("GET", &args.read.path(&path), "")?;
+    let policies = if one { vec![answer] } else { list(&answer)? };
     match args.output {
         Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(&policies)?)?,
         Output::Yaml => {

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::get::Output;
 use super::table::table;
-use super::{Outcome, ServerArgs};
+use super::{Outcome, ReadArgs};
 use crate::wire::NodeView;
 
 /// Path of the service list on a control-plane node.
@@ -24,18 +24,14 @@ pub struct RegistryArgs {
     /// Output format (`yaml` prints the records as YAML).
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
-    /// Read from the node you talk to without a quorum round (may be slightly behind).
-    #[arg(long)]
-    pub stale: bool,
-    /// Where the control plane is.
+    /// Where to read from, and whether a stale read will do.
     #[command(flatten)]
-    pub server: ServerArgs,
+    pub read: ReadArgs,
 }
 
 impl RegistryArgs {
     fn read<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
-        let query = if self.stale { "?stale=true" } else { "" };
-        self.server.client()?.get_newer(&format!("{path}{query}"))
+        self.read.server.client()?.get_newer(&self.read.path(path))
     }
 }
 

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::ops::Bound;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::storage::{RaftLogStorage, RaftStateMachine};
+use openraft::storage::{RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::testing::{StoreBuilder, Suite, log_id};
 use openraft::{
     BasicNode, EntryPayload, ErrorSubject, ErrorVerb, Membership, Raft, RaftLogReader,
@@ -110,6 +110,25 @@ async fn open_store(path: &Path) -> (LogStore, StateMachineStore) {
     open(path, 100).await.expect("store opens")
 }
 
+/// A snapshot of what `state_machine` holds now.
+async fn build_snapshot(state_machine: &mut StateMachineStore) -> Snapshot<TypeConfig> {
+    state_machine
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap()
+}
+
+/// The store files of a leader and of a follower it sends a snapshot to, each in its own temp
+/// dir, which lives as long as the returned dirs do.
+fn leader_and_follower() -> ([TempDir; 2], PathBuf, PathBuf) {
+    let dirs = [TempDir::new().unwrap(), TempDir::new().unwrap()];
+    let leader = dirs[0].path().join(STORE_FILE);
+    let follower = dirs[1].path().join(STORE_FILE);
+    (dirs, leader, follower)
+}
+
 #[tokio::test]
 async fn reopening_restores_vote_log_and_state_machine() {
     let dir = TempDir::new().unwrap();
@@ -152,12 +171,7 @@ async fn reopening_restores_vote_log_and_state_machine() {
                 },
             ]
         );
-        let snapshot = state_machine
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let snapshot = build_snapshot(&mut state_machine).await;
         let responses = state_machine.apply(entries[4..].to_vec()).await.unwrap();
         assert_eq!(
             responses,
@@ -209,11 +223,9 @@ async fn reopening_restores_vote_log_and_state_machine() {
 
 #[tokio::test]
 async fn installing_a_snapshot_replaces_the_state_and_survives_reopen() {
-    let leader_dir = TempDir::new().unwrap();
-    let follower_dir = TempDir::new().unwrap();
-    let follower_path = follower_dir.path().join(STORE_FILE);
+    let (_dirs, leader_path, follower_path) = leader_and_follower();
 
-    let (_leader_log, mut leader) = open_store(&leader_dir.path().join(STORE_FILE)).await;
+    let (_leader_log, mut leader) = open_store(&leader_path).await;
     leader
         .apply([
             membership(1, &[1, 2]),
@@ -227,12 +239,7 @@ async fn installing_a_snapshot_replaces_the_state_and_survives_reopen() {
         ])
         .await
         .unwrap();
-    let snapshot = leader
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let snapshot = build_snapshot(&mut leader).await;
 
     {
         let (_log, mut follower) = open_store(&follower_path).await;
@@ -277,16 +284,9 @@ async fn installing_a_snapshot_replaces_the_state_and_survives_reopen() {
 
 #[tokio::test]
 async fn a_snapshot_of_an_empty_state_installs_and_reopens() {
-    let leader_dir = TempDir::new().unwrap();
-    let follower_dir = TempDir::new().unwrap();
-    let follower_path = follower_dir.path().join(STORE_FILE);
-    let (_leader_log, mut leader) = open_store(&leader_dir.path().join(STORE_FILE)).await;
-    let snapshot = leader
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let (_dirs, leader_path, follower_path) = leader_and_follower();
+    let (_leader_log, mut leader) = open_store(&leader_path).await;
+    let snapshot = build_snapshot(&mut leader).await;
     assert_eq!(snapshot.meta.last_log_id, None);
     {
         let (_log, mut follower) = open_store(&follower_path).await;
