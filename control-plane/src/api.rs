@@ -211,6 +211,13 @@ async fn handle_buffered(node: &Node, request: Request<Incoming>) -> Response<Fu
         authorization: parts.headers.get(http::header::AUTHORIZATION).cloned(),
         body,
     };
+    if caller == Caller::AskLeader {
+        let metrics = node.raft.metrics().borrow().clone();
+        return match leader::to_current_leader(&metrics) {
+            Routed::Forward(leader) => leader::forward(node, &request, &leader).await,
+            Routed::Error(error) => error.into_response(),
+        };
+    }
     match route(node, &request).await {
         Ok(response) => response,
         Err(Routed::Error(error)) => error.into_response(),

@@ -67,10 +67,14 @@ pub(crate) enum Caller {
     Unchecked,
     /// The named token.
     Token(String),
+    /// A token this follower does not know, perhaps created a moment ago and not yet applied
+    /// here: the request goes to the leader, which checks it against the newest table.
+    AskLeader,
 }
 
 /// Checks the caller of `method path` against what the route requires: 401 without a valid
-/// token, 403 with one whose role is too low.
+/// token, 403 with one whose role is too low. A follower that does not know a token, for a
+/// request not forwarded already, answers [`Caller::AskLeader`].
 pub(crate) async fn check(
     node: &Node,
     method: &Method,
@@ -97,6 +101,11 @@ pub(crate) async fn check(
         .await;
     match decided {
         Ok(name) => Ok(Caller::Token(name)),
+        Err(Refused::Invalid)
+            if !headers.contains_key(super::leader::FORWARDED_HEADER) && !leads(node) =>
+        {
+            Ok(Caller::AskLeader)
+        }
         Err(refused) => {
             let status = match refused {
                 Refused::Forbidden { .. } => StatusCode::FORBIDDEN,
@@ -111,6 +120,13 @@ pub(crate) async fn check(
             Err(ApiError::new(status, code, refused.to_string()))
         }
     }
+}
+
+/// Whether this node leads now.
+fn leads(node: &Node) -> bool {
+    let metrics = node.raft.metrics();
+    let metrics = metrics.borrow();
+    metrics.current_leader == Some(metrics.id)
 }
 
 /// The secret of an `Authorization: Bearer <secret>` header, if there is one.
