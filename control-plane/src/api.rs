@@ -135,7 +135,11 @@ fn connection_builder(limits: &ControlPlaneLimits) -> auto::Builder<TokioExecuto
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_concurrent_streams)
         .max_pending_accept_reset_streams(limits.max_pending_accept_reset_streams as usize)
-        .max_header_list_size(limits.max_header_bytes);
+        .max_header_list_size(limits.max_header_bytes)
+        // A peer that stops answering pings is gone: its connection (and its place under
+        // maxConnections) is freed.
+        .keep_alive_interval(Some(limits.header_read_timeout.get()))
+        .keep_alive_timeout(limits.header_read_timeout.get());
     builder
 }
 
@@ -149,11 +153,29 @@ pub async fn handle(
     request: Request<Incoming>,
     shutdown: &CancellationToken,
 ) -> Response<ApiBody> {
+    if !canonical(request.uri().path()) {
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad-path",
+            "the path has empty, `.` or `..` segments; write it in canonical form",
+        )
+        .into_response()
+        .map(BodyExt::boxed);
+    }
     if request.method() == Method::GET && request.uri().path() == hyphae_policies::watch::WATCH_PATH
     {
         return watch::open(node, &request, shutdown).await;
     }
     handle_buffered(node, request).await.map(BodyExt::boxed)
+}
+
+/// Whether `path` is in the one form access checks and routing both read: `/` then non-empty
+/// segments, none `.` or `..` (so `//v1/acl/tokens` cannot pass as another route).
+fn canonical(path: &str) -> bool {
+    path.strip_prefix('/').is_some_and(|rest| {
+        rest.split('/')
+            .all(|segment| !segment.is_empty() && segment != "." && segment != "..")
+    })
 }
 
 /// Handles a request whose body and answer are read whole.
@@ -164,6 +186,15 @@ async fn handle_buffered(node: &Node, request: Request<Incoming>) -> Response<Fu
         Ok(caller) => caller,
         Err(refused) => return refused.into_response(),
     };
+    if path.starts_with(PEER_RPC_PREFIX) && !raft::is_rpc(&path) {
+        // Answered before the body is read: a peer body may be large.
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown-path",
+            format!("no peer RPC at {path}"),
+        )
+        .into_response();
+    }
     let limits = &node.config.spec.limits;
     let (max, sender) = body_limit(limits, &path);
     let read = tokio::time::timeout(
@@ -301,6 +332,30 @@ async fn route(node: &Node, request: &ApiRequest) -> Answer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_canonical_paths_reach_the_access_check_and_routing() {
+        for good in [
+            "/v1/policies",
+            "/v1/acl/tokens",
+            "/raft/append",
+            "/v1/policies/Route/a",
+        ] {
+            assert!(canonical(good), "{good}");
+        }
+        for bad in [
+            "//v1/acl/tokens",
+            "/v1//acl/tokens",
+            "/v1/acl/tokens/",
+            "/raft/../v1/policies",
+            "/v1/./policies",
+            "v1/policies",
+            "/",
+            "",
+        ] {
+            assert!(!canonical(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn every_peer_rpc_gets_the_peer_body_limit_and_agents_theirs() {

@@ -77,8 +77,17 @@ impl RunningNode {
             )),
         ];
         if let Start::Init { bootstrap_secret } = start {
-            if node.initialize().await? {
-                tracing::info!("initialized a new cluster");
+            match node.initialize().await {
+                Ok(true) => tracing::info!("initialized a new cluster"),
+                Ok(false) => {}
+                Err(error) => {
+                    // Nothing may outlive a failed start: stop what was spawned.
+                    shutdown.cancel();
+                    for task in tasks {
+                        let _ = task.await;
+                    }
+                    return Err(error);
+                }
             }
             let token = bootstrap_token::token(crate::tokens::hash(&bootstrap_secret));
             let _ = node.pending_bootstrap.set(token.clone());

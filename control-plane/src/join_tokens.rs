@@ -65,6 +65,9 @@ pub enum JoinRefused {
     /// The token expired.
     #[error("the join token `{0}` expired")]
     Expired(String),
+    /// A registered node already has the name the host asked for.
+    #[error("node `{0}` is registered; a join may not take over its name")]
+    NameTaken(String),
     /// The token is limited to another site.
     #[error("the join token `{token}` admits site `{admits}`, not `{asked}`")]
     WrongSite {

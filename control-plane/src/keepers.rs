@@ -19,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 use crate::node::Node;
 use crate::state::{Command, State};
 
-/// How often a keeper that waits to lead looks again.
+/// Longest a keeper that waits to lead sleeps between looks (it also wakes when Raft's
+/// metrics change).
 pub const CHECK_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Writes `command()` through Raft whenever this node leads, until `done` holds for the applied
@@ -33,15 +34,15 @@ pub async fn write_once_while_leading(
     command: impl Fn() -> Option<Command>,
 ) {
     let done = Arc::new(done);
+    let mut metrics = node.raft.metrics();
     loop {
         let check = Arc::clone(&done);
         if node.state.read(move |state| check(state)).await {
             return;
         }
         let leading = {
-            let metrics = node.raft.metrics();
-            let metrics = metrics.borrow();
-            metrics.current_leader == Some(metrics.id)
+            let now = metrics.borrow_and_update();
+            now.current_leader == Some(now.id)
         };
         if leading
             && !node.transfers.in_progress()
@@ -54,9 +55,10 @@ pub async fn write_once_while_leading(
                 Err(_) => tracing::warn!("writing {what} timed out; will retry"),
             }
         }
+        // Wakes as soon as leadership changes, so a new leader writes at once.
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(CHECK_INTERVAL) => {}
+            _ = tokio::time::timeout(CHECK_INTERVAL, metrics.changed()) => {}
         }
     }
 }

@@ -41,8 +41,8 @@ pub struct Node {
     pub transfers: Transfers,
     /// The snapshot this node is receiving from its leader, chunk by chunk.
     pub snapshots: SnapshotReceipt,
-    /// On the node that initialized the cluster: the bootstrap admin token, honoured here
-    /// until the cluster has stored a token, so the operator is never locked out meanwhile.
+    /// On the node that initialized the cluster: the bootstrap admin token, which a caller
+    /// presenting it waits for (rather than being refused) until the cluster stores it.
     pub pending_bootstrap: std::sync::OnceLock<StoredToken>,
 }
 
@@ -52,8 +52,11 @@ impl Node {
         let data_dir = &config.spec.data_dir;
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+        // The store holds the CA's key and token hashes: owner only.
+        owner_only(data_dir, 0o700)?;
         let history = usize::try_from(config.spec.watch_history).unwrap_or(usize::MAX);
         let (log, state_machine) = store::open(data_dir.join(STORE_FILE), history).await?;
+        owner_only(&data_dir.join(STORE_FILE), 0o600)?;
         let state = state_machine.reader();
         let commit_index = log.commit_index();
         let raft_config = openraft::Config {
@@ -125,6 +128,21 @@ fn snapshot_chunk_bytes(limits: &hyphae_policies::ControlPlaneLimits) -> u64 {
     let room = u64::from(limits.max_peer_body_bytes)
         .saturating_sub(hyphae_policies::validate::PEER_ENVELOPE_BYTES);
     (room / JSON_BYTES_PER_BYTE).clamp(1, OPENRAFT_DEFAULT)
+}
+
+/// Sets `path` to `mode` when group or others may reach it, saying so in the log.
+fn owner_only(path: &std::path::Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let current = std::fs::metadata(path)
+        .with_context(|| format!("cannot read the permissions of {}", path.display()))?
+        .permissions()
+        .mode();
+    if current & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot make {} owner-only", path.display()))?;
+        tracing::info!(path = %path.display(), from = format!("{:o}", current & 0o777), to = format!("{mode:o}"), "made owner-only");
+    }
+    Ok(())
 }
 
 fn millis(duration: hyphae_policies::Duration) -> u64 {

@@ -1,8 +1,8 @@
 //! Files that hold a token secret: read only when no one but the owner can read them, created
 //! with owner-only permissions. Never logs the secret.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::tokens;
@@ -38,23 +38,39 @@ pub enum SecretFileError {
 }
 
 /// Reads the secret in `path` (surrounding white space ignored), refusing a file that group or
-/// others may access.
+/// others may access, one another user owns, or a symbolic link. The checks and the read use
+/// one open handle, so the file cannot be swapped in between.
 pub fn read(path: &Path) -> Result<String, SecretFileError> {
     let io = |source| SecretFileError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+        .map_err(io)?;
+    let metadata = file.metadata().map_err(io)?;
+    let mode = metadata.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(SecretFileError::Exposed {
             path: path.to_path_buf(),
             mode,
         });
     }
-    let secret = std::fs::read_to_string(path)
-        .map_err(io)?
-        .trim()
-        .to_string();
+    let me = rustix::process::geteuid().as_raw();
+    if metadata.uid() != me {
+        return Err(SecretFileError::Unusable {
+            path: path.to_path_buf(),
+            reason: format!(
+                "it belongs to user {}, not to this process's user {me}",
+                metadata.uid()
+            ),
+        });
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(io)?;
+    let secret = text.trim().to_string();
     tokens::check_secret(&secret).map_err(|reason| SecretFileError::Unusable {
         path: path.to_path_buf(),
         reason,
@@ -80,6 +96,7 @@ pub fn read_or_create(path: &Path) -> Result<(String, bool), SecretFileError> {
         .write(true)
         .create_new(true)
         .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(path)
         .map_err(io)?;
     file.write_all(format!("{secret}\n").as_bytes())
@@ -101,6 +118,13 @@ mod tests {
         assert_eq!(read_or_create(&path).expect("read back"), (secret, false));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
         assert!(matches!(read(&path), Err(SecretFileError::Exposed { .. })));
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&path, &link).expect("a symbolic link");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert!(
+            matches!(read(&link), Err(SecretFileError::Io { .. })),
+            "links are refused"
+        );
         let short = dir.path().join("short");
         std::fs::write(&short, "abc").expect("write");
         std::fs::set_permissions(&short, std::fs::Permissions::from_mode(0o600)).expect("chmod");

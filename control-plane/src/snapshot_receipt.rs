@@ -68,8 +68,8 @@ struct Receiving {
 
 impl SnapshotReceipt {
     /// Whether `chunk` may be handed to Raft: offset 0 starts a snapshot (any earlier one is
-    /// abandoned, as openraft does); any other offset must continue the current one exactly;
-    /// no snapshot may grow past `limit` bytes.
+    /// abandoned, as openraft does); any other offset must continue the current one, or repeat
+    /// part of it (a chunk sent again); no snapshot may grow past `limit` bytes.
     pub fn check(&self, chunk: Chunk<'_>, limit: u64) -> Result<(), ChunkRefused> {
         let size = chunk.offset.saturating_add(chunk.len);
         if size > limit {
@@ -84,7 +84,9 @@ impl SnapshotReceipt {
         }
         match &*self.lock() {
             Some(current) if current.snapshot_id == chunk.snapshot_id => {
-                if current.next == chunk.offset {
+                // At or before the next offset: the next chunk, or one sent again because its
+                // answer was lost (openraft rewrites it in place).
+                if chunk.offset <= current.next {
                     Ok(())
                 } else {
                     Err(ChunkRefused::OutOfOrder {
@@ -101,13 +103,20 @@ impl SnapshotReceipt {
         }
     }
 
-    /// Records a chunk Raft accepted: the next must start where it ended; the last ends the
-    /// receipt.
+    /// Records a chunk Raft accepted: the next must start where the snapshot now ends; the
+    /// last ends the receipt.
     pub fn accepted(&self, chunk: Chunk<'_>) {
         let mut receiving = self.lock();
+        let end = chunk.offset.saturating_add(chunk.len);
+        let next = match &*receiving {
+            Some(current) if current.snapshot_id == chunk.snapshot_id && chunk.offset > 0 => {
+                current.next.max(end)
+            }
+            _ => end,
+        };
         *receiving = (!chunk.done).then(|| Receiving {
             snapshot_id: chunk.snapshot_id.to_string(),
-            next: chunk.offset.saturating_add(chunk.len),
+            next,
         });
     }
 

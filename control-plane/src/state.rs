@@ -168,10 +168,13 @@ pub enum Command {
         /// The token's name.
         name: String,
     },
-    /// Use a join token once for a host in `site`, as the leader's clock read `now_ms`.
+    /// Use a join token once for a host named `node` in `site`, as the leader's clock read
+    /// `now_ms`; refused when a registered node has that name.
     UseJoinToken {
         /// SHA-256 of the presented secret.
         hash: String,
+        /// The name the host asks for.
+        node: String,
         /// The site the joining host says it is in.
         site: String,
         /// The leader's clock when it proposed the entry (every node applies the same time).
@@ -635,9 +638,18 @@ impl State {
                 revision: log_index,
                 existed: self.join_tokens.remove(&name).is_some(),
             },
-            Command::UseJoinToken { hash, site, now_ms } => CommandResponse::JoinTokenUsed {
+            Command::UseJoinToken {
+                hash,
+                node,
+                site,
+                now_ms,
+            } => CommandResponse::JoinTokenUsed {
                 revision: log_index,
-                outcome: crate::join_tokens::use_token(&mut self.join_tokens, &hash, &site, now_ms),
+                outcome: if self.nodes.contains_key(&node) {
+                    Err(JoinRefused::NameTaken(node))
+                } else {
+                    crate::join_tokens::use_token(&mut self.join_tokens, &hash, &site, now_ms)
+                },
             },
         }
     }

@@ -334,7 +334,7 @@ pub async fn open(
     let (sender, lines) = mpsc::channel(STREAM_BUFFER);
     tokio::spawn(async move {
         let _slot = slot;
-        if sender.send(first).await.is_err() {
+        if !send_within(&sender, first, &shutdown).await {
             return;
         }
         loop {
@@ -344,7 +344,9 @@ pub async fn open(
             };
             match changed {
                 Err(_) => {
-                    if !send(&sender, &WatchEvent::Heartbeat { revision: sent }).await {
+                    let heartbeat = encode(&WatchEvent::Heartbeat { revision: sent });
+                    let Some(heartbeat) = heartbeat else { return };
+                    if !send_within(&sender, heartbeat, &shutdown).await {
                         return;
                     }
                 }
@@ -356,7 +358,7 @@ pub async fn open(
                     };
                     sent = sent.max(revision);
                     if let Some(line) = line
-                        && sender.send(line).await.is_err()
+                        && !send_within(&sender, line, &shutdown).await
                     {
                         return;
                     }
@@ -374,11 +376,20 @@ fn encode(event: &WatchEvent) -> Option<Bytes> {
     Some(Bytes::from(line))
 }
 
-/// Writes one event as a JSON line; false when the watcher is gone.
-async fn send(sender: &mpsc::Sender<Bytes>, event: &WatchEvent) -> bool {
-    match encode(event) {
-        Some(line) => sender.send(line).await.is_ok(),
-        None => false,
+/// Longest a stream waits for its reader to take a line before it drops the stream: a reader
+/// that stopped reading must not hold its place (and buffers) for ever.
+pub const SEND_PATIENCE: Duration = Duration::from_secs(3 * HEARTBEAT_INTERVAL.as_secs());
+
+/// Queues one line for the reader; false when the reader is gone, stalled past
+/// [`SEND_PATIENCE`], or the node is stopping.
+async fn send_within(
+    sender: &mpsc::Sender<Bytes>,
+    line: Bytes,
+    shutdown: &CancellationToken,
+) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => false,
+        sent = tokio::time::timeout(SEND_PATIENCE, sender.send(line)) => matches!(sent, Ok(Ok(()))),
     }
 }
 

@@ -179,6 +179,56 @@ async fn a_host_with_a_join_token_gets_a_certificate_for_its_node_and_services()
     )
     .await;
     assert_eq!(late.0, 403, "an expired token: {}", late.1);
+    // A join may not take a registered node's name; an unbound token gets the default
+    // lifetime whatever site the host names; a guess costs the cluster no log entry.
+    let record = "{\"name\": \"app-9\", \"site\": \"core\", \"address\": \"10.0.0.9:4143\"}";
+    assert_eq!(
+        call("POST", leader, "/v1/agent/register", record).await.0,
+        200
+    );
+    let any = create_token(&cli, leader, &["--uses", "2"]);
+    let taken = call(
+        "POST",
+        leader,
+        "/v1/agent/join",
+        &join_body(&any, "app-9", "core", &csr()),
+    )
+    .await;
+    assert_eq!(taken.0, 403, "{}", taken.1);
+    let (status, unbound) = call(
+        "POST",
+        leader,
+        "/v1/agent/join",
+        &join_body(&any, "gw-9", "edge", &csr()),
+    )
+    .await;
+    assert_eq!(status, 200, "{unbound}");
+    let (_, der) = x509_parser::pem::parse_x509_pem(
+        unbound["certPem"]
+            .as_str()
+            .expect("a certificate")
+            .as_bytes(),
+    )
+    .expect("PEM");
+    let validity = der.parse_x509().expect("a certificate").validity().clone();
+    assert_eq!(
+        (validity.not_after.timestamp() - validity.not_before.timestamp()) / 3600,
+        24
+    );
+    let before = call("GET", leader, "/v1/cluster", "").await.1["lastLogIndex"].clone();
+    for _ in 0..20 {
+        let guess = call(
+            "POST",
+            follower,
+            "/v1/agent/join",
+            &join_body("hyphae_guess", "x-1", "core", &csr()),
+        )
+        .await;
+        assert_eq!(guess.0, 403);
+    }
+    let after = call("GET", leader, "/v1/cluster", "").await.1["lastLogIndex"].clone();
+    assert_eq!(before, after, "refused guesses wrote nothing");
+
     let listed = hyphae(&cli, leader, &["token", "list"]).expect("run hyphae");
     assert!(
         listed.success() && listed.text.contains("NAME"),

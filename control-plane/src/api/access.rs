@@ -86,18 +86,17 @@ pub(crate) async fn check(
     };
     let secret = bearer(headers);
     let now = tokens::now_ms();
-    let pending = node.pending_bootstrap.get();
+    // The node that initialized the cluster knows its bootstrap token before the cluster
+    // stores it: a caller presenting it meanwhile waits (within the write timeout) for the
+    // stored token rather than being refused, and nothing is honoured that was not stored.
+    if let (Some(pending), Some(secret)) = (node.pending_bootstrap.get(), secret)
+        && tokens::hash(secret) == pending.hash
+    {
+        bootstrap_stored(node).await;
+    }
     let decided = node
         .state
-        .read(|state| match pending {
-            // Before the cluster stores any token, the initializing node honours its own
-            // bootstrap token.
-            Some(bootstrap) if state.tokens().is_empty() => {
-                let table = [(bootstrap.name.clone(), bootstrap.clone())].into();
-                tokens::authorize(&table, secret, needs, now)
-            }
-            _ => tokens::authorize(state.tokens(), secret, needs, now),
-        })
+        .read(|state| tokens::authorize(state.tokens(), secret, needs, now))
         .await;
     match decided {
         Ok(name) => Ok(Caller::Token(name)),
@@ -120,6 +119,19 @@ pub(crate) async fn check(
             Err(ApiError::new(status, code, refused.to_string()))
         }
     }
+}
+
+/// Waits, at most the write timeout, until the cluster has stored a token.
+async fn bootstrap_stored(node: &Node) {
+    let mut revisions = node.state.subscribe();
+    let wait = async {
+        while node.state.read(|state| state.tokens().is_empty()).await {
+            if revisions.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(node.config.spec.write_timeout.get(), wait).await;
 }
 
 /// Whether this node leads now.

@@ -18,6 +18,15 @@ use crate::wire::{CaView, CreatedJoinToken, JoinRequest, Joined, NewJoinToken};
 /// How long a join token works when the request does not say.
 pub const DEFAULT_JOIN_TTL_MS: u64 = 3600 * 1000;
 
+/// The one answer to every refused join, so a caller cannot tell why (the log says).
+fn join_refused() -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "join-refused",
+        "the join token is not valid (unknown, used up, expired, revoked, for another site, or the name is a registered node's)",
+    )
+}
+
 fn no_ca() -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -172,16 +181,48 @@ pub(crate) async fn join(node: &Node, request: &ApiRequest) -> Answer {
             .map(|s| ca::service_id(trust_domain, s)),
     );
     let now = tokens::now_ms();
-    let lifetime =
-        u64::try_from(spec.certificates.lifetime_for(&join.site).as_millis()).unwrap_or(u64::MAX);
-    // A CSR that does not parse must not use up the token: sign once before using it (the
-    // result is thrown away), then again after.
-    ca::sign(&ca, &join.csr_pem, &identities, now, lifetime)
+    // A CSR that does not parse must not use up the token: it is checked before.
+    ca::sign(&ca, &join.csr_pem, &identities, now, 1)
         .map_err(|error| invalid(error.to_string()))?;
+    // Checked against this node's applied state first, so a guess costs no Raft entry; the
+    // Raft command below stays the deciding check.
+    let hash = tokens::hash(&join.token);
+    let (mut table, taken) = node
+        .state
+        .read(|state| {
+            (
+                state.join_tokens().clone(),
+                state.node(&join.name).is_some(),
+            )
+        })
+        .await;
+    // Only a token bound to a site earns that site's lifetime: an unbound token's holder could
+    // name any site.
+    let site_bound = table
+        .values()
+        .any(|t| t.hash == hash && t.site.as_deref() == Some(join.site.as_str()));
+    let checked = if taken {
+        Err(crate::join_tokens::JoinRefused::NameTaken(
+            join.name.clone(),
+        ))
+    } else {
+        crate::join_tokens::use_token(&mut table, &hash, &join.site, now).map(|_| ())
+    };
+    if let Err(refused) = checked {
+        tracing::warn!(node = %join.name, reason = %refused, "join refused");
+        return Err(join_refused().into());
+    }
+    let lifetime = if site_bound {
+        spec.certificates.lifetime_for(&join.site)
+    } else {
+        spec.certificates.lifetime
+    };
+    let lifetime = u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX);
     let used = write(
         node,
         Command::UseJoinToken {
-            hash: tokens::hash(&join.token),
+            hash,
+            node: join.name.clone(),
             site: join.site.clone(),
             now_ms: now,
         },
@@ -198,12 +239,7 @@ pub(crate) async fn join(node: &Node, request: &ApiRequest) -> Answer {
             ..
         } => {
             tracing::warn!(node = %join.name, reason = %refused, "join refused");
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "join-refused",
-                "the join token is not valid (unknown, used up, expired, revoked, or for another site)",
-            )
-            .into());
+            return Err(join_refused().into());
         }
         other => {
             return Err(ApiError::new(

@@ -11,6 +11,18 @@ use crate::network;
 use crate::node::Node;
 use crate::transfer;
 
+/// Whether `path` is one of the peer RPCs.
+pub(crate) fn is_rpc(path: &str) -> bool {
+    [
+        network::APPEND_PATH,
+        network::VOTE_PATH,
+        network::SNAPSHOT_PATH,
+        transfer::HOLD_ELECTIONS_PATH,
+        transfer::ELECT_PATH,
+    ]
+    .contains(&path)
+}
+
 /// Answers a peer RPC at `path`, or `None` when `path` is not one.
 pub(crate) async fn answer(node: &Node, path: &str, body: &[u8]) -> Option<Response<Full<Bytes>>> {
     let max_snapshot = node.config.spec.limits.max_snapshot_bytes;
