@@ -45,11 +45,13 @@ const DEFAULT_DURATION: u64 = 60;
 const MAX_DURATION: u64 = 3600;
 /// Cluster sizes accepted by `--nodes`.
 const SIZES: [usize; 2] = [3, 5];
-/// Clients unless `--clients` says otherwise, and the most accepted.
+/// Clients unless `--clients` says otherwise.
 const DEFAULT_CLIENTS: usize = 10;
+/// Most `--clients` accepted.
 const MAX_CLIENTS: usize = 100;
-/// Keys unless `--keys` says otherwise, and the most accepted.
+/// Keys unless `--keys` says otherwise.
 const DEFAULT_KEYS: usize = 8;
+/// Most `--keys` accepted.
 const MAX_KEYS: usize = 1000;
 /// Search steps the checker may take per key before it answers "undecided".
 const CHECK_STEPS: u64 = 20_000_000;

@@ -220,31 +220,20 @@ mod tests {
 
     #[test]
     fn only_answers_that_say_nothing_was_written_fail_a_write() {
-        let outcome = |a| write_outcome(&a).0;
-        assert_eq!(outcome(answer(200, "{\"revision\": 3}")), Outcome::Ok);
-        assert_eq!(
-            outcome(answer(422, "{\"code\": \"invalid-policy\"}")),
-            Outcome::Fail
-        );
-        assert_eq!(
-            outcome(answer(503, "{\"code\": \"no-leader\"}")),
-            Outcome::Fail
-        );
-        assert_eq!(
-            outcome(answer(503, "{\"code\": \"transfer-in-progress\"}")),
-            Outcome::Fail
-        );
-        assert_eq!(
-            outcome(answer(503, "{\"code\": \"no-quorum\"}")),
-            Outcome::Unknown
-        );
-        assert_eq!(
-            outcome(answer(503, "{\"code\": \"leader-unreachable\"}")),
-            Outcome::Unknown
-        );
-        assert_eq!(outcome(answer(500, "")), Outcome::Unknown);
-        assert_eq!(outcome(Err(NoAnswer::NotSent)), Outcome::Fail);
-        assert_eq!(outcome(Err(NoAnswer::Lost)), Outcome::Unknown);
+        let answers = [
+            (200, "{\"revision\": 3}", Outcome::Ok),
+            (422, "{\"code\": \"invalid-policy\"}", Outcome::Fail),
+            (503, "{\"code\": \"no-leader\"}", Outcome::Fail),
+            (503, "{\"code\": \"transfer-in-progress\"}", Outcome::Fail),
+            (503, "{\"code\": \"no-quorum\"}", Outcome::Unknown),
+            (503, "{\"code\": \"leader-unreachable\"}", Outcome::Unknown),
+            (500, "", Outcome::Unknown),
+        ];
+        for (status, body, expected) in answers {
+            assert_eq!(write_outcome(&answer(status, body)).0, expected, "{body}");
+        }
+        assert_eq!(write_outcome(&Err(NoAnswer::NotSent)).0, Outcome::Fail);
+        assert_eq!(write_outcome(&Err(NoAnswer::Lost)).0, Outcome::Unknown);
     }
 
     #[test]

@@ -19,9 +19,10 @@ use super::history::{History, micros};
 const QUIET: std::ops::Range<Duration> = Duration::from_millis(1000)..Duration::from_millis(3000);
 /// How long a killed node stays down or a paused one stays stopped, drawn from this range.
 const HOLD: std::ops::Range<Duration> = Duration::from_millis(500)..Duration::from_millis(4000);
-/// Longest a leadership transfer request may take (the nodes' `transferTimeout` is 5 s by
-/// default, plus the slack of their answers).
-const TRANSFER_PATIENCE: Duration = Duration::from_secs(10);
+/// Longest a leadership transfer request may take: the nodes' default `transferTimeout`
+/// (10 s), plus the slack they allow for the target's and the voters' answers (3 × 1 s), plus
+/// a margin.
+const TRANSFER_PATIENCE: Duration = Duration::from_secs(15);
 /// Most faults in one run, whatever the duration.
 const MAX_FAULTS: usize = 10_000;
 
@@ -168,7 +169,7 @@ async fn inject(
                     answer.status.as_u16(),
                     answer.json()["code"]
                 ),
-                Err(error) => format!("no answer ({error:?})"),
+                Err(_) => format!("no answer within {TRANSFER_PATIENCE:?}"),
             };
         }
     }
