@@ -10,7 +10,7 @@
 //!   the longest write gap). The run is written to `target/nemesis/history.json`.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
@@ -61,16 +61,22 @@ const WORKER_THREADS: usize = 2;
 const FINAL_READ_PATIENCE: Duration = Duration::from_secs(30);
 /// How often a final read that did not succeed is tried again.
 const FINAL_READ_RETRY: Duration = Duration::from_millis(100);
+/// How long the clients go on after the last fault is healed, so the recovery from it is
+/// measured too.
+const RECOVERY_TAIL: Duration = Duration::from_secs(5);
+/// Latest the clients stop after the planned duration, whatever the nemesis is doing (its last
+/// fault may be a leadership transfer that takes up to 15 s).
+const CLIENT_GRACE: Duration = Duration::from_secs(60);
 
 /// `cargo xtask nemesis --help`.
 pub const USAGE: &str =
     "usage: cargo xtask nemesis [--duration SECS] [--nodes 3|5] [--clients N] [--keys K] [--seed S]
 
 Starts a cluster of control-plane nodes (debug build; files under target/nemesis/), then for
-SECS seconds N clients write and linearizably read K policies through random nodes while a
+SECS seconds N clients (each bound to one node) write and linearizably read K policies while a
 nemesis injects one fault at a time: SIGKILL of the leader or a follower (restarted after up to
-4 s), SIGSTOP of the leader or a follower (SIGCONT after up to 4 s), or a leadership transfer.
-Afterwards every node must hold the same policies at the same revisions, and the history
+4 s), SIGSTOP of the leader or a follower (SIGCONT after up to 4 s), or a leadership transfer;
+the clients go on for 5 s after the last fault is healed. Afterwards every node must hold the same policies at the same revisions, and the history
 (target/nemesis/history.json) must be linearizable. Prints operations by outcome, the time
 from each kind of fault to the next acknowledged write (for leader kills, the failover time)
 and the longest write gap. Exits non-zero when the history is not linearizable (or the checker
@@ -175,16 +181,20 @@ async fn scenario(cluster: &mut Cluster, options: &Options, dir: &std::path::Pat
         keys: options.keys,
         history: Arc::clone(&history),
         next_value: AtomicU64::new(1),
+        stopped: AtomicBool::new(false),
     });
     let mut rng = StdRng::seed_from_u64(options.seed);
     let until = Instant::now() + options.duration;
     let mut clients = JoinSet::new();
     for client in 0..options.clients {
         let seed = rng.random();
-        clients.spawn(client::run(Arc::clone(&workload), client, seed, until));
+        let deadline = until + CLIENT_GRACE;
+        clients.spawn(client::run(Arc::clone(&workload), client, seed, deadline));
     }
     let faults = faults::run(cluster, &history, &mut rng, until).await;
-    // Each client stops at `until`, its last operation within the operation timeout.
+    tokio::time::sleep(RECOVERY_TAIL).await;
+    workload.stopped.store(true, Ordering::Relaxed);
+    // Each client ends its last operation within the operation timeout.
     while clients.join_next().await.is_some() {}
     let faults = faults?;
     ensure!(

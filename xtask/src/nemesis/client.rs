@@ -1,10 +1,10 @@
-//! The clients: tokio tasks that each write or linearizably read a random key through a random
-//! node, one operation at a time, each bounded by a timeout, and record every operation with
-//! what came of it. They never retry an operation: a retry would hide an outcome.
+//! The clients: tokio tasks that each write or linearizably read a random key through their
+//! own node, one operation at a time, each bounded by a timeout, and record every operation
+//! with what came of it. They never retry an operation: a retry would hide an outcome.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use hyphae_integration::http::{Answer, NoAnswer, attempt};
@@ -41,6 +41,8 @@ pub struct Workload {
     pub history: Arc<History>,
     /// The next value to write; every write writes a value of its own, from 1.
     pub next_value: AtomicU64,
+    /// Set when the clients should stop (after their current operation).
+    pub stopped: AtomicBool,
 }
 
 /// The policy name of key `key`.
@@ -48,15 +50,22 @@ pub fn key_name(key: usize) -> String {
     format!("key-{key}")
 }
 
-/// Runs client `client` until `until`, with its own random stream from `seed`.
-pub async fn run(workload: Arc<Workload>, client: usize, seed: u64, until: Instant) {
+/// Runs client `client` until the workload is stopped, or `deadline` at the latest, with its
+/// own random stream from `seed`.
+///
+/// Each client talks to one node (client `c` to node index `c mod N`; followers forward to the
+/// leader), as Jepsen's clients do: a paused node then holds only its own clients, and the
+/// others show what the rest of the cluster does. With a random node per operation, every
+/// client would soon wait on the paused node, and the gap in acknowledged writes would measure
+/// the clients, not the cluster.
+pub async fn run(workload: Arc<Workload>, client: usize, seed: u64, deadline: Instant) {
     let mut rng = StdRng::seed_from_u64(seed);
+    let node = client % workload.addresses.len();
     for _ in 0..MAX_OPERATIONS {
-        if Instant::now() >= until {
+        if workload.stopped.load(Ordering::Relaxed) || Instant::now() >= deadline {
             break;
         }
         let key = rng.random_range(0..workload.keys);
-        let node = rng.random_range(0..workload.addresses.len());
         let outcome = if rng.random_bool(WRITE_SHARE) {
             let value = workload.next_value.fetch_add(1, Ordering::Relaxed);
             write(&workload, client, node, key, value).await

@@ -107,12 +107,19 @@ pub fn table(records: &[Record], faults: &[Fault]) -> String {
     for kind in Kind::ALL {
         let injected = faults.iter().filter(|f| f.kind == kind).count();
         let times = recoveries(records, faults, kind);
-        let figures = spread(&times).map_or_else(
+        let mut figures = spread(&times).map_or_else(
             || "-".to_string(),
             |(min, median, max)| {
                 format!("{} / {} / {}", seconds(min), seconds(median), seconds(max))
             },
         );
+        if times.len() < injected {
+            let _ = write!(
+                figures,
+                " ({} with no acknowledged write after it)",
+                injected - times.len()
+            );
+        }
         let _ = writeln!(out, "  {:<31} {injected:>5}   {figures}", kind.name());
     }
     for fault in faults.iter().filter(|f| f.kind == Kind::TransferLeader) {
@@ -136,7 +143,10 @@ pub fn table(records: &[Record], faults: &[Fault]) -> String {
             );
         }
         None => {
-            let _ = writeln!(out, "\nfailover: no leader kill in this run");
+            let _ = writeln!(
+                out,
+                "\nfailover: no leader kill followed by an acknowledged write in this run"
+            );
         }
     }
     if let Some((start, end)) = longest_write_gap(records) {
