@@ -9,6 +9,7 @@
 //! - [`report`]: the figures (operations, time from each fault to the next acknowledged write,
 //!   the longest write gap). The run is written to `target/nemesis/history.json`.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -173,7 +174,7 @@ pub fn run(args: &[String]) -> Result<()> {
 }
 
 /// Load and faults, then the final reads, the comparison of the nodes and the check.
-async fn scenario(cluster: &mut Cluster, options: &Options, dir: &std::path::Path) -> Result<()> {
+async fn scenario(cluster: &mut Cluster, options: &Options, dir: &Path) -> Result<()> {
     cluster.leader().await?;
     let history = Arc::new(History::new());
     let workload = Arc::new(Workload {
@@ -228,8 +229,24 @@ async fn scenario(cluster: &mut Cluster, options: &Options, dir: &std::path::Pat
         "logs": relative(&dir.join("cluster")),
     });
 
+    let problems = problems(options, &records, &verdicts, &agreed);
+    write_json(dir, "history.json", &document)?;
+    if !problems.is_empty() {
+        bail!("{}", problems.join("\n"));
+    }
+    println!("verdict: PASS");
+    Ok(())
+}
+
+/// Prints how the final states and the check came out; returns every problem found.
+fn problems(
+    options: &Options,
+    records: &[history::Record],
+    verdicts: &[(usize, Verdict)],
+    agreed: &Result<convergence::State, String>,
+) -> Vec<String> {
     let mut problems = Vec::new();
-    match &agreed {
+    match agreed {
         Ok(state) => println!(
             "final state: all {} nodes hold the same {} policies at the same revisions",
             options.nodes,
@@ -240,11 +257,7 @@ async fn scenario(cluster: &mut Cluster, options: &Options, dir: &std::path::Pat
             problems.push("the nodes' final states differ".to_string());
         }
     }
-    let checked: usize = records
-        .iter()
-        .filter(|r| r.as_operation().is_some())
-        .count();
-    for (key, verdict) in &verdicts {
+    for (key, verdict) in verdicts {
         match verdict {
             Verdict::Linearizable => {}
             Verdict::NotLinearizable {
@@ -263,23 +276,22 @@ async fn scenario(cluster: &mut Cluster, options: &Options, dir: &std::path::Pat
         }
     }
     if verdicts.iter().all(|(_, v)| *v == Verdict::Linearizable) {
+        let checked = records
+            .iter()
+            .filter(|r| r.as_operation().is_some())
+            .count();
         println!(
             "linearizability: all {} keys linearizable ({checked} operations checked)",
             verdicts.len()
         );
     }
-    write_json(dir, "history.json", &document)?;
-    if !problems.is_empty() {
-        bail!("{}", problems.join("\n"));
-    }
-    println!("verdict: PASS");
-    Ok(())
+    problems
 }
 
 /// One acknowledged linearizable read of every key through the leader, recorded like any
 /// client's, so the last state of each key is checked too.
 async fn final_reads(workload: &Workload, options: &Options, leader: u64) -> Result<()> {
-    let node = usize::try_from(leader - 1).context("a node id")?;
+    let node = usize::try_from(leader.saturating_sub(1)).context("a node id")?;
     let client = options.clients;
     for key in 0..options.keys {
         let what = format!("a final read of key-{key}");
