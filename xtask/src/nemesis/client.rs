@@ -90,57 +90,81 @@ pub async fn write(
         "kind: ServicePolicy\nmetadata:\n  name: {}\n  labels: {{{VALUE_LABEL}: \"{value}\"}}\nspec:\n  retries: {{attempts: 1}}\n",
         key_name(key)
     );
-    let invoked = workload.history.now();
-    let answer = attempt(
-        "POST",
-        workload.addresses[node],
-        "/v1/policies",
-        &body,
-        OPERATION_TIMEOUT,
-    )
-    .await;
-    let (outcome, note) = write_outcome(&answer);
-    workload.history.push(Record {
-        id: 0,
+    let operation = Operation {
         client,
+        node,
         key,
-        node: node as u64 + 1,
-        action: Action::Write(value),
-        outcome,
-        invoked,
-        completed: workload.history.now(),
-        note,
-    });
-    outcome
+        method: "POST",
+        path: "/v1/policies".to_string(),
+        body,
+    };
+    perform(workload, operation, |answer| {
+        let (outcome, note) = write_outcome(answer);
+        (Action::Write(value), outcome, note)
+    })
+    .await
 }
 
 /// Reads `key` linearizably through node index `node`, records it and returns its outcome.
 pub async fn read(workload: &Workload, client: usize, node: usize, key: usize) -> Outcome {
-    let path = format!("/v1/policies/ServicePolicy/{}", key_name(key));
+    let operation = Operation {
+        client,
+        node,
+        key,
+        method: "GET",
+        path: format!("/v1/policies/ServicePolicy/{}", key_name(key)),
+        body: String::new(),
+    };
+    perform(workload, operation, |answer| {
+        let (seen, note) = read_outcome(answer);
+        let outcome = if seen.is_some() {
+            Outcome::Ok
+        } else {
+            Outcome::Fail
+        };
+        (Action::Read(seen), outcome, note)
+    })
+    .await
+}
+
+/// One operation's request: who sends it where, about which key.
+struct Operation {
+    client: usize,
+    /// Index of the node in [`Workload::addresses`].
+    node: usize,
+    key: usize,
+    method: &'static str,
+    path: String,
+    body: String,
+}
+
+/// Sends `operation`'s request within [`OPERATION_TIMEOUT`], records what `judge` makes of the
+/// answer, with the times around it, and returns the outcome.
+async fn perform(
+    workload: &Workload,
+    operation: Operation,
+    judge: impl FnOnce(&Result<Answer, NoAnswer>) -> (Action, Outcome, String),
+) -> Outcome {
     let invoked = workload.history.now();
     let answer = attempt(
-        "GET",
-        workload.addresses[node],
-        &path,
-        "",
+        operation.method,
+        workload.addresses[operation.node],
+        &operation.path,
+        &operation.body,
         OPERATION_TIMEOUT,
     )
     .await;
-    let (seen, note) = read_outcome(&answer);
-    let outcome = if seen.is_some() {
-        Outcome::Ok
-    } else {
-        Outcome::Fail
-    };
+    let completed = workload.history.now();
+    let (action, outcome, note) = judge(&answer);
     workload.history.push(Record {
         id: 0,
-        client,
-        key,
-        node: node as u64 + 1,
-        action: Action::Read(seen),
+        client: operation.client,
+        key: operation.key,
+        node: operation.node as u64 + 1,
+        action,
         outcome,
         invoked,
-        completed: workload.history.now(),
+        completed,
         note,
     });
     outcome
