@@ -59,23 +59,48 @@ impl Answer {
     }
 }
 
+/// Why a request got no answer. A caller that must know whether a write may have happened
+/// (the nemesis) tells the two apart; every other caller only sees `None`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoAnswer {
+    /// No connection was made, so the server never saw the request.
+    NotSent,
+    /// The request may have reached the server: the connection broke, or no answer came in
+    /// time.
+    Lost,
+}
+
 /// Sends `request` on `client` and reads the whole answer; `None` when none came within
 /// [`ANSWER_PATIENCE`] or the connection failed.
 pub async fn exchange(client: &Client, request: Request<Full<Bytes>>) -> Option<Answer> {
+    exchange_within(client, request, ANSWER_PATIENCE).await.ok()
+}
+
+/// Like [`exchange`] within `patience`, saying why no answer came.
+pub async fn exchange_within(
+    client: &Client,
+    request: Request<Full<Bytes>>,
+    patience: Duration,
+) -> Result<Answer, NoAnswer> {
     let exchange = async {
-        let response = client.request(request).await.ok()?;
+        let response = client.request(request).await.map_err(|error| {
+            if error.is_connect() {
+                NoAnswer::NotSent
+            } else {
+                NoAnswer::Lost
+            }
+        })?;
         let (parts, body) = response.into_parts();
-        let body = body.collect().await.ok()?.to_bytes();
-        Some(Answer {
+        let body = body.collect().await.map_err(|_| NoAnswer::Lost)?.to_bytes();
+        Ok(Answer {
             status: parts.status,
             headers: parts.headers,
             body,
         })
     };
-    tokio::time::timeout(ANSWER_PATIENCE, exchange)
+    tokio::time::timeout(patience, exchange)
         .await
-        .ok()
-        .flatten()
+        .unwrap_or(Err(NoAnswer::Lost))
 }
 
 /// Sends `method` to `url` with `body` on `client` and reads the whole answer; fails the test
@@ -123,16 +148,40 @@ pub async fn request_as(
     path: &str,
     body: &str,
 ) -> Option<Answer> {
+    let request = build(secret, method, address, path, body)?;
+    exchange(&http1_client(), request).await
+}
+
+/// Like [`request`] within `patience`, saying why no answer came: [`NoAnswer::NotSent`] when
+/// the node could not be reached at all (refused), so a write certainly did not happen.
+pub async fn attempt(
+    method: &str,
+    address: impl Display,
+    path: &str,
+    body: &str,
+    patience: Duration,
+) -> Result<Answer, NoAnswer> {
+    let secret = Some(crate::credentials::admin_token());
+    let request = build(secret, method, address, path, body).ok_or(NoAnswer::NotSent)?;
+    exchange_within(&http1_client(), request, patience).await
+}
+
+/// A request to `address` (`host:port`) with the token `secret`; `None` when the parts do not
+/// make a request (a bad method or path).
+fn build(
+    secret: Option<&str>,
+    method: &str,
+    address: impl Display,
+    path: &str,
+    body: &str,
+) -> Option<Request<Full<Bytes>>> {
     let mut request = Request::builder()
         .method(method)
         .uri(format!("http://{address}{path}"));
     if let Some(secret) = secret {
         request = request.header(http::header::AUTHORIZATION, format!("Bearer {secret}"));
     }
-    let request = request
-        .body(Full::new(Bytes::from(body.to_string())))
-        .ok()?;
-    exchange(&http1_client(), request).await
+    request.body(Full::new(Bytes::from(body.to_string()))).ok()
 }
 
 /// Like [`request`], as the status and the JSON body; status 0 and `null` when nothing

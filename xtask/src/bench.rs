@@ -10,11 +10,11 @@
 use anyhow::{Context, Result, bail};
 
 mod parse;
-mod percentile;
+pub(crate) mod percentile;
 mod procfs;
 mod proxy;
 mod push;
-mod report;
+pub(crate) mod report;
 mod tools;
 
 /// Where generated configs, logs, raw load-generator output and the JSON reports go, under the
@@ -37,7 +37,7 @@ pub fn run(args: &[String]) -> Result<()> {
 
 /// Walks a benchmark's options, each `--name VALUE` with `name` among `names`, handing them to
 /// `set` in order. Returns `false` after printing `usage` for `--help`: the caller does not run.
-fn parse_options(
+pub(crate) fn parse_options(
     args: &[String],
     usage: &str,
     names: &[&str],

@@ -6,6 +6,7 @@ mod check_systemd;
 mod cluster;
 mod demo;
 mod fleet;
+mod nemesis;
 mod test;
 mod util;
 
@@ -17,6 +18,10 @@ commands:
   demo            build everything and walk through what hyphae does today, on this machine
   test            install what the tests need, then run every test of the workspace
   check-systemd   verify the unit files under systemd/ with systemd-analyze
+  nemesis [--duration SECS] [--nodes 3|5] [--clients N] [--keys K] [--seed S]
+                  clients write and read policies while nodes are killed, paused and restarted
+                  and leadership moves; checks the history is linearizable and every node ends
+                  with the same state (target/nemesis/history.json)
   bench proxy [--duration SECS] [--connections N]
                   measure the agent's data path against haproxy and nginx (a benchmark, not a
                   test; installs them, wrk and h2load from apt when missing; target/bench/)
@@ -31,6 +36,7 @@ fn main() -> ExitCode {
         Some("demo") => demo::run(&args[1..]),
         Some("test") => test::run(&args[1..]),
         Some("check-systemd") => check_systemd::run(&args[1..]),
+        Some("nemesis") => nemesis::run(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
