@@ -106,6 +106,56 @@ fn serial() -> SerialNumber {
     SerialNumber::from_slice(&bytes)
 }
 
+/// What a certificate says, read back: for hosts checking what they were given, and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Facts {
+    /// Its URI SANs (the SPIFFE IDs), in order.
+    pub identities: Vec<String>,
+    /// Start of validity, seconds since the Unix epoch.
+    pub not_before: i64,
+    /// End of validity, seconds since the Unix epoch.
+    pub not_after: i64,
+    /// Whether it may sign certificates.
+    pub is_ca: bool,
+}
+
+/// Reads `cert_pem` and, when `root_pem` is given, checks that the root signed it.
+pub fn read(cert_pem: &str, root_pem: Option<&str>) -> Result<Facts, String> {
+    let (_, pem) =
+        x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).map_err(|e| e.to_string())?;
+    let cert = pem.parse_x509().map_err(|e| e.to_string())?;
+    if let Some(root_pem) = root_pem {
+        let (_, root) =
+            x509_parser::pem::parse_x509_pem(root_pem.as_bytes()).map_err(|e| e.to_string())?;
+        let root = root.parse_x509().map_err(|e| e.to_string())?;
+        cert.verify_signature(Some(root.public_key()))
+            .map_err(|e| format!("not signed by the root: {e}"))?;
+        if cert.issuer() != root.subject() {
+            return Err("its issuer is not the root".into());
+        }
+    }
+    let identities = cert
+        .subject_alternative_name()
+        .map_err(|e| e.to_string())?
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|name| match name {
+                    x509_parser::extensions::GeneralName::URI(uri) => Some((*uri).to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Facts {
+        identities,
+        not_before: cert.validity().not_before.timestamp(),
+        not_after: cert.validity().not_after.timestamp(),
+        is_ca: cert.is_ca(),
+    })
+}
+
 /// Signs the key in `csr_pem` into a certificate valid from `now_ms` for `lifetime_ms`,
 /// usable for TLS as client and server, naming exactly `identities` (SPIFFE URIs).
 pub fn sign(
@@ -171,35 +221,26 @@ mod tests {
             service_id("example.org", "web"),
         ];
         let pem = sign(&ca, &csr, &ids, now, 24 * 3600 * 1000).expect("signed");
-
-        let (_, der) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).expect("PEM");
-        let cert = der.parse_x509().expect("a certificate");
-        let (_, root_der) = x509_parser::pem::parse_x509_pem(ca.cert_pem.as_bytes()).expect("PEM");
-        let root = root_der.parse_x509().expect("the root");
-        assert_eq!(fingerprint(&root_der.contents), ca.fingerprint);
-        cert.verify_signature(Some(root.public_key()))
-            .expect("signed by the root");
-        assert_eq!(cert.issuer(), root.subject());
-        assert!(!cert.is_ca(), "the CSR asked for a CA; it gets a leaf");
-        let uris: Vec<String> = cert
-            .subject_alternative_name()
-            .expect("SAN")
-            .expect("present")
-            .value
-            .general_names
-            .iter()
-            .map(|n| n.to_string())
-            .collect();
+        let facts = read(&pem, Some(&ca.cert_pem)).expect("signed by the root");
+        assert!(!facts.is_ca, "the CSR asked for a CA; it gets a leaf");
         assert_eq!(
-            uris,
+            facts.identities,
             [
-                "URI(spiffe://example.org/node/web-1)",
-                "URI(spiffe://example.org/service/web)"
+                "spiffe://example.org/node/web-1",
+                "spiffe://example.org/service/web"
             ]
         );
-        let lifetime =
-            cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
-        assert_eq!(lifetime, (24 * 3600 * 1000 + CLOCK_SKEW_MS as i64) / 1000);
+        assert_eq!(
+            facts.not_after - facts.not_before,
+            (24 * 3600 * 1000 + CLOCK_SKEW_MS as i64) / 1000
+        );
+        let (_, root) = x509_parser::pem::parse_x509_pem(ca.cert_pem.as_bytes()).expect("PEM");
+        assert_eq!(fingerprint(&root.contents), ca.fingerprint);
+        let other = generate("example.org", now).expect("another root");
+        assert!(
+            read(&pem, Some(&other.cert_pem)).is_err(),
+            "another root did not sign it"
+        );
     }
 
     #[test]

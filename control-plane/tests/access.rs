@@ -38,19 +38,15 @@ async fn status_as(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_api_needs_a_token_whose_role_allows_the_request() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut cluster =
-        Cluster::configure(&workspace_binary("hyphae-control-plane"), dir.path(), 3, "")
-            .expect("configure");
-    cluster.set_log_level("info");
-    cluster.start_all().expect("start");
-    let leader = cluster.leader().await.expect("a leader");
-    let follower = cluster
-        .nodes()
-        .iter()
-        .find(|n| n.id != leader)
-        .expect("a follower")
-        .address;
-    let leader = cluster.node(leader).address;
+    let (cluster, leader, follower) = Cluster::start_logged(
+        &workspace_binary("hyphae-control-plane"),
+        dir.path(),
+        3,
+        "",
+        "info",
+    )
+    .await
+    .expect("a cluster with a leader");
     let doc = policy("catalog", 2);
 
     // Anonymous: every admin route is refused, reads and writes, and nothing is written.

@@ -3,6 +3,7 @@
 //! that root, with its site's lifetime; a join token is single use, site-bound, revocable and
 //! expires. Real `hyphae-control-plane` processes and the real `hyphae` CLI.
 
+use hyphae_control_plane::ca;
 use hyphae_integration::binaries::workspace_binary;
 use hyphae_integration::cli::hyphae;
 use hyphae_integration::cluster::Cluster;
@@ -45,23 +46,15 @@ fn create_token(cli: &std::path::Path, server: std::net::SocketAddr, args: &[&st
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_with_a_join_token_gets_a_certificate_for_its_node_and_services() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut cluster = Cluster::configure(
+    let (cluster, leader, follower) = Cluster::start_logged(
         &workspace_binary("hyphae-control-plane"),
         dir.path(),
         3,
         "  certificates: {trustDomain: mesh.example, siteLifetimes: {edge: 168h}}\n",
+        "info",
     )
-    .expect("configure");
-    cluster.set_log_level("info");
-    cluster.start_all().expect("start");
-    let leader = cluster.leader().await.expect("a leader");
-    let follower = cluster
-        .nodes()
-        .iter()
-        .find(|n| n.id != leader)
-        .expect("a follower")
-        .address;
-    let leader = cluster.node(leader).address;
+    .await
+    .expect("a cluster with a leader");
     let cli = workspace_binary("hyphae");
 
     // One root, made once, served by every node; the CLI prints what hosts pin.
@@ -99,32 +92,17 @@ async fn a_host_with_a_join_token_gets_a_certificate_for_its_node_and_services()
     .await;
     assert_eq!(status, 200, "{joined}");
     let cert_pem = joined["certPem"].as_str().expect("a certificate");
-    let (_, der) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).expect("PEM");
-    let cert = der.parse_x509().expect("a certificate");
     let root_pem = roots[0]["certPem"].as_str().expect("the root");
-    let (_, root_der) = x509_parser::pem::parse_x509_pem(root_pem.as_bytes()).expect("PEM");
-    let root = root_der.parse_x509().expect("the root");
-    cert.verify_signature(Some(root.public_key()))
-        .expect("signed by the cluster's root");
-    let names: Vec<String> = cert
-        .subject_alternative_name()
-        .expect("SAN")
-        .expect("present")
-        .value
-        .general_names
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let facts = ca::read(cert_pem, Some(root_pem)).expect("signed by the cluster's root");
     assert_eq!(
-        names,
+        facts.identities,
         [
-            "URI(spiffe://mesh.example/node/gw-1)",
-            "URI(spiffe://mesh.example/service/web)",
-            "URI(spiffe://mesh.example/service/api)",
+            "spiffe://mesh.example/node/gw-1",
+            "spiffe://mesh.example/service/web",
+            "spiffe://mesh.example/service/api",
         ]
     );
-    let validity = cert.validity();
-    let hours = (validity.not_after.timestamp() - validity.not_before.timestamp()) / 3600;
+    let hours = (facts.not_after - facts.not_before) / 3600;
     assert_eq!(
         hours, 168,
         "the edge site's lifetime (plus five minutes of skew)"
@@ -203,18 +181,9 @@ async fn a_host_with_a_join_token_gets_a_certificate_for_its_node_and_services()
     )
     .await;
     assert_eq!(status, 200, "{unbound}");
-    let (_, der) = x509_parser::pem::parse_x509_pem(
-        unbound["certPem"]
-            .as_str()
-            .expect("a certificate")
-            .as_bytes(),
-    )
-    .expect("PEM");
-    let validity = der.parse_x509().expect("a certificate").validity().clone();
-    assert_eq!(
-        (validity.not_after.timestamp() - validity.not_before.timestamp()) / 3600,
-        24
-    );
+    let facts =
+        ca::read(unbound["certPem"].as_str().expect("a certificate"), None).expect("a certificate");
+    assert_eq!((facts.not_after - facts.not_before) / 3600, 24);
     let before = call("GET", leader, "/v1/cluster", "").await.1["lastLogIndex"].clone();
     for _ in 0..20 {
         let guess = call(

@@ -250,6 +250,32 @@ impl Cluster {
         Ok(())
     }
 
+    /// Configures a cluster with `spec`, starts every node logging at `level` (the tests that
+    /// read the logs want `info`), and waits for a leader; returns the cluster with the
+    /// leader's and a follower's address.
+    pub async fn start_logged(
+        binary: &Path,
+        dir: &Path,
+        size: usize,
+        spec: &str,
+        level: &str,
+    ) -> Result<(Cluster, SocketAddr, SocketAddr), Error> {
+        let mut cluster = Cluster::configure(binary, dir, size, spec)?;
+        cluster.set_log_level(level);
+        cluster.start_all()?;
+        let leader = cluster
+            .leader()
+            .await
+            .map_err(|timed_out| Error::NoLeader(timed_out.to_string()))?;
+        let follower = cluster
+            .nodes
+            .iter()
+            .find(|n| n.id != leader)
+            .map_or(cluster.node(leader).address, |n| n.address);
+        let leader = cluster.node(leader).address;
+        Ok((cluster, leader, follower))
+    }
+
     /// Sets what every node's log keeps from its next start on (see [`Node::set_log_level`]).
     pub fn set_log_level(&mut self, level: &str) {
         for node in &mut self.nodes {

@@ -60,4 +60,7 @@ pub enum Error {
     /// No port could be reserved.
     #[error("cannot reserve a loopback port: {0}")]
     Port(std::io::Error),
+    /// The cluster's nodes did not agree on a leader in time.
+    #[error("no leader: {0}")]
+    NoLeader(String),
 }

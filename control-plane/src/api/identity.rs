@@ -7,7 +7,7 @@ use http::StatusCode;
 use hyphae_policies::validate::check_name;
 
 use super::answer::{Answer, ApiError, ApiRequest, json_response};
-use super::leader::{read_barrier, write};
+use super::leader::{read_barrier, remove, write};
 use crate::ca;
 use crate::join_tokens::{JoinToken, JoinTokenView};
 use crate::node::Node;
@@ -132,15 +132,13 @@ pub(crate) async fn revoke(node: &Node, name: &str) -> Answer {
     let command = Command::RevokeJoinToken {
         name: name.to_string(),
     };
-    match write(node, command).await? {
-        CommandResponse::JoinTokenRevoked { existed: false, .. } => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not-found",
-            format!("no join token named `{name}`"),
+    remove(node, command, "join token", name, |written| {
+        !matches!(
+            written,
+            CommandResponse::JoinTokenRevoked { existed: false, .. }
         )
-        .into()),
-        written => Ok(json_response(StatusCode::OK, &written)),
-    }
+    })
+    .await
 }
 
 /// `POST /v1/agent/join`: checks the request and its CSR, uses the join token through Raft,

@@ -5,7 +5,7 @@ use http::StatusCode;
 use hyphae_policies::validate::check_name;
 
 use super::answer::{Answer, ApiError, ApiRequest, json_response};
-use super::leader::{read_barrier, write};
+use super::leader::{read_barrier, remove, write};
 use crate::node::Node;
 use crate::state::{Command, CommandResponse};
 use crate::tokens::{self, StoredToken, TokenView};
@@ -70,20 +70,14 @@ pub(crate) async fn create(node: &Node, request: &ApiRequest) -> Answer {
 
 /// `DELETE /v1/acl/tokens/{name}`: revokes a token at once on every node.
 pub(crate) async fn revoke(node: &Node, name: &str) -> Answer {
-    let written = write(
-        node,
-        Command::RevokeToken {
-            name: name.to_string(),
-        },
-    )
-    .await?;
-    match written {
-        CommandResponse::TokenRevoked { existed: false, .. } => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not-found",
-            format!("no token named `{name}`"),
+    let command = Command::RevokeToken {
+        name: name.to_string(),
+    };
+    remove(node, command, "token", name, |written| {
+        !matches!(
+            written,
+            CommandResponse::TokenRevoked { existed: false, .. }
         )
-        .into()),
-        written => Ok(json_response(StatusCode::OK, &written)),
-    }
+    })
+    .await
 }

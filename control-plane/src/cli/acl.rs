@@ -8,7 +8,6 @@ use super::get::Output;
 use super::table::table;
 use super::{Outcome, ServerArgs};
 use crate::tokens::{Role, TokenView};
-use crate::wire::CreatedToken;
 
 /// Path of the token API.
 pub const TOKENS_PATH: &str = "/v1/acl/tokens";
@@ -47,22 +46,30 @@ pub enum TokenCommand {
         server: ServerArgs,
     },
     /// List tokens: name, role, expiry (never their secrets).
-    List {
-        /// Output format.
-        #[arg(short, long, value_enum, default_value_t = Output::Table)]
-        output: Output,
-        /// Where the control plane is.
-        #[command(flatten)]
-        server: ServerArgs,
-    },
+    List(ListArgs),
     /// Revoke a token on every node at once.
-    Revoke {
-        /// The token's name.
-        name: String,
-        /// Where the control plane is.
-        #[command(flatten)]
-        server: ServerArgs,
-    },
+    Revoke(RevokeArgs),
+}
+
+/// Arguments of a `list` of tokens.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// Where the control plane is.
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// Arguments of a `revoke` of one token.
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    /// The token's name.
+    pub name: String,
+    /// Where the control plane is.
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 fn parse_role(text: &str) -> Result<Role, String> {
@@ -79,33 +86,60 @@ pub fn run(args: &AclArgs, out: &mut dyn std::io::Write) -> Result<Outcome> {
             ttl,
             server,
         } => {
-            let body = serde_json::json!({ "name": name, "role": role, "ttl": ttl }).to_string();
-            let answer = server.client()?.expect_ok("POST", TOKENS_PATH, &body)?;
-            let created: CreatedToken = serde_json::from_value(answer)
-                .context("the control plane's answer is not a created token")?;
-            writeln!(out, "{}", created.secret)?;
-            Ok(Outcome::Success)
+            let body = serde_json::json!({ "name": name, "role": role, "ttl": ttl });
+            create_secret(server, TOKENS_PATH, &body, out)
         }
-        TokenCommand::List { output, server } => {
-            let answer = server.client()?.expect_ok("GET", TOKENS_PATH, "")?;
-            let tokens: Vec<TokenView> = serde_json::from_value(answer)
-                .context("the control plane's token list is not in the expected form")?;
-            let text = match output {
-                Output::Table => tokens_table(&tokens),
-                Output::Json => serde_json::to_string_pretty(&tokens)? + "\n",
-                Output::Yaml => serde_saphyr::to_string(&tokens).context("encode as YAML")?,
-            };
-            out.write_all(text.as_bytes())?;
-            Ok(Outcome::Success)
+        TokenCommand::List(ListArgs { output, server }) => {
+            let tokens: Vec<TokenView> = list(server, TOKENS_PATH)?;
+            output.write(out, &tokens, tokens_table)
         }
-        TokenCommand::Revoke { name, server } => {
-            server
-                .client()?
-                .expect_ok("DELETE", &format!("{TOKENS_PATH}/{name}"), "")?;
-            writeln!(out, "revoked token `{name}`")?;
-            Ok(Outcome::Success)
+        TokenCommand::Revoke(RevokeArgs { name, server }) => {
+            revoke(server, TOKENS_PATH, name, "token", out)
         }
     }
+}
+
+/// POSTs `body` to `path`, which creates something with a secret, and prints the secret: once,
+/// on stdout only.
+pub(super) fn create_secret(
+    server: &ServerArgs,
+    path: &str,
+    body: &serde_json::Value,
+    out: &mut dyn std::io::Write,
+) -> Result<Outcome> {
+    let answer = server
+        .client()?
+        .expect_ok("POST", path, &body.to_string())?;
+    let secret = answer["secret"]
+        .as_str()
+        .with_context(|| format!("the answer to POST {path} holds no secret"))?;
+    writeln!(out, "{secret}")?;
+    Ok(Outcome::Success)
+}
+
+/// GETs the list at `path`.
+pub(super) fn list<T: serde::de::DeserializeOwned>(
+    server: &ServerArgs,
+    path: &str,
+) -> Result<Vec<T>> {
+    let answer = server.client()?.expect_ok("GET", path, "")?;
+    serde_json::from_value(answer)
+        .with_context(|| format!("the answer to GET {path} is not in the expected form"))
+}
+
+/// DELETEs `path/name` and says so.
+pub(super) fn revoke(
+    server: &ServerArgs,
+    path: &str,
+    name: &str,
+    what: &str,
+    out: &mut dyn std::io::Write,
+) -> Result<Outcome> {
+    server
+        .client()?
+        .expect_ok("DELETE", &format!("{path}/{name}"), "")?;
+    writeln!(out, "revoked {what} `{name}`")?;
+    Ok(Outcome::Success)
 }
 
 /// Tokens as `NAME ROLE EXPIRES REVISION` (expiry as the time left, `never` or `expired`).

@@ -17,6 +17,25 @@ pub enum Output {
     Yaml,
 }
 
+impl Output {
+    /// Prints `records` in this format: `table` lays them out for people.
+    pub fn write<T: serde::Serialize>(
+        self,
+        out: &mut dyn std::io::Write,
+        records: &[T],
+        table: fn(&[T]) -> String,
+    ) -> Result<Outcome> {
+        let text = match self {
+            Output::Table => table(records),
+            Output::Json => serde_json::to_string_pretty(records)? + "\n",
+            Output::Yaml => serde_saphyr::to_string(&records)
+                .map_err(|e| anyhow::anyhow!("encode as YAML: {e}"))?,
+        };
+        out.write_all(text.as_bytes())?;
+        Ok(Outcome::Success)
+    }
+}
+
 /// Arguments of `hyphae get`.
 #[derive(Debug, Args)]
 pub struct GetArgs {

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use hyphae_policies::registry::{Health, ServiceSummary};
 use serde::Serialize;
@@ -38,28 +38,13 @@ impl RegistryArgs {
 /// Runs `hyphae services`.
 pub fn run_services(args: &RegistryArgs, out: &mut dyn std::io::Write) -> Result<Outcome> {
     let services: Vec<ServiceSummary> = args.read(SERVICES_PATH)?;
-    write(out, args.output, &services, services_table)
+    args.output.write(out, &services, services_table)
 }
 
 /// Runs `hyphae nodes`.
 pub fn run_nodes(args: &RegistryArgs, out: &mut dyn std::io::Write) -> Result<Outcome> {
     let nodes: Vec<NodeView> = args.read(NODES_PATH)?;
-    write(out, args.output, &nodes, nodes_table)
-}
-
-fn write<T: Serialize>(
-    out: &mut dyn std::io::Write,
-    output: Output,
-    records: &[T],
-    table: fn(&[T]) -> String,
-) -> Result<Outcome> {
-    let text = match output {
-        Output::Table => table(records),
-        Output::Json => serde_json::to_string_pretty(records)? + "\n",
-        Output::Yaml => serde_saphyr::to_string(&records).context("encode as YAML")?,
-    };
-    out.write_all(text.as_bytes())?;
-    Ok(Outcome::Success)
+    args.output.write(out, &nodes, nodes_table)
 }
 
 /// Services as `NAME PROTOCOL INSTANCES NODES`, instances counted as `passing/total`.
@@ -236,11 +221,11 @@ web-1  eu-west  10.0.0.7:4143  0.1.0    1          42        12.3s
             lease_remaining_ms: None,
         }];
         let mut json = Vec::new();
-        write(&mut json, Output::Json, &nodes, nodes_table).unwrap();
+        Output::Json.write(&mut json, &nodes, nodes_table).unwrap();
         let back: Vec<NodeView> = serde_json::from_slice(&json).unwrap();
         assert_eq!(back, nodes);
         let mut yaml = Vec::new();
-        write(&mut yaml, Output::Yaml, &nodes, nodes_table).unwrap();
+        Output::Yaml.write(&mut yaml, &nodes, nodes_table).unwrap();
         let yaml = String::from_utf8(yaml).unwrap();
         assert!(
             yaml.contains("name: web-1") && yaml.contains("revision: 3"),

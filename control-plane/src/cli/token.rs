@@ -1,14 +1,13 @@
 //! `hyphae token create|list|revoke`: join tokens, which let a new host get its node
 //! certificate. A new token's secret is printed once, on stdout only; an admin token is needed.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Subcommand};
 
-use super::get::Output;
+use super::acl::{ListArgs, RevokeArgs};
 use super::table::table;
 use super::{Outcome, ServerArgs};
 use crate::join_tokens::JoinTokenView;
-use crate::wire::CreatedJoinToken;
 
 /// Path of the join-token API.
 pub const JOIN_TOKENS_PATH: &str = "/v1/join-tokens";
@@ -43,22 +42,9 @@ pub enum TokenCommand {
         server: ServerArgs,
     },
     /// List join tokens: name, uses left, expiry, site (never their secrets).
-    List {
-        /// Output format.
-        #[arg(short, long, value_enum, default_value_t = Output::Table)]
-        output: Output,
-        /// Where the control plane is.
-        #[command(flatten)]
-        server: ServerArgs,
-    },
+    List(ListArgs),
     /// Revoke a join token.
-    Revoke {
-        /// The token's name.
-        name: String,
-        /// Where the control plane is.
-        #[command(flatten)]
-        server: ServerArgs,
-    },
+    Revoke(RevokeArgs),
 }
 
 /// Runs `hyphae token ...`.
@@ -71,34 +57,15 @@ pub fn run(args: &TokenArgs, out: &mut dyn std::io::Write) -> Result<Outcome> {
             site,
             server,
         } => {
-            let body = serde_json::json!({ "name": name, "ttl": ttl, "uses": uses, "site": site })
-                .to_string();
-            let answer = server
-                .client()?
-                .expect_ok("POST", JOIN_TOKENS_PATH, &body)?;
-            let created: CreatedJoinToken = serde_json::from_value(answer)
-                .context("the control plane's answer is not a created join token")?;
-            writeln!(out, "{}", created.secret)?;
-            Ok(Outcome::Success)
+            let body = serde_json::json!({ "name": name, "ttl": ttl, "uses": uses, "site": site });
+            super::acl::create_secret(server, JOIN_TOKENS_PATH, &body, out)
         }
-        TokenCommand::List { output, server } => {
-            let answer = server.client()?.expect_ok("GET", JOIN_TOKENS_PATH, "")?;
-            let tokens: Vec<JoinTokenView> = serde_json::from_value(answer)
-                .context("the control plane's join-token list is not in the expected form")?;
-            let text = match output {
-                Output::Table => join_tokens_table(&tokens),
-                Output::Json => serde_json::to_string_pretty(&tokens)? + "\n",
-                Output::Yaml => serde_saphyr::to_string(&tokens).context("encode as YAML")?,
-            };
-            out.write_all(text.as_bytes())?;
-            Ok(Outcome::Success)
+        TokenCommand::List(ListArgs { output, server }) => {
+            let tokens: Vec<JoinTokenView> = super::acl::list(server, JOIN_TOKENS_PATH)?;
+            output.write(out, &tokens, join_tokens_table)
         }
-        TokenCommand::Revoke { name, server } => {
-            server
-                .client()?
-                .expect_ok("DELETE", &format!("{JOIN_TOKENS_PATH}/{name}"), "")?;
-            writeln!(out, "revoked join token `{name}`")?;
-            Ok(Outcome::Success)
+        TokenCommand::Revoke(RevokeArgs { name, server }) => {
+            super::acl::revoke(server, JOIN_TOKENS_PATH, name, "join token", out)
         }
     }
 }

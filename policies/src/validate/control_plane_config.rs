@@ -106,29 +106,22 @@ pub(super) fn check(c: &mut Checker, path: &FieldPath, spec: &ControlPlaneConfig
     }
     let limits = path.key("limits");
     let given = &spec.limits;
-    c.at_least_one(limits.key("maxConnections"), given.max_connections);
-    c.at_least_one(
-        limits.key("maxConcurrentStreams"),
-        given.max_concurrent_streams,
-    );
     c.header_bytes(limits.key("maxHeaderBytes"), given.max_header_bytes);
     c.positive(limits.key("headerReadTimeout"), given.header_read_timeout);
     c.positive(limits.key("bodyReadTimeout"), given.body_read_timeout);
-    for (field, bytes) in [
-        ("maxAdminBodyBytes", given.max_admin_body_bytes),
-        ("maxAgentBodyBytes", given.max_agent_body_bytes),
-        ("maxPeerBodyBytes", given.max_peer_body_bytes),
-        ("maxWriteBytes", given.max_write_bytes),
-        ("maxReplicationBytes", given.max_replication_bytes),
-    ] {
-        c.at_least_one(limits.key(field), bytes);
-    }
-    c.at_least_one(limits.key("maxSnapshotBytes"), given.max_snapshot_bytes);
     for (field, value) in [
-        ("maxNodes", given.max_nodes),
-        ("maxInstancesPerNode", given.max_instances_per_node),
-        ("maxLabelBytes", given.max_label_bytes),
-        ("maxWatchStreams", given.max_watch_streams),
+        ("maxConnections", given.max_connections.into()),
+        ("maxConcurrentStreams", given.max_concurrent_streams.into()),
+        ("maxAdminBodyBytes", given.max_admin_body_bytes.into()),
+        ("maxAgentBodyBytes", given.max_agent_body_bytes.into()),
+        ("maxPeerBodyBytes", given.max_peer_body_bytes.into()),
+        ("maxWriteBytes", given.max_write_bytes.into()),
+        ("maxReplicationBytes", given.max_replication_bytes.into()),
+        ("maxSnapshotBytes", given.max_snapshot_bytes),
+        ("maxNodes", given.max_nodes.into()),
+        ("maxInstancesPerNode", given.max_instances_per_node.into()),
+        ("maxLabelBytes", given.max_label_bytes.into()),
+        ("maxWatchStreams", given.max_watch_streams.into()),
     ] {
         c.at_least_one(limits.key(field), value);
     }
