@@ -29,6 +29,23 @@ fn join_body(token: &str, name: &str, site: &str, csr: &str) -> String {
     .to_string()
 }
 
+/// Asks `address` for a certificate: the answer's status and body.
+async fn join(
+    address: std::net::SocketAddr,
+    token: &str,
+    name: &str,
+    site: &str,
+    csr: &str,
+) -> (u16, serde_json::Value) {
+    call(
+        "POST",
+        address,
+        "/v1/agent/join",
+        &join_body(token, name, site, csr),
+    )
+    .await
+}
+
 fn create_token(cli: &std::path::Path, server: std::net::SocketAddr, args: &[&str]) -> String {
     let mut all = vec!["token", "create"];
     all.extend_from_slice(args);
@@ -83,13 +100,7 @@ async fn a_host_with_a_join_token_gets_a_certificate_for_its_node_and_services()
     // A join through a follower: the certificate names the node and its services, chains to
     // the root, and lasts the site's lifetime.
     let edge = create_token(&cli, leader, &["--site", "edge"]);
-    let (status, joined) = call(
-        "POST",
-        follower,
-        "/v1/agent/join",
-        &join_body(&edge, "gw-1", "edge", &csr()),
-    )
-    .await;
+    let (status, joined) = join(follower, &edge, "gw-1", "edge", &csr()).await;
     assert_eq!(status, 200, "{joined}");
     let cert_pem = joined["certPem"].as_str().expect("a certificate");
     let root_pem = roots[0]["certPem"].as_str().expect("the root");
@@ -109,53 +120,23 @@ async fn a_host_with_a_join_token_gets_a_certificate_for_its_node_and_services()
     );
 
     // Single use, site-bound, revocable, expiring; a bad CSR uses nothing; no anonymous lists.
-    let again = call(
-        "POST",
-        leader,
-        "/v1/agent/join",
-        &join_body(&edge, "gw-2", "edge", &csr()),
-    )
-    .await;
+    let again = join(leader, &edge, "gw-2", "edge", &csr()).await;
     assert_eq!(
         again.0, 403,
         "a used token admits no second host: {}",
         again.1
     );
     let core = create_token(&cli, leader, &["--site", "core", "--name", "core-1"]);
-    let elsewhere = call(
-        "POST",
-        leader,
-        "/v1/agent/join",
-        &join_body(&core, "gw-3", "edge", &csr()),
-    )
-    .await;
+    let elsewhere = join(leader, &core, "gw-3", "edge", &csr()).await;
     assert_eq!(elsewhere.0, 403, "{}", elsewhere.1);
-    let garbage = call(
-        "POST",
-        leader,
-        "/v1/agent/join",
-        &join_body(&core, "app-1", "core", "not a csr"),
-    )
-    .await;
+    let garbage = join(leader, &core, "app-1", "core", "not a csr").await;
     assert_eq!(garbage.0, 422, "{}", garbage.1);
     let revoked = hyphae(&cli, leader, &["token", "revoke", "core-1"]).expect("run hyphae");
     assert!(revoked.success(), "{}", revoked.text);
-    let after = call(
-        "POST",
-        leader,
-        "/v1/agent/join",
-        &join_body(&core, "app-1", "core", &csr()),
-    )
-    .await;
+    let after = join(leader, &core, "app-1", "core", &csr()).await;
     assert_eq!(after.0, 403, "a revoked token: {}", after.1);
     let brief = create_token(&cli, leader, &["--ttl", "1ms"]);
-    let late = call(
-        "POST",
-        leader,
-        "/v1/agent/join",
-        &join_body(&brief, "app-2", "core", &csr()),
-    )
-    .await;
+    let late = join(leader, &brief, "app-2", "core", &csr()).await;
     assert_eq!(late.0, 403, "an expired token: {}", late.1);
     // A join may not take a registered node's name; an unbound token gets the default
     // lifetime whatever site the host names; a guess costs the cluster no log entry.
@@ -165,34 +146,16 @@ async fn a_host_with_a_join_token_gets_a_certificate_for_its_node_and_services()
         200
     );
     let any = create_token(&cli, leader, &["--uses", "2"]);
-    let taken = call(
-        "POST",
-        leader,
-        "/v1/agent/join",
-        &join_body(&any, "app-9", "core", &csr()),
-    )
-    .await;
+    let taken = join(leader, &any, "app-9", "core", &csr()).await;
     assert_eq!(taken.0, 403, "{}", taken.1);
-    let (status, unbound) = call(
-        "POST",
-        leader,
-        "/v1/agent/join",
-        &join_body(&any, "gw-9", "edge", &csr()),
-    )
-    .await;
+    let (status, unbound) = join(leader, &any, "gw-9", "edge", &csr()).await;
     assert_eq!(status, 200, "{unbound}");
     let facts =
         ca::read(unbound["certPem"].as_str().expect("a certificate"), None).expect("a certificate");
     assert_eq!((facts.not_after - facts.not_before) / 3600, 24);
     let before = call("GET", leader, "/v1/cluster", "").await.1["lastLogIndex"].clone();
     for _ in 0..20 {
-        let guess = call(
-            "POST",
-            follower,
-            "/v1/agent/join",
-            &join_body("hyphae_guess", "x-1", "core", &csr()),
-        )
-        .await;
+        let guess = join(follower, "hyphae_guess", "x-1", "core", &csr()).await;
         assert_eq!(guess.0, 403);
     }
     let after = call("GET", leader, "/v1/cluster", "").await.1["lastLogIndex"].clone();

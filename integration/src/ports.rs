@@ -46,6 +46,9 @@ mod tests {
                 .iter()
                 .all(|port| TcpListener::bind(("127.0.0.1", *port)).is_ok())
         });
-        assert!(released, "the chosen ports were still held after free_ports returned");
+        assert!(
+            released,
+            "the chosen ports were still held after free_ports returned"
+        );
     }
 }

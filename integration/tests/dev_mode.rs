@@ -15,6 +15,15 @@ use hyphae_integration::ports::free_ports;
 use hyphae_integration::tmpfs::{SMALL_DISK, Tmpfs};
 use hyphae_integration::{DEADLINE, eventually};
 
+/// `--dev` with its control plane on `server` and its data (and admin token) in `data`.
+fn dev_args(server: &str, data: &std::path::Path) -> Vec<String> {
+    ["--dev", "--dev-listen", server, "--dev-data-dir"]
+        .iter()
+        .map(ToString::to_string)
+        .chain([data.display().to_string()])
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_dev_agent_is_a_working_mesh() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -41,18 +50,11 @@ async fn one_dev_agent_is_a_working_mesh() {
     let dev_data = dir.path().join("dev");
     let token_file = dev_data.join("admin-token");
     write_token_file(&token_file).expect("write the admin token");
-    let dev_data = dev_data.display().to_string();
     let _agent = Agent::start(
         &workspace_binary("hyphae-agent"),
         "laptop",
         &config,
-        &[
-            "--dev",
-            "--dev-listen",
-            &server,
-            "--dev-data-dir",
-            &dev_data,
-        ],
+        &dev_args(&server, &dev_data),
     )
     .expect("start the dev agent");
 
@@ -136,19 +138,12 @@ async fn a_dev_agent_whose_control_plane_store_fills_up_exits_with_an_error() {
         dir.path().join("agent-data").display()
     );
     write_token_file(&dev_data.join("admin-token")).expect("write the admin token");
-    let dev_data = dev_data.display().to_string();
     let mut agent = Agent::start_in_with(
         &workspace_binary("hyphae-agent"),
         dir.path(),
         "laptop",
         &yaml,
-        &[
-            "--dev",
-            "--dev-listen",
-            &server,
-            "--dev-data-dir",
-            &dev_data,
-        ],
+        &dev_args(&server, &dev_data),
     )
     .expect("start the dev agent");
 

@@ -98,6 +98,32 @@ pub(crate) fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
         .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
 }
 
+/// The request's body as JSON of `T`, or a 400 that shows what was `expected`.
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
+    request: &ApiRequest,
+    expected: &str,
+) -> Result<T, ApiError> {
+    serde_json::from_slice(&request.body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad-body",
+            format!("expected {expected} as JSON: {e}"),
+        )
+    })
+}
+
+/// Like [`json_body`], with `T`'s default for an empty body.
+pub(crate) fn json_body_or_default<T: serde::de::DeserializeOwned + Default>(
+    request: &ApiRequest,
+    expected: &str,
+) -> Result<T, ApiError> {
+    if request.body.iter().all(u8::is_ascii_whitespace) {
+        Ok(T::default())
+    } else {
+        json_body(request, expected)
+    }
+}
+
 /// Why a request was not answered here.
 pub(crate) enum Routed {
     Error(ApiError),

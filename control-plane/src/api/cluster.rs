@@ -4,7 +4,7 @@
 use http::StatusCode;
 use openraft::BasicNode;
 
-use super::answer::{Answer, ApiError, ApiRequest, json_response};
+use super::answer::{Answer, ApiError, ApiRequest, json_body, json_body_or_default, json_response};
 use super::leader::{committed, to_current_leader};
 use crate::node::Node;
 use crate::raft::{NodeId, lag};
@@ -30,13 +30,7 @@ pub(crate) async fn change_members(
         committed(node, node.raft.change_membership(change, false)).await?;
         return status(node).await;
     }
-    let member: NewMember = serde_json::from_slice(&request.body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad-member",
-            format!("expected {{\"id\": N, \"address\": \"host:port\"}}: {e}"),
-        )
-    })?;
+    let member: NewMember = json_body(request, "{\"id\": N, \"address\": \"host:port\"}")?;
     let learner = BasicNode::new(&member.address);
     committed(node, node.raft.add_learner(member.id, learner, true)).await?;
     let change = openraft::ChangeMembers::AddVoterIds([member.id].into());
@@ -47,17 +41,7 @@ pub(crate) async fn change_members(
 /// `POST /v1/cluster/transfer-leader`: the leader hands leadership over (see
 /// [`transfer::transfer`]); followers forward it. Answers with the new cluster view.
 pub(crate) async fn transfer_leader(node: &Node, request: &ApiRequest) -> Answer {
-    let body: TransferTo = if request.body.iter().all(u8::is_ascii_whitespace) {
-        TransferTo::default()
-    } else {
-        serde_json::from_slice(&request.body).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad-transfer",
-                format!("expected {{\"to\": N}} or {{}}: {e}"),
-            )
-        })?
-    };
+    let body: TransferTo = json_body_or_default(request, "{\"to\": N} or {}")?;
     let metrics = node.raft.metrics().borrow().clone();
     if metrics.state != openraft::ServerState::Leader {
         return Err(to_current_leader(&metrics));

@@ -6,7 +6,7 @@
 use http::StatusCode;
 use hyphae_policies::validate::check_name;
 
-use super::answer::{Answer, ApiError, ApiRequest, json_response};
+use super::answer::{Answer, ApiError, ApiRequest, json_body, json_body_or_default, json_response};
 use super::leader::{read_barrier, remove, write};
 use crate::ca;
 use crate::join_tokens::{JoinToken, JoinTokenView};
@@ -69,17 +69,10 @@ pub(crate) async fn list(node: &Node, request: &ApiRequest) -> Answer {
 /// `POST /v1/join-tokens`: a new join token with a random secret (single use, 1 h, any site
 /// unless the request says otherwise).
 pub(crate) async fn create(node: &Node, request: &ApiRequest) -> Answer {
-    let new: NewJoinToken = if request.body.iter().all(u8::is_ascii_whitespace) {
-        NewJoinToken::default()
-    } else {
-        serde_json::from_slice(&request.body).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad-join-token",
-                format!("expected {{\"name\", \"ttl\": \"1h\", \"uses\": 1, \"site\"}}: {e}"),
-            )
-        })?
-    };
+    let new: NewJoinToken = json_body_or_default(
+        request,
+        "{\"name\", \"ttl\": \"1h\", \"uses\": 1, \"site\"}",
+    )?;
     let name = new
         .name
         .unwrap_or_else(|| format!("join-{:08x}", rand::random::<u32>()));
@@ -144,13 +137,10 @@ pub(crate) async fn revoke(node: &Node, name: &str) -> Answer {
 /// `POST /v1/agent/join`: checks the request and its CSR, uses the join token through Raft,
 /// then signs a certificate naming the node and its services.
 pub(crate) async fn join(node: &Node, request: &ApiRequest) -> Answer {
-    let join: JoinRequest = serde_json::from_slice(&request.body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad-join",
-            format!("expected {{\"token\", \"name\", \"site\", \"services\", \"csrPem\"}}: {e}"),
-        )
-    })?;
+    let join: JoinRequest = json_body(
+        request,
+        "{\"token\", \"name\", \"site\", \"services\", \"csrPem\"}",
+    )?;
     let invalid =
         |message: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "bad-join", message);
     check_name(&join.name).map_err(|reason| invalid(format!("name `{}`: {reason}", join.name)))?;

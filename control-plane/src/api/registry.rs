@@ -12,7 +12,7 @@ use hyphae_policies::registry::{self, HealthReport, Heartbeat, Lease, NodeRecord
 use hyphae_policies::validate::check_name;
 use serde::de::DeserializeOwned;
 
-use super::answer::{ApiError, ApiRequest, Routed, json_response};
+use super::answer::{ApiError, ApiRequest, Routed, json_body, json_response};
 use super::leader::{read_barrier, to_current_leader, write};
 use crate::node::Node;
 use crate::state::{Command, CommandResponse};
@@ -207,13 +207,7 @@ fn not_found(what: &str, name: &str) -> Routed {
 
 /// Reads a JSON body, or a 400 that says what was expected.
 fn body<T: DeserializeOwned>(request: &ApiRequest, what: &str) -> Result<T, ApiError> {
-    serde_json::from_slice(&request.body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad-body",
-            format!("expected {what} as JSON: {e}"),
-        )
-    })
+    json_body(request, what)
 }
 
 /// The rules a registration must follow, with the reason it breaks one.

@@ -4,7 +4,7 @@
 use http::StatusCode;
 use hyphae_policies::validate::check_name;
 
-use super::answer::{Answer, ApiError, ApiRequest, json_response};
+use super::answer::{Answer, ApiError, ApiRequest, json_body, json_response};
 use super::leader::{read_barrier, remove, write};
 use crate::node::Node;
 use crate::state::{Command, CommandResponse};
@@ -23,13 +23,10 @@ pub(crate) async fn list(node: &Node, request: &ApiRequest) -> Answer {
 
 /// `POST /v1/acl/tokens`: creates (or replaces) a token with a new random secret.
 pub(crate) async fn create(node: &Node, request: &ApiRequest) -> Answer {
-    let new: NewToken = serde_json::from_slice(&request.body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad-token",
-            format!("expected {{\"name\": \"ci\", \"role\": \"read|write|admin\", \"ttl\": \"24h\"}}: {e}"),
-        )
-    })?;
+    let new: NewToken = json_body(
+        request,
+        "{\"name\": \"ci\", \"role\": \"read|write|admin\", \"ttl\": \"24h\"}",
+    )?;
     check_name(&new.name).map_err(|reason| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
