@@ -146,10 +146,7 @@ async fn a_stalled_body_is_answered_408_and_bodies_are_bounded_per_kind_of_calle
     assert!(answer.contains("bodyReadTimeout"), "{answer}");
 
     let record = format!("{{\"name\": \"{}\"}}", "a".repeat(4096));
-    let register = format!(
-        "POST /v1/agent/register HTTP/1.1\r\nhost: node\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{record}",
-        record.len()
-    );
+    let register = post("/v1/agent/register", &record);
     let answer = exchange(running.address, &register).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains("maxAgentBodyBytes"), "{answer}");
@@ -159,11 +156,7 @@ async fn a_stalled_body_is_answered_408_and_bodies_are_bounded_per_kind_of_calle
         "kind: ServicePolicy\nmetadata: {{name: big}}\nspec: {{}}\n# {}\n",
         "x".repeat(4096)
     );
-    let apply = format!(
-        "POST /v1/policies HTTP/1.1\r\nhost: node\r\nauthorization: {}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{policy}",
-        bearer(),
-        policy.len()
-    );
+    let apply = post("/v1/policies", &policy);
     let answer = exchange(running.address, &apply).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     running.stop().await.expect("stop");
@@ -236,10 +229,7 @@ fn snapshot_chunk(term: u64, offset: u64, data: Vec<u8>) -> String {
         done: false,
     };
     let body = serde_json::to_string(&request).expect("encode a chunk");
-    format!(
-        "POST /raft/snapshot HTTP/1.1\r\nhost: node\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    )
+    post("/raft/snapshot", &body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,6 +268,8 @@ fn json_of(answer: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
 }
 
+/// A POST of `body` to `path` with this process's admin token (agent and peer routes ignore
+/// it), closing the connection after the answer.
 fn post(path: &str, body: &str) -> String {
     format!(
         "POST {path} HTTP/1.1\r\nhost: node\r\nauthorization: {}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
@@ -408,10 +400,7 @@ fn registration(name: &str) -> String {
     let record = format!(
         "{{\"name\": \"{name}\", \"site\": \"a\", \"address\": \"10.0.0.1:4143\", \"instances\": []}}"
     );
-    format!(
-        "POST /v1/agent/register HTTP/1.1\r\nhost: node\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{record}",
-        record.len()
-    )
+    post("/v1/agent/register", &record)
 }
 
 /// Opens a watch stream and returns the connection with the status line of its answer.

@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
 use super::get::Output;
-use super::table::table;
+use super::table::table_of;
 use super::{Outcome, ServerArgs};
 use crate::tokens::{Role, TokenView};
 
@@ -145,18 +145,14 @@ pub(super) fn revoke(
 /// Tokens as `NAME ROLE EXPIRES REVISION` (expiry as the time left, `never` or `expired`).
 fn tokens_table(tokens: &[TokenView]) -> String {
     let now = crate::tokens::now_ms();
-    let rows = tokens
-        .iter()
-        .map(|token| {
-            vec![
-                token.name.clone(),
-                token.role.name().to_string(),
-                expires(token.expires_at_ms, now),
-                token.revision.to_string(),
-            ]
-        })
-        .collect();
-    table(&["NAME", "ROLE", "EXPIRES", "REVISION"], rows)
+    table_of(&["NAME", "ROLE", "EXPIRES", "REVISION"], tokens, |token| {
+        vec![
+            token.name.clone(),
+            token.role.name().to_string(),
+            expires(token.expires_at_ms, now),
+            token.revision.to_string(),
+        ]
+    })
 }
 
 /// An expiry for a table: `never`, `expired`, or the time left.

@@ -43,6 +43,11 @@ pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     text
 }
 
+/// A table of `items`, one row each as `row` lays it out, under `header`.
+pub fn table_of<T>(header: &[&str], items: &[T], row: impl Fn(&T) -> Vec<String>) -> String {
+    table(header, items.iter().map(row).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

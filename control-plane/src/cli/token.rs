@@ -5,7 +5,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 
 use super::acl::{ListArgs, RevokeArgs};
-use super::table::table;
+use super::table::table_of;
 use super::{Outcome, ServerArgs};
 use crate::join_tokens::JoinTokenView;
 
@@ -73,16 +73,12 @@ pub fn run(args: &TokenArgs, out: &mut dyn std::io::Write) -> Result<Outcome> {
 /// Join tokens as `NAME USES EXPIRES SITE`.
 fn join_tokens_table(tokens: &[JoinTokenView]) -> String {
     let now = crate::tokens::now_ms();
-    let rows = tokens
-        .iter()
-        .map(|token| {
-            vec![
-                token.name.clone(),
-                token.uses_left.to_string(),
-                super::acl::expires(Some(token.expires_at_ms), now),
-                token.site.clone().unwrap_or_else(|| "any".to_string()),
-            ]
-        })
-        .collect();
-    table(&["NAME", "USES", "EXPIRES", "SITE"], rows)
+    table_of(&["NAME", "USES", "EXPIRES", "SITE"], tokens, |token| {
+        vec![
+            token.name.clone(),
+            token.uses_left.to_string(),
+            super::acl::expires(Some(token.expires_at_ms), now),
+            token.site.clone().unwrap_or_else(|| "any".to_string()),
+        ]
+    })
 }
