@@ -58,7 +58,12 @@ pub async fn write_once_while_leading(
         // Wakes as soon as leadership changes, so a new leader writes at once.
         tokio::select! {
             () = shutdown.cancelled() => return,
-            _ = tokio::time::timeout(CHECK_INTERVAL, metrics.changed()) => {}
+            changed = tokio::time::timeout(CHECK_INTERVAL, metrics.changed()) => {
+                // Raft has stopped: nothing more can be written (and no spinning on it).
+                if let Ok(Err(_)) = changed {
+                    return;
+                }
+            }
         }
     }
 }

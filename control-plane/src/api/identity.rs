@@ -169,9 +169,6 @@ pub(crate) async fn join(node: &Node, request: &ApiRequest) -> Answer {
             .map(|s| ca::service_id(trust_domain, s)),
     );
     let now = tokens::now_ms();
-    // A CSR that does not parse must not use up the token: it is checked before.
-    ca::sign(&ca, &join.csr_pem, &identities, now, 1)
-        .map_err(|error| invalid(error.to_string()))?;
     // Checked against this node's applied state first, so a guess costs no Raft entry; the
     // Raft command below stays the deciding check.
     let hash = tokens::hash(&join.token);
@@ -206,6 +203,10 @@ pub(crate) async fn join(node: &Node, request: &ApiRequest) -> Answer {
         spec.certificates.lifetime
     };
     let lifetime = u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX);
+    // Signed before the token is used, so a CSR that does not parse uses nothing; handed out
+    // only once the token's use is committed.
+    let cert_pem = ca::sign(&ca, &join.csr_pem, &identities, now, lifetime)
+        .map_err(|error| invalid(error.to_string()))?;
     let used = write(
         node,
         Command::UseJoinToken {
@@ -238,8 +239,6 @@ pub(crate) async fn join(node: &Node, request: &ApiRequest) -> Answer {
             .into());
         }
     }
-    let cert_pem = ca::sign(&ca, &join.csr_pem, &identities, now, lifetime)
-        .map_err(|error| invalid(error.to_string()))?;
     Ok(json_response(
         StatusCode::OK,
         &Joined {

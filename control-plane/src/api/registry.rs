@@ -10,7 +10,6 @@ use http_body_util::Full;
 use hyphae_policies::ControlPlaneLimits;
 use hyphae_policies::registry::{self, HealthReport, Heartbeat, Lease, NodeRecord, UNKNOWN_NODE};
 use hyphae_policies::validate::check_name;
-use serde::de::DeserializeOwned;
 
 use super::answer::{ApiError, ApiRequest, Routed, json_body, json_response};
 use super::leader::{read_barrier, to_current_leader, write};
@@ -23,7 +22,7 @@ pub(crate) async fn register(
     node: &Node,
     request: &ApiRequest,
 ) -> Result<Response<Full<Bytes>>, Routed> {
-    let record: NodeRecord = body(request, "a node registration")?;
+    let record: NodeRecord = json_body(request, "a node registration")?;
     let limits = &node.config.spec.limits;
     check_registration(&record).map_err(|message| {
         ApiError::new(
@@ -59,7 +58,7 @@ pub(crate) async fn heartbeat(
     node: &Node,
     request: &ApiRequest,
 ) -> Result<Response<Full<Bytes>>, Routed> {
-    let heartbeat: Heartbeat = body(request, "a heartbeat")?;
+    let heartbeat: Heartbeat = json_body(request, "a heartbeat")?;
     leader_only(node)?;
     let revision = node
         .state
@@ -76,7 +75,7 @@ pub(crate) async fn health(
     node: &Node,
     request: &ApiRequest,
 ) -> Result<Response<Full<Bytes>>, Routed> {
-    let report: HealthReport = body(request, "a health report")?;
+    let report: HealthReport = json_body(request, "a health report")?;
     let name = report.node.clone();
     let written = write(
         node,
@@ -99,7 +98,7 @@ pub(crate) async fn deregister(
     node: &Node,
     request: &ApiRequest,
 ) -> Result<Response<Full<Bytes>>, Routed> {
-    let leaving: Heartbeat = body(request, "a deregistration")?;
+    let leaving: Heartbeat = json_body(request, "a deregistration")?;
     let name = leaving.node.clone();
     let written = write(node, Command::DeregisterNode { node: leaving.node }).await?;
     node.leases.forget(&name);
@@ -203,11 +202,6 @@ fn not_found(what: &str, name: &str) -> Routed {
         format!("no {what} named `{name}`"),
     )
     .into()
-}
-
-/// Reads a JSON body, or a 400 that says what was expected.
-fn body<T: DeserializeOwned>(request: &ApiRequest, what: &str) -> Result<T, ApiError> {
-    json_body(request, what)
 }
 
 /// The rules a registration must follow, with the reason it breaks one.
