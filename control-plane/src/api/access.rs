@@ -106,16 +106,11 @@ pub(crate) async fn check(
             Ok(Caller::AskLeader)
         }
         Err(refused) => {
-            let status = match refused {
-                Refused::Forbidden { .. } => StatusCode::FORBIDDEN,
-                Refused::Missing | Refused::Invalid => StatusCode::UNAUTHORIZED,
+            let (status, code) = match refused {
+                Refused::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
+                Refused::Missing | Refused::Invalid => (StatusCode::UNAUTHORIZED, "unauthorized"),
             };
             tracing::warn!(%method, path, reason = %refused, "admin request refused");
-            let code = if status == StatusCode::FORBIDDEN {
-                "forbidden"
-            } else {
-                "unauthorized"
-            };
             Err(ApiError::new(status, code, refused.to_string()))
         }
     }
