@@ -1,5 +1,5 @@
 //! The agent's one HTTP client for the control plane: it knows the nodes' addresses, talks
-//! HTTP/2 to one node at a time, moves to the next after a failure with jittered backoff,
+//! HTTP/2 over mutual TLS (presenting the node's certificate) to one node at a time, moves to the next after a failure with jittered backoff,
 //! bounds connects and requests with timeouts, and speaks JSON. Registration ([`crate::register`])
 //! and the watch stream ([`crate::watch`]) both use it; it must never know what their messages mean.
 
@@ -11,8 +11,8 @@ use http::StatusCode;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use hyphae_policies::tls::{ServerIdentity, TlsConnector};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
@@ -48,6 +48,9 @@ pub enum ControlPlaneError {
         #[source]
         source: http::Error,
     },
+    /// The agent has no certificate to talk to the control plane with.
+    #[error("no certificate to talk to the control plane with")]
+    NoIdentity,
     /// The node could not be reached, or the connection failed before an answer.
     #[error("cannot reach control-plane node {server}")]
     Unreachable {
@@ -111,7 +114,7 @@ impl ControlPlaneError {
 /// own place in the list and its own backoff.
 #[derive(Clone)]
 pub struct ControlPlaneClient {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Option<Client<TlsConnector, Full<Bytes>>>,
     servers: Arc<[String]>,
     /// Index (modulo the list) of the node in use.
     next: usize,
@@ -121,15 +124,23 @@ pub struct ControlPlaneClient {
 
 impl ControlPlaneClient {
     /// A client for `servers` (`host:port`), starting at a random one so agents spread over
-    /// the nodes; it accepts header lists up to `max_header_bytes` (`limits.maxHeaderBytes`).
-    pub fn new(servers: Vec<String>, max_header_bytes: u32) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .http2_max_header_list_size(max_header_bytes)
-            .build(connector);
+    /// the nodes; it accepts header lists up to `max_header_bytes` (`limits.maxHeaderBytes`)
+    /// and talks TLS with `tls` (none: every request fails with [`ControlPlaneError::NoIdentity`]).
+    pub fn new(
+        servers: Vec<String>,
+        max_header_bytes: u32,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Self {
+        let client = tls.map(|tls| {
+            Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .http2_max_header_list_size(max_header_bytes)
+                .build(TlsConnector::new(
+                    tls,
+                    ServerIdentity::ControlPlane,
+                    CONNECT_TIMEOUT,
+                ))
+        });
         let next = rand::random_range(0..servers.len().max(1));
         ControlPlaneClient {
             client,
@@ -185,7 +196,7 @@ impl ControlPlaneClient {
             path: path.to_string(),
             source,
         })?;
-        let uri = format!("http://{server}{path}");
+        let uri = format!("https://{server}{path}");
         let request = http::Request::post(&uri)
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(json)))
@@ -228,7 +239,7 @@ impl ControlPlaneClient {
         timeout: Duration,
     ) -> Result<Incoming, ControlPlaneError> {
         let server = self.server();
-        let uri = format!("http://{server}{path_and_query}");
+        let uri = format!("https://{server}{path_and_query}");
         let request = http::Request::get(&uri)
             .body(Full::new(Bytes::new()))
             .map_err(|source| ControlPlaneError::Request { uri, source })?;
@@ -255,7 +266,10 @@ impl ControlPlaneClient {
         &self,
         request: http::Request<Full<Bytes>>,
     ) -> Result<http::Response<Incoming>, ControlPlaneError> {
-        self.client
+        let Some(client) = &self.client else {
+            return Err(ControlPlaneError::NoIdentity);
+        };
+        client
             .request(request)
             .await
             .map_err(|source| ControlPlaneError::Unreachable {
@@ -299,6 +313,7 @@ mod tests {
         let mut client = ControlPlaneClient::new(
             vec!["a:1".into(), "b:2".into(), "c:3".into()],
             header_bytes(),
+            None,
         );
         let mut seen: Vec<String> = (0..3)
             .map(|_| {
@@ -310,7 +325,7 @@ mod tests {
         seen.sort();
         assert_eq!(seen, ["a:1", "b:2", "c:3"]);
         assert_eq!(
-            ControlPlaneClient::new(Vec::new(), header_bytes()).server(),
+            ControlPlaneClient::new(Vec::new(), header_bytes(), None).server(),
             ""
         );
     }

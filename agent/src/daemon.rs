@@ -157,9 +157,27 @@ impl Daemon {
             stop_registrar: CancellationToken::new(),
         };
         daemon.start_checks(config);
-        // One client for the control plane: registration and the watch share its connections.
-        let control_plane =
-            ControlPlaneClient::new(config.spec.control_plane.clone(), limits.max_header_bytes);
+        // One client for the control plane: registration, the watch and renewals share its
+        // connections, over mutual TLS with this node's certificate.
+        let identity = if config.spec.control_plane.is_empty() {
+            None
+        } else {
+            Some(crate::identity::obtain(config).await?)
+        };
+        let control_plane = ControlPlaneClient::new(
+            config.spec.control_plane.clone(),
+            limits.max_header_bytes,
+            identity
+                .as_ref()
+                .map(|identity| Arc::clone(&identity.control_plane)),
+        );
+        if let Some(identity) = identity {
+            daemon.registrar.spawn(crate::identity::keep_renewed(
+                identity,
+                control_plane.clone(),
+                daemon.stop_registrar.clone(),
+            ));
+        }
         let registrar = Registrar {
             control_plane: control_plane.clone(),
             local: registration_changes,

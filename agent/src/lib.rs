@@ -30,6 +30,7 @@ pub mod daemon;
 pub mod dev;
 pub mod error;
 pub mod health;
+pub mod identity;
 pub mod listener;
 pub mod metrics;
 pub mod model;

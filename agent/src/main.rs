@@ -41,6 +41,14 @@ struct Args {
     /// removed at exit.
     #[arg(long, value_name = "DIR", requires = "dev")]
     dev_data_dir: Option<PathBuf>,
+    /// Join with the join token in this owner-only file when the agent has no certificate yet
+    /// (instead of `spec.join.tokenFile`).
+    #[arg(long, value_name = "FILE", conflicts_with = "dev")]
+    join_token_file: Option<PathBuf>,
+    /// The SHA-256 fingerprint of the cluster's root to pin when joining (instead of
+    /// `spec.join.caFingerprint`; `hyphae ca` prints it).
+    #[arg(long, value_name = "HEX", conflicts_with = "dev")]
+    ca_fingerprint: Option<String>,
 }
 
 /// Where the configuration is read from when `--config` is not given.
@@ -70,13 +78,21 @@ fn main() -> ExitCode {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
     // `--dev` runs without a file when none was named and the default one does not exist.
     let file = (args.config.is_some() || !args.dev || args.check || path.exists()).then_some(path);
-    let (config, warnings) = match &file {
+    let (mut config, warnings) = match &file {
         Some(path) => match load(path) {
             Some((config, warnings)) => (Some(config), warnings),
             None => return ExitCode::from(1),
         },
         None => (None, Vec::new()),
     };
+    if let Some(config) = &mut config {
+        if let Some(path) = &args.join_token_file {
+            config.spec.join.token_file = Some(path.clone());
+        }
+        if let Some(fingerprint) = &args.ca_fingerprint {
+            config.spec.join.ca_fingerprint = Some(fingerprint.clone());
+        }
+    }
     if args.check
         && let Some(config) = &config
     {

@@ -48,6 +48,9 @@ pub const CONTROL_PLANE_STALENESS: &str = "hyphae_control_plane_staleness_second
 /// fresh one, else 0.
 pub const SAVED_SNAPSHOT_UNREADABLE: &str = "hyphae_saved_snapshot_unreadable";
 
+/// Seconds until this node's certificate expires (renewed at two thirds of its life).
+pub const CERTIFICATE_EXPIRY: &str = "hyphae_certificate_expiry_seconds";
+
 /// Histogram buckets for request durations, in seconds.
 const DURATION_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -61,6 +64,11 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
             &DURATION_BUCKETS,
         )?
         .install_recorder()?;
+    describe_gauge!(
+        CERTIFICATE_EXPIRY,
+        metrics::Unit::Seconds,
+        "Seconds until this node's certificate expires; it is renewed at two thirds of its life."
+    );
     describe_counter!(
         REQUESTS,
         "Requests answered, by service, route and status class."

@@ -36,6 +36,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+pub use self::access::Peer;
 use self::access::{AGENT_PREFIX, Caller, PEER_RPC_PREFIX};
 pub use self::answer::ApiBody;
 use self::answer::{Answer, ApiError, ApiRequest, Routed, json_response};
@@ -81,20 +82,35 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: Cancellatio
             let _permit = permit;
             // Version detection waits for the first bytes; a silent client must not hold a
             // connection (and its permit) forever.
-            let mut probe = [0u8; 1];
-            match tokio::time::timeout(first_byte, stream.peek(&mut probe)).await {
-                Ok(Ok(read)) if read > 0 => {}
-                Ok(Ok(_)) | Ok(Err(_)) => return,
-                Err(_) => {
-                    tracing::debug!(%peer, "no request within {first_byte:?}; closing");
+            // The handshake too: the port speaks only TLS, and a client that sends anything
+            // else (plaintext HTTP, say) is refused here.
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&node.tls.server));
+            let stream = match tokio::time::timeout(first_byte, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    tracing::info!(%peer, %error, "TLS handshake refused");
                     return;
                 }
-            }
+                Err(_) => {
+                    tracing::debug!(%peer, "no TLS handshake within {first_byte:?}; closing");
+                    return;
+                }
+            };
+            let trust_domain = &node.config.spec.certificates.trust_domain;
+            let identity = Peer::from_certificate(
+                stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(<[_]>::first),
+                trust_domain,
+            );
             let streams = shutdown.clone();
             let service = service_fn(move |request| {
                 let node = Arc::clone(&node);
                 let streams = streams.clone();
-                async move { Ok::<_, Infallible>(handle(&node, request, &streams).await) }
+                let identity = identity.clone();
+                async move { Ok::<_, Infallible>(handle(&node, request, identity, &streams).await) }
             });
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
@@ -146,11 +162,13 @@ fn connection_builder(limits: &ControlPlaneLimits) -> auto::Builder<TokioExecuto
 /// hyper refuses an HTTP/1.1 read buffer smaller than this.
 const MIN_HTTP1_BUFFER: usize = 8192;
 
-/// Handles one request; `shutdown` ends the long-lived ones (watch streams). Every request of
-/// the port, peer or admin, passes here before it is routed.
+/// Handles one request from `peer` (who its TLS certificate proved it to be); `shutdown` ends
+/// the long-lived ones (watch streams). Every request of the port, peer or admin, passes here
+/// before it is routed.
 pub async fn handle(
     node: &Node,
     request: Request<Incoming>,
+    peer: Peer,
     shutdown: &CancellationToken,
 ) -> Response<ApiBody> {
     if !canonical(request.uri().path()) {
@@ -164,9 +182,18 @@ pub async fn handle(
     }
     if request.method() == Method::GET && request.uri().path() == hyphae_policies::watch::WATCH_PATH
     {
+        let peer = peer.speaking_for(node, request.headers());
+        let path = request.uri().path();
+        if let Err(refused) =
+            access::check(node, &Method::GET, path, request.headers(), &peer).await
+        {
+            return refused.into_response().map(BodyExt::boxed);
+        }
         return watch::open(node, &request, shutdown).await;
     }
-    handle_buffered(node, request).await.map(BodyExt::boxed)
+    handle_buffered(node, request, peer)
+        .await
+        .map(BodyExt::boxed)
 }
 
 /// Whether `path` is in the one form access checks and routing both read: `/` then non-empty
@@ -179,10 +206,15 @@ fn canonical(path: &str) -> bool {
 }
 
 /// Handles a request whose body and answer are read whole.
-async fn handle_buffered(node: &Node, request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle_buffered(
+    node: &Node,
+    request: Request<Incoming>,
+    peer: Peer,
+) -> Response<Full<Bytes>> {
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_string();
-    let caller = match access::check(node, &parts.method, &path, &parts.headers).await {
+    let peer = peer.speaking_for(node, &parts.headers);
+    let caller = match access::check(node, &parts.method, &path, &parts.headers, &peer).await {
         Ok(caller) => caller,
         Err(refused) => return refused.into_response(),
     };
@@ -240,6 +272,8 @@ async fn handle_buffered(node: &Node, request: Request<Incoming>) -> Response<Fu
         path,
         query: parts.uri.query().unwrap_or_default().to_string(),
         authorization: parts.headers.get(http::header::AUTHORIZATION).cloned(),
+        peer,
+        caller: caller.clone(),
         body,
     };
     if caller == Caller::AskLeader {
@@ -307,6 +341,10 @@ async fn route(node: &Node, request: &ApiRequest) -> Answer {
         (&Method::POST, ["v1", "join-tokens"]) => identity::create(node, request).await,
         (&Method::DELETE, ["v1", "join-tokens", name]) => identity::revoke(node, name).await,
         (&Method::POST, ["v1", "agent", "join"]) => identity::join(node, request).await,
+        (&Method::POST, ["v1", "agent", "renew"]) => identity::renew(node, request).await,
+        (&Method::POST, ["v1", "cluster", "join"]) => {
+            identity::join_control_plane(node, request).await
+        }
         (&Method::GET, ["v1", "acl", "tokens"]) => tokens::list(node, request).await,
         (&Method::POST, ["v1", "acl", "tokens"]) => tokens::create(node, request).await,
         (&Method::DELETE, ["v1", "acl", "tokens", name]) => tokens::revoke(node, name).await,

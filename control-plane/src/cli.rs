@@ -68,6 +68,14 @@ pub struct ServerArgs {
     /// in the `HYPHAE_TOKEN` environment variable instead; never as an argument).
     #[arg(long, value_name = "FILE", env = client::TOKEN_FILE_ENV)]
     pub token_file: Option<std::path::PathBuf>,
+    /// The cluster's root certificate (PEM; `tls/ca.pem` in a control-plane node's data
+    /// directory), which the node's certificate must chain to.
+    #[arg(long, value_name = "FILE", env = client::CA_FILE_ENV)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Instead of `--ca-file`: the SHA-256 fingerprint of the cluster's root, pinned (the node
+    /// presents the root itself).
+    #[arg(long, value_name = "HEX", env = client::CA_FINGERPRINT_ENV, conflicts_with = "ca_file")]
+    pub ca_fingerprint: Option<String>,
 }
 
 /// Where to read from, and whether a stale read will do, for commands that only read.
@@ -111,7 +119,23 @@ impl ServerArgs {
             (_, Some(path)) => Some(crate::secret_file::read(path)?),
             _ => None,
         };
-        Ok(client::ApiClient::new(server)?.with_token(token))
+        let trust = match (&self.ca_file, &self.ca_fingerprint) {
+            (Some(path), _) => {
+                client::ServerTrust::Roots(std::fs::read_to_string(path).map_err(|error| {
+                    anyhow::anyhow!(
+                        "cannot read the root certificate {}: {error}",
+                        path.display()
+                    )
+                })?)
+            }
+            (None, Some(fingerprint)) => client::ServerTrust::Pinned(fingerprint.clone()),
+            (None, None) => anyhow::bail!(
+                "the CLI checks the control plane's certificate: set {} to the cluster's root (tls/ca.pem in a control-plane node's data directory) or {} to its fingerprint",
+                client::CA_FILE_ENV,
+                client::CA_FINGERPRINT_ENV
+            ),
+        };
+        Ok(client::ApiClient::new(server, &trust)?.with_token(token))
     }
 }
 

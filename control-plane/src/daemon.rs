@@ -16,8 +16,12 @@ use tokio_util::sync::CancellationToken;
 use crate::raft::Raft;
 
 use crate::config::NodeConfig;
-use crate::keepers::{bootstrap_token, certificate_authority, cluster_identity, lease_expiry};
+use crate::keepers::{
+    bootstrap_token, certificate_authority, cluster_identity, lease_expiry, membership,
+    node_certificate,
+};
 use crate::node::Node;
+use crate::pki::{self, JoinTicket};
 
 /// A node serving its port, with its lease keeper running: what `hyphae-control-plane` runs,
 /// and what `hyphae-agent --dev` embeds.
@@ -33,10 +37,14 @@ pub struct RunningNode {
 }
 
 /// How a starting node relates to a cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Start {
-    /// It belongs to a cluster already, or waits to be added to one.
-    Join,
+    /// It belongs to a cluster already (it has its certificate), or joins one with a ticket
+    /// through a member listed in `spec.members`, then adds itself.
+    Join {
+        /// The join token and the root's fingerprint, for a node without a certificate yet.
+        ticket: Option<JoinTicket>,
+    },
     /// It initializes a new cluster if it belongs to none, and stores the bootstrap admin
     /// token with this secret (by its hash) unless the cluster has a token already.
     Init {
@@ -59,7 +67,39 @@ impl RunningNode {
         if listen.port() == 0 && config.spec.advertise.is_none() {
             config.spec.advertise = Some(address.to_string());
         }
-        let node = Arc::new(Node::start(config).await?);
+        let spec = &config.spec;
+        let trust_domain = spec.certificates.trust_domain.clone();
+        let seeds: Vec<String> = spec
+            .members
+            .iter()
+            .filter(|member| member.id != spec.id)
+            .map(|member| member.address.clone())
+            .collect();
+        let (tls, joined) = match (pki::load(&spec.data_dir, &trust_domain)?, &start) {
+            (Some(tls), _) => (tls, false),
+            (None, Start::Init { .. }) => (
+                pki::found(
+                    &spec.data_dir,
+                    &trust_domain,
+                    spec.id,
+                    spec.certificates.lifetime.get(),
+                )?,
+                false,
+            ),
+            (
+                None,
+                Start::Join {
+                    ticket: Some(ticket),
+                },
+            ) => (
+                pki::join(&spec.data_dir, &trust_domain, spec.id, &seeds, ticket).await?,
+                true,
+            ),
+            (None, Start::Join { ticket: None }) => anyhow::bail!(
+                "this node has no certificate: start the cluster's first node with --init, and join the others with --join-token-file and --ca-fingerprint"
+            ),
+        };
+        let node = Arc::new(Node::start(config, tls).await?);
         let shutdown = CancellationToken::new();
         let (failed, failure) = watch::channel(None);
         let mut tasks = vec![
@@ -75,7 +115,18 @@ impl RunningNode {
                 Arc::clone(&node),
                 shutdown.clone(),
             )),
+            tokio::spawn(node_certificate::keep(Arc::clone(&node), shutdown.clone())),
         ];
+        let joining = matches!(start, Start::Join { .. });
+        if joining && (joined || !node.raft.is_initialized().await?) {
+            // A node that has never been in a membership adds itself; one an operator removed
+            // has a membership log and stays out.
+            tasks.push(tokio::spawn(membership::keep(
+                Arc::clone(&node),
+                seeds,
+                shutdown.clone(),
+            )));
+        }
         if let Start::Init { bootstrap_secret } = start {
             match node.initialize().await {
                 Ok(true) => tracing::info!("initialized a new cluster"),

@@ -22,6 +22,9 @@ pub struct JoinToken {
     pub uses_left: u32,
     /// The only site a host joining with it may be in, if limited.
     pub site: Option<String>,
+    /// Whether it admits control-plane nodes (which become Raft members) rather than agents.
+    #[serde(default)]
+    pub control_plane: bool,
     /// The log index of the entry that created it.
     pub revision: u64,
 }
@@ -38,6 +41,9 @@ pub struct JoinTokenView {
     pub uses_left: u32,
     /// The only site it admits, if limited.
     pub site: Option<String>,
+    /// Whether it admits control-plane nodes rather than agents.
+    #[serde(default)]
+    pub control_plane: bool,
     /// The revision that created it.
     pub revision: u64,
 }
@@ -49,6 +55,7 @@ impl From<&JoinToken> for JoinTokenView {
             expires_at_ms: token.expires_at_ms,
             uses_left: token.uses_left,
             site: token.site.clone(),
+            control_plane: token.control_plane,
             revision: token.revision,
         }
     }
@@ -81,16 +88,18 @@ pub enum JoinRefused {
 }
 
 /// Uses the token whose secret hashes to `hash` for a host in `site` at `now_ms`: one use
-/// less, and gone at zero. Returns the token's name.
+/// less, and gone at zero. Returns the token's name. An agent's token never admits a
+/// control-plane node, nor the other way round.
 pub fn use_token(
     tokens: &mut BTreeMap<String, JoinToken>,
     hash: &str,
     site: &str,
+    control_plane: bool,
     now_ms: u64,
 ) -> Result<String, JoinRefused> {
     let token = tokens
         .values_mut()
-        .find(|t| t.hash == hash && t.uses_left > 0)
+        .find(|t| t.hash == hash && t.uses_left > 0 && t.control_plane == control_plane)
         .ok_or(JoinRefused::Unknown)?;
     if now_ms >= token.expires_at_ms {
         return Err(JoinRefused::Expired(token.name.clone()));
@@ -121,6 +130,7 @@ mod tests {
             expires_at_ms: 100,
             uses_left: uses,
             site: site.map(str::to_owned),
+            control_plane: false,
             revision: 1,
         };
         [("j".to_string(), token)].into()
@@ -129,20 +139,20 @@ mod tests {
     #[test]
     fn a_token_admits_as_many_joins_as_it_has_uses_before_it_expires() {
         let mut tokens = table(2, None);
-        assert_eq!(use_token(&mut tokens, "h", "a", 0), Ok("j".into()));
-        assert_eq!(use_token(&mut tokens, "h", "a", 0), Ok("j".into()));
+        assert_eq!(use_token(&mut tokens, "h", "a", false, 0), Ok("j".into()));
+        assert_eq!(use_token(&mut tokens, "h", "a", false, 0), Ok("j".into()));
         assert_eq!(
-            use_token(&mut tokens, "h", "a", 0),
+            use_token(&mut tokens, "h", "a", false, 0),
             Err(JoinRefused::Unknown)
         );
         assert!(tokens.is_empty(), "a used-up token is gone");
         let mut tokens = table(1, None);
         assert_eq!(
-            use_token(&mut tokens, "x", "a", 0),
+            use_token(&mut tokens, "x", "a", false, 0),
             Err(JoinRefused::Unknown)
         );
         assert_eq!(
-            use_token(&mut tokens, "h", "a", 100),
+            use_token(&mut tokens, "h", "a", false, 100),
             Err(JoinRefused::Expired("j".into()))
         );
         assert_eq!(tokens["j"].uses_left, 1, "a refused join uses nothing");
@@ -152,9 +162,22 @@ mod tests {
     fn a_site_token_admits_only_its_site() {
         let mut tokens = table(1, Some("edge"));
         assert!(matches!(
-            use_token(&mut tokens, "h", "core", 0),
+            use_token(&mut tokens, "h", "core", false, 0),
             Err(JoinRefused::WrongSite { .. })
         ));
-        assert_eq!(use_token(&mut tokens, "h", "edge", 0), Ok("j".into()));
+        assert_eq!(
+            use_token(&mut tokens, "h", "edge", false, 0),
+            Ok("j".into())
+        );
+    }
+
+    #[test]
+    fn an_agent_token_admits_no_control_plane_node() {
+        let mut tokens = table(1, None);
+        assert_eq!(
+            use_token(&mut tokens, "h", "", true, 0),
+            Err(JoinRefused::Unknown)
+        );
+        assert_eq!(tokens["j"].uses_left, 1);
     }
 }

@@ -4,12 +4,16 @@
 //! - [`lease_expiry`]: expires agents whose lease lapsed, while this node leads.
 //! - [`cluster_identity`]: gives a new cluster its identity, once.
 //! - [`bootstrap_token`]: stores the initializing node's bootstrap admin token, once.
-//! - [`certificate_authority`]: makes the cluster's root certificate, once.
+//! - [`certificate_authority`]: stores the cluster's root certificate, once.
+//! - [`node_certificate`]: renews this node's certificate at two thirds of its life.
+//! - [`membership`]: adds a node that joined with a token to the cluster.
 
 pub mod bootstrap_token;
 pub mod certificate_authority;
 pub mod cluster_identity;
 pub mod lease_expiry;
+pub mod membership;
+pub mod node_certificate;
 
 use std::sync::Arc;
 use std::time::Duration;

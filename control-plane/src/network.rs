@@ -1,6 +1,7 @@
 //! Raft RPCs between control-plane nodes over HTTP/2: the client side openraft calls
 //! ([`HttpNetwork`]) and the server side that feeds requests to the local Raft
-//! ([`serve_rpc`]). Bodies are JSON; the transport is one module so mTLS can wrap it later.
+//! ([`serve_rpc`]). Bodies are JSON; every call runs over mutual TLS with this node's
+//! certificate, and the peer must present a control-plane certificate of the cluster.
 
 use std::time::Duration;
 
@@ -8,8 +9,8 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyphae_policies::tls::{ServerIdentity, TlsConnector};
 use openraft::BasicNode;
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
@@ -36,15 +37,13 @@ pub const SNAPSHOT_PATH: &str = "/raft/snapshot";
 /// Longest a peer may take to accept a connection.
 pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// An HTTP/2 (prior knowledge) client for talking to other nodes: Raft RPCs and forwarded
+/// An HTTP/2 client over mutual TLS for talking to other nodes: Raft RPCs and forwarded
 /// admin requests.
-pub type PeerClient = Client<HttpConnector, Full<Bytes>>;
+pub type PeerClient = Client<TlsConnector, Full<Bytes>>;
 
-/// A fresh peer client.
-pub fn peer_client() -> PeerClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(PEER_CONNECT_TIMEOUT));
-    connector.set_nodelay(true);
+/// A fresh peer client with this node's TLS client configuration.
+pub fn peer_client(tls: std::sync::Arc<rustls::ClientConfig>) -> PeerClient {
+    let connector = TlsConnector::new(tls, ServerIdentity::ControlPlane, PEER_CONNECT_TIMEOUT);
     Client::builder(TokioExecutor::new())
         .http2_only(true)
         .timer(TokioTimer::new())
@@ -132,7 +131,7 @@ impl PeerNetwork {
             .map_err(|e| RPCError::Network(NetworkError::new(&failed(e.to_string()))))?;
         let request = Request::builder()
             .method(Method::POST)
-            .uri(format!("http://{}{path}", self.address))
+            .uri(format!("https://{}{path}", self.address))
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(json)))
             .map_err(|e| RPCError::Network(NetworkError::new(&failed(e.to_string()))))?;

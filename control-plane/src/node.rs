@@ -30,8 +30,10 @@ pub struct Node {
     pub state: StateReader,
     /// What watch streams read, with the work they share.
     pub watch: Arc<crate::watch::Feed>,
-    /// Client for peers (Raft RPCs and forwarded writes).
+    /// Client for peers (Raft RPCs and forwarded writes), over mutual TLS.
     pub peers: PeerClient,
+    /// Its certificate, the roots it trusts, and the TLS configurations built from them.
+    pub tls: crate::pki::NodeTls,
     /// Agents' leases (kept while this node leads).
     pub leases: Leases,
     /// The commit index as this node knows it.
@@ -47,8 +49,8 @@ pub struct Node {
 }
 
 impl Node {
-    /// Opens the store in the data directory and starts Raft.
-    pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
+    /// Opens the store in the data directory and starts Raft, talking to peers with `tls`.
+    pub async fn start(config: NodeConfig, tls: crate::pki::NodeTls) -> anyhow::Result<Node> {
         let data_dir = &config.spec.data_dir;
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
@@ -72,7 +74,7 @@ impl Node {
         }
         .validate()
         .context("invalid Raft timings")?;
-        let peers = peer_client();
+        let peers = peer_client(std::sync::Arc::clone(&tls.peer_client));
         let raft = Raft::new(
             config.spec.id,
             Arc::new(raft_config),
@@ -90,28 +92,25 @@ impl Node {
             raft,
             state,
             peers,
+            tls,
             transfers: Transfers::default(),
             snapshots: SnapshotReceipt::default(),
             pending_bootstrap: std::sync::OnceLock::new(),
         })
     }
 
-    /// Starts a new cluster with the configured members (or this node alone), unless this
-    /// node already belongs to one. Returns whether it initialized.
+    /// Starts a new cluster of this node alone, unless it already belongs to one; the other
+    /// nodes join with a token and add themselves (decision 36). Returns whether it
+    /// initialized.
     pub async fn initialize(&self) -> anyhow::Result<bool> {
         if self.raft.is_initialized().await? {
             return Ok(false);
         }
-        let mut members: BTreeMap<NodeId, BasicNode> = self
-            .config
-            .spec
-            .members
-            .iter()
-            .map(|m| (m.id, BasicNode::new(&m.address)))
-            .collect();
-        members
-            .entry(self.config.spec.id)
-            .or_insert_with(|| BasicNode::new(self.config.advertised()));
+        let members: BTreeMap<NodeId, BasicNode> = [(
+            self.config.spec.id,
+            BasicNode::new(self.config.advertised()),
+        )]
+        .into();
         self.raft
             .initialize(members)
             .await

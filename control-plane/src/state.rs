@@ -177,6 +177,9 @@ pub enum Command {
         node: String,
         /// The site the joining host says it is in.
         site: String,
+        /// Whether a control-plane node joins (it needs a control-plane token).
+        #[serde(default)]
+        control_plane: bool,
         /// The leader's clock when it proposed the entry (every node applies the same time).
         now_ms: u64,
     },
@@ -642,13 +645,20 @@ impl State {
                 hash,
                 node,
                 site,
+                control_plane,
                 now_ms,
             } => CommandResponse::JoinTokenUsed {
                 revision: log_index,
                 outcome: if self.nodes.contains_key(&node) {
                     Err(JoinRefused::NameTaken(node))
                 } else {
-                    crate::join_tokens::use_token(&mut self.join_tokens, &hash, &site, now_ms)
+                    crate::join_tokens::use_token(
+                        &mut self.join_tokens,
+                        &hash,
+                        &site,
+                        control_plane,
+                        now_ms,
+                    )
                 },
             },
         }

@@ -88,18 +88,7 @@ impl From<&StoredToken> for TokenView {
     }
 }
 
-/// Shortest secret accepted, so no token can be guessed.
-pub const MIN_SECRET_CHARS: usize = 32;
-
-/// Prefix of generated secrets, so a leaked one is recognisable in a scan.
-pub const SECRET_PREFIX: &str = "hyphae_";
-
-/// A new random secret: the prefix and 256 random bits in hex.
-pub fn new_secret() -> String {
-    let bits: [u8; 32] = rand::random();
-    let hex: String = bits.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{SECRET_PREFIX}{hex}")
-}
+pub use hyphae_policies::secret_file::{MIN_SECRET_CHARS, SECRET_PREFIX, check_secret, new_secret};
 
 /// The stored form of a secret.
 pub fn hash(secret: &str) -> String {
@@ -108,20 +97,6 @@ pub fn hash(secret: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-/// Whether `secret` is fit to be a token's secret: long enough and printable without spaces
-/// (it travels in an HTTP header).
-pub fn check_secret(secret: &str) -> Result<(), String> {
-    if secret.chars().count() < MIN_SECRET_CHARS {
-        return Err(format!(
-            "a token secret needs at least {MIN_SECRET_CHARS} characters"
-        ));
-    }
-    if !secret.chars().all(|c| c.is_ascii_graphic()) {
-        return Err("a token secret may hold only printable ASCII without spaces".to_string());
-    }
-    Ok(())
 }
 
 /// Why a presented credential was not accepted.

@@ -319,7 +319,7 @@ async fn call<T: serde::de::DeserializeOwned>(
     let json = serde_json::to_vec(body).map_err(|e| e.to_string())?;
     let request = Request::builder()
         .method(Method::POST)
-        .uri(format!("http://{address}{path}"))
+        .uri(format!("https://{address}{path}"))
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(json)))
         .map_err(|e| e.to_string())?;

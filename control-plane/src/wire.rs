@@ -173,6 +173,9 @@ pub struct NewJoinToken {
     /// The only site it admits, if limited.
     #[serde(default)]
     pub site: Option<String>,
+    /// Whether it admits control-plane nodes rather than agents. Default false.
+    #[serde(default)]
+    pub control_plane: bool,
 }
 
 /// The answer to `POST /v1/join-tokens`: the token and its secret, shown this once.
@@ -186,33 +189,17 @@ pub struct CreatedJoinToken {
     pub secret: String,
 }
 
-/// `POST /v1/agent/join`: a host asks for its node certificate.
+/// `POST /v1/cluster/join`: a control-plane node asks for its certificate; it then adds itself
+/// to the cluster (`POST /v1/cluster/members`) with that certificate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct JoinRequest {
-    /// The join token's secret.
+pub struct ControlPlaneJoin {
+    /// A control-plane join token's secret.
     pub token: String,
-    /// The node's name (its agent's `metadata.name`).
-    pub name: String,
-    /// The node's site.
-    pub site: String,
-    /// The services it hosts: each gets a service identity in the certificate.
-    #[serde(default)]
-    pub services: Vec<String>,
+    /// The node's Raft node id (its `spec.id`).
+    pub id: u64,
     /// A PKCS#10 certificate signing request, PEM; the key stays on the host.
     pub csr_pem: String,
 }
 
-/// The answer to a join: the node's certificate and the root to trust.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Joined {
-    /// The node certificate, PEM.
-    pub cert_pem: String,
-    /// The cluster's root, PEM.
-    pub ca_pem: String,
-    /// The SPIFFE IDs the certificate carries.
-    pub identities: Vec<String>,
-    /// When it expires (ms since the Unix epoch); renew at two thirds of its life.
-    pub expires_at_ms: u64,
-}
+pub use hyphae_policies::registry::{JoinRequest, Joined, RenewRequest};

@@ -1,17 +1,21 @@
 //! A node's limits, end to end. Its port bounds what anyone who reaches it can hold: silent and half-sent requests
 //! are cut off by `headerReadTimeout`, stalled bodies by `bodyReadTimeout`, bodies by the
 //! limit for their kind of caller, and connections by `maxConnections`. In-process: one node
-//! started with `RunningNode::start` on `127.0.0.1:0`, spoken to over raw TCP.
+//! started with `RunningNode::start` on `127.0.0.1:0`, spoken to over raw TCP and TLS (the
+//! port speaks only TLS), with certificates the node's own root signs for the callers the
+//! tests play (agents, peers).
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use hyphae_control_plane::config::NodeConfig;
 use hyphae_control_plane::daemon::{RunningNode, Start};
+use hyphae_control_plane::pki::JoinTicket;
 use hyphae_integration::credentials::{admin_token, bearer};
-use hyphae_policies::{ControlPlaneConfigSpec, ControlPlaneLimits};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use hyphae_policies::tls::{self, Credentials, Kind, ServerIdentity, SpiffeId, TlsConnector};
+use hyphae_policies::{ControlPlaneConfigSpec, ControlPlaneLimits, Member};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 /// Longest any single expectation may take before the test fails (the limits are far shorter).
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -71,7 +75,7 @@ fn quick(limits: ControlPlaneLimits) -> ControlPlaneLimits {
 }
 
 /// Reads until the peer closes (or `DEADLINE`, which fails the test); returns what it sent.
-async fn read_to_close(stream: &mut TcpStream) -> String {
+async fn read_to_close(stream: &mut (impl AsyncRead + Unpin)) -> String {
     let mut answer = Vec::new();
     let read = tokio::time::timeout(DEADLINE, async {
         let mut buffer = [0u8; 4096];
@@ -87,14 +91,53 @@ async fn read_to_close(stream: &mut TcpStream) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
-/// One HTTP/1.1 exchange on a fresh connection; the whole answer as text.
-async fn exchange(address: SocketAddr, request: &str) -> String {
-    let mut stream = TcpStream::connect(address).await.expect("connect");
+/// A TLS connection to `node` that checks its certificate and presents `credentials`.
+async fn connect(node: &RunningNode, credentials: Option<&Credentials>) -> TlsStream<TcpStream> {
+    let config = tls::client_config(&node.node.tls.trust, credentials, &[b"http/1.1"])
+        .expect("a TLS client configuration");
+    TlsConnector::new(config, ServerIdentity::ControlPlane, DEADLINE)
+        .connect("127.0.0.1", node.address.port())
+        .await
+        .expect("a TLS connection")
+}
+
+/// One HTTP/1.1 exchange on a fresh TLS connection; the whole answer as text.
+async fn exchange(node: &RunningNode, request: &str) -> String {
+    exchange_as(node, None, request).await
+}
+
+/// Like [`exchange`], presenting `credentials`.
+async fn exchange_as(
+    node: &RunningNode,
+    credentials: Option<&Credentials>,
+    request: &str,
+) -> String {
+    let mut stream = connect(node, credentials).await;
     stream
         .write_all(request.as_bytes())
         .await
         .expect("send the request");
     read_to_close(&mut stream).await
+}
+
+/// A certificate `node`'s own root signs for `kind` `name`: the caller a test plays.
+async fn credentials(node: &RunningNode, kind: Kind, name: &str) -> Credentials {
+    let ca = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if let Some(ca) = node.node.state.read(|s| s.ca().cloned()).await {
+                return ca;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the cluster stores its root in time");
+    let (key, csr) = tls::join::key_and_request().expect("a key and a CSR");
+    let trust_domain = &node.node.config.spec.certificates.trust_domain;
+    let id = SpiffeId::new(trust_domain, kind, name).to_string();
+    let now = hyphae_control_plane::tokens::now_ms();
+    let leaf = hyphae_control_plane::ca::sign(&ca, &csr, &[id], now, 3_600_000).expect("signed");
+    Credentials::from_pem(&format!("{leaf}{}", ca.cert_pem), &key).expect("usable credentials")
 }
 
 fn get_cluster() -> String {
@@ -114,7 +157,18 @@ async fn silent_and_half_sent_requests_are_cut_off_by_the_header_read_timeout() 
         "no answer, just a close"
     );
 
-    let mut half = TcpStream::connect(running.address).await.expect("connect");
+    let mut plaintext = TcpStream::connect(running.address).await.expect("connect");
+    plaintext
+        .write_all(get_cluster().as_bytes())
+        .await
+        .expect("send a plaintext request");
+    let answer = read_to_close(&mut plaintext).await;
+    assert!(
+        !answer.contains("HTTP/1.1"),
+        "plaintext HTTP gets no HTTP answer from a TLS port: {answer:?}"
+    );
+
+    let mut half = connect(&running, None).await;
     half.write_all(b"GET /v1/cluster HTTP/1.1\r\nhost: node\r\n")
         .await
         .expect("send half a head");
@@ -124,7 +178,7 @@ async fn silent_and_half_sent_requests_are_cut_off_by_the_header_read_timeout() 
         "a half-sent head gets a close or a 408, got {answer:?}"
     );
 
-    let answer = exchange(running.address, &get_cluster()).await;
+    let answer = exchange(&running, &get_cluster()).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     running.stop().await.expect("stop");
 }
@@ -141,13 +195,14 @@ async fn a_stalled_body_is_answered_408_and_bodies_are_bounded_per_kind_of_calle
         "POST /v1/policies HTTP/1.1\r\nhost: node\r\nauthorization: {}\r\ncontent-length: 1000\r\n\r\nkind: Serv",
         bearer()
     );
-    let answer = exchange(running.address, &stalled).await;
+    let answer = exchange(&running, &stalled).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("bodyReadTimeout"), "{answer}");
 
     let record = format!("{{\"name\": \"{}\"}}", "a".repeat(4096));
     let register = post("/v1/agent/register", &record);
-    let answer = exchange(running.address, &register).await;
+    let agent = credentials(&running, Kind::Node, "a").await;
+    let answer = exchange_as(&running, Some(&agent), &register).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains("maxAgentBodyBytes"), "{answer}");
 
@@ -157,7 +212,7 @@ async fn a_stalled_body_is_answered_408_and_bodies_are_bounded_per_kind_of_calle
         "x".repeat(4096)
     );
     let apply = post("/v1/policies", &policy);
-    let answer = exchange(running.address, &apply).await;
+    let answer = exchange(&running, &apply).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     running.stop().await.expect("stop");
 }
@@ -177,7 +232,7 @@ async fn connections_beyond_the_cap_are_closed_and_idle_ones_free_their_place() 
     // The idle ones are accepted in order; a ninth request is closed unanswered.
     let refused = tokio::time::timeout(DEADLINE, async {
         loop {
-            if exchange(running.address, &get_cluster()).await.is_empty() {
+            if exchange_refused(&running).await {
                 return;
             }
         }
@@ -188,7 +243,10 @@ async fn connections_beyond_the_cap_are_closed_and_idle_ones_free_their_place() 
     drop(idle);
     let answered = tokio::time::timeout(DEADLINE, async {
         loop {
-            let answer = exchange(running.address, &get_cluster()).await;
+            if exchange_refused(&running).await {
+                continue;
+            }
+            let answer = exchange(&running, &get_cluster()).await;
             if answer.starts_with("HTTP/1.1 200") {
                 return;
             }
@@ -208,7 +266,7 @@ async fn hundreds_of_idle_connections_do_not_stop_the_api_from_answering() {
     for _ in 0..400 {
         idle.push(TcpStream::connect(running.address).await.expect("connect"));
     }
-    let answer = exchange(running.address, &get_cluster()).await;
+    let answer = exchange(&running, &get_cluster()).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     drop(idle);
     running.stop().await.expect("stop");
@@ -239,22 +297,39 @@ async fn a_snapshot_chunk_that_does_not_continue_the_snapshot_is_refused_without
         ..ControlPlaneLimits::default()
     })
     .await;
-    let first = exchange(running.address, &snapshot_chunk(5, 0, vec![1, 2, 3])).await;
+    // A member with a bug: the node's own identity passes the member check.
+    let member = credentials(&running, Kind::ControlPlane, "1").await;
+    let send = |request: String| {
+        let (running, member) = (&running, &member);
+        async move { exchange_as(running, Some(member), &request).await }
+    };
+    let outsider = credentials(&running, Kind::ControlPlane, "9").await;
+    let refused = exchange_as(&running, Some(&outsider), &snapshot_chunk(5, 0, vec![1])).await;
+    assert!(
+        refused.starts_with("HTTP/1.1 403"),
+        "a non-member: {refused}"
+    );
+    let anonymous = exchange(&running, &snapshot_chunk(5, 0, vec![1])).await;
+    assert!(
+        anonymous.starts_with("HTTP/1.1 403"),
+        "no certificate: {anonymous}"
+    );
+    let first = send(snapshot_chunk(5, 0, vec![1, 2, 3])).await;
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
     // Once made the node allocate 2^62 bytes and abort.
-    let far = exchange(running.address, &snapshot_chunk(5, 1 << 62, vec![4])).await;
+    let far = send(snapshot_chunk(5, 1 << 62, vec![4])).await;
     assert!(far.starts_with("HTTP/1.1 400"), "{far}");
     for offset in [4, 9] {
-        let answer = exchange(running.address, &snapshot_chunk(5, offset, vec![4])).await;
+        let answer = send(snapshot_chunk(5, offset, vec![4])).await;
         assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
         assert!(answer.contains("expected offset 3"), "{answer}");
     }
-    let oversized = exchange(running.address, &snapshot_chunk(5, 3, vec![0; 1024 * 1024])).await;
+    let oversized = send(snapshot_chunk(5, 3, vec![0; 1024 * 1024])).await;
     assert!(oversized.starts_with("HTTP/1.1 400"), "{oversized}");
     assert!(oversized.contains("maxSnapshotBytes"), "{oversized}");
-    let next = exchange(running.address, &snapshot_chunk(5, 3, vec![4])).await;
+    let next = send(snapshot_chunk(5, 3, vec![4])).await;
     assert!(next.starts_with("HTTP/1.1 200"), "{next}");
-    let answer = exchange(running.address, &get_cluster()).await;
+    let answer = exchange(&running, &get_cluster()).await;
     assert!(
         answer.starts_with("HTTP/1.1 200"),
         "the node still serves: {answer}"
@@ -291,8 +366,23 @@ fn route(name: &str, rules: usize) -> String {
 }
 
 /// This node's applied revision.
-async fn revision(address: SocketAddr) -> Option<u64> {
-    json_of(&exchange(address, &get_cluster()).await)["revision"].as_u64()
+async fn revision(node: &RunningNode) -> Option<u64> {
+    json_of(&exchange(node, &get_cluster()).await)["revision"].as_u64()
+}
+
+/// Whether a TLS connection to `node` is closed before it can carry a request (beyond the
+/// connection cap).
+async fn exchange_refused(node: &RunningNode) -> bool {
+    let config = tls::client_config(&node.node.tls.trust, None, &[b"http/1.1"])
+        .expect("a TLS client configuration");
+    let connector = TlsConnector::new(config, ServerIdentity::ControlPlane, DEADLINE);
+    let Ok(mut stream) = connector.connect("127.0.0.1", node.address.port()).await else {
+        return true;
+    };
+    if stream.write_all(get_cluster().as_bytes()).await.is_err() {
+        return true;
+    }
+    read_to_close(&mut stream).await.is_empty()
 }
 
 fn config(id: u64, dir: &std::path::Path, limits: &ControlPlaneLimits) -> NodeConfig {
@@ -306,6 +396,46 @@ fn config(id: u64, dir: &std::path::Path, limits: &ControlPlaneLimits) -> NodeCo
             ..ControlPlaneConfigSpec::default()
         },
     }
+}
+
+/// A control-plane join token for `uses` nodes, made through `leader`'s API, with the root's
+/// fingerprint: what a joining node starts with.
+async fn join_ticket(leader: &RunningNode, uses: u32) -> JoinTicket {
+    let body = format!("{{\"uses\": {uses}, \"controlPlane\": true}}");
+    let answer = exchange(leader, &post("/v1/join-tokens", &body)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let roots = leader
+        .node
+        .tls
+        .files
+        .load()
+        .expect("the leader's TLS files");
+    let root = tls::certificates(&roots.roots).expect("a root");
+    JoinTicket {
+        secret: json_of(&answer)["secret"]
+            .as_str()
+            .expect("a secret")
+            .to_string(),
+        ca_fingerprint: tls::fingerprint(root[0].as_ref()),
+    }
+}
+
+/// Waits until `leader` counts `voters` voters.
+async fn has_voters(leader: &RunningNode, voters: usize) {
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            let status = json_of(&exchange(leader, &get_cluster()).await);
+            let count = status["members"].as_array().map_or(0, |members| {
+                members.iter().filter(|m| m["voter"] == true).count()
+            });
+            if count == voters {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the joining nodes become voters in time");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -323,21 +453,29 @@ async fn writes_up_to_the_size_limit_commit_larger_ones_get_413_and_a_lagging_fo
         .await
         .expect("start node 1");
     leads_with_a_token(&leader).await;
+    let ticket = join_ticket(&leader, 2).await;
     let mut followers = Vec::new();
     for id in [2, 3] {
-        let follower = RunningNode::start(config(id, dir.path(), &limits), Start::Join)
+        let mut joining = config(id, dir.path(), &limits);
+        joining.spec.members = vec![Member {
+            id: 1,
+            address: leader.address.to_string(),
+        }];
+        let start = Start::Join {
+            ticket: Some(ticket.clone()),
+        };
+        let follower = RunningNode::start(joining, start)
             .await
             .expect("start a follower");
-        let member = format!("{{\"id\": {id}, \"address\": \"{}\"}}", follower.address);
-        let answer = exchange(leader.address, &post("/v1/cluster/members", &member)).await;
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         followers.push(follower);
     }
+    has_voters(&leader, 3).await;
 
     // The largest Route that fits, found with dry runs (which check the size too).
     let fits = |rules: usize| {
         let request = post("/v1/policies?dryRun=true", &route("big", rules));
-        async move { exchange(leader.address, &request).await }
+        let leader = &leader;
+        async move { exchange(leader, &request).await }
     };
     let (mut small, mut large) = (1, 4096);
     assert!(fits(large).await.starts_with("HTTP/1.1 413"));
@@ -351,13 +489,13 @@ async fn writes_up_to_the_size_limit_commit_larger_ones_get_413_and_a_lagging_fo
             large = middle;
         }
     }
-    let too_big = exchange(leader.address, &post("/v1/policies", &route("big", large))).await;
+    let too_big = exchange(&leader, &post("/v1/policies", &route("big", large))).await;
     assert!(too_big.starts_with("HTTP/1.1 413"), "{too_big}");
     assert!(too_big.contains("maxWriteBytes"), "{too_big}");
-    let before = revision(leader.address).await;
-    let applied = exchange(leader.address, &post("/v1/policies", &route("big", small))).await;
+    let before = revision(&leader).await;
+    let applied = exchange(&leader, &post("/v1/policies", &route("big", small))).await;
     assert!(applied.starts_with("HTTP/1.1 200"), "{applied}");
-    assert!(revision(leader.address).await > before);
+    assert!(revision(&leader).await > before);
 
     // Node 3 misses several writes near the limit: together far more than one message or
     // one peer body may carry, so it can only catch up in batches sized in bytes.
@@ -370,23 +508,23 @@ async fn writes_up_to_the_size_limit_commit_larger_ones_get_413_and_a_lagging_fo
     lagging.stop().await.expect("stop node 3");
     for write in 0..6 {
         let answer = exchange(
-            leader.address,
+            &leader,
             &post("/v1/policies", &route(&format!("big-{write}"), small)),
         )
         .await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     }
-    let target = revision(leader.address).await;
-    let restarted = RunningNode::start(lagging_config, Start::Join)
+    let target = revision(&leader).await;
+    let restarted = RunningNode::start(lagging_config, Start::Join { ticket: None })
         .await
         .expect("restart node 3");
     let caught_up = tokio::time::timeout(DEADLINE, async {
-        while revision(restarted.address).await != target {
+        while revision(&restarted).await != target {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
     caught_up.await.expect("node 3 catches up with the leader");
-    let answer = exchange(leader.address, &post("/v1/policies", &route("small", 1))).await;
+    let answer = exchange(&leader, &post("/v1/policies", &route("small", 1))).await;
     assert!(
         answer.starts_with("HTTP/1.1 200"),
         "the cluster keeps taking writes: {answer}"
@@ -403,9 +541,10 @@ fn registration(name: &str) -> String {
     post("/v1/agent/register", &record)
 }
 
-/// Opens a watch stream and returns the connection with the status line of its answer.
-async fn watch(address: SocketAddr) -> (TcpStream, String) {
-    let mut stream = TcpStream::connect(address).await.expect("connect");
+/// Opens a watch stream as `agent` and returns the connection with the status line of its
+/// answer.
+async fn watch(node: &RunningNode, agent: &Credentials) -> (TlsStream<TcpStream>, String) {
+    let mut stream = connect(node, Some(agent)).await;
     stream
         .write_all(b"GET /v1/agent/watch HTTP/1.1\r\nhost: node\r\n\r\n")
         .await
@@ -429,20 +568,22 @@ async fn the_registry_and_the_watch_streams_stay_within_their_caps() {
         ..ControlPlaneLimits::default()
     })
     .await;
-    let first = exchange(running.address, &registration("a")).await;
+    let a = credentials(&running, Kind::Node, "a").await;
+    let b = credentials(&running, Kind::Node, "b").await;
+    let first = exchange_as(&running, Some(&a), &registration("a")).await;
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
-    let again = exchange(running.address, &registration("a")).await;
+    let again = exchange_as(&running, Some(&a), &registration("a")).await;
     assert!(
         again.starts_with("HTTP/1.1 200"),
         "a known node registers again: {again}"
     );
-    let second = exchange(running.address, &registration("b")).await;
+    let second = exchange_as(&running, Some(&b), &registration("b")).await;
     assert!(second.starts_with("HTTP/1.1 422"), "{second}");
     assert!(second.contains("maxNodes"), "{second}");
 
     let mut open = Vec::new();
     while open.len() < 2 {
-        let (stream, status) = watch(running.address).await;
+        let (stream, status) = watch(&running, &a).await;
         if status.starts_with("HTTP/1.1 200") {
             open.push(stream);
         } else {
@@ -451,11 +592,11 @@ async fn the_registry_and_the_watch_streams_stay_within_their_caps() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    let (_refused, status) = watch(running.address).await;
+    let (_refused, status) = watch(&running, &a).await;
     assert!(status.starts_with("HTTP/1.1 503"), "{status}");
     open.pop();
     tokio::time::timeout(DEADLINE, async {
-        while !watch(running.address).await.1.starts_with("HTTP/1.1 200") {
+        while !watch(&running, &a).await.1.starts_with("HTTP/1.1 200") {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
@@ -467,9 +608,10 @@ async fn the_registry_and_the_watch_streams_stay_within_their_caps() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_herd_of_reconnecting_agents_costs_one_snapshot_encode_per_revision() {
     let (running, _dir) = node(ControlPlaneLimits::default()).await;
+    let a = credentials(&running, Kind::Node, "a").await;
     // The first stream waits for the cluster's identity; the state is settled after it.
     loop {
-        let (_stream, status) = watch(running.address).await;
+        let (_stream, status) = watch(&running, &a).await;
         if status.starts_with("HTTP/1.1 200") {
             break;
         }
@@ -478,7 +620,7 @@ async fn a_herd_of_reconnecting_agents_costs_one_snapshot_encode_per_revision() 
     let before = running.node.watch.snapshot_encodes();
     let mut herd = Vec::new();
     for _ in 0..100 {
-        let (stream, status) = watch(running.address).await;
+        let (stream, status) = watch(&running, &a).await;
         assert!(status.starts_with("HTTP/1.1 200"), "{status}");
         herd.push(stream);
     }
@@ -487,10 +629,10 @@ async fn a_herd_of_reconnecting_agents_costs_one_snapshot_encode_per_revision() 
         before,
         "a hundred snapshots of one revision, no new encode"
     );
-    let applied = exchange(running.address, &post("/v1/policies", &route("r", 1))).await;
+    let applied = exchange(&running, &post("/v1/policies", &route("r", 1))).await;
     assert!(applied.starts_with("HTTP/1.1 200"), "{applied}");
     for _ in 0..10 {
-        let (stream, status) = watch(running.address).await;
+        let (stream, status) = watch(&running, &a).await;
         assert!(status.starts_with("HTTP/1.1 200"), "{status}");
         herd.push(stream);
     }

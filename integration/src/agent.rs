@@ -33,7 +33,9 @@ pub struct Agent {
 
 impl Agent {
     /// The command that runs `binary` on `config`, logging warnings and errors as text on
-    /// stderr; add arguments or environment to it, then hand it to [`Agent::spawn`].
+    /// stderr; add arguments or environment to it, then hand it to [`Agent::spawn`]. An agent
+    /// whose config names a node of a cluster this process started joins it with that
+    /// cluster's agent token and pinned root (see [`crate::trust`]).
     pub fn command(binary: &Path, config: &Path) -> Command {
         let mut command = Command::new(binary);
         command
@@ -41,6 +43,19 @@ impl Agent {
             .arg(config)
             .args(["--log-format", "human"])
             .env("HYPHAE_LOG", "warn");
+        let text = std::fs::read_to_string(config).unwrap_or_default();
+        if let Some((server, trust)) = crate::trust::named_in(&text) {
+            match trust.agent_token_file(&server) {
+                Ok(token_file) => {
+                    command
+                        .arg("--join-token-file")
+                        .arg(token_file)
+                        .arg("--ca-fingerprint")
+                        .arg(&trust.fingerprint);
+                }
+                Err(error) => eprintln!("cannot give the agent a join token: {error}"),
+            }
+        }
         command
     }
 

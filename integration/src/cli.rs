@@ -22,7 +22,8 @@ impl CliOutput {
 }
 
 /// Runs `binary` (the `hyphae` CLI) with `args` against `server` (`HYPHAE_SERVER`), with the
-/// admin token of the clusters this process starts (`HYPHAE_TOKEN`).
+/// admin token of the clusters this process starts (`HYPHAE_TOKEN`) and, for a node of one of
+/// them, its root (`HYPHAE_CA_FILE`).
 pub fn hyphae(binary: &Path, server: impl Display, args: &[&str]) -> std::io::Result<CliOutput> {
     hyphae_as(
         binary,
@@ -39,12 +40,18 @@ pub fn hyphae_as(
     secret: Option<&str>,
     args: &[&str],
 ) -> std::io::Result<CliOutput> {
+    let server = server.to_string();
     let mut command = Command::new(binary);
     command
         .args(args)
-        .env("HYPHAE_SERVER", server.to_string())
+        .env("HYPHAE_SERVER", &server)
         .env_remove("HYPHAE_TOKEN")
-        .env_remove("HYPHAE_TOKEN_FILE");
+        .env_remove("HYPHAE_TOKEN_FILE")
+        .env_remove("HYPHAE_CA_FINGERPRINT")
+        .env_remove("HYPHAE_CA_FILE");
+    if let Some(trust) = crate::trust::of(&server) {
+        command.env("HYPHAE_CA_FILE", &trust.roots_file);
+    }
     if let Some(secret) = secret {
         command.env("HYPHAE_TOKEN", secret);
     }

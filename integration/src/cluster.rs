@@ -9,11 +9,14 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use std::sync::Arc;
+
 use crate::Error;
 use crate::eventually::{DEADLINE, TimedOut, wait_for};
 use crate::http::call;
 use crate::ports::free_ports;
 use crate::process::{Process, READY_PATIENCE, Signal};
+use crate::trust::ClusterTrust;
 
 /// Raft timing of every node: fast, since all nodes share one machine.
 const RAFT_TIMING: &str =
@@ -39,6 +42,8 @@ pub struct Node {
     log: PathBuf,
     log_level: String,
     process: Option<Process>,
+    /// The join token file and root fingerprint it joins with when it has no certificate.
+    ticket: Option<(PathBuf, String)>,
 }
 
 impl Node {
@@ -54,7 +59,22 @@ impl Node {
             log,
             log_level: LOG_LEVEL.to_string(),
             process: None,
+            ticket: None,
         }
+    }
+
+    /// Its data directory, read from its configuration.
+    fn data_dir(&self) -> Option<PathBuf> {
+        let text = std::fs::read_to_string(&self.config).ok()?;
+        text.lines()
+            .find_map(|line| line.trim().strip_prefix("dataDir:"))
+            .map(|dir| PathBuf::from(dir.trim()))
+    }
+
+    /// Whether it has its certificate (it joined or initialized once).
+    pub fn has_certificate(&self) -> bool {
+        self.data_dir()
+            .is_some_and(|dir| dir.join("tls/node.pem").exists())
     }
 
     /// Starts the process (with `--init` when `init`) and waits for its ready line. A node
@@ -84,6 +104,14 @@ impl Node {
                 .arg("--init")
                 .arg("--bootstrap-token-file")
                 .arg(&token_file);
+        } else if let Some((token_file, fingerprint)) = &self.ticket
+            && !self.has_certificate()
+        {
+            command
+                .arg("--join-token-file")
+                .arg(token_file)
+                .arg("--ca-fingerprint")
+                .arg(fingerprint);
         }
         let (process, ready) = Process::spawn_ready_json(&name, &mut command, READY_PATIENCE)
             .map_err(|error| self.pointing_at_log(error))?;
@@ -242,12 +270,60 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// Starts every node, node 1 with `--init`.
+    /// Starts every node: node 1 with `--init`, then the others, each joining with a
+    /// control-plane join token (made through node 1 with the `hyphae` CLI) the first time;
+    /// returns once every node is a voter.
     pub fn start_all(&mut self) -> Result<(), Error> {
-        for node in &mut self.nodes {
-            node.start(node.id == 1)?;
+        let Some(first) = self.nodes.first_mut() else {
+            return Ok(());
+        };
+        first.start(true)?;
+        let trust = self.trust()?;
+        let server = self.nodes[0].address.to_string();
+        let joining = self
+            .nodes
+            .iter()
+            .filter(|n| n.id != 1 && !n.has_certificate())
+            .count();
+        if joining > 0 {
+            let token = eventually_sync(|| trust.new_join_token(&server, true, joining as u32))?;
+            for node in self.nodes.iter_mut().filter(|n| n.id != 1) {
+                node.ticket = Some((token.clone(), trust.fingerprint.clone()));
+            }
         }
-        Ok(())
+        for node in self.nodes.iter_mut().filter(|n| n.id != 1) {
+            node.start(false)?;
+        }
+        let size = self.nodes.len();
+        let voters = |status: &Value| {
+            status["members"].as_array().map_or(0, |members| {
+                members.iter().filter(|m| m["voter"] == true).count()
+            })
+        };
+        eventually_sync(|| {
+            let status = block_on(status(self.nodes[0].address));
+            if voters(&status) == size {
+                Ok(())
+            } else {
+                Err(Error::Credentials(format!(
+                    "not every node is a voter yet: {status}"
+                )))
+            }
+        })
+    }
+
+    /// The root and join tokens of this cluster, read from node 1's data directory and
+    /// registered under every node's address (see [`crate::trust`]).
+    pub fn trust(&self) -> Result<Arc<ClusterTrust>, Error> {
+        let first = &self.nodes[0];
+        let dir = first
+            .data_dir()
+            .ok_or_else(|| Error::Credentials("node 1's config names no dataDir".into()))?;
+        let cli = first.binary.with_file_name("hyphae");
+        let folder = first.config.parent().unwrap_or(Path::new("."));
+        let trust = Arc::new(ClusterTrust::read(&cli, folder, &dir)?);
+        crate::trust::register(&self.addresses(), Arc::clone(&trust));
+        Ok(trust)
     }
 
     /// Configures a cluster with `spec`, starts every node logging at `level` (the tests that
@@ -334,6 +410,39 @@ impl Cluster {
         let leading = status(leader.address).await["state"] == "Leader";
         (leading && seen.iter().all(|s| *s == Some(first))).then_some(first)
     }
+}
+
+/// Tries `attempt` every [`LEADER_POLL`] until it succeeds or [`DEADLINE`] passes (its last
+/// error then); for the set-up steps that wait for a node to be ready for them.
+fn eventually_sync<T>(mut attempt: impl FnMut() -> Result<T, Error>) -> Result<T, Error> {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        match attempt() {
+            Ok(value) => return Ok(value),
+            Err(error) if std::time::Instant::now() >= deadline => return Err(error),
+            Err(_) => std::thread::sleep(LEADER_POLL),
+        }
+    }
+}
+
+/// Runs `future` to completion on a runtime of its own (on another thread, so a caller inside
+/// a runtime can wait for it too).
+fn block_on<F: std::future::Future + Send>(future: F) -> F::Output
+where
+    F::Output: Send,
+{
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime for a set-up step")
+                    .block_on(future)
+            })
+            .join()
+            .expect("a set-up step does not panic")
+    })
 }
 
 /// Where [`Cluster::configure`] in `dir` puts node `id`'s data (the Raft store).

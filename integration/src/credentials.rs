@@ -26,6 +26,11 @@ pub fn bearer() -> String {
 /// Writes [`admin_token`] to `path` with mode 0600 (replacing what was there), where a node
 /// started with `--init --bootstrap-token-file` or an agent with `--dev` reads it.
 pub fn write_token_file(path: &Path) -> std::io::Result<()> {
+    write_secret_file(path, admin_token())
+}
+
+/// Writes `secret` to `path` with mode 0600, replacing what was there.
+pub fn write_secret_file(path: &Path, secret: &str) -> std::io::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
@@ -35,5 +40,5 @@ pub fn write_token_file(path: &Path) -> std::io::Result<()> {
         .create_new(true)
         .mode(0o600)
         .open(path)?;
-    writeln!(file, "{}", admin_token())
+    writeln!(file, "{secret}")
 }

@@ -63,4 +63,7 @@ pub enum Error {
     /// The cluster's nodes did not agree on a leader in time.
     #[error("no leader: {0}")]
     NoLeader(String),
+    /// The cluster's certificates or join tokens could not be had.
+    #[error("cluster credentials: {0}")]
+    Credentials(String),
 }

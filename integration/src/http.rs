@@ -9,8 +9,9 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as Legacy;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::rt::TokioExecutor;
+use hyphae_policies::tls::{Credentials, ServerIdentity, TlsConnector};
 use serde_json::Value;
 
 /// Longest one exchange may take before it counts as unanswered.
@@ -22,6 +23,19 @@ pub type Client = Legacy<HttpConnector, Full<Bytes>>;
 /// An HTTP/1.1 client.
 pub fn http1_client() -> Client {
     Legacy::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// A client over TLS to the nodes of the cluster `trust` describes (checking their
+/// certificates), presenting `credentials` when given; `None` when the TLS set-up fails.
+pub fn tls_client(
+    trust: &crate::trust::ClusterTrust,
+    credentials: Option<&Credentials>,
+) -> Option<Legacy<TlsConnector, Full<Bytes>>> {
+    let config = trust
+        .client_config(credentials, &hyphae_policies::tls::ALPN_HTTP)
+        .ok()?;
+    let connector = TlsConnector::new(config, ServerIdentity::ControlPlane, ANSWER_PATIENCE);
+    Some(Legacy::builder(TokioExecutor::new()).build(connector))
 }
 
 /// An HTTP/2 client (prior knowledge, no upgrade).
@@ -72,16 +86,25 @@ pub enum NoAnswer {
 
 /// Sends `request` on `client` and reads the whole answer; `None` when none came within
 /// [`ANSWER_PATIENCE`] or the connection failed.
-pub async fn exchange(client: &Client, request: Request<Full<Bytes>>) -> Option<Answer> {
+pub async fn exchange<C>(
+    client: &Legacy<C, Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+) -> Option<Answer>
+where
+    C: Connect + Clone + Send + Sync + 'static,
+{
     exchange_within(client, request, ANSWER_PATIENCE).await.ok()
 }
 
 /// Like [`exchange`] within `patience`, saying why no answer came.
-pub async fn exchange_within(
-    client: &Client,
+pub async fn exchange_within<C>(
+    client: &Legacy<C, Full<Bytes>>,
     request: Request<Full<Bytes>>,
     patience: Duration,
-) -> Result<Answer, NoAnswer> {
+) -> Result<Answer, NoAnswer>
+where
+    C: Connect + Clone + Send + Sync + 'static,
+{
     let exchange = async {
         let response = client.request(request).await.map_err(|error| {
             if error.is_connect() {
@@ -148,8 +171,44 @@ pub async fn request_as(
     path: &str,
     body: &str,
 ) -> Option<Answer> {
-    let request = build(secret, method, address, path, body)?;
-    exchange(&http1_client(), request).await
+    let address = address.to_string();
+    let request = build(secret, method, &address, path, body)?;
+    to_address(&address, None, request, ANSWER_PATIENCE)
+        .await
+        .ok()
+}
+
+/// Like [`request`], as the node whose certificate is `credentials` (the agent API), and
+/// without an admin token.
+pub async fn request_as_node(
+    credentials: &Credentials,
+    method: &str,
+    address: impl Display,
+    path: &str,
+    body: &str,
+) -> Option<Answer> {
+    let address = address.to_string();
+    let request = build(None, method, &address, path, body)?;
+    to_address(&address, Some(credentials), request, ANSWER_PATIENCE)
+        .await
+        .ok()
+}
+
+/// Sends `request` to `address`: over TLS when it is a node of a cluster this process started
+/// (see [`crate::trust`]), else in plain HTTP/1.1.
+async fn to_address(
+    address: &str,
+    credentials: Option<&Credentials>,
+    request: Request<Full<Bytes>>,
+    patience: Duration,
+) -> Result<Answer, NoAnswer> {
+    match crate::trust::of(address) {
+        Some(trust) => {
+            let client = tls_client(&trust, credentials).ok_or(NoAnswer::NotSent)?;
+            exchange_within(&client, request, patience).await
+        }
+        None => exchange_within(&http1_client(), request, patience).await,
+    }
 }
 
 /// Like [`request`] within `patience`, saying why no answer came: [`NoAnswer::NotSent`] when
@@ -162,8 +221,9 @@ pub async fn attempt(
     patience: Duration,
 ) -> Result<Answer, NoAnswer> {
     let secret = Some(crate::credentials::admin_token());
-    let request = build(secret, method, address, path, body).ok_or(NoAnswer::NotSent)?;
-    exchange_within(&http1_client(), request, patience).await
+    let address = address.to_string();
+    let request = build(secret, method, &address, path, body).ok_or(NoAnswer::NotSent)?;
+    to_address(&address, None, request, patience).await
 }
 
 /// A request to `address` (`host:port`) with the token `secret`; `None` when the parts do not
@@ -171,13 +231,18 @@ pub async fn attempt(
 fn build(
     secret: Option<&str>,
     method: &str,
-    address: impl Display,
+    address: &str,
     path: &str,
     body: &str,
 ) -> Option<Request<Full<Bytes>>> {
+    let scheme = if crate::trust::of(address).is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let mut request = Request::builder()
         .method(method)
-        .uri(format!("http://{address}{path}"));
+        .uri(format!("{scheme}://{address}{path}"));
     if let Some(secret) = secret {
         request = request.header(http::header::AUTHORIZATION, format!("Bearer {secret}"));
     }

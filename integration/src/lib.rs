@@ -11,7 +11,8 @@
 //! - [`backend`]: an in-process HTTP service with fault knobs for the agents to proxy to;
 //!   [`mesh`]: the configs of the small meshes data-path tests build around it.
 //! - [`http`]: the small HTTP client tests talk to all of them with.
-//! - [`credentials`]: the admin token clusters started here are bootstrapped with.
+//! - [`credentials`]: the admin token clusters started here are bootstrapped with; [`trust`]:
+//!   their roots and join tokens, by node address.
 //! - [`cli`] runs the `hyphae` CLI against a node; [`policies`] holds the documents tests
 //!   write there and reads back what a node holds.
 //! - [`systemd`]: a stand-in notify socket for the systemd tests; [`tmpfs`]: a small disk
@@ -36,6 +37,7 @@ pub mod ports;
 pub mod process;
 pub mod systemd;
 pub mod tmpfs;
+pub mod trust;
 
 pub use error::Error;
 pub use eventually::{DEADLINE, eventually};

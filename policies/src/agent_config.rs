@@ -21,6 +21,11 @@ pub struct AgentConfigSpec {
     /// Control-plane addresses (`host:port`); empty runs from `staticServices` only.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub control_plane: Vec<String>,
+    /// How this host gets its node certificate the first time (it keeps and renews it in
+    /// `dataDir` from then on).
+    #[serde(skip_serializing_if = "AgentJoin::is_empty")]
+    #[cfg_attr(test, proptest(value = "AgentJoin::default()"))]
+    pub join: AgentJoin,
     /// Where peer agents reach this node's inbound listener, as registered with the control
     /// plane; unset means `listeners.inbound`, or when that is a wildcard address, this host's
     /// address on the route to the control plane.
@@ -53,6 +58,7 @@ impl Default for AgentConfigSpec {
         AgentConfigSpec {
             site: "default".to_string(),
             control_plane: Vec::new(),
+            join: AgentJoin::default(),
             advertise: None,
             data_dir: PathBuf::from("/var/lib/hyphae"),
             listeners: Listeners::default(),
@@ -61,6 +67,26 @@ impl Default for AgentConfigSpec {
             limits: AgentLimits::default(),
             static_services: Vec::new(),
         }
+    }
+}
+
+/// What a host without a certificate presents to the control plane to get one.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct AgentJoin {
+    /// SHA-256 fingerprint (hex) of the cluster's root certificate, which the agent pins before
+    /// it trusts anything the control plane says (`hyphae ca show`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_fingerprint: Option<String>,
+    /// An owner-only file holding a join token's secret (`hyphae token create`); used once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl AgentJoin {
+    /// Whether nothing is set.
+    pub fn is_empty(&self) -> bool {
+        self.ca_fingerprint.is_none() && self.token_file.is_none()
     }
 }
 

@@ -27,8 +27,10 @@ pub mod protocol;
 pub mod registry;
 pub mod route;
 pub mod schema;
+pub mod secret_file;
 pub mod service_policy;
 pub mod suggest;
+pub mod tls;
 pub mod tree;
 pub mod tree_de;
 pub mod validate;
@@ -39,7 +41,7 @@ mod roundtrip_tests;
 
 pub use access_policy::{AccessPolicySpec, AccessRule, Action, Identity};
 pub use agent_config::{
-    AgentConfigSpec, AgentLimits, HealthCheck, Listeners, LocalService, StaticEndpoint,
+    AgentConfigSpec, AgentJoin, AgentLimits, HealthCheck, Listeners, LocalService, StaticEndpoint,
     StaticService, Upstream,
 };
 pub use control_plane_config::{

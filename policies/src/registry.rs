@@ -20,6 +20,11 @@ pub const HEARTBEAT_PATH: &str = "/v1/agent/heartbeat";
 pub const HEALTH_PATH: &str = "/v1/agent/health";
 /// Path an agent leaves the registry at when it stops (`POST` a [`Heartbeat`]).
 pub const DEREGISTER_PATH: &str = "/v1/agent/deregister";
+/// Path a host joins at with a join token and a CSR (`POST` a [`JoinRequest`]).
+pub const JOIN_PATH: &str = "/v1/agent/join";
+/// Path an agent renews its certificate at, presenting the current one (`POST` a
+/// [`RenewRequest`]); answered, like a join, with [`Joined`].
+pub const RENEW_PATH: &str = "/v1/agent/renew";
 /// The stable error code of a heartbeat or health report for a node the registry does not hold
 /// (it expired or never registered): the agent registers again.
 pub const UNKNOWN_NODE: &str = "unknown-node";
@@ -177,6 +182,46 @@ pub fn services(nodes: &[NodeRecord]) -> Vec<ServiceSummary> {
             .sort_by(|a, b| (&a.node, a.port).cmp(&(&b.node, b.port)));
     }
     services
+}
+
+/// `POST /v1/agent/join`: a host asks for its node certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct JoinRequest {
+    /// The join token's secret.
+    pub token: String,
+    /// The node's name (its agent's `metadata.name`).
+    pub name: String,
+    /// The node's site.
+    pub site: String,
+    /// The services it hosts: each gets a service identity in the certificate.
+    #[serde(default)]
+    pub services: Vec<String>,
+    /// A PKCS#10 certificate signing request, PEM; the key stays on the host.
+    pub csr_pem: String,
+}
+
+/// The answer to a join: the node's certificate and the root to trust.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Joined {
+    /// The node certificate, PEM.
+    pub cert_pem: String,
+    /// The cluster's root, PEM.
+    pub ca_pem: String,
+    /// The SPIFFE IDs the certificate carries.
+    pub identities: Vec<String>,
+    /// When it expires (ms since the Unix epoch); renew at two thirds of its life.
+    pub expires_at_ms: u64,
+}
+
+/// `POST /v1/agent/renew`: an agent asks for a fresh certificate with the same identities as
+/// the one it presents (over mutual TLS).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RenewRequest {
+    /// A PKCS#10 certificate signing request for a new key, PEM.
+    pub csr_pem: String,
 }
 
 #[cfg(test)]

@@ -8,14 +8,22 @@ use std::time::Duration;
 use anyhow::Context;
 use hyphae_control_plane::config::NodeConfig;
 use hyphae_control_plane::daemon::{RunningNode, Start};
+use hyphae_control_plane::join_tokens::JoinToken;
 use hyphae_control_plane::secret_file;
-use hyphae_policies::ControlPlaneConfigSpec;
+use hyphae_control_plane::state::Command;
+use hyphae_policies::tls;
+use hyphae_policies::{AgentJoin, ControlPlaneConfigSpec};
 
 use crate::config::AgentConfig;
 
 /// The file in the dev data directory that holds the admin token's secret (mode 0600): an
 /// existing one is kept, so a `--dev-data-dir` keeps its token across restarts.
 pub const BOOTSTRAP_TOKEN_FILE: &str = "admin-token";
+
+/// The file in the dev data directory that holds the agent's join token (mode 0600), made at
+/// every start: the agent joins its own dev cluster like any host, with a token and the
+/// root's fingerprint.
+pub const JOIN_TOKEN_FILE: &str = "agent-join-token";
 
 /// Longest the dev control plane may take to elect itself before the agent starts anyway.
 pub const LEADERSHIP_WAIT: Duration = Duration::from_secs(10);
@@ -26,6 +34,8 @@ pub struct DevControlPlane {
     /// Removed when the control plane stops.
     _temporary: Option<tempfile::TempDir>,
     data_dir: PathBuf,
+    /// What the agent joins with.
+    join: AgentJoin,
 }
 
 impl DevControlPlane {
@@ -68,12 +78,15 @@ impl DevControlPlane {
             address = %running.address,
             data = %data_dir.display(),
             admin_token_file = %token_file.display(),
-            "dev control plane ready; the CLI takes its admin token with HYPHAE_TOKEN_FILE=<admin_token_file>"
+            ca_file = %running.node.tls.files.dir().join("ca.pem").display(),
+            "dev control plane ready; the CLI takes its admin token with HYPHAE_TOKEN_FILE=<admin_token_file> and its root with HYPHAE_CA_FILE=<ca_file>"
         );
+        let join = agent_join(&running, &data_dir).await?;
         Ok(DevControlPlane {
             running,
             _temporary: temporary,
             data_dir,
+            join,
         })
     }
 
@@ -90,6 +103,7 @@ impl DevControlPlane {
     /// Points `config` at this control plane (replacing any it named).
     pub fn adopt(&self, config: &mut AgentConfig) {
         config.spec.control_plane = vec![self.address().to_string()];
+        config.spec.join = self.join.clone();
     }
 
     /// Resolves, with the reason, once its Raft has stopped by itself (a storage failure);
@@ -104,3 +118,43 @@ impl DevControlPlane {
         self.running.stop().await
     }
 }
+
+/// A single-use join token for the dev agent, stored through Raft like any, its secret in an
+/// owner-only file, with the root's fingerprint.
+async fn agent_join(
+    running: &RunningNode,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<AgentJoin> {
+    let node = &running.node;
+    let roots = node
+        .tls
+        .files
+        .load()
+        .context("cannot read the dev cluster's root")?;
+    let root = tls::certificates(&roots.roots)?;
+    let fingerprint = tls::fingerprint(root[0].as_ref());
+    let secret = secret_file::new_secret();
+    let token = JoinToken {
+        name: format!("dev-agent-{:08x}", rand::random::<u32>()),
+        hash: hyphae_control_plane::tokens::hash(&secret),
+        expires_at_ms: hyphae_control_plane::tokens::now_ms() + JOIN_TOKEN_TTL.as_millis() as u64,
+        uses_left: 1,
+        site: None,
+        control_plane: false,
+        revision: 0,
+    };
+    let write = node.raft.client_write(Command::CreateJoinToken { token });
+    tokio::time::timeout(LEADERSHIP_WAIT, write)
+        .await
+        .context("the dev control plane did not store the agent's join token in time")?
+        .map_err(|error| anyhow::anyhow!("cannot store the agent's join token: {error}"))?;
+    let token_file = data_dir.join(JOIN_TOKEN_FILE);
+    secret_file::write_pem(&token_file, &format!("{secret}\n"))?;
+    Ok(AgentJoin {
+        ca_fingerprint: Some(fingerprint),
+        token_file: Some(token_file),
+    })
+}
+
+/// How long the dev agent's join token works.
+const JOIN_TOKEN_TTL: Duration = Duration::from_secs(600);

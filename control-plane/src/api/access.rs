@@ -1,8 +1,11 @@
-//! Who may call what: each route's required access, and the check of the caller's bearer token
-//! against the replicated token table. Runs before a request's body is read, so an anonymous
-//! caller costs the node no buffer. Never logs a secret.
+//! Who may call what: each route's required access, the check of the caller's certificate
+//! (peers: a current member's; transfer RPCs: the leader's) and of its bearer token against
+//! the replicated token table. Runs before a request's body is read, so an anonymous caller
+//! costs the node no buffer. Never logs a secret.
 
 use http::{HeaderMap, Method, StatusCode};
+use hyphae_policies::tls::{Kind, SpiffeId};
+use rustls::pki_types::CertificateDer;
 
 use super::answer::ApiError;
 use crate::node::Node;
@@ -13,11 +16,11 @@ use crate::tokens::{self, Refused, Role};
 pub(crate) enum Access {
     /// Anyone: the OpenAPI document.
     Public,
-    /// An agent (registration, heartbeats, health, watch). Open until agents present node
-    /// certificates (mutual TLS).
+    /// An agent's node certificate (registration, heartbeats, health, watch, renewal); the
+    /// handlers check it names the node a request is about.
     Agent,
-    /// Another control-plane node (Raft and transfer RPCs). Open until peers present node
-    /// certificates (mutual TLS).
+    /// A current member's certificate (Raft and transfer RPCs; transfer RPCs only the
+    /// leader's).
     Peer,
     /// An operator token with at least this role.
     Token(Role),
@@ -28,11 +31,16 @@ pub(crate) fn required(method: &Method, path: &str) -> Access {
     if path.starts_with(PEER_RPC_PREFIX) {
         return Access::Peer;
     }
+    if path == "/v1/openapi.json"
+        || path == "/v1/ca"
+        || path == crate::pki::CONTROL_PLANE_JOIN_PATH
+        || path == hyphae_policies::registry::JOIN_PATH
+    {
+        // Public, or (joins) checked by the join token in the body.
+        return Access::Public;
+    }
     if path.starts_with(AGENT_PREFIX) {
         return Access::Agent;
-    }
-    if path == "/v1/openapi.json" || path == "/v1/ca" {
-        return Access::Public;
     }
     let reads = *method == Method::GET || *method == Method::HEAD;
     if path == ACL_PREFIX.trim_end_matches('/')
@@ -60,11 +68,99 @@ const ACL_PREFIX: &str = "/v1/acl/";
 /// Path of the join-token API.
 const JOIN_TOKENS: &str = "/v1/join-tokens";
 
+/// Path of membership changes, which a joining node may call for itself.
+pub(crate) const MEMBERS_PATH: &str = "/v1/cluster/members";
+/// Header a node forwarding a request to its leader sets to the identity the original caller's
+/// certificate proved; honoured only from a current member.
+pub(crate) const FORWARDED_IDENTITY_HEADER: &str = "hyphae-forwarded-identity";
+
+/// Who the TLS handshake proved the connection's peer to be: the hyphae identities of this
+/// cluster's trust domain in its certificate; none for a client that sent no certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Peer {
+    ids: Vec<SpiffeId>,
+}
+
+impl Peer {
+    /// The identities in `certificate` (the leaf the client presented) in `trust_domain`.
+    pub fn from_certificate(certificate: Option<&CertificateDer<'_>>, trust_domain: &str) -> Peer {
+        let ids = certificate
+            .map(hyphae_policies::tls::identities)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|id| id.trust_domain == trust_domain)
+            .collect();
+        Peer { ids }
+    }
+
+    /// The control-plane node id it proved, if any.
+    pub fn control_plane(&self) -> Option<u64> {
+        self.ids
+            .iter()
+            .find(|id| id.kind == Kind::ControlPlane)
+            .and_then(|id| id.name.parse().ok())
+    }
+
+    /// The node (agent) it proved, if any.
+    pub fn node(&self) -> Option<&str> {
+        self.ids
+            .iter()
+            .find(|id| id.kind == Kind::Node)
+            .map(|id| id.name.as_str())
+    }
+
+    /// Every identity it proved.
+    pub fn ids(&self) -> &[SpiffeId] {
+        &self.ids
+    }
+
+    /// The identity a forwarding node passes on for it.
+    pub(crate) fn forwarded(&self) -> Option<&SpiffeId> {
+        self.ids
+            .iter()
+            .find(|id| id.kind == Kind::Node)
+            .or_else(|| self.ids.first())
+    }
+
+    /// The peer a forwarded request speaks for: when `self` (the forwarding connection) is a
+    /// current member of `node`'s cluster, the identity it passes on in `headers`, or nobody
+    /// (the original caller sent no certificate); else `self`.
+    pub(crate) fn speaking_for(self, node: &Node, headers: &HeaderMap) -> Peer {
+        if !headers.contains_key(super::leader::FORWARDED_HEADER) {
+            return self;
+        }
+        match self.control_plane() {
+            Some(id) if is_member(node, id) => Peer {
+                ids: headers
+                    .get(FORWARDED_IDENTITY_HEADER)
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(SpiffeId::parse)
+                    .into_iter()
+                    .collect(),
+            },
+            _ => self,
+        }
+    }
+}
+
+/// Whether `id` is a voter or learner in `node`'s view of the membership.
+fn is_member(node: &Node, id: u64) -> bool {
+    node.raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .nodes()
+        .any(|(member, _)| *member == id)
+}
+
 /// Who a request came from, once its access was checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Caller {
-    /// Nobody needed to say (public, agent and peer routes for now).
+    /// Nobody needed to say (public and agent routes for now).
     Unchecked,
+    /// The control-plane node with this id (a member calling a peer RPC, or a joining node
+    /// adding itself).
+    Member(u64),
     /// The named token.
     Token(String),
     /// A token this follower does not know, perhaps created a moment ago and not yet applied
@@ -80,10 +176,21 @@ pub(crate) async fn check(
     method: &Method,
     path: &str,
     headers: &HeaderMap,
+    peer: &Peer,
 ) -> Result<Caller, ApiError> {
-    let Access::Token(needs) = required(method, path) else {
-        return Ok(Caller::Unchecked);
+    let needs = match required(method, path) {
+        Access::Token(needs) => needs,
+        Access::Peer => return member(node, path, peer),
+        Access::Agent => return agent(path, peer),
+        Access::Public => return Ok(Caller::Unchecked),
     };
+    if *method == Method::POST
+        && path == MEMBERS_PATH
+        && let Some(id) = peer.control_plane()
+    {
+        // A node that joined with a token adds itself; the handler checks it names itself.
+        return Ok(Caller::Member(id));
+    }
     let secret = bearer(headers);
     let now = tokens::now_ms();
     // The node that initialized the cluster knows its bootstrap token before the cluster
@@ -112,6 +219,49 @@ pub(crate) async fn check(
             };
             tracing::warn!(%method, path, reason = %refused, "admin request refused");
             Err(ApiError::new(status, code, refused.to_string()))
+        }
+    }
+}
+
+/// Checks a peer RPC's caller: a current member's certificate (any control-plane certificate
+/// while this node knows no membership yet, as when it waits to be added), and for the
+/// transfer RPCs the certificate of the leader this node follows.
+fn member(node: &Node, path: &str, peer: &Peer) -> Result<Caller, ApiError> {
+    let refuse = |reason: String| {
+        tracing::warn!(path, %reason, "peer RPC refused");
+        Err(ApiError::new(StatusCode::FORBIDDEN, "not-a-member", reason))
+    };
+    let Some(id) = peer.control_plane() else {
+        return refuse("peer RPCs need a control-plane node's certificate".into());
+    };
+    let metrics = node.raft.metrics();
+    let metrics = metrics.borrow();
+    let mut members = metrics.membership_config.nodes().map(|(member, _)| *member);
+    let knows_members = metrics.membership_config.nodes().next().is_some();
+    if knows_members && !members.any(|member| member == id) {
+        return refuse(format!("node {id} is not a member of this cluster"));
+    }
+    let transfer =
+        path == crate::transfer::ELECT_PATH || path == crate::transfer::HOLD_ELECTIONS_PATH;
+    if transfer && metrics.current_leader != Some(id) {
+        return refuse(format!(
+            "node {id} is not the leader; only the leader moves leadership"
+        ));
+    }
+    Ok(Caller::Member(id))
+}
+
+/// Checks an agent route's caller: a node certificate of this cluster.
+fn agent(path: &str, peer: &Peer) -> Result<Caller, ApiError> {
+    match peer.node() {
+        Some(_) => Ok(Caller::Unchecked),
+        None => {
+            tracing::warn!(path, "agent request without a node certificate refused");
+            Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "agent routes need the node's certificate (mutual TLS)",
+            ))
         }
     }
 }
@@ -183,7 +333,8 @@ mod tests {
             Access::Token(Role::Admin)
         );
         assert_eq!(get("/v1/ca"), Access::Public);
-        assert_eq!(post("/v1/agent/join"), Access::Agent);
+        assert_eq!(post("/v1/agent/join"), Access::Public);
+        assert_eq!(post("/v1/cluster/join"), Access::Public);
         assert_eq!(
             post("/v1/unknown"),
             Access::Token(Role::Write),

@@ -4,6 +4,7 @@
 use http::StatusCode;
 use openraft::BasicNode;
 
+use super::access::Caller;
 use super::answer::{Answer, ApiError, ApiRequest, json_body, json_body_or_default, json_response};
 use super::leader::{committed, to_current_leader};
 use crate::node::Node;
@@ -31,6 +32,19 @@ pub(crate) async fn change_members(
         return status(node).await;
     }
     let member: NewMember = json_body(request, "{\"id\": N, \"address\": \"host:port\"}")?;
+    if let Caller::Member(caller) = request.caller
+        && caller != member.id
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "control-plane node {caller} may add only itself, not node {}",
+                member.id
+            ),
+        )
+        .into());
+    }
     let learner = BasicNode::new(&member.address);
     committed(node, node.raft.add_learner(member.id, learner, true)).await?;
     let change = openraft::ChangeMembers::AddVoterIds([member.id].into());

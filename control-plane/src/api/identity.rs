@@ -13,7 +13,10 @@ use crate::join_tokens::{JoinToken, JoinTokenView};
 use crate::node::Node;
 use crate::state::{Command, CommandResponse};
 use crate::tokens;
-use crate::wire::{CaView, CreatedJoinToken, JoinRequest, Joined, NewJoinToken};
+use crate::wire::{
+    CaView, ControlPlaneJoin, CreatedJoinToken, JoinRequest, Joined, NewJoinToken, RenewRequest,
+};
+use hyphae_policies::tls::{Kind, SpiffeId};
 
 /// How long a join token works when the request does not say.
 pub const DEFAULT_JOIN_TTL_MS: u64 = 3600 * 1000;
@@ -106,6 +109,7 @@ pub(crate) async fn create(node: &Node, request: &ApiRequest) -> Answer {
         expires_at_ms: tokens::now_ms().saturating_add(ttl),
         uses_left: uses,
         site: new.site,
+        control_plane: new.control_plane,
         revision: 0,
     };
     let mut view = JoinTokenView::from(&token);
@@ -169,51 +173,108 @@ pub(crate) async fn join(node: &Node, request: &ApiRequest) -> Answer {
             .map(|s| ca::service_id(trust_domain, s)),
     );
     let now = tokens::now_ms();
-    // Checked against this node's applied state first, so a guess costs no Raft entry; the
-    // Raft command below stays the deciding check.
     let hash = tokens::hash(&join.token);
-    let (mut table, taken) = node
-        .state
-        .read(|state| {
-            (
-                state.join_tokens().clone(),
-                state.node(&join.name).is_some(),
-            )
-        })
-        .await;
     // Only a token bound to a site earns that site's lifetime: an unbound token's holder could
     // name any site.
-    let site_bound = table
-        .values()
-        .any(|t| t.hash == hash && t.site.as_deref() == Some(join.site.as_str()));
-    let checked = if taken {
-        Err(crate::join_tokens::JoinRefused::NameTaken(
-            join.name.clone(),
-        ))
-    } else {
-        crate::join_tokens::use_token(&mut table, &hash, &join.site, now).map(|_| ())
-    };
-    if let Err(refused) = checked {
-        tracing::warn!(node = %join.name, reason = %refused, "join refused");
-        return Err(join_refused().into());
-    }
+    let site_bound = node
+        .state
+        .read(|state| {
+            state
+                .join_tokens()
+                .values()
+                .any(|t| t.hash == hash && t.site.as_deref() == Some(join.site.as_str()))
+        })
+        .await;
     let lifetime = if site_bound {
         spec.certificates.lifetime_for(&join.site)
     } else {
         spec.certificates.lifetime
     };
     let lifetime = u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX);
+    let taken = node
+        .state
+        .read(|state| state.node(&join.name).is_some())
+        .await;
+    let admission = Admission {
+        hash,
+        name: join.name.clone(),
+        site: join.site.clone(),
+        control_plane: false,
+        taken,
+        now,
+    };
     // Signed before the token is used, so a CSR that does not parse uses nothing; handed out
     // only once the token's use is committed.
     let cert_pem = ca::sign(&ca, &join.csr_pem, &identities, now, lifetime)
         .map_err(|error| invalid(error.to_string()))?;
+    admit(node, admission).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &Joined {
+            cert_pem,
+            ca_pem: ca.cert_pem,
+            identities,
+            expires_at_ms: now.saturating_add(lifetime),
+        },
+    ))
+}
+
+/// A join about to use a token.
+struct Admission {
+    /// SHA-256 of the presented secret.
+    hash: String,
+    /// The name the host asks for (a node name, or `control-plane/<id>`).
+    name: String,
+    /// The site it says it is in.
+    site: String,
+    /// Whether a control-plane node joins.
+    control_plane: bool,
+    /// Whether the name belongs to someone already (a registered node, a current member).
+    taken: bool,
+    /// The leader's clock.
+    now: u64,
+}
+
+/// Uses the join token through Raft, or refuses with the one answer for every reason. The
+/// token is checked against this node's applied state first, so a guess costs no Raft entry;
+/// the Raft command stays the deciding check.
+async fn admit(node: &Node, admission: Admission) -> Result<(), super::answer::Routed> {
+    let mut table = node.state.read(|state| state.join_tokens().clone()).await;
+    let leads = {
+        let metrics = node.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics.current_leader == Some(metrics.id)
+    };
+    let checked = if admission.taken {
+        Err(crate::join_tokens::JoinRefused::NameTaken(
+            admission.name.clone(),
+        ))
+    } else {
+        crate::join_tokens::use_token(
+            &mut table,
+            &admission.hash,
+            &admission.site,
+            admission.control_plane,
+            admission.now,
+        )
+        .map(|_| ())
+    };
+    // A follower may not have applied a token the leader just made: only the leader refuses
+    // here; a follower sends the join on to it.
+    if let Err(refused) = checked
+        && leads
+    {
+        tracing::warn!(node = %admission.name, reason = %refused, "join refused");
+        return Err(join_refused().into());
+    }
     let used = write(
         node,
         Command::UseJoinToken {
-            hash,
-            node: join.name.clone(),
-            site: join.site.clone(),
-            now_ms: now,
+            hash: admission.hash,
+            node: admission.name.clone(),
+            site: admission.site.clone(),
+            control_plane: admission.control_plane,
+            now_ms: admission.now,
         },
     )
     .await?;
@@ -221,24 +282,122 @@ pub(crate) async fn join(node: &Node, request: &ApiRequest) -> Answer {
         CommandResponse::JoinTokenUsed {
             outcome: Ok(token), ..
         } => {
-            tracing::info!(node = %join.name, site = %join.site, %token, "a host joined");
+            tracing::info!(node = %admission.name, site = %admission.site, %token, "a host joined");
+            Ok(())
         }
         CommandResponse::JoinTokenUsed {
             outcome: Err(refused),
             ..
         } => {
-            tracing::warn!(node = %join.name, reason = %refused, "join refused");
-            return Err(join_refused().into());
+            tracing::warn!(node = %admission.name, reason = %refused, "join refused");
+            Err(join_refused().into())
         }
-        other => {
-            return Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "join",
-                format!("unexpected answer from the state machine: {other:?}"),
-            )
-            .into());
-        }
+        other => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "join",
+            format!("unexpected answer from the state machine: {other:?}"),
+        )
+        .into()),
     }
+}
+
+/// `POST /v1/cluster/join`: a control-plane node presents a control-plane join token and a
+/// CSR, and gets a certificate naming it `control-plane/<id>`. An id that is a member already
+/// is refused: a token admits a new node, never a second holder of a member's identity.
+pub(crate) async fn join_control_plane(node: &Node, request: &ApiRequest) -> Answer {
+    let join: ControlPlaneJoin = json_body(request, "{\"token\", \"id\": N, \"csrPem\"}")?;
+    let ca = node
+        .state
+        .read(|state| state.ca().cloned())
+        .await
+        .ok_or_else(no_ca)?;
+    let spec = &node.config.spec;
+    let trust_domain = &spec.certificates.trust_domain;
+    let identity = SpiffeId::new(trust_domain, Kind::ControlPlane, &join.id.to_string());
+    let identities = vec![identity.to_string()];
+    let taken = node
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .nodes()
+        .any(|(id, _)| *id == join.id);
+    let now = tokens::now_ms();
+    let lifetime = u64::try_from(spec.certificates.lifetime.as_millis()).unwrap_or(u64::MAX);
+    let cert_pem = ca::sign(&ca, &join.csr_pem, &identities, now, lifetime).map_err(|error| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad-join",
+            error.to_string(),
+        )
+    })?;
+    admit(
+        node,
+        Admission {
+            hash: tokens::hash(&join.token),
+            name: format!("control-plane/{}", join.id),
+            site: String::new(),
+            control_plane: true,
+            taken,
+            now,
+        },
+    )
+    .await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &Joined {
+            cert_pem,
+            ca_pem: ca.cert_pem,
+            identities,
+            expires_at_ms: now.saturating_add(lifetime),
+        },
+    ))
+}
+
+/// `POST /v1/agent/renew`: an agent presenting its current certificate gets a new one for a
+/// new key, naming the same node and services (never more), valid for the lifetime of the
+/// site it is registered in.
+pub(crate) async fn renew(node: &Node, request: &ApiRequest) -> Answer {
+    let renewal: RenewRequest = json_body(request, "{\"csrPem\"}")?;
+    let Some(name) = request.peer.node() else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a renewal needs the node's current certificate",
+        )
+        .into());
+    };
+    let ca = node
+        .state
+        .read(|state| state.ca().cloned())
+        .await
+        .ok_or_else(no_ca)?;
+    let identities: Vec<String> = request
+        .peer
+        .ids()
+        .iter()
+        .filter(|id| matches!(id.kind, Kind::Node | Kind::Service))
+        .map(ToString::to_string)
+        .collect();
+    let site = node
+        .state
+        .read(|state| state.node(name).map(|record| record.site.clone()))
+        .await;
+    let certificates = &node.config.spec.certificates;
+    let lifetime = site.map_or(certificates.lifetime, |site| {
+        certificates.lifetime_for(&site)
+    });
+    let lifetime = u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX);
+    let now = tokens::now_ms();
+    let cert_pem =
+        ca::sign(&ca, &renewal.csr_pem, &identities, now, lifetime).map_err(|error| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "bad-renewal",
+                error.to_string(),
+            )
+        })?;
+    tracing::info!(node = name, "renewed a node's certificate");
     Ok(json_response(
         StatusCode::OK,
         &Joined {

@@ -179,10 +179,16 @@ pub(crate) async fn forward(
     };
     let mut upstream = Request::builder()
         .method(request.method.clone())
-        .uri(format!("http://{leader}{}{query}", request.path))
+        .uri(format!("https://{leader}{}{query}", request.path))
         .header(FORWARDED_HEADER, "1");
     if let Some(authorization) = &request.authorization {
         upstream = upstream.header(http::header::AUTHORIZATION, authorization);
+    }
+    if let Some(identity) = request.peer.forwarded() {
+        upstream = upstream.header(
+            super::access::FORWARDED_IDENTITY_HEADER,
+            identity.to_string(),
+        );
     }
     let upstream = upstream.body(Full::new(request.body.clone()));
     let upstream = match upstream {

@@ -23,6 +23,7 @@ pub(crate) async fn register(
     request: &ApiRequest,
 ) -> Result<Response<Full<Bytes>>, Routed> {
     let record: NodeRecord = json_body(request, "a node registration")?;
+    speaks_for(request, &record.name)?;
     let limits = &node.config.spec.limits;
     check_registration(&record).map_err(|message| {
         ApiError::new(
@@ -59,6 +60,7 @@ pub(crate) async fn heartbeat(
     request: &ApiRequest,
 ) -> Result<Response<Full<Bytes>>, Routed> {
     let heartbeat: Heartbeat = json_body(request, "a heartbeat")?;
+    speaks_for(request, &heartbeat.node)?;
     leader_only(node)?;
     let revision = node
         .state
@@ -76,6 +78,7 @@ pub(crate) async fn health(
     request: &ApiRequest,
 ) -> Result<Response<Full<Bytes>>, Routed> {
     let report: HealthReport = json_body(request, "a health report")?;
+    speaks_for(request, &report.node)?;
     let name = report.node.clone();
     let written = write(
         node,
@@ -99,10 +102,27 @@ pub(crate) async fn deregister(
     request: &ApiRequest,
 ) -> Result<Response<Full<Bytes>>, Routed> {
     let leaving: Heartbeat = json_body(request, "a deregistration")?;
+    speaks_for(request, &leaving.node)?;
     let name = leaving.node.clone();
     let written = write(node, Command::DeregisterNode { node: leaving.node }).await?;
     node.leases.forget(&name);
     Ok(json_response(StatusCode::OK, &written))
+}
+
+/// Refuses an agent request about node `name` unless the caller's certificate names that node:
+/// an agent speaks only for itself.
+fn speaks_for(request: &ApiRequest, name: &str) -> Result<(), ApiError> {
+    match request.peer.node() {
+        Some(own) if own == name => Ok(()),
+        own => {
+            tracing::warn!(caller = ?own, node = name, path = %request.path, "agent request for another node refused");
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("this certificate may speak only for its own node, not for `{name}`"),
+            ))
+        }
+    }
 }
 
 /// `GET /v1/nodes` and `GET /v1/nodes/{name}`.

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hyphae_control_plane::daemon::{RunningNode, Start};
+use hyphae_control_plane::pki::JoinTicket;
 use hyphae_control_plane::{config, secret_file};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -35,6 +36,20 @@ struct Args {
     /// directory); an existing file's secret is used as it is.
     #[arg(long, value_name = "FILE", requires = "init")]
     bootstrap_token_file: Option<PathBuf>,
+    /// Join a cluster: the owner-only file holding a control-plane join token's secret
+    /// (`hyphae token create --control-plane`). Used only by a node without a certificate yet;
+    /// it asks the nodes under `spec.members`.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "init",
+        requires = "ca_fingerprint"
+    )]
+    join_token_file: Option<PathBuf>,
+    /// With `--join-token-file`: the SHA-256 fingerprint of the cluster's root certificate
+    /// (`hyphae ca show`), which the node pins before it trusts anything the cluster says.
+    #[arg(long, value_name = "HEX", requires = "join_token_file")]
+    ca_fingerprint: Option<String>,
     /// Check the configuration and exit.
     #[arg(long)]
     check: bool,
@@ -94,7 +109,20 @@ fn main() -> ExitCode {
             }
         }
     } else {
-        Start::Join
+        let ticket = match (&args.join_token_file, &args.ca_fingerprint) {
+            (Some(path), Some(fingerprint)) => match secret_file::read(path) {
+                Ok(secret) => Some(JoinTicket {
+                    secret,
+                    ca_fingerprint: fingerprint.clone(),
+                }),
+                Err(error) => {
+                    eprintln!("hyphae-control-plane: {error}");
+                    return ExitCode::from(1);
+                }
+            },
+            _ => None,
+        };
+        Start::Join { ticket }
     };
     match runtime.block_on(run(config, start)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,8 +7,8 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use hyphae_policies::tls::{self, ServerIdentity, TlsConnector, Trust, verifier::PinnedRoot};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -20,6 +20,12 @@ pub const DEFAULT_SERVER: &str = "127.0.0.1:7400";
 pub const TOKEN_ENV: &str = "HYPHAE_TOKEN";
 /// Environment variable naming an owner-only file that holds the token's secret.
 pub const TOKEN_FILE_ENV: &str = "HYPHAE_TOKEN_FILE";
+/// Environment variable naming the cluster's root certificate (PEM).
+pub const CA_FILE_ENV: &str = "HYPHAE_CA_FILE";
+/// Environment variable holding the cluster root's SHA-256 fingerprint, to pin.
+pub const CA_FINGERPRINT_ENV: &str = "HYPHAE_CA_FINGERPRINT";
+/// Longest the CLI waits for a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest the CLI waits for an answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -27,8 +33,17 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct ApiClient {
     server: String,
     token: Option<String>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<TlsConnector, Full<Bytes>>,
     runtime: tokio::runtime::Runtime,
+}
+
+/// How the CLI knows the control plane's certificate is the cluster's.
+#[derive(Debug, Clone)]
+pub enum ServerTrust {
+    /// The root, PEM.
+    Roots(String),
+    /// The root's SHA-256 fingerprint; the node presents the root in its chain.
+    Pinned(String),
 }
 
 /// An answer: status and JSON body.
@@ -40,22 +55,40 @@ pub struct Answer {
 }
 
 impl ApiClient {
-    /// A client for `server` (`host:port`, or a URL prefix).
-    pub fn new(server: &str) -> Result<Self> {
+    /// A client for `server` (`host:port`, or an `https://` URL prefix) that checks the
+    /// node's certificate by `trust`.
+    pub fn new(server: &str, trust: &ServerTrust) -> Result<Self> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("cannot start the client runtime")?;
         let server = server.trim_end_matches('/');
-        let server = if server.starts_with("http://") {
+        if server.starts_with("http://") {
+            bail!(
+                "the control plane speaks only TLS: use https://{} or host:port",
+                &server[7..]
+            );
+        }
+        let server = if server.starts_with("https://") {
             server.to_string()
         } else {
-            format!("http://{server}")
+            format!("https://{server}")
         };
+        let config = match trust {
+            ServerTrust::Roots(pem) => {
+                tls::client_config(&Trust::from_pem(pem, None)?, None, &tls::ALPN_HTTP)?
+            }
+            ServerTrust::Pinned(fingerprint) => tls::client_config_verified_by(
+                std::sync::Arc::new(PinnedRoot::new(fingerprint, tls::provider())),
+                None,
+                &tls::ALPN_HTTP,
+            )?,
+        };
+        let connector = TlsConnector::new(config, ServerIdentity::ControlPlane, CONNECT_TIMEOUT);
         Ok(ApiClient {
             server,
             token: None,
-            client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+            client: Client::builder(TokioExecutor::new()).build(connector),
             runtime,
         })
     }

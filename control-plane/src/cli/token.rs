@@ -37,6 +37,10 @@ pub enum TokenCommand {
         /// The only site it admits.
         #[arg(long)]
         site: Option<String>,
+        /// A token for control-plane nodes (`hyphae-control-plane --join-token-file`) rather
+        /// than for agents.
+        #[arg(long, conflicts_with = "site")]
+        control_plane: bool,
         /// Where the control plane is.
         #[command(flatten)]
         server: ServerArgs,
@@ -55,9 +59,12 @@ pub fn run(args: &TokenArgs, out: &mut dyn std::io::Write) -> Result<Outcome> {
             ttl,
             uses,
             site,
+            control_plane,
             server,
         } => {
-            let body = serde_json::json!({ "name": name, "ttl": ttl, "uses": uses, "site": site });
+            let body = serde_json::json!({
+                "name": name, "ttl": ttl, "uses": uses, "site": site, "controlPlane": control_plane,
+            });
             super::acl::create_secret(server, JOIN_TOKENS_PATH, &body, out)
         }
         TokenCommand::List(ListArgs { output, server }) => {

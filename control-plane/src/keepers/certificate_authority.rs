@@ -1,6 +1,8 @@
-//! The cluster's certificate authority: its first leader makes the root and writes it through
-//! Raft, once (the first entry applied wins, so two leaders racing agree). Never while a
-//! leadership transfer runs.
+//! The cluster's certificate authority: the node that initialized the cluster made the root
+//! before Raft started (it signed its own certificate with it, see [`crate::pki::found`]); this
+//! keeper writes that root through Raft, once, whenever that node leads (the first entry
+//! applied wins), then forgets the key file the root waited in. Never while a leadership
+//! transfer runs.
 
 use std::sync::Arc;
 
@@ -10,22 +12,22 @@ use super::write_once_while_leading;
 use crate::node::Node;
 use crate::state::Command;
 
-/// Gives the cluster a root if it has none, whenever this node leads; returns once the applied
-/// state has one, or at `shutdown`. A root that cannot be made is logged and tried again.
+/// Stores the founding root if the cluster has none, whenever this node leads; returns once
+/// the applied state has one, or at `shutdown`.
 pub async fn keep(node: Arc<Node>, shutdown: CancellationToken) {
-    let trust_domain = node.config.spec.certificates.trust_domain.clone();
+    let Some(root) = node.tls.founding_root.clone() else {
+        return;
+    };
+    let files = node.tls.files.clone();
     write_once_while_leading(
-        node,
-        shutdown,
+        Arc::clone(&node),
+        shutdown.clone(),
         "the cluster's certificate authority",
         |state| state.ca().is_some(),
-        move || match crate::ca::generate(&trust_domain, crate::tokens::now_ms()) {
-            Ok(ca) => Some(Command::SetCa { ca }),
-            Err(error) => {
-                tracing::error!(%error, "cannot make the cluster's root certificate");
-                None
-            }
-        },
+        move || Some(Command::SetCa { ca: root.clone() }),
     )
     .await;
+    if !shutdown.is_cancelled() {
+        crate::pki::forget_founding_root(&files);
+    }
 }

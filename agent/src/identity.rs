@@ -1,0 +1,218 @@
+//! This host's identity in the mesh: its node certificate (`spiffe://<domain>/node/<name>`,
+//! and `.../service/<name>` for each service it hosts), kept in `<dataDir>/tls/`. A host
+//! without one joins once, with a join token and the root's pinned fingerprint
+//! (`spec.join`); the private key never leaves the host. From then on the agent renews the
+//! certificate at two thirds of its life over mutual TLS ([`keep_renewed`]), and keeps working
+//! on the current one while the control plane is unreachable, warning as expiry nears.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use hyphae_policies::registry::{JOIN_PATH, JoinRequest, Joined, RENEW_PATH, RenewRequest};
+use hyphae_policies::secret_file;
+use hyphae_policies::tls::files::CertificateFiles;
+use hyphae_policies::tls::join::{key_and_request, post_pinned};
+use hyphae_policies::tls::{self, Credentials, Kind, Trust};
+use rustls::ClientConfig;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::AgentConfig;
+use crate::control_plane_client::ControlPlaneClient;
+
+/// How long one join attempt may take.
+const JOIN_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Rounds over every control-plane node before a join gives up (systemd starts it again).
+const JOIN_ROUNDS: u32 = 10;
+/// How often the certificate's age is looked at.
+const RENEW_CHECK_EVERY: Duration = Duration::from_secs(30);
+/// How long a renewal request may take.
+const RENEW_TIMEOUT: Duration = Duration::from_secs(10);
+/// From when before expiry the agent warns at every check that it could not renew.
+const EXPIRY_WARNING: Duration = Duration::from_secs(3600);
+
+/// The host's certificate, the roots it trusts and the clients built from them.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Where it is kept.
+    pub files: CertificateFiles,
+    /// Its certificate and key; replaced on renewal.
+    pub credentials: Credentials,
+    /// The roots.
+    pub trust: Trust,
+    /// How it talks to the control plane: HTTP/2, presenting its certificate.
+    pub control_plane: Arc<ClientConfig>,
+}
+
+impl Identity {
+    fn open(files: CertificateFiles) -> anyhow::Result<Identity> {
+        let material = files.load()?;
+        let credentials = Credentials::from_pem(&material.chain, &material.key)?;
+        let leaf = credentials
+            .leaf()
+            .context("the saved chain holds no certificate")?;
+        let domain = tls::identities(&leaf)
+            .into_iter()
+            .find(|id| id.kind == Kind::Node)
+            .map(|id| id.trust_domain)
+            .context("the saved certificate names no node")?;
+        let trust = Trust::from_pem(&material.roots, Some(&domain))?;
+        Ok(Identity {
+            control_plane: tls::client_config(&trust, Some(&credentials), &tls::ALPN_H2)?,
+            files,
+            credentials,
+            trust,
+        })
+    }
+
+    /// When the certificate stops being valid, seconds since the Unix epoch.
+    pub fn not_after(&self) -> Option<i64> {
+        let leaf = self.credentials.leaf()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+        Some(cert.validity().not_after.timestamp())
+    }
+
+    /// When the certificate started being valid, seconds since the Unix epoch.
+    fn not_before(&self) -> Option<i64> {
+        let leaf = self.credentials.leaf()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+        Some(cert.validity().not_before.timestamp())
+    }
+}
+
+/// The host's identity: the saved one, or a new one from a join when there is none.
+pub async fn obtain(config: &AgentConfig) -> anyhow::Result<Identity> {
+    let files = CertificateFiles::new(config.spec.data_dir.join("tls"));
+    if files.exist() {
+        return Identity::open(files);
+    }
+    let join = &config.spec.join;
+    let (Some(fingerprint), Some(token_file)) = (&join.ca_fingerprint, &join.token_file) else {
+        bail!(
+            "this agent has no certificate yet: set spec.join.caFingerprint and spec.join.tokenFile (a join token from `hyphae token create`)"
+        );
+    };
+    let token = secret_file::read(token_file)?;
+    let (key, csr) = key_and_request()?;
+    let request = serde_json::to_vec(&JoinRequest {
+        token,
+        name: config.node.clone(),
+        site: config.spec.site.clone(),
+        services: config
+            .spec
+            .services
+            .iter()
+            .map(|service| service.name.clone())
+            .collect(),
+        csr_pem: csr,
+    })?;
+    let mut retry = Duration::from_millis(200);
+    for round in 1..=JOIN_ROUNDS {
+        for server in &config.spec.control_plane {
+            match post_pinned(
+                server,
+                JOIN_PATH,
+                request.clone(),
+                fingerprint,
+                JOIN_ATTEMPT_TIMEOUT,
+            )
+            .await
+            {
+                Ok((status, body, root)) if status.is_success() => {
+                    let joined: Joined =
+                        serde_json::from_slice(&body).context("an unreadable join answer")?;
+                    if tls::certificates(&joined.ca_pem)?.first() != Some(&root) {
+                        bail!("{server} answered the join with a root other than the pinned one");
+                    }
+                    let chain = format!("{}{}", joined.cert_pem, joined.ca_pem);
+                    files.save(Some(&joined.ca_pem), &chain, &key)?;
+                    tracing::info!(%server, identities = ?joined.identities, "joined the mesh; got this node's certificate");
+                    return Identity::open(files);
+                }
+                Ok((status, body, _)) if status.is_client_error() => {
+                    // A refused token stays refused: say so and stop.
+                    bail!(
+                        "the control plane refused the join ({status}): {}",
+                        String::from_utf8_lossy(&body)
+                    );
+                }
+                Ok((status, _, _)) => {
+                    tracing::warn!(%server, %status, round, "join failed; will retry")
+                }
+                Err(error) => {
+                    tracing::warn!(%server, error = %hyphae_policies::error_chain::ErrorChain(&error), round, "join failed; will retry")
+                }
+            }
+        }
+        tokio::time::sleep(crate::control_plane_client::jittered(
+            &mut retry,
+            Duration::from_secs(5),
+        ))
+        .await;
+    }
+    bail!("could not join through any control-plane node after {JOIN_ROUNDS} rounds")
+}
+
+/// Renews the certificate whenever two thirds of its life have passed, until `shutdown`,
+/// and publishes `hyphae_certificate_expiry_seconds`. A renewal that fails is tried again at
+/// the next check; the current certificate stays in use meanwhile.
+pub async fn keep_renewed(
+    identity: Identity,
+    control_plane: ControlPlaneClient,
+    shutdown: CancellationToken,
+) {
+    let mut control_plane = control_plane;
+    loop {
+        let now = now_seconds();
+        if let (Some(not_before), Some(not_after)) = (identity.not_before(), identity.not_after()) {
+            let left = not_after - now;
+            metrics::gauge!(crate::metrics::CERTIFICATE_EXPIRY).set(left as f64);
+            let lifetime = (not_after - not_before).max(1);
+            if left <= lifetime / 3 {
+                match renew(&identity, &control_plane).await {
+                    Ok(()) => continue,
+                    Err(error) => {
+                        control_plane.fail_over();
+                        if left <= EXPIRY_WARNING.as_secs() as i64 {
+                            tracing::warn!(
+                                error = format!("{error:#}"),
+                                seconds_left = left,
+                                "cannot renew this node's certificate, and it expires soon"
+                            );
+                        } else {
+                            tracing::info!(
+                                error = format!("{error:#}"),
+                                "cannot renew this node's certificate yet; will retry"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(RENEW_CHECK_EVERY) => {}
+        }
+    }
+}
+
+async fn renew(identity: &Identity, control_plane: &ControlPlaneClient) -> anyhow::Result<()> {
+    let (key, csr) = key_and_request()?;
+    let joined: Joined = control_plane
+        .post_json(RENEW_PATH, &RenewRequest { csr_pem: csr }, RENEW_TIMEOUT)
+        .await?;
+    let chain = format!("{}{}", joined.cert_pem, joined.ca_pem);
+    identity.credentials.replace(&chain, &key)?;
+    identity.files.save(None, &chain, &key)?;
+    tracing::info!(
+        expires_at_ms = joined.expires_at_ms,
+        "renewed this node's certificate"
+    );
+    Ok(())
+}
+
+fn now_seconds() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs() as i64)
+}

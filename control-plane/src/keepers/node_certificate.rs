@@ -1,0 +1,57 @@
+//! This node's own certificate: renewed at two thirds of its life from the cluster's root,
+//! which every control-plane node holds in its replicated state (decision 34), so renewal needs
+//! no other node. New handshakes use the new certificate; open connections keep theirs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::node::Node;
+
+/// How often the certificate's age is looked at.
+const CHECK_EVERY: Duration = Duration::from_secs(30);
+
+/// Renews the node's certificate whenever two thirds of its life have passed, until
+/// `shutdown`. A renewal that fails is logged and tried again at the next check.
+pub async fn keep(node: Arc<Node>, shutdown: CancellationToken) {
+    loop {
+        if let Err(error) = renew_if_due(&node).await {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "cannot renew this node's certificate; will retry"
+            );
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(CHECK_EVERY) => {}
+        }
+    }
+}
+
+async fn renew_if_due(node: &Node) -> anyhow::Result<()> {
+    let Some(not_after) = node.tls.not_after() else {
+        return Ok(());
+    };
+    let spec = &node.config.spec;
+    let lifetime = spec.certificates.lifetime.get();
+    let now_ms = crate::tokens::now_ms();
+    let remaining_ms = (not_after * 1000).saturating_sub(i64::try_from(now_ms).unwrap_or(i64::MAX));
+    let lifetime_ms = i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX);
+    if remaining_ms > lifetime_ms / 3 {
+        return Ok(());
+    }
+    let Some(root) = node.state.read(|state| state.ca().cloned()).await else {
+        return Ok(());
+    };
+    let (chain, key) = crate::pki::issue(
+        &root,
+        &spec.certificates.trust_domain,
+        spec.id,
+        now_ms,
+        lifetime,
+    )?;
+    node.tls.renew(&chain, &key)?;
+    tracing::info!("renewed this node's certificate");
+    Ok(())
+}

@@ -1,0 +1,235 @@
+//! This node's TLS material (decision 36), in `<dataDir>/tls/`: the roots it trusts (`ca.pem`),
+//! its own chain and key (`node.pem`, `node-key.pem`, owner-only), and, on the node that made
+//! the cluster's root, that root with its key (`ca-key.pem`, owner-only) until the cluster has
+//! stored it in Raft. A node gets its own certificate in one of two ways: the initializing node
+//! makes the root and signs its own; every other node joins with a control-plane join token
+//! and the root's fingerprint ([`join`]). Its certificate names it
+//! `spiffe://<trust domain>/control-plane/<id>`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::bail;
+use hyphae_policies::tls::files::CertificateFiles;
+use hyphae_policies::tls::join::{key_and_request, post_pinned};
+use hyphae_policies::tls::{self, Credentials, Kind, SpiffeId, Trust};
+use rustls::{ClientConfig, ServerConfig};
+
+use crate::ca::{self, StoredCa};
+use crate::wire::{ControlPlaneJoin, Joined};
+
+/// The folder of a node's TLS files.
+pub fn tls_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("tls")
+}
+/// The founding root's key, beside the node's own files until the cluster stores the root.
+const ROOT_KEY_FILE: &str = "ca-key.pem";
+
+/// How long a joining node waits for a seed to answer one attempt.
+const JOIN_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a node needs to join a cluster: a control-plane join token's secret and the SHA-256
+/// fingerprint of the cluster's root.
+#[derive(Debug, Clone)]
+pub struct JoinTicket {
+    /// The join token's secret.
+    pub secret: String,
+    /// Lower-case hex SHA-256 of the root certificate's DER.
+    pub ca_fingerprint: String,
+}
+
+/// A node's TLS set-up: its credentials (replaced on renewal), the roots, and the server and
+/// peer-client configurations built from them.
+#[derive(Debug, Clone)]
+pub struct NodeTls {
+    /// Where the files live.
+    pub files: CertificateFiles,
+    /// Its own certificate and key.
+    pub credentials: Credentials,
+    /// The roots it trusts.
+    pub trust: Trust,
+    /// The port's server configuration: a client certificate is optional (operators may use
+    /// tokens), and checked against the roots when presented.
+    pub server: Arc<ServerConfig>,
+    /// The configuration of its clients toward other nodes (HTTP/2, its own certificate).
+    pub peer_client: Arc<ClientConfig>,
+    /// On the node that made the cluster's root: the root, until the cluster stores it.
+    pub founding_root: Option<StoredCa>,
+}
+
+impl NodeTls {
+    fn open(files: CertificateFiles, trust_domain: &str) -> anyhow::Result<NodeTls> {
+        let material = files.load()?;
+        let trust = Trust::from_pem(&material.roots, Some(trust_domain))?;
+        let credentials = Credentials::from_pem(&material.chain, &material.key)?;
+        let founding_root = match files.load_private(ROOT_KEY_FILE) {
+            Some(key_pem) => {
+                let der = tls::certificates(&material.roots)?;
+                Some(StoredCa {
+                    fingerprint: tls::fingerprint(der[0].as_ref()),
+                    cert_pem: material.roots.clone(),
+                    key_pem,
+                })
+            }
+            None => None,
+        };
+        Ok(NodeTls {
+            server: tls::server_config(&credentials, &trust, true, &tls::ALPN_HTTP)?,
+            peer_client: tls::client_config(&trust, Some(&credentials), &tls::ALPN_H2)?,
+            files,
+            credentials,
+            trust,
+            founding_root,
+        })
+    }
+
+    /// Writes a renewed chain and key and uses them for every handshake from now on.
+    pub fn renew(&self, chain_pem: &str, key_pem: &str) -> anyhow::Result<()> {
+        self.files.save(None, chain_pem, key_pem)?;
+        self.credentials.replace(chain_pem, key_pem)?;
+        Ok(())
+    }
+
+    /// When its certificate stops being valid, in seconds since the Unix epoch.
+    pub fn not_after(&self) -> Option<i64> {
+        let leaf = self.credentials.leaf()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+        Some(cert.validity().not_after.timestamp())
+    }
+}
+
+/// This node's TLS set-up from its data directory, if it has one.
+pub fn load(data_dir: &Path, trust_domain: &str) -> anyhow::Result<Option<NodeTls>> {
+    let files = CertificateFiles::new(tls_dir(data_dir));
+    if !files.exist() {
+        return Ok(None);
+    }
+    NodeTls::open(files, trust_domain).map(Some)
+}
+
+/// On the node that initializes a cluster: makes the cluster's root and this node's
+/// certificate, and writes them (the root's key too, until the cluster stores it).
+pub fn found(
+    data_dir: &Path,
+    trust_domain: &str,
+    id: u64,
+    lifetime: Duration,
+) -> anyhow::Result<NodeTls> {
+    let files = CertificateFiles::new(tls_dir(data_dir));
+    let now = crate::tokens::now_ms();
+    let root = ca::generate(trust_domain, now)?;
+    let (chain, key) = issue(&root, trust_domain, id, now, lifetime)?;
+    files.save_private(ROOT_KEY_FILE, &root.key_pem)?;
+    files.save(Some(&root.cert_pem), &chain, &key)?;
+    tracing::info!(fingerprint = %root.fingerprint, "made the cluster's root certificate");
+    NodeTls::open(files, trust_domain)
+}
+
+/// A certificate for control-plane node `id` signed by `root`, with a new key: the chain (leaf
+/// then root) and the key, PEM.
+pub fn issue(
+    root: &StoredCa,
+    trust_domain: &str,
+    id: u64,
+    now_ms: u64,
+    lifetime: Duration,
+) -> anyhow::Result<(String, String)> {
+    let (key, csr) = key_and_request()?;
+    let identity = SpiffeId::new(trust_domain, Kind::ControlPlane, &id.to_string()).to_string();
+    let lifetime_ms = u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX);
+    let leaf = ca::sign(root, &csr, &[identity], now_ms, lifetime_ms)?;
+    Ok((format!("{leaf}{}", root.cert_pem), key))
+}
+
+/// Joins a cluster through one of `seeds` (tried in turn): pins the root by the ticket's
+/// fingerprint in the seed's own TLS chain, sends a CSR with the join token, and writes what
+/// it gets. The private key never leaves this host.
+pub async fn join(
+    data_dir: &Path,
+    trust_domain: &str,
+    id: u64,
+    seeds: &[String],
+    ticket: &JoinTicket,
+) -> anyhow::Result<NodeTls> {
+    if seeds.is_empty() {
+        bail!("no cluster member to join through: list the cluster's nodes under spec.members");
+    }
+    let (key, csr) = key_and_request()?;
+    let request = serde_json::to_vec(&ControlPlaneJoin {
+        token: ticket.secret.clone(),
+        id,
+        csr_pem: csr,
+    })?;
+    let mut retry = Duration::from_millis(200);
+    for round in 1..=JOIN_ROUNDS {
+        for seed in seeds {
+            match join_through(seed, &request, &ticket.ca_fingerprint).await {
+                Ok(joined) => {
+                    let files = CertificateFiles::new(tls_dir(data_dir));
+                    let chain = format!("{}{}", joined.cert_pem, joined.ca_pem);
+                    files.save(Some(&joined.ca_pem), &chain, &key)?;
+                    tracing::info!(%seed, identities = ?joined.identities, "joined the cluster; got this node's certificate");
+                    return NodeTls::open(files, trust_domain);
+                }
+                Err(Attempt::Refused(why)) => bail!("{seed} refused the join: {why}"),
+                Err(Attempt::Failed(error)) => {
+                    tracing::warn!(%seed, round, error = format!("{error:#}"), "cannot join through this member yet; will retry");
+                }
+            }
+        }
+        let wait = retry.mul_f64(rand::random_range(0.5..1.5));
+        retry = (retry * 2).min(Duration::from_secs(5));
+        tokio::time::sleep(wait).await;
+    }
+    bail!("could not join through any member after {JOIN_ROUNDS} rounds")
+}
+
+/// Rounds over every seed before a join gives up (the service manager starts it again).
+const JOIN_ROUNDS: u32 = 20;
+
+/// How one join attempt failed.
+enum Attempt {
+    /// The seed refused it (4xx): retrying will not help.
+    Refused(String),
+    /// Anything else: the seed may be starting or leaderless.
+    Failed(anyhow::Error),
+}
+
+async fn join_through(seed: &str, request: &[u8], fingerprint: &str) -> Result<Joined, Attempt> {
+    let (status, body, root) = post_pinned(
+        seed,
+        CONTROL_PLANE_JOIN_PATH,
+        request.to_vec(),
+        fingerprint,
+        JOIN_ATTEMPT_TIMEOUT,
+    )
+    .await
+    .map_err(|error| Attempt::Failed(error.into()))?;
+    let text = || format!("{status}: {}", String::from_utf8_lossy(&body));
+    if status.is_client_error() {
+        return Err(Attempt::Refused(text()));
+    }
+    if !status.is_success() {
+        return Err(Attempt::Failed(anyhow::anyhow!(text())));
+    }
+    let joined: Joined = serde_json::from_slice(&body)
+        .map_err(|error| Attempt::Failed(anyhow::anyhow!("an unreadable answer: {error}")))?;
+    let answered = tls::certificates(&joined.ca_pem).map_err(|e| Attempt::Failed(e.into()))?;
+    if answered.first().map(|cert| cert.as_ref()) != Some(root.as_ref()) {
+        return Err(Attempt::Refused(
+            "it answered with a root other than the pinned one".into(),
+        ));
+    }
+    Ok(joined)
+}
+
+/// Path of the control-plane join.
+pub const CONTROL_PLANE_JOIN_PATH: &str = "/v1/cluster/join";
+
+/// Forgets the founding root's key file once the cluster stores the root.
+pub fn forget_founding_root(files: &CertificateFiles) {
+    if let Err(error) = files.remove_private(ROOT_KEY_FILE) {
+        tracing::warn!(%error, "cannot remove the founding root's key file");
+    }
+}

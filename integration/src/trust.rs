@@ -1,0 +1,195 @@
+//! What the clusters this process starts trust and hand out, looked up by any node's address:
+//! the root (to check a node's certificate), its fingerprint (what joining hosts pin), and join
+//! tokens for agents and control-plane nodes, made with the real `hyphae` CLI. [`crate::http`]
+//! talks TLS to every address registered here, [`crate::cli`] gives the CLI the root, and
+//! [`crate::agent`] gives an agent pointed at a registered node a join token.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use hyphae_policies::tls::{self, Credentials, Trust};
+use rustls::ClientConfig;
+
+use crate::Error;
+
+/// One cluster's root and join tokens.
+#[derive(Debug)]
+pub struct ClusterTrust {
+    /// The root, PEM.
+    pub roots_pem: String,
+    /// A file holding the root (`HYPHAE_CA_FILE` for the CLI).
+    pub roots_file: PathBuf,
+    /// `sha256:<hex>` of the root, as `hyphae ca` prints it.
+    pub fingerprint: String,
+    cli: PathBuf,
+    dir: PathBuf,
+    agent_token: Mutex<Option<PathBuf>>,
+}
+
+fn clusters() -> &'static Mutex<BTreeMap<String, Arc<ClusterTrust>>> {
+    static CLUSTERS: OnceLock<Mutex<BTreeMap<String, Arc<ClusterTrust>>>> = OnceLock::new();
+    CLUSTERS.get_or_init(Mutex::default)
+}
+
+/// Records that the nodes at `addresses` belong to the cluster `trust` describes.
+pub fn register(addresses: &[SocketAddr], trust: Arc<ClusterTrust>) {
+    if let Ok(mut clusters) = clusters().lock() {
+        for address in addresses {
+            clusters.insert(address.to_string(), Arc::clone(&trust));
+        }
+    }
+}
+
+/// The cluster the node at `address` (`host:port`) belongs to, if this process started it.
+pub fn of(address: &str) -> Option<Arc<ClusterTrust>> {
+    clusters().lock().ok()?.get(address).cloned()
+}
+
+/// A registered node a config text names (an agent's `controlPlane` list), with its cluster.
+pub fn named_in(text: &str) -> Option<(String, Arc<ClusterTrust>)> {
+    let clusters = clusters().lock().ok()?;
+    clusters
+        .iter()
+        .find(|(address, _)| text.contains(address.as_str()))
+        .map(|(address, trust)| (address.clone(), Arc::clone(trust)))
+}
+
+impl ClusterTrust {
+    /// Reads the root a node keeps in `node_data_dir` (`tls/ca.pem`), copies it to `dir`, and
+    /// remembers `cli` (the `hyphae` binary) to make join tokens with.
+    pub fn read(cli: &Path, dir: &Path, node_data_dir: &Path) -> Result<ClusterTrust, Error> {
+        let fail = |what: String| Error::Credentials(what);
+        let path = node_data_dir.join("tls/ca.pem");
+        let roots_pem = std::fs::read_to_string(&path)
+            .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+        let roots = tls::certificates(&roots_pem).map_err(|e| fail(e.to_string()))?;
+        let roots_file = dir.join("cluster-ca.pem");
+        std::fs::write(&roots_file, &roots_pem).map_err(|source| Error::Write {
+            path: roots_file.display().to_string(),
+            source,
+        })?;
+        Ok(ClusterTrust {
+            fingerprint: format!("sha256:{}", tls::fingerprint(roots[0].as_ref())),
+            roots_pem,
+            roots_file,
+            cli: cli.to_path_buf(),
+            dir: dir.to_path_buf(),
+            agent_token: Mutex::new(None),
+        })
+    }
+
+    /// A TLS client configuration that checks a node's certificate against the root and
+    /// presents `credentials` when given.
+    pub fn client_config(
+        &self,
+        credentials: Option<&Credentials>,
+        alpn: &[&[u8]],
+    ) -> Result<Arc<ClientConfig>, Error> {
+        let trust = Trust::from_pem(&self.roots_pem, None)
+            .map_err(|e| Error::Credentials(e.to_string()))?;
+        tls::client_config(&trust, credentials, alpn).map_err(|e| Error::Credentials(e.to_string()))
+    }
+
+    /// A new join token made through `server` with `hyphae token create` (admin token of this
+    /// process), its secret in an owner-only file; `control_plane` for nodes.
+    pub fn new_join_token(
+        &self,
+        server: &str,
+        control_plane: bool,
+        uses: u32,
+    ) -> Result<PathBuf, Error> {
+        let uses = uses.to_string();
+        let mut args = vec!["token", "create", "--uses", &uses, "--ttl", "24h"];
+        if control_plane {
+            args.push("--control-plane");
+        }
+        let output = crate::cli::hyphae(&self.cli, server, &args)
+            .map_err(|e| Error::Credentials(format!("cannot run {}: {e}", self.cli.display())))?;
+        if !output.success() {
+            return Err(Error::Credentials(format!(
+                "hyphae token create failed: {}",
+                output.text
+            )));
+        }
+        let secret = output
+            .text
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let path = self
+            .dir
+            .join(format!("join-token-{}", rand::random::<u32>()));
+        crate::credentials::write_secret_file(&path, &secret).map_err(|source| Error::Write {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(path)
+    }
+
+    /// The agents' join token of this cluster (many uses, made once through `server`).
+    pub fn agent_token_file(&self, server: &str) -> Result<PathBuf, Error> {
+        let mut held = self
+            .agent_token
+            .lock()
+            .map_err(|_| Error::Credentials("a poisoned lock".into()))?;
+        if let Some(path) = held.as_ref() {
+            return Ok(path.clone());
+        }
+        let path = self.new_join_token(server, false, 10_000)?;
+        *held = Some(path.clone());
+        Ok(path)
+    }
+}
+
+impl ClusterTrust {
+    /// A node certificate for a host named `name` hosting `services`, got the way an agent
+    /// gets one (a join through `server` with the agents' token): for tests that speak to the
+    /// agent API themselves.
+    pub async fn node_credentials(
+        &self,
+        server: &str,
+        name: &str,
+        services: &[&str],
+    ) -> Result<Credentials, Error> {
+        let fail = |what: String| Error::Credentials(what);
+        let token_file = self.agent_token_file(server)?;
+        let token = std::fs::read_to_string(&token_file)
+            .map_err(|e| fail(format!("cannot read {}: {e}", token_file.display())))?;
+        let (key, csr) =
+            hyphae_policies::tls::join::key_and_request().map_err(|e| fail(e.to_string()))?;
+        let request = serde_json::json!({
+            "token": token.trim(),
+            "name": name,
+            "site": "default",
+            "services": services,
+            "csrPem": csr,
+        });
+        let (status, body, _) = hyphae_policies::tls::join::post_pinned(
+            server,
+            hyphae_policies::registry::JOIN_PATH,
+            request.to_string().into_bytes(),
+            &self.fingerprint,
+            std::time::Duration::from_secs(20),
+        )
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+        if !status.is_success() {
+            return Err(fail(format!(
+                "the join of {name} was refused: {status} {}",
+                String::from_utf8_lossy(&body)
+            )));
+        }
+        let joined: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| fail(e.to_string()))?;
+        let chain = format!(
+            "{}{}",
+            joined["certPem"].as_str().unwrap_or_default(),
+            joined["caPem"].as_str().unwrap_or_default()
+        );
+        Credentials::from_pem(&chain, &key).map_err(|e| fail(e.to_string()))
+    }
+}
