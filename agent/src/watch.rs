@@ -74,6 +74,38 @@ pub struct Remote {
 }
 
 impl Remote {
+    /// Nothing yet: what the agent holds before it has loaded or received any state.
+    fn empty() -> Remote {
+        Remote {
+            revision: 0,
+            policies: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            cluster: None,
+            origin: Origin::Disk,
+        }
+    }
+
+    /// The state a save or a snapshot lists, keyed the way it is held: policies by (kind, name),
+    /// nodes by name. The inverse of [`Remote::saved`].
+    fn from_saved(saved: Saved, origin: Origin) -> Remote {
+        Remote {
+            revision: saved.revision,
+            policies: saved
+                .policies
+                .into_iter()
+                .map(|p| ((p.kind.clone(), p.name.clone()), p))
+                .collect(),
+            nodes: saved
+                .nodes
+                .into_iter()
+                .map(|n| (n.name.clone(), n))
+                .collect(),
+            cluster: saved.cluster,
+            origin,
+        }
+    }
+
+    /// The state as saved to disk.
     fn saved(&self) -> Saved {
         Saved {
             revision: self.revision,
@@ -95,20 +127,18 @@ pub fn apply_event(remote: &mut Remote, event: WatchEvent) -> bool {
             nodes,
             cluster,
         } => {
-            let policies: BTreeMap<_, _> = policies
-                .into_iter()
-                .map(|p| ((p.kind.clone(), p.name.clone()), p))
-                .collect();
-            let nodes: BTreeMap<_, _> = nodes.into_iter().map(|n| (n.name.clone(), n)).collect();
-            let changed = policies != remote.policies
-                || nodes != remote.nodes
-                || revision != remote.revision
-                || cluster != remote.cluster;
-            remote.revision = revision;
-            remote.policies = policies;
-            remote.nodes = nodes;
-            remote.cluster = cluster;
-            remote.origin = Origin::ControlPlane;
+            let saved = Saved {
+                revision,
+                policies,
+                nodes,
+                cluster,
+            };
+            let next = Remote::from_saved(saved, Origin::ControlPlane);
+            let changed = next.policies != remote.policies
+                || next.nodes != remote.nodes
+                || next.revision != remote.revision
+                || next.cluster != remote.cluster;
+            *remote = next;
             changed
         }
         WatchEvent::Delta { revision, .. } if revision <= remote.revision => false,
@@ -194,29 +224,12 @@ impl Watcher {
     /// [`Watcher::run`]. An unreadable one is logged and recorded in the status (`/ready`
     /// answers 503 until a control plane sends a fresh state): the agent starts without it.
     pub async fn load(&self) -> Remote {
-        let mut remote = Remote {
-            revision: 0,
-            policies: BTreeMap::new(),
-            nodes: BTreeMap::new(),
-            cluster: None,
-            origin: Origin::Disk,
-        };
+        let mut remote = Remote::empty();
         let dir = self.data_dir.clone();
         let loaded = tokio::task::spawn_blocking(move || persist::load(&dir)).await;
         match loaded {
             Ok(Ok(Some(saved))) => {
-                remote.revision = saved.revision;
-                remote.policies = saved
-                    .policies
-                    .into_iter()
-                    .map(|p| ((p.kind.clone(), p.name.clone()), p))
-                    .collect();
-                remote.nodes = saved
-                    .nodes
-                    .into_iter()
-                    .map(|n| (n.name.clone(), n))
-                    .collect();
-                remote.cluster = saved.cluster;
+                remote = Remote::from_saved(saved, Origin::Disk);
                 tracing::info!(
                     revision = remote.revision,
                     "serving the control-plane state saved on disk until a control plane answers"
@@ -384,13 +397,7 @@ mod tests {
 
     #[test]
     fn snapshots_replace_deltas_add_and_delete_duplicates_are_ignored() {
-        let mut remote = Remote {
-            revision: 0,
-            policies: BTreeMap::new(),
-            nodes: BTreeMap::new(),
-            cluster: None,
-            origin: Origin::Disk,
-        };
+        let mut remote = Remote::empty();
         assert!(apply_event(
             &mut remote,
             WatchEvent::Snapshot {
