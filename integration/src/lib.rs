@@ -7,7 +7,8 @@
 //!   (SIGTERM, then SIGKILL) or killed on drop; its ready line (the first line on stdout, where
 //!   binaries report their bound ports).
 //! - [`agent`] starts a `hyphae-agent` from a config; [`cluster`] starts N
-//!   `hyphae-control-plane` nodes and finds the leader they agree on.
+//!   `hyphae-control-plane` nodes and finds the leader they agree on; [`lone_node`] writes the
+//!   files of one node a test starts by hand.
 //! - [`backend`]: an in-process HTTP service with fault knobs for the agents to proxy to;
 //!   [`mesh`]: the configs of the small meshes data-path tests build around it.
 //! - [`http`]: the small HTTP client tests talk to all of them with.
@@ -30,6 +31,7 @@ pub mod credentials;
 pub mod error;
 pub mod eventually;
 pub mod http;
+pub mod lone_node;
 pub mod mesh;
 pub mod policies;
 pub mod ports;
