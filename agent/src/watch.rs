@@ -395,28 +395,39 @@ mod tests {
         }
     }
 
+    /// A snapshot of `policies` at `revision`, with no nodes and no cluster identity.
+    fn snapshot(revision: u64, policies: Vec<PolicyRecord>) -> WatchEvent {
+        WatchEvent::Snapshot {
+            revision,
+            policies,
+            nodes: vec![],
+            cluster: None,
+        }
+    }
+
+    /// A delta of policies only at `revision`.
+    fn delta(
+        revision: u64,
+        upserts: Vec<PolicyRecord>,
+        deletes: Vec<(String, String)>,
+    ) -> WatchEvent {
+        WatchEvent::Delta {
+            revision,
+            upserts,
+            deletes,
+            node_upserts: vec![],
+            node_deletes: vec![],
+        }
+    }
+
     #[test]
     fn snapshots_replace_deltas_add_and_delete_duplicates_are_ignored() {
         let mut remote = Remote::empty();
-        assert!(apply_event(
-            &mut remote,
-            WatchEvent::Snapshot {
-                revision: 2,
-                policies: vec![record("a", 2)],
-                nodes: vec![],
-                cluster: None
-            }
-        ));
+        assert!(apply_event(&mut remote, snapshot(2, vec![record("a", 2)])));
         assert_eq!(remote.origin, Origin::ControlPlane);
         assert!(apply_event(
             &mut remote,
-            WatchEvent::Delta {
-                revision: 3,
-                upserts: vec![record("b", 3)],
-                deletes: vec![("Route".into(), "a".into())],
-                node_upserts: vec![],
-                node_deletes: vec![]
-            }
+            delta(3, vec![record("b", 3)], vec![("Route".into(), "a".into())])
         ));
         assert_eq!(
             remote
@@ -429,28 +440,14 @@ mod tests {
         // A delta replayed after a reconnect is a duplicate.
         assert!(!apply_event(
             &mut remote,
-            WatchEvent::Delta {
-                revision: 3,
-                upserts: vec![record("c", 3)],
-                deletes: vec![],
-                node_upserts: vec![],
-                node_deletes: vec![]
-            }
+            delta(3, vec![record("c", 3)], vec![])
         ));
         assert!(!apply_event(
             &mut remote,
             WatchEvent::Heartbeat { revision: 3 }
         ));
         // The same snapshot again changes nothing.
-        assert!(!apply_event(
-            &mut remote,
-            WatchEvent::Snapshot {
-                revision: 3,
-                policies: vec![record("b", 3)],
-                nodes: vec![],
-                cluster: None
-            }
-        ));
+        assert!(!apply_event(&mut remote, snapshot(3, vec![record("b", 3)])));
         assert_eq!(remote.revision, 3);
     }
 }
