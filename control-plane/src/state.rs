@@ -340,6 +340,18 @@ impl CommandResponse {
             | CommandResponse::JoinTokenUsed { revision, .. } => *revision,
         }
     }
+
+    /// For the answer to a removal (a policy, node, token or join token), whether what it
+    /// named existed; `None` for every other command.
+    pub fn existed(&self) -> Option<bool> {
+        match self {
+            CommandResponse::PolicyDeleted { existed, .. }
+            | CommandResponse::NodeDeregistered { existed, .. }
+            | CommandResponse::TokenRevoked { existed, .. }
+            | CommandResponse::JoinTokenRevoked { existed, .. } => Some(*existed),
+            _ => None,
+        }
+    }
 }
 
 /// The replicated state: what every control-plane node agrees on once it has applied the log up

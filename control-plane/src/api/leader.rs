@@ -48,17 +48,15 @@ pub(crate) fn write_size_allowed(command: &Command, limit: u32) -> Result<(), Ap
     Ok(())
 }
 
-/// Writes a removal through Raft: 404 when nothing named `name` existed (`existed` reads the
-/// response), else the response.
+/// Writes a removal through Raft: 404 when nothing named `name` existed, else the response.
 pub(crate) async fn remove(
     node: &Node,
     command: Command,
     what: &str,
     name: &str,
-    existed: fn(&CommandResponse) -> bool,
 ) -> super::answer::Answer {
     let written = write(node, command).await?;
-    if existed(&written) {
+    if written.existed() != Some(false) {
         Ok(super::answer::json_response(StatusCode::OK, &written))
     } else {
         Err(ApiError::new(
