@@ -5,7 +5,7 @@
 //!
 //! - [`process`]: a child in its own process group, signalled through rustix, stopped
 //!   (SIGTERM, then SIGKILL) or killed on drop; its ready line (the first line on stdout, where
-//!   binaries report their bound ports).
+//!   binaries report their bound ports). [`command`]: a short-lived command that must succeed.
 //! - [`agent`] starts a `hyphae-agent` from a config; [`cluster`] starts N
 //!   `hyphae-control-plane` nodes and finds the leader they agree on; [`lone_node`] writes the
 //!   files of one node a test starts by hand.
@@ -27,6 +27,7 @@ pub mod backend;
 pub mod binaries;
 pub mod cli;
 pub mod cluster;
+pub mod command;
 pub mod credentials;
 pub mod error;
 pub mod eventually;
