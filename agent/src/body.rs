@@ -114,7 +114,8 @@ where
     .boxed()
 }
 
-/// A body that counts the bytes flowing through it.
+/// A body that counts the bytes flowing through it. Not `BodyExt::map_frame`, which would hide
+/// the inner body's size hint and so its `content-length`.
 struct Counted<B> {
     inner: B,
     counter: metrics::Counter,
@@ -170,5 +171,16 @@ mod tests {
         let boxed = boxed(Full::new(Bytes::from_static(b"abc")));
         assert_eq!(boxed.size_hint().exact(), Some(3));
         assert!(!boxed.is_end_stream());
+    }
+
+    #[tokio::test]
+    async fn a_counted_body_counts_its_data_and_keeps_its_length() {
+        let bytes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = metrics::Counter::from_arc(bytes.clone());
+        let body = counted(Full::new(Bytes::from_static(b"hello")), counter);
+        assert_eq!(body.size_hint().exact(), Some(5));
+        let collected = body.collect().await.unwrap().to_bytes();
+        assert_eq!(collected, Bytes::from_static(b"hello"));
+        assert_eq!(bytes.load(std::sync::atomic::Ordering::Relaxed), 5);
     }
 }

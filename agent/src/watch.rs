@@ -74,6 +74,38 @@ pub struct Remote {
 }
 
 impl Remote {
+    /// Nothing yet: what the agent holds before it has loaded or received any state.
+    fn empty() -> Remote {
+        Remote {
+            revision: 0,
+            policies: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            cluster: None,
+            origin: Origin::Disk,
+        }
+    }
+
+    /// The state a save or a snapshot lists, keyed the way it is held: policies by (kind, name),
+    /// nodes by name. The inverse of [`Remote::saved`].
+    fn from_saved(saved: Saved, origin: Origin) -> Remote {
+        Remote {
+            revision: saved.revision,
+            policies: saved
+                .policies
+                .into_iter()
+                .map(|p| ((p.kind.clone(), p.name.clone()), p))
+                .collect(),
+            nodes: saved
+                .nodes
+                .into_iter()
+                .map(|n| (n.name.clone(), n))
+                .collect(),
+            cluster: saved.cluster,
+            origin,
+        }
+    }
+
+    /// The state as saved to disk.
     fn saved(&self) -> Saved {
         Saved {
             revision: self.revision,
@@ -95,20 +127,18 @@ pub fn apply_event(remote: &mut Remote, event: WatchEvent) -> bool {
             nodes,
             cluster,
         } => {
-            let policies: BTreeMap<_, _> = policies
-                .into_iter()
-                .map(|p| ((p.kind.clone(), p.name.clone()), p))
-                .collect();
-            let nodes: BTreeMap<_, _> = nodes.into_iter().map(|n| (n.name.clone(), n)).collect();
-            let changed = policies != remote.policies
-                || nodes != remote.nodes
-                || revision != remote.revision
-                || cluster != remote.cluster;
-            remote.revision = revision;
-            remote.policies = policies;
-            remote.nodes = nodes;
-            remote.cluster = cluster;
-            remote.origin = Origin::ControlPlane;
+            let saved = Saved {
+                revision,
+                policies,
+                nodes,
+                cluster,
+            };
+            let next = Remote::from_saved(saved, Origin::ControlPlane);
+            let changed = next.policies != remote.policies
+                || next.nodes != remote.nodes
+                || next.revision != remote.revision
+                || next.cluster != remote.cluster;
+            *remote = next;
             changed
         }
         WatchEvent::Delta { revision, .. } if revision <= remote.revision => false,
@@ -194,29 +224,12 @@ impl Watcher {
     /// [`Watcher::run`]. An unreadable one is logged and recorded in the status (`/ready`
     /// answers 503 until a control plane sends a fresh state): the agent starts without it.
     pub async fn load(&self) -> Remote {
-        let mut remote = Remote {
-            revision: 0,
-            policies: BTreeMap::new(),
-            nodes: BTreeMap::new(),
-            cluster: None,
-            origin: Origin::Disk,
-        };
+        let mut remote = Remote::empty();
         let dir = self.data_dir.clone();
         let loaded = tokio::task::spawn_blocking(move || persist::load(&dir)).await;
         match loaded {
             Ok(Ok(Some(saved))) => {
-                remote.revision = saved.revision;
-                remote.policies = saved
-                    .policies
-                    .into_iter()
-                    .map(|p| ((p.kind.clone(), p.name.clone()), p))
-                    .collect();
-                remote.nodes = saved
-                    .nodes
-                    .into_iter()
-                    .map(|n| (n.name.clone(), n))
-                    .collect();
-                remote.cluster = saved.cluster;
+                remote = Remote::from_saved(saved, Origin::Disk);
                 tracing::info!(
                     revision = remote.revision,
                     "serving the control-plane state saved on disk until a control plane answers"
@@ -382,34 +395,39 @@ mod tests {
         }
     }
 
+    /// A snapshot of `policies` at `revision`, with no nodes and no cluster identity.
+    fn snapshot(revision: u64, policies: Vec<PolicyRecord>) -> WatchEvent {
+        WatchEvent::Snapshot {
+            revision,
+            policies,
+            nodes: vec![],
+            cluster: None,
+        }
+    }
+
+    /// A delta of policies only at `revision`.
+    fn delta(
+        revision: u64,
+        upserts: Vec<PolicyRecord>,
+        deletes: Vec<(String, String)>,
+    ) -> WatchEvent {
+        WatchEvent::Delta {
+            revision,
+            upserts,
+            deletes,
+            node_upserts: vec![],
+            node_deletes: vec![],
+        }
+    }
+
     #[test]
     fn snapshots_replace_deltas_add_and_delete_duplicates_are_ignored() {
-        let mut remote = Remote {
-            revision: 0,
-            policies: BTreeMap::new(),
-            nodes: BTreeMap::new(),
-            cluster: None,
-            origin: Origin::Disk,
-        };
-        assert!(apply_event(
-            &mut remote,
-            WatchEvent::Snapshot {
-                revision: 2,
-                policies: vec![record("a", 2)],
-                nodes: vec![],
-                cluster: None
-            }
-        ));
+        let mut remote = Remote::empty();
+        assert!(apply_event(&mut remote, snapshot(2, vec![record("a", 2)])));
         assert_eq!(remote.origin, Origin::ControlPlane);
         assert!(apply_event(
             &mut remote,
-            WatchEvent::Delta {
-                revision: 3,
-                upserts: vec![record("b", 3)],
-                deletes: vec![("Route".into(), "a".into())],
-                node_upserts: vec![],
-                node_deletes: vec![]
-            }
+            delta(3, vec![record("b", 3)], vec![("Route".into(), "a".into())])
         ));
         assert_eq!(
             remote
@@ -422,28 +440,14 @@ mod tests {
         // A delta replayed after a reconnect is a duplicate.
         assert!(!apply_event(
             &mut remote,
-            WatchEvent::Delta {
-                revision: 3,
-                upserts: vec![record("c", 3)],
-                deletes: vec![],
-                node_upserts: vec![],
-                node_deletes: vec![]
-            }
+            delta(3, vec![record("c", 3)], vec![])
         ));
         assert!(!apply_event(
             &mut remote,
             WatchEvent::Heartbeat { revision: 3 }
         ));
         // The same snapshot again changes nothing.
-        assert!(!apply_event(
-            &mut remote,
-            WatchEvent::Snapshot {
-                revision: 3,
-                policies: vec![record("b", 3)],
-                nodes: vec![],
-                cluster: None
-            }
-        ));
+        assert!(!apply_event(&mut remote, snapshot(3, vec![record("b", 3)])));
         assert_eq!(remote.revision, 3);
     }
 }

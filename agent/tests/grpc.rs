@@ -7,6 +7,7 @@ use std::process::Command;
 
 use hyphae_integration::Process;
 use hyphae_integration::agent::Agent;
+use hyphae_integration::command::succeeds;
 use hyphae_integration::mesh::upstream_port;
 use hyphae_integration::process::READY_PATIENCE;
 
@@ -31,16 +32,12 @@ fn grpc_server() -> (Process, u16) {
 }
 
 fn grpc_client(target: std::net::SocketAddr) -> serde_json::Value {
-    let output = Command::new("python3")
-        .arg(script())
-        .arg("client")
-        .arg(target.to_string())
-        .output()
-        .expect("run the gRPC client");
-    assert!(
-        output.status.success(),
-        "client failed: {}",
-        String::from_utf8_lossy(&output.stderr)
+    let output = succeeds(
+        "the gRPC client",
+        Command::new("python3")
+            .arg(script())
+            .arg("client")
+            .arg(target.to_string()),
     );
     serde_json::from_slice(&output.stdout).expect("client JSON")
 }

@@ -343,6 +343,18 @@ impl CommandResponse {
             | CommandResponse::JoinTokenUsed { revision, .. } => *revision,
         }
     }
+
+    /// For the answer to a removal (a policy, node, token or join token), whether what it
+    /// named existed; `None` for every other command.
+    pub fn existed(&self) -> Option<bool> {
+        match self {
+            CommandResponse::PolicyDeleted { existed, .. }
+            | CommandResponse::NodeDeregistered { existed, .. }
+            | CommandResponse::TokenRevoked { existed, .. }
+            | CommandResponse::JoinTokenRevoked { existed, .. } => Some(*existed),
+            _ => None,
+        }
+    }
 }
 
 /// The replicated state: what every control-plane node agrees on once it has applied the log up
@@ -720,6 +732,29 @@ pub(crate) mod tests {
         }
     }
 
+    /// The answer to an apply at `revision` that created and updated so many policies.
+    fn applied(revision: u64, created: usize, updated: usize) -> CommandResponse {
+        CommandResponse::PoliciesApplied {
+            revision,
+            created,
+            updated,
+        }
+    }
+
+    /// The answer to a delete at `revision`.
+    fn deleted(revision: u64, existed: bool) -> CommandResponse {
+        CommandResponse::PolicyDeleted { revision, existed }
+    }
+
+    /// The answer to a health report at `revision`.
+    fn reported(revision: u64, known: bool, changed: usize) -> CommandResponse {
+        CommandResponse::HealthReported {
+            revision,
+            known,
+            changed,
+        }
+    }
+
     #[test]
     fn empty_state_has_revision_zero_and_no_policies() {
         let state = State::new();
@@ -738,14 +773,7 @@ pub(crate) mod tests {
             ]),
             7,
         );
-        assert_eq!(
-            response,
-            CommandResponse::PoliciesApplied {
-                revision: 7,
-                created: 2,
-                updated: 0
-            }
-        );
+        assert_eq!(response, applied(7, 2, 0));
         assert_eq!(state.revision(), 7);
         assert_eq!(state.policy_count(), 2);
         let stored = state.policy("ServicePolicy", "payments").expect("stored");
@@ -775,14 +803,7 @@ pub(crate) mod tests {
             ]),
             5,
         );
-        assert_eq!(
-            response,
-            CommandResponse::PoliciesApplied {
-                revision: 5,
-                created: 1,
-                updated: 1
-            }
-        );
+        assert_eq!(response, applied(5, 1, 1));
         let payments = state.policy("ServicePolicy", "payments").expect("payments");
         assert_eq!((payments.source.as_str(), payments.revision), ("v2", 5));
         let orders = state.policy("ServicePolicy", "orders").expect("orders");
@@ -800,14 +821,7 @@ pub(crate) mod tests {
         let mut state = State::new();
         state.apply(apply_policies(vec![doc("ServicePolicy", "a", "same")]), 1);
         let response = state.apply(apply_policies(vec![doc("ServicePolicy", "a", "same")]), 2);
-        assert_eq!(
-            response,
-            CommandResponse::PoliciesApplied {
-                revision: 2,
-                created: 0,
-                updated: 1
-            }
-        );
+        assert_eq!(response, applied(2, 0, 1));
         assert_eq!(
             state.policy("ServicePolicy", "a").map(|p| p.revision),
             Some(2)
@@ -824,14 +838,7 @@ pub(crate) mod tests {
             ]),
             4,
         );
-        assert_eq!(
-            response,
-            CommandResponse::PoliciesApplied {
-                revision: 4,
-                created: 1,
-                updated: 1
-            }
-        );
+        assert_eq!(response, applied(4, 1, 1));
         assert_eq!(state.policy_count(), 1);
         assert_eq!(
             state
@@ -853,26 +860,17 @@ pub(crate) mod tests {
         );
         assert_eq!(
             state.apply(delete("ServicePolicy", "a"), 2),
-            CommandResponse::PolicyDeleted {
-                revision: 2,
-                existed: true
-            }
+            deleted(2, true)
         );
         assert!(state.policy("ServicePolicy", "a").is_none());
         assert!(state.policy("ServicePolicy", "b").is_some());
         assert_eq!(
             state.apply(delete("ServicePolicy", "a"), 3),
-            CommandResponse::PolicyDeleted {
-                revision: 3,
-                existed: false
-            }
+            deleted(3, false)
         );
         assert_eq!(
             state.apply(delete("AccessPolicy", "b"), 4),
-            CommandResponse::PolicyDeleted {
-                revision: 4,
-                existed: false
-            }
+            deleted(4, false)
         );
         assert_eq!(state.revision(), 4);
         assert_eq!(state.policy_count(), 1);
@@ -958,11 +956,7 @@ pub(crate) mod tests {
         assert_eq!(state.node("web-1").map(|n| n.revision), Some(3));
         assert_eq!(
             state.apply(health("web-1", Health::Passing), 4),
-            CommandResponse::HealthReported {
-                revision: 4,
-                known: true,
-                changed: 1
-            }
+            reported(4, true, 1)
         );
         let web = state.node("web-1").expect("registered");
         assert_eq!(
@@ -974,11 +968,7 @@ pub(crate) mod tests {
         assert_eq!(state.node("web-1").map(|n| n.revision), Some(4));
         assert_eq!(
             state.apply(health("ghost", Health::Passing), 6),
-            CommandResponse::HealthReported {
-                revision: 6,
-                known: false,
-                changed: 0
-            }
+            reported(6, false, 0)
         );
         assert_eq!(
             state.apply(

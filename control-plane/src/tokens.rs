@@ -156,7 +156,18 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .map_or(0, millis)
+}
+
+/// When a token that works for `ttl` from now expires, in milliseconds since the Unix epoch.
+/// Saturates: an absurdly long TTL means "never" in practice, not an overflow.
+pub fn expires_after(ttl: std::time::Duration) -> u64 {
+    now_ms().saturating_add(millis(ttl))
+}
+
+/// `duration` in whole milliseconds, saturating at `u64::MAX`.
+fn millis(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use hyphae_integration::cluster::Cluster;
 use hyphae_integration::credentials::admin_token;
 use hyphae_integration::eventually;
 use hyphae_integration::http::{call, request_as};
+use hyphae_integration::lone_node::LoneNode;
 use hyphae_integration::policies::policy;
 
 /// Creates a token with `role` through node `address`; returns its secret.
@@ -186,20 +187,11 @@ async fn the_admin_api_needs_a_token_whose_role_allows_the_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn init_without_a_token_file_creates_an_owner_only_one_that_works() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("cp.yaml");
-    let data = dir.path().join("data");
-    std::fs::write(
-        &config,
-        format!(
-            "kind: ControlPlaneConfig\nmetadata: {{name: solo}}\nspec:\n  id: 1\n  listen: 127.0.0.1:0\n  dataDir: {}\n",
-            data.display()
-        ),
-    )
-    .expect("write config");
+    let files = LoneNode::write(dir.path(), "solo", 1).expect("write config");
     let mut command = std::process::Command::new(workspace_binary("hyphae-control-plane"));
     command
         .args(["--init", "--config"])
-        .arg(&config)
+        .arg(&files.config)
         .stdin(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     let (_node, ready) = hyphae_integration::Process::spawn_ready_json(
@@ -212,7 +204,7 @@ async fn init_without_a_token_file_creates_an_owner_only_one_that_works() {
         .as_str()
         .and_then(|s| s.parse().ok())
         .expect("a listen address");
-    let file = data.join("bootstrap-admin-token");
+    let file = files.data.join("bootstrap-admin-token");
     let mode = std::fs::metadata(&file)
         .expect("the token file")
         .permissions()

@@ -4,6 +4,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use hyphae_integration::command::succeeds;
+
 fn hyphae(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_hyphae"))
         .args(args)
@@ -159,15 +161,7 @@ fn completions_name_every_subcommand_in_each_shell_and_bash_parses_them() {
         if shell == "bash" && installed("bash") {
             let scratch = tempfile::tempdir().expect("temp dir");
             let file = write(&scratch, "hyphae.bash", &script);
-            let check = Command::new("bash")
-                .args(["-n", &file])
-                .output()
-                .expect("run bash -n");
-            assert!(
-                check.status.success(),
-                "bash -n: {}",
-                String::from_utf8_lossy(&check.stderr)
-            );
+            succeeds("bash -n", Command::new("bash").args(["-n", &file]));
         }
     }
     let bad = hyphae(&["completions", "tcsh"]);

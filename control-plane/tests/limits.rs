@@ -20,6 +20,16 @@ use tokio_rustls::client::TlsStream;
 /// Longest any single expectation may take before the test fails (the limits are far shorter).
 const DEADLINE: Duration = Duration::from_secs(20);
 
+/// Fails unless `answer` has the status `status` and names `reason` (the limit it hit, or what
+/// was expected instead).
+fn assert_refused(answer: &str, status: u16, reason: &str) {
+    assert!(
+        answer.starts_with(&format!("HTTP/1.1 {status}")),
+        "{answer}"
+    );
+    assert!(answer.contains(reason), "{answer}");
+}
+
 /// Starting a new cluster with this process's admin token.
 fn init() -> Start {
     Start::Init {
@@ -196,15 +206,13 @@ async fn a_stalled_body_is_answered_408_and_bodies_are_bounded_per_kind_of_calle
         bearer()
     );
     let answer = exchange(&running, &stalled).await;
-    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-    assert!(answer.contains("bodyReadTimeout"), "{answer}");
+    assert_refused(&answer, 408, "bodyReadTimeout");
 
     let record = format!("{{\"name\": \"{}\"}}", "a".repeat(4096));
     let register = post("/v1/agent/register", &record);
     let agent = credentials(&running, Kind::Node, "a").await;
     let answer = exchange_as(&running, Some(&agent), &register).await;
-    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
-    assert!(answer.contains("maxAgentBodyBytes"), "{answer}");
+    assert_refused(&answer, 413, "maxAgentBodyBytes");
 
     // The same size is fine for an admin request: it gets past the limit to the loader.
     let policy = format!(
@@ -321,12 +329,10 @@ async fn a_snapshot_chunk_that_does_not_continue_the_snapshot_is_refused_without
     assert!(far.starts_with("HTTP/1.1 400"), "{far}");
     for offset in [4, 9] {
         let answer = send(snapshot_chunk(5, offset, vec![4])).await;
-        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
-        assert!(answer.contains("expected offset 3"), "{answer}");
+        assert_refused(&answer, 400, "expected offset 3");
     }
     let oversized = send(snapshot_chunk(5, 3, vec![0; 1024 * 1024])).await;
-    assert!(oversized.starts_with("HTTP/1.1 400"), "{oversized}");
-    assert!(oversized.contains("maxSnapshotBytes"), "{oversized}");
+    assert_refused(&oversized, 400, "maxSnapshotBytes");
     let next = send(snapshot_chunk(5, 3, vec![4])).await;
     assert!(next.starts_with("HTTP/1.1 200"), "{next}");
     let answer = exchange(&running, &get_cluster()).await;
@@ -490,8 +496,7 @@ async fn writes_up_to_the_size_limit_commit_larger_ones_get_413_and_a_lagging_fo
         }
     }
     let too_big = exchange(&leader, &post("/v1/policies", &route("big", large))).await;
-    assert!(too_big.starts_with("HTTP/1.1 413"), "{too_big}");
-    assert!(too_big.contains("maxWriteBytes"), "{too_big}");
+    assert_refused(&too_big, 413, "maxWriteBytes");
     let before = revision(&leader).await;
     let applied = exchange(&leader, &post("/v1/policies", &route("big", small))).await;
     assert!(applied.starts_with("HTTP/1.1 200"), "{applied}");
@@ -578,8 +583,7 @@ async fn the_registry_and_the_watch_streams_stay_within_their_caps() {
         "a known node registers again: {again}"
     );
     let second = exchange_as(&running, Some(&b), &registration("b")).await;
-    assert!(second.starts_with("HTTP/1.1 422"), "{second}");
-    assert!(second.contains("maxNodes"), "{second}");
+    assert_refused(&second, 422, "maxNodes");
 
     let mut open = Vec::new();
     while open.len() < 2 {

@@ -4,6 +4,7 @@
 
 use std::process::{Command, Stdio};
 
+use hyphae_integration::lone_node::LoneNode;
 use hyphae_integration::systemd::NotifySocket;
 use hyphae_integration::{DEADLINE, Process, Signal};
 
@@ -11,20 +12,12 @@ use hyphae_integration::{DEADLINE, Process, Signal};
 async fn ready_watchdog_and_stopping_reach_the_notify_socket() {
     let dir = tempfile::tempdir().expect("temp dir");
     let socket = NotifySocket::bind(dir.path()).expect("bind notify socket");
-    let config = dir.path().join("cp.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "kind: ControlPlaneConfig\nmetadata: {{name: cp}}\nspec:\n  id: 1\n  listen: 127.0.0.1:0\n  dataDir: {}\n",
-            dir.path().join("data").display()
-        ),
-    )
-    .expect("write config");
+    let files = LoneNode::write(dir.path(), "cp", 1).expect("write config");
     let mut node = Process::spawn(
         "node",
         Command::new(env!("CARGO_BIN_EXE_hyphae-control-plane"))
             .arg("--config")
-            .arg(&config)
+            .arg(&files.config)
             .arg("--init")
             .env("NOTIFY_SOCKET", socket.path())
             .env("WATCHDOG_USEC", "200000")

@@ -5,9 +5,10 @@
 //!
 //! - [`process`]: a child in its own process group, signalled through rustix, stopped
 //!   (SIGTERM, then SIGKILL) or killed on drop; its ready line (the first line on stdout, where
-//!   binaries report their bound ports).
+//!   binaries report their bound ports). [`command`]: a short-lived command that must succeed.
 //! - [`agent`] starts a `hyphae-agent` from a config; [`cluster`] starts N
-//!   `hyphae-control-plane` nodes and finds the leader they agree on.
+//!   `hyphae-control-plane` nodes and finds the leader they agree on; [`lone_node`] writes the
+//!   files of one node a test starts by hand.
 //! - [`backend`]: an in-process HTTP service with fault knobs for the agents to proxy to;
 //!   [`mesh`]: the configs of the small meshes data-path tests build around it.
 //! - [`http`]: the small HTTP client tests talk to all of them with.
@@ -27,10 +28,12 @@ pub mod backend;
 pub mod binaries;
 pub mod cli;
 pub mod cluster;
+pub mod command;
 pub mod credentials;
 pub mod error;
 pub mod eventually;
 pub mod http;
+pub mod lone_node;
 pub mod mesh;
 pub mod policies;
 pub mod ports;

@@ -17,6 +17,7 @@ use hyphae_integration::binaries::workspace_binary;
 use hyphae_integration::cluster::{Cluster, Node, SHORT_WRITE_TIMEOUT};
 use hyphae_integration::eventually;
 use hyphae_integration::http::request;
+use hyphae_integration::lone_node::LoneNode;
 use serde_json::Value;
 
 /// A cluster of `size` nodes in `dir`, started.
@@ -274,19 +275,11 @@ async fn a_watch_never_goes_back_in_time_but_follows_a_rebuilt_cluster() {
     assert_eq!(event["cluster"], cluster);
 
     // A node that never joined a cluster serves nobody.
-    let config = dir.path().join("lonely.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "kind: ControlPlaneConfig\nmetadata: {{name: lonely}}\nspec:\n  id: 7\n  listen: 127.0.0.1:0\n  dataDir: {}\n",
-            dir.path().join("lonely-data").display()
-        ),
-    )
-    .expect("write config");
+    let files = LoneNode::write(dir.path(), "lonely", 7).expect("write config");
     let mut lonely = Node::new(
         &workspace_binary("hyphae-control-plane"),
         7,
-        config,
+        files.config,
         SocketAddr::from(([127, 0, 0, 1], 0)),
         dir.path().join("lonely.log"),
     );

@@ -87,22 +87,21 @@ impl Value {
 impl Node {
     /// The value under `key` when this node is a mapping with string keys.
     pub fn get(&self, key: &str) -> Option<&Node> {
-        match &self.value {
-            Value::Map(entries) => entries
-                .iter()
-                .find(|(k, _)| matches!(&k.value, Value::Str(s) if s == key))
-                .map(|(_, v)| v),
-            _ => None,
-        }
+        self.entry(key).map(|(_, v)| v)
     }
 
     /// The key node (not the value) of `key`, to point at a key that should not be there.
     pub fn key_node(&self, key: &str) -> Option<&Node> {
+        self.entry(key).map(|(k, _)| k)
+    }
+
+    /// The key and value nodes of the entry `key` when this node is a mapping with string keys.
+    fn entry(&self, key: &str) -> Option<(&Node, &Node)> {
         match &self.value {
             Value::Map(entries) => entries
                 .iter()
                 .find(|(k, _)| matches!(&k.value, Value::Str(s) if s == key))
-                .map(|(k, _)| k),
+                .map(|(k, v)| (k, v)),
             _ => None,
         }
     }

@@ -1,5 +1,5 @@
-//! `cargo xtask bench`: picks the benchmark (`proxy`, `push`) and walks its options. Benchmarks,
-//! not tests: `cargo test` never runs them, and they fail only when something is broken.
+//! `cargo xtask bench`: picks the benchmark (`proxy`, `push`), which walks its own options.
+//! Benchmarks, not tests: `cargo test` never runs them, and they fail only when something is broken.
 //!
 //! - [`proxy`]: the agent's data path against haproxy and nginx (`target/bench/proxy.json`),
 //!   with [`tools`] (installing haproxy, nginx, wrk, h2load) and [`parse`] (their output);
@@ -7,7 +7,7 @@
 //! - shared by both: [`procfs`] (CPU seconds and RSS from `/proc`), [`percentile`], and
 //!   [`report`] (rounding, the commit and versions, writing the JSON file).
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
 mod parse;
 pub(crate) mod percentile;
@@ -33,31 +33,4 @@ pub fn run(args: &[String]) -> Result<()> {
         Some(other) => bail!("unknown benchmark `{other}`: `proxy` or `push`"),
         None => bail!("which benchmark? `proxy` or `push`"),
     }
-}
-
-/// Walks a benchmark's options, each `--name VALUE` with `name` among `names`, handing them to
-/// `set` in order. Returns `false` after printing `usage` for `--help`: the caller does not run.
-pub(crate) fn parse_options(
-    args: &[String],
-    usage: &str,
-    names: &[&str],
-    mut set: impl FnMut(&str, &str) -> Result<()>,
-) -> Result<bool> {
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "-h" | "--help" => {
-                println!("{usage}");
-                return Ok(false);
-            }
-            name if names.contains(&name) => {
-                let value = args
-                    .next()
-                    .with_context(|| format!("{name} needs a value\n\n{usage}"))?;
-                set(name, value)?;
-            }
-            other => bail!("unknown option `{other}`\n\n{usage}"),
-        }
-    }
-    Ok(true)
 }

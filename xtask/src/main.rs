@@ -7,6 +7,7 @@ mod cluster;
 mod demo;
 mod fleet;
 mod nemesis;
+mod options;
 mod test;
 mod util;
 

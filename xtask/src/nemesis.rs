@@ -23,8 +23,8 @@ use serde_json::json;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::bench::parse_options;
 use crate::bench::report::{commit, relative, write_json};
+use crate::options::{Bounded, parse_options};
 use crate::util;
 
 mod checker;
@@ -40,20 +40,14 @@ use history::{History, Outcome};
 
 /// Where the cluster's files and `history.json` go, under the workspace root.
 const NEMESIS_DIR: &str = "target/nemesis";
-/// Seconds of faults and load unless `--duration` says otherwise.
-const DEFAULT_DURATION: u64 = 60;
-/// Most `--duration` accepted (seconds).
-const MAX_DURATION: u64 = 3600;
-/// Cluster sizes accepted by `--nodes`.
+/// `--duration`: seconds of faults and load.
+const DURATION_SECS: Bounded<u64> = Bounded::new("--duration", 60, 1..=3600);
+/// Cluster sizes accepted by `--nodes`, the first unless it is given.
 const SIZES: [usize; 2] = [3, 5];
-/// Clients unless `--clients` says otherwise.
-const DEFAULT_CLIENTS: usize = 10;
-/// Most `--clients` accepted.
-const MAX_CLIENTS: usize = 100;
-/// Keys unless `--keys` says otherwise.
-const DEFAULT_KEYS: usize = 8;
-/// Most `--keys` accepted.
-const MAX_KEYS: usize = 1000;
+/// `--clients`: concurrent clients.
+const CLIENTS: Bounded<usize> = Bounded::new("--clients", 10, 1..=100);
+/// `--keys`: policies written and read.
+const KEYS: Bounded<usize> = Bounded::new("--keys", 8, 1..=1000);
 /// Search steps the checker may take per key before it answers "undecided".
 const CHECK_STEPS: u64 = 20_000_000;
 /// Runtime worker threads: the clients and the nemesis (a node restart blocks one).
@@ -104,35 +98,33 @@ impl Options {
     /// Parses the options; `None` for `--help`.
     fn parse(args: &[String]) -> Result<Option<Options>> {
         let mut options = Options {
-            duration: Duration::from_secs(DEFAULT_DURATION),
+            duration: Duration::from_secs(DURATION_SECS.default),
             nodes: SIZES[0],
-            clients: DEFAULT_CLIENTS,
-            keys: DEFAULT_KEYS,
+            clients: CLIENTS.default,
+            keys: KEYS.default,
             seed: rand::random(),
         };
-        let names = ["--duration", "--nodes", "--clients", "--keys", "--seed"];
+        let names = [
+            DURATION_SECS.name,
+            "--nodes",
+            CLIENTS.name,
+            KEYS.name,
+            "--seed",
+        ];
         let run = parse_options(args, USAGE, &names, |name, text| {
-            let number: u64 = text
-                .parse()
-                .with_context(|| format!("{name} `{text}` is not a number"))?;
-            let within = |max: u64| {
-                ensure!(
-                    (1..=max).contains(&number),
-                    "{name} must be between 1 and {max}"
-                );
-                Ok(number as usize)
-            };
+            let not_a_number = || format!("{name} `{text}` is not a number");
             match name {
-                "--duration" => {
-                    options.duration = Duration::from_secs(within(MAX_DURATION)? as u64)
-                }
-                "--clients" => options.clients = within(MAX_CLIENTS as u64)?,
-                "--keys" => options.keys = within(MAX_KEYS as u64)?,
                 "--nodes" => {
-                    ensure!(SIZES.contains(&(number as usize)), "--nodes must be 3 or 5");
-                    options.nodes = number as usize;
+                    let nodes: usize = text.parse().with_context(not_a_number)?;
+                    ensure!(SIZES.contains(&nodes), "--nodes must be 3 or 5");
+                    options.nodes = nodes;
                 }
-                _ => options.seed = number,
+                "--seed" => options.seed = text.parse().with_context(not_a_number)?,
+                _ if name == DURATION_SECS.name => {
+                    options.duration = Duration::from_secs(DURATION_SECS.parse(text)?)
+                }
+                _ if name == CLIENTS.name => options.clients = CLIENTS.parse(text)?,
+                _ => options.keys = KEYS.parse(text)?,
             }
             Ok(())
         })?;

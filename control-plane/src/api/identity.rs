@@ -3,6 +3,8 @@
 //! and gets a node certificate. A join token is used through Raft before anything is signed, so
 //! a single-use token admits one host however many nodes it is sent to.
 
+use std::time::Duration;
+
 use http::StatusCode;
 use hyphae_policies::validate::check_name;
 
@@ -19,7 +21,7 @@ use crate::wire::{
 use hyphae_policies::tls::{Kind, SpiffeId};
 
 /// How long a join token works when the request does not say.
-pub const DEFAULT_JOIN_TTL_MS: u64 = 3600 * 1000;
+pub const DEFAULT_JOIN_TTL: Duration = Duration::from_secs(3600);
 
 /// The one answer to every refused join, so a caller cannot tell why (the log says).
 fn join_refused() -> ApiError {
@@ -99,14 +101,12 @@ pub(crate) async fn create(node: &Node, request: &ApiRequest) -> Answer {
         )
         .into());
     }
-    let ttl = new.ttl.map_or(DEFAULT_JOIN_TTL_MS, |ttl| {
-        u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)
-    });
+    let ttl = new.ttl.map_or(DEFAULT_JOIN_TTL, Duration::from);
     let secret = tokens::new_secret();
     let token = JoinToken {
         name,
         hash: tokens::hash(&secret),
-        expires_at_ms: tokens::now_ms().saturating_add(ttl),
+        expires_at_ms: tokens::expires_after(ttl),
         uses_left: uses,
         site: new.site,
         control_plane: new.control_plane,
@@ -129,13 +129,7 @@ pub(crate) async fn revoke(node: &Node, name: &str) -> Answer {
     let command = Command::RevokeJoinToken {
         name: name.to_string(),
     };
-    remove(node, command, "join token", name, |written| {
-        !matches!(
-            written,
-            CommandResponse::JoinTokenRevoked { existed: false, .. }
-        )
-    })
-    .await
+    remove(node, command, "join token", name).await
 }
 
 /// `POST /v1/agent/join`: checks the request and its CSR, uses the join token through Raft,

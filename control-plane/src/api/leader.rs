@@ -23,12 +23,7 @@ pub const FORWARDED_HEADER: &str = "hyphae-forwarded";
 /// retryable): an entry the target has not got would make it unelectable.
 pub(crate) async fn write(node: &Node, command: Command) -> Result<CommandResponse, Routed> {
     if node.transfers.in_progress() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "transfer-in-progress",
-            "leadership is moving to another node; retry in a moment",
-        )
-        .into());
+        return Err(transfer_in_progress("").into());
     }
     write_size_allowed(&command, node.config.spec.limits.max_write_bytes)?;
     committed(node, node.raft.client_write(command))
@@ -53,17 +48,15 @@ pub(crate) fn write_size_allowed(command: &Command, limit: u32) -> Result<(), Ap
     Ok(())
 }
 
-/// Writes a removal through Raft: 404 when nothing named `name` existed (`existed` reads the
-/// response), else the response.
+/// Writes a removal through Raft: 404 when nothing named `name` existed, else the response.
 pub(crate) async fn remove(
     node: &Node,
     command: Command,
     what: &str,
     name: &str,
-    existed: fn(&CommandResponse) -> bool,
 ) -> super::answer::Answer {
     let written = write(node, command).await?;
-    if existed(&written) {
+    if written.existed() != Some(false) {
         Ok(super::answer::json_response(StatusCode::OK, &written))
     } else {
         Err(ApiError::new(
@@ -111,12 +104,7 @@ pub(crate) async fn read_barrier(node: &Node, request: &ApiRequest) -> Result<()
     }
     if node.transfers.in_progress() {
         // A read index round renews the voters' leader lease, which the transfer waits out.
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "transfer-in-progress",
-            "leadership is moving to another node; retry in a moment, or read with ?stale=true",
-        )
-        .into());
+        return Err(transfer_in_progress(", or read with ?stale=true").into());
     }
     let timeout = node.config.spec.write_timeout.get();
     match tokio::time::timeout(timeout, node.raft.ensure_linearizable()).await {
@@ -129,6 +117,16 @@ pub(crate) async fn read_barrier(node: &Node, request: &ApiRequest) -> Result<()
             Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "raft", error.to_string()).into())
         }
     }
+}
+
+/// 503 `transfer-in-progress` (retryable) while this node hands its leadership over; `or` adds
+/// another way out to the advice.
+fn transfer_in_progress(or: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "transfer-in-progress",
+        format!("leadership is moving to another node; retry in a moment{or}"),
+    )
 }
 
 fn no_quorum(timeout: std::time::Duration) -> ApiError {

@@ -11,17 +11,14 @@ use hyphae_policies::ControlPlaneLimits;
 use hyphae_policies::registry::{self, HealthReport, Heartbeat, Lease, NodeRecord, UNKNOWN_NODE};
 use hyphae_policies::validate::check_name;
 
-use super::answer::{ApiError, ApiRequest, Routed, json_body, json_response};
+use super::answer::{Answer, ApiError, ApiRequest, Routed, json_body, json_response};
 use super::leader::{read_barrier, to_current_leader, write};
 use crate::node::Node;
 use crate::state::{Command, CommandResponse};
 use crate::wire::NodeView;
 
 /// `POST /v1/agent/register`: stores the node and its instances and starts its lease.
-pub(crate) async fn register(
-    node: &Node,
-    request: &ApiRequest,
-) -> Result<Response<Full<Bytes>>, Routed> {
+pub(crate) async fn register(node: &Node, request: &ApiRequest) -> Answer {
     let record: NodeRecord = json_body(request, "a node registration")?;
     speaks_for(request, &record.name)?;
     let limits = &node.config.spec.limits;
@@ -55,10 +52,7 @@ pub(crate) async fn register(
 
 /// `POST /v1/agent/heartbeat`: renews a registered node's lease. Only the leader keeps
 /// leases; other nodes send the heartbeat on to it.
-pub(crate) async fn heartbeat(
-    node: &Node,
-    request: &ApiRequest,
-) -> Result<Response<Full<Bytes>>, Routed> {
+pub(crate) async fn heartbeat(node: &Node, request: &ApiRequest) -> Answer {
     let heartbeat: Heartbeat = json_body(request, "a heartbeat")?;
     speaks_for(request, &heartbeat.node)?;
     leader_only(node)?;
@@ -73,10 +67,7 @@ pub(crate) async fn heartbeat(
 
 /// `POST /v1/agent/health`: records an agent's health changes; a report also shows the node is
 /// alive, so it renews the lease.
-pub(crate) async fn health(
-    node: &Node,
-    request: &ApiRequest,
-) -> Result<Response<Full<Bytes>>, Routed> {
+pub(crate) async fn health(node: &Node, request: &ApiRequest) -> Answer {
     let report: HealthReport = json_body(request, "a health report")?;
     speaks_for(request, &report.node)?;
     let name = report.node.clone();
@@ -97,10 +88,7 @@ pub(crate) async fn health(
 
 /// `POST /v1/agent/deregister`: removes a node whose agent is stopping, at once rather than
 /// after its lease.
-pub(crate) async fn deregister(
-    node: &Node,
-    request: &ApiRequest,
-) -> Result<Response<Full<Bytes>>, Routed> {
+pub(crate) async fn deregister(node: &Node, request: &ApiRequest) -> Answer {
     let leaving: Heartbeat = json_body(request, "a deregistration")?;
     speaks_for(request, &leaving.node)?;
     let name = leaving.node.clone();
@@ -126,11 +114,7 @@ fn speaks_for(request: &ApiRequest, name: &str) -> Result<(), ApiError> {
 }
 
 /// `GET /v1/nodes` and `GET /v1/nodes/{name}`.
-pub(crate) async fn nodes(
-    node: &Node,
-    request: &ApiRequest,
-    name: Option<&str>,
-) -> Result<Response<Full<Bytes>>, Routed> {
+pub(crate) async fn nodes(node: &Node, request: &ApiRequest, name: Option<&str>) -> Answer {
     let views: Vec<NodeView> = registered(node, request)
         .await?
         .into_iter()
@@ -146,11 +130,7 @@ pub(crate) async fn nodes(
 }
 
 /// `GET /v1/services` and `GET /v1/services/{name}`: instances grouped by service.
-pub(crate) async fn services(
-    node: &Node,
-    request: &ApiRequest,
-    name: Option<&str>,
-) -> Result<Response<Full<Bytes>>, Routed> {
+pub(crate) async fn services(node: &Node, request: &ApiRequest, name: Option<&str>) -> Answer {
     let nodes = registered(node, request).await?;
     list_or_one(registry::services(&nodes), name, "service", |s| &s.name)
 }
@@ -170,7 +150,7 @@ fn list_or_one<T: serde::Serialize>(
     name: Option<&str>,
     what: &str,
     name_of: impl Fn(&T) -> &str,
-) -> Result<Response<Full<Bytes>>, Routed> {
+) -> Answer {
     let Some(name) = name else {
         return Ok(json_response(StatusCode::OK, &items));
     };

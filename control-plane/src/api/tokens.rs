@@ -7,7 +7,7 @@ use hyphae_policies::validate::check_name;
 use super::answer::{Answer, ApiError, ApiRequest, json_body, json_response};
 use super::leader::{read_barrier, remove, write};
 use crate::node::Node;
-use crate::state::{Command, CommandResponse};
+use crate::state::Command;
 use crate::tokens::{self, StoredToken, TokenView};
 use crate::wire::{CreatedToken, NewToken};
 
@@ -34,10 +34,7 @@ pub(crate) async fn create(node: &Node, request: &ApiRequest) -> Answer {
             format!("token name `{}`: {reason}", new.name),
         )
     })?;
-    let expires_at_ms = new.ttl.map(|ttl| {
-        let ttl = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-        tokens::now_ms().saturating_add(ttl)
-    });
+    let expires_at_ms = new.ttl.map(|ttl| tokens::expires_after(ttl.into()));
     let secret = tokens::new_secret();
     let token = StoredToken {
         name: new.name,
@@ -70,11 +67,5 @@ pub(crate) async fn revoke(node: &Node, name: &str) -> Answer {
     let command = Command::RevokeToken {
         name: name.to_string(),
     };
-    remove(node, command, "token", name, |written| {
-        !matches!(
-            written,
-            CommandResponse::TokenRevoked { existed: false, .. }
-        )
-    })
-    .await
+    remove(node, command, "token", name).await
 }

@@ -14,6 +14,7 @@ use super::parse::Load;
 use super::procfs::{clock_ticks, cpu_seconds, memory_kib, with_descendants};
 use super::report::write_json;
 use super::tools::Tools;
+use crate::options::{Bounded, parse_options};
 use crate::util;
 use load::Protocol;
 use nginx::Backend;
@@ -26,14 +27,13 @@ mod processes;
 mod report;
 mod setup;
 
-/// Seconds of measured load per row unless `--duration` says otherwise.
-const DEFAULT_DURATION_SECS: u64 = 10;
-/// Concurrent client connections unless `--connections` says otherwise.
-const DEFAULT_CONNECTIONS: u32 = 50;
-/// Most `--connections` accepted: every proxy below is configured for several times this many.
-const MAX_CONNECTIONS: u32 = 1000;
 /// Load-generator threads: one, so the client takes the same share of the machine in every row.
 const LOAD_THREADS: u32 = 1;
+/// `--duration`: seconds of measured load per row.
+const DURATION_SECS: Bounded<u64> = Bounded::new("--duration", 10, 1..=u64::MAX);
+/// `--connections`: concurrent client connections; at least one per load-generator thread, and
+/// at most what every proxy below is configured for several times over.
+const CONNECTIONS: Bounded<u32> = Bounded::new("--connections", 50, LOAD_THREADS..=1000);
 /// HTTP/2 streams per connection in the h2 rows: one, so as many requests are in flight as in
 /// the HTTP/1.1 rows.
 const H2_STREAMS_PER_CONNECTION: u32 = 1;
@@ -45,7 +45,7 @@ const BACKEND_WORKERS: u32 = 1;
 /// Unmeasured load before each row, so connections and pools are open and warm.
 const WARMUP: Duration = Duration::from_secs(1);
 /// Connections each haproxy and nginx process accepts (clients and backend together).
-const PROXY_MAX_CONNECTIONS: u32 = 4 * MAX_CONNECTIONS;
+const PROXY_MAX_CONNECTIONS: u32 = 4 * CONNECTIONS.max();
 /// Requests on one kept-alive connection before nginx closes it: effectively unlimited, as in
 /// haproxy and the agent, so no row pays for reconnects.
 const KEEPALIVE_REQUESTS: u32 = 1_000_000;
@@ -76,26 +76,15 @@ impl Options {
     /// Parses `--duration SECS` and `--connections N`; `None` for `--help`.
     fn parse(args: &[String]) -> Result<Option<Options>> {
         let mut options = Options {
-            duration: Duration::from_secs(DEFAULT_DURATION_SECS),
-            connections: DEFAULT_CONNECTIONS,
+            duration: Duration::from_secs(DURATION_SECS.default),
+            connections: CONNECTIONS.default,
         };
-        let names = ["--duration", "--connections"];
-        let run = super::parse_options(args, USAGE, &names, |name, text| {
-            if name == "--duration" {
-                let secs: u64 = text
-                    .parse()
-                    .with_context(|| format!("--duration `{text}` is not whole seconds"))?;
-                ensure!(secs > 0, "--duration must be at least 1 second");
-                options.duration = Duration::from_secs(secs);
+        let names = [DURATION_SECS.name, CONNECTIONS.name];
+        let run = parse_options(args, USAGE, &names, |name, text| {
+            if name == DURATION_SECS.name {
+                options.duration = Duration::from_secs(DURATION_SECS.parse(text)?);
             } else {
-                let connections: u32 = text
-                    .parse()
-                    .with_context(|| format!("--connections `{text}` is not a number"))?;
-                ensure!(
-                    (LOAD_THREADS..=MAX_CONNECTIONS).contains(&connections),
-                    "--connections must be between {LOAD_THREADS} and {MAX_CONNECTIONS}"
-                );
-                options.connections = connections;
+                options.connections = CONNECTIONS.parse(text)?;
             }
             Ok(())
         })?;
@@ -249,8 +238,8 @@ mod tests {
     fn options_have_defaults_and_bounds() {
         let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let options = Options::parse(&[]).unwrap().unwrap();
-        assert_eq!(options.duration, Duration::from_secs(DEFAULT_DURATION_SECS));
-        assert_eq!(options.connections, DEFAULT_CONNECTIONS);
+        assert_eq!(options.duration, Duration::from_secs(DURATION_SECS.default));
+        assert_eq!(options.connections, CONNECTIONS.default);
         let options = Options::parse(&args(&["--duration", "3", "--connections", "8"]))
             .unwrap()
             .unwrap();

@@ -25,27 +25,24 @@ use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::task::JoinSet;
 
+use super::BENCH_DIR;
 use super::percentile::percentile;
 use super::procfs::{clock_ticks, cpu_seconds, load_average, machine_busy_seconds, memory_kib};
 use super::report::{
     self, MILLIS_DECIMALS, SECONDS_DECIMALS, commit, first_line, relative, rounded, write_json,
 };
-use super::{BENCH_DIR, parse_options};
+use crate::options::{Bounded, parse_options};
 use crate::util;
 
 /// Nodes in the control plane, with ids 1, 2, 3.
 const NODES: usize = 3;
 /// What the nodes log: errors only, since the bench measures them and logging is work.
 const NODE_LOG_LEVEL: &str = "error";
-/// Population sizes measured unless `--agents` says otherwise, in order.
-const DEFAULT_AGENTS: [usize; 2] = [1000, 5000];
-/// Most `--agents` accepted: each agent is a connection, and so a file descriptor, here and on
-/// a node.
-const MAX_AGENTS: usize = 50_000;
-/// Policy writes per population size unless `--rounds` says otherwise.
-const DEFAULT_ROUNDS: u32 = 10;
-/// Most `--rounds` accepted.
-const MAX_ROUNDS: u32 = 1000;
+/// `--agents`: population sizes, measured in this order (1000 then 5000 unless given). Each
+/// agent is a connection, and so a file descriptor, here and on a node.
+const AGENTS: Bounded<usize, [usize; 2]> = Bounded::new("--agents", [1000, 5000], 1..=50_000);
+/// `--rounds`: policy writes per population size.
+const ROUNDS: Bounded<u32> = Bounded::new("--rounds", 10, 1..=1000);
 /// Runtime worker threads for the simulated agents: one, so the three nodes keep most of the
 /// machine (the coordinating code runs on the main thread beside it).
 const AGENT_THREADS: usize = 1;
@@ -110,29 +107,15 @@ impl Options {
     /// Parses `--agents N[,N...]` (repeatable) and `--rounds K`; `None` for `--help`.
     fn parse(args: &[String]) -> Result<Option<Options>> {
         let mut agents = Vec::new();
-        let mut rounds = DEFAULT_ROUNDS;
-        let names = ["--agents", "--rounds"];
+        let mut rounds = ROUNDS.default;
+        let names = [AGENTS.name, ROUNDS.name];
         let run = parse_options(args, USAGE, &names, |name, text| {
-            if name == "--agents" {
+            if name == AGENTS.name {
                 for text in text.split(',') {
-                    let count: usize = text
-                        .trim()
-                        .parse()
-                        .with_context(|| format!("--agents `{text}` is not a number"))?;
-                    ensure!(
-                        (1..=MAX_AGENTS).contains(&count),
-                        "--agents must be between 1 and {MAX_AGENTS}"
-                    );
-                    agents.push(count);
+                    agents.push(AGENTS.parse(text)?);
                 }
             } else {
-                rounds = text
-                    .parse()
-                    .with_context(|| format!("--rounds `{text}` is not a number"))?;
-                ensure!(
-                    (1..=MAX_ROUNDS).contains(&rounds),
-                    "--rounds must be between 1 and {MAX_ROUNDS}"
-                );
+                rounds = ROUNDS.parse(text)?;
             }
             Ok(())
         })?;
@@ -140,7 +123,7 @@ impl Options {
             return Ok(None);
         }
         if agents.is_empty() {
-            agents = DEFAULT_AGENTS.to_vec();
+            agents = AGENTS.default.to_vec();
         }
         Ok(Some(Options { agents, rounds }))
     }
@@ -1010,8 +993,8 @@ mod tests {
         assert_eq!(
             Options::parse(&[]).unwrap().unwrap(),
             Options {
-                agents: DEFAULT_AGENTS.to_vec(),
-                rounds: DEFAULT_ROUNDS
+                agents: AGENTS.default.to_vec(),
+                rounds: ROUNDS.default
             }
         );
         let options = Options::parse(&args(&[

@@ -14,13 +14,13 @@ use super::load::Protocol;
 use super::nginx::NginxSite;
 use super::processes::{logged, named, spawn, wait_until_ok};
 use super::{
-    Bench, KEEPALIVE_REQUESTS, MAX_CONNECTIONS, PROXY_IDLE_TIMEOUT, PROXY_MAX_CONNECTIONS,
+    Bench, CONNECTIONS, KEEPALIVE_REQUESTS, PROXY_IDLE_TIMEOUT, PROXY_MAX_CONNECTIONS,
     PROXY_THREADS,
 };
 use crate::bench::report::write;
 
 /// Idle kept-alive connections nginx keeps to the backend.
-const NGINX_UPSTREAM_IDLE: u32 = MAX_CONNECTIONS;
+const NGINX_UPSTREAM_IDLE: u32 = CONNECTIONS.max();
 /// haproxy's connect timeout to the backend.
 const HAPROXY_CONNECT_TIMEOUT: &str = "5s";
 /// The agents' drain deadline, so stopping them does not wait for the default 30 s.
