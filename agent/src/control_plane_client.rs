@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::{BodyExt, Full};
@@ -48,8 +49,8 @@ pub enum ControlPlaneError {
         #[source]
         source: http::Error,
     },
-    /// The agent has no certificate to talk to the control plane with.
-    #[error("no certificate to talk to the control plane with")]
+    /// The agent has no certificate to talk to the control plane with (yet).
+    #[error("no certificate to talk to the control plane with yet (see the join's log lines)")]
     NoIdentity,
     /// The node could not be reached, or the connection failed before an answer.
     #[error("cannot reach control-plane node {server}")]
@@ -114,7 +115,9 @@ impl ControlPlaneError {
 /// own place in the list and its own backoff.
 #[derive(Clone)]
 pub struct ControlPlaneClient {
-    client: Option<Client<TlsConnector, Full<Bytes>>>,
+    /// Set once the node has its certificate; shared by every clone.
+    client: Arc<ArcSwapOption<Client<TlsConnector, Full<Bytes>>>>,
+    max_header_bytes: u32,
     servers: Arc<[String]>,
     /// Index (modulo the list) of the node in use.
     next: usize,
@@ -124,30 +127,31 @@ pub struct ControlPlaneClient {
 
 impl ControlPlaneClient {
     /// A client for `servers` (`host:port`), starting at a random one so agents spread over
-    /// the nodes; it accepts header lists up to `max_header_bytes` (`limits.maxHeaderBytes`)
-    /// and talks TLS with `tls` (none: every request fails with [`ControlPlaneError::NoIdentity`]).
-    pub fn new(
-        servers: Vec<String>,
-        max_header_bytes: u32,
-        tls: Option<Arc<rustls::ClientConfig>>,
-    ) -> Self {
-        let client = tls.map(|tls| {
-            Client::builder(TokioExecutor::new())
-                .http2_only(true)
-                .http2_max_header_list_size(max_header_bytes)
-                .build(TlsConnector::new(
-                    tls,
-                    ServerIdentity::ControlPlane,
-                    CONNECT_TIMEOUT,
-                ))
-        });
+    /// the nodes; it accepts header lists up to `max_header_bytes` (`limits.maxHeaderBytes`).
+    /// Until [`ControlPlaneClient::use_tls`], every request fails with
+    /// [`ControlPlaneError::NoIdentity`].
+    pub fn new(servers: Vec<String>, max_header_bytes: u32) -> Self {
         let next = rand::random_range(0..servers.len().max(1));
         ControlPlaneClient {
-            client,
+            client: Arc::new(ArcSwapOption::empty()),
+            max_header_bytes,
             servers: servers.into(),
             next,
             backoff: BACKOFF_MIN,
         }
+    }
+
+    /// Talks mutual TLS with `tls` (the node's certificate) from now on, in every clone.
+    pub fn use_tls(&self, tls: Arc<rustls::ClientConfig>) {
+        let client = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .http2_max_header_list_size(self.max_header_bytes)
+            .build(TlsConnector::new(
+                tls,
+                ServerIdentity::ControlPlane,
+                CONNECT_TIMEOUT,
+            ));
+        self.client.store(Some(Arc::new(client)));
     }
 
     /// Every configured node; empty when the agent runs without a control plane.
@@ -266,7 +270,7 @@ impl ControlPlaneClient {
         &self,
         request: http::Request<Full<Bytes>>,
     ) -> Result<http::Response<Incoming>, ControlPlaneError> {
-        let Some(client) = &self.client else {
+        let Some(client) = self.client.load_full() else {
             return Err(ControlPlaneError::NoIdentity);
         };
         client
@@ -313,7 +317,6 @@ mod tests {
         let mut client = ControlPlaneClient::new(
             vec!["a:1".into(), "b:2".into(), "c:3".into()],
             header_bytes(),
-            None,
         );
         let mut seen: Vec<String> = (0..3)
             .map(|_| {
@@ -325,7 +328,7 @@ mod tests {
         seen.sort();
         assert_eq!(seen, ["a:1", "b:2", "c:3"]);
         assert_eq!(
-            ControlPlaneClient::new(Vec::new(), header_bytes(), None).server(),
+            ControlPlaneClient::new(Vec::new(), header_bytes()).server(),
             ""
         );
     }

@@ -159,21 +159,11 @@ impl Daemon {
         daemon.start_checks(config);
         // One client for the control plane: registration, the watch and renewals share its
         // connections, over mutual TLS with this node's certificate.
-        let identity = if config.spec.control_plane.is_empty() {
-            None
-        } else {
-            Some(crate::identity::obtain(config).await?)
-        };
-        let control_plane = ControlPlaneClient::new(
-            config.spec.control_plane.clone(),
-            limits.max_header_bytes,
-            identity
-                .as_ref()
-                .map(|identity| Arc::clone(&identity.control_plane)),
-        );
-        if let Some(identity) = identity {
-            daemon.registrar.spawn(crate::identity::keep_renewed(
-                identity,
+        let control_plane =
+            ControlPlaneClient::new(config.spec.control_plane.clone(), limits.max_header_bytes);
+        if !config.spec.control_plane.is_empty() {
+            daemon.registrar.spawn(crate::identity::run(
+                config.clone(),
                 control_plane.clone(),
                 daemon.stop_registrar.clone(),
             ));

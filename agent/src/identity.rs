@@ -1,14 +1,15 @@
 //! This host's identity in the mesh: its node certificate (`spiffe://<domain>/node/<name>`,
 //! and `.../service/<name>` for each service it hosts), kept in `<dataDir>/tls/`. A host
 //! without one joins once, with a join token and the root's pinned fingerprint
-//! (`spec.join`); the private key never leaves the host. From then on the agent renews the
+//! (`spec.join`), in the background while the agent serves what it has; the private key never
+//! leaves the host. From then on the agent renews the
 //! certificate at two thirds of its life over mutual TLS ([`keep_renewed`]), and keeps working
 //! on the current one while the control plane is unreachable, warning as expiry nears.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use hyphae_policies::registry::{JOIN_PATH, JoinRequest, Joined, RENEW_PATH, RenewRequest};
 use hyphae_policies::secret_file;
 use hyphae_policies::tls::files::CertificateFiles;
@@ -22,8 +23,10 @@ use crate::control_plane_client::ControlPlaneClient;
 
 /// How long one join attempt may take.
 const JOIN_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Rounds over every control-plane node before a join gives up (systemd starts it again).
-const JOIN_ROUNDS: u32 = 10;
+/// First wait before a join is tried again.
+const JOIN_RETRY_MIN: Duration = Duration::from_millis(200);
+/// Longest wait between join attempts.
+const JOIN_RETRY_MAX: Duration = Duration::from_secs(10);
 /// How often the certificate's age is looked at.
 const RENEW_CHECK_EVERY: Duration = Duration::from_secs(30);
 /// How long a renewal request may take.
@@ -80,20 +83,82 @@ impl Identity {
     }
 }
 
-/// The host's identity: the saved one, or a new one from a join when there is none.
-pub async fn obtain(config: &AgentConfig) -> anyhow::Result<Identity> {
+/// Gets the host's identity (the saved one, or a join when there is none, retried while the
+/// control plane cannot be reached), hands it to `control_plane`, then keeps it renewed, until
+/// `shutdown`. Meanwhile the agent serves what it has (its saved state, its static services);
+/// its control-plane requests fail with "no certificate" and are retried.
+pub async fn run(
+    config: AgentConfig,
+    control_plane: ControlPlaneClient,
+    shutdown: CancellationToken,
+) {
+    let Some(identity) = acquire(&config, &shutdown).await else {
+        return;
+    };
+    control_plane.use_tls(Arc::clone(&identity.control_plane));
+    keep_renewed(identity, control_plane, shutdown).await;
+}
+
+/// The saved identity, or a new one from a join; `None` when there is none to be had (no
+/// join settings, a refused token: said in the log) or at `shutdown`.
+async fn acquire(config: &AgentConfig, shutdown: &CancellationToken) -> Option<Identity> {
     let files = CertificateFiles::new(config.spec.data_dir.join("tls"));
     if files.exist() {
-        return Identity::open(files);
+        return match Identity::open(files) {
+            Ok(identity) => Some(identity),
+            Err(error) => {
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    "this node's saved certificate cannot be used; remove the data directory's tls/ folder and join again"
+                );
+                None
+            }
+        };
     }
     let join = &config.spec.join;
     let (Some(fingerprint), Some(token_file)) = (&join.ca_fingerprint, &join.token_file) else {
-        bail!(
-            "this agent has no certificate yet: set spec.join.caFingerprint and spec.join.tokenFile (a join token from `hyphae token create`)"
+        tracing::error!(
+            "this agent has no certificate yet, so it cannot talk to the control plane: set spec.join.caFingerprint and spec.join.tokenFile (a join token from `hyphae token create`)"
         );
+        return None;
     };
-    let token = secret_file::read(token_file)?;
-    let (key, csr) = key_and_request()?;
+    let mut retry = JOIN_RETRY_MIN;
+    loop {
+        match join_once(config, &files, fingerprint, token_file).await {
+            Ok(identity) => return Some(identity),
+            Err(Attempt::Refused(why)) => {
+                tracing::error!(reason = %why, "the control plane refused this agent's join; it runs without the control plane until it is given a valid join token and restarted");
+                return None;
+            }
+            Err(Attempt::Failed(why)) => {
+                tracing::warn!(reason = %why, "cannot join the mesh yet; will retry");
+            }
+        }
+        let wait = crate::control_plane_client::jittered(&mut retry, JOIN_RETRY_MAX);
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// How one join round ended without a certificate.
+enum Attempt {
+    /// Refused (a 4xx, a root other than the pinned one): retrying will not help.
+    Refused(String),
+    /// Anything else (no node reachable, no leader, no root yet): retried.
+    Failed(String),
+}
+
+/// Asks every control-plane node in turn for a certificate; saves the first one given.
+async fn join_once(
+    config: &AgentConfig,
+    files: &CertificateFiles,
+    fingerprint: &str,
+    token_file: &std::path::Path,
+) -> Result<Identity, Attempt> {
+    let token = secret_file::read(token_file).map_err(|e| Attempt::Refused(e.to_string()))?;
+    let (key, csr) = key_and_request().map_err(|e| Attempt::Refused(e.to_string()))?;
     let request = serde_json::to_vec(&JoinRequest {
         token,
         name: config.node.clone(),
@@ -105,52 +170,58 @@ pub async fn obtain(config: &AgentConfig) -> anyhow::Result<Identity> {
             .map(|service| service.name.clone())
             .collect(),
         csr_pem: csr,
-    })?;
-    let mut retry = Duration::from_millis(200);
-    for round in 1..=JOIN_ROUNDS {
-        for server in &config.spec.control_plane {
-            match post_pinned(
-                server,
-                JOIN_PATH,
-                request.clone(),
-                fingerprint,
-                JOIN_ATTEMPT_TIMEOUT,
-            )
-            .await
-            {
-                Ok((status, body, root)) if status.is_success() => {
-                    let joined: Joined =
-                        serde_json::from_slice(&body).context("an unreadable join answer")?;
-                    if tls::certificates(&joined.ca_pem)?.first() != Some(&root) {
-                        bail!("{server} answered the join with a root other than the pinned one");
-                    }
-                    let chain = format!("{}{}", joined.cert_pem, joined.ca_pem);
-                    files.save(Some(&joined.ca_pem), &chain, &key)?;
-                    tracing::info!(%server, identities = ?joined.identities, "joined the mesh; got this node's certificate");
-                    return Identity::open(files);
-                }
-                Ok((status, body, _)) if status.is_client_error() => {
-                    // A refused token stays refused: say so and stop.
-                    bail!(
-                        "the control plane refused the join ({status}): {}",
-                        String::from_utf8_lossy(&body)
-                    );
-                }
-                Ok((status, _, _)) => {
-                    tracing::warn!(%server, %status, round, "join failed; will retry")
-                }
-                Err(error) => {
-                    tracing::warn!(%server, error = %hyphae_policies::error_chain::ErrorChain(&error), round, "join failed; will retry")
-                }
-            }
-        }
-        tokio::time::sleep(crate::control_plane_client::jittered(
-            &mut retry,
-            Duration::from_secs(5),
-        ))
+    })
+    .map_err(|e| Attempt::Refused(e.to_string()))?;
+    let mut failures = Vec::new();
+    for server in &config.spec.control_plane {
+        let answer = post_pinned(
+            server,
+            JOIN_PATH,
+            request.clone(),
+            fingerprint,
+            JOIN_ATTEMPT_TIMEOUT,
+        )
         .await;
+        let (status, body, root) = match answer {
+            Ok(answer) => answer,
+            Err(error) => {
+                failures.push(format!(
+                    "{server}: {}",
+                    hyphae_policies::error_chain::ErrorChain(&error)
+                ));
+                continue;
+            }
+        };
+        let text = String::from_utf8_lossy(&body);
+        if status.is_client_error() {
+            return Err(Attempt::Refused(format!(
+                "{server} answered {status}: {text}"
+            )));
+        }
+        if !status.is_success() {
+            failures.push(format!("{server} answered {status}: {text}"));
+            continue;
+        }
+        let joined: Joined = serde_json::from_slice(&body)
+            .map_err(|e| Attempt::Failed(format!("{server}: an unreadable answer: {e}")))?;
+        let roots =
+            tls::certificates(&joined.ca_pem).map_err(|e| Attempt::Failed(e.to_string()))?;
+        if roots.first() != Some(&root) {
+            return Err(Attempt::Refused(format!(
+                "{server} answered with a root other than the pinned one"
+            )));
+        }
+        let chain = format!("{}{}", joined.cert_pem, joined.ca_pem);
+        let saved = files
+            .save(Some(&joined.ca_pem), &chain, &key)
+            .map_err(|e| Attempt::Failed(format!("cannot save the certificate: {e}")))
+            .and_then(|()| {
+                Identity::open(files.clone()).map_err(|e| Attempt::Failed(format!("{e:#}")))
+            })?;
+        tracing::info!(%server, identities = ?joined.identities, "joined the mesh; got this node's certificate");
+        return Ok(saved);
     }
-    bail!("could not join through any control-plane node after {JOIN_ROUNDS} rounds")
+    Err(Attempt::Failed(failures.join("; ")))
 }
 
 /// Renews the certificate whenever two thirds of its life have passed, until `shutdown`,

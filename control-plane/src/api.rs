@@ -3,7 +3,8 @@
 //! [`handle`], the one place a check that applies to every route belongs. Handlers live one
 //! file per resource below; they never import this file.
 //!
-//! - [`access`]: what each route requires of its caller, and the token check.
+//! - [`access`]: what each route requires of its caller: certificates and tokens checked.
+//! - [`caller`]: who is calling, as the TLS handshake proved it.
 //! - [`answer`]: the buffered request, error answers with stable codes, JSON bodies, limits.
 //! - [`leader`]: writes through Raft, the linearizable-read barrier, forwarding to the leader.
 //! - [`raft`]: peer RPCs (Raft's own and leadership transfer).
@@ -12,6 +13,7 @@
 
 pub mod access;
 pub mod answer;
+pub mod caller;
 pub mod cluster;
 pub mod identity;
 pub mod leader;
@@ -36,11 +38,12 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-pub use self::access::Peer;
-use self::access::{AGENT_PREFIX, Caller, PEER_RPC_PREFIX};
+use self::access::{AGENT_PREFIX, PEER_RPC_PREFIX};
 pub use self::answer::ApiBody;
 use self::answer::{Answer, ApiError, ApiRequest, Routed, json_response};
-pub use self::leader::FORWARDED_HEADER;
+use self::caller::Caller;
+pub use self::caller::FORWARDED_HEADER;
+pub use self::caller::Peer;
 use crate::node::Node;
 
 /// Longest a stopping node waits for its open connections to finish their requests.

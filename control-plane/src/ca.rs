@@ -60,11 +60,7 @@ pub fn service_id(trust_domain: &str, name: &str) -> String {
 
 /// Lower-case hex SHA-256 of `der`.
 pub fn fingerprint(der: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, der)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hyphae_policies::tls::fingerprint(der)
 }
 
 fn at(ms: u64) -> Result<OffsetDateTime, CaError> {

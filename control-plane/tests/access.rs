@@ -204,6 +204,9 @@ async fn init_without_a_token_file_creates_an_owner_only_one_that_works() {
         .as_str()
         .and_then(|s| s.parse().ok())
         .expect("a listen address");
+    files
+        .trust(&workspace_binary("hyphae"), address)
+        .expect("the node's root");
     let file = files.data.join("bootstrap-admin-token");
     let mode = std::fs::metadata(&file)
         .expect("the token file")

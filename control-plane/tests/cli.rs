@@ -1,5 +1,6 @@
 //! The `hyphae` binary as operators run it: real process, real files, exit codes and output;
-//! a canned HTTP server on a real socket stands in for control planes the registry commands meet.
+//! a canned HTTPS server on a real socket stands in for control planes the registry commands
+//! meet.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -168,16 +169,37 @@ fn completions_name_every_subcommand_in_each_shell_and_bash_parses_them() {
     assert_eq!(bad.status.code(), Some(2));
 }
 
-/// A stand-in control plane on a real socket that answers every request with `status` and
-/// `body` and reports each request line. It stops with the test's runtime.
+/// A stand-in control plane on a real socket, speaking TLS with a certificate from a root of
+/// its own, that answers every request with `status` and `body` and reports each request line.
+/// It stops with the test's runtime. Returns its address, the request lines and a file with
+/// its root (for `--ca-file`).
 async fn canned_server(
     status: &'static str,
     body: &'static str,
 ) -> (
     std::net::SocketAddr,
     tokio::sync::mpsc::UnboundedReceiver<String>,
+    tempfile::NamedTempFile,
 ) {
+    use hyphae_policies::tls::{self, Credentials, Trust};
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let now = hyphae_control_plane::tokens::now_ms();
+    let root = hyphae_control_plane::ca::generate("hyphae.local", now).expect("a root");
+    let (chain, key) = hyphae_control_plane::pki::issue(
+        &root,
+        "hyphae.local",
+        1,
+        now,
+        std::time::Duration::from_secs(3600),
+    )
+    .expect("a node certificate");
+    let credentials = Credentials::from_pem(&chain, &key).expect("credentials");
+    let trust = Trust::from_pem(&root.cert_pem, None).expect("the root");
+    let config =
+        tls::server_config(&credentials, &trust, true, &tls::ALPN_HTTP).expect("a TLS server");
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let roots = tempfile::NamedTempFile::new().expect("a root file");
+    std::fs::write(roots.path(), &root.cert_pem).expect("write the root");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -185,6 +207,9 @@ async fn canned_server(
     let (requests, seen) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
+            let Ok(stream) = acceptor.accept(stream).await else {
+                continue;
+            };
             let mut stream = BufReader::new(stream);
             let mut line = String::new();
             let mut request_line = None;
@@ -198,14 +223,20 @@ async fn canned_server(
                 body.len()
             );
             let _ = stream.get_mut().write_all(answer.as_bytes()).await;
+            let _ = stream.get_mut().shutdown().await;
         }
     });
-    (address, seen)
+    (address, seen, roots)
 }
 
-async fn hyphae_at(server: std::net::SocketAddr, args: &[&str]) -> Output {
+async fn hyphae_at(
+    server: std::net::SocketAddr,
+    roots: &tempfile::NamedTempFile,
+    args: &[&str],
+) -> Output {
     let mut args: Vec<String> = args.iter().map(|a| (*a).to_string()).collect();
     args.extend(["--server".to_string(), server.to_string()]);
+    args.extend(["--ca-file".to_string(), roots.path().display().to_string()]);
     tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         hyphae(&args)
@@ -216,13 +247,13 @@ async fn hyphae_at(server: std::net::SocketAddr, args: &[&str]) -> Output {
 
 #[tokio::test]
 async fn services_and_nodes_say_when_the_control_plane_is_too_old_to_list_them() {
-    let (server, _) = canned_server(
+    let (server, _, roots) = canned_server(
         "404 Not Found",
         r#"{"code":"unknown-path","message":"no API at GET /v1/services"}"#,
     )
     .await;
     for (command, path) in [("services", "/v1/services"), ("nodes", "/v1/nodes")] {
-        let output = hyphae_at(server, &[command]).await;
+        let output = hyphae_at(server, &roots, &[command]).await;
         let error = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{error}");
         assert!(
@@ -237,8 +268,8 @@ async fn services_and_nodes_say_when_the_control_plane_is_too_old_to_list_them()
 #[tokio::test]
 async fn nodes_reads_the_registry_as_a_table_or_json_with_stale_reads_passed_on() {
     const NODES: &str = r#"[{"name":"app-1","site":"us-east","address":"10.0.0.2:4143","agentVersion":"0.1.0","instances":[{"service":"catalog","port":9000,"protocol":"grpc","health":"critical"}],"revision":17}]"#;
-    let (server, mut requests) = canned_server("200 OK", NODES).await;
-    let output = hyphae_at(server, &["nodes", "--stale"]).await;
+    let (server, mut requests, roots) = canned_server("200 OK", NODES).await;
+    let output = hyphae_at(server, &roots, &["nodes", "--stale"]).await;
     assert_eq!(output.status.code(), Some(0), "{output:?}");
     assert_eq!(
         stdout(&output),
@@ -248,7 +279,7 @@ async fn nodes_reads_the_registry_as_a_table_or_json_with_stale_reads_passed_on(
         requests.recv().await.as_deref(),
         Some("GET /v1/nodes?stale=true HTTP/1.1")
     );
-    let output = hyphae_at(server, &["nodes", "-o", "json"]).await;
+    let output = hyphae_at(server, &roots, &["nodes", "-o", "json"]).await;
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
     assert_eq!(json[0]["instances"][0]["health"], "critical");
     assert_eq!(

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use hyphae_integration::cluster::{Cluster, Node, SHORT_WRITE_TIMEOUT};
-use hyphae_integration::http::call;
+use hyphae_integration::http::{call, call_as_node};
 use hyphae_integration::policies::policy;
 use hyphae_integration::ports::free_ports;
 use hyphae_integration::{DEADLINE, Signal, eventually};
@@ -253,35 +253,16 @@ async fn the_cli_applies_diffs_gets_and_deletes_against_a_single_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_join_as_learners_become_voters_and_leave() {
     let dir = tempfile::tempdir().expect("temp dir");
-    // Each node starts alone (no members), so both must know their own address before they
-    // start: the first initializes with it and the second forwards to it.
+    // Node 1 starts the cluster alone; node 2 joins later with a control-plane join token and
+    // adds itself (through node 1, listed as a member in its config).
     let ports = free_ports(2).expect("ports");
-    let mut nodes: Vec<Node> = (1..=2)
-        .zip(ports)
-        .map(|(id, port)| {
-            let config = dir.path().join(format!("n{id}.yaml"));
-            std::fs::write(
-                &config,
-                format!(
-                    "kind: ControlPlaneConfig\nmetadata: {{name: n{id}}}\nspec:\n  id: {id}\n  listen: 127.0.0.1:{port}\n  dataDir: {}\n  heartbeatInterval: 100ms\n  electionTimeoutMin: 500ms\n  electionTimeoutMax: 1s\n",
-                    dir.path().join(format!("data{id}")).display()
-                ),
-            )
-            .expect("write config");
-            Node::new(
-                Path::new(CONTROL_PLANE),
-                id,
-                config,
-                SocketAddr::from(([127, 0, 0, 1], port)),
-                dir.path().join(format!("n{id}.log")),
-            )
-        })
-        .collect();
-    nodes[0].start(true).expect("start node 1");
-    nodes[1].start(false).expect("start node 2");
-    let (first, second) = (nodes[0].address, nodes[1].address);
+    let mut nodes =
+        Cluster::configure_on(Path::new(CONTROL_PLANE), dir.path(), &ports, "").expect("configure");
+    nodes.node_mut(1).start(true).expect("start node 1");
+    let (first, second) = (nodes.node(1).address, nodes.node(2).address);
+    nodes.trust().expect("the cluster's root");
     eventually("the first node to lead", || async {
-        nodes[0].leader_seen().await == Some(1)
+        nodes.node(1).leader_seen().await == Some(1)
     })
     .await;
     let (code, text) = hyphae(
@@ -289,10 +270,12 @@ async fn nodes_join_as_learners_become_voters_and_leave() {
         &["apply", "-f", &format!("{EXAMPLES}/services.yaml")],
     );
     assert_eq!(code, Some(0), "{text}");
+    let (_, status) = call("GET", first, "/v1/cluster", "").await;
+    assert_eq!(status["voters"], serde_json::json!([1]), "{status}");
 
     // The second node joins: it catches up on what was written before it came.
-    let (code, text) = hyphae(first, &["cluster", "add", "2", &second.to_string()]);
-    assert_eq!(code, Some(0), "{text}");
+    nodes.start_joining(&[2]).expect("start node 2");
+    nodes.wait_voters(2).expect("node 2 becomes a voter");
     let (_, status) = call("GET", first, "/v1/cluster", "").await;
     assert_eq!(status["voters"], serde_json::json!([1, 2]), "{status}");
     // The membership change committed, so the leader's commit index comes to cover its whole
@@ -319,7 +302,7 @@ async fn nodes_join_as_learners_become_voters_and_leave() {
     assert_eq!(code, Some(0), "{text}");
     let (_, status) = call("GET", first, "/v1/cluster", "").await;
     assert_eq!(status["voters"], serde_json::json!([1]), "{status}");
-    nodes[1].kill();
+    nodes.node_mut(2).kill();
     let (code, text) = hyphae(first, &["apply", "-f", &format!("{EXAMPLES}/routes.yaml")]);
     assert_eq!(
         code,
@@ -450,7 +433,8 @@ async fn services_and_nodes_list_what_agents_registered() {
         let registration = format!(
             r#"{{"name":"{name}","site":"{site}","address":"127.0.0.1:4143","agentVersion":"0.1.0","instances":[{{"service":"catalog","port":9000,"protocol":"grpc","health":"{health}"}}]}}"#
         );
-        let (status, answer) = call("POST", server, "/v1/agent/register", &registration).await;
+        let (status, answer) =
+            call_as_node(name, "POST", server, "/v1/agent/register", &registration).await;
         assert_eq!(status, 200, "{answer}");
     }
 

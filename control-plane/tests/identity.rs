@@ -8,7 +8,7 @@ use hyphae_integration::binaries::workspace_binary;
 use hyphae_integration::cli::hyphae;
 use hyphae_integration::cluster::Cluster;
 use hyphae_integration::eventually::{DEADLINE, INTERVAL, wait_for};
-use hyphae_integration::http::{call, request_as};
+use hyphae_integration::http::{call, call_as_node, request_as};
 use rcgen::{CertificateParams, KeyPair};
 
 /// A CSR for a fresh key (which stays here).
@@ -142,7 +142,9 @@ async fn a_host_with_a_join_token_gets_a_certificate_for_its_node_and_services()
     // lifetime whatever site the host names; a guess costs the cluster no log entry.
     let record = "{\"name\": \"app-9\", \"site\": \"core\", \"address\": \"10.0.0.9:4143\"}";
     assert_eq!(
-        call("POST", leader, "/v1/agent/register", record).await.0,
+        call_as_node("app-9", "POST", leader, "/v1/agent/register", record)
+            .await
+            .0,
         200
     );
     let any = create_token(&cli, leader, &["--uses", "2"]);

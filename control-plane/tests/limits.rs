@@ -106,7 +106,7 @@ async fn connect(node: &RunningNode, credentials: Option<&Credentials>) -> TlsSt
     let config = tls::client_config(&node.node.tls.trust, credentials, &[b"http/1.1"])
         .expect("a TLS client configuration");
     TlsConnector::new(config, ServerIdentity::ControlPlane, DEADLINE)
-        .connect("127.0.0.1", node.address.port())
+        .open("127.0.0.1", node.address.port())
         .await
         .expect("a TLS connection")
 }
@@ -382,7 +382,7 @@ async fn exchange_refused(node: &RunningNode) -> bool {
     let config = tls::client_config(&node.node.tls.trust, None, &[b"http/1.1"])
         .expect("a TLS client configuration");
     let connector = TlsConnector::new(config, ServerIdentity::ControlPlane, DEADLINE);
-    let Ok(mut stream) = connector.connect("127.0.0.1", node.address.port()).await else {
+    let Ok(mut stream) = connector.open("127.0.0.1", node.address.port()).await else {
         return true;
     };
     if stream.write_all(get_cluster().as_bytes()).await.is_err() {

@@ -32,6 +32,13 @@ async fn leading_node(dir: &Path) -> RunningNode {
         .await
         .expect("start the node");
     let address = node.address;
+    hyphae_integration::trust::register_node(
+        Path::new(env!("CARGO_BIN_EXE_hyphae")),
+        dir,
+        &dir.join("data"),
+        &[address],
+    )
+    .expect("the node's root");
     eventually("the node to lead", || async {
         status(address).await["leader"] == 1
     })

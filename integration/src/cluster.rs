@@ -278,38 +278,59 @@ impl Cluster {
             return Ok(());
         };
         first.start(true)?;
+        let others: Vec<u64> = self
+            .nodes
+            .iter()
+            .map(|n| n.id)
+            .filter(|id| *id != 1)
+            .collect();
+        self.start_joining(&others)?;
+        self.wait_voters(self.nodes.len())
+    }
+
+    /// Starts nodes `ids` (node 1 runs): those without a certificate join with a
+    /// control-plane join token made through node 1, and then add themselves to the cluster.
+    pub fn start_joining(&mut self, ids: &[u64]) -> Result<(), Error> {
         let trust = self.trust()?;
-        let server = self.nodes[0].address.to_string();
+        let server = self.node(1).address.to_string();
         let joining = self
             .nodes
             .iter()
-            .filter(|n| n.id != 1 && !n.has_certificate())
+            .filter(|n| ids.contains(&n.id) && !n.has_certificate())
             .count();
         if joining > 0 {
-            let token = eventually_sync(|| trust.new_join_token(&server, true, joining as u32))?;
-            for node in self.nodes.iter_mut().filter(|n| n.id != 1) {
+            let token = block_on(wait_for(
+                "node 1 to make a control-plane join token",
+                DEADLINE,
+                LEADER_POLL,
+                || async { trust.new_join_token(&server, true, joining as u32).ok() },
+            ))
+            .map_err(|timed_out| Error::Credentials(timed_out.to_string()))?;
+            for node in self.nodes.iter_mut().filter(|n| ids.contains(&n.id)) {
                 node.ticket = Some((token.clone(), trust.fingerprint.clone()));
             }
         }
-        for node in self.nodes.iter_mut().filter(|n| n.id != 1) {
+        for node in self.nodes.iter_mut().filter(|n| ids.contains(&n.id)) {
             node.start(false)?;
         }
-        let size = self.nodes.len();
+        Ok(())
+    }
+
+    /// Waits until node 1 counts `count` voters.
+    pub fn wait_voters(&self, count: usize) -> Result<(), Error> {
+        let first = self.node(1).address;
         let voters = |status: &Value| {
             status["members"].as_array().map_or(0, |members| {
                 members.iter().filter(|m| m["voter"] == true).count()
             })
         };
-        eventually_sync(|| {
-            let status = block_on(status(self.nodes[0].address));
-            if voters(&status) == size {
-                Ok(())
-            } else {
-                Err(Error::Credentials(format!(
-                    "not every node is a voter yet: {status}"
-                )))
-            }
-        })
+        block_on(wait_for(
+            "every node to be a voter",
+            DEADLINE,
+            LEADER_POLL,
+            || async { (voters(&status(first).await) == count).then_some(()) },
+        ))
+        .map_err(|timed_out| Error::Credentials(timed_out.to_string()))
     }
 
     /// The root and join tokens of this cluster, read from node 1's data directory and
@@ -409,19 +430,6 @@ impl Cluster {
             .find(|n| n.id == first && n.is_running())?;
         let leading = status(leader.address).await["state"] == "Leader";
         (leading && seen.iter().all(|s| *s == Some(first))).then_some(first)
-    }
-}
-
-/// Tries `attempt` every [`LEADER_POLL`] until it succeeds or [`DEADLINE`] passes (its last
-/// error then); for the set-up steps that wait for a node to be ready for them.
-fn eventually_sync<T>(mut attempt: impl FnMut() -> Result<T, Error>) -> Result<T, Error> {
-    let deadline = std::time::Instant::now() + DEADLINE;
-    loop {
-        match attempt() {
-            Ok(value) => return Ok(value),
-            Err(error) if std::time::Instant::now() >= deadline => return Err(error),
-            Err(_) => std::thread::sleep(LEADER_POLL),
-        }
     }
 }
 

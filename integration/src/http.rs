@@ -38,6 +38,25 @@ pub fn tls_client(
     Some(Legacy::builder(TokioExecutor::new()).build(connector))
 }
 
+/// A TLS connection to `address`, a node of a cluster this process started (see
+/// [`crate::trust`]), presenting `credentials` when given: for tests that speak HTTP on it
+/// themselves (long-lived streams).
+pub async fn tls_stream(
+    address: &str,
+    credentials: Option<&Credentials>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let unknown = || std::io::Error::other(format!("{address} is no node this process started"));
+    let trust = crate::trust::of(address).ok_or_else(unknown)?;
+    let config = trust
+        .client_config(credentials, &[b"http/1.1"])
+        .map_err(std::io::Error::other)?;
+    let (host, port) = address.rsplit_once(':').ok_or_else(unknown)?;
+    let port = port.parse().map_err(|_| unknown())?;
+    TlsConnector::new(config, ServerIdentity::ControlPlane, ANSWER_PATIENCE)
+        .open(host, port)
+        .await
+}
+
 /// An HTTP/2 client (prior knowledge, no upgrade).
 pub fn http2_client() -> Client {
     Legacy::builder(TokioExecutor::new())
@@ -253,6 +272,29 @@ fn build(
 /// answered (a stopped or hung node is an answer too).
 pub async fn call(method: &str, address: impl Display, path: &str, body: &str) -> (u16, Value) {
     match request(method, address, path, body).await {
+        Some(answer) => (answer.status.as_u16(), answer.json()),
+        None => (0, Value::Null),
+    }
+}
+
+/// Like [`call`], as the agent of node `name`: with a node certificate it gets first, the way
+/// an agent does (a join with its cluster's agent token); status 0 when it could not get one.
+pub async fn call_as_node(
+    name: &str,
+    method: &str,
+    address: impl Display,
+    path: &str,
+    body: &str,
+) -> (u16, Value) {
+    let address = address.to_string();
+    let Some(trust) = crate::trust::of(&address) else {
+        return (0, Value::Null);
+    };
+    let credentials = match trust.node_credentials(&address, name, &[]).await {
+        Ok(credentials) => credentials,
+        Err(error) => return (0, Value::String(error.to_string())),
+    };
+    match request_as_node(&credentials, method, &address, path, body).await {
         Some(answer) => (answer.status.as_u16(), answer.json()),
         None => (0, Value::Null),
     }

@@ -4,9 +4,12 @@
 //!
 //! [`Cluster`]: crate::cluster::Cluster
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::Error;
+use crate::trust::ClusterTrust;
 
 /// Where a lone node's files are.
 #[derive(Clone, Debug)]
@@ -33,5 +36,13 @@ impl LoneNode {
             source,
         })?;
         Ok(LoneNode { config, data })
+    }
+
+    /// Once the node (started with `--init`) listens at `address`: its cluster's root,
+    /// registered so [`crate::http`] and [`crate::cli`] talk TLS to it; `cli` is the `hyphae`
+    /// binary, for join tokens.
+    pub fn trust(&self, cli: &Path, address: SocketAddr) -> Result<Arc<ClusterTrust>, Error> {
+        let folder = self.config.parent().unwrap_or(Path::new("."));
+        crate::trust::register_node(cli, folder, &self.data, &[address])
     }
 }

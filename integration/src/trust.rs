@@ -42,6 +42,20 @@ pub fn register(addresses: &[SocketAddr], trust: Arc<ClusterTrust>) {
     }
 }
 
+/// Reads the root of the node keeping its data in `data_dir` (see [`ClusterTrust::read`]) and
+/// registers it under `addresses`: for nodes a test starts by hand (a lone node, the `--dev`
+/// control plane). `cli` is the `hyphae` binary; `folder` a scratch directory of the test's.
+pub fn register_node(
+    cli: &Path,
+    folder: &Path,
+    data_dir: &Path,
+    addresses: &[SocketAddr],
+) -> Result<Arc<ClusterTrust>, Error> {
+    let trust = Arc::new(ClusterTrust::read(cli, folder, data_dir)?);
+    register(addresses, Arc::clone(&trust));
+    Ok(trust)
+}
+
 /// The cluster the node at `address` (`host:port`) belongs to, if this process started it.
 pub fn of(address: &str) -> Option<Arc<ClusterTrust>> {
     clusters().lock().ok()?.get(address).cloned()

@@ -13,6 +13,7 @@ use hyphae_integration::http::{get_json, get_text};
 use hyphae_integration::policies::{FILL_TRIES, apply_until_silent};
 use hyphae_integration::ports::free_ports;
 use hyphae_integration::tmpfs::{SMALL_DISK, Tmpfs};
+use hyphae_integration::trust::register_node;
 use hyphae_integration::{DEADLINE, eventually};
 
 /// `--dev` with its control plane on `server` and its data (and admin token) in `data`.
@@ -57,6 +58,13 @@ async fn one_dev_agent_is_a_working_mesh() {
         &dev_args(&server, &dev_data),
     )
     .expect("start the dev agent");
+    let trust = register_node(
+        &workspace_binary("hyphae"),
+        dir.path(),
+        &dev_data.join("control-plane"),
+        &[server.parse().expect("an address")],
+    )
+    .expect("the dev control plane's root");
 
     eventually("the agent to register its service", || async {
         get_json(&server, "/v1/services/web")
@@ -86,7 +94,8 @@ async fn one_dev_agent_is_a_working_mesh() {
                 &server,
             ])
             .env_remove("HYPHAE_TOKEN")
-            .env_remove("HYPHAE_TOKEN_FILE");
+            .env_remove("HYPHAE_TOKEN_FILE")
+            .env("HYPHAE_CA_FILE", &trust.roots_file);
         if let Some(file) = token_file {
             command.env("HYPHAE_TOKEN_FILE", file);
         }
@@ -146,6 +155,13 @@ async fn a_dev_agent_whose_control_plane_store_fills_up_exits_with_an_error() {
         &dev_args(&server, &dev_data),
     )
     .expect("start the dev agent");
+    register_node(
+        &workspace_binary("hyphae"),
+        dir.path(),
+        &dev_data.join("control-plane"),
+        &[server.parse().expect("an address")],
+    )
+    .expect("the dev control plane's root");
 
     let applied = apply_until_silent(server.parse().expect("an address")).await;
     assert!(

@@ -17,16 +17,32 @@ const UNREADABLE: &str = "hyphae_saved_snapshot_unreadable";
 async fn a_damaged_saved_state_keeps_the_agent_unready_until_a_control_plane_answers() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path().join("agent-data");
-    std::fs::create_dir_all(&data).expect("data dir");
-    std::fs::write(data.join(SNAPSHOT_FILE), b"{\"revision\": 7, \"polic").expect("garbage");
-    // The agent must name the control plane before it exists: its port is chosen ahead.
+    // The agent has been part of the mesh (it holds its certificate), and the control plane
+    // is down when it starts again with a damaged saved state.
     let port = free_ports(1).expect("a port")[0];
+    let mut control_plane = Cluster::configure_on(
+        &workspace_binary("hyphae-control-plane"),
+        &dir.path().join("cp"),
+        &[port],
+        "",
+    )
+    .expect("configure the control plane");
+    control_plane.start_all().expect("start the control plane");
     let yaml = format!(
         "kind: AgentConfig\nmetadata: {{name: edge}}\nspec:\n  controlPlane: [\"127.0.0.1:{port}\"]\n  dataDir: {}\n  listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: null, dns: null}}\n",
         data.display()
     );
     let agent = Agent::start_in(&workspace_binary("hyphae-agent"), dir.path(), "edge", &yaml)
         .expect("start the agent");
+    eventually("the agent to join and save a state", || async {
+        data.join("tls/node.pem").exists() && data.join(SNAPSHOT_FILE).exists()
+    })
+    .await;
+    drop(agent);
+    control_plane.node_mut(1).kill();
+    std::fs::write(data.join(SNAPSHOT_FILE), b"{\"revision\": 7, \"polic").expect("garbage");
+    let agent = Agent::start_in(&workspace_binary("hyphae-agent"), dir.path(), "edge", &yaml)
+        .expect("start the agent again");
 
     // The saved state is read before the ready line: the first answer already tells.
     let ready = request("GET", agent.admin, "/ready", "")
@@ -46,14 +62,9 @@ async fn a_damaged_saved_state_keeps_the_agent_unready_until_a_control_plane_ans
     let page = agent.metrics().await;
     assert!(page.contains(&format!("{UNREADABLE} 1")), "{page}");
 
-    let mut control_plane = Cluster::configure_on(
-        &workspace_binary("hyphae-control-plane"),
-        &dir.path().join("cp"),
-        &[port],
-        "",
-    )
-    .expect("configure the control plane");
-    control_plane.start_all().expect("start the control plane");
+    control_plane
+        .start_all()
+        .expect("start the control plane again");
     eventually("/ready to answer 200", || async {
         request("GET", agent.admin, "/ready", "")
             .await

@@ -1,8 +1,8 @@
 //! Watch streams with real processes. Across the death of the node serving it, a reader
 //! reconnects to another node with `?since=REV` and, over the whole run, sees one snapshot and
 //! then every acknowledged write exactly once, in revision order, with no gap and no repeat.
-//! A node never sends a reader back in time: one behind the reader (or not in a cluster yet)
-//! refuses, and only a reader of another, rebuilt cluster starts over.
+//! A node never sends a reader back in time: one behind the reader refuses, and only a reader
+//! of another, rebuilt cluster starts over. Readers present a node certificate, as agents do.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -16,8 +16,10 @@ use hyper_util::rt::TokioIo;
 use hyphae_integration::binaries::workspace_binary;
 use hyphae_integration::cluster::{Cluster, Node, SHORT_WRITE_TIMEOUT};
 use hyphae_integration::eventually;
-use hyphae_integration::http::request;
+use hyphae_integration::http::{request, tls_stream};
 use hyphae_integration::lone_node::LoneNode;
+use hyphae_integration::trust;
+use hyphae_policies::tls::Credentials;
 use serde_json::Value;
 
 /// A cluster of `size` nodes in `dir`, started.
@@ -56,10 +58,24 @@ struct Seen {
     streams: usize,
 }
 
+/// The certificate of an agent called `reader`, which watch streams need.
+async fn reader_credentials(server: &str) -> Credentials {
+    trust::of(server)
+        .expect("a node this test started")
+        .node_credentials(server, "reader", &[])
+        .await
+        .expect("a node certificate")
+}
+
 /// Reads one stream from `server` until it ends or fails.
-async fn follow(server: &str, index: usize, seen: &Mutex<Seen>) -> Result<(), String> {
+async fn follow(
+    server: &str,
+    index: usize,
+    seen: &Mutex<Seen>,
+    agent: &Credentials,
+) -> Result<(), String> {
     let since = seen.lock().expect("lock").revision;
-    let stream = tokio::net::TcpStream::connect(server)
+    let stream = tls_stream(server, Some(agent))
         .await
         .map_err(|e| e.to_string())?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -115,10 +131,10 @@ async fn follow(server: &str, index: usize, seen: &Mutex<Seen>) -> Result<(), St
 }
 
 /// Follows the cluster's watch stream forever, moving to the next node whenever one fails.
-async fn reader(servers: Vec<String>, seen: Arc<Mutex<Seen>>) {
+async fn reader(servers: Vec<String>, seen: Arc<Mutex<Seen>>, agent: Credentials) {
     let mut index = 1;
     loop {
-        let _ = follow(&servers[index], index, &seen).await;
+        let _ = follow(&servers[index], index, &seen, &agent).await;
         index = (index + 1) % servers.len();
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -131,7 +147,8 @@ async fn a_watch_sees_every_write_once_in_order_while_its_node_is_killed() {
     let servers: Vec<String> = nodes.addresses().iter().map(ToString::to_string).collect();
     nodes.leader().await.expect("a leader");
     let seen = Arc::new(Mutex::new(Seen::default()));
-    let reading = tokio::spawn(reader(servers.clone(), Arc::clone(&seen)));
+    let agent = reader_credentials(&servers[0]).await;
+    let reading = tokio::spawn(reader(servers.clone(), Arc::clone(&seen), agent));
     eventually("the first snapshot", || async {
         !seen.lock().expect("lock").events.is_empty()
     })
@@ -209,9 +226,8 @@ async fn a_watch_sees_every_write_once_in_order_while_its_node_is_killed() {
 
 /// Opens a watch at `path` on `server`: the status, and the first event when it is a stream.
 async fn first_event(server: &str, path: &str) -> (u16, Option<Value>) {
-    let stream = tokio::net::TcpStream::connect(server)
-        .await
-        .expect("connect");
+    let agent = reader_credentials(server).await;
+    let stream = tls_stream(server, Some(&agent)).await.expect("connect");
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .expect("handshake");
@@ -274,7 +290,7 @@ async fn a_watch_never_goes_back_in_time_but_follows_a_rebuilt_cluster() {
     assert_eq!(event["type"], "snapshot");
     assert_eq!(event["cluster"], cluster);
 
-    // A node that never joined a cluster serves nobody.
+    // A node with no certificate (it never initialized or joined a cluster) does not start.
     let files = LoneNode::write(dir.path(), "lonely", 7).expect("write config");
     let mut lonely = Node::new(
         &workspace_binary("hyphae-control-plane"),
@@ -283,8 +299,8 @@ async fn a_watch_never_goes_back_in_time_but_follows_a_rebuilt_cluster() {
         SocketAddr::from(([127, 0, 0, 1], 0)),
         dir.path().join("lonely.log"),
     );
-    lonely.start(false).expect("start the lonely node");
-    let (status, refusal) = first_event(&lonely.address.to_string(), "/v1/agent/watch").await;
-    assert_eq!(status, 503);
-    assert_eq!(refusal.expect("an error body")["code"], "not-ready");
+    assert!(
+        lonely.start(false).is_err(),
+        "a node without a certificate or a join token exits"
+    );
 }

@@ -58,9 +58,9 @@ pub(crate) struct ApiRequest {
     /// The caller's credential, passed on when the request is forwarded to the leader.
     pub(crate) authorization: Option<http::HeaderValue>,
     /// Who the caller's certificate proved it to be, passed on when forwarded.
-    pub(crate) peer: super::access::Peer,
+    pub(crate) peer: super::caller::Peer,
     /// What the access check made of the caller.
-    pub(crate) caller: super::access::Caller,
+    pub(crate) caller: super::caller::Caller,
     pub(crate) body: Bytes,
 }
 

@@ -4,8 +4,8 @@
 use http::StatusCode;
 use openraft::BasicNode;
 
-use super::access::Caller;
 use super::answer::{Answer, ApiError, ApiRequest, json_body, json_body_or_default, json_response};
+use super::caller::Caller;
 use super::leader::{committed, to_current_leader};
 use crate::node::Node;
 use crate::raft::{NodeId, lag};

@@ -14,8 +14,7 @@ use crate::raft::{NodeId, TypeConfig, encoded_len};
 use crate::state::{Command, CommandResponse};
 use crate::transfer;
 
-/// Marks a request a follower sent on to the leader, so it is never forwarded twice.
-pub const FORWARDED_HEADER: &str = "hyphae-forwarded";
+use super::caller::{FORWARDED_HEADER, FORWARDED_IDENTITY_HEADER};
 
 /// Writes `command` through Raft and waits for it to be applied.
 ///
@@ -183,10 +182,7 @@ pub(crate) async fn forward(
         upstream = upstream.header(http::header::AUTHORIZATION, authorization);
     }
     if let Some(identity) = request.peer.forwarded() {
-        upstream = upstream.header(
-            super::access::FORWARDED_IDENTITY_HEADER,
-            identity.to_string(),
-        );
+        upstream = upstream.header(FORWARDED_IDENTITY_HEADER, identity.to_string());
     }
     let upstream = upstream.body(Full::new(request.body.clone()));
     let upstream = match upstream {

@@ -16,7 +16,7 @@ use rustls::ClientConfig;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use super::ServerIdentity;
+use super::server_identity::ServerIdentity;
 
 /// Opens TLS connections for a hyper client; the URI gives host and port only (its scheme is
 /// ignored: every connection is TLS).
@@ -43,7 +43,7 @@ impl TlsConnector {
     }
 
     /// Opens one connection to `host:port`.
-    pub async fn connect(&self, host: &str, port: u16) -> io::Result<TlsStream<TcpStream>> {
+    pub async fn open(&self, host: &str, port: u16) -> io::Result<TlsStream<TcpStream>> {
         let name = self
             .server
             .server_name()
@@ -83,7 +83,7 @@ impl tower_service::Service<Uri> for TlsConnector {
                 .host()
                 .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no host in the URI"))?;
             let port = uri.port_u16().unwrap_or(443);
-            let stream = connector.connect(host, port).await?;
+            let stream = connector.open(host, port).await?;
             Ok(TlsConnection(TokioIo::new(stream)))
         })
     }

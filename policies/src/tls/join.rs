@@ -12,8 +12,11 @@ use http_body_util::{BodyExt, Full};
 use rcgen::{CertificateParams, KeyPair};
 use rustls::pki_types::CertificateDer;
 
+use super::config::{ALPN_HTTP, client_config_verified_by};
+use super::connector::TlsConnector;
+use super::roots::{TlsError, provider};
+use super::server_identity::ServerIdentity;
 use super::verifier::PinnedRoot;
-use super::{ALPN_HTTP, ServerIdentity, TlsConnector, client_config_verified_by, provider};
 
 /// Why a pinned call failed.
 #[derive(Debug, thiserror::Error)]
@@ -23,7 +26,7 @@ pub enum JoinError {
     Key(#[from] rcgen::Error),
     /// The TLS client could not be set up.
     #[error(transparent)]
-    Tls(#[from] super::TlsError),
+    Tls(#[from] TlsError),
     /// The node could not be reached, or did not present the pinned root.
     #[error("cannot reach {server} (or it did not present the pinned root): {reason}")]
     Unreachable {

@@ -13,7 +13,9 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
 use rustls::{CertificateError, DigitallySignedStruct, Error, RootCertStore, SignatureScheme};
 
-use super::{ServerIdentity, Trust, fingerprint, identities};
+use super::roots::{Trust, fingerprint};
+use super::server_identity::ServerIdentity;
+use super::spiffe::identities;
 
 /// Checks servers against a [`Trust`].
 #[derive(Debug)]

@@ -1,0 +1,112 @@
+//! Who is calling: what the TLS handshake proved about the connection's peer ([`Peer`]), what
+//! the access check made of the caller ([`Caller`]), and the headers a node forwarding a
+//! request to its leader sets on the caller's behalf. Imports nothing else of the API, so the
+//! access check, the request type and forwarding can all use it.
+
+use http::HeaderMap;
+use hyphae_policies::tls::{Kind, SpiffeId};
+use rustls::pki_types::CertificateDer;
+
+use crate::node::Node;
+
+/// Header a node sets on a request it forwards to the leader; such a request is never
+/// forwarded again.
+pub const FORWARDED_HEADER: &str = "hyphae-forwarded";
+
+/// Header a node forwarding a request to its leader sets to the identity the original caller's
+/// certificate proved; honoured only from a current member.
+pub(crate) const FORWARDED_IDENTITY_HEADER: &str = "hyphae-forwarded-identity";
+
+/// Who the TLS handshake proved the connection's peer to be: the hyphae identities of this
+/// cluster's trust domain in its certificate; none for a client that sent no certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Peer {
+    ids: Vec<SpiffeId>,
+}
+
+impl Peer {
+    /// The identities in `certificate` (the leaf the client presented) in `trust_domain`.
+    pub fn from_certificate(certificate: Option<&CertificateDer<'_>>, trust_domain: &str) -> Peer {
+        let ids = certificate
+            .map(hyphae_policies::tls::identities)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|id| id.trust_domain == trust_domain)
+            .collect();
+        Peer { ids }
+    }
+
+    /// The control-plane node id it proved, if any.
+    pub fn control_plane(&self) -> Option<u64> {
+        self.ids
+            .iter()
+            .find(|id| id.kind == Kind::ControlPlane)
+            .and_then(|id| id.name.parse().ok())
+    }
+
+    /// The node (agent) it proved, if any.
+    pub fn node(&self) -> Option<&str> {
+        self.ids
+            .iter()
+            .find(|id| id.kind == Kind::Node)
+            .map(|id| id.name.as_str())
+    }
+
+    /// Every identity it proved.
+    pub fn ids(&self) -> &[SpiffeId] {
+        &self.ids
+    }
+
+    /// The identity a forwarding node passes on for it.
+    pub(crate) fn forwarded(&self) -> Option<&SpiffeId> {
+        self.ids
+            .iter()
+            .find(|id| id.kind == Kind::Node)
+            .or_else(|| self.ids.first())
+    }
+
+    /// The peer a forwarded request speaks for: when `self` (the forwarding connection) is a
+    /// current member of `node`'s cluster, the identity it passes on in `headers`, or nobody
+    /// (the original caller sent no certificate); else `self`.
+    pub(crate) fn speaking_for(self, node: &Node, headers: &HeaderMap) -> Peer {
+        if !headers.contains_key(FORWARDED_HEADER) {
+            return self;
+        }
+        match self.control_plane() {
+            Some(id) if is_member(node, id) => Peer {
+                ids: headers
+                    .get(FORWARDED_IDENTITY_HEADER)
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(SpiffeId::parse)
+                    .into_iter()
+                    .collect(),
+            },
+            _ => self,
+        }
+    }
+}
+
+/// Whether `id` is a voter or learner in `node`'s view of the membership.
+fn is_member(node: &Node, id: u64) -> bool {
+    node.raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .nodes()
+        .any(|(member, _)| *member == id)
+}
+
+/// Who a request came from, once its access was checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Caller {
+    /// Nobody needed to say (public and agent routes for now).
+    Unchecked,
+    /// The control-plane node with this id (a member calling a peer RPC, or a joining node
+    /// adding itself).
+    Member(u64),
+    /// The named token.
+    Token(String),
+    /// A token this follower does not know, perhaps created a moment ago and not yet applied
+    /// here: the request goes to the leader, which checks it against the newest table.
+    AskLeader,
+}

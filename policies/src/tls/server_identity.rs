@@ -1,0 +1,71 @@
+//! What a client asks of a server, carried in the TLS server name.
+
+use rustls::pki_types::ServerName;
+
+use super::spiffe::{Kind, SpiffeId};
+
+/// What a client requires of a server's certificate, beyond a chain to its roots. Carried as
+/// the TLS server name, so one client configuration serves every peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerIdentity {
+    /// Any control-plane node of the cluster.
+    ControlPlane,
+    /// The agent of this node.
+    Node(String),
+}
+
+/// Server name suffix that marks a node identity.
+const NODE_SUFFIX: &str = ".node.hyphae.invalid";
+/// Server name that asks for any control-plane node.
+const CONTROL_PLANE_NAME: &str = "control-plane.hyphae.invalid";
+
+impl ServerIdentity {
+    /// The TLS server name that carries it; `None` for a node name that is not a DNS label.
+    pub fn server_name(&self) -> Option<ServerName<'static>> {
+        let name = match self {
+            ServerIdentity::ControlPlane => CONTROL_PLANE_NAME.to_string(),
+            ServerIdentity::Node(node) => format!("{node}{NODE_SUFFIX}"),
+        };
+        ServerName::try_from(name).ok()
+    }
+
+    /// Reads it back from a server name.
+    pub fn from_server_name(name: &ServerName<'_>) -> Option<ServerIdentity> {
+        let ServerName::DnsName(dns) = name else {
+            return None;
+        };
+        let dns = dns.as_ref();
+        if dns == CONTROL_PLANE_NAME {
+            return Some(ServerIdentity::ControlPlane);
+        }
+        dns.strip_suffix(NODE_SUFFIX)
+            .filter(|node| !node.is_empty() && !node.contains('.'))
+            .map(|node| ServerIdentity::Node(node.to_string()))
+    }
+
+    /// Whether a server with identity `id` is what this asks for.
+    pub fn accepts(&self, id: &SpiffeId) -> bool {
+        match self {
+            ServerIdentity::ControlPlane => id.kind == Kind::ControlPlane,
+            ServerIdentity::Node(node) => id.kind == Kind::Node && id.name == *node,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_identity_survives_the_trip_through_a_server_name() {
+        for identity in [
+            ServerIdentity::ControlPlane,
+            ServerIdentity::Node("web-1".into()),
+        ] {
+            let name = identity.server_name().expect("a DNS name");
+            assert_eq!(ServerIdentity::from_server_name(&name), Some(identity));
+        }
+        let other = ServerName::try_from("example.com").expect("a name");
+        assert_eq!(ServerIdentity::from_server_name(&other), None);
+    }
+}
