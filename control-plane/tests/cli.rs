@@ -196,7 +196,7 @@ async fn canned_server(
     let credentials = Credentials::from_pem(&chain, &key).expect("credentials");
     let trust = Trust::from_pem(&root.cert_pem, None).expect("the root");
     let config =
-        tls::server_config(&credentials, &trust, true, &tls::ALPN_HTTP).expect("a TLS server");
+        tls::server_config(&credentials, &trust, true, &[b"http/1.1"]).expect("a TLS server");
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let roots = tempfile::NamedTempFile::new().expect("a root file");
     std::fs::write(roots.path(), &root.cert_pem).expect("write the root");

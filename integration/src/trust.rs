@@ -1,8 +1,8 @@
 //! What the clusters this process starts trust and hand out, looked up by any node's address:
 //! the root (to check a node's certificate), its fingerprint (what joining hosts pin), and join
-//! tokens for agents and control-plane nodes, made with the real `hyphae` CLI. [`crate::http`]
-//! talks TLS to every address registered here, [`crate::cli`] gives the CLI the root, and
-//! [`crate::agent`] gives an agent pointed at a registered node a join token.
+//! tokens for agents and control-plane nodes, made with the real `hyphae` CLI. The HTTP helpers
+//! talk TLS to every address registered here, the CLI helpers give the CLI the root, and an
+//! agent pointed at a registered node gets a join token.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -119,21 +119,23 @@ impl ClusterTrust {
         if control_plane {
             args.push("--control-plane");
         }
-        let output = crate::cli::hyphae(&self.cli, server, &args)
+        let output = std::process::Command::new(&self.cli)
+            .args(&args)
+            .env("HYPHAE_SERVER", server)
+            .env("HYPHAE_TOKEN", crate::credentials::admin_token())
+            .env("HYPHAE_CA_FILE", &self.roots_file)
+            .env_remove("HYPHAE_TOKEN_FILE")
+            .env_remove("HYPHAE_CA_FINGERPRINT")
+            .output()
             .map_err(|e| Error::Credentials(format!("cannot run {}: {e}", self.cli.display())))?;
-        if !output.success() {
+        if !output.status.success() {
             return Err(Error::Credentials(format!(
                 "hyphae token create failed: {}",
-                output.text
+                String::from_utf8_lossy(&output.stderr)
             )));
         }
-        let secret = output
-            .text
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_string();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let secret = stdout.lines().next().unwrap_or_default().trim().to_string();
         let path = self
             .dir
             .join(format!("join-token-{}", rand::random::<u32>()));
