@@ -39,16 +39,17 @@ pub fn tls_client(
 }
 
 /// A TLS connection to `address`, a node of a cluster this process started (see
-/// [`crate::trust`]), presenting `credentials` when given: for tests that speak HTTP on it
-/// themselves (long-lived streams).
+/// [`crate::trust`]), presenting `credentials` when given and offering `alpn` (`h2`,
+/// `http/1.1`): for tests that speak HTTP on it themselves (long-lived streams).
 pub async fn tls_stream(
     address: &str,
     credentials: Option<&Credentials>,
+    alpn: &[&[u8]],
 ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let unknown = || std::io::Error::other(format!("{address} is no node this process started"));
     let trust = crate::trust::of(address).ok_or_else(unknown)?;
     let config = trust
-        .client_config(credentials, &[b"http/1.1"])
+        .client_config(credentials, alpn)
         .map_err(std::io::Error::other)?;
     let (host, port) = address.rsplit_once(':').ok_or_else(unknown)?;
     let port = port.parse().map_err(|_| unknown())?;

@@ -75,7 +75,7 @@ async fn follow(
     agent: &Credentials,
 ) -> Result<(), String> {
     let since = seen.lock().expect("lock").revision;
-    let stream = tls_stream(server, Some(agent))
+    let stream = tls_stream(server, Some(agent), &[b"http/1.1"])
         .await
         .map_err(|e| e.to_string())?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -227,7 +227,9 @@ async fn a_watch_sees_every_write_once_in_order_while_its_node_is_killed() {
 /// Opens a watch at `path` on `server`: the status, and the first event when it is a stream.
 async fn first_event(server: &str, path: &str) -> (u16, Option<Value>) {
     let agent = reader_credentials(server).await;
-    let stream = tls_stream(server, Some(&agent)).await.expect("connect");
+    let stream = tls_stream(server, Some(&agent), &[b"http/1.1"])
+        .await
+        .expect("connect");
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .expect("handshake");

@@ -18,12 +18,16 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyphae_integration::cluster::Cluster;
+use hyphae_integration::http::tls_stream;
+use hyphae_integration::trust;
+use hyphae_policies::tls::Credentials;
 use hyphae_policies::watch::{WATCH_PATH, WatchEvent};
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::task::JoinSet;
+use tokio_rustls::client::TlsStream;
 
 use super::BENCH_DIR;
 use super::percentile::percentile;
@@ -399,7 +403,14 @@ impl Bench {
             .context("store the example policies")?;
         let rss_idle = rss("VmRSS")?;
 
-        let shared = Arc::new(Shared::new(agents));
+        // Every simulated agent presents one node certificate: a watch needs one, and which
+        // node it names does not matter to the stream.
+        let agent = trust::of(&leader_address.to_string())
+            .context("the cluster's root")?
+            .node_credentials(&leader_address.to_string(), "bench-agent", &[])
+            .await
+            .context("a node certificate for the simulated agents")?;
+        let shared = Arc::new(Shared::new(agents, Some(agent)));
         let mut watchers = JoinSet::new();
         let connecting = Instant::now();
         for agent in 0..agents {
@@ -614,12 +625,15 @@ struct Shared {
     errors: AtomicU64,
     /// The first of those failures.
     first_error: Mutex<Option<String>>,
+    /// The node certificate every simulated agent presents.
+    agent: Option<Credentials>,
 }
 
 impl Shared {
-    /// Slots for `agents` agents, none of which holds anything yet.
-    fn new(agents: usize) -> Shared {
+    /// Slots for `agents` agents presenting `agent`, none of which holds anything yet.
+    fn new(agents: usize, agent: Option<Credentials>) -> Shared {
         Shared {
+            agent,
             holds: (0..agents).map(|_| AtomicU64::new(0)).collect(),
             arrivals: (0..agents).map(|_| Mutex::new(Vec::new())).collect(),
             connecting: Semaphore::new(CONNECT_CONCURRENCY),
@@ -701,8 +715,8 @@ async fn stream(
     shared: &Shared,
     mut permit: Option<SemaphorePermit<'_>>,
 ) -> Result<()> {
-    let (mut sender, connection) = connect(server).await?;
-    let request = Request::get(format!("http://{server}{WATCH_PATH}"))
+    let (mut sender, connection) = connect(server, shared.agent.as_ref()).await?;
+    let request = Request::get(format!("https://{server}{WATCH_PATH}"))
         .body(Full::default())
         .context("build the watch request")?;
     let receive = async {
@@ -743,18 +757,18 @@ async fn stream(
     }
 }
 
-/// A client HTTP/2 connection (prior knowledge) to `server`: the request handle and the
-/// connection, which the caller must poll.
+/// A client HTTP/2 connection over TLS to `server`, presenting `credentials` (a watch needs a
+/// node certificate): the request handle and the connection, which the caller must poll.
 async fn connect(
     server: SocketAddr,
+    credentials: Option<&Credentials>,
 ) -> Result<(
     http2::SendRequest<Full<Bytes>>,
-    http2::Connection<TokioIo<TcpStream>, Full<Bytes>, TokioExecutor>,
+    http2::Connection<TokioIo<TlsStream<TcpStream>>, Full<Bytes>, TokioExecutor>,
 )> {
-    let stream = TcpStream::connect(server)
+    let stream = tls_stream(&server.to_string(), credentials, &[b"h2"])
         .await
         .with_context(|| format!("connect to {server}"))?;
-    stream.set_nodelay(true).context("set TCP_NODELAY")?;
     http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
         .await
         .with_context(|| format!("HTTP/2 handshake with {server}"))
@@ -762,7 +776,7 @@ async fn connect(
 
 /// `POST /v1/policies` of `yaml` to `server`: the revision written and when the answer was read.
 async fn apply(server: SocketAddr, yaml: String) -> Result<(u64, Instant)> {
-    let request = Request::post(format!("http://{server}/v1/policies"))
+    let request = Request::post(format!("https://{server}/v1/policies"))
         .header(header::CONTENT_TYPE, "application/yaml")
         .header(
             header::AUTHORIZATION,
@@ -771,7 +785,7 @@ async fn apply(server: SocketAddr, yaml: String) -> Result<(u64, Instant)> {
         .body(Full::new(Bytes::from(yaml)))
         .context("build the write")?;
     let exchange = async {
-        let (mut sender, connection) = connect(server).await?;
+        let (mut sender, connection) = connect(server, None).await?;
         let answer = async {
             let response = sender.send_request(request).await?;
             let status = response.status();
@@ -977,7 +991,7 @@ mod tests {
 
     #[test]
     fn arrivals_are_the_first_at_or_after_the_revision() {
-        let shared = Shared::new(2);
+        let shared = Shared::new(2, None);
         let start = Instant::now();
         shared.received(0, 5, start);
         shared.received(0, 7, start + Duration::from_millis(2));
