@@ -63,11 +63,8 @@ impl ApiClient {
             .build()
             .context("cannot start the client runtime")?;
         let server = server.trim_end_matches('/');
-        if server.starts_with("http://") {
-            bail!(
-                "the control plane speaks only TLS: use https://{} or host:port",
-                &server[7..]
-            );
+        if let Some(rest) = server.strip_prefix("http://") {
+            bail!("the control plane speaks only TLS: use https://{rest} or host:port");
         }
         let server = if server.starts_with("https://") {
             server.to_string()
