@@ -16,6 +16,7 @@ use crate::admin::{self, Admin};
 use crate::config::AgentConfig;
 use crate::control_plane_client::ControlPlaneClient;
 use crate::health::{self, HealthTable};
+use crate::identity::{self, IdentitySlot};
 use crate::listener::{ConnectionLimit, Listener};
 use crate::model::Snapshot;
 use crate::proxy::Proxy;
@@ -87,7 +88,17 @@ impl Daemon {
             keep_alive_timeout: DEFAULT_KEEP_ALIVE_TIMEOUT,
             max_header_list_size: limits.max_header_bytes,
         };
-        let tunnels = Tunnels::new(tunnel_settings.clone());
+        // The node's certificate: saved (a join's, or its operator's), or to come from a join.
+        let identity: IdentitySlot = Arc::default();
+        match identity::saved(config)? {
+            Some(saved) => identity.store(Some(Arc::new(saved))),
+            None if config.spec.control_plane.is_empty() => tracing::error!(
+                dir = %identity::tls_dir(config).display(),
+                "this agent has no certificate and no control plane to join: peer agents cannot call it and it cannot call them; put its certificate there (`hyphae ca issue`)"
+            ),
+            None => {}
+        }
+        let tunnels = Tunnels::to_peers(tunnel_settings.clone(), Arc::clone(&identity));
         let clients = Arc::new(LocalClients::new(tunnel_settings));
         // Connections and the byte streams they splice share one tracker: a drain waits for both.
         let connections = TaskTracker::new();
@@ -162,8 +173,9 @@ impl Daemon {
         let control_plane =
             ControlPlaneClient::new(config.spec.control_plane.clone(), limits.max_header_bytes);
         if !config.spec.control_plane.is_empty() {
-            daemon.registrar.spawn(crate::identity::run(
+            daemon.registrar.spawn(identity::run(
                 config.clone(),
+                Arc::clone(&identity),
                 control_plane.clone(),
                 daemon.stop_registrar.clone(),
             ));
@@ -199,10 +211,12 @@ impl Daemon {
             daemon.connections.clone(),
             {
                 let proxy = Arc::clone(&proxy);
+                let identity = Arc::clone(&identity);
                 move |stream, peer, shutdown| {
                     inbound::serve(
                         Arc::clone(&proxy),
                         Arc::clone(&clients),
+                        Arc::clone(&identity),
                         stream,
                         peer,
                         shutdown,

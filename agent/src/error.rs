@@ -117,6 +117,14 @@ pub enum ProxyError {
     /// The peer agent has no local instance of the requested service.
     #[error("service `{0}` has no instance on this host")]
     NoLocalInstance(String),
+    /// The service's access policy does not admit the caller for this request.
+    #[error("service `{service}` does not admit `{caller}` for this request (AccessPolicy)")]
+    Denied {
+        /// The service called.
+        service: String,
+        /// The caller, as its certificate names it.
+        caller: String,
+    },
 }
 
 impl ProxyError {
@@ -125,6 +133,7 @@ impl ProxyError {
         match self {
             ProxyError::UnknownService(_) | ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Denied { .. } => StatusCode::FORBIDDEN,
             ProxyError::NoEndpoints(_)
             | ProxyError::Overloaded { .. }
             | ProxyError::NoLocalInstance(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -152,15 +161,17 @@ impl ProxyError {
             ProxyError::Overloaded { limit, .. } => limit,
             ProxyError::BadRequest(_) => "bad-request",
             ProxyError::NoLocalInstance(_) => "no-local-instance",
+            ProxyError::Denied { .. } => "denied",
         }
     }
 
     /// Who is at fault.
     pub fn side(&self) -> Side {
         match self {
-            ProxyError::UnknownService(_) | ProxyError::NoRoute(_) | ProxyError::BadRequest(_) => {
-                Side::Caller
-            }
+            ProxyError::UnknownService(_)
+            | ProxyError::NoRoute(_)
+            | ProxyError::BadRequest(_)
+            | ProxyError::Denied { .. } => Side::Caller,
             ProxyError::NoEndpoints(_) | ProxyError::Overloaded { .. } => Side::Agent,
             ProxyError::ConnectFailed { .. }
             | ProxyError::ConnectTimeout(_)

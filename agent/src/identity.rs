@@ -10,12 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use arc_swap::ArcSwapOption;
 use hyphae_policies::registry::{JOIN_PATH, JoinRequest, Joined, RENEW_PATH, RenewRequest};
 use hyphae_policies::secret_file;
 use hyphae_policies::tls::files::CertificateFiles;
 use hyphae_policies::tls::join::{key_and_request, post_pinned};
 use hyphae_policies::tls::{self, Credentials, Kind, Trust};
-use rustls::ClientConfig;
+use rustls::{ClientConfig, ServerConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentConfig;
@@ -34,17 +35,35 @@ const RENEW_TIMEOUT: Duration = Duration::from_secs(10);
 /// From when before expiry the agent warns at every check that it could not renew.
 const EXPIRY_WARNING: Duration = Duration::from_secs(3600);
 
-/// The host's certificate, the roots it trusts and the clients built from them.
+/// The host's certificate, the roots it trusts and the TLS configurations built from them.
 #[derive(Debug, Clone)]
 pub struct Identity {
     /// Where it is kept.
     pub files: CertificateFiles,
     /// Its certificate and key; replaced on renewal.
     pub credentials: Credentials,
-    /// The roots.
+    /// The roots, and the trust domain every peer must be in.
     pub trust: Trust,
     /// How it talks to the control plane: HTTP/2, presenting its certificate.
     pub control_plane: Arc<ClientConfig>,
+    /// How it talks to peer agents: HTTP/2, presenting its certificate, checking theirs.
+    pub peers: Arc<ClientConfig>,
+    /// How its inbound port answers peer agents: HTTP/2, a client certificate required.
+    pub inbound: Arc<ServerConfig>,
+}
+
+/// Where the agent's identity is, once it has one: shared by the parts that use it (the
+/// tunnel to peers, the inbound port), filled by [`run`], replaced never (renewal replaces the
+/// certificate inside [`Identity::credentials`]).
+pub type IdentitySlot = Arc<ArcSwapOption<Identity>>;
+
+/// The folder of the agent's TLS files under `config`.
+pub fn tls_dir(config: &AgentConfig) -> std::path::PathBuf {
+    config
+        .spec
+        .tls_dir
+        .clone()
+        .unwrap_or_else(|| config.spec.data_dir.join("tls"))
 }
 
 impl Identity {
@@ -60,8 +79,11 @@ impl Identity {
             .map(|id| id.trust_domain)
             .context("the saved certificate names no node")?;
         let trust = Trust::from_pem(&material.roots, Some(&domain))?;
+        let h2 = tls::ALPN_H2;
         Ok(Identity {
-            control_plane: tls::client_config(&trust, Some(&credentials), &tls::ALPN_H2)?,
+            control_plane: tls::client_config(&trust, Some(&credentials), &h2)?,
+            peers: tls::client_config(&trust, Some(&credentials), &h2)?,
+            inbound: tls::server_config(&credentials, &trust, false, &h2)?,
             files,
             credentials,
             trust,
@@ -83,38 +105,50 @@ impl Identity {
     }
 }
 
-/// Gets the host's identity (the saved one, or a join when there is none, retried while the
-/// control plane cannot be reached), hands it to `control_plane`, then keeps it renewed, until
-/// `shutdown`. Meanwhile the agent serves what it has (its saved state, its static services);
-/// its control-plane requests fail with "no certificate" and are retried.
+/// The identity saved in the agent's TLS folder, if there is one (an error when it is there
+/// but cannot be used).
+pub fn saved(config: &AgentConfig) -> anyhow::Result<Option<Identity>> {
+    let files = CertificateFiles::new(tls_dir(config));
+    if !files.exist() {
+        return Ok(None);
+    }
+    Identity::open(files).map(Some).with_context(|| {
+        format!(
+            "the certificate in {} cannot be used",
+            tls_dir(config).display()
+        )
+    })
+}
+
+/// Completes `slot` with a join when it is empty (retried while the control plane cannot be
+/// reached), hands the identity to `control_plane`, then keeps it renewed, until `shutdown`.
+/// Meanwhile the agent serves what it has (its saved state); its control-plane requests fail
+/// with "no certificate" and are retried, and calls to and from peer agents are refused.
 pub async fn run(
     config: AgentConfig,
+    slot: IdentitySlot,
     control_plane: ControlPlaneClient,
     shutdown: CancellationToken,
 ) {
-    let Some(identity) = acquire(&config, &shutdown).await else {
-        return;
+    let identity = match slot.load_full() {
+        Some(identity) => identity,
+        None => {
+            let Some(joined) = join(&config, &shutdown).await else {
+                return;
+            };
+            let joined = Arc::new(joined);
+            slot.store(Some(Arc::clone(&joined)));
+            joined
+        }
     };
     control_plane.use_tls(Arc::clone(&identity.control_plane));
-    keep_renewed(identity, control_plane, shutdown).await;
+    keep_renewed((*identity).clone(), control_plane, shutdown).await;
 }
 
-/// The saved identity, or a new one from a join; `None` when there is none to be had (no
-/// join settings, a refused token: said in the log) or at `shutdown`.
-async fn acquire(config: &AgentConfig, shutdown: &CancellationToken) -> Option<Identity> {
-    let files = CertificateFiles::new(config.spec.data_dir.join("tls"));
-    if files.exist() {
-        return match Identity::open(files) {
-            Ok(identity) => Some(identity),
-            Err(error) => {
-                tracing::error!(
-                    error = format!("{error:#}"),
-                    "this node's saved certificate cannot be used; remove the data directory's tls/ folder and join again"
-                );
-                None
-            }
-        };
-    }
+/// A new identity from a join; `None` when there is none to be had (no join settings, a
+/// refused token: said in the log) or at `shutdown`.
+async fn join(config: &AgentConfig, shutdown: &CancellationToken) -> Option<Identity> {
+    let files = CertificateFiles::new(tls_dir(config));
     let join = &config.spec.join;
     let (Some(fingerprint), Some(token_file)) = (&join.ca_fingerprint, &join.token_file) else {
         tracing::error!(

@@ -21,6 +21,7 @@
 //! drains them; [`admin`] and [`metrics`] show what is going on.
 
 pub mod admin;
+pub mod authz;
 pub mod balance;
 pub mod body;
 pub mod circuit;

@@ -49,6 +49,10 @@ struct Args {
     /// `spec.join.caFingerprint`; `hyphae ca` prints it).
     #[arg(long, value_name = "HEX", conflicts_with = "dev")]
     ca_fingerprint: Option<String>,
+    /// Where the node's certificate, key and roots are (instead of `spec.tlsDir`, default
+    /// `<dataDir>/tls`).
+    #[arg(long, value_name = "DIR")]
+    tls_dir: Option<PathBuf>,
 }
 
 /// Where the configuration is read from when `--config` is not given.
@@ -91,6 +95,9 @@ fn main() -> ExitCode {
         }
         if let Some(fingerprint) = &args.ca_fingerprint {
             config.spec.join.ca_fingerprint = Some(fingerprint.clone());
+        }
+        if let Some(dir) = &args.tls_dir {
+            config.spec.tls_dir = Some(dir.clone());
         }
     }
     if args.check

@@ -48,6 +48,11 @@ pub const CONTROL_PLANE_STALENESS: &str = "hyphae_control_plane_staleness_second
 /// fresh one, else 0.
 pub const SAVED_SNAPSHOT_UNREADABLE: &str = "hyphae_saved_snapshot_unreadable";
 
+/// Inbound calls an access policy refused, by caller (node) and service.
+pub const ACCESS_DENIED: &str = "hyphae_access_denied_total";
+/// Inbound connections refused at the TLS handshake (no certificate, another CA, plaintext).
+pub const INBOUND_TLS_REFUSED: &str = "hyphae_inbound_tls_refused_total";
+
 /// Seconds until this node's certificate expires (renewed at two thirds of its life).
 pub const CERTIFICATE_EXPIRY: &str = "hyphae_certificate_expiry_seconds";
 
@@ -64,6 +69,14 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
             &DURATION_BUCKETS,
         )?
         .install_recorder()?;
+    describe_counter!(
+        ACCESS_DENIED,
+        "Inbound calls an access policy refused (403 hyphae-error: denied), by caller node and service."
+    );
+    describe_counter!(
+        INBOUND_TLS_REFUSED,
+        "Inbound connections refused at the TLS handshake: no certificate, one from another CA, plaintext."
+    );
     describe_gauge!(
         CERTIFICATE_EXPIRY,
         metrics::Unit::Seconds,

@@ -54,6 +54,9 @@ pub struct Snapshot {
     /// The same instances as the inbound path addresses them, by service name.
     #[serde(skip)]
     pub instances: BTreeMap<String, LocalInstance>,
+    /// Access policies by the service they protect (the inbound listener enforces those of
+    /// this host's services).
+    pub access: BTreeMap<String, AccessPolicySpec>,
     /// Local ports that lead to services.
     pub upstreams: Vec<Upstream>,
     /// Resource limits.
@@ -219,6 +222,7 @@ impl Snapshot {
                 .collect(),
             upstreams: config.spec.upstreams.clone(),
             limits: config.spec.limits.clone(),
+            access,
         }
     }
 

@@ -1,7 +1,9 @@
-//! Agent-to-agent transport: one pooled, multiplexed HTTP/2 connection per peer agent, opened on
-//! first use and replaced when it dies or refuses a request unprocessed (GOAWAY). The inbound
-//! side uses the same pool toward local HTTP/2 instances. Never opens a second connection while
-//! one is opening, and never leaves a connection running after [`Tunnels::close`].
+//! Agent-to-agent transport: one pooled, multiplexed HTTP/2 connection per peer agent over
+//! mutual TLS (this node's certificate; the peer must present the node identity the endpoint
+//! names), opened on first use and replaced when it dies or refuses a request unprocessed
+//! (GOAWAY). The inbound side uses the same pool, in plaintext, toward local HTTP/2 instances
+//! on this host. Never opens a second connection while one is opening, and never leaves a
+//! connection running after [`Tunnels::close`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -13,6 +15,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyphae_policies::ErrorChain;
+use hyphae_policies::tls::ServerIdentity;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -20,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::body::Body;
 use crate::circuit::Limit;
 use crate::error::{Cause, ProxyError};
+use crate::identity::IdentitySlot;
 
 /// Settings of peer connections.
 #[derive(Clone, Debug)]
@@ -93,10 +97,17 @@ impl PeerSlot {
     }
 }
 
+/// A peer: its address and the node it must prove to be (any node of the mesh when the
+/// endpoint does not name one).
+type PeerKey = (SocketAddr, Option<Arc<str>>);
+
 /// The pool of peer connections.
 pub struct Tunnels {
     settings: TunnelSettings,
-    peers: Mutex<HashMap<SocketAddr, Arc<PeerSlot>>>,
+    peers: Mutex<HashMap<PeerKey, Arc<PeerSlot>>>,
+    /// Toward peer agents: the identity whose certificate connections present (none yet:
+    /// every connect fails); `None` toward local instances, which are reached in plaintext.
+    identity: Option<IdentitySlot>,
     /// Owns each connection's driver task.
     connections: TaskTracker,
     /// Ends every connection once the calls that used them have drained.
@@ -104,10 +115,21 @@ pub struct Tunnels {
 }
 
 impl Tunnels {
-    /// An empty pool.
+    /// An empty pool of plaintext connections, toward local instances on this host.
     pub fn new(settings: TunnelSettings) -> Self {
+        Tunnels::with_identity(settings, None)
+    }
+
+    /// An empty pool of mutual-TLS connections toward peer agents, presenting the
+    /// certificate in `identity` once it holds one.
+    pub fn to_peers(settings: TunnelSettings, identity: IdentitySlot) -> Self {
+        Tunnels::with_identity(settings, Some(identity))
+    }
+
+    fn with_identity(settings: TunnelSettings, identity: Option<IdentitySlot>) -> Self {
         Tunnels {
             settings,
+            identity,
             peers: Mutex::new(HashMap::new()),
             connections: TaskTracker::new(),
             closing: CancellationToken::new(),
@@ -123,14 +145,15 @@ impl Tunnels {
         self.connections.wait().await;
     }
 
-    /// Sends `request` to `peer` (a peer agent, or a local HTTP/2 instance), connecting first
-    /// if needed. While the request waits for a connection or a free stream it holds a slot of
+    /// Sends `request` to `peer` (a peer agent, which must prove to be `node` when given, or a
+    /// local HTTP/2 instance), connecting first if needed. While the request waits for a connection or a free stream it holds a slot of
     /// `pending` (when given); when none is free it is refused at once. A request the peer did
     /// not process fails with [`ProxyError::Unprocessed`], and the connection that refused it
     /// is not used again, so a resend goes on a new one.
     pub async fn send(
         &self,
         peer: SocketAddr,
+        node: Option<&str>,
         connect_timeout: Duration,
         request: Request<Body>,
         pending: Option<Pending<'_>>,
@@ -144,7 +167,7 @@ impl Tunnels {
             })?),
             None => None,
         };
-        let (slot, mut sender, number) = self.sender(peer, connect_timeout).await?;
+        let (slot, mut sender, number) = self.sender(peer, node, connect_timeout).await?;
         let result = match sender.ready().await {
             // A connection that cannot take a request has closed: this one was never sent.
             Err(error) => Err(ProxyError::Unprocessed(Cause::new(error))),
@@ -169,11 +192,12 @@ impl Tunnels {
     async fn sender(
         &self,
         peer: SocketAddr,
+        node: Option<&str>,
         connect_timeout: Duration,
     ) -> Result<(Arc<PeerSlot>, SendRequest<Body>, u64), ProxyError> {
         let slot = {
             let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-            Arc::clone(peers.entry(peer).or_default())
+            Arc::clone(peers.entry((peer, node.map(Arc::from))).or_default())
         };
         if let Some((sender, number)) = slot.open() {
             return Ok((slot, sender, number));
@@ -186,7 +210,7 @@ impl Tunnels {
         }
         // Boxed: the handshake's state is large and needed once per connection, so it should
         // not make every request's future larger.
-        let sender = tokio::time::timeout(connect_timeout, Box::pin(self.connect(peer)))
+        let sender = tokio::time::timeout(connect_timeout, Box::pin(self.connect(peer, node)))
             .await
             .map_err(|_| ProxyError::ConnectTimeout(peer.to_string()))??;
         let number = slot.replace(sender.clone());
@@ -194,7 +218,11 @@ impl Tunnels {
         Ok((slot, sender, number))
     }
 
-    async fn connect(&self, peer: SocketAddr) -> Result<SendRequest<Body>, ProxyError> {
+    async fn connect(
+        &self,
+        peer: SocketAddr,
+        node: Option<&str>,
+    ) -> Result<SendRequest<Body>, ProxyError> {
         let failed = |reason: Cause| ProxyError::ConnectFailed {
             address: peer.to_string(),
             reason,
@@ -205,15 +233,43 @@ impl Tunnels {
         stream
             .set_nodelay(true)
             .map_err(|e| failed(Cause::new(e)))?;
+        let Some(slot) = &self.identity else {
+            return self.handshake(peer, TokioIo::new(stream)).await;
+        };
+        let identity = slot
+            .load_full()
+            .ok_or_else(|| failed("this agent has no certificate yet".into()))?;
+        let server = node.map_or(ServerIdentity::AnyNode, |node| {
+            ServerIdentity::Node(node.to_string())
+        });
+        let name = server
+            .server_name()
+            .ok_or_else(|| failed(format!("`{node:?}` cannot be a node identity").into()))?;
+        let stream = tokio_rustls::TlsConnector::from(Arc::clone(&identity.peers))
+            .connect(name, stream)
+            .await
+            .map_err(|e| failed(Cause::new(e)))?;
+        self.handshake(peer, TokioIo::new(stream)).await
+    }
+
+    /// The HTTP/2 handshake on `io`; the connection's driver runs until it ends or the pool
+    /// closes.
+    async fn handshake<T>(&self, peer: SocketAddr, io: T) -> Result<SendRequest<Body>, ProxyError>
+    where
+        T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
         let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(self.settings.keep_alive_interval)
             .keep_alive_timeout(self.settings.keep_alive_timeout)
             .keep_alive_while_idle(true)
             .max_header_list_size(self.settings.max_header_list_size)
-            .handshake(TokioIo::new(stream))
+            .handshake(io)
             .await
-            .map_err(|e| failed(Cause::new(e)))?;
+            .map_err(|e| ProxyError::ConnectFailed {
+                address: peer.to_string(),
+                reason: Cause::new(e),
+            })?;
         let closing = self.closing.clone();
         self.connections.spawn(async move {
             tokio::select! {

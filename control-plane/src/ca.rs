@@ -196,6 +196,46 @@ pub fn sign(
     Ok(cert.pem())
 }
 
+/// File of an operator's root certificate, in its directory (`hyphae ca create`).
+pub const ROOT_FILE: &str = "ca.pem";
+/// File of an operator's root key, in its directory (owner-only).
+pub const ROOT_KEY_FILE: &str = "ca-key.pem";
+
+/// An operator's root and its key from `dir` (`ca.pem`, and `ca-key.pem` readable only by its
+/// owner): for `hyphae ca issue`, and `--init --ca-dir` to start a cluster with it.
+pub fn load_dir(dir: &std::path::Path) -> anyhow::Result<StoredCa> {
+    use anyhow::Context;
+    let cert_pem = std::fs::read_to_string(dir.join(ROOT_FILE))
+        .with_context(|| format!("cannot read {}", dir.join(ROOT_FILE).display()))?;
+    let key_pem = hyphae_policies::secret_file::read_pem(&dir.join(ROOT_KEY_FILE))?;
+    let der = hyphae_policies::tls::certificates(&cert_pem)?;
+    KeyPair::from_pem(&key_pem)
+        .with_context(|| format!("{} holds no usable key", dir.join(ROOT_KEY_FILE).display()))?;
+    Ok(StoredCa {
+        fingerprint: fingerprint(der[0].as_ref()),
+        cert_pem,
+        key_pem,
+    })
+}
+
+/// A new key and a certificate for it naming `identities`, signed by `root`: the chain (leaf,
+/// then root) and the key, PEM. For hosts whose key is made where the root's key is: a
+/// control-plane node's own certificate, and `hyphae ca issue` for an operator's own PKI.
+pub fn issue(
+    root: &StoredCa,
+    identities: &[String],
+    now_ms: u64,
+    lifetime_ms: u64,
+) -> Result<(String, String), CaError> {
+    let key = KeyPair::generate().map_err(CaError::Build)?;
+    let csr = CertificateParams::default()
+        .serialize_request(&key)
+        .and_then(|request| request.pem())
+        .map_err(CaError::Build)?;
+    let leaf = sign(root, &csr, identities, now_ms, lifetime_ms)?;
+    Ok((format!("{leaf}{}", root.cert_pem), key.serialize_pem()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

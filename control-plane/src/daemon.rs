@@ -50,6 +50,8 @@ pub enum Start {
     Init {
         /// The bootstrap admin token's secret.
         bootstrap_secret: String,
+        /// The operator's root to start the cluster with; a new one is made when `None`.
+        root: Option<crate::ca::StoredCa>,
     },
 }
 
@@ -77,12 +79,13 @@ impl RunningNode {
             .collect();
         let (tls, joined) = match (pki::load(&spec.data_dir, &trust_domain)?, &start) {
             (Some(tls), _) => (tls, false),
-            (None, Start::Init { .. }) => (
+            (None, Start::Init { root, .. }) => (
                 pki::found(
                     &spec.data_dir,
                     &trust_domain,
                     spec.id,
                     spec.certificates.lifetime.get(),
+                    root.clone(),
                 )?,
                 false,
             ),
@@ -127,7 +130,10 @@ impl RunningNode {
                 shutdown.clone(),
             )));
         }
-        if let Start::Init { bootstrap_secret } = start {
+        if let Start::Init {
+            bootstrap_secret, ..
+        } = start
+        {
             match node.initialize().await {
                 Ok(true) => tracing::info!("initialized a new cluster"),
                 Ok(false) => {}

@@ -108,17 +108,22 @@ pub fn load(data_dir: &Path, trust_domain: &str) -> anyhow::Result<Option<NodeTl
     NodeTls::open(files, trust_domain).map(Some)
 }
 
-/// On the node that initializes a cluster: makes the cluster's root and this node's
-/// certificate, and writes them (the root's key too, until the cluster stores it).
+/// On the node that initializes a cluster: makes the cluster's root (or takes the operator's
+/// `root`) and this node's certificate, and writes them (the root's key too, until the
+/// cluster stores it).
 pub fn found(
     data_dir: &Path,
     trust_domain: &str,
     id: u64,
     lifetime: Duration,
+    root: Option<StoredCa>,
 ) -> anyhow::Result<NodeTls> {
     let files = CertificateFiles::new(tls_dir(data_dir));
     let now = crate::tokens::now_ms();
-    let root = ca::generate(trust_domain, now)?;
+    let root = match root {
+        Some(root) => root,
+        None => ca::generate(trust_domain, now)?,
+    };
     let (chain, key) = issue(&root, trust_domain, id, now, lifetime)?;
     files.save_private(ROOT_KEY_FILE, &root.key_pem)?;
     files.save(Some(&root.cert_pem), &chain, &key)?;
@@ -135,11 +140,9 @@ pub fn issue(
     now_ms: u64,
     lifetime: Duration,
 ) -> anyhow::Result<(String, String)> {
-    let (key, csr) = key_and_request()?;
     let identity = SpiffeId::new(trust_domain, Kind::ControlPlane, &id.to_string()).to_string();
     let lifetime_ms = u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX);
-    let leaf = ca::sign(root, &csr, &[identity], now_ms, lifetime_ms)?;
-    Ok((format!("{leaf}{}", root.cert_pem), key))
+    Ok(ca::issue(root, &[identity], now_ms, lifetime_ms)?)
 }
 
 /// Joins a cluster through one of `seeds` (tried in turn): pins the root by the ticket's

@@ -34,6 +34,7 @@ fn assert_refused(answer: &str, status: u16, reason: &str) {
 fn init() -> Start {
     Start::Init {
         bootstrap_secret: admin_token().to_string(),
+        root: None,
     }
 }
 

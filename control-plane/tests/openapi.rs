@@ -15,6 +15,7 @@ use hyphae_policies::ControlPlaneConfigSpec;
 fn init() -> Start {
     Start::Init {
         bootstrap_secret: hyphae_integration::credentials::admin_token().to_string(),
+        root: None,
     }
 }
 

@@ -32,28 +32,72 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// The command that runs `binary` on `config`, logging warnings and errors as text on
-    /// stderr; add arguments or environment to it, then hand it to [`Agent::spawn`]. An agent
-    /// whose config names a node of a cluster this process started joins it with that
-    /// cluster's agent token and pinned root (see [`crate::trust`]).
-    pub fn command(binary: &Path, config: &Path) -> Command {
+    /// Like [`Agent::command`], with no certificate or join settings added.
+    fn plain_command(binary: &Path, config: &Path) -> Command {
         let mut command = Command::new(binary);
         command
             .arg("--config")
             .arg(config)
             .args(["--log-format", "human"])
             .env("HYPHAE_LOG", "warn");
+        command
+    }
+}
+
+/// The node name in an agent config's text (`metadata: {name: X}` or `name: X` under
+/// `metadata:`).
+fn node_name(text: &str) -> Option<String> {
+    let after = &text[text.find("metadata:")? + "metadata:".len()..];
+    let after = &after[after.find("name:")? + "name:".len()..];
+    let name: String = after
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_' || *c == '.')
+        .collect();
+    (!name.is_empty()).then_some(name)
+}
+
+/// The services an agent config's text hosts (`- {name: X, port: N...}` entries).
+fn hosted_services(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|line| line.trim().strip_prefix("- {name: "))
+        .filter(|rest| rest.contains("port:"))
+        .filter_map(|rest| rest.split([',', '}']).next())
+        .map(|name| name.trim().to_string())
+        .collect()
+}
+
+impl Agent {
+    /// The command that runs `binary` on `config`, logging warnings and errors as text on
+    /// stderr; add arguments or environment to it, then hand it to [`Agent::spawn`]. An agent
+    /// whose config names a node of a cluster this process started joins it with that
+    /// cluster's agent token and pinned root (see [`crate::trust`]).
+    pub fn command(binary: &Path, config: &Path) -> Command {
+        let mut command = Agent::plain_command(binary, config);
         let text = std::fs::read_to_string(config).unwrap_or_default();
-        if let Some((server, trust)) = crate::trust::named_in(&text) {
-            match trust.agent_token_file(&server) {
-                Ok(token_file) => {
-                    command
-                        .arg("--join-token-file")
-                        .arg(token_file)
-                        .arg("--ca-fingerprint")
-                        .arg(&trust.fingerprint);
+        if text.contains("controlPlane:") {
+            if let Some((server, trust)) = crate::trust::named_in(&text) {
+                match trust.agent_token_file(&server) {
+                    Ok(token_file) => {
+                        command
+                            .arg("--join-token-file")
+                            .arg(token_file)
+                            .arg("--ca-fingerprint")
+                            .arg(&trust.fingerprint);
+                    }
+                    Err(error) => eprintln!("cannot give the agent a join token: {error}"),
                 }
-                Err(error) => eprintln!("cannot give the agent a join token: {error}"),
+            }
+        } else if let Some(node) = node_name(&text) {
+            // An agent without a control plane gets its certificate from its operator: here,
+            // the process's shared root.
+            let out = config.with_file_name(format!("{node}-tls-{:08x}", rand::random::<u32>()));
+            let cli = binary.with_file_name("hyphae");
+            match crate::trust::issue_static(&cli, &node, &hosted_services(&text), &out) {
+                Ok(()) => {
+                    command.arg("--tls-dir").arg(&out);
+                }
+                Err(error) => eprintln!("cannot give the agent a certificate: {error}"),
             }
         }
         command
@@ -96,7 +140,14 @@ impl Agent {
         config: &Path,
         args: &[S],
     ) -> Result<Agent, Error> {
-        Agent::spawn(name, Agent::command(binary, config).args(args), config)
+        let dev = args.iter().any(|arg| arg.as_ref() == "--dev");
+        let mut command = if dev {
+            // A `--dev` agent joins its own control plane.
+            Agent::plain_command(binary, config)
+        } else {
+            Agent::command(binary, config)
+        };
+        Agent::spawn(name, command.args(args), config)
     }
 
     /// Writes `yaml` to `dir/<name>.yaml` and starts `binary` on it.

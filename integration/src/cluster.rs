@@ -104,6 +104,11 @@ impl Node {
                 .arg("--init")
                 .arg("--bootstrap-token-file")
                 .arg(&token_file);
+            // Every cluster of the process shares one root with the static agents it starts.
+            let cli = self.binary.with_file_name("hyphae");
+            command
+                .arg("--ca-dir")
+                .arg(crate::trust::shared_root(&cli)?);
         } else if let Some((token_file, fingerprint)) = &self.ticket
             && !self.has_certificate()
         {

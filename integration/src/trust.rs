@@ -209,3 +209,60 @@ impl ClusterTrust {
         Credentials::from_pem(&chain, &key).map_err(|e| fail(e.to_string()))
     }
 }
+
+/// The root every cluster and static agent this process starts shares (made once, with the
+/// real `hyphae ca create`, in a directory that lives as long as the process): so agents
+/// without a control plane (their certificates issued from it with `hyphae ca issue`) and
+/// agents that joined a cluster (started with `--init --ca-dir` on it) trust each other.
+/// `cli` is the `hyphae` binary.
+pub fn shared_root(cli: &Path) -> Result<&'static Path, Error> {
+    static ROOT: OnceLock<Result<tempfile::TempDir, String>> = OnceLock::new();
+    let made = ROOT.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("hyphae-test-ca-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        let output = std::process::Command::new(cli)
+            .args(["ca", "create", "--dir"])
+            .arg(dir.path())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", cli.display()))?;
+        if !output.status.success() {
+            return Err(format!(
+                "hyphae ca create failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        Ok(dir)
+    });
+    match made {
+        Ok(dir) => Ok(dir.path()),
+        Err(why) => Err(Error::Credentials(why.clone())),
+    }
+}
+
+/// Issues a node certificate for `node` hosting `services` from the [`shared_root`] into
+/// `out` (a TLS directory an agent takes with `--tls-dir`).
+pub fn issue_static(cli: &Path, node: &str, services: &[String], out: &Path) -> Result<(), Error> {
+    let root = shared_root(cli)?;
+    let mut command = std::process::Command::new(cli);
+    command
+        .args(["ca", "issue", "--ca"])
+        .arg(root)
+        .args(["--node", node, "--out"])
+        .arg(out);
+    for service in services {
+        command.args(["--service", service]);
+    }
+    let output = command
+        .output()
+        .map_err(|e| Error::Credentials(format!("cannot run {}: {e}", cli.display())))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(Error::Credentials(format!(
+            "hyphae ca issue failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )))
+    }
+}

@@ -26,6 +26,12 @@ pub struct AgentConfigSpec {
     #[serde(skip_serializing_if = "AgentJoin::is_empty")]
     #[cfg_attr(test, proptest(value = "AgentJoin::default()"))]
     pub join: AgentJoin,
+    /// Where the node's certificate, key and roots are (`ca.pem`, `node.pem`,
+    /// `node-key.pem`); default `<dataDir>/tls`. A join writes them there; an agent without a
+    /// control plane needs them from its operator (`hyphae ca issue`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, proptest(value = "None"))]
+    pub tls_dir: Option<PathBuf>,
     /// Where peer agents reach this node's inbound listener, as registered with the control
     /// plane; unset means `listeners.inbound`, or when that is a wildcard address, this host's
     /// address on the route to the control plane.
@@ -59,6 +65,7 @@ impl Default for AgentConfigSpec {
             site: "default".to_string(),
             control_plane: Vec::new(),
             join: AgentJoin::default(),
+            tls_dir: None,
             advertise: None,
             data_dir: PathBuf::from("/var/lib/hyphae"),
             listeners: Listeners::default(),

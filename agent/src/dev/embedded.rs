@@ -65,7 +65,10 @@ impl DevControlPlane {
         let token_file = data_dir.join(BOOTSTRAP_TOKEN_FILE);
         let (bootstrap_secret, _) = secret_file::read_or_create(&token_file)
             .context("cannot keep the dev control plane's admin token")?;
-        let start = Start::Init { bootstrap_secret };
+        let start = Start::Init {
+            bootstrap_secret,
+            root: None,
+        };
         let running = RunningNode::start(config, start)
             .await
             .context("cannot start the dev control plane")?;

@@ -95,6 +95,7 @@ impl Chosen<'_> {
             .tunnels
             .send(
                 address,
+                self.endpoint.node.as_deref(),
                 target.policy.timeouts.connect.get(),
                 request,
                 Some(pending),

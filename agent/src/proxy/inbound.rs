@@ -22,8 +22,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::headers::{DESTINATION, path_or_root, request_authority, strip_hop_by_hop};
 use super::{Proxy, error_response, pipe, stream, without_body_for_head};
+use crate::authz::{self, Caller};
 use crate::body::{self, Body};
 use crate::error::{Cause, ProxyError};
+use crate::identity::IdentitySlot;
 use crate::model::LocalInstance;
 use crate::replay::ReplayBody;
 use crate::retry::{is_unprocessed, resend_unprocessed};
@@ -60,19 +62,51 @@ impl LocalClients {
     }
 }
 
-/// Serves one connection from a peer agent.
+/// Serves one connection from a peer agent: mutual TLS first (the peer must present a node
+/// certificate of this mesh's CA; plaintext, no certificate or another CA's end the connection
+/// at the handshake), then HTTP/2 requests, each checked against its service's access policy.
 pub async fn serve(
     proxy: Arc<Proxy>,
     clients: Arc<LocalClients>,
+    identity: IdentitySlot,
     stream: TcpStream,
     peer: SocketAddr,
     shutdown: CancellationToken,
 ) {
     let limits = proxy.snapshot.load().limits.clone();
+    let Some(identity) = identity.load_full() else {
+        tracing::debug!(%peer, "no certificate yet; refusing a peer connection");
+        metrics::counter!(crate::metrics::INBOUND_TLS_REFUSED).increment(1);
+        return;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&identity.inbound));
+    let handshake = limits.header_read_timeout.get();
+    let stream = match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            tracing::info!(%peer, %error, "TLS handshake refused on the inbound port");
+            metrics::counter!(crate::metrics::INBOUND_TLS_REFUSED).increment(1);
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "no TLS handshake within {handshake:?}; closing");
+            metrics::counter!(crate::metrics::INBOUND_TLS_REFUSED).increment(1);
+            return;
+        }
+    };
+    let ids = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(<[_]>::first)
+        .map(hyphae_policies::tls::identities)
+        .unwrap_or_default();
+    let caller = Arc::new(Caller::from_ids(ids, identity.trust.trust_domain()));
     let service = service_fn(move |request: Request<Incoming>| {
         let proxy = Arc::clone(&proxy);
         let clients = Arc::clone(&clients);
-        async move { Ok::<_, Infallible>(deliver(&proxy, &clients, request).await) }
+        let caller = Arc::clone(&caller);
+        async move { Ok::<_, Infallible>(deliver(&proxy, &clients, &caller, request).await) }
     });
     let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
@@ -92,9 +126,13 @@ pub async fn serve(
 async fn deliver(
     proxy: &Proxy,
     clients: &LocalClients,
+    caller: &Caller,
     request: Request<Incoming>,
 ) -> Response<Body> {
     let method = request.method().clone();
+    if let Err(error) = authorize(proxy, caller, &request) {
+        return without_body_for_head(&method, error_response(&error));
+    }
     let result = if method == Method::CONNECT {
         // Boxed: a stream's future is large and rare, and every request's future (moved as
         // hyper spawns it) would otherwise be as large.
@@ -106,6 +144,55 @@ async fn deliver(
         Ok(response) => response,
         Err(error) => without_body_for_head(&method, error_response(&error)),
     }
+}
+
+/// Checks `request` against the access policy of the service it is for: an HTTP request by its
+/// method and path, an upgrade by `GET` and the path it upgrades, an opaque TCP stream by
+/// neither. A refusal is counted and logged once.
+fn authorize(
+    proxy: &Proxy,
+    caller: &Caller,
+    request: &Request<Incoming>,
+) -> Result<(), ProxyError> {
+    let Some(service) = request
+        .headers()
+        .get(DESTINATION)
+        .and_then(|value| value.to_str().ok())
+    else {
+        // No destination: refused as a bad request where it is read.
+        return Ok(());
+    };
+    let snapshot = proxy.snapshot.load();
+    let upgrade_path = request
+        .headers()
+        .get(stream::UPGRADE_PATH)
+        .and_then(|path| path.to_str().ok());
+    let (method, path) = if request.method() == Method::CONNECT {
+        match (
+            request.headers().contains_key(stream::UPGRADE),
+            upgrade_path,
+        ) {
+            (true, path) => (Some("GET"), Some(path.unwrap_or("/"))),
+            (false, _) => (None, None),
+        }
+    } else {
+        (Some(request.method().as_str()), Some(request.uri().path()))
+    };
+    let asked = authz::Request { method, path };
+    if authz::admits(snapshot.access.get(service), caller, asked) {
+        return Ok(());
+    }
+    metrics::counter!(
+        crate::metrics::ACCESS_DENIED,
+        "caller" => caller.name().to_string(),
+        "service" => service.to_string()
+    )
+    .increment(1);
+    tracing::info!(caller = caller.name(), service, method = ?method, path = ?path, "call denied by the access policy");
+    Err(ProxyError::Denied {
+        service: service.to_string(),
+        caller: caller.name().to_string(),
+    })
 }
 
 /// The local instance a peer's request is for, by the destination header (removed).
@@ -275,7 +362,7 @@ async fn forward_to_instance(
                 let request = to_instance(&parts, uri.clone(), http::Version::HTTP_2, body);
                 clients
                     .http2
-                    .send(instance.address, LOCAL_CONNECT_TIMEOUT, request, None)
+                    .send(instance.address, None, LOCAL_CONNECT_TIMEOUT, request, None)
             })
             .await?
         }

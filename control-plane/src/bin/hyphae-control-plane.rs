@@ -36,6 +36,10 @@ struct Args {
     /// directory); an existing file's secret is used as it is.
     #[arg(long, value_name = "FILE", requires = "init")]
     bootstrap_token_file: Option<PathBuf>,
+    /// With `--init`: start the cluster with the operator's root from this directory
+    /// (`ca.pem`, `ca-key.pem` owner-only; `hyphae ca create` makes one) instead of a new one.
+    #[arg(long, value_name = "DIR", requires = "init")]
+    ca_dir: Option<PathBuf>,
     /// Join a cluster: the owner-only file holding a control-plane join token's secret
     /// (`hyphae token create --control-plane`). Used only by a node without a certificate yet;
     /// it asks the nodes under `spec.members`.
@@ -101,8 +105,23 @@ fn main() -> ExitCode {
         let path = args
             .bootstrap_token_file
             .unwrap_or_else(|| config.spec.data_dir.join(BOOTSTRAP_TOKEN_FILE));
+        let root = match args
+            .ca_dir
+            .as_deref()
+            .map(hyphae_control_plane::ca::load_dir)
+        {
+            None => None,
+            Some(Ok(root)) => Some(root),
+            Some(Err(error)) => {
+                eprintln!("hyphae-control-plane: {error:#}");
+                return ExitCode::from(1);
+            }
+        };
         match bootstrap_secret(&path) {
-            Ok(bootstrap_secret) => Start::Init { bootstrap_secret },
+            Ok(bootstrap_secret) => Start::Init {
+                bootstrap_secret,
+                root,
+            },
             Err(error) => {
                 eprintln!("hyphae-control-plane: {error}");
                 return ExitCode::from(1);

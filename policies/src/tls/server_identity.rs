@@ -12,12 +12,16 @@ pub enum ServerIdentity {
     ControlPlane,
     /// The agent of this node.
     Node(String),
+    /// The agent of any node of the mesh (an endpoint configured without its node's name).
+    AnyNode,
 }
 
 /// Server name suffix that marks a node identity.
 const NODE_SUFFIX: &str = ".node.hyphae.invalid";
 /// Server name that asks for any control-plane node.
 const CONTROL_PLANE_NAME: &str = "control-plane.hyphae.invalid";
+/// Server name that asks for any node's agent.
+const ANY_NODE_NAME: &str = "node.hyphae.invalid";
 
 impl ServerIdentity {
     /// The TLS server name that carries it; `None` for a node name that is not a DNS label.
@@ -25,6 +29,7 @@ impl ServerIdentity {
         let name = match self {
             ServerIdentity::ControlPlane => CONTROL_PLANE_NAME.to_string(),
             ServerIdentity::Node(node) => format!("{node}{NODE_SUFFIX}"),
+            ServerIdentity::AnyNode => ANY_NODE_NAME.to_string(),
         };
         ServerName::try_from(name).ok()
     }
@@ -38,6 +43,9 @@ impl ServerIdentity {
         if dns == CONTROL_PLANE_NAME {
             return Some(ServerIdentity::ControlPlane);
         }
+        if dns == ANY_NODE_NAME {
+            return Some(ServerIdentity::AnyNode);
+        }
         dns.strip_suffix(NODE_SUFFIX)
             .filter(|node| !node.is_empty() && !node.contains('.'))
             .map(|node| ServerIdentity::Node(node.to_string()))
@@ -48,6 +56,7 @@ impl ServerIdentity {
         match self {
             ServerIdentity::ControlPlane => id.kind == Kind::ControlPlane,
             ServerIdentity::Node(node) => id.kind == Kind::Node && id.name == *node,
+            ServerIdentity::AnyNode => id.kind == Kind::Node,
         }
     }
 }
@@ -61,6 +70,7 @@ mod tests {
         for identity in [
             ServerIdentity::ControlPlane,
             ServerIdentity::Node("web-1".into()),
+            ServerIdentity::AnyNode,
         ] {
             let name = identity.server_name().expect("a DNS name");
             assert_eq!(ServerIdentity::from_server_name(&name), Some(identity));

@@ -1,0 +1,195 @@
+//! Inbound authorization: who called (the identities in the peer agent's certificate), and
+//! whether a service's `AccessPolicy` admits that caller for this method and path. Pure: the
+//! inbound listener asks, and answers a refusal with 403 `hyphae-error: denied`.
+//!
+//! A host agent carries the calls of every service on its host, so its certificate names its
+//! node and each service it hosts: a rule `from: [{service: frontend}]` admits calls from any
+//! node that hosts `frontend`, the granularity a host-level mesh can prove.
+
+use hyphae_policies::access_policy::{AccessPolicySpec, Action, Identity};
+use hyphae_policies::tls::{Kind, SpiffeId};
+
+/// The caller of an inbound request, as its certificate proved it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Caller {
+    /// Its node.
+    pub node: Option<String>,
+    /// The services its node hosts.
+    pub services: Vec<String>,
+}
+
+impl Caller {
+    /// The caller `ids` (from its certificate) name, keeping only those of `trust_domain`.
+    pub fn from_ids(ids: Vec<SpiffeId>, trust_domain: Option<&str>) -> Caller {
+        let mut caller = Caller::default();
+        for id in ids {
+            if trust_domain.is_some_and(|domain| id.trust_domain != domain) {
+                continue;
+            }
+            match id.kind {
+                Kind::Node if caller.node.is_none() => caller.node = Some(id.name),
+                Kind::Service => caller.services.push(id.name),
+                _ => {}
+            }
+        }
+        caller
+    }
+
+    /// Its name for logs and metrics: the node, or `unknown`.
+    pub fn name(&self) -> &str {
+        self.node.as_deref().unwrap_or("unknown")
+    }
+
+    fn is(&self, identity: &Identity) -> bool {
+        match identity {
+            Identity::Node(name) => {
+                self.node.is_some() && (name == "*" || self.node.as_deref() == Some(name))
+            }
+            Identity::Service(name) => {
+                if name == "*" {
+                    !self.services.is_empty()
+                } else {
+                    self.services.iter().any(|service| service == name)
+                }
+            }
+        }
+    }
+}
+
+/// What a request is, for the rules: its method and path, when it has them (an opaque TCP
+/// stream has neither, so only rules without paths and methods cover it).
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The HTTP method.
+    pub method: Option<&'a str>,
+    /// The path.
+    pub path: Option<&'a str>,
+}
+
+/// Whether `policy` admits `caller` for `request`: the first rule whose callers, paths and
+/// methods all match decides; none matching, the policy's default. A service without a policy
+/// admits every caller of the mesh (they all proved a node certificate of its trust domain).
+pub fn admits(policy: Option<&AccessPolicySpec>, caller: &Caller, request: Request<'_>) -> bool {
+    let Some(policy) = policy else {
+        return true;
+    };
+    let decided = policy
+        .rules
+        .iter()
+        .find(|rule| {
+            rule.from.iter().any(|identity| caller.is(identity))
+                && (rule.paths.is_empty()
+                    || request.path.is_some_and(|path| {
+                        rule.paths
+                            .iter()
+                            .any(|prefix| path.starts_with(prefix.as_str()))
+                    }))
+                && (rule.methods.is_empty()
+                    || request.method.is_some_and(|method| {
+                        rule.methods.iter().any(|m| m.eq_ignore_ascii_case(method))
+                    }))
+        })
+        .map_or(policy.default_action, |rule| rule.action);
+    decided == Action::Allow
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyphae_policies::access_policy::AccessRule;
+
+    fn payments() -> AccessPolicySpec {
+        AccessPolicySpec {
+            service: "payments".into(),
+            default_action: Action::Deny,
+            rules: vec![
+                AccessRule {
+                    action: Action::Allow,
+                    from: vec![Identity::Service("catalog".into())],
+                    paths: vec!["/charge".into()],
+                    methods: vec!["POST".into()],
+                },
+                AccessRule {
+                    action: Action::Deny,
+                    from: vec![Identity::Node("ops-1".into())],
+                    paths: vec!["/reports/secret".into()],
+                    methods: vec![],
+                },
+                AccessRule {
+                    action: Action::Allow,
+                    from: vec![Identity::Node("ops-1".into())],
+                    paths: vec!["/reports".into()],
+                    methods: vec![],
+                },
+            ],
+        }
+    }
+
+    fn caller(node: &str, services: &[&str]) -> Caller {
+        Caller {
+            node: Some(node.into()),
+            services: services.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn http<'a>(method: &'a str, path: &'a str) -> Request<'a> {
+        Request {
+            method: Some(method),
+            path: Some(path),
+        }
+    }
+
+    #[test]
+    fn the_first_matching_rule_decides_and_the_default_covers_the_rest() {
+        let policy = payments();
+        let catalog = caller("app-1", &["catalog"]);
+        assert!(admits(Some(&policy), &catalog, http("post", "/charge/42")));
+        assert!(!admits(Some(&policy), &catalog, http("GET", "/charge/42")));
+        assert!(!admits(Some(&policy), &catalog, http("POST", "/refund")));
+        let ops = caller("ops-1", &[]);
+        assert!(admits(Some(&policy), &ops, http("GET", "/reports/daily")));
+        assert!(!admits(Some(&policy), &ops, http("GET", "/reports/secret")));
+        let stranger = caller("web-1", &["frontend"]);
+        assert!(!admits(Some(&policy), &stranger, http("POST", "/charge")));
+        let tcp = Request {
+            method: None,
+            path: None,
+        };
+        assert!(
+            !admits(Some(&policy), &catalog, tcp),
+            "no path: a path rule does not cover it"
+        );
+    }
+
+    #[test]
+    fn without_a_policy_every_caller_of_the_mesh_is_admitted_and_wildcards_match_any() {
+        let anyone = caller("web-1", &[]);
+        assert!(admits(None, &anyone, http("DELETE", "/")));
+        let mut open = payments();
+        open.rules = vec![AccessRule {
+            action: Action::Allow,
+            from: vec![Identity::Service("*".into())],
+            paths: vec![],
+            methods: vec![],
+        }];
+        assert!(
+            !admits(Some(&open), &anyone, http("GET", "/")),
+            "hosts no service"
+        );
+        assert!(admits(Some(&open), &caller("x", &["a"]), http("GET", "/")));
+    }
+
+    #[test]
+    fn only_identities_of_the_trust_domain_count() {
+        let ids = vec![
+            SpiffeId::new("other.org", Kind::Node, "evil"),
+            SpiffeId::new("mesh.local", Kind::Node, "web-1"),
+            SpiffeId::new("mesh.local", Kind::Service, "frontend"),
+            SpiffeId::new("other.org", Kind::Service, "catalog"),
+        ];
+        assert_eq!(
+            Caller::from_ids(ids, Some("mesh.local")),
+            caller("web-1", &["frontend"])
+        );
+    }
+}
