@@ -33,6 +33,8 @@ pub struct Admin {
     pub registration: Arc<crate::register::RegistrationStatus>,
     /// Whether the configuration names control-plane nodes at all.
     pub control_plane_configured: bool,
+    /// The node's certificate, once it has one.
+    pub identity: crate::identity::IdentitySlot,
 }
 
 /// Serves one admin connection (HTTP/1.1).
@@ -128,6 +130,11 @@ fn ready(admin: &Admin) -> Response<Body> {
     let snapshot = admin.proxy.snapshot.load();
     let reason = if !admin.ready.load(Ordering::Acquire) {
         Some("starting or draining".to_string())
+    } else if admin.identity.load().is_none() {
+        Some(
+            "no certificate yet (joining the mesh, or none was given): peer agents cannot call this one, nor it them"
+                .to_string(),
+        )
     } else {
         admin.watch.saved_unreadable().map(|why| {
             format!(

@@ -114,6 +114,7 @@ impl Daemon {
             watch: Arc::clone(&watch_status),
             registration: Arc::clone(&registration_status),
             control_plane_configured: !config.spec.control_plane.is_empty(),
+            identity: Arc::clone(&identity),
         });
         let listeners = &config.spec.listeners;
         let bind = |name: &'static str, address: SocketAddr| async move {

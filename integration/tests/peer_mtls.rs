@@ -1,0 +1,219 @@
+//! The agents' inbound port as an attacker and as a mesh peer meet it, with real processes and
+//! real TLS: it speaks only mutual TLS with a node certificate of the mesh's root (plaintext, a
+//! certificate from another root, an expired one all end at the handshake and reach no
+//! instance, loopback-only ones included); a caller refuses a peer that is not the node its
+//! endpoint names; and a service's `AccessPolicy` decides by caller, path and method, a refusal
+//! being a 403 `hyphae-error: denied` that the callee counts.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyphae_integration::agent::Agent;
+use hyphae_integration::backend::TestBackend;
+use hyphae_integration::binaries::workspace_binary;
+use hyphae_integration::command::succeeds;
+use hyphae_integration::eventually;
+use hyphae_integration::http::get;
+use hyphae_integration::http::http1_client;
+use hyphae_integration::mesh::upstream_port;
+use hyphae_integration::trust::shared_root;
+use hyphae_policies::tls::files::CertificateFiles;
+use hyphae_policies::tls::{self, Credentials, ServerIdentity, Trust};
+
+/// A host agent `name` in front of `backend` as service `web`, loopback only, guarded by an
+/// access policy that lets node `caller` GET under `/open` and nothing else.
+fn guarded_host(dir: &Path, backend: &TestBackend) -> Agent {
+    Agent::start_in(
+        &workspace_binary("hyphae-agent"),
+        dir,
+        "host",
+        &format!(
+            "kind: AgentConfig\nmetadata: {{name: host}}\nspec:\n  listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: null, dns: null}}\n  services:\n    - {{name: web, port: {}}}\n---\nkind: AccessPolicy\nmetadata: {{name: web}}\nspec:\n  service: web\n  defaultAction: deny\n  rules:\n    - from: [{{node: caller}}]\n      paths: [/open]\n      methods: [GET]\n",
+            backend.port()
+        ),
+    )
+    .expect("start the host agent")
+}
+
+/// A caller agent with an upstream port for `web` whose one endpoint is `host`'s inbound
+/// port, said to be on node `node`.
+fn caller(dir: &Path, host: &Agent, node: &str) -> (Agent, String) {
+    let upstream = format!("127.0.0.1:{}", upstream_port());
+    let agent = Agent::start_in(
+        &workspace_binary("hyphae-agent"),
+        dir,
+        "caller",
+        &format!(
+            "kind: AgentConfig\nmetadata: {{name: caller}}\nspec:\n  listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: null, dns: null}}\n  upstreams:\n    - {{listen: \"{upstream}\", service: web}}\n  staticServices:\n    - name: web\n      endpoints: [{{address: \"{}\", node: {node}}}]\n",
+            host.inbound
+        ),
+    )
+    .expect("start the caller agent");
+    (agent, upstream)
+}
+
+/// Whether an HTTP/2 request for `web` sent on `io` gets any answer.
+async fn answered<T>(io: T) -> bool
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let Ok((mut sender, connection)) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await
+    else {
+        return false;
+    };
+    tokio::spawn(connection);
+    let request = http::Request::get("http://web/")
+        .header("hyphae-destination", "web")
+        .body(Empty::<Bytes>::new())
+        .expect("a request");
+    let exchange = async {
+        let response = sender.send_request(request).await.ok()?;
+        response.into_body().collect().await.ok()
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), exchange)
+        .await
+        .ok()
+        .flatten()
+        .is_some()
+}
+
+/// A TLS connection to `host`'s inbound port presenting `credentials`, checking the server
+/// against `roots`; `None` when the handshake fails on this side.
+async fn tls_to(
+    host: &Agent,
+    roots: &str,
+    credentials: &Credentials,
+) -> Option<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let trust = Trust::from_pem(roots, None).expect("roots");
+    let config = tls::client_config(&trust, Some(credentials), &tls::ALPN_H2).expect("a client");
+    tls::TlsConnector::new(
+        config,
+        ServerIdentity::AnyNode,
+        std::time::Duration::from_secs(10),
+    )
+    .open("127.0.0.1", host.inbound.port())
+    .await
+    .ok()
+}
+
+/// Issues node `node`'s certificate from the root in `ca` into `out`, valid `lifetime`.
+fn issue(ca: &Path, node: &str, out: &Path, lifetime: &str) -> Credentials {
+    succeeds(
+        "hyphae ca issue",
+        std::process::Command::new(workspace_binary("hyphae"))
+            .args(["ca", "issue", "--ca"])
+            .arg(ca)
+            .args(["--node", node, "--lifetime", lifetime, "--out"])
+            .arg(out),
+    );
+    let material = CertificateFiles::new(out.to_path_buf())
+        .load()
+        .expect("the issued files");
+    Credentials::from_pem(&material.chain, &material.key).expect("credentials")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inbound_port_admits_only_mesh_certificates() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let backend = TestBackend::start("web").await;
+    let host = guarded_host(dir.path(), &backend);
+    let cli = workspace_binary("hyphae");
+    let root = shared_root(&cli).expect("the shared root");
+    let roots = std::fs::read_to_string(root.join("ca.pem")).expect("the root");
+
+    // Plaintext HTTP/2 with a destination header, the way through to a loopback-only
+    // instance before: no answer.
+    let plain = tokio::net::TcpStream::connect(host.inbound)
+        .await
+        .expect("connect");
+    assert!(
+        !answered(TokioIo::new(plain)).await,
+        "plaintext reaches nothing"
+    );
+
+    // A certificate from another root: refused at the handshake.
+    let other = dir.path().join("other-ca");
+    succeeds(
+        "hyphae ca create",
+        std::process::Command::new(&cli)
+            .args(["ca", "create", "--dir"])
+            .arg(&other),
+    );
+    let stranger = issue(&other, "caller", &dir.path().join("stranger"), "1h");
+    let through = match tls_to(&host, &roots, &stranger).await {
+        Some(stream) => answered(TokioIo::new(stream)).await,
+        None => false,
+    };
+    assert!(!through, "a certificate of another root reaches nothing");
+
+    // An expired certificate of the mesh's own root: refused too.
+    // (Certificate times have whole seconds: it expires within one.)
+    let expired = issue(root, "caller", &dir.path().join("expired"), "1ms");
+    eventually("an expired certificate to reach nothing", || async {
+        match tls_to(&host, &roots, &expired).await {
+            Some(stream) => !answered(TokioIo::new(stream)).await,
+            None => true,
+        }
+    })
+    .await;
+
+    // A valid certificate of the mesh reaches the service (the policy admits `caller` on
+    // `/open` only, so `/` is denied by the policy, not at the handshake).
+    let member = issue(root, "caller", &dir.path().join("member"), "1h");
+    let stream = tls_to(&host, &roots, &member)
+        .await
+        .expect("a handshake with a mesh certificate");
+    assert!(
+        answered(TokioIo::new(stream)).await,
+        "a mesh peer gets an answer"
+    );
+    let refused = host.metric("hyphae_inbound_tls_refused_total", "").await;
+    assert!(refused >= 3.0, "each refusal is counted: {refused}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_access_policy_decides_by_caller_path_and_method() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let backend = TestBackend::start("web").await;
+    let host = guarded_host(dir.path(), &backend);
+    let (caller, upstream) = caller(dir.path(), &host, "host");
+    let client = http1_client();
+
+    let open = get(&client, &format!("http://{upstream}/open/page")).await;
+    assert_eq!(open.status, 200, "{}", open.text());
+    assert_eq!(open.text(), "web");
+    let closed = get(&client, &format!("http://{upstream}/secret")).await;
+    assert_eq!(closed.status, 403, "{}", closed.text());
+    assert_eq!(closed.header("hyphae-error"), Some("denied"));
+    let posted = hyphae_integration::http::send(
+        &client,
+        "POST",
+        &format!("http://{upstream}/open/page"),
+        "x",
+    )
+    .await;
+    assert_eq!(posted.status, 403, "the rule covers GET only");
+    assert_eq!(
+        host.metric(
+            "hyphae_access_denied_total",
+            "caller=\"caller\",service=\"web\""
+        )
+        .await,
+        2.0
+    );
+    drop(caller);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_refuses_a_peer_that_is_not_the_node_its_endpoint_names() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let backend = TestBackend::start("web").await;
+    let host = guarded_host(dir.path(), &backend);
+    let (_caller, upstream) = caller(dir.path(), &host, "someone-else");
+    let answer = get(&http1_client(), &format!("http://{upstream}/open")).await;
+    assert_eq!(answer.status, 502, "{}", answer.text());
+    assert_eq!(answer.header("hyphae-error"), Some("connect-failed"));
+}
