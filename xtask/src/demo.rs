@@ -100,8 +100,9 @@ pub fn run(_args: &[String]) -> Result<()> {
 
     stage("Done");
     println!(
-        "Every step above ran the real hyphae binaries. Next on the roadmap: mutual TLS between \
-         agents, identities and access-policy enforcement (see README.md)."
+        "Every step above ran the real hyphae binaries, every hop over TLS: the control plane's \
+         port, and mutual TLS between agents. Next on the roadmap: DNS and virtual IPs, egress, \
+         sites (see README.md)."
     );
     Ok(())
 }

@@ -107,6 +107,8 @@ pub async fn run(bin: &Path, scratch: &Path) -> Result<()> {
         "calls should stay in web-1's own site"
     );
 
+    security(&dir, control_plane, upstream, app1.inbound).await?;
+
     println!("\n-- failure: the catalog on app-1 crashes");
     drop(app1_catalog);
     let tally = traffic(upstream).await;
@@ -356,6 +358,87 @@ fn print_tally(tally: &Tally) {
     }
     if tally.failed > 0 {
         println!("  {:>2} x failed", tally.failed);
+    }
+}
+
+/// Shows who the agents are and what that buys: each joined with a join token and the pinned
+/// root (its certificate's identities), a plaintext call to an inbound port reaches nothing,
+/// and an access policy lets web-1 read the catalog but not write to it.
+async fn security(
+    dir: &Path,
+    control_plane: SocketAddr,
+    upstream: SocketAddr,
+    app1_inbound: SocketAddr,
+) -> Result<()> {
+    println!(
+        "\n-- identities: each agent joined with a join token and the root's pinned fingerprint"
+    );
+    for node in ["web-1", "app-1", "app-2"] {
+        let chain = std::fs::read_to_string(dir.join(format!("{node}-data/tls/node.pem")))
+            .with_context(|| format!("{node}'s certificate"))?;
+        let leaf = hyphae_policies::tls::certificates(&chain)?;
+        let ids: Vec<String> = hyphae_policies::tls::identities(&leaf[0])
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        println!("  {node}: {}", ids.join(", "));
+    }
+    let plaintext = plaintext_answer(app1_inbound).await;
+    println!(
+        "a plaintext request to app-1's inbound port (mutual TLS only): {}",
+        if plaintext.is_empty() {
+            "refused, no answer"
+        } else {
+            "ANSWERED"
+        }
+    );
+    ensure!(
+        plaintext.is_empty(),
+        "the inbound port must refuse plaintext"
+    );
+
+    let policy = "kind: AccessPolicy\nmetadata: {name: catalog}\nspec:\n  service: catalog\n  defaultAction: deny\n  rules:\n    - from: [{node: web-1}]\n      methods: [GET, HEAD]\n";
+    println!("an AccessPolicy: the catalog takes GET and HEAD from web-1, nothing else");
+    let applied = request("POST", control_plane, "/v1/policies", policy).await;
+    ensure!(
+        applied.is_some_and(|answer| answer.status.is_success()),
+        "the access policy should apply"
+    );
+    wait_until("both catalog agents to enforce the policy", || async {
+        let answer = request("POST", upstream, "/whoami", "x").await;
+        Ok(answer.is_some_and(|answer| answer.status.as_u16() == 403))
+    })
+    .await?;
+    let denied = request("POST", upstream, "/whoami", "x")
+        .await
+        .context("an answer to the POST")?;
+    println!(
+        "  POST from web-1: {} hyphae-error: {}",
+        denied.status.as_u16(),
+        denied.header("hyphae-error").unwrap_or("-")
+    );
+    let (status, body) = http_get(upstream, "/whoami").await?;
+    println!("  GET from web-1: {status} {}", body.trim());
+    ensure!(status == 200, "GET should still be allowed");
+    Ok(())
+}
+
+/// What an HTTP/1.1 request in plaintext to `address` gets back (empty: nothing).
+async fn plaintext_answer(address: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(address).await else {
+        return String::new();
+    };
+    let _ = stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: catalog\r\nhyphae-destination: catalog\r\n\r\n")
+        .await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    if text.contains("HTTP/") {
+        text
+    } else {
+        String::new()
     }
 }
 
