@@ -224,6 +224,17 @@ impl Agent {
         metric_in(&self.metrics().await, name, labels)
     }
 
+    /// Polls `/ready` until it answers 200 (the agent has its certificate and a usable state);
+    /// fails the test after [`crate::DEADLINE`].
+    pub async fn wait_ready(&self) {
+        eventually("the agent to be ready", || async {
+            crate::http::request("GET", self.admin, "/ready", "")
+                .await
+                .is_some_and(|answer| answer.status.is_success())
+        })
+        .await;
+    }
+
     /// Polls [`Agent::metric`] until it reaches `at_least`; fails the test after
     /// [`crate::DEADLINE`].
     pub async fn metric_reaches(&self, name: &str, labels: &str, at_least: f64) {

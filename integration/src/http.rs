@@ -191,11 +191,7 @@ pub async fn request_as(
     path: &str,
     body: &str,
 ) -> Option<Answer> {
-    let address = address.to_string();
-    let request = build(secret, method, &address, path, body)?;
-    to_address(&address, None, request, ANSWER_PATIENCE)
-        .await
-        .ok()
+    send_as(secret, None, method, &address.to_string(), path, body).await
 }
 
 /// Like [`request`], as the node whose certificate is `credentials` (the agent API), and
@@ -207,9 +203,28 @@ pub async fn request_as_node(
     path: &str,
     body: &str,
 ) -> Option<Answer> {
-    let address = address.to_string();
-    let request = build(None, method, &address, path, body)?;
-    to_address(&address, Some(credentials), request, ANSWER_PATIENCE)
+    send_as(
+        None,
+        Some(credentials),
+        method,
+        &address.to_string(),
+        path,
+        body,
+    )
+    .await
+}
+
+/// One request with the token `secret` and the certificate `credentials`, each when given.
+async fn send_as(
+    secret: Option<&str>,
+    credentials: Option<&Credentials>,
+    method: &str,
+    address: &str,
+    path: &str,
+    body: &str,
+) -> Option<Answer> {
+    let request = build(secret, method, address, path, body)?;
+    to_address(address, credentials, request, ANSWER_PATIENCE)
         .await
         .ok()
 }

@@ -10,7 +10,7 @@ use hyphae_integration::binaries::workspace_binary;
 use hyphae_integration::cli;
 use hyphae_integration::cluster::Cluster;
 use hyphae_integration::eventually;
-use hyphae_integration::http::{get_json, get_text, request};
+use hyphae_integration::http::{get_json, get_text};
 use hyphae_integration::ports::free_ports;
 
 /// A host agent `name` in `dir` serving `backend` as version `version` of `svc`.
@@ -63,12 +63,7 @@ async fn policies_pushed_by_the_control_plane_steer_an_agent_and_survive_its_los
     );
     let caller = Agent::start::<&str>(&agent_bin, "caller", caller_config.as_ref(), &[])
         .expect("start caller");
-    eventually("the caller to join the mesh and be ready", || async {
-        request("GET", caller.admin, "/ready", "")
-            .await
-            .is_some_and(|answer| answer.status.is_success())
-    })
-    .await;
+    caller.wait_ready().await;
 
     // Without a route, round robin alternates between v1 and v2.
     let answers = [

@@ -54,6 +54,16 @@ fn caller(dir: &Path, host: &Agent, node: &str) -> (Agent, String) {
     (agent, upstream)
 }
 
+/// A guarded host in front of a backend and a caller whose endpoint says the host is `node`:
+/// their directory, the backend, both agents and the caller's upstream address for `web`.
+async fn guarded_pair(node: &str) -> (tempfile::TempDir, TestBackend, Agent, Agent, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let backend = TestBackend::start("web").await;
+    let host = guarded_host(dir.path(), &backend);
+    let (caller, upstream) = caller(dir.path(), &host, node);
+    (dir, backend, host, caller, upstream)
+}
+
 /// Whether an HTTP/2 request for `web` sent on `io` gets any answer.
 async fn answered<T>(io: T) -> bool
 where
@@ -97,6 +107,14 @@ async fn tls_to(
     .open("127.0.0.1", host.inbound.port())
     .await
     .ok()
+}
+
+/// Whether a request for `web` over TLS with `credentials` gets an answer from `host`.
+async fn reaches(host: &Agent, roots: &str, credentials: &Credentials) -> bool {
+    match tls_to(host, roots, credentials).await {
+        Some(stream) => answered(TokioIo::new(stream)).await,
+        None => false,
+    }
 }
 
 /// Issues node `node`'s certificate from the root in `ca` into `out`, valid `lifetime`.
@@ -143,31 +161,24 @@ async fn the_inbound_port_admits_only_mesh_certificates() {
             .arg(&other),
     );
     let stranger = issue(&other, "caller", &dir.path().join("stranger"), "1h");
-    let through = match tls_to(&host, &roots, &stranger).await {
-        Some(stream) => answered(TokioIo::new(stream)).await,
-        None => false,
-    };
-    assert!(!through, "a certificate of another root reaches nothing");
+    assert!(
+        !reaches(&host, &roots, &stranger).await,
+        "a certificate of another root reaches nothing"
+    );
 
     // An expired certificate of the mesh's own root: refused too.
     // (Certificate times have whole seconds: it expires within one.)
     let expired = issue(root, "caller", &dir.path().join("expired"), "1ms");
     eventually("an expired certificate to reach nothing", || async {
-        match tls_to(&host, &roots, &expired).await {
-            Some(stream) => !answered(TokioIo::new(stream)).await,
-            None => true,
-        }
+        !reaches(&host, &roots, &expired).await
     })
     .await;
 
     // A valid certificate of the mesh reaches the service (the policy admits `caller` on
     // `/open` only, so `/` is denied by the policy, not at the handshake).
     let member = issue(root, "caller", &dir.path().join("member"), "1h");
-    let stream = tls_to(&host, &roots, &member)
-        .await
-        .expect("a handshake with a mesh certificate");
     assert!(
-        answered(TokioIo::new(stream)).await,
+        reaches(&host, &roots, &member).await,
         "a mesh peer gets an answer"
     );
     let refused = host.metric("hyphae_inbound_tls_refused_total", "").await;
@@ -176,10 +187,7 @@ async fn the_inbound_port_admits_only_mesh_certificates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_access_policy_decides_by_caller_path_and_method() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let backend = TestBackend::start("web").await;
-    let host = guarded_host(dir.path(), &backend);
-    let (caller, upstream) = caller(dir.path(), &host, "host");
+    let (_dir, _backend, host, caller, upstream) = guarded_pair("host").await;
     let client = http1_client();
 
     let open = get(&client, &format!("http://{upstream}/open/page")).await;
@@ -209,10 +217,7 @@ async fn an_access_policy_decides_by_caller_path_and_method() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_refuses_a_peer_that_is_not_the_node_its_endpoint_names() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let backend = TestBackend::start("web").await;
-    let host = guarded_host(dir.path(), &backend);
-    let (_caller, upstream) = caller(dir.path(), &host, "someone-else");
+    let (_dir, _backend, _host, _caller, upstream) = guarded_pair("someone-else").await;
     let answer = get(&http1_client(), &format!("http://{upstream}/open")).await;
     assert_eq!(answer.status, 502, "{}", answer.text());
     assert_eq!(answer.header("hyphae-error"), Some("connect-failed"));

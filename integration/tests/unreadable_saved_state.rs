@@ -65,12 +65,7 @@ async fn a_damaged_saved_state_keeps_the_agent_unready_until_a_control_plane_ans
     control_plane
         .start_all()
         .expect("start the control plane again");
-    eventually("/ready to answer 200", || async {
-        request("GET", agent.admin, "/ready", "")
-            .await
-            .is_some_and(|answer| answer.status.is_success())
-    })
-    .await;
+    agent.wait_ready().await;
     let page = agent.metrics().await;
     assert!(page.contains(&format!("{UNREADABLE} 0")), "{page}");
     eventually("the fresh state to replace the damaged file", || async {

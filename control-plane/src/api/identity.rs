@@ -32,6 +32,33 @@ fn join_refused() -> ApiError {
     )
 }
 
+/// The cluster's root, with its key, from this node's applied state; 503 while there is none.
+async fn root(node: &Node) -> Result<ca::StoredCa, ApiError> {
+    node.state
+        .read(|state| state.ca().cloned())
+        .await
+        .ok_or_else(no_ca)
+}
+
+/// The answer to a join or renewal: the certificate, the root, the identities it names and
+/// its expiry.
+fn joined(
+    cert_pem: String,
+    root: ca::StoredCa,
+    identities: Vec<String>,
+    expires_at_ms: u64,
+) -> Answer {
+    Ok(json_response(
+        StatusCode::OK,
+        &Joined {
+            cert_pem,
+            ca_pem: root.cert_pem,
+            identities,
+            expires_at_ms,
+        },
+    ))
+}
+
 fn no_ca() -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -154,11 +181,7 @@ pub(crate) async fn join(node: &Node, request: &ApiRequest) -> Answer {
         ))
         .into());
     }
-    let ca = node
-        .state
-        .read(|state| state.ca().cloned())
-        .await
-        .ok_or_else(no_ca)?;
+    let ca = root(node).await?;
     let trust_domain = &spec.certificates.trust_domain;
     let mut identities = vec![ca::node_id(trust_domain, &join.name)];
     identities.extend(
@@ -202,15 +225,7 @@ pub(crate) async fn join(node: &Node, request: &ApiRequest) -> Answer {
     let cert_pem = ca::sign(&ca, &join.csr_pem, &identities, now, lifetime)
         .map_err(|error| invalid(error.to_string()))?;
     admit(node, admission).await?;
-    Ok(json_response(
-        StatusCode::OK,
-        &Joined {
-            cert_pem,
-            ca_pem: ca.cert_pem,
-            identities,
-            expires_at_ms: now.saturating_add(lifetime),
-        },
-    ))
+    joined(cert_pem, ca, identities, now.saturating_add(lifetime))
 }
 
 /// A join about to use a token.
@@ -300,11 +315,7 @@ async fn admit(node: &Node, admission: Admission) -> Result<(), super::answer::R
 /// is refused: a token admits a new node, never a second holder of a member's identity.
 pub(crate) async fn join_control_plane(node: &Node, request: &ApiRequest) -> Answer {
     let join: ControlPlaneJoin = json_body(request, "{\"token\", \"id\": N, \"csrPem\"}")?;
-    let ca = node
-        .state
-        .read(|state| state.ca().cloned())
-        .await
-        .ok_or_else(no_ca)?;
+    let ca = root(node).await?;
     let spec = &node.config.spec;
     let trust_domain = &spec.certificates.trust_domain;
     let identity = SpiffeId::new(trust_domain, Kind::ControlPlane, &join.id.to_string());
@@ -337,15 +348,7 @@ pub(crate) async fn join_control_plane(node: &Node, request: &ApiRequest) -> Ans
         },
     )
     .await?;
-    Ok(json_response(
-        StatusCode::OK,
-        &Joined {
-            cert_pem,
-            ca_pem: ca.cert_pem,
-            identities,
-            expires_at_ms: now.saturating_add(lifetime),
-        },
-    ))
+    joined(cert_pem, ca, identities, now.saturating_add(lifetime))
 }
 
 /// `POST /v1/agent/renew`: an agent presenting its current certificate gets a new one for a
@@ -361,11 +364,7 @@ pub(crate) async fn renew(node: &Node, request: &ApiRequest) -> Answer {
         )
         .into());
     };
-    let ca = node
-        .state
-        .read(|state| state.ca().cloned())
-        .await
-        .ok_or_else(no_ca)?;
+    let ca = root(node).await?;
     let identities: Vec<String> = request
         .peer
         .ids()
@@ -392,13 +391,5 @@ pub(crate) async fn renew(node: &Node, request: &ApiRequest) -> Answer {
             )
         })?;
     tracing::info!(node = name, "renewed a node's certificate");
-    Ok(json_response(
-        StatusCode::OK,
-        &Joined {
-            cert_pem,
-            ca_pem: ca.cert_pem,
-            identities,
-            expires_at_ms: now.saturating_add(lifetime),
-        },
-    ))
+    joined(cert_pem, ca, identities, now.saturating_add(lifetime))
 }

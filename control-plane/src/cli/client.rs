@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use hyphae_policies::tls::{self, ServerIdentity, TlsConnector, Trust, verifier::PinnedRoot};
+use hyphae_policies::tls::{self, ServerIdentity, ServerVerifier, TlsConnector, Trust};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -76,7 +76,7 @@ impl ApiClient {
                 tls::client_config(&Trust::from_pem(pem, None)?, None, &tls::ALPN_HTTP)?
             }
             ServerTrust::Pinned(fingerprint) => tls::client_config_verified_by(
-                std::sync::Arc::new(PinnedRoot::new(fingerprint, tls::provider())),
+                std::sync::Arc::new(ServerVerifier::pinned(fingerprint, tls::provider())),
                 None,
                 &tls::ALPN_HTTP,
             )?,

@@ -16,7 +16,7 @@ use super::config::{ALPN_HTTP, client_config_verified_by};
 use super::connector::TlsConnector;
 use super::roots::{TlsError, provider};
 use super::server_identity::ServerIdentity;
-use super::verifier::PinnedRoot;
+use super::verifier::ServerVerifier;
 
 /// Why a pinned call failed.
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +60,7 @@ pub async fn post_pinned(
     fingerprint: &str,
     timeout: Duration,
 ) -> Result<(StatusCode, Bytes, CertificateDer<'static>), JoinError> {
-    let pinned = Arc::new(PinnedRoot::new(fingerprint, provider()));
+    let pinned = Arc::new(ServerVerifier::pinned(fingerprint, provider()));
     let config = client_config_verified_by(pinned.clone(), None, &ALPN_HTTP)?;
     let connector = TlsConnector::new(config, ServerIdentity::ControlPlane, timeout);
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
@@ -91,7 +91,7 @@ pub async fn post_pinned(
         .await
         .map_err(|_| JoinError::Timeout(server.to_string()))??;
     let root = pinned
-        .root()
+        .pinned_root()
         .ok_or_else(|| unreachable("it did not present the pinned root".into()))?;
     Ok((status, body, root))
 }
