@@ -28,8 +28,6 @@ const JOIN_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 const JOIN_RETRY_MIN: Duration = Duration::from_millis(200);
 /// Longest wait between join attempts.
 const JOIN_RETRY_MAX: Duration = Duration::from_secs(10);
-/// How often the certificate's age is looked at.
-const RENEW_CHECK_EVERY: Duration = Duration::from_secs(30);
 /// How long a renewal request may take.
 const RENEW_TIMEOUT: Duration = Duration::from_secs(10);
 /// From when before expiry the agent warns at every check that it could not renew.
@@ -269,10 +267,14 @@ pub async fn keep_renewed(
     let mut control_plane = control_plane;
     loop {
         let now = now_seconds();
+        let mut every = Duration::from_secs(30);
         if let (Some(not_before), Some(not_after)) = (identity.not_before(), identity.not_after()) {
             let left = not_after - now;
             metrics::gauge!(crate::metrics::CERTIFICATE_EXPIRY).set(left as f64);
-            let lifetime = (not_after - not_before).max(1);
+            // Its validity starts a clock skew before it was issued.
+            let issued = not_before + tls::CLOCK_SKEW.as_secs() as i64;
+            let lifetime = (not_after - issued).max(1);
+            every = tls::renewal_check_interval(Duration::from_secs(lifetime as u64));
             if left <= lifetime / 3 {
                 match renew(&identity, &control_plane).await {
                     Ok(()) => continue,
@@ -296,7 +298,7 @@ pub async fn keep_renewed(
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(RENEW_CHECK_EVERY) => {}
+            () = tokio::time::sleep(every) => {}
         }
     }
 }

@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 pub const ROOT_LIFETIME_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
 /// How far back a certificate's validity starts, so a host whose clock runs a little behind
 /// accepts it at once.
-pub const CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
+pub const CLOCK_SKEW_MS: u64 = hyphae_policies::tls::CLOCK_SKEW.as_millis() as u64;
 
 /// The root as the replicated state keeps it. The key is replicated with Raft to every
 /// control-plane node (in each node's store, which only the service user can read) so any

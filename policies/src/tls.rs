@@ -24,7 +24,9 @@ pub use self::config::{
 };
 pub use self::connector::{TlsConnection, TlsConnector};
 pub use self::credentials::Credentials;
-pub use self::roots::{TlsError, Trust, certificates, fingerprint, provider};
+pub use self::roots::{
+    CLOCK_SKEW, TlsError, Trust, certificates, fingerprint, provider, renewal_check_interval,
+};
 pub use self::server_identity::ServerIdentity;
 pub use self::spiffe::{Kind, SpiffeId, identities};
 pub use self::verifier::ServerVerifier;

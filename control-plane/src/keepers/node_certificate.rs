@@ -3,18 +3,16 @@
 //! no other node. New handshakes use the new certificate; open connections keep theirs.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::node::Node;
 
-/// How often the certificate's age is looked at.
-const CHECK_EVERY: Duration = Duration::from_secs(30);
-
 /// Renews the node's certificate whenever two thirds of its life have passed, until
 /// `shutdown`. A renewal that fails is logged and tried again at the next check.
 pub async fn keep(node: Arc<Node>, shutdown: CancellationToken) {
+    let every =
+        hyphae_policies::tls::renewal_check_interval(node.config.spec.certificates.lifetime.get());
     loop {
         if let Err(error) = renew_if_due(&node).await {
             tracing::warn!(
@@ -24,7 +22,7 @@ pub async fn keep(node: Arc<Node>, shutdown: CancellationToken) {
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(CHECK_EVERY) => {}
+            () = tokio::time::sleep(every) => {}
         }
     }
 }

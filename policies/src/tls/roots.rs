@@ -36,6 +36,19 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// How far back a certificate's validity starts, so a host whose clock runs a little behind
+/// accepts it at once; its life for renewal counts from after this.
+pub const CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
+/// How often a host looks at whether its certificate is due for renewal: a twentieth of its
+/// life, between a quarter second and thirty seconds.
+pub fn renewal_check_interval(lifetime: std::time::Duration) -> std::time::Duration {
+    (lifetime / 20).clamp(
+        std::time::Duration::from_millis(250),
+        std::time::Duration::from_secs(30),
+    )
+}
+
 /// Lower-case hex SHA-256 of `der`: how a root is pinned before it is trusted.
 pub fn fingerprint(der: &[u8]) -> String {
     use std::fmt::Write;

@@ -1,0 +1,135 @@
+//! Certificate renewal with real processes and real TLS, on certificates that live six seconds:
+//! agents and the control-plane node renew theirs at two thirds of their life while calls flow
+//! between two agents, and not one call fails; once every first certificate has expired, a new
+//! caller still reaches the host, so the host's port presents its renewed certificate.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use hyphae_integration::agent::Agent;
+use hyphae_integration::backend::TestBackend;
+use hyphae_integration::binaries::workspace_binary;
+use hyphae_integration::cluster::{Cluster, data_dir};
+use hyphae_integration::eventually;
+use hyphae_integration::http::get_text;
+use hyphae_integration::mesh::upstream_port;
+
+/// How long every certificate of the test's cluster lives.
+const LIFETIME: &str = "6s";
+/// Longest the traffic runs while waiting for renewals.
+const TRAFFIC_FOR: Duration = Duration::from_secs(20);
+/// Most calls the traffic makes.
+const MOST_CALLS: usize = 50_000;
+
+/// An agent of the cluster at `server`: `web` on `port` when given, else an upstream port for
+/// `web` (returned).
+fn agent(dir: &Path, name: &str, server: &str, port: Option<u16>) -> (Agent, String) {
+    let upstream = format!("127.0.0.1:{}", upstream_port());
+    let role = match port {
+        Some(port) => format!("  services:\n    - {{name: web, port: {port}}}\n"),
+        None => format!("  upstreams:\n    - {{listen: \"{upstream}\", service: web}}\n"),
+    };
+    let agent = Agent::start_in(
+        &workspace_binary("hyphae-agent"),
+        dir,
+        name,
+        &format!(
+            "kind: AgentConfig\nmetadata: {{name: {name}}}\nspec:\n  controlPlane: [\"{server}\"]\n  dataDir: {}\n  listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: null, dns: null}}\n{role}",
+            dir.join(format!("{name}-data")).display()
+        ),
+    )
+    .expect("start an agent");
+    (agent, upstream)
+}
+
+/// The certificate a host keeps in `tls`, as text (empty while there is none).
+fn certificate(tls: &Path) -> String {
+    std::fs::read_to_string(tls.join("node.pem")).unwrap_or_default()
+}
+
+/// Counts how often a file's content changes.
+struct Watched {
+    path: PathBuf,
+    last: String,
+    changes: usize,
+}
+
+impl Watched {
+    fn new(path: PathBuf) -> Watched {
+        Watched {
+            last: certificate(&path),
+            path,
+            changes: 0,
+        }
+    }
+
+    fn look(&mut self) {
+        let now = certificate(&self.path);
+        if now != self.last && !now.is_empty() {
+            self.changes += 1;
+            self.last = now;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_renew_under_traffic_and_no_call_fails() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let backend = TestBackend::start("web").await;
+    let cp_dir = dir.path().join("cp");
+    let cluster = Cluster::start(
+        &workspace_binary("hyphae-control-plane"),
+        &cp_dir,
+        1,
+        &format!("  certificates: {{lifetime: {LIFETIME}}}\n"),
+    )
+    .expect("start the control plane");
+    let server = cluster.node(1).address.to_string();
+    let (host, _) = agent(dir.path(), "host", &server, Some(backend.port()));
+    let (caller, upstream) = agent(dir.path(), "caller", &server, None);
+    host.wait_ready().await;
+    caller.wait_ready().await;
+    eventually("the caller to reach the host's web", || async {
+        get_text(&upstream, "/").await == "web"
+    })
+    .await;
+
+    let mut watched = [
+        Watched::new(dir.path().join("host-data/tls")),
+        Watched::new(dir.path().join("caller-data/tls")),
+        Watched::new(data_dir(&cp_dir, 1).join("tls")),
+    ];
+    let started = Instant::now();
+    let (mut calls, mut failures) = (0, Vec::new());
+    while watched.iter().any(|w| w.changes < 2)
+        && started.elapsed() < TRAFFIC_FOR
+        && calls < MOST_CALLS
+    {
+        let answer = get_text(&upstream, "/").await;
+        calls += 1;
+        if answer != "web" {
+            failures.push(answer);
+        }
+        watched.iter_mut().for_each(Watched::look);
+    }
+    let changes: Vec<usize> = watched.iter().map(|w| w.changes).collect();
+    assert!(
+        changes.iter().all(|&c| c >= 2),
+        "host, caller and control-plane node each renew twice in {TRAFFIC_FOR:?}: {changes:?}"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {calls} calls failed during renewals: {:?}",
+        failures.len(),
+        failures.first()
+    );
+
+    // Every first certificate has expired by now: a new caller's handshake with the host
+    // works only with the host's renewed certificate.
+    let (late, late_upstream) = agent(dir.path(), "late", &server, None);
+    late.wait_ready().await;
+    eventually("a new caller to reach the host", || async {
+        get_text(&late_upstream, "/").await == "web"
+    })
+    .await;
+}
