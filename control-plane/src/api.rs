@@ -350,6 +350,9 @@ async fn route(node: &Node, request: &ApiRequest) -> Answer {
         }
         (&Method::GET, ["v1", "acl", "tokens"]) => tokens::list(node, request).await,
         (&Method::POST, ["v1", "acl", "tokens"]) => tokens::create(node, request).await,
+        (&Method::POST, ["v1", "acl", "certificates"]) => {
+            tokens::create_certificate(node, request).await
+        }
         (&Method::DELETE, ["v1", "acl", "tokens", name]) => tokens::revoke(node, name).await,
         (&Method::POST, ["v1", "agent", "register"]) => registry::register(node, request).await,
         (&Method::POST, ["v1", "agent", "heartbeat"]) => registry::heartbeat(node, request).await,

@@ -76,6 +76,10 @@ pub struct ServerArgs {
     /// presents the root itself).
     #[arg(long, value_name = "HEX", env = client::CA_FINGERPRINT_ENV, conflicts_with = "ca_file")]
     pub ca_fingerprint: Option<String>,
+    /// An operator's client certificate directory (`hyphae acl cert create --out`), presented
+    /// to the node; used instead of a token when no token is given.
+    #[arg(long, value_name = "DIR", env = client::CERT_DIR_ENV)]
+    pub cert_dir: Option<std::path::PathBuf>,
 }
 
 /// Where to read from, and whether a stale read will do, for commands that only read.
@@ -135,7 +139,18 @@ impl ServerArgs {
                 client::CA_FINGERPRINT_ENV
             ),
         };
-        Ok(client::ApiClient::new(server, &trust)?.with_token(token))
+        let credentials = match &self.cert_dir {
+            Some(dir) => {
+                let material =
+                    hyphae_policies::tls::files::CertificateFiles::new(dir.clone()).load()?;
+                Some(hyphae_policies::tls::Credentials::from_pem(
+                    &material.chain,
+                    &material.key,
+                )?)
+            }
+            None => None,
+        };
+        Ok(client::ApiClient::new(server, &trust, credentials.as_ref())?.with_token(token))
     }
 }
 

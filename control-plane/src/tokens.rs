@@ -147,6 +147,34 @@ pub fn authorize(
     Ok(token.name.clone())
 }
 
+/// The `hash` of a token held as a client certificate (`spiffe://<domain>/operator/<name>`):
+/// no secret hashes to it, so only the certificate can use the entry, and revoking the token
+/// revokes the certificate.
+pub const CERTIFICATE_HASH: &str = "certificate";
+
+/// Checks the operator certificate of `name` grants `needs` at `now_ms`: its token entry must
+/// exist, be held as a certificate, and not have expired. Returns the name for the audit log.
+pub fn authorize_certificate(
+    tokens: &BTreeMap<String, StoredToken>,
+    name: &str,
+    needs: Role,
+    now_ms: u64,
+) -> Result<String, Refused> {
+    let token = tokens
+        .get(name)
+        .filter(|t| t.hash == CERTIFICATE_HASH)
+        .filter(|t| t.expires_at_ms.is_none_or(|at| now_ms < at))
+        .ok_or(Refused::Invalid)?;
+    if token.role < needs {
+        return Err(Refused::Forbidden {
+            name: token.name.clone(),
+            has: token.role.name(),
+            needs: needs.name(),
+        });
+    }
+    Ok(format!("certificate:{}", token.name))
+}
+
 /// Compares two hashes in time that does not depend on where they differ.
 fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0

@@ -136,6 +136,22 @@ pub struct NewToken {
     pub ttl: Option<hyphae_policies::Duration>,
 }
 
+/// `POST /v1/acl/certificates`: an operator's client certificate for the admin API, signed
+/// from its CSR (the key stays with the operator), with the role of a token of the same name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NewOperatorCertificate {
+    /// The operator's name (a lower-case DNS label), as the audit log shows.
+    pub name: String,
+    /// What it may do: `read`, `write` or `admin`.
+    pub role: crate::tokens::Role,
+    /// How long it works; the cluster's `certificates.lifetime` when absent.
+    #[serde(default)]
+    pub ttl: Option<hyphae_policies::Duration>,
+    /// A PKCS#10 certificate signing request, PEM.
+    pub csr_pem: String,
+}
+
 /// The answer to `POST /v1/acl/tokens`: the token and its secret, shown this once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

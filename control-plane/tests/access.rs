@@ -227,3 +227,100 @@ async fn init_without_a_token_file_creates_an_owner_only_one_that_works() {
         401
     );
 }
+
+/// Runs the `hyphae` CLI against `server` with the operator certificate in `cert_dir` and no
+/// token: whether it succeeded, and what it printed.
+fn hyphae_with_certificate(
+    server: std::net::SocketAddr,
+    cert_dir: &std::path::Path,
+    args: &[&str],
+) -> (bool, String) {
+    let trust = hyphae_integration::trust::of(&server.to_string()).expect("a started cluster");
+    let output = std::process::Command::new(workspace_binary("hyphae"))
+        .args(args)
+        .env("HYPHAE_SERVER", server.to_string())
+        .env("HYPHAE_CA_FILE", &trust.roots_file)
+        .env("HYPHAE_CERT_DIR", cert_dir)
+        .env_remove("HYPHAE_TOKEN")
+        .env_remove("HYPHAE_TOKEN_FILE")
+        .output()
+        .expect("run hyphae");
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_may_use_client_certificates_with_a_role_revoked_like_a_token() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_cluster, leader, follower) = Cluster::start_logged(
+        &workspace_binary("hyphae-control-plane"),
+        dir.path(),
+        3,
+        "",
+        "info",
+    )
+    .await
+    .expect("start the cluster");
+    let cli = workspace_binary("hyphae");
+    let reader = dir.path().join("alice");
+    let writer = dir.path().join("bob");
+    for (name, role, out) in [("alice", "read", &reader), ("bob", "write", &writer)] {
+        let out = out.display().to_string();
+        let created = hyphae(
+            &cli,
+            leader,
+            &["acl", "cert", "create", name, "--role", role, "--out", &out],
+        )
+        .expect("run hyphae");
+        assert!(created.success(), "{}", created.text);
+    }
+    let policy_file = dir.path().join("p.yaml");
+    std::fs::write(&policy_file, policy("by-cert", 1)).expect("write a policy");
+    let apply = ["apply", "-f", policy_file.to_str().expect("a path")];
+
+    // Through a follower too: it forwards the certificate's identity to the leader.
+    let (read, text) = hyphae_with_certificate(follower, &reader, &["get"]);
+    assert!(read, "a read certificate reads: {text}");
+    let (wrote, text) = hyphae_with_certificate(follower, &reader, &apply);
+    assert!(
+        !wrote && text.contains("403"),
+        "a read certificate may not write: {text}"
+    );
+    let (wrote, text) = hyphae_with_certificate(follower, &writer, &apply);
+    assert!(wrote, "a write certificate writes: {text}");
+
+    // Revoked like a token, at once.
+    let revoked = hyphae(&cli, leader, &["acl", "token", "revoke", "alice"]).expect("run hyphae");
+    assert!(revoked.success(), "{}", revoked.text);
+    let (read, text) = hyphae_with_certificate(leader, &reader, &["get"]);
+    assert!(
+        !read && text.contains("401"),
+        "a revoked certificate: {text}"
+    );
+
+    // A certificate from another root does not get through the handshake.
+    let other = dir.path().join("other-root");
+    let stranger = dir.path().join("stranger");
+    for args in [
+        vec!["ca", "create", "--dir", other.to_str().expect("a path")],
+        vec![
+            "ca",
+            "issue",
+            "--ca",
+            other.to_str().expect("a path"),
+            "--node",
+            "x",
+            "--out",
+            stranger.to_str().expect("a path"),
+        ],
+    ] {
+        let output = std::process::Command::new(&cli)
+            .args(&args)
+            .output()
+            .expect("run hyphae");
+        assert!(output.status.success());
+    }
+    let (read, text) = hyphae_with_certificate(leader, &stranger, &["get"]);
+    assert!(!read, "a certificate of another root is refused: {text}");
+}

@@ -104,9 +104,14 @@ pub(crate) async fn check(
     {
         bootstrap_stored(node).await;
     }
+    // A bearer token decides when there is one; else an operator's client certificate.
+    let operator = secret.is_none().then(|| peer.operator()).flatten();
     let decided = node
         .state
-        .read(|state| tokens::authorize(state.tokens(), secret, needs, now))
+        .read(|state| match operator {
+            Some(name) => tokens::authorize_certificate(state.tokens(), name, needs, now),
+            None => tokens::authorize(state.tokens(), secret, needs, now),
+        })
         .await;
     match decided {
         Ok(name) => Ok(Caller::Token(name)),

@@ -52,6 +52,14 @@ impl Peer {
             .map(|id| id.name.as_str())
     }
 
+    /// The operator it proved (an admin API client certificate), if any.
+    pub fn operator(&self) -> Option<&str> {
+        self.ids
+            .iter()
+            .find(|id| id.kind == Kind::Operator)
+            .map(|id| id.name.as_str())
+    }
+
     /// Every identity it proved.
     pub fn ids(&self) -> &[SpiffeId] {
         &self.ids

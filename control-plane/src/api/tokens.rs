@@ -9,7 +9,8 @@ use super::leader::{read_barrier, remove, write};
 use crate::node::Node;
 use crate::state::Command;
 use crate::tokens::{self, StoredToken, TokenView};
-use crate::wire::{CreatedToken, NewToken};
+use crate::wire::{CreatedToken, Joined, NewOperatorCertificate, NewToken};
+use hyphae_policies::tls::{Kind, SpiffeId};
 
 /// `GET /v1/acl/tokens`: every token, without hashes.
 pub(crate) async fn list(node: &Node, request: &ApiRequest) -> Answer {
@@ -68,4 +69,72 @@ pub(crate) async fn revoke(node: &Node, name: &str) -> Answer {
         name: name.to_string(),
     };
     remove(node, command, "token", name).await
+}
+
+/// `POST /v1/acl/certificates`: an operator's client certificate
+/// (`spiffe://<domain>/operator/<name>`) signed from its CSR, and a token entry of that name
+/// held as the certificate ([`tokens::CERTIFICATE_HASH`]), which gives its role and expiry;
+/// `DELETE /v1/acl/tokens/{name}` revokes it.
+pub(crate) async fn create_certificate(node: &Node, request: &ApiRequest) -> Answer {
+    let new: NewOperatorCertificate = json_body(
+        request,
+        "{\"name\": \"alice\", \"role\": \"read|write|admin\", \"ttl\": \"24h\", \"csrPem\"}",
+    )?;
+    check_name(&new.name).map_err(|reason| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad-token-name",
+            format!("operator name `{}`: {reason}", new.name),
+        )
+    })?;
+    let root = node
+        .state
+        .read(|state| state.ca().cloned())
+        .await
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no-ca",
+                "the cluster has no certificate authority yet; try again",
+            )
+        })?;
+    let ttl = new
+        .ttl
+        .map_or(node.config.spec.certificates.lifetime.get(), Into::into);
+    let lifetime_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+    let now = tokens::now_ms();
+    let domain = &node.config.spec.certificates.trust_domain;
+    let identity = SpiffeId::new(domain, Kind::Operator, &new.name).to_string();
+    let cert_pem = crate::ca::sign(&root, &new.csr_pem, &[identity.clone()], now, lifetime_ms)
+        .map_err(|error| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "bad-csr",
+                error.to_string(),
+            )
+        })?;
+    let token = StoredToken {
+        name: new.name,
+        role: new.role,
+        hash: tokens::CERTIFICATE_HASH.to_string(),
+        expires_at_ms: Some(now.saturating_add(lifetime_ms)),
+        revision: 0,
+    };
+    write(
+        node,
+        Command::CreateToken {
+            token,
+            only_if_none: false,
+        },
+    )
+    .await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &Joined {
+            cert_pem,
+            ca_pem: root.cert_pem,
+            identities: vec![identity],
+            expires_at_ms: now.saturating_add(lifetime_ms),
+        },
+    ))
 }

@@ -26,6 +26,33 @@ pub enum AclCommand {
     /// Admin API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Operators' client certificates for the admin API.
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+/// `hyphae acl cert` subcommands (each needs an admin token).
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Make a key here and get a client certificate for it (`operator/<name>`, with a role);
+    /// write both, with the cluster's root, into a directory for `--cert-dir`. Revoke it with
+    /// `hyphae acl token revoke <name>`.
+    Create {
+        /// The operator's name, as the audit log shows (a lower-case DNS label).
+        name: String,
+        /// What it may do: `read`, `write` (policies) or `admin` (membership, tokens).
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// How long it works; the cluster's certificate lifetime when absent.
+        #[arg(long)]
+        ttl: Option<hyphae_policies::Duration>,
+        /// The directory to write (`ca.pem`, `node.pem`, `node-key.pem` owner-only).
+        #[arg(long, value_name = "DIR")]
+        out: std::path::PathBuf,
+        /// Where the control plane is.
+        #[command(flatten)]
+        server: ServerArgs,
+    },
 }
 
 /// `hyphae acl token` subcommands (each needs an admin token).
@@ -78,7 +105,16 @@ fn parse_role(text: &str) -> Result<Role, String> {
 
 /// Runs `hyphae acl ...`.
 pub fn run(args: &AclArgs, out: &mut dyn std::io::Write) -> Result<Outcome> {
-    let AclCommand::Token(command) = &args.command;
+    let command = match &args.command {
+        AclCommand::Token(command) => command,
+        AclCommand::Cert(CertCommand::Create {
+            name,
+            role,
+            ttl,
+            out: dir,
+            server,
+        }) => return create_certificate(server, name, *role, *ttl, dir, out),
+    };
     match command {
         TokenCommand::Create {
             name,
@@ -97,6 +133,41 @@ pub fn run(args: &AclArgs, out: &mut dyn std::io::Write) -> Result<Outcome> {
             revoke(server, TOKENS_PATH, name, "token", out)
         }
     }
+}
+
+/// Path of the operator certificate API.
+pub const CERTIFICATES_PATH: &str = "/v1/acl/certificates";
+
+/// Makes a key, asks for its certificate as operator `name` with `role`, and writes both with
+/// the root into `dir`.
+fn create_certificate(
+    server: &ServerArgs,
+    name: &str,
+    role: Role,
+    ttl: Option<hyphae_policies::Duration>,
+    dir: &std::path::Path,
+    out: &mut dyn std::io::Write,
+) -> Result<Outcome> {
+    let (key, csr) = hyphae_policies::tls::join::key_and_request()?;
+    let body = serde_json::json!({ "name": name, "role": role, "ttl": ttl, "csrPem": csr });
+    let answer = server
+        .client()?
+        .expect_ok("POST", CERTIFICATES_PATH, &body.to_string())?;
+    let joined: crate::wire::Joined = serde_json::from_value(answer)
+        .context("the answer to POST /v1/acl/certificates is not in the expected form")?;
+    let chain = format!("{}{}", joined.cert_pem, joined.ca_pem);
+    hyphae_policies::tls::files::CertificateFiles::new(dir.to_path_buf()).save(
+        Some(&joined.ca_pem),
+        &chain,
+        &key,
+    )?;
+    writeln!(
+        out,
+        "wrote {} for {} (use it with --cert-dir or HYPHAE_CERT_DIR)",
+        dir.display(),
+        joined.identities.join(", ")
+    )?;
+    Ok(Outcome::Success)
 }
 
 /// POSTs `body` to `path`, which creates something with a secret, and prints the secret: once,

@@ -22,6 +22,8 @@ pub const TOKEN_ENV: &str = "HYPHAE_TOKEN";
 pub const TOKEN_FILE_ENV: &str = "HYPHAE_TOKEN_FILE";
 /// Environment variable naming the cluster's root certificate (PEM).
 pub const CA_FILE_ENV: &str = "HYPHAE_CA_FILE";
+/// Environment variable naming an operator's client certificate directory.
+pub const CERT_DIR_ENV: &str = "HYPHAE_CERT_DIR";
 /// Environment variable holding the cluster root's SHA-256 fingerprint, to pin.
 pub const CA_FINGERPRINT_ENV: &str = "HYPHAE_CA_FINGERPRINT";
 /// Longest the CLI waits for a connection.
@@ -56,8 +58,13 @@ pub struct Answer {
 
 impl ApiClient {
     /// A client for `server` (`host:port`, or an `https://` URL prefix) that checks the
-    /// node's certificate by `trust`.
-    pub fn new(server: &str, trust: &ServerTrust) -> Result<Self> {
+    /// node's certificate by `trust` and presents `credentials` (an operator's certificate)
+    /// when given.
+    pub fn new(
+        server: &str,
+        trust: &ServerTrust,
+        credentials: Option<&tls::Credentials>,
+    ) -> Result<Self> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -73,11 +80,11 @@ impl ApiClient {
         };
         let config = match trust {
             ServerTrust::Roots(pem) => {
-                tls::client_config(&Trust::from_pem(pem, None)?, None, &tls::ALPN_HTTP)?
+                tls::client_config(&Trust::from_pem(pem, None)?, credentials, &tls::ALPN_HTTP)?
             }
             ServerTrust::Pinned(fingerprint) => tls::client_config_verified_by(
                 std::sync::Arc::new(ServerVerifier::pinned(fingerprint, tls::provider())),
-                None,
+                credentials,
                 &tls::ALPN_HTTP,
             )?,
         };

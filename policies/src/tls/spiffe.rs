@@ -15,6 +15,8 @@ pub enum Kind {
     Service,
     /// A control-plane node, named by its Raft node id.
     ControlPlane,
+    /// An operator holding a client certificate for the admin API, by name.
+    Operator,
 }
 
 impl Kind {
@@ -24,13 +26,19 @@ impl Kind {
             Kind::Node => "node",
             Kind::Service => "service",
             Kind::ControlPlane => "control-plane",
+            Kind::Operator => "operator",
         }
     }
 
     fn from_segment(segment: &str) -> Option<Kind> {
-        [Kind::Node, Kind::Service, Kind::ControlPlane]
-            .into_iter()
-            .find(|kind| kind.segment() == segment)
+        [
+            Kind::Node,
+            Kind::Service,
+            Kind::ControlPlane,
+            Kind::Operator,
+        ]
+        .into_iter()
+        .find(|kind| kind.segment() == segment)
     }
 }
 
