@@ -235,6 +235,38 @@ impl ControlPlaneClient {
             })
     }
 
+    /// GETs `path` from the node in use and reads its JSON answer, all within `timeout`.
+    pub async fn get_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<T, ControlPlaneError> {
+        let server = self.server();
+        let read = async {
+            let body = self.get_stream(path, timeout).await?;
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|source| ControlPlaneError::Body {
+                    server: server.to_string(),
+                    source,
+                })?
+                .to_bytes();
+            serde_json::from_slice(&bytes).map_err(|source| ControlPlaneError::Decode {
+                server: server.to_string(),
+                source,
+            })
+        };
+        tokio::time::timeout(timeout, read)
+            .await
+            .unwrap_or_else(|_| {
+                Err(ControlPlaneError::Timeout {
+                    server: server.to_string(),
+                    after: timeout,
+                })
+            })
+    }
+
     /// GETs `path_and_query` from the node in use and returns the body to read as it streams;
     /// the response head must arrive within `timeout`.
     pub async fn get_stream(

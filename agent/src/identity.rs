@@ -77,15 +77,29 @@ impl Identity {
             .map(|id| id.trust_domain)
             .context("the saved certificate names no node")?;
         let trust = Trust::from_pem(&material.roots, Some(&domain))?;
-        let h2 = tls::ALPN_H2;
+        let (control_plane, peers, inbound) = Identity::configs(&trust, &credentials)?;
         Ok(Identity {
-            control_plane: tls::client_config(&trust, Some(&credentials), &h2)?,
-            peers: tls::client_config(&trust, Some(&credentials), &h2)?,
-            inbound: tls::server_config(&credentials, &trust, false, &h2)?,
+            control_plane,
+            peers,
+            inbound,
             files,
             credentials,
             trust,
         })
+    }
+
+    /// The control-plane client, peer client and inbound server configurations for `trust`
+    /// and `credentials`.
+    fn configs(
+        trust: &Trust,
+        credentials: &Credentials,
+    ) -> anyhow::Result<(Arc<ClientConfig>, Arc<ClientConfig>, Arc<ServerConfig>)> {
+        let h2 = tls::ALPN_H2;
+        Ok((
+            tls::client_config(trust, Some(credentials), &h2)?,
+            tls::client_config(trust, Some(credentials), &h2)?,
+            tls::server_config(credentials, trust, false, &h2)?,
+        ))
     }
 
     /// When the certificate stops being valid, seconds since the Unix epoch.
@@ -140,7 +154,7 @@ pub async fn run(
         }
     };
     control_plane.use_tls(Arc::clone(&identity.control_plane));
-    keep_renewed((*identity).clone(), control_plane, shutdown).await;
+    keep_renewed((*identity).clone(), slot, control_plane, shutdown).await;
 }
 
 /// A new identity from a join; `None` when there is none to be had (no join settings, a
@@ -238,12 +252,12 @@ async fn join_once(
             .map_err(|e| Attempt::Failed(format!("{server}: an unreadable answer: {e}")))?;
         let roots =
             tls::certificates(&joined.ca_pem).map_err(|e| Attempt::Failed(e.to_string()))?;
-        if roots.first() != Some(&root) {
+        if !roots.contains(&root) {
             return Err(Attempt::Refused(format!(
                 "{server} answered with a root other than the pinned one"
             )));
         }
-        let chain = format!("{}{}", joined.cert_pem, joined.ca_pem);
+        let chain = joined.chain_pem();
         let saved = files
             .save(Some(&joined.ca_pem), &chain, &key)
             .map_err(|e| Attempt::Failed(format!("cannot save the certificate: {e}")))
@@ -261,11 +275,37 @@ async fn join_once(
 /// the next check; the current certificate stays in use meanwhile.
 pub async fn keep_renewed(
     identity: Identity,
+    slot: IdentitySlot,
     control_plane: ControlPlaneClient,
     shutdown: CancellationToken,
 ) {
-    let mut control_plane = control_plane;
+    let (mut identity, mut control_plane) = (identity, control_plane);
     loop {
+        // The roots, which a rotation changes: trust the cluster's set, and move onto a new
+        // signing root at once. Unreachable, the agent keeps what it has.
+        let mut signer_changed = false;
+        if let Ok(roots) = control_plane
+            .get_json::<RootsView>(CA_PATH, RENEW_TIMEOUT)
+            .await
+        {
+            match retrust(&identity, &roots) {
+                Ok(Some(retrusted)) => {
+                    tracing::info!("trusting the cluster's new set of roots");
+                    control_plane.use_tls(Arc::clone(&retrusted.control_plane));
+                    slot.store(Some(Arc::new(retrusted.clone())));
+                    identity = retrusted;
+                }
+                Ok(None) => {}
+                Err(error) => tracing::warn!(
+                    error = format!("{error:#}"),
+                    "cannot take the cluster's new roots"
+                ),
+            }
+            signer_changed = identity
+                .credentials
+                .leaf()
+                .is_some_and(|leaf| !tls::signed_by(leaf.as_ref(), &roots.cert_pem));
+        }
         let now = now_seconds();
         let mut every = Duration::from_secs(30);
         if let (Some(not_before), Some(not_after)) = (identity.not_before(), identity.not_after()) {
@@ -275,7 +315,7 @@ pub async fn keep_renewed(
             let issued = not_before + tls::CLOCK_SKEW.as_secs() as i64;
             let lifetime = (not_after - issued).max(1);
             every = tls::renewal_check_interval(Duration::from_secs(lifetime as u64));
-            if left <= lifetime / 3 {
+            if left <= lifetime / 3 || signer_changed {
                 match renew(&identity, &control_plane).await {
                     Ok(()) => continue,
                     Err(error) => {
@@ -303,12 +343,48 @@ pub async fn keep_renewed(
     }
 }
 
+/// Path of the cluster's roots.
+const CA_PATH: &str = "/v1/ca";
+
+/// The cluster's roots as `GET /v1/ca` shows them.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RootsView {
+    /// The signing root.
+    cert_pem: String,
+    /// Every root to trust.
+    #[serde(default)]
+    bundle_pem: String,
+}
+
+/// `identity` trusting the roots in `roots` instead, when they differ from its own (saved
+/// first); `None` when they do not.
+fn retrust(identity: &Identity, roots: &RootsView) -> anyhow::Result<Option<Identity>> {
+    let material = identity.files.load()?;
+    if roots.bundle_pem.is_empty() || roots.bundle_pem == material.roots {
+        return Ok(None);
+    }
+    identity
+        .files
+        .save(Some(&roots.bundle_pem), &material.chain, &material.key)?;
+    let mut retrusted = Identity::open(identity.files.clone())?;
+    // The certificate in use stays the one renewals replace in place.
+    retrusted.credentials = identity.credentials.clone();
+    let rebuilt = Identity::configs(&retrusted.trust, &retrusted.credentials)?;
+    Ok(Some(Identity {
+        control_plane: rebuilt.0,
+        peers: rebuilt.1,
+        inbound: rebuilt.2,
+        ..retrusted
+    }))
+}
+
 async fn renew(identity: &Identity, control_plane: &ControlPlaneClient) -> anyhow::Result<()> {
     let (key, csr) = key_and_request()?;
     let joined: Joined = control_plane
         .post_json(RENEW_PATH, &RenewRequest { csr_pem: csr }, RENEW_TIMEOUT)
         .await?;
-    let chain = format!("{}{}", joined.cert_pem, joined.ca_pem);
+    let chain = joined.chain_pem();
     identity.credentials.replace(&chain, &key)?;
     identity.files.save(None, &chain, &key)?;
     tracing::info!(

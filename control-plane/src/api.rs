@@ -87,7 +87,7 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: Cancellatio
             // connection (and its permit) forever.
             // The handshake too: the port speaks only TLS, and a client that sends anything
             // else (plaintext HTTP, say) is refused here.
-            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&node.tls.server));
+            let acceptor = tokio_rustls::TlsAcceptor::from(node.tls.server.load_full());
             let stream = match tokio::time::timeout(first_byte, acceptor.accept(stream)).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(error)) => {
@@ -340,6 +340,7 @@ async fn route(node: &Node, request: &ApiRequest) -> Answer {
             policies::delete(node, kind, name).await
         }
         (&Method::GET, ["v1", "ca"]) => identity::show(node).await,
+        (&Method::POST, ["v1", "ca", "rotate"]) => identity::rotate(node, request).await,
         (&Method::GET, ["v1", "join-tokens"]) => identity::list(node, request).await,
         (&Method::POST, ["v1", "join-tokens"]) => identity::create(node, request).await,
         (&Method::DELETE, ["v1", "join-tokens", name]) => identity::revoke(node, name).await,

@@ -29,6 +29,73 @@ pub struct StoredCa {
     pub key_pem: String,
     /// Lower-case hex SHA-256 of the root certificate's DER: what joining hosts pin.
     pub fingerprint: String,
+    /// During a rotation: the next root, trusted everywhere before it signs anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<Box<StoredCa>>,
+    /// Earlier roots still trusted (PEM), until retired: certificates they signed keep
+    /// working while hosts renew.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retiring: Vec<String>,
+}
+
+impl StoredCa {
+    /// Every root hosts must trust now, PEM: the signing one, the next, the retiring ones.
+    pub fn bundle(&self) -> String {
+        let mut bundle = self.cert_pem.clone();
+        if let Some(next) = &self.next {
+            bundle.push_str(&next.cert_pem);
+        }
+        for root in &self.retiring {
+            bundle.push_str(root);
+        }
+        bundle
+    }
+
+    /// The next step of a rotation applied to this root: `Add` trusts `new` without signing
+    /// with it, `Activate` makes the next root the signer (the old one keeps being trusted),
+    /// `Retire` stops trusting the earlier roots.
+    pub fn rotated(&self, step: RotationStep) -> Result<StoredCa, String> {
+        let mut rotated = self.clone();
+        match step {
+            RotationStep::Add(new) => {
+                if self.next.is_some() {
+                    return Err("a next root is added already: activate it first".into());
+                }
+                rotated.next = Some(new);
+            }
+            RotationStep::Activate => {
+                let Some(next) = rotated.next.take() else {
+                    return Err("no next root to activate: add one first".into());
+                };
+                let mut retiring = vec![self.cert_pem.clone()];
+                retiring.extend(self.retiring.iter().cloned());
+                rotated = StoredCa {
+                    next: None,
+                    retiring,
+                    ..*next
+                };
+            }
+            RotationStep::Retire => {
+                if self.next.is_some() {
+                    return Err("the next root is not active yet: activate it first".into());
+                }
+                rotated.retiring.clear();
+            }
+        }
+        Ok(rotated)
+    }
+}
+
+/// One step of a root rotation (see [`StoredCa::rotated`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum RotationStep {
+    /// Trust this new root everywhere, not signing with it yet.
+    Add(Box<StoredCa>),
+    /// Sign with the next root from now on.
+    Activate,
+    /// Stop trusting the earlier roots.
+    Retire,
 }
 
 /// What a CA operation could not do.
@@ -93,6 +160,8 @@ pub fn generate(trust_domain: &str, now_ms: u64) -> Result<StoredCa, CaError> {
         fingerprint: fingerprint(cert.der()),
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
+        next: None,
+        retiring: Vec::new(),
     })
 }
 
@@ -150,6 +219,11 @@ pub fn read(cert_pem: &str, root_pem: Option<&str>) -> Result<Facts, String> {
         not_after: cert.validity().not_after.timestamp(),
         is_ca: cert.is_ca(),
     })
+}
+
+/// Whether the certificate `leaf` (DER) was signed by the root in `root_pem`.
+pub fn signed_by(leaf: &[u8], root_pem: &str) -> bool {
+    hyphae_policies::tls::signed_by(leaf, root_pem)
 }
 
 /// Signs the key in `csr_pem` into a certificate valid from `now_ms` for `lifetime_ms`,
@@ -215,6 +289,8 @@ pub fn load_dir(dir: &std::path::Path) -> anyhow::Result<StoredCa> {
         fingerprint: fingerprint(der[0].as_ref()),
         cert_pem,
         key_pem,
+        next: None,
+        retiring: Vec::new(),
     })
 }
 

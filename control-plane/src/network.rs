@@ -41,9 +41,10 @@ pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// admin requests.
 pub type PeerClient = Client<TlsConnector, Full<Bytes>>;
 
-/// A fresh peer client with this node's TLS client configuration.
-pub fn peer_client(tls: std::sync::Arc<rustls::ClientConfig>) -> PeerClient {
-    let connector = TlsConnector::new(tls, ServerIdentity::ControlPlane, PEER_CONNECT_TIMEOUT);
+/// A fresh peer client with this node's TLS client configuration (which a rotation replaces).
+pub fn peer_client(tls: std::sync::Arc<arc_swap::ArcSwap<rustls::ClientConfig>>) -> PeerClient {
+    let connector =
+        TlsConnector::swappable(tls, ServerIdentity::ControlPlane, PEER_CONNECT_TIMEOUT);
     Client::builder(TokioExecutor::new())
         .http2_only(true)
         .timer(TokioTimer::new())

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::bail;
+use arc_swap::ArcSwap;
 use hyphae_policies::tls::files::CertificateFiles;
 use hyphae_policies::tls::join::{key_and_request, post_pinned};
 use hyphae_policies::tls::{self, Credentials, Kind, SpiffeId, Trust};
@@ -40,22 +41,23 @@ pub struct JoinTicket {
 }
 
 /// A node's TLS set-up: its credentials (replaced on renewal), the roots, and the server and
-/// peer-client configurations built from them.
+/// peer-client configurations built from them (replaced when the roots change in a rotation).
 #[derive(Debug, Clone)]
 pub struct NodeTls {
     /// Where the files live.
     pub files: CertificateFiles,
     /// Its own certificate and key.
     pub credentials: Credentials,
-    /// The roots it trusts.
-    pub trust: Trust,
+    /// The roots it trusts, as text and as a store.
+    roots: Arc<ArcSwap<(String, Trust)>>,
     /// The port's server configuration: a client certificate is optional (operators may use
     /// tokens), and checked against the roots when presented.
-    pub server: Arc<ServerConfig>,
+    pub server: Arc<ArcSwap<ServerConfig>>,
     /// The configuration of its clients toward other nodes (HTTP/2, its own certificate).
-    pub peer_client: Arc<ClientConfig>,
+    pub peer_client: Arc<ArcSwap<ClientConfig>>,
     /// On the node that made the cluster's root: the root, until the cluster stores it.
     pub founding_root: Option<StoredCa>,
+    trust_domain: String,
 }
 
 impl NodeTls {
@@ -70,18 +72,53 @@ impl NodeTls {
                     fingerprint: tls::fingerprint(der[0].as_ref()),
                     cert_pem: material.roots.clone(),
                     key_pem,
+                    next: None,
+                    retiring: Vec::new(),
                 })
             }
             None => None,
         };
         Ok(NodeTls {
-            server: tls::server_config(&credentials, &trust, true, &tls::ALPN_HTTP)?,
-            peer_client: tls::client_config(&trust, Some(&credentials), &tls::ALPN_H2)?,
+            server: Arc::new(ArcSwap::new(tls::server_config(
+                &credentials,
+                &trust,
+                true,
+                &tls::ALPN_HTTP,
+            )?)),
+            peer_client: Arc::new(ArcSwap::new(tls::client_config(
+                &trust,
+                Some(&credentials),
+                &tls::ALPN_H2,
+            )?)),
+            roots: Arc::new(ArcSwap::from_pointee((material.roots, trust))),
             files,
             credentials,
-            trust,
             founding_root,
+            trust_domain: trust_domain.to_string(),
         })
+    }
+
+    /// The roots it trusts now.
+    pub fn trust(&self) -> Trust {
+        self.roots.load().1.clone()
+    }
+
+    /// Trusts exactly the roots in `bundle_pem` from now on (a rotation's step): writes them,
+    /// and rebuilds the server and peer-client configurations. Returns whether they changed.
+    pub fn trust_roots(&self, bundle_pem: &str) -> anyhow::Result<bool> {
+        if self.roots.load().0 == bundle_pem {
+            return Ok(false);
+        }
+        let trust = Trust::from_pem(bundle_pem, Some(&self.trust_domain))?;
+        let server = tls::server_config(&self.credentials, &trust, true, &tls::ALPN_HTTP)?;
+        let client = tls::client_config(&trust, Some(&self.credentials), &tls::ALPN_H2)?;
+        let material = self.files.load()?;
+        self.files
+            .save(Some(bundle_pem), &material.chain, &material.key)?;
+        self.server.store(server);
+        self.peer_client.store(client);
+        self.roots.store(Arc::new((bundle_pem.to_string(), trust)));
+        Ok(true)
     }
 
     /// Writes a renewed chain and key and uses them for every handshake from now on.
@@ -170,7 +207,7 @@ pub async fn join(
             match join_through(seed, &request, &ticket.ca_fingerprint).await {
                 Ok(joined) => {
                     let files = CertificateFiles::new(tls_dir(data_dir));
-                    let chain = format!("{}{}", joined.cert_pem, joined.ca_pem);
+                    let chain = joined.chain_pem();
                     files.save(Some(&joined.ca_pem), &chain, &key)?;
                     tracing::info!(%seed, identities = ?joined.identities, "joined the cluster; got this node's certificate");
                     return NodeTls::open(files, trust_domain);
@@ -219,7 +256,7 @@ async fn join_through(seed: &str, request: &[u8], fingerprint: &str) -> Result<J
     let joined: Joined = serde_json::from_slice(&body)
         .map_err(|error| Attempt::Failed(anyhow::anyhow!("an unreadable answer: {error}")))?;
     let answered = tls::certificates(&joined.ca_pem).map_err(|e| Attempt::Failed(e.into()))?;
-    if answered.first().map(|cert| cert.as_ref()) != Some(root.as_ref()) {
+    if !answered.contains(&root) {
         return Err(Attempt::Refused(
             "it answered with a root other than the pinned one".into(),
         ));

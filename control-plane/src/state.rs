@@ -158,6 +158,11 @@ pub enum Command {
         /// The root and its key.
         ca: StoredCa,
     },
+    /// One step of a rotation of the cluster's root.
+    RotateCa {
+        /// The step.
+        step: crate::ca::RotationStep,
+    },
     /// Store a join token (replacing one of the same name).
     CreateJoinToken {
         /// The token; its revision becomes the entry's index.
@@ -213,7 +218,7 @@ impl Command {
                 .collect(),
             Command::SetClusterId { .. } => vec![StateKey::Cluster],
             Command::CreateToken { .. } | Command::RevokeToken { .. } => vec![StateKey::Tokens],
-            Command::SetCa { .. } => vec![StateKey::Ca],
+            Command::SetCa { .. } | Command::RotateCa { .. } => vec![StateKey::Ca],
             Command::CreateJoinToken { .. }
             | Command::RevokeJoinToken { .. }
             | Command::UseJoinToken { .. } => vec![StateKey::JoinTokens],
@@ -302,6 +307,13 @@ pub enum CommandResponse {
         /// The fingerprint of the root in force (an earlier one, if there was).
         fingerprint: String,
     },
+    /// [`Command::RotateCa`] ran.
+    CaRotated {
+        /// The log index of the entry.
+        revision: u64,
+        /// The signing root's fingerprint afterwards, or why the step was refused.
+        outcome: Result<String, String>,
+    },
     /// [`Command::CreateJoinToken`] ran.
     JoinTokenCreated {
         /// The log index of the entry.
@@ -338,6 +350,7 @@ impl CommandResponse {
             | CommandResponse::TokenCreated { revision, .. }
             | CommandResponse::TokenRevoked { revision, .. }
             | CommandResponse::CaSet { revision, .. }
+            | CommandResponse::CaRotated { revision, .. }
             | CommandResponse::JoinTokenCreated { revision }
             | CommandResponse::JoinTokenRevoked { revision, .. }
             | CommandResponse::JoinTokenUsed { revision, .. } => *revision,
@@ -641,6 +654,18 @@ impl State {
             Command::SetCa { ca } => CommandResponse::CaSet {
                 revision: log_index,
                 fingerprint: self.ca.get_or_insert(ca).fingerprint.clone(),
+            },
+            Command::RotateCa { step } => CommandResponse::CaRotated {
+                revision: log_index,
+                outcome: match self.ca.as_ref().map(|ca| ca.rotated(step)) {
+                    None => Err("the cluster has no root yet".to_string()),
+                    Some(Err(why)) => Err(why),
+                    Some(Ok(rotated)) => {
+                        let fingerprint = rotated.fingerprint.clone();
+                        self.ca = Some(rotated);
+                        Ok(fingerprint)
+                    }
+                },
             },
             Command::CreateJoinToken { mut token } => {
                 token.revision = log_index;

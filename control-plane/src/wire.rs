@@ -171,6 +171,18 @@ pub struct CaView {
     pub cert_pem: String,
     /// Lower-case hex SHA-256 of its DER: what `hyphae-agent --ca-fingerprint` pins.
     pub fingerprint: String,
+    /// Every root hosts must trust now (PEM): the signing one, and during a rotation the
+    /// next one and the retiring ones.
+    #[serde(default)]
+    pub bundle_pem: String,
+}
+
+/// `POST /v1/ca/rotate`: one step of a root rotation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateCa {
+    /// `add`, `activate` or `retire`.
+    pub step: String,
 }
 
 /// `POST /v1/join-tokens`: a new join token.

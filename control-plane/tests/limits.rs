@@ -104,7 +104,7 @@ async fn read_to_close(stream: &mut (impl AsyncRead + Unpin)) -> String {
 
 /// A TLS connection to `node` that checks its certificate and presents `credentials`.
 async fn connect(node: &RunningNode, credentials: Option<&Credentials>) -> TlsStream<TcpStream> {
-    let config = tls::client_config(&node.node.tls.trust, credentials, &[b"http/1.1"])
+    let config = tls::client_config(&node.node.tls.trust(), credentials, &[b"http/1.1"])
         .expect("a TLS client configuration");
     TlsConnector::new(config, ServerIdentity::ControlPlane, DEADLINE)
         .open("127.0.0.1", node.address.port())
@@ -380,7 +380,7 @@ async fn revision(node: &RunningNode) -> Option<u64> {
 /// Whether a TLS connection to `node` is closed before it can carry a request (beyond the
 /// connection cap).
 async fn exchange_refused(node: &RunningNode) -> bool {
-    let config = tls::client_config(&node.node.tls.trust, None, &[b"http/1.1"])
+    let config = tls::client_config(&node.node.tls.trust(), None, &[b"http/1.1"])
         .expect("a TLS client configuration");
     let connector = TlsConnector::new(config, ServerIdentity::ControlPlane, DEADLINE);
     let Ok(mut stream) = connector.open("127.0.0.1", node.address.port()).await else {

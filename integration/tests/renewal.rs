@@ -1,7 +1,9 @@
-//! Certificate renewal with real processes and real TLS, on certificates that live six seconds:
-//! agents and the control-plane node renew theirs at two thirds of their life while calls flow
-//! between two agents, and not one call fails; once every first certificate has expired, a new
-//! caller still reaches the host, so the host's port presents its renewed certificate.
+//! Certificate renewal and root rotation with real processes and real TLS, on certificates
+//! that live six seconds: agents and the control-plane node renew theirs at two thirds of their
+//! life while calls flow between two agents, and not one call fails; once every first
+//! certificate has expired, a new caller still reaches the host. The cluster's root rotates
+//! (a new root trusted everywhere, then signing, then the old one retired) under traffic with
+//! no failed call either.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -126,6 +128,118 @@ async fn certificates_renew_under_traffic_and_no_call_fails() {
 
     // Every first certificate has expired by now: a new caller's handshake with the host
     // works only with the host's renewed certificate.
+    let (late, late_upstream) = agent(dir.path(), "late", &server, None);
+    late.wait_ready().await;
+    eventually("a new caller to reach the host", || async {
+        get_text(&late_upstream, "/").await == "web"
+    })
+    .await;
+}
+
+/// How many roots a host's TLS folder trusts.
+fn roots(tls: &Path) -> usize {
+    std::fs::read_to_string(tls.join("ca.pem"))
+        .ok()
+        .and_then(|pem| hyphae_policies::tls::certificates(&pem).ok())
+        .map_or(0, |roots| roots.len())
+}
+
+/// Whether the certificate in `tls` was signed by the root `root_pem`.
+fn signed_by(tls: &Path, root_pem: &str) -> bool {
+    let chain = certificate(tls);
+    hyphae_policies::tls::certificates(&chain)
+        .ok()
+        .and_then(|certs| certs.first().cloned())
+        .is_some_and(|leaf| hyphae_policies::tls::signed_by(leaf.as_ref(), root_pem))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_root_rotates_under_traffic_and_no_call_fails() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let backend = TestBackend::start("web").await;
+    let cp_dir = dir.path().join("cp");
+    let cluster = Cluster::start(
+        &workspace_binary("hyphae-control-plane"),
+        &cp_dir,
+        1,
+        &format!("  certificates: {{lifetime: {LIFETIME}}}\n"),
+    )
+    .expect("start the control plane");
+    let server = cluster.node(1).address.to_string();
+    let (host, _) = agent(dir.path(), "host", &server, Some(backend.port()));
+    let (caller, upstream) = agent(dir.path(), "caller", &server, None);
+    host.wait_ready().await;
+    caller.wait_ready().await;
+    eventually("the caller to reach the host's web", || async {
+        get_text(&upstream, "/").await == "web"
+    })
+    .await;
+    let folders = [
+        dir.path().join("host-data/tls"),
+        dir.path().join("caller-data/tls"),
+        data_dir(&cp_dir, 1).join("tls"),
+    ];
+
+    // Calls flow the whole time; each step waits for every host.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = tokio::spawn({
+        let (stop, upstream) = (std::sync::Arc::clone(&stop), upstream.clone());
+        async move {
+            let (mut calls, mut failures) = (0usize, Vec::new());
+            let started = Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && started.elapsed() < Duration::from_secs(60)
+                && calls < MOST_CALLS
+            {
+                let answer = get_text(&upstream, "/").await;
+                calls += 1;
+                if answer != "web" {
+                    failures.push(answer);
+                }
+            }
+            (calls, failures)
+        }
+    });
+    let cli = workspace_binary("hyphae");
+    let rotate = |step: &str| {
+        let output = hyphae_integration::cli::hyphae(&cli, &server, &["ca", "rotate", step])
+            .expect("run hyphae");
+        assert!(output.success(), "{step}: {}", output.text);
+    };
+    rotate("add");
+    eventually("every host to trust both roots", || async {
+        folders.iter().all(|tls| roots(tls) == 2)
+    })
+    .await;
+    // The operator's own tools take the new set of roots too (`hyphae ca --pem`), before the
+    // new root signs anything.
+    cluster.trust().expect("the cluster's roots, both");
+    rotate("activate");
+    let new_root = hyphae_integration::http::get_json(&server, "/v1/ca")
+        .await
+        .and_then(|ca| ca["certPem"].as_str().map(str::to_string))
+        .expect("the new signing root");
+    eventually("every host to renew onto the new root", || async {
+        folders.iter().all(|tls| signed_by(tls, &new_root))
+    })
+    .await;
+    rotate("retire");
+    eventually("every host to trust only the new root", || async {
+        folders.iter().all(|tls| roots(tls) == 1)
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (calls, failures) = traffic.await.expect("the traffic task");
+    assert!(calls > 0, "calls flowed during the rotation");
+    assert!(
+        failures.is_empty(),
+        "{} of {calls} calls failed during the rotation: {:?}",
+        failures.len(),
+        failures.first()
+    );
+
+    // A host joining now pins the new root (`hyphae ca` prints its fingerprint).
+    cluster.trust().expect("the cluster's new root");
     let (late, late_upstream) = agent(dir.path(), "late", &server, None);
     late.wait_ready().await;
     eventually("a new caller to reach the host", || async {

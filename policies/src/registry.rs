@@ -207,8 +207,12 @@ pub struct JoinRequest {
 pub struct Joined {
     /// The node certificate, PEM.
     pub cert_pem: String,
-    /// The cluster's root, PEM.
+    /// Every root to trust, PEM (the signing one first; during a rotation also the next and
+    /// the retiring ones).
     pub ca_pem: String,
+    /// The root that signed the certificate, PEM: what follows it in the chain a host presents.
+    #[serde(default)]
+    pub issuer_pem: String,
     /// The SPIFFE IDs the certificate carries.
     pub identities: Vec<String>,
     /// When it expires (ms since the Unix epoch); renew at two thirds of its life.
@@ -279,5 +283,17 @@ mod tests {
         .unwrap();
         assert_eq!(record.instances[0].health, Health::Passing);
         assert_eq!(record.revision, 0);
+    }
+}
+
+impl Joined {
+    /// The chain a host presents: the certificate, then the root that signed it.
+    pub fn chain_pem(&self) -> String {
+        let issuer = if self.issuer_pem.is_empty() {
+            &self.ca_pem
+        } else {
+            &self.issuer_pem
+        };
+        format!("{}{issuer}", self.cert_pem)
     }
 }

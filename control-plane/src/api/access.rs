@@ -51,8 +51,8 @@ pub(crate) fn required(method: &Method, path: &str) -> Access {
         // Tokens are the keys to the cluster: admin only, even to list them.
         return Access::Token(Role::Admin);
     }
-    if path.starts_with("/v1/cluster/") && !reads {
-        // Membership and leadership.
+    if (path.starts_with("/v1/cluster/") || path.starts_with("/v1/ca/")) && !reads {
+        // Membership, leadership and the cluster's root.
         return Access::Token(Role::Admin);
     }
     Access::Token(if reads { Role::Read } else { Role::Write })
@@ -243,6 +243,7 @@ mod tests {
         assert_eq!(get("/v1/ca"), Access::Public);
         assert_eq!(post("/v1/agent/join"), Access::Public);
         assert_eq!(post("/v1/cluster/join"), Access::Public);
+        assert_eq!(post("/v1/ca/rotate"), Access::Token(Role::Admin));
         assert_eq!(
             post("/v1/unknown"),
             Access::Token(Role::Write),

@@ -17,6 +17,7 @@ use crate::state::{Command, CommandResponse};
 use crate::tokens;
 use crate::wire::{
     CaView, ControlPlaneJoin, CreatedJoinToken, JoinRequest, Joined, NewJoinToken, RenewRequest,
+    RotateCa,
 };
 use hyphae_policies::tls::{Kind, SpiffeId};
 
@@ -52,7 +53,8 @@ fn joined(
         StatusCode::OK,
         &Joined {
             cert_pem,
-            ca_pem: root.cert_pem,
+            ca_pem: root.bundle(),
+            issuer_pem: root.cert_pem,
             identities,
             expires_at_ms,
         },
@@ -75,6 +77,7 @@ pub(crate) async fn show(node: &Node) -> Answer {
             state.ca().map(|ca| CaView {
                 cert_pem: ca.cert_pem.clone(),
                 fingerprint: ca.fingerprint.clone(),
+                bundle_pem: ca.bundle(),
             })
         })
         .await
@@ -392,4 +395,50 @@ pub(crate) async fn renew(node: &Node, request: &ApiRequest) -> Answer {
         })?;
     tracing::info!(node = name, "renewed a node's certificate");
     joined(cert_pem, ca, identities, now.saturating_add(lifetime))
+}
+
+/// `POST /v1/ca/rotate` `{"step": "add" | "activate" | "retire"}`: one step of a rotation of
+/// the cluster's root. `add` makes a new root that every host trusts from its next look (it
+/// signs nothing yet); `activate` signs with it from now on, hosts renew onto it, and the old
+/// root stays trusted; `retire` stops trusting the old one. Answers with the root as
+/// `GET /v1/ca` shows it.
+pub(crate) async fn rotate(node: &Node, request: &ApiRequest) -> Answer {
+    let asked: RotateCa = json_body(request, "{\"step\": \"add|activate|retire\"}")?;
+    let step = match asked.step.as_str() {
+        "add" => {
+            let trust_domain = &node.config.spec.certificates.trust_domain;
+            let new = ca::generate(trust_domain, tokens::now_ms()).map_err(|error| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ca", error.to_string())
+            })?;
+            ca::RotationStep::Add(Box::new(new))
+        }
+        "activate" => ca::RotationStep::Activate,
+        "retire" => ca::RotationStep::Retire,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "bad-step",
+                format!("unknown rotation step `{other}`: use add, activate or retire"),
+            )
+            .into());
+        }
+    };
+    match write(node, Command::RotateCa { step }).await? {
+        CommandResponse::CaRotated {
+            outcome: Ok(fingerprint),
+            ..
+        } => {
+            tracing::info!(step = %asked.step, %fingerprint, "the cluster's root rotated a step");
+            show(node).await
+        }
+        CommandResponse::CaRotated {
+            outcome: Err(why), ..
+        } => Err(ApiError::new(StatusCode::CONFLICT, "rotation", why).into()),
+        other => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "rotation",
+            format!("unexpected answer from the state machine: {other:?}"),
+        )
+        .into()),
+    }
 }

@@ -132,7 +132,8 @@ pub(crate) async fn create_certificate(node: &Node, request: &ApiRequest) -> Ans
         StatusCode::OK,
         &Joined {
             cert_pem,
-            ca_pem: root.cert_pem,
+            ca_pem: root.bundle(),
+            issuer_pem: root.cert_pem,
             identities: vec![identity],
             expires_at_ms: now.saturating_add(lifetime_ms),
         },

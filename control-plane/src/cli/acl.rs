@@ -155,7 +155,7 @@ fn create_certificate(
         .expect_ok("POST", CERTIFICATES_PATH, &body.to_string())?;
     let joined: crate::wire::Joined = serde_json::from_value(answer)
         .context("the answer to POST /v1/acl/certificates is not in the expected form")?;
-    let chain = format!("{}{}", joined.cert_pem, joined.ca_pem);
+    let chain = joined.chain_pem();
     hyphae_policies::tls::files::CertificateFiles::new(dir.to_path_buf()).save(
         Some(&joined.ca_pem),
         &chain,

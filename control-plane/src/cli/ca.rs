@@ -21,7 +21,8 @@ pub struct CaArgs {
     /// What to do; without a subcommand, print the cluster's root fingerprint.
     #[command(subcommand)]
     pub command: Option<CaCommand>,
-    /// Print the root certificate (PEM) instead of its fingerprint.
+    /// Print every root to trust (PEM: the signing root, and during a rotation the next and
+    /// retiring ones) instead of the signing root's fingerprint.
     #[arg(long)]
     pub pem: bool,
     /// Where the control plane is.
@@ -29,9 +30,21 @@ pub struct CaArgs {
     pub server: ServerArgs,
 }
 
-/// `hyphae ca` subcommands, which work on files and talk to no control plane.
+/// `hyphae ca` subcommands: `create` and `issue` work on files and talk to no control plane;
+/// `rotate` steps the cluster's root through a rotation.
 #[derive(Debug, Subcommand)]
 pub enum CaCommand {
+    /// One step of a rotation of the cluster's root (admin token): `add` a new root every
+    /// host trusts (nothing is signed with it yet), `activate` it once every host trusts it
+    /// (hosts renew onto it), `retire` the old one once every host has renewed.
+    Rotate {
+        /// `add`, `activate` or `retire`.
+        #[arg(value_parser = ["add", "activate", "retire"])]
+        step: String,
+        /// Where the control plane is.
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// Make a root certificate and key in a directory (`ca.pem`, `ca-key.pem` owner-only).
     Create {
         /// The directory (created when missing; an existing root there is kept).
@@ -68,6 +81,20 @@ pub enum CaCommand {
 /// Runs `hyphae ca`.
 pub fn run(args: &CaArgs, out: &mut dyn std::io::Write) -> Result<Outcome> {
     match &args.command {
+        Some(CaCommand::Rotate { step, server }) => {
+            let body = serde_json::json!({ "step": step }).to_string();
+            let answer = server.client()?.expect_ok("POST", "/v1/ca/rotate", &body)?;
+            let ca: CaView = serde_json::from_value(answer)
+                .context("the control plane's CA is not in the expected form")?;
+            let trusted =
+                hyphae_policies::tls::certificates(&ca.bundle_pem).map_or(0, |roots| roots.len());
+            writeln!(
+                out,
+                "signing root sha256:{}; {trusted} root(s) trusted",
+                ca.fingerprint
+            )?;
+            Ok(Outcome::Success)
+        }
         Some(CaCommand::Create { dir, trust_domain }) => {
             let root = create(dir, trust_domain)?;
             writeln!(out, "sha256:{}", root.fingerprint)?;
@@ -104,7 +131,7 @@ pub fn run(args: &CaArgs, out: &mut dyn std::io::Write) -> Result<Outcome> {
             let ca: CaView = serde_json::from_value(answer)
                 .context("the control plane's CA is not in the expected form")?;
             if args.pem {
-                out.write_all(ca.cert_pem.as_bytes())?;
+                out.write_all(ca.bundle_pem.as_bytes())?;
             } else {
                 writeln!(out, "sha256:{}", ca.fingerprint)?;
             }

@@ -28,6 +28,13 @@ pub async fn keep(node: Arc<Node>, shutdown: CancellationToken) {
 }
 
 async fn renew_if_due(node: &Node) -> anyhow::Result<()> {
+    let Some(root) = node.state.read(|state| state.ca().cloned()).await else {
+        return Ok(());
+    };
+    // A rotation step changed the roots: trust exactly the cluster's bundle.
+    if node.tls.trust_roots(&root.bundle())? {
+        tracing::info!(fingerprint = %root.fingerprint, "trusting the cluster's new set of roots");
+    }
     let Some(not_after) = node.tls.not_after() else {
         return Ok(());
     };
@@ -36,12 +43,15 @@ async fn renew_if_due(node: &Node) -> anyhow::Result<()> {
     let now_ms = crate::tokens::now_ms();
     let remaining_ms = (not_after * 1000).saturating_sub(i64::try_from(now_ms).unwrap_or(i64::MAX));
     let lifetime_ms = i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX);
-    if remaining_ms > lifetime_ms / 3 {
+    // After a rotation's activation the signing root changed: renew onto it at once.
+    let signed_by_root = node
+        .tls
+        .credentials
+        .leaf()
+        .is_some_and(|leaf| crate::ca::signed_by(leaf.as_ref(), &root.cert_pem));
+    if remaining_ms > lifetime_ms / 3 && signed_by_root {
         return Ok(());
     }
-    let Some(root) = node.state.read(|state| state.ca().cloned()).await else {
-        return Ok(());
-    };
     let (chain, key) = crate::pki::issue(
         &root,
         &spec.certificates.trust_domain,

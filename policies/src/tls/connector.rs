@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::Uri;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
@@ -22,7 +23,7 @@ use super::server_identity::ServerIdentity;
 /// ignored: every connection is TLS).
 #[derive(Clone)]
 pub struct TlsConnector {
-    config: Arc<ClientConfig>,
+    config: Arc<ArcSwap<ClientConfig>>,
     server: ServerIdentity,
     connect_timeout: Duration,
 }
@@ -32,6 +33,16 @@ impl TlsConnector {
     /// handshake bounded by `connect_timeout`.
     pub fn new(
         config: Arc<ClientConfig>,
+        server: ServerIdentity,
+        connect_timeout: Duration,
+    ) -> TlsConnector {
+        TlsConnector::swappable(Arc::new(ArcSwap::new(config)), server, connect_timeout)
+    }
+
+    /// Like [`TlsConnector::new`], with a configuration its owner may replace (new roots):
+    /// each new connection uses the one in place.
+    pub fn swappable(
+        config: Arc<ArcSwap<ClientConfig>>,
         server: ServerIdentity,
         connect_timeout: Duration,
     ) -> TlsConnector {
@@ -52,7 +63,7 @@ impl TlsConnector {
         let open = async {
             let tcp = TcpStream::connect((host, port)).await?;
             tcp.set_nodelay(true)?;
-            tokio_rustls::TlsConnector::from(Arc::clone(&self.config))
+            tokio_rustls::TlsConnector::from(self.config.load_full())
                 .connect(name, tcp)
                 .await
         };

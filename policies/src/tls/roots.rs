@@ -59,6 +59,21 @@ pub fn fingerprint(der: &[u8]) -> String {
     })
 }
 
+/// Whether the certificate `leaf` (DER) was signed by the root in `root_pem`: after a
+/// rotation's activation, a host whose certificate was not renews at once.
+pub fn signed_by(leaf: &[u8], root_pem: &str) -> bool {
+    let Ok((_, leaf)) = x509_parser::parse_x509_certificate(leaf) else {
+        return false;
+    };
+    let Ok((_, root)) = x509_parser::pem::parse_x509_pem(root_pem.as_bytes()) else {
+        return false;
+    };
+    let Ok(root) = root.parse_x509() else {
+        return false;
+    };
+    leaf.issuer() == root.subject() && leaf.verify_signature(Some(root.public_key())).is_ok()
+}
+
 /// Every certificate in `pem`, in order.
 pub fn certificates(pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
