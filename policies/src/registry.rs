@@ -228,6 +228,18 @@ pub struct RenewRequest {
     pub csr_pem: String,
 }
 
+impl Joined {
+    /// The chain a host presents: the certificate, then the root that signed it.
+    pub fn chain_pem(&self) -> String {
+        let issuer = if self.issuer_pem.is_empty() {
+            &self.ca_pem
+        } else {
+            &self.issuer_pem
+        };
+        format!("{}{issuer}", self.cert_pem)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,17 +295,5 @@ mod tests {
         .unwrap();
         assert_eq!(record.instances[0].health, Health::Passing);
         assert_eq!(record.revision, 0);
-    }
-}
-
-impl Joined {
-    /// The chain a host presents: the certificate, then the root that signed it.
-    pub fn chain_pem(&self) -> String {
-        let issuer = if self.issuer_pem.is_empty() {
-            &self.ca_pem
-        } else {
-            &self.issuer_pem
-        };
-        format!("{}{issuer}", self.cert_pem)
     }
 }

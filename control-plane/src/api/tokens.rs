@@ -105,14 +105,20 @@ pub(crate) async fn create_certificate(node: &Node, request: &ApiRequest) -> Ans
     let now = tokens::now_ms();
     let domain = &node.config.spec.certificates.trust_domain;
     let identity = SpiffeId::new(domain, Kind::Operator, &new.name).to_string();
-    let cert_pem = crate::ca::sign(&root, &new.csr_pem, &[identity.clone()], now, lifetime_ms)
-        .map_err(|error| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "bad-csr",
-                error.to_string(),
-            )
-        })?;
+    let cert_pem = crate::ca::sign(
+        &root,
+        &new.csr_pem,
+        std::slice::from_ref(&identity),
+        now,
+        lifetime_ms,
+    )
+    .map_err(|error| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad-csr",
+            error.to_string(),
+        )
+    })?;
     let token = StoredToken {
         name: new.name,
         role: new.role,
