@@ -67,8 +67,9 @@ pub struct Request<'a> {
 }
 
 /// Whether `policy` admits `caller` for `request`: the first rule whose callers, paths and
-/// methods all match decides; none matching, the policy's default. A service without a policy
-/// admits every caller of the mesh (they all proved a node certificate of its trust domain).
+/// methods all match decides; none matching, the policy's default. The caller passes the
+/// service's own policy, else the mesh-wide one (`service: "*"`); with neither, every caller
+/// of the mesh is admitted (they all proved a node certificate of its trust domain).
 pub fn admits(policy: Option<&AccessPolicySpec>, caller: &Caller, request: Request<'_>) -> bool {
     let Some(policy) = policy else {
         return true;

@@ -222,3 +222,40 @@ async fn a_caller_refuses_a_peer_that_is_not_the_node_its_endpoint_names() {
     assert_eq!(answer.status, 502, "{}", answer.text());
     assert_eq!(answer.header("hyphae-error"), Some("connect-failed"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesh_wide_policy_denies_every_service_without_its_own() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (web, admin) = (
+        TestBackend::start("web").await,
+        TestBackend::start("admin").await,
+    );
+    let host = Agent::start_in(
+        &workspace_binary("hyphae-agent"),
+        dir.path(),
+        "host",
+        &format!(
+            "kind: AgentConfig\nmetadata: {{name: host}}\nspec:\n  listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: null, dns: null}}\n  services:\n    - {{name: web, port: {}}}\n    - {{name: admin, port: {}}}\n---\nkind: AccessPolicy\nmetadata: {{name: mesh}}\nspec:\n  service: \"*\"\n  defaultAction: deny\n---\nkind: AccessPolicy\nmetadata: {{name: web}}\nspec:\n  service: web\n  defaultAction: allow\n",
+            web.port(),
+            admin.port()
+        ),
+    )
+    .expect("start the host agent");
+    let (web_port, admin_port) = (upstream_port(), upstream_port());
+    let _caller = Agent::start_in(
+        &workspace_binary("hyphae-agent"),
+        dir.path(),
+        "caller",
+        &format!(
+            "kind: AgentConfig\nmetadata: {{name: caller}}\nspec:\n  listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: null, dns: null}}\n  upstreams:\n    - {{listen: \"127.0.0.1:{web_port}\", service: web}}\n    - {{listen: \"127.0.0.1:{admin_port}\", service: admin}}\n  staticServices:\n    - name: web\n      endpoints: [{{address: \"{0}\", node: host}}]\n    - name: admin\n      endpoints: [{{address: \"{0}\", node: host}}]\n",
+            host.inbound
+        ),
+    )
+    .expect("start the caller agent");
+    let client = http1_client();
+    let allowed = get(&client, &format!("http://127.0.0.1:{web_port}/")).await;
+    assert_eq!(allowed.status, 200, "{}", allowed.text());
+    let denied = get(&client, &format!("http://127.0.0.1:{admin_port}/")).await;
+    assert_eq!(denied.status, 403, "{}", denied.text());
+    assert_eq!(denied.header("hyphae-error"), Some("denied"));
+}

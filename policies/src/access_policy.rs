@@ -4,12 +4,16 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// The `service` of the mesh-wide policy: it governs every service without one of its own
+/// (`defaultAction: deny` there makes the whole mesh default-deny).
+pub const MESH_WIDE: &str = "*";
+
 /// Spec of an `AccessPolicy`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AccessPolicySpec {
-    /// The service being protected.
+    /// The service being protected; `*` for every service without a policy of its own.
     pub service: String,
     /// What happens to a call no rule matches. Default `deny`.
     #[serde(default)]

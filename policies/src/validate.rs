@@ -305,7 +305,9 @@ fn service_references(policy: &Policy) -> Vec<(FieldPath, &str)> {
             }
         }
         Policy::AccessPolicy(o) => {
-            refs.push((spec.key("service"), o.spec.service.as_str()));
+            if o.spec.service != crate::access_policy::MESH_WIDE {
+                refs.push((spec.key("service"), o.spec.service.as_str()));
+            }
             for (r, rule) in o.spec.rules.iter().enumerate() {
                 for (f, identity) in rule.from.iter().enumerate() {
                     if let Identity::Service(name) = identity

@@ -179,7 +179,12 @@ fn authorize(
         (Some(request.method().as_str()), Some(request.uri().path()))
     };
     let asked = authz::Request { method, path };
-    if authz::admits(snapshot.access.get(service), caller, asked) {
+    let policy = snapshot.access.get(service).or_else(|| {
+        snapshot
+            .access
+            .get(hyphae_policies::access_policy::MESH_WIDE)
+    });
+    if authz::admits(policy, caller, asked) {
         return Ok(());
     }
     metrics::counter!(

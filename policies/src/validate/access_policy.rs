@@ -2,12 +2,16 @@
 
 use super::Checker;
 use super::http::check_method;
+use crate::access_policy::MESH_WIDE;
 use crate::diagnostic::FieldPath;
 use crate::{AccessPolicySpec, Identity};
 
 /// Checks an `AccessPolicy`'s spec.
 pub(super) fn check(c: &mut Checker, path: &FieldPath, spec: &AccessPolicySpec) {
-    c.name(path.key("service"), &spec.service);
+    // `*`: the mesh-wide default, for every service without a policy of its own.
+    if spec.service != MESH_WIDE {
+        c.name(path.key("service"), &spec.service);
+    }
     for (i, rule) in spec.rules.iter().enumerate() {
         let rule_path = path.key("rules").index(i);
         if rule.from.is_empty() {
