@@ -210,9 +210,18 @@ fn check_registration(record: &NodeRecord) -> Result<(), String> {
     if record.site.is_empty() {
         return Err("site must not be empty".into());
     }
-    if record.address.port() == 0 || record.address.ip().is_unspecified() {
+    // What is accepted, and why that is enough (README, "Between agents"): a unicast address
+    // and a port. Callers reach the address over mutual TLS and accept only the node identity
+    // registered with it, so an address that points elsewhere (another host's loopback, a
+    // database) reaches a TLS handshake that fails, never a request.
+    let ip = record.address.ip();
+    let multicast = match ip {
+        std::net::IpAddr::V4(v4) => v4.is_multicast() || v4.is_broadcast(),
+        std::net::IpAddr::V6(v6) => v6.is_multicast(),
+    };
+    if record.address.port() == 0 || ip.is_unspecified() || multicast {
         return Err(format!(
-            "address {} is not one peers can connect to",
+            "address {} is not one peers can connect to (a unicast address and a port)",
             record.address
         ));
     }
