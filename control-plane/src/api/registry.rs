@@ -312,13 +312,22 @@ mod tests {
         let mut bad = record();
         bad.name = "Web_1".into();
         assert!(check_registration(&bad).is_err());
-        let mut bad = record();
-        bad.address = "0.0.0.0:4143".parse().unwrap();
-        assert!(
-            check_registration(&bad)
-                .unwrap_err()
-                .contains("not one peers can connect to")
-        );
+        for address in [
+            "0.0.0.0:4143",
+            "[::]:4143",
+            "224.0.0.1:4143",
+            "255.255.255.255:1",
+            "10.0.0.1:0",
+        ] {
+            let mut bad = record();
+            bad.address = address.parse().unwrap();
+            assert!(
+                check_registration(&bad)
+                    .unwrap_err()
+                    .contains("not one peers can connect to"),
+                "{address}"
+            );
+        }
         let mut bad = record();
         bad.instances.push(bad.instances[0].clone());
         assert!(check_registration(&bad).unwrap_err().contains("twice"));
