@@ -92,6 +92,7 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: Cancellatio
                 Ok(Ok(stream)) => stream,
                 Ok(Err(error)) => {
                     tracing::info!(%peer, %error, "TLS handshake refused");
+                    crate::refusals::count(crate::refusals::Refusal::Handshake);
                     return;
                 }
                 Err(_) => {
@@ -318,6 +319,10 @@ fn body_limit(limits: &ControlPlaneLimits, path: &str) -> (usize, &'static str) 
 async fn route(node: &Node, request: &ApiRequest) -> Answer {
     let segments: Vec<&str> = request.path.trim_matches('/').split('/').collect();
     match (&request.method, segments.as_slice()) {
+        (&Method::GET, ["v1", "metrics"]) => Ok(Response::builder()
+            .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")
+            .body(Full::new(Bytes::from(crate::refusals::render())))
+            .unwrap_or_default()),
         (&Method::GET, ["v1", "openapi.json"]) => {
             Ok(json_response(StatusCode::OK, crate::openapi::document()))
         }

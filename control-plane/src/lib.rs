@@ -47,6 +47,7 @@ pub mod openapi;
 pub mod pki;
 pub use hyphae_policies::secret_file;
 pub mod raft;
+pub mod refusals;
 pub mod snapshot_receipt;
 pub mod state;
 pub mod store;

@@ -18,8 +18,9 @@ use crate::join_tokens::JoinTokenView;
 use crate::state::{CommandResponse, StoredPolicy};
 use crate::tokens::TokenView;
 use crate::wire::{
-    CaView, ClusterStatus, CreatedJoinToken, CreatedToken, DryRun, ErrorBody, JoinRequest, Joined,
-    NewJoinToken, NewMember, NewToken, NodeView, TransferTo,
+    CaView, ClusterStatus, ControlPlaneJoin, CreatedJoinToken, CreatedToken, DryRun, ErrorBody,
+    JoinRequest, Joined, NewJoinToken, NewMember, NewOperatorCertificate, NewToken, NodeView,
+    RenewRequest, RotateCa, TransferTo,
 };
 
 /// Where the document is served.
@@ -373,6 +374,53 @@ fn build() -> Value {
         }}),
     );
     paths.insert(
+        "/v1/agent/renew".into(),
+        json!({ "post": {
+            "operationId": "renew",
+            "summary": "An agent presenting its node certificate gets a fresh one for a new key, with the same identities",
+            "requestBody": { "required": true, "content": json_content(schema::<RenewRequest>(g)) },
+            "responses": responses("The certificate.", schema::<Joined>(g), &error),
+        }}),
+    );
+    paths.insert(
+        "/v1/cluster/join".into(),
+        json!({ "post": {
+            "operationId": "joinControlPlane",
+            "summary": "A new control-plane node presents a control-plane join token and a CSR and gets its certificate (`control-plane/<id>`); it then adds itself with POST /v1/cluster/members",
+            "requestBody": { "required": true, "content": json_content(schema::<ControlPlaneJoin>(g)) },
+            "responses": responses("The certificate.", schema::<Joined>(g), &error),
+        }}),
+    );
+    paths.insert(
+        "/v1/acl/certificates".into(),
+        json!({ "post": {
+            "operationId": "createOperatorCertificate",
+            "summary": "An operator's client certificate (`operator/<name>`) from its CSR, with a role kept in the token table under that name (revoke it like a token); admin role",
+            "requestBody": { "required": true, "content": json_content(schema::<NewOperatorCertificate>(g)) },
+            "responses": responses("The certificate.", schema::<Joined>(g), &error),
+        }}),
+    );
+    paths.insert(
+        "/v1/ca/rotate".into(),
+        json!({ "post": {
+            "operationId": "rotateCa",
+            "summary": "One step of a rotation of the cluster's root: add (trusted, not signing), activate (signing), retire (the old root trusted no more); admin role",
+            "requestBody": { "required": true, "content": json_content(schema::<RotateCa>(g)) },
+            "responses": responses("The roots.", schema::<CaView>(g), &error),
+        }}),
+    );
+    paths.insert(
+        "/v1/metrics".into(),
+        json!({ "get": {
+            "operationId": "metrics",
+            "summary": "Refusals by reason, in Prometheus' text format; read role",
+            "responses": { "200": {
+                "description": "The counters.",
+                "content": { "text/plain": { "schema": { "type": "string" } } },
+            }},
+        }}),
+    );
+    paths.insert(
         OPENAPI_PATH.into(),
         json!({ "get": {
             "operationId": "openapi",
@@ -405,7 +453,7 @@ mod tests {
     use super::*;
 
     /// Every path and method the API serves.
-    const OPERATIONS: [(&str, &str); 26] = [
+    const OPERATIONS: [(&str, &str); 31] = [
         ("/v1/policies", "post"),
         ("/v1/policies", "get"),
         ("/v1/policies/{kind}/{name}", "get"),
@@ -431,6 +479,11 @@ mod tests {
         ("/v1/join-tokens", "post"),
         ("/v1/join-tokens/{name}", "delete"),
         ("/v1/agent/join", "post"),
+        ("/v1/agent/renew", "post"),
+        ("/v1/cluster/join", "post"),
+        ("/v1/acl/certificates", "post"),
+        ("/v1/ca/rotate", "post"),
+        ("/v1/metrics", "get"),
         ("/v1/openapi.json", "get"),
     ];
 

@@ -38,6 +38,16 @@ async fn status(who: Option<&Credentials>, node: SocketAddr, path: &str, body: &
     answer.map_or(0, |answer| answer.status.as_u16())
 }
 
+/// The node's count of refusals for `reason` (`GET /v1/metrics`, read role).
+async fn refused(node: SocketAddr, reason: &str) -> f64 {
+    let page = hyphae_integration::http::get_text(node, "/v1/metrics").await;
+    hyphae_integration::http::metric_in(
+        &page,
+        "hyphae_control_plane_refused_total",
+        &format!("reason=\"{reason}\""),
+    )
+}
+
 fn log_of(dir: &Path, id: u64) -> String {
     std::fs::read_to_string(dir.join(format!("cp-{id}.log"))).unwrap_or_default()
 }
@@ -102,6 +112,7 @@ async fn raft_rpcs_need_a_members_certificate_and_agents_speak_only_for_themselv
     }
     let log = log_of(dir.path(), follower_id);
     assert!(log.contains("peer RPC refused"), "each refusal is logged");
+    assert!(refused(follower, "peer-rpc").await >= 17.0, "and counted");
 
     // The agent API: a node certificate, for its own node only.
     let record = |name: &str| {
@@ -144,6 +155,7 @@ async fn raft_rpcs_need_a_members_certificate_and_agents_speak_only_for_themselv
         log.contains("agent request for another node refused"),
         "each refusal is logged"
     );
+    assert!(refused(leader, "agent").await >= 3.0, "and counted");
     assert!(
         !log.contains(hyphae_integration::credentials::admin_token()),
         "no secret in the log"

@@ -126,6 +126,7 @@ pub(crate) async fn check(
                 Refused::Missing | Refused::Invalid => (StatusCode::UNAUTHORIZED, "unauthorized"),
             };
             tracing::warn!(%method, path, reason = %refused, "admin request refused");
+            crate::refusals::count(crate::refusals::Refusal::Admin);
             Err(ApiError::new(status, code, refused.to_string()))
         }
     }
@@ -137,6 +138,7 @@ pub(crate) async fn check(
 fn member(node: &Node, path: &str, peer: &Peer) -> Result<Caller, ApiError> {
     let refuse = |reason: String| {
         tracing::warn!(path, %reason, "peer RPC refused");
+        crate::refusals::count(crate::refusals::Refusal::PeerRpc);
         Err(ApiError::new(StatusCode::FORBIDDEN, "not-a-member", reason))
     };
     let Some(id) = peer.control_plane() else {
@@ -165,6 +167,7 @@ fn agent(path: &str, peer: &Peer) -> Result<Caller, ApiError> {
         Some(_) => Ok(Caller::Unchecked),
         None => {
             tracing::warn!(path, "agent request without a node certificate refused");
+            crate::refusals::count(crate::refusals::Refusal::Agent);
             Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",

@@ -24,8 +24,9 @@ use hyphae_policies::tls::{Kind, SpiffeId};
 /// How long a join token works when the request does not say.
 pub const DEFAULT_JOIN_TTL: Duration = Duration::from_secs(3600);
 
-/// The one answer to every refused join, so a caller cannot tell why (the log says).
+/// The one answer to every refused join, so a caller cannot tell why (the log says); counted.
 fn join_refused() -> ApiError {
+    crate::refusals::count(crate::refusals::Refusal::Join);
     ApiError::new(
         StatusCode::FORBIDDEN,
         "join-refused",

@@ -104,6 +104,7 @@ fn speaks_for(request: &ApiRequest, name: &str) -> Result<(), ApiError> {
         Some(own) if own == name => Ok(()),
         own => {
             tracing::warn!(caller = ?own, node = name, path = %request.path, "agent request for another node refused");
+            crate::refusals::count(crate::refusals::Refusal::Agent);
             Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
