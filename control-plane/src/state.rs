@@ -115,6 +115,10 @@ pub enum Command {
     RegisterNode {
         /// The node as its agent describes it; its revision becomes the entry's index.
         node: NodeRecord,
+        /// The registry's cap (`limits.maxNodes`): a new node beyond it is refused here, where
+        /// concurrent registrations are ordered, not only before the write.
+        #[serde(default)]
+        max_nodes: Option<u32>,
     },
     /// Health changes an agent observed on its instances. Unknown instances are ignored.
     ReportHealth {
@@ -208,7 +212,7 @@ impl Command {
                 kind: kind.clone(),
                 name: name.clone(),
             })],
-            Command::RegisterNode { node } => vec![StateKey::Node(node.name.clone())],
+            Command::RegisterNode { node, .. } => vec![StateKey::Node(node.name.clone())],
             Command::ReportHealth { node, .. } | Command::DeregisterNode { node } => {
                 vec![StateKey::Node(node.clone())]
             }
@@ -224,6 +228,10 @@ impl Command {
             | Command::UseJoinToken { .. } => vec![StateKey::JoinTokens],
         }
     }
+}
+
+fn stored() -> bool {
+    true
 }
 
 /// What applying one log entry did, returned to the client that proposed it.
@@ -251,10 +259,13 @@ pub enum CommandResponse {
         /// Whether the policy existed (and so was removed).
         existed: bool,
     },
-    /// [`Command::RegisterNode`] stored the node.
+    /// [`Command::RegisterNode`] ran.
     NodeRegistered {
         /// The log index of the entry, now the node's revision.
         revision: u64,
+        /// False when the registry was full and the node new: nothing was stored.
+        #[serde(default = "stored")]
+        stored: bool,
     },
     /// [`Command::ReportHealth`] ran.
     HealthReported {
@@ -342,7 +353,7 @@ impl CommandResponse {
             CommandResponse::Noop { revision }
             | CommandResponse::PoliciesApplied { revision, .. }
             | CommandResponse::PolicyDeleted { revision, .. }
-            | CommandResponse::NodeRegistered { revision }
+            | CommandResponse::NodeRegistered { revision, .. }
             | CommandResponse::HealthReported { revision, .. }
             | CommandResponse::NodesExpired { revision, .. }
             | CommandResponse::NodeDeregistered { revision, .. }
@@ -571,11 +582,19 @@ impl State {
                 revision: log_index,
                 existed: self.remove(&kind, &name).is_some(),
             },
-            Command::RegisterNode { mut node } => {
-                node.revision = log_index;
-                self.nodes.insert(node.name.clone(), node);
+            Command::RegisterNode {
+                mut node,
+                max_nodes,
+            } => {
+                let full = max_nodes.is_some_and(|max| self.nodes.len() >= max as usize)
+                    && !self.nodes.contains_key(&node.name);
+                if !full {
+                    node.revision = log_index;
+                    self.nodes.insert(node.name.clone(), node);
+                }
                 CommandResponse::NodeRegistered {
                     revision: log_index,
+                    stored: !full,
                 }
             }
             Command::ReportHealth { node, changes } => {
@@ -960,7 +979,10 @@ pub(crate) mod tests {
 
     /// A registration command.
     pub(crate) fn register(node: NodeRecord) -> Command {
-        Command::RegisterNode { node }
+        Command::RegisterNode {
+            node,
+            max_nodes: None,
+        }
     }
 
     fn health(node: &str, health: Health) -> Command {
@@ -1008,6 +1030,27 @@ pub(crate) mod tests {
             }
         );
         assert_eq!(state.nodes().count(), 0);
+    }
+
+    #[test]
+    fn a_full_registry_refuses_a_new_node_in_log_order_but_takes_a_known_one() {
+        let mut state = State::new();
+        let capped = |name: &str| Command::RegisterNode {
+            node: node(name, Health::Passing),
+            max_nodes: Some(1),
+        };
+        let stored = |response: CommandResponse| match response {
+            CommandResponse::NodeRegistered { stored, .. } => stored,
+            other => panic!("{other:?}"),
+        };
+        assert!(stored(state.apply(capped("a"), 1)));
+        assert!(!stored(state.apply(capped("b"), 2)), "the second new node");
+        assert!(
+            stored(state.apply(capped("a"), 3)),
+            "a known node registers again"
+        );
+        let names: Vec<_> = state.nodes().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["a"]);
     }
 
     #[test]

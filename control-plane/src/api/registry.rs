@@ -46,7 +46,23 @@ pub(crate) async fn register(node: &Node, request: &ApiRequest) -> Answer {
     let name = record.name.clone();
     // Renewed first: the lease keeper must never pair the new record with an old deadline.
     node.leases.renew(&name);
-    let written = write(node, Command::RegisterNode { node: record }).await?;
+    let written = write(
+        node,
+        Command::RegisterNode {
+            node: record,
+            max_nodes: Some(limits.max_nodes),
+        },
+    )
+    .await?;
+    if let CommandResponse::NodeRegistered { stored: false, .. } = written {
+        // Others registered between the check above and this entry: the log's order decides.
+        node.leases.forget(&name);
+        return Err(over(format!(
+            "the registry holds {} nodes, its limit (limits.maxNodes); node `{name}` was not added",
+            limits.max_nodes
+        ))
+        .into());
+    }
     Ok(lease(node, written.revision()))
 }
 
