@@ -36,6 +36,13 @@ const MEASUREMENT_DEADLINE: Duration = Duration::from_secs(60);
 const H2_CLIENT_START: &[u8] =
     b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
 
+/// Length of an HTTP/2 frame header.
+const H2_FRAME_HEADER: usize = 9;
+/// Where an HTTP/2 frame header holds the frame's type.
+const H2_FRAME_TYPE: usize = 3;
+/// The type of a SETTINGS frame, what an HTTP/2 server sends first.
+const H2_SETTINGS: u8 = 0x4;
+
 /// The TLS port between the two proxies of a row.
 #[derive(Clone, Debug)]
 pub struct TlsHop {
@@ -96,6 +103,22 @@ enum Opened {
     Refused(io::Error),
 }
 
+/// Whether the server at `address` speaks HTTP/2 in plaintext: it answers the client's
+/// preface with a SETTINGS frame (a TLS server closes or sends an alert instead).
+async fn answers_plaintext_h2(address: SocketAddr) -> Result<bool> {
+    let attempt = async {
+        let mut tcp = TcpStream::connect(address).await?;
+        tcp.write_all(H2_CLIENT_START).await?;
+        let mut header = [0_u8; H2_FRAME_HEADER];
+        tcp.read_exact(&mut header).await?;
+        Ok::<_, io::Error>(header[H2_FRAME_TYPE] == H2_SETTINGS)
+    };
+    match tokio::time::timeout(CONNECTION_TIMEOUT, attempt).await {
+        Ok(answer) => Ok(answer.unwrap_or(false)),
+        Err(_) => bail!("{address} neither answered nor closed within {CONNECTION_TIMEOUT:?}"),
+    }
+}
+
 /// Connects to `hop` with `config`, completes the handshake and reads the server's first
 /// HTTP/2 bytes; the connection is then dropped.
 async fn open(config: &Arc<ClientConfig>, hop: &TlsHop) -> Result<Opened> {
@@ -145,8 +168,8 @@ impl Bench {
         Ok(Arc::new(config))
     }
 
-    /// Fails unless `hop` refuses a plaintext request and a TLS client without a certificate,
-    /// and answers one with a certificate.
+    /// Fails unless `hop` refuses plaintext (HTTP/1.1 and HTTP/2) and a TLS client without a
+    /// certificate, and answers one with a certificate.
     pub fn check_mutual_tls(&self, hop: &TlsHop, what: &str) -> Result<()> {
         let anonymous = self.client_config(false, HandshakeKind::Full)?;
         let client = self.client_config(true, HandshakeKind::Full)?;
@@ -156,6 +179,12 @@ impl Bench {
                     "{what}: {} answered plaintext HTTP with {}; it must require TLS",
                     hop.address,
                     answer.status
+                );
+            }
+            if answers_plaintext_h2(hop.address).await? {
+                bail!(
+                    "{what}: {} answered plaintext HTTP/2; it must require TLS",
+                    hop.address
                 );
             }
             if let Opened::Answered { .. } = open(&anonymous, hop).await? {
@@ -255,5 +284,44 @@ impl Bench {
             server_cpu_micros: micros(server_cpu),
             client_cpu_micros: micros(client_cpu),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use bytes::Bytes;
+    use http_body_util::Empty;
+    use hyper::service::service_fn;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_plaintext_http2_server_is_told_from_one_that_closes() {
+        let plaintext = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = plaintext.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (stream, _) = plaintext.accept().await.unwrap();
+            let service = service_fn(|_| async {
+                Ok::<_, Infallible>(hyper::Response::new(Empty::<Bytes>::new()))
+            });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+        assert!(answers_plaintext_h2(address).await.unwrap());
+        server.abort();
+
+        let closing = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = closing.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (stream, _) = closing.accept().await.unwrap();
+            drop(stream);
+        });
+        assert!(!answers_plaintext_h2(address).await.unwrap());
+        server.abort();
     }
 }

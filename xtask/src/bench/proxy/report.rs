@@ -56,6 +56,16 @@ fn versus(row: &Row, rows: &[Row], peer: Setup) -> Option<Ratios> {
     })
 }
 
+/// How this process, the handshake client, was built: a debug build runs rustls unoptimized,
+/// which inflates the wall and client columns.
+fn client_build() -> &'static str {
+    if cfg!(debug_assertions) {
+        "debug, rustls unoptimized"
+    } else {
+        "release"
+    }
+}
+
 impl Bench {
     /// The human-readable report: settings, the table, ratios to haproxy and what each path
     /// is.
@@ -147,8 +157,15 @@ impl Bench {
             "\nTLS handshakes at the hop between the two proxies: {HANDSHAKES} new connections per \
              kind, one after another,\nfrom a client in this process (rustls on ring, TLS 1.3, \
              client certificate); each includes the TCP connect and the\nserver's first HTTP/2 \
-             bytes. Microseconds per connection:\n{:<15} {:<8} {:>9} {:>9} {:>11} {:>11}\n",
-            "path", "kind", "resumed", "wall", "server CPU", "client CPU"
+             bytes; the client is this xtask build ({client_build}), so only the server column \
+             compares\nthe proxies. Microseconds per connection:\n{:<15} {:<8} {:>9} {:>9} {:>11} {:>11}\n",
+            "path",
+            "kind",
+            "resumed",
+            "wall",
+            "server CPU",
+            "client CPU",
+            client_build = client_build(),
         ));
         for cost in handshakes {
             out.push_str(&format!(
@@ -247,6 +264,7 @@ impl Bench {
                     "wallMicrosPerConnection": micros(cost.wall_micros),
                     "serverCpuMicrosPerConnection": micros(cost.server_cpu_micros),
                     "clientCpuMicrosPerConnection": micros(cost.client_cpu_micros),
+                    "clientBuild": client_build(),
                 })
             }).collect::<Vec<_>>(),
         })
