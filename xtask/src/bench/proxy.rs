@@ -1,12 +1,15 @@
 //! `cargo xtask bench proxy`: the agent's data path against haproxy and nginx on this machine —
-//! same backend, same load generator, one thread each — printed as a table and written to
-//! `target/bench/proxy.json`. Fails only because something is broken, never because it is slow.
+//! same backend, same load generator, one thread each; the two-agent mesh (mutual TLS between
+//! the agents) beside two haproxy chained over mutual TLS, and what a TLS handshake costs at
+//! either hop — printed as a table and written to `target/bench/proxy.json`. Fails only because
+//! something is broken, never because it is slow.
 
 use std::fs;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use certificates::Certificates;
 use tokio::runtime::Runtime;
 
 use super::BENCH_DIR;
@@ -21,6 +24,9 @@ use nginx::Backend;
 use processes::{ensure_running, stop};
 use setup::Setup;
 
+mod certificates;
+mod handshake;
+mod haproxy;
 mod load;
 mod nginx;
 mod processes;
@@ -55,9 +61,11 @@ const PROXY_IDLE_TIMEOUT: &str = "60s";
 /// `cargo xtask bench proxy --help`.
 pub const USAGE: &str = "usage: cargo xtask bench proxy [--duration SECS] [--connections N]
 
-Starts a backend (nginx, `return 200`), the agent (release build, 1 worker thread), haproxy and
+Starts a backend (nginx, `return 200`), the agent (release build, 1 worker thread), haproxy
+alone and two chained (plaintext or mutual TLS between them, like the mesh's two agents) and
 nginx (1 thread / 1 worker each), drives every path with the same load (wrk for HTTP/1.1, h2load
-for HTTP/2), prints a table and writes target/bench/proxy.json. Configs and logs go to
+for HTTP/2), times new TLS connections to the agent's inbound port and to the inner haproxy,
+prints a table and writes target/bench/proxy.json. Configs, certificates and logs go to
 target/bench/.
 
 options:
@@ -98,10 +106,25 @@ pub fn run(args: &[String]) -> Result<()> {
         return Ok(());
     };
     let tools = Tools::ensure()?;
-    util::run(util::cargo().args(["build", "--release", "--quiet", "-p", "hyphae-agent"]))?;
+    // The agent, and the `hyphae` CLI beside it, which issues the agents' certificates (the
+    // test-support library's `Agent::command`) and haproxy's.
+    util::run(util::cargo().args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "hyphae-agent",
+        "-p",
+        "hyphae-control-plane",
+        "--bin",
+        "hyphae-agent",
+        "--bin",
+        "hyphae",
+    ]))?;
     let root = util::root();
     let dir = root.join(BENCH_DIR);
     fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let certificates = Certificates::issue(&root.join("target/release/hyphae"), &dir.join("tls"))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -114,6 +137,7 @@ pub fn run(args: &[String]) -> Result<()> {
         tools,
         ticks_per_second: clock_ticks()?,
         backend,
+        certificates,
         dir,
     };
     let mut rows = Vec::new();
@@ -122,11 +146,18 @@ pub fn run(args: &[String]) -> Result<()> {
             rows.push(bench.measure(setup, protocol)?);
         }
     }
+    let mut handshakes = Vec::new();
+    for setup in HANDSHAKE_SETUPS {
+        handshakes.extend(bench.handshakes(setup)?);
+    }
     bench.runtime.block_on(stop([&mut bench.backend.process]));
 
-    print!("{}", bench.table(&rows));
-    write_json(&bench.dir, "proxy.json", &bench.json(&rows))
+    print!("{}", bench.table(&rows, &handshakes));
+    write_json(&bench.dir, "proxy.json", &bench.json(&rows, &handshakes))
 }
+
+/// The rows whose TLS hop the handshake measurement times: the mesh and its peer.
+const HANDSHAKE_SETUPS: [Setup; 2] = [Setup::Mesh, Setup::HaproxyChainTls];
 
 /// Everything a row needs: settings, programs, the shared backend, the output folder.
 struct Bench {
@@ -142,6 +173,8 @@ struct Bench {
     ticks_per_second: f64,
     /// The backend, running for the whole bench.
     backend: Backend,
+    /// haproxy's certificates and the handshake client's.
+    certificates: Certificates,
     /// `target/bench/`, absolute.
     dir: PathBuf,
 }
@@ -162,7 +195,8 @@ struct Row {
 
 /// What the proxy processes of a row consumed, summed over them.
 struct ProxyCost {
-    /// How many processes (two agents for the mesh; nginx master and worker).
+    /// How many processes (two agents for the mesh, two haproxy for a chain; nginx master and
+    /// worker).
     processes: usize,
     /// User plus system CPU seconds during the measured run.
     cpu_seconds: f64,

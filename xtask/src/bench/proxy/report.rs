@@ -1,10 +1,12 @@
-//! The proxy bench's report: the table, the ratios to haproxy, and `proxy.json`. Reads rows;
-//! measures nothing.
+//! The proxy bench's report: the table, the ratios to haproxy (and the mesh's to its peer, the
+//! haproxy chain over mutual TLS), the TLS handshakes, and `proxy.json`. Reads rows; measures
+//! nothing.
 
 use std::process::Command;
 
 use serde_json::{Value, json};
 
+use super::handshake::{HANDSHAKES, HandshakeCost};
 use super::setup::Setup;
 use super::{
     BACKEND_WORKERS, Bench, H2_STREAMS_PER_CONNECTION, LOAD_THREADS, PROXY_THREADS, Row, WARMUP,
@@ -15,8 +17,10 @@ use crate::bench::report::{self, MILLIS_DECIMALS, SECONDS_DECIMALS, first_line, 
 const RATIO_DECIMALS: i32 = 3;
 /// Decimal places of rates (requests per second, per CPU-second) in `proxy.json`.
 const RATE_DECIMALS: i32 = 2;
+/// Decimal places of microseconds in `proxy.json`.
+const MICROS_DECIMALS: i32 = 1;
 
-/// A row's ratios to haproxy's row of the same protocol.
+/// A row's ratios to a peer's row of the same protocol.
 struct Ratios {
     /// Throughput ratio (higher is better).
     requests_per_second: f64,
@@ -28,11 +32,11 @@ struct Ratios {
     rss_peak: Option<f64>,
 }
 
-/// `row` compared with haproxy's row of the same protocol; `None` before haproxy has a row.
-fn versus_haproxy(row: &Row, rows: &[Row]) -> Option<Ratios> {
+/// `row` compared with `peer`'s row of the same protocol; `None` before `peer` has a row.
+fn versus(row: &Row, rows: &[Row], peer: Setup) -> Option<Ratios> {
     let haproxy = rows
         .iter()
-        .find(|r| r.setup == Setup::Haproxy && r.protocol == row.protocol)?;
+        .find(|r| r.setup == peer && r.protocol == row.protocol)?;
     let ratio = |a: f64, b: f64| (b > 0.0).then(|| a / b);
     Some(Ratios {
         requests_per_second: ratio(
@@ -52,10 +56,20 @@ fn versus_haproxy(row: &Row, rows: &[Row]) -> Option<Ratios> {
     })
 }
 
+/// How this process, the handshake client, was built: a debug build runs rustls unoptimized,
+/// which inflates the wall and client columns.
+fn client_build() -> &'static str {
+    if cfg!(debug_assertions) {
+        "debug, rustls unoptimized"
+    } else {
+        "release"
+    }
+}
+
 impl Bench {
     /// The human-readable report: settings, the table, ratios to haproxy and what each path
     /// is.
-    pub fn table(&self, rows: &[Row]) -> String {
+    pub fn table(&self, rows: &[Row], handshakes: &[HandshakeCost]) -> String {
         let cpus = std::thread::available_parallelism().map_or(0, usize::from);
         let mut out = format!(
             "\nproxy benchmark: {} s per row after {} s warm-up, {} connections, {} load thread, \
@@ -99,24 +113,70 @@ impl Bench {
                 cost.map_or_else(dash, |c| mib(c.rss_peak_kib)),
             ));
         }
-        out.push_str(&format!(
-        "\nvs haproxy (same protocol; req/s and req/CPU-s: higher is better, p99 and RSS: lower)\n\
-         {:<15} {:<5} {:>9} {:>9} {:>10} {:>10}\n",
-        "path", "proto", "req/s", "p99", "req/CPU-s", "RSS peak"
-    ));
+        let comparisons = [
+            (
+                Setup::Haproxy,
+                &rows
+                    .iter()
+                    .filter(|r| r.setup != Setup::Haproxy)
+                    .collect::<Vec<_>>(),
+            ),
+            (
+                Setup::HaproxyChainTls,
+                &rows.iter().filter(|r| r.setup == Setup::Mesh).collect(),
+            ),
+        ];
         let times = |r: f64| format!("{r:.2}x");
-        for row in rows.iter().filter(|r| r.setup != Setup::Haproxy) {
-            if let Some(r) = versus_haproxy(row, rows) {
-                out.push_str(&format!(
-                    "{:<15} {:<5} {:>9} {:>9} {:>10} {:>10}\n",
-                    row.setup.name(),
-                    row.protocol.name(),
-                    times(r.requests_per_second),
-                    times(r.p99),
-                    r.requests_per_cpu_second.map_or_else(dash, times),
-                    r.rss_peak.map_or_else(dash, times),
-                ));
+        for (peer, compared) in comparisons {
+            out.push_str(&format!(
+                "\nvs {} (same protocol; req/s and req/CPU-s: higher is better, p99 and RSS: \
+                 lower)\n{:<15} {:<5} {:>9} {:>9} {:>10} {:>10}\n",
+                peer.name(),
+                "path",
+                "proto",
+                "req/s",
+                "p99",
+                "req/CPU-s",
+                "RSS peak"
+            ));
+            for row in compared.iter() {
+                if let Some(r) = versus(row, rows, peer) {
+                    out.push_str(&format!(
+                        "{:<15} {:<5} {:>9} {:>9} {:>10} {:>10}\n",
+                        row.setup.name(),
+                        row.protocol.name(),
+                        times(r.requests_per_second),
+                        times(r.p99),
+                        r.requests_per_cpu_second.map_or_else(dash, times),
+                        r.rss_peak.map_or_else(dash, times),
+                    ));
+                }
             }
+        }
+        out.push_str(&format!(
+            "\nTLS handshakes at the hop between the two proxies: {HANDSHAKES} new connections per \
+             kind, one after another,\nfrom a client in this process (rustls on ring, TLS 1.3, \
+             client certificate); each includes the TCP connect and the\nserver's first HTTP/2 \
+             bytes; the client is this xtask build ({client_build}), so only the server column \
+             compares\nthe proxies. Microseconds per connection:\n{:<15} {:<8} {:>9} {:>9} {:>11} {:>11}\n",
+            "path",
+            "kind",
+            "resumed",
+            "wall",
+            "server CPU",
+            "client CPU",
+            client_build = client_build(),
+        ));
+        for cost in handshakes {
+            out.push_str(&format!(
+                "{:<15} {:<8} {:>9} {:>9.0} {:>11.0} {:>11.0}\n",
+                cost.setup.name(),
+                cost.kind.name(),
+                format!("{}/{}", cost.resumed, cost.connections),
+                cost.wall_micros,
+                cost.server_cpu_micros,
+                cost.client_cpu_micros,
+            ));
         }
         out.push_str(
             "\npaths (h1: wrk; h2: h2load, prior knowledge; every proxy speaks HTTP/1.1 to the \
@@ -127,28 +187,31 @@ impl Bench {
         }
         out.push_str(
             "proxy CPU: user+system seconds of every proxy process during the measured run \
-         (both agents for the mesh, nginx master and worker); RSS summed the same way, \
-         peak is VmHWM.\n",
+         (both agents for the mesh, both haproxy for a chain, nginx master and worker); RSS \
+         summed the same way, peak is VmHWM. TLS server CPU: the host agent, or the inner \
+         haproxy.\n",
         );
         out
     }
 
     /// The machine-readable report.
-    pub fn json(&self, rows: &[Row]) -> Value {
+    pub fn json(&self, rows: &[Row], handshakes: &[HandshakeCost]) -> Value {
         let ratio = |x: f64| rounded(x, RATIO_DECIMALS);
         let rate = |x: f64| rounded(x, RATE_DECIMALS);
         let entries: Vec<Value> = rows
             .iter()
             .map(|row| {
                 let cost = row.proxy.as_ref();
-                let ratios = versus_haproxy(row, rows).map(|r| {
-                    json!({
-                        "requestsPerSecond": ratio(r.requests_per_second),
-                        "latencyP99": ratio(r.p99),
-                        "requestsPerProxyCpuSecond": r.requests_per_cpu_second.map(ratio),
-                        "rssPeak": r.rss_peak.map(ratio),
+                let ratios = |peer: Setup| {
+                    versus(row, rows, peer).map(|r| {
+                        json!({
+                            "requestsPerSecond": ratio(r.requests_per_second),
+                            "latencyP99": ratio(r.p99),
+                            "requestsPerProxyCpuSecond": r.requests_per_cpu_second.map(ratio),
+                            "rssPeak": r.rss_peak.map(ratio),
+                        })
                     })
-                });
+                };
                 json!({
                     "path": row.setup.name(),
                     "description": row.setup.path(),
@@ -165,7 +228,8 @@ impl Bench {
                     "rssIdleKib": cost.map(|c| c.rss_idle_kib),
                     "rssPeakKib": cost.map(|c| c.rss_peak_kib),
                     "backendCpuSeconds": rounded(row.backend_cpu_seconds, SECONDS_DECIMALS),
-                    "vsHaproxy": ratios,
+                    "vsHaproxy": ratios(Setup::Haproxy),
+                    "vsHaproxyChainTls": ratios(Setup::HaproxyChainTls),
                 })
             })
             .collect();
@@ -190,6 +254,19 @@ impl Bench {
                 "h2load": first_line(Command::new(&self.tools.h2load).arg("--version")),
             },
             "rows": entries,
+            "tlsHandshakes": handshakes.iter().map(|cost| {
+                let micros = |x: f64| rounded(x, MICROS_DECIMALS);
+                json!({
+                    "path": cost.setup.name(),
+                    "kind": cost.kind.name(),
+                    "connections": cost.connections,
+                    "resumed": cost.resumed,
+                    "wallMicrosPerConnection": micros(cost.wall_micros),
+                    "serverCpuMicrosPerConnection": micros(cost.server_cpu_micros),
+                    "clientCpuMicrosPerConnection": micros(cost.client_cpu_micros),
+                    "clientBuild": client_build(),
+                })
+            }).collect::<Vec<_>>(),
         })
     }
 }

@@ -1,5 +1,7 @@
-//! Each way from the client to the backend (direct, one agent, the mesh, haproxy, nginx): its
-//! generated configs and the processes that serve it. Measures nothing; the row does that.
+//! Each way from the client to the backend (direct, one agent, the mesh, haproxy alone or two
+//! chained, nginx): its generated configs and the processes that serve it, and a check that
+//! the hop between two proxies refuses anything but mutual TLS where it should. Measures
+//! nothing; the row does that.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -10,25 +12,29 @@ use hyphae_integration::Process;
 use hyphae_integration::agent::Agent;
 use hyphae_integration::ports::free_address;
 
+use super::certificates::HAPROXY_INNER;
+use super::handshake::TlsHop;
+use super::haproxy::{self, Hop};
 use super::load::Protocol;
 use super::nginx::NginxSite;
 use super::processes::{logged, named, spawn, wait_until_ok};
-use super::{
-    Bench, CONNECTIONS, KEEPALIVE_REQUESTS, PROXY_IDLE_TIMEOUT, PROXY_MAX_CONNECTIONS,
-    PROXY_THREADS,
-};
+use super::{Bench, CONNECTIONS, KEEPALIVE_REQUESTS, PROXY_IDLE_TIMEOUT, PROXY_THREADS};
 use crate::bench::report::write;
 
 /// Idle kept-alive connections nginx keeps to the backend.
 const NGINX_UPSTREAM_IDLE: u32 = CONNECTIONS.max();
-/// haproxy's connect timeout to the backend.
-const HAPROXY_CONNECT_TIMEOUT: &str = "5s";
 /// The agents' drain deadline, so stopping them does not wait for the default 30 s.
 const AGENT_DRAIN_TIMEOUT: &str = "1s";
 /// Log level of the agents (stderr, into `target/bench/`).
 const AGENT_LOG_LEVEL: &str = "warn";
 /// The site every bench agent is in.
 const AGENT_SITE: &str = "bench";
+/// Node name of the agent of the one-agent row.
+const ONE_AGENT_NODE: &str = "bench-one";
+/// Node name of the mesh's agent in front of the backend.
+const HOST_NODE: &str = "bench-host";
+/// Node name of the mesh's agent the load goes to.
+const CALLER_NODE: &str = "bench-caller";
 /// The service name the agents give the backend.
 const SERVICE: &str = "backend";
 /// An inbound listener on a port the agent picks and reports in its ready line.
@@ -43,22 +49,29 @@ pub enum Setup {
     /// same agent's inbound listener, which hosts the backend. Both halves of the mesh path
     /// (outbound, the HTTP/2 tunnel, inbound) run in one process on one thread.
     OneAgent,
-    /// The real mesh path: a caller agent, an HTTP/2 tunnel, the host agent in front of the
-    /// backend.
+    /// The real mesh path: a caller agent, an HTTP/2 tunnel over mutual TLS, the host agent
+    /// in front of the backend.
     Mesh,
     /// haproxy as a reverse proxy.
     Haproxy,
+    /// Two haproxy processes chained like the mesh's two agents, HTTP/2 in plaintext between
+    /// them: what the TLS chain costs without TLS.
+    HaproxyChain,
+    /// The mesh's peer: two haproxy processes with HTTP/2 over mutual TLS 1.3 between them.
+    HaproxyChainTls,
     /// nginx as a reverse proxy.
     Nginx,
 }
 
 impl Setup {
     /// Every setup, in table order.
-    pub const ALL: [Setup; 5] = [
+    pub const ALL: [Setup; 7] = [
         Setup::Direct,
         Setup::OneAgent,
         Setup::Mesh,
         Setup::Haproxy,
+        Setup::HaproxyChain,
+        Setup::HaproxyChainTls,
         Setup::Nginx,
     ];
 
@@ -69,6 +82,8 @@ impl Setup {
             Setup::OneAgent => "hyphae 1 agent",
             Setup::Mesh => "hyphae mesh",
             Setup::Haproxy => "haproxy",
+            Setup::HaproxyChain => "haproxy x2",
+            Setup::HaproxyChainTls => "haproxy x2 mTLS",
             Setup::Nginx => "nginx",
         }
     }
@@ -83,10 +98,15 @@ impl Setup {
         match self {
             Setup::Direct => "client -> backend",
             Setup::OneAgent => {
-                "client -> agent upstream port -> h2 tunnel to the same agent's inbound -> backend"
+                "client -> agent upstream port -> h2 tunnel over mTLS to the same agent's inbound \
+                 -> backend"
             }
-            Setup::Mesh => "client -> caller agent -> h2 tunnel -> host agent -> backend",
+            Setup::Mesh => "client -> caller agent -> h2 tunnel over mTLS -> host agent -> backend",
             Setup::Haproxy => "client -> haproxy -> backend (http-reuse always)",
+            Setup::HaproxyChain => "client -> haproxy -> h2 -> haproxy -> backend",
+            Setup::HaproxyChainTls => {
+                "client -> haproxy -> h2 over mTLS (verify required both ways) -> haproxy -> backend"
+            }
             Setup::Nginx => "client -> nginx proxy_pass (upstream keepalive) -> backend",
         }
     }
@@ -96,10 +116,12 @@ impl Setup {
 pub struct Target {
     /// The agents the setup started, in start order.
     agents: Vec<Agent>,
-    /// The haproxy or nginx the setup started.
-    proxy: Option<Process>,
+    /// The haproxy or nginx processes the setup started, in start order.
+    programs: Vec<Process>,
     /// The proxy processes (children such as nginx workers are found when measuring).
     pub proxies: Vec<u32>,
+    /// The mutual-TLS port between two proxies, for the setups that have one.
+    pub tls_hop: Option<TlsHop>,
     /// Where HTTP/1.1 load goes.
     http1: SocketAddr,
     /// Where HTTP/2 load goes.
@@ -120,19 +142,21 @@ impl Target {
         self.agents
             .iter_mut()
             .map(Agent::process)
-            .chain(self.proxy.as_mut())
+            .chain(self.programs.iter_mut())
     }
 }
 
 impl Bench {
-    /// Starts the processes of `setup` and waits until a request through them succeeds.
+    /// Starts the processes of `setup`, waits until a request through them succeeds and checks
+    /// that its TLS hop, if it has one, takes nothing but mutual TLS.
     pub fn start(&self, setup: Setup) -> Result<Target> {
         let backend_port = self.backend.http1.port();
         let mut target = match setup {
             Setup::Direct => Target {
                 agents: vec![],
-                proxy: None,
+                programs: vec![],
                 proxies: vec![],
+                tls_hop: None,
                 http1: self.backend.http1,
                 http2: self.backend.http2,
             },
@@ -143,17 +167,23 @@ impl Bench {
                     "one",
                     &agent_config(
                         &self.dir,
-                        "bench-one",
+                        ONE_AGENT_NODE,
                         inbound,
                         Some(backend_port),
                         Some((free_address()?, inbound)),
                     ),
                 )?;
                 let upstream = first_upstream(&agent)?;
+                let pid = agent.process().id();
                 Target {
-                    proxies: vec![agent.process().id()],
+                    proxies: vec![pid],
+                    tls_hop: Some(TlsHop {
+                        address: inbound,
+                        node: ONE_AGENT_NODE.into(),
+                        pid,
+                    }),
                     agents: vec![agent],
-                    proxy: None,
+                    programs: vec![],
                     http1: upstream,
                     http2: upstream,
                 }
@@ -161,38 +191,72 @@ impl Bench {
             Setup::Mesh => {
                 let mut host = self.start_agent(
                     "host",
-                    &agent_config(&self.dir, "bench-host", ANY_PORT, Some(backend_port), None),
+                    &agent_config(&self.dir, HOST_NODE, ANY_PORT, Some(backend_port), None),
                 )?;
                 let mut caller = self.start_agent(
                     "caller",
                     &agent_config(
                         &self.dir,
-                        "bench-caller",
+                        CALLER_NODE,
                         ANY_PORT,
                         None,
                         Some((free_address()?, host.inbound)),
                     ),
                 )?;
                 let upstream = first_upstream(&caller)?;
+                let host_pid = host.process().id();
                 Target {
-                    proxies: vec![caller.process().id(), host.process().id()],
+                    proxies: vec![caller.process().id(), host_pid],
+                    tls_hop: Some(TlsHop {
+                        address: host.inbound,
+                        node: HOST_NODE.into(),
+                        pid: host_pid,
+                    }),
                     agents: vec![host, caller],
-                    proxy: None,
+                    programs: vec![],
                     http1: upstream,
                     http2: upstream,
                 }
             }
             Setup::Haproxy => {
                 let (http1, http2) = (free_address()?, free_address()?);
-                let config = self.dir.join("haproxy.cfg");
-                write(&config, &haproxy_config(http1, http2, self.backend.http1))?;
-                let mut command = Command::new(&self.tools.haproxy);
-                command.arg("-db").arg("-f").arg(&config);
-                let haproxy = spawn("haproxy", &mut command, &self.dir.join("haproxy.log"))?;
+                let config = haproxy::single(http1, http2, self.backend.http1);
+                let haproxy = self.start_haproxy("haproxy", &config)?;
                 Target {
                     agents: vec![],
                     proxies: vec![haproxy.id()],
-                    proxy: Some(haproxy),
+                    programs: vec![haproxy],
+                    tls_hop: None,
+                    http1,
+                    http2,
+                }
+            }
+            Setup::HaproxyChain | Setup::HaproxyChainTls => {
+                let (hop, name) = match setup {
+                    Setup::HaproxyChainTls => {
+                        (Hop::MutualTls(&self.certificates.haproxy), "haproxy-tls")
+                    }
+                    _ => (Hop::Plain, "haproxy-plain"),
+                };
+                let (http1, http2, between) = (free_address()?, free_address()?, free_address()?);
+                let inner = self.start_haproxy(
+                    &format!("{name}-2"),
+                    &haproxy::inner(between, self.backend.http1, hop),
+                )?;
+                let edge = self.start_haproxy(
+                    &format!("{name}-1"),
+                    &haproxy::edge(http1, http2, between, hop),
+                )?;
+                let inner_pid = inner.id();
+                Target {
+                    agents: vec![],
+                    proxies: vec![edge.id(), inner_pid],
+                    tls_hop: matches!(hop, Hop::MutualTls(_)).then(|| TlsHop {
+                        address: between,
+                        node: HAPROXY_INNER.into(),
+                        pid: inner_pid,
+                    }),
+                    programs: vec![inner, edge],
                     http1,
                     http2,
                 }
@@ -223,7 +287,8 @@ impl Bench {
                 Target {
                     agents: vec![],
                     proxies: vec![nginx.id()],
-                    proxy: Some(nginx),
+                    programs: vec![nginx],
+                    tls_hop: None,
                     http1: addresses.0,
                     http2: addresses.1,
                 }
@@ -232,7 +297,19 @@ impl Bench {
         let http1 = target.http1;
         let mut processes: Vec<&mut Process> = target.processes().collect();
         wait_until_ok(&self.runtime, http1, &mut processes, setup.name())?;
+        if let Some(hop) = &target.tls_hop {
+            self.check_mutual_tls(hop, setup.name())?;
+        }
         Ok(target)
+    }
+
+    /// Starts haproxy `name` on the config text `config`, both in `target/bench/<name>.*`.
+    fn start_haproxy(&self, name: &str, config: &str) -> Result<Process> {
+        let file = self.dir.join(format!("{name}.cfg"));
+        write(&file, config)?;
+        let mut command = Command::new(&self.tools.haproxy);
+        command.arg("-db").arg("-f").arg(&file);
+        spawn(name, &mut command, &self.dir.join(format!("{name}.log")))
     }
 
     /// Starts agent `name` on the config `yaml` (one worker thread, its log in
@@ -299,31 +376,4 @@ spec:
         ));
     }
     yaml
-}
-
-/// haproxy with one thread, keep-alive to clients and connection reuse to the backend.
-fn haproxy_config(http1: SocketAddr, http2: SocketAddr, backend: SocketAddr) -> String {
-    format!(
-        "# Generated by `cargo xtask bench proxy`: haproxy as a reverse proxy, one thread.
-global
-    nbthread {PROXY_THREADS}
-    maxconn {PROXY_MAX_CONNECTIONS}
-
-defaults
-    mode http
-    option http-keep-alive
-    http-reuse always
-    timeout connect {HAPROXY_CONNECT_TIMEOUT}
-    timeout client {PROXY_IDLE_TIMEOUT}
-    timeout server {PROXY_IDLE_TIMEOUT}
-
-frontend bench
-    bind {http1}
-    bind {http2} proto h2
-    default_backend backend
-
-backend backend
-    server backend {backend}
-"
-    )
 }
