@@ -21,7 +21,7 @@ use tokio_rustls::rustls::{ClientConfig, HandshakeKind as RustlsHandshakeKind};
 
 use super::Bench;
 use super::processes::{ensure_running, stop};
-use super::setup::Setup;
+use super::setup::{Setup, TlsHop};
 use crate::bench::procfs::cpu_seconds;
 
 /// New connections timed per kind of handshake.
@@ -42,17 +42,6 @@ const H2_FRAME_HEADER: usize = 9;
 const H2_FRAME_TYPE: usize = 3;
 /// The type of a SETTINGS frame, what an HTTP/2 server sends first.
 const H2_SETTINGS: u8 = 0x4;
-
-/// The TLS port between the two proxies of a row.
-#[derive(Clone, Debug)]
-pub struct TlsHop {
-    /// Where it listens.
-    pub address: SocketAddr,
-    /// The node its certificate names.
-    pub node: String,
-    /// The process that serves it.
-    pub pid: u32,
-}
 
 /// A full handshake, or one resuming an earlier session (what a reconnect to a peer seen
 /// before does: no certificates sent or checked).

@@ -13,7 +13,6 @@ use hyphae_integration::agent::Agent;
 use hyphae_integration::ports::free_address;
 
 use super::certificates::HAPROXY_INNER;
-use super::handshake::TlsHop;
 use super::haproxy::{self, Hop};
 use super::load::Protocol;
 use super::nginx::NginxSite;
@@ -110,6 +109,17 @@ impl Setup {
             Setup::Nginx => "client -> nginx proxy_pass (upstream keepalive) -> backend",
         }
     }
+}
+
+/// The TLS port between the two proxies of a row.
+#[derive(Clone, Debug)]
+pub struct TlsHop {
+    /// Where it listens.
+    pub address: SocketAddr,
+    /// The node its certificate names.
+    pub node: String,
+    /// The process that serves it.
+    pub pid: u32,
 }
 
 /// What a row drives load at: the processes in the way and their addresses.
