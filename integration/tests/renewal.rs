@@ -3,7 +3,8 @@
 //! life while calls flow between two agents, and not one call fails; once every first
 //! certificate has expired, a new caller still reaches the host. The cluster's root rotates
 //! (a new root trusted everywhere, then signing, then the old one retired) under traffic with
-//! no failed call either.
+//! no failed call either. And agents cut off from the control plane keep calling each other on
+//! the certificates they hold.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -246,4 +247,42 @@ async fn the_root_rotates_under_traffic_and_no_call_fails() {
         get_text(&late_upstream, "/").await == "web"
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_cut_off_from_the_control_plane_keep_serving_on_their_certificates() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let backend = TestBackend::start("web").await;
+    let mut cluster = Cluster::start(
+        &workspace_binary("hyphae-control-plane"),
+        &dir.path().join("cp"),
+        1,
+        "",
+    )
+    .expect("start the control plane");
+    let server = cluster.node(1).address.to_string();
+    let (host, _) = agent(dir.path(), "host", &server, Some(backend.port()));
+    let (caller, upstream) = agent(dir.path(), "caller", &server, None);
+    host.wait_ready().await;
+    caller.wait_ready().await;
+    eventually("the caller to reach the host's web", || async {
+        get_text(&upstream, "/").await == "web"
+    })
+    .await;
+
+    cluster.node_mut(1).kill();
+    let mut failures = Vec::new();
+    for _ in 0..200 {
+        let answer = get_text(&upstream, "/").await;
+        if answer != "web" {
+            failures.push(answer);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "calls fail without the control plane: {:?}",
+        failures.first()
+    );
+    let left = caller.metric("hyphae_certificate_expiry_seconds", "").await;
+    assert!(left > 0.0, "the certificate still has {left} s to live");
 }

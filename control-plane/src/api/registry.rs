@@ -63,6 +63,7 @@ pub(crate) async fn register(node: &Node, request: &ApiRequest) -> Answer {
         ))
         .into());
     }
+    tracing::info!(node = %name, certificate = ?request.peer.node(), "node registered");
     Ok(lease(node, written.revision()))
 }
 
@@ -109,6 +110,7 @@ pub(crate) async fn deregister(node: &Node, request: &ApiRequest) -> Answer {
     speaks_for(request, &leaving.node)?;
     let name = leaving.node.clone();
     let written = write(node, Command::DeregisterNode { node: leaving.node }).await?;
+    tracing::info!(node = %name, certificate = ?request.peer.node(), "node deregistered");
     node.leases.forget(&name);
     Ok(json_response(StatusCode::OK, &written))
 }
