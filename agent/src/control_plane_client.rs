@@ -205,6 +205,30 @@ impl ControlPlaneClient {
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(json)))
             .map_err(|source| ControlPlaneError::Request { uri, source })?;
+        self.exchange_json(request, timeout).await
+    }
+
+    /// GETs `path` from the node in use and reads its JSON answer, all within `timeout`.
+    pub async fn get_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<T, ControlPlaneError> {
+        let uri = format!("https://{}{path}", self.server());
+        let request = http::Request::get(&uri)
+            .body(Full::new(Bytes::new()))
+            .map_err(|source| ControlPlaneError::Request { uri, source })?;
+        self.exchange_json(request, timeout).await
+    }
+
+    /// Sends `request` to the node in use and reads its JSON answer, all within `timeout`;
+    /// an answer other than success is a [`ControlPlaneError::Refused`].
+    async fn exchange_json<T: DeserializeOwned>(
+        &self,
+        request: http::Request<Full<Bytes>>,
+        timeout: Duration,
+    ) -> Result<T, ControlPlaneError> {
+        let server = self.server();
         let exchange = async {
             let response = self.send(request).await?;
             let status = response.status();
@@ -226,38 +250,6 @@ impl ControlPlaneClient {
             })
         };
         tokio::time::timeout(timeout, exchange)
-            .await
-            .unwrap_or_else(|_| {
-                Err(ControlPlaneError::Timeout {
-                    server: server.to_string(),
-                    after: timeout,
-                })
-            })
-    }
-
-    /// GETs `path` from the node in use and reads its JSON answer, all within `timeout`.
-    pub async fn get_json<T: DeserializeOwned>(
-        &self,
-        path: &str,
-        timeout: Duration,
-    ) -> Result<T, ControlPlaneError> {
-        let server = self.server();
-        let read = async {
-            let body = self.get_stream(path, timeout).await?;
-            let bytes = body
-                .collect()
-                .await
-                .map_err(|source| ControlPlaneError::Body {
-                    server: server.to_string(),
-                    source,
-                })?
-                .to_bytes();
-            serde_json::from_slice(&bytes).map_err(|source| ControlPlaneError::Decode {
-                server: server.to_string(),
-                source,
-            })
-        };
-        tokio::time::timeout(timeout, read)
             .await
             .unwrap_or_else(|_| {
                 Err(ControlPlaneError::Timeout {

@@ -134,7 +134,13 @@ pub fn authorize(
     let presented = hash(secret);
     let token = tokens
         .values()
-        .find(|t| same_bytes(t.hash.as_bytes(), presented.as_bytes()))
+        .find(|t| same_bytes(t.hash.as_bytes(), presented.as_bytes()));
+    granted(token, needs, now_ms).map(|token| token.name.clone())
+}
+
+/// `token`, when there is one that has not expired at `now_ms` and whose role grants `needs`.
+fn granted(token: Option<&StoredToken>, needs: Role, now_ms: u64) -> Result<&StoredToken, Refused> {
+    let token = token
         .filter(|t| t.expires_at_ms.is_none_or(|at| now_ms < at))
         .ok_or(Refused::Invalid)?;
     if token.role < needs {
@@ -144,7 +150,7 @@ pub fn authorize(
             needs: needs.name(),
         });
     }
-    Ok(token.name.clone())
+    Ok(token)
 }
 
 /// The `hash` of a token held as a client certificate (`spiffe://<domain>/operator/<name>`):
@@ -160,19 +166,8 @@ pub fn authorize_certificate(
     needs: Role,
     now_ms: u64,
 ) -> Result<String, Refused> {
-    let token = tokens
-        .get(name)
-        .filter(|t| t.hash == CERTIFICATE_HASH)
-        .filter(|t| t.expires_at_ms.is_none_or(|at| now_ms < at))
-        .ok_or(Refused::Invalid)?;
-    if token.role < needs {
-        return Err(Refused::Forbidden {
-            name: token.name.clone(),
-            has: token.role.name(),
-            needs: needs.name(),
-        });
-    }
-    Ok(format!("certificate:{}", token.name))
+    let token = tokens.get(name).filter(|t| t.hash == CERTIFICATE_HASH);
+    granted(token, needs, now_ms).map(|token| format!("certificate:{}", token.name))
 }
 
 /// Compares two hashes in time that does not depend on where they differ.

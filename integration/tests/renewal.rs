@@ -45,6 +45,29 @@ fn agent(dir: &Path, name: &str, server: &str, port: Option<u16>) -> (Agent, Str
     (agent, upstream)
 }
 
+/// A one-node cluster with `spec` in `dir/cp`, a host agent serving `backend` as `web` and a
+/// caller that reaches it through the registry, both ready: the cluster, the two agents and
+/// the caller's upstream address.
+async fn mesh(dir: &Path, backend: &TestBackend, spec: &str) -> (Cluster, Agent, Agent, String) {
+    let cluster = Cluster::start(
+        &workspace_binary("hyphae-control-plane"),
+        &dir.join("cp"),
+        1,
+        spec,
+    )
+    .expect("start the control plane");
+    let server = cluster.node(1).address.to_string();
+    let (host, _) = agent(dir, "host", &server, Some(backend.port()));
+    let (caller, upstream) = agent(dir, "caller", &server, None);
+    host.wait_ready().await;
+    caller.wait_ready().await;
+    eventually("the caller to reach the host's web", || async {
+        get_text(&upstream, "/").await == "web"
+    })
+    .await;
+    (cluster, host, caller, upstream)
+}
+
 /// The certificate a host keeps in `tls`, as text (empty while there is none).
 fn certificate(tls: &Path) -> String {
     std::fs::read_to_string(tls.join("node.pem")).unwrap_or_default()
@@ -80,22 +103,9 @@ async fn certificates_renew_under_traffic_and_no_call_fails() {
     let dir = tempfile::tempdir().expect("temp dir");
     let backend = TestBackend::start("web").await;
     let cp_dir = dir.path().join("cp");
-    let cluster = Cluster::start(
-        &workspace_binary("hyphae-control-plane"),
-        &cp_dir,
-        1,
-        &format!("  certificates: {{lifetime: {LIFETIME}}}\n"),
-    )
-    .expect("start the control plane");
+    let spec = format!("  certificates: {{lifetime: {LIFETIME}}}\n");
+    let (cluster, _host, _caller, upstream) = mesh(dir.path(), &backend, &spec).await;
     let server = cluster.node(1).address.to_string();
-    let (host, _) = agent(dir.path(), "host", &server, Some(backend.port()));
-    let (caller, upstream) = agent(dir.path(), "caller", &server, None);
-    host.wait_ready().await;
-    caller.wait_ready().await;
-    eventually("the caller to reach the host's web", || async {
-        get_text(&upstream, "/").await == "web"
-    })
-    .await;
 
     let mut watched = [
         Watched::new(dir.path().join("host-data/tls")),
@@ -159,22 +169,9 @@ async fn the_root_rotates_under_traffic_and_no_call_fails() {
     let dir = tempfile::tempdir().expect("temp dir");
     let backend = TestBackend::start("web").await;
     let cp_dir = dir.path().join("cp");
-    let cluster = Cluster::start(
-        &workspace_binary("hyphae-control-plane"),
-        &cp_dir,
-        1,
-        &format!("  certificates: {{lifetime: {LIFETIME}}}\n"),
-    )
-    .expect("start the control plane");
+    let spec = format!("  certificates: {{lifetime: {LIFETIME}}}\n");
+    let (cluster, _host, _caller, upstream) = mesh(dir.path(), &backend, &spec).await;
     let server = cluster.node(1).address.to_string();
-    let (host, _) = agent(dir.path(), "host", &server, Some(backend.port()));
-    let (caller, upstream) = agent(dir.path(), "caller", &server, None);
-    host.wait_ready().await;
-    caller.wait_ready().await;
-    eventually("the caller to reach the host's web", || async {
-        get_text(&upstream, "/").await == "web"
-    })
-    .await;
     let folders = [
         dir.path().join("host-data/tls"),
         dir.path().join("caller-data/tls"),
@@ -253,22 +250,7 @@ async fn the_root_rotates_under_traffic_and_no_call_fails() {
 async fn agents_cut_off_from_the_control_plane_keep_serving_on_their_certificates() {
     let dir = tempfile::tempdir().expect("temp dir");
     let backend = TestBackend::start("web").await;
-    let mut cluster = Cluster::start(
-        &workspace_binary("hyphae-control-plane"),
-        &dir.path().join("cp"),
-        1,
-        "",
-    )
-    .expect("start the control plane");
-    let server = cluster.node(1).address.to_string();
-    let (host, _) = agent(dir.path(), "host", &server, Some(backend.port()));
-    let (caller, upstream) = agent(dir.path(), "caller", &server, None);
-    host.wait_ready().await;
-    caller.wait_ready().await;
-    eventually("the caller to reach the host's web", || async {
-        get_text(&upstream, "/").await == "web"
-    })
-    .await;
+    let (mut cluster, _host, caller, upstream) = mesh(dir.path(), &backend, "").await;
 
     cluster.node_mut(1).kill();
     let mut failures = Vec::new();

@@ -35,7 +35,7 @@ fn join_refused() -> ApiError {
 }
 
 /// The cluster's root, with its key, from this node's applied state; 503 while there is none.
-async fn root(node: &Node) -> Result<ca::StoredCa, ApiError> {
+pub(crate) async fn root(node: &Node) -> Result<ca::StoredCa, ApiError> {
     node.state
         .read(|state| state.ca().cloned())
         .await
@@ -44,7 +44,7 @@ async fn root(node: &Node) -> Result<ca::StoredCa, ApiError> {
 
 /// The answer to a join or renewal: the certificate, the root, the identities it names and
 /// its expiry.
-fn joined(
+pub(crate) fn joined(
     cert_pem: String,
     root: ca::StoredCa,
     identities: Vec<String>,

@@ -9,7 +9,7 @@ use super::leader::{read_barrier, remove, write};
 use crate::node::Node;
 use crate::state::Command;
 use crate::tokens::{self, StoredToken, TokenView};
-use crate::wire::{CreatedToken, Joined, NewOperatorCertificate, NewToken};
+use crate::wire::{CreatedToken, NewOperatorCertificate, NewToken};
 use hyphae_policies::tls::{Kind, SpiffeId};
 
 /// `GET /v1/acl/tokens`: every token, without hashes.
@@ -87,17 +87,7 @@ pub(crate) async fn create_certificate(node: &Node, request: &ApiRequest) -> Ans
             format!("operator name `{}`: {reason}", new.name),
         )
     })?;
-    let root = node
-        .state
-        .read(|state| state.ca().cloned())
-        .await
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no-ca",
-                "the cluster has no certificate authority yet; try again",
-            )
-        })?;
+    let root = super::identity::root(node).await?;
     let ttl = new
         .ttl
         .map_or(node.config.spec.certificates.lifetime.get(), Into::into);
@@ -134,14 +124,10 @@ pub(crate) async fn create_certificate(node: &Node, request: &ApiRequest) -> Ans
         },
     )
     .await?;
-    Ok(json_response(
-        StatusCode::OK,
-        &Joined {
-            cert_pem,
-            ca_pem: root.bundle(),
-            issuer_pem: root.cert_pem,
-            identities: vec![identity],
-            expires_at_ms: now.saturating_add(lifetime_ms),
-        },
-    ))
+    super::identity::joined(
+        cert_pem,
+        root,
+        vec![identity],
+        now.saturating_add(lifetime_ms),
+    )
 }
