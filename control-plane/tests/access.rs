@@ -39,15 +39,9 @@ async fn status_as(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_api_needs_a_token_whose_role_allows_the_request() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (cluster, leader, follower) = Cluster::start_logged(
-        &workspace_binary("hyphae-control-plane"),
-        dir.path(),
-        3,
-        "",
-        "info",
-    )
-    .await
-    .expect("a cluster with a leader");
+    let (cluster, leader, follower) = Cluster::three_logged(dir.path(), "")
+        .await
+        .expect("a cluster with a leader");
     let doc = policy("catalog", 2);
 
     // Anonymous: every admin route is refused, reads and writes, and nothing is written.
@@ -253,15 +247,9 @@ fn hyphae_with_certificate(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operators_may_use_client_certificates_with_a_role_revoked_like_a_token() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (_cluster, leader, follower) = Cluster::start_logged(
-        &workspace_binary("hyphae-control-plane"),
-        dir.path(),
-        3,
-        "",
-        "info",
-    )
-    .await
-    .expect("start the cluster");
+    let (_cluster, leader, follower) = Cluster::three_logged(dir.path(), "")
+        .await
+        .expect("start the cluster");
     let cli = workspace_binary("hyphae");
     let reader = dir.path().join("alice");
     let writer = dir.path().join("bob");

@@ -63,12 +63,9 @@ fn create_token(cli: &std::path::Path, server: std::net::SocketAddr, args: &[&st
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_with_a_join_token_gets_a_certificate_for_its_node_and_services() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (cluster, leader, follower) = Cluster::start_logged(
-        &workspace_binary("hyphae-control-plane"),
+    let (cluster, leader, follower) = Cluster::three_logged(
         dir.path(),
-        3,
         "  certificates: {trustDomain: mesh.example, siteLifetimes: {edge: 168h}}\n",
-        "info",
     )
     .await
     .expect("a cluster with a leader");

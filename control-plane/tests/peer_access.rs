@@ -55,15 +55,9 @@ fn log_of(dir: &Path, id: u64) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raft_rpcs_need_a_members_certificate_and_agents_speak_only_for_themselves() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (cluster, leader, follower) = Cluster::start_logged(
-        &workspace_binary("hyphae-control-plane"),
-        dir.path(),
-        3,
-        "",
-        "info",
-    )
-    .await
-    .expect("a cluster with a leader");
+    let (cluster, leader, follower) = Cluster::three_logged(dir.path(), "")
+        .await
+        .expect("a cluster with a leader");
     let leader_id = cluster
         .nodes()
         .iter()

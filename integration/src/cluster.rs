@@ -378,6 +378,17 @@ impl Cluster {
         Ok((cluster, leader, follower))
     }
 
+    /// Three nodes of the workspace's `hyphae-control-plane` with `spec` in `dir`, logging at
+    /// `info` (the access tests read the logs), once they have a leader: the cluster, the
+    /// leader's and a follower's address.
+    pub async fn three_logged(
+        dir: &Path,
+        spec: &str,
+    ) -> Result<(Cluster, SocketAddr, SocketAddr), Error> {
+        let binary = crate::binaries::workspace_binary("hyphae-control-plane");
+        Cluster::start_logged(&binary, dir, 3, spec, "info").await
+    }
+
     /// Sets what every node's log keeps from its next start on (see [`Node::set_log_level`]).
     pub fn set_log_level(&mut self, level: &str) {
         for node in &mut self.nodes {

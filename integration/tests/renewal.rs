@@ -68,6 +68,45 @@ async fn mesh(dir: &Path, backend: &TestBackend, spec: &str) -> (Cluster, Agent,
     (cluster, host, caller, upstream)
 }
 
+/// A [`mesh`] whose certificates live [`LIFETIME`], and the TLS folders of its host, its
+/// caller and its control-plane node.
+struct ShortLived {
+    cluster: Cluster,
+    _agents: (Agent, Agent),
+    upstream: String,
+    folders: [PathBuf; 3],
+}
+
+async fn short_lived(dir: &Path, backend: &TestBackend) -> ShortLived {
+    let spec = format!("  certificates: {{lifetime: {LIFETIME}}}\n");
+    let (cluster, host, caller, upstream) = mesh(dir, backend, &spec).await;
+    ShortLived {
+        cluster,
+        _agents: (host, caller),
+        upstream,
+        folders: [
+            dir.join("host-data/tls"),
+            dir.join("caller-data/tls"),
+            data_dir(&dir.join("cp"), 1).join("tls"),
+        ],
+    }
+}
+
+/// Calls `upstream` while `more()` says so (at most [`TRAFFIC_FOR`] and [`MOST_CALLS`]): how
+/// many calls, and the answers other than `web`.
+async fn traffic(upstream: &str, mut more: impl FnMut() -> bool) -> (usize, Vec<String>) {
+    let started = Instant::now();
+    let (mut calls, mut failures) = (0, Vec::new());
+    while more() && started.elapsed() < TRAFFIC_FOR && calls < MOST_CALLS {
+        let answer = get_text(upstream, "/").await;
+        calls += 1;
+        if answer != "web" {
+            failures.push(answer);
+        }
+    }
+    (calls, failures)
+}
+
 /// The certificate a host keeps in `tls`, as text (empty while there is none).
 fn certificate(tls: &Path) -> String {
     std::fs::read_to_string(tls.join("node.pem")).unwrap_or_default()
@@ -102,29 +141,16 @@ impl Watched {
 async fn certificates_renew_under_traffic_and_no_call_fails() {
     let dir = tempfile::tempdir().expect("temp dir");
     let backend = TestBackend::start("web").await;
-    let cp_dir = dir.path().join("cp");
-    let spec = format!("  certificates: {{lifetime: {LIFETIME}}}\n");
-    let (cluster, _host, _caller, upstream) = mesh(dir.path(), &backend, &spec).await;
-    let server = cluster.node(1).address.to_string();
+    let mesh = short_lived(dir.path(), &backend).await;
+    let (upstream, folders) = (mesh.upstream.clone(), mesh.folders.clone());
+    let server = mesh.cluster.node(1).address.to_string();
 
-    let mut watched = [
-        Watched::new(dir.path().join("host-data/tls")),
-        Watched::new(dir.path().join("caller-data/tls")),
-        Watched::new(data_dir(&cp_dir, 1).join("tls")),
-    ];
-    let started = Instant::now();
-    let (mut calls, mut failures) = (0, Vec::new());
-    while watched.iter().any(|w| w.changes < 2)
-        && started.elapsed() < TRAFFIC_FOR
-        && calls < MOST_CALLS
-    {
-        let answer = get_text(&upstream, "/").await;
-        calls += 1;
-        if answer != "web" {
-            failures.push(answer);
-        }
+    let mut watched = folders.map(Watched::new);
+    let (calls, failures) = traffic(&upstream, || {
         watched.iter_mut().for_each(Watched::look);
-    }
+        watched.iter().any(|w| w.changes < 2)
+    })
+    .await;
     let changes: Vec<usize> = watched.iter().map(|w| w.changes).collect();
     assert!(
         changes.iter().all(|&c| c >= 2),
@@ -168,34 +194,19 @@ fn signed_by(tls: &Path, root_pem: &str) -> bool {
 async fn the_root_rotates_under_traffic_and_no_call_fails() {
     let dir = tempfile::tempdir().expect("temp dir");
     let backend = TestBackend::start("web").await;
-    let cp_dir = dir.path().join("cp");
-    let spec = format!("  certificates: {{lifetime: {LIFETIME}}}\n");
-    let (cluster, _host, _caller, upstream) = mesh(dir.path(), &backend, &spec).await;
-    let server = cluster.node(1).address.to_string();
-    let folders = [
-        dir.path().join("host-data/tls"),
-        dir.path().join("caller-data/tls"),
-        data_dir(&cp_dir, 1).join("tls"),
-    ];
+    let mesh = short_lived(dir.path(), &backend).await;
+    let (upstream, folders) = (mesh.upstream.clone(), mesh.folders.clone());
+    let server = mesh.cluster.node(1).address.to_string();
 
     // Calls flow the whole time; each step waits for every host.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let traffic = tokio::spawn({
         let (stop, upstream) = (std::sync::Arc::clone(&stop), upstream.clone());
         async move {
-            let (mut calls, mut failures) = (0usize, Vec::new());
-            let started = Instant::now();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed)
-                && started.elapsed() < Duration::from_secs(60)
-                && calls < MOST_CALLS
-            {
-                let answer = get_text(&upstream, "/").await;
-                calls += 1;
-                if answer != "web" {
-                    failures.push(answer);
-                }
-            }
-            (calls, failures)
+            traffic(&upstream, || {
+                !stop.load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .await
         }
     });
     let cli = workspace_binary("hyphae");
@@ -211,7 +222,7 @@ async fn the_root_rotates_under_traffic_and_no_call_fails() {
     .await;
     // The operator's own tools take the new set of roots too (`hyphae ca --pem`), before the
     // new root signs anything.
-    cluster.trust().expect("the cluster's roots, both");
+    mesh.cluster.trust().expect("the cluster's roots, both");
     rotate("activate");
     let new_root = hyphae_integration::http::get_json(&server, "/v1/ca")
         .await
@@ -237,7 +248,7 @@ async fn the_root_rotates_under_traffic_and_no_call_fails() {
     );
 
     // A host joining now pins the new root (`hyphae ca` prints its fingerprint).
-    cluster.trust().expect("the cluster's new root");
+    mesh.cluster.trust().expect("the cluster's new root");
     let (late, late_upstream) = agent(dir.path(), "late", &server, None);
     late.wait_ready().await;
     eventually("a new caller to reach the host", || async {

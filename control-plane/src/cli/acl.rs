@@ -31,6 +31,19 @@ pub enum AclCommand {
     Cert(CertCommand),
 }
 
+/// Who a token or an operator certificate is for, what it may do, and for how long.
+#[derive(Debug, Args)]
+pub struct Grant {
+    /// Its name: who uses it, as the audit log shows (a lower-case DNS label).
+    pub name: String,
+    /// What it may do: `read`, `write` (policies) or `admin` (membership, tokens).
+    #[arg(long, value_parser = parse_role)]
+    pub role: Role,
+    /// How long it works (`1h`, `720h`).
+    #[arg(long)]
+    pub ttl: Option<hyphae_policies::Duration>,
+}
+
 /// `hyphae acl cert` subcommands (each needs an admin token).
 #[derive(Debug, Subcommand)]
 pub enum CertCommand {
@@ -38,14 +51,10 @@ pub enum CertCommand {
     /// write both, with the cluster's root, into a directory for `--cert-dir`. Revoke it with
     /// `hyphae acl token revoke <name>`.
     Create {
-        /// The operator's name, as the audit log shows (a lower-case DNS label).
-        name: String,
-        /// What it may do: `read`, `write` (policies) or `admin` (membership, tokens).
-        #[arg(long, value_parser = parse_role)]
-        role: Role,
-        /// How long it works; the cluster's certificate lifetime when absent.
-        #[arg(long)]
-        ttl: Option<hyphae_policies::Duration>,
+        /// Who it is for, what it may do, how long (default: the cluster's certificate
+        /// lifetime).
+        #[command(flatten)]
+        grant: Grant,
         /// The directory to write (`ca.pem`, `node.pem`, `node-key.pem` owner-only).
         #[arg(long, value_name = "DIR")]
         out: std::path::PathBuf,
@@ -60,14 +69,9 @@ pub enum CertCommand {
 pub enum TokenCommand {
     /// Create a token (or replace one of the same name) and print its secret, once.
     Create {
-        /// Its name: who uses it, as the audit log shows (a lower-case DNS label).
-        name: String,
-        /// What it may do: `read`, `write` (policies) or `admin` (membership, tokens).
-        #[arg(long, value_parser = parse_role)]
-        role: Role,
-        /// How long it works (`1h`, `720h`); forever when absent.
-        #[arg(long)]
-        ttl: Option<hyphae_policies::Duration>,
+        /// Who it is for, what it may do, how long (forever when no `--ttl`).
+        #[command(flatten)]
+        grant: Grant,
         /// Where the control plane is.
         #[command(flatten)]
         server: ServerArgs,
@@ -108,20 +112,14 @@ pub fn run(args: &AclArgs, out: &mut dyn std::io::Write) -> Result<Outcome> {
     let command = match &args.command {
         AclCommand::Token(command) => command,
         AclCommand::Cert(CertCommand::Create {
-            name,
-            role,
-            ttl,
+            grant,
             out: dir,
             server,
-        }) => return create_certificate(server, name, *role, *ttl, dir, out),
+        }) => return create_certificate(server, grant, dir, out),
     };
     match command {
-        TokenCommand::Create {
-            name,
-            role,
-            ttl,
-            server,
-        } => {
+        TokenCommand::Create { grant, server } => {
+            let Grant { name, role, ttl } = grant;
             let body = serde_json::json!({ "name": name, "role": role, "ttl": ttl });
             create_secret(server, TOKENS_PATH, &body, out)
         }
@@ -138,16 +136,15 @@ pub fn run(args: &AclArgs, out: &mut dyn std::io::Write) -> Result<Outcome> {
 /// Path of the operator certificate API.
 pub const CERTIFICATES_PATH: &str = "/v1/acl/certificates";
 
-/// Makes a key, asks for its certificate as operator `name` with `role`, and writes both with
+/// Makes a key, asks for its certificate as the operator `grant` names, and writes both with
 /// the root into `dir`.
 fn create_certificate(
     server: &ServerArgs,
-    name: &str,
-    role: Role,
-    ttl: Option<hyphae_policies::Duration>,
+    grant: &Grant,
     dir: &std::path::Path,
     out: &mut dyn std::io::Write,
 ) -> Result<Outcome> {
+    let Grant { name, role, ttl } = grant;
     let (key, csr) = hyphae_policies::tls::join::key_and_request()?;
     let body = serde_json::json!({ "name": name, "role": role, "ttl": ttl, "csrPem": csr });
     let answer = server
