@@ -3,6 +3,8 @@
 //! [`handle`], the one place a check that applies to every route belongs. Handlers live one
 //! file per resource below; they never import this file.
 //!
+//! - [`admission`]: which connections the port takes (caps overall and per source, places
+//!   kept for members).
 //! - [`access`]: what each route requires of its caller: certificates and tokens checked.
 //! - [`caller`]: who is calling, as the TLS handshake proved it.
 //! - [`answer`]: the buffered request, error answers with stable codes, JSON bodies, limits.
@@ -12,6 +14,7 @@
 //!   and agent resources.
 
 pub mod access;
+pub mod admission;
 pub mod answer;
 pub mod caller;
 pub mod cluster;
@@ -35,7 +38,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyphae_policies::ControlPlaneLimits;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use self::access::{AGENT_PREFIX, PEER_RPC_PREFIX};
@@ -57,7 +59,7 @@ const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
 /// byte and each request head within `headerReadTimeout`, HTTP/2 streams and head sizes.
 pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: CancellationToken) {
     let limits = node.config.spec.limits.clone();
-    let open = Arc::new(Semaphore::new(limits.max_connections as usize));
+    let admission = admission::Admission::new(&limits);
     let builder = Arc::new(connection_builder(&limits));
     let connections = tokio_util::task::TaskTracker::new();
     loop {
@@ -72,21 +74,25 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: Cancellatio
                 }
             },
         };
-        let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
-            tracing::warn!(%peer, max = limits.max_connections, "connection limit reached; closing the new connection");
-            drop(stream);
-            continue;
+        let admitted = match admission.admit(peer.ip()) {
+            Ok(admitted) => admitted,
+            Err(full) => {
+                tracing::warn!(%peer, ?full, max = limits.max_connections, per_source = limits.max_connections_per_source, "connection limit reached; closing the new connection");
+                crate::refusals::count(crate::refusals::Refusal::Connection);
+                drop(stream);
+                continue;
+            }
         };
         let node = Arc::clone(&node);
         let builder = Arc::clone(&builder);
         let shutdown = shutdown.clone();
         let first_byte = limits.header_read_timeout.get();
         connections.spawn(async move {
-            let _permit = permit;
-            // Version detection waits for the first bytes; a silent client must not hold a
-            // connection (and its permit) forever.
-            // The handshake too: the port speaks only TLS, and a client that sends anything
-            // else (plaintext HTTP, say) is refused here.
+            // The whole place moves in (not only the field read below), so it is held until
+            // the connection ends.
+            let admitted = admitted;
+            // The handshake within `headerReadTimeout`: a silent client must not hold a place
+            // forever, and the port speaks only TLS (plaintext HTTP, say, is refused here).
             let acceptor = tokio_rustls::TlsAcceptor::from(node.tls.server.load_full());
             let stream = match tokio::time::timeout(first_byte, acceptor.accept(stream)).await {
                 Ok(Ok(stream)) => stream,
@@ -109,6 +115,15 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: Cancellatio
                     .and_then(<[_]>::first),
                 trust_domain,
             );
+            if admitted.reserved
+                && !identity
+                    .control_plane()
+                    .is_some_and(|id| node.is_member(id))
+            {
+                tracing::info!(%peer, "a place kept for members, taken by another client; closing");
+                crate::refusals::count(crate::refusals::Refusal::Connection);
+                return;
+            }
             let streams = shutdown.clone();
             let service = service_fn(move |request| {
                 let node = Arc::clone(&node);

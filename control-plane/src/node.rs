@@ -99,6 +99,16 @@ impl Node {
         })
     }
 
+    /// Whether `id` is a voter or learner in this node's view of the membership.
+    pub fn is_member(&self, id: NodeId) -> bool {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .nodes()
+            .any(|(member, _)| *member == id)
+    }
+
     /// Starts a new cluster of this node alone, unless it already belongs to one; the other
     /// nodes join with a token and add themselves (decision 36). Returns whether it
     /// initialized.

@@ -10,6 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub enum Refusal {
     /// A TLS handshake failed (plaintext, a certificate of another root, an expired one).
     Handshake,
+    /// A connection beyond the port's caps (overall, per source, or a member's reserved
+    /// place taken by another client).
+    Connection,
     /// A peer RPC without a current member's certificate, or a transfer RPC not from the
     /// leader.
     PeerRpc,
@@ -21,15 +24,16 @@ pub enum Refusal {
     Join,
 }
 
-const REASONS: [(Refusal, &str); 5] = [
+const REASONS: [(Refusal, &str); 6] = [
     (Refusal::Handshake, "tls-handshake"),
+    (Refusal::Connection, "connection-limit"),
     (Refusal::PeerRpc, "peer-rpc"),
     (Refusal::Agent, "agent"),
     (Refusal::Admin, "admin"),
     (Refusal::Join, "join"),
 ];
 
-static COUNTS: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
+static COUNTS: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
 
 /// Counts one refusal for `reason`.
 pub fn count(reason: Refusal) {

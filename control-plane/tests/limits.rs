@@ -131,6 +131,22 @@ async fn exchange_as(
     read_to_close(&mut stream).await
 }
 
+/// Like [`exchange_as`], `None` when no TLS connection could be made.
+async fn try_exchange_as(
+    node: &RunningNode,
+    credentials: Option<&Credentials>,
+    request: &str,
+) -> Option<String> {
+    let config = tls::client_config(&node.node.tls.trust(), credentials, &[b"http/1.1"])
+        .expect("a TLS client configuration");
+    let mut stream = TlsConnector::new(config, ServerIdentity::ControlPlane, DEADLINE)
+        .open("127.0.0.1", node.address.port())
+        .await
+        .ok()?;
+    stream.write_all(request.as_bytes()).await.ok()?;
+    Some(read_to_close(&mut stream).await)
+}
+
 /// A certificate `node`'s own root signs for `kind` `name`: the caller a test plays.
 async fn credentials(node: &RunningNode, kind: Kind, name: &str) -> Credentials {
     let ca = tokio::time::timeout(DEADLINE, async {
@@ -647,4 +663,79 @@ async fn a_herd_of_reconnecting_agents_costs_one_snapshot_encode_per_revision() 
         "one encode for the new revision"
     );
     running.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn places_kept_for_members_stay_open_when_the_cap_is_reached_and_each_source_has_a_cap() {
+    let limits = ControlPlaneLimits {
+        max_connections: 4,
+        reserved_member_connections: 1,
+        header_read_timeout: hyphae_policies::Duration::from_secs(30),
+        ..ControlPlaneLimits::default()
+    };
+    let (running, _dir) = node(limits).await;
+    let member = credentials(&running, Kind::ControlPlane, "1").await;
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(TcpStream::connect(running.address).await.expect("connect"));
+    }
+    // Beyond the cap, a client without a member's certificate gets no answer...
+    let refused = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if exchange_refused(&running).await {
+                return;
+            }
+        }
+    });
+    refused
+        .await
+        .expect("a non-member beyond the cap is closed without an answer");
+    // ...and a member still does, on a place kept for it (once the refused client's place is
+    // given back).
+    let answered = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if let Some(answer) = try_exchange_as(&running, Some(&member), &get_cluster()).await
+                && answer.starts_with("HTTP/1.1 200")
+            {
+                return;
+            }
+        }
+    });
+    answered.await.expect("a member is answered beyond the cap");
+    drop(idle);
+
+    let (running, _dir) = node(ControlPlaneLimits {
+        max_connections_per_source: 3,
+        header_read_timeout: hyphae_policies::Duration::from_secs(30),
+        ..ControlPlaneLimits::default()
+    })
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(TcpStream::connect(running.address).await.expect("connect"));
+    }
+    let refused = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if exchange_refused(&running).await {
+                return;
+            }
+        }
+    });
+    refused
+        .await
+        .expect("a fourth connection from one address is closed");
+    drop(idle);
+    let answered = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if exchange(&running, &get_cluster())
+                .await
+                .starts_with("HTTP/1.1 200")
+            {
+                return;
+            }
+        }
+    });
+    answered
+        .await
+        .expect("once they close, the source is served again");
 }

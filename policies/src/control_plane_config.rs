@@ -130,6 +130,13 @@ pub struct ControlPlaneLimits {
     /// Most connections open at once (agents, peers and operators together); a connection
     /// beyond it is closed at once. Each watching agent holds one. Default 16384.
     pub max_connections: u32,
+    /// Connections kept for the cluster's members beyond `maxConnections`, so a crowd of other
+    /// clients cannot cut Raft off: one admitted on them must present a current member's
+    /// certificate at the handshake, or is closed. Default 64.
+    pub reserved_member_connections: u32,
+    /// Most connections open at once from one source address, so one host cannot take every
+    /// place. Default 1024.
+    pub max_connections_per_source: u32,
     /// HTTP/2 streams one connection may have open at once. Default 256.
     pub max_concurrent_streams: u32,
     /// HTTP/2 streams a client may reset before the node accepted them (rapid-reset
@@ -190,6 +197,8 @@ impl Default for ControlPlaneLimits {
     fn default() -> Self {
         ControlPlaneLimits {
             max_connections: 16_384,
+            reserved_member_connections: 64,
+            max_connections_per_source: 1024,
             max_concurrent_streams: 256,
             max_pending_accept_reset_streams: 200,
             max_header_bytes: 65_536,

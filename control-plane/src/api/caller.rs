@@ -81,7 +81,7 @@ impl Peer {
             return self;
         }
         match self.control_plane() {
-            Some(id) if is_member(node, id) => Peer {
+            Some(id) if node.is_member(id) => Peer {
                 ids: headers
                     .get(FORWARDED_IDENTITY_HEADER)
                     .and_then(|value| value.to_str().ok())
@@ -92,16 +92,6 @@ impl Peer {
             _ => self,
         }
     }
-}
-
-/// Whether `id` is a voter or learner in `node`'s view of the membership.
-fn is_member(node: &Node, id: u64) -> bool {
-    node.raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .nodes()
-        .any(|(member, _)| *member == id)
 }
 
 /// Who a request came from, once its access was checked.

@@ -111,6 +111,10 @@ pub(super) fn check(c: &mut Checker, path: &FieldPath, spec: &ControlPlaneConfig
     c.positive(limits.key("bodyReadTimeout"), given.body_read_timeout);
     for (field, value) in [
         ("maxConnections", given.max_connections.into()),
+        (
+            "maxConnectionsPerSource",
+            given.max_connections_per_source.into(),
+        ),
         ("maxConcurrentStreams", given.max_concurrent_streams.into()),
         ("maxAdminBodyBytes", given.max_admin_body_bytes.into()),
         ("maxAgentBodyBytes", given.max_agent_body_bytes.into()),

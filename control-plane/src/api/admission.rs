@@ -1,0 +1,123 @@
+//! Which new connections the port takes: at most `maxConnections` from everyone, at most
+//! `maxConnectionsPerSource` from one address, and beyond the first cap
+//! `reservedMemberConnections` kept for the cluster's members, so a crowd of clients cannot
+//! cut Raft off (a connection on a reserved place must prove a member's certificate at the
+//! handshake, which [`Admitted::reserved`] tells the caller to check).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use hyphae_policies::ControlPlaneLimits;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// The port's places.
+pub struct Admission {
+    open: Arc<Semaphore>,
+    reserved: Arc<Semaphore>,
+    per_source: Arc<Mutex<HashMap<IpAddr, u32>>>,
+    max_per_source: u32,
+}
+
+/// A connection's place, given back when it drops.
+pub struct Admitted {
+    _permit: OwnedSemaphorePermit,
+    _source: SourcePlace,
+    /// Taken from the members' reserve: the connection must prove a member's certificate.
+    pub reserved: bool,
+}
+
+/// One connection counted against its source address.
+struct SourcePlace {
+    per_source: Arc<Mutex<HashMap<IpAddr, u32>>>,
+    source: IpAddr,
+}
+
+impl Drop for SourcePlace {
+    fn drop(&mut self) {
+        let mut counts = self.per_source.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&self.source) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// Why a connection was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Full {
+    /// Its source address has `maxConnectionsPerSource` open.
+    Source,
+    /// Every place, reserved ones included, is taken.
+    Port,
+}
+
+impl Admission {
+    /// The places `limits` allow.
+    pub fn new(limits: &ControlPlaneLimits) -> Admission {
+        Admission {
+            open: Arc::new(Semaphore::new(limits.max_connections as usize)),
+            reserved: Arc::new(Semaphore::new(limits.reserved_member_connections as usize)),
+            per_source: Arc::default(),
+            max_per_source: limits.max_connections_per_source,
+        }
+    }
+
+    /// A place for a new connection from `source`, if there is one.
+    pub fn admit(&self, source: IpAddr) -> Result<Admitted, Full> {
+        {
+            let mut counts = self.per_source.lock().unwrap_or_else(|p| p.into_inner());
+            let count = counts.entry(source).or_insert(0);
+            if *count >= self.max_per_source {
+                return Err(Full::Source);
+            }
+            *count += 1;
+        }
+        let place = SourcePlace {
+            per_source: Arc::clone(&self.per_source),
+            source,
+        };
+        let (permit, reserved) = match Arc::clone(&self.open).try_acquire_owned() {
+            Ok(permit) => (permit, false),
+            Err(_) => match Arc::clone(&self.reserved).try_acquire_owned() {
+                Ok(permit) => (permit, true),
+                Err(_) => return Err(Full::Port),
+            },
+        };
+        Ok(Admitted {
+            _permit: permit,
+            _source: place,
+            reserved,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn beyond_the_cap_only_reserved_places_remain_and_each_source_has_its_own_cap() {
+        let limits = ControlPlaneLimits {
+            max_connections: 2,
+            reserved_member_connections: 1,
+            max_connections_per_source: 3,
+            ..ControlPlaneLimits::default()
+        };
+        let admission = Admission::new(&limits);
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let first = admission.admit(a).expect("a place");
+        let second = admission.admit(a).expect("a place");
+        assert!(!first.reserved && !second.reserved);
+        let third = admission.admit(a).expect("a reserved place");
+        assert!(third.reserved);
+        assert_eq!(admission.admit(a).err(), Some(Full::Source));
+        assert_eq!(admission.admit(b).err(), Some(Full::Port));
+        drop(first);
+        assert!(!admission.admit(b).expect("a freed place").reserved);
+        drop(third);
+        assert!(admission.admit(a).is_ok(), "the source's count went down");
+    }
+}
