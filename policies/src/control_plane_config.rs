@@ -1,5 +1,5 @@
 //! `ControlPlaneConfig`: a control-plane node's own local file — its Raft id, where it listens,
-//! where it keeps its data, and the initial members of the cluster. `metadata.name` is the
+//! where it keeps its data, and the cluster's nodes it joins through. `metadata.name` is the
 //! node's name.
 
 use std::collections::BTreeMap;
@@ -26,7 +26,9 @@ pub struct ControlPlaneConfigSpec {
     pub advertise: Option<String>,
     /// Where the Raft log and state live. Default `/var/lib/hyphae/control-plane`.
     pub data_dir: PathBuf,
-    /// The voters a new cluster starts with (`--init`); this node must be one of them.
+    /// The cluster's nodes: a node joining with a control-plane join token asks these (other
+    /// than itself) for its certificate and to be added. `--init` starts a cluster of this
+    /// node alone; the others join.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<Member>,
     /// How often the leader heartbeats followers. Default `250ms`.
