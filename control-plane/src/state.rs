@@ -399,6 +399,14 @@ pub struct State {
     ca: Option<StoredCa>,
     /// Join tokens by name (hashes only).
     join_tokens: BTreeMap<String, JoinToken>,
+    /// The size of the nodes and policies as JSON: what grows with the fleet, and what a
+    /// snapshot must carry within `limits.maxSnapshotBytes`.
+    bytes: u64,
+}
+
+/// `value`'s size as JSON.
+fn json_size(value: &impl Serialize) -> u64 {
+    serde_json::to_vec(value).map_or(0, |json| json.len() as u64)
 }
 
 impl State {
@@ -423,9 +431,15 @@ impl State {
     /// Adds nodes read back from disk or from a snapshot to a restored state.
     pub fn with_nodes(mut self, nodes: impl IntoIterator<Item = NodeRecord>) -> Self {
         for node in nodes {
-            self.nodes.insert(node.name.clone(), node);
+            self.put_node(node);
         }
         self
+    }
+
+    /// The size of the nodes and policies as JSON, which grows with the fleet: writes that
+    /// would take it past what a snapshot may carry are refused before they are proposed.
+    pub fn approx_bytes(&self) -> u64 {
+        self.bytes
     }
 
     /// Sets the cluster's identity read back from disk or from a snapshot.
@@ -590,7 +604,7 @@ impl State {
                     && !self.nodes.contains_key(&node.name);
                 if !full {
                     node.revision = log_index;
-                    self.nodes.insert(node.name.clone(), node);
+                    self.put_node(node);
                 }
                 CommandResponse::NodeRegistered {
                     revision: log_index,
@@ -598,7 +612,7 @@ impl State {
                 }
             }
             Command::ReportHealth { node, changes } => {
-                let Some(record) = self.nodes.get_mut(&node) else {
+                let Some(mut record) = self.take_node(&node) else {
                     return CommandResponse::HealthReported {
                         revision: log_index,
                         known: false,
@@ -621,6 +635,7 @@ impl State {
                 if changed > 0 {
                     record.revision = log_index;
                 }
+                self.put_node(record);
                 CommandResponse::HealthReported {
                     revision: log_index,
                     known: true,
@@ -635,7 +650,7 @@ impl State {
                         .get(&lapsed.name)
                         .is_some_and(|n| n.revision == lapsed.revision)
                     {
-                        self.nodes.remove(&lapsed.name);
+                        self.take_node(&lapsed.name);
                         expired.push(lapsed.name);
                     }
                 }
@@ -646,7 +661,7 @@ impl State {
             }
             Command::DeregisterNode { node } => CommandResponse::NodeDeregistered {
                 revision: log_index,
-                existed: self.nodes.remove(&node).is_some(),
+                existed: self.take_node(&node).is_some(),
             },
             Command::SetClusterId { id } => CommandResponse::ClusterIdentified {
                 revision: log_index,
@@ -731,10 +746,16 @@ impl State {
 
     /// Stores `policy`, returning the one it replaced.
     fn insert(&mut self, policy: StoredPolicy) -> Option<StoredPolicy> {
-        self.policies
+        self.bytes += json_size(&policy);
+        let replaced = self
+            .policies
             .entry(policy.kind.clone())
             .or_default()
-            .insert(policy.name.clone(), policy)
+            .insert(policy.name.clone(), policy);
+        if let Some(replaced) = &replaced {
+            self.bytes = self.bytes.saturating_sub(json_size(replaced));
+        }
+        replaced
     }
 
     /// Removes a policy, dropping its kind's map once empty so equal states compare equal.
@@ -744,7 +765,27 @@ impl State {
         if by_name.is_empty() {
             self.policies.remove(kind);
         }
+        if let Some(removed) = &removed {
+            self.bytes = self.bytes.saturating_sub(json_size(removed));
+        }
         removed
+    }
+
+    /// Stores `node`, replacing one of the same name.
+    fn put_node(&mut self, node: NodeRecord) {
+        self.bytes += json_size(&node);
+        if let Some(replaced) = self.nodes.insert(node.name.clone(), node) {
+            self.bytes = self.bytes.saturating_sub(json_size(&replaced));
+        }
+    }
+
+    /// Removes the node `name`.
+    fn take_node(&mut self, name: &str) -> Option<NodeRecord> {
+        let taken = self.nodes.remove(name);
+        if let Some(taken) = &taken {
+            self.bytes = self.bytes.saturating_sub(json_size(taken));
+        }
+        taken
     }
 }
 
@@ -1030,6 +1071,23 @@ pub(crate) mod tests {
             }
         );
         assert_eq!(state.nodes().count(), 0);
+    }
+
+    #[test]
+    fn the_size_of_nodes_and_policies_follows_every_change_and_matches_a_restore() {
+        let mut state = State::new();
+        assert_eq!(state.approx_bytes(), 0);
+        state.apply(register(node("a", Health::Passing)), 1);
+        state.apply(apply_policies(vec![doc("ServicePolicy", "p", "x")]), 2);
+        let grown = state.approx_bytes();
+        assert!(grown > 0);
+        state.apply(health("a", Health::Critical), 3);
+        let restored =
+            State::restore(3, state.policies().cloned()).with_nodes(state.nodes().cloned());
+        assert_eq!(restored.approx_bytes(), state.approx_bytes());
+        state.apply(Command::DeregisterNode { node: "a".into() }, 4);
+        state.apply(delete("ServicePolicy", "p"), 5);
+        assert_eq!(state.approx_bytes(), 0);
     }
 
     #[test]

@@ -739,3 +739,37 @@ async fn places_kept_for_members_stay_open_when_the_cap_is_reached_and_each_sour
         .await
         .expect("once they close, the source is served again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_that_would_outgrow_a_snapshot_are_refused_and_removals_still_work() {
+    let (running, _dir) = node(ControlPlaneLimits {
+        max_snapshot_bytes: 200_000,
+        ..ControlPlaneLimits::default()
+    })
+    .await;
+    // Routes of about 20 KB each: the state outgrows 90% of 200 KB within ten of them.
+    let mut stored = 0;
+    let refused = loop {
+        let answer = exchange(
+            &running,
+            &post("/v1/policies", &route(&format!("r-{stored}"), 150)),
+        )
+        .await;
+        if !answer.starts_with("HTTP/1.1 200") {
+            break answer;
+        }
+        stored += 1;
+        assert!(stored < 100, "the state never filled up");
+    };
+    assert_refused(&refused, 507, "maxSnapshotBytes");
+    assert!(stored > 0, "some writes fit");
+    let delete = format!(
+        "DELETE /v1/policies/Route/r-0 HTTP/1.1\r\nhost: node\r\nauthorization: {}\r\nconnection: close\r\n\r\n",
+        bearer()
+    );
+    let removed = exchange(&running, &delete).await;
+    assert!(removed.starts_with("HTTP/1.1 200"), "{removed}");
+    let again = exchange(&running, &post("/v1/policies", &route("small", 1))).await;
+    assert!(again.starts_with("HTTP/1.1 200"), "room again: {again}");
+    running.stop().await.expect("stop");
+}

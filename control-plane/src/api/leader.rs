@@ -24,7 +24,9 @@ pub(crate) async fn write(node: &Node, command: Command) -> Result<CommandRespon
     if node.transfers.in_progress() {
         return Err(transfer_in_progress("").into());
     }
-    write_size_allowed(&command, node.config.spec.limits.max_write_bytes)?;
+    let limits = &node.config.spec.limits;
+    write_size_allowed(&command, limits.max_write_bytes)?;
+    state_size_allowed(node, &command, limits.max_snapshot_bytes).await?;
     committed(node, node.raft.client_write(command))
         .await
         .map(|written| written.data)
@@ -41,6 +43,36 @@ pub(crate) fn write_size_allowed(command: &Command, limit: u32) -> Result<(), Ap
             "write-too-large",
             format!(
                 "this write is {size} bytes as stored (objects in canonical form), over limits.maxWriteBytes ({limit}); nothing was written: split it into smaller writes"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The share of `limits.maxSnapshotBytes` the nodes and policies may fill: the rest is room
+/// for the snapshot's envelope, the other tables, and writes racing this check.
+const STATE_SHARE_OF_SNAPSHOT: f64 = 0.9;
+
+/// Refuses (507 `state-too-large`) a write that adds to the nodes or policies when they would
+/// then pass [`STATE_SHARE_OF_SNAPSHOT`] of `limits.maxSnapshotBytes`: a follower that needs a
+/// snapshot could not take it. Removals and every other write go through.
+async fn state_size_allowed(node: &Node, command: &Command, limit: u64) -> Result<(), ApiError> {
+    if !matches!(
+        command,
+        Command::ApplyPolicies { .. } | Command::RegisterNode { .. }
+    ) {
+        return Ok(());
+    }
+    let now = node.state.read(|state| state.approx_bytes()).await;
+    let after = now.saturating_add(encoded_len(command) as u64);
+    let room = (limit as f64 * STATE_SHARE_OF_SNAPSHOT) as u64;
+    if after > room {
+        return Err(ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "state-too-large",
+            format!(
+                "the nodes and policies would reach about {after} bytes, over {}% of limits.maxSnapshotBytes ({limit}): a follower could not take the snapshot; nothing was written (remove what is not needed, or raise the limit)",
+                (STATE_SHARE_OF_SNAPSHOT * 100.0) as u32
             ),
         ));
     }
