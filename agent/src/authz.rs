@@ -78,20 +78,54 @@ pub fn admits(policy: Option<&AccessPolicySpec>, caller: &Caller, request: Reque
         .rules
         .iter()
         .find(|rule| {
+            // An opaque stream has no path or method to check: a rule that names them covers
+            // it only when it denies (what flows inside could be any path).
+            let opaque = rule.action == Action::Deny;
             rule.from.iter().any(|identity| caller.is(identity))
                 && (rule.paths.is_empty()
-                    || request.path.is_some_and(|path| {
-                        rule.paths
-                            .iter()
-                            .any(|prefix| path.starts_with(prefix.as_str()))
+                    || request.path.map_or(opaque, |path| {
+                        rule.paths.iter().any(|prefix| under(path, prefix))
                     }))
                 && (rule.methods.is_empty()
-                    || request.method.is_some_and(|method| {
+                    || request.method.map_or(opaque, |method| {
                         rule.methods.iter().any(|m| m.eq_ignore_ascii_case(method))
                     }))
         })
         .map_or(policy.default_action, |rule| rule.action);
     decided == Action::Allow
+}
+
+/// Whether `path` is `prefix` or below it, on a segment boundary: `/charge` covers `/charge`
+/// and `/charge/42`, not `/chargeback` (a prefix ending in `/` covers what follows it).
+fn under(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix).is_some_and(|rest| {
+        rest.is_empty() || rest.starts_with('/') || rest.starts_with('?') || prefix.ends_with('/')
+    })
+}
+
+/// Whether a request path is in the one form rules are matched against: absolute, ASCII, no
+/// empty, `.` or `..` segments (a trailing `/` is fine), and no encoded `/`, `.`, `\` or `%`
+/// that a server could decode into another path than the one checked. Anything else is
+/// refused before it is checked.
+pub fn canonical(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    if !path.is_ascii() || path.contains('\\') {
+        return false;
+    }
+    let lower = path.to_ascii_lowercase();
+    if ["%2f", "%2e", "%5c", "%25"]
+        .iter()
+        .any(|encoded| lower.contains(encoded))
+    {
+        return false;
+    }
+    let segments: Vec<&str> = rest.split('/').collect();
+    let last = segments.len() - 1;
+    segments.iter().enumerate().all(|(i, segment)| {
+        *segment != "." && *segment != ".." && (!segment.is_empty() || i == last)
+    })
 }
 
 #[cfg(test)]
@@ -160,6 +194,44 @@ mod tests {
             !admits(Some(&policy), &catalog, tcp),
             "no path: a path rule does not cover it"
         );
+    }
+
+    #[test]
+    fn prefixes_end_on_segments_and_opaque_streams_meet_deny_rules() {
+        let policy = payments();
+        let catalog = caller("app-1", &["catalog"]);
+        assert!(!admits(
+            Some(&policy),
+            &catalog,
+            http("POST", "/chargeback")
+        ));
+        assert!(admits(Some(&policy), &catalog, http("POST", "/charge")));
+        let ops = caller("ops-1", &[]);
+        let opaque = Request {
+            method: None,
+            path: None,
+        };
+        assert!(
+            !admits(Some(&policy), &ops, opaque),
+            "a deny rule with paths covers an opaque stream"
+        );
+        for good in ["/", "/a", "/a/b/", "/a/b?x=1", "/a%20b"] {
+            assert!(canonical(good), "{good}");
+        }
+        for bad in [
+            "a",
+            "//a",
+            "/a//b",
+            "/a/./b",
+            "/a/../b",
+            "/a/%2e%2e/b",
+            "/a%2Fb",
+            "/ä",
+            "/a\\b",
+            "/a%252e",
+        ] {
+            assert!(!canonical(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -101,7 +101,15 @@ pub async fn serve(
         .and_then(<[_]>::first)
         .map(hyphae_policies::tls::identities)
         .unwrap_or_default();
-    let caller = Arc::new(Caller::from_ids(ids, identity.trust.trust_domain()));
+    let caller = Caller::from_ids(ids, identity.trust.trust_domain());
+    if caller.node.is_none() {
+        // A certificate of the root that names no node of this mesh (an operator's, a
+        // control-plane node's, another trust domain's) is no peer agent.
+        tracing::info!(%peer, "a certificate that names no node of this mesh; closing");
+        metrics::counter!(crate::metrics::INBOUND_TLS_REFUSED).increment(1);
+        return;
+    }
+    let caller = Arc::new(caller);
     let service = service_fn(move |request: Request<Incoming>| {
         let proxy = Arc::clone(&proxy);
         let clients = Arc::clone(&clients);
@@ -163,10 +171,11 @@ fn authorize(
         return Ok(());
     };
     let snapshot = proxy.snapshot.load();
-    let upgrade_path = request
-        .headers()
-        .get(stream::UPGRADE_PATH)
-        .and_then(|path| path.to_str().ok());
+    let unreadable = || ProxyError::BadRequest("the upgrade's path is not ASCII".into());
+    let upgrade_path = match request.headers().get(stream::UPGRADE_PATH) {
+        Some(path) => Some(path.to_str().map_err(|_| unreadable())?),
+        None => None,
+    };
     let (method, path) = if request.method() == Method::CONNECT {
         match (
             request.headers().contains_key(stream::UPGRADE),
@@ -184,6 +193,17 @@ fn authorize(
             .access
             .get(hyphae_policies::access_policy::MESH_WIDE)
     });
+    // Paths a policy's rules name are matched on the path as written; one a server could
+    // decode into another (`..`, `//`, encoded `/`) is refused rather than checked.
+    let rules_name_paths = policy.is_some_and(|p| p.rules.iter().any(|r| !r.paths.is_empty()));
+    if let Some(path) = path
+        && rules_name_paths
+        && !authz::canonical(path)
+    {
+        return Err(ProxyError::BadRequest(
+            format!("the path {path:?} is not in canonical form (no empty, `.` or `..` segments, no encoded `/`, `.`, `\\` or `%`, ASCII only)").into(),
+        ));
+    }
     if authz::admits(policy, caller, asked) {
         return Ok(());
     }
