@@ -127,6 +127,12 @@ async fn raft_rpcs_need_a_members_certificate_and_agents_speak_only_for_themselv
         status(Some(&agent), leader, register, &record("app-1")).await == 200
     })
     .await;
+    let with_payments = "{\"name\": \"app-1\", \"site\": \"a\", \"address\": \"10.0.0.1:4143\", \"instances\": [{\"service\": \"payments\", \"port\": 443}]}";
+    assert_eq!(
+        status(Some(&agent), leader, register, with_payments).await,
+        403,
+        "a registration of a service the certificate does not name"
+    );
     let heartbeat = "{\"node\": \"app-2\"}";
     assert_eq!(
         status(Some(&agent), leader, "/v1/agent/heartbeat", heartbeat).await,

@@ -294,7 +294,8 @@ pub async fn call(method: &str, address: impl Display, path: &str, body: &str) -
 }
 
 /// Like [`call`], as the agent of node `name`: with a node certificate it gets first, the way
-/// an agent does (a join with its cluster's agent token); status 0 when it could not get one.
+/// an agent does (a join with its cluster's agent token, naming the services of a registration
+/// in `body`); status 0 when it could not get one.
 pub async fn call_as_node(
     name: &str,
     method: &str,
@@ -306,7 +307,18 @@ pub async fn call_as_node(
     let Some(trust) = crate::trust::of(&address) else {
         return (0, Value::Null);
     };
-    let credentials = match trust.node_credentials(&address, name, &[]).await {
+    // The certificate names the services a registration in `body` lists, as a join would.
+    let listed: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    let services: Vec<&str> = listed["instances"]
+        .as_array()
+        .map(|instances| {
+            instances
+                .iter()
+                .filter_map(|instance| instance["service"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    let credentials = match trust.node_credentials(&address, name, &services).await {
         Ok(credentials) => credentials,
         Err(error) => return (0, Value::String(error.to_string())),
     };

@@ -194,9 +194,19 @@ async fn an_access_policy_decides_by_caller_path_and_method() {
     assert_eq!(open.status, 200, "{}", open.text());
     assert_eq!(open.text(), "web");
     let beside = get(&client, &format!("http://{upstream}/openly")).await;
-    assert_eq!(beside.status, 403, "a prefix ends on a segment: {}", beside.text());
+    assert_eq!(
+        beside.status,
+        403,
+        "a prefix ends on a segment: {}",
+        beside.text()
+    );
     let dotted = get(&client, &format!("http://{upstream}/open/../secret")).await;
-    assert_eq!(dotted.status, 400, "a path that could pass as another: {}", dotted.text());
+    assert_eq!(
+        dotted.status,
+        400,
+        "a path that could pass as another: {}",
+        dotted.text()
+    );
     let closed = get(&client, &format!("http://{upstream}/secret")).await;
     assert_eq!(closed.status, 403, "{}", closed.text());
     assert_eq!(closed.header("hyphae-error"), Some("denied"));

@@ -65,12 +65,24 @@ impl Peer {
         &self.ids
     }
 
-    /// The identity a forwarding node passes on for it.
-    pub(crate) fn forwarded(&self) -> Option<&SpiffeId> {
+    /// The services its node hosts, as its certificate names them.
+    pub fn services(&self) -> impl Iterator<Item = &str> {
         self.ids
             .iter()
-            .find(|id| id.kind == Kind::Node)
-            .or_else(|| self.ids.first())
+            .filter(|id| id.kind == Kind::Service)
+            .map(|id| id.name.as_str())
+    }
+
+    /// Its identities as a forwarding node passes them on (comma-separated; SPIFFE IDs hold no
+    /// comma), or `None` when it proved none.
+    pub(crate) fn forwarded(&self) -> Option<String> {
+        (!self.ids.is_empty()).then(|| {
+            self.ids
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        })
     }
 
     /// The peer a forwarded request speaks for: when `self` (the forwarding connection) is a
@@ -85,9 +97,8 @@ impl Peer {
                 ids: headers
                     .get(FORWARDED_IDENTITY_HEADER)
                     .and_then(|value| value.to_str().ok())
-                    .and_then(SpiffeId::parse)
-                    .into_iter()
-                    .collect(),
+                    .map(|ids| ids.split(',').filter_map(SpiffeId::parse).collect())
+                    .unwrap_or_default(),
             },
             _ => self,
         }

@@ -213,8 +213,8 @@ pub(crate) async fn forward(
     if let Some(authorization) = &request.authorization {
         upstream = upstream.header(http::header::AUTHORIZATION, authorization);
     }
-    if let Some(identity) = request.peer.forwarded() {
-        upstream = upstream.header(FORWARDED_IDENTITY_HEADER, identity.to_string());
+    if let Some(identities) = request.peer.forwarded() {
+        upstream = upstream.header(FORWARDED_IDENTITY_HEADER, identities);
     }
     let upstream = upstream.body(Full::new(request.body.clone()));
     let upstream = match upstream {

@@ -21,6 +21,25 @@ use crate::wire::NodeView;
 pub(crate) async fn register(node: &Node, request: &ApiRequest) -> Answer {
     let record: NodeRecord = json_body(request, "a node registration")?;
     speaks_for(request, &record.name)?;
+    // An agent registers only the services its certificate names: one compromised host must
+    // not draw another service's traffic.
+    if let Some(instance) = record
+        .instances
+        .iter()
+        .find(|instance| !request.peer.services().any(|s| s == instance.service))
+    {
+        tracing::warn!(node = %record.name, service = %instance.service, "registration of a service the certificate does not name refused");
+        crate::refusals::count(crate::refusals::Refusal::Agent);
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "this node's certificate does not name service `{}`: a host gets its services' identities when it joins (join again, with a token, to add one)",
+                instance.service
+            ),
+        )
+        .into());
+    }
     let limits = &node.config.spec.limits;
     check_registration(&record).map_err(|message| {
         ApiError::new(
