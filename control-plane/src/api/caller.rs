@@ -22,6 +22,9 @@ pub(crate) const FORWARDED_IDENTITY_HEADER: &str = "hyphae-forwarded-identity";
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Peer {
     ids: Vec<SpiffeId>,
+    /// How long its certificate was issued for (without the clock skew allowance), when it
+    /// sent one: a renewal gets no longer.
+    lifetime_ms: Option<u64>,
 }
 
 impl Peer {
@@ -33,7 +36,21 @@ impl Peer {
             .into_iter()
             .filter(|id| id.trust_domain == trust_domain)
             .collect();
-        Peer { ids }
+        let lifetime_ms = certificate.and_then(|der| {
+            let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+            let validity = cert.validity();
+            let seconds = validity.not_after.timestamp() - validity.not_before.timestamp();
+            let skew = hyphae_policies::tls::CLOCK_SKEW.as_secs() as i64;
+            u64::try_from((seconds - skew).max(0))
+                .ok()
+                .map(|s| s * 1000)
+        });
+        Peer { ids, lifetime_ms }
+    }
+
+    /// How long its certificate was issued for, when it sent one.
+    pub fn lifetime_ms(&self) -> Option<u64> {
+        self.lifetime_ms
     }
 
     /// The control-plane node id it proved, if any.
@@ -94,6 +111,7 @@ impl Peer {
         }
         match self.control_plane() {
             Some(id) if node.is_member(id) => Peer {
+                lifetime_ms: None,
                 ids: headers
                     .get(FORWARDED_IDENTITY_HEADER)
                     .and_then(|value| value.to_str().ok())

@@ -384,7 +384,11 @@ pub(crate) async fn renew(node: &Node, request: &ApiRequest) -> Answer {
     let lifetime = site.map_or(certificates.lifetime, |site| {
         certificates.lifetime_for(&site)
     });
-    let lifetime = u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX);
+    // Never longer than the certificate presented: a site named at registration must not
+    // earn a lifetime the join token did not grant.
+    let lifetime = u64::try_from(lifetime.as_millis())
+        .unwrap_or(u64::MAX)
+        .min(request.peer.lifetime_ms().unwrap_or(u64::MAX));
     let now = tokens::now_ms();
     let cert_pem =
         ca::sign(&ca, &renewal.csr_pem, &identities, now, lifetime).map_err(|error| {
