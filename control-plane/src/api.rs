@@ -280,11 +280,16 @@ async fn handle_buffered(
         return answer;
     }
     let forwarded = parts.headers.contains_key(FORWARDED_HEADER);
-    if let Caller::Token(name) = &caller
-        && parts.method != Method::GET
-        && parts.method != Method::HEAD
-    {
-        tracing::info!(token = %name, method = %parts.method, path, forwarded, "admin write");
+    if parts.method != Method::GET && parts.method != Method::HEAD {
+        match &caller {
+            Caller::Token(name) => {
+                tracing::info!(token = %name, method = %parts.method, path, forwarded, "admin write");
+            }
+            Caller::Member(id) if !path.starts_with(PEER_RPC_PREFIX) => {
+                tracing::info!(member = id, method = %parts.method, path, forwarded, "write by a control-plane node's certificate");
+            }
+            _ => {}
+        }
     }
     let request = ApiRequest {
         method: parts.method,

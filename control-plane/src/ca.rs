@@ -20,7 +20,7 @@ pub const CLOCK_SKEW_MS: u64 = hyphae_policies::tls::CLOCK_SKEW.as_millis() as u
 /// The root as the replicated state keeps it. The key is replicated with Raft to every
 /// control-plane node (in each node's store, which only the service user can read) so any
 /// leader can sign; it never goes to agents (watch streams do not carry it).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StoredCa {
     /// The root certificate, PEM.
@@ -36,6 +36,17 @@ pub struct StoredCa {
     /// working while hosts renew.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retiring: Vec<String>,
+}
+
+impl std::fmt::Debug for StoredCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key: a root printed in a log or a panic gives nothing away.
+        f.debug_struct("StoredCa")
+            .field("fingerprint", &self.fingerprint)
+            .field("next", &self.next)
+            .field("retiring", &self.retiring.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl StoredCa {

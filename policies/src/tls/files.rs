@@ -29,7 +29,7 @@ pub enum FilesError {
 }
 
 /// The texts of a host's TLS files.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Material {
     /// The roots, PEM.
     pub roots: String,
@@ -37,6 +37,16 @@ pub struct Material {
     pub chain: String,
     /// The private key, PEM.
     pub key: String,
+}
+
+impl std::fmt::Debug for Material {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("Material")
+            .field("roots", &self.roots.len())
+            .field("chain", &self.chain.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A host's TLS folder.
