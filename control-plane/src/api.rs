@@ -386,6 +386,7 @@ async fn route(node: &Node, request: &ApiRequest) -> Answer {
         (&Method::POST, ["v1", "agent", "deregister"]) => registry::deregister(node, request).await,
         (&Method::GET, ["v1", "nodes"]) => registry::nodes(node, request, None).await,
         (&Method::GET, ["v1", "nodes", name]) => registry::nodes(node, request, Some(name)).await,
+        (&Method::DELETE, ["v1", "nodes", name]) => registry::release(node, name).await,
         (&Method::GET, ["v1", "services"]) => registry::services(node, request, None).await,
         (&Method::GET, ["v1", "services", name]) => {
             registry::services(node, request, Some(name)).await

@@ -215,12 +215,20 @@ fn build() -> Value {
     let node_view = schema::<NodeView>(g);
     paths.insert(
         "/v1/nodes/{name}".into(),
-        json!({ "get": {
-            "operationId": "getNode",
-            "summary": "One registered node with its instances",
-            "parameters": [path_param("name", "The node's name.", string.clone()), stale()],
-            "responses": responses("The node.", node_view, &error),
-        }}),
+        json!({
+            "get": {
+                "operationId": "getNode",
+                "summary": "One registered node with its instances",
+                "parameters": [path_param("name", "The node's name.", string.clone()), stale()],
+                "responses": responses("The node.", node_view, &error),
+            },
+            "delete": {
+                "operationId": "releaseNode",
+                "summary": "Forget a node: its record, and the name its join took, so a new join may take it; admin role",
+                "parameters": [path_param("name", "The node's name.", string.clone())],
+                "responses": responses("What the write did.", schema::<CommandResponse>(g), &error),
+            },
+        }),
     );
     paths.insert(
         "/v1/nodes".into(),
@@ -453,7 +461,7 @@ mod tests {
     use super::*;
 
     /// Every path and method the API serves.
-    const OPERATIONS: [(&str, &str); 31] = [
+    const OPERATIONS: [(&str, &str); 32] = [
         ("/v1/policies", "post"),
         ("/v1/policies", "get"),
         ("/v1/policies/{kind}/{name}", "get"),
@@ -466,6 +474,7 @@ mod tests {
         ("/v1/nodes", "get"),
         ("/v1/services/{name}", "get"),
         ("/v1/nodes/{name}", "get"),
+        ("/v1/nodes/{name}", "delete"),
         ("/v1/agent/register", "post"),
         ("/v1/agent/heartbeat", "post"),
         ("/v1/agent/health", "post"),

@@ -2,7 +2,7 @@
 //! Applying a command is a pure function of the state, the command and its log index: no I/O,
 //! no clock, no randomness, so every node that applies the same log reaches the same state.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use hyphae_policies::registry::{HealthChange, NodeRecord};
 
@@ -162,6 +162,11 @@ pub enum Command {
         /// The root and its key.
         ca: StoredCa,
     },
+    /// Forget a node: its record, and the name its join took, so a new join may take it.
+    ReleaseNode {
+        /// The node's name.
+        name: String,
+    },
     /// One step of a rotation of the cluster's root.
     RotateCa {
         /// The step.
@@ -223,6 +228,9 @@ impl Command {
             Command::SetClusterId { .. } => vec![StateKey::Cluster],
             Command::CreateToken { .. } | Command::RevokeToken { .. } => vec![StateKey::Tokens],
             Command::SetCa { .. } | Command::RotateCa { .. } => vec![StateKey::Ca],
+            Command::ReleaseNode { name } => {
+                vec![StateKey::Node(name.clone()), StateKey::JoinTokens]
+            }
             Command::CreateJoinToken { .. }
             | Command::RevokeJoinToken { .. }
             | Command::UseJoinToken { .. } => vec![StateKey::JoinTokens],
@@ -318,6 +326,13 @@ pub enum CommandResponse {
         /// The fingerprint of the root in force (an earlier one, if there was).
         fingerprint: String,
     },
+    /// [`Command::ReleaseNode`] ran.
+    NodeReleased {
+        /// The log index of the entry.
+        revision: u64,
+        /// Whether the node was registered or its name issued.
+        existed: bool,
+    },
     /// [`Command::RotateCa`] ran.
     CaRotated {
         /// The log index of the entry.
@@ -362,6 +377,7 @@ impl CommandResponse {
             | CommandResponse::TokenRevoked { revision, .. }
             | CommandResponse::CaSet { revision, .. }
             | CommandResponse::CaRotated { revision, .. }
+            | CommandResponse::NodeReleased { revision, .. }
             | CommandResponse::JoinTokenCreated { revision }
             | CommandResponse::JoinTokenRevoked { revision, .. }
             | CommandResponse::JoinTokenUsed { revision, .. } => *revision,
@@ -375,7 +391,8 @@ impl CommandResponse {
             CommandResponse::PolicyDeleted { existed, .. }
             | CommandResponse::NodeDeregistered { existed, .. }
             | CommandResponse::TokenRevoked { existed, .. }
-            | CommandResponse::JoinTokenRevoked { existed, .. } => Some(*existed),
+            | CommandResponse::JoinTokenRevoked { existed, .. }
+            | CommandResponse::NodeReleased { existed, .. } => Some(*existed),
             _ => None,
         }
     }
@@ -402,6 +419,10 @@ pub struct State {
     /// The size of the nodes and policies as JSON: what grows with the fleet, and what a
     /// snapshot must carry within `limits.maxSnapshotBytes`.
     bytes: u64,
+    /// Node names a join has issued a certificate for: no later join may take one until an
+    /// operator releases it (`DELETE /v1/nodes/{name}`), so a join token cannot make a
+    /// certificate for a node that is only away.
+    issued: BTreeSet<String>,
 }
 
 /// `value`'s size as JSON.
@@ -476,6 +497,17 @@ impl State {
             .map(|t| (t.name.clone(), t))
             .collect();
         self
+    }
+
+    /// Sets the issued node names read back from disk or from a snapshot.
+    pub fn with_issued(mut self, names: impl IntoIterator<Item = String>) -> Self {
+        self.issued = names.into_iter().collect();
+        self
+    }
+
+    /// Node names a join has issued a certificate for.
+    pub fn issued(&self) -> &BTreeSet<String> {
+        &self.issued
     }
 
     /// The certificate authority, once it exists.
@@ -720,17 +752,27 @@ impl State {
                 now_ms,
             } => CommandResponse::JoinTokenUsed {
                 revision: log_index,
-                outcome: if self.nodes.contains_key(&node) {
+                outcome: if self.nodes.contains_key(&node)
+                    || (!control_plane && self.issued.contains(&node))
+                {
                     Err(JoinRefused::NameTaken(node))
                 } else {
-                    crate::join_tokens::use_token(
+                    let used = crate::join_tokens::use_token(
                         &mut self.join_tokens,
                         &hash,
                         &site,
                         control_plane,
                         now_ms,
-                    )
+                    );
+                    if used.is_ok() && !control_plane {
+                        self.issued.insert(node);
+                    }
+                    used
                 },
+            },
+            Command::ReleaseNode { name } => CommandResponse::NodeReleased {
+                revision: log_index,
+                existed: self.issued.remove(&name) | self.take_node(&name).is_some(),
             },
         }
     }

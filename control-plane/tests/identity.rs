@@ -160,6 +160,16 @@ async fn a_host_with_a_join_token_gets_a_certificate_for_its_node_and_services()
     let after = call("GET", leader, "/v1/cluster", "").await.1["lastLogIndex"].clone();
     assert_eq!(before, after, "refused guesses wrote nothing");
 
+    // A name a join took stays taken while its node is away (never registered here), until an
+    // operator releases it.
+    let again = create_token(&cli, leader, &[]);
+    let (status, _) = join(leader, &again, "gw-9", "edge", &csr()).await;
+    assert_eq!(status, 403, "a name a join already took");
+    let (status, released) = call("DELETE", leader, "/v1/nodes/gw-9", "").await;
+    assert_eq!(status, 200, "{released}");
+    let (status, rejoined) = join(leader, &again, "gw-9", "edge", &csr()).await;
+    assert_eq!(status, 200, "after the release: {rejoined}");
+
     let listed = hyphae(&cli, leader, &["token", "list"]).expect("run hyphae");
     assert!(
         listed.success() && listed.text.contains("NAME"),

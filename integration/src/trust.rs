@@ -26,6 +26,8 @@ pub struct ClusterTrust {
     cli: PathBuf,
     dir: PathBuf,
     agent_token: Mutex<Option<PathBuf>>,
+    /// Node certificates got so far, by node name: a join takes a name once.
+    nodes: Mutex<BTreeMap<String, Credentials>>,
 }
 
 fn clusters() -> &'static Mutex<BTreeMap<String, Arc<ClusterTrust>>> {
@@ -91,6 +93,7 @@ impl ClusterTrust {
             cli: cli.to_path_buf(),
             dir: dir.to_path_buf(),
             agent_token: Mutex::new(None),
+            nodes: Mutex::default(),
         })
     }
 
@@ -163,8 +166,8 @@ impl ClusterTrust {
 
 impl ClusterTrust {
     /// A node certificate for a host named `name` hosting `services`, got the way an agent
-    /// gets one (a join through `server` with the agents' token): for tests that speak to the
-    /// agent API themselves.
+    /// gets one (a join through `server` with the agents' token), once per name (the cluster
+    /// lets a join take a name once): for tests that speak to the agent API themselves.
     pub async fn node_credentials(
         &self,
         server: &str,
@@ -172,6 +175,14 @@ impl ClusterTrust {
         services: &[&str],
     ) -> Result<Credentials, Error> {
         let fail = |what: String| Error::Credentials(what);
+        if let Some(known) = self
+            .nodes
+            .lock()
+            .ok()
+            .and_then(|nodes| nodes.get(name).cloned())
+        {
+            return Ok(known);
+        }
         let token_file = self.agent_token_file(server)?;
         let token = std::fs::read_to_string(&token_file)
             .map_err(|e| fail(format!("cannot read {}: {e}", token_file.display())))?;
@@ -206,7 +217,11 @@ impl ClusterTrust {
             joined["certPem"].as_str().unwrap_or_default(),
             joined["caPem"].as_str().unwrap_or_default()
         );
-        Credentials::from_pem(&chain, &key).map_err(|e| fail(e.to_string()))
+        let credentials = Credentials::from_pem(&chain, &key).map_err(|e| fail(e.to_string()))?;
+        if let Ok(mut nodes) = self.nodes.lock() {
+            nodes.insert(name.to_string(), credentials.clone());
+        }
+        Ok(credentials)
     }
 }
 

@@ -107,6 +107,8 @@ impl DevControlPlane {
     pub fn adopt(&self, config: &mut AgentConfig) {
         config.spec.control_plane = vec![self.address().to_string()];
         config.spec.join = self.join.clone();
+        // The certificate lives as long as this control plane's data, whose root signed it.
+        config.spec.tls_dir = Some(self.data_dir.join("agent-tls"));
     }
 
     /// Resolves, with the reason, once its Raft has stopped by itself (a storage failure);

@@ -51,8 +51,12 @@ pub(crate) fn required(method: &Method, path: &str) -> Access {
         // Tokens are the keys to the cluster: admin only, even to list them.
         return Access::Token(Role::Admin);
     }
-    if (path.starts_with("/v1/cluster/") || path.starts_with("/v1/ca/")) && !reads {
-        // Membership, leadership and the cluster's root.
+    if (path.starts_with("/v1/cluster/")
+        || path.starts_with("/v1/ca/")
+        || path.starts_with("/v1/nodes/"))
+        && !reads
+    {
+        // Membership, leadership, the cluster's root, and which names hosts may join as.
         return Access::Token(Role::Admin);
     }
     Access::Token(if reads { Role::Read } else { Role::Write })
@@ -247,6 +251,10 @@ mod tests {
         assert_eq!(post("/v1/agent/join"), Access::Public);
         assert_eq!(post("/v1/cluster/join"), Access::Public);
         assert_eq!(post("/v1/ca/rotate"), Access::Token(Role::Admin));
+        assert_eq!(
+            required(&Method::DELETE, "/v1/nodes/web-1"),
+            Access::Token(Role::Admin)
+        );
         assert_eq!(
             post("/v1/unknown"),
             Access::Token(Role::Write),

@@ -212,9 +212,11 @@ pub(crate) async fn join(node: &Node, request: &ApiRequest) -> Answer {
         spec.certificates.lifetime
     };
     let lifetime = u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX);
+    // A registered node's name, or one a join already issued (the node may only be away),
+    // stays its own until an operator releases it.
     let taken = node
         .state
-        .read(|state| state.node(&join.name).is_some())
+        .read(|state| state.node(&join.name).is_some() || state.issued().contains(&join.name))
         .await;
     let admission = Admission {
         hash,

@@ -151,6 +151,16 @@ fn speaks_for(request: &ApiRequest, name: &str) -> Result<(), ApiError> {
     }
 }
 
+/// `DELETE /v1/nodes/{name}`: forgets a node (its record, and the name its join took, so a
+/// new join, say of a reinstalled host, may take it). Its certificate keeps working until it
+/// expires: shorten `certificates.lifetime` where that matters.
+pub(crate) async fn release(node: &Node, name: &str) -> Answer {
+    let command = Command::ReleaseNode {
+        name: name.to_string(),
+    };
+    super::leader::remove(node, command, "node", name).await
+}
+
 /// `GET /v1/nodes` and `GET /v1/nodes/{name}`.
 pub(crate) async fn nodes(node: &Node, request: &ApiRequest, name: Option<&str>) -> Answer {
     let views: Vec<NodeView> = registered(node, request)

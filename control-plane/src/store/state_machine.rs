@@ -41,6 +41,8 @@ const TOKENS: &str = "tokens";
 const CA: &str = "ca";
 /// [`SM_META`] key of the join tokens (a list of [`JoinToken`], hashes only).
 const JOIN_TOKENS: &str = "join_tokens";
+/// [`SM_META`] key of the node names joins have issued certificates for.
+const ISSUED: &str = "issued_names";
 /// The current snapshot, by name: its metadata, its data, and a counter for snapshot ids.
 const SNAPSHOT: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("sm_snapshot");
 /// [`SNAPSHOT`] key of the current snapshot's [`SnapshotMeta`].
@@ -83,6 +85,7 @@ struct SnapshotDataRef<'a> {
     tokens: Vec<&'a StoredToken>,
     ca: Option<&'a StoredCa>,
     join_tokens: Vec<&'a JoinToken>,
+    issued: Vec<&'a String>,
 }
 
 /// Snapshot data as read back.
@@ -106,6 +109,9 @@ struct SnapshotData {
     /// Absent in snapshots written before join tokens.
     #[serde(default)]
     join_tokens: Vec<JoinToken>,
+    /// Absent in snapshots written before joins recorded the names they issued.
+    #[serde(default)]
+    issued: Vec<String>,
 }
 
 impl SnapshotData {
@@ -122,7 +128,8 @@ impl SnapshotData {
             .with_nodes(data.nodes)
             .with_cluster_id(data.cluster)
             .with_tokens(data.tokens)
-            .with_identity(data.ca, data.join_tokens))
+            .with_identity(data.ca, data.join_tokens)
+            .with_issued(data.issued))
     }
 }
 
@@ -152,6 +159,7 @@ impl StateMachineStore {
         let tokens: Vec<StoredToken> = read_value(&meta, TOKENS)?.unwrap_or_default();
         let ca: Option<StoredCa> = read_value(&meta, CA)?;
         let join_tokens: Vec<JoinToken> = read_value(&meta, JOIN_TOKENS)?.unwrap_or_default();
+        let issued: Vec<String> = read_value(&meta, ISSUED)?.unwrap_or_default();
         let mut policies = Vec::new();
         for item in txn.open_table(POLICIES)?.iter()? {
             let (_key, bytes) = item?;
@@ -168,7 +176,8 @@ impl StateMachineStore {
                 .with_nodes(nodes)
                 .with_cluster_id(cluster_id)
                 .with_tokens(tokens)
-                .with_identity(ca, join_tokens),
+                .with_identity(ca, join_tokens)
+                .with_issued(issued),
             last_applied,
             last_membership,
             changes: ChangeLog::new(revision, watch_history),
@@ -277,6 +286,7 @@ fn build_snapshot(db: &Database, applied: &RwLock<Applied>) -> Result<Snapshot, 
             tokens: applied.state.tokens().values().collect(),
             ca: applied.state.ca(),
             join_tokens: applied.state.join_tokens().values().collect(),
+            issued: applied.state.issued().iter().collect(),
         })?;
         (applied.last_applied, applied.last_membership.clone(), data)
     };
@@ -515,6 +525,8 @@ fn write_identity(txn: &WriteTransaction, state: &State) -> Result<(), DiskError
     };
     let join_tokens: Vec<&JoinToken> = state.join_tokens().values().collect();
     meta.insert(JOIN_TOKENS, encode(&join_tokens)?.as_slice())?;
+    let issued: Vec<&String> = state.issued().iter().collect();
+    meta.insert(ISSUED, encode(&issued)?.as_slice())?;
     Ok(())
 }
 
