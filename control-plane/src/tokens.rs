@@ -59,6 +59,10 @@ pub struct StoredToken {
     pub hash: String,
     /// When it stops working, in milliseconds since the Unix epoch; `None` never.
     pub expires_at_ms: Option<u64>,
+    /// For a token held as an operator's certificate: that certificate's SHA-256 fingerprint,
+    /// so a certificate of a revoked name never works again under a new token of that name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
     /// The log index of the entry that created it.
     pub revision: u64,
 }
@@ -158,15 +162,20 @@ fn granted(token: Option<&StoredToken>, needs: Role, now_ms: u64) -> Result<&Sto
 /// revokes the certificate.
 pub const CERTIFICATE_HASH: &str = "certificate";
 
-/// Checks the operator certificate of `name` grants `needs` at `now_ms`: its token entry must
-/// exist, be held as a certificate, and not have expired. Returns the name for the audit log.
+/// Checks the operator certificate of `name`, whose SHA-256 is `fingerprint`, grants `needs` at
+/// `now_ms`: its token entry must exist, be held as that very certificate, and not have
+/// expired. Returns the name for the audit log.
 pub fn authorize_certificate(
     tokens: &BTreeMap<String, StoredToken>,
     name: &str,
+    fingerprint: Option<&str>,
     needs: Role,
     now_ms: u64,
 ) -> Result<String, Refused> {
-    let token = tokens.get(name).filter(|t| t.hash == CERTIFICATE_HASH);
+    let token = tokens
+        .get(name)
+        .filter(|t| t.hash == CERTIFICATE_HASH)
+        .filter(|t| fingerprint.is_some() && t.certificate.as_deref() == fingerprint);
     granted(token, needs, now_ms).map(|token| format!("certificate:{}", token.name))
 }
 
@@ -206,6 +215,7 @@ mod tests {
                     role: *role,
                     hash: hash(secret),
                     expires_at_ms: *expires_at_ms,
+                    certificate: None,
                     revision: 1,
                 };
                 ((*name).to_string(), token)

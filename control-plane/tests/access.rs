@@ -286,6 +286,25 @@ async fn operators_may_use_client_certificates_with_a_role_revoked_like_a_token(
         !read && text.contains("401"),
         "a revoked certificate: {text}"
     );
+    // A new certificate under the revoked name does not bring the old one back.
+    let renamed = dir.path().join("alice-2");
+    let out = renamed.to_str().expect("a path");
+    let created = hyphae(
+        &cli,
+        leader,
+        &[
+            "acl", "cert", "create", "alice", "--role", "read", "--out", out,
+        ],
+    )
+    .expect("run hyphae");
+    assert!(created.success(), "{}", created.text);
+    let (read, text) = hyphae_with_certificate(leader, &reader, &["get"]);
+    assert!(
+        !read && text.contains("401"),
+        "the revoked certificate stays revoked: {text}"
+    );
+    let (read, text) = hyphae_with_certificate(leader, &renamed, &["get"]);
+    assert!(read, "the new certificate reads: {text}");
 
     // A certificate from another root does not get through the handshake.
     let other = dir.path().join("other-root");

@@ -113,7 +113,9 @@ pub(crate) async fn check(
     let decided = node
         .state
         .read(|state| match operator {
-            Some(name) => tokens::authorize_certificate(state.tokens(), name, needs, now),
+            Some(name) => {
+                tokens::authorize_certificate(state.tokens(), name, peer.fingerprint(), needs, now)
+            }
             None => tokens::authorize(state.tokens(), secret, needs, now),
         })
         .await;

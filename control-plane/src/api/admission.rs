@@ -1,5 +1,5 @@
 //! Which new connections the port takes: at most `maxConnections` from everyone, at most
-//! `maxConnectionsPerSource` from one address, and beyond the first cap
+//! `maxConnectionsPerSource` from one address, and beyond either cap
 //! `reservedMemberConnections` kept for the cluster's members, so a crowd of clients cannot
 //! cut Raft off (a connection on a reserved place must prove a member's certificate at the
 //! handshake, which [`Admitted::reserved`] tells the caller to check).
@@ -67,22 +67,29 @@ impl Admission {
 
     /// A place for a new connection from `source`, if there is one.
     pub fn admit(&self, source: IpAddr) -> Result<Admitted, Full> {
-        {
+        // A source at its cap may still take a member's place: a member may share an address
+        // with many clients (behind NAT, or on one host with them).
+        let source_full = {
             let mut counts = self.per_source.lock().unwrap_or_else(|p| p.into_inner());
             let count = counts.entry(source).or_insert(0);
-            if *count >= self.max_per_source {
-                return Err(Full::Source);
-            }
+            let full = *count >= self.max_per_source;
             *count += 1;
-        }
+            full
+        };
         let place = SourcePlace {
             per_source: Arc::clone(&self.per_source),
             source,
         };
-        let (permit, reserved) = match Arc::clone(&self.open).try_acquire_owned() {
-            Ok(permit) => (permit, false),
-            Err(_) => match Arc::clone(&self.reserved).try_acquire_owned() {
+        let general = if source_full {
+            None
+        } else {
+            Arc::clone(&self.open).try_acquire_owned().ok()
+        };
+        let (permit, reserved) = match general {
+            Some(permit) => (permit, false),
+            None => match Arc::clone(&self.reserved).try_acquire_owned() {
                 Ok(permit) => (permit, true),
+                Err(_) if source_full => return Err(Full::Source),
                 Err(_) => return Err(Full::Port),
             },
         };
@@ -99,25 +106,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn beyond_the_cap_only_reserved_places_remain_and_each_source_has_its_own_cap() {
+    fn beyond_either_cap_only_members_places_remain() {
         let limits = ControlPlaneLimits {
-            max_connections: 2,
+            max_connections: 3,
             reserved_member_connections: 1,
-            max_connections_per_source: 3,
+            max_connections_per_source: 2,
             ..ControlPlaneLimits::default()
         };
         let admission = Admission::new(&limits);
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
-        let first = admission.admit(a).expect("a place");
-        let second = admission.admit(a).expect("a place");
-        assert!(!first.reserved && !second.reserved);
-        let third = admission.admit(a).expect("a reserved place");
-        assert!(third.reserved);
+        let a1 = admission.admit(a).expect("a place");
+        let a2 = admission.admit(a).expect("a place");
+        assert!(!a1.reserved && !a2.reserved);
+        let a3 = admission
+            .admit(a)
+            .expect("a member's place, the source at its cap");
+        assert!(a3.reserved, "which must prove a member's certificate");
         assert_eq!(admission.admit(a).err(), Some(Full::Source));
+        let b1 = admission.admit(b).expect("the last place");
+        assert!(!b1.reserved);
         assert_eq!(admission.admit(b).err(), Some(Full::Port));
-        drop(first);
-        assert!(!admission.admit(b).expect("a freed place").reserved);
-        drop(third);
-        assert!(admission.admit(a).is_ok(), "the source's count went down");
+        drop(a3);
+        assert!(
+            admission
+                .admit(b)
+                .expect("the member's place again")
+                .reserved
+        );
+        drop((a1, a2, b1));
+        assert!(!admission.admit(a).expect("places freed").reserved);
     }
 }

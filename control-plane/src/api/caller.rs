@@ -17,6 +17,10 @@ pub const FORWARDED_HEADER: &str = "hyphae-forwarded";
 /// certificate proved; honoured only from a current member.
 pub(crate) const FORWARDED_IDENTITY_HEADER: &str = "hyphae-forwarded-identity";
 
+/// Header a node forwarding a request to its leader sets to the fingerprint of the original
+/// caller's certificate; honoured only from a current member.
+pub(crate) const FORWARDED_CERTIFICATE_HEADER: &str = "hyphae-forwarded-certificate";
+
 /// Who the TLS handshake proved the connection's peer to be: the hyphae identities of this
 /// cluster's trust domain in its certificate; none for a client that sent no certificate.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -25,6 +29,9 @@ pub struct Peer {
     /// How long its certificate was issued for (without the clock skew allowance), when it
     /// sent one: a renewal gets no longer.
     lifetime_ms: Option<u64>,
+    /// Its certificate's SHA-256 fingerprint, when it sent one: an operator's certificate is
+    /// honoured only as the very one its token entry names.
+    fingerprint: Option<String>,
 }
 
 impl Peer {
@@ -45,7 +52,17 @@ impl Peer {
                 .ok()
                 .map(|s| s * 1000)
         });
-        Peer { ids, lifetime_ms }
+        let fingerprint = certificate.map(|der| hyphae_policies::tls::fingerprint(der.as_ref()));
+        Peer {
+            ids,
+            lifetime_ms,
+            fingerprint,
+        }
+    }
+
+    /// Its certificate's SHA-256 fingerprint, when it sent one.
+    pub fn fingerprint(&self) -> Option<&str> {
+        self.fingerprint.as_deref()
     }
 
     /// How long its certificate was issued for, when it sent one.
@@ -112,6 +129,10 @@ impl Peer {
         match self.control_plane() {
             Some(id) if node.is_member(id) => Peer {
                 lifetime_ms: None,
+                fingerprint: headers
+                    .get(FORWARDED_CERTIFICATE_HEADER)
+                    .and_then(|value| value.to_str().ok())
+                    .map(str::to_string),
                 ids: headers
                     .get(FORWARDED_IDENTITY_HEADER)
                     .and_then(|value| value.to_str().ok())

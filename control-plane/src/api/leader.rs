@@ -14,7 +14,7 @@ use crate::raft::{NodeId, TypeConfig, encoded_len};
 use crate::state::{Command, CommandResponse};
 use crate::transfer;
 
-use super::caller::{FORWARDED_HEADER, FORWARDED_IDENTITY_HEADER};
+use super::caller::{FORWARDED_CERTIFICATE_HEADER, FORWARDED_HEADER, FORWARDED_IDENTITY_HEADER};
 
 /// Writes `command` through Raft and waits for it to be applied.
 ///
@@ -215,6 +215,9 @@ pub(crate) async fn forward(
     }
     if let Some(identities) = request.peer.forwarded() {
         upstream = upstream.header(FORWARDED_IDENTITY_HEADER, identities);
+    }
+    if let Some(fingerprint) = request.peer.fingerprint() {
+        upstream = upstream.header(FORWARDED_CERTIFICATE_HEADER, fingerprint);
     }
     let upstream = upstream.body(Full::new(request.body.clone()));
     let upstream = match upstream {

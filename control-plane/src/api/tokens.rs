@@ -42,6 +42,7 @@ pub(crate) async fn create(node: &Node, request: &ApiRequest) -> Answer {
         role: new.role,
         hash: tokens::hash(&secret),
         expires_at_ms,
+        certificate: None,
         revision: 0,
     };
     let mut view = TokenView::from(&token);
@@ -109,11 +110,19 @@ pub(crate) async fn create_certificate(node: &Node, request: &ApiRequest) -> Ans
             error.to_string(),
         )
     })?;
+    let fingerprint = hyphae_policies::tls::certificates(&cert_pem)
+        .ok()
+        .and_then(|certs| {
+            certs
+                .first()
+                .map(|leaf| hyphae_policies::tls::fingerprint(leaf.as_ref()))
+        });
     let token = StoredToken {
         name: new.name,
         role: new.role,
         hash: tokens::CERTIFICATE_HASH.to_string(),
         expires_at_ms: Some(now.saturating_add(lifetime_ms)),
+        certificate: fingerprint,
         revision: 0,
     };
     write(

@@ -21,6 +21,7 @@ pub fn token(hash: String) -> StoredToken {
         role: Role::Admin,
         hash,
         expires_at_ms: None,
+        certificate: None,
         revision: 0,
     }
 }
