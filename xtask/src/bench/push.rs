@@ -67,6 +67,9 @@ const ROUND_GAP: Duration = Duration::from_millis(200);
 const PROGRESS_POLL: Duration = Duration::from_millis(5);
 /// Pause before an agent whose stream failed connects again.
 const RECONNECT_DELAY: Duration = Duration::from_millis(200);
+/// Connections from this host each node takes beyond its share of the agents: the peers'
+/// Raft connections and the bench's writes, which share the agents' source address.
+const SPARE_SOURCE_CONNECTIONS: usize = 64;
 /// File descriptors the bench needs beside one per agent: the nodes' pipes, the runtime, the
 /// write connection, logs.
 const SPARE_FDS: u64 = 256;
@@ -215,6 +218,16 @@ fn raise_fd_limit(agents: usize) -> Result<u64> {
     Ok(hard)
 }
 
+/// The nodes' spec lines for `agents` agents. Every simulated agent connects from this host's
+/// address, where a real fleet has one address per agent, so each node's per-source cap
+/// (`maxConnectionsPerSource`, default 1024) is raised to its share of the agents plus the
+/// peers and the bench's writes; without it the agents beyond the cap would be refused and
+/// reconnect throughout the run.
+fn limits_spec(agents: usize) -> String {
+    let per_source = agents.div_ceil(NODES) + SPARE_SOURCE_CONNECTIONS;
+    format!("  limits:\n    maxConnectionsPerSource: {per_source}\n")
+}
+
 /// The example policies as one YAML stream.
 fn seed_policies(examples: &Path) -> Result<String> {
     let mut yaml = String::new();
@@ -358,7 +371,7 @@ impl Bench {
             &self.bin.join("hyphae-control-plane"),
             &self.cluster_dir,
             NODES,
-            "",
+            &limits_spec(agents),
         )?;
         cluster.set_log_level(NODE_LOG_LEVEL);
         cluster.start_all()?;
@@ -951,6 +964,8 @@ fn report(bench: &Bench, results: &[Measured]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use hyphae_policies::Policy;
+
     use super::*;
 
     #[test]
@@ -1028,6 +1043,25 @@ mod tests {
         ] {
             assert!(Options::parse(&args(bad)).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn each_node_takes_its_share_of_the_agents_from_one_address() {
+        let per_source = |agents: usize| {
+            let config = format!(
+                "kind: ControlPlaneConfig\nmetadata: {{name: cp-1}}\nspec:\n  id: 1\n{}",
+                limits_spec(agents)
+            );
+            let report = hyphae_policies::load_str("cp-1.yaml", &config, Default::default());
+            match report.into_policies().unwrap().as_slice() {
+                [Policy::ControlPlaneConfig(config)] => {
+                    config.spec.limits.max_connections_per_source as usize
+                }
+                other => panic!("not one node config: {other:?}"),
+            }
+        };
+        assert_eq!(per_source(10_000), 3334 + SPARE_SOURCE_CONNECTIONS);
+        assert_eq!(per_source(1), 1 + SPARE_SOURCE_CONNECTIONS);
     }
 
     #[test]
