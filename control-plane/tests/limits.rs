@@ -147,6 +147,31 @@ async fn try_exchange_as(
     Some(read_to_close(&mut stream).await)
 }
 
+/// Waits until a TLS connection to `node` is closed without an answer; fails the test with
+/// `what` after [`DEADLINE`].
+async fn until_refused(node: &RunningNode, what: &str) {
+    tokio::time::timeout(DEADLINE, async { while !exchange_refused(node).await {} })
+        .await
+        .unwrap_or_else(|_| panic!("{what}"));
+}
+
+/// Waits until `node` answers `GET /v1/cluster` 200 to a caller presenting `credentials`;
+/// fails the test with `what` after [`DEADLINE`].
+async fn until_answered(node: &RunningNode, credentials: Option<&Credentials>, what: &str) {
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            if try_exchange_as(node, credentials, &get_cluster())
+                .await
+                .is_some_and(|answer| answer.starts_with("HTTP/1.1 200"))
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}"));
+}
+
 /// A certificate `node`'s own root signs for `kind` `name`: the caller a test plays.
 async fn credentials(node: &RunningNode, kind: Kind, name: &str) -> Credentials {
     let ca = tokio::time::timeout(DEADLINE, async {
@@ -255,31 +280,18 @@ async fn connections_beyond_the_cap_are_closed_and_idle_ones_free_their_place() 
         idle.push(TcpStream::connect(running.address).await.expect("connect"));
     }
     // The idle ones are accepted in order; a ninth request is closed unanswered.
-    let refused = tokio::time::timeout(DEADLINE, async {
-        loop {
-            if exchange_refused(&running).await {
-                return;
-            }
-        }
-    });
-    refused
-        .await
-        .expect("a connection beyond the cap is closed without an answer");
+    until_refused(
+        &running,
+        "a connection beyond the cap is closed without an answer",
+    )
+    .await;
     drop(idle);
-    let answered = tokio::time::timeout(DEADLINE, async {
-        loop {
-            if try_exchange_as(&running, None, &get_cluster())
-                .await
-                .is_some_and(|answer| answer.starts_with("HTTP/1.1 200"))
-            {
-                return;
-            }
-            tokio::task::yield_now().await;
-        }
-    });
-    answered
-        .await
-        .expect("once the idle connections close, the API answers again");
+    until_answered(
+        &running,
+        None,
+        "once the idle connections close, the API answers again",
+    )
+    .await;
     running.stop().await.expect("stop");
 }
 
@@ -679,28 +691,19 @@ async fn places_kept_for_members_stay_open_when_the_cap_is_reached_and_each_sour
         idle.push(TcpStream::connect(running.address).await.expect("connect"));
     }
     // Beyond the cap, a client without a member's certificate gets no answer...
-    let refused = tokio::time::timeout(DEADLINE, async {
-        loop {
-            if exchange_refused(&running).await {
-                return;
-            }
-        }
-    });
-    refused
-        .await
-        .expect("a non-member beyond the cap is closed without an answer");
+    until_refused(
+        &running,
+        "a non-member beyond the cap is closed without an answer",
+    )
+    .await;
     // ...and a member still does, on a place kept for it (once the refused client's place is
     // given back).
-    let answered = tokio::time::timeout(DEADLINE, async {
-        loop {
-            if let Some(answer) = try_exchange_as(&running, Some(&member), &get_cluster()).await
-                && answer.starts_with("HTTP/1.1 200")
-            {
-                return;
-            }
-        }
-    });
-    answered.await.expect("a member is answered beyond the cap");
+    until_answered(
+        &running,
+        Some(&member),
+        "a member is answered beyond the cap",
+    )
+    .await;
     drop(idle);
 
     let (running, _dir) = node(ControlPlaneLimits {
@@ -713,30 +716,14 @@ async fn places_kept_for_members_stay_open_when_the_cap_is_reached_and_each_sour
     for _ in 0..3 {
         idle.push(TcpStream::connect(running.address).await.expect("connect"));
     }
-    let refused = tokio::time::timeout(DEADLINE, async {
-        loop {
-            if exchange_refused(&running).await {
-                return;
-            }
-        }
-    });
-    refused
-        .await
-        .expect("a fourth connection from one address is closed");
+    until_refused(&running, "a fourth connection from one address is closed").await;
     drop(idle);
-    let answered = tokio::time::timeout(DEADLINE, async {
-        loop {
-            if try_exchange_as(&running, None, &get_cluster())
-                .await
-                .is_some_and(|answer| answer.starts_with("HTTP/1.1 200"))
-            {
-                return;
-            }
-        }
-    });
-    answered
-        .await
-        .expect("once they close, the source is served again");
+    until_answered(
+        &running,
+        None,
+        "once they close, the source is served again",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
