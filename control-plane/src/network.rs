@@ -41,29 +41,33 @@ pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// admin requests.
 pub type PeerClient = Client<TlsConnector, Full<Bytes>>;
 
-/// A fresh peer client with this node's TLS client configuration (which a rotation replaces).
-pub fn peer_client(tls: std::sync::Arc<arc_swap::ArcSwap<rustls::ClientConfig>>) -> PeerClient {
-    let connector =
-        TlsConnector::swappable(tls, ServerIdentity::ControlPlane, PEER_CONNECT_TIMEOUT);
+/// The TLS client configuration of a node's peer clients, which a rotation replaces.
+pub type PeerTls = std::sync::Arc<arc_swap::ArcSwap<rustls::ClientConfig>>;
+
+/// A fresh peer client with this node's TLS client configuration, for servers that are
+/// `server` (one node for its Raft RPCs, any member for forwarded requests).
+pub fn peer_client(tls: PeerTls, server: ServerIdentity) -> PeerClient {
+    let connector = TlsConnector::swappable(tls, server, PEER_CONNECT_TIMEOUT);
     Client::builder(TokioExecutor::new())
         .http2_only(true)
         .timer(TokioTimer::new())
         .build(connector)
 }
 
-/// Builds a [`PeerNetwork`] per target, all sharing one client (one connection per peer).
+/// Builds a [`PeerNetwork`] per target, each with a client that accepts only that node's
+/// certificate (one connection per peer).
 #[derive(Clone)]
 pub struct HttpNetwork {
-    client: PeerClient,
+    tls: PeerTls,
     max_replication_bytes: usize,
 }
 
 impl HttpNetwork {
-    /// A network using `client` whose replication messages carry at most
+    /// A network whose clients use `tls` and whose replication messages carry at most
     /// `max_replication_bytes` of entries (at least one entry each).
-    pub fn new(client: PeerClient, max_replication_bytes: u32) -> Self {
+    pub fn new(tls: PeerTls, max_replication_bytes: u32) -> Self {
         HttpNetwork {
-            client,
+            tls,
             max_replication_bytes: max_replication_bytes as usize,
         }
     }
@@ -74,7 +78,10 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerNetwork {
         PeerNetwork {
-            client: self.client.clone(),
+            client: peer_client(
+                std::sync::Arc::clone(&self.tls),
+                ServerIdentity::ControlPlaneNode(target),
+            ),
             target,
             address: node.addr.clone(),
             max_replication_bytes: self.max_replication_bytes,

@@ -74,11 +74,17 @@ impl Node {
         }
         .validate()
         .context("invalid Raft timings")?;
-        let peers = peer_client(std::sync::Arc::clone(&tls.peer_client));
+        let peers = peer_client(
+            std::sync::Arc::clone(&tls.peer_client),
+            hyphae_policies::tls::ServerIdentity::ControlPlane,
+        );
         let raft = Raft::new(
             config.spec.id,
             Arc::new(raft_config),
-            HttpNetwork::new(peers.clone(), config.spec.limits.max_replication_bytes),
+            HttpNetwork::new(
+                std::sync::Arc::clone(&tls.peer_client),
+                config.spec.limits.max_replication_bytes,
+            ),
             log,
             state_machine,
         )

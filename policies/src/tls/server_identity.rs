@@ -10,6 +10,8 @@ use super::spiffe::{Kind, SpiffeId};
 pub enum ServerIdentity {
     /// Any control-plane node of the cluster.
     ControlPlane,
+    /// The control-plane node with this Raft id (a Raft RPC's target).
+    ControlPlaneNode(u64),
     /// The agent of this node.
     Node(String),
     /// The agent of any node of the mesh (an endpoint configured without its node's name).
@@ -20,6 +22,8 @@ pub enum ServerIdentity {
 const NODE_SUFFIX: &str = ".node.hyphae.invalid";
 /// Server name that asks for any control-plane node.
 const CONTROL_PLANE_NAME: &str = "control-plane.hyphae.invalid";
+/// Server name suffix that marks one control-plane node.
+const CONTROL_PLANE_SUFFIX: &str = ".control-plane.hyphae.invalid";
 /// Server name that asks for any node's agent.
 const ANY_NODE_NAME: &str = "node.hyphae.invalid";
 
@@ -28,6 +32,7 @@ impl ServerIdentity {
     pub fn server_name(&self) -> Option<ServerName<'static>> {
         let name = match self {
             ServerIdentity::ControlPlane => CONTROL_PLANE_NAME.to_string(),
+            ServerIdentity::ControlPlaneNode(id) => format!("{id}{CONTROL_PLANE_SUFFIX}"),
             ServerIdentity::Node(node) => format!("{node}{NODE_SUFFIX}"),
             ServerIdentity::AnyNode => ANY_NODE_NAME.to_string(),
         };
@@ -46,6 +51,12 @@ impl ServerIdentity {
         if dns == ANY_NODE_NAME {
             return Some(ServerIdentity::AnyNode);
         }
+        if let Some(id) = dns
+            .strip_suffix(CONTROL_PLANE_SUFFIX)
+            .and_then(|id| id.parse().ok())
+        {
+            return Some(ServerIdentity::ControlPlaneNode(id));
+        }
         dns.strip_suffix(NODE_SUFFIX)
             .filter(|node| !node.is_empty() && !node.contains('.'))
             .map(|node| ServerIdentity::Node(node.to_string()))
@@ -55,6 +66,9 @@ impl ServerIdentity {
     pub fn accepts(&self, id: &SpiffeId) -> bool {
         match self {
             ServerIdentity::ControlPlane => id.kind == Kind::ControlPlane,
+            ServerIdentity::ControlPlaneNode(node) => {
+                id.kind == Kind::ControlPlane && id.name == node.to_string()
+            }
             ServerIdentity::Node(node) => id.kind == Kind::Node && id.name == *node,
             ServerIdentity::AnyNode => id.kind == Kind::Node,
         }
@@ -71,6 +85,7 @@ mod tests {
             ServerIdentity::ControlPlane,
             ServerIdentity::Node("web-1".into()),
             ServerIdentity::AnyNode,
+            ServerIdentity::ControlPlaneNode(3),
         ] {
             let name = identity.server_name().expect("a DNS name");
             assert_eq!(ServerIdentity::from_server_name(&name), Some(identity));
