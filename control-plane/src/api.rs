@@ -114,7 +114,8 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: Cancellatio
                     .peer_certificates()
                     .and_then(<[_]>::first),
                 trust_domain,
-            );
+            )
+            .from_address(peer.ip());
             if admitted.reserved
                 && !identity
                     .control_plane()

@@ -32,6 +32,8 @@ pub struct Peer {
     /// Its certificate's SHA-256 fingerprint, when it sent one: an operator's certificate is
     /// honoured only as the very one its token entry names.
     fingerprint: Option<String>,
+    /// Whether the connection came from this host (a loopback address).
+    local: bool,
 }
 
 impl Peer {
@@ -57,7 +59,20 @@ impl Peer {
             ids,
             lifetime_ms,
             fingerprint,
+            local: false,
         }
+    }
+
+    /// The same peer, connected from `address`.
+    pub fn from_address(mut self, address: std::net::IpAddr) -> Peer {
+        self.local = address.is_loopback();
+        self
+    }
+
+    /// Whether it connected from this host: only then may it register a loopback address,
+    /// which names this host (a node forwarding a registration checked it first).
+    pub fn is_local(&self) -> bool {
+        self.local
     }
 
     /// Its certificate's SHA-256 fingerprint, when it sent one.
@@ -128,6 +143,8 @@ impl Peer {
         }
         match self.control_plane() {
             Some(id) if node.is_member(id) => Peer {
+                // The forwarding member checked where the caller connected from.
+                local: true,
                 lifetime_ms: None,
                 fingerprint: headers
                     .get(FORWARDED_CERTIFICATE_HEADER)
@@ -157,4 +174,22 @@ pub(crate) enum Caller {
     /// A token this follower does not know, perhaps created a moment ago and not yet applied
     /// here: the request goes to the leader, which checks it against the newest table.
     AskLeader,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_loopback_connection_is_local() {
+        let peer = || Peer::from_certificate(None, "mesh.test");
+        assert!(peer().from_address([127, 0, 0, 1].into()).is_local());
+        assert!(
+            peer()
+                .from_address(std::net::Ipv6Addr::LOCALHOST.into())
+                .is_local()
+        );
+        assert!(!peer().from_address([10, 200, 0, 1].into()).is_local());
+        assert!(!peer().is_local(), "unknown origin is not local");
+    }
 }

@@ -21,6 +21,19 @@ use crate::wire::NodeView;
 pub(crate) async fn register(node: &Node, request: &ApiRequest) -> Answer {
     let record: NodeRecord = json_body(request, "a node registration")?;
     speaks_for(request, &record.name)?;
+    // A loopback address names the host it is registered from: only an agent on this host
+    // may register one, or it would point callers at their own host's loopback.
+    if record.address.ip().is_loopback() && !request.peer.is_local() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-registration",
+            format!(
+                "address {} is a loopback address, and this agent is on another host: register the address peers reach it at",
+                record.address
+            ),
+        )
+        .into());
+    }
     // An agent registers only the services its certificate names: one compromised host must
     // not draw another service's traffic.
     if let Some(instance) = record
