@@ -3,7 +3,7 @@
 //! control plane later; the data path never knows which, it only swaps snapshots atomically.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use http::HeaderValue;
@@ -59,6 +59,8 @@ pub struct Snapshot {
     pub access: BTreeMap<String, AccessPolicySpec>,
     /// Local ports that lead to services.
     pub upstreams: Vec<Upstream>,
+    /// Services apps reach by name with no configuration, by service name.
+    pub virtual_services: BTreeMap<String, VirtualService>,
     /// Resource limits.
     pub limits: AgentLimits,
 }
@@ -97,6 +99,16 @@ impl Service {
             )
         })
     }
+}
+
+/// A service apps reach with no configuration: `<name>.mesh` resolves to `address`, where the
+/// agent listens at each of the service's ports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VirtualService {
+    /// Its virtual IP, the same on every host.
+    pub address: Ipv4Addr,
+    /// The ports its instances (or its `ExternalService`) listen on, with their protocol.
+    pub ports: BTreeMap<u16, Protocol>,
 }
 
 /// A local instance as the inbound path addresses it, worked out once per snapshot.
@@ -221,6 +233,7 @@ impl Snapshot {
                 .map(|s| (s.name.clone(), LocalInstance::new(s)))
                 .collect(),
             upstreams: config.spec.upstreams.clone(),
+            virtual_services: BTreeMap::new(),
             limits: config.spec.limits.clone(),
             access,
         }

@@ -4,6 +4,7 @@
 //! the static services of the same name (or make new services).
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -12,7 +13,7 @@ use hyphae_policies::watch::PolicyRecord;
 use hyphae_policies::{LoadOptions, Policy, StaticEndpoint, StaticService, load_str};
 
 use crate::config::AgentConfig;
-use crate::model::Snapshot;
+use crate::model::{Snapshot, VirtualService};
 use crate::proxy::Proxy;
 use crate::watch::{Origin, Remote};
 
@@ -24,6 +25,7 @@ type ParsedDocument = (u64, Vec<Policy>);
 struct RemoteHalf {
     policies: Vec<Policy>,
     services: Vec<StaticService>,
+    virtual_services: BTreeMap<String, VirtualService>,
     revision: u64,
     origin: Origin,
 }
@@ -36,6 +38,9 @@ pub struct Sources {
     /// Each control-plane document as last read, with the revision it was read at.
     parsed: Mutex<BTreeMap<(String, String), ParsedDocument>>,
     generation: AtomicU64,
+    /// The generation of the snapshot in force, for parts that follow it (virtual IP
+    /// listeners, the DNS zone).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Sources {
@@ -47,7 +52,13 @@ impl Sources {
             remote: Mutex::new(None),
             parsed: Mutex::new(BTreeMap::new()),
             generation: AtomicU64::new(1),
+            changes: tokio::sync::watch::Sender::new(1),
         })
+    }
+
+    /// Wakes whenever a new snapshot is in force; read it from the proxy.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// A new local configuration (SIGHUP); returns the new snapshot's generation.
@@ -77,6 +88,7 @@ impl Sources {
         drop(parsed);
         let nodes: Vec<NodeRecord> = remote.nodes.values().cloned().collect();
         *self.remote.lock().unwrap_or_else(|p| p.into_inner()) = Some(RemoteHalf {
+            virtual_services: virtual_services(&remote.virtual_ips, &nodes, &policies),
             policies,
             services: registry_services(&nodes),
             revision: remote.revision,
@@ -114,12 +126,14 @@ impl Sources {
         let mut snapshot = Snapshot::from_config(&config, generation);
         if let Some(remote) = remote {
             snapshot.control_plane_revision = Some(remote.revision);
+            snapshot.virtual_services = remote.virtual_services;
             snapshot.source = match remote.origin {
                 Origin::ControlPlane => crate::model::Source::ControlPlane,
                 Origin::Disk => crate::model::Source::Disk,
             };
         }
         self.proxy.snapshot.store(Arc::new(snapshot));
+        self.changes.send_replace(generation);
         crate::metrics::revision(generation);
         generation
     }
@@ -168,6 +182,45 @@ fn registry_services(nodes: &[NodeRecord]) -> Vec<StaticService> {
             }
         })
         .collect()
+}
+
+/// Every service with a virtual IP, with the ports its registered instances listen on (healthy
+/// or not: a port exists while an instance is registered) and those its `ExternalService`
+/// lists.
+fn virtual_services(
+    virtual_ips: &BTreeMap<String, Ipv4Addr>,
+    nodes: &[NodeRecord],
+    policies: &[Policy],
+) -> BTreeMap<String, VirtualService> {
+    let mut services: BTreeMap<String, VirtualService> = virtual_ips
+        .iter()
+        .map(|(name, address)| {
+            let service = VirtualService {
+                address: *address,
+                ports: BTreeMap::new(),
+            };
+            (name.clone(), service)
+        })
+        .collect();
+    let instances = nodes.iter().flat_map(|node| &node.instances);
+    for instance in instances {
+        if let Some(service) = services.get_mut(&instance.service) {
+            service
+                .ports
+                .entry(instance.port)
+                .or_insert(instance.protocol);
+        }
+    }
+    for policy in policies {
+        if let Policy::ExternalService(external) = policy
+            && let Some(service) = services.get_mut(&external.metadata.name)
+        {
+            for port in &external.spec.ports {
+                service.ports.entry(port.port).or_insert(port.protocol);
+            }
+        }
+    }
+    services
 }
 
 /// Adds the registry's services to the local file's static ones: endpoints of a service both

@@ -120,6 +120,10 @@ pub struct Listeners {
         proptest(strategy = "crate::roundtrip_tests::optional_socket_addr()")
     )]
     pub dns: Option<SocketAddr>,
+    /// Listen on every mesh service's virtual IP, at each of its ports, so apps reach
+    /// `<service>.mesh:<port>` with no configuration; `false` turns it off (one agent per
+    /// host should own them). Default `true`.
+    pub virtual_ips: bool,
 }
 
 impl Default for Listeners {
@@ -130,6 +134,7 @@ impl Default for Listeners {
             inbound: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 4143),
             http_proxy: Some(SocketAddr::new(localhost, 4140)),
             dns: Some(SocketAddr::new(localhost, 5353)),
+            virtual_ips: true,
         }
     }
 }
