@@ -131,10 +131,14 @@ impl Daemon {
         };
         let mut upstream_listeners = Vec::new();
         for upstream in &config.spec.upstreams {
-            upstream_listeners.push((
-                upstream.service.clone(),
-                bind("upstream", upstream.listen).await?,
-            ));
+            // `port: 9001` and `service: payments:9001` both lead to that port's instances.
+            let destination = match upstream.port {
+                Some(port) if !upstream.service.contains(':') => {
+                    crate::model::destination(&upstream.service, Some(port))
+                }
+                _ => upstream.service.clone(),
+            };
+            upstream_listeners.push((destination, bind("upstream", upstream.listen).await?));
         }
         let addresses = BoundAddresses {
             admin: admin_listener.local_addr()?,

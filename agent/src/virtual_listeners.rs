@@ -142,11 +142,14 @@ fn wanted(snapshot: &Snapshot) -> BTreeMap<SocketAddrV4, Arc<str>> {
         .virtual_services
         .iter()
         .flat_map(|(name, service)| {
-            let name: Arc<str> = name.as_str().into();
-            service
-                .ports
-                .keys()
-                .map(move |port| (SocketAddrV4::new(service.address, *port), Arc::clone(&name)))
+            // `name:port`: that port's instances when the service has several ports.
+            service.ports.keys().map(move |port| {
+                let destination = crate::model::destination(name, Some(*port));
+                (
+                    SocketAddrV4::new(service.address, *port),
+                    destination.into(),
+                )
+            })
         })
         .collect()
 }

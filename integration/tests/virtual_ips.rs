@@ -181,3 +181,73 @@ async fn apps_reach_services_at_their_virtual_ips_and_listeners_follow_the_regis
         "other services are untouched"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_of_a_service_on_one_host_are_two_endpoints_and_each_port_is_reachable() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let nodes = Cluster::start(
+        &workspace_binary("hyphae-control-plane"),
+        &dir.path().join("cp"),
+        1,
+        SHORT_WRITE_TIMEOUT,
+    )
+    .expect("start the control plane");
+    let server = nodes.node(1).address.to_string();
+    let first = TestBackend::start("first").await;
+    let second = TestBackend::start("second").await;
+    let _host = host(
+        dir.path(),
+        "host-b",
+        &[
+            format!("{{name: web, port: {}}}", first.port()),
+            format!("{{name: web, port: {}}}", second.port()),
+        ],
+        &server,
+    );
+    let ports = hyphae_integration::ports::free_ports(2).expect("two ports");
+    let _caller = Agent::start_in(
+        &workspace_binary("hyphae-agent"),
+        dir.path(),
+        "caller",
+        &format!(
+            "kind: AgentConfig\nmetadata: {{name: caller}}\nspec:\n  controlPlane: [\"{server}\"]\n  dataDir: {}\n  listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: null, dns: null}}\n  upstreams:\n    - {{listen: \"127.0.0.1:{}\", service: web}}\n    - {{listen: \"127.0.0.1:{}\", service: \"web:{}\"}}\n---\nkind: ServicePolicy\nmetadata: {{name: web}}\nspec:\n  loadBalancer: {{policy: round-robin}}\n",
+            dir.path().join("caller-data").display(),
+            ports[0],
+            ports[1],
+            second.port(),
+        ),
+    )
+    .expect("start the caller");
+    let any_port = SocketAddr::from(([127, 0, 0, 1], ports[0]));
+    let second_port = SocketAddr::from(([127, 0, 0, 1], ports[1]));
+
+    // The service's name reaches both instances: each is an endpoint of its own.
+    eventually(
+        "both instances to answer through the service's name",
+        || async {
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..6 {
+                seen.insert(get_text(any_port, "/").await);
+            }
+            seen == ["first".to_string(), "second".to_string()].into()
+        },
+    )
+    .await;
+    // `web:PORT` reaches only the instance on that port, by upstream and by virtual IP.
+    eventually("web:PORT to answer", || async {
+        get_text(second_port, "/").await == "second"
+    })
+    .await;
+    let web_ip = virtual_ip(&server, "web").await.expect("web's virtual IP");
+    for _ in 0..6 {
+        assert_eq!(get_text(second_port, "/").await, "second");
+        assert_eq!(
+            get_text(SocketAddr::from((web_ip, first.port())), "/").await,
+            "first"
+        );
+        assert_eq!(
+            get_text(SocketAddr::from((web_ip, second.port())), "/").await,
+            "second"
+        );
+    }
+}

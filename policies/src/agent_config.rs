@@ -288,4 +288,8 @@ pub struct StaticEndpoint {
     /// Tags for subsets.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
+    /// Which of the peer's instances of the service, by the port it listens on, when the
+    /// peer hosts several; unset lets the peer deliver to its first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
 }
