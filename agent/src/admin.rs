@@ -76,7 +76,9 @@ fn route(admin: &Admin, request: &Request<Incoming>) -> Response<Body> {
         "/ready" => ready(admin),
         "/config" => json(StatusCode::OK, &**admin.proxy.snapshot.load()),
         "/endpoints" => json(StatusCode::OK, &endpoints(admin)),
+        "/sites" => json(StatusCode::OK, &sites(admin)),
         "/metrics" => {
+            crate::metrics::sites(&sites(admin));
             if admin.control_plane_configured {
                 let view = control_plane_view(admin);
                 crate::metrics::control_plane(
@@ -95,7 +97,7 @@ fn route(admin: &Admin, request: &Request<Incoming>) -> Response<Body> {
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "unknown admin path; try /live, /ready, /config, /endpoints, /metrics\n",
+            "unknown admin path; try /live, /ready, /config, /endpoints, /sites, /metrics\n",
         ),
     }
 }
@@ -177,10 +179,106 @@ fn control_plane_view(admin: &Admin) -> ControlPlaneView {
     }
 }
 
+/// One site's share of one service, as `/sites` and the `hyphae_site_*` metrics show it.
+#[derive(Serialize)]
+pub struct SiteView {
+    /// The service.
+    pub service: String,
+    /// The site.
+    pub site: String,
+    /// Whether it is this agent's own site.
+    pub local: bool,
+    /// Instances the site registered, passing or not.
+    pub registered: usize,
+    /// Of those, the passing ones: the service's endpoints there.
+    pub endpoints: usize,
+    /// Of those, the ones outlier detection has ejected.
+    pub ejected: usize,
+    /// Whether calls from this agent go to the site now: the own site while enough of it is
+    /// usable (`loadBalancer.failoverThreshold`), every site with usable endpoints otherwise.
+    pub serving: bool,
+}
+
+/// Every service's sites, with what is usable in each and whether calls go there now.
+fn sites(admin: &Admin) -> Vec<SiteView> {
+    let snapshot = admin.proxy.snapshot.load();
+    let now = Instant::now();
+    let mut views = Vec::new();
+    for service in snapshot.services.values() {
+        let state = admin
+            .proxy
+            .runtime
+            .service(&service.name, &service.policy.retries);
+        let live = state.endpoints(&service.endpoints);
+        let candidates: Vec<crate::balance::Candidate<'_>> = live
+            .iter()
+            .enumerate()
+            .map(
+                |(index, (endpoint, endpoint_state))| crate::balance::Candidate {
+                    index,
+                    local_site: endpoint.site == snapshot.site,
+                    ejected: crate::proxy::endpoint::is_ejected(endpoint_state, now),
+                    tried: false,
+                    load: &endpoint_state.load,
+                },
+            )
+            .collect();
+        let lb = &service.policy.load_balancer;
+        let keeps_to_site = crate::balance::keeps_to_site(
+            &candidates,
+            &crate::balance::SitePreference {
+                locality: lb.locality,
+                failover_threshold: lb.failover_threshold,
+                local_registered: service.registered_in(&snapshot.site),
+            },
+        );
+        let mut by_site: std::collections::BTreeMap<&str, SiteView> = service
+            .registered_by_site
+            .iter()
+            .map(|(site, registered)| (site.as_str(), *registered))
+            .chain(live.iter().map(|(endpoint, _)| (endpoint.site.as_str(), 0)))
+            .map(|(site, registered)| {
+                let view = SiteView {
+                    service: service.name.clone(),
+                    site: site.to_string(),
+                    local: site == snapshot.site,
+                    registered,
+                    endpoints: 0,
+                    ejected: 0,
+                    serving: false,
+                };
+                (site, view)
+            })
+            .rev()
+            .collect();
+        for ((endpoint, _), candidate) in live.iter().zip(&candidates) {
+            if let Some(view) = by_site.get_mut(endpoint.site.as_str()) {
+                view.endpoints += 1;
+                view.ejected += usize::from(candidate.ejected);
+            }
+        }
+        // When every endpoint is ejected, all are tried again (see `balance::pick`).
+        let any_healthy = candidates.iter().any(|c| !c.ejected);
+        for view in by_site.values_mut() {
+            view.registered = view.registered.max(view.endpoints);
+            let usable = if any_healthy {
+                view.endpoints - view.ejected
+            } else {
+                view.endpoints
+            };
+            view.serving = usable > 0 && (view.local || !keeps_to_site);
+        }
+        views.extend(by_site.into_values());
+    }
+    views
+}
+
 #[derive(Serialize)]
 struct EndpointView {
     service: String,
     address: SocketAddr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    port: Option<u16>,
     node: Option<String>,
     site: String,
     state: &'static str,
@@ -203,6 +301,7 @@ fn endpoints(admin: &Admin) -> Vec<EndpointView> {
             views.push(EndpointView {
                 service: service.name.clone(),
                 address: endpoint.address,
+                port: endpoint.port,
                 node: endpoint.node.clone(),
                 site: endpoint.site.clone(),
                 state: if ejected_until.is_some() {

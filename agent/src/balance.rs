@@ -1,5 +1,5 @@
 //! Endpoint choice: power of two random choices over peak-EWMA latency (or in-flight requests,
-//! or round robin), restricted to the caller's site while it has usable endpoints. Pure
+//! or round robin), restricted to the caller's site while enough of it is usable. Pure
 //! decisions over a slice of candidates; the clock and the dice are passed in.
 
 use std::sync::Mutex;
@@ -94,16 +94,41 @@ pub struct Candidate<'a> {
     pub load: &'a EndpointLoad,
 }
 
+/// How much a service's caller keeps to its own site.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SitePreference {
+    /// Whether the caller's site comes first at all.
+    pub locality: Locality,
+    /// The share of the site's registered instances that must be usable to keep traffic in
+    /// the site (`loadBalancer.failoverThreshold`).
+    pub failover_threshold: f64,
+    /// How many instances the caller's site has registered, passing or not.
+    pub local_registered: usize,
+}
+
+impl From<Locality> for SitePreference {
+    /// `locality`, spilling over only when the site has nothing usable.
+    fn from(locality: Locality) -> Self {
+        SitePreference {
+            locality,
+            failover_threshold: 0.0,
+            local_registered: 0,
+        }
+    }
+}
+
 /// Picks an endpoint; `dice` returns a uniform number below its argument.
 ///
 /// Usable endpoints are those not ejected; if every endpoint is ejected, all are usable again
 /// (better to try a suspect than to fail for sure). With `prefer-site`, the caller's site is
-/// used while it has usable endpoints. Endpoints already tried for this request are avoided
-/// when there is another choice.
+/// used alone while it has usable endpoints and they are at least the failover threshold's
+/// share of its registered instances (those registered but failing their checks count, as
+/// do the ejected); below it, every site's usable endpoints share the load. Endpoints already
+/// tried for this request are avoided when there is another choice.
 pub fn pick(
     candidates: &[Candidate<'_>],
     policy: BalancePolicy,
-    locality: Locality,
+    site: &SitePreference,
     round_robin: &AtomicUsize,
     dice: &mut dyn FnMut(usize) -> usize,
 ) -> Option<usize> {
@@ -111,13 +136,29 @@ pub fn pick(
     // predicate over `candidates`, not a list, so a pick allocates nothing.
     let any_healthy = candidates.iter().any(|c| !c.ejected);
     let usable = |c: &Candidate<'_>| !any_healthy || !c.ejected;
-    let site_only =
-        locality == Locality::PreferSite && candidates.iter().any(|c| usable(c) && c.local_site);
+    let site_only = keeps_to_site(candidates, site);
     let in_site = |c: &Candidate<'_>| usable(c) && (!site_only || c.local_site);
     let fresh_only = candidates.iter().any(|c| in_site(c) && !c.tried);
     let in_pool = |c: &&Candidate<'_>| in_site(c) && (!fresh_only || !c.tried);
     let pool = || candidates.iter().filter(in_pool);
     pick_in_pool(pool().count(), |i| pool().nth(i), policy, round_robin, dice)
+}
+
+/// Whether [`pick`] keeps to the caller's site among `candidates`: `prefer-site`, and the
+/// site's usable endpoints are some and at least the failover threshold's share of its
+/// registered instances.
+pub fn keeps_to_site(candidates: &[Candidate<'_>], site: &SitePreference) -> bool {
+    if site.locality != Locality::PreferSite {
+        return false;
+    }
+    let any_healthy = candidates.iter().any(|c| !c.ejected);
+    let (mut local, mut local_usable) = (0usize, 0usize);
+    for candidate in candidates.iter().filter(|c| c.local_site) {
+        local += 1;
+        local_usable += usize::from(!any_healthy || !candidate.ejected);
+    }
+    let registered = site.local_registered.max(local);
+    local_usable > 0 && local_usable as f64 >= site.failover_threshold * registered as f64
 }
 
 /// The last step of [`pick`]: one of the `n` endpoints left in the pool, `nth(i)` being the
@@ -197,7 +238,7 @@ mod tests {
                 pick(
                     &candidates,
                     BalancePolicy::P2cEwma,
-                    Locality::Any,
+                    &Locality::Any.into(),
                     &rr,
                     &mut dice,
                 )
@@ -217,7 +258,13 @@ mod tests {
             ..candidate(1, &load)
         };
         let choose = |c: &[Candidate<'_>], dice: &mut dyn FnMut(usize) -> usize| {
-            pick(c, BalancePolicy::P2cEwma, Locality::PreferSite, &rr, dice)
+            pick(
+                c,
+                BalancePolicy::P2cEwma,
+                &Locality::PreferSite.into(),
+                &rr,
+                dice,
+            )
         };
         assert_eq!(
             choose(&[Candidate { ..local }, Candidate { ..remote }], &mut dice),
@@ -228,6 +275,52 @@ mod tests {
             choose(&[Candidate { ..local }, Candidate { ..remote }], &mut dice),
             Some(1)
         );
+    }
+
+    #[test]
+    fn the_site_keeps_its_traffic_only_while_enough_of_it_is_usable() {
+        let load = EndpointLoad::new(Instant::now());
+        let rr = AtomicUsize::new(0);
+        // Two usable endpoints in the caller's site, one elsewhere.
+        let candidates = |ejected_local: bool| {
+            [
+                Candidate {
+                    ejected: ejected_local,
+                    ..candidate(0, &load)
+                },
+                candidate(1, &load),
+                Candidate {
+                    local_site: false,
+                    ..candidate(2, &load)
+                },
+            ]
+        };
+        let spills = |candidates: &[Candidate<'_>], threshold: f64, registered: usize| {
+            let site = SitePreference {
+                locality: Locality::PreferSite,
+                failover_threshold: threshold,
+                local_registered: registered,
+            };
+            let rr = &rr;
+            (0..3).any(|roll| {
+                pick(
+                    candidates,
+                    BalancePolicy::RoundRobin,
+                    &site,
+                    rr,
+                    &mut |_| roll,
+                ) == Some(2)
+            })
+        };
+        assert!(!spills(&candidates(false), 0.5, 2));
+        // Half of the site usable meets a threshold of one half...
+        assert!(!spills(&candidates(true), 0.5, 2));
+        // ...but not one of two thirds, nor half when the site registered four (two failing
+        // their checks, so not endpoints at all).
+        assert!(spills(&candidates(true), 0.67, 2));
+        assert!(spills(&candidates(false), 0.6, 4));
+        // A threshold of 0 spills only when nothing in the site is usable.
+        assert!(!spills(&candidates(true), 0.0, 10));
     }
 
     /// The pool narrowed as lists, step by step, as the documentation states it. The choice
@@ -295,8 +388,13 @@ mod tests {
                                 }
                             };
                             let (rr_a, rr_b) = (AtomicUsize::new(rolls), AtomicUsize::new(rolls));
-                            let picked =
-                                pick(&candidates, policy, locality, &rr_a, &mut dice_from(rolls));
+                            let picked = pick(
+                                &candidates,
+                                policy,
+                                &locality.into(),
+                                &rr_a,
+                                &mut dice_from(rolls),
+                            );
                             let pool = pool_by_lists(&candidates, locality);
                             let expected = pick_in_pool(
                                 pool.len(),
@@ -326,7 +424,7 @@ mod tests {
         let picked = pick(
             &[tried, other],
             BalancePolicy::P2cEwma,
-            Locality::Any,
+            &Locality::Any.into(),
             &rr,
             &mut dice,
         );

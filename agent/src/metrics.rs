@@ -56,6 +56,13 @@ pub const INBOUND_TLS_REFUSED: &str = "hyphae_inbound_tls_refused_total";
 /// Seconds until this node's certificate expires (renewed at two thirds of its life).
 pub const CERTIFICATE_EXPIRY: &str = "hyphae_certificate_expiry_seconds";
 
+/// Endpoints of a service in one site, by state (`usable`, `ejected`).
+pub const SITE_ENDPOINTS: &str = "hyphae_site_endpoints";
+/// Instances a site registered for a service, passing or not.
+pub const SITE_REGISTERED: &str = "hyphae_site_registered_instances";
+/// 1 while calls to a service go to a site.
+pub const SITE_SERVING: &str = "hyphae_site_serving";
+
 /// Virtual IP listeners open (one per service port).
 pub const VIRTUAL_LISTENERS: &str = "hyphae_virtual_ip_listeners";
 /// Virtual IP addresses the agent wants to listen on but cannot bind.
@@ -151,6 +158,18 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         "1 while the saved control-plane state is unreadable and no control plane has sent a fresh one."
     );
     describe_gauge!(
+        SITE_ENDPOINTS,
+        "Endpoints of a service in a site, by state (usable or ejected)."
+    );
+    describe_gauge!(
+        SITE_REGISTERED,
+        "Instances a site registered for a service, passing or not."
+    );
+    describe_gauge!(
+        SITE_SERVING,
+        "1 while this agent's calls to a service go to a site (its own, or others after failover)."
+    );
+    describe_gauge!(
         VIRTUAL_LISTENERS,
         "Listeners open on services' virtual IPs, one per service port."
     );
@@ -163,6 +182,24 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         "Failed binds of virtual IP listeners (each address counted once per distinct error)."
     );
     Ok(handle)
+}
+
+/// Records each service's per-site state (refreshed when `/metrics` is read).
+pub fn sites(sites: &[crate::admin::SiteView]) {
+    for view in sites {
+        let labels = [
+            ("service", view.service.clone()),
+            ("site", view.site.clone()),
+        ];
+        let usable = view.endpoints - view.ejected;
+        for (state, count) in [("usable", usable), ("ejected", view.ejected)] {
+            let mut with_state = labels.to_vec();
+            with_state.push(("state", state.to_string()));
+            gauge!(SITE_ENDPOINTS, &with_state).set(count as f64);
+        }
+        gauge!(SITE_REGISTERED, &labels).set(view.registered as f64);
+        gauge!(SITE_SERVING, &labels).set(if view.serving { 1.0 } else { 0.0 });
+    }
 }
 
 /// Records how many virtual IP listeners are open and how many cannot be bound.

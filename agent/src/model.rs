@@ -80,6 +80,9 @@ pub struct Service {
     pub access: Option<AccessPolicySpec>,
     /// Where it runs.
     pub endpoints: Vec<Endpoint>,
+    /// How many instances each site has registered, passing or not: what a site's usable
+    /// share is measured against (empty for services only the local file knows).
+    pub registered_by_site: BTreeMap<String, usize>,
     /// Handles to its metrics.
     #[serde(skip)]
     pub metrics: ServiceMetrics,
@@ -87,6 +90,13 @@ pub struct Service {
 
 /// What tells endpoints apart: the peer agent's address and the instance's port behind it.
 pub type EndpointKey = (SocketAddr, Option<u16>);
+
+impl Service {
+    /// How many instances `site` has registered, passing or not.
+    pub fn registered_in(&self, site: &str) -> usize {
+        self.registered_by_site.get(site).copied().unwrap_or(0)
+    }
+}
 
 impl Endpoint {
     /// What tells it from the service's other endpoints.
@@ -223,6 +233,7 @@ impl Snapshot {
                     route,
                     access: access.get(base).cloned(),
                     endpoints,
+                    registered_by_site: BTreeMap::new(),
                     metrics,
                 };
                 (s.name.clone(), Arc::new(service))

@@ -26,6 +26,8 @@ struct RemoteHalf {
     policies: Vec<Policy>,
     services: Vec<StaticService>,
     virtual_services: BTreeMap<String, VirtualService>,
+    /// Instances registered per service (and per port view), per site, passing or not.
+    registered_by_site: BTreeMap<String, BTreeMap<String, usize>>,
     revision: u64,
     origin: Origin,
 }
@@ -89,6 +91,7 @@ impl Sources {
         let nodes: Vec<NodeRecord> = remote.nodes.values().cloned().collect();
         *self.remote.lock().unwrap_or_else(|p| p.into_inner()) = Some(RemoteHalf {
             virtual_services: virtual_services(&remote.virtual_ips, &nodes, &policies),
+            registered_by_site: registered_by_site(&nodes),
             policies,
             services: registry_services(&nodes),
             revision: remote.revision,
@@ -127,6 +130,14 @@ impl Sources {
         if let Some(remote) = remote {
             snapshot.control_plane_revision = Some(remote.revision);
             snapshot.virtual_services = remote.virtual_services;
+            for (name, service) in &mut snapshot.services {
+                // Just built, so not shared yet.
+                if let (Some(service), Some(counts)) =
+                    (Arc::get_mut(service), remote.registered_by_site.get(name))
+                {
+                    service.registered_by_site.clone_from(counts);
+                }
+            }
             snapshot.source = match remote.origin {
                 Origin::ControlPlane => crate::model::Source::ControlPlane,
                 Origin::Disk => crate::model::Source::Disk,
@@ -203,6 +214,27 @@ fn registry_services(nodes: &[NodeRecord]) -> Vec<StaticService> {
         });
     }
     services
+}
+
+/// How many instances each site registered, for each service and each of its port views,
+/// passing or not.
+fn registered_by_site(nodes: &[NodeRecord]) -> BTreeMap<String, BTreeMap<String, usize>> {
+    let mut counts: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+    for node in nodes {
+        for instance in &node.instances {
+            for name in [
+                instance.service.clone(),
+                crate::model::destination(&instance.service, Some(instance.port)),
+            ] {
+                *counts
+                    .entry(name)
+                    .or_default()
+                    .entry(node.site.clone())
+                    .or_default() += 1;
+            }
+        }
+    }
+    counts
 }
 
 /// Every service with a virtual IP, with the ports its registered instances listen on (healthy

@@ -275,7 +275,7 @@ impl Default for FailureRate {
 }
 
 /// Endpoint choice.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct LoadBalancer {
@@ -283,6 +283,22 @@ pub struct LoadBalancer {
     pub policy: BalancePolicy,
     /// Whether endpoints in the caller's own site come first. Default `prefer-site`.
     pub locality: Locality,
+    /// With `prefer-site`: the share of the caller's site's registered instances that must be
+    /// usable (passing and not ejected) for its traffic to stay in the site; below it, every
+    /// site's usable endpoints share the traffic. `0` spills only when the site has none
+    /// left; `1` as soon as one fails. Default `0.5`.
+    #[cfg_attr(test, proptest(strategy = "0.0f64..=1.0"))]
+    pub failover_threshold: f64,
+}
+
+impl Default for LoadBalancer {
+    fn default() -> Self {
+        LoadBalancer {
+            policy: BalancePolicy::default(),
+            locality: Locality::default(),
+            failover_threshold: 0.5,
+        }
+    }
 }
 
 /// Load-balancing algorithms.

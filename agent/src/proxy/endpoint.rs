@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::Proxy;
-use crate::balance::{self, Candidate, EndpointLoad};
+use crate::balance::{self, Candidate, EndpointLoad, SitePreference};
 use crate::body::Body;
 use crate::circuit::{self, Outcome};
 use crate::error::{ERROR_HEADER, ProxyError};
@@ -63,7 +63,11 @@ pub fn choose<'s>(
     let picked = balance::pick(
         &candidates,
         lb.policy,
-        lb.locality,
+        &SitePreference {
+            locality: lb.locality,
+            failover_threshold: lb.failover_threshold,
+            local_registered: target.registered_in(&snapshot.site),
+        },
         &service.round_robin,
         &mut dice,
     );
@@ -165,7 +169,7 @@ impl Drop for InFlight<'_> {
 }
 
 /// Whether outlier detection has the endpoint ejected at `now`.
-fn is_ejected(endpoint_state: &EndpointState, now: Instant) -> bool {
+pub(crate) fn is_ejected(endpoint_state: &EndpointState, now: Instant) -> bool {
     endpoint_state
         .outlier
         .lock()

@@ -40,6 +40,10 @@ pub(super) fn check(c: &mut Checker, path: &FieldPath, spec: &ServicePolicySpec)
         &breaker.key("outlierDetection"),
         &spec.circuit_breaker.outlier_detection,
     );
+    c.share(
+        path.key("loadBalancer").key("failoverThreshold"),
+        spec.load_balancer.failover_threshold,
+    );
 }
 
 /// Checks outlier detection: the ejected share, the ejection times and the failure rate.
