@@ -15,9 +15,10 @@ use hyphae_integration::{Signal, eventually};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-/// An agent hosting `services` (flow-style YAML entries), with no virtual IP listeners of its
-/// own: on this one machine, the caller owns them.
-fn host(dir: &Path, name: &str, services: &[String], control_plane: &str) -> Agent {
+/// An agent hosting `services` (flow-style YAML entries) and `policies` (YAML documents after
+/// its config), with no virtual IP listeners of its own: on this one machine, the caller owns
+/// them.
+fn host(dir: &Path, name: &str, services: &[String], policies: &str, control_plane: &str) -> Agent {
     let services: String = services
         .iter()
         .map(|entry| format!("    - {entry}\n"))
@@ -27,7 +28,7 @@ fn host(dir: &Path, name: &str, services: &[String], control_plane: &str) -> Age
         dir,
         name,
         &format!(
-            "kind: AgentConfig\nmetadata: {{name: {name}}}\nspec:\n  controlPlane: [\"{control_plane}\"]\n  dataDir: {}\n  listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: null, dns: null, virtualIps: false}}\n  services:\n{services}",
+            "kind: AgentConfig\nmetadata: {{name: {name}}}\nspec:\n  controlPlane: [\"{control_plane}\"]\n  dataDir: {}\n  listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: null, dns: null, virtualIps: false}}\n  services:\n{services}{policies}",
             dir.join(format!("{name}-data")).display()
         ),
     )
@@ -103,6 +104,7 @@ async fn apps_reach_services_at_their_virtual_ips_and_listeners_follow_the_regis
         dir.path(),
         "host-b",
         &[format!("{{name: web, port: {}}}", web.port())],
+        "",
         &server,
     );
     let caller = caller(dir.path(), &server);
@@ -146,6 +148,7 @@ async fn apps_reach_services_at_their_virtual_ips_and_listeners_follow_the_regis
             "{{name: echo, port: {}, protocol: tcp}}",
             echo.port()
         )],
+        "",
         &server,
     );
     let echo_ip = hyphae_integration::eventually::wait_for(
@@ -202,6 +205,8 @@ async fn two_instances_of_a_service_on_one_host_are_two_endpoints_and_each_port_
             format!("{{name: web, port: {}}}", first.port()),
             format!("{{name: web, port: {}}}", second.port()),
         ],
+        // Whatever port a call names, the service's access policy guards it.
+        "---\nkind: AccessPolicy\nmetadata: {name: web}\nspec:\n  service: web\n  defaultAction: deny\n  rules:\n    - from: [{node: caller}]\n      paths: [/open]\n",
         &server,
     );
     let ports = hyphae_integration::ports::free_ports(2).expect("two ports");
@@ -227,7 +232,7 @@ async fn two_instances_of_a_service_on_one_host_are_two_endpoints_and_each_port_
         || async {
             let mut seen = std::collections::BTreeSet::new();
             for _ in 0..6 {
-                seen.insert(get_text(any_port, "/").await);
+                seen.insert(get_text(any_port, "/open").await);
             }
             seen == ["first".to_string(), "second".to_string()].into()
         },
@@ -235,19 +240,30 @@ async fn two_instances_of_a_service_on_one_host_are_two_endpoints_and_each_port_
     .await;
     // `web:PORT` reaches only the instance on that port, by upstream and by virtual IP.
     eventually("web:PORT to answer", || async {
-        get_text(second_port, "/").await == "second"
+        get_text(second_port, "/open").await == "second"
     })
     .await;
     let web_ip = virtual_ip(&server, "web").await.expect("web's virtual IP");
     for _ in 0..6 {
-        assert_eq!(get_text(second_port, "/").await, "second");
+        assert_eq!(get_text(second_port, "/open").await, "second");
         assert_eq!(
-            get_text(SocketAddr::from((web_ip, first.port())), "/").await,
+            get_text(SocketAddr::from((web_ip, first.port())), "/open").await,
             "first"
         );
         assert_eq!(
-            get_text(SocketAddr::from((web_ip, second.port())), "/").await,
+            get_text(SocketAddr::from((web_ip, second.port())), "/open").await,
             "second"
         );
+    }
+    for denied in [
+        any_port,
+        second_port,
+        SocketAddr::from((web_ip, second.port())),
+    ] {
+        let answer = hyphae_integration::http::request("GET", denied, "/closed", "")
+            .await
+            .expect("an answer");
+        assert_eq!(answer.status, 403, "{denied}");
+        assert_eq!(answer.header("hyphae-error"), Some("denied"));
     }
 }

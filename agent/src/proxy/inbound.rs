@@ -162,7 +162,7 @@ fn authorize(
     caller: &Caller,
     request: &Request<Incoming>,
 ) -> Result<(), ProxyError> {
-    let Some(service) = request
+    let Some(destination) = request
         .headers()
         .get(DESTINATION)
         .and_then(|value| value.to_str().ok())
@@ -170,6 +170,8 @@ fn authorize(
         // No destination: refused as a bad request where it is read.
         return Ok(());
     };
+    // `payments:9001` is one instance of `payments`: the service's policy guards it.
+    let service = crate::model::base_name(destination);
     let snapshot = proxy.snapshot.load();
     let unreadable = || ProxyError::BadRequest("the upgrade's path is not ASCII".into());
     let upgrade_path = match request.headers().get(stream::UPGRADE_PATH) {
