@@ -117,6 +117,9 @@ pub enum ProxyError {
     /// The peer agent has no local instance of the requested service.
     #[error("service `{0}` has no instance on this host")]
     NoLocalInstance(String),
+    /// The agent does not carry this kind of traffic to this kind of service yet.
+    #[error("not carried: {0}")]
+    Unsupported(&'static str),
     /// The service's access policy does not admit the caller for this request.
     #[error("service `{service}` does not admit `{caller}` for this request (AccessPolicy)")]
     Denied {
@@ -133,6 +136,7 @@ impl ProxyError {
         match self {
             ProxyError::UnknownService(_) | ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::Denied { .. } => StatusCode::FORBIDDEN,
             ProxyError::NoEndpoints(_)
             | ProxyError::Overloaded { .. }
@@ -162,6 +166,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad-request",
             ProxyError::NoLocalInstance(_) => "no-local-instance",
             ProxyError::Denied { .. } => "denied",
+            ProxyError::Unsupported(_) => "unsupported",
         }
     }
 
@@ -172,7 +177,9 @@ impl ProxyError {
             | ProxyError::NoRoute(_)
             | ProxyError::BadRequest(_)
             | ProxyError::Denied { .. } => Side::Caller,
-            ProxyError::NoEndpoints(_) | ProxyError::Overloaded { .. } => Side::Agent,
+            ProxyError::NoEndpoints(_)
+            | ProxyError::Overloaded { .. }
+            | ProxyError::Unsupported(_) => Side::Agent,
             ProxyError::ConnectFailed { .. }
             | ProxyError::ConnectTimeout(_)
             | ProxyError::Reset(_)

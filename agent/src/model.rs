@@ -3,13 +3,14 @@
 //! control plane later; the data path never knows which, it only swaps snapshots atomically.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use http::HeaderValue;
 use http::uri::Authority;
 use hyphae_policies::{
-    AccessPolicySpec, AgentLimits, LocalService, Policy, Protocol, ServicePolicySpec, Upstream,
+    AccessPolicySpec, AgentLimits, LocalService, Policy, Protocol, ServicePolicySpec,
+    StaticEndpoint, StaticService, Upstream,
 };
 use serde::Serialize;
 
@@ -80,6 +81,9 @@ pub struct Service {
     pub access: Option<AccessPolicySpec>,
     /// Where it runs.
     pub endpoints: Vec<Endpoint>,
+    /// Set for an `ExternalService`: calls leave from this agent straight to its endpoints.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external: Option<Arc<ExternalTarget>>,
     /// How many instances each site has registered, passing or not: what a site's usable
     /// share is measured against (empty for services only the local file knows).
     pub registered_by_site: BTreeMap<String, usize>,
@@ -110,6 +114,28 @@ impl Endpoint {
             ProxyError::BadRequest("the endpoint's service name is not a valid header value".into())
         })
     }
+}
+
+/// An external service as the egress path reaches it.
+#[derive(Debug, PartialEq, Eq, Serialize)]
+pub struct ExternalTarget {
+    /// The `ExternalService`'s name.
+    pub name: String,
+    /// The DNS name it serves under (its `Host` and TLS name), when it has one.
+    pub host: Option<String>,
+    /// Its ports, with the protocol each speaks.
+    pub ports: BTreeMap<u16, Protocol>,
+    /// Set when the agent originates TLS to it.
+    pub tls: Option<OriginatedTls>,
+}
+
+/// TLS the agent originates to an external service.
+#[derive(Debug, PartialEq, Eq, Serialize)]
+pub struct OriginatedTls {
+    /// The name asked for and checked in the service's certificate.
+    pub server_name: String,
+    /// The roots that sign it; `None`: the host's system roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// A service apps reach with no configuration: `<name>.mesh` resolves to `address`, where the
@@ -173,6 +199,17 @@ impl Snapshot {
     /// Builds the snapshot for a local configuration: static services become callable
     /// services, with the policies of the same name applied.
     pub fn from_config(config: &AgentConfig, revision: u64) -> Snapshot {
+        Snapshot::from_config_resolved(config, revision, &BTreeMap::new())
+    }
+
+    /// Like [`Snapshot::from_config`], with the addresses the `host` of each
+    /// `ExternalService` resolved to (by service name): its endpoints.
+    pub fn from_config_resolved(
+        config: &AgentConfig,
+        revision: u64,
+        resolved: &BTreeMap<String, Vec<IpAddr>>,
+    ) -> Snapshot {
+        let (external_services, externals) = external_services(config, resolved);
         let mut service_policies = BTreeMap::new();
         let mut routes = BTreeMap::new();
         let mut access = BTreeMap::new();
@@ -200,6 +237,7 @@ impl Snapshot {
             .spec
             .static_services
             .iter()
+            .chain(&external_services)
             .map(|s| {
                 let endpoints = s
                     .endpoints
@@ -233,6 +271,7 @@ impl Snapshot {
                     route,
                     access: access.get(base).cloned(),
                     endpoints,
+                    external: externals.get(base).cloned(),
                     registered_by_site: BTreeMap::new(),
                     metrics,
                 };
@@ -281,6 +320,70 @@ impl Snapshot {
             .get(destination)
             .or_else(|| self.services.get(base_name(destination)))
     }
+}
+
+/// The `ExternalService`s of `config` as services to call: their addresses (fixed, or what
+/// their `host` resolved to) at each port, plus one view per port when there are several;
+/// and how the egress path reaches each, by name.
+fn external_services(
+    config: &AgentConfig,
+    resolved: &BTreeMap<String, Vec<IpAddr>>,
+) -> (Vec<StaticService>, BTreeMap<String, Arc<ExternalTarget>>) {
+    let mut services = Vec::new();
+    let mut targets = BTreeMap::new();
+    for policy in &config.policies {
+        let Policy::ExternalService(object) = policy else {
+            continue;
+        };
+        let (name, spec) = (&object.metadata.name, &object.spec);
+        let addresses: &[IpAddr] = match &spec.host {
+            Some(_) => resolved.get(name).map_or(&[], Vec::as_slice),
+            None => &spec.addresses,
+        };
+        let endpoints_at = |port: u16| -> Vec<StaticEndpoint> {
+            addresses
+                .iter()
+                .map(|ip| StaticEndpoint {
+                    address: SocketAddr::new(*ip, port),
+                    node: None,
+                    site: None,
+                    tags: BTreeMap::new(),
+                    port: None,
+                })
+                .collect()
+        };
+        if spec.ports.len() > 1 {
+            for port in &spec.ports {
+                services.push(StaticService {
+                    name: destination(name, Some(port.port)),
+                    protocol: port.protocol,
+                    endpoints: endpoints_at(port.port),
+                });
+            }
+        }
+        services.push(StaticService {
+            name: name.clone(),
+            protocol: spec.ports.first().map_or(Protocol::Tcp, |p| p.protocol),
+            endpoints: spec
+                .ports
+                .iter()
+                .flat_map(|p| endpoints_at(p.port))
+                .collect(),
+        });
+        let target = ExternalTarget {
+            name: name.clone(),
+            host: spec.host.clone(),
+            ports: spec.ports.iter().map(|p| (p.port, p.protocol)).collect(),
+            tls: spec.tls.as_ref().and_then(|tls| {
+                Some(OriginatedTls {
+                    server_name: spec.tls_server_name()?.to_string(),
+                    ca_file: tls.ca_file.clone(),
+                })
+            }),
+        };
+        targets.insert(name.clone(), Arc::new(target));
+    }
+    (services, targets)
 }
 
 /// The service a destination (`payments` or `payments:9001`) is part of.

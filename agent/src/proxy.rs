@@ -1,10 +1,12 @@
 //! The data path: outbound listeners take calls from local apps, `call` makes each one
 //! resilient (route → limit → retries → endpoint → tunnel) and `stream` opens byte streams;
 //! both go through `endpoint` to choose an endpoint, send to it and record the outcome. The
-//! inbound listener delivers calls from peer agents to this host's instances.
+//! inbound listener delivers calls from peer agents to this host's instances; `egress` sends
+//! calls for external services straight to them.
 
 pub mod call;
 pub mod detect;
+pub mod egress;
 pub mod endpoint;
 pub mod headers;
 pub mod inbound;
@@ -35,6 +37,8 @@ pub struct Proxy {
     pub snapshot: ArcSwap<Snapshot>,
     /// Connections to peer agents.
     pub tunnels: Tunnels,
+    /// Connections to external services.
+    pub egress: egress::Egress,
     /// Budgets, limits, endpoint load and health.
     pub runtime: RuntimeState,
     /// The mesh DNS zone.
@@ -50,6 +54,7 @@ impl Proxy {
         Arc::new(Proxy {
             snapshot: ArcSwap::from_pointee(snapshot),
             tunnels,
+            egress: egress::Egress::default(),
             runtime: RuntimeState::default(),
             zone: DEFAULT_ZONE.to_string(),
             tasks,

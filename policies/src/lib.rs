@@ -51,7 +51,7 @@ pub use control_plane_config::{
 pub use diagnostic::{Diagnostic, FieldPath, Issue, Severity};
 pub use duration::Duration;
 pub use error_chain::{ErrorChain, error_chain};
-pub use external_service::{ExternalPort, ExternalServiceSpec};
+pub use external_service::{ExternalPort, ExternalServiceSpec, ExternalTls};
 pub use limits::ParseLimits;
 pub use load::{LoadOptions, LoadedObject, Loader, Report, load_paths, load_str};
 pub use object::{Kind, Metadata, Object, Policy};

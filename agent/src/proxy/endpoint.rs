@@ -95,6 +95,19 @@ impl Chosen<'_> {
             service: &target.name,
         };
         let address = self.endpoint.address;
+        // An external service's pool waits for its connections itself (bounded by the
+        // connect timeout); the service's request limit still holds.
+        if let Some(external) = &target.external {
+            return proxy
+                .egress
+                .send(
+                    external,
+                    address,
+                    target.policy.timeouts.connect.get(),
+                    request,
+                )
+                .await;
+        }
         let response = proxy
             .tunnels
             .send(

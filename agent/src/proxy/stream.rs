@@ -44,6 +44,11 @@ pub async fn open(
     let target: &Service = snapshot
         .service(service)
         .ok_or_else(|| ProxyError::UnknownService(service.to_string()))?;
+    if target.external.is_some() {
+        return Err(ProxyError::Unsupported(
+            "byte streams (TCP, upgrades) to an ExternalService",
+        ));
+    }
     let retries = &target.policy.retries;
     let state = proxy.runtime.service(&target.name, retries);
     let permit = state

@@ -27,6 +27,25 @@ pub(super) fn check(c: &mut Checker, path: &FieldPath, spec: &ExternalServiceSpe
             "an external service needs at least one port",
         );
     }
+    if spec.tls.is_some() {
+        match spec.tls_server_name() {
+            None => c.error(
+                path.key("tls").key("serverName"),
+                "with `addresses`, TLS needs the name the service's certificate carries",
+            ),
+            Some(name) => check_host(c, path.key("tls").key("serverName"), name),
+        }
+        if spec
+            .ports
+            .iter()
+            .any(|p| matches!(p.protocol, crate::Protocol::Tls))
+        {
+            c.error(
+                path.key("tls"),
+                "a `tls` port carries the app's own TLS: the agent cannot originate TLS on it too",
+            );
+        }
+    }
     let mut seen = BTreeSet::new();
     for (i, port) in spec.ports.iter().enumerate() {
         let port_path = path.key("ports").index(i).key("port");
