@@ -169,7 +169,7 @@ fn check_dns(c: &mut Checker, path: &FieldPath, dns: &DnsSettings, listening: Op
     }
     for label in zone.split('.').filter(|_| !zone.is_empty()) {
         if let Err(reason) = super::check_name(label) {
-            c.error(path.key("zone"), format!("label `{label}`: {reason}"));
+            c.error(path.key("zone"), reason);
         }
     }
     for (i, upstream) in dns.upstreams.iter().enumerate() {
