@@ -26,7 +26,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use forward::ForwarderError;
-pub use limits::SOURCE_BUCKETS;
 pub use zone::{MeshName, MeshPort, MeshZone};
 
 use crate::listener::{ConnectionLimit, Listener};

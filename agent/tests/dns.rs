@@ -2,6 +2,9 @@
 //! updates, forwarding to an in-process upstream (hickory-server) with its cache, and the
 //! bounds (rate limits, truncation, malformed packets).
 
+// Helpers outside `#[test]` functions set up fixtures; a failed setup should fail the test.
+#![allow(clippy::unwrap_used)]
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};

@@ -105,8 +105,8 @@ impl Handler {
         };
         match self.limits.check(source, Instant::now()) {
             Verdict::Allowed => {}
-            Verdict::OverGlobal => return refuse(Refusal::RateLimit),
-            Verdict::OverSource => return refuse(Refusal::SourceRateLimit),
+            Verdict::OverGlobal => return refuse(Refusal::Rate),
+            Verdict::OverSource => return refuse(Refusal::SourceRate),
         }
         if request.metadata.op_code != OpCode::Query {
             return self.reply(&request, transport, zone, code(ResponseCode::NotImp));
@@ -135,7 +135,7 @@ impl Handler {
             None if self.forwarder.upstreams().is_empty() => {
                 self.reply(&request, transport, zone, code(ResponseCode::Refused))
             }
-            None => refuse(Refusal::ForwardLimit),
+            None => refuse(Refusal::InFlightForwards),
         }
     }
 

@@ -55,11 +55,11 @@ impl Zone {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Refusal {
     /// Over `dns.maxQueriesPerSecond`.
-    RateLimit,
+    Rate,
     /// Over `dns.maxQueriesPerSecondPerSource`.
-    SourceRateLimit,
+    SourceRate,
     /// `dns.maxInFlightForwards` queries were already waiting for an upstream.
-    ForwardLimit,
+    InFlightForwards,
 }
 
 /// Records an answered query.
@@ -75,9 +75,9 @@ pub(crate) fn malformed(transport: &'static str) {
 /// Records a refusal.
 pub(crate) fn refused(reason: Refusal) {
     let reason = match reason {
-        Refusal::RateLimit => "rate_limit",
-        Refusal::SourceRateLimit => "source_rate_limit",
-        Refusal::ForwardLimit => "forward_limit",
+        Refusal::Rate => "rate_limit",
+        Refusal::SourceRate => "source_rate_limit",
+        Refusal::InFlightForwards => "forward_limit",
     };
     counter!(REFUSED, "reason" => reason).increment(1);
 }
