@@ -134,7 +134,9 @@ impl Forwarder {
             Ok(Ok(lookup)) => Answer {
                 code: ResponseCode::NoError,
                 answers: lookup.answers().to_vec(),
-                ..Answer::default()
+                authorities: Vec::new(),
+                // Glue (the addresses of SRV and MX targets) the upstream added.
+                additionals: lookup.additionals().to_vec(),
             },
             Ok(Err(NetError::Dns(ResolveError::NoRecordsFound(no_records)))) => Answer {
                 // NXDOMAIN, or NOERROR without records (NODATA), with the SOA that says how

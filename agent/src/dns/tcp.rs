@@ -47,9 +47,10 @@ pub(crate) async fn serve(
                     () = shutdown.cancelled() => break,
                     answered = handler.forward(forwarding) => answered,
                 };
+                // No answer could be encoded: close rather than leave the client waiting.
                 match answered {
                     Some(bytes) => bytes,
-                    None => continue,
+                    None => break,
                 }
             }
         };
