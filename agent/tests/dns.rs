@@ -627,3 +627,119 @@ async fn a_taken_port_is_an_error_for_the_caller() {
         Ok(_) => panic!("bound a taken port"),
     }
 }
+
+/// Whether the server closed `stream`: reading reaches its end (or a reset) before the deadline.
+async fn closed_by_server(stream: &mut TcpStream) -> bool {
+    let mut rest = Vec::new();
+    match tokio::time::timeout(DEADLINE, stream.read_to_end(&mut rest)).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(error)) => error.kind() == std::io::ErrorKind::ConnectionReset,
+        Err(_) => false,
+    }
+}
+
+#[tokio::test]
+async fn tcp_connections_beyond_the_cap_are_closed_at_once_and_counted() {
+    let dns = Running::start(
+        DnsSettings {
+            max_tcp_connections: 1,
+            ..settings(nowhere())
+        },
+        two_services(),
+    )
+    .await;
+    let series = r#"hyphae_connections_refused_total{listener="dns"}"#;
+    let before = counter(series);
+    let mut first = TcpStream::connect(dns.address).await.unwrap();
+    // Answered, so the server holds it as its one connection.
+    let answer = tcp_exchange(&mut first, &query("payments.mesh.", RecordType::A, None)).await;
+    assert_eq!(addresses(&answer), [PAYMENTS]);
+    let mut second = TcpStream::connect(dns.address).await.unwrap();
+    assert!(closed_by_server(&mut second).await);
+    assert!(counter(series) > before);
+    // The first is still served.
+    let answer = tcp_exchange(&mut first, &query("orders.mesh.", RecordType::A, None)).await;
+    assert_eq!(addresses(&answer), [ORDERS]);
+    dns.stop().await;
+}
+
+#[tokio::test]
+async fn a_silent_tcp_connection_is_closed_after_the_idle_timeout() {
+    let dns = Running::start(
+        DnsSettings {
+            tcp_idle_timeout: hyphae_policies::Duration::from_millis(100),
+            ..settings(nowhere())
+        },
+        two_services(),
+    )
+    .await;
+    let mut silent = TcpStream::connect(dns.address).await.unwrap();
+    assert!(closed_by_server(&mut silent).await);
+    // Half a query counts as silence too.
+    let mut halfway = TcpStream::connect(dns.address).await.unwrap();
+    halfway.write_all(&[0, 40, 1, 2]).await.unwrap();
+    assert!(closed_by_server(&mut halfway).await);
+    dns.stop().await;
+}
+
+#[tokio::test]
+async fn forwarded_queries_beyond_the_in_flight_cap_are_refused_and_counted() {
+    // Bound and silent: the first query waits for it, holding the only slot.
+    let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let dns = Running::start(
+        DnsSettings {
+            max_in_flight_forwards: 1,
+            forward_timeout: hyphae_policies::Duration::from_secs(60),
+            ..settings(vec![silent.local_addr().unwrap()])
+        },
+        two_services(),
+    )
+    .await;
+    let series = r#"hyphae_dns_refused_total{reason="forward_limit"}"#;
+    let before = counter(series);
+    let waiting = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let first = query("example.test.", RecordType::A, None);
+    waiting
+        .send_to(&first.to_vec().unwrap(), dns.address)
+        .await
+        .unwrap();
+    // Sent after the first to the same socket, so handled after it took the slot.
+    let second = udp(dns.address, "other.example.test.", RecordType::A).await;
+    assert_eq!(second.metadata.response_code, ResponseCode::Refused);
+    assert!(counter(series) > before);
+    // Mesh names need no slot.
+    let mesh = udp(dns.address, "payments.mesh.", RecordType::A).await;
+    assert_eq!(addresses(&mesh), [PAYMENTS]);
+    // Stopping does not wait for the upstream.
+    dns.stop().await;
+}
+
+#[tokio::test]
+async fn the_agent_never_forwards_to_itself() {
+    let server = DnsServer::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let address = server.local_addr();
+    let (_zone, changes) = watch::channel(Arc::new(two_services()));
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            server
+                .run(&settings(vec![address]), changes, shutdown)
+                .await
+        }
+    });
+    // With itself skipped there is nowhere to forward: refused at once, not looped.
+    let answer = udp(address, "example.test.", RecordType::A).await;
+    assert_eq!(answer.metadata.response_code, ResponseCode::Refused);
+    assert!(!answer.metadata.recursion_available);
+    let mesh = udp(address, "orders.mesh.", RecordType::A).await;
+    assert_eq!(addresses(&mesh), [ORDERS]);
+    shutdown.cancel();
+    tokio::time::timeout(DEADLINE, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
