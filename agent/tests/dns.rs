@@ -366,6 +366,29 @@ async fn a_malformed_packet_is_dropped_and_counted_and_the_server_keeps_answerin
     dns.stop().await;
 }
 
+#[tokio::test]
+async fn edns_is_answered_in_kind_and_a_version_above_0_gets_badvers() {
+    let dns = Running::start(settings(nowhere()), two_services()).await;
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let answer = exchange_on(
+        &socket,
+        dns.address,
+        &query("payments.mesh.", RecordType::A, Some(4096)),
+    )
+    .await;
+    assert_eq!(addresses(&answer), [PAYMENTS]);
+    let edns = answer.edns.expect("an OPT record in the answer");
+    assert_eq!(edns.max_payload(), 1232);
+    let mut future = query("payments.mesh.", RecordType::A, Some(4096));
+    if let Some(edns) = future.edns.as_mut() {
+        edns.set_version(1);
+    }
+    let answer = exchange_on(&socket, dns.address, &future).await;
+    assert_eq!(u16::from(answer.metadata.response_code), 16, "BADVERS");
+    assert!(answer.answers.is_empty());
+    dns.stop().await;
+}
+
 /// Sends queries from `socket` until one is refused; panics if `attempts` all pass.
 async fn until_refused(socket: &UdpSocket, server: SocketAddr, attempts: usize) -> usize {
     for sent in 1..=attempts {
@@ -577,6 +600,9 @@ async fn nxdomain_and_nodata_from_upstream_pass_through_with_its_soa() {
     let nodata = udp(dns.address, "example.test.", RecordType::MX).await;
     assert_eq!(nodata.metadata.response_code, ResponseCode::NoError);
     assert!(nodata.answers.is_empty());
+    // The upstream has no zone for this name and refuses it; so does the agent.
+    let elsewhere = udp(dns.address, "example.org.", RecordType::A).await;
+    assert_eq!(elsewhere.metadata.response_code, ResponseCode::Refused);
     dns.stop().await;
     upstream.stop().await;
 }

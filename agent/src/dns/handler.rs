@@ -108,6 +108,10 @@ impl Handler {
             Verdict::OverGlobal => return refuse(Refusal::Rate),
             Verdict::OverSource => return refuse(Refusal::SourceRate),
         }
+        if request.edns.as_ref().is_some_and(|edns| edns.version() > 0) {
+            // RFC 6891 §6.1.3: only EDNS version 0 exists; the client falls back to it.
+            return self.reply(&request, transport, zone, code(ResponseCode::BADVERS));
+        }
         if request.metadata.op_code != OpCode::Query {
             return self.reply(&request, transport, zone, code(ResponseCode::NotImp));
         }
