@@ -2,10 +2,11 @@
 //! every other name is forwarded to the host's resolvers. It keeps within the `dns.*` bounds
 //! whatever clients send, and never panics on a packet.
 //!
-//! A query takes this path: [`udp`] or [`tcp`] receives it; [`handler`] parses it ([`wire`]),
-//! checks the rate [`limits`], answers a mesh name from the [`zone`] or hands it to
-//! [`forward`], and encodes the answer to fit the transport ([`wire`]); [`metrics`] counts
-//! outcomes. Protocol handling is hickory-proto's; the loops are ours (decision 40).
+//! A query takes this path through `dns/`: `udp.rs` or `tcp.rs` receives it; `handler.rs`
+//! parses it (`wire.rs`), checks the rate `limits.rs`, answers a mesh name from `zone.rs` or
+//! hands it to `forward.rs`, and encodes the answer to fit the transport (`wire.rs`);
+//! [`metrics`] counts outcomes. Protocol handling is hickory-proto's; the loops are ours
+//! (decision 40).
 
 mod forward;
 mod handler;
