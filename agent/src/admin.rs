@@ -196,7 +196,7 @@ fn endpoints(admin: &Admin) -> Vec<EndpointView> {
     for service in snapshot.services.values() {
         let state = admin.proxy.runtime.existing(&service.name);
         for endpoint in &service.endpoints {
-            let live = state.as_ref().map(|s| s.endpoint(endpoint.address));
+            let live = state.as_ref().map(|s| s.endpoint(endpoint.key()));
             let ejected_until = live
                 .as_ref()
                 .and_then(|l| l.outlier.lock().ok().and_then(|o| o.ejected_until(now)));

@@ -27,6 +27,7 @@ use crate::sources::Sources;
 use crate::tunnel::{
     DEFAULT_KEEP_ALIVE_INTERVAL, DEFAULT_KEEP_ALIVE_TIMEOUT, TunnelSettings, Tunnels,
 };
+use crate::virtual_listeners::VirtualListeners;
 use crate::watch::{Remote, WatchStatus, Watcher};
 
 /// Addresses the agent actually listens on (port 0 in the config becomes a real port).
@@ -130,10 +131,14 @@ impl Daemon {
         };
         let mut upstream_listeners = Vec::new();
         for upstream in &config.spec.upstreams {
-            upstream_listeners.push((
-                upstream.service.clone(),
-                bind("upstream", upstream.listen).await?,
-            ));
+            // `port: 9001` and `service: payments:9001` both lead to that port's instances.
+            let destination = match upstream.port {
+                Some(port) if !upstream.service.contains(':') => {
+                    crate::model::destination(&upstream.service, Some(port))
+                }
+                _ => upstream.service.clone(),
+            };
+            upstream_listeners.push((destination, bind("upstream", upstream.listen).await?));
         }
         let addresses = BoundAddresses {
             admin: admin_listener.local_addr()?,
@@ -230,6 +235,17 @@ impl Daemon {
         }
         for (service, listener) in upstream_listeners {
             daemon.spawn_outbound(listener, Target::Service(service.into()), limit.clone());
+        }
+        if listeners.virtual_ips {
+            let virtual_listeners = VirtualListeners {
+                proxy: Arc::clone(&proxy),
+                limit: limit.clone(),
+                accepting: daemon.accepting.clone(),
+                connections: daemon.connections.clone(),
+            };
+            daemon.accepting.spawn(
+                virtual_listeners.run(daemon.sources.subscribe(), daemon.stop_accepting.clone()),
+            );
         }
         let watcher = Watcher {
             control_plane,

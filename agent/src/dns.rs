@@ -6,7 +6,7 @@
 //! parses it (`wire.rs`), checks the rate `limits.rs`, answers a mesh name from `zone.rs` or
 //! hands it to `forward.rs`, and encodes the answer to fit the transport (`wire.rs`);
 //! [`metrics`] counts outcomes. Protocol handling is hickory-proto's; the loops are ours
-//! (decision 40).
+//! (decision 41).
 
 mod forward;
 mod handler;

@@ -1,7 +1,8 @@
 //! hyphae-agent: the per-host half of the mesh.
 //!
 //! A call from a local app takes this path through the crate:
-//! - [`proxy::outbound`] accepts it on an upstream port or the HTTP proxy port;
+//! - [`proxy::outbound`] accepts it on an upstream port, the HTTP proxy port, or a service's
+//!   virtual IP ([`virtual_listeners`] keeps those in step with the snapshot);
 //! - [`proxy::call`] picks the destination with [`route`], enforces the per-service limit
 //!   ([`circuit`]) and makes tries, retrying as [`retry`] allows with the body kept by
 //!   [`replay`]; byte streams (TCP, upgrades, CONNECT) open through [`proxy::stream`] and are
@@ -46,4 +47,5 @@ pub mod route;
 pub mod sources;
 pub mod state;
 pub mod tunnel;
+pub mod virtual_listeners;
 pub mod watch;

@@ -56,6 +56,13 @@ pub const INBOUND_TLS_REFUSED: &str = "hyphae_inbound_tls_refused_total";
 /// Seconds until this node's certificate expires (renewed at two thirds of its life).
 pub const CERTIFICATE_EXPIRY: &str = "hyphae_certificate_expiry_seconds";
 
+/// Virtual IP listeners open (one per service port).
+pub const VIRTUAL_LISTENERS: &str = "hyphae_virtual_ip_listeners";
+/// Virtual IP addresses the agent wants to listen on but cannot bind.
+pub const VIRTUAL_LISTENERS_UNBOUND: &str = "hyphae_virtual_ip_listeners_unbound";
+/// Failed binds of virtual IP listeners.
+pub const VIRTUAL_LISTENER_BIND_FAILURES: &str = "hyphae_virtual_ip_bind_failures_total";
+
 /// Histogram buckets for request durations, in seconds.
 const DURATION_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -144,7 +151,30 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         SAVED_SNAPSHOT_UNREADABLE,
         "1 while the saved control-plane state is unreadable and no control plane has sent a fresh one."
     );
+    describe_gauge!(
+        VIRTUAL_LISTENERS,
+        "Listeners open on services' virtual IPs, one per service port."
+    );
+    describe_gauge!(
+        VIRTUAL_LISTENERS_UNBOUND,
+        "Service virtual IP addresses the agent cannot bind (another process holds them)."
+    );
+    describe_counter!(
+        VIRTUAL_LISTENER_BIND_FAILURES,
+        "Failed binds of virtual IP listeners (each address counted once per distinct error)."
+    );
     Ok(handle)
+}
+
+/// Records how many virtual IP listeners are open and how many cannot be bound.
+pub fn virtual_listeners(open: usize, unbound: usize) {
+    gauge!(VIRTUAL_LISTENERS).set(open as f64);
+    gauge!(VIRTUAL_LISTENERS_UNBOUND).set(unbound as f64);
+}
+
+/// Counts a virtual IP listener that could not be bound.
+pub fn virtual_listener_bind_failed() {
+    counter!(VIRTUAL_LISTENER_BIND_FAILURES).increment(1);
 }
 
 /// The counter of HTTP body bytes for `service` in `direction` (`sent` or `received`).

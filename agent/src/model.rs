@@ -3,7 +3,7 @@
 //! control plane later; the data path never knows which, it only swaps snapshots atomically.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use http::HeaderValue;
@@ -59,6 +59,8 @@ pub struct Snapshot {
     pub access: BTreeMap<String, AccessPolicySpec>,
     /// Local ports that lead to services.
     pub upstreams: Vec<Upstream>,
+    /// Services apps reach by name with no configuration, by service name.
+    pub virtual_services: BTreeMap<String, VirtualService>,
     /// Resource limits.
     pub limits: AgentLimits,
 }
@@ -78,25 +80,36 @@ pub struct Service {
     pub access: Option<AccessPolicySpec>,
     /// Where it runs.
     pub endpoints: Vec<Endpoint>,
-    /// Its name as the `hyphae-destination` header value, made once; `None` if the name cannot
-    /// be one (validated names always can).
-    #[serde(skip)]
-    destination: Option<HeaderValue>,
     /// Handles to its metrics.
     #[serde(skip)]
     pub metrics: ServiceMetrics,
 }
 
-impl Service {
-    /// Its name as the value of the `hyphae-destination` header that tells the peer agent
-    /// which service a call is for.
+/// What tells endpoints apart: the peer agent's address and the instance's port behind it.
+pub type EndpointKey = (SocketAddr, Option<u16>);
+
+impl Endpoint {
+    /// What tells it from the service's other endpoints.
+    pub fn key(&self) -> EndpointKey {
+        (self.address, self.port)
+    }
+
+    /// The `hyphae-destination` header that tells the peer which instance the call is for.
     pub fn destination_header(&self) -> Result<HeaderValue, ProxyError> {
         self.destination.clone().ok_or_else(|| {
-            ProxyError::BadRequest(
-                format!("service name `{}` is not a valid header value", self.name).into(),
-            )
+            ProxyError::BadRequest("the endpoint's service name is not a valid header value".into())
         })
     }
+}
+
+/// A service apps reach with no configuration: `<name>.mesh` resolves to `address`, where the
+/// agent listens at each of the service's ports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VirtualService {
+    /// Its virtual IP, the same on every host.
+    pub address: Ipv4Addr,
+    /// The ports its instances (or its `ExternalService`) listen on, with their protocol.
+    pub ports: BTreeMap<u16, Protocol>,
 }
 
 /// A local instance as the inbound path addresses it, worked out once per snapshot.
@@ -126,11 +139,18 @@ impl LocalInstance {
     }
 }
 
-/// One place a service runs: the inbound address of the agent in front of an instance.
+/// One place a service runs: the inbound address of the agent in front of an instance, and
+/// which of that agent's instances it is when it hosts several.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Endpoint {
     /// Address to connect to.
     pub address: SocketAddr,
+    /// The instance's port behind that agent, when known: the peer delivers to exactly it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// What the `hyphae-destination` header says to the peer: `service` or `service:port`.
+    #[serde(skip)]
+    destination: Option<HeaderValue>,
     /// Node it is on, when known.
     pub node: Option<String>,
     /// Site it is in.
@@ -176,13 +196,21 @@ impl Snapshot {
                     .iter()
                     .map(|e| Endpoint {
                         address: e.address,
+                        port: e.port,
+                        destination: HeaderValue::from_str(&destination(
+                            base_name(&s.name),
+                            e.port,
+                        ))
+                        .ok(),
                         node: e.node.clone(),
                         site: e.site.clone().unwrap_or_else(|| site.clone()),
                         tags: e.tags.clone(),
                     })
                     .collect();
+                // A port's view of a service (`payments:9001`) follows the service's policies.
+                let base = base_name(&s.name);
                 let route = routes
-                    .get(&s.name)
+                    .get(base)
                     .map(|(name, spec)| CompiledRoute::new(name, spec.clone()));
                 let metrics = ServiceMetrics::new(
                     &s.name,
@@ -191,11 +219,10 @@ impl Snapshot {
                 let service = Service {
                     name: s.name.clone(),
                     protocol: s.protocol,
-                    policy: service_policies.get(&s.name).cloned().unwrap_or_default(),
+                    policy: service_policies.get(base).cloned().unwrap_or_default(),
                     route,
-                    access: access.get(&s.name).cloned(),
+                    access: access.get(base).cloned(),
                     endpoints,
-                    destination: HeaderValue::from_str(&s.name).ok(),
                     metrics,
                 };
                 (s.name.clone(), Arc::new(service))
@@ -214,27 +241,64 @@ impl Snapshot {
                 .iter()
                 .map(|s| (s.name.clone(), s.clone()))
                 .collect(),
-            instances: config
-                .spec
-                .services
-                .iter()
-                .map(|s| (s.name.clone(), LocalInstance::new(s)))
-                .collect(),
+            instances: local_instances(&config.spec.services),
             upstreams: config.spec.upstreams.clone(),
+            virtual_services: BTreeMap::new(),
             limits: config.spec.limits.clone(),
             access,
         }
     }
 
-    /// The service a caller means by `host` (`payments`, `payments.mesh`, `payments.mesh:8080`).
+    /// The service a caller means by `host` (`payments`, `payments.mesh`, `payments.mesh:8080`):
+    /// the port's own view when the service has several ports, else the service.
     pub fn service_for_host(&self, host: &str, zone: &str) -> Option<&Arc<Service>> {
         let name = host_without_port(host);
         let name = name
             .strip_suffix(zone)
             .and_then(|n| n.strip_suffix('.'))
             .unwrap_or(name);
-        self.services.get(name)
+        let port = &host[host_without_port(host).len()..];
+        self.services
+            .get(&format!("{name}{port}"))
+            .or_else(|| self.services.get(name))
     }
+
+    /// The service a destination names: `payments`, or `payments:9001` for one port of it
+    /// (that port's view when the service has several ports, else the service itself).
+    pub fn service(&self, destination: &str) -> Option<&Arc<Service>> {
+        self.services
+            .get(destination)
+            .or_else(|| self.services.get(base_name(destination)))
+    }
+}
+
+/// The service a destination (`payments` or `payments:9001`) is part of.
+pub fn base_name(destination: &str) -> &str {
+    destination
+        .split_once(':')
+        .map_or(destination, |(name, _)| name)
+}
+
+/// The destination that names `service`, or one port of it.
+pub fn destination(service: &str, port: Option<u16>) -> String {
+    match port {
+        Some(port) => format!("{service}:{port}"),
+        None => service.to_string(),
+    }
+}
+
+/// This host's instances as the inbound path finds them: by `service:port`, and by `service`
+/// alone for the first instance of each service (what a peer that names no port gets).
+fn local_instances(services: &[LocalService]) -> BTreeMap<String, LocalInstance> {
+    let mut instances = BTreeMap::new();
+    for service in services {
+        let instance = LocalInstance::new(service);
+        instances
+            .entry(service.name.clone())
+            .or_insert_with(|| instance.clone());
+        instances.insert(destination(&service.name, Some(service.port)), instance);
+    }
+    instances
 }
 
 /// `host:port` or `[v6]:port` without the port.

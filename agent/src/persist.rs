@@ -32,6 +32,9 @@ pub struct Saved {
     /// The identity of the cluster it came from (absent in older files).
     #[serde(default)]
     pub cluster: Option<String>,
+    /// Every service's virtual IP (absent in older files).
+    #[serde(default)]
+    pub virtual_ips: std::collections::BTreeMap<String, std::net::Ipv4Addr>,
 }
 
 fn path(data_dir: &Path) -> PathBuf {
@@ -253,6 +256,7 @@ mod tests {
             }],
             nodes: vec![],
             cluster: None,
+            virtual_ips: Default::default(),
         };
         save(&dir, &first).unwrap();
         assert_eq!(load(&dir).unwrap(), Some(first));
@@ -268,6 +272,7 @@ mod tests {
                 revision: 4,
             }],
             cluster: Some("c1".into()),
+            virtual_ips: [("web".to_string(), std::net::Ipv4Addr::new(127, 64, 0, 1))].into(),
         };
         save(&dir, &second).unwrap();
         assert_eq!(load(&dir).unwrap(), Some(second));

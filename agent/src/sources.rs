@@ -4,6 +4,7 @@
 //! the static services of the same name (or make new services).
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -12,7 +13,7 @@ use hyphae_policies::watch::PolicyRecord;
 use hyphae_policies::{LoadOptions, Policy, StaticEndpoint, StaticService, load_str};
 
 use crate::config::AgentConfig;
-use crate::model::Snapshot;
+use crate::model::{Snapshot, VirtualService};
 use crate::proxy::Proxy;
 use crate::watch::{Origin, Remote};
 
@@ -24,6 +25,7 @@ type ParsedDocument = (u64, Vec<Policy>);
 struct RemoteHalf {
     policies: Vec<Policy>,
     services: Vec<StaticService>,
+    virtual_services: BTreeMap<String, VirtualService>,
     revision: u64,
     origin: Origin,
 }
@@ -36,6 +38,9 @@ pub struct Sources {
     /// Each control-plane document as last read, with the revision it was read at.
     parsed: Mutex<BTreeMap<(String, String), ParsedDocument>>,
     generation: AtomicU64,
+    /// The generation of the snapshot in force, for parts that follow it (virtual IP
+    /// listeners, the DNS zone).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Sources {
@@ -47,7 +52,13 @@ impl Sources {
             remote: Mutex::new(None),
             parsed: Mutex::new(BTreeMap::new()),
             generation: AtomicU64::new(1),
+            changes: tokio::sync::watch::Sender::new(1),
         })
+    }
+
+    /// Wakes whenever a new snapshot is in force; read it from the proxy.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// A new local configuration (SIGHUP); returns the new snapshot's generation.
@@ -77,6 +88,7 @@ impl Sources {
         drop(parsed);
         let nodes: Vec<NodeRecord> = remote.nodes.values().cloned().collect();
         *self.remote.lock().unwrap_or_else(|p| p.into_inner()) = Some(RemoteHalf {
+            virtual_services: virtual_services(&remote.virtual_ips, &nodes, &policies),
             policies,
             services: registry_services(&nodes),
             revision: remote.revision,
@@ -114,12 +126,14 @@ impl Sources {
         let mut snapshot = Snapshot::from_config(&config, generation);
         if let Some(remote) = remote {
             snapshot.control_plane_revision = Some(remote.revision);
+            snapshot.virtual_services = remote.virtual_services;
             snapshot.source = match remote.origin {
                 Origin::ControlPlane => crate::model::Source::ControlPlane,
                 Origin::Disk => crate::model::Source::Disk,
             };
         }
         self.proxy.snapshot.store(Arc::new(snapshot));
+        self.changes.send_replace(generation);
         crate::metrics::revision(generation);
         generation
     }
@@ -141,47 +155,109 @@ fn parse(record: &PolicyRecord) -> Vec<Policy> {
 }
 
 /// The registry's services as the agent calls them: each service's passing instances, reached
-/// through the inbound listener of the node that hosts them. A service with no passing
-/// instance has no endpoints (callers get a fast 503), as in Consul and Linkerd. A node hosting several instances of one service is one endpoint: its inbound listener.
+/// through the inbound listener of the node that hosts them, each instance an endpoint of its
+/// own (a node may host several, on different ports). A service with no passing instance has
+/// no endpoints (callers get a fast 503), as in Consul and Linkerd. A service whose instances
+/// listen on several ports also gets one view per port, `name:port`, holding only the
+/// instances on that port: what `name.mesh:port` and an upstream with a port reach.
 fn registry_services(nodes: &[NodeRecord]) -> Vec<StaticService> {
-    registry::services(nodes)
-        .into_iter()
-        .map(|service| {
-            let mut endpoints: Vec<StaticEndpoint> = Vec::new();
-            for instance in service.instances {
-                if instance.health != Health::Passing
-                    || endpoints.iter().any(|e| e.address == instance.address)
-                {
-                    continue;
-                }
-                endpoints.push(StaticEndpoint {
-                    address: instance.address,
-                    node: Some(instance.node),
-                    site: Some(instance.site),
-                    tags: instance.tags,
+    let mut services = Vec::new();
+    for service in registry::services(nodes) {
+        let mut endpoints: Vec<StaticEndpoint> = Vec::new();
+        let mut ports = BTreeMap::new();
+        for instance in service.instances {
+            ports.entry(instance.port).or_insert_with(Vec::new);
+            if instance.health != Health::Passing
+                || endpoints
+                    .iter()
+                    .any(|e| e.address == instance.address && e.port == Some(instance.port))
+            {
+                continue;
+            }
+            let endpoint = StaticEndpoint {
+                address: instance.address,
+                node: Some(instance.node),
+                site: Some(instance.site),
+                tags: instance.tags,
+                port: Some(instance.port),
+            };
+            ports
+                .entry(instance.port)
+                .or_insert_with(Vec::new)
+                .push(endpoint.clone());
+            endpoints.push(endpoint);
+        }
+        if ports.len() > 1 {
+            for (port, endpoints) in ports {
+                services.push(StaticService {
+                    name: crate::model::destination(&service.name, Some(port)),
+                    protocol: service.protocol,
+                    endpoints,
                 });
             }
-            StaticService {
-                name: service.name,
-                protocol: service.protocol,
-                endpoints,
-            }
+        }
+        services.push(StaticService {
+            name: service.name,
+            protocol: service.protocol,
+            endpoints,
+        });
+    }
+    services
+}
+
+/// Every service with a virtual IP, with the ports its registered instances listen on (healthy
+/// or not: a port exists while an instance is registered) and those its `ExternalService`
+/// lists.
+fn virtual_services(
+    virtual_ips: &BTreeMap<String, Ipv4Addr>,
+    nodes: &[NodeRecord],
+    policies: &[Policy],
+) -> BTreeMap<String, VirtualService> {
+    let mut services: BTreeMap<String, VirtualService> = virtual_ips
+        .iter()
+        .map(|(name, address)| {
+            let service = VirtualService {
+                address: *address,
+                ports: BTreeMap::new(),
+            };
+            (name.clone(), service)
         })
-        .collect()
+        .collect();
+    let instances = nodes.iter().flat_map(|node| &node.instances);
+    for instance in instances {
+        if let Some(service) = services.get_mut(&instance.service) {
+            service
+                .ports
+                .entry(instance.port)
+                .or_insert(instance.protocol);
+        }
+    }
+    for policy in policies {
+        if let Policy::ExternalService(external) = policy
+            && let Some(service) = services.get_mut(&external.metadata.name)
+        {
+            for port in &external.spec.ports {
+                service.ports.entry(port.port).or_insert(port.protocol);
+            }
+        }
+    }
+    services
 }
 
 /// Adds the registry's services to the local file's static ones: endpoints of a service both
-/// know are joined (an address listed twice is kept once); the rest is appended.
+/// know are joined (an address listed twice is kept once, unless both name different
+/// ports); the rest is appended.
 fn merge_services(local: &mut Vec<StaticService>, registered: &[StaticService]) {
     for service in registered {
         match local.iter_mut().find(|s| s.name == service.name) {
             Some(existing) => {
                 for endpoint in &service.endpoints {
-                    if !existing
-                        .endpoints
-                        .iter()
-                        .any(|e| e.address == endpoint.address)
-                    {
+                    if !existing.endpoints.iter().any(|e| {
+                        e.address == endpoint.address
+                            && (e.port.is_none()
+                                || endpoint.port.is_none()
+                                || e.port == endpoint.port)
+                    }) {
                         existing.endpoints.push(endpoint.clone());
                     }
                 }
@@ -230,6 +306,7 @@ mod tests {
                 node: None,
                 site: None,
                 tags: Default::default(),
+                port: None,
             }],
         }];
         merge_services(&mut local, &registry_services(&nodes));
@@ -247,5 +324,48 @@ mod tests {
         let services = registry_services(&[node("web-2", "10.0.0.2:4143", Health::Critical)]);
         assert_eq!(services.len(), 1);
         assert!(services[0].endpoints.is_empty());
+    }
+
+    #[test]
+    fn each_instance_is_an_endpoint_and_each_port_of_a_service_has_a_view() {
+        let mut host = node("web-1", "10.0.0.1:4143", Health::Passing);
+        let mut second = host.instances[0].clone();
+        second.port = 9090;
+        host.instances.push(second);
+        let other = node("web-2", "10.0.0.2:4143", Health::Passing);
+        let services = registry_services(&[host, other]);
+        let by_name: BTreeMap<&str, Vec<(String, Option<u16>)>> = services
+            .iter()
+            .map(|s| {
+                let endpoints = s
+                    .endpoints
+                    .iter()
+                    .map(|e| (e.address.to_string(), e.port))
+                    .collect();
+                (s.name.as_str(), endpoints)
+            })
+            .collect();
+        let endpoint = |address: &str, port: u16| (address.to_string(), Some(port));
+        assert_eq!(
+            by_name,
+            BTreeMap::from([
+                (
+                    "web",
+                    vec![
+                        endpoint("10.0.0.1:4143", 8080),
+                        endpoint("10.0.0.1:4143", 9090),
+                        endpoint("10.0.0.2:4143", 8080),
+                    ]
+                ),
+                (
+                    "web:8080",
+                    vec![
+                        endpoint("10.0.0.1:4143", 8080),
+                        endpoint("10.0.0.2:4143", 8080)
+                    ]
+                ),
+                ("web:9090", vec![endpoint("10.0.0.1:4143", 9090)]),
+            ])
+        );
     }
 }

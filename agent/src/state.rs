@@ -2,7 +2,6 @@
 //! per-endpoint load and outlier state. A new snapshot keeps what it still names.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 
@@ -11,7 +10,7 @@ use tokio::time::Instant;
 
 use crate::balance::EndpointLoad;
 use crate::circuit::{Limit, OutlierState};
-use crate::model::Endpoint;
+use crate::model::{Endpoint, EndpointKey};
 use crate::retry::RetryBudget;
 
 /// Live state of one endpoint.
@@ -36,14 +35,14 @@ pub struct ServiceState {
     pub streams: Limit,
     /// Round-robin position.
     pub round_robin: AtomicUsize,
-    endpoints: Arc<Mutex<HashMap<SocketAddr, Arc<EndpointState>>>>,
+    endpoints: Arc<Mutex<HashMap<EndpointKey, Arc<EndpointState>>>>,
 }
 
 impl ServiceState {
-    /// The state of the endpoint at `address`, created on first use.
-    pub fn endpoint(&self, address: SocketAddr) -> Arc<EndpointState> {
+    /// The state of the endpoint `key`, created on first use.
+    pub fn endpoint(&self, key: EndpointKey) -> Arc<EndpointState> {
         let mut states = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        state_of(&mut states, address)
+        state_of(&mut states, key)
     }
 
     /// The states of `endpoints`, each paired with its endpoint and created on first use, all
@@ -55,17 +54,17 @@ impl ServiceState {
         let mut states = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
         endpoints
             .into_iter()
-            .map(|endpoint| (endpoint, state_of(&mut states, endpoint.address)))
+            .map(|endpoint| (endpoint, state_of(&mut states, endpoint.key())))
             .collect()
     }
 }
 
-/// The entry for `address`, created fresh if missing.
+/// The entry for `key`, created fresh if missing.
 fn state_of(
-    states: &mut HashMap<SocketAddr, Arc<EndpointState>>,
-    address: SocketAddr,
+    states: &mut HashMap<EndpointKey, Arc<EndpointState>>,
+    key: EndpointKey,
 ) -> Arc<EndpointState> {
-    Arc::clone(states.entry(address).or_insert_with(|| {
+    Arc::clone(states.entry(key).or_insert_with(|| {
         Arc::new(EndpointState {
             load: EndpointLoad::new(Instant::now()),
             outlier: Mutex::new(OutlierState::default()),

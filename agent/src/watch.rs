@@ -4,6 +4,7 @@
 //! answers.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -69,6 +70,8 @@ pub struct Remote {
     pub nodes: BTreeMap<String, NodeRecord>,
     /// The identity of the cluster it came from, once known.
     pub cluster: Option<String>,
+    /// Every service's virtual IP, by service name.
+    pub virtual_ips: BTreeMap<String, Ipv4Addr>,
     /// Where it came from.
     pub origin: Origin,
 }
@@ -81,6 +84,7 @@ impl Remote {
             policies: BTreeMap::new(),
             nodes: BTreeMap::new(),
             cluster: None,
+            virtual_ips: BTreeMap::new(),
             origin: Origin::Disk,
         }
     }
@@ -101,6 +105,7 @@ impl Remote {
                 .map(|n| (n.name.clone(), n))
                 .collect(),
             cluster: saved.cluster,
+            virtual_ips: saved.virtual_ips,
             origin,
         }
     }
@@ -112,6 +117,7 @@ impl Remote {
             policies: self.policies.values().cloned().collect(),
             nodes: self.nodes.values().cloned().collect(),
             cluster: self.cluster.clone(),
+            virtual_ips: self.virtual_ips.clone(),
         }
     }
 }
@@ -126,18 +132,21 @@ pub fn apply_event(remote: &mut Remote, event: WatchEvent) -> bool {
             policies,
             nodes,
             cluster,
+            virtual_ips,
         } => {
             let saved = Saved {
                 revision,
                 policies,
                 nodes,
                 cluster,
+                virtual_ips,
             };
             let next = Remote::from_saved(saved, Origin::ControlPlane);
             let changed = next.policies != remote.policies
                 || next.nodes != remote.nodes
                 || next.revision != remote.revision
-                || next.cluster != remote.cluster;
+                || next.cluster != remote.cluster
+                || next.virtual_ips != remote.virtual_ips;
             *remote = next;
             changed
         }
@@ -148,6 +157,7 @@ pub fn apply_event(remote: &mut Remote, event: WatchEvent) -> bool {
             deletes,
             node_upserts,
             node_deletes,
+            virtual_ips,
         } => {
             for policy in upserts {
                 remote
@@ -162,6 +172,9 @@ pub fn apply_event(remote: &mut Remote, event: WatchEvent) -> bool {
             }
             for name in node_deletes {
                 remote.nodes.remove(&name);
+            }
+            if let Some(virtual_ips) = virtual_ips {
+                remote.virtual_ips = virtual_ips;
             }
             remote.revision = revision;
             remote.origin = Origin::ControlPlane;
@@ -402,6 +415,7 @@ mod tests {
             policies,
             nodes: vec![],
             cluster: None,
+            virtual_ips: BTreeMap::new(),
         }
     }
 
@@ -417,6 +431,7 @@ mod tests {
             deletes,
             node_upserts: vec![],
             node_deletes: vec![],
+            virtual_ips: None,
         }
     }
 

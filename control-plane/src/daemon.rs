@@ -18,7 +18,7 @@ use crate::raft::Raft;
 use crate::config::NodeConfig;
 use crate::keepers::{
     bootstrap_token, certificate_authority, cluster_identity, lease_expiry, membership,
-    node_certificate,
+    node_certificate, virtual_ip_range,
 };
 use crate::node::Node;
 use crate::pki::{self, JoinTicket};
@@ -114,6 +114,7 @@ impl RunningNode {
             )),
             tokio::spawn(lease_expiry::keep(Arc::clone(&node), shutdown.clone())),
             tokio::spawn(cluster_identity::keep(Arc::clone(&node), shutdown.clone())),
+            tokio::spawn(virtual_ip_range::keep(Arc::clone(&node), shutdown.clone())),
             tokio::spawn(certificate_authority::keep(
                 Arc::clone(&node),
                 shutdown.clone(),

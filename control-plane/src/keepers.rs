@@ -7,6 +7,7 @@
 //! - [`certificate_authority`]: stores the cluster's root certificate, once.
 //! - [`node_certificate`]: renews this node's certificate at two thirds of its life.
 //! - [`membership`]: adds a node that joined with a token to the cluster.
+//! - [`virtual_ip_range`]: fixes the block services' virtual IPs come from, once.
 
 pub mod bootstrap_token;
 pub mod certificate_authority;
@@ -14,6 +15,7 @@ pub mod cluster_identity;
 pub mod lease_expiry;
 pub mod membership;
 pub mod node_certificate;
+pub mod virtual_ip_range;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -53,6 +53,7 @@ pub mod state;
 pub mod store;
 pub mod tokens;
 pub mod transfer;
+pub mod virtual_ips;
 pub mod watch;
 pub mod wire;
 

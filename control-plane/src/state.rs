@@ -9,8 +9,14 @@ use hyphae_policies::registry::{HealthChange, NodeRecord};
 pub use crate::ca::StoredCa;
 pub use crate::join_tokens::{JoinRefused, JoinToken};
 pub use crate::tokens::StoredToken;
+use hyphae_policies::VirtualIpRange;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+pub use crate::virtual_ips::{SavedVirtualIps, VirtualIps};
+
+/// The kind whose objects are services outside the mesh, each with a virtual IP of its own.
+const EXTERNAL_SERVICE: &str = "ExternalService";
 
 /// One policy document as an operator applied it: the YAML text of that single document, with
 /// the `kind` and `metadata.name` the API layer read from it when it validated the document.
@@ -62,6 +68,8 @@ pub enum StateKey {
     Ca,
     /// The table of join tokens (never sent to agents).
     JoinTokens,
+    /// Every service's virtual IP.
+    VirtualIps,
 }
 
 /// The value a [`StateKey`] has in one state, to tell whether a command really changed it.
@@ -77,6 +85,8 @@ pub enum KeyValue {
     Tokens(BTreeMap<String, StoredToken>),
     /// The certificate authority, or none yet.
     Ca(Option<StoredCa>),
+    /// The generation of the virtual IP table (it changes whenever the table does).
+    VirtualIps(u64),
     /// Every join token.
     JoinTokens(BTreeMap<String, JoinToken>),
 }
@@ -197,6 +207,12 @@ pub enum Command {
         /// The leader's clock when it proposed the entry (every node applies the same time).
         now_ms: u64,
     },
+    /// Fix the block virtual IPs come from, unless one is fixed (the first applied wins), and
+    /// give every service an address.
+    SetVirtualIpRange {
+        /// The block, from the first leader's configuration.
+        range: VirtualIpRange,
+    },
 }
 
 impl Command {
@@ -212,25 +228,36 @@ impl Command {
                         name: doc.name.clone(),
                     })
                 })
+                .chain([StateKey::VirtualIps])
                 .collect(),
-            Command::DeletePolicy { kind, name } => vec![StateKey::Policy(PolicyKey {
-                kind: kind.clone(),
-                name: name.clone(),
-            })],
-            Command::RegisterNode { node, .. } => vec![StateKey::Node(node.name.clone())],
-            Command::ReportHealth { node, .. } | Command::DeregisterNode { node } => {
-                vec![StateKey::Node(node.clone())]
+            Command::DeletePolicy { kind, name } => vec![
+                StateKey::Policy(PolicyKey {
+                    kind: kind.clone(),
+                    name: name.clone(),
+                }),
+                StateKey::VirtualIps,
+            ],
+            Command::RegisterNode { node, .. } => {
+                vec![StateKey::Node(node.name.clone()), StateKey::VirtualIps]
+            }
+            Command::ReportHealth { node, .. } => vec![StateKey::Node(node.clone())],
+            Command::DeregisterNode { node } => {
+                vec![StateKey::Node(node.clone()), StateKey::VirtualIps]
             }
             Command::ExpireNodes { nodes } => nodes
                 .iter()
                 .map(|n| StateKey::Node(n.name.clone()))
+                .chain([StateKey::VirtualIps])
                 .collect(),
             Command::SetClusterId { .. } => vec![StateKey::Cluster],
             Command::CreateToken { .. } | Command::RevokeToken { .. } => vec![StateKey::Tokens],
             Command::SetCa { .. } | Command::RotateCa { .. } => vec![StateKey::Ca],
-            Command::ReleaseNode { name } => {
-                vec![StateKey::Node(name.clone()), StateKey::JoinTokens]
-            }
+            Command::ReleaseNode { name } => vec![
+                StateKey::Node(name.clone()),
+                StateKey::JoinTokens,
+                StateKey::VirtualIps,
+            ],
+            Command::SetVirtualIpRange { .. } => vec![StateKey::VirtualIps],
             Command::CreateJoinToken { .. }
             | Command::RevokeJoinToken { .. }
             | Command::UseJoinToken { .. } => vec![StateKey::JoinTokens],
@@ -333,6 +360,13 @@ pub enum CommandResponse {
         /// Whether the node was registered or its name issued.
         existed: bool,
     },
+    /// [`Command::SetVirtualIpRange`] ran.
+    VirtualIpRangeSet {
+        /// The log index of the entry.
+        revision: u64,
+        /// The block in force (an earlier one, if one was fixed).
+        range: VirtualIpRange,
+    },
     /// [`Command::RotateCa`] ran.
     CaRotated {
         /// The log index of the entry.
@@ -378,6 +412,7 @@ impl CommandResponse {
             | CommandResponse::CaSet { revision, .. }
             | CommandResponse::CaRotated { revision, .. }
             | CommandResponse::NodeReleased { revision, .. }
+            | CommandResponse::VirtualIpRangeSet { revision, .. }
             | CommandResponse::JoinTokenCreated { revision }
             | CommandResponse::JoinTokenRevoked { revision, .. }
             | CommandResponse::JoinTokenUsed { revision, .. } => *revision,
@@ -423,6 +458,8 @@ pub struct State {
     /// operator releases it (`DELETE /v1/nodes/{name}`), so a join token cannot make a
     /// certificate for a node that is only away.
     issued: BTreeSet<String>,
+    /// Every service's virtual IP.
+    virtual_ips: VirtualIps,
 }
 
 /// `value`'s size as JSON.
@@ -461,6 +498,17 @@ impl State {
     /// would take it past what a snapshot may carry are refused before they are proposed.
     pub fn approx_bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// Puts back the virtual IP table read from disk or from a snapshot.
+    pub fn with_virtual_ips(mut self, saved: SavedVirtualIps) -> Self {
+        self.virtual_ips.restore(saved);
+        self
+    }
+
+    /// Every service's virtual IP.
+    pub fn virtual_ips(&self) -> &VirtualIps {
+        &self.virtual_ips
     }
 
     /// Sets the cluster's identity read back from disk or from a snapshot.
@@ -531,6 +579,7 @@ impl State {
             StateKey::Tokens => KeyValue::Tokens(self.tokens.clone()),
             StateKey::Ca => KeyValue::Ca(self.ca.clone()),
             StateKey::JoinTokens => KeyValue::JoinTokens(self.join_tokens.clone()),
+            StateKey::VirtualIps => KeyValue::VirtualIps(self.virtual_ips.generation()),
         }
     }
 
@@ -774,6 +823,10 @@ impl State {
                 revision: log_index,
                 existed: self.issued.remove(&name) | self.take_node(&name).is_some(),
             },
+            Command::SetVirtualIpRange { range } => CommandResponse::VirtualIpRangeSet {
+                revision: log_index,
+                range: self.virtual_ips.set_range(range),
+            },
         }
     }
 
@@ -789,6 +842,10 @@ impl State {
     /// Stores `policy`, returning the one it replaced.
     fn insert(&mut self, policy: StoredPolicy) -> Option<StoredPolicy> {
         self.bytes += json_size(&policy);
+        if policy.kind == EXTERNAL_SERVICE && self.policy(EXTERNAL_SERVICE, &policy.name).is_none()
+        {
+            self.virtual_ips.name(&policy.name);
+        }
         let replaced = self
             .policies
             .entry(policy.kind.clone())
@@ -809,6 +866,9 @@ impl State {
         }
         if let Some(removed) = &removed {
             self.bytes = self.bytes.saturating_sub(json_size(removed));
+            if removed.kind == EXTERNAL_SERVICE {
+                self.virtual_ips.unname(&removed.name);
+            }
         }
         removed
     }
@@ -816,8 +876,22 @@ impl State {
     /// Stores `node`, replacing one of the same name.
     fn put_node(&mut self, node: NodeRecord) {
         self.bytes += json_size(&node);
+        // The new instances are counted before the replaced ones are dropped, so a service
+        // that stays registered never loses its address in between.
+        for instance in &node.instances {
+            self.virtual_ips.name(&instance.service);
+        }
         if let Some(replaced) = self.nodes.insert(node.name.clone(), node) {
-            self.bytes = self.bytes.saturating_sub(json_size(&replaced));
+            self.forget_node(&replaced);
+        }
+    }
+
+    /// Drops what a node that left counted towards: its share of the size and its services'
+    /// names.
+    fn forget_node(&mut self, node: &NodeRecord) {
+        self.bytes = self.bytes.saturating_sub(json_size(node));
+        for instance in &node.instances {
+            self.virtual_ips.unname(&instance.service);
         }
     }
 
@@ -825,7 +899,7 @@ impl State {
     fn take_node(&mut self, name: &str) -> Option<NodeRecord> {
         let taken = self.nodes.remove(name);
         if let Some(taken) = &taken {
-            self.bytes = self.bytes.saturating_sub(json_size(taken));
+            self.forget_node(taken);
         }
         taken
     }
@@ -1077,6 +1151,37 @@ pub(crate) mod tests {
                 health,
             }],
         }
+    }
+
+    #[test]
+    fn a_service_keeps_its_virtual_ip_while_registered_and_through_re_registration() {
+        let mut state = State::new();
+        state.apply(register(node("web-1", Health::Passing)), 1);
+        assert!(state.virtual_ips().assigned().is_empty(), "no block yet");
+        let range = VirtualIpRange::default();
+        let (_, changed) = state.apply_tracked(Command::SetVirtualIpRange { range }, 2);
+        assert_eq!(changed, vec![StateKey::VirtualIps]);
+        let web = state.virtual_ips().assigned()["web"];
+        assert!(range.contains(web));
+        for (index, command) in (3..).zip([
+            register(node("web-2", Health::Passing)),
+            register(node("web-1", Health::Critical)),
+            Command::DeregisterNode {
+                node: "web-1".into(),
+            },
+        ]) {
+            let (_, changed) = state.apply_tracked(command, index);
+            assert!(!changed.contains(&StateKey::VirtualIps), "{changed:?}");
+            assert_eq!(state.virtual_ips().assigned()["web"], web);
+        }
+        let (_, changed) = state.apply_tracked(
+            Command::DeregisterNode {
+                node: "web-2".into(),
+            },
+            6,
+        );
+        assert!(changed.contains(&StateKey::VirtualIps));
+        assert!(state.virtual_ips().assigned().is_empty());
     }
 
     #[test]

@@ -64,6 +64,7 @@ fn snapshot(state: &State) -> WatchEvent {
         policies: state.policies().map(record).collect(),
         nodes: state.nodes().cloned().collect(),
         cluster: state.cluster_id().map(str::to_owned),
+        virtual_ips: state.virtual_ips().assigned().clone(),
     }
 }
 
@@ -72,6 +73,7 @@ fn snapshot(state: &State) -> WatchEvent {
 fn delta(state: &State, keys: BTreeSet<StateKey>) -> WatchEvent {
     let (mut upserts, mut deletes, mut node_upserts, mut node_deletes) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut virtual_ips = None;
     for key in keys {
         match key {
             StateKey::Policy(PolicyKey { kind, name }) => match state.policy(&kind, &name) {
@@ -82,6 +84,7 @@ fn delta(state: &State, keys: BTreeSet<StateKey>) -> WatchEvent {
                 Some(node) => node_upserts.push(node.clone()),
                 None => node_deletes.push(name),
             },
+            StateKey::VirtualIps => virtual_ips = Some(state.virtual_ips().assigned().clone()),
             // Readers learn the identity from snapshots; it never changes once set.
             StateKey::Cluster | StateKey::Tokens | StateKey::Ca | StateKey::JoinTokens => {}
         }
@@ -92,6 +95,7 @@ fn delta(state: &State, keys: BTreeSet<StateKey>) -> WatchEvent {
         deletes,
         node_upserts,
         node_deletes,
+        virtual_ips,
     }
 }
 

@@ -442,7 +442,7 @@ async fn services_and_nodes_list_what_agents_registered() {
     assert_eq!(code, Some(0), "{text}");
     assert_eq!(
         squeeze(&text),
-        "NAME PROTOCOL INSTANCES NODES\ncatalog grpc 1/2 app-1,app-2\n"
+        "NAME PROTOCOL VIRTUAL-IP INSTANCES NODES\ncatalog grpc 127.64.0.1 1/2 app-1,app-2\n"
     );
     let (code, text) = hyphae(server, &["nodes", "--stale"]);
     assert_eq!(code, Some(0), "{text}");

@@ -123,6 +123,10 @@ pub struct Listeners {
         proptest(strategy = "crate::roundtrip_tests::optional_socket_addr()")
     )]
     pub dns: Option<SocketAddr>,
+    /// Listen on every mesh service's virtual IP, at each of its ports, so apps reach
+    /// `<service>.mesh:<port>` with no configuration; `false` turns it off (one agent per
+    /// host should own them). Default `true`.
+    pub virtual_ips: bool,
 }
 
 impl Default for Listeners {
@@ -133,6 +137,7 @@ impl Default for Listeners {
             inbound: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 4143),
             http_proxy: Some(SocketAddr::new(localhost, 4140)),
             dns: Some(SocketAddr::new(localhost, 5353)),
+            virtual_ips: true,
         }
     }
 }
@@ -350,4 +355,8 @@ pub struct StaticEndpoint {
     /// Tags for subsets.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
+    /// Which of the peer's instances of the service, by the port it listens on, when the
+    /// peer hosts several; unset lets the peer deliver to its first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
 }

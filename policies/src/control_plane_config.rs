@@ -63,6 +63,11 @@ pub struct ControlPlaneConfigSpec {
     pub limits: ControlPlaneLimits,
     /// The identities the cluster's certificate authority hands out.
     pub certificates: CertificatesConfig,
+    /// The loopback block every mesh service's virtual IP comes from. The cluster's first
+    /// leader fixes it; a later change has no effect (the node logs a warning). Default
+    /// `127.64.0.0/10`.
+    #[cfg_attr(test, proptest(value = "crate::VirtualIpRange::default()"))]
+    pub virtual_ips: crate::VirtualIpRange,
 }
 
 impl Default for ControlPlaneConfigSpec {
@@ -84,6 +89,7 @@ impl Default for ControlPlaneConfigSpec {
             transfer_timeout: Duration::from_secs(10),
             limits: ControlPlaneLimits::default(),
             certificates: CertificatesConfig::default(),
+            virtual_ips: crate::VirtualIpRange::default(),
         }
     }
 }

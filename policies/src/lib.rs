@@ -34,6 +34,7 @@ pub mod tls;
 pub mod tree;
 pub mod tree_de;
 pub mod validate;
+pub mod virtual_ip;
 pub mod watch;
 
 #[cfg(test)]
@@ -64,3 +65,4 @@ pub use service_policy::{
     Timeouts,
 };
 pub use validate::Completeness;
+pub use virtual_ip::VirtualIpRange;

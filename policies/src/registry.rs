@@ -150,6 +150,10 @@ pub struct ServiceSummary {
     pub protocol: Protocol,
     /// Every instance, ordered by node then port.
     pub instances: Vec<ServiceInstance>,
+    /// The address apps on every host reach it at (`<name>.mesh`), once the control plane
+    /// gave it one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_ip: Option<std::net::Ipv4Addr>,
 }
 
 /// Groups the instances of `nodes` by service, as `GET /v1/services` answers and as agents
@@ -164,6 +168,7 @@ pub fn services(nodes: &[NodeRecord]) -> Vec<ServiceSummary> {
                     name: instance.service.clone(),
                     protocol: instance.protocol,
                     instances: Vec::new(),
+                    virtual_ip: None,
                 });
             summary.instances.push(ServiceInstance {
                 node: node.name.clone(),

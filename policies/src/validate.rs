@@ -326,9 +326,10 @@ fn service_references(policy: &Policy) -> Vec<(FieldPath, &str)> {
         }
         Policy::AgentConfig(o) => {
             for (u, upstream) in o.spec.upstreams.iter().enumerate() {
+                let service = upstream.service.as_str();
                 refs.push((
                     spec.key("upstreams").index(u).key("service"),
-                    upstream.service.as_str(),
+                    service.split_once(':').map_or(service, |(name, _)| name),
                 ));
             }
         }

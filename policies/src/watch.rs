@@ -2,6 +2,9 @@
 //! JSON events that carry stored policies to agents. Shared by the control plane, which writes
 //! them, and the agent, which reads them.
 
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -41,6 +44,9 @@ pub enum WatchEvent {
         /// rebuilt cluster is told from a lagging node.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cluster: Option<String>,
+        /// Every service's virtual IP, by service name.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        virtual_ips: BTreeMap<String, Ipv4Addr>,
     },
     /// What changed since the previous event, bringing the reader to `revision`.
     Delta {
@@ -56,6 +62,9 @@ pub enum WatchEvent {
         /// Nodes gone (deregistered or expired), by name.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         node_deletes: Vec<String>,
+        /// The whole virtual IP table, when it changed (it is small, and rarely changes).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        virtual_ips: Option<BTreeMap<String, Ipv4Addr>>,
     },
     /// Nothing changed; the stream and the node are alive.
     Heartbeat {

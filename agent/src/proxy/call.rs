@@ -2,8 +2,6 @@
 //! to an endpoint chosen by the balancer, over the peer tunnel, under a per-try timeout —
 //! retried within the budget, all under the request timeout. Always ends in a response.
 
-use std::net::SocketAddr;
-
 use http::request::Parts;
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response, Uri, Version};
@@ -18,7 +16,7 @@ use crate::body::{self, Body};
 use crate::circuit::Outcome;
 use crate::error::{Cause, ERROR_HEADER, ProxyError};
 use crate::metrics;
-use crate::model::{DEFAULT_ROUTE, Service, Snapshot};
+use crate::model::{DEFAULT_ROUTE, EndpointKey, Service, Snapshot};
 use crate::replay::ReplayBody;
 use crate::retry::{self, TryResult};
 use crate::route::{self, Destination};
@@ -29,7 +27,7 @@ use crate::state::ServiceState;
 pub async fn call(proxy: &Proxy, service: &str, request: Request<Body>) -> Response<Body> {
     let started = Instant::now();
     let snapshot = proxy.snapshot.load_full();
-    let Some(known) = snapshot.services.get(service) else {
+    let Some(known) = snapshot.service(service) else {
         let response = error_response(&ProxyError::UnknownService(service.to_string()));
         metrics::request(service, DEFAULT_ROUTE, response.status(), started.elapsed());
         return response;
@@ -52,12 +50,14 @@ async fn call_service(
     let mut dice = |n: u64| rand::random_range(0..n.max(1));
     let destination = route::choose(&service.name, service.route.as_ref(), &parts, &mut dice)
         .ok_or_else(|| ProxyError::NoRoute(service.name.clone()))?;
-    let target = if destination.service == service.name {
+    // A port's view (`payments:9001`) stays itself where its route leads to its service.
+    let target = if destination.service == service.name
+        || destination.service == crate::model::base_name(&service.name)
+    {
         service
     } else {
         snapshot
-            .services
-            .get(destination.service)
+            .service(destination.service)
             .ok_or_else(|| ProxyError::UnknownService(destination.service.to_string()))?
     };
     let rule = destination.rule;
@@ -121,7 +121,7 @@ impl Call<'_> {
     async fn run(&self) -> Result<Response<Body>, ProxyError> {
         // Endpoints of earlier tries; filled only when there is a retry, so a call that needs
         // one try allocates nothing for it.
-        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut tried: Vec<EndpointKey> = Vec::new();
         let mut retries_done = 0;
         loop {
             let chosen = endpoint::choose(
@@ -151,7 +151,7 @@ impl Call<'_> {
             if wanted {
                 if self.state.budget.withdraw() {
                     retries_done += 1;
-                    tried.push(chosen.endpoint.address);
+                    tried.push(chosen.endpoint.key());
                     self.target.metrics.retry();
                     let wait = retry::backoff(self.retries, retries_done, rand::random::<f64>());
                     tracing::debug!(service = %self.target.name, retry = retries_done, ?wait, "retrying");
@@ -173,7 +173,7 @@ impl Call<'_> {
         chosen: &Chosen<'_>,
     ) -> Result<Response<hyper::body::Incoming>, ProxyError> {
         let send = retry::resend_unprocessed(self.body, |body| async {
-            let request = self.forward_request(body)?;
+            let request = self.forward_request(body, chosen)?;
             chosen
                 .send(self.proxy, self.target, self.state, request)
                 .await
@@ -199,7 +199,11 @@ impl Call<'_> {
 
     /// The request as sent to the peer agent: HTTP/2, original authority, no hop-by-hop
     /// headers, the destination service in a header, the rule's header rewrites applied.
-    fn forward_request(&self, body: Body) -> Result<Request<Body>, ProxyError> {
+    fn forward_request(
+        &self,
+        body: Body,
+        chosen: &Chosen<'_>,
+    ) -> Result<Request<Body>, ProxyError> {
         let parts = self.parts;
         let authority = request_authority(parts)
             .or_else(|| Authority::try_from(self.target.name.as_str()).ok())
@@ -219,7 +223,7 @@ impl Call<'_> {
         headers.clone_from(&parts.headers);
         strip_hop_by_hop(headers);
         headers.remove(http::header::HOST);
-        let destination = self.target.destination_header()?;
+        let destination = chosen.endpoint.destination_header()?;
         headers.insert(DESTINATION, destination);
         if let Some(rule) = self.destination.rule {
             rewrite(headers, &rule.request_headers);

@@ -18,7 +18,7 @@ use crate::balance::{self, Candidate, EndpointLoad};
 use crate::body::Body;
 use crate::circuit::{self, Outcome};
 use crate::error::{ERROR_HEADER, ProxyError};
-use crate::model::{Endpoint, Service, Snapshot};
+use crate::model::{Endpoint, EndpointKey, Service, Snapshot};
 use crate::state::{EndpointState, ServiceState};
 use crate::tunnel::Pending;
 
@@ -38,7 +38,7 @@ pub fn choose<'s>(
     target: &'s Service,
     subset: Option<&BTreeMap<String, String>>,
     service: &ServiceState,
-    tried: &[SocketAddr],
+    tried: &[EndpointKey],
 ) -> Result<Chosen<'s>, ProxyError> {
     let now = Instant::now();
     let mut endpoints = service.endpoints(target.endpoints.iter().filter(|e| {
@@ -51,7 +51,7 @@ pub fn choose<'s>(
             index,
             local_site: endpoint.site == snapshot.site,
             ejected: is_ejected(endpoint_state, now),
-            tried: tried.contains(&endpoint.address),
+            tried: tried.contains(&endpoint.key()),
             load: &endpoint_state.load,
         })
         .collect();

@@ -90,8 +90,7 @@ async fn speaks_tcp(proxy: &Proxy, service: &str, stream: &TcpStream) -> bool {
     let declared_opaque = proxy
         .snapshot
         .load()
-        .services
-        .get(service)
+        .service(service)
         .is_some_and(|s| matches!(s.protocol, Protocol::Tcp | Protocol::Tls));
     declared_opaque || detect::detect(stream, DETECT_TIMEOUT).await == Detected::Tcp
 }

@@ -2,8 +2,6 @@
 //! (WebSocket) each ride one HTTP/2 CONNECT stream on the pooled peer connection. Only the
 //! connect is retried, and only when the stream never reached an instance.
 
-use std::net::SocketAddr;
-
 use http::header::HeaderName;
 use http::uri::Authority;
 use http::{HeaderMap, Method, Request, Response, Uri};
@@ -16,7 +14,7 @@ use super::{Proxy, endpoint};
 use crate::body;
 use crate::circuit::{Outcome, Permit};
 use crate::error::{Cause, ProxyError};
-use crate::model::{Service, Snapshot};
+use crate::model::{EndpointKey, Service, Snapshot};
 
 /// The protocol a CONNECT stream upgrades to at the instance (`websocket`); absent for TCP.
 pub const UPGRADE: HeaderName = HeaderName::from_static("hyphae-upgrade");
@@ -44,8 +42,7 @@ pub async fn open(
     headers: HeaderMap,
 ) -> Result<OpenStream, ProxyError> {
     let target: &Service = snapshot
-        .services
-        .get(service)
+        .service(service)
         .ok_or_else(|| ProxyError::UnknownService(service.to_string()))?;
     let retries = &target.policy.retries;
     let state = proxy.runtime.service(&target.name, retries);
@@ -67,15 +64,15 @@ pub async fn open(
         .unwrap_or_else(|| format!("{}:0", target.name));
     let authority =
         Authority::try_from(authority).map_err(|e| ProxyError::BadRequest(Cause::new(e)))?;
-    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut tried: Vec<EndpointKey> = Vec::new();
     loop {
         let chosen = endpoint::choose(snapshot, target, None, &state, &tried)?;
-        tried.push(chosen.endpoint.address);
+        tried.push(chosen.endpoint.key());
         let mut request = Request::new(body::empty());
         *request.method_mut() = Method::CONNECT;
         *request.uri_mut() = Uri::from(authority.clone());
         *request.headers_mut() = headers.clone();
-        let destination = target.destination_header()?;
+        let destination = chosen.endpoint.destination_header()?;
         request.headers_mut().insert(DESTINATION, destination);
         let result = chosen.send(proxy, target, &state, request).await;
         let outcome = if result.is_ok() {

@@ -193,7 +193,15 @@ pub(crate) async fn nodes(node: &Node, request: &ApiRequest, name: Option<&str>)
 /// `GET /v1/services` and `GET /v1/services/{name}`: instances grouped by service.
 pub(crate) async fn services(node: &Node, request: &ApiRequest, name: Option<&str>) -> Answer {
     let nodes = registered(node, request).await?;
-    list_or_one(registry::services(&nodes), name, "service", |s| &s.name)
+    let virtual_ips = node
+        .state
+        .read(|state| state.virtual_ips().assigned().clone())
+        .await;
+    let mut services = registry::services(&nodes);
+    for service in &mut services {
+        service.virtual_ip = virtual_ips.get(&service.name).copied();
+    }
+    list_or_one(services, name, "service", |s| &s.name)
 }
 
 /// Every registered node, read as the request asks (linearizable unless `?stale=true`).

@@ -47,7 +47,8 @@ pub fn run_nodes(args: &RegistryArgs, out: &mut dyn std::io::Write) -> Result<Ou
     args.output.write(out, &nodes, nodes_table)
 }
 
-/// Services as `NAME PROTOCOL INSTANCES NODES`, instances counted as `passing/total`.
+/// Services as `NAME PROTOCOL VIRTUAL-IP INSTANCES NODES`, instances counted as
+/// `passing/total`.
 pub fn services_table(services: &[ServiceSummary]) -> String {
     let rows = services
         .iter()
@@ -67,12 +68,18 @@ pub fn services_table(services: &[ServiceSummary]) -> String {
             vec![
                 service.name.clone(),
                 wire_name(&service.protocol),
+                service
+                    .virtual_ip
+                    .map_or_else(|| "-".to_string(), |ip| ip.to_string()),
                 format!("{passing}/{}", service.instances.len()),
                 or_dash(nodes.join(",")),
             ]
         })
         .collect();
-    table(&["NAME", "PROTOCOL", "INSTANCES", "NODES"], rows)
+    table(
+        &["NAME", "PROTOCOL", "VIRTUAL-IP", "INSTANCES", "NODES"],
+        rows,
+    )
 }
 
 /// Nodes as `NAME SITE ADDRESS VERSION INSTANCES REVISION LEASE` (the lease left, from the
@@ -153,19 +160,21 @@ mod tests {
                     instance("app-1", 9001, Health::Critical),
                     instance("app-2", 9000, Health::Passing),
                 ],
+                virtual_ip: Some(std::net::Ipv4Addr::new(127, 64, 0, 1)),
             },
             ServiceSummary {
                 name: "payments-long-name".into(),
                 protocol: Protocol::Http,
                 instances: vec![],
+                virtual_ip: None,
             },
         ];
         assert_eq!(
             services_table(&services),
             "\
-NAME                PROTOCOL  INSTANCES  NODES
-catalog             grpc      2/3        app-1,app-2
-payments-long-name  http      0/0        -
+NAME                PROTOCOL  VIRTUAL-IP  INSTANCES  NODES
+catalog             grpc      127.64.0.1  2/3        app-1,app-2
+payments-long-name  http      -           0/0        -
 "
         );
     }

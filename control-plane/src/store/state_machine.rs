@@ -20,7 +20,8 @@ use crate::raft::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 use crate::state::{
-    CommandResponse, JoinToken, PolicyKey, State, StateKey, StoredCa, StoredPolicy, StoredToken,
+    CommandResponse, JoinToken, PolicyKey, SavedVirtualIps, State, StateKey, StoredCa,
+    StoredPolicy, StoredToken,
 };
 
 /// Policies by (kind, name), each the JSON of a [`StoredPolicy`].
@@ -43,6 +44,8 @@ const CA: &str = "ca";
 const JOIN_TOKENS: &str = "join_tokens";
 /// [`SM_META`] key of the node names joins have issued certificates for.
 const ISSUED: &str = "issued_names";
+/// [`SM_META`] key of the virtual IP table (a [`SavedVirtualIps`]).
+const VIRTUAL_IPS: &str = "virtual_ips";
 /// The current snapshot, by name: its metadata, its data, and a counter for snapshot ids.
 const SNAPSHOT: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("sm_snapshot");
 /// [`SNAPSHOT`] key of the current snapshot's [`SnapshotMeta`].
@@ -86,6 +89,7 @@ struct SnapshotDataRef<'a> {
     ca: Option<&'a StoredCa>,
     join_tokens: Vec<&'a JoinToken>,
     issued: Vec<&'a String>,
+    virtual_ips: &'a SavedVirtualIps,
 }
 
 /// Snapshot data as read back.
@@ -112,6 +116,9 @@ struct SnapshotData {
     /// Absent in snapshots written before joins recorded the names they issued.
     #[serde(default)]
     issued: Vec<String>,
+    /// Absent in snapshots written before services had virtual IPs.
+    #[serde(default)]
+    virtual_ips: SavedVirtualIps,
 }
 
 impl SnapshotData {
@@ -129,7 +136,8 @@ impl SnapshotData {
             .with_cluster_id(data.cluster)
             .with_tokens(data.tokens)
             .with_identity(data.ca, data.join_tokens)
-            .with_issued(data.issued))
+            .with_issued(data.issued)
+            .with_virtual_ips(data.virtual_ips))
     }
 }
 
@@ -160,6 +168,7 @@ impl StateMachineStore {
         let ca: Option<StoredCa> = read_value(&meta, CA)?;
         let join_tokens: Vec<JoinToken> = read_value(&meta, JOIN_TOKENS)?.unwrap_or_default();
         let issued: Vec<String> = read_value(&meta, ISSUED)?.unwrap_or_default();
+        let virtual_ips: SavedVirtualIps = read_value(&meta, VIRTUAL_IPS)?.unwrap_or_default();
         let mut policies = Vec::new();
         for item in txn.open_table(POLICIES)?.iter()? {
             let (_key, bytes) = item?;
@@ -177,7 +186,8 @@ impl StateMachineStore {
                 .with_cluster_id(cluster_id)
                 .with_tokens(tokens)
                 .with_identity(ca, join_tokens)
-                .with_issued(issued),
+                .with_issued(issued)
+                .with_virtual_ips(virtual_ips),
             last_applied,
             last_membership,
             changes: ChangeLog::new(revision, watch_history),
@@ -287,6 +297,7 @@ fn build_snapshot(db: &Database, applied: &RwLock<Applied>) -> Result<Snapshot, 
             ca: applied.state.ca(),
             join_tokens: applied.state.join_tokens().values().collect(),
             issued: applied.state.issued().iter().collect(),
+            virtual_ips: applied.state.virtual_ips().saved(),
         })?;
         (applied.last_applied, applied.last_membership.clone(), data)
     };
@@ -426,6 +437,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             write_cluster_id(&txn, &installed.state)?;
             write_tokens(&txn, &installed.state)?;
             write_identity(&txn, &installed.state)?;
+            write_virtual_ips(&txn, &installed.state)?;
             write_pointers(&txn, &installed)?;
             write_snapshot(&txn, &meta, &data)?;
             txn.commit()?;
@@ -493,6 +505,7 @@ fn write_touched(
             StateKey::Cluster => write_cluster_id(txn, state)?,
             StateKey::Tokens => write_tokens(txn, state)?,
             StateKey::Ca | StateKey::JoinTokens => write_identity(txn, state)?,
+            StateKey::VirtualIps => write_virtual_ips(txn, state)?,
         }
     }
     Ok(())
@@ -527,6 +540,13 @@ fn write_identity(txn: &WriteTransaction, state: &State) -> Result<(), DiskError
     meta.insert(JOIN_TOKENS, encode(&join_tokens)?.as_slice())?;
     let issued: Vec<&String> = state.issued().iter().collect();
     meta.insert(ISSUED, encode(&issued)?.as_slice())?;
+    Ok(())
+}
+
+/// Writes the virtual IP table inside `txn`.
+fn write_virtual_ips(txn: &WriteTransaction, state: &State) -> Result<(), DiskError> {
+    txn.open_table(SM_META)?
+        .insert(VIRTUAL_IPS, encode(state.virtual_ips().saved())?.as_slice())?;
     Ok(())
 }
 

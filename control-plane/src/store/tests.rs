@@ -509,3 +509,74 @@ async fn single_node_raft_writes_survive_a_restart() {
     );
     raft.shutdown().await.unwrap();
 }
+
+/// The virtual IP table of what `state_machine` holds.
+async fn virtual_ips(state_machine: &StateMachineStore) -> BTreeMap<String, std::net::Ipv4Addr> {
+    state_machine
+        .reader()
+        .read(|state| state.virtual_ips().assigned().clone())
+        .await
+}
+
+#[tokio::test]
+async fn virtual_ips_survive_a_reopen_and_travel_in_snapshots() {
+    use crate::state::tests::{node, register};
+    use hyphae_policies::registry::Health;
+
+    let (_dirs, leader_path, follower_path) = leader_and_follower();
+    {
+        let (_log, mut leader) = open_store(&leader_path).await;
+        leader
+            .apply([
+                normal(
+                    1,
+                    Command::SetVirtualIpRange {
+                        range: hyphae_policies::VirtualIpRange::default(),
+                    },
+                ),
+                normal(2, register(node("web-1", Health::Passing))),
+                normal(
+                    3,
+                    apply_policies(vec![policy("ExternalService", "github", "g")]),
+                ),
+            ])
+            .await
+            .unwrap();
+    }
+    let (_log, mut leader) = open_store(&leader_path).await;
+    let held = virtual_ips(&leader).await;
+    assert_eq!(
+        held,
+        BTreeMap::from([
+            ("github".to_owned(), std::net::Ipv4Addr::new(127, 64, 0, 2)),
+            ("web".to_owned(), std::net::Ipv4Addr::new(127, 64, 0, 1)),
+        ])
+    );
+    // After the reopen the cursor goes on from where it was: a new service gets a new address.
+    leader
+        .apply([normal(4, delete_policy("ExternalService", "github"))])
+        .await
+        .unwrap();
+    let snapshot = build_snapshot(&mut leader).await;
+    let (_log, mut follower) = open_store(&follower_path).await;
+    let mut received = follower.begin_receiving_snapshot().await.unwrap();
+    *received = *snapshot.snapshot.clone();
+    follower
+        .install_snapshot(&snapshot.meta, received)
+        .await
+        .unwrap();
+    let mut next = node("db-1", Health::Passing);
+    next.instances[0].service = "db".into();
+    for store in [&mut leader, &mut follower] {
+        store
+            .apply([normal(5, register(next.clone()))])
+            .await
+            .unwrap();
+    }
+    let expected = BTreeMap::from([
+        ("db".to_owned(), std::net::Ipv4Addr::new(127, 64, 0, 3)),
+        ("web".to_owned(), std::net::Ipv4Addr::new(127, 64, 0, 1)),
+    ]);
+    assert_eq!(virtual_ips(&leader).await, expected);
+    assert_eq!(virtual_ips(&follower).await, expected);
+}

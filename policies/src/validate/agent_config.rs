@@ -44,15 +44,20 @@ pub(super) fn check(c: &mut Checker, path: &FieldPath, spec: &AgentConfigSpec) {
     if let Some(dns) = spec.listeners.dns {
         bound.claim(c, listeners.key("dns"), dns, defaults.dns);
     }
-    let mut names = BTreeSet::new();
+    // One service may run several instances on this host, each on its own port.
+    let mut instances = BTreeSet::new();
     for (i, service) in spec.services.iter().enumerate() {
         let service_path = path.key("services").index(i);
-        c.unique_name(
-            service_path.key("name"),
-            &service.name,
-            &mut names,
-            "service",
-        );
+        c.name(service_path.key("name"), &service.name);
+        if !instances.insert((service.name.as_str(), service.port)) {
+            c.error(
+                service_path.key("port"),
+                format!(
+                    "service `{}` is listed twice on port {}",
+                    service.name, service.port
+                ),
+            );
+        }
         c.port(service_path.key("port"), service.port);
         if let Some(check) = &service.check {
             check_health(c, &service_path.key("check"), check);
@@ -60,7 +65,26 @@ pub(super) fn check(c: &mut Checker, path: &FieldPath, spec: &AgentConfigSpec) {
     }
     for (i, upstream) in spec.upstreams.iter().enumerate() {
         let upstream_path = path.key("upstreams").index(i);
-        c.name(upstream_path.key("service"), &upstream.service);
+        // `payments:9001` names one port of a service, like `port: 9001`.
+        match upstream.service.split_once(':') {
+            None => c.name(upstream_path.key("service"), &upstream.service),
+            Some((name, port)) => {
+                c.name(upstream_path.key("service"), name);
+                match port.parse::<u16>() {
+                    Ok(port) if upstream.port.is_some_and(|p| p != port) => c.error(
+                        upstream_path.key("port"),
+                        format!("`service` names port {port}, and `port` another"),
+                    ),
+                    Ok(port) => {
+                        c.port(upstream_path.key("service"), port);
+                    }
+                    Err(_) => c.error(
+                        upstream_path.key("service"),
+                        format!("`{port}` after `:` is not a port (write `service:port`)"),
+                    ),
+                }
+            }
+        }
         if upstream.listen.port() == 0 {
             c.error(
                 upstream_path.key("listen"),
