@@ -19,7 +19,8 @@
 //! control plane for `--dev` (cargo feature `dev`; the only module that links the control-plane
 //! crate). [`state`] holds the live load and health that outlive snapshots, [`error`] the table
 //! of failures and their answers. [`daemon`] binds listeners ([`listener`]), owns every task and
-//! drains them; [`admin`] and [`metrics`] show what is going on.
+//! drains them; [`admin`] and [`metrics`] show what is going on. [`dns`] answers the mesh zone
+//! (`<service>.mesh`, the service's virtual IP) and forwards other names to the host's resolvers.
 
 pub mod admin;
 pub mod authz;
@@ -30,6 +31,7 @@ pub mod config;
 pub mod control_plane_client;
 pub mod daemon;
 pub mod dev;
+pub mod dns;
 pub mod error;
 pub mod health;
 pub mod identity;

@@ -43,6 +43,12 @@ impl Listener {
         Ok(Listener { name, listener })
     }
 
+    /// A listener bound by its owner (the DNS server binds TCP on the port its UDP socket got);
+    /// `name` as for [`Listener::bind`].
+    pub fn from_bound(name: &'static str, listener: TcpListener) -> Listener {
+        Listener { name, listener }
+    }
+
     /// The address actually bound (port 0 becomes a real port).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()

@@ -83,6 +83,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
             &DURATION_BUCKETS,
         )?
         .install_recorder()?;
+    crate::dns::metrics::describe();
     describe_counter!(
         ACCESS_DENIED,
         "Inbound calls an access policy refused (403 hyphae-error: denied), by caller node and service."

@@ -54,6 +54,8 @@ pub struct AgentConfigSpec {
     pub upstreams: Vec<Upstream>,
     /// Resource limits.
     pub limits: AgentLimits,
+    /// The DNS server on `listeners.dns`: the mesh zone it answers and the bounds it keeps.
+    pub dns: DnsSettings,
     /// Services and endpoints known without a control plane (a lone edge box, tests).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub static_services: Vec<StaticService>,
@@ -72,6 +74,7 @@ impl Default for AgentConfigSpec {
             services: Vec::new(),
             upstreams: Vec::new(),
             limits: AgentLimits::default(),
+            dns: DnsSettings::default(),
             static_services: Vec::new(),
         }
     }
@@ -253,6 +256,70 @@ impl Default for AgentLimits {
             header_read_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
             snapshot_save_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The agent's DNS server (`listeners.dns`): it answers the mesh zone itself and forwards every
+/// other name to the host's resolvers, within these bounds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct DnsSettings {
+    /// The zone the agent answers for: `<service>.<zone>` is a service's virtual IP. Default
+    /// `mesh`.
+    pub zone: String,
+    /// TTL of the mesh zone's answers, short because services come and go (their virtual IPs
+    /// stay). Default `5s`.
+    pub ttl: Duration,
+    /// Resolvers other names are forwarded to (`ip:port`); empty means the `nameserver`s of
+    /// `/etc/resolv.conf`, read at start. The agent's own address is skipped either way.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(
+        test,
+        proptest(
+            strategy = "proptest::collection::vec(crate::roundtrip_tests::socket_addr(), 0..3)"
+        )
+    )]
+    pub upstreams: Vec<SocketAddr>,
+    /// Forwarded answers kept (each until its TTL runs out). Default 4096.
+    pub cache_size: u32,
+    /// Queries answered per second, all clients together; beyond it they are refused
+    /// (`REFUSED`). Default 2000.
+    pub max_queries_per_second: u32,
+    /// Queries answered per second from one client address. Default 500.
+    pub max_queries_per_second_per_source: u32,
+    /// TCP connections open at once; more are closed at once. Default 64.
+    pub max_tcp_connections: u32,
+    /// Longest a TCP connection may wait for its next query (or finish sending one). Default
+    /// `10s`.
+    pub tcp_idle_timeout: Duration,
+    /// Largest answer sent over UDP (also capped by what the client advertises, at least 512);
+    /// a larger one goes out truncated with the TC bit, so the client asks again over TCP.
+    /// Default 1232, the size that avoids IP fragmentation.
+    pub max_udp_response_bytes: u16,
+    /// Forwarded queries waiting for an upstream at once; beyond it they are refused. Default
+    /// 256.
+    pub max_in_flight_forwards: u32,
+    /// Longest a forwarded query waits for the upstreams before the client gets `SERVFAIL`.
+    /// Default `3s`.
+    pub forward_timeout: Duration,
+}
+
+impl Default for DnsSettings {
+    fn default() -> Self {
+        DnsSettings {
+            zone: "mesh".to_string(),
+            ttl: Duration::from_secs(5),
+            upstreams: Vec::new(),
+            cache_size: 4096,
+            max_queries_per_second: 2000,
+            max_queries_per_second_per_source: 500,
+            max_tcp_connections: 64,
+            tcp_idle_timeout: Duration::from_secs(10),
+            max_udp_response_bytes: 1232,
+            max_in_flight_forwards: 256,
+            forward_timeout: Duration::from_secs(3),
         }
     }
 }

@@ -42,8 +42,8 @@ mod roundtrip_tests;
 
 pub use access_policy::{AccessPolicySpec, AccessRule, Action, Identity};
 pub use agent_config::{
-    AgentConfigSpec, AgentJoin, AgentLimits, HealthCheck, Listeners, LocalService, StaticEndpoint,
-    StaticService, Upstream,
+    AgentConfigSpec, AgentJoin, AgentLimits, DnsSettings, HealthCheck, Listeners, LocalService,
+    StaticEndpoint, StaticService, Upstream,
 };
 pub use control_plane_config::{
     CertificatesConfig, ControlPlaneConfigSpec, ControlPlaneLimits, Member,

@@ -7,10 +7,13 @@ use std::net::SocketAddr;
 use super::Checker;
 use super::host::check_host_port;
 use crate::diagnostic::{FieldPath, Issue};
-use crate::{AgentConfigSpec, HealthCheck, Listeners};
+use crate::{AgentConfigSpec, DnsSettings, HealthCheck, Listeners};
 
 /// Smallest `limits.maxHeaderBytes` that still fits ordinary requests.
 pub const MIN_HEADER_BYTES: u32 = 1024;
+
+/// Smallest `dns.maxUdpResponseBytes`: every DNS client takes 512 bytes over UDP (RFC 1035).
+pub const MIN_UDP_RESPONSE_BYTES: u16 = 512;
 
 /// Checks an `AgentConfig`'s spec.
 pub(super) fn check(c: &mut Checker, path: &FieldPath, spec: &AgentConfigSpec) {
@@ -37,6 +40,9 @@ pub(super) fn check(c: &mut Checker, path: &FieldPath, spec: &AgentConfigSpec) {
     );
     if let Some(proxy) = spec.listeners.http_proxy {
         bound.claim(c, listeners.key("httpProxy"), proxy, defaults.http_proxy);
+    }
+    if let Some(dns) = spec.listeners.dns {
+        bound.claim(c, listeners.key("dns"), dns, defaults.dns);
     }
     // One service may run several instances on this host, each on its own port.
     let mut instances = BTreeSet::new();
@@ -105,6 +111,7 @@ pub(super) fn check(c: &mut Checker, path: &FieldPath, spec: &AgentConfigSpec) {
         limits.key("snapshotSaveInterval"),
         spec.limits.snapshot_save_interval,
     );
+    check_dns(c, &path.key("dns"), &spec.dns, spec.listeners.dns);
     let mut static_names = BTreeSet::new();
     for (i, service) in spec.static_services.iter().enumerate() {
         let service_path = path.key("staticServices").index(i);
@@ -175,6 +182,47 @@ impl Bound {
         }
         c.issues.push(issue);
     }
+}
+
+/// Checks the DNS server's settings; `listening` is `listeners.dns`, which no upstream may be (a
+/// query would loop back to the agent).
+fn check_dns(c: &mut Checker, path: &FieldPath, dns: &DnsSettings, listening: Option<SocketAddr>) {
+    let zone = dns.zone.strip_suffix('.').unwrap_or(&dns.zone);
+    if zone.is_empty() {
+        c.error(path.key("zone"), "the mesh zone needs a name, e.g. `mesh`");
+    }
+    for label in zone.split('.').filter(|_| !zone.is_empty()) {
+        if let Err(reason) = super::check_name(label) {
+            c.error(path.key("zone"), reason);
+        }
+    }
+    for (i, upstream) in dns.upstreams.iter().enumerate() {
+        if c.port(path.key("upstreams").index(i), upstream.port()) && listening == Some(*upstream) {
+            c.error(
+                path.key("upstreams").index(i),
+                format!("{upstream} is the agent's own DNS listener: queries would loop"),
+            );
+        }
+    }
+    c.at_least_one(path.key("cacheSize"), dns.cache_size);
+    c.at_least_one(path.key("maxQueriesPerSecond"), dns.max_queries_per_second);
+    c.at_least_one(
+        path.key("maxQueriesPerSecondPerSource"),
+        dns.max_queries_per_second_per_source,
+    );
+    c.at_least_one(path.key("maxTcpConnections"), dns.max_tcp_connections);
+    c.positive(path.key("tcpIdleTimeout"), dns.tcp_idle_timeout);
+    if dns.max_udp_response_bytes < MIN_UDP_RESPONSE_BYTES {
+        c.error(
+            path.key("maxUdpResponseBytes"),
+            format!(
+                "must be at least {MIN_UDP_RESPONSE_BYTES}, got {}",
+                dns.max_udp_response_bytes
+            ),
+        );
+    }
+    c.at_least_one(path.key("maxInFlightForwards"), dns.max_in_flight_forwards);
+    c.positive(path.key("forwardTimeout"), dns.forward_timeout);
 }
 
 /// Checks a local service's health check.
