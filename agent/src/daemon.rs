@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin::{self, Admin};
 use crate::config::AgentConfig;
 use crate::control_plane_client::ControlPlaneClient;
+use crate::dns::{DnsServer, MeshName, MeshPort, MeshZone};
 use crate::health::{self, HealthTable};
 use crate::identity::{self, IdentitySlot};
 use crate::listener::{ConnectionLimit, Listener};
@@ -42,6 +43,8 @@ pub struct BoundAddresses {
     pub http_proxy: Option<SocketAddr>,
     /// Upstream ports, by service.
     pub upstreams: Vec<(String, SocketAddr)>,
+    /// The DNS server (UDP and TCP), when enabled.
+    pub dns: Option<SocketAddr>,
 }
 
 /// A running agent.
@@ -103,7 +106,12 @@ impl Daemon {
         let clients = Arc::new(LocalClients::new(tunnel_settings));
         // Connections and the byte streams they splice share one tracker: a drain waits for both.
         let connections = TaskTracker::new();
-        let proxy = Proxy::new(snapshot, tunnels, connections.clone());
+        let proxy = Proxy::new(
+            snapshot,
+            tunnels,
+            connections.clone(),
+            &config.spec.dns.zone,
+        );
         crate::metrics::revision(1);
         let sources = Sources::new(Arc::clone(&proxy), config.clone());
         let watch_status = Arc::new(WatchStatus::default());
@@ -129,6 +137,14 @@ impl Daemon {
             Some(address) => Some(bind("http-proxy", address).await?),
             None => None,
         };
+        let dns_server = match listeners.dns {
+            Some(address) => Some(
+                DnsServer::bind(address)
+                    .await
+                    .with_context(|| format!("cannot listen on {address} (dns)"))?,
+            ),
+            None => None,
+        };
         let mut upstream_listeners = Vec::new();
         for upstream in &config.spec.upstreams {
             // `port: 9001` and `service: payments:9001` both lead to that port's instances.
@@ -151,6 +167,7 @@ impl Daemon {
                 .iter()
                 .map(|(service, l)| Ok((service.clone(), l.local_addr()?)))
                 .collect::<std::io::Result<_>>()?,
+            dns: dns_server.as_ref().map(DnsServer::local_addr),
         };
 
         let (registration, registration_changes) =
@@ -235,6 +252,22 @@ impl Daemon {
         }
         for (service, listener) in upstream_listeners {
             daemon.spawn_outbound(listener, Target::Service(service.into()), limit.clone());
+        }
+        if let Some(server) = dns_server {
+            let (zone, zone_changes) = tokio::sync::watch::channel(Arc::new(MeshZone::default()));
+            daemon.accepting.spawn(follow_zone(
+                Arc::clone(&proxy),
+                daemon.sources.subscribe(),
+                zone,
+                daemon.stop_accepting.clone(),
+            ));
+            let settings = config.spec.dns.clone();
+            let stop = daemon.stop_accepting.clone();
+            daemon.accepting.spawn(async move {
+                if let Err(error) = server.run(&settings, zone_changes, stop).await {
+                    tracing::error!(error = %hyphae_policies::ErrorChain(&error), "the DNS server stopped");
+                }
+            });
         }
         if listeners.virtual_ips {
             let virtual_listeners = VirtualListeners {
@@ -384,3 +417,36 @@ fn registration_of(config: &AgentConfig, inbound: SocketAddr) -> Registration {
 
 /// How long open admin connections get to close once the data path has drained.
 const ADMIN_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Keeps the DNS server's zone in step with the snapshot: every service with a virtual IP is
+/// a name, with its ports. Returns at `shutdown`.
+async fn follow_zone(
+    proxy: Arc<Proxy>,
+    mut changes: tokio::sync::watch::Receiver<u64>,
+    zone: tokio::sync::watch::Sender<Arc<MeshZone>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let snapshot = proxy.snapshot.load_full();
+        let names = snapshot.virtual_services.iter().map(|(name, service)| {
+            let ports = service
+                .ports
+                .iter()
+                .map(|(port, protocol)| MeshPort {
+                    port: *port,
+                    protocol: *protocol,
+                })
+                .collect();
+            let answer = MeshName {
+                address: service.address,
+                ports,
+            };
+            (name.clone(), answer)
+        });
+        zone.send_replace(Arc::new(MeshZone::new(names)));
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = changes.changed() => if changed.is_err() { return },
+        }
+    }
+}

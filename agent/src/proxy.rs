@@ -27,9 +27,6 @@ use crate::model::Snapshot;
 use crate::state::RuntimeState;
 use crate::tunnel::Tunnels;
 
-/// Mesh DNS zone: `payments.mesh` names the service `payments`.
-pub const DEFAULT_ZONE: &str = "mesh";
-
 /// Everything the data path shares: the served snapshot (swapped atomically on reload), peer
 /// connections and live per-service state.
 pub struct Proxy {
@@ -49,14 +46,15 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// A proxy serving `snapshot`, spawning its streams on `tasks`.
-    pub fn new(snapshot: Snapshot, tunnels: Tunnels, tasks: TaskTracker) -> Arc<Self> {
+    /// A proxy serving `snapshot` under the mesh zone `zone` (`spec.dns.zone`), spawning its
+    /// streams on `tasks`.
+    pub fn new(snapshot: Snapshot, tunnels: Tunnels, tasks: TaskTracker, zone: &str) -> Arc<Self> {
         Arc::new(Proxy {
             snapshot: ArcSwap::from_pointee(snapshot),
             tunnels,
             egress: egress::Egress::default(),
             runtime: RuntimeState::default(),
-            zone: DEFAULT_ZONE.to_string(),
+            zone: zone.to_string(),
             tasks,
         })
     }

@@ -25,6 +25,8 @@ pub struct Agent {
     pub inbound: SocketAddr,
     /// HTTP proxy address, when enabled.
     pub http_proxy: Option<SocketAddr>,
+    /// DNS server address (UDP and TCP), when enabled.
+    pub dns: Option<SocketAddr>,
     /// Upstream ports by service.
     pub upstreams: Vec<(String, SocketAddr)>,
     /// A scratch directory the agent owns (see [`Agent::start_yaml`]), removed with it.
@@ -117,6 +119,7 @@ impl Agent {
             admin: address(&ready["admin"]).ok_or_else(|| bad("admin"))?,
             inbound: address(&ready["inbound"]).ok_or_else(|| bad("inbound"))?,
             http_proxy: address(&ready["httpProxy"]),
+            dns: address(&ready["dns"]),
             upstreams: ready["upstreams"]
                 .as_array()
                 .map(|list| {

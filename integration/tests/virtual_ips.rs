@@ -35,14 +35,15 @@ fn host(dir: &Path, name: &str, services: &[String], policies: &str, control_pla
     .expect("start a host agent")
 }
 
-/// A calling agent with no upstream ports: apps reach services only by virtual IP.
+/// A calling agent with no upstream ports: apps reach services only by name (its DNS server)
+/// and virtual IP.
 fn caller(dir: &Path, control_plane: &str) -> Agent {
     Agent::start_in(
         &workspace_binary("hyphae-agent"),
         dir,
         "caller",
         &format!(
-            "kind: AgentConfig\nmetadata: {{name: caller}}\nspec:\n  controlPlane: [\"{control_plane}\"]\n  dataDir: {}\n  listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: null, dns: null}}\n",
+            "kind: AgentConfig\nmetadata: {{name: caller}}\nspec:\n  controlPlane: [\"{control_plane}\"]\n  dataDir: {}\n  listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: null, dns: 127.0.0.1:0}}\n",
             dir.join("caller-data").display()
         ),
     )
@@ -53,6 +54,40 @@ fn caller(dir: &Path, control_plane: &str) -> Agent {
 async fn virtual_ip(server: &str, service: &str) -> Option<Ipv4Addr> {
     let summary = get_json(server, &format!("/v1/services/{service}?stale=true")).await?;
     summary["virtualIp"].as_str()?.parse().ok()
+}
+
+/// A resolver that asks only the agent's DNS server at `address`, as an app's would once the
+/// host sends `~mesh` there.
+fn resolver_of(address: SocketAddr) -> hickory_resolver::TokioResolver {
+    use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+    let mut connection = ConnectionConfig::udp();
+    connection.port = address.port();
+    let config = ResolverConfig::from_name_servers(vec![NameServerConfig::new(
+        address.ip(),
+        true,
+        vec![connection],
+    )]);
+    let mut builder = hickory_resolver::TokioResolver::builder_with_config(
+        config,
+        hickory_resolver::net::runtime::TokioRuntimeProvider::default(),
+    );
+    // Every answer is asked afresh: the test watches names come and go.
+    builder.options_mut().cache_size = 0;
+    builder.build().expect("a resolver")
+}
+
+/// What `name` resolves to through `resolver`: its IPv4 addresses, empty when none.
+async fn resolve(resolver: &hickory_resolver::TokioResolver, name: &str) -> Vec<Ipv4Addr> {
+    match resolver.lookup_ip(name).await {
+        Ok(lookup) => lookup
+            .iter()
+            .filter_map(|ip| match ip {
+                std::net::IpAddr::V4(v4) => Some(v4),
+                std::net::IpAddr::V6(_) => None,
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    }
 }
 
 /// A line echo server: answers each line with the same line.
@@ -125,6 +160,13 @@ async fn apps_reach_services_at_their_virtual_ips_and_listeners_follow_the_regis
             .contains(web_ip),
         "{web_ip} is outside the default block"
     );
+    // An app asks the agent's DNS server for `web.mesh` and gets the same address.
+    let resolver = resolver_of(caller.dns.expect("the caller's DNS address"));
+    eventually("web.mesh to resolve to web's virtual IP", || async {
+        resolve(&resolver, "web.mesh.").await == [web_ip]
+    })
+    .await;
+    assert!(resolve(&resolver, "nothing-here.mesh.").await.is_empty());
     let web_at = SocketAddr::from((web_ip, web.port()));
     eventually("web to answer at its virtual IP", || async {
         get_text(web_at, "/").await == "web-on-b"
@@ -178,6 +220,10 @@ async fn apps_reach_services_at_their_virtual_ips_and_listeners_follow_the_regis
     })
     .await;
     assert_eq!(virtual_ip(&server, "echo").await, None);
+    eventually("echo.mesh to stop resolving", || async {
+        resolve(&resolver, "echo.mesh.").await.is_empty()
+    })
+    .await;
     assert_eq!(
         get_text(web_at, "/").await,
         "web-on-b",
