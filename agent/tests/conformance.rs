@@ -169,9 +169,9 @@ fn curl(mode: &str, args: &[&str], url: &str, stdin: Option<&Path>) -> Seen {
     }
 }
 
-/// Runs curl in `mode` with `args` on `path` (and a query) of the server directly, then
-/// through each of `paths`, and fails the test where an agent's answer differs; returns what
-/// the direct call saw.
+/// Runs curl in `mode` with `args` on `target` (path and query) of the server directly and
+/// through each of `paths` at once, and fails the test where an agent's answer differs from
+/// the direct one; returns what the direct call saw.
 async fn curl_agrees(
     port: u16,
     paths: &[MeshPath],
@@ -193,13 +193,15 @@ async fn curl_agrees(
             curl(&mode, &args, &url, stdin.as_deref())
         })
     };
-    let expected = run(direct(port)).await.expect("curl directly");
+    let expected = run(direct(port));
+    let through: Vec<_> = paths.iter().map(|path| run(path.entry)).collect();
+    let expected = expected.await.expect("curl directly");
     assert_eq!(
         expected.exit, 0,
         "{what}, curl {mode} directly: {expected:?}"
     );
-    for path in paths {
-        let seen = run(path.entry).await.expect("curl through the mesh");
+    for (path, seen) in paths.iter().zip(through) {
+        let seen = seen.await.expect("curl through the mesh");
         assert_eq!(seen, expected, "{what}, curl {mode}, {}", path.name);
     }
     expected
@@ -264,6 +266,103 @@ async fn curl_sees_methods_statuses_head_and_16_kb_headers_as_it_does_directly()
                 .await;
                 assert_eq!(seen.status, status, "{what} directly");
             }
+        }
+    }
+}
+
+/// A file of `size` bytes that are not all alike, in `dir`.
+fn payload_file(dir: &Path, size: usize) -> PathBuf {
+    let path = dir.join(format!("payload-{size}"));
+    let bytes: Vec<u8> = (0..size)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[0])
+        .collect();
+    std::fs::write(&path, bytes).expect("write the payload");
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_megabytes_go_up_and_down_with_and_without_a_length_as_they_do_directly() {
+    const SIZE: usize = 10 * 1024 * 1024;
+    let (_server, port) = hypercorn(&[]);
+    let scratch = tempfile::tempdir().expect("a scratch directory");
+    let file = payload_file(scratch.path(), SIZE);
+    let file_arg = format!("@{}", file.display());
+    let download = format!("/bytes?n={SIZE}");
+    let chunked = format!("/bytes?n={SIZE}&chunked=1");
+    // `Expect:` stops curl from asking for a 100 (Expect: 100-continue has a test of its own).
+    let cases: [(&str, Vec<&str>, &str, Option<&Path>); 4] = [
+        (
+            "an upload with a length",
+            vec!["-H", "Expect:", "--data-binary", &file_arg],
+            "/echo",
+            None,
+        ),
+        (
+            "an upload without a length",
+            vec!["-H", "Expect:", "-X", "POST", "-T", "-"],
+            "/echo",
+            Some(&file),
+        ),
+        ("a download with a length", vec![], &download, None),
+        ("a download without a length", vec![], &chunked, None),
+    ];
+    for protocol in PROTOCOLS {
+        let paths = both_paths(AGENT, port, protocol, "");
+        for mode in CURL_MODES {
+            for (what, args, target, stdin) in &cases {
+                let what = format!("{what} to an {protocol} service");
+                let seen = curl_agrees(port, &paths, &what, mode, args, target, *stdin).await;
+                let moved = match target.starts_with("/echo") {
+                    true => seen
+                        .headers
+                        .get("x-body-length")
+                        .and_then(|l| l.parse().ok()),
+                    false => Some(seen.body.0),
+                };
+                assert_eq!(moved, Some(SIZE), "{what} directly: {seen:?}");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_is_answered_and_the_body_reaches_the_server() {
+    let (_server, port) = hypercorn(&[]);
+    let scratch = tempfile::tempdir().expect("a scratch directory");
+    let file = format!("@{}", payload_file(scratch.path(), 1024 * 1024).display());
+    let args = ["-H", "Expect: 100-continue", "--data-binary", &file];
+    for protocol in PROTOCOLS {
+        let paths = both_paths(AGENT, port, protocol, "");
+        for mode in CURL_MODES {
+            let what = format!("Expect: 100-continue to an {protocol} service");
+            let seen = curl_agrees(port, &paths, &what, mode, &args, "/echo", None).await;
+            assert_eq!(
+                seen.headers.get("x-expect").map(String::as_str),
+                Some("100-continue"),
+                "{what}, curl {mode} directly: {seen:?}"
+            );
+            assert_eq!(
+                seen.headers.get("x-body-length").map(String::as_str),
+                Some("1048576"),
+                "{what}, curl {mode} directly"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_answers_arrive_whole_as_they_do_directly() {
+    let (_server, port) = hypercorn(&[]);
+    for protocol in PROTOCOLS {
+        let paths = both_paths(AGENT, port, protocol, "");
+        for mode in CURL_MODES {
+            let what = format!("a slow answer from an {protocol} service");
+            let seen =
+                curl_agrees(port, &paths, &what, mode, &[], "/slow?ms=250&steps=3", None).await;
+            assert_eq!(
+                seen.body.2, "piece 0\npiece 1\npiece 2\n",
+                "{what} directly"
+            );
         }
     }
 }
