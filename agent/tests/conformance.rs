@@ -366,3 +366,292 @@ async fn slow_answers_arrive_whole_as_they_do_directly() {
         }
     }
 }
+
+/// Runs `nghttp` (HTTP/2 with prior knowledge) with `args` on `url`: once with `-v` for the
+/// head and trailers it received, once plain for the body.
+fn nghttp(args: &[&str], url: &str) -> Seen {
+    let run = |verbose: bool| {
+        let mut command = Command::new("nghttp");
+        if verbose {
+            command.arg("-v");
+        }
+        command
+            .args(["-t", "30"])
+            .args(args)
+            .arg(url)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run nghttp ({e}): run `cargo xtask test`"))
+    };
+    let (frames, body) = (run(true), run(false));
+    let (mut status, mut headers, mut trailers) = (0, BTreeMap::new(), BTreeMap::new());
+    let mut data_seen = false;
+    // Lines as `[  0.005] recv (stream_id=13) name: value`; body bytes may precede them.
+    for line in String::from_utf8_lossy(&frames.stdout).lines() {
+        if line.contains("] recv DATA frame") {
+            data_seen = true;
+        }
+        let Some((_, field)) = line.split_once("] recv (stream_id=") else {
+            continue;
+        };
+        let Some((_, field)) = field.split_once(") ") else {
+            continue;
+        };
+        let Some((name, value)) = field.split_at_checked(1).and_then(|(first, rest)| {
+            // `:status: 200`: a pseudo-header's name starts with its colon.
+            let (name, value) = rest.split_once(": ")?;
+            Some((format!("{first}{name}"), value.to_string()))
+        }) else {
+            continue;
+        };
+        if name == ":status" {
+            status = value.parse().unwrap_or(0);
+        } else if data_seen {
+            trailers.insert(name, value);
+        } else if !VARYING.contains(&name.as_str()) {
+            headers.insert(name, value);
+        }
+    }
+    Seen {
+        exit: frames
+            .status
+            .code()
+            .unwrap_or(-1)
+            .max(body.status.code().unwrap_or(-1)),
+        interim: Vec::new(),
+        status,
+        headers,
+        trailers,
+        body: body_gist(&body.stdout),
+    }
+}
+
+/// Runs nghttp with `args` on `target` of the server directly and through each of `paths`;
+/// fails the test where an agent's answer differs; returns what the direct call saw.
+async fn nghttp_agrees(
+    port: u16,
+    paths: &[MeshPath],
+    what: &str,
+    args: &[&str],
+    target: &str,
+) -> Seen {
+    let run = |entry: SocketAddr| {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let url = format!("http://{entry}{target}");
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            nghttp(&args, &url)
+        })
+    };
+    let expected = run(direct(port)).await.expect("nghttp directly");
+    assert_eq!(expected.exit, 0, "{what}, nghttp directly: {expected:?}");
+    for path in paths {
+        let seen = run(path.entry).await.expect("nghttp through the mesh");
+        assert_eq!(seen, expected, "{what}, nghttp, {}", path.name);
+    }
+    expected
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_arrive_over_http2_and_chunked_http1_as_they_do_directly() {
+    let te = ["-H", "TE: trailers"];
+    let trailers = |seen: &Seen| seen.trailers.get("x-count").cloned();
+
+    // HTTP/2 trailers from hypercorn, which sends them only over HTTP/2.
+    let (_hypercorn, port) = hypercorn(&[]);
+    let paths = both_paths(AGENT, port, "http2", "");
+    let what = "HTTP/2 trailers from an http2 service";
+    let seen = curl_agrees(
+        port,
+        &paths,
+        what,
+        "--http2-prior-knowledge",
+        &te,
+        "/trailers",
+        None,
+    )
+    .await;
+    assert_eq!(
+        trailers(&seen),
+        Some("3".into()),
+        "{what}, curl directly: {seen:?}"
+    );
+    let seen = nghttp_agrees(port, &paths, what, &["-H", "te: trailers"], "/trailers").await;
+    assert_eq!(
+        trailers(&seen),
+        Some("3".into()),
+        "{what}, nghttp directly: {seen:?}"
+    );
+    assert_eq!(seen.body.2, "one two three", "{what}, nghttp directly");
+
+    // Chunked HTTP/1.1 trailers from h11, which speaks only HTTP/1.1.
+    let (_h11, port) = python_server(&strict("trailers.py"), &[]);
+    let paths = both_paths(AGENT, port, "http", "");
+    let what = "chunked trailers from an http service";
+    let expected = curl_agrees(port, &paths, what, "--http1.1", &te, "/", None).await;
+    assert_eq!(
+        trailers(&expected),
+        Some("3".into()),
+        "{what}, curl directly: {expected:?}"
+    );
+    // An HTTP/2 client gets them as HTTP/2 trailers, the same fields.
+    for path in &paths {
+        let url = format!("http://{}/", path.entry);
+        let seen =
+            tokio::task::spawn_blocking(move || curl("--http2-prior-knowledge", &te, &url, None))
+                .await
+                .expect("curl through the mesh");
+        assert_eq!(
+            (seen.exit, seen.status, &seen.trailers, &seen.body),
+            (0, 200, &expected.trailers, &expected.body),
+            "{what}, curl over HTTP/2, {}",
+            path.name
+        );
+    }
+}
+
+/// Runs curl in `mode` on `url` three times in one invocation; for each transfer, how many
+/// connections curl opened for it and the port the server saw the request come from.
+fn curl_three_times(mode: &str, url: &str) -> Vec<(String, String)> {
+    let output = Command::new("curl")
+        .args(["-sS", mode, "--max-time", "30"])
+        .args(["-o", "/dev/null", "-o", "/dev/null", "-o", "/dev/null"])
+        .args(["-w", "%{num_connects} %{header.x-client-port}\\n"])
+        .args([url, url, url])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run curl ({e}): run `cargo xtask test`"));
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.split_once(' '))
+        .map(|(connects, port)| (connects.to_string(), port.to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_kept_alive_and_reused_as_they_are_directly() {
+    let (_server, port) = hypercorn(&[]);
+    // Connections opened per transfer, and whether the server saw one connection throughout.
+    let gist = |transfers: Vec<(String, String)>| {
+        let connects: Vec<String> = transfers.iter().map(|(c, _)| c.clone()).collect();
+        let ports: std::collections::BTreeSet<String> =
+            transfers.into_iter().map(|(_, p)| p).collect();
+        (connects, ports.len())
+    };
+    for protocol in PROTOCOLS {
+        let paths = both_paths(AGENT, port, protocol, "");
+        for mode in CURL_MODES {
+            let url = format!("http://{}/echo", direct(port));
+            let expected = gist(
+                tokio::task::spawn_blocking(move || curl_three_times(mode, &url))
+                    .await
+                    .expect("curl"),
+            );
+            assert_eq!(
+                expected,
+                (vec!["1".to_string(), "0".into(), "0".into()], 1),
+                "curl {mode} directly"
+            );
+            for path in &paths {
+                let url = format!("http://{}/echo", path.entry);
+                let seen = gist(
+                    tokio::task::spawn_blocking(move || curl_three_times(mode, &url))
+                        .await
+                        .expect("curl"),
+                );
+                assert_eq!(
+                    seen, expected,
+                    "{protocol} service, curl {mode}, {}",
+                    path.name
+                );
+            }
+        }
+    }
+}
+
+/// Reads server-sent events from `entry` with curl in `mode`, one at a time: after each event
+/// but the last, and only then, the server is told (directly) to send the next one. Returns
+/// the events' lines; fails the test when an event does not arrive before the next is sent.
+async fn sse_one_by_one(
+    server: SocketAddr,
+    entry: SocketAddr,
+    mode: &str,
+    stream: &str,
+) -> Vec<String> {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    const EVENTS: usize = 3;
+    let url = format!("http://{entry}/sse?id={stream}&n={EVENTS}");
+    let mut curl = tokio::process::Command::new("curl")
+        .args(["-sS", "-N", mode, "--max-time", "60", &url])
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run curl ({e}): run `cargo xtask test`"));
+    let mut lines = BufReader::new(curl.stdout.take().expect("stdout was piped")).lines();
+    let mut events = Vec::new();
+    let client = hyphae_integration::http::http1_client();
+    for k in 0..EVENTS {
+        let mut event = Vec::new();
+        while event.last().is_none_or(|line: &String| !line.is_empty()) {
+            let line = tokio::time::timeout(DEADLINE, lines.next_line())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("{url}, curl {mode}: event {k} did not arrive before the next was sent")
+                })
+                .expect("read curl's output")
+                .unwrap_or_else(|| panic!("{url}, curl {mode}: the stream ended before event {k}"));
+            event.push(line);
+        }
+        events.extend(event);
+        if k + 1 < EVENTS {
+            let next = format!("http://{server}/sse-next?id={stream}");
+            let answer = hyphae_integration::http::get(&client, &next).await;
+            assert_eq!(answer.status, 200, "{next}");
+        }
+    }
+    let rest = tokio::time::timeout(DEADLINE, lines.next_line())
+        .await
+        .expect("the stream ends")
+        .expect("read curl's output");
+    assert_eq!(rest, None, "{url}, curl {mode}: more after the last event");
+    let status = tokio::time::timeout(DEADLINE, curl.wait())
+        .await
+        .expect("curl exits")
+        .expect("curl's status");
+    assert!(status.success(), "{url}, curl {mode}: {status}");
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_sent_events_arrive_one_by_one_as_they_are_sent() {
+    let (_server, port) = hypercorn(&[]);
+    for protocol in PROTOCOLS {
+        let paths = both_paths(AGENT, port, protocol, "");
+        for mode in CURL_MODES {
+            let stream = format!("{protocol}{mode}");
+            let expected = sse_one_by_one(
+                direct(port),
+                direct(port),
+                mode,
+                &format!("{stream}-direct"),
+            )
+            .await;
+            assert_eq!(
+                expected,
+                [
+                    "id: 0", "data: 0", "", "id: 1", "data: 1", "", "id: 2", "data: 2", ""
+                ]
+            );
+            for (n, path) in paths.iter().enumerate() {
+                let seen =
+                    sse_one_by_one(direct(port), path.entry, mode, &format!("{stream}-{n}")).await;
+                assert_eq!(
+                    seen, expected,
+                    "{protocol} service, curl {mode}, {}",
+                    path.name
+                );
+            }
+        }
+    }
+}
