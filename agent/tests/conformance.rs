@@ -655,3 +655,147 @@ async fn server_sent_events_arrive_one_by_one_as_they_are_sent() {
         }
     }
 }
+
+/// Runs `python3 script args...` to completion and returns the JSON object it printed.
+fn python_report(script: &Path, args: &[String]) -> serde_json::Value {
+    let output = hyphae_integration::command::succeeds(
+        &script.display().to_string(),
+        Command::new("python3").arg(script).args(args),
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{}: no JSON report ({e}): {}",
+            script.display(),
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
+/// Runs the client `script` with `args` and then the address of the server (on `port`)
+/// directly, then of each of `paths` in turn (`format` makes the address an argument), and
+/// fails the test where a report through an agent differs from the direct one; returns the
+/// direct report.
+async fn reports_agree(
+    script: PathBuf,
+    args: &[&str],
+    format: fn(SocketAddr) -> String,
+    port: u16,
+    paths: &[MeshPath],
+) -> serde_json::Value {
+    let run = |entry: SocketAddr| {
+        let script = script.clone();
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        args.push(format(entry));
+        tokio::task::spawn_blocking(move || python_report(&script, &args))
+    };
+    let expected = run(direct(port)).await.expect("the client directly");
+    for path in paths {
+        let seen = run(path.entry).await.expect("the client through the mesh");
+        assert_eq!(seen, expected, "{}, {}", script.display(), path.name);
+    }
+    expected
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_streams_each_way_errors_with_trailing_metadata_and_deadlines_as_directly() {
+    let peer = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/grpc/peer.py");
+    let (_server, port) = python_server(&peer, &["server"]);
+    let paths = both_paths(AGENT, port, "grpc", "");
+    let report = reports_agree(peer, &["conformance"], |a| a.to_string(), port, &paths).await;
+    // The direct report shows what each check is about, so the comparison means something.
+    assert_eq!(report["server_stream"].as_array().map(Vec::len), Some(100));
+    assert_eq!(report["server_stream_trailers"]["x-served-by"], "peer");
+    assert!(
+        report["client_stream"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("100:0+1+2")),
+        "{report}"
+    );
+    assert_eq!(
+        report["bidi"],
+        serde_json::json!(["re:one", "re:two", "re:three"])
+    );
+    assert_eq!(report["error"]["code"], "NOT_FOUND");
+    assert_eq!(report["error"]["trailers"]["x-reason"], "gone");
+    assert_eq!(report["error"]["trailers"]["x-detail-bin"], "0001ff");
+    assert_eq!(report["deadline_at_the_server"], "about 10 s");
+    assert_eq!(report["deadline"], "DEADLINE_EXCEEDED");
+    assert_eq!(report["server_saw_the_deadline"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_text_binary_1_mib_frames_ping_and_close_as_directly() {
+    let script = strict("ws.py");
+    let (_server, port) = python_server(&script, &["server"]);
+    let paths = both_paths(AGENT, port, "http", "");
+    let report = reports_agree(
+        script,
+        &["client"],
+        |a| format!("ws://{a}/room"),
+        port,
+        &paths,
+    )
+    .await;
+    assert_eq!(report["subprotocol"], "chat");
+    assert_eq!(report["text"], serde_json::json!(["str", "hello, text"]));
+    assert_eq!(report["binary"][0], "bytes");
+    assert_eq!(report["big"][1], 1024 * 1024);
+    assert_eq!(report["big"][2], report["big_sent"]);
+    assert_eq!(report["pong"], true);
+    assert_eq!(report["close"], serde_json::json!([1000, "done here"]));
+}
+
+/// A TCP echo server in this process; its port.
+async fn tcp_echo() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let port = listener.local_addr().expect("a bound address").port();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut read, mut write) = stream.split();
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+            });
+        }
+    });
+    port
+}
+
+/// Writes `payload` to `entry` while reading, half-closes, and returns all that came back
+/// before the other side closed.
+async fn tcp_round_trip(entry: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(entry)
+        .await
+        .expect("connect");
+    let (mut read, mut write) = stream.into_split();
+    let reader = tokio::spawn(async move {
+        let mut back = Vec::new();
+        read.read_to_end(&mut back).await.map(|_| back)
+    });
+    write.write_all(payload).await.expect("write");
+    write.shutdown().await.expect("half-close");
+    tokio::time::timeout(DEADLINE, reader)
+        .await
+        .expect("the echo ends after the half-close")
+        .expect("the reader")
+        .expect("read")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opaque_tcp_round_trips_and_half_closes_as_directly() {
+    let port = tcp_echo().await;
+    let payload: Vec<u8> = (0..4_000_000u32).map(|i| (i % 251) as u8).collect();
+    let expected = tcp_round_trip(direct(port), &payload).await;
+    assert!(expected == payload, "the echo server itself");
+    for path in both_paths(AGENT, port, "tcp", "") {
+        let back = tcp_round_trip(path.entry, &payload).await;
+        assert!(
+            back == expected,
+            "{}: {} bytes came back",
+            path.name,
+            back.len()
+        );
+    }
+}
