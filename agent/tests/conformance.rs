@@ -799,3 +799,126 @@ async fn opaque_tcp_round_trips_and_half_closes_as_directly() {
         );
     }
 }
+
+/// What h2load reported of one run.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Load {
+    total: u64,
+    succeeded: u64,
+    failed: u64,
+    errored: u64,
+    timeout: u64,
+    answered_2xx: u64,
+}
+
+/// Runs `h2load args... url` (HTTP/2 with prior knowledge) and reads its summary.
+fn h2load(args: &[&str], url: &str) -> Load {
+    let output = Command::new("h2load")
+        .args(args)
+        .arg(url)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run h2load ({e}): run `cargo xtask test`"));
+    let text = String::from_utf8_lossy(&output.stdout);
+    // `requests: 2000 total, 2000 started, 2000 done, 2000 succeeded, 0 failed, 0 errored,
+    // 0 timeout` and `status codes: 2000 2xx, 0 3xx, 0 4xx, 0 5xx`.
+    let count = |line: &str, what: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(line))
+            .and_then(|l| {
+                l.split(',')
+                    .find_map(|part| part.trim().strip_suffix(what)?.trim().parse().ok())
+            })
+            .unwrap_or_else(|| {
+                let errors = String::from_utf8_lossy(&output.stderr);
+                panic!("h2load {args:?} {url}: no `{what}` in {text} {errors}")
+            })
+    };
+    Load {
+        total: count("requests:", " total"),
+        succeeded: count("requests:", " succeeded"),
+        failed: count("requests:", " failed"),
+        errored: count("requests:", " errored"),
+        timeout: count("requests:", " timeout"),
+        answered_2xx: count("status codes:", " 2xx"),
+    }
+}
+
+/// h2load's settings for the load tests: 2,000 requests on 4 connections, 8 streams at once on
+/// each, giving up on a request after 20 s. (h2load's HTTP/1.1 mode cannot read hypercorn's
+/// status lines, whose reason phrase is empty: HTTP/1.1 load is hyper's, below.)
+const H2LOAD: [&str; 8] = ["-n", "2000", "-c", "4", "-m", "8", "-T", "20"];
+
+/// Runs h2load, POSTing a small body to `/echo`, directly and through each of `paths`; what
+/// each saw, direct first.
+async fn h2load_everywhere(port: u16, paths: &[MeshPath]) -> Vec<(&'static str, Load)> {
+    let scratch = tempfile::tempdir().expect("a scratch directory");
+    let body = payload_file(scratch.path(), 100);
+    let body = body.to_str().expect("a UTF-8 temporary path").to_string();
+    let mut loads = Vec::new();
+    let entries = std::iter::once(("directly", direct(port)))
+        .chain(paths.iter().map(|path| (path.name, path.entry)));
+    for (name, entry) in entries {
+        let url = format!("http://{entry}/echo");
+        let mut args: Vec<String> = H2LOAD.iter().map(|a| a.to_string()).collect();
+        args.extend(["-d".to_string(), body.clone()]);
+        let load = tokio::task::spawn_blocking(move || {
+            h2load(&args.iter().map(String::as_str).collect::<Vec<_>>(), &url)
+        })
+        .await
+        .expect("h2load");
+        eprintln!("h2load {name}: {load:?}");
+        loads.push((name, load));
+    }
+    loads
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2load_gets_every_answer_through_the_mesh_that_it_gets_directly() {
+    // No connection closes during the run: hypercorn closes after 1,000 requests by default,
+    // and all of an agent's traffic to an HTTP/2 instance rides one connection (closes have
+    // the next test).
+    let (_server, port) = hypercorn(&["--max-requests", "1000000"]);
+    for protocol in PROTOCOLS {
+        let paths = both_paths(AGENT, port, protocol, "");
+        let loads = h2load_everywhere(port, &paths).await;
+        let everything = Load {
+            total: 2000,
+            succeeded: 2000,
+            answered_2xx: 2000,
+            ..Load::default()
+        };
+        for (name, load) in loads {
+            assert_eq!(load, everything, "{protocol} service, {name}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_that_close_connections_after_n_requests_lose_no_request_through_the_mesh() {
+    // hypercorn over HTTP/1.1 (`connection: close` on the 50th answer), and an HTTP/2 server
+    // that follows RFC 9113 §6.8 (GOAWAY, refusing what it will not process). Not hypercorn
+    // over HTTP/2: its GOAWAY names the last stream it received, and then it answers none of
+    // the streams still open (which may have been processed, so only a retry policy may send
+    // them again) until its keep-alive timeout closes the connection (decision 30).
+    let (_hypercorn, hypercorn_port) = hypercorn(&["--max-requests", "50"]);
+    let (_goaway, goaway_port) = python_server(&strict("goaway.py"), &["50"]);
+    let cases = [("http", hypercorn_port), ("http2", goaway_port)];
+    for (protocol, port) in cases {
+        let paths = both_paths(AGENT, port, protocol, "");
+        let loads = h2load_everywhere(port, &paths).await;
+        let direct_failed = loads[0].1.failed;
+        for (name, load) in &loads[1..] {
+            // h2load does not open a new connection when the server closes one (it counts
+            // what is left on it as errors); through an agent its connections stay up.
+            let what = format!("{protocol} service, {name}: {load:?}");
+            assert!(load.failed <= direct_failed, "{what}");
+            assert_eq!(
+                (load.succeeded, load.answered_2xx),
+                (2000, 2000),
+                "{what}; directly: {:?}",
+                loads[0].1
+            );
+        }
+    }
+}
