@@ -922,3 +922,131 @@ async fn instances_that_close_connections_after_n_requests_lose_no_request_throu
         }
     }
 }
+
+/// Where a restart of the instance stood when a request of the load started.
+const UP: u8 = 0;
+const DOWN: u8 = 1;
+const BACK: u8 = 2;
+
+/// Loops that send requests at once in [`load_through_a_restart`]; each has one in flight.
+const LOOPS: usize = 4;
+
+/// What a load saw through a restart: failed requests by where the restart stood when they
+/// started, and all that were answered.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Restarted {
+    failed: [usize; 3],
+    answered: usize,
+}
+
+/// POSTs to `entry` from [`LOOPS`] loops on `client` while the hypercorn `server` on `port`
+/// is killed (SIGKILL) and started again on the same port, once 100 requests were answered
+/// before and until 100 are answered after; returns what the loops saw and the new server.
+async fn load_through_a_restart(
+    mut server: Process,
+    port: u16,
+    entry: SocketAddr,
+    client: &hyphae_integration::http::Client,
+) -> (Restarted, Process) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+    let phase = Arc::new(AtomicU8::new(UP));
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered: Arc<[AtomicUsize; 3]> = Arc::new(Default::default());
+    let loops: Vec<_> = (0..LOOPS)
+        .map(|_| {
+            let (phase, stop, answered) = (phase.clone(), stop.clone(), answered.clone());
+            let (client, url) = (client.clone(), format!("http://{entry}/echo"));
+            tokio::spawn(async move {
+                let mut failed = [0; 3];
+                while !stop.load(Ordering::SeqCst) {
+                    let started = phase.load(Ordering::SeqCst) as usize;
+                    let request = http::Request::post(&url)
+                        .body(http_body_util::Full::new(bytes::Bytes::from("hello")))
+                        .expect("a request");
+                    let answer = hyphae_integration::http::exchange_within(
+                        &client,
+                        request,
+                        hyphae_integration::http::ANSWER_PATIENCE,
+                    )
+                    .await;
+                    match answer {
+                        Ok(a) if a.status == 200 && a.body == "POST /echo 5" => {
+                            answered[started].fetch_add(1, Ordering::SeqCst);
+                        }
+                        _ => failed[started] += 1,
+                    }
+                }
+                failed
+            })
+        })
+        .collect();
+    let answered_while = |at: u8, what: &str| {
+        let answered = answered.clone();
+        let what = what.to_string();
+        async move {
+            hyphae_integration::eventually(&what, || {
+                let count = answered[at as usize].load(Ordering::SeqCst);
+                async move { count >= 100 }
+            })
+            .await;
+        }
+    };
+    answered_while(UP, "100 answers before the restart").await;
+    // Down before the kill: a request counted as started while up was in flight at the kill.
+    phase.store(DOWN, Ordering::SeqCst);
+    server.kill();
+    let port_text = port.to_string();
+    let (server, again) = hypercorn(&["--port", &port_text]);
+    assert_eq!(again, port, "hypercorn started again on its port");
+    phase.store(BACK, Ordering::SeqCst);
+    answered_while(BACK, "100 answers after the restart").await;
+    stop.store(true, Ordering::SeqCst);
+    let mut seen = Restarted::default();
+    for one in loops {
+        let failed = one.await.expect("a load loop");
+        for (total, failed) in seen.failed.iter_mut().zip(failed) {
+            *total += failed;
+        }
+    }
+    seen.answered = answered.iter().map(|a| a.load(Ordering::SeqCst)).sum();
+    (seen, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_restarted_mid_load_is_served_again_and_fails_no_more_than_directly() {
+    let (mut server, port) = hypercorn(&[]);
+    for protocol in PROTOCOLS {
+        let paths = both_paths(AGENT, port, protocol, "");
+        // The same client directly and through the agents: HTTP/1.1 toward an HTTP/1.1
+        // service, HTTP/2 toward an HTTP/2 one.
+        let client = match protocol {
+            "http2" => hyphae_integration::http::http2_client(),
+            _ => hyphae_integration::http::http1_client(),
+        };
+        let (expected, restarted) =
+            load_through_a_restart(server, port, direct(port), &client).await;
+        server = restarted;
+        eprintln!("{protocol} service, restarted, directly: {expected:?}");
+        assert!(
+            expected.failed[UP as usize] <= LOOPS,
+            "directly: {expected:?}"
+        );
+        for path in &paths {
+            let (seen, restarted) = load_through_a_restart(server, port, path.entry, &client).await;
+            server = restarted;
+            eprintln!("{protocol} service, restarted, {}: {seen:?}", path.name);
+            let what = format!(
+                "{protocol} service, {}: {seen:?}; directly {expected:?}",
+                path.name
+            );
+            // At most the requests in flight at the kill fail before it, and once the instance
+            // is back no more fail than directly (none, where none fail directly).
+            assert!(seen.failed[UP as usize] <= LOOPS, "{what}");
+            assert!(
+                seen.failed[BACK as usize] <= expected.failed[BACK as usize],
+                "{what}"
+            );
+        }
+    }
+}
