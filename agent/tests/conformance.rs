@@ -1040,9 +1040,13 @@ async fn an_instance_restarted_mid_load_is_served_again_and_fails_no_more_than_d
                 "{protocol} service, {}: {seen:?}; directly {expected:?}",
                 path.name
             );
-            // At most the requests in flight at the kill fail before it, and once the instance
-            // is back no more fail than directly (none, where none fail directly).
+            // At most the requests in flight at the kill fail before it; while the instance is
+            // down and once it is back, no more fail than directly (none, where none do).
             assert!(seen.failed[UP as usize] <= LOOPS, "{what}");
+            assert!(
+                seen.failed[DOWN as usize] <= expected.failed[DOWN as usize],
+                "{what}"
+            );
             assert!(
                 seen.failed[BACK as usize] <= expected.failed[BACK as usize],
                 "{what}"
