@@ -48,6 +48,9 @@ fn direct(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
+/// Header fields by name (in lower case), each with its values in the order they came.
+type Fields = BTreeMap<String, Vec<String>>;
+
 /// What a client saw of one exchange, in a form two exchanges can be compared by.
 #[derive(Debug, PartialEq, Eq)]
 struct Seen {
@@ -57,12 +60,20 @@ struct Seen {
     interim: Vec<u16>,
     /// The final status.
     status: u16,
-    /// The final answer's headers but the [`VARYING`] ones, names in lower case.
-    headers: BTreeMap<String, String>,
+    /// The final answer's headers but the [`VARYING`] ones, names in lower case, each with
+    /// its values in the order they came.
+    headers: Fields,
     /// Trailers after the body.
     trailers: BTreeMap<String, String>,
     /// The body's length, a hash of it and its first bytes (for failure messages).
     body: (usize, u64, String),
+}
+
+impl Seen {
+    /// The first value of the answer's header `name`.
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name)?.first().map(String::as_str)
+    }
 }
 
 /// What identifies `bytes` in a [`Seen`]: length, hash, the first 60 bytes as text.
@@ -78,16 +89,9 @@ fn body_gist(bytes: &[u8]) -> (usize, u64, String) {
 }
 
 /// Reads curl's header dump (`-D`): interim answers, then the final one, then trailers.
-fn parse_dump(
-    dump: &str,
-) -> (
-    Vec<u16>,
-    u16,
-    BTreeMap<String, String>,
-    BTreeMap<String, String>,
-) {
+fn parse_dump(dump: &str) -> (Vec<u16>, u16, Fields, BTreeMap<String, String>) {
     let (mut interim, mut status) = (Vec::new(), 0);
-    let (mut headers, mut trailers) = (BTreeMap::new(), BTreeMap::new());
+    let (mut headers, mut trailers) = (Fields::new(), BTreeMap::new());
     // Whether the final answer's head has ended: header lines after it are trailers.
     let mut head_done = false;
     for line in dump.split("\r\n").flat_map(|l| l.split('\n')) {
@@ -112,7 +116,7 @@ fn parse_dump(
             if head_done {
                 trailers.insert(name, value);
             } else if status != 0 && !VARYING.contains(&name.as_str()) {
-                headers.insert(name, value);
+                headers.entry(name).or_default().push(value);
             }
         }
     }
@@ -241,6 +245,26 @@ async fn curl_sees_methods_statuses_head_and_16_kb_headers_as_it_does_directly()
         ),
         ("a 16 KB request header", vec!["-H", &big], "/echo".into()),
         ("a 16 KB answer header", vec![], "/big-header?16384".into()),
+        (
+            "an encoded path and query",
+            vec![],
+            "/echo/a%20b%2Fc;p=1/%7E?q=a%26b&r=%2F&r=2".into(),
+        ),
+        (
+            "a GET with a body",
+            vec!["-X", "GET", "--data-binary", "body"],
+            "/echo".into(),
+        ),
+        (
+            "repeated request fields",
+            vec!["-H", "x-repeated: one", "-H", "x-repeated: two, three"],
+            "/echo".into(),
+        ),
+        (
+            "repeated answer fields and an empty one",
+            vec![],
+            "/cookies".into(),
+        ),
     ];
     let statuses = [
         200, 201, 202, 204, 301, 304, 400, 404, 418, 429, 500, 502, 503,
@@ -313,10 +337,7 @@ async fn ten_megabytes_go_up_and_down_with_and_without_a_length_as_they_do_direc
                 let what = format!("{what} to an {protocol} service");
                 let seen = curl_agrees(port, &paths, &what, mode, args, target, *stdin).await;
                 let moved = match target.starts_with("/echo") {
-                    true => seen
-                        .headers
-                        .get("x-body-length")
-                        .and_then(|l| l.parse().ok()),
+                    true => seen.header("x-body-length").and_then(|l| l.parse().ok()),
                     false => Some(seen.body.0),
                 };
                 assert_eq!(moved, Some(SIZE), "{what} directly: {seen:?}");
@@ -337,12 +358,12 @@ async fn expect_100_continue_is_answered_and_the_body_reaches_the_server() {
             let what = format!("Expect: 100-continue to an {protocol} service");
             let seen = curl_agrees(port, &paths, &what, mode, &args, "/echo", None).await;
             assert_eq!(
-                seen.headers.get("x-expect").map(String::as_str),
+                seen.header("x-expect"),
                 Some("100-continue"),
                 "{what}, curl {mode} directly: {seen:?}"
             );
             assert_eq!(
-                seen.headers.get("x-body-length").map(String::as_str),
+                seen.header("x-body-length"),
                 Some("1048576"),
                 "{what}, curl {mode} directly"
             );
@@ -384,7 +405,7 @@ fn nghttp(args: &[&str], url: &str) -> Seen {
             .unwrap_or_else(|e| panic!("cannot run nghttp ({e}): run `cargo xtask test`"))
     };
     let (frames, body) = (run(true), run(false));
-    let (mut status, mut headers, mut trailers) = (0, BTreeMap::new(), BTreeMap::new());
+    let (mut status, mut headers, mut trailers) = (0, Fields::new(), BTreeMap::new());
     let mut data_seen = false;
     // Lines as `[  0.005] recv (stream_id=13) name: value`; body bytes may precede them.
     for line in String::from_utf8_lossy(&frames.stdout).lines() {
@@ -409,7 +430,7 @@ fn nghttp(args: &[&str], url: &str) -> Seen {
         } else if data_seen {
             trailers.insert(name, value);
         } else if !VARYING.contains(&name.as_str()) {
-            headers.insert(name, value);
+            headers.entry(name).or_default().push(value);
         }
     }
     Seen {

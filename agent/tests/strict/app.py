@@ -14,6 +14,8 @@ Every answer carries these headers:
   x-body-sha256    their SHA-256, in hex
   x-expect         the request's `expect` header, when it had one
   x-big-request    the length of the request's `x-big` header, when it had one
+  x-raw-target     the path and query as they arrived, not decoded
+  x-repeated       the values of the request's `x-repeated` fields, in order, joined by `|`
 
 Paths:
   /status/N           answers status N (with a body `status N` where a body is allowed)
@@ -28,6 +30,7 @@ Paths:
   /sse-next?id=I      lets stream I send its next event
   /slow?ms=M&steps=S  waits M ms before the head, then sends S pieces M ms apart
   /count              how many requests this process has answered before this one
+  /cookies            two `set-cookie` fields and a field with an empty value
   anything else       `METHOD PATH BODY_LENGTH`, with a content-length
 """
 
@@ -85,6 +88,11 @@ async def app(scope, receive, send):
         (b"x-body-length", str(length).encode()),
         (b"x-body-sha256", digest.hexdigest().encode()),
     ]
+    target = scope["raw_path"] + (b"?" + scope["query_string"] if scope["query_string"] else b"")
+    headers.append((b"x-raw-target", target))
+    repeated = [value for name, value in request_headers if name == b"x-repeated"]
+    if repeated:
+        headers.append((b"x-repeated", b"|".join(repeated)))
     for name, value in request_headers:
         if name == b"expect":
             headers.append((b"x-expect", value))
@@ -168,6 +176,11 @@ async def app(scope, receive, send):
             await body(f"piece {k}\n".encode(), more=True)
             await asyncio.sleep(pause)
         await body(b"")
+    elif path == "/cookies":
+        data = b"two cookies"
+        cookies = [(b"set-cookie", b"a=1; Path=/"), (b"set-cookie", b"b=2; HttpOnly"), (b"x-empty", b"")]
+        await start(200, cookies + length_of(data))
+        await body(data)
     elif path == "/count":
         data = str(count).encode()
         await start(200, length_of(data))
