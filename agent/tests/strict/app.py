@@ -31,6 +31,7 @@ Paths:
   /slow?ms=M&steps=S  waits M ms before the head, then sends S pieces M ms apart
   /count              how many requests this process has answered before this one
   /cookies            two `set-cookie` fields and a field with an empty value
+  /early?status=N     answers N at once, before reading any of the request's body
   anything else       `METHOD PATH BODY_LENGTH`, with a content-length
 """
 
@@ -70,6 +71,18 @@ async def app(scope, receive, send):
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+    if scope["path"] == "/early":
+        status = int(parse_qs(scope["query_string"].decode()).get("status", ["413"])[-1])
+        data = f"status {status} before the body".encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-length", str(len(data)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": data})
+        return
     digest = hashlib.sha256()
     length = 0
     more = True
