@@ -1176,3 +1176,15 @@ async fn an_answer_an_http1_instance_sends_before_the_upload_is_read_arrives_as_
     let (_server, port) = hypercorn(&[]);
     early_answers_agree(port, "http", "/early?status=413", true).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a proxy must forward 1xx answers (RFC 9110 §15.2), and the agent drops a 103 \
+            (Early Hints): hyper's client skips interim answers and its server cannot send one"]
+async fn an_early_hints_answer_arrives_as_it_does_directly() {
+    let (_server, port) = hypercorn(&[]);
+    let paths = both_paths(AGENT, port, "http2", "");
+    let what = "a 103 before the answer, http2 service";
+    let mode = "--http2-prior-knowledge";
+    let seen = curl_agrees(port, &paths, what, mode, &[], "/early-hints", None).await;
+    assert_eq!(seen.interim, [103], "{what} directly");
+}

@@ -32,6 +32,7 @@ Paths:
   /count              how many requests this process has answered before this one
   /cookies            two `set-cookie` fields and a field with an empty value
   /early?status=N     answers N at once, before reading any of the request's body
+  /early-hints        a 103 (Early Hints) with a `link` first (HTTP/2 only: hypercorn's rule)
   anything else       `METHOD PATH BODY_LENGTH`, with a content-length
 """
 
@@ -193,6 +194,13 @@ async def app(scope, receive, send):
         data = b"two cookies"
         cookies = [(b"set-cookie", b"a=1; Path=/"), (b"set-cookie", b"b=2; HttpOnly"), (b"x-empty", b"")]
         await start(200, cookies + length_of(data))
+        await body(data)
+    elif path == "/early-hints":
+        if "http.response.early_hint" in scope["extensions"]:
+            links = [b"</style.css>; rel=preload; as=style"]
+            await send({"type": "http.response.early_hint", "links": links})
+        data = b"hinted"
+        await start(200, length_of(data))
         await body(data)
     elif path == "/count":
         data = str(count).encode()
