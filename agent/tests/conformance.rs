@@ -1,7 +1,11 @@
-//! Conformance: real clients (curl over HTTP/1.1 and over HTTP/2 with prior knowledge, nghttp,
-//! h2load, grpcio, websockets, plain TCP) against real, strict servers that are not hyper
-//! (hypercorn, h11, grpcio, websockets), through one agent and through the mesh path. Every
-//! check runs the same client against the server directly first and expects what it saw there.
+//! Conformance: real clients (curl over HTTP/1.1, over HTTP/2 with prior knowledge and over
+//! HTTP/1.0, nghttp, h2load, grpcio, websockets, plain TCP) against real, strict servers that
+//! are not hyper (hypercorn, h11 and h2 servers in `tests/strict/`, grpcio, websockets), through
+//! one agent and through the mesh path (two agents over mutual TLS). Every check runs the same
+//! client against the server directly first and expects what it saw there; where a client
+//! cannot be compared that way (h2load gives up on a closed connection, a server that speaks
+//! one protocol) the comment says what is compared instead. Peers and tools come from
+//! `cargo xtask test`; the gRPC peer is `tests/grpc/peer.py`, shared with `tests/grpc.rs`.
 
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
