@@ -541,11 +541,12 @@ async fn trailers_arrive_over_http2_and_chunked_http1_as_they_do_directly() {
     }
 }
 
-/// Runs curl in `mode` on `url` three times in one invocation; for each transfer, how many
-/// connections curl opened for it and the port the server saw the request come from.
-fn curl_three_times(mode: &str, url: &str) -> Vec<(String, String)> {
+/// Runs curl in `mode` with `args` on `url` three times in one invocation; for each transfer,
+/// how many connections curl opened for it and the port the server saw the request come from.
+fn curl_three_times(mode: &str, args: &[&str], url: &str) -> Vec<(String, String)> {
     let output = Command::new("curl")
         .args(["-sS", mode, "--max-time", "30"])
+        .args(args)
         .args(["-o", "/dev/null", "-o", "/dev/null", "-o", "/dev/null"])
         .args(["-w", "%{num_connects} %{header.x-client-port}\\n"])
         .args([url, url, url])
@@ -574,7 +575,7 @@ async fn connections_are_kept_alive_and_reused_as_they_are_directly() {
         for mode in CURL_MODES {
             let url = format!("http://{}/echo", direct(port));
             let expected = gist(
-                tokio::task::spawn_blocking(move || curl_three_times(mode, &url))
+                tokio::task::spawn_blocking(move || curl_three_times(mode, &[], &url))
                     .await
                     .expect("curl"),
             );
@@ -586,7 +587,7 @@ async fn connections_are_kept_alive_and_reused_as_they_are_directly() {
             for path in &paths {
                 let url = format!("http://{}/echo", path.entry);
                 let seen = gist(
-                    tokio::task::spawn_blocking(move || curl_three_times(mode, &url))
+                    tokio::task::spawn_blocking(move || curl_three_times(mode, &[], &url))
                         .await
                         .expect("curl"),
                 );
@@ -596,6 +597,35 @@ async fn connections_are_kept_alive_and_reused_as_they_are_directly() {
                     path.name
                 );
             }
+        }
+        // A client that asks for its connection to be closed gets a new one each time. Only
+        // its own hop: the agent still keeps its connection to the instance.
+        let close = ["-H", "Connection: close"];
+        let url = format!("http://{}/echo", direct(port));
+        let expected =
+            tokio::task::spawn_blocking(move || curl_three_times("--http1.1", &close, &url))
+                .await
+                .expect("curl");
+        let connects = |transfers: &[(String, String)]| -> Vec<String> {
+            transfers.iter().map(|(c, _)| c.clone()).collect()
+        };
+        assert_eq!(
+            connects(&expected),
+            ["1", "1", "1"],
+            "Connection: close directly"
+        );
+        for path in &paths {
+            let url = format!("http://{}/echo", path.entry);
+            let seen =
+                tokio::task::spawn_blocking(move || curl_three_times("--http1.1", &close, &url))
+                    .await
+                    .expect("curl");
+            assert_eq!(
+                connects(&seen),
+                connects(&expected),
+                "Connection: close, {protocol} service, {}",
+                path.name
+            );
         }
     }
 }
@@ -683,6 +713,35 @@ async fn server_sent_events_arrive_one_by_one_as_they_are_sent() {
                     path.name
                 );
             }
+        }
+        // A client that asks for its connection to be closed gets a new one each time. Only
+        // its own hop: the agent still keeps its connection to the instance.
+        let close = ["-H", "Connection: close"];
+        let url = format!("http://{}/echo", direct(port));
+        let expected =
+            tokio::task::spawn_blocking(move || curl_three_times("--http1.1", &close, &url))
+                .await
+                .expect("curl");
+        let connects = |transfers: &[(String, String)]| -> Vec<String> {
+            transfers.iter().map(|(c, _)| c.clone()).collect()
+        };
+        assert_eq!(
+            connects(&expected),
+            ["1", "1", "1"],
+            "Connection: close directly"
+        );
+        for path in &paths {
+            let url = format!("http://{}/echo", path.entry);
+            let seen =
+                tokio::task::spawn_blocking(move || curl_three_times("--http1.1", &close, &url))
+                    .await
+                    .expect("curl");
+            assert_eq!(
+                connects(&seen),
+                connects(&expected),
+                "Connection: close, {protocol} service, {}",
+                path.name
+            );
         }
     }
 }
