@@ -793,6 +793,10 @@ async fn grpc_streams_each_way_errors_with_trailing_metadata_and_deadlines_as_di
     let paths = both_paths(AGENT, port, "grpc", "");
     let report = reports_agree(peer, &["conformance"], |a| a.to_string(), port, &paths).await;
     // The direct report shows what each check is about, so the comparison means something.
+    assert_eq!(
+        report["big_unary"],
+        serde_json::json!([3 * 1024 * 1024 + 5, true])
+    );
     assert_eq!(report["server_stream"].as_array().map(Vec::len), Some(100));
     assert_eq!(report["server_stream_trailers"]["x-served-by"], "peer");
     assert!(
