@@ -151,6 +151,64 @@ where
     }
 }
 
+/// Wraps `body`, whose message declared `length` bytes (`content-length`), so that once that
+/// many have passed, an error where its end should be counts as its end: the message is whole
+/// by its own framing (RFC 9110 §8.6). The h2 crate reports a stream whose END_STREAM arrived
+/// as failed when the connection closes before the stream's other half has (a server that
+/// answered before reading the whole request and then dropped the connection: hypercorn does);
+/// without this, such a complete answer reached the caller as a reset. Trailers and errors
+/// before the last byte pass as they are.
+pub fn whole_at_length(body: Body, length: u64) -> Body {
+    if http_body::Body::is_end_stream(&body) {
+        return body;
+    }
+    WholeAtLength {
+        inner: body,
+        remaining: length,
+    }
+    .boxed()
+}
+
+/// See [`whole_at_length`].
+struct WholeAtLength {
+    inner: Body,
+    /// Declared bytes not yet passed.
+    remaining: u64,
+}
+
+impl http_body::Body for WholeAtLength {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.remaining = self.remaining.saturating_sub(data.len() as u64);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) if self.remaining == 0 => {
+                tracing::debug!(%error, "the body's declared length arrived before the error; it ends there");
+                Poll::Ready(None)
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +229,42 @@ mod tests {
         let boxed = boxed(Full::new(Bytes::from_static(b"abc")));
         assert_eq!(boxed.size_hint().exact(), Some(3));
         assert!(!boxed.is_end_stream());
+    }
+
+    /// A body that yields its chunks, then fails.
+    struct FailingAfter(std::collections::VecDeque<&'static [u8]>);
+
+    impl http_body::Body for FailingAfter {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(Some(match self.0.pop_front() {
+                Some(chunk) => Ok(Frame::data(Bytes::from_static(chunk))),
+                None => Err("connection closed".into()),
+            }))
+        }
+    }
+
+    fn failing_after(chunks: &[&'static [u8]]) -> Body {
+        FailingAfter(chunks.iter().copied().collect()).boxed()
+    }
+
+    #[tokio::test]
+    async fn a_body_whose_declared_length_arrived_ends_where_an_error_follows() {
+        let whole = whole_at_length(failing_after(&[b"status ", b"413"]), 10);
+        let collected = whole.collect().await.expect("the whole length arrived");
+        assert_eq!(collected.to_bytes(), Bytes::from_static(b"status 413"));
+        let short = whole_at_length(failing_after(&[b"status"]), 10);
+        assert!(short.collect().await.is_err(), "4 bytes were missing");
+        let unwrapped = failing_after(&[b"status ", b"413"]);
+        assert!(
+            unwrapped.collect().await.is_err(),
+            "the error is there to absorb"
+        );
     }
 
     #[tokio::test]

@@ -5,12 +5,9 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use hyphae_integration::agent::Agent;
 use hyphae_integration::http::{Answer, Client, http1_client, http2_client, send};
-use hyphae_integration::mesh::{caller_agent, endpoint, host_agent_for, one_agent};
-use hyphae_integration::process::READY_PATIENCE;
+use hyphae_integration::mesh::{self, MeshPath};
 use hyphae_integration::{DEADLINE, Process};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_hyphae-agent");
@@ -23,53 +20,20 @@ fn script(name: &str) -> PathBuf {
 
 /// Starts `script` (on port 0) with `args` and returns it with the port it printed.
 fn python_server(name: &str, args: &[&str]) -> (Process, u16) {
-    let (server, line) = Process::spawn_ready(
-        name,
-        Command::new("python3").arg(script(name)).args(args),
-        READY_PATIENCE,
-    )
-    .unwrap_or_else(|e| panic!("{e} (is hypercorn installed? run `cargo xtask test`)"));
-    let port = line.trim().parse().unwrap_or_else(|_| {
-        panic!("{name} did not start: {line:?} (is hypercorn installed? run `cargo xtask test`)")
-    });
-    (server, port)
+    hyphae_integration::python::python_server(&script(name), args)
 }
 
 /// hypercorn serving `app.py`, closing each connection after `max_requests` when given.
 fn hypercorn(max_requests: Option<u32>) -> (Process, u16) {
     match max_requests {
-        Some(max) => python_server("app.py", &[&max.to_string()]),
+        Some(max) => python_server("app.py", &["--max-requests", &max.to_string()]),
         None => python_server("app.py", &[]),
     }
 }
 
-/// A way to an instance through the mesh: its name, the agents it takes and where a client
-/// enters it.
-struct MeshPath {
-    name: &'static str,
-    entry: SocketAddr,
-    _agents: Vec<Agent>,
-}
-
-/// The two ways to the instance on `port`, which speaks `protocol`, as service `app`: one agent
-/// (caller and instance on one host) and two agents (the mesh path), with `policies` in the
-/// caller's config.
+/// The two ways to the instance on `port` (see [`mesh::both_paths`]).
 fn both_paths(port: u16, protocol: &str, policies: &str) -> [MeshPath; 2] {
-    let solo = one_agent(AGENT, "app", port, protocol, policies);
-    let host = host_agent_for(AGENT, "host", "app", port, protocol);
-    let caller = caller_agent(AGENT, "app", &[endpoint(&host, "one")], policies);
-    [
-        MeshPath {
-            name: "one agent",
-            entry: solo.upstream("app"),
-            _agents: vec![solo],
-        },
-        MeshPath {
-            name: "mesh path",
-            entry: caller.upstream("app"),
-            _agents: vec![host, caller],
-        },
-    ]
+    mesh::both_paths(AGENT, port, protocol, policies)
 }
 
 /// What an answer from `app.py` says, without what depends on the address the client used.

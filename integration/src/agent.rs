@@ -41,9 +41,18 @@ impl Agent {
             .arg("--config")
             .arg(config)
             .args(["--log-format", "human"])
-            .env("HYPHAE_LOG", "warn");
+            .env("HYPHAE_LOG", log_filter());
         command
     }
+}
+
+/// Test agents log warnings and errors, or what `HYPHAE_TEST_LOG` asks for (a `HYPHAE_LOG`
+/// filter such as `hyphae_agent=debug,h2=trace`) when a failing test needs more.
+const TEST_LOG: &str = "HYPHAE_TEST_LOG";
+
+/// The log filter test agents run with (see [`TEST_LOG`]).
+fn log_filter() -> String {
+    std::env::var(TEST_LOG).unwrap_or_else(|_| "warn".to_string())
 }
 
 /// The node name in an agent config's text (`metadata: {name: X}` or `name: X` under

@@ -10,7 +10,10 @@
 //!   `hyphae-control-plane` nodes and finds the leader they agree on; [`lone_node`] writes the
 //!   files of one node a test starts by hand.
 //! - [`backend`]: an in-process HTTP service with fault knobs for the agents to proxy to;
-//!   [`mesh`]: the configs of the small meshes data-path tests build around it.
+//!   [`mesh`]: the configs of the small meshes data-path tests build around it, and the two
+//!   ways to one instance that fidelity tests compare with a direct call.
+//! - [`python`]: real peers written in Python (hypercorn, grpcio, websockets) that tests
+//!   start from a script.
 //! - [`http`]: the small HTTP client tests talk to all of them with.
 //! - [`credentials`]: the admin token clusters started here are bootstrapped with; [`trust`]:
 //!   their roots and join tokens, by node address.
@@ -38,6 +41,7 @@ pub mod mesh;
 pub mod policies;
 pub mod ports;
 pub mod process;
+pub mod python;
 pub mod systemd;
 pub mod tmpfs;
 pub mod trust;

@@ -1,8 +1,10 @@
 //! The smallest meshes data-path tests build, as agent configs: a host agent in front of one
-//! backend, a caller agent with one upstream port whose endpoints are those hosts, and one
-//! agent that is both. Only
-//! YAML and launches; what the mesh does with calls is for the tests to check.
+//! backend, a caller agent with one upstream port whose endpoints are those hosts, one agent
+//! that is both, and the two ways to one instance ([`both_paths`]) that fidelity tests compare
+//! with a direct call. Only YAML and launches; what the mesh does with calls is for the tests
+//! to check.
 
+use std::net::SocketAddr;
 use std::path::Path;
 
 use crate::agent::Agent;
@@ -113,4 +115,42 @@ spec:
 {policies}",
         endpoints.join(", ")
     )
+}
+
+/// A way to an instance through the mesh: its name, the agents it takes and where a client
+/// enters it. The agents stop when it is dropped.
+pub struct MeshPath {
+    /// `one agent` or `mesh path`, for failure messages.
+    pub name: &'static str,
+    /// The upstream port a client calls.
+    pub entry: SocketAddr,
+    /// The agents on the way.
+    pub agents: Vec<Agent>,
+}
+
+/// The two ways to the instance on local `port`, which speaks `protocol`, as service `app`: one
+/// agent (caller and instance on one host) and two agents over mutual TLS (the mesh path), with
+/// `policies` in the caller's config.
+pub fn both_paths(
+    binary: impl AsRef<Path>,
+    port: u16,
+    protocol: &str,
+    policies: &str,
+) -> [MeshPath; 2] {
+    let binary = binary.as_ref();
+    let solo = one_agent(binary, "app", port, protocol, policies);
+    let host = host_agent_for(binary, "host", "app", port, protocol);
+    let caller = caller_agent(binary, "app", &[endpoint(&host, "one")], policies);
+    [
+        MeshPath {
+            name: "one agent",
+            entry: solo.upstream("app"),
+            agents: vec![solo],
+        },
+        MeshPath {
+            name: "mesh path",
+            entry: caller.upstream("app"),
+            agents: vec![host, caller],
+        },
+    ]
 }

@@ -410,7 +410,16 @@ async fn forward_to_instance(
             .await?
         }
     };
-    let mut response = response.map(body::boxed);
+    let declared = response
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    let mut response = response.map(|incoming| match declared {
+        // An instance that drops its connection right after a whole answer (one it sent
+        // before reading the whole request) must not turn that answer into a reset.
+        Some(length) => body::whole_at_length(body::boxed(incoming), length),
+        None => body::boxed(incoming),
+    });
     strip_hop_by_hop(response.headers_mut());
     Ok(response)
 }
