@@ -78,7 +78,16 @@ fn route(admin: &Admin, request: &Request<Incoming>) -> Response<Body> {
         "/endpoints" => json(StatusCode::OK, &endpoints(admin)),
         "/sites" => json(StatusCode::OK, &sites(admin)),
         "/metrics" => {
-            crate::metrics::sites(&sites(admin));
+            for view in sites(admin) {
+                crate::metrics::site(&crate::metrics::SiteGauges {
+                    service: &view.service,
+                    site: &view.site,
+                    usable: view.endpoints - view.ejected,
+                    ejected: view.ejected,
+                    registered: view.registered,
+                    serving: view.serving,
+                });
+            }
             if admin.control_plane_configured {
                 let view = control_plane_view(admin);
                 crate::metrics::control_plane(

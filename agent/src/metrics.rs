@@ -185,22 +185,35 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     Ok(handle)
 }
 
-/// Records each service's per-site state (refreshed when `/metrics` is read).
-pub fn sites(sites: &[crate::admin::SiteView]) {
-    for view in sites {
-        let labels = [
-            ("service", view.service.clone()),
-            ("site", view.site.clone()),
-        ];
-        let usable = view.endpoints - view.ejected;
-        for (state, count) in [("usable", usable), ("ejected", view.ejected)] {
-            let mut with_state = labels.to_vec();
-            with_state.push(("state", state.to_string()));
-            gauge!(SITE_ENDPOINTS, &with_state).set(count as f64);
-        }
-        gauge!(SITE_REGISTERED, &labels).set(view.registered as f64);
-        gauge!(SITE_SERVING, &labels).set(if view.serving { 1.0 } else { 0.0 });
+/// One site's share of one service, as the `hyphae_site_*` gauges show it.
+pub struct SiteGauges<'a> {
+    /// The service.
+    pub service: &'a str,
+    /// The site.
+    pub site: &'a str,
+    /// Endpoints there not ejected.
+    pub usable: usize,
+    /// Endpoints there ejected.
+    pub ejected: usize,
+    /// Instances the site registered, passing or not.
+    pub registered: usize,
+    /// Whether calls go there now.
+    pub serving: bool,
+}
+
+/// Records one service's state in one site (refreshed when `/metrics` is read).
+pub fn site(gauges: &SiteGauges<'_>) {
+    let labels = [
+        ("service", gauges.service.to_string()),
+        ("site", gauges.site.to_string()),
+    ];
+    for (state, count) in [("usable", gauges.usable), ("ejected", gauges.ejected)] {
+        let mut with_state = labels.to_vec();
+        with_state.push(("state", state.to_string()));
+        gauge!(SITE_ENDPOINTS, &with_state).set(count as f64);
     }
+    gauge!(SITE_REGISTERED, &labels).set(gauges.registered as f64);
+    gauge!(SITE_SERVING, &labels).set(if gauges.serving { 1.0 } else { 0.0 });
 }
 
 /// Records how many virtual IP listeners are open and how many cannot be bound.
