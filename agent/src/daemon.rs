@@ -269,6 +269,12 @@ impl Daemon {
                 }
             });
         }
+        daemon.accepting.spawn(crate::external_names::run(
+            Arc::clone(&proxy),
+            Arc::clone(&daemon.sources),
+            config.spec.dns.clone(),
+            daemon.stop_accepting.clone(),
+        ));
         if listeners.virtual_ips {
             let virtual_listeners = VirtualListeners {
                 proxy: Arc::clone(&proxy),

@@ -33,6 +33,7 @@ pub mod daemon;
 pub mod dev;
 pub mod dns;
 pub mod error;
+pub mod external_names;
 pub mod health;
 pub mod identity;
 pub mod listener;

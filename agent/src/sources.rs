@@ -43,6 +43,8 @@ pub struct Sources {
     /// The generation of the snapshot in force, for parts that follow it (virtual IP
     /// listeners, the DNS zone).
     changes: tokio::sync::watch::Sender<u64>,
+    /// What the DNS hosts of external services resolved to, by service name.
+    resolved: Mutex<BTreeMap<String, Vec<std::net::IpAddr>>>,
 }
 
 impl Sources {
@@ -55,6 +57,7 @@ impl Sources {
             parsed: Mutex::new(BTreeMap::new()),
             generation: AtomicU64::new(1),
             changes: tokio::sync::watch::Sender::new(1),
+            resolved: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -100,6 +103,13 @@ impl Sources {
         self.rebuild()
     }
 
+    /// New addresses for external services named by a DNS host; returns the new snapshot's
+    /// generation.
+    pub fn set_resolved(&self, resolved: BTreeMap<String, Vec<std::net::IpAddr>>) -> u64 {
+        *self.resolved.lock().unwrap_or_else(|p| p.into_inner()) = resolved;
+        self.rebuild()
+    }
+
     fn rebuild(&self) -> u64 {
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         let mut config = self.local.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -126,7 +136,12 @@ impl Sources {
             }
             config.policies = merged.into_values().collect();
         }
-        let mut snapshot = Snapshot::from_config(&config, generation);
+        let resolved = self
+            .resolved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut snapshot = Snapshot::from_config_resolved(&config, generation, &resolved);
         if let Some(remote) = remote {
             snapshot.control_plane_revision = Some(remote.revision);
             snapshot.virtual_services = remote.virtual_services;

@@ -93,10 +93,11 @@ async fn external_services_are_reached_by_virtual_ip_and_proxy_with_retries_metr
         &server,
         "/v1/policies",
         &format!(
-            "kind: ExternalService\nmetadata: {{name: plain}}\nspec:\n  addresses: [127.0.0.1]\n  ports: [{{port: {}, protocol: http}}]\n---\nkind: ExternalService\nmetadata: {{name: secure}}\nspec:\n  addresses: [127.0.0.1]\n  ports: [{{port: {}, protocol: http}}]\n  tls: {{serverName: secure.example.test, caFile: {}}}\n---\nkind: ExternalService\nmetadata: {{name: impostor}}\nspec:\n  addresses: [127.0.0.1]\n  ports: [{{port: {}, protocol: http}}]\n  tls: {{serverName: bank.example.test, caFile: {}}}\n",
+            "kind: ExternalService\nmetadata: {{name: plain}}\nspec:\n  addresses: [127.0.0.1]\n  ports: [{{port: {}, protocol: http}}]\n---\nkind: ExternalService\nmetadata: {{name: secure}}\nspec:\n  addresses: [127.0.0.1]\n  ports: [{{port: {}, protocol: http}}]\n  tls: {{serverName: secure.example.test, caFile: {}}}\n---\nkind: ExternalService\nmetadata: {{name: named}}\nspec:\n  host: localhost\n  ports: [{{port: {}, protocol: http}}]\n---\nkind: ExternalService\nmetadata: {{name: impostor}}\nspec:\n  addresses: [127.0.0.1]\n  ports: [{{port: {}, protocol: http}}]\n  tls: {{serverName: bank.example.test, caFile: {}}}\n",
             plain.port(),
             secure.port(),
             ca_file.display(),
+            plain.port(),
             secure.port(),
             ca_file.display()
         ),
@@ -154,6 +155,19 @@ async fn external_services_are_reached_by_virtual_ip_and_proxy_with_retries_metr
     let proxy = SocketAddr::from(([127, 0, 0, 1], proxy_port));
     let answer = request_with_host(proxy, "plain.mesh").await;
     assert_eq!(answer, (200, "plain".to_string()));
+
+    // A service named by a DNS host is reached at what the name resolves to (here through
+    // the host's own files: `localhost`).
+    eventually("named to resolve and answer", || async {
+        request_with_host(proxy, "named").await == (200, "plain".to_string())
+    })
+    .await;
+    let config = get_json(caller.admin, "/config").await.expect("config");
+    let endpoints = config["services"]["named"]["endpoints"].to_string();
+    assert!(
+        endpoints.contains(&format!("127.0.0.1:{}", plain.port())),
+        "{endpoints}"
+    );
 
     // With `tls`, the app speaks plain HTTP and the agent speaks HTTPS, checking the name.
     let secure_ip = virtual_ip(&caller, "secure")
