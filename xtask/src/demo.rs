@@ -94,15 +94,15 @@ pub fn run(_args: &[String]) -> Result<()> {
     runtime.block_on(crate::cluster::run(&bin, &scratch, &examples))?;
 
     stage(
-        "7. A fleet on this machine: agents register with the control plane, calls by name, a crash healed, a lease lapsed",
+        "7. A fleet on this machine: agents register with the control plane, calls by name (DNS, virtual IP), a crash healed, a lease lapsed",
     );
     runtime.block_on(crate::fleet::run(&bin, &scratch))?;
 
     stage("Done");
     println!(
         "Every step above ran the real hyphae binaries, every hop over TLS: the control plane's \
-         port, and mutual TLS between agents. Next on the roadmap: DNS and virtual IPs, egress, \
-         sites (see README.md)."
+         port, and mutual TLS between agents; the frontend knew only the name catalog.mesh (see \
+         README.md, \"Services by name with no setup\")."
     );
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! retries, ejection and health checks hide and heal, and an agent whose lease lapses.
 //! Every process it starts is stopped when it returns, even on error.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -15,7 +15,6 @@ use hyphae_integration::agent::Agent;
 use hyphae_integration::cluster::Cluster;
 use hyphae_integration::eventually::wait_for;
 use hyphae_integration::http::request;
-use hyphae_integration::ports::free_address;
 use hyphae_integration::process::READY_PATIENCE;
 use tokio::time::Instant;
 
@@ -31,6 +30,10 @@ const ROUND_INTERVAL: Duration = Duration::from_millis(500);
 const EJECTION: &str = "3s";
 /// The demo control plane's lease, short so an expiry is quick to see.
 const LEASE: &str = "3s";
+/// The loopback address app-1's catalog instance listens on (a host of its own).
+const APP1_IP: &str = "127.0.0.2";
+/// The loopback address app-2's catalog instance listens on.
+const APP2_IP: &str = "127.0.0.3";
 
 /// Runs the fleet scenario with the binaries in `bin`, keeping files under `scratch`.
 pub async fn run(bin: &Path, scratch: &Path) -> Result<()> {
@@ -49,42 +52,51 @@ pub async fn run(bin: &Path, scratch: &Path) -> Result<()> {
     let control_plane = cluster.node(1).address;
     println!("control plane: one node at {control_plane} (leaseTtl {LEASE})");
 
-    let app1_catalog = Catalog::start(&dir, "app-1", "catalog v1 on app-1 (eu-west)", 0)?;
-    let app2_catalog = Catalog::start(&dir, "app-2", "catalog v2 on app-2 (us-east)", 0)?;
-    let app1_port = app1_catalog.port;
+    // Two "hosts" on one machine: each catalog instance on its own loopback address, on the
+    // same port, as they would be on two machines.
+    let app1_catalog = Catalog::start(&dir, "app-1", "catalog v1 on app-1 (eu-west)", APP1_IP, 0)?;
+    let port = app1_catalog.port;
+    let _app2_catalog = Catalog::start(
+        &dir,
+        "app-2",
+        "catalog v2 on app-2 (us-east)",
+        APP2_IP,
+        port,
+    )?;
     let app1 = start_agent(
         agent,
         &dir,
         "app-1",
-        &host_config(&dir, control_plane, "app-1", "eu-west", app1_port, "v1"),
+        &host_config(&dir, control_plane, "app-1", "eu-west", APP1_IP, port, "v1"),
     )?;
     let app2 = start_agent(
         agent,
         &dir,
         "app-2",
-        &host_config(
-            &dir,
-            control_plane,
-            "app-2",
-            "us-east",
-            app2_catalog.port,
-            "v2",
-        ),
+        &host_config(&dir, control_plane, "app-2", "us-east", APP2_IP, port, "v2"),
     )?;
-    // An upstream's port is fixed by the config (the agent refuses port 0 there): chosen ahead.
-    let upstream = free_address()?;
-    let web = start_agent(
-        agent,
-        &dir,
-        "web-1",
-        &web_config(&dir, control_plane, upstream),
-    )?;
+    let web = start_agent(agent, &dir, "web-1", &web_config(&dir, control_plane))?;
+    let dns = web.dns.context("web-1 should serve DNS")?;
     println!(
-        "agents: web-1 (eu-west, admin {}), app-1 (eu-west, inbound {}), app-2 (us-east, inbound {}); the frontend on web-1 calls http://{upstream} for the catalog",
+        "agents: web-1 (eu-west, admin {}, DNS {dns}), app-1 (eu-west, inbound {}), app-2 (us-east, inbound {})",
         web.admin, app1.inbound, app2.inbound
     );
     println!(
-        "no endpoint lists anywhere: the hosts register the catalog and web-1 follows the registry"
+        "no endpoint lists and no upstream ports anywhere: the hosts register the catalog, web-1 follows the registry"
+    );
+    // The frontend on web-1 knows only the name: web-1's DNS server answers it with the
+    // catalog's virtual IP, where web-1's agent listens.
+    let name = format!("catalog.mesh:{port}");
+    let catalog = wait_for(
+        "catalog.mesh to resolve through web-1's DNS server",
+        PATIENCE,
+        POLL_INTERVAL,
+        || async { resolve(dns, "catalog.mesh.").await },
+    )
+    .await?;
+    let upstream = SocketAddr::from((catalog, port));
+    println!(
+        "the frontend calls http://{name}/whoami: web-1's DNS server says catalog.mesh is {catalog} (its virtual IP, the same on every host), and web-1's agent listens at {upstream}"
     );
     wait_until(
         "both catalog instances to register and pass their checks",
@@ -133,8 +145,14 @@ pub async fn run(bin: &Path, scratch: &Path) -> Result<()> {
     println!(
         "\n-- healing: app-1's catalog restarts; after its {EJECTION} ejection it gets its traffic back"
     );
-    // On the port app-1's agent was configured with.
-    let _app1_catalog = Catalog::start(&dir, "app-1", "catalog v1 on app-1 (eu-west)", app1_port)?;
+    // On the address and port app-1's agent was configured with.
+    let _app1_catalog = Catalog::start(
+        &dir,
+        "app-1",
+        "catalog v1 on app-1 (eu-west)",
+        APP1_IP,
+        port,
+    )?;
     let tally = wait_for(
         "app-1 to get its traffic back",
         PATIENCE,
@@ -190,9 +208,9 @@ struct Catalog {
 }
 
 impl Catalog {
-    /// Starts the sample service of `host` on `port` (0: a free one, read from the line it
-    /// prints once it listens).
-    fn start(dir: &Path, host: &str, whoami: &str, port: u16) -> Result<Catalog> {
+    /// Starts the sample service of `host` on `ip`:`port` (port 0: a free one, read from the
+    /// line it prints once it listens).
+    fn start(dir: &Path, host: &str, whoami: &str, ip: &str, port: u16) -> Result<Catalog> {
         let root = dir.join(format!("catalog-{host}"));
         std::fs::create_dir_all(&root).context("create the sample service's directory")?;
         std::fs::write(root.join("whoami"), format!("{whoami}\n")).context("write whoami")?;
@@ -201,7 +219,7 @@ impl Catalog {
             &format!("the sample service on {host}"),
             Command::new("python3")
                 .args(["-u", "-m", "http.server", &port.to_string()])
-                .args(["--bind", "127.0.0.1", "--directory"])
+                .args(["--bind", ip, "--directory"])
                 .arg(&root)
                 .stderr(Stdio::null()),
             READY_PATIENCE,
@@ -275,6 +293,7 @@ fn host_config(
     control_plane: SocketAddr,
     node: &str,
     site: &str,
+    ip: &str,
     port: u16,
     version: &str,
 ) -> String {
@@ -285,9 +304,10 @@ spec:
   site: {site}
   controlPlane: [\"{control_plane}\"]
   dataDir: {}
-  listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: null, dns: null}}
+  listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: null, dns: null, virtualIps: false}}
   services:
     - name: catalog
+      address: {ip}
       port: {port}
       tags: {{version: {version}}}
       check: {{http: /whoami, interval: 300ms, timeout: 250ms, rise: 1, fall: 1}}
@@ -296,7 +316,7 @@ spec:
     )
 }
 
-fn web_config(dir: &Path, control_plane: SocketAddr, upstream: SocketAddr) -> String {
+fn web_config(dir: &Path, control_plane: SocketAddr) -> String {
     format!(
         "kind: AgentConfig
 metadata: {{name: web-1}}
@@ -304,9 +324,7 @@ spec:
   site: eu-west
   controlPlane: [\"{control_plane}\"]
   dataDir: {}
-  listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: 127.0.0.1:0, dns: null}}
-  upstreams:
-    - {{listen: \"{upstream}\", service: catalog}}
+  listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: 127.0.0.1:0, dns: 127.0.0.1:0}}
 ---
 kind: ServicePolicy
 metadata: {{name: catalog}}
@@ -448,4 +466,28 @@ async fn http_get(address: SocketAddr, path: &str) -> Result<(u16, String)> {
         Some(answer) => Ok((answer.status.as_u16(), answer.text())),
         None => bail!("no HTTP response from {address}"),
     }
+}
+
+/// What `name` resolves to (IPv4) through the DNS server at `dns`, as a stub resolver pointed
+/// at it would see it; `None` until it answers.
+async fn resolve(dns: SocketAddr, name: &str) -> Option<Ipv4Addr> {
+    use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+    let mut connection = ConnectionConfig::udp();
+    connection.port = dns.port();
+    let config = ResolverConfig::from_name_servers(vec![NameServerConfig::new(
+        dns.ip(),
+        true,
+        vec![connection],
+    )]);
+    let resolver = hickory_resolver::TokioResolver::builder_with_config(
+        config,
+        hickory_resolver::net::runtime::TokioRuntimeProvider::default(),
+    )
+    .build()
+    .ok()?;
+    let answer = resolver.lookup_ip(name).await.ok()?;
+    answer.iter().find_map(|ip| match ip {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(_) => None,
+    })
 }
