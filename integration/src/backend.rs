@@ -14,7 +14,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
 
 /// How the backend answers, changeable while it runs.
 #[derive(Clone, Debug)]
@@ -213,4 +214,36 @@ async fn answer(request: Request<Incoming>, shared: &Shared) -> Response<Full<By
         response.headers_mut().insert("x-seen-host", host);
     }
     response
+}
+
+/// A line echo server: answers each line with the same line.
+pub async fn line_echo() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
+    let address = listener.local_addr().expect("echo address");
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut lines = BufReader::new(read).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if write
+                        .write_all(format!("{line}\n").as_bytes())
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (address, task)
+}
+
+/// Sends one line to `address` and reads one back; `None` when the connection fails.
+pub async fn echo_once(address: SocketAddr, line: &str) -> Option<String> {
+    let stream = TcpStream::connect(address).await.ok()?;
+    let (read, mut write) = stream.into_split();
+    write.write_all(format!("{line}\n").as_bytes()).await.ok()?;
+    BufReader::new(read).lines().next_line().await.ok()?
 }

@@ -11,7 +11,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyphae_integration::agent::Agent;
-use hyphae_integration::backend::{Behaviour, TestBackend};
+use hyphae_integration::backend::{Behaviour, TestBackend, echo_once, line_echo};
 use hyphae_integration::binaries::workspace_binary;
 use hyphae_integration::cluster::{Cluster, SHORT_WRITE_TIMEOUT};
 use hyphae_integration::eventually::wait_for;
@@ -85,6 +85,7 @@ async fn external_services_are_reached_by_virtual_ip_and_proxy_with_retries_metr
     .expect("start the control plane");
     let server = nodes.node(1).address.to_string();
     let plain = TestBackend::start_as("plain", Behaviour::status(503)).await;
+    let (echo, _echo_task) = line_echo().await;
     let (secure, secure_pem) = https_server("secure.example.test").await;
     let ca_file = dir.path().join("secure-ca.pem");
     std::fs::write(&ca_file, secure_pem).expect("write the CA file");
@@ -93,10 +94,11 @@ async fn external_services_are_reached_by_virtual_ip_and_proxy_with_retries_metr
         &server,
         "/v1/policies",
         &format!(
-            "kind: ExternalService\nmetadata: {{name: plain}}\nspec:\n  addresses: [127.0.0.1]\n  ports: [{{port: {}, protocol: http}}]\n---\nkind: ExternalService\nmetadata: {{name: secure}}\nspec:\n  addresses: [127.0.0.1]\n  ports: [{{port: {}, protocol: http}}]\n  tls: {{serverName: secure.example.test, caFile: {}}}\n---\nkind: ExternalService\nmetadata: {{name: named}}\nspec:\n  host: localhost\n  ports: [{{port: {}, protocol: http}}]\n---\nkind: ExternalService\nmetadata: {{name: impostor}}\nspec:\n  addresses: [127.0.0.1]\n  ports: [{{port: {}, protocol: http}}]\n  tls: {{serverName: bank.example.test, caFile: {}}}\n",
+            "kind: ExternalService\nmetadata: {{name: plain}}\nspec:\n  addresses: [127.0.0.1]\n  ports: [{{port: {}, protocol: http}}]\n---\nkind: ExternalService\nmetadata: {{name: secure}}\nspec:\n  addresses: [127.0.0.1]\n  ports: [{{port: {}, protocol: http}}]\n  tls: {{serverName: secure.example.test, caFile: {}}}\n---\nkind: ExternalService\nmetadata: {{name: lines}}\nspec:\n  addresses: [127.0.0.1]\n  ports: [{{port: {}, protocol: tcp}}]\n---\nkind: ExternalService\nmetadata: {{name: named}}\nspec:\n  host: localhost\n  ports: [{{port: {}, protocol: http}}]\n---\nkind: ExternalService\nmetadata: {{name: impostor}}\nspec:\n  addresses: [127.0.0.1]\n  ports: [{{port: {}, protocol: http}}]\n  tls: {{serverName: bank.example.test, caFile: {}}}\n",
             plain.port(),
             secure.port(),
             ca_file.display(),
+            echo.port(),
             plain.port(),
             secure.port(),
             ca_file.display()
@@ -180,6 +182,16 @@ async fn external_services_are_reached_by_virtual_ip_and_proxy_with_retries_metr
         answer.text(),
         format!("secure secure.example.test:{}", secure.port())
     );
+    // Opaque TCP leaves the same way, as bytes.
+    let lines_ip = virtual_ip(&caller, "lines")
+        .await
+        .expect("lines' virtual IP");
+    let lines_at = SocketAddr::from((lines_ip, echo.port()));
+    assert_eq!(
+        echo_once(lines_at, "out of the mesh").await.as_deref(),
+        Some("out of the mesh")
+    );
+
     // A certificate that does not carry the name asked for is refused: no request is sent.
     let (status, _) = request_with_host(proxy, "impostor").await;
     assert_eq!(

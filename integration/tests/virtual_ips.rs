@@ -7,13 +7,12 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 
 use hyphae_integration::agent::Agent;
-use hyphae_integration::backend::TestBackend;
+use hyphae_integration::backend::{TestBackend, echo_once, line_echo};
 use hyphae_integration::binaries::workspace_binary;
 use hyphae_integration::cluster::{Cluster, SHORT_WRITE_TIMEOUT};
 use hyphae_integration::http::{get_json, get_text};
 use hyphae_integration::{Signal, eventually};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// An agent hosting `services` (flow-style YAML entries) and `policies` (YAML documents after
 /// its config), with no virtual IP listeners of its own: on this one machine, the caller owns
@@ -88,38 +87,6 @@ async fn resolve(resolver: &hickory_resolver::TokioResolver, name: &str) -> Vec<
             .collect(),
         Err(_) => Vec::new(),
     }
-}
-
-/// A line echo server: answers each line with the same line.
-async fn line_echo() -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
-    let address = listener.local_addr().expect("echo address");
-    let task = tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (read, mut write) = stream.into_split();
-                let mut lines = BufReader::new(read).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if write
-                        .write_all(format!("{line}\n").as_bytes())
-                        .await
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    (address, task)
-}
-
-/// Sends one line to `address` and reads one back; `None` when the connection fails.
-async fn echo_once(address: SocketAddr, line: &str) -> Option<String> {
-    let stream = TcpStream::connect(address).await.ok()?;
-    let (read, mut write) = stream.into_split();
-    write.write_all(format!("{line}\n").as_bytes()).await.ok()?;
-    BufReader::new(read).lines().next_line().await.ok()?
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

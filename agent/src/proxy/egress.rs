@@ -79,6 +79,39 @@ impl Egress {
         })
     }
 
+    /// Opens a byte stream (opaque TCP) to the external service `target` at `address`, in TLS
+    /// when it asks the agent to originate it.
+    pub async fn connect(
+        &self,
+        target: &Arc<ExternalTarget>,
+        address: SocketAddr,
+        connect_timeout: Duration,
+    ) -> Result<EgressStream, ProxyError> {
+        let failed = |reason: Cause| ProxyError::ConnectFailed {
+            address: address.to_string(),
+            reason,
+        };
+        let tls = match &target.tls {
+            Some(tls) => {
+                let (config, name) = client_config(tls, None).map_err(failed)?;
+                Some(Arc::new((TlsConnector::from(config), name)))
+            }
+            None => None,
+        };
+        let dialer = Dialer {
+            address,
+            connect_timeout,
+            tls,
+        };
+        dialer.dial().await.map_err(|error| {
+            if error.kind() == io::ErrorKind::TimedOut {
+                ProxyError::ConnectTimeout(address.to_string())
+            } else {
+                failed(Cause::new(error))
+            }
+        })
+    }
+
     /// The pool for `address` of `target`, made afresh when the service's settings changed.
     fn client(
         &self,
@@ -97,10 +130,12 @@ impl Egress {
         let tls = match &target.tls {
             Some(tls) => {
                 let (config, name) =
-                    client_config(tls, http2).map_err(|reason| ProxyError::ConnectFailed {
-                        address: address.to_string(),
-                        reason,
-                    })?;
+                    client_config(tls, Some(if http2 { b"h2" } else { b"http/1.1" })).map_err(
+                        |reason| ProxyError::ConnectFailed {
+                            address: address.to_string(),
+                            reason,
+                        },
+                    )?;
                 Some((TlsConnector::from(config), name))
             }
             None => None,
@@ -196,21 +231,27 @@ impl tower_service::Service<Uri> for Dialer {
 
     fn call(&mut self, _: Uri) -> Self::Future {
         let dialer = self.clone();
-        Box::pin(async move {
-            let tcp =
-                tokio::time::timeout(dialer.connect_timeout, TcpStream::connect(dialer.address))
-                    .await
-                    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        Box::pin(async move { dialer.dial().await.map(TokioIo::new) })
+    }
+}
+
+impl Dialer {
+    /// Connects within the connect timeout (the TLS handshake included).
+    async fn dial(&self) -> io::Result<EgressStream> {
+        let connect = async {
+            let tcp = TcpStream::connect(self.address).await?;
             tcp.set_nodelay(true)?;
-            let stream = match &dialer.tls {
+            Ok(match &self.tls {
                 None => EgressStream::Plain(tcp),
                 Some(tls) => {
                     let (connector, name) = &**tls;
                     EgressStream::Tls(Box::new(connector.connect(name.clone(), tcp).await?))
                 }
-            };
-            Ok(TokioIo::new(stream))
-        })
+            })
+        };
+        tokio::time::timeout(self.connect_timeout, connect)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
     }
 }
 
@@ -283,10 +324,11 @@ const SYSTEM_ROOTS: [&str; 4] = [
 ];
 
 /// The TLS client settings for originating TLS to `tls`'s service: its roots (its `caFile`,
-/// else the host's system roots), TLS 1.2 and 1.3, and ALPN for the version its port speaks.
+/// else the host's system roots), TLS 1.2 and 1.3, and `alpn` (the version its port speaks;
+/// none for opaque TCP).
 fn client_config(
     tls: &OriginatedTls,
-    http2: bool,
+    alpn: Option<&[u8]>,
 ) -> Result<(Arc<rustls::ClientConfig>, ServerName<'static>), Cause> {
     let pem = match &tls.ca_file {
         Some(file) => std::fs::read_to_string(file)
@@ -315,11 +357,7 @@ fn client_config(
         .map_err(Cause::new)?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = vec![if http2 {
-        b"h2".to_vec()
-    } else {
-        b"http/1.1".to_vec()
-    }];
+    config.alpn_protocols = alpn.map(|p| vec![p.to_vec()]).unwrap_or_default();
     let name = ServerName::try_from(tls.server_name.clone()).map_err(Cause::new)?;
     Ok((Arc::new(config), name))
 }

@@ -107,10 +107,13 @@ async fn serve_tcp(proxy: &Proxy, service: &str, stream: TcpStream, peer: Socket
             return;
         }
     };
-    if open.response.status() != StatusCode::OK {
-        tracing::warn!(%peer, %service, status = %open.response.status(), "peer refused the TCP stream");
-        return;
-    }
+    let open = match open.accepted() {
+        Ok(open) => open,
+        Err(refused) => {
+            tracing::warn!(%peer, %service, status = %refused.status(), "peer refused the TCP stream");
+            return;
+        }
+    };
     splice(service, std::future::ready(Ok(stream)), open)
         .instrument(tracing::info_span!("tcp", %peer))
         .await;
@@ -219,16 +222,21 @@ async fn upgrade(proxy: &Proxy, service: &str, mut request: Request<Incoming>) -
         Ok(open) => open,
         Err(error) => return error_response(&error),
     };
-    if open.response.status() != StatusCode::OK {
-        // The instance refused the upgrade: its answer goes back as it is.
-        let mut response = open.response.map(body::boxed);
-        strip_hop_by_hop(response.headers_mut());
-        return response;
-    }
+    let open = match open.accepted() {
+        Ok(open) => open,
+        Err(refused) => {
+            // The instance refused the upgrade: its answer goes back as it is.
+            let mut response = refused.map(body::boxed);
+            strip_hop_by_hop(response.headers_mut());
+            return response;
+        }
+    };
     let mut response = Response::new(body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
-    headers.clone_from(open.response.headers());
+    if let Some(upgraded) = open.headers() {
+        headers.clone_from(upgraded);
+    }
     strip_hop_by_hop(headers);
     headers.insert(
         http::header::CONNECTION,
@@ -251,15 +259,14 @@ async fn connect_through_proxy(proxy: &Proxy, mut request: Request<Incoming>) ->
         Ok(open) => open,
         Err(error) => return error_response(&error),
     };
-    if open.response.status() != StatusCode::OK {
-        return error_response(&ProxyError::Reset(
-            format!(
-                "the peer refused the stream with {}",
-                open.response.status()
-            )
-            .into(),
-        ));
-    }
+    let open = match open.accepted() {
+        Ok(open) => open,
+        Err(refused) => {
+            return error_response(&ProxyError::Reset(
+                format!("the peer refused the stream with {}", refused.status()).into(),
+            ));
+        }
+    };
     spawn_splice(proxy, service, client_side, open);
     Response::new(body::empty())
 }
@@ -286,8 +293,16 @@ where
     F: Future<Output = Result<C, hyper::Error>>,
 {
     let _permit = open.permit;
-    let upstream = pipe::upgraded(hyper::upgrade::on(open.response));
-    match pipe::splice(client_side, upstream, open.idle).await {
+    let spliced = match open.upstream {
+        stream::Upstream::Peer(response) => {
+            let upstream = pipe::upgraded(hyper::upgrade::on(response));
+            pipe::splice(client_side, upstream, open.idle).await
+        }
+        stream::Upstream::Direct(connection) => {
+            pipe::splice(client_side, std::future::ready(Ok(connection)), open.idle).await
+        }
+    };
+    match spliced {
         Ok(piped) => {
             crate::metrics::stream_bytes(service, piped.a_to_b, piped.b_to_a);
             if let Some(error) = piped.error {

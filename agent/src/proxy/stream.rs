@@ -4,11 +4,12 @@
 
 use http::header::HeaderName;
 use http::uri::Authority;
-use http::{HeaderMap, Method, Request, Response, Uri};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyphae_policies::ErrorChain;
 use tokio::time::Instant;
 
+use super::egress::EgressStream;
 use super::headers::DESTINATION;
 use super::{Proxy, endpoint};
 use crate::body;
@@ -21,15 +22,42 @@ pub const UPGRADE: HeaderName = HeaderName::from_static("hyphae-upgrade");
 /// The path and query of the upgrade request.
 pub const UPGRADE_PATH: HeaderName = HeaderName::from_static("hyphae-upgrade-path");
 
-/// An open stream: the peer's answer (upgrade it to get the bytes) and the slot it holds in
-/// the service's stream limit.
+/// Where an open stream's bytes go.
+pub enum Upstream {
+    /// A peer agent's response to CONNECT (200 when the instance is on the line): upgrade it
+    /// to get the bytes.
+    Peer(Response<Incoming>),
+    /// A connection straight to an external service.
+    Direct(EgressStream),
+}
+
+/// An open stream: where its bytes go and the slot it holds in the service's stream limit.
 pub struct OpenStream {
-    /// The peer agent's response to CONNECT: 200 when the instance is on the line.
-    pub response: Response<Incoming>,
+    /// The other end.
+    pub upstream: Upstream,
     /// Held for as long as the stream lives.
     pub permit: Permit,
     /// The service's idle timeout for streams.
     pub idle: std::time::Duration,
+}
+
+impl OpenStream {
+    /// The stream, or the peer's answer when it refused it (anything but 200).
+    pub fn accepted(self) -> Result<OpenStream, Response<Incoming>> {
+        match self.upstream {
+            Upstream::Peer(response) if response.status() != StatusCode::OK => Err(response),
+            upstream => Ok(OpenStream { upstream, ..self }),
+        }
+    }
+
+    /// The headers of the peer's answer (an upgrade's 101, carried in its 200); none for a
+    /// direct connection.
+    pub fn headers(&self) -> Option<&HeaderMap> {
+        match &self.upstream {
+            Upstream::Peer(response) => Some(response.headers()),
+            Upstream::Direct(_) => None,
+        }
+    }
 }
 
 /// Opens a stream to `service`. `authority` becomes the CONNECT target (the caller's host, for
@@ -44,10 +72,8 @@ pub async fn open(
     let target: &Service = snapshot
         .service(service)
         .ok_or_else(|| ProxyError::UnknownService(service.to_string()))?;
-    if target.external.is_some() {
-        return Err(ProxyError::Unsupported(
-            "byte streams (TCP, upgrades) to an ExternalService",
-        ));
+    if target.external.is_some() && headers.contains_key(UPGRADE) {
+        return Err(ProxyError::Unsupported("upgrades to an ExternalService"));
     }
     let retries = &target.policy.retries;
     let state = proxy.runtime.service(&target.name, retries);
@@ -73,13 +99,24 @@ pub async fn open(
     loop {
         let chosen = endpoint::choose(snapshot, target, None, &state, &tried)?;
         tried.push(chosen.endpoint.key());
-        let mut request = Request::new(body::empty());
-        *request.method_mut() = Method::CONNECT;
-        *request.uri_mut() = Uri::from(authority.clone());
-        *request.headers_mut() = headers.clone();
-        let destination = chosen.endpoint.destination_header()?;
-        request.headers_mut().insert(DESTINATION, destination);
-        let result = chosen.send(proxy, target, &state, request).await;
+        let result = match &target.external {
+            Some(external) => proxy
+                .egress
+                .connect(
+                    external,
+                    chosen.endpoint.address,
+                    target.policy.timeouts.connect.get(),
+                )
+                .await
+                .map(Upstream::Direct),
+            None => {
+                let request = connect_request(&authority, &headers, &chosen)?;
+                chosen
+                    .send(proxy, target, &state, request)
+                    .await
+                    .map(Upstream::Peer)
+            }
+        };
         let outcome = if result.is_ok() {
             Outcome::Success
         } else {
@@ -87,9 +124,9 @@ pub async fn open(
         };
         chosen.record(target, &state, outcome, Instant::now());
         match result {
-            Ok(response) => {
+            Ok(upstream) => {
                 return Ok(OpenStream {
-                    response,
+                    upstream,
                     permit,
                     idle: target.policy.timeouts.idle.get(),
                 });
@@ -104,4 +141,19 @@ pub async fn open(
             Err(error) => return Err(error),
         }
     }
+}
+
+/// The CONNECT request that opens a stream through the peer agent in front of `chosen`.
+fn connect_request(
+    authority: &Authority,
+    headers: &HeaderMap,
+    chosen: &endpoint::Chosen<'_>,
+) -> Result<Request<body::Body>, ProxyError> {
+    let mut request = Request::new(body::empty());
+    *request.method_mut() = Method::CONNECT;
+    *request.uri_mut() = Uri::from(authority.clone());
+    *request.headers_mut() = headers.clone();
+    let destination = chosen.endpoint.destination_header()?;
+    request.headers_mut().insert(DESTINATION, destination);
+    Ok(request)
 }
