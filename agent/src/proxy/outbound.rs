@@ -226,7 +226,7 @@ async fn upgrade(proxy: &Proxy, service: &str, mut request: Request<Incoming>) -
         Ok(open) => open,
         Err(refused) => {
             // The instance refused the upgrade: its answer goes back as it is.
-            let mut response = refused.map(body::boxed);
+            let mut response = (*refused).map(body::boxed);
             strip_hop_by_hop(response.headers_mut());
             return response;
         }

@@ -43,9 +43,11 @@ pub struct OpenStream {
 
 impl OpenStream {
     /// The stream, or the peer's answer when it refused it (anything but 200).
-    pub fn accepted(self) -> Result<OpenStream, Response<Incoming>> {
+    pub fn accepted(self) -> Result<OpenStream, Box<Response<Incoming>>> {
         match self.upstream {
-            Upstream::Peer(response) if response.status() != StatusCode::OK => Err(response),
+            Upstream::Peer(response) if response.status() != StatusCode::OK => {
+                Err(Box::new(response))
+            }
             upstream => Ok(OpenStream { upstream, ..self }),
         }
     }
