@@ -275,6 +275,15 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// One node of the workspace's control plane in `dir/cp`, with [`SHORT_WRITE_TIMEOUT`],
+    /// and its address: the control plane of a test about agents.
+    pub fn lone_in(dir: &Path) -> Result<(Cluster, String), Error> {
+        let binary = crate::binaries::workspace_binary("hyphae-control-plane");
+        let cluster = Cluster::start(&binary, &dir.join("cp"), 1, SHORT_WRITE_TIMEOUT)?;
+        let address = cluster.node(1).address.to_string();
+        Ok((cluster, address))
+    }
+
     /// Starts every node: node 1 with `--init`, then the others, each joining with a
     /// control-plane join token (made through node 1 with the `hyphae` CLI) the first time;
     /// returns once every node is a voter.

@@ -14,7 +14,8 @@
 //!   ways to one instance that fidelity tests compare with a direct call.
 //! - [`python`]: real peers written in Python (hypercorn, grpcio, websockets) that tests
 //!   start from a script.
-//! - [`http`]: the small HTTP client tests talk to all of them with.
+//! - [`http`]: the small HTTP client tests talk to all of them with; [`dns`]: a stub
+//!   resolver that asks an agent's DNS server.
 //! - [`credentials`]: the admin token clusters started here are bootstrapped with; [`trust`]:
 //!   their roots and join tokens, by node address.
 //! - [`cli`] runs the `hyphae` CLI against a node; [`policies`] holds the documents tests
@@ -33,6 +34,7 @@ pub mod cli;
 pub mod cluster;
 pub mod command;
 pub mod credentials;
+pub mod dns;
 pub mod error;
 pub mod eventually;
 pub mod http;

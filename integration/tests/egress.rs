@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use hyphae_integration::agent::Agent;
 use hyphae_integration::backend::{Behaviour, TestBackend, echo_once, line_echo};
 use hyphae_integration::binaries::workspace_binary;
-use hyphae_integration::cluster::{Cluster, SHORT_WRITE_TIMEOUT};
+use hyphae_integration::cluster::Cluster;
 use hyphae_integration::eventually::wait_for;
 use hyphae_integration::http::{call, get_json, request};
 use hyphae_integration::{DEADLINE, eventually};
@@ -76,14 +76,7 @@ async fn https_server(name: &str) -> (SocketAddr, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn external_services_are_reached_by_virtual_ip_and_proxy_with_retries_metrics_and_tls() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let nodes = Cluster::start(
-        &workspace_binary("hyphae-control-plane"),
-        &dir.path().join("cp"),
-        1,
-        SHORT_WRITE_TIMEOUT,
-    )
-    .expect("start the control plane");
-    let server = nodes.node(1).address.to_string();
+    let (_control_plane, server) = Cluster::lone_in(dir.path()).expect("start the control plane");
     let plain = TestBackend::start_as("plain", Behaviour::status(503)).await;
     let (echo, _echo_task) = line_echo().await;
     let (secure, secure_pem) = https_server("secure.example.test").await;

@@ -10,7 +10,7 @@ use std::path::Path;
 use hyphae_integration::agent::Agent;
 use hyphae_integration::backend::{Behaviour, TestBackend};
 use hyphae_integration::binaries::workspace_binary;
-use hyphae_integration::cluster::{Cluster, SHORT_WRITE_TIMEOUT};
+use hyphae_integration::cluster::Cluster;
 use hyphae_integration::eventually;
 use hyphae_integration::http::{get_json, get_text};
 use hyphae_integration::ports::free_ports;
@@ -55,14 +55,7 @@ fn set(names: &[&str]) -> BTreeSet<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_fail_over_to_another_site_when_the_local_share_falls_below_the_threshold() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let nodes = Cluster::start(
-        &workspace_binary("hyphae-control-plane"),
-        &dir.path().join("cp"),
-        1,
-        SHORT_WRITE_TIMEOUT,
-    )
-    .expect("start the control plane");
-    let server = nodes.node(1).address.to_string();
+    let (_control_plane, server) = Cluster::lone_in(dir.path()).expect("start the control plane");
     let a1 = TestBackend::start("a1").await;
     let a2 = TestBackend::start("a2").await;
     let b1 = TestBackend::start("b1").await;

@@ -9,7 +9,8 @@ use std::path::Path;
 use hyphae_integration::agent::Agent;
 use hyphae_integration::backend::{TestBackend, echo_once, line_echo};
 use hyphae_integration::binaries::workspace_binary;
-use hyphae_integration::cluster::{Cluster, SHORT_WRITE_TIMEOUT};
+use hyphae_integration::cluster::Cluster;
+use hyphae_integration::dns::{ipv4_of, resolver_of};
 use hyphae_integration::http::{get_json, get_text};
 use hyphae_integration::{Signal, eventually};
 use tokio::net::TcpStream;
@@ -55,51 +56,10 @@ async fn virtual_ip(server: &str, service: &str) -> Option<Ipv4Addr> {
     summary["virtualIp"].as_str()?.parse().ok()
 }
 
-/// A resolver that asks only the agent's DNS server at `address`, as an app's would once the
-/// host sends `~mesh` there.
-fn resolver_of(address: SocketAddr) -> hickory_resolver::TokioResolver {
-    use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
-    let mut connection = ConnectionConfig::udp();
-    connection.port = address.port();
-    let config = ResolverConfig::from_name_servers(vec![NameServerConfig::new(
-        address.ip(),
-        true,
-        vec![connection],
-    )]);
-    let mut builder = hickory_resolver::TokioResolver::builder_with_config(
-        config,
-        hickory_resolver::net::runtime::TokioRuntimeProvider::default(),
-    );
-    // Every answer is asked afresh: the test watches names come and go.
-    builder.options_mut().cache_size = 0;
-    builder.build().expect("a resolver")
-}
-
-/// What `name` resolves to through `resolver`: its IPv4 addresses, empty when none.
-async fn resolve(resolver: &hickory_resolver::TokioResolver, name: &str) -> Vec<Ipv4Addr> {
-    match resolver.lookup_ip(name).await {
-        Ok(lookup) => lookup
-            .iter()
-            .filter_map(|ip| match ip {
-                std::net::IpAddr::V4(v4) => Some(v4),
-                std::net::IpAddr::V6(_) => None,
-            })
-            .collect(),
-        Err(_) => Vec::new(),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apps_reach_services_at_their_virtual_ips_and_listeners_follow_the_registry() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let nodes = Cluster::start(
-        &workspace_binary("hyphae-control-plane"),
-        &dir.path().join("cp"),
-        1,
-        SHORT_WRITE_TIMEOUT,
-    )
-    .expect("start the control plane");
-    let server = nodes.node(1).address.to_string();
+    let (_control_plane, server) = Cluster::lone_in(dir.path()).expect("start the control plane");
     let web = TestBackend::start("web-on-b").await;
     let (echo, _echo_task) = line_echo().await;
     let _host_b = host(
@@ -128,12 +88,12 @@ async fn apps_reach_services_at_their_virtual_ips_and_listeners_follow_the_regis
         "{web_ip} is outside the default block"
     );
     // An app asks the agent's DNS server for `web.mesh` and gets the same address.
-    let resolver = resolver_of(caller.dns.expect("the caller's DNS address"));
+    let resolver = resolver_of(caller.dns.expect("the caller's DNS address")).expect("a resolver");
     eventually("web.mesh to resolve to web's virtual IP", || async {
-        resolve(&resolver, "web.mesh.").await == [web_ip]
+        ipv4_of(&resolver, "web.mesh.").await == [web_ip]
     })
     .await;
-    assert!(resolve(&resolver, "nothing-here.mesh.").await.is_empty());
+    assert!(ipv4_of(&resolver, "nothing-here.mesh.").await.is_empty());
     let web_at = SocketAddr::from((web_ip, web.port()));
     eventually("web to answer at its virtual IP", || async {
         get_text(web_at, "/").await == "web-on-b"
@@ -188,7 +148,7 @@ async fn apps_reach_services_at_their_virtual_ips_and_listeners_follow_the_regis
     .await;
     assert_eq!(virtual_ip(&server, "echo").await, None);
     eventually("echo.mesh to stop resolving", || async {
-        resolve(&resolver, "echo.mesh.").await.is_empty()
+        ipv4_of(&resolver, "echo.mesh.").await.is_empty()
     })
     .await;
     assert_eq!(
@@ -201,14 +161,7 @@ async fn apps_reach_services_at_their_virtual_ips_and_listeners_follow_the_regis
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_of_a_service_on_one_host_are_two_endpoints_and_each_port_is_reachable() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let nodes = Cluster::start(
-        &workspace_binary("hyphae-control-plane"),
-        &dir.path().join("cp"),
-        1,
-        SHORT_WRITE_TIMEOUT,
-    )
-    .expect("start the control plane");
-    let server = nodes.node(1).address.to_string();
+    let (_control_plane, server) = Cluster::lone_in(dir.path()).expect("start the control plane");
     let first = TestBackend::start("first").await;
     let second = TestBackend::start("second").await;
     let _host = host(

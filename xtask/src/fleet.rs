@@ -4,7 +4,7 @@
 //! retries, ejection and health checks hide and heal, and an agent whose lease lapses.
 //! Every process it starts is stopped when it returns, even on error.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -13,6 +13,7 @@ use anyhow::{Context, Result, bail, ensure};
 use hyphae_integration::Process;
 use hyphae_integration::agent::Agent;
 use hyphae_integration::cluster::Cluster;
+use hyphae_integration::dns::{ipv4_of, resolver_of};
 use hyphae_integration::eventually::wait_for;
 use hyphae_integration::http::request;
 use hyphae_integration::process::READY_PATIENCE;
@@ -91,7 +92,10 @@ pub async fn run(bin: &Path, scratch: &Path) -> Result<()> {
         "catalog.mesh to resolve through web-1's DNS server",
         PATIENCE,
         POLL_INTERVAL,
-        || async { resolve(dns, "catalog.mesh.").await },
+        || async {
+            let resolver = resolver_of(dns)?;
+            ipv4_of(&resolver, "catalog.mesh.").await.first().copied()
+        },
     )
     .await?;
     let upstream = SocketAddr::from((catalog, port));
@@ -466,28 +470,4 @@ async fn http_get(address: SocketAddr, path: &str) -> Result<(u16, String)> {
         Some(answer) => Ok((answer.status.as_u16(), answer.text())),
         None => bail!("no HTTP response from {address}"),
     }
-}
-
-/// What `name` resolves to (IPv4) through the DNS server at `dns`, as a stub resolver pointed
-/// at it would see it; `None` until it answers.
-async fn resolve(dns: SocketAddr, name: &str) -> Option<Ipv4Addr> {
-    use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
-    let mut connection = ConnectionConfig::udp();
-    connection.port = dns.port();
-    let config = ResolverConfig::from_name_servers(vec![NameServerConfig::new(
-        dns.ip(),
-        true,
-        vec![connection],
-    )]);
-    let resolver = hickory_resolver::TokioResolver::builder_with_config(
-        config,
-        hickory_resolver::net::runtime::TokioRuntimeProvider::default(),
-    )
-    .build()
-    .ok()?;
-    let answer = resolver.lookup_ip(name).await.ok()?;
-    answer.iter().find_map(|ip| match ip {
-        IpAddr::V4(v4) => Some(v4),
-        IpAddr::V6(_) => None,
-    })
 }
