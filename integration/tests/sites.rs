@@ -76,6 +76,11 @@ async fn calls_fail_over_to_another_site_when_the_local_share_falls_below_the_th
     )
     .expect("start the caller");
 
+    eventually("the caller to know all three instances", || async {
+        serving(caller.admin, "site-b").await.is_some()
+            && serving(caller.admin, "site-a").await.is_some()
+    })
+    .await;
     eventually(
         "calls to stay in site-a, on both of its instances",
         || async { reached(upstream).await == set(&["a1", "a2"]) },
