@@ -8,7 +8,7 @@
 //! [`metrics`] counts outcomes. Protocol handling is hickory-proto's; the loops are ours
 //! (decision 41).
 
-mod forward;
+pub mod forward;
 mod handler;
 mod limits;
 pub mod metrics;

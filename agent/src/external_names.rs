@@ -4,12 +4,12 @@
 //! addresses (a resolver outage must not take egress down) and is tried again soon.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig};
+use hickory_resolver::config::{ResolveHosts, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hyphae_policies::DnsSettings;
 use tokio::time::Instant;
@@ -149,20 +149,7 @@ fn resolver(settings: &DnsSettings) -> Result<TokioResolver, hickory_resolver::n
     let mut builder = if settings.upstreams.is_empty() {
         TokioResolver::builder(TokioRuntimeProvider::default())?
     } else {
-        let name_servers = settings
-            .upstreams
-            .iter()
-            .map(|upstream: &SocketAddr| {
-                let connections = [ConnectionConfig::udp(), ConnectionConfig::tcp()]
-                    .into_iter()
-                    .map(|mut connection| {
-                        connection.port = upstream.port();
-                        connection
-                    })
-                    .collect();
-                NameServerConfig::new(upstream.ip(), true, connections)
-            })
-            .collect();
+        let name_servers = crate::dns::forward::name_servers(&settings.upstreams);
         TokioResolver::builder_with_config(
             ResolverConfig::from_name_servers(name_servers),
             TokioRuntimeProvider::default(),

@@ -74,19 +74,7 @@ impl Forwarder {
                 timeout,
             });
         }
-        let name_servers = upstreams
-            .iter()
-            .map(|upstream| {
-                let connections = [ConnectionConfig::udp(), ConnectionConfig::tcp()]
-                    .into_iter()
-                    .map(|mut connection| {
-                        connection.port = upstream.port();
-                        connection
-                    })
-                    .collect();
-                NameServerConfig::new(upstream.ip(), true, connections)
-            })
-            .collect();
+        let name_servers = name_servers(&upstreams);
         let mut options = ResolverOpts::default();
         options.cache_size = u64::from(settings.cache_size);
         options.timeout = timeout;
@@ -175,6 +163,23 @@ fn code(code: ResponseCode) -> Answer {
         code,
         ..Answer::default()
     }
+}
+
+/// Name servers at `upstreams`, each asked over UDP and then TCP (for truncated answers).
+pub fn name_servers(upstreams: &[SocketAddr]) -> Vec<NameServerConfig> {
+    upstreams
+        .iter()
+        .map(|upstream| {
+            let connections = [ConnectionConfig::udp(), ConnectionConfig::tcp()]
+                .into_iter()
+                .map(|mut connection| {
+                    connection.port = upstream.port();
+                    connection
+                })
+                .collect();
+            NameServerConfig::new(upstream.ip(), true, connections)
+        })
+        .collect()
 }
 
 /// Whether a query sent to `upstream` would reach the agent listening on `own`.
