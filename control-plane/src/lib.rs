@@ -23,7 +23,8 @@
 //!   revisions; [`watch`] streams snapshots and deltas from it to agents.
 //! - [`network`] carries Raft RPCs over HTTP/2 (client and server side); [`leadership`] is a
 //!   node's transfer flag and paused elections; [`lease`] the leader's in-memory lease table;
-//!   [`snapshot_receipt`] checks that each snapshot chunk continues the one being received.
+//!   [`snapshot_receipt`] checks that each snapshot chunk continues the one being received;
+//!   [`snapshot_chunk`] frames one in binary.
 //! - [`node`] opens the store and starts Raft: the [`node::Node`] every part below shares.
 //! - [`transfer`] hands leadership to another voter; [`keepers`] run beside the port (lease
 //!   expiry, the cluster's identity).
@@ -48,6 +49,7 @@ pub mod pki;
 pub use hyphae_policies::secret_file;
 pub mod raft;
 pub mod refusals;
+pub mod snapshot_chunk;
 pub mod snapshot_receipt;
 pub mod state;
 pub mod store;

@@ -25,6 +25,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::raft::{Entry, NodeId, Raft, TypeConfig, encoded_len};
+use crate::snapshot_chunk;
 use crate::snapshot_receipt::{Chunk, SnapshotReceipt};
 
 /// Path of the AppendEntries RPC.
@@ -130,18 +131,41 @@ impl PeerNetwork {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let failed = |reason: String| TransportError::Failed {
+        let json = serde_json::to_vec(body)
+            .map_err(|e| RPCError::Network(NetworkError::new(&self.failed(e.to_string()))))?;
+        self.exchange(path, "application/json", json, ttl, too_large)
+            .await
+    }
+
+    /// Why a request to this peer failed, as a transport error.
+    fn failed(&self, reason: String) -> TransportError {
+        TransportError::Failed {
             target: self.target,
             address: self.address.clone(),
             reason,
-        };
-        let json = serde_json::to_vec(body)
-            .map_err(|e| RPCError::Network(NetworkError::new(&failed(e.to_string()))))?;
+        }
+    }
+
+    /// POSTs `body` (of `content_type`) to `path` and decodes the peer's JSON answer, as
+    /// [`PeerNetwork::call`] says.
+    async fn exchange<Resp, E>(
+        &self,
+        path: &str,
+        content_type: &'static str,
+        body: Vec<u8>,
+        ttl: Duration,
+        too_large: Option<PayloadTooLarge>,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let failed = |reason: String| self.failed(reason);
         let request = Request::builder()
             .method(Method::POST)
             .uri(format!("https://{}{path}", self.address))
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(json)))
+            .header(http::header::CONTENT_TYPE, content_type)
+            .body(Full::new(Bytes::from(body)))
             .map_err(|e| RPCError::Network(NetworkError::new(&failed(e.to_string()))))?;
         let exchange = async {
             let response = self.client.request(request).await.map_err(|e| {
@@ -215,8 +239,16 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call(SNAPSHOT_PATH, &rpc, option.hard_ttl(), None)
-            .await
+        let body = snapshot_chunk::encode(&rpc)
+            .map_err(|e| RPCError::Network(NetworkError::new(&self.failed(e.to_string()))))?;
+        self.exchange(
+            SNAPSHOT_PATH,
+            snapshot_chunk::CONTENT_TYPE,
+            body,
+            option.hard_ttl(),
+            None,
+        )
+        .await
     }
 
     async fn vote(
@@ -263,7 +295,7 @@ pub async fn serve_rpc(
             Ok(request) => serde_json::to_vec(&raft.vote(request).await),
             Err(e) => return Some(Err(e.to_string())),
         },
-        SNAPSHOT_PATH => match serde_json::from_slice::<InstallSnapshotRequest<TypeConfig>>(body) {
+        SNAPSHOT_PATH => match snapshot_chunk::decode(body) {
             Ok(request) => {
                 let snapshot_id = request.meta.snapshot_id.clone();
                 let chunk = Chunk {

@@ -135,14 +135,14 @@ impl Node {
     }
 }
 
-/// Snapshot chunks travel as JSON arrays of numbers, up to four bytes of JSON per byte
-/// (`255,`): a chunk must fit a peer's body limit that way. Never more than openraft's default.
+/// Snapshot chunks travel framed in binary ([`crate::snapshot_chunk`]): a chunk must fit a
+/// peer's body limit with its header. Never more than openraft's default, so each chunk
+/// finishes well within the install timeout.
 fn snapshot_chunk_bytes(limits: &hyphae_policies::ControlPlaneLimits) -> u64 {
-    const JSON_BYTES_PER_BYTE: u64 = 4;
     const OPENRAFT_DEFAULT: u64 = 3 * 1024 * 1024;
     let room = u64::from(limits.max_peer_body_bytes)
         .saturating_sub(hyphae_policies::validate::PEER_ENVELOPE_BYTES);
-    (room / JSON_BYTES_PER_BYTE).clamp(1, OPENRAFT_DEFAULT)
+    room.clamp(1, OPENRAFT_DEFAULT)
 }
 
 /// Sets `path` to `mode` when group or others may reach it, saying so in the log.

@@ -113,7 +113,7 @@ async fn connect(node: &RunningNode, credentials: Option<&Credentials>) -> TlsSt
 }
 
 /// One HTTP/1.1 exchange on a fresh TLS connection; the whole answer as text.
-async fn exchange(node: &RunningNode, request: &str) -> String {
+async fn exchange(node: &RunningNode, request: &(impl AsRef<[u8]> + ?Sized)) -> String {
     exchange_as(node, None, request).await
 }
 
@@ -121,11 +121,11 @@ async fn exchange(node: &RunningNode, request: &str) -> String {
 async fn exchange_as(
     node: &RunningNode,
     credentials: Option<&Credentials>,
-    request: &str,
+    request: &(impl AsRef<[u8]> + ?Sized),
 ) -> String {
     let mut stream = connect(node, credentials).await;
     stream
-        .write_all(request.as_bytes())
+        .write_all(request.as_ref())
         .await
         .expect("send the request");
     read_to_close(&mut stream).await
@@ -308,8 +308,8 @@ async fn hundreds_of_idle_connections_do_not_stop_the_api_from_answering() {
     running.stop().await.expect("stop");
 }
 
-/// A snapshot chunk for `/raft/snapshot`, as a leader at `term` would send it.
-fn snapshot_chunk(term: u64, offset: u64, data: Vec<u8>) -> String {
+/// A snapshot chunk for `/raft/snapshot`, framed as a leader at `term` would send it.
+fn snapshot_chunk(term: u64, offset: u64, data: Vec<u8>) -> Vec<u8> {
     use hyphae_control_plane::raft::{LogId, SnapshotMeta, TypeConfig};
     let request = openraft::raft::InstallSnapshotRequest::<TypeConfig> {
         vote: openraft::Vote::new_committed(term, 2),
@@ -322,8 +322,14 @@ fn snapshot_chunk(term: u64, offset: u64, data: Vec<u8>) -> String {
         data,
         done: false,
     };
-    let body = serde_json::to_string(&request).expect("encode a chunk");
-    post("/raft/snapshot", &body)
+    let body = hyphae_control_plane::snapshot_chunk::encode(&request).expect("encode a chunk");
+    let mut raw = format!(
+        "POST /raft/snapshot HTTP/1.1\r\nhost: node\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(&body);
+    raw
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,7 +341,7 @@ async fn a_snapshot_chunk_that_does_not_continue_the_snapshot_is_refused_without
     .await;
     // A member with a bug: the node's own identity passes the member check.
     let member = credentials(&running, Kind::ControlPlane, "1").await;
-    let send = |request: String| {
+    let send = |request: Vec<u8>| {
         let (running, member) = (&running, &member);
         async move { exchange_as(running, Some(member), &request).await }
     };
