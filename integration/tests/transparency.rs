@@ -14,6 +14,7 @@ use hyphae_integration::binaries::workspace_binary;
 use hyphae_integration::cli;
 use hyphae_integration::cluster::{Cluster, SHORT_WRITE_TIMEOUT};
 use hyphae_integration::eventually::wait_for;
+use hyphae_integration::http::metric_in;
 use hyphae_integration::netns::{self, Namespaces};
 use hyphae_integration::process::{Process, READY_PATIENCE};
 use hyphae_integration::{DEADLINE, eventually};
@@ -429,6 +430,21 @@ async fn namespaced_hosts_reach_services_by_name_across_sites_and_ride_out_failu
     let slowest = times.iter().max().copied().unwrap_or_default();
     eprintln!(
         "a new service was reachable by name from every host {slowest:?} from the start of `hyphae apply` (per host: {times:?})"
+    );
+    // Egress is the mesh's like any call: A's agent counts the calls to the external service
+    // (its admin port is inside A, so it is read from there).
+    let metrics_url = format!("http://{ADMIN}/metrics");
+    let page = run_on(
+        &net,
+        "a",
+        "curl",
+        &["-sSf", "--max-time", "3", &metrics_url],
+    )
+    .await
+    .expect("A's metrics");
+    assert!(
+        metric_in(&page, "hyphae_requests_total", r#"service="audit""#) >= 1.0,
+        "A's agent counts its calls to audit"
     );
     eprintln!("the test ran for {:?}", started.elapsed());
 }
