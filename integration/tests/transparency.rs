@@ -336,6 +336,22 @@ async fn namespaced_hosts_reach_services_by_name_across_sites_and_ride_out_failu
          policy and outlier detection let {allowed} through"
     );
 
+    let sites_url = format!("http://{ADMIN}/sites");
+    let sites: serde_json::Value = serde_json::from_str(
+        &run_on(&net, "a", "curl", &["-sSf", "--max-time", "3", &sites_url])
+            .await
+            .expect("A's /sites"),
+    )
+    .expect("/sites is JSON");
+    let serving = |site: &str| {
+        sites.as_array().and_then(|all| {
+            all.iter()
+                .find(|s| s["service"] == "payments" && s["site"] == site)
+                .and_then(|s| s["serving"].as_bool())
+        })
+    };
+    assert_eq!(serving("site-2"), Some(true), "A's /sites: {sites}");
+
     // 6. Site-2 loses the control plane: it keeps serving from what it last knew, and a
     // change made meanwhile reaches it once the link is back, with no restart.
     let site_2 = [net.host("c").address, net.host("d").address];
