@@ -3,7 +3,6 @@
 
 use std::fmt::Display;
 use std::path::Path;
-use std::process::Command;
 
 /// What one `hyphae` run did.
 #[derive(Debug)]
@@ -41,7 +40,10 @@ pub fn hyphae_as(
     args: &[&str],
 ) -> std::io::Result<CliOutput> {
     let server = server.to_string();
-    let mut command = Command::new(binary);
+    let trust = crate::trust::of(&server);
+    // A cluster in a network namespace is reached from inside it.
+    let namespace = trust.as_ref().and_then(|trust| trust.namespace());
+    let mut command = crate::netns::command_in(namespace, binary);
     command
         .args(args)
         .env("HYPHAE_SERVER", &server)
@@ -49,7 +51,7 @@ pub fn hyphae_as(
         .env_remove("HYPHAE_TOKEN_FILE")
         .env_remove("HYPHAE_CA_FINGERPRINT")
         .env_remove("HYPHAE_CA_FILE");
-    if let Some(trust) = crate::trust::of(&server) {
+    if let Some(trust) = &trust {
         command.env("HYPHAE_CA_FILE", &trust.roots_file);
     }
     if let Some(secret) = secret {

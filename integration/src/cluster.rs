@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -44,6 +44,8 @@ pub struct Node {
     process: Option<Process>,
     /// The join token file and root fingerprint it joins with when it has no certificate.
     ticket: Option<(PathBuf, String)>,
+    /// The network namespace it runs in (see [`crate::netns`]), `None` for this process's.
+    namespace: Option<String>,
 }
 
 impl Node {
@@ -60,6 +62,7 @@ impl Node {
             log_level: LOG_LEVEL.to_string(),
             process: None,
             ticket: None,
+            namespace: None,
         }
     }
 
@@ -87,7 +90,7 @@ impl Node {
             .append(true)
             .open(&self.log)
             .map_err(|source| write_error(&self.log, source))?;
-        let mut command = Command::new(&self.binary);
+        let mut command = crate::netns::command_in(self.namespace.as_deref(), &self.binary);
         command
             .arg("--config")
             .arg(&self.config)
@@ -237,22 +240,38 @@ impl Cluster {
         ports: &[u16],
         spec: &str,
     ) -> Result<Cluster, Error> {
+        let addresses: Vec<SocketAddr> = ports
+            .iter()
+            .map(|&port| SocketAddr::from(([127, 0, 0, 1], port)))
+            .collect();
+        Cluster::configure_in(binary, dir, None, &addresses, spec)
+    }
+
+    /// Like [`Cluster::configure_on`], one node per address of `addresses` (its `listen` and
+    /// what the others know it by), every node running in the network namespace `namespace`
+    /// when given (see [`crate::netns`]; the CLI and join-token calls to it go there too).
+    pub fn configure_in(
+        binary: &Path,
+        dir: &Path,
+        namespace: Option<&str>,
+        addresses: &[SocketAddr],
+        spec: &str,
+    ) -> Result<Cluster, Error> {
         std::fs::create_dir_all(dir).map_err(|source| write_error(dir, source))?;
-        let size = ports.len();
+        let size = addresses.len();
         let members: String = if size == 1 {
             String::new()
         } else {
-            let lines: String = ports
+            let lines: String = addresses
                 .iter()
                 .enumerate()
-                .map(|(i, p)| format!("    - {{id: {}, address: \"127.0.0.1:{p}\"}}\n", i + 1))
+                .map(|(i, a)| format!("    - {{id: {}, address: \"{a}\"}}\n", i + 1))
                 .collect();
             format!("  members:\n{lines}")
         };
         let mut nodes = Vec::new();
-        for (id, &port) in (1..).zip(ports) {
+        for (id, &address) in (1..).zip(addresses) {
             let config = dir.join(format!("cp-{id}.yaml"));
-            let address = SocketAddr::from(([127, 0, 0, 1], port));
             std::fs::write(
                 &config,
                 format!(
@@ -262,7 +281,9 @@ impl Cluster {
             )
             .map_err(|source| write_error(&config, source))?;
             let log = dir.join(format!("cp-{id}.log"));
-            nodes.push(Node::new(binary, id, config, address, log));
+            let mut node = Node::new(binary, id, config, address, log);
+            node.namespace = namespace.map(str::to_string);
+            nodes.push(node);
         }
         Ok(Cluster { nodes })
     }
@@ -356,7 +377,9 @@ impl Cluster {
             .ok_or_else(|| Error::Credentials("node 1's config names no dataDir".into()))?;
         let cli = first.binary.with_file_name("hyphae");
         let folder = first.config.parent().unwrap_or(Path::new("."));
-        let trust = Arc::new(ClusterTrust::read(&cli, folder, &dir)?);
+        let trust = Arc::new(
+            ClusterTrust::read(&cli, folder, &dir)?.in_namespace(first.namespace.as_deref()),
+        );
         crate::trust::register(&self.addresses(), Arc::clone(&trust));
         Ok(trust)
     }
@@ -483,9 +506,25 @@ pub fn data_dir(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("data-{id}"))
 }
 
-/// `GET /v1/cluster` on `address` (`null` when it does not answer).
+/// `GET /v1/cluster` on `address` (`null` when it does not answer). A node in a network
+/// namespace is asked from inside it, with `hyphae cluster status`.
 pub async fn status(address: SocketAddr) -> Value {
-    call("GET", address, "/v1/cluster", "").await.1
+    let namespaced =
+        crate::trust::of(&address.to_string()).is_some_and(|trust| trust.namespace().is_some());
+    if !namespaced {
+        return call("GET", address, "/v1/cluster", "").await.1;
+    }
+    let cli = crate::binaries::workspace_binary("hyphae");
+    let asked = tokio::task::spawn_blocking(move || {
+        crate::cli::hyphae(&cli, address, &["cluster", "status", "-o", "json"])
+    })
+    .await;
+    match asked {
+        Ok(Ok(output)) if output.success() => {
+            serde_json::from_str(&output.text).unwrap_or(Value::Null)
+        }
+        _ => Value::Null,
+    }
 }
 
 fn write_error(path: &Path, source: std::io::Error) -> Error {

@@ -63,6 +63,14 @@ pub enum Error {
     /// The cluster's nodes did not agree on a leader in time.
     #[error("no leader: {0}")]
     NoLeader(String),
+    /// A network namespace, or a link or route in one, could not be set up.
+    #[error("cannot set up the test's namespaces: `{step}` failed: {reason}")]
+    Namespace {
+        /// The command that failed.
+        step: String,
+        /// What it said.
+        reason: String,
+    },
     /// The cluster's certificates or join tokens could not be had.
     #[error("cluster credentials: {0}")]
     Credentials(String),

@@ -22,6 +22,8 @@
 //!   write there and reads back what a node holds.
 //! - [`systemd`]: a stand-in notify socket for the systemd tests; [`tmpfs`]: a small disk
 //!   that fills up, for tests of a failing store.
+//! - [`netns`]: hosts in network namespaces joined by a bridge, for tests of several hosts on
+//!   one machine (their processes run through `ip netns exec`).
 //! - [`eventually`]: polling with a deadline (never a sleep to wait for a state).
 //! - [`ports`]: ports chosen ahead, only for addresses a config must name before any process
 //!   starts; everything else binds port 0 and reads the ready line.
@@ -40,6 +42,7 @@ pub mod eventually;
 pub mod http;
 pub mod lone_node;
 pub mod mesh;
+pub mod netns;
 pub mod policies;
 pub mod ports;
 pub mod process;

@@ -28,6 +28,8 @@ pub struct ClusterTrust {
     agent_token: Mutex<Option<PathBuf>>,
     /// Node certificates got so far, by node name: a join takes a name once.
     nodes: Mutex<BTreeMap<String, Credentials>>,
+    /// The network namespace the cluster's nodes run in, where its CLI calls run too.
+    namespace: Option<String>,
 }
 
 fn clusters() -> &'static Mutex<BTreeMap<String, Arc<ClusterTrust>>> {
@@ -94,7 +96,22 @@ impl ClusterTrust {
             dir: dir.to_path_buf(),
             agent_token: Mutex::new(None),
             nodes: Mutex::default(),
+            namespace: None,
         })
+    }
+
+    /// The same, for a cluster whose nodes run in the network namespace `namespace` (see
+    /// [`crate::netns`]): the CLI calls made for it run there.
+    pub fn in_namespace(self, namespace: Option<&str>) -> ClusterTrust {
+        ClusterTrust {
+            namespace: namespace.map(str::to_string),
+            ..self
+        }
+    }
+
+    /// The network namespace its nodes run in, if not this process's.
+    pub fn namespace(&self) -> Option<&str> {
+        self.namespace.as_deref()
     }
 
     /// A TLS client configuration that checks a node's certificate against the root and
@@ -122,7 +139,7 @@ impl ClusterTrust {
         if control_plane {
             args.push("--control-plane");
         }
-        let output = std::process::Command::new(&self.cli)
+        let output = crate::netns::command_in(self.namespace(), &self.cli)
             .args(&args)
             .env("HYPHAE_SERVER", server)
             .env("HYPHAE_TOKEN", crate::credentials::admin_token())
