@@ -124,7 +124,8 @@ impl From<Locality> for SitePreference {
 /// used alone while it has usable endpoints and they are at least the failover threshold's
 /// share of its registered instances (those registered but failing their checks count, as
 /// do the ejected); below it, every site's usable endpoints share the load. Endpoints already
-/// tried for this request are avoided when there is another choice.
+/// tried for this request are avoided when there is another choice, in another site if need
+/// be.
 pub fn pick(
     candidates: &[Candidate<'_>],
     policy: BalancePolicy,
@@ -136,7 +137,14 @@ pub fn pick(
     // predicate over `candidates`, not a list, so a pick allocates nothing.
     let any_healthy = candidates.iter().any(|c| !c.ejected);
     let usable = |c: &Candidate<'_>| !any_healthy || !c.ejected;
-    let site_only = keeps_to_site(candidates, site);
+    // A retry leaves the site once every usable endpoint in it was tried for this request
+    // (Envoy's previous-priorities), while elsewhere has one not tried yet.
+    let fresh_in = |local: bool| {
+        candidates
+            .iter()
+            .any(|c| usable(c) && !c.tried && (!local || c.local_site))
+    };
+    let site_only = keeps_to_site(candidates, site) && (fresh_in(true) || !fresh_in(false));
     let in_site = |c: &Candidate<'_>| usable(c) && (!site_only || c.local_site);
     let fresh_only = candidates.iter().any(|c| in_site(c) && !c.tried);
     let in_pool = |c: &&Candidate<'_>| in_site(c) && (!fresh_only || !c.tried);
@@ -323,6 +331,49 @@ mod tests {
         assert!(!spills(&candidates(true), 0.0, 10));
     }
 
+    #[test]
+    fn a_retry_leaves_the_site_once_every_endpoint_in_it_was_tried() {
+        let load = EndpointLoad::new(Instant::now());
+        let rr = AtomicUsize::new(0);
+        let local = Candidate {
+            tried: true,
+            ..candidate(0, &load)
+        };
+        let remote = Candidate {
+            local_site: false,
+            ..candidate(1, &load)
+        };
+        let site = Locality::PreferSite.into();
+        let picked = pick(
+            &[local, remote],
+            BalancePolicy::P2cEwma,
+            &site,
+            &rr,
+            &mut |_| 0,
+        );
+        assert_eq!(picked, Some(1));
+        // With the remote one tried too, the site's own comes first again.
+        let (local, remote) = (
+            Candidate {
+                tried: true,
+                ..candidate(0, &load)
+            },
+            Candidate {
+                local_site: false,
+                tried: true,
+                ..candidate(1, &load)
+            },
+        );
+        let picked = pick(
+            &[local, remote],
+            BalancePolicy::P2cEwma,
+            &site,
+            &rr,
+            &mut |_| 0,
+        );
+        assert_eq!(picked, Some(0));
+    }
+
     /// The pool narrowed as lists, step by step, as the documentation states it. The choice
     /// within the pool is not what this oracle restates: the test shares [`pick_in_pool`].
     fn pool_by_lists<'c, 'l>(
@@ -337,9 +388,11 @@ mod tests {
             if narrowed.is_empty() { pool } else { narrowed }
         }
         let pool = narrow(candidates.iter().collect(), |c| !c.ejected);
+        let local_fresh = pool.iter().any(|c| c.local_site && !c.tried);
+        let any_fresh = pool.iter().any(|c| !c.tried);
         let pool = match locality {
-            Locality::PreferSite => narrow(pool, |c| c.local_site),
-            Locality::Any => pool,
+            Locality::PreferSite if local_fresh || !any_fresh => narrow(pool, |c| c.local_site),
+            Locality::PreferSite | Locality::Any => pool,
         };
         narrow(pool, |c| !c.tried)
     }
