@@ -86,6 +86,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
             target,
             address: node.addr.clone(),
             max_replication_bytes: self.max_replication_bytes,
+            budget: ReplicationBudget::new(self.max_replication_bytes),
         }
     }
 }
@@ -96,6 +97,58 @@ pub struct PeerNetwork {
     target: NodeId,
     address: String,
     max_replication_bytes: usize,
+    budget: ReplicationBudget,
+}
+
+/// How many bytes of entries one AppendEntries to a peer carries. openraft 0.9 gives each
+/// AppendEntries one heartbeat interval and drops it when that runs out, whatever its size: a
+/// batch too large to cross in that time would be sent again and again and never arrive. So
+/// the budget halves after a message that did not finish (down to one entry) and doubles
+/// after one that finished in under half its time (up to `maxReplicationBytes`).
+#[derive(Debug)]
+struct ReplicationBudget {
+    bytes: usize,
+    max: usize,
+    /// A message was sent and has not finished: when the next one starts, it timed out.
+    unfinished: bool,
+}
+
+impl ReplicationBudget {
+    /// The smallest budget; a larger entry still travels, alone.
+    const MIN: usize = 64 * 1024;
+
+    fn new(max: usize) -> Self {
+        ReplicationBudget {
+            bytes: max,
+            max,
+            unfinished: false,
+        }
+    }
+
+    /// The budget for the next message, having learnt from how the last one ended.
+    fn start(&mut self, target: NodeId) -> usize {
+        if std::mem::replace(&mut self.unfinished, true) {
+            let halved = (self.bytes / 2).max(Self::MIN.min(self.max));
+            if halved < self.bytes {
+                tracing::info!(
+                    target,
+                    from = self.bytes,
+                    to = halved,
+                    "replication to a peer timed out; sending smaller batches"
+                );
+            }
+            self.bytes = halved;
+        }
+        self.bytes
+    }
+
+    /// The message finished (answered, or failed otherwise than by running out of time).
+    fn finished(&mut self, took: Duration, ttl: Duration) {
+        self.unfinished = false;
+        if took < ttl / 2 {
+            self.bytes = self.bytes.saturating_mul(2).min(self.max);
+        }
+    }
 }
 
 /// Why a call to a peer failed before it answered.
@@ -215,14 +268,24 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        let sending = entries_within(&rpc.entries, self.max_replication_bytes);
+        let budget = self
+            .budget
+            .start(self.target)
+            .min(self.max_replication_bytes);
+        let sending = entries_within(&rpc.entries, budget);
         let partial = sending < rpc.entries.len();
         rpc.entries.truncate(sending);
         let last = rpc.entries.last().map(|entry| entry.log_id);
         let hint = PayloadTooLarge::new_entries_hint((sending as u64 / 2).max(1));
+        let started = std::time::Instant::now();
         let answer = self
             .call(APPEND_PATH, &rpc, option.hard_ttl(), Some(hint))
-            .await?;
+            .await;
+        // One that ran out of time stays unfinished, as when openraft drops it at its deadline.
+        if started.elapsed() < option.hard_ttl() {
+            self.budget.finished(started.elapsed(), option.hard_ttl());
+        }
+        let answer = answer?;
         Ok(match answer {
             AppendEntriesResponse::Success if partial => {
                 AppendEntriesResponse::PartialSuccess(last)
@@ -334,6 +397,28 @@ mod tests {
             log_id,
             payload: openraft::EntryPayload::Normal(command),
         }
+    }
+
+    #[test]
+    fn the_replication_budget_halves_after_a_timeout_and_grows_back_when_quick() {
+        let ttl = Duration::from_millis(100);
+        let mut budget = ReplicationBudget::new(4 << 20);
+        assert_eq!(budget.start(2), 4 << 20);
+        // Never finished (dropped at openraft's deadline): the next one is half.
+        assert_eq!(budget.start(2), 2 << 20);
+        assert_eq!(budget.start(2), 1 << 20);
+        budget.finished(Duration::from_millis(80), ttl);
+        assert_eq!(budget.start(2), 1 << 20, "finished, but not quickly");
+        budget.finished(Duration::from_millis(10), ttl);
+        assert_eq!(budget.start(2), 2 << 20);
+        for _ in 0..20 {
+            budget.start(2);
+        }
+        assert_eq!(
+            budget.start(2),
+            ReplicationBudget::MIN,
+            "never below the floor"
+        );
     }
 
     #[test]
