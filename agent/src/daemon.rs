@@ -51,8 +51,6 @@ pub struct BoundAddresses {
 pub struct Daemon {
     /// The data path's shared state.
     pub proxy: Arc<Proxy>,
-    /// Connections to this host's instances.
-    clients: Arc<LocalClients>,
     /// Where it listens.
     pub addresses: BoundAddresses,
     admin: Arc<Admin>,
@@ -103,12 +101,12 @@ impl Daemon {
             None => {}
         }
         let tunnels = Tunnels::to_peers(tunnel_settings.clone(), Arc::clone(&identity));
-        let clients = Arc::new(LocalClients::new(tunnel_settings));
         // Connections and the byte streams they splice share one tracker: a drain waits for both.
         let connections = TaskTracker::new();
         let proxy = Proxy::new(
             snapshot,
             tunnels,
+            LocalClients::new(tunnel_settings),
             connections.clone(),
             &config.spec.dns.zone,
         );
@@ -174,7 +172,6 @@ impl Daemon {
             tokio::sync::watch::channel(registration_of(config, addresses.inbound));
         let daemon = Daemon {
             proxy: Arc::clone(&proxy),
-            clients: Arc::clone(&clients),
             addresses,
             admin: Arc::clone(&admin),
             sources,
@@ -238,7 +235,6 @@ impl Daemon {
                 move |stream, peer, shutdown| {
                     inbound::serve(
                         Arc::clone(&proxy),
-                        Arc::clone(&clients),
                         Arc::clone(&identity),
                         stream,
                         peer,
@@ -400,7 +396,7 @@ impl Daemon {
         // The calls are done: the pooled peer connections have nothing left to carry.
         let _ = tokio::time::timeout(ADMIN_CLOSE_GRACE, async {
             self.proxy.tunnels.close().await;
-            self.clients.close().await;
+            self.proxy.local.close().await;
             self.check_tasks.wait().await;
             self.accepting.wait().await;
             self.admin_connections.wait().await;

@@ -10,6 +10,7 @@ pub mod egress;
 pub mod endpoint;
 pub mod headers;
 pub mod inbound;
+pub mod local;
 pub mod outbound;
 pub mod pipe;
 pub mod stream;
@@ -36,6 +37,10 @@ pub struct Proxy {
     pub tunnels: Tunnels,
     /// Connections to external services.
     pub egress: egress::Egress,
+    /// Connections to this host's instances, for calls from peers and from this node.
+    pub local: inbound::LocalClients,
+    /// This node as the caller of its own instances.
+    pub own_caller: local::OwnCaller,
     /// Budgets, limits, endpoint load and health.
     pub runtime: RuntimeState,
     /// The mesh DNS zone.
@@ -46,13 +51,21 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// A proxy serving `snapshot` under the mesh zone `zone` (`spec.dns.zone`), spawning its
-    /// streams on `tasks`.
-    pub fn new(snapshot: Snapshot, tunnels: Tunnels, tasks: TaskTracker, zone: &str) -> Arc<Self> {
+    /// A proxy serving `snapshot` under the mesh zone `zone` (`spec.dns.zone`), reaching peers
+    /// through `tunnels` and local instances through `local`, spawning its streams on `tasks`.
+    pub fn new(
+        snapshot: Snapshot,
+        tunnels: Tunnels,
+        local: inbound::LocalClients,
+        tasks: TaskTracker,
+        zone: &str,
+    ) -> Arc<Self> {
         Arc::new(Proxy {
             snapshot: ArcSwap::from_pointee(snapshot),
             tunnels,
             egress: egress::Egress::default(),
+            local,
+            own_caller: local::OwnCaller::default(),
             runtime: RuntimeState::default(),
             zone: zone.to_string(),
             tasks,

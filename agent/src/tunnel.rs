@@ -136,6 +136,12 @@ impl Tunnels {
         }
     }
 
+    /// The identity connections present toward peer agents; `None` for the pool toward local
+    /// instances.
+    pub fn identity(&self) -> Option<&IdentitySlot> {
+        self.identity.as_ref()
+    }
+
     /// Closes every peer connection and waits until their tasks have ended. Pooled
     /// connections live as long as the agent, so the daemon calls this after the calls that
     /// used them have drained.

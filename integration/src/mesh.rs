@@ -44,7 +44,8 @@ spec:
 
 /// One agent that is caller and host at once (caller and instance on one host): the instance
 /// on local `port`, speaking `protocol`, is its `service`, and its upstream port for `service`
-/// leads through its own inbound listener to it; `policies` are appended as more YAML documents.
+/// leads to it through the endpoint that is its own node (HTTP calls in-process, streams
+/// through its own inbound listener); `policies` are appended as more YAML documents.
 pub fn one_agent(
     binary: impl AsRef<Path>,
     service: &str,
@@ -58,7 +59,9 @@ pub fn one_agent(
     let (inbound, upstream) = (ports[0], ports[1]);
     let yaml = caller_config(
         service,
-        &[format!("{{address: \"127.0.0.1:{inbound}\", site: one}}")],
+        &[format!(
+            "{{address: \"127.0.0.1:{inbound}\", node: caller, site: one}}"
+        )],
         upstream,
         policies,
     )

@@ -273,3 +273,64 @@ async fn a_mesh_wide_policy_denies_every_service_without_its_own() {
     assert_eq!(denied.status, 403, "{}", denied.text());
     assert_eq!(denied.header("hyphae-error"), Some("denied"));
 }
+
+/// A call whose endpoint is the caller's own node goes to the instance in-process, not over
+/// mutual TLS to its own inbound port (decision 44), and the access policy still decides it
+/// with the node's own certificate as the caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_to_an_instance_on_the_callers_own_node_skips_the_tunnel_but_not_the_policy() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let backend = TestBackend::start("web").await;
+    // One agent, `solo`, hosts `web` and calls it: its endpoint is its own inbound port, on
+    // its own node. The policy lets `solo` GET under /open only.
+    let ports = hyphae_integration::ports::free_ports(2).expect("ports");
+    let (inbound, upstream) = (ports[0], ports[1]);
+    let solo = Agent::start_in(
+        &workspace_binary("hyphae-agent"),
+        dir.path(),
+        "solo",
+        &format!(
+            "kind: AgentConfig\nmetadata: {{name: solo}}\nspec:\n  listeners: {{admin: 127.0.0.1:0, inbound: \"127.0.0.1:{inbound}\", httpProxy: null, dns: null}}\n  services:\n    - {{name: web, port: {}}}\n  upstreams:\n    - {{listen: \"127.0.0.1:{upstream}\", service: web}}\n  staticServices:\n    - name: web\n      endpoints: [{{address: \"127.0.0.1:{inbound}\", node: solo}}]\n---\nkind: AccessPolicy\nmetadata: {{name: web}}\nspec:\n  service: web\n  defaultAction: deny\n  rules:\n    - from: [{{node: solo}}]\n      paths: [/open]\n      methods: [GET]\n",
+            backend.port()
+        ),
+    )
+    .expect("start the agent");
+    let client = http1_client();
+    let base = format!("http://127.0.0.1:{upstream}");
+
+    for _ in 0..3 {
+        let open = get(&client, &format!("{base}/open/page")).await;
+        assert_eq!(open.status, 200, "{}", open.text());
+        assert_eq!(open.text(), "web");
+    }
+    let closed = get(&client, &format!("{base}/secret")).await;
+    assert_eq!(closed.status, 403, "{}", closed.text());
+    assert_eq!(closed.header("hyphae-error"), Some("denied"));
+    let posted =
+        hyphae_integration::http::send(&client, "POST", &format!("{base}/open"), "x").await;
+    assert_eq!(posted.status, 403, "the rule covers GET only");
+    assert_eq!(
+        solo.metric(
+            "hyphae_access_denied_total",
+            "caller=\"solo\",service=\"web\""
+        )
+        .await,
+        2.0
+    );
+    let page = solo.metrics().await;
+    assert_eq!(
+        hyphae_integration::http::metric_in(&page, "hyphae_requests_total", "status_class=\"2xx\""),
+        3.0,
+        "{page}"
+    );
+    // Over the tunnel, the pooled connection to its own inbound port would still be open.
+    assert_eq!(
+        hyphae_integration::http::metric_in(
+            &page,
+            "hyphae_connections_open",
+            "listener=\"inbound\""
+        ),
+        0.0,
+        "{page}"
+    );
+}

@@ -168,14 +168,11 @@ impl Call<'_> {
     /// One try against the chosen endpoint, with its bookkeeping: load, latency and outlier
     /// state. A request the peer did not process goes once more on a new connection, outside
     /// the retry policy: it never reached an application.
-    async fn try_once(
-        &self,
-        chosen: &Chosen<'_>,
-    ) -> Result<Response<hyper::body::Incoming>, ProxyError> {
+    async fn try_once(&self, chosen: &Chosen<'_>) -> Result<Response<Body>, ProxyError> {
         let send = retry::resend_unprocessed(self.body, |body| async {
             let request = self.forward_request(body, chosen)?;
             chosen
-                .send(self.proxy, self.target, self.state, request)
+                .call(self.proxy, self.target, self.state, request)
                 .await
         });
         let in_flight = chosen.in_flight();
@@ -232,7 +229,7 @@ impl Call<'_> {
     }
 
     /// The upstream response as the caller receives it.
-    fn finish(&self, response: Response<hyper::body::Incoming>) -> Response<Body> {
+    fn finish(&self, response: Response<Body>) -> Response<Body> {
         let received = self.target.metrics.bytes_received();
         let mut response = response.map(|b| body::counted(b, received.clone()));
         strip_hop_by_hop(response.headers_mut());

@@ -28,6 +28,8 @@ pub struct Chosen<'s> {
     pub endpoint: &'s Endpoint,
     /// Its load and outlier state, shared with every other request to it.
     pub state: Arc<EndpointState>,
+    /// Whether the endpoint is this node, so a call is delivered in-process ([`super::local`]).
+    pub local: bool,
 }
 
 /// Chooses an endpoint of `target` (restricted to `subset`) for a new try or stream: the
@@ -74,11 +76,34 @@ pub fn choose<'s>(
     picked
         .filter(|&index| index < endpoints.len())
         .map(|index| endpoints.swap_remove(index))
-        .map(|(endpoint, state)| Chosen { endpoint, state })
+        .map(|(endpoint, state)| Chosen {
+            local: target.external.is_none()
+                && endpoint.node.as_deref() == Some(snapshot.node.as_str()),
+            endpoint,
+            state,
+        })
         .ok_or_else(|| ProxyError::NoEndpoints(target.name.clone()))
 }
 
 impl Chosen<'_> {
+    /// Sends an HTTP call (not a CONNECT stream, which [`Chosen::send`] opens) to the
+    /// endpoint: handed to this node's own inbound side when the endpoint is this node, over
+    /// the tunnel otherwise. Answers and failures mean the same either way.
+    pub async fn call(
+        &self,
+        proxy: &Proxy,
+        target: &Service,
+        service: &ServiceState,
+        request: Request<Body>,
+    ) -> Result<Response<Body>, ProxyError> {
+        if self.local {
+            let response = super::local::deliver(proxy, request).await?;
+            return peer_failure(self.endpoint.address, response);
+        }
+        let response = self.send(proxy, target, service, request).await?;
+        Ok(response.map(crate::body::boxed))
+    }
+
     /// Sends `request` to the endpoint's peer agent, connecting within the service's connect
     /// timeout and holding a slot of its pending limit while it waits. A peer's own answer that
     /// the request never reached an instance becomes [`ProxyError::ConnectFailed`].
@@ -192,10 +217,7 @@ pub(crate) fn is_ejected(endpoint_state: &EndpointState, now: Instant) -> bool {
 
 /// A peer agent's own error that means the request never reached an instance: treated like a
 /// failed connect, so it is retried whatever the method.
-fn peer_failure(
-    peer: SocketAddr,
-    response: Response<Incoming>,
-) -> Result<Response<Incoming>, ProxyError> {
+fn peer_failure<B>(peer: SocketAddr, response: Response<B>) -> Result<Response<B>, ProxyError> {
     let reason = response
         .headers()
         .get(ERROR_HEADER)

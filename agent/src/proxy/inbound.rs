@@ -67,7 +67,6 @@ impl LocalClients {
 /// at the handshake), then HTTP/2 requests, each checked against its service's access policy.
 pub async fn serve(
     proxy: Arc<Proxy>,
-    clients: Arc<LocalClients>,
     identity: IdentitySlot,
     stream: TcpStream,
     peer: SocketAddr,
@@ -112,9 +111,11 @@ pub async fn serve(
     let caller = Arc::new(caller);
     let service = service_fn(move |request: Request<Incoming>| {
         let proxy = Arc::clone(&proxy);
-        let clients = Arc::clone(&clients);
         let caller = Arc::clone(&caller);
-        async move { Ok::<_, Infallible>(deliver(&proxy, &clients, &caller, request).await) }
+        async move {
+            let request = request.map(body::boxed);
+            Ok::<_, Infallible>(deliver(&proxy, &caller, request).await)
+        }
     });
     let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
@@ -131,12 +132,9 @@ pub async fn serve(
     }
 }
 
-async fn deliver(
-    proxy: &Proxy,
-    clients: &LocalClients,
-    caller: &Caller,
-    request: Request<Incoming>,
-) -> Response<Body> {
+/// Delivers one call from `caller` (a peer agent, or this node through [`super::local`]) to
+/// the instance it is for, once the access policy admits it; failures become error answers.
+pub async fn deliver(proxy: &Proxy, caller: &Caller, request: Request<Body>) -> Response<Body> {
     let method = request.method().clone();
     if let Err(error) = authorize(proxy, caller, &request) {
         return without_body_for_head(&method, error_response(&error));
@@ -144,9 +142,9 @@ async fn deliver(
     let result = if method == Method::CONNECT {
         // Boxed: a stream's future is large and rare, and every request's future (moved as
         // hyper spawns it) would otherwise be as large.
-        Box::pin(open_local_stream(proxy, clients, request)).await
+        Box::pin(open_local_stream(proxy, request)).await
     } else {
-        forward_to_instance(proxy, clients, request).await
+        forward_to_instance(proxy, request).await
     };
     match result {
         Ok(response) => response,
@@ -157,11 +155,7 @@ async fn deliver(
 /// Checks `request` against the access policy of the service it is for: an HTTP request by its
 /// method and path, an upgrade by `GET` and the path it upgrades, an opaque TCP stream by
 /// neither. A refusal is counted and logged once.
-fn authorize(
-    proxy: &Proxy,
-    caller: &Caller,
-    request: &Request<Incoming>,
-) -> Result<(), ProxyError> {
+fn authorize(proxy: &Proxy, caller: &Caller, request: &Request<Body>) -> Result<(), ProxyError> {
     let Some(destination) = request
         .headers()
         .get(DESTINATION)
@@ -243,23 +237,13 @@ fn local_instance(
 /// HTTP/1.1 upgrade request whose 101 turns the stream into the upgraded connection.
 async fn open_local_stream(
     proxy: &Proxy,
-    clients: &LocalClients,
-    mut request: Request<Incoming>,
+    mut request: Request<Body>,
 ) -> Result<Response<Body>, ProxyError> {
     let instance = local_instance(proxy, request.headers_mut())?;
     let (service, instance_addr) = (instance.service, instance.address);
     let peer_side = hyper::upgrade::on(&mut request);
     if let Some(protocol) = request.headers_mut().remove(stream::UPGRADE) {
-        return upgrade_instance(
-            proxy,
-            clients,
-            request,
-            peer_side,
-            instance_addr,
-            protocol,
-            service,
-        )
-        .await;
+        return upgrade_instance(proxy, request, peer_side, instance_addr, protocol, service).await;
     }
     let connection = tokio::time::timeout(LOCAL_CONNECT_TIMEOUT, TcpStream::connect(instance_addr))
         .await
@@ -281,8 +265,7 @@ async fn open_local_stream(
 /// headers and splices the two upgraded connections. Any other answer goes back unchanged.
 async fn upgrade_instance(
     proxy: &Proxy,
-    clients: &LocalClients,
-    request: Request<Incoming>,
+    request: Request<Body>,
     peer_side: hyper::upgrade::OnUpgrade,
     instance_addr: SocketAddr,
     protocol: HeaderValue,
@@ -311,7 +294,8 @@ async fn upgrade_instance(
         HeaderValue::from_static("upgrade"),
     );
     headers.insert(http::header::UPGRADE, protocol);
-    let response = clients
+    let response = proxy
+        .local
         .http1
         .request(upgrade)
         .await
@@ -363,8 +347,7 @@ pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// request the instance did not process goes once more on a new connection.
 async fn forward_to_instance(
     proxy: &Proxy,
-    clients: &LocalClients,
-    request: Request<Incoming>,
+    request: Request<Body>,
 ) -> Result<Response<Body>, ProxyError> {
     let (mut parts, body) = request.into_parts();
     let instance = local_instance(proxy, &mut parts.headers)?;
@@ -380,14 +363,15 @@ async fn forward_to_instance(
             .map_err(|e| ProxyError::BadRequest(Cause::new(e)))
     };
     let retry_buffer = proxy.snapshot.load().limits.retry_buffer_bytes as usize;
-    let body = ReplayBody::new(body::boxed(body), retry_buffer);
+    let body = ReplayBody::new(body, retry_buffer);
     let response = match instance.protocol {
         Protocol::Http2 | Protocol::Grpc => {
             parts.headers.remove(http::header::HOST);
             let uri = uri(authority)?;
             resend_unprocessed(&body, |body| {
                 let request = to_instance(&parts, uri.clone(), http::Version::HTTP_2, body);
-                clients
+                proxy
+                    .local
                     .http2
                     .send(instance.address, None, LOCAL_CONNECT_TIMEOUT, request, None)
             })
@@ -400,7 +384,7 @@ async fn forward_to_instance(
             let uri = uri(instance.authority.clone())?;
             resend_unprocessed(&body, |body| {
                 let request = to_instance(&parts, uri.clone(), http::Version::HTTP_11, body);
-                let response = clients.http1.request(request);
+                let response = proxy.local.http1.request(request);
                 async move {
                     response
                         .await

@@ -31,6 +31,12 @@ impl Credentials {
         Ok(())
     }
 
+    /// The chain and key in use: the same `Arc` until the next [`Credentials::replace`], so a
+    /// holder can tell whether what it read from them is still current.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.0.load_full()
+    }
+
     /// The leaf certificate in use.
     pub fn leaf(&self) -> Option<CertificateDer<'static>> {
         self.0.load().cert.first().cloned()
