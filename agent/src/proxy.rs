@@ -10,6 +10,7 @@ pub mod egress;
 pub mod endpoint;
 pub mod headers;
 pub mod inbound;
+pub mod instance_pool;
 pub mod local;
 pub mod outbound;
 pub mod pipe;

@@ -8,12 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::request::Parts;
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyphae_policies::{ErrorChain, Protocol};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -21,6 +19,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::headers::{DESTINATION, path_or_root, request_authority, strip_hop_by_hop};
+use super::instance_pool::InstancePool;
 use super::{Proxy, error_response, pipe, stream, without_body_for_head};
 use crate::authz::{self, Caller};
 use crate::body::{self, Body};
@@ -28,17 +27,17 @@ use crate::error::{Cause, ProxyError};
 use crate::identity::IdentitySlot;
 use crate::model::LocalInstance;
 use crate::replay::ReplayBody;
-use crate::retry::{is_unprocessed, resend_unprocessed};
+use crate::retry::resend_unprocessed;
 use crate::tunnel::{TunnelSettings, Tunnels};
 
 /// Longest the agent waits to connect to a local instance: it is on this host, so a slow
 /// connect means it is not listening.
 pub const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Connections to local instances: a pool of HTTP/1.1 connections, and one multiplexed HTTP/2
+/// Connections to local instances: kept-alive HTTP/1.1 connections, and one multiplexed HTTP/2
 /// connection per `http2` or `grpc` instance (the pool peer agents are reached through).
 pub struct LocalClients {
-    http1: Client<HttpConnector, Body>,
+    http1: InstancePool,
     http2: Tunnels,
 }
 
@@ -46,18 +45,16 @@ impl LocalClients {
     /// Fresh pools; HTTP/2 connections take `settings` (the header-list limit they advertise,
     /// keep-alive).
     pub fn new(settings: TunnelSettings) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(LOCAL_CONNECT_TIMEOUT));
-        connector.set_nodelay(true);
         LocalClients {
-            http1: Client::builder(TokioExecutor::new()).build(connector),
+            http1: InstancePool::new(LOCAL_CONNECT_TIMEOUT),
             http2: Tunnels::new(settings),
         }
     }
 
-    /// Closes the HTTP/2 connections and waits for their tasks; the daemon calls this once
-    /// the calls that used them have drained.
+    /// Closes every connection and waits for their tasks; the daemon calls this once the calls
+    /// that used them have drained.
     pub async fn close(&self) {
+        self.http1.close().await;
         self.http2.close().await;
     }
 }
@@ -278,12 +275,7 @@ async fn upgrade_instance(
         .and_then(|p| PathAndQuery::try_from(p.as_bytes()).ok())
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let mut upgrade = Request::new(body::empty());
-    *upgrade.uri_mut() = Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(instance_addr.to_string().as_str())
-        .path_and_query(path)
-        .build()
-        .map_err(|e| ProxyError::BadRequest(Cause::new(e)))?;
+    *upgrade.uri_mut() = Uri::from(path);
     let headers = upgrade.headers_mut();
     headers.clone_from(&parts.headers);
     if let Ok(host) = HeaderValue::from_str(parts.uri.authority().map_or("", |a| a.as_str())) {
@@ -294,12 +286,7 @@ async fn upgrade_instance(
         HeaderValue::from_static("upgrade"),
     );
     headers.insert(http::header::UPGRADE, protocol);
-    let response = proxy
-        .local
-        .http1
-        .request(upgrade)
-        .await
-        .map_err(|error| instance_error(instance_addr, error))?;
+    let response = proxy.local.http1.upgrade(instance_addr, upgrade).await?;
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         let mut response = response.map(body::boxed);
         strip_hop_by_hop(response.headers_mut());
@@ -354,20 +341,17 @@ async fn forward_to_instance(
     let authority = request_authority(&parts).unwrap_or_else(|| instance.authority.clone());
     strip_hop_by_hop(&mut parts.headers);
     let path = path_or_root(&parts);
-    let uri = |authority: Authority| {
-        Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(authority)
-            .path_and_query(path.clone())
-            .build()
-            .map_err(|e| ProxyError::BadRequest(Cause::new(e)))
-    };
     let retry_buffer = proxy.snapshot.load().limits.retry_buffer_bytes as usize;
     let body = ReplayBody::new(body, retry_buffer);
     let response = match instance.protocol {
         Protocol::Http2 | Protocol::Grpc => {
             parts.headers.remove(http::header::HOST);
-            let uri = uri(authority)?;
+            let uri = Uri::builder()
+                .scheme(Scheme::HTTP)
+                .authority(authority)
+                .path_and_query(path)
+                .build()
+                .map_err(|e| ProxyError::BadRequest(Cause::new(e)))?;
             resend_unprocessed(&body, |body| {
                 let request = to_instance(&parts, uri.clone(), http::Version::HTTP_2, body);
                 proxy
@@ -376,20 +360,17 @@ async fn forward_to_instance(
                     .send(instance.address, None, LOCAL_CONNECT_TIMEOUT, request, None)
             })
             .await?
+            .map(body::boxed)
         }
         Protocol::Http | Protocol::Tcp | Protocol::Tls => {
             let host = HeaderValue::from_str(authority.as_str())
                 .map_err(|e| ProxyError::BadRequest(Cause::new(e)))?;
             parts.headers.insert(http::header::HOST, host);
-            let uri = uri(instance.authority.clone())?;
+            // HTTP/1.1 to an origin server: the target in origin form, the authority in `Host`.
+            let uri = Uri::from(path);
             resend_unprocessed(&body, |body| {
                 let request = to_instance(&parts, uri.clone(), http::Version::HTTP_11, body);
-                let response = proxy.local.http1.request(request);
-                async move {
-                    response
-                        .await
-                        .map_err(|error| instance_error(instance.address, error))
-                }
+                proxy.local.http1.send(instance.address, request)
             })
             .await?
         }
@@ -398,11 +379,11 @@ async fn forward_to_instance(
         .headers()
         .get(http::header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
-    let mut response = response.map(|incoming| match declared {
+    let mut response = response.map(|answer| match declared {
         // An instance that drops its connection right after a whole answer (one it sent
         // before reading the whole request) must not turn that answer into a reset.
-        Some(length) => body::whole_at_length(body::boxed(incoming), length),
-        None => body::boxed(incoming),
+        Some(length) => body::whole_at_length(answer, length),
+        None => answer,
     });
     strip_hop_by_hop(response.headers_mut());
     Ok(response)
@@ -416,20 +397,4 @@ fn to_instance(parts: &Parts, uri: Uri, version: http::Version, body: Body) -> R
     *request.version_mut() = version;
     request.headers_mut().clone_from(&parts.headers);
     request
-}
-
-/// A failed call to the local instance: a failed connect means the request never reached it
-/// (the calling agent may then retry elsewhere), a request not written before the connection
-/// closed was not processed; anything else is a reset.
-fn instance_error(instance: SocketAddr, error: hyper_util::client::legacy::Error) -> ProxyError {
-    if error.is_connect() {
-        ProxyError::ConnectFailed {
-            address: instance.to_string(),
-            reason: Cause::new(error),
-        }
-    } else if is_unprocessed(&error) {
-        ProxyError::Unprocessed(Cause::new(error))
-    } else {
-        ProxyError::Reset(Cause::new(error))
-    }
 }
