@@ -116,10 +116,7 @@ impl InstancePool {
             Some(sender) => sender,
             None => self.connect(address, false).await?,
         };
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(send_error)?;
+        let response = sender.send_request(request).await.map_err(send_error)?;
         if response.body().is_end_stream() {
             self.shared.give_back(address, sender);
             return Ok(response.map(body::boxed));

@@ -25,6 +25,7 @@ use processes::{ensure_running, stop};
 use setup::Setup;
 
 mod certificates;
+mod fixed_rate;
 mod handshake;
 mod haproxy;
 mod load;
@@ -40,6 +41,8 @@ const DURATION_SECS: Bounded<u64> = Bounded::new("--duration", 10, 1..=u64::MAX)
 /// `--connections`: concurrent client connections; at least one per load-generator thread, and
 /// at most what every proxy below is configured for several times over.
 const CONNECTIONS: Bounded<u32> = Bounded::new("--connections", 50, LOAD_THREADS..=1000);
+/// `--rate`: requests per second of the fixed-rate rows (oha, coordinated-omission corrected).
+const RATE: Bounded<u32> = Bounded::new("--rate", 10_000, 100..=1_000_000);
 /// HTTP/2 streams per connection in the h2 rows: one, so as many requests are in flight as in
 /// the HTTP/1.1 rows.
 const H2_STREAMS_PER_CONNECTION: u32 = 1;
@@ -59,18 +62,21 @@ const KEEPALIVE_REQUESTS: u32 = 1_000_000;
 const PROXY_IDLE_TIMEOUT: &str = "60s";
 
 /// `cargo xtask bench proxy --help`.
-pub const USAGE: &str = "usage: cargo xtask bench proxy [--duration SECS] [--connections N]
+pub const USAGE: &str =
+    "usage: cargo xtask bench proxy [--duration SECS] [--connections N] [--rate N]
 
 Starts a backend (nginx, `return 200`), the agent (release build, 1 worker thread), haproxy
 alone and two chained (plaintext or mutual TLS between them, like the mesh's two agents) and
 nginx (1 thread / 1 worker each), drives every path with the same load (wrk for HTTP/1.1, h2load
-for HTTP/2), times new TLS connections to the agent's inbound port and to the inner haproxy,
-prints a table and writes target/bench/proxy.json. Configs, certificates and logs go to
+for HTTP/2), drives every path again at a fixed rate with oha (latency from each request's due
+time), times new TLS connections to the agent's inbound port and to the inner haproxy, prints
+tables and writes target/bench/proxy.json. Configs, certificates and logs go to
 target/bench/.
 
 options:
   --duration SECS    measured seconds per row (default 10)
-  --connections N    concurrent client connections (default 50, at most 1000)";
+  --connections N    concurrent client connections (default 50, at most 1000)
+  --rate N           requests per second of the fixed-rate rows (default 10000)";
 /// What the command line asked for.
 #[derive(Clone, Copy, Debug)]
 struct Options {
@@ -78,6 +84,8 @@ struct Options {
     duration: Duration,
     /// Concurrent client connections.
     connections: u32,
+    /// Requests per second of the fixed-rate rows.
+    rate: u32,
 }
 
 impl Options {
@@ -86,11 +94,14 @@ impl Options {
         let mut options = Options {
             duration: Duration::from_secs(DURATION_SECS.default),
             connections: CONNECTIONS.default,
+            rate: RATE.default,
         };
-        let names = [DURATION_SECS.name, CONNECTIONS.name];
+        let names = [DURATION_SECS.name, CONNECTIONS.name, RATE.name];
         let run = parse_options(args, USAGE, &names, |name, text| {
             if name == DURATION_SECS.name {
                 options.duration = Duration::from_secs(DURATION_SECS.parse(text)?);
+            } else if name == RATE.name {
+                options.rate = RATE.parse(text)?;
             } else {
                 options.connections = CONNECTIONS.parse(text)?;
             }
@@ -146,14 +157,28 @@ pub fn run(args: &[String]) -> Result<()> {
             rows.push(bench.measure(setup, protocol)?);
         }
     }
+    let mut at_rate = Vec::new();
+    for protocol in Protocol::ALL {
+        for setup in Setup::ALL {
+            at_rate.push(bench.measure_fixed_rate(setup, protocol)?);
+        }
+    }
     let mut handshakes = Vec::new();
     for setup in HANDSHAKE_SETUPS {
         handshakes.extend(bench.handshakes(setup)?);
     }
     bench.runtime.block_on(stop([&mut bench.backend.process]));
 
-    print!("{}", bench.table(&rows, &handshakes));
-    write_json(&bench.dir, "proxy.json", &bench.json(&rows, &handshakes))
+    print!(
+        "{}{}",
+        bench.table(&rows, &handshakes),
+        fixed_rate::table(&at_rate, options.rate)
+    );
+    write_json(
+        &bench.dir,
+        "proxy.json",
+        &bench.json(&rows, &handshakes, &at_rate),
+    )
 }
 
 /// The rows whose TLS hop the handshake measurement times: the mesh and its peer.
@@ -274,17 +299,25 @@ mod tests {
         let options = Options::parse(&[]).unwrap().unwrap();
         assert_eq!(options.duration, Duration::from_secs(DURATION_SECS.default));
         assert_eq!(options.connections, CONNECTIONS.default);
-        let options = Options::parse(&args(&["--duration", "3", "--connections", "8"]))
-            .unwrap()
-            .unwrap();
+        let options = Options::parse(&args(&[
+            "--duration",
+            "3",
+            "--connections",
+            "8",
+            "--rate",
+            "500",
+        ]))
+        .unwrap()
+        .unwrap();
         assert_eq!(
-            (options.duration, options.connections),
-            (Duration::from_secs(3), 8)
+            (options.duration, options.connections, options.rate),
+            (Duration::from_secs(3), 8, 500)
         );
         for bad in [
             &["--duration", "0"][..],
             &["--connections", "0"],
             &["--connections", "100000"],
+            &["--rate", "0"],
             &["--duration"],
             &["--fast"],
         ] {

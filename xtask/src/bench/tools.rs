@@ -28,6 +28,8 @@ pub struct Tools {
     pub wrk: PathBuf,
     /// The HTTP/2 load generator (from nghttp2).
     pub h2load: PathBuf,
+    /// The fixed-rate load generator, coordinated-omission corrected (from crates.io).
+    pub oha: PathBuf,
 }
 
 impl Tools {
@@ -61,9 +63,43 @@ impl Tools {
             nginx: require("nginx")?,
             wrk: require("wrk")?,
             h2load: require("h2load")?,
+            oha: oha()?,
         })
     }
 }
+
+/// oha (not packaged in Debian): on `PATH`, or built once with `cargo install` into
+/// `target/bench/tools/`, at the version the figures in README were taken with.
+fn oha() -> Result<PathBuf> {
+    let root = util::root().join(OHA_ROOT);
+    let installed = root.join("bin/oha");
+    if let Some(found) =
+        find_program("oha").or_else(|| installed.is_file().then_some(installed.clone()))
+    {
+        return Ok(found);
+    }
+    eprintln!("xtask: building oha {OHA_VERSION} for the bench (once)");
+    util::run(
+        util::cargo()
+            .args([
+                "install",
+                "--locked",
+                "--quiet",
+                "oha",
+                "--version",
+                OHA_VERSION,
+                "--root",
+            ])
+            .arg(&root),
+    )
+    .context("cargo install oha")?;
+    Ok(installed)
+}
+
+/// The oha release the bench installs when none is on `PATH`.
+const OHA_VERSION: &str = "1.16.0";
+/// Where that oha is installed, under the workspace root.
+const OHA_ROOT: &str = "target/bench/tools";
 
 /// The executable `program` on `PATH` or in the system directories.
 fn find_program(program: &str) -> Option<PathBuf> {

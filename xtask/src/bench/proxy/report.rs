@@ -6,6 +6,7 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
+use super::fixed_rate::{self, RateRow};
 use super::handshake::{HANDSHAKES, HandshakeCost};
 use super::setup::Setup;
 use super::{
@@ -195,7 +196,7 @@ impl Bench {
     }
 
     /// The machine-readable report.
-    pub fn json(&self, rows: &[Row], handshakes: &[HandshakeCost]) -> Value {
+    pub fn json(&self, rows: &[Row], handshakes: &[HandshakeCost], at_rate: &[RateRow]) -> Value {
         let ratio = |x: f64| rounded(x, RATIO_DECIMALS);
         let rate = |x: f64| rounded(x, RATE_DECIMALS);
         let entries: Vec<Value> = rows
@@ -252,8 +253,10 @@ impl Bench {
                 "nginx": first_line(Command::new(&self.tools.nginx).arg("-v")),
                 "wrk": first_line(Command::new(&self.tools.wrk).arg("-v")),
                 "h2load": first_line(Command::new(&self.tools.h2load).arg("--version")),
+                "oha": first_line(Command::new(&self.tools.oha).arg("--version")),
             },
             "rows": entries,
+            "fixedRate": fixed_rate::json(at_rate, self.options.rate),
             "tlsHandshakes": handshakes.iter().map(|cost| {
                 let micros = |x: f64| rounded(x, MICROS_DECIMALS);
                 json!({
