@@ -1,10 +1,13 @@
-//! `cargo xtask bench`: picks the benchmark (`proxy`, `push`), which walks its own options.
+//! `cargo xtask bench`: picks the benchmark (`proxy`, `push`, `registry`), which walks its own
+//! options.
 //! Benchmarks, not tests: `cargo test` never runs them, and they fail only when something is broken.
 //!
 //! - [`proxy`]: the agent's data path against haproxy and nginx (`target/bench/proxy.json`),
 //!   with [`tools`] (installing haproxy, nginx, wrk, h2load) and [`parse`] (their output);
 //! - [`push`]: how long a policy change takes to reach every agent (`target/bench/push.json`);
-//! - shared by both: [`procfs`] (CPU seconds and RSS from `/proc`), [`percentile`], and
+//! - [`registry`]: what a fleet's registrations and heartbeats cost the control plane
+//!   (`target/bench/registry.json`);
+//! - shared by all: [`procfs`] (CPU seconds and RSS from `/proc`), [`percentile`], and
 //!   [`report`] (rounding, the commit and versions, writing the JSON file).
 
 use anyhow::{Result, bail};
@@ -14,6 +17,7 @@ pub(crate) mod percentile;
 mod procfs;
 mod proxy;
 mod push;
+mod registry;
 pub(crate) mod report;
 mod tools;
 
@@ -26,11 +30,12 @@ pub fn run(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("proxy") => proxy::run(&args[1..]),
         Some("push") => push::run(&args[1..]),
+        Some("registry") => registry::run(&args[1..]),
         Some("-h" | "--help" | "help") => {
-            println!("{}\n\n{}", proxy::USAGE, push::USAGE);
+            println!("{}\n\n{}\n\n{}", proxy::USAGE, push::USAGE, registry::USAGE);
             Ok(())
         }
-        Some(other) => bail!("unknown benchmark `{other}`: `proxy` or `push`"),
-        None => bail!("which benchmark? `proxy` or `push`"),
+        Some(other) => bail!("unknown benchmark `{other}`: `proxy`, `push` or `registry`"),
+        None => bail!("which benchmark? `proxy`, `push` or `registry`"),
     }
 }

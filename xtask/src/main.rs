@@ -28,7 +28,11 @@ commands:
                   test; installs them, wrk and h2load from apt when missing; target/bench/)
   bench push [--agents N ...] [--rounds K]
                   time a policy change from a three-node control plane to N simulated agents'
-                  watch streams (default 1000, then 5000 agents; target/bench/push.json)";
+                  watch streams (default 1000, then 5000 agents; target/bench/push.json)
+  bench registry [--agents N] [--duration SECS]
+                  N simulated agents (default 20000) register with a three-node control plane
+                  and heartbeat; each node's CPU and RSS, heartbeat rate, errors and latency
+                  over a steady window (target/bench/registry.json)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -30,7 +30,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::client::TlsStream;
 
 use super::BENCH_DIR;
-use super::percentile::percentile;
+use super::percentile::Summary;
 use super::procfs::{clock_ticks, cpu_seconds, load_average, machine_busy_seconds, memory_kib};
 use super::report::{
     self, MILLIS_DECIMALS, SECONDS_DECIMALS, commit, first_line, relative, rounded, write_json,
@@ -39,9 +39,9 @@ use crate::options::{Bounded, parse_options};
 use crate::util;
 
 /// Nodes in the control plane, with ids 1, 2, 3.
-const NODES: usize = 3;
+pub(super) const NODES: usize = 3;
 /// What the nodes log: errors only, since the bench measures them and logging is work.
-const NODE_LOG_LEVEL: &str = "error";
+pub(super) const NODE_LOG_LEVEL: &str = "error";
 /// `--agents`: population sizes, measured in this order (1000 then 5000 unless given). Each
 /// agent is a connection, and so a file descriptor, here and on a node.
 const AGENTS: Bounded<usize, [usize; 2]> = Bounded::new("--agents", [1000, 5000], 1..=50_000);
@@ -189,7 +189,7 @@ pub fn run(args: &[String]) -> Result<()> {
 
 /// Makes sure `agents` connections fit under the open-file limit, raising the soft limit to
 /// the hard one when needed (no privilege needed; the nodes inherit it). Returns the limit.
-fn raise_fd_limit(agents: usize) -> Result<u64> {
+pub(super) fn raise_fd_limit(agents: usize) -> Result<u64> {
     let need = agents as u64 + SPARE_FDS;
     let limit = getrlimit(Resource::Nofile);
     // `None` is "unlimited".
@@ -223,7 +223,7 @@ fn raise_fd_limit(agents: usize) -> Result<u64> {
 /// (`maxConnectionsPerSource`, default 1024) is raised to its share of the agents plus the
 /// peers and the bench's writes; without it the agents beyond the cap would be refused and
 /// reconnect throughout the run.
-fn limits_spec(agents: usize) -> String {
+pub(super) fn limits_spec(agents: usize) -> String {
     let per_source = agents.div_ceil(NODES) + SPARE_SOURCE_CONNECTIONS;
     format!("  limits:\n    maxConnectionsPerSource: {per_source}\n")
 }
@@ -309,32 +309,6 @@ struct Round {
     /// Agents that held the revision before this process had read the write's answer
     /// (counted as 0 ms).
     before_ack: usize,
-}
-
-/// Percentiles of a set of latencies.
-#[derive(Clone, Copy, Debug, PartialEq)]
-struct Summary {
-    /// How many latencies.
-    samples: usize,
-    /// Median.
-    p50: Duration,
-    /// 99th percentile.
-    p99: Duration,
-    /// Largest.
-    max: Duration,
-}
-
-impl Summary {
-    /// Sorts `latencies` and summarizes them; `None` when there are none.
-    fn of(latencies: &mut [Duration]) -> Option<Summary> {
-        latencies.sort_unstable();
-        Some(Summary {
-            samples: latencies.len(),
-            p50: percentile(latencies, 50.0)?,
-            p99: percentile(latencies, 99.0)?,
-            max: *latencies.last()?,
-        })
-    }
 }
 
 /// What one node did during the run.
