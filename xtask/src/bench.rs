@@ -10,7 +10,11 @@
 //! - shared by all: [`procfs`] (CPU seconds and RSS from `/proc`), [`percentile`], and
 //!   [`report`] (rounding, the commit and versions, writing the JSON file).
 
+use std::process::Command;
+
 use anyhow::{Result, bail};
+
+use crate::util;
 
 mod parse;
 pub(crate) mod percentile;
@@ -24,6 +28,28 @@ mod tools;
 /// Where generated configs, logs, raw load-generator output and the JSON reports go, under the
 /// workspace root.
 const BENCH_DIR: &str = "target/bench";
+
+/// Builds the control plane and xtask in release mode. The simulated agents of `push` and
+/// `registry` drive thousands of TLS connections, and in a debug build they would be slower
+/// than the nodes they measure, their own delays counted as the nodes'; so a debug build runs
+/// `bench <name> <args>` in the release build instead and answers `true`: it has run there.
+fn ran_in_release(name: &str, args: &[String]) -> Result<bool> {
+    util::run(util::cargo().args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "hyphae-control-plane",
+        "-p",
+        "xtask",
+    ]))?;
+    if !cfg!(debug_assertions) {
+        return Ok(false);
+    }
+    let xtask = util::root().join("target/release/xtask");
+    util::run(Command::new(xtask).args(["bench", name]).args(args))?;
+    Ok(true)
+}
 
 /// Runs `cargo xtask bench <what>`.
 pub fn run(args: &[String]) -> Result<()> {

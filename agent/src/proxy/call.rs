@@ -4,17 +4,19 @@
 
 use http::request::Parts;
 use http::uri::{Authority, Scheme};
-use http::{HeaderValue, Request, Response, Uri, Version};
+use http::{HeaderValue, Request, Response, Version};
 use http_body::Body as _;
 use hyphae_policies::{HeaderRewrite, RetryPolicy};
 use tokio::time::Instant;
 
 use super::endpoint::{self, Chosen};
-use super::headers::{DESTINATION, path_or_root, request_authority, strip_hop_by_hop};
+use super::headers::{
+    DESTINATION, absolute_uri, path_or_root, request_authority, strip_hop_by_hop,
+};
 use super::{Proxy, error_response};
 use crate::body::{self, Body};
 use crate::circuit::Outcome;
-use crate::error::{Cause, ERROR_HEADER, ProxyError};
+use crate::error::{ERROR_HEADER, ProxyError};
 use crate::metrics;
 use crate::model::{DEFAULT_ROUTE, EndpointKey, Service, Snapshot};
 use crate::replay::ReplayBody;
@@ -206,12 +208,7 @@ impl Call<'_> {
             .or_else(|| Authority::try_from(self.target.name.as_str()).ok())
             .ok_or_else(|| ProxyError::BadRequest("the request names no host".into()))?;
         let path = path_or_root(parts);
-        let uri = Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(authority)
-            .path_and_query(path)
-            .build()
-            .map_err(|e| ProxyError::BadRequest(Cause::new(e)))?;
+        let uri = absolute_uri(Scheme::HTTP, authority, path)?;
         let mut request = Request::new(body);
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = uri;

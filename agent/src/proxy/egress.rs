@@ -29,7 +29,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use super::headers::DESTINATION;
+use super::headers::{DESTINATION, absolute_uri};
 use crate::body::Body;
 use crate::error::{Cause, ProxyError};
 use crate::model::{ExternalTarget, OriginatedTls};
@@ -194,12 +194,7 @@ fn outgoing(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    parts.uri = Uri::builder()
-        .scheme(scheme)
-        .authority(authority)
-        .path_and_query(path)
-        .build()
-        .map_err(|e| ProxyError::BadRequest(Cause::new(e)))?;
+    parts.uri = absolute_uri(scheme, authority, path)?;
     parts.version = if http2 {
         Version::HTTP_2
     } else {

@@ -6,8 +6,10 @@ use http::header::{
     TRANSFER_ENCODING, UPGRADE,
 };
 use http::request::Parts;
-use http::uri::{Authority, PathAndQuery};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue};
+
+use crate::error::{Cause, ProxyError};
 
 /// Carries the destination service (`name` or `name:port`) from the calling agent to the peer.
 pub const DESTINATION: HeaderName = HeaderName::from_static("hyphae-destination");
@@ -49,6 +51,21 @@ pub fn request_authority(parts: &Parts) -> Option<Authority> {
             .get(HOST)
             .and_then(|h| Authority::try_from(h.as_bytes()).ok())
     })
+}
+
+/// An absolute URI for `path` at `authority` with `scheme`, as HTTP/2 carries a request's target
+/// (`:scheme`, `:authority`, `:path`); a part that cannot form one is the caller's bad request.
+pub fn absolute_uri(
+    scheme: Scheme,
+    authority: Authority,
+    path: PathAndQuery,
+) -> Result<http::Uri, ProxyError> {
+    http::Uri::builder()
+        .scheme(scheme)
+        .authority(authority)
+        .path_and_query(path)
+        .build()
+        .map_err(|e| ProxyError::BadRequest(Cause::new(e)))
 }
 
 /// The request's path and query, `/` when the target has none (an authority-form request).

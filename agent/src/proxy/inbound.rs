@@ -18,7 +18,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use super::headers::{DESTINATION, path_or_root, request_authority, strip_hop_by_hop};
+use super::headers::{
+    DESTINATION, absolute_uri, path_or_root, request_authority, strip_hop_by_hop,
+};
 use super::instance_pool::InstancePool;
 use super::{Proxy, error_response, pipe, stream, without_body_for_head};
 use crate::authz::{self, Caller};
@@ -346,12 +348,7 @@ async fn forward_to_instance(
     let response = match instance.protocol {
         Protocol::Http2 | Protocol::Grpc => {
             parts.headers.remove(http::header::HOST);
-            let uri = Uri::builder()
-                .scheme(Scheme::HTTP)
-                .authority(authority)
-                .path_and_query(path)
-                .build()
-                .map_err(|e| ProxyError::BadRequest(Cause::new(e)))?;
+            let uri = absolute_uri(Scheme::HTTP, authority, path)?;
             resend_unprocessed(&body, |body| {
                 let request = to_instance(&parts, uri.clone(), http::Version::HTTP_2, body);
                 proxy

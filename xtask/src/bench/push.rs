@@ -141,27 +141,11 @@ pub fn run(args: &[String]) -> Result<()> {
     let Some(options) = Options::parse(args)? else {
         return Ok(());
     };
-    util::run(util::cargo().args([
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "hyphae-control-plane",
-        "-p",
-        "xtask",
-    ]))?;
+    if super::ran_in_release("push", args)? {
+        return Ok(());
+    }
     let root = util::root();
     let bin = root.join("target/release");
-    if cfg!(debug_assertions) {
-        // The agents parse every event and drive thousands of HTTP/2 connections; in a debug
-        // build this process would be slower than the nodes it measures, and its own delays
-        // would count as push latency. So the measuring is done by the release build.
-        return util::run(
-            Command::new(bin.join("xtask"))
-                .args(["bench", "push"])
-                .args(args),
-        );
-    }
     let largest = options.agents.iter().copied().max().unwrap_or(0);
     let fd_limit = raise_fd_limit(largest)?;
     let dir = root.join(BENCH_DIR);

@@ -113,26 +113,11 @@ pub fn run(args: &[String]) -> Result<()> {
     let Some(options) = Options::parse(args)? else {
         return Ok(());
     };
-    util::run(util::cargo().args([
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "hyphae-control-plane",
-        "-p",
-        "xtask",
-    ]))?;
+    if super::ran_in_release("registry", args)? {
+        return Ok(());
+    }
     let root = util::root();
     let bin = root.join("target/release");
-    if cfg!(debug_assertions) {
-        // The workers drive thousands of TLS connections; in a debug build they would be
-        // slower than the nodes they measure. So the measuring is done by the release build.
-        return util::run(
-            Command::new(bin.join("xtask"))
-                .args(["bench", "registry"])
-                .args(args),
-        );
-    }
     // The nodes inherit this limit; each holds its share of the agents' connections.
     let fd_limit = raise_fd_limit(options.agents.div_ceil(NODES))?;
     let dir = root.join(BENCH_DIR);
