@@ -14,6 +14,12 @@ use crate::error::{Cause, ProxyError};
 /// Carries the destination service (`name` or `name:port`) from the calling agent to the peer.
 pub const DESTINATION: HeaderName = HeaderName::from_static("hyphae-destination");
 
+/// Between agents: the protocol a CONNECT stream upgrades to at the instance (`websocket`);
+/// absent for TCP.
+pub const UPGRADE_PROTOCOL: HeaderName = HeaderName::from_static("hyphae-upgrade");
+/// Between agents: the path and query of the upgrade request a CONNECT stream carries.
+pub const UPGRADE_PATH: HeaderName = HeaderName::from_static("hyphae-upgrade-path");
+
 /// How many names [`HOP_BY_HOP`] holds.
 const HOP_BY_HOP_COUNT: usize = 8;
 

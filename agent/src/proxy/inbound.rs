@@ -19,10 +19,11 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::headers::{
-    DESTINATION, absolute_uri, path_or_root, request_authority, strip_hop_by_hop,
+    DESTINATION, UPGRADE_PATH, UPGRADE_PROTOCOL, absolute_uri, path_or_root, request_authority,
+    strip_hop_by_hop,
 };
 use super::instance_pool::InstancePool;
-use super::{Proxy, error_response, pipe, stream, without_body_for_head};
+use super::{Proxy, error_response, pipe, without_body_for_head};
 use crate::authz::{self, Caller};
 use crate::body::{self, Body};
 use crate::error::{Cause, ProxyError};
@@ -167,13 +168,13 @@ fn authorize(proxy: &Proxy, caller: &Caller, request: &Request<Body>) -> Result<
     let service = crate::model::base_name(destination);
     let snapshot = proxy.snapshot.load();
     let unreadable = || ProxyError::BadRequest("the upgrade's path is not ASCII".into());
-    let upgrade_path = match request.headers().get(stream::UPGRADE_PATH) {
+    let upgrade_path = match request.headers().get(UPGRADE_PATH) {
         Some(path) => Some(path.to_str().map_err(|_| unreadable())?),
         None => None,
     };
     let (method, path) = if request.method() == Method::CONNECT {
         match (
-            request.headers().contains_key(stream::UPGRADE),
+            request.headers().contains_key(UPGRADE_PROTOCOL),
             upgrade_path,
         ) {
             (true, path) => (Some("GET"), Some(path.unwrap_or("/"))),
@@ -241,7 +242,7 @@ async fn open_local_stream(
     let instance = local_instance(proxy, request.headers_mut())?;
     let (service, instance_addr) = (instance.service, instance.address);
     let peer_side = hyper::upgrade::on(&mut request);
-    if let Some(protocol) = request.headers_mut().remove(stream::UPGRADE) {
+    if let Some(protocol) = request.headers_mut().remove(UPGRADE_PROTOCOL) {
         return upgrade_instance(proxy, request, peer_side, instance_addr, protocol, service).await;
     }
     let connection = tokio::time::timeout(LOCAL_CONNECT_TIMEOUT, TcpStream::connect(instance_addr))
@@ -273,7 +274,7 @@ async fn upgrade_instance(
     let (mut parts, _) = request.into_parts();
     let path = parts
         .headers
-        .remove(stream::UPGRADE_PATH)
+        .remove(UPGRADE_PATH)
         .and_then(|p| PathAndQuery::try_from(p.as_bytes()).ok())
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let mut upgrade = Request::new(body::empty());

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::detect::{self, Detected};
-use super::headers::strip_hop_by_hop;
+use super::headers::{UPGRADE_PATH, UPGRADE_PROTOCOL, strip_hop_by_hop};
 use super::{Proxy, call, error_response, pipe, stream, without_body_for_head};
 use crate::body::{self, Body};
 use crate::error::ProxyError;
@@ -211,10 +211,10 @@ async fn upgrade(proxy: &Proxy, service: &str, mut request: Request<Incoming>) -
     let mut headers = request.headers().clone();
     strip_hop_by_hop(&mut headers);
     headers.remove(http::header::HOST);
-    headers.insert(stream::UPGRADE, protocol.clone());
+    headers.insert(UPGRADE_PROTOCOL, protocol.clone());
     let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
     match HeaderValue::from_str(path) {
-        Ok(path) => headers.insert(stream::UPGRADE_PATH, path),
+        Ok(path) => headers.insert(UPGRADE_PATH, path),
         Err(_) => return error_response(&ProxyError::BadRequest("unusable request path".into())),
     };
     let snapshot = proxy.snapshot.load_full();

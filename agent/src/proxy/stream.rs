@@ -2,7 +2,7 @@
 //! (WebSocket) each ride one HTTP/2 CONNECT stream on the pooled peer connection. Only the
 //! connect is retried, and only when the stream never reached an instance.
 
-use http::header::HeaderName;
+use super::headers::UPGRADE_PROTOCOL;
 use http::uri::Authority;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
@@ -16,11 +16,6 @@ use crate::body;
 use crate::circuit::{Outcome, Permit};
 use crate::error::{Cause, ProxyError};
 use crate::model::{EndpointKey, Service, Snapshot};
-
-/// The protocol a CONNECT stream upgrades to at the instance (`websocket`); absent for TCP.
-pub const UPGRADE: HeaderName = HeaderName::from_static("hyphae-upgrade");
-/// The path and query of the upgrade request.
-pub const UPGRADE_PATH: HeaderName = HeaderName::from_static("hyphae-upgrade-path");
 
 /// Where an open stream's bytes go.
 pub enum Upstream {
@@ -74,7 +69,7 @@ pub async fn open(
     let target: &Service = snapshot
         .service(service)
         .ok_or_else(|| ProxyError::UnknownService(service.to_string()))?;
-    if target.external.is_some() && headers.contains_key(UPGRADE) {
+    if target.external.is_some() && headers.contains_key(UPGRADE_PROTOCOL) {
         return Err(ProxyError::Unsupported("upgrades to an ExternalService"));
     }
     let retries = &target.policy.retries;
