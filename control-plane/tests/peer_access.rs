@@ -180,9 +180,15 @@ async fn an_agent_heartbeating_only_through_a_follower_keeps_its_lease() {
         hyphae_integration::cluster::SHORT_WRITE_TIMEOUT,
         lease.as_millis()
     );
-    let (_cluster, leader, follower) = Cluster::three_logged(dir.path(), &spec)
+    let (mut cluster, leader, follower) = Cluster::three_logged(dir.path(), &spec)
         .await
         .expect("a cluster with a leader");
+    let follower_id = cluster
+        .nodes()
+        .iter()
+        .find(|n| n.address == follower)
+        .expect("a follower")
+        .id;
     let record = |name: &str| {
         format!(
             "{{\"name\": \"{name}\", \"site\": \"a\", \"address\": \"10.0.0.1:4143\", \"instances\": []}}"
@@ -232,4 +238,56 @@ async fn an_agent_heartbeating_only_through_a_follower_keeps_its_lease() {
         counter(leader, "hyphae_control_plane_batched_renewals_total").await >= 1.0,
         "and the leader renewed them from its batches"
     );
+
+    // A member's batch renews registered nodes only, and only the leader takes one.
+    let member = credentials(Kind::ControlPlane, &follower_id.to_string());
+    let batch = "{\"nodes\": [\"kept\", \"ghost\"]}";
+    let answer = request_as_node(&member, "POST", leader, HEARTBEATS_PATH, batch)
+        .await
+        .expect("an answer");
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    let answer = answer.json();
+    assert_eq!(answer["renewed"], 1, "{answer}");
+    assert_eq!(answer["unknown"], serde_json::json!(["ghost"]), "{answer}");
+    assert_eq!(
+        status(Some(&member), follower, HEARTBEATS_PATH, batch).await,
+        503,
+        "a node that does not lead takes no batch"
+    );
+
+    // With the other nodes dead, the follower stops acknowledging heartbeats before it even
+    // calls an election (the test clusters' electionTimeoutMin, 500 ms, after the last word
+    // from the leader): its next batch fails, and heartbeats then go on to the dead leader and
+    // fail, so the agent would try another node.
+    let others: Vec<u64> = cluster
+        .nodes()
+        .iter()
+        .map(|n| n.id)
+        .filter(|id| *id != follower_id)
+        .collect();
+    for id in others {
+        cluster.node_mut(id).kill();
+    }
+    let killed = std::time::Instant::now();
+    let election_timeout_min = std::time::Duration::from_millis(500);
+    let beat = || {
+        status(
+            Some(&kept),
+            follower,
+            "/v1/agent/heartbeat",
+            "{\"node\": \"kept\"}",
+        )
+    };
+    while beat().await == 200 {
+        assert!(
+            killed.elapsed() < election_timeout_min,
+            "the follower still acknowledges heartbeats {:?} after the leader died",
+            killed.elapsed()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    for _ in 0..10 {
+        assert_ne!(beat().await, 200, "a heartbeat no leader will renew");
+        tokio::time::sleep(lease / 20).await;
+    }
 }
