@@ -92,6 +92,9 @@ pub async fn keep(node: Arc<Node>, shutdown: CancellationToken) {
     }
 }
 
+/// How much of a refused batch's answer goes into the log line.
+const LOGGED_ANSWER_BYTES: usize = 200;
+
 /// Where the leader is, as this node knows it.
 enum Leader {
     Itself,
@@ -123,7 +126,7 @@ async fn send(node: &Node, address: &str, batch: &HeartbeatBatch) -> Result<Batc
         if status != StatusCode::OK {
             return Err(format!(
                 "{status}: {}",
-                String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+                String::from_utf8_lossy(&bytes[..bytes.len().min(LOGGED_ANSWER_BYTES)])
             ));
         }
         serde_json::from_slice::<BatchAnswer>(&bytes).map_err(|e| format!("bad answer: {e}"))
