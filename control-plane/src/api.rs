@@ -326,7 +326,10 @@ async fn handle_buffered(
 /// The largest body a request to `path` may carry, and who sends such requests: Raft peers
 /// move log entries and snapshot chunks, agents small records, operators policy files.
 fn body_limit(limits: &ControlPlaneLimits, path: &str) -> (usize, &'static str) {
-    let (bytes, sender) = if path.starts_with(PEER_RPC_PREFIX) {
+    let (bytes, sender) = if path == crate::heartbeat_batch::HEARTBEATS_PATH {
+        let bytes = crate::heartbeat_batch::max_body_bytes(limits.max_nodes);
+        return (bytes, "heartbeat batch (maxNodes names)");
+    } else if path.starts_with(PEER_RPC_PREFIX) {
         (limits.max_peer_body_bytes, "peer RPC (maxPeerBodyBytes)")
     } else if path.starts_with(AGENT_PREFIX) {
         (limits.max_agent_body_bytes, "agent (maxAgentBodyBytes)")
@@ -342,7 +345,9 @@ async fn route(node: &Node, request: &ApiRequest) -> Answer {
     match (&request.method, segments.as_slice()) {
         (&Method::GET, ["v1", "metrics"]) => Ok(Response::builder()
             .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")
-            .body(Full::new(Bytes::from(crate::refusals::render())))
+            .body(Full::new(Bytes::from(
+                crate::refusals::render() + &node.heartbeat_queue.render(),
+            )))
             .unwrap_or_default()),
         (&Method::GET, ["v1", "openapi.json"]) => {
             Ok(json_response(StatusCode::OK, crate::openapi::document()))
@@ -446,6 +451,11 @@ mod tests {
         ] {
             assert_eq!(body_limit(&limits, path).0, 3, "{path}");
         }
+        assert_eq!(
+            body_limit(&limits, crate::heartbeat_batch::HEARTBEATS_PATH).0,
+            crate::heartbeat_batch::max_body_bytes(limits.max_nodes),
+            "a heartbeat batch holds at most maxNodes names"
+        );
         for path in [
             "/v1/agent/register",
             "/v1/agent/heartbeat",

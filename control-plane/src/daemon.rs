@@ -17,8 +17,8 @@ use crate::raft::Raft;
 
 use crate::config::NodeConfig;
 use crate::keepers::{
-    bootstrap_token, certificate_authority, cluster_identity, lease_expiry, membership,
-    node_certificate, virtual_ip_range,
+    bootstrap_token, certificate_authority, cluster_identity, heartbeat_flush, lease_expiry,
+    membership, node_certificate, virtual_ip_range,
 };
 use crate::node::Node;
 use crate::pki::{self, JoinTicket};
@@ -113,6 +113,7 @@ impl RunningNode {
                 shutdown.clone(),
             )),
             tokio::spawn(lease_expiry::keep(Arc::clone(&node), shutdown.clone())),
+            tokio::spawn(heartbeat_flush::keep(Arc::clone(&node), shutdown.clone())),
             tokio::spawn(cluster_identity::keep(Arc::clone(&node), shutdown.clone())),
             tokio::spawn(virtual_ip_range::keep(Arc::clone(&node), shutdown.clone())),
             tokio::spawn(certificate_authority::keep(

@@ -2,6 +2,7 @@
 //! until shutdown: nothing here serves requests.
 //!
 //! - [`lease_expiry`]: expires agents whose lease lapsed, while this node leads.
+//! - [`heartbeat_flush`]: passes the heartbeats a follower answered to the leader, in batches.
 //! - [`cluster_identity`]: gives a new cluster its identity, once.
 //! - [`bootstrap_token`]: stores the initializing node's bootstrap admin token, once.
 //! - [`certificate_authority`]: stores the cluster's root certificate, once.
@@ -12,6 +13,7 @@
 pub mod bootstrap_token;
 pub mod certificate_authority;
 pub mod cluster_identity;
+pub mod heartbeat_flush;
 pub mod lease_expiry;
 pub mod membership;
 pub mod node_certificate;

@@ -81,6 +81,21 @@ impl Leases {
         self.renew_at(node, Instant::now());
     }
 
+    /// Starts a full lease now for each of `nodes` (a member's batch of heartbeats), under one
+    /// lock.
+    pub fn renew_all<'a>(&self, nodes: impl IntoIterator<Item = &'a str>) {
+        let deadline = Instant::now() + self.ttl;
+        let mut table = self.table();
+        for node in nodes {
+            match table.deadlines.get_mut(node) {
+                Some(at) => *at = deadline,
+                None => {
+                    table.deadlines.insert(node.to_string(), deadline);
+                }
+            }
+        }
+    }
+
     fn renew_at(&self, node: &str, now: Instant) {
         self.table()
             .deadlines

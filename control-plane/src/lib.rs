@@ -23,6 +23,7 @@
 //!   revisions; [`watch`] streams snapshots and deltas from it to agents.
 //! - [`network`] carries Raft RPCs over HTTP/2 (client and server side); [`leadership`] is a
 //!   node's transfer flag and paused elections; [`lease`] the leader's in-memory lease table;
+//!   [`heartbeat_batch`] a follower's queue of heartbeats for the leader;
 //!   [`snapshot_receipt`] checks that each snapshot chunk continues the one being received;
 //!   [`snapshot_chunk`] frames one in binary.
 //! - [`node`] opens the store and starts Raft: the [`node::Node`] every part below shares.
@@ -38,6 +39,7 @@ pub mod changes;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod heartbeat_batch;
 pub mod join_tokens;
 pub mod keepers;
 pub mod leadership;

@@ -9,6 +9,7 @@ use anyhow::Context;
 use openraft::{BasicNode, SnapshotPolicy};
 
 use crate::config::NodeConfig;
+use crate::heartbeat_batch::HeartbeatQueue;
 use crate::leadership::Transfers;
 use crate::lease::Leases;
 use crate::network::{HttpNetwork, PeerClient, peer_client};
@@ -36,6 +37,8 @@ pub struct Node {
     pub tls: crate::pki::NodeTls,
     /// Agents' leases (kept while this node leads).
     pub leases: Leases,
+    /// Heartbeats this node answered as a follower, for the leader's next batch.
+    pub heartbeat_queue: HeartbeatQueue,
     /// The commit index as this node knows it.
     pub commit_index: Arc<store::log::CommitIndex>,
     /// Leadership transfers: the one this node runs as leader, and its elections paused by
@@ -93,6 +96,7 @@ impl Node {
         Ok(Node {
             watch: crate::watch::Feed::new(state.clone(), config.spec.limits.max_watch_streams),
             leases: Leases::new(config.spec.lease_ttl.get()),
+            heartbeat_queue: HeartbeatQueue::new(config.spec.limits.max_nodes),
             commit_index,
             config,
             raft,

@@ -1,14 +1,16 @@
-//! The control-plane port as an attacker meets it, with real processes and real TLS: Raft and
-//! transfer RPCs from anyone but a current member (no certificate, an agent's, a
-//! control-plane certificate of a node that is no member) are refused and logged, transfer
-//! RPCs from a member that does not lead are refused, and an agent's certificate speaks only
-//! for its own node. Certificates are signed with the cluster's own root (every cluster a test
+//! The control-plane port as an attacker meets it, with real processes and real TLS: Raft,
+//! transfer and heartbeat-batch RPCs from anyone but a current member (no certificate, an
+//! agent's, a control-plane certificate of a node that is no member) are refused and logged,
+//! transfer RPCs from a member that does not lead are refused, and an agent's certificate
+//! speaks only for its own node. Also the honest path of the batch RPC: an agent that
+//! heartbeats only through a follower keeps its lease. Certificates are signed with the cluster's own root (every cluster a test
 //! process starts shares one), the way a member with a bug or a stolen agent key would hold
 //! them.
 
 use std::net::SocketAddr;
 use std::path::Path;
 
+use hyphae_control_plane::heartbeat_batch::HEARTBEATS_PATH;
 use hyphae_control_plane::network::{APPEND_PATH, SNAPSHOT_PATH, VOTE_PATH};
 use hyphae_control_plane::transfer::{ELECT_PATH, HOLD_ELECTIONS_PATH};
 use hyphae_integration::binaries::workspace_binary;
@@ -80,6 +82,7 @@ async fn raft_rpcs_need_a_members_certificate_and_agents_speak_only_for_themselv
         SNAPSHOT_PATH,
         ELECT_PATH,
         HOLD_ELECTIONS_PATH,
+        HEARTBEATS_PATH,
     ] {
         assert_eq!(
             status(None, follower, path, "{}").await,
@@ -160,4 +163,131 @@ async fn raft_rpcs_need_a_members_certificate_and_agents_speak_only_for_themselv
         !log.contains(hyphae_integration::credentials::admin_token()),
         "no secret in the log"
     );
+}
+
+/// A node's value of the counter `name` on `/v1/metrics`.
+async fn counter(node: SocketAddr, name: &str) -> f64 {
+    let page = hyphae_integration::http::get_text(node, "/v1/metrics").await;
+    hyphae_integration::http::metric_in(&page, name, "")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_heartbeating_only_through_a_follower_keeps_its_lease() {
+    let lease = std::time::Duration::from_secs(2);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spec = format!(
+        "{}  leaseTtl: {}ms\n",
+        hyphae_integration::cluster::SHORT_WRITE_TIMEOUT,
+        lease.as_millis()
+    );
+    let (mut cluster, leader, follower) = Cluster::three_logged(dir.path(), &spec)
+        .await
+        .expect("a cluster with a leader");
+    let follower_id = cluster
+        .nodes()
+        .iter()
+        .find(|n| n.address == follower)
+        .expect("a follower")
+        .id;
+    let record = |name: &str| {
+        format!(
+            "{{\"name\": \"{name}\", \"site\": \"a\", \"address\": \"10.0.0.1:4143\", \"instances\": []}}"
+        )
+    };
+    let kept = credentials(Kind::Node, "kept");
+    let silent = credentials(Kind::Node, "silent");
+    for (who, name) in [(&kept, "kept"), (&silent, "silent")] {
+        eventually("the registration to be taken", || async {
+            status(Some(who), leader, "/v1/agent/register", &record(name)).await == 200
+        })
+        .await;
+    }
+    // `kept` heartbeats three times per lease, to the follower only, for four leases; `silent`
+    // never does, and shows the leases are enforced meanwhile.
+    let started = std::time::Instant::now();
+    while started.elapsed() < lease * 4 {
+        let answer = status(
+            Some(&kept),
+            follower,
+            "/v1/agent/heartbeat",
+            "{\"node\": \"kept\"}",
+        )
+        .await;
+        assert_eq!(answer, 200, "a heartbeat through the follower");
+        tokio::time::sleep(lease / 3).await;
+    }
+    let names = hyphae_integration::http::get_json(leader, "/v1/nodes")
+        .await
+        .expect("the registry");
+    let names: Vec<&str> = names
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|n| n["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["kept"],
+        "after four leases only the heartbeating node is left"
+    );
+    assert!(
+        counter(follower, "hyphae_control_plane_heartbeats_batched_total").await >= 1.0,
+        "the follower answered heartbeats itself"
+    );
+    assert!(
+        counter(leader, "hyphae_control_plane_batched_renewals_total").await >= 1.0,
+        "and the leader renewed them from its batches"
+    );
+
+    // A member's batch renews registered nodes only, and only the leader takes one.
+    let member = credentials(Kind::ControlPlane, &follower_id.to_string());
+    let batch = "{\"nodes\": [\"kept\", \"ghost\"]}";
+    let answer = request_as_node(&member, "POST", leader, HEARTBEATS_PATH, batch)
+        .await
+        .expect("an answer");
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    let answer = answer.json();
+    assert_eq!(answer["renewed"], 1, "{answer}");
+    assert_eq!(answer["unknown"], serde_json::json!(["ghost"]), "{answer}");
+    assert_eq!(
+        status(Some(&member), follower, HEARTBEATS_PATH, batch).await,
+        503,
+        "a node that does not lead takes no batch"
+    );
+
+    // With the other nodes dead, the follower stops acknowledging heartbeats before it even
+    // calls an election (the test clusters' electionTimeoutMin, 500 ms, after the last word
+    // from the leader): its next batch fails, and heartbeats then go on to the dead leader and
+    // fail, so the agent would try another node.
+    let others: Vec<u64> = cluster
+        .nodes()
+        .iter()
+        .map(|n| n.id)
+        .filter(|id| *id != follower_id)
+        .collect();
+    for id in others {
+        cluster.node_mut(id).kill();
+    }
+    let killed = std::time::Instant::now();
+    let election_timeout_min = std::time::Duration::from_millis(500);
+    let beat = || {
+        status(
+            Some(&kept),
+            follower,
+            "/v1/agent/heartbeat",
+            "{\"node\": \"kept\"}",
+        )
+    };
+    while beat().await == 200 {
+        assert!(
+            killed.elapsed() < election_timeout_min,
+            "the follower still acknowledges heartbeats {:?} after the leader died",
+            killed.elapsed()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    for _ in 0..10 {
+        assert_ne!(beat().await, 200, "a heartbeat no leader will renew");
+        tokio::time::sleep(lease / 20).await;
+    }
 }

@@ -19,8 +19,8 @@ pub(crate) enum Access {
     /// An agent's node certificate (registration, heartbeats, health, watch, renewal); the
     /// handlers check it names the node a request is about.
     Agent,
-    /// A current member's certificate (Raft and transfer RPCs; transfer RPCs only the
-    /// leader's).
+    /// A current member's certificate (Raft, transfer and heartbeat-batch RPCs; transfer RPCs
+    /// only the leader's).
     Peer,
     /// An operator token with at least this role.
     Token(Role),
@@ -62,7 +62,7 @@ pub(crate) fn required(method: &Method, path: &str) -> Access {
     Access::Token(if reads { Role::Read } else { Role::Write })
 }
 
-/// Paths of peer RPCs (Raft's and leadership transfer's).
+/// Paths of peer RPCs (Raft's, leadership transfer's, heartbeat batches).
 pub(crate) const PEER_RPC_PREFIX: &str = "/raft/";
 /// Paths of the agent API (registration, heartbeats, health, watch).
 pub(crate) const AGENT_PREFIX: &str = "/v1/agent/";
@@ -223,6 +223,11 @@ mod tests {
         let post = |path| required(&Method::POST, path);
         assert_eq!(get("/v1/openapi.json"), Access::Public);
         assert_eq!(post("/raft/append"), Access::Peer);
+        assert_eq!(
+            post(crate::heartbeat_batch::HEARTBEATS_PATH),
+            Access::Peer,
+            "members only pass heartbeats on"
+        );
         assert_eq!(post("/v1/agent/register"), Access::Agent);
         assert_eq!(get("/v1/agent/watch"), Access::Agent);
         assert_eq!(get("/v1/policies"), Access::Token(Role::Read));

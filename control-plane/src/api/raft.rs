@@ -1,12 +1,14 @@
-//! Peer RPCs on the node's port: Raft's own (append, vote, snapshot; [`crate::network`]) and
-//! the leadership-transfer ones ([`crate::transfer`]). Answers `None` for any other path, so
-//! the admin API gets it.
+//! Peer RPCs on the node's port: Raft's own (append, vote, snapshot; [`crate::network`]), the
+//! leadership-transfer ones ([`crate::transfer`]) and members' heartbeat batches
+//! ([`super::registry::renew_batch`]). Answers `None` for any other path, so the admin API gets
+//! it.
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body_util::Full;
 
 use super::answer::{ApiError, bytes_response};
+use crate::heartbeat_batch::HEARTBEATS_PATH;
 use crate::network;
 use crate::node::Node;
 use crate::transfer;
@@ -19,12 +21,16 @@ pub(crate) fn is_rpc(path: &str) -> bool {
         network::SNAPSHOT_PATH,
         transfer::HOLD_ELECTIONS_PATH,
         transfer::ELECT_PATH,
+        HEARTBEATS_PATH,
     ]
     .contains(&path)
 }
 
 /// Answers a peer RPC at `path`, or `None` when `path` is not one.
 pub(crate) async fn answer(node: &Node, path: &str, body: &[u8]) -> Option<Response<Full<Bytes>>> {
+    if path == HEARTBEATS_PATH {
+        return Some(super::registry::renew_batch(node, body).await);
+    }
     let max_snapshot = node.config.spec.limits.max_snapshot_bytes;
     let served = network::serve_rpc(&node.raft, &node.snapshots, max_snapshot, path, body);
     let answer = match served.await {

@@ -13,6 +13,7 @@ use hyphae_policies::validate::check_name;
 
 use super::answer::{Answer, ApiError, ApiRequest, Routed, json_body, json_response};
 use super::leader::{read_barrier, to_current_leader, write};
+use crate::heartbeat_batch::{BatchAnswer, HeartbeatBatch};
 use crate::node::Node;
 use crate::state::{Command, CommandResponse};
 use crate::wire::NodeView;
@@ -100,18 +101,97 @@ pub(crate) async fn register(node: &Node, request: &ApiRequest) -> Answer {
 }
 
 /// `POST /v1/agent/heartbeat`: renews a registered node's lease. Only the leader keeps
-/// leases; other nodes send the heartbeat on to it.
+/// leases. A follower whose last batch reached the leader answers a node it knows itself and
+/// queues the name for the next batch ([`crate::heartbeat_batch`]); otherwise (an unknown
+/// node, a failing or full batch) the heartbeat goes on to the leader, whose answer, a 404
+/// `unknown-node` included, is the agent's.
 pub(crate) async fn heartbeat(node: &Node, request: &ApiRequest) -> Answer {
     let heartbeat: Heartbeat = json_body(request, "a heartbeat")?;
     speaks_for(request, &heartbeat.node)?;
-    leader_only(node)?;
-    let revision = node
-        .state
-        .read(|state| state.node(&heartbeat.node).map(|n| n.revision))
+    let known = |name: &str| {
+        let name = name.to_string();
+        node.state
+            .read(move |state| state.node(&name).map(|n| n.revision))
+    };
+    match leader_only(node) {
+        Ok(()) => {}
+        Err(Routed::Forward(leader)) => {
+            if node.heartbeat_queue.delivering()
+                && let Some(revision) = known(&heartbeat.node).await
+                && node.heartbeat_queue.queue(&heartbeat.node)
+            {
+                return Ok(lease(node, revision));
+            }
+            return Err(Routed::Forward(leader));
+        }
+        Err(error) => return Err(error),
+    }
+    let revision = known(&heartbeat.node)
         .await
         .ok_or_else(|| unknown(&heartbeat.node))?;
     node.leases.renew(&heartbeat.node);
     Ok(lease(node, revision))
+}
+
+/// `POST /raft/heartbeats` (a member's certificate, checked before): renews the lease of each
+/// registered node a follower's batch names, as if each had heartbeated here; names that are
+/// not registered renew nothing and come back in the answer. Only a leader a quorum confirmed
+/// lately takes a batch (else 503, and the follower forwards heartbeats until one gets
+/// through); a batch is never forwarded.
+pub(crate) async fn renew_batch(node: &Node, body: &[u8]) -> Response<Full<Bytes>> {
+    let batch: HeartbeatBatch = match serde_json::from_slice(body) {
+        Ok(batch) => batch,
+        Err(e) => {
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad-body",
+                format!("expected a heartbeat batch as JSON: {e}"),
+            )
+            .into_response();
+        }
+    };
+    let max = node.config.spec.limits.max_nodes;
+    if batch.nodes.len() > max as usize {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "over-limit",
+            format!(
+                "a batch of {} names, over limits.maxNodes ({max}); nothing was renewed",
+                batch.nodes.len()
+            ),
+        )
+        .into_response();
+    }
+    match leader_only(node) {
+        Ok(()) => {}
+        Err(Routed::Error(error)) => return error.into_response(),
+        Err(Routed::Forward(_)) => {
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not-leader",
+                "this node does not lead; send heartbeat batches to the leader",
+            )
+            .into_response();
+        }
+    }
+    let HeartbeatBatch { nodes } = batch;
+    let (known, unknown): (Vec<String>, Vec<String>) = node
+        .state
+        .read(move |state| {
+            nodes
+                .into_iter()
+                .partition(|name| state.node(name).is_some())
+        })
+        .await;
+    node.leases.renew_all(known.iter().map(String::as_str));
+    node.heartbeat_queue.count_renewed(known.len() as u64);
+    json_response(
+        StatusCode::OK,
+        &BatchAnswer {
+            renewed: known.len() as u64,
+            unknown,
+        },
+    )
 }
 
 /// `POST /v1/agent/health`: records an agent's health changes; a report also shows the node is

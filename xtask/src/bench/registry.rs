@@ -64,7 +64,7 @@ Starts a three-node control plane (release build) and N simulated agents in work
 of this binary (10,000 each), each agent with its own node certificate (signed with the
 cluster's root) and its own HTTP/2 connection to one node, round-robin over the nodes. Every
 agent registers once, then heartbeats every third of the lease as the agent does (followers
-forward heartbeats to the leader). After the registrations settle it measures a steady window:
+answer heartbeats themselves and pass them to the leader in batches every 100 ms). After the registrations settle it measures a steady window:
 each node's CPU (user+system, as % of one core) and RSS, the heartbeats answered per second,
 errors, and heartbeat latency p50/p99 as the agents see it. Prints a table and writes
 target/bench/registry.json; node logs go to target/bench/registry-cluster/.
@@ -506,7 +506,7 @@ impl Bench {
         out.push_str(&format!(
             "(CPU %: user+system of one core over the window; idle %: the same before any agent \
              connected; beats/s and latency: the agents talking to that node, a follower \
-             forwarding theirs to the leader; RSS in MiB)\n\
+             answering theirs and batching them to the leader; RSS in MiB)\n\
              target (issue 11): the leader under {LEADER_CPU_TARGET_PERCENT:.0}% of one core; \
              workers' CPU {:.1}% and the rest of the machine's {:.1}% of one core in the window\n",
             m.workers_cpu_seconds / window * 100.0,

@@ -1,0 +1,138 @@
+//! The heartbeat flusher: while this node follows, it sends the leader the heartbeats it
+//! answered ([`crate::heartbeat_batch`]) every [`FLUSH_INTERVAL`], one request for them all. It
+//! never renews a lease itself, and never lets a failed batch pass unnoticed: the names are
+//! retried and the node forwards heartbeats until a batch gets through again.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::heartbeat_batch::{
+    BatchAnswer, FLUSH_INTERVAL, FLUSH_TIMEOUT, HEARTBEATS_PATH, HeartbeatBatch,
+};
+use crate::node::Node;
+
+/// Runs the flusher of `node` until `shutdown`. While the node leads, whatever was queued
+/// before it took over is renewed here; with no leader known, the names wait (within the
+/// retry window) and heartbeats are forwarded, which answers the agents 503.
+pub async fn keep(node: Arc<Node>, shutdown: CancellationToken) {
+    let queue = &node.heartbeat_queue;
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(FLUSH_INTERVAL) => {}
+        }
+        let leader = {
+            let metrics = node.raft.metrics();
+            let metrics = metrics.borrow();
+            match metrics.current_leader {
+                Some(id) if id == metrics.id => Leader::Itself,
+                Some(id) => metrics
+                    .membership_config
+                    .nodes()
+                    .find(|(n, _)| **n == id)
+                    .map_or(Leader::Unknown, |(_, n)| Leader::At(n.addr.clone())),
+                None => Leader::Unknown,
+            }
+        };
+        let names = queue.take();
+        let address = match leader {
+            Leader::Itself => {
+                // Queued while following: this node now keeps the leases (a new leader also
+                // grants every registered node a full lease when it first looks).
+                queue.set_delivering(false);
+                for (name, _) in &names {
+                    node.leases.renew(name);
+                }
+                continue;
+            }
+            Leader::Unknown => {
+                queue.set_delivering(false);
+                queue.retry(names, Instant::now());
+                continue;
+            }
+            Leader::At(address) => address,
+        };
+        if names.is_empty() && queue.delivering() {
+            continue;
+        }
+        // An empty batch while not delivering is a probe: it tells whether the leader takes
+        // batches again.
+        let batch = HeartbeatBatch {
+            nodes: names.iter().map(|(name, _)| name.clone()).collect(),
+        };
+        match send(&node, &address, &batch).await {
+            Ok(answer) => {
+                queue.set_delivering(true);
+                if failing {
+                    tracing::info!(leader = %address, "heartbeat batches reach the leader again");
+                    failing = false;
+                }
+                if !answer.unknown.is_empty() {
+                    tracing::debug!(unknown = ?answer.unknown, "the leader does not know some batched nodes");
+                }
+            }
+            Err(reason) => {
+                queue.set_delivering(false);
+                // One line when batches start failing, not one per interval.
+                if !failing {
+                    tracing::warn!(leader = %address, %reason, nodes = batch.nodes.len(), "cannot pass heartbeats to the leader; forwarding them one by one and retrying the batch");
+                    failing = true;
+                } else {
+                    tracing::debug!(leader = %address, %reason, "heartbeat batch failed again");
+                }
+                queue.retry(names, Instant::now());
+            }
+        }
+    }
+}
+
+/// How much of a refused batch's answer goes into the log line.
+const LOGGED_ANSWER_BYTES: usize = 200;
+
+/// Where the leader is, as this node knows it.
+enum Leader {
+    Itself,
+    At(String),
+    Unknown,
+}
+
+/// Sends `batch` to the leader at `address` within [`FLUSH_TIMEOUT`]; the leader's answer, or
+/// why there is none.
+async fn send(node: &Node, address: &str, batch: &HeartbeatBatch) -> Result<BatchAnswer, String> {
+    let body = serde_json::to_vec(batch).map_err(|e| e.to_string())?;
+    let request = Request::post(format!("https://{address}{HEARTBEATS_PATH}"))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let exchange = async {
+        let response = node
+            .peers
+            .request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        if status != StatusCode::OK {
+            return Err(format!(
+                "{status}: {}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(LOGGED_ANSWER_BYTES)])
+            ));
+        }
+        serde_json::from_slice::<BatchAnswer>(&bytes).map_err(|e| format!("bad answer: {e}"))
+    };
+    match tokio::time::timeout(FLUSH_TIMEOUT, exchange).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("no answer within {FLUSH_TIMEOUT:?}")),
+    }
+}
