@@ -55,6 +55,11 @@ pub fn max_body_bytes(max_names: u32) -> usize {
     (max_names as usize).saturating_mul(hyphae_policies::validate::MAX_NAME_LEN + 3) + ENVELOPE
 }
 
+/// How long a follower forwards the heartbeats of a node the leader said it does not know
+/// (one default lease): long enough for the agent to get the leader's 404 and register again,
+/// short enough that a name the leader learns again soon is batched again.
+pub const UNKNOWN_FORWARDED_FOR: Duration = Duration::from_secs(15);
+
 /// A follower's queue of heartbeats it answered and has not passed on yet.
 #[derive(Debug)]
 pub struct HeartbeatQueue {
@@ -66,6 +71,11 @@ pub struct HeartbeatQueue {
     /// Whether the last batch reached a leader that took it: only then does this node answer
     /// heartbeats itself.
     delivering: AtomicBool,
+    /// Names the leader said it does not know, with when it said so: their heartbeats are
+    /// forwarded (the leader answers 404 and the agent registers again) for
+    /// [`UNKNOWN_FORWARDED_FOR`], even while this node's own registry still has them (it may
+    /// lag behind an expiry).
+    unknown: Mutex<HashMap<String, Instant>>,
     /// Heartbeats answered here and queued (for `/v1/metrics`).
     queued: AtomicU64,
     /// Leases renewed here from members' batches (for `/v1/metrics`).
@@ -79,6 +89,7 @@ impl HeartbeatQueue {
             pending: Mutex::new(HashMap::new()),
             max_names: max_names as usize,
             delivering: AtomicBool::new(false),
+            unknown: Mutex::new(HashMap::new()),
             queued: AtomicU64::new(0),
             renewed: AtomicU64::new(0),
         }
@@ -97,7 +108,7 @@ impl HeartbeatQueue {
     /// Queues `node`'s heartbeat for the next batch: false (nothing queued) while the last
     /// batch failed or the queue is full, and then the caller forwards the heartbeat.
     pub fn queue(&self, node: &str) -> bool {
-        if !self.delivering() {
+        if !self.delivering() || self.reported_unknown(node, Instant::now()) {
             return false;
         }
         let mut pending = self.lock();
@@ -109,6 +120,28 @@ impl HeartbeatQueue {
         }
         self.queued.fetch_add(1, Ordering::Relaxed);
         true
+    }
+
+    /// Records the names a batch's answer said the leader does not know (at most `max_names`
+    /// are kept; the oldest reports go first).
+    pub fn leader_does_not_know(&self, names: Vec<String>, now: Instant) {
+        let mut unknown = self.unknown.lock().unwrap_or_else(|p| p.into_inner());
+        unknown
+            .retain(|_, reported| now.saturating_duration_since(*reported) < UNKNOWN_FORWARDED_FOR);
+        for name in names {
+            if unknown.len() >= self.max_names {
+                break;
+            }
+            unknown.insert(name, now);
+        }
+    }
+
+    /// Whether the leader said lately that it does not know `node`.
+    fn reported_unknown(&self, node: &str, now: Instant) -> bool {
+        let unknown = self.unknown.lock().unwrap_or_else(|p| p.into_inner());
+        unknown.get(node).is_some_and(|reported| {
+            now.saturating_duration_since(*reported) < UNKNOWN_FORWARDED_FOR
+        })
     }
 
     /// Takes every queued name, with when each was queued, for a batch.
@@ -169,6 +202,17 @@ mod tests {
             !queue.queue("b"),
             "after a failed batch, heartbeats are forwarded"
         );
+    }
+
+    #[test]
+    fn a_node_the_leader_does_not_know_is_forwarded_for_a_while() {
+        let queue = HeartbeatQueue::new(10);
+        queue.set_delivering(true);
+        let now = Instant::now();
+        queue.leader_does_not_know(vec!["gone".into()], now);
+        assert!(!queue.queue("gone"), "forwarded, so the leader answers 404");
+        assert!(queue.queue("kept"));
+        assert!(!queue.reported_unknown("gone", now + UNKNOWN_FORWARDED_FOR));
     }
 
     #[test]

@@ -33,9 +33,9 @@ use crate::retry::is_unprocessed;
 /// concurrency one agent sees toward one instance, few enough that a burst does not leave
 /// hundreds of sockets open on the instance.
 pub const MAX_IDLE_PER_INSTANCE: usize = 128;
-/// How long a connection may stay idle before a call no longer takes it (as hyper_util's
-/// client, 90 s): an instance may have closed it meanwhile, and a long-idle one is the likeliest
-/// to be half-closed.
+/// How long a connection may stay idle before it is closed (as in hyper_util's client, 90 s):
+/// an instance may have closed it meanwhile, and a long-idle one is the likeliest to be
+/// half-closed. Checked when a call looks for a connection and in a sweep every half of it.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// A connection waiting for its next request.
@@ -47,38 +47,58 @@ struct Idle {
 /// The idle lists, shared with the answers' bodies that give connections back.
 #[derive(Default)]
 struct Shared {
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    idle: Mutex<IdleLists>,
+}
+
+/// Every instance's idle connections, newest last, and when they were last swept.
+#[derive(Default)]
+struct IdleLists {
+    by_instance: HashMap<SocketAddr, Vec<Idle>>,
+    swept: Option<Instant>,
+}
+
+impl Idle {
+    /// Whether the connection can no longer be taken: closed, or idle too long.
+    fn is_stale(&self, now: Instant) -> bool {
+        self.sender.is_closed() || now.saturating_duration_since(self.since) >= IDLE_TIMEOUT
+    }
 }
 
 impl Shared {
-    /// The newest idle connection to `address` that can take a request now. Connections that
-    /// closed, sat idle too long, or are still finishing an exchange are dropped.
+    /// The newest idle connection to `address` that can take a request now. Stale ones are
+    /// dropped (which closes them); one still finishing its last exchange (hyper marks it
+    /// ready a moment after its answer ends) stays for a later call.
     fn take(&self, address: SocketAddr) -> Option<SendRequest<Body>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.get_mut(&address)?;
+        let list = idle.by_instance.get_mut(&address)?;
         let now = Instant::now();
-        while let Some(connection) = list.pop() {
-            if connection.sender.is_ready()
-                && now.saturating_duration_since(connection.since) < IDLE_TIMEOUT
-            {
-                return Some(connection.sender);
-            }
-        }
-        None
+        list.retain(|connection| !connection.is_stale(now));
+        let ready = list.iter().rposition(|c| c.sender.is_ready())?;
+        Some(list.remove(ready).sender)
     }
 
-    /// Keeps `sender` for the next request to `address`, unless the list is full.
+    /// Keeps `sender` for the next request to `address`, unless the list is full. Every
+    /// half [`IDLE_TIMEOUT`] it also closes the stale connections of every instance, so a
+    /// burst's extra connections, and those to instances no longer called, do not stay open.
     fn give_back(&self, address: SocketAddr, sender: SendRequest<Body>) {
         if sender.is_closed() {
             return;
         }
+        let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.entry(address).or_default();
-        if list.len() < MAX_IDLE_PER_INSTANCE {
-            list.push(Idle {
-                sender,
-                since: Instant::now(),
+        if idle
+            .swept
+            .is_none_or(|swept| now.saturating_duration_since(swept) >= IDLE_TIMEOUT / 2)
+        {
+            idle.swept = Some(now);
+            idle.by_instance.retain(|_, list| {
+                list.retain(|connection| !connection.is_stale(now));
+                !list.is_empty()
             });
+        }
+        let list = idle.by_instance.entry(address).or_default();
+        if list.len() < MAX_IDLE_PER_INSTANCE {
+            list.push(Idle { sender, since: now });
         }
     }
 }
@@ -155,6 +175,7 @@ impl InstancePool {
             .idle
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .by_instance
             .clear();
     }
 
@@ -261,5 +282,82 @@ impl HttpBody for Pooled {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::BodyExt;
+    use hyper::service::service_fn;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// An HTTP/1.1 server on loopback counting the connections it accepts; it answers
+    /// `Connection: close` to paths starting with `/close`.
+    async fn counting_server() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let service = service_fn(|request: Request<Incoming>| async move {
+                        let mut answer = Response::new(body::full("ok"));
+                        if request.uri().path().starts_with("/close") {
+                            answer.headers_mut().insert(
+                                http::header::CONNECTION,
+                                http::HeaderValue::from_static("close"),
+                            );
+                        }
+                        Ok::<_, std::convert::Infallible>(answer)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        (address, accepted)
+    }
+
+    async fn get(pool: &InstancePool, address: SocketAddr, path: &'static str) {
+        let mut request = Request::new(body::empty());
+        *request.uri_mut() = http::Uri::from_static(path);
+        let response = pool.send(address, request).await.unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"ok");
+    }
+
+    #[tokio::test]
+    async fn calls_one_after_another_share_one_kept_alive_connection() {
+        let (address, accepted) = counting_server().await;
+        let pool = InstancePool::new(Duration::from_secs(1));
+        for _ in 0..5 {
+            get(&pool, address, "/").await;
+            // The connection task marks the connection ready after the answer has ended.
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        pool.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_instance_closes_is_not_taken_again() {
+        let (address, accepted) = counting_server().await;
+        let pool = InstancePool::new(Duration::from_secs(1));
+        for _ in 0..3 {
+            get(&pool, address, "/close").await;
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        pool.close().await;
     }
 }

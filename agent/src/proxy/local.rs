@@ -23,28 +23,51 @@ use crate::identity::IdentitySlot;
 /// again only when the certificate changes (renewal, or the first one arriving).
 #[derive(Default)]
 pub struct OwnCaller {
-    /// The certificate the caller was read from, and the caller.
-    read: ArcSwapOption<(Arc<CertifiedKey>, Arc<Caller>)>,
+    /// What was read from the current certificate.
+    read: ArcSwapOption<Read>,
+}
+
+/// The caller one certificate names, and until when it may call.
+struct Read {
+    /// The certificate it was read from.
+    key: Arc<CertifiedKey>,
+    /// The caller it names.
+    caller: Arc<Caller>,
+    /// When the certificate stops being valid, seconds since the Unix epoch: after that its
+    /// own inbound port would refuse it, and so does this path.
+    not_after: Option<i64>,
 }
 
 impl OwnCaller {
-    /// The caller this node's current certificate names; `None` before it has one, when a
-    /// call to its own inbound port would have failed at the handshake too.
+    /// The caller this node's current certificate names; `None` before it has one or after it
+    /// expired, when a call to its own inbound port would have failed at the handshake too.
     fn current(&self, identity: &IdentitySlot) -> Option<Arc<Caller>> {
         let identity = identity.load_full()?;
         let key = identity.credentials.current();
-        if let Some(read) = &*self.read.load()
-            && Arc::ptr_eq(&read.0, &key)
-        {
-            return Some(Arc::clone(&read.1));
+        let read = match &*self.read.load() {
+            Some(read) if Arc::ptr_eq(&read.key, &key) => Arc::clone(read),
+            _ => {
+                let leaf = key.cert.first()?;
+                let read = Arc::new(Read {
+                    caller: Arc::new(Caller::from_ids(
+                        hyphae_policies::tls::identities(leaf),
+                        identity.trust.trust_domain(),
+                    )),
+                    not_after: identity.not_after(),
+                    key: Arc::clone(&key),
+                });
+                self.read.store(Some(Arc::clone(&read)));
+                read
+            }
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs() as i64);
+        // An unreadable expiry (never from a certificate the agent loaded) does not refuse.
+        if read.not_after.is_some_and(|not_after| now > not_after) {
+            return None;
         }
-        let leaf = key.cert.first()?;
-        let caller = Arc::new(Caller::from_ids(
-            hyphae_policies::tls::identities(leaf),
-            identity.trust.trust_domain(),
-        ));
-        self.read.store(Some(Arc::new((key, Arc::clone(&caller)))));
-        Some(caller)
+        Some(Arc::clone(&read.caller))
     }
 }
 
@@ -58,7 +81,7 @@ pub async fn deliver(proxy: &Proxy, request: Request<Body>) -> Result<Response<B
         .and_then(|identity| proxy.own_caller.current(identity))
         .ok_or_else(|| ProxyError::ConnectFailed {
             address: "this node".to_string(),
-            reason: "this agent has no certificate yet".into(),
+            reason: "this agent has no valid certificate (none yet, or expired)".into(),
         })?;
     Ok(inbound::deliver(proxy, &caller, request).await)
 }

@@ -74,7 +74,8 @@ pub async fn keep(node: Arc<Node>, shutdown: CancellationToken) {
                     failing = false;
                 }
                 if !answer.unknown.is_empty() {
-                    tracing::debug!(unknown = ?answer.unknown, "the leader does not know some batched nodes");
+                    tracing::debug!(unknown = ?answer.unknown, "the leader does not know some batched nodes; forwarding their heartbeats");
+                    queue.leader_does_not_know(answer.unknown, Instant::now());
                 }
             }
             Err(reason) => {
