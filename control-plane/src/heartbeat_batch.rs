@@ -95,6 +95,11 @@ impl HeartbeatQueue {
         }
     }
 
+    /// The largest answer a batch of this queue's names can get: every name unknown.
+    pub fn max_answer_bytes(&self) -> usize {
+        max_body_bytes(self.max_names as u32)
+    }
+
     /// Whether this node may answer heartbeats itself: its last batch reached the leader.
     pub fn delivering(&self) -> bool {
         self.delivering.load(Ordering::Acquire)

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -58,11 +58,9 @@ pub async fn keep(node: Arc<Node>, shutdown: CancellationToken) {
             }
             Leader::At(address) => address,
         };
-        if names.is_empty() && queue.delivering() {
-            continue;
-        }
-        // An empty batch while not delivering is a probe: it tells whether the leader takes
-        // batches again.
+        // An empty batch is sent too: every interval the leader confirms that it still takes
+        // batches, so the node never answers heartbeats on the strength of an old one, and
+        // while batches fail it is the probe that tells when they are taken again.
         let batch = HeartbeatBatch {
             nodes: names.iter().map(|(name, _)| name.clone()).collect(),
         };
@@ -118,12 +116,15 @@ async fn send(node: &Node, address: &str, batch: &HeartbeatBatch) -> Result<Batc
             .await
             .map_err(|e| e.to_string())?;
         let status = response.status();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
+        // The answer names at most the batch's nodes; a member that says more is cut off.
+        let bytes = Limited::new(
+            response.into_body(),
+            node.heartbeat_queue.max_answer_bytes(),
+        )
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
         if status != StatusCode::OK {
             return Err(format!(
                 "{status}: {}",
