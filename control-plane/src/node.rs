@@ -6,7 +6,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
 use openraft::{BasicNode, SnapshotPolicy};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::config::NodeConfig;
 use crate::heartbeat_batch::HeartbeatQueue;
@@ -20,6 +24,9 @@ use crate::tokens::StoredToken;
 
 /// Name of the Raft store file in the data directory.
 pub const STORE_FILE: &str = "raft.redb";
+
+/// How much of a member's refusal goes into the error (and so the log line).
+const LOGGED_ANSWER_BYTES: usize = 200;
 
 /// A started node.
 pub struct Node {
@@ -111,12 +118,54 @@ impl Node {
 
     /// Whether `id` is a voter or learner in this node's view of the membership.
     pub fn is_member(&self, id: NodeId) -> bool {
+        self.member_address(id).is_some()
+    }
+
+    /// The address member `id` advertises, in this node's view of the membership.
+    pub fn member_address(&self, id: NodeId) -> Option<String> {
         self.raft
             .metrics()
             .borrow()
             .membership_config
             .nodes()
-            .any(|(member, _)| *member == id)
+            .find(|(member, _)| **member == id)
+            .map(|(_, node)| node.addr.clone())
+    }
+
+    /// POSTs `body` as JSON to `path` on the member at `address` (mutual TLS, this node's
+    /// certificate) and decodes its 200 answer, read within `answer_limit` bytes. Another
+    /// status is an error carrying the start of the member's answer. No deadline of its own:
+    /// each caller bounds the whole exchange with the time its RPC may take.
+    pub async fn post_to_member<T: DeserializeOwned>(
+        &self,
+        address: &str,
+        path: &str,
+        body: &impl Serialize,
+        answer_limit: usize,
+    ) -> Result<T, String> {
+        let json = serde_json::to_vec(body).map_err(|e| e.to_string())?;
+        let request = http::Request::post(format!("https://{address}{path}"))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(json)))
+            .map_err(|e| e.to_string())?;
+        let response = self
+            .peers
+            .request(request)
+            .await
+            .map_err(|e| crate::error_chain(&e))?;
+        let status = response.status();
+        let bytes = Limited::new(response.into_body(), answer_limit)
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        if status != http::StatusCode::OK {
+            return Err(format!(
+                "{status}: {}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(LOGGED_ANSWER_BYTES)])
+            ));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| format!("bad answer: {e}"))
     }
 
     /// Starts a new cluster of this node alone, unless it already belongs to one; the other

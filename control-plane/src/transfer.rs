@@ -5,9 +5,7 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::StatusCode;
 use openraft::{RaftMetrics, ServerState};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -308,39 +306,10 @@ async fn call<T: serde::de::DeserializeOwned>(
     deadline: Instant,
 ) -> Result<T, String> {
     let address = node
-        .raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .nodes()
-        .find(|(n, _)| **n == id)
-        .map(|(_, n)| n.addr.clone())
+        .member_address(id)
         .ok_or_else(|| format!("node {id} is not a member"))?;
-    let json = serde_json::to_vec(body).map_err(|e| e.to_string())?;
-    let request = Request::builder()
-        .method(Method::POST)
-        .uri(format!("https://{address}{path}"))
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(json)))
-        .map_err(|e| e.to_string())?;
-    let exchange = async {
-        let response = node
-            .peers
-            .request(request)
-            .await
-            .map_err(|e| crate::error_chain(&e))?;
-        let status = response.status();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        if status != StatusCode::OK {
-            return Err(format!("{status}: {}", String::from_utf8_lossy(&bytes)));
-        }
-        serde_json::from_slice(&bytes).map_err(|e| e.to_string())
-    };
+    // A transfer RPC's answer is a few fields; the deadline bounds how long it is read.
+    let exchange = node.post_to_member(&address, path, body, usize::MAX);
     tokio::time::timeout_at(deadline, exchange)
         .await
         .map_err(|_| format!("node {id} at {address} did not answer in time"))?

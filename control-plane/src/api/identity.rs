@@ -326,13 +326,7 @@ pub(crate) async fn join_control_plane(node: &Node, request: &ApiRequest) -> Ans
     let trust_domain = &spec.certificates.trust_domain;
     let identity = SpiffeId::new(trust_domain, Kind::ControlPlane, &join.id.to_string());
     let identities = vec![identity.to_string()];
-    let taken = node
-        .raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .nodes()
-        .any(|(id, _)| *id == join.id);
+    let taken = node.is_member(join.id);
     let now = tokens::now_ms();
     let lifetime = u64::try_from(spec.certificates.lifetime.as_millis()).unwrap_or(u64::MAX);
     let cert_pem = ca::sign(&ca, &join.csr_pem, &identities, now, lifetime).map_err(|error| {

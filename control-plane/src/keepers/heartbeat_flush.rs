@@ -5,9 +5,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -32,11 +29,7 @@ pub async fn keep(node: Arc<Node>, shutdown: CancellationToken) {
             let metrics = metrics.borrow();
             match metrics.current_leader {
                 Some(id) if id == metrics.id => Leader::Itself,
-                Some(id) => metrics
-                    .membership_config
-                    .nodes()
-                    .find(|(n, _)| **n == id)
-                    .map_or(Leader::Unknown, |(_, n)| Leader::At(n.addr.clone())),
+                Some(id) => node.member_address(id).map_or(Leader::Unknown, Leader::At),
                 None => Leader::Unknown,
             }
         };
@@ -91,9 +84,6 @@ pub async fn keep(node: Arc<Node>, shutdown: CancellationToken) {
     }
 }
 
-/// How much of a refused batch's answer goes into the log line.
-const LOGGED_ANSWER_BYTES: usize = 200;
-
 /// Where the leader is, as this node knows it.
 enum Leader {
     Itself,
@@ -102,37 +92,11 @@ enum Leader {
 }
 
 /// Sends `batch` to the leader at `address` within [`FLUSH_TIMEOUT`]; the leader's answer, or
-/// why there is none.
+/// why there is none. The answer names at most the batch's nodes; a member that says more is
+/// cut off.
 async fn send(node: &Node, address: &str, batch: &HeartbeatBatch) -> Result<BatchAnswer, String> {
-    let body = serde_json::to_vec(batch).map_err(|e| e.to_string())?;
-    let request = Request::post(format!("https://{address}{HEARTBEATS_PATH}"))
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| e.to_string())?;
-    let exchange = async {
-        let response = node
-            .peers
-            .request(request)
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = response.status();
-        // The answer names at most the batch's nodes; a member that says more is cut off.
-        let bytes = Limited::new(
-            response.into_body(),
-            node.heartbeat_queue.max_answer_bytes(),
-        )
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-        if status != StatusCode::OK {
-            return Err(format!(
-                "{status}: {}",
-                String::from_utf8_lossy(&bytes[..bytes.len().min(LOGGED_ANSWER_BYTES)])
-            ));
-        }
-        serde_json::from_slice::<BatchAnswer>(&bytes).map_err(|e| format!("bad answer: {e}"))
-    };
+    let limit = node.heartbeat_queue.max_answer_bytes();
+    let exchange = node.post_to_member(address, HEARTBEATS_PATH, batch, limit);
     match tokio::time::timeout(FLUSH_TIMEOUT, exchange).await {
         Ok(result) => result,
         Err(_) => Err(format!("no answer within {FLUSH_TIMEOUT:?}")),
