@@ -325,26 +325,12 @@ impl Bench {
             self.rounds
         );
         util::empty_dir(&self.cluster_dir)?;
-        let mut cluster = Cluster::configure(
-            &self.bin.join("hyphae-control-plane"),
+        let (cluster, leader, nodes) = start_cluster(
+            &self.bin,
             &self.cluster_dir,
-            NODES,
             &limits_spec(agents),
+            &self.runtime,
         )?;
-        cluster.set_log_level(NODE_LOG_LEVEL);
-        cluster.start_all()?;
-        let leader = self.runtime.block_on(cluster.leader())?;
-        let mut nodes = Vec::new();
-        for node in cluster.nodes() {
-            let pid = node
-                .pid()
-                .with_context(|| format!("node {} is not running", node.id))?;
-            nodes.push(Node {
-                id: node.id,
-                address: node.address,
-                pid,
-            });
-        }
         let measured = self
             .runtime
             .block_on(self.drive(agents, &nodes, leader))
@@ -557,13 +543,39 @@ impl Bench {
 }
 
 /// A node as the bench reaches and measures it.
-struct Node {
+pub(super) struct Node {
     /// Node id (1-based).
-    id: u64,
+    pub id: u64,
     /// Its HTTP port.
-    address: SocketAddr,
+    pub address: SocketAddr,
     /// Its process.
-    pid: u32,
+    pub pid: u32,
+}
+
+/// Starts the bench's cluster of [`NODES`] release nodes in `dir` with `spec` (quiet logs):
+/// the cluster, its leader's id once every node agrees, and each node's id, port and process.
+pub(super) fn start_cluster(
+    bin: &Path,
+    dir: &Path,
+    spec: &str,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<(Cluster, u64, Vec<Node>)> {
+    let mut cluster = Cluster::configure(&bin.join("hyphae-control-plane"), dir, NODES, spec)?;
+    cluster.set_log_level(NODE_LOG_LEVEL);
+    cluster.start_all()?;
+    let leader = runtime.block_on(cluster.leader())?;
+    let mut nodes = Vec::new();
+    for node in cluster.nodes() {
+        let pid = node
+            .pid()
+            .with_context(|| format!("node {} is not running", node.id))?;
+        nodes.push(Node {
+            id: node.id,
+            address: node.address,
+            pid,
+        });
+    }
+    Ok((cluster, leader, nodes))
 }
 
 /// Each agent's first arrival of a revision (from [`Shared::arrivals_of`]) measured from

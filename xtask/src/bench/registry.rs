@@ -7,13 +7,11 @@
 //! because it is slow.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use hyphae_integration::cluster::Cluster;
 use hyphae_integration::trust;
 use hyphae_policies::CertificatesConfig;
 use serde_json::{Value, json};
@@ -21,7 +19,7 @@ use serde_json::{Value, json};
 use super::BENCH_DIR;
 use super::percentile::Summary;
 use super::procfs::{clock_ticks, cpu_seconds, load_average, machine_busy_seconds, memory_kib};
-use super::push::{NODE_LOG_LEVEL, NODES, limits_spec, raise_fd_limit};
+use super::push::{NODES, Node, limits_spec, raise_fd_limit, start_cluster};
 use super::report::{
     self, MILLIS_DECIMALS, SECONDS_DECIMALS, commit, first_line, relative, rounded, write_json,
 };
@@ -138,26 +136,7 @@ pub fn run(args: &[String]) -> Result<()> {
         limits_spec(options.agents),
         options.agents
     );
-    let mut cluster = Cluster::configure(
-        &bin.join("hyphae-control-plane"),
-        &cluster_dir,
-        NODES,
-        &spec,
-    )?;
-    cluster.set_log_level(NODE_LOG_LEVEL);
-    cluster.start_all()?;
-    let leader = runtime.block_on(cluster.leader())?;
-    let mut nodes = Vec::new();
-    for node in cluster.nodes() {
-        let pid = node
-            .pid()
-            .with_context(|| format!("node {} is not running", node.id))?;
-        nodes.push(Node {
-            id: node.id,
-            address: node.address,
-            pid,
-        });
-    }
+    let (cluster, leader, nodes) = start_cluster(&bin, &cluster_dir, &spec, &runtime)?;
     let bench = Bench {
         options,
         ticks_per_second: clock_ticks()?,
@@ -182,16 +161,6 @@ pub fn run(args: &[String]) -> Result<()> {
         "registry.json",
         &bench.json(&measured, fd_limit, versions),
     )
-}
-
-/// A node as the bench reaches and measures it.
-struct Node {
-    /// Node id (1-based).
-    id: u64,
-    /// Its HTTP port.
-    address: SocketAddr,
-    /// Its process.
-    pid: u32,
 }
 
 /// The run's settings and the cluster it measures.
