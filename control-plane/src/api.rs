@@ -448,6 +448,7 @@ mod tests {
             crate::network::SNAPSHOT_PATH,
             crate::transfer::HOLD_ELECTIONS_PATH,
             crate::transfer::ELECT_PATH,
+            crate::pre_vote::PRE_VOTE_PATH,
         ] {
             assert_eq!(body_limit(&limits, path).0, 3, "{path}");
         }

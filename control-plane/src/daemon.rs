@@ -17,8 +17,8 @@ use crate::raft::Raft;
 
 use crate::config::NodeConfig;
 use crate::keepers::{
-    bootstrap_token, certificate_authority, cluster_identity, heartbeat_flush, lease_expiry,
-    membership, node_certificate, virtual_ip_range,
+    bootstrap_token, certificate_authority, cluster_identity, election, heartbeat_flush,
+    lease_expiry, membership, node_certificate, virtual_ip_range,
 };
 use crate::node::Node;
 use crate::pki::{self, JoinTicket};
@@ -112,6 +112,7 @@ impl RunningNode {
                 listener,
                 shutdown.clone(),
             )),
+            tokio::spawn(election::keep(Arc::clone(&node), shutdown.clone())),
             tokio::spawn(lease_expiry::keep(Arc::clone(&node), shutdown.clone())),
             tokio::spawn(heartbeat_flush::keep(Arc::clone(&node), shutdown.clone())),
             tokio::spawn(cluster_identity::keep(Arc::clone(&node), shutdown.clone())),

@@ -1,6 +1,7 @@
 //! Background work a node runs beside its port, each a loop over a started [`crate::node::Node`]
 //! until shutdown: nothing here serves requests.
 //!
+//! - [`election`]: stands this node for election when no leader is heard, after a pre-vote.
 //! - [`lease_expiry`]: expires agents whose lease lapsed, while this node leads.
 //! - [`heartbeat_flush`]: passes the heartbeats a follower answered to the leader, in batches.
 //! - [`cluster_identity`]: gives a new cluster its identity, once.
@@ -13,6 +14,7 @@
 pub mod bootstrap_token;
 pub mod certificate_authority;
 pub mod cluster_identity;
+pub mod election;
 pub mod heartbeat_flush;
 pub mod lease_expiry;
 pub mod membership;
@@ -53,11 +55,13 @@ pub async fn write_once_while_leading(
             now.current_leader == Some(now.id)
         };
         if leading
-            && !node.transfers.in_progress()
+            && let Some(admitted) = node.transfers.admit_write()
             && let Some(command) = command()
         {
             let write = node.raft.client_write(command);
-            match tokio::time::timeout(node.config.spec.write_timeout.get(), write).await {
+            let written = tokio::time::timeout(node.config.spec.write_timeout.get(), write).await;
+            drop(admitted);
+            match written {
                 Ok(Ok(_)) => continue,
                 Ok(Err(error)) => tracing::warn!(%error, "cannot write {what}; will retry"),
                 Err(_) => tracing::warn!("writing {what} timed out; will retry"),

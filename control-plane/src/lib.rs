@@ -48,6 +48,7 @@ pub mod network;
 pub mod node;
 pub mod openapi;
 pub mod pki;
+pub mod pre_vote;
 pub use hyphae_policies::secret_file;
 pub mod raft;
 pub mod refusals;

@@ -24,6 +24,7 @@ use openraft::raft::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::leadership::LeaderContact;
 use crate::raft::{Entry, NodeId, Raft, TypeConfig, encoded_len};
 use crate::snapshot_chunk;
 use crate::snapshot_receipt::{Chunk, SnapshotReceipt};
@@ -341,21 +342,37 @@ fn entries_within(entries: &[Entry], budget: usize) -> usize {
 /// the JSON of `Result<Response, RaftError>`, or `None` when the path is not a Raft RPC, or an
 /// error message when the body is not a valid request. Snapshot chunks pass `receipt` first:
 /// one that does not continue the snapshot, or would grow it past `max_snapshot_bytes`, is
-/// refused before Raft buffers it.
+/// refused before Raft buffers it. What Raft accepted from a leader, and each vote granted,
+/// is noted in `contact` (see [`LeaderContact`]).
 pub async fn serve_rpc(
     raft: &Raft,
     receipt: &SnapshotReceipt,
     max_snapshot_bytes: u64,
+    contact: &LeaderContact,
     path: &str,
     body: &[u8],
 ) -> Option<Result<Vec<u8>, String>> {
     let answer = match path {
         APPEND_PATH => match serde_json::from_slice::<AppendEntriesRequest<TypeConfig>>(body) {
-            Ok(request) => serde_json::to_vec(&raft.append_entries(request).await),
+            Ok(request) => {
+                let appended = raft.append_entries(request).await;
+                if matches!(&appended, Ok(response) if !matches!(response, AppendEntriesResponse::HigherVote(_)))
+                {
+                    contact.heard();
+                }
+                serde_json::to_vec(&appended)
+            }
             Err(e) => return Some(Err(e.to_string())),
         },
         VOTE_PATH => match serde_json::from_slice::<VoteRequest<NodeId>>(body) {
-            Ok(request) => serde_json::to_vec(&raft.vote(request).await),
+            Ok(request) => {
+                let voted = raft.vote(request).await;
+                if matches!(&voted, Ok(response) if response.vote_granted) {
+                    // Give the candidate this node voted for its time to win.
+                    contact.heard();
+                }
+                serde_json::to_vec(&voted)
+            }
             Err(e) => return Some(Err(e.to_string())),
         },
         SNAPSHOT_PATH => match snapshot_chunk::decode(body) {
@@ -371,9 +388,13 @@ pub async fn serve_rpc(
                     tracing::warn!(%refused, "refused a snapshot chunk");
                     return Some(Err(refused.to_string()));
                 }
+                let vote = request.vote;
                 let installed = raft.install_snapshot(request).await;
                 if installed.is_ok() {
                     receipt.accepted(chunk);
+                }
+                if matches!(&installed, Ok(response) if response.vote <= vote) {
+                    contact.heard();
                 }
                 serde_json::to_vec(&installed)
             }

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 
 use crate::config::NodeConfig;
 use crate::heartbeat_batch::HeartbeatQueue;
-use crate::leadership::Transfers;
+use crate::leadership::{LeaderContact, Transfers};
 use crate::lease::Leases;
 use crate::network::{HttpNetwork, PeerClient, peer_client};
 use crate::raft::{NodeId, Raft};
@@ -46,11 +46,16 @@ pub struct Node {
     pub leases: Leases,
     /// Heartbeats this node answered as a follower, for the leader's next batch.
     pub heartbeat_queue: HeartbeatQueue,
+    /// The Raft log, to read (Raft writes it through its own clone).
+    pub log: store::log::LogStore,
     /// The commit index as this node knows it.
     pub commit_index: Arc<store::log::CommitIndex>,
     /// Leadership transfers: the one this node runs as leader, and its elections paused by
     /// another leader's.
     pub transfers: Transfers,
+    /// When this node last heard from a leader: what its pre-vote answers and its elections
+    /// go by.
+    pub leader_contact: LeaderContact,
     /// The snapshot this node is receiving from its leader, chunk by chunk.
     pub snapshots: SnapshotReceipt,
     /// On the node that initialized the cluster: the bootstrap admin token, which a caller
@@ -71,11 +76,19 @@ impl Node {
         owner_only(&data_dir.join(STORE_FILE), 0o600)?;
         let state = state_machine.reader();
         let commit_index = log.commit_index();
+        let log_reader = log.clone();
+        let heartbeat = millis(config.spec.heartbeat_interval);
         let raft_config = openraft::Config {
             cluster_name: "hyphae".to_string(),
-            heartbeat_interval: millis(config.spec.heartbeat_interval),
-            election_timeout_min: millis(config.spec.election_timeout_min),
-            election_timeout_max: millis(config.spec.election_timeout_max),
+            heartbeat_interval: heartbeat,
+            // openraft's own election timer is off: the election keeper stands after a
+            // pre-vote (decision 47). openraft takes its leader lease (how long a voter refuses
+            // votes after hearing from a leader) from `election_timeout_max`: that is our
+            // `electionTimeoutMin`, which the pre-vote answers by too. Its minimum only has to
+            // pass its checks.
+            enable_elect: false,
+            election_timeout_min: heartbeat + 1,
+            election_timeout_max: millis(config.spec.election_timeout_min).max(heartbeat + 2),
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.spec.snapshot_every),
             max_in_snapshot_log_to_keep: config.spec.logs_kept_after_snapshot,
             snapshot_max_chunk_size: snapshot_chunk_bytes(&config.spec.limits),
@@ -105,12 +118,14 @@ impl Node {
             leases: Leases::new(config.spec.lease_ttl.get()),
             heartbeat_queue: HeartbeatQueue::new(config.spec.limits.max_nodes),
             commit_index,
+            log: log_reader,
             config,
             raft,
             state,
             peers,
             tls,
             transfers: Transfers::default(),
+            leader_contact: LeaderContact::default(),
             snapshots: SnapshotReceipt::default(),
             pending_bootstrap: std::sync::OnceLock::new(),
         })

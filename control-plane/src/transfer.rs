@@ -1,7 +1,8 @@
-//! Leadership transfer, which openraft 0.9 lacks (decision 17): the leader waits for the target
-//! to catch up, asks the other voters to hold their elections, stops its own heartbeats and
-//! asks the target to campaign until the voters' leader lease runs out and it wins. Nothing it
-//! pauses stays paused: every pause ends by itself after `transferTimeout`.
+//! Leadership transfer, which openraft 0.9 lacks (decision 17): the leader stops letting writes
+//! into its log and waits for those in flight, waits for the target to catch up, asks the other
+//! voters to hold their elections, stops its own heartbeats and asks the target to campaign
+//! until the voters' leader lease runs out and it wins. Nothing it pauses stays paused: every
+//! pause ends by itself after `transferTimeout`.
 
 use std::time::Duration;
 
@@ -63,6 +64,12 @@ pub enum TransferError {
         /// How long the leader waited.
         waited: Duration,
     },
+    /// Writes already in Raft did not finish in time (no quorum?).
+    #[error("writes already in flight did not finish within {waited:?}; is a quorum up?")]
+    WritesInFlight {
+        /// How long the leader waited.
+        waited: Duration,
+    },
     /// The target could not be asked to campaign.
     #[error("cannot ask node {target} to campaign: {reason}")]
     Unreachable {
@@ -90,6 +97,9 @@ impl TransferError {
             TransferError::InProgress => (StatusCode::CONFLICT, "transfer-in-progress"),
             TransferError::NotLeader => (StatusCode::SERVICE_UNAVAILABLE, "not-leader"),
             TransferError::Behind { .. } => (StatusCode::CONFLICT, "target-behind"),
+            TransferError::WritesInFlight { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "writes-in-flight")
+            }
             TransferError::Unreachable { .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, "target-unreachable")
             }
@@ -100,14 +110,14 @@ impl TransferError {
     }
 }
 
-/// The leader's own heartbeats and elections, off while the target campaigns; back on when
-/// dropped, whatever happened (failure, timeout, the request going away).
+/// The leader's own heartbeats, off while the target campaigns (they would renew the voters'
+/// leader lease); back on when dropped, whatever happened (failure, timeout, the request going
+/// away). It never stands for election itself while it leads ([`crate::keepers::election`]).
 struct PausedLeader(Raft);
 
 impl PausedLeader {
     fn new(raft: &Raft) -> Self {
         raft.runtime_config().heartbeat(false);
-        raft.runtime_config().elect(false);
         PausedLeader(raft.clone())
     }
 }
@@ -115,7 +125,6 @@ impl PausedLeader {
 impl Drop for PausedLeader {
     fn drop(&mut self) {
         self.0.runtime_config().heartbeat(true);
-        self.0.runtime_config().elect(true);
     }
 }
 
@@ -140,6 +149,13 @@ pub async fn transfer(node: &Node, to: Option<NodeId>) -> Result<NodeId, Transfe
         Some(id) => id,
         None => most_caught_up(&metrics, me).ok_or(TransferError::NoTarget)?,
     };
+    // From here until the transfer ends nothing enters the log, so once the target has matched
+    // it, it stays caught up; writes admitted before wait out their commit (or give up).
+    let _writes_closed = tokio::time::timeout_at(deadline, node.transfers.close_writes())
+        .await
+        .map_err(|_| TransferError::WritesInFlight {
+            waited: started.elapsed(),
+        })?;
     caught_up(node, target, deadline).await?;
 
     let others: Vec<NodeId> = voters
@@ -220,7 +236,7 @@ pub async fn serve_rpc(node: &Node, path: &str, body: &[u8]) -> Option<Result<Ve
     let duration =
         Duration::from_millis(request.millis).min(node.config.spec.transfer_timeout.get());
     let answer = if path == HOLD_ELECTIONS_PATH {
-        node.transfers.hold(&node.raft, duration);
+        node.transfers.hold_elections(duration);
         serde_json::to_vec(&serde_json::json!({}))
     } else {
         serde_json::to_vec(&Campaign {
@@ -231,7 +247,8 @@ pub async fn serve_rpc(node: &Node, path: &str, body: &[u8]) -> Option<Result<Ve
 }
 
 /// Starts elections, one every heartbeat interval, until this node leads or `duration`
-/// passes. Voters refuse while their leader lease lasts, so the first tries usually fail.
+/// passes. Voters refuse while their leader lease lasts, so the first tries usually fail. No
+/// pre-vote: the leader asked for this election (as Raft's TimeoutNow).
 async fn campaign(node: &Node, duration: Duration) -> bool {
     let me = node.config.spec.id;
     let deadline = Instant::now() + duration;

@@ -31,12 +31,13 @@ pub struct ControlPlaneConfigSpec {
     /// node alone; the others join.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<Member>,
-    /// How often the leader heartbeats followers. Default `250ms`.
+    /// How often the leader heartbeats followers. Default `100ms`.
     pub heartbeat_interval: Duration,
-    /// Shortest election timeout; a follower that hears nothing this long may stand. Default
-    /// `1s`.
+    /// Shortest election timeout. A voter that heard from a leader this recently refuses to
+    /// vote (and to pre-vote) for anyone else: the leader lease. Default `500ms`.
     pub election_timeout_min: Duration,
-    /// Longest election timeout. Default `2s`.
+    /// Longest election timeout: a voter that hears from no leader for a random time between
+    /// the two asks the voters for a pre-vote, then stands. Default `1s`.
     pub election_timeout_max: Duration,
     /// Longest a write waits for a quorum before the API answers 503. Default `5s`.
     pub write_timeout: Duration,
@@ -78,9 +79,9 @@ impl Default for ControlPlaneConfigSpec {
             advertise: None,
             data_dir: PathBuf::from("/var/lib/hyphae/control-plane"),
             members: Vec::new(),
-            heartbeat_interval: Duration::from_millis(250),
-            election_timeout_min: Duration::from_secs(1),
-            election_timeout_max: Duration::from_secs(2),
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(500),
+            election_timeout_max: Duration::from_secs(1),
             write_timeout: Duration::from_secs(5),
             lease_ttl: Duration::from_secs(15),
             watch_history: 10_000,

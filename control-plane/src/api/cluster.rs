@@ -28,6 +28,7 @@ pub(crate) async fn change_members(
             )
         })?;
         let change = openraft::ChangeMembers::RemoveVoters([id].into());
+        let _admitted = admit_write(node)?;
         committed(node, node.raft.change_membership(change, false)).await?;
         return status(node).await;
     }
@@ -46,10 +47,19 @@ pub(crate) async fn change_members(
         .into());
     }
     let learner = BasicNode::new(&member.address);
+    let _admitted = admit_write(node)?;
     committed(node, node.raft.add_learner(member.id, learner, true)).await?;
     let change = openraft::ChangeMembers::AddVoterIds([member.id].into());
     committed(node, node.raft.change_membership(change, false)).await?;
     status(node).await
+}
+
+/// Lets a membership change into Raft (see [`crate::leadership::Transfers::admit_write`]), or
+/// refuses it while leadership is being handed over.
+fn admit_write(node: &Node) -> Result<crate::leadership::WriteAdmitted<'_>, ApiError> {
+    node.transfers
+        .admit_write()
+        .ok_or_else(|| super::leader::transfer_in_progress(""))
 }
 
 /// `POST /v1/cluster/transfer-leader`: the leader hands leadership over (see

@@ -21,9 +21,9 @@ use super::caller::{FORWARDED_CERTIFICATE_HEADER, FORWARDED_HEADER, FORWARDED_ID
 /// While this node hands its leadership over, writes are refused (503 `transfer-in-progress`,
 /// retryable): an entry the target has not got would make it unelectable.
 pub(crate) async fn write(node: &Node, command: Command) -> Result<CommandResponse, Routed> {
-    if node.transfers.in_progress() {
+    let Some(_admitted) = node.transfers.admit_write() else {
         return Err(transfer_in_progress("").into());
-    }
+    };
     let limits = &node.config.spec.limits;
     write_size_allowed(&command, limits.max_write_bytes)?;
     state_size_allowed(node, &command, limits.max_snapshot_bytes).await?;
@@ -152,12 +152,24 @@ pub(crate) async fn read_barrier(node: &Node, request: &ApiRequest) -> Result<()
 
 /// 503 `transfer-in-progress` (retryable) while this node hands its leadership over; `or` adds
 /// another way out to the advice.
-fn transfer_in_progress(or: &str) -> ApiError {
+pub(crate) fn transfer_in_progress(or: &str) -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "transfer-in-progress",
         format!("leadership is moving to another node; retry in a moment{or}"),
     )
+}
+
+/// 503 `leader-changed`: a write may or may not have been applied by the old leader.
+fn leader_changed_while_forwarded(leader: &str) -> Response<Full<Bytes>> {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "leader-changed",
+        format!(
+            "the leader changed while {leader} had this request; a write may or may not have been applied: read, then retry"
+        ),
+    )
+    .into_response()
 }
 
 fn no_quorum(timeout: std::time::Duration) -> ApiError {
@@ -195,7 +207,10 @@ fn leader_or_unavailable(forward: &ForwardToLeader<NodeId, BasicNode>) -> Routed
     }
 }
 
-/// Sends the request on to the leader and relays its answer.
+/// Sends the request on to the leader and relays its answer. If this node learns of another
+/// leader (or of an election) first, the request is given up at once with 503
+/// `leader-changed`, rather than waiting out the write timeout on a leader that may be paused
+/// or cut off: the client retries against the new one.
 pub(crate) async fn forward(
     node: &Node,
     request: &ApiRequest,
@@ -243,7 +258,20 @@ pub(crate) async fn forward(
         let bytes = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
         Ok::<_, String>(Response::from_parts(parts, Full::new(bytes)))
     };
-    match tokio::time::timeout(timeout, exchange).await {
+    let forwarded_to = node.raft.metrics().borrow().current_leader;
+    let mut metrics = node.raft.metrics();
+    let leader_changed = async {
+        // A transfer changes the leader itself: its answer is the one to wait for.
+        if request.path == transfer::TRANSFER_PATH {
+            std::future::pending::<()>().await;
+        }
+        let _ = metrics.wait_for(|m| m.current_leader != forwarded_to).await;
+    };
+    let answered = tokio::select! {
+        answered = tokio::time::timeout(timeout, exchange) => answered,
+        () = leader_changed => return leader_changed_while_forwarded(leader),
+    };
+    match answered {
         Ok(Ok(response)) => response,
         Ok(Err(reason)) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

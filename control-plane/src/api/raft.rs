@@ -1,5 +1,6 @@
 //! Peer RPCs on the node's port: Raft's own (append, vote, snapshot; [`crate::network`]), the
-//! leadership-transfer ones ([`crate::transfer`]) and members' heartbeat batches
+//! pre-vote ([`crate::pre_vote`]), the leadership-transfer ones ([`crate::transfer`]) and
+//! members' heartbeat batches
 //! ([`super::registry::renew_batch`]). Answers `None` for any other path, so the admin API gets
 //! it.
 
@@ -11,6 +12,7 @@ use super::answer::{ApiError, bytes_response};
 use crate::heartbeat_batch::HEARTBEATS_PATH;
 use crate::network;
 use crate::node::Node;
+use crate::pre_vote::{self, PRE_VOTE_PATH};
 use crate::transfer;
 
 /// Whether `path` is one of the peer RPCs.
@@ -21,6 +23,7 @@ pub(crate) fn is_rpc(path: &str) -> bool {
         network::SNAPSHOT_PATH,
         transfer::HOLD_ELECTIONS_PATH,
         transfer::ELECT_PATH,
+        PRE_VOTE_PATH,
         HEARTBEATS_PATH,
     ]
     .contains(&path)
@@ -32,9 +35,18 @@ pub(crate) async fn answer(node: &Node, path: &str, body: &[u8]) -> Option<Respo
         return Some(super::registry::renew_batch(node, body).await);
     }
     let max_snapshot = node.config.spec.limits.max_snapshot_bytes;
-    let served = network::serve_rpc(&node.raft, &node.snapshots, max_snapshot, path, body);
+    let contact = &node.leader_contact;
+    let served = network::serve_rpc(
+        &node.raft,
+        &node.snapshots,
+        max_snapshot,
+        contact,
+        path,
+        body,
+    );
     let answer = match served.await {
         Some(answer) => answer,
+        None if path == PRE_VOTE_PATH => pre_vote::answer(node, body).await,
         None => transfer::serve_rpc(node, path, body).await?,
     };
     Some(match answer {

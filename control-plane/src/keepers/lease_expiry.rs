@@ -41,9 +41,12 @@ pub async fn keep(node: Arc<Node>, shutdown: CancellationToken) {
             })
             .await;
         let lapsed = node.leases.lapsed(leading, &registered, Instant::now());
-        if lapsed.is_empty() || node.transfers.in_progress() {
+        if lapsed.is_empty() {
             continue;
         }
+        let Some(_admitted) = node.transfers.admit_write() else {
+            continue;
+        };
         let names: Vec<&str> = lapsed.iter().map(|n| n.name.as_str()).collect();
         tracing::info!(nodes = ?names, ttl = ?node.leases.ttl(), "leases lapsed; expiring the nodes");
         let write = node
