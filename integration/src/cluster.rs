@@ -18,9 +18,12 @@ use crate::ports::free_ports;
 use crate::process::{Process, READY_PATIENCE, Signal};
 use crate::trust::ClusterTrust;
 
-/// Raft timing of every node: fast, since all nodes share one machine.
-const RAFT_TIMING: &str =
-    "  heartbeatInterval: 100ms\n  electionTimeoutMin: 500ms\n  electionTimeoutMax: 1s\n";
+/// Raft timing of test clusters: the default heartbeat, election timeouts twice the defaults
+/// (500 ms to 1 s), so a leader slowed by a loaded machine (debug builds, tests in parallel)
+/// keeps its leadership through the tests that do not fault it. The nemesis runs the defaults
+/// ([`Cluster::configure_with_default_timing`]).
+const TEST_RAFT_TIMING: &str =
+    "  heartbeatInterval: 100ms\n  electionTimeoutMin: 1s\n  electionTimeoutMax: 2s\n";
 /// Spec lines tests add so that a write without a quorum is refused after 2 s, not the
 /// default 5 s.
 pub const SHORT_WRITE_TIMEOUT: &str = "  writeTimeout: 2s\n";
@@ -257,6 +260,32 @@ impl Cluster {
         addresses: &[SocketAddr],
         spec: &str,
     ) -> Result<Cluster, Error> {
+        Cluster::write_configs(binary, dir, namespace, addresses, TEST_RAFT_TIMING, spec)
+    }
+
+    /// Like [`Cluster::configure`], with the product's default Raft timing rather than the
+    /// tests' slower one: what the nemesis measures failover with.
+    pub fn configure_with_default_timing(
+        binary: &Path,
+        dir: &Path,
+        size: usize,
+        spec: &str,
+    ) -> Result<Cluster, Error> {
+        let addresses: Vec<SocketAddr> = free_ports(size)?
+            .into_iter()
+            .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
+            .collect();
+        Cluster::write_configs(binary, dir, None, &addresses, "", spec)
+    }
+
+    fn write_configs(
+        binary: &Path,
+        dir: &Path,
+        namespace: Option<&str>,
+        addresses: &[SocketAddr],
+        timing: &str,
+        spec: &str,
+    ) -> Result<Cluster, Error> {
         std::fs::create_dir_all(dir).map_err(|source| write_error(dir, source))?;
         let size = addresses.len();
         let members: String = if size == 1 {
@@ -275,7 +304,7 @@ impl Cluster {
             std::fs::write(
                 &config,
                 format!(
-                    "kind: ControlPlaneConfig\nmetadata: {{name: cp-{id}}}\nspec:\n  id: {id}\n  listen: {address}\n  dataDir: {}\n{members}{RAFT_TIMING}{spec}",
+                    "kind: ControlPlaneConfig\nmetadata: {{name: cp-{id}}}\nspec:\n  id: {id}\n  listen: {address}\n  dataDir: {}\n{members}{timing}{spec}",
                     data_dir(dir, id).display()
                 ),
             )

@@ -146,7 +146,7 @@ pub fn run(args: &[String]) -> Result<()> {
         .enable_all()
         .build()
         .context("start the runtime")?;
-    let mut cluster = Cluster::configure(
+    let mut cluster = Cluster::configure_with_default_timing(
         &root.join("target/debug/hyphae-control-plane"),
         &dir.join("cluster"),
         options.nodes,
