@@ -8,8 +8,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use tokio::sync::Notify;
 
-use super::frames::Seen;
-
 /// What a request should do with the connections a destination has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Choice {
@@ -45,8 +43,8 @@ pub fn choose(loads: impl IntoIterator<Item = (u32, u32)>, max_connections: usiz
     }
 }
 
-/// The live state of one connection, shared by the pool, the frames read from its server
-/// ([`super::frames::Watched`]) and the requests on it ([`StreamSlot`]).
+/// The live state of one connection, shared by the pool, the reader of its server's frames
+/// (which records what they say) and the requests on it ([`StreamSlot`]).
 #[derive(Debug)]
 pub struct ConnectionLoad {
     /// Streams opened by requests on it that have not ended.
@@ -74,17 +72,21 @@ impl ConnectionLoad {
         }
     }
 
-    /// Records what the server said in a frame.
-    pub fn server_said(&self, seen: Seen) {
-        match seen {
-            Seen::MaxConcurrentStreams(max) => self.server_max.store(max, Ordering::Relaxed),
-            // A permit is kept when nobody waits yet, so the wait never misses it.
-            Seen::SettingsEnd => self.settings.notify_one(),
-            Seen::GoAway => {
-                if !self.draining.swap(true, Ordering::Relaxed) {
-                    crate::metrics::http2_goaway(self.to);
-                }
-            }
+    /// Records the server's `SETTINGS_MAX_CONCURRENT_STREAMS`.
+    pub fn server_allows(&self, max_streams: u32) {
+        self.server_max.store(max_streams, Ordering::Relaxed);
+    }
+
+    /// Records that a SETTINGS frame of the server has been read whole.
+    pub fn settings_arrived(&self) {
+        // A permit is kept when nobody waits yet, so the wait never misses it.
+        self.settings.notify_one();
+    }
+
+    /// Records the server's GOAWAY: the connection drains.
+    pub fn went_away(&self) {
+        if !self.draining.swap(true, Ordering::Relaxed) {
+            crate::metrics::http2_goaway(self.to);
         }
     }
 
@@ -163,7 +165,7 @@ mod tests {
     fn a_connection_carries_the_lower_of_the_servers_limit_and_ours() {
         let load = Arc::new(ConnectionLoad::new("instance"));
         assert_eq!(load.capacity(100), 100, "unlimited until the server says");
-        load.server_said(Seen::MaxConcurrentStreams(2));
+        load.server_allows(2);
         assert_eq!(load.capacity(100), 2);
         assert_eq!(load.capacity(1), 1);
         let first = load.take_stream();
@@ -172,7 +174,7 @@ mod tests {
         drop(first);
         assert_eq!(second.connection().in_flight(), 1);
         assert!(!load.is_draining());
-        load.server_said(Seen::GoAway);
+        load.went_away();
         assert!(load.is_draining());
     }
 }

@@ -178,7 +178,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         if let Poll::Ready(Ok(())) = polled {
             let load = &this.load;
             this.reader
-                .read(&buf.filled()[before..], &mut |seen| load.server_said(seen));
+                .read(&buf.filled()[before..], &mut |seen| match seen {
+                    Seen::MaxConcurrentStreams(max) => load.server_allows(max),
+                    Seen::SettingsEnd => load.settings_arrived(),
+                    Seen::GoAway => load.went_away(),
+                });
         }
         polled
     }
