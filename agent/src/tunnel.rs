@@ -126,14 +126,17 @@ impl PeerSlot {
     }
 }
 
-/// A peer: its address and the node it must prove to be (any node of the mesh when the
-/// endpoint does not name one).
-type PeerKey = (SocketAddr, Option<Arc<str>>);
+/// The slots of one address, each with the node it must prove to be (`None`: any node of the
+/// mesh, when the endpoint names none; always `None` toward instances). Almost always one.
+type AddressSlots = Vec<(Option<Arc<str>>, Arc<PeerSlot>)>;
 
-/// The pool of peer connections.
+/// A pool of HTTP/2 connections: toward peer agents over mutual TLS, or toward this host's
+/// HTTP/2 instances in plaintext.
 pub struct Tunnels {
     settings: TunnelSettings,
-    peers: Mutex<HashMap<PeerKey, Arc<PeerSlot>>>,
+    /// Each address's slots, looked up by the borrowed node name, so finding one allocates
+    /// nothing.
+    peers: Mutex<HashMap<SocketAddr, AddressSlots>>,
     /// Toward peer agents: the identity whose certificate connections present (none yet:
     /// every connect fails); `None` toward local instances, which are reached in plaintext.
     identity: Option<IdentitySlot>,
@@ -231,10 +234,7 @@ impl Tunnels {
         node: Option<&str>,
         connect_timeout: Duration,
     ) -> Result<(SendRequest<Body>, StreamSlot), ProxyError> {
-        let slot = {
-            let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-            Arc::clone(peers.entry((peer, node.map(Arc::from))).or_default())
-        };
+        let slot = self.slot(peer, node);
         if let Some(taken) = slot.take(&self.settings) {
             return Ok(taken);
         }
@@ -248,15 +248,34 @@ impl Tunnels {
         let connected = tokio::time::timeout(connect_timeout, Box::pin(self.connect(peer, node)))
             .await
             .unwrap_or_else(|_| Err(ProxyError::ConnectTimeout(peer.to_string())));
-        drop(connecting);
         match connected {
             Ok((sender, load)) => {
+                // Added before the lock is let go, so the requests waiting for it find it.
                 let stream = slot.add(sender.clone(), load);
+                drop(connecting);
                 Ok((sender, stream))
             }
             // Full connections are better than none: the request waits for a stream there.
-            Err(error) => slot.take_any().ok_or(error),
+            Err(error) => {
+                let taken = slot.take_any();
+                if taken.is_some() {
+                    tracing::info!(%peer, error = %ErrorChain(&error), "cannot open another HTTP/2 connection; the call waits for a stream on an open one");
+                }
+                taken.ok_or(error)
+            }
         }
+    }
+
+    /// The slot of `peer` proving to be `node`, made on first use.
+    fn slot(&self, peer: SocketAddr, node: Option<&str>) -> Arc<PeerSlot> {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let slots = peers.entry(peer).or_default();
+        if let Some((_, slot)) = slots.iter().find(|(named, _)| named.as_deref() == node) {
+            return Arc::clone(slot);
+        }
+        let slot = Arc::new(PeerSlot::default());
+        slots.push((node.map(Arc::from), Arc::clone(&slot)));
+        slot
     }
 
     /// `peer` for logs and metrics: `peer` toward peer agents, `instance` toward local ones.

@@ -141,8 +141,7 @@ async fn a_connection_that_received_goaway_takes_no_new_request_and_finishes_its
     holds(&server, 1).await;
     server.go_away();
     eventually("the pool to see the GOAWAY", || async {
-        let peers = tunnels.peers.lock().unwrap();
-        let slot = peers.get(&(server.address, None)).expect("a slot");
+        let slot = tunnels.slot(server.address, None);
         let connections = slot.connections.lock().unwrap();
         connections.iter().all(|c| c.load.is_draining())
     })
@@ -169,8 +168,8 @@ async fn an_answer_holds_its_stream_until_its_body_ends() {
         .await
         .expect("an answer");
     let in_flight = || {
-        let peers = tunnels.peers.lock().unwrap();
-        let connections = peers[&(server.address, None)].connections.lock().unwrap();
+        let slot = tunnels.slot(server.address, None);
+        let connections = slot.connections.lock().unwrap();
         connections.iter().map(|c| c.load.in_flight()).sum::<u32>()
     };
     assert_eq!(in_flight(), 1, "the body has not been read");
