@@ -89,6 +89,8 @@ impl Daemon {
             keep_alive_interval: DEFAULT_KEEP_ALIVE_INTERVAL,
             keep_alive_timeout: DEFAULT_KEEP_ALIVE_TIMEOUT,
             max_header_list_size: limits.max_header_bytes,
+            max_streams_per_connection: limits.max_streams_per_upstream_connection,
+            max_connections_per_destination: limits.max_connections_per_upstream,
         };
         // The node's certificate: saved (a join's, or its operator's), or to come from a join.
         let identity: IdentitySlot = Arc::default();

@@ -8,8 +8,8 @@
 //!   [`replay`]; byte streams (TCP, upgrades, CONNECT) open through [`proxy::stream`] and are
 //!   spliced by [`proxy::pipe`];
 //! - for each try or stream, [`proxy::endpoint`] chooses an endpoint with [`balance`] (skipping
-//!   those [`circuit`] ejected), sends over [`tunnel`] (one HTTP/2 connection per peer agent)
-//!   and records the outcome;
+//!   those [`circuit`] ejected), sends over [`tunnel`] (pooled HTTP/2 connections to each
+//!   peer agent) and records the outcome;
 //! - on the peer host, [`proxy::inbound`] delivers it to the local instance.
 //!
 //! [`model`] is the immutable snapshot the path serves, merged by [`sources`] from the local

@@ -30,6 +30,10 @@ pub const ERRORS: &str = "hyphae_errors_total";
 pub const CONNECTIONS: &str = "hyphae_connections_open";
 /// Connections refused at the connection limit.
 pub const CONNECTIONS_REFUSED: &str = "hyphae_connections_refused_total";
+/// HTTP/2 connections the agent opened toward peer agents and local instances, by `to`.
+pub const HTTP2_CONNECTIONS_OPENED: &str = "hyphae_http2_connections_opened_total";
+/// GOAWAYs received on the agent's HTTP/2 connections, by `to` (`peer` or `instance`).
+pub const HTTP2_GOAWAYS: &str = "hyphae_http2_goaways_total";
 /// Bytes carried by TCP and upgraded streams, by service and direction.
 pub const STREAM_BYTES: &str = "hyphae_stream_bytes_total";
 /// Configuration reloads, by result.
@@ -126,6 +130,14 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     describe_counter!(
         CONNECTIONS_REFUSED,
         "Connections closed at once because the connection limit was reached."
+    );
+    describe_counter!(
+        HTTP2_CONNECTIONS_OPENED,
+        "HTTP/2 connections opened toward peer agents and local instances (another opens when every one to a destination is at its stream limit or draining), by to."
+    );
+    describe_counter!(
+        HTTP2_GOAWAYS,
+        "GOAWAYs received on HTTP/2 connections toward peer agents and local instances (the connection drains; new requests take another), by to."
     );
     describe_counter!(
         STREAM_BYTES,
@@ -373,6 +385,16 @@ pub fn connection_closed(listener: &'static str) {
 /// Records a connection refused at the limit.
 pub fn connection_refused(listener: &'static str) {
     counter!(CONNECTIONS_REFUSED, "listener" => listener).increment(1);
+}
+
+/// Records an HTTP/2 connection opened toward `to` (`peer` or `instance`).
+pub fn http2_connection_opened(to: &'static str) {
+    counter!(HTTP2_CONNECTIONS_OPENED, "to" => to).increment(1);
+}
+
+/// Records a GOAWAY received on an HTTP/2 connection toward `to` (`peer` or `instance`).
+pub fn http2_goaway(to: &'static str) {
+    counter!(HTTP2_GOAWAYS, "to" => to).increment(1);
 }
 
 /// Records the bytes a finished stream carried.

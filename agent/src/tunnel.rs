@@ -1,16 +1,28 @@
-//! Agent-to-agent transport: one pooled, multiplexed HTTP/2 connection per peer agent over
+//! Agent-to-agent transport: pooled, multiplexed HTTP/2 connections to each peer agent over
 //! mutual TLS (this node's certificate; the peer must present the node identity the endpoint
-//! names), opened on first use and replaced when it dies or refuses a request unprocessed
-//! (GOAWAY). The inbound side uses the same pool, in plaintext, toward local HTTP/2 instances
-//! on this host. Never opens a second connection while one is opening, and never leaves a
-//! connection running after [`Tunnels::close`].
+//! names), opened on first use. The inbound side uses the same pool, in plaintext, toward local
+//! HTTP/2 instances on this host. A destination has one connection until every one it has is
+//! at its stream limit (the server's `SETTINGS_MAX_CONCURRENT_STREAMS` or
+//! `limits.maxStreamsPerUpstreamConnection`, the lower), then another, up to
+//! `limits.maxConnectionsPerUpstream`; a connection that received GOAWAY or refused a request
+//! drains (decision 48). Never opens two connections to one destination at once, and never
+//! leaves a connection running after [`Tunnels::close`].
+
+mod capacity;
+mod frames;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response};
+use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -20,12 +32,14 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use self::capacity::{Choice, ConnectionLoad, StreamSlot, choose};
+use self::frames::Watched;
 use crate::body::Body;
 use crate::circuit::Limit;
 use crate::error::{Cause, ProxyError};
 use crate::identity::IdentitySlot;
 
-/// Settings of peer connections.
+/// Settings of the pooled HTTP/2 connections, read once at start.
 #[derive(Clone, Debug)]
 pub struct TunnelSettings {
     /// HTTP/2 keep-alive ping interval, so a dead peer is noticed without traffic.
@@ -34,6 +48,12 @@ pub struct TunnelSettings {
     pub keep_alive_timeout: Duration,
     /// Largest header list accepted from the peer.
     pub max_header_list_size: u32,
+    /// Most streams one connection carries at once, even when its server allows more
+    /// (`limits.maxStreamsPerUpstreamConnection`).
+    pub max_streams_per_connection: u32,
+    /// Most connections to one destination (`limits.maxConnectionsPerUpstream`); beyond it
+    /// requests wait on the least loaded one.
+    pub max_connections_per_destination: u32,
 }
 
 /// Default ping interval for peer connections.
@@ -51,60 +71,72 @@ pub struct Pending<'a> {
     pub service: &'a str,
 }
 
-/// A slot per peer. A request finds the open connection under a plain lock, never held across
-/// an await; the async lock is taken only to open a connection, so concurrent first requests
-/// share one handshake.
+/// A destination's connections. A request takes a stream under a plain lock, never held
+/// across an await; the async lock is taken only to open a connection, so concurrent requests
+/// that find every connection full share one handshake.
 #[derive(Default)]
 struct PeerSlot {
-    connection: Mutex<Connection>,
+    connections: Mutex<Vec<Pooled>>,
     connecting: tokio::sync::Mutex<()>,
 }
 
-/// The slot's connection, numbered so a request can retire the one that refused it without
-/// retiring a newer one another request opened meanwhile.
-#[derive(Default)]
-struct Connection {
-    sender: Option<SendRequest<Body>>,
-    number: u64,
+/// An open connection of a destination and its live load.
+struct Pooled {
+    sender: SendRequest<Body>,
+    load: Arc<ConnectionLoad>,
 }
 
 impl PeerSlot {
-    /// The connection and its number, while it is open.
-    fn open(&self) -> Option<(SendRequest<Body>, u64)> {
-        let connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
-        connection
-            .sender
-            .as_ref()
-            .filter(|s| !s.is_closed())
-            .map(|s| (s.clone(), connection.number))
-    }
-
-    /// Makes `sender` the slot's connection; its number.
-    fn replace(&self, sender: SendRequest<Body>) -> u64 {
-        let mut connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
-        connection.number += 1;
-        connection.sender = Some(sender);
-        connection.number
-    }
-
-    /// Stops handing out connection `number` (its in-flight requests go on), so the next
-    /// request opens a new one.
-    fn retire(&self, number: u64) {
-        let mut connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
-        if connection.number == number {
-            connection.sender = None;
+    /// A stream for one request on the connection [`choose`] picks, or `None` when it says to
+    /// open another. Connections that closed or drain are dropped from the list first (their
+    /// requests go on).
+    fn take(&self, settings: &TunnelSettings) -> Option<(SendRequest<Body>, StreamSlot)> {
+        let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        connections.retain(|c| !c.load.is_draining() && !c.sender.is_closed());
+        let limit = settings.max_streams_per_connection;
+        let loads = connections
+            .iter()
+            .map(|c| (c.load.in_flight(), c.load.capacity(limit)));
+        match choose(loads, settings.max_connections_per_destination as usize) {
+            Choice::Use(index) | Choice::Queue(index) => {
+                let chosen = &connections[index];
+                Some((chosen.sender.clone(), chosen.load.take_stream()))
+            }
+            Choice::Open => None,
         }
+    }
+
+    /// A stream on the least loaded open connection, whatever the limits: for when opening
+    /// another failed.
+    fn take_any(&self) -> Option<(SendRequest<Body>, StreamSlot)> {
+        let connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        connections
+            .iter()
+            .filter(|c| !c.load.is_draining() && !c.sender.is_closed())
+            .min_by_key(|c| c.load.in_flight())
+            .map(|c| (c.sender.clone(), c.load.take_stream()))
+    }
+
+    /// Adds a new connection and takes its first stream.
+    fn add(&self, sender: SendRequest<Body>, load: Arc<ConnectionLoad>) -> StreamSlot {
+        let stream = load.take_stream();
+        let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        connections.push(Pooled { sender, load });
+        stream
     }
 }
 
-/// A peer: its address and the node it must prove to be (any node of the mesh when the
-/// endpoint does not name one).
-type PeerKey = (SocketAddr, Option<Arc<str>>);
+/// The slots of one address, each with the node it must prove to be (`None`: any node of the
+/// mesh, when the endpoint names none; always `None` toward instances). Almost always one.
+type AddressSlots = Vec<(Option<Arc<str>>, Arc<PeerSlot>)>;
 
-/// The pool of peer connections.
+/// A pool of HTTP/2 connections: toward peer agents over mutual TLS, or toward this host's
+/// HTTP/2 instances in plaintext.
 pub struct Tunnels {
     settings: TunnelSettings,
-    peers: Mutex<HashMap<PeerKey, Arc<PeerSlot>>>,
+    /// Each address's slots, looked up by the borrowed node name, so finding one allocates
+    /// nothing.
+    peers: Mutex<HashMap<SocketAddr, AddressSlots>>,
     /// Toward peer agents: the identity whose certificate connections present (none yet:
     /// every connect fails); `None` toward local instances, which are reached in plaintext.
     identity: Option<IdentitySlot>,
@@ -152,10 +184,12 @@ impl Tunnels {
     }
 
     /// Sends `request` to `peer` (a peer agent, which must prove to be `node` when given, or a
-    /// local HTTP/2 instance), connecting first if needed. While the request waits for a connection or a free stream it holds a slot of
-    /// `pending` (when given); when none is free it is refused at once. A request the peer did
-    /// not process fails with [`ProxyError::Unprocessed`], and the connection that refused it
-    /// is not used again, so a resend goes on a new one.
+    /// local HTTP/2 instance), on a connection with a free stream or a new one. While the
+    /// request waits for a connection it holds a slot of `pending` (when given); when none is
+    /// free it is refused at once. A request the peer did not process fails with
+    /// [`ProxyError::Unprocessed`], and the connection that refused it drains, so a resend goes
+    /// on another. The answer's body holds the request's stream in its connection's count
+    /// until it ends.
     pub async fn send(
         &self,
         peer: SocketAddr,
@@ -163,7 +197,7 @@ impl Tunnels {
         connect_timeout: Duration,
         request: Request<Body>,
         pending: Option<Pending<'_>>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<PooledBody>, ProxyError> {
         let waiting = match pending {
             Some(pending) => Some(pending.limit.try_acquire(pending.max).ok_or_else(|| {
                 ProxyError::Overloaded {
@@ -173,62 +207,91 @@ impl Tunnels {
             })?),
             None => None,
         };
-        let (slot, mut sender, number) = self.sender(peer, node, connect_timeout).await?;
-        let result = match sender.ready().await {
-            // A connection that cannot take a request has closed: this one was never sent.
-            Err(error) => Err(ProxyError::Unprocessed(Cause::new(error))),
-            Ok(()) => {
-                drop(waiting);
-                sender.send_request(request).await.map_err(|error| {
-                    if crate::retry::is_unprocessed(&error) {
-                        ProxyError::Unprocessed(Cause::new(error))
-                    } else {
-                        ProxyError::Reset(Cause::new(error))
-                    }
-                })
+        let (mut sender, stream) = self.stream(peer, node, connect_timeout).await?;
+        drop(waiting);
+        match sender.send_request(request).await {
+            Ok(response) => {
+                // An accepted CONNECT's stream lives on as the upgraded connection.
+                let upgraded = response
+                    .extensions()
+                    .get::<hyper::upgrade::OnUpgrade>()
+                    .is_some();
+                Ok(response.map(|body| PooledBody::new(body, stream, upgraded)))
             }
-        };
-        if let Err(ProxyError::Unprocessed(_)) = &result {
-            slot.retire(number);
+            Err(error) if crate::retry::is_unprocessed(&error) => {
+                stream.connection().drain();
+                Err(ProxyError::Unprocessed(Cause::new(error)))
+            }
+            Err(error) => Err(ProxyError::Reset(Cause::new(error))),
         }
-        result
     }
 
-    /// The slot of `peer` with its open connection and that connection's number.
-    async fn sender(
+    /// A stream for one request to `peer`: on an open connection with room, else on a new
+    /// one, else (at the cap, or when a new one cannot be opened) queued on the least loaded.
+    async fn stream(
         &self,
         peer: SocketAddr,
         node: Option<&str>,
         connect_timeout: Duration,
-    ) -> Result<(Arc<PeerSlot>, SendRequest<Body>, u64), ProxyError> {
-        let slot = {
-            let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-            Arc::clone(peers.entry((peer, node.map(Arc::from))).or_default())
-        };
-        if let Some((sender, number)) = slot.open() {
-            return Ok((slot, sender, number));
+    ) -> Result<(SendRequest<Body>, StreamSlot), ProxyError> {
+        let slot = self.slot(peer, node);
+        if let Some(taken) = slot.take(&self.settings) {
+            return Ok(taken);
         }
         let connecting = slot.connecting.lock().await;
-        // Another request may have connected while this one waited.
-        if let Some((sender, number)) = slot.open() {
-            drop(connecting);
-            return Ok((slot, sender, number));
+        // Another request may have opened one while this one waited.
+        if let Some(taken) = slot.take(&self.settings) {
+            return Ok(taken);
         }
         // Boxed: the handshake's state is large and needed once per connection, so it should
         // not make every request's future larger.
-        let sender = tokio::time::timeout(connect_timeout, Box::pin(self.connect(peer, node)))
+        let connected = tokio::time::timeout(connect_timeout, Box::pin(self.connect(peer, node)))
             .await
-            .map_err(|_| ProxyError::ConnectTimeout(peer.to_string()))??;
-        let number = slot.replace(sender.clone());
-        drop(connecting);
-        Ok((slot, sender, number))
+            .unwrap_or_else(|_| Err(ProxyError::ConnectTimeout(peer.to_string())));
+        match connected {
+            Ok((sender, load)) => {
+                // Added before the lock is let go, so the requests waiting for it find it.
+                let stream = slot.add(sender.clone(), load);
+                drop(connecting);
+                Ok((sender, stream))
+            }
+            // Full connections are better than none: the request waits for a stream there.
+            Err(error) => {
+                let taken = slot.take_any();
+                if taken.is_some() {
+                    tracing::info!(%peer, error = %ErrorChain(&error), "cannot open another HTTP/2 connection; the call waits for a stream on an open one");
+                }
+                taken.ok_or(error)
+            }
+        }
+    }
+
+    /// The slot of `peer` proving to be `node`, made on first use.
+    fn slot(&self, peer: SocketAddr, node: Option<&str>) -> Arc<PeerSlot> {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let slots = peers.entry(peer).or_default();
+        if let Some((_, slot)) = slots.iter().find(|(named, _)| named.as_deref() == node) {
+            return Arc::clone(slot);
+        }
+        let slot = Arc::new(PeerSlot::default());
+        slots.push((node.map(Arc::from), Arc::clone(&slot)));
+        slot
+    }
+
+    /// `peer` for logs and metrics: `peer` toward peer agents, `instance` toward local ones.
+    fn destination_kind(&self) -> &'static str {
+        if self.identity.is_some() {
+            "peer"
+        } else {
+            "instance"
+        }
     }
 
     async fn connect(
         &self,
         peer: SocketAddr,
         node: Option<&str>,
-    ) -> Result<SendRequest<Body>, ProxyError> {
+    ) -> Result<(SendRequest<Body>, Arc<ConnectionLoad>), ProxyError> {
         let failed = |reason: Cause| ProxyError::ConnectFailed {
             address: peer.to_string(),
             reason,
@@ -239,8 +302,10 @@ impl Tunnels {
         stream
             .set_nodelay(true)
             .map_err(|e| failed(Cause::new(e)))?;
+        let load = Arc::new(ConnectionLoad::new(self.destination_kind()));
         let Some(slot) = &self.identity else {
-            return self.handshake(peer, TokioIo::new(stream)).await;
+            let io = Watched::new(stream, Arc::clone(&load));
+            return self.handshake(peer, TokioIo::new(io), load).await;
         };
         let identity = slot
             .load_full()
@@ -255,12 +320,19 @@ impl Tunnels {
             .connect(name, stream)
             .await
             .map_err(|e| failed(Cause::new(e)))?;
-        self.handshake(peer, TokioIo::new(stream)).await
+        let io = Watched::new(stream, Arc::clone(&load));
+        self.handshake(peer, TokioIo::new(io), load).await
     }
 
-    /// The HTTP/2 handshake on `io`; the connection's driver runs until it ends or the pool
-    /// closes.
-    async fn handshake<T>(&self, peer: SocketAddr, io: T) -> Result<SendRequest<Body>, ProxyError>
+    /// The HTTP/2 handshake on `io`, whose frames feed `load`; the connection's driver runs
+    /// until it ends or the pool closes. Returns once the server's SETTINGS have arrived, so
+    /// its stream limit counts from the first request.
+    async fn handshake<T>(
+        &self,
+        peer: SocketAddr,
+        io: T,
+        load: Arc<ConnectionLoad>,
+    ) -> Result<(SendRequest<Body>, Arc<ConnectionLoad>), ProxyError>
     where
         T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
@@ -277,17 +349,83 @@ impl Tunnels {
                 reason: Cause::new(e),
             })?;
         let closing = self.closing.clone();
+        let to = self.destination_kind();
         self.connections.spawn(async move {
             tokio::select! {
                 result = connection => {
                     if let Err(error) = result {
-                        tracing::info!(%peer, error = %ErrorChain(&error), "peer connection closed");
+                        tracing::info!(%peer, to, error = %ErrorChain(&error), "HTTP/2 connection closed");
                     }
                 }
-                () = closing.cancelled() => tracing::debug!(%peer, "peer connection closed at shutdown"),
+                () = closing.cancelled() => tracing::debug!(%peer, to, "HTTP/2 connection closed at shutdown"),
             }
         });
-        tracing::debug!(%peer, "connected to peer agent");
-        Ok(sender)
+        // hyper reads the server's frames in a task of its own from the handshake on.
+        load.settings_received().await;
+        crate::metrics::http2_connection_opened(to);
+        tracing::debug!(%peer, to, "HTTP/2 connection opened");
+        Ok((sender, load))
+    }
+}
+
+/// An answer's body from a pooled connection. It holds the request's stream in its
+/// connection's count until it ends, fails or is dropped: an HTTP/2 stream is open until its
+/// answer has ended, and a connection's limit counts open streams. An accepted CONNECT's
+/// stream is the upgraded connection, so its answer holds it until dropped: keep the answer
+/// for as long as the upgraded connection is used.
+pub struct PooledBody {
+    inner: Incoming,
+    stream: Option<StreamSlot>,
+    /// Whether the stream outlives the body (an accepted CONNECT).
+    upgraded: bool,
+}
+
+impl PooledBody {
+    /// `inner`, holding `stream` until it ends (at once when it already has), or until
+    /// dropped when `upgraded`.
+    fn new(inner: Incoming, stream: StreamSlot, upgraded: bool) -> Self {
+        let open = upgraded || !http_body::Body::is_end_stream(&inner);
+        PooledBody {
+            inner,
+            stream: open.then_some(stream),
+            upgraded,
+        }
+    }
+}
+
+/// An answer from outside the pool (an external service's), which holds no stream.
+impl From<Incoming> for PooledBody {
+    fn from(inner: Incoming) -> Self {
+        PooledBody {
+            inner,
+            stream: None,
+            upgraded: false,
+        }
+    }
+}
+
+impl http_body::Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let ended =
+            matches!(polled, Poll::Ready(None | Some(Err(_)))) || self.inner.is_end_stream();
+        if ended && !self.upgraded {
+            self.stream = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -1,6 +1,7 @@
-//! A test backend: an HTTP/1.1 + HTTP/2 service in the test process that agents proxy to. It
-//! counts requests and misbehaves on demand (status, delay, failing health check); it stops
-//! when dropped.
+//! Test backends: an HTTP/1.1 + HTTP/2 service in the test process that agents proxy to, which
+//! counts requests and misbehaves on demand (status, delay, failing health check), and an
+//! HTTP/2-only one with a stream limit that holds its answers and sends GOAWAY on demand, for
+//! tests of the agent's HTTP/2 connections. They stop when dropped.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -246,4 +247,128 @@ pub async fn echo_once(address: SocketAddr, line: &str) -> Option<String> {
     let (read, mut write) = stream.into_split();
     write.write_all(format!("{line}\n").as_bytes()).await.ok()?;
     BufReader::new(read).lines().next_line().await.ok()?
+}
+
+/// An HTTP/2 (prior knowledge) backend that advertises `SETTINGS_MAX_CONCURRENT_STREAMS` and,
+/// while holding, answers no request until released. Each answer's body names the connection
+/// it came on (`connection N`, numbered from 1 in the order they were accepted).
+pub struct Http2Backend {
+    /// Where it listens.
+    pub address: SocketAddr,
+    shared: Arc<Http2Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// What every connection of one [`Http2Backend`] shares.
+struct Http2Shared {
+    /// Connections accepted so far.
+    connections: AtomicUsize,
+    /// Requests received and not yet answered.
+    holding: AtomicUsize,
+    /// `true` while requests are held.
+    hold: tokio::sync::watch::Sender<bool>,
+    /// Bumped to make every connection open now send GOAWAY and close gracefully.
+    go_away: tokio::sync::watch::Sender<u64>,
+}
+
+impl Http2Backend {
+    /// Starts one on 127.0.0.1 that allows `max_streams` concurrent streams per connection and
+    /// holds every request from the first on.
+    pub async fn start(max_streams: u32) -> Http2Backend {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("loopback has free ports");
+        let address = listener
+            .local_addr()
+            .expect("a bound listener has an address");
+        let shared = Arc::new(Http2Shared {
+            connections: AtomicUsize::new(0),
+            holding: AtomicUsize::new(0),
+            hold: tokio::sync::watch::Sender::new(true),
+            go_away: tokio::sync::watch::Sender::new(0),
+        });
+        let serving = Arc::clone(&shared);
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                let number = serving.connections.fetch_add(1, Ordering::SeqCst) + 1;
+                connections.spawn(serve_http2(
+                    stream,
+                    Arc::clone(&serving),
+                    number,
+                    max_streams,
+                ));
+            }
+        });
+        Http2Backend {
+            address,
+            shared,
+            task,
+        }
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.address.port()
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    /// Requests received and not yet answered.
+    pub fn holding(&self) -> usize {
+        self.shared.holding.load(Ordering::SeqCst)
+    }
+
+    /// Holds requests (`true`) or answers them, the held ones at once (`false`).
+    pub fn set_holding(&self, hold: bool) {
+        self.shared.hold.send_replace(hold);
+    }
+
+    /// Sends GOAWAY on every connection open now (hyper's graceful shutdown: the streams it
+    /// has go on, then it closes); later connections are served as before.
+    pub fn go_away(&self) {
+        self.shared
+            .go_away
+            .send_modify(|generation| *generation += 1);
+    }
+}
+
+impl Drop for Http2Backend {
+    fn drop(&mut self) {
+        // Dropping the accept loop's task drops its set, which aborts every connection.
+        self.task.abort();
+    }
+}
+
+/// Serves connection `number` of an [`Http2Backend`] until it ends.
+async fn serve_http2(stream: TcpStream, shared: Arc<Http2Shared>, number: usize, max_streams: u32) {
+    let mut go_away = shared.go_away.subscribe();
+    let answering = Arc::clone(&shared);
+    let service = service_fn(move |_request: Request<Incoming>| {
+        let shared = Arc::clone(&answering);
+        async move {
+            shared.holding.fetch_add(1, Ordering::SeqCst);
+            let mut hold = shared.hold.subscribe();
+            // The sender lives as long as `shared`, so this wait ends only by a release.
+            let _ = hold.wait_for(|held| !held).await;
+            shared.holding.fetch_sub(1, Ordering::SeqCst);
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
+                "connection {number}"
+            )))))
+        }
+    });
+    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .max_concurrent_streams(max_streams)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        changed = go_away.changed() => if changed.is_ok() {
+            connection.as_mut().graceful_shutdown();
+        },
+    }
+    let _ = connection.await;
 }

@@ -234,6 +234,14 @@ pub struct AgentLimits {
     /// HTTP/2 streams a client may reset before being accepted (rapid-reset protection).
     /// Default 20.
     pub max_pending_accept_reset_streams: u32,
+    /// Most requests in flight on one HTTP/2 connection the agent opens (to a peer agent or a
+    /// local `http2`/`grpc` instance); the server's own `SETTINGS_MAX_CONCURRENT_STREAMS`
+    /// lowers it. When every connection to a destination is full, another is opened. Default
+    /// 100. Read at start.
+    pub max_streams_per_upstream_connection: u32,
+    /// Most HTTP/2 connections the agent opens to one peer agent or local instance; beyond
+    /// it requests wait for a stream on the least loaded one. Default 8. Read at start.
+    pub max_connections_per_upstream: u32,
     /// Longest a client may take to send a request head. Default `10s`.
     pub header_read_timeout: Duration,
     /// Longest SIGTERM waits for in-flight calls. Default `30s`.
@@ -253,6 +261,8 @@ impl Default for AgentLimits {
             max_connections: 10_000,
             max_concurrent_streams: 256,
             max_pending_accept_reset_streams: 20,
+            max_streams_per_upstream_connection: 100,
+            max_connections_per_upstream: 8,
             header_read_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
             snapshot_save_interval: Duration::from_secs(1),

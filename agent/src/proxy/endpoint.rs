@@ -10,7 +10,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::{Request, Response};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::Proxy;
@@ -20,7 +19,7 @@ use crate::circuit::{self, Outcome};
 use crate::error::{ERROR_HEADER, ProxyError};
 use crate::model::{Endpoint, EndpointKey, Service, Snapshot};
 use crate::state::{EndpointState, ServiceState};
-use crate::tunnel::Pending;
+use crate::tunnel::{Pending, PooledBody};
 
 /// An endpoint chosen for one try or stream, with its live state.
 pub struct Chosen<'s> {
@@ -113,7 +112,7 @@ impl Chosen<'_> {
         target: &Service,
         service: &ServiceState,
         request: Request<Body>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<PooledBody>, ProxyError> {
         let pending = Pending {
             limit: &service.pending,
             max: target.policy.circuit_breaker.max_pending,
@@ -131,7 +130,8 @@ impl Chosen<'_> {
                     target.policy.timeouts.connect.get(),
                     request,
                 )
-                .await;
+                .await
+                .map(|response| response.map(PooledBody::from));
         }
         let response = proxy
             .tunnels

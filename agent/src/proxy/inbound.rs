@@ -37,8 +37,9 @@ use crate::tunnel::{TunnelSettings, Tunnels};
 /// connect means it is not listening.
 pub const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Connections to local instances: kept-alive HTTP/1.1 connections, and one multiplexed HTTP/2
-/// connection per `http2` or `grpc` instance (the pool peer agents are reached through).
+/// Connections to local instances: kept-alive HTTP/1.1 connections, and multiplexed HTTP/2
+/// connections to `http2` and `grpc` instances (the pool peer agents are reached through: one
+/// per instance until it is at the instance's stream limit, a new one after its GOAWAY).
 pub struct LocalClients {
     http1: InstancePool,
     http2: Tunnels,

@@ -294,9 +294,12 @@ where
 {
     let _permit = open.permit;
     let spliced = match open.upstream {
-        stream::Upstream::Peer(response) => {
-            let upstream = pipe::upgraded(hyper::upgrade::on(response));
-            pipe::splice(client_side, upstream, open.idle).await
+        stream::Upstream::Peer(mut response) => {
+            let upstream = pipe::upgraded(hyper::upgrade::on(&mut response));
+            let spliced = pipe::splice(client_side, upstream, open.idle).await;
+            // The answer held the stream's place on its connection until now.
+            drop(response);
+            spliced
         }
         stream::Upstream::Direct(connection) => {
             pipe::splice(client_side, std::future::ready(Ok(connection)), open.idle).await

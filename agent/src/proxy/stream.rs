@@ -5,7 +5,6 @@
 use super::headers::UPGRADE_PROTOCOL;
 use http::uri::Authority;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
-use hyper::body::Incoming;
 use hyphae_policies::ErrorChain;
 use tokio::time::Instant;
 
@@ -16,12 +15,14 @@ use crate::body;
 use crate::circuit::{Outcome, Permit};
 use crate::error::{Cause, ProxyError};
 use crate::model::{EndpointKey, Service, Snapshot};
+use crate::tunnel::PooledBody;
 
 /// Where an open stream's bytes go.
 pub enum Upstream {
     /// A peer agent's response to CONNECT (200 when the instance is on the line): upgrade it
-    /// to get the bytes.
-    Peer(Response<Incoming>),
+    /// to get the bytes, and keep it while they flow (it holds the stream's place on its
+    /// connection).
+    Peer(Response<PooledBody>),
     /// A connection straight to an external service.
     Direct(EgressStream),
 }
@@ -38,7 +39,7 @@ pub struct OpenStream {
 
 impl OpenStream {
     /// The stream, or the peer's answer when it refused it (anything but 200).
-    pub fn accepted(self) -> Result<OpenStream, Box<Response<Incoming>>> {
+    pub fn accepted(self) -> Result<OpenStream, Box<Response<PooledBody>>> {
         match self.upstream {
             Upstream::Peer(response) if response.status() != StatusCode::OK => {
                 Err(Box::new(response))

@@ -103,6 +103,14 @@ pub(super) fn check(c: &mut Checker, path: &FieldPath, spec: &AgentConfigSpec) {
         limits.key("maxConcurrentStreams"),
         spec.limits.max_concurrent_streams,
     );
+    c.at_least_one(
+        limits.key("maxStreamsPerUpstreamConnection"),
+        spec.limits.max_streams_per_upstream_connection,
+    );
+    c.at_least_one(
+        limits.key("maxConnectionsPerUpstream"),
+        spec.limits.max_connections_per_upstream,
+    );
     c.positive(
         limits.key("headerReadTimeout"),
         spec.limits.header_read_timeout,

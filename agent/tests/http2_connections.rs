@@ -1,0 +1,116 @@
+//! The agents' HTTP/2 connections end to end, with real processes and a real HTTP/2 server
+//! (hyper's, in the test) that limits its streams and holds its answers: calls above a
+//! server's stream limit reach it on more connections, toward an instance (on both mesh paths)
+//! and toward a peer agent; a server's GOAWAY sends later calls to a new connection.
+
+use std::path::Path;
+
+use hyphae_integration::agent::Agent;
+use hyphae_integration::backend::Http2Backend;
+use hyphae_integration::eventually;
+use hyphae_integration::http::{Answer, get, http1_client};
+use hyphae_integration::mesh::{self, caller_agent, endpoint};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_hyphae-agent");
+
+/// Starts `calls` GETs of `/` at once to `entry`.
+fn start_calls(entry: std::net::SocketAddr, calls: usize) -> Vec<tokio::task::JoinHandle<Answer>> {
+    (0..calls)
+        .map(|_| {
+            tokio::spawn(async move { get(&http1_client(), &format!("http://{entry}/")).await })
+        })
+        .collect()
+}
+
+/// Waits for every call, each of which must have been answered 200 by the server.
+async fn all_answered(calls: Vec<tokio::task::JoinHandle<Answer>>) -> Vec<String> {
+    let mut bodies = Vec::new();
+    for call in calls {
+        let answer = call.await.expect("a call task");
+        assert_eq!(answer.status, 200, "{:?}", answer.header("hyphae-error"));
+        bodies.push(answer.text());
+    }
+    bodies
+}
+
+/// Waits until `server` holds `requests` requests at once.
+async fn holds(server: &Http2Backend, requests: usize) {
+    eventually(
+        &format!("the server to hold {requests} requests"),
+        || async { server.holding() == requests },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_above_an_http2_instances_stream_limit_reach_it_on_more_connections() {
+    let server = Http2Backend::start(2).await;
+    for path in mesh::both_paths(AGENT, server.port(), "http2", "") {
+        let before = server.connections();
+        server.set_holding(true);
+        let calls = start_calls(path.entry, 6);
+        // On one connection the instance would see 2 at a time and the rest would wait.
+        holds(&server, 6).await;
+        assert_eq!(
+            server.connections() - before,
+            3,
+            "{}: 6 calls, 2 streams per connection",
+            path.name
+        );
+        server.set_holding(false);
+        all_answered(calls).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_above_a_peer_agents_stream_limit_reach_it_on_more_connections() {
+    let server = Http2Backend::start(100).await;
+    let host = Agent::start_yaml(
+        Path::new(AGENT),
+        "host",
+        &format!(
+            "kind: AgentConfig
+metadata: {{name: host}}
+spec:
+  listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: null, dns: null}}
+  services:
+    - {{name: app, port: {}, protocol: http2}}
+  limits: {{maxConcurrentStreams: 2}}
+",
+            server.port()
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let caller = caller_agent(AGENT, "app", &[endpoint(&host, "one")], "");
+    let calls = start_calls(caller.upstream("app"), 6);
+    // The host's inbound port takes 2 streams per connection: 6 calls need 3 of them.
+    holds(&server, 6).await;
+    assert_eq!(
+        caller
+            .metric("hyphae_http2_connections_opened_total", "to=\"peer\"")
+            .await,
+        3.0
+    );
+    assert_eq!(server.connections(), 1, "the instance allows 100 streams");
+    server.set_holding(false);
+    all_answered(calls).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_instances_goaway_calls_go_on_a_new_connection_and_those_on_the_old_one_finish() {
+    let server = Http2Backend::start(100).await;
+    let agent = mesh::one_agent(AGENT, "app", server.port(), "http2", "");
+    let entry = agent.upstream("app");
+    let held = start_calls(entry, 1);
+    holds(&server, 1).await;
+    server.go_away();
+    agent
+        .metric_reaches("hyphae_http2_goaways_total", "to=\"instance\"", 1.0)
+        .await;
+    server.set_holding(false);
+    let answer = get(&http1_client(), &format!("http://{entry}/")).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.text(), "connection 2");
+    assert_eq!(all_answered(held).await, ["connection 1"]);
+    assert_eq!(server.connections(), 2);
+}
