@@ -9,7 +9,7 @@ use http_body_util::Full;
 
 use super::answer::{ApiError, bytes_response};
 use crate::heartbeat_batch::HEARTBEATS_PATH;
-use crate::network;
+use crate::network::{self, RpcRefused};
 use crate::node::Node;
 use crate::transfer;
 
@@ -35,10 +35,17 @@ pub(crate) async fn answer(node: &Node, path: &str, body: &[u8]) -> Option<Respo
     let served = network::serve_rpc(&node.raft, &node.snapshots, max_snapshot, path, body);
     let answer = match served.await {
         Some(answer) => answer,
-        None => transfer::serve_rpc(node, path, body).await?,
+        None => transfer::serve_rpc(node, path, body)
+            .await?
+            .map_err(RpcRefused::Invalid),
     };
     Some(match answer {
         Ok(json) => bytes_response(StatusCode::OK, json, "application/json"),
-        Err(message) => ApiError::new(StatusCode::BAD_REQUEST, "bad-rpc", message).into_response(),
+        Err(RpcRefused::Invalid(message)) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad-rpc", message).into_response()
+        }
+        Err(RpcRefused::Unavailable(message)) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage", message).into_response()
+        }
     })
 }
