@@ -391,9 +391,9 @@ pub async fn serve_rpc(
                     Ok(_) => receipt.accepted(chunk),
                     Err(RaftError::Fatal(Fatal::StorageError(error))) => {
                         let offset = chunk.offset;
-                        tracing::warn!(%error, offset, "cannot spool a snapshot chunk; the leader will send it again");
+                        tracing::warn!(%error, offset, "cannot spool a snapshot chunk; the leader will send it again (is the data directory's disk full?)");
                         return Some(Err(RpcRefused::Unavailable(format!(
-                            "cannot spool the snapshot chunk at offset {offset}: {error}"
+                            "cannot spool the snapshot chunk at offset {offset}: {error}; send it again"
                         ))));
                     }
                     Err(_) => {}
