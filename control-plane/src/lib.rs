@@ -5,7 +5,8 @@
 //! - [`state`]: the replicated state (policies, registered nodes with their instances and
 //!   health, the cluster's identity, all with revisions) and the [`state::Command`]s that
 //!   change it; applying a command is a pure function.
-//! - [`raft`]: the openraft type configuration built from those commands.
+//! - [`raft`]: the openraft type configuration built from those commands, with snapshots as
+//!   [`snapshot_file::SnapshotFile`]s, streamed to and from disk.
 //! - [`store`]: durable Raft storage on one redb file: [`store::LogStore`] (vote and log) and
 //!   [`store::StateMachineStore`] (applies entries to [`state::State`] and to disk, snapshots).
 //!
@@ -53,6 +54,7 @@ pub use hyphae_policies::secret_file;
 pub mod raft;
 pub mod refusals;
 pub mod snapshot_chunk;
+pub mod snapshot_file;
 pub mod snapshot_receipt;
 pub mod state;
 pub mod store;

@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyphae_policies::tls::{ServerIdentity, TlsConnector};
 use openraft::BasicNode;
 use openraft::error::{
-    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Fatal, InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
     Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -338,12 +338,27 @@ fn entries_within(entries: &[Entry], budget: usize) -> usize {
     entries.len()
 }
 
+/// Why a peer RPC got no answer from Raft.
+#[derive(Debug, thiserror::Error)]
+pub enum RpcRefused {
+    /// The body is not a valid request, or a snapshot chunk does not continue its snapshot:
+    /// sending it again changes nothing.
+    #[error("{0}")]
+    Invalid(String),
+    /// This node could not keep what it was sent (a snapshot chunk its disk did not take): the
+    /// sender may send it again.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
 /// Answers one Raft RPC addressed to this node: `path` names it, `body` is its JSON. Returns
-/// the JSON of `Result<Response, RaftError>`, or `None` when the path is not a Raft RPC, or an
-/// error message when the body is not a valid request. Snapshot chunks pass `receipt` first:
-/// one that does not continue the snapshot, or would grow it past `max_snapshot_bytes`, is
-/// refused before Raft buffers it. What Raft accepted from a leader, and each vote granted,
-/// is noted in `contact` (see [`LeaderContact`]).
+/// the JSON of `Result<Response, RaftError>`, or `None` when the path is not a Raft RPC, or
+/// why it was refused. Snapshot chunks pass `receipt` first: one that does not continue the
+/// snapshot, or would grow it past `max_snapshot_bytes`, is refused before Raft spools it. A
+/// chunk the spool could not take is refused as [`RpcRefused::Unavailable`], so the leader sends
+/// it again, rather than answered as Raft's fatal error, which would end the whole transfer.
+/// What Raft accepted from a leader, and each vote granted, is noted in `contact` (see
+/// [`LeaderContact`]).
 pub async fn serve_rpc(
     raft: &Raft,
     receipt: &SnapshotReceipt,
@@ -351,7 +366,8 @@ pub async fn serve_rpc(
     contact: &LeaderContact,
     path: &str,
     body: &[u8],
-) -> Option<Result<Vec<u8>, String>> {
+) -> Option<Result<Vec<u8>, RpcRefused>> {
+    let invalid = |error: &dyn std::fmt::Display| Some(Err(RpcRefused::Invalid(error.to_string())));
     let answer = match path {
         APPEND_PATH => match serde_json::from_slice::<AppendEntriesRequest<TypeConfig>>(body) {
             Ok(request) => {
@@ -362,7 +378,7 @@ pub async fn serve_rpc(
                 }
                 serde_json::to_vec(&appended)
             }
-            Err(e) => return Some(Err(e.to_string())),
+            Err(e) => return invalid(&e),
         },
         VOTE_PATH => match serde_json::from_slice::<VoteRequest<NodeId>>(body) {
             Ok(request) => {
@@ -373,7 +389,7 @@ pub async fn serve_rpc(
                 }
                 serde_json::to_vec(&voted)
             }
-            Err(e) => return Some(Err(e.to_string())),
+            Err(e) => return invalid(&e),
         },
         SNAPSHOT_PATH => match snapshot_chunk::decode(body) {
             Ok(request) => {
@@ -386,23 +402,31 @@ pub async fn serve_rpc(
                 };
                 if let Err(refused) = receipt.check(chunk, max_snapshot_bytes) {
                     tracing::warn!(%refused, "refused a snapshot chunk");
-                    return Some(Err(refused.to_string()));
+                    return invalid(&refused);
                 }
                 let vote = request.vote;
                 let installed = raft.install_snapshot(request).await;
-                if installed.is_ok() {
-                    receipt.accepted(chunk);
+                match &installed {
+                    Ok(_) => receipt.accepted(chunk),
+                    Err(RaftError::Fatal(Fatal::StorageError(error))) => {
+                        let offset = chunk.offset;
+                        tracing::warn!(%error, offset, "cannot spool a snapshot chunk; the leader will send it again (is the data directory's disk full?)");
+                        return Some(Err(RpcRefused::Unavailable(format!(
+                            "cannot spool the snapshot chunk at offset {offset}: {error}; send it again"
+                        ))));
+                    }
+                    Err(_) => {}
                 }
                 if matches!(&installed, Ok(response) if response.vote <= vote) {
                     contact.heard();
                 }
                 serde_json::to_vec(&installed)
             }
-            Err(e) => return Some(Err(e.to_string())),
+            Err(e) => return invalid(&e),
         },
         _ => return None,
     };
-    Some(answer.map_err(|e| e.to_string()))
+    Some(answer.map_err(|e| RpcRefused::Invalid(e.to_string())))
 }
 
 #[cfg(test)]

@@ -2,10 +2,9 @@
 //! Names, and the sums over them ([`lag`], [`encoded_len`]): storage is in [`crate::store`], the replicated
 //! data in [`crate::state`].
 
-use std::io::Cursor;
-
 use openraft::BasicNode;
 
+use crate::snapshot_file::SnapshotFile;
 use crate::state::{Command, CommandResponse};
 
 /// A control-plane node's Raft id.
@@ -13,15 +12,15 @@ pub type NodeId = u64;
 
 openraft::declare_raft_types!(
     /// The types hyphae's Raft group is built from: [`Command`]s in the log, a
-    /// [`CommandResponse`] per applied entry, `u64` node ids, and snapshots as one in-memory
-    /// buffer of JSON.
+    /// [`CommandResponse`] per applied entry, `u64` node ids, and snapshots as JSON in a file
+    /// ([`SnapshotFile`]), so no snapshot, sent or received, is ever whole in memory.
     pub TypeConfig:
         D = Command,
         R = CommandResponse,
         NodeId = NodeId,
         Node = BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = SnapshotFile,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

@@ -1,6 +1,6 @@
 //! Which snapshot a node is receiving from its leader and where its next chunk must start, so
 //! a chunk that does not continue it (or would make it larger than the limit) is refused before
-//! openraft writes it into memory. It never decides anything about Raft itself.
+//! openraft writes it to the spool file. It never decides anything about Raft itself.
 
 use std::sync::Mutex;
 

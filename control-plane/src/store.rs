@@ -1,9 +1,11 @@
 //! Durable Raft storage in one redb file: the log and vote ([`log`]) and the state machine with
-//! its snapshots ([`state_machine`]). Every redb transaction runs on tokio's blocking pool, never
+//! its snapshots ([`state_machine`]), whose bytes are files in a directory beside it
+//! ([`snapshot_dir`]). Every redb transaction runs on tokio's blocking pool, never
 //! on an async worker thread ([`disk`]), and no disk error becomes a panic.
 
 pub mod disk;
 pub mod log;
+pub mod snapshot_dir;
 pub mod state_machine;
 
 #[cfg(test)]
@@ -16,6 +18,7 @@ use redb::Database;
 
 pub use self::disk::DiskError;
 pub use self::log::LogStore;
+pub use self::snapshot_dir::{SNAPSHOT_DIR, SnapshotDir};
 pub use self::state_machine::{StateMachineStore, StateReader, StateSnapshotBuilder};
 
 /// Why the Raft store could not be opened.
@@ -60,7 +63,9 @@ pub enum OpenError {
 }
 
 /// Opens (creating it if missing) the redb file at `path` and returns the log store and the
-/// state machine that share it, with the state machine's state loaded into memory.
+/// state machine that share it, with the state machine's state loaded into memory. Snapshot
+/// files live in [`SNAPSHOT_DIR`] beside `path`; any there but the current one (a receipt cut
+/// short, a build never recorded) is removed.
 ///
 /// Hand both to `openraft::Raft::new`. Opening may repair the file after a crash, which can take
 /// a while on a large file; it runs on the blocking pool.
@@ -88,8 +93,13 @@ fn open_blocking(
         }
         Err(source) => return Err(OpenError::Open { path, source }),
     };
-    let loaded =
-        create_tables(&db).and_then(|()| StateMachineStore::load(Arc::clone(&db), watch_history));
+    let snapshot_dir = path.with_file_name(SNAPSHOT_DIR);
+    let loaded = create_tables(&db).and_then(|()| {
+        let current = state_machine::current_snapshot_file(&db)?;
+        let snapshots = Arc::new(SnapshotDir::open(snapshot_dir, current)?);
+        state_machine::migrate_snapshot_data(&db, &snapshots)?;
+        StateMachineStore::load(Arc::clone(&db), snapshots, watch_history)
+    });
     match loaded {
         Ok(state_machine) => Ok((LogStore::new(db), state_machine)),
         Err(source) => Err(OpenError::Read { path, source }),

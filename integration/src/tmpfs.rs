@@ -49,6 +49,26 @@ impl Tmpfs {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    /// Gives the disk `size` bytes (`mount -o remount,size=`), keeping what it holds: a full
+    /// disk that an operator makes room on.
+    pub fn resize(&self, size: &str) -> Result<(), Error> {
+        let failed = |reason: String| Error::Mount {
+            path: self.dir.display().to_string(),
+            reason,
+        };
+        let output = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.dir)
+            .output()
+            .map_err(|e| failed(e.to_string()))?;
+        if !output.status.success() {
+            return Err(failed(
+                String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Drop for Tmpfs {

@@ -10,7 +10,7 @@ use http_body_util::Full;
 
 use super::answer::{ApiError, bytes_response};
 use crate::heartbeat_batch::HEARTBEATS_PATH;
-use crate::network;
+use crate::network::{self, RpcRefused};
 use crate::node::Node;
 use crate::pre_vote::{self, PRE_VOTE_PATH};
 use crate::transfer;
@@ -46,11 +46,20 @@ pub(crate) async fn answer(node: &Node, path: &str, body: &[u8]) -> Option<Respo
     );
     let answer = match served.await {
         Some(answer) => answer,
-        None if path == PRE_VOTE_PATH => pre_vote::answer(node, body).await,
-        None => transfer::serve_rpc(node, path, body).await?,
+        None if path == PRE_VOTE_PATH => pre_vote::answer(node, body)
+            .await
+            .map_err(RpcRefused::Invalid),
+        None => transfer::serve_rpc(node, path, body)
+            .await?
+            .map_err(RpcRefused::Invalid),
     };
     Some(match answer {
         Ok(json) => bytes_response(StatusCode::OK, json, "application/json"),
-        Err(message) => ApiError::new(StatusCode::BAD_REQUEST, "bad-rpc", message).into_response(),
+        Err(RpcRefused::Invalid(message)) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad-rpc", message).into_response()
+        }
+        Err(RpcRefused::Unavailable(message)) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage", message).into_response()
+        }
     })
 }

@@ -27,6 +27,19 @@ pub enum DiskError {
         /// The value that should be there with it.
         missing: &'static str,
     },
+    /// A snapshot file could not be created, written, synced, renamed or read.
+    #[error(
+        "cannot {action} {path}: {source}; check that the data directory is writable and has free space"
+    )]
+    File {
+        /// What was being done.
+        action: &'static str,
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// What the system reported.
+        #[source]
+        source: std::io::Error,
+    },
     /// A snapshot was written by a newer (or unknown) version of hyphae.
     #[error("snapshot format {found} is not supported (this build reads format {supported})")]
     SnapshotFormat {

@@ -1,9 +1,11 @@
 //! The Raft state machine: applies committed entries to [`State`] in memory and to redb in the
-//! same step, builds snapshots from it and installs received ones into it.
-//! The decisions are [`State::apply`]'s; this file only carries entries in and state out.
+//! same step, builds snapshots from it and installs received ones into it. Snapshot bytes live
+//! in files ([`SnapshotDir`]), streamed in and out, never whole in memory; redb records which
+//! file is current. The decisions are [`State::apply`]'s; this file only carries entries in and
+//! state out.
 
 use std::collections::BTreeSet;
-use std::io::Cursor;
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::sync::Arc;
 
 use openraft::storage::RaftStateMachine;
@@ -13,12 +15,14 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{RwLock, watch};
 
 use super::disk::{DiskError, decode, encode, read_value, run_blocking};
+use super::snapshot_dir::SnapshotDir;
 use hyphae_policies::registry::NodeRecord;
 
 use crate::changes::ChangeLog;
 use crate::raft::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
+use crate::snapshot_file::SnapshotFile;
 use crate::state::{
     CommandResponse, JoinToken, PolicyKey, SavedVirtualIps, State, StateKey, StoredCa,
     StoredPolicy, StoredToken,
@@ -46,12 +50,16 @@ const JOIN_TOKENS: &str = "join_tokens";
 const ISSUED: &str = "issued_names";
 /// [`SM_META`] key of the virtual IP table (a [`SavedVirtualIps`]).
 const VIRTUAL_IPS: &str = "virtual_ips";
-/// The current snapshot, by name: its metadata, its data, and a counter for snapshot ids.
+/// The current snapshot, by name: its metadata, its file, and a counter for snapshot ids.
 const SNAPSHOT: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("sm_snapshot");
 /// [`SNAPSHOT`] key of the current snapshot's [`SnapshotMeta`].
 const SNAPSHOT_META: &str = "meta";
-/// [`SNAPSHOT`] key of the current snapshot's data (a [`SnapshotData`] as JSON).
-const SNAPSHOT_DATA: &str = "data";
+/// [`SNAPSHOT`] key of the number of the current snapshot's file in the [`SnapshotDir`] (its
+/// data, a [`SnapshotData`] as JSON).
+const SNAPSHOT_FILE: &str = "file";
+/// [`SNAPSHOT`] key of the current snapshot's data itself, where builds before snapshot files
+/// kept it; [`migrate_snapshot_data`] moves it to a file.
+const LEGACY_SNAPSHOT_DATA: &str = "data";
 /// [`SNAPSHOT`] key of the number of snapshots this node has built, for unique snapshot ids.
 const SNAPSHOT_SEQ: &str = "seq";
 
@@ -122,9 +130,10 @@ struct SnapshotData {
 }
 
 impl SnapshotData {
-    /// Decodes snapshot bytes into a state, refusing formats this build does not know.
-    fn decode_state(bytes: &[u8]) -> Result<State, DiskError> {
-        let data: SnapshotData = decode(bytes)?;
+    /// Decodes snapshot bytes, streamed from `bytes`, into a state, refusing formats this
+    /// build does not know.
+    fn decode_state(bytes: impl Read) -> Result<State, DiskError> {
+        let data: SnapshotData = serde_json::from_reader(bytes)?;
         if data.format != SNAPSHOT_FORMAT {
             return Err(DiskError::SnapshotFormat {
                 found: data.format,
@@ -149,14 +158,20 @@ impl SnapshotData {
 #[derive(Debug)]
 pub struct StateMachineStore {
     db: Arc<Database>,
+    snapshots: Arc<SnapshotDir>,
     applied: Arc<RwLock<Applied>>,
     /// The last applied revision, announced to watch streams after every durable apply.
     revision: Arc<watch::Sender<u64>>,
 }
 
 impl StateMachineStore {
-    /// Loads the applied state from an opened database whose tables exist.
-    pub(super) fn load(db: Arc<Database>, watch_history: usize) -> Result<Self, DiskError> {
+    /// Loads the applied state from an opened database whose tables exist, with its snapshot
+    /// files in `snapshots`.
+    pub(super) fn load(
+        db: Arc<Database>,
+        snapshots: Arc<SnapshotDir>,
+        watch_history: usize,
+    ) -> Result<Self, DiskError> {
         let txn = db.begin_read()?;
         let meta = txn.open_table(SM_META)?;
         // Stored as JSON of an `Option`, so a snapshot of an empty log (`null`) reads back too.
@@ -195,6 +210,7 @@ impl StateMachineStore {
         let (revision_sender, _) = watch::channel(revision);
         Ok(Self {
             db,
+            snapshots,
             applied: Arc::new(RwLock::new(applied)),
             revision: Arc::new(revision_sender),
         })
@@ -240,6 +256,7 @@ impl StateReader {
 #[derive(Debug, Clone)]
 pub struct StateSnapshotBuilder {
     db: Arc<Database>,
+    snapshots: Arc<SnapshotDir>,
     applied: Arc<RwLock<Applied>>,
 }
 
@@ -254,53 +271,155 @@ fn write_pointers(txn: &WriteTransaction, applied: &Applied) -> Result<(), DiskE
     Ok(())
 }
 
-/// Stores `meta` and `data` as the current snapshot inside `txn`, unless the stored one already
-/// covers more of the log (a build that raced with an install must not roll it back).
+/// Records `meta` with file number `file` as the current snapshot inside `txn`, unless the
+/// stored one already covers more of the log (a build that raced with an install must not roll
+/// it back). Returns the file no longer needed once `txn` commits: the replaced one, or `file`
+/// itself when it was not recorded.
 fn write_snapshot(
     txn: &WriteTransaction,
     meta: &SnapshotMeta,
-    data: &[u8],
-) -> Result<(), DiskError> {
+    file: u64,
+) -> Result<Option<u64>, DiskError> {
     let mut snapshot = txn.open_table(SNAPSHOT)?;
     let current: Option<SnapshotMeta> = read_value(&snapshot, SNAPSHOT_META)?;
     if current.is_some_and(|current| current.last_log_id > meta.last_log_id) {
-        return Ok(());
+        return Ok(Some(file));
     }
+    let replaced: Option<u64> = read_value(&snapshot, SNAPSHOT_FILE)?;
     snapshot.insert(SNAPSHOT_META, encode(meta)?.as_slice())?;
-    snapshot.insert(SNAPSHOT_DATA, data)?;
+    snapshot.insert(SNAPSHOT_FILE, encode(&file)?.as_slice())?;
+    Ok(replaced)
+}
+
+/// Commits `txn`, which records a file as the current snapshot's, and removes the file that
+/// leaves `unneeded` ([`write_snapshot`] said which). On failure the caller removes the file
+/// it recorded: nothing refers to it.
+fn commit_snapshot(
+    snapshots: &SnapshotDir,
+    txn: WriteTransaction,
+    unneeded: Option<u64>,
+) -> Result<(), DiskError> {
+    let _current = snapshots.lock_current();
+    txn.commit()?;
+    if let Some(unneeded) = unneeded {
+        snapshots.remove(unneeded);
+    }
+    Ok(())
+}
+
+/// A JSON error while streaming a snapshot file: the disk's own failure is a file error, not
+/// a codec one.
+fn json_error(action: &'static str, path: &std::path::Path, error: serde_json::Error) -> DiskError {
+    if error.is_io() {
+        DiskError::File {
+            action,
+            path: path.to_path_buf(),
+            source: error.into(),
+        }
+    } else {
+        DiskError::Codec(error)
+    }
+}
+
+/// The number of the current snapshot's file, if a snapshot is recorded.
+pub(super) fn current_snapshot_file(db: &Database) -> Result<Option<u64>, DiskError> {
+    let txn = db.begin_read()?;
+    let snapshot = txn.open_table(SNAPSHOT)?;
+    read_value(&snapshot, SNAPSHOT_FILE)
+}
+
+/// Moves a current snapshot's data kept in redb by an older build into a file of `snapshots`.
+pub(super) fn migrate_snapshot_data(
+    db: &Database,
+    snapshots: &SnapshotDir,
+) -> Result<(), DiskError> {
+    let txn = db.begin_write()?;
+    {
+        let mut snapshot = txn.open_table(SNAPSHOT)?;
+        let Some(data) = snapshot.remove(LEGACY_SNAPSHOT_DATA)? else {
+            return Ok(());
+        };
+        let (file, out, path) = snapshots.create()?;
+        let written = (&out)
+            .write_all(data.value())
+            .and_then(|()| out.sync_data());
+        if let Err(source) = written {
+            snapshots.remove(file);
+            return Err(DiskError::File {
+                action: "write the snapshot",
+                path,
+                source,
+            });
+        }
+        drop(data);
+        snapshot.insert(SNAPSHOT_FILE, encode(&file)?.as_slice())?;
+    }
+    snapshots.sync()?;
+    txn.commit()?;
     Ok(())
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateSnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let applied = Arc::clone(&self.applied);
+        let snapshots = Arc::clone(&self.snapshots);
         let subject = ErrorSubject::Snapshot(None);
         run_blocking(&self.db, subject, ErrorVerb::Write, move |db| {
-            build_snapshot(db, &applied)
+            let (file, out, path) = snapshots.create()?;
+            match build_snapshot(db, &snapshots, &applied, file, out, path) {
+                Ok(snapshot) => Ok(snapshot),
+                Err(error) => {
+                    snapshots.remove(file);
+                    Err(error)
+                }
+            }
         })
         .await
     }
 }
 
-/// Serializes the applied state and stores it as the current snapshot (blocking).
-fn build_snapshot(db: &Database, applied: &RwLock<Applied>) -> Result<Snapshot, DiskError> {
-    // Hold the read lock only while encoding, so the next apply waits as little as possible.
-    let (last_log_id, last_membership, data) = {
-        let applied = applied.blocking_read();
-        let data = encode(&SnapshotDataRef {
-            format: SNAPSHOT_FORMAT,
-            revision: applied.state.revision(),
-            policies: applied.state.policies().collect(),
-            nodes: applied.state.nodes().collect(),
-            cluster: applied.state.cluster_id(),
-            tokens: applied.state.tokens().values().collect(),
-            ca: applied.state.ca(),
-            join_tokens: applied.state.join_tokens().values().collect(),
-            issued: applied.state.issued().iter().collect(),
-            virtual_ips: applied.state.virtual_ips().saved(),
-        })?;
-        (applied.last_applied, applied.last_membership.clone(), data)
+/// Serializes the applied state into snapshot file number `file` (`out` at `path`) and records
+/// it as the current snapshot (blocking).
+fn build_snapshot(
+    db: &Database,
+    snapshots: &SnapshotDir,
+    applied: &RwLock<Applied>,
+    file: u64,
+    out: std::fs::File,
+    path: std::path::PathBuf,
+) -> Result<Snapshot, DiskError> {
+    let file_error = |source| DiskError::File {
+        action: "write the snapshot",
+        path: path.clone(),
+        source,
     };
+    // Streamed to the file under the read lock: the next apply waits while it is written (to
+    // the page cache), but the encoding is never held whole in memory.
+    let (last_log_id, last_membership) = {
+        let applied = applied.blocking_read();
+        let mut writer = BufWriter::new(&out);
+        serde_json::to_writer(
+            &mut writer,
+            &SnapshotDataRef {
+                format: SNAPSHOT_FORMAT,
+                revision: applied.state.revision(),
+                policies: applied.state.policies().collect(),
+                nodes: applied.state.nodes().collect(),
+                cluster: applied.state.cluster_id(),
+                tokens: applied.state.tokens().values().collect(),
+                ca: applied.state.ca(),
+                join_tokens: applied.state.join_tokens().values().collect(),
+                issued: applied.state.issued().iter().collect(),
+                virtual_ips: applied.state.virtual_ips().saved(),
+            },
+        )
+        .map_err(|error| json_error("write the snapshot", &path, error))?;
+        writer.flush().map_err(file_error)?;
+        (applied.last_applied, applied.last_membership.clone())
+    };
+    out.sync_data().map_err(file_error)?;
+    // Its name too, before redb names it.
+    snapshots.sync()?;
     let txn = db.begin_write()?;
     let seq = {
         let mut snapshot = txn.open_table(SNAPSHOT)?;
@@ -313,11 +432,13 @@ fn build_snapshot(db: &Database, applied: &RwLock<Applied>) -> Result<Snapshot, 
         last_membership,
         snapshot_id: snapshot_id(last_log_id, seq),
     };
-    write_snapshot(&txn, &meta, &data)?;
-    txn.commit()?;
+    let unneeded = write_snapshot(&txn, &meta, file)?;
+    let data = SnapshotFile::open(out, path.clone()).map_err(file_error)?;
+    commit_snapshot(snapshots, txn, unneeded)?;
+    // The handle reads the file even once a newer snapshot has replaced and removed it.
     Ok(Snapshot {
         meta,
-        snapshot: Box::new(Cursor::new(data)),
+        snapshot: Box::new(data),
     })
 }
 
@@ -391,25 +512,40 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         StateSnapshotBuilder {
             db: Arc::clone(&self.db),
+            snapshots: Arc::clone(&self.snapshots),
             applied: Arc::clone(&self.applied),
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    /// A spool file of its own in the snapshot directory: what a leader sends is written to
+    /// disk chunk by chunk, so a node holds one chunk of it in memory, whatever its size.
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, StorageError> {
+        let snapshots = Arc::clone(&self.snapshots);
+        let subject = ErrorSubject::Snapshot(None);
+        run_blocking(&self.db, subject, ErrorVerb::Write, move |_| {
+            snapshots.spool().map(Box::new)
+        })
+        .await
     }
 
+    /// Decodes the received file as it streams from disk, keeps it as the current snapshot
+    /// (a spool is renamed, not copied) and replaces the state with it.
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotFile>,
     ) -> Result<(), StorageError> {
         let subject = ErrorSubject::Snapshot(Some(meta.signature()));
         let meta = meta.clone();
-        let data = snapshot.into_inner();
         let applied = Arc::clone(&self.applied);
+        let snapshots = Arc::clone(&self.snapshots);
         run_blocking(&self.db, subject, ErrorVerb::Write, move |db| {
-            let state = SnapshotData::decode_state(&data)?;
+            let reader = BufReader::new(snapshot.reader());
+            let state = SnapshotData::decode_state(reader).map_err(|error| match error {
+                DiskError::Codec(error) => json_error("read", snapshot.path(), error),
+                error => error,
+            })?;
+            let file = snapshots.keep(*snapshot)?;
             let mut applied = applied.blocking_write();
             // What changed before the snapshot is unknown: its change log starts empty. It
             // replaces the old one only once the install is on disk.
@@ -420,27 +556,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 last_membership: meta.last_membership.clone(),
                 changes,
             };
-            let txn = db.begin_write()?;
-            {
-                let mut policies = txn.open_table(POLICIES)?;
-                policies.retain(|_, _| false)?;
-                for policy in installed.state.policies() {
-                    let key = (policy.kind.as_str(), policy.name.as_str());
-                    policies.insert(key, encode(policy)?.as_slice())?;
-                }
-                let mut nodes = txn.open_table(NODES)?;
-                nodes.retain(|_, _| false)?;
-                for node in installed.state.nodes() {
-                    nodes.insert(node.name.as_str(), encode(node)?.as_slice())?;
-                }
+            let written = db.begin_write().map_err(DiskError::from).and_then(|txn| {
+                let unneeded = write_installed(&txn, &installed, &meta, file)?;
+                commit_snapshot(&snapshots, txn, unneeded)
+            });
+            if let Err(error) = written {
+                snapshots.remove(file);
+                return Err(error);
             }
-            write_cluster_id(&txn, &installed.state)?;
-            write_tokens(&txn, &installed.state)?;
-            write_identity(&txn, &installed.state)?;
-            write_virtual_ips(&txn, &installed.state)?;
-            write_pointers(&txn, &installed)?;
-            write_snapshot(&txn, &meta, &data)?;
-            txn.commit()?;
             let revision = installed.state.revision();
             *applied = installed;
             Ok(revision)
@@ -451,32 +574,61 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         })
     }
 
+    /// The current snapshot, its data a handle on its file: a leader sends it chunk by chunk
+    /// from disk.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        run_blocking(
-            &self.db,
-            ErrorSubject::Snapshot(None),
-            ErrorVerb::Read,
-            |db| {
-                let txn = db.begin_read()?;
-                let snapshot = txn.open_table(SNAPSHOT)?;
-                let Some(meta) = read_value::<SnapshotMeta, _>(&snapshot, SNAPSHOT_META)? else {
-                    return Ok(None);
-                };
-                let Some(data) = snapshot.get(SNAPSHOT_DATA)? else {
-                    return Err(DiskError::Missing {
-                        present: "snapshot metadata",
-                        missing: "snapshot data",
-                    });
-                };
-                let data = data.value().to_vec();
-                Ok(Some(Snapshot {
-                    meta,
-                    snapshot: Box::new(Cursor::new(data)),
-                }))
-            },
-        )
+        let snapshots = Arc::clone(&self.snapshots);
+        let subject = ErrorSubject::Snapshot(None);
+        run_blocking(&self.db, subject, ErrorVerb::Read, move |db| {
+            let _current = snapshots.lock_current();
+            let txn = db.begin_read()?;
+            let snapshot = txn.open_table(SNAPSHOT)?;
+            let Some(meta) = read_value::<SnapshotMeta, _>(&snapshot, SNAPSHOT_META)? else {
+                return Ok(None);
+            };
+            let Some(file) = read_value::<u64, _>(&snapshot, SNAPSHOT_FILE)? else {
+                return Err(DiskError::Missing {
+                    present: "snapshot metadata",
+                    missing: "snapshot file",
+                });
+            };
+            Ok(Some(Snapshot {
+                meta,
+                snapshot: Box::new(snapshots.open_snapshot(file)?),
+            }))
+        })
         .await
     }
+}
+
+/// Writes an installed snapshot's state inside `txn`, replacing every stored object, and
+/// records it, in file number `file`, as the current snapshot; returns the file that leaves
+/// unneeded, as [`write_snapshot`] does.
+fn write_installed(
+    txn: &WriteTransaction,
+    installed: &Applied,
+    meta: &SnapshotMeta,
+    file: u64,
+) -> Result<Option<u64>, DiskError> {
+    {
+        let mut policies = txn.open_table(POLICIES)?;
+        policies.retain(|_, _| false)?;
+        for policy in installed.state.policies() {
+            let key = (policy.kind.as_str(), policy.name.as_str());
+            policies.insert(key, encode(policy)?.as_slice())?;
+        }
+        let mut nodes = txn.open_table(NODES)?;
+        nodes.retain(|_, _| false)?;
+        for node in installed.state.nodes() {
+            nodes.insert(node.name.as_str(), encode(node)?.as_slice())?;
+        }
+    }
+    write_cluster_id(txn, &installed.state)?;
+    write_tokens(txn, &installed.state)?;
+    write_identity(txn, &installed.state)?;
+    write_virtual_ips(txn, &installed.state)?;
+    write_pointers(txn, installed)?;
+    write_snapshot(txn, meta, file)
 }
 
 /// Writes back every object in `touched`: its current value, or its removal.
@@ -564,42 +716,78 @@ mod tests {
         }
     }
 
-    fn current(db: &Database) -> (Option<SnapshotMeta>, Option<Vec<u8>>) {
+    fn current(db: &Database) -> (Option<SnapshotMeta>, Option<u64>) {
         let txn = db.begin_read().unwrap();
         let snapshot = txn.open_table(SNAPSHOT).unwrap();
         let meta = read_value(&snapshot, SNAPSHOT_META).unwrap();
-        let data = snapshot
-            .get(SNAPSHOT_DATA)
-            .unwrap()
-            .map(|d| d.value().to_vec());
-        (meta, data)
+        (meta, current_snapshot_file(db).unwrap())
     }
 
     #[test]
     fn an_older_snapshot_never_replaces_a_newer_one() {
         let dir = tempfile::TempDir::new().unwrap();
         let db = Database::create(dir.path().join("sm.redb")).unwrap();
-        let write = |meta: &SnapshotMeta, data: &[u8]| {
+        let write = |meta: &SnapshotMeta, file: u64| {
             let txn = db.begin_write().unwrap();
             create_tables(&txn).unwrap();
-            write_snapshot(&txn, meta, data).unwrap();
+            let unneeded = write_snapshot(&txn, meta, file).unwrap();
             txn.commit().unwrap();
+            unneeded
         };
-        write(&meta(10, "ten"), b"ten");
-        write(&meta(5, "five"), b"five");
-        assert_eq!(current(&db), (Some(meta(10, "ten")), Some(b"ten".to_vec())));
-        write(&meta(10, "ten-again"), b"ten-again");
-        write(&meta(12, "twelve"), b"twelve");
+        assert_eq!(write(&meta(10, "ten"), 1), None);
         assert_eq!(
-            current(&db),
-            (Some(meta(12, "twelve")), Some(b"twelve".to_vec()))
+            write(&meta(5, "five"), 2),
+            Some(2),
+            "refused: its own file goes"
+        );
+        assert_eq!(current(&db), (Some(meta(10, "ten")), Some(1)));
+        assert_eq!(
+            write(&meta(10, "ten-again"), 3),
+            Some(1),
+            "the replaced file goes"
+        );
+        assert_eq!(write(&meta(12, "twelve"), 4), Some(3));
+        assert_eq!(current(&db), (Some(meta(12, "twelve")), Some(4)));
+    }
+
+    #[test]
+    fn snapshot_data_kept_in_redb_by_an_older_build_moves_to_a_file() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let db = Database::create(dir.path().join("sm.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        create_tables(&txn).unwrap();
+        {
+            let mut snapshot = txn.open_table(SNAPSHOT).unwrap();
+            let meta = encode(&meta(7, "seven")).unwrap();
+            snapshot.insert(SNAPSHOT_META, meta.as_slice()).unwrap();
+            snapshot
+                .insert(LEGACY_SNAPSHOT_DATA, b"{\"legacy\":1}".as_slice())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+        let snapshots = SnapshotDir::open(dir.path().join("snapshots"), None).unwrap();
+        migrate_snapshot_data(&db, &snapshots).unwrap();
+        let (meta_now, file) = current(&db);
+        assert_eq!(meta_now, Some(meta(7, "seven")));
+        let file = file.expect("the data has a file");
+        let moved = std::fs::read(snapshots.snapshot_path(file)).unwrap();
+        assert_eq!(moved, b"{\"legacy\":1}");
+        let txn = db.begin_read().unwrap();
+        let snapshot = txn.open_table(SNAPSHOT).unwrap();
+        assert!(snapshot.get(LEGACY_SNAPSHOT_DATA).unwrap().is_none());
+        drop((snapshot, txn));
+        migrate_snapshot_data(&db, &snapshots).unwrap();
+        assert_eq!(
+            current(&db).1,
+            Some(file),
+            "a second start has nothing to move"
         );
     }
 
     #[test]
     fn snapshot_data_of_an_unknown_format_is_refused() {
         let bytes = br#"{"format":2,"revision":3,"policies":[]}"#;
-        let error = SnapshotData::decode_state(bytes).expect_err("refused");
+        let error = SnapshotData::decode_state(&bytes[..]).expect_err("refused");
         assert!(
             matches!(
                 error,
@@ -610,7 +798,7 @@ mod tests {
             ),
             "{error}"
         );
-        let state = SnapshotData::decode_state(br#"{"format":1,"revision":3,"policies":[]}"#)
+        let state = SnapshotData::decode_state(&br#"{"format":1,"revision":3,"policies":[]}"#[..])
             .expect("format 1 decodes");
         assert_eq!(state, State::restore(3, []));
     }

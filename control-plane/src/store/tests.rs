@@ -1,8 +1,9 @@
 //! Tests of the redb Raft store: openraft's conformance suite, persistence across a reopen,
-//! snapshot install, and a single-node Raft that writes, snapshots, purges and restarts.
+//! snapshot install through the on-disk spool (and a restart that finds one cut short), and a
+//! single-node Raft that writes, snapshots, purges and restarts.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io;
+use std::io::{self, SeekFrom};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,9 +22,11 @@ use openraft::{
     RaftSnapshotBuilder, ServerState, StorageIOError,
 };
 use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
-use super::{LogStore, OpenError, StateMachineStore, open};
+use super::{LogStore, OpenError, SNAPSHOT_DIR, StateMachineStore, open};
 use crate::raft::{Entry, LogId, NodeId, StorageError, StoredMembership, TypeConfig, Vote};
+use crate::snapshot_file::SnapshotFile;
 use crate::state::{Command, CommandResponse};
 
 /// The file name the tests give the store inside their temp dir.
@@ -118,6 +121,37 @@ async fn build_snapshot(state_machine: &mut StateMachineStore) -> Snapshot<TypeC
         .build_snapshot()
         .await
         .unwrap()
+}
+
+/// Every byte of `snapshot`'s data, read through its handle as a leader sending it does.
+async fn snapshot_bytes(snapshot: &mut Snapshot<TypeConfig>) -> Vec<u8> {
+    snapshot.snapshot.seek(SeekFrom::Start(0)).await.unwrap();
+    let mut bytes = Vec::new();
+    snapshot.snapshot.read_to_end(&mut bytes).await.unwrap();
+    bytes
+}
+
+/// Streams `bytes` into a receipt the follower begins, in chunks of `chunk` bytes, as openraft
+/// writes what a leader sends, and hands back the finished receipt.
+async fn receive(
+    follower: &mut StateMachineStore,
+    bytes: &[u8],
+    chunk: usize,
+) -> Box<SnapshotFile> {
+    let mut received = follower.begin_receiving_snapshot().await.unwrap();
+    for piece in bytes.chunks(chunk) {
+        received.write_all(piece).await.unwrap();
+    }
+    received.shutdown().await.unwrap();
+    received
+}
+
+/// The files in the snapshot directory beside the store at `store`, by name.
+fn snapshot_files(store: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(store.with_file_name(SNAPSHOT_DIR))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect()
 }
 
 /// The store files of a leader and of a follower it sends a snapshot to, each in its own temp
@@ -239,7 +273,8 @@ async fn installing_a_snapshot_replaces_the_state_and_survives_reopen() {
         ])
         .await
         .unwrap();
-    let snapshot = build_snapshot(&mut leader).await;
+    let mut snapshot = build_snapshot(&mut leader).await;
+    let bytes = snapshot_bytes(&mut snapshot).await;
 
     {
         let (_log, mut follower) = open_store(&follower_path).await;
@@ -250,8 +285,7 @@ async fn installing_a_snapshot_replaces_the_state_and_survives_reopen() {
             )])
             .await
             .unwrap();
-        let mut received = follower.begin_receiving_snapshot().await.unwrap();
-        *received = *snapshot.snapshot.clone();
+        let received = receive(&mut follower, &bytes, 7).await;
         follower
             .install_snapshot(&snapshot.meta, received)
             .await
@@ -277,9 +311,134 @@ async fn installing_a_snapshot_replaces_the_state_and_survives_reopen() {
         follower.reader().read(|s| s.revision()).await,
         leader.reader().read(|s| s.revision()).await
     );
-    let current = follower.get_current_snapshot().await.unwrap().unwrap();
+    let mut current = follower.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(current.meta, snapshot.meta);
-    assert_eq!(current.snapshot.get_ref(), snapshot.snapshot.get_ref());
+    assert_eq!(snapshot_bytes(&mut current).await, bytes);
+}
+
+#[tokio::test]
+async fn a_received_snapshot_is_spooled_to_disk_and_kept_as_the_current_file() {
+    let (_dirs, leader_path, follower_path) = leader_and_follower();
+    let (_leader_log, mut leader) = open_store(&leader_path).await;
+    let padding = "x".repeat(64 * 1024);
+    leader
+        .apply([normal(
+            1,
+            apply_policies(vec![policy("ServicePolicy", "big", &padding)]),
+        )])
+        .await
+        .unwrap();
+    let mut snapshot = build_snapshot(&mut leader).await;
+    let bytes = snapshot_bytes(&mut snapshot).await;
+    assert!(bytes.len() > padding.len());
+
+    let (_log, mut follower) = open_store(&follower_path).await;
+    let mut received = follower.begin_receiving_snapshot().await.unwrap();
+    let spool = received.path().to_path_buf();
+    assert_eq!(
+        spool.parent(),
+        Some(follower_path.with_file_name(SNAPSHOT_DIR).as_path())
+    );
+    let (first, rest) = bytes.split_at(bytes.len() / 2);
+    received.write_all(first).await.unwrap();
+    // What arrived is on disk, in the spool, not in a buffer.
+    assert_eq!(std::fs::read(&spool).unwrap(), first);
+    received.write_all(rest).await.unwrap();
+    received.shutdown().await.unwrap();
+    assert_eq!(std::fs::read(&spool).unwrap(), bytes);
+
+    follower
+        .install_snapshot(&snapshot.meta, received)
+        .await
+        .unwrap();
+    assert!(!spool.exists(), "the spool became the current snapshot");
+    let files = snapshot_files(&follower_path);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let kept = files.first().unwrap();
+    assert!(kept.starts_with("snapshot-"), "{kept}");
+    let kept = follower_path.with_file_name(SNAPSHOT_DIR).join(kept);
+    assert_eq!(std::fs::read(&kept).unwrap(), bytes);
+    assert_eq!(
+        stored(&follower, "ServicePolicy", "big").await,
+        Some((padding.clone(), 1))
+    );
+
+    // A newer snapshot replaces the file; the handle a sender holds still reads the old one.
+    let mut sending = follower.get_current_snapshot().await.unwrap().unwrap();
+    follower
+        .apply([normal(2, delete_policy("ServicePolicy", "big"))])
+        .await
+        .unwrap();
+    build_snapshot(&mut follower).await;
+    assert!(!kept.exists(), "the replaced file is removed");
+    assert_eq!(snapshot_files(&follower_path).len(), 1);
+    assert_eq!(snapshot_bytes(&mut sending).await, bytes);
+}
+
+#[tokio::test]
+async fn a_restart_with_a_leftover_partial_spool_is_clean() {
+    let (_dirs, leader_path, follower_path) = leader_and_follower();
+    let (_leader_log, mut leader) = open_store(&leader_path).await;
+    leader
+        .apply([normal(
+            1,
+            apply_policies(vec![policy("ServicePolicy", "a", "a1")]),
+        )])
+        .await
+        .unwrap();
+    let mut snapshot = build_snapshot(&mut leader).await;
+    let bytes = snapshot_bytes(&mut snapshot).await;
+
+    let before = {
+        let (_log, mut follower) = open_store(&follower_path).await;
+        follower
+            .apply([normal(
+                1,
+                apply_policies(vec![policy("ServicePolicy", "old", "o1")]),
+            )])
+            .await
+            .unwrap();
+        build_snapshot(&mut follower).await;
+        let mut received = follower.begin_receiving_snapshot().await.unwrap();
+        received.write_all(&bytes[..bytes.len() / 2]).await.unwrap();
+        // The process dies here: nothing runs the handle's cleanup.
+        std::mem::forget(received);
+        let files = snapshot_files(&follower_path);
+        assert_eq!(
+            files.len(),
+            2,
+            "the current snapshot and the spool: {files:?}"
+        );
+        follower.applied_state().await.unwrap()
+    };
+
+    let (_log, mut follower) = open_store(&follower_path).await;
+    let files = snapshot_files(&follower_path);
+    assert_eq!(files.len(), 1, "only the current snapshot stays: {files:?}");
+    assert!(
+        files.iter().all(|name| name.starts_with("snapshot-")),
+        "{files:?}"
+    );
+    assert_eq!(follower.applied_state().await.unwrap(), before);
+    assert_eq!(
+        stored(&follower, "ServicePolicy", "old").await,
+        Some(("o1".to_owned(), 1))
+    );
+    let mut current = follower.get_current_snapshot().await.unwrap().unwrap();
+    assert!(!snapshot_bytes(&mut current).await.is_empty());
+
+    // The leader sends it again, whole, and it installs.
+    let received = receive(&mut follower, &bytes, 5).await;
+    follower
+        .install_snapshot(&snapshot.meta, received)
+        .await
+        .unwrap();
+    assert_eq!(stored(&follower, "ServicePolicy", "old").await, None);
+    assert_eq!(
+        stored(&follower, "ServicePolicy", "a").await,
+        Some(("a1".to_owned(), 1))
+    );
+    assert_eq!(snapshot_files(&follower_path).len(), 1);
 }
 
 #[tokio::test]
@@ -557,10 +716,10 @@ async fn virtual_ips_survive_a_reopen_and_travel_in_snapshots() {
         .apply([normal(4, delete_policy("ExternalService", "github"))])
         .await
         .unwrap();
-    let snapshot = build_snapshot(&mut leader).await;
+    let mut snapshot = build_snapshot(&mut leader).await;
+    let bytes = snapshot_bytes(&mut snapshot).await;
     let (_log, mut follower) = open_store(&follower_path).await;
-    let mut received = follower.begin_receiving_snapshot().await.unwrap();
-    *received = *snapshot.snapshot.clone();
+    let received = receive(&mut follower, &bytes, 64).await;
     follower
         .install_snapshot(&snapshot.meta, received)
         .await
