@@ -7,7 +7,6 @@ use std::path::Path;
 
 use hyphae_integration::agent::Agent;
 use hyphae_integration::backend::Http2Backend;
-use hyphae_integration::eventually;
 use hyphae_integration::http::{Answer, get, http1_client};
 use hyphae_integration::mesh::{self, caller_agent, endpoint};
 
@@ -33,15 +32,6 @@ async fn all_answered(calls: Vec<tokio::task::JoinHandle<Answer>>) -> Vec<String
     bodies
 }
 
-/// Waits until `server` holds `requests` requests at once.
-async fn holds(server: &Http2Backend, requests: usize) {
-    eventually(
-        &format!("the server to hold {requests} requests"),
-        || async { server.holding() == requests },
-    )
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_above_an_http2_instances_stream_limit_reach_it_on_more_connections() {
     let server = Http2Backend::start(2).await;
@@ -50,7 +40,7 @@ async fn calls_above_an_http2_instances_stream_limit_reach_it_on_more_connection
         server.set_holding(true);
         let calls = start_calls(path.entry, 6);
         // On one connection the instance would see 2 at a time and the rest would wait.
-        holds(&server, 6).await;
+        server.wait_holding(6).await;
         assert_eq!(
             server.connections() - before,
             3,
@@ -84,7 +74,7 @@ spec:
     let caller = caller_agent(AGENT, "app", &[endpoint(&host, "one")], "");
     let calls = start_calls(caller.upstream("app"), 6);
     // The host's inbound port takes 2 streams per connection: 6 calls need 3 of them.
-    holds(&server, 6).await;
+    server.wait_holding(6).await;
     assert_eq!(
         caller
             .metric("hyphae_http2_connections_opened_total", "to=\"peer\"")
@@ -102,7 +92,7 @@ async fn after_an_instances_goaway_calls_go_on_a_new_connection_and_those_on_the
     let agent = mesh::one_agent(AGENT, "app", server.port(), "http2", "");
     let entry = agent.upstream("app");
     let held = start_calls(entry, 1);
-    holds(&server, 1).await;
+    server.wait_holding(1).await;
     server.go_away();
     agent
         .metric_reaches("hyphae_http2_goaways_total", "to=\"instance\"", 1.0)

@@ -139,20 +139,25 @@ impl SnapshotFile {
     }
 }
 
+/// Removes the file at `path` if it is there; a failure is logged as `failed` (each caller's
+/// leftover is removed by the next start, so nothing else is done about it).
+pub(crate) fn remove_file_or_log(path: &std::path::Path, failed: &'static str) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => tracing::warn!(path = %path.display(), %error, "{failed}"),
+    }
+}
+
 impl Drop for SnapshotFile {
     fn drop(&mut self) {
         if let Some(path) = self.spool.take() {
             // One unlink, as quick as the close that follows it; the next start removes any
             // spool left behind.
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-                Err(error) => tracing::warn!(
-                    path = %path.display(),
-                    %error,
-                    "cannot remove an abandoned snapshot spool; the next start removes it"
-                ),
-            }
+            remove_file_or_log(
+                &path,
+                "cannot remove an abandoned snapshot spool; the next start removes it",
+            );
         }
     }
 }

@@ -322,6 +322,15 @@ impl Http2Backend {
         self.shared.holding.load(Ordering::SeqCst)
     }
 
+    /// Waits (polling, within the test deadline) until it holds `requests` requests at once.
+    pub async fn wait_holding(&self, requests: usize) {
+        crate::eventually(
+            &format!("the server to hold {requests} requests"),
+            || async { self.holding() == requests },
+        )
+        .await;
+    }
+
     /// Holds requests (`true`) or answers them, the held ones at once (`false`).
     pub fn set_holding(&self, hold: bool) {
         self.shared.hold.send_replace(hold);

@@ -76,22 +76,13 @@ async fn all_answered(
     bodies
 }
 
-/// Waits until `server` holds `requests` requests at once.
-async fn holds(server: &Http2Backend, requests: usize) {
-    eventually(
-        &format!("the server to hold {requests} requests"),
-        || async { server.holding() == requests },
-    )
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_beyond_the_servers_stream_limit_go_on_more_connections() {
     let server = Http2Backend::start(2).await;
     let tunnels = Arc::new(Tunnels::new(settings(100, 8)));
     let calls = start_calls(&tunnels, &server, 5);
     // On one connection the server would see 2 at a time and the h2 crate would queue 3.
-    holds(&server, 5).await;
+    server.wait_holding(5).await;
     assert_eq!(server.connections(), 3, "2 + 2 + 1 streams");
     server.set_holding(false);
     let bodies = all_answered(calls).await;
@@ -113,7 +104,7 @@ async fn our_own_stream_limit_opens_connections_below_the_servers() {
     let server = Http2Backend::start(100).await;
     let tunnels = Arc::new(Tunnels::new(settings(2, 8)));
     let calls = start_calls(&tunnels, &server, 4);
-    holds(&server, 4).await;
+    server.wait_holding(4).await;
     assert_eq!(server.connections(), 2);
     server.set_holding(false);
     all_answered(calls).await;
@@ -125,7 +116,7 @@ async fn at_the_connection_cap_requests_wait_for_a_stream_on_an_open_connection(
     let server = Http2Backend::start(1).await;
     let tunnels = Arc::new(Tunnels::new(settings(100, 2)));
     let calls = start_calls(&tunnels, &server, 3);
-    holds(&server, 2).await;
+    server.wait_holding(2).await;
     assert_eq!(server.connections(), 2, "no third connection above the cap");
     server.set_holding(false);
     all_answered(calls).await;
@@ -138,7 +129,7 @@ async fn a_connection_that_received_goaway_takes_no_new_request_and_finishes_its
     let server = Http2Backend::start(100).await;
     let tunnels = Arc::new(Tunnels::new(settings(100, 8)));
     let held = start_calls(&tunnels, &server, 1);
-    holds(&server, 1).await;
+    server.wait_holding(1).await;
     server.go_away();
     eventually("the pool to see the GOAWAY", || async {
         let slot = tunnels.slot(server.address, None);

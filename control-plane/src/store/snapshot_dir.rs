@@ -139,16 +139,10 @@ impl SnapshotDir {
     /// Removes snapshot number `number`, no longer needed. A file that stays is only logged:
     /// the next start removes it.
     pub fn remove(&self, number: u64) {
-        let path = self.snapshot_path(number);
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-            Err(error) => tracing::warn!(
-                path = %path.display(),
-                %error,
-                "cannot remove a replaced snapshot; the next start removes it"
-            ),
-        }
+        crate::snapshot_file::remove_file_or_log(
+            &self.snapshot_path(number),
+            "cannot remove a replaced snapshot; the next start removes it",
+        );
     }
 
     /// Holds the current snapshot still: see the field.
