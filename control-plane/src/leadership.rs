@@ -19,7 +19,15 @@ pub struct Transfers {
     /// Shared by each write while it is in Raft; taken whole by a transfer, which so waits for
     /// the writes already let in and lets no new one in until it ends.
     writes: RwLock<()>,
-    elections_held_until: Mutex<Option<Instant>>,
+    elections_held: Mutex<Option<Hold>>,
+}
+
+/// Elections held until `until`, or until a term after `term` begins (the transfer that asked
+/// is over, one way or another: its leader may no longer be able to release the hold).
+#[derive(Clone, Copy, Debug)]
+struct Hold {
+    until: Instant,
+    term: u64,
 }
 
 /// The one transfer a leader runs; dropping it (however the transfer ends) lets the next one in.
@@ -70,22 +78,26 @@ impl Transfers {
         self.writes.write().await
     }
 
-    /// Holds this node's elections for `duration` from now; zero releases them at once.
-    pub fn hold_elections(&self, duration: Duration) {
-        let until = (!duration.is_zero()).then(|| Instant::now() + duration);
+    /// Holds this node's elections for `duration` from now, or until a term after `term` (the
+    /// current one) begins; zero releases them at once.
+    pub fn hold_elections(&self, duration: Duration, term: u64) {
+        let hold = (!duration.is_zero()).then(|| Hold {
+            until: Instant::now() + duration,
+            term,
+        });
         *self
-            .elections_held_until
+            .elections_held
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = until;
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = hold;
     }
 
-    /// Whether a leader's transfer asked this node not to stand for election right now.
-    pub fn elections_held(&self) -> bool {
+    /// Whether a leader's transfer asked this node not to stand for election now, in `term`.
+    pub fn elections_held(&self, term: u64) -> bool {
         let held = self
-            .elections_held_until
+            .elections_held
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        held.is_some_and(|until| Instant::now() < until)
+        held.is_some_and(|hold| Instant::now() < hold.until && term <= hold.term)
     }
 }
 
@@ -144,16 +156,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_hold_ends_by_itself_or_at_a_release() {
+    async fn a_hold_ends_by_itself_at_a_new_term_or_at_a_release() {
         let transfers = Transfers::default();
-        assert!(!transfers.elections_held());
-        transfers.hold_elections(Duration::from_secs(60));
-        assert!(transfers.elections_held());
-        transfers.hold_elections(Duration::ZERO);
-        assert!(!transfers.elections_held(), "released");
-        transfers.hold_elections(Duration::from_millis(20));
+        assert!(!transfers.elections_held(7));
+        transfers.hold_elections(Duration::from_secs(60), 7);
+        assert!(transfers.elections_held(7));
+        assert!(!transfers.elections_held(8), "a new term ends the hold");
+        transfers.hold_elections(Duration::ZERO, 7);
+        assert!(!transfers.elections_held(7), "released");
+        transfers.hold_elections(Duration::from_millis(20), 7);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while transfers.elections_held() {
+        while transfers.elections_held(7) {
             assert!(Instant::now() < deadline, "a hold must run out by itself");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

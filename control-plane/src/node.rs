@@ -78,17 +78,18 @@ impl Node {
         let commit_index = log.commit_index();
         let log_reader = log.clone();
         let heartbeat = millis(config.spec.heartbeat_interval);
+        let lease = millis(config.spec.election_timeout_min);
         let raft_config = openraft::Config {
             cluster_name: "hyphae".to_string(),
             heartbeat_interval: heartbeat,
             // openraft's own election timer is off: the election keeper stands after a
             // pre-vote (decision 47). openraft takes its leader lease (how long a voter refuses
             // votes after hearing from a leader) from `election_timeout_max`: that is our
-            // `electionTimeoutMin`, which the pre-vote answers by too. Its minimum only has to
-            // pass its checks.
+            // `electionTimeoutMin`, which the pre-vote answers by too. Its minimum is how long
+            // a vote request may take (its own timer is off): just under the lease.
             enable_elect: false,
-            election_timeout_min: heartbeat + 1,
-            election_timeout_max: millis(config.spec.election_timeout_min).max(heartbeat + 2),
+            election_timeout_min: lease.saturating_sub(1).max(heartbeat + 1),
+            election_timeout_max: lease.max(heartbeat + 2),
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.spec.snapshot_every),
             max_in_snapshot_log_to_keep: config.spec.logs_kept_after_snapshot,
             snapshot_max_chunk_size: snapshot_chunk_bytes(&config.spec.limits),

@@ -236,7 +236,8 @@ pub async fn serve_rpc(node: &Node, path: &str, body: &[u8]) -> Option<Result<Ve
     let duration =
         Duration::from_millis(request.millis).min(node.config.spec.transfer_timeout.get());
     let answer = if path == HOLD_ELECTIONS_PATH {
-        node.transfers.hold_elections(duration);
+        let term = node.raft.metrics().borrow().current_term;
+        node.transfers.hold_elections(duration, term);
         serde_json::to_vec(&serde_json::json!({}))
     } else {
         serde_json::to_vec(&Campaign {

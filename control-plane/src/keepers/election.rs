@@ -48,7 +48,7 @@ pub async fn keep(node: Arc<Node>, shutdown: CancellationToken) {
             (metrics.state, metrics.current_term, configs)
         };
         let voter = configs.iter().any(|config| config.contains(&me));
-        if state == ServerState::Leader || !voter || node.transfers.elections_held() {
+        if state == ServerState::Leader || !voter || node.transfers.elections_held(term) {
             quiet_since = Instant::now();
             continue;
         }
