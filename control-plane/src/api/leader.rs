@@ -133,19 +133,38 @@ pub(crate) async fn read_barrier(node: &Node, request: &ApiRequest) -> Result<()
     if request.flag("stale")? {
         return Ok(());
     }
-    if node.transfers.in_progress() {
-        // A read index round renews the voters' leader lease, which the transfer waits out.
-        return Err(transfer_in_progress(", or read with ?stale=true").into());
-    }
     let timeout = node.config.spec.write_timeout.get();
-    match tokio::time::timeout(timeout, node.raft.ensure_linearizable()).await {
-        Err(_) => Err(no_quorum(timeout).into()),
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
-            Err(leader_or_unavailable(&forward))
+    tokio::time::timeout(timeout, confirmed_leadership(node))
+        .await
+        .unwrap_or_else(|_| Err(no_quorum(timeout).into()))
+}
+
+/// openraft's read index round: the leader's heartbeat answered by a quorum, each within one
+/// heartbeat interval. A round that a quorum did not answer in time (a loaded follower, a lost
+/// message) is tried again one interval later, until the caller's timeout; any other answer
+/// ends it. Never while a transfer runs: a round renews the voters' leader lease, which the
+/// transfer waits out.
+async fn confirmed_leadership(node: &Node) -> Result<(), Routed> {
+    loop {
+        if node.transfers.in_progress() {
+            return Err(transfer_in_progress(", or read with ?stale=true").into());
         }
-        Ok(Err(error)) => {
-            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "raft", error.to_string()).into())
+        match node.raft.ensure_linearizable().await {
+            Ok(_) => return Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+                tokio::time::sleep(node.config.spec.heartbeat_interval.get()).await;
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
+                return Err(leader_or_unavailable(&forward));
+            }
+            Err(error) => {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "raft",
+                    error.to_string(),
+                )
+                .into());
+            }
         }
     }
 }
