@@ -12,6 +12,7 @@ use std::path::Path;
 
 use hyphae_control_plane::heartbeat_batch::HEARTBEATS_PATH;
 use hyphae_control_plane::network::{APPEND_PATH, SNAPSHOT_PATH, VOTE_PATH};
+use hyphae_control_plane::pre_vote::PRE_VOTE_PATH;
 use hyphae_control_plane::transfer::{ELECT_PATH, HOLD_ELECTIONS_PATH};
 use hyphae_integration::binaries::workspace_binary;
 use hyphae_integration::cluster::Cluster;
@@ -79,6 +80,7 @@ async fn raft_rpcs_need_a_members_certificate_and_agents_speak_only_for_themselv
     for path in [
         APPEND_PATH,
         VOTE_PATH,
+        PRE_VOTE_PATH,
         SNAPSHOT_PATH,
         ELECT_PATH,
         HOLD_ELECTIONS_PATH,
@@ -107,9 +109,30 @@ async fn raft_rpcs_need_a_members_certificate_and_agents_speak_only_for_themselv
             "a member that does not lead may not move leadership ({path})"
         );
     }
+    // A member may ask for a pre-vote; a follower that hears its leader says no, whatever the
+    // term, and changes nothing.
+    let asked = request_as_node(
+        &member,
+        "POST",
+        follower,
+        PRE_VOTE_PATH,
+        r#"{"term": 1000000, "last_log_id": null}"#,
+    )
+    .await
+    .expect("an answer");
+    assert_eq!(asked.status.as_u16(), 200, "{}", asked.text());
+    let answer = asked.json();
+    assert_eq!(answer["granted"], false, "{answer}");
+    assert!(
+        answer["refused"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("heard from the leader")),
+        "{answer}"
+    );
+    assert!(answer["term"].as_u64().is_some_and(|term| term < 1_000_000));
     let log = log_of(dir.path(), follower_id);
     assert!(log.contains("peer RPC refused"), "each refusal is logged");
-    assert!(refused(follower, "peer-rpc").await >= 17.0, "and counted");
+    assert!(refused(follower, "peer-rpc").await >= 20.0, "and counted");
 
     // The agent API: a node certificate, for its own node only.
     let record = |name: &str| {
