@@ -93,29 +93,37 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: Cancellatio
             let admitted = admitted;
             // The handshake within `headerReadTimeout`: a silent client must not hold a place
             // forever, and the port speaks only TLS (plaintext HTTP, say, is refused here).
-            let acceptor = tokio_rustls::TlsAcceptor::from(node.tls.server.load_full());
-            let stream = match tokio::time::timeout(first_byte, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(error)) => {
-                    tracing::info!(%peer, %error, "TLS handshake refused");
-                    crate::refusals::count(crate::refusals::Refusal::Handshake);
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "no TLS handshake within {first_byte:?}; closing");
-                    return;
-                }
+            // This task lives as long as the connection, so it must not be sized for states
+            // it has left: the handshake is boxed (freed when it ends), and the TLS stream is
+            // only borrowed inside this block (a local borrowed anywhere in an async block
+            // keeps its place in the task until its scope ends; here 1.2 KiB). Decision 50.
+            let (io, identity) = {
+                let acceptor = tokio_rustls::TlsAcceptor::from(node.tls.server.load_full());
+                let handshake = Box::pin(tokio::time::timeout(first_byte, acceptor.accept(stream)));
+                let stream = match handshake.await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => {
+                        tracing::info!(%peer, %error, "TLS handshake refused");
+                        crate::refusals::count(crate::refusals::Refusal::Handshake);
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "no TLS handshake within {first_byte:?}; closing");
+                        return;
+                    }
+                };
+                let trust_domain = &node.config.spec.certificates.trust_domain;
+                let identity = Peer::from_certificate(
+                    stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(<[_]>::first),
+                    trust_domain,
+                )
+                .from_address(peer.ip());
+                (TokioIo::new(stream), identity)
             };
-            let trust_domain = &node.config.spec.certificates.trust_domain;
-            let identity = Peer::from_certificate(
-                stream
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(<[_]>::first),
-                trust_domain,
-            )
-            .from_address(peer.ip());
             if admitted.reserved
                 && !identity
                     .control_plane()
@@ -130,9 +138,15 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: Cancellatio
                 let node = Arc::clone(&node);
                 let streams = streams.clone();
                 let identity = identity.clone();
-                async move { Ok::<_, Infallible>(handle(&node, request, identity, &streams).await) }
+                // hyper runs each request in a task that keeps the size of this future for as
+                // long as the answer's body streams: for a watch, the agent's whole connection.
+                // Boxed, the request's work is freed once the answer starts (6.7 KiB per
+                // watch, decision 50).
+                Box::pin(async move {
+                    Ok::<_, Infallible>(handle(&node, request, identity, &streams).await)
+                })
             });
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            let connection = builder.serve_connection(io, service);
             tokio::pin!(connection);
             let result = tokio::select! {
                 result = connection.as_mut() => result,

@@ -12,9 +12,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_channel::mpsc;
+use futures_core::Stream;
 use http_body::Frame;
 use hyphae_policies::watch::{PolicyRecord, WatchEvent};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::changes::ChangeLog;
@@ -26,10 +28,14 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a node that is behind a reconnecting reader's `since` (or has no cluster identity
 /// yet) waits to catch up before it refuses the watch, so the reader tries another node.
 pub const CATCH_UP_WAIT: Duration = Duration::from_secs(3);
-/// Events buffered per stream before the writer waits for the reader.
+/// Events buffered per stream before the writer waits for the reader (one more: the channel
+/// keeps a place for its one sender).
 const STREAM_BUFFER: usize = 16;
 
-/// A response body fed by a channel of lines.
+/// A response body fed by a channel of lines. The channel is futures' bounded mpsc rather than
+/// tokio's: tokio's allocates a block of 32 slots (1 KiB of `Bytes`) for every channel up
+/// front, futures' only a node per queued line, and a node holds thousands of these mostly
+/// idle streams (decision 50).
 pub struct ChannelBody {
     lines: mpsc::Receiver<Bytes>,
 }
@@ -42,8 +48,8 @@ impl http_body::Body for ChannelBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.lines
-            .poll_recv(cx)
+        Pin::new(&mut self.lines)
+            .poll_next(cx)
             .map(|line| line.map(|l| Ok(Frame::data(l))))
     }
 }
@@ -335,10 +341,10 @@ pub async fn open(
         code: "encode",
         message: "this node could not encode the stream's first event; try another node".into(),
     })?;
-    let (sender, lines) = mpsc::channel(STREAM_BUFFER);
+    let (mut sender, lines) = mpsc::channel(STREAM_BUFFER);
     tokio::spawn(async move {
         let _slot = slot;
-        if !send_within(&sender, first, &shutdown).await {
+        if !send_within(&mut sender, first, SEND_PATIENCE, &shutdown).await {
             return;
         }
         loop {
@@ -350,7 +356,7 @@ pub async fn open(
                 Err(_) => {
                     let heartbeat = encode(&WatchEvent::Heartbeat { revision: sent });
                     let Some(heartbeat) = heartbeat else { return };
-                    if !send_within(&sender, heartbeat, &shutdown).await {
+                    if !send_within(&mut sender, heartbeat, SEND_PATIENCE, &shutdown).await {
                         return;
                     }
                 }
@@ -362,7 +368,7 @@ pub async fn open(
                     };
                     sent = sent.max(revision);
                     if let Some(line) = line
-                        && !send_within(&sender, line, &shutdown).await
+                        && !send_within(&mut sender, line, SEND_PATIENCE, &shutdown).await
                     {
                         return;
                     }
@@ -384,16 +390,23 @@ fn encode(event: &WatchEvent) -> Option<Bytes> {
 /// that stopped reading must not hold its place (and buffers) for ever.
 pub const SEND_PATIENCE: Duration = Duration::from_secs(3 * HEARTBEAT_INTERVAL.as_secs());
 
-/// Queues one line for the reader; false when the reader is gone, stalled past
-/// [`SEND_PATIENCE`], or the node is stopping.
+/// Queues one line for the reader; false when the reader is gone, stalled past `patience`
+/// ([`SEND_PATIENCE`]), or the node is stopping.
 async fn send_within(
-    sender: &mpsc::Sender<Bytes>,
+    sender: &mut mpsc::Sender<Bytes>,
     line: Bytes,
+    patience: Duration,
     shutdown: &CancellationToken,
 ) -> bool {
+    let send = async {
+        std::future::poll_fn(|cx| sender.poll_ready(cx))
+            .await
+            .is_ok()
+            && sender.start_send(line).is_ok()
+    };
     tokio::select! {
         () = shutdown.cancelled() => false,
-        sent = tokio::time::timeout(SEND_PATIENCE, sender.send(line)) => matches!(sent, Ok(Ok(()))),
+        sent = tokio::time::timeout(patience, send) => matches!(sent, Ok(true)),
     }
 }
 
@@ -409,6 +422,36 @@ mod tests {
             kind: "Route".into(),
             name: name.into(),
         })
+    }
+
+    #[tokio::test]
+    async fn a_stream_gives_up_on_a_reader_that_stopped_reading_left_or_at_shutdown() {
+        let patience = Duration::from_millis(50);
+        let shutdown = CancellationToken::new();
+        let line = || Bytes::from_static(b"{}\n");
+        // No buffer: one line in flight (the sender's own place), then the reader must take it.
+        let (mut sender, mut lines) = mpsc::channel(0);
+        assert!(send_within(&mut sender, line(), patience, &shutdown).await);
+        let started = std::time::Instant::now();
+        assert!(
+            !send_within(&mut sender, line(), patience, &shutdown).await,
+            "a reader that takes nothing is given up on"
+        );
+        assert!(started.elapsed() >= patience, "but only after the patience");
+        assert!(lines.try_recv().is_ok(), "the queued line");
+        assert!(
+            send_within(&mut sender, line(), patience, &shutdown).await,
+            "a reader that reads again gets lines again"
+        );
+        drop(lines);
+        assert!(!send_within(&mut sender, line(), patience, &shutdown).await);
+        // A stream waiting on a stalled reader ends at shutdown, not after its patience.
+        let (mut sender, _lines) = mpsc::channel(0);
+        assert!(send_within(&mut sender, line(), patience, &shutdown).await);
+        shutdown.cancel();
+        let started = std::time::Instant::now();
+        assert!(!send_within(&mut sender, line(), SEND_PATIENCE, &shutdown).await);
+        assert!(started.elapsed() < SEND_PATIENCE);
     }
 
     #[test]

@@ -20,13 +20,9 @@ pub(crate) async fn open<B>(
         revision: query_param(query, "since").and_then(|s| s.parse().ok()),
         cluster: query_param(query, "cluster").map(str::to_owned),
     };
-    match crate::watch::open(
-        std::sync::Arc::clone(&node.watch),
-        held,
-        shutdown.child_token(),
-    )
-    .await
-    {
+    // The node's own token, not a child of it: a child costs every stream an allocation and a
+    // place in the parent's list, and nothing cancels one stream alone.
+    match crate::watch::open(std::sync::Arc::clone(&node.watch), held, shutdown.clone()).await {
         Ok(body) => {
             let mut response = Response::new(body.boxed());
             response.headers_mut().insert(
