@@ -91,6 +91,7 @@ impl Daemon {
             max_header_list_size: limits.max_header_bytes,
             max_streams_per_connection: limits.max_streams_per_upstream_connection,
             max_connections_per_destination: limits.max_connections_per_upstream,
+            extra_connection_idle_timeout: limits.upstream_connection_idle_timeout.get(),
         };
         // The node's certificate: saved (a join's, or its operator's), or to come from a join.
         let identity: IdentitySlot = Arc::default();

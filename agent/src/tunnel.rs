@@ -54,7 +54,14 @@ pub struct TunnelSettings {
     /// Most connections to one destination (`limits.maxConnectionsPerUpstream`); beyond it
     /// requests wait on the least loaded one.
     pub max_connections_per_destination: u32,
+    /// A connection beyond a destination's first that carried no stream for this long is
+    /// closed (`limits.upstreamConnectionIdleTimeout`).
+    pub extra_connection_idle_timeout: Duration,
 }
+
+/// The sweeper of idle extra connections looks every half idle timeout, never more often than
+/// this.
+const SWEEP_EVERY_MIN: Duration = Duration::from_millis(10);
 
 /// Default ping interval for peer connections.
 pub const DEFAULT_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
@@ -93,6 +100,7 @@ impl PeerSlot {
     fn take(&self, settings: &TunnelSettings) -> Option<(SendRequest<Body>, StreamSlot)> {
         let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
         connections.retain(|c| !c.load.is_draining() && !c.sender.is_closed());
+        close_idle_extras(&mut connections, settings.extra_connection_idle_timeout);
         let limit = settings.max_streams_per_connection;
         let loads = connections
             .iter()
@@ -117,13 +125,32 @@ impl PeerSlot {
             .map(|c| (c.sender.clone(), c.load.take_stream()))
     }
 
-    /// Adds a new connection and takes its first stream.
-    fn add(&self, sender: SendRequest<Body>, load: Arc<ConnectionLoad>) -> StreamSlot {
+    /// Closes the connections beyond the first that have been idle for `timeout`.
+    fn sweep(&self, timeout: Duration) {
+        let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        close_idle_extras(&mut connections, timeout);
+    }
+
+    /// Adds a new connection and takes its first stream; also says whether it is an extra one
+    /// (the destination has others).
+    fn add(&self, sender: SendRequest<Body>, load: Arc<ConnectionLoad>) -> (StreamSlot, bool) {
         let stream = load.take_stream();
         let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
         connections.push(Pooled { sender, load });
-        stream
+        (stream, connections.len() > 1)
     }
+}
+
+/// Drops every connection but the first that has carried no stream for `timeout`: a burst's
+/// extra connections close once it has passed. Called with the slot's lock held, so no request
+/// takes a stream on one meanwhile; hyper closes a connection (GOAWAY) once its last
+/// `SendRequest` is dropped and no stream is open.
+fn close_idle_extras(connections: &mut Vec<Pooled>, timeout: Duration) {
+    let mut index = 0;
+    connections.retain(|c| {
+        index += 1;
+        index == 1 || c.load.idle_for().is_none_or(|idle| idle < timeout)
+    });
 }
 
 /// The slots of one address, each with the node it must prove to be (`None`: any node of the
@@ -135,8 +162,10 @@ type AddressSlots = Vec<(Option<Arc<str>>, Arc<PeerSlot>)>;
 pub struct Tunnels {
     settings: TunnelSettings,
     /// Each address's slots, looked up by the borrowed node name, so finding one allocates
-    /// nothing.
-    peers: Mutex<HashMap<SocketAddr, AddressSlots>>,
+    /// nothing. Shared with the sweeper of idle extra connections.
+    peers: Arc<Mutex<HashMap<SocketAddr, AddressSlots>>>,
+    /// Whether the sweeper runs (started with the first extra connection).
+    sweeping: std::sync::atomic::AtomicBool,
     /// Toward peer agents: the identity whose certificate connections present (none yet:
     /// every connect fails); `None` toward local instances, which are reached in plaintext.
     identity: Option<IdentitySlot>,
@@ -162,7 +191,8 @@ impl Tunnels {
         Tunnels {
             settings,
             identity,
-            peers: Mutex::new(HashMap::new()),
+            peers: Arc::default(),
+            sweeping: std::sync::atomic::AtomicBool::new(false),
             connections: TaskTracker::new(),
             closing: CancellationToken::new(),
         }
@@ -251,8 +281,11 @@ impl Tunnels {
         match connected {
             Ok((sender, load)) => {
                 // Added before the lock is let go, so the requests waiting for it find it.
-                let stream = slot.add(sender.clone(), load);
+                let (stream, extra) = slot.add(sender.clone(), load);
                 drop(connecting);
+                if extra {
+                    self.start_sweeper();
+                }
                 Ok((sender, stream))
             }
             // Full connections are better than none: the request waits for a stream there.
@@ -264,6 +297,38 @@ impl Tunnels {
                 taken.ok_or(error)
             }
         }
+    }
+
+    /// Starts, once, the task that closes idle extra connections of destinations that get no
+    /// more requests (those that do are swept as they take streams). It ends with the pool.
+    fn start_sweeper(&self) {
+        if self
+            .sweeping
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        let peers = Arc::clone(&self.peers);
+        let closing = self.closing.clone();
+        let timeout = self.settings.extra_connection_idle_timeout;
+        self.connections.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = closing.cancelled() => return,
+                    () = tokio::time::sleep((timeout / 2).max(SWEEP_EVERY_MIN)) => {}
+                }
+                let slots: Vec<Arc<PeerSlot>> = {
+                    let peers = peers.lock().unwrap_or_else(|p| p.into_inner());
+                    peers
+                        .values()
+                        .flat_map(|slots| slots.iter().map(|(_, slot)| Arc::clone(slot)))
+                        .collect()
+                };
+                for slot in slots {
+                    slot.sweep(timeout);
+                }
+            }
+        });
     }
 
     /// The slot of `peer` proving to be `node`, made on first use.

@@ -249,6 +249,15 @@ pub async fn echo_once(address: SocketAddr, line: &str) -> Option<String> {
     BufReader::new(read).lines().next_line().await.ok()?
 }
 
+/// Counts a connection of an [`Http2Backend`] as open until dropped, however its task ends.
+struct OpenConnection(Arc<Http2Shared>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// An HTTP/2 (prior knowledge) backend that advertises `SETTINGS_MAX_CONCURRENT_STREAMS` and,
 /// while holding, answers no request until released. Each answer's body names the connection
 /// it came on (`connection N`, numbered from 1 in the order they were accepted).
@@ -263,6 +272,8 @@ pub struct Http2Backend {
 struct Http2Shared {
     /// Connections accepted so far.
     connections: AtomicUsize,
+    /// Connections open now.
+    open: AtomicUsize,
     /// Requests received and not yet answered.
     holding: AtomicUsize,
     /// `true` while requests are held.
@@ -283,6 +294,7 @@ impl Http2Backend {
             .expect("a bound listener has an address");
         let shared = Arc::new(Http2Shared {
             connections: AtomicUsize::new(0),
+            open: AtomicUsize::new(0),
             holding: AtomicUsize::new(0),
             hold: tokio::sync::watch::Sender::new(true),
             go_away: tokio::sync::watch::Sender::new(0),
@@ -315,6 +327,11 @@ impl Http2Backend {
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    /// Connections open now (accepted and not yet closed by either side).
+    pub fn open_connections(&self) -> usize {
+        self.shared.open.load(Ordering::SeqCst)
     }
 
     /// Requests received and not yet answered.
@@ -354,6 +371,8 @@ impl Drop for Http2Backend {
 
 /// Serves connection `number` of an [`Http2Backend`] until it ends.
 async fn serve_http2(stream: TcpStream, shared: Arc<Http2Shared>, number: usize, max_streams: u32) {
+    shared.open.fetch_add(1, Ordering::SeqCst);
+    let _closed = OpenConnection(Arc::clone(&shared));
     let mut go_away = shared.go_away.subscribe();
     let answering = Arc::clone(&shared);
     let service = service_fn(move |_request: Request<Incoming>| {

@@ -242,6 +242,10 @@ pub struct AgentLimits {
     /// Most HTTP/2 connections the agent opens to one peer agent or local instance; beyond
     /// it requests wait for a stream on the least loaded one. Default 8. Read at start.
     pub max_connections_per_upstream: u32,
+    /// An HTTP/2 connection the agent opened beyond a destination's first one, that carried no
+    /// call for this long, is closed: the extra connections a burst opened do not stay open
+    /// for good. Default `60s`. Read at start.
+    pub upstream_connection_idle_timeout: Duration,
     /// Longest a client may take to send a request head. Default `10s`.
     pub header_read_timeout: Duration,
     /// Longest SIGTERM waits for in-flight calls. Default `30s`.
@@ -263,6 +267,7 @@ impl Default for AgentLimits {
             max_pending_accept_reset_streams: 20,
             max_streams_per_upstream_connection: 100,
             max_connections_per_upstream: 8,
+            upstream_connection_idle_timeout: Duration::from_secs(60),
             header_read_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
             snapshot_save_interval: Duration::from_secs(1),

@@ -4,7 +4,8 @@
 //! and one decision; never does I/O.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -58,6 +59,10 @@ pub struct ConnectionLoad {
     settings: Notify,
     /// `peer` or `instance`, for the metric of GOAWAYs.
     to: &'static str,
+    /// When it was opened: what `last_active_ms` counts from.
+    opened: Instant,
+    /// When its last stream ended (or it was opened), in milliseconds after `opened`.
+    last_active_ms: AtomicU64,
 }
 
 impl ConnectionLoad {
@@ -69,7 +74,24 @@ impl ConnectionLoad {
             draining: AtomicBool::new(false),
             settings: Notify::new(),
             to,
+            opened: Instant::now(),
+            last_active_ms: AtomicU64::new(0),
         }
+    }
+
+    /// How long it has carried no stream; `None` while it carries one.
+    pub fn idle_for(&self) -> Option<Duration> {
+        if self.in_flight() > 0 {
+            return None;
+        }
+        let last = Duration::from_millis(self.last_active_ms.load(Ordering::Relaxed));
+        Some(self.opened.elapsed().saturating_sub(last))
+    }
+
+    /// Notes that its last stream ended now.
+    fn went_idle(&self) {
+        let now = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_active_ms.store(now, Ordering::Relaxed);
     }
 
     /// Records the server's `SETTINGS_MAX_CONCURRENT_STREAMS`.
@@ -137,7 +159,9 @@ impl StreamSlot {
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.0.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.0.went_idle();
+        }
     }
 }
 
@@ -173,6 +197,9 @@ mod tests {
         assert_eq!(load.in_flight(), 2);
         drop(first);
         assert_eq!(second.connection().in_flight(), 1);
+        assert!(load.idle_for().is_none(), "a stream is on it");
+        drop(second);
+        assert!(load.idle_for().is_some(), "idle once its last stream ended");
         assert!(!load.is_draining());
         load.went_away();
         assert!(load.is_draining());

@@ -22,6 +22,7 @@ fn settings(max_streams: u32, max_connections: u32) -> TunnelSettings {
         max_header_list_size: 65_536,
         max_streams_per_connection: max_streams,
         max_connections_per_destination: max_connections,
+        extra_connection_idle_timeout: Duration::from_secs(60),
     }
 }
 
@@ -96,6 +97,28 @@ async fn requests_beyond_the_servers_stream_limit_go_on_more_connections() {
             "connection {connection} carried {answered}: {bodies:?}"
         );
     }
+    tunnels.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bursts_extra_connections_close_once_idle_and_the_first_stays() {
+    let server = Http2Backend::start(2).await;
+    let mut idle_quickly = settings(100, 8);
+    idle_quickly.extra_connection_idle_timeout = Duration::from_millis(200);
+    let tunnels = Arc::new(Tunnels::new(idle_quickly));
+    let calls = start_calls(&tunnels, &server, 5);
+    server.wait_holding(5).await;
+    assert_eq!(server.open_connections(), 3, "2 + 2 + 1 streams");
+    server.set_holding(false);
+    all_answered(calls).await;
+    // No request comes after the burst: the pool's sweeper closes the extra ones by itself.
+    eventually("the extra connections to close", || async {
+        server.open_connections() == 1
+    })
+    .await;
+    let after = all_answered(start_calls(&tunnels, &server, 1)).await;
+    assert_eq!(after, ["connection 1"], "the first connection stayed open");
+    assert_eq!(server.connections(), 3, "and no new one was needed");
     tunnels.close().await;
 }
 

@@ -112,6 +112,10 @@ pub(super) fn check(c: &mut Checker, path: &FieldPath, spec: &AgentConfigSpec) {
         spec.limits.max_connections_per_upstream,
     );
     c.positive(
+        limits.key("upstreamConnectionIdleTimeout"),
+        spec.limits.upstream_connection_idle_timeout,
+    );
+    c.positive(
         limits.key("headerReadTimeout"),
         spec.limits.header_read_timeout,
     );
