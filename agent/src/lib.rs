@@ -17,7 +17,8 @@
 //! keeps this node in the control plane's registry with the results of [`health`] checks; both
 //! reach the control plane through one [`control_plane_client`]. [`dev`] embeds a one-node
 //! control plane for `--dev` (cargo feature `dev`; the only module that links the control-plane
-//! crate). [`state`] holds the live load and health that outlive snapshots, [`error`] the table
+//! crate, and only the `hyphae-agent-dev` binary uses it). [`cli`] is both binaries' command
+//! line. [`state`] holds the live load and health that outlive snapshots, [`error`] the table
 //! of failures and their answers. [`daemon`] binds listeners ([`listener`]), owns every task and
 //! drains them; [`admin`] and [`metrics`] show what is going on. [`dns`] answers the mesh zone
 //! (`<service>.mesh`, the service's virtual IP) and forwards other names to the host's resolvers.
@@ -27,6 +28,7 @@ pub mod authz;
 pub mod balance;
 pub mod body;
 pub mod circuit;
+pub mod cli;
 pub mod config;
 pub mod control_plane_client;
 pub mod daemon;

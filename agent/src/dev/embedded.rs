@@ -163,3 +163,27 @@ async fn agent_join(
 
 /// How long the dev agent's join token works.
 const JOIN_TOKEN_TTL: Duration = Duration::from_secs(600);
+
+impl super::DevMode for DevControlPlane {
+    const EMBEDS: bool = true;
+
+    async fn start(listen: SocketAddr, data_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        DevControlPlane::start(listen, data_dir).await
+    }
+
+    fn data_dir(&self) -> &std::path::Path {
+        DevControlPlane::data_dir(self)
+    }
+
+    fn adopt(&self, config: &mut AgentConfig) {
+        DevControlPlane::adopt(self, config);
+    }
+
+    fn failed(&self) -> impl std::future::Future<Output = String> + Send + 'static {
+        DevControlPlane::failed(self)
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        DevControlPlane::stop(self).await
+    }
+}
