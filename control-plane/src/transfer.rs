@@ -189,7 +189,10 @@ pub async fn transfer(node: &Node, to: Option<NodeId>) -> Result<NodeId, Transfe
     )
     .await;
     drop(paused);
-    for &voter in &others {
+    // A held voter's hold ends by itself once it sees the new leader's term; this node, no
+    // longer the leader then, could not release it anyway (only the leader moves leadership).
+    let elected = matches!(campaign, Ok(Campaign { elected: true }));
+    for &voter in others.iter().filter(|_| !elected) {
         let resume = Millis { millis: 0 };
         let resumed: Result<serde_json::Value, String> = call(
             node,
