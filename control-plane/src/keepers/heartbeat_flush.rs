@@ -24,14 +24,18 @@ pub async fn keep(node: Arc<Node>, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(FLUSH_INTERVAL) => {}
         }
-        let leader = {
+        let (me, leader_id) = {
             let metrics = node.raft.metrics();
             let metrics = metrics.borrow();
-            match metrics.current_leader {
-                Some(id) if id == metrics.id => Leader::Itself,
-                Some(id) => node.member_address(id).map_or(Leader::Unknown, Leader::At),
-                None => Leader::Unknown,
-            }
+            (metrics.id, metrics.current_leader)
+        };
+        // The metrics are no longer borrowed here: `member_address` borrows them again, and a
+        // second read of the same lock while openraft waits to write them deadlocks (its lock
+        // lets no new reader in ahead of a waiting writer), stopping the whole node.
+        let leader = match leader_id {
+            Some(id) if id == me => Leader::Itself,
+            Some(id) => node.member_address(id).map_or(Leader::Unknown, Leader::At),
+            None => Leader::Unknown,
         };
         let names = queue.take();
         let address = match leader {
