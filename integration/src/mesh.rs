@@ -91,10 +91,26 @@ pub fn caller_agent(
 }
 
 /// A port for an upstream listener: the config must fix it (the agent refuses port 0 there),
-/// so it is chosen ahead.
+/// so it is chosen ahead, below Linux's ephemeral range (32768 and up by default). A port from
+/// that range, released until the agent binds it, could meanwhile become the local end of any
+/// other test's outgoing connection (which failed a CI run); one from below it can only be
+/// taken by a test that chose the same port, and one that is in use is skipped.
 pub fn upstream_port() -> u16 {
+    use rand::Rng;
+    /// Tries before falling back to a port the kernel picks.
+    const TRIES: usize = 200;
+    let mut random = rand::rng();
+    for _ in 0..TRIES {
+        let port = random.random_range(UPSTREAM_PORTS);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     free_ports(1).unwrap_or_else(|e| panic!("{e}"))[0]
 }
+
+/// Where [`upstream_port`] draws from: below the ephemeral range, above well-known services.
+const UPSTREAM_PORTS: std::ops::Range<u16> = 20_000..32_768;
 
 /// The configuration text of a caller agent (see [`caller_agent`]), listening for `service` on
 /// `upstream_port`; rewrite it for reload tests.
