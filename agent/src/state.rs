@@ -6,12 +6,17 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 
 use hyphae_policies::RetryBudget as BudgetPolicy;
+use smallvec::SmallVec;
 use tokio::time::Instant;
 
 use crate::balance::EndpointLoad;
 use crate::circuit::{Limit, OutlierState};
 use crate::model::{Endpoint, EndpointKey};
 use crate::retry::RetryBudget;
+
+/// The maps a call looks up: std's map with foldhash, as their keys are not chosen by callers
+/// and SipHash was a measurable share of a call's work.
+pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Live state of one endpoint.
 #[derive(Debug)]
@@ -21,6 +26,13 @@ pub struct EndpointState {
     /// Passive health.
     pub outlier: Mutex<OutlierState>,
 }
+
+/// Endpoints paired with their live state, on the stack for services of up to
+/// [`INLINE_ENDPOINTS`] endpoints, so a call's pick allocates nothing.
+pub type EndpointStates<'e> = SmallVec<[(&'e Endpoint, Arc<EndpointState>); INLINE_ENDPOINTS]>;
+
+/// Endpoints of a service a call's pick holds without allocating.
+pub const INLINE_ENDPOINTS: usize = 8;
 
 /// Live state of one service.
 pub struct ServiceState {
@@ -35,7 +47,7 @@ pub struct ServiceState {
     pub streams: Limit,
     /// Round-robin position.
     pub round_robin: AtomicUsize,
-    endpoints: Arc<Mutex<HashMap<EndpointKey, Arc<EndpointState>>>>,
+    endpoints: Arc<Mutex<FastMap<EndpointKey, Arc<EndpointState>>>>,
 }
 
 impl ServiceState {
@@ -50,7 +62,7 @@ impl ServiceState {
     pub fn endpoints<'e>(
         &self,
         endpoints: impl IntoIterator<Item = &'e Endpoint>,
-    ) -> Vec<(&'e Endpoint, Arc<EndpointState>)> {
+    ) -> EndpointStates<'e> {
         let mut states = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
         endpoints
             .into_iter()
@@ -61,7 +73,7 @@ impl ServiceState {
 
 /// The entry for `key`, created fresh if missing.
 fn state_of(
-    states: &mut HashMap<EndpointKey, Arc<EndpointState>>,
+    states: &mut FastMap<EndpointKey, Arc<EndpointState>>,
     key: EndpointKey,
 ) -> Arc<EndpointState> {
     Arc::clone(states.entry(key).or_insert_with(|| {
@@ -75,7 +87,7 @@ fn state_of(
 /// Every service's live state.
 #[derive(Default)]
 pub struct RuntimeState {
-    services: Mutex<HashMap<String, Arc<ServiceState>>>,
+    services: Mutex<FastMap<String, Arc<ServiceState>>>,
 }
 
 impl RuntimeState {

@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::{Request, Response};
+use smallvec::SmallVec;
 use tokio::time::Instant;
 
 use super::Proxy;
@@ -18,7 +19,7 @@ use crate::body::Body;
 use crate::circuit::{self, Outcome};
 use crate::error::{ERROR_HEADER, ProxyError};
 use crate::model::{Endpoint, EndpointKey, Service, Snapshot};
-use crate::state::{EndpointState, ServiceState};
+use crate::state::{EndpointState, INLINE_ENDPOINTS, ServiceState};
 use crate::tunnel::{Pending, PooledBody};
 
 /// An endpoint chosen for one try or stream, with its live state.
@@ -45,7 +46,7 @@ pub fn choose<'s>(
     let mut endpoints = service.endpoints(target.endpoints.iter().filter(|e| {
         subset.is_none_or(|subset| subset.iter().all(|(k, v)| e.tags.get(k) == Some(v)))
     }));
-    let candidates: Vec<Candidate<'_>> = endpoints
+    let candidates: SmallVec<[Candidate<'_>; INLINE_ENDPOINTS]> = endpoints
         .iter()
         .enumerate()
         .map(|(index, (endpoint, endpoint_state))| Candidate {
@@ -72,6 +73,7 @@ pub fn choose<'s>(
         &service.round_robin,
         &mut dice,
     );
+    drop(candidates);
     picked
         .filter(|&index| index < endpoints.len())
         .map(|index| endpoints.swap_remove(index))

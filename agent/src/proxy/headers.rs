@@ -8,6 +8,7 @@ use http::header::{
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue};
+use smallvec::SmallVec;
 
 use crate::error::{Cause, ProxyError};
 
@@ -35,6 +36,10 @@ static HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     UPGRADE,
     TE,
 ];
+
+/// Where `Connection` and `TE` are in [`HOP_BY_HOP`].
+const CONNECTION_INDEX: usize = 0;
+const TE_INDEX: usize = HOP_BY_HOP_COUNT - 1;
 
 /// Where `name` is in [`HOP_BY_HOP`]. Most names are of no hop-by-hop name's length, so one
 /// length check settles them instead of eight comparisons: this runs on every name of every
@@ -97,23 +102,36 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !present.contains(&true) {
         return;
     }
-    let keeps_trailers = headers
-        .get(TE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        });
-    let listed: Vec<HeaderValue> = match headers.entry(CONNECTION) {
-        Entry::Occupied(connection) => connection.remove_entry_mult().1.collect(),
-        Entry::Vacant(_) => Vec::new(),
-    };
-    for name in listed
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-    {
-        headers.remove(name.trim());
+    let keeps_trailers = present[TE_INDEX]
+        && headers
+            .get(TE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            });
+    if present[CONNECTION_INDEX] {
+        // `Connection` usually holds one value, `keep-alive` or `close`: kept on the stack.
+        let listed: SmallVec<[HeaderValue; 2]> = match headers.entry(CONNECTION) {
+            Entry::Occupied(connection) => connection.remove_entry_mult().1.collect(),
+            Entry::Vacant(_) => SmallVec::new(),
+        };
+        present[CONNECTION_INDEX] = false;
+        for token in listed
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+        {
+            // A hop-by-hop name is removed below if it is there; looking it up by text would
+            // parse it again.
+            let known = HOP_BY_HOP
+                .iter()
+                .any(|hop| hop.as_str().eq_ignore_ascii_case(token));
+            if !token.is_empty() && !known {
+                headers.remove(token);
+            }
+        }
     }
     for (name, present) in HOP_BY_HOP.iter().zip(present) {
         if present {
@@ -131,6 +149,8 @@ mod tests {
 
     #[test]
     fn every_hop_by_hop_name_passes_the_length_check() {
+        assert_eq!(HOP_BY_HOP[CONNECTION_INDEX], CONNECTION);
+        assert_eq!(HOP_BY_HOP[TE_INDEX], TE);
         for (i, name) in HOP_BY_HOP.iter().enumerate() {
             assert_eq!(hop_by_hop_index(name), Some(i), "{name}");
         }

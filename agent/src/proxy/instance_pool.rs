@@ -6,7 +6,6 @@
 //! one that is ready, or opens a new one. Every connection's task is owned by the pool, so
 //! [`InstancePool::close`] ends them all.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -28,6 +27,7 @@ use tokio_util::task::TaskTracker;
 use crate::body::{self, Body};
 use crate::error::{Cause, ProxyError};
 use crate::retry::is_unprocessed;
+use crate::state::FastMap;
 
 /// Idle connections kept per instance; more are closed as they come free. Enough for the
 /// concurrency one agent sees toward one instance, few enough that a burst does not leave
@@ -53,7 +53,7 @@ struct Shared {
 /// Every instance's idle connections, newest last, and when they were last swept.
 #[derive(Default)]
 struct IdleLists {
-    by_instance: HashMap<SocketAddr, Vec<Idle>>,
+    by_instance: FastMap<SocketAddr, Vec<Idle>>,
     swept: Option<Instant>,
 }
 
@@ -65,16 +65,23 @@ impl Idle {
 }
 
 impl Shared {
-    /// The newest idle connection to `address` that can take a request now. Stale ones are
-    /// dropped (which closes them); one still finishing its last exchange (hyper marks it
-    /// ready a moment after its answer ends) stays for a later call.
+    /// The newest idle connection to `address` that can take a request now. Stale ones met on
+    /// the way are dropped (which closes them); one still finishing its last exchange (hyper
+    /// marks it ready a moment after its answer ends) stays for a later call. Only the newest
+    /// are looked at, not the whole list: with many kept-alive connections a scan per call
+    /// was a measurable share of a call's work, and [`Shared::give_back`]'s sweep closes the
+    /// stale ones further down.
     fn take(&self, address: SocketAddr) -> Option<SendRequest<Body>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.by_instance.get_mut(&address)?;
         let now = Instant::now();
-        list.retain(|connection| !connection.is_stale(now));
-        let ready = list.iter().rposition(|c| c.sender.is_ready())?;
-        Some(list.remove(ready).sender)
+        while let Some(ready) = list.iter().rposition(|c| c.sender.is_ready()) {
+            let connection = list.remove(ready);
+            if !connection.is_stale(now) {
+                return Some(connection.sender);
+            }
+        }
+        None
     }
 
     /// Keeps `sender` for the next request to `address`, unless the list is full. Every
@@ -97,6 +104,10 @@ impl Shared {
             });
         }
         let list = idle.by_instance.entry(address).or_default();
+        if list.len() >= MAX_IDLE_PER_INSTANCE {
+            // Connections the instance closed may fill the list (after it restarted, say).
+            list.retain(|connection| !connection.is_stale(now));
+        }
         if list.len() < MAX_IDLE_PER_INSTANCE {
             list.push(Idle { sender, since: now });
         }
