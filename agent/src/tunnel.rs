@@ -32,7 +32,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use self::capacity::{Choice, ConnectionLoad, StreamSlot, choose};
+use self::capacity::{Choice, ConnectionLoad, Queued, StreamSlot, choose};
 use self::frames::Watched;
 use crate::body::Body;
 use crate::circuit::Limit;
@@ -87,6 +87,10 @@ struct PeerSlot {
     connecting: tokio::sync::Mutex<()>,
 }
 
+/// A connection given to one request: its sender, the request's stream in its count, and its
+/// place in the connection's queue when the connection was full.
+type Taken = (SendRequest<Body>, StreamSlot, Option<Queued>);
+
 /// An open connection of a destination and its live load.
 struct Pooled {
     sender: SendRequest<Body>,
@@ -97,7 +101,7 @@ impl PeerSlot {
     /// A stream for one request on the connection [`choose`] picks, or `None` when it says to
     /// open another. Connections that closed or drain are dropped from the list first (their
     /// requests go on).
-    fn take(&self, settings: &TunnelSettings) -> Option<(SendRequest<Body>, StreamSlot)> {
+    fn take(&self, settings: &TunnelSettings) -> Option<Taken> {
         let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
         connections.retain(|c| !c.load.is_draining() && !c.sender.is_closed());
         close_idle_extras(&mut connections, settings.extra_connection_idle_timeout);
@@ -106,9 +110,14 @@ impl PeerSlot {
             .iter()
             .map(|c| (c.load.in_flight(), c.load.capacity(limit)));
         match choose(loads, settings.max_connections_per_destination as usize) {
-            Choice::Use(index) | Choice::Queue(index) => {
+            Choice::Use(index) => {
                 let chosen = &connections[index];
-                Some((chosen.sender.clone(), chosen.load.take_stream()))
+                Some((chosen.sender.clone(), chosen.load.take_stream(), None))
+            }
+            Choice::Queue(index) => {
+                let chosen = &connections[index];
+                let (stream, queued) = chosen.load.queue_stream();
+                Some((chosen.sender.clone(), stream, Some(queued)))
             }
             Choice::Open => None,
         }
@@ -116,13 +125,13 @@ impl PeerSlot {
 
     /// A stream on the least loaded open connection, whatever the limits: for when opening
     /// another failed.
-    fn take_any(&self) -> Option<(SendRequest<Body>, StreamSlot)> {
+    fn take_any(&self) -> Option<Taken> {
         let connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
         connections
             .iter()
             .filter(|c| !c.load.is_draining() && !c.sender.is_closed())
             .min_by_key(|c| c.load.in_flight())
-            .map(|c| (c.sender.clone(), c.load.take_stream()))
+            .map(|c| (c.sender.clone(), c.load.take_stream(), None))
     }
 
     /// Closes the connections beyond the first that have been idle for `timeout`.
@@ -215,8 +224,8 @@ impl Tunnels {
 
     /// Sends `request` to `peer` (a peer agent, which must prove to be `node` when given, or a
     /// local HTTP/2 instance), on a connection with a free stream or a new one. While the
-    /// request waits for a connection it holds a slot of `pending` (when given); when none is
-    /// free it is refused at once. A request the peer did not process fails with
+    /// request waits for a connection, or at the connection cap for a stream, it holds a slot
+    /// of `pending` (when given); when none is free it is refused at once. A request the peer did not process fails with
     /// [`ProxyError::Unprocessed`], and the connection that refused it drains, so a resend goes
     /// on another. The answer's body holds the request's stream in its connection's count
     /// until it ends.
@@ -237,7 +246,12 @@ impl Tunnels {
             })?),
             None => None,
         };
-        let (mut sender, stream) = self.stream(peer, node, connect_timeout).await?;
+        let (mut sender, stream, queued) = self.stream(peer, node, connect_timeout).await?;
+        if let Some(queued) = queued {
+            // Every connection is full and there are as many as allowed: the request waits
+            // for a stream, still counted as pending.
+            queued.turn(self.settings.max_streams_per_connection).await;
+        }
         drop(waiting);
         match sender.send_request(request).await {
             Ok(response) => {
@@ -263,7 +277,7 @@ impl Tunnels {
         peer: SocketAddr,
         node: Option<&str>,
         connect_timeout: Duration,
-    ) -> Result<(SendRequest<Body>, StreamSlot), ProxyError> {
+    ) -> Result<Taken, ProxyError> {
         let slot = self.slot(peer, node);
         if let Some(taken) = slot.take(&self.settings) {
             return Ok(taken);
@@ -286,7 +300,7 @@ impl Tunnels {
                 if extra {
                     self.start_sweeper();
                 }
-                Ok((sender, stream))
+                Ok((sender, stream, None))
             }
             // Full connections are better than none: the request waits for a stream there.
             Err(error) => {

@@ -1,7 +1,7 @@
 //! How many streams each HTTP/2 connection to one destination may carry and carries, and which
 //! connection a request takes: the first with a free stream, else a new one up to the cap, else
-//! the least loaded (where the h2 crate queues it), as Envoy's HTTP/2 pool does. Plain counts
-//! and one decision; never does I/O.
+//! the least loaded, where it waits its turn for a stream, as Envoy's HTTP/2 pool does. Plain
+//! counts, one decision and one wait; never does I/O.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -63,6 +63,11 @@ pub struct ConnectionLoad {
     opened: Instant,
     /// When its last stream ended (or it was opened), in milliseconds after `opened`.
     last_active_ms: AtomicU64,
+    /// Requests given it while it was full ([`Choice::Queue`]) that wait for a stream: counted
+    /// in `in_flight` too, but not sent yet.
+    queued: AtomicU32,
+    /// Woken when a stream ends, the server's limit changes or it drains, for the queued.
+    turn: Notify,
 }
 
 impl ConnectionLoad {
@@ -76,6 +81,8 @@ impl ConnectionLoad {
             to,
             opened: Instant::now(),
             last_active_ms: AtomicU64::new(0),
+            queued: AtomicU32::new(0),
+            turn: Notify::new(),
         }
     }
 
@@ -97,6 +104,7 @@ impl ConnectionLoad {
     /// Records the server's `SETTINGS_MAX_CONCURRENT_STREAMS`.
     pub fn server_allows(&self, max_streams: u32) {
         self.server_max.store(max_streams, Ordering::Relaxed);
+        self.turn.notify_waiters();
     }
 
     /// Records that a SETTINGS frame of the server has been read whole.
@@ -110,6 +118,7 @@ impl ConnectionLoad {
         if !self.draining.swap(true, Ordering::Relaxed) {
             crate::metrics::http2_goaway(self.to);
         }
+        self.turn.notify_waiters();
     }
 
     /// Waits until the server's first SETTINGS have been read, so the first requests on the
@@ -121,6 +130,7 @@ impl ConnectionLoad {
     /// Stops handing the connection out; the requests on it go on.
     pub fn drain(&self) {
         self.draining.store(true, Ordering::Relaxed);
+        self.turn.notify_waiters();
     }
 
     /// Whether the connection takes no new requests.
@@ -143,6 +153,62 @@ impl ConnectionLoad {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         StreamSlot(Arc::clone(self))
     }
+
+    /// Counts one more stream on a full connection, queued until [`Queued::turn`] lets it go.
+    pub fn queue_stream(self: &Arc<Self>) -> (StreamSlot, Queued) {
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        let stream = self.take_stream();
+        (stream, Queued(Some(Arc::clone(self))))
+    }
+}
+
+/// A request's place in the queue of a full connection, from [`ConnectionLoad::queue_stream`]
+/// until its turn comes (or it is dropped, when the call gave up).
+#[derive(Debug)]
+pub struct Queued(Option<Arc<ConnectionLoad>>);
+
+impl Queued {
+    /// Waits until fewer streams than the connection may carry (with `limit`, ours) are sent
+    /// and not ended, then takes one: the request is sent only then, so it waits here, where
+    /// the service's `maxPending` counts it, rather than inside the h2 crate, where nothing
+    /// does. A connection that drains lets every queued request go at once; they fail there as
+    /// never processed and are sent again elsewhere.
+    pub async fn turn(mut self, limit: u32) {
+        let Some(load) = self.0.take() else {
+            return;
+        };
+        loop {
+            let turn = load.turn.notified();
+            tokio::pin!(turn);
+            turn.as_mut().enable();
+            let queued = load.queued.load(Ordering::Relaxed);
+            // This request is one of them, so there is always one to take.
+            let Some(after) = queued.checked_sub(1) else {
+                return;
+            };
+            let sent = load.in_flight().saturating_sub(queued);
+            let free = sent < load.capacity(limit) || load.is_draining();
+            if free
+                && load
+                    .queued
+                    .compare_exchange(queued, after, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                return;
+            }
+            if !free {
+                turn.await;
+            }
+        }
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        if let Some(load) = self.0.take() {
+            load.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// One stream's place in its connection's count, held from the moment a request is given the
@@ -161,6 +227,9 @@ impl Drop for StreamSlot {
     fn drop(&mut self) {
         if self.0.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
             self.0.went_idle();
+        }
+        if self.0.queued.load(Ordering::Relaxed) > 0 {
+            self.0.turn.notify_waiters();
         }
     }
 }
@@ -183,6 +252,24 @@ mod tests {
         // A server that allows no stream for now still gets connections, then a queue.
         assert_eq!(choose([(0, 0)], 2), Choice::Open);
         assert_eq!(choose([(1, 0), (0, 0)], 2), Choice::Queue(1));
+    }
+
+    #[tokio::test]
+    async fn a_queued_request_goes_once_a_stream_ends_and_leaves_the_queue_when_dropped() {
+        let load = Arc::new(ConnectionLoad::new("instance"));
+        load.server_allows(1);
+        let first = load.take_stream();
+        let (_second, queued) = load.queue_stream();
+        let waiting = tokio::spawn(queued.turn(100));
+        // One thread: the waiter runs until it waits.
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "the one stream is taken");
+        drop(first);
+        waiting.await.expect("its turn came");
+        assert_eq!(load.queued.load(Ordering::Relaxed), 0);
+        let (_third, gave_up) = load.queue_stream();
+        drop(gave_up);
+        assert_eq!(load.queued.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -191,3 +191,60 @@ async fn an_answer_holds_its_stream_until_its_body_ends() {
     assert_eq!(in_flight(), 0);
     tunnels.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_queued_at_the_connection_cap_count_against_max_pending() {
+    let server = Http2Backend::start(1).await;
+    let tunnels = Arc::new(Tunnels::new(settings(100, 1)));
+    let pending = Arc::new(Limit::default());
+    let send = |tunnels: &Arc<Tunnels>, pending: &Arc<Limit>| {
+        let (tunnels, pending, address) =
+            (Arc::clone(tunnels), Arc::clone(pending), server.address);
+        tokio::spawn(async move {
+            let limit = Pending {
+                limit: &pending,
+                max: 1,
+                service: "backend",
+            };
+            let response = tunnels
+                .send(address, None, CONNECT, get(address), Some(limit))
+                .await?;
+            let status = response.status();
+            let body = response.into_body().collect().await;
+            let body = body
+                .map_err(|e| ProxyError::Reset(Cause::new(e)))?
+                .to_bytes();
+            Ok::<_, ProxyError>((status, String::from_utf8_lossy(&body).into_owned()))
+        })
+    };
+    // The one connection carries the one stream the server allows.
+    let first = send(&tunnels, &pending);
+    server.wait_holding(1).await;
+    assert_eq!(pending.current(), 0, "a request on a stream is not pending");
+    // The second waits for that stream, as pending.
+    let second = send(&tunnels, &pending);
+    eventually("the second request to wait as pending", || async {
+        pending.current() == 1
+    })
+    .await;
+    // A third finds `maxPending` (1) reached and is refused at once.
+    let third = send(&tunnels, &pending).await.expect("a call task");
+    assert!(
+        matches!(
+            third,
+            Err(ProxyError::Overloaded {
+                limit: "max-pending",
+                ..
+            })
+        ),
+        "{third:?}"
+    );
+    server.set_holding(false);
+    for call in [first, second] {
+        let (status, body) = call.await.expect("a call task").expect("an answer");
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "connection 1"));
+    }
+    assert_eq!(pending.current(), 0);
+    assert_eq!(server.connections(), 1);
+    tunnels.close().await;
+}
