@@ -421,7 +421,10 @@ impl Tunnels {
             .keep_alive_timeout(self.settings.keep_alive_timeout)
             .keep_alive_while_idle(true)
             .max_header_list_size(self.settings.max_header_list_size)
-            .handshake(io)
+            // Boxed: hyper spawns a task per request whose future has the size of its
+            // connection's (an enum of the two), connection state and I/O included, so an
+            // I/O held inline (a TLS stream) was copied twice and allocated once per request.
+            .handshake(Box::new(io))
             .await
             .map_err(|e| ProxyError::ConnectFailed {
                 address: peer.to_string(),
