@@ -345,10 +345,10 @@ async fn forward_to_instance(
     let authority = request_authority(&parts).unwrap_or_else(|| instance.authority.clone());
     strip_hop_by_hop(&mut parts.headers);
     let path = path_or_root(&parts);
-    let retry_buffer = proxy.snapshot.load().limits.retry_buffer_bytes as usize;
-    let body = ReplayBody::new(body, retry_buffer);
     let response = match instance.protocol {
         Protocol::Http2 | Protocol::Grpc => {
+            let retry_buffer = proxy.snapshot.load().limits.retry_buffer_bytes as usize;
+            let body = ReplayBody::new(body, retry_buffer);
             parts.headers.remove(http::header::HOST);
             let uri = absolute_uri(Scheme::HTTP, authority, path)?;
             resend_unprocessed(&body, |body| {
@@ -366,12 +366,13 @@ async fn forward_to_instance(
                 .map_err(|e| ProxyError::BadRequest(Cause::new(e)))?;
             parts.headers.insert(http::header::HOST, host);
             // HTTP/1.1 to an origin server: the target in origin form, the authority in `Host`.
-            let uri = Uri::from(path);
-            resend_unprocessed(&body, |body| {
-                let request = to_instance(&parts, uri.clone(), http::Version::HTTP_11, body);
-                proxy.local.http1.send(instance.address, request)
-            })
-            .await?
+            // The pool sends a request its connection never took once more by itself.
+            parts.uri = Uri::from(path);
+            parts.version = http::Version::HTTP_11;
+            // What the peer's side attached to its request is not the instance's business.
+            parts.extensions.clear();
+            let request = Request::from_parts(parts, body);
+            proxy.local.http1.send(instance.address, request).await?
         }
     };
     let declared = response

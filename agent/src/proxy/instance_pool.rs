@@ -136,8 +136,10 @@ impl InstancePool {
     }
 
     /// Sends `request` to the instance at `address` on an idle connection, or on a new one.
-    /// A request the instance never read (its connection closed first) fails with
-    /// [`ProxyError::Unprocessed`], so the caller may send it again.
+    /// A request hyper never started to write (its connection had closed, decision 30) comes
+    /// back untouched and goes once more on a new connection: no copy of it is kept for that,
+    /// and its body was never read. Failing there too, it fails with
+    /// [`ProxyError::Unprocessed`].
     pub async fn send(
         &self,
         address: SocketAddr,
@@ -147,7 +149,17 @@ impl InstancePool {
             Some(sender) => sender,
             None => self.connect(address, false).await?,
         };
-        let response = sender.send_request(request).await.map_err(send_error)?;
+        let response = match sender.try_send_request(request).await {
+            Ok(response) => response,
+            Err(mut failed) => match failed.take_message() {
+                Some(request) => {
+                    tracing::debug!(%address, error = %ErrorChain(failed.error()), "the instance's connection closed before the request was written; sending it on a new one");
+                    sender = self.connect(address, false).await?;
+                    sender.send_request(request).await.map_err(send_error)?
+                }
+                None => return Err(send_error(failed.into_error())),
+            },
+        };
         if response.body().is_end_stream() {
             self.shared.give_back(address, sender);
             return Ok(response.map(body::boxed));
