@@ -8,8 +8,10 @@ use tokio::net::TcpStream;
 /// What a connection speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Detected {
-    /// HTTP/1.x or HTTP/2: served by the HTTP proxy.
-    Http,
+    /// HTTP/1.x: served by the HTTP proxy.
+    Http1,
+    /// HTTP/2 with prior knowledge (the connection preface): served by the HTTP proxy.
+    Http2,
     /// Anything else: carried as bytes.
     Tcp,
 }
@@ -22,11 +24,11 @@ pub fn classify(prefix: &[u8]) -> Option<Detected> {
     if prefix.starts_with(b"PRI * HTTP/2.0")
         || b"PRI * HTTP/2.0".starts_with(prefix) && prefix.len() >= 4
     {
-        return Some(Detected::Http);
+        return Some(Detected::Http2);
     }
     let token_len = prefix.iter().take_while(|b| b.is_ascii_uppercase()).count();
     match prefix.get(token_len) {
-        Some(b' ') if (3..=7).contains(&token_len) => Some(Detected::Http),
+        Some(b' ') if (3..=7).contains(&token_len) => Some(Detected::Http1),
         Some(_) => Some(Detected::Tcp),
         None if prefix.len() >= SNIFF_BYTES => Some(Detected::Tcp),
         None => None,
@@ -64,9 +66,10 @@ mod tests {
 
     #[test]
     fn methods_and_the_h2_preface_are_http_everything_else_tcp() {
-        assert_eq!(classify(b"GET / HT"), Some(Detected::Http));
-        assert_eq!(classify(b"OPTIONS "), Some(Detected::Http));
-        assert_eq!(classify(b"PRI * HTTP/2.0\r\n"), Some(Detected::Http));
+        assert_eq!(classify(b"GET / HT"), Some(Detected::Http1));
+        assert_eq!(classify(b"OPTIONS "), Some(Detected::Http1));
+        assert_eq!(classify(b"PRI * HTTP/2.0\r\n"), Some(Detected::Http2));
+        assert_eq!(classify(b"PRI "), Some(Detected::Http2));
         assert_eq!(classify(b"\x16\x03\x01\x02"), Some(Detected::Tcp));
         assert_eq!(classify(b"hello wo"), Some(Detected::Tcp));
         assert_eq!(classify(b"GE"), None);

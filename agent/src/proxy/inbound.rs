@@ -113,10 +113,13 @@ pub async fn serve(
     let service = service_fn(move |request: Request<Incoming>| {
         let proxy = Arc::clone(&proxy);
         let caller = Arc::clone(&caller);
-        async move {
+        // Boxed: hyper spawns a task per stream holding this future, and a task's future is
+        // copied whole as it is built, spawned, finished and dropped; a box is copied as a
+        // pointer, and the call's large state is written once.
+        Box::pin(async move {
             let request = request.map(body::boxed);
             Ok::<_, Infallible>(deliver(&proxy, &caller, request).await)
-        }
+        })
     });
     let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())

@@ -12,7 +12,6 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyphae_policies::{ErrorChain, Protocol};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -47,52 +46,85 @@ pub async fn serve(
     peer: SocketAddr,
     shutdown: CancellationToken,
 ) {
-    let limits = proxy.snapshot.load().limits.clone();
-    if let Target::Service(service) = &target
-        && speaks_tcp(&proxy, service, &stream).await
-    {
-        return serve_tcp(&proxy, service, stream, peer).await;
+    let detected = match &target {
+        Target::Service(service) if declared_opaque(&proxy, service) => Detected::Tcp,
+        _ => detect::detect(&stream, DETECT_TIMEOUT).await,
+    };
+    let result = match (detected, target) {
+        (Detected::Tcp, Target::Service(service)) => {
+            return serve_tcp(&proxy, &service, stream, peer).await;
+        }
+        (Detected::Http2, target) => serve_http2(proxy, target, stream, &shutdown).await,
+        // On the HTTP proxy port every client is taken for HTTP/1.1: hyper answers one that
+        // is not with a 400, or closes it at the header read timeout.
+        (Detected::Http1 | Detected::Tcp, target) => {
+            serve_http1(proxy, target, stream, &shutdown).await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%peer, error = %ErrorChain(&error), "outbound connection ended with an error");
     }
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout.get())
-        .max_buf_size((limits.max_header_bytes as usize).max(MIN_HTTP1_BUFFER));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        .max_pending_accept_reset_streams(limits.max_pending_accept_reset_streams as usize)
-        .max_header_list_size(limits.max_header_bytes);
+}
+
+/// Serves an HTTP/1.1 connection (upgrades included). Each request's future is held inline:
+/// hyper keeps it in one place per connection, so boxing it would only add an allocation.
+async fn serve_http1(
+    proxy: Arc<Proxy>,
+    target: Target,
+    stream: TcpStream,
+    shutdown: &CancellationToken,
+) -> Result<(), hyper::Error> {
+    let limits = proxy.snapshot.load().limits.clone();
     let service = service_fn(move |request: Request<Incoming>| {
         let proxy = Arc::clone(&proxy);
         let target = target.clone();
         async move { Ok::<_, Infallible>(handle(&proxy, &target, request).await) }
     });
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    let result = crate::listener::serve_until_shutdown(connection, &shutdown, |c| {
-        c.graceful_shutdown();
-    })
-    .await;
-    if let Err(error) = result {
-        tracing::debug!(%peer, error = %ErrorChain(&*error), "outbound connection ended with an error");
-    }
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout.get())
+        .max_buf_size((limits.max_header_bytes as usize).max(MIN_HTTP1_BUFFER))
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    crate::listener::serve_until_shutdown(connection, shutdown, |c| c.graceful_shutdown()).await
+}
+
+/// Serves an HTTP/2 connection (prior knowledge). Each request's future is boxed: hyper spawns
+/// a task per stream holding it, and a task's future is copied whole as it is built, spawned,
+/// finished and dropped (decision 52).
+async fn serve_http2(
+    proxy: Arc<Proxy>,
+    target: Target,
+    stream: TcpStream,
+    shutdown: &CancellationToken,
+) -> Result<(), hyper::Error> {
+    let limits = proxy.snapshot.load().limits.clone();
+    let service = service_fn(move |request: Request<Incoming>| {
+        let proxy = Arc::clone(&proxy);
+        let target = target.clone();
+        Box::pin(async move { Ok::<_, Infallible>(handle(&proxy, &target, request).await) })
+    });
+    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_pending_accept_reset_streams(limits.max_pending_accept_reset_streams as usize)
+        .max_header_list_size(limits.max_header_bytes)
+        .serve_connection(TokioIo::new(stream), service);
+    crate::listener::serve_until_shutdown(connection, shutdown, |c| c.graceful_shutdown()).await
 }
 
 /// Longest the agent waits for a client's first bytes before treating the connection as
 /// opaque TCP (server-first protocols send nothing).
 pub const DETECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// True when the connection should be carried as bytes: the service is declared `tcp`/`tls`,
-/// or the client's first bytes are not HTTP.
-async fn speaks_tcp(proxy: &Proxy, service: &str, stream: &TcpStream) -> bool {
-    let declared_opaque = proxy
+/// True when `service` is declared `tcp`/`tls`: its connections are carried as bytes without
+/// looking at them.
+fn declared_opaque(proxy: &Proxy, service: &str) -> bool {
+    proxy
         .snapshot
         .load()
         .service(service)
-        .is_some_and(|s| matches!(s.protocol, Protocol::Tcp | Protocol::Tls));
-    declared_opaque || detect::detect(stream, DETECT_TIMEOUT).await == Detected::Tcp
+        .is_some_and(|s| matches!(s.protocol, Protocol::Tcp | Protocol::Tls))
 }
 
 /// Carries an opaque TCP connection to `service` over a CONNECT stream. The connection's own
