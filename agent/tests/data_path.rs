@@ -51,6 +51,39 @@ async fn get_by_host(caller: &Agent, host: &str, path: &str) -> Answer {
         .expect("an answer through the proxy port")
 }
 
+/// GETs `path` through `caller`'s HTTP proxy port over HTTP/2 with prior knowledge, with
+/// `authority` as the `:authority`; the status and the `x-seen-host` the backend echoed.
+async fn get_by_authority_over_http2(
+    caller: &Agent,
+    authority: &str,
+    path: &str,
+) -> (u16, Option<String>) {
+    let proxy = caller.http_proxy.expect("proxy port");
+    let stream = tokio::net::TcpStream::connect(proxy)
+        .await
+        .expect("connect to the proxy port");
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("an HTTP/2 handshake with the proxy port");
+    tokio::spawn(connection);
+    let request = http::Request::get(format!("http://{authority}{path}"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("a request with a valid authority");
+    let response = tokio::time::timeout(DEADLINE, sender.send_request(request))
+        .await
+        .expect("an answer in time")
+        .expect("an answer through the proxy port");
+    let seen = response
+        .headers()
+        .get("x-seen-host")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    (response.status().as_u16(), seen)
+}
+
 /// Makes `calls` GETs to `svc` through `caller`, each of which must be a 200 from the backend
 /// named `by`.
 async fn all_answered_by(caller: &Agent, calls: usize, by: &str) {
@@ -117,15 +150,19 @@ async fn http1_and_http2_calls_cross_two_agents_by_port_and_by_proxy() {
     let answer = get_by_host(&caller, "svc.mesh:8080", "/x").await;
     assert_eq!(answer.status, 200);
     assert_eq!(answer.header("x-seen-host"), Some("svc.mesh:8080"));
+    // The proxy port speaks HTTP/2 with prior knowledge too, routing by `:authority`.
+    let (status, seen) = get_by_authority_over_http2(&caller, "svc.mesh:8080", "/x").await;
+    assert_eq!(status, 200, "HTTP/2 on the proxy port");
+    assert_eq!(seen.as_deref(), Some("svc.mesh:8080"));
 
     let answered = caller
         .metric("hyphae_requests_total", "route=\"default\"")
         .await;
     assert_eq!(
-        answered, 3.0,
+        answered, 4.0,
         "requests counted by service, route and status class"
     );
-    assert_eq!(backend.requests(), 3);
+    assert_eq!(backend.requests(), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
