@@ -1,7 +1,8 @@
 //! `cargo xtask bench push`: how long a policy change takes to reach every agent. A three-node
 //! control plane, N simulated agents in this process (one HTTP/2 watch stream each, spread
-//! round-robin over the nodes), K policy writes to the leader; for each write, the time from its
-//! answer until each agent holds the new revision. Prints a table and writes
+//! round-robin over the nodes, received on `--receivers` threads of their own), K policy writes
+//! to the leader; for each write, the time from its answer until each agent holds the new
+//! revision. Prints a table and writes
 //! `target/bench/push.json`. Fails only when something is broken, never because it is slow.
 
 use std::net::SocketAddr;
@@ -47,9 +48,13 @@ pub(super) const NODE_LOG_LEVEL: &str = "error";
 const AGENTS: Bounded<usize, [usize; 2]> = Bounded::new("--agents", [1000, 5000], 1..=50_000);
 /// `--rounds`: policy writes per population size.
 const ROUNDS: Bounded<u32> = Bounded::new("--rounds", 10, 1..=1000);
-/// Runtime worker threads for the simulated agents: one, so the three nodes keep most of the
-/// machine (the coordinating code runs on the main thread beside it).
-const AGENT_THREADS: usize = 1;
+/// `--receivers`: threads that receive the simulated agents' streams, each a single-threaded
+/// runtime with its own I/O driver, agent `i` on thread `i mod R`. Two, one per core of the
+/// machine the figures come from: with one, the nodes had written everything while this
+/// process was still decrypting and parsing what they wrote on one core, the other idle, and
+/// the figure measured that queue, not the control plane (decision 52). Real agents receive on
+/// hosts of their own. The coordinator (writes, progress) runs on the main thread beside them.
+const RECEIVERS: Bounded<usize> = Bounded::new("--receivers", 2, 1..=64);
 /// Agents connecting at once (from connect until their snapshot), so the nodes' accept
 /// backlogs never overflow into SYN retries.
 const CONNECT_CONCURRENCY: usize = 128;
@@ -85,10 +90,10 @@ const SEED_FILES: [&str; 4] = [
 const CHANGED_POLICY: &str = "bench-push";
 
 /// `cargo xtask bench push --help`.
-pub const USAGE: &str = "usage: cargo xtask bench push [--agents N ...] [--rounds K]
+pub const USAGE: &str = "usage: cargo xtask bench push [--agents N ...] [--rounds K] [--receivers R]
 
 Starts a three-node control plane (release build), opens N simulated agents in this process
-(one HTTP/2 watch stream each, round-robin over the nodes), waits for every snapshot, then
+(one HTTP/2 watch stream each, round-robin over the nodes, received on R threads), waits for every snapshot, then
 writes one small ServicePolicy to the leader K times. For each write it measures the time from
 the write's answer until each agent holds its revision, and prints p50, p99 and max over all
 agents and rounds, with each node's CPU and RSS and this process's CPU. Writes
@@ -97,6 +102,8 @@ target/bench/push.json; node logs go to target/bench/push-cluster/.
 options:
   --agents N     agents to simulate; repeat or separate with commas (default 1000 then 5000)
   --rounds K     policy writes per population size (default 10)
+  --receivers R  threads receiving the agents' streams, each with its own runtime (default 2;
+                 1 is how the bench measured before decision 52)
 
 Every agent holds a file descriptor here and on a node: the bench raises its soft open-file
 limit to the hard limit, and asks for `ulimit -n` when even that is too low.";
@@ -108,21 +115,27 @@ struct Options {
     agents: Vec<usize>,
     /// Policy writes per population size.
     rounds: u32,
+    /// Threads receiving the agents' streams.
+    receivers: usize,
 }
 
 impl Options {
-    /// Parses `--agents N[,N...]` (repeatable) and `--rounds K`; `None` for `--help`.
+    /// Parses `--agents N[,N...]` (repeatable), `--rounds K` and `--receivers R`; `None` for
+    /// `--help`.
     fn parse(args: &[String]) -> Result<Option<Options>> {
         let mut agents = Vec::new();
         let mut rounds = ROUNDS.default;
-        let names = [AGENTS.name, ROUNDS.name];
+        let mut receivers = RECEIVERS.default;
+        let names = [AGENTS.name, ROUNDS.name, RECEIVERS.name];
         let run = parse_options(args, USAGE, &names, |name, text| {
             if name == AGENTS.name {
                 for text in text.split(',') {
                     agents.push(AGENTS.parse(text)?);
                 }
-            } else {
+            } else if name == ROUNDS.name {
                 rounds = ROUNDS.parse(text)?;
+            } else {
+                receivers = RECEIVERS.parse(text)?;
             }
             Ok(())
         })?;
@@ -132,7 +145,11 @@ impl Options {
         if agents.is_empty() {
             agents = AGENTS.default.to_vec();
         }
-        Ok(Some(Options { agents, rounds }))
+        Ok(Some(Options {
+            agents,
+            rounds,
+            receivers,
+        }))
     }
 }
 
@@ -151,11 +168,11 @@ pub fn run(args: &[String]) -> Result<()> {
     let dir = root.join(BENCH_DIR);
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     let bench = Bench {
-        runtime: tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(AGENT_THREADS)
+        runtime: tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .context("start the agents' runtime")?,
+            .context("start the coordinator's runtime")?,
+        receivers: options.receivers,
         seed: seed_policies(&root.join("policies/examples"))?,
         ticks_per_second: clock_ticks()?,
         cluster_dir: dir.join("push-cluster"),
@@ -236,8 +253,10 @@ fn change(round: u32) -> String {
 
 /// Settings and tools shared by every population size.
 struct Bench {
-    /// Runs the agents and the writes.
+    /// Runs the writes and watches progress, on the main thread.
     runtime: tokio::runtime::Runtime,
+    /// Threads receiving the agents' streams.
+    receivers: usize,
     /// The policies stored before the agents connect.
     seed: String,
     /// Unit of the CPU times in `/proc/PID/stat`.
@@ -368,12 +387,9 @@ impl Bench {
             .await
             .context("a node certificate for the simulated agents")?;
         let shared = Arc::new(Shared::new(agents, Some(agent)));
-        let mut watchers = JoinSet::new();
+        let addresses: Vec<SocketAddr> = nodes.iter().map(|n| n.address).collect();
         let connecting = Instant::now();
-        for agent in 0..agents {
-            let address = nodes[agent % nodes.len()].address;
-            watchers.spawn(watch(agent, address, Arc::clone(&shared)));
-        }
+        let receivers = Receivers::start(self.receivers, &addresses, &shared)?;
         let behind = shared.wait_for(seeded, CONNECT_TIMEOUT).await;
         let connect = connecting.elapsed();
         if behind > 0 {
@@ -426,7 +442,7 @@ impl Bench {
         let machine = machine_busy_seconds(self.ticks_per_second)? - machine_before;
         let ours: f64 = cpu_after.iter().zip(&cpu_before).map(|(a, b)| a - b).sum();
         let (rss_after, rss_peak) = (rss("VmRSS")?, rss("VmHWM")?);
-        watchers.shutdown().await;
+        receivers.stop().await?;
 
         let watchers_of = |index: usize| agents / NODES + usize::from(index < agents % NODES);
         let node_costs = nodes
@@ -525,7 +541,7 @@ impl Bench {
             "settings": {
                 "nodes": NODES,
                 "rounds": self.rounds,
-                "agentThreads": AGENT_THREADS,
+                "receiverThreads": self.receivers,
                 "connectConcurrency": CONNECT_CONCURRENCY,
                 "roundGapMs": ROUND_GAP.as_millis(),
                 "roundTimeoutSeconds": ROUND_TIMEOUT.as_secs(),
@@ -675,6 +691,72 @@ impl Shared {
                     .map(|(_, at)| *at)
             })
             .collect()
+    }
+}
+
+/// The threads that run the simulated agents, each a single-threaded runtime of its own (its own
+/// I/O driver and timers), so receiving spreads over the cores as real agents' hosts would.
+struct Receivers {
+    /// Set to end every agent.
+    stop: tokio::sync::watch::Sender<bool>,
+    /// The threads, each ending once its agents have.
+    threads: Vec<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl Receivers {
+    /// Starts `threads` threads running agents `0..shared.holds.len()`, agent `i` on thread
+    /// `i mod threads`, watching node `i mod nodes`.
+    fn start(threads: usize, nodes: &[SocketAddr], shared: &Arc<Shared>) -> Result<Receivers> {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let agents = shared.holds.len();
+        let mut handles = Vec::with_capacity(threads);
+        for thread in 0..threads {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("start a receiving thread's runtime")?;
+            let shared = Arc::clone(shared);
+            let nodes = nodes.to_vec();
+            let mut stopped = stopped.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("receiver-{thread}"))
+                .spawn(move || {
+                    runtime.block_on(async {
+                        let mut watchers = JoinSet::new();
+                        for agent in (thread..agents).step_by(threads) {
+                            let server = nodes[agent % nodes.len()];
+                            watchers.spawn(watch(agent, server, Arc::clone(&shared)));
+                        }
+                        // An error here means the sender is gone: stop as well.
+                        let _ = stopped.wait_for(|stop| *stop).await;
+                        watchers.shutdown().await;
+                    });
+                    Ok(())
+                })
+                .context("start a receiving thread")?;
+            handles.push(handle);
+        }
+        Ok(Receivers {
+            stop,
+            threads: handles,
+        })
+    }
+
+    /// Ends every agent and waits for the threads.
+    async fn stop(self) -> Result<()> {
+        self.stop.send_replace(true);
+        let threads = self.threads;
+        tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                match thread.join() {
+                    Ok(result) => result?,
+                    Err(_) => bail!("a receiving thread panicked"),
+                }
+            }
+            Ok(())
+        })
+        .await
+        .context("wait for the receiving threads")?
     }
 }
 
@@ -832,10 +914,10 @@ fn report(bench: &Bench, results: &[Measured]) -> String {
     let dash = || "-".to_string();
     let mut out = format!(
         "\npush benchmark: {NODES} control-plane nodes, {} policy writes per row, agents on \
-         {AGENT_THREADS} runtime thread, {cpus} CPUs\nlatency: from the write's answer until an \
+         {} receiving thread(s), {cpus} CPUs\nlatency: from the write's answer until an \
          agent holds its revision, over every agent and round (0 when the agent had it first); \
          send p99: the same from sending the write\n\n",
-        bench.rounds
+        bench.rounds, bench.receivers
     );
     out.push_str(&format!(
         "{:>7} {:>9} {:>8} {:>8} {:>8} {:>10} {:>7} {:>7} {:>10} {:>10} {:>11}\n",
@@ -993,21 +1075,31 @@ mod tests {
             Options::parse(&[]).unwrap().unwrap(),
             Options {
                 agents: AGENTS.default.to_vec(),
-                rounds: ROUNDS.default
+                rounds: ROUNDS.default,
+                receivers: RECEIVERS.default,
             }
         );
         let options = Options::parse(&args(&[
-            "--agents", "10,20", "--agents", "30", "--rounds", "3",
+            "--agents",
+            "10,20",
+            "--agents",
+            "30",
+            "--rounds",
+            "3",
+            "--receivers",
+            "1",
         ]))
         .unwrap()
         .unwrap();
         assert_eq!(options.agents, vec![10, 20, 30]);
         assert_eq!(options.rounds, 3);
+        assert_eq!(options.receivers, 1);
         for bad in [
             &["--agents", "0"][..],
             &["--agents", "many"],
             &["--agents", "100000"],
             &["--rounds", "0"],
+            &["--receivers", "0"],
             &["--rounds"],
             &["--fast"],
         ] {
