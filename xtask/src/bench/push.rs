@@ -55,6 +55,9 @@ const ROUNDS: Bounded<u32> = Bounded::new("--rounds", 10, 1..=1000);
 /// the figure measured that queue, not the control plane (decision 52). Real agents receive on
 /// hosts of their own. The coordinator (writes, progress) runs on the main thread beside them.
 const RECEIVERS: Bounded<usize> = Bounded::new("--receivers", 2, 1..=64);
+/// `--control-plane PATH`: the node binary to measure instead of the workspace's release build,
+/// so two builds can be measured in alternating runs on the same machine state.
+const CONTROL_PLANE: &str = "--control-plane";
 /// Agents connecting at once (from connect until their snapshot), so the nodes' accept
 /// backlogs never overflow into SYN retries.
 const CONNECT_CONCURRENCY: usize = 128;
@@ -91,6 +94,7 @@ const CHANGED_POLICY: &str = "bench-push";
 
 /// `cargo xtask bench push --help`.
 pub const USAGE: &str = "usage: cargo xtask bench push [--agents N ...] [--rounds K] [--receivers R]
+                               [--control-plane PATH]
 
 Starts a three-node control plane (release build), opens N simulated agents in this process
 (one HTTP/2 watch stream each, round-robin over the nodes, received on R threads), waits for every snapshot, then
@@ -104,6 +108,9 @@ options:
   --rounds K     policy writes per population size (default 10)
   --receivers R  threads receiving the agents' streams, each with its own runtime (default 2;
                  1 is how the bench measured before decision 52)
+  --control-plane PATH
+                 measure this hyphae-control-plane binary instead of target/release's (A/B
+                 runs of two builds)
 
 Every agent holds a file descriptor here and on a node: the bench raises its soft open-file
 limit to the hard limit, and asks for `ulimit -n` when even that is too low.";
@@ -117,6 +124,8 @@ struct Options {
     rounds: u32,
     /// Threads receiving the agents' streams.
     receivers: usize,
+    /// The node binary, when not the workspace's release build.
+    control_plane: Option<PathBuf>,
 }
 
 impl Options {
@@ -126,7 +135,8 @@ impl Options {
         let mut agents = Vec::new();
         let mut rounds = ROUNDS.default;
         let mut receivers = RECEIVERS.default;
-        let names = [AGENTS.name, ROUNDS.name, RECEIVERS.name];
+        let mut control_plane = None;
+        let names = [AGENTS.name, ROUNDS.name, RECEIVERS.name, CONTROL_PLANE];
         let run = parse_options(args, USAGE, &names, |name, text| {
             if name == AGENTS.name {
                 for text in text.split(',') {
@@ -134,8 +144,10 @@ impl Options {
                 }
             } else if name == ROUNDS.name {
                 rounds = ROUNDS.parse(text)?;
-            } else {
+            } else if name == RECEIVERS.name {
                 receivers = RECEIVERS.parse(text)?;
+            } else {
+                control_plane = Some(PathBuf::from(text));
             }
             Ok(())
         })?;
@@ -149,6 +161,7 @@ impl Options {
             agents,
             rounds,
             receivers,
+            control_plane,
         }))
     }
 }
@@ -162,7 +175,11 @@ pub fn run(args: &[String]) -> Result<()> {
         return Ok(());
     }
     let root = util::root();
-    let bin = root.join("target/release");
+    let control_plane = match options.control_plane {
+        Some(path) => std::path::absolute(&path)
+            .with_context(|| format!("{CONTROL_PLANE} {}", path.display()))?,
+        None => root.join("target/release/hyphae-control-plane"),
+    };
     let largest = options.agents.iter().copied().max().unwrap_or(0);
     let fd_limit = raise_fd_limit(largest)?;
     let dir = root.join(BENCH_DIR);
@@ -176,7 +193,7 @@ pub fn run(args: &[String]) -> Result<()> {
         seed: seed_policies(&root.join("policies/examples"))?,
         ticks_per_second: clock_ticks()?,
         cluster_dir: dir.join("push-cluster"),
-        bin,
+        control_plane,
         rounds: options.rounds,
     };
     let mut results = Vec::new();
@@ -263,8 +280,8 @@ struct Bench {
     ticks_per_second: f64,
     /// Where each size's cluster keeps configs, data and logs (emptied per size).
     cluster_dir: PathBuf,
-    /// The release binaries.
-    bin: PathBuf,
+    /// The node binary.
+    control_plane: PathBuf,
     /// Policy writes per size.
     rounds: u32,
 }
@@ -345,7 +362,7 @@ impl Bench {
         );
         util::empty_dir(&self.cluster_dir)?;
         let (cluster, leader, nodes) = start_cluster(
-            &self.bin,
+            &self.control_plane,
             &self.cluster_dir,
             &limits_spec(agents),
             &self.runtime,
@@ -542,6 +559,7 @@ impl Bench {
                 "nodes": NODES,
                 "rounds": self.rounds,
                 "receiverThreads": self.receivers,
+                "controlPlane": self.control_plane.display().to_string(),
                 "connectConcurrency": CONNECT_CONCURRENCY,
                 "roundGapMs": ROUND_GAP.as_millis(),
                 "roundTimeoutSeconds": ROUND_TIMEOUT.as_secs(),
@@ -551,7 +569,7 @@ impl Bench {
             "machine": machine,
             "versions": {
                 "hyphae-control-plane":
-                    first_line(Command::new(self.bin.join("hyphae-control-plane")).arg("--version")),
+                    first_line(Command::new(&self.control_plane).arg("--version")),
             },
             "rows": rows,
         })
@@ -568,15 +586,16 @@ pub(super) struct Node {
     pub pid: u32,
 }
 
-/// Starts the bench's cluster of [`NODES`] release nodes in `dir` with `spec` (quiet logs):
-/// the cluster, its leader's id once every node agrees, and each node's id, port and process.
+/// Starts the bench's cluster of [`NODES`] nodes of the binary `control_plane` in `dir` with
+/// `spec` (quiet logs): the cluster, its leader's id once every node agrees, and each node's
+/// id, port and process.
 pub(super) fn start_cluster(
-    bin: &Path,
+    control_plane: &Path,
     dir: &Path,
     spec: &str,
     runtime: &tokio::runtime::Runtime,
 ) -> Result<(Cluster, u64, Vec<Node>)> {
-    let mut cluster = Cluster::configure(&bin.join("hyphae-control-plane"), dir, NODES, spec)?;
+    let mut cluster = Cluster::configure(control_plane, dir, NODES, spec)?;
     cluster.set_log_level(NODE_LOG_LEVEL);
     cluster.start_all()?;
     let leader = runtime.block_on(cluster.leader())?;
@@ -1077,6 +1096,7 @@ mod tests {
                 agents: AGENTS.default.to_vec(),
                 rounds: ROUNDS.default,
                 receivers: RECEIVERS.default,
+                control_plane: None,
             }
         );
         let options = Options::parse(&args(&[
