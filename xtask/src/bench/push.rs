@@ -22,8 +22,9 @@ use hyphae_integration::cluster::Cluster;
 use hyphae_integration::http::tls_stream;
 use hyphae_integration::trust;
 use hyphae_policies::tls::Credentials;
-use hyphae_policies::watch::{WATCH_PATH, WatchEvent};
+use hyphae_policies::watch::WATCH_PATH;
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -403,7 +404,7 @@ impl Bench {
             .node_credentials(&leader_address.to_string(), "bench-agent", &[])
             .await
             .context("a node certificate for the simulated agents")?;
-        let shared = Arc::new(Shared::new(agents, Some(agent)));
+        let shared = Arc::new(Shared::new(agents, self.rounds, Some(agent)));
         let addresses: Vec<SocketAddr> = nodes.iter().map(|n| n.address).collect();
         let connecting = Instant::now();
         let receivers = Receivers::start(self.receivers, &addresses, &shared)?;
@@ -648,12 +649,16 @@ struct Shared {
 }
 
 impl Shared {
-    /// Slots for `agents` agents presenting `agent`, none of which holds anything yet.
-    fn new(agents: usize, agent: Option<Credentials>) -> Shared {
+    /// Slots for `agents` agents presenting `agent`, none of which holds anything yet, with
+    /// room for a snapshot and `rounds` deltas each (so no round grows them).
+    fn new(agents: usize, rounds: u32, agent: Option<Credentials>) -> Shared {
+        let room = rounds as usize + 1;
         Shared {
             agent,
             holds: (0..agents).map(|_| AtomicU64::new(0)).collect(),
-            arrivals: (0..agents).map(|_| Mutex::new(Vec::new())).collect(),
+            arrivals: (0..agents)
+                .map(|_| Mutex::new(Vec::with_capacity(room)))
+                .collect(),
             connecting: Semaphore::new(CONNECT_CONCURRENCY),
             errors: AtomicU64::new(0),
             first_error: Mutex::new(None),
@@ -821,11 +826,10 @@ async fn stream(
                 continue;
             };
             let at = Instant::now();
-            for line in lines.push(&data) {
-                let event: WatchEvent =
-                    serde_json::from_slice(&line).context("decode a watch event")?;
-                if !matches!(event, WatchEvent::Heartbeat { .. }) {
-                    shared.received(agent, event.revision(), at);
+            for line in lines.push(data) {
+                let event: Seen = serde_json::from_slice(&line).context("decode a watch event")?;
+                if event.kind != Kind::Heartbeat {
+                    shared.received(agent, event.revision, at);
                     permit = None;
                 }
             }
@@ -900,6 +904,28 @@ async fn apply(server: SocketAddr, yaml: String) -> Result<(u64, Instant)> {
     Ok((revision, acked))
 }
 
+/// What a simulated agent reads of each watch event (`hyphae_policies::watch::WatchEvent`):
+/// its type and revision. The rest is checked to be JSON and skipped: decoding policies is
+/// the agent's work on its own host, and here it would be this process's CPU taken from the
+/// nodes it measures (decision 52).
+#[derive(Deserialize)]
+struct Seen {
+    /// The event's `type`.
+    #[serde(rename = "type")]
+    kind: Kind,
+    /// The revision it brings the reader to.
+    revision: u64,
+}
+
+/// The types of watch event, as `WatchEvent` names them.
+#[derive(Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Kind {
+    Snapshot,
+    Delta,
+    Heartbeat,
+}
+
 /// Splits a byte stream into lines, wherever the frames happen to break it.
 #[derive(Default)]
 struct Lines {
@@ -909,19 +935,28 @@ struct Lines {
 
 impl Lines {
     /// Adds `data` and returns the lines it completed, without their newlines; empty lines
-    /// are skipped.
-    fn push(&mut self, data: &[u8]) -> Vec<Bytes> {
-        // Only the new bytes can hold a newline.
-        let mut from = self.partial.len();
-        self.partial.extend_from_slice(data);
+    /// are skipped. Lines wholly inside `data` (the usual case: a node sends each event in
+    /// one frame) are slices of it, not copies.
+    fn push(&mut self, mut data: Bytes) -> Vec<Bytes> {
         let mut lines = Vec::new();
-        while let Some(offset) = self.partial[from..].iter().position(|&b| b == b'\n') {
-            let line = self.partial.split_to(from + offset + 1).freeze();
+        if !self.partial.is_empty() {
+            let Some(end) = data.iter().position(|&b| b == b'\n') else {
+                self.partial.extend_from_slice(&data);
+                return lines;
+            };
+            self.partial.extend_from_slice(&data.split_to(end + 1));
+            let line = std::mem::take(&mut self.partial).freeze();
             if line.len() > 1 {
                 lines.push(line.slice(..line.len() - 1));
             }
-            from = 0;
         }
+        while let Some(end) = data.iter().position(|&b| b == b'\n') {
+            let line = data.split_to(end + 1);
+            if line.len() > 1 {
+                lines.push(line.slice(..line.len() - 1));
+            }
+        }
+        self.partial.extend_from_slice(&data);
         lines
     }
 }
@@ -1042,19 +1077,61 @@ mod tests {
     #[test]
     fn lines_are_split_wherever_the_frames_break() {
         let mut lines = Lines::default();
-        assert!(lines.push(b"{\"a\"").is_empty());
+        let push = |lines: &mut Lines, data: &'static [u8]| lines.push(Bytes::from_static(data));
+        assert!(push(&mut lines, b"{\"a\"").is_empty());
         assert_eq!(
-            lines.push(b":1}\n\n{\"b\":2}\n{\"c"),
+            push(&mut lines, b":1}\n\n{\"b\":2}\n{\"c"),
             vec![
                 Bytes::from_static(b"{\"a\":1}"),
                 Bytes::from_static(b"{\"b\":2}")
             ]
         );
         assert_eq!(
-            lines.push(b"\":3}\n"),
-            vec![Bytes::from_static(b"{\"c\":3}")]
+            push(&mut lines, b"\":3}\n{\"d\":4}\n"),
+            vec![
+                Bytes::from_static(b"{\"c\":3}"),
+                Bytes::from_static(b"{\"d\":4}")
+            ]
         );
-        assert!(lines.push(b"").is_empty());
+        assert!(push(&mut lines, b"").is_empty());
+        assert!(push(&mut lines, b"{\"e\"").is_empty());
+        assert!(push(&mut lines, b":5").is_empty());
+        assert_eq!(
+            push(&mut lines, b"}\n"),
+            vec![Bytes::from_static(b"{\"e\":5}")]
+        );
+    }
+
+    #[test]
+    fn agents_read_the_type_and_revision_of_every_kind_of_event() {
+        use hyphae_policies::watch::WatchEvent;
+        let events = [
+            WatchEvent::Snapshot {
+                revision: 3,
+                policies: Vec::new(),
+                nodes: Vec::new(),
+                cluster: Some("c".into()),
+                virtual_ips: Default::default(),
+            },
+            WatchEvent::Delta {
+                revision: 4,
+                upserts: Vec::new(),
+                deletes: vec![("Route".into(), "a".into())],
+                node_upserts: Vec::new(),
+                node_deletes: vec!["n".into()],
+                virtual_ips: None,
+            },
+            WatchEvent::Heartbeat { revision: 4 },
+        ];
+        let seen: Vec<(bool, u64)> = events
+            .iter()
+            .map(|event| {
+                let seen: Seen =
+                    serde_json::from_slice(&serde_json::to_vec(event).unwrap()).unwrap();
+                (seen.kind == Kind::Heartbeat, seen.revision)
+            })
+            .collect();
+        assert_eq!(seen, [(false, 3), (false, 4), (true, 4)]);
     }
 
     #[test]
@@ -1077,7 +1154,7 @@ mod tests {
 
     #[test]
     fn arrivals_are_the_first_at_or_after_the_revision() {
-        let shared = Shared::new(2, None);
+        let shared = Shared::new(2, 3, None);
         let start = Instant::now();
         shared.received(0, 5, start);
         shared.received(0, 7, start + Duration::from_millis(2));
