@@ -394,6 +394,116 @@ mod tests {
         })
     }
 
+    /// A store in `dir` with a cluster identity at revision 1; applies go through openraft's
+    /// state machine trait, as a node's do.
+    async fn store(dir: &std::path::Path) -> crate::store::StateMachineStore {
+        let (_log, mut state_machine) = crate::store::open(dir.join("raft.redb"), 100)
+            .await
+            .expect("a fresh store opens");
+        apply(
+            &mut state_machine,
+            1,
+            crate::state::Command::SetClusterId { id: "c".into() },
+        )
+        .await;
+        state_machine
+    }
+
+    async fn apply(
+        state_machine: &mut crate::store::StateMachineStore,
+        index: u64,
+        command: crate::state::Command,
+    ) {
+        use openraft::storage::RaftStateMachine;
+        let entry = crate::raft::Entry {
+            log_id: openraft::testing::log_id(1, 1, index),
+            payload: openraft::EntryPayload::Normal(command),
+        };
+        state_machine
+            .apply([entry])
+            .await
+            .expect("the store applies");
+    }
+
+    /// The next line queued for `body`, `None` once the stream ended.
+    async fn queued(body: &mut ChannelBody) -> Option<Bytes> {
+        std::future::poll_fn(|cx| Pin::new(&mut body.lines).poll_next(cx)).await
+    }
+
+    /// The next line of `body`, within a deadline.
+    async fn next_line(body: &mut ChannelBody) -> WatchEvent {
+        let line = tokio::time::timeout(Duration::from_secs(5), queued(body))
+            .await
+            .expect("a line within the deadline")
+            .expect("the stream is open");
+        serde_json::from_slice(&line).expect("a watch event")
+    }
+
+    #[tokio::test]
+    async fn the_fan_out_sends_each_revision_and_catches_up_a_reader_that_fell_behind() {
+        let dir = tempfile::TempDir::new().expect("a temporary directory");
+        let mut state_machine = store(dir.path()).await;
+        let feed = Feed::new(state_machine.reader(), 10);
+        let shutdown = CancellationToken::new();
+        let mut reading = open(Arc::clone(&feed), Held::default(), shutdown.clone())
+            .await
+            .expect("a stream opens");
+        let mut stalled = open(Arc::clone(&feed), Held::default(), shutdown.clone())
+            .await
+            .expect("a stream opens");
+        for body in [&mut reading, &mut stalled] {
+            assert!(matches!(
+                next_line(body).await,
+                WatchEvent::Snapshot { revision: 1, .. }
+            ));
+        }
+        // One stream reads every revision; the other reads nothing until its queue is full.
+        let revisions = 2..(2 + STREAM_BUFFER as u64 + 4);
+        for index in revisions.clone() {
+            let name = format!("r{index}");
+            apply(
+                &mut state_machine,
+                index,
+                apply_policies(vec![doc("Route", &name, &name)]),
+            )
+            .await;
+            let WatchEvent::Delta {
+                revision, upserts, ..
+            } = next_line(&mut reading).await
+            else {
+                panic!("a delta");
+            };
+            assert_eq!((revision, upserts.len()), (index, 1));
+        }
+        // The stalled reader gets the deltas its queue held, then, once it reads again, one
+        // delta of everything it missed, without a new revision.
+        let last = revisions.end - 1;
+        let mut held = 1;
+        let mut upserts_seen = std::collections::BTreeSet::new();
+        while held < last {
+            let WatchEvent::Delta {
+                revision, upserts, ..
+            } = next_line(&mut stalled).await
+            else {
+                panic!("a delta");
+            };
+            assert!(revision > held, "never back in time");
+            held = revision;
+            upserts_seen.extend(upserts.into_iter().map(|u| u.name));
+        }
+        assert_eq!(
+            upserts_seen.len(),
+            revisions.count(),
+            "every change reached the reader that fell behind"
+        );
+        // At shutdown the streams end.
+        shutdown.cancel();
+        for body in [&mut reading, &mut stalled] {
+            let end = tokio::time::timeout(Duration::from_secs(5), queued(body)).await;
+            assert!(matches!(end, Ok(None)), "the stream ends");
+        }
+    }
+
     #[test]
     fn a_reader_gets_only_what_changed_after_the_revision_it_holds() {
         let mut state = State::new();
