@@ -19,6 +19,8 @@ use hyphae_policies::watch::{PolicyRecord, WatchEvent};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+mod fanout;
+
 use crate::changes::ChangeLog;
 use crate::state::{PolicyKey, State, StateKey, StoredPolicy};
 use crate::store::StateReader;
@@ -232,12 +234,12 @@ async fn first_event(
     }
 }
 
-/// The watch streams of one node: its applied state, and the last step worked out for a
-/// stream, shared by every stream that asks the same question. At each revision almost every
-/// stream holds the same revision, so the delta is read and encoded once, not once per stream.
+/// The watch streams of one node: its applied state, the streams that just opened, and the one
+/// task ([`fanout`]) that feeds them all. At each revision almost every stream holds the same
+/// revision, so the delta is read and encoded once, not once per stream, and no stream has a
+/// task, a timer or a wake-up of its own (decision 53).
 pub struct Feed {
     reader: StateReader,
-    last: tokio::sync::Mutex<Option<Step>>,
     /// The last snapshot line encoded, with its revision: thousands of agents reconnecting
     /// after a restart cost one encode per revision, not one per stream.
     snapshot: tokio::sync::Mutex<Option<(u64, Bytes)>>,
@@ -246,15 +248,20 @@ pub struct Feed {
     /// Streams open now, against `max_streams`.
     open_streams: Arc<std::sync::atomic::AtomicUsize>,
     max_streams: usize,
+    /// Streams whose first line is queued, waiting for the fan-out task to take them.
+    joining: std::sync::Mutex<Joining>,
+    /// Wakes the fan-out task when a stream joins.
+    joined: tokio::sync::Notify,
+    /// Whether the fan-out task was started (by the first stream).
+    started: std::sync::atomic::AtomicBool,
 }
 
-/// What a stream holding `held` sends once the node has applied `latest`.
-#[derive(Clone)]
-struct Step {
-    held: u64,
-    latest: u64,
-    /// The revision the stream reaches, and the line to send (`None`: nothing changed).
-    outcome: (u64, Option<Bytes>),
+/// Streams handed to the fan-out task.
+#[derive(Default)]
+struct Joining {
+    streams: Vec<fanout::Subscriber>,
+    /// The task has ended (the node is stopping): a stream that joins now is ended at once.
+    closed: bool,
 }
 
 impl Feed {
@@ -262,11 +269,13 @@ impl Feed {
     pub fn new(reader: StateReader, max_streams: u32) -> Arc<Feed> {
         Arc::new(Feed {
             reader,
-            last: tokio::sync::Mutex::new(None),
             snapshot: tokio::sync::Mutex::new(None),
             snapshot_encodes: std::sync::atomic::AtomicU64::new(0),
             open_streams: Arc::default(),
             max_streams: max_streams as usize,
+            joining: std::sync::Mutex::default(),
+            joined: tokio::sync::Notify::new(),
+            started: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -295,37 +304,44 @@ impl Feed {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The revision a stream holding `held` reaches now that `latest` is applied, with the
-    /// encoded event to send, if any; `None` if the event could not be encoded.
-    async fn next(&self, held: u64, latest: u64) -> Option<(u64, Option<Bytes>)> {
-        let mut last = self.last.lock().await;
-        if let Some(step) = last.as_ref()
-            && step.held == held
-            && step.latest == latest
-        {
-            return Some(step.outcome.clone());
+    /// Hands `stream` to the fan-out task, starting the task with the first stream; a stream
+    /// that joins after the task ended (the node is stopping) is dropped, which ends it.
+    fn join(self: &Arc<Self>, stream: fanout::Subscriber, shutdown: &CancellationToken) {
+        if !self.started.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            let feed = Arc::clone(self);
+            let revisions = self.reader.subscribe();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                fanout::run(Arc::clone(&feed), revisions, shutdown).await;
+                let mut joining = feed.lock_joining();
+                joining.closed = true;
+                joining.streams.clear();
+            });
         }
-        let (event, revision) = self
-            .reader
-            .read_with_changes(|state, changes| (catch_up(state, changes, held), state.revision()))
-            .await;
-        let outcome = match event {
-            // Only blank, membership or no-change entries: nothing to tell.
-            None => (revision, None),
-            Some(event) => (event.revision(), Some(encode(&event)?)),
-        };
-        *last = Some(Step {
-            held,
-            latest,
-            outcome: outcome.clone(),
-        });
-        Some(outcome)
+        let mut joining = self.lock_joining();
+        if !joining.closed {
+            joining.streams.push(stream);
+        }
+        drop(joining);
+        self.joined.notify_one();
+    }
+
+    /// The streams that joined since the last call.
+    fn take_joining(&self) -> Vec<fanout::Subscriber> {
+        std::mem::take(&mut self.lock_joining().streams)
+    }
+
+    /// The joining list; it holds no invariant a panic elsewhere could break.
+    fn lock_joining(&self) -> std::sync::MutexGuard<'_, Joining> {
+        self.joining
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
 /// Opens a stream for one reader that holds `held`: its first event is decided before the
-/// answer starts (a refusal is an error status, not a stream), then a task feeds it until the
-/// reader goes away or `shutdown`.
+/// answer starts (a refusal is an error status, not a stream) and queued, then the node's
+/// fan-out task feeds it until the reader goes away or `shutdown`.
 pub async fn open(
     feed: Arc<Feed>,
     held: Held,
@@ -333,7 +349,7 @@ pub async fn open(
 ) -> Result<ChannelBody, Refusal> {
     let slot = StreamSlot::take(&feed.open_streams, feed.max_streams)?;
     let mut revisions = feed.reader.subscribe();
-    let (mut sent, first) = match first_event(&feed.reader, &mut revisions, &held).await? {
+    let (sent, first) = match first_event(&feed.reader, &mut revisions, &held).await? {
         Opening::Snapshot => feed.snapshot_line().await,
         Opening::Event(event) => encode(&event).map(|line| (event.revision(), line)),
     }
@@ -341,42 +357,16 @@ pub async fn open(
         code: "encode",
         message: "this node could not encode the stream's first event; try another node".into(),
     })?;
-    let (mut sender, lines) = mpsc::channel(STREAM_BUFFER);
-    tokio::spawn(async move {
-        let _slot = slot;
-        if !send_within(&mut sender, first, SEND_PATIENCE, &shutdown).await {
-            return;
-        }
-        loop {
-            let changed = tokio::select! {
-                () = shutdown.cancelled() => return,
-                changed = tokio::time::timeout(HEARTBEAT_INTERVAL, revisions.changed()) => changed,
-            };
-            match changed {
-                Err(_) => {
-                    let heartbeat = encode(&WatchEvent::Heartbeat { revision: sent });
-                    let Some(heartbeat) = heartbeat else { return };
-                    if !send_within(&mut sender, heartbeat, SEND_PATIENCE, &shutdown).await {
-                        return;
-                    }
-                }
-                Ok(Err(_)) => return,
-                Ok(Ok(())) => {
-                    let latest = *revisions.borrow_and_update();
-                    let Some((revision, line)) = feed.next(sent, latest).await else {
-                        return;
-                    };
-                    sent = sent.max(revision);
-                    if let Some(line) = line
-                        && !send_within(&mut sender, line, SEND_PATIENCE, &shutdown).await
-                    {
-                        return;
-                    }
-                }
-            }
-        }
-    });
-    Ok(ChannelBody { lines })
+    let (mut lines, body) = mpsc::channel(STREAM_BUFFER);
+    // The queue is new and empty: the first line always fits.
+    if lines.try_send(first).is_err() {
+        return Err(Refusal {
+            code: "encode",
+            message: "this node could not queue the stream's first event; try another node".into(),
+        });
+    }
+    feed.join(fanout::Subscriber::new(lines, sent, slot), &shutdown);
+    Ok(ChannelBody { lines: body })
 }
 
 /// One event as a JSON line.
@@ -389,26 +379,6 @@ fn encode(event: &WatchEvent) -> Option<Bytes> {
 /// Longest a stream waits for its reader to take a line before it drops the stream: a reader
 /// that stopped reading must not hold its place (and buffers) for ever.
 pub const SEND_PATIENCE: Duration = Duration::from_secs(3 * HEARTBEAT_INTERVAL.as_secs());
-
-/// Queues one line for the reader; false when the reader is gone, stalled past `patience`
-/// ([`SEND_PATIENCE`]), or the node is stopping.
-async fn send_within(
-    sender: &mut mpsc::Sender<Bytes>,
-    line: Bytes,
-    patience: Duration,
-    shutdown: &CancellationToken,
-) -> bool {
-    let send = async {
-        std::future::poll_fn(|cx| sender.poll_ready(cx))
-            .await
-            .is_ok()
-            && sender.start_send(line).is_ok()
-    };
-    tokio::select! {
-        () = shutdown.cancelled() => false,
-        sent = tokio::time::timeout(patience, send) => matches!(sent, Ok(true)),
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -424,34 +394,114 @@ mod tests {
         })
     }
 
+    /// A store in `dir` with a cluster identity at revision 1; applies go through openraft's
+    /// state machine trait, as a node's do.
+    async fn store(dir: &std::path::Path) -> crate::store::StateMachineStore {
+        let (_log, mut state_machine) = crate::store::open(dir.join("raft.redb"), 100)
+            .await
+            .expect("a fresh store opens");
+        apply(
+            &mut state_machine,
+            1,
+            crate::state::Command::SetClusterId { id: "c".into() },
+        )
+        .await;
+        state_machine
+    }
+
+    async fn apply(
+        state_machine: &mut crate::store::StateMachineStore,
+        index: u64,
+        command: crate::state::Command,
+    ) {
+        use openraft::storage::RaftStateMachine;
+        let entry = crate::raft::Entry {
+            log_id: openraft::testing::log_id(1, 1, index),
+            payload: openraft::EntryPayload::Normal(command),
+        };
+        state_machine
+            .apply([entry])
+            .await
+            .expect("the store applies");
+    }
+
+    /// The next line queued for `body`, `None` once the stream ended.
+    async fn queued(body: &mut ChannelBody) -> Option<Bytes> {
+        std::future::poll_fn(|cx| Pin::new(&mut body.lines).poll_next(cx)).await
+    }
+
+    /// The next line of `body`, within a deadline.
+    async fn next_line(body: &mut ChannelBody) -> WatchEvent {
+        let line = tokio::time::timeout(Duration::from_secs(5), queued(body))
+            .await
+            .expect("a line within the deadline")
+            .expect("the stream is open");
+        serde_json::from_slice(&line).expect("a watch event")
+    }
+
     #[tokio::test]
-    async fn a_stream_gives_up_on_a_reader_that_stopped_reading_left_or_at_shutdown() {
-        let patience = Duration::from_millis(50);
+    async fn the_fan_out_sends_each_revision_and_catches_up_a_reader_that_fell_behind() {
+        let dir = tempfile::TempDir::new().expect("a temporary directory");
+        let mut state_machine = store(dir.path()).await;
+        let feed = Feed::new(state_machine.reader(), 10);
         let shutdown = CancellationToken::new();
-        let line = || Bytes::from_static(b"{}\n");
-        // No buffer: one line in flight (the sender's own place), then the reader must take it.
-        let (mut sender, mut lines) = mpsc::channel(0);
-        assert!(send_within(&mut sender, line(), patience, &shutdown).await);
-        let started = std::time::Instant::now();
-        assert!(
-            !send_within(&mut sender, line(), patience, &shutdown).await,
-            "a reader that takes nothing is given up on"
+        let mut reading = open(Arc::clone(&feed), Held::default(), shutdown.clone())
+            .await
+            .expect("a stream opens");
+        let mut stalled = open(Arc::clone(&feed), Held::default(), shutdown.clone())
+            .await
+            .expect("a stream opens");
+        for body in [&mut reading, &mut stalled] {
+            assert!(matches!(
+                next_line(body).await,
+                WatchEvent::Snapshot { revision: 1, .. }
+            ));
+        }
+        // One stream reads every revision; the other reads nothing until its queue is full.
+        let revisions = 2..(2 + STREAM_BUFFER as u64 + 4);
+        for index in revisions.clone() {
+            let name = format!("r{index}");
+            apply(
+                &mut state_machine,
+                index,
+                apply_policies(vec![doc("Route", &name, &name)]),
+            )
+            .await;
+            let WatchEvent::Delta {
+                revision, upserts, ..
+            } = next_line(&mut reading).await
+            else {
+                panic!("a delta");
+            };
+            assert_eq!((revision, upserts.len()), (index, 1));
+        }
+        // The stalled reader gets the deltas its queue held, then, once it reads again, one
+        // delta of everything it missed, without a new revision.
+        let last = revisions.end - 1;
+        let mut held = 1;
+        let mut upserts_seen = std::collections::BTreeSet::new();
+        while held < last {
+            let WatchEvent::Delta {
+                revision, upserts, ..
+            } = next_line(&mut stalled).await
+            else {
+                panic!("a delta");
+            };
+            assert!(revision > held, "never back in time");
+            held = revision;
+            upserts_seen.extend(upserts.into_iter().map(|u| u.name));
+        }
+        assert_eq!(
+            upserts_seen.len(),
+            revisions.count(),
+            "every change reached the reader that fell behind"
         );
-        assert!(started.elapsed() >= patience, "but only after the patience");
-        assert!(lines.try_recv().is_ok(), "the queued line");
-        assert!(
-            send_within(&mut sender, line(), patience, &shutdown).await,
-            "a reader that reads again gets lines again"
-        );
-        drop(lines);
-        assert!(!send_within(&mut sender, line(), patience, &shutdown).await);
-        // A stream waiting on a stalled reader ends at shutdown, not after its patience.
-        let (mut sender, _lines) = mpsc::channel(0);
-        assert!(send_within(&mut sender, line(), patience, &shutdown).await);
+        // At shutdown the streams end.
         shutdown.cancel();
-        let started = std::time::Instant::now();
-        assert!(!send_within(&mut sender, line(), SEND_PATIENCE, &shutdown).await);
-        assert!(started.elapsed() < SEND_PATIENCE);
+        for body in [&mut reading, &mut stalled] {
+            let end = tokio::time::timeout(Duration::from_secs(5), queued(body)).await;
+            assert!(matches!(end, Ok(None)), "the stream ends");
+        }
     }
 
     #[test]

@@ -13,6 +13,13 @@ mod util;
 
 use std::process::ExitCode;
 
+/// mimalloc, not glibc's malloc: in `bench push` the simulated agents' allocations were a fifth
+/// of this process's CPU, taken from the nodes it measures on the same cores; mimalloc cut its
+/// CPU by about 13% (decision 53). The nodes keep glibc's: mimalloc took a node watching
+/// 3,333 agents from 116 to 185 MiB.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:

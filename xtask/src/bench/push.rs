@@ -1,7 +1,8 @@
 //! `cargo xtask bench push`: how long a policy change takes to reach every agent. A three-node
 //! control plane, N simulated agents in this process (one HTTP/2 watch stream each, spread
-//! round-robin over the nodes), K policy writes to the leader; for each write, the time from its
-//! answer until each agent holds the new revision. Prints a table and writes
+//! round-robin over the nodes, received on `--receivers` threads of their own), K policy writes
+//! to the leader; for each write, the time from its answer until each agent holds the new
+//! revision. Prints a table and writes
 //! `target/bench/push.json`. Fails only when something is broken, never because it is slow.
 
 use std::net::SocketAddr;
@@ -21,8 +22,9 @@ use hyphae_integration::cluster::Cluster;
 use hyphae_integration::http::tls_stream;
 use hyphae_integration::trust;
 use hyphae_policies::tls::Credentials;
-use hyphae_policies::watch::{WATCH_PATH, WatchEvent};
+use hyphae_policies::watch::WATCH_PATH;
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -47,9 +49,16 @@ pub(super) const NODE_LOG_LEVEL: &str = "error";
 const AGENTS: Bounded<usize, [usize; 2]> = Bounded::new("--agents", [1000, 5000], 1..=50_000);
 /// `--rounds`: policy writes per population size.
 const ROUNDS: Bounded<u32> = Bounded::new("--rounds", 10, 1..=1000);
-/// Runtime worker threads for the simulated agents: one, so the three nodes keep most of the
-/// machine (the coordinating code runs on the main thread beside it).
-const AGENT_THREADS: usize = 1;
+/// `--receivers`: threads that receive the simulated agents' streams, each a single-threaded
+/// runtime with its own I/O driver, agent `i` on thread `i mod R`. Two, one per core of the
+/// machine the figures come from: with one, the nodes had written everything while this
+/// process was still decrypting and parsing what they wrote on one core, the other idle, and
+/// the figure measured that queue, not the control plane (decision 53). Real agents receive on
+/// hosts of their own. The coordinator (writes, progress) runs on the main thread beside them.
+const RECEIVERS: Bounded<usize> = Bounded::new("--receivers", 2, 1..=64);
+/// `--control-plane PATH`: the node binary to measure instead of the workspace's release build,
+/// so two builds can be measured in alternating runs on the same machine state.
+const CONTROL_PLANE: &str = "--control-plane";
 /// Agents connecting at once (from connect until their snapshot), so the nodes' accept
 /// backlogs never overflow into SYN retries.
 const CONNECT_CONCURRENCY: usize = 128;
@@ -85,10 +94,11 @@ const SEED_FILES: [&str; 4] = [
 const CHANGED_POLICY: &str = "bench-push";
 
 /// `cargo xtask bench push --help`.
-pub const USAGE: &str = "usage: cargo xtask bench push [--agents N ...] [--rounds K]
+pub const USAGE: &str = "usage: cargo xtask bench push [--agents N ...] [--rounds K] [--receivers R]
+                               [--control-plane PATH]
 
 Starts a three-node control plane (release build), opens N simulated agents in this process
-(one HTTP/2 watch stream each, round-robin over the nodes), waits for every snapshot, then
+(one HTTP/2 watch stream each, round-robin over the nodes, received on R threads), waits for every snapshot, then
 writes one small ServicePolicy to the leader K times. For each write it measures the time from
 the write's answer until each agent holds its revision, and prints p50, p99 and max over all
 agents and rounds, with each node's CPU and RSS and this process's CPU. Writes
@@ -97,6 +107,11 @@ target/bench/push.json; node logs go to target/bench/push-cluster/.
 options:
   --agents N     agents to simulate; repeat or separate with commas (default 1000 then 5000)
   --rounds K     policy writes per population size (default 10)
+  --receivers R  threads receiving the agents' streams, each with its own runtime (default 2;
+                 1 is how the bench measured before decision 53)
+  --control-plane PATH
+                 measure this hyphae-control-plane binary instead of target/release's (A/B
+                 runs of two builds)
 
 Every agent holds a file descriptor here and on a node: the bench raises its soft open-file
 limit to the hard limit, and asks for `ulimit -n` when even that is too low.";
@@ -108,21 +123,32 @@ struct Options {
     agents: Vec<usize>,
     /// Policy writes per population size.
     rounds: u32,
+    /// Threads receiving the agents' streams.
+    receivers: usize,
+    /// The node binary, when not the workspace's release build.
+    control_plane: Option<PathBuf>,
 }
 
 impl Options {
-    /// Parses `--agents N[,N...]` (repeatable) and `--rounds K`; `None` for `--help`.
+    /// Parses `--agents N[,N...]` (repeatable), `--rounds K` and `--receivers R`; `None` for
+    /// `--help`.
     fn parse(args: &[String]) -> Result<Option<Options>> {
         let mut agents = Vec::new();
         let mut rounds = ROUNDS.default;
-        let names = [AGENTS.name, ROUNDS.name];
+        let mut receivers = RECEIVERS.default;
+        let mut control_plane = None;
+        let names = [AGENTS.name, ROUNDS.name, RECEIVERS.name, CONTROL_PLANE];
         let run = parse_options(args, USAGE, &names, |name, text| {
             if name == AGENTS.name {
                 for text in text.split(',') {
                     agents.push(AGENTS.parse(text)?);
                 }
-            } else {
+            } else if name == ROUNDS.name {
                 rounds = ROUNDS.parse(text)?;
+            } else if name == RECEIVERS.name {
+                receivers = RECEIVERS.parse(text)?;
+            } else {
+                control_plane = Some(PathBuf::from(text));
             }
             Ok(())
         })?;
@@ -132,7 +158,12 @@ impl Options {
         if agents.is_empty() {
             agents = AGENTS.default.to_vec();
         }
-        Ok(Some(Options { agents, rounds }))
+        Ok(Some(Options {
+            agents,
+            rounds,
+            receivers,
+            control_plane,
+        }))
     }
 }
 
@@ -145,21 +176,25 @@ pub fn run(args: &[String]) -> Result<()> {
         return Ok(());
     }
     let root = util::root();
-    let bin = root.join("target/release");
+    let control_plane = match options.control_plane {
+        Some(path) => std::path::absolute(&path)
+            .with_context(|| format!("{CONTROL_PLANE} {}", path.display()))?,
+        None => root.join("target/release/hyphae-control-plane"),
+    };
     let largest = options.agents.iter().copied().max().unwrap_or(0);
     let fd_limit = raise_fd_limit(largest)?;
     let dir = root.join(BENCH_DIR);
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     let bench = Bench {
-        runtime: tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(AGENT_THREADS)
+        runtime: tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .context("start the agents' runtime")?,
+            .context("start the coordinator's runtime")?,
+        receivers: options.receivers,
         seed: seed_policies(&root.join("policies/examples"))?,
         ticks_per_second: clock_ticks()?,
         cluster_dir: dir.join("push-cluster"),
-        bin,
+        control_plane,
         rounds: options.rounds,
     };
     let mut results = Vec::new();
@@ -236,16 +271,18 @@ fn change(round: u32) -> String {
 
 /// Settings and tools shared by every population size.
 struct Bench {
-    /// Runs the agents and the writes.
+    /// Runs the writes and watches progress, on the main thread.
     runtime: tokio::runtime::Runtime,
+    /// Threads receiving the agents' streams.
+    receivers: usize,
     /// The policies stored before the agents connect.
     seed: String,
     /// Unit of the CPU times in `/proc/PID/stat`.
     ticks_per_second: f64,
     /// Where each size's cluster keeps configs, data and logs (emptied per size).
     cluster_dir: PathBuf,
-    /// The release binaries.
-    bin: PathBuf,
+    /// The node binary.
+    control_plane: PathBuf,
     /// Policy writes per size.
     rounds: u32,
 }
@@ -326,7 +363,7 @@ impl Bench {
         );
         util::empty_dir(&self.cluster_dir)?;
         let (cluster, leader, nodes) = start_cluster(
-            &self.bin,
+            &self.control_plane,
             &self.cluster_dir,
             &limits_spec(agents),
             &self.runtime,
@@ -367,13 +404,10 @@ impl Bench {
             .node_credentials(&leader_address.to_string(), "bench-agent", &[])
             .await
             .context("a node certificate for the simulated agents")?;
-        let shared = Arc::new(Shared::new(agents, Some(agent)));
-        let mut watchers = JoinSet::new();
+        let shared = Arc::new(Shared::new(agents, self.rounds, Some(agent)));
+        let addresses: Vec<SocketAddr> = nodes.iter().map(|n| n.address).collect();
         let connecting = Instant::now();
-        for agent in 0..agents {
-            let address = nodes[agent % nodes.len()].address;
-            watchers.spawn(watch(agent, address, Arc::clone(&shared)));
-        }
+        let receivers = Receivers::start(self.receivers, &addresses, &shared)?;
         let behind = shared.wait_for(seeded, CONNECT_TIMEOUT).await;
         let connect = connecting.elapsed();
         if behind > 0 {
@@ -426,7 +460,7 @@ impl Bench {
         let machine = machine_busy_seconds(self.ticks_per_second)? - machine_before;
         let ours: f64 = cpu_after.iter().zip(&cpu_before).map(|(a, b)| a - b).sum();
         let (rss_after, rss_peak) = (rss("VmRSS")?, rss("VmHWM")?);
-        watchers.shutdown().await;
+        receivers.stop().await?;
 
         let watchers_of = |index: usize| agents / NODES + usize::from(index < agents % NODES);
         let node_costs = nodes
@@ -525,7 +559,8 @@ impl Bench {
             "settings": {
                 "nodes": NODES,
                 "rounds": self.rounds,
-                "agentThreads": AGENT_THREADS,
+                "receiverThreads": self.receivers,
+                "controlPlane": self.control_plane.display().to_string(),
                 "connectConcurrency": CONNECT_CONCURRENCY,
                 "roundGapMs": ROUND_GAP.as_millis(),
                 "roundTimeoutSeconds": ROUND_TIMEOUT.as_secs(),
@@ -535,7 +570,7 @@ impl Bench {
             "machine": machine,
             "versions": {
                 "hyphae-control-plane":
-                    first_line(Command::new(self.bin.join("hyphae-control-plane")).arg("--version")),
+                    first_line(Command::new(&self.control_plane).arg("--version")),
             },
             "rows": rows,
         })
@@ -552,15 +587,16 @@ pub(super) struct Node {
     pub pid: u32,
 }
 
-/// Starts the bench's cluster of [`NODES`] release nodes in `dir` with `spec` (quiet logs):
-/// the cluster, its leader's id once every node agrees, and each node's id, port and process.
+/// Starts the bench's cluster of [`NODES`] nodes of the binary `control_plane` in `dir` with
+/// `spec` (quiet logs): the cluster, its leader's id once every node agrees, and each node's
+/// id, port and process.
 pub(super) fn start_cluster(
-    bin: &Path,
+    control_plane: &Path,
     dir: &Path,
     spec: &str,
     runtime: &tokio::runtime::Runtime,
 ) -> Result<(Cluster, u64, Vec<Node>)> {
-    let mut cluster = Cluster::configure(&bin.join("hyphae-control-plane"), dir, NODES, spec)?;
+    let mut cluster = Cluster::configure(control_plane, dir, NODES, spec)?;
     cluster.set_log_level(NODE_LOG_LEVEL);
     cluster.start_all()?;
     let leader = runtime.block_on(cluster.leader())?;
@@ -613,12 +649,16 @@ struct Shared {
 }
 
 impl Shared {
-    /// Slots for `agents` agents presenting `agent`, none of which holds anything yet.
-    fn new(agents: usize, agent: Option<Credentials>) -> Shared {
+    /// Slots for `agents` agents presenting `agent`, none of which holds anything yet, with
+    /// room for a snapshot and `rounds` deltas each (so no round grows them).
+    fn new(agents: usize, rounds: u32, agent: Option<Credentials>) -> Shared {
+        let room = rounds as usize + 1;
         Shared {
             agent,
             holds: (0..agents).map(|_| AtomicU64::new(0)).collect(),
-            arrivals: (0..agents).map(|_| Mutex::new(Vec::new())).collect(),
+            arrivals: (0..agents)
+                .map(|_| Mutex::new(Vec::with_capacity(room)))
+                .collect(),
             connecting: Semaphore::new(CONNECT_CONCURRENCY),
             errors: AtomicU64::new(0),
             first_error: Mutex::new(None),
@@ -678,6 +718,72 @@ impl Shared {
     }
 }
 
+/// The threads that run the simulated agents, each a single-threaded runtime of its own (its own
+/// I/O driver and timers), so receiving spreads over the cores as real agents' hosts would.
+struct Receivers {
+    /// Set to end every agent.
+    stop: tokio::sync::watch::Sender<bool>,
+    /// The threads, each ending once its agents have.
+    threads: Vec<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl Receivers {
+    /// Starts `threads` threads running agents `0..shared.holds.len()`, agent `i` on thread
+    /// `i mod threads`, watching node `i mod nodes`.
+    fn start(threads: usize, nodes: &[SocketAddr], shared: &Arc<Shared>) -> Result<Receivers> {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let agents = shared.holds.len();
+        let mut handles = Vec::with_capacity(threads);
+        for thread in 0..threads {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("start a receiving thread's runtime")?;
+            let shared = Arc::clone(shared);
+            let nodes = nodes.to_vec();
+            let mut stopped = stopped.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("receiver-{thread}"))
+                .spawn(move || {
+                    runtime.block_on(async {
+                        let mut watchers = JoinSet::new();
+                        for agent in (thread..agents).step_by(threads) {
+                            let server = nodes[agent % nodes.len()];
+                            watchers.spawn(watch(agent, server, Arc::clone(&shared)));
+                        }
+                        // An error here means the sender is gone: stop as well.
+                        let _ = stopped.wait_for(|stop| *stop).await;
+                        watchers.shutdown().await;
+                    });
+                    Ok(())
+                })
+                .context("start a receiving thread")?;
+            handles.push(handle);
+        }
+        Ok(Receivers {
+            stop,
+            threads: handles,
+        })
+    }
+
+    /// Ends every agent and waits for the threads.
+    async fn stop(self) -> Result<()> {
+        self.stop.send_replace(true);
+        let threads = self.threads;
+        tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                match thread.join() {
+                    Ok(result) => result?,
+                    Err(_) => bail!("a receiving thread panicked"),
+                }
+            }
+            Ok(())
+        })
+        .await
+        .context("wait for the receiving threads")?
+    }
+}
+
 /// One simulated agent: watches `server` until aborted, reconnecting after each failure.
 async fn watch(agent: usize, server: SocketAddr, shared: Arc<Shared>) {
     loop {
@@ -720,11 +826,10 @@ async fn stream(
                 continue;
             };
             let at = Instant::now();
-            for line in lines.push(&data) {
-                let event: WatchEvent =
-                    serde_json::from_slice(&line).context("decode a watch event")?;
-                if !matches!(event, WatchEvent::Heartbeat { .. }) {
-                    shared.received(agent, event.revision(), at);
+            for line in lines.push(data) {
+                let event: Seen = serde_json::from_slice(&line).context("decode a watch event")?;
+                if event.kind != Kind::Heartbeat {
+                    shared.received(agent, event.revision, at);
                     permit = None;
                 }
             }
@@ -799,6 +904,28 @@ async fn apply(server: SocketAddr, yaml: String) -> Result<(u64, Instant)> {
     Ok((revision, acked))
 }
 
+/// What a simulated agent reads of each watch event (`hyphae_policies::watch::WatchEvent`):
+/// its type and revision. The rest is checked to be JSON and skipped: decoding policies is
+/// the agent's work on its own host, and here it would be this process's CPU taken from the
+/// nodes it measures (decision 53).
+#[derive(Deserialize)]
+struct Seen {
+    /// The event's `type`.
+    #[serde(rename = "type")]
+    kind: Kind,
+    /// The revision it brings the reader to.
+    revision: u64,
+}
+
+/// The types of watch event, as `WatchEvent` names them.
+#[derive(Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Kind {
+    Snapshot,
+    Delta,
+    Heartbeat,
+}
+
 /// Splits a byte stream into lines, wherever the frames happen to break it.
 #[derive(Default)]
 struct Lines {
@@ -808,19 +935,28 @@ struct Lines {
 
 impl Lines {
     /// Adds `data` and returns the lines it completed, without their newlines; empty lines
-    /// are skipped.
-    fn push(&mut self, data: &[u8]) -> Vec<Bytes> {
-        // Only the new bytes can hold a newline.
-        let mut from = self.partial.len();
-        self.partial.extend_from_slice(data);
+    /// are skipped. Lines wholly inside `data` (the usual case: a node sends each event in
+    /// one frame) are slices of it, not copies.
+    fn push(&mut self, mut data: Bytes) -> Vec<Bytes> {
         let mut lines = Vec::new();
-        while let Some(offset) = self.partial[from..].iter().position(|&b| b == b'\n') {
-            let line = self.partial.split_to(from + offset + 1).freeze();
+        if !self.partial.is_empty() {
+            let Some(end) = data.iter().position(|&b| b == b'\n') else {
+                self.partial.extend_from_slice(&data);
+                return lines;
+            };
+            self.partial.extend_from_slice(&data.split_to(end + 1));
+            let line = std::mem::take(&mut self.partial).freeze();
             if line.len() > 1 {
                 lines.push(line.slice(..line.len() - 1));
             }
-            from = 0;
         }
+        while let Some(end) = data.iter().position(|&b| b == b'\n') {
+            let line = data.split_to(end + 1);
+            if line.len() > 1 {
+                lines.push(line.slice(..line.len() - 1));
+            }
+        }
+        self.partial.extend_from_slice(&data);
         lines
     }
 }
@@ -832,10 +968,10 @@ fn report(bench: &Bench, results: &[Measured]) -> String {
     let dash = || "-".to_string();
     let mut out = format!(
         "\npush benchmark: {NODES} control-plane nodes, {} policy writes per row, agents on \
-         {AGENT_THREADS} runtime thread, {cpus} CPUs\nlatency: from the write's answer until an \
+         {} receiving thread(s), {cpus} CPUs\nlatency: from the write's answer until an \
          agent holds its revision, over every agent and round (0 when the agent had it first); \
          send p99: the same from sending the write\n\n",
-        bench.rounds
+        bench.rounds, bench.receivers
     );
     out.push_str(&format!(
         "{:>7} {:>9} {:>8} {:>8} {:>8} {:>10} {:>7} {:>7} {:>10} {:>10} {:>11}\n",
@@ -941,19 +1077,61 @@ mod tests {
     #[test]
     fn lines_are_split_wherever_the_frames_break() {
         let mut lines = Lines::default();
-        assert!(lines.push(b"{\"a\"").is_empty());
+        let push = |lines: &mut Lines, data: &'static [u8]| lines.push(Bytes::from_static(data));
+        assert!(push(&mut lines, b"{\"a\"").is_empty());
         assert_eq!(
-            lines.push(b":1}\n\n{\"b\":2}\n{\"c"),
+            push(&mut lines, b":1}\n\n{\"b\":2}\n{\"c"),
             vec![
                 Bytes::from_static(b"{\"a\":1}"),
                 Bytes::from_static(b"{\"b\":2}")
             ]
         );
         assert_eq!(
-            lines.push(b"\":3}\n"),
-            vec![Bytes::from_static(b"{\"c\":3}")]
+            push(&mut lines, b"\":3}\n{\"d\":4}\n"),
+            vec![
+                Bytes::from_static(b"{\"c\":3}"),
+                Bytes::from_static(b"{\"d\":4}")
+            ]
         );
-        assert!(lines.push(b"").is_empty());
+        assert!(push(&mut lines, b"").is_empty());
+        assert!(push(&mut lines, b"{\"e\"").is_empty());
+        assert!(push(&mut lines, b":5").is_empty());
+        assert_eq!(
+            push(&mut lines, b"}\n"),
+            vec![Bytes::from_static(b"{\"e\":5}")]
+        );
+    }
+
+    #[test]
+    fn agents_read_the_type_and_revision_of_every_kind_of_event() {
+        use hyphae_policies::watch::WatchEvent;
+        let events = [
+            WatchEvent::Snapshot {
+                revision: 3,
+                policies: Vec::new(),
+                nodes: Vec::new(),
+                cluster: Some("c".into()),
+                virtual_ips: Default::default(),
+            },
+            WatchEvent::Delta {
+                revision: 4,
+                upserts: Vec::new(),
+                deletes: vec![("Route".into(), "a".into())],
+                node_upserts: Vec::new(),
+                node_deletes: vec!["n".into()],
+                virtual_ips: None,
+            },
+            WatchEvent::Heartbeat { revision: 4 },
+        ];
+        let seen: Vec<(bool, u64)> = events
+            .iter()
+            .map(|event| {
+                let seen: Seen =
+                    serde_json::from_slice(&serde_json::to_vec(event).unwrap()).unwrap();
+                (seen.kind == Kind::Heartbeat, seen.revision)
+            })
+            .collect();
+        assert_eq!(seen, [(false, 3), (false, 4), (true, 4)]);
     }
 
     #[test]
@@ -976,7 +1154,7 @@ mod tests {
 
     #[test]
     fn arrivals_are_the_first_at_or_after_the_revision() {
-        let shared = Shared::new(2, None);
+        let shared = Shared::new(2, 3, None);
         let start = Instant::now();
         shared.received(0, 5, start);
         shared.received(0, 7, start + Duration::from_millis(2));
@@ -993,21 +1171,32 @@ mod tests {
             Options::parse(&[]).unwrap().unwrap(),
             Options {
                 agents: AGENTS.default.to_vec(),
-                rounds: ROUNDS.default
+                rounds: ROUNDS.default,
+                receivers: RECEIVERS.default,
+                control_plane: None,
             }
         );
         let options = Options::parse(&args(&[
-            "--agents", "10,20", "--agents", "30", "--rounds", "3",
+            "--agents",
+            "10,20",
+            "--agents",
+            "30",
+            "--rounds",
+            "3",
+            "--receivers",
+            "1",
         ]))
         .unwrap()
         .unwrap();
         assert_eq!(options.agents, vec![10, 20, 30]);
         assert_eq!(options.rounds, 3);
+        assert_eq!(options.receivers, 1);
         for bad in [
             &["--agents", "0"][..],
             &["--agents", "many"],
             &["--agents", "100000"],
             &["--rounds", "0"],
+            &["--receivers", "0"],
             &["--rounds"],
             &["--fast"],
         ] {

@@ -136,7 +136,12 @@ pub fn run(args: &[String]) -> Result<()> {
         limits_spec(options.agents),
         options.agents
     );
-    let (cluster, leader, nodes) = start_cluster(&bin, &cluster_dir, &spec, &runtime)?;
+    let (cluster, leader, nodes) = start_cluster(
+        &bin.join("hyphae-control-plane"),
+        &cluster_dir,
+        &spec,
+        &runtime,
+    )?;
     let bench = Bench {
         options,
         ticks_per_second: clock_ticks()?,
