@@ -197,7 +197,8 @@ impl Bench {
         let root = util::root();
         let dir = root.join(BENCH_DIR);
         fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-        let certificates = Certificates::issue(&root.join("target/release/hyphae"), &dir.join("tls"))?;
+        let certificates =
+            Certificates::issue(&root.join("target/release/hyphae"), &dir.join("tls"))?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
