@@ -191,6 +191,12 @@ impl Daemon {
             stop_registrar: CancellationToken::new(),
         };
         daemon.start_checks(config);
+        // Histograms keep their samples until upkeep folds them in: it ends with the admin
+        // endpoint, which renders them.
+        daemon.accepting.spawn(crate::metrics::keep_up(
+            admin.metrics.clone(),
+            daemon.stop_admin.clone(),
+        ));
         // One client for the control plane: registration, the watch and renewals share its
         // connections, over mutual TLS with this node's certificate.
         let control_plane =

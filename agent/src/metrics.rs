@@ -9,6 +9,7 @@ use metrics::{
     gauge, histogram,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
 
 /// Request and response body bytes of HTTP calls, by service and direction.
 pub const HTTP_BYTES: &str = "hyphae_http_body_bytes_total";
@@ -78,6 +79,25 @@ pub const VIRTUAL_LISTENER_BIND_FAILURES: &str = "hyphae_virtual_ip_bind_failure
 const DURATION_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+
+/// How often histogram samples are folded into their buckets. The recorder keeps every sample
+/// of a histogram (`hyphae_request_duration_seconds`: one per request) until then, and
+/// `install_recorder` runs no upkeep of its own: without it an agent nobody scrapes grew by
+/// 1.8 MiB every 10 s at 9,000 requests per second, for as long as it ran (decision 54).
+/// 5 s is the exporter's own interval when it runs its upkeep itself.
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Folds histogram samples into their buckets every [`UPKEEP_INTERVAL`] until `shutdown`.
+pub async fn keep_up(handle: PrometheusHandle, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(UPKEEP_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => handle.run_upkeep(),
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
 
 /// Installs the process-wide recorder and describes every metric.
 pub fn install() -> anyhow::Result<PrometheusHandle> {

@@ -51,6 +51,11 @@ fn ran_in_release(name: &str, args: &[String]) -> Result<bool> {
     Ok(true)
 }
 
+/// Runs `cargo xtask hot-functions`, which profiles the bench's agents.
+pub fn hot_functions(args: &[String]) -> Result<()> {
+    proxy::hot_functions::run(args)
+}
+
 /// Runs `cargo xtask bench <what>`.
 pub fn run(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {

@@ -33,6 +33,8 @@ commands:
   bench proxy [--duration SECS] [--connections N]
                   measure the agent's data path against haproxy and nginx (a benchmark, not a
                   test; installs them, wrk and h2load from apt when missing; target/bench/)
+  hot-functions   profile the bench's agents under callgrind and list the functions they ran
+                  (agent/link/hot-functions.txt), which the agent's release link keeps together
   bench push [--agents N ...] [--rounds K]
                   time a policy change from a three-node control plane to N simulated agents'
                   watch streams (default 1000, then 5000 agents; target/bench/push.json)
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
         Some("test") => test::run(&args[1..]),
         Some("check-systemd") => check_systemd::run(&args[1..]),
         Some("nemesis") => nemesis::run(&args[1..]),
+        Some("hot-functions") => bench::hot_functions(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -4,6 +4,7 @@
 //! either hop — printed as a table and written to `target/bench/proxy.json`. Fails only because
 //! something is broken, never because it is slow.
 
+use std::ffi::OsString;
 use std::fs;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -28,6 +29,7 @@ mod certificates;
 mod fixed_rate;
 mod handshake;
 mod haproxy;
+pub mod hot_functions;
 mod load;
 mod nginx;
 mod processes;
@@ -116,41 +118,9 @@ pub fn run(args: &[String]) -> Result<()> {
     let Some(options) = Options::parse(args)? else {
         return Ok(());
     };
-    let tools = Tools::ensure()?;
-    // The agent, and the `hyphae` CLI beside it, which issues the agents' certificates (the
-    // test-support library's `Agent::command`) and haproxy's.
-    util::run(util::cargo().args([
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "hyphae-agent",
-        "-p",
-        "hyphae-control-plane",
-        "--bin",
-        "hyphae-agent",
-        "--bin",
-        "hyphae",
-    ]))?;
-    let root = util::root();
-    let dir = root.join(BENCH_DIR);
-    fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-    let certificates = Certificates::issue(&root.join("target/release/hyphae"), &dir.join("tls"))?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("start a runtime")?;
-    let backend = Backend::start(&tools, &dir, &runtime)?;
-    let mut bench = Bench {
-        runtime,
-        options,
-        agent: root.join("target/release/hyphae-agent"),
-        tools,
-        ticks_per_second: clock_ticks()?,
-        backend,
-        certificates,
-        dir,
-    };
+    let mut bench = Bench::new(options)?;
+    let hot_functions = hot_functions::coverage(&bench.agent)?;
+    hot_functions.report();
     let mut rows = Vec::new();
     for protocol in Protocol::ALL {
         for setup in Setup::ALL {
@@ -174,11 +144,9 @@ pub fn run(args: &[String]) -> Result<()> {
         bench.table(&rows, &handshakes),
         fixed_rate::table(&at_rate, options.rate)
     );
-    write_json(
-        &bench.dir,
-        "proxy.json",
-        &bench.json(&rows, &handshakes, &at_rate),
-    )
+    let mut json = bench.json(&rows, &handshakes, &at_rate);
+    json["hotFunctions"] = hot_functions.json();
+    write_json(&bench.dir, "proxy.json", &json)
 }
 
 /// The rows whose TLS hop the handshake measurement times: the mesh and its peer.
@@ -202,6 +170,52 @@ struct Bench {
     certificates: Certificates,
     /// `target/bench/`, absolute.
     dir: PathBuf,
+    /// A program and its arguments that each agent runs under (`cargo xtask hot-functions`
+    /// runs them under callgrind); empty for the bench.
+    agent_wrapper: Vec<OsString>,
+}
+
+impl Bench {
+    /// Builds the agent (release), issues the bench's certificates and starts the backend.
+    fn new(options: Options) -> Result<Bench> {
+        let tools = Tools::ensure()?;
+        // The agent, and the `hyphae` CLI beside it, which issues the agents' certificates (the
+        // test-support library's `Agent::command`) and haproxy's.
+        util::run(util::cargo().args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "hyphae-agent",
+            "-p",
+            "hyphae-control-plane",
+            "--bin",
+            "hyphae-agent",
+            "--bin",
+            "hyphae",
+        ]))?;
+        let root = util::root();
+        let dir = root.join(BENCH_DIR);
+        fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        let certificates =
+            Certificates::issue(&root.join("target/release/hyphae"), &dir.join("tls"))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("start a runtime")?;
+        let backend = Backend::start(&tools, &dir, &runtime)?;
+        Ok(Bench {
+            runtime,
+            options,
+            agent: root.join("target/release/hyphae-agent"),
+            tools,
+            ticks_per_second: clock_ticks()?,
+            backend,
+            certificates,
+            dir,
+            agent_wrapper: Vec::new(),
+        })
+    }
 }
 
 /// One line of the table.

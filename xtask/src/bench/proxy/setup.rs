@@ -3,6 +3,7 @@
 //! the hop between two proxies refuses anything but mutual TLS where it should. Measures
 //! nothing; the row does that.
 
+use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
@@ -328,7 +329,7 @@ impl Bench {
         let config = self.dir.join(format!("agent-{name}.yaml"));
         write(&config, yaml)?;
         let log = self.dir.join(format!("agent-{name}.log"));
-        let mut command = Agent::command(&self.agent, &config);
+        let mut command = wrapped(Agent::command(&self.agent, &config), &self.agent_wrapper);
         command
             .args(["--worker-threads", &PROXY_THREADS.to_string()])
             .env("HYPHAE_LOG", AGENT_LOG_LEVEL);
@@ -338,6 +339,29 @@ impl Bench {
             &config,
         )?)
     }
+}
+
+/// `command` run under `wrapper` (a program and its arguments), with the same arguments and
+/// environment; `command` itself when `wrapper` is empty.
+fn wrapped(command: Command, wrapper: &[OsString]) -> Command {
+    let Some((program, arguments)) = wrapper.split_first() else {
+        return command;
+    };
+    let mut outer = Command::new(program);
+    outer
+        .args(arguments)
+        .arg(command.get_program())
+        .args(command.get_args());
+    for (name, value) in command.get_envs() {
+        match value {
+            Some(value) => outer.env(name, value),
+            None => outer.env_remove(name),
+        };
+    }
+    if let Some(dir) = command.get_current_dir() {
+        outer.current_dir(dir);
+    }
+    outer
 }
 
 /// Where an agent's load goes: its first upstream port.
