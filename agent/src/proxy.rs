@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use http::{HeaderValue, Method, Response};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyphae_policies::ErrorChain;
 use tokio_util::task::TaskTracker;
 
@@ -72,6 +73,21 @@ impl Proxy {
             tasks,
         })
     }
+}
+
+/// hyper's HTTP/2 server as the outbound and inbound ports run it, with the agent's limits on
+/// streams per connection, streams reset before they were accepted (rapid reset) and header
+/// sizes.
+pub fn http2_server(
+    limits: &hyphae_policies::AgentLimits,
+) -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_pending_accept_reset_streams(limits.max_pending_accept_reset_streams as usize)
+        .max_header_list_size(limits.max_header_bytes);
+    builder
 }
 
 /// The answer for a failure the agent created: its status, `hyphae-error: <reason>`, a one-line

@@ -12,7 +12,7 @@ use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyphae_policies::{ErrorChain, Protocol};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -121,12 +121,7 @@ pub async fn serve(
             Ok::<_, Infallible>(deliver(&proxy, &caller, request).await)
         })
     });
-    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        .max_pending_accept_reset_streams(limits.max_pending_accept_reset_streams as usize)
-        .max_header_list_size(limits.max_header_bytes)
-        .serve_connection(TokioIo::new(stream), service);
+    let connection = super::http2_server(&limits).serve_connection(TokioIo::new(stream), service);
     let result = crate::listener::serve_until_shutdown(connection, &shutdown, |c| {
         c.graceful_shutdown();
     })

@@ -11,7 +11,7 @@ use std::time::Duration;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyphae_policies::{ErrorChain, Protocol};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -75,11 +75,7 @@ async fn serve_http1(
     shutdown: &CancellationToken,
 ) -> Result<(), hyper::Error> {
     let limits = proxy.snapshot.load().limits.clone();
-    let service = service_fn(move |request: Request<Incoming>| {
-        let proxy = Arc::clone(&proxy);
-        let target = target.clone();
-        async move { Ok::<_, Infallible>(handle(&proxy, &target, request).await) }
-    });
+    let service = service_fn(move |request| answer_owned(&proxy, &target, request));
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout.get())
@@ -99,18 +95,21 @@ async fn serve_http2(
     shutdown: &CancellationToken,
 ) -> Result<(), hyper::Error> {
     let limits = proxy.snapshot.load().limits.clone();
-    let service = service_fn(move |request: Request<Incoming>| {
-        let proxy = Arc::clone(&proxy);
-        let target = target.clone();
-        Box::pin(async move { Ok::<_, Infallible>(handle(&proxy, &target, request).await) })
-    });
-    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        .max_pending_accept_reset_streams(limits.max_pending_accept_reset_streams as usize)
-        .max_header_list_size(limits.max_header_bytes)
-        .serve_connection(TokioIo::new(stream), service);
+    let service = service_fn(move |request| Box::pin(answer_owned(&proxy, &target, request)));
+    let connection = super::http2_server(&limits).serve_connection(TokioIo::new(stream), service);
     crate::listener::serve_until_shutdown(connection, shutdown, |c| c.graceful_shutdown()).await
+}
+
+/// The answer to one request on an outbound connection, as a future that owns what it needs,
+/// as hyper's services return.
+fn answer_owned(
+    proxy: &Arc<Proxy>,
+    target: &Target,
+    request: Request<Incoming>,
+) -> impl Future<Output = Result<Response<Body>, Infallible>> + use<> {
+    let proxy = Arc::clone(proxy);
+    let target = target.clone();
+    async move { Ok(handle(&proxy, &target, request).await) }
 }
 
 /// Longest the agent waits for a client's first bytes before treating the connection as
