@@ -14,8 +14,9 @@ use crate::circuit::{Limit, OutlierState};
 use crate::model::{Endpoint, EndpointKey};
 use crate::retry::RetryBudget;
 
-/// The maps a call looks up: std's map with foldhash, as their keys are not chosen by callers
-/// and SipHash was a measurable share of a call's work.
+/// The maps a call looks up (service and endpoint state, idle instance connections, peer
+/// connections): std's map with foldhash, as their keys are not chosen by callers and SipHash
+/// was a measurable share of a call's work.
 pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Live state of one endpoint.

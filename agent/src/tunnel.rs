@@ -13,7 +13,6 @@ mod frames;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -38,6 +37,7 @@ use crate::body::Body;
 use crate::circuit::Limit;
 use crate::error::{Cause, ProxyError};
 use crate::identity::IdentitySlot;
+use crate::state::FastMap;
 
 /// Settings of the pooled HTTP/2 connections, read once at start.
 #[derive(Clone, Debug)]
@@ -172,7 +172,7 @@ pub struct Tunnels {
     settings: TunnelSettings,
     /// Each address's slots, looked up by the borrowed node name, so finding one allocates
     /// nothing. Shared with the sweeper of idle extra connections.
-    peers: Arc<Mutex<HashMap<SocketAddr, AddressSlots>>>,
+    peers: Arc<Mutex<FastMap<SocketAddr, AddressSlots>>>,
     /// Whether the sweeper runs (started with the first extra connection).
     sweeping: std::sync::atomic::AtomicBool,
     /// Toward peer agents: the identity whose certificate connections present (none yet:
