@@ -225,10 +225,10 @@ impl Tunnels {
     /// Sends `request` to `peer` (a peer agent, which must prove to be `node` when given, or a
     /// local HTTP/2 instance), on a connection with a free stream or a new one. While the
     /// request waits for a connection, or at the connection cap for a stream, it holds a slot
-    /// of `pending` (when given); when none is free it is refused at once. A request the peer did not process fails with
-    /// [`ProxyError::Unprocessed`], and the connection that refused it drains, so a resend goes
-    /// on another. The answer's body holds the request's stream in its connection's count
-    /// until it ends.
+    /// of `pending` (when given); when none is free it is refused at once. A request the peer
+    /// did not process fails with [`ProxyError::Unprocessed`], and the connection that refused
+    /// it drains, so a resend goes on another. The answer's body holds the request's stream in
+    /// its connection's count until it ends.
     pub async fn send(
         &self,
         peer: SocketAddr,
