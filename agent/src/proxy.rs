@@ -8,8 +8,10 @@ pub mod call;
 pub mod detect;
 pub mod egress;
 pub mod endpoint;
+pub mod h1_wire;
 pub mod headers;
 pub mod inbound;
+pub mod instance_exchange;
 pub mod instance_pool;
 pub mod local;
 pub mod outbound;
@@ -29,6 +31,10 @@ use crate::error::{ERROR_HEADER, ProxyError};
 use crate::model::Snapshot;
 use crate::state::RuntimeState;
 use crate::tunnel::Tunnels;
+
+/// Smallest HTTP/1 read buffer hyper accepts; also the floor of the head an instance may
+/// send, so `limits.maxHeaderBytes` bounds heads the same way in both directions.
+pub const MIN_HTTP1_BUFFER: usize = 8192;
 
 /// Everything the data path shares: the served snapshot (swapped atomically on reload), peer
 /// connections and live per-service state.

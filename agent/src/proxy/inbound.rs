@@ -370,7 +370,15 @@ async fn forward_to_instance(
             // What the peer's side attached to its request is not the instance's business.
             parts.extensions.clear();
             let request = Request::from_parts(parts, body);
-            proxy.local.http1.send(instance.address, request).await?
+            let max_head = max_answer_head(proxy);
+            let mut response = proxy
+                .local
+                .http1
+                .send(instance.address, request, max_head)
+                .await?;
+            // The pool reads an answer to its declared end, whatever follows.
+            strip_hop_by_hop(response.headers_mut());
+            return Ok(response);
         }
     };
     let declared = response
@@ -385,6 +393,12 @@ async fn forward_to_instance(
     });
     strip_hop_by_hop(response.headers_mut());
     Ok(response)
+}
+
+/// The largest answer head an instance may send: `limits.maxHeaderBytes`, and at least the
+/// HTTP/1.1 buffer's floor, as for the heads callers send.
+fn max_answer_head(proxy: &Proxy) -> usize {
+    (proxy.snapshot.load().limits.max_header_bytes as usize).max(super::MIN_HTTP1_BUFFER)
 }
 
 /// One try's request to the instance: the peer's method and headers, `uri`, `version`, `body`.

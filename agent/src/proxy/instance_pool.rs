@@ -1,22 +1,18 @@
-//! Kept-alive HTTP/1.1 connections to this host's instances. Replaces hyper_util's general
-//! client, which cost about an eighth of the instructions of a call through one agent (its pool
-//! is keyed by scheme and authority, hashes them twice per request, and spawns a task per
-//! answer to learn when the connection is free again; decision 44). Here a connection goes back
-//! to its instance's idle list when the answer's body ends, and a call takes the newest idle
-//! one that is ready, or opens a new one. Every connection's task is owned by the pool, so
-//! [`InstancePool::close`] ends them all.
+//! Kept-alive HTTP/1.1 connections to this host's instances. A connection goes back to its
+//! instance's idle list when an answer's body ends cleanly, and a call takes the newest idle one
+//! the instance has not closed, or opens a new one. The exchange on it is the call's own
+//! (`instance_exchange`, decision 55): no task per connection. Upgrades still go through
+//! hyper's client on a connection of their own, whose tasks the pool owns, so
+//! [`InstancePool::close`] ends them.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
+use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use hyphae_policies::ErrorChain;
 use tokio::net::TcpStream;
@@ -24,7 +20,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::body::{self, Body};
+use super::h1_wire::{encode_request_head, request_framing};
+use super::instance_exchange::{Connection, Failed, Outgoing, exchange};
+use crate::body::Body;
 use crate::error::{Cause, ProxyError};
 use crate::retry::is_unprocessed;
 use crate::state::FastMap;
@@ -40,7 +38,7 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// A connection waiting for its next request.
 struct Idle {
-    sender: SendRequest<Body>,
+    connection: Connection,
     since: Instant,
 }
 
@@ -58,39 +56,33 @@ struct IdleLists {
 }
 
 impl Idle {
-    /// Whether the connection can no longer be taken: closed, or idle too long.
+    /// Whether the connection can no longer be taken: idle too long, or closed by the
+    /// instance.
     fn is_stale(&self, now: Instant) -> bool {
-        self.sender.is_closed() || now.saturating_duration_since(self.since) >= IDLE_TIMEOUT
+        now.saturating_duration_since(self.since) >= IDLE_TIMEOUT || self.connection.is_closed()
     }
 }
 
 impl Shared {
-    /// The newest idle connection to `address` that can take a request now. Stale ones met on
-    /// the way are dropped (which closes them); one still finishing its last exchange (hyper
-    /// marks it ready a moment after its answer ends) stays for a later call. Only the newest
-    /// are looked at, not the whole list: with many kept-alive connections a scan per call
-    /// was a measurable share of a call's work, and [`Shared::give_back`]'s sweep closes the
-    /// stale ones further down.
-    fn take(&self, address: SocketAddr) -> Option<SendRequest<Body>> {
+    /// The newest idle connection to `address` the instance has not closed. Stale ones met on
+    /// the way are dropped, which closes them; [`Shared::give_back`]'s sweep closes those
+    /// further down.
+    fn take(&self, address: SocketAddr) -> Option<Connection> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.by_instance.get_mut(&address)?;
         let now = Instant::now();
-        while let Some(ready) = list.iter().rposition(|c| c.sender.is_ready()) {
-            let connection = list.remove(ready);
+        while let Some(connection) = list.pop() {
             if !connection.is_stale(now) {
-                return Some(connection.sender);
+                return Some(connection.connection);
             }
         }
         None
     }
 
-    /// Keeps `sender` for the next request to `address`, unless the list is full. Every
+    /// Keeps `connection` for the next request to `address`, unless the list is full. Every
     /// half [`IDLE_TIMEOUT`] it also closes the stale connections of every instance, so a
     /// burst's extra connections, and those to instances no longer called, do not stay open.
-    fn give_back(&self, address: SocketAddr, sender: SendRequest<Body>) {
-        if sender.is_closed() {
-            return;
-        }
+    fn give_back(&self, address: SocketAddr, connection: Connection) {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle
@@ -109,7 +101,10 @@ impl Shared {
             list.retain(|connection| !connection.is_stale(now));
         }
         if list.len() < MAX_IDLE_PER_INSTANCE {
-            list.push(Idle { sender, since: now });
+            list.push(Idle {
+                connection,
+                since: now,
+            });
         }
     }
 }
@@ -118,9 +113,9 @@ impl Shared {
 pub struct InstancePool {
     shared: Arc<Shared>,
     connect_timeout: Duration,
-    /// Owns each connection's task.
+    /// Owns the tasks of upgrade connections.
     connections: TaskTracker,
-    /// Ends every connection once the calls that used them have drained.
+    /// Ends every upgrade connection once the calls that used them have drained.
     closing: CancellationToken,
 }
 
@@ -135,46 +130,72 @@ impl InstancePool {
         }
     }
 
-    /// Sends `request` to the instance at `address` on an idle connection, or on a new one.
-    /// A request hyper never started to write (its connection had closed, decision 30) comes
-    /// back untouched and goes once more on a new connection: no copy of it is kept for that,
-    /// and its body was never read. Failing there too, it fails with
-    /// [`ProxyError::Unprocessed`].
+    /// Sends `request` (origin-form target, `Host` set) to the instance at `address` on an
+    /// idle connection, or on a new one, taking answer heads of up to `max_head` bytes. A
+    /// request whose head could not be written whole (its connection had closed, decision
+    /// 30) goes once more on a new connection: its body was never read. Failing there too, it
+    /// fails with [`ProxyError::Unprocessed`].
     pub async fn send(
         &self,
         address: SocketAddr,
         request: Request<Body>,
+        max_head: usize,
     ) -> Result<Response<Body>, ProxyError> {
-        let mut sender = match self.shared.take(address) {
-            Some(sender) => sender,
-            None => self.connect(address, false).await?,
+        let (mut parts, body) = request.into_parts();
+        let framing = request_framing(
+            &parts.method,
+            &mut parts.headers,
+            http_body::Body::is_end_stream(&body),
+            http_body::Body::size_hint(&body).exact(),
+        );
+        let mut head = Vec::new();
+        encode_request_head(&parts.method, &parts.uri, &parts.headers, &mut head);
+        let outgoing = Outgoing {
+            method: parts.method,
+            head: Bytes::from(head),
+            body,
+            framing,
         };
-        let response = match sender.try_send_request(request).await {
-            Ok(response) => response,
-            Err(mut failed) => match failed.take_message() {
-                Some(request) => {
-                    tracing::debug!(%address, error = %ErrorChain(failed.error()), "the instance's connection closed before the request was written; sending it on a new one");
-                    sender = self.connect(address, false).await?;
-                    sender.send_request(request).await.map_err(send_error)?
-                }
-                None => return Err(send_error(failed.into_error())),
-            },
+        let (connection, reused) = match self.shared.take(address) {
+            Some(connection) => (connection, true),
+            None => (self.connect(address).await?, false),
         };
-        if response.body().is_end_stream() {
-            self.shared.give_back(address, sender);
-            return Ok(response.map(body::boxed));
+        let outgoing = match exchange(
+            connection,
+            outgoing,
+            reused,
+            max_head,
+            self.giving_back(address),
+        )
+        .await
+        {
+            Ok(response) => return Ok(response),
+            Err(Failed::Other(error)) => return Err(error),
+            Err(Failed::Unwritten(outgoing, error)) => {
+                tracing::debug!(%address, %error, "the instance's connection closed before the request was written; sending it on a new one");
+                outgoing
+            }
+        };
+        let connection = self.connect(address).await?;
+        match exchange(
+            connection,
+            outgoing,
+            false,
+            max_head,
+            self.giving_back(address),
+        )
+        .await
+        {
+            Ok(response) => Ok(response),
+            Err(Failed::Other(error)) => Err(error),
+            Err(Failed::Unwritten(_, error)) => Err(ProxyError::Unprocessed(Cause::new(error))),
         }
-        let giving_back = GiveBack {
-            shared: Arc::clone(&self.shared),
-            address,
-            sender,
-        };
-        Ok(response.map(|incoming| {
-            body::boxed(Pooled {
-                inner: incoming,
-                giving_back: Some(giving_back),
-            })
-        }))
+    }
+
+    /// What puts a connection back in `address`'s idle list once its exchange has ended.
+    fn giving_back(&self, address: SocketAddr) -> impl FnOnce(Connection) + Send + Sync + 'static {
+        let shared = Arc::clone(&self.shared);
+        move |connection| shared.give_back(address, connection)
     }
 
     /// Sends an upgrade request to the instance at `address` on a connection of its own, which
@@ -184,12 +205,26 @@ impl InstancePool {
         address: SocketAddr,
         request: Request<Body>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let mut sender = self.connect(address, true).await?;
+        let stream = self.open(address).await?;
+        let (mut sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| connect_failed(address, Cause::new(e)))?;
+        let closing = self.closing.clone();
+        self.connections.spawn(async move {
+            tokio::select! {
+                result = connection.with_upgrades() => {
+                    if let Err(error) = result {
+                        tracing::debug!(%address, error = %ErrorChain(&error), "instance connection closed");
+                    }
+                }
+                () = closing.cancelled() => {}
+            }
+        });
         sender.send_request(request).await.map_err(send_error)
     }
 
-    /// Closes every connection and waits until their tasks have ended; the daemon calls this
-    /// once the calls that used them have drained.
+    /// Closes every connection; for upgraded ones, waits until their tasks have ended. The
+    /// daemon calls this once the calls that used them have drained.
     pub async fn close(&self) {
         self.closing.cancel();
         self.connections.close();
@@ -202,109 +237,40 @@ impl InstancePool {
             .clear();
     }
 
-    /// A new connection to `address` (able to upgrade when `upgrades`), its task spawned.
-    async fn connect(
-        &self,
-        address: SocketAddr,
-        upgrades: bool,
-    ) -> Result<SendRequest<Body>, ProxyError> {
-        let failed = |reason: Cause| ProxyError::ConnectFailed {
-            address: address.to_string(),
-            reason,
-        };
+    /// A new pooled connection to `address`.
+    async fn connect(&self, address: SocketAddr) -> Result<Connection, ProxyError> {
+        Ok(Connection::new(self.open(address).await?))
+    }
+
+    /// A TCP connection to `address`, with Nagle's algorithm off: heads and small bodies go
+    /// at once.
+    async fn open(&self, address: SocketAddr) -> Result<TcpStream, ProxyError> {
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(address))
             .await
             .map_err(|_| ProxyError::ConnectTimeout(address.to_string()))?
-            .map_err(|e| failed(Cause::new(e)))?;
+            .map_err(|e| connect_failed(address, Cause::new(e)))?;
         stream
             .set_nodelay(true)
-            .map_err(|e| failed(Cause::new(e)))?;
-        let (sender, connection) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| failed(Cause::new(e)))?;
-        let closing = self.closing.clone();
-        self.connections.spawn(async move {
-            let result = if upgrades {
-                tokio::select! {
-                    result = connection.with_upgrades() => result,
-                    () = closing.cancelled() => Ok(()),
-                }
-            } else {
-                tokio::select! {
-                    result = connection => result,
-                    () = closing.cancelled() => Ok(()),
-                }
-            };
-            if let Err(error) = result {
-                tracing::debug!(%address, error = %ErrorChain(&error), "instance connection closed");
-            }
-        });
-        Ok(sender)
+            .map_err(|e| connect_failed(address, Cause::new(e)))?;
+        Ok(stream)
     }
 }
 
-/// A failed exchange on a connection that was open: not written at all (the connection had
-/// closed) is [`ProxyError::Unprocessed`], anything else a reset.
+/// A connection to `address` that could not be made.
+fn connect_failed(address: SocketAddr, reason: Cause) -> ProxyError {
+    ProxyError::ConnectFailed {
+        address: address.to_string(),
+        reason,
+    }
+}
+
+/// A failed upgrade exchange: not written at all (the connection had closed) is
+/// [`ProxyError::Unprocessed`], anything else a reset.
 fn send_error(error: hyper::Error) -> ProxyError {
     if is_unprocessed(&error) {
         ProxyError::Unprocessed(Cause::new(error))
     } else {
         ProxyError::Reset(Cause::new(error))
-    }
-}
-
-/// A connection to give back to its idle list once the answer on it has been read whole.
-struct GiveBack {
-    shared: Arc<Shared>,
-    address: SocketAddr,
-    sender: SendRequest<Body>,
-}
-
-/// An instance's answer body; its connection goes back to the pool when it ends. A body
-/// dropped before its end (the caller went away, it failed) takes its connection with it, and
-/// hyper closes that connection.
-struct Pooled {
-    inner: Incoming,
-    giving_back: Option<GiveBack>,
-}
-
-impl Pooled {
-    fn give_back(&mut self) {
-        if let Some(GiveBack {
-            shared,
-            address,
-            sender,
-        }) = self.giving_back.take()
-        {
-            shared.give_back(address, sender);
-        }
-    }
-}
-
-impl HttpBody for Pooled {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.give_back(),
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.give_back(),
-            Poll::Ready(Some(Err(_))) => self.giving_back = None,
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 
@@ -317,6 +283,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
+    use crate::body;
 
     /// An HTTP/1.1 server on loopback counting the connections it accepts; it answers
     /// `Connection: close` to paths starting with `/close`.
@@ -354,7 +321,7 @@ mod tests {
     async fn get(pool: &InstancePool, address: SocketAddr, path: &'static str) {
         let mut request = Request::new(body::empty());
         *request.uri_mut() = http::Uri::from_static(path);
-        let response = pool.send(address, request).await.unwrap();
+        let response = pool.send(address, request, 65536).await.unwrap();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"ok");
     }
@@ -381,6 +348,263 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        pool.close().await;
+    }
+
+    /// A server on loopback that runs `script` on each connection it accepts (with the
+    /// connection's number from 0), so a test can send exactly the bytes it needs.
+    async fn scripted<F, Fut>(script: F) -> (SocketAddr, Arc<AtomicUsize>)
+    where
+        F: Fn(usize, TcpStream) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let index = counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(script(index, stream));
+            }
+        });
+        (address, accepted)
+    }
+
+    /// Reads one request head (up to its blank line) from `stream`.
+    async fn read_head(stream: &mut TcpStream) -> String {
+        use tokio::io::AsyncReadExt;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if stream.read(&mut byte).await.unwrap() == 0 {
+                break;
+            }
+            head.push(byte[0]);
+        }
+        String::from_utf8(head).unwrap()
+    }
+
+    fn request(method: http::Method, path: &'static str, body: Body) -> Request<Body> {
+        let mut request = Request::new(body);
+        *request.method_mut() = method;
+        *request.uri_mut() = http::Uri::from_static(path);
+        request
+    }
+
+    #[tokio::test]
+    async fn a_chunked_answer_with_trailers_arrives_whole_and_its_connection_is_reused() {
+        use tokio::io::AsyncWriteExt;
+        let (address, accepted) = scripted(|_, mut stream| async move {
+            loop {
+                if read_head(&mut stream).await.is_empty() {
+                    return;
+                }
+                let answer = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+                              5\r\nhello\r\n6;x=y\r\n world\r\n0\r\ngrpc-status: 0\r\n\r\n";
+                stream.write_all(answer.as_bytes()).await.unwrap();
+            }
+        })
+        .await;
+        let pool = InstancePool::new(Duration::from_secs(1));
+        for _ in 0..3 {
+            let answer = pool
+                .send(
+                    address,
+                    request(http::Method::GET, "/", body::empty()),
+                    65536,
+                )
+                .await
+                .unwrap();
+            let collected = answer.into_body().collect().await.unwrap();
+            assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
+            assert_eq!(&collected.to_bytes()[..], b"hello world");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        pool.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_body_of_unknown_length_goes_chunked_with_its_announced_trailers() {
+        let (address, _) = scripted(|_, stream| async move {
+            let service = service_fn(|request: Request<Incoming>| async move {
+                let chunked = request.headers().get("transfer-encoding").cloned();
+                let collected = request.into_body().collect().await.unwrap();
+                let trailer = collected.trailers().and_then(|t| t.get("x-sum").cloned());
+                let text = format!(
+                    "{:?} {:?} {}",
+                    chunked,
+                    trailer,
+                    String::from_utf8_lossy(&collected.to_bytes())
+                );
+                Ok::<_, std::convert::Infallible>(Response::new(body::full(text)))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        })
+        .await;
+        let (sender, streamed) = channel_body();
+        let mut call = request(http::Method::POST, "/up", streamed);
+        call.headers_mut()
+            .insert("trailer", http::HeaderValue::from_static("x-sum"));
+        tokio::spawn(async move {
+            for part in ["one ", "two"] {
+                sender
+                    .send(http_body::Frame::data(Bytes::from(part)))
+                    .await
+                    .unwrap();
+            }
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("x-sum", http::HeaderValue::from_static("7"));
+            sender
+                .send(http_body::Frame::trailers(trailers))
+                .await
+                .unwrap();
+        });
+        let pool = InstancePool::new(Duration::from_secs(1));
+        let answer = pool.send(address, call, 65536).await.unwrap();
+        let text = answer.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            String::from_utf8_lossy(&text),
+            "Some(\"chunked\") Some(\"7\") one two"
+        );
+        pool.close().await;
+    }
+
+    /// A body made of the frames sent to its channel, ending when every sender is gone.
+    struct Channel(tokio::sync::mpsc::Receiver<http_body::Frame<Bytes>>);
+
+    impl http_body::Body for Channel {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            self.0.poll_recv(cx).map(|frame| frame.map(Ok))
+        }
+    }
+
+    fn channel_body() -> (tokio::sync::mpsc::Sender<http_body::Frame<Bytes>>, Body) {
+        let (sender, receiver) = tokio::sync::mpsc::channel(1);
+        (sender, body::boxed(Channel(receiver)))
+    }
+
+    #[tokio::test]
+    async fn an_answer_sent_before_the_whole_request_body_reaches_the_caller() {
+        use tokio::io::AsyncWriteExt;
+        let (address, _) = scripted(|_, mut stream| async move {
+            read_head(&mut stream).await;
+            let answer = "HTTP/1.1 413 Content Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbig!";
+            stream.write_all(answer.as_bytes()).await.unwrap();
+            // Closed without reading the body.
+        })
+        .await;
+        // A body that never ends on its own: only the early answer can finish the call.
+        let (sender, streamed) = channel_body();
+        let pool = InstancePool::new(Duration::from_secs(1));
+        let call = request(http::Method::PUT, "/file", streamed);
+        let feeding = tokio::spawn(async move {
+            let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+            while sender
+                .send(http_body::Frame::data(chunk.clone()))
+                .await
+                .is_ok()
+            {}
+        });
+        let answer = pool.send(address, call, 65536).await.unwrap();
+        assert_eq!(answer.status(), http::StatusCode::PAYLOAD_TOO_LARGE);
+        let text = answer.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&text[..], b"big!");
+        feeding.abort();
+        pool.close().await;
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_the_instance_closed_is_not_taken_and_an_answer_to_close_is_read_to_its_end()
+     {
+        use tokio::io::AsyncWriteExt;
+        let (address, accepted) = scripted(|index, mut stream| async move {
+            read_head(&mut stream).await;
+            if index == 0 {
+                // Kept alive as far as the answer says, then closed while idle.
+                let answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                stream.write_all(answer.as_bytes()).await.unwrap();
+            } else {
+                // Delimited by the close.
+                stream
+                    .write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil ")
+                    .await
+                    .unwrap();
+                stream.write_all(b"close").await.unwrap();
+            }
+        })
+        .await;
+        let pool = InstancePool::new(Duration::from_secs(1));
+        get(&pool, address, "/").await;
+        // The first connection is back in the idle list; wait until the instance's close of
+        // it is visible to this side.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let closed = {
+                let idle = pool.shared.idle.lock().unwrap();
+                idle.by_instance[&address]
+                    .iter()
+                    .all(|c| c.connection.is_closed())
+            };
+            if closed || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let answer = pool
+            .send(
+                address,
+                request(http::Method::GET, "/", body::empty()),
+                65536,
+            )
+            .await
+            .unwrap();
+        let text = answer.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&text[..], b"until close");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert!(pool.shared.take(address).is_none());
+        pool.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_head_larger_than_the_limit_or_a_cut_answer_is_a_reset() {
+        use tokio::io::AsyncWriteExt;
+        let (address, _) = scripted(|index, mut stream| async move {
+            read_head(&mut stream).await;
+            let answer = if index == 0 {
+                format!("HTTP/1.1 200 OK\r\nX-Big: {}\r\n\r\n", "b".repeat(20_000))
+            } else {
+                "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort".to_string()
+            };
+            let _ = stream.write_all(answer.as_bytes()).await;
+        })
+        .await;
+        let pool = InstancePool::new(Duration::from_secs(1));
+        let big = pool
+            .send(
+                address,
+                request(http::Method::GET, "/", body::empty()),
+                16384,
+            )
+            .await;
+        assert!(matches!(big, Err(ProxyError::Reset(_))), "{big:?}");
+        let cut = pool
+            .send(
+                address,
+                request(http::Method::GET, "/", body::empty()),
+                16384,
+            )
+            .await
+            .unwrap();
+        assert!(cut.into_body().collect().await.is_err());
         pool.close().await;
     }
 }

@@ -35,9 +35,6 @@ pub enum Target {
     ByHost,
 }
 
-/// Smallest HTTP/1 read buffer hyper accepts.
-const MIN_HTTP1_BUFFER: usize = 8192;
-
 /// Serves one outbound connection until it closes or shutdown finishes it gracefully.
 pub async fn serve(
     proxy: Arc<Proxy>,
@@ -79,7 +76,7 @@ async fn serve_http1(
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout.get())
-        .max_buf_size((limits.max_header_bytes as usize).max(MIN_HTTP1_BUFFER))
+        .max_buf_size((limits.max_header_bytes as usize).max(super::MIN_HTTP1_BUFFER))
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     crate::listener::serve_until_shutdown(connection, shutdown, |c| c.graceful_shutdown()).await

@@ -1,0 +1,652 @@
+//! HTTP/1.1 as it goes on the wire toward this host's instances: a request's head written from
+//! its parsed parts, an answer's head read into `http` types, and the framing of both bodies
+//! (RFC 9112 §6 and §7). The pool's connections speak it directly (decision 55), so a call no
+//! longer crosses a channel and a connection task, and an answer's body is read by whoever
+//! polls it. The rules follow hyper's client, which did this before: the same framing for a
+//! request body, the same answers taken as errors.
+
+use std::mem::MaybeUninit;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRAILER, TRANSFER_ENCODING};
+use http::response::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri, Version};
+
+/// Header lines an instance's answer head (or its trailers) may hold, as hyper's client
+/// allowed; the head's bytes are bounded by `limits.maxHeaderBytes`.
+pub const MAX_ANSWER_HEADERS: usize = 100;
+/// Longest chunk-size line of a chunked answer (the size and any extensions): no instance
+/// needs more, and a line without end must not grow a buffer.
+pub const MAX_CHUNK_LINE: usize = 4096;
+
+/// Where a piece of a head is in its buffer: from, to.
+type Span = (usize, usize);
+
+/// Why an instance's bytes could not be read as an HTTP/1.1 answer.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// Not HTTP/1.x, or a head httparse refused.
+    #[error("the instance's answer is not valid HTTP/1.1: {0}")]
+    Parse(#[from] httparse::Error),
+    /// The answer's head ran past the head limit.
+    #[error("the instance's answer head is larger than {0} bytes")]
+    HeadTooLarge(usize),
+    /// A header name, value, status or length the `http` types refuse.
+    #[error("the instance's answer has an invalid {0}")]
+    Invalid(&'static str),
+    /// A 101 to a request that asked for no upgrade.
+    #[error("the instance switched protocols unasked")]
+    UnaskedUpgrade,
+}
+
+/// How a request's body goes on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestFraming {
+    /// Exactly this many bytes (`Content-Length`, or none for an empty body).
+    Length(u64),
+    /// Chunked, with the trailer fields the `Trailer` header announced.
+    Chunked(Vec<HeaderName>),
+}
+
+/// Decides a request body's framing as hyper's client did, and sets the headers that say it:
+/// a body that has ended sends nothing more; a `Content-Length` the caller gave is kept; a
+/// known size becomes one; a `GET`, `HEAD` or `CONNECT` of unknown size sends no body; any
+/// other method of unknown size goes chunked.
+pub fn request_framing(
+    method: &Method,
+    headers: &mut HeaderMap,
+    ended: bool,
+    exact_size: Option<u64>,
+) -> RequestFraming {
+    // Transfer-Encoding is hop-by-hop; whatever arrived was removed, this side decides it.
+    headers.remove(TRANSFER_ENCODING);
+    if ended {
+        return RequestFraming::Length(0);
+    }
+    if let Some(length) = content_length(headers) {
+        return RequestFraming::Length(length);
+    }
+    if let Some(length) = exact_size {
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
+        return RequestFraming::Length(length);
+    }
+    if matches!(*method, Method::GET | Method::HEAD | Method::CONNECT) {
+        return RequestFraming::Length(0);
+    }
+    headers.remove(CONTENT_LENGTH);
+    headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+    let announced = headers
+        .get_all(TRAILER)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(is_valid_trailer_field)
+        .collect();
+    RequestFraming::Chunked(announced)
+}
+
+/// Fields that must not travel as trailers (RFC 9110 §6.5.1), as hyper's encoder refuses them.
+fn is_valid_trailer_field(name: &HeaderName) -> bool {
+    use http::header::*;
+    !matches!(
+        *name,
+        AUTHORIZATION
+            | CACHE_CONTROL
+            | CONTENT_ENCODING
+            | CONTENT_LENGTH
+            | CONTENT_RANGE
+            | CONTENT_TYPE
+            | HOST
+            | MAX_FORWARDS
+            | SET_COOKIE
+            | TRAILER
+            | TRANSFER_ENCODING
+            | TE
+    )
+}
+
+/// Appends `method target HTTP/1.1`, every header line and the blank line to `dst`. The target
+/// is written as the request holds it: the inbound side gives origin form.
+pub fn encode_request_head(method: &Method, uri: &Uri, headers: &HeaderMap, dst: &mut Vec<u8>) {
+    dst.reserve(32 + headers.len() * 32);
+    dst.extend_from_slice(method.as_str().as_bytes());
+    dst.push(b' ');
+    match uri.path_and_query() {
+        Some(target) if uri.scheme().is_none() => dst.extend_from_slice(target.as_str().as_bytes()),
+        _ => dst.extend_from_slice(uri.to_string().as_bytes()),
+    }
+    dst.extend_from_slice(b" HTTP/1.1\r\n");
+    encode_fields(headers, dst);
+    dst.extend_from_slice(b"\r\n");
+}
+
+/// Appends `name: value` lines. `http` types hold no CR or LF, so nothing can break a line.
+pub fn encode_fields(headers: &HeaderMap, dst: &mut Vec<u8>) {
+    for (name, value) in headers {
+        dst.extend_from_slice(name.as_str().as_bytes());
+        dst.extend_from_slice(b": ");
+        dst.extend_from_slice(value.as_bytes());
+        dst.extend_from_slice(b"\r\n");
+    }
+}
+
+/// The trailer section ending a chunked request body: the last chunk, the announced fields
+/// among `trailers`, and the blank line.
+pub fn encode_last_chunk(announced: &[HeaderName], trailers: Option<&HeaderMap>) -> Bytes {
+    let Some(trailers) = trailers.filter(|_| !announced.is_empty()) else {
+        return Bytes::from_static(b"0\r\n\r\n");
+    };
+    let mut dst = b"0\r\n".to_vec();
+    for (name, value) in trailers {
+        if announced.contains(name) {
+            dst.extend_from_slice(name.as_str().as_bytes());
+            dst.extend_from_slice(b": ");
+            dst.extend_from_slice(value.as_bytes());
+            dst.extend_from_slice(b"\r\n");
+        }
+    }
+    dst.extend_from_slice(b"\r\n");
+    Bytes::from(dst)
+}
+
+/// How an answer's body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerFraming {
+    /// This many bytes; zero for `HEAD`, 204 and 304.
+    Length(u64),
+    /// Chunked.
+    Chunked,
+    /// Until the instance closes the connection.
+    UntilClose,
+}
+
+/// An answer's head and what it says about its body and its connection.
+#[derive(Debug)]
+pub struct AnswerHead {
+    /// Status, version, headers (as the instance sent them, framing ones included).
+    pub parts: Parts,
+    /// How its body ends.
+    pub framing: AnswerFraming,
+    /// Whether the connection may carry another request afterwards.
+    pub keep_alive: bool,
+}
+
+/// Reads an answer's head off the front of `buf`, skipping interim (1xx) answers as hyper's
+/// client did. `Ok(None)`: more bytes are needed. A head longer than `max_head` is an error,
+/// so an instance cannot make the buffer grow without bound.
+pub fn parse_answer_head(
+    buf: &mut BytesMut,
+    method: &Method,
+    max_head: usize,
+) -> Result<Option<AnswerHead>, WireError> {
+    loop {
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        let mut fields =
+            [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_ANSWER_HEADERS];
+        let mut answer = httparse::Response::new(&mut []);
+        let (length, code, reason, minor, spans) = match httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut answer, buf, &mut fields)?
+        {
+            httparse::Status::Partial if buf.len() >= max_head => {
+                return Err(WireError::HeadTooLarge(max_head));
+            }
+            httparse::Status::Partial => return Ok(None),
+            httparse::Status::Complete(length) => {
+                let start = buf.as_ptr() as usize;
+                let span = |part: &[u8]| {
+                    let from = part.as_ptr() as usize - start;
+                    (from, from + part.len())
+                };
+                let spans: smallvec::SmallVec<[(Span, Span); 16]> = answer
+                    .headers
+                    .iter()
+                    .map(|h| (span(h.name.as_bytes()), span(h.value)))
+                    .collect();
+                let reason = answer.reason.map(|r| span(r.as_bytes()));
+                (
+                    length,
+                    answer.code.unwrap_or_default(),
+                    reason,
+                    answer.version.unwrap_or_default(),
+                    spans,
+                )
+            }
+        };
+        if length > max_head {
+            return Err(WireError::HeadTooLarge(max_head));
+        }
+        let head = buf.split_to(length).freeze();
+        let status = StatusCode::from_u16(code).map_err(|_| WireError::Invalid("status"))?;
+        if status.is_informational() {
+            if status == StatusCode::SWITCHING_PROTOCOLS {
+                return Err(WireError::UnaskedUpgrade);
+            }
+            continue;
+        }
+        let version = if minor == 1 {
+            Version::HTTP_11
+        } else {
+            Version::HTTP_10
+        };
+        let mut headers = HeaderMap::with_capacity(spans.len());
+        let mut keep_alive = version == Version::HTTP_11;
+        let mut close = false;
+        for (name, value) in spans {
+            let name = HeaderName::from_bytes(&head[name.0..name.1])
+                .map_err(|_| WireError::Invalid("header name"))?;
+            let value = HeaderValue::from_maybe_shared(head.slice(value.0..value.1))
+                .map_err(|_| WireError::Invalid("header value"))?;
+            if name == CONNECTION {
+                if close || has_token(&value, "close") {
+                    close = true;
+                    keep_alive = false;
+                } else if !keep_alive {
+                    keep_alive = has_token(&value, "keep-alive");
+                }
+            }
+            headers.append(name, value);
+        }
+        let mut answer = Response::new(());
+        *answer.status_mut() = status;
+        *answer.version_mut() = version;
+        if let Some((from, to)) = reason
+            && Some(&head[from..to]) != status.canonical_reason().map(str::as_bytes)
+            && let Ok(phrase) = hyper::ext::ReasonPhrase::try_from(head.slice(from..to))
+        {
+            answer.extensions_mut().insert(phrase);
+        }
+        *answer.headers_mut() = headers;
+        let (parts, ()) = answer.into_parts();
+        let framing = answer_framing(&parts, method)?;
+        if framing == AnswerFraming::UntilClose {
+            keep_alive = false;
+        }
+        return Ok(Some(AnswerHead {
+            parts,
+            framing,
+            keep_alive,
+        }));
+    }
+}
+
+/// How the body of an answer with `parts` to a `method` request ends (RFC 9112 §6.3).
+fn answer_framing(parts: &Parts, method: &Method) -> Result<AnswerFraming, WireError> {
+    if matches!(parts.status.as_u16(), 204 | 304) || *method == Method::HEAD {
+        return Ok(AnswerFraming::Length(0));
+    }
+    if parts.headers.contains_key(TRANSFER_ENCODING) {
+        if parts.version == Version::HTTP_10 {
+            return Err(WireError::Invalid("transfer-encoding in HTTP/1.0"));
+        }
+        let last = parts
+            .headers
+            .get_all(TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.rsplit(',').next())
+            .map(str::trim);
+        return Ok(match last {
+            Some(coding) if coding.eq_ignore_ascii_case("chunked") => AnswerFraming::Chunked,
+            _ => AnswerFraming::UntilClose,
+        });
+    }
+    if parts.headers.contains_key(CONTENT_LENGTH) {
+        return content_length(&parts.headers)
+            .map(AnswerFraming::Length)
+            .ok_or(WireError::Invalid("content-length"));
+    }
+    Ok(AnswerFraming::UntilClose)
+}
+
+/// The one length every `Content-Length` line (and every comma-separated value) gives;
+/// `None` when there is none, or they differ, or one is not a number.
+pub fn content_length(headers: &HeaderMap) -> Option<u64> {
+    let mut length = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        for part in value.to_str().ok()?.split(',') {
+            let part = part.trim();
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let parsed: u64 = part.parse().ok()?;
+            if length.is_some_and(|seen| seen != parsed) {
+                return None;
+            }
+            length = Some(parsed);
+        }
+    }
+    length
+}
+
+/// Whether a `Connection` value lists `token`.
+fn has_token(value: &HeaderValue, token: &str) -> bool {
+    value
+        .to_str()
+        .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+}
+
+/// What a chunked body gave next.
+#[derive(Debug, PartialEq)]
+pub enum Chunk {
+    /// Body bytes.
+    Data(Bytes),
+    /// The trailer fields after the last chunk; the body has ended.
+    Trailers(HeaderMap),
+    /// The last chunk without trailers; the body has ended.
+    End,
+}
+
+/// Reads a chunked body (RFC 9112 §7.1) from a buffer the caller fills.
+#[derive(Debug)]
+pub struct ChunkedDecoder {
+    state: ChunkState,
+    max_trailers: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    /// At a chunk-size line.
+    Size,
+    /// Inside a chunk with this many bytes left.
+    Data(u64),
+    /// After a chunk's data, at its CRLF.
+    DataEnd,
+    /// After the last chunk, at the trailer section.
+    Trailers,
+    /// Done.
+    Ended,
+}
+
+impl ChunkedDecoder {
+    /// A decoder at the first chunk, taking trailer sections of up to `max_trailers` bytes.
+    pub fn new(max_trailers: usize) -> Self {
+        ChunkedDecoder {
+            state: ChunkState::Size,
+            max_trailers,
+        }
+    }
+
+    /// Whether the last chunk and trailers have been read.
+    pub fn has_ended(&self) -> bool {
+        self.state == ChunkState::Ended
+    }
+
+    /// The next piece from the front of `buf`; `Ok(None)` when `buf` needs more bytes.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Chunk>, WireError> {
+        loop {
+            match self.state {
+                ChunkState::Size => {
+                    let Some(end) = find_crlf(buf, MAX_CHUNK_LINE)? else {
+                        return Ok(None);
+                    };
+                    let size = chunk_size(&buf[..end])?;
+                    buf.advance(end + 2);
+                    self.state = if size == 0 {
+                        ChunkState::Trailers
+                    } else {
+                        ChunkState::Data(size)
+                    };
+                }
+                ChunkState::Data(left) => {
+                    if buf.is_empty() {
+                        return Ok(None);
+                    }
+                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+                    let data = buf.split_to(take).freeze();
+                    let left = left - take as u64;
+                    self.state = if left == 0 {
+                        ChunkState::DataEnd
+                    } else {
+                        ChunkState::Data(left)
+                    };
+                    return Ok(Some(Chunk::Data(data)));
+                }
+                ChunkState::DataEnd => {
+                    if buf.len() < 2 {
+                        return Ok(None);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(WireError::Invalid("chunk end"));
+                    }
+                    buf.advance(2);
+                    self.state = ChunkState::Size;
+                }
+                ChunkState::Trailers => {
+                    if buf.starts_with(b"\r\n") {
+                        buf.advance(2);
+                        self.state = ChunkState::Ended;
+                        return Ok(Some(Chunk::End));
+                    }
+                    let Some(end) = find_blank_line(buf, self.max_trailers)? else {
+                        return Ok(None);
+                    };
+                    let section = buf.split_to(end + 4).freeze();
+                    self.state = ChunkState::Ended;
+                    return parse_trailers(&section).map(|t| Some(Chunk::Trailers(t)));
+                }
+                ChunkState::Ended => return Ok(None),
+            }
+        }
+    }
+}
+
+/// Where the first CRLF in `buf` is; an error when none is within `max` bytes.
+fn find_crlf(buf: &[u8], max: usize) -> Result<Option<usize>, WireError> {
+    match buf.windows(2).position(|w| w == b"\r\n") {
+        Some(at) if at <= max => Ok(Some(at)),
+        None if buf.len() <= max => Ok(None),
+        _ => Err(WireError::Invalid("chunk-size line")),
+    }
+}
+
+/// Where the blank line ending a trailer section is; an error when none is within `max`.
+fn find_blank_line(buf: &[u8], max: usize) -> Result<Option<usize>, WireError> {
+    match buf.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(at) if at <= max => Ok(Some(at)),
+        None if buf.len() <= max => Ok(None),
+        _ => Err(WireError::HeadTooLarge(max)),
+    }
+}
+
+/// A chunk-size line's size: hex digits, then optional whitespace and extensions (ignored).
+fn chunk_size(line: &[u8]) -> Result<u64, WireError> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    let rest = &line[digits..];
+    let rest_ok = rest
+        .iter()
+        .position(|&b| b == b';')
+        .map_or(rest, |at| &rest[..at])
+        .iter()
+        .all(|&b| b == b' ' || b == b'\t');
+    if digits == 0 || digits > 16 || !rest_ok {
+        return Err(WireError::Invalid("chunk size"));
+    }
+    let text =
+        std::str::from_utf8(&line[..digits]).map_err(|_| WireError::Invalid("chunk size"))?;
+    u64::from_str_radix(text, 16).map_err(|_| WireError::Invalid("chunk size"))
+}
+
+/// The fields of a trailer section (ending with its blank line).
+fn parse_trailers(section: &Bytes) -> Result<HeaderMap, WireError> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_ANSWER_HEADERS];
+    let httparse::Status::Complete((_, parsed)) = httparse::parse_headers(section, &mut fields)?
+    else {
+        return Err(WireError::Invalid("trailer section"));
+    };
+    let mut trailers = HeaderMap::with_capacity(parsed.len());
+    for field in parsed {
+        let name = HeaderName::from_bytes(field.name.as_bytes())
+            .map_err(|_| WireError::Invalid("trailer name"))?;
+        let value = HeaderValue::from_bytes(field.value)
+            .map_err(|_| WireError::Invalid("trailer value"))?;
+        trailers.append(name, value);
+    }
+    Ok(trailers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(bytes: &str, method: Method) -> Result<Option<AnswerHead>, WireError> {
+        parse_answer_head(&mut BytesMut::from(bytes), &method, 1024)
+    }
+
+    #[test]
+    fn an_answer_head_gives_status_headers_framing_and_keep_alive() {
+        let mut buf = BytesMut::from(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 Fine\r\nContent-Length: 5\r\nX-A: 1\r\nX-A: 2\r\n\r\nhello",
+        );
+        let answer = parse_answer_head(&mut buf, &Method::POST, 1024)
+            .unwrap()
+            .unwrap();
+        assert_eq!(answer.parts.status, StatusCode::OK);
+        assert_eq!(answer.framing, AnswerFraming::Length(5));
+        assert!(answer.keep_alive);
+        assert_eq!(answer.parts.headers.get_all("x-a").iter().count(), 2);
+        let reason = answer
+            .parts
+            .extensions
+            .get::<hyper::ext::ReasonPhrase>()
+            .unwrap();
+        assert_eq!(reason.as_bytes(), b"Fine");
+        assert_eq!(&buf[..], b"hello");
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112_section_6_3() {
+        let framing = |text: &str, method| head(text, method).unwrap().unwrap().framing;
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", Method::HEAD),
+            AnswerFraming::Length(0)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 304 Not Modified\r\n\r\n", Method::GET),
+            AnswerFraming::Length(0)
+        );
+        assert_eq!(
+            framing(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n\r\n",
+                Method::GET
+            ),
+            AnswerFraming::Chunked
+        );
+        let until_close = head("HTTP/1.1 200 OK\r\n\r\n", Method::GET)
+            .unwrap()
+            .unwrap();
+        assert_eq!(until_close.framing, AnswerFraming::UntilClose);
+        assert!(!until_close.keep_alive);
+        let old = head("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", Method::GET);
+        assert!(!old.unwrap().unwrap().keep_alive);
+        let close = head(
+            "HTTP/1.1 200 OK\r\nConnection: close\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n",
+            Method::GET,
+        );
+        assert!(!close.unwrap().unwrap().keep_alive);
+    }
+
+    #[test]
+    fn bad_answers_are_errors_and_partial_ones_wait() {
+        assert!(
+            head("HTTP/1.1 200 OK\r\nContent-Le", Method::GET)
+                .unwrap()
+                .is_none()
+        );
+        for bad in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "SSH-2.0-OpenSSH\r\n\r\n",
+        ] {
+            assert!(head(bad, Method::GET).is_err(), "{bad}");
+        }
+        let long = format!("HTTP/1.1 200 OK\r\nX-Long: {}\r\n", "a".repeat(2000));
+        assert!(matches!(
+            head(&long, Method::GET),
+            Err(WireError::HeadTooLarge(1024))
+        ));
+    }
+
+    #[test]
+    fn a_chunked_body_decodes_across_any_split() {
+        let wire = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nGrpc-Status: 0\r\n\r\n";
+        for split in 0..wire.len() {
+            let mut decoder = ChunkedDecoder::new(1024);
+            let mut buf = BytesMut::from(&wire[..split]);
+            let mut body = Vec::new();
+            let mut trailers = None;
+            let mut fed = false;
+            loop {
+                match decoder.decode(&mut buf).unwrap() {
+                    Some(Chunk::Data(data)) => body.extend_from_slice(&data),
+                    Some(Chunk::Trailers(t)) => trailers = Some(t),
+                    Some(Chunk::End) => {}
+                    None if decoder.has_ended() => break,
+                    None => {
+                        assert!(!fed, "stuck at split {split}");
+                        buf.extend_from_slice(&wire[split..]);
+                        fed = true;
+                    }
+                }
+            }
+            assert_eq!(body, b"hello world");
+            assert_eq!(trailers.unwrap()["grpc-status"], "0");
+        }
+    }
+
+    #[test]
+    fn bad_chunks_are_errors() {
+        for bad in [
+            &b"zz\r\n"[..],
+            b"11111111111111111\r\n",
+            b"5 x\r\nhello\r\n",
+            b"2\r\nabXY",
+        ] {
+            let mut decoder = ChunkedDecoder::new(1024);
+            let mut buf = BytesMut::from(bad);
+            let result = (0..4).try_for_each(|_| decoder.decode(&mut buf).map(drop));
+            assert!(result.is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        let mut endless = BytesMut::from(&[b'1'; MAX_CHUNK_LINE + 2][..]);
+        assert!(ChunkedDecoder::new(1024).decode(&mut endless).is_err());
+    }
+
+    #[test]
+    fn request_framing_matches_what_hyper_sent() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(
+            request_framing(&Method::GET, &mut headers, true, Some(0)),
+            RequestFraming::Length(0)
+        );
+        assert_eq!(
+            request_framing(&Method::POST, &mut headers, false, Some(7)),
+            RequestFraming::Length(7)
+        );
+        assert_eq!(headers[CONTENT_LENGTH], "7");
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            TRAILER,
+            HeaderValue::from_static("grpc-status, content-type"),
+        );
+        let framing = request_framing(&Method::POST, &mut headers, false, None);
+        assert_eq!(
+            framing,
+            RequestFraming::Chunked(vec![HeaderName::from_static("grpc-status")])
+        );
+        assert_eq!(headers[TRANSFER_ENCODING], "chunked");
+        let mut headers = HeaderMap::new();
+        assert_eq!(
+            request_framing(&Method::GET, &mut headers, false, None),
+            RequestFraming::Length(0)
+        );
+        let mut head = Vec::new();
+        let uri = Uri::from_static("/a?b=1");
+        encode_request_head(&Method::PUT, &uri, &headers, &mut head);
+        assert_eq!(head, b"PUT /a?b=1 HTTP/1.1\r\n\r\n");
+    }
+}
