@@ -164,7 +164,9 @@ pub enum AnswerFraming {
 /// An answer's head and what it says about its body and its connection.
 #[derive(Debug)]
 pub struct AnswerHead {
-    /// Status, version, headers (as the instance sent them, framing ones included).
+    /// Status, version, headers as the instance sent them (framing ones included), except a
+    /// `Connection` that only said `keep-alive` or `close`: it is hop-by-hop and names no
+    /// other header, so it is read here and not kept.
     pub parts: Parts,
     /// How its body ends.
     pub framing: AnswerFraming,
@@ -246,6 +248,12 @@ pub fn parse_answer_head(
                 } else if !keep_alive {
                     keep_alive = has_token(&value, "keep-alive");
                 }
+                // Hop-by-hop, and naming no other header: nothing for the caller, and one
+                // header fewer to strip.
+                let bare = value.as_bytes();
+                if bare.eq_ignore_ascii_case(b"keep-alive") || bare.eq_ignore_ascii_case(b"close") {
+                    continue;
+                }
             }
             headers.append(name, value);
         }
@@ -307,6 +315,14 @@ fn answer_framing(parts: &Parts, method: &Method) -> Result<AnswerFraming, WireE
 pub fn content_length(headers: &HeaderMap) -> Option<u64> {
     let mut length = None;
     for value in headers.get_all(CONTENT_LENGTH) {
+        // The usual value, digits only, is read without splitting it.
+        if let Some(parsed) = digits(value.as_bytes()) {
+            if length.is_some_and(|seen| seen != parsed) {
+                return None;
+            }
+            length = Some(parsed);
+            continue;
+        }
         for part in value.to_str().ok()?.split(',') {
             let part = part.trim();
             if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
@@ -322,11 +338,23 @@ pub fn content_length(headers: &HeaderMap) -> Option<u64> {
     length
 }
 
+/// The number `text` spells in decimal, when it is only digits and fits.
+fn digits(text: &[u8]) -> Option<u64> {
+    if text.is_empty() || text.len() > 19 {
+        return None;
+    }
+    text.iter().try_fold(0u64, |n, &b| {
+        b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
+    })
+}
+
 /// Whether a `Connection` value lists `token`.
 fn has_token(value: &HeaderValue, token: &str) -> bool {
-    value
-        .to_str()
-        .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    // Most values are the one token itself.
+    value.as_bytes().eq_ignore_ascii_case(token.as_bytes())
+        || value
+            .to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
 /// What a chunked body gave next.
