@@ -269,7 +269,10 @@ pub fn parse_answer_head(
         *answer.headers_mut() = headers;
         let (parts, ()) = answer.into_parts();
         let framing = answer_framing(&parts, method)?;
-        if framing == AnswerFraming::UntilClose {
+        // Read until close, or framed two ways (RFC 9112 §6.3: the connection must close).
+        if framing == AnswerFraming::UntilClose
+            || (framing == AnswerFraming::Chunked && parts.headers.contains_key(CONTENT_LENGTH))
+        {
             keep_alive = false;
         }
         return Ok(Some(AnswerHead {
@@ -278,6 +281,23 @@ pub fn parse_answer_head(
             keep_alive,
         }));
     }
+}
+
+/// Whether `buf` holds a whole head: a line break, an optional CR and another line break,
+/// looked for from `from` on. The caller keeps where it looked, so a head that trickles in a
+/// byte at a time is scanned once, not once per byte, before httparse reads it.
+pub fn has_head_end(buf: &[u8], from: usize) -> bool {
+    let from = from.saturating_sub(2).min(buf.len());
+    let mut at = from;
+    while let Some(offset) = buf[at..].iter().position(|&b| b == b'\n') {
+        let newline = at + offset;
+        match buf.get(newline + 1) {
+            Some(b'\n') => return true,
+            Some(b'\r') if buf.get(newline + 2) == Some(&b'\n') => return true,
+            _ => at = newline + 1,
+        }
+    }
+    false
 }
 
 /// How the body of an answer with `parts` to a `method` request ends (RFC 9112 §6.3).
@@ -598,6 +618,21 @@ mod tests {
             head(&long, Method::GET),
             Err(WireError::HeadTooLarge(1024))
         ));
+    }
+
+    #[test]
+    fn a_head_end_is_found_wherever_the_bytes_were_split() {
+        let wire = b"HTTP/1.1 200 OK\r\nA: b\r\n\r\n";
+        for split in 0..wire.len() {
+            assert!(!has_head_end(&wire[..split], 0), "{split}");
+            assert!(has_head_end(wire, split), "{split}");
+        }
+        assert!(has_head_end(b"HTTP/1.1 200 OK\nA: b\n\n", 0));
+        let answer = head(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            Method::GET,
+        );
+        assert!(!answer.unwrap().unwrap().keep_alive);
     }
 
     #[test]

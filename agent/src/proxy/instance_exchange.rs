@@ -16,7 +16,8 @@ use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use super::h1_wire::{
-    AnswerFraming, Chunk, ChunkedDecoder, RequestFraming, encode_last_chunk, parse_answer_head,
+    AnswerFraming, Chunk, ChunkedDecoder, RequestFraming, encode_last_chunk, has_head_end,
+    parse_answer_head,
 };
 use crate::body::{self, Body, BoxError};
 use crate::error::{Cause, ProxyError};
@@ -271,6 +272,8 @@ where
     let head = request.head.clone();
     let (method, mut writer) = RequestWriter::new(request, reused);
     let mut write_failed = None;
+    // How much of the buffer has been looked through for the head's end.
+    let mut searched = 0;
     let answer = std::future::poll_fn(|cx| {
         if write_failed.is_none()
             && !writer.is_done()
@@ -283,11 +286,20 @@ where
             write_failed = Some(error);
         }
         loop {
-            match parse_answer_head(&mut connection.read, &method, max_head) {
-                Ok(Some(answer)) => return Poll::Ready(Ok(answer)),
-                Ok(None) => {}
-                Err(error) => return Poll::Ready(Err(Stop::Failed(Cause::new(error)))),
+            if has_head_end(&connection.read, searched) || connection.read.len() >= max_head {
+                let before = connection.read.len();
+                match parse_answer_head(&mut connection.read, &method, max_head) {
+                    Ok(Some(answer)) => return Poll::Ready(Ok(answer)),
+                    Ok(None) => {}
+                    Err(error) => return Poll::Ready(Err(Stop::Failed(Cause::new(error)))),
+                }
+                // Interim answers were read off the front; the rest may hold the final one.
+                if connection.read.len() < before && has_head_end(&connection.read, 0) {
+                    searched = 0;
+                    continue;
+                }
             }
+            searched = connection.read.len();
             match ready!(connection.poll_fill(cx, READ_SIZE)) {
                 Ok(0) => {
                     let error = write_failed.take().unwrap_or_else(|| {

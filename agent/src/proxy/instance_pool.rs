@@ -607,4 +607,24 @@ mod tests {
         assert!(cut.into_body().collect().await.is_err());
         pool.close().await;
     }
+
+    #[tokio::test]
+    async fn an_answer_head_trickling_in_after_an_interim_answer_is_read() {
+        use tokio::io::AsyncWriteExt;
+        let (address, _) = scripted(|_, mut stream| async move {
+            read_head(&mut stream).await;
+            stream.set_nodelay(true).unwrap();
+            let wire = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+            for byte in wire {
+                if stream.write_all(&[*byte]).await.is_err() {
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        let pool = InstancePool::new(Duration::from_secs(1));
+        get(&pool, address, "/").await;
+        pool.close().await;
+    }
 }
