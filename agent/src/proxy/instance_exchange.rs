@@ -100,6 +100,9 @@ struct RequestWriter {
     gather_with_head: bool,
     /// Whether the head has been written whole.
     head_written: bool,
+    /// Whether the caller's body failed: the instance would wait for the rest forever, so
+    /// the exchange ends there, as hyper's client ended it.
+    caller_failed: bool,
 }
 
 impl RequestWriter {
@@ -115,6 +118,7 @@ impl RequestWriter {
             body_started: false,
             gather_with_head: !reused,
             head_written: false,
+            caller_failed: false,
         };
         (request.method, writer)
     }
@@ -175,6 +179,7 @@ impl RequestWriter {
                 Poll::Pending => return Ok(()),
                 Poll::Ready(Some(Err(error))) => {
                     self.body_started = true;
+                    self.caller_failed = true;
                     return Err(io::Error::other(error));
                 }
                 Poll::Ready(Some(Ok(frame))) => {
@@ -279,6 +284,9 @@ where
             && !writer.is_done()
             && let Poll::Ready(Err(error)) = writer.poll_write(cx, &mut connection.stream)
         {
+            if writer.caller_failed {
+                return Poll::Ready(Err(Stop::Failed(Cause::new(error))));
+            }
             if !writer.head_written {
                 return Poll::Ready(Err(Stop::Unwritten(error)));
             }
@@ -427,6 +435,7 @@ impl HttpBody for AnswerBody {
         if let Some(writer) = this.writer.as_mut() {
             match writer.poll_write(cx, &mut connection.stream) {
                 Poll::Ready(Ok(())) => this.writer = None,
+                Poll::Ready(Err(error)) if writer.caller_failed => return this.fail(error),
                 Poll::Ready(Err(error)) => {
                     tracing::debug!(%error, "writing the rest of a request to an instance failed after its answer began");
                     this.writer = None;

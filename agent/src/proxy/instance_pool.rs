@@ -614,7 +614,8 @@ mod tests {
         let (address, _) = scripted(|_, mut stream| async move {
             read_head(&mut stream).await;
             stream.set_nodelay(true).unwrap();
-            let wire = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+            let wire =
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
             for byte in wire {
                 if stream.write_all(&[*byte]).await.is_err() {
                     return;
@@ -625,6 +626,43 @@ mod tests {
         .await;
         let pool = InstancePool::new(Duration::from_secs(1));
         get(&pool, address, "/").await;
+        pool.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_caller_body_that_fails_ends_the_exchange_at_once() {
+        let (address, _) = scripted(|_, mut stream| async move {
+            read_head(&mut stream).await;
+            // Waits for the rest of the body, which never comes; keeps the connection open.
+            let mut sink = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut sink).await;
+        })
+        .await;
+        /// A body that yields one frame, then fails.
+        struct Failing(bool);
+        impl http_body::Body for Failing {
+            type Data = Bytes;
+            type Error = std::io::Error;
+            fn poll_frame(
+                mut self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+                let first = !std::mem::replace(&mut self.0, true);
+                std::task::Poll::Ready(Some(if first {
+                    Ok(http_body::Frame::data(Bytes::from_static(b"part")))
+                } else {
+                    Err(std::io::Error::other("the caller went away"))
+                }))
+            }
+        }
+        let pool = InstancePool::new(Duration::from_secs(1));
+        let mut call = request(http::Method::POST, "/up", body::boxed(Failing(false)));
+        call.headers_mut()
+            .insert("content-length", http::HeaderValue::from_static("100"));
+        let answer = tokio::time::timeout(Duration::from_secs(10), pool.send(address, call, 65536))
+            .await
+            .expect("the exchange ends when the caller's body fails");
+        assert!(matches!(answer, Err(ProxyError::Reset(_))), "{answer:?}");
         pool.close().await;
     }
 }
