@@ -236,11 +236,15 @@ pub fn parse_answer_head(
         let mut headers = HeaderMap::with_capacity(spans.len());
         let mut keep_alive = version == Version::HTTP_11;
         let mut close = false;
+        // Noted on the way, so framing needs no lookups in the map.
+        let (mut has_transfer_encoding, mut has_length) = (false, false);
         for (name, value) in spans {
             let name = HeaderName::from_bytes(&head[name.0..name.1])
                 .map_err(|_| WireError::Invalid("header name"))?;
             let value = HeaderValue::from_maybe_shared(head.slice(value.0..value.1))
                 .map_err(|_| WireError::Invalid("header value"))?;
+            has_transfer_encoding |= name == TRANSFER_ENCODING;
+            has_length |= name == CONTENT_LENGTH;
             if name == CONNECTION {
                 if close || has_token(&value, "close") {
                     close = true;
@@ -268,10 +272,9 @@ pub fn parse_answer_head(
         }
         *answer.headers_mut() = headers;
         let (parts, ()) = answer.into_parts();
-        let framing = answer_framing(&parts, method)?;
+        let framing = answer_framing(&parts, method, has_transfer_encoding, has_length)?;
         // Read until close, or framed two ways (RFC 9112 §6.3: the connection must close).
-        if framing == AnswerFraming::UntilClose
-            || (framing == AnswerFraming::Chunked && parts.headers.contains_key(CONTENT_LENGTH))
+        if framing == AnswerFraming::UntilClose || (framing == AnswerFraming::Chunked && has_length)
         {
             keep_alive = false;
         }
@@ -300,12 +303,18 @@ pub fn has_head_end(buf: &[u8], from: usize) -> bool {
     false
 }
 
-/// How the body of an answer with `parts` to a `method` request ends (RFC 9112 §6.3).
-fn answer_framing(parts: &Parts, method: &Method) -> Result<AnswerFraming, WireError> {
+/// How the body of an answer with `parts` to a `method` request ends (RFC 9112 §6.3), given
+/// whether it has `Transfer-Encoding` and `Content-Length` lines.
+fn answer_framing(
+    parts: &Parts,
+    method: &Method,
+    has_transfer_encoding: bool,
+    has_length: bool,
+) -> Result<AnswerFraming, WireError> {
     if matches!(parts.status.as_u16(), 204 | 304) || *method == Method::HEAD {
         return Ok(AnswerFraming::Length(0));
     }
-    if parts.headers.contains_key(TRANSFER_ENCODING) {
+    if has_transfer_encoding {
         if parts.version == Version::HTTP_10 {
             return Err(WireError::Invalid("transfer-encoding in HTTP/1.0"));
         }
@@ -322,7 +331,7 @@ fn answer_framing(parts: &Parts, method: &Method) -> Result<AnswerFraming, WireE
             _ => AnswerFraming::UntilClose,
         });
     }
-    if parts.headers.contains_key(CONTENT_LENGTH) {
+    if has_length {
         return content_length(&parts.headers)
             .map(AnswerFraming::Length)
             .ok_or(WireError::Invalid("content-length"));
