@@ -385,6 +385,17 @@ mod tests {
         String::from_utf8(head).unwrap()
     }
 
+    /// The answer to a `GET /` sent through `pool`.
+    async fn answer_to_get(pool: &InstancePool, address: SocketAddr) -> Response<Body> {
+        pool.send(
+            address,
+            request(http::Method::GET, "/", body::empty()),
+            65536,
+        )
+        .await
+        .unwrap()
+    }
+
     fn request(method: http::Method, path: &'static str, body: Body) -> Request<Body> {
         let mut request = Request::new(body);
         *request.method_mut() = method;
@@ -408,14 +419,7 @@ mod tests {
         .await;
         let pool = InstancePool::new(Duration::from_secs(1));
         for _ in 0..3 {
-            let answer = pool
-                .send(
-                    address,
-                    request(http::Method::GET, "/", body::empty()),
-                    65536,
-                )
-                .await
-                .unwrap();
+            let answer = answer_to_get(&pool, address).await;
             let collected = answer.into_body().collect().await.unwrap();
             assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
             assert_eq!(&collected.to_bytes()[..], b"hello world");
@@ -559,14 +563,7 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let answer = pool
-            .send(
-                address,
-                request(http::Method::GET, "/", body::empty()),
-                65536,
-            )
-            .await
-            .unwrap();
+        let answer = answer_to_get(&pool, address).await;
         let text = answer.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&text[..], b"until close");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
