@@ -65,9 +65,13 @@ pub(crate) async fn open_upgraded<B>(
         let _place = place;
         match upgrade.await {
             Ok(connection) => {
-                let ended =
-                    crate::watch::connection::serve(TokioIo::new(connection), lines, &shutdown)
-                        .await;
+                let ended = crate::watch::connection::serve(
+                    TokioIo::new(connection),
+                    lines,
+                    crate::watch::SEND_PATIENCE,
+                    &shutdown,
+                )
+                .await;
                 tracing::debug!(?ended, "watch connection ended");
             }
             Err(error) => tracing::debug!(%error, "the watch's connection was not handed over"),
