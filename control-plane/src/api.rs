@@ -80,6 +80,9 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: Cancellatio
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
         }
+        if let Err(error) = bound_unacknowledged(&stream, unacknowledged_limit(&limits)) {
+            tracing::debug!(%peer, %error, "cannot set TCP_USER_TIMEOUT");
+        }
         let admitted = match admission.admit(peer.ip()) {
             Ok(admitted) => admitted,
             Err(full) => {
@@ -217,6 +220,28 @@ fn connection_builder(limits: &ControlPlaneLimits) -> auto::Builder<TokioExecuto
         .keep_alive_interval(Some(limits.header_read_timeout.get()))
         .keep_alive_timeout(limits.header_read_timeout.get());
     builder
+}
+
+/// How long what a node sent on a connection may stay unacknowledged by the peer's host before
+/// the connection is closed: twice `headerReadTimeout`, the time an HTTP/2 peer has to answer
+/// a keep-alive ping (sent after `headerReadTimeout` of silence, answered within as long). A
+/// watch taken over from HTTP/1.1 (decision 55) has no pings: without this, an agent whose host
+/// vanished would hold its connection until the kernel gave up retransmitting its heartbeats
+/// (about 15 minutes).
+fn unacknowledged_limit(limits: &ControlPlaneLimits) -> std::time::Duration {
+    limits.header_read_timeout.get().saturating_mul(2)
+}
+
+/// Closes `stream` once data sent on it has waited `after` for the peer's acknowledgement
+/// (`TCP_USER_TIMEOUT`); the peer's kernel acknowledges whatever reaches it, so only a peer
+/// that is gone (or has stopped reading for that long, its window full) trips it.
+fn bound_unacknowledged(
+    stream: &tokio::net::TcpStream,
+    after: std::time::Duration,
+) -> std::io::Result<()> {
+    let millis = u32::try_from(after.as_millis()).unwrap_or(u32::MAX);
+    rustix::net::sockopt::set_tcp_user_timeout(stream, millis)?;
+    Ok(())
 }
 
 /// hyper refuses an HTTP/1.1 read buffer smaller than this.
@@ -475,6 +500,24 @@ mod tests {
         ] {
             assert!(!canonical(bad), "{bad}");
         }
+    }
+
+    #[tokio::test]
+    async fn sent_data_may_stay_unacknowledged_twice_the_header_read_timeout() {
+        let limits = ControlPlaneLimits {
+            header_read_timeout: hyphae_policies::Duration::from_millis(1500),
+            ..ControlPlaneLimits::default()
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        bound_unacknowledged(&accepted, unacknowledged_limit(&limits)).unwrap();
+        assert_eq!(
+            rustix::net::sockopt::tcp_user_timeout(&accepted).unwrap(),
+            3000
+        );
     }
 
     #[test]
