@@ -7,17 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use hyphae_policies::tls::{ServerIdentity, TlsConnector};
-use hyphae_policies::watch::WATCH_UPGRADE;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
 /// Longest a connect to a control-plane node may take.
@@ -119,8 +117,6 @@ impl ControlPlaneError {
 pub struct ControlPlaneClient {
     /// Set once the node has its certificate; shared by every clone.
     client: Arc<ArcSwapOption<Client<TlsConnector, Full<Bytes>>>>,
-    /// The same for watch streams: HTTP/1.1, a connection per stream, never pooled.
-    watch_client: Arc<ArcSwapOption<Client<TlsConnector, Full<Bytes>>>>,
     max_header_bytes: u32,
     servers: Arc<[String]>,
     /// Index (modulo the list) of the node in use.
@@ -138,7 +134,6 @@ impl ControlPlaneClient {
         let next = rand::random_range(0..servers.len().max(1));
         ControlPlaneClient {
             client: Arc::new(ArcSwapOption::empty()),
-            watch_client: Arc::new(ArcSwapOption::empty()),
             max_header_bytes,
             servers: servers.into(),
             next,
@@ -148,10 +143,6 @@ impl ControlPlaneClient {
 
     /// Talks mutual TLS with `tls` (the node's certificate) from now on, in every clone.
     pub fn use_tls(&self, tls: Arc<rustls::ClientConfig>) {
-        // The watch's connections speak HTTP/1.1 (they are upgraded to the bare stream), so
-        // they offer only that protocol in the handshake.
-        let mut watch = (*tls).clone();
-        watch.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
         let client = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .http2_max_header_list_size(self.max_header_bytes)
@@ -161,15 +152,6 @@ impl ControlPlaneClient {
                 CONNECT_TIMEOUT,
             ));
         self.client.store(Some(Arc::new(client)));
-        let watch_client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(0)
-            .http1_max_buf_size((self.max_header_bytes as usize).max(MIN_HTTP1_BUFFER))
-            .build(TlsConnector::new(
-                Arc::new(watch),
-                ServerIdentity::ControlPlane,
-                CONNECT_TIMEOUT,
-            ));
-        self.watch_client.store(Some(Arc::new(watch_client)));
     }
 
     /// Every configured node; empty when the agent runs without a control plane.
@@ -277,63 +259,35 @@ impl ControlPlaneClient {
             })
     }
 
-    /// Opens the watch stream `path_and_query` on the node in use, on a connection of its own:
-    /// an HTTP/1.1 request with `Upgrade: hyphae-watch`, which the node answers with `101
-    /// Switching Protocols` and then the stream on the bare connection (an HTTP/2 stream on
-    /// the shared connection would cost the node three times the memory: decision 55). A node
-    /// that answers with the stream as its body instead is read as such. The answer's head must
-    /// arrive within `timeout`.
-    pub async fn open_watch(
+    /// GETs `path_and_query` from the node in use and returns the body to read as it streams;
+    /// the response head must arrive within `timeout`.
+    pub async fn get_stream(
         &self,
         path_and_query: &str,
         timeout: Duration,
-    ) -> Result<WatchStream, ControlPlaneError> {
+    ) -> Result<Incoming, ControlPlaneError> {
         let server = self.server();
         let uri = format!("https://{server}{path_and_query}");
         let request = http::Request::get(&uri)
-            .header(http::header::CONNECTION, "upgrade")
-            .header(http::header::UPGRADE, WATCH_UPGRADE)
             .body(Full::new(Bytes::new()))
             .map_err(|source| ControlPlaneError::Request { uri, source })?;
-        let Some(client) = self.watch_client.load_full() else {
-            return Err(ControlPlaneError::NoIdentity);
-        };
-        let open = async {
-            let mut response =
-                client
-                    .request(request)
-                    .await
-                    .map_err(|source| ControlPlaneError::Unreachable {
-                        server: server.to_string(),
-                        source,
-                    })?;
-            let status = response.status();
-            if status == StatusCode::SWITCHING_PROTOCOLS {
-                let connection = hyper::upgrade::on(&mut response).await.map_err(|source| {
-                    ControlPlaneError::Body {
-                        server: server.to_string(),
-                        source,
-                    }
-                })?;
-                return Ok(WatchStream::Connection(TokioIo::new(connection)));
-            }
-            if status.is_success() {
-                return Ok(WatchStream::Body(response.into_body()));
-            }
-            let body = tokio::time::timeout(REFUSAL_READ_TIMEOUT, response.into_body().collect())
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .map(|body| body.to_bytes())
-                .unwrap_or_default();
-            Err(refused(server, status, &body))
-        };
-        tokio::time::timeout(timeout, open)
+        let response = tokio::time::timeout(timeout, self.send(request))
             .await
             .map_err(|_| ControlPlaneError::Timeout {
                 server: server.to_string(),
                 after: timeout,
-            })?
+            })??;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response.into_body());
+        }
+        let body = tokio::time::timeout(REFUSAL_READ_TIMEOUT, response.into_body().collect())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(|body| body.to_bytes())
+            .unwrap_or_default();
+        Err(refused(server, status, &body))
     }
 
     async fn send(
@@ -352,49 +306,6 @@ impl ControlPlaneClient {
             })
     }
 }
-
-/// A watch stream as it arrives: the bare connection after an upgrade, or an answer's body.
-pub enum WatchStream {
-    /// The connection, taken over by the stream after `101 Switching Protocols`.
-    Connection(TokioIo<hyper::upgrade::Upgraded>),
-    /// The answer's body, from a node that did not upgrade.
-    Body(Incoming),
-}
-
-impl WatchStream {
-    /// Appends the stream's next bytes to `buffer`, reserving [`WATCH_READ_BYTES`] of room
-    /// for a read of the connection; 0 at the stream's end.
-    pub async fn read_into(&mut self, buffer: &mut BytesMut) -> std::io::Result<usize> {
-        match self {
-            WatchStream::Connection(connection) => {
-                buffer.reserve(WATCH_READ_BYTES);
-                connection.read_buf(buffer).await
-            }
-            WatchStream::Body(body) => loop {
-                let Some(frame) = body.frame().await else {
-                    return Ok(0);
-                };
-                let frame = frame.map_err(std::io::Error::other)?;
-                if let Ok(data) = frame.into_data()
-                    && !data.is_empty()
-                {
-                    buffer.extend_from_slice(&data);
-                    return Ok(data.len());
-                }
-            },
-        }
-    }
-}
-
-/// Room reserved for one read of an upgraded watch connection: a delta is a few hundred
-/// bytes, a snapshot takes as many reads as it needs.
-pub const WATCH_READ_BYTES: usize = 16 * 1024;
-
-/// The ALPN name of HTTP/1.1, which the watch's connections offer.
-const ALPN_HTTP1: &[u8] = b"http/1.1";
-
-/// hyper refuses an HTTP/1.1 read buffer smaller than this.
-const MIN_HTTP1_BUFFER: usize = 8192;
 
 /// A refusal, with the API's error code when the body is the control plane's JSON error.
 fn refused(server: &str, status: StatusCode, body: &[u8]) -> ControlPlaneError {

@@ -1,5 +1,4 @@
-//! The agent's side of the control plane: a watch stream (a connection of its own, upgraded
-//! from HTTP/1.1) to any configured
+//! The agent's side of the control plane: a watch stream (HTTP/2) to any configured
 //! control-plane node, failing over to the others with jittered backoff, applying each snapshot
 //! and delta, and saving the result to disk so the agent keeps serving it when no control plane
 //! answers.
@@ -12,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use http_body_util::BodyExt;
 use hyphae_policies::ErrorChain;
 use hyphae_policies::registry::NodeRecord;
 use hyphae_policies::watch::{PolicyRecord, WATCH_PATH, WatchEvent};
@@ -40,7 +40,7 @@ pub enum WatchError {
     EndedEarly,
     /// The stream broke.
     #[error("the stream broke")]
-    Broken(#[source] std::io::Error),
+    Broken(#[source] hyper::Error),
     /// One line was longer than the agent accepts.
     #[error("a line longer than {0} bytes")]
     LineTooLong(usize),
@@ -324,8 +324,8 @@ impl Watcher {
             path.push_str("&cluster=");
             path.push_str(cluster);
         }
-        let mut stream = client
-            .open_watch(&path, STREAM_IDLE_TIMEOUT)
+        let mut body = client
+            .get_stream(&path, STREAM_IDLE_TIMEOUT)
             .await
             .map_err(WatchError::Open)?;
         let mut buffer = BytesMut::new();
@@ -333,17 +333,21 @@ impl Watcher {
         let mut scanned = 0;
         let mut got_event = false;
         loop {
-            let read = tokio::time::timeout(STREAM_IDLE_TIMEOUT, stream.read_into(&mut buffer))
+            let frame = tokio::time::timeout(STREAM_IDLE_TIMEOUT, body.frame())
                 .await
-                .map_err(|_| WatchError::Idle(STREAM_IDLE_TIMEOUT))?
-                .map_err(WatchError::Broken)?;
-            if read == 0 {
+                .map_err(|_| WatchError::Idle(STREAM_IDLE_TIMEOUT))?;
+            let Some(frame) = frame else {
                 return if got_event {
                     Ok(())
                 } else {
                     Err(WatchError::EndedEarly)
                 };
-            }
+            };
+            let frame = frame.map_err(WatchError::Broken)?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            buffer.extend_from_slice(&data);
             if buffer.len() > MAX_LINE_BYTES {
                 return Err(WatchError::LineTooLong(MAX_LINE_BYTES));
             }
