@@ -80,6 +80,9 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: Cancellatio
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
         }
+        if let Err(error) = bound_unacknowledged(&stream, unacknowledged_limit(&limits)) {
+            tracing::debug!(%peer, %error, "cannot set TCP_USER_TIMEOUT");
+        }
         let admitted = match admission.admit(peer.ip()) {
             Ok(admitted) => admitted,
             Err(full) => {
@@ -92,10 +95,11 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: Cancellatio
         let node = Arc::clone(&node);
         let builder = Arc::clone(&builder);
         let shutdown = shutdown.clone();
+        let tasks = connections.clone();
         let first_byte = limits.header_read_timeout.get();
         connections.spawn(async move {
             // The whole place moves in (not only the field read below), so it is held until
-            // the connection ends.
+            // the connection ends, or, when a watch takes the connection over, until that ends.
             let admitted = admitted;
             // The handshake within `headerReadTimeout`: a silent client must not hold a place
             // forever, and the port speaks only TLS (plaintext HTTP, say, is refused here).
@@ -139,20 +143,25 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: Cancellatio
                 crate::refusals::count(crate::refusals::Refusal::Connection);
                 return;
             }
-            let streams = shutdown.clone();
+            let scope = ConnectionScope {
+                shutdown: shutdown.clone(),
+                tasks,
+                place: Arc::new(admitted),
+            };
             let service = service_fn(move |request| {
                 let node = Arc::clone(&node);
-                let streams = streams.clone();
+                let scope = scope.clone();
                 let identity = identity.clone();
                 // hyper runs each request in a task that keeps the size of this future for as
                 // long as the answer's body streams: for a watch, the agent's whole connection.
                 // Boxed, the request's work is freed once the answer starts (6.7 KiB per
                 // watch, decision 50).
                 Box::pin(async move {
-                    Ok::<_, Infallible>(handle(&node, request, identity, &streams).await)
+                    Ok::<_, Infallible>(handle(&node, request, identity, &scope).await)
                 })
             });
-            let connection = builder.serve_connection(io, service);
+            // With upgrades: a watch may take the connection over (decision 56).
+            let connection = builder.serve_connection_with_upgrades(io, service);
             tokio::pin!(connection);
             let result = tokio::select! {
                 result = connection.as_mut() => result,
@@ -178,6 +187,20 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: Cancellatio
     }
 }
 
+/// What the handling of a request may need of its connection beyond the request: the node's
+/// shutdown (it ends long-lived answers), the port's task tracker and the connection's place
+/// under `maxConnections`, for a watch that takes the connection over from hyper
+/// ([`watch::open_upgraded`]) and outlives the connection's own task.
+#[derive(Clone)]
+pub struct ConnectionScope {
+    /// The node's shutdown.
+    pub shutdown: CancellationToken,
+    /// The port's connections, which a stopping node waits for.
+    tasks: tokio_util::task::TaskTracker,
+    /// The connection's place, given back when the last holder drops it.
+    place: Arc<admission::Admitted>,
+}
+
 /// HTTP/1.1 and HTTP/2 (detected per connection) with the node's head, stream and time limits.
 fn connection_builder(limits: &ControlPlaneLimits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -199,17 +222,39 @@ fn connection_builder(limits: &ControlPlaneLimits) -> auto::Builder<TokioExecuto
     builder
 }
 
+/// How long what a node sent on a connection may stay unacknowledged by the peer's host before
+/// the connection is closed: twice `headerReadTimeout`, the time an HTTP/2 peer has to answer
+/// a keep-alive ping (sent after `headerReadTimeout` of silence, answered within as long). A
+/// watch taken over from HTTP/1.1 (decision 56) has no pings: without this, an agent whose host
+/// vanished would hold its connection until the kernel gave up retransmitting its heartbeats
+/// (about 15 minutes).
+fn unacknowledged_limit(limits: &ControlPlaneLimits) -> std::time::Duration {
+    limits.header_read_timeout.get().saturating_mul(2)
+}
+
+/// Closes `stream` once data sent on it has waited `after` for the peer's acknowledgement
+/// (`TCP_USER_TIMEOUT`); the peer's kernel acknowledges whatever reaches it, so only a peer
+/// that is gone (or has stopped reading for that long, its window full) trips it.
+fn bound_unacknowledged(
+    stream: &tokio::net::TcpStream,
+    after: std::time::Duration,
+) -> std::io::Result<()> {
+    let millis = u32::try_from(after.as_millis()).unwrap_or(u32::MAX);
+    rustix::net::sockopt::set_tcp_user_timeout(stream, millis)?;
+    Ok(())
+}
+
 /// hyper refuses an HTTP/1.1 read buffer smaller than this.
 const MIN_HTTP1_BUFFER: usize = 8192;
 
-/// Handles one request from `peer` (who its TLS certificate proved it to be); `shutdown` ends
-/// the long-lived ones (watch streams). Every request of the port, peer or admin, passes here
-/// before it is routed.
+/// Handles one request from `peer` (who its TLS certificate proved it to be) on the connection
+/// `scope` describes (its shutdown ends the long-lived ones: watch streams). Every request of
+/// the port, peer or admin, passes here before it is routed.
 pub async fn handle(
     node: &Node,
     request: Request<Incoming>,
     peer: Peer,
-    shutdown: &CancellationToken,
+    scope: &ConnectionScope,
 ) -> Response<ApiBody> {
     if !canonical(request.uri().path()) {
         return ApiError::new(
@@ -229,7 +274,10 @@ pub async fn handle(
         {
             return refused.into_response().map(BodyExt::boxed);
         }
-        return watch::open(node, &request, shutdown).await;
+        if watch::wants_upgrade(&request) {
+            return watch::open_upgraded(node, request, scope).await;
+        }
+        return watch::open(node, &request, scope).await;
     }
     handle_buffered(node, request, peer)
         .await
@@ -452,6 +500,24 @@ mod tests {
         ] {
             assert!(!canonical(bad), "{bad}");
         }
+    }
+
+    #[tokio::test]
+    async fn sent_data_may_stay_unacknowledged_twice_the_header_read_timeout() {
+        let limits = ControlPlaneLimits {
+            header_read_timeout: hyphae_policies::Duration::from_millis(1500),
+            ..ControlPlaneLimits::default()
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        bound_unacknowledged(&accepted, unacknowledged_limit(&limits)).unwrap();
+        assert_eq!(
+            rustix::net::sockopt::tcp_user_timeout(&accepted).unwrap(),
+            3000
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ use hyphae_policies::watch::{PolicyRecord, WatchEvent};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+pub mod connection;
 mod fanout;
 
 use crate::changes::ChangeLog;
@@ -40,6 +41,14 @@ const STREAM_BUFFER: usize = 16;
 /// idle streams (decision 50).
 pub struct ChannelBody {
     lines: mpsc::Receiver<Bytes>,
+}
+
+impl ChannelBody {
+    /// The next queued line; `None` once the fan-out has dropped the stream (its reader fell
+    /// too far behind, or the node is stopping).
+    pub async fn next_line(&mut self) -> Option<Bytes> {
+        std::future::poll_fn(|cx| Pin::new(&mut self.lines).poll_next(cx)).await
+    }
 }
 
 impl http_body::Body for ChannelBody {

@@ -599,6 +599,166 @@ async fn watch(node: &RunningNode, agent: &Credentials) -> (TlsStream<TcpStream>
     (stream, String::from_utf8_lossy(&head).into_owned())
 }
 
+/// The watch request that asks for the stream on the connection itself.
+const WATCH_UPGRADE_REQUEST: &[u8] = b"GET /v1/agent/watch HTTP/1.1\r\nhost: node\r\nconnection: upgrade\r\nupgrade: hyphae-watch\r\n\r\n";
+
+/// Opens an upgraded watch as `credentials` (none: no certificate) and returns the
+/// connection, the answer's head, and what came after it.
+async fn watch_upgraded(
+    node: &RunningNode,
+    credentials: Option<&Credentials>,
+) -> (TlsStream<TcpStream>, String, Vec<u8>) {
+    try_watch_upgraded(node, credentials)
+        .await
+        .expect("a TLS connection")
+}
+
+/// Like [`watch_upgraded`], `None` when no TLS connection could be made (the node is at its
+/// connection cap).
+async fn try_watch_upgraded(
+    node: &RunningNode,
+    credentials: Option<&Credentials>,
+) -> Option<(TlsStream<TcpStream>, String, Vec<u8>)> {
+    let config = tls::client_config(&node.node.tls.trust(), credentials, &[b"http/1.1"])
+        .expect("a TLS client configuration");
+    let mut stream = TlsConnector::new(config, ServerIdentity::ControlPlane, DEADLINE)
+        .open("127.0.0.1", node.address.port())
+        .await
+        .ok()?;
+    stream.write_all(WATCH_UPGRADE_REQUEST).await.ok()?;
+    let mut read = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let head_end = loop {
+        if let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        match tokio::time::timeout(DEADLINE, stream.read(&mut buffer)).await {
+            Ok(Ok(n)) if n > 0 => read.extend_from_slice(&buffer[..n]),
+            _ => break read.len(),
+        }
+    };
+    let rest = read.split_off(head_end);
+    Some((stream, String::from_utf8_lossy(&read).into_owned(), rest))
+}
+
+/// Waits until `node` upgrades a watch of `agent`'s (before the cluster has its identity it
+/// answers 503 `not-ready`; at its connection cap it closes the connection).
+async fn until_upgraded(
+    node: &RunningNode,
+    agent: &Credentials,
+    what: &str,
+) -> TlsStream<TcpStream> {
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            match try_watch_upgraded(node, Some(agent)).await {
+                Some((stream, head, _)) if head.starts_with("HTTP/1.1 101") => return stream,
+                Some((_, head, _)) => assert!(head.starts_with("HTTP/1.1 503"), "{head}"),
+                None => {}
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}"))
+}
+
+/// Reads the stream's lines (after `pending`, bytes already read) until one is an event of
+/// `kind` (`snapshot`, `delta`); returns it.
+async fn next_event(
+    stream: &mut TlsStream<TcpStream>,
+    pending: &mut Vec<u8>,
+    kind: &str,
+) -> serde_json::Value {
+    let mut buffer = [0u8; 4096];
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                let event: serde_json::Value =
+                    serde_json::from_slice(&line).expect("each line is a JSON event");
+                if event["type"] == kind {
+                    return event;
+                }
+            }
+            let n = stream.read(&mut buffer).await.expect("read the stream");
+            assert!(n > 0, "the stream ended before a {kind}");
+            pending.extend_from_slice(&buffer[..n]);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("a {kind} within the deadline"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_watch_needs_a_node_certificate_then_carries_the_snapshot_and_each_delta() {
+    let (running, _dir) = node(ControlPlaneLimits::default()).await;
+    let (_, refused, _) = watch_upgraded(&running, None).await;
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+    let operator = credentials(&running, Kind::Operator, "op").await;
+    let (_, refused, _) = watch_upgraded(&running, Some(&operator)).await;
+    assert!(
+        refused.starts_with("HTTP/1.1 401"),
+        "only a node's certificate opens a watch: {refused}"
+    );
+
+    let a = credentials(&running, Kind::Node, "a").await;
+    let (mut stream, head, mut pending) = tokio::time::timeout(DEADLINE, async {
+        loop {
+            let (stream, head, pending) = watch_upgraded(&running, Some(&a)).await;
+            if head.starts_with("HTTP/1.1 101") {
+                return (stream, head, pending);
+            }
+            // `not-ready` until the cluster has its identity.
+            assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the watch is upgraded once the node is ready");
+    assert!(
+        head.to_ascii_lowercase().contains("upgrade: hyphae-watch"),
+        "{head}"
+    );
+    let snapshot = next_event(&mut stream, &mut pending, "snapshot").await;
+    let applied = exchange(&running, &post("/v1/policies", &route("r", 1))).await;
+    assert!(applied.starts_with("HTTP/1.1 200"), "{applied}");
+    let delta = next_event(&mut stream, &mut pending, "delta").await;
+    assert!(
+        delta["revision"].as_u64() > snapshot["revision"].as_u64(),
+        "{delta}"
+    );
+    assert_eq!(delta["upserts"][0]["name"], "r", "{delta}");
+
+    // A stopping node ends the stream and closes the connection (read_to_close fails the
+    // test if it stays open).
+    let stopping = tokio::spawn(running.stop());
+    read_to_close(&mut stream).await;
+    stopping.await.expect("join").expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_watch_holds_its_connection_place_and_its_stream_place_until_it_ends() {
+    let (running, _dir) = node(ControlPlaneLimits {
+        max_connections: 1,
+        reserved_member_connections: 0,
+        max_watch_streams: 1,
+        ..ControlPlaneLimits::default()
+    })
+    .await;
+    let a = credentials(&running, Kind::Node, "a").await;
+    let stream = until_upgraded(&running, &a, "the watch is upgraded once the node is ready").await;
+    // hyper let go of the connection after the 101; its place stays taken.
+    until_refused(
+        &running,
+        "the upgraded watch holds the only connection place",
+    )
+    .await;
+    drop(stream);
+    until_answered(&running, None, "a watch that ended gives its place back").await;
+    until_upgraded(&running, &a, "and its stream's place under maxWatchStreams").await;
+    running.stop().await.expect("stop");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_registry_and_the_watch_streams_stay_within_their_caps() {
     let (running, _dir) = node(ControlPlaneLimits {

@@ -155,7 +155,10 @@ pub struct ControlPlaneLimits {
     /// Largest request head (start line and headers). Default 65536.
     pub max_header_bytes: u32,
     /// Longest a client may take to send a request head, counted from the connection's
-    /// first byte, or the connection's first byte itself. Default `10s`.
+    /// first byte, or the connection's first byte itself. Also how long an HTTP/2 peer may be
+    /// silent before it is pinged and then take to answer, and half of how long anything sent
+    /// on a connection may stay unacknowledged before the connection is closed (a peer whose
+    /// host is gone). Default `10s`.
     pub header_read_timeout: Duration,
     /// Longest a request body may take to arrive in full. Default `30s`.
     pub body_read_timeout: Duration,

@@ -1,12 +1,15 @@
 //! `cargo xtask bench push`: how long a policy change takes to reach every agent. A three-node
-//! control plane, N simulated agents in this process (one HTTP/2 watch stream each, spread
+//! control plane, N simulated agents in this process (one watch stream each, HTTP/2 unless
+//! `--transport` says otherwise, spread
 //! round-robin over the nodes, received on `--receivers` threads of their own), K policy writes
 //! to the leader; for each write, the time from its answer until each agent holds the new
 //! revision. Prints a table and writes
 //! `target/bench/push.json`. Fails only when something is broken, never because it is slow.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -16,16 +19,18 @@ use anyhow::{Context, Result, bail, ensure};
 use bytes::{Bytes, BytesMut};
 use http::{Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http2;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyphae_integration::cluster::Cluster;
 use hyphae_integration::http::tls_stream;
 use hyphae_integration::trust;
 use hyphae_policies::tls::Credentials;
-use hyphae_policies::watch::WATCH_PATH;
+use hyphae_policies::watch::{WATCH_PATH, WATCH_UPGRADE};
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::task::JoinSet;
@@ -56,6 +61,17 @@ const ROUNDS: Bounded<u32> = Bounded::new("--rounds", 10, 1..=1000);
 /// the figure measured that queue, not the control plane (decision 53). Real agents receive on
 /// hosts of their own. The coordinator (writes, progress) runs on the main thread beside them.
 const RECEIVERS: Bounded<usize> = Bounded::new("--receivers", 2, 1..=64);
+/// `--transport`: how each simulated agent carries its watch: `http2` (a stream on an HTTP/2
+/// connection, as agents watch), `upgrade` (an HTTP/1.1 connection taken over by the stream,
+/// `Upgrade: hyphae-watch`, decision 56) or `http1` (an HTTP/1.1 connection with the stream as
+/// a chunked body, measured in decision 56).
+const TRANSPORT: &str = "--transport";
+/// `--api-connection http2|none`: whether each simulated agent also keeps a second, HTTP/2
+/// connection to its node for registration, heartbeats and health (here idle after one small
+/// exchange), as an agent would if its watch had a connection of its own (`--transport
+/// upgrade`), so a node's memory per agent counts both (decision 56). `none` by default: real
+/// agents carry both on one HTTP/2 connection.
+const API_CONNECTION: &str = "--api-connection";
 /// `--control-plane PATH`: the node binary to measure instead of the workspace's release build,
 /// so two builds can be measured in alternating runs on the same machine state.
 const CONTROL_PLANE: &str = "--control-plane";
@@ -94,11 +110,14 @@ const SEED_FILES: [&str; 4] = [
 const CHANGED_POLICY: &str = "bench-push";
 
 /// `cargo xtask bench push --help`.
-pub const USAGE: &str = "usage: cargo xtask bench push [--agents N ...] [--rounds K] [--receivers R]
+pub const USAGE: &str =
+    "usage: cargo xtask bench push [--agents N ...] [--rounds K] [--receivers R]
+                               [--transport upgrade|http2|http1] [--api-connection http2|none]
                                [--control-plane PATH]
 
 Starts a three-node control plane (release build), opens N simulated agents in this process
-(one HTTP/2 watch stream each, round-robin over the nodes, received on R threads), waits for every snapshot, then
+(one watch stream each on a TLS connection of its own, HTTP/2 unless --transport says
+otherwise, round-robin over the nodes, received on R threads), waits for every snapshot, then
 writes one small ServicePolicy to the leader K times. For each write it measures the time from
 the write's answer until each agent holds its revision, and prints p50, p99 and max over all
 agents and rounds, with each node's CPU and RSS and this process's CPU. Writes
@@ -109,6 +128,13 @@ options:
   --rounds K     policy writes per population size (default 10)
   --receivers R  threads receiving the agents' streams, each with its own runtime (default 2;
                  1 is how the bench measured before decision 53)
+  --transport T  how each agent carries its watch, on a TLS connection of its own: http2 (an
+                 HTTP/2 stream, as agents watch; the default), upgrade (HTTP/1.1 upgraded to
+                 the bare stream) or http1 (an HTTP/1.1 chunked body)
+  --api-connection A
+                 http2: each agent also keeps a second, HTTP/2 connection to its node for
+                 registration and heartbeats (idle after one small request), as an agent whose
+                 watch had its own connection would; none (default)
   --control-plane PATH
                  measure this hyphae-control-plane binary instead of target/release's (A/B
                  runs of two builds)
@@ -127,6 +153,43 @@ struct Options {
     receivers: usize,
     /// The node binary, when not the workspace's release build.
     control_plane: Option<PathBuf>,
+    /// How each agent carries its watch.
+    transport: Transport,
+    /// Whether each agent also keeps an HTTP/2 API connection.
+    api_connection: bool,
+}
+
+/// How a simulated agent carries its watch stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Transport {
+    /// One HTTP/2 connection per agent, the stream on it, as agents watch.
+    Http2,
+    /// One HTTP/1.1 connection per agent, the stream as its chunked body.
+    Http1,
+    /// One HTTP/1.1 connection per agent, taken over by the stream after `101 Switching
+    /// Protocols` (decision 56).
+    Upgrade,
+}
+
+impl Transport {
+    /// `upgrade`, `http2` or `http1`.
+    fn parse(text: &str) -> Result<Transport> {
+        match text {
+            "upgrade" => Ok(Transport::Upgrade),
+            "http1" => Ok(Transport::Http1),
+            "http2" => Ok(Transport::Http2),
+            other => bail!("{TRANSPORT} `{other}`: expected upgrade, http2 or http1"),
+        }
+    }
+
+    /// As the report and the JSON name it.
+    fn name(self) -> &'static str {
+        match self {
+            Transport::Upgrade => "upgrade",
+            Transport::Http1 => "http1",
+            Transport::Http2 => "http2",
+        }
+    }
 }
 
 impl Options {
@@ -137,7 +200,16 @@ impl Options {
         let mut rounds = ROUNDS.default;
         let mut receivers = RECEIVERS.default;
         let mut control_plane = None;
-        let names = [AGENTS.name, ROUNDS.name, RECEIVERS.name, CONTROL_PLANE];
+        let mut transport = Transport::Http2;
+        let mut api_connection = false;
+        let names = [
+            AGENTS.name,
+            ROUNDS.name,
+            RECEIVERS.name,
+            CONTROL_PLANE,
+            TRANSPORT,
+            API_CONNECTION,
+        ];
         let run = parse_options(args, USAGE, &names, |name, text| {
             if name == AGENTS.name {
                 for text in text.split(',') {
@@ -147,6 +219,14 @@ impl Options {
                 rounds = ROUNDS.parse(text)?;
             } else if name == RECEIVERS.name {
                 receivers = RECEIVERS.parse(text)?;
+            } else if name == TRANSPORT {
+                transport = Transport::parse(text)?;
+            } else if name == API_CONNECTION {
+                api_connection = match text {
+                    "http2" => true,
+                    "none" => false,
+                    other => bail!("{API_CONNECTION} `{other}`: expected http2 or none"),
+                };
             } else {
                 control_plane = Some(PathBuf::from(text));
             }
@@ -163,6 +243,8 @@ impl Options {
             rounds,
             receivers,
             control_plane,
+            transport,
+            api_connection,
         }))
     }
 }
@@ -182,7 +264,9 @@ pub fn run(args: &[String]) -> Result<()> {
         None => root.join("target/release/hyphae-control-plane"),
     };
     let largest = options.agents.iter().copied().max().unwrap_or(0);
-    let fd_limit = raise_fd_limit(largest)?;
+    // Each agent is one connection, two with its API connection.
+    let per_agent = 1 + usize::from(options.api_connection);
+    let fd_limit = raise_fd_limit(largest * per_agent)?;
     let dir = root.join(BENCH_DIR);
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     let bench = Bench {
@@ -196,6 +280,8 @@ pub fn run(args: &[String]) -> Result<()> {
         cluster_dir: dir.join("push-cluster"),
         control_plane,
         rounds: options.rounds,
+        transport: options.transport,
+        api_connection: options.api_connection,
     };
     let mut results = Vec::new();
     for &agents in &options.agents {
@@ -285,6 +371,10 @@ struct Bench {
     control_plane: PathBuf,
     /// Policy writes per size.
     rounds: u32,
+    /// How each agent carries its watch.
+    transport: Transport,
+    /// Whether each agent also keeps an HTTP/2 API connection.
+    api_connection: bool,
 }
 
 /// What one population size measured.
@@ -365,7 +455,7 @@ impl Bench {
         let (cluster, leader, nodes) = start_cluster(
             &self.control_plane,
             &self.cluster_dir,
-            &limits_spec(agents),
+            &limits_spec(agents * (1 + usize::from(self.api_connection))),
             &self.runtime,
         )?;
         let measured = self
@@ -404,7 +494,13 @@ impl Bench {
             .node_credentials(&leader_address.to_string(), "bench-agent", &[])
             .await
             .context("a node certificate for the simulated agents")?;
-        let shared = Arc::new(Shared::new(agents, self.rounds, Some(agent)));
+        let shared = Arc::new(Shared::new(
+            agents,
+            self.rounds,
+            Some(agent),
+            self.transport,
+            self.api_connection,
+        ));
         let addresses: Vec<SocketAddr> = nodes.iter().map(|n| n.address).collect();
         let connecting = Instant::now();
         let receivers = Receivers::start(self.receivers, &addresses, &shared)?;
@@ -560,6 +656,8 @@ impl Bench {
                 "nodes": NODES,
                 "rounds": self.rounds,
                 "receiverThreads": self.receivers,
+                "transport": self.transport.name(),
+                "apiConnection": self.api_connection,
                 "controlPlane": self.control_plane.display().to_string(),
                 "connectConcurrency": CONNECT_CONCURRENCY,
                 "roundGapMs": ROUND_GAP.as_millis(),
@@ -646,15 +744,27 @@ struct Shared {
     first_error: Mutex<Option<String>>,
     /// The node certificate every simulated agent presents.
     agent: Option<Credentials>,
+    /// How each agent carries its watch.
+    transport: Transport,
+    /// Whether each agent also keeps an HTTP/2 API connection.
+    api_connection: bool,
 }
 
 impl Shared {
     /// Slots for `agents` agents presenting `agent`, none of which holds anything yet, with
     /// room for a snapshot and `rounds` deltas each (so no round grows them).
-    fn new(agents: usize, rounds: u32, agent: Option<Credentials>) -> Shared {
+    fn new(
+        agents: usize,
+        rounds: u32,
+        agent: Option<Credentials>,
+        transport: Transport,
+        api_connection: bool,
+    ) -> Shared {
         let room = rounds as usize + 1;
         Shared {
             agent,
+            transport,
+            api_connection,
             holds: (0..agents).map(|_| AtomicU64::new(0)).collect(),
             arrivals: (0..agents)
                 .map(|_| Mutex::new(Vec::with_capacity(room)))
@@ -804,27 +914,72 @@ async fn stream(
     shared: &Shared,
     mut permit: Option<SemaphorePermit<'_>>,
 ) -> Result<()> {
-    let (mut sender, connection) = connect(server, shared.agent.as_ref()).await?;
-    let request = Request::get(format!("https://{server}{WATCH_PATH}"))
+    let mut request = Request::get(format!("https://{server}{WATCH_PATH}"));
+    if shared.transport == Transport::Upgrade {
+        request = request
+            .header(header::CONNECTION, "upgrade")
+            .header(header::UPGRADE, WATCH_UPGRADE);
+    }
+    let request = request
         .body(Full::default())
         .context("build the watch request")?;
+    // The agent's connection for registration and heartbeats, when the watch has its own.
+    let api = match shared.api_connection {
+        true => Some(api_connection(server, shared.agent.as_ref()).await?),
+        false => None,
+    };
+    let api = async {
+        match api {
+            Some((_sender, connection)) => connection.await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(api);
+    // Each sender lives as long as its stream: a client whose handle is gone may close.
+    let (mut h2_sender, mut h1_sender) = (None, None);
+    let (response, connection): (Answer<'_>, Connection<'_>) = match shared.transport {
+        Transport::Http2 => {
+            let (sender, connection) = connect(server, shared.agent.as_ref()).await?;
+            let sender = h2_sender.insert(sender);
+            (Box::pin(sender.send_request(request)), Box::pin(connection))
+        }
+        Transport::Http1 | Transport::Upgrade => {
+            let stream = tls_stream(&server.to_string(), shared.agent.as_ref(), &[b"http/1.1"])
+                .await
+                .with_context(|| format!("connect to {server}"))?;
+            let (sender, connection) = http1::handshake(TokioIo::new(stream))
+                .await
+                .with_context(|| format!("HTTP/1.1 handshake with {server}"))?;
+            let sender = h1_sender.insert(sender);
+            (
+                Box::pin(sender.send_request(request)),
+                Box::pin(connection.with_upgrades()),
+            )
+        }
+    };
     let receive = async {
-        let response = sender
-            .send_request(request)
-            .await
-            .context("send the watch request")?;
+        let mut response = response.await.context("send the watch request")?;
+        let upgrade = shared.transport == Transport::Upgrade;
+        let expected = if upgrade {
+            StatusCode::SWITCHING_PROTOCOLS
+        } else {
+            StatusCode::OK
+        };
         ensure!(
-            response.status() == StatusCode::OK,
+            response.status() == expected,
             "the watch answered {}",
             response.status()
         );
-        let mut body = response.into_body();
+        let mut source = if upgrade {
+            let upgraded = hyper::upgrade::on(&mut response)
+                .await
+                .context("take the watch's connection over")?;
+            Source::Connection(TokioIo::new(upgraded))
+        } else {
+            Source::Body(response.into_body())
+        };
         let mut lines = Lines::default();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.context("read the watch stream")?;
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
+        while let Some(data) = source.next().await? {
             let at = Instant::now();
             for line in lines.push(data) {
                 let event: Seen = serde_json::from_slice(&line).context("decode a watch event")?;
@@ -836,14 +991,102 @@ async fn stream(
         }
         Ok(())
     };
+    // After an upgrade the connection's driver ends (it handed the connection over): from
+    // then on only the stream is read.
+    let mut connection = connection;
+    tokio::pin!(receive);
+    tokio::select! {
+        result = &mut receive => return result,
+        result = &mut api => {
+            result.context("the API connection failed")?;
+            bail!("the API connection closed");
+        }
+        result = &mut connection => {
+            result.context("the connection failed")?;
+            if shared.transport != Transport::Upgrade {
+                bail!("the connection closed");
+            }
+        }
+    }
     tokio::select! {
         result = receive => result,
-        result = connection => {
-            result.context("the HTTP/2 connection failed")?;
-            bail!("the HTTP/2 connection closed")
+        result = api => {
+            result.context("the API connection failed")?;
+            bail!("the API connection closed")
         }
     }
 }
+
+/// An agent's API connection (HTTP/2, its node certificate) after one small exchange on it, as
+/// a heartbeat would be: its request handle and its driver.
+async fn api_connection(
+    server: SocketAddr,
+    credentials: Option<&Credentials>,
+) -> Result<(http2::SendRequest<Full<Bytes>>, Connection<'static>)> {
+    let (mut sender, connection) = connect(server, credentials).await?;
+    let mut connection: Connection<'static> = Box::pin(connection);
+    let request = Request::get(format!("https://{server}{API_PROBE_PATH}"))
+        .body(Full::default())
+        .context("build the API request")?;
+    let exchange = async {
+        let response = sender.send_request(request).await?;
+        response.into_body().collect().await.map(|_| ())
+    };
+    tokio::select! {
+        result = exchange => result.context("the API request")?,
+        result = &mut connection => {
+            result.context("the API connection failed")?;
+            bail!("the API connection closed before its answer");
+        }
+    }
+    Ok((sender, connection))
+}
+
+/// What a simulated agent asks on its API connection: an agent route that does not exist, so
+/// the answer is a small 404 and nothing is written.
+const API_PROBE_PATH: &str = "/v1/agent/bench";
+
+/// Where a simulated agent reads its stream from.
+enum Source {
+    /// The answer's body (HTTP/2, or HTTP/1.1 chunked).
+    Body(Incoming),
+    /// The connection itself, after the upgrade.
+    Connection(TokioIo<hyper::upgrade::Upgraded>),
+}
+
+impl Source {
+    /// The next bytes of the stream; `None` at its end.
+    async fn next(&mut self) -> Result<Option<Bytes>> {
+        match self {
+            Source::Body(body) => loop {
+                let Some(frame) = body.frame().await else {
+                    return Ok(None);
+                };
+                if let Ok(data) = frame.context("read the watch stream")?.into_data() {
+                    return Ok(Some(data));
+                }
+            },
+            Source::Connection(io) => {
+                let mut buffer = BytesMut::with_capacity(READ_BYTES);
+                let read = io
+                    .read_buf(&mut buffer)
+                    .await
+                    .context("read the watch stream")?;
+                Ok((read > 0).then(|| buffer.freeze()))
+            }
+        }
+    }
+}
+
+/// Room for one read of an upgraded stream (a delta is a few hundred bytes; a snapshot takes
+/// several reads).
+const READ_BYTES: usize = 16 * 1024;
+
+/// A client connection's driver, whichever the transport: the caller must poll it.
+type Connection<'a> = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send + 'a>>;
+/// The watch request's answer, whichever the transport.
+type Answer<'a> =
+    Pin<Box<dyn Future<Output = hyper::Result<http::Response<Incoming>>> + Send + 'a>>;
 
 /// A client HTTP/2 connection over TLS to `server`, presenting `credentials` (a watch needs a
 /// node certificate): the request handle and the connection, which the caller must poll.
@@ -968,10 +1211,17 @@ fn report(bench: &Bench, results: &[Measured]) -> String {
     let dash = || "-".to_string();
     let mut out = format!(
         "\npush benchmark: {NODES} control-plane nodes, {} policy writes per row, agents on \
-         {} receiving thread(s), {cpus} CPUs\nlatency: from the write's answer until an \
+         {} receiving thread(s) over {}{}, {cpus} CPUs\nlatency: from the write's answer until an \
          agent holds its revision, over every agent and round (0 when the agent had it first); \
          send p99: the same from sending the write\n\n",
-        bench.rounds, bench.receivers
+        bench.rounds,
+        bench.receivers,
+        bench.transport.name(),
+        if bench.api_connection {
+            " with an HTTP/2 API connection each"
+        } else {
+            ""
+        }
     );
     out.push_str(&format!(
         "{:>7} {:>9} {:>8} {:>8} {:>8} {:>10} {:>7} {:>7} {:>10} {:>10} {:>11}\n",
@@ -1154,7 +1404,7 @@ mod tests {
 
     #[test]
     fn arrivals_are_the_first_at_or_after_the_revision() {
-        let shared = Shared::new(2, 3, None);
+        let shared = Shared::new(2, 3, None, Transport::Upgrade, false);
         let start = Instant::now();
         shared.received(0, 5, start);
         shared.received(0, 7, start + Duration::from_millis(2));
@@ -1174,6 +1424,8 @@ mod tests {
                 rounds: ROUNDS.default,
                 receivers: RECEIVERS.default,
                 control_plane: None,
+                transport: Transport::Http2,
+                api_connection: false,
             }
         );
         let options = Options::parse(&args(&[
@@ -1185,18 +1437,26 @@ mod tests {
             "3",
             "--receivers",
             "1",
+            "--transport",
+            "upgrade",
+            "--api-connection",
+            "http2",
         ]))
         .unwrap()
         .unwrap();
         assert_eq!(options.agents, vec![10, 20, 30]);
         assert_eq!(options.rounds, 3);
         assert_eq!(options.receivers, 1);
+        assert_eq!(options.transport, Transport::Upgrade);
+        assert!(options.api_connection);
         for bad in [
             &["--agents", "0"][..],
             &["--agents", "many"],
             &["--agents", "100000"],
             &["--rounds", "0"],
             &["--receivers", "0"],
+            &["--transport", "h3"],
+            &["--api-connection", "yes"],
             &["--rounds"],
             &["--fast"],
         ] {
