@@ -430,3 +430,17 @@ fn to_instance(parts: &Parts, uri: Uri, version: http::Version, body: Body) -> R
     request.headers_mut().clone_from(&parts.headers);
     request
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_peers_answer_leaves_no_budget_so_the_connection_waits_its_turn() {
+        assert!(tokio::task::coop::has_budget_remaining());
+        wait_for_the_rounds_other_answers().await;
+        assert!(!tokio::task::coop::has_budget_remaining());
+        // Spent, it returns at once rather than waiting for a new turn.
+        wait_for_the_rounds_other_answers().await;
+    }
+}
