@@ -12,6 +12,8 @@ use http::header::{CONNECTION, CONTENT_LENGTH, TRAILER, TRANSFER_ENCODING};
 use http::response::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri, Version};
 
+use super::headers::has_token;
+
 /// Header lines an instance's answer head (or its trailers) may hold, as hyper's client
 /// allowed; the head's bytes are bounded by `limits.maxHeaderBytes`.
 pub const MAX_ANSWER_HEADERS: usize = 100;
@@ -375,15 +377,6 @@ fn digits(text: &[u8]) -> Option<u64> {
     text.iter().try_fold(0u64, |n, &b| {
         b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
     })
-}
-
-/// Whether a `Connection` value lists `token`.
-fn has_token(value: &HeaderValue, token: &str) -> bool {
-    // Most values are the one token itself.
-    value.as_bytes().eq_ignore_ascii_case(token.as_bytes())
-        || value
-            .to_str()
-            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
 /// What a chunked body gave next.

@@ -88,6 +88,15 @@ pub fn path_or_root(parts: &Parts) -> PathAndQuery {
         .unwrap_or_else(|| PathAndQuery::from_static("/"))
 }
 
+/// Whether a comma-separated header value (`Connection`, `TE`) lists `token`, in any case.
+pub fn has_token(value: &HeaderValue, token: &str) -> bool {
+    // Most values are the one token itself.
+    value.as_bytes().eq_ignore_ascii_case(token.as_bytes())
+        || value
+            .to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+}
+
 /// Removes hop-by-hop headers, including those named in `Connection`. `te: trailers` is kept:
 /// gRPC needs it end to end and HTTP/2 allows it.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -102,14 +111,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !present.contains(&true) {
         return;
     }
-    let keeps_trailers = present[TE_INDEX]
-        && headers
-            .get(TE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-            });
+    let keeps_trailers =
+        present[TE_INDEX] && headers.get(TE).is_some_and(|v| has_token(v, "trailers"));
     if present[CONNECTION_INDEX] {
         // `Connection` usually holds one value, `keep-alive` or `close`: kept on the stack.
         let listed: SmallVec<[HeaderValue; 2]> = match headers.entry(CONNECTION) {

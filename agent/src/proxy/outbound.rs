@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::detect::{self, Detected};
-use super::headers::{UPGRADE_PATH, UPGRADE_PROTOCOL, strip_hop_by_hop};
+use super::headers::{UPGRADE_PATH, UPGRADE_PROTOCOL, has_token, strip_hop_by_hop};
 use super::{Proxy, call, error_response, pipe, stream, without_body_for_head};
 use crate::body::{self, Body};
 use crate::error::ProxyError;
@@ -215,11 +215,7 @@ fn is_upgrade<B>(request: &Request<B>) -> bool {
             .headers()
             .get_all(http::header::CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
+            .any(|v| has_token(v, "upgrade"))
 }
 
 /// Carries an HTTP upgrade to the instance over a CONNECT stream: the instance's 101 (its
