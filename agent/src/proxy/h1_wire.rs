@@ -126,11 +126,16 @@ pub fn encode_request_head(method: &Method, uri: &Uri, headers: &HeaderMap, dst:
 /// Appends `name: value` lines. `http` types hold no CR or LF, so nothing can break a line.
 pub fn encode_fields(headers: &HeaderMap, dst: &mut Vec<u8>) {
     for (name, value) in headers {
-        dst.extend_from_slice(name.as_str().as_bytes());
-        dst.extend_from_slice(b": ");
-        dst.extend_from_slice(value.as_bytes());
-        dst.extend_from_slice(b"\r\n");
+        encode_field(name, value, dst);
     }
+}
+
+/// Appends one `name: value` line.
+fn encode_field(name: &HeaderName, value: &HeaderValue, dst: &mut Vec<u8>) {
+    dst.extend_from_slice(name.as_str().as_bytes());
+    dst.extend_from_slice(b": ");
+    dst.extend_from_slice(value.as_bytes());
+    dst.extend_from_slice(b"\r\n");
 }
 
 /// The trailer section ending a chunked request body: the last chunk, the announced fields
@@ -142,10 +147,7 @@ pub fn encode_last_chunk(announced: &[HeaderName], trailers: Option<&HeaderMap>)
     let mut dst = b"0\r\n".to_vec();
     for (name, value) in trailers {
         if announced.contains(name) {
-            dst.extend_from_slice(name.as_str().as_bytes());
-            dst.extend_from_slice(b": ");
-            dst.extend_from_slice(value.as_bytes());
-            dst.extend_from_slice(b"\r\n");
+            encode_field(name, value, &mut dst);
         }
     }
     dst.extend_from_slice(b"\r\n");

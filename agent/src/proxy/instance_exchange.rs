@@ -334,11 +334,9 @@ where
         }
         Err(Stop::Failed(cause)) => return Err(Failed::Other(ProxyError::Reset(cause))),
     };
-    let mut keep_alive = answer.keep_alive && write_failed.is_none();
+    // A connection whose request did not go whole, or is still going, is not taken again.
+    let keep_alive = answer.keep_alive && write_failed.is_none() && writer.is_done();
     let writer = (!writer.is_done() && write_failed.is_none()).then_some(writer);
-    if writer.is_some() {
-        keep_alive = false;
-    }
     let response = Response::from_parts(answer.parts, ());
     // The usual answer: short, whole in the buffer already, the request already sent.
     if let AnswerFraming::Length(length) = answer.framing
