@@ -28,7 +28,7 @@ use crate::authz::{self, Caller};
 use crate::body::{self, Body};
 use crate::error::{Cause, ProxyError};
 use crate::identity::IdentitySlot;
-use crate::model::LocalInstance;
+use crate::model::{LocalInstance, Snapshot};
 use crate::replay::ReplayBody;
 use crate::retry::resend_unprocessed;
 use crate::tunnel::{TunnelSettings, Tunnels};
@@ -237,15 +237,13 @@ fn authorize(proxy: &Proxy, caller: &Caller, request: &Request<Body>) -> Result<
 
 /// The local instance a peer's request is for, by the destination header (removed).
 fn local_instance(
-    proxy: &Proxy,
+    snapshot: &Snapshot,
     headers: &mut http::HeaderMap,
 ) -> Result<LocalInstance, ProxyError> {
     let missing = || ProxyError::BadRequest(format!("missing `{DESTINATION}` header").into());
     let value = headers.remove(DESTINATION).ok_or_else(missing)?;
     let service = value.to_str().map_err(|_| missing())?;
-    proxy
-        .snapshot
-        .load()
+    snapshot
         .instances
         .get(service)
         .cloned()
@@ -258,7 +256,7 @@ async fn open_local_stream(
     proxy: &Proxy,
     mut request: Request<Body>,
 ) -> Result<Response<Body>, ProxyError> {
-    let instance = local_instance(proxy, request.headers_mut())?;
+    let instance = local_instance(&proxy.snapshot.load(), request.headers_mut())?;
     let (service, instance_addr) = (instance.service, instance.address);
     let peer_side = hyper::upgrade::on(&mut request);
     if let Some(protocol) = request.headers_mut().remove(UPGRADE_PROTOCOL) {
@@ -359,13 +357,18 @@ async fn forward_to_instance(
     request: Request<Body>,
 ) -> Result<Response<Body>, ProxyError> {
     let (mut parts, body) = request.into_parts();
-    let instance = local_instance(proxy, &mut parts.headers)?;
+    // One look at the snapshot, not held across the awaits below.
+    let (instance, retry_buffer, max_head) = {
+        let snapshot = proxy.snapshot.load();
+        let instance = local_instance(&snapshot, &mut parts.headers)?;
+        let retry_buffer = snapshot.limits.retry_buffer_bytes as usize;
+        (instance, retry_buffer, max_answer_head(&snapshot))
+    };
     let authority = request_authority(&parts).unwrap_or_else(|| instance.authority.clone());
     strip_hop_by_hop(&mut parts.headers);
     let path = path_or_root(&parts);
     let response = match instance.protocol {
         Protocol::Http2 | Protocol::Grpc => {
-            let retry_buffer = proxy.snapshot.load().limits.retry_buffer_bytes as usize;
             let body = ReplayBody::new(body, retry_buffer);
             parts.headers.remove(http::header::HOST);
             let uri = absolute_uri(Scheme::HTTP, authority, path)?;
@@ -390,7 +393,6 @@ async fn forward_to_instance(
             // What the peer's side attached to its request is not the instance's business.
             parts.extensions.clear();
             let request = Request::from_parts(parts, body);
-            let max_head = max_answer_head(proxy);
             let mut response = proxy
                 .local
                 .http1
@@ -417,8 +419,8 @@ async fn forward_to_instance(
 
 /// The largest answer head an instance may send: `limits.maxHeaderBytes`, and at least the
 /// HTTP/1.1 buffer's floor, as for the heads callers send.
-fn max_answer_head(proxy: &Proxy) -> usize {
-    (proxy.snapshot.load().limits.max_header_bytes as usize).max(super::MIN_HTTP1_BUFFER)
+fn max_answer_head(snapshot: &Snapshot) -> usize {
+    (snapshot.limits.max_header_bytes as usize).max(super::MIN_HTTP1_BUFFER)
 }
 
 /// One try's request to the instance: the peer's method and headers, `uri`, `version`, `body`.
