@@ -104,12 +104,23 @@ async fn read_to_close(stream: &mut (impl AsyncRead + Unpin)) -> String {
 
 /// A TLS connection to `node` that checks its certificate and presents `credentials`.
 async fn connect(node: &RunningNode, credentials: Option<&Credentials>) -> TlsStream<TcpStream> {
+    try_connect(node, credentials)
+        .await
+        .expect("a TLS connection")
+}
+
+/// Like [`connect`], `None` when no TLS connection could be made (the node is at its
+/// connection cap).
+async fn try_connect(
+    node: &RunningNode,
+    credentials: Option<&Credentials>,
+) -> Option<TlsStream<TcpStream>> {
     let config = tls::client_config(&node.node.tls.trust(), credentials, &[b"http/1.1"])
         .expect("a TLS client configuration");
     TlsConnector::new(config, ServerIdentity::ControlPlane, DEADLINE)
         .open("127.0.0.1", node.address.port())
         .await
-        .expect("a TLS connection")
+        .ok()
 }
 
 /// One HTTP/1.1 exchange on a fresh TLS connection; the whole answer as text.
@@ -137,12 +148,7 @@ async fn try_exchange_as(
     credentials: Option<&Credentials>,
     request: &str,
 ) -> Option<String> {
-    let config = tls::client_config(&node.node.tls.trust(), credentials, &[b"http/1.1"])
-        .expect("a TLS client configuration");
-    let mut stream = TlsConnector::new(config, ServerIdentity::ControlPlane, DEADLINE)
-        .open("127.0.0.1", node.address.port())
-        .await
-        .ok()?;
+    let mut stream = try_connect(node, credentials).await?;
     stream.write_all(request.as_bytes()).await.ok()?;
     Some(read_to_close(&mut stream).await)
 }
@@ -619,12 +625,7 @@ async fn try_watch_upgraded(
     node: &RunningNode,
     credentials: Option<&Credentials>,
 ) -> Option<(TlsStream<TcpStream>, String, Vec<u8>)> {
-    let config = tls::client_config(&node.node.tls.trust(), credentials, &[b"http/1.1"])
-        .expect("a TLS client configuration");
-    let mut stream = TlsConnector::new(config, ServerIdentity::ControlPlane, DEADLINE)
-        .open("127.0.0.1", node.address.port())
-        .await
-        .ok()?;
+    let mut stream = try_connect(node, credentials).await?;
     stream.write_all(WATCH_UPGRADE_REQUEST).await.ok()?;
     let mut read = Vec::new();
     let mut buffer = [0u8; 4096];
