@@ -394,7 +394,8 @@ struct AnswerBody {
     /// The rest of the request, while it is still being written.
     writer: Option<RequestWriter>,
     framing: BodyFraming,
-    /// Whether the connection may carry another request once this body ends.
+    /// Whether the connection may carry another request once this body ends: never while
+    /// the request was still being written when the answer began.
     keep_alive: bool,
     finished: Option<Finished>,
 }
@@ -404,7 +405,6 @@ impl AnswerBody {
     fn end(&mut self) {
         if let Some(connection) = self.connection.take()
             && self.keep_alive
-            && self.writer.is_none()
             && connection.read.is_empty()
             && let Some(finished) = self.finished.take()
         {
