@@ -1,22 +1,29 @@
-//! The agent's one HTTP client for the control plane: it knows the nodes' addresses, talks
-//! HTTP/2 over mutual TLS (presenting the node's certificate) to one node at a time, moves to the next after a failure with jittered backoff,
-//! bounds connects and requests with timeouts, and speaks JSON. Registration ([`crate::register`])
-//! and the watch stream ([`crate::watch`]) both use it; it must never know what their messages mean.
+//! The agent's one client for the control plane: it knows the nodes' addresses, talks mutual
+//! TLS (presenting the node's certificate) to one node at a time, moves to the next after a
+//! failure with jittered backoff, bounds connects and requests with timeouts, and speaks JSON.
+//! The watch ([`crate::watch`]) gets a connection of its own, upgraded from HTTP/1.1, and the
+//! agent's registry requests ([`crate::register`]) travel up that connection while it takes
+//! them ([`crate::uplink`], decision 57); other requests, and those when no watch connection
+//! takes them, go over HTTP/2. It must never know what the messages mean.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyphae_policies::tls::{ServerIdentity, TlsConnector};
+use hyphae_policies::watch::{UPLINK_AGENT_REQUESTS, UPLINK_HEADER, UPLINK_PATHS, WATCH_UPGRADE};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
+
+use crate::uplink::Uplink;
 
 /// Longest a connect to a control-plane node may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -26,6 +33,18 @@ pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Longest the agent reads a refusal's body for its detail; the refusal stands without it.
 pub const REFUSAL_READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// An HTTP/2 connection to a node is closed after this long without a request. While the
+/// watch connection carries the registry's requests (decision 57), HTTP/2 is only needed for a
+/// registration before the watch is up, retries after the watch connection failed, certificate
+/// renewals and leaving: no node should keep a second connection per agent for that.
+pub const REQUEST_CONNECTION_IDLE: Duration = Duration::from_secs(30);
+/// Room reserved for one read of an upgraded watch connection: a delta is a few hundred
+/// bytes, a snapshot takes as many reads as it needs.
+pub const WATCH_READ_BYTES: usize = 16 * 1024;
+/// The ALPN name of HTTP/1.1, which the watch's connections offer.
+const ALPN_HTTP1: &[u8] = b"http/1.1";
+/// hyper refuses an HTTP/1.1 read buffer smaller than this.
+const MIN_HTTP1_BUFFER: usize = 8192;
 
 /// Why a request to the control plane failed. Each carries the node it went to; transport
 /// and decoding failures keep their cause as `source()`.
@@ -81,6 +100,12 @@ pub enum ControlPlaneError {
         /// The body, as text.
         message: String,
     },
+    /// The watch connection a request went up ended before its answer came.
+    #[error("the watch connection to control-plane node {server} ended before the answer")]
+    WatchConnectionClosed {
+        /// The node, `host:port`.
+        server: String,
+    },
     /// The answer's body could not be read.
     #[error("cannot read the answer of control-plane node {server}")]
     Body {
@@ -117,6 +142,14 @@ impl ControlPlaneError {
 pub struct ControlPlaneClient {
     /// Set once the node has its certificate; shared by every clone.
     client: Arc<ArcSwapOption<Client<TlsConnector, Full<Bytes>>>>,
+    /// The same for watch streams: HTTP/1.1, a connection per stream, never pooled.
+    watch_client: Arc<ArcSwapOption<Client<TlsConnector, Full<Bytes>>>>,
+    /// The watch connection that takes registry requests now, if any; shared by every clone.
+    uplink: Arc<Uplink>,
+    /// This clone's last request up the watch connection failed: its next ones go over
+    /// HTTP/2, to the next node, until one is served (the watched node may be cut off from the
+    /// leader while its stream still flows).
+    avoid_uplink: bool,
     max_header_bytes: u32,
     servers: Arc<[String]>,
     /// Index (modulo the list) of the node in use.
@@ -134,6 +167,9 @@ impl ControlPlaneClient {
         let next = rand::random_range(0..servers.len().max(1));
         ControlPlaneClient {
             client: Arc::new(ArcSwapOption::empty()),
+            watch_client: Arc::new(ArcSwapOption::empty()),
+            uplink: Arc::new(Uplink::default()),
+            avoid_uplink: false,
             max_header_bytes,
             servers: servers.into(),
             next,
@@ -143,15 +179,35 @@ impl ControlPlaneClient {
 
     /// Talks mutual TLS with `tls` (the node's certificate) from now on, in every clone.
     pub fn use_tls(&self, tls: Arc<rustls::ClientConfig>) {
+        // The watch's connections speak HTTP/1.1 (they are upgraded to the bare stream), so
+        // they offer only that protocol in the handshake.
+        let mut watch = (*tls).clone();
+        watch.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
         let client = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .http2_max_header_list_size(self.max_header_bytes)
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(REQUEST_CONNECTION_IDLE)
             .build(TlsConnector::new(
                 tls,
                 ServerIdentity::ControlPlane,
                 CONNECT_TIMEOUT,
             ));
         self.client.store(Some(Arc::new(client)));
+        let watch_client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .http1_max_buf_size((self.max_header_bytes as usize).max(MIN_HTTP1_BUFFER))
+            .build(TlsConnector::new(
+                Arc::new(watch),
+                ServerIdentity::ControlPlane,
+                CONNECT_TIMEOUT,
+            ));
+        self.watch_client.store(Some(Arc::new(watch_client)));
+    }
+
+    /// The watch connection that takes registry requests, shared by every clone.
+    pub fn uplink(&self) -> &Arc<Uplink> {
+        &self.uplink
     }
 
     /// Every configured node; empty when the agent runs without a control plane.
@@ -167,14 +223,18 @@ impl ControlPlaneClient {
             .map_or("", String::as_str)
     }
 
-    /// Moves to the next node, after a failure or a stream that ended.
+    /// Moves to the next node, after a failure or a stream that ended; this clone's next
+    /// requests go over HTTP/2 until one is served.
     pub fn fail_over(&mut self) {
         self.next = self.next.wrapping_add(1);
+        self.avoid_uplink = true;
     }
 
-    /// The node served: the next failure waits the shortest backoff again.
+    /// The node served: the next failure waits the shortest backoff again, and requests go up
+    /// the watch connection again when one takes them.
     pub fn served(&mut self) {
         self.backoff = BACKOFF_MIN;
+        self.avoid_uplink = false;
     }
 
     /// Waits the current backoff (jittered) and doubles it up to [`BACKOFF_MAX`]; false when
@@ -187,14 +247,21 @@ impl ControlPlaneClient {
         }
     }
 
-    /// POSTs `body` as JSON to `path` on the node in use and reads the JSON answer, all
-    /// within `timeout`.
+    /// POSTs `body` as JSON to `path` and reads the JSON answer, all within `timeout`: up the
+    /// watch connection when `path` is a registry request and one takes them, else over HTTP/2
+    /// to the node in use.
     pub async fn post_json<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
         body: &B,
         timeout: Duration,
     ) -> Result<T, ControlPlaneError> {
+        if !self.avoid_uplink
+            && UPLINK_PATHS.contains(&path)
+            && let Some(answer) = self.uplink.post(path, body, timeout).await
+        {
+            return answer;
+        }
         let server = self.server();
         let json = serde_json::to_vec(body).map_err(|source| ControlPlaneError::Encode {
             path: path.to_string(),
@@ -259,35 +326,70 @@ impl ControlPlaneClient {
             })
     }
 
-    /// GETs `path_and_query` from the node in use and returns the body to read as it streams;
-    /// the response head must arrive within `timeout`.
-    pub async fn get_stream(
+    /// Opens the watch stream `path_and_query` on the node in use, on a connection of its own:
+    /// an HTTP/1.1 request with `Upgrade: hyphae-watch`, which the node answers with `101
+    /// Switching Protocols` and then the stream on the bare connection (an HTTP/2 stream on a
+    /// shared connection costs a node three times the memory: decision 56). A node that
+    /// answers with the stream as its body instead is read as such. The answer's head must
+    /// arrive within `timeout`.
+    pub async fn open_watch(
         &self,
         path_and_query: &str,
         timeout: Duration,
-    ) -> Result<Incoming, ControlPlaneError> {
+    ) -> Result<WatchStream, ControlPlaneError> {
         let server = self.server();
         let uri = format!("https://{server}{path_and_query}");
         let request = http::Request::get(&uri)
+            .header(http::header::CONNECTION, "upgrade")
+            .header(http::header::UPGRADE, WATCH_UPGRADE)
             .body(Full::new(Bytes::new()))
             .map_err(|source| ControlPlaneError::Request { uri, source })?;
-        let response = tokio::time::timeout(timeout, self.send(request))
+        let Some(client) = self.watch_client.load_full() else {
+            return Err(ControlPlaneError::NoIdentity);
+        };
+        let open = async {
+            let mut response =
+                client
+                    .request(request)
+                    .await
+                    .map_err(|source| ControlPlaneError::Unreachable {
+                        server: server.to_string(),
+                        source,
+                    })?;
+            let status = response.status();
+            if status == StatusCode::SWITCHING_PROTOCOLS {
+                let takes_requests = response
+                    .headers()
+                    .get(UPLINK_HEADER)
+                    .is_some_and(|value| value == UPLINK_AGENT_REQUESTS);
+                let connection = hyper::upgrade::on(&mut response).await.map_err(|source| {
+                    ControlPlaneError::Body {
+                        server: server.to_string(),
+                        source,
+                    }
+                })?;
+                return Ok(WatchStream::Connection {
+                    io: TokioIo::new(connection),
+                    takes_requests,
+                });
+            }
+            if status.is_success() {
+                return Ok(WatchStream::Body(response.into_body()));
+            }
+            let body = tokio::time::timeout(REFUSAL_READ_TIMEOUT, response.into_body().collect())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(|body| body.to_bytes())
+                .unwrap_or_default();
+            Err(refused(server, status, &body))
+        };
+        tokio::time::timeout(timeout, open)
             .await
             .map_err(|_| ControlPlaneError::Timeout {
                 server: server.to_string(),
                 after: timeout,
-            })??;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(response.into_body());
-        }
-        let body = tokio::time::timeout(REFUSAL_READ_TIMEOUT, response.into_body().collect())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .map(|body| body.to_bytes())
-            .unwrap_or_default();
-        Err(refused(server, status, &body))
+            })?
     }
 
     async fn send(
@@ -307,6 +409,70 @@ impl ControlPlaneClient {
     }
 }
 
+/// A watch stream as it arrives: the bare connection after an upgrade, or an answer's body.
+pub enum WatchStream {
+    /// The connection, taken over by the stream after `101 Switching Protocols`.
+    Connection {
+        /// The connection.
+        io: TokioIo<hyper::upgrade::Upgraded>,
+        /// The node takes the agent's registry requests up it (decision 57).
+        takes_requests: bool,
+    },
+    /// The answer's body, from a node that did not upgrade.
+    Body(Incoming),
+}
+
+impl WatchStream {
+    /// Appends the stream's next bytes to `buffer`, reserving [`WATCH_READ_BYTES`] of room
+    /// for a read of the connection; 0 at the stream's end. Cancel-safe: bytes read are in
+    /// `buffer`.
+    pub async fn read_into(&mut self, buffer: &mut BytesMut) -> std::io::Result<usize> {
+        match self {
+            WatchStream::Connection { io, .. } => {
+                buffer.reserve(WATCH_READ_BYTES);
+                io.read_buf(buffer).await
+            }
+            WatchStream::Body(body) => loop {
+                let Some(frame) = body.frame().await else {
+                    return Ok(0);
+                };
+                let frame = frame.map_err(std::io::Error::other)?;
+                if let Ok(data) = frame.into_data()
+                    && !data.is_empty()
+                {
+                    buffer.extend_from_slice(&data);
+                    return Ok(data.len());
+                }
+            },
+        }
+    }
+
+    /// Whether registry requests may go up this stream.
+    pub fn takes_requests(&self) -> bool {
+        matches!(
+            self,
+            WatchStream::Connection {
+                takes_requests: true,
+                ..
+            }
+        )
+    }
+
+    /// Sends one request line up the connection; an error when the stream takes none.
+    pub async fn send_line(&mut self, line: &[u8]) -> std::io::Result<()> {
+        match self {
+            WatchStream::Connection {
+                io,
+                takes_requests: true,
+            } => {
+                io.write_all(line).await?;
+                io.flush().await
+            }
+            _ => Err(std::io::Error::other("this watch stream takes no requests")),
+        }
+    }
+}
+
 /// A refusal, with the API's error code when the body is the control plane's JSON error.
 fn refused(server: &str, status: StatusCode, body: &[u8]) -> ControlPlaneError {
     let code = serde_json::from_slice::<serde_json::Value>(body)
@@ -318,6 +484,26 @@ fn refused(server: &str, status: StatusCode, body: &[u8]) -> ControlPlaneError {
         code,
         message: String::from_utf8_lossy(body).trim().to_string(),
     }
+}
+
+/// An answer that came up the watch connection as a JSON value: the `T` it holds, or the
+/// refusal it says, as the same answer over HTTP would be read.
+pub(crate) fn answered<T: DeserializeOwned>(
+    server: &str,
+    status: StatusCode,
+    body: serde_json::Value,
+) -> Result<T, ControlPlaneError> {
+    if status.is_success() {
+        return serde_json::from_value(body).map_err(|source| ControlPlaneError::Decode {
+            server: server.to_string(),
+            source,
+        });
+    }
+    let message = match &body {
+        serde_json::Value::String(text) => text.clone(),
+        other => other.to_string(),
+    };
+    Err(refused(server, status, message.as_bytes()))
 }
 
 /// The current retry delay, jittered (×0.5–1.5), doubling it up to `cap` for next time.

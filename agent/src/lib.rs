@@ -50,5 +50,6 @@ pub mod route;
 pub mod sources;
 pub mod state;
 pub mod tunnel;
+pub mod uplink;
 pub mod virtual_listeners;
 pub mod watch;

@@ -2,6 +2,8 @@
 //! any control-plane node, heartbeats three times per lease (heartbeats are cheap and not Raft
 //! writes), reports only health changes, registers again when the control plane forgot it or
 //! the local services changed, and deregisters when it stops so callers move away at once.
+//! Its requests go up the watch connection when that takes them, else over HTTP/2
+//! ([`ControlPlaneClient::post_json`], decision 57); either way the answers read the same.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -179,6 +181,7 @@ impl Registrar {
                         };
                         match answer {
                             Ok(_) => {
+                                session.served();
                                 self.status.registered.store(true, Ordering::Release);
                                 last_renewal = Instant::now();
                                 next_beat = last_renewal + every;
@@ -227,6 +230,7 @@ impl Registrar {
                 };
                 match answer {
                     Ok(_) => {
+                        session.served();
                         reported = now;
                         report_retry = BACKOFF_MIN;
                     }

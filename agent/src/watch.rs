@@ -1,7 +1,8 @@
-//! The agent's side of the control plane: a watch stream (HTTP/2) to any configured
-//! control-plane node, failing over to the others with jittered backoff, applying each snapshot
-//! and delta, and saving the result to disk so the agent keeps serving it when no control plane
-//! answers.
+//! The agent's side of the control plane: a watch stream (on a connection of its own, upgraded
+//! from HTTP/1.1) to any configured control-plane node, failing over to the others with
+//! jittered backoff, applying each snapshot and delta, and saving the result to disk so the
+//! agent keeps serving it when no control plane answers. When the node takes them, the agent's
+//! registry requests travel up the same connection ([`crate::uplink`], decision 57).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -11,7 +12,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http_body_util::BodyExt;
 use hyphae_policies::ErrorChain;
 use hyphae_policies::registry::NodeRecord;
 use hyphae_policies::watch::{PolicyRecord, WATCH_PATH, WatchEvent};
@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::control_plane_client::{ControlPlaneClient, ControlPlaneError};
 use crate::persist::{self, Saved};
+use crate::uplink::{Answered, UplinkCall};
 
 /// A stream that carries nothing (not even a heartbeat) for this long is given up.
 pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -40,7 +41,13 @@ pub enum WatchError {
     EndedEarly,
     /// The stream broke.
     #[error("the stream broke")]
-    Broken(#[source] hyper::Error),
+    Broken(#[source] std::io::Error),
+    /// A request could not be sent up the connection in time.
+    #[error("cannot send a request up the watch connection")]
+    RequestNotSent(#[source] std::io::Error),
+    /// The node answered a request the agent had not sent.
+    #[error("an answer to no request")]
+    UnaskedAnswer,
     /// One line was longer than the agent accepts.
     #[error("a line longer than {0} bytes")]
     LineTooLong(usize),
@@ -126,7 +133,7 @@ impl Remote {
 /// revision are duplicates (a reconnect replays from a snapshot) and change nothing.
 pub fn apply_event(remote: &mut Remote, event: WatchEvent) -> bool {
     match event {
-        WatchEvent::Heartbeat { .. } => false,
+        WatchEvent::Heartbeat { .. } | WatchEvent::Answer { .. } => false,
         WatchEvent::Snapshot {
             revision,
             policies,
@@ -312,7 +319,8 @@ impl Watcher {
 
     /// Reads one watch stream from the client's current node until it ends or fails; Ok
     /// when it ended after delivering events. The first event resets the client's backoff:
-    /// the node served.
+    /// the node served. While the stream takes them, the agent's registry requests go up it,
+    /// one at a time, and their answers come back among the events.
     async fn stream(
         &self,
         client: &mut ControlPlaneClient,
@@ -324,30 +332,52 @@ impl Watcher {
             path.push_str("&cluster=");
             path.push_str(cluster);
         }
-        let mut body = client
-            .get_stream(&path, STREAM_IDLE_TIMEOUT)
+        let mut stream = client
+            .open_watch(&path, STREAM_IDLE_TIMEOUT)
             .await
             .map_err(WatchError::Open)?;
+        // Offered for requests until this stream ends (the guard drops with it).
+        let (_attached, mut requests) = match stream.takes_requests() {
+            true => {
+                let (attached, requests) = client.uplink().attach(client.server());
+                (Some(attached), Some(requests))
+            }
+            false => (None, None),
+        };
+        // Where the answer to the request up the connection goes, while one is.
+        let mut asked: Option<tokio::sync::oneshot::Sender<Answered>> = None;
         let mut buffer = BytesMut::new();
         // Bytes of `buffer` already searched for a newline.
         let mut scanned = 0;
         let mut got_event = false;
+        let mut idle_after = tokio::time::Instant::now() + STREAM_IDLE_TIMEOUT;
         loop {
-            let frame = tokio::time::timeout(STREAM_IDLE_TIMEOUT, body.frame())
-                .await
-                .map_err(|_| WatchError::Idle(STREAM_IDLE_TIMEOUT))?;
-            let Some(frame) = frame else {
+            let read = tokio::select! {
+                read = stream.read_into(&mut buffer) => read.map_err(WatchError::Broken)?,
+                () = tokio::time::sleep_until(idle_after) => {
+                    return Err(WatchError::Idle(STREAM_IDLE_TIMEOUT));
+                }
+                call = next_request(&mut requests), if asked.is_none() => {
+                    let UplinkCall { line, answer } = call;
+                    if answer.is_closed() {
+                        continue; // its caller gave up before the connection was free
+                    }
+                    tokio::time::timeout(STREAM_IDLE_TIMEOUT, stream.send_line(&line))
+                        .await
+                        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+                        .map_err(WatchError::RequestNotSent)?;
+                    asked = Some(answer);
+                    continue;
+                }
+            };
+            if read == 0 {
                 return if got_event {
                     Ok(())
                 } else {
                     Err(WatchError::EndedEarly)
                 };
-            };
-            let frame = frame.map_err(WatchError::Broken)?;
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            buffer.extend_from_slice(&data);
+            }
+            idle_after = tokio::time::Instant::now() + STREAM_IDLE_TIMEOUT;
             if buffer.len() > MAX_LINE_BYTES {
                 return Err(WatchError::LineTooLong(MAX_LINE_BYTES));
             }
@@ -358,6 +388,14 @@ impl Watcher {
                 line.truncate(end);
                 let event: WatchEvent =
                     serde_json::from_slice(line.chunk()).map_err(WatchError::Event)?;
+                if let WatchEvent::Answer { status, body } = event {
+                    let answer = asked.take().ok_or(WatchError::UnaskedAnswer)?;
+                    let status =
+                        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
+                    // Its caller may have given up meanwhile; the stream stays in step.
+                    let _ = answer.send(Answered { status, body });
+                    continue;
+                }
                 if !got_event {
                     got_event = true;
                     client.served();
@@ -385,6 +423,21 @@ impl Watcher {
             }
             scanned = buffer.len();
         }
+    }
+}
+
+/// The next registry request waiting for the watch connection; never, for a stream that takes
+/// none.
+async fn next_request(
+    requests: &mut Option<tokio::sync::mpsc::Receiver<UplinkCall>>,
+) -> UplinkCall {
+    match requests {
+        Some(requests) => match requests.recv().await {
+            Some(call) => call,
+            // The sender lives as long as the stream's guard: not before it ends.
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 

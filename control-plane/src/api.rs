@@ -24,6 +24,7 @@ pub mod policies;
 pub mod raft;
 pub mod registry;
 pub mod tokens;
+pub mod uplink;
 pub mod watch;
 
 use std::convert::Infallible;
@@ -251,7 +252,7 @@ const MIN_HTTP1_BUFFER: usize = 8192;
 /// `scope` describes (its shutdown ends the long-lived ones: watch streams). Every request of
 /// the port, peer or admin, passes here before it is routed.
 pub async fn handle(
-    node: &Node,
+    node: &Arc<Node>,
     request: Request<Incoming>,
     peer: Peer,
     scope: &ConnectionScope,
@@ -275,7 +276,7 @@ pub async fn handle(
             return refused.into_response().map(BodyExt::boxed);
         }
         if watch::wants_upgrade(&request) {
-            return watch::open_upgraded(node, request, scope).await;
+            return watch::open_upgraded(node, request, peer, scope).await;
         }
         return watch::open(node, &request, scope).await;
     }
@@ -366,17 +367,28 @@ async fn handle_buffered(
         query: parts.uri.query().unwrap_or_default().to_string(),
         authorization: parts.headers.get(http::header::AUTHORIZATION).cloned(),
         peer,
-        caller: caller.clone(),
+        caller,
         body,
     };
-    if caller == Caller::AskLeader {
+    answer(node, &request, forwarded).await
+}
+
+/// Answers a request whose body was read whole and whose caller was checked: here, or on the
+/// leader it goes on to. A request that was `forwarded` here is not sent on again. Requests
+/// an agent sends up its watch connection (decision 57) are answered here too.
+pub(crate) async fn answer(
+    node: &Node,
+    request: &ApiRequest,
+    forwarded: bool,
+) -> Response<Full<Bytes>> {
+    if request.caller == Caller::AskLeader {
         let metrics = node.raft.metrics().borrow().clone();
         return match leader::to_current_leader(&metrics) {
-            Routed::Forward(leader) => leader::forward(node, &request, &leader).await,
+            Routed::Forward(leader) => leader::forward(node, request, &leader).await,
             Routed::Error(error) => error.into_response(),
         };
     }
-    match route(node, &request).await {
+    match route(node, request).await {
         Ok(response) => response,
         Err(Routed::Error(error)) => error.into_response(),
         // A forwarded request that lands on a node that is not the leader either (leadership
@@ -387,7 +399,7 @@ async fn handle_buffered(
             "leadership moved while the request was forwarded; try again",
         )
         .into_response(),
-        Err(Routed::Forward(leader)) => leader::forward(node, &request, &leader).await,
+        Err(Routed::Forward(leader)) => leader::forward(node, request, &leader).await,
     }
 }
 
@@ -414,7 +426,7 @@ async fn route(node: &Node, request: &ApiRequest) -> Answer {
         (&Method::GET, ["v1", "metrics"]) => Ok(Response::builder()
             .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")
             .body(Full::new(Bytes::from(
-                crate::refusals::render() + &node.heartbeat_queue.render(),
+                crate::refusals::render() + &node.heartbeat_queue.render() + &uplink::render(),
             )))
             .unwrap_or_default()),
         (&Method::GET, ["v1", "openapi.json"]) => {

@@ -303,8 +303,9 @@ impl Feed {
         let line = encode(&event)?;
         self.snapshot_encodes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        *cached = Some((event.revision(), line.clone()));
-        Some((event.revision(), line))
+        let revision = event.revision()?;
+        *cached = Some((revision, line.clone()));
+        Some((revision, line))
     }
 
     /// How many snapshot lines this feed has encoded so far.
@@ -360,7 +361,9 @@ pub async fn open(
     let mut revisions = feed.reader.subscribe();
     let (sent, first) = match first_event(&feed.reader, &mut revisions, &held).await? {
         Opening::Snapshot => feed.snapshot_line().await,
-        Opening::Event(event) => encode(&event).map(|line| (event.revision(), line)),
+        Opening::Event(event) => encode(&event)
+            .zip(event.revision())
+            .map(|(line, r)| (r, line)),
     }
     .ok_or_else(|| Refusal {
         code: "encode",

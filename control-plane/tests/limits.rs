@@ -198,11 +198,16 @@ async fn credentials(node: &RunningNode, kind: Kind, name: &str) -> Credentials 
     Credentials::from_pem(&format!("{leaf}{}", ca.cert_pem), &key).expect("usable credentials")
 }
 
-fn get_cluster() -> String {
+/// A GET of `path` with this process's admin token, closing the connection after the answer.
+fn get(path: &str) -> String {
     format!(
-        "GET /v1/cluster HTTP/1.1\r\nhost: node\r\nauthorization: {}\r\nconnection: close\r\n\r\n",
+        "GET {path} HTTP/1.1\r\nhost: node\r\nauthorization: {}\r\nconnection: close\r\n\r\n",
         bearer()
     )
+}
+
+fn get_cluster() -> String {
+    get("/v1/cluster")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -735,6 +740,156 @@ async fn an_upgraded_watch_needs_a_node_certificate_then_carries_the_snapshot_an
     let stopping = tokio::spawn(running.stop());
     read_to_close(&mut stream).await;
     stopping.await.expect("join").expect("stop");
+}
+
+/// Waits until `node` upgrades a watch of `agent`'s; returns the connection, the answer's
+/// head and what came after it.
+async fn until_upgraded_with_head(
+    node: &RunningNode,
+    agent: &Credentials,
+) -> (TlsStream<TcpStream>, String, Vec<u8>) {
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            let (stream, head, pending) = watch_upgraded(node, Some(agent)).await;
+            if head.starts_with("HTTP/1.1 101") {
+                return (stream, head, pending);
+            }
+            // `not-ready` until the cluster has its identity.
+            assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the watch is upgraded once the node is ready")
+}
+
+/// Sends `body` to `path` up an upgraded watch and returns the node's answer line.
+async fn ask_up(
+    stream: &mut TlsStream<TcpStream>,
+    pending: &mut Vec<u8>,
+    path: &str,
+    body: serde_json::Value,
+) -> serde_json::Value {
+    let mut line = serde_json::to_vec(&serde_json::json!({"path": path, "body": body}))
+        .expect("encode a request line");
+    line.push(b'\n');
+    stream.write_all(&line).await.expect("send a request line");
+    next_event(stream, pending, "answer").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_requests_up_an_upgraded_watch_are_answered_as_over_http_among_the_events() {
+    let (running, _dir) = node(ControlPlaneLimits::default()).await;
+    let a = credentials(&running, Kind::Node, "a").await;
+    let (mut stream, head, mut pending) = until_upgraded_with_head(&running, &a).await;
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("hyphae-watch-uplink: agent-requests"),
+        "an agent is told it may send its requests up: {head}"
+    );
+    next_event(&mut stream, &mut pending, "snapshot").await;
+    let heartbeat = serde_json::json!({"node": "a"});
+    // A leader is refused renewals until a quorum confirmed it: 503, as over HTTP.
+    let answer = tokio::time::timeout(DEADLINE, async {
+        loop {
+            let answer = ask_up(
+                &mut stream,
+                &mut pending,
+                "/v1/agent/heartbeat",
+                heartbeat.clone(),
+            )
+            .await;
+            if answer["status"] != 503 {
+                return answer;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the leader is confirmed in time");
+    assert_eq!(answer["status"], 404, "{answer}");
+    assert_eq!(answer["body"]["code"], "unknown-node", "{answer}");
+
+    let record =
+        serde_json::json!({"name": "a", "site": "s", "address": "10.0.0.1:4143", "instances": []});
+    let answer = ask_up(&mut stream, &mut pending, "/v1/agent/register", record).await;
+    assert_eq!(answer["status"], 200, "{answer}");
+    assert!(
+        answer["body"]["ttlMs"].as_u64().is_some(),
+        "a lease: {answer}"
+    );
+    let listed = exchange(&running, &get("/v1/nodes/a")).await;
+    assert!(listed.starts_with("HTTP/1.1 200"), "registered: {listed}");
+    let answer = ask_up(&mut stream, &mut pending, "/v1/agent/heartbeat", heartbeat).await;
+    assert_eq!(answer["status"], 200, "{answer}");
+
+    // The same checks as over HTTP: an agent speaks only for its own node.
+    let answer = ask_up(
+        &mut stream,
+        &mut pending,
+        "/v1/agent/heartbeat",
+        serde_json::json!({"node": "b"}),
+    )
+    .await;
+    assert_eq!(answer["status"], 403, "{answer}");
+    let answer = ask_up(
+        &mut stream,
+        &mut pending,
+        "/v1/policies",
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(
+        answer["status"], 404,
+        "only the agent's registry requests: {answer}"
+    );
+    assert_eq!(answer["body"]["code"], "unknown-path", "{answer}");
+    stream.write_all(b"hello\n").await.expect("send a bad line");
+    let answer = next_event(&mut stream, &mut pending, "answer").await;
+    assert_eq!(answer["status"], 400, "{answer}");
+
+    // The stream goes on: a change still arrives, and leaving is a request like the others.
+    let applied = exchange(&running, &post("/v1/policies", &route("r", 1))).await;
+    assert!(applied.starts_with("HTTP/1.1 200"), "{applied}");
+    let delta = next_event(&mut stream, &mut pending, "delta").await;
+    assert_eq!(delta["upserts"][0]["name"], "r", "{delta}");
+    let answer = ask_up(
+        &mut stream,
+        &mut pending,
+        "/v1/agent/deregister",
+        serde_json::json!({"node": "a"}),
+    )
+    .await;
+    assert_eq!(answer["status"], 200, "{answer}");
+    let listed = exchange(&running, &get("/v1/nodes/a")).await;
+    assert!(listed.starts_with("HTTP/1.1 404"), "gone: {listed}");
+    running.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_line_past_its_limit_or_stalled_midway_closes_the_watch_connection() {
+    let (running, _dir) = node(quick(ControlPlaneLimits {
+        max_agent_body_bytes: 1024,
+        ..ControlPlaneLimits::default()
+    }))
+    .await;
+    let a = credentials(&running, Kind::Node, "a").await;
+    let (mut stream, _, _) = until_upgraded_with_head(&running, &a).await;
+    // The body limit plus the envelope, and no newline.
+    stream
+        .write_all(&vec![b'x'; 1024 + 512 + 1])
+        .await
+        .expect("send a long line");
+    read_to_close(&mut stream).await;
+
+    let (mut stream, _, _) = until_upgraded_with_head(&running, &a).await;
+    stream
+        .write_all(b"{\"path\": \"/v1/agent/heartbeat\"")
+        .await
+        .expect("send half a line");
+    // Closed after bodyReadTimeout (300 ms here); read_to_close fails the test if it stays.
+    read_to_close(&mut stream).await;
+    running.stop().await.expect("stop");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,10 +7,13 @@
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use hyphae_policies::watch::WATCH_UPGRADE;
+use std::sync::Arc;
+
+use hyphae_policies::watch::{UPLINK_AGENT_REQUESTS, UPLINK_HEADER, WATCH_UPGRADE};
 
 use super::ConnectionScope;
 use super::answer::{ApiBody, ApiError, query_param};
+use super::caller::Peer;
 use crate::node::Node;
 use crate::watch::ChannelBody;
 
@@ -49,9 +52,12 @@ pub(crate) async fn open<B>(
 /// Answers a watch request that [`wants_upgrade`] with `101 Switching Protocols`, and hands
 /// the stream to a task of the connection's that writes it onto the connection once hyper
 /// lets go of it. That task holds the connection's place under `maxConnections` from then on.
+/// An agent (`peer` has a node certificate) is told it may send its registry requests up the
+/// same connection ([`super::uplink`], decision 57).
 pub(crate) async fn open_upgraded<B>(
-    node: &Node,
+    node: &Arc<Node>,
     mut request: Request<B>,
+    peer: Peer,
     scope: &ConnectionScope,
 ) -> Response<ApiBody> {
     let upgrade = hyper::upgrade::on(&mut request);
@@ -59,8 +65,10 @@ pub(crate) async fn open_upgraded<B>(
         Ok(lines) => lines,
         Err(refused) => return refused,
     };
+    let takes_requests = peer.node().is_some();
+    let uplink = takes_requests.then(|| super::uplink::uplink(Arc::clone(node), peer));
     let shutdown = scope.shutdown.clone();
-    let place = std::sync::Arc::clone(&scope.place);
+    let place = Arc::clone(&scope.place);
     scope.tasks.spawn(async move {
         let _place = place;
         match upgrade.await {
@@ -68,6 +76,7 @@ pub(crate) async fn open_upgraded<B>(
                 let ended = crate::watch::connection::serve(
                     TokioIo::new(connection),
                     lines,
+                    uplink,
                     crate::watch::SEND_PATIENCE,
                     &shutdown,
                 )
@@ -88,6 +97,12 @@ pub(crate) async fn open_upgraded<B>(
         http::header::UPGRADE,
         http::HeaderValue::from_static(WATCH_UPGRADE),
     );
+    if takes_requests {
+        headers.insert(
+            UPLINK_HEADER,
+            http::HeaderValue::from_static(UPLINK_AGENT_REQUESTS),
+        );
+    }
     response
 }
 

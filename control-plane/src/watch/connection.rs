@@ -1,17 +1,26 @@
 //! A watch stream on a connection of its own: once a node has answered an HTTP/1.1 watch with
 //! `101 Switching Protocols` (`Upgrade: hyphae-watch`), its lines go straight onto the TLS
-//! stream, with none of hyper's or h2's per-connection buffers (decision 56). Never reads what
-//! the reader sends beyond noticing that it left: a watch reader sends nothing after its request.
+//! stream, with none of hyper's or h2's per-connection buffers (decision 56). An agent's
+//! registry requests may come up the same connection, one line at a time, each answered with
+//! one line among the stream's (decision 57); any other reader sends nothing after its request.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::ChannelBody;
 
 /// Longest a node waits for a closing connection to take its TLS `close_notify`.
 pub const CLOSE_PATIENCE: Duration = Duration::from_secs(1);
+
+/// Room a read of request lines reserves: a heartbeat is well under it, a registration takes
+/// as many reads as it needs.
+const UPLINK_READ_BYTES: usize = 512;
 
 /// Why a watch connection ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -22,8 +31,12 @@ pub enum Ended {
     Shutdown,
     /// The reader closed the connection.
     ReaderLeft,
-    /// The reader sent bytes after its request, which no watch reader does.
+    /// The reader sent bytes after its request, and the connection takes no requests.
     ReaderSpoke,
+    /// A request line grew past its limit without ending.
+    RequestTooLong,
+    /// A begun request line did not arrive whole in time.
+    RequestStalled,
     /// A line could not be written within the patience given: the reader stopped reading, or
     /// its host is gone (the kernel's send buffer filled).
     WriteStalled,
@@ -31,34 +44,103 @@ pub enum Ended {
     Broken(std::io::ErrorKind),
 }
 
-/// Writes each line of `lines` onto `io` as it is queued, until the fan-out drops the stream,
-/// the reader leaves, a write stalls for `patience` (the node passes [`super::SEND_PATIENCE`], the
-/// fan-out's own patience with a full queue) or `shutdown`; then closes the connection (TLS
-/// `close_notify` within [`CLOSE_PATIENCE`]).
+/// A line's answer on its way: the line to send back.
+pub type Answering = Pin<Box<dyn Future<Output = Bytes> + Send>>;
+
+/// What a connection does with the request lines its reader sends up (decision 57).
+pub struct Uplink {
+    /// Starts answering one request line (its newline included).
+    pub answer: Box<dyn FnMut(Bytes) -> Answering + Send>,
+    /// The longest line taken, newline included (`limits.maxAgentBodyBytes` and the envelope).
+    pub max_line: usize,
+    /// Longest a begun line may take to arrive whole (`limits.bodyReadTimeout`).
+    pub line_patience: Duration,
+}
+
+/// Writes each line of `lines` onto `io` as it is queued, and with `uplink`, answers each
+/// request line the reader sends, one at a time, among them; until the fan-out drops the
+/// stream, the reader leaves or breaks the protocol, a write stalls for `patience` (the node
+/// passes [`super::SEND_PATIENCE`], the fan-out's own patience with a full queue) or
+/// `shutdown`. Then closes the connection (TLS `close_notify` within [`CLOSE_PATIENCE`]).
 pub async fn serve<I>(
     mut io: I,
     mut lines: ChannelBody,
+    mut uplink: Option<Uplink>,
     patience: Duration,
     shutdown: &CancellationToken,
 ) -> Ended
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    // A read only tells that the reader left (end of stream) or broke the protocol: one byte
-    // of room is all it needs.
+    // Without an uplink, a read only tells that the reader left (end of stream) or broke the
+    // protocol: one byte of room is all it needs.
     let mut probe = [0u8; 1];
+    // Request bytes read and not yet answered; empty (unallocated) between requests.
+    let mut incoming = BytesMut::new();
+    // When the request begun in `incoming` must have arrived whole.
+    let mut line_deadline: Option<Instant> = None;
+    let mut answering: Option<Answering> = None;
     let ended = loop {
+        if answering.is_none()
+            && let Some(uplink) = uplink.as_mut()
+            && let Some(end) = incoming.iter().position(|&b| b == b'\n')
+        {
+            answering = Some((uplink.answer)(incoming.split_to(end + 1).freeze()));
+            if incoming.is_empty() {
+                // Frees the read's allocation until the next request.
+                incoming = BytesMut::new();
+                line_deadline = None;
+            } else {
+                // The next line has begun: it gets its own time.
+                line_deadline = Some(Instant::now() + uplink.line_patience);
+            }
+        }
+        let taking_requests = uplink.is_some();
         let line = tokio::select! {
             biased;
             () = shutdown.cancelled() => break Ended::Shutdown,
+            answer = async {
+                match answering.as_mut() {
+                    Some(answering) => answering.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                answering = None;
+                answer
+            }
             line = lines.next_line() => match line {
                 Some(line) => line,
                 None => break Ended::Dropped,
             },
-            read = io.read(&mut probe) => break match read {
-                Ok(0) => Ended::ReaderLeft,
-                Ok(_) => Ended::ReaderSpoke,
-                Err(error) => Ended::Broken(error.kind()),
+            () = async {
+                match line_deadline {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => std::future::pending().await,
+                }
+            } => break Ended::RequestStalled,
+            read = async {
+                if taking_requests {
+                    incoming.reserve(UPLINK_READ_BYTES);
+                    io.read_buf(&mut incoming).await
+                } else {
+                    io.read(&mut probe).await
+                }
+            }, if answering.is_none() => {
+                match read {
+                    Ok(0) => break Ended::ReaderLeft,
+                    Ok(_) if !taking_requests => break Ended::ReaderSpoke,
+                    Ok(_) => {}
+                    Err(error) => break Ended::Broken(error.kind()),
+                }
+                let max_line = uplink.as_ref().map_or(0, |uplink| uplink.max_line);
+                if incoming.len() > max_line && !incoming.contains(&b'\n') {
+                    break Ended::RequestTooLong;
+                }
+                if line_deadline.is_none() {
+                    let line_patience = uplink.as_ref().map_or(patience, |u| u.line_patience);
+                    line_deadline = Some(Instant::now() + line_patience);
+                }
+                continue;
             },
         };
         let write = async {
@@ -97,7 +179,8 @@ mod tests {
         let (mut lines, body) = queue();
         let (node, mut reader) = tokio::io::duplex(1024);
         let shutdown = CancellationToken::new();
-        let serving = tokio::spawn(async move { serve(node, body, PATIENCE, &shutdown).await });
+        let serving =
+            tokio::spawn(async move { serve(node, body, None, PATIENCE, &shutdown).await });
         lines.try_send(Bytes::from_static(b"{\"a\":1}\n")).unwrap();
         lines.try_send(Bytes::from_static(b"{\"b\":2}\n")).unwrap();
         let mut read = vec![0u8; 16];
@@ -116,7 +199,8 @@ mod tests {
         let (lines, body) = queue();
         let (node, mut reader) = tokio::io::duplex(1024);
         let shutdown = CancellationToken::new();
-        let serving = tokio::spawn(async move { serve(node, body, PATIENCE, &shutdown).await });
+        let serving =
+            tokio::spawn(async move { serve(node, body, None, PATIENCE, &shutdown).await });
         drop(lines);
         assert_eq!(serving.await.unwrap(), Ended::Dropped);
         let mut rest = Vec::new();
@@ -127,14 +211,16 @@ mod tests {
         let (node, _reader) = tokio::io::duplex(1024);
         let shutdown = CancellationToken::new();
         let stopping = shutdown.clone();
-        let serving = tokio::spawn(async move { serve(node, body, PATIENCE, &stopping).await });
+        let serving =
+            tokio::spawn(async move { serve(node, body, None, PATIENCE, &stopping).await });
         shutdown.cancel();
         assert_eq!(serving.await.unwrap(), Ended::Shutdown);
 
         let (_lines, body) = queue();
         let (node, mut reader) = tokio::io::duplex(1024);
         let shutdown = CancellationToken::new();
-        let serving = tokio::spawn(async move { serve(node, body, PATIENCE, &shutdown).await });
+        let serving =
+            tokio::spawn(async move { serve(node, body, None, PATIENCE, &shutdown).await });
         reader.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
         assert_eq!(serving.await.unwrap(), Ended::ReaderSpoke);
     }
@@ -149,7 +235,8 @@ mod tests {
         let (node, _reader) = tokio::io::duplex(4);
         let shutdown = CancellationToken::new();
         let started = tokio::time::Instant::now();
-        let serving = tokio::spawn(async move { serve(node, body, PATIENCE, &shutdown).await });
+        let serving =
+            tokio::spawn(async move { serve(node, body, None, PATIENCE, &shutdown).await });
         lines.try_send(Bytes::from_static(b"{\"a\":1}\n")).unwrap();
         assert_eq!(serving.await.unwrap(), Ended::WriteStalled);
         assert!(started.elapsed() >= PATIENCE);

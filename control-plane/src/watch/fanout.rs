@@ -136,7 +136,7 @@ async fn deliver(feed: &Feed, streams: &mut Vec<Subscriber>, latest: u64) -> boo
                 // Only blank, membership or no-change entries: nothing to tell.
                 None => (revision, None),
                 Some(event) => match encode(&event) {
-                    Some(line) => (event.revision(), Some(line)),
+                    Some(line) => (event.revision().unwrap_or(revision), Some(line)),
                     None => return false,
                 },
             };
