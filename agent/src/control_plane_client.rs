@@ -17,13 +17,15 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyphae_policies::tls::{ServerIdentity, TlsConnector};
-use hyphae_policies::watch::{UPLINK_AGENT_REQUESTS, UPLINK_HEADER, UPLINK_PATHS, WATCH_UPGRADE};
+use hyphae_policies::watch::{
+    UPLINK_AGENT_REQUESTS, UPLINK_HEADER, UPLINK_PATHS, UplinkRequest, WATCH_UPGRADE,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::uplink::Uplink;
+use crate::uplink::{Answered, Reply, Uplink, UplinkFailure};
 
 /// Longest a connect to a control-plane node may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -256,11 +258,23 @@ impl ControlPlaneClient {
         body: &B,
         timeout: Duration,
     ) -> Result<T, ControlPlaneError> {
-        if !self.avoid_uplink
-            && UPLINK_PATHS.contains(&path)
-            && let Some(answer) = self.uplink.post(path, body, timeout).await
-        {
-            return answer;
+        if !self.avoid_uplink && UPLINK_PATHS.contains(&path) && self.uplink.is_open() {
+            let line = uplink_line(path, body).map_err(|source| ControlPlaneError::Encode {
+                path: path.to_string(),
+                source,
+            })?;
+            if let Some(Reply { server, outcome }) = self.uplink.send(line, timeout).await {
+                return match outcome {
+                    Ok(Answered { status, body }) => answered(&server, status, body),
+                    Err(UplinkFailure::Closed) => {
+                        Err(ControlPlaneError::WatchConnectionClosed { server })
+                    }
+                    Err(UplinkFailure::TimedOut) => Err(ControlPlaneError::Timeout {
+                        server,
+                        after: timeout,
+                    }),
+                };
+            }
         }
         let server = self.server();
         let json = serde_json::to_vec(body).map_err(|source| ControlPlaneError::Encode {
@@ -486,9 +500,20 @@ fn refused(server: &str, status: StatusCode, body: &[u8]) -> ControlPlaneError {
     }
 }
 
+/// `body` for `path` as one line to send up a watch connection, newline included.
+fn uplink_line<B: Serialize>(path: &str, body: &B) -> Result<Bytes, serde_json::Error> {
+    let request = UplinkRequest {
+        path: path.to_string(),
+        body: serde_json::to_value(body)?,
+    };
+    let mut line = serde_json::to_vec(&request)?;
+    line.push(b'\n');
+    Ok(Bytes::from(line))
+}
+
 /// An answer that came up the watch connection as a JSON value: the `T` it holds, or the
 /// refusal it says, as the same answer over HTTP would be read.
-pub(crate) fn answered<T: DeserializeOwned>(
+fn answered<T: DeserializeOwned>(
     server: &str,
     status: StatusCode,
     body: serde_json::Value,
@@ -551,6 +576,39 @@ mod tests {
         assert_eq!(retry, Duration::from_millis(200));
         jittered(&mut retry, Duration::from_millis(300));
         assert_eq!(retry, Duration::from_millis(300));
+    }
+
+    #[test]
+    fn an_answer_up_the_watch_connection_reads_as_the_same_answer_over_http() {
+        let lease: hyphae_policies::registry::Lease = answered(
+            "a:1",
+            StatusCode::OK,
+            serde_json::json!({"ttlMs": 15000, "revision": 7}),
+        )
+        .unwrap();
+        assert_eq!(lease.revision, 7);
+        let refusal = answered::<serde_json::Value>(
+            "a:1",
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"code": "unknown-node", "message": "who?"}),
+        )
+        .unwrap_err();
+        assert_eq!(refusal.code(), Some("unknown-node"));
+        let refusal = answered::<serde_json::Value>(
+            "a:1",
+            StatusCode::BAD_GATEWAY,
+            serde_json::Value::String("down".into()),
+        )
+        .unwrap_err();
+        assert!(matches!(
+            refusal,
+            ControlPlaneError::Refused { status: StatusCode::BAD_GATEWAY, ref message, .. } if message == "down"
+        ));
+        let line = uplink_line("/v1/agent/heartbeat", &serde_json::json!({"node": "n"})).unwrap();
+        assert_eq!(
+            line,
+            "{\"path\":\"/v1/agent/heartbeat\",\"body\":{\"node\":\"n\"}}\n"
+        );
     }
 
     #[test]

@@ -10,12 +10,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::StatusCode;
+#[cfg(doc)]
 use hyphae_policies::watch::UplinkRequest;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
-
-use crate::control_plane_client::{ControlPlaneError, answered};
 
 /// The watch connection that takes requests now, if any; shared by every clone of the
 /// agent's control-plane client.
@@ -38,6 +35,24 @@ pub struct UplinkCall {
     pub line: Bytes,
     /// Takes the node's answer; closed when the caller gave up waiting.
     pub answer: oneshot::Sender<Answered>,
+}
+
+/// What became of one request sent up a watch connection.
+#[derive(Debug)]
+pub struct Reply {
+    /// The node it went to, `host:port`.
+    pub server: String,
+    /// Its answer, or why there is none.
+    pub outcome: Result<Answered, UplinkFailure>,
+}
+
+/// Why a request up a watch connection has no answer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum UplinkFailure {
+    /// The connection ended first.
+    Closed,
+    /// The answer did not come in time.
+    TimedOut,
 }
 
 /// The node's answer to one request: what HTTP would have answered.
@@ -92,58 +107,26 @@ impl Uplink {
         self.lock().is_some()
     }
 
-    /// POSTs `body` to `path` up the watch connection and reads the JSON answer, all within
-    /// `timeout`; `None` when no watch connection takes requests.
-    pub async fn post<B: Serialize, T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-        timeout: Duration,
-    ) -> Option<Result<T, ControlPlaneError>> {
+    /// Sends one request `line` (a [`UplinkRequest`] and its newline) up the watch
+    /// connection and waits for the node's answer, all within `timeout`; `None` when no watch
+    /// connection takes requests.
+    pub async fn send(&self, line: Bytes, timeout: Duration) -> Option<Reply> {
         let end = self.lock().clone()?;
-        let server = end.server.as_str();
-        let encode = |source| ControlPlaneError::Encode {
-            path: path.to_string(),
-            source,
-        };
-        let line = serde_json::to_value(body)
-            .and_then(|body| {
-                serde_json::to_vec(&UplinkRequest {
-                    path: path.to_string(),
-                    body,
-                })
-            })
-            .map_err(encode);
-        let mut line = match line {
-            Ok(line) => line,
-            Err(error) => return Some(Err(error)),
-        };
-        line.push(b'\n');
-        let closed = || ControlPlaneError::WatchConnectionClosed {
-            server: server.to_string(),
-        };
         let exchange = async {
             let (answer, answered_here) = oneshot::channel();
             end.requests
-                .send(UplinkCall {
-                    line: Bytes::from(line),
-                    answer,
-                })
+                .send(UplinkCall { line, answer })
                 .await
-                .map_err(|_| closed())?;
-            let Answered { status, body } = answered_here.await.map_err(|_| closed())?;
-            answered(server, status, body)
+                .map_err(|_| UplinkFailure::Closed)?;
+            answered_here.await.map_err(|_| UplinkFailure::Closed)
         };
-        Some(
-            tokio::time::timeout(timeout, exchange)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(ControlPlaneError::Timeout {
-                        server: server.to_string(),
-                        after: timeout,
-                    })
-                }),
-        )
+        let outcome = tokio::time::timeout(timeout, exchange)
+            .await
+            .unwrap_or(Err(UplinkFailure::TimedOut));
+        Some(Reply {
+            server: end.server.clone(),
+            outcome,
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Arc<UplinkEnd>>> {
@@ -155,73 +138,45 @@ impl Uplink {
 mod tests {
     use super::*;
 
+    const LINE: &[u8] = b"{\"path\":\"/v1/agent/heartbeat\",\"body\":{\"node\":\"n1\"}}\n";
+
     #[tokio::test]
     async fn a_request_goes_up_the_attached_connection_and_comes_back_answered() {
         let uplink = Arc::new(Uplink::default());
-        let none: Option<Result<serde_json::Value, _>> = uplink
-            .post("/v1/agent/heartbeat", &1, Duration::from_secs(1))
-            .await;
-        assert!(none.is_none(), "nothing attached: HTTP/2 it is");
+        let line = Bytes::from_static(LINE);
+        assert!(
+            uplink
+                .send(line.clone(), Duration::from_secs(1))
+                .await
+                .is_none(),
+            "nothing attached: HTTP/2 it is"
+        );
         let (attached, mut waiting) = uplink.attach("cp:7400");
         assert!(uplink.is_open());
         let node = tokio::spawn(async move {
             let call = waiting.recv().await.unwrap();
-            let request: UplinkRequest = serde_json::from_slice(&call.line).unwrap();
-            assert!(call.line.ends_with(b"\n"));
-            let status = if request.body["node"] == "n1" {
-                StatusCode::OK
-            } else {
-                StatusCode::NOT_FOUND
-            };
-            let body = match status {
-                StatusCode::OK => serde_json::json!({"ttlMs": 15000, "revision": 3}),
-                _ => serde_json::json!({"code": "unknown-node", "message": "who?"}),
-            };
-            call.answer.send(Answered { status, body }).unwrap();
-            waiting
-        });
-        let lease: hyphae_policies::registry::Lease = uplink
-            .post(
-                "/v1/agent/heartbeat",
-                &serde_json::json!({"node": "n1"}),
-                Duration::from_secs(5),
-            )
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(lease.revision, 3);
-        let mut waiting = node.await.unwrap();
-
-        let refused = tokio::spawn(async move {
-            let call = waiting.recv().await.unwrap();
+            assert_eq!(call.line, LINE);
             call.answer
                 .send(Answered {
-                    status: StatusCode::NOT_FOUND,
-                    body: serde_json::json!({"code": "unknown-node", "message": "who?"}),
+                    status: StatusCode::OK,
+                    body: serde_json::json!({"ttlMs": 15000, "revision": 3}),
                 })
                 .unwrap();
         });
-        let error = uplink
-            .post::<_, serde_json::Value>(
-                "/v1/agent/heartbeat",
-                &serde_json::json!({"node": "n2"}),
-                Duration::from_secs(5),
-            )
+        let reply = uplink
+            .send(line.clone(), Duration::from_secs(5))
             .await
-            .unwrap()
-            .unwrap_err();
-        assert_eq!(error.code(), Some("unknown-node"));
-        refused.await.unwrap();
+            .unwrap();
+        assert_eq!(reply.server, "cp:7400");
+        let answered = reply.outcome.unwrap();
+        assert_eq!(answered.status, StatusCode::OK);
+        assert_eq!(answered.body["revision"], 3);
+        node.await.unwrap();
 
-        // The connection ends: requests fail at once, then go over HTTP/2.
+        // The connection ends: requests go over HTTP/2 again.
         drop(attached);
         assert!(!uplink.is_open());
-        assert!(
-            uplink
-                .post::<_, serde_json::Value>("/v1/agent/heartbeat", &1, Duration::from_secs(1))
-                .await
-                .is_none()
-        );
+        assert!(uplink.send(line, Duration::from_secs(1)).await.is_none());
     }
 
     #[tokio::test]
@@ -233,15 +188,20 @@ mod tests {
             drop(attached);
             drop(call);
         });
-        let error = uplink
-            .post::<_, serde_json::Value>("/v1/agent/heartbeat", &1, Duration::from_secs(3600))
+        let reply = uplink
+            .send(Bytes::from_static(LINE), Duration::from_secs(3600))
             .await
-            .unwrap()
-            .unwrap_err();
-        assert!(
-            matches!(error, ControlPlaneError::WatchConnectionClosed { .. }),
-            "{error:?}"
-        );
+            .unwrap();
+        assert_eq!(reply.outcome.unwrap_err(), UplinkFailure::Closed);
         ending.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_newer_connection_stays_attached_when_an_older_one_ends() {
+        let uplink = Arc::new(Uplink::default());
+        let (older, _) = uplink.attach("cp-1:7400");
+        let (_newer, _waiting) = uplink.attach("cp-2:7400");
+        drop(older);
+        assert!(uplink.is_open());
     }
 }

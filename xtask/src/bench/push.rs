@@ -25,12 +25,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyphae_integration::cluster::Cluster;
 use hyphae_integration::http::tls_stream;
 use hyphae_integration::trust;
+use hyphae_policies::registry::{HEARTBEAT_PATH, REGISTER_PATH};
 use hyphae_policies::tls::Credentials;
 use hyphae_policies::watch::{WATCH_PATH, WATCH_UPGRADE};
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::task::JoinSet;
@@ -61,17 +62,23 @@ const ROUNDS: Bounded<u32> = Bounded::new("--rounds", 10, 1..=1000);
 /// the figure measured that queue, not the control plane (decision 53). Real agents receive on
 /// hosts of their own. The coordinator (writes, progress) runs on the main thread beside them.
 const RECEIVERS: Bounded<usize> = Bounded::new("--receivers", 2, 1..=64);
-/// `--transport`: how each simulated agent carries its watch: `http2` (a stream on an HTTP/2
-/// connection, as agents watch), `upgrade` (an HTTP/1.1 connection taken over by the stream,
-/// `Upgrade: hyphae-watch`, decision 56) or `http1` (an HTTP/1.1 connection with the stream as
-/// a chunked body, measured in decision 56).
+/// `--transport`: how each simulated agent carries its watch: `upgrade` (an HTTP/1.1
+/// connection taken over by the stream, `Upgrade: hyphae-watch`, as agents watch since
+/// decision 57), `http2` (a stream on an HTTP/2 connection, as agents watched before) or
+/// `http1` (an HTTP/1.1 connection with the stream as a chunked body, measured in decision 56).
 const TRANSPORT: &str = "--transport";
-/// `--api-connection http2|none`: whether each simulated agent also keeps a second, HTTP/2
-/// connection to its node for registration, heartbeats and health (here idle after one small
-/// exchange), as an agent would if its watch had a connection of its own (`--transport
-/// upgrade`), so a node's memory per agent counts both (decision 56). `none` by default: real
-/// agents carry both on one HTTP/2 connection.
+/// `--api-connection uplink|http2|none`: where each simulated agent sends its heartbeats.
+/// `uplink` (the default with `--transport upgrade`, as agents do since decision 57): up its
+/// watch connection, one every [`HEARTBEAT_INTERVAL`]. `http2`: it keeps a second, HTTP/2
+/// connection to its node (idle after one small exchange), so a node's memory per agent counts
+/// both (decision 56). `none`: no heartbeats (the default with the other transports).
 const API_CONNECTION: &str = "--api-connection";
+/// How often a simulated agent heartbeats up its watch connection: a third of the default
+/// 15 s lease, as agents do.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// The node every simulated agent's certificate names, registered once before they connect so
+/// their heartbeats renew a lease as real agents' do.
+const AGENT_NAME: &str = "bench-agent";
 /// `--control-plane PATH`: the node binary to measure instead of the workspace's release build,
 /// so two builds can be measured in alternating runs on the same machine state.
 const CONTROL_PLANE: &str = "--control-plane";
@@ -112,12 +119,14 @@ const CHANGED_POLICY: &str = "bench-push";
 /// `cargo xtask bench push --help`.
 pub const USAGE: &str =
     "usage: cargo xtask bench push [--agents N ...] [--rounds K] [--receivers R]
-                               [--transport upgrade|http2|http1] [--api-connection http2|none]
+                               [--transport upgrade|http2|http1]
+                               [--api-connection uplink|http2|none]
                                [--control-plane PATH]
 
 Starts a three-node control plane (release build), opens N simulated agents in this process
-(one watch stream each on a TLS connection of its own, HTTP/2 unless --transport says
-otherwise, round-robin over the nodes, received on R threads), waits for every snapshot, then
+(one watch stream each on a TLS connection of its own, upgraded from HTTP/1.1 as agents watch
+unless --transport says otherwise, heartbeating up it every 5 s, round-robin over the nodes,
+received on R threads), waits for every snapshot, then
 writes one small ServicePolicy to the leader K times. For each write it measures the time from
 the write's answer until each agent holds its revision, and prints p50, p99 and max over all
 agents and rounds, with each node's CPU and RSS and this process's CPU. Writes
@@ -128,13 +137,16 @@ options:
   --rounds K     policy writes per population size (default 10)
   --receivers R  threads receiving the agents' streams, each with its own runtime (default 2;
                  1 is how the bench measured before decision 53)
-  --transport T  how each agent carries its watch, on a TLS connection of its own: http2 (an
-                 HTTP/2 stream, as agents watch; the default), upgrade (HTTP/1.1 upgraded to
-                 the bare stream) or http1 (an HTTP/1.1 chunked body)
+  --transport T  how each agent carries its watch, on a TLS connection of its own: upgrade
+                 (HTTP/1.1 upgraded to the bare stream, as agents watch; the default), http2
+                 (an HTTP/2 stream, as agents watched before decision 57) or http1 (an
+                 HTTP/1.1 chunked body)
   --api-connection A
-                 http2: each agent also keeps a second, HTTP/2 connection to its node for
-                 registration and heartbeats (idle after one small request), as an agent whose
-                 watch had its own connection would; none (default)
+                 uplink: each agent heartbeats up its watch connection every 5 s, as agents
+                 do (the default with --transport upgrade, and only with it); http2: each
+                 agent also keeps a second, HTTP/2 connection to its node (idle after one
+                 small request), as agents did when their watch first had a connection of its
+                 own; none: no heartbeats (the default with the other transports)
   --control-plane PATH
                  measure this hyphae-control-plane binary instead of target/release's (A/B
                  runs of two builds)
@@ -155,19 +167,60 @@ struct Options {
     control_plane: Option<PathBuf>,
     /// How each agent carries its watch.
     transport: Transport,
-    /// Whether each agent also keeps an HTTP/2 API connection.
-    api_connection: bool,
+    /// Where each agent sends its heartbeats.
+    api_connection: ApiConnection,
+}
+
+/// Where a simulated agent sends its heartbeats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ApiConnection {
+    /// Nowhere: it only watches.
+    None,
+    /// On a second, HTTP/2 connection to its node (one small exchange, then idle).
+    Http2,
+    /// Up its upgraded watch connection, every [`HEARTBEAT_INTERVAL`] (decision 57).
+    Uplink,
+}
+
+impl ApiConnection {
+    /// `uplink`, `http2` or `none`.
+    fn parse(text: &str) -> Result<ApiConnection> {
+        match text {
+            "uplink" => Ok(ApiConnection::Uplink),
+            "http2" => Ok(ApiConnection::Http2),
+            "none" => Ok(ApiConnection::None),
+            other => bail!("{API_CONNECTION} `{other}`: expected uplink, http2 or none"),
+        }
+    }
+
+    /// As the report and the JSON name it.
+    fn name(self) -> &'static str {
+        match self {
+            ApiConnection::None => "none",
+            ApiConnection::Http2 => "http2",
+            ApiConnection::Uplink => "uplink",
+        }
+    }
+
+    /// Connections each agent holds to its node.
+    fn connections_per_agent(self) -> usize {
+        match self {
+            ApiConnection::Http2 => 2,
+            ApiConnection::None | ApiConnection::Uplink => 1,
+        }
+    }
 }
 
 /// How a simulated agent carries its watch stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Transport {
-    /// One HTTP/2 connection per agent, the stream on it, as agents watch.
+    /// One HTTP/2 connection per agent, the stream on it, as agents watched before
+    /// decision 57.
     Http2,
     /// One HTTP/1.1 connection per agent, the stream as its chunked body.
     Http1,
     /// One HTTP/1.1 connection per agent, taken over by the stream after `101 Switching
-    /// Protocols` (decision 56).
+    /// Protocols` (decision 56), as agents watch.
     Upgrade,
 }
 
@@ -200,8 +253,8 @@ impl Options {
         let mut rounds = ROUNDS.default;
         let mut receivers = RECEIVERS.default;
         let mut control_plane = None;
-        let mut transport = Transport::Http2;
-        let mut api_connection = false;
+        let mut transport = Transport::Upgrade;
+        let mut api_connection = None;
         let names = [
             AGENTS.name,
             ROUNDS.name,
@@ -222,11 +275,7 @@ impl Options {
             } else if name == TRANSPORT {
                 transport = Transport::parse(text)?;
             } else if name == API_CONNECTION {
-                api_connection = match text {
-                    "http2" => true,
-                    "none" => false,
-                    other => bail!("{API_CONNECTION} `{other}`: expected http2 or none"),
-                };
+                api_connection = Some(ApiConnection::parse(text)?);
             } else {
                 control_plane = Some(PathBuf::from(text));
             }
@@ -238,6 +287,14 @@ impl Options {
         if agents.is_empty() {
             agents = AGENTS.default.to_vec();
         }
+        let api_connection = api_connection.unwrap_or(match transport {
+            Transport::Upgrade => ApiConnection::Uplink,
+            Transport::Http1 | Transport::Http2 => ApiConnection::None,
+        });
+        ensure!(
+            api_connection != ApiConnection::Uplink || transport == Transport::Upgrade,
+            "{API_CONNECTION} uplink needs {TRANSPORT} upgrade: only an upgraded watch takes requests"
+        );
         Ok(Some(Options {
             agents,
             rounds,
@@ -264,8 +321,7 @@ pub fn run(args: &[String]) -> Result<()> {
         None => root.join("target/release/hyphae-control-plane"),
     };
     let largest = options.agents.iter().copied().max().unwrap_or(0);
-    // Each agent is one connection, two with its API connection.
-    let per_agent = 1 + usize::from(options.api_connection);
+    let per_agent = options.api_connection.connections_per_agent();
     let fd_limit = raise_fd_limit(largest * per_agent)?;
     let dir = root.join(BENCH_DIR);
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
@@ -373,8 +429,8 @@ struct Bench {
     rounds: u32,
     /// How each agent carries its watch.
     transport: Transport,
-    /// Whether each agent also keeps an HTTP/2 API connection.
-    api_connection: bool,
+    /// Where each agent sends its heartbeats.
+    api_connection: ApiConnection,
 }
 
 /// What one population size measured.
@@ -394,6 +450,10 @@ struct Measured {
     from_send: Option<Summary>,
     /// Streams that failed or ended (each is followed by a reconnect), over the whole run.
     stream_errors: u64,
+    /// Heartbeats up the watch connections answered 200, over the whole run.
+    heartbeats_renewed: u64,
+    /// The same, answered anything else.
+    heartbeats_refused: u64,
     /// The first such failure, for the report.
     first_error: Option<String>,
     /// Each node, node 1 first.
@@ -455,7 +515,7 @@ impl Bench {
         let (cluster, leader, nodes) = start_cluster(
             &self.control_plane,
             &self.cluster_dir,
-            &limits_spec(agents * (1 + usize::from(self.api_connection))),
+            &limits_spec(agents * self.api_connection.connections_per_agent()),
             &self.runtime,
         )?;
         let measured = self
@@ -491,9 +551,14 @@ impl Bench {
         // node it names does not matter to the stream.
         let agent = trust::of(&leader_address.to_string())
             .context("the cluster's root")?
-            .node_credentials(&leader_address.to_string(), "bench-agent", &[])
+            .node_credentials(&leader_address.to_string(), AGENT_NAME, &[])
             .await
             .context("a node certificate for the simulated agents")?;
+        if self.api_connection == ApiConnection::Uplink {
+            register(leader_address, &agent)
+                .await
+                .context("register the simulated agents' node")?;
+        }
         let shared = Arc::new(Shared::new(
             agents,
             self.rounds,
@@ -583,6 +648,8 @@ impl Bench {
             overall: Summary::of(&mut all_latencies),
             from_send: Summary::of(&mut from_send),
             stream_errors: shared.errors.load(Ordering::Relaxed),
+            heartbeats_renewed: shared.heartbeats_renewed.load(Ordering::Relaxed),
+            heartbeats_refused: shared.heartbeats_refused.load(Ordering::Relaxed),
             first_error: shared
                 .first_error
                 .lock()
@@ -624,6 +691,8 @@ impl Bench {
                     "missed": m.rounds.iter().map(|r| r.missed).sum::<usize>(),
                     "beforeAck": m.rounds.iter().map(|r| r.before_ack).sum::<usize>(),
                     "streamErrors": m.stream_errors,
+                    "heartbeatsRenewed": m.heartbeats_renewed,
+                    "heartbeatsRefused": m.heartbeats_refused,
                     "firstStreamError": m.first_error,
                     "benchCpuSeconds": seconds(m.bench_cpu_seconds),
                     "othersCpuSeconds": seconds(m.others_cpu_seconds),
@@ -657,7 +726,8 @@ impl Bench {
                 "rounds": self.rounds,
                 "receiverThreads": self.receivers,
                 "transport": self.transport.name(),
-                "apiConnection": self.api_connection,
+                "apiConnection": self.api_connection.name(),
+                "heartbeatIntervalSeconds": HEARTBEAT_INTERVAL.as_secs(),
                 "controlPlane": self.control_plane.display().to_string(),
                 "connectConcurrency": CONNECT_CONCURRENCY,
                 "roundGapMs": ROUND_GAP.as_millis(),
@@ -746,8 +816,11 @@ struct Shared {
     agent: Option<Credentials>,
     /// How each agent carries its watch.
     transport: Transport,
-    /// Whether each agent also keeps an HTTP/2 API connection.
-    api_connection: bool,
+    /// Where each agent sends its heartbeats.
+    api_connection: ApiConnection,
+    /// Heartbeats answered up the watch connections: renewed, and anything else.
+    heartbeats_renewed: AtomicU64,
+    heartbeats_refused: AtomicU64,
 }
 
 impl Shared {
@@ -758,13 +831,15 @@ impl Shared {
         rounds: u32,
         agent: Option<Credentials>,
         transport: Transport,
-        api_connection: bool,
+        api_connection: ApiConnection,
     ) -> Shared {
         let room = rounds as usize + 1;
         Shared {
             agent,
             transport,
             api_connection,
+            heartbeats_renewed: AtomicU64::new(0),
+            heartbeats_refused: AtomicU64::new(0),
             holds: (0..agents).map(|_| AtomicU64::new(0)).collect(),
             arrivals: (0..agents)
                 .map(|_| Mutex::new(Vec::with_capacity(room)))
@@ -925,8 +1000,8 @@ async fn stream(
         .context("build the watch request")?;
     // The agent's connection for registration and heartbeats, when the watch has its own.
     let api = match shared.api_connection {
-        true => Some(api_connection(server, shared.agent.as_ref()).await?),
-        false => None,
+        ApiConnection::Http2 => Some(api_connection(server, shared.agent.as_ref()).await?),
+        ApiConnection::None | ApiConnection::Uplink => None,
     };
     let api = async {
         match api {
@@ -970,26 +1045,68 @@ async fn stream(
             "the watch answered {}",
             response.status()
         );
+        // The upgraded connection's sending half, when heartbeats go up it.
+        let mut uplink = None;
         let mut source = if upgrade {
             let upgraded = hyper::upgrade::on(&mut response)
                 .await
                 .context("take the watch's connection over")?;
-            Source::Connection(TokioIo::new(upgraded))
+            let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+            if shared.api_connection == ApiConnection::Uplink {
+                uplink = Some(write);
+            }
+            Source::Connection(read)
         } else {
             Source::Body(response.into_body())
         };
-        let mut lines = Lines::default();
-        while let Some(data) = source.next().await? {
-            let at = Instant::now();
-            for line in lines.push(data) {
-                let event: Seen = serde_json::from_slice(&line).context("decode a watch event")?;
-                if event.kind != Kind::Heartbeat {
-                    shared.received(agent, event.revision, at);
-                    permit = None;
+        let heartbeats = async {
+            let Some(mut uplink) = uplink else {
+                return std::future::pending().await;
+            };
+            // Spread over the interval, as agents that started at different times are.
+            let first = HEARTBEAT_INTERVAL.mul_f64(rand::random_range(0.0..1.0));
+            let mut beats =
+                tokio::time::interval_at(tokio::time::Instant::now() + first, HEARTBEAT_INTERVAL);
+            let line = format!(
+                "{{\"path\":\"{HEARTBEAT_PATH}\",\"body\":{{\"node\":\"{AGENT_NAME}\"}}}}\n"
+            );
+            loop {
+                beats.tick().await;
+                uplink
+                    .write_all(line.as_bytes())
+                    .await
+                    .context("send a heartbeat up the watch connection")?;
+            }
+        };
+        let events = async {
+            let mut lines = Lines::default();
+            while let Some(data) = source.next().await? {
+                let at = Instant::now();
+                for line in lines.push(data) {
+                    let event: Seen =
+                        serde_json::from_slice(&line).context("decode a watch event")?;
+                    match (event.kind, event.revision) {
+                        (Kind::Answer, _) if event.status == Some(200) => {
+                            shared.heartbeats_renewed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        (Kind::Answer, _) => {
+                            shared.heartbeats_refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                        (Kind::Heartbeat, _) => {}
+                        (_, Some(revision)) => {
+                            shared.received(agent, revision, at);
+                            permit = None;
+                        }
+                        (_, None) => bail!("a watch event without a revision"),
+                    }
                 }
             }
+            Ok(())
+        };
+        tokio::select! {
+            result = events => result,
+            result = heartbeats => result,
         }
-        Ok(())
     };
     // After an upgrade the connection's driver ends (it handed the connection over): from
     // then on only the stream is read.
@@ -1050,8 +1167,8 @@ const API_PROBE_PATH: &str = "/v1/agent/bench";
 enum Source {
     /// The answer's body (HTTP/2, or HTTP/1.1 chunked).
     Body(Incoming),
-    /// The connection itself, after the upgrade.
-    Connection(TokioIo<hyper::upgrade::Upgraded>),
+    /// The connection itself (its receiving half), after the upgrade.
+    Connection(tokio::io::ReadHalf<TokioIo<hyper::upgrade::Upgraded>>),
 }
 
 impl Source {
@@ -1105,6 +1222,41 @@ async fn connect(
         .with_context(|| format!("HTTP/2 handshake with {server}"))
 }
 
+/// Registers [`AGENT_NAME`] with `server` (the leader) as `agent`, the certificate every
+/// simulated agent presents, over HTTP/2: their heartbeats then renew its lease, and a follower
+/// answers them itself as it does a real agent's.
+async fn register(server: SocketAddr, agent: &Credentials) -> Result<()> {
+    let (mut sender, connection) = connect(server, Some(agent)).await?;
+    let driving = tokio::spawn(connection);
+    let record = json!({
+        "name": AGENT_NAME,
+        "site": "bench",
+        "address": "127.0.0.1:4143",
+        "instances": [],
+    });
+    let request = Request::post(format!("https://{server}{REGISTER_PATH}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(record.to_string())))
+        .context("build the registration")?;
+    let answer = tokio::time::timeout(WRITE_TIMEOUT, async {
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok::<_, hyper::Error>((status, body))
+    })
+    .await
+    .context("the registration's answer in time")?
+    .context("the registration")?;
+    driving.abort();
+    ensure!(
+        answer.0 == StatusCode::OK,
+        "the registration answered {}: {}",
+        answer.0,
+        String::from_utf8_lossy(&answer.1)
+    );
+    Ok(())
+}
+
 /// `POST /v1/policies` of `yaml` to `server`: the revision written and when the answer was read.
 async fn apply(server: SocketAddr, yaml: String) -> Result<(u64, Instant)> {
     let request = Request::post(format!("https://{server}/v1/policies"))
@@ -1156,17 +1308,22 @@ struct Seen {
     /// The event's `type`.
     #[serde(rename = "type")]
     kind: Kind,
-    /// The revision it brings the reader to.
-    revision: u64,
+    /// The revision it brings the reader to (none for an answer).
+    #[serde(default)]
+    revision: Option<u64>,
+    /// An answer's status.
+    #[serde(default)]
+    status: Option<u16>,
 }
 
 /// The types of watch event, as `WatchEvent` names them.
-#[derive(Deserialize, PartialEq, Eq)]
+#[derive(Deserialize, PartialEq, Eq, Clone, Copy)]
 #[serde(rename_all = "lowercase")]
 enum Kind {
     Snapshot,
     Delta,
     Heartbeat,
+    Answer,
 }
 
 /// Splits a byte stream into lines, wherever the frames happen to break it.
@@ -1217,10 +1374,10 @@ fn report(bench: &Bench, results: &[Measured]) -> String {
         bench.rounds,
         bench.receivers,
         bench.transport.name(),
-        if bench.api_connection {
-            " with an HTTP/2 API connection each"
-        } else {
-            ""
+        match bench.api_connection {
+            ApiConnection::Uplink => " with heartbeats up each watch connection every 5 s",
+            ApiConnection::Http2 => " with an HTTP/2 API connection each",
+            ApiConnection::None => "",
         }
     );
     out.push_str(&format!(
@@ -1307,6 +1464,14 @@ fn report(bench: &Bench, results: &[Measured]) -> String {
             .collect();
         out.push_str(&format!("{:>7}  {}\n", m.agents, rounds.join(" ")));
     }
+    if bench.api_connection == ApiConnection::Uplink {
+        for m in results {
+            out.push_str(&format!(
+                "\n{} agents: {} heartbeats renewed up the watch connections, {} refused\n",
+                m.agents, m.heartbeats_renewed, m.heartbeats_refused
+            ));
+        }
+    }
     for m in results.iter().filter(|m| m.stream_errors > 0) {
         out.push_str(&format!(
             "\n{} agents: {} stream error(s), first: {}\n",
@@ -1372,16 +1537,28 @@ mod tests {
                 virtual_ips: None,
             },
             WatchEvent::Heartbeat { revision: 4 },
+            WatchEvent::Answer {
+                status: 200,
+                body: serde_json::json!({"ttlMs": 15000, "revision": 2}),
+            },
         ];
-        let seen: Vec<(bool, u64)> = events
+        let seen: Vec<(bool, Option<u64>, Option<u16>)> = events
             .iter()
             .map(|event| {
                 let seen: Seen =
                     serde_json::from_slice(&serde_json::to_vec(event).unwrap()).unwrap();
-                (seen.kind == Kind::Heartbeat, seen.revision)
+                (seen.kind == Kind::Heartbeat, seen.revision, seen.status)
             })
             .collect();
-        assert_eq!(seen, [(false, 3), (false, 4), (true, 4)]);
+        assert_eq!(
+            seen,
+            [
+                (false, Some(3), None),
+                (false, Some(4), None),
+                (true, Some(4), None),
+                (false, None, Some(200))
+            ]
+        );
     }
 
     #[test]
@@ -1404,7 +1581,7 @@ mod tests {
 
     #[test]
     fn arrivals_are_the_first_at_or_after_the_revision() {
-        let shared = Shared::new(2, 3, None, Transport::Upgrade, false);
+        let shared = Shared::new(2, 3, None, Transport::Upgrade, ApiConnection::None);
         let start = Instant::now();
         shared.received(0, 5, start);
         shared.received(0, 7, start + Duration::from_millis(2));
@@ -1424,8 +1601,8 @@ mod tests {
                 rounds: ROUNDS.default,
                 receivers: RECEIVERS.default,
                 control_plane: None,
-                transport: Transport::Http2,
-                api_connection: false,
+                transport: Transport::Upgrade,
+                api_connection: ApiConnection::Uplink,
             }
         );
         let options = Options::parse(&args(&[
@@ -1448,7 +1625,11 @@ mod tests {
         assert_eq!(options.rounds, 3);
         assert_eq!(options.receivers, 1);
         assert_eq!(options.transport, Transport::Upgrade);
-        assert!(options.api_connection);
+        assert_eq!(options.api_connection, ApiConnection::Http2);
+        let options = Options::parse(&args(&["--transport", "http2"]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(options.api_connection, ApiConnection::None);
         for bad in [
             &["--agents", "0"][..],
             &["--agents", "many"],
@@ -1457,6 +1638,7 @@ mod tests {
             &["--receivers", "0"],
             &["--transport", "h3"],
             &["--api-connection", "yes"],
+            &["--transport", "http2", "--api-connection", "uplink"],
             &["--rounds"],
             &["--fast"],
         ] {
