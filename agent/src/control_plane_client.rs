@@ -36,10 +36,12 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Longest the agent reads a refusal's body for its detail; the refusal stands without it.
 pub const REFUSAL_READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// An HTTP/2 connection to a node is closed after this long without a request. While the
-/// watch connection carries the registry's requests (decision 57), HTTP/2 is only needed for a
-/// registration before the watch is up, retries after the watch connection failed, certificate
-/// renewals and leaving: no node should keep a second connection per agent for that.
-pub const REQUEST_CONNECTION_IDLE: Duration = Duration::from_secs(30);
+/// watch connection carries the registry's requests (decision 57), HTTP/2 is only needed for
+/// the certificate's checks and renewals, retries after the watch connection failed, and
+/// whenever no watch connection takes requests: no node should keep a second connection per
+/// agent for that. Longer than the default heartbeat interval (5 s), so an agent whose node
+/// takes no requests up its watch keeps one connection for its heartbeats.
+pub const REQUEST_CONNECTION_IDLE: Duration = Duration::from_secs(10);
 /// Room reserved for one read of an upgraded watch connection: a delta is a few hundred
 /// bytes, a snapshot takes as many reads as it needs.
 pub const WATCH_READ_BYTES: usize = 16 * 1024;

@@ -30,6 +30,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 pub const DEREGISTER_WAIT: Duration = Duration::from_secs(2);
 /// Shortest pause between heartbeats, whatever the lease.
 pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
+/// Longest the first registration waits for the watch connection to take requests before it
+/// goes over HTTP/2 instead.
+pub const UPLINK_WAIT: Duration = Duration::from_secs(2);
 
 /// What the agent registers, as its local configuration says now.
 #[derive(Clone, Debug, PartialEq)]
@@ -99,6 +102,12 @@ impl Registrar {
         let mut health_changes = self.health.subscribe();
         // The name the control plane holds this node under, if any.
         let mut registered_as: Option<String> = None;
+        // The first registration waits a moment for the watch connection, so it goes up that
+        // rather than open a second connection for itself (decision 57).
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = session.uplink().opened(UPLINK_WAIT) => {}
+        }
         'register: loop {
             self.status.registered.store(false, Ordering::Release);
             let local = self.local.borrow_and_update().clone();

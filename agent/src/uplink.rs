@@ -5,20 +5,27 @@
 //! watch ([`crate::watch`]) carries them; [`crate::control_plane_client`] sends through here
 //! first and over HTTP/2 when no watch connection takes requests.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::StatusCode;
 #[cfg(doc)]
 use hyphae_policies::watch::UplinkRequest;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// The watch connection that takes requests now, if any; shared by every clone of the
 /// agent's control-plane client.
-#[derive(Default)]
 pub struct Uplink {
-    end: Mutex<Option<Arc<UplinkEnd>>>,
+    end: watch::Sender<Option<Arc<UplinkEnd>>>,
+}
+
+impl Default for Uplink {
+    fn default() -> Self {
+        Uplink {
+            end: watch::Sender::new(None),
+        }
+    }
 }
 
 /// The sending end of one watch connection's requests.
@@ -73,13 +80,15 @@ pub struct Attached {
 
 impl Drop for Attached {
     fn drop(&mut self) {
-        let mut current = self.uplink.lock();
-        if current
-            .as_ref()
-            .is_some_and(|end| Arc::ptr_eq(end, &self.end))
-        {
-            *current = None;
-        }
+        self.uplink.end.send_if_modified(|current| {
+            let ours = current
+                .as_ref()
+                .is_some_and(|end| Arc::ptr_eq(end, &self.end));
+            if ours {
+                *current = None;
+            }
+            ours
+        });
     }
 }
 
@@ -94,7 +103,7 @@ impl Uplink {
             server: server.to_string(),
             requests,
         });
-        *self.lock() = Some(Arc::clone(&end));
+        self.end.send_replace(Some(Arc::clone(&end)));
         let attached = Attached {
             uplink: Arc::clone(self),
             end,
@@ -104,14 +113,24 @@ impl Uplink {
 
     /// Whether a watch connection takes requests now.
     pub fn is_open(&self) -> bool {
-        self.lock().is_some()
+        self.end.borrow().is_some()
+    }
+
+    /// Waits up to `patience` for a watch connection that takes requests; whether one does.
+    /// An agent starting up registers up its watch connection rather than open a second one
+    /// for that alone, when the watch comes up in time.
+    pub async fn opened(&self, patience: Duration) -> bool {
+        let mut end = self.end.subscribe();
+        tokio::time::timeout(patience, end.wait_for(Option::is_some))
+            .await
+            .is_ok_and(|opened| opened.is_ok())
     }
 
     /// Sends one request `line` (a [`UplinkRequest`] and its newline) up the watch
     /// connection and waits for the node's answer, all within `timeout`; `None` when no watch
     /// connection takes requests.
     pub async fn send(&self, line: Bytes, timeout: Duration) -> Option<Reply> {
-        let end = self.lock().clone()?;
+        let end = self.end.borrow().clone()?;
         let exchange = async {
             let (answer, answered_here) = oneshot::channel();
             end.requests
@@ -127,10 +146,6 @@ impl Uplink {
             server: end.server.clone(),
             outcome,
         })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Arc<UplinkEnd>>> {
-        self.end.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -199,7 +214,13 @@ mod tests {
     #[tokio::test]
     async fn a_newer_connection_stays_attached_when_an_older_one_ends() {
         let uplink = Arc::new(Uplink::default());
+        assert!(!uplink.opened(Duration::from_millis(10)).await);
+        let waiting = tokio::spawn({
+            let uplink = Arc::clone(&uplink);
+            async move { uplink.opened(Duration::from_secs(3600)).await }
+        });
         let (older, _) = uplink.attach("cp-1:7400");
+        assert!(waiting.await.unwrap(), "a wait ends as a connection opens");
         let (_newer, _waiting) = uplink.attach("cp-2:7400");
         drop(older);
         assert!(uplink.is_open());

@@ -11,7 +11,7 @@ use hyphae_integration::agent::Agent;
 use hyphae_integration::backend::TestBackend;
 use hyphae_integration::binaries::workspace_binary;
 use hyphae_integration::cluster::{Cluster, SHORT_WRITE_TIMEOUT};
-use hyphae_integration::http::{get_json, get_text};
+use hyphae_integration::http::{get_json, get_text, metric_in};
 use hyphae_integration::ports::free_ports;
 use hyphae_integration::{DEADLINE, Signal, eventually};
 
@@ -178,6 +178,54 @@ async fn callers_reach_registered_services_by_name_and_follow_health_and_leases(
         assert!(metrics.contains(line), "{line} missing from\n{metrics}");
     }
     assert!(metrics.contains("hyphae_control_plane_staleness_seconds"));
+
+    // Every agent keeps one connection to the control plane: its heartbeats and health
+    // reports went up its watch connection (decision 57), not over a connection beside it.
+    let uplinked = |path: &'static str| {
+        let server = server.clone();
+        async move {
+            let page = get_text(&server, "/v1/metrics").await;
+            metric_in(
+                &page,
+                "hyphae_control_plane_uplink_requests_total",
+                &format!("path=\"{path}\""),
+            )
+        }
+    };
+    assert!(
+        uplinked("/v1/agent/heartbeat").await > 0.0,
+        "heartbeats up the watch"
+    );
+    assert!(
+        uplinked("/v1/agent/health").await > 0.0,
+        "health reports up the watch"
+    );
+    let pid = host_b.process().id();
+    let established = || {
+        let port = nodes.node(1).address.port();
+        std::process::Command::new("ss")
+            .args([
+                "-Htnp",
+                "state",
+                "established",
+                "dst",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .output()
+            .map(|out| {
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter(|line| line.contains(&format!("pid={pid},")))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    // Its certificate check at start went over HTTP/2, idle since: closed after 10 s.
+    eventually(
+        "host-b to hold one connection to the control plane",
+        || async { established() == 1 },
+    )
+    .await;
 
     // host-b stops cleanly: it deregisters on its way out and exits 0.
     host_b.signal(Signal::TERM);
