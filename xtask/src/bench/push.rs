@@ -67,11 +67,13 @@ const RECEIVERS: Bounded<usize> = Bounded::new("--receivers", 2, 1..=64);
 /// decision 57), `http2` (a stream on an HTTP/2 connection, as agents watched before) or
 /// `http1` (an HTTP/1.1 connection with the stream as a chunked body, measured in decision 56).
 const TRANSPORT: &str = "--transport";
-/// `--api-connection uplink|http2|none`: where each simulated agent sends its heartbeats.
-/// `uplink` (the default with `--transport upgrade`, as agents do since decision 57): up its
-/// watch connection, one every [`HEARTBEAT_INTERVAL`]. `http2`: it keeps a second, HTTP/2
-/// connection to its node (idle after one small exchange), so a node's memory per agent counts
-/// both (decision 56). `none`: no heartbeats (the default with the other transports).
+/// `--api-connection uplink|shared|http2|none`: where each simulated agent sends its
+/// heartbeats, one every [`HEARTBEAT_INTERVAL`]. `uplink` (the default with `--transport
+/// upgrade`, as agents do since decision 57): up its watch connection. `shared` (the default
+/// with `--transport http2`, as agents did before): as `POST`s on the HTTP/2 connection its
+/// watch is a stream of. `http2`: none, but it keeps a second, HTTP/2 connection to its node
+/// (idle after one small exchange), so a node's memory per agent counts both (decision 56).
+/// `none`: no heartbeats (the default with `--transport http1`).
 const API_CONNECTION: &str = "--api-connection";
 /// How often a simulated agent heartbeats up its watch connection: a third of the default
 /// 15 s lease, as agents do.
@@ -143,10 +145,11 @@ options:
                  HTTP/1.1 chunked body)
   --api-connection A
                  uplink: each agent heartbeats up its watch connection every 5 s, as agents
-                 do (the default with --transport upgrade, and only with it); http2: each
-                 agent also keeps a second, HTTP/2 connection to its node (idle after one
-                 small request), as agents did when their watch first had a connection of its
-                 own; none: no heartbeats (the default with the other transports)
+                 do (the default with --transport upgrade, and only with it); shared: each
+                 heartbeats as a POST on its watch's HTTP/2 connection, as agents did before
+                 (the default with --transport http2, and only with it); http2: no
+                 heartbeats, but a second, HTTP/2 connection per agent (idle after one small
+                 request); none: no heartbeats (the default with --transport http1)
   --control-plane PATH
                  measure this hyphae-control-plane binary instead of target/release's (A/B
                  runs of two builds)
@@ -180,6 +183,9 @@ pub(super) enum ApiConnection {
     Http2,
     /// Up its upgraded watch connection, every [`HEARTBEAT_INTERVAL`] (decision 57).
     Uplink,
+    /// As `POST`s on its watch's HTTP/2 connection, every [`HEARTBEAT_INTERVAL`], as agents
+    /// did before decision 57.
+    Shared,
 }
 
 impl ApiConnection {
@@ -187,9 +193,10 @@ impl ApiConnection {
     fn parse(text: &str) -> Result<ApiConnection> {
         match text {
             "uplink" => Ok(ApiConnection::Uplink),
+            "shared" => Ok(ApiConnection::Shared),
             "http2" => Ok(ApiConnection::Http2),
             "none" => Ok(ApiConnection::None),
-            other => bail!("{API_CONNECTION} `{other}`: expected uplink, http2 or none"),
+            other => bail!("{API_CONNECTION} `{other}`: expected uplink, shared, http2 or none"),
         }
     }
 
@@ -199,14 +206,20 @@ impl ApiConnection {
             ApiConnection::None => "none",
             ApiConnection::Http2 => "http2",
             ApiConnection::Uplink => "uplink",
+            ApiConnection::Shared => "shared",
         }
+    }
+
+    /// Whether each agent heartbeats.
+    fn heartbeats(self) -> bool {
+        matches!(self, ApiConnection::Uplink | ApiConnection::Shared)
     }
 
     /// Connections each agent holds to its node.
     fn connections_per_agent(self) -> usize {
         match self {
             ApiConnection::Http2 => 2,
-            ApiConnection::None | ApiConnection::Uplink => 1,
+            ApiConnection::None | ApiConnection::Uplink | ApiConnection::Shared => 1,
         }
     }
 }
@@ -289,8 +302,13 @@ impl Options {
         }
         let api_connection = api_connection.unwrap_or(match transport {
             Transport::Upgrade => ApiConnection::Uplink,
-            Transport::Http1 | Transport::Http2 => ApiConnection::None,
+            Transport::Http2 => ApiConnection::Shared,
+            Transport::Http1 => ApiConnection::None,
         });
+        ensure!(
+            api_connection != ApiConnection::Shared || transport == Transport::Http2,
+            "{API_CONNECTION} shared needs {TRANSPORT} http2: only HTTP/2 carries requests beside a stream"
+        );
         ensure!(
             api_connection != ApiConnection::Uplink || transport == Transport::Upgrade,
             "{API_CONNECTION} uplink needs {TRANSPORT} upgrade: only an upgraded watch takes requests"
@@ -454,6 +472,8 @@ struct Measured {
     heartbeats_renewed: u64,
     /// The same, answered anything else.
     heartbeats_refused: u64,
+    /// The first of those, for the report.
+    first_refusal: Option<String>,
     /// The first such failure, for the report.
     first_error: Option<String>,
     /// Each node, node 1 first.
@@ -554,7 +574,7 @@ impl Bench {
             .node_credentials(&leader_address.to_string(), AGENT_NAME, &[])
             .await
             .context("a node certificate for the simulated agents")?;
-        if self.api_connection == ApiConnection::Uplink {
+        if self.api_connection.heartbeats() {
             register(leader_address, &agent)
                 .await
                 .context("register the simulated agents' node")?;
@@ -650,6 +670,11 @@ impl Bench {
             stream_errors: shared.errors.load(Ordering::Relaxed),
             heartbeats_renewed: shared.heartbeats_renewed.load(Ordering::Relaxed),
             heartbeats_refused: shared.heartbeats_refused.load(Ordering::Relaxed),
+            first_refusal: shared
+                .first_refusal
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
             first_error: shared
                 .first_error
                 .lock()
@@ -693,6 +718,7 @@ impl Bench {
                     "streamErrors": m.stream_errors,
                     "heartbeatsRenewed": m.heartbeats_renewed,
                     "heartbeatsRefused": m.heartbeats_refused,
+                    "firstHeartbeatRefusal": m.first_refusal,
                     "firstStreamError": m.first_error,
                     "benchCpuSeconds": seconds(m.bench_cpu_seconds),
                     "othersCpuSeconds": seconds(m.others_cpu_seconds),
@@ -821,6 +847,8 @@ struct Shared {
     /// Heartbeats answered up the watch connections: renewed, and anything else.
     heartbeats_renewed: AtomicU64,
     heartbeats_refused: AtomicU64,
+    /// The first refused heartbeat's answer.
+    first_refusal: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -840,6 +868,7 @@ impl Shared {
             api_connection,
             heartbeats_renewed: AtomicU64::new(0),
             heartbeats_refused: AtomicU64::new(0),
+            first_refusal: Mutex::new(None),
             holds: (0..agents).map(|_| AtomicU64::new(0)).collect(),
             arrivals: (0..agents)
                 .map(|_| Mutex::new(Vec::with_capacity(room)))
@@ -857,6 +886,19 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner)
             .push((revision, at));
         self.holds[agent].fetch_max(revision, Ordering::Relaxed);
+    }
+
+    /// Counts a heartbeat's answer, keeping the first refusal for the report.
+    fn heartbeat_answered(&self, status: u16, answer: &str) {
+        if status == 200 {
+            self.heartbeats_renewed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.heartbeats_refused.fetch_add(1, Ordering::Relaxed);
+        self.first_refusal
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert_with(|| format!("{status}: {answer}"));
     }
 
     /// Counts a failed stream.
@@ -1001,7 +1043,7 @@ async fn stream(
     // The agent's connection for registration and heartbeats, when the watch has its own.
     let api = match shared.api_connection {
         ApiConnection::Http2 => Some(api_connection(server, shared.agent.as_ref()).await?),
-        ApiConnection::None | ApiConnection::Uplink => None,
+        ApiConnection::None | ApiConnection::Uplink | ApiConnection::Shared => None,
     };
     let api = async {
         match api {
@@ -1012,9 +1054,14 @@ async fn stream(
     tokio::pin!(api);
     // Each sender lives as long as its stream: a client whose handle is gone may close.
     let (mut h2_sender, mut h1_sender) = (None, None);
+    // The watch's HTTP/2 connection, when heartbeats go beside the stream on it.
+    let mut h2_heartbeats = None;
     let (response, connection): (Answer<'_>, Connection<'_>) = match shared.transport {
         Transport::Http2 => {
             let (sender, connection) = connect(server, shared.agent.as_ref()).await?;
+            if shared.api_connection == ApiConnection::Shared {
+                h2_heartbeats = Some(sender.clone());
+            }
             let sender = h2_sender.insert(sender);
             (Box::pin(sender.send_request(request)), Box::pin(connection))
         }
@@ -1060,22 +1107,26 @@ async fn stream(
             Source::Body(response.into_body())
         };
         let heartbeats = async {
-            let Some(mut uplink) = uplink else {
+            if uplink.is_none() && h2_heartbeats.is_none() {
                 return std::future::pending().await;
-            };
+            }
             // Spread over the interval, as agents that started at different times are.
             let first = HEARTBEAT_INTERVAL.mul_f64(rand::random_range(0.0..1.0));
             let mut beats =
                 tokio::time::interval_at(tokio::time::Instant::now() + first, HEARTBEAT_INTERVAL);
-            let line = format!(
-                "{{\"path\":\"{HEARTBEAT_PATH}\",\"body\":{{\"node\":\"{AGENT_NAME}\"}}}}\n"
-            );
+            let body = format!("{{\"node\":\"{AGENT_NAME}\"}}");
+            let line = format!("{{\"path\":\"{HEARTBEAT_PATH}\",\"body\":{body}}}\n");
             loop {
                 beats.tick().await;
-                uplink
-                    .write_all(line.as_bytes())
-                    .await
-                    .context("send a heartbeat up the watch connection")?;
+                if let Some(uplink) = uplink.as_mut() {
+                    uplink
+                        .write_all(line.as_bytes())
+                        .await
+                        .context("send a heartbeat up the watch connection")?;
+                } else if let Some(sender) = h2_heartbeats.as_mut() {
+                    let (status, answer) = heartbeat_over_http2(sender, server, &body).await?;
+                    shared.heartbeat_answered(status, &answer);
+                }
             }
         };
         let events = async {
@@ -1086,12 +1137,10 @@ async fn stream(
                     let event: Seen =
                         serde_json::from_slice(&line).context("decode a watch event")?;
                     match (event.kind, event.revision) {
-                        (Kind::Answer, _) if event.status == Some(200) => {
-                            shared.heartbeats_renewed.fetch_add(1, Ordering::Relaxed);
-                        }
-                        (Kind::Answer, _) => {
-                            shared.heartbeats_refused.fetch_add(1, Ordering::Relaxed);
-                        }
+                        (Kind::Answer, _) => shared.heartbeat_answered(
+                            event.status.unwrap_or_default(),
+                            &String::from_utf8_lossy(&line),
+                        ),
                         (Kind::Heartbeat, _) => {}
                         (_, Some(revision)) => {
                             shared.received(agent, revision, at);
@@ -1157,6 +1206,30 @@ async fn api_connection(
         }
     }
     Ok((sender, connection))
+}
+
+/// One heartbeat as a `POST` on a simulated agent's HTTP/2 connection: its status and body.
+async fn heartbeat_over_http2(
+    sender: &mut http2::SendRequest<Full<Bytes>>,
+    server: SocketAddr,
+    body: &str,
+) -> Result<(u16, String)> {
+    let request = Request::post(format!("https://{server}{HEARTBEAT_PATH}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .context("build a heartbeat")?;
+    let response = sender
+        .send_request(request)
+        .await
+        .context("send a heartbeat")?;
+    let status = response.status().as_u16();
+    let answer = response
+        .into_body()
+        .collect()
+        .await
+        .context("read a heartbeat's answer")?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&answer).into_owned()))
 }
 
 /// What a simulated agent asks on its API connection: an agent route that does not exist, so
@@ -1376,6 +1449,7 @@ fn report(bench: &Bench, results: &[Measured]) -> String {
         bench.transport.name(),
         match bench.api_connection {
             ApiConnection::Uplink => " with heartbeats up each watch connection every 5 s",
+            ApiConnection::Shared => " with heartbeats as POSTs on each connection every 5 s",
             ApiConnection::Http2 => " with an HTTP/2 API connection each",
             ApiConnection::None => "",
         }
@@ -1464,11 +1538,17 @@ fn report(bench: &Bench, results: &[Measured]) -> String {
             .collect();
         out.push_str(&format!("{:>7}  {}\n", m.agents, rounds.join(" ")));
     }
-    if bench.api_connection == ApiConnection::Uplink {
+    if bench.api_connection.heartbeats() {
         for m in results {
             out.push_str(&format!(
-                "\n{} agents: {} heartbeats renewed up the watch connections, {} refused\n",
-                m.agents, m.heartbeats_renewed, m.heartbeats_refused
+                "\n{} agents: {} heartbeats renewed, {} refused{}\n",
+                m.agents,
+                m.heartbeats_renewed,
+                m.heartbeats_refused,
+                m.first_refusal
+                    .as_deref()
+                    .map(|first| format!(", first: {first}"))
+                    .unwrap_or_default()
             ));
         }
     }
@@ -1629,7 +1709,7 @@ mod tests {
         let options = Options::parse(&args(&["--transport", "http2"]))
             .unwrap()
             .unwrap();
-        assert_eq!(options.api_connection, ApiConnection::None);
+        assert_eq!(options.api_connection, ApiConnection::Shared);
         for bad in [
             &["--agents", "0"][..],
             &["--agents", "many"],
@@ -1639,6 +1719,7 @@ mod tests {
             &["--transport", "h3"],
             &["--api-connection", "yes"],
             &["--transport", "http2", "--api-connection", "uplink"],
+            &["--api-connection", "shared"],
             &["--rounds"],
             &["--fast"],
         ] {
