@@ -100,7 +100,8 @@ async fn answer_request(node: &Node, peer: Peer, request: UplinkRequest) -> Resp
 }
 
 /// `response` as a [`WatchEvent::Answer`] line: its status, and its body as JSON (as a string
-/// when it is not JSON).
+/// when it is not JSON). A JSON body is copied in as it is, not parsed into a tree and written
+/// again: heartbeats answer thousands of times a second on a large fleet.
 async fn encode(response: Response<Full<Bytes>>) -> Bytes {
     let (parts, body) = response.into_parts();
     let body = body
@@ -108,14 +109,22 @@ async fn encode(response: Response<Full<Bytes>>) -> Bytes {
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let body = serde_json::from_slice(&body)
-        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into_owned()));
+    let status = parts.status.as_u16();
+    if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok() {
+        let head = format!("{{\"type\":\"answer\",\"status\":{status},\"body\":");
+        let mut line = Vec::with_capacity(head.len() + body.len() + 2);
+        line.extend_from_slice(head.as_bytes());
+        // The body may end in a newline (pretty JSON): the line must not.
+        line.extend(body.iter().filter(|&&b| b != b'\n'));
+        line.extend_from_slice(b"}\n");
+        return Bytes::from(line);
+    }
     let answer = WatchEvent::Answer {
-        status: parts.status.as_u16(),
-        body,
+        status,
+        body: serde_json::Value::String(String::from_utf8_lossy(&body).into_owned()),
     };
     let mut line = serde_json::to_vec(&answer).unwrap_or_else(|_| {
-        // A status and a JSON value always encode; this only keeps the reader in step.
+        // A status and a string always encode; this only keeps the reader in step.
         br#"{"type":"answer","status":500,"body":"cannot encode the answer"}"#.to_vec()
     });
     line.push(b'\n');
@@ -134,4 +143,47 @@ pub(crate) fn render() -> String {
         ));
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn answer_of(response: Response<Full<Bytes>>) -> WatchEvent {
+        let line = encode(response).await;
+        assert!(line.ends_with(b"\n"), "one line");
+        assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1, "one line");
+        serde_json::from_slice(&line).expect("a watch event")
+    }
+
+    #[tokio::test]
+    async fn answers_read_back_as_the_status_and_body_http_would_give() {
+        let refused = ApiError::new(StatusCode::NOT_FOUND, "unknown-node", "who?").into_response();
+        assert_eq!(
+            answer_of(refused).await,
+            WatchEvent::Answer {
+                status: 404,
+                body: serde_json::json!({"code": "unknown-node", "message": "who?"}),
+            }
+        );
+        let pretty = Response::new(Full::new(Bytes::from_static(b"{\n  \"ttlMs\": 1\n}\n")));
+        assert_eq!(
+            answer_of(pretty).await,
+            WatchEvent::Answer {
+                status: 200,
+                body: serde_json::json!({"ttlMs": 1}),
+            }
+        );
+        let text = Response::builder()
+            .status(StatusCode::BAD_GATEWAY)
+            .body(Full::new(Bytes::from_static(b"upstream \"down\"\n")))
+            .unwrap();
+        assert_eq!(
+            answer_of(text).await,
+            WatchEvent::Answer {
+                status: 502,
+                body: serde_json::Value::String("upstream \"down\"\n".into()),
+            }
+        );
+    }
 }
