@@ -48,6 +48,9 @@ pub enum WatchError {
     /// The node answered a request the agent had not sent.
     #[error("an answer to no request")]
     UnaskedAnswer,
+    /// A request sent up the connection had no answer in time: the node is stuck on it.
+    #[error("no answer to a request within {0:?}")]
+    Unanswered(Duration),
     /// One line was longer than the agent accepts.
     #[error("a line longer than {0} bytes")]
     LineTooLong(usize),
@@ -344,8 +347,10 @@ impl Watcher {
             }
             false => (None, None),
         };
-        // Where the answer to the request up the connection goes, while one is.
+        // Where the answer to the request up the connection goes, while one is, and when it
+        // must have come.
         let mut asked: Option<tokio::sync::oneshot::Sender<Answered>> = None;
+        let mut answer_due = tokio::time::Instant::now();
         let mut buffer = BytesMut::new();
         // Bytes of `buffer` already searched for a newline.
         let mut scanned = 0;
@@ -357,6 +362,9 @@ impl Watcher {
                 () = tokio::time::sleep_until(idle_after) => {
                     return Err(WatchError::Idle(STREAM_IDLE_TIMEOUT));
                 }
+                () = tokio::time::sleep_until(answer_due), if asked.is_some() => {
+                    return Err(WatchError::Unanswered(STREAM_IDLE_TIMEOUT));
+                }
                 call = next_request(&mut requests), if asked.is_none() => {
                     let UplinkCall { line, answer } = call;
                     if answer.is_closed() {
@@ -367,6 +375,7 @@ impl Watcher {
                         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
                         .map_err(WatchError::RequestNotSent)?;
                     asked = Some(answer);
+                    answer_due = tokio::time::Instant::now() + STREAM_IDLE_TIMEOUT;
                     continue;
                 }
             };
