@@ -53,3 +53,4 @@ pub mod tunnel;
 pub mod uplink;
 pub mod virtual_listeners;
 pub mod watch;
+pub mod write_coalescing;

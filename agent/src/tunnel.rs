@@ -38,6 +38,7 @@ use crate::circuit::Limit;
 use crate::error::{Cause, ProxyError};
 use crate::identity::IdentitySlot;
 use crate::state::FastMap;
+use crate::write_coalescing::WriteCoalescing;
 
 /// Settings of the pooled HTTP/2 connections, read once at start.
 #[derive(Clone, Debug)]
@@ -399,7 +400,8 @@ impl Tunnels {
             .connect(name, stream)
             .await
             .map_err(|e| failed(Cause::new(e)))?;
-        let io = Watched::new(stream, Arc::clone(&load));
+        // The requests of a round's calls go out together (decision 58).
+        let io = Watched::new(WriteCoalescing::new(stream), Arc::clone(&load));
         self.handshake(peer, TokioIo::new(io), load).await
     }
 

@@ -32,6 +32,7 @@ use crate::model::{LocalInstance, Snapshot};
 use crate::replay::ReplayBody;
 use crate::retry::resend_unprocessed;
 use crate::tunnel::{TunnelSettings, Tunnels};
+use crate::write_coalescing::WriteCoalescing;
 
 /// Longest the agent waits to connect to a local instance: it is on this host, so a slow
 /// connect means it is not listening.
@@ -118,36 +119,18 @@ pub async fn serve(
         // pointer, and the call's large state is written once.
         Box::pin(async move {
             let request = request.map(body::boxed);
-            let answer = deliver(&proxy, &caller, request).await;
-            wait_for_the_rounds_other_answers().await;
-            Ok::<_, Infallible>(answer)
+            Ok::<_, Infallible>(deliver(&proxy, &caller, request).await)
         })
     });
-    let connection = super::http2_server(&limits).serve_connection(TokioIo::new(stream), service);
+    // The answers of a round's calls go out together (decision 58).
+    let io = TokioIo::new(WriteCoalescing::new(stream));
+    let connection = super::http2_server(&limits).serve_connection(io, service);
     let result = crate::listener::serve_until_shutdown(connection, &shutdown, |c| {
         c.graceful_shutdown();
     })
     .await;
     if let Err(error) = result {
         tracing::debug!(%peer, error = %ErrorChain(&error), "inbound connection ended with an error");
-    }
-}
-
-/// Most polls a task's cooperative budget allows in one turn (tokio's is 128).
-const COOPERATIVE_BUDGET: usize = 128;
-
-/// Spends what is left of this task's cooperative budget before its answer goes to the peer's
-/// HTTP/2 connection. Every answer wakes the connection's task; woken from a task with budget
-/// left, tokio runs it next (its LIFO slot), so it wrote each answer alone: one TLS record and
-/// one system call apiece. With the budget spent it waits its turn behind the other calls that
-/// finished in the same round and writes their answers together (decision 55). Never waits:
-/// the budget runs out before it would.
-async fn wait_for_the_rounds_other_answers() {
-    for _ in 0..COOPERATIVE_BUDGET {
-        if !tokio::task::coop::has_budget_remaining() {
-            return;
-        }
-        tokio::task::coop::consume_budget().await;
     }
 }
 
@@ -431,18 +414,4 @@ fn to_instance(parts: &Parts, uri: Uri, version: http::Version, body: Body) -> R
     *request.version_mut() = version;
     request.headers_mut().clone_from(&parts.headers);
     request
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_peers_answer_leaves_no_budget_so_the_connection_waits_its_turn() {
-        assert!(tokio::task::coop::has_budget_remaining());
-        wait_for_the_rounds_other_answers().await;
-        assert!(!tokio::task::coop::has_budget_remaining());
-        // Spent, it returns at once rather than waiting for a new turn.
-        wait_for_the_rounds_other_answers().await;
-    }
 }
