@@ -225,6 +225,71 @@ mod tests {
         assert_eq!(serving.await.unwrap(), Ended::ReaderSpoke);
     }
 
+    /// An uplink that answers each line with `answer:` and the line, after a short wait.
+    fn echo_uplink() -> Uplink {
+        Uplink {
+            answer: Box::new(|line| {
+                Box::pin(async move {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    let mut answer = b"answer:".to_vec();
+                    answer.extend_from_slice(&line);
+                    Bytes::from(answer)
+                })
+            }),
+            max_line: 64,
+            line_patience: PATIENCE,
+        }
+    }
+
+    #[tokio::test]
+    async fn request_lines_are_answered_in_order_among_the_events_wherever_reads_split_them() {
+        let (mut lines, body) = queue();
+        let (node, mut reader) = tokio::io::duplex(1024);
+        let shutdown = CancellationToken::new();
+        let serving = tokio::spawn(async move {
+            serve(node, body, Some(echo_uplink()), PATIENCE, &shutdown).await
+        });
+        // Split mid-line, and two lines in one read: each answered, in order.
+        reader.write_all(b"{\"a\"").await.unwrap();
+        reader.write_all(b":1}\n{\"b\":2}\n").await.unwrap();
+        let expected = b"answer:{\"a\":1}\nanswer:{\"b\":2}\n";
+        let mut read = vec![0u8; expected.len()];
+        reader.read_exact(&mut read).await.unwrap();
+        assert_eq!(read, expected);
+        // Events still flow.
+        lines.try_send(Bytes::from_static(b"{\"e\":1}\n")).unwrap();
+        let mut event = vec![0u8; 8];
+        reader.read_exact(&mut event).await.unwrap();
+        assert_eq!(event, b"{\"e\":1}\n");
+        drop(reader);
+        assert_eq!(serving.await.unwrap(), Ended::ReaderLeft);
+    }
+
+    #[tokio::test]
+    async fn a_request_line_too_long_or_left_half_sent_ends_the_connection() {
+        let (_lines, body) = queue();
+        let (node, mut reader) = tokio::io::duplex(1024);
+        let shutdown = CancellationToken::new();
+        let serving = tokio::spawn(async move {
+            serve(node, body, Some(echo_uplink()), PATIENCE, &shutdown).await
+        });
+        reader.write_all(&[b'x'; 65]).await.unwrap();
+        assert_eq!(serving.await.unwrap(), Ended::RequestTooLong);
+
+        // A whole line, then half of the next: the half still has to arrive in time.
+        let (_lines, body) = queue();
+        let (node, mut reader) = tokio::io::duplex(1024);
+        let shutdown = CancellationToken::new();
+        let serving = tokio::spawn(async move {
+            serve(node, body, Some(echo_uplink()), PATIENCE, &shutdown).await
+        });
+        reader.write_all(b"{}\n{\"half").await.unwrap();
+        let mut answer = vec![0u8; 10];
+        reader.read_exact(&mut answer).await.unwrap();
+        assert_eq!(answer, b"answer:{}\n");
+        assert_eq!(serving.await.unwrap(), Ended::RequestStalled);
+    }
+
     /// The tests' patience with a stalled write.
     const PATIENCE: Duration = Duration::from_millis(100);
 
