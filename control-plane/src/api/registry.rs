@@ -318,7 +318,9 @@ fn lease(node: &Node, revision: u64) -> Response<Full<Bytes>> {
 /// Answers here only on a leader a quorum confirmed lately; elsewhere the request goes on to
 /// the leader.
 fn leader_only(node: &Node) -> Result<(), Routed> {
-    let metrics = node.raft.metrics().borrow().clone();
+    // Borrowed, not cloned: every heartbeat passes here, and the metrics hold the membership.
+    let receiver = node.raft.metrics();
+    let metrics = receiver.borrow();
     match metrics.current_leader {
         Some(leader) if leader == metrics.id => {
             if node.leases.leadership_confirmed() {
