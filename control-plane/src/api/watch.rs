@@ -4,11 +4,11 @@
 //! Protocols` ([`crate::watch::connection`]). Never sends a reader back in time: a node that
 //! cannot serve it answers 503 and the reader tries another.
 
+use std::sync::Arc;
+
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use std::sync::Arc;
-
 use hyphae_policies::watch::{UPLINK_AGENT_REQUESTS, UPLINK_HEADER, WATCH_UPGRADE};
 
 use super::ConnectionScope;
