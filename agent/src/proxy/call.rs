@@ -3,8 +3,8 @@
 //! retried within the budget, all under the request timeout. Always ends in a response.
 
 use http::request::Parts;
-use http::uri::{Authority, Scheme};
-use http::{HeaderValue, Request, Response, Version};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, Uri, Version};
 use http_body::Body as _;
 use hyphae_policies::{HeaderRewrite, RetryPolicy};
 use tokio::time::Instant;
@@ -13,6 +13,7 @@ use super::endpoint::{self, Chosen};
 use super::headers::{
     DESTINATION, absolute_uri, path_or_root, request_authority, strip_hop_by_hop,
 };
+use super::local::OwnCall;
 use super::{Proxy, error_response};
 use crate::body::{self, Body};
 use crate::circuit::Outcome;
@@ -172,6 +173,10 @@ impl Call<'_> {
     /// the retry policy: it never reached an application.
     async fn try_once(&self, chosen: &Chosen<'_>) -> Result<Response<Body>, ProxyError> {
         let send = retry::resend_unprocessed(self.body, |body| async {
+            if chosen.local {
+                let call = self.own_call(body, chosen)?;
+                return chosen.delivered_here(super::local::deliver(self.proxy, call).await);
+            }
             let request = self.forward_request(body, chosen)?;
             chosen
                 .call(self.proxy, self.target, self.state, request)
@@ -203,26 +208,72 @@ impl Call<'_> {
         body: Body,
         chosen: &Chosen<'_>,
     ) -> Result<Request<Body>, ProxyError> {
+        let (authority, path, mut request) = self.forwarded(body)?;
+        *request.uri_mut() = absolute_uri(Scheme::HTTP, authority, path)?;
+        let headers = request.headers_mut();
+        headers.insert(DESTINATION, chosen.endpoint.destination_header()?);
+        if let Some(rule) = self.destination.rule {
+            rewrite(headers, &rule.request_headers);
+        }
+        Ok(request)
+    }
+
+    /// The call as this node's own inbound side takes it: what [`Call::forward_request`]
+    /// makes, with the destination and the authority beside the request instead of in its
+    /// header and URI (the target stays in origin form). Its headers end as the inbound side
+    /// leaves a peer's after taking the destination header out: a rewrite may set, add or
+    /// remove that header, so with rewrites it goes in and comes out again as for a peer; with
+    /// none, only a copy the caller sent is taken out (where ours would have replaced it).
+    fn own_call(&self, body: Body, chosen: &Chosen<'_>) -> Result<OwnCall, ProxyError> {
+        let (authority, path, mut request) = self.forwarded(body)?;
+        // An empty path (`GET http://host`) reads as `/` in an absolute URI and as nothing in
+        // origin form: that one keeps the absolute URI, so the access check sees what it sees
+        // in a peer's call.
+        *request.uri_mut() = if path.as_str().is_empty() {
+            absolute_uri(Scheme::HTTP, authority.clone(), path)?
+        } else {
+            Uri::from(path)
+        };
+        let headers = request.headers_mut();
+        let destination = match self.destination.rule {
+            Some(rule) if !rule.request_headers.is_empty() => {
+                headers.insert(DESTINATION, chosen.endpoint.destination_header()?);
+                rewrite(headers, &rule.request_headers);
+                headers.remove(DESTINATION)
+            }
+            _ => {
+                let destination = chosen.endpoint.destination_header()?;
+                headers.remove(DESTINATION);
+                Some(destination)
+            }
+        };
+        Ok(OwnCall {
+            destination,
+            authority,
+            request,
+        })
+    }
+
+    /// What a forwarded request starts from, to a peer or to this node: the authority the
+    /// caller addressed, the path, and the request with the caller's method, HTTP/2, and its
+    /// headers without hop-by-hop ones or `Host` (HTTP/2 carries the authority instead).
+    fn forwarded(
+        &self,
+        body: Body,
+    ) -> Result<(Authority, PathAndQuery, Request<Body>), ProxyError> {
         let parts = self.parts;
         let authority = request_authority(parts)
             .or_else(|| Authority::try_from(self.target.name.as_str()).ok())
             .ok_or_else(|| ProxyError::BadRequest("the request names no host".into()))?;
         let path = path_or_root(parts);
-        let uri = absolute_uri(Scheme::HTTP, authority, path)?;
         let mut request = Request::new(body);
         *request.method_mut() = parts.method.clone();
-        *request.uri_mut() = uri;
         *request.version_mut() = Version::HTTP_2;
         let headers = request.headers_mut();
         headers.clone_from(&parts.headers);
         strip_hop_by_hop(headers);
         headers.remove(http::header::HOST);
-        let destination = chosen.endpoint.destination_header()?;
-        headers.insert(DESTINATION, destination);
-        if let Some(rule) = self.destination.rule {
-            rewrite(headers, &rule.request_headers);
-        }
-        Ok(request)
+        Ok((authority, path, request))
     }
 
     /// The upstream response as the caller receives it.

@@ -87,9 +87,9 @@ pub fn choose<'s>(
 }
 
 impl Chosen<'_> {
-    /// Sends an HTTP call (not a CONNECT stream, which [`Chosen::send`] opens) to the
-    /// endpoint: handed to this node's own inbound side when the endpoint is this node, over
-    /// the tunnel otherwise. Answers and failures mean the same either way.
+    /// Sends an HTTP call (not a CONNECT stream, which [`Chosen::send`] opens) to a peer's
+    /// endpoint, over the tunnel; [`Chosen::delivered_here`] is its counterpart for this node.
+    /// Answers and failures mean the same either way.
     pub async fn call(
         &self,
         proxy: &Proxy,
@@ -97,12 +97,19 @@ impl Chosen<'_> {
         service: &ServiceState,
         request: Request<Body>,
     ) -> Result<Response<Body>, ProxyError> {
-        if self.local {
-            let response = super::local::deliver(proxy, request).await?;
-            return peer_failure(self.endpoint.address, response);
-        }
         let response = self.send(proxy, target, service, request).await?;
         Ok(response.map(crate::body::boxed))
+    }
+
+    /// What a call that [`super::local::deliver`] handed to this node's own inbound side
+    /// (the endpoint being this node) comes to: what it would have been through the tunnel.
+    /// The caller awaits the delivery itself, so the call's future is not held, and copied,
+    /// by one more future of ours.
+    pub fn delivered_here(
+        &self,
+        delivered: Result<Response<Body>, ProxyError>,
+    ) -> Result<Response<Body>, ProxyError> {
+        peer_failure(self.endpoint.address, delivered?)
     }
 
     /// Sends `request` to the endpoint's peer agent, connecting within the service's connect

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::request::Parts;
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -23,6 +23,7 @@ use super::headers::{
     strip_hop_by_hop,
 };
 use super::instance_pool::InstancePool;
+use super::local::OwnCall;
 use super::{Proxy, error_response, pipe, without_body_for_head};
 use crate::authz::{self, Caller};
 use crate::body::{self, Body};
@@ -134,19 +135,57 @@ pub async fn serve(
     }
 }
 
-/// Delivers one call from `caller` (a peer agent, or this node through [`super::local`]) to
-/// the instance it is for, once the access policy admits it; failures become error answers.
-pub async fn deliver(proxy: &Proxy, caller: &Caller, request: Request<Body>) -> Response<Body> {
+/// Delivers one call from a peer agent to the instance it is for, once the access policy
+/// admits it; failures become error answers. The destination comes in a header, which is not
+/// the instance's business.
+///
+/// Not an `async fn` itself, nor is [`deliver_own`]: each would be one more future that holds
+/// the call's and is copied whole as it is built.
+pub fn deliver<'a>(
+    proxy: &'a Proxy,
+    caller: &'a Caller,
+    mut request: Request<Body>,
+) -> impl Future<Output = Response<Body>> + Send + 'a {
+    let destination = request.headers_mut().remove(DESTINATION);
+    deliver_to(proxy, caller, destination, None, request)
+}
+
+/// Delivers one call from this node's own outbound side ([`super::local`]) as [`deliver`]
+/// delivers a peer's: the same checks, the same answers.
+pub fn deliver_own<'a>(
+    proxy: &'a Proxy,
+    caller: &'a Caller,
+    call: OwnCall,
+) -> impl Future<Output = Response<Body>> + Send + 'a {
+    deliver_to(
+        proxy,
+        caller,
+        call.destination,
+        Some(call.authority),
+        call.request,
+    )
+}
+
+/// Delivers a call for `destination` (the `hyphae-destination` value, `None` when the call
+/// named none) from `caller`. `authority` is the one the caller addressed when it is known
+/// apart from the request (this node's own calls); otherwise it is read from the request.
+async fn deliver_to(
+    proxy: &Proxy,
+    caller: &Caller,
+    destination: Option<HeaderValue>,
+    authority: Option<Authority>,
+    request: Request<Body>,
+) -> Response<Body> {
     let method = request.method().clone();
-    if let Err(error) = authorize(proxy, caller, &request) {
+    if let Err(error) = authorize(proxy, caller, destination.as_ref(), &request) {
         return without_body_for_head(&method, error_response(&error));
     }
     let result = if method == Method::CONNECT {
         // Boxed: a stream's future is large and rare, and every request's future (moved as
         // hyper spawns it) would otherwise be as large.
-        Box::pin(open_local_stream(proxy, request)).await
+        Box::pin(open_local_stream(proxy, destination, request)).await
     } else {
-        forward_to_instance(proxy, request).await
+        forward_to_instance(proxy, destination, authority, request).await
     };
     match result {
         Ok(response) => response,
@@ -157,12 +196,13 @@ pub async fn deliver(proxy: &Proxy, caller: &Caller, request: Request<Body>) -> 
 /// Checks `request` against the access policy of the service it is for: an HTTP request by its
 /// method and path, an upgrade by `GET` and the path it upgrades, an opaque TCP stream by
 /// neither. A refusal is counted and logged once.
-fn authorize(proxy: &Proxy, caller: &Caller, request: &Request<Body>) -> Result<(), ProxyError> {
-    let Some(destination) = request
-        .headers()
-        .get(DESTINATION)
-        .and_then(|value| value.to_str().ok())
-    else {
+fn authorize(
+    proxy: &Proxy,
+    caller: &Caller,
+    destination: Option<&HeaderValue>,
+    request: &Request<Body>,
+) -> Result<(), ProxyError> {
+    let Some(destination) = destination.and_then(|value| value.to_str().ok()) else {
         // No destination: refused as a bad request where it is read.
         return Ok(());
     };
@@ -218,13 +258,13 @@ fn authorize(proxy: &Proxy, caller: &Caller, request: &Request<Body>) -> Result<
     })
 }
 
-/// The local instance a peer's request is for, by the destination header (removed).
+/// The local instance a call is for, by its destination (the `hyphae-destination` value).
 fn local_instance(
     snapshot: &Snapshot,
-    headers: &mut http::HeaderMap,
+    destination: Option<&HeaderValue>,
 ) -> Result<LocalInstance, ProxyError> {
     let missing = || ProxyError::BadRequest(format!("missing `{DESTINATION}` header").into());
-    let value = headers.remove(DESTINATION).ok_or_else(missing)?;
+    let value = destination.ok_or_else(missing)?;
     let service = value.to_str().map_err(|_| missing())?;
     snapshot
         .instances
@@ -237,9 +277,10 @@ fn local_instance(
 /// HTTP/1.1 upgrade request whose 101 turns the stream into the upgraded connection.
 async fn open_local_stream(
     proxy: &Proxy,
+    destination: Option<HeaderValue>,
     mut request: Request<Body>,
 ) -> Result<Response<Body>, ProxyError> {
-    let instance = local_instance(&proxy.snapshot.load(), request.headers_mut())?;
+    let instance = local_instance(&proxy.snapshot.load(), destination.as_ref())?;
     let (service, instance_addr) = (instance.service, instance.address);
     let peer_side = hyper::upgrade::on(&mut request);
     if let Some(protocol) = request.headers_mut().remove(UPGRADE_PROTOCOL) {
@@ -332,22 +373,27 @@ fn spawn_splice<I>(
 /// own idle timeout; this only reaps streams whose caller vanished.
 pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// Sends a peer's request to the local instance with the caller's authority (decision 29):
-/// HTTP/2 carries it as `:authority` and no `host` (RFC 9113 §8.3.1), HTTP/1.1 as `host`. A
-/// request the instance did not process goes once more on a new connection.
+/// Sends a call's request to the local instance for `destination` with the caller's
+/// authority (decision 29; `authority`, else the request's own): HTTP/2 carries it as
+/// `:authority` and no `host` (RFC 9113 §8.3.1), HTTP/1.1 as `host`. A request the instance
+/// did not process goes once more on a new connection.
 async fn forward_to_instance(
     proxy: &Proxy,
+    destination: Option<HeaderValue>,
+    authority: Option<Authority>,
     request: Request<Body>,
 ) -> Result<Response<Body>, ProxyError> {
     let (mut parts, body) = request.into_parts();
     // One look at the snapshot, not held across the awaits below.
     let (instance, retry_buffer, max_head) = {
         let snapshot = proxy.snapshot.load();
-        let instance = local_instance(&snapshot, &mut parts.headers)?;
+        let instance = local_instance(&snapshot, destination.as_ref())?;
         let retry_buffer = snapshot.limits.retry_buffer_bytes as usize;
         (instance, retry_buffer, max_answer_head(&snapshot))
     };
-    let authority = request_authority(&parts).unwrap_or_else(|| instance.authority.clone());
+    let authority = authority
+        .or_else(|| request_authority(&parts))
+        .unwrap_or_else(|| instance.authority.clone());
     strip_hop_by_hop(&mut parts.headers);
     let path = path_or_root(&parts);
     let response = match instance.protocol {

@@ -4,12 +4,15 @@
 //! half of what one call through one agent cost. Nothing else changes: the outbound side has
 //! already applied routes, limits, retries and ejection, and the inbound side checks the access
 //! policy against this node's own certificate, as a peer's call would be, and delivers it to the
-//! instance the same way (decision 44).
+//! instance the same way (decision 44). The call is handed over as an [`OwnCall`], not in the
+//! form a peer would receive: the destination and the authority go beside the request instead
+//! of in a header and an absolute URI that the inbound side would read back (decision 58).
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
-use http::{Request, Response};
+use http::uri::Authority;
+use http::{HeaderValue, Request, Response};
 use rustls::sign::CertifiedKey;
 
 use super::Proxy;
@@ -71,10 +74,26 @@ impl OwnCaller {
     }
 }
 
-/// Delivers `request` (shaped for a peer: HTTP/2 form, the destination header) to this host's
-/// instance as the inbound side would deliver it from a peer, answering what that peer would
-/// get, the inbound side's own error answers included.
-pub async fn deliver(proxy: &Proxy, request: Request<Body>) -> Result<Response<Body>, ProxyError> {
+/// A call from this node's outbound side to one of its own instances, as its inbound side
+/// takes it. The request is what a peer would receive without the two things a peer reads back
+/// from it: the destination (a peer's comes in the `hyphae-destination` header) and the
+/// authority the caller addressed (a peer's comes in the absolute URI; here the target is in
+/// origin form). Carrying them beside the request saves writing a header and a URI that the
+/// inbound side would parse and remove again on every call.
+pub struct OwnCall {
+    /// What the `hyphae-destination` header would have held; `None` where a header rewrite
+    /// removed it, which the inbound side refuses as it would a peer's call without one.
+    pub destination: Option<HeaderValue>,
+    /// The authority the caller addressed.
+    pub authority: Authority,
+    /// The request: HTTP/2 version, the target in origin form, headers as a peer gets them
+    /// without the destination.
+    pub request: Request<Body>,
+}
+
+/// Delivers `call` to this host's instance as the inbound side would deliver it from a peer,
+/// answering what that peer would get, the inbound side's own error answers included.
+pub async fn deliver(proxy: &Proxy, call: OwnCall) -> Result<Response<Body>, ProxyError> {
     let caller = proxy
         .tunnels
         .identity()
@@ -83,5 +102,5 @@ pub async fn deliver(proxy: &Proxy, request: Request<Body>) -> Result<Response<B
             address: "this node".to_string(),
             reason: "this agent has no valid certificate (none yet, or expired)".into(),
         })?;
-    Ok(inbound::deliver(proxy, &caller, request).await)
+    Ok(inbound::deliver_own(proxy, &caller, call).await)
 }
