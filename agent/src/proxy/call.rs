@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::endpoint::{self, Chosen};
 use super::headers::{
-    DESTINATION, absolute_uri, path_or_root, request_authority, strip_hop_by_hop,
+    DESTINATION, absolute_uri, path_or_root, request_authority_and_host, strip_hop_by_hop,
 };
 use super::local::OwnCall;
 use super::{Proxy, error_response};
@@ -107,6 +107,10 @@ async fn call_service(
         Err(_) => Err(ProxyError::RequestTimeout(request_timeout)),
     }
 }
+
+/// What [`Call::forwarded`] makes: the authority, the `Host` value it was read from if any, the
+/// path, and the request.
+type Forwarded = (Authority, Option<HeaderValue>, PathAndQuery, Request<Body>);
 
 /// Everything one call needs, borrowed for its lifetime.
 struct Call<'a> {
@@ -208,7 +212,7 @@ impl Call<'_> {
         body: Body,
         chosen: &Chosen<'_>,
     ) -> Result<Request<Body>, ProxyError> {
-        let (authority, path, mut request) = self.forwarded(body)?;
+        let (authority, _, path, mut request) = self.forwarded(body)?;
         *request.uri_mut() = absolute_uri(Scheme::HTTP, authority, path)?;
         let headers = request.headers_mut();
         headers.insert(DESTINATION, chosen.endpoint.destination_header()?);
@@ -225,7 +229,7 @@ impl Call<'_> {
     /// remove that header, so with rewrites it goes in and comes out again as for a peer; with
     /// none, only a copy the caller sent is taken out (where ours would have replaced it).
     fn own_call(&self, body: Body, chosen: &Chosen<'_>) -> Result<OwnCall, ProxyError> {
-        let (authority, path, mut request) = self.forwarded(body)?;
+        let (authority, host, path, mut request) = self.forwarded(body)?;
         // An empty path (`GET http://host`) reads as `/` in an absolute URI and as nothing in
         // origin form: that one keeps the absolute URI, so the access check sees what it sees
         // in a peer's call.
@@ -250,20 +254,19 @@ impl Call<'_> {
         Ok(OwnCall {
             destination,
             authority,
+            host,
             request,
         })
     }
 
     /// What a forwarded request starts from, to a peer or to this node: the authority the
-    /// caller addressed, the path, and the request with the caller's method, HTTP/2, and its
-    /// headers without hop-by-hop ones or `Host` (HTTP/2 carries the authority instead).
-    fn forwarded(
-        &self,
-        body: Body,
-    ) -> Result<(Authority, PathAndQuery, Request<Body>), ProxyError> {
+    /// caller addressed (and its `Host` value when it was read from there), the path, and the
+    /// request with the caller's method, HTTP/2, and its headers without hop-by-hop ones or
+    /// `Host` (HTTP/2 carries the authority instead).
+    fn forwarded(&self, body: Body) -> Result<Forwarded, ProxyError> {
         let parts = self.parts;
-        let authority = request_authority(parts)
-            .or_else(|| Authority::try_from(self.target.name.as_str()).ok())
+        let (authority, host) = request_authority_and_host(parts)
+            .or_else(|| Some((Authority::try_from(self.target.name.as_str()).ok()?, None)))
             .ok_or_else(|| ProxyError::BadRequest("the request names no host".into()))?;
         let path = path_or_root(parts);
         let mut request = Request::new(body);
@@ -273,7 +276,7 @@ impl Call<'_> {
         headers.clone_from(&parts.headers);
         strip_hop_by_hop(headers);
         headers.remove(http::header::HOST);
-        Ok((authority, path, request))
+        Ok((authority, host, path, request))
     }
 
     /// The upstream response as the caller receives it.

@@ -56,12 +56,19 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
 /// The authority the caller addressed: the URI's (HTTP/2 `:authority` or an absolute-form
 /// target), else the `Host` header's; `None` when neither holds a valid one.
 pub fn request_authority(parts: &Parts) -> Option<Authority> {
-    parts.uri.authority().cloned().or_else(|| {
-        parts
-            .headers
-            .get(HOST)
-            .and_then(|h| Authority::try_from(h.as_bytes()).ok())
-    })
+    request_authority_and_host(parts).map(|(authority, _)| authority)
+}
+
+/// [`request_authority`], with the `Host` value it was read from when it came from there: that
+/// value holds the authority's very text, so a hop that sends the authority as `Host` can send
+/// it again instead of building a copy.
+pub fn request_authority_and_host(parts: &Parts) -> Option<(Authority, Option<HeaderValue>)> {
+    if let Some(authority) = parts.uri.authority() {
+        return Some((authority.clone(), None));
+    }
+    let host = parts.headers.get(HOST)?;
+    let authority = Authority::try_from(host.as_bytes()).ok()?;
+    Some((authority, Some(host.clone())))
 }
 
 /// An absolute URI for `path` at `authority` with `scheme`, as HTTP/2 carries a request's target

@@ -35,6 +35,9 @@ use crate::retry::resend_unprocessed;
 use crate::tunnel::{TunnelSettings, Tunnels};
 use crate::write_coalescing::WriteCoalescing;
 
+/// The authority a call's caller addressed, and the `Host` value it was read from if any.
+type Addressed = (Authority, Option<HeaderValue>);
+
 /// Longest the agent waits to connect to a local instance: it is on this host, so a slow
 /// connect means it is not listening.
 pub const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -161,19 +164,20 @@ pub fn deliver_own<'a>(
         proxy,
         caller,
         call.destination,
-        Some(call.authority),
+        Some((call.authority, call.host)),
         call.request,
     )
 }
 
 /// Delivers a call for `destination` (the `hyphae-destination` value, `None` when the call
-/// named none) from `caller`. `authority` is the one the caller addressed when it is known
-/// apart from the request (this node's own calls); otherwise it is read from the request.
+/// named none) from `caller`. `addressed` is the authority the caller addressed, with the
+/// `Host` value holding it if any, when it is known apart from the request (this node's own
+/// calls); otherwise it is read from the request.
 async fn deliver_to(
     proxy: &Proxy,
     caller: &Caller,
     destination: Option<HeaderValue>,
-    authority: Option<Authority>,
+    addressed: Option<Addressed>,
     request: Request<Body>,
 ) -> Response<Body> {
     let method = request.method().clone();
@@ -185,7 +189,7 @@ async fn deliver_to(
         // hyper spawns it) would otherwise be as large.
         Box::pin(open_local_stream(proxy, destination, request)).await
     } else {
-        forward_to_instance(proxy, destination, authority, request).await
+        forward_to_instance(proxy, destination, addressed, request).await
     };
     match result {
         Ok(response) => response,
@@ -374,13 +378,13 @@ fn spawn_splice<I>(
 pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Sends a call's request to the local instance for `destination` with the caller's
-/// authority (decision 29; `authority`, else the request's own): HTTP/2 carries it as
+/// authority (decision 29; the one `addressed`, else the request's own): HTTP/2 carries it as
 /// `:authority` and no `host` (RFC 9113 §8.3.1), HTTP/1.1 as `host`. A request the instance
 /// did not process goes once more on a new connection.
 async fn forward_to_instance(
     proxy: &Proxy,
     destination: Option<HeaderValue>,
-    authority: Option<Authority>,
+    addressed: Option<Addressed>,
     request: Request<Body>,
 ) -> Result<Response<Body>, ProxyError> {
     let (mut parts, body) = request.into_parts();
@@ -391,9 +395,13 @@ async fn forward_to_instance(
         let retry_buffer = snapshot.limits.retry_buffer_bytes as usize;
         (instance, retry_buffer, max_answer_head(&snapshot))
     };
-    let authority = authority
-        .or_else(|| request_authority(&parts))
-        .unwrap_or_else(|| instance.authority.clone());
+    let (authority, host) = match addressed {
+        Some((authority, host)) => (authority, host),
+        None => (
+            request_authority(&parts).unwrap_or_else(|| instance.authority.clone()),
+            None,
+        ),
+    };
     strip_hop_by_hop(&mut parts.headers);
     let path = path_or_root(&parts);
     let response = match instance.protocol {
@@ -412,8 +420,11 @@ async fn forward_to_instance(
             .map(body::boxed)
         }
         Protocol::Http | Protocol::Tcp | Protocol::Tls => {
-            let host = HeaderValue::from_str(authority.as_str())
-                .map_err(|e| ProxyError::BadRequest(Cause::new(e)))?;
+            let host = match host {
+                Some(host) => host,
+                None => HeaderValue::from_str(authority.as_str())
+                    .map_err(|e| ProxyError::BadRequest(Cause::new(e)))?,
+            };
             parts.headers.insert(http::header::HOST, host);
             // HTTP/1.1 to an origin server: the target in origin form, the authority in `Host`.
             // The pool sends a request its connection never took once more by itself.

@@ -86,6 +86,9 @@ pub struct OwnCall {
     pub destination: Option<HeaderValue>,
     /// The authority the caller addressed.
     pub authority: Authority,
+    /// The caller's `Host` value when the authority was read from it: the same text, sent to
+    /// an HTTP/1.1 instance as it is instead of being built again from the authority.
+    pub host: Option<HeaderValue>,
     /// The request: HTTP/2 version, the target in origin form, headers as a peer gets them
     /// without the destination.
     pub request: Request<Body>,
