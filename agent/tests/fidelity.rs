@@ -84,6 +84,39 @@ async fn http2_and_http1_services_on_hypercorn_answer_as_they_do_directly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_on_the_callers_host_gets_the_headers_a_peers_agent_would_give_it() {
+    // A call to this node's own instance is handed to its inbound side in-process (decision
+    // 58), one through the mesh crosses a peer agent: the instance gets the same header
+    // names in the same order either way, without the caller's own `hyphae-destination`,
+    // hop-by-hop headers or those `Connection` names, with `Host` last.
+    let (_server, port) = hypercorn(None);
+    let mut seen = Vec::new();
+    for path in both_paths(port, "http", "") {
+        let request = http::Request::builder()
+            .method("GET")
+            .uri(format!("http://{}/names", path.entry))
+            .header("x-first", "1")
+            .header("hyphae-destination", "elsewhere")
+            .header("connection", "x-named")
+            .header("x-named", "dropped")
+            .header("te", "trailers")
+            .header("x-last", "2")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("a request the test wrote");
+        let answer = hyphae_integration::http::exchange(&http1_client(), request)
+            .await
+            .unwrap_or_else(|| panic!("{}: no answer", path.name));
+        assert_eq!(answer.status, 200, "{}: {answer:?}", path.name);
+        seen.push((path.name, answer.text()));
+    }
+    let names: Vec<&str> = seen[0].1.lines().collect();
+    assert!(!names.contains(&"hyphae-destination"), "{names:?}");
+    assert!(!names.contains(&"x-named"), "{names:?}");
+    assert_eq!(names.last(), Some(&"host"), "{names:?}");
+    assert_eq!(seen[0].1, seen[1].1, "{} and {}", seen[0].0, seen[1].0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_16_kb_response_header_from_hypercorn_passes_as_it_does_directly() {
     const SIZE: usize = 16 * 1024;
     let (_server, port) = hypercorn(None);

@@ -202,6 +202,11 @@ async def app(scope, receive, send):
         data = b"hinted"
         await start(200, length_of(data))
         await body(data)
+    elif path == "/names":
+        # The request's header names in the order they arrived, one per line.
+        data = b"\n".join(name for name, _ in request_headers)
+        await start(200, length_of(data))
+        await body(data)
     elif path == "/count":
         data = str(count).encode()
         await start(200, length_of(data))
