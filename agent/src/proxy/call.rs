@@ -176,23 +176,27 @@ impl Call<'_> {
     /// state. A request the peer did not process goes once more on a new connection, outside
     /// the retry policy: it never reached an application.
     async fn try_once(&self, chosen: &Chosen<'_>) -> Result<Response<Body>, ProxyError> {
-        let send = retry::resend_unprocessed(self.body, |body| async {
-            if chosen.local {
-                let call = self.own_call(body, chosen)?;
-                return chosen.delivered_here(super::local::deliver(self.proxy, call).await);
-            }
-            let request = self.forward_request(body, chosen)?;
-            chosen
-                .call(self.proxy, self.target, self.state, request)
-                .await
-        });
+        // Built where it is awaited, not kept in a variable first: a future in a variable is
+        // copied whole again into the place it is awaited from, and this one holds the try.
+        let send = || {
+            retry::resend_unprocessed(self.body, |body| async {
+                if chosen.local {
+                    let call = self.own_call(body, chosen)?;
+                    return chosen.delivered_here(super::local::deliver(self.proxy, call).await);
+                }
+                let request = self.forward_request(body, chosen)?;
+                chosen
+                    .call(self.proxy, self.target, self.state, request)
+                    .await
+            })
+        };
         let in_flight = chosen.in_flight();
         let sent_at = Instant::now();
         let result = match self.retries.per_try_timeout.map(|d| d.get()) {
-            Some(limit) => tokio::time::timeout(limit, send)
+            Some(limit) => tokio::time::timeout(limit, send())
                 .await
                 .unwrap_or(Err(ProxyError::PerTryTimeout(limit))),
-            None => send.await,
+            None => send().await,
         };
         drop(in_flight);
         let now = Instant::now();

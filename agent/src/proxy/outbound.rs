@@ -106,7 +106,15 @@ fn answer_owned(
 ) -> impl Future<Output = Result<Response<Body>, Infallible>> + use<> {
     let proxy = Arc::clone(proxy);
     let target = target.clone();
-    async move { Ok(handle(&proxy, &target, request).await) }
+    // The answer to `HEAD` is taken here rather than in a future of its own: each level of
+    // futures holds the whole call's and is copied whole as it is built.
+    async move {
+        let method = request.method().clone();
+        Ok(without_body_for_head(
+            &method,
+            answer(&proxy, &target, request).await,
+        ))
+    }
 }
 
 /// Longest the agent waits for a client's first bytes before treating the connection as
@@ -145,11 +153,6 @@ async fn serve_tcp(proxy: &Proxy, service: &str, stream: TcpStream, peer: Socket
     splice(service, std::future::ready(Ok(stream)), open)
         .instrument(tracing::info_span!("tcp", %peer))
         .await;
-}
-
-async fn handle(proxy: &Proxy, target: &Target, request: Request<Incoming>) -> Response<Body> {
-    let method = request.method().clone();
-    without_body_for_head(&method, answer(proxy, target, request).await)
 }
 
 /// The answer to one request from a local app.
