@@ -13,7 +13,7 @@ use super::endpoint::{self, Chosen};
 use super::headers::{
     DESTINATION, absolute_uri, path_or_root, request_authority_and_host, strip_hop_by_hop,
 };
-use super::local::OwnCall;
+use super::inbound::OwnCall;
 use super::{Proxy, error_response};
 use crate::body::{self, Body};
 use crate::circuit::Outcome;

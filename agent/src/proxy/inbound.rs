@@ -23,7 +23,6 @@ use super::headers::{
     strip_hop_by_hop,
 };
 use super::instance_pool::InstancePool;
-use super::local::OwnCall;
 use super::{Proxy, error_response, pipe, without_body_for_head};
 use crate::authz::{self, Caller};
 use crate::body::{self, Body};
@@ -136,6 +135,26 @@ pub async fn serve(
     if let Err(error) = result {
         tracing::debug!(%peer, error = %ErrorChain(&error), "inbound connection ended with an error");
     }
+}
+
+/// A call from this node's outbound side to one of its own instances, as its inbound side
+/// takes it. The request is what a peer would receive without the two things a peer reads back
+/// from it: the destination (a peer's comes in the `hyphae-destination` header) and the
+/// authority the caller addressed (a peer's comes in the absolute URI; here the target is in
+/// origin form). Carrying them beside the request saves writing a header and a URI that the
+/// inbound side would parse and remove again on every call.
+pub struct OwnCall {
+    /// What the `hyphae-destination` header would have held; `None` where a header rewrite
+    /// removed it, which the inbound side refuses as it would a peer's call without one.
+    pub destination: Option<HeaderValue>,
+    /// The authority the caller addressed.
+    pub authority: Authority,
+    /// The caller's `Host` value when the authority was read from it: the same text, sent to
+    /// an HTTP/1.1 instance as it is instead of being built again from the authority.
+    pub host: Option<HeaderValue>,
+    /// The request: HTTP/2 version, the target in origin form, headers as a peer gets them
+    /// without the destination.
+    pub request: Request<Body>,
 }
 
 /// Delivers one call from a peer agent to the instance it is for, once the access policy

@@ -11,12 +11,11 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
-use http::uri::Authority;
-use http::{HeaderValue, Request, Response};
+use http::Response;
 use rustls::sign::CertifiedKey;
 
 use super::Proxy;
-use super::inbound;
+use super::inbound::{self, OwnCall};
 use crate::authz::Caller;
 use crate::body::Body;
 use crate::error::ProxyError;
@@ -72,26 +71,6 @@ impl OwnCaller {
         }
         Some(Arc::clone(&read.caller))
     }
-}
-
-/// A call from this node's outbound side to one of its own instances, as its inbound side
-/// takes it. The request is what a peer would receive without the two things a peer reads back
-/// from it: the destination (a peer's comes in the `hyphae-destination` header) and the
-/// authority the caller addressed (a peer's comes in the absolute URI; here the target is in
-/// origin form). Carrying them beside the request saves writing a header and a URI that the
-/// inbound side would parse and remove again on every call.
-pub struct OwnCall {
-    /// What the `hyphae-destination` header would have held; `None` where a header rewrite
-    /// removed it, which the inbound side refuses as it would a peer's call without one.
-    pub destination: Option<HeaderValue>,
-    /// The authority the caller addressed.
-    pub authority: Authority,
-    /// The caller's `Host` value when the authority was read from it: the same text, sent to
-    /// an HTTP/1.1 instance as it is instead of being built again from the authority.
-    pub host: Option<HeaderValue>,
-    /// The request: HTTP/2 version, the target in origin form, headers as a peer gets them
-    /// without the destination.
-    pub request: Request<Body>,
 }
 
 /// Delivers `call` to this host's instance as the inbound side would deliver it from a peer,
