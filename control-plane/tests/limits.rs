@@ -659,16 +659,20 @@ async fn try_watch_upgraded(
 }
 
 /// Waits until `node` upgrades a watch of `agent`'s (before the cluster has its identity it
-/// answers 503 `not-ready`; at its connection cap it closes the connection).
+/// answers 503 `not-ready`; at its connection cap it closes the connection); returns the
+/// connection, the answer's head and what came after it. Fails the test with `what` after
+/// [`DEADLINE`].
 async fn until_upgraded(
     node: &RunningNode,
     agent: &Credentials,
     what: &str,
-) -> TlsStream<TcpStream> {
+) -> (TlsStream<TcpStream>, String, Vec<u8>) {
     tokio::time::timeout(DEADLINE, async {
         loop {
             match try_watch_upgraded(node, Some(agent)).await {
-                Some((stream, head, _)) if head.starts_with("HTTP/1.1 101") => return stream,
+                Some((stream, head, pending)) if head.starts_with("HTTP/1.1 101") => {
+                    return (stream, head, pending);
+                }
                 Some((_, head, _)) => assert!(head.starts_with("HTTP/1.1 503"), "{head}"),
                 None => {}
             }
@@ -719,19 +723,8 @@ async fn an_upgraded_watch_needs_a_node_certificate_then_carries_the_snapshot_an
     );
 
     let a = credentials(&running, Kind::Node, "a").await;
-    let (mut stream, head, mut pending) = tokio::time::timeout(DEADLINE, async {
-        loop {
-            let (stream, head, pending) = watch_upgraded(&running, Some(&a)).await;
-            if head.starts_with("HTTP/1.1 101") {
-                return (stream, head, pending);
-            }
-            // `not-ready` until the cluster has its identity.
-            assert!(head.starts_with("HTTP/1.1 503"), "{head}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the watch is upgraded once the node is ready");
+    let (mut stream, head, mut pending) =
+        until_upgraded(&running, &a, "the watch is upgraded once the node is ready").await;
     assert!(
         head.to_ascii_lowercase().contains("upgrade: hyphae-watch"),
         "{head}"
@@ -753,27 +746,6 @@ async fn an_upgraded_watch_needs_a_node_certificate_then_carries_the_snapshot_an
     stopping.await.expect("join").expect("stop");
 }
 
-/// Waits until `node` upgrades a watch of `agent`'s; returns the connection, the answer's
-/// head and what came after it.
-async fn until_upgraded_with_head(
-    node: &RunningNode,
-    agent: &Credentials,
-) -> (TlsStream<TcpStream>, String, Vec<u8>) {
-    tokio::time::timeout(DEADLINE, async {
-        loop {
-            let (stream, head, pending) = watch_upgraded(node, Some(agent)).await;
-            if head.starts_with("HTTP/1.1 101") {
-                return (stream, head, pending);
-            }
-            // `not-ready` until the cluster has its identity.
-            assert!(head.starts_with("HTTP/1.1 503"), "{head}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the watch is upgraded once the node is ready")
-}
-
 /// Sends `body` to `path` up an upgraded watch and returns the node's answer line.
 async fn ask_up(
     stream: &mut TlsStream<TcpStream>,
@@ -792,7 +764,8 @@ async fn ask_up(
 async fn registry_requests_up_an_upgraded_watch_are_answered_as_over_http_among_the_events() {
     let (running, _dir) = node(ControlPlaneLimits::default()).await;
     let a = credentials(&running, Kind::Node, "a").await;
-    let (mut stream, head, mut pending) = until_upgraded_with_head(&running, &a).await;
+    let (mut stream, head, mut pending) =
+        until_upgraded(&running, &a, "the watch is upgraded once the node is ready").await;
     assert!(
         head.to_ascii_lowercase()
             .contains("hyphae-watch-uplink: agent-requests"),
@@ -885,7 +858,8 @@ async fn a_request_line_past_its_limit_or_stalled_midway_closes_the_watch_connec
     }))
     .await;
     let a = credentials(&running, Kind::Node, "a").await;
-    let (mut stream, _, _) = until_upgraded_with_head(&running, &a).await;
+    let (mut stream, _, _) =
+        until_upgraded(&running, &a, "the watch is upgraded once the node is ready").await;
     // The body limit plus the envelope, and no newline.
     stream
         .write_all(&vec![b'x'; 1024 + 512 + 1])
@@ -893,7 +867,8 @@ async fn a_request_line_past_its_limit_or_stalled_midway_closes_the_watch_connec
         .expect("send a long line");
     read_to_close(&mut stream).await;
 
-    let (mut stream, _, _) = until_upgraded_with_head(&running, &a).await;
+    let (mut stream, _, _) =
+        until_upgraded(&running, &a, "the watch is upgraded once the node is ready").await;
     stream
         .write_all(b"{\"path\": \"/v1/agent/heartbeat\"")
         .await
@@ -913,7 +888,8 @@ async fn an_upgraded_watch_holds_its_connection_place_and_its_stream_place_until
     })
     .await;
     let a = credentials(&running, Kind::Node, "a").await;
-    let stream = until_upgraded(&running, &a, "the watch is upgraded once the node is ready").await;
+    let (stream, _, _) =
+        until_upgraded(&running, &a, "the watch is upgraded once the node is ready").await;
     // hyper let go of the connection after the 101; its place stays taken.
     until_refused(
         &running,
