@@ -165,22 +165,49 @@ where
 mod tests {
     use bytes::Bytes;
     use futures_channel::mpsc;
+    use tokio::io::DuplexStream;
+    use tokio::task::JoinHandle;
 
     use super::*;
 
-    /// A stream's queue and the body end of it, as [`crate::watch::open`] makes them.
-    fn queue() -> (mpsc::Sender<Bytes>, ChannelBody) {
-        let (lines, body) = mpsc::channel(crate::watch::STREAM_BUFFER);
-        (lines, ChannelBody { lines: body })
+    /// The tests' patience with a stalled write.
+    const PATIENCE: Duration = Duration::from_millis(100);
+
+    /// A stream served on one end of an in-memory connection whose buffers hold `room` bytes:
+    /// the fan-out's end of its queue, the reader's end of the connection, the node's shutdown
+    /// and the serving task.
+    struct Served {
+        lines: mpsc::Sender<Bytes>,
+        reader: DuplexStream,
+        shutdown: CancellationToken,
+        serving: JoinHandle<Ended>,
+    }
+
+    /// Serves a stream's queue, as [`crate::watch::open`] makes it, with `uplink`.
+    fn served(room: usize, uplink: Option<Uplink>) -> Served {
+        let (lines, queued) = mpsc::channel(crate::watch::STREAM_BUFFER);
+        let body = ChannelBody { lines: queued };
+        let (node, reader) = tokio::io::duplex(room);
+        let shutdown = CancellationToken::new();
+        let stopping = shutdown.clone();
+        let serving =
+            tokio::spawn(async move { serve(node, body, uplink, PATIENCE, &stopping).await });
+        Served {
+            lines,
+            reader,
+            shutdown,
+            serving,
+        }
     }
 
     #[tokio::test]
     async fn lines_go_onto_the_connection_until_the_reader_leaves() {
-        let (mut lines, body) = queue();
-        let (node, mut reader) = tokio::io::duplex(1024);
-        let shutdown = CancellationToken::new();
-        let serving =
-            tokio::spawn(async move { serve(node, body, None, PATIENCE, &shutdown).await });
+        let Served {
+            mut lines,
+            mut reader,
+            serving,
+            ..
+        } = served(1024, None);
         lines.try_send(Bytes::from_static(b"{\"a\":1}\n")).unwrap();
         lines.try_send(Bytes::from_static(b"{\"b\":2}\n")).unwrap();
         let mut read = vec![0u8; 16];
@@ -196,33 +223,29 @@ mod tests {
 
     #[tokio::test]
     async fn the_stream_ends_when_dropped_at_shutdown_or_when_the_reader_speaks() {
-        let (lines, body) = queue();
-        let (node, mut reader) = tokio::io::duplex(1024);
-        let shutdown = CancellationToken::new();
-        let serving =
-            tokio::spawn(async move { serve(node, body, None, PATIENCE, &shutdown).await });
+        let Served {
+            lines,
+            mut reader,
+            serving,
+            ..
+        } = served(1024, None);
         drop(lines);
         assert_eq!(serving.await.unwrap(), Ended::Dropped);
         let mut rest = Vec::new();
         reader.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty(), "closed, nothing written");
 
-        let (_lines, body) = queue();
-        let (node, _reader) = tokio::io::duplex(1024);
-        let shutdown = CancellationToken::new();
-        let stopping = shutdown.clone();
-        let serving =
-            tokio::spawn(async move { serve(node, body, None, PATIENCE, &stopping).await });
-        shutdown.cancel();
-        assert_eq!(serving.await.unwrap(), Ended::Shutdown);
+        let stopped = served(1024, None);
+        stopped.shutdown.cancel();
+        assert_eq!(stopped.serving.await.unwrap(), Ended::Shutdown);
 
-        let (_lines, body) = queue();
-        let (node, mut reader) = tokio::io::duplex(1024);
-        let shutdown = CancellationToken::new();
-        let serving =
-            tokio::spawn(async move { serve(node, body, None, PATIENCE, &shutdown).await });
-        reader.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
-        assert_eq!(serving.await.unwrap(), Ended::ReaderSpoke);
+        let mut spoken = served(1024, None);
+        spoken
+            .reader
+            .write_all(b"GET / HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        assert_eq!(spoken.serving.await.unwrap(), Ended::ReaderSpoke);
     }
 
     /// An uplink that answers each line with `answer:` and the line, after a short wait.
@@ -243,12 +266,12 @@ mod tests {
 
     #[tokio::test]
     async fn request_lines_are_answered_in_order_among_the_events_wherever_reads_split_them() {
-        let (mut lines, body) = queue();
-        let (node, mut reader) = tokio::io::duplex(1024);
-        let shutdown = CancellationToken::new();
-        let serving = tokio::spawn(async move {
-            serve(node, body, Some(echo_uplink()), PATIENCE, &shutdown).await
-        });
+        let Served {
+            mut lines,
+            mut reader,
+            serving,
+            ..
+        } = served(1024, Some(echo_uplink()));
         // Split mid-line, and two lines in one read: each answered, in order.
         reader.write_all(b"{\"a\"").await.unwrap();
         reader.write_all(b":1}\n{\"b\":2}\n").await.unwrap();
@@ -267,43 +290,29 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_line_too_long_or_left_half_sent_ends_the_connection() {
-        let (_lines, body) = queue();
-        let (node, mut reader) = tokio::io::duplex(1024);
-        let shutdown = CancellationToken::new();
-        let serving = tokio::spawn(async move {
-            serve(node, body, Some(echo_uplink()), PATIENCE, &shutdown).await
-        });
-        reader.write_all(&[b'x'; 65]).await.unwrap();
-        assert_eq!(serving.await.unwrap(), Ended::RequestTooLong);
+        let mut long = served(1024, Some(echo_uplink()));
+        long.reader.write_all(&[b'x'; 65]).await.unwrap();
+        assert_eq!(long.serving.await.unwrap(), Ended::RequestTooLong);
 
         // A whole line, then half of the next: the half still has to arrive in time.
-        let (_lines, body) = queue();
-        let (node, mut reader) = tokio::io::duplex(1024);
-        let shutdown = CancellationToken::new();
-        let serving = tokio::spawn(async move {
-            serve(node, body, Some(echo_uplink()), PATIENCE, &shutdown).await
-        });
-        reader.write_all(b"{}\n{\"half").await.unwrap();
+        let mut half = served(1024, Some(echo_uplink()));
+        half.reader.write_all(b"{}\n{\"half").await.unwrap();
         let mut answer = vec![0u8; 10];
-        reader.read_exact(&mut answer).await.unwrap();
+        half.reader.read_exact(&mut answer).await.unwrap();
         assert_eq!(answer, b"answer:{}\n");
-        assert_eq!(serving.await.unwrap(), Ended::RequestStalled);
+        assert_eq!(half.serving.await.unwrap(), Ended::RequestStalled);
     }
-
-    /// The tests' patience with a stalled write.
-    const PATIENCE: Duration = Duration::from_millis(100);
 
     #[tokio::test]
     async fn a_reader_that_stops_reading_is_given_up_after_the_patience() {
-        let (mut lines, body) = queue();
-        // Room for less than one line: the write cannot finish until someone reads.
-        let (node, _reader) = tokio::io::duplex(4);
-        let shutdown = CancellationToken::new();
         let started = tokio::time::Instant::now();
-        let serving =
-            tokio::spawn(async move { serve(node, body, None, PATIENCE, &shutdown).await });
-        lines.try_send(Bytes::from_static(b"{\"a\":1}\n")).unwrap();
-        assert_eq!(serving.await.unwrap(), Ended::WriteStalled);
+        // Room for less than one line: the write cannot finish until someone reads.
+        let mut stalled = served(4, None);
+        stalled
+            .lines
+            .try_send(Bytes::from_static(b"{\"a\":1}\n"))
+            .unwrap();
+        assert_eq!(stalled.serving.await.unwrap(), Ended::WriteStalled);
         assert!(started.elapsed() >= PATIENCE);
     }
 }
