@@ -117,7 +117,7 @@ impl Bench {
 pub fn table(rows: &[RateRow], rate: u32) -> String {
     let mut out = format!(
         "\nat a fixed {rate} req/s (oha, latency from each request's due time):\n\
-         {:<15} {:<5} {:>9} {:>8} {:>9} {:>9} {:>11} {:>11} {:>10}\n",
+         {:<18} {:<5} {:>9} {:>8} {:>9} {:>9} {:>11} {:>11} {:>10}\n",
         "path", "proto", "req/s", "ok", "p50 ms", "p99 ms", "+p50 ms", "+p99 ms", "RSS peak"
     );
     for row in rows {
@@ -129,7 +129,7 @@ pub fn table(rows: &[RateRow], rate: u32) -> String {
             _ => "-".to_string(),
         };
         out.push_str(&format!(
-            "{:<15} {:<5} {:>9.0} {:>7.2}% {:>9.2} {:>9.2} {:>11} {:>11} {:>10}\n",
+            "{:<18} {:<5} {:>9.0} {:>7.2}% {:>9.2} {:>9.2} {:>11} {:>11} {:>10}\n",
             row.setup.name(),
             row.protocol.name(),
             row.requests_per_second,

@@ -1,7 +1,8 @@
 //! haproxy's configs as the bench runs it: one reverse proxy, or two chained like the two
 //! agents of the mesh (the edge takes the load generator's plaintext, the inner one forwards to
-//! the backend) with HTTP/2 between them in plaintext or over mutual TLS 1.3. Text only; the
-//! setup starts the processes.
+//! the backend) with HTTP/2 between them in plaintext or over mutual TLS 1.3, or HTTP/1.1 over
+//! mutual TLS 1.3 (kept-alive connections reused across clients). Text only; the setup starts
+//! the processes.
 
 use std::net::SocketAddr;
 
@@ -16,9 +17,29 @@ const CONNECT_TIMEOUT: &str = "5s";
 pub enum Hop<'c> {
     /// HTTP/2 in plaintext.
     Plain,
-    /// HTTP/2 over TLS 1.3, each side presenting its certificate and requiring one of the
-    /// other (`verify required`), as between two agents.
-    MutualTls(&'c HaproxyFiles),
+    /// TLS 1.3, each side presenting its certificate and requiring one of the other
+    /// (`verify required`), as between two agents, speaking `Between` inside.
+    MutualTls(&'c HaproxyFiles, Between),
+}
+
+/// The protocol inside a chain's TLS hop, agreed by ALPN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Between {
+    /// HTTP/2: every client's requests multiplexed on one connection, as the agents do.
+    Http2,
+    /// HTTP/1.1: one request at a time per connection, idle ones reused by any client
+    /// (`http-reuse always`).
+    Http1,
+}
+
+impl Between {
+    /// The ALPN protocol both sides offer.
+    fn alpn(self) -> &'static str {
+        match self {
+            Between::Http2 => "h2",
+            Between::Http1 => "http/1.1",
+        }
+    }
 }
 
 /// The settings every haproxy of the bench shares: one thread, keep-alive to clients and
@@ -69,10 +90,11 @@ pub fn single(http1: SocketAddr, http2: SocketAddr, backend: SocketAddr) -> Stri
 pub fn edge(http1: SocketAddr, http2: SocketAddr, inner: SocketAddr, hop: Hop<'_>) -> String {
     let server = match hop {
         Hop::Plain => format!("{inner} proto h2"),
-        Hop::MutualTls(files) => format!(
-            "{inner} ssl verify required ca-file {} crt {} alpn h2",
+        Hop::MutualTls(files, between) => format!(
+            "{inner} ssl verify required ca-file {} crt {} alpn {}",
             files.roots.display(),
-            files.edge.display()
+            files.edge.display(),
+            between.alpn()
         ),
     };
     common("the edge haproxy of a chain of two") + &frontend(http1, http2, &server)
@@ -83,10 +105,11 @@ pub fn edge(http1: SocketAddr, http2: SocketAddr, inner: SocketAddr, hop: Hop<'_
 pub fn inner(listen: SocketAddr, backend: SocketAddr, hop: Hop<'_>) -> String {
     let bind = match hop {
         Hop::Plain => format!("{listen} proto h2"),
-        Hop::MutualTls(files) => format!(
-            "{listen} ssl verify required ca-file {} crt {} alpn h2",
+        Hop::MutualTls(files, between) => format!(
+            "{listen} ssl verify required ca-file {} crt {} alpn {}",
             files.roots.display(),
-            files.inner.display()
+            files.inner.display(),
+            between.alpn()
         ),
     };
     common("the inner haproxy of a chain of two")
@@ -118,16 +141,28 @@ mod tests {
         let address = |port| SocketAddr::from(([127, 0, 0, 1], port));
         let (http1, http2, between, backend) = (address(1), address(2), address(3), address(4));
 
-        let edge_tls = edge(http1, http2, between, Hop::MutualTls(&files));
+        let tls = Hop::MutualTls(&files, Between::Http2);
+        let edge_tls = edge(http1, http2, between, tls);
         assert!(edge_tls.contains(
             "server next 127.0.0.1:3 ssl verify required ca-file /b/ca.pem crt /b/edge.pem alpn h2"
         ));
-        let inner_tls = inner(between, backend, Hop::MutualTls(&files));
+        let inner_tls = inner(between, backend, tls);
         assert!(inner_tls.contains(
             "bind 127.0.0.1:3 ssl verify required ca-file /b/ca.pem crt /b/inner.pem alpn h2"
         ));
         assert!(inner_tls.contains("server backend 127.0.0.1:4"));
-        for config in [&edge_tls, &inner_tls] {
+        let tls_http1 = Hop::MutualTls(&files, Between::Http1);
+        let edge_http1 = edge(http1, http2, between, tls_http1);
+        let inner_http1 = inner(between, backend, tls_http1);
+        assert!(
+            edge_http1.contains("crt /b/edge.pem alpn http/1.1\n"),
+            "{edge_http1}"
+        );
+        assert!(
+            inner_http1.contains("crt /b/inner.pem alpn http/1.1\n"),
+            "{inner_http1}"
+        );
+        for config in [&edge_tls, &inner_tls, &edge_http1, &inner_http1] {
             assert!(config.contains("ssl-min-ver TLSv1.3"), "{config}");
         }
 

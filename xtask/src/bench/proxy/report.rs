@@ -85,7 +85,7 @@ impl Bench {
         let mib = |kib: u64| format!("{:.1} MiB", kib as f64 / 1024.0);
         let dash = || "-".to_string();
         out.push_str(&format!(
-            "{:<15} {:<5} {:>9} {:>9} {:>9} {:>7} {:>9} {:>10} {:>10} {:>10}\n",
+            "{:<18} {:<5} {:>9} {:>9} {:>9} {:>7} {:>9} {:>10} {:>10} {:>10}\n",
             "path",
             "proto",
             "req/s",
@@ -100,7 +100,7 @@ impl Bench {
         for row in rows {
             let cost = row.proxy.as_ref();
             out.push_str(&format!(
-                "{:<15} {:<5} {:>9.0} {:>9.2} {:>9.2} {:>7} {:>9} {:>10} {:>10} {:>10}\n",
+                "{:<18} {:<5} {:>9.0} {:>9.2} {:>9.2} {:>7} {:>9} {:>10} {:>10} {:>10}\n",
                 row.setup.name(),
                 row.protocol.name(),
                 row.load.requests_per_second,
@@ -126,12 +126,16 @@ impl Bench {
                 Setup::HaproxyChainTls,
                 &rows.iter().filter(|r| r.setup == Setup::Mesh).collect(),
             ),
+            (
+                Setup::HaproxyChainTlsHttp1,
+                &rows.iter().filter(|r| r.setup == Setup::Mesh).collect(),
+            ),
         ];
         let times = |r: f64| format!("{r:.2}x");
         for (peer, compared) in comparisons {
             out.push_str(&format!(
                 "\nvs {} (same protocol; req/s and req/CPU-s: higher is better, p99 and RSS: \
-                 lower)\n{:<15} {:<5} {:>9} {:>9} {:>10} {:>10}\n",
+                 lower)\n{:<18} {:<5} {:>9} {:>9} {:>10} {:>10}\n",
                 peer.name(),
                 "path",
                 "proto",
@@ -143,7 +147,7 @@ impl Bench {
             for row in compared.iter() {
                 if let Some(r) = versus(row, rows, peer) {
                     out.push_str(&format!(
-                        "{:<15} {:<5} {:>9} {:>9} {:>10} {:>10}\n",
+                        "{:<18} {:<5} {:>9} {:>9} {:>10} {:>10}\n",
                         row.setup.name(),
                         row.protocol.name(),
                         times(r.requests_per_second),
@@ -159,7 +163,7 @@ impl Bench {
              kind, one after another,\nfrom a client in this process (rustls on ring, TLS 1.3, \
              client certificate); each includes the TCP connect and the\nserver's first HTTP/2 \
              bytes; the client is this xtask build ({client_build}), so only the server column \
-             compares\nthe proxies. Microseconds per connection:\n{:<15} {:<8} {:>9} {:>9} {:>11} {:>11}\n",
+             compares\nthe proxies. Microseconds per connection:\n{:<18} {:<8} {:>9} {:>9} {:>11} {:>11}\n",
             "path",
             "kind",
             "resumed",
@@ -170,7 +174,7 @@ impl Bench {
         ));
         for cost in handshakes {
             out.push_str(&format!(
-                "{:<15} {:<8} {:>9} {:>9.0} {:>11.0} {:>11.0}\n",
+                "{:<18} {:<8} {:>9} {:>9.0} {:>11.0} {:>11.0}\n",
                 cost.setup.name(),
                 cost.kind.name(),
                 format!("{}/{}", cost.resumed, cost.connections),
@@ -184,7 +188,7 @@ impl Bench {
          backend):\n",
         );
         for setup in Setup::ALL {
-            out.push_str(&format!("  {:<15} {}\n", setup.name(), setup.path()));
+            out.push_str(&format!("  {:<18} {}\n", setup.name(), setup.path()));
         }
         out.push_str(
             "proxy CPU: user+system seconds of every proxy process during the measured run \
@@ -231,6 +235,7 @@ impl Bench {
                     "backendCpuSeconds": rounded(row.backend_cpu_seconds, SECONDS_DECIMALS),
                     "vsHaproxy": ratios(Setup::Haproxy),
                     "vsHaproxyChainTls": ratios(Setup::HaproxyChainTls),
+                    "vsHaproxyChainTlsHttp1": ratios(Setup::HaproxyChainTlsHttp1),
                 })
             })
             .collect();
