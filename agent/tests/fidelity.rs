@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use hyphae_integration::http::{Answer, Client, http1_client, http2_client, send};
+use hyphae_integration::http::{Answer, Client, get, http1_client, http2_client, send};
 use hyphae_integration::mesh::{self, MeshPath};
 use hyphae_integration::{DEADLINE, Process};
 
@@ -274,4 +274,90 @@ async fn a_request_with_two_host_headers_is_refused_400_as_hypercorn_does() {
     let direct = raw_status_line(SocketAddr::from(([127, 0, 0, 1], port)), two_hosts).await;
     assert!(direct.starts_with("HTTP/1.1 400"), "hypercorn: {direct}");
     refused_400_on_both_paths(port, two_hosts).await;
+}
+
+/// An HTTP/1.1 instance, on a port of its own, that answers every request with a chunked body
+/// and a `Content-Length` that disagrees with it (RFC 9112 §6.3: `Transfer-Encoding` wins, and
+/// an intermediary must drop the length before forwarding). Keeps each connection open.
+async fn chunked_and_length_instance() -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the instance");
+    let port = listener.local_addr().expect("its address").port();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut read = Vec::new();
+                let mut buffer = [0_u8; 4096];
+                while let Ok(n) = stream.read(&mut buffer).await {
+                    if n == 0 {
+                        return;
+                    }
+                    read.extend_from_slice(&buffer[..n]);
+                    while let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+                        read.drain(..end + 4);
+                        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\
+                                       Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+                        if stream.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_with_both_a_chunked_body_and_a_length_arrives_whole_without_the_length() {
+    let port = chunked_and_length_instance().await;
+    let direct = get(&http1_client(), &format!("http://127.0.0.1:{port}/")).await;
+    assert_eq!(direct.text(), "hello", "hyper's client reads the chunks");
+    for path in both_paths(port, "http", "") {
+        for (client, protocol) in [(http1_client(), "HTTP/1.1"), (http2_client(), "HTTP/2")] {
+            // Twice on one connection: a body cut at the stale length would leave the rest of
+            // it in front of the second answer.
+            for attempt in 1..=2 {
+                let answer = get(&client, &format!("http://{}/", path.entry)).await;
+                let what = format!("{} over {protocol}, request {attempt}", path.name);
+                assert_eq!(answer.status.as_u16(), 200, "{what}: {answer:?}");
+                assert_eq!(answer.text(), "hello", "{what}");
+                assert_ne!(answer.header("content-length"), Some("3"), "{what}");
+            }
+        }
+    }
+}
+
+/// Writes `raw` to `address` and reads everything until the agent closes the connection.
+async fn raw_exchange(address: SocketAddr, raw: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect to the agent");
+    stream.write_all(raw).await.expect("write the request");
+    let mut answer = Vec::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut answer))
+        .await
+        .unwrap_or_else(|_| panic!("the agent kept the connection of {raw:?} open"))
+        .expect("read the answer");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_both_a_chunked_body_and_a_length_reaches_the_instance_by_its_chunks() {
+    let (_server, port) = hypercorn(None);
+    // The length says 3 bytes; the chunks carry 5. Forwarded by the length, the last two
+    // would be read by the instance as the start of the next request on the pooled connection.
+    let both = b"POST /both HTTP/1.1\r\nHost: app\r\nContent-Length: 3\r\n\
+                 Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    for path in both_paths(port, "http", "") {
+        let answer = raw_exchange(path.entry, both).await;
+        let refused = answer.starts_with("HTTP/1.1 400");
+        let by_chunks = answer.starts_with("HTTP/1.1 200") && answer.ends_with("POST /both 5");
+        assert!(refused || by_chunks, "{}: {answer}", path.name);
+        let after = get(&http1_client(), &format!("http://{}/after", path.entry)).await;
+        assert_eq!(after.text(), "GET /after 0", "{}", path.name);
+    }
 }

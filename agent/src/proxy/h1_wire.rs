@@ -275,8 +275,13 @@ pub fn parse_answer_head(
             answer.extensions_mut().insert(phrase);
         }
         *answer.headers_mut() = headers;
-        let (parts, ()) = answer.into_parts();
+        let (mut parts, ()) = answer.into_parts();
         let framing = answer_framing(&parts, method, has_transfer_encoding, has_length)?;
+        // `Transfer-Encoding` decides the framing; a length beside it is stale and must not
+        // be forwarded (RFC 9112 §6.3), or the caller would cut the body at it.
+        if has_transfer_encoding && has_length {
+            parts.headers.remove(CONTENT_LENGTH);
+        }
         // Read until close, or framed two ways (RFC 9112 §6.3: the connection must close).
         if framing == AnswerFraming::UntilClose || (framing == AnswerFraming::Chunked && has_length)
         {
@@ -546,6 +551,22 @@ mod tests {
 
     fn head(bytes: &str, method: Method) -> Result<Option<AnswerHead>, WireError> {
         parse_answer_head(&mut BytesMut::from(bytes), &method, 1024)
+    }
+
+    #[test]
+    fn a_length_beside_transfer_encoding_is_dropped_and_the_connection_closes_after() {
+        let answer = head(
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n",
+            Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(answer.framing, AnswerFraming::Chunked);
+        assert!(!answer.parts.headers.contains_key(CONTENT_LENGTH));
+        assert_eq!(answer.parts.headers["x-a"], "1");
+        assert!(!answer.keep_alive);
+        let alone = head("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", Method::GET);
+        assert_eq!(alone.unwrap().unwrap().parts.headers[CONTENT_LENGTH], "3");
     }
 
     #[test]
