@@ -39,7 +39,7 @@ pub fn load(path: &Path) -> Result<(AgentConfig, Vec<Diagnostic>), Vec<Diagnosti
     let mut policies = Vec::new();
     for object in report.objects {
         match object.policy {
-            Policy::AgentConfig(config) => agent_configs.push((config, object.file, object.tree)),
+            Policy::AgentConfig(config) => agent_configs.push((*config, object.file, object.tree)),
             other => policies.push(other),
         }
     }

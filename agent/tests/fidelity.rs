@@ -361,3 +361,76 @@ async fn a_request_with_both_a_chunked_body_and_a_length_reaches_the_instance_by
         assert_eq!(after.text(), "GET /after 0", "{}", path.name);
     }
 }
+
+/// An HTTP/1.1 instance that answers every request `413` with `Connection: close` as soon as
+/// its head arrives, then reads and drops the upload until the caller stops sending.
+async fn early_413_instance() -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the instance");
+    let port = listener.local_addr().expect("its address").port();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut read = Vec::new();
+                let mut buffer = vec![0_u8; 64 * 1024];
+                while !read.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => read.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let answer = b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 9\r\n\
+                               Connection: close\r\n\r\ntoo large";
+                if stream.write_all(answer).await.is_err() {
+                    return;
+                }
+                let _ = stream.shutdown().await;
+                while let Ok(n) = stream.read(&mut buffer).await {
+                    if n == 0 {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_still_uploading_after_an_early_answer_reads_it_instead_of_a_reset() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const UPLOAD: usize = 8 * 1024 * 1024;
+    let port = early_413_instance().await;
+    for path in both_paths(port, "http", "") {
+        // As curl does: the whole upload is written first, and a failed write ends the
+        // attempt before the answer is read.
+        let mut stream = tokio::net::TcpStream::connect(path.entry)
+            .await
+            .expect("connect to the agent");
+        let head =
+            format!("POST /upload HTTP/1.1\r\nHost: app\r\nContent-Length: {UPLOAD}\r\n\r\n");
+        stream.write_all(head.as_bytes()).await.expect("head");
+        let piece = vec![b'x'; 64 * 1024];
+        let upload = async {
+            for _ in 0..UPLOAD / piece.len() {
+                stream.write_all(&piece).await?;
+            }
+            let mut answer = Vec::new();
+            stream.read_to_end(&mut answer).await?;
+            Ok::<_, std::io::Error>(answer)
+        };
+        let answer = tokio::time::timeout(DEADLINE, upload)
+            .await
+            .unwrap_or_else(|_| panic!("{}: the upload stalled", path.name))
+            .unwrap_or_else(|e| panic!("{}: the upload was reset: {e}", path.name));
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 413"),
+            "{}: {answer}",
+            path.name
+        );
+        assert!(answer.ends_with("too large"), "{}: {answer}", path.name);
+    }
+}

@@ -250,6 +250,12 @@ pub struct AgentLimits {
     pub header_read_timeout: Duration,
     /// Longest SIGTERM waits for in-flight calls. Default `30s`.
     pub drain_timeout: Duration,
+    /// After the agent closes an HTTP/1.1 client's connection while the client may still be
+    /// sending (an answer given before the request's body was read whole), how long it goes
+    /// on reading and dropping what arrives, so the client reads the answer instead of a
+    /// reset that destroys it (RFC 9112 §9.6; nginx's `lingering_close`). The connection
+    /// still counts toward `maxConnections` meanwhile. `0s` closes at once. Default `5s`.
+    pub lingering_close_timeout: Duration,
     /// Least time between two writes of the control plane's state to the data directory (each
     /// one fsyncs): a burst of changes is written as its latest state once this has passed
     /// since the previous write, and the latest state is always written before the agent
@@ -270,6 +276,7 @@ impl Default for AgentLimits {
             upstream_connection_idle_timeout: Duration::from_secs(60),
             header_read_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
+            lingering_close_timeout: Duration::from_secs(5),
             snapshot_save_interval: Duration::from_secs(1),
         }
     }

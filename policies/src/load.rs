@@ -476,7 +476,7 @@ fn read_document(document: &Node) -> Reading {
         Kind::Route => decode(document, Policy::Route),
         Kind::AccessPolicy => decode(document, Policy::AccessPolicy),
         Kind::ExternalService => decode(document, Policy::ExternalService),
-        Kind::AgentConfig => decode(document, Policy::AgentConfig),
+        Kind::AgentConfig => decode(document, |o| Policy::AgentConfig(Box::new(o))),
         Kind::ControlPlaneConfig => decode(document, Policy::ControlPlaneConfig),
     }
 }

@@ -49,7 +49,8 @@ pub enum Policy {
     /// A destination outside the mesh that policies also apply to.
     ExternalService(Object<ExternalServiceSpec>),
     /// An agent's own local configuration file.
-    AgentConfig(Object<AgentConfigSpec>),
+    // Boxed: by far the largest kind and one per agent, so the others need not be as large.
+    AgentConfig(Box<Object<AgentConfigSpec>>),
     /// A control-plane node's own local configuration file.
     ControlPlaneConfig(Object<ControlPlaneConfigSpec>),
 }

@@ -23,6 +23,7 @@ use super::headers::{UPGRADE_PATH, UPGRADE_PROTOCOL, has_token, strip_hop_by_hop
 use super::{Proxy, call, error_response, pipe, stream, without_body_for_head};
 use crate::body::{self, Body};
 use crate::error::ProxyError;
+use crate::lingering_close::lingering;
 use crate::model::Snapshot;
 
 /// Where an outbound listener sends its calls.
@@ -63,8 +64,9 @@ pub async fn serve(
     }
 }
 
-/// Serves an HTTP/1.1 connection (upgrades included). Each request's future is held inline:
-/// hyper keeps it in one place per connection, so boxing it would only add an allocation.
+/// Serves an HTTP/1.1 connection (upgrades included), then closes it in stages
+/// (`lingering_close`). Each request's future is held inline: hyper keeps it in one place per
+/// connection, so boxing it would only add an allocation.
 async fn serve_http1(
     proxy: Arc<Proxy>,
     target: Target,
@@ -73,13 +75,22 @@ async fn serve_http1(
 ) -> Result<(), hyper::Error> {
     let limits = proxy.snapshot.load().limits.clone();
     let service = service_fn(move |request| answer_owned(&proxy, &target, request));
+    let (stream, lingering) = lingering(stream);
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout.get())
         .max_buf_size((limits.max_header_bytes as usize).max(super::MIN_HTTP1_BUFFER))
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
-    crate::listener::serve_until_shutdown(connection, shutdown, |c| c.graceful_shutdown()).await
+    let served =
+        crate::listener::serve_until_shutdown(connection, shutdown, |c| c.graceful_shutdown())
+            .await;
+    // hyper has let go of the socket (unless upgraded): close it without a reset that would
+    // destroy the last answer for a client still sending.
+    lingering
+        .close(limits.lingering_close_timeout.get(), shutdown)
+        .await;
+    served
 }
 
 /// Serves an HTTP/2 connection (prior knowledge). Each request's future is boxed: hyper spawns
