@@ -667,6 +667,7 @@ async fn http1_smuggling_shapes_and_malformed_heads_get_a_400_and_reach_no_insta
         ),
         ("an over-long request line", long_target.into_bytes()),
         ("too many headers", many_headers.into_bytes()),
+        ("HTTP/1.1 without Host", b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n".to_vec()),
     ];
     let mut wrong = Vec::new();
     for (name, raw) in cases {

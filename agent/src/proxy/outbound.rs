@@ -157,18 +157,8 @@ async fn serve_tcp(proxy: &Proxy, service: &str, stream: TcpStream, peer: Socket
 
 /// The answer to one request from a local app.
 async fn answer(proxy: &Proxy, target: &Target, request: Request<Incoming>) -> Response<Body> {
-    // RFC 9112 §3.2: a request with more than one Host is invalid; routing by either would
-    // let two hops disagree on where it goes.
-    if request
-        .headers()
-        .get_all(http::header::HOST)
-        .iter()
-        .nth(1)
-        .is_some()
-    {
-        return error_response(&ProxyError::BadRequest(
-            "the request has more than one Host header".into(),
-        ));
+    if let Some(reason) = malformed(&request) {
+        return error_response(&ProxyError::BadRequest(reason.into()));
     }
     // Tunnels and upgrades are boxed: their futures are large and rare, and every request's
     // future (moved as hyper stores or spawns it) would otherwise be as large.
@@ -200,6 +190,24 @@ async fn answer(proxy: &Proxy, target: &Target, request: Request<Incoming>) -> R
         }
     };
     call::call(proxy, service, request).await
+}
+
+/// Why a request must be refused before it is routed, when it must: the caller's bad request.
+/// Each rule keeps two hops from reading one request two ways.
+fn malformed<B>(request: &Request<B>) -> Option<&'static str> {
+    let mut hosts = request.headers().get_all(http::header::HOST).iter();
+    let host = hosts.next();
+    // RFC 9112 §3.2: a request with more than one Host is invalid; routing by either would
+    // let two hops disagree on where it goes.
+    if hosts.next().is_some() {
+        return Some("the request has more than one Host header");
+    }
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host must be refused; an instance behind the
+    // agent would otherwise get one the caller never sent (the service's name).
+    if host.is_none() && request.version() == http::Version::HTTP_11 {
+        return Some("the HTTP/1.1 request has no Host header");
+    }
+    None
 }
 
 /// The service a request is for.
