@@ -507,6 +507,30 @@ async fn settings_and_ping_floods_from_a_client_that_never_reads_stay_bounded() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authority_and_a_host_that_disagree_are_refused() {
+    // RFC 9113 §8.3.1: the two name different hosts; routing by one while the instance reads
+    // the other lets a caller reach one service while claiming another.
+    let backend = TestBackend::start("b").await;
+    let (_host, caller) = mesh(&backend, "");
+    let proxy = caller.http_proxy.expect("a proxy port");
+    for entry in [caller.upstream("svc"), proxy] {
+        let mut fields = request("GET", "/");
+        fields.push(("host", "elsewhere.example"));
+        let outcome = one_request(entry, &fields).await;
+        assert_eq!(outcome, Outcome::Status(400), "{entry}");
+        // Both the same: served.
+        let mut fields = request("GET", "/");
+        fields.push(("host", "svc"));
+        assert_eq!(
+            one_request(entry, &fields).await,
+            Outcome::Status(200),
+            "{entry}"
+        );
+    }
+    assert_eq!(backend.requests(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn window_updates_that_overflow_a_window_are_flow_control_errors() {
     let backend = TestBackend::start("b").await;
     let (_host, caller) = mesh(&backend, "");

@@ -207,6 +207,17 @@ fn malformed<B>(request: &Request<B>) -> Option<&'static str> {
     if host.is_none() && request.version() == http::Version::HTTP_11 {
         return Some("the HTTP/1.1 request has no Host header");
     }
+    // RFC 9113 §8.3.1: an HTTP/2 request whose Host names another authority than its
+    // `:authority` is malformed; a route matching on one while the instance is given the
+    // other would let a caller claim one host and reach another.
+    if let (Some(host), Some(authority), http::Version::HTTP_2) =
+        (host, request.uri().authority(), request.version())
+        && !host
+            .as_bytes()
+            .eq_ignore_ascii_case(authority.as_str().as_bytes())
+    {
+        return Some("the request's Host and :authority differ");
+    }
     None
 }
 
