@@ -614,6 +614,7 @@ async fn malformed_requests_are_refused_and_reach_no_instance() {
         ("an unknown pseudo-header", with(&[(":evil", "1")])),
         ("an empty :path", request("GET", "")),
         ("a :path without a slash", request("GET", "abc")),
+        ("a :path of * for GET", request("GET", "*")),
         ("CONNECT without :authority", vec![(":method", "CONNECT")]),
         ("a NUL in a value", with(&[("x-a", "a\0b")])),
         ("a CR LF in a value", with(&[("x-a", "a\r\nx-injected: 1")])),
@@ -691,6 +692,10 @@ async fn http1_smuggling_shapes_and_malformed_heads_get_a_400_and_reach_no_insta
         ),
         ("an over-long request line", long_target.into_bytes()),
         ("too many headers", many_headers.into_bytes()),
+        (
+            "the target * for GET",
+            b"GET * HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n".to_vec(),
+        ),
         ("HTTP/1.1 without Host", b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n".to_vec()),
     ];
     let mut wrong = Vec::new();

@@ -218,6 +218,11 @@ fn malformed<B>(request: &Request<B>) -> Option<&'static str> {
     {
         return Some("the request's Host and :authority differ");
     }
+    // RFC 9110 §7.1: the asterisk target is for OPTIONS only; any other method with it names
+    // no resource, and instances read it differently.
+    if request.uri().path() == "*" && request.method() != Method::OPTIONS {
+        return Some("only OPTIONS may have the target *");
+    }
     None
 }
 
