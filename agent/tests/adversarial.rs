@@ -633,6 +633,42 @@ async fn malformed_requests_are_refused_and_reach_no_instance() {
     still_serves(&caller).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_half_open_http2_connections_are_closed_within_the_header_read_timeout() {
+    // A client that sends the preface's first bytes, or the whole preface, or a request whose
+    // body never comes, and then nothing: each holds a connection (of `maxConnections` for every
+    // listener together) only for a bounded time.
+    let backend = TestBackend::start("b").await;
+    let (_host, caller) = mesh(&backend, "headerReadTimeout: 500ms");
+    let entry = caller.upstream("svc");
+    let started = tokio::time::Instant::now();
+    let mut partial = TcpStream::connect(entry).await.expect("connect");
+    partial
+        .write_all(b"PRI * HTTP/2.0\r\n")
+        .await
+        .expect("write");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(DEADLINE, partial.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "a half-sent preface held its connection");
+
+    let mut silent = RawH2::connect(entry).await;
+    assert!(
+        silent.closes().await,
+        "a connection with no request was kept"
+    );
+
+    let mut unfinished = RawH2::connect(entry).await;
+    unfinished
+        .frame(HEADERS, END_HEADERS, 1, &block(&request("POST", "/echo")))
+        .await;
+    assert!(
+        unfinished.closes().await,
+        "a body that never came was waited for"
+    );
+    assert!(started.elapsed() < DEADLINE);
+    still_serves(&caller).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // HTTP/1.1 on an upstream port and the HTTP proxy port.
 

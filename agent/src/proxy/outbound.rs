@@ -92,6 +92,10 @@ async fn serve_http2(
     shutdown: &CancellationToken,
 ) -> Result<(), hyper::Error> {
     let limits = proxy.snapshot.load().limits.clone();
+    if !detect::http2_preface(&stream, limits.header_read_timeout.get()).await {
+        tracing::debug!("HTTP/2 client did not send the connection preface in time; closing");
+        return Ok(());
+    }
     let service = service_fn(move |request| Box::pin(answer_owned(&proxy, &target, request)));
     let connection = super::http2_server(&limits).serve_connection(TokioIo::new(stream), service);
     crate::listener::serve_until_shutdown(connection, shutdown, |c| c.graceful_shutdown()).await
