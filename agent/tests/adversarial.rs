@@ -863,7 +863,9 @@ async fn the_admin_port_refuses_changes_and_does_not_read_a_huge_body() {
     let (_host, mut caller) = mesh(&backend, "");
     let before = resident_kib(&mut caller);
     for method in ["POST", "PUT", "DELETE", "PATCH"] {
-        let raw = format!("{method} /config HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{{}}");
+        let raw = format!(
+            "{method} /config HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+        );
         let answer = raw_http1(caller.admin, raw.as_bytes()).await;
         assert!(answer.starts_with("HTTP/1.1 405"), "{method}: {answer}");
     }
@@ -881,7 +883,8 @@ async fn the_admin_port_refuses_changes_and_does_not_read_a_huge_body() {
         }
     }
     let mut answer = Vec::new();
-    let _ = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut answer)).await;
+    let closed = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut answer)).await;
+    assert!(closed.is_ok(), "the agent waited for the rest of the body");
     assert!(
         answer.starts_with(b"HTTP/1.1 405"),
         "{}",
