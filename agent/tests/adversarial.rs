@@ -619,6 +619,18 @@ async fn malformed_requests_are_refused_and_reach_no_instance() {
         ("a NUL in a value", with(&[("x-a", "a\0b")])),
         ("a CR LF in a value", with(&[("x-a", "a\r\nx-injected: 1")])),
         ("a space in a name", with(&[("x a", "a")])),
+        ("an empty name", with(&[("", "a")])),
+        ("a :status in a request", with(&[(":status", "200")])),
+        ("a host that is no authority", with(&[("host", "a b")])),
+        (
+            "an :authority that is no authority",
+            vec![
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":path", "/"),
+                (":authority", "a b"),
+            ],
+        ),
     ];
     let mut wrong = Vec::new();
     for (name, fields) in cases {
@@ -728,6 +740,30 @@ async fn http1_smuggling_shapes_and_malformed_heads_get_a_400_and_reach_no_insta
         ),
         ("an over-long request line", long_target.into_bytes()),
         ("too many headers", many_headers.into_bytes()),
+        (
+            "Content-Length with a sign",
+            b"POST /echo HTTP/1.1\r\nHost: svc\r\nContent-Length: +5\r\n\r\nhello".to_vec(),
+        ),
+        (
+            "a negative Content-Length",
+            b"POST /echo HTTP/1.1\r\nHost: svc\r\nContent-Length: -1\r\n\r\nhello".to_vec(),
+        ),
+        (
+            "Transfer-Encoding: xchunked",
+            b"POST /echo HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: xchunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec(),
+        ),
+        (
+            "a header name with a trailing tab",
+            b"GET / HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding\t: chunked\r\n\r\n0\r\n\r\n".to_vec(),
+        ),
+        (
+            "a Host that is no authority",
+            b"GET / HTTP/1.1\r\nHost: a b\r\nConnection: close\r\n\r\n".to_vec(),
+        ),
+        (
+            "HTTP/1.1 with a version it is not",
+            b"GET / HTTP/1.2\r\nHost: svc\r\nConnection: close\r\n\r\n".to_vec(),
+        ),
         (
             "the target * for GET",
             b"GET * HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n".to_vec(),

@@ -211,6 +211,15 @@ fn malformed<B>(request: &Request<B>) -> Option<&'static str> {
     if host.is_none() && request.version() == http::Version::HTTP_11 {
         return Some("the HTTP/1.1 request has no Host header");
     }
+    // RFC 9112 §3.2: a Host that is no authority is refused as two Hosts are; the agent would
+    // route by the service alone while the caller meant something it cannot name. (An empty
+    // one is allowed: a target without a host sends it so.)
+    if let Some(host) = host
+        && !host.is_empty()
+        && http::uri::Authority::try_from(host.as_bytes()).is_err()
+    {
+        return Some("the request's Host is no host[:port]");
+    }
     // RFC 9113 §8.3.1: an HTTP/2 request whose Host names another authority than its
     // `:authority` is malformed; a route matching on one while the instance is given the
     // other would let a caller claim one host and reach another.
