@@ -73,6 +73,7 @@ const END_HEADERS: u8 = 0x4;
 const PROTOCOL_ERROR: u32 = 0x1;
 const FLOW_CONTROL_ERROR: u32 = 0x3;
 const REFUSED_STREAM: u32 = 0x7;
+const COMPRESSION_ERROR: u32 = 0x9;
 const CANCEL: u32 = 0x8;
 const ENHANCE_YOUR_CALM: u32 = 0xb;
 
@@ -569,6 +570,44 @@ async fn data_beyond_the_declared_content_length_resets_the_stream() {
         "{:?}",
         h2.seen
     );
+    still_serves(&caller).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_short_of_the_declared_content_length_resets_the_stream() {
+    let backend = TestBackend::start("b").await;
+    let (_host, caller) = mesh(&backend, "");
+    let mut h2 = RawH2::connect(caller.upstream("svc")).await;
+    let mut fields = request("POST", "/echo");
+    fields.push(("content-length", "50"));
+    h2.frame(HEADERS, END_HEADERS, 1, &block(&fields)).await;
+    h2.frame(DATA, END_STREAM, 1, b"hello").await;
+    let outcome = h2.outcome(1).await;
+    assert_eq!(outcome, Outcome::Reset(PROTOCOL_ERROR), "{:?}", h2.seen);
+    still_serves(&caller).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_block_hpack_cannot_decode_ends_the_connection() {
+    // An indexed field beyond both tables, and a dynamic table size update above the limit
+    // the agent announced: connection errors (h2 says COMPRESSION_ERROR or PROTOCOL_ERROR),
+    // not a panic.
+    let backend = TestBackend::start("b").await;
+    let (_host, caller) = mesh(&backend, "");
+    for garbage in [
+        &[0xffu8, 0xff, 0xff, 0x7f][..],
+        &[0x3f, 0xff, 0xff, 0xff, 0x0f],
+    ] {
+        let mut h2 = RawH2::connect(caller.upstream("svc")).await;
+        h2.frame(HEADERS, END_HEADERS | END_STREAM, 1, garbage)
+            .await;
+        let code = h2.goaway().await;
+        assert!(
+            matches!(code, Some(PROTOCOL_ERROR | COMPRESSION_ERROR)),
+            "{garbage:x?}: {code:?}"
+        );
+    }
+    assert_eq!(backend.requests(), 0);
     still_serves(&caller).await;
 }
 
