@@ -541,6 +541,9 @@ async fn an_authority_and_a_host_that_disagree_are_refused() {
             "{entry}"
         );
     }
+    // On the proxy port a request that names no host at all names no service.
+    let nameless = [(":method", "GET"), (":scheme", "http"), (":path", "/")];
+    assert_eq!(one_request(proxy, &nameless).await, Outcome::Status(400));
     assert_eq!(backend.requests(), 2);
 }
 
