@@ -83,13 +83,18 @@ impl Proxy {
 
 /// hyper's HTTP/2 server as the outbound and inbound ports run it, with the agent's limits on
 /// streams per connection, streams reset before they were accepted (rapid reset) and header
-/// sizes.
+/// sizes. A client that does not answer a PING within `headerReadTimeout`, sent after as long
+/// without a frame from it, is closed: hyper's HTTP/2 server has no header read timeout, and a
+/// client that goes silent would otherwise hold its connection for ever (decision 62).
 pub fn http2_server(
     limits: &hyphae_policies::AgentLimits,
 ) -> hyper::server::conn::http2::Builder<TokioExecutor> {
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    let silence = limits.header_read_timeout.get();
     builder
         .timer(TokioTimer::new())
+        .keep_alive_interval(silence)
+        .keep_alive_timeout(silence)
         .max_concurrent_streams(limits.max_concurrent_streams)
         .max_pending_accept_reset_streams(limits.max_pending_accept_reset_streams as usize)
         .max_header_list_size(limits.max_header_bytes);

@@ -1,6 +1,7 @@
 //! The agents' inbound port as an attacker and as a mesh peer meet it, with real processes and
-//! real TLS: it speaks only mutual TLS with a node certificate of the mesh's root (plaintext, a
-//! certificate from another root, an expired one all end at the handshake and reach no
+//! real TLS: it speaks only mutual TLS with a node certificate of the mesh's root (plaintext
+//! HTTP/2 and HTTP/1.1, no client certificate, a certificate from another root, an expired
+//! one all end at the handshake and reach no
 //! instance, loopback-only ones included); a caller refuses a peer that is not the node its
 //! endpoint names; and a service's `AccessPolicy` decides by caller, path and method, a refusal
 //! being a 403 `hyphae-error: denied` that the callee counts.
@@ -14,13 +15,14 @@ use hyphae_integration::agent::Agent;
 use hyphae_integration::backend::TestBackend;
 use hyphae_integration::binaries::workspace_binary;
 use hyphae_integration::command::succeeds;
-use hyphae_integration::eventually;
 use hyphae_integration::http::get;
 use hyphae_integration::http::http1_client;
 use hyphae_integration::mesh::upstream_port;
 use hyphae_integration::trust::shared_root;
+use hyphae_integration::{DEADLINE, eventually};
 use hyphae_policies::tls::files::CertificateFiles;
 use hyphae_policies::tls::{self, Credentials, ServerIdentity, Trust};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A host agent `name` in front of `backend` as service `web`, loopback only, guarded by an
 /// access policy that lets node `caller` GET under `/open` and nothing else.
@@ -152,6 +154,40 @@ async fn the_inbound_port_admits_only_mesh_certificates() {
         "plaintext reaches nothing"
     );
 
+    // Plaintext HTTP/1.1 with a destination header: no HTTP answer at all.
+    let mut plain = tokio::net::TcpStream::connect(host.inbound)
+        .await
+        .expect("connect");
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: web\r\nhyphae-destination: web\r\n\r\n")
+        .await
+        .expect("write");
+    let mut reply = Vec::new();
+    let closed = tokio::time::timeout(DEADLINE, plain.read_to_end(&mut reply)).await;
+    assert!(closed.is_ok(), "plaintext HTTP/1.1 held its connection");
+    assert!(
+        !reply.windows(5).any(|w| w == b"HTTP/"),
+        "plaintext HTTP/1.1 got an answer: {}",
+        String::from_utf8_lossy(&reply)
+    );
+
+    // TLS without a client certificate: the server's own is fine, the caller has none.
+    let trust = Trust::from_pem(&roots, None).expect("roots");
+    let config = tls::client_config(&trust, None, &tls::ALPN_H2).expect("a client");
+    let anonymous = tls::TlsConnector::new(
+        config,
+        ServerIdentity::AnyNode,
+        std::time::Duration::from_secs(10),
+    )
+    .open("127.0.0.1", host.inbound.port())
+    .await;
+    if let Ok(stream) = anonymous {
+        assert!(
+            !answered(TokioIo::new(stream)).await,
+            "a caller without a certificate reaches nothing"
+        );
+    }
+
     // A certificate from another root: refused at the handshake.
     let other = dir.path().join("other-ca");
     succeeds(
@@ -182,7 +218,7 @@ async fn the_inbound_port_admits_only_mesh_certificates() {
         "a mesh peer gets an answer"
     );
     let refused = host.metric("hyphae_inbound_tls_refused_total", "").await;
-    assert!(refused >= 3.0, "each refusal is counted: {refused}");
+    assert!(refused >= 5.0, "each refusal is counted: {refused}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -246,7 +246,9 @@ pub struct AgentLimits {
     /// call for this long, is closed: the extra connections a burst opened do not stay open
     /// for good. Default `60s`. Read at start.
     pub upstream_connection_idle_timeout: Duration,
-    /// Longest a client may take to send a request head. Default `10s`.
+    /// Longest a client may take to send a request head, an HTTP/2 client its connection
+    /// preface or its answer to the agent's PING after this long without a frame: a silent
+    /// client must not hold one of `maxConnections` for good. Default `10s`.
     pub header_read_timeout: Duration,
     /// Longest SIGTERM waits for in-flight calls. Default `30s`.
     pub drain_timeout: Duration,

@@ -60,6 +60,30 @@ pub async fn detect(stream: &TcpStream, timeout: Duration) -> Detected {
 /// Pause between peeks while a client trickles its first bytes.
 const PEEK_RETRY: Duration = Duration::from_millis(5);
 
+/// The HTTP/2 connection preface (RFC 9113 §3.4), which hyper's server waits for without a
+/// deadline of its own.
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Peeks at `stream` until the whole HTTP/2 preface has arrived: false when the client stops
+/// short of it or takes longer than `timeout`, so a client that sends its first bytes and
+/// nothing more cannot hold a connection (one of `limits.maxConnections`) for ever.
+pub async fn http2_preface(stream: &TcpStream, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buffer = [0u8; HTTP2_PREFACE.len()];
+    loop {
+        let peeked = tokio::time::timeout_at(deadline, stream.peek(&mut buffer)).await;
+        match peeked {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return false,
+            Ok(Ok(n)) if n == HTTP2_PREFACE.len() => return true,
+            Ok(Ok(_)) => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(PEEK_RETRY).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

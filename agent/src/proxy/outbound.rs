@@ -103,6 +103,10 @@ async fn serve_http2(
     shutdown: &CancellationToken,
 ) -> Result<(), hyper::Error> {
     let limits = proxy.snapshot.load().limits.clone();
+    if !detect::http2_preface(&stream, limits.header_read_timeout.get()).await {
+        tracing::debug!("HTTP/2 client did not send the connection preface in time; closing");
+        return Ok(());
+    }
     let service = service_fn(move |request| Box::pin(answer_owned(&proxy, &target, request)));
     let connection = super::http2_server(&limits).serve_connection(TokioIo::new(stream), service);
     crate::listener::serve_until_shutdown(connection, shutdown, |c| c.graceful_shutdown()).await
@@ -168,18 +172,8 @@ async fn serve_tcp(proxy: &Proxy, service: &str, stream: TcpStream, peer: Socket
 
 /// The answer to one request from a local app.
 async fn answer(proxy: &Proxy, target: &Target, request: Request<Incoming>) -> Response<Body> {
-    // RFC 9112 §3.2: a request with more than one Host is invalid; routing by either would
-    // let two hops disagree on where it goes.
-    if request
-        .headers()
-        .get_all(http::header::HOST)
-        .iter()
-        .nth(1)
-        .is_some()
-    {
-        return error_response(&ProxyError::BadRequest(
-            "the request has more than one Host header".into(),
-        ));
+    if let Some(reason) = malformed(&request) {
+        return error_response(&ProxyError::BadRequest(reason.into()));
     }
     // Tunnels and upgrades are boxed: their futures are large and rare, and every request's
     // future (moved as hyper stores or spawns it) would otherwise be as large.
@@ -211,6 +205,49 @@ async fn answer(proxy: &Proxy, target: &Target, request: Request<Incoming>) -> R
         }
     };
     call::call(proxy, service, request).await
+}
+
+/// Why a request must be refused before it is routed, when it must: the caller's bad request.
+/// Each rule keeps two hops from reading one request two ways.
+fn malformed<B>(request: &Request<B>) -> Option<&'static str> {
+    let mut hosts = request.headers().get_all(http::header::HOST).iter();
+    let host = hosts.next();
+    // RFC 9112 §3.2: a request with more than one Host is invalid; routing by either would
+    // let two hops disagree on where it goes.
+    if hosts.next().is_some() {
+        return Some("the request has more than one Host header");
+    }
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host must be refused; an instance behind the
+    // agent would otherwise get one the caller never sent (the service's name).
+    if host.is_none() && request.version() == http::Version::HTTP_11 {
+        return Some("the HTTP/1.1 request has no Host header");
+    }
+    // RFC 9112 §3.2: a Host that is no authority is refused as two Hosts are; the agent would
+    // route by the service alone while the caller meant something it cannot name. (An empty
+    // one is allowed: a target without a host sends it so.)
+    if let Some(host) = host
+        && !host.is_empty()
+        && http::uri::Authority::try_from(host.as_bytes()).is_err()
+    {
+        return Some("the request's Host is no host[:port]");
+    }
+    // RFC 9113 §8.3.1: an HTTP/2 request whose Host names another authority than its
+    // `:authority` is malformed; a route matching on one while the instance is given the
+    // other would let a caller claim one host and reach another.
+    if let (Some(host), Some(authority), http::Version::HTTP_2) =
+        (host, request.uri().authority(), request.version())
+        && !host
+            .as_bytes()
+            .eq_ignore_ascii_case(authority.as_str().as_bytes())
+    {
+        return Some("the request's Host and :authority differ");
+    }
+    // RFC 9110 §7.1: the asterisk target is for OPTIONS only; any other method with it names
+    // no resource, and instances read it differently.
+    if request.uri().path() == "*" && request.method() != Method::OPTIONS {
+        return Some("only OPTIONS may have the target *");
+    }
+    None
 }
 
 /// The service a request is for.
