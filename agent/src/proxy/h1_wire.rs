@@ -17,6 +17,10 @@ use super::headers::has_token;
 /// Header lines an instance's answer head (or its trailers) may hold, as hyper's client
 /// allowed; the head's bytes are bounded by `limits.maxHeaderBytes`.
 pub const MAX_ANSWER_HEADERS: usize = 100;
+/// Interim (1xx) answers taken before the final one. RFC 9110 §15.2 sets no limit, but a
+/// request rarely meets more than two (100 Continue, 103 Early Hints); an instance sending
+/// them without end must not keep a call waiting for ever.
+pub const MAX_INTERIM_ANSWERS: usize = 32;
 /// Longest chunk-size line of a chunked answer (the size and any extensions): no instance
 /// needs more, and a line without end must not grow a buffer.
 pub const MAX_CHUNK_LINE: usize = 4096;
@@ -39,6 +43,9 @@ pub enum WireError {
     /// A 101 to a request that asked for no upgrade.
     #[error("the instance switched protocols unasked")]
     UnaskedUpgrade,
+    /// More interim answers than [`MAX_INTERIM_ANSWERS`] before a final one.
+    #[error("the instance sent more than {0} interim (1xx) answers")]
+    TooManyInterim(usize),
 }
 
 /// How a request's body goes on the wire.
@@ -179,12 +186,14 @@ pub struct AnswerHead {
 }
 
 /// Reads an answer's head off the front of `buf`, skipping interim (1xx) answers as hyper's
-/// client did. `Ok(None)`: more bytes are needed. A head longer than `max_head` is an error,
-/// so an instance cannot make the buffer grow without bound.
+/// client did, counting them in `interim` (the caller keeps it across calls for one request)
+/// up to [`MAX_INTERIM_ANSWERS`]. `Ok(None)`: more bytes are needed. A head longer than
+/// `max_head` is an error, so an instance cannot make the buffer grow without bound.
 pub fn parse_answer_head(
     buf: &mut BytesMut,
     method: &Method,
     max_head: usize,
+    interim: &mut usize,
 ) -> Result<Option<AnswerHead>, WireError> {
     loop {
         if buf.is_empty() {
@@ -229,6 +238,10 @@ pub fn parse_answer_head(
         if status.is_informational() {
             if status == StatusCode::SWITCHING_PROTOCOLS {
                 return Err(WireError::UnaskedUpgrade);
+            }
+            *interim += 1;
+            if *interim > MAX_INTERIM_ANSWERS {
+                return Err(WireError::TooManyInterim(MAX_INTERIM_ANSWERS));
             }
             continue;
         }
@@ -550,7 +563,7 @@ mod tests {
     use super::*;
 
     fn head(bytes: &str, method: Method) -> Result<Option<AnswerHead>, WireError> {
-        parse_answer_head(&mut BytesMut::from(bytes), &method, 1024)
+        parse_answer_head(&mut BytesMut::from(bytes), &method, 1024, &mut 0)
     }
 
     #[test]
@@ -574,7 +587,7 @@ mod tests {
         let mut buf = BytesMut::from(
             "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 Fine\r\nContent-Length: 5\r\nX-A: 1\r\nX-A: 2\r\n\r\nhello",
         );
-        let answer = parse_answer_head(&mut buf, &Method::POST, 1024)
+        let answer = parse_answer_head(&mut buf, &Method::POST, 1024, &mut 0)
             .unwrap()
             .unwrap();
         assert_eq!(answer.parts.status, StatusCode::OK);
@@ -702,6 +715,27 @@ mod tests {
         }
         let mut endless = BytesMut::from(&[b'1'; MAX_CHUNK_LINE + 2][..]);
         assert!(ChunkedDecoder::new(1024).decode(&mut endless).is_err());
+    }
+
+    #[test]
+    fn interim_answers_are_skipped_up_to_a_bound_however_they_arrive() {
+        let interim = "HTTP/1.1 100 Continue\r\n\r\n";
+        let last = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        let allowed = format!("{}{last}", interim.repeat(MAX_INTERIM_ANSWERS));
+        let mut buf = BytesMut::from(allowed.as_str());
+        let answer = parse_answer_head(&mut buf, &Method::GET, 1024, &mut 0).unwrap();
+        assert_eq!(answer.unwrap().parts.status, StatusCode::OK);
+        // A flood, a few at a time as reads would bring them: the count is kept across calls.
+        let mut count = 0;
+        let mut buf = BytesMut::new();
+        let refused = (0..=MAX_INTERIM_ANSWERS).find_map(|_| {
+            buf.extend_from_slice(interim.as_bytes());
+            parse_answer_head(&mut buf, &Method::GET, 1024, &mut count).err()
+        });
+        assert!(
+            matches!(refused, Some(WireError::TooManyInterim(_))),
+            "{refused:?}"
+        );
     }
 
     #[test]
