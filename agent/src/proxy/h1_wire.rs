@@ -211,9 +211,11 @@ pub fn parse_answer_head(
             httparse::Status::Partial => return Ok(None),
             httparse::Status::Complete(length) => {
                 let start = buf.as_ptr() as usize;
-                let span = |part: &[u8]| {
-                    let from = part.as_ptr() as usize - start;
-                    (from, from + part.len())
+                // httparse gives an empty reason phrase or value as a slice of its own, not
+                // of `buf`: its place there is no place, and the empty span says the same.
+                let span = |part: &[u8]| match (part.as_ptr() as usize).checked_sub(start) {
+                    Some(from) if !part.is_empty() => (from, from + part.len()),
+                    _ => (0, 0),
                 };
                 let spans: smallvec::SmallVec<[(Span, Span); 16]> = answer
                     .headers
@@ -715,6 +717,80 @@ mod tests {
         }
         let mut endless = BytesMut::from(&[b'1'; MAX_CHUNK_LINE + 2][..]);
         assert!(ChunkedDecoder::new(1024).decode(&mut endless).is_err());
+    }
+
+    #[test]
+    fn answer_head_syntax_is_taken_or_refused_as_hyper_does() {
+        let many = |n: usize| (0..n).map(|i| format!("X-{i}: v\r\n")).collect::<String>();
+        // (head, the status it gives; `None`: refused)
+        let cases = [
+            (
+                "HTTP/1.1 200 OK\r\nX-A: 1\r\n 2\r\nContent-Length: 0\r\n\r\n".to_string(),
+                None,
+            ),
+            (
+                "HTTP/1.1 200 OK\nContent-Length: 0\n\n".to_string(),
+                Some(200),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nX-A: a\0b\r\nContent-Length: 0\r\n\r\n".to_string(),
+                None,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nX-A: a\rb\r\nContent-Length: 0\r\n\r\n".to_string(),
+                None,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nX-A : 1\r\nContent-Length: 0\r\n\r\n".to_string(),
+                None,
+            ),
+            (
+                format!("HTTP/1.1 200 OK\r\n{}\r\n", many(MAX_ANSWER_HEADERS)),
+                Some(200),
+            ),
+            (
+                format!("HTTP/1.1 200 OK\r\n{}\r\n", many(MAX_ANSWER_HEADERS + 1)),
+                None,
+            ),
+            ("HTTP/1.1 099 Low\r\n\r\n".to_string(), None),
+            (
+                "HTTP/1.1 600 High\r\nContent-Length: 0\r\n\r\n".to_string(),
+                Some(600),
+            ),
+            ("HTTP/1.1 1000 Long\r\n\r\n".to_string(), None),
+            ("HTTP/1.1 20 Short\r\n\r\n".to_string(), None),
+            // httparse gives an empty reason or value as a slice that is not of the buffer.
+            (
+                "HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n".to_string(),
+                Some(200),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nX-Empty:\r\nContent-Length: 0\r\n\r\n".to_string(),
+                Some(200),
+            ),
+            ("HTTP/2.0 200 OK\r\n\r\n".to_string(), None),
+            ("HTTP/0.9 200 OK\r\n\r\n".to_string(), None),
+            ("HTTP/1.2 200 OK\r\n\r\n".to_string(), None),
+            ("200 OK\r\n\r\n".to_string(), None),
+            (
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n".to_string(),
+                None,
+            ),
+            (
+                "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n"
+                    .to_string(),
+                Some(204),
+            ),
+        ];
+        for (text, expected) in cases {
+            let mut buf = BytesMut::from(text.as_str());
+            let got = parse_answer_head(&mut buf, &Method::GET, 16 * 1024, &mut 0);
+            let got = got.map(|answer| answer.map(|a| a.parts.status.as_u16()));
+            match expected {
+                Some(status) => assert_eq!(got.unwrap(), Some(status), "{text:?}"),
+                None => assert!(got.is_err(), "{text:?}: {got:?}"),
+            }
+        }
     }
 
     #[test]
