@@ -452,7 +452,7 @@ impl ChunkedDecoder {
         loop {
             match self.state {
                 ChunkState::Size => {
-                    let Some(end) = find_crlf(buf, MAX_CHUNK_LINE)? else {
+                    let Some(end) = find_line_end(buf, MAX_CHUNK_LINE)? else {
                         return Ok(None);
                     };
                     let size = chunk_size(&buf[..end])?;
@@ -478,11 +478,13 @@ impl ChunkedDecoder {
                     return Ok(Some(Chunk::Data(data)));
                 }
                 ChunkState::DataEnd => {
+                    // Refused at the first wrong byte, not after waiting for a second one
+                    // that an instance keeping its connection open may never send.
+                    if !b"\r\n".starts_with(&buf[..buf.len().min(2)]) {
+                        return Err(WireError::Invalid("chunk end"));
+                    }
                     if buf.len() < 2 {
                         return Ok(None);
-                    }
-                    if &buf[..2] != b"\r\n" {
-                        return Err(WireError::Invalid("chunk end"));
                     }
                     buf.advance(2);
                     self.state = ChunkState::Size;
@@ -506,35 +508,59 @@ impl ChunkedDecoder {
     }
 }
 
-/// Where the first CRLF in `buf` is; an error when none is within `max` bytes.
-fn find_crlf(buf: &[u8], max: usize) -> Result<Option<usize>, WireError> {
-    match buf.windows(2).position(|w| w == b"\r\n") {
-        Some(at) if at <= max => Ok(Some(at)),
-        None if buf.len() <= max => Ok(None),
-        _ => Err(WireError::Invalid("chunk-size line")),
+/// Where the line at the front of `buf` ends (the CR of its CRLF); an error when it is longer
+/// than `max` bytes or a line feed comes without its CR. A bare LF is refused at once, as
+/// hyper's decoder refuses it: waiting for a CRLF that never comes would hold the body open
+/// until the instance closes, and a peer reading bare LF as a line end would see other chunks.
+fn find_line_end(buf: &[u8], max: usize) -> Result<Option<usize>, WireError> {
+    let window = &buf[..buf.len().min(max + 2)];
+    match window.iter().position(|&b| b == b'\n') {
+        Some(at) if at > 0 && buf[at - 1] == b'\r' => Ok(Some(at - 1)),
+        Some(_) => Err(WireError::Invalid("chunk-size line end")),
+        None if buf.len() <= max + 1 => Ok(None),
+        None => Err(WireError::Invalid("chunk-size line")),
     }
 }
 
-/// Where the blank line ending a trailer section is; an error when none is within `max`.
+/// Where the blank line ending a trailer section is (the CRLF before it); an error when none
+/// is within `max`, or a line ends in a bare LF: that one would never be found, and the body
+/// would hang until the instance closed its connection.
 fn find_blank_line(buf: &[u8], max: usize) -> Result<Option<usize>, WireError> {
-    match buf.windows(4).position(|w| w == b"\r\n\r\n") {
-        Some(at) if at <= max => Ok(Some(at)),
-        None if buf.len() <= max => Ok(None),
-        _ => Err(WireError::HeadTooLarge(max)),
+    let window = &buf[..buf.len().min(max + 4)];
+    let mut at = 0;
+    while let Some(offset) = window[at..].iter().position(|&b| b == b'\n') {
+        let newline = at + offset;
+        if newline == 0 || window[newline - 1] != b'\r' {
+            return Err(WireError::Invalid("trailer line end"));
+        }
+        if window[newline + 1..].starts_with(b"\r\n") {
+            return Ok(Some(newline - 1));
+        }
+        at = newline + 1;
+    }
+    if buf.len() <= max + 3 {
+        Ok(None)
+    } else {
+        Err(WireError::HeadTooLarge(max))
     }
 }
 
-/// A chunk-size line's size: hex digits, then optional whitespace and extensions (ignored).
+/// A chunk-size line's size: hex digits, then optional whitespace and extensions (ignored,
+/// but holding no control bytes: a CR or NUL there is a broken or smuggling instance). Leading
+/// zeros do not count toward the 16 digits a `u64` holds, as in hyper's decoder.
 fn chunk_size(line: &[u8]) -> Result<u64, WireError> {
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    let significant = line[..digits].iter().skip_while(|&&b| b == b'0').count();
     let rest = &line[digits..];
-    let rest_ok = rest
+    let (space, extensions) = rest
         .iter()
         .position(|&b| b == b';')
-        .map_or(rest, |at| &rest[..at])
-        .iter()
-        .all(|&b| b == b' ' || b == b'\t');
-    if digits == 0 || digits > 16 || !rest_ok {
+        .map_or((rest, &[][..]), |at| rest.split_at(at));
+    let rest_ok = space.iter().all(|&b| b == b' ' || b == b'\t')
+        && extensions
+            .iter()
+            .all(|&b| b == b'\t' || !b.is_ascii_control());
+    if digits == 0 || significant > 16 || !rest_ok {
         return Err(WireError::Invalid("chunk size"));
     }
     let text =
@@ -812,6 +838,82 @@ mod tests {
             matches!(refused, Some(WireError::TooManyInterim(_))),
             "{refused:?}"
         );
+    }
+
+    /// A chunked body's bytes and trailers.
+    type Decoded = (Vec<u8>, Option<HeaderMap>);
+
+    /// Decodes `wire` as a whole chunked body with nothing more to come: its bytes and
+    /// trailers, an error, or `None` when the decoder still waits for more.
+    fn decode_all(wire: &[u8]) -> Option<Result<Decoded, WireError>> {
+        let mut decoder = ChunkedDecoder::new(1024);
+        let mut buf = BytesMut::from(wire);
+        let (mut body, mut trailers) = (Vec::new(), None);
+        loop {
+            match decoder.decode(&mut buf) {
+                Err(error) => return Some(Err(error)),
+                Ok(Some(Chunk::Data(data))) => body.extend_from_slice(&data),
+                Ok(Some(Chunk::Trailers(t))) => trailers = Some(t),
+                Ok(Some(Chunk::End)) => {}
+                Ok(None) if decoder.has_ended() => return Some(Ok((body, trailers))),
+                Ok(None) => return None,
+            }
+        }
+    }
+
+    #[test]
+    fn chunk_lines_are_read_as_hyper_reads_them_and_bad_ones_refused_at_once() {
+        let good: [&[u8]; 7] = [
+            b"5;name=value\r\nhello\r\n0\r\n\r\n",
+            b"5 ; a=\"b c\";d\r\nhello\r\n0\r\n\r\n",
+            b"5\t\r\nhello\r\n0;last\r\n\r\n",
+            b"A\r\nhellohello\r\n0\r\n\r\n",
+            b"a\r\nhellohello\r\n0\r\n\r\n",
+            // Leading zeros are no overflow.
+            b"000000000000000000000005\r\nhello\r\n0000\r\n\r\n",
+            b"0\r\n\r\n",
+        ];
+        for wire in good {
+            let decoded = decode_all(wire).map(|r| r.map(|(body, _)| body));
+            let text = String::from_utf8_lossy(wire);
+            assert!(
+                matches!(decoded, Some(Ok(ref b)) if !b.is_empty() || wire == b"0\r\n\r\n"),
+                "{text:?}: {decoded:?}"
+            );
+        }
+        let long_extension = format!("5;{}\r\nhello\r\n0\r\n\r\n", "a".repeat(MAX_CHUNK_LINE));
+        // Each refused with no more bytes to come: none may leave the body waiting.
+        let bad: [&[u8]; 16] = [
+            b"5\nhello\n0\n\n",
+            b"5;a\nb\r\nhello\r\n0\r\n\r\n",
+            b"5;a\rb\r\nhello\r\n0\r\n\r\n",
+            b"5;a\0b\r\nhello\r\n0\r\n\r\n",
+            b"5\r\r\nhello\r\n0\r\n\r\n",
+            b"10000000000000000\r\n",
+            b"FFFFFFFFFFFFFFFFF\r\n",
+            b"5\r\nhello\n0\r\n\r\n",
+            b"5\r\nhelloX",
+            b"5\r\nhello\rX",
+            b" 5\r\nhello\r\n0\r\n\r\n",
+            b"-5\r\n",
+            b"0x5\r\nhello\r\n0\r\n\r\n",
+            long_extension.as_bytes(),
+            b"0\r\nX-A: 1\n\n",
+            b"0\r\n\n",
+        ];
+        for wire in bad {
+            let decoded = decode_all(wire);
+            let text = String::from_utf8_lossy(wire);
+            assert!(matches!(decoded, Some(Err(_))), "{text:?}: {decoded:?}");
+        }
+        // Cut anywhere before its end, a body is never whole.
+        let wire = b"5\r\nhello\r\n0\r\n\r\n";
+        for cut in 0..wire.len() {
+            assert!(
+                !matches!(decode_all(&wire[..cut]), Some(Ok(_))),
+                "cut at {cut}"
+            );
+        }
     }
 
     #[test]
