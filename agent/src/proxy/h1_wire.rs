@@ -12,7 +12,7 @@ use http::header::{CONNECTION, CONTENT_LENGTH, TRAILER, TRANSFER_ENCODING};
 use http::response::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri, Version};
 
-use super::headers::has_token;
+use super::headers::{has_token, strip_hop_by_hop};
 
 /// Header lines an instance's answer head (or its trailers) may hold, as hyper's client
 /// allowed; the head's bytes are bounded by `limits.maxHeaderBytes`.
@@ -568,7 +568,11 @@ fn chunk_size(line: &[u8]) -> Result<u64, WireError> {
     u64::from_str_radix(text, 16).map_err(|_| WireError::Invalid("chunk size"))
 }
 
-/// The fields of a trailer section (ending with its blank line).
+/// The fields of a trailer section (ending with its blank line), without those no trailer may
+/// carry (RFC 9110 §6.5.1: framing, routing, `Connection` and the like). hyper's client passed
+/// them on, but forwarded they break the caller's side: HTTP/2 refuses connection-specific
+/// fields anywhere (RFC 9113 §8.2.2), so the stream, and on the mesh path the tunnel's
+/// stream, would be reset after a whole body.
 fn parse_trailers(section: &Bytes) -> Result<HeaderMap, WireError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_ANSWER_HEADERS];
     let httparse::Status::Complete((_, parsed)) = httparse::parse_headers(section, &mut fields)?
@@ -581,8 +585,11 @@ fn parse_trailers(section: &Bytes) -> Result<HeaderMap, WireError> {
             .map_err(|_| WireError::Invalid("trailer name"))?;
         let value = HeaderValue::from_bytes(field.value)
             .map_err(|_| WireError::Invalid("trailer value"))?;
-        trailers.append(name, value);
+        if is_valid_trailer_field(&name) {
+            trailers.append(name, value);
+        }
     }
+    strip_hop_by_hop(&mut trailers);
     Ok(trailers)
 }
 
@@ -914,6 +921,19 @@ mod tests {
                 "cut at {cut}"
             );
         }
+    }
+
+    #[test]
+    fn trailers_lose_the_fields_no_trailer_may_carry() {
+        let wire = b"3\r\nabc\r\n0\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\
+                     Connection: close\r\nKeep-Alive: timeout=5\r\nHost: x\r\nX-Ok: 1\r\n\
+                     Grpc-Status: 0\r\n\r\n";
+        let (body, trailers) = decode_all(wire).unwrap().unwrap();
+        assert_eq!(body, b"abc");
+        let trailers = trailers.unwrap();
+        let mut names: Vec<_> = trailers.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["grpc-status", "x-ok"]);
     }
 
     #[test]
