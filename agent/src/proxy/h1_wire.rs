@@ -296,6 +296,8 @@ pub fn parse_answer_head(
         // be forwarded (RFC 9112 §6.3), or the caller would cut the body at it.
         if has_transfer_encoding && has_length {
             parts.headers.remove(CONTENT_LENGTH);
+        } else if has_length {
+            one_plain_length(&mut parts.headers);
         }
         // Read until close, or framed two ways (RFC 9112 §6.3: the connection must close).
         if framing == AnswerFraming::UntilClose || (framing == AnswerFraming::Chunked && has_length)
@@ -389,6 +391,28 @@ pub fn content_length(headers: &HeaderMap) -> Option<u64> {
         }
     }
     length
+}
+
+/// Leaves `Content-Length` as one plain number. A length given twice or as a list (`3, 3`,
+/// which RFC 9110 §8.6 lets a recipient replace by the one number) is rewritten: an HTTP/2
+/// peer (an HTTP/2 caller, or the mesh's tunnel) resets a stream whose length is not a plain
+/// number. One that is no number at all frames nothing here (a `HEAD`, 204 or 304 answer;
+/// elsewhere it was refused already) and is dropped for the same reason.
+fn one_plain_length(headers: &mut HeaderMap) {
+    let mut lines = headers.get_all(CONTENT_LENGTH).iter();
+    if let (Some(line), None) = (lines.next(), lines.next())
+        && digits(line.as_bytes()).is_some()
+    {
+        return;
+    }
+    match content_length(headers) {
+        Some(length) => {
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
+        }
+        None => {
+            headers.remove(CONTENT_LENGTH);
+        }
+    }
 }
 
 /// The number `text` spells in decimal, when it is only digits and fits.
@@ -750,6 +774,96 @@ mod tests {
         }
         let mut endless = BytesMut::from(&[b'1'; MAX_CHUNK_LINE + 2][..]);
         assert!(ChunkedDecoder::new(1024).decode(&mut endless).is_err());
+    }
+
+    /// What an answer head with `fields` (each line ending CRLF) gives: its framing and the
+    /// `Content-Length` it forwards, or `None` when it is refused.
+    fn framed(fields: &str, method: Method) -> Option<(AnswerFraming, Option<String>, bool)> {
+        let text = format!("HTTP/1.1 200 OK\r\n{fields}\r\n");
+        let answer = head(&text, method).ok()??;
+        let length = answer.parts.headers.get_all(CONTENT_LENGTH).iter();
+        let length: Vec<_> = length.map(|v| v.to_str().unwrap().to_string()).collect();
+        Some((
+            answer.framing,
+            (!length.is_empty()).then(|| length.join("|")),
+            answer.keep_alive,
+        ))
+    }
+
+    #[test]
+    fn content_length_variants_follow_rfc_9110_section_8_6() {
+        use AnswerFraming::Length;
+        let one = |n: &str| Some(n.to_string());
+        // (fields, method, framing and the one length forwarded; `None`: refused)
+        let cases = [
+            (
+                "Content-Length: 3\r\n",
+                Method::GET,
+                Some((Length(3), one("3"))),
+            ),
+            (
+                "Content-Length: 3\r\nContent-Length: 4\r\n",
+                Method::GET,
+                None,
+            ),
+            ("Content-Length: 3, 4\r\n", Method::GET, None),
+            // The same value repeated is one length, and goes on as one plain number: an
+            // HTTP/2 peer resets a stream whose length is a list.
+            (
+                "Content-Length: 3, 3\r\n",
+                Method::GET,
+                Some((Length(3), one("3"))),
+            ),
+            (
+                "Content-Length: 3\r\nContent-Length: 3\r\n",
+                Method::GET,
+                Some((Length(3), one("3"))),
+            ),
+            (
+                "Content-Length:   3  \r\n",
+                Method::GET,
+                Some((Length(3), one("3"))),
+            ),
+            (
+                "Content-Length: 003\r\n",
+                Method::GET,
+                Some((Length(3), one("003"))),
+            ),
+            ("Content-Length: +3\r\n", Method::GET, None),
+            ("Content-Length: -3\r\n", Method::GET, None),
+            ("Content-Length: 0x3\r\n", Method::GET, None),
+            ("Content-Length: \r\n", Method::GET, None),
+            (
+                "Content-Length: 18446744073709551616\r\n",
+                Method::GET,
+                None,
+            ),
+            (
+                "Content-Length: 99999999999999999999999\r\n",
+                Method::GET,
+                None,
+            ),
+            (
+                "Content-Length: 18446744073709551615\r\n",
+                Method::GET,
+                Some((Length(u64::MAX), one("18446744073709551615"))),
+            ),
+            // A HEAD answer's length frames nothing, but still reaches the caller as one number.
+            (
+                "Content-Length: 3, 3\r\n",
+                Method::HEAD,
+                Some((Length(0), one("3"))),
+            ),
+            (
+                "Content-Length: x\r\n",
+                Method::HEAD,
+                Some((Length(0), None)),
+            ),
+        ];
+        for (fields, method, expected) in cases {
+            let got = framed(fields, method.clone()).map(|(framing, length, _)| (framing, length));
+            assert_eq!(got, expected, "{method} {fields:?}");
+        }
     }
 
     #[test]
