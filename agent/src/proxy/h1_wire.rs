@@ -867,6 +867,109 @@ mod tests {
     }
 
     #[test]
+    fn transfer_encoding_variants_follow_rfc_9112_section_6_3() {
+        use AnswerFraming::{Chunked, Length, UntilClose};
+        // (fields, method, framing, keep-alive after; `None`: refused)
+        let cases = [
+            (
+                "Transfer-Encoding: chunked\r\n",
+                Method::GET,
+                Some((Chunked, true)),
+            ),
+            (
+                "Transfer-Encoding: CHUNKED\r\n",
+                Method::GET,
+                Some((Chunked, true)),
+            ),
+            // As hyper's client: the last coding decides.
+            (
+                "Transfer-Encoding: chunked, chunked\r\n",
+                Method::GET,
+                Some((Chunked, true)),
+            ),
+            (
+                "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+                Method::GET,
+                Some((Chunked, true)),
+            ),
+            // Not chunked last: the body runs until the instance closes.
+            (
+                "Transfer-Encoding: gzip\r\n",
+                Method::GET,
+                Some((UntilClose, false)),
+            ),
+            (
+                "Transfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n",
+                Method::GET,
+                Some((UntilClose, false)),
+            ),
+            (
+                "Transfer-Encoding: identity\r\nContent-Length: 5\r\n",
+                Method::GET,
+                Some((UntilClose, false)),
+            ),
+            // No body whatever the coding says.
+            (
+                "Transfer-Encoding: chunked\r\n",
+                Method::HEAD,
+                Some((Length(0), true)),
+            ),
+            (
+                "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+                Method::HEAD,
+                Some((Length(0), true)),
+            ),
+            (
+                "Connection: close\r\nTransfer-Encoding: chunked\r\n",
+                Method::GET,
+                Some((Chunked, false)),
+            ),
+        ];
+        for (fields, method, expected) in cases {
+            let got = framed(fields, method.clone()).map(|(framing, length, keep)| {
+                assert_eq!(
+                    length, None,
+                    "{method} {fields:?}: a length beside a coding is dropped"
+                );
+                (framing, keep)
+            });
+            assert_eq!(got, expected, "{method} {fields:?}");
+        }
+        for (status, method) in [
+            ("204 No Content", Method::GET),
+            ("304 Not Modified", Method::GET),
+        ] {
+            let text = format!("HTTP/1.1 {status}\r\nTransfer-Encoding: chunked\r\n\r\n");
+            let answer = head(&text, method).unwrap().unwrap();
+            assert_eq!(
+                (answer.framing, answer.keep_alive),
+                (Length(0), true),
+                "{status}"
+            );
+        }
+        let old = "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n";
+        assert!(
+            head(old, Method::GET).is_err(),
+            "chunked in HTTP/1.0 is faulty framing"
+        );
+        let old = head(
+            "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n",
+            Method::GET,
+        );
+        assert!(old.unwrap().unwrap().keep_alive, "HTTP/1.0 with keep-alive");
+        let old = head(
+            "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n\r\n",
+            Method::GET,
+        );
+        let old = old.unwrap().unwrap();
+        assert_eq!(
+            (old.framing, old.keep_alive),
+            (UntilClose, false),
+            "HTTP/1.0 until close"
+        );
+    }
+
+    #[test]
     fn answer_head_syntax_is_taken_or_refused_as_hyper_does() {
         let many = |n: usize| (0..n).map(|i| format!("X-{i}: v\r\n")).collect::<String>();
         // (head, the status it gives; `None`: refused)
