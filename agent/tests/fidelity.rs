@@ -434,3 +434,382 @@ async fn a_client_still_uploading_after_an_early_answer_reads_it_instead_of_a_re
         assert!(answer.ends_with("too large"), "{}: {answer}", path.name);
     }
 }
+
+/// What a caller must get for one of [`UNUSUAL_ANSWERS`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Expect {
+    /// This status and body, whole.
+    Whole(u16, &'static str),
+    /// 502 from the agent, saying the instance broke the exchange.
+    Refused,
+    /// An error while reading the answer (or a 502, when the error came first): never a
+    /// body that looks whole but is short.
+    Broken,
+}
+
+/// An answer an instance gives to `GET /<name>`, and what a caller must get for it.
+struct Unusual {
+    name: &'static str,
+    answer: &'static [u8],
+    /// Whether the instance closes the connection after it.
+    close: bool,
+    expect: Expect,
+    /// Whether hyper's client talking to the instance directly is a meaningful comparison
+    /// (it hands an unasked 101 to its user, and waits for ever on a bare LF in trailers).
+    direct: bool,
+}
+
+/// The answers of [`unusual_instance`].
+const UNUSUAL_ANSWERS: &[Unusual] = &[
+    Unusual {
+        name: "ok",
+        answer: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        close: false,
+        expect: Expect::Whole(200, "ok"),
+        direct: true,
+    },
+    // One length said twice goes on as one number (an HTTP/2 peer resets on a list).
+    Unusual {
+        name: "same-lengths",
+        answer: b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\nabc",
+        close: false,
+        expect: Expect::Whole(200, "abc"),
+        direct: true,
+    },
+    Unusual {
+        name: "length-lines",
+        answer: b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+        close: false,
+        expect: Expect::Whole(200, "abc"),
+        direct: true,
+    },
+    Unusual {
+        name: "differing-lengths",
+        answer: b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        close: false,
+        expect: Expect::Refused,
+        direct: true,
+    },
+    Unusual {
+        name: "plus-length",
+        answer: b"HTTP/1.1 200 OK\r\nContent-Length: +3\r\n\r\nabc",
+        close: false,
+        expect: Expect::Refused,
+        direct: true,
+    },
+    // Bytes past the length, here a whole second answer: never read as the next request's.
+    Unusual {
+        name: "longer-than-length",
+        answer: b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello\
+                  HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nevil!",
+        close: false,
+        expect: Expect::Whole(200, "hello"),
+        direct: false,
+    },
+    Unusual {
+        name: "shorter-than-length",
+        answer: b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello",
+        close: true,
+        expect: Expect::Broken,
+        direct: true,
+    },
+    Unusual {
+        name: "cut-mid-chunk",
+        answer: b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+        close: true,
+        expect: Expect::Broken,
+        direct: true,
+    },
+    Unusual {
+        name: "cut-before-last-chunk",
+        answer: b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        close: true,
+        expect: Expect::Broken,
+        direct: true,
+    },
+    Unusual {
+        name: "chunk-extensions",
+        answer: b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+                  5;a=b\r\nhello\r\n000\r\n\r\n",
+        close: false,
+        expect: Expect::Whole(200, "hello"),
+        direct: true,
+    },
+    // Trailers no trailer may carry would break an HTTP/2 stream (and the mesh's tunnel).
+    Unusual {
+        name: "forbidden-trailers",
+        answer: b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\
+                  Content-Length: 3\r\nConnection: close\r\nTransfer-Encoding: chunked\r\nX-Ok: 1\r\n\r\n",
+        close: false,
+        expect: Expect::Whole(200, "abc"),
+        direct: true,
+    },
+    Unusual {
+        name: "bare-lf-chunks",
+        answer: b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\n0\n\n",
+        close: false,
+        expect: Expect::Broken,
+        direct: true,
+    },
+    // hyper's client waits for ever on a trailer line ending in a bare LF.
+    Unusual {
+        name: "bare-lf-trailers",
+        answer: b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\nX-A: 1\n\n",
+        close: false,
+        expect: Expect::Broken,
+        direct: false,
+    },
+    Unusual {
+        name: "until-close",
+        answer: b"HTTP/1.1 200 OK\r\n\r\nuntil close",
+        close: true,
+        expect: Expect::Whole(200, "until close"),
+        direct: true,
+    },
+    Unusual {
+        name: "connection-close",
+        answer: b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+        close: true,
+        expect: Expect::Whole(200, "ok"),
+        direct: true,
+    },
+    // Not chunked last: the body runs until the instance closes (RFC 9112 §6.3).
+    Unusual {
+        name: "gzip-until-close",
+        answer: b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nraw",
+        close: true,
+        expect: Expect::Whole(200, "raw"),
+        direct: true,
+    },
+    Unusual {
+        name: "no-content-chunked",
+        answer: b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n",
+        close: false,
+        expect: Expect::Whole(204, ""),
+        direct: true,
+    },
+    Unusual {
+        name: "http10-chunked",
+        answer: b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        close: false,
+        expect: Expect::Refused,
+        direct: true,
+    },
+    Unusual {
+        name: "status-1000",
+        answer: b"HTTP/1.1 1000 Big\r\nContent-Length: 2\r\n\r\nok",
+        close: false,
+        expect: Expect::Refused,
+        direct: true,
+    },
+    Unusual {
+        name: "http10-keep-alive",
+        answer: b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 3\r\n\r\nold",
+        close: false,
+        expect: Expect::Whole(200, "old"),
+        direct: true,
+    },
+    Unusual {
+        name: "bare-lf-head",
+        answer: b"HTTP/1.1 200 OK\nContent-Length: 2\n\nlf",
+        close: false,
+        expect: Expect::Whole(200, "lf"),
+        direct: true,
+    },
+    Unusual {
+        name: "no-reason",
+        answer: b"HTTP/1.1 200\r\nContent-Length: 2\r\n\r\nno",
+        close: false,
+        expect: Expect::Whole(200, "no"),
+        direct: true,
+    },
+    Unusual {
+        name: "obs-fold",
+        answer: b"HTTP/1.1 200 OK\r\nX-A: 1\r\n 2\r\nContent-Length: 2\r\n\r\nok",
+        close: false,
+        expect: Expect::Refused,
+        direct: true,
+    },
+    Unusual {
+        name: "space-before-colon",
+        answer: b"HTTP/1.1 200 OK\r\nX-A : 1\r\nContent-Length: 2\r\n\r\nok",
+        close: false,
+        expect: Expect::Refused,
+        direct: true,
+    },
+    Unusual {
+        name: "http2-status-line",
+        answer: b"HTTP/2.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        close: false,
+        expect: Expect::Refused,
+        direct: true,
+    },
+    Unusual {
+        name: "unasked-101",
+        answer: b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n",
+        close: false,
+        expect: Expect::Refused,
+        direct: false,
+    },
+    Unusual {
+        name: "early-hints",
+        answer: b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n\
+                  HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        close: false,
+        expect: Expect::Whole(200, "ok"),
+        direct: true,
+    },
+];
+
+/// Interim answers the `/interim-flood` instance sends, and then nothing.
+const INTERIM_FLOOD: usize = 10_000;
+
+/// An HTTP/1.1 instance that answers `GET /<name>` as [`UNUSUAL_ANSWERS`] says, and
+/// `/interim-flood` with [`INTERIM_FLOOD`] interim answers and no final one.
+async fn unusual_instance() -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the instance");
+    let port = listener.local_addr().expect("its address").port();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut read = Vec::new();
+                let mut buffer = [0_u8; 4096];
+                while let Ok(n) = stream.read(&mut buffer).await {
+                    if n == 0 {
+                        return;
+                    }
+                    read.extend_from_slice(&buffer[..n]);
+                    while let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head: Vec<u8> = read.drain(..end + 4).collect();
+                        let line = String::from_utf8_lossy(&head);
+                        let name = line
+                            .split(' ')
+                            .nth(1)
+                            .unwrap_or("/")
+                            .trim_start_matches('/');
+                        if name == "interim-flood" {
+                            let flood = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(INTERIM_FLOOD);
+                            let _ = stream.write_all(&flood).await;
+                            continue;
+                        }
+                        let Some(case) = UNUSUAL_ANSWERS.iter().find(|case| case.name == name)
+                        else {
+                            return;
+                        };
+                        if stream.write_all(case.answer).await.is_err() || case.close {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// What a caller got for one request.
+#[derive(Debug, PartialEq)]
+enum Got {
+    Whole(u16, String),
+    Refused,
+    Broken,
+    /// Nothing within half [`ANSWER_PATIENCE`]: the exchange hung.
+    Hung,
+    /// A 502 without the agent's reason, say.
+    Other(String),
+}
+
+impl Got {
+    fn is(&self, expected: Expect) -> bool {
+        match (self, expected) {
+            (Got::Whole(status, body), Expect::Whole(want, text)) => {
+                *status == want && body == text
+            }
+            // On the mesh path a body's reset may overtake its head in the tunnel (h2 drops
+            // a reset stream's queued frames): then the caller agent answers 502. Either way
+            // the caller sees no whole answer.
+            (Got::Refused, Expect::Refused | Expect::Broken) | (Got::Broken, Expect::Broken) => {
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// What `client` got for `GET url`.
+async fn outcome(client: &hyphae_integration::http::Client, url: &str) -> Got {
+    use hyphae_integration::http::{ANSWER_PATIENCE, exchange_within};
+    let request = http::Request::get(url)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("a request the test wrote");
+    let exchange = exchange_within(client, request, ANSWER_PATIENCE);
+    match tokio::time::timeout(ANSWER_PATIENCE / 2, exchange).await {
+        Err(_) => Got::Hung,
+        Ok(Err(_)) => Got::Broken,
+        Ok(Ok(answer)) if answer.status == 502 => match answer.header("hyphae-error") {
+            Some("upstream-reset") => Got::Refused,
+            _ => Got::Other(format!("{answer:?}")),
+        },
+        Ok(Ok(answer)) => Got::Whole(answer.status.as_u16(), answer.text()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusual_and_broken_answers_reach_the_caller_as_rfc_9112_frames_them() {
+    let port = unusual_instance().await;
+    let http1 = http1_client();
+    for &Unusual {
+        name,
+        expect: expected,
+        direct,
+        ..
+    } in UNUSUAL_ANSWERS
+    {
+        if direct {
+            // hyper's client fails the call where the agent answers 502.
+            let direct = outcome(&http1, &format!("http://127.0.0.1:{port}/{name}")).await;
+            let expected = match expected {
+                Expect::Refused => Expect::Broken,
+                other => other,
+            };
+            assert!(
+                direct.is(expected),
+                "{name}, hyper's client directly: {direct:?}"
+            );
+        }
+    }
+    for path in both_paths(port, "http", "") {
+        let ok = format!("http://{}/ok", path.entry);
+        hyphae_integration::eventually::eventually(&format!("{} to answer", path.name), || async {
+            outcome(&http1, &ok).await.is(Expect::Whole(200, "ok"))
+        })
+        .await;
+        for (client, protocol) in [(http1_client(), "HTTP/1.1"), (http2_client(), "HTTP/2")] {
+            for &Unusual {
+                name,
+                expect: expected,
+                ..
+            } in UNUSUAL_ANSWERS
+            {
+                let what = format!("{name}, {} over {protocol}", path.name);
+                // Twice, so an answer that left its connection unusable shows in the second.
+                for attempt in 1..=2 {
+                    let got = outcome(&client, &format!("http://{}/{name}", path.entry)).await;
+                    assert!(got.is(expected), "{what}, request {attempt}: {got:?}");
+                }
+                let after = outcome(&client, &ok).await;
+                assert!(
+                    after.is(Expect::Whole(200, "ok")),
+                    "after {what}: {after:?}"
+                );
+            }
+            // A flood of interim answers ends in a 502 well before the caller's patience.
+            let flood = outcome(&client, &format!("http://{}/interim-flood", path.entry)).await;
+            let what = format!("interim flood, {} over {protocol}", path.name);
+            assert_eq!(flood, Got::Refused, "{what}");
+        }
+    }
+}

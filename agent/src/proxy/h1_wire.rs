@@ -12,11 +12,15 @@ use http::header::{CONNECTION, CONTENT_LENGTH, TRAILER, TRANSFER_ENCODING};
 use http::response::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri, Version};
 
-use super::headers::has_token;
+use super::headers::{has_token, strip_hop_by_hop};
 
 /// Header lines an instance's answer head (or its trailers) may hold, as hyper's client
 /// allowed; the head's bytes are bounded by `limits.maxHeaderBytes`.
 pub const MAX_ANSWER_HEADERS: usize = 100;
+/// Interim (1xx) answers taken before the final one. RFC 9110 §15.2 sets no limit, but a
+/// request rarely meets more than two (100 Continue, 103 Early Hints); an instance sending
+/// them without end must not keep a call waiting for ever.
+pub const MAX_INTERIM_ANSWERS: usize = 32;
 /// Longest chunk-size line of a chunked answer (the size and any extensions): no instance
 /// needs more, and a line without end must not grow a buffer.
 pub const MAX_CHUNK_LINE: usize = 4096;
@@ -39,6 +43,9 @@ pub enum WireError {
     /// A 101 to a request that asked for no upgrade.
     #[error("the instance switched protocols unasked")]
     UnaskedUpgrade,
+    /// More interim answers than [`MAX_INTERIM_ANSWERS`] before a final one.
+    #[error("the instance sent more than {0} interim (1xx) answers")]
+    TooManyInterim(usize),
 }
 
 /// How a request's body goes on the wire.
@@ -179,12 +186,14 @@ pub struct AnswerHead {
 }
 
 /// Reads an answer's head off the front of `buf`, skipping interim (1xx) answers as hyper's
-/// client did. `Ok(None)`: more bytes are needed. A head longer than `max_head` is an error,
-/// so an instance cannot make the buffer grow without bound.
+/// client did, counting them in `interim` (the caller keeps it across calls for one request)
+/// up to [`MAX_INTERIM_ANSWERS`]. `Ok(None)`: more bytes are needed. A head longer than
+/// `max_head` is an error, so an instance cannot make the buffer grow without bound.
 pub fn parse_answer_head(
     buf: &mut BytesMut,
     method: &Method,
     max_head: usize,
+    interim: &mut usize,
 ) -> Result<Option<AnswerHead>, WireError> {
     loop {
         if buf.is_empty() {
@@ -202,9 +211,11 @@ pub fn parse_answer_head(
             httparse::Status::Partial => return Ok(None),
             httparse::Status::Complete(length) => {
                 let start = buf.as_ptr() as usize;
-                let span = |part: &[u8]| {
-                    let from = part.as_ptr() as usize - start;
-                    (from, from + part.len())
+                // httparse gives an empty reason phrase or value as a slice of its own, not
+                // of `buf`: its place there is no place, and the empty span says the same.
+                let span = |part: &[u8]| match (part.as_ptr() as usize).checked_sub(start) {
+                    Some(from) if !part.is_empty() => (from, from + part.len()),
+                    _ => (0, 0),
                 };
                 let spans: smallvec::SmallVec<[(Span, Span); 16]> = answer
                     .headers
@@ -229,6 +240,10 @@ pub fn parse_answer_head(
         if status.is_informational() {
             if status == StatusCode::SWITCHING_PROTOCOLS {
                 return Err(WireError::UnaskedUpgrade);
+            }
+            *interim += 1;
+            if *interim > MAX_INTERIM_ANSWERS {
+                return Err(WireError::TooManyInterim(MAX_INTERIM_ANSWERS));
             }
             continue;
         }
@@ -281,6 +296,8 @@ pub fn parse_answer_head(
         // be forwarded (RFC 9112 §6.3), or the caller would cut the body at it.
         if has_transfer_encoding && has_length {
             parts.headers.remove(CONTENT_LENGTH);
+        } else if has_length {
+            one_plain_length(&mut parts.headers);
         }
         // Read until close, or framed two ways (RFC 9112 §6.3: the connection must close).
         if framing == AnswerFraming::UntilClose || (framing == AnswerFraming::Chunked && has_length)
@@ -376,6 +393,28 @@ pub fn content_length(headers: &HeaderMap) -> Option<u64> {
     length
 }
 
+/// Leaves `Content-Length` as one plain number. A length given twice or as a list (`3, 3`,
+/// which RFC 9110 §8.6 lets a recipient replace by the one number) is rewritten: an HTTP/2
+/// peer (an HTTP/2 caller, or the mesh's tunnel) resets a stream whose length is not a plain
+/// number. One that is no number at all frames nothing here (a `HEAD`, 204 or 304 answer;
+/// elsewhere it was refused already) and is dropped for the same reason.
+fn one_plain_length(headers: &mut HeaderMap) {
+    let mut lines = headers.get_all(CONTENT_LENGTH).iter();
+    if let (Some(line), None) = (lines.next(), lines.next())
+        && digits(line.as_bytes()).is_some()
+    {
+        return;
+    }
+    match content_length(headers) {
+        Some(length) => {
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
+        }
+        None => {
+            headers.remove(CONTENT_LENGTH);
+        }
+    }
+}
+
 /// The number `text` spells in decimal, when it is only digits and fits.
 fn digits(text: &[u8]) -> Option<u64> {
     if text.is_empty() || text.len() > 19 {
@@ -437,7 +476,7 @@ impl ChunkedDecoder {
         loop {
             match self.state {
                 ChunkState::Size => {
-                    let Some(end) = find_crlf(buf, MAX_CHUNK_LINE)? else {
+                    let Some(end) = find_line_end(buf, MAX_CHUNK_LINE)? else {
                         return Ok(None);
                     };
                     let size = chunk_size(&buf[..end])?;
@@ -463,11 +502,13 @@ impl ChunkedDecoder {
                     return Ok(Some(Chunk::Data(data)));
                 }
                 ChunkState::DataEnd => {
+                    // Refused at the first wrong byte, not after waiting for a second one
+                    // that an instance keeping its connection open may never send.
+                    if !b"\r\n".starts_with(&buf[..buf.len().min(2)]) {
+                        return Err(WireError::Invalid("chunk end"));
+                    }
                     if buf.len() < 2 {
                         return Ok(None);
-                    }
-                    if &buf[..2] != b"\r\n" {
-                        return Err(WireError::Invalid("chunk end"));
                     }
                     buf.advance(2);
                     self.state = ChunkState::Size;
@@ -491,35 +532,59 @@ impl ChunkedDecoder {
     }
 }
 
-/// Where the first CRLF in `buf` is; an error when none is within `max` bytes.
-fn find_crlf(buf: &[u8], max: usize) -> Result<Option<usize>, WireError> {
-    match buf.windows(2).position(|w| w == b"\r\n") {
-        Some(at) if at <= max => Ok(Some(at)),
-        None if buf.len() <= max => Ok(None),
-        _ => Err(WireError::Invalid("chunk-size line")),
+/// Where the line at the front of `buf` ends (the CR of its CRLF); an error when it is longer
+/// than `max` bytes or a line feed comes without its CR. A bare LF is refused at once, as
+/// hyper's decoder refuses it: waiting for a CRLF that never comes would hold the body open
+/// until the instance closes, and a peer reading bare LF as a line end would see other chunks.
+fn find_line_end(buf: &[u8], max: usize) -> Result<Option<usize>, WireError> {
+    let window = &buf[..buf.len().min(max + 2)];
+    match window.iter().position(|&b| b == b'\n') {
+        Some(at) if at > 0 && buf[at - 1] == b'\r' => Ok(Some(at - 1)),
+        Some(_) => Err(WireError::Invalid("chunk-size line end")),
+        None if buf.len() <= max + 1 => Ok(None),
+        None => Err(WireError::Invalid("chunk-size line")),
     }
 }
 
-/// Where the blank line ending a trailer section is; an error when none is within `max`.
+/// Where the blank line ending a trailer section is (the CRLF before it); an error when none
+/// is within `max`, or a line ends in a bare LF: that one would never be found, and the body
+/// would hang until the instance closed its connection.
 fn find_blank_line(buf: &[u8], max: usize) -> Result<Option<usize>, WireError> {
-    match buf.windows(4).position(|w| w == b"\r\n\r\n") {
-        Some(at) if at <= max => Ok(Some(at)),
-        None if buf.len() <= max => Ok(None),
-        _ => Err(WireError::HeadTooLarge(max)),
+    let window = &buf[..buf.len().min(max + 4)];
+    let mut at = 0;
+    while let Some(offset) = window[at..].iter().position(|&b| b == b'\n') {
+        let newline = at + offset;
+        if newline == 0 || window[newline - 1] != b'\r' {
+            return Err(WireError::Invalid("trailer line end"));
+        }
+        if window[newline + 1..].starts_with(b"\r\n") {
+            return Ok(Some(newline - 1));
+        }
+        at = newline + 1;
+    }
+    if buf.len() <= max + 3 {
+        Ok(None)
+    } else {
+        Err(WireError::HeadTooLarge(max))
     }
 }
 
-/// A chunk-size line's size: hex digits, then optional whitespace and extensions (ignored).
+/// A chunk-size line's size: hex digits, then optional whitespace and extensions (ignored,
+/// but holding no control bytes: a CR or NUL there is a broken or smuggling instance). Leading
+/// zeros do not count toward the 16 digits a `u64` holds, as in hyper's decoder.
 fn chunk_size(line: &[u8]) -> Result<u64, WireError> {
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    let significant = line[..digits].iter().skip_while(|&&b| b == b'0').count();
     let rest = &line[digits..];
-    let rest_ok = rest
+    let (space, extensions) = rest
         .iter()
         .position(|&b| b == b';')
-        .map_or(rest, |at| &rest[..at])
-        .iter()
-        .all(|&b| b == b' ' || b == b'\t');
-    if digits == 0 || digits > 16 || !rest_ok {
+        .map_or((rest, &[][..]), |at| rest.split_at(at));
+    let rest_ok = space.iter().all(|&b| b == b' ' || b == b'\t')
+        && extensions
+            .iter()
+            .all(|&b| b == b'\t' || !b.is_ascii_control());
+    if digits == 0 || significant > 16 || !rest_ok {
         return Err(WireError::Invalid("chunk size"));
     }
     let text =
@@ -527,7 +592,11 @@ fn chunk_size(line: &[u8]) -> Result<u64, WireError> {
     u64::from_str_radix(text, 16).map_err(|_| WireError::Invalid("chunk size"))
 }
 
-/// The fields of a trailer section (ending with its blank line).
+/// The fields of a trailer section (ending with its blank line), without those no trailer may
+/// carry (RFC 9110 §6.5.1: framing, routing, `Connection` and the like). hyper's client passed
+/// them on, but forwarded they break the caller's side: HTTP/2 refuses connection-specific
+/// fields anywhere (RFC 9113 §8.2.2), so the stream, and on the mesh path the tunnel's
+/// stream, would be reset after a whole body.
 fn parse_trailers(section: &Bytes) -> Result<HeaderMap, WireError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_ANSWER_HEADERS];
     let httparse::Status::Complete((_, parsed)) = httparse::parse_headers(section, &mut fields)?
@@ -540,8 +609,11 @@ fn parse_trailers(section: &Bytes) -> Result<HeaderMap, WireError> {
             .map_err(|_| WireError::Invalid("trailer name"))?;
         let value = HeaderValue::from_bytes(field.value)
             .map_err(|_| WireError::Invalid("trailer value"))?;
-        trailers.append(name, value);
+        if is_valid_trailer_field(&name) {
+            trailers.append(name, value);
+        }
     }
+    strip_hop_by_hop(&mut trailers);
     Ok(trailers)
 }
 
@@ -550,7 +622,7 @@ mod tests {
     use super::*;
 
     fn head(bytes: &str, method: Method) -> Result<Option<AnswerHead>, WireError> {
-        parse_answer_head(&mut BytesMut::from(bytes), &method, 1024)
+        parse_answer_head(&mut BytesMut::from(bytes), &method, 1024, &mut 0)
     }
 
     #[test]
@@ -574,7 +646,7 @@ mod tests {
         let mut buf = BytesMut::from(
             "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 Fine\r\nContent-Length: 5\r\nX-A: 1\r\nX-A: 2\r\n\r\nhello",
         );
-        let answer = parse_answer_head(&mut buf, &Method::POST, 1024)
+        let answer = parse_answer_head(&mut buf, &Method::POST, 1024, &mut 0)
             .unwrap()
             .unwrap();
         assert_eq!(answer.parts.status, StatusCode::OK);
@@ -702,6 +774,383 @@ mod tests {
         }
         let mut endless = BytesMut::from(&[b'1'; MAX_CHUNK_LINE + 2][..]);
         assert!(ChunkedDecoder::new(1024).decode(&mut endless).is_err());
+    }
+
+    /// What an answer head with `fields` (each line ending CRLF) gives: its framing and the
+    /// `Content-Length` it forwards, or `None` when it is refused.
+    fn framed(fields: &str, method: Method) -> Option<(AnswerFraming, Option<String>, bool)> {
+        let text = format!("HTTP/1.1 200 OK\r\n{fields}\r\n");
+        let answer = head(&text, method).ok()??;
+        let length = answer.parts.headers.get_all(CONTENT_LENGTH).iter();
+        let length: Vec<_> = length.map(|v| v.to_str().unwrap().to_string()).collect();
+        Some((
+            answer.framing,
+            (!length.is_empty()).then(|| length.join("|")),
+            answer.keep_alive,
+        ))
+    }
+
+    #[test]
+    fn content_length_variants_follow_rfc_9110_section_8_6() {
+        use AnswerFraming::Length;
+        let one = |n: &str| Some(n.to_string());
+        // (fields, method, framing and the one length forwarded; `None`: refused)
+        let cases = [
+            (
+                "Content-Length: 3\r\n",
+                Method::GET,
+                Some((Length(3), one("3"))),
+            ),
+            (
+                "Content-Length: 3\r\nContent-Length: 4\r\n",
+                Method::GET,
+                None,
+            ),
+            ("Content-Length: 3, 4\r\n", Method::GET, None),
+            // The same value repeated is one length, and goes on as one plain number: an
+            // HTTP/2 peer resets a stream whose length is a list.
+            (
+                "Content-Length: 3, 3\r\n",
+                Method::GET,
+                Some((Length(3), one("3"))),
+            ),
+            (
+                "Content-Length: 3\r\nContent-Length: 3\r\n",
+                Method::GET,
+                Some((Length(3), one("3"))),
+            ),
+            (
+                "Content-Length:   3  \r\n",
+                Method::GET,
+                Some((Length(3), one("3"))),
+            ),
+            (
+                "Content-Length: 003\r\n",
+                Method::GET,
+                Some((Length(3), one("003"))),
+            ),
+            ("Content-Length: +3\r\n", Method::GET, None),
+            ("Content-Length: -3\r\n", Method::GET, None),
+            ("Content-Length: 0x3\r\n", Method::GET, None),
+            ("Content-Length: \r\n", Method::GET, None),
+            (
+                "Content-Length: 18446744073709551616\r\n",
+                Method::GET,
+                None,
+            ),
+            (
+                "Content-Length: 99999999999999999999999\r\n",
+                Method::GET,
+                None,
+            ),
+            (
+                "Content-Length: 18446744073709551615\r\n",
+                Method::GET,
+                Some((Length(u64::MAX), one("18446744073709551615"))),
+            ),
+            // A HEAD answer's length frames nothing, but still reaches the caller as one number.
+            (
+                "Content-Length: 3, 3\r\n",
+                Method::HEAD,
+                Some((Length(0), one("3"))),
+            ),
+            (
+                "Content-Length: x\r\n",
+                Method::HEAD,
+                Some((Length(0), None)),
+            ),
+        ];
+        for (fields, method, expected) in cases {
+            let got = framed(fields, method.clone()).map(|(framing, length, _)| (framing, length));
+            assert_eq!(got, expected, "{method} {fields:?}");
+        }
+    }
+
+    #[test]
+    fn transfer_encoding_variants_follow_rfc_9112_section_6_3() {
+        use AnswerFraming::{Chunked, Length, UntilClose};
+        // (fields, method, framing, keep-alive after; `None`: refused)
+        let cases = [
+            (
+                "Transfer-Encoding: chunked\r\n",
+                Method::GET,
+                Some((Chunked, true)),
+            ),
+            (
+                "Transfer-Encoding: CHUNKED\r\n",
+                Method::GET,
+                Some((Chunked, true)),
+            ),
+            // As hyper's client: the last coding decides.
+            (
+                "Transfer-Encoding: chunked, chunked\r\n",
+                Method::GET,
+                Some((Chunked, true)),
+            ),
+            (
+                "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+                Method::GET,
+                Some((Chunked, true)),
+            ),
+            // Not chunked last: the body runs until the instance closes.
+            (
+                "Transfer-Encoding: gzip\r\n",
+                Method::GET,
+                Some((UntilClose, false)),
+            ),
+            (
+                "Transfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n",
+                Method::GET,
+                Some((UntilClose, false)),
+            ),
+            (
+                "Transfer-Encoding: identity\r\nContent-Length: 5\r\n",
+                Method::GET,
+                Some((UntilClose, false)),
+            ),
+            // No body whatever the coding says.
+            (
+                "Transfer-Encoding: chunked\r\n",
+                Method::HEAD,
+                Some((Length(0), true)),
+            ),
+            (
+                "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+                Method::HEAD,
+                Some((Length(0), true)),
+            ),
+            (
+                "Connection: close\r\nTransfer-Encoding: chunked\r\n",
+                Method::GET,
+                Some((Chunked, false)),
+            ),
+        ];
+        for (fields, method, expected) in cases {
+            let got = framed(fields, method.clone()).map(|(framing, length, keep)| {
+                assert_eq!(
+                    length, None,
+                    "{method} {fields:?}: a length beside a coding is dropped"
+                );
+                (framing, keep)
+            });
+            assert_eq!(got, expected, "{method} {fields:?}");
+        }
+        for (status, method) in [
+            ("204 No Content", Method::GET),
+            ("304 Not Modified", Method::GET),
+        ] {
+            let text = format!("HTTP/1.1 {status}\r\nTransfer-Encoding: chunked\r\n\r\n");
+            let answer = head(&text, method).unwrap().unwrap();
+            assert_eq!(
+                (answer.framing, answer.keep_alive),
+                (Length(0), true),
+                "{status}"
+            );
+        }
+        let old = "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n";
+        assert!(
+            head(old, Method::GET).is_err(),
+            "chunked in HTTP/1.0 is faulty framing"
+        );
+        let old = head(
+            "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n",
+            Method::GET,
+        );
+        assert!(old.unwrap().unwrap().keep_alive, "HTTP/1.0 with keep-alive");
+        let old = head(
+            "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n\r\n",
+            Method::GET,
+        );
+        let old = old.unwrap().unwrap();
+        assert_eq!(
+            (old.framing, old.keep_alive),
+            (UntilClose, false),
+            "HTTP/1.0 until close"
+        );
+    }
+
+    #[test]
+    fn answer_head_syntax_is_taken_or_refused_as_hyper_does() {
+        let many = |n: usize| (0..n).map(|i| format!("X-{i}: v\r\n")).collect::<String>();
+        // (head, the status it gives; `None`: refused)
+        let cases = [
+            (
+                "HTTP/1.1 200 OK\r\nX-A: 1\r\n 2\r\nContent-Length: 0\r\n\r\n".to_string(),
+                None,
+            ),
+            (
+                "HTTP/1.1 200 OK\nContent-Length: 0\n\n".to_string(),
+                Some(200),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nX-A: a\0b\r\nContent-Length: 0\r\n\r\n".to_string(),
+                None,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nX-A: a\rb\r\nContent-Length: 0\r\n\r\n".to_string(),
+                None,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nX-A : 1\r\nContent-Length: 0\r\n\r\n".to_string(),
+                None,
+            ),
+            (
+                format!("HTTP/1.1 200 OK\r\n{}\r\n", many(MAX_ANSWER_HEADERS)),
+                Some(200),
+            ),
+            (
+                format!("HTTP/1.1 200 OK\r\n{}\r\n", many(MAX_ANSWER_HEADERS + 1)),
+                None,
+            ),
+            ("HTTP/1.1 099 Low\r\n\r\n".to_string(), None),
+            (
+                "HTTP/1.1 600 High\r\nContent-Length: 0\r\n\r\n".to_string(),
+                Some(600),
+            ),
+            ("HTTP/1.1 1000 Long\r\n\r\n".to_string(), None),
+            ("HTTP/1.1 20 Short\r\n\r\n".to_string(), None),
+            // httparse gives an empty reason or value as a slice that is not of the buffer.
+            (
+                "HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n".to_string(),
+                Some(200),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nX-Empty:\r\nContent-Length: 0\r\n\r\n".to_string(),
+                Some(200),
+            ),
+            ("HTTP/2.0 200 OK\r\n\r\n".to_string(), None),
+            ("HTTP/0.9 200 OK\r\n\r\n".to_string(), None),
+            ("HTTP/1.2 200 OK\r\n\r\n".to_string(), None),
+            ("200 OK\r\n\r\n".to_string(), None),
+            (
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n".to_string(),
+                None,
+            ),
+            (
+                "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n"
+                    .to_string(),
+                Some(204),
+            ),
+        ];
+        for (text, expected) in cases {
+            let mut buf = BytesMut::from(text.as_str());
+            let got = parse_answer_head(&mut buf, &Method::GET, 16 * 1024, &mut 0);
+            let got = got.map(|answer| answer.map(|a| a.parts.status.as_u16()));
+            match expected {
+                Some(status) => assert_eq!(got.unwrap(), Some(status), "{text:?}"),
+                None => assert!(got.is_err(), "{text:?}: {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn interim_answers_are_skipped_up_to_a_bound_however_they_arrive() {
+        let interim = "HTTP/1.1 100 Continue\r\n\r\n";
+        let last = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        let allowed = format!("{}{last}", interim.repeat(MAX_INTERIM_ANSWERS));
+        let mut buf = BytesMut::from(allowed.as_str());
+        let answer = parse_answer_head(&mut buf, &Method::GET, 1024, &mut 0).unwrap();
+        assert_eq!(answer.unwrap().parts.status, StatusCode::OK);
+        // A flood, a few at a time as reads would bring them: the count is kept across calls.
+        let mut count = 0;
+        let mut buf = BytesMut::new();
+        let refused = (0..=MAX_INTERIM_ANSWERS).find_map(|_| {
+            buf.extend_from_slice(interim.as_bytes());
+            parse_answer_head(&mut buf, &Method::GET, 1024, &mut count).err()
+        });
+        assert!(
+            matches!(refused, Some(WireError::TooManyInterim(_))),
+            "{refused:?}"
+        );
+    }
+
+    /// A chunked body's bytes and trailers.
+    type Decoded = (Vec<u8>, Option<HeaderMap>);
+
+    /// Decodes `wire` as a whole chunked body with nothing more to come: its bytes and
+    /// trailers, an error, or `None` when the decoder still waits for more.
+    fn decode_all(wire: &[u8]) -> Option<Result<Decoded, WireError>> {
+        let mut decoder = ChunkedDecoder::new(1024);
+        let mut buf = BytesMut::from(wire);
+        let (mut body, mut trailers) = (Vec::new(), None);
+        loop {
+            match decoder.decode(&mut buf) {
+                Err(error) => return Some(Err(error)),
+                Ok(Some(Chunk::Data(data))) => body.extend_from_slice(&data),
+                Ok(Some(Chunk::Trailers(t))) => trailers = Some(t),
+                Ok(Some(Chunk::End)) => {}
+                Ok(None) if decoder.has_ended() => return Some(Ok((body, trailers))),
+                Ok(None) => return None,
+            }
+        }
+    }
+
+    #[test]
+    fn chunk_lines_are_read_as_hyper_reads_them_and_bad_ones_refused_at_once() {
+        let good: [&[u8]; 7] = [
+            b"5;name=value\r\nhello\r\n0\r\n\r\n",
+            b"5 ; a=\"b c\";d\r\nhello\r\n0\r\n\r\n",
+            b"5\t\r\nhello\r\n0;last\r\n\r\n",
+            b"A\r\nhellohello\r\n0\r\n\r\n",
+            b"a\r\nhellohello\r\n0\r\n\r\n",
+            // Leading zeros are no overflow.
+            b"000000000000000000000005\r\nhello\r\n0000\r\n\r\n",
+            b"0\r\n\r\n",
+        ];
+        for wire in good {
+            let decoded = decode_all(wire).map(|r| r.map(|(body, _)| body));
+            let text = String::from_utf8_lossy(wire);
+            assert!(
+                matches!(decoded, Some(Ok(ref b)) if !b.is_empty() || wire == b"0\r\n\r\n"),
+                "{text:?}: {decoded:?}"
+            );
+        }
+        let long_extension = format!("5;{}\r\nhello\r\n0\r\n\r\n", "a".repeat(MAX_CHUNK_LINE));
+        // Each refused with no more bytes to come: none may leave the body waiting.
+        let bad: [&[u8]; 16] = [
+            b"5\nhello\n0\n\n",
+            b"5;a\nb\r\nhello\r\n0\r\n\r\n",
+            b"5;a\rb\r\nhello\r\n0\r\n\r\n",
+            b"5;a\0b\r\nhello\r\n0\r\n\r\n",
+            b"5\r\r\nhello\r\n0\r\n\r\n",
+            b"10000000000000000\r\n",
+            b"FFFFFFFFFFFFFFFFF\r\n",
+            b"5\r\nhello\n0\r\n\r\n",
+            b"5\r\nhelloX",
+            b"5\r\nhello\rX",
+            b" 5\r\nhello\r\n0\r\n\r\n",
+            b"-5\r\n",
+            b"0x5\r\nhello\r\n0\r\n\r\n",
+            long_extension.as_bytes(),
+            b"0\r\nX-A: 1\n\n",
+            b"0\r\n\n",
+        ];
+        for wire in bad {
+            let decoded = decode_all(wire);
+            let text = String::from_utf8_lossy(wire);
+            assert!(matches!(decoded, Some(Err(_))), "{text:?}: {decoded:?}");
+        }
+        // Cut anywhere before its end, a body is never whole.
+        let wire = b"5\r\nhello\r\n0\r\n\r\n";
+        for cut in 0..wire.len() {
+            assert!(
+                !matches!(decode_all(&wire[..cut]), Some(Ok(_))),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn trailers_lose_the_fields_no_trailer_may_carry() {
+        let wire = b"3\r\nabc\r\n0\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\
+                     Connection: close\r\nKeep-Alive: timeout=5\r\nHost: x\r\nX-Ok: 1\r\n\
+                     Grpc-Status: 0\r\n\r\n";
+        let (body, trailers) = decode_all(wire).unwrap().unwrap();
+        assert_eq!(body, b"abc");
+        let trailers = trailers.unwrap();
+        let mut names: Vec<_> = trailers.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["grpc-status", "x-ok"]);
     }
 
     #[test]

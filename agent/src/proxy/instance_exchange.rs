@@ -279,6 +279,8 @@ where
     let mut write_failed = None;
     // How much of the buffer has been looked through for the head's end.
     let mut searched = 0;
+    // Interim answers skipped so far.
+    let mut interim = 0;
     let answer = std::future::poll_fn(|cx| {
         if write_failed.is_none()
             && !writer.is_done()
@@ -296,7 +298,7 @@ where
         loop {
             if has_head_end(&connection.read, searched) || connection.read.len() >= max_head {
                 let before = connection.read.len();
-                match parse_answer_head(&mut connection.read, &method, max_head) {
+                match parse_answer_head(&mut connection.read, &method, max_head, &mut interim) {
                     Ok(Some(answer)) => return Poll::Ready(Ok(answer)),
                     Ok(None) => {}
                     Err(error) => return Poll::Ready(Err(Stop::Failed(Cause::new(error)))),
