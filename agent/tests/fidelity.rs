@@ -276,10 +276,14 @@ async fn a_request_with_two_host_headers_is_refused_400_as_hypercorn_does() {
     refused_400_on_both_paths(port, two_hosts).await;
 }
 
-/// An HTTP/1.1 instance, on a port of its own, that answers every request with a chunked body
-/// and a `Content-Length` that disagrees with it (RFC 9112 §6.3: `Transfer-Encoding` wins, and
-/// an intermediary must drop the length before forwarding). Keeps each connection open.
-async fn chunked_and_length_instance() -> u16 {
+/// What a raw instance does for one request head: the bytes it answers with, and whether it
+/// closes the connection after them (`None`: it closes without answering).
+type RawAnswer = Option<(Vec<u8>, bool)>;
+
+/// An HTTP/1.1 instance on a port of its own, written byte by byte: for each request head
+/// (bodies are not read) it writes what `answer` gives, and keeps the connection open unless
+/// told to close.
+async fn raw_instance(answer: fn(&str) -> RawAnswer) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -296,10 +300,11 @@ async fn chunked_and_length_instance() -> u16 {
                     }
                     read.extend_from_slice(&buffer[..n]);
                     while let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") {
-                        read.drain(..end + 4);
-                        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\
-                                       Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
-                        if stream.write_all(answer).await.is_err() {
+                        let head: Vec<u8> = read.drain(..end + 4).collect();
+                        let Some((bytes, close)) = answer(&String::from_utf8_lossy(&head)) else {
+                            return;
+                        };
+                        if stream.write_all(&bytes).await.is_err() || close {
                             return;
                         }
                     }
@@ -308,6 +313,18 @@ async fn chunked_and_length_instance() -> u16 {
         }
     });
     port
+}
+
+/// An instance that answers every request with a chunked body and a `Content-Length` that
+/// disagrees with it (RFC 9112 §6.3: `Transfer-Encoding` wins, and an intermediary must drop
+/// the length before forwarding). Keeps each connection open.
+async fn chunked_and_length_instance() -> u16 {
+    raw_instance(|_| {
+        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\
+                       Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+        Some((answer.to_vec(), false))
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -667,47 +684,22 @@ const INTERIM_FLOOD: usize = 10_000;
 /// An HTTP/1.1 instance that answers `GET /<name>` as [`UNUSUAL_ANSWERS`] says, and
 /// `/interim-flood` with [`INTERIM_FLOOD`] interim answers and no final one.
 async fn unusual_instance() -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the instance");
-    let port = listener.local_addr().expect("its address").port();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut read = Vec::new();
-                let mut buffer = [0_u8; 4096];
-                while let Ok(n) = stream.read(&mut buffer).await {
-                    if n == 0 {
-                        return;
-                    }
-                    read.extend_from_slice(&buffer[..n]);
-                    while let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head: Vec<u8> = read.drain(..end + 4).collect();
-                        let line = String::from_utf8_lossy(&head);
-                        let name = line
-                            .split(' ')
-                            .nth(1)
-                            .unwrap_or("/")
-                            .trim_start_matches('/');
-                        if name == "interim-flood" {
-                            let flood = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(INTERIM_FLOOD);
-                            let _ = stream.write_all(&flood).await;
-                            continue;
-                        }
-                        let Some(case) = UNUSUAL_ANSWERS.iter().find(|case| case.name == name)
-                        else {
-                            return;
-                        };
-                        if stream.write_all(case.answer).await.is_err() || case.close {
-                            return;
-                        }
-                    }
-                }
-            });
+    raw_instance(|head| {
+        let name = head
+            .split(' ')
+            .nth(1)
+            .unwrap_or("/")
+            .trim_start_matches('/');
+        if name == "interim-flood" {
+            let flood = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(INTERIM_FLOOD);
+            return Some((flood, false));
         }
-    });
-    port
+        UNUSUAL_ANSWERS
+            .iter()
+            .find(|case| case.name == name)
+            .map(|case| (case.answer.to_vec(), case.close))
+    })
+    .await
 }
 
 /// What a caller got for one request.
