@@ -33,6 +33,11 @@ impl Cause {
     pub fn new(error: impl Error + Send + Sync + 'static) -> Self {
         Cause(Arc::new(error))
     }
+
+    /// The error itself when it is an `E`, to answer a kind of failure in its own way.
+    pub fn downcast_ref<E: Error + 'static>(&self) -> Option<&E> {
+        self.0.downcast_ref()
+    }
 }
 
 impl fmt::Display for Cause {
@@ -114,6 +119,9 @@ pub enum ProxyError {
     /// The caller's request cannot be proxied.
     #[error("bad request")]
     BadRequest(#[source] Cause),
+    /// The caller stopped sending its request's body for `limits.streamIdleTimeout`.
+    #[error("the caller sent nothing of its request's body for {0:?}")]
+    CallerIdle(std::time::Duration),
     /// The peer agent has no local instance of the requested service.
     #[error("service `{0}` has no instance on this host")]
     NoLocalInstance(String),
@@ -136,6 +144,7 @@ impl ProxyError {
         match self {
             ProxyError::UnknownService(_) | ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::CallerIdle(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::Denied { .. } => StatusCode::FORBIDDEN,
             ProxyError::NoEndpoints(_)
@@ -164,6 +173,7 @@ impl ProxyError {
             ProxyError::RequestTimeout(_) => "request-timeout",
             ProxyError::Overloaded { limit, .. } => limit,
             ProxyError::BadRequest(_) => "bad-request",
+            ProxyError::CallerIdle(_) => "caller-idle",
             ProxyError::NoLocalInstance(_) => "no-local-instance",
             ProxyError::Denied { .. } => "denied",
             ProxyError::Unsupported(_) => "unsupported",
@@ -176,6 +186,7 @@ impl ProxyError {
             ProxyError::UnknownService(_)
             | ProxyError::NoRoute(_)
             | ProxyError::BadRequest(_)
+            | ProxyError::CallerIdle(_)
             | ProxyError::Denied { .. } => Side::Caller,
             ProxyError::NoEndpoints(_)
             | ProxyError::Overloaded { .. }

@@ -38,6 +38,7 @@ pub mod error;
 pub mod external_names;
 pub mod health;
 pub mod identity;
+pub mod idle_body;
 pub mod lingering_close;
 pub mod listener;
 pub mod metrics;

@@ -989,3 +989,30 @@ async fn the_admin_port_refuses_changes_and_does_not_read_a_huge_body() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_that_stops_coming_ends_in_408_within_the_stream_idle_timeout() {
+    // A slow-body client: its head promises 100 bytes, 10 come, then nothing, while it
+    // answers everything else (on HTTP/2 it would answer PINGs).
+    let backend = TestBackend::start("b").await;
+    let (_host, caller) = mesh(&backend, "streamIdleTimeout: 1s");
+    let mut stream = TcpStream::connect(caller.upstream("svc"))
+        .await
+        .expect("connect");
+    let started = tokio::time::Instant::now();
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: svc\r\nContent-Length: 100\r\n\r\n0123456789")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let ended = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut answer)).await;
+    assert!(ended.is_ok(), "a stalled body held its connection");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("hyphae-error: caller-idle"), "{answer}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "before the timeout"
+    );
+    still_serves(&caller).await;
+}

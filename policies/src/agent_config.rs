@@ -258,6 +258,12 @@ pub struct AgentLimits {
     /// reset that destroys it (RFC 9112 §9.6; nginx's `lingering_close`). The connection
     /// still counts toward `maxConnections` meanwhile. `0s` closes at once. Default `5s`.
     pub lingering_close_timeout: Duration,
+    /// Longest a caller's request body may leave the agent waiting for its next bytes; then
+    /// the call ends with 408 (`caller-idle`). A stalled upload or a slow-body client would
+    /// otherwise hold its connection, and the instance's, for as long as it liked (Envoy's
+    /// `stream_idle_timeout`). Time the agent spends not reading, because the instance is
+    /// not, does not count. `0s` waits for ever. Default `5m`.
+    pub stream_idle_timeout: Duration,
     /// Least time between two writes of the control plane's state to the data directory (each
     /// one fsyncs): a burst of changes is written as its latest state once this has passed
     /// since the previous write, and the latest state is always written before the agent
@@ -279,6 +285,7 @@ impl Default for AgentLimits {
             header_read_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
             lingering_close_timeout: Duration::from_secs(5),
+            stream_idle_timeout: Duration::from_secs(300),
             snapshot_save_interval: Duration::from_secs(1),
         }
     }

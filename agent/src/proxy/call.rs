@@ -18,6 +18,7 @@ use super::{Proxy, error_response};
 use crate::body::{self, Body};
 use crate::circuit::Outcome;
 use crate::error::{ERROR_HEADER, ProxyError};
+use crate::idle_body::BodyIdle;
 use crate::metrics;
 use crate::model::{DEFAULT_ROUTE, EndpointKey, Service, Snapshot};
 use crate::replay::ReplayBody;
@@ -146,7 +147,10 @@ impl Call<'_> {
                 Err(_) => true,
             };
             if upstream_failed && let Some(cause) = self.body.failed() {
-                result = Err(ProxyError::BadRequest(cause));
+                result = Err(match cause.downcast_ref::<BodyIdle>() {
+                    Some(idle) => ProxyError::CallerIdle(idle.0),
+                    None => ProxyError::BadRequest(cause),
+                });
             }
             let try_result = match &result {
                 Ok(response) => TryResult::Response(response.status(), response.headers()),
