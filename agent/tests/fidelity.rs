@@ -276,6 +276,25 @@ async fn a_request_with_two_host_headers_is_refused_400_as_hypercorn_does() {
     refused_400_on_both_paths(port, two_hosts).await;
 }
 
+/// Listens on a port of its own and serves each accepted connection with `serve`, in a task
+/// of its own: an instance written byte by byte.
+async fn listen_raw<F, Fut>(serve: F) -> u16
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Copy + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the instance");
+    let port = listener.local_addr().expect("its address").port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve(stream));
+        }
+    });
+    port
+}
+
 /// What a raw instance does for one request head: the bytes it answers with, and whether it
 /// closes the connection after them (`None`: it closes without answering).
 type RawAnswer = Option<(Vec<u8>, bool)>;
@@ -285,34 +304,26 @@ type RawAnswer = Option<(Vec<u8>, bool)>;
 /// told to close.
 async fn raw_instance(answer: fn(&str) -> RawAnswer) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the instance");
-    let port = listener.local_addr().expect("its address").port();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut read = Vec::new();
-                let mut buffer = [0_u8; 4096];
-                while let Ok(n) = stream.read(&mut buffer).await {
-                    if n == 0 {
-                        return;
-                    }
-                    read.extend_from_slice(&buffer[..n]);
-                    while let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head: Vec<u8> = read.drain(..end + 4).collect();
-                        let Some((bytes, close)) = answer(&String::from_utf8_lossy(&head)) else {
-                            return;
-                        };
-                        if stream.write_all(&bytes).await.is_err() || close {
-                            return;
-                        }
-                    }
+    listen_raw(move |mut stream| async move {
+        let mut read = Vec::new();
+        let mut buffer = [0_u8; 4096];
+        while let Ok(n) = stream.read(&mut buffer).await {
+            if n == 0 {
+                return;
+            }
+            read.extend_from_slice(&buffer[..n]);
+            while let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head: Vec<u8> = read.drain(..end + 4).collect();
+                let Some((bytes, close)) = answer(&String::from_utf8_lossy(&head)) else {
+                    return;
+                };
+                if stream.write_all(&bytes).await.is_err() || close {
+                    return;
                 }
-            });
+            }
         }
-    });
-    port
+    })
+    .await
 }
 
 /// An instance that answers every request with a chunked body and a `Content-Length` that
@@ -383,36 +394,28 @@ async fn a_request_with_both_a_chunked_body_and_a_length_reaches_the_instance_by
 /// its head arrives, then reads and drops the upload until the caller stops sending.
 async fn early_413_instance() -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the instance");
-    let port = listener.local_addr().expect("its address").port();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut read = Vec::new();
-                let mut buffer = vec![0_u8; 64 * 1024];
-                while !read.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buffer).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => read.extend_from_slice(&buffer[..n]),
-                    }
-                }
-                let answer = b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 9\r\n\
-                               Connection: close\r\n\r\ntoo large";
-                if stream.write_all(answer).await.is_err() {
-                    return;
-                }
-                let _ = stream.shutdown().await;
-                while let Ok(n) = stream.read(&mut buffer).await {
-                    if n == 0 {
-                        return;
-                    }
-                }
-            });
+    listen_raw(|mut stream| async move {
+        let mut read = Vec::new();
+        let mut buffer = vec![0_u8; 64 * 1024];
+        while !read.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => read.extend_from_slice(&buffer[..n]),
+            }
         }
-    });
-    port
+        let answer = b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 9\r\n\
+                       Connection: close\r\n\r\ntoo large";
+        if stream.write_all(answer).await.is_err() {
+            return;
+        }
+        let _ = stream.shutdown().await;
+        while let Ok(n) = stream.read(&mut buffer).await {
+            if n == 0 {
+                return;
+            }
+        }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
