@@ -38,20 +38,33 @@ pub fn classify(prefix: &[u8]) -> Option<Detected> {
 /// Peeks at `stream` (without consuming) until the protocol is known, the client stops
 /// sending, or `timeout` passes (server-first protocols send nothing: that is TCP).
 pub async fn detect(stream: &TcpStream, timeout: Duration) -> Detected {
-    let deadline = tokio::time::Instant::now() + timeout;
     let mut buffer = [0u8; SNIFF_BYTES];
+    peek_until(stream, &mut buffer, timeout, classify)
+        .await
+        .unwrap_or(Detected::Tcp)
+}
+
+/// Peeks at `stream` into `buffer` until `decide` says something of the bytes so far; `None`
+/// when the client closes, fails, or stops short of it for `timeout`.
+async fn peek_until<T>(
+    stream: &TcpStream,
+    buffer: &mut [u8],
+    timeout: Duration,
+    decide: impl Fn(&[u8]) -> Option<T>,
+) -> Option<T> {
+    let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let peeked = tokio::time::timeout_at(deadline, stream.peek(&mut buffer)).await;
+        let peeked = tokio::time::timeout_at(deadline, stream.peek(buffer)).await;
         let n = match peeked {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Detected::Tcp,
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
             Ok(Ok(n)) => n,
         };
-        if let Some(detected) = classify(&buffer[..n]) {
-            return detected;
+        if let Some(decided) = decide(&buffer[..n]) {
+            return Some(decided);
         }
         // Fewer bytes than needed so far: wait a moment for more.
         if tokio::time::Instant::now() >= deadline {
-            return Detected::Tcp;
+            return None;
         }
         tokio::time::sleep(PEEK_RETRY).await;
     }
@@ -68,20 +81,11 @@ const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// short of it or takes longer than `timeout`, so a client that sends its first bytes and
 /// nothing more cannot hold a connection (one of `limits.maxConnections`) for ever.
 pub async fn http2_preface(stream: &TcpStream, timeout: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + timeout;
     let mut buffer = [0u8; HTTP2_PREFACE.len()];
-    loop {
-        let peeked = tokio::time::timeout_at(deadline, stream.peek(&mut buffer)).await;
-        match peeked {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return false,
-            Ok(Ok(n)) if n == HTTP2_PREFACE.len() => return true,
-            Ok(Ok(_)) => {}
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(PEEK_RETRY).await;
-    }
+    let whole = |peeked: &[u8]| (peeked.len() == HTTP2_PREFACE.len()).then_some(());
+    peek_until(stream, &mut buffer, timeout, whole)
+        .await
+        .is_some()
 }
 
 #[cfg(test)]
