@@ -64,14 +64,19 @@ where
         if this.idle.is_zero() {
             return Poll::Pending;
         }
-        let deadline = Instant::now() + this.idle;
-        let timer = this
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if this.stale {
-            timer.as_mut().reset(deadline);
-            this.stale = false;
-        }
+        // The clock is read only to arm the timer or to move it after a frame.
+        let timer = match &mut this.timer {
+            None => this.timer.insert(Box::pin(tokio::time::sleep_until(
+                Instant::now() + this.idle,
+            ))),
+            Some(timer) => {
+                if this.stale {
+                    timer.as_mut().reset(Instant::now() + this.idle);
+                }
+                timer
+            }
+        };
+        this.stale = false;
         match timer.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyIdle(this.idle))))),
             Poll::Pending => Poll::Pending,
