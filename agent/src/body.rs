@@ -101,56 +101,6 @@ impl http_body::Body for EndedWithoutLength {
     }
 }
 
-/// Wraps `body` so every data frame adds its length to `counter` as it passes.
-pub fn counted<B>(body: B, counter: metrics::Counter) -> Body
-where
-    B: http_body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
-    B::Error: Into<BoxError>,
-{
-    Counted {
-        inner: body,
-        counter,
-    }
-    .boxed()
-}
-
-/// A body that counts the bytes flowing through it. Not `BodyExt::map_frame`, which would hide
-/// the inner body's size hint and so its `content-length`.
-struct Counted<B> {
-    inner: B,
-    counter: metrics::Counter,
-}
-
-impl<B> http_body::Body for Counted<B>
-where
-    B: http_body::Body<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            self.counter.increment(data.len() as u64);
-        }
-        polled.map(|frame| frame.map(|result| result.map_err(Into::into)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 /// Wraps `body`, whose message declared `length` bytes (`content-length`), so that once that
 /// many have passed, an error where its end should be counts as its end: the message is whole
 /// by its own framing (RFC 9110 §8.6). The h2 crate reports a stream whose END_STREAM arrived
@@ -265,16 +215,5 @@ mod tests {
             unwrapped.collect().await.is_err(),
             "the error is there to absorb"
         );
-    }
-
-    #[tokio::test]
-    async fn a_counted_body_counts_its_data_and_keeps_its_length() {
-        let bytes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let counter = metrics::Counter::from_arc(bytes.clone());
-        let body = counted(Full::new(Bytes::from_static(b"hello")), counter);
-        assert_eq!(body.size_hint().exact(), Some(5));
-        let collected = body.collect().await.unwrap().to_bytes();
-        assert_eq!(collected, Bytes::from_static(b"hello"));
-        assert_eq!(bytes.load(std::sync::atomic::Ordering::Relaxed), 5);
     }
 }

@@ -119,7 +119,8 @@ pub enum ProxyError {
     /// The caller's request cannot be proxied.
     #[error("bad request")]
     BadRequest(#[source] Cause),
-    /// The caller stopped sending its request's body for `limits.streamIdleTimeout`.
+    /// The caller stopped sending its request's body, and the instance sent nothing either,
+    /// for the stream idle timeout (`limits.streamIdleTimeout` or the route's `timeouts.idle`).
     #[error("the caller sent nothing of its request's body for {0:?}")]
     CallerIdle(std::time::Duration),
     /// The peer agent has no local instance of the requested service.

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use hyphae_integration::http::{Answer, Client, get, http1_client, http2_client, send};
 use hyphae_integration::mesh::{self, MeshPath};
@@ -807,4 +808,111 @@ async fn unusual_and_broken_answers_reach_the_caller_as_rfc_9112_frames_them() {
             assert_eq!(flood, Got::Refused, "{what}");
         }
     }
+}
+
+/// Connections the stalling instance has seen closed by the agent.
+static STALLED_CLOSED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// An HTTP/1.1 instance that answers `GET /stall` with the head and the first 10 of the 100
+/// bytes it promises, then sends nothing more while the connection stays open, and counts the
+/// connections the agent closes in [`STALLED_CLOSED`]; anything else gets `fresh` and a close.
+async fn stalling_instance() -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    listen_raw(|mut stream| async move {
+        let mut read = Vec::new();
+        let mut buffer = [0_u8; 4096];
+        while !read.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => read.extend_from_slice(&buffer[..n]),
+            }
+        }
+        if !read.starts_with(b"GET /stall ") {
+            let whole = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nfresh";
+            let _ = stream.write_all(whole).await;
+            return;
+        }
+        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789";
+        if stream.write_all(answer).await.is_err() {
+            return;
+        }
+        while let Ok(n) = stream.read(&mut buffer).await {
+            if n == 0 {
+                break;
+            }
+        }
+        STALLED_CLOSED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    })
+    .await
+}
+
+/// A route whose rule for `/stall` bounds a quiet stream at 1 s; the agent's own
+/// `streamIdleTimeout` (5 min) governs every other call.
+const STALL_ROUTE: &str = "---\nkind: Route\nmetadata: {name: app}\nspec:\n  service: app\n  \
+    rules:\n    - matches:\n        - path: {prefix: /stall}\n      backends:\n        \
+    - service: app\n      timeouts: {idle: 1s}\n    - backends:\n        - service: app\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_that_stops_coming_ends_after_the_idle_timeout_and_frees_the_instance() {
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let port = stalling_instance().await;
+    for path in both_paths(port, "http", STALL_ROUTE) {
+        // HTTP/1.1: the agent closes the connection, so the caller sees a short body.
+        let mut stream = tokio::net::TcpStream::connect(path.entry)
+            .await
+            .expect("connect to the agent");
+        let started = tokio::time::Instant::now();
+        stream
+            .write_all(b"GET /stall HTTP/1.1\r\nHost: app\r\n\r\n")
+            .await
+            .expect("write");
+        let mut answer = Vec::new();
+        tokio::time::timeout(DEADLINE, stream.read_to_end(&mut answer))
+            .await
+            .unwrap_or_else(|_| panic!("{}: a stalled answer held its caller", path.name))
+            .expect("read");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "{}: {answer}",
+            path.name
+        );
+        assert!(
+            answer.ends_with("\r\n\r\n0123456789"),
+            "{}: {answer}",
+            path.name
+        );
+        assert!(started.elapsed() >= Duration::from_secs(1), "{}", path.name);
+        // HTTP/2: the stream fails; the connection stays for other calls.
+        let client = http2_client();
+        let url = format!("http://{}/stall", path.entry);
+        let request = http::Request::get(&url)
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("a request");
+        let response = client.request(request).await.expect("an answer's head");
+        assert_eq!(response.status(), 200, "{}", path.name);
+        let body = tokio::time::timeout(DEADLINE, response.into_body().collect())
+            .await
+            .unwrap_or_else(|_| panic!("{}: a stalled answer held its HTTP/2 caller", path.name));
+        assert!(body.is_err(), "{}: the short body looked whole", path.name);
+        let after = get(&client, &format!("http://{}/", path.entry)).await;
+        assert_eq!(
+            after.status, 200,
+            "{}: the connection went with it",
+            path.name
+        );
+        assert_eq!(after.text(), "fresh", "{}", path.name);
+    }
+    // Each stalled answer's connection to the instance was closed, not kept for ever.
+    let closed =
+        || async { (STALLED_CLOSED.load(std::sync::atomic::Ordering::SeqCst) >= 4).then_some(()) };
+    hyphae_integration::eventually::wait_for(
+        "the stalled connections closed",
+        DEADLINE,
+        Duration::from_millis(50),
+        closed,
+    )
+    .await
+    .expect("the agent closed each stalled connection to the instance");
 }

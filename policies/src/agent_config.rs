@@ -258,11 +258,13 @@ pub struct AgentLimits {
     /// reset that destroys it (RFC 9112 §9.6; nginx's `lingering_close`). The connection
     /// still counts toward `maxConnections` meanwhile. `0s` closes at once. Default `5s`.
     pub lingering_close_timeout: Duration,
-    /// Longest a caller's request body may leave the agent waiting for its next bytes; then
-    /// the call ends with 408 (`caller-idle`). A stalled upload or a slow-body client would
-    /// otherwise hold its connection, and the instance's, for as long as it liked (Envoy's
-    /// `stream_idle_timeout`). Time the agent spends not reading, because the instance is
-    /// not, does not count. `0s` waits for ever. Default `5m`.
+    /// Longest a call may go with neither its request's nor its answer's body moving while
+    /// the agent waits for one (Envoy's `stream_idle_timeout`; a route rule's `timeouts.idle`
+    /// stands for it). A caller gone quiet in its request's body gets 408 (`caller-idle`);
+    /// an answer gone quiet ends cut short (a reset stream, or a closed HTTP/1.1 connection).
+    /// A stalled upload, a slow-body client or a stuck instance would otherwise hold both
+    /// connections for as long as it liked. Time the agent spends not reading, because the
+    /// other side is not, does not count. `0s` waits for ever. Default `5m`.
     pub stream_idle_timeout: Duration,
     /// Least time between two writes of the control plane's state to the data directory (each
     /// one fsyncs): a burst of changes is written as its latest state once this has passed

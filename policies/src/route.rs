@@ -144,7 +144,8 @@ pub struct RouteTimeouts {
     /// Whole-request timeout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<Duration>,
-    /// Idle timeout for streams of this rule.
+    /// Longest a call of this rule may go with neither its request's nor its answer's body
+    /// moving, instead of the agent's `limits.streamIdleTimeout`; `0s` waits for ever.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle: Option<Duration>,
 }

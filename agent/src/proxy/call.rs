@@ -15,16 +15,16 @@ use super::headers::{
 };
 use super::inbound::OwnCall;
 use super::{Proxy, error_response};
-use crate::body::{self, Body};
+use crate::body::Body;
 use crate::circuit::Outcome;
 use crate::error::{ERROR_HEADER, ProxyError};
-use crate::idle_body::BodyIdle;
 use crate::metrics;
 use crate::model::{DEFAULT_ROUTE, EndpointKey, Service, Snapshot};
 use crate::replay::ReplayBody;
 use crate::retry::{self, TryResult};
 use crate::route::{self, Destination};
 use crate::state::ServiceState;
+use crate::watched_body::{self, BodyIdle, Quiet, StreamActivity};
 
 /// Makes a call to `service` and returns the answer: the upstream's response or the agent's
 /// own error response.
@@ -87,10 +87,20 @@ async fn call_service(
     // The series is registered for every call, so `/metrics` shows it as soon as a call was
     // made; a body that has already ended has no bytes to count and is not wrapped.
     let sent = target.metrics.bytes_sent();
-    let body = if body.is_end_stream() {
-        body
+    // A route rule's idle timeout stands for the agent's, as Envoy's route `idle_timeout`
+    // does for `stream_idle_timeout`.
+    let idle = rule
+        .and_then(|r| r.timeouts.as_ref())
+        .and_then(|t| t.idle)
+        .unwrap_or(snapshot.limits.stream_idle_timeout)
+        .get();
+    // The two bodies share when either last moved only when there are two.
+    let (body, activity) = if body.is_end_stream() {
+        (body, None)
     } else {
-        body::counted(body, sent.clone())
+        let activity = (!idle.is_zero()).then(StreamActivity::new);
+        let body = watched_body::watched(body, sent.clone(), Quiet::Caller, idle, activity.clone());
+        (body, activity)
     };
     let body = ReplayBody::new(body, snapshot.limits.retry_buffer_bytes as usize);
     let call = Call {
@@ -102,6 +112,8 @@ async fn call_service(
         state: &state,
         parts: &parts,
         body: &body,
+        idle,
+        activity,
     };
     match tokio::time::timeout(request_timeout, call.run()).await {
         Ok(result) => result,
@@ -123,6 +135,10 @@ struct Call<'a> {
     state: &'a ServiceState,
     parts: &'a Parts,
     body: &'a ReplayBody,
+    /// How long the answer's body may keep its caller waiting, with the request quiet too.
+    idle: std::time::Duration,
+    /// When the request's body last moved, for the answer's idle timeout; `None` without one.
+    activity: Option<std::sync::Arc<StreamActivity>>,
 }
 
 impl Call<'_> {
@@ -148,7 +164,7 @@ impl Call<'_> {
             };
             if upstream_failed && let Some(cause) = self.body.failed() {
                 result = Err(match cause.downcast_ref::<BodyIdle>() {
-                    Some(idle) => ProxyError::CallerIdle(idle.0),
+                    Some(idle) => ProxyError::CallerIdle(idle.idle),
                     None => ProxyError::BadRequest(cause),
                 });
             }
@@ -290,7 +306,10 @@ impl Call<'_> {
     /// The upstream response as the caller receives it.
     fn finish(&self, response: Response<Body>) -> Response<Body> {
         let received = self.target.metrics.bytes_received();
-        let mut response = response.map(|b| body::counted(b, received.clone()));
+        let activity = self.activity.clone();
+        let mut response = response.map(|b| {
+            watched_body::watched(b, received.clone(), Quiet::Instance, self.idle, activity)
+        });
         strip_hop_by_hop(response.headers_mut());
         if let Some(rule) = self.destination.rule {
             rewrite(response.headers_mut(), &rule.response_headers);

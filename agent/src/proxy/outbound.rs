@@ -23,7 +23,6 @@ use super::headers::{UPGRADE_PATH, UPGRADE_PROTOCOL, has_token, strip_hop_by_hop
 use super::{Proxy, call, error_response, pipe, stream, without_body_for_head};
 use crate::body::{self, Body};
 use crate::error::ProxyError;
-use crate::idle_body::IdleTimeout;
 use crate::lingering_close::lingering;
 use crate::model::Snapshot;
 
@@ -75,8 +74,7 @@ async fn serve_http1(
     shutdown: &CancellationToken,
 ) -> Result<(), hyper::Error> {
     let limits = proxy.snapshot.load().limits.clone();
-    let idle = limits.stream_idle_timeout.get();
-    let service = service_fn(move |request| answer_owned(&proxy, &target, idle, request));
+    let service = service_fn(move |request| answer_owned(&proxy, &target, request));
     let (stream, lingering) = lingering(stream);
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -109,8 +107,7 @@ async fn serve_http2(
         tracing::debug!("HTTP/2 client did not send the connection preface in time; closing");
         return Ok(());
     }
-    let idle = limits.stream_idle_timeout.get();
-    let service = service_fn(move |request| Box::pin(answer_owned(&proxy, &target, idle, request)));
+    let service = service_fn(move |request| Box::pin(answer_owned(&proxy, &target, request)));
     let connection = super::http2_server(&limits).serve_connection(TokioIo::new(stream), service);
     crate::listener::serve_until_shutdown(connection, shutdown, |c| c.graceful_shutdown()).await
 }
@@ -120,7 +117,6 @@ async fn serve_http2(
 fn answer_owned(
     proxy: &Arc<Proxy>,
     target: &Target,
-    idle: Duration,
     request: Request<Incoming>,
 ) -> impl Future<Output = Result<Response<Body>, Infallible>> + use<> {
     let proxy = Arc::clone(proxy);
@@ -131,7 +127,7 @@ fn answer_owned(
         let method = request.method().clone();
         Ok(without_body_for_head(
             &method,
-            answer(&proxy, &target, idle, request).await,
+            answer(&proxy, &target, request).await,
         ))
     }
 }
@@ -174,14 +170,8 @@ async fn serve_tcp(proxy: &Proxy, service: &str, stream: TcpStream, peer: Socket
         .await;
 }
 
-/// The answer to one request from a local app; its body may keep the agent waiting for
-/// `idle` at most (`limits.streamIdleTimeout`, read when the connection opened).
-async fn answer(
-    proxy: &Proxy,
-    target: &Target,
-    idle: Duration,
-    request: Request<Incoming>,
-) -> Response<Body> {
+/// The answer to one request from a local app.
+async fn answer(proxy: &Proxy, target: &Target, request: Request<Incoming>) -> Response<Body> {
     if let Some(reason) = malformed(&request) {
         return error_response(&ProxyError::BadRequest(reason.into()));
     }
@@ -201,7 +191,7 @@ async fn answer(
             Err(error) => error_response(&error),
         };
     }
-    let request = request.map(|body| body::boxed(IdleTimeout::new(body, idle)));
+    let request = request.map(body::boxed);
     let by_host;
     let service = match target {
         Target::Service(name) => name,
