@@ -594,13 +594,22 @@ const UNUSUAL_ANSWERS: &[Unusual] = &[
         expect: Expect::Whole(200, "ok"),
         direct: true,
     },
-    // Not chunked last: the body runs until the instance closes (RFC 9112 §6.3).
+    // A coding the agent does not decode: forwarded without its (hop-by-hop) header, the
+    // caller could not read it. Refused, as nginx and Envoy refuse it; hyper's client frames
+    // it by close and hands over the coded bytes.
     Unusual {
         name: "gzip-until-close",
         answer: b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nraw",
         close: true,
-        expect: Expect::Whole(200, "raw"),
-        direct: true,
+        expect: Expect::Refused,
+        direct: false,
+    },
+    Unusual {
+        name: "gzip-then-chunked",
+        answer: b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nraw\r\n0\r\n\r\n",
+        close: false,
+        expect: Expect::Refused,
+        direct: false,
     },
     Unusual {
         name: "no-content-chunked",

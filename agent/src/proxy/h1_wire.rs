@@ -344,18 +344,24 @@ fn answer_framing(
         if parts.version == Version::HTTP_10 {
             return Err(WireError::Invalid("transfer-encoding in HTTP/1.0"));
         }
-        let last = parts
+        // Chunked is the only coding the agent reads. The bytes of any other (`gzip`,
+        // `identity`) would reach the caller without the hop-by-hop header that names it, a
+        // body it cannot read; nginx and Envoy refuse such answers too.
+        let mut codings = parts
             .headers
             .get_all(TRANSFER_ENCODING)
             .iter()
-            .next_back()
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.rsplit(',').next())
-            .map(str::trim);
-        return Ok(match last {
-            Some(coding) if coding.eq_ignore_ascii_case("chunked") => AnswerFraming::Chunked,
-            _ => AnswerFraming::UntilClose,
-        });
+            .flat_map(|value| value.to_str().unwrap_or("?").split(','))
+            .map(str::trim)
+            .filter(|coding| !coding.is_empty())
+            .peekable();
+        let chunked = codings.peek().is_some()
+            && codings.all(|coding| coding.eq_ignore_ascii_case("chunked"));
+        return if chunked {
+            Ok(AnswerFraming::Chunked)
+        } else {
+            Err(WireError::Invalid("a transfer coding other than chunked"))
+        };
     }
     if has_length {
         return content_length(&parts.headers)
@@ -675,7 +681,7 @@ mod tests {
         );
         assert_eq!(
             framing(
-                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n\r\n",
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
                 Method::GET
             ),
             AnswerFraming::Chunked
@@ -888,26 +894,31 @@ mod tests {
                 Some((Chunked, true)),
             ),
             (
-                "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+                "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
                 Method::GET,
                 Some((Chunked, true)),
             ),
-            // Not chunked last: the body runs until the instance closes.
+            // A coding the agent would not decode, in any place: refused, as nginx and Envoy
+            // refuse it (hyper's client frames `gzip` last by close and hands over the bytes).
+            ("Transfer-Encoding: gzip\r\n", Method::GET, None),
             (
-                "Transfer-Encoding: gzip\r\n",
+                "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
                 Method::GET,
-                Some((UntilClose, false)),
+                None,
             ),
+            ("Transfer-Encoding: gzip, chunked\r\n", Method::GET, None),
             (
                 "Transfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n",
                 Method::GET,
-                Some((UntilClose, false)),
+                None,
             ),
             (
                 "Transfer-Encoding: identity\r\nContent-Length: 5\r\n",
                 Method::GET,
-                Some((UntilClose, false)),
+                None,
             ),
+            ("Transfer-Encoding: \r\n", Method::GET, None),
+            ("Transfer-Encoding: ,\r\n", Method::GET, None),
             // No body whatever the coding says.
             (
                 "Transfer-Encoding: chunked\r\n",
