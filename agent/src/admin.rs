@@ -37,17 +37,26 @@ pub struct Admin {
     pub identity: crate::identity::IdentitySlot,
 }
 
-/// Serves one admin connection (HTTP/1.1).
+/// Serves one admin connection (HTTP/1.1), then closes it in stages (`lingering_close`): a
+/// client refused while it was still sending a body reads the refusal, not a reset.
 pub async fn serve(
     admin: Arc<Admin>,
     stream: TcpStream,
     peer: SocketAddr,
     shutdown: CancellationToken,
 ) {
+    let linger = admin
+        .proxy
+        .snapshot
+        .load()
+        .limits
+        .lingering_close_timeout
+        .get();
     let service = service_fn(move |request: Request<Incoming>| {
         let admin = Arc::clone(&admin);
         async move { Ok::<_, Infallible>(route(&admin, &request)) }
     });
+    let (stream, lingering) = crate::lingering_close::lingering(stream);
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(ADMIN_HEADER_READ_TIMEOUT)
@@ -56,6 +65,7 @@ pub async fn serve(
         c.graceful_shutdown();
     })
     .await;
+    lingering.close(linger, &shutdown).await;
     if let Err(error) = result {
         tracing::debug!(%peer, %error, "admin connection ended with an error");
     }
