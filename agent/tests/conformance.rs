@@ -1235,11 +1235,6 @@ async fn an_answer_sent_before_the_upload_is_read_arrives_whole_as_it_does_direc
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "about one run in twenty-five, through one agent, nghttp (HTTP/2) gets the 413's head \
-            from hypercorn's HTTP/1.1 side without its body, and the agent logs nothing; not \
-            explained yet (decision 61). The curl cases' broken pipe is fixed by the lingering \
-            close and checked every run by fidelity's a_client_still_uploading_after_an_early_\
-            answer_reads_it_instead_of_a_reset"]
 async fn an_answer_an_http1_instance_sends_before_the_upload_is_read_arrives_as_directly() {
     let (_server, port) = hypercorn(&[]);
     early_answers_agree(port, "http", "/early?status=413", true).await;
