@@ -11,7 +11,6 @@
 //! time spent asking counts: an instance that is not reading cannot make its caller look
 //! idle, nor a caller that is not reading its instance.
 
-use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,9 +20,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt as _;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use crate::body::{Body, BoxError};
+use crate::idle_timer::IdleTimer;
 
 /// Which side of a call went quiet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,55 +76,6 @@ impl StreamActivity {
     }
 }
 
-/// One body's wait: armed when a read first has to wait, moved after each frame; allocated
-/// only for a body that has to be waited for.
-struct IdleTimer {
-    idle: Duration,
-    sleep: Option<Pin<Box<Sleep>>>,
-    /// The deadline is from before the last frame: move it before waiting again.
-    stale: bool,
-    shared: Option<Arc<StreamActivity>>,
-}
-
-impl IdleTimer {
-    fn moved(&mut self) {
-        self.stale = true;
-        if let Some(shared) = &self.shared {
-            shared.stamp();
-        }
-    }
-
-    /// Ready once this body, and the other, have been quiet for the whole timeout. The clock
-    /// is read only to arm the timer, to move it after a frame, or when it fires.
-    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.idle.is_zero() {
-            return Poll::Pending;
-        }
-        let sleep = match &mut self.sleep {
-            None => self.sleep.insert(Box::pin(tokio::time::sleep_until(
-                Instant::now() + self.idle,
-            ))),
-            Some(sleep) => {
-                if self.stale {
-                    sleep.as_mut().reset(Instant::now() + self.idle);
-                }
-                sleep
-            }
-        };
-        self.stale = false;
-        loop {
-            ready!(sleep.as_mut().poll(cx));
-            match &self.shared {
-                // The other body moved meanwhile: wait from its last frame.
-                Some(shared) if shared.last_moved() + self.idle > Instant::now() => {
-                    sleep.as_mut().reset(shared.last_moved() + self.idle);
-                }
-                _ => return Poll::Ready(()),
-            }
-        }
-    }
-}
-
 /// A call's body: its data frames add to `counter`, and a read that waits past the idle
 /// timeout (with the other body quiet too) fails with [`BodyIdle`].
 struct Watched<B> {
@@ -132,6 +83,8 @@ struct Watched<B> {
     counter: metrics::Counter,
     side: Quiet,
     timer: IdleTimer,
+    /// When the call's other body last moved, if it has one.
+    shared: Option<Arc<StreamActivity>>,
 }
 
 /// `body` watched for the call: counted into `counter`, and failing when `side` keeps a read
@@ -152,12 +105,8 @@ where
         inner: body,
         counter,
         side,
-        timer: IdleTimer {
-            idle,
-            sleep: None,
-            stale: false,
-            shared,
-        },
+        timer: IdleTimer::new(idle),
+        shared,
     }
     .boxed()
 }
@@ -181,14 +130,21 @@ where
                     this.counter.increment(data.len() as u64);
                 }
                 this.timer.moved();
+                if let Some(shared) = &this.shared {
+                    shared.stamp();
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(other) => Poll::Ready(other.map(|result| result.map_err(Into::into))),
             Poll::Pending => {
-                ready!(this.timer.poll_expired(cx));
+                let shared = &this.shared;
+                ready!(
+                    this.timer
+                        .poll_expired(cx, || shared.as_ref().map(|s| s.last_moved()))
+                );
                 let idle = BodyIdle {
                     side: this.side,
-                    idle: this.timer.idle,
+                    idle: this.timer.idle(),
                 };
                 tracing::info!(error = %idle, "ending the call");
                 Poll::Ready(Some(Err(Box::new(idle))))

@@ -1019,3 +1019,44 @@ async fn a_request_body_that_stops_coming_ends_in_408_within_the_stream_idle_tim
     );
     still_serves(&caller).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_its_answer_is_closed_after_the_stream_idle_timeout() {
+    // A slow-read client: it asks for 32 MiB with a small receive buffer and reads nothing,
+    // which held its connection, the call and the instance's connection for good.
+    const ANSWER: usize = 32 * 1024 * 1024;
+    let backend = TestBackend::start("b").await;
+    let (_host, caller) = mesh(&backend, "streamIdleTimeout: 1s, lingeringCloseTimeout: 1s");
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .set_recv_buffer_size(4096)
+        .expect("a small receive buffer");
+    let mut stream = socket
+        .connect(caller.upstream("svc"))
+        .await
+        .expect("connect");
+    stream
+        .write_all(format!("GET /bytes/{ANSWER} HTTP/1.1\r\nHost: svc\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let open = |count: f64| {
+        let caller = &caller;
+        move || async move {
+            caller
+                .metric("hyphae_connections_open", "listener=\"upstream\"")
+                .await
+                == count
+        }
+    };
+    hyphae_integration::eventually("the client's connection to be open", open(1.0)).await;
+    hyphae_integration::eventually("the agent to give the stalled client up", open(0.0)).await;
+    // What the agent had sent before it gave up is there to read, and then the end.
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut got)).await;
+    assert!(got.starts_with(b"HTTP/1.1 200"), "{} bytes", got.len());
+    assert!(
+        got.len() < ANSWER,
+        "the whole answer went: the client was waited for"
+    );
+    still_serves(&caller).await;
+}

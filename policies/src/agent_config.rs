@@ -264,7 +264,9 @@ pub struct AgentLimits {
     /// an answer gone quiet ends cut short (a reset stream, or a closed HTTP/1.1 connection).
     /// A stalled upload, a slow-body client or a stuck instance would otherwise hold both
     /// connections for as long as it liked. Time the agent spends not reading, because the
-    /// other side is not, does not count. `0s` waits for ever. Default `5m`.
+    /// other side is not, does not count. Also the longest a write to a client may wait for
+    /// it to read (nginx's `send_timeout`): a client that takes nothing is closed. `0s` waits
+    /// for ever. Default `5m`.
     pub stream_idle_timeout: Duration,
     /// Least time between two writes of the control plane's state to the data directory (each
     /// one fsyncs): a burst of changes is written as its latest state once this has passed

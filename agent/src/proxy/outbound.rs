@@ -25,6 +25,7 @@ use crate::body::{self, Body};
 use crate::error::ProxyError;
 use crate::lingering_close::lingering;
 use crate::model::Snapshot;
+use crate::send_timeout::SendTimeout;
 
 /// Where an outbound listener sends its calls.
 #[derive(Clone, Debug)]
@@ -64,7 +65,8 @@ pub async fn serve(
     }
 }
 
-/// Serves an HTTP/1.1 connection (upgrades included), then closes it in stages
+/// Serves an HTTP/1.1 connection (upgrades included), its writes bounded by
+/// `limits.streamIdleTimeout` (`send_timeout`), then closes it in stages
 /// (`lingering_close`). Each request's future is held inline: hyper keeps it in one place per
 /// connection, so boxing it would only add an allocation.
 async fn serve_http1(
@@ -76,6 +78,7 @@ async fn serve_http1(
     let limits = proxy.snapshot.load().limits.clone();
     let service = service_fn(move |request| answer_owned(&proxy, &target, request));
     let (stream, lingering) = lingering(stream);
+    let stream = SendTimeout::new(stream, limits.stream_idle_timeout.get());
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout.get())
@@ -93,7 +96,8 @@ async fn serve_http1(
     served
 }
 
-/// Serves an HTTP/2 connection (prior knowledge). Each request's future is boxed: hyper spawns
+/// Serves an HTTP/2 connection (prior knowledge), its writes bounded by
+/// `limits.streamIdleTimeout` (`send_timeout`). Each request's future is boxed: hyper spawns
 /// a task per stream holding it, and a task's future is copied whole as it is built, spawned,
 /// finished and dropped (decision 52).
 async fn serve_http2(
@@ -108,6 +112,7 @@ async fn serve_http2(
         return Ok(());
     }
     let service = service_fn(move |request| Box::pin(answer_owned(&proxy, &target, request)));
+    let stream = SendTimeout::new(stream, limits.stream_idle_timeout.get());
     let connection = super::http2_server(&limits).serve_connection(TokioIo::new(stream), service);
     crate::listener::serve_until_shutdown(connection, shutdown, |c| c.graceful_shutdown()).await
 }
