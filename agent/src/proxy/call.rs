@@ -10,9 +10,7 @@ use hyphae_policies::{HeaderRewrite, RetryPolicy};
 use tokio::time::Instant;
 
 use super::endpoint::{self, Chosen};
-use super::headers::{
-    DESTINATION, absolute_uri, path_or_root, request_authority_and_host, strip_hop_by_hop,
-};
+use super::headers::{Addressed, DESTINATION, absolute_uri, path_or_root, strip_hop_by_hop};
 use super::inbound::OwnCall;
 use super::{Proxy, error_response};
 use crate::body::Body;
@@ -27,8 +25,14 @@ use crate::state::ServiceState;
 use crate::watched_body::{self, BodyIdle, Quiet, StreamActivity};
 
 /// Makes a call to `service` and returns the answer: the upstream's response or the agent's
-/// own error response.
-pub async fn call(proxy: &Proxy, service: &str, request: Request<Body>) -> Response<Body> {
+/// own error response. `addressed` is the authority the request names, read once by the port
+/// that took it (`None`: it names none, and the service's name stands for it).
+pub async fn call(
+    proxy: &Proxy,
+    service: &str,
+    request: Request<Body>,
+    addressed: Option<Addressed>,
+) -> Response<Body> {
     let started = Instant::now();
     let snapshot = proxy.snapshot.load_full();
     let Some(known) = snapshot.service(service) else {
@@ -36,7 +40,7 @@ pub async fn call(proxy: &Proxy, service: &str, request: Request<Body>) -> Respo
         metrics::request(service, DEFAULT_ROUTE, response.status(), started.elapsed());
         return response;
     };
-    let response = match call_service(proxy, &snapshot, known, request).await {
+    let response = match call_service(proxy, &snapshot, known, request, addressed).await {
         Ok(response) => response,
         Err(error) => error_response(&error),
     };
@@ -49,6 +53,7 @@ async fn call_service(
     snapshot: &Snapshot,
     service: &Service,
     request: Request<Body>,
+    addressed: Option<Addressed>,
 ) -> Result<Response<Body>, ProxyError> {
     let (parts, body) = request.into_parts();
     let mut dice = |n: u64| rand::random_range(0..n.max(1));
@@ -111,6 +116,7 @@ async fn call_service(
         retries,
         state: &state,
         parts: &parts,
+        addressed,
         body: &body,
         idle,
         activity,
@@ -134,6 +140,8 @@ struct Call<'a> {
     retries: &'a RetryPolicy,
     state: &'a ServiceState,
     parts: &'a Parts,
+    /// The authority the caller addressed, and the `Host` it was read from if any.
+    addressed: Option<Addressed>,
     body: &'a ReplayBody,
     /// How long the answer's body may keep its caller waiting, with the request quiet too.
     idle: std::time::Duration,
@@ -289,7 +297,9 @@ impl Call<'_> {
     /// `Host` (HTTP/2 carries the authority instead).
     fn forwarded(&self, body: Body) -> Result<Forwarded, ProxyError> {
         let parts = self.parts;
-        let (authority, host) = request_authority_and_host(parts)
+        let (authority, host) = self
+            .addressed
+            .clone()
             .or_else(|| Some((Authority::try_from(self.target.name.as_str()).ok()?, None)))
             .ok_or_else(|| ProxyError::BadRequest("the request names no host".into()))?;
         let path = path_or_root(parts);

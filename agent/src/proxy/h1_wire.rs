@@ -256,14 +256,17 @@ pub fn parse_answer_head(
         let mut keep_alive = version == Version::HTTP_11;
         let mut close = false;
         // Noted on the way, so framing needs no lookups in the map.
-        let (mut has_transfer_encoding, mut has_length) = (false, false);
+        let mut has_transfer_encoding = false;
+        let mut length = LengthLines::None;
         for (name, value) in spans {
             let name = HeaderName::from_bytes(&head[name.0..name.1])
                 .map_err(|_| WireError::Invalid("header name"))?;
             let value = HeaderValue::from_maybe_shared(head.slice(value.0..value.1))
                 .map_err(|_| WireError::Invalid("header value"))?;
             has_transfer_encoding |= name == TRANSFER_ENCODING;
-            has_length |= name == CONTENT_LENGTH;
+            if name == CONTENT_LENGTH {
+                length = length.and(&value);
+            }
             if name == CONNECTION {
                 if close || has_token(&value, "close") {
                     close = true;
@@ -291,12 +294,13 @@ pub fn parse_answer_head(
         }
         *answer.headers_mut() = headers;
         let (mut parts, ()) = answer.into_parts();
-        let framing = answer_framing(&parts, method, has_transfer_encoding, has_length)?;
+        let has_length = length != LengthLines::None;
+        let framing = answer_framing(&parts, method, has_transfer_encoding, length)?;
         // `Transfer-Encoding` decides the framing; a length beside it is stale and must not
         // be forwarded (RFC 9112 §6.3), or the caller would cut the body at it.
         if has_transfer_encoding && has_length {
             parts.headers.remove(CONTENT_LENGTH);
-        } else if has_length {
+        } else if length == LengthLines::Other {
             one_plain_length(&mut parts.headers);
         }
         // Read until close, or framed two ways (RFC 9112 §6.3: the connection must close).
@@ -335,7 +339,7 @@ fn answer_framing(
     parts: &Parts,
     method: &Method,
     has_transfer_encoding: bool,
-    has_length: bool,
+    length: LengthLines,
 ) -> Result<AnswerFraming, WireError> {
     if matches!(parts.status.as_u16(), 204 | 304) || *method == Method::HEAD {
         return Ok(AnswerFraming::Length(0));
@@ -363,12 +367,35 @@ fn answer_framing(
             Err(WireError::Invalid("a transfer coding other than chunked"))
         };
     }
-    if has_length {
-        return content_length(&parts.headers)
+    match length {
+        LengthLines::None => Ok(AnswerFraming::UntilClose),
+        LengthLines::Plain(length) => Ok(AnswerFraming::Length(length)),
+        LengthLines::Other => content_length(&parts.headers)
             .map(AnswerFraming::Length)
-            .ok_or(WireError::Invalid("content-length"));
+            .ok_or(WireError::Invalid("content-length")),
     }
-    Ok(AnswerFraming::UntilClose)
+}
+
+/// What an answer head's `Content-Length` lines say, noted as the head is read so that the
+/// usual one, a single plain number, needs no lookup in the map afterwards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LengthLines {
+    /// No `Content-Length` line.
+    None,
+    /// One line, digits only.
+    Plain(u64),
+    /// Anything else (several lines, a list, or no number): read from the map.
+    Other,
+}
+
+impl LengthLines {
+    /// These lines and one more, `value`.
+    fn and(self, value: &HeaderValue) -> LengthLines {
+        match (self, digits(value.as_bytes())) {
+            (LengthLines::None, Some(length)) => LengthLines::Plain(length),
+            _ => LengthLines::Other,
+        }
+    }
 }
 
 /// The one length every `Content-Length` line (and every comma-separated value) gives;

@@ -59,10 +59,13 @@ pub fn request_authority(parts: &Parts) -> Option<Authority> {
     request_authority_and_host(parts).map(|(authority, _)| authority)
 }
 
-/// [`request_authority`], with the `Host` value it was read from when it came from there: that
-/// value holds the authority's very text, so a hop that sends the authority as `Host` can send
-/// it again instead of building a copy.
-pub fn request_authority_and_host(parts: &Parts) -> Option<(Authority, Option<HeaderValue>)> {
+/// The authority a request addresses, with the `Host` value it was read from when it came from
+/// there: that value holds the authority's very text, so a hop that sends the authority as
+/// `Host` can send it again instead of building a copy.
+pub type Addressed = (Authority, Option<HeaderValue>);
+
+/// [`request_authority`], with the `Host` value it was read from when it came from there.
+pub fn request_authority_and_host(parts: &Parts) -> Option<Addressed> {
     if let Some(authority) = parts.uri.authority() {
         return Some((authority.clone(), None));
     }

@@ -19,8 +19,8 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::headers::{
-    DESTINATION, UPGRADE_PATH, UPGRADE_PROTOCOL, absolute_uri, path_or_root, request_authority,
-    strip_hop_by_hop,
+    Addressed, DESTINATION, UPGRADE_PATH, UPGRADE_PROTOCOL, absolute_uri, path_or_root,
+    request_authority, strip_hop_by_hop,
 };
 use super::instance_pool::InstancePool;
 use super::{Proxy, error_response, pipe, without_body_for_head};
@@ -33,9 +33,6 @@ use crate::replay::ReplayBody;
 use crate::retry::resend_unprocessed;
 use crate::tunnel::{TunnelSettings, Tunnels};
 use crate::write_coalescing::WriteCoalescing;
-
-/// The authority a call's caller addressed, and the `Host` value it was read from if any.
-type Addressed = (Authority, Option<HeaderValue>);
 
 /// Longest the agent waits to connect to a local instance: it is on this host, so a slow
 /// connect means it is not listening.

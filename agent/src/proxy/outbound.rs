@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
+use http::uri::Authority;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -19,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::detect::{self, Detected};
-use super::headers::{UPGRADE_PATH, UPGRADE_PROTOCOL, has_token, strip_hop_by_hop};
+use super::headers::{Addressed, UPGRADE_PATH, UPGRADE_PROTOCOL, has_token, strip_hop_by_hop};
 use super::{Proxy, call, error_response, pipe, stream, without_body_for_head};
 use crate::body::{self, Body};
 use crate::error::ProxyError;
@@ -177,9 +178,10 @@ async fn serve_tcp(proxy: &Proxy, service: &str, stream: TcpStream, peer: Socket
 
 /// The answer to one request from a local app.
 async fn answer(proxy: &Proxy, target: &Target, request: Request<Incoming>) -> Response<Body> {
-    if let Some(reason) = malformed(&request) {
-        return error_response(&ProxyError::BadRequest(reason.into()));
-    }
+    let addressed = match addressed(&request) {
+        Ok(addressed) => addressed,
+        Err(reason) => return error_response(&ProxyError::BadRequest(reason.into())),
+    };
     // Tunnels and upgrades are boxed: their futures are large and rare, and every request's
     // future (moved as hyper stores or spawns it) would otherwise be as large.
     if request.method() == Method::CONNECT {
@@ -209,33 +211,37 @@ async fn answer(proxy: &Proxy, target: &Target, request: Request<Incoming>) -> R
             by_host.as_str()
         }
     };
-    call::call(proxy, service, request).await
+    call::call(proxy, service, request, addressed).await
 }
 
-/// Why a request must be refused before it is routed, when it must: the caller's bad request.
-/// Each rule keeps two hops from reading one request two ways.
-fn malformed<B>(request: &Request<B>) -> Option<&'static str> {
+/// The authority a request addresses (its target's, else its `Host`'s, with that `Host`; `None`
+/// when it names none), or why it must be refused before it is routed: the caller's bad
+/// request. Each rule keeps two hops from reading one request two ways. The `Host` is parsed
+/// here once for the whole call.
+fn addressed<B>(request: &Request<B>) -> Result<Option<Addressed>, &'static str> {
     let mut hosts = request.headers().get_all(http::header::HOST).iter();
     let host = hosts.next();
     // RFC 9112 §3.2: a request with more than one Host is invalid; routing by either would
     // let two hops disagree on where it goes.
     if hosts.next().is_some() {
-        return Some("the request has more than one Host header");
+        return Err("the request has more than one Host header");
     }
     // RFC 9112 §3.2: an HTTP/1.1 request without Host must be refused; an instance behind the
     // agent would otherwise get one the caller never sent (the service's name).
     if host.is_none() && request.version() == http::Version::HTTP_11 {
-        return Some("the HTTP/1.1 request has no Host header");
+        return Err("the HTTP/1.1 request has no Host header");
     }
     // RFC 9112 §3.2: a Host that is no authority is refused as two Hosts are; the agent would
     // route by the service alone while the caller meant something it cannot name. (An empty
     // one is allowed: a target without a host sends it so.)
-    if let Some(host) = host
-        && !host.is_empty()
-        && http::uri::Authority::try_from(host.as_bytes()).is_err()
-    {
-        return Some("the request's Host is no host[:port]");
-    }
+    let by_host = match host {
+        Some(host) if !host.is_empty() => Some((
+            Authority::try_from(host.as_bytes())
+                .map_err(|_| "the request's Host is no host[:port]")?,
+            host,
+        )),
+        _ => None,
+    };
     // RFC 9113 §8.3.1: an HTTP/2 request whose Host names another authority than its
     // `:authority` is malformed; a route matching on one while the instance is given the
     // other would let a caller claim one host and reach another.
@@ -245,14 +251,18 @@ fn malformed<B>(request: &Request<B>) -> Option<&'static str> {
             .as_bytes()
             .eq_ignore_ascii_case(authority.as_str().as_bytes())
     {
-        return Some("the request's Host and :authority differ");
+        return Err("the request's Host and :authority differ");
     }
     // RFC 9110 §7.1: the asterisk target is for OPTIONS only; any other method with it names
     // no resource, and instances read it differently.
     if request.uri().path() == "*" && request.method() != Method::OPTIONS {
-        return Some("only OPTIONS may have the target *");
+        return Err("only OPTIONS may have the target *");
     }
-    None
+    // The target's authority wins over `Host` (RFC 9112 §3.2.2), as `request_authority` reads it.
+    Ok(match request.uri().authority() {
+        Some(authority) => Some((authority.clone(), None)),
+        None => by_host.map(|(authority, host)| (authority, Some(host.clone()))),
+    })
 }
 
 /// The service a request is for.
