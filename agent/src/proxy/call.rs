@@ -31,7 +31,7 @@ pub async fn call(
     proxy: &Proxy,
     service: &str,
     request: Request<Body>,
-    addressed: Option<Addressed>,
+    addressed: Option<&Addressed>,
 ) -> Response<Body> {
     let started = Instant::now();
     let snapshot = proxy.snapshot.load_full();
@@ -53,7 +53,7 @@ async fn call_service(
     snapshot: &Snapshot,
     service: &Service,
     request: Request<Body>,
-    addressed: Option<Addressed>,
+    addressed: Option<&Addressed>,
 ) -> Result<Response<Body>, ProxyError> {
     let (parts, body) = request.into_parts();
     let mut dice = |n: u64| rand::random_range(0..n.max(1));
@@ -141,7 +141,7 @@ struct Call<'a> {
     state: &'a ServiceState,
     parts: &'a Parts,
     /// The authority the caller addressed, and the `Host` it was read from if any.
-    addressed: Option<Addressed>,
+    addressed: Option<&'a Addressed>,
     body: &'a ReplayBody,
     /// How long the answer's body may keep its caller waiting, with the request quiet too.
     idle: std::time::Duration,
@@ -299,7 +299,7 @@ impl Call<'_> {
         let parts = self.parts;
         let (authority, host) = self
             .addressed
-            .clone()
+            .cloned()
             .or_else(|| Some((Authority::try_from(self.target.name.as_str()).ok()?, None)))
             .ok_or_else(|| ProxyError::BadRequest("the request names no host".into()))?;
         let path = path_or_root(parts);

@@ -211,7 +211,7 @@ async fn answer(proxy: &Proxy, target: &Target, request: Request<Incoming>) -> R
             by_host.as_str()
         }
     };
-    call::call(proxy, service, request, addressed).await
+    call::call(proxy, service, request, addressed.as_ref()).await
 }
 
 /// The authority a request addresses (its target's, else its `Host`'s, with that `Host`; `None`
