@@ -145,7 +145,7 @@ pub struct RouteTimeouts {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<Duration>,
     /// Longest a call of this rule may go with neither its request's nor its answer's body
-    /// moving, instead of the agent's `limits.streamIdleTimeout`; `0s` waits for ever.
+    /// moving, instead of the agent's `limits.streamIdleTimeout`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle: Option<Duration>,
 }
