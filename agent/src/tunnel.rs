@@ -28,6 +28,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyphae_policies::ErrorChain;
 use hyphae_policies::tls::ServerIdentity;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -81,11 +82,15 @@ pub struct Pending<'a> {
 
 /// A destination's connections. A request takes a stream under a plain lock, never held
 /// across an await; the async lock is taken only to open a connection, so concurrent requests
-/// that find every connection full share one handshake.
+/// that find every connection full share one handshake, and its failure: requests that waited
+/// for an attempt that failed fail with it, rather than each trying in turn (a destination
+/// that accepts connections but never answers would otherwise make the last of N waiters wait
+/// N connect timeouts, past its request timeout, where a retry elsewhere could have served it).
 #[derive(Default)]
 struct PeerSlot {
     connections: Mutex<Vec<Pooled>>,
-    connecting: tokio::sync::Mutex<()>,
+    /// Held while a connection is being opened; holds when the last attempt failed, and why.
+    connecting: tokio::sync::Mutex<Option<(Instant, ProxyError)>>,
 }
 
 /// A connection given to one request: its sender, the request's stream in its count, and its
@@ -283,10 +288,17 @@ impl Tunnels {
         if let Some(taken) = slot.take(&self.settings) {
             return Ok(taken);
         }
-        let connecting = slot.connecting.lock().await;
+        let waiting_since = Instant::now();
+        let mut connecting = slot.connecting.lock().await;
         // Another request may have opened one while this one waited.
         if let Some(taken) = slot.take(&self.settings) {
             return Ok(taken);
+        }
+        // Or failed to, meanwhile: this request fails as it did.
+        if let Some((failed_at, error)) = connecting.as_ref()
+            && *failed_at >= waiting_since
+        {
+            return slot.take_any().ok_or_else(|| error.clone());
         }
         // Boxed: the handshake's state is large and needed once per connection, so it should
         // not make every request's future larger.
@@ -297,6 +309,7 @@ impl Tunnels {
             Ok((sender, load)) => {
                 // Added before the lock is let go, so the requests waiting for it find it.
                 let (stream, extra) = slot.add(sender.clone(), load);
+                *connecting = None;
                 drop(connecting);
                 if extra {
                     self.start_sweeper();
@@ -305,6 +318,8 @@ impl Tunnels {
             }
             // Full connections are better than none: the request waits for a stream there.
             Err(error) => {
+                *connecting = Some((Instant::now(), error.clone()));
+                drop(connecting);
                 let taken = slot.take_any();
                 if taken.is_some() {
                     tracing::info!(%peer, error = %ErrorChain(&error), "cannot open another HTTP/2 connection; the call waits for a stream on an open one");

@@ -1,7 +1,8 @@
 //! The agents' HTTP/2 connections end to end, with real processes and a real HTTP/2 server
 //! (hyper's, in the test) that limits its streams and holds its answers: calls above a
 //! server's stream limit reach it on more connections, toward an instance (on both mesh paths)
-//! and toward a peer agent; a server's GOAWAY sends later calls to a new connection.
+//! and toward a peer agent; a server's GOAWAY sends later calls to a new connection; calls
+//! waiting for a connection that cannot be opened share the one attempt's failure.
 
 use std::path::Path;
 
@@ -103,4 +104,40 @@ async fn after_an_instances_goaway_calls_go_on_a_new_connection_and_those_on_the
     assert_eq!(answer.text(), "connection 2");
     assert_eq!(all_answered(held).await, ["connection 1"]);
     assert_eq!(server.connections(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_waiting_for_a_connection_that_cannot_be_opened_fail_with_it_not_one_after_another() {
+    // An HTTP/2 instance that accepts connections and never says a word: every handshake
+    // ends at the service's connect timeout (1 s). Calls that queue for one attempt share its
+    // failure; each trying in turn, the last of 8 waited 8 s and made 8 attempts.
+    const CALLS: usize = 8;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the silent instance");
+    let port = listener.local_addr().expect("its address").port();
+    let attempts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&attempts);
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    let no_retries =
+        "---\nkind: ServicePolicy\nmetadata: {name: app}\nspec:\n  retries: {attempts: 0}\n";
+    let agent = mesh::one_agent(AGENT, "app", port, "http2", no_retries);
+    let calls = start_calls(agent.upstream("app"), CALLS);
+    for call in calls {
+        let answer = call.await.expect("a call task");
+        // The instance is this node's own: its connect timeout reaches the caller as the
+        // peer side reports it, 502 `connect-failed`.
+        assert_eq!(answer.status, 502, "{:?}", answer.header("hyphae-error"));
+        assert_eq!(answer.header("hyphae-error"), Some("connect-failed"));
+    }
+    // One attempt for the calls that waited for it (and one more for a call that came only
+    // after it failed), not one per call.
+    let made = attempts.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(made <= 2, "{made} connection attempts for {CALLS} calls");
 }
