@@ -54,9 +54,16 @@ pub fn one_agent(
     policies: &str,
 ) -> Agent {
     // The config names its own inbound address as the endpoint, so that port is chosen ahead
-    // too, together with the upstream port so the two differ.
-    let ports = free_ports(2).unwrap_or_else(|e| panic!("{e}"));
-    let (inbound, upstream) = (ports[0], ports[1]);
+    // too, below the ephemeral range as the upstream port is (a released ephemeral port can
+    // become another test's outgoing connection before the agent binds it, which failed a CI
+    // run), and different from it.
+    let inbound = upstream_port();
+    let upstream = loop {
+        let port = upstream_port();
+        if port != inbound {
+            break port;
+        }
+    };
     let yaml = caller_config(
         service,
         &[format!(
