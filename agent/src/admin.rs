@@ -56,7 +56,7 @@ pub async fn serve(
         let admin = Arc::clone(&admin);
         async move { Ok::<_, Infallible>(route(&admin, &request)) }
     });
-    let (stream, lingering) = crate::lingering_close::lingering(stream);
+    let (stream, lingering) = hyphae_policies::lingering_close::lingering(stream);
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(ADMIN_HEADER_READ_TIMEOUT)
@@ -65,7 +65,7 @@ pub async fn serve(
         c.graceful_shutdown();
     })
     .await;
-    lingering.close(linger, &shutdown).await;
+    lingering.close(linger, shutdown.cancelled()).await;
     if let Err(error) = result {
         tracing::debug!(%peer, %error, "admin connection ended with an error");
     }

@@ -39,7 +39,6 @@ pub mod external_names;
 pub mod health;
 pub mod identity;
 pub mod idle_timer;
-pub mod lingering_close;
 pub mod listener;
 pub mod metrics;
 pub mod model;

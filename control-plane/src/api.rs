@@ -38,6 +38,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyphae_policies::ControlPlaneLimits;
+use hyphae_policies::lingering_close::lingering;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -98,6 +99,7 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: Cancellatio
         let shutdown = shutdown.clone();
         let tasks = connections.clone();
         let first_byte = limits.header_read_timeout.get();
+        let linger = limits.lingering_close_timeout.get();
         connections.spawn(async move {
             // The whole place moves in (not only the field read below), so it is held until
             // the connection ends, or, when a watch takes the connection over, until that ends.
@@ -133,7 +135,7 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: Cancellatio
                     trust_domain,
                 )
                 .from_address(peer.ip());
-                (TokioIo::new(stream), identity)
+                (stream, identity)
             };
             if admitted.reserved
                 && !identity
@@ -161,19 +163,27 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: Cancellatio
                     Ok::<_, Infallible>(handle(&node, request, identity, &scope).await)
                 })
             });
-            // With upgrades: a watch may take the connection over (decision 56).
-            let connection = builder.serve_connection_with_upgrades(io, service);
-            tokio::pin!(connection);
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
-                () = shutdown.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
+            // Closed in stages once served (`lingering_close`): a client refused while still
+            // sending a body (413 past its limit) reads the refusal, not a reset.
+            let (io, lingering) = lingering(io);
+            // With upgrades: a watch may take the connection over (decision 56); the socket
+            // then stays with it and closes plainly.
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+            // In a block of its own: the connection lets go of the socket when dropped.
+            let result = {
+                tokio::pin!(connection);
+                tokio::select! {
+                    result = connection.as_mut() => result,
+                    () = shutdown.cancelled() => {
+                        connection.as_mut().graceful_shutdown();
+                        connection.await
+                    }
                 }
             };
             if let Err(error) = result {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
+            lingering.close(linger, shutdown.cancelled()).await;
         });
     }
     connections.close();

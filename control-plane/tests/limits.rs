@@ -279,6 +279,39 @@ async fn a_stalled_body_is_answered_408_and_bodies_are_bounded_per_kind_of_calle
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_still_uploading_past_the_body_limit_reads_the_413_instead_of_a_reset() {
+    let limits = ControlPlaneLimits {
+        max_admin_body_bytes: 64 * 1024,
+        ..ControlPlaneLimits::default()
+    };
+    let (running, _dir) = node(limits).await;
+    let chunk = vec![b'#'; 64 * 1024];
+    let chunks = 128; // 8 MiB in all: far more than the socket buffers hold.
+    let head = format!(
+        "POST /v1/policies HTTP/1.1\r\nhost: node\r\nauthorization: {}\r\ncontent-length: {}\r\n\r\n",
+        bearer(),
+        chunk.len() * chunks
+    );
+    let mut stream = connect(&running, None).await;
+    // As curl and most clients do: the whole upload first, and a failed write ends the try.
+    // The node answers after 64 KiB and closes; without a lingering close the rest of the
+    // upload meets a reset, which also destroys the answer.
+    stream
+        .write_all(head.as_bytes())
+        .await
+        .expect("send the head");
+    for sent in 0..chunks {
+        if let Err(error) = stream.write_all(&chunk).await {
+            panic!("the upload was cut off after {sent} chunks: {error}");
+        }
+    }
+    stream.flush().await.expect("the upload is taken");
+    let answer = read_to_close(&mut stream).await;
+    assert_refused(&answer, 413, "maxAdminBodyBytes");
+    running.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_cap_are_closed_and_idle_ones_free_their_place() {
     let limits = ControlPlaneLimits {
         max_connections: 8,

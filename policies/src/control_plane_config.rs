@@ -162,6 +162,12 @@ pub struct ControlPlaneLimits {
     pub header_read_timeout: Duration,
     /// Longest a request body may take to arrive in full. Default `30s`.
     pub body_read_timeout: Duration,
+    /// After the node closes an HTTP/1.1 connection while the client may still be sending (a
+    /// body refused past its limit), how long it goes on reading and dropping what arrives, so
+    /// the client reads the refusal instead of a reset that destroys it (RFC 9112 §9.6;
+    /// nginx's `lingering_close`). The connection still counts toward `maxConnections`
+    /// meanwhile. `0s` closes at once. Default `5s`.
+    pub lingering_close_timeout: Duration,
     /// Largest body of an admin request (a policy apply: the policy file limit plus room for
     /// envelopes). Default 4259840 (4 MiB + 64 KiB).
     pub max_admin_body_bytes: u32,
@@ -216,6 +222,7 @@ impl Default for ControlPlaneLimits {
             max_header_bytes: 65_536,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
+            lingering_close_timeout: Duration::from_secs(5),
             max_admin_body_bytes: ADMIN_BODY_DEFAULT,
             max_agent_body_bytes: 1024 * 1024,
             max_peer_body_bytes: 64 * 1024 * 1024,

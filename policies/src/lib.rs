@@ -11,7 +11,8 @@
 //!
 //! [`schema`] generates JSON Schema from the same types; [`duration`] and [`suggest`] are
 //! small helpers. [`error_chain`] is shared by every crate of the workspace: it shows an error
-//! with its causes on one line.
+//! with its causes on one line; so are [`tls`] and [`lingering_close`], how every port closes an
+//! HTTP/1.1 connection.
 
 pub mod access_policy;
 pub mod agent_config;
@@ -21,6 +22,7 @@ pub mod duration;
 pub mod error_chain;
 pub mod external_service;
 pub mod limits;
+pub mod lingering_close;
 pub mod load;
 pub mod object;
 pub mod protocol;

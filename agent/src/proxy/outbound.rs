@@ -5,7 +5,6 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-
 use std::time::Duration;
 
 use http::uri::Authority;
@@ -13,6 +12,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use hyphae_policies::lingering_close::lingering;
 use hyphae_policies::{ErrorChain, Protocol};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -24,7 +24,6 @@ use super::headers::{Addressed, UPGRADE_PATH, UPGRADE_PROTOCOL, has_token, strip
 use super::{Proxy, call, error_response, pipe, stream, without_body_for_head};
 use crate::body::{self, Body};
 use crate::error::ProxyError;
-use crate::lingering_close::lingering;
 use crate::model::Snapshot;
 use crate::send_timeout::SendTimeout;
 
@@ -92,7 +91,7 @@ async fn serve_http1(
     // hyper has let go of the socket (unless upgraded): close it without a reset that would
     // destroy the last answer for a client still sending.
     lingering
-        .close(limits.lingering_close_timeout.get(), shutdown)
+        .close(limits.lingering_close_timeout.get(), shutdown.cancelled())
         .await;
     served
 }

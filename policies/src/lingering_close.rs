@@ -1,6 +1,8 @@
-//! Closing an HTTP/1.1 client's connection without destroying the last answer. The agent
+//! Closing an HTTP/1.1 client's connection without destroying the last answer. A server
 //! closes a connection while its client may still be sending: after answering a request whose
-//! body it did not read whole (an instance's early 413, a refusal). The kernel answers a socket
+//! body it did not read whole (an instance's early 413 through the agent, a body past a
+//! control plane node's limit, a refusal). Shared by the agent's ports and the control plane's,
+//! plain TCP or TLS alike. The kernel answers a socket
 //! closed with unread data with a reset, and a client still writing its upload then fails on
 //! the write (curl: "Send failure: Broken pipe") without reading the answer that was already
 //! on its way. RFC 9112 §9.6 asks a server to close in stages instead, as nginx's
@@ -14,33 +16,33 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 
 /// Bytes read per system call while lingering.
 const DRAIN_READ: usize = 16 * 1024;
 
-/// Where a served connection's socket goes when the server lets go of it.
-type Slot = Arc<Mutex<Option<TcpStream>>>;
+/// Where a served connection's socket goes when the server lets go of it. Boxed then, so the
+/// slot costs a connection a few bytes while it is served, not a second stream's size (a TLS
+/// stream's is over a kilobyte, and a control plane node holds one per watching agent).
+type Slot<S> = Arc<Mutex<Option<Box<S>>>>;
 
 /// A client connection served by hyper that, once hyper drops it, hands its socket back to
 /// [`Lingering::close`] instead of closing it. Upgraded connections keep it until their tunnel
 /// ends and then close it plainly: nobody lingers for them.
 #[derive(Debug)]
-pub struct LingeringStream {
-    stream: Option<TcpStream>,
-    slot: Slot,
+pub struct LingeringStream<S> {
+    stream: Option<S>,
+    slot: Slot<S>,
 }
 
 /// The other end of a [`LingeringStream`]: closes its socket in stages once the connection
 /// has been served.
 #[derive(Debug)]
-pub struct Lingering {
-    slot: Slot,
+pub struct Lingering<S> {
+    slot: Slot<S>,
 }
 
 /// Wraps `stream` for serving; the [`Lingering`] closes it afterwards.
-pub fn lingering(stream: TcpStream) -> (LingeringStream, Lingering) {
+pub fn lingering<S>(stream: S) -> (LingeringStream<S>, Lingering<S>) {
     let slot = Slot::default();
     let lingering = Lingering {
         slot: Arc::clone(&slot),
@@ -54,12 +56,12 @@ pub fn lingering(stream: TcpStream) -> (LingeringStream, Lingering) {
     )
 }
 
-impl Lingering {
-    /// Closes the served socket in stages: ends the write side, then reads and drops what the
-    /// client still sends until it closes its side or `linger` has passed (at once when
-    /// `shutdown` has fired: a draining agent does not wait for clients). Does nothing while
-    /// the connection is still held (upgraded).
-    pub async fn close(self, linger: Duration, shutdown: &CancellationToken) {
+impl<S: AsyncRead + AsyncWrite + Unpin> Lingering<S> {
+    /// Closes the served connection in stages: ends the write side (over TLS, with its
+    /// close_notify), then reads and drops what the client still sends until it closes its side
+    /// or `linger` has passed, or `stop` (the server's shutdown) completes: a draining server
+    /// does not wait for clients. Does nothing while the connection is still held (upgraded).
+    pub async fn close(self, linger: Duration, stop: impl Future<Output = ()>) {
         let stream = self
             .slot
             .lock()
@@ -68,44 +70,48 @@ impl Lingering {
         let Some(mut stream) = stream else {
             return;
         };
-        if linger.is_zero() || shutdown.is_cancelled() {
+        if linger.is_zero() {
             return;
         }
-        // hyper has usually sent its FIN already; a second shutdown is harmless.
-        let _ = stream.shutdown().await;
-        let drain = async {
+        let linger_out = async {
+            // Usually the write side has ended already; a second shutdown is harmless. Inside
+            // the time bound: over TLS it writes a close_notify, which a client that reads
+            // nothing could hold up.
+            let _ = stream.shutdown().await;
             let mut buffer = vec![0_u8; DRAIN_READ];
-            // Ends at the client's FIN, or at an error (its reset).
+            // Ends at the client's end of stream, or at an error (its reset).
             while let Ok(read) = stream.read(&mut buffer).await {
                 if read == 0 {
                     break;
                 }
             }
         };
+        // The stop first: a server already draining does not start to linger.
         tokio::select! {
-            () = drain => {}
+            biased;
+            () = stop => {}
+            () = linger_out => {}
             () = tokio::time::sleep(linger) => {}
-            () = shutdown.cancelled() => {}
         }
     }
 }
 
-impl LingeringStream {
-    fn stream(&mut self) -> io::Result<&mut TcpStream> {
+impl<S> LingeringStream<S> {
+    fn stream(&mut self) -> io::Result<&mut S> {
         self.stream
             .as_mut()
             .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
     }
 }
 
-impl Drop for LingeringStream {
+impl<S> Drop for LingeringStream<S> {
     fn drop(&mut self) {
         let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
-        *slot = self.stream.take();
+        *slot = self.stream.take().map(Box::new);
     }
 }
 
-impl AsyncRead for LingeringStream {
+impl<S: AsyncRead + Unpin> AsyncRead for LingeringStream<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -115,7 +121,7 @@ impl AsyncRead for LingeringStream {
     }
 }
 
-impl AsyncWrite for LingeringStream {
+impl<S: AsyncWrite + Unpin> AsyncWrite for LingeringStream<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -147,7 +153,7 @@ impl AsyncWrite for LingeringStream {
 
 #[cfg(test)]
 mod tests {
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
 
@@ -169,7 +175,7 @@ mod tests {
         drop(stream);
         let closing = tokio::spawn(async move {
             lingering
-                .close(Duration::from_secs(30), &CancellationToken::new())
+                .close(Duration::from_secs(30), std::future::pending())
                 .await;
         });
         // The client keeps sending for a while: every write is taken, none is reset.
@@ -197,15 +203,13 @@ mod tests {
             slot: Arc::clone(&lingering.slot),
         };
         // Still held (an upgraded connection): nothing to close.
-        held.close(Duration::from_secs(30), &CancellationToken::new())
+        held.close(Duration::from_secs(30), std::future::pending())
             .await;
         drop(stream);
-        let shutdown = CancellationToken::new();
-        shutdown.cancel();
-        // The client never closes, but a draining agent does not wait for it.
+        // The client never closes, but a draining server does not wait for it.
         tokio::time::timeout(
             Duration::from_secs(10),
-            lingering.close(Duration::from_secs(30), &shutdown),
+            lingering.close(Duration::from_secs(30), std::future::ready(())),
         )
         .await
         .expect("no lingering at shutdown");
