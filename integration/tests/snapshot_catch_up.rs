@@ -65,8 +65,8 @@ impl Outrun {
             // outcome; as a client would, the test sends it again, to whichever node leads now
             // (the same policy applied twice is the same state). A debug build on a loaded
             // 2-core machine, snapshotting tens of MB every ten writes and purging all but two
-            // entries, has run past both: a follower that falls three entries behind must take
-            // a snapshot of them.
+            // entries (a follower a few entries behind is sent the snapshot instead), has run
+            // past both.
             let write = wait_for(
                 &format!("policy {index} to be written"),
                 WRITE_PATIENCE,
