@@ -110,7 +110,7 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: Cancellatio
             // it has left: the handshake is boxed (freed when it ends), and the TLS stream is
             // only borrowed inside this block (a local borrowed anywhere in an async block
             // keeps its place in the task until its scope ends; here 1.2 KiB). Decision 50.
-            let (io, identity) = {
+            let (io, identity, linger) = {
                 let acceptor = tokio_rustls::TlsAcceptor::from(node.tls.server.load_full());
                 let handshake = Box::pin(tokio::time::timeout(first_byte, acceptor.accept(stream)));
                 let stream = match handshake.await {
@@ -135,7 +135,15 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: Cancellatio
                     trust_domain,
                 )
                 .from_address(peer.ip());
-                (stream, identity)
+                // HTTP/2 (by ALPN: agents and peers) closes with GOAWAY; a reset there loses no
+                // answer, so only other connections linger (decision 61), and a peer whose
+                // host is gone is not waited for.
+                let linger = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    std::time::Duration::ZERO
+                } else {
+                    linger
+                };
+                (stream, identity, linger)
             };
             if admitted.reserved
                 && !identity
@@ -151,6 +159,9 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: Cancellatio
                 tasks,
                 place: Arc::new(admitted),
             };
+            // The place is held through the lingering close too: the service below, which
+            // holds the scope, is dropped before it.
+            let place = Arc::clone(&scope.place);
             let service = service_fn(move |request| {
                 let node = Arc::clone(&node);
                 let scope = scope.clone();
@@ -184,6 +195,7 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: Cancellatio
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
             lingering.close(linger, shutdown.cancelled()).await;
+            drop(place);
         });
     }
     connections.close();
