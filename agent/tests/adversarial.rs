@@ -931,6 +931,94 @@ async fn http1_absolute_form_is_routed_and_delivered_by_its_target_never_by_host
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_a_transfer_coding_besides_chunked_gets_501_and_reaches_no_instance() {
+    // RFC 9112 §6.1; hyper reads the chunks of `gzip, chunked`, and the instance would get the
+    // gzip bytes without the (hop-by-hop) header that names them.
+    let backend = TestBackend::start("b").await;
+    let (_host, caller) = mesh(&backend, "");
+    let entry = caller.upstream("svc");
+    for (name, raw) in [
+        (
+            "gzip, chunked",
+            &b"POST /echo HTTP/1.1\r\nHost: svc\r\nConnection: close\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nraw\r\n0\r\n\r\n"[..],
+        ),
+        (
+            "gzip and chunked on two lines",
+            b"POST /echo HTTP/1.1\r\nHost: svc\r\nConnection: close\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nraw\r\n0\r\n\r\n",
+        ),
+    ] {
+        let answer = raw_http1(entry, raw).await;
+        assert!(answer.starts_with("HTTP/1.1 501"), "{name}: {answer}");
+    }
+    assert_eq!(backend.requests(), 0);
+    // Chunked alone, in any case, is carried.
+    let answer = raw_http1(
+        entry,
+        b"POST /echo HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: Chunked\r\nConnection: close\r\n\r\n3\r\nraw\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("raw"),
+        "{answer}"
+    );
+    still_serves(&caller).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_trailers_hold_hop_by_hop_fields_still_crosses_the_mesh() {
+    // HTTP/2 forbids connection-specific fields (RFC 9113 §8.2.2); the tunnel would refuse the
+    // trailer section and the body would never end.
+    let backend = TestBackend::start("b").await;
+    let (_host, caller) = mesh(&backend, "");
+    let answer = raw_http1(
+        caller.upstream("svc"),
+        b"POST /echo HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nraw\r\n0\r\nX-Sum: 1\r\nKeep-Alive: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("raw"),
+        "{answer}"
+    );
+    still_serves(&caller).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_upgrade_the_mesh_does_not_take_is_served_as_an_ordinary_request() {
+    // What `curl --http2 http://...` sends. The agent does not speak h2c to instances; like
+    // Envoy and nginx it forwards the request without the upgrade (RFC 9110 §7.8).
+    let backend = TestBackend::start("b").await;
+    let (_host, caller) = mesh(&backend, "");
+    let answer = raw_http1(
+        caller.upstream("svc"),
+        b"GET / HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.ends_with("\r\n\r\nb"),
+        "the backend's own answer: {answer}"
+    );
+    assert_eq!(backend.requests(), 1);
+    still_serves(&caller).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absolute_target_with_a_query_and_no_path_reaches_the_instance_as_slash_query() {
+    // RFC 9112 §3.2.1: `http://svc?status=201` is sent on in origin form as `/?status=201`;
+    // the URI holds `?status=201`, which an instance cannot read as a target.
+    let backend = TestBackend::start("b").await;
+    let (_host, caller) = mesh(&backend, "");
+    let proxy = caller.http_proxy.expect("a proxy port");
+    let answer = raw_http1(
+        proxy,
+        b"GET http://svc?status=201 HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    still_serves(&caller).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expect_100_continue_to_a_refused_request_gets_the_refusal_without_100() {
     let backend = TestBackend::start("b").await;
     let (_host, caller) = mesh(&backend, "");

@@ -819,6 +819,31 @@ async fn unusual_and_broken_answers_reach_the_caller_as_rfc_9112_frames_them() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http10_instances_answer_reaches_the_caller_in_the_agents_own_version() {
+    // RFC 9110 §6.2: an intermediary sends its own HTTP version. Through the mesh the tunnel's
+    // HTTP/2 hop did that; on the caller's own node the instance's `HTTP/1.0` went through.
+    let port = unusual_instance().await;
+    for path in both_paths(port, "http", "") {
+        let http1 = http1_client();
+        let ok = format!("http://{}/ok", path.entry);
+        hyphae_integration::eventually::eventually(&format!("{} to answer", path.name), || async {
+            outcome(&http1, &ok).await.is(Expect::Whole(200, "ok"))
+        })
+        .await;
+        let answer = raw_exchange(
+            path.entry,
+            b"GET /http10-keep-alive HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.ends_with("\r\n\r\nold"),
+            "{}: {answer}",
+            path.name
+        );
+    }
+}
+
 /// Connections the stalling instance has seen closed by the agent.
 static STALLED_CLOSED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 

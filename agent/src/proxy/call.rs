@@ -262,14 +262,9 @@ impl Call<'_> {
     /// none, only a copy the caller sent is taken out (where ours would have replaced it).
     fn own_call(&self, body: Body, chosen: &Chosen<'_>) -> Result<OwnCall, ProxyError> {
         let (authority, host, path, mut request) = self.forwarded(body)?;
-        // An empty path (`GET http://host`) reads as `/` in an absolute URI and as nothing in
-        // origin form: that one keeps the absolute URI, so the access check sees what it sees
-        // in a peer's call.
-        *request.uri_mut() = if path.as_str().is_empty() {
-            absolute_uri(Scheme::HTTP, authority.clone(), path)?
-        } else {
-            Uri::from(path)
-        };
+        // `path_or_root` gave `/` for an empty path, so origin form says what an absolute URI
+        // says, and the access check sees what it sees in a peer's call.
+        *request.uri_mut() = Uri::from(path);
         let headers = request.headers_mut();
         let destination = match self.destination.rule {
             Some(rule) if !rule.request_headers.is_empty() => {

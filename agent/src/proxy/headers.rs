@@ -89,13 +89,18 @@ pub fn absolute_uri(
         .map_err(|e| ProxyError::BadRequest(Cause::new(e)))
 }
 
-/// The request's path and query, `/` when the target has none (an authority-form request).
+/// The request's path and query as origin form needs them: `/` when the target has no path
+/// (an authority-form request, `http://host`), and `/?q` for `http://host?q`, which the URI
+/// holds as `?q` (RFC 9112 §3.2.1: an empty path is sent as `/`).
 pub fn path_or_root(parts: &Parts) -> PathAndQuery {
-    parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"))
+    match parts.uri.path_and_query() {
+        Some(path) if path.as_str().starts_with('/') || path.as_str() == "*" => path.clone(),
+        Some(path) if !path.as_str().is_empty() => {
+            PathAndQuery::try_from(format!("/{}", path.as_str()))
+                .unwrap_or_else(|_| PathAndQuery::from_static("/"))
+        }
+        _ => PathAndQuery::from_static("/"),
+    }
 }
 
 /// Whether a comma-separated header value (`Connection`, `TE`) lists `token`, in any case.

@@ -456,6 +456,9 @@ async fn forward_to_instance(
                 .await?;
             // The pool reads an answer to its declared end, whatever follows.
             strip_hop_by_hop(response.headers_mut());
+            // The agent speaks its own HTTP version to its caller (RFC 9110 §6.2): an HTTP/1.0
+            // instance's answer goes on as HTTP/1.1 (the peer's tunnel made it HTTP/2 anyway).
+            *response.version_mut() = http::Version::HTTP_11;
             return Ok(response);
         }
     };

@@ -7,8 +7,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::uri::Authority;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -181,6 +183,11 @@ async fn answer(proxy: &Proxy, target: &Target, request: Request<Incoming>) -> R
         Ok(addressed) => addressed,
         Err(reason) => return error_response(&ProxyError::BadRequest(reason.into())),
     };
+    if has_other_transfer_coding(&request) {
+        return error_response(&ProxyError::Unsupported(
+            "a request transfer coding other than chunked",
+        ));
+    }
     // Tunnels and upgrades are boxed: their futures are large and rare, and every request's
     // future (moved as hyper stores or spawns it) would otherwise be as large.
     if request.method() == Method::CONNECT {
@@ -197,7 +204,7 @@ async fn answer(proxy: &Proxy, target: &Target, request: Request<Incoming>) -> R
             Err(error) => error_response(&error),
         };
     }
-    let request = request.map(body::boxed);
+    let request = request.map(|body| body::boxed(with_end_to_end_trailers(body)));
     let by_host;
     let service = match target {
         Target::Service(name) => name,
@@ -272,15 +279,65 @@ fn resolve<B>(proxy: &Proxy, target: &Target, request: &Request<B>) -> Result<St
     }
 }
 
-/// True for an HTTP/1.1 request asking to switch protocols (WebSocket and the like).
+/// True for an HTTP/1.1 request asking to switch protocols (WebSocket and the like). Not for
+/// `Upgrade: h2c` alone (`curl --http2` sends it): a proxy that does not take it forwards the
+/// request as an ordinary one without it, as Envoy and nginx do, and RFC 9110 §7.8 lets the
+/// upgrade be ignored.
 fn is_upgrade<B>(request: &Request<B>) -> bool {
     request.version() == http::Version::HTTP_11
-        && request.headers().contains_key(http::header::UPGRADE)
+        && request
+            .headers()
+            .get(http::header::UPGRADE)
+            .is_some_and(|protocols| !names_only_h2c(protocols))
         && request
             .headers()
             .get_all(http::header::CONNECTION)
             .iter()
             .any(|v| has_token(v, "upgrade"))
+}
+
+/// A caller's body whose trailers lose their hop-by-hop fields (`Connection`, `Keep-Alive`,
+/// `Transfer-Encoding`...), as its head did. HTTP/2 forbids them (RFC 9113 §8.2.2), so the
+/// tunnel's HTTP/2 client refused an HTTP/1.1 caller's trailer section holding one, and the
+/// call hung on a body that never ended.
+fn with_end_to_end_trailers<B>(body: B) -> impl hyper::body::Body<Data = Bytes, Error = B::Error>
+where
+    B: hyper::body::Body<Data = Bytes>,
+{
+    body.map_frame(|frame| match frame.into_trailers() {
+        Ok(mut trailers) => {
+            strip_hop_by_hop(&mut trailers);
+            hyper::body::Frame::trailers(trailers)
+        }
+        Err(frame) => frame,
+    })
+}
+
+/// Whether an `Upgrade` value names `h2c` and nothing else.
+fn names_only_h2c(protocols: &HeaderValue) -> bool {
+    protocols.to_str().is_ok_and(|v| {
+        v.split(',')
+            .map(str::trim)
+            .all(|protocol| protocol.eq_ignore_ascii_case("h2c"))
+    })
+}
+
+/// Whether an HTTP/1.1 request's body is in a transfer coding besides chunked (`gzip,
+/// chunked`). hyper reads the chunks, but the coding's name travels in a hop-by-hop header, so
+/// the instance would get the coded bytes unmarked. RFC 9112 §6.1: 501, as nginx answers, as
+/// the agent refuses such answers from instances (decision 66). Only a body of no declared
+/// length can be chunked, so most requests are settled without a lookup.
+fn has_other_transfer_coding(request: &Request<Incoming>) -> bool {
+    use hyper::body::Body as _;
+    request.version() == http::Version::HTTP_11
+        && request.body().size_hint().exact().is_none()
+        && request
+            .headers()
+            .get_all(http::header::TRANSFER_ENCODING)
+            .iter()
+            .flat_map(|value| value.to_str().unwrap_or("?").split(','))
+            .map(str::trim)
+            .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("chunked"))
 }
 
 /// Carries an HTTP upgrade to the instance over a CONNECT stream: the instance's 101 (its
