@@ -844,6 +844,48 @@ async fn an_http10_instances_answer_reaches_the_caller_in_the_agents_own_version
     }
 }
 
+/// An HTTP/1.1 instance that answers every request with its head as the body, and closes.
+async fn head_echo_instance() -> u16 {
+    raw_instance(|head| {
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{head}",
+            head.len()
+        );
+        Some((answer.into_bytes(), true))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_post_without_a_length_reaches_the_instance_with_content_length_0() {
+    // A POST with no body and no length (`curl -X POST`) says nothing of its body on the wire;
+    // the instance must still learn where it ends. The agent sends `content-length: 0`, as
+    // hyper's clients do for a body known to be empty.
+    let port = head_echo_instance().await;
+    for path in both_paths(port, "http", "") {
+        let raw = b"POST /empty HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n";
+        let answer = hyphae_integration::eventually::wait_for(
+            &format!("{} to answer", path.name),
+            DEADLINE,
+            std::time::Duration::from_millis(50),
+            || async {
+                let answer = raw_exchange(path.entry, raw).await;
+                answer.starts_with("HTTP/1.1 200").then_some(answer)
+            },
+        )
+        .await
+        .expect("an answer");
+        let head = answer.to_ascii_lowercase();
+        assert!(
+            head.contains("\r\n\r\npost /empty http/1.1\r\n")
+                && head.contains("\r\ncontent-length: 0\r\n")
+                && !head.contains("transfer-encoding"),
+            "{}: the instance saw {answer}",
+            path.name
+        );
+    }
+}
+
 /// Connections the stalling instance has seen closed by the agent.
 static STALLED_CLOSED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 

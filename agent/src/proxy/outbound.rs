@@ -204,7 +204,14 @@ async fn answer(proxy: &Proxy, target: &Target, request: Request<Incoming>) -> R
             Err(error) => error_response(&error),
         };
     }
-    let request = request.map(|body| body::boxed(with_end_to_end_trailers(body)));
+    // Only an HTTP/1.1 caller's chunked body can carry trailers HTTP/2 refuses (h2 checked an
+    // HTTP/2 caller's). Only that one is wrapped: the wrapper reports no size hint, which for
+    // a body of known length would lose its `content-length` on the way.
+    let request = if is_chunked_http1(&request) {
+        request.map(|body| body::boxed(with_end_to_end_trailers(body)))
+    } else {
+        request.map(body::boxed)
+    };
     let by_host;
     let service = match target {
         Target::Service(name) => name,
@@ -287,8 +294,9 @@ fn is_upgrade<B>(request: &Request<B>) -> bool {
     request.version() == http::Version::HTTP_11
         && request
             .headers()
-            .get(http::header::UPGRADE)
-            .is_some_and(|protocols| !names_only_h2c(protocols))
+            .get_all(http::header::UPGRADE)
+            .iter()
+            .any(|protocols| !names_only_h2c(protocols))
         && request
             .headers()
             .get_all(http::header::CONNECTION)
@@ -313,6 +321,12 @@ where
     })
 }
 
+/// Whether a request is HTTP/1.1 with a body of no declared length: chunked.
+fn is_chunked_http1(request: &Request<Incoming>) -> bool {
+    use hyper::body::Body as _;
+    request.version() == http::Version::HTTP_11 && request.body().size_hint().exact().is_none()
+}
+
 /// Whether an `Upgrade` value names `h2c` and nothing else.
 fn names_only_h2c(protocols: &HeaderValue) -> bool {
     protocols.to_str().is_ok_and(|v| {
@@ -328,9 +342,7 @@ fn names_only_h2c(protocols: &HeaderValue) -> bool {
 /// the agent refuses such answers from instances (decision 66). Only a body of no declared
 /// length can be chunked, so most requests are settled without a lookup.
 fn has_other_transfer_coding(request: &Request<Incoming>) -> bool {
-    use hyper::body::Body as _;
-    request.version() == http::Version::HTTP_11
-        && request.body().size_hint().exact().is_none()
+    is_chunked_http1(request)
         && request
             .headers()
             .get_all(http::header::TRANSFER_ENCODING)
