@@ -59,7 +59,7 @@ pub enum RequestFraming {
 
 /// Decides a request body's framing as hyper's client did, and sets the headers that say it:
 /// a body that has ended sends nothing more (and says `content-length: 0` unless it is a
-/// `GET`, `HEAD` or `CONNECT`, as a request through a peer's tunnel arrives); a
+/// `GET`, `HEAD`, `DELETE` or `CONNECT`, as hyper's HTTP/2 client sends it to a peer); a
 /// `Content-Length` the caller gave is kept; a
 /// known size becomes one; a `GET`, `HEAD` or `CONNECT` of unknown size sends no body; any
 /// other method of unknown size goes chunked.
@@ -72,8 +72,10 @@ pub fn request_framing(
     // Transfer-Encoding is hop-by-hop; whatever arrived was removed, this side decides it.
     headers.remove(TRANSFER_ENCODING);
     if ended {
-        if !matches!(*method, Method::GET | Method::HEAD | Method::CONNECT)
-            && !headers.contains_key(CONTENT_LENGTH)
+        if !matches!(
+            *method,
+            Method::GET | Method::HEAD | Method::DELETE | Method::CONNECT
+        ) && !headers.contains_key(CONTENT_LENGTH)
         {
             headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
         }
