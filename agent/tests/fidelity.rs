@@ -886,6 +886,70 @@ async fn an_empty_post_without_a_length_reaches_the_instance_with_content_length
     }
 }
 
+/// An HTTP/1.1 instance that takes every upgrade, naming in `x-seen-host` the `Host` it got.
+async fn upgrade_host_instance() -> u16 {
+    raw_instance(|head| {
+        let host = head
+            .lines()
+            .find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("host").then(|| value.trim())
+            })
+            .unwrap_or("-");
+        let answer = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nX-Seen-Host: {host}\r\n\r\n"
+        );
+        Some((answer.into_bytes(), false))
+    })
+    .await
+}
+
+/// Writes `raw` to `address` and reads the answer's head, leaving the connection open.
+async fn raw_head(address: SocketAddr, raw: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect to the agent");
+    stream.write_all(raw).await.expect("write the request");
+    let mut head = Vec::new();
+    let mut buffer = [0_u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout(DEADLINE, stream.read(&mut buffer)).await {
+            Ok(Ok(0) | Err(_)) => break,
+            Ok(Ok(n)) => head.extend_from_slice(&buffer[..n]),
+            Err(_) => panic!("no answer head to {:?}", String::from_utf8_lossy(raw)),
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_reaches_the_instance_with_the_callers_host_as_it_was_sent() {
+    // The CONNECT stream that carries an upgrade needs a port in its authority (`app:80`); the
+    // instance must still get the caller's `Host: app`, as ordinary calls do (decision 29).
+    let port = upgrade_host_instance().await;
+    for path in both_paths(port, "http", "") {
+        let raw = b"GET /ws HTTP/1.1\r\nHost: app\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+        let head = hyphae_integration::eventually::wait_for(
+            &format!("{} to carry the upgrade", path.name),
+            DEADLINE,
+            std::time::Duration::from_millis(50),
+            || async {
+                let head = raw_head(path.entry, raw).await;
+                head.starts_with("HTTP/1.1 101").then_some(head)
+            },
+        )
+        .await
+        .expect("a 101");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("\r\nx-seen-host: app\r\n"),
+            "{}: {head}",
+            path.name
+        );
+    }
+}
+
 /// Connections the stalling instance has seen closed by the agent.
 static STALLED_CLOSED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 

@@ -20,6 +20,9 @@ pub const DESTINATION: HeaderName = HeaderName::from_static("hyphae-destination"
 pub const UPGRADE_PROTOCOL: HeaderName = HeaderName::from_static("hyphae-upgrade");
 /// Between agents: the path and query of the upgrade request a CONNECT stream carries.
 pub const UPGRADE_PATH: HeaderName = HeaderName::from_static("hyphae-upgrade-path");
+/// Between agents: the caller's `Host` of the upgrade a CONNECT stream carries, as it sent it.
+/// The CONNECT's authority must have a port (`name:80`) that the caller's `Host` may not.
+pub const UPGRADE_HOST: HeaderName = HeaderName::from_static("hyphae-upgrade-host");
 
 /// How many names [`HOP_BY_HOP`] holds.
 const HOP_BY_HOP_COUNT: usize = 8;

@@ -19,8 +19,8 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::headers::{
-    Addressed, DESTINATION, UPGRADE_PATH, UPGRADE_PROTOCOL, absolute_uri, path_or_root,
-    request_authority, strip_hop_by_hop,
+    Addressed, DESTINATION, UPGRADE_HOST, UPGRADE_PATH, UPGRADE_PROTOCOL, absolute_uri,
+    path_or_root, request_authority, strip_hop_by_hop,
 };
 use super::instance_pool::InstancePool;
 use super::{Proxy, error_response, pipe, without_body_for_head};
@@ -338,11 +338,17 @@ async fn upgrade_instance(
         .remove(UPGRADE_PATH)
         .and_then(|p| PathAndQuery::try_from(p.as_bytes()).ok())
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    // The caller's own `Host`, else the CONNECT's authority (which has a port the caller's
+    // `Host` may not have had: `name:80`).
+    let host = parts
+        .headers
+        .remove(UPGRADE_HOST)
+        .or_else(|| HeaderValue::from_str(parts.uri.authority().map_or("", |a| a.as_str())).ok());
     let mut upgrade = Request::new(body::empty());
     *upgrade.uri_mut() = Uri::from(path);
     let headers = upgrade.headers_mut();
     headers.clone_from(&parts.headers);
-    if let Ok(host) = HeaderValue::from_str(parts.uri.authority().map_or("", |a| a.as_str())) {
+    if let Some(host) = host {
         headers.insert(http::header::HOST, host);
     }
     headers.insert(

@@ -22,7 +22,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::detect::{self, Detected};
-use super::headers::{Addressed, UPGRADE_PATH, UPGRADE_PROTOCOL, has_token, strip_hop_by_hop};
+use super::headers::{
+    Addressed, UPGRADE_HOST, UPGRADE_PATH, UPGRADE_PROTOCOL, has_token, strip_hop_by_hop,
+};
 use super::{Proxy, call, error_response, pipe, stream, without_body_for_head};
 use crate::body::{self, Body};
 use crate::error::ProxyError;
@@ -368,7 +370,12 @@ async fn upgrade(proxy: &Proxy, service: &str, mut request: Request<Incoming>) -
         .map(str::to_string);
     let mut headers = request.headers().clone();
     strip_hop_by_hop(&mut headers);
-    headers.remove(http::header::HOST);
+    // An HTTP/1.1 request always has its `Host` here (`addressed`); it travels beside the
+    // CONNECT's authority, so the instance gets it as the caller wrote it.
+    match headers.remove(http::header::HOST) {
+        Some(host) => headers.insert(UPGRADE_HOST, host),
+        None => headers.remove(UPGRADE_HOST),
+    };
     headers.insert(UPGRADE_PROTOCOL, protocol.clone());
     let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
     match HeaderValue::from_str(path) {
