@@ -950,6 +950,45 @@ async fn an_upgrade_reaches_the_instance_with_the_callers_host_as_it_was_sent() 
     }
 }
 
+/// An HTTP/1.1 instance that declines every upgrade and answers as usual: 200, `no`.
+async fn upgrade_declining_instance() -> u16 {
+    raw_instance(|_| {
+        Some((
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno".to_vec(),
+            false,
+        ))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_the_instance_declines_with_200_reaches_the_caller_as_that_200() {
+    // RFC 9110 §7.8: a server may ignore an upgrade. Its 200 must not become the tunnel's
+    // acceptance (a 101 nobody sent) or, with a body, a reset CONNECT (502).
+    let port = upgrade_declining_instance().await;
+    for path in both_paths(port, "http", "") {
+        let raw = b"GET /ws HTTP/1.1\r\nHost: app\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+        let answer = hyphae_integration::eventually::wait_for(
+            &format!("{} to answer", path.name),
+            DEADLINE,
+            std::time::Duration::from_millis(50),
+            || async {
+                let answer = raw_exchange(path.entry, raw).await;
+                (!answer.contains("hyphae-error: no-endpoints")
+                    && !answer.contains("hyphae-error: unknown-service"))
+                .then_some(answer)
+            },
+        )
+        .await
+        .expect("an answer");
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.ends_with("\r\n\r\nno"),
+            "{}: {answer}",
+            path.name
+        );
+    }
+}
+
 /// Connections the stalling instance has seen closed by the agent.
 static STALLED_CLOSED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 

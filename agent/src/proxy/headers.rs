@@ -23,6 +23,10 @@ pub const UPGRADE_PATH: HeaderName = HeaderName::from_static("hyphae-upgrade-pat
 /// Between agents: the caller's `Host` of the upgrade a CONNECT stream carries, as it sent it.
 /// The CONNECT's authority must have a port (`name:80`) that the caller's `Host` may not.
 pub const UPGRADE_HOST: HeaderName = HeaderName::from_static("hyphae-upgrade-host");
+/// Between agents: the status of an instance's 2xx answer that declined an upgrade. A CONNECT
+/// stream answered 2xx is a tunnel, so such an answer travels as 502 with its status here,
+/// and the calling agent gives it back.
+pub const UPGRADE_DECLINED: HeaderName = HeaderName::from_static("hyphae-upgrade-declined");
 
 /// How many names [`HOP_BY_HOP`] holds.
 const HOP_BY_HOP_COUNT: usize = 8;

@@ -19,8 +19,8 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::headers::{
-    Addressed, DESTINATION, UPGRADE_HOST, UPGRADE_PATH, UPGRADE_PROTOCOL, absolute_uri,
-    path_or_root, request_authority, strip_hop_by_hop,
+    Addressed, DESTINATION, UPGRADE_DECLINED, UPGRADE_HOST, UPGRADE_PATH, UPGRADE_PROTOCOL,
+    absolute_uri, path_or_root, request_authority, strip_hop_by_hop,
 };
 use super::instance_pool::InstancePool;
 use super::{Proxy, error_response, pipe, without_body_for_head};
@@ -360,6 +360,13 @@ async fn upgrade_instance(
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         let mut response = response.map(body::boxed);
         strip_hop_by_hop(response.headers_mut());
+        // RFC 9110 §7.8 lets a server ignore the upgrade and answer as usual; a 2xx would read
+        // as the tunnel's acceptance (and HTTP/2 resets a 2xx CONNECT answer with a body).
+        if response.status().is_success() {
+            let status = HeaderValue::from(response.status().as_u16());
+            response.headers_mut().insert(UPGRADE_DECLINED, status);
+            *response.status_mut() = StatusCode::BAD_GATEWAY;
+        }
         return Ok(response);
     }
     let mut answer = Response::new(body::empty());

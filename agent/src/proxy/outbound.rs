@@ -23,7 +23,8 @@ use tracing::Instrument;
 
 use super::detect::{self, Detected};
 use super::headers::{
-    Addressed, UPGRADE_HOST, UPGRADE_PATH, UPGRADE_PROTOCOL, has_token, strip_hop_by_hop,
+    Addressed, UPGRADE_DECLINED, UPGRADE_HOST, UPGRADE_PATH, UPGRADE_PROTOCOL, has_token,
+    strip_hop_by_hop,
 };
 use super::{Proxy, call, error_response, pipe, stream, without_body_for_head};
 use crate::body::{self, Body};
@@ -390,9 +391,17 @@ async fn upgrade(proxy: &Proxy, service: &str, mut request: Request<Incoming>) -
     let open = match open.accepted() {
         Ok(open) => open,
         Err(refused) => {
-            // The instance refused the upgrade: its answer goes back as it is.
+            // The instance refused the upgrade: its answer goes back as it is, with the 2xx
+            // status the peer could not answer the CONNECT with.
             let mut response = (*refused).map(body::boxed);
             strip_hop_by_hop(response.headers_mut());
+            if let Some(status) = response
+                .headers_mut()
+                .remove(UPGRADE_DECLINED)
+                .and_then(|status| StatusCode::from_bytes(status.as_bytes()).ok())
+            {
+                *response.status_mut() = status;
+            }
             return response;
         }
     };
