@@ -844,6 +844,31 @@ async fn an_http10_instances_answer_reaches_the_caller_in_the_agents_own_version
     }
 }
 
+/// What `exchange` (a raw exchange with the agent) gives for `raw` on `path` once `ready`
+/// accepts it: a path answers for the instance only once its agent has learnt of it. Fails
+/// the test after [`DEADLINE`].
+async fn once_ready<Fut>(
+    path: &MeshPath,
+    exchange: impl Fn(SocketAddr, &'static [u8]) -> Fut,
+    raw: &'static [u8],
+    ready: impl Fn(&str) -> bool,
+) -> String
+where
+    Fut: std::future::Future<Output = String>,
+{
+    hyphae_integration::eventually::wait_for(
+        &format!("{} to answer", path.name),
+        DEADLINE,
+        Duration::from_millis(50),
+        || async {
+            let answer = exchange(path.entry, raw).await;
+            ready(&answer).then_some(answer)
+        },
+    )
+    .await
+    .unwrap_or_else(|timed_out| panic!("{timed_out}"))
+}
+
 /// An HTTP/1.1 instance that answers every request with its head as the body, and closes.
 async fn head_echo_instance() -> u16 {
     raw_instance(|head| {
@@ -864,17 +889,10 @@ async fn an_empty_post_without_a_length_reaches_the_instance_with_content_length
     let port = head_echo_instance().await;
     for path in both_paths(port, "http", "") {
         let raw = b"POST /empty HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n";
-        let answer = hyphae_integration::eventually::wait_for(
-            &format!("{} to answer", path.name),
-            DEADLINE,
-            std::time::Duration::from_millis(50),
-            || async {
-                let answer = raw_exchange(path.entry, raw).await;
-                answer.starts_with("HTTP/1.1 200").then_some(answer)
-            },
-        )
-        .await
-        .expect("an answer");
+        let answer = once_ready(&path, raw_exchange, raw, |answer| {
+            answer.starts_with("HTTP/1.1 200")
+        })
+        .await;
         let head = answer.to_ascii_lowercase();
         assert!(
             head.contains("\r\n\r\npost /empty http/1.1\r\n")
@@ -930,17 +948,10 @@ async fn an_upgrade_reaches_the_instance_with_the_callers_host_as_it_was_sent() 
     let port = upgrade_host_instance().await;
     for path in both_paths(port, "http", "") {
         let raw = b"GET /ws HTTP/1.1\r\nHost: app\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-        let head = hyphae_integration::eventually::wait_for(
-            &format!("{} to carry the upgrade", path.name),
-            DEADLINE,
-            std::time::Duration::from_millis(50),
-            || async {
-                let head = raw_head(path.entry, raw).await;
-                head.starts_with("HTTP/1.1 101").then_some(head)
-            },
-        )
-        .await
-        .expect("a 101");
+        let head = once_ready(&path, raw_head, raw, |head| {
+            head.starts_with("HTTP/1.1 101")
+        })
+        .await;
         assert!(
             head.to_ascii_lowercase()
                 .contains("\r\nx-seen-host: app\r\n"),
@@ -968,19 +979,11 @@ async fn an_upgrade_the_instance_declines_with_200_reaches_the_caller_as_that_20
     let port = upgrade_declining_instance().await;
     for path in both_paths(port, "http", "") {
         let raw = b"GET /ws HTTP/1.1\r\nHost: app\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-        let answer = hyphae_integration::eventually::wait_for(
-            &format!("{} to answer", path.name),
-            DEADLINE,
-            std::time::Duration::from_millis(50),
-            || async {
-                let answer = raw_exchange(path.entry, raw).await;
-                (!answer.contains("hyphae-error: no-endpoints")
-                    && !answer.contains("hyphae-error: unknown-service"))
-                .then_some(answer)
-            },
-        )
-        .await
-        .expect("an answer");
+        let answer = once_ready(&path, raw_exchange, raw, |answer| {
+            !answer.contains("hyphae-error: no-endpoints")
+                && !answer.contains("hyphae-error: unknown-service")
+        })
+        .await;
         assert!(
             answer.starts_with("HTTP/1.1 200") && answer.ends_with("\r\n\r\nno"),
             "{}: {answer}",
