@@ -12,7 +12,7 @@ use http::header::{CONNECTION, CONTENT_LENGTH, TRAILER, TRANSFER_ENCODING};
 use http::response::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri, Version};
 
-use super::headers::{has_token, strip_hop_by_hop};
+use super::headers::{has_token, strip_hop_by_hop, transfer_codings};
 
 /// Header lines an instance's answer head (or its trailers) may hold, as hyper's client
 /// allowed; the head's bytes are bounded by `limits.maxHeaderBytes`.
@@ -360,14 +360,7 @@ fn answer_framing(
         // Chunked is the only coding the agent reads. The bytes of any other (`gzip`,
         // `identity`) would reach the caller without the hop-by-hop header that names it, a
         // body it cannot read; nginx and Envoy refuse such answers too.
-        let mut codings = parts
-            .headers
-            .get_all(TRANSFER_ENCODING)
-            .iter()
-            .flat_map(|value| value.to_str().unwrap_or("?").split(','))
-            .map(str::trim)
-            .filter(|coding| !coding.is_empty())
-            .peekable();
+        let mut codings = transfer_codings(&parts.headers).peekable();
         let chunked = codings.peek().is_some()
             && codings.all(|coding| coding.eq_ignore_ascii_case("chunked"));
         return if chunked {

@@ -110,6 +110,18 @@ pub fn path_or_root(parts: &Parts) -> PathAndQuery {
     }
 }
 
+/// The transfer codings `Transfer-Encoding` lists, over all its lines, without empty items;
+/// a value that is not text reads as `?`, a coding nobody knows. Requests and answers alike
+/// are refused for any coding but chunked (decisions 66 and 70).
+pub fn transfer_codings(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| value.to_str().unwrap_or("?").split(','))
+        .map(str::trim)
+        .filter(|coding| !coding.is_empty())
+}
+
 /// Whether a comma-separated header value (`Connection`, `TE`) lists `token`, in any case.
 pub fn has_token(value: &HeaderValue, token: &str) -> bool {
     // Most values are the one token itself.

@@ -24,7 +24,7 @@ use tracing::Instrument;
 use super::detect::{self, Detected};
 use super::headers::{
     Addressed, UPGRADE_DECLINED, UPGRADE_HOST, UPGRADE_PATH, UPGRADE_PROTOCOL, has_token,
-    strip_hop_by_hop,
+    strip_hop_by_hop, transfer_codings,
 };
 use super::{Proxy, call, error_response, pipe, stream, without_body_for_head};
 use crate::body::{self, Body};
@@ -346,13 +346,7 @@ fn names_only_h2c(protocols: &HeaderValue) -> bool {
 /// length can be chunked, so most requests are settled without a lookup.
 fn has_other_transfer_coding(request: &Request<Incoming>) -> bool {
     is_chunked_http1(request)
-        && request
-            .headers()
-            .get_all(http::header::TRANSFER_ENCODING)
-            .iter()
-            .flat_map(|value| value.to_str().unwrap_or("?").split(','))
-            .map(str::trim)
-            .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("chunked"))
+        && transfer_codings(request.headers()).any(|coding| !coding.eq_ignore_ascii_case("chunked"))
 }
 
 /// Carries an HTTP upgrade to the instance over a CONNECT stream: the instance's 101 (its
