@@ -60,13 +60,22 @@ pub fn hot_functions(args: &[String]) -> Result<()> {
 pub fn run(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("proxy") => proxy::run(&args[1..]),
+        Some("cycles") => proxy::cycles::run(&args[1..]),
         Some("push") => push::run(&args[1..]),
         Some("registry") => registry::run(&args[1..]),
         Some("-h" | "--help" | "help") => {
-            println!("{}\n\n{}\n\n{}", proxy::USAGE, push::USAGE, registry::USAGE);
+            println!(
+                "{}\n\n{}\n\n{}\n\n{}",
+                proxy::USAGE,
+                proxy::cycles::USAGE,
+                push::USAGE,
+                registry::USAGE
+            );
             Ok(())
         }
-        Some(other) => bail!("unknown benchmark `{other}`: `proxy`, `push` or `registry`"),
-        None => bail!("which benchmark? `proxy`, `push` or `registry`"),
+        Some(other) => {
+            bail!("unknown benchmark `{other}`: `proxy`, `cycles`, `push` or `registry`")
+        }
+        None => bail!("which benchmark? `proxy`, `cycles`, `push` or `registry`"),
     }
 }

@@ -33,6 +33,10 @@ commands:
   bench proxy [--duration SECS] [--connections N]
                   measure the agent's data path against haproxy and nginx (a benchmark, not a
                   test; installs them, wrk and h2load from apt when missing; target/bench/)
+  bench cycles [--requests N] [--connections N]
+                  one agent and haproxy under callgrind's cache and branch simulation: per
+                  request instructions, cache misses, mispredicts and estimated cycles, with
+                  ratios (needs valgrind; target/bench/cycles.json)
   hot-functions   profile the bench's agents under callgrind and list the functions they ran
                   (agent/link/hot-functions.txt), which the agent's release link keeps together
   bench push [--agents N ...] [--rounds K]

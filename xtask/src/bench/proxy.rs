@@ -26,6 +26,7 @@ use processes::{ensure_running, stop};
 use setup::Setup;
 
 mod certificates;
+pub mod cycles;
 mod fixed_rate;
 mod handshake;
 mod haproxy;
@@ -170,9 +171,9 @@ struct Bench {
     certificates: Certificates,
     /// `target/bench/`, absolute.
     dir: PathBuf,
-    /// A program and its arguments that each agent runs under (`cargo xtask hot-functions`
-    /// runs them under callgrind); empty for the bench.
-    agent_wrapper: Vec<OsString>,
+    /// A program and its arguments that each agent and haproxy runs under (`cargo xtask
+    /// hot-functions` and `bench cycles` run them under callgrind); empty for the bench.
+    proxy_wrapper: Vec<OsString>,
 }
 
 impl Bench {
@@ -213,7 +214,7 @@ impl Bench {
             backend,
             certificates,
             dir,
-            agent_wrapper: Vec::new(),
+            proxy_wrapper: Vec::new(),
         })
     }
 }

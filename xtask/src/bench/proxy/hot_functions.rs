@@ -73,7 +73,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut out_arg = OsString::from("--callgrind-out-file=");
     out_arg.push(&out_file);
     wrapper.push(out_arg);
-    bench.agent_wrapper = wrapper;
+    bench.proxy_wrapper = wrapper;
     for setup in SETUPS {
         let mut target = bench.start(setup)?;
         for protocol in Protocol::ALL {

@@ -331,8 +331,9 @@ impl Bench {
     fn start_haproxy(&self, name: &str, config: &str) -> Result<Process> {
         let file = self.dir.join(format!("{name}.cfg"));
         write(&file, config)?;
-        let mut command = Command::new(&self.tools.haproxy);
-        command.arg("-db").arg("-f").arg(&file);
+        let mut plain = Command::new(&self.tools.haproxy);
+        plain.arg("-db").arg("-f").arg(&file);
+        let mut command = wrapped(plain, &self.proxy_wrapper);
         spawn(name, &mut command, &self.dir.join(format!("{name}.log")))
     }
 
@@ -342,7 +343,7 @@ impl Bench {
         let config = self.dir.join(format!("agent-{name}.yaml"));
         write(&config, yaml)?;
         let log = self.dir.join(format!("agent-{name}.log"));
-        let mut command = wrapped(Agent::command(&self.agent, &config), &self.agent_wrapper);
+        let mut command = wrapped(Agent::command(&self.agent, &config), &self.proxy_wrapper);
         command
             .args(["--worker-threads", &PROXY_THREADS.to_string()])
             .env("HYPHAE_LOG", AGENT_LOG_LEVEL);
