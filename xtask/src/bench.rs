@@ -1,9 +1,11 @@
-//! `cargo xtask bench`: picks the benchmark (`proxy`, `push`, `registry`), which walks its own
-//! options.
+//! `cargo xtask bench`: picks the benchmark (`proxy`, `cycles`, `push`, `registry`), which walks
+//! its own options.
 //! Benchmarks, not tests: `cargo test` never runs them, and they fail only when something is broken.
 //!
 //! - [`proxy`]: the agent's data path against haproxy and nginx (`target/bench/proxy.json`),
-//!   with [`tools`] (installing haproxy, nginx, wrk, h2load) and [`parse`] (their output);
+//!   with [`tools`] (installing haproxy, nginx, wrk, h2load) and [`parse`] (their output), and
+//!   `cycles`, the same path counted under callgrind's cache simulation
+//!   (`target/bench/cycles.json`);
 //! - [`push`]: how long a policy change takes to reach every agent (`target/bench/push.json`);
 //! - [`registry`]: what a fleet's registrations and heartbeats cost the control plane
 //!   (`target/bench/registry.json`);

@@ -371,3 +371,40 @@ fn report(measured: &[Measured], options: &CyclesOptions) -> Value {
         "rows": rows,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The head of a real dump (`callgrind_control --dump` of an agent, 2,000 requests).
+    const DUMP: &str = "version: 1\ncreator: callgrind-3.19.0\npid: 1913\ncmd: hyphae-agent\n\
+        part: 1\n\ndesc: I1 cache: 32768 B, 64 B, 8-way associative\n\
+        events: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw Bc Bcm Bi Bim\n\
+        summary: 65168200 18010000 13540000 4171200 801400 710400 200 1000 600 8474000 547800 558000 152400\n\
+        totals: 65168200 18010000 13540000 4171200 801400 710400 200 1000 600 8474000 547800 558000 152400\n";
+
+    #[test]
+    fn a_dump_is_read_per_request_and_weighed_into_estimated_cycles() {
+        let counts = Counts::parse(DUMP).unwrap();
+        let figures = counts.per_request(2_000);
+        let get = |name: &str| figures.iter().find(|(n, _)| *n == name).unwrap().1;
+        assert_eq!(get("instructions"), 32_584.1);
+        assert_eq!(get("instructionCacheMisses"), 2_085.6);
+        assert_eq!(get("dataReadMisses"), 400.7);
+        assert_eq!(get("dataWriteMisses"), 355.2);
+        assert_eq!(get("lastLevelMisses"), 0.9);
+        assert_eq!(get("conditionalMispredicts"), 273.9);
+        assert_eq!(get("indirectMispredicts"), 76.2);
+        // 32,584.1 + 10 × (273.9 + 76.2) + 10 × (2,085.6 + 400.7 + 355.2) + 100 × 0.9
+        let estimated = get("estimatedCycles");
+        assert!((estimated - 64_590.1).abs() < 0.01, "{estimated}");
+    }
+
+    #[test]
+    fn a_dump_without_the_cache_simulation_is_refused_with_the_reason() {
+        let plain = "events: Ir\nsummary: 161728265\n";
+        let error = Counts::parse(plain).unwrap_err().to_string();
+        assert!(error.contains("--cache-sim=yes"), "{error}");
+        assert!(Counts::parse("events: Ir\n").is_err());
+    }
+}
