@@ -61,6 +61,18 @@ fn direct(port: u16) -> SocketAddr {
 /// Header fields by name (in lower case), each with its values in the order they came.
 type Fields = BTreeMap<String, Vec<String>>;
 
+/// Times the server is asked directly for the answer the paths are compared with, while the
+/// client loses it. hypercorn's HTTP/2 side sometimes fails a connection on the upload's next
+/// frame after an early answer (a `KeyError` in its log) and resets it, and a client still
+/// sending loses an answer it had not read yet; over HTTP/1.1 it closes while curl sends
+/// (curl's exit 55). The reference is what the server answers, so it is asked again; a path
+/// through the agent is asked once, and an answer lost there fails the test.
+const DIRECT_TRIES: usize = 3;
+
+/// The exit code a [`Seen`] records for an nghttp run that left its request unanswered. nghttp
+/// exits 0 then and only says so on stderr ("Some requests were not processed").
+const NGHTTP_UNANSWERED: i32 = -2;
+
 /// What a client saw of one exchange, in a form two exchanges can be compared by.
 #[derive(Debug, PartialEq, Eq)]
 struct Seen {
@@ -80,6 +92,11 @@ struct Seen {
 }
 
 impl Seen {
+    /// Whether the client read a whole answer: it ended cleanly and saw a final status.
+    fn answered(&self) -> bool {
+        self.exit == 0 && self.status != 0
+    }
+
     /// The first value of the answer's header `name`.
     fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name)?.first().map(String::as_str)
@@ -209,7 +226,13 @@ async fn curl_agrees(
     };
     let expected = run(direct(port));
     let through: Vec<_> = paths.iter().map(|path| run(path.entry)).collect();
-    let expected = expected.await.expect("curl directly");
+    let mut expected = expected.await.expect("curl directly");
+    for _ in 1..DIRECT_TRIES {
+        if expected.answered() {
+            break;
+        }
+        expected = run(direct(port)).await.expect("curl directly");
+    }
     assert_eq!(
         expected.exit, 0,
         "{what}, curl {mode} directly: {expected:?}"
@@ -443,12 +466,20 @@ fn nghttp(args: &[&str], url: &str) -> Seen {
             headers.entry(name).or_default().push(value);
         }
     }
+    let unanswered = [&frames, &body]
+        .iter()
+        .any(|run| String::from_utf8_lossy(&run.stderr).contains("were not processed"));
+    let exit = frames
+        .status
+        .code()
+        .unwrap_or(-1)
+        .max(body.status.code().unwrap_or(-1));
     Seen {
-        exit: frames
-            .status
-            .code()
-            .unwrap_or(-1)
-            .max(body.status.code().unwrap_or(-1)),
+        exit: if exit == 0 && unanswered {
+            NGHTTP_UNANSWERED
+        } else {
+            exit
+        },
         interim: Vec::new(),
         status,
         headers,
@@ -474,7 +505,13 @@ async fn nghttp_agrees(
             nghttp(&args, &url)
         })
     };
-    let expected = run(direct(port)).await.expect("nghttp directly");
+    let mut expected = run(direct(port)).await.expect("nghttp directly");
+    for _ in 1..DIRECT_TRIES {
+        if expected.answered() {
+            break;
+        }
+        expected = run(direct(port)).await.expect("nghttp directly");
+    }
     assert_eq!(expected.exit, 0, "{what}, nghttp directly: {expected:?}");
     for path in paths {
         let seen = run(path.entry).await.expect("nghttp through the mesh");
@@ -1235,10 +1272,6 @@ async fn an_answer_sent_before_the_upload_is_read_arrives_whole_as_it_does_direc
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "rare: in one CI run of seven at the end of stop 22, nghttp's frame log through one agent \
-            showed no head for the 413 whose body its other run read whole (decision 61); \
-            fidelity::a_client_still_uploading_after_an_early_answer_reads_it_instead_of_a_reset \
-            covers early answers on both paths meanwhile"]
 async fn an_answer_an_http1_instance_sends_before_the_upload_is_read_arrives_as_directly() {
     let (_server, port) = hypercorn(&[]);
     early_answers_agree(port, "http", "/early?status=413", true).await;
