@@ -101,6 +101,57 @@ impl http_body::Body for EndedWithoutLength {
     }
 }
 
+/// `rest` with `first`, a frame already read from it, put back in front: what was read ahead
+/// to decide how a body goes on the wire is still sent (a GET's body of unknown length,
+/// `instance_pool`).
+pub fn read_ahead(first: Frame<Bytes>, rest: Body) -> Body {
+    BoxBody::new(ReadAhead {
+        first: Some(first),
+        rest,
+    })
+}
+
+/// See [`read_ahead`].
+struct ReadAhead {
+    /// The frame read ahead, until it is taken again.
+    first: Option<Frame<Bytes>>,
+    /// The body after it.
+    rest: Body,
+}
+
+impl http_body::Body for ReadAhead {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.first.take() {
+            Some(first) => Poll::Ready(Some(Ok(first))),
+            None => Pin::new(&mut self.rest).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let mut hint = self.rest.size_hint();
+        let first = self
+            .first
+            .as_ref()
+            .and_then(Frame::data_ref)
+            .map_or(0, Bytes::len) as u64;
+        hint.set_lower(hint.lower() + first);
+        if let Some(upper) = hint.upper() {
+            hint.set_upper(upper + first);
+        }
+        hint
+    }
+}
+
 /// Wraps `body`, whose message declared `length` bytes (`content-length`), so that once that
 /// many have passed, an error where its end should be counts as its end: the message is whole
 /// by its own framing (RFC 9110 §8.6). The h2 crate reports a stream whose END_STREAM arrived

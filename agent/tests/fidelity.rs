@@ -904,6 +904,28 @@ async fn an_empty_post_without_a_length_reaches_the_instance_with_content_length
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_with_a_chunked_body_reaches_the_instance_with_its_body_as_it_does_directly() {
+    // A GET's body has no defined meaning, but it is the caller's: hyper's client dropped one
+    // of unknown length, and the instance saw a GET without it. Envoy sends it chunked.
+    let (_server, port) = hypercorn(None);
+    let raw = b"GET /get-body HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\
+                Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    let direct = raw_exchange(SocketAddr::from(([127, 0, 0, 1], port)), raw).await;
+    assert!(direct.ends_with("GET /get-body 5"), "directly: {direct}");
+    for path in both_paths(port, "http", "") {
+        let answer = once_ready(&path, raw_exchange, raw, |answer| {
+            answer.starts_with("HTTP/1.1 200")
+        })
+        .await;
+        assert!(
+            answer.ends_with("GET /get-body 5"),
+            "{}: {answer}",
+            path.name
+        );
+    }
+}
+
 /// An HTTP/1.1 instance that takes every upgrade, naming in `x-seen-host` the `Host` it got.
 async fn upgrade_host_instance() -> u16 {
     raw_instance(|head| {

@@ -57,12 +57,12 @@ pub enum RequestFraming {
     Chunked(Vec<HeaderName>),
 }
 
-/// Decides a request body's framing as hyper's client did, and sets the headers that say it:
-/// a body that has ended sends nothing more (and says `content-length: 0` unless it is a
-/// `GET`, `HEAD`, `DELETE` or `CONNECT`, as hyper's HTTP/2 client sends it to a peer); a
-/// `Content-Length` the caller gave is kept; a
-/// known size becomes one; a `GET`, `HEAD` or `CONNECT` of unknown size sends no body; any
-/// other method of unknown size goes chunked.
+/// Decides a request body's framing and sets the headers that say it: a body that has ended
+/// sends nothing more (and says `content-length: 0` unless it is a `GET`, `HEAD`, `DELETE` or
+/// `CONNECT`, as hyper's HTTP/2 client sends it to a peer); a `Content-Length` the caller gave
+/// is kept; a known size becomes one; any other body goes chunked, whatever the method. (hyper's
+/// client sent no body for a `GET`, `HEAD` or `CONNECT` of unknown size; the pool reads such a
+/// body's first frame first, so one that goes chunked has something in it.)
 pub fn request_framing(
     method: &Method,
     headers: &mut HeaderMap,
@@ -87,9 +87,6 @@ pub fn request_framing(
     if let Some(length) = exact_size {
         headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
         return RequestFraming::Length(length);
-    }
-    if matches!(*method, Method::GET | Method::HEAD | Method::CONNECT) {
-        return RequestFraming::Length(0);
     }
     headers.remove(CONTENT_LENGTH);
     headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
@@ -1194,7 +1191,7 @@ mod tests {
     }
 
     #[test]
-    fn request_framing_matches_what_hyper_sent() {
+    fn request_framing_says_how_each_body_goes() {
         let mut headers = HeaderMap::new();
         assert_eq!(
             request_framing(&Method::GET, &mut headers, true, Some(0)),
@@ -1219,8 +1216,10 @@ mod tests {
         let mut headers = HeaderMap::new();
         assert_eq!(
             request_framing(&Method::GET, &mut headers, false, None),
-            RequestFraming::Length(0)
+            RequestFraming::Chunked(vec![])
         );
+        assert_eq!(headers[TRANSFER_ENCODING], "chunked");
+        headers.remove(TRANSFER_ENCODING);
         let mut head = Vec::new();
         let uri = Uri::from_static("/a?b=1");
         encode_request_head(&Method::PUT, &uri, &headers, &mut head);

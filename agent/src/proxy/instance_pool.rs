@@ -36,6 +36,31 @@ pub const MAX_IDLE_PER_INSTANCE: usize = 128;
 /// half-closed. Checked when a call looks for a connection and in a sweep every half of it.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// Whether `body` is a GET's or HEAD's that has neither ended nor declared a length. Such a
+/// body usually has nothing in it (an HTTP/2 client may end its stream with an empty DATA
+/// frame after the head), but may have bytes (a chunked upload); hyper's client dropped them
+/// and Envoy sends them chunked. Its first frame decides, before the head is written.
+fn has_undeclared_body(parts: &http::request::Parts, body: &Body) -> bool {
+    matches!(parts.method, http::Method::GET | http::Method::HEAD)
+        && !http_body::Body::is_end_stream(body)
+        && http_body::Body::size_hint(body).exact().is_none()
+        && !parts.headers.contains_key(http::header::CONTENT_LENGTH)
+}
+
+/// `body` once its first bytes or trailers have arrived, with them still in it; a body that
+/// ends without any, ended. Empty data frames on the way are dropped.
+async fn read_first_bytes(mut body: Body) -> Result<Body, crate::body::BoxError> {
+    use http_body_util::BodyExt as _;
+    loop {
+        match body.frame().await {
+            None => return Ok(crate::body::Ended::UnknownLength.body()),
+            Some(Ok(frame)) if frame.data_ref().is_some_and(Bytes::is_empty) => {}
+            Some(Ok(frame)) => return Ok(crate::body::read_ahead(frame, body)),
+            Some(Err(error)) => return Err(error),
+        }
+    }
+}
+
 /// A connection waiting for its next request.
 struct Idle {
     connection: Connection,
@@ -141,7 +166,12 @@ impl InstancePool {
         request: Request<Body>,
         max_head: usize,
     ) -> Result<Response<Body>, ProxyError> {
-        let (mut parts, body) = request.into_parts();
+        let (mut parts, mut body) = request.into_parts();
+        if has_undeclared_body(&parts, &body) {
+            body = read_first_bytes(body)
+                .await
+                .map_err(|error| ProxyError::Reset(Cause::new(std::io::Error::other(error))))?;
+        }
         let framing = request_framing(
             &parts.method,
             &mut parts.headers,
@@ -324,6 +354,36 @@ mod tests {
         let response = pool.send(address, request, 65536).await.unwrap();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"ok");
+    }
+
+    #[tokio::test]
+    async fn a_gets_undeclared_body_is_read_up_to_its_first_bytes_and_keeps_them() {
+        use http_body_util::{BodyExt as _, StreamBody};
+        let frames = |chunks: Vec<&'static [u8]>| -> Body {
+            let stream = futures_util::stream::iter(chunks.into_iter().map(|chunk| {
+                Ok::<_, crate::body::BoxError>(http_body::Frame::data(Bytes::from_static(chunk)))
+            }));
+            StreamBody::new(stream).boxed()
+        };
+        let get = |body: &Body| {
+            let (parts, ()) = Request::get("/").body(()).unwrap().into_parts();
+            has_undeclared_body(&parts, body)
+        };
+        // Ends with empty frames only (an HTTP/2 client's empty DATA after the head): ended.
+        let empty = frames(vec![b"", b""]);
+        assert!(get(&empty));
+        let empty = read_first_bytes(empty).await.unwrap();
+        assert!(http_body::Body::is_end_stream(&empty));
+        // Has bytes: all of them still there, the first one included.
+        let some = frames(vec![b"", b"hel", b"lo"]);
+        let some = read_first_bytes(some).await.unwrap();
+        assert!(!http_body::Body::is_end_stream(&some));
+        let bytes = some.collect().await.unwrap().to_bytes();
+        assert_eq!(bytes, Bytes::from_static(b"hello"));
+        // A declared length or another method is left alone.
+        assert!(!get(&crate::body::full("x")));
+        let (post, ()) = Request::post("/").body(()).unwrap().into_parts();
+        assert!(!has_undeclared_body(&post, &frames(vec![b"x"])));
     }
 
     #[tokio::test]
