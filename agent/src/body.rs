@@ -138,16 +138,18 @@ impl http_body::Body for ReadAhead {
     }
 
     fn size_hint(&self) -> SizeHint {
-        let mut hint = self.rest.size_hint();
+        let rest = self.rest.size_hint();
         let first = self
             .first
             .as_ref()
             .and_then(Frame::data_ref)
             .map_or(0, Bytes::len) as u64;
-        hint.set_lower(hint.lower() + first);
-        if let Some(upper) = hint.upper() {
-            hint.set_upper(upper + first);
+        // The upper bound first: `set_lower` refuses a lower bound above the upper one.
+        let mut hint = SizeHint::new();
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper.saturating_add(first));
         }
+        hint.set_lower(rest.lower().saturating_add(first));
         hint
     }
 }
@@ -230,6 +232,34 @@ mod tests {
         let boxed = boxed(Full::new(Bytes::from_static(b"abc")));
         assert_eq!(boxed.size_hint().exact(), Some(3));
         assert!(!boxed.is_end_stream());
+    }
+
+    #[test]
+    fn a_frame_read_ahead_counts_in_its_bodys_size_and_end() {
+        /// A body that says at most 3 bytes are left, without saying exactly.
+        struct AtMostThree;
+        impl http_body::Body for AtMostThree {
+            type Data = Bytes;
+            type Error = BoxError;
+            fn poll_frame(
+                self: Pin<&mut Self>,
+                _cx: &mut Context<'_>,
+            ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+                Poll::Ready(None)
+            }
+            fn size_hint(&self) -> SizeHint {
+                let mut hint = SizeHint::new();
+                hint.set_upper(3);
+                hint
+            }
+        }
+        let first = || Frame::data(Bytes::from_static(b"hello"));
+        let bounded = read_ahead(first(), BoxBody::new(AtMostThree));
+        assert!(!bounded.is_end_stream());
+        let hint = bounded.size_hint();
+        assert_eq!((hint.lower(), hint.upper()), (5, Some(8)));
+        let exact = read_ahead(first(), full("abc"));
+        assert_eq!(exact.size_hint().exact(), Some(8));
     }
 
     /// A body that yields its chunks, then fails.

@@ -36,10 +36,16 @@ pub const MAX_IDLE_PER_INSTANCE: usize = 128;
 /// half-closed. Checked when a call looks for a connection and in a sweep every half of it.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// Whether `body` is a GET's or HEAD's that has neither ended nor declared a length. Such a
-/// body usually has nothing in it (an HTTP/2 client may end its stream with an empty DATA
-/// frame after the head), but may have bytes (a chunked upload); hyper's client dropped them
-/// and Envoy sends them chunked. Its first frame decides, before the head is written.
+/// How long a GET's or HEAD's body of undeclared length is waited for before its head goes.
+/// Such a body usually has nothing in it: an HTTP/2 client may send the head without ending
+/// its stream and end it with an empty DATA frame that arrives with the head, or a moment
+/// after. Waited for that long, an empty body goes as none; one still pending after it goes
+/// chunked as it comes (as Envoy sends every such body), so a caller that holds its body back
+/// until it has an answer is not held up either.
+const UNDECLARED_BODY_WAIT: Duration = Duration::from_millis(20);
+
+/// Whether `body` is a GET's or HEAD's that has neither ended nor declared a length: its bytes
+/// go chunked (hyper's client dropped them), unless [`read_first_bytes`] finds there are none.
 fn has_undeclared_body(parts: &http::request::Parts, body: &Body) -> bool {
     matches!(parts.method, http::Method::GET | http::Method::HEAD)
         && !http_body::Body::is_end_stream(body)
@@ -47,14 +53,28 @@ fn has_undeclared_body(parts: &http::request::Parts, body: &Body) -> bool {
         && !parts.headers.contains_key(http::header::CONTENT_LENGTH)
 }
 
-/// `body` once its first bytes or trailers have arrived, with them still in it; a body that
-/// ends without any, ended. Empty data frames on the way are dropped.
-async fn read_first_bytes(mut body: Body) -> Result<Body, crate::body::BoxError> {
+/// `body` read up to its first bytes, for at most [`UNDECLARED_BODY_WAIT`]: with those bytes
+/// still in it; ended, when it ends without any (empty data frames and trailers nobody
+/// announced in `headers`' `Trailer`, which the chunked encoding would drop anyway, count as
+/// none); as it is, when nothing has come by then.
+async fn read_first_bytes(
+    mut body: Body,
+    headers: &http::HeaderMap,
+) -> Result<Body, crate::body::BoxError> {
     use http_body_util::BodyExt as _;
+    let deadline = Instant::now() + UNDECLARED_BODY_WAIT;
     loop {
-        match body.frame().await {
+        let Ok(frame) = tokio::time::timeout_at(deadline, body.frame()).await else {
+            return Ok(body);
+        };
+        match frame {
             None => return Ok(crate::body::Ended::UnknownLength.body()),
             Some(Ok(frame)) if frame.data_ref().is_some_and(Bytes::is_empty) => {}
+            Some(Ok(frame))
+                if frame.is_trailers() && !headers.contains_key(http::header::TRAILER) =>
+            {
+                return Ok(crate::body::Ended::UnknownLength.body());
+            }
             Some(Ok(frame)) => return Ok(crate::body::read_ahead(frame, body)),
             Some(Err(error)) => return Err(error),
         }
@@ -168,7 +188,7 @@ impl InstancePool {
     ) -> Result<Response<Body>, ProxyError> {
         let (mut parts, mut body) = request.into_parts();
         if has_undeclared_body(&parts, &body) {
-            body = read_first_bytes(body)
+            body = read_first_bytes(body, &parts.headers)
                 .await
                 .map_err(|error| ProxyError::Reset(Cause::new(std::io::Error::other(error))))?;
         }
@@ -372,14 +392,26 @@ mod tests {
         // Ends with empty frames only (an HTTP/2 client's empty DATA after the head): ended.
         let empty = frames(vec![b"", b""]);
         assert!(get(&empty));
-        let empty = read_first_bytes(empty).await.unwrap();
+        let none = http::HeaderMap::new();
+        let empty = read_first_bytes(empty, &none).await.unwrap();
         assert!(http_body::Body::is_end_stream(&empty));
         // Has bytes: all of them still there, the first one included.
         let some = frames(vec![b"", b"hel", b"lo"]);
-        let some = read_first_bytes(some).await.unwrap();
+        let some = read_first_bytes(some, &none).await.unwrap();
         assert!(!http_body::Body::is_end_stream(&some));
         let bytes = some.collect().await.unwrap().to_bytes();
         assert_eq!(bytes, Bytes::from_static(b"hello"));
+        // Trailers first, announced by no `Trailer`: nothing to send.
+        let trailers = StreamBody::new(futures_util::stream::iter([
+            Ok::<_, crate::body::BoxError>(http_body::Frame::trailers(http::HeaderMap::new())),
+        ]))
+        .boxed();
+        let trailers = read_first_bytes(trailers, &none).await.unwrap();
+        assert!(http_body::Body::is_end_stream(&trailers));
+        // Nothing yet after the wait: the body goes as it is, to be sent as it comes.
+        let (_sender, pending) = channel_body();
+        let pending = read_first_bytes(pending, &none).await.unwrap();
+        assert!(!http_body::Body::is_end_stream(&pending));
         // A declared length or another method is left alone.
         assert!(!get(&crate::body::full("x")));
         let (post, ()) = Request::post("/").body(()).unwrap().into_parts();
