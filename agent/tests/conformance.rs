@@ -69,6 +69,22 @@ type Fields = BTreeMap<String, Vec<String>>;
 /// through the agent is asked once, and an answer lost there fails the test.
 const DIRECT_TRIES: usize = 3;
 
+/// `first`, a client's run against the server directly, or while the client lost the answer,
+/// the run `again` makes, up to [`DIRECT_TRIES`] runs in all.
+async fn answered_directly<F: std::future::Future<Output = Seen>>(
+    first: Seen,
+    again: impl Fn() -> F,
+) -> Seen {
+    let mut seen = first;
+    for _ in 1..DIRECT_TRIES {
+        if seen.answered() {
+            break;
+        }
+        seen = again().await;
+    }
+    seen
+}
+
 /// The exit code a [`Seen`] records for an nghttp run that left its request unanswered. nghttp
 /// exits 0 then and only says so on stderr ("Some requests were not processed").
 const NGHTTP_UNANSWERED: i32 = -2;
@@ -226,13 +242,11 @@ async fn curl_agrees(
     };
     let expected = run(direct(port));
     let through: Vec<_> = paths.iter().map(|path| run(path.entry)).collect();
-    let mut expected = expected.await.expect("curl directly");
-    for _ in 1..DIRECT_TRIES {
-        if expected.answered() {
-            break;
-        }
-        expected = run(direct(port)).await.expect("curl directly");
-    }
+    let first = expected.await.expect("curl directly");
+    let expected = answered_directly(first, || async {
+        run(direct(port)).await.expect("curl directly")
+    })
+    .await;
     assert_eq!(
         expected.exit, 0,
         "{what}, curl {mode} directly: {expected:?}"
@@ -505,13 +519,8 @@ async fn nghttp_agrees(
             nghttp(&args, &url)
         })
     };
-    let mut expected = run(direct(port)).await.expect("nghttp directly");
-    for _ in 1..DIRECT_TRIES {
-        if expected.answered() {
-            break;
-        }
-        expected = run(direct(port)).await.expect("nghttp directly");
-    }
+    let ask = || async { run(direct(port)).await.expect("nghttp directly") };
+    let expected = answered_directly(ask().await, ask).await;
     assert_eq!(expected.exit, 0, "{what}, nghttp directly: {expected:?}");
     for path in paths {
         let seen = run(path.entry).await.expect("nghttp through the mesh");

@@ -3,9 +3,9 @@
 //! simulation; after a warm-up, the same h2load requests (HTTP/1.1, then HTTP/2) are counted:
 //! instructions, first-level cache misses, mispredicted branches, and callgrind's estimate of
 //! the cycles they cost. Wall-clock CPU on this shared machine moves by a tenth between runs;
-//! these counts repeat, and they show what instruction counts alone hide: the agent runs 1.15×
-//! haproxy's instructions per request but misses the instruction cache 2.3× as often (decision
-//! 71). Writes `target/bench/cycles.json`; fails only when something is broken.
+//! these counts repeat, and they show what instruction counts alone hide: the agent runs 1.16×
+//! haproxy's instructions per HTTP/1.1 request but misses the instruction cache 2.4× as often
+//! (decision 71). Writes `target/bench/cycles.json`; fails only when something is broken.
 
 use std::fs;
 use std::path::Path;
