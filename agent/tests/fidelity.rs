@@ -929,6 +929,7 @@ async fn a_get_with_a_chunked_body_reaches_the_instance_with_its_body_as_it_does
 /// An HTTP/1.1 instance that takes every upgrade, naming in `x-seen-host` the `Host` it got.
 async fn upgrade_host_instance() -> u16 {
     raw_instance(|head| {
+        let method = head.split(' ').next().unwrap_or("-");
         let host = head
             .lines()
             .find_map(|line| {
@@ -937,7 +938,7 @@ async fn upgrade_host_instance() -> u16 {
             })
             .unwrap_or("-");
         let answer = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nX-Seen-Host: {host}\r\n\r\n"
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nX-Seen-Host: {host}\r\nX-Seen-Method: {method}\r\n\r\n"
         );
         Some((answer.into_bytes(), false))
     })
@@ -977,6 +978,33 @@ async fn an_upgrade_reaches_the_instance_with_the_callers_host_as_it_was_sent() 
         assert!(
             head.to_ascii_lowercase()
                 .contains("\r\nx-seen-host: app\r\n"),
+            "{}: {head}",
+            path.name
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_reaches_the_instance_with_the_callers_method_as_it_does_directly() {
+    // WebSocket upgrades are GET, but not every upgrade is: Docker's attach is a POST with
+    // `Upgrade: tcp`. The instance must see the method the caller sent, not GET.
+    let port = upgrade_host_instance().await;
+    let raw = b"POST /containers/c1/attach?stream=1 HTTP/1.1\r\nHost: app\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 0\r\n\r\n";
+    let direct = raw_head(SocketAddr::from(([127, 0, 0, 1], port)), raw).await;
+    assert!(
+        direct
+            .to_ascii_lowercase()
+            .contains("\r\nx-seen-method: post\r\n"),
+        "directly: {direct}"
+    );
+    for path in both_paths(port, "http", "") {
+        let head = once_ready(&path, raw_head, raw, |head| {
+            head.starts_with("HTTP/1.1 101")
+        })
+        .await;
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("\r\nx-seen-method: post\r\n"),
             "{}: {head}",
             path.name
         );

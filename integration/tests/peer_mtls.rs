@@ -369,4 +369,25 @@ async fn a_call_to_an_instance_on_the_callers_own_node_skips_the_tunnel_but_not_
         0.0,
         "{page}"
     );
+    // An upgrade is checked by the method it carries, not as a GET: Docker's attach is a POST.
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", upstream))
+        .await
+        .expect("connect to the upstream port");
+    stream
+        .write_all(b"POST /open HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 0\r\n\r\n")
+        .await
+        .expect("send the upgrade");
+    let mut head = Vec::new();
+    let mut buffer = [0_u8; 1024];
+    while !head.windows(2).any(|w| w == b"\r\n") {
+        match tokio::time::timeout(DEADLINE, stream.read(&mut buffer)).await {
+            Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buffer[..n]),
+            other => panic!("no answer to the upgrade: {other:?}"),
+        }
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(
+        head.starts_with("HTTP/1.1 403 "),
+        "the rule covers GET only: {head}"
+    );
 }

@@ -20,6 +20,10 @@ pub const DESTINATION: HeaderName = HeaderName::from_static("hyphae-destination"
 pub const UPGRADE_PROTOCOL: HeaderName = HeaderName::from_static("hyphae-upgrade");
 /// Between agents: the path and query of the upgrade request a CONNECT stream carries.
 pub const UPGRADE_PATH: HeaderName = HeaderName::from_static("hyphae-upgrade-path");
+/// Between agents: the method of the upgrade request a CONNECT stream carries. WebSocket's is
+/// always GET (RFC 6455), but others are not: Docker's attach is `POST` with `Upgrade: tcp`.
+/// A peer that does not send it means GET.
+pub const UPGRADE_METHOD: HeaderName = HeaderName::from_static("hyphae-upgrade-method");
 /// Between agents: the caller's `Host` of the upgrade a CONNECT stream carries, as it sent it.
 /// The CONNECT's authority must have a port (`name:80`) that the caller's `Host` may not.
 pub const UPGRADE_HOST: HeaderName = HeaderName::from_static("hyphae-upgrade-host");

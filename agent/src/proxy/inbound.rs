@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -19,8 +19,8 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::headers::{
-    Addressed, DESTINATION, UPGRADE_DECLINED, UPGRADE_HOST, UPGRADE_PATH, UPGRADE_PROTOCOL,
-    absolute_uri, path_or_root, request_authority, strip_hop_by_hop,
+    Addressed, DESTINATION, UPGRADE_DECLINED, UPGRADE_HOST, UPGRADE_METHOD, UPGRADE_PATH,
+    UPGRADE_PROTOCOL, absolute_uri, path_or_root, request_authority, strip_hop_by_hop,
 };
 use super::instance_pool::InstancePool;
 use super::{Proxy, error_response, pipe, without_body_for_head};
@@ -214,8 +214,8 @@ async fn deliver_to(
 }
 
 /// Checks `request` against the access policy of the service it is for: an HTTP request by its
-/// method and path, an upgrade by `GET` and the path it upgrades, an opaque TCP stream by
-/// neither. A refusal is counted and logged once.
+/// method and path, an upgrade by the method and path of the request it carries, an opaque
+/// TCP stream by neither. A refusal is counted and logged once.
 fn authorize(
     proxy: &Proxy,
     caller: &Caller,
@@ -229,21 +229,20 @@ fn authorize(
     // `payments:9001` is one instance of `payments`: the service's policy guards it.
     let service = crate::model::base_name(destination);
     let snapshot = proxy.snapshot.load();
-    let unreadable = || ProxyError::BadRequest("the upgrade's path is not ASCII".into());
-    let upgrade_path = match request.headers().get(UPGRADE_PATH) {
-        Some(path) => Some(path.to_str().map_err(|_| unreadable())?),
-        None => None,
-    };
-    let (method, path) = if request.method() == Method::CONNECT {
-        match (
-            request.headers().contains_key(UPGRADE_PROTOCOL),
-            upgrade_path,
-        ) {
-            (true, path) => (Some("GET"), Some(path.unwrap_or("/"))),
-            (false, _) => (None, None),
-        }
-    } else {
+    let carried;
+    let (method, path) = if request.method() != Method::CONNECT {
         (Some(request.method().as_str()), Some(request.uri().path()))
+    } else if request.headers().contains_key(UPGRADE_PROTOCOL) {
+        carried = upgrade_method(request.headers())?;
+        let path = match request.headers().get(UPGRADE_PATH) {
+            Some(path) => path
+                .to_str()
+                .map_err(|_| ProxyError::BadRequest("the upgrade's path is not ASCII".into()))?,
+            None => "/",
+        };
+        (Some(carried.as_str()), Some(path))
+    } else {
+        (None, None)
     };
     let asked = authz::Request { method, path };
     let policy = snapshot.access.get(service).or_else(|| {
@@ -276,6 +275,16 @@ fn authorize(
         service: service.to_string(),
         caller: caller.name().to_string(),
     })
+}
+
+/// The method of the upgrade request a CONNECT stream carries (`hyphae-upgrade-method`); GET
+/// when the calling agent did not say, as agents before it only sent GET.
+fn upgrade_method(headers: &HeaderMap) -> Result<Method, ProxyError> {
+    match headers.get(UPGRADE_METHOD) {
+        Some(method) => Method::from_bytes(method.as_bytes())
+            .map_err(|_| ProxyError::BadRequest("the upgrade's method is no method".into())),
+        None => Ok(Method::GET),
+    }
 }
 
 /// The local instance a call is for, by its destination (the `hyphae-destination` value).
@@ -344,7 +353,10 @@ async fn upgrade_instance(
         .headers
         .remove(UPGRADE_HOST)
         .or_else(|| HeaderValue::from_str(parts.uri.authority().map_or("", |a| a.as_str())).ok());
+    let method = upgrade_method(&parts.headers)?;
+    parts.headers.remove(UPGRADE_METHOD);
     let mut upgrade = Request::new(body::empty());
+    *upgrade.method_mut() = method;
     *upgrade.uri_mut() = Uri::from(path);
     let headers = upgrade.headers_mut();
     headers.clone_from(&parts.headers);

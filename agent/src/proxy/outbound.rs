@@ -23,8 +23,8 @@ use tracing::Instrument;
 
 use super::detect::{self, Detected};
 use super::headers::{
-    Addressed, UPGRADE_DECLINED, UPGRADE_HOST, UPGRADE_PATH, UPGRADE_PROTOCOL, has_token,
-    strip_hop_by_hop, transfer_codings,
+    Addressed, UPGRADE_DECLINED, UPGRADE_HOST, UPGRADE_METHOD, UPGRADE_PATH, UPGRADE_PROTOCOL,
+    has_token, strip_hop_by_hop, transfer_codings,
 };
 use super::{Proxy, call, error_response, pipe, stream, without_body_for_head};
 use crate::body::{self, Body};
@@ -373,9 +373,16 @@ async fn upgrade(proxy: &Proxy, service: &str, mut request: Request<Incoming>) -
     };
     headers.insert(UPGRADE_PROTOCOL, protocol.clone());
     let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
-    match HeaderValue::from_str(path) {
-        Ok(path) => headers.insert(UPGRADE_PATH, path),
-        Err(_) => return error_response(&ProxyError::BadRequest("unusable request path".into())),
+    // A method is a token and a token is a valid value, but neither is checked twice here.
+    match (
+        HeaderValue::from_str(request.method().as_str()),
+        HeaderValue::from_str(path),
+    ) {
+        (Ok(method), Ok(path)) => {
+            headers.insert(UPGRADE_METHOD, method);
+            headers.insert(UPGRADE_PATH, path);
+        }
+        _ => return error_response(&ProxyError::BadRequest("unusable request path".into())),
     };
     let snapshot = proxy.snapshot.load_full();
     let open = match stream::open(proxy, &snapshot, service, host.as_deref(), headers).await {
