@@ -246,8 +246,15 @@ impl Watcher {
     /// Loads the saved state, applies it when there is a usable one and returns it for
     /// [`Watcher::run`]. An unreadable one is logged and recorded in the status (`/ready`
     /// answers 503 until a control plane sends a fresh state): the agent starts without it.
+    ///
+    /// An agent with no control plane configured loads nothing: the saved state belongs to a
+    /// control plane it no longer follows (or, in a shared data directory, to another agent's),
+    /// and nothing would ever replace it.
     pub async fn load(&self) -> Remote {
         let mut remote = Remote::empty();
+        if self.control_plane.servers().is_empty() {
+            return remote;
+        }
         let dir = self.data_dir.clone();
         let loaded = tokio::task::spawn_blocking(move || persist::load(&dir)).await;
         match loaded {

@@ -40,8 +40,7 @@ async fn one_dev_agent_is_a_working_mesh() {
     std::fs::write(
         &config,
         format!(
-            "kind: AgentConfig\nmetadata: {{name: laptop}}\nspec:\n  dataDir: {}\n  listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: null, dns: null}}\n  services:\n    - {{name: web, port: {}}}\n  upstreams:\n    - {{listen: \"{upstream}\", service: web}}\n",
-            dir.path().join("agent-data").display(),
+            "kind: AgentConfig\nmetadata: {{name: laptop}}\nspec:\n  listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: null, dns: null}}\n  services:\n    - {{name: web, port: {}}}\n  upstreams:\n    - {{listen: \"{upstream}\", service: web}}\n",
             web.port()
         ),
     )
@@ -75,6 +74,13 @@ async fn one_dev_agent_is_a_working_mesh() {
     eventually("a call by name to reach the service", || async {
         get_text(&upstream, "/").await == "web"
     })
+    .await;
+    // A config that names no `dataDir` keeps the state saved from the dev control plane with
+    // that control plane's data, not in the default `/var/lib/hyphae` a host's agent reads.
+    eventually(
+        "the agent to save the dev control plane's state",
+        || async { dev_data.join("agent/control-plane-snapshot.json").exists() },
+    )
     .await;
 
     let policy = dir.path().join("web.yaml");

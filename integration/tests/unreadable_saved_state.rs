@@ -1,6 +1,7 @@
 //! An agent whose saved control-plane state is damaged, with real processes: it starts without
 //! it and says so (`/ready` 503 with the reason, `hyphae_saved_snapshot_unreadable` 1) while no
-//! control plane answers, and turns ready once one sends a fresh state, which it saves.
+//! control plane answers, and turns ready once one sends a fresh state, which it saves. And an
+//! agent with no control plane does not serve a state it finds saved in its data directory.
 
 use hyphae_integration::agent::Agent;
 use hyphae_integration::binaries::workspace_binary;
@@ -75,4 +76,35 @@ async fn a_damaged_saved_state_keeps_the_agent_unready_until_a_control_plane_ans
             .is_some_and(|saved| saved["revision"].as_u64().is_some())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_without_a_control_plane_does_not_serve_a_saved_state() {
+    // A state saved by an agent that followed a control plane (here: a node `elsewhere`
+    // hosting `ghost`) lies in the data directory of an agent configured without one. Nothing
+    // would ever refresh it, so it must not be served.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("agent-data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    let saved = r#"{"revision":10,"policies":[],"nodes":[{"name":"elsewhere","site":"default","address":"127.0.0.1:9","agentVersion":"0.1.0","instances":[{"service":"ghost","port":9,"protocol":"http","health":"passing"}],"revision":8}],"cluster":"ec08aae09e193d83b2ba2597b5d45b0e","virtual_ips":{"ghost":"127.64.0.1"}}"#;
+    std::fs::write(data.join(SNAPSHOT_FILE), saved).expect("write the saved state");
+    let yaml = format!(
+        "kind: AgentConfig\nmetadata: {{name: lone}}\nspec:\n  dataDir: {}\n  listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: null, dns: null}}\n",
+        data.display()
+    );
+    let agent = Agent::start_in(&workspace_binary("hyphae-agent"), dir.path(), "lone", &yaml)
+        .expect("start the agent");
+    // The saved state is read, when it is, before the ready line: its config would be the
+    // second revision served.
+    assert_eq!(agent.metric("hyphae_config_revision", "").await, 1.0);
+    let state = request("GET", agent.admin, "/config", "")
+        .await
+        .expect("the admin endpoint answers");
+    assert_eq!(state.status.as_u16(), 200, "{}", state.text());
+    assert!(!state.text().contains("ghost"), "{}", state.text());
+    assert_eq!(
+        std::fs::read_to_string(data.join(SNAPSHOT_FILE)).expect("still there"),
+        saved,
+        "the file is left as it was"
+    );
 }

@@ -12,7 +12,7 @@ use hyphae_control_plane::join_tokens::JoinToken;
 use hyphae_control_plane::secret_file;
 use hyphae_control_plane::state::Command;
 use hyphae_policies::tls;
-use hyphae_policies::{AgentJoin, ControlPlaneConfigSpec};
+use hyphae_policies::{AgentConfigSpec, AgentJoin, ControlPlaneConfigSpec};
 
 use crate::config::AgentConfig;
 
@@ -109,6 +109,11 @@ impl DevControlPlane {
         config.spec.join = self.join.clone();
         // The certificate lives as long as this control plane's data, whose root signed it.
         config.spec.tls_dir = Some(self.data_dir.join("agent-tls"));
+        // So does the state saved from it: in the default `/var/lib/hyphae` a host's real
+        // agent would start from a dev cluster's state. A `dataDir` the file names is kept.
+        if config.spec.data_dir == AgentConfigSpec::default().data_dir {
+            config.spec.data_dir = self.data_dir.join("agent");
+        }
     }
 
     /// Resolves, with the reason, once its Raft has stopped by itself (a storage failure);
