@@ -760,6 +760,12 @@ async fn http1_smuggling_shapes_and_malformed_heads_get_a_400_and_reach_no_insta
             .map(|n| format!("x-{n}: v\r\n"))
             .collect::<String>()
     );
+    // Past the default `maxHeaderBytes` (64 KiB), in one write: read whole, it must still be
+    // refused, as one that arrives in pieces is.
+    let big_header = format!(
+        "GET / HTTP/1.1\r\nHost: svc\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "v".repeat(100_000)
+    );
     let cases: Vec<(&str, Vec<u8>)> = vec![
         (
             "two different Content-Length",
@@ -824,6 +830,24 @@ async fn http1_smuggling_shapes_and_malformed_heads_get_a_400_and_reach_no_insta
             b"GET * HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n".to_vec(),
         ),
         ("HTTP/1.1 without Host", b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n".to_vec()),
+        ("a header past maxHeaderBytes in one write", big_header.into_bytes()),
+        (
+            "a Host with userinfo",
+            b"GET / HTTP/1.1\r\nHost: user@svc\r\nConnection: close\r\n\r\n".to_vec(),
+        ),
+        (
+            "a Host whose port is no number",
+            b"GET / HTTP/1.1\r\nHost: svc:abc\r\nConnection: close\r\n\r\n".to_vec(),
+        ),
+        (
+            "an absolute target with userinfo",
+            b"GET http://user:pw@svc/ HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n"
+                .to_vec(),
+        ),
+        (
+            "the authority form for GET",
+            b"GET svc:80 HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n".to_vec(),
+        ),
     ];
     let mut wrong = Vec::new();
     for (name, raw) in cases {
@@ -927,6 +951,30 @@ async fn http1_absolute_form_is_routed_and_delivered_by_its_target_never_by_host
         answer.starts_with("HTTP/1.") && answer[9..].starts_with('4'),
         "{answer}"
     );
+    // Host names are case-insensitive (RFC 9110 §4.2.3): `SVC` names `svc`.
+    let answer = raw_http1(
+        proxy,
+        b"GET / HTTP/1.1\r\nHost: SVC\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    still_serves(&caller).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_on_an_upstream_port_is_refused_and_what_follows_is_not_read_as_a_request() {
+    // The bytes after a CONNECT are the tunnel's: a proxy that refuses it and reads on would
+    // take them for a request of their own (here, one that reaches the instance).
+    let backend = TestBackend::start("b").await;
+    let (_host, caller) = mesh(&backend, "");
+    let answer = raw_http1(
+        caller.upstream("svc"),
+        b"CONNECT svc:80 HTTP/1.1\r\nHost: svc:80\r\n\r\nGET / HTTP/1.1\r\nHost: svc\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
+    assert_eq!(backend.requests(), 0);
     still_serves(&caller).await;
 }
 

@@ -88,6 +88,9 @@ async fn serve_http1(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout.get())
         .max_buf_size((limits.max_header_bytes as usize).max(super::MIN_HTTP1_BUFFER))
+        // The buffer alone bounds a head by how it arrives: one that came in a single read
+        // could be read whole past the limit.
+        .max_header_size(limits.max_header_bytes as usize)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     let served =
@@ -196,9 +199,19 @@ async fn answer(proxy: &Proxy, target: &Target, request: Request<Incoming>) -> R
     if request.method() == Method::CONNECT {
         return match target {
             Target::ByHost => Box::pin(connect_through_proxy(proxy, request)).await,
-            Target::Service(_) => error_response(&ProxyError::BadRequest(
-                "CONNECT is served on the HTTP proxy port".into(),
-            )),
+            Target::Service(_) => {
+                let mut refused = error_response(&ProxyError::BadRequest(
+                    "CONNECT is served on the HTTP proxy port".into(),
+                ));
+                // A client that sent CONNECT sends the tunnel's bytes next, not a request:
+                // they must not be read as one (nginx closes here too).
+                if request.version() == http::Version::HTTP_11 {
+                    refused
+                        .headers_mut()
+                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                refused
+            }
         };
     }
     if is_upgrade(&request) {
@@ -253,11 +266,28 @@ fn addressed<B>(request: &Request<B>) -> Result<Option<Addressed>, &'static str>
     let by_host = match host {
         Some(host) if !host.is_empty() => Some((
             Authority::try_from(host.as_bytes())
-                .map_err(|_| "the request's Host is no host[:port]")?,
+                .ok()
+                .filter(is_host_and_port)
+                .ok_or("the request's Host is no host[:port]")?,
             host,
         )),
         _ => None,
     };
+    // RFC 9110 §4.2.4: userinfo in a target is an error (credentials in the clear, and
+    // `user@host` reads as two hosts to two parsers); so is a port that is no number.
+    if let Some(authority) = request.uri().authority()
+        && !is_host_and_port(authority)
+    {
+        return Err("the request's target has userinfo or a port that is no number");
+    }
+    // RFC 9112 §3.2.3: the authority form (`host:port` alone) is for CONNECT only; any other
+    // method with it names no resource.
+    if request.uri().scheme().is_none()
+        && request.uri().authority().is_some()
+        && request.method() != Method::CONNECT
+    {
+        return Err("only CONNECT may have a target of the authority form");
+    }
     // RFC 9113 §8.3.1: an HTTP/2 request whose Host names another authority than its
     // `:authority` is malformed; a route matching on one while the instance is given the
     // other would let a caller claim one host and reach another.
@@ -279,6 +309,26 @@ fn addressed<B>(request: &Request<B>) -> Result<Option<Addressed>, &'static str>
         Some(authority) => Some((authority.clone(), None)),
         None => by_host.map(|(authority, host)| (authority, Some(host.clone()))),
     })
+}
+
+/// Whether an authority is a host and an optional port of digits only: no userinfo
+/// (`user@host`), no port such as `:abc` or `:+80` (which the `http` crate reads as no port
+/// at all). An empty port (`host:`) is allowed (RFC 3986 §3.2.3).
+fn is_host_and_port(authority: &Authority) -> bool {
+    let text = authority.as_str();
+    if text.contains('@') {
+        return false;
+    }
+    // An IPv6 literal's colons are inside its brackets.
+    let after_host = text.rfind(']').map_or(0, |bracket| bracket + 1);
+    match text[after_host..].rfind(':') {
+        None => true,
+        Some(colon) => {
+            let port = &text[after_host + colon + 1..];
+            port.bytes().all(|b| b.is_ascii_digit())
+                && (port.is_empty() || port.parse::<u64>().is_ok_and(|n| n <= u64::from(u16::MAX)))
+        }
+    }
 }
 
 /// The service a request is for.
@@ -499,20 +549,52 @@ fn service_by_host<B>(
     zone: &str,
     request: &Request<B>,
 ) -> Result<String, ProxyError> {
+    // Host names are case-insensitive (RFC 9110 §4.2.3); service names are lowercase.
     let host = request
         .uri()
         .authority()
-        .map(|a| a.as_str().to_string())
+        .map(|a| a.as_str().to_ascii_lowercase())
         .or_else(|| {
             request
                 .headers()
                 .get(http::header::HOST)
                 .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
+                .map(str::to_ascii_lowercase)
         })
         .ok_or_else(|| ProxyError::BadRequest("the request names no host".into()))?;
     snapshot
         .service_for_host(&host, zone)
         .map(|s| s.name.clone())
         .ok_or(ProxyError::UnknownService(host))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_authority_is_a_host_and_a_port_of_digits_without_userinfo() {
+        let parse = |text: &str| Authority::try_from(text).expect("an authority http parses");
+        for good in [
+            "svc",
+            "svc:80",
+            "svc:",
+            "10.0.0.1:8080",
+            "[::1]",
+            "[::1]:443",
+            "svc:065535",
+        ] {
+            assert!(is_host_and_port(&parse(good)), "{good}");
+        }
+        for bad in [
+            "user@svc",
+            "user:pw@svc:80",
+            "svc:abc",
+            "svc:+80",
+            "svc:65536",
+            "[::1]:x",
+        ] {
+            assert!(!is_host_and_port(&parse(bad)), "{bad}");
+        }
+    }
 }
