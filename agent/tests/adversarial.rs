@@ -686,6 +686,21 @@ async fn malformed_requests_are_refused_and_reach_no_instance() {
                 (":authority", "a b"),
             ],
         ),
+        (
+            "an :authority with userinfo",
+            vec![
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":path", "/"),
+                (":authority", "user:pw@svc"),
+            ],
+        ),
+        (
+            "two content-length that differ",
+            with(&[("content-length", "0"), ("content-length", "5")]),
+        ),
+        ("a value with a leading space", with(&[("x-a", " padded")])),
+        ("a value with a trailing tab", with(&[("x-a", "padded\t")])),
     ];
     let mut wrong = Vec::new();
     for (name, fields) in cases {

@@ -904,6 +904,73 @@ async fn an_empty_post_without_a_length_reaches_the_instance_with_content_length
     }
 }
 
+/// What the head-echoing instance saw of a request sent over HTTP/2 on `path` with `fields`.
+async fn http2_request_as_seen(
+    path: &MeshPath,
+    fields: &[(&str, &str)],
+    body: &'static str,
+) -> String {
+    let client = http2_client();
+    let answer = hyphae_integration::eventually::wait_for(
+        &format!("{} to answer", path.name),
+        DEADLINE,
+        Duration::from_millis(50),
+        || async {
+            let mut request = http::Request::post(format!("http://{}/seen", path.entry));
+            for (name, value) in fields {
+                request = request.header(*name, *value);
+            }
+            let request = request
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                    body.as_bytes(),
+                )))
+                .expect("a request");
+            hyphae_integration::http::exchange(&client, request)
+                .await
+                .filter(|answer| answer.status == 200)
+        },
+    )
+    .await
+    .unwrap_or_else(|timed_out| panic!("{timed_out}"));
+    answer.text()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_callers_cookies_reach_an_http1_instance_as_one_line() {
+    // HTTP/2 clients (browsers) send each cookie as a field of its own; RFC 9113 §8.2.3 has them
+    // joined with `; ` before an HTTP/1.1 hop, where servers read one `Cookie` line.
+    let port = head_echo_instance().await;
+    for path in both_paths(port, "http", "") {
+        let seen = http2_request_as_seen(&path, &[("cookie", "a=1"), ("cookie", "b=2")], "")
+            .await
+            .to_ascii_lowercase();
+        assert!(
+            seen.contains("\r\ncookie: a=1; b=2\r\n") && seen.matches("cookie:").count() == 1,
+            "{}: the instance saw {seen}",
+            path.name
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_callers_repeated_length_reaches_an_http1_instance_as_one_line() {
+    // RFC 9110 §8.6: `content-length: 5` twice may be taken as one length, but must then be
+    // sent on as one; two lines make strict servers (Node) answer 400.
+    let port = head_echo_instance().await;
+    for path in both_paths(port, "http", "") {
+        let fields = [("content-length", "5"), ("content-length", "5")];
+        let seen = http2_request_as_seen(&path, &fields, "hello")
+            .await
+            .to_ascii_lowercase();
+        assert!(
+            seen.contains("\r\ncontent-length: 5\r\n")
+                && seen.matches("content-length:").count() == 1,
+            "{}: the instance saw {seen}",
+            path.name
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_get_with_a_chunked_body_reaches_the_instance_with_its_body_as_it_does_directly() {
     // A GET's body has no defined meaning, but it is the caller's: hyper's client dropped one

@@ -8,7 +8,7 @@
 use std::mem::MaybeUninit;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, TRAILER, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, COOKIE, TRAILER, TRANSFER_ENCODING};
 use http::response::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri, Version};
 
@@ -137,9 +137,22 @@ pub fn encode_request_head(method: &Method, uri: &Uri, headers: &HeaderMap, dst:
 }
 
 /// Appends `name: value` lines. `http` types hold no CR or LF, so nothing can break a line.
+/// Several `Cookie` fields (an HTTP/2 client sends one per cookie) become one line joined by
+/// `; `, as RFC 9113 §8.2.3 requires before an HTTP/1.1 hop: servers read only one.
 pub fn encode_fields(headers: &HeaderMap, dst: &mut Vec<u8>) {
+    // A map yields the values of one name one after another.
+    let mut after_cookie = false;
     for (name, value) in headers {
-        encode_field(name, value, dst);
+        let cookie = name == COOKIE;
+        if cookie && after_cookie {
+            dst.truncate(dst.len() - 2);
+            dst.extend_from_slice(b"; ");
+            dst.extend_from_slice(value.as_bytes());
+            dst.extend_from_slice(b"\r\n");
+        } else {
+            encode_field(name, value, dst);
+        }
+        after_cookie = cookie;
     }
 }
 
@@ -1224,5 +1237,21 @@ mod tests {
         let uri = Uri::from_static("/a?b=1");
         encode_request_head(&Method::PUT, &uri, &headers, &mut head);
         assert_eq!(head, b"PUT /a?b=1 HTTP/1.1\r\n\r\n");
+    }
+
+    #[test]
+    fn cookie_fields_go_as_one_line_joined_by_semicolons() {
+        let mut headers = HeaderMap::new();
+        headers.append(COOKIE, HeaderValue::from_static("a=1"));
+        headers.append("x-a", HeaderValue::from_static("1"));
+        headers.append(COOKIE, HeaderValue::from_static("b=2"));
+        headers.append(COOKIE, HeaderValue::from_static("c=3"));
+        headers.append("x-a", HeaderValue::from_static("2"));
+        let mut head = Vec::new();
+        encode_fields(&headers, &mut head);
+        assert_eq!(
+            String::from_utf8_lossy(&head),
+            "cookie: a=1; b=2; c=3\r\nx-a: 1\r\nx-a: 2\r\n"
+        );
     }
 }

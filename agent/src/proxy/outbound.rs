@@ -184,7 +184,14 @@ async fn serve_tcp(proxy: &Proxy, service: &str, stream: TcpStream, peer: Socket
 }
 
 /// The answer to one request from a local app.
-async fn answer(proxy: &Proxy, target: &Target, request: Request<Incoming>) -> Response<Body> {
+async fn answer(proxy: &Proxy, target: &Target, mut request: Request<Incoming>) -> Response<Body> {
+    // What h2 lets through and hyper's HTTP/1.1 server would not (RFC 9113 §8.1.1: an
+    // intermediary must not forward a malformed request).
+    if request.version() == http::Version::HTTP_2
+        && let Err(reason) = well_formed_http2(request.headers_mut())
+    {
+        return error_response(&ProxyError::BadRequest(reason.into()));
+    }
     let addressed = match addressed(&request) {
         Ok(addressed) => addressed,
         Err(reason) => return error_response(&ProxyError::BadRequest(reason.into())),
@@ -309,6 +316,44 @@ fn addressed<B>(request: &Request<B>) -> Result<Option<Addressed>, &'static str>
         Some(authority) => Some((authority.clone(), None)),
         None => by_host.map(|(authority, host)| (authority, Some(host.clone()))),
     })
+}
+
+/// Checks an HTTP/2 caller's fields where h2 does not: no value starts or ends with a space or
+/// tab (RFC 9113 §8.2.1; an HTTP/1.1 hop would lose them, and two hops would read two values),
+/// and `Content-Length` says one thing, once.
+fn well_formed_http2(headers: &mut http::HeaderMap) -> Result<(), &'static str> {
+    let padded = |value: &HeaderValue| {
+        let bytes = value.as_bytes();
+        [bytes.first(), bytes.last()]
+            .into_iter()
+            .flatten()
+            .any(|b| matches!(b, b' ' | b'\t'))
+    };
+    if headers.values().any(padded) {
+        return Err("a field value starts or ends with whitespace");
+    }
+    one_length_line(headers)
+}
+
+/// Leaves at most one `Content-Length` line. RFC 9110 §8.6 lets a recipient take a length
+/// repeated with one value as that value, but it must then send it on once: two lines reach an
+/// HTTP/1.1 instance as written, and strict servers (Node) refuse them. Lines that differ are
+/// the caller's error.
+fn one_length_line(headers: &mut http::HeaderMap) -> Result<(), &'static str> {
+    let mut lines = headers.get_all(http::header::CONTENT_LENGTH).iter();
+    let (Some(first), Some(_)) = (lines.next(), lines.next()) else {
+        return Ok(());
+    };
+    let first = first.clone();
+    if !headers
+        .get_all(http::header::CONTENT_LENGTH)
+        .iter()
+        .all(|line| line == first)
+    {
+        return Err("the request's Content-Length lines differ");
+    }
+    headers.insert(http::header::CONTENT_LENGTH, first);
+    Ok(())
 }
 
 /// Whether an authority is a host and an optional port of digits only: no userinfo
