@@ -1078,6 +1078,30 @@ async fn an_upgrade_reaches_the_instance_with_the_callers_method_as_it_does_dire
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_with_a_body_is_served_as_an_ordinary_request() {
+    // The stream that carries an upgrade carries no body before it; RFC 9110 §7.8 lets the
+    // upgrade be ignored, so the request goes as an ordinary one, body and all.
+    let port = head_echo_instance().await;
+    for path in both_paths(port, "http", "") {
+        let raw = b"POST /up HTTP/1.1\r\nHost: app\r\nConnection: Upgrade, close\r\nUpgrade: tcp\r\nContent-Length: 5\r\n\r\nhello";
+        let answer = once_ready(&path, raw_exchange, raw, |answer| {
+            !answer.contains("hyphae-error: no-endpoints")
+                && !answer.contains("hyphae-error: unknown-service")
+        })
+        .await;
+        let seen = answer.to_ascii_lowercase();
+        assert!(
+            seen.starts_with("http/1.1 200")
+                && seen.contains("\r\n\r\npost /up http/1.1\r\n")
+                && seen.contains("\r\ncontent-length: 5\r\n")
+                && !seen.contains("upgrade"),
+            "{}: {answer}",
+            path.name
+        );
+    }
+}
+
 /// An HTTP/1.1 instance that declines every upgrade and answers as usual: 200, `no`.
 async fn upgrade_declining_instance() -> u16 {
     raw_instance(|_| {

@@ -221,7 +221,10 @@ async fn answer(proxy: &Proxy, target: &Target, mut request: Request<Incoming>) 
             }
         };
     }
-    if is_upgrade(&request) {
+    // An upgrade with a body is served as an ordinary request, its `Upgrade` dropped with the
+    // other hop-by-hop fields (RFC 9110 §7.8 lets it be ignored): the stream that carries an
+    // upgrade carries no body before it, and the instance would get the request without it.
+    if is_upgrade(&request) && hyper::body::Body::size_hint(request.body()).exact() == Some(0) {
         return match resolve(proxy, target, &request) {
             Ok(service) => Box::pin(upgrade(proxy, &service, request)).await,
             Err(error) => error_response(&error),
