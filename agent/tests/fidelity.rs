@@ -936,6 +936,39 @@ async fn http2_request_as_seen(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_with_unusual_methods_or_a_leading_empty_line_are_served_as_http() {
+    // Protocol detection once took only 3 to 7 capital letters for a method, and a request
+    // line first: WebDAV's PROPFIND and a leading CRLF (RFC 9112 §2.2) went to the instance as
+    // opaque bytes, hop-by-hop fields and all.
+    let port = head_echo_instance().await;
+    let requests: [&'static [u8]; 3] = [
+        b"PROPFIND /dav HTTP/1.1\r\nHost: app\r\nConnection: close, X-Hop\r\nX-Hop: secret\r\n\r\n",
+        b"M-SEARCH /ssdp HTTP/1.1\r\nHost: app\r\nConnection: close, X-Hop\r\nX-Hop: secret\r\n\r\n",
+        b"\r\nGET /after-crlf HTTP/1.1\r\nHost: app\r\nConnection: close, X-Hop\r\nX-Hop: secret\r\n\r\n",
+    ];
+    for path in both_paths(port, "http", "") {
+        for raw in requests {
+            let answer = once_ready(&path, raw_exchange, raw, |answer| {
+                answer.starts_with("HTTP/1.1 200")
+            })
+            .await;
+            let seen = answer.to_ascii_lowercase();
+            let line = String::from_utf8_lossy(raw)
+                .trim_start()
+                .to_ascii_lowercase();
+            let line = line.lines().next().unwrap_or_default();
+            assert!(
+                seen.contains(&format!("\r\n\r\n{line}\r\n"))
+                    && !seen.contains("x-hop")
+                    && seen.contains("\r\ndate: "),
+                "{}: {line}: {answer}",
+                path.name
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_callers_cookies_reach_an_http1_instance_as_one_line() {
     // HTTP/2 clients (browsers) send each cookie as a field of its own; RFC 9113 §8.2.3 has them
     // joined with `; ` before an HTTP/1.1 hop, where servers read one `Cookie` line.

@@ -16,55 +16,120 @@ pub enum Detected {
     Tcp,
 }
 
-/// Bytes needed to decide: the longest method token plus a space.
-const SNIFF_BYTES: usize = 8;
+/// Bytes peeked to decide: room for a leading empty line, any method and a target's start.
+/// A request line still well formed this far is taken for HTTP/1.1.
+const SNIFF_BYTES: usize = 128;
+/// Longest method taken for HTTP (registered ones reach 17 letters: `UPDATEREDIRECTREF`).
+const MAX_METHOD: usize = 32;
 
-/// Classifies the first bytes a client sent.
+/// Classifies the first bytes a client sent; `None` while they could still be either.
+///
+/// A usual method (3 to 7 capital letters) and a space decide at once. Any other token
+/// (`PROPFIND`, `M-SEARCH`, `MKCALENDAR`, or a lowercase one) is HTTP only when a target and
+/// ` HTTP/` follow, so a text protocol's `get key\r\n` stays TCP. One or two empty lines
+/// before the request line are skipped, as RFC 9112 §2.2 asks of a server.
 pub fn classify(prefix: &[u8]) -> Option<Detected> {
     if prefix.starts_with(b"PRI * HTTP/2.0")
         || b"PRI * HTTP/2.0".starts_with(prefix) && prefix.len() >= 4
     {
         return Some(Detected::Http2);
     }
-    let token_len = prefix.iter().take_while(|b| b.is_ascii_uppercase()).count();
-    match prefix.get(token_len) {
-        Some(b' ') if (3..=7).contains(&token_len) => Some(Detected::Http1),
-        Some(_) => Some(Detected::Tcp),
-        None if prefix.len() >= SNIFF_BYTES => Some(Detected::Tcp),
+    let line = skip_empty_lines(prefix)?;
+    let method = line.iter().take_while(|&&b| is_tchar(b)).count();
+    if method == 0 && !line.is_empty() || method > MAX_METHOD {
+        return Some(Detected::Tcp);
+    }
+    match line.get(method) {
         None => None,
+        Some(b' ')
+            if (3..=7).contains(&method) && line[..method].iter().all(u8::is_ascii_uppercase) =>
+        {
+            Some(Detected::Http1)
+        }
+        Some(b' ') => request_line_rest(&line[method + 1..], prefix.len() >= SNIFF_BYTES),
+        Some(_) => Some(Detected::Tcp),
     }
 }
 
-/// Peeks at `stream` (without consuming) until the protocol is known, the client stops
-/// sending, or `timeout` passes (server-first protocols send nothing: that is TCP).
-pub async fn detect(stream: &TcpStream, timeout: Duration) -> Detected {
-    let mut buffer = [0u8; SNIFF_BYTES];
-    peek_until(stream, &mut buffer, timeout, classify)
-        .await
-        .unwrap_or(Detected::Tcp)
+/// `prefix` after up to two empty lines (CRLF or LF); `None` when it may still be one.
+fn skip_empty_lines(mut prefix: &[u8]) -> Option<&[u8]> {
+    for _ in 0..2 {
+        if let Some(rest) = prefix
+            .strip_prefix(b"\r\n")
+            .or_else(|| prefix.strip_prefix(b"\n"))
+        {
+            prefix = rest;
+        } else if prefix == b"\r" {
+            return None;
+        }
+    }
+    Some(prefix)
 }
 
-/// Peeks at `stream` into `buffer` until `decide` says something of the bytes so far; `None`
-/// when the client closes, fails, or stops short of it for `timeout`.
+/// What a request line's target and version (`/x HTTP/1.1`) say after an unusual method:
+/// HTTP once ` HTTP/` follows a target, TCP at the first byte that cannot be one; a target
+/// still going when the peek buffer is `full` is taken for HTTP.
+fn request_line_rest(rest: &[u8], full: bool) -> Option<Detected> {
+    let target = rest.iter().take_while(|b| b.is_ascii_graphic()).count();
+    match rest.get(target) {
+        None if full => Some(Detected::Http1),
+        None => None,
+        Some(b' ') if target > 0 => {
+            let version = &rest[target + 1..];
+            let compared = version.len().min(5);
+            if version[..compared] != b"HTTP/"[..compared] {
+                Some(Detected::Tcp)
+            } else if compared == 5 {
+                Some(Detected::Http1)
+            } else {
+                None
+            }
+        }
+        Some(_) => Some(Detected::Tcp),
+    }
+}
+
+/// A token character (RFC 9110 §5.6.2), of which methods are made.
+fn is_tchar(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
+}
+
+/// Peeks at `stream` (without consuming) until the protocol is known, the client stops
+/// sending, or `timeout` passes. Silence is TCP (server-first protocols send nothing). A
+/// start that could still be HTTP when the client stops short is HTTP/1.1: hyper then holds
+/// it to `headerReadTimeout`, where as TCP it would hold a connection to an instance.
+pub async fn detect(stream: &TcpStream, timeout: Duration) -> Detected {
+    let mut buffer = [0u8; SNIFF_BYTES];
+    match peek_until(stream, &mut buffer, timeout, classify).await {
+        Ok(detected) => detected,
+        Err(0) => Detected::Tcp,
+        Err(_) => Detected::Http1,
+    }
+}
+
+/// Peeks at `stream` into `buffer` until `decide` says something of the bytes so far; else the
+/// number of bytes seen when the client closed, failed, or stopped short of it for `timeout`.
 async fn peek_until<T>(
     stream: &TcpStream,
     buffer: &mut [u8],
     timeout: Duration,
     decide: impl Fn(&[u8]) -> Option<T>,
-) -> Option<T> {
+) -> Result<T, usize> {
     let deadline = tokio::time::Instant::now() + timeout;
+    let mut seen = 0;
     loop {
         let peeked = tokio::time::timeout_at(deadline, stream.peek(buffer)).await;
         let n = match peeked {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Err(seen),
             Ok(Ok(n)) => n,
         };
+        seen = n;
         if let Some(decided) = decide(&buffer[..n]) {
-            return Some(decided);
+            return Ok(decided);
         }
         // Fewer bytes than needed so far: wait a moment for more.
         if tokio::time::Instant::now() >= deadline {
-            return None;
+            return Err(seen);
         }
         tokio::time::sleep(PEEK_RETRY).await;
     }
@@ -85,7 +150,7 @@ pub async fn http2_preface(stream: &TcpStream, timeout: Duration) -> bool {
     let whole = |peeked: &[u8]| (peeked.len() == HTTP2_PREFACE.len()).then_some(());
     peek_until(stream, &mut buffer, timeout, whole)
         .await
-        .is_some()
+        .is_ok()
 }
 
 #[cfg(test)]
@@ -99,8 +164,48 @@ mod tests {
         assert_eq!(classify(b"PRI * HTTP/2.0\r\n"), Some(Detected::Http2));
         assert_eq!(classify(b"PRI "), Some(Detected::Http2));
         assert_eq!(classify(b"\x16\x03\x01\x02"), Some(Detected::Tcp));
-        assert_eq!(classify(b"hello wo"), Some(Detected::Tcp));
+        assert_eq!(classify(b"hello world\n"), Some(Detected::Tcp));
+        assert_eq!(classify(b"hello wo"), None);
         assert_eq!(classify(b"GE"), None);
-        assert_eq!(classify(b"ABCDEFGHIJ"), Some(Detected::Tcp));
+        assert_eq!(classify(b""), None);
+        assert_eq!(classify(b"ABCDEFGHIJ"), None);
+        assert_eq!(classify(&[b'A'; 40]), Some(Detected::Tcp));
+    }
+
+    #[test]
+    fn any_method_token_followed_by_a_target_and_http_is_http() {
+        for line in [
+            &b"PROPFIND /dav HTTP/1.1\r\n"[..],
+            b"M-SEARCH * HTTP/1.1\r\n",
+            b"MKCALENDAR /c HTTP/1.1",
+            b"UPDATEREDIRECTREF /x HTTP/1.1",
+            b"get / HTTP/1.1\r\n",
+            b"\r\nGET /x HTTP/1.1\r\n",
+            b"\n\r\nPUT /x HTTP/1.1\r\n",
+        ] {
+            assert_eq!(classify(line), Some(Detected::Http1), "{line:?}");
+        }
+        // Still undecided: the version has not come yet.
+        assert_eq!(classify(b"PROPFIND /dav"), None);
+        assert_eq!(classify(b"PROPFIND /dav HT"), None);
+        assert_eq!(classify(b"\r"), None);
+        // A target that runs past the peek buffer is taken for one.
+        let long = [&b"PROPFIND /"[..], &[b'a'; SNIFF_BYTES]].concat();
+        assert_eq!(classify(&long[..SNIFF_BYTES]), Some(Detected::Http1));
+    }
+
+    #[test]
+    fn text_protocols_with_other_shapes_stay_tcp() {
+        for start in [
+            &b"get key\r\n"[..],
+            b"set k 0 0 5\r\n",
+            b"PING\r\n",
+            b"*1\r\n$4\r\nPING\r\n",
+            b"PROPFIND /dav FTP/1.0",
+            b"\r\n\r\n\r\nGET / HTTP/1.1",
+            b"G\tT / HTTP/1.1",
+        ] {
+            assert_eq!(classify(start), Some(Detected::Tcp), "{start:?}");
+        }
     }
 }
