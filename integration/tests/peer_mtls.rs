@@ -341,6 +341,10 @@ async fn a_call_to_an_instance_on_the_callers_own_node_skips_the_tunnel_but_not_
     }
     let closed = get(&client, &format!("{base}/secret")).await;
     assert_eq!(closed.status, 403, "{}", closed.text());
+    // `/%6Fpen` is `/open` to most servers; a path a server would decode into another is
+    // refused before it is checked (decision 76).
+    let encoded = get(&client, &format!("{base}/%6Fpen/page")).await;
+    assert_eq!(encoded.status, 400, "{}", encoded.text());
     assert_eq!(closed.header("hyphae-error"), Some("denied"));
     let posted =
         hyphae_integration::http::send(&client, "POST", &format!("{base}/open"), "x").await;

@@ -233,14 +233,11 @@ fn authorize(
     let (method, path) = if request.method() != Method::CONNECT {
         (Some(request.method().as_str()), Some(request.uri().path()))
     } else if request.headers().contains_key(UPGRADE_PROTOCOL) {
-        carried = upgrade_method(request.headers())?;
-        let path = match request.headers().get(UPGRADE_PATH) {
-            Some(path) => path
-                .to_str()
-                .map_err(|_| ProxyError::BadRequest("the upgrade's path is not ASCII".into()))?,
-            None => "/",
-        };
-        (Some(carried.as_str()), Some(path))
+        carried = (
+            upgrade_method(request.headers())?,
+            upgrade_path(request.headers())?,
+        );
+        (Some(carried.0.as_str()), Some(carried.1.path()))
     } else {
         (None, None)
     };
@@ -284,6 +281,19 @@ fn upgrade_method(headers: &HeaderMap) -> Result<Method, ProxyError> {
         Some(method) => Method::from_bytes(method.as_bytes())
             .map_err(|_| ProxyError::BadRequest("the upgrade's method is no method".into())),
         None => Ok(Method::GET),
+    }
+}
+
+/// The path and query of the upgrade request a CONNECT stream carries (`hyphae-upgrade-path`,
+/// `/` when absent). One that does not parse is a 400: the access policy checks what this
+/// gives, and the instance is sent the same.
+fn upgrade_path(headers: &HeaderMap) -> Result<PathAndQuery, ProxyError> {
+    match headers.get(UPGRADE_PATH) {
+        Some(path) => PathAndQuery::try_from(path.as_bytes())
+            .ok()
+            .filter(|path| path.as_str().starts_with('/'))
+            .ok_or_else(|| ProxyError::BadRequest("the upgrade's path is no path".into())),
+        None => Ok(PathAndQuery::from_static("/")),
     }
 }
 
@@ -342,11 +352,8 @@ async fn upgrade_instance(
     service: Arc<str>,
 ) -> Result<Response<Body>, ProxyError> {
     let (mut parts, _) = request.into_parts();
-    let path = parts
-        .headers
-        .remove(UPGRADE_PATH)
-        .and_then(|p| PathAndQuery::try_from(p.as_bytes()).ok())
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let path = upgrade_path(&parts.headers)?;
+    parts.headers.remove(UPGRADE_PATH);
     // The caller's own `Host`, else the CONNECT's authority (which has a port the caller's
     // `Host` may not have had: `name:80`).
     let host = parts
@@ -515,4 +522,26 @@ fn to_instance(parts: &Parts, uri: Uri, version: http::Version, body: Body) -> R
     *request.version_mut() = version;
     request.headers_mut().clone_from(&parts.headers);
     request
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upgrade_path_that_does_not_parse_is_refused_not_replaced() {
+        let with = |path: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(UPGRADE_PATH, HeaderValue::from_static(path));
+            upgrade_path(&headers)
+        };
+        assert_eq!(
+            upgrade_path(&HeaderMap::new()).expect("absent").as_str(),
+            "/"
+        );
+        assert_eq!(with("/ws?x=1").expect("a path").path(), "/ws");
+        for bad in ["/www/ x", "/www/\tx", "ws", "http://elsewhere/ws"] {
+            assert!(with(bad).is_err(), "{bad}");
+        }
+    }
 }
