@@ -339,7 +339,35 @@ async fn handle_buffered(
         .into_response();
     }
     let limits = &node.config.spec.limits;
-    let (max, sender) = body_limit(limits, &path);
+    // A public route's caller is nobody yet: its body is small, and only so many are read at
+    // once, so bodies from callers without a certificate or token cannot fill the memory.
+    let public = access::required(&parts.method, &path) == access::Access::Public;
+    let _public_place = if public {
+        match Arc::clone(&node.public_requests).try_acquire_owned() {
+            Ok(place) => Some(place),
+            Err(_) => {
+                return ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "busy",
+                    format!(
+                        "{} requests to public routes are being read (limits.maxPublicRequests); try again",
+                        limits.max_public_requests
+                    ),
+                )
+                .into_response();
+            }
+        }
+    } else {
+        None
+    };
+    let (max, sender) = if public {
+        (
+            limits.max_public_body_bytes as usize,
+            "public (maxPublicBodyBytes)",
+        )
+    } else {
+        body_limit(limits, &path)
+    };
     let read = tokio::time::timeout(
         limits.body_read_timeout.get(),
         Limited::new(body, max).collect(),

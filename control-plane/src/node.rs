@@ -61,6 +61,8 @@ pub struct Node {
     /// On the node that initialized the cluster: the bootstrap admin token, which a caller
     /// presenting it waits for (rather than being refused) until the cluster stores it.
     pub pending_bootstrap: std::sync::OnceLock<StoredToken>,
+    /// Places for requests to public routes being read (`limits.maxPublicRequests`).
+    pub public_requests: Arc<tokio::sync::Semaphore>,
 }
 
 impl Node {
@@ -115,6 +117,9 @@ impl Node {
         .await
         .context("cannot start Raft")?;
         Ok(Node {
+            public_requests: Arc::new(tokio::sync::Semaphore::new(
+                config.spec.limits.max_public_requests as usize,
+            )),
             watch: crate::watch::Feed::new(state.clone(), config.spec.limits.max_watch_streams),
             leases: Leases::new(config.spec.lease_ttl.get()),
             heartbeat_queue: HeartbeatQueue::new(config.spec.limits.max_nodes),

@@ -279,6 +279,64 @@ async fn a_stalled_body_is_answered_408_and_bodies_are_bounded_per_kind_of_calle
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_to_public_routes_are_small_and_only_so_many_are_read_at_once() {
+    // A join names its caller only in its body: anyone may send one, so its body may not be
+    // as large as an admin's, and only `maxPublicRequests` are read at once.
+    let limits = ControlPlaneLimits {
+        max_public_body_bytes: 2048,
+        max_public_requests: 2,
+        ..ControlPlaneLimits::default()
+    };
+    let (running, _dir) = node(limits).await;
+    let big = format!("{{\"token\": \"{}\"}}", "a".repeat(4096));
+    for path in ["/v1/cluster/join", "/v1/agent/join"] {
+        let answer = exchange(&running, &post(path, &big)).await;
+        assert_refused(&answer, 413, "maxPublicBodyBytes");
+    }
+    // Two joins whose bodies are still coming hold both places.
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut stream = connect(&running, None).await;
+        stream
+            .write_all(
+                b"POST /v1/cluster/join HTTP/1.1\r\nhost: node\r\ncontent-length: 1000\r\n\r\n{",
+            )
+            .await
+            .expect("send a head");
+        stalled.push(stream);
+    }
+    let busy = hyphae_integration::eventually::wait_for(
+        "the third join to be refused",
+        DEADLINE,
+        Duration::from_millis(20),
+        || async {
+            let answer = exchange(&running, &post("/v1/cluster/join", "{}")).await;
+            answer.starts_with("HTTP/1.1 503").then_some(answer)
+        },
+    )
+    .await
+    .unwrap_or_else(|timed_out| panic!("{timed_out}"));
+    assert_refused(&busy, 503, "maxPublicRequests");
+    // An operator's request is not a public one: it is read as before.
+    let answer = exchange(&running, &get_cluster()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Once the stalled ones are gone, their places are free.
+    drop(stalled);
+    hyphae_integration::eventually::wait_for(
+        "a join to be read again",
+        DEADLINE,
+        Duration::from_millis(20),
+        || async {
+            let answer = exchange(&running, &post("/v1/cluster/join", "{}")).await;
+            (!answer.starts_with("HTTP/1.1 503")).then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|timed_out| panic!("{timed_out}"));
+    running.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_still_uploading_past_the_body_limit_reads_the_413_instead_of_a_reset() {
     let limits = ControlPlaneLimits {
         max_admin_body_bytes: 64 * 1024,

@@ -171,6 +171,13 @@ pub struct ControlPlaneLimits {
     /// Largest body of an admin request (a policy apply: the policy file limit plus room for
     /// envelopes). Default 4259840 (4 MiB + 64 KiB).
     pub max_admin_body_bytes: u32,
+    /// Largest body of a request to a public route, one that names no caller before its body
+    /// is read: a join (a join token and a certificate request). Default 65536.
+    pub max_public_body_bytes: u32,
+    /// Requests to public routes a node reads at once; one more is answered 503 `busy` before
+    /// its body is read, so callers without a certificate or a token cannot fill the node's
+    /// memory with bodies (at most this many × `maxPublicBodyBytes`). Default 64.
+    pub max_public_requests: u32,
     /// Largest body of an agent's registration, heartbeat, health report or departure.
     /// Default 1048576 (1 MiB).
     pub max_agent_body_bytes: u32,
@@ -224,6 +231,8 @@ impl Default for ControlPlaneLimits {
             body_read_timeout: Duration::from_secs(30),
             lingering_close_timeout: Duration::from_secs(5),
             max_admin_body_bytes: ADMIN_BODY_DEFAULT,
+            max_public_body_bytes: 64 * 1024,
+            max_public_requests: 64,
             max_agent_body_bytes: 1024 * 1024,
             max_peer_body_bytes: 64 * 1024 * 1024,
             max_snapshot_bytes: 1024 * 1024 * 1024,

@@ -117,6 +117,8 @@ pub(super) fn check(c: &mut Checker, path: &FieldPath, spec: &ControlPlaneConfig
         ),
         ("maxConcurrentStreams", given.max_concurrent_streams.into()),
         ("maxAdminBodyBytes", given.max_admin_body_bytes.into()),
+        ("maxPublicBodyBytes", given.max_public_body_bytes.into()),
+        ("maxPublicRequests", given.max_public_requests.into()),
         ("maxAgentBodyBytes", given.max_agent_body_bytes.into()),
         ("maxPeerBodyBytes", given.max_peer_body_bytes.into()),
         ("maxWriteBytes", given.max_write_bytes.into()),
