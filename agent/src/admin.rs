@@ -45,34 +45,34 @@ pub async fn serve(
     peer: SocketAddr,
     shutdown: CancellationToken,
 ) {
-    let linger = admin
-        .proxy
-        .snapshot
-        .load()
-        .limits
-        .lingering_close_timeout
-        .get();
+    let limits = admin.proxy.snapshot.load().limits.clone();
     let service = service_fn(move |request: Request<Incoming>| {
         let admin = Arc::clone(&admin);
         async move { Ok::<_, Infallible>(route(&admin, &request)) }
     });
     let (stream, lingering) = hyphae_policies::lingering_close::lingering(stream);
+    // The same head limits as the data path's HTTP/1.1 ports.
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(ADMIN_HEADER_READ_TIMEOUT)
+        .header_read_timeout(limits.header_read_timeout.get())
+        .max_buf_size((limits.max_header_bytes as usize).max(crate::proxy::MIN_HTTP1_BUFFER))
+        .max_header_size(limits.max_header_bytes as usize)
         .serve_connection(TokioIo::new(stream), service);
     let result = crate::listener::serve_until_shutdown(connection, &shutdown, |c| {
         c.graceful_shutdown();
     })
     .await;
-    lingering.close(linger, shutdown.cancelled()).await;
+    lingering
+        .close(limits.lingering_close_timeout.get(), shutdown.cancelled())
+        .await;
     if let Err(error) = result {
         tracing::debug!(%peer, %error, "admin connection ended with an error");
     }
 }
 
-/// Header read timeout on the admin port.
-const ADMIN_HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Connections the admin port takes at once, a budget of its own: health checkers and metric
+/// scrapers still get in when the data path's ports are full.
+pub const MAX_CONNECTIONS: u32 = 256;
 
 fn route(admin: &Admin, request: &Request<Incoming>) -> Response<Body> {
     if request.method() != Method::GET && request.method() != Method::HEAD {

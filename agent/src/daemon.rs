@@ -218,12 +218,16 @@ impl Daemon {
         daemon
             .registrar
             .spawn(registrar.run(daemon.stop_registrar.clone()));
+        // Three budgets: the local apps' ports, the inbound port (the network's, also bounded
+        // per source address), and the admin port, so none can shut another.
         let limit = ConnectionLimit::new(limits.max_connections);
+        let inbound_limit = ConnectionLimit::new(limits.max_inbound_connections)
+            .per_source(limits.max_inbound_connections_per_source);
         // The admin port keeps answering while the data path drains, so health checkers
         // can see `/ready` turn 503; it stops with the connections.
         daemon.spawn_accept(
             admin_listener,
-            limit.clone(),
+            ConnectionLimit::new(admin::MAX_CONNECTIONS),
             daemon.stop_admin.clone(),
             daemon.admin_connections.clone(),
             {
@@ -235,7 +239,7 @@ impl Daemon {
         );
         daemon.spawn_accept(
             inbound_listener,
-            limit.clone(),
+            inbound_limit,
             daemon.stop_accepting.clone(),
             daemon.connections.clone(),
             {

@@ -1,10 +1,11 @@
-//! The accept loop every listener shares: a connection limit across all listeners, one task per
-//! connection owned by a tracker, and a shutdown signal that stops accepting at once and lets
-//! each connection finish gracefully.
+//! The accept loop every listener shares: a connection limit (shared by the listeners given the
+//! same one, optionally per source address), one task per connection owned by a tracker, and a
+//! shutdown signal that stops accepting at once and lets each connection finish gracefully.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -13,11 +14,13 @@ use tokio_util::task::TaskTracker;
 use crate::circuit::Limit;
 use crate::metrics;
 
-/// Connections open across every listener, against `limits.maxConnections`.
+/// Connections open across the listeners that share it (`limits.maxConnections` for the local
+/// ones, `maxInboundConnections` for the inbound port), and optionally per source address.
 #[derive(Clone)]
 pub struct ConnectionLimit {
     open: Arc<Limit>,
     max: u32,
+    per_source: Option<Arc<PerSource>>,
 }
 
 impl ConnectionLimit {
@@ -26,6 +29,62 @@ impl ConnectionLimit {
         ConnectionLimit {
             open: Arc::new(Limit::default()),
             max,
+            per_source: None,
+        }
+    }
+
+    /// The same, with at most `max` of them from any one source address.
+    pub fn per_source(self, max: u32) -> Self {
+        ConnectionLimit {
+            per_source: Some(Arc::new(PerSource {
+                counts: Mutex::new(HashMap::new()),
+                max,
+            })),
+            ..self
+        }
+    }
+}
+
+/// Connections open per source address.
+struct PerSource {
+    counts: Mutex<HashMap<IpAddr, u32>>,
+    max: u32,
+}
+
+impl PerSource {
+    /// A place for one more connection from `source`; `None` when it has `max` open.
+    fn take(self: &Arc<Self>, source: IpAddr) -> Option<SourcePlace> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(source).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(SourcePlace {
+            per_source: Arc::clone(self),
+            source,
+        })
+    }
+}
+
+/// One connection counted against its source address until it drops.
+struct SourcePlace {
+    per_source: Arc<PerSource>,
+    source: IpAddr,
+}
+
+impl Drop for SourcePlace {
+    fn drop(&mut self) {
+        let mut counts = self
+            .per_source
+            .counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&self.source) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.source);
+            }
         }
     }
 }
@@ -87,6 +146,17 @@ impl Listener {
                 drop(stream);
                 continue;
             };
+            let place = match &limit.per_source {
+                Some(per_source) => match per_source.take(peer.ip()) {
+                    Some(place) => Some(place),
+                    None => {
+                        metrics::connection_refused(name);
+                        tracing::warn!(listener = name, %peer, max = per_source.max, "connection limit per source reached; closing new connection");
+                        continue;
+                    }
+                },
+                None => None,
+            };
             if let Err(error) = stream.set_nodelay(true) {
                 tracing::debug!(listener = name, %error, "cannot set TCP_NODELAY");
             }
@@ -95,7 +165,7 @@ impl Listener {
                 metrics::connection_opened(name);
                 connection.await;
                 metrics::connection_closed(name);
-                drop(permit);
+                drop((permit, place));
             });
         }
         tracing::debug!(listener = name, "stopped accepting");

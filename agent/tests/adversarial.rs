@@ -988,6 +988,38 @@ async fn http1_absolute_form_is_routed_and_delivered_by_its_target_never_by_host
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_to_the_inbound_port_do_not_shut_the_local_ports() {
+    // The inbound port faces the network; the local ports once shared its budget, so silent
+    // connections from elsewhere (held until `headerReadTimeout`) shut them.
+    let backend = TestBackend::start("b").await;
+    let (_host, caller) = mesh(
+        &backend,
+        "maxConnections: 20, maxInboundConnections: 40, maxInboundConnectionsPerSource: 30",
+    );
+    let mut idle = Vec::new();
+    for _ in 0..35 {
+        idle.push(TcpStream::connect(caller.inbound).await.expect("connect"));
+    }
+    // Five beyond the per-source cap are closed at once.
+    caller
+        .metric_reaches(
+            "hyphae_connections_refused_total",
+            "listener=\"inbound\"",
+            5.0,
+        )
+        .await;
+    // The local ports and the admin port still answer, over 20 connections' worth of calls.
+    for _ in 0..3 {
+        still_serves(&caller).await;
+    }
+    let ready = hyphae_integration::http::request("GET", caller.admin, "/ready", "")
+        .await
+        .expect("the admin port answers");
+    assert_eq!(ready.status.as_u16(), 200, "{}", ready.text());
+    drop(idle);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_on_an_upstream_port_is_refused_and_what_follows_is_not_read_as_a_request() {
     // The bytes after a CONNECT are the tunnel's: a proxy that refuses it and reads on would
     // take them for a request of their own (here, one that reaches the instance).

@@ -227,8 +227,16 @@ pub struct AgentLimits {
     pub max_header_bytes: u32,
     /// Largest body kept for replay on retry; bigger bodies are never retried. Default 65536.
     pub retry_buffer_bytes: u32,
-    /// Most connections accepted at once, all listeners together. Default 10000.
+    /// Most connections accepted at once on the listeners local apps use: upstream ports, the
+    /// HTTP proxy port and virtual IPs. Default 10000.
     pub max_connections: u32,
+    /// Most connections accepted at once on the inbound port, which faces the network: a
+    /// budget of its own, so connections from elsewhere cannot shut the local ports.
+    /// Default 10000.
+    pub max_inbound_connections: u32,
+    /// Most connections one source address may hold on the inbound port. A peer agent opens
+    /// at most `maxConnectionsPerUpstream` to this host. Default 256.
+    pub max_inbound_connections_per_source: u32,
     /// HTTP/2 streams per connection. Default 256.
     pub max_concurrent_streams: u32,
     /// HTTP/2 streams a client may reset before being accepted (rapid-reset protection).
@@ -281,6 +289,8 @@ impl Default for AgentLimits {
             max_header_bytes: 65_536,
             retry_buffer_bytes: 65_536,
             max_connections: 10_000,
+            max_inbound_connections: 10_000,
+            max_inbound_connections_per_source: 256,
             max_concurrent_streams: 256,
             max_pending_accept_reset_streams: 20,
             max_streams_per_upstream_connection: 100,

@@ -100,6 +100,14 @@ pub(super) fn check(c: &mut Checker, path: &FieldPath, spec: &AgentConfigSpec) {
     c.header_bytes(limits.key("maxHeaderBytes"), spec.limits.max_header_bytes);
     c.at_least_one(limits.key("maxConnections"), spec.limits.max_connections);
     c.at_least_one(
+        limits.key("maxInboundConnections"),
+        spec.limits.max_inbound_connections,
+    );
+    c.at_least_one(
+        limits.key("maxInboundConnectionsPerSource"),
+        spec.limits.max_inbound_connections_per_source,
+    );
+    c.at_least_one(
         limits.key("maxConcurrentStreams"),
         spec.limits.max_concurrent_streams,
     );
