@@ -287,6 +287,31 @@ async fn queries_over_tcp_are_answered_on_one_connection_in_turn() {
 }
 
 #[tokio::test]
+async fn zone_transfers_are_refused_for_the_mesh_zone_and_any_other() {
+    // The mesh zone lists every service: it is answered name by name, never handed out whole.
+    let dns = Running::start(settings(nowhere()), two_services()).await;
+    let mut stream = TcpStream::connect(dns.address).await.unwrap();
+    for (name, qtype) in [
+        ("mesh.", RecordType::AXFR),
+        ("mesh.", RecordType::IXFR),
+        ("payments.mesh.", RecordType::AXFR),
+        ("example.test.", RecordType::AXFR),
+    ] {
+        let answer = tcp_exchange(&mut stream, &query(name, qtype, None)).await;
+        assert_eq!(
+            answer.metadata.response_code,
+            ResponseCode::Refused,
+            "{name} {qtype}"
+        );
+        assert!(
+            answer.answers.is_empty() && answer.authorities.is_empty(),
+            "{answer:?}"
+        );
+    }
+    dns.stop().await;
+}
+
+#[tokio::test]
 async fn a_stock_resolver_reads_the_mesh_zone() {
     use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
     let dns = Running::start(settings(nowhere()), two_services()).await;

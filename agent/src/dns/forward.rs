@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_proto::op::{Query, ResponseCode};
-use hickory_proto::rr::RecordType;
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{
     ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
@@ -149,12 +148,6 @@ impl Forwarder {
                 code(ResponseCode::ServFail)
             }
         }
-    }
-
-    /// Whether queries of this type are never forwarded: zone transfers answer for a whole
-    /// zone, not a name, and a stub forwarder has none to give.
-    pub(crate) fn refuses(query_type: RecordType) -> bool {
-        matches!(query_type, RecordType::AXFR | RecordType::IXFR)
     }
 }
 

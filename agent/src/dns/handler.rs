@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use hickory_proto::op::{Message, OpCode, ResponseCode};
-use hickory_proto::rr::DNSClass;
+use hickory_proto::rr::{DNSClass, RecordType};
 use hyphae_policies::DnsSettings;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::watch;
@@ -122,13 +122,15 @@ impl Handler {
         if query.query_class() != DNSClass::IN {
             return self.reply(&request, transport, zone, code(ResponseCode::Refused));
         }
+        // Zone transfers answer for a whole zone, not a name: the mesh zone is not handed out
+        // (it lists every service), and a stub forwarder has no zone to give.
+        if matches!(query.query_type(), RecordType::AXFR | RecordType::IXFR) {
+            return self.reply(&request, transport, zone, code(ResponseCode::Refused));
+        }
         if in_mesh {
             let mesh = Arc::clone(&self.zone.borrow());
             let answer = self.authority.answer(&mesh, query);
             return self.reply(&request, transport, zone, answer);
-        }
-        if Forwarder::refuses(query.query_type()) {
-            return self.reply(&request, transport, zone, code(ResponseCode::Refused));
         }
         match self.forwarder.start() {
             Some(slot) => Step::Forward(Forwarding {
