@@ -95,19 +95,21 @@ pub fn admits(policy: Option<&AccessPolicySpec>, caller: &Caller, request: Reque
     decided == Action::Allow
 }
 
-/// Whether `path` is `prefix` or below it, on a segment boundary: `/charge` covers `/charge`
-/// and `/charge/42`, not `/chargeback` (a prefix ending in `/` covers what follows it).
+/// Whether `path` is `prefix` or below it, on a segment boundary: `/charge` covers `/charge`,
+/// `/charge/42` and `/charge;v=2` (Tomcat, Jetty and Spring drop a segment's `;` parameters
+/// before routing), not `/chargeback` (a prefix ending in `/` covers what follows it).
 fn under(path: &str, prefix: &str) -> bool {
     path.strip_prefix(prefix).is_some_and(|rest| {
-        rest.is_empty() || rest.starts_with('/') || rest.starts_with('?') || prefix.ends_with('/')
+        rest.is_empty() || rest.starts_with(['/', '?', ';']) || prefix.ends_with('/')
     })
 }
 
 /// Whether a request path is in the one form rules are matched against: absolute, ASCII, no
-/// empty, `.` or `..` segments (a trailing `/` is fine), and no encoded `/`, `.`, `\` or `%`,
-/// nor an encoded letter, digit, `-`, `_` or `~`, that a server could decode into another path
-/// than the one checked (`/%73ecret` is `/secret` to most servers; RFC 3986 §2.3 says such
-/// characters are never to be encoded). Anything else is refused before it is checked.
+/// empty, `.` or `..` segments once a segment's `;` parameters are cut off (`/a/..;/b` is
+/// `/b` to Tomcat), a trailing `/` being fine, and no encoded `/`, `.`, `\` or `%` that a
+/// server could decode into another path than the one checked. Anything else is refused
+/// before it is checked. Encoded letters, digits, `-`, `_` and `~` are fine: rules are matched
+/// on the path with them decoded ([`unreserved_decoded`]), as a server reads it.
 pub fn canonical(path: &str) -> bool {
     let Some(rest) = path.strip_prefix('/') else {
         return false;
@@ -118,8 +120,10 @@ pub fn canonical(path: &str) -> bool {
     let bytes = path.as_bytes();
     let decodes_to_another_path = bytes.iter().enumerate().any(|(at, &byte)| {
         byte == b'%'
-            && matches!(percent_decoded(&bytes[at + 1..]), Some(decoded)
-            if decoded.is_ascii_alphanumeric() || b"/.\\%-_~".contains(&decoded))
+            && matches!(
+                percent_decoded(&bytes[at + 1..]),
+                Some(b'/' | b'.' | b'\\' | b'%')
+            )
     });
     if decodes_to_another_path {
         return false;
@@ -127,8 +131,42 @@ pub fn canonical(path: &str) -> bool {
     let segments: Vec<&str> = rest.split('/').collect();
     let last = segments.len() - 1;
     segments.iter().enumerate().all(|(i, segment)| {
-        *segment != "." && *segment != ".." && (!segment.is_empty() || i == last)
+        let segment = segment.split(';').next().unwrap_or_default();
+        segment != "." && segment != ".." && (!segment.is_empty() || i == last)
     })
+}
+
+/// `path` with every encoded letter, digit, `-`, `_` and `~` decoded (RFC 3986 §6.2.2.2: a URI
+/// that encodes them is the same URI), so `/www/%73ecret` meets a rule for `/www/secret` as
+/// the server will read it. Borrowed when there is nothing to decode. For a path [`canonical`]
+/// took, which is ASCII.
+pub fn unreserved_decoded(path: &str) -> std::borrow::Cow<'_, str> {
+    let unreserved = |byte: u8| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'~');
+    let bytes = path.as_bytes();
+    let decoded_at = |at: usize| {
+        Some(bytes[at])
+            .filter(|&b| b == b'%')
+            .and_then(|_| percent_decoded(&bytes[at + 1..]))
+            .filter(|&b| unreserved(b))
+    };
+    if !(0..bytes.len()).any(|at| decoded_at(at).is_some()) {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let mut decoded = String::with_capacity(path.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        match decoded_at(at) {
+            Some(byte) => {
+                decoded.push(char::from(byte));
+                at += 3;
+            }
+            None => {
+                decoded.push(char::from(bytes[at]));
+                at += 1;
+            }
+        }
+    }
+    std::borrow::Cow::Owned(decoded)
 }
 
 /// The byte two hex digits at the start of `after` (what follows a `%`) encode.
@@ -230,7 +268,17 @@ mod tests {
             "a deny rule with paths covers an opaque stream"
         );
         for good in [
-            "/", "/a", "/a/b/", "/a/b?x=1", "/a%20b", "/a%3Fb", "/a%zz", "/50%",
+            "/",
+            "/a",
+            "/a/b/",
+            "/a/b?x=1",
+            "/a%20b",
+            "/a%3Fb",
+            "/a%zz",
+            "/50%",
+            "/users/john%2Ddoe",
+            "/www/%73ecret",
+            "/a;v=2/b",
         ] {
             assert!(canonical(good), "{good}");
         }
@@ -245,15 +293,31 @@ mod tests {
             "/ä",
             "/a\\b",
             "/a%252e",
-            "/www/%73ecret",
-            "/%77ww/secret",
-            "/secre%74",
-            "/a%2db",
-            "/a%7E",
-            "/a%5F",
+            "/public/..;/admin",
+            "/a/.;x/b",
+            "/a/;x/b",
         ] {
             assert!(!canonical(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn rules_meet_paths_as_servers_read_them() {
+        assert_eq!(unreserved_decoded("/www/%73ecret/"), "/www/secret/");
+        assert_eq!(unreserved_decoded("/%77ww/secre%74"), "/www/secret");
+        assert_eq!(unreserved_decoded("/john%2ddoe%7E"), "/john-doe~");
+        // Reserved and other characters stay encoded; nothing to decode borrows.
+        assert_eq!(
+            unreserved_decoded("/a%2Fb%20c%3F%zz%4"),
+            "/a%2Fb%20c%3F%zz%4"
+        );
+        assert!(matches!(
+            unreserved_decoded("/plain"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert!(under("/admin;jsessionid=1", "/admin"));
+        assert!(under("/admin;x/y", "/admin"));
+        assert!(!under("/adminx", "/admin"));
     }
 
     #[test]

@@ -341,10 +341,12 @@ async fn a_call_to_an_instance_on_the_callers_own_node_skips_the_tunnel_but_not_
     }
     let closed = get(&client, &format!("{base}/secret")).await;
     assert_eq!(closed.status, 403, "{}", closed.text());
-    // `/%6Fpen` is `/open` to most servers; a path a server would decode into another is
-    // refused before it is checked (decision 76).
+    // `/%6Fpen` is `/open` to the server, and the rules read it so (decision 76); `..;` is
+    // `..` to Tomcat, and refused before it is checked.
     let encoded = get(&client, &format!("{base}/%6Fpen/page")).await;
-    assert_eq!(encoded.status, 400, "{}", encoded.text());
+    assert_eq!(encoded.status, 200, "{}", encoded.text());
+    let climbing = get(&client, &format!("{base}/open/..;/secret")).await;
+    assert_eq!(climbing.status, 400, "{}", climbing.text());
     assert_eq!(closed.header("hyphae-error"), Some("denied"));
     let posted =
         hyphae_integration::http::send(&client, "POST", &format!("{base}/open"), "x").await;
@@ -360,7 +362,7 @@ async fn a_call_to_an_instance_on_the_callers_own_node_skips_the_tunnel_but_not_
     let page = solo.metrics().await;
     assert_eq!(
         hyphae_integration::http::metric_in(&page, "hyphae_requests_total", "status_class=\"2xx\""),
-        3.0,
+        4.0,
         "{page}"
     );
     // Over the tunnel, the pooled connection to its own inbound port would still be open.

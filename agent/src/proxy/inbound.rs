@@ -241,23 +241,29 @@ fn authorize(
     } else {
         (None, None)
     };
-    let asked = authz::Request { method, path };
     let policy = snapshot.access.get(service).or_else(|| {
         snapshot
             .access
             .get(hyphae_policies::access_policy::MESH_WIDE)
     });
-    // Paths a policy's rules name are matched on the path as written; one a server could
-    // decode into another (`..`, `//`, encoded `/`) is refused rather than checked.
+    // Paths a policy's rules name are matched as a server reads them (encoded letters and
+    // digits decoded); one a server could read as another (`..`, `//`, encoded `/`) is
+    // refused rather than checked.
     let rules_name_paths = policy.is_some_and(|p| p.rules.iter().any(|r| !r.paths.is_empty()));
-    if let Some(path) = path
-        && rules_name_paths
-        && !authz::canonical(path)
-    {
-        return Err(ProxyError::BadRequest(
-            format!("the path {path:?} is not in canonical form (no empty, `.` or `..` segments, no encoded `/`, `.`, `\\` or `%`, ASCII only)").into(),
-        ));
-    }
+    let decoded;
+    let path = match path {
+        Some(path) if rules_name_paths => {
+            if !authz::canonical(path) {
+                return Err(ProxyError::BadRequest(
+                    format!("the path {path:?} is not in canonical form (no empty, `.` or `..` segments, also before a `;`, no encoded `/`, `.`, `\\` or `%`, ASCII only)").into(),
+                ));
+            }
+            decoded = authz::unreserved_decoded(path);
+            Some(decoded.as_ref())
+        }
+        path => path,
+    };
+    let asked = authz::Request { method, path };
     if authz::admits(policy, caller, asked) {
         return Ok(());
     }
