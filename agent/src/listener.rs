@@ -151,7 +151,9 @@ impl Listener {
                     Some(place) => Some(place),
                     None => {
                         metrics::connection_refused(name);
-                        tracing::warn!(listener = name, %peer, max = per_source.max, "connection limit per source reached; closing new connection");
+                        // Counted, not logged at warn: a flood from one address would
+                        // flood the log too.
+                        tracing::debug!(listener = name, %peer, max = per_source.max, "connection limit per source reached; closing new connection");
                         continue;
                     }
                 },

@@ -21,6 +21,7 @@ pub mod cluster;
 pub mod identity;
 pub mod leader;
 pub mod policies;
+pub mod public_places;
 pub mod raft;
 pub mod registry;
 pub mod tokens;
@@ -324,6 +325,8 @@ async fn handle_buffered(
 ) -> Response<Full<Bytes>> {
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_string();
+    let from_member = peer.control_plane().is_some_and(|id| node.is_member(id));
+    let connection_address = peer.address();
     let peer = peer.speaking_for(node, &parts.headers);
     let caller = match access::check(node, &parts.method, &path, &parts.headers, &peer).await {
         Ok(caller) => caller,
@@ -340,17 +343,21 @@ async fn handle_buffered(
     }
     let limits = &node.config.spec.limits;
     // A public route's caller is nobody yet: its body is small, and only so many are read at
-    // once, so bodies from callers without a certificate or token cannot fill the memory.
-    let public = access::required(&parts.method, &path) == access::Access::Public;
-    let _public_place = if public {
-        match Arc::clone(&node.public_requests).try_acquire_owned() {
-            Ok(place) => Some(place),
-            Err(_) => {
+    // once (fewer from one address), so bodies from callers without a certificate or token
+    // cannot fill the memory. Reads take no place (`/v1/ca`, polled by every agent), nor does a
+    // request a member forwarded (it took one there).
+    let public = access::required(&parts.method, &path) == access::Access::Public
+        && parts.method != Method::GET
+        && parts.method != Method::HEAD;
+    let _public_place = if public && !from_member {
+        match node.public_requests.take(connection_address) {
+            Some(place) => Some(place),
+            None => {
                 return ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "busy",
                     format!(
-                        "{} requests to public routes are being read (limits.maxPublicRequests); try again",
+                        "{} requests to public routes are being read, or an eighth of them from this address (limits.maxPublicRequests); try again",
                         limits.max_public_requests
                     ),
                 )
@@ -368,10 +375,16 @@ async fn handle_buffered(
     } else {
         body_limit(limits, &path)
     };
-    let read = tokio::time::timeout(
-        limits.body_read_timeout.get(),
-        Limited::new(body, max).collect(),
-    );
+    // A public body is small: it gets no longer than a head to arrive.
+    let read_timeout = if public {
+        limits
+            .header_read_timeout
+            .get()
+            .min(limits.body_read_timeout.get())
+    } else {
+        limits.body_read_timeout.get()
+    };
+    let read = tokio::time::timeout(read_timeout, Limited::new(body, max).collect());
     let body = match read.await {
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(error)) => {
@@ -386,10 +399,17 @@ async fn handle_buffered(
             return ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
                 "body-timeout",
-                format!(
-                    "the request body did not arrive within {} (limits.bodyReadTimeout)",
-                    limits.body_read_timeout
-                ),
+                if public {
+                    format!(
+                        "the request body did not arrive within {} (limits.headerReadTimeout, for a public route)",
+                        limits.header_read_timeout
+                    )
+                } else {
+                    format!(
+                        "the request body did not arrive within {} (limits.bodyReadTimeout)",
+                        limits.body_read_timeout
+                    )
+                },
             )
             .into_response();
         }

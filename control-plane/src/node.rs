@@ -62,7 +62,7 @@ pub struct Node {
     /// presenting it waits for (rather than being refused) until the cluster stores it.
     pub pending_bootstrap: std::sync::OnceLock<StoredToken>,
     /// Places for requests to public routes being read (`limits.maxPublicRequests`).
-    pub public_requests: Arc<tokio::sync::Semaphore>,
+    pub public_requests: crate::api::public_places::PublicPlaces,
 }
 
 impl Node {
@@ -117,9 +117,9 @@ impl Node {
         .await
         .context("cannot start Raft")?;
         Ok(Node {
-            public_requests: Arc::new(tokio::sync::Semaphore::new(
-                config.spec.limits.max_public_requests as usize,
-            )),
+            public_requests: crate::api::public_places::PublicPlaces::new(
+                config.spec.limits.max_public_requests,
+            ),
             watch: crate::watch::Feed::new(state.clone(), config.spec.limits.max_watch_streams),
             leases: Leases::new(config.spec.lease_ttl.get()),
             heartbeat_queue: HeartbeatQueue::new(config.spec.limits.max_nodes),

@@ -235,7 +235,8 @@ pub struct AgentLimits {
     /// Default 10000.
     pub max_inbound_connections: u32,
     /// Most connections one source address may hold on the inbound port. A peer agent opens
-    /// at most `maxConnectionsPerUpstream` to this host. Default 256.
+    /// at most `maxConnectionsPerUpstream` to this host, so the default leaves room for 128
+    /// peers behind one address (a NAT between sites). Default 1024.
     pub max_inbound_connections_per_source: u32,
     /// HTTP/2 streams per connection. Default 256.
     pub max_concurrent_streams: u32,
@@ -290,7 +291,7 @@ impl Default for AgentLimits {
             retry_buffer_bytes: 65_536,
             max_connections: 10_000,
             max_inbound_connections: 10_000,
-            max_inbound_connections_per_source: 256,
+            max_inbound_connections_per_source: 1024,
             max_concurrent_streams: 256,
             max_pending_accept_reset_streams: 20,
             max_streams_per_upstream_connection: 100,

@@ -174,9 +174,11 @@ pub struct ControlPlaneLimits {
     /// Largest body of a request to a public route, one that names no caller before its body
     /// is read: a join (a join token and a certificate request). Default 65536.
     pub max_public_body_bytes: u32,
-    /// Requests to public routes a node reads at once; one more is answered 503 `busy` before
-    /// its body is read, so callers without a certificate or a token cannot fill the node's
-    /// memory with bodies (at most this many × `maxPublicBodyBytes`). Default 64.
+    /// Requests to public routes (other than reads) a node reads at once, an eighth of them
+    /// from one address; one more is answered 503 `busy` before its body is read, so callers
+    /// without a certificate or a token cannot fill the node's memory with bodies (at most
+    /// this many × `maxPublicBodyBytes`), nor one host keep the others from joining. Such a
+    /// body gets `headerReadTimeout` to arrive. Default 64.
     pub max_public_requests: u32,
     /// Largest body of an agent's registration, heartbeat, health report or departure.
     /// Default 1048576 (1 MiB).

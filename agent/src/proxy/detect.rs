@@ -79,7 +79,7 @@ fn request_line_rest(rest: &[u8], full: bool) -> Option<Detected> {
             let compared = version.len().min(5);
             if version[..compared] != b"HTTP/"[..compared] {
                 Some(Detected::Tcp)
-            } else if compared == 5 {
+            } else if compared == 5 || full {
                 Some(Detected::Http1)
             } else {
                 None
@@ -96,14 +96,27 @@ fn is_tchar(byte: u8) -> bool {
 
 /// Peeks at `stream` (without consuming) until the protocol is known, the client stops
 /// sending, or `timeout` passes. Silence is TCP (server-first protocols send nothing). A
-/// start that could still be HTTP when the client stops short is HTTP/1.1: hyper then holds
-/// it to `headerReadTimeout`, where as TCP it would hold a connection to an instance.
+/// client that stops short is judged by [`stalled`].
 pub async fn detect(stream: &TcpStream, timeout: Duration) -> Detected {
     let mut buffer = [0u8; SNIFF_BYTES];
     match peek_until(stream, &mut buffer, timeout, classify).await {
         Ok(detected) => detected,
-        Err(0) => Detected::Tcp,
-        Err(_) => Detected::Http1,
+        Err(seen) => stalled(&buffer[..seen]),
+    }
+}
+
+/// What a client that stopped short of a decision sent: HTTP/1.1 when it is the start of a
+/// usual method (capital letters) or a method and a space, so hyper holds it to
+/// `headerReadTimeout` rather than it holding a connection to an instance as TCP; anything
+/// else, silence included, TCP (ZooKeeper's `ruok` and `mntr` are sent without a newline).
+fn stalled(prefix: &[u8]) -> Detected {
+    let line = skip_empty_lines(prefix).unwrap_or_default();
+    let method = line.iter().take_while(|&&b| is_tchar(b)).count();
+    let capitals = !line.is_empty() && line.iter().all(|b| b.is_ascii_uppercase() || *b == b'-');
+    if capitals || (method > 0 && line.get(method) == Some(&b' ')) {
+        Detected::Http1
+    } else {
+        Detected::Tcp
     }
 }
 
@@ -192,6 +205,26 @@ mod tests {
         // A target that runs past the peek buffer is taken for one.
         let long = [&b"PROPFIND /"[..], &[b'a'; SNIFF_BYTES]].concat();
         assert_eq!(classify(&long[..SNIFF_BYTES]), Some(Detected::Http1));
+    }
+
+    #[test]
+    fn a_client_that_stops_short_is_http_only_when_it_began_like_it() {
+        for start in [
+            &b"G"[..],
+            b"PROPF",
+            b"M-SEA",
+            b"get ",
+            b"PROPFIND /dav",
+            b"\r\nPO",
+        ] {
+            assert_eq!(stalled(start), Detected::Http1, "{start:?}");
+        }
+        for start in [&b""[..], b"ruok", b"mntr", b"hello", b"\r", b"Get"] {
+            assert_eq!(stalled(start), Detected::Tcp, "{start:?}");
+        }
+        // A version that straddles the end of the peek buffer is not waited for.
+        let line = [&b"PROPFIND /"[..], &[b'a'; SNIFF_BYTES - 15], b" HTTP/1.1"].concat();
+        assert_eq!(classify(&line[..SNIFF_BYTES]), Some(Detected::Http1));
     }
 
     #[test]

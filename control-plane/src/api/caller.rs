@@ -34,6 +34,8 @@ pub struct Peer {
     fingerprint: Option<String>,
     /// Whether the connection came from this host (a loopback address).
     local: bool,
+    /// The address the connection came from; none for a request a member forwarded.
+    address: Option<std::net::IpAddr>,
 }
 
 impl Peer {
@@ -60,13 +62,20 @@ impl Peer {
             lifetime_ms,
             fingerprint,
             local: false,
+            address: None,
         }
     }
 
     /// The same peer, connected from `address`.
     pub fn from_address(mut self, address: std::net::IpAddr) -> Peer {
         self.local = address.is_loopback();
+        self.address = Some(address);
         self
+    }
+
+    /// The address it connected from, when it connected itself (not through a member).
+    pub fn address(&self) -> Option<std::net::IpAddr> {
+        self.address
     }
 
     /// Whether it connected from this host: only then may it register a loopback address,
@@ -145,6 +154,7 @@ impl Peer {
             Some(id) if node.is_member(id) => Peer {
                 // The forwarding member checked where the caller connected from.
                 local: true,
+                address: None,
                 lifetime_ms: None,
                 fingerprint: headers
                     .get(FORWARDED_CERTIFICATE_HEADER)
