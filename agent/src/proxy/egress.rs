@@ -203,6 +203,9 @@ fn outgoing(
     parts.headers.remove(DESTINATION);
     // The client sets `host` from the URI for HTTP/1.1; HTTP/2 carries it as `:authority`.
     parts.headers.remove(http::header::HOST);
+    if !http2 {
+        super::headers::join_cookies(&mut parts.headers);
+    }
     Ok(Request::from_parts(parts, body))
 }
 
@@ -355,4 +358,43 @@ fn client_config(
     config.alpn_protocols = alpn.map(|p| vec![p.to_vec()]).unwrap_or_default();
     let name = ServerName::try_from(tls.server_name.clone()).map_err(Cause::new)?;
     Ok((Arc::new(config), name))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use http::HeaderValue;
+
+    use super::*;
+
+    #[test]
+    fn an_http1_external_service_gets_one_cookie_line_and_an_http2_one_each_cookie() {
+        let target = ExternalTarget {
+            name: "billing".into(),
+            host: Some("billing.example".into()),
+            ports: BTreeMap::new(),
+            tls: None,
+        };
+        let address = SocketAddr::from(([192, 0, 2, 1], 80));
+        let request = || {
+            let mut request = Request::new(crate::body::empty());
+            let headers = request.headers_mut();
+            headers.append(http::header::COOKIE, HeaderValue::from_static("a=1"));
+            headers.append(http::header::COOKIE, HeaderValue::from_static("b=2"));
+            request
+        };
+        let http1 = outgoing(&target, address, false, request()).expect("a request");
+        let cookies: Vec<_> = http1
+            .headers()
+            .get_all(http::header::COOKIE)
+            .iter()
+            .collect();
+        assert_eq!(cookies, ["a=1; b=2"]);
+        let http2 = outgoing(&target, address, true, request()).expect("a request");
+        assert_eq!(
+            http2.headers().get_all(http::header::COOKIE).iter().count(),
+            2
+        );
+    }
 }

@@ -32,6 +32,26 @@ pub const UPGRADE_HOST: HeaderName = HeaderName::from_static("hyphae-upgrade-hos
 /// and the calling agent gives it back.
 pub const UPGRADE_DECLINED: HeaderName = HeaderName::from_static("hyphae-upgrade-declined");
 
+/// Joins several `Cookie` fields into one, `; ` between them, as RFC 9113 §8.2.3 asks before
+/// an HTTP/1.1 hop: HTTP/2 clients send one field per cookie, and servers read one line. (The
+/// pool toward this host's instances joins them as it writes the head, `h1_wire`.)
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(http::header::COOKIE).iter();
+    let (Some(_), Some(_)) = (values.next(), values.next()) else {
+        return;
+    };
+    let joined = headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect::<Vec<_>>()
+        .join(&b"; "[..]);
+    // Values joined by `; ` are still a valid value.
+    if let Ok(joined) = HeaderValue::from_bytes(&joined) {
+        headers.insert(http::header::COOKIE, joined);
+    }
+}
+
 /// How many names [`HOP_BY_HOP`] holds.
 const HOP_BY_HOP_COUNT: usize = 8;
 
