@@ -2,11 +2,11 @@
 //! same one, optionally per source address), one task per connection owned by a tracker, and a
 //! shutdown signal that stops accepting at once and lets each connection finish gracefully.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::Arc;
 
+use hyphae_policies::source_counts::SourceCounts;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -20,7 +20,7 @@ use crate::metrics;
 pub struct ConnectionLimit {
     open: Arc<Limit>,
     max: u32,
-    per_source: Option<Arc<PerSource>>,
+    per_source: Option<Arc<SourceCounts>>,
 }
 
 impl ConnectionLimit {
@@ -36,55 +36,8 @@ impl ConnectionLimit {
     /// The same, with at most `max` of them from any one source address.
     pub fn per_source(self, max: u32) -> Self {
         ConnectionLimit {
-            per_source: Some(Arc::new(PerSource {
-                counts: Mutex::new(HashMap::new()),
-                max,
-            })),
+            per_source: Some(SourceCounts::new(max)),
             ..self
-        }
-    }
-}
-
-/// Connections open per source address.
-struct PerSource {
-    counts: Mutex<HashMap<IpAddr, u32>>,
-    max: u32,
-}
-
-impl PerSource {
-    /// A place for one more connection from `source`; `None` when it has `max` open.
-    fn take(self: &Arc<Self>, source: IpAddr) -> Option<SourcePlace> {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let count = counts.entry(source).or_insert(0);
-        if *count >= self.max {
-            return None;
-        }
-        *count += 1;
-        Some(SourcePlace {
-            per_source: Arc::clone(self),
-            source,
-        })
-    }
-}
-
-/// One connection counted against its source address until it drops.
-struct SourcePlace {
-    per_source: Arc<PerSource>,
-    source: IpAddr,
-}
-
-impl Drop for SourcePlace {
-    fn drop(&mut self) {
-        let mut counts = self
-            .per_source
-            .counts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = counts.get_mut(&self.source) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.source);
-            }
         }
     }
 }
@@ -153,7 +106,7 @@ impl Listener {
                         metrics::connection_refused(name);
                         // Counted, not logged at warn: a flood from one address would
                         // flood the log too.
-                        tracing::debug!(listener = name, %peer, max = per_source.max, "connection limit per source reached; closing new connection");
+                        tracing::debug!(listener = name, %peer, max = per_source.max(), "connection limit per source reached; closing new connection");
                         continue;
                     }
                 },

@@ -11,8 +11,8 @@
 //!
 //! [`schema`] generates JSON Schema from the same types; [`duration`] and [`suggest`] are
 //! small helpers. [`error_chain`] is shared by every crate of the workspace: it shows an error
-//! with its causes on one line; so are [`tls`] and [`lingering_close`], how every port closes an
-//! HTTP/1.1 connection.
+//! with its causes on one line; so are [`tls`], [`lingering_close`], how every port closes an
+//! HTTP/1.1 connection, and [`source_counts`], how a port caps what one address holds.
 
 pub mod access_policy;
 pub mod agent_config;
@@ -31,6 +31,7 @@ pub mod route;
 pub mod schema;
 pub mod secret_file;
 pub mod service_policy;
+pub mod source_counts;
 pub mod suggest;
 pub mod tls;
 pub mod tree;

@@ -4,19 +4,18 @@
 //! cut Raft off (a connection on a reserved place must prove a member's certificate at the
 //! handshake, which [`Admitted::reserved`] tells the caller to check).
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use hyphae_policies::ControlPlaneLimits;
+use hyphae_policies::source_counts::{SourceCounts, SourcePlace};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The port's places.
 pub struct Admission {
     open: Arc<Semaphore>,
     reserved: Arc<Semaphore>,
-    per_source: Arc<Mutex<HashMap<IpAddr, u32>>>,
-    max_per_source: u32,
+    per_source: Arc<SourceCounts>,
 }
 
 /// A connection's place, given back when it drops.
@@ -25,24 +24,6 @@ pub struct Admitted {
     _source: SourcePlace,
     /// Taken from the members' reserve: the connection must prove a member's certificate.
     pub reserved: bool,
-}
-
-/// One connection counted against its source address.
-struct SourcePlace {
-    per_source: Arc<Mutex<HashMap<IpAddr, u32>>>,
-    source: IpAddr,
-}
-
-impl Drop for SourcePlace {
-    fn drop(&mut self) {
-        let mut counts = self.per_source.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = counts.get_mut(&self.source) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.source);
-            }
-        }
-    }
 }
 
 /// Why a connection was not taken.
@@ -60,8 +41,7 @@ impl Admission {
         Admission {
             open: Arc::new(Semaphore::new(limits.max_connections as usize)),
             reserved: Arc::new(Semaphore::new(limits.reserved_member_connections as usize)),
-            per_source: Arc::default(),
-            max_per_source: limits.max_connections_per_source,
+            per_source: SourceCounts::new(limits.max_connections_per_source),
         }
     }
 
@@ -69,17 +49,7 @@ impl Admission {
     pub fn admit(&self, source: IpAddr) -> Result<Admitted, Full> {
         // A source at its cap may still take a member's place: a member may share an address
         // with many clients (behind NAT, or on one host with them).
-        let source_full = {
-            let mut counts = self.per_source.lock().unwrap_or_else(|p| p.into_inner());
-            let count = counts.entry(source).or_insert(0);
-            let full = *count >= self.max_per_source;
-            *count += 1;
-            full
-        };
-        let place = SourcePlace {
-            per_source: Arc::clone(&self.per_source),
-            source,
-        };
+        let (place, source_full) = self.per_source.count(source);
         let general = if source_full {
             None
         } else {

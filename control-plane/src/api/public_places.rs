@@ -3,40 +3,22 @@
 //! without a certificate or a token can neither fill a node's memory with bodies nor, from one
 //! host, keep every other host from joining.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use hyphae_policies::source_counts::{SourceCounts, SourcePlace};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-
-/// Places taken per source address.
-type PerSource = Arc<Mutex<HashMap<IpAddr, u32>>>;
 
 /// A node's places for public requests.
 pub struct PublicPlaces {
     open: Arc<Semaphore>,
-    per_source: PerSource,
-    max_per_source: u32,
+    per_source: Arc<SourceCounts>,
 }
 
 /// One request's place, given back when it drops.
 pub struct PublicPlace {
     _permit: OwnedSemaphorePermit,
-    source: Option<(PerSource, IpAddr)>,
-}
-
-impl Drop for PublicPlace {
-    fn drop(&mut self) {
-        if let Some((per_source, address)) = &self.source {
-            let mut counts = per_source.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(count) = counts.get_mut(address) {
-                *count -= 1;
-                if *count == 0 {
-                    counts.remove(address);
-                }
-            }
-        }
-    }
+    _source: Option<SourcePlace>,
 }
 
 impl PublicPlaces {
@@ -44,8 +26,7 @@ impl PublicPlaces {
     pub fn new(max: u32) -> PublicPlaces {
         PublicPlaces {
             open: Arc::new(Semaphore::new(max as usize)),
-            per_source: Arc::new(Mutex::new(HashMap::new())),
-            max_per_source: (max / 8).max(1),
+            per_source: SourceCounts::new((max / 8).max(1)),
         }
     }
 
@@ -54,20 +35,12 @@ impl PublicPlaces {
     pub fn take(&self, address: Option<IpAddr>) -> Option<PublicPlace> {
         let permit = Arc::clone(&self.open).try_acquire_owned().ok()?;
         let source = match address {
-            Some(address) => {
-                let mut counts = self.per_source.lock().unwrap_or_else(|p| p.into_inner());
-                let count = counts.entry(address).or_insert(0);
-                if *count >= self.max_per_source {
-                    return None;
-                }
-                *count += 1;
-                Some((Arc::clone(&self.per_source), address))
-            }
+            Some(address) => Some(self.per_source.take(address)?),
             None => None,
         };
         Some(PublicPlace {
             _permit: permit,
-            source,
+            _source: source,
         })
     }
 }
@@ -88,7 +61,7 @@ mod tests {
         drop(first);
         let again = places.take(Some(one)).expect("given back");
         drop((second, again));
-        assert!(places.per_source.lock().expect("a lock").is_empty());
+        assert_eq!(places.per_source.sources(), 0);
         // Forwarded by a member: counted against the node only.
         let forwarded: Vec<_> = (0..16).filter_map(|_| places.take(None)).collect();
         assert_eq!(forwarded.len(), 16);
