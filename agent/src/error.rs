@@ -108,6 +108,10 @@ pub enum ProxyError {
     /// The whole request took longer than the request timeout.
     #[error("the request timed out after {0:?}")]
     RequestTimeout(std::time::Duration),
+    /// The request timeout ran out while the caller was still sending its request's body and
+    /// the instance was waiting for it: Envoy's 408 for a downstream request not complete.
+    #[error("the caller had not finished sending its request when {0:?} ran out")]
+    CallerTooSlow(std::time::Duration),
     /// A per-service limit is full.
     #[error("service `{service}` is at its {limit} limit")]
     Overloaded {
@@ -145,7 +149,7 @@ impl ProxyError {
         match self {
             ProxyError::UnknownService(_) | ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ProxyError::CallerIdle(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::CallerIdle(_) | ProxyError::CallerTooSlow(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::Denied { .. } => StatusCode::FORBIDDEN,
             ProxyError::NoEndpoints(_)
@@ -175,6 +179,7 @@ impl ProxyError {
             ProxyError::Overloaded { limit, .. } => limit,
             ProxyError::BadRequest(_) => "bad-request",
             ProxyError::CallerIdle(_) => "caller-idle",
+            ProxyError::CallerTooSlow(_) => "caller-too-slow",
             ProxyError::NoLocalInstance(_) => "no-local-instance",
             ProxyError::Denied { .. } => "denied",
             ProxyError::Unsupported(_) => "unsupported",
@@ -188,6 +193,7 @@ impl ProxyError {
             | ProxyError::NoRoute(_)
             | ProxyError::BadRequest(_)
             | ProxyError::CallerIdle(_)
+            | ProxyError::CallerTooSlow(_)
             | ProxyError::Denied { .. } => Side::Caller,
             ProxyError::NoEndpoints(_)
             | ProxyError::Overloaded { .. }

@@ -26,6 +26,9 @@ struct Shared {
     failed: Option<Cause>,
     /// The original body has ended (its trailers, if any, are kept).
     ended: bool,
+    /// The last read of the original body found nothing yet: the try is waiting for the
+    /// caller to send more, not for the instance to take it.
+    awaiting_caller: bool,
     trailers: Option<HeaderMap>,
     /// Only the newest try may read; older tries' bodies go quiet.
     generation: u64,
@@ -78,6 +81,7 @@ impl ReplayBody {
                 overflowed: false,
                 failed: None,
                 ended: empty,
+                awaiting_caller: false,
                 trailers: None,
                 generation: 0,
             }))),
@@ -109,6 +113,19 @@ impl ReplayBody {
             Source::Streamed(shared) => {
                 let shared = shared.lock().unwrap_or_else(|p| p.into_inner());
                 shared.failed.clone()
+            }
+        }
+    }
+
+    /// True while the caller has not finished sending the body and a try is waiting for it:
+    /// a call still waiting at its request timeout is then the caller's doing (408), not the
+    /// instance's (504).
+    pub fn awaiting_caller(&self) -> bool {
+        match &self.source {
+            Source::Ended { .. } => false,
+            Source::Streamed(shared) => {
+                let shared = shared.lock().unwrap_or_else(|p| p.into_inner());
+                !shared.ended && shared.failed.is_none() && shared.awaiting_caller
             }
         }
     }
@@ -180,7 +197,9 @@ impl HttpBody for TryBody {
             }
             return Poll::Ready(None);
         }
-        match Pin::new(&mut shared.inner).poll_frame(cx) {
+        let polled = Pin::new(&mut shared.inner).poll_frame(cx);
+        shared.awaiting_caller = polled.is_pending();
+        match polled {
             Poll::Pending => Poll::Pending,
             Poll::Ready(None) => {
                 shared.ended = true;

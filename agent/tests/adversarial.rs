@@ -1215,6 +1215,63 @@ async fn a_request_body_that_stops_coming_ends_in_408_within_the_stream_idle_tim
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_still_coming_at_the_request_timeout_is_the_callers_408_not_a_504() {
+    // A trickling client: a byte every 100 ms, never idle for the stream idle timeout, still
+    // sending when the request timeout runs out. Envoy answers such a request 408; a 504
+    // blamed the instance, which was only waiting for the body.
+    let backend = TestBackend::start("b").await;
+    let host = host_agent(AGENT, "host", "svc", &backend);
+    let policy =
+        "---\nkind: ServicePolicy\nmetadata: {name: svc}\nspec:\n  timeouts: {request: 1s}\n";
+    let config = caller_config("svc", &[endpoint(&host, "one")], upstream_port(), policy);
+    let caller = Agent::start_yaml(Path::new(AGENT), "caller", &config).expect("start caller");
+    let mut stream = TcpStream::connect(caller.upstream("svc"))
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: svc\r\nContent-Length: 100\r\n\r\n")
+        .await
+        .expect("write");
+    let (mut reader, mut writer) = stream.into_split();
+    // At most 100 bytes at 10 a second: the request timeout (1 s) runs out long before.
+    let trickle = tokio::spawn(async move {
+        for _ in 0..100 {
+            if writer.write_all(b"x").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(DEADLINE, async {
+        let mut buffer = [0u8; 4096];
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            match reader.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buffer[..n]),
+            }
+        }
+    })
+    .await;
+    trickle.abort();
+    assert!(read.is_ok(), "no answer while the upload trickled");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("hyphae-error: caller-too-slow"), "{answer}");
+
+    // The same timeout with the whole body sent and the instance slow to answer is the
+    // instance's: 504.
+    let slow = get(
+        &http1_client(),
+        &format!("http://{}/?delay_ms=3000", caller.upstream("svc")),
+    )
+    .await;
+    assert_eq!(slow.status, 504);
+    assert_eq!(slow.header("hyphae-error"), Some("request-timeout"));
+    still_serves(&caller).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_its_answer_is_closed_after_the_stream_idle_timeout() {
     // A slow-read client: it asks for 32 MiB with a small receive buffer and reads nothing,
     // which held its connection, the call and the instance's connection for good.

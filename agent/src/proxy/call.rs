@@ -123,6 +123,7 @@ async fn call_service(
     };
     match tokio::time::timeout(request_timeout, call.run()).await {
         Ok(result) => result,
+        Err(_) if body.awaiting_caller() => Err(ProxyError::CallerTooSlow(request_timeout)),
         Err(_) => Err(ProxyError::RequestTimeout(request_timeout)),
     }
 }
