@@ -149,11 +149,12 @@ pub fn unreserved_decoded(path: &str) -> std::borrow::Cow<'_, str> {
             .and_then(|_| percent_decoded(&bytes[at + 1..]))
             .filter(|&b| unreserved(b))
     };
-    if !(0..bytes.len()).any(|at| decoded_at(at).is_some()) {
+    let Some(first) = (0..bytes.len()).find(|&at| decoded_at(at).is_some()) else {
         return std::borrow::Cow::Borrowed(path);
-    }
+    };
     let mut decoded = String::with_capacity(path.len());
-    let mut at = 0;
+    decoded.push_str(&path[..first]);
+    let mut at = first;
     while at < bytes.len() {
         match decoded_at(at) {
             Some(byte) => {
