@@ -881,6 +881,61 @@ async fn head_echo_instance() -> u16 {
     .await
 }
 
+/// An HTTP/1.1 instance that answers each chunked request with the request's own bytes, head,
+/// chunks and trailer section, once the trailer section has ended.
+async fn chunked_echo_instance() -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    listen_raw(|mut stream| async move {
+        let mut read = Vec::new();
+        let mut buffer = [0_u8; 4096];
+        let ended = |read: &[u8]| {
+            read.windows(5)
+                .position(|w| w == b"\r\n0\r\n")
+                .is_some_and(|last| read[last + 2..].ends_with(b"\r\n\r\n"))
+        };
+        while !ended(&read) {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => read.extend_from_slice(&buffer[..n]),
+            }
+        }
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            read.len()
+        );
+        let _ = stream.write_all(&[head.as_bytes(), &read].concat()).await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_trailers_no_trailer_header_announced_reach_an_http1_instance_as_they_do_directly()
+{
+    // RFC 9110 §6.6.2 makes announcing trailers a SHOULD; a client that does not still has
+    // its trailers read by the instance when it talks to it directly. The agent wrote only
+    // announced ones, as hyper's client does, and dropped these without a word.
+    let port = chunked_echo_instance().await;
+    let raw: &[u8] = b"POST /up HTTP/1.1\r\nHost: app\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n\
+                       3\r\nabc\r\n0\r\nX-Sum: 3\r\nX-Digest: sha-256=x\r\n\r\n";
+    let trailer_section = |answer: &str| {
+        let answer = answer.to_ascii_lowercase();
+        answer
+            .rsplit_once("\r\n0\r\n")
+            .map(|(_, trailers)| trailers.to_string())
+            .unwrap_or_else(|| panic!("no last chunk in {answer}"))
+    };
+    let direct = raw_exchange(SocketAddr::from(([127, 0, 0, 1], port)), raw).await;
+    let expected = trailer_section(&direct);
+    assert_eq!(expected, "x-sum: 3\r\nx-digest: sha-256=x\r\n\r\n");
+    for path in both_paths(port, "http", "") {
+        let answer = once_ready(&path, raw_exchange, raw, |answer| {
+            answer.starts_with("HTTP/1.1 200")
+        })
+        .await;
+        assert_eq!(trailer_section(&answer), expected, "{}", path.name);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_post_without_a_length_reaches_the_instance_with_content_length_0() {
     // A POST with no body and no length (`curl -X POST`) says nothing of its body on the wire;

@@ -8,11 +8,11 @@
 use std::mem::MaybeUninit;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, COOKIE, TRAILER, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, COOKIE, TRANSFER_ENCODING};
 use http::response::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri, Version};
 
-use super::headers::{has_token, strip_hop_by_hop, transfer_codings};
+use super::headers::{has_token, is_hop_by_hop, strip_hop_by_hop, transfer_codings};
 
 /// Header lines an instance's answer head (or its trailers) may hold, as hyper's client
 /// allowed; the head's bytes are bounded by `limits.maxHeaderBytes`.
@@ -53,8 +53,8 @@ pub enum WireError {
 pub enum RequestFraming {
     /// Exactly this many bytes (`Content-Length`, or none for an empty body).
     Length(u64),
-    /// Chunked, with the trailer fields the `Trailer` header announced.
-    Chunked(Vec<HeaderName>),
+    /// Chunked, ending with the trailer fields the body brings.
+    Chunked,
 }
 
 /// Decides a request body's framing and sets the headers that say it: a body that has ended
@@ -90,15 +90,7 @@ pub fn request_framing(
     }
     headers.remove(CONTENT_LENGTH);
     headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-    let announced = headers
-        .get_all(TRAILER)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .filter(is_valid_trailer_field)
-        .collect();
-    RequestFraming::Chunked(announced)
+    RequestFraming::Chunked
 }
 
 /// Fields that must not travel as trailers (RFC 9110 §6.5.1), as hyper's encoder refuses them.
@@ -164,15 +156,18 @@ fn encode_field(name: &HeaderName, value: &HeaderValue, dst: &mut Vec<u8>) {
     dst.extend_from_slice(b"\r\n");
 }
 
-/// The trailer section ending a chunked request body: the last chunk, the announced fields
-/// among `trailers`, and the blank line.
-pub fn encode_last_chunk(announced: &[HeaderName], trailers: Option<&HeaderMap>) -> Bytes {
-    let Some(trailers) = trailers.filter(|_| !announced.is_empty()) else {
+/// The trailer section ending a chunked request body: the last chunk, the fields of
+/// `trailers` that may travel as trailers, and the blank line. Every field goes, announced in
+/// a `Trailer` header or not (RFC 9110 §6.6.2 makes announcing them a SHOULD, and gRPC-style
+/// senders never do): a client talking to the instance directly would send them all, and an
+/// instance that does not want them discards them (RFC 9112 §7.1.2).
+pub fn encode_last_chunk(trailers: Option<&HeaderMap>) -> Bytes {
+    let Some(trailers) = trailers.filter(|trailers| !trailers.is_empty()) else {
         return Bytes::from_static(b"0\r\n\r\n");
     };
     let mut dst = b"0\r\n".to_vec();
     for (name, value) in trailers {
-        if announced.contains(name) {
+        if is_valid_trailer_field(name) && !is_hop_by_hop(name) {
             encode_field(name, value, &mut dst);
         }
     }
@@ -1204,6 +1199,29 @@ mod tests {
     }
 
     #[test]
+    fn a_last_chunk_carries_every_trailer_but_those_no_trailer_may_be() {
+        let mut trailers = HeaderMap::new();
+        for (name, value) in [
+            ("x-sum", "3"),
+            ("content-length", "3"),
+            ("connection", "close"),
+            ("host", "x"),
+            ("grpc-status", "0"),
+        ] {
+            trailers.insert(name, HeaderValue::from_static(value));
+        }
+        assert_eq!(
+            &encode_last_chunk(Some(&trailers))[..],
+            b"0\r\nx-sum: 3\r\ngrpc-status: 0\r\n\r\n"
+        );
+        assert_eq!(&encode_last_chunk(None)[..], b"0\r\n\r\n");
+        assert_eq!(
+            &encode_last_chunk(Some(&HeaderMap::new()))[..],
+            b"0\r\n\r\n"
+        );
+    }
+
+    #[test]
     fn request_framing_says_how_each_body_goes() {
         let mut headers = HeaderMap::new();
         assert_eq!(
@@ -1216,20 +1234,13 @@ mod tests {
         );
         assert_eq!(headers[CONTENT_LENGTH], "7");
         let mut headers = HeaderMap::new();
-        headers.insert(
-            TRAILER,
-            HeaderValue::from_static("grpc-status, content-type"),
-        );
         let framing = request_framing(&Method::POST, &mut headers, false, None);
-        assert_eq!(
-            framing,
-            RequestFraming::Chunked(vec![HeaderName::from_static("grpc-status")])
-        );
+        assert_eq!(framing, RequestFraming::Chunked);
         assert_eq!(headers[TRANSFER_ENCODING], "chunked");
         let mut headers = HeaderMap::new();
         assert_eq!(
             request_framing(&Method::GET, &mut headers, false, None),
-            RequestFraming::Chunked(vec![])
+            RequestFraming::Chunked
         );
         assert_eq!(headers[TRANSFER_ENCODING], "chunked");
         headers.remove(TRANSFER_ENCODING);

@@ -72,6 +72,12 @@ static HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
 const CONNECTION_INDEX: usize = 0;
 const TE_INDEX: usize = HOP_BY_HOP_COUNT - 1;
 
+/// True for a hop-by-hop field (RFC 9110 §7.6.1), which no hop passes on, in a head or in
+/// trailers.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    hop_by_hop_index(name).is_some()
+}
+
 /// Where `name` is in [`HOP_BY_HOP`]. Most names are of no hop-by-hop name's length, so one
 /// length check settles them instead of eight comparisons: this runs on every name of every
 /// request and answer, four times per call.

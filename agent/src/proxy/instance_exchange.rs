@@ -91,7 +91,7 @@ struct RequestWriter {
     pending: SmallVec<[Bytes; WRITE_PIECES]>,
     /// The body, until it ends.
     body: Option<Body>,
-    /// Length left to send, or the chunked body's announced trailer fields.
+    /// Length left to send, or chunked.
     framing: RequestFraming,
     /// Whether a frame of the body has been read: then the request cannot go again.
     body_started: bool,
@@ -217,7 +217,7 @@ impl RequestWriter {
                 })?;
                 self.pending.push(data);
             }
-            RequestFraming::Chunked(_) => {
+            RequestFraming::Chunked => {
                 self.pending
                     .push(Bytes::from(format!("{:X}\r\n", data.len()).into_bytes()));
                 self.pending.push(data);
@@ -234,8 +234,8 @@ impl RequestWriter {
             RequestFraming::Length(_) => Err(io::Error::other(
                 "the request body is shorter than its content-length",
             )),
-            RequestFraming::Chunked(announced) => {
-                let last = encode_last_chunk(announced, trailers);
+            RequestFraming::Chunked => {
+                let last = encode_last_chunk(trailers);
                 self.pending.push(last);
                 Ok(())
             }

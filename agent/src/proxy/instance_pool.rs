@@ -54,13 +54,9 @@ fn has_undeclared_body(parts: &http::request::Parts, body: &Body) -> bool {
 }
 
 /// `body` read up to its first bytes, for at most [`UNDECLARED_BODY_WAIT`]: with those bytes
-/// still in it; ended, when it ends without any (empty data frames and trailers nobody
-/// announced in `headers`' `Trailer`, which the chunked encoding would drop anyway, count as
-/// none); as it is, when nothing has come by then.
-async fn read_first_bytes(
-    mut body: Body,
-    headers: &http::HeaderMap,
-) -> Result<Body, crate::body::BoxError> {
+/// still in it; ended, when it ends without any (empty data frames count as none); as it is,
+/// when nothing has come by then. Trailers count as bytes: they go in the last chunk.
+async fn read_first_bytes(mut body: Body) -> Result<Body, crate::body::BoxError> {
     use http_body_util::BodyExt as _;
     let deadline = Instant::now() + UNDECLARED_BODY_WAIT;
     loop {
@@ -70,11 +66,6 @@ async fn read_first_bytes(
         match frame {
             None => return Ok(crate::body::Ended::UnknownLength.body()),
             Some(Ok(frame)) if frame.data_ref().is_some_and(Bytes::is_empty) => {}
-            Some(Ok(frame))
-                if frame.is_trailers() && !headers.contains_key(http::header::TRAILER) =>
-            {
-                return Ok(crate::body::Ended::UnknownLength.body());
-            }
             Some(Ok(frame)) => return Ok(crate::body::read_ahead(frame, body)),
             Some(Err(error)) => return Err(error),
         }
@@ -188,7 +179,7 @@ impl InstancePool {
     ) -> Result<Response<Body>, ProxyError> {
         let (mut parts, mut body) = request.into_parts();
         if has_undeclared_body(&parts, &body) {
-            body = read_first_bytes(body, &parts.headers)
+            body = read_first_bytes(body)
                 .await
                 .map_err(|error| ProxyError::Reset(Cause::new(std::io::Error::other(error))))?;
         }
@@ -392,25 +383,24 @@ mod tests {
         // Ends with empty frames only (an HTTP/2 client's empty DATA after the head): ended.
         let empty = frames(vec![b"", b""]);
         assert!(get(&empty));
-        let none = http::HeaderMap::new();
-        let empty = read_first_bytes(empty, &none).await.unwrap();
+        let empty = read_first_bytes(empty).await.unwrap();
         assert!(http_body::Body::is_end_stream(&empty));
         // Has bytes: all of them still there, the first one included.
         let some = frames(vec![b"", b"hel", b"lo"]);
-        let some = read_first_bytes(some, &none).await.unwrap();
+        let some = read_first_bytes(some).await.unwrap();
         assert!(!http_body::Body::is_end_stream(&some));
         let bytes = some.collect().await.unwrap().to_bytes();
         assert_eq!(bytes, Bytes::from_static(b"hello"));
-        // Trailers first, announced by no `Trailer`: nothing to send.
+        // Trailers first: still to be sent, in the last chunk.
         let trailers = StreamBody::new(futures_util::stream::iter([
             Ok::<_, crate::body::BoxError>(http_body::Frame::trailers(http::HeaderMap::new())),
         ]))
         .boxed();
-        let trailers = read_first_bytes(trailers, &none).await.unwrap();
-        assert!(http_body::Body::is_end_stream(&trailers));
+        let trailers = read_first_bytes(trailers).await.unwrap();
+        assert!(!http_body::Body::is_end_stream(&trailers));
         // Nothing yet after the wait: the body goes as it is, to be sent as it comes.
         let (_sender, pending) = channel_body();
-        let pending = read_first_bytes(pending, &none).await.unwrap();
+        let pending = read_first_bytes(pending).await.unwrap();
         assert!(!http_body::Body::is_end_stream(&pending));
         // A declared length or another method is left alone.
         assert!(!get(&crate::body::full("x")));
