@@ -173,3 +173,112 @@ async fn http_connect_on_the_proxy_port_tunnels_to_the_named_service() {
         .metric_reaches("hyphae_stream_bytes_total", "direction=\"sent\"", 9.0)
         .await;
 }
+
+/// A WebSocket echo server that records each handshake's request target and `Host`; returns
+/// its address and what it saw.
+async fn websocket_echo_recording() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+) {
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorded = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let recorded = recorded.clone();
+            tokio::spawn(async move {
+                // tungstenite's callback type, whose error is an HTTP response.
+                #[allow(clippy::result_large_err)]
+                let record = |request: &Request, response: Response| {
+                    let host = request
+                        .headers()
+                        .get("host")
+                        .and_then(|h| h.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    recorded
+                        .lock()
+                        .unwrap()
+                        .push((request.uri().to_string(), host));
+                    Ok(response)
+                };
+                let Ok(mut socket) = tokio_tungstenite::accept_hdr_async(stream, record).await
+                else {
+                    return;
+                };
+                while let Some(Ok(message)) = socket.next().await {
+                    if message.is_close() || socket.send(message).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (address, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_reaches_an_external_service_and_a_declined_upgrade_gets_its_answer() {
+    // An app's WebSocket to an `ExternalService` (a price feed, a chat API) leaves from its
+    // own agent; it was refused with 501 `unsupported`.
+    let (feed, seen) = websocket_echo_recording().await;
+    let plain = hyphae_integration::backend::TestBackend::start("plain").await;
+    let (feed_port, plain_port) = (upstream_port(), upstream_port());
+    let caller = Agent::start_yaml(
+        Path::new(AGENT),
+        "caller",
+        &format!(
+            "kind: AgentConfig\nmetadata: {{name: caller}}\nspec:\n  listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: 127.0.0.1:0, dns: null}}\n  upstreams:\n    - {{listen: 127.0.0.1:{feed_port}, service: feed}}\n    - {{listen: 127.0.0.1:{plain_port}, service: plain}}\n---\nkind: ExternalService\nmetadata: {{name: feed}}\nspec:\n  addresses: [127.0.0.1]\n  ports: [{{port: {}, protocol: http}}]\n---\nkind: ExternalService\nmetadata: {{name: plain}}\nspec:\n  addresses: [127.0.0.1]\n  ports: [{{port: {}, protocol: http}}]\n",
+            feed.port(),
+            plain.port()
+        ),
+    )
+    .unwrap();
+    let stream = TcpStream::connect(caller.upstream("feed")).await.unwrap();
+    let (mut socket, response) =
+        tokio_tungstenite::client_async("ws://feed.mesh/prices?pair=eur", stream)
+            .await
+            .expect("websocket handshake to the external service");
+    assert_eq!(response.status(), 101);
+    socket.send(Message::text("quote")).await.unwrap();
+    let reply = tokio::time::timeout(DEADLINE, socket.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply.into_text().unwrap().as_str(), "quote");
+    let big = vec![9u8; 1_000_000];
+    socket.send(Message::binary(big.clone())).await.unwrap();
+    let reply = tokio::time::timeout(DEADLINE, socket.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply.into_data().as_ref(), &big[..]);
+    socket.close(None).await.unwrap();
+    // The service got the caller's target, and its own address as `Host` (it names no host).
+    assert_eq!(
+        seen.lock().unwrap().clone(),
+        vec![(
+            "/prices?pair=eur".to_string(),
+            format!("127.0.0.1:{}", feed.port())
+        )]
+    );
+
+    // A service that answers the upgrade as an ordinary request (RFC 9110 §7.8): its answer.
+    let mut stream = TcpStream::connect(caller.upstream("plain")).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: plain\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("plain"), "{answer}");
+}

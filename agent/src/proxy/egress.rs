@@ -87,29 +87,47 @@ impl Egress {
         address: SocketAddr,
         connect_timeout: Duration,
     ) -> Result<EgressStream, ProxyError> {
-        let failed = |reason: Cause| ProxyError::ConnectFailed {
-            address: address.to_string(),
-            reason,
-        };
-        let tls = match &target.tls {
-            Some(tls) => {
-                let (config, name) = client_config(tls, None).map_err(failed)?;
-                Some(Arc::new((TlsConnector::from(config), name)))
+        dial(target, address, connect_timeout, None).await
+    }
+
+    /// Carries an HTTP/1.1 upgrade (WebSocket) to the external service `target` at `address`,
+    /// on a connection of its own (in TLS when the agent originates it, offering
+    /// `http/1.1`): `request` goes with the service's own `Host` and no mesh header, in origin
+    /// form, as a client of the service would send it. Its answer: a 101, whose connection
+    /// [`hyper::upgrade::on`] then gives, or any other answer, which declined the upgrade.
+    pub async fn upgrade(
+        &self,
+        target: &Arc<ExternalTarget>,
+        address: SocketAddr,
+        connect_timeout: Duration,
+        request: Request<Body>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let stream = dial(target, address, connect_timeout, Some(b"http/1.1")).await?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|error| ProxyError::Reset(Cause::new(error)))?;
+        // The connection's task ends as it hands its bytes to the upgraded stream, or with
+        // the connection when the service declined.
+        tokio::spawn(async move {
+            if let Err(error) = connection.with_upgrades().await {
+                tracing::debug!(%address, %error, "external upgrade connection closed");
             }
-            None => None,
-        };
-        let dialer = Dialer {
-            address,
-            connect_timeout,
-            tls,
-        };
-        dialer.dial().await.map_err(|error| {
-            if error.kind() == io::ErrorKind::TimedOut {
-                ProxyError::ConnectTimeout(address.to_string())
-            } else {
-                failed(Cause::new(error))
-            }
-        })
+        });
+        let mut request = outgoing(target, address, false, request)?;
+        let authority = request.uri().authority().map(|a| a.as_str().to_string());
+        if let Some(host) = authority.and_then(|a| http::HeaderValue::from_str(&a).ok()) {
+            request.headers_mut().insert(http::header::HOST, host);
+        }
+        let origin = request
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        *request.uri_mut() = Uri::from(origin);
+        sender
+            .send_request(request)
+            .await
+            .map_err(|error| ProxyError::Reset(Cause::new(error)))
     }
 
     /// The pool for `address` of `target`, made afresh when the service's settings changed.
@@ -160,6 +178,39 @@ impl Egress {
         );
         Ok(client)
     }
+}
+
+/// A connection to the external service `target` at `address`, in TLS (offering `alpn`) when
+/// it asks the agent to originate it.
+async fn dial(
+    target: &ExternalTarget,
+    address: SocketAddr,
+    connect_timeout: Duration,
+    alpn: Option<&[u8]>,
+) -> Result<EgressStream, ProxyError> {
+    let failed = |reason: Cause| ProxyError::ConnectFailed {
+        address: address.to_string(),
+        reason,
+    };
+    let tls = match &target.tls {
+        Some(tls) => {
+            let (config, name) = client_config(tls, alpn).map_err(failed)?;
+            Some(Arc::new((TlsConnector::from(config), name)))
+        }
+        None => None,
+    };
+    let dialer = Dialer {
+        address,
+        connect_timeout,
+        tls,
+    };
+    dialer.dial().await.map_err(|error| {
+        if error.kind() == io::ErrorKind::TimedOut {
+            ProxyError::ConnectTimeout(address.to_string())
+        } else {
+            failed(Cause::new(error))
+        }
+    })
 }
 
 /// The request as the external service expects it: its own authority (the host name it

@@ -7,7 +7,7 @@ use http::header::{
 };
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderValue, Method};
 use smallvec::SmallVec;
 
 use crate::error::{Cause, ProxyError};
@@ -31,6 +31,58 @@ pub const UPGRADE_HOST: HeaderName = HeaderName::from_static("hyphae-upgrade-hos
 /// stream answered 2xx is a tunnel, so such an answer travels as 502 with its status here,
 /// and the calling agent gives it back.
 pub const UPGRADE_DECLINED: HeaderName = HeaderName::from_static("hyphae-upgrade-declined");
+
+/// The method of the upgrade request a CONNECT stream carries (`hyphae-upgrade-method`); GET
+/// when the calling agent did not say, as agents before it only sent GET.
+pub fn upgrade_method(headers: &HeaderMap) -> Result<Method, ProxyError> {
+    match headers.get(UPGRADE_METHOD) {
+        Some(method) => Method::from_bytes(method.as_bytes())
+            .map_err(|_| ProxyError::BadRequest("the upgrade's method is no method".into())),
+        None => Ok(Method::GET),
+    }
+}
+
+/// The path and query of the upgrade request a CONNECT stream carries (`hyphae-upgrade-path`,
+/// `/` when absent). One that does not parse is a 400: the access policy checks what this
+/// gives, and the instance is sent the same.
+pub fn upgrade_path(headers: &HeaderMap) -> Result<PathAndQuery, ProxyError> {
+    match headers.get(UPGRADE_PATH) {
+        Some(path) => PathAndQuery::try_from(path.as_bytes())
+            .ok()
+            .filter(|path| path.as_str().starts_with('/'))
+            .ok_or_else(|| ProxyError::BadRequest("the upgrade's path is no path".into())),
+        None => Ok(PathAndQuery::from_static("/")),
+    }
+}
+
+/// The HTTP/1.1 upgrade request a CONNECT stream carries, as the instance (or an external
+/// service) is sent it: the method, path and `Host` the caller sent (`hyphae-upgrade-*`, the
+/// `Host` else `authority`), its other headers, and `Connection: upgrade` with `Upgrade:
+/// protocol`. The stream's own fields do not go on.
+pub fn upgrade_request(
+    mut headers: HeaderMap,
+    protocol: HeaderValue,
+    authority: Option<&Authority>,
+) -> Result<http::Request<crate::body::Body>, ProxyError> {
+    let path = upgrade_path(&headers)?;
+    let method = upgrade_method(&headers)?;
+    let host = headers
+        .remove(UPGRADE_HOST)
+        .or_else(|| HeaderValue::from_str(authority.map_or("", Authority::as_str)).ok());
+    for private in [UPGRADE_PATH, UPGRADE_METHOD, UPGRADE_PROTOCOL, DESTINATION] {
+        headers.remove(private);
+    }
+    let mut upgrade = http::Request::new(crate::body::empty());
+    *upgrade.method_mut() = method;
+    *upgrade.uri_mut() = http::Uri::from(path);
+    if let Some(host) = host {
+        headers.insert(HOST, host);
+    }
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(UPGRADE, protocol);
+    *upgrade.headers_mut() = headers;
+    Ok(upgrade)
+}
 
 /// Joins several `Cookie` fields into one, `; ` between them, as RFC 9113 §8.2.3 asks before
 /// an HTTP/1.1 hop: HTTP/2 clients send one field per cookie, and servers read one line. (The
@@ -213,6 +265,23 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_upgrade_path_that_does_not_parse_is_refused_not_replaced() {
+        let with = |path: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(UPGRADE_PATH, HeaderValue::from_static(path));
+            upgrade_path(&headers)
+        };
+        assert_eq!(
+            upgrade_path(&HeaderMap::new()).expect("absent").as_str(),
+            "/"
+        );
+        assert_eq!(with("/ws?x=1").expect("a path").path(), "/ws");
+        for bad in ["/www/ x", "/www/\tx", "ws", "http://elsewhere/ws"] {
+            assert!(with(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn every_hop_by_hop_name_passes_the_length_check() {

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::request::Parts;
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http::uri::{Authority, Scheme};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -19,8 +19,8 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::headers::{
-    Addressed, DESTINATION, UPGRADE_DECLINED, UPGRADE_HOST, UPGRADE_METHOD, UPGRADE_PATH,
-    UPGRADE_PROTOCOL, absolute_uri, path_or_root, request_authority, strip_hop_by_hop,
+    Addressed, DESTINATION, UPGRADE_DECLINED, UPGRADE_PROTOCOL, absolute_uri, path_or_root,
+    request_authority, strip_hop_by_hop, upgrade_method, upgrade_path, upgrade_request,
 };
 use super::instance_pool::InstancePool;
 use super::{Proxy, error_response, pipe, without_body_for_head};
@@ -280,29 +280,6 @@ fn authorize(
     })
 }
 
-/// The method of the upgrade request a CONNECT stream carries (`hyphae-upgrade-method`); GET
-/// when the calling agent did not say, as agents before it only sent GET.
-fn upgrade_method(headers: &HeaderMap) -> Result<Method, ProxyError> {
-    match headers.get(UPGRADE_METHOD) {
-        Some(method) => Method::from_bytes(method.as_bytes())
-            .map_err(|_| ProxyError::BadRequest("the upgrade's method is no method".into())),
-        None => Ok(Method::GET),
-    }
-}
-
-/// The path and query of the upgrade request a CONNECT stream carries (`hyphae-upgrade-path`,
-/// `/` when absent). One that does not parse is a 400: the access policy checks what this
-/// gives, and the instance is sent the same.
-fn upgrade_path(headers: &HeaderMap) -> Result<PathAndQuery, ProxyError> {
-    match headers.get(UPGRADE_PATH) {
-        Some(path) => PathAndQuery::try_from(path.as_bytes())
-            .ok()
-            .filter(|path| path.as_str().starts_with('/'))
-            .ok_or_else(|| ProxyError::BadRequest("the upgrade's path is no path".into())),
-        None => Ok(PathAndQuery::from_static("/")),
-    }
-}
-
 /// The local instance a call is for, by its destination (the `hyphae-destination` value).
 fn local_instance(
     snapshot: &Snapshot,
@@ -357,30 +334,10 @@ async fn upgrade_instance(
     protocol: HeaderValue,
     service: Arc<str>,
 ) -> Result<Response<Body>, ProxyError> {
-    let (mut parts, _) = request.into_parts();
-    let path = upgrade_path(&parts.headers)?;
-    parts.headers.remove(UPGRADE_PATH);
+    let (parts, _) = request.into_parts();
     // The caller's own `Host`, else the CONNECT's authority (which has a port the caller's
     // `Host` may not have had: `name:80`).
-    let host = parts
-        .headers
-        .remove(UPGRADE_HOST)
-        .or_else(|| HeaderValue::from_str(parts.uri.authority().map_or("", |a| a.as_str())).ok());
-    let method = upgrade_method(&parts.headers)?;
-    parts.headers.remove(UPGRADE_METHOD);
-    let mut upgrade = Request::new(body::empty());
-    *upgrade.method_mut() = method;
-    *upgrade.uri_mut() = Uri::from(path);
-    let headers = upgrade.headers_mut();
-    headers.clone_from(&parts.headers);
-    if let Some(host) = host {
-        headers.insert(http::header::HOST, host);
-    }
-    headers.insert(
-        http::header::CONNECTION,
-        HeaderValue::from_static("upgrade"),
-    );
-    headers.insert(http::header::UPGRADE, protocol);
+    let upgrade = upgrade_request(parts.headers, protocol, parts.uri.authority())?;
     let response = proxy.local.http1.upgrade(instance_addr, upgrade).await?;
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         let mut response = response.map(body::boxed);
@@ -528,26 +485,4 @@ fn to_instance(parts: &Parts, uri: Uri, version: http::Version, body: Body) -> R
     *request.version_mut() = version;
     request.headers_mut().clone_from(&parts.headers);
     request
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_upgrade_path_that_does_not_parse_is_refused_not_replaced() {
-        let with = |path: &'static str| {
-            let mut headers = HeaderMap::new();
-            headers.insert(UPGRADE_PATH, HeaderValue::from_static(path));
-            upgrade_path(&headers)
-        };
-        assert_eq!(
-            upgrade_path(&HeaderMap::new()).expect("absent").as_str(),
-            "/"
-        );
-        assert_eq!(with("/ws?x=1").expect("a path").path(), "/ws");
-        for bad in ["/www/ x", "/www/\tx", "ws", "http://elsewhere/ws"] {
-            assert!(with(bad).is_err(), "{bad}");
-        }
-    }
 }

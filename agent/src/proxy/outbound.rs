@@ -492,7 +492,7 @@ async fn upgrade(proxy: &Proxy, service: &str, mut request: Request<Incoming>) -
         Err(refused) => {
             // The instance refused the upgrade: its answer goes back as it is, with the 2xx
             // status the peer could not answer the CONNECT with.
-            let mut response = (*refused).map(body::boxed);
+            let mut response = *refused;
             strip_hop_by_hop(response.headers_mut());
             if let Some(status) = response
                 .headers_mut()
@@ -576,6 +576,10 @@ where
         }
         stream::Upstream::Direct(connection) => {
             pipe::splice(client_side, std::future::ready(Ok(connection)), open.idle).await
+        }
+        stream::Upstream::External(response) => {
+            let upstream = pipe::upgraded(hyper::upgrade::on(response));
+            pipe::splice(client_side, upstream, open.idle).await
         }
     };
     match spliced {

@@ -2,16 +2,17 @@
 //! (WebSocket) each ride one HTTP/2 CONNECT stream on the pooled peer connection. Only the
 //! connect is retried, and only when the stream never reached an instance.
 
-use super::headers::UPGRADE_PROTOCOL;
+use super::headers::{UPGRADE_PROTOCOL, upgrade_request};
 use http::uri::Authority;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
 use hyphae_policies::ErrorChain;
 use tokio::time::Instant;
 
 use super::egress::EgressStream;
 use super::headers::DESTINATION;
 use super::{Proxy, endpoint};
-use crate::body;
+use crate::body::{self, Body};
 use crate::circuit::{Outcome, Permit};
 use crate::error::{Cause, ProxyError};
 use crate::model::{EndpointKey, Service, Snapshot};
@@ -25,6 +26,9 @@ pub enum Upstream {
     Peer(Response<PooledBody>),
     /// A connection straight to an external service.
     Direct(EgressStream),
+    /// An external service's answer to an upgrade request (a 101 when it took it): upgrade it
+    /// to get the bytes.
+    External(Response<Incoming>),
 }
 
 /// An open stream: where its bytes go and the slot it holds in the service's stream limit.
@@ -38,21 +42,28 @@ pub struct OpenStream {
 }
 
 impl OpenStream {
-    /// The stream, or the peer's answer when it refused it (anything but 200).
-    pub fn accepted(self) -> Result<OpenStream, Box<Response<PooledBody>>> {
+    /// The stream, or the answer that refused it: a peer's anything but 200, an external
+    /// service's anything but 101.
+    pub fn accepted(self) -> Result<OpenStream, Box<Response<Body>>> {
         match self.upstream {
             Upstream::Peer(response) if response.status() != StatusCode::OK => {
-                Err(Box::new(response))
+                Err(Box::new(response.map(body::boxed)))
+            }
+            Upstream::External(response)
+                if response.status() != StatusCode::SWITCHING_PROTOCOLS =>
+            {
+                Err(Box::new(response.map(body::boxed)))
             }
             upstream => Ok(OpenStream { upstream, ..self }),
         }
     }
 
-    /// The headers of the peer's answer (an upgrade's 101, carried in its 200); none for a
-    /// direct connection.
+    /// The headers of the upgrade's 101 (a peer carries the instance's in its 200); none for
+    /// a direct connection.
     pub fn headers(&self) -> Option<&HeaderMap> {
         match &self.upstream {
             Upstream::Peer(response) => Some(response.headers()),
+            Upstream::External(response) => Some(response.headers()),
             Upstream::Direct(_) => None,
         }
     }
@@ -70,9 +81,6 @@ pub async fn open(
     let target: &Service = snapshot
         .service(service)
         .ok_or_else(|| ProxyError::UnknownService(service.to_string()))?;
-    if target.external.is_some() && headers.contains_key(UPGRADE_PROTOCOL) {
-        return Err(ProxyError::Unsupported("upgrades to an ExternalService"));
-    }
     let retries = &target.policy.retries;
     let state = proxy.runtime.service(&target.name, retries);
     let permit = state
@@ -98,6 +106,19 @@ pub async fn open(
         let chosen = endpoint::choose(snapshot, target, None, &state, &tried)?;
         tried.push(chosen.endpoint.key());
         let result = match &target.external {
+            Some(external) if headers.contains_key(UPGRADE_PROTOCOL) => {
+                let request = external_upgrade(&headers, &authority)?;
+                proxy
+                    .egress
+                    .upgrade(
+                        external,
+                        chosen.endpoint.address,
+                        target.policy.timeouts.connect.get(),
+                        request,
+                    )
+                    .await
+                    .map(Upstream::External)
+            }
             Some(external) => proxy
                 .egress
                 .connect(
@@ -139,6 +160,20 @@ pub async fn open(
             Err(error) => return Err(error),
         }
     }
+}
+
+/// The upgrade request an external service is sent, from the stream's `headers` (the caller's
+/// upgrade headers with the `hyphae-upgrade-*` fields): the `Host` is the service's own, set
+/// by egress.
+fn external_upgrade(
+    headers: &HeaderMap,
+    authority: &Authority,
+) -> Result<Request<Body>, ProxyError> {
+    let mut headers = headers.clone();
+    let protocol = headers
+        .remove(UPGRADE_PROTOCOL)
+        .ok_or_else(|| ProxyError::BadRequest("an upgrade names no protocol".into()))?;
+    upgrade_request(headers, protocol, Some(authority))
 }
 
 /// The CONNECT request that opens a stream through the peer agent in front of `chosen`.
