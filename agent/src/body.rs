@@ -41,6 +41,35 @@ where
     }
 }
 
+/// An error a body met, handed to its reader one poll later than it came, so that what the
+/// reader holds of the body so far is written out first. hyper's HTTP/1.1 server drops its
+/// unflushed writes when a body fails, and h2 the queued frames of a stream it resets: an
+/// answer the instance cut short after its head reached the caller as a closed connection
+/// with no answer at all, which clients take for a stale keep-alive connection and send the
+/// request again (curl does, for a POST). With the error a poll late, they get the head and
+/// the bytes that came, then the cut, as they would from the instance directly.
+#[derive(Debug, Default)]
+pub struct LateError(Option<BoxError>);
+
+impl LateError {
+    /// Keeps `error` for the next poll, and wakes the task so that it comes.
+    pub fn defer<T>(&mut self, cx: &mut Context<'_>, error: BoxError) -> Poll<T> {
+        self.0 = Some(error);
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// The error the last poll kept, if any.
+    pub fn take(&mut self) -> Option<BoxError> {
+        self.0.take()
+    }
+
+    /// Whether an error waits for the next poll: the body has not ended.
+    pub fn waits(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
 /// How a body that has already ended described its length. The two descriptions a body with
 /// nothing in it normally gives are kept apart because they are forwarded differently: hyper
 /// sends `content-length: 0` for an exact zero on methods with a payload, and nothing for an

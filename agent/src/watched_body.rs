@@ -22,7 +22,7 @@ use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use tokio::time::Instant;
 
-use crate::body::{Body, BoxError};
+use crate::body::{Body, BoxError, LateError};
 use crate::idle_timer::IdleTimer;
 
 /// Which side of a call went quiet.
@@ -85,6 +85,9 @@ struct Watched<B> {
     timer: IdleTimer,
     /// When the call's other body last moved, if it has one.
     shared: Option<Arc<StreamActivity>>,
+    /// The inner body's failure, given to the reader a poll after it came
+    /// ([`crate::body::LateError`]).
+    failure: LateError,
 }
 
 /// `body` watched for the call: counted into `counter`, and failing when `side` keeps a read
@@ -107,6 +110,7 @@ where
         side,
         timer: IdleTimer::new(idle),
         shared,
+        failure: LateError::default(),
     }
     .boxed()
 }
@@ -124,6 +128,9 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if let Some(error) = this.failure.take() {
+            return Poll::Ready(Some(Err(error)));
+        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -135,7 +142,8 @@ where
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(other) => Poll::Ready(other.map(|result| result.map_err(Into::into))),
+            Poll::Ready(Some(Err(error))) => this.failure.defer(cx, error.into()),
+            Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
                 let shared = &this.shared;
                 ready!(
@@ -153,7 +161,7 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        !self.failure.waits() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

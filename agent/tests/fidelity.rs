@@ -881,6 +881,88 @@ async fn head_echo_instance() -> u16 {
     .await
 }
 
+/// Requests the cutting instance of the next test was sent, all paths together.
+static CUT_REQUESTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_the_instance_cuts_short_reaches_the_caller_as_far_as_it_came() {
+    // The instance sends its head and half its body, then closes. A caller talking to it
+    // directly gets those and then the close. Through the agent the head and bytes were still
+    // in hyper's write buffer when the body failed, and were dropped: the caller saw its
+    // keep-alive connection close with no answer, which clients (curl for a POST) take for a
+    // stale connection and answer by sending the request again.
+    use std::sync::atomic::Ordering;
+    for (framing, answer) in [
+        (
+            "a length",
+            "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello",
+        ),
+        (
+            "chunks",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        ),
+    ] {
+        let port = match framing {
+            "chunks" => {
+                raw_instance(|_| {
+                    CUT_REQUESTS.fetch_add(1, Ordering::SeqCst);
+                    Some((
+                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+                            .to_vec(),
+                        true,
+                    ))
+                })
+                .await
+            }
+            _ => {
+                raw_instance(|_| {
+                    CUT_REQUESTS.fetch_add(1, Ordering::SeqCst);
+                    Some((
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello".to_vec(),
+                        true,
+                    ))
+                })
+                .await
+            }
+        };
+        let raw: &[u8] = b"POST /order HTTP/1.1\r\nHost: app\r\nContent-Length: 0\r\n\r\n";
+        let direct = raw_exchange(SocketAddr::from(([127, 0, 0, 1], port)), raw).await;
+        assert_eq!(direct, answer, "{framing}, directly");
+        for path in both_paths(port, "http", "") {
+            // Readiness is checked with a GET, so that the POST below is sent once.
+            once_ready(
+                &path,
+                raw_exchange,
+                b"GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n",
+                |answer| answer.starts_with("HTTP/1.1 200"),
+            )
+            .await;
+            let before = CUT_REQUESTS.load(Ordering::SeqCst);
+            let answer = raw_exchange(path.entry, raw).await;
+            // On the mesh path the answering agent's reset may overtake the head it sent (h2
+            // drops a reset stream's queued frames): the caller then gets a 502, still an
+            // answer, never a bare close.
+            let cut_as_direct = answer.starts_with("HTTP/1.1 200")
+                && answer.contains("hello")
+                && !answer.ends_with("0\r\n\r\n");
+            let refused = path.name == "mesh path"
+                && answer.starts_with("HTTP/1.1 502")
+                && answer.contains("hyphae-error: upstream-reset");
+            assert!(
+                cut_as_direct || refused,
+                "{framing}, {}: {answer:?}",
+                path.name
+            );
+            assert_eq!(
+                CUT_REQUESTS.load(Ordering::SeqCst) - before,
+                1,
+                "{framing}, {}: the POST was sent again",
+                path.name
+            );
+        }
+    }
+}
+
 /// An HTTP/1.1 instance that answers each chunked request with the request's own bytes, head,
 /// chunks and trailer section, once the trailer section has ended.
 async fn chunked_echo_instance() -> u16 {

@@ -367,6 +367,7 @@ where
         framing,
         keep_alive,
         finished: Some(Box::new(finished)),
+        failure: body::LateError::default(),
     };
     Ok(response.map(|()| body::boxed(body)))
 }
@@ -400,6 +401,8 @@ struct AnswerBody {
     /// the request was still being written when the answer began.
     keep_alive: bool,
     finished: Option<Finished>,
+    /// A failure, given to the reader a poll after it came ([`body::LateError`]).
+    failure: body::LateError,
 }
 
 impl AnswerBody {
@@ -414,9 +417,13 @@ impl AnswerBody {
         }
     }
 
-    fn fail(&mut self, error: impl Into<BoxError>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn fail(
+        &mut self,
+        cx: &mut Context<'_>,
+        error: impl Into<BoxError>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.connection = None;
-        Poll::Ready(Some(Err(error.into())))
+        self.failure.defer(cx, error.into())
     }
 }
 
@@ -429,13 +436,16 @@ impl HttpBody for AnswerBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if let Some(error) = this.failure.take() {
+            return Poll::Ready(Some(Err(error)));
+        }
         let Some(connection) = this.connection.as_mut() else {
             return Poll::Ready(None);
         };
         if let Some(writer) = this.writer.as_mut() {
             match writer.poll_write(cx, &mut connection.stream) {
                 Poll::Ready(Ok(())) => this.writer = None,
-                Poll::Ready(Err(error)) if writer.caller_failed => return this.fail(error),
+                Poll::Ready(Err(error)) if writer.caller_failed => return this.fail(cx, error),
                 Poll::Ready(Err(error)) => {
                     tracing::debug!(%error, "writing the rest of a request to an instance failed after its answer began");
                     this.writer = None;
@@ -473,7 +483,7 @@ impl HttpBody for AnswerBody {
                         return Poll::Ready(None);
                     }
                     Ok(None) => {}
-                    Err(error) => return this.fail(error),
+                    Err(error) => return this.fail(cx, error),
                 },
                 BodyFraming::UntilClose => {
                     if !read.is_empty() {
@@ -492,19 +502,23 @@ impl HttpBody for AnswerBody {
                     return Poll::Ready(None);
                 }
                 Ok(0) => {
-                    return this.fail(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the instance closed the connection before the end of its answer",
-                    ));
+                    return this.fail(
+                        cx,
+                        io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the instance closed the connection before the end of its answer",
+                        ),
+                    );
                 }
                 Ok(_) => {}
-                Err(error) => return this.fail(error),
+                Err(error) => return this.fail(cx, error),
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.connection.is_none() || matches!(self.framing, BodyFraming::Length(0))
+        !self.failure.waits()
+            && (self.connection.is_none() || matches!(self.framing, BodyFraming::Length(0)))
     }
 
     fn size_hint(&self) -> SizeHint {
