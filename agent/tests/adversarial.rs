@@ -1215,6 +1215,44 @@ async fn a_request_body_that_stops_coming_ends_in_408_within_the_stream_idle_tim
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_0_caller_that_asks_for_keep_alive_keeps_its_connection_across_the_mesh() {
+    // ApacheBench's `-k`: HTTP/1.0 with `Connection: keep-alive`. Without `Connection:
+    // keep-alive` in the answer an HTTP/1.0 client must take the connection as closing and
+    // waits for the close, which an answer that crossed the tunnel only got at the idle
+    // timeout (10 s per request).
+    let backend = TestBackend::start("b").await;
+    let (_host, caller) = mesh(&backend, "");
+    let mut stream = TcpStream::connect(caller.upstream("svc"))
+        .await
+        .expect("connect");
+    for round in 0..2 {
+        stream
+            .write_all(b"GET / HTTP/1.0\r\nHost: svc\r\nConnection: keep-alive\r\n\r\n")
+            .await
+            .expect("write");
+        let mut answer = Vec::new();
+        let mut buffer = [0u8; 4096];
+        let whole = tokio::time::timeout(DEADLINE, async {
+            // The backend answers `b` with a length: the head, then that one byte.
+            while !answer.ends_with(b"\r\n\r\nb") {
+                match stream.read(&mut buffer).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => answer.extend_from_slice(&buffer[..n]),
+                }
+            }
+        })
+        .await;
+        let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+        assert!(whole.is_ok(), "round {round}: no whole answer: {text}");
+        assert!(text.starts_with("http/1.0 200"), "round {round}: {text}");
+        assert!(
+            text.contains("\r\nconnection: keep-alive\r\n"),
+            "round {round}: {text}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_still_coming_at_the_request_timeout_is_the_callers_408_not_a_504() {
     // A trickling client: a byte every 100 ms, never idle for the stream idle timeout, still
     // sending when the request timeout runs out. Envoy answers such a request 408; a 504

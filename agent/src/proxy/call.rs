@@ -320,6 +320,13 @@ impl Call<'_> {
         if let Some(rule) = self.destination.rule {
             rewrite(response.headers_mut(), &rule.response_headers);
         }
+        // The agent answers in its own HTTP version (RFC 9110 §6.2). An answer that crossed
+        // the tunnel says HTTP/2, for which hyper's HTTP/1.1 server neither tells an HTTP/1.0
+        // caller that asked for keep-alive that the connection stays open nor closes it: the
+        // caller waited for a close that came only with the idle timeout.
+        if self.parts.version != Version::HTTP_2 {
+            *response.version_mut() = Version::HTTP_11;
+        }
         response
     }
 }
