@@ -881,6 +881,51 @@ async fn head_echo_instance() -> u16 {
     .await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instances_own_reason_phrase_reaches_an_http1_caller_on_both_paths() {
+    // HTTP/2 has no reason phrase: across the tunnel `404 Gone Fishing` became `404 Not
+    // Found`, and a status with no phrase of its own hyper's `599 <none>`. Clients show it
+    // (requests' `reason`, fetch's `statusText`).
+    for line in ["404 Gone Fishing", "599 Custom Thing"] {
+        let port = match line {
+            "404 Gone Fishing" => {
+                raw_instance(|_| {
+                    Some((
+                        b"HTTP/1.1 404 Gone Fishing\r\nContent-Length: 0\r\n\r\n".to_vec(),
+                        true,
+                    ))
+                })
+                .await
+            }
+            _ => {
+                raw_instance(|_| {
+                    Some((
+                        b"HTTP/1.1 599 Custom Thing\r\nContent-Length: 0\r\n\r\n".to_vec(),
+                        true,
+                    ))
+                })
+                .await
+            }
+        };
+        let raw: &[u8] = b"GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n";
+        let status_line = |answer: &str| answer.lines().next().unwrap_or_default().to_string();
+        let direct = raw_exchange(SocketAddr::from(([127, 0, 0, 1], port)), raw).await;
+        assert_eq!(status_line(&direct), format!("HTTP/1.1 {line}"));
+        for path in both_paths(port, "http", "") {
+            let answer = once_ready(&path, raw_exchange, raw, |answer| {
+                answer.starts_with("HTTP/1.1 404") || answer.starts_with("HTTP/1.1 599")
+            })
+            .await;
+            assert_eq!(status_line(&answer), status_line(&direct), "{}", path.name);
+            assert!(
+                !answer.to_ascii_lowercase().contains("hyphae-reason"),
+                "{}: {answer}",
+                path.name
+            );
+        }
+    }
+}
+
 /// Requests the cutting instance of the next test was sent, all paths together.
 static CUT_REQUESTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 

@@ -10,7 +10,10 @@ use hyphae_policies::{HeaderRewrite, RetryPolicy};
 use tokio::time::Instant;
 
 use super::endpoint::{self, Chosen};
-use super::headers::{Addressed, DESTINATION, absolute_uri, path_or_root, strip_hop_by_hop};
+use super::headers::{
+    Addressed, DESTINATION, REASON, absolute_uri, path_or_root, reason_from_header,
+    strip_hop_by_hop,
+};
 use super::inbound::OwnCall;
 use super::{Proxy, error_response};
 use crate::body::Body;
@@ -324,8 +327,11 @@ impl Call<'_> {
         // the tunnel says HTTP/2, for which hyper's HTTP/1.1 server neither tells an HTTP/1.0
         // caller that asked for keep-alive that the connection stays open nor closes it: the
         // caller waited for a close that came only with the idle timeout.
-        if self.parts.version != Version::HTTP_2 {
+        if self.parts.version == Version::HTTP_2 {
+            response.headers_mut().remove(REASON);
+        } else {
             *response.version_mut() = Version::HTTP_11;
+            reason_from_header(&mut response);
         }
         response
     }

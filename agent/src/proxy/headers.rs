@@ -84,6 +84,45 @@ pub fn upgrade_request(
     Ok(upgrade)
 }
 
+/// Between agents: an HTTP/1.1 instance's own reason phrase (`404 Gone Fishing`), which
+/// HTTP/2 has no place for; the calling agent gives it back to an HTTP/1.1 caller.
+pub const REASON: HeaderName = HeaderName::from_static("hyphae-reason");
+
+/// Puts an answer's own reason phrase, if it has one, in [`REASON`] for the tunnel; a
+/// [`REASON`] the instance sent itself does not go on.
+pub fn reason_to_header<B>(response: &mut http::Response<B>) {
+    let phrase = response
+        .extensions()
+        .get::<hyper::ext::ReasonPhrase>()
+        .and_then(|phrase| HeaderValue::from_bytes(phrase.as_bytes()).ok());
+    match phrase {
+        Some(phrase) => response.headers_mut().insert(REASON, phrase),
+        None => response.headers_mut().remove(REASON),
+    };
+}
+
+/// Gives an HTTP/1.1 caller the reason phrase its answer came with ([`REASON`] across the
+/// tunnel), and an empty one for a status that has none of its own (`599`), where hyper
+/// would write `<none>`.
+pub fn reason_from_header<B>(response: &mut http::Response<B>) {
+    let carried = response
+        .headers_mut()
+        .remove(REASON)
+        .and_then(|value| hyper::ext::ReasonPhrase::try_from(value.as_bytes()).ok());
+    if let Some(phrase) = carried {
+        response.extensions_mut().insert(phrase);
+    } else if response.status().canonical_reason().is_none()
+        && response
+            .extensions()
+            .get::<hyper::ext::ReasonPhrase>()
+            .is_none()
+    {
+        response
+            .extensions_mut()
+            .insert(hyper::ext::ReasonPhrase::from_static(b""));
+    }
+}
+
 /// Joins several `Cookie` fields into one, `; ` between them, as RFC 9113 §8.2.3 asks before
 /// an HTTP/1.1 hop: HTTP/2 clients send one field per cookie, and servers read one line. (The
 /// pool toward this host's instances joins them as it writes the head, `h1_wire`.)
@@ -265,6 +304,45 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reason_phrase_crosses_the_tunnel_in_its_header_and_a_status_without_one_gets_none() {
+        let phrase = |response: &http::Response<()>| {
+            response
+                .extensions()
+                .get::<hyper::ext::ReasonPhrase>()
+                .map(|p| p.as_bytes().to_vec())
+        };
+        let mut answer = http::Response::new(());
+        answer
+            .extensions_mut()
+            .insert(hyper::ext::ReasonPhrase::from_static(b"Gone Fishing"));
+        answer
+            .headers_mut()
+            .insert(REASON, HeaderValue::from_static("forged"));
+        reason_to_header(&mut answer);
+        assert_eq!(answer.headers()[REASON], "Gone Fishing");
+        let mut crossed = http::Response::new(());
+        *crossed.headers_mut() = answer.headers().clone();
+        reason_from_header(&mut crossed);
+        assert_eq!(phrase(&crossed).as_deref(), Some(&b"Gone Fishing"[..]));
+        assert!(!crossed.headers().contains_key(REASON));
+        // An instance's own `hyphae-reason` does not cross: the phrase is the status line's.
+        let mut plain = http::Response::new(());
+        plain
+            .headers_mut()
+            .insert(REASON, HeaderValue::from_static("forged"));
+        reason_to_header(&mut plain);
+        assert!(!plain.headers().contains_key(REASON));
+        // `599` has no phrase of its own: an empty one, not hyper's `<none>`.
+        let mut unknown = http::Response::new(());
+        *unknown.status_mut() = http::StatusCode::from_u16(599).expect("a status");
+        reason_from_header(&mut unknown);
+        assert_eq!(phrase(&unknown).as_deref(), Some(&b""[..]));
+        let mut known = http::Response::new(());
+        reason_from_header(&mut known);
+        assert_eq!(phrase(&known), None);
+    }
 
     #[test]
     fn an_upgrade_path_that_does_not_parse_is_refused_not_replaced() {

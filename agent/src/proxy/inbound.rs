@@ -20,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::headers::{
     Addressed, DESTINATION, UPGRADE_DECLINED, UPGRADE_PROTOCOL, absolute_uri, path_or_root,
-    request_authority, strip_hop_by_hop, upgrade_method, upgrade_path, upgrade_request,
+    reason_to_header, request_authority, strip_hop_by_hop, upgrade_method, upgrade_path,
+    upgrade_request,
 };
 use super::instance_pool::InstancePool;
 use super::{Proxy, error_response, pipe, without_body_for_head};
@@ -119,7 +120,9 @@ pub async fn serve(
         // pointer, and the call's large state is written once.
         Box::pin(async move {
             let request = request.map(body::boxed);
-            Ok::<_, Infallible>(deliver(&proxy, &caller, request).await)
+            let mut response = deliver(&proxy, &caller, request).await;
+            reason_to_header(&mut response);
+            Ok::<_, Infallible>(response)
         })
     });
     // The answers of a round's calls go out together (decision 58).
