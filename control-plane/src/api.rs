@@ -420,6 +420,14 @@ async fn handle_buffered(
         return answer;
     }
     let forwarded = parts.headers.contains_key(FORWARDED_HEADER);
+    if forwarded && caller::forward_expired(&parts.headers, crate::tokens::now_ms()) {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "forward-expired",
+            "the request reached the leader after the node that forwarded it had given up on it; it was not applied",
+        )
+        .into_response();
+    }
     if parts.method != Method::GET && parts.method != Method::HEAD {
         match &caller {
             Caller::Token(name) => {

@@ -39,6 +39,17 @@ pub const SNAPSHOT_PATH: &str = "/raft/snapshot";
 /// Longest a peer may take to accept a connection.
 pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How long a peer connection may go without a frame from the other node before it is asked
+/// for an HTTP/2 PING. A partition drops packets without closing anything: the leader went on
+/// sending Raft RPCs into the dead connection for as long as TCP kept retransmitting, 2.7–7.4 s
+/// after the link came back in a probe, and the healed follower could not catch up meanwhile.
+/// Raft traffic keeps a healthy connection busy, so PINGs go only when it is quiet.
+pub const PEER_KEEP_ALIVE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How long a PING's answer may take before the peer connection is given up, and the next
+/// RPC opens a new one. h2 answers PINGs below the application, so a busy node answers too.
+pub const PEER_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// An HTTP/2 client over mutual TLS for talking to other nodes: Raft RPCs and forwarded
 /// admin requests.
 pub type PeerClient = Client<TlsConnector, Full<Bytes>>;
@@ -53,6 +64,9 @@ pub fn peer_client(tls: PeerTls, server: ServerIdentity) -> PeerClient {
     Client::builder(TokioExecutor::new())
         .http2_only(true)
         .timer(TokioTimer::new())
+        .http2_keep_alive_interval(PEER_KEEP_ALIVE_INTERVAL)
+        .http2_keep_alive_timeout(PEER_KEEP_ALIVE_TIMEOUT)
+        .http2_keep_alive_while_idle(true)
         .build(connector)
 }
 

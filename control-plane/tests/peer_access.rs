@@ -17,7 +17,7 @@ use hyphae_control_plane::transfer::{ELECT_PATH, HOLD_ELECTIONS_PATH};
 use hyphae_integration::binaries::workspace_binary;
 use hyphae_integration::cluster::Cluster;
 use hyphae_integration::eventually;
-use hyphae_integration::http::{request_as, request_as_node};
+use hyphae_integration::http::{request_as, request_as_member, request_as_node};
 use hyphae_integration::trust::shared_root;
 use hyphae_policies::tls::{Credentials, Kind, SpiffeId};
 
@@ -313,4 +313,64 @@ async fn an_agent_heartbeating_only_through_a_follower_keeps_its_lease() {
         assert_ne!(beat().await, 200, "a heartbeat no leader will renew");
         tokio::time::sleep(lease / 20).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_write_that_reaches_the_leader_after_its_deadline_is_refused_not_applied() {
+    // A partition held a follower's forwarded write in TCP's queue; the follower answered its
+    // caller 503 after `writeTimeout`, and the write reached the leader when the link came
+    // back, seconds later, and was applied over newer ones. The forward now carries the
+    // moment the follower gives up, and the leader refuses it after that.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cluster, leader, follower) = Cluster::three_logged(dir.path(), "")
+        .await
+        .expect("a cluster with a leader");
+    let follower_id = cluster
+        .nodes()
+        .iter()
+        .find(|n| n.address == follower)
+        .expect("a follower")
+        .id;
+    let member = credentials(Kind::ControlPlane, &follower_id.to_string());
+    let policy =
+        |name: &str| format!("kind: ServicePolicy\nmetadata: {{name: {name}}}\nspec: {{}}\n");
+    let now = hyphae_control_plane::tokens::now_ms();
+    let forwarded = |deadline: u64| {
+        vec![
+            ("hyphae-forwarded", "1".to_string()),
+            ("hyphae-forward-deadline", deadline.to_string()),
+        ]
+    };
+    let late = request_as_member(
+        &member,
+        "POST",
+        leader,
+        "/v1/policies",
+        &policy("late"),
+        &forwarded(now - 1_000),
+    )
+    .await
+    .expect("an answer");
+    assert_eq!(late.status, 503, "{}", late.text());
+    assert!(late.text().contains("forward-expired"), "{}", late.text());
+    let in_time = request_as_member(
+        &member,
+        "POST",
+        leader,
+        "/v1/policies",
+        &policy("in-time"),
+        &forwarded(now + 60_000),
+    )
+    .await
+    .expect("an answer");
+    assert_eq!(in_time.status, 200, "{}", in_time.text());
+    let listed = hyphae_integration::http::request("GET", leader, "/v1/policies", "")
+        .await
+        .expect("the policies")
+        .text();
+    assert!(listed.contains("in-time"), "{listed}");
+    assert!(
+        !listed.contains("late"),
+        "the late write was applied: {listed}"
+    );
 }

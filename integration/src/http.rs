@@ -214,6 +214,35 @@ pub async fn request_as_node(
     .await
 }
 
+/// Like [`request`] (the admin token), as the node whose certificate is `credentials`, with
+/// `headers` besides: what a member forwarding a request sends.
+pub async fn request_as_member(
+    credentials: &Credentials,
+    method: &str,
+    address: impl Display,
+    path: &str,
+    body: &str,
+    headers: &[(&str, String)],
+) -> Option<Answer> {
+    let address = address.to_string();
+    let mut request = build(
+        Some(crate::credentials::admin_token()),
+        method,
+        &address,
+        path,
+        body,
+    )?;
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            http::HeaderName::from_bytes(name.as_bytes()).ok()?,
+            http::HeaderValue::from_str(value).ok()?,
+        );
+    }
+    to_address(&address, Some(credentials), request, ANSWER_PATIENCE)
+        .await
+        .ok()
+}
+
 /// One request with the token `secret` and the certificate `credentials`, each when given.
 async fn send_as(
     secret: Option<&str>,

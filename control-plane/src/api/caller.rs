@@ -13,6 +13,21 @@ use crate::node::Node;
 /// forwarded again.
 pub const FORWARDED_HEADER: &str = "hyphae-forwarded";
 
+/// On a forwarded request: when the forwarding node gives up waiting for the leader's answer
+/// (milliseconds since the Unix epoch, by its clock). A request that reaches the leader later,
+/// held up by a partition that TCP outlasted, is refused rather than applied after the caller
+/// was already told it failed.
+pub const FORWARD_DEADLINE_HEADER: &str = "hyphae-forward-deadline";
+
+/// Whether a forwarded request's [`FORWARD_DEADLINE_HEADER`] has passed at `now_ms`. A
+/// request without one (from a node of an older version) has none.
+pub fn forward_expired(headers: &HeaderMap, now_ms: u64) -> bool {
+    headers
+        .get(FORWARD_DEADLINE_HEADER)
+        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
+        .is_some_and(|deadline| now_ms > deadline)
+}
+
 /// Header a node forwarding a request to its leader sets to the identity the original caller's
 /// certificate proved; honoured only from a current member.
 pub(crate) const FORWARDED_IDENTITY_HEADER: &str = "hyphae-forwarded-identity";
@@ -189,6 +204,23 @@ pub(crate) enum Caller {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_forward_expires_only_after_a_deadline_it_names() {
+        let mut headers = HeaderMap::new();
+        assert!(!forward_expired(&headers, 5), "no deadline, none passed");
+        headers.insert(
+            FORWARD_DEADLINE_HEADER,
+            http::HeaderValue::from_static("10"),
+        );
+        assert!(!forward_expired(&headers, 10));
+        assert!(forward_expired(&headers, 11));
+        headers.insert(
+            FORWARD_DEADLINE_HEADER,
+            http::HeaderValue::from_static("soon"),
+        );
+        assert!(!forward_expired(&headers, 11), "unreadable: as none");
+    }
 
     #[test]
     fn only_a_loopback_connection_is_local() {

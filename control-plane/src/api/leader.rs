@@ -14,7 +14,10 @@ use crate::raft::{NodeId, TypeConfig, encoded_len};
 use crate::state::{Command, CommandResponse};
 use crate::transfer;
 
-use super::caller::{FORWARDED_CERTIFICATE_HEADER, FORWARDED_HEADER, FORWARDED_IDENTITY_HEADER};
+use super::caller::{
+    FORWARD_DEADLINE_HEADER, FORWARDED_CERTIFICATE_HEADER, FORWARDED_HEADER,
+    FORWARDED_IDENTITY_HEADER,
+};
 
 /// Writes `command` through Raft and waits for it to be applied.
 ///
@@ -253,19 +256,23 @@ pub(crate) async fn forward(
     if let Some(fingerprint) = request.peer.fingerprint() {
         upstream = upstream.header(FORWARDED_CERTIFICATE_HEADER, fingerprint);
     }
-    let upstream = upstream.body(Full::new(request.body.clone()));
+    let timeout = if request.path == transfer::TRANSFER_PATH {
+        // The transfer itself, the target's late answer, then resuming the held voters.
+        node.config.spec.transfer_timeout.get() + transfer::ANSWER_SLACK * 3
+    } else {
+        node.config.spec.write_timeout.get()
+    };
+    let deadline = crate::tokens::now_ms()
+        .saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+    let upstream = upstream
+        .header(FORWARD_DEADLINE_HEADER, deadline)
+        .body(Full::new(request.body.clone()));
     let upstream = match upstream {
         Ok(upstream) => upstream,
         Err(e) => {
             return ApiError::new(StatusCode::BAD_GATEWAY, "forward", e.to_string())
                 .into_response();
         }
-    };
-    let timeout = if request.path == transfer::TRANSFER_PATH {
-        // The transfer itself, the target's late answer, then resuming the held voters.
-        node.config.spec.transfer_timeout.get() + transfer::ANSWER_SLACK * 3
-    } else {
-        node.config.spec.write_timeout.get()
     };
     let exchange = async {
         let response = node
@@ -298,6 +305,13 @@ pub(crate) async fn forward(
             format!("cannot reach the leader at {leader}: {reason}"),
         )
         .into_response(),
-        Err(_) => no_quorum(timeout).into_response(),
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no-quorum",
+            format!(
+                "the leader at {leader} did not answer within {timeout:?} (no quorum, or this node cannot reach it); a write may or may not have been applied, and one the leader gets from now on is refused: read, then retry"
+            ),
+        )
+        .into_response(),
     }
 }
