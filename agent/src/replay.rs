@@ -52,7 +52,7 @@ enum Source {
     Streamed(Arc<Mutex<Shared>>),
 }
 
-/// The body of one try.
+/// The body of one try; once it is dropped (its try over), no try waits for the caller.
 pub struct TryBody {
     /// `None` when the original body had ended before the first try.
     shared: Option<Arc<Mutex<Shared>>>,
@@ -137,6 +137,7 @@ impl ReplayBody {
             Source::Streamed(shared) => {
                 let mut locked = shared.lock().unwrap_or_else(|p| p.into_inner());
                 locked.generation += 1;
+                locked.awaiting_caller = false;
                 (Some(Arc::clone(shared)), locked.generation)
             }
         };
@@ -164,6 +165,17 @@ impl ReplayBody {
 #[derive(Debug, thiserror::Error)]
 #[error("request body was handed to a newer try")]
 pub struct Superseded;
+
+impl Drop for TryBody {
+    fn drop(&mut self) {
+        if let Some(shared) = &self.shared {
+            let mut shared = shared.lock().unwrap_or_else(|p| p.into_inner());
+            if shared.generation == self.generation {
+                shared.awaiting_caller = false;
+            }
+        }
+    }
+}
 
 impl HttpBody for TryBody {
     type Data = Bytes;

@@ -198,6 +198,17 @@ async fn websocket_echo_recording() -> (
                         .and_then(|h| h.to_str().ok())
                         .unwrap_or_default()
                         .to_string();
+                    let private: Vec<_> = request
+                        .headers()
+                        .keys()
+                        .map(|name| name.as_str().to_string())
+                        .filter(|name| name.starts_with("hyphae-"))
+                        .collect();
+                    let host = if private.is_empty() {
+                        host
+                    } else {
+                        format!("{host} with {private:?}")
+                    };
                     recorded
                         .lock()
                         .unwrap()
@@ -258,7 +269,8 @@ async fn a_websocket_reaches_an_external_service_and_a_declined_upgrade_gets_its
         .unwrap();
     assert_eq!(reply.into_data().as_ref(), &big[..]);
     socket.close(None).await.unwrap();
-    // The service got the caller's target, and its own address as `Host` (it names no host).
+    // The service got the caller's target, its own address as `Host` (it names no host),
+    // and no field of the mesh's.
     assert_eq!(
         seen.lock().unwrap().clone(),
         vec![(

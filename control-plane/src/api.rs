@@ -420,11 +420,20 @@ async fn handle_buffered(
         return answer;
     }
     let forwarded = parts.headers.contains_key(FORWARDED_HEADER);
-    if forwarded && caller::forward_expired(&parts.headers, crate::tokens::now_ms()) {
+    if forwarded
+        && let Some(late) = caller::forward_expired(&parts.headers, crate::tokens::now_ms())
+    {
+        tracing::warn!(
+            path,
+            late_ms = late,
+            "refused a forwarded request that came after its deadline (a partition held it up, or the forwarding node's clock is behind)"
+        );
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "forward-expired",
-            "the request reached the leader after the node that forwarded it had given up on it; it was not applied",
+            format!(
+                "the request reached the leader {late} ms after the node that forwarded it had given up on it (or that node's clock is behind the leader's); it was not applied"
+            ),
         )
         .into_response();
     }

@@ -39,16 +39,34 @@ pub const SNAPSHOT_PATH: &str = "/raft/snapshot";
 /// Longest a peer may take to accept a connection.
 pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// How long a peer connection may go without a frame from the other node before it is asked
-/// for an HTTP/2 PING. A partition drops packets without closing anything: the leader went on
-/// sending Raft RPCs into the dead connection for as long as TCP kept retransmitting, 2.7–7.4 s
-/// after the link came back in a probe, and the healed follower could not catch up meanwhile.
-/// Raft traffic keeps a healthy connection busy, so PINGs go only when it is quiet.
-pub const PEER_KEEP_ALIVE_INTERVAL: Duration = Duration::from_millis(500);
+/// When a quiet peer connection is checked with an HTTP/2 PING, and how long the answer may
+/// take before the connection is given up and the next RPC opens a new one. A partition drops
+/// packets without closing anything: the leader went on sending Raft RPCs into the dead
+/// connection for as long as TCP kept retransmitting, 2.7–7.4 s after the link came back in a
+/// probe, and the healed follower could not catch up meanwhile.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerKeepAlive {
+    /// Quiet time (no frame from the peer) before a PING: `electionTimeoutMin`. Raft's own
+    /// traffic keeps a healthy connection busy, so PINGs go only when it is quiet.
+    pub interval: Duration,
+    /// Longest a PING's answer may take: `electionTimeoutMax`, the silence after which the
+    /// peer's followers would already stand for election. h2 answers PINGs below the
+    /// application, so a busy node answers too; a link too slow to carry a snapshot chunk
+    /// and a PING within it needs larger election timeouts anyway (a WAN cluster's).
+    pub timeout: Duration,
+}
 
-/// How long a PING's answer may take before the peer connection is given up, and the next
-/// RPC opens a new one. h2 answers PINGs below the application, so a busy node answers too.
-pub const PEER_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(1);
+impl PeerKeepAlive {
+    /// The checks `spec`'s election timeouts give.
+    pub fn of(
+        spec: &hyphae_policies::control_plane_config::ControlPlaneConfigSpec,
+    ) -> PeerKeepAlive {
+        PeerKeepAlive {
+            interval: spec.election_timeout_min.get(),
+            timeout: spec.election_timeout_max.get(),
+        }
+    }
+}
 
 /// An HTTP/2 client over mutual TLS for talking to other nodes: Raft RPCs and forwarded
 /// admin requests.
@@ -59,13 +77,13 @@ pub type PeerTls = std::sync::Arc<arc_swap::ArcSwap<rustls::ClientConfig>>;
 
 /// A fresh peer client with this node's TLS client configuration, for servers that are
 /// `server` (one node for its Raft RPCs, any member for forwarded requests).
-pub fn peer_client(tls: PeerTls, server: ServerIdentity) -> PeerClient {
+pub fn peer_client(tls: PeerTls, server: ServerIdentity, keep_alive: PeerKeepAlive) -> PeerClient {
     let connector = TlsConnector::swappable(tls, server, PEER_CONNECT_TIMEOUT);
     Client::builder(TokioExecutor::new())
         .http2_only(true)
         .timer(TokioTimer::new())
-        .http2_keep_alive_interval(PEER_KEEP_ALIVE_INTERVAL)
-        .http2_keep_alive_timeout(PEER_KEEP_ALIVE_TIMEOUT)
+        .http2_keep_alive_interval(keep_alive.interval)
+        .http2_keep_alive_timeout(keep_alive.timeout)
         .http2_keep_alive_while_idle(true)
         .build(connector)
 }
@@ -76,15 +94,17 @@ pub fn peer_client(tls: PeerTls, server: ServerIdentity) -> PeerClient {
 pub struct HttpNetwork {
     tls: PeerTls,
     max_replication_bytes: usize,
+    keep_alive: PeerKeepAlive,
 }
 
 impl HttpNetwork {
     /// A network whose clients use `tls` and whose replication messages carry at most
     /// `max_replication_bytes` of entries (at least one entry each).
-    pub fn new(tls: PeerTls, max_replication_bytes: u32) -> Self {
+    pub fn new(tls: PeerTls, max_replication_bytes: u32, keep_alive: PeerKeepAlive) -> Self {
         HttpNetwork {
             tls,
             max_replication_bytes: max_replication_bytes as usize,
+            keep_alive,
         }
     }
 }
@@ -97,6 +117,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
             client: peer_client(
                 std::sync::Arc::clone(&self.tls),
                 ServerIdentity::ControlPlaneNode(target),
+                self.keep_alive,
             ),
             target,
             address: node.addr.clone(),

@@ -16,7 +16,7 @@ use crate::config::NodeConfig;
 use crate::heartbeat_batch::HeartbeatQueue;
 use crate::leadership::{LeaderContact, Transfers};
 use crate::lease::Leases;
-use crate::network::{HttpNetwork, PeerClient, peer_client};
+use crate::network::{HttpNetwork, PeerClient, PeerKeepAlive, peer_client};
 use crate::raft::{NodeId, Raft};
 use crate::snapshot_receipt::SnapshotReceipt;
 use crate::store::{self, StateReader};
@@ -103,6 +103,7 @@ impl Node {
         let peers = peer_client(
             std::sync::Arc::clone(&tls.peer_client),
             hyphae_policies::tls::ServerIdentity::ControlPlane,
+            PeerKeepAlive::of(&config.spec),
         );
         let raft = Raft::new(
             config.spec.id,
@@ -110,6 +111,7 @@ impl Node {
             HttpNetwork::new(
                 std::sync::Arc::clone(&tls.peer_client),
                 config.spec.limits.max_replication_bytes,
+                PeerKeepAlive::of(&config.spec),
             ),
             log,
             state_machine,

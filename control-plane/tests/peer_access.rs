@@ -347,7 +347,7 @@ async fn a_forwarded_write_that_reaches_the_leader_after_its_deadline_is_refused
         leader,
         "/v1/policies",
         &policy("late"),
-        &forwarded(now - 1_000),
+        &forwarded(now - 5_000),
     )
     .await
     .expect("an answer");

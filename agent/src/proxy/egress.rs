@@ -67,7 +67,7 @@ impl Egress {
         let http2 = matches!(protocol, Protocol::Http2 | Protocol::Grpc);
         let client = self.client(target, address, connect_timeout, http2)?;
         let request = outgoing(target, address, http2, request)?;
-        client.request(request).await.map_err(|error| {
+        let mut answer = client.request(request).await.map_err(|error| {
             if error.is_connect() {
                 ProxyError::ConnectFailed {
                     address: address.to_string(),
@@ -76,7 +76,10 @@ impl Egress {
             } else {
                 ProxyError::Reset(Cause::new(error))
             }
-        })
+        })?;
+        // Only a peer agent says what phrase an instance gave: not an external service.
+        answer.headers_mut().remove(super::headers::REASON);
+        Ok(answer)
     }
 
     /// Opens a byte stream (opaque TCP) to the external service `target` at `address`, in TLS

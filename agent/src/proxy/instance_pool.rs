@@ -54,8 +54,9 @@ fn has_undeclared_body(parts: &http::request::Parts, body: &Body) -> bool {
 }
 
 /// `body` read up to its first bytes, for at most [`UNDECLARED_BODY_WAIT`]: with those bytes
-/// still in it; ended, when it ends without any (empty data frames count as none); as it is,
-/// when nothing has come by then. Trailers count as bytes: they go in the last chunk.
+/// still in it; ended, when it ends without any (empty data frames and empty trailers count
+/// as none); as it is, when nothing has come by then. Trailers with fields count as bytes:
+/// they go in the last chunk.
 async fn read_first_bytes(mut body: Body) -> Result<Body, crate::body::BoxError> {
     use http_body_util::BodyExt as _;
     let deadline = Instant::now() + UNDECLARED_BODY_WAIT;
@@ -66,6 +67,10 @@ async fn read_first_bytes(mut body: Body) -> Result<Body, crate::body::BoxError>
         match frame {
             None => return Ok(crate::body::Ended::UnknownLength.body()),
             Some(Ok(frame)) if frame.data_ref().is_some_and(Bytes::is_empty) => {}
+            // Trailers with no field say nothing to send.
+            Some(Ok(frame)) if frame.trailers_ref().is_some_and(http::HeaderMap::is_empty) => {
+                return Ok(crate::body::Ended::UnknownLength.body());
+            }
             Some(Ok(frame)) => return Ok(crate::body::read_ahead(frame, body)),
             Some(Err(error)) => return Err(error),
         }
@@ -391,13 +396,22 @@ mod tests {
         assert!(!http_body::Body::is_end_stream(&some));
         let bytes = some.collect().await.unwrap().to_bytes();
         assert_eq!(bytes, Bytes::from_static(b"hello"));
-        // Trailers first: still to be sent, in the last chunk.
+        // Trailers first: still to be sent, in the last chunk; empty ones are nothing.
+        let mut fields = http::HeaderMap::new();
+        fields.insert("x-sum", http::HeaderValue::from_static("3"));
         let trailers = StreamBody::new(futures_util::stream::iter([
-            Ok::<_, crate::body::BoxError>(http_body::Frame::trailers(http::HeaderMap::new())),
+            Ok::<_, crate::body::BoxError>(http_body::Frame::trailers(fields)),
         ]))
         .boxed();
         let trailers = read_first_bytes(trailers).await.unwrap();
         assert!(!http_body::Body::is_end_stream(&trailers));
+        let empty_trailers =
+            StreamBody::new(futures_util::stream::iter([
+                Ok::<_, crate::body::BoxError>(http_body::Frame::trailers(http::HeaderMap::new())),
+            ]))
+            .boxed();
+        let empty_trailers = read_first_bytes(empty_trailers).await.unwrap();
+        assert!(http_body::Body::is_end_stream(&empty_trailers));
         // Nothing yet after the wait: the body goes as it is, to be sent as it comes.
         let (_sender, pending) = channel_body();
         let pending = read_first_bytes(pending).await.unwrap();

@@ -84,5 +84,8 @@ pub async fn deliver(proxy: &Proxy, call: OwnCall) -> Result<Response<Body>, Pro
             address: "this node".to_string(),
             reason: "this agent has no valid certificate (none yet, or expired)".into(),
         })?;
-    Ok(inbound::deliver_own(proxy, &caller, call).await)
+    let mut answer = inbound::deliver_own(proxy, &caller, call).await;
+    // Only a peer agent says what phrase the instance gave: not the instance itself.
+    answer.headers_mut().remove(super::headers::REASON);
+    Ok(answer)
 }

@@ -23,8 +23,8 @@ use tracing::Instrument;
 
 use super::detect::{self, Detected};
 use super::headers::{
-    Addressed, UPGRADE_DECLINED, UPGRADE_HOST, UPGRADE_METHOD, UPGRADE_PATH, UPGRADE_PROTOCOL,
-    has_token, strip_hop_by_hop, transfer_codings,
+    Addressed, UPGRADE_HOST, UPGRADE_METHOD, UPGRADE_PATH, UPGRADE_PROTOCOL, has_token,
+    strip_hop_by_hop, transfer_codings,
 };
 use super::{Proxy, call, error_response, pipe, stream, without_body_for_head};
 use crate::body::{self, Body};
@@ -489,20 +489,8 @@ async fn upgrade(proxy: &Proxy, service: &str, mut request: Request<Incoming>) -
     };
     let open = match open.accepted() {
         Ok(open) => open,
-        Err(refused) => {
-            // The instance refused the upgrade: its answer goes back as it is, with the 2xx
-            // status the peer could not answer the CONNECT with.
-            let mut response = *refused;
-            strip_hop_by_hop(response.headers_mut());
-            if let Some(status) = response
-                .headers_mut()
-                .remove(UPGRADE_DECLINED)
-                .and_then(|status| StatusCode::from_bytes(status.as_bytes()).ok())
-            {
-                *response.status_mut() = status;
-            }
-            return response;
-        }
+        // The instance (or external service) refused the upgrade: its answer goes back.
+        Err(refused) => return *refused,
     };
     let mut response = Response::new(body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

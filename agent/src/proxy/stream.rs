@@ -2,7 +2,9 @@
 //! (WebSocket) each ride one HTTP/2 CONNECT stream on the pooled peer connection. Only the
 //! connect is retried, and only when the stream never reached an instance.
 
-use super::headers::{UPGRADE_PROTOCOL, upgrade_request};
+use super::headers::{
+    UPGRADE_DECLINED, UPGRADE_PROTOCOL, reason_from_header, strip_hop_by_hop, upgrade_request,
+};
 use http::uri::Authority;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
@@ -42,17 +44,32 @@ pub struct OpenStream {
 }
 
 impl OpenStream {
-    /// The stream, or the answer that refused it: a peer's anything but 200, an external
+    /// The stream, or the answer that refused it as the caller gets it: a peer's anything
+    /// but 200 (with the instance's 2xx status and reason phrase it carried), an external
     /// service's anything but 101.
     pub fn accepted(self) -> Result<OpenStream, Box<Response<Body>>> {
         match self.upstream {
             Upstream::Peer(response) if response.status() != StatusCode::OK => {
-                Err(Box::new(response.map(body::boxed)))
+                let mut response = response.map(body::boxed);
+                strip_hop_by_hop(response.headers_mut());
+                // Only a peer's: a 2xx that declined the upgrade travels as 502.
+                if let Some(status) = response
+                    .headers_mut()
+                    .remove(UPGRADE_DECLINED)
+                    .and_then(|status| StatusCode::from_bytes(status.as_bytes()).ok())
+                    .filter(StatusCode::is_success)
+                {
+                    *response.status_mut() = status;
+                }
+                reason_from_header(&mut response);
+                Err(Box::new(response))
             }
             Upstream::External(response)
                 if response.status() != StatusCode::SWITCHING_PROTOCOLS =>
             {
-                Err(Box::new(response.map(body::boxed)))
+                let mut response = response.map(body::boxed);
+                strip_hop_by_hop(response.headers_mut());
+                Err(Box::new(response))
             }
             upstream => Ok(OpenStream { upstream, ..self }),
         }

@@ -19,13 +19,21 @@ pub const FORWARDED_HEADER: &str = "hyphae-forwarded";
 /// was already told it failed.
 pub const FORWARD_DEADLINE_HEADER: &str = "hyphae-forward-deadline";
 
-/// Whether a forwarded request's [`FORWARD_DEADLINE_HEADER`] has passed at `now_ms`. A
-/// request without one (from a node of an older version) has none.
-pub fn forward_expired(headers: &HeaderMap, now_ms: u64) -> bool {
+/// How far past its [`FORWARD_DEADLINE_HEADER`] a forwarded request may arrive and still be
+/// taken, for the two nodes' clocks not agreeing exactly (NTP keeps them within
+/// milliseconds). A follower whose clock is further behind has its forwards refused, with the
+/// lateness in the answer and the log so the skew shows.
+pub const FORWARD_DEADLINE_SLACK_MS: u64 = 1_000;
+
+/// How many milliseconds past its [`FORWARD_DEADLINE_HEADER`] and the slack a forwarded
+/// request arrived at `now_ms`; `None` when it is in time, or says no deadline (a node of an
+/// older version).
+pub fn forward_expired(headers: &HeaderMap, now_ms: u64) -> Option<u64> {
     headers
         .get(FORWARD_DEADLINE_HEADER)
         .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
-        .is_some_and(|deadline| now_ms > deadline)
+        .and_then(|deadline| now_ms.checked_sub(deadline.saturating_add(FORWARD_DEADLINE_SLACK_MS)))
+        .filter(|&late| late > 0)
 }
 
 /// Header a node forwarding a request to its leader sets to the identity the original caller's
@@ -208,18 +216,32 @@ mod tests {
     #[test]
     fn a_forward_expires_only_after_a_deadline_it_names() {
         let mut headers = HeaderMap::new();
-        assert!(!forward_expired(&headers, 5), "no deadline, none passed");
+        assert_eq!(
+            forward_expired(&headers, 5),
+            None,
+            "no deadline, none passed"
+        );
         headers.insert(
             FORWARD_DEADLINE_HEADER,
             http::HeaderValue::from_static("10"),
         );
-        assert!(!forward_expired(&headers, 10));
-        assert!(forward_expired(&headers, 11));
+        assert_eq!(
+            forward_expired(&headers, 10 + FORWARD_DEADLINE_SLACK_MS),
+            None
+        );
+        assert_eq!(
+            forward_expired(&headers, 12 + FORWARD_DEADLINE_SLACK_MS),
+            Some(2)
+        );
         headers.insert(
             FORWARD_DEADLINE_HEADER,
             http::HeaderValue::from_static("soon"),
         );
-        assert!(!forward_expired(&headers, 11), "unreadable: as none");
+        assert_eq!(
+            forward_expired(&headers, 5_000),
+            None,
+            "unreadable: as none"
+        );
     }
 
     #[test]
