@@ -922,6 +922,20 @@ async fn an_instances_own_reason_phrase_reaches_an_http1_caller_on_both_paths() 
                 "{}: {answer}",
                 path.name
             );
+            // The same answer to an upgrade it declines, which the mesh carries on a stream.
+            let upgrade: &[u8] = b"GET / HTTP/1.1\r\nHost: app\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n\r\n";
+            let declined = raw_exchange(path.entry, upgrade).await;
+            assert_eq!(
+                status_line(&declined),
+                status_line(&direct),
+                "{}",
+                path.name
+            );
+            assert!(
+                !declined.to_ascii_lowercase().contains("hyphae-"),
+                "{}: {declined}",
+                path.name
+            );
         }
     }
 }
