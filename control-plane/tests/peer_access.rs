@@ -51,6 +51,16 @@ async fn refused(node: SocketAddr, reason: &str) -> f64 {
     )
 }
 
+/// The id of the node at `address`.
+fn id_of(cluster: &Cluster, address: SocketAddr) -> u64 {
+    cluster
+        .nodes()
+        .iter()
+        .find(|n| n.address == address)
+        .expect("a node of the cluster")
+        .id
+}
+
 fn log_of(dir: &Path, id: u64) -> String {
     std::fs::read_to_string(dir.join(format!("cp-{id}.log"))).unwrap_or_default()
 }
@@ -61,18 +71,8 @@ async fn raft_rpcs_need_a_members_certificate_and_agents_speak_only_for_themselv
     let (cluster, leader, follower) = Cluster::three_logged(dir.path(), "")
         .await
         .expect("a cluster with a leader");
-    let leader_id = cluster
-        .nodes()
-        .iter()
-        .find(|n| n.address == leader)
-        .expect("the leader")
-        .id;
-    let follower_id = cluster
-        .nodes()
-        .iter()
-        .find(|n| n.address == follower)
-        .expect("a follower")
-        .id;
+    let leader_id = id_of(&cluster, leader);
+    let follower_id = id_of(&cluster, follower);
     let outsider = credentials(Kind::ControlPlane, "9");
     let member = credentials(Kind::ControlPlane, &follower_id.to_string());
     let agent = credentials(Kind::Node, "app-1");
@@ -206,12 +206,7 @@ async fn an_agent_heartbeating_only_through_a_follower_keeps_its_lease() {
     let (mut cluster, leader, follower) = Cluster::three_logged(dir.path(), &spec)
         .await
         .expect("a cluster with a leader");
-    let follower_id = cluster
-        .nodes()
-        .iter()
-        .find(|n| n.address == follower)
-        .expect("a follower")
-        .id;
+    let follower_id = id_of(&cluster, follower);
     let record = |name: &str| {
         format!(
             "{{\"name\": \"{name}\", \"site\": \"a\", \"address\": \"10.0.0.1:4143\", \"instances\": []}}"
@@ -325,12 +320,7 @@ async fn a_forwarded_write_that_reaches_the_leader_after_its_deadline_is_refused
     let (cluster, leader, follower) = Cluster::three_logged(dir.path(), "")
         .await
         .expect("a cluster with a leader");
-    let follower_id = cluster
-        .nodes()
-        .iter()
-        .find(|n| n.address == follower)
-        .expect("a follower")
-        .id;
+    let follower_id = id_of(&cluster, follower);
     let member = credentials(Kind::ControlPlane, &follower_id.to_string());
     let policy =
         |name: &str| format!("kind: ServicePolicy\nmetadata: {{name: {name}}}\nspec: {{}}\n");
