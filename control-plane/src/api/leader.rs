@@ -302,7 +302,9 @@ pub(crate) async fn forward(
         Ok(Err(reason)) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "leader-unreachable",
-            format!("cannot reach the leader at {leader}: {reason}"),
+            format!(
+                "cannot reach the leader at {leader}: {reason}; a write may or may not have been applied: read, then retry"
+            ),
         )
         .into_response(),
         Err(_) => ApiError::new(
