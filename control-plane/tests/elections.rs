@@ -151,3 +151,73 @@ async fn leadership_transfers_succeed_while_writes_keep_arriving() {
     stop.store(true, Ordering::SeqCst);
     while writers.join_next().await.is_some() {}
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_gives_up_a_connection_its_peer_stopped_answering_and_reconnects() {
+    // A partition (here: a stopped process, whose kernel still acknowledges TCP) leaves the
+    // leader's connection to a follower open but silent. Without PINGs the leader kept
+    // sending into it until TCP gave up, seconds after the follower was back; now it gives
+    // the connection up after `electionTimeoutMax` without a PING's answer.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut nodes =
+        Cluster::configure(Path::new(CONTROL_PLANE), dir.path(), 3, SHORT_WRITE_TIMEOUT)
+            .expect("configure the cluster");
+    nodes.start_all().expect("start the nodes");
+    let leader = nodes.leader().await.expect("a leader");
+    let follower = nodes
+        .nodes()
+        .iter()
+        .find(|n| n.id != leader)
+        .map(|n| n.id)
+        .expect("a follower");
+    let leader_pid = nodes.node(leader).pid().expect("the leader runs");
+    let follower_address = nodes.node(follower).address;
+    // The leader's established connections to the follower, by local port (`ss`).
+    let connections = || -> std::collections::BTreeSet<String> {
+        std::process::Command::new("ss")
+            .args(["-Htnp", "state", "established", "dst"])
+            .arg(follower_address.to_string())
+            .output()
+            .map(|out| {
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter(|line| line.contains(&format!("pid={leader_pid},")))
+                    .filter_map(|line| line.split_whitespace().nth(2).map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let before = connections();
+    assert!(!before.is_empty(), "the leader replicates to the follower");
+    nodes.node(follower).signal(Signal::STOP);
+    // The stopped follower's kernel still acknowledges every segment: only a PING unanswered
+    // tells the leader the connection is dead.
+    eventually("the leader to give up its silent connections", || async {
+        connections().is_disjoint(&before)
+    })
+    .await;
+    nodes.node(follower).signal(Signal::CONT);
+    // A new connection: the follower is reached and applies what it missed.
+    let (code, body) = call(
+        "POST",
+        nodes.node(leader).address,
+        "/v1/policies",
+        &policy("after-the-pause", 1),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    eventually(
+        "the follower to apply the write made after it came back",
+        || async {
+            let (code, _) = call(
+                "GET",
+                nodes.node(follower).address,
+                "/v1/policies/ServicePolicy/after-the-pause?stale=true",
+                "",
+            )
+            .await;
+            code == 200
+        },
+    )
+    .await;
+}
