@@ -192,7 +192,9 @@ fn registry_services(nodes: &[NodeRecord]) -> Vec<StaticService> {
         let mut endpoints: Vec<StaticEndpoint> = Vec::new();
         let mut ports = BTreeMap::new();
         for instance in service.instances {
-            ports.entry(instance.port).or_insert_with(Vec::new);
+            ports
+                .entry(instance.port)
+                .or_insert_with(|| (instance.protocol, Vec::new()));
             if instance.health != Health::Passing
                 || endpoints
                     .iter()
@@ -207,17 +209,17 @@ fn registry_services(nodes: &[NodeRecord]) -> Vec<StaticService> {
                 tags: instance.tags,
                 port: Some(instance.port),
             };
-            ports
-                .entry(instance.port)
-                .or_insert_with(Vec::new)
-                .push(endpoint.clone());
+            if let Some((_, on_port)) = ports.get_mut(&instance.port) {
+                on_port.push(endpoint.clone());
+            }
             endpoints.push(endpoint);
         }
         if ports.len() > 1 {
-            for (port, endpoints) in ports {
+            // Each port's view speaks what its instances declared for that port.
+            for (port, (protocol, endpoints)) in ports {
                 services.push(StaticService {
                     name: crate::model::destination(&service.name, Some(port)),
-                    protocol: service.protocol,
+                    protocol,
                     endpoints,
                 });
             }
@@ -378,6 +380,7 @@ mod tests {
         let mut host = node("web-1", "10.0.0.1:4143", Health::Passing);
         let mut second = host.instances[0].clone();
         second.port = 9090;
+        second.protocol = hyphae_policies::Protocol::Tcp;
         host.instances.push(second);
         let other = node("web-2", "10.0.0.2:4143", Health::Passing);
         let services = registry_services(&[host, other]);
@@ -414,5 +417,10 @@ mod tests {
                 ("web:9090", vec![endpoint("10.0.0.1:4143", 9090)]),
             ])
         );
+        // Each port's view speaks what its instances declared there: a `tcp` port skips
+        // HTTP detection.
+        let protocol = |name: &str| services.iter().find(|s| s.name == name).map(|s| s.protocol);
+        assert_eq!(protocol("web:9090"), Some(hyphae_policies::Protocol::Tcp));
+        assert_eq!(protocol("web:8080"), Some(hyphae_policies::Protocol::Http));
     }
 }

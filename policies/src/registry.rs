@@ -133,6 +133,9 @@ pub struct ServiceInstance {
     pub address: SocketAddr,
     /// The instance's port on its node.
     pub port: u16,
+    /// The protocol it speaks on that port: a service's ports may differ (`http` and `tcp`).
+    #[serde(default)]
+    pub protocol: Protocol,
     /// Tags.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
@@ -175,6 +178,7 @@ pub fn services(nodes: &[NodeRecord]) -> Vec<ServiceSummary> {
                 site: node.site.clone(),
                 address: node.address,
                 port: instance.port,
+                protocol: instance.protocol,
                 tags: instance.tags.clone(),
                 health: instance.health,
             });

@@ -37,9 +37,11 @@ pub(crate) fn response_to(request: &Message, udp_payload: u16) -> Message {
     let mut response = Message::response(request.metadata.id, request.metadata.op_code);
     response.metadata = Metadata::response_from_request(&request.metadata);
     response.add_queries(request.queries.iter().cloned());
-    if request.edns.is_some() {
+    if let Some(asked) = &request.edns {
         let mut edns = Edns::new();
         edns.set_max_payload(udp_payload.max(MIN_UDP_MESSAGE_BYTES));
+        // RFC 3225 §3: the DO bit is copied into the response.
+        edns.set_dnssec_ok(asked.flags().dnssec_ok);
         response.set_edns(edns);
     }
     response
@@ -117,6 +119,19 @@ mod tests {
             ));
         }
         response
+    }
+
+    #[test]
+    fn a_response_copies_the_dnssec_ok_bit_it_was_asked_with() {
+        let mut asked = request(Some(1232));
+        if let Some(edns) = asked.edns.as_mut() {
+            edns.set_dnssec_ok(true);
+        }
+        let answered = response_to(&asked, 1232);
+        assert_eq!(answered.edns.map(|e| e.flags().dnssec_ok), Some(true));
+        let plain = response_to(&request(Some(1232)), 1232);
+        assert_eq!(plain.edns.map(|e| e.flags().dnssec_ok), Some(false));
+        assert!(response_to(&request(None), 1232).edns.is_none());
     }
 
     #[test]

@@ -107,15 +107,7 @@ pub async fn open(
             service: target.name.clone(),
             limit: "max-connections",
         })?;
-    let authority = authority
-        .map(|a| {
-            if a.contains(':') {
-                a.to_string()
-            } else {
-                format!("{a}:80")
-            }
-        })
-        .unwrap_or_else(|| format!("{}:0", target.name));
+    let authority = connect_target(&target.name, authority);
     let authority =
         Authority::try_from(authority).map_err(|e| ProxyError::BadRequest(Cause::new(e)))?;
     let mut tried: Vec<EndpointKey> = Vec::new();
@@ -179,6 +171,18 @@ pub async fn open(
     }
 }
 
+/// The CONNECT target a stream to `service` names: the caller's `authority` (with port 80 when
+/// it has none), else the service itself: a port's view (`multi:5432`) names its port
+/// already, a whole service port 0.
+fn connect_target(service: &str, authority: Option<&str>) -> String {
+    match authority {
+        Some(authority) if authority.contains(':') => authority.to_string(),
+        Some(authority) => format!("{authority}:80"),
+        None if service.contains(':') => service.to_string(),
+        None => format!("{service}:0"),
+    }
+}
+
 /// The upgrade request an external service is sent, from the stream's `headers` (the caller's
 /// upgrade headers with the `hyphae-upgrade-*` fields): the `Host` is the service's own, set
 /// by egress.
@@ -206,4 +210,25 @@ fn connect_request(
     let destination = chosen.endpoint.destination_header()?;
     request.headers_mut().insert(DESTINATION, destination);
     Ok(request)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_to_one_port_of_a_service_names_that_port_once() {
+        // `multi:5432:0` did not parse: every TCP stream to a port of a service with several
+        // ports was refused.
+        for (service, authority, target) in [
+            ("multi:5432", None, "multi:5432"),
+            ("db", None, "db:0"),
+            ("chat", Some("chat.mesh"), "chat.mesh:80"),
+            ("chat", Some("chat.mesh:8080"), "chat.mesh:8080"),
+        ] {
+            let made = connect_target(service, authority);
+            assert_eq!(made, target);
+            assert!(Authority::try_from(made.as_str()).is_ok(), "{made}");
+        }
+    }
 }

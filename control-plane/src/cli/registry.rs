@@ -144,6 +144,7 @@ mod tests {
             site: "eu-west".into(),
             address: "10.0.0.1:4143".parse().unwrap(),
             port,
+            protocol: Protocol::Http,
             tags: BTreeMap::new(),
             health,
         }
