@@ -102,6 +102,8 @@ impl Registrar {
         let mut health_changes = self.health.subscribe();
         // The name the control plane holds this node under, if any.
         let mut registered_as: Option<String> = None;
+        // How often that registration's lease wants a heartbeat.
+        let mut kept_every: Option<Duration> = None;
         // The first registration waits a moment for the watch connection, so it goes up that
         // rather than open a second connection for itself (decision 57).
         tokio::select! {
@@ -112,7 +114,7 @@ impl Registrar {
             self.status.registered.store(false, Ordering::Release);
             let local = self.local.borrow_and_update().clone();
             let node = local.node.clone();
-            if let Some(old) = registered_as.take().filter(|old| *old != node) {
+            if let Some(old) = registered_as.take_if(|old| *old != node) {
                 // Renamed by a reload: the old name leaves now rather than after its lease.
                 deregister(&mut session, &old).await;
             }
@@ -142,6 +144,26 @@ impl Registrar {
                         &error,
                         "cannot register; trying the next node",
                     );
+                    // What the registry accepted before (a reload the control plane refuses,
+                    // say one naming a service the node's certificate does not) keeps its
+                    // lease while this is retried: the node's running services stay
+                    // reachable, as a refused reload keeps the running config.
+                    if let (Some(kept), Some(every)) = (&registered_as, kept_every) {
+                        let beat = Heartbeat { node: kept.clone() };
+                        match post::<_, Lease>(&session, HEARTBEAT_PATH, &beat).await {
+                            Err(RegistryError::UnknownNode) => registered_as = None,
+                            _ => {
+                                // Tried again at the lease's heartbeat pace, sooner when the
+                                // config changes again.
+                                tokio::select! {
+                                    () = shutdown.cancelled() => return,
+                                    _ = self.local.changed() => {}
+                                    () = tokio::time::sleep(every) => {}
+                                }
+                                continue 'register;
+                            }
+                        }
+                    }
                     if !session.back_off(&shutdown).await {
                         return;
                     }
@@ -152,6 +174,7 @@ impl Registrar {
             self.status.registered.store(true, Ordering::Release);
             let ttl = Duration::from_millis(lease.ttl_ms);
             let every = (ttl / 3).max(MIN_HEARTBEAT_INTERVAL);
+            kept_every = Some(every);
             let mut last_renewal = Instant::now();
             let mut next_beat = last_renewal + every;
             // After a failed heartbeat or report: how soon to try again (another node), each

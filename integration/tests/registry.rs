@@ -293,3 +293,59 @@ async fn a_leader_election_expires_no_live_agent() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_the_control_plane_refuses_keeps_the_nodes_running_registration() {
+    // A reload adding a service the node's certificate does not name is refused by the
+    // control plane (403). The agent kept retrying the new registration and stopped
+    // heartbeating the one it had: its lease lapsed, and every service of the host left the
+    // registry, and DNS, with it.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let nodes = Cluster::start(
+        &workspace_binary("hyphae-control-plane"),
+        &dir.path().join("cp"),
+        1,
+        &format!("{SHORT_WRITE_TIMEOUT}  leaseTtl: {}ms\n", LEASE.as_millis()),
+    )
+    .expect("start the control plane");
+    let server = nodes.node(1).address.to_string();
+    let b = TestBackend::start("b").await;
+    let host_b = host(
+        dir.path(),
+        "host-b",
+        b.port(),
+        std::slice::from_ref(&server),
+    );
+    eventually("web on host-b to register and pass", || async {
+        web_instances(&server).await == strings(&[("host-b", "passing")])
+    })
+    .await;
+    let config = std::fs::read_to_string(&host_b.config).expect("the agent's config");
+    std::fs::write(
+        &host_b.config,
+        config.replace(
+            "  services:\n",
+            &format!("  services:\n    - {{name: unnamed, port: {}}}\n", b.port()),
+        ),
+    )
+    .expect("rewrite the config");
+    host_b.signal(Signal::HUP);
+    // Its `/ready` says it is not registered as it now is configured.
+    eventually("the re-registration to be refused", || async {
+        get_json(host_b.admin, "/ready")
+            .await
+            .is_some_and(|ready| ready["controlPlane"]["registered"] == false)
+    })
+    .await;
+    // Three leases later host-b and its web are still there.
+    let watched = Instant::now();
+    while watched.elapsed() < LEASE * 3 {
+        assert_eq!(
+            web_instances(&server).await,
+            strings(&[("host-b", "passing")]),
+            "after {:?} of refused re-registration",
+            watched.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
