@@ -148,6 +148,13 @@ impl Authority {
                     None => self.nxdomain(),
                 }
             }
+            // `_tcp.<service>` holds nothing but has the SRV names below it: an empty
+            // non-terminal, which exists (NODATA with the SOA), or resolvers that take
+            // NXDOMAIN as "nothing below" (RFC 8020) would deny every `_x._tcp` name under it.
+            [b"_tcp", service] if service_of(zone, service).is_some() => Answer {
+                authorities: vec![self.soa()],
+                ..Answer::default()
+            },
             _ => self.nxdomain(),
         }
     }
@@ -353,6 +360,21 @@ mod tests {
             assert_eq!(answer.code, ResponseCode::NXDomain, "{name}");
             assert_eq!(answer.authorities[0].record_type(), RecordType::SOA);
         }
+    }
+
+    #[test]
+    fn the_tcp_label_above_srv_names_exists_with_no_data() {
+        for qtype in [RecordType::A, RecordType::SRV, RecordType::TXT] {
+            let answer = ask("_tcp.payments.mesh.", qtype);
+            assert_eq!(answer.code, ResponseCode::NoError, "{qtype}");
+            assert!(answer.answers.is_empty(), "{qtype}");
+            assert_eq!(answer.authorities[0].record_type(), RecordType::SOA);
+        }
+        assert_eq!(
+            ask("_tcp.orders.mesh.", RecordType::A).code,
+            ResponseCode::NXDomain,
+            "no service, nothing below"
+        );
     }
 
     #[test]
