@@ -414,6 +414,37 @@ async fn edns_is_answered_in_kind_and_a_version_above_0_gets_badvers() {
     dns.stop().await;
 }
 
+#[tokio::test]
+async fn a_query_that_reads_only_to_its_header_gets_formerr_with_its_id() {
+    let dns = Running::start(settings(nowhere()), two_services()).await;
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut request = query("payments.mesh.", RecordType::A, Some(1232));
+    request.metadata.id = 0x5eed;
+    let wire = request.to_vec().unwrap();
+    // RFC 6891 §6.1.1: a second OPT record (the query's own is its last 11 bytes) is FORMERR.
+    let opt = wire[wire.len() - 11..].to_vec();
+    let mut two_opts = wire.clone();
+    two_opts[11] = 2;
+    two_opts.extend_from_slice(&opt);
+    // A question the header counts that is not there.
+    let mut missing_question = wire[..12].to_vec();
+    missing_question[11] = 0;
+    for packet in [two_opts, missing_question] {
+        socket.send_to(&packet, dns.address).await.unwrap();
+        let mut buffer = vec![0; 65_535];
+        let (length, _) = tokio::time::timeout(DEADLINE, socket.recv_from(&mut buffer))
+            .await
+            .expect("an answer within the deadline")
+            .unwrap();
+        assert!(length <= packet.len(), "never larger than the query");
+        let answer = Message::from_vec(&buffer[..length]).unwrap();
+        assert_eq!(answer.metadata.id, 0x5eed);
+        assert_eq!(answer.metadata.response_code, ResponseCode::FormErr);
+        assert!(answer.answers.is_empty());
+    }
+    dns.stop().await;
+}
+
 /// Sends queries from `socket` until one is refused; panics if `attempts` all pass.
 async fn until_refused(socket: &UdpSocket, server: SocketAddr, attempts: usize) -> usize {
     for sent in 1..=attempts {

@@ -294,3 +294,61 @@ async fn a_websocket_reaches_an_external_service_and_a_declined_upgrade_gets_its
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.ends_with("plain"), "{answer}");
 }
+
+/// A server that takes connections and reads what comes, but never answers; returns its
+/// address.
+async fn silent_server() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut sink = [0u8; 4096];
+                while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    address
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_the_server_never_answers_ends_at_the_request_timeout() {
+    // An upgrade waits for its 101 as long as any request waits for its answer; a server that
+    // took the connection and went quiet held the caller (and its stream slot) for good.
+    let silent = silent_server().await;
+    let policy = |name: &str| {
+        format!(
+            "---\nkind: ServicePolicy\nmetadata: {{name: {name}}}\nspec:\n  timeouts: {{request: 1s}}\n"
+        )
+    };
+    let host = host_agent_for(AGENT, "host", "quiet", silent.port(), "http");
+    let external_port = upstream_port();
+    let caller = Agent::start_yaml(
+        Path::new(AGENT),
+        "caller",
+        &format!(
+            "kind: AgentConfig\nmetadata: {{name: caller}}\nspec:\n  listeners: {{admin: 127.0.0.1:0, inbound: 127.0.0.1:0, httpProxy: null, dns: null}}\n  upstreams:\n    - {{listen: 127.0.0.1:{}, service: quiet}}\n    - {{listen: 127.0.0.1:{external_port}, service: feed}}\n  staticServices:\n    - name: quiet\n      protocol: http\n      endpoints: [{{address: \"{}\"}}]\n---\nkind: ExternalService\nmetadata: {{name: feed}}\nspec:\n  addresses: [127.0.0.1]\n  ports: [{{port: {}, protocol: http}}]\n{}{}",
+            upstream_port(),
+            host.inbound,
+            silent.port(),
+            policy("quiet"),
+            policy("feed"),
+        ),
+    )
+    .unwrap();
+    for service in ["quiet", "feed"] {
+        let mut stream = TcpStream::connect(caller.upstream(service)).await.unwrap();
+        stream
+            .write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = vec![0u8; 1024];
+        let read = tokio::time::timeout(DEADLINE, stream.read(&mut answer))
+            .await
+            .unwrap_or_else(|_| panic!("{service}: no answer within {DEADLINE:?}"))
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..read]);
+        assert!(answer.starts_with("HTTP/1.1 504"), "{service}: {answer}");
+        assert!(answer.contains("request-timeout"), "{service}: {answer}");
+    }
+}

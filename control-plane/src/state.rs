@@ -693,13 +693,17 @@ impl State {
                 }
             }
             Command::ReportHealth { node, changes } => {
-                let Some(mut record) = self.take_node(&node) else {
+                // Changed where it is stored: taking the node out and putting it back would
+                // count its services out and in again, and a service no other node serves
+                // would lose its virtual IP to the next free one.
+                let Some(record) = self.nodes.get_mut(&node) else {
                     return CommandResponse::HealthReported {
                         revision: log_index,
                         known: false,
                         changed: 0,
                     };
                 };
+                let size_before = json_size(record);
                 let mut changed = 0;
                 for change in changes {
                     let instance = record
@@ -715,8 +719,10 @@ impl State {
                 }
                 if changed > 0 {
                     record.revision = log_index;
+                    // Only health and revision changed; their JSON may differ in length.
+                    let size = json_size(record);
+                    self.bytes = self.bytes.saturating_sub(size_before) + size;
                 }
-                self.put_node(record);
                 CommandResponse::HealthReported {
                     revision: log_index,
                     known: true,
@@ -1182,6 +1188,23 @@ pub(crate) mod tests {
         );
         assert!(changed.contains(&StateKey::VirtualIps));
         assert!(state.virtual_ips().assigned().is_empty());
+    }
+
+    #[test]
+    fn a_health_report_leaves_the_virtual_ip_of_a_service_only_its_node_serves() {
+        let mut state = State::new();
+        let range = VirtualIpRange::default();
+        state.apply(Command::SetVirtualIpRange { range }, 1);
+        state.apply(register(node("web-1", Health::Passing)), 2);
+        let web = state.virtual_ips().assigned()["web"];
+        for (index, report) in (3..).zip([Health::Critical, Health::Passing]) {
+            let (_, changed) = state.apply_tracked(health("web-1", report), index);
+            assert!(!changed.contains(&StateKey::VirtualIps), "{changed:?}");
+            assert_eq!(state.virtual_ips().assigned()["web"], web, "{report:?}");
+            assert_eq!(state.node("web-1").map(|n| n.revision), Some(index));
+        }
+        let restored = State::restore(4, []).with_nodes(state.nodes().cloned());
+        assert_eq!(restored.approx_bytes(), state.approx_bytes());
     }
 
     #[test]

@@ -88,6 +88,16 @@ impl Handler {
     pub(crate) fn step(&self, packet: &[u8], source: IpAddr, transport: Transport) -> Step {
         let request = match wire::decode(packet) {
             Ok(request) => request,
+            Err(wire::Malformed::Body { header, error }) => {
+                metrics::malformed(transport.label());
+                tracing::debug!(%source, %error, transport = transport.label(), "answered FORMERR to a query that does not decode");
+                return match self.limits.check(source, Instant::now()) {
+                    Verdict::Allowed => {
+                        self.reply(&header, transport, Zone::Mesh, code(ResponseCode::FormErr))
+                    }
+                    Verdict::OverGlobal | Verdict::OverSource => Step::Drop,
+                };
+            }
             Err(error) => {
                 metrics::malformed(transport.label());
                 tracing::debug!(%source, %error, transport = transport.label(), "dropped a packet that is not a DNS query");

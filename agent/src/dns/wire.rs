@@ -2,18 +2,30 @@
 //! encoding that fits a response into the size a transport allows (RFC 1035 §4.2.1, RFC 6891,
 //! RFC 2181 §9). Pure functions; the transports own the sockets.
 
-use hickory_proto::op::{Edns, Message, MessageType, Metadata};
+use hickory_proto::op::{Edns, Header, Message, MessageType, Metadata};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 
-/// Why a packet is not a query the server answers: it is dropped and counted, never answered
-/// (answering garbage or responses would let anyone aim the agent at a third party).
+/// Why a packet is not a query the server answers in full. Garbage and responses are dropped
+/// and counted, never answered (answering them would let anyone aim the agent at a third
+/// party); a query whose header reads but whose body does not gets FORMERR.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Malformed {
-    /// Not a DNS message.
+    /// Not a DNS message: not even its header reads.
     #[error("not a DNS message: {0}")]
     Decode(#[from] hickory_proto::serialize::binary::DecodeError),
     /// A response, not a query.
     #[error("a response, not a query")]
     Response,
+    /// A query whose header reads but whose sections do not, such as one with two OPT records
+    /// (RFC 6891 §6.1.1 asks for FORMERR). `header` is the query with its header alone, which
+    /// is all the answer echoes: no longer than the query, so no amplification.
+    #[error("a query that does not decode: {error}")]
+    Body {
+        /// The query's header, as a message with no sections.
+        header: Box<Message>,
+        /// Why its sections do not decode.
+        error: hickory_proto::serialize::binary::DecodeError,
+    },
 }
 
 /// Largest message on TCP, whose frames carry a 16-bit length.
@@ -24,11 +36,18 @@ pub(crate) const MIN_UDP_MESSAGE_BYTES: u16 = 512;
 
 /// Parses a packet as a query.
 pub(crate) fn decode(packet: &[u8]) -> Result<Message, Malformed> {
-    let message = Message::from_vec(packet)?;
-    if message.metadata.message_type != MessageType::Query {
+    let header = Header::read(&mut BinDecoder::new(packet))?;
+    if header.metadata.message_type != MessageType::Query {
         return Err(Malformed::Response);
     }
-    Ok(message)
+    Message::from_vec(packet).map_err(|error| {
+        let mut message = Message::query();
+        message.metadata = header.metadata;
+        Malformed::Body {
+            header: Box::new(message),
+            error,
+        }
+    })
 }
 
 /// The response to `request` with no records yet: its id, opcode, RD and CD bits and question,

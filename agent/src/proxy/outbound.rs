@@ -483,7 +483,20 @@ async fn upgrade(proxy: &Proxy, service: &str, mut request: Request<Incoming>) -
         _ => return error_response(&ProxyError::BadRequest("unusable request path".into())),
     };
     let snapshot = proxy.snapshot.load_full();
-    let open = match stream::open(proxy, &snapshot, service, host.as_deref(), headers).await {
+    // The answer to an upgrade (its 101 or a refusal) is waited for as long as any answer's
+    // head: `timeouts.request`, else a server that never answers would hold the caller and
+    // its stream slot for good.
+    let Some(waited) = snapshot
+        .service(service)
+        .map(|target| target.policy.timeouts.request.get())
+    else {
+        return error_response(&ProxyError::UnknownService(service.to_string()));
+    };
+    let opening = stream::open(proxy, &snapshot, service, host.as_deref(), headers);
+    let opened = tokio::time::timeout(waited, opening)
+        .await
+        .unwrap_or(Err(ProxyError::RequestTimeout(waited)));
+    let open = match opened {
         Ok(open) => open,
         Err(error) => return error_response(&error),
     };
