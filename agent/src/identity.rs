@@ -30,6 +30,9 @@ const JOIN_RETRY_MIN: Duration = Duration::from_millis(200);
 const JOIN_RETRY_MAX: Duration = Duration::from_secs(10);
 /// How long a renewal request may take.
 const RENEW_TIMEOUT: Duration = Duration::from_secs(10);
+/// After the first failed look at the cluster's roots, every how many more failures in a row
+/// the agent warns again (a look every 30 s at most: about every five minutes).
+const ROOTS_UNREAD_WARN_EVERY: u32 = 10;
 /// From when before expiry the agent warns at every check that it could not renew.
 const EXPIRY_WARNING: Duration = Duration::from_secs(3600);
 
@@ -280,14 +283,37 @@ pub async fn keep_renewed(
     shutdown: CancellationToken,
 ) {
     let (mut identity, mut control_plane) = (identity, control_plane);
+    let mut roots_unread: u32 = 0;
     loop {
         // The roots, which a rotation changes: trust the cluster's set, and move onto a new
-        // signing root at once. Unreachable, the agent keeps what it has.
+        // signing root at once. Unreachable, the agent keeps what it has, and says so.
         let mut signer_changed = false;
-        if let Ok(roots) = control_plane
+        let fetched = control_plane
             .get_json::<RootsView>(CA_PATH, RENEW_TIMEOUT)
-            .await
-        {
+            .await;
+        if let Err(error) = &fetched {
+            roots_unread += 1;
+            if roots_unread == 1 || roots_unread.is_multiple_of(ROOTS_UNREAD_WARN_EVERY) {
+                let error = format!("{error:#}");
+                // A certificate this agent cannot check: the cluster activated a new root
+                // before this host had fetched it (it was down, or the steps were forced).
+                let hint = if ["UnknownIssuer", "BadSignature"]
+                    .iter()
+                    .any(|cause| error.contains(cause))
+                {
+                    "; the control plane's certificate comes from a root this agent does not trust: if the cluster's root was rotated while it was away, forget the node and join it again"
+                } else {
+                    ""
+                };
+                tracing::warn!(
+                    error,
+                    attempts = roots_unread,
+                    "cannot read the cluster's roots{hint}"
+                );
+            }
+        }
+        if let Ok(roots) = fetched {
+            roots_unread = 0;
             match retrust(&identity, &roots) {
                 Ok(Some(retrusted)) => {
                     tracing::info!("trusting the cluster's new set of roots");

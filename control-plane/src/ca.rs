@@ -36,7 +36,24 @@ pub struct StoredCa {
     /// working while hosts renew.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retiring: Vec<String>,
+    /// When the last rotation step (add or activate) was applied, by the leader's clock (ms
+    /// since the Unix epoch): the next step waits [`ROTATION_SETTLE_MS`] after it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub stepped_ms: u64,
 }
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
+}
+
+/// How long after `add` (or `activate`) the next rotation step is refused: every host looks
+/// at the cluster's roots at most [`hyphae_policies::tls::MAX_RENEWAL_CHECK_INTERVAL`] apart,
+/// so after twice that each has trusted the new root (or renewed onto it). Activating sooner
+/// would present hosts that have not yet fetched the new root a certificate they cannot
+/// check, and they could never fetch it again. A host that was down longer is not covered:
+/// `force` overrides the wait, for a cluster known to have none.
+pub const ROTATION_SETTLE_MS: u64 =
+    2 * hyphae_policies::tls::MAX_RENEWAL_CHECK_INTERVAL.as_millis() as u64;
 
 impl std::fmt::Debug for StoredCa {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -65,30 +82,56 @@ impl StoredCa {
     /// The next step of a rotation applied to this root: `Add` trusts `new` without signing
     /// with it, `Activate` makes the next root the signer (the old one keeps being trusted),
     /// `Retire` stops trusting the earlier roots.
-    pub fn rotated(&self, step: RotationStep) -> Result<StoredCa, String> {
+    ///
+    /// `now_ms` is the leader's clock when the step was asked for; `activate` and `retire`
+    /// are refused within [`ROTATION_SETTLE_MS`] of the step before them unless `force`.
+    pub fn rotated(
+        &self,
+        step: RotationStep,
+        now_ms: u64,
+        force: bool,
+    ) -> Result<StoredCa, String> {
         let mut rotated = self.clone();
+        let settled = |step: &str, before: &str| {
+            let ready_ms = self.stepped_ms.saturating_add(ROTATION_SETTLE_MS);
+            if force || now_ms >= ready_ms {
+                return Ok(());
+            }
+            Err(format!(
+                "the root was {before} {} s ago; hosts look at the cluster's roots at most {} s apart, so {step} in {} s, once every host has followed (or force it, when no host can be behind)",
+                now_ms.saturating_sub(self.stepped_ms) / 1000,
+                hyphae_policies::tls::MAX_RENEWAL_CHECK_INTERVAL.as_secs(),
+                (ready_ms - now_ms).div_ceil(1000),
+            ))
+        };
         match step {
             RotationStep::Add(new) => {
                 if self.next.is_some() {
                     return Err("a next root is added already: activate it first".into());
                 }
                 rotated.next = Some(new);
+                rotated.stepped_ms = now_ms;
             }
             RotationStep::Activate => {
                 let Some(next) = rotated.next.take() else {
                     return Err("no next root to activate: add one first".into());
                 };
+                settled("activate", "added")?;
                 let mut retiring = vec![self.cert_pem.clone()];
                 retiring.extend(self.retiring.iter().cloned());
                 rotated = StoredCa {
                     next: None,
                     retiring,
+                    stepped_ms: now_ms,
                     ..*next
                 };
             }
             RotationStep::Retire => {
                 if self.next.is_some() {
                     return Err("the next root is not active yet: activate it first".into());
+                }
+                if !self.retiring.is_empty() {
+                    settled("retire", "activated")?;
                 }
                 rotated.retiring.clear();
             }
@@ -173,6 +216,7 @@ pub fn generate(trust_domain: &str, now_ms: u64) -> Result<StoredCa, CaError> {
         key_pem: key.serialize_pem(),
         next: None,
         retiring: Vec::new(),
+        stepped_ms: 0,
     })
 }
 
@@ -302,6 +346,7 @@ pub fn load_dir(dir: &std::path::Path) -> anyhow::Result<StoredCa> {
         key_pem,
         next: None,
         retiring: Vec::new(),
+        stepped_ms: 0,
     })
 }
 
@@ -363,6 +408,50 @@ mod tests {
         assert!(
             read(&pem, Some(&other.cert_pem)).is_err(),
             "another root did not sign it"
+        );
+    }
+
+    #[test]
+    fn each_rotation_step_waits_for_every_host_to_follow_the_one_before() {
+        let now = 1_800_000_000_000;
+        let ca = generate("example.org", now).expect("a root");
+        let next = Box::new(generate("example.org", now).expect("the next root"));
+        let added = ca
+            .rotated(RotationStep::Add(next.clone()), now, false)
+            .expect("add");
+        let early = added.rotated(RotationStep::Activate, now + ROTATION_SETTLE_MS - 1, false);
+        assert!(
+            early.as_ref().is_err_and(|why| why.contains("in 1 s")),
+            "{early:?}"
+        );
+        let active = added
+            .rotated(RotationStep::Activate, now + ROTATION_SETTLE_MS, false)
+            .expect("activate, a minute on");
+        assert_eq!(active.fingerprint, next.fingerprint);
+        let then = now + ROTATION_SETTLE_MS;
+        assert!(
+            active
+                .rotated(RotationStep::Retire, then + 1000, false)
+                .is_err()
+        );
+        assert!(
+            active
+                .rotated(RotationStep::Retire, then + 1000, true)
+                .is_ok()
+        );
+        let retired = active
+            .rotated(RotationStep::Retire, then + ROTATION_SETTLE_MS, false)
+            .expect("retire, a minute on");
+        assert!(retired.retiring.is_empty());
+        assert!(
+            retired
+                .rotated(RotationStep::Retire, then + ROTATION_SETTLE_MS, false)
+                .is_ok(),
+            "retiring nothing waits for nothing"
+        );
+        assert!(
+            added.rotated(RotationStep::Activate, now, true).is_ok(),
+            "forced"
         );
     }
 

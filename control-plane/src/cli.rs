@@ -44,8 +44,8 @@ pub enum Command {
     Describe(describe::DescribeArgs),
     /// List registered services: protocol, instances passing/total, the nodes hosting them.
     Services(registry::RegistryArgs),
-    /// List registered nodes: site, address, agent version, instances, revision.
-    Nodes(registry::RegistryArgs),
+    /// List registered nodes: site, address, agent version, instances, revision; or forget one.
+    Nodes(registry::NodesArgs),
     /// Inspect the control-plane cluster.
     Cluster(cluster::ClusterArgs),
     /// Manage access: the admin API's tokens.
@@ -77,7 +77,8 @@ pub struct ServerArgs {
     #[arg(long, value_name = "HEX", env = client::CA_FINGERPRINT_ENV, conflicts_with = "ca_file")]
     pub ca_fingerprint: Option<String>,
     /// An operator's client certificate directory (`hyphae acl cert create --out`), presented
-    /// to the node; used instead of a token when no token is given.
+    /// to the node; used instead of a token when no token is given. Its `ca.pem` is the
+    /// cluster's root when neither `--ca-file` nor `--ca-fingerprint` is given.
     #[arg(long, value_name = "DIR", env = client::CERT_DIR_ENV)]
     pub cert_dir: Option<std::path::PathBuf>,
 }
@@ -123,7 +124,12 @@ impl ServerArgs {
             (_, Some(path)) => Some(crate::secret_file::read(path)?),
             _ => None,
         };
-        let trust = match (&self.ca_file, &self.ca_fingerprint) {
+        // An operator's certificate directory holds the cluster's root beside the certificate.
+        let ca_file = self.ca_file.clone().or_else(|| {
+            let in_cert_dir = self.cert_dir.as_ref()?.join("ca.pem");
+            (self.ca_fingerprint.is_none() && in_cert_dir.is_file()).then_some(in_cert_dir)
+        });
+        let trust = match (&ca_file, &self.ca_fingerprint) {
             (Some(path), _) => {
                 client::ServerTrust::Roots(std::fs::read_to_string(path).map_err(|error| {
                     anyhow::anyhow!(

@@ -74,6 +74,7 @@ impl NodeTls {
                     key_pem,
                     next: None,
                     retiring: Vec::new(),
+                    stepped_ms: 0,
                 })
             }
             None => None,

@@ -181,6 +181,12 @@ pub enum Command {
     RotateCa {
         /// The step.
         step: crate::ca::RotationStep,
+        /// The leader's clock when it was asked for (ms since the Unix epoch).
+        #[serde(default)]
+        now_ms: u64,
+        /// Take the step within [`crate::ca::ROTATION_SETTLE_MS`] of the one before.
+        #[serde(default)]
+        force: bool,
     },
     /// Store a join token (replacing one of the same name).
     CreateJoinToken {
@@ -284,8 +290,12 @@ pub enum CommandResponse {
         revision: u64,
         /// How many of the policies did not exist before.
         created: usize,
-        /// How many replaced an existing policy (even with identical text).
+        /// How many replaced an existing policy with different text.
         updated: usize,
+        /// How many had the text already stored: left as they were, their revision too, so
+        /// re-applying the same files changes nothing and pushes nothing to agents.
+        #[serde(default)]
+        unchanged: usize,
     },
     /// [`Command::DeletePolicy`] ran.
     PolicyDeleted {
@@ -653,8 +663,15 @@ impl State {
         self.revision = log_index;
         match command {
             Command::ApplyPolicies { policies } => {
-                let (mut created, mut updated) = (0, 0);
+                let (mut created, mut updated, mut unchanged) = (0, 0, 0);
                 for doc in policies {
+                    if self
+                        .policy(&doc.kind, &doc.name)
+                        .is_some_and(|stored| stored.source == doc.source)
+                    {
+                        unchanged += 1;
+                        continue;
+                    }
                     let replaced = self.insert(StoredPolicy {
                         kind: doc.kind,
                         name: doc.name,
@@ -671,6 +688,7 @@ impl State {
                     revision: log_index,
                     created,
                     updated,
+                    unchanged,
                 }
             }
             Command::DeletePolicy { kind, name } => CommandResponse::PolicyDeleted {
@@ -776,9 +794,13 @@ impl State {
                 revision: log_index,
                 fingerprint: self.ca.get_or_insert(ca).fingerprint.clone(),
             },
-            Command::RotateCa { step } => CommandResponse::CaRotated {
+            Command::RotateCa {
+                step,
+                now_ms,
+                force,
+            } => CommandResponse::CaRotated {
                 revision: log_index,
-                outcome: match self.ca.as_ref().map(|ca| ca.rotated(step)) {
+                outcome: match self.ca.as_ref().map(|ca| ca.rotated(step, now_ms, force)) {
                     None => Err("the cluster has no root yet".to_string()),
                     Some(Err(why)) => Err(why),
                     Some(Ok(rotated)) => {
@@ -945,6 +967,7 @@ pub(crate) mod tests {
             revision,
             created,
             updated,
+            unchanged: 0,
         }
     }
 
@@ -1024,15 +1047,36 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn identical_text_still_takes_the_new_revision() {
+    fn identical_text_is_left_as_it_was_with_its_revision() {
         let mut state = State::new();
         state.apply(apply_policies(vec![doc("ServicePolicy", "a", "same")]), 1);
-        let response = state.apply(apply_policies(vec![doc("ServicePolicy", "a", "same")]), 2);
-        assert_eq!(response, applied(2, 0, 1));
+        let (response, changed) = state.apply_tracked(
+            apply_policies(vec![
+                doc("ServicePolicy", "a", "same"),
+                doc("ServicePolicy", "b", "new"),
+            ]),
+            2,
+        );
+        assert_eq!(
+            response,
+            CommandResponse::PoliciesApplied {
+                revision: 2,
+                created: 1,
+                updated: 0,
+                unchanged: 1
+            }
+        );
         assert_eq!(
             state.policy("ServicePolicy", "a").map(|p| p.revision),
-            Some(2)
+            Some(1)
         );
+        let policy_a = StateKey::Policy(PolicyKey {
+            kind: "ServicePolicy".into(),
+            name: "a".into(),
+        });
+        assert!(!changed.contains(&policy_a), "{changed:?}");
+        let response = state.apply(apply_policies(vec![doc("ServicePolicy", "a", "other")]), 3);
+        assert_eq!(response, applied(3, 0, 1));
     }
 
     #[test]

@@ -26,6 +26,32 @@ pub struct SavedVirtualIps {
     /// Each service's address.
     #[serde(default)]
     pub assigned: BTreeMap<String, Ipv4Addr>,
+    /// Addresses of services nothing names any more, held for them until the block has no
+    /// other free address: a service whose only host restarts (its agent deregisters on the
+    /// way down) comes back at the address its clients resolved.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dormant: BTreeMap<String, DormantIp>,
+    /// How many addresses went dormant so far: orders them, oldest handed out first.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub released: u64,
+}
+
+/// A dormant service's address, and when it went dormant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DormantIp {
+    /// The address.
+    pub address: Ipv4Addr,
+    /// The table's `released` count when it went dormant.
+    pub since: u64,
+}
+
+/// Most dormant addresses held; beyond it the oldest is given up. Bounds what a fleet that
+/// churns through service names keeps in the replicated state (about 100 bytes each).
+pub const MAX_DORMANT: usize = 65_536;
+
+fn is_zero(count: &u64) -> bool {
+    *count == 0
 }
 
 /// Every service's virtual IP, and how many registrations and policies name each service.
@@ -80,6 +106,7 @@ impl VirtualIps {
             Some(range) => saved
                 .assigned
                 .values()
+                .chain(saved.dormant.values().map(|dormant| &dormant.address))
                 .filter_map(|address| range.offset(*address))
                 .collect(),
             None => BTreeSet::new(),
@@ -113,7 +140,8 @@ impl VirtualIps {
         }
     }
 
-    /// One instance or policy less names `service`; at zero it gives its address back.
+    /// One instance or policy less names `service`; at zero its address goes dormant: held
+    /// for it, out of DNS, until the block needs it for another service.
     pub fn unname(&mut self, service: &str) {
         let Some(count) = self.names.get_mut(service) else {
             return;
@@ -124,11 +152,35 @@ impl VirtualIps {
         }
         self.names.remove(service);
         if let Some(address) = self.saved.assigned.remove(service) {
-            if let Some(offset) = self.saved.range.and_then(|r| r.offset(address)) {
-                self.used.remove(&offset);
+            if self.saved.dormant.len() >= MAX_DORMANT {
+                self.give_up_oldest_dormant();
             }
+            self.saved.released += 1;
+            let since = self.saved.released;
+            self.saved
+                .dormant
+                .insert(service.to_owned(), DormantIp { address, since });
             self.generation += 1;
         }
+    }
+
+    /// Frees the address that went dormant first. Returns whether there was one.
+    fn give_up_oldest_dormant(&mut self) -> bool {
+        let Some(oldest) = self
+            .saved
+            .dormant
+            .iter()
+            .min_by_key(|(_, dormant)| dormant.since)
+            .map(|(name, _)| name.clone())
+        else {
+            return false;
+        };
+        if let Some(dormant) = self.saved.dormant.remove(&oldest)
+            && let Some(offset) = self.saved.range.and_then(|r| r.offset(dormant.address))
+        {
+            self.used.remove(&offset);
+        }
+        true
     }
 
     /// Gives `service` the next free address after the cursor, if it has none and the block
@@ -140,10 +192,17 @@ impl VirtualIps {
         if self.saved.assigned.contains_key(service) {
             return;
         }
+        if let Some(dormant) = self.saved.dormant.remove(service) {
+            self.saved
+                .assigned
+                .insert(service.to_owned(), dormant.address);
+            self.generation += 1;
+            return;
+        }
         let size = range.size();
         // Offset 0 is the block's own address; it is never handed out.
         let usable = size - 1;
-        if self.used.len() as u64 >= u64::from(usable) {
+        if self.used.len() as u64 >= u64::from(usable) && !self.give_up_oldest_dormant() {
             return;
         }
         let mut offset = self.saved.cursor.clamp(1, size - 1);
@@ -194,12 +253,43 @@ mod tests {
         assert_eq!(ips.assigned()["web"], Ipv4Addr::new(127, 64, 0, 1));
         ips.unname("web");
         assert!(ips.assigned().is_empty());
+        ips.name("api");
+        assert_eq!(
+            ips.assigned()["api"],
+            Ipv4Addr::new(127, 64, 0, 2),
+            "a dormant address is not handed out to another service before the block is full"
+        );
         ips.name("web");
         assert_eq!(
             ips.assigned()["web"],
-            Ipv4Addr::new(127, 64, 0, 2),
-            "a released address is not handed out again before the cursor wraps"
+            Ipv4Addr::new(127, 64, 0, 1),
+            "a service named again gets its dormant address back"
         );
+    }
+
+    #[test]
+    fn dormant_addresses_are_bounded_and_survive_a_restore() {
+        let mut ips = VirtualIps::default();
+        ips.set_range(range("127.64.0.0/10"));
+        for index in 0..=MAX_DORMANT {
+            let name = format!("s{index}");
+            ips.name(&name);
+            ips.unname(&name);
+        }
+        assert_eq!(ips.saved().dormant.len(), MAX_DORMANT);
+        assert!(
+            !ips.saved().dormant.contains_key("s0"),
+            "the oldest gave way"
+        );
+        let mut restored = VirtualIps::default();
+        restored.restore(ips.saved().clone());
+        restored.name("s1");
+        ips.name("s1");
+        assert_eq!(restored.assigned()["s1"], Ipv4Addr::new(127, 64, 0, 2));
+        assert_eq!(restored.assigned(), ips.assigned());
+        restored.name("new");
+        ips.name("new");
+        assert_eq!(restored.assigned(), ips.assigned());
     }
 
     #[test]

@@ -183,6 +183,10 @@ pub struct CaView {
 pub struct RotateCa {
     /// `add`, `activate` or `retire`.
     pub step: String,
+    /// Take `activate` or `retire` within a minute of the step before (refused otherwise, so
+    /// that every host has followed): for a cluster where no host can be behind.
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// `POST /v1/join-tokens`: a new join token.

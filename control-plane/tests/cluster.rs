@@ -179,9 +179,30 @@ async fn the_cli_applies_diffs_gets_and_deletes_against_a_single_node() {
     let (code, text) = hyphae(server, &["apply", "-f", EXAMPLES]);
     assert_eq!(code, Some(0), "{text}");
     assert!(
-        text.starts_with("applied 9 object(s) at revision"),
+        text.contains("skipped 4 node config document(s)")
+            && text.contains("applied 9 object(s) at revision")
+            && text.contains("(9 created, 0 updated, 0 unchanged)"),
         "{text}"
     );
+    // The same files again change nothing.
+    let (code, text) = hyphae(server, &["apply", "-f", EXAMPLES]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("(0 created, 0 updated, 9 unchanged)"),
+        "{text}"
+    );
+    // `nodes` lists; `nodes forget` asks the node to forget one.
+    let (code, text) = hyphae(server, &["nodes"]);
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text) = hyphae(server, &["nodes", "forget", "ghost"]);
+    assert_ne!(code, Some(0), "{text}");
+    assert!(text.contains("no node named `ghost`"), "{text}");
+    // A kind is checked before anything is asked, as `describe` checks it.
+    for command in [&["get", "Rout"][..], &["delete", "route", "catalog-canary"]] {
+        let (code, text) = hyphae(server, command);
+        assert_eq!(code, Some(2), "{command:?}: {text}");
+        assert!(text.contains("did you mean `Route`"), "{command:?}: {text}");
+    }
 
     let (code, text) = hyphae(server, &["get"]);
     assert_eq!(code, Some(0), "{text}");

@@ -210,12 +210,24 @@ async fn the_root_rotates_under_traffic_and_no_call_fails() {
         }
     });
     let cli = workspace_binary("hyphae");
+    // Each step after `add` is refused for a minute, the time every host takes to follow;
+    // this test watches every host's folder instead, and forces the step once they have.
     let rotate = |step: &str| {
-        let output = hyphae_integration::cli::hyphae(&cli, &server, &["ca", "rotate", step])
-            .expect("run hyphae");
+        let output =
+            hyphae_integration::cli::hyphae(&cli, &server, &["ca", "rotate", step, "--force"])
+                .expect("run hyphae");
         assert!(output.success(), "{step}: {}", output.text);
     };
-    rotate("add");
+    let output = hyphae_integration::cli::hyphae(&cli, &server, &["ca", "rotate", "add"])
+        .expect("run hyphae");
+    assert!(output.success(), "add: {}", output.text);
+    let early = hyphae_integration::cli::hyphae(&cli, &server, &["ca", "rotate", "activate"])
+        .expect("run hyphae");
+    assert!(
+        !early.success() && early.text.contains("every host has followed"),
+        "activate right after add is refused: {}",
+        early.text
+    );
     eventually("every host to trust both roots", || async {
         folders.iter().all(|tls| roots(tls) == 2)
     })

@@ -85,7 +85,7 @@ impl Default for AgentConfigSpec {
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct AgentJoin {
     /// SHA-256 fingerprint (hex) of the cluster's root certificate, which the agent pins before
-    /// it trusts anything the control plane says (`hyphae ca show`).
+    /// it trusts anything the control plane says (`hyphae ca`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_fingerprint: Option<String>,
     /// An owner-only file holding a join token's secret (`hyphae token create`); used once.

@@ -25,8 +25,8 @@ pub use self::config::{
 pub use self::connector::{TlsConnection, TlsConnector};
 pub use self::credentials::Credentials;
 pub use self::roots::{
-    CLOCK_SKEW, TlsError, Trust, certificates, fingerprint, provider, renewal_check_interval,
-    signed_by,
+    CLOCK_SKEW, MAX_RENEWAL_CHECK_INTERVAL, TlsError, Trust, certificates, fingerprint, provider,
+    renewal_check_interval, signed_by,
 };
 pub use self::server_identity::ServerIdentity;
 pub use self::spiffe::{Kind, SpiffeId, identities};

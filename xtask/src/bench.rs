@@ -58,6 +58,11 @@ pub fn hot_functions(args: &[String]) -> Result<()> {
     proxy::hot_functions::run(args)
 }
 
+/// Runs `cargo xtask pgo`, which builds the agent with profile-guided optimisation.
+pub fn pgo(args: &[String]) -> Result<()> {
+    proxy::pgo::run(args)
+}
+
 /// Runs `cargo xtask bench <what>`.
 pub fn run(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {

@@ -30,15 +30,17 @@ commands:
                   clients write and read policies while nodes are killed, paused and restarted
                   and leadership moves; checks the history is linearizable and every node ends
                   with the same state (target/nemesis/history.json)
-  bench proxy [--duration SECS] [--connections N]
+  bench proxy [--duration SECS] [--connections N] [--rate N] [--agent release|pgo]
                   measure the agent's data path against haproxy and nginx (a benchmark, not a
                   test; installs them, wrk and h2load from apt when missing; target/bench/)
-  bench cycles [--requests N] [--connections N]
+  bench cycles [--requests N] [--connections N] [--agent release|pgo]
                   one agent and haproxy under callgrind's cache and branch simulation: per
                   request instructions, cache misses, mispredicts and estimated cycles, with
                   ratios (needs valgrind; target/bench/cycles.json)
   hot-functions   profile the bench's agents under callgrind and list the functions they ran
                   (agent/link/hot-functions.txt), which the agent's release link keeps together
+  pgo             build hyphae-agent with profile-guided optimisation, trained on the bench's
+                  traffic (target/pgo/hyphae-agent: the agent to install on hosts)
   bench push [--agents N ...] [--rounds K]
                   time a policy change from a three-node control plane to N simulated agents'
                   watch streams (default 1000, then 5000 agents; target/bench/push.json)
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
         Some("check-systemd") => check_systemd::run(&args[1..]),
         Some("nemesis") => nemesis::run(&args[1..]),
         Some("hot-functions") => bench::hot_functions(&args[1..]),
+        Some("pgo") => bench::pgo(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -424,7 +424,12 @@ pub(crate) async fn rotate(node: &Node, request: &ApiRequest) -> Answer {
             .into());
         }
     };
-    match write(node, Command::RotateCa { step }).await? {
+    let command = Command::RotateCa {
+        step,
+        now_ms: tokens::now_ms(),
+        force: asked.force,
+    };
+    match write(node, command).await? {
         CommandResponse::CaRotated {
             outcome: Ok(fingerprint),
             ..

@@ -48,8 +48,8 @@ pub(crate) async fn register(node: &Node, request: &ApiRequest) -> Answer {
             StatusCode::FORBIDDEN,
             "forbidden",
             format!(
-                "this node's certificate does not name service `{}`: a host gets its services' identities when it joins (join again, with a token, to add one)",
-                instance.service
+                "this node's certificate does not name service `{}`: a host gets its services' identities when it joins. To add one, forget the node (`hyphae nodes forget {}`), then start its agent with a new join token and without its old certificate (the `tls` directory in its data directory)",
+                instance.service, record.name
             ),
         )
         .into());

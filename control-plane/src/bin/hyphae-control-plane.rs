@@ -51,7 +51,7 @@ struct Args {
     )]
     join_token_file: Option<PathBuf>,
     /// With `--join-token-file`: the SHA-256 fingerprint of the cluster's root certificate
-    /// (`hyphae ca show`), which the node pins before it trusts anything the cluster says.
+    /// (`hyphae ca`), which the node pins before it trusts anything the cluster says.
     #[arg(long, value_name = "HEX", requires = "join_token_file")]
     ca_fingerprint: Option<String>,
     /// Check the configuration and exit.
@@ -162,7 +162,7 @@ fn bootstrap_secret(path: &std::path::Path) -> Result<String, secret_file::Secre
     let (secret, created) = secret_file::read_or_create(path)?;
     if created {
         eprintln!(
-            "hyphae-control-plane: the bootstrap admin token is in {} (mode 0600); use it with HYPHAE_TOKEN_FILE={}, create named tokens with `hyphae token create`, then revoke `bootstrap`",
+            "hyphae-control-plane: the bootstrap admin token is in {} (mode 0600); use it with HYPHAE_TOKEN_FILE={}, create named admin tokens with `hyphae acl token create`, then `hyphae acl token revoke bootstrap`",
             path.display(),
             path.display()
         );

@@ -62,6 +62,13 @@ pub fn run(args: &ApplyArgs, out: &mut dyn std::io::Write) -> Result<Outcome> {
             source,
         ));
     }
+    let local = report.objects.len() - objects.len();
+    if local > 0 {
+        writeln!(
+            out,
+            "skipped {local} node config document(s) (AgentConfig, ControlPlaneConfig): each node reads its own file"
+        )?;
+    }
     if objects.is_empty() {
         writeln!(
             out,
@@ -94,11 +101,12 @@ pub fn run(args: &ApplyArgs, out: &mut dyn std::io::Write) -> Result<Outcome> {
     let answer = client.expect_ok("POST", "/v1/policies", &body)?;
     writeln!(
         out,
-        "applied {} object(s) at revision {} ({} created, {} updated)",
+        "applied {} object(s) at revision {} ({} created, {} updated, {} unchanged)",
         objects.len(),
         answer["revision"],
         answer["created"],
-        answer["updated"]
+        answer["updated"],
+        answer["unchanged"].as_u64().unwrap_or(0)
     )?;
     Ok(Outcome::Success)
 }

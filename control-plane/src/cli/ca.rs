@@ -41,6 +41,10 @@ pub enum CaCommand {
         /// `add`, `activate` or `retire`.
         #[arg(value_parser = ["add", "activate", "retire"])]
         step: String,
+        /// Take `activate` or `retire` within a minute of the step before, which is refused
+        /// otherwise so that every host has followed: only when no host can be behind.
+        #[arg(long)]
+        force: bool,
         /// Where the control plane is.
         #[command(flatten)]
         server: ServerArgs,
@@ -81,8 +85,12 @@ pub enum CaCommand {
 /// Runs `hyphae ca`.
 pub fn run(args: &CaArgs, out: &mut dyn std::io::Write) -> Result<Outcome> {
     match &args.command {
-        Some(CaCommand::Rotate { step, server }) => {
-            let body = serde_json::json!({ "step": step }).to_string();
+        Some(CaCommand::Rotate {
+            step,
+            force,
+            server,
+        }) => {
+            let body = serde_json::json!({ "step": step, "force": force }).to_string();
             let answer = server.client()?.expect_ok("POST", "/v1/ca/rotate", &body)?;
             let ca: CaView = serde_json::from_value(answer)
                 .context("the control plane's CA is not in the expected form")?;

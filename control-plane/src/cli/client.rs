@@ -82,11 +82,24 @@ impl ApiClient {
             ServerTrust::Roots(pem) => {
                 tls::client_config(&Trust::from_pem(pem, None)?, credentials, &tls::ALPN_HTTP)?
             }
-            ServerTrust::Pinned(fingerprint) => tls::client_config_verified_by(
-                std::sync::Arc::new(ServerVerifier::pinned(fingerprint, tls::provider())),
-                credentials,
-                &tls::ALPN_HTTP,
-            )?,
+            ServerTrust::Pinned(fingerprint) => {
+                // The verifier's forms: any case, `sha256:` in front, colons between bytes.
+                let lowered = fingerprint.trim().to_ascii_lowercase();
+                let hex = lowered
+                    .strip_prefix("sha256:")
+                    .unwrap_or(&lowered)
+                    .replace(':', "");
+                if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    bail!(
+                        "`{fingerprint}` is not a root's fingerprint: 64 hex digits, as `hyphae ca` prints it"
+                    );
+                }
+                tls::client_config_verified_by(
+                    std::sync::Arc::new(ServerVerifier::pinned(fingerprint, tls::provider())),
+                    credentials,
+                    &tls::ALPN_HTTP,
+                )?
+            }
         };
         let connector = TlsConnector::new(config, ServerIdentity::ControlPlane, CONNECT_TIMEOUT);
         Ok(ApiClient {
@@ -117,9 +130,10 @@ impl ApiClient {
         let server = self.server.clone();
         self.runtime.block_on(async {
             let exchange = async {
-                let response = self.client.request(request).await.with_context(|| {
-                    format!(
-                        "cannot reach the control plane at {server} (set --server or {SERVER_ENV})"
+                let response = self.client.request(request).await.map_err(|error| {
+                    let hint = unreachable_hint(&format!("{:#}", anyhow::Error::new(error)));
+                    anyhow::anyhow!(
+                        "cannot reach the control plane at {server}: {hint} (set --server or {SERVER_ENV})"
                     )
                 })?;
                 let status = response.status().as_u16();
@@ -177,4 +191,23 @@ fn ok_body(answer: Answer) -> Result<Value> {
         .as_str()
         .unwrap_or("the control plane refused the request");
     bail!("{message} ({code}, HTTP {})", answer.status)
+}
+
+/// What a failure to reach a node most likely means, for the error the CLI prints: the
+/// commonest mistakes have causes that TLS names in its own words.
+fn unreachable_hint(error: &str) -> String {
+    if ["UnknownIssuer", "BadSignature"]
+        .iter()
+        .any(|cause| error.contains(cause))
+    {
+        format!(
+            "its certificate does not come from the root the CLI was given ({CA_FILE_ENV} or {CA_FINGERPRINT_ENV}: is it this cluster's?): {error}"
+        )
+    } else if error.contains("InvalidContentType") || error.contains("corrupt message") {
+        format!(
+            "it does not speak TLS there (is that a control-plane API port? an agent's admin port speaks plain HTTP): {error}"
+        )
+    } else {
+        error.to_string()
+    }
 }

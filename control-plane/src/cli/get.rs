@@ -4,6 +4,9 @@ use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 use serde_json::Value;
 
+use hyphae_policies::Kind;
+
+use super::schema::parse_kind;
 use super::{Outcome, ReadArgs, ServerArgs};
 
 /// How to print what was read.
@@ -40,7 +43,8 @@ impl Output {
 #[derive(Debug, Args)]
 pub struct GetArgs {
     /// A kind (`ServicePolicy`, `Route`...); without it, every policy.
-    pub kind: Option<String>,
+    #[arg(value_parser = parse_kind)]
+    pub kind: Option<Kind>,
     /// A name within the kind.
     pub name: Option<String>,
     /// Output format.
@@ -55,7 +59,8 @@ pub struct GetArgs {
 #[derive(Debug, Args)]
 pub struct DeleteArgs {
     /// The kind.
-    pub kind: String,
+    #[arg(value_parser = parse_kind)]
+    pub kind: Kind,
     /// The name.
     pub name: String,
     /// Where the control plane is.

@@ -4,13 +4,13 @@
 use std::collections::BTreeSet;
 
 use anyhow::Result;
-use clap::Args;
+use clap::{Args, Subcommand};
 use hyphae_policies::registry::{Health, ServiceSummary};
 use serde::Serialize;
 
 use super::get::Output;
 use super::table::table;
-use super::{Outcome, ReadArgs};
+use super::{Outcome, ReadArgs, ServerArgs};
 use crate::wire::NodeView;
 
 /// Path of the service list on a control-plane node.
@@ -41,10 +41,58 @@ pub fn run_services(args: &RegistryArgs, out: &mut dyn std::io::Write) -> Result
     args.output.write(out, &services, services_table)
 }
 
+/// Arguments of `hyphae nodes`: the list, or `forget NAME`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct NodesArgs {
+    /// What to do instead of listing.
+    #[command(subcommand)]
+    pub action: Option<NodesAction>,
+    /// How to list.
+    #[command(flatten)]
+    pub list: RegistryArgs,
+}
+
+/// `hyphae nodes` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum NodesAction {
+    /// Forget a node: its record, and the name its join took, so a new join may take it (a
+    /// reinstalled host, or one that needs a certificate naming other services). Its current
+    /// certificate works until it expires.
+    Forget {
+        /// The node's name.
+        name: String,
+        /// Where the control plane is (admin role).
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
 /// Runs `hyphae nodes`.
-pub fn run_nodes(args: &RegistryArgs, out: &mut dyn std::io::Write) -> Result<Outcome> {
-    let nodes: Vec<NodeView> = args.read(NODES_PATH)?;
-    args.output.write(out, &nodes, nodes_table)
+pub fn run_nodes(args: &NodesArgs, out: &mut dyn std::io::Write) -> Result<Outcome> {
+    match &args.action {
+        None => {
+            let nodes: Vec<NodeView> = args.list.read(NODES_PATH)?;
+            args.list.output.write(out, &nodes, nodes_table)
+        }
+        Some(NodesAction::Forget { name, server }) => {
+            let answer =
+                server
+                    .client()?
+                    .expect_ok("DELETE", &format!("{NODES_PATH}/{name}"), "")?;
+            if answer["existed"].as_bool() == Some(true) {
+                writeln!(
+                    out,
+                    "forgot node `{name}` at revision {}; a new join may take its name",
+                    answer["revision"]
+                )?;
+                Ok(Outcome::Success)
+            } else {
+                writeln!(out, "no node named `{name}`")?;
+                Ok(Outcome::Invalid)
+            }
+        }
+    }
 }
 
 /// Services as `NAME PROTOCOL VIRTUAL-IP INSTANCES NODES`, instances counted as

@@ -197,7 +197,8 @@ async fn reopening_restores_vote_log_and_state_machine() {
                 CommandResponse::PoliciesApplied {
                     revision: 3,
                     created: 2,
-                    updated: 0
+                    updated: 0,
+                    unchanged: 0
                 },
                 CommandResponse::PolicyDeleted {
                     revision: 4,
@@ -212,7 +213,8 @@ async fn reopening_restores_vote_log_and_state_machine() {
             [CommandResponse::PoliciesApplied {
                 revision: 5,
                 created: 0,
-                updated: 1
+                updated: 1,
+                unchanged: 0
             }]
         );
         log.purge(id(2)).await.unwrap();
@@ -601,7 +603,8 @@ async fn single_node_raft_writes_survive_a_restart() {
         CommandResponse::PoliciesApplied {
             revision: written.log_id.index,
             created: 2,
-            updated: 0
+            updated: 0,
+            unchanged: 0
         }
     );
     let deleted = raft

@@ -45,9 +45,13 @@ pub const CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(5 * 6
 pub fn renewal_check_interval(lifetime: std::time::Duration) -> std::time::Duration {
     (lifetime / 20).clamp(
         std::time::Duration::from_millis(250),
-        std::time::Duration::from_secs(30),
+        MAX_RENEWAL_CHECK_INTERVAL,
     )
 }
+
+/// Longest a host goes between two looks at the cluster's roots (and its certificate): a root
+/// rotation's steps wait at least twice this for every host to follow.
+pub const MAX_RENEWAL_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Lower-case hex SHA-256 of `der`: how a root is pinned before it is trusted.
 pub fn fingerprint(der: &[u8]) -> String {

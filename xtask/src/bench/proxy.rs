@@ -33,6 +33,7 @@ mod haproxy;
 pub mod hot_functions;
 mod load;
 mod nginx;
+pub mod pgo;
 mod processes;
 mod report;
 mod setup;
@@ -79,7 +80,9 @@ target/bench/.
 options:
   --duration SECS    measured seconds per row (default 10)
   --connections N    concurrent client connections (default 50, at most 1000)
-  --rate N           requests per second of the fixed-rate rows (default 10000)";
+  --rate N           requests per second of the fixed-rate rows (default 10000)
+  --agent BUILD      `release` (default) or `pgo`: the agent `cargo xtask pgo` builds, trained
+                     and built first";
 /// What the command line asked for.
 #[derive(Clone, Copy, Debug)]
 struct Options {
@@ -116,10 +119,12 @@ impl Options {
 
 /// `cargo xtask bench proxy`.
 pub fn run(args: &[String]) -> Result<()> {
-    let Some(options) = Options::parse(args)? else {
+    let (agent_build, args) = pgo::AgentBuild::take(args)?;
+    let Some(options) = Options::parse(&args)? else {
         return Ok(());
     };
     let mut bench = Bench::new(options)?;
+    agent_build.prepare(&mut bench)?;
     let hot_functions = hot_functions::coverage(&bench.agent)?;
     hot_functions.report();
     let mut rows = Vec::new();
@@ -161,8 +166,10 @@ struct Bench {
     options: Options,
     /// haproxy, nginx and the load generators.
     tools: Tools,
-    /// The release build of `hyphae-agent`.
+    /// The build of `hyphae-agent` measured: the release build unless `--agent pgo`.
     agent: PathBuf,
+    /// Which build `agent` is.
+    agent_build: pgo::AgentBuild,
     /// Unit of the CPU times in `/proc/PID/stat`.
     ticks_per_second: f64,
     /// The backend, running for the whole bench.
@@ -209,6 +216,7 @@ impl Bench {
             runtime,
             options,
             agent: root.join("target/release/hyphae-agent"),
+            agent_build: pgo::AgentBuild::Release,
             tools,
             ticks_per_second: clock_ticks()?,
             backend,

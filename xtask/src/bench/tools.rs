@@ -42,17 +42,7 @@ impl Tools {
             .collect();
         if !missing.is_empty() {
             eprintln!("xtask: installing {} for the bench", missing.join(" "));
-            let apt = || {
-                let mut command = Command::new("apt-get");
-                // Progress to stderr, so stdout holds only the report.
-                command
-                    .env("DEBIAN_FRONTEND", "noninteractive")
-                    .stdout(std::io::stderr());
-                command
-            };
-            util::run(apt().arg("update")).context("apt-get update (this needs root)")?;
-            util::run(apt().args(["install", "-y"]).args(&missing))
-                .context("apt-get install (this needs root)")?;
+            apt_install(&missing)?;
         }
         let require = |program: &str| {
             find_program(program)
@@ -101,8 +91,23 @@ const OHA_VERSION: &str = "1.16.0";
 /// Where that oha is installed, under the workspace root.
 const OHA_ROOT: &str = "target/bench/tools";
 
+/// Installs Debian `packages` (`apt-get update` first). Needs root.
+pub fn apt_install(packages: &[&str]) -> Result<()> {
+    let apt = || {
+        let mut command = Command::new("apt-get");
+        // Progress to stderr, so stdout holds only the report.
+        command
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(std::io::stderr());
+        command
+    };
+    util::run(apt().arg("update")).context("apt-get update (this needs root)")?;
+    util::run(apt().args(["install", "-y"]).args(packages))
+        .context("apt-get install (this needs root)")
+}
+
 /// The executable `program` on `PATH` or in the system directories.
-fn find_program(program: &str) -> Option<PathBuf> {
+pub fn find_program(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(SYSTEM_BIN_DIRS.iter().map(PathBuf::from))

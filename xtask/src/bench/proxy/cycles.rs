@@ -15,6 +15,7 @@ use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 
 use super::load::Protocol;
+use super::pgo::AgentBuild;
 use super::processes::stop;
 use super::setup::Setup;
 use super::{Bench, Options, RATE};
@@ -54,7 +55,9 @@ haproxy. Counts repeat from run to run, unlike CPU time. Writes target/bench/cyc
 
 options:
   --requests N       requests counted per proxy and protocol (default 5000)
-  --connections N    h2load's connections (default 10)";
+  --connections N    h2load's connections (default 10)
+  --agent BUILD      `release` (default) or `pgo`: the agent `cargo xtask pgo` builds, trained
+                     and built first";
 
 /// What the command line asked for.
 struct CyclesOptions {
@@ -134,6 +137,8 @@ struct Measured {
 
 /// `cargo xtask bench cycles`.
 pub fn run(args: &[String]) -> Result<()> {
+    let (agent_build, args) = AgentBuild::take(args)?;
+    let args = &args[..];
     let mut options = CyclesOptions {
         requests: REQUESTS.default,
         connections: CONNECTIONS.default,
@@ -161,6 +166,7 @@ pub fn run(args: &[String]) -> Result<()> {
         connections: options.connections,
         rate: RATE.default,
     })?;
+    agent_build.prepare(&mut bench)?;
     let profiles = bench.dir.join(PROFILES);
     util::empty_dir(&profiles)?;
     let mut measured = Vec::new();
@@ -171,7 +177,9 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     bench.runtime.block_on(stop([&mut bench.backend.process]));
     print!("{}", table(&measured, &options));
-    write_json(&bench.dir, "cycles.json", &report(&measured, &options))
+    let mut json = report(&measured, &options);
+    json["agentBuild"] = agent_build.name().into();
+    write_json(&bench.dir, "cycles.json", &json)
 }
 
 impl Bench {

@@ -254,6 +254,7 @@ impl Bench {
             "machine": report::machine(),
             "versions": {
                 "hyphae-agent": first_line(Command::new(&self.agent).arg("--version")),
+                "hyphae-agent-build": self.agent_build.name(),
                 "haproxy": first_line(Command::new(&self.tools.haproxy).arg("-v")),
                 "nginx": first_line(Command::new(&self.tools.nginx).arg("-v")),
                 "wrk": first_line(Command::new(&self.tools.wrk).arg("-v")),

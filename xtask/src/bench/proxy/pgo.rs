@@ -1,0 +1,268 @@
+//! `cargo xtask pgo`: the agent built with profile-guided optimisation, the build a host
+//! should run. An agent request is a long straight line of code through hyper, h2, rustls and
+//! the call's futures, each instruction run once per request, so it misses the instruction
+//! cache where haproxy's loops do not (decision 71). A profile of the bench's own traffic
+//! tells LLVM which branches are taken and which functions are hot: it lays hot blocks
+//! together, moves cold ones out of line and inlines by use (decision 86).
+//!
+//! Three steps, each in its own target directory under `target/pgo/` so the ordinary release
+//! build is never rebuilt by them: an instrumented agent; the bench's one-agent and mesh rows
+//! driven over HTTP/1.1 and HTTP/2 with it, each agent writing its counts when it exits; the
+//! counts merged by `llvm-profdata` and the agent built again with them.
+
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+
+use super::load::Protocol;
+use super::processes::stop;
+use super::setup::Setup;
+use super::{Bench, Options, RATE};
+use crate::bench::report::relative;
+use crate::bench::tools::{apt_install, find_program};
+use crate::util;
+
+/// Everything the three steps write, under the workspace root.
+const PGO_DIR: &str = "target/pgo";
+/// The setups driven while the instrumented agent counts: between them the local path, the
+/// tunnel's client and server over mutual TLS and an instance behind the inbound port.
+const SETUPS: [Setup; 2] = [Setup::OneAgent, Setup::Mesh];
+/// Load per setup and protocol. The counts say how often each branch goes which way, which a
+/// few seconds of the same requests settle; more only makes the counters larger.
+const TRAINING: Duration = Duration::from_secs(3);
+/// Client connections while training: as many as the bench's rows use, so pools, the
+/// connection limits and the scheduler see the shape they will be measured with.
+const TRAINING_CONNECTIONS: u32 = 50;
+/// Oldest LLVM whose `llvm-profdata` reads the raw profiles of the toolchain's LLVM (raw
+/// format 10, LLVM 19 and later).
+const OLDEST_LLVM: u32 = 19;
+/// Newest LLVM looked for by version-suffixed name.
+const NEWEST_LLVM: u32 = 30;
+/// The Debian package installed when no `llvm-profdata` that new is found.
+const LLVM_PACKAGE: &str = "llvm-19";
+
+/// `cargo xtask pgo --help`.
+pub const USAGE: &str = "usage: cargo xtask pgo
+
+Builds hyphae-agent with profile-guided optimisation: an instrumented release build, the
+one-agent and mesh rows of `cargo xtask bench proxy` driven with it over HTTP/1.1 and HTTP/2,
+its counts merged (llvm-profdata from LLVM 19 or later; installs the llvm-19 package from apt
+when none is found) and a release build that uses them. Prints the binary's path,
+target/pgo/hyphae-agent: the agent to install on hosts. `cargo xtask bench proxy --pgo` and
+`bench cycles --pgo` measure it. Takes two release builds and under a minute of load.";
+
+/// `cargo xtask pgo`.
+pub fn run(args: &[String]) -> Result<()> {
+    if args
+        .iter()
+        .any(|a| matches!(a.as_str(), "-h" | "--help" | "help"))
+    {
+        println!("{USAGE}");
+        return Ok(());
+    }
+    ensure!(args.is_empty(), "unexpected arguments {args:?}\n\n{USAGE}");
+    let mut bench = Bench::new(Options {
+        duration: TRAINING,
+        connections: TRAINING_CONNECTIONS,
+        rate: RATE.default,
+    })?;
+    let agent = build(&mut bench)?;
+    bench.agent_build = AgentBuild::Pgo;
+    bench.runtime.block_on(stop([&mut bench.backend.process]));
+    println!("{}", agent.display());
+    Ok(())
+}
+
+/// Builds the optimised agent with `bench`'s backend and certificates, and points `bench` at
+/// it. Returns its path.
+pub(super) fn build(bench: &mut Bench) -> Result<PathBuf> {
+    let profdata = llvm_profdata()?;
+    let root = util::root();
+    let dir = root.join(PGO_DIR);
+    let raw = dir.join("raw");
+    util::empty_dir(&raw)?;
+    // The flag is part of the build's fingerprint: the same path every time, however reached.
+    let raw = fs::canonicalize(&raw).with_context(|| format!("resolve {}", raw.display()))?;
+    eprintln!("xtask: pgo: building an instrumented agent");
+    let mut flags = OsString::from("-Cprofile-generate=");
+    flags.push(&raw);
+    let instrumented = release_agent(&dir.join("instrumented"), &flags)?;
+
+    eprintln!("xtask: pgo: counting the bench's requests");
+    let measured = std::mem::replace(&mut bench.agent, instrumented);
+    let trained = train(bench);
+    bench.agent = measured;
+    trained?;
+    let profiles: Vec<PathBuf> = fs::read_dir(&raw)
+        .with_context(|| format!("list {}", raw.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|e| e == "profraw"))
+        .collect();
+    ensure!(
+        !profiles.is_empty(),
+        "no profile in {}: did the instrumented agents exit by themselves?",
+        relative(&raw)
+    );
+    let merged = dir.join("hyphae-agent.profdata");
+    util::run(
+        Command::new(&profdata)
+            .arg("merge")
+            .arg("-o")
+            .arg(&merged)
+            .args(&profiles),
+    )
+    .context("merge the agent's profiles")?;
+
+    eprintln!("xtask: pgo: building the agent with its profile");
+    let mut flags = OsString::from("-Cprofile-use=");
+    flags.push(&merged);
+    // Functions the profile does not know (code that changed since, or never ran) are
+    // optimised as without a profile; saying so for each would bury the build's output.
+    flags.push(" -Cllvm-args=-pgo-warn-mismatch=false");
+    let optimised = release_agent(&dir.join("optimised"), &flags)?;
+    let installed = dir.join("hyphae-agent");
+    fs::copy(&optimised, &installed)
+        .with_context(|| format!("copy {} to {}", optimised.display(), installed.display()))?;
+    bench.agent = installed.clone();
+    Ok(installed)
+}
+
+/// Drives the bench's one-agent and mesh rows with `bench.agent`, over each protocol.
+fn train(bench: &Bench) -> Result<()> {
+    for setup in SETUPS {
+        let mut target = bench.start(setup)?;
+        let mut driven = Ok(());
+        for protocol in Protocol::ALL {
+            let label = format!("pgo-{}-{}", setup.slug(), protocol.name());
+            driven = bench
+                .load(protocol, target.address(protocol), TRAINING, &label)
+                .map(drop);
+            if driven.is_err() {
+                break;
+            }
+        }
+        // Stopped with SIGTERM: an agent writes its counts as it exits.
+        bench.runtime.block_on(stop(target.processes().rev()));
+        driven?;
+    }
+    Ok(())
+}
+
+/// Builds the release `hyphae-agent` into `target_dir` with `rustflags`; returns its path.
+fn release_agent(target_dir: &Path, rustflags: &OsString) -> Result<PathBuf> {
+    util::run(
+        util::cargo()
+            // Flags from the environment would change the build being measured.
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env("RUSTFLAGS", rustflags)
+            .args(["build", "--release", "--quiet", "--target-dir"])
+            .arg(target_dir)
+            .args(["-p", "hyphae-agent", "--bin", "hyphae-agent"]),
+    )?;
+    Ok(target_dir.join("release/hyphae-agent"))
+}
+
+/// An `llvm-profdata` that reads this toolchain's raw profiles: on `PATH` by a versioned
+/// name, in `/usr/lib/llvm-N/bin`, or installed from apt. The unversioned name is often an
+/// older LLVM (Debian 12's is 14), which cannot read them.
+fn llvm_profdata() -> Result<PathBuf> {
+    let found = || {
+        (OLDEST_LLVM..=NEWEST_LLVM).rev().find_map(|version| {
+            find_program(&format!("llvm-profdata-{version}")).or_else(|| {
+                let path = PathBuf::from(format!("/usr/lib/llvm-{version}/bin/llvm-profdata"));
+                path.is_file().then_some(path)
+            })
+        })
+    };
+    if let Some(path) = found() {
+        return Ok(path);
+    }
+    eprintln!("xtask: installing {LLVM_PACKAGE} for llvm-profdata");
+    apt_install(&[LLVM_PACKAGE])?;
+    found().with_context(|| {
+        format!("no llvm-profdata of LLVM {OLDEST_LLVM} or later after installing {LLVM_PACKAGE}")
+    })
+}
+
+/// Which build of the agent a bench measures: `--agent release|pgo`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AgentBuild {
+    /// `cargo build --release`, what the tests and the demo run.
+    Release,
+    /// What `cargo xtask pgo` builds, the agent to install on hosts.
+    Pgo,
+}
+
+impl AgentBuild {
+    /// The option that chooses it.
+    pub const OPTION: &'static str = "--agent";
+
+    /// Takes `--agent NAME` out of a bench's arguments; the rest are the bench's own.
+    pub fn take(args: &[String]) -> Result<(AgentBuild, Vec<String>)> {
+        let mut build = AgentBuild::Release;
+        let mut rest = Vec::new();
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            if arg == Self::OPTION {
+                let value = args
+                    .next()
+                    .with_context(|| format!("{} needs a value", Self::OPTION))?;
+                build = AgentBuild::parse(value)?;
+            } else {
+                rest.push(arg.clone());
+            }
+        }
+        Ok((build, rest))
+    }
+
+    /// Reads the option's value.
+    pub fn parse(text: &str) -> Result<AgentBuild> {
+        match text {
+            "release" => Ok(AgentBuild::Release),
+            "pgo" => Ok(AgentBuild::Pgo),
+            other => anyhow::bail!("{} takes `release` or `pgo`, not `{other}`", Self::OPTION),
+        }
+    }
+
+    /// Its name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            AgentBuild::Release => "release",
+            AgentBuild::Pgo => "pgo",
+        }
+    }
+
+    /// Points `bench` at this build, building the optimised agent first for `pgo`.
+    pub(super) fn prepare(self, bench: &mut Bench) -> Result<()> {
+        if self == AgentBuild::Pgo {
+            build(bench)?;
+        }
+        bench.agent_build = self;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_option_is_taken_out_and_the_rest_left_in_order() {
+        let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let (build, rest) =
+            AgentBuild::take(&args(&["--duration", "3", "--agent", "pgo"])).unwrap();
+        assert_eq!((build, rest), (AgentBuild::Pgo, args(&["--duration", "3"])));
+        let (build, rest) = AgentBuild::take(&args(&["--rate", "500"])).unwrap();
+        assert_eq!(
+            (build, rest),
+            (AgentBuild::Release, args(&["--rate", "500"]))
+        );
+        for bad in [&["--agent"][..], &["--agent", "debug"]] {
+            assert!(AgentBuild::take(&args(bad)).is_err(), "{bad:?}");
+        }
+    }
+}
