@@ -3,7 +3,7 @@
 //! the call's futures, each instruction run once per request, so it misses the instruction
 //! cache where haproxy's loops do not (decision 71). A profile of the bench's own traffic
 //! tells LLVM which branches are taken and which functions are hot: it lays hot blocks
-//! together, moves cold ones out of line and inlines by use (decision 86).
+//! together, moves cold ones out of line and inlines by use (decision 87).
 //!
 //! Three steps, each in its own target directory under `target/pgo/` so the ordinary release
 //! build is never rebuilt by them: an instrumented agent; the bench's one-agent and mesh rows
@@ -22,7 +22,7 @@ use super::load::Protocol;
 use super::processes::stop;
 use super::setup::Setup;
 use super::{Bench, Options, RATE};
-use crate::bench::report::relative;
+use crate::bench::report::{commit, relative};
 use crate::bench::tools::{apt_install, find_program};
 use crate::util;
 
@@ -52,8 +52,8 @@ Builds hyphae-agent with profile-guided optimisation: an instrumented release bu
 one-agent and mesh rows of `cargo xtask bench proxy` driven with it over HTTP/1.1 and HTTP/2,
 its counts merged (llvm-profdata from LLVM 19 or later; installs the llvm-19 package from apt
 when none is found) and a release build that uses them. Prints the binary's path,
-target/pgo/hyphae-agent: the agent to install on hosts. `cargo xtask bench proxy --pgo` and
-`bench cycles --pgo` measure it. Takes two release builds and under a minute of load.";
+target/pgo/hyphae-agent: the agent to install on hosts. `cargo xtask bench proxy --agent pgo` and
+`bench cycles --agent pgo` measure it (building it first unless it was built from this commit). Takes two release builds and under a minute of load.";
 
 /// `cargo xtask pgo`.
 pub fn run(args: &[String]) -> Result<()> {
@@ -127,8 +127,22 @@ pub(super) fn build(bench: &mut Bench) -> Result<PathBuf> {
     let installed = dir.join("hyphae-agent");
     fs::copy(&optimised, &installed)
         .with_context(|| format!("copy {} to {}", optimised.display(), installed.display()))?;
+    crate::bench::report::write(&dir.join(BUILT_FROM), &commit())?;
     bench.agent = installed.clone();
     Ok(installed)
+}
+
+/// The file beside the optimised agent that names the commit it was built from.
+const BUILT_FROM: &str = "built-from";
+
+/// The optimised agent, if it was built from the workspace as it is now (the same commit and
+/// no uncommitted change).
+fn current_build() -> Option<PathBuf> {
+    let dir = util::root().join(PGO_DIR);
+    let installed = dir.join("hyphae-agent");
+    let built_from = fs::read_to_string(dir.join(BUILT_FROM)).ok()?;
+    let now = commit();
+    (installed.is_file() && built_from == now && !now.ends_with("-dirty")).then_some(installed)
 }
 
 /// Drives the bench's one-agent and mesh rows with `bench.agent`, over each protocol.
@@ -236,10 +250,19 @@ impl AgentBuild {
         }
     }
 
-    /// Points `bench` at this build, building the optimised agent first for `pgo`.
+    /// Points `bench` at this build; for `pgo`, the optimised agent, built first unless it was
+    /// built from this commit with no change since.
     pub(super) fn prepare(self, bench: &mut Bench) -> Result<()> {
         if self == AgentBuild::Pgo {
-            build(bench)?;
+            match current_build() {
+                Some(agent) => {
+                    eprintln!("xtask: pgo: {} is current", relative(&agent));
+                    bench.agent = agent;
+                }
+                None => {
+                    build(bench)?;
+                }
+            }
         }
         bench.agent_build = self;
         Ok(())
