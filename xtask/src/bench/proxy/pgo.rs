@@ -91,6 +91,9 @@ pub(super) fn build(bench: &mut Bench) -> Result<PathBuf> {
     let mut flags = OsString::from("-Cprofile-generate=");
     flags.push(&raw);
     let instrumented = release_agent(&dir.join("instrumented"), &flags)?;
+    // The flags reach build scripts too, which ran during the build and left counts of their
+    // own: only the agents' are wanted.
+    util::empty_dir(&raw)?;
 
     eprintln!("xtask: pgo: counting the bench's requests");
     let measured = std::mem::replace(&mut bench.agent, instrumented);
@@ -127,6 +130,7 @@ pub(super) fn build(bench: &mut Bench) -> Result<PathBuf> {
     let installed = dir.join("hyphae-agent");
     fs::copy(&optimised, &installed)
         .with_context(|| format!("copy {} to {}", optimised.display(), installed.display()))?;
+    cli_beside(&installed)?;
     crate::bench::report::write(&dir.join(BUILT_FROM), &commit())?;
     bench.agent = installed.clone();
     Ok(installed)
@@ -142,7 +146,8 @@ fn current_build() -> Option<PathBuf> {
     let installed = dir.join("hyphae-agent");
     let built_from = fs::read_to_string(dir.join(BUILT_FROM)).ok()?;
     let now = commit();
-    (installed.is_file() && built_from == now && !now.ends_with("-dirty")).then_some(installed)
+    let known = now != "unknown" && !now.ends_with("-dirty");
+    (installed.is_file() && built_from == now && known).then_some(installed)
 }
 
 /// Drives the bench's one-agent and mesh rows with `bench.agent`, over each protocol.
@@ -167,6 +172,8 @@ fn train(bench: &Bench) -> Result<()> {
 }
 
 /// Builds the release `hyphae-agent` into `target_dir` with `rustflags`; returns its path.
+/// The release `hyphae` CLI goes beside it: the bench issues each agent's certificate with
+/// the CLI next to the agent it starts.
 fn release_agent(target_dir: &Path, rustflags: &OsString) -> Result<PathBuf> {
     util::run(
         util::cargo()
@@ -177,7 +184,18 @@ fn release_agent(target_dir: &Path, rustflags: &OsString) -> Result<PathBuf> {
             .arg(target_dir)
             .args(["-p", "hyphae-agent", "--bin", "hyphae-agent"]),
     )?;
-    Ok(target_dir.join("release/hyphae-agent"))
+    let agent = target_dir.join("release/hyphae-agent");
+    cli_beside(&agent)?;
+    Ok(agent)
+}
+
+/// Copies the release `hyphae` CLI (which `Bench::new` builds) into `agent`'s directory.
+fn cli_beside(agent: &Path) -> Result<()> {
+    let cli = util::root().join("target/release/hyphae");
+    let dir = agent.parent().context("an agent path has a directory")?;
+    fs::copy(&cli, dir.join("hyphae"))
+        .with_context(|| format!("copy {} beside {}", cli.display(), agent.display()))?;
+    Ok(())
 }
 
 /// An `llvm-profdata` that reads this toolchain's raw profiles: on `PATH` by a versioned
