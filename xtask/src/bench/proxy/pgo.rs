@@ -125,7 +125,7 @@ pub(super) fn build(bench: &mut Bench) -> Result<PathBuf> {
     flags.push(&merged);
     // Functions the profile does not know (code that changed since, or never ran) are
     // optimised as without a profile; saying so for each would bury the build's output.
-    flags.push(" -Cllvm-args=-pgo-warn-mismatch=false");
+    flags.push(" -Cllvm-args=-no-pgo-warn-mismatch");
     let optimised = release_agent(&dir.join("optimised"), &flags)?;
     let installed = dir.join("hyphae-agent");
     fs::copy(&optimised, &installed)
