@@ -94,7 +94,9 @@ impl StoredCa {
         let mut rotated = self.clone();
         let settled = |step: &str, before: &str| {
             let ready_ms = self.stepped_ms.saturating_add(ROTATION_SETTLE_MS);
-            if force || now_ms >= ready_ms {
+            // `now_ms` is 0 in an entry a leader wrote before the wait existed: applied as
+            // that leader applied it, so every node's root stays the same.
+            if force || now_ms == 0 || now_ms >= ready_ms {
                 return Ok(());
             }
             Err(format!(
@@ -452,6 +454,10 @@ mod tests {
         assert!(
             added.rotated(RotationStep::Activate, now, true).is_ok(),
             "forced"
+        );
+        assert!(
+            added.rotated(RotationStep::Activate, 0, false).is_ok(),
+            "an entry from before the wait is applied as its leader applied it"
         );
     }
 

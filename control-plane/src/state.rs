@@ -113,6 +113,11 @@ pub enum Command {
     ApplyPolicies {
         /// The documents to store, already validated by the API layer.
         policies: Vec<PolicyDocument>,
+        /// Leave a document whose text is already stored as it is, revision and all. False
+        /// in entries from leaders before this existed, which replaced it: a node replaying
+        /// them applies them as they were applied.
+        #[serde(default)]
+        leave_unchanged: bool,
     },
     /// Remove one policy, if it exists.
     DeletePolicy {
@@ -226,7 +231,7 @@ impl Command {
     /// keys back to disk after applying the command, and watch streams send exactly these.
     pub fn keys(&self) -> Vec<StateKey> {
         match self {
-            Command::ApplyPolicies { policies } => policies
+            Command::ApplyPolicies { policies, .. } => policies
                 .iter()
                 .map(|doc| {
                     StateKey::Policy(PolicyKey {
@@ -662,12 +667,16 @@ impl State {
     pub fn apply(&mut self, command: Command, log_index: u64) -> CommandResponse {
         self.revision = log_index;
         match command {
-            Command::ApplyPolicies { policies } => {
+            Command::ApplyPolicies {
+                policies,
+                leave_unchanged,
+            } => {
                 let (mut created, mut updated, mut unchanged) = (0, 0, 0);
                 for doc in policies {
-                    if self
-                        .policy(&doc.kind, &doc.name)
-                        .is_some_and(|stored| stored.source == doc.source)
+                    if leave_unchanged
+                        && self
+                            .policy(&doc.kind, &doc.name)
+                            .is_some_and(|stored| stored.source == doc.source)
                     {
                         unchanged += 1;
                         continue;
@@ -950,7 +959,10 @@ pub(crate) mod tests {
 
     /// An apply command.
     pub(crate) fn apply_policies(docs: Vec<PolicyDocument>) -> Command {
-        Command::ApplyPolicies { policies: docs }
+        Command::ApplyPolicies {
+            policies: docs,
+            leave_unchanged: true,
+        }
     }
 
     /// A delete command.
@@ -1077,6 +1089,13 @@ pub(crate) mod tests {
         assert!(!changed.contains(&policy_a), "{changed:?}");
         let response = state.apply(apply_policies(vec![doc("ServicePolicy", "a", "other")]), 3);
         assert_eq!(response, applied(3, 0, 1));
+        // An entry from a leader before `leave_unchanged` replaces identical text, as it did.
+        let old: Command = serde_json::from_value(serde_json::json!({
+            "command": "apply_policies",
+            "policies": [{"kind": "ServicePolicy", "name": "a", "source": "other"}]
+        }))
+        .expect("an old entry");
+        assert_eq!(state.apply(old, 4), applied(4, 0, 1));
     }
 
     #[test]

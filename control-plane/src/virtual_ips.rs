@@ -46,9 +46,10 @@ pub struct DormantIp {
     pub since: u64,
 }
 
-/// Most dormant addresses held; beyond it the oldest is given up. Bounds what a fleet that
-/// churns through service names keeps in the replicated state (about 100 bytes each).
-pub const MAX_DORMANT: usize = 65_536;
+/// Most dormant addresses held; beyond it the oldest is given up. The table is saved whole
+/// with every change of an address and is not counted in the state's size limit, so it is
+/// kept small: about 100 KiB at 100 bytes an entry, more services than restart at once.
+pub const MAX_DORMANT: usize = 1_024;
 
 fn is_zero(count: &u64) -> bool {
     *count == 0

@@ -55,7 +55,7 @@ struct Checked {
 impl Checked {
     fn documents(&self) -> &[PolicyDocument] {
         match &self.command {
-            Command::ApplyPolicies { policies } => policies,
+            Command::ApplyPolicies { policies, .. } => policies,
             _ => &[],
         }
     }
@@ -125,6 +125,7 @@ fn check(body: &[u8], max_write_bytes: u32) -> Result<Checked, ApiError> {
     }
     let command = Command::ApplyPolicies {
         policies: documents,
+        leave_unchanged: true,
     };
     write_size_allowed(&command, max_write_bytes)?;
     Ok(Checked {

@@ -90,7 +90,12 @@ pub fn run(args: &CaArgs, out: &mut dyn std::io::Write) -> Result<Outcome> {
             force,
             server,
         }) => {
-            let body = serde_json::json!({ "step": step, "force": force }).to_string();
+            // `force` only when given: older nodes refuse a field they do not know.
+            let mut body = serde_json::json!({ "step": step });
+            if *force {
+                body["force"] = true.into();
+            }
+            let body = body.to_string();
             let answer = server.client()?.expect_ok("POST", "/v1/ca/rotate", &body)?;
             let ca: CaView = serde_json::from_value(answer)
                 .context("the control plane's CA is not in the expected form")?;

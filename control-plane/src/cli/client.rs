@@ -201,7 +201,7 @@ fn unreachable_hint(error: &str) -> String {
         .any(|cause| error.contains(cause))
     {
         format!(
-            "its certificate does not come from the root the CLI was given ({CA_FILE_ENV} or {CA_FINGERPRINT_ENV}: is it this cluster's?): {error}"
+            "its certificate does not come from the root the CLI was given ({CA_FILE_ENV}, {CA_FINGERPRINT_ENV} or the `ca.pem` of {CERT_DIR_ENV}: is it this cluster's, and current after a rotation?): {error}"
         )
     } else if error.contains("InvalidContentType") || error.contains("corrupt message") {
         format!(
