@@ -72,6 +72,8 @@ pub struct Daemon {
     /// The registration client (it deregisters when this is cancelled).
     registrar: TaskTracker,
     stop_registrar: CancellationToken,
+    /// The listener addresses the agent bound at start: a reload cannot move them.
+    listeners: hyphae_policies::agent_config::Listeners,
 }
 
 /// Longest a stopping agent waits for the registration client to leave the registry before it
@@ -189,6 +191,7 @@ impl Daemon {
             registration,
             registrar: TaskTracker::new(),
             stop_registrar: CancellationToken::new(),
+            listeners: config.spec.listeners.clone(),
         };
         daemon.start_checks(config);
         // Histograms keep their samples until upkeep folds them in: it ends with the admin
@@ -375,6 +378,11 @@ impl Daemon {
         if config.spec.upstreams != current.upstreams {
             tracing::warn!(
                 "upstream listeners changed; restart the agent to apply listener changes"
+            );
+        }
+        if config.spec.listeners != self.listeners {
+            tracing::warn!(
+                "listeners changed (admin, inbound, httpProxy, dns or virtualIps); restart the agent to apply listener changes"
             );
         }
         let revision = self.sources.set_local(config.clone());

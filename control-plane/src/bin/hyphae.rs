@@ -13,6 +13,16 @@ fn main() -> ExitCode {
     match cli::run(cli, &mut out) {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::Invalid) => ExitCode::from(1),
+        // Whoever read the output stopped early (`hyphae get | head -1`): nothing went wrong.
+        Err(error)
+            if error.chain().any(|cause| {
+                cause
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(error) => {
             eprintln!("hyphae: error: {error:#}");
             ExitCode::from(2)
