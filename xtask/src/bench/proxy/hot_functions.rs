@@ -20,6 +20,7 @@ use super::processes::stop;
 use super::setup::Setup;
 use super::{Bench, Options, RATE};
 use crate::bench::report::{relative, write};
+use crate::options::parse_options;
 use crate::util;
 
 /// The list, relative to the workspace root; `agent/build.rs` hands it to the linker.
@@ -51,14 +52,10 @@ together (decision 54). Run it again when the bench says the list is stale.";
 
 /// `cargo xtask hot-functions`.
 pub fn run(args: &[String]) -> Result<()> {
-    if args
-        .iter()
-        .any(|a| matches!(a.as_str(), "-h" | "--help" | "help"))
-    {
-        println!("{USAGE}");
+    // No options: `--help` prints the usage, anything else is refused with it.
+    if !parse_options(args, USAGE, &[], |_, _| Ok(()))? {
         return Ok(());
     }
-    ensure!(args.is_empty(), "unexpected arguments {args:?}\n\n{USAGE}");
     let options = Options {
         duration: LOAD,
         connections: LOAD_CONNECTIONS,

@@ -24,6 +24,7 @@ use super::setup::Setup;
 use super::{Bench, Options, RATE};
 use crate::bench::report::{commit, relative};
 use crate::bench::tools::{apt_install, find_program};
+use crate::options::parse_options;
 use crate::util;
 
 /// Everything the three steps write, under the workspace root.
@@ -57,14 +58,10 @@ target/pgo/hyphae-agent: the agent to install on hosts. `cargo xtask bench proxy
 
 /// `cargo xtask pgo`.
 pub fn run(args: &[String]) -> Result<()> {
-    if args
-        .iter()
-        .any(|a| matches!(a.as_str(), "-h" | "--help" | "help"))
-    {
-        println!("{USAGE}");
+    // No options: `--help` prints the usage, anything else is refused with it.
+    if !parse_options(args, USAGE, &[], |_, _| Ok(()))? {
         return Ok(());
     }
-    ensure!(args.is_empty(), "unexpected arguments {args:?}\n\n{USAGE}");
     let mut bench = Bench::new(Options {
         duration: TRAINING,
         connections: TRAINING_CONNECTIONS,
