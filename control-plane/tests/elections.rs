@@ -23,6 +23,21 @@ const LONGER_THAN_AN_ELECTION: Duration = Duration::from_secs(3);
 /// it would stand the moment it resumes.
 const PAUSE: Duration = Duration::from_secs(5);
 
+/// A three-node cluster of the test timings, started.
+fn three_nodes(dir: &Path) -> Cluster {
+    Cluster::start(Path::new(CONTROL_PLANE), dir, 3, SHORT_WRITE_TIMEOUT).expect("start the nodes")
+}
+
+/// The id of a node other than `leader`.
+fn a_follower(nodes: &Cluster, leader: u64) -> u64 {
+    nodes
+        .nodes()
+        .iter()
+        .find(|n| n.id != leader)
+        .map(|n| n.id)
+        .expect("a follower")
+}
+
 async fn term_of(node: &Node) -> Option<u64> {
     status(node.address).await["term"].as_u64()
 }
@@ -30,20 +45,12 @@ async fn term_of(node: &Node) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_back_from_a_pause_does_not_depose_the_leader() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut nodes =
-        Cluster::configure(Path::new(CONTROL_PLANE), dir.path(), 3, SHORT_WRITE_TIMEOUT)
-            .expect("configure the cluster");
-    nodes.start_all().expect("start the nodes");
+    let nodes = three_nodes(dir.path());
     let leader = nodes.leader().await.expect("a leader");
     let term = term_of(nodes.node(leader))
         .await
         .expect("the leader's term");
-    let follower = nodes
-        .nodes()
-        .iter()
-        .find(|n| n.id != leader)
-        .map(|n| n.id)
-        .expect("a follower");
+    let follower = a_follower(&nodes, leader);
 
     nodes.node(follower).signal(Signal::STOP);
     // While it is stopped, the rest of the cluster goes on writing; its own election timer
@@ -97,10 +104,7 @@ async fn a_follower_back_from_a_pause_does_not_depose_the_leader() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leadership_transfers_succeed_while_writes_keep_arriving() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut nodes =
-        Cluster::configure(Path::new(CONTROL_PLANE), dir.path(), 3, SHORT_WRITE_TIMEOUT)
-            .expect("configure the cluster");
-    nodes.start_all().expect("start the nodes");
+    let nodes = three_nodes(dir.path());
     nodes.leader().await.expect("a leader");
 
     // Writers on every node, as fast as they are answered, until the transfers are done.
@@ -159,17 +163,9 @@ async fn the_leader_gives_up_a_connection_its_peer_stopped_answering_and_reconne
     // sending into it until TCP gave up, seconds after the follower was back; now it gives
     // the connection up after `electionTimeoutMax` without a PING's answer.
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut nodes =
-        Cluster::configure(Path::new(CONTROL_PLANE), dir.path(), 3, SHORT_WRITE_TIMEOUT)
-            .expect("configure the cluster");
-    nodes.start_all().expect("start the nodes");
+    let nodes = three_nodes(dir.path());
     let leader = nodes.leader().await.expect("a leader");
-    let follower = nodes
-        .nodes()
-        .iter()
-        .find(|n| n.id != leader)
-        .map(|n| n.id)
-        .expect("a follower");
+    let follower = a_follower(&nodes, leader);
     let leader_pid = nodes.node(leader).pid().expect("the leader runs");
     let follower_address = nodes.node(follower).address;
     // The leader's established connections to the follower, by local port (`ss`).

@@ -98,16 +98,21 @@ fn strings(items: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A control plane of `size` nodes in `dir/cp` whose node leases last `lease`.
+fn leased_control_plane(dir: &Path, size: usize, lease: Duration) -> Cluster {
+    Cluster::start(
+        &workspace_binary("hyphae-control-plane"),
+        &dir.join("cp"),
+        size,
+        &format!("{SHORT_WRITE_TIMEOUT}  leaseTtl: {}ms\n", lease.as_millis()),
+    )
+    .expect("start the control plane")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callers_reach_registered_services_by_name_and_follow_health_and_leases() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let nodes = Cluster::start(
-        &workspace_binary("hyphae-control-plane"),
-        &dir.path().join("cp"),
-        1,
-        &format!("{SHORT_WRITE_TIMEOUT}  leaseTtl: {}ms\n", LEASE.as_millis()),
-    )
-    .expect("start the control plane");
+    let nodes = leased_control_plane(dir.path(), 1, LEASE);
     let server = nodes.node(1).address.to_string();
     let servers = vec![server.clone()];
     let b = TestBackend::start("b").await;
@@ -243,13 +248,7 @@ async fn a_leader_election_expires_no_live_agent() {
     // Long enough that a loaded CI machine never misses three heartbeats in a row.
     let lease = Duration::from_secs(4);
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut nodes = Cluster::start(
-        &workspace_binary("hyphae-control-plane"),
-        &dir.path().join("cp"),
-        3,
-        &format!("{SHORT_WRITE_TIMEOUT}  leaseTtl: {}ms\n", lease.as_millis()),
-    )
-    .expect("start the control plane");
+    let mut nodes = leased_control_plane(dir.path(), 3, lease);
     let servers: Vec<String> = nodes.addresses().iter().map(ToString::to_string).collect();
     let web = TestBackend::start("web").await;
     let _alive = host(dir.path(), "alive", web.port(), &servers);
@@ -301,13 +300,7 @@ async fn a_reload_the_control_plane_refuses_keeps_the_nodes_running_registration
     // heartbeating the one it had: its lease lapsed, and every service of the host left the
     // registry, and DNS, with it.
     let dir = tempfile::tempdir().expect("temp dir");
-    let nodes = Cluster::start(
-        &workspace_binary("hyphae-control-plane"),
-        &dir.path().join("cp"),
-        1,
-        &format!("{SHORT_WRITE_TIMEOUT}  leaseTtl: {}ms\n", LEASE.as_millis()),
-    )
-    .expect("start the control plane");
+    let nodes = leased_control_plane(dir.path(), 1, LEASE);
     let server = nodes.node(1).address.to_string();
     let b = TestBackend::start("b").await;
     let host_b = host(
