@@ -441,6 +441,10 @@ async fn a_query_that_reads_only_to_its_header_gets_formerr_with_its_id() {
         assert_eq!(answer.metadata.id, 0x5eed);
         assert_eq!(answer.metadata.response_code, ResponseCode::FormErr);
         assert!(answer.answers.is_empty());
+        assert!(
+            !answer.metadata.authoritative,
+            "a query that could not be read gets no authoritative answer"
+        );
     }
     dns.stop().await;
 }

@@ -384,7 +384,8 @@ pub struct StaticService {
     pub endpoints: Vec<StaticEndpoint>,
 }
 
-/// One endpoint of a static service: a peer agent's inbound address (or the instance itself).
+/// One endpoint of a static service: a peer agent's inbound port, reached over mutual TLS. A
+/// service outside the mesh, which cannot prove a mesh identity, is an `ExternalService`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -392,7 +393,9 @@ pub struct StaticEndpoint {
     /// Address to connect to.
     #[cfg_attr(test, proptest(strategy = "crate::roundtrip_tests::socket_addr()"))]
     pub address: SocketAddr,
-    /// Node the endpoint is on.
+    /// Node whose agent listens at `address`: its certificate must name this node, and an
+    /// endpoint on the agent's own node is delivered without the tunnel. Unset: any node the
+    /// mesh's CA vouches for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
     /// Site the endpoint is in; unset means the agent's own.

@@ -174,8 +174,10 @@ impl Handler {
     fn reply(&self, request: &Message, transport: Transport, zone: Zone, answer: Answer) -> Step {
         let mut response = wire::response_to(request, self.max_udp_response_bytes);
         response.metadata.response_code = answer.code;
-        response.metadata.authoritative =
-            zone == Zone::Mesh && answer.code != ResponseCode::Refused;
+        // A refusal or a query we could not read says nothing about the zone's data, so it
+        // is not an authoritative answer (BIND and Knot leave AA clear on both).
+        response.metadata.authoritative = zone == Zone::Mesh
+            && !matches!(answer.code, ResponseCode::Refused | ResponseCode::FormErr);
         response.metadata.recursion_available = !self.forwarder.upstreams().is_empty();
         response.insert_answers(answer.answers);
         response.insert_authorities(answer.authorities);
