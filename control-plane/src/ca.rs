@@ -3,6 +3,8 @@
 //! that made it. Each certificate carries SPIFFE IDs (`spiffe://<trust domain>/node/<name>`,
 //! `.../service/<name>`) chosen here, never copied from the request. No I/O.
 
+use std::net::IpAddr;
+
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
@@ -233,6 +235,8 @@ fn serial() -> SerialNumber {
 pub struct Facts {
     /// Its URI SANs (the SPIFFE IDs), in order.
     pub identities: Vec<String>,
+    /// Its DNS and IP SANs, in order.
+    pub hosts: HostNames,
     /// Start of validity, seconds since the Unix epoch.
     pub not_before: i64,
     /// End of validity, seconds since the Unix epoch.
@@ -256,22 +260,10 @@ pub fn read(cert_pem: &str, root_pem: Option<&str>) -> Result<Facts, String> {
             return Err("its issuer is not the root".into());
         }
     }
-    let identities = cert
-        .subject_alternative_name()
-        .map_err(|e| e.to_string())?
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|name| match name {
-                    x509_parser::extensions::GeneralName::URI(uri) => Some((*uri).to_string()),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let (identities, hosts) = names(&cert)?;
     Ok(Facts {
         identities,
+        hosts,
         not_before: cert.validity().not_before.timestamp(),
         not_after: cert.validity().not_after.timestamp(),
         is_ca: cert.is_ca(),
@@ -283,6 +275,17 @@ pub fn signed_by(leaf: &[u8], root_pem: &str) -> bool {
     hyphae_policies::tls::signed_by(leaf, root_pem)
 }
 
+/// Where a control-plane node's API is reached, named in its certificate beside its SPIFFE ID
+/// so that an ordinary HTTPS client given the cluster's root (`curl --cacert ca.pem`) can
+/// check it like any server. Hosts' own verifiers read only the SPIFFE IDs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostNames {
+    /// DNS names (`localhost`, an advertised host name).
+    pub dns: Vec<String>,
+    /// IP addresses (loopback, the listen and advertised addresses).
+    pub ips: Vec<IpAddr>,
+}
+
 /// Signs the key in `csr_pem` into a certificate valid from `now_ms` for `lifetime_ms`,
 /// usable for TLS as client and server, naming exactly `identities` (SPIFFE URIs).
 pub fn sign(
@@ -292,18 +295,42 @@ pub fn sign(
     now_ms: u64,
     lifetime_ms: u64,
 ) -> Result<String, CaError> {
+    sign_naming(
+        ca,
+        csr_pem,
+        identities,
+        &HostNames::default(),
+        now_ms,
+        lifetime_ms,
+    )
+}
+
+/// [`sign`], naming `hosts` too.
+fn sign_naming(
+    ca: &StoredCa,
+    csr_pem: &str,
+    identities: &[String],
+    hosts: &HostNames,
+    now_ms: u64,
+    lifetime_ms: u64,
+) -> Result<String, CaError> {
     let request =
         CertificateSigningRequestParams::from_pem(csr_pem).map_err(CaError::BadRequest)?;
     let mut params = CertificateParams::default();
-    params.subject_alt_names = identities
-        .iter()
-        .map(|id| {
-            id.clone()
-                .try_into()
-                .map(SanType::URI)
-                .map_err(|_| CaError::BadIdentity(id.clone()))
-        })
-        .collect::<Result<_, _>>()?;
+    let uris = identities.iter().map(|id| {
+        id.clone()
+            .try_into()
+            .map(SanType::URI)
+            .map_err(|_| CaError::BadIdentity(id.clone()))
+    });
+    let dns = hosts.dns.iter().map(|name| {
+        name.clone()
+            .try_into()
+            .map(SanType::DnsName)
+            .map_err(|_| CaError::BadIdentity(name.clone()))
+    });
+    let ips = hosts.ips.iter().map(|ip| Ok(SanType::IpAddress(*ip)));
+    params.subject_alt_names = uris.chain(dns).chain(ips).collect::<Result<_, _>>()?;
     let mut name = DistinguishedName::new();
     if let Some(first) = identities.first() {
         name.push(DnType::CommonName, first.as_str());
@@ -352,12 +379,13 @@ pub fn load_dir(dir: &std::path::Path) -> anyhow::Result<StoredCa> {
     })
 }
 
-/// A new key and a certificate for it naming `identities`, signed by `root`: the chain (leaf,
+/// A new key and a certificate for it naming `identities` and `hosts`, signed by `root`: the chain (leaf,
 /// then root) and the key, PEM. For hosts whose key is made where the root's key is: a
 /// control-plane node's own certificate, and `hyphae ca issue` for an operator's own PKI.
 pub fn issue(
     root: &StoredCa,
     identities: &[String],
+    hosts: &HostNames,
     now_ms: u64,
     lifetime_ms: u64,
 ) -> Result<(String, String), CaError> {
@@ -366,8 +394,41 @@ pub fn issue(
         .serialize_request(&key)
         .and_then(|request| request.pem())
         .map_err(CaError::Build)?;
-    let leaf = sign(root, &csr, identities, now_ms, lifetime_ms)?;
+    let leaf = sign_naming(root, &csr, identities, hosts, now_ms, lifetime_ms)?;
     Ok((format!("{leaf}{}", root.cert_pem), key.serialize_pem()))
+}
+
+/// The DNS and IP names in the certificate `der`; `None` when it does not parse.
+pub fn host_names_in(der: &[u8]) -> Option<HostNames> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    names(&cert).ok().map(|(_, hosts)| hosts)
+}
+
+/// A certificate's URI SANs, in order, and its DNS and IP SANs.
+fn names(
+    cert: &x509_parser::certificate::X509Certificate<'_>,
+) -> Result<(Vec<String>, HostNames), String> {
+    use x509_parser::extensions::GeneralName;
+    let mut identities = Vec::new();
+    let mut hosts = HostNames::default();
+    let Some(san) = cert.subject_alternative_name().map_err(|e| e.to_string())? else {
+        return Ok((identities, hosts));
+    };
+    for name in &san.value.general_names {
+        match name {
+            GeneralName::URI(uri) => identities.push((*uri).to_string()),
+            GeneralName::DNSName(dns) => hosts.dns.push((*dns).to_string()),
+            GeneralName::IPAddress(bytes) => {
+                if let Ok(octets) = <[u8; 4]>::try_from(*bytes) {
+                    hosts.ips.push(IpAddr::from(octets));
+                } else if let Ok(octets) = <[u8; 16]>::try_from(*bytes) {
+                    hosts.ips.push(IpAddr::from(octets));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok((identities, hosts))
 }
 
 #[cfg(test)]

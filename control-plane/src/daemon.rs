@@ -84,6 +84,7 @@ impl RunningNode {
                     &spec.data_dir,
                     &trust_domain,
                     spec.id,
+                    &pki::host_names(spec),
                     spec.certificates.lifetime.get(),
                     root.clone(),
                 )?,

@@ -4,20 +4,23 @@
 //! stored it in Raft. A node gets its own certificate in one of two ways: the initializing node
 //! makes the root and signs its own; every other node joins with a control-plane join token
 //! and the root's fingerprint ([`join`]). Its certificate names it
-//! `spiffe://<trust domain>/control-plane/<id>`.
+//! `spiffe://<trust domain>/control-plane/<id>`, and the addresses and names its API is
+//! reached at ([`host_names`]), so `curl --cacert ca.pem https://127.0.0.1:7400/...` checks it.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::bail;
 use arc_swap::ArcSwap;
+use hyphae_policies::ControlPlaneConfigSpec;
 use hyphae_policies::tls::files::CertificateFiles;
 use hyphae_policies::tls::join::{key_and_request, post_pinned};
 use hyphae_policies::tls::{self, Credentials, Kind, SpiffeId, Trust};
 use rustls::{ClientConfig, ServerConfig};
 
-use crate::ca::{self, StoredCa};
+use crate::ca::{self, HostNames, StoredCa};
 use crate::wire::{ControlPlaneJoin, Joined};
 
 /// The folder of a node's TLS files.
@@ -153,6 +156,7 @@ pub fn found(
     data_dir: &Path,
     trust_domain: &str,
     id: u64,
+    hosts: &HostNames,
     lifetime: Duration,
     root: Option<StoredCa>,
 ) -> anyhow::Result<NodeTls> {
@@ -162,25 +166,68 @@ pub fn found(
         Some(root) => root,
         None => ca::generate(trust_domain, now)?,
     };
-    let (chain, key) = issue(&root, trust_domain, id, now, lifetime)?;
+    let (chain, key) = issue(&root, trust_domain, id, hosts, now, lifetime)?;
     files.save_private(ROOT_KEY_FILE, &root.key_pem)?;
     files.save(Some(&root.cert_pem), &chain, &key)?;
     tracing::info!(fingerprint = %root.fingerprint, "made the cluster's root certificate");
     NodeTls::open(files, trust_domain)
 }
 
-/// A certificate for control-plane node `id` signed by `root`, with a new key: the chain (leaf
-/// then root) and the key, PEM.
+/// A certificate for control-plane node `id`, reached at `hosts`, signed by `root`, with a new
+/// key: the chain (leaf then root) and the key, PEM.
 pub fn issue(
     root: &StoredCa,
     trust_domain: &str,
     id: u64,
+    hosts: &HostNames,
     now_ms: u64,
     lifetime: Duration,
 ) -> anyhow::Result<(String, String)> {
     let identity = SpiffeId::new(trust_domain, Kind::ControlPlane, &id.to_string()).to_string();
     let lifetime_ms = u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX);
-    Ok(ca::issue(root, &[identity], now_ms, lifetime_ms)?)
+    Ok(ca::issue(root, &[identity], hosts, now_ms, lifetime_ms)?)
+}
+
+/// The names a node's certificate gives for where its API is reached: `localhost` and the
+/// loopback addresses (where an operator on the host calls it), the address it listens on
+/// unless that is every address, and the host it advertises, an IP address or a DNS name.
+/// An advertised name that is not a plain DNS name is left out rather than refused.
+pub fn host_names(spec: &ControlPlaneConfigSpec) -> HostNames {
+    let mut hosts = HostNames {
+        dns: vec!["localhost".to_string()],
+        ips: vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()],
+    };
+    let add_ip = |ip: IpAddr, hosts: &mut HostNames| {
+        if !ip.is_unspecified() && !hosts.ips.contains(&ip) {
+            hosts.ips.push(ip);
+        }
+    };
+    add_ip(spec.listen.ip(), &mut hosts);
+    let advertised_host = spec.advertise.as_deref().map(|address| {
+        let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+        host.trim_start_matches('[').trim_end_matches(']')
+    });
+    match advertised_host.map(|host| (host, host.parse::<IpAddr>())) {
+        Some((_, Ok(ip))) => add_ip(ip, &mut hosts),
+        Some((name, Err(_))) if is_dns_name(name) && !hosts.dns.iter().any(|d| d == name) => {
+            hosts.dns.push(name.to_ascii_lowercase());
+        }
+        _ => {}
+    }
+    hosts
+}
+
+/// Letters, digits, hyphens and dots, in labels of 1 to 63 bytes: what a certificate may name.
+fn is_dns_name(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 /// Joins a cluster through one of `seeds` (tried in turn): pins the root by the ticket's
@@ -272,5 +319,46 @@ pub const CONTROL_PLANE_JOIN_PATH: &str = "/v1/cluster/join";
 pub fn forget_founding_root(files: &CertificateFiles) {
     if let Err(error) = files.remove_private(ROOT_KEY_FILE) {
         tracing::warn!(%error, "cannot remove the founding root's key file");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hosts_for(listen: &str, advertise: Option<&str>) -> HostNames {
+        host_names(&ControlPlaneConfigSpec {
+            listen: listen.parse().expect("an address"),
+            advertise: advertise.map(str::to_string),
+            ..ControlPlaneConfigSpec::default()
+        })
+    }
+
+    #[test]
+    fn a_node_is_named_by_loopback_its_listen_address_and_what_it_advertises() {
+        let loopback: Vec<IpAddr> = vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()];
+        let every = hosts_for("0.0.0.0:7400", None);
+        assert_eq!(
+            (every.dns, every.ips),
+            (vec!["localhost".into()], loopback.clone())
+        );
+        let ip = "10.200.0.5".parse::<IpAddr>().expect("an address");
+        let listening = hosts_for("10.200.0.5:7400", Some("10.200.0.5:7400"));
+        assert_eq!(
+            listening.ips,
+            [loopback.clone(), vec![ip]].concat(),
+            "once each"
+        );
+        let named = hosts_for("0.0.0.0:7400", Some("CP-1.Example.org:7400"));
+        assert_eq!(named.dns, ["localhost", "cp-1.example.org"]);
+        let v6 = hosts_for("[::]:7400", Some("[fd00::5]:7400"));
+        assert_eq!(
+            v6.ips.last(),
+            Some(&"fd00::5".parse::<IpAddr>().expect("v6"))
+        );
+        for odd in ["bad_name:7400", "-x.example:7400", "ünï.example:7400"] {
+            let hosts = hosts_for("0.0.0.0:7400", Some(odd));
+            assert_eq!(hosts.dns, ["localhost"], "{odd} is left out");
+        }
     }
 }

@@ -189,6 +189,7 @@ async fn canned_server(
         &root,
         "hyphae.local",
         1,
+        &Default::default(),
         now,
         std::time::Duration::from_secs(3600),
     )

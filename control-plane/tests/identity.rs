@@ -11,6 +11,37 @@ use hyphae_integration::eventually::{DEADLINE, INTERVAL, wait_for};
 use hyphae_integration::http::{call, call_as_node, request_as};
 use rcgen::{CertificateParams, KeyPair};
 
+/// A TLS handshake with `node`, checking its certificate as any HTTPS client does: signed by
+/// `root_pem` and naming `name` (an IP address or a DNS name).
+async fn checked_by_name(
+    root_pem: &str,
+    node: std::net::SocketAddr,
+    name: &str,
+) -> Result<(), String> {
+    use std::sync::Arc;
+    let mut roots = rustls::RootCertStore::empty();
+    for root in hyphae_policies::tls::certificates(root_pem).map_err(|e| e.to_string())? {
+        roots.add(root).map_err(|e| e.to_string())?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let server =
+        rustls::pki_types::ServerName::try_from(name.to_string()).map_err(|e| e.to_string())?;
+    let stream = tokio::net::TcpStream::connect(node)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(server, stream)
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
 /// A CSR for a fresh key (which stays here).
 fn csr() -> String {
     let key = KeyPair::generate().expect("a key");
@@ -94,13 +125,31 @@ async fn a_host_with_a_join_token_gets_a_certificate_for_its_node_and_services()
     let shown = hyphae(&cli, follower, &["ca"]).expect("run hyphae");
     assert_eq!(shown.text.trim(), format!("sha256:{fingerprint}"));
 
+    // Every node, the two that joined too, is checked by an ordinary HTTPS client given only
+    // the root (`curl --cacert ca.pem`), by the address dialled or `localhost`, never by a
+    // name its certificate does not carry.
+    let root_pem = roots[0]["certPem"].as_str().expect("the root");
+    for node in cluster.addresses() {
+        for name in [node.ip().to_string(), "localhost".to_string()] {
+            wait_for(
+                "every node's certificate to name where it is reached",
+                DEADLINE,
+                INTERVAL,
+                || async { checked_by_name(root_pem, node, &name).await.ok() },
+            )
+            .await
+            .expect("the node's certificate names its address");
+        }
+        let other = checked_by_name(root_pem, node, "elsewhere.example").await;
+        assert!(other.is_err(), "a name the node does not carry: {other:?}");
+    }
+
     // A join through a follower: the certificate names the node and its services, chains to
     // the root, and lasts the site's lifetime.
     let edge = create_token(&cli, leader, &["--site", "edge"]);
     let (status, joined) = join(follower, &edge, "gw-1", "edge", &csr()).await;
     assert_eq!(status, 200, "{joined}");
     let cert_pem = joined["certPem"].as_str().expect("a certificate");
-    let root_pem = roots[0]["certPem"].as_str().expect("the root");
     let facts = ca::read(cert_pem, Some(root_pem)).expect("signed by the cluster's root");
     assert_eq!(
         facts.identities,
@@ -109,6 +158,11 @@ async fn a_host_with_a_join_token_gets_a_certificate_for_its_node_and_services()
             "spiffe://mesh.example/service/web",
             "spiffe://mesh.example/service/api",
         ]
+    );
+    assert_eq!(
+        facts.hosts,
+        ca::HostNames::default(),
+        "a host's names no address"
     );
     let hours = (facts.not_after - facts.not_before) / 3600;
     assert_eq!(

@@ -28,7 +28,8 @@ fn credentials(kind: Kind, name: &str) -> Credentials {
     let id = SpiffeId::new("hyphae.local", kind, name).to_string();
     let now = hyphae_control_plane::tokens::now_ms();
     let (chain, key) =
-        hyphae_control_plane::ca::issue(&root, &[id], now, 3_600_000).expect("signed");
+        hyphae_control_plane::ca::issue(&root, &[id], &Default::default(), now, 3_600_000)
+            .expect("signed");
     Credentials::from_pem(&chain, &key).expect("credentials")
 }
 

@@ -129,7 +129,13 @@ pub fn run(args: &CaArgs, out: &mut dyn std::io::Write) -> Result<Outcome> {
                     .map(|service| SpiffeId::new(trust_domain, Kind::Service, service).to_string()),
             );
             let lifetime_ms = u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX);
-            let (chain, key) = ca::issue(&root, &identities, crate::tokens::now_ms(), lifetime_ms)?;
+            let (chain, key) = ca::issue(
+                &root,
+                &identities,
+                &ca::HostNames::default(),
+                crate::tokens::now_ms(),
+                lifetime_ms,
+            )?;
             CertificateFiles::new(target.clone()).save(Some(&root.cert_pem), &chain, &key)?;
             writeln!(
                 out,
