@@ -1,0 +1,13 @@
+//! The agent's own HTTP/2 codec, built to replace hyper's HTTP/2 server on the ports callers
+//! use: the h2 crate costs a proxied HTTP/2 request about 13,000 instructions and a third of
+//! its instruction-cache misses, against haproxy's 3,400 for the whole difference between
+//! its HTTP/2 and HTTP/1.1 (decision 89). Built from the bottom up, each layer tested on its
+//! own before anything serves traffic with it:
+//! - [`huffman`]: HPACK's Huffman code, decoding;
+//! - [`hpack`]: header compression, a decoder for all a client may send and an encoder that
+//!   keeps no state;
+//! - [`frame`]: frames read with every check a frame alone allows, and written.
+
+pub mod frame;
+pub mod hpack;
+pub mod huffman;
