@@ -6,8 +6,11 @@
 //! - [`huffman`]: HPACK's Huffman code, decoding;
 //! - [`hpack`]: header compression, a decoder for all a client may send and an encoder that
 //!   keeps no state;
-//! - [`frame`]: frames read with every check a frame alone allows, and written.
+//! - [`frame`]: frames read with every check a frame alone allows, and written;
+//! - [`request_head`]: a request's header block made into a request head, malformed ones
+//!   refused as RFC 9113 §8 says (the stream, not the connection).
 
 pub mod frame;
 pub mod hpack;
 pub mod huffman;
+pub mod request_head;
