@@ -8,8 +8,11 @@
 //!   keeps no state;
 //! - [`frame`]: frames read with every check a frame alone allows, and written;
 //! - [`request_head`]: a request's header block made into a request head, malformed ones
-//!   refused as RFC 9113 §8 says (the stream, not the connection).
+//!   refused as RFC 9113 §8 says (the stream, not the connection);
+//! - [`connection`]: the server side of a connection as a state machine without I/O: streams,
+//!   flow control, limits, and which errors end a stream and which the connection.
 
+pub mod connection;
 pub mod frame;
 pub mod hpack;
 pub mod huffman;

@@ -273,12 +273,13 @@ fn parse(kind: u8, flags: u8, stream: StreamId, mut payload: Bytes) -> Result<Fr
                 }
                 let depends_on = payload.get_u32() & MAX_WINDOW;
                 payload.advance(1);
+                // A stream error (§5.3.1), made the connection's (§5.4.1 allows it): the
+                // block would go undecoded, and the compression state with it.
                 if depends_on == stream {
-                    return Err(FrameError::Stream {
-                        stream,
-                        code: ErrorCode::PROTOCOL_ERROR,
-                        reason: "a stream depends on itself",
-                    });
+                    return Err(connection(
+                        ErrorCode::PROTOCOL_ERROR,
+                        "a stream depends on itself",
+                    ));
                 }
             }
             Frame::Headers {
@@ -666,7 +667,17 @@ mod tests {
         ] {
             assert_eq!(connection_code(read_one(buf.clone())), code, "{buf:?}");
         }
-        // A zero increment on a stream, and a stream depending on itself, reset that stream.
+        assert_eq!(
+            connection_code(read_one(frame(
+                kind::HEADERS,
+                flag::PRIORITY | flag::END_HEADERS,
+                5,
+                b"\0\0\0\x05\x10\x82"
+            ))),
+            ErrorCode::PROTOCOL_ERROR
+        );
+        // A zero increment on a stream, and a PRIORITY making a stream depend on itself,
+        // reset that stream.
         assert!(matches!(
             read_one(frame(kind::WINDOW_UPDATE, 0, 5, &[0; 4])),
             Err(FrameError::Stream {

@@ -23,6 +23,11 @@ const CONNECTION_SPECIFIC: [&str; 5] = [
     "upgrade",
 ];
 
+/// Whether `name` describes one connection, which HTTP/2 forbids (§8.2.2).
+pub fn is_connection_specific(name: &HeaderName) -> bool {
+    CONNECTION_SPECIFIC.contains(&name.as_str())
+}
+
 /// Makes the fields of a request's header block into a request (version HTTP/2, the target in
 /// absolute form when `:authority` came, else origin form).
 pub fn request(fields: impl IntoIterator<Item = Field>) -> Result<Request<()>, Malformed> {
@@ -110,7 +115,7 @@ fn regular(field: Field) -> Result<(HeaderName, HeaderValue), Malformed> {
         return Err("a field name with capitals");
     }
     let name = HeaderName::from_bytes(&field.name).map_err(|_| "a field name that is no token")?;
-    if CONNECTION_SPECIFIC.contains(&name.as_str()) {
+    if is_connection_specific(&name) {
         return Err("a connection-specific field");
     }
     let bytes = &field.value[..];
