@@ -174,10 +174,11 @@ impl Handler {
     fn reply(&self, request: &Message, transport: Transport, zone: Zone, answer: Answer) -> Step {
         let mut response = wire::response_to(request, self.max_udp_response_bytes);
         response.metadata.response_code = answer.code;
-        // A refusal or a query we could not read says nothing about the zone's data, so it
-        // is not an authoritative answer (BIND and Knot leave AA clear on both).
+        // Only an answer about the zone's data is authoritative: a refusal, a query we could
+        // not read, an opcode or EDNS version we do not serve say nothing about it (BIND and
+        // Knot leave AA clear on all of them).
         response.metadata.authoritative = zone == Zone::Mesh
-            && !matches!(answer.code, ResponseCode::Refused | ResponseCode::FormErr);
+            && matches!(answer.code, ResponseCode::NoError | ResponseCode::NXDomain);
         response.metadata.recursion_available = !self.forwarder.upstreams().is_empty();
         response.insert_answers(answer.answers);
         response.insert_authorities(answer.authorities);
