@@ -411,13 +411,19 @@ async fn edns_is_answered_in_kind_and_a_version_above_0_gets_badvers() {
     let answer = exchange_on(&socket, dns.address, &future).await;
     assert_eq!(u16::from(answer.metadata.response_code), 16, "BADVERS");
     assert!(answer.answers.is_empty());
-    assert!(!answer.metadata.authoritative, "BADVERS is no answer about the zone");
+    assert!(
+        !answer.metadata.authoritative,
+        "BADVERS is no answer about the zone"
+    );
     // Nor is NOTIMP, for an opcode the server does not serve.
     let mut notify = query("payments.mesh.", RecordType::SOA, None);
     notify.metadata.op_code = OpCode::Notify;
     let answer = exchange_on(&socket, dns.address, &notify).await;
     assert_eq!(answer.metadata.response_code, ResponseCode::NotImp);
-    assert!(!answer.metadata.authoritative, "NOTIMP is no answer about the zone");
+    assert!(
+        !answer.metadata.authoritative,
+        "NOTIMP is no answer about the zone"
+    );
     dns.stop().await;
 }
 

@@ -203,23 +203,49 @@ pub fn host_names(spec: &ControlPlaneConfigSpec) -> HostNames {
         }
     };
     add_ip(spec.listen.ip(), &mut hosts);
-    let advertised_host = spec.advertise.as_deref().map(|address| {
-        let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
-        host.trim_start_matches('[').trim_end_matches(']')
-    });
-    match advertised_host.map(|host| (host, host.parse::<IpAddr>())) {
-        Some((_, Ok(ip))) => add_ip(ip, &mut hosts),
-        Some((name, Err(_))) if is_dns_name(name) && !hosts.dns.iter().any(|d| d == name) => {
-            hosts.dns.push(name.to_ascii_lowercase());
+    let Some(address) = spec.advertise.as_deref() else {
+        return hosts;
+    };
+    let host = advertised_host(address);
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        add_ip(ip, &mut hosts);
+        return hosts;
+    }
+    // A fully qualified name's trailing dot names the same host.
+    let name = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    if is_dns_name(&name) {
+        if !hosts.dns.contains(&name) {
+            hosts.dns.push(name);
         }
-        _ => {}
+    } else {
+        tracing::warn!(
+            advertise = address,
+            "the advertised host is neither an IP address nor a DNS name; the node's certificate leaves it out, so clients that check names must reach the node by another"
+        );
     }
     hosts
 }
 
-/// Letters, digits, hyphens and dots, in labels of 1 to 63 bytes: what a certificate may name.
+/// The host part of an advertised address: `host:port`, `[v6]:port`, `[v6]`, a bare IPv6
+/// address (its colons are no port) or a bare host.
+fn advertised_host(address: &str) -> &str {
+    if let Some(bracketed) = address.strip_prefix('[') {
+        return bracketed.split(']').next().unwrap_or(bracketed);
+    }
+    if address.matches(':').count() > 1 {
+        return address;
+    }
+    address.rsplit_once(':').map_or(address, |(host, _)| host)
+}
+
+/// Letters, digits, hyphens and dots, in labels of 1 to 63 bytes, the last not all digits
+/// (`10.0.0.256` is a mistyped address, not a name): what a certificate may name.
 fn is_dns_name(name: &str) -> bool {
     name.len() <= 253
+        && name
+            .rsplit('.')
+            .next()
+            .is_some_and(|last| !last.bytes().all(|b| b.is_ascii_digit()))
         && name.split('.').all(|label| {
             (1..=63).contains(&label.len())
                 && label
@@ -356,7 +382,26 @@ mod tests {
             v6.ips.last(),
             Some(&"fd00::5".parse::<IpAddr>().expect("v6"))
         );
-        for odd in ["bad_name:7400", "-x.example:7400", "ünï.example:7400"] {
+        // A bare or bracketed IPv6 address without a port, a trailing dot, capitals that
+        // repeat `localhost`.
+        for (advertise, ip) in [("fd00::5", "fd00::5"), ("[fd00::6]", "fd00::6")] {
+            let hosts = hosts_for("0.0.0.0:7400", Some(advertise));
+            assert_eq!(
+                hosts.ips.last(),
+                Some(&ip.parse::<IpAddr>().expect("v6")),
+                "{advertise}"
+            );
+        }
+        let dotted = hosts_for("0.0.0.0:7400", Some("cp-1.example.org.:7400"));
+        assert_eq!(dotted.dns, ["localhost", "cp-1.example.org"]);
+        let local = hosts_for("0.0.0.0:7400", Some("LOCALHOST:7400"));
+        assert_eq!(local.dns, ["localhost"], "once");
+        for odd in [
+            "bad_name:7400",
+            "-x.example:7400",
+            "ünï.example:7400",
+            "10.0.0.256:7400",
+        ] {
             let hosts = hosts_for("0.0.0.0:7400", Some(odd));
             assert_eq!(hosts.dns, ["localhost"], "{odd} is left out");
         }

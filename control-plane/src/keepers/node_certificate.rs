@@ -71,13 +71,22 @@ async fn renew_if_due(node: &Node) -> anyhow::Result<Checked> {
     // A joined node's certificate (signed by the leader, which names only its identity), one
     // from before certificates named hosts, or a changed `listen`/`advertise`: renew at once.
     let hosts = crate::pki::host_names(spec);
-    let names_hosts = leaf
+    let named = leaf
         .as_ref()
-        .and_then(|leaf| crate::ca::host_names_in(leaf.as_ref()))
-        .is_some_and(|named| named == hosts);
-    if remaining_ms > lifetime_ms / 3 && signed_by_root && names_hosts {
+        .and_then(|leaf| crate::ca::host_names_in(leaf.as_ref()));
+    let reason = if remaining_ms <= lifetime_ms / 3 {
+        "a third of its lifetime is left"
+    } else if !signed_by_root {
+        "the cluster's signing root changed"
+    } else if named.is_none() {
+        // A certificate whose names cannot be read would be renewed at every check: say so.
+        tracing::warn!("this node's certificate names cannot be read; issuing a new one");
+        "its names cannot be read"
+    } else if named.as_ref() != Some(&hosts) {
+        "the names it should carry changed"
+    } else {
         return Ok(Checked::Done);
-    }
+    };
     let (chain, key) = crate::pki::issue(
         &root,
         &spec.certificates.trust_domain,
@@ -87,6 +96,6 @@ async fn renew_if_due(node: &Node) -> anyhow::Result<Checked> {
         lifetime,
     )?;
     node.tls.renew(&chain, &key)?;
-    tracing::info!(?hosts, "renewed this node's certificate");
+    tracing::info!(?hosts, reason, "renewed this node's certificate");
     Ok(Checked::Done)
 }
