@@ -10,10 +10,13 @@
 //! - [`request_head`]: a request's header block made into a request head, malformed ones
 //!   refused as RFC 9113 §8 says (the stream, not the connection);
 //! - [`connection`]: the server side of a connection as a state machine without I/O: streams,
-//!   flow control, limits, and which errors end a stream and which the connection.
+//!   flow control, limits, and which errors end a stream and which the connection;
+//! - [`server`]: one task per connection driving it over a socket, polling each request's
+//!   call itself instead of spawning a task per stream.
 
 pub mod connection;
 pub mod frame;
 pub mod hpack;
 pub mod huffman;
 pub mod request_head;
+pub mod server;

@@ -858,6 +858,11 @@ impl Connection {
         }
     }
 
+    /// Sends a PING: whatever comes back shows the client alive.
+    pub fn ping(&mut self) {
+        frame::put_ping(&mut self.output, false, *b"hyphae\0\0");
+    }
+
     /// Starts a graceful shutdown: GOAWAY naming the last stream taken; streams above it are
     /// ignored, those below it finish.
     pub fn go_away(&mut self) {
@@ -1070,6 +1075,28 @@ mod tests {
         // Nothing more may go on an ended stream.
         assert_eq!(server.send_data(1, &mut Bytes::from_static(b"x"), true), 0);
         assert!(server.output().is_empty());
+    }
+
+    #[test]
+    fn an_answer_can_end_in_trailers() {
+        let (mut server, mut client) = open(Limits::default());
+        let mut input = client.get(1, &[], true);
+        server.receive(&mut input).expect("request");
+        server.send_response(1, StatusCode::OK, &HeaderMap::new(), false);
+        assert_eq!(server.send_data(1, &mut Bytes::from_static(b"x"), false), 1);
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().expect("value"));
+        server.send_trailers(1, &trailers);
+        let seen = client.read(&mut server);
+        assert_eq!(
+            seen.last(),
+            Some(&Seen::Headers(
+                1,
+                vec![("grpc-status".into(), "0".into())],
+                true
+            ))
+        );
+        assert_eq!(server.open_streams(), 0);
     }
 
     #[test]

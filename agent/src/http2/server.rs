@@ -1,0 +1,843 @@
+//! Drives a [`Connection`] over a socket in one task: it reads frames, calls the service for
+//! each request and polls the calls' futures itself, and writes their answers as the client's
+//! windows allow. No task is spawned per stream and no channel carries an answer: a call's
+//! future is polled where its frames are written (hyper spawns one task per stream and hands
+//! each answer to the connection's task through the h2 crate's shared stream store).
+//!
+//! A stream's future, its answer's body and its request body's reader wake the connection's
+//! task through a per-stream waker that names the stream, so a wake-up polls that stream
+//! alone.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body::{Body as _, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{Instant, Sleep};
+
+use super::connection::{Connection, ConnectionError, Event, Limits};
+use super::frame::{ErrorCode, StreamId};
+use crate::body::{Body, BoxError};
+
+/// Stops reading the client while this much waits to be written to it: a client that sends
+/// PINGs or SETTINGS without reading the answers stalls itself, not this side's memory.
+const OUTPUT_HIGH_WATER: usize = 256 * 1024;
+/// What one read asks the socket for.
+const READ_SIZE: usize = 16 * 1024;
+
+/// How long a connection may be silent, and how long it then has to answer a PING.
+#[derive(Debug, Clone, Copy)]
+pub struct KeepAlive {
+    /// Silence after which a PING goes.
+    pub interval: Duration,
+    /// Time the client has to send anything after the PING before the connection is closed.
+    pub timeout: Duration,
+}
+
+/// Serves one HTTP/2 connection: `service` answers each request.
+pub struct Server<I, S, F> {
+    io: I,
+    connection: Connection,
+    input: BytesMut,
+    service: S,
+    streams: HashMap<StreamId, StreamTask<F>>,
+    ready: Arc<Ready>,
+    /// No more requests are taken: a graceful shutdown started, or the client went away.
+    closing: bool,
+    /// The client closed its side of the socket.
+    read_closed: bool,
+    keep_alive: KeepAlive,
+    last_read: Instant,
+    ping_sent: bool,
+    timer: Pin<Box<Sleep>>,
+}
+
+/// One stream's call.
+struct StreamTask<F> {
+    phase: Phase<F>,
+    /// The request body's shared state, while the request has one.
+    inbox: Option<Arc<Mutex<Inbox>>>,
+    waker: Waker,
+}
+
+enum Phase<F> {
+    /// The service is working out the answer.
+    Calling(Pin<Box<F>>),
+    /// The answer's head went; its body is being sent, `pending` waiting for window.
+    Sending {
+        body: Body,
+        pending: Option<(Bytes, bool)>,
+    },
+}
+
+/// Streams whose wakers fired since the connection last looked, and the connection's waker.
+#[derive(Default)]
+struct Ready {
+    inner: Mutex<ReadyInner>,
+}
+
+#[derive(Default)]
+struct ReadyInner {
+    streams: Vec<StreamId>,
+    connection: Option<Waker>,
+}
+
+impl Ready {
+    fn mark(&self, stream: StreamId) {
+        let waker = {
+            let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            inner.streams.push(stream);
+            inner.connection.clone()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Marks `stream` without waking: the connection is running and looks again before it
+    /// sleeps.
+    fn later(&self, stream: StreamId) {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .streams
+            .push(stream);
+    }
+
+    fn take(&self, waker: &Waker, into: &mut Vec<StreamId>) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if !inner
+            .connection
+            .as_ref()
+            .is_some_and(|w| w.will_wake(waker))
+        {
+            inner.connection = Some(waker.clone());
+        }
+        into.append(&mut inner.streams);
+    }
+}
+
+/// The waker of one stream: marks it ready and wakes the connection.
+struct StreamWaker {
+    stream: StreamId,
+    ready: Arc<Ready>,
+}
+
+impl Wake for StreamWaker {
+    fn wake(self: Arc<Self>) {
+        self.ready.mark(self.stream);
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.ready.mark(self.stream);
+    }
+}
+
+/// A request body as the connection receives it.
+#[derive(Default)]
+struct Inbox {
+    chunks: std::collections::VecDeque<Bytes>,
+    trailers: Option<HeaderMap>,
+    ended: bool,
+    failed: Option<ErrorCode>,
+    /// Octets read since the connection last gave them back to the client's window.
+    consumed: usize,
+    reader: Option<Waker>,
+    /// The stream's waker: reading wakes the connection so the window is given back.
+    stream: Option<Waker>,
+    /// The reader dropped the body: what still comes is given back at once.
+    dropped: bool,
+}
+
+/// The request body handed to the service.
+struct RequestBody {
+    inbox: Arc<Mutex<Inbox>>,
+    /// Octets still to come, when `content-length` said.
+    remaining: Option<u64>,
+}
+
+impl http_body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(chunk) = inbox.chunks.pop_front() {
+            inbox.consumed += chunk.len();
+            let stream = inbox.stream.clone();
+            drop(inbox);
+            if let Some(waker) = stream {
+                waker.wake();
+            }
+            if let Some(remaining) = self.remaining.as_mut() {
+                *remaining = remaining.saturating_sub(chunk.len() as u64);
+            }
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        if let Some(code) = inbox.failed {
+            return Poll::Ready(Some(Err(format!(
+                "the client reset the stream ({:#x})",
+                code.0
+            )
+            .into())));
+        }
+        if let Some(trailers) = inbox.trailers.take() {
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
+        if inbox.ended {
+            return Poll::Ready(None);
+        }
+        inbox.reader = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
+        inbox.ended && inbox.chunks.is_empty() && inbox.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.remaining
+            .map_or_else(SizeHint::default, SizeHint::with_exact)
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        let mut inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
+        inbox.dropped = true;
+        inbox.consumed += inbox.chunks.drain(..).map(|c| c.len()).sum::<usize>();
+        if let Some(waker) = inbox.stream.clone() {
+            drop(inbox);
+            waker.wake();
+        }
+    }
+}
+
+impl<I, S, F> Server<I, S, F>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+    S: FnMut(Request<Body>) -> F,
+    F: Future<Output = Response<Body>>,
+{
+    /// A server for `io`, whose client has not sent its preface yet.
+    pub fn new(io: I, limits: Limits, keep_alive: KeepAlive, service: S) -> Self {
+        Server {
+            io,
+            connection: Connection::new(limits),
+            input: BytesMut::with_capacity(READ_SIZE),
+            service,
+            streams: HashMap::new(),
+            ready: Arc::new(Ready::default()),
+            closing: false,
+            read_closed: false,
+            keep_alive,
+            last_read: Instant::now(),
+            ping_sent: false,
+            timer: Box::pin(tokio::time::sleep(keep_alive.interval)),
+        }
+    }
+
+    /// Stops taking requests (GOAWAY) and ends once the ones taken are answered.
+    pub fn graceful_shutdown(&mut self) {
+        if !self.closing {
+            self.closing = true;
+            self.connection.go_away();
+            self.ready.mark(0);
+        }
+    }
+
+    fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ServeError>> {
+        let mut woken = Vec::new();
+        loop {
+            let mut progress = false;
+            if !self.read_closed && self.connection.output().len() < OUTPUT_HIGH_WATER {
+                progress |= self.poll_read(cx)?;
+            }
+            while let Some(event) = self.connection.next_event() {
+                progress = true;
+                self.on_event(event);
+            }
+            self.ready.take(cx.waker(), &mut woken);
+            for stream in woken.drain(..) {
+                progress = true;
+                self.drive(stream);
+            }
+            progress |= self.poll_write(cx)?;
+            if self.connection.output().is_empty()
+                && self.streams.is_empty()
+                && (self.read_closed || self.closing)
+            {
+                return Poll::Ready(Ok(()));
+            }
+            if self.poll_keep_alive(cx)? {
+                return Poll::Ready(Ok(()));
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Reads what the client sent and hands it to the connection.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Result<bool, ServeError> {
+        self.input.reserve(READ_SIZE);
+        match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.input) {
+            Poll::Ready(Ok(0)) => {
+                self.read_closed = true;
+                Ok(true)
+            }
+            Poll::Ready(Ok(_)) => {
+                self.last_read = Instant::now();
+                self.ping_sent = false;
+                if let Err(error) = self.connection.receive(&mut self.input) {
+                    // The GOAWAY is written if the socket takes it; the connection ends either way.
+                    self.closing = true;
+                    let _ = self.poll_write(cx);
+                    return Err(ServeError::Protocol(error));
+                }
+                Ok(true)
+            }
+            Poll::Ready(Err(error)) => Err(ServeError::Io(error)),
+            Poll::Pending => Ok(false),
+        }
+    }
+
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<bool, ServeError> {
+        let mut progress = false;
+        while !self.connection.output().is_empty() {
+            let output = self.connection.output();
+            match Pin::new(&mut self.io).poll_write(cx, output) {
+                Poll::Ready(Ok(0)) => {
+                    return Err(ServeError::Io(std::io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => {
+                    let _ = output.split_to(n);
+                    progress = true;
+                }
+                Poll::Ready(Err(error)) => return Err(ServeError::Io(error)),
+                Poll::Pending => break,
+            }
+        }
+        if self.connection.output().is_empty()
+            && self.connection.output().capacity() > READ_SIZE * 4
+        {
+            // A burst's buffer is not kept for an idle connection.
+            *self.connection.output() = BytesMut::new();
+        }
+        Ok(progress)
+    }
+
+    /// PINGs a silent client and closes one that stays silent (decision 62). The timer is
+    /// re-armed when it fires, not at every read.
+    fn poll_keep_alive(&mut self, cx: &mut Context<'_>) -> Result<bool, ServeError> {
+        loop {
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return Ok(false);
+            }
+            let wait = if self.ping_sent {
+                self.keep_alive.timeout
+            } else {
+                self.keep_alive.interval
+            };
+            let now = Instant::now();
+            let due = self.last_read + wait;
+            if now < due {
+                self.timer.as_mut().reset(due);
+                continue;
+            }
+            if self.ping_sent {
+                return Err(ServeError::Silent(
+                    self.keep_alive.interval + self.keep_alive.timeout,
+                ));
+            }
+            self.ping_sent = true;
+            self.last_read = now;
+            self.connection.ping();
+            // Written on the next turn.
+            self.ready.mark(0);
+            self.timer.as_mut().reset(now + self.keep_alive.timeout);
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Request {
+                stream,
+                request,
+                end_stream,
+            } => {
+                if self.closing {
+                    self.connection.reset(stream, ErrorCode::REFUSED_STREAM);
+                    return;
+                }
+                let waker = Waker::from(Arc::new(StreamWaker {
+                    stream,
+                    ready: Arc::clone(&self.ready),
+                }));
+                let (body, inbox) = if end_stream {
+                    (crate::body::empty(), None)
+                } else {
+                    let inbox = Arc::new(Mutex::new(Inbox {
+                        stream: Some(waker.clone()),
+                        ..Inbox::default()
+                    }));
+                    let remaining = request
+                        .headers()
+                        .get(http::header::CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok()?.parse().ok());
+                    let body = RequestBody {
+                        inbox: Arc::clone(&inbox),
+                        remaining,
+                    };
+                    (http_body_util::BodyExt::boxed(body), Some(inbox))
+                };
+                let future = (self.service)(request.map(|()| body));
+                self.streams.insert(
+                    stream,
+                    StreamTask {
+                        phase: Phase::Calling(Box::pin(future)),
+                        inbox,
+                        waker,
+                    },
+                );
+                self.drive(stream);
+            }
+            Event::Data {
+                stream,
+                data,
+                end_stream,
+            } => self.deliver(stream, |inbox| {
+                inbox.chunks.push_back(data);
+                inbox.ended = end_stream;
+            }),
+            Event::Trailers { stream, trailers } => self.deliver(stream, |inbox| {
+                inbox.trailers = Some(trailers);
+                inbox.ended = true;
+            }),
+            Event::Reset { stream, .. } => {
+                if let Some(task) = self.streams.remove(&stream) {
+                    fail(task.inbox.as_ref(), ErrorCode::CANCEL);
+                }
+            }
+            Event::WindowOpened => {
+                for (stream, task) in &self.streams {
+                    if matches!(
+                        task.phase,
+                        Phase::Sending {
+                            pending: Some(_),
+                            ..
+                        }
+                    ) {
+                        self.ready.later(*stream);
+                    }
+                }
+            }
+            Event::GoAway => self.closing = true,
+        }
+    }
+
+    /// Hands request body bytes to the stream's reader.
+    fn deliver(&mut self, stream: StreamId, put: impl FnOnce(&mut Inbox)) {
+        let Some(inbox) = self.streams.get(&stream).and_then(|t| t.inbox.clone()) else {
+            return;
+        };
+        let mut inbox = inbox.lock().unwrap_or_else(|e| e.into_inner());
+        put(&mut inbox);
+        if inbox.dropped {
+            inbox.consumed += inbox.chunks.drain(..).map(|c| c.len()).sum::<usize>();
+            inbox.trailers = None;
+        }
+        let reader = inbox.reader.take();
+        drop(inbox);
+        if let Some(reader) = reader {
+            reader.wake();
+        }
+        self.ready.mark(stream);
+    }
+
+    /// Moves one stream on: gives back what its reader read, polls its call, sends its body.
+    fn drive(&mut self, stream: StreamId) {
+        let Some(task) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        if drive(&mut self.connection, &self.ready, stream, task) == Driven::Done {
+            self.finish(stream);
+        }
+    }
+
+    /// The answer went whole: the stream's call is over on this side.
+    fn finish(&mut self, stream: StreamId) {
+        if let Some(task) = self.streams.remove(&stream) {
+            let inbox_open = task
+                .inbox
+                .as_ref()
+                .is_some_and(|i| !i.lock().unwrap_or_else(|e| e.into_inner()).ended);
+            if inbox_open {
+                // The answer is complete before the request: the client may stop (§8.1).
+                self.connection.reset(stream, ErrorCode::NO_ERROR);
+                fail(task.inbox.as_ref(), ErrorCode::NO_ERROR);
+            }
+        }
+    }
+}
+
+/// Whether a stream's call still has work to do.
+#[derive(Debug, PartialEq, Eq)]
+enum Driven {
+    /// It waits for its future, its body or the client's window.
+    Waiting,
+    /// Its answer went whole, or failed and was reset.
+    Done,
+}
+
+/// Moves `task` on as far as it goes now.
+fn drive<F>(
+    connection: &mut Connection,
+    ready: &Ready,
+    stream: StreamId,
+    task: &mut StreamTask<F>,
+) -> Driven
+where
+    F: Future<Output = Response<Body>>,
+{
+    if let Some(inbox) = &task.inbox {
+        let consumed =
+            std::mem::take(&mut inbox.lock().unwrap_or_else(|e| e.into_inner()).consumed);
+        if consumed > 0 {
+            connection.release(stream, consumed);
+        }
+    }
+    let mut cx = Context::from_waker(&task.waker);
+    loop {
+        match &mut task.phase {
+            Phase::Calling(future) => {
+                let Poll::Ready(response) = future.as_mut().poll(&mut cx) else {
+                    return Driven::Waiting;
+                };
+                let (mut head, body) = response.into_parts();
+                let end = body.is_end_stream();
+                if !end
+                    && !head.headers.contains_key(http::header::CONTENT_LENGTH)
+                    && let Some(length) = body.size_hint().exact()
+                {
+                    head.headers
+                        .insert(http::header::CONTENT_LENGTH, HeaderValue::from(length));
+                }
+                connection.send_response(stream, head.status, &head.headers, end);
+                if end {
+                    return Driven::Done;
+                }
+                task.phase = Phase::Sending {
+                    body,
+                    pending: None,
+                };
+            }
+            Phase::Sending { body, pending } => {
+                if let Some((data, end)) = pending {
+                    connection.send_data(stream, data, *end);
+                    if !data.is_empty() {
+                        // Waits for WINDOW_UPDATE (Event::WindowOpened marks it ready).
+                        return Driven::Waiting;
+                    }
+                    if *end {
+                        return Driven::Done;
+                    }
+                    *pending = None;
+                }
+                if connection.output().len() >= OUTPUT_HIGH_WATER {
+                    // Polled again once the socket took the backlog.
+                    ready.later(stream);
+                    return Driven::Waiting;
+                }
+                match Pin::new(&mut *body).poll_frame(&mut cx) {
+                    Poll::Pending => return Driven::Waiting,
+                    Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                        Ok(data) => *pending = Some((data, body.is_end_stream())),
+                        Err(frame) => {
+                            if let Ok(trailers) = frame.into_trailers() {
+                                connection.send_trailers(stream, &trailers);
+                                return Driven::Done;
+                            }
+                        }
+                    },
+                    Poll::Ready(None) => {
+                        connection.send_data(stream, &mut Bytes::new(), true);
+                        return Driven::Done;
+                    }
+                    Poll::Ready(Some(Err(error))) => {
+                        tracing::debug!(stream, %error, "an answer's body failed; resetting its stream");
+                        connection.reset(stream, ErrorCode::INTERNAL_ERROR);
+                        return Driven::Done;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Ends a request body that will get no more data.
+fn fail(inbox: Option<&Arc<Mutex<Inbox>>>, code: ErrorCode) {
+    if let Some(inbox) = inbox {
+        let mut inbox = inbox.lock().unwrap_or_else(|e| e.into_inner());
+        if !inbox.ended {
+            inbox.failed = Some(code);
+        }
+        if let Some(reader) = inbox.reader.take() {
+            reader.wake();
+        }
+    }
+}
+
+impl<I, S, F> Future for Server<I, S, F>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+    S: FnMut(Request<Body>) -> F + Unpin,
+    F: Future<Output = Response<Body>>,
+{
+    type Output = Result<(), ServeError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.get_mut().poll_serve(cx)
+    }
+}
+
+/// Why a connection ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The client broke the protocol; GOAWAY told it why.
+    #[error(transparent)]
+    Protocol(ConnectionError),
+    /// The socket failed.
+    #[error("the connection failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The client sent nothing, not even an answer to a PING, for this long.
+    #[error("the client was silent for {0:?}")]
+    Silent(Duration),
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::{BodyExt, Full, StreamBody};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    const KEEP_ALIVE: KeepAlive = KeepAlive {
+        interval: Duration::from_secs(10),
+        timeout: Duration::from_secs(10),
+    };
+
+    /// Echoes the request body back, with the request's method and path in headers, and a
+    /// trailer when the request asks for one.
+    async fn echo(request: Request<Body>) -> Response<Body> {
+        let (parts, body) = request.into_parts();
+        let bytes = body.collect().await.map(|c| c.to_bytes());
+        let Ok(bytes) = bytes else {
+            return Response::builder()
+                .status(400)
+                .body(crate::body::empty())
+                .expect("response");
+        };
+        let mut response = Response::new(crate::body::full(bytes.clone()));
+        let headers = response.headers_mut();
+        headers.insert(
+            "x-method",
+            HeaderValue::from_str(parts.method.as_str()).expect("v"),
+        );
+        headers.insert(
+            "x-path",
+            HeaderValue::from_str(parts.uri.path()).expect("v"),
+        );
+        headers.insert("x-length", HeaderValue::from(bytes.len()));
+        if parts.headers.contains_key("x-want-trailers") {
+            let frames = vec![
+                Ok::<_, BoxError>(Frame::data(bytes)),
+                Ok(Frame::trailers({
+                    let mut t = HeaderMap::new();
+                    t.insert("grpc-status", HeaderValue::from_static("0"));
+                    t
+                })),
+            ];
+            *response.body_mut() = StreamBody::new(futures_util_stream(frames)).boxed();
+        }
+        response
+    }
+
+    /// A stream of `items`, without a futures dependency in the library.
+    fn futures_util_stream<T: Unpin>(items: Vec<T>) -> impl futures_core::Stream<Item = T> {
+        futures_util::stream::iter(items)
+    }
+
+    async fn start() -> (
+        std::net::SocketAddr,
+        tokio::task::JoinHandle<Result<(), ServeError>>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("accept");
+            Server::new(stream, Limits::default(), KEEP_ALIVE, |request| {
+                echo(request)
+            })
+            .await
+        });
+        (address, server)
+    }
+
+    async fn client(
+        address: std::net::SocketAddr,
+    ) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+        let stream = TcpStream::connect(address).await.expect("connect");
+        let (sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .expect("handshake");
+        tokio::spawn(connection);
+        sender
+    }
+
+    fn request(method: &str, path: &str, body: Vec<u8>) -> Request<Full<Bytes>> {
+        Request::builder()
+            .method(method)
+            .uri(format!("http://svc.mesh{path}"))
+            .body(Full::new(Bytes::from(body)))
+            .expect("request")
+    }
+
+    #[tokio::test]
+    async fn a_hyper_client_gets_answers_with_bodies_both_ways_and_trailers() {
+        let (address, server) = start().await;
+        let mut sender = client(address).await;
+        let answer = sender
+            .send_request(request("GET", "/hello", vec![]))
+            .await
+            .expect("answer");
+        assert_eq!(answer.status(), 200);
+        assert_eq!(answer.headers()["x-method"], "GET");
+        assert_eq!(answer.headers()["x-path"], "/hello");
+        assert_eq!(answer.headers()["x-length"], "0");
+        // An answer held keeps its stream, and the client's connection, open.
+        drop(answer);
+
+        // 3 MB up and back: far past every default window, so both directions wait for
+        // WINDOW_UPDATEs.
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let answer = sender
+            .send_request(request("POST", "/upload", big.clone()))
+            .await
+            .expect("answer");
+        assert_eq!(answer.headers()["x-length"], "3000000");
+        assert_eq!(answer.headers()["content-length"], "3000000");
+        let body = answer.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(body.len(), big.len());
+        assert!(body[..] == big[..], "the body came back as sent");
+
+        let mut with_trailers = request("POST", "/rpc", b"ping".to_vec());
+        with_trailers
+            .headers_mut()
+            .insert("x-want-trailers", HeaderValue::from_static("1"));
+        let answer = sender.send_request(with_trailers).await.expect("answer");
+        let collected = answer.into_body().collect().await.expect("body");
+        assert_eq!(
+            collected.trailers().map(|t| t["grpc-status"].clone()),
+            Some(HeaderValue::from_static("0"))
+        );
+        assert_eq!(collected.to_bytes(), Bytes::from_static(b"ping"));
+        drop(sender);
+        server.await.expect("joined").expect("a clean end");
+    }
+
+    #[tokio::test]
+    async fn many_calls_share_one_connection_at_once() {
+        let (address, server) = start().await;
+        let sender = client(address).await;
+        let calls = (0..50).map(|i| {
+            let mut sender = sender.clone();
+            tokio::spawn(async move {
+                let body = vec![b'a' + (i % 26) as u8; 10_000 + i * 1000];
+                let answer = sender
+                    .send_request(request("PUT", &format!("/{i}"), body.clone()))
+                    .await
+                    .expect("answer");
+                assert_eq!(answer.headers()["x-path"], format!("/{i}").as_str());
+                let got = answer.into_body().collect().await.expect("body").to_bytes();
+                assert!(got[..] == body[..], "call {i}");
+            })
+        });
+        for call in calls.collect::<Vec<_>>() {
+            call.await.expect("call");
+        }
+        drop(sender);
+        server.await.expect("joined").expect("a clean end");
+    }
+
+    #[tokio::test]
+    async fn a_graceful_shutdown_finishes_the_call_under_way() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+        let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+        let (shut_tx, shut_rx) = tokio::sync::oneshot::channel::<()>();
+        let gates = Arc::new(Mutex::new((Some(started_tx), Some(release_rx))));
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("accept");
+            let mut server = Server::new(stream, Limits::default(), KEEP_ALIVE, move |_request| {
+                let gates = Arc::clone(&gates);
+                async move {
+                    let (started, release) = {
+                        let mut gates = gates.lock().expect("gates");
+                        (gates.0.take(), gates.1.take())
+                    };
+                    if let (Some(started), Some(release)) = (started, release) {
+                        let _ = started.send(());
+                        let _ = release.await;
+                    }
+                    Response::new(crate::body::full("done"))
+                }
+            });
+            let mut started_rx = started_rx;
+            tokio::select! {
+                result = &mut server => return result,
+                _ = &mut started_rx => {}
+            }
+            server.graceful_shutdown();
+            let _ = shut_tx.send(());
+            server.await
+        });
+        let mut sender = client(address).await;
+        let mut second = sender.clone();
+        let first =
+            tokio::spawn(async move { sender.send_request(request("GET", "/slow", vec![])).await });
+        // Once the first call is under way the shutdown starts (its GOAWAY queued ahead of
+        // the answer); then the call is let go.
+        shut_rx.await.expect("the shutdown started");
+        let _ = release_tx.send(());
+        let answer = first
+            .await
+            .expect("joined")
+            .expect("the call under way is answered");
+        assert_eq!(
+            answer.into_body().collect().await.expect("body").to_bytes(),
+            Bytes::from_static(b"done")
+        );
+        assert!(
+            second
+                .send_request(request("GET", "/late", vec![]))
+                .await
+                .is_err(),
+            "no new call after GOAWAY"
+        );
+        server.await.expect("joined").expect("a clean end");
+    }
+}
