@@ -101,6 +101,37 @@ pub fn http2_server(
     builder
 }
 
+/// Whether the outbound ports serve HTTP/2 with the agent's own server instead of hyper's:
+/// `HYPHAE_HTTP2_SERVER=hyphae` in the agent's environment, read once. Experimental while the
+/// server is being built (decision 89): it does not carry CONNECT yet.
+pub fn own_http2_server() -> bool {
+    static OWN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OWN.get_or_init(|| std::env::var("HYPHAE_HTTP2_SERVER").is_ok_and(|v| v == "hyphae"))
+}
+
+/// The own HTTP/2 server's limits from the agent's: the same streams, resets and header
+/// sizes as hyper's server is given, and hyper's 1 MiB windows.
+pub fn own_http2_limits(limits: &hyphae_policies::AgentLimits) -> crate::http2::connection::Limits {
+    crate::http2::connection::Limits {
+        max_concurrent_streams: limits.max_concurrent_streams,
+        max_header_list_size: limits.max_header_bytes,
+        max_pending_resets: limits.max_pending_accept_reset_streams,
+        ..crate::http2::connection::Limits::default()
+    }
+}
+
+/// The own HTTP/2 server's keep-alive: a PING after `headerReadTimeout` of silence, answered
+/// within as long, as [`http2_server`] sets hyper's (decision 62).
+pub fn own_http2_keep_alive(
+    limits: &hyphae_policies::AgentLimits,
+) -> crate::http2::server::KeepAlive {
+    let silence = limits.header_read_timeout.get();
+    crate::http2::server::KeepAlive {
+        interval: silence,
+        timeout: silence,
+    }
+}
+
 /// The answer for a failure the agent created: its status, `hyphae-error: <reason>`, a one-line
 /// body, a counter and one log line.
 pub fn error_response(error: &ProxyError) -> Response<Body> {

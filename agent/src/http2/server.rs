@@ -28,6 +28,9 @@ use crate::body::{Body, BoxError};
 /// Stops reading the client while this much waits to be written to it: a client that sends
 /// PINGs or SETTINGS without reading the answers stalls itself, not this side's memory.
 const OUTPUT_HIGH_WATER: usize = 256 * 1024;
+/// Rounds of reading, calling and writing one poll of a connection may take before it lets
+/// the thread's other connections run.
+const MAX_ROUNDS_PER_POLL: usize = 32;
 /// What one read asks the socket for.
 const READ_SIZE: usize = 16 * 1024;
 
@@ -48,6 +51,8 @@ pub struct Server<I, S, F> {
     service: S,
     streams: HashMap<StreamId, StreamTask<F>>,
     ready: Arc<Ready>,
+    /// Streams with more to send, held back while the output is over its high-water mark.
+    blocked: Vec<StreamId>,
     /// No more requests are taken: a graceful shutdown started, or the client went away.
     closing: bool,
     /// The client closed its side of the socket.
@@ -238,6 +243,7 @@ where
             service,
             streams: HashMap::new(),
             ready: Arc::new(Ready::default()),
+            blocked: Vec::new(),
             closing: false,
             read_closed: false,
             keep_alive,
@@ -258,7 +264,10 @@ where
 
     fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ServeError>> {
         let mut woken = Vec::new();
-        loop {
+        for _ in 0..MAX_ROUNDS_PER_POLL {
+            for stream in woken.drain(..) {
+                self.drive(stream);
+            }
             let mut progress = false;
             if !self.read_closed && self.connection.output().len() < OUTPUT_HIGH_WATER {
                 progress |= self.poll_read(cx)?;
@@ -273,6 +282,11 @@ where
                 self.drive(stream);
             }
             progress |= self.poll_write(cx)?;
+            if self.connection.output().len() < OUTPUT_HIGH_WATER && !self.blocked.is_empty() {
+                // The socket took the backlog: the answers it held back go on.
+                woken.append(&mut self.blocked);
+                progress = true;
+            }
             if self.connection.output().is_empty()
                 && self.streams.is_empty()
                 && (self.read_closed || self.closing)
@@ -286,6 +300,10 @@ where
                 return Poll::Pending;
             }
         }
+        // A connection that always has work gives the thread's other tasks their turn.
+        self.blocked.append(&mut woken);
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 
     /// Reads what the client sent and hands it to the connection.
@@ -470,8 +488,10 @@ where
         let Some(task) = self.streams.get_mut(&stream) else {
             return;
         };
-        if drive(&mut self.connection, &self.ready, stream, task) == Driven::Done {
-            self.finish(stream);
+        match drive(&mut self.connection, stream, task) {
+            Driven::Waiting => {}
+            Driven::Done => self.finish(stream),
+            Driven::Blocked => self.blocked.push(stream),
         }
     }
 
@@ -498,15 +518,12 @@ enum Driven {
     Waiting,
     /// Its answer went whole, or failed and was reset.
     Done,
+    /// It has more to send than the socket has taken: driven again once it has.
+    Blocked,
 }
 
 /// Moves `task` on as far as it goes now.
-fn drive<F>(
-    connection: &mut Connection,
-    ready: &Ready,
-    stream: StreamId,
-    task: &mut StreamTask<F>,
-) -> Driven
+fn drive<F>(connection: &mut Connection, stream: StreamId, task: &mut StreamTask<F>) -> Driven
 where
     F: Future<Output = Response<Body>>,
 {
@@ -555,9 +572,7 @@ where
                     *pending = None;
                 }
                 if connection.output().len() >= OUTPUT_HIGH_WATER {
-                    // Polled again once the socket took the backlog.
-                    ready.later(stream);
-                    return Driven::Waiting;
+                    return Driven::Blocked;
                 }
                 match Pin::new(&mut *body).poll_frame(&mut cx) {
                     Poll::Pending => return Driven::Waiting,
@@ -754,6 +769,59 @@ mod tests {
             Some(HeaderValue::from_static("0"))
         );
         assert_eq!(collected.to_bytes(), Bytes::from_static(b"ping"));
+        drop(sender);
+        server.await.expect("joined").expect("a clean end");
+    }
+
+    #[tokio::test]
+    async fn an_answer_larger_than_the_socket_takes_at_once_goes_whole() {
+        // A client with large windows: the answer outruns the socket, and the server must
+        // wait for it to drain rather than spin (it once did, and the download stalled).
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let size = 10 * 1024 * 1024;
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("accept");
+            Server::new(
+                stream,
+                Limits::default(),
+                KEEP_ALIVE,
+                move |_request| async move {
+                    // In 16 KiB pieces, as an instance's answer streams through.
+                    let pieces = (0..size / 16_384)
+                        .map(|_| Ok::<_, BoxError>(Frame::data(Bytes::from(vec![7u8; 16_384]))))
+                        .collect();
+                    Response::new(StreamBody::new(futures_util_stream(pieces)).boxed())
+                },
+            )
+            .await
+        });
+        let stream = TcpStream::connect(address).await.expect("connect");
+        let (mut sender, connection) =
+            hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .initial_stream_window_size(32 << 20)
+                .initial_connection_window_size(32 << 20)
+                .handshake(TokioIo::new(stream))
+                .await
+                .expect("handshake");
+        tokio::spawn(connection);
+        let download = async {
+            let answer = sender
+                .send_request(request("GET", "/big", vec![]))
+                .await
+                .expect("answer");
+            answer
+                .into_body()
+                .collect()
+                .await
+                .expect("body")
+                .to_bytes()
+                .len()
+        };
+        let got = tokio::time::timeout(Duration::from_secs(60), download)
+            .await
+            .expect("the download finishes");
+        assert_eq!(got, size);
         drop(sender);
         server.await.expect("joined").expect("a clean end");
     }

@@ -119,8 +119,24 @@ async fn serve_http2(
         tracing::debug!("HTTP/2 client did not send the connection preface in time; closing");
         return Ok(());
     }
-    let service = service_fn(move |request| Box::pin(answer_owned(&proxy, &target, request)));
     let stream = SendTimeout::new(stream, limits.stream_idle_timeout.get());
+    if super::own_http2_server() {
+        let server = crate::http2::server::Server::new(
+            stream,
+            super::own_http2_limits(&limits),
+            super::own_http2_keep_alive(&limits),
+            move |request| answer_own_http2(Arc::clone(&proxy), target.clone(), request),
+        );
+        let served = crate::listener::serve_until_shutdown(server, shutdown, |s| {
+            s.get_mut().graceful_shutdown()
+        })
+        .await;
+        if let Err(error) = served {
+            tracing::debug!(%error, "outbound HTTP/2 connection ended with an error");
+        }
+        return Ok(());
+    }
+    let service = service_fn(move |request| Box::pin(answer_owned(&proxy, &target, request)));
     let connection = super::http2_server(&limits).serve_connection(TokioIo::new(stream), service);
     crate::listener::serve_until_shutdown(connection, shutdown, |c| c.graceful_shutdown()).await
 }
@@ -183,24 +199,54 @@ async fn serve_tcp(proxy: &Proxy, service: &str, stream: TcpStream, peer: Socket
         .await;
 }
 
-/// The answer to one request from a local app.
-async fn answer(proxy: &Proxy, target: &Target, mut request: Request<Incoming>) -> Response<Body> {
+/// The checks every request from a local app passes before anything else: the authority it
+/// addresses, or why it is refused.
+fn checked<B: hyper::body::Body>(
+    request: &mut Request<B>,
+) -> Result<Option<Addressed>, ProxyError> {
     // What h2 lets through and hyper's HTTP/1.1 server would not (RFC 9113 §8.1.1: an
     // intermediary must not forward a malformed request).
     if request.version() == http::Version::HTTP_2
         && let Err(reason) = well_formed_http2(request.headers_mut())
     {
-        return error_response(&ProxyError::BadRequest(reason.into()));
+        return Err(ProxyError::BadRequest(reason.into()));
     }
-    let addressed = match addressed(&request) {
-        Ok(addressed) => addressed,
-        Err(reason) => return error_response(&ProxyError::BadRequest(reason.into())),
-    };
-    if has_other_transfer_coding(&request) {
-        return error_response(&ProxyError::Unsupported(
+    let addressed = addressed(request).map_err(|reason| ProxyError::BadRequest(reason.into()))?;
+    if has_other_transfer_coding(request) {
+        return Err(ProxyError::Unsupported(
             "a request transfer coding other than chunked",
         ));
     }
+    Ok(addressed)
+}
+
+/// The answer to one request the agent's own HTTP/2 server took from a local app (decision
+/// 89): the path of [`answer`] without CONNECT, which that server does not carry yet.
+pub async fn answer_own_http2(
+    proxy: Arc<Proxy>,
+    target: Target,
+    mut request: Request<Body>,
+) -> Response<Body> {
+    let method = request.method().clone();
+    let addressed = match checked(&mut request) {
+        Ok(addressed) => addressed,
+        Err(error) => return without_body_for_head(&method, error_response(&error)),
+    };
+    if method == Method::CONNECT {
+        return error_response(&ProxyError::Unsupported(
+            "CONNECT over the agent's own HTTP/2 server",
+        ));
+    }
+    let answer = routed(&proxy, &target, request, addressed.as_ref()).await;
+    without_body_for_head(&method, answer)
+}
+
+/// The answer to one request from a local app.
+async fn answer(proxy: &Proxy, target: &Target, mut request: Request<Incoming>) -> Response<Body> {
+    let addressed = match checked(&mut request) {
+        Ok(addressed) => addressed,
+        Err(error) => return error_response(&error),
+    };
     // Tunnels and upgrades are boxed: their futures are large and rare, and every request's
     // future (moved as hyper stores or spawns it) would otherwise be as large.
     if request.method() == Method::CONNECT {
@@ -238,6 +284,16 @@ async fn answer(proxy: &Proxy, target: &Target, mut request: Request<Incoming>) 
     } else {
         request.map(body::boxed)
     };
+    routed(proxy, target, request, addressed.as_ref()).await
+}
+
+/// The call a checked request makes: to the port's service, or the one its host names.
+async fn routed(
+    proxy: &Proxy,
+    target: &Target,
+    request: Request<Body>,
+    addressed: Option<&Addressed>,
+) -> Response<Body> {
     let by_host;
     let service = match target {
         Target::Service(name) => name,
@@ -250,7 +306,7 @@ async fn answer(proxy: &Proxy, target: &Target, mut request: Request<Incoming>) 
             by_host.as_str()
         }
     };
-    call::call(proxy, service, request, addressed.as_ref()).await
+    call::call(proxy, service, request, addressed).await
 }
 
 /// The authority a request addresses (its target's, else its `Host`'s, with that `Host`; `None`
@@ -423,8 +479,7 @@ where
 }
 
 /// Whether a request is HTTP/1.1 with a body of no declared length: chunked.
-fn is_chunked_http1(request: &Request<Incoming>) -> bool {
-    use hyper::body::Body as _;
+fn is_chunked_http1<B: hyper::body::Body>(request: &Request<B>) -> bool {
     request.version() == http::Version::HTTP_11 && request.body().size_hint().exact().is_none()
 }
 
@@ -442,7 +497,7 @@ fn names_only_h2c(protocols: &HeaderValue) -> bool {
 /// the instance would get the coded bytes unmarked. RFC 9112 §6.1: 501, as nginx answers, as
 /// the agent refuses such answers from instances (decision 66). Only a body of no declared
 /// length can be chunked, so most requests are settled without a lookup.
-fn has_other_transfer_coding(request: &Request<Incoming>) -> bool {
+fn has_other_transfer_coding<B: hyper::body::Body>(request: &Request<B>) -> bool {
     is_chunked_http1(request)
         && transfer_codings(request.headers()).any(|coding| !coding.eq_ignore_ascii_case("chunked"))
 }
