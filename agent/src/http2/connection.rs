@@ -17,6 +17,9 @@ use super::frame::{self, ErrorCode, Frame, FrameError, MAX_WINDOW, StreamId, set
 use super::hpack::{self, Field};
 use super::request_head;
 
+/// Closed streams remembered (a few bytes each): more than a client can have in flight.
+const RECENTLY_CLOSED: usize = 256;
+
 /// This side's limits, sent in its SETTINGS and enforced.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -156,6 +159,10 @@ pub struct Connection {
     recv_window: i64,
     /// Received on the connection, not yet given back in a WINDOW_UPDATE.
     connection_released: u32,
+    /// The last streams closed, and whether this side reset them: frames a client sent before
+    /// it learnt of a reset are ignored, and a stream that ended is told from one never
+    /// opened (§5.1, §5.1.1).
+    recently_closed: VecDeque<(StreamId, bool)>,
     /// Streams reset by the client before their answer ended, less answers completed.
     pending_resets: u32,
     events: VecDeque<Event>,
@@ -197,6 +204,7 @@ impl Connection {
             send_window: 65_535,
             recv_window: i64::from(limits.connection_window.max(default_window)),
             connection_released: 0,
+            recently_closed: VecDeque::with_capacity(RECENTLY_CLOSED),
             pending_resets: 0,
             events: VecDeque::new(),
             output,
@@ -405,27 +413,39 @@ impl Connection {
             }
             return self.on_trailers(stream, fields, end_stream, decoded.over_size);
         }
-        if stream.is_multiple_of(2) || stream <= self.last_stream {
-            // An even stream is the server's to open; a lower one is closed.
-            if stream.is_multiple_of(2) {
-                return Err(error(
+        if stream.is_multiple_of(2) {
+            return Err(error(
+                ErrorCode::PROTOCOL_ERROR,
+                "a client opened an even stream",
+            ));
+        }
+        if stream <= self.last_stream {
+            return match self.closed_here(stream) {
+                // Sent before the client learnt of the reset: ignored.
+                Some(true) => Ok(()),
+                Some(false) => {
+                    self.stream_error(
+                        stream,
+                        ErrorCode::STREAM_CLOSED,
+                        "HEADERS on a closed stream",
+                    );
+                    Ok(())
+                }
+                None => Err(error(
                     ErrorCode::PROTOCOL_ERROR,
-                    "a client opened an even stream",
-                ));
-            }
-            self.stream_error(
-                stream,
-                ErrorCode::STREAM_CLOSED,
-                "HEADERS on a closed stream",
-            );
-            return Ok(());
+                    "a new stream numbered below one already opened",
+                )),
+            };
         }
         self.last_stream = stream;
         if stream > self.accept_below {
+            // After GOAWAY: not processed, and its frames ignored.
+            self.remember_closed(stream, true);
             return Ok(());
         }
         if self.streams.len() >= self.limits.max_concurrent_streams as usize {
             frame::put_rst_stream(&mut self.output, stream, ErrorCode::REFUSED_STREAM);
+            self.remember_closed(stream, true);
             return Ok(());
         }
         self.streams.insert(
@@ -536,7 +556,9 @@ impl Connection {
             if stream > self.last_stream {
                 return Err(error(ErrorCode::PROTOCOL_ERROR, "DATA on an idle stream"));
             }
-            self.stream_error(stream, ErrorCode::STREAM_CLOSED, "DATA on a closed stream");
+            if self.closed_here(stream) != Some(true) {
+                self.stream_error(stream, ErrorCode::STREAM_CLOSED, "DATA on a closed stream");
+            }
             return Ok(());
         };
         if !open.remote_open {
@@ -603,6 +625,7 @@ impl Connection {
         let Some(open) = self.streams.remove(&stream) else {
             return Ok(());
         };
+        self.remember_closed(stream, false);
         if open.local_open {
             self.pending_resets += 1;
             if self.pending_resets > self.limits.max_pending_resets {
@@ -682,8 +705,27 @@ impl Connection {
         tracing::debug!(stream, ?code, reason, "HTTP/2 stream error");
         frame::put_rst_stream(&mut self.output, stream, code);
         if self.streams.remove(&stream).is_some() {
+            self.remember_closed(stream, true);
             self.events.push_back(Event::Reset { stream, code });
         }
+    }
+
+    /// Notes that `stream` closed, and whether this side reset it.
+    fn remember_closed(&mut self, stream: StreamId, reset_here: bool) {
+        if self.recently_closed.len() == RECENTLY_CLOSED {
+            self.recently_closed.pop_front();
+        }
+        self.recently_closed.push_back((stream, reset_here));
+    }
+
+    /// Whether `stream` closed lately and this side reset it; `None` when it is not
+    /// remembered (never opened, or closed long ago).
+    fn closed_here(&self, stream: StreamId) -> Option<bool> {
+        self.recently_closed
+            .iter()
+            .rev()
+            .find(|(id, _)| *id == stream)
+            .map(|(_, reset_here)| *reset_here)
     }
 
     /// Answers `stream` with `status` and no body, and asks the client to stop sending.
@@ -712,6 +754,7 @@ impl Connection {
             .is_some_and(|s| !s.remote_open && !s.local_open)
         {
             self.streams.remove(&stream);
+            self.remember_closed(stream, false);
         }
     }
 
@@ -855,6 +898,7 @@ impl Connection {
     pub fn reset(&mut self, stream: StreamId, code: ErrorCode) {
         if self.streams.remove(&stream).is_some() {
             frame::put_rst_stream(&mut self.output, stream, code);
+            self.remember_closed(stream, true);
         }
     }
 
@@ -1445,14 +1489,23 @@ mod tests {
                 payload: *b"pingpong"
             })]
         );
-        // A lower stream than one already opened is closed; an even one is the server's.
+        // A stream that ended may not start again; one numbered below it that was never
+        // opened ends the connection (§5.1.1); an even one is the server's.
         let mut input = client.get(5, &[], true);
-        input.extend_from_slice(&client.get(3, &[], true));
-        server.receive(&mut input).expect("stream error");
+        server.receive(&mut input).expect("request");
+        server.send_response(5, StatusCode::OK, &HeaderMap::new(), true);
+        let mut again = client.get(5, &[], true);
+        server.receive(&mut again).expect("a stream error");
         assert_eq!(
             resets(&client.read(&mut server)),
-            vec![(3, ErrorCode::STREAM_CLOSED)]
+            vec![(5, ErrorCode::STREAM_CLOSED)]
         );
+        let mut lower = client.get(3, &[], true);
+        assert_eq!(
+            server.receive(&mut lower).map_err(|e| e.code),
+            Err(ErrorCode::PROTOCOL_ERROR)
+        );
+        let (mut server, mut client) = open(Limits::default());
         let mut even = client.get(8, &[], true);
         assert_eq!(
             server.receive(&mut even).map_err(|e| e.code),
@@ -1467,6 +1520,41 @@ mod tests {
             server.receive(&mut idle).map_err(|e| e.reason),
             Err("DATA on an idle stream")
         );
+    }
+
+    #[test]
+    fn frames_the_client_sent_before_it_learnt_of_a_reset_are_ignored() {
+        let limits = Limits {
+            max_concurrent_streams: 1,
+            ..Limits::default()
+        };
+        let (mut server, mut client) = open(limits);
+        // Stream 1 is reset by this side; stream 3 is refused (over the limit). The client
+        // has already sent DATA and trailers for both.
+        let mut input = client.get(1, &[], false);
+        input.extend_from_slice(&client.get(3, &[], false));
+        server.receive(&mut input).expect("two requests");
+        server.reset(1, ErrorCode::CANCEL);
+        let mut late = BytesMut::new();
+        for stream in [1, 3] {
+            frame::put_data_header(&mut late, stream, 4, false);
+            late.put_slice(b"late");
+            late.extend_from_slice(&client.headers(stream, &[("x-trailer", "1")], true));
+        }
+        server
+            .receive(&mut late)
+            .expect("ignored, not a connection error");
+        assert_eq!(
+            resets(&client.read(&mut server)),
+            vec![(3, ErrorCode::REFUSED_STREAM), (1, ErrorCode::CANCEL)],
+            "no RST_STREAM for the late frames"
+        );
+        // The late frames were read through: the next request is taken.
+        let mut next = client.get(5, &[("x-after", "1")], true);
+        server.receive(&mut next).expect("a request");
+        assert!(events(&mut server).iter().any(
+            |e| matches!(e, Event::Request { stream: 5, request, .. } if request.headers()["x-after"] == "1")
+        ));
     }
 
     #[test]
