@@ -1,8 +1,8 @@
 //! A request's header block made into a request head, with every rule of RFC 9113 §8.2 and
 //! §8.3 that the fields alone decide. A block that breaks one is malformed: the stream is reset
-//! with `PROTOCOL_ERROR` and the connection goes on (§8.1.1). The h2 crate lowercased names
-//! with capitals without a word and ended the whole connection over a name or value it could
-//! not store (decision 89).
+//! with `PROTOCOL_ERROR` and the connection goes on (§8.1.1). The h2 crate ended the whole
+//! connection (GOAWAY) over a name with capitals or a space, or a value with CR LF, and every
+//! other call on it with it (decision 89).
 
 use bytes::Bytes;
 use http::header::TE;
