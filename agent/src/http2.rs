@@ -12,7 +12,8 @@
 //! - [`connection`]: the server side of a connection as a state machine without I/O: streams,
 //!   flow control, limits, and which errors end a stream and which the connection;
 //! - [`server`]: one task per connection driving it over a socket, polling each request's
-//!   call itself instead of spawning a task per stream.
+//!   call itself instead of spawning a task per stream;
+//! - [`tunnel`]: a CONNECT stream's bodies as one byte stream, for splicing.
 
 pub mod connection;
 pub mod frame;
@@ -20,3 +21,4 @@ pub mod hpack;
 pub mod huffman;
 pub mod request_head;
 pub mod server;
+pub mod tunnel;

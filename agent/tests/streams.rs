@@ -352,3 +352,110 @@ async fn an_upgrade_the_server_never_answers_ends_at_the_request_timeout() {
         assert!(answer.contains("request-timeout"), "{service}: {answer}");
     }
 }
+
+/// Opens an HTTP/2 CONNECT tunnel to `authority` through `caller`'s proxy port; the tunnel's
+/// bytes are the stream's DATA both ways.
+async fn http2_connect(
+    caller: &Agent,
+    authority: &str,
+) -> hyper_util::rt::TokioIo<hyper::upgrade::Upgraded> {
+    let stream = TcpStream::connect(caller.http_proxy.unwrap())
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("an HTTP/2 handshake with the proxy port");
+    tokio::spawn(connection);
+    let request = http::Request::connect(authority)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = tokio::time::timeout(DEADLINE, sender.send_request(request))
+        .await
+        .expect("an answer in time")
+        .expect("an answer through the proxy port");
+    assert_eq!(response.status(), 200);
+    let tunnel = tokio::time::timeout(DEADLINE, hyper::upgrade::on(response))
+        .await
+        .expect("the tunnel in time")
+        .expect("the answer to CONNECT opens a tunnel");
+    hyper_util::rt::TokioIo::new(tunnel)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_connect_on_the_proxy_port_tunnels_to_the_named_service() {
+    let [_host, caller] = echo_behind_agents("tcp").await;
+    let mut tunnel = http2_connect(&caller, "echo.mesh:443").await;
+    // More than the stream's and the connection's windows, both ways.
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let (mut read, mut write) = tokio::io::split(&mut tunnel);
+    let sending = async {
+        write.write_all(&big).await.unwrap();
+        // END_STREAM: the echo server sees the end, and its close ends the answer.
+        write.shutdown().await.unwrap();
+    };
+    let mut echoed = Vec::new();
+    let receiving = tokio::time::timeout(DEADLINE, read.read_to_end(&mut echoed));
+    let ((), received) = tokio::join!(sending, receiving);
+    received
+        .expect("the echo in time")
+        .expect("the tunnel ends cleanly");
+    assert!(
+        echoed == big,
+        "{} bytes came back of {}",
+        echoed.len(),
+        big.len()
+    );
+    caller
+        .metric_reaches(
+            "hyphae_stream_bytes_total",
+            "direction=\"sent\"",
+            3_000_000.0,
+        )
+        .await;
+}
+
+/// A server that greets each connection and closes its sending side at once, then reports
+/// how many bytes the client sent before its own end.
+async fn greeter_that_counts() -> (std::net::SocketAddr, tokio::sync::mpsc::Receiver<usize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (counts, counted) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let counts = counts.clone();
+            tokio::spawn(async move {
+                let _ = stream.write_all(b"hello, and goodbye\n").await;
+                let _ = stream.shutdown().await;
+                let mut got = Vec::new();
+                if stream.read_to_end(&mut got).await.is_ok() {
+                    let _ = counts.send(got.len()).await;
+                }
+            });
+        }
+    });
+    (address, counted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_tunnel_keeps_carrying_the_client_after_the_far_side_ends_its_half() {
+    let (greeter, mut counted) = greeter_that_counts().await;
+    let host = host_agent_for(AGENT, "host", "greeter", greeter.port(), "tcp");
+    let caller = caller_for("greeter", "tcp", &host);
+    let mut tunnel = http2_connect(&caller, "greeter.mesh:7").await;
+    let mut greeting = Vec::new();
+    tokio::time::timeout(DEADLINE, tunnel.read_to_end(&mut greeting))
+        .await
+        .expect("the greeting and its end in time")
+        .expect("the far side's end is a clean END_STREAM");
+    assert_eq!(greeting, b"hello, and goodbye\n");
+    // TCP's half-close: the client may still send after the far side ended its half.
+    tunnel.write_all(&[9u8; 100_000]).await.unwrap();
+    tunnel.shutdown().await.unwrap();
+    let count = tokio::time::timeout(DEADLINE, counted.recv())
+        .await
+        .expect("the far side's count in time");
+    assert_eq!(count, Some(100_000));
+}

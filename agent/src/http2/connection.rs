@@ -885,7 +885,9 @@ impl Connection {
         let Some(open) = self.streams.get_mut(&stream) else {
             return;
         };
-        open.released += octets as u32;
+        open.released = open
+            .released
+            .saturating_add(u32::try_from(octets).unwrap_or(u32::MAX));
         // A WINDOW_UPDATE per half window read, not per frame.
         if open.remote_open && open.released >= self.limits.stream_window / 2 {
             let increment = std::mem::take(&mut open.released);

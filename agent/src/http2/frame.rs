@@ -46,6 +46,8 @@ impl ErrorCode {
     pub const CANCEL: ErrorCode = ErrorCode(0x8);
     /// The header compression state could not be kept.
     pub const COMPRESSION_ERROR: ErrorCode = ErrorCode(0x9);
+    /// A CONNECT tunnel's connection failed (RFC 9113 §8.5).
+    pub const CONNECT_ERROR: ErrorCode = ErrorCode(0xa);
     /// The peer behaves in a way that costs too much.
     pub const ENHANCE_YOUR_CALM: ErrorCode = ErrorCode(0xb);
 }

@@ -69,6 +69,8 @@ struct StreamTask<F> {
     /// The request body's shared state, while the request has one.
     inbox: Option<Arc<Mutex<Inbox>>>,
     waker: Waker,
+    /// A CONNECT stream: its two directions end apart, and a failure is CONNECT_ERROR.
+    tunnel: bool,
 }
 
 enum Phase<F> {
@@ -79,6 +81,9 @@ enum Phase<F> {
         body: Body,
         pending: Option<(Bytes, bool)>,
     },
+    /// A tunnel's answer ended while its client still sends (TCP's half-close, RFC 9113
+    /// §8.5): the stream lives until the client's end.
+    Answered,
 }
 
 /// Streams whose wakers fired since the connection last looked, and the connection's waker.
@@ -419,6 +424,7 @@ where
                     };
                     (http_body_util::BodyExt::boxed(body), Some(inbox))
                 };
+                let tunnel = request.method() == http::Method::CONNECT;
                 let future = (self.service)(request.map(|()| body));
                 self.streams.insert(
                     stream,
@@ -426,6 +432,7 @@ where
                         phase: Phase::Calling(Box::pin(future)),
                         inbox,
                         waker,
+                        tunnel,
                     },
                 );
                 self.drive(stream);
@@ -466,7 +473,11 @@ where
 
     /// Hands request body bytes to the stream's reader.
     fn deliver(&mut self, stream: StreamId, put: impl FnOnce(&mut Inbox)) {
-        let Some(inbox) = self.streams.get(&stream).and_then(|t| t.inbox.clone()) else {
+        let Some(task) = self.streams.get(&stream) else {
+            return;
+        };
+        let answered = matches!(task.phase, Phase::Answered);
+        let Some(inbox) = task.inbox.clone() else {
             return;
         };
         let mut inbox = inbox.lock().unwrap_or_else(|e| e.into_inner());
@@ -476,11 +487,17 @@ where
             inbox.trailers = None;
         }
         let reader = inbox.reader.take();
+        // Nobody reads, so the stream is driven to give the window back; or a half-closed
+        // tunnel's client ended, and with it the stream. A reader's reads wake the stream
+        // themselves.
+        let drive = inbox.dropped || (answered && inbox.ended);
         drop(inbox);
         if let Some(reader) = reader {
             reader.wake();
         }
-        self.ready.mark(stream);
+        if drive {
+            self.ready.later(stream);
+        }
     }
 
     /// Moves one stream on: gives back what its reader read, polls its call, sends its body.
@@ -503,9 +520,15 @@ where
                 .as_ref()
                 .is_some_and(|i| !i.lock().unwrap_or_else(|e| e.into_inner()).ended);
             if inbox_open {
-                // The answer is complete before the request: the client may stop (§8.1).
-                self.connection.reset(stream, ErrorCode::NO_ERROR);
-                fail(task.inbox.as_ref(), ErrorCode::NO_ERROR);
+                // The answer is complete before the request: the client may stop (§8.1). A
+                // tunnel ends here only when its far side is gone.
+                let code = if task.tunnel {
+                    ErrorCode::CONNECT_ERROR
+                } else {
+                    ErrorCode::NO_ERROR
+                };
+                self.connection.reset(stream, code);
+                fail(task.inbox.as_ref(), code);
             }
         }
     }
@@ -536,66 +559,133 @@ where
     }
     let mut cx = Context::from_waker(&task.waker);
     loop {
-        match &mut task.phase {
+        let answer_ended = match &mut task.phase {
             Phase::Calling(future) => {
                 let Poll::Ready(response) = future.as_mut().poll(&mut cx) else {
                     return Driven::Waiting;
                 };
-                let (mut head, body) = response.into_parts();
-                let end = body.is_end_stream();
-                if !end
-                    && !head.headers.contains_key(http::header::CONTENT_LENGTH)
-                    && let Some(length) = body.size_hint().exact()
-                {
-                    head.headers
-                        .insert(http::header::CONTENT_LENGTH, HeaderValue::from(length));
-                }
-                connection.send_response(stream, head.status, &head.headers, end);
-                if end {
-                    return Driven::Done;
-                }
-                task.phase = Phase::Sending {
-                    body,
-                    pending: None,
-                };
+                send_head(connection, stream, &mut task.phase, task.tunnel, response)
             }
             Phase::Sending { body, pending } => {
-                if let Some((data, end)) = pending {
-                    connection.send_data(stream, data, *end);
-                    if !data.is_empty() {
-                        // Waits for WINDOW_UPDATE (Event::WindowOpened marks it ready).
-                        return Driven::Waiting;
-                    }
-                    if *end {
-                        return Driven::Done;
-                    }
-                    *pending = None;
-                }
-                if connection.output().len() >= OUTPUT_HIGH_WATER {
-                    return Driven::Blocked;
-                }
-                match Pin::new(&mut *body).poll_frame(&mut cx) {
-                    Poll::Pending => return Driven::Waiting,
-                    Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                        Ok(data) => *pending = Some((data, body.is_end_stream())),
-                        Err(frame) => {
-                            if let Ok(trailers) = frame.into_trailers() {
-                                connection.send_trailers(stream, &trailers);
-                                return Driven::Done;
-                            }
-                        }
-                    },
-                    Poll::Ready(None) => {
-                        connection.send_data(stream, &mut Bytes::new(), true);
-                        return Driven::Done;
-                    }
-                    Poll::Ready(Some(Err(error))) => {
-                        tracing::debug!(stream, %error, "an answer's body failed; resetting its stream");
-                        connection.reset(stream, ErrorCode::INTERNAL_ERROR);
-                        return Driven::Done;
-                    }
+                match send_body(connection, stream, body, pending, &mut cx, task.tunnel) {
+                    Sent::Ended => true,
+                    Sent::Reset => return Driven::Done,
+                    Sent::More => continue,
+                    Sent::Stopped(driven) => return driven,
                 }
             }
+            Phase::Answered => true,
+        };
+        if !answer_ended {
+            continue;
+        }
+        let client_sending = || {
+            task.inbox.as_ref().is_some_and(|inbox| {
+                let inbox = inbox.lock().unwrap_or_else(|e| e.into_inner());
+                !inbox.ended && !inbox.dropped && inbox.failed.is_none()
+            })
+        };
+        if task.tunnel && client_sending() {
+            task.phase = Phase::Answered;
+            return Driven::Waiting;
+        }
+        return Driven::Done;
+    }
+}
+
+/// How far a step of sending an answer's body went.
+enum Sent {
+    /// The answer's end went.
+    Ended,
+    /// The body failed and the stream was reset.
+    Reset,
+    /// A frame went and the body may have more at once.
+    More,
+    /// Sending stopped for now.
+    Stopped(Driven),
+}
+
+/// Sends an answer's head, and returns whether it was the whole answer; otherwise `task`
+/// moves on to sending the body.
+fn send_head<F>(
+    connection: &mut Connection,
+    stream: StreamId,
+    phase: &mut Phase<F>,
+    tunnel: bool,
+    response: Response<Body>,
+) -> bool {
+    let (mut head, body) = response.into_parts();
+    let end = body.is_end_stream();
+    if !end
+        && !tunnel
+        && !head.headers.contains_key(http::header::CONTENT_LENGTH)
+        && let Some(length) = body.size_hint().exact()
+    {
+        head.headers
+            .insert(http::header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    connection.send_response(stream, head.status, &head.headers, end);
+    if !end {
+        *phase = Phase::Sending {
+            body,
+            pending: None,
+        };
+    }
+    end
+}
+
+/// Sends what of an answer's body is at hand, as far as the windows and the output's
+/// high-water mark let it.
+fn send_body(
+    connection: &mut Connection,
+    stream: StreamId,
+    body: &mut Body,
+    pending: &mut Option<(Bytes, bool)>,
+    cx: &mut Context<'_>,
+    tunnel: bool,
+) -> Sent {
+    if let Some((data, end)) = pending {
+        connection.send_data(stream, data, *end);
+        if !data.is_empty() {
+            // Waits for WINDOW_UPDATE (Event::WindowOpened marks it ready).
+            return Sent::Stopped(Driven::Waiting);
+        }
+        if *end {
+            return Sent::Ended;
+        }
+        *pending = None;
+    }
+    if connection.output().len() >= OUTPUT_HIGH_WATER {
+        return Sent::Stopped(Driven::Blocked);
+    }
+    match Pin::new(&mut *body).poll_frame(cx) {
+        Poll::Pending => Sent::Stopped(Driven::Waiting),
+        Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+            Ok(data) => {
+                *pending = Some((data, body.is_end_stream()));
+                Sent::More
+            }
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    connection.send_trailers(stream, &trailers);
+                    return Sent::Ended;
+                }
+                Sent::More
+            }
+        },
+        Poll::Ready(None) => {
+            connection.send_data(stream, &mut Bytes::new(), true);
+            Sent::Ended
+        }
+        Poll::Ready(Some(Err(error))) => {
+            tracing::debug!(stream, %error, "an answer's body failed; resetting its stream");
+            let code = if tunnel {
+                ErrorCode::CONNECT_ERROR
+            } else {
+                ErrorCode::INTERNAL_ERROR
+            };
+            connection.reset(stream, code);
+            Sent::Reset
         }
     }
 }

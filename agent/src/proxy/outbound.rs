@@ -221,7 +221,7 @@ fn checked<B: hyper::body::Body>(
 }
 
 /// The answer to one request the agent's own HTTP/2 server took from a local app (decision
-/// 89): the path of [`answer`] without CONNECT, which that server does not carry yet.
+/// 89): the path of [`answer`], whose upgrades HTTP/2 does not have.
 pub async fn answer_own_http2(
     proxy: Arc<Proxy>,
     target: Target,
@@ -233,9 +233,10 @@ pub async fn answer_own_http2(
         Err(error) => return without_body_for_head(&method, error_response(&error)),
     };
     if method == Method::CONNECT {
-        return error_response(&ProxyError::Unsupported(
-            "CONNECT over the agent's own HTTP/2 server",
-        ));
+        return match target {
+            Target::ByHost => Box::pin(connect_own_http2(&proxy, request)).await,
+            Target::Service(_) => connect_refused(),
+        };
     }
     let answer = routed(&proxy, &target, request, addressed.as_ref()).await;
     without_body_for_head(&method, answer)
@@ -253,9 +254,7 @@ async fn answer(proxy: &Proxy, target: &Target, mut request: Request<Incoming>) 
         return match target {
             Target::ByHost => Box::pin(connect_through_proxy(proxy, request)).await,
             Target::Service(_) => {
-                let mut refused = error_response(&ProxyError::BadRequest(
-                    "CONNECT is served on the HTTP proxy port".into(),
-                ));
+                let mut refused = connect_refused();
                 // A client that sent CONNECT sends the tunnel's bytes next, not a request:
                 // they must not be read as one (nginx closes here too).
                 if request.version() == http::Version::HTTP_11 {
@@ -285,6 +284,13 @@ async fn answer(proxy: &Proxy, target: &Target, mut request: Request<Incoming>) 
         request.map(body::boxed)
     };
     routed(proxy, target, request, addressed.as_ref()).await
+}
+
+/// The answer to a CONNECT on a port that carries one service.
+fn connect_refused() -> Response<Body> {
+    error_response(&ProxyError::BadRequest(
+        "CONNECT is served on the HTTP proxy port".into(),
+    ))
 }
 
 /// The call a checked request makes: to the port's service, or the one its host names.
@@ -578,26 +584,49 @@ async fn upgrade(proxy: &Proxy, service: &str, mut request: Request<Incoming>) -
 
 /// `CONNECT host:port` on the HTTP proxy port: a TCP tunnel to the service the host names.
 async fn connect_through_proxy(proxy: &Proxy, mut request: Request<Incoming>) -> Response<Body> {
-    let service = match service_by_host(&proxy.snapshot.load(), &proxy.zone, &request) {
-        Ok(service) => service,
-        Err(error) => return error_response(&error),
-    };
     let client_side = hyper::upgrade::on(&mut request);
-    let snapshot = proxy.snapshot.load_full();
-    let open = match stream::open(proxy, &snapshot, &service, None, http::HeaderMap::new()).await {
-        Ok(open) => open,
-        Err(error) => return error_response(&error),
-    };
-    let open = match open.accepted() {
-        Ok(open) => open,
-        Err(refused) => {
-            return error_response(&ProxyError::Reset(
-                format!("the peer refused the stream with {}", refused.status()).into(),
-            ));
+    match open_tunnel(proxy, &request).await {
+        Ok((service, open)) => {
+            spawn_splice(proxy, service, client_side, open);
+            Response::new(body::empty())
         }
-    };
-    spawn_splice(proxy, service, client_side, open);
-    Response::new(body::empty())
+        Err(refused) => refused,
+    }
+}
+
+/// `CONNECT host:port` taken by the agent's own HTTP/2 server: the tunnel's bytes are the
+/// stream's DATA both ways (RFC 9113 §8.5).
+async fn connect_own_http2(proxy: &Proxy, request: Request<Body>) -> Response<Body> {
+    match open_tunnel(proxy, &request).await {
+        Ok((service, open)) => {
+            let (tunnel, answer) = crate::http2::tunnel::tunnel(request.into_body());
+            proxy.tasks.spawn(async move {
+                splice(&service, std::future::ready(Ok(tunnel)), open).await;
+            });
+            Response::new(answer)
+        }
+        Err(refused) => refused,
+    }
+}
+
+/// Opens the stream a CONNECT's tunnel rides to the service its authority names, or the
+/// answer that refuses it.
+async fn open_tunnel<B>(
+    proxy: &Proxy,
+    request: &Request<B>,
+) -> Result<(String, stream::OpenStream), Response<Body>> {
+    let service = service_by_host(&proxy.snapshot.load(), &proxy.zone, request)
+        .map_err(|error| error_response(&error))?;
+    let snapshot = proxy.snapshot.load_full();
+    let open = stream::open(proxy, &snapshot, &service, None, http::HeaderMap::new())
+        .await
+        .map_err(|error| error_response(&error))?;
+    let open = open.accepted().map_err(|refused| {
+        error_response(&ProxyError::Reset(
+            format!("the peer refused the stream with {}", refused.status()).into(),
+        ))
+    })?;
+    Ok((service, open))
 }
 
 /// Once the caller's side has upgraded (after the answer that lets it), splices it to the
