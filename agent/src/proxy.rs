@@ -101,12 +101,13 @@ pub fn http2_server(
     builder
 }
 
-/// Whether the outbound ports serve HTTP/2 with the agent's own server instead of hyper's:
-/// `HYPHAE_HTTP2_SERVER=hyphae` in the agent's environment, read once. Experimental while the
-/// server is being built (decision 89): it does not carry CONNECT yet.
+/// Whether the outbound ports serve HTTP/2 with the agent's own server (the default since
+/// decision 90) rather than hyper's, which `HYPHAE_HTTP2_SERVER=hyper` in the agent's
+/// environment brings back for one release, as a way out should the new server misbehave.
+/// Read once.
 pub fn own_http2_server() -> bool {
     static OWN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *OWN.get_or_init(|| std::env::var("HYPHAE_HTTP2_SERVER").is_ok_and(|v| v == "hyphae"))
+    *OWN.get_or_init(|| std::env::var("HYPHAE_HTTP2_SERVER").as_deref() != Ok("hyper"))
 }
 
 /// The own HTTP/2 server's limits from the agent's: the same streams, resets and header
