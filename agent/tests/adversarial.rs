@@ -752,6 +752,505 @@ async fn idle_and_half_open_http2_connections_are_closed_within_the_header_read_
 }
 
 // ---------------------------------------------------------------------------------------------
+// HTTP/2 frame by frame, as h2spec probes a server: each case on a fresh connection, and what
+// RFC 9113 (and RFC 7541 for HPACK) requires of the answer.
+
+const PRIORITY: u8 = 0x2;
+const PADDED: u8 = 0x8;
+const STREAM_CLOSED: u32 = 0x5;
+const FRAME_SIZE_ERROR: u32 = 0x6;
+
+/// What a probe must draw from the agent.
+#[derive(Debug, Clone, Copy)]
+enum Expect {
+    /// A connection error: GOAWAY with this code, then the connection closes.
+    GoAway(u32),
+    /// A stream error on this stream with this code: RST_STREAM, or GOAWAY with the code (an
+    /// endpoint may treat any stream error as a connection error, RFC 9113 §5.4.1).
+    StreamError(u32, u32),
+    /// The oddity is ignored: the request on this stream gets its 200.
+    Answered(u32),
+}
+
+/// A GET for `/` on stream `id`, whole in one HEADERS frame.
+fn get_frame(id: u32) -> Vec<u8> {
+    frame_bytes(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        id,
+        &block(&request("GET", "/")),
+    )
+}
+
+/// A POST whose body has not started, holding stream `id` open.
+fn open_post_frame(id: u32) -> Vec<u8> {
+    frame_bytes(HEADERS, END_HEADERS, id, &block(&request("POST", "/echo")))
+}
+
+/// One SETTINGS parameter as its six octets.
+fn setting(id: u16, value: u32) -> Vec<u8> {
+    let mut bytes = id.to_be_bytes().to_vec();
+    bytes.extend(value.to_be_bytes());
+    bytes
+}
+
+/// The frames seen, one line each, for a failure's message.
+fn seen_summary(h2: &RawH2) -> String {
+    h2.seen
+        .iter()
+        .map(|f| {
+            format!(
+                "type {:#x} flags {:#x} stream {} length {} {:x?}",
+                f.kind,
+                f.flags,
+                f.stream,
+                f.payload.len(),
+                &f.payload[..f.payload.len().min(8)]
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The code of the agent's GOAWAY among the frames seen, if it sent one.
+fn goaway_code(h2: &RawH2) -> Option<u32> {
+    h2.seen
+        .iter()
+        .find(|f| f.kind == GOAWAY)
+        .map(|f| u32::from_be_bytes([f.payload[4], f.payload[5], f.payload[6], f.payload[7]]))
+}
+
+/// Sends `frames` on a fresh connection to `address` and checks the agent's answer against
+/// `expect`; the error says what came instead.
+async fn probe(address: SocketAddr, frames: &[Vec<u8>], expect: Expect) -> Result<(), String> {
+    let mut h2 = RawH2::connect(address).await;
+    // The agent may close while the frames are still being written.
+    let _ = h2.write(&frames.concat()).await;
+    let met = match expect {
+        Expect::GoAway(code) => h2.goaway().await == Some(code) && h2.closes().await,
+        Expect::StreamError(id, code) => match h2.outcome(id).await {
+            Outcome::Reset(reset) => reset == code,
+            Outcome::GoAway => goaway_code(&h2) == Some(code),
+            _ => false,
+        },
+        Expect::Answered(id) => h2.outcome(id).await == Outcome::Status(200),
+    };
+    if met {
+        Ok(())
+    } else {
+        Err(format!("wanted {expect:?}, saw: {}", seen_summary(&h2)))
+    }
+}
+
+/// Runs every case against `address`; fails with the list of those that went wrong.
+async fn probe_all(address: SocketAddr, cases: Vec<(&str, Vec<Vec<u8>>, Expect)>) {
+    let mut wrong = Vec::new();
+    for (name, frames, expect) in cases {
+        if let Err(error) = probe(address, &frames, expect).await {
+            wrong.push(format!("{name}: {error}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_a_server_must_ignore_are_ignored() {
+    let backend = TestBackend::start("b").await;
+    let (_host, caller) = mesh(&backend, "");
+    let padded_headers = {
+        let fields = block(&request("GET", "/"));
+        let mut payload = vec![5u8];
+        payload.extend(fields);
+        payload.extend([0u8; 5]);
+        frame_bytes(HEADERS, END_HEADERS | END_STREAM | PADDED, 1, &payload)
+    };
+    let priority = {
+        let mut payload = 0u32.to_be_bytes().to_vec();
+        payload.push(15);
+        payload
+    };
+    // A dependency on stream 0 with weight 16, in the HEADERS frame itself.
+    let headers_with_priority = {
+        let mut payload = priority.clone();
+        payload.extend(block(&request("GET", "/")));
+        frame_bytes(HEADERS, END_HEADERS | END_STREAM | 0x20, 1, &payload)
+    };
+    let cases = vec![
+        (
+            "an unknown frame type on the connection (§4.1)",
+            vec![frame_bytes(0xfa, 0, 0, b"unknown"), get_frame(1)],
+            Expect::Answered(1),
+        ),
+        (
+            "an unknown frame type on an idle stream (§4.1, §5.1)",
+            vec![frame_bytes(0xfa, 0xff, 1, b"unknown"), get_frame(1)],
+            Expect::Answered(1),
+        ),
+        (
+            "unknown flags on PING (§4.1)",
+            vec![frame_bytes(PING, 0xfe, 0, b"h2spec\0\0"), get_frame(1)],
+            Expect::Answered(1),
+        ),
+        (
+            "the reserved bit of a stream identifier set (§4.1)",
+            vec![get_frame(0x8000_0001)],
+            Expect::Answered(1),
+        ),
+        (
+            "a SETTINGS parameter of an unknown identifier (§6.5.2)",
+            vec![frame_bytes(SETTINGS, 0, 0, &setting(0xff, 1)), get_frame(1)],
+            Expect::Answered(1),
+        ),
+        (
+            "PRIORITY on an idle stream before its HEADERS (§6.3)",
+            vec![frame_bytes(PRIORITY, 0, 1, &priority), get_frame(1)],
+            Expect::Answered(1),
+        ),
+        (
+            "HEADERS with a priority (§6.2)",
+            vec![headers_with_priority],
+            Expect::Answered(1),
+        ),
+        (
+            "HEADERS with padding (§6.2)",
+            vec![padded_headers],
+            Expect::Answered(1),
+        ),
+        (
+            "a WINDOW_UPDATE on the connection before any stream (§6.9)",
+            vec![
+                frame_bytes(WINDOW_UPDATE, 0, 0, &1000u32.to_be_bytes()),
+                get_frame(1),
+            ],
+            Expect::Answered(1),
+        ),
+    ];
+    probe_all(caller.upstream("svc"), cases).await;
+    still_serves(&caller).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_are_acknowledged_and_pings_answered_with_their_payload() {
+    let backend = TestBackend::start("b").await;
+    let (_host, caller) = mesh(&backend, "");
+    let mut h2 = RawH2::connect(caller.upstream("svc")).await;
+    // §6.5.3: the client's SETTINGS (sent by `connect`) is acknowledged.
+    assert!(
+        h2.until(|f| f.kind == SETTINGS && f.flags & ACK != 0 && f.payload.is_empty())
+            .await,
+        "{}",
+        seen_summary(&h2)
+    );
+    // §6.7: a PING is answered with ACK and the same eight octets; a PING with ACK is not.
+    h2.frame(PING, ACK, 0, b"not-mine").await;
+    h2.frame(PING, 0, 0, b"h2spec!!").await;
+    assert!(
+        h2.until(|f| f.kind == PING && f.flags & ACK != 0).await,
+        "{}",
+        seen_summary(&h2)
+    );
+    let pongs: Vec<&Frame> = h2.seen.iter().filter(|f| f.kind == PING).collect();
+    assert_eq!(pongs.len(), 1, "{}", seen_summary(&h2));
+    assert_eq!(pongs[0].payload, b"h2spec!!");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_of_one_octet_is_sent_one_octet_at_a_time() {
+    // §6.9.2: SETTINGS_INITIAL_WINDOW_SIZE applies to the answer's stream; the answer waits
+    // for WINDOW_UPDATE beyond it.
+    let backend = TestBackend::start("b").await;
+    let (_host, caller) = mesh(&backend, "");
+    let mut h2 = RawH2::connect(caller.upstream("svc")).await;
+    h2.frame(SETTINGS, 0, 0, &setting(0x4, 1)).await;
+    h2.write(&get_frame(1)).await;
+    assert!(
+        h2.until(|f| f.kind == DATA && f.stream == 1).await,
+        "{}",
+        seen_summary(&h2)
+    );
+    let first = h2
+        .seen
+        .iter()
+        .find(|f| f.kind == DATA && f.stream == 1)
+        .map(|f| (f.payload.len(), f.flags & END_STREAM))
+        .expect("a DATA frame");
+    assert_eq!(first.0, 1, "{}", seen_summary(&h2));
+    h2.frame(WINDOW_UPDATE, 0, 1, &100_000u32.to_be_bytes())
+        .await;
+    assert!(
+        h2.until(|f| f.stream == 1 && f.flags & END_STREAM != 0)
+            .await,
+        "{}",
+        seen_summary(&h2)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_that_break_the_connection_draw_goaway_with_their_error() {
+    let backend = TestBackend::start("b").await;
+    let (_host, caller) = mesh(&backend, "");
+    let priority = |stream: u32, depends_on: u32, length: usize| {
+        let mut payload = depends_on.to_be_bytes().to_vec();
+        payload.push(15);
+        payload.truncate(length);
+        frame_bytes(PRIORITY, 0, stream, &payload)
+    };
+    let get_block = block(&request("GET", "/"));
+    let cases = vec![
+        (
+            "DATA on stream 0 (§6.1)",
+            vec![frame_bytes(DATA, 0, 0, b"data")],
+            Expect::GoAway(PROTOCOL_ERROR),
+        ),
+        (
+            "DATA on an idle stream (§5.1)",
+            vec![frame_bytes(DATA, 0, 1, b"data")],
+            Expect::GoAway(PROTOCOL_ERROR),
+        ),
+        (
+            "DATA whose padding is as long as it (§6.1)",
+            vec![
+                open_post_frame(1),
+                frame_bytes(DATA, PADDED, 1, &[5, 1, 2, 3, 4]),
+            ],
+            Expect::GoAway(PROTOCOL_ERROR),
+        ),
+        (
+            "HEADERS on stream 0 (§6.2)",
+            vec![frame_bytes(
+                HEADERS,
+                END_HEADERS | END_STREAM,
+                0,
+                &get_block,
+            )],
+            Expect::GoAway(PROTOCOL_ERROR),
+        ),
+        (
+            "HEADERS on an even stream (§5.1.1)",
+            vec![get_frame(2)],
+            Expect::GoAway(PROTOCOL_ERROR),
+        ),
+        (
+            "HEADERS on a stream lower than one opened (§5.1.1)",
+            vec![get_frame(5), get_frame(3)],
+            Expect::GoAway(PROTOCOL_ERROR),
+        ),
+        (
+            "HEADERS whose padding is longer than it (§6.2)",
+            vec![frame_bytes(
+                HEADERS,
+                END_HEADERS | END_STREAM | PADDED,
+                1,
+                &{
+                    let mut payload = vec![200u8];
+                    payload.extend(&get_block);
+                    payload
+                },
+            )],
+            Expect::GoAway(PROTOCOL_ERROR),
+        ),
+        (
+            "PRIORITY on stream 0 (§6.3)",
+            vec![priority(0, 1, 5)],
+            Expect::GoAway(PROTOCOL_ERROR),
+        ),
+        (
+            "RST_STREAM on stream 0 (§6.4)",
+            vec![frame_bytes(RST_STREAM, 0, 0, &CANCEL.to_be_bytes())],
+            Expect::GoAway(PROTOCOL_ERROR),
+        ),
+        (
+            "RST_STREAM on an idle stream (§6.4)",
+            vec![frame_bytes(RST_STREAM, 0, 1, &CANCEL.to_be_bytes())],
+            Expect::GoAway(PROTOCOL_ERROR),
+        ),
+        (
+            "RST_STREAM of three octets (§6.4)",
+            vec![
+                open_post_frame(1),
+                frame_bytes(RST_STREAM, 0, 1, &[0, 0, 8]),
+            ],
+            Expect::GoAway(FRAME_SIZE_ERROR),
+        ),
+        (
+            "SETTINGS on a stream (§6.5)",
+            vec![frame_bytes(SETTINGS, 0, 1, &setting(0x3, 100))],
+            Expect::GoAway(PROTOCOL_ERROR),
+        ),
+        (
+            "SETTINGS of three octets (§6.5)",
+            vec![frame_bytes(SETTINGS, 0, 0, &[0, 3, 0])],
+            Expect::GoAway(FRAME_SIZE_ERROR),
+        ),
+        (
+            "SETTINGS with ACK and a payload (§6.5)",
+            vec![frame_bytes(SETTINGS, ACK, 0, &setting(0x3, 100))],
+            Expect::GoAway(FRAME_SIZE_ERROR),
+        ),
+        (
+            "SETTINGS_ENABLE_PUSH of 2 (§6.5.2)",
+            vec![frame_bytes(SETTINGS, 0, 0, &setting(0x2, 2))],
+            Expect::GoAway(PROTOCOL_ERROR),
+        ),
+        (
+            "SETTINGS_INITIAL_WINDOW_SIZE above 2^31-1 (§6.5.2)",
+            vec![frame_bytes(SETTINGS, 0, 0, &setting(0x4, 1 << 31))],
+            Expect::GoAway(FLOW_CONTROL_ERROR),
+        ),
+        (
+            "SETTINGS_MAX_FRAME_SIZE below 16,384 (§6.5.2)",
+            vec![frame_bytes(SETTINGS, 0, 0, &setting(0x5, 16_383))],
+            Expect::GoAway(PROTOCOL_ERROR),
+        ),
+        (
+            "SETTINGS_MAX_FRAME_SIZE above 2^24-1 (§6.5.2)",
+            vec![frame_bytes(SETTINGS, 0, 0, &setting(0x5, 1 << 24))],
+            Expect::GoAway(PROTOCOL_ERROR),
+        ),
+        (
+            "PING on a stream (§6.7)",
+            vec![frame_bytes(PING, 0, 1, b"h2spec\0\0")],
+            Expect::GoAway(PROTOCOL_ERROR),
+        ),
+        (
+            "PING of seven octets (§6.7)",
+            vec![frame_bytes(PING, 0, 0, b"h2spec\0")],
+            Expect::GoAway(FRAME_SIZE_ERROR),
+        ),
+        (
+            "GOAWAY on a stream (§6.8)",
+            vec![frame_bytes(GOAWAY, 0, 1, &[0; 8])],
+            Expect::GoAway(PROTOCOL_ERROR),
+        ),
+        (
+            "WINDOW_UPDATE of 0 on the connection (§6.9)",
+            vec![frame_bytes(WINDOW_UPDATE, 0, 0, &0u32.to_be_bytes())],
+            Expect::GoAway(PROTOCOL_ERROR),
+        ),
+        (
+            "WINDOW_UPDATE of three octets (§6.9)",
+            vec![frame_bytes(WINDOW_UPDATE, 0, 0, &[0, 0, 1])],
+            Expect::GoAway(FRAME_SIZE_ERROR),
+        ),
+        (
+            "CONTINUATION without HEADERS (§6.10)",
+            vec![frame_bytes(CONTINUATION, END_HEADERS, 1, &get_block)],
+            Expect::GoAway(PROTOCOL_ERROR),
+        ),
+        (
+            "DATA inside a header block (§6.10)",
+            vec![
+                frame_bytes(HEADERS, 0, 1, &get_block),
+                frame_bytes(DATA, 0, 1, b"data"),
+            ],
+            Expect::GoAway(PROTOCOL_ERROR),
+        ),
+        (
+            "CONTINUATION on another stream (§6.10)",
+            vec![
+                frame_bytes(HEADERS, 0, 1, &get_block),
+                frame_bytes(CONTINUATION, END_HEADERS, 3, &[]),
+            ],
+            Expect::GoAway(PROTOCOL_ERROR),
+        ),
+        (
+            "an unknown frame inside a header block (§5.5)",
+            vec![
+                frame_bytes(HEADERS, 0, 1, &get_block),
+                frame_bytes(0xfa, 0, 1, b"unknown"),
+            ],
+            Expect::GoAway(PROTOCOL_ERROR),
+        ),
+        (
+            "HPACK index 0 (RFC 7541 §6.1)",
+            vec![frame_bytes(HEADERS, END_HEADERS | END_STREAM, 1, &[0x80])],
+            Expect::GoAway(COMPRESSION_ERROR),
+        ),
+        (
+            "an HPACK table size update after a field (RFC 7541 §4.2)",
+            vec![frame_bytes(HEADERS, END_HEADERS | END_STREAM, 1, &{
+                let mut payload = get_block.clone();
+                payload.push(0x20);
+                payload
+            })],
+            Expect::GoAway(COMPRESSION_ERROR),
+        ),
+    ];
+    probe_all(caller.upstream("svc"), cases).await;
+    assert_eq!(
+        backend.requests(),
+        0,
+        "a broken connection's request went on"
+    );
+    still_serves(&caller).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_that_break_one_stream_draw_its_error() {
+    let backend = TestBackend::start("b").await;
+    let (_host, caller) = mesh(&backend, "");
+    let slow_get = frame_bytes(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &block(&request("GET", "/?delay_ms=2000")),
+    );
+    let trailers = frame_bytes(HEADERS, END_HEADERS, 1, &block(&[("x-sum", "1")]));
+    let cases = vec![
+        (
+            "PRIORITY that depends on its own stream (§5.3.1)",
+            vec![
+                open_post_frame(1),
+                frame_bytes(PRIORITY, 0, 1, &[0, 0, 0, 1, 15]),
+            ],
+            Expect::StreamError(1, PROTOCOL_ERROR),
+        ),
+        (
+            "PRIORITY of four octets (§6.3)",
+            vec![
+                open_post_frame(1),
+                frame_bytes(PRIORITY, 0, 1, &[0, 0, 0, 0]),
+            ],
+            Expect::StreamError(1, FRAME_SIZE_ERROR),
+        ),
+        (
+            "WINDOW_UPDATE of 0 on a stream (§6.9)",
+            vec![
+                open_post_frame(1),
+                frame_bytes(WINDOW_UPDATE, 0, 1, &0u32.to_be_bytes()),
+            ],
+            Expect::StreamError(1, PROTOCOL_ERROR),
+        ),
+        (
+            "DATA after the request's END_STREAM (§5.1, half-closed)",
+            vec![slow_get.clone(), frame_bytes(DATA, 0, 1, b"late")],
+            Expect::StreamError(1, STREAM_CLOSED),
+        ),
+        (
+            "HEADERS after the request's END_STREAM (§5.1, half-closed)",
+            vec![slow_get, trailers.clone()],
+            Expect::StreamError(1, STREAM_CLOSED),
+        ),
+        (
+            "trailers without END_STREAM (§8.1)",
+            vec![
+                open_post_frame(1),
+                frame_bytes(DATA, 0, 1, b"body"),
+                trailers,
+            ],
+            Expect::StreamError(1, PROTOCOL_ERROR),
+        ),
+        (
+            "DATA beyond SETTINGS_MAX_FRAME_SIZE (§4.2)",
+            vec![open_post_frame(1), frame_bytes(DATA, 0, 1, &[b'x'; 16_385])],
+            Expect::StreamError(1, FRAME_SIZE_ERROR),
+        ),
+    ];
+    probe_all(caller.upstream("svc"), cases).await;
+    still_serves(&caller).await;
+}
+
+// ---------------------------------------------------------------------------------------------
 // HTTP/1.1 on an upstream port and the HTTP proxy port.
 
 /// Writes `raw` and reads until the agent closes the connection or the deadline passes.
