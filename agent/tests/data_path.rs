@@ -59,16 +59,7 @@ async fn get_by_authority_over_http2(
     path: &str,
 ) -> (u16, Option<String>) {
     let proxy = caller.http_proxy.expect("proxy port");
-    let stream = tokio::net::TcpStream::connect(proxy)
-        .await
-        .expect("connect to the proxy port");
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .expect("an HTTP/2 handshake with the proxy port");
-    tokio::spawn(connection);
+    let mut sender = hyphae_integration::http::http2_connection(proxy).await;
     let request = http::Request::get(format!("http://{authority}{path}"))
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .expect("a request with a valid authority");

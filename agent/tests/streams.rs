@@ -359,16 +359,7 @@ async fn http2_connect(
     caller: &Agent,
     authority: &str,
 ) -> hyper_util::rt::TokioIo<hyper::upgrade::Upgraded> {
-    let stream = TcpStream::connect(caller.http_proxy.unwrap())
-        .await
-        .unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .expect("an HTTP/2 handshake with the proxy port");
-    tokio::spawn(connection);
+    let mut sender = hyphae_integration::http::http2_connection(caller.http_proxy.unwrap()).await;
     let request = http::Request::connect(authority)
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .unwrap();

@@ -17,6 +17,25 @@ use serde_json::Value;
 /// Longest one exchange may take before it counts as unanswered.
 pub const ANSWER_PATIENCE: Duration = Duration::from_secs(20);
 
+/// One HTTP/2 connection (prior knowledge) to `address`, driven in a task of its own: for a
+/// test that sends what the pooled client will not, such as CONNECT or an `:authority` apart
+/// from the URI it connects to.
+pub async fn http2_connection(
+    address: std::net::SocketAddr,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>> {
+    let stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect for HTTP/2");
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("an HTTP/2 handshake");
+    tokio::spawn(connection);
+    sender
+}
+
 /// A client that keeps connections open between requests.
 pub type Client = Legacy<HttpConnector, Full<Bytes>>;
 

@@ -69,6 +69,19 @@ impl Tunnel {
     fn outgoing(&self) -> std::sync::MutexGuard<'_, Outgoing> {
         self.outgoing.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Ends the writing side as `how`, unless it has ended already, and tells the answer.
+    fn end(&self, how: End) {
+        let mut outgoing = self.outgoing();
+        if outgoing.end == End::Open {
+            outgoing.end = how;
+        }
+        let reader = outgoing.reader.take();
+        drop(outgoing);
+        if let Some(reader) = reader {
+            reader.wake();
+        }
+    }
 }
 
 impl AsyncRead for Tunnel {
@@ -142,30 +155,14 @@ impl AsyncWrite for Tunnel {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut outgoing = self.outgoing();
-        if outgoing.end == End::Open {
-            outgoing.end = End::Shutdown;
-        }
-        let reader = outgoing.reader.take();
-        drop(outgoing);
-        if let Some(reader) = reader {
-            reader.wake();
-        }
+        self.end(End::Shutdown);
         Poll::Ready(Ok(()))
     }
 }
 
 impl Drop for Tunnel {
     fn drop(&mut self) {
-        let mut outgoing = self.outgoing();
-        if outgoing.end == End::Open {
-            outgoing.end = End::Dropped;
-        }
-        let reader = outgoing.reader.take();
-        drop(outgoing);
-        if let Some(reader) = reader {
-            reader.wake();
-        }
+        self.end(End::Dropped);
     }
 }
 
