@@ -1250,6 +1250,36 @@ async fn frames_that_break_one_stream_draw_its_error() {
     still_serves(&caller).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_http2_connect_is_an_ordinary_answer_not_a_failed_tunnel() {
+    // A CONNECT to a service nobody declared gets its error answer; the client, which sent no
+    // END_STREAM (a tunnel's client would send bytes next), is then told it may stop with
+    // NO_ERROR (§8.1), not CONNECT_ERROR: no tunnel was opened to fail.
+    let backend = TestBackend::start("b").await;
+    let (_host, caller) = mesh(&backend, "");
+    let proxy = caller.http_proxy.expect("a proxy port");
+    let mut h2 = RawH2::connect(proxy).await;
+    let fields = [(":method", "CONNECT"), (":authority", "nosuch.mesh:443")];
+    h2.frame(HEADERS, END_HEADERS, 1, &block(&fields)).await;
+    let outcome = h2.outcome(1).await;
+    assert!(
+        matches!(outcome, Outcome::Status(status) if status >= 400),
+        "{outcome:?}: {}",
+        seen_summary(&h2)
+    );
+    assert!(
+        h2.until(|f| f.kind == RST_STREAM && f.stream == 1).await,
+        "{}",
+        seen_summary(&h2)
+    );
+    let reset = h2
+        .seen
+        .iter()
+        .find(|f| f.kind == RST_STREAM && f.stream == 1)
+        .map(|f| u32::from_be_bytes([f.payload[0], f.payload[1], f.payload[2], f.payload[3]]));
+    assert_eq!(reset, Some(0), "{}", seen_summary(&h2));
+}
+
 // ---------------------------------------------------------------------------------------------
 // HTTP/1.1 on an upstream port and the HTTP proxy port.
 

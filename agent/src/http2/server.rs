@@ -69,7 +69,8 @@ struct StreamTask<F> {
     /// The request body's shared state, while the request has one.
     inbox: Option<Arc<Mutex<Inbox>>>,
     waker: Waker,
-    /// A CONNECT stream: its two directions end apart, and a failure is CONNECT_ERROR.
+    /// A CONNECT stream, until an answer other than 2xx refuses it: its two directions end
+    /// apart, and a failure is CONNECT_ERROR.
     tunnel: bool,
 }
 
@@ -564,7 +565,13 @@ where
                 let Poll::Ready(response) = future.as_mut().poll(&mut cx) else {
                     return Driven::Waiting;
                 };
-                send_head(connection, stream, &mut task.phase, task.tunnel, response)
+                send_head(
+                    connection,
+                    stream,
+                    &mut task.phase,
+                    &mut task.tunnel,
+                    response,
+                )
             }
             Phase::Sending { body, pending } => {
                 match send_body(connection, stream, body, pending, &mut cx, task.tunnel) {
@@ -605,19 +612,21 @@ enum Sent {
     Stopped(Driven),
 }
 
-/// Sends an answer's head, and returns whether it was the whole answer; otherwise `task`
-/// moves on to sending the body.
+/// Sends an answer's head, and returns whether it was the whole answer; otherwise the stream
+/// moves on to sending the body. A CONNECT answered other than 2xx stops being a tunnel.
 fn send_head<F>(
     connection: &mut Connection,
     stream: StreamId,
     phase: &mut Phase<F>,
-    tunnel: bool,
+    tunnel: &mut bool,
     response: Response<Body>,
 ) -> bool {
     let (mut head, body) = response.into_parts();
+    // A refused CONNECT is an ordinary answer (RFC 9110 §9.3.6).
+    *tunnel &= head.status.is_success();
     let end = body.is_end_stream();
     if !end
-        && !tunnel
+        && !*tunnel
         && !head.headers.contains_key(http::header::CONTENT_LENGTH)
         && let Some(length) = body.size_hint().exact()
     {
