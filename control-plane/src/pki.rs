@@ -125,8 +125,15 @@ impl NodeTls {
         Ok(true)
     }
 
-    /// Writes a renewed chain and key and uses them for every handshake from now on.
+    /// Writes a renewed chain and key and uses them for every handshake from now on. A chain
+    /// no root this node trusts signed is refused and the certificate in use kept: peers that
+    /// trust what this node trusts would refuse it at every handshake.
     pub fn renew(&self, chain_pem: &str, key_pem: &str) -> anyhow::Result<()> {
+        if !issued_under(chain_pem, &self.roots.load().0) {
+            bail!(
+                "the renewed certificate is not signed by a root this node trusts; keeping the one in use"
+            );
+        }
         self.files.save(None, chain_pem, key_pem)?;
         self.credentials.replace(chain_pem, key_pem)?;
         Ok(())
@@ -138,6 +145,26 @@ impl NodeTls {
         let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
         Some(cert.validity().not_after.timestamp())
     }
+}
+
+/// Whether the first certificate of `chain_pem` was signed by one of the roots in `bundle_pem`.
+fn issued_under(chain_pem: &str, bundle_pem: &str) -> bool {
+    let (Ok(chain), Ok(roots)) = (tls::certificates(chain_pem), tls::certificates(bundle_pem))
+    else {
+        return false;
+    };
+    let Some(Ok((_, leaf))) = chain
+        .first()
+        .map(|leaf| x509_parser::parse_x509_certificate(leaf.as_ref()))
+    else {
+        return false;
+    };
+    roots.iter().any(|root| {
+        x509_parser::parse_x509_certificate(root.as_ref()).is_ok_and(|(_, root)| {
+            leaf.issuer() == root.subject()
+                && leaf.verify_signature(Some(root.public_key())).is_ok()
+        })
+    })
 }
 
 /// This node's TLS set-up from its data directory, if it has one.
@@ -351,6 +378,39 @@ pub fn forget_founding_root(files: &CertificateFiles) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_renewal_no_trusted_root_signed_is_refused_and_the_certificate_in_use_kept() {
+        let dir = tempfile::TempDir::new().expect("a temporary directory");
+        let hosts = hosts_for("127.0.0.1:7400", None);
+        let lifetime = Duration::from_secs(3600);
+        let now = crate::tokens::now_ms();
+        let root = ca::generate("test.mesh", now).expect("a root");
+        let node = found(
+            dir.path(),
+            "test.mesh",
+            1,
+            &hosts,
+            lifetime,
+            Some(root.clone()),
+        )
+        .expect("a founded node");
+        let in_use = node.credentials.leaf();
+        let files = CertificateFiles::new(tls_dir(dir.path()));
+        let on_disk = files.load().expect("the node's files").chain;
+        let stranger = ca::generate("test.mesh", now).expect("another root");
+        let (chain, key) =
+            issue(&stranger, "test.mesh", 1, &hosts, now, lifetime).expect("a certificate");
+        let refused = node.renew(&chain, &key);
+        assert!(refused.is_err(), "a certificate of another root was taken");
+        assert_eq!(node.credentials.leaf(), in_use);
+        assert_eq!(files.load().expect("the node's files").chain, on_disk);
+        let (chain, key) =
+            issue(&root, "test.mesh", 1, &hosts, now, lifetime).expect("a certificate");
+        node.renew(&chain, &key)
+            .expect("a certificate of its own root");
+        assert_ne!(node.credentials.leaf(), in_use);
+    }
 
     fn hosts_for(listen: &str, advertise: Option<&str>) -> HostNames {
         host_names(&ControlPlaneConfigSpec {
