@@ -37,6 +37,7 @@ pub mod dns;
 pub mod error;
 pub mod external_names;
 pub mod health;
+pub mod http1;
 pub mod http2;
 pub mod identity;
 pub mod idle_timer;

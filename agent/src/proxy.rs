@@ -110,6 +110,14 @@ pub fn own_http2_server() -> bool {
     *OWN.get_or_init(|| std::env::var("HYPHAE_HTTP2_SERVER").as_deref() != Ok("hyper"))
 }
 
+/// Whether the outbound ports serve HTTP/1.1 with the agent's own server (decision 92), which
+/// `HYPHAE_HTTP1_SERVER=hyphae` in the agent's environment turns on while it is new; hyper's
+/// is the default. Read once.
+pub fn own_http1_server() -> bool {
+    static OWN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OWN.get_or_init(|| std::env::var("HYPHAE_HTTP1_SERVER").as_deref() == Ok("hyphae"))
+}
+
 /// The own HTTP/2 server's limits from the agent's: the same streams, resets and header
 /// sizes as hyper's server is given, and hyper's 1 MiB windows.
 pub fn own_http2_limits(limits: &hyphae_policies::AgentLimits) -> crate::http2::connection::Limits {

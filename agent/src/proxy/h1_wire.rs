@@ -456,7 +456,7 @@ fn one_plain_length(headers: &mut HeaderMap) {
 }
 
 /// The number `text` spells in decimal, when it is only digits and fits.
-fn digits(text: &[u8]) -> Option<u64> {
+pub fn digits(text: &[u8]) -> Option<u64> {
     if text.is_empty() || text.len() > 19 {
         return None;
     }

@@ -85,8 +85,10 @@ pub enum Failed {
     Other(ProxyError),
 }
 
-/// Writes a request's head and body.
-struct RequestWriter {
+/// Writes a message's head and body: a request toward an instance, or an answer of the own
+/// HTTP/1.1 server (`http1::server`), gathering the head with the first frames of the body and
+/// small frames with each other into one write.
+pub struct MessageWriter {
     /// Encoded bytes not yet written, in order.
     pending: SmallVec<[Bytes; WRITE_PIECES]>,
     /// The body, until it ends.
@@ -105,13 +107,15 @@ struct RequestWriter {
     caller_failed: bool,
 }
 
-impl RequestWriter {
-    fn new(request: Outgoing, reused: bool) -> (Method, Self) {
+impl MessageWriter {
+    /// A writer of `request`; `reused` when the connection carried an earlier one, so that
+    /// the head goes alone and a head that cannot be written leaves the request whole.
+    pub fn new(request: Outgoing, reused: bool) -> (Method, Self) {
         let ended = http_body::Body::is_end_stream(&request.body)
             || request.framing == RequestFraming::Length(0);
         let mut pending = SmallVec::new();
         pending.push(request.head);
-        let writer = RequestWriter {
+        let writer = MessageWriter {
             pending,
             body: (!ended).then_some(request.body),
             framing: request.framing,
@@ -140,8 +144,12 @@ impl RequestWriter {
         self.pending.is_empty() && self.body.is_none()
     }
 
-    /// Writes what is ready; `Ready(Ok)` once the whole request has gone.
-    fn poll_write(&mut self, cx: &mut Context<'_>, stream: &mut TcpStream) -> Poll<io::Result<()>> {
+    /// Writes what is ready; `Ready(Ok)` once the whole message has gone.
+    pub fn poll_write<W: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        stream: &mut W,
+    ) -> Poll<io::Result<()>> {
         loop {
             self.gather(cx)?;
             if self.pending.is_empty() {
@@ -275,7 +283,7 @@ where
     F: FnOnce(Connection) + Send + Sync + 'static,
 {
     let head = request.head.clone();
-    let (method, mut writer) = RequestWriter::new(request, reused);
+    let (method, mut writer) = MessageWriter::new(request, reused);
     let mut write_failed = None;
     // How much of the buffer has been looked through for the head's end.
     let mut searched = 0;
@@ -395,7 +403,7 @@ struct AnswerBody {
     /// `None` once the body has ended or failed.
     connection: Option<Connection>,
     /// The rest of the request, while it is still being written.
-    writer: Option<RequestWriter>,
+    writer: Option<MessageWriter>,
     framing: BodyFraming,
     /// Whether the connection may carry another request once this body ends: never while
     /// the request was still being written when the answer began.

@@ -72,8 +72,9 @@ pub async fn serve(
 
 /// Serves an HTTP/1.1 connection (upgrades included), its writes bounded by
 /// `limits.streamIdleTimeout` (`send_timeout`), then closes it in stages
-/// (`lingering_close`). Each request's future is held inline: hyper keeps it in one place per
-/// connection, so boxing it would only add an allocation.
+/// (`lingering_close`). With the own server (`HYPHAE_HTTP1_SERVER=hyphae`, decision 92) hyper's
+/// takes over only from a request the own one leaves to it. hyper keeps each request's future
+/// in one place per connection, so boxing it would only add an allocation.
 async fn serve_http1(
     proxy: Arc<Proxy>,
     target: Target,
@@ -81,9 +82,51 @@ async fn serve_http1(
     shutdown: &CancellationToken,
 ) -> Result<(), hyper::Error> {
     let limits = proxy.snapshot.load().limits.clone();
-    let service = service_fn(move |request| answer_owned(&proxy, &target, request));
     let (stream, lingering) = lingering(stream);
     let stream = SendTimeout::new(stream, limits.stream_idle_timeout.get());
+    let served = if super::own_http1_server() {
+        let own_limits = crate::http1::server::Limits {
+            header_read_timeout: limits.header_read_timeout.get(),
+            max_header_bytes: limits.max_header_bytes as usize,
+        };
+        let (proxy_ref, target_ref) = (&*proxy, &target);
+        let served = crate::http1::server::serve(stream, own_limits, shutdown, |request| {
+            answer_own_http1(proxy_ref, target_ref, request)
+        })
+        .await;
+        match served {
+            Ok(crate::http1::server::Served::Handoff(rewound)) => {
+                serve_http1_with_hyper(proxy, target, rewound, &limits, shutdown).await
+            }
+            Ok(crate::http1::server::Served::Closed) => Ok(()),
+            Err(error) => {
+                tracing::debug!(%error, "outbound HTTP/1.1 connection ended with an error");
+                Ok(())
+            }
+        }
+    } else {
+        serve_http1_with_hyper(proxy, target, stream, &limits, shutdown).await
+    };
+    // The server has let go of the socket (unless upgraded): close it without a reset that
+    // would destroy the last answer for a client still sending.
+    lingering
+        .close(limits.lingering_close_timeout.get(), shutdown.cancelled())
+        .await;
+    served
+}
+
+/// Serves an HTTP/1.1 connection with hyper's server, upgrades included.
+async fn serve_http1_with_hyper<I>(
+    proxy: Arc<Proxy>,
+    target: Target,
+    stream: I,
+    limits: &hyphae_policies::AgentLimits,
+    shutdown: &CancellationToken,
+) -> Result<(), hyper::Error>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request| answer_owned(&proxy, &target, request));
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout.get())
@@ -93,15 +136,7 @@ async fn serve_http1(
         .max_header_size(limits.max_header_bytes as usize)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
-    let served =
-        crate::listener::serve_until_shutdown(connection, shutdown, |c| c.graceful_shutdown())
-            .await;
-    // hyper has let go of the socket (unless upgraded): close it without a reset that would
-    // destroy the last answer for a client still sending.
-    lingering
-        .close(limits.lingering_close_timeout.get(), shutdown.cancelled())
-        .await;
-    served
+    crate::listener::serve_until_shutdown(connection, shutdown, |c| c.graceful_shutdown()).await
 }
 
 /// Serves an HTTP/2 connection (prior knowledge), its writes bounded by
@@ -239,6 +274,28 @@ pub async fn answer_own_http2(
         };
     }
     let answer = routed(&proxy, &target, request, addressed.as_ref()).await;
+    without_body_for_head(&method, answer)
+}
+
+/// The answer to one request the agent's own HTTP/1.1 server took from a local app (decision
+/// 92): the path of [`answer`] without CONNECT and upgrades, which that server leaves to
+/// hyper's.
+async fn answer_own_http1(
+    proxy: &Proxy,
+    target: &Target,
+    mut request: Request<Body>,
+) -> Response<Body> {
+    let method = request.method().clone();
+    let addressed = match checked(&mut request) {
+        Ok(addressed) => addressed,
+        Err(error) => return without_body_for_head(&method, error_response(&error)),
+    };
+    let request = if is_chunked_http1(&request) {
+        request.map(|body| body::boxed(with_end_to_end_trailers(body)))
+    } else {
+        request
+    };
+    let answer = routed(proxy, target, request, addressed.as_ref()).await;
     without_body_for_head(&method, answer)
 }
 
