@@ -67,6 +67,9 @@ struct Head {
     trailers_allowed: bool,
 }
 
+/// Where a header line's name and value lie in the head: from, to.
+type FieldSpans = ((usize, usize), (usize, usize));
+
 /// How the request's body is framed.
 #[derive(Debug, PartialEq, Eq)]
 enum BodyPlan {
@@ -224,7 +227,7 @@ fn parse_head(input: &mut BytesMut) -> Parsed {
         }
     };
     let target_span = span(target.as_bytes());
-    let spans: smallvec::SmallVec<[((usize, usize), (usize, usize)); 16]> = request
+    let spans: smallvec::SmallVec<[FieldSpans; 16]> = request
         .headers
         .iter()
         .map(|h| (span(h.name.as_bytes()), span(h.value)))
@@ -248,7 +251,7 @@ fn build_head(
     method: Method,
     head: &Bytes,
     target: (usize, usize),
-    spans: &[((usize, usize), (usize, usize))],
+    spans: &[FieldSpans],
 ) -> Option<Head> {
     let uri = Uri::from_maybe_shared(head.slice(target.0..target.1)).ok()?;
     let mut headers = HeaderMap::with_capacity(spans.len());
