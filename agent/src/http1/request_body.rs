@@ -134,8 +134,8 @@ pub struct Feeder {
 }
 
 impl Feeder {
-    /// A body framed by `framing`, and the reader the call gets. `length` is the declared
-    /// length, for the body's size hint.
+    /// A body framed by `framing`, and the reader the call gets; a declared length becomes
+    /// the reader's size hint.
     pub fn new(framing: BodyFraming) -> (Feeder, RequestBody) {
         let remaining = match &framing {
             BodyFraming::Length(length) => Some(*length),
