@@ -110,12 +110,13 @@ pub fn own_http2_server() -> bool {
     *OWN.get_or_init(|| std::env::var("HYPHAE_HTTP2_SERVER").as_deref() != Ok("hyper"))
 }
 
-/// Whether the outbound ports serve HTTP/1.1 with the agent's own server (decision 92), which
-/// `HYPHAE_HTTP1_SERVER=hyphae` in the agent's environment turns on while it is new; hyper's
-/// is the default. Read once.
+/// Whether the outbound ports serve HTTP/1.1 with the agent's own server (the default since
+/// decision 93) rather than hyper's, which `HYPHAE_HTTP1_SERVER=hyper` in the agent's
+/// environment brings back for one release, as a way out should the new server misbehave.
+/// Read once.
 pub fn own_http1_server() -> bool {
     static OWN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *OWN.get_or_init(|| std::env::var("HYPHAE_HTTP1_SERVER").as_deref() == Ok("hyphae"))
+    *OWN.get_or_init(|| std::env::var("HYPHAE_HTTP1_SERVER").as_deref() != Ok("hyper"))
 }
 
 /// The own HTTP/2 server's limits from the agent's: the same streams, resets and header

@@ -72,7 +72,7 @@ pub async fn serve(
 
 /// Serves an HTTP/1.1 connection (upgrades included), its writes bounded by
 /// `limits.streamIdleTimeout` (`send_timeout`), then closes it in stages
-/// (`lingering_close`). With the own server (`HYPHAE_HTTP1_SERVER=hyphae`, decision 92) hyper's
+/// (`lingering_close`). With the own server (the default, decision 93) hyper's
 /// takes over only from a request the own one leaves to it. hyper keeps each request's future
 /// in one place per connection, so boxing it would only add an allocation.
 async fn serve_http1(
