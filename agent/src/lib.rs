@@ -27,6 +27,7 @@ pub mod admin;
 pub mod authz;
 pub mod balance;
 pub mod body;
+pub mod body_inbox;
 pub mod circuit;
 pub mod cli;
 pub mod config;

@@ -4,18 +4,16 @@
 //! inbox holds [`INBOX_HIGH_WATER`] bytes, so a caller that uploads faster than the instance
 //! takes fills the socket's buffers, not the agent's memory.
 
-use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
-use http::HeaderMap;
-use http_body::{Frame, SizeHint};
+use bytes::BytesMut;
 use tokio::io::AsyncRead;
 
-use crate::body::BoxError;
+use crate::body_inbox::{self, Inbox, SharedInbox};
 use crate::proxy::h1_wire::{Chunk, ChunkedDecoder, WireError};
+
+pub use crate::body_inbox::RequestBody;
 
 /// Bytes the inbox holds before the connection stops reading the socket for the body.
 pub const INBOX_HIGH_WATER: usize = 64 * 1024;
@@ -31,101 +29,9 @@ pub enum BodyFraming {
     Chunked(ChunkedDecoder),
 }
 
-/// What the connection has read of a body and its reader has not.
-#[derive(Default)]
-struct Inbox {
-    chunks: VecDeque<Bytes>,
-    queued: usize,
-    trailers: Option<HeaderMap>,
-    ended: bool,
-    failed: Option<String>,
-    /// The body's reader, waiting for bytes.
-    reader: Option<Waker>,
-    /// The connection, waiting for room in the inbox.
-    connection: Option<Waker>,
-    /// The reader let the body go: what still comes is read and thrown away.
-    dropped: bool,
-}
-
-fn lock(inbox: &Mutex<Inbox>) -> MutexGuard<'_, Inbox> {
-    inbox.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The request body handed to the call.
-pub struct RequestBody {
-    inbox: Arc<Mutex<Inbox>>,
-    /// Bytes still to come, when `Content-Length` said how many.
-    remaining: Option<u64>,
-}
-
-impl http_body::Body for RequestBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut inbox = lock(&self.inbox);
-        if let Some(chunk) = inbox.chunks.pop_front() {
-            inbox.queued -= chunk.len();
-            let connection = inbox.connection.take();
-            drop(inbox);
-            if let Some(waker) = connection {
-                waker.wake();
-            }
-            if let Some(remaining) = self.remaining.as_mut() {
-                *remaining = remaining.saturating_sub(chunk.len() as u64);
-            }
-            return Poll::Ready(Some(Ok(Frame::data(chunk))));
-        }
-        if let Some(reason) = &inbox.failed {
-            return Poll::Ready(Some(Err(reason.clone().into())));
-        }
-        if let Some(trailers) = inbox.trailers.take() {
-            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-        }
-        if inbox.ended {
-            return Poll::Ready(None);
-        }
-        if !inbox
-            .reader
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()))
-        {
-            inbox.reader = Some(cx.waker().clone());
-        }
-        Poll::Pending
-    }
-
-    fn is_end_stream(&self) -> bool {
-        let inbox = lock(&self.inbox);
-        inbox.ended && inbox.chunks.is_empty() && inbox.trailers.is_none()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.remaining
-            .map_or_else(SizeHint::default, SizeHint::with_exact)
-    }
-}
-
-impl Drop for RequestBody {
-    fn drop(&mut self) {
-        let mut inbox = lock(&self.inbox);
-        inbox.dropped = true;
-        inbox.chunks.clear();
-        inbox.queued = 0;
-        let connection = inbox.connection.take();
-        drop(inbox);
-        if let Some(waker) = connection {
-            waker.wake();
-        }
-    }
-}
-
 /// The connection's side of a body: reads it off the socket into the inbox.
 pub struct Feeder {
-    inbox: Arc<Mutex<Inbox>>,
+    inbox: SharedInbox,
     framing: BodyFraming,
     /// The body has been read to its end (or failed): the socket is the next request's.
     done: bool,
@@ -141,11 +47,7 @@ impl Feeder {
             BodyFraming::Length(length) => Some(*length),
             BodyFraming::Chunked(_) => None,
         };
-        let inbox = Arc::new(Mutex::new(Inbox::default()));
-        let body = RequestBody {
-            inbox: Arc::clone(&inbox),
-            remaining,
-        };
+        let (inbox, body) = body_inbox::pair(None, remaining);
         let feeder = Feeder {
             inbox,
             framing,
@@ -172,21 +74,22 @@ impl Feeder {
     ) {
         while !self.done {
             {
-                let mut inbox = lock(&self.inbox);
+                let mut inbox = body_inbox::lock(&self.inbox);
                 match decode_into(&mut self.framing, input, &mut inbox) {
                     Ok(ended) => self.done = ended,
                     Err(reason) => {
                         self.done = true;
                         self.broken = true;
-                        inbox.failed = Some(reason);
+                        inbox.fail(reason);
                     }
                 }
-                if !self.done && inbox.queued >= INBOX_HIGH_WATER {
-                    inbox.connection = Some(cx.waker().clone());
-                    wake_reader(inbox);
+                let full = !self.done && inbox.queued() >= INBOX_HIGH_WATER;
+                // Woken by the reader's reads only while they are what it waits for.
+                inbox.wake_on_reads(full.then_some(cx.waker()));
+                Inbox::wake_reader(inbox);
+                if full {
                     return;
                 }
-                wake_reader(inbox);
             }
             if self.done {
                 return;
@@ -204,9 +107,9 @@ impl Feeder {
             };
             self.done = true;
             self.broken = true;
-            let mut inbox = lock(&self.inbox);
-            inbox.failed = Some(failure);
-            wake_reader(inbox);
+            let mut inbox = body_inbox::lock(&self.inbox);
+            inbox.fail(failure);
+            Inbox::wake_reader(inbox);
         }
     }
 }
@@ -218,9 +121,9 @@ impl Drop for Feeder {
         if self.done {
             return;
         }
-        let mut inbox = lock(&self.inbox);
-        inbox.failed = Some("the connection closed before the request body ended".to_string());
-        wake_reader(inbox);
+        let mut inbox = body_inbox::lock(&self.inbox);
+        inbox.fail("the connection closed before the request body ended".to_string());
+        Inbox::wake_reader(inbox);
     }
 }
 
@@ -240,22 +143,21 @@ fn decode_into(
                 *left -= take as u64;
                 inbox.put(data);
             }
-            inbox.ended = *left == 0;
-            Ok(inbox.ended)
+            if *left == 0 {
+                inbox.end(None);
+            }
+            Ok(*left == 0)
         }
         BodyFraming::Chunked(decoder) => loop {
             match decoder.decode(input) {
                 Ok(None) => return Ok(false),
                 Ok(Some(Chunk::Data(data))) => inbox.put(data),
                 Ok(Some(Chunk::Trailers(trailers))) => {
-                    if !inbox.dropped {
-                        inbox.trailers = Some(trailers);
-                    }
-                    inbox.ended = true;
+                    inbox.end(Some(trailers));
                     return Ok(true);
                 }
                 Ok(Some(Chunk::End)) => {
-                    inbox.ended = true;
+                    inbox.end(None);
                     return Ok(true);
                 }
                 Err(WireError::Invalid(what)) => {
@@ -264,27 +166,6 @@ fn decode_into(
                 Err(_) => return Err("the request's chunked body is malformed".to_string()),
             }
         },
-    }
-}
-
-/// Wakes the body's reader when it has something to read.
-fn wake_reader(mut inbox: MutexGuard<'_, Inbox>) {
-    if inbox.chunks.is_empty() && !inbox.ended && inbox.failed.is_none() {
-        return;
-    }
-    let reader = inbox.reader.take();
-    drop(inbox);
-    if let Some(waker) = reader {
-        waker.wake();
-    }
-}
-
-impl Inbox {
-    fn put(&mut self, data: Bytes) {
-        if !self.dropped && !data.is_empty() {
-            self.queued += data.len();
-            self.chunks.push_back(data);
-        }
     }
 }
 

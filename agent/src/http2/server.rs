@@ -16,14 +16,15 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderValue, Request, Response};
-use http_body::{Body as _, Frame, SizeHint};
+use http::{HeaderValue, Request, Response};
+use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
 use super::connection::{Connection, ConnectionError, Event, Limits};
 use super::frame::{ErrorCode, StreamId};
-use crate::body::{Body, BoxError};
+use crate::body::Body;
+use crate::body_inbox::{self, Inbox, SharedInbox};
 
 /// Stops reading the client while this much waits to be written to it: a client that sends
 /// PINGs or SETTINGS without reading the answers stalls itself, not this side's memory.
@@ -67,7 +68,7 @@ pub struct Server<I, S, F> {
 struct StreamTask<F> {
     phase: Phase<F>,
     /// The request body's shared state, while the request has one.
-    inbox: Option<Arc<Mutex<Inbox>>>,
+    inbox: Option<SharedInbox>,
     waker: Waker,
     /// A CONNECT stream, until an answer other than 2xx refuses it: its two directions end
     /// apart, and a failure is CONNECT_ERROR.
@@ -147,90 +148,6 @@ impl Wake for StreamWaker {
 
     fn wake_by_ref(self: &Arc<Self>) {
         self.ready.mark(self.stream);
-    }
-}
-
-/// A request body as the connection receives it.
-#[derive(Default)]
-struct Inbox {
-    chunks: std::collections::VecDeque<Bytes>,
-    trailers: Option<HeaderMap>,
-    ended: bool,
-    failed: Option<ErrorCode>,
-    /// Octets read since the connection last gave them back to the client's window.
-    consumed: usize,
-    reader: Option<Waker>,
-    /// The stream's waker: reading wakes the connection so the window is given back.
-    stream: Option<Waker>,
-    /// The reader dropped the body: what still comes is given back at once.
-    dropped: bool,
-}
-
-/// The request body handed to the service.
-struct RequestBody {
-    inbox: Arc<Mutex<Inbox>>,
-    /// Octets still to come, when `content-length` said.
-    remaining: Option<u64>,
-}
-
-impl http_body::Body for RequestBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(chunk) = inbox.chunks.pop_front() {
-            inbox.consumed += chunk.len();
-            let stream = inbox.stream.clone();
-            drop(inbox);
-            if let Some(waker) = stream {
-                waker.wake();
-            }
-            if let Some(remaining) = self.remaining.as_mut() {
-                *remaining = remaining.saturating_sub(chunk.len() as u64);
-            }
-            return Poll::Ready(Some(Ok(Frame::data(chunk))));
-        }
-        if let Some(code) = inbox.failed {
-            return Poll::Ready(Some(Err(format!(
-                "the client reset the stream ({:#x})",
-                code.0
-            )
-            .into())));
-        }
-        if let Some(trailers) = inbox.trailers.take() {
-            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-        }
-        if inbox.ended {
-            return Poll::Ready(None);
-        }
-        inbox.reader = Some(cx.waker().clone());
-        Poll::Pending
-    }
-
-    fn is_end_stream(&self) -> bool {
-        let inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
-        inbox.ended && inbox.chunks.is_empty() && inbox.trailers.is_none()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.remaining
-            .map_or_else(SizeHint::default, SizeHint::with_exact)
-    }
-}
-
-impl Drop for RequestBody {
-    fn drop(&mut self) {
-        let mut inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
-        inbox.dropped = true;
-        inbox.consumed += inbox.chunks.drain(..).map(|c| c.len()).sum::<usize>();
-        if let Some(waker) = inbox.stream.clone() {
-            drop(inbox);
-            waker.wake();
-        }
     }
 }
 
@@ -411,19 +328,13 @@ where
                 let (body, inbox) = if end_stream {
                     (crate::body::empty(), None)
                 } else {
-                    let inbox = Arc::new(Mutex::new(Inbox {
-                        stream: Some(waker.clone()),
-                        ..Inbox::default()
-                    }));
                     let remaining = request
                         .headers()
                         .get(http::header::CONTENT_LENGTH)
                         .and_then(|v| v.to_str().ok()?.parse().ok());
-                    let body = RequestBody {
-                        inbox: Arc::clone(&inbox),
-                        remaining,
-                    };
-                    (http_body_util::BodyExt::boxed(body), Some(inbox))
+                    // Each read wakes the stream, which gives the window back.
+                    let (inbox, body) = body_inbox::pair(Some(waker.clone()), remaining);
+                    (crate::body::boxed(body), Some(inbox))
                 };
                 let tunnel = request.method() == http::Method::CONNECT;
                 let future = (self.service)(request.map(|()| body));
@@ -443,13 +354,14 @@ where
                 data,
                 end_stream,
             } => self.deliver(stream, |inbox| {
-                inbox.chunks.push_back(data);
-                inbox.ended = end_stream;
+                inbox.put(data);
+                if end_stream {
+                    inbox.end(None);
+                }
             }),
-            Event::Trailers { stream, trailers } => self.deliver(stream, |inbox| {
-                inbox.trailers = Some(trailers);
-                inbox.ended = true;
-            }),
+            Event::Trailers { stream, trailers } => {
+                self.deliver(stream, |inbox| inbox.end(Some(trailers)))
+            }
             Event::Reset { stream, .. } => {
                 if let Some(task) = self.streams.remove(&stream) {
                     fail(task.inbox.as_ref(), ErrorCode::CANCEL);
@@ -481,21 +393,13 @@ where
         let Some(inbox) = task.inbox.clone() else {
             return;
         };
-        let mut inbox = inbox.lock().unwrap_or_else(|e| e.into_inner());
+        let mut inbox = body_inbox::lock(&inbox);
         put(&mut inbox);
-        if inbox.dropped {
-            inbox.consumed += inbox.chunks.drain(..).map(|c| c.len()).sum::<usize>();
-            inbox.trailers = None;
-        }
-        let reader = inbox.reader.take();
         // Nobody reads, so the stream is driven to give the window back; or a half-closed
         // tunnel's client ended, and with it the stream. A reader's reads wake the stream
         // themselves.
-        let drive = inbox.dropped || (answered && inbox.ended);
-        drop(inbox);
-        if let Some(reader) = reader {
-            reader.wake();
-        }
+        let drive = inbox.is_dropped() || (answered && inbox.is_ended());
+        Inbox::wake_reader(inbox);
         if drive {
             self.ready.later(stream);
         }
@@ -519,7 +423,7 @@ where
             let inbox_open = task
                 .inbox
                 .as_ref()
-                .is_some_and(|i| !i.lock().unwrap_or_else(|e| e.into_inner()).ended);
+                .is_some_and(|i| !body_inbox::lock(i).is_ended());
             if inbox_open {
                 // The answer is complete before the request: the client may stop (§8.1). A
                 // tunnel ends here only when its far side is gone.
@@ -552,8 +456,7 @@ where
     F: Future<Output = Response<Body>>,
 {
     if let Some(inbox) = &task.inbox {
-        let consumed =
-            std::mem::take(&mut inbox.lock().unwrap_or_else(|e| e.into_inner()).consumed);
+        let consumed = body_inbox::lock(inbox).take_consumed();
         if consumed > 0 {
             connection.release(stream, consumed);
         }
@@ -588,8 +491,8 @@ where
         }
         let client_sending = || {
             task.inbox.as_ref().is_some_and(|inbox| {
-                let inbox = inbox.lock().unwrap_or_else(|e| e.into_inner());
-                !inbox.ended && !inbox.dropped && inbox.failed.is_none()
+                let inbox = body_inbox::lock(inbox);
+                !inbox.is_finished() && !inbox.is_dropped()
             })
         };
         if task.tunnel && client_sending() {
@@ -700,15 +603,11 @@ fn send_body(
 }
 
 /// Ends a request body that will get no more data.
-fn fail(inbox: Option<&Arc<Mutex<Inbox>>>, code: ErrorCode) {
+fn fail(inbox: Option<&SharedInbox>, code: ErrorCode) {
     if let Some(inbox) = inbox {
-        let mut inbox = inbox.lock().unwrap_or_else(|e| e.into_inner());
-        if !inbox.ended {
-            inbox.failed = Some(code);
-        }
-        if let Some(reader) = inbox.reader.take() {
-            reader.wake();
-        }
+        let mut inbox = body_inbox::lock(inbox);
+        inbox.fail(format!("the client reset the stream ({:#x})", code.0));
+        Inbox::wake_reader(inbox);
     }
 }
 
@@ -741,11 +640,14 @@ pub enum ServeError {
 
 #[cfg(test)]
 mod tests {
+    use http::HeaderMap;
+    use http_body::Frame;
     use http_body_util::{BodyExt, Full, StreamBody};
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
+    use crate::body::BoxError;
 
     const KEEP_ALIVE: KeepAlive = KeepAlive {
         interval: Duration::from_secs(10),
