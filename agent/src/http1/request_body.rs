@@ -170,32 +170,29 @@ fn decode_into(
 }
 
 /// Drives `feeder` (when there is one) beside `future` until `future` is ready: the call reads
-/// its request's body while it works out the answer.
-pub async fn alongside<F, I>(
-    future: F,
-    feeder: Option<&mut Feeder>,
-    io: &mut I,
-    input: &mut BytesMut,
-) -> F::Output
+/// its request's body while it works out the answer. The call is pinned where the connection
+/// keeps it and only borrowed here: a future moved into this one would be copied whole (several
+/// KB) once more per request.
+pub fn alongside<'a, F, I>(
+    mut future: Pin<&'a mut F>,
+    mut feeder: Option<&'a mut Feeder>,
+    io: &'a mut I,
+    input: &'a mut BytesMut,
+) -> impl Future<Output = F::Output> + 'a
 where
     F: Future,
     I: AsyncRead + Unpin,
 {
-    let mut future = std::pin::pin!(future);
-    match feeder {
-        None => future.await,
-        Some(feeder) => {
-            std::future::poll_fn(|cx| {
-                if let Poll::Ready(output) = future.as_mut().poll(cx) {
-                    return Poll::Ready(output);
-                }
-                feeder.poll_feed(cx, io, input);
-                // Feeding may have woken the call's reader; it runs again on that wake-up.
-                Poll::Pending
-            })
-            .await
+    std::future::poll_fn(move |cx| {
+        if let Poll::Ready(output) = future.as_mut().poll(cx) {
+            return Poll::Ready(output);
         }
-    }
+        if let Some(feeder) = feeder.as_deref_mut() {
+            // Feeding may wake the call's reader; it runs again on that wake-up.
+            feeder.poll_feed(cx, io, input);
+        }
+        Poll::Pending
+    })
 }
 
 #[cfg(test)]
@@ -208,9 +205,14 @@ mod tests {
         let (client, mut server) = tokio::io::duplex(1024);
         let (mut feeder, body) = Feeder::new(BodyFraming::Chunked(ChunkedDecoder::new(1024)));
         let mut input = BytesMut::from(&b"5\r\nhello\r\n0\r\nx-sum: 5\r\n\r\nGET /next"[..]);
-        let collected = alongside(body.collect(), Some(&mut feeder), &mut server, &mut input)
-            .await
-            .expect("the body ends well");
+        let collected = alongside(
+            std::pin::pin!(body.collect()),
+            Some(&mut feeder),
+            &mut server,
+            &mut input,
+        )
+        .await
+        .expect("the body ends well");
         let trailers = collected.trailers().cloned().expect("trailers");
         assert_eq!(collected.to_bytes(), "hello");
         assert_eq!(trailers["x-sum"], "5");
@@ -229,9 +231,14 @@ mod tests {
             client.write_all(&[7u8; 100_000]).await.expect("written");
             client
         });
-        let collected = alongside(body.collect(), Some(&mut feeder), &mut server, &mut input)
-            .await
-            .expect("the body ends well");
+        let collected = alongside(
+            std::pin::pin!(body.collect()),
+            Some(&mut feeder),
+            &mut server,
+            &mut input,
+        )
+        .await
+        .expect("the body ends well");
         assert_eq!(collected.to_bytes().len(), 100_000);
         assert!(feeder.is_done());
         writer.await.expect("writer");
@@ -243,7 +250,13 @@ mod tests {
         drop(client);
         let (mut feeder, body) = Feeder::new(BodyFraming::Length(10));
         let mut input = BytesMut::from(&b"abc"[..]);
-        let collected = alongside(body.collect(), Some(&mut feeder), &mut server, &mut input).await;
+        let collected = alongside(
+            std::pin::pin!(body.collect()),
+            Some(&mut feeder),
+            &mut server,
+            &mut input,
+        )
+        .await;
         assert!(collected.is_err());
         assert!(!feeder.is_done());
     }
@@ -253,7 +266,13 @@ mod tests {
         let (_client, mut server) = tokio::io::duplex(64);
         let (mut feeder, body) = Feeder::new(BodyFraming::Chunked(ChunkedDecoder::new(1024)));
         let mut input = BytesMut::from(&b"fffffffffffffffffff\r\n"[..]);
-        let collected = alongside(body.collect(), Some(&mut feeder), &mut server, &mut input).await;
+        let collected = alongside(
+            std::pin::pin!(body.collect()),
+            Some(&mut feeder),
+            &mut server,
+            &mut input,
+        )
+        .await;
         let error = collected.expect_err("refused").to_string();
         assert!(
             error.contains("chunked body has an invalid chunk size"),

@@ -128,7 +128,7 @@ where
                 (Some(feeder), crate::body::boxed(body))
             }
         };
-        let call = service(Request::from_parts(parts, body));
+        let call = std::pin::pin!(service(Request::from_parts(parts, body)));
         let answer = request_body::alongside(call, feeder.as_mut(), &mut io, &mut input).await;
         let keep_alive = keep_alive && !shutdown.is_cancelled();
         let reusable = write_answer(

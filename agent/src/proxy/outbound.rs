@@ -2,6 +2,7 @@
 //! service; the HTTP proxy port routes by the request's host. HTTP/1.1 and HTTP/2 (prior
 //! knowledge) are detected per connection.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -273,7 +274,10 @@ pub async fn answer_own_http2(
             Target::Service(_) => connect_refused(),
         };
     }
-    let answer = routed(&proxy, &target, request, addressed.as_ref()).await;
+    let answer = match routed(&proxy, &target, &request) {
+        Ok(service) => call::call(&proxy, &service, request, addressed.as_ref()).await,
+        Err(error) => error_response(&error),
+    };
     without_body_for_head(&method, answer)
 }
 
@@ -295,7 +299,10 @@ async fn answer_own_http1(
     } else {
         request
     };
-    let answer = routed(proxy, target, request, addressed.as_ref()).await;
+    let answer = match routed(proxy, target, &request) {
+        Ok(service) => call::call(proxy, &service, request, addressed.as_ref()).await,
+        Err(error) => error_response(&error),
+    };
     without_body_for_head(&method, answer)
 }
 
@@ -340,7 +347,10 @@ async fn answer(proxy: &Proxy, target: &Target, mut request: Request<Incoming>) 
     } else {
         request.map(body::boxed)
     };
-    routed(proxy, target, request, addressed.as_ref()).await
+    match routed(proxy, target, &request) {
+        Ok(service) => call::call(proxy, &service, request, addressed.as_ref()).await,
+        Err(error) => error_response(&error),
+    }
 }
 
 /// The answer to a CONNECT on a port that carries one service.
@@ -350,26 +360,19 @@ fn connect_refused() -> Response<Body> {
     ))
 }
 
-/// The call a checked request makes: to the port's service, or the one its host names.
-async fn routed(
+/// The service a checked request calls: the port's, or the one its host names. A lookup, not
+/// a level of futures: each level holds the whole call's future and copies it as it is built.
+fn routed<'a, B>(
     proxy: &Proxy,
-    target: &Target,
-    request: Request<Body>,
-    addressed: Option<&Addressed>,
-) -> Response<Body> {
-    let by_host;
-    let service = match target {
-        Target::Service(name) => name,
+    target: &'a Target,
+    request: &Request<B>,
+) -> Result<Cow<'a, str>, ProxyError> {
+    match target {
+        Target::Service(name) => Ok(Cow::Borrowed(name)),
         Target::ByHost => {
-            let snapshot = proxy.snapshot.load();
-            by_host = match service_by_host(&snapshot, &proxy.zone, &request) {
-                Ok(name) => name,
-                Err(error) => return error_response(&error),
-            };
-            by_host.as_str()
+            service_by_host(&proxy.snapshot.load(), &proxy.zone, request).map(Cow::Owned)
         }
-    };
-    call::call(proxy, service, request, addressed).await
+    }
 }
 
 /// The authority a request addresses (its target's, else its `Host`'s, with that `Host`; `None`
