@@ -1,8 +1,9 @@
 //! A request body between the connection that receives it and the call that reads it, for the
 //! agent's own HTTP/1.1 and HTTP/2 servers. The connection puts what arrives in an [`Inbox`];
-//! the call reads it as a [`RequestBody`]. Each read wakes the connection, because only it can
-//! make room for more: the HTTP/1.1 server stops reading the socket while the inbox is full,
-//! and the HTTP/2 server gives the client back the window the read bytes took.
+//! the call reads it as a [`RequestBody`]. A read wakes the connection whenever the connection
+//! waits on reads, because only it can make room for more: the HTTP/2 server always does, to
+//! give the client back the window the read bytes took; the HTTP/1.1 server only while the
+//! inbox is full, when it has stopped reading the socket.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -22,7 +23,7 @@ pub struct Inbox {
     /// Bytes in `chunks`.
     queued: usize,
     /// Bytes taken off (read, or thrown away after the reader left) since the connection last
-    /// asked.
+    /// asked (the HTTP/2 server asks; the HTTP/1.1 server never does, so it only saturates).
     consumed: usize,
     trailers: Option<HeaderMap>,
     ended: bool,
@@ -66,7 +67,7 @@ impl Inbox {
             return;
         }
         if self.dropped {
-            self.consumed += data.len();
+            self.consumed = self.consumed.saturating_add(data.len());
         } else {
             self.queued += data.len();
             self.chunks.push_back(data);
@@ -162,7 +163,7 @@ impl http_body::Body for RequestBody {
         let mut inbox = lock(&self.inbox);
         if let Some(chunk) = inbox.chunks.pop_front() {
             inbox.queued -= chunk.len();
-            inbox.consumed += chunk.len();
+            inbox.consumed = inbox.consumed.saturating_add(chunk.len());
             Inbox::wake_connection(inbox);
             if let Some(remaining) = self.remaining.as_mut() {
                 *remaining = remaining.saturating_sub(chunk.len() as u64);
@@ -205,7 +206,7 @@ impl Drop for RequestBody {
     fn drop(&mut self) {
         let mut inbox = lock(&self.inbox);
         inbox.dropped = true;
-        inbox.consumed += inbox.queued;
+        inbox.consumed = inbox.consumed.saturating_add(inbox.queued);
         inbox.queued = 0;
         inbox.chunks.clear();
         inbox.trailers = None;

@@ -128,8 +128,12 @@ where
                 (Some(feeder), crate::body::boxed(body))
             }
         };
-        let call = std::pin::pin!(service(Request::from_parts(parts, body)));
-        let answer = request_body::alongside(call, feeder.as_mut(), &mut io, &mut input).await;
+        // The call is dropped as soon as it answers: what it still held of the request's body
+        // is let go, so the rest of the body is read and thrown away, not left unread.
+        let answer = {
+            let call = std::pin::pin!(service(Request::from_parts(parts, body)));
+            request_body::alongside(call, feeder.as_mut(), &mut io, &mut input).await
+        };
         let keep_alive = keep_alive && !shutdown.is_cancelled();
         let reusable = write_answer(
             &mut io,

@@ -334,7 +334,7 @@ async fn answer(proxy: &Proxy, target: &Target, mut request: Request<Incoming>) 
     // other hop-by-hop fields (RFC 9110 §7.8 lets it be ignored): the stream that carries an
     // upgrade carries no body before it, and the instance would get the request without it.
     if is_upgrade(&request) && hyper::body::Body::size_hint(request.body()).exact() == Some(0) {
-        return match resolve(proxy, target, &request) {
+        return match routed(proxy, target, &request) {
             Ok(service) => Box::pin(upgrade(proxy, &service, request)).await,
             Err(error) => error_response(&error),
         };
@@ -498,14 +498,6 @@ fn is_host_and_port(authority: &Authority) -> bool {
             port.bytes().all(|b| b.is_ascii_digit())
                 && (port.is_empty() || port.parse::<u64>().is_ok_and(|n| n <= u64::from(u16::MAX)))
         }
-    }
-}
-
-/// The service a request is for.
-fn resolve<B>(proxy: &Proxy, target: &Target, request: &Request<B>) -> Result<String, ProxyError> {
-    match target {
-        Target::Service(name) => Ok(name.to_string()),
-        Target::ByHost => service_by_host(&proxy.snapshot.load(), &proxy.zone, request),
     }
 }
 
