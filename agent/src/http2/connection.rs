@@ -89,6 +89,9 @@ pub enum Event {
         stream: StreamId,
         /// Why.
         code: ErrorCode,
+        /// Why, for the request body's reader: the client reset the stream, or the rule its
+        /// frames broke.
+        reason: &'static str,
     },
     /// Send windows grew: answers waiting for capacity may go on.
     WindowOpened,
@@ -635,7 +638,11 @@ impl Connection {
                 ));
             }
         }
-        self.events.push_back(Event::Reset { stream, code });
+        self.events.push_back(Event::Reset {
+            stream,
+            code,
+            reason: "the client reset the stream",
+        });
         Ok(())
     }
 
@@ -706,7 +713,11 @@ impl Connection {
         frame::put_rst_stream(&mut self.output, stream, code);
         if self.streams.remove(&stream).is_some() {
             self.remember_closed(stream, true);
-            self.events.push_back(Event::Reset { stream, code });
+            self.events.push_back(Event::Reset {
+                stream,
+                code,
+                reason,
+            });
         }
     }
 
@@ -1279,6 +1290,22 @@ mod tests {
         input.extend_from_slice(&second);
         input.extend_from_slice(&client.get(5, &[("content-length", "2")], true));
         server.receive(&mut input).expect("stream errors only");
+        // The body's reader is told which rule the client broke.
+        let reasons: Vec<_> = events(&mut server)
+            .into_iter()
+            .filter_map(|event| match event {
+                Event::Reset { stream, reason, .. } => Some((stream, reason)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            reasons,
+            vec![
+                (1, "less DATA than content-length"),
+                (3, "more DATA than content-length"),
+                (5, "a content-length with no body")
+            ]
+        );
         assert_eq!(
             resets(&client.read(&mut server)),
             vec![

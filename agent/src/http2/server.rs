@@ -362,9 +362,13 @@ where
             Event::Trailers { stream, trailers } => {
                 self.deliver(stream, |inbox| inbox.end(Some(trailers)))
             }
-            Event::Reset { stream, .. } => {
+            Event::Reset {
+                stream,
+                code,
+                reason,
+            } => {
                 if let Some(task) = self.streams.remove(&stream) {
-                    fail(task.inbox.as_ref(), ErrorCode::CANCEL);
+                    fail(task.inbox.as_ref(), format!("{reason} ({:#x})", code.0));
                 }
             }
             Event::WindowOpened => {
@@ -427,13 +431,16 @@ where
             if inbox_open {
                 // The answer is complete before the request: the client may stop (§8.1). A
                 // tunnel ends here only when its far side is gone.
-                let code = if task.tunnel {
-                    ErrorCode::CONNECT_ERROR
+                let (code, reason) = if task.tunnel {
+                    (ErrorCode::CONNECT_ERROR, "the tunnel's far side closed")
                 } else {
-                    ErrorCode::NO_ERROR
+                    (
+                        ErrorCode::NO_ERROR,
+                        "the answer ended before the request's body",
+                    )
                 };
                 self.connection.reset(stream, code);
-                fail(task.inbox.as_ref(), code);
+                fail(task.inbox.as_ref(), reason.to_string());
             }
         }
     }
@@ -602,11 +609,11 @@ fn send_body(
     }
 }
 
-/// Ends a request body that will get no more data.
-fn fail(inbox: Option<&SharedInbox>, code: ErrorCode) {
+/// Ends a request body that will get no more data; its reader gets `reason`.
+fn fail(inbox: Option<&SharedInbox>, reason: String) {
     if let Some(inbox) = inbox {
         let mut inbox = body_inbox::lock(inbox);
-        inbox.fail(format!("the client reset the stream ({:#x})", code.0));
+        inbox.fail(reason);
         Inbox::wake_reader(inbox);
     }
 }
