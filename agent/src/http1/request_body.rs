@@ -200,19 +200,24 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt as _;
 
+    /// Reads `body` whole while `feeder` feeds it from `io`, as the connection does for a call.
+    async fn collect_fed(
+        body: RequestBody,
+        feeder: &mut Feeder,
+        io: &mut tokio::io::DuplexStream,
+        input: &mut BytesMut,
+    ) -> Result<http_body_util::Collected<bytes::Bytes>, crate::body::BoxError> {
+        alongside(std::pin::pin!(body.collect()), Some(feeder), io, input).await
+    }
+
     #[tokio::test]
     async fn a_chunked_body_arrives_with_its_trailers_and_leaves_the_next_request() {
         let (client, mut server) = tokio::io::duplex(1024);
         let (mut feeder, body) = Feeder::new(BodyFraming::Chunked(ChunkedDecoder::new(1024)));
         let mut input = BytesMut::from(&b"5\r\nhello\r\n0\r\nx-sum: 5\r\n\r\nGET /next"[..]);
-        let collected = alongside(
-            std::pin::pin!(body.collect()),
-            Some(&mut feeder),
-            &mut server,
-            &mut input,
-        )
-        .await
-        .expect("the body ends well");
+        let collected = collect_fed(body, &mut feeder, &mut server, &mut input)
+            .await
+            .expect("the body ends well");
         let trailers = collected.trailers().cloned().expect("trailers");
         assert_eq!(collected.to_bytes(), "hello");
         assert_eq!(trailers["x-sum"], "5");
@@ -231,14 +236,9 @@ mod tests {
             client.write_all(&[7u8; 100_000]).await.expect("written");
             client
         });
-        let collected = alongside(
-            std::pin::pin!(body.collect()),
-            Some(&mut feeder),
-            &mut server,
-            &mut input,
-        )
-        .await
-        .expect("the body ends well");
+        let collected = collect_fed(body, &mut feeder, &mut server, &mut input)
+            .await
+            .expect("the body ends well");
         assert_eq!(collected.to_bytes().len(), 100_000);
         assert!(feeder.is_done());
         writer.await.expect("writer");
@@ -250,13 +250,7 @@ mod tests {
         drop(client);
         let (mut feeder, body) = Feeder::new(BodyFraming::Length(10));
         let mut input = BytesMut::from(&b"abc"[..]);
-        let collected = alongside(
-            std::pin::pin!(body.collect()),
-            Some(&mut feeder),
-            &mut server,
-            &mut input,
-        )
-        .await;
+        let collected = collect_fed(body, &mut feeder, &mut server, &mut input).await;
         assert!(collected.is_err());
         assert!(!feeder.is_done());
     }
@@ -266,13 +260,7 @@ mod tests {
         let (_client, mut server) = tokio::io::duplex(64);
         let (mut feeder, body) = Feeder::new(BodyFraming::Chunked(ChunkedDecoder::new(1024)));
         let mut input = BytesMut::from(&b"fffffffffffffffffff\r\n"[..]);
-        let collected = alongside(
-            std::pin::pin!(body.collect()),
-            Some(&mut feeder),
-            &mut server,
-            &mut input,
-        )
-        .await;
+        let collected = collect_fed(body, &mut feeder, &mut server, &mut input).await;
         let error = collected.expect_err("refused").to_string();
         assert!(
             error.contains("chunked body has an invalid chunk size"),
