@@ -337,11 +337,15 @@ where
                     (crate::body::boxed(body), Some(inbox))
                 };
                 let tunnel = request.method() == http::Method::CONNECT;
-                let future = (self.service)(request.map(|()| body));
+                // The box exists before the call's future is made, so the future can be written
+                // into it rather than built on the stack and copied in whole (decision 94).
+                let slot = Box::<F>::new_uninit();
+                let future =
+                    Box::into_pin(Box::write(slot, (self.service)(request.map(|()| body))));
                 self.streams.insert(
                     stream,
                     StreamTask {
-                        phase: Phase::Calling(Box::pin(future)),
+                        phase: Phase::Calling(future),
                         inbox,
                         waker,
                         tunnel,

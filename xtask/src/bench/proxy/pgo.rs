@@ -302,13 +302,15 @@ fn train(bench: &Bench) -> Result<()> {
 
 /// Builds the release `hyphae-agent` into `target_dir` with `rustflags`; returns its path.
 /// The release `hyphae` CLI goes beside it: the bench issues each agent's certificate with
-/// the CLI next to the agent it starts.
+/// the CLI next to the agent it starts. Its relocations stay unpacked: BOLT (19 and 22 alike)
+/// writes a binary that crashes at start from one with packed relative relocations.
 fn release_agent(target_dir: &Path, rustflags: &OsString) -> Result<PathBuf> {
     util::run(
         util::cargo()
             // Flags from the environment would change the build being measured.
             .env_remove("CARGO_ENCODED_RUSTFLAGS")
             .env("RUSTFLAGS", rustflags)
+            .env("HYPHAE_LINK_PACK_RELOCS", "0")
             .args(["build", "--release", "--quiet", "--target-dir"])
             .arg(target_dir)
             .args(["-p", "hyphae-agent", "--bin", "hyphae-agent"]),
