@@ -216,7 +216,9 @@ pub fn parse_answer_head(
         let mut fields =
             [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_ANSWER_HEADERS];
         let mut answer = httparse::Response::new(&mut []);
-        let (length, code, reason, minor, spans) = match httparse::ParserConfig::default()
+        // Filled where it lives and read in place: a move copies all of its inline room.
+        let mut spans: smallvec::SmallVec<[(Span, Span); 16]> = smallvec::SmallVec::new();
+        let (length, code, reason, minor) = match httparse::ParserConfig::default()
             .parse_response_with_uninit_headers(&mut answer, buf, &mut fields)?
         {
             httparse::Status::Partial if buf.len() >= max_head => {
@@ -231,18 +233,18 @@ pub fn parse_answer_head(
                     Some(from) if !part.is_empty() => (from, from + part.len()),
                     _ => (0, 0),
                 };
-                let spans: smallvec::SmallVec<[(Span, Span); 16]> = answer
-                    .headers
-                    .iter()
-                    .map(|h| (span(h.name.as_bytes()), span(h.value)))
-                    .collect();
+                spans.extend(
+                    answer
+                        .headers
+                        .iter()
+                        .map(|h| (span(h.name.as_bytes()), span(h.value))),
+                );
                 let reason = answer.reason.map(|r| span(r.as_bytes()));
                 (
                     length,
                     answer.code.unwrap_or_default(),
                     reason,
                     answer.version.unwrap_or_default(),
-                    spans,
                 )
             }
         };
@@ -272,7 +274,7 @@ pub fn parse_answer_head(
         // Noted on the way, so framing needs no lookups in the map.
         let mut has_transfer_encoding = false;
         let mut length = LengthLines::None;
-        for (name, value) in spans {
+        for &(name, value) in &spans {
             let name = HeaderName::from_bytes(&head[name.0..name.1])
                 .map_err(|_| WireError::Invalid("header name"))?;
             let value = HeaderValue::from_maybe_shared(head.slice(value.0..value.1))
