@@ -13,7 +13,8 @@
 //!   flow control, limits, and which errors end a stream and which the connection;
 //! - [`server`]: one task per connection driving it over a socket, polling each request's
 //!   call itself instead of spawning a task per stream;
-//! - [`tunnel`]: a CONNECT stream's bodies as one byte stream, for splicing.
+//! - [`tunnel`]: a CONNECT stream's bodies as one byte stream, for splicing;
+//! - [`stream_map`]: the maps of streams by id both keep.
 
 pub mod connection;
 pub mod frame;
@@ -21,4 +22,5 @@ pub mod hpack;
 pub mod huffman;
 pub mod request_head;
 pub mod server;
+pub mod stream_map;
 pub mod tunnel;

@@ -8,7 +8,7 @@
 //! client can make this side write: it stops reading while output waits (PING and SETTINGS
 //! floods then stall the flooder alone).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Request, StatusCode};
@@ -16,6 +16,7 @@ use http::{HeaderMap, Request, StatusCode};
 use super::frame::{self, ErrorCode, Frame, FrameError, MAX_WINDOW, StreamId, setting};
 use super::hpack::{self, Field};
 use super::request_head;
+use super::stream_map::{self, StreamMap};
 
 /// Closed streams remembered (a few bytes each): more than a client can have in flight.
 const RECENTLY_CLOSED: usize = 256;
@@ -152,7 +153,7 @@ pub struct Connection {
     peer_max_frame_size: u32,
     decoder: hpack::Decoder,
     encoder: hpack::Encoder,
-    streams: HashMap<StreamId, Stream>,
+    streams: StreamMap<Stream>,
     /// The highest stream the client opened.
     last_stream: StreamId,
     /// Streams above this one are ignored: GOAWAY said so.
@@ -200,7 +201,7 @@ impl Connection {
             peer_max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,
             decoder: hpack::Decoder::new(hpack::DEFAULT_TABLE_SIZE),
             encoder: hpack::Encoder::default(),
-            streams: HashMap::new(),
+            streams: stream_map::new(),
             last_stream: 0,
             accept_below: StreamId::MAX,
             partial: None,

@@ -8,7 +8,6 @@
 //! task through a per-stream waker that names the stream, so a wake-up polls that stream
 //! alone.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -23,6 +22,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::connection::{Connection, ConnectionError, Event, Limits};
 use super::frame::{ErrorCode, StreamId};
+use super::stream_map::{self, StreamMap};
 use crate::body::Body;
 use crate::body_inbox::{self, Inbox, SharedInbox};
 
@@ -50,7 +50,7 @@ pub struct Server<I, S, F> {
     connection: Connection,
     input: BytesMut,
     service: S,
-    streams: HashMap<StreamId, StreamTask<F>>,
+    streams: StreamMap<StreamTask<F>>,
     ready: Arc<Ready>,
     /// Streams with more to send, held back while the output is over its high-water mark.
     blocked: Vec<StreamId>,
@@ -164,7 +164,7 @@ where
             connection: Connection::new(limits),
             input: BytesMut::with_capacity(READ_SIZE),
             service,
-            streams: HashMap::new(),
+            streams: stream_map::new(),
             ready: Arc::new(Ready::default()),
             blocked: Vec::new(),
             closing: false,
