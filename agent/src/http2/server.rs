@@ -102,13 +102,12 @@ struct ReadyInner {
 
 impl Ready {
     fn mark(&self, stream: StreamId) {
-        let waker = {
-            let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-            inner.streams.push(stream);
-            inner.connection.clone()
-        };
-        if let Some(waker) = waker {
-            waker.wake();
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.streams.push(stream);
+        // Woken in place, under the lock: a waker only queues the task, it never polls it, and
+        // a clone to wake outside would cost two atomic operations on every wake-up.
+        if let Some(waker) = &inner.connection {
+            waker.wake_by_ref();
         }
     }
 
