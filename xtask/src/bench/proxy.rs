@@ -25,6 +25,7 @@ use nginx::Backend;
 use processes::{ensure_running, stop};
 use setup::Setup;
 
+mod alternated;
 mod certificates;
 pub mod cycles;
 mod fixed_rate;
@@ -47,6 +48,9 @@ const DURATION_SECS: Bounded<u64> = Bounded::new("--duration", 10, 1..=u64::MAX)
 const CONNECTIONS: Bounded<u32> = Bounded::new("--connections", 50, LOAD_THREADS..=1000);
 /// `--rate`: requests per second of the fixed-rate rows (oha, coordinated-omission corrected).
 const RATE: Bounded<u32> = Bounded::new("--rate", 10_000, 100..=1_000_000);
+/// `--rounds`: times the one agent and haproxy are measured again in turn for each protocol
+/// (see [`alternated`]).
+const ROUNDS: Bounded<u32> = Bounded::new("--rounds", 3, 1..=15);
 /// HTTP/2 streams per connection in the h2 rows: one, so as many requests are in flight as in
 /// the HTTP/1.1 rows.
 const H2_STREAMS_PER_CONNECTION: u32 = 1;
@@ -67,20 +71,23 @@ const PROXY_IDLE_TIMEOUT: &str = "60s";
 
 /// `cargo xtask bench proxy --help`.
 pub const USAGE: &str =
-    "usage: cargo xtask bench proxy [--duration SECS] [--connections N] [--rate N]
+    "usage: cargo xtask bench proxy [--duration SECS] [--connections N] [--rate N] [--rounds N]
 
 Starts a backend (nginx, `return 200`), the agent (release build, 1 worker thread), haproxy
 alone and two chained (plaintext or mutual TLS between them, like the mesh's two agents) and
 nginx (1 thread / 1 worker each), drives every path with the same load (wrk for HTTP/1.1, h2load
 for HTTP/2), drives every path again at a fixed rate with oha (latency from each request's due
-time), times new TLS connections to the agent's inbound port and to the inner haproxy, prints
-tables and writes target/bench/proxy.json. Configs, certificates and logs go to
+time), measures the one agent and haproxy again in turn (`--rounds` times per protocol, the
+median ratio steadier than one pair of rows on a busy machine), times new TLS connections to
+the agent's inbound port and to the inner haproxy, prints tables and writes
+target/bench/proxy.json. Configs, certificates and logs go to
 target/bench/.
 
 options:
   --duration SECS    measured seconds per row (default 10)
   --connections N    concurrent client connections (default 50, at most 1000)
   --rate N           requests per second of the fixed-rate rows (default 10000)
+  --rounds N         rounds of the one agent and haproxy measured in turn (default 3, 1 to 15)
   --agent BUILD      `release` (default) or `pgo`: the agent `cargo xtask pgo` builds, trained
                      and built first";
 /// What the command line asked for.
@@ -92,6 +99,8 @@ struct Options {
     connections: u32,
     /// Requests per second of the fixed-rate rows.
     rate: u32,
+    /// Rounds of the one agent and haproxy measured in turn.
+    rounds: u32,
 }
 
 impl Options {
@@ -101,13 +110,16 @@ impl Options {
             duration: Duration::from_secs(DURATION_SECS.default),
             connections: CONNECTIONS.default,
             rate: RATE.default,
+            rounds: ROUNDS.default,
         };
-        let names = [DURATION_SECS.name, CONNECTIONS.name, RATE.name];
+        let names = [DURATION_SECS.name, CONNECTIONS.name, RATE.name, ROUNDS.name];
         let run = parse_options(args, USAGE, &names, |name, text| {
             if name == DURATION_SECS.name {
                 options.duration = Duration::from_secs(DURATION_SECS.parse(text)?);
             } else if name == RATE.name {
                 options.rate = RATE.parse(text)?;
+            } else if name == ROUNDS.name {
+                options.rounds = ROUNDS.parse(text)?;
             } else {
                 options.connections = CONNECTIONS.parse(text)?;
             }
@@ -133,6 +145,10 @@ pub fn run(args: &[String]) -> Result<()> {
             rows.push(bench.measure(setup, protocol)?);
         }
     }
+    let mut turns = Vec::new();
+    for protocol in Protocol::ALL {
+        turns.push(bench.alternated(protocol, options.rounds)?);
+    }
     let mut at_rate = Vec::new();
     for protocol in Protocol::ALL {
         for setup in Setup::ALL {
@@ -146,12 +162,14 @@ pub fn run(args: &[String]) -> Result<()> {
     bench.runtime.block_on(stop([&mut bench.backend.process]));
 
     print!(
-        "{}{}",
+        "{}{}{}",
         bench.table(&rows, &handshakes),
+        alternated::table(&turns),
         fixed_rate::table(&at_rate, options.rate)
     );
     let mut json = bench.json(&rows, &handshakes, &at_rate);
     json["hotFunctions"] = hot_functions.json();
+    json["alternated"] = alternated::json(&turns);
     write_json(&bench.dir, "proxy.json", &json)
 }
 
@@ -322,6 +340,7 @@ mod tests {
         let options = Options::parse(&[]).unwrap().unwrap();
         assert_eq!(options.duration, Duration::from_secs(DURATION_SECS.default));
         assert_eq!(options.connections, CONNECTIONS.default);
+        assert_eq!(options.rounds, ROUNDS.default);
         let options = Options::parse(&args(&[
             "--duration",
             "3",
@@ -329,18 +348,27 @@ mod tests {
             "8",
             "--rate",
             "500",
+            "--rounds",
+            "5",
         ]))
         .unwrap()
         .unwrap();
         assert_eq!(
-            (options.duration, options.connections, options.rate),
-            (Duration::from_secs(3), 8, 500)
+            (
+                options.duration,
+                options.connections,
+                options.rate,
+                options.rounds
+            ),
+            (Duration::from_secs(3), 8, 500, 5)
         );
         for bad in [
             &["--duration", "0"][..],
             &["--connections", "0"],
             &["--connections", "100000"],
             &["--rate", "0"],
+            &["--rounds", "0"],
+            &["--rounds", "16"],
             &["--duration"],
             &["--fast"],
         ] {

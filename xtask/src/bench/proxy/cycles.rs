@@ -165,6 +165,7 @@ pub fn run(args: &[String]) -> Result<()> {
         duration: std::time::Duration::from_secs(1),
         connections: options.connections,
         rate: RATE.default,
+        rounds: 1,
     })?;
     agent_build.prepare(&mut bench)?;
     let profiles = bench.dir.join(PROFILES);

@@ -60,6 +60,7 @@ pub fn run(args: &[String]) -> Result<()> {
         duration: LOAD,
         connections: LOAD_CONNECTIONS,
         rate: RATE.default,
+        rounds: 1,
     };
     let mut bench = Bench::new(options)?;
     let profiles = bench.dir.join(PROFILES);

@@ -101,6 +101,7 @@ pub fn run(args: &[String]) -> Result<()> {
         duration: TRAINING,
         connections: TRAINING_CONNECTIONS,
         rate: RATE.default,
+        rounds: 1,
     })?;
     let agent = build(&mut bench)?;
     bench.agent_build = AgentBuild::Pgo;
