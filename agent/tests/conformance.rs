@@ -75,9 +75,19 @@ async fn answered_directly<F: std::future::Future<Output = Seen>>(
     first: Seen,
     again: impl Fn() -> F,
 ) -> Seen {
+    asked_again_while(first, again, |seen| !seen.answered()).await
+}
+
+/// `first`, or while `lost` says its answer was lost, the run `again` makes, up to
+/// [`DIRECT_TRIES`] runs in all.
+async fn asked_again_while<F: std::future::Future<Output = Seen>>(
+    first: Seen,
+    again: impl Fn() -> F,
+    lost: impl Fn(&Seen) -> bool,
+) -> Seen {
     let mut seen = first;
     for _ in 1..DIRECT_TRIES {
-        if seen.answered() {
+        if !lost(&seen) {
             break;
         }
         seen = again().await;
@@ -531,15 +541,10 @@ async fn nghttp_agrees(
     let expected = answered_directly(ask().await, ask).await;
     assert_eq!(expected.exit, 0, "{what}, nghttp directly: {expected:?}");
     for path in paths {
-        let mut seen = run(path.entry).await.expect("nghttp through the mesh");
         // An answer the instance's reset destroyed before the agent read it is asked again, as
         // the direct one is; any other difference fails at once.
-        for _ in 1..DIRECT_TRIES {
-            if !seen.instance_reset() {
-                break;
-            }
-            seen = run(path.entry).await.expect("nghttp through the mesh");
-        }
+        let through = || async { run(path.entry).await.expect("nghttp through the mesh") };
+        let seen = asked_again_while(through().await, through, Seen::instance_reset).await;
         assert_eq!(seen, expected, "{what}, nghttp, {}", path.name);
     }
     expected
