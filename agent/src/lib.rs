@@ -52,6 +52,7 @@ pub mod replay;
 pub mod retry;
 pub mod route;
 pub mod send_timeout;
+pub mod socket_send;
 pub mod sources;
 pub mod state;
 pub mod tunnel;

@@ -21,6 +21,7 @@ use super::h1_wire::{
 };
 use crate::body::{self, Body, BoxError};
 use crate::error::{Cause, ProxyError};
+use crate::socket_send::SocketSend;
 
 /// Bytes a connection reads at a time while an answer's head or a short body is expected.
 const READ_SIZE: usize = 8 * 1024;
@@ -34,7 +35,7 @@ const WRITE_PIECES: usize = 8;
 
 /// An open connection to an instance, between exchanges or in one.
 pub struct Connection {
-    stream: TcpStream,
+    stream: SocketSend,
     /// Bytes read and not yet used.
     read: BytesMut,
 }
@@ -43,7 +44,7 @@ impl Connection {
     /// A connection over `stream`, nothing read yet.
     pub fn new(stream: TcpStream) -> Self {
         Connection {
-            stream,
+            stream: SocketSend::new(stream),
             read: BytesMut::new(),
         }
     }
@@ -52,7 +53,7 @@ impl Connection {
     /// was idle. Costs no system call while the socket has not become readable.
     pub fn is_closed(&self) -> bool {
         let mut byte = [0u8; 1];
-        !matches!(self.stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        !matches!(self.stream.get_ref().try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
     /// Reads more bytes into the buffer: `Ok(0)` at the instance's end of stream.

@@ -32,6 +32,7 @@ use crate::body::{self, Body};
 use crate::error::ProxyError;
 use crate::model::Snapshot;
 use crate::send_timeout::SendTimeout;
+use crate::socket_send::SocketSend;
 
 /// Where an outbound listener sends its calls.
 #[derive(Clone, Debug)]
@@ -83,7 +84,7 @@ async fn serve_http1(
     shutdown: &CancellationToken,
 ) -> Result<(), hyper::Error> {
     let limits = proxy.snapshot.load().limits.clone();
-    let (stream, lingering) = lingering(stream);
+    let (stream, lingering) = lingering(SocketSend::new(stream));
     let stream = SendTimeout::new(stream, limits.stream_idle_timeout.get());
     let served = if super::own_http1_server() {
         let own_limits = crate::http1::server::Limits {
