@@ -38,6 +38,7 @@ use crate::body::Body;
 use crate::circuit::Limit;
 use crate::error::{Cause, ProxyError};
 use crate::identity::IdentitySlot;
+use crate::socket_send::SocketSend;
 use crate::state::FastMap;
 use crate::write_coalescing::WriteCoalescing;
 
@@ -397,6 +398,7 @@ impl Tunnels {
         stream
             .set_nodelay(true)
             .map_err(|e| failed(Cause::new(e)))?;
+        let stream = SocketSend::new(stream);
         let load = Arc::new(ConnectionLoad::new(self.destination_kind()));
         let Some(slot) = &self.identity else {
             let io = Watched::new(stream, Arc::clone(&load));

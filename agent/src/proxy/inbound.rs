@@ -32,6 +32,7 @@ use crate::identity::IdentitySlot;
 use crate::model::{LocalInstance, Snapshot};
 use crate::replay::ReplayBody;
 use crate::retry::resend_unprocessed;
+use crate::socket_send::SocketSend;
 use crate::tunnel::{TunnelSettings, Tunnels};
 use crate::write_coalescing::WriteCoalescing;
 
@@ -83,19 +84,20 @@ pub async fn serve(
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&identity.inbound));
     let handshake = limits.header_read_timeout.get();
-    let stream = match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => {
-            tracing::info!(%peer, %error, "TLS handshake refused on the inbound port");
-            metrics::counter!(crate::metrics::INBOUND_TLS_REFUSED).increment(1);
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(%peer, "no TLS handshake within {handshake:?}; closing");
-            metrics::counter!(crate::metrics::INBOUND_TLS_REFUSED).increment(1);
-            return;
-        }
-    };
+    let stream =
+        match tokio::time::timeout(handshake, acceptor.accept(SocketSend::new(stream))).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                tracing::info!(%peer, %error, "TLS handshake refused on the inbound port");
+                metrics::counter!(crate::metrics::INBOUND_TLS_REFUSED).increment(1);
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "no TLS handshake within {handshake:?}; closing");
+                metrics::counter!(crate::metrics::INBOUND_TLS_REFUSED).increment(1);
+                return;
+            }
+        };
     let ids = stream
         .get_ref()
         .1
