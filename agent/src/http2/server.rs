@@ -51,6 +51,7 @@ pub struct Server<I, S, F> {
     input: BytesMut,
     service: S,
     streams: StreamMap<StreamTask<F>>,
+    call_boxes: CallBoxes<F>,
     ready: Arc<Ready>,
     /// Streams with more to send, held back while the output is over its high-water mark.
     blocked: Vec<StreamId>,
@@ -75,16 +76,62 @@ struct StreamTask<F> {
     tunnel: bool,
 }
 
+/// Where a stream's call lives: a box that outlasts the call, so the next stream can reuse it.
+type CallSlot<F> = Pin<Box<Option<F>>>;
+
+/// The boxes of a connection's calls, one kept emptied for the next call. A call's future is
+/// some 6,000 bytes, above glibc's thread cache: allocated from the heap's bins for each
+/// stream, and every few times after consolidating them, it cost more than the stream's other
+/// allocations together (decision 95).
+struct CallBoxes<F> {
+    spare: Option<CallSlot<F>>,
+    /// Boxes allocated, for the tests.
+    #[cfg(test)]
+    made: usize,
+}
+
+impl<F> CallBoxes<F> {
+    fn new() -> Self {
+        CallBoxes {
+            spare: None,
+            #[cfg(test)]
+            made: 0,
+        }
+    }
+
+    /// A box holding the call `make` makes: the spare one if there is one. A new box exists
+    /// before the call's future is made, so the future is written into it rather than built on
+    /// the stack and copied in whole (decision 94); so is it into a spare one.
+    fn hold(&mut self, make: impl FnOnce() -> F) -> CallSlot<F> {
+        if let Some(mut slot) = self.spare.take() {
+            slot.set(Some(make()));
+            return slot;
+        }
+        #[cfg(test)]
+        {
+            self.made += 1;
+        }
+        Box::into_pin(Box::write(Box::new_uninit(), Some(make())))
+    }
+
+    /// Takes back a call's box once the call answered; its future is dropped now.
+    fn give_back(&mut self, mut slot: CallSlot<F>) {
+        slot.set(None);
+        self.spare.get_or_insert(slot);
+    }
+}
+
 enum Phase<F> {
-    /// The service is working out the answer.
-    Calling(Pin<Box<F>>),
+    /// The service is working out the answer (the slot holds the call until it answers).
+    Calling(CallSlot<F>),
     /// The answer's head went; its body is being sent, `pending` waiting for window.
     Sending {
         body: Body,
         pending: Option<(Bytes, bool)>,
     },
-    /// A tunnel's answer ended while its client still sends (TCP's half-close, RFC 9113
-    /// §8.5): the stream lives until the client's end.
+    /// The call answered and its box went back: the answer's head is going out. A tunnel
+    /// stays here when its answer ended while its client still sends (TCP's half-close, RFC
+    /// 9113 §8.5): the stream lives until the client's end.
     Answered,
 }
 
@@ -165,6 +212,7 @@ where
             service,
             streams: stream_map::new(),
             ready: Arc::new(Ready::default()),
+            call_boxes: CallBoxes::new(),
             blocked: Vec::new(),
             closing: false,
             read_closed: false,
@@ -336,15 +384,12 @@ where
                     (crate::body::boxed(body), Some(inbox))
                 };
                 let tunnel = request.method() == http::Method::CONNECT;
-                // The box exists before the call's future is made, so the future can be written
-                // into it rather than built on the stack and copied in whole (decision 94).
-                let slot = Box::<F>::new_uninit();
-                let future =
-                    Box::into_pin(Box::write(slot, (self.service)(request.map(|()| body))));
+                let service = &mut self.service;
+                let call = self.call_boxes.hold(|| service(request.map(|()| body)));
                 self.streams.insert(
                     stream,
                     StreamTask {
-                        phase: Phase::Calling(future),
+                        phase: Phase::Calling(call),
                         inbox,
                         waker,
                         tunnel,
@@ -417,7 +462,7 @@ where
         let Some(task) = self.streams.get_mut(&stream) else {
             return;
         };
-        match drive(&mut self.connection, stream, task) {
+        match drive(&mut self.connection, stream, task, &mut self.call_boxes) {
             Driven::Waiting => {}
             Driven::Done => self.finish(stream),
             Driven::Blocked => self.blocked.push(stream),
@@ -461,7 +506,12 @@ enum Driven {
 }
 
 /// Moves `task` on as far as it goes now.
-fn drive<F>(connection: &mut Connection, stream: StreamId, task: &mut StreamTask<F>) -> Driven
+fn drive<F>(
+    connection: &mut Connection,
+    stream: StreamId,
+    task: &mut StreamTask<F>,
+    call_boxes: &mut CallBoxes<F>,
+) -> Driven
 where
     F: Future<Output = Response<Body>>,
 {
@@ -474,10 +524,17 @@ where
     let mut cx = Context::from_waker(&task.waker);
     loop {
         let answer_ended = match &mut task.phase {
-            Phase::Calling(future) => {
-                let Poll::Ready(response) = future.as_mut().poll(&mut cx) else {
+            Phase::Calling(slot) => {
+                let Some(call) = slot.as_mut().as_pin_mut() else {
+                    return Driven::Done;
+                };
+                let Poll::Ready(response) = call.poll(&mut cx) else {
                     return Driven::Waiting;
                 };
+                // The call is over: its future goes now, and its box waits for the next stream.
+                if let Phase::Calling(slot) = std::mem::replace(&mut task.phase, Phase::Answered) {
+                    call_boxes.give_back(slot);
+                }
                 send_head(
                     connection,
                     stream,
@@ -658,6 +715,45 @@ mod tests {
 
     use super::*;
     use crate::body::BoxError;
+
+    /// A call that notes when it is dropped.
+    struct NotedCall(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Drop for NotedCall {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn a_calls_box_is_kept_for_the_next_call_and_its_call_dropped_when_given_back() {
+        let dropped = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let dropped_now = || dropped.load(std::sync::atomic::Ordering::Relaxed);
+        let mut boxes = CallBoxes::new();
+        for turn in 0..3 {
+            let slot = boxes.hold(|| NotedCall(Arc::clone(&dropped)));
+            boxes.give_back(slot);
+            assert_eq!(
+                dropped_now(),
+                turn + 1,
+                "the call goes when its box comes back"
+            );
+        }
+        assert_eq!(boxes.made, 1, "calls one after another share one box");
+        // Two at once need two boxes; one is kept of those that come back.
+        let (first, second) = (
+            boxes.hold(|| NotedCall(Arc::clone(&dropped))),
+            boxes.hold(|| NotedCall(Arc::clone(&dropped))),
+        );
+        assert_eq!(boxes.made, 2);
+        boxes.give_back(first);
+        boxes.give_back(second);
+        assert_eq!(dropped_now(), 5);
+        let third = boxes.hold(|| NotedCall(Arc::clone(&dropped)));
+        assert_eq!(boxes.made, 2, "the kept box is used");
+        drop(third);
+        assert_eq!(dropped_now(), 6);
+    }
 
     const KEEP_ALIVE: KeepAlive = KeepAlive {
         interval: Duration::from_secs(10),
