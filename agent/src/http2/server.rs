@@ -525,6 +525,7 @@ where
     loop {
         let answer_ended = match &mut task.phase {
             Phase::Calling(slot) => {
+                // Never empty while calling: the box goes back as the phase moves on.
                 let Some(call) = slot.as_mut().as_pin_mut() else {
                     return Driven::Done;
                 };

@@ -84,20 +84,20 @@ pub async fn serve(
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&identity.inbound));
     let handshake = limits.header_read_timeout.get();
-    let stream =
-        match tokio::time::timeout(handshake, acceptor.accept(SocketSend::new(stream))).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(error)) => {
-                tracing::info!(%peer, %error, "TLS handshake refused on the inbound port");
-                metrics::counter!(crate::metrics::INBOUND_TLS_REFUSED).increment(1);
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "no TLS handshake within {handshake:?}; closing");
-                metrics::counter!(crate::metrics::INBOUND_TLS_REFUSED).increment(1);
-                return;
-            }
-        };
+    let stream = SocketSend::new(stream);
+    let stream = match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            tracing::info!(%peer, %error, "TLS handshake refused on the inbound port");
+            metrics::counter!(crate::metrics::INBOUND_TLS_REFUSED).increment(1);
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "no TLS handshake within {handshake:?}; closing");
+            metrics::counter!(crate::metrics::INBOUND_TLS_REFUSED).increment(1);
+            return;
+        }
+    };
     let ids = stream
         .get_ref()
         .1
