@@ -137,6 +137,8 @@ pub fn main<D: DevMode>() -> ExitCode {
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.worker_threads.max(1))
+        // Small writes wait for the end of the worker's round and leave together.
+        .on_thread_park(crate::write_behind::end_round)
         .enable_all()
         .build()
     {

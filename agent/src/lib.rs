@@ -60,4 +60,5 @@ pub mod uplink;
 pub mod virtual_listeners;
 pub mod watch;
 pub mod watched_body;
+pub mod write_behind;
 pub mod write_coalescing;

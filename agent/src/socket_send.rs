@@ -4,30 +4,41 @@
 //! goes to the socket at once. On a proxied HTTP/1.1 request that layer cost about a third of a
 //! microsecond per write, measured with perf (decision 95).
 //! Plain writes already go through `send`; reads, through `recv`.
+//! Small writes are held back until the worker's round of tasks ends (`write_behind`), so the
+//! answers of a round leave together.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use rustix::net::{SendAncillaryBuffer, SendFlags};
-use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
 
-/// `TcpStream`, its vectored writes sent with `sendmsg`.
+use crate::write_behind::Outbox;
+
+/// `TcpStream`, its writes sent with `send` and `sendmsg`, small ones held back until the
+/// worker's round of tasks ends (`write_behind`).
 #[derive(Debug)]
 pub struct SocketSend {
-    stream: TcpStream,
+    read: OwnedReadHalf,
+    write: Arc<Outbox>,
 }
 
 impl SocketSend {
     /// Wraps `stream`.
     pub fn new(stream: TcpStream) -> Self {
-        SocketSend { stream }
+        let (read, write) = stream.into_split();
+        SocketSend {
+            read,
+            write: Arc::new(Outbox::new(write)),
+        }
     }
 
     /// The stream, for what only a `TcpStream` offers (`try_read`, addresses).
     pub fn get_ref(&self) -> &TcpStream {
-        &self.stream
+        self.read.as_ref()
     }
 }
 
@@ -37,7 +48,7 @@ impl AsyncRead for SocketSend {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        Pin::new(&mut self.get_mut().read).poll_read(cx, buf)
     }
 }
 
@@ -47,7 +58,7 @@ impl AsyncWrite for SocketSend {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        self.write.poll_write(cx, &[IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(
@@ -55,18 +66,7 @@ impl AsyncWrite for SocketSend {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let stream = &mut self.get_mut().stream;
-        if let [one] = bufs {
-            return Pin::new(stream).poll_write(cx, one);
-        }
-        loop {
-            ready!(stream.poll_write_ready(cx))?;
-            // A `WouldBlock` clears the readiness, so the next poll waits for the socket.
-            match stream.try_io(Interest::WRITABLE, || send_gathered(stream, bufs)) {
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                sent => return Poll::Ready(sent),
-            }
-        }
+        self.write.poll_write(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -74,23 +74,12 @@ impl AsyncWrite for SocketSend {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        self.write.poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+        self.write.poll_shutdown(cx)
     }
-}
-
-/// One `sendmsg` of `bufs`, without a `SIGPIPE` when the peer has gone.
-fn send_gathered(stream: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-    rustix::net::sendmsg(
-        stream,
-        bufs,
-        &mut SendAncillaryBuffer::default(),
-        SendFlags::NOSIGNAL,
-    )
-    .map_err(io::Error::from)
 }
 
 #[cfg(test)]
