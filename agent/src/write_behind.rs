@@ -221,16 +221,20 @@ impl Outbox {
         if !held.bytes.is_empty() {
             match self.send_held(&mut held) {
                 Ok(Sent::All) => {}
-                Ok(Sent::Blocked) => {
-                    self.wait_for_room(&mut held);
-                    if fits {
-                        held.hold(bufs);
-                        return Poll::Ready(Ok(total));
-                    }
-                    held.waiter = Some(cx.waker().clone());
-                    return Poll::Pending;
+                Ok(Sent::Blocked) => self.wait_for_room(&mut held),
+                Err(error) => Self::fail(&mut held, error),
+            }
+            // Still full: the drain waker sends what is held, this write joins it or waits.
+            if held.blocked {
+                if fits {
+                    held.hold(bufs);
+                    return Poll::Ready(Ok(total));
                 }
-                Err(error) => return Poll::Ready(Err(error)),
+                held.waiter = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            if let Some(error) = held.failure() {
+                return Poll::Ready(Err(error));
             }
         }
         drop(held);
@@ -273,7 +277,10 @@ impl Outbox {
             match self.send_held(&mut held) {
                 Ok(Sent::All) => {}
                 Ok(Sent::Blocked) => self.wait_for_room(&mut held),
-                Err(error) => return Poll::Ready(Err(error)),
+                Err(error) => Self::fail(&mut held, error),
+            }
+            if let Some(error) = held.failure() {
+                return Poll::Ready(Err(error));
             }
         }
         if held.blocked {
