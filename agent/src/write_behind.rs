@@ -7,7 +7,7 @@
 //! answers per wake-up; under the same closed-loop load the agent woke them about three times
 //! as often (decisions 95 and 96). Here a write of up to [`HELD_WRITE_MAX`] bytes is copied to
 //! its connection's outbox and counted as written; the worker sends every outbox when it runs
-//! out of tasks (`on_thread_park`), or after [`ROUND_WRITES_MAX`] held writes, whichever comes
+//! out of tasks (`on_thread_park`), or after [`ROUND_WRITES_MAX`] writes, whichever comes
 //! first, so a worker that never idles still sends. No task is polled again for it.
 //!
 //! Only threads whose runtime ends rounds (worker threads that have parked once, see
@@ -33,8 +33,8 @@ pub const HELD_WRITE_MAX: usize = 16 * 1024;
 /// and a socket that takes nothing makes its writer wait (back-pressure, as without holding).
 pub const HELD_BYTES_MAX: usize = 64 * 1024;
 
-/// Held writes on one thread after which the round ends early: a worker that always has
-/// another task ready never parks, and its connections must not wait for it to.
+/// Writes on one thread, held or sent at once, after which the round ends early: a worker that
+/// always has another task ready never parks, and its connections must not wait for it to.
 pub const ROUND_WRITES_MAX: u32 = 64;
 
 /// Room an emptied outbox keeps for the next writes; more is given back, so a connection that
@@ -98,12 +98,24 @@ fn join_round(outbox: &Arc<Outbox>, enter: bool) -> Joined {
             if enter {
                 round.outboxes.push(Arc::clone(outbox));
             }
-            round.writes += 1;
+            round.writes = round.writes.saturating_add(1);
             if round.writes >= ROUND_WRITES_MAX {
                 Joined::HeldRoundFull
             } else {
                 Joined::Held
             }
+        }
+    })
+}
+
+/// Counts a write sent at once on this thread; true when the round has reached
+/// [`ROUND_WRITES_MAX`] and should end.
+fn count_write() -> bool {
+    ROUND.with(|round| match round.borrow_mut().as_mut() {
+        None => false,
+        Some(round) => {
+            round.writes = round.writes.saturating_add(1);
+            round.writes >= ROUND_WRITES_MAX && !round.outboxes.is_empty()
         }
     })
 }
@@ -249,7 +261,13 @@ impl Outbox {
             // A `WouldBlock` clears the readiness, so the next poll waits for the socket.
             match stream.try_io(Interest::WRITABLE, || send_gathered(stream, bufs)) {
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                sent => return Poll::Ready(sent),
+                sent => {
+                    // A worker kept busy by big writes alone never parks: they count too.
+                    if count_write() {
+                        end_round();
+                    }
+                    return Poll::Ready(sent);
+                }
             }
         }
     }
@@ -543,6 +561,33 @@ mod tests {
                 assert_eq!(arrived(&far).len(), ROUND_WRITES_MAX as usize);
             })
             .await
+            .unwrap();
+        });
+    }
+
+    #[test]
+    fn a_round_kept_busy_by_big_writes_ends_after_its_most_writes() {
+        runtime().block_on(async {
+            tokio::spawn(async {
+                let (mut near, far) = pair().await;
+                let (mut busy, busy_far) = pair().await;
+                let drained = read_to_end(busy_far);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                near.write_all(b"small").await.unwrap();
+                let big = vec![0u8; HELD_WRITE_MAX + 1];
+                for _ in 0..ROUND_WRITES_MAX - 2 {
+                    busy.write_all(&big).await.unwrap();
+                }
+                assert_eq!(arrived(&far), b"", "sent before the round ended");
+                busy.write_all(&big).await.unwrap();
+                assert_eq!(arrived(&far), b"small");
+                busy.shutdown().await.unwrap();
+                drop(busy);
+                drained
+            })
+            .await
+            .unwrap()
+            .join()
             .unwrap();
         });
     }
