@@ -474,14 +474,28 @@ mod tests {
     use super::*;
     use crate::socket_send::SocketSend;
 
-    /// A runtime like the agent's: one worker whose rounds end when it parks.
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_multi_thread()
+    /// Runs `test` on the worker of a runtime like the agent's (one worker whose rounds end
+    /// when it parks), after the worker has parked once, so it holds writes back. `block_on`'s
+    /// own thread would hold nothing back.
+    fn on_a_worker<F>(test: F) -> F::Output
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .on_thread_park(end_round)
             .enable_all()
             .build()
+            .unwrap();
+        runtime.block_on(async {
+            tokio::spawn(async {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                test.await
+            })
+            .await
             .unwrap()
+        })
     }
 
     /// A connected pair: the near end for the runtime, the far end a plain blocking socket, so
@@ -524,72 +538,53 @@ mod tests {
 
     #[test]
     fn a_small_write_waits_for_the_round_and_then_leaves_by_itself() {
-        runtime().block_on(async {
-            // Run on the worker, whose rounds end: `block_on`'s own thread holds nothing back.
-            tokio::spawn(async {
-                let (mut near, far) = pair().await;
-                // Park once, so this worker is known to end rounds.
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                near.write_all(b"held").await.unwrap();
-                near.flush().await.unwrap();
-                assert_eq!(arrived(&far), b"", "sent before the round ended");
-                // The task waits on something else; the worker parks, and the write leaves.
-                let mut read = [0u8; 1];
-                let waited =
-                    tokio::time::timeout(Duration::from_millis(50), near.read(&mut read)).await;
-                assert!(waited.is_err(), "the far end sent nothing");
-                let mut got = [0u8; 4];
-                (&far).read_exact(&mut got).unwrap();
-                assert_eq!(&got, b"held");
-            })
-            .await
-            .unwrap();
+        on_a_worker(async {
+            let (mut near, far) = pair().await;
+            near.write_all(b"held").await.unwrap();
+            near.flush().await.unwrap();
+            assert_eq!(arrived(&far), b"", "sent before the round ended");
+            // The task waits on something else; the worker parks, and the write leaves.
+            let mut read = [0u8; 1];
+            let waited =
+                tokio::time::timeout(Duration::from_millis(50), near.read(&mut read)).await;
+            assert!(waited.is_err(), "the far end sent nothing");
+            let mut got = [0u8; 4];
+            (&far).read_exact(&mut got).unwrap();
+            assert_eq!(&got, b"held");
         });
     }
 
     #[test]
     fn a_round_that_never_parks_ends_after_its_most_writes() {
-        runtime().block_on(async {
-            tokio::spawn(async {
-                let (mut near, far) = pair().await;
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                for _ in 0..ROUND_WRITES_MAX - 1 {
-                    near.write_all(b"x").await.unwrap();
-                }
-                assert_eq!(arrived(&far), b"", "sent before the round ended");
+        on_a_worker(async {
+            let (mut near, far) = pair().await;
+            for _ in 0..ROUND_WRITES_MAX - 1 {
                 near.write_all(b"x").await.unwrap();
-                assert_eq!(arrived(&far).len(), ROUND_WRITES_MAX as usize);
-            })
-            .await
-            .unwrap();
+            }
+            assert_eq!(arrived(&far), b"", "sent before the round ended");
+            near.write_all(b"x").await.unwrap();
+            assert_eq!(arrived(&far).len(), ROUND_WRITES_MAX as usize);
         });
     }
 
     #[test]
     fn a_round_kept_busy_by_big_writes_ends_after_its_most_writes() {
-        runtime().block_on(async {
-            tokio::spawn(async {
-                let (mut near, far) = pair().await;
-                let (mut busy, busy_far) = pair().await;
-                let drained = read_to_end(busy_far);
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                near.write_all(b"small").await.unwrap();
-                let big = vec![0u8; HELD_WRITE_MAX + 1];
-                for _ in 0..ROUND_WRITES_MAX - 2 {
-                    busy.write_all(&big).await.unwrap();
-                }
-                assert_eq!(arrived(&far), b"", "sent before the round ended");
+        let drained = on_a_worker(async {
+            let (mut near, far) = pair().await;
+            let (mut busy, busy_far) = pair().await;
+            let drained = read_to_end(busy_far);
+            near.write_all(b"small").await.unwrap();
+            let big = vec![0u8; HELD_WRITE_MAX + 1];
+            for _ in 0..ROUND_WRITES_MAX - 2 {
                 busy.write_all(&big).await.unwrap();
-                assert_eq!(arrived(&far), b"small");
-                busy.shutdown().await.unwrap();
-                drop(busy);
-                drained
-            })
-            .await
-            .unwrap()
-            .join()
-            .unwrap();
+            }
+            assert_eq!(arrived(&far), b"", "sent before the round ended");
+            busy.write_all(&big).await.unwrap();
+            assert_eq!(arrived(&far), b"small");
+            busy.shutdown().await.unwrap();
+            drained
         });
+        drained.join().unwrap();
     }
 
     #[test]
@@ -605,35 +600,29 @@ mod tests {
             })
             .collect();
         let expected = pieces.concat();
-        let got = runtime().block_on(async move {
-            tokio::spawn(async move {
-                let (mut near, far) = pair().await;
-                let reader = read_to_end(far);
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                for (i, piece) in pieces.iter().enumerate() {
-                    if i % 3 == 0 {
-                        let (a, b) = piece.split_at(piece.len() / 2);
-                        let mut slices = [IoSlice::new(a), IoSlice::new(b)];
-                        let mut rest = &mut slices[..];
-                        while !rest.is_empty() {
-                            let n = near.write_vectored(rest).await.unwrap();
-                            IoSlice::advance_slices(&mut rest, n);
-                        }
-                    } else {
-                        near.write_all(piece).await.unwrap();
+        let reader = on_a_worker(async move {
+            let (mut near, far) = pair().await;
+            let reader = read_to_end(far);
+            for (i, piece) in pieces.iter().enumerate() {
+                if i % 3 == 0 {
+                    let (a, b) = piece.split_at(piece.len() / 2);
+                    let mut slices = [IoSlice::new(a), IoSlice::new(b)];
+                    let mut rest = &mut slices[..];
+                    while !rest.is_empty() {
+                        let n = near.write_vectored(rest).await.unwrap();
+                        IoSlice::advance_slices(&mut rest, n);
                     }
-                    if i % 50 == 0 {
-                        tokio::task::yield_now().await;
-                    }
+                } else {
+                    near.write_all(piece).await.unwrap();
                 }
-                near.shutdown().await.unwrap();
-                reader
-            })
-            .await
-            .unwrap()
-            .join()
-            .unwrap()
+                if i % 50 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            near.shutdown().await.unwrap();
+            reader
         });
+        let got = reader.join().unwrap();
         assert_eq!(got.len(), expected.len());
         assert!(got == expected, "bytes arrived out of order");
     }
@@ -642,78 +631,59 @@ mod tests {
     fn small_writes_to_a_full_socket_wait_for_the_reader() {
         // Far more than the socket buffers and an outbox hold, in small writes.
         let total = 8 * 1024 * 1024;
-        let got = runtime().block_on(async move {
-            tokio::spawn(async move {
-                let (mut near, far) = pair().await;
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                let writer = tokio::spawn(async move {
-                    let piece = [7u8; 1000];
-                    for _ in 0..total / 1000 {
-                        near.write_all(&piece).await.unwrap();
-                    }
-                    near.shutdown().await.unwrap();
-                });
-                // Let the writer fill the socket before anyone reads.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                assert!(!writer.is_finished(), "a full socket took everything");
-                let reader = read_to_end(far);
-                writer.await.unwrap();
-                reader
-            })
-            .await
-            .unwrap()
-            .join()
-            .unwrap()
+        let reader = on_a_worker(async move {
+            let (mut near, far) = pair().await;
+            let writer = tokio::spawn(async move {
+                let piece = [7u8; 1000];
+                for _ in 0..total / 1000 {
+                    near.write_all(&piece).await.unwrap();
+                }
+                near.shutdown().await.unwrap();
+            });
+            // Let the writer fill the socket before anyone reads.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(!writer.is_finished(), "a full socket took everything");
+            let reader = read_to_end(far);
+            writer.await.unwrap();
+            reader
         });
-        assert_eq!(got.len(), total / 1000 * 1000);
+        assert_eq!(reader.join().unwrap().len(), total / 1000 * 1000);
     }
 
     #[test]
     fn a_connection_dropped_with_held_bytes_still_sends_them_before_closing() {
-        let got = runtime().block_on(async {
-            tokio::spawn(async {
-                let (mut near, far) = pair().await;
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                near.write_all(b"last words").await.unwrap();
-                drop(near);
-                read_to_end(far)
-            })
-            .await
-            .unwrap()
-            .join()
-            .unwrap()
+        let reader = on_a_worker(async {
+            let (mut near, far) = pair().await;
+            near.write_all(b"last words").await.unwrap();
+            drop(near);
+            read_to_end(far)
         });
-        assert_eq!(got, b"last words");
+        assert_eq!(reader.join().unwrap(), b"last words");
     }
 
     #[test]
     fn held_writes_to_a_closed_peer_fail() {
-        runtime().block_on(async {
-            tokio::spawn(async {
-                let (mut near, far) = pair().await;
-                drop(far);
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                let mut failed = None;
-                // The first sends may still be taken before the peer's reset arrives.
-                for _ in 0..1000 {
-                    match near.write_all(b"anyone?").await {
-                        Ok(()) => tokio::time::sleep(Duration::from_millis(1)).await,
-                        Err(error) => {
-                            failed = Some(error.kind());
-                            break;
-                        }
+        on_a_worker(async {
+            let (mut near, far) = pair().await;
+            drop(far);
+            let mut failed = None;
+            // The first sends may still be taken before the peer's reset arrives.
+            for _ in 0..1000 {
+                match near.write_all(b"anyone?").await {
+                    Ok(()) => tokio::time::sleep(Duration::from_millis(1)).await,
+                    Err(error) => {
+                        failed = Some(error.kind());
+                        break;
                     }
                 }
-                assert!(
-                    matches!(
-                        failed,
-                        Some(io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset)
-                    ),
-                    "{failed:?}"
-                );
-            })
-            .await
-            .unwrap();
+            }
+            assert!(
+                matches!(
+                    failed,
+                    Some(io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset)
+                ),
+                "{failed:?}"
+            );
         });
     }
 }
