@@ -209,12 +209,7 @@ impl Outbox {
         }
         let fits = held.bytes.len() + total <= HELD_BYTES_MAX;
         if held.blocked {
-            if fits {
-                held.hold(bufs);
-                return Poll::Ready(Ok(total));
-            }
-            held.waiter = Some(cx.waker().clone());
-            return Poll::Pending;
+            return Self::wait_with_held(&mut held, cx, bufs, fits);
         }
         if fits && total <= HELD_WRITE_MAX && total > 0 {
             match join_round(self, !held.in_round) {
@@ -236,14 +231,8 @@ impl Outbox {
                 Ok(Sent::Blocked) => self.wait_for_room(&mut held),
                 Err(error) => Self::fail(&mut held, error),
             }
-            // Still full: the drain waker sends what is held, this write joins it or waits.
             if held.blocked {
-                if fits {
-                    held.hold(bufs);
-                    return Poll::Ready(Ok(total));
-                }
-                held.waiter = Some(cx.waker().clone());
-                return Poll::Pending;
+                return Self::wait_with_held(&mut held, cx, bufs, fits);
             }
             if let Some(error) = held.failure() {
                 return Poll::Ready(Err(error));
@@ -251,6 +240,22 @@ impl Outbox {
         }
         drop(held);
         self.poll_send_now(cx, bufs)
+    }
+
+    /// With the socket full, the drain waker sends what is held: this write joins it when it
+    /// `fits`, or waits for it.
+    fn wait_with_held(
+        held: &mut Held,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+        fits: bool,
+    ) -> Poll<io::Result<usize>> {
+        if fits {
+            held.hold(bufs);
+            return Poll::Ready(Ok(bufs.iter().map(|buf| buf.len()).sum()));
+        }
+        held.waiter = Some(cx.waker().clone());
+        Poll::Pending
     }
 
     /// Sends `bufs` at once, waiting for room in the socket with the writer's own waker.
