@@ -50,7 +50,7 @@ thread_local! {
 #[derive(Default)]
 struct Round {
     outboxes: Vec<Arc<Outbox>>,
-    /// Writes held back since the round began.
+    /// Writes on this thread, held or sent at once, since the round began.
     writes: u32,
 }
 
@@ -80,42 +80,31 @@ pub fn end_round() {
     });
 }
 
-/// What this thread did with a write offered to its round.
-enum Joined {
-    /// Held in the round.
-    Held,
-    /// Held, and the round has reached [`ROUND_WRITES_MAX`]: end it.
-    HeldRoundFull,
+/// What this thread's round made of a write.
+enum Counted {
+    /// Counted; the round goes on.
+    InRound,
+    /// Counted, and the round has reached [`ROUND_WRITES_MAX`] with something held: end it.
+    RoundFull,
     /// This thread holds nothing back: send now.
     NoRound,
 }
 
-/// Counts a held write on this thread, entering `outbox` in the round when it is not in one.
-fn join_round(outbox: &Arc<Outbox>, enter: bool) -> Joined {
+/// Counts a write on this thread, first entering `enter` in the round when given (an outbox
+/// about to hold its first bytes of the round).
+fn count_write(enter: Option<&Arc<Outbox>>) -> Counted {
     ROUND.with(|round| match round.borrow_mut().as_mut() {
-        None => Joined::NoRound,
+        None => Counted::NoRound,
         Some(round) => {
-            if enter {
+            if let Some(outbox) = enter {
                 round.outboxes.push(Arc::clone(outbox));
             }
             round.writes = round.writes.saturating_add(1);
-            if round.writes >= ROUND_WRITES_MAX {
-                Joined::HeldRoundFull
+            if round.writes >= ROUND_WRITES_MAX && !round.outboxes.is_empty() {
+                Counted::RoundFull
             } else {
-                Joined::Held
+                Counted::InRound
             }
-        }
-    })
-}
-
-/// Counts a write sent at once on this thread; true when the round has reached
-/// [`ROUND_WRITES_MAX`] and should end.
-fn count_write() -> bool {
-    ROUND.with(|round| match round.borrow_mut().as_mut() {
-        None => false,
-        Some(round) => {
-            round.writes = round.writes.saturating_add(1);
-            round.writes >= ROUND_WRITES_MAX && !round.outboxes.is_empty()
         }
     })
 }
@@ -212,13 +201,13 @@ impl Outbox {
             return Self::wait_with_held(&mut held, cx, bufs, fits);
         }
         if fits && total <= HELD_WRITE_MAX && total > 0 {
-            match join_round(self, !held.in_round) {
-                Joined::NoRound => {}
-                joined => {
+            match count_write((!held.in_round).then_some(self)) {
+                Counted::NoRound => {}
+                counted => {
                     held.in_round = true;
                     held.hold(bufs);
                     drop(held);
-                    if matches!(joined, Joined::HeldRoundFull) {
+                    if matches!(counted, Counted::RoundFull) {
                         end_round();
                     }
                     return Poll::Ready(Ok(total));
@@ -226,11 +215,7 @@ impl Outbox {
             }
         }
         if !held.bytes.is_empty() {
-            match self.send_held(&mut held) {
-                Ok(Sent::All) => {}
-                Ok(Sent::Blocked) => self.wait_for_room(&mut held),
-                Err(error) => Self::fail(&mut held, error),
-            }
+            self.send_or_leave_to_drain(&mut held);
             if held.blocked {
                 return Self::wait_with_held(&mut held, cx, bufs, fits);
             }
@@ -268,7 +253,7 @@ impl Outbox {
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
                 sent => {
                     // A worker kept busy by big writes alone never parks: they count too.
-                    if count_write() {
+                    if matches!(count_write(None), Counted::RoundFull) {
                         end_round();
                     }
                     return Poll::Ready(sent);
@@ -297,11 +282,7 @@ impl Outbox {
             return Poll::Ready(Err(error));
         }
         if !held.blocked && !held.bytes.is_empty() {
-            match self.send_held(&mut held) {
-                Ok(Sent::All) => {}
-                Ok(Sent::Blocked) => self.wait_for_room(&mut held),
-                Err(error) => Self::fail(&mut held, error),
-            }
+            self.send_or_leave_to_drain(&mut held);
             if let Some(error) = held.failure() {
                 return Poll::Ready(Err(error));
             }
@@ -325,10 +306,16 @@ impl Outbox {
         if held.blocked || held.bytes.is_empty() || held.failed.is_some() {
             return;
         }
-        match self.send_held(&mut held) {
+        self.send_or_leave_to_drain(&mut held);
+    }
+
+    /// Sends what is held. A full socket leaves the rest to the drain waker (the outbox is
+    /// then blocked); a failure is recorded for the writer.
+    fn send_or_leave_to_drain(self: &Arc<Self>, held: &mut Held) {
+        match self.send_held(held) {
             Ok(Sent::All) => {}
-            Ok(Sent::Blocked) => self.wait_for_room(&mut held),
-            Err(error) => Self::fail(&mut held, error),
+            Ok(Sent::Blocked) => self.wait_for_room(held),
+            Err(error) => Self::fail(held, error),
         }
     }
 
@@ -400,11 +387,7 @@ impl Outbox {
             return;
         }
         held.blocked = false;
-        match self.send_held(&mut held) {
-            Ok(Sent::All) => {}
-            Ok(Sent::Blocked) => self.wait_for_room(&mut held),
-            Err(error) => Self::fail(&mut held, error),
-        }
+        self.send_or_leave_to_drain(&mut held);
         let waiter = if held.blocked {
             None
         } else {
