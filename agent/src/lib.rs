@@ -55,6 +55,7 @@ pub mod send_timeout;
 pub mod socket_send;
 pub mod sources;
 pub mod state;
+pub mod time_limit;
 pub mod tunnel;
 pub mod uplink;
 pub mod virtual_listeners;

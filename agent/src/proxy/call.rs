@@ -25,6 +25,7 @@ use crate::replay::ReplayBody;
 use crate::retry::{self, TryResult};
 use crate::route::{self, Destination};
 use crate::state::ServiceState;
+use crate::time_limit;
 use crate::watched_body::{self, BodyIdle, Quiet, StreamActivity};
 
 /// Makes a call to `service` and returns the answer: the upstream's response or the agent's
@@ -124,7 +125,7 @@ async fn call_service(
         idle,
         activity,
     };
-    match tokio::time::timeout(request_timeout, call.run()).await {
+    match time_limit::within(request_timeout, || call.run()).await {
         Ok(result) => result,
         Err(_) if body.awaiting_caller() => Err(ProxyError::CallerTooSlow(request_timeout)),
         Err(_) => Err(ProxyError::RequestTimeout(request_timeout)),
@@ -225,7 +226,7 @@ impl Call<'_> {
         let in_flight = chosen.in_flight();
         let sent_at = Instant::now();
         let result = match self.retries.per_try_timeout.map(|d| d.get()) {
-            Some(limit) => tokio::time::timeout(limit, send())
+            Some(limit) => time_limit::within(limit, send)
                 .await
                 .unwrap_or(Err(ProxyError::PerTryTimeout(limit))),
             None => send().await,
