@@ -78,7 +78,8 @@ alone and two chained (plaintext or mutual TLS between them, like the mesh's two
 nginx (1 thread / 1 worker each), drives every path with the same load (wrk for HTTP/1.1, h2load
 for HTTP/2), drives every path again at a fixed rate with oha (latency from each request's due
 time), measures the one agent and haproxy again in turn (`--rounds` times per protocol, the
-median ratio steadier than one pair of rows on a busy machine), times new TLS connections to
+median ratio steadier than one pair of rows on a busy machine) in closed loops and at the fixed
+rate (the median of each round's latency difference), times new TLS connections to
 the agent's inbound port and to the inner haproxy, prints tables and writes
 target/bench/proxy.json. Configs, certificates and logs go to
 target/bench/.
@@ -87,7 +88,8 @@ options:
   --duration SECS    measured seconds per row (default 10)
   --connections N    concurrent client connections (default 50, at most 1000)
   --rate N           requests per second of the fixed-rate rows (default 10000)
-  --rounds N         rounds of the one agent and haproxy measured in turn (default 3, 1 to 15)
+  --rounds N         rounds of the one agent and haproxy measured in turn, in closed loops and
+                     at the fixed rate (default 3, 1 to 15)
   --agent BUILD      `release` (default) or `pgo`: the agent `cargo xtask pgo` builds, trained
                      and built first";
 /// What the command line asked for.
@@ -155,6 +157,10 @@ pub fn run(args: &[String]) -> Result<()> {
             at_rate.push(bench.measure_fixed_rate(setup, protocol)?);
         }
     }
+    let mut turns_at_rate = Vec::new();
+    for protocol in Protocol::ALL {
+        turns_at_rate.push(bench.alternated_at_rate(protocol, options.rounds)?);
+    }
     let mut handshakes = Vec::new();
     for setup in HANDSHAKE_SETUPS {
         handshakes.extend(bench.handshakes(setup)?);
@@ -162,14 +168,16 @@ pub fn run(args: &[String]) -> Result<()> {
     bench.runtime.block_on(stop([&mut bench.backend.process]));
 
     print!(
-        "{}{}{}",
+        "{}{}{}{}",
         bench.table(&rows, &handshakes),
         alternated::table(&turns),
-        fixed_rate::table(&at_rate, options.rate)
+        fixed_rate::table(&at_rate, options.rate),
+        alternated::latency_table(&turns_at_rate, options.rate)
     );
     let mut json = bench.json(&rows, &handshakes, &at_rate);
     json["hotFunctions"] = hot_functions.json();
     json["alternated"] = alternated::json(&turns);
+    json["alternatedAtRate"] = alternated::latency_json(&turns_at_rate);
     write_json(&bench.dir, "proxy.json", &json)
 }
 

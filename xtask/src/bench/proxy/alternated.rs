@@ -3,11 +3,15 @@
 //! (haproxy's own HTTP/2 figure moved from 45.1k to 59.6k requests per CPU-second between two
 //! runs, decision 94), so a single pair of rows cannot tell 0.97× from 1.0×. Each round's ratio
 //! comes from two rows measured back to back; the median of the rounds is the figure to quote.
+//! The same goes for latency at the fixed rate: one pair of 10-second rows put the agent's p50
+//! 0.08 ms above haproxy's where three pairs by hand put it level (decision 97), so the two are
+//! also driven in turn at the fixed rate, and each round's difference is kept.
 
 use anyhow::Result;
 use serde_json::{Value, json};
 
 use super::Bench;
+use super::fixed_rate::RateRow;
 use super::load::Protocol;
 use super::setup::Setup;
 use crate::bench::percentile::percentile;
@@ -22,10 +26,36 @@ pub struct Alternated {
 impl Alternated {
     /// The middle round's ratio (the lower of the two middle ones for an even count).
     pub fn median(&self) -> Option<f64> {
-        let mut sorted = self.ratios.clone();
-        sorted.sort_by(f64::total_cmp);
-        percentile(&sorted, 50.0)
+        median(&self.ratios)
     }
+}
+
+/// One protocol's rounds at the fixed rate.
+pub struct AlternatedLatency {
+    protocol: Protocol,
+    /// The agent's row and haproxy's, one pair per round, in order.
+    rounds: Vec<(RateRow, RateRow)>,
+}
+
+impl AlternatedLatency {
+    /// Each round's agent figure minus haproxy's, in milliseconds: what the agent adds beyond
+    /// what haproxy adds, the direct path being the same for both.
+    fn over(&self, of: Percentile) -> Vec<f64> {
+        self.rounds.iter().map(|(a, h)| of(a) - of(h)).collect()
+    }
+}
+
+/// One latency percentile of a fixed-rate row.
+type Percentile = fn(&RateRow) -> f64;
+
+/// The percentiles compared, by name.
+const PERCENTILES: [(&str, Percentile); 2] = [("p50", |r| r.p50_ms), ("p99", |r| r.p99_ms)];
+
+/// The middle value (the lower of the two middle ones for an even count).
+fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    percentile(&sorted, 50.0)
 }
 
 impl Bench {
@@ -45,6 +75,26 @@ impl Bench {
         }
         Ok(Alternated { protocol, ratios })
     }
+
+    /// Drives the one agent and then haproxy at the fixed rate over `protocol`, `rounds`
+    /// times.
+    pub(super) fn alternated_at_rate(
+        &self,
+        protocol: Protocol,
+        rounds: u32,
+    ) -> Result<AlternatedLatency> {
+        let mut pairs = Vec::new();
+        for round in 1..=rounds {
+            eprintln!("xtask: bench alternated at the fixed rate, round {round} of {rounds}");
+            let agent = self.measure_fixed_rate(Setup::OneAgent, protocol)?;
+            let haproxy = self.measure_fixed_rate(Setup::Haproxy, protocol)?;
+            pairs.push((agent, haproxy));
+        }
+        Ok(AlternatedLatency {
+            protocol,
+            rounds: pairs,
+        })
+    }
 }
 
 /// The rounds as printed under the tables.
@@ -62,6 +112,53 @@ pub fn table(rows: &[Alternated]) -> String {
         ));
     }
     out
+}
+
+/// The rounds at the fixed rate as printed under the tables.
+pub fn latency_table(rows: &[AlternatedLatency], rate: u32) -> String {
+    let mut out = format!(
+        "\none agent against haproxy at a fixed {rate} req/s, the two driven in turn: the agent's \
+         latency minus haproxy's, ms (at or below 0: it adds no more than haproxy):\n"
+    );
+    for row in rows {
+        for (name, of) in PERCENTILES {
+            let over = row.over(of);
+            let middle = median(&over).map_or("-".to_string(), |m| format!("{m:+.2}"));
+            let rounds: Vec<String> = over.iter().map(|v| format!("{v:+.2}")).collect();
+            let pairs: Vec<String> = row
+                .rounds
+                .iter()
+                .map(|(a, h)| format!("{:.2}/{:.2}", of(a), of(h)))
+                .collect();
+            out.push_str(&format!(
+                "{:<5} {name} median {middle:>6}   rounds: {}   (agent/haproxy: {})\n",
+                row.protocol.name(),
+                rounds.join(" "),
+                pairs.join(" ")
+            ));
+        }
+    }
+    out
+}
+
+/// The rounds at the fixed rate for `proxy.json`: each round's two figures and the median of
+/// their differences, per percentile.
+pub fn latency_json(rows: &[AlternatedLatency]) -> Value {
+    Value::Array(
+        rows.iter()
+            .map(|row| {
+                let mut entry = json!({ "protocol": row.protocol.name() });
+                for (name, of) in PERCENTILES {
+                    entry[format!("{name}AgentMs")] =
+                        json!(row.rounds.iter().map(|(a, _)| of(a)).collect::<Vec<_>>());
+                    entry[format!("{name}HaproxyMs")] =
+                        json!(row.rounds.iter().map(|(_, h)| of(h)).collect::<Vec<_>>());
+                    entry[format!("{name}OverHaproxyMedianMs")] = json!(median(&row.over(of)));
+                }
+                entry
+            })
+            .collect(),
+    )
 }
 
 /// The rounds for `proxy.json`.
@@ -95,5 +192,57 @@ mod tests {
         let text = table(&[rounds(&[1.08, 0.86, 1.04])]);
         assert!(text.contains("median  1.04x"), "{text}");
         assert!(text.contains("1.08x 0.86x 1.04x"), "{text}");
+    }
+
+    #[test]
+    fn latency_rounds_give_the_median_of_each_rounds_difference() {
+        let row = |setup, p50_ms, p99_ms| RateRow {
+            setup,
+            protocol: Protocol::Http1,
+            requests_per_second: 10_000.0,
+            success_rate: 1.0,
+            p50_ms,
+            p99_ms,
+            rss_peak_kib: Some(12_000),
+        };
+        let rounds = AlternatedLatency {
+            protocol: Protocol::Http1,
+            rounds: vec![
+                (
+                    row(Setup::OneAgent, 0.50, 1.20),
+                    row(Setup::Haproxy, 0.40, 1.50),
+                ),
+                (
+                    row(Setup::OneAgent, 0.45, 1.10),
+                    row(Setup::Haproxy, 0.50, 1.00),
+                ),
+                (
+                    row(Setup::OneAgent, 0.48, 1.30),
+                    row(Setup::Haproxy, 0.46, 1.25),
+                ),
+            ],
+        };
+        // p50: +0.10, -0.05, +0.02 -> +0.02; p99: -0.30, +0.10, +0.05 -> +0.05.
+        let text = latency_table(std::slice::from_ref(&rounds), 10_000);
+        assert!(
+            text.contains("h1    p50 median  +0.02   rounds: +0.10 -0.05 +0.02"),
+            "{text}"
+        );
+        assert!(
+            text.contains("h1    p99 median  +0.05   rounds: -0.30 +0.10 +0.05"),
+            "{text}"
+        );
+        assert!(text.contains("0.50/0.40 0.45/0.50 0.48/0.46"), "{text}");
+        let json = latency_json(&[rounds]);
+        let median = |key: &str| json[0][key].as_f64().unwrap_or(f64::NAN);
+        assert!(
+            (median("p50OverHaproxyMedianMs") - 0.02).abs() < 1e-9,
+            "{json}"
+        );
+        assert!(
+            (median("p99OverHaproxyMedianMs") - 0.05).abs() < 1e-9,
+            "{json}"
+        );
+        assert_eq!(json[0]["p99HaproxyMs"][2], 1.25);
     }
 }
