@@ -50,7 +50,7 @@ const CONNECTIONS: Bounded<u32> = Bounded::new("--connections", 50, LOAD_THREADS
 const RATE: Bounded<u32> = Bounded::new("--rate", 10_000, 100..=1_000_000);
 /// `--rounds`: times the one agent and haproxy are measured again in turn for each protocol
 /// (see [`alternated`]).
-const ROUNDS: Bounded<u32> = Bounded::new("--rounds", 3, 1..=15);
+const ROUNDS: Bounded<u32> = Bounded::new("--rounds", 5, 1..=15);
 /// HTTP/2 streams per connection in the h2 rows: one, so as many requests are in flight as in
 /// the HTTP/1.1 rows.
 const H2_STREAMS_PER_CONNECTION: u32 = 1;
@@ -89,7 +89,7 @@ options:
   --connections N    concurrent client connections (default 50, at most 1000)
   --rate N           requests per second of the fixed-rate rows (default 10000)
   --rounds N         rounds of the one agent and haproxy measured in turn, in closed loops and
-                     at the fixed rate (default 3, 1 to 15)
+                     at the fixed rate (default 5, 1 to 15), the order turning each round
   --agent BUILD      `release` (default) or `pgo`: the agent `cargo xtask pgo` builds, trained
                      and built first";
 /// What the command line asked for.

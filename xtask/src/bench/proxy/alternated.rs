@@ -6,6 +6,9 @@
 //! The same goes for latency at the fixed rate: one pair of 10-second rows put the agent's p50
 //! 0.08 ms above haproxy's where three pairs by hand put it level (decision 97), so the two are
 //! also driven in turn at the fixed rate, and each round's difference is kept.
+//!
+//! The order turns about every round (agent first, then haproxy first), so a machine that
+//! drifts one way through a run does not favour whichever is always measured second.
 
 use anyhow::Result;
 use serde_json::{Value, json};
@@ -58,14 +61,25 @@ fn median(values: &[f64]) -> Option<f64> {
     percentile(&sorted, 50.0)
 }
 
+/// Runs `measure` on the one agent and on haproxy in round `round`'s order (the agent first in
+/// odd rounds, haproxy first in even ones) and gives back the agent's result, then haproxy's.
+fn in_turn<T>(round: u32, mut measure: impl FnMut(Setup) -> Result<T>) -> Result<(T, T)> {
+    if round % 2 == 1 {
+        let agent = measure(Setup::OneAgent)?;
+        Ok((agent, measure(Setup::Haproxy)?))
+    } else {
+        let haproxy = measure(Setup::Haproxy)?;
+        Ok((measure(Setup::OneAgent)?, haproxy))
+    }
+}
+
 impl Bench {
-    /// Measures the one agent and then haproxy over `protocol`, `rounds` times.
+    /// Measures the one agent and haproxy over `protocol` in turn, `rounds` times.
     pub(super) fn alternated(&self, protocol: Protocol, rounds: u32) -> Result<Alternated> {
         let mut ratios = Vec::new();
         for round in 1..=rounds {
             eprintln!("xtask: bench alternated round {round} of {rounds}");
-            let agent = self.measure(Setup::OneAgent, protocol)?;
-            let haproxy = self.measure(Setup::Haproxy, protocol)?;
+            let (agent, haproxy) = in_turn(round, |setup| self.measure(setup, protocol))?;
             if let (Some(agent), Some(haproxy)) = (
                 agent.requests_per_cpu_second(),
                 haproxy.requests_per_cpu_second(),
@@ -76,7 +90,7 @@ impl Bench {
         Ok(Alternated { protocol, ratios })
     }
 
-    /// Drives the one agent and then haproxy at the fixed rate over `protocol`, `rounds`
+    /// Drives the one agent and haproxy in turn at the fixed rate over `protocol`, `rounds`
     /// times.
     pub(super) fn alternated_at_rate(
         &self,
@@ -86,9 +100,9 @@ impl Bench {
         let mut pairs = Vec::new();
         for round in 1..=rounds {
             eprintln!("xtask: bench alternated at the fixed rate, round {round} of {rounds}");
-            let agent = self.measure_fixed_rate(Setup::OneAgent, protocol)?;
-            let haproxy = self.measure_fixed_rate(Setup::Haproxy, protocol)?;
-            pairs.push((agent, haproxy));
+            pairs.push(in_turn(round, |setup| {
+                self.measure_fixed_rate(setup, protocol)
+            })?);
         }
         Ok(AlternatedLatency {
             protocol,
@@ -179,6 +193,25 @@ pub fn json(rows: &[Alternated]) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_order_turns_about_every_round_and_the_results_keep_their_places() {
+        for round in 1..=4 {
+            let mut order = Vec::new();
+            let (agent, haproxy) = in_turn(round, |setup| {
+                order.push(setup);
+                Ok(setup)
+            })
+            .unwrap();
+            assert_eq!((agent, haproxy), (Setup::OneAgent, Setup::Haproxy));
+            let expected = if round % 2 == 1 {
+                [Setup::OneAgent, Setup::Haproxy]
+            } else {
+                [Setup::Haproxy, Setup::OneAgent]
+            };
+            assert_eq!(order, expected, "round {round}");
+        }
+    }
 
     #[test]
     fn the_median_is_the_middle_round() {
