@@ -8,22 +8,27 @@
 use std::future::{Future, poll_fn};
 use std::pin::pin;
 use std::task::Poll;
-use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// The limit passed before the work finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Elapsed;
 
-/// Runs the future `make` makes for at most `limit`: its output, or [`Elapsed`] if the limit
-/// passed first (the work is then dropped where it stands).
-pub async fn within<F: Future>(
-    limit: Duration,
+/// Runs the future `make` makes until `deadline`: its output, or [`Elapsed`] if the deadline
+/// passed first (the work is then dropped where it stands). A deadline, not a duration: the
+/// caller knows when its work began, and a call reads the clock once for all its bookkeeping
+/// rather than once more for each limit.
+pub async fn until<F: Future>(
+    deadline: Instant,
     make: impl FnOnce() -> F,
 ) -> Result<F::Output, Elapsed> {
     let mut work = pin!(make());
     // Outside the task's budget, as `tokio::time::timeout` polls its delay: work that spent
     // the budget must not keep its own limit from firing.
-    let mut limit = pin!(tokio::task::unconstrained(tokio::time::sleep(limit)));
+    let mut limit = pin!(tokio::task::unconstrained(tokio::time::sleep_until(
+        deadline
+    )));
     poll_fn(|cx| {
         if let Poll::Ready(output) = work.as_mut().poll(cx) {
             return Poll::Ready(Ok(output));
@@ -35,7 +40,17 @@ pub async fn within<F: Future>(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+
+    /// [`until`] `limit` from now.
+    async fn within<F: Future>(
+        limit: Duration,
+        make: impl FnOnce() -> F,
+    ) -> Result<F::Output, Elapsed> {
+        until(Instant::now() + limit, make).await
+    }
 
     #[tokio::test(start_paused = true)]
     async fn work_that_finishes_in_time_gives_its_output() {
@@ -66,6 +81,18 @@ mod tests {
         assert_eq!(got, Err(Elapsed));
         assert_eq!(started.elapsed(), Duration::from_secs(5));
         assert!(dropped.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_counts_from_when_the_caller_says_the_work_began() {
+        let began = Instant::now();
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let got = until(began + Duration::from_secs(5), || async {
+            tokio::time::sleep(Duration::from_secs(4)).await;
+        })
+        .await;
+        assert_eq!(got, Err(Elapsed));
+        assert_eq!(began.elapsed(), Duration::from_secs(5));
     }
 
     #[tokio::test]

@@ -44,13 +44,21 @@ pub async fn call(
         metrics::request(service, DEFAULT_ROUTE, response.status(), started.elapsed());
         return response;
     };
-    let response = match call_service(proxy, &snapshot, known, request, addressed).await {
-        Ok(response) => response,
-        Err(error) => error_response(&error),
-    };
-    known.metrics.request(response.status(), started.elapsed());
+    let (response, answered) =
+        match call_service(proxy, &snapshot, known, request, addressed, started).await {
+            Ok(answered) => answered,
+            Err(error) => (error_response(&error), Instant::now()),
+        };
+    known.metrics.request(
+        response.status(),
+        answered.saturating_duration_since(started),
+    );
     response
 }
+
+/// The answer and when its try ended: the clock is read once as a try ends and that reading
+/// serves the endpoint's latency, its outlier state and the call's own duration.
+type Answered = (Response<Body>, Instant);
 
 async fn call_service(
     proxy: &Proxy,
@@ -58,7 +66,8 @@ async fn call_service(
     service: &Service,
     request: Request<Body>,
     addressed: Option<&Addressed>,
-) -> Result<Response<Body>, ProxyError> {
+    started: Instant,
+) -> Result<Answered, ProxyError> {
     let (parts, body) = request.into_parts();
     let mut dice = |n: u64| rand::random_range(0..n.max(1));
     let destination = route::choose(&service.name, service.route.as_ref(), &parts, &mut dice)
@@ -124,9 +133,10 @@ async fn call_service(
         body: &body,
         idle,
         activity,
+        started,
     };
-    match time_limit::within(request_timeout, || call.run()).await {
-        Ok(result) => result,
+    match time_limit::until(started + request_timeout, || call.run()).await {
+        Ok((result, ended)) => result.map(|response| (response, ended)),
         Err(_) if body.awaiting_caller() => Err(ProxyError::CallerTooSlow(request_timeout)),
         Err(_) => Err(ProxyError::RequestTimeout(request_timeout)),
     }
@@ -152,23 +162,31 @@ struct Call<'a> {
     idle: std::time::Duration,
     /// When the request's body last moved, for the answer's idle timeout; `None` without one.
     activity: Option<std::sync::Arc<StreamActivity>>,
+    /// When the call began: the first try's start and the request timeout's origin.
+    started: Instant,
 }
 
 impl Call<'_> {
-    async fn run(&self) -> Result<Response<Body>, ProxyError> {
+    /// The tries' result and when the last try ended.
+    async fn run(&self) -> (Result<Response<Body>, ProxyError>, Instant) {
         // Endpoints of earlier tries; filled only when there is a retry, so a call that needs
         // one try allocates nothing for it.
         let mut tried: Vec<EndpointKey> = Vec::new();
         let mut retries_done = 0;
+        let mut began = self.started;
         loop {
-            let chosen = endpoint::choose(
+            let chosen = match endpoint::choose(
                 self.snapshot,
                 self.target,
                 self.destination.subset,
                 self.state,
                 &tried,
-            )?;
-            let mut result = self.try_once(&chosen).await;
+                began,
+            ) {
+                Ok(chosen) => chosen,
+                Err(error) => return (Err(error), Instant::now()),
+            };
+            let (mut result, ended) = self.try_once(&chosen, began).await;
             // A try that failed because the caller's own body did (a malformed chunk, say) is
             // the caller's fault, whatever the peer made of the cut-off request.
             let upstream_failed = match &result {
@@ -196,19 +214,25 @@ impl Call<'_> {
                     let wait = retry::backoff(self.retries, retries_done, rand::random::<f64>());
                     tracing::debug!(service = %self.target.name, retry = retries_done, ?wait, "retrying");
                     tokio::time::sleep(wait).await;
+                    began = Instant::now();
                     continue;
                 }
                 self.target.metrics.budget_exhausted();
                 tracing::info!(service = %self.target.name, "retry budget exhausted; answering with the last result");
             }
-            return result.map(|response| self.finish(response));
+            return (result.map(|response| self.finish(response)), ended);
         }
     }
 
     /// One try against the chosen endpoint, with its bookkeeping: load, latency and outlier
     /// state. A request the peer did not process goes once more on a new connection, outside
-    /// the retry policy: it never reached an application.
-    async fn try_once(&self, chosen: &Chosen<'_>) -> Result<Response<Body>, ProxyError> {
+    /// the retry policy: it never reached an application. `began` is when the try began; the
+    /// result comes with when it ended.
+    async fn try_once(
+        &self,
+        chosen: &Chosen<'_>,
+        began: Instant,
+    ) -> (Result<Response<Body>, ProxyError>, Instant) {
         // Built where it is awaited, not kept in a variable first: a future in a variable is
         // copied whole again into the place it is awaited from, and this one holds the try.
         let send = || {
@@ -224,9 +248,8 @@ impl Call<'_> {
             })
         };
         let in_flight = chosen.in_flight();
-        let sent_at = Instant::now();
         let result = match self.retries.per_try_timeout.map(|d| d.get()) {
-            Some(limit) => time_limit::within(limit, send)
+            Some(limit) => time_limit::until(began + limit, send)
                 .await
                 .unwrap_or(Err(ProxyError::PerTryTimeout(limit))),
             None => send().await,
@@ -237,9 +260,9 @@ impl Call<'_> {
             Ok(response) if !response.status().is_server_error() => Outcome::Success,
             _ => Outcome::Failure,
         };
-        chosen.observe_latency(now.saturating_duration_since(sent_at), now);
+        chosen.observe_latency(now.saturating_duration_since(began), now);
         chosen.record(self.target, self.state, outcome, now);
-        result
+        (result, now)
     }
 
     /// The request as sent to the peer agent: HTTP/2, original authority, no hop-by-hop

@@ -34,15 +34,16 @@ pub struct Chosen<'s> {
 
 /// Chooses an endpoint of `target` (restricted to `subset`) for a new try or stream: the
 /// balancer's choice among endpoints not ejected, in the caller's site when it can be, avoiding
-/// those already `tried` when there is another.
+/// those already `tried` when there is another. `now` is when the try begins, read once by the
+/// caller for all of the try's bookkeeping.
 pub fn choose<'s>(
     snapshot: &Snapshot,
     target: &'s Service,
     subset: Option<&BTreeMap<String, String>>,
     service: &ServiceState,
     tried: &[EndpointKey],
+    now: Instant,
 ) -> Result<Chosen<'s>, ProxyError> {
-    let now = Instant::now();
     let mut endpoints = service.endpoints(target.endpoints.iter().filter(|e| {
         subset.is_none_or(|subset| subset.iter().all(|(k, v)| e.tags.get(k) == Some(v)))
     }));

@@ -112,7 +112,7 @@ pub async fn open(
         Authority::try_from(authority).map_err(|e| ProxyError::BadRequest(Cause::new(e)))?;
     let mut tried: Vec<EndpointKey> = Vec::new();
     loop {
-        let chosen = endpoint::choose(snapshot, target, None, &state, &tried)?;
+        let chosen = endpoint::choose(snapshot, target, None, &state, &tried, Instant::now())?;
         tried.push(chosen.endpoint.key());
         let result = match &target.external {
             Some(external) if headers.contains_key(UPGRADE_PROTOCOL) => {
