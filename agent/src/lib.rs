@@ -37,6 +37,7 @@ pub mod dev;
 pub mod dns;
 pub mod error;
 pub mod external_names;
+pub mod header_room;
 pub mod health;
 pub mod http1;
 pub mod http2;

@@ -115,7 +115,10 @@ impl Listener {
             if let Err(error) = stream.set_nodelay(true) {
                 tracing::debug!(listener = name, %error, "cannot set TCP_NODELAY");
             }
-            let connection = serve(stream, peer, shutdown.clone());
+            // Boxed: the connection's future (some 15 KB) is then moved by its pointer, and
+            // the task's poll keeps no room for it in its stack frame, below which every
+            // request's frames would otherwise run (decision 98).
+            let connection = Box::pin(serve(stream, peer, shutdown.clone()));
             tracker.spawn(async move {
                 metrics::connection_opened(name);
                 connection.await;

@@ -12,7 +12,6 @@
 
 use std::future::Future;
 use std::io;
-use std::mem::MaybeUninit;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -26,6 +25,7 @@ use super::answer_head::{self, BodyState, Framing};
 use super::request_body::{self, BodyFraming, Feeder};
 use super::rewound::Rewound;
 use crate::body::{self, Body};
+use crate::header_room;
 use crate::proxy::h1_wire::{ChunkedDecoder, RequestFraming, digits, has_head_end};
 use crate::proxy::headers::has_token;
 use crate::proxy::instance_exchange::{MessageWriter, Outgoing};
@@ -195,49 +195,18 @@ async fn read_head<I: AsyncRead + Unpin>(
 
 /// Reads a request head off the front of `input`, when this server takes it as it stands.
 fn parse_head(input: &mut BytesMut) -> Parsed {
-    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_REQUEST_HEADERS];
-    let mut request = httparse::Request::new(&mut []);
-    let status = httparse::ParserConfig::default().parse_request_with_uninit_headers(
-        &mut request,
-        input,
-        &mut fields,
-    );
-    let length = match status {
-        Ok(httparse::Status::Complete(length)) => length,
+    // Filled where it lives and read in place: a move copies all of its inline room.
+    let mut spans: smallvec::SmallVec<[FieldSpans; 16]> = smallvec::SmallVec::new();
+    let scanned = header_room::parse_with_room(MAX_REQUEST_HEADERS, |fields| {
+        scan_head(input, fields, &mut spans)
+    });
+    let scanned = match scanned {
+        Ok(httparse::Status::Complete(Some(scanned))) => scanned,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(_) => return Parsed::Handoff,
+        Ok(httparse::Status::Complete(None)) | Err(_) => return Parsed::Handoff,
     };
-    if request.version != Some(1) {
-        return Parsed::Handoff;
-    }
-    let (Some(method), Some(target)) = (request.method, request.path) else {
-        return Parsed::Handoff;
-    };
-    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
-        return Parsed::Handoff;
-    };
-    if method == Method::CONNECT || target.len() > MAX_TARGET {
-        return Parsed::Handoff;
-    }
-    // Where each piece lies in the buffer, so the head can be split off and its values shared
-    // with it rather than copied.
-    let start = input.as_ptr() as usize;
-    let span = |part: &[u8]| {
-        let from = (part.as_ptr() as usize).wrapping_sub(start);
-        if part.is_empty() || from > length {
-            (0, 0)
-        } else {
-            (from, from + part.len())
-        }
-    };
-    let target_span = span(target.as_bytes());
-    let spans: smallvec::SmallVec<[FieldSpans; 16]> = request
-        .headers
-        .iter()
-        .map(|h| (span(h.name.as_bytes()), span(h.value)))
-        .collect();
-    let head = input.split_to(length).freeze();
-    match build_head(method, &head, target_span, &spans) {
+    let head = input.split_to(scanned.length).freeze();
+    match build_head(scanned.method, &head, scanned.target, &spans) {
         Some(built) => Parsed::Head(Box::new(built)),
         None => {
             // Put back: hyper reads it from its first byte. Rare, so the copy does not matter.
@@ -248,6 +217,67 @@ fn parse_head(input: &mut BytesMut) -> Parsed {
             Parsed::Handoff
         }
     }
+}
+
+/// What [`scan_head`] finds of a request head. Where its pieces lie in the buffer, so the head
+/// can be split off and its values shared with it rather than copied.
+struct Scanned {
+    /// The head's length, its blank line included.
+    length: usize,
+    method: Method,
+    target: (usize, usize),
+}
+
+/// Parses the head at the front of `input` with room for its lines in `fields`, adding where
+/// each line's name and value lie to `spans`. `Complete(None)`: a head this server leaves to
+/// hyper's.
+fn scan_head<'b>(
+    input: &'b [u8],
+    fields: &mut [header_room::Field<'b>],
+    spans: &mut smallvec::SmallVec<[FieldSpans; 16]>,
+) -> Result<httparse::Status<Option<Scanned>>, httparse::Error> {
+    let mut request = httparse::Request::new(&mut []);
+    let length = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut request,
+        input,
+        fields,
+    )? {
+        httparse::Status::Complete(length) => length,
+        httparse::Status::Partial => return Ok(httparse::Status::Partial),
+    };
+    let handoff = Ok(httparse::Status::Complete(None));
+    if request.version != Some(1) {
+        return handoff;
+    }
+    let (Some(method), Some(target)) = (request.method, request.path) else {
+        return handoff;
+    };
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return handoff;
+    };
+    if method == Method::CONNECT || target.len() > MAX_TARGET {
+        return handoff;
+    }
+    let start = input.as_ptr() as usize;
+    let span = |part: &[u8]| {
+        let from = (part.as_ptr() as usize).wrapping_sub(start);
+        if part.is_empty() || from > length {
+            (0, 0)
+        } else {
+            (from, from + part.len())
+        }
+    };
+    spans.extend(
+        request
+            .headers
+            .iter()
+            .map(|h| (span(h.name.as_bytes()), span(h.value))),
+    );
+    Ok(httparse::Status::Complete(Some(Scanned {
+        length,
+        method,
+        target: span(target.as_bytes()),
+    })))
 }
 
 /// The request a parsed head describes, or `None` when hyper's server should take it.
@@ -416,5 +446,50 @@ impl http_body::Body for AllowedTrailers {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request head with `lines` header lines besides `Host`, and a body after it.
+    fn head_with(lines: usize) -> BytesMut {
+        let mut text = String::from("GET /path HTTP/1.1\r\nHost: svc\r\n");
+        for line in 0..lines {
+            text.push_str(&format!("x-line-{line}: value {line}\r\n"));
+        }
+        text.push_str("\r\nafter");
+        BytesMut::from(text.as_bytes())
+    }
+
+    #[test]
+    fn a_head_with_more_lines_than_the_inline_room_is_taken_whole() {
+        for lines in [3, header_room::INLINE, MAX_REQUEST_HEADERS - 1] {
+            let mut input = head_with(lines);
+            let Parsed::Head(head) = parse_head(&mut input) else {
+                panic!("a head of {lines} lines besides Host was not taken");
+            };
+            assert_eq!(head.parts.headers.len(), lines + 1);
+            assert_eq!(head.parts.headers["host"], "svc");
+            assert_eq!(
+                head.parts.headers[format!("x-line-{}", lines - 1)],
+                format!("value {}", lines - 1)
+            );
+            assert_eq!(head.parts.uri, "/path");
+            assert_eq!(
+                &input[..],
+                b"after",
+                "the head, and only the head, is taken off"
+            );
+        }
+    }
+
+    #[test]
+    fn a_head_over_the_most_lines_goes_to_hyper_whole() {
+        let mut input = head_with(MAX_REQUEST_HEADERS);
+        let before = input.clone();
+        assert!(matches!(parse_head(&mut input), Parsed::Handoff));
+        assert_eq!(input, before);
     }
 }

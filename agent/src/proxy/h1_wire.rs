@@ -5,14 +5,13 @@
 //! polls it. The rules follow hyper's client, which did this before: the same framing for a
 //! request body, the same answers taken as errors.
 
-use std::mem::MaybeUninit;
-
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, COOKIE, TRANSFER_ENCODING};
 use http::response::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri, Version};
 
 use super::headers::{has_token, is_hop_by_hop, strip_hop_by_hop, transfer_codings};
+use crate::header_room;
 
 /// Header lines an instance's answer head (or its trailers) may hold, as hyper's client
 /// allowed; the head's bytes are bounded by `limits.maxHeaderBytes`.
@@ -199,6 +198,47 @@ pub struct AnswerHead {
     pub keep_alive: bool,
 }
 
+/// What [`scan_answer_head`] finds: the head's length, the status code, the reason phrase's
+/// span if any, and the HTTP/1 minor version.
+type ScannedAnswer = (usize, u16, Option<Span>, u8);
+
+/// Parses the answer head at the front of `buf` with room for its lines in `fields`, adding
+/// where each line's name and value lie to `spans`.
+fn scan_answer_head<'b>(
+    buf: &'b [u8],
+    fields: &mut [header_room::Field<'b>],
+    spans: &mut smallvec::SmallVec<[(Span, Span); 16]>,
+) -> Result<httparse::Status<ScannedAnswer>, httparse::Error> {
+    let mut answer = httparse::Response::new(&mut []);
+    let length = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut answer,
+        buf,
+        fields,
+    )? {
+        httparse::Status::Partial => return Ok(httparse::Status::Partial),
+        httparse::Status::Complete(length) => length,
+    };
+    let start = buf.as_ptr() as usize;
+    // httparse gives an empty reason phrase or value as a slice of its own, not of `buf`: its
+    // place there is no place, and the empty span says the same.
+    let span = |part: &[u8]| match (part.as_ptr() as usize).checked_sub(start) {
+        Some(from) if !part.is_empty() => (from, from + part.len()),
+        _ => (0, 0),
+    };
+    spans.extend(
+        answer
+            .headers
+            .iter()
+            .map(|h| (span(h.name.as_bytes()), span(h.value))),
+    );
+    Ok(httparse::Status::Complete((
+        length,
+        answer.code.unwrap_or_default(),
+        answer.reason.map(|r| span(r.as_bytes())),
+        answer.version.unwrap_or_default(),
+    )))
+}
+
 /// Reads an answer's head off the front of `buf`, skipping interim (1xx) answers as hyper's
 /// client did, counting them in `interim` (the caller keeps it across calls for one request)
 /// up to [`MAX_INTERIM_ANSWERS`]. `Ok(None)`: more bytes are needed. A head longer than
@@ -213,40 +253,17 @@ pub fn parse_answer_head(
         if buf.is_empty() {
             return Ok(None);
         }
-        let mut fields =
-            [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_ANSWER_HEADERS];
-        let mut answer = httparse::Response::new(&mut []);
         // Filled where it lives and read in place: a move copies all of its inline room.
         let mut spans: smallvec::SmallVec<[(Span, Span); 16]> = smallvec::SmallVec::new();
-        let (length, code, reason, minor) = match httparse::ParserConfig::default()
-            .parse_response_with_uninit_headers(&mut answer, buf, &mut fields)?
-        {
+        let scanned = header_room::parse_with_room(MAX_ANSWER_HEADERS, |fields| {
+            scan_answer_head(buf, fields, &mut spans)
+        })?;
+        let (length, code, reason, minor) = match scanned {
             httparse::Status::Partial if buf.len() >= max_head => {
                 return Err(WireError::HeadTooLarge(max_head));
             }
             httparse::Status::Partial => return Ok(None),
-            httparse::Status::Complete(length) => {
-                let start = buf.as_ptr() as usize;
-                // httparse gives an empty reason phrase or value as a slice of its own, not
-                // of `buf`: its place there is no place, and the empty span says the same.
-                let span = |part: &[u8]| match (part.as_ptr() as usize).checked_sub(start) {
-                    Some(from) if !part.is_empty() => (from, from + part.len()),
-                    _ => (0, 0),
-                };
-                spans.extend(
-                    answer
-                        .headers
-                        .iter()
-                        .map(|h| (span(h.name.as_bytes()), span(h.value))),
-                );
-                let reason = answer.reason.map(|r| span(r.as_bytes()));
-                (
-                    length,
-                    answer.code.unwrap_or_default(),
-                    reason,
-                    answer.version.unwrap_or_default(),
-                )
-            }
+            httparse::Status::Complete(found) => found,
         };
         if length > max_head {
             return Err(WireError::HeadTooLarge(max_head));
