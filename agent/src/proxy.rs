@@ -142,6 +142,16 @@ pub fn own_http2_keep_alive(
     }
 }
 
+/// A rare path's future (a tunnel, an upgrade), boxed and polled through a pointer the
+/// compiler cannot see through. Boxed, it keeps every request's future small; polled
+/// out of line, its code and locals are not inlined into the poll of the common path, whose
+/// stack frame would otherwise hold room for them on every request (decision 98).
+pub fn out_of_line<'a, T>(
+    future: impl Future<Output = T> + Send + 'a,
+) -> std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>> {
+    Box::pin(future)
+}
+
 /// The answer for a failure the agent created: its status, `hyphae-error: <reason>`, a one-line
 /// body, a counter and one log line.
 pub fn error_response(error: &ProxyError) -> Response<Body> {

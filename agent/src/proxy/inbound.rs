@@ -206,9 +206,9 @@ async fn deliver_to(
         return without_body_for_head(&method, error_response(&error));
     }
     let result = if method == Method::CONNECT {
-        // Boxed: a stream's future is large and rare, and every request's future (moved as
-        // hyper spawns it) would otherwise be as large.
-        Box::pin(open_local_stream(proxy, destination, request)).await
+        // Out of line: a stream's future is large and rare, and every request's future (moved
+        // as hyper spawns it) and its poll's stack frame would otherwise be as large.
+        super::out_of_line(open_local_stream(proxy, destination, request)).await
     } else {
         forward_to_instance(proxy, destination, addressed, request).await
     };

@@ -57,8 +57,11 @@ pub async fn serve(
         _ => detect::detect(&stream, DETECT_TIMEOUT).await,
     };
     let result = match (detected, target) {
+        // The rarer paths go out of line (here and below): a connection's future is polled
+        // on every request it carries, and its poll's stack frame would otherwise hold room
+        // for all of them.
         (Detected::Tcp, Target::Service(service)) => {
-            return serve_tcp(&proxy, &service, stream, peer).await;
+            return super::out_of_line(serve_tcp(&proxy, &service, stream, peer)).await;
         }
         (Detected::Http2, target) => serve_http2(proxy, target, stream, &shutdown).await,
         // On the HTTP proxy port every client is taken for HTTP/1.1: hyper answers one that
@@ -98,7 +101,10 @@ async fn serve_http1(
         .await;
         match served {
             Ok(crate::http1::server::Served::Handoff(rewound)) => {
-                serve_http1_with_hyper(proxy, target, rewound, &limits, shutdown).await
+                super::out_of_line(serve_http1_with_hyper(
+                    proxy, target, rewound, &limits, shutdown,
+                ))
+                .await
             }
             Ok(crate::http1::server::Served::Closed) => Ok(()),
             Err(error) => {
@@ -107,7 +113,10 @@ async fn serve_http1(
             }
         }
     } else {
-        serve_http1_with_hyper(proxy, target, stream, &limits, shutdown).await
+        super::out_of_line(serve_http1_with_hyper(
+            proxy, target, stream, &limits, shutdown,
+        ))
+        .await
     };
     // The server has let go of the socket (unless upgraded): close it without a reset that
     // would destroy the last answer for a client still sending.
@@ -173,9 +182,13 @@ async fn serve_http2(
         }
         return Ok(());
     }
-    let service = service_fn(move |request| Box::pin(answer_owned(&proxy, &target, request)));
-    let connection = super::http2_server(&limits).serve_connection(TokioIo::new(stream), service);
-    crate::listener::serve_until_shutdown(connection, shutdown, |c| c.graceful_shutdown()).await
+    super::out_of_line(async move {
+        let service = service_fn(move |request| Box::pin(answer_owned(&proxy, &target, request)));
+        let connection =
+            super::http2_server(&limits).serve_connection(TokioIo::new(stream), service);
+        crate::listener::serve_until_shutdown(connection, shutdown, |c| c.graceful_shutdown()).await
+    })
+    .await
 }
 
 /// The answer to one request on an outbound connection, as a future that owns what it needs,
@@ -271,7 +284,7 @@ pub async fn answer_own_http2(
     };
     if method == Method::CONNECT {
         return match target {
-            Target::ByHost => Box::pin(connect_own_http2(&proxy, request)).await,
+            Target::ByHost => super::out_of_line(connect_own_http2(&proxy, request)).await,
             Target::Service(_) => connect_refused(),
         };
     }
@@ -313,11 +326,11 @@ async fn answer(proxy: &Proxy, target: &Target, mut request: Request<Incoming>) 
         Ok(addressed) => addressed,
         Err(error) => return error_response(&error),
     };
-    // Tunnels and upgrades are boxed: their futures are large and rare, and every request's
-    // future (moved as hyper stores or spawns it) would otherwise be as large.
+    // Tunnels and upgrades go out of line: their futures are large and rare, and every
+    // request's future (moved as hyper stores or spawns it) would otherwise be as large.
     if request.method() == Method::CONNECT {
         return match target {
-            Target::ByHost => Box::pin(connect_through_proxy(proxy, request)).await,
+            Target::ByHost => super::out_of_line(connect_through_proxy(proxy, request)).await,
             Target::Service(_) => {
                 let mut refused = connect_refused();
                 // A client that sent CONNECT sends the tunnel's bytes next, not a request:
@@ -336,7 +349,7 @@ async fn answer(proxy: &Proxy, target: &Target, mut request: Request<Incoming>) 
     // upgrade carries no body before it, and the instance would get the request without it.
     if is_upgrade(&request) && hyper::body::Body::size_hint(request.body()).exact() == Some(0) {
         return match routed(proxy, target, &request) {
-            Ok(service) => Box::pin(upgrade(proxy, &service, request)).await,
+            Ok(service) => super::out_of_line(upgrade(proxy, &service, request)).await,
             Err(error) => error_response(&error),
         };
     }
