@@ -1,9 +1,10 @@
-//! Room for the header lines of a head being parsed. httparse writes each line it finds into
-//! a slice its caller provides. Room for the most lines a head may hold (100, as hyper allowed)
-//! is 3.2 KB, which put each parser's stack frame over a 4 KiB page, and a frame over a page
-//! is probed page by page every time it is entered: writes on every request that all land in
-//! the same few cache sets (decision 98). So a head is parsed with room for [`INLINE`] lines on
-//! the stack first, and only a head with more is parsed again, with room for all on the heap.
+//! Room for the header lines of a head being parsed, and where each line lies in the buffer.
+//! httparse writes each line it finds into a slice its caller provides. Room for the most lines
+//! a head may hold (100, as hyper allowed) is 3.2 KB, which put each parser's stack frame over a
+//! 4 KiB page, and a frame over a page is probed page by page every time it is entered: writes
+//! on every request that all land in the same few cache sets (decision 98). So a head is parsed
+//! with room for [`INLINE`] lines on the stack first, and only a head with more is parsed again,
+//! with room for all on the heap.
 
 use std::mem::MaybeUninit;
 
@@ -29,6 +30,32 @@ pub fn parse_with_room<'b, R>(
         }
         other => other,
     }
+}
+
+/// Where a piece of a parsed head lies in `buf`: from, to. httparse gives an empty reason
+/// phrase or value as a slice of its own, not of `buf`: its place there is no place, and the
+/// empty span `(0, 0)` says the same.
+pub fn span(buf: &[u8], part: &[u8]) -> (usize, usize) {
+    match (part.as_ptr() as usize).checked_sub(buf.as_ptr() as usize) {
+        Some(from) if !part.is_empty() && from + part.len() <= buf.len() => {
+            (from, from + part.len())
+        }
+        _ => (0, 0),
+    }
+}
+
+/// Adds where each parsed header line's name and value lie in `buf` to `spans`, so the head
+/// can be split off and its values shared with it rather than copied.
+pub fn add_field_spans(
+    buf: &[u8],
+    fields: &[httparse::Header<'_>],
+    spans: &mut impl Extend<((usize, usize), (usize, usize))>,
+) {
+    spans.extend(
+        fields
+            .iter()
+            .map(|field| (span(buf, field.name.as_bytes()), span(buf, field.value))),
+    );
 }
 
 #[cfg(test)]
@@ -59,6 +86,14 @@ mod tests {
             Ok(request.headers.len())
         });
         (found, parses)
+    }
+
+    #[test]
+    fn a_piece_of_the_buffer_has_its_place_and_an_empty_or_foreign_one_none() {
+        let buf = b"HTTP/1.1 200 OK\r\n";
+        assert_eq!(span(buf, &buf[9..12]), (9, 12));
+        assert_eq!(span(buf, &buf[3..3]), (0, 0));
+        assert_eq!(span(buf, b"OK"), (0, 0));
     }
 
     #[test]

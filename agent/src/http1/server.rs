@@ -258,25 +258,11 @@ fn scan_head<'b>(
     if method == Method::CONNECT || target.len() > MAX_TARGET {
         return handoff;
     }
-    let start = input.as_ptr() as usize;
-    let span = |part: &[u8]| {
-        let from = (part.as_ptr() as usize).wrapping_sub(start);
-        if part.is_empty() || from > length {
-            (0, 0)
-        } else {
-            (from, from + part.len())
-        }
-    };
-    spans.extend(
-        request
-            .headers
-            .iter()
-            .map(|h| (span(h.name.as_bytes()), span(h.value))),
-    );
+    header_room::add_field_spans(input, request.headers, spans);
     Ok(httparse::Status::Complete(Some(Scanned {
         length,
         method,
-        target: span(target.as_bytes()),
+        target: header_room::span(input, target.as_bytes()),
     })))
 }
 

@@ -218,23 +218,11 @@ fn scan_answer_head<'b>(
         httparse::Status::Partial => return Ok(httparse::Status::Partial),
         httparse::Status::Complete(length) => length,
     };
-    let start = buf.as_ptr() as usize;
-    // httparse gives an empty reason phrase or value as a slice of its own, not of `buf`: its
-    // place there is no place, and the empty span says the same.
-    let span = |part: &[u8]| match (part.as_ptr() as usize).checked_sub(start) {
-        Some(from) if !part.is_empty() => (from, from + part.len()),
-        _ => (0, 0),
-    };
-    spans.extend(
-        answer
-            .headers
-            .iter()
-            .map(|h| (span(h.name.as_bytes()), span(h.value))),
-    );
+    header_room::add_field_spans(buf, answer.headers, spans);
     Ok(httparse::Status::Complete((
         length,
         answer.code.unwrap_or_default(),
-        answer.reason.map(|r| span(r.as_bytes())),
+        answer.reason.map(|r| header_room::span(buf, r.as_bytes())),
         answer.version.unwrap_or_default(),
     )))
 }
