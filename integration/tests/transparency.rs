@@ -272,6 +272,12 @@ async fn namespaced_hosts_reach_services_by_name_across_sites_and_ride_out_failu
         curl(&net, "a", &payments_at).await.is_some()
     })
     .await;
+    // Site-2's instance can reach A's snapshot a moment before B does; once B answers, every
+    // call must stay with it.
+    eventually("B to answer A's calls", || async {
+        curl(&net, "a", &payments_at).await.as_deref() == Some("b")
+    })
+    .await;
     for _ in 0..SETTLED {
         assert_eq!(
             curl(&net, "a", &payments_at).await.as_deref(),
