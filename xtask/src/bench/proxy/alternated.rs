@@ -46,6 +46,15 @@ impl AlternatedLatency {
     fn over(&self, of: Percentile) -> Vec<f64> {
         self.rounds.iter().map(|(a, h)| of(a) - of(h)).collect()
     }
+
+    /// Each round's haproxy CPU per request over the agent's: the agent's requests per proxy
+    /// CPU-second over haproxy's at the rate, read like the closed loops' rounds.
+    fn cpu_ratios(&self) -> Vec<f64> {
+        self.rounds
+            .iter()
+            .filter_map(|(a, h)| Some(h.cpu_micros_per_request? / a.cpu_micros_per_request?))
+            .collect()
+    }
 }
 
 /// One latency percentile of a fixed-rate row.
@@ -132,7 +141,8 @@ pub fn table(rows: &[Alternated]) -> String {
 pub fn latency_table(rows: &[AlternatedLatency], rate: u32) -> String {
     let mut out = format!(
         "\none agent against haproxy at a fixed {rate} req/s, the two driven in turn: the agent's \
-         latency minus haproxy's, ms (at or below 0: it adds no more than haproxy):\n"
+         latency minus haproxy's, ms (at or below 0: it adds no more than haproxy), and its \
+         requests per proxy CPU-second over haproxy's (at or above 1.0x: as cheap):\n"
     );
     for row in rows {
         for (name, of) in PERCENTILES {
@@ -151,6 +161,24 @@ pub fn latency_table(rows: &[AlternatedLatency], rate: u32) -> String {
                 pairs.join(" ")
             ));
         }
+        let ratios = row.cpu_ratios();
+        let middle = median(&ratios).map_or("-".to_string(), |m| format!("{m:.2}x"));
+        let rounds: Vec<String> = ratios.iter().map(|r| format!("{r:.2}x")).collect();
+        let micros = |row: &RateRow| {
+            row.cpu_micros_per_request
+                .map_or("-".to_string(), |m| format!("{m:.1}"))
+        };
+        let pairs: Vec<String> = row
+            .rounds
+            .iter()
+            .map(|(a, h)| format!("{}/{}", micros(a), micros(h)))
+            .collect();
+        out.push_str(&format!(
+            "{:<5} CPU median {middle:>6}   rounds: {}   (agent/haproxy us/req: {})\n",
+            row.protocol.name(),
+            rounds.join(" "),
+            pairs.join(" ")
+        ));
     }
     out
 }
@@ -169,6 +197,9 @@ pub fn latency_json(rows: &[AlternatedLatency]) -> Value {
                         json!(row.rounds.iter().map(|(_, h)| of(h)).collect::<Vec<_>>());
                     entry[format!("{name}OverHaproxyMedianMs")] = json!(median(&row.over(of)));
                 }
+                let ratios = row.cpu_ratios();
+                entry["agentOverHaproxyPerCpuSecondMedian"] = json!(median(&ratios));
+                entry["agentOverHaproxyPerCpuSecond"] = json!(ratios);
                 entry
             })
             .collect(),
@@ -228,30 +259,31 @@ mod tests {
     }
 
     #[test]
-    fn latency_rounds_give_the_median_of_each_rounds_difference() {
-        let row = |setup, p50_ms, p99_ms| RateRow {
+    fn latency_rounds_give_the_median_of_each_rounds_difference_and_cpu_ratio() {
+        let row = |setup, p50_ms, p99_ms, cpu_micros| RateRow {
             setup,
             protocol: Protocol::Http1,
             requests_per_second: 10_000.0,
             success_rate: 1.0,
             p50_ms,
             p99_ms,
+            cpu_micros_per_request: Some(cpu_micros),
             rss_peak_kib: Some(12_000),
         };
         let rounds = AlternatedLatency {
             protocol: Protocol::Http1,
             rounds: vec![
                 (
-                    row(Setup::OneAgent, 0.50, 1.20),
-                    row(Setup::Haproxy, 0.40, 1.50),
+                    row(Setup::OneAgent, 0.50, 1.20, 20.0),
+                    row(Setup::Haproxy, 0.40, 1.50, 22.0),
                 ),
                 (
-                    row(Setup::OneAgent, 0.45, 1.10),
-                    row(Setup::Haproxy, 0.50, 1.00),
+                    row(Setup::OneAgent, 0.45, 1.10, 25.0),
+                    row(Setup::Haproxy, 0.50, 1.00, 20.0),
                 ),
                 (
-                    row(Setup::OneAgent, 0.48, 1.30),
-                    row(Setup::Haproxy, 0.46, 1.25),
+                    row(Setup::OneAgent, 0.48, 1.30, 20.0),
+                    row(Setup::Haproxy, 0.46, 1.25, 21.0),
                 ),
             ],
         };
@@ -266,6 +298,12 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("0.50/0.40 0.45/0.50 0.48/0.46"), "{text}");
+        // CPU: haproxy's over the agent's, 1.10, 0.80, 1.05 -> 1.05.
+        assert!(
+            text.contains("h1    CPU median  1.05x   rounds: 1.10x 0.80x 1.05x"),
+            "{text}"
+        );
+        assert!(text.contains("20.0/22.0 25.0/20.0 20.0/21.0"), "{text}");
         let json = latency_json(&[rounds]);
         let median = |key: &str| json[0][key].as_f64().unwrap_or(f64::NAN);
         assert!(
@@ -277,5 +315,6 @@ mod tests {
             "{json}"
         );
         assert_eq!(json[0]["p99HaproxyMs"][2], 1.25);
+        assert_eq!(json[0]["agentOverHaproxyPerCpuSecondMedian"], 1.05);
     }
 }

@@ -2,7 +2,9 @@
 //! per second) by oha with its coordinated-omission correction, so each request's latency runs
 //! from when it was due, not from when a stalled connection got round to sending it (wrk's and
 //! h2load's closed loops hide such stalls). Reports p50 and p99, what the proxy adds to the
-//! direct path, and the proxy's peak memory at that rate.
+//! direct path, the proxy's CPU per request and its peak memory at that rate. A closed loop
+//! measures CPU at saturation, where every wake-up finds many requests; at a steady rate most
+//! wake-ups find one, which is how a host's proxy spends most of its life.
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -15,7 +17,7 @@ use super::load::Protocol;
 use super::processes::stop;
 use super::setup::Setup;
 use super::{Bench, WARMUP};
-use crate::bench::procfs::{memory_kib, with_descendants};
+use crate::bench::procfs::{cpu_seconds, memory_kib, with_descendants};
 use crate::bench::report::{MILLIS_DECIMALS, relative, rounded, write};
 use crate::util;
 
@@ -33,6 +35,9 @@ pub struct RateRow {
     pub p50_ms: f64,
     /// 99th percentile latency from each request's due time.
     pub p99_ms: f64,
+    /// The proxies' user and system CPU per request answered, in microseconds; `None` for
+    /// direct. `/proc` counts CPU in clock ticks (10 ms), about 1% of a 10-second run here.
+    pub cpu_micros_per_request: Option<f64>,
     /// The proxies' peak resident memory (`VmHWM`) at the end of the run; `None` for direct.
     pub rss_peak_kib: Option<u64>,
 }
@@ -50,14 +55,19 @@ impl Bench {
         let address = target.address(protocol);
         let label = format!("{}-{}-rate", setup.slug(), protocol.name());
         self.oha(protocol, address, WARMUP, &format!("{label}-warmup"))?;
-        let report = self.oha(protocol, address, self.options.duration, &label)?;
         let proxies = with_descendants(&target.proxies)?;
+        let cpu_before = cpu_seconds(&proxies, self.ticks_per_second)?;
+        let report = self.oha(protocol, address, self.options.duration, &label)?;
+        let cpu = cpu_seconds(&proxies, self.ticks_per_second)? - cpu_before;
         let rss_peak_kib = if proxies.is_empty() {
             None
         } else {
             Some(memory_kib(&proxies, "VmHWM")?)
         };
         self.runtime.block_on(stop(target.processes().rev()));
+        let answered = answered(&report);
+        let cpu_micros_per_request =
+            (!proxies.is_empty() && answered > 0).then(|| cpu * 1e6 / answered as f64);
         let number = |pointer: &str| {
             report
                 .pointer(pointer)
@@ -71,6 +81,7 @@ impl Bench {
             success_rate: number("/summary/successRate")?,
             p50_ms: number("/latencyPercentiles/p50")? * 1000.0,
             p99_ms: number("/latencyPercentiles/p99")? * 1000.0,
+            cpu_micros_per_request,
             rss_peak_kib,
         })
     }
@@ -113,12 +124,31 @@ impl Bench {
     }
 }
 
+/// Requests oha got an answer to, whatever its status.
+fn answered(report: &Value) -> u64 {
+    report
+        .get("statusCodeDistribution")
+        .and_then(Value::as_object)
+        .map_or(0, |statuses| {
+            statuses.values().filter_map(Value::as_u64).sum()
+        })
+}
+
 /// The fixed-rate table: latency, what each proxy adds to the direct path, and its memory.
 pub fn table(rows: &[RateRow], rate: u32) -> String {
     let mut out = format!(
         "\nat a fixed {rate} req/s (oha, latency from each request's due time):\n\
-         {:<18} {:<5} {:>9} {:>8} {:>9} {:>9} {:>11} {:>11} {:>10}\n",
-        "path", "proto", "req/s", "ok", "p50 ms", "p99 ms", "+p50 ms", "+p99 ms", "RSS peak"
+         {:<18} {:<5} {:>9} {:>8} {:>9} {:>9} {:>11} {:>11} {:>11} {:>10}\n",
+        "path",
+        "proto",
+        "req/s",
+        "ok",
+        "p50 ms",
+        "p99 ms",
+        "+p50 ms",
+        "+p99 ms",
+        "CPU us/req",
+        "RSS peak"
     );
     for row in rows {
         let direct = rows
@@ -129,7 +159,7 @@ pub fn table(rows: &[RateRow], rate: u32) -> String {
             _ => "-".to_string(),
         };
         out.push_str(&format!(
-            "{:<18} {:<5} {:>9.0} {:>7.2}% {:>9.2} {:>9.2} {:>11} {:>11} {:>10}\n",
+            "{:<18} {:<5} {:>9.0} {:>7.2}% {:>9.2} {:>9.2} {:>11} {:>11} {:>11} {:>10}\n",
             row.setup.name(),
             row.protocol.name(),
             row.requests_per_second,
@@ -138,6 +168,8 @@ pub fn table(rows: &[RateRow], rate: u32) -> String {
             row.p99_ms,
             added(row.p50_ms, |d| d.p50_ms),
             added(row.p99_ms, |d| d.p99_ms),
+            row.cpu_micros_per_request
+                .map_or("-".to_string(), |micros| format!("{micros:.1}")),
             row.rss_peak_kib.map_or("-".to_string(), |kib| format!(
                 "{:.1} MiB",
                 kib as f64 / 1024.0
@@ -160,7 +192,20 @@ pub fn json(rows: &[RateRow], rate: u32) -> Value {
             "successRate": row.success_rate,
             "latencyP50Ms": ms(row.p50_ms),
             "latencyP99Ms": ms(row.p99_ms),
+            "proxyCpuMicrosPerRequest": row.cpu_micros_per_request.map(|m| rounded(m, 2)),
             "rssPeakKib": row.rss_peak_kib,
         })).collect::<Vec<_>>(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_answered_status_counts_as_a_request_and_a_report_without_them_as_none() {
+        let report = json!({ "statusCodeDistribution": { "200": 99_990, "502": 7 } });
+        assert_eq!(answered(&report), 99_997);
+        assert_eq!(answered(&json!({ "summary": {} })), 0);
+    }
 }
