@@ -51,6 +51,11 @@ const RATE: Bounded<u32> = Bounded::new("--rate", 10_000, 100..=1_000_000);
 /// `--rounds`: times the one agent and haproxy are measured again in turn for each protocol
 /// (see [`alternated`]).
 const ROUNDS: Bounded<u32> = Bounded::new("--rounds", 5, 1..=15);
+/// `--latency-rounds`: times the one agent and haproxy are driven in turn at the fixed rate for
+/// each protocol, each for half of `--duration`. A p99 moves with the machine between two
+/// 10-second rows by more than the proxies differ (±0.3 ms against 0.1), so twice the pairs,
+/// each pair closer together in time, in the time five full rounds took (decision 99).
+const LATENCY_ROUNDS: Bounded<u32> = Bounded::new("--latency-rounds", 10, 1..=30);
 /// HTTP/2 streams per connection in the h2 rows: one, so as many requests are in flight as in
 /// the HTTP/1.1 rows.
 const H2_STREAMS_PER_CONNECTION: u32 = 1;
@@ -72,14 +77,16 @@ const PROXY_IDLE_TIMEOUT: &str = "60s";
 /// `cargo xtask bench proxy --help`.
 pub const USAGE: &str =
     "usage: cargo xtask bench proxy [--duration SECS] [--connections N] [--rate N] [--rounds N]
+                               [--latency-rounds N]
 
 Starts a backend (nginx, `return 200`), the agent (release build, 1 worker thread), haproxy
 alone and two chained (plaintext or mutual TLS between them, like the mesh's two agents) and
 nginx (1 thread / 1 worker each), drives every path with the same load (wrk for HTTP/1.1, h2load
 for HTTP/2), drives every path again at a fixed rate with oha (latency from each request's due
 time), measures the one agent and haproxy again in turn (`--rounds` times per protocol, the
-median ratio steadier than one pair of rows on a busy machine) in closed loops and at the fixed
-rate (the median of each round's latency difference), times new TLS connections to
+median ratio steadier than one pair of rows on a busy machine) in closed loops and
+(`--latency-rounds` times) at the fixed rate (the median of each round's latency difference),
+times new TLS connections to
 the agent's inbound port and to the inner haproxy, prints tables and writes
 target/bench/proxy.json. Configs, certificates and logs go to
 target/bench/.
@@ -89,7 +96,9 @@ options:
   --connections N    concurrent client connections (default 50, at most 1000)
   --rate N           requests per second of the fixed-rate rows (default 10000)
   --rounds N         rounds of the one agent and haproxy measured in turn, in closed loops and
-                     at the fixed rate (default 5, 1 to 15), the order turning each round
+                     (default 5, 1 to 15), the order turning each round
+  --latency-rounds N rounds of the two driven in turn at the fixed rate, each for half of
+                     --duration (default 10, 1 to 30)
   --agent BUILD      `release` (default) or `pgo`: the agent `cargo xtask pgo` builds, trained
                      and built first";
 /// What the command line asked for.
@@ -103,6 +112,15 @@ struct Options {
     rate: u32,
     /// Rounds of the one agent and haproxy measured in turn.
     rounds: u32,
+    /// Rounds of the two driven in turn at the fixed rate.
+    latency_rounds: u32,
+}
+
+impl Options {
+    /// How long each round at the fixed rate lasts: half a row, at least a second.
+    fn latency_round(&self) -> Duration {
+        (self.duration / 2).max(Duration::from_secs(1))
+    }
 }
 
 impl Options {
@@ -113,8 +131,15 @@ impl Options {
             connections: CONNECTIONS.default,
             rate: RATE.default,
             rounds: ROUNDS.default,
+            latency_rounds: LATENCY_ROUNDS.default,
         };
-        let names = [DURATION_SECS.name, CONNECTIONS.name, RATE.name, ROUNDS.name];
+        let names = [
+            DURATION_SECS.name,
+            CONNECTIONS.name,
+            RATE.name,
+            ROUNDS.name,
+            LATENCY_ROUNDS.name,
+        ];
         let run = parse_options(args, USAGE, &names, |name, text| {
             if name == DURATION_SECS.name {
                 options.duration = Duration::from_secs(DURATION_SECS.parse(text)?);
@@ -122,6 +147,8 @@ impl Options {
                 options.rate = RATE.parse(text)?;
             } else if name == ROUNDS.name {
                 options.rounds = ROUNDS.parse(text)?;
+            } else if name == LATENCY_ROUNDS.name {
+                options.latency_rounds = LATENCY_ROUNDS.parse(text)?;
             } else {
                 options.connections = CONNECTIONS.parse(text)?;
             }
@@ -154,12 +181,16 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut at_rate = Vec::new();
     for protocol in Protocol::ALL {
         for setup in Setup::ALL {
-            at_rate.push(bench.measure_fixed_rate(setup, protocol)?);
+            at_rate.push(bench.measure_fixed_rate(setup, protocol, options.duration)?);
         }
     }
     let mut turns_at_rate = Vec::new();
     for protocol in Protocol::ALL {
-        turns_at_rate.push(bench.alternated_at_rate(protocol, options.rounds)?);
+        turns_at_rate.push(bench.alternated_at_rate(
+            protocol,
+            options.latency_rounds,
+            options.latency_round(),
+        )?);
     }
     let mut handshakes = Vec::new();
     for setup in HANDSHAKE_SETUPS {
@@ -349,6 +380,8 @@ mod tests {
         assert_eq!(options.duration, Duration::from_secs(DURATION_SECS.default));
         assert_eq!(options.connections, CONNECTIONS.default);
         assert_eq!(options.rounds, ROUNDS.default);
+        assert_eq!(options.latency_rounds, LATENCY_ROUNDS.default);
+        assert_eq!(options.latency_round(), Duration::from_secs(5));
         let options = Options::parse(&args(&[
             "--duration",
             "3",
@@ -358,6 +391,8 @@ mod tests {
             "500",
             "--rounds",
             "5",
+            "--latency-rounds",
+            "20",
         ]))
         .unwrap()
         .unwrap();
@@ -366,10 +401,17 @@ mod tests {
                 options.duration,
                 options.connections,
                 options.rate,
-                options.rounds
+                options.rounds,
+                options.latency_rounds
             ),
-            (Duration::from_secs(3), 8, 500, 5)
+            (Duration::from_secs(3), 8, 500, 5, 20)
         );
+        // Half of three seconds; a one-second row's rounds still last a second.
+        assert_eq!(options.latency_round(), Duration::from_millis(1500));
+        let short = Options::parse(&args(&["--duration", "1"]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(short.latency_round(), Duration::from_secs(1));
         for bad in [
             &["--duration", "0"][..],
             &["--connections", "0"],
@@ -377,6 +419,8 @@ mod tests {
             &["--rate", "0"],
             &["--rounds", "0"],
             &["--rounds", "16"],
+            &["--latency-rounds", "0"],
+            &["--latency-rounds", "31"],
             &["--duration"],
             &["--fast"],
         ] {

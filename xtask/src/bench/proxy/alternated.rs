@@ -10,6 +10,8 @@
 //! The order turns about every round (agent first, then haproxy first), so a machine that
 //! drifts one way through a run does not favour whichever is always measured second.
 
+use std::time::Duration;
+
 use anyhow::Result;
 use serde_json::{Value, json};
 
@@ -100,17 +102,18 @@ impl Bench {
     }
 
     /// Drives the one agent and haproxy in turn at the fixed rate over `protocol`, `rounds`
-    /// times.
+    /// times, each for `duration`.
     pub(super) fn alternated_at_rate(
         &self,
         protocol: Protocol,
         rounds: u32,
+        duration: Duration,
     ) -> Result<AlternatedLatency> {
         let mut pairs = Vec::new();
         for round in 1..=rounds {
             eprintln!("xtask: bench alternated at the fixed rate, round {round} of {rounds}");
             pairs.push(in_turn(round, |setup| {
-                self.measure_fixed_rate(setup, protocol)
+                self.measure_fixed_rate(setup, protocol, duration)
             })?);
         }
         Ok(AlternatedLatency {

@@ -166,6 +166,7 @@ pub fn run(args: &[String]) -> Result<()> {
         connections: options.connections,
         rate: RATE.default,
         rounds: 1,
+        latency_rounds: 1,
     })?;
     agent_build.prepare(&mut bench)?;
     let profiles = bench.dir.join(PROFILES);

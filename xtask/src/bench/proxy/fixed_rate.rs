@@ -43,8 +43,13 @@ pub struct RateRow {
 }
 
 impl Bench {
-    /// Starts `setup`, drives it at the fixed rate over `protocol` and stops it.
-    pub fn measure_fixed_rate(&self, setup: Setup, protocol: Protocol) -> Result<RateRow> {
+    /// Starts `setup`, drives it at the fixed rate over `protocol` for `duration` and stops it.
+    pub fn measure_fixed_rate(
+        &self,
+        setup: Setup,
+        protocol: Protocol,
+        duration: Duration,
+    ) -> Result<RateRow> {
         eprintln!(
             "xtask: bench {} over {} at {} req/s",
             setup.name(),
@@ -57,7 +62,7 @@ impl Bench {
         self.oha(protocol, address, WARMUP, &format!("{label}-warmup"))?;
         let proxies = with_descendants(&target.proxies)?;
         let cpu_before = cpu_seconds(&proxies, self.ticks_per_second)?;
-        let report = self.oha(protocol, address, self.options.duration, &label)?;
+        let report = self.oha(protocol, address, duration, &label)?;
         let cpu = cpu_seconds(&proxies, self.ticks_per_second)? - cpu_before;
         let rss_peak_kib = if proxies.is_empty() {
             None

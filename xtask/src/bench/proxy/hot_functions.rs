@@ -61,6 +61,7 @@ pub fn run(args: &[String]) -> Result<()> {
         connections: LOAD_CONNECTIONS,
         rate: RATE.default,
         rounds: 1,
+        latency_rounds: 1,
     };
     let mut bench = Bench::new(options)?;
     let profiles = bench.dir.join(PROFILES);

@@ -102,6 +102,7 @@ pub fn run(args: &[String]) -> Result<()> {
         connections: TRAINING_CONNECTIONS,
         rate: RATE.default,
         rounds: 1,
+        latency_rounds: 1,
     })?;
     let agent = build(&mut bench)?;
     bench.agent_build = AgentBuild::Pgo;
