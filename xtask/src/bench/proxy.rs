@@ -6,7 +6,7 @@
 
 use std::ffi::OsString;
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -262,6 +262,7 @@ impl Bench {
         let root = util::root();
         let dir = root.join(BENCH_DIR);
         fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        remove_agent_certificates(&dir)?;
         let certificates =
             Certificates::issue(&root.join("target/release/hyphae"), &dir.join("tls"))?;
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -282,6 +283,23 @@ impl Bench {
             proxy_wrapper: Vec::new(),
         })
     }
+}
+
+/// Removes the certificate folders earlier runs issued to their agents: each start of an agent
+/// issues one of its own beside its config (`<node>-tls-<random>`), and nothing else in
+/// `dir` is named so.
+fn remove_agent_certificates(dir: &Path) -> Result<()> {
+    let entries = fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("read {}", dir.display()))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("bench-") && name.contains("-tls-") && entry.path().is_dir() {
+            fs::remove_dir_all(entry.path())
+                .with_context(|| format!("remove {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// One line of the table.
@@ -372,6 +390,31 @@ impl Bench {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_agents_certificate_folders_of_earlier_runs_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        for folder in [
+            "bench-one-tls-0a1b2c3d",
+            "bench-caller-tls-ffffffff",
+            "tls",
+            "nginx",
+        ] {
+            fs::create_dir(dir.path().join(folder)).unwrap();
+        }
+        fs::write(dir.path().join("haproxy-tls-1.cfg"), "").unwrap();
+        fs::write(dir.path().join("bench-one-tls-note"), "").unwrap();
+        remove_agent_certificates(dir.path()).unwrap();
+        let mut left: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["bench-one-tls-note", "haproxy-tls-1.cfg", "nginx", "tls"]
+        );
+    }
 
     #[test]
     fn options_have_defaults_and_bounds() {
