@@ -148,42 +148,54 @@ pub fn latency_table(rows: &[AlternatedLatency], rate: u32) -> String {
          requests per proxy CPU-second over haproxy's (at or above 1.0x: as cheap):\n"
     );
     for row in rows {
-        for (name, of) in PERCENTILES {
-            let over = row.over(of);
-            let middle = median(&over).map_or("-".to_string(), |m| format!("{m:+.2}"));
-            let rounds: Vec<String> = over.iter().map(|v| format!("{v:+.2}")).collect();
-            let pairs: Vec<String> = row
-                .rounds
+        let pairs = |show: &dyn Fn(&RateRow) -> String| -> Vec<String> {
+            row.rounds
                 .iter()
-                .map(|(a, h)| format!("{:.2}/{:.2}", of(a), of(h)))
-                .collect();
-            out.push_str(&format!(
-                "{:<5} {name} median {middle:>6}   rounds: {}   (agent/haproxy: {})\n",
-                row.protocol.name(),
-                rounds.join(" "),
-                pairs.join(" ")
+                .map(|(a, h)| format!("{}/{}", show(a), show(h)))
+                .collect()
+        };
+        for (name, of) in PERCENTILES {
+            out.push_str(&rounds_line(
+                row.protocol,
+                name,
+                &row.over(of),
+                |v| format!("{v:+.2}"),
+                ("agent/haproxy", pairs(&|r| format!("{:.2}", of(r)))),
             ));
         }
-        let ratios = row.cpu_ratios();
-        let middle = median(&ratios).map_or("-".to_string(), |m| format!("{m:.2}x"));
-        let rounds: Vec<String> = ratios.iter().map(|r| format!("{r:.2}x")).collect();
-        let micros = |row: &RateRow| {
-            row.cpu_micros_per_request
+        let micros = |r: &RateRow| {
+            r.cpu_micros_per_request
                 .map_or("-".to_string(), |m| format!("{m:.1}"))
         };
-        let pairs: Vec<String> = row
-            .rounds
-            .iter()
-            .map(|(a, h)| format!("{}/{}", micros(a), micros(h)))
-            .collect();
-        out.push_str(&format!(
-            "{:<5} CPU median {middle:>6}   rounds: {}   (agent/haproxy us/req: {})\n",
-            row.protocol.name(),
-            rounds.join(" "),
-            pairs.join(" ")
+        out.push_str(&rounds_line(
+            row.protocol,
+            "CPU",
+            &row.cpu_ratios(),
+            |r| format!("{r:.2}x"),
+            ("agent/haproxy us/req", pairs(&micros)),
         ));
     }
     out
+}
+
+/// One line under the fixed-rate table: the median of `values`, each round's value, and each
+/// round's two figures behind it (`pairs`, with what they are).
+fn rounds_line(
+    protocol: Protocol,
+    label: &str,
+    values: &[f64],
+    show: impl Fn(f64) -> String,
+    pairs: (&str, Vec<String>),
+) -> String {
+    let middle = median(values).map_or("-".to_string(), &show);
+    let rounds: Vec<String> = values.iter().map(|&v| show(v)).collect();
+    format!(
+        "{:<5} {label} median {middle:>6}   rounds: {}   ({}: {})\n",
+        protocol.name(),
+        rounds.join(" "),
+        pairs.0,
+        pairs.1.join(" ")
+    )
 }
 
 /// The rounds at the fixed rate for `proxy.json`: each round's two figures and the median of
