@@ -86,16 +86,14 @@ for HTTP/2), drives every path again at a fixed rate with oha (latency from each
 time), measures the one agent and haproxy again in turn (`--rounds` times per protocol, the
 median ratio steadier than one pair of rows on a busy machine) in closed loops and
 (`--latency-rounds` times) at the fixed rate (the median of each round's latency difference),
-times new TLS connections to
-the agent's inbound port and to the inner haproxy, prints tables and writes
-target/bench/proxy.json. Configs, certificates and logs go to
-target/bench/.
+times new TLS connections to the agent's inbound port and to the inner haproxy, prints tables
+and writes target/bench/proxy.json. Configs, certificates and logs go to target/bench/.
 
 options:
   --duration SECS    measured seconds per row (default 10)
   --connections N    concurrent client connections (default 50, at most 1000)
   --rate N           requests per second of the fixed-rate rows (default 10000)
-  --rounds N         rounds of the one agent and haproxy measured in turn, in closed loops and
+  --rounds N         rounds of the one agent and haproxy measured in turn in closed loops
                      (default 5, 1 to 15), the order turning each round
   --latency-rounds N rounds of the two driven in turn at the fixed rate, each for half of
                      --duration (default 10, 1 to 30)
@@ -121,9 +119,7 @@ impl Options {
     fn latency_round(&self) -> Duration {
         (self.duration / 2).max(Duration::from_secs(1))
     }
-}
 
-impl Options {
     /// Parses `--duration SECS` and `--connections N`; `None` for `--help`.
     fn parse(args: &[String]) -> Result<Option<Options>> {
         let mut options = Options {

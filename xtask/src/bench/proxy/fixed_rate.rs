@@ -139,7 +139,8 @@ fn answered(report: &Value) -> u64 {
         })
 }
 
-/// The fixed-rate table: latency, what each proxy adds to the direct path, and its memory.
+/// The fixed-rate table: latency, what each proxy adds to the direct path, its CPU per request
+/// and its memory.
 pub fn table(rows: &[RateRow], rate: u32) -> String {
     let mut out = format!(
         "\nat a fixed {rate} req/s (oha, latency from each request's due time):\n\
