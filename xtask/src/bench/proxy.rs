@@ -115,9 +115,10 @@ struct Options {
 }
 
 impl Options {
-    /// How long each round at the fixed rate lasts: half a row, at least a second.
+    /// How long each round at the fixed rate lasts: half a row in whole seconds (what oha's
+    /// `-z` is given), at least one.
     fn latency_round(&self) -> Duration {
-        (self.duration / 2).max(Duration::from_secs(1))
+        Duration::from_secs((self.duration.as_secs() / 2).max(1))
     }
 
     /// Parses `--duration SECS` and `--connections N`; `None` for `--help`.
@@ -445,8 +446,9 @@ mod tests {
             ),
             (Duration::from_secs(3), 8, 500, 5, 20)
         );
-        // Half of three seconds; a one-second row's rounds still last a second.
-        assert_eq!(options.latency_round(), Duration::from_millis(1500));
+        // Half of three seconds in whole seconds, as oha is given them; a one-second row's
+        // rounds still last a second.
+        assert_eq!(options.latency_round(), Duration::from_secs(1));
         let short = Options::parse(&args(&["--duration", "1"]))
             .unwrap()
             .unwrap();
