@@ -283,15 +283,18 @@ impl Bench {
 }
 
 /// Removes the certificate folders earlier runs issued to their agents: each start of an agent
-/// issues one of its own beside its config (`<node>-tls-<random>`), and nothing else in
-/// `dir` is named so.
+/// issues one of its own beside its config (`<node>-tls-<random>`, [`setup::AGENT_NODES`]).
 fn remove_agent_certificates(dir: &Path) -> Result<()> {
     let entries = fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))?;
     for entry in entries {
         let entry = entry.with_context(|| format!("read {}", dir.display()))?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with("bench-") && name.contains("-tls-") && entry.path().is_dir() {
+        let issued = setup::AGENT_NODES.iter().any(|node| {
+            name.strip_prefix(node)
+                .is_some_and(|rest| rest.starts_with("-tls-"))
+        });
+        if issued && entry.path().is_dir() {
             fs::remove_dir_all(entry.path())
                 .with_context(|| format!("remove {}", entry.path().display()))?;
         }
@@ -394,6 +397,7 @@ mod tests {
         for folder in [
             "bench-one-tls-0a1b2c3d",
             "bench-caller-tls-ffffffff",
+            "bench-host-tls-12345678",
             "tls",
             "nginx",
         ] {

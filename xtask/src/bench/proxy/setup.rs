@@ -35,6 +35,9 @@ const ONE_AGENT_NODE: &str = "bench-one";
 const HOST_NODE: &str = "bench-host";
 /// Node name of the mesh's agent the load goes to.
 const CALLER_NODE: &str = "bench-caller";
+/// Every bench agent's node name; each start of one issues it a certificate folder named after
+/// it in `target/bench/` (`<node>-tls-<random>`).
+pub(super) const AGENT_NODES: [&str; 3] = [ONE_AGENT_NODE, HOST_NODE, CALLER_NODE];
 /// The service name the agents give the backend.
 const SERVICE: &str = "backend";
 /// An inbound listener on a port the agent picks and reports in its ready line.
