@@ -174,15 +174,22 @@ async fn callers_reach_registered_services_by_name_and_follow_health_and_leases(
     );
     eventually("every call to go to host-b", || all_reach(upstream, "b", 8)).await;
 
-    // The caller's admin endpoint says it is live on the control plane and registered.
-    let metrics = caller.metrics().await;
-    for line in [
-        "hyphae_control_plane_connected 1",
-        "hyphae_control_plane_registered 1",
-    ] {
-        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
-    }
-    assert!(metrics.contains("hyphae_control_plane_staleness_seconds"));
+    // The caller's admin endpoint says it is live on the control plane and registered. Read
+    // until it does: CI once got an empty page here from one read (stop 39), with the agent up.
+    eventually(
+        "the caller to report itself connected and registered",
+        || async {
+            let metrics = caller.metrics().await;
+            [
+                "hyphae_control_plane_connected 1",
+                "hyphae_control_plane_registered 1",
+                "hyphae_control_plane_staleness_seconds",
+            ]
+            .iter()
+            .all(|line| metrics.contains(line))
+        },
+    )
+    .await;
 
     // Every agent keeps one connection to the control plane: its heartbeats and health
     // reports went up its watch connection (decision 57), not over a connection beside it.
